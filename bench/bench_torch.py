@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Side-by-side CPU benchmark: fusedrnn vs torch.nn.LSTM / torch.nn.GRU (float32, same weights).
+
+    python bench/bench_torch.py [--reps 9] [--threads 1 2] [--T 100 --N 64 --C 256 --H 256]
+                                [--json out.json] [--torch-only]
+
+Modes: "infer" = forward only (fusedrnn training=False; torch under inference_mode);
+"train" = forward + backward of loss sum(y * dy) (fusedrnn forward(training=True) + backward;
+torch y.backward(dy) with grads on the input and all parameters).
+Each repetition runs every contender once (order alternating); median and min are reported.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def make_contenders(cell, mode, args, fr):
+    """Return {name: zero-arg callable} for one (cell, mode), sharing weights and inputs."""
+    g = torch.Generator().manual_seed(0)
+    mod = CELLS[cell](args.C, args.H)                    # float32, PyTorch default init
+    with torch.no_grad():
+        for p in mod.parameters():                       # reseed so runs are reproducible
+            p.uniform_(-args.H ** -0.5, args.H ** -0.5, generator=g)
+    x = torch.randn(args.T, args.N, args.C, generator=g)
+    dy = torch.randn(args.T, args.N, args.H, generator=g)
+    fns = {}
+
+    if mode == "infer":
+        def run_torch():
+            with torch.inference_mode():
+                mod(x)
+    else:
+        xg = x.clone().requires_grad_(True)
+
+        def run_torch():
+            mod.zero_grad(set_to_none=True)
+            xg.grad = None
+            y, _ = mod(xg)
+            y.backward(dy)
+    fns["torch"] = run_torch
+
+    if fr is not None:
+        w = [np.ascontiguousarray(getattr(mod, n).detach().numpy())
+             for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+        xn, dyn = x.numpy().copy(), dy.numpy().copy()
+        fwd, bwd = getattr(fr, f"{cell}_forward"), getattr(fr, f"{cell}_backward")
+        kw = {"variant": "reset_after"} if cell == "gru" else {}
+        if mode == "infer":
+            def run_fr():
+                fwd(xn, *w, training=False, **kw)
+        else:
+            def run_fr():
+                bwd(fwd(xn, *w, training=True, **kw).cache, dy=dyn)
+        fns["fusedrnn"] = run_fr
+    return fns
+
+
+def time_contenders(fns, reps, warmup=2):
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(reps):
+        for k in (names if r % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "all_ms": v}
+            for k, v in times.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    for dim, val in (("T", 100), ("N", 64), ("C", 256), ("H", 256)):
+        ap.add_argument(f"--{dim}", type=int, default=val)
+    ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--torch-only", action="store_true", help="skip fusedrnn (not built yet)")
+    args = ap.parse_args()
+    if args.reps < 7:
+        ap.error("--reps must be >= 7")
+
+    fr = None
+    if not args.torch_only:
+        import fusedrnn as fr
+    info = {"cpu": cpu_model(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "shape": {d: getattr(args, d) for d in "TNCH"},
+            "dtype": "float32", "reps": args.reps}
+    if fr is not None and hasattr(fr, "build_info"):
+        info["fusedrnn_build_info"] = fr.build_info()
+    for k, v in info.items():
+        print(f"# {k}: {v}")
+
+    rows = []
+    hdr = (f"{'cell':<5} {'mode':<6} {'thr':>3}  {'fusedrnn ms (med/min)':>22}  "
+           f"{'torch ms (med/min)':>20}  {'torch/fused':>11}")
+    print(hdr + "\n" + "-" * len(hdr))
+    for n in args.threads:
+        torch.set_num_threads(n)
+        if fr is not None:
+            fr.set_num_threads(n)
+        for cell in args.cells:
+            for mode in ("infer", "train"):
+                res = time_contenders(make_contenders(cell, mode, args, fr), args.reps)
+                t, f = res["torch"], res.get("fusedrnn")
+                ratio = t["median_ms"] / f["median_ms"] if f else None
+                rows.append({"cell": cell, "mode": mode, "threads": n, "torch": t,
+                             "fusedrnn": f, "ratio_torch_over_fusedrnn": ratio})
+                fcol = f"{f['median_ms']:9.2f} / {f['min_ms']:9.2f}" if f else "-"
+                print(f"{cell:<5} {mode:<6} {n:>3}  {fcol:>22}  "
+                      f"{t['median_ms']:8.2f} / {t['min_ms']:8.2f}  "
+                      f"{(f'{ratio:.2f}x' if ratio else '-'):>11}", flush=True)
+
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"info": info, "results": rows}, fh, indent=2)
+        print(f"# wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+// Types shared by every kernel: dimensions, options, build information.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace fusedrnn {
+
+// Problem dimensions; see the shape letters in fusedrnn.h.
+struct Dims {
+  std::int64_t T = 0;  // time steps
+  std::int64_t N = 0;  // batch
+  std::int64_t C = 0;  // input features
+  std::int64_t H = 0;  // hidden units
+};
+
+struct Options {
+  bool reverse = false;  // run each sequence from its last valid step back to t = 0
+  int num_threads = 0;   // threads of the kernel's parallel region; 0 = OpenMP default
+};
+
+enum class GruVariant {
+  reset_after,   // PyTorch: n = tanh(W_in x + b_in + r*(W_hn h + b_hn))
+  reset_before,  // Keras reset_after=False, ONNX default: n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)
+};
+
+enum class Nonlinearity { tanh, relu };
+
+struct BuildInfo {
+  std::string version;          // library version, e.g. "0.1.0"
+  std::string compiler;         // compiler name and version
+  std::string instruction_set;  // widest SIMD extension compiled in: "avx512", "avx2", "sse2", ...
+  bool openmp = false;          // built with OpenMP
+  int openmp_max_threads = 1;   // OpenMP's default thread count (1 without OpenMP)
+  std::string eigen_version;    // Eigen used to build the kernels
+};
+
+BuildInfo build_info();
+
+}  // namespace fusedrnn

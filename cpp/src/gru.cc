@@ -1,0 +1,282 @@
+// GRU forward and backward kernels, both formulas (PyTorch gate order r, z, n):
+//   reset_after:  n = tanh(gx_n + b_in + r*(W_hn h + b_hn))     one recurrent GEMM per step
+//   reset_before: n = tanh(gx_n + b_in + W_hn (r*h) + b_hn)     r first, then a second GEMM on r*h
+//   h_t = (1 - z)*n + z*h_{t-1}
+#include "fusedrnn/gru.h"
+
+#include "kernel.h"
+
+namespace fusedrnn {
+
+using detail::Index;
+
+// Cache: hs [T+1, N, H] (h before each step), gates [T, N, 4H]: activated r, z, n and a fourth
+// block q = W_hn h + b_hn (reset_after) or q = r*h (reset_before). Step order.
+std::size_t gru_cache_size(const Dims& d) {
+  return std::size_t((d.T + 1) * d.N * d.H + d.T * d.N * 4 * d.H);
+}
+// Forward workspace: gx [T, N, 3H], gh [N, 3H], gates of one step [N, 4H], h double buffer.
+std::size_t gru_forward_workspace_size(const Dims& d) {
+  return std::size_t(d.T * d.N * 3 * d.H + d.N * 3 * d.H + d.N * 4 * d.H + 2 * d.N * d.H);
+}
+// Backward workspace: dgh [T, N, 3H] (step order), dgx [T, N, 3H] (time order), dh double
+// buffer [2, N, H], d(r*h) [N, H].
+std::size_t gru_backward_workspace_size(const Dims& d) {
+  return std::size_t(2 * d.T * d.N * 3 * d.H + 3 * d.N * d.H);
+}
+
+template <typename Scalar>
+void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Scalar* x,
+                 const Scalar* w_ih, const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh,
+                 const Scalar* h0, const std::int64_t* lengths, Scalar* y, Scalar* h_n,
+                 Scalar* cache, Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "gru_forward";
+  check_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{x, "x"}, {w_ih, "w_ih"},
+                         {w_hh, "w_hh"}, {y, "y"}, {h_n, "h_n"}, {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  const Index S = check_lengths(fn, d, lengths);
+  const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{lengths, d.T, opt.reverse};
+  const bool training = cache != nullptr;
+  const bool after = variant == GruVariant::reset_after;
+
+  Scalar* gx = workspace;
+  Scalar* gh = gx + d.T * N * GH;
+  Scalar* gstep = gh + N * GH;
+  Scalar* hbuf = gstep + N * 4 * H;
+  Scalar* hs = training ? cache : hbuf;
+  Scalar* gates = training ? cache + (d.T + 1) * NH : nullptr;
+  auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
+  // Gate row (r, z, n, q) of sequence n at step s.
+  auto gate_row = [&](Index s, Index n) {
+    return (training ? gates + s * N * 4 * H : gstep) + n * 4 * H;
+  };
+  auto bias = [](const Scalar* b, Index k) { return b ? b[k] : Scalar(0); };
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(thread_count(opt))
+#endif
+  {
+    forward_prologue(d, 3, x, w_ih, lengths, gx, y);
+    par_copy_or_zero(hs, h0, NH);
+    for (Index s = 0; s < S; ++s) {
+      const Scalar* h_prev = slot(s);
+      Scalar* h_next = slot(s + 1);
+      // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
+      par_gemm(Trans::N, Trans::T, N, after ? GH : 2 * H, H, h_prev, H, w_hh, H, gh, GH, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        Scalar* a = gate_row(s, n);
+        Scalar *ar = a + u0, *az = a + H + u0, *an = a + 2 * H + u0, *aq = a + 3 * H + u0;
+        if (t < 0) {
+          std::copy(h_prev + off, h_prev + off + bk, h_next + off);
+          if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
+          continue;
+        }
+        const Scalar* gxr = gx + (t * N + n) * GH;
+        const Scalar* ghr = gh + n * GH;
+        for (Index j = 0; j < bk; ++j) {
+          const Index k = u0 + j;
+          ar[j] = gxr[k] + ghr[k] + bias(b_ih, k) + bias(b_hh, k);
+          az[j] = gxr[H + k] + ghr[H + k] + bias(b_ih, H + k) + bias(b_hh, H + k);
+        }
+        sigmoid_array(ar, ar, bk);
+        sigmoid_array(az, az, bk);
+        if (after) {
+          for (Index j = 0; j < bk; ++j) {
+            const Index k = 2 * H + u0 + j;
+            aq[j] = ghr[k] + bias(b_hh, k);
+            an[j] = gxr[k] + bias(b_ih, k) + ar[j] * aq[j];
+          }
+          tanh_array(an, an, bk);
+          Scalar* yr = y + (t * N + n) * H + u0;
+          for (Index j = 0; j < bk; ++j) {
+            h_next[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h_prev[off + j];
+            yr[j] = h_next[off + j];
+          }
+        } else {
+          for (Index j = 0; j < bk; ++j) aq[j] = ar[j] * h_prev[off + j];
+        }
+      }
+      if (after) continue;
+      // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
+      const Scalar* q = gate_row(s, 0) + 3 * H;
+      par_gemm(Trans::N, Trans::T, N, H, H, q, 4 * H, w_hh + 2 * H * H, H, gh + 2 * H, GH, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        if (t < 0) continue;
+        Scalar* a = gate_row(s, n);
+        const Scalar* az = a + H + u0;
+        Scalar* an = a + 2 * H + u0;
+        const Scalar* gxr = gx + (t * N + n) * GH;
+        const Scalar* ghr = gh + n * GH;
+        for (Index j = 0; j < bk; ++j) {
+          const Index k = 2 * H + u0 + j;
+          an[j] = gxr[k] + bias(b_ih, k) + ghr[k] + bias(b_hh, k);
+        }
+        tanh_array(an, an, bk);
+        Scalar* yr = y + (t * N + n) * H + u0;
+        for (Index j = 0; j < bk; ++j) {
+          h_next[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h_prev[off + j];
+          yr[j] = h_next[off + j];
+        }
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    std::copy(slot(S), slot(S) + NH, h_n);
+  }
+}
+
+template <typename Scalar>
+void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const Scalar* x,
+                  const Scalar* w_ih, const Scalar* w_hh, const std::int64_t* lengths,
+                  const Scalar* cache, const Scalar* dy, const Scalar* dh_n, Scalar* dx,
+                  Scalar* dh0, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh,
+                  Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "gru_backward";
+  check_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{x, "x"}, {w_ih, "w_ih"},
+                         {w_hh, "w_hh"}, {cache, "cache"}, {dx, "dx"},
+                         {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  const Index S = check_lengths(fn, d, lengths);
+  const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{lengths, d.T, opt.reverse};
+  const bool after = variant == GruVariant::reset_after;
+
+  const Scalar* hs = cache;
+  const Scalar* gates = cache + (d.T + 1) * NH;
+  Scalar* dgh = workspace;
+  // reset_after: the n block differs (dgh_n = dn_pre*r, dgx_n = dn_pre), so two buffers; else
+  // they differ only in order, and without reverse not even that.
+  Scalar* dgx = (after || opt.reverse) ? dgh + d.T * N * GH : dgh;
+  Scalar* dhbuf = dgh + 2 * d.T * N * GH;
+  Scalar* drh = dhbuf + 2 * NH;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(thread_count(opt))
+#endif
+  {
+    if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
+    par_copy_or_zero(dhbuf + (S % 2) * NH, dh_n, NH);
+    for (Index s = S - 1; s >= 0; --s) {
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + s * N * GH;
+      const Scalar* hp_s = hs + s * NH;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        Scalar* dg = dgs + n * GH + u0;
+        if (t < 0) {
+          for (Index g = 0; g < 3; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
+          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
+          continue;
+        }
+        const Scalar* a = gates + (s * N + n) * 4 * H + u0;
+        const Scalar *r = a, *z = a + H, *nn = a + 2 * H, *q = a + 3 * H;
+        const Scalar* hp = hp_s + off;
+        const Scalar* dyr = dy ? dy + (t * N + n) * H + u0 : nullptr;
+        for (Index j = 0; j < bk; ++j) {
+          // Forward: h = (1 - z)*n + z*h_prev.
+          const Scalar dh = dh_cur[off + j] + (dyr ? dyr[j] : Scalar(0));
+          const Scalar dn_pre = dh * (Scalar(1) - z[j]) * (Scalar(1) - nn[j] * nn[j]);
+          const Scalar dz_pre = dh * (hp[j] - nn[j]) * z[j] * (Scalar(1) - z[j]);
+          dg[H + j] = dz_pre;
+          dh_nxt[off + j] = dh * z[j];
+          if (after) {
+            // n = tanh(gx_n + b_in + r*q), q = W_hn h + b_hn: dr = dn_pre*q, dq = dn_pre*r.
+            const Scalar dr_pre = dn_pre * q[j] * r[j] * (Scalar(1) - r[j]);
+            dg[j] = dr_pre;
+            dg[2 * H + j] = dn_pre * r[j];
+            Scalar* dgxr = dgx + (t * N + n) * GH + u0;
+            dgxr[j] = dr_pre;
+            dgxr[H + j] = dz_pre;
+            dgxr[2 * H + j] = dn_pre;
+          } else {
+            dg[2 * H + j] = dn_pre;  // r's gradient needs d(r*h) = dn_pre W_hn: next pass
+          }
+        }
+      }
+      if (after) {
+        par_gemm(Trans::N, Trans::N, N, H, GH, dgs, GH, w_hh, H, dh_nxt, H, true);
+        continue;
+      }
+      // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
+      // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
+      par_gemm(Trans::N, Trans::N, N, H, H, dgs + 2 * H, GH, w_hh + 2 * H * H, H, drh, H, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        if (t < 0) continue;
+        const Scalar* r = gates + (s * N + n) * 4 * H + u0;
+        const Scalar* hp = hp_s + off;
+        Scalar* dg = dgs + n * GH + u0;
+        for (Index j = 0; j < bk; ++j) {
+          dg[j] = drh[off + j] * hp[j] * r[j] * (Scalar(1) - r[j]);
+          dh_nxt[off + j] += drh[off + j] * r[j];
+        }
+        if (dgx != dgh) {
+          Scalar* dgxr = dgx + (t * N + n) * GH + u0;
+          for (Index g = 0; g < 3; ++g) std::copy(dg + g * H, dg + g * H + bk, dgxr + g * H);
+        }
+      }
+      par_gemm(Trans::N, Trans::N, N, H, 2 * H, dgs, GH, w_hh, H, dh_nxt, H, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
+    backward_epilogue(d, S, Index(3), x, w_ih, dgx, dgh, hs, dx, dw_ih, after ? dw_hh : nullptr,
+                      db_ih, db_hh);
+    if (!after && dw_hh) {
+      // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
+      par_gemm(Trans::T, Trans::N, 2 * H, H, S * N, dgh, GH, hs, H, dw_hh, H, true);
+      par_gemm(Trans::T, Trans::N, H, H, S * N, dgh + 2 * H, GH, gates + 3 * H, 4 * H,
+               dw_hh + 2 * H * H, H, true);
+    }
+  }
+}
+
+#define FUSEDRNN_INSTANTIATE_GRU(Scalar)                                                        \
+  template void gru_forward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,     \
+                                    const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
+                                    const Scalar*, const std::int64_t*, Scalar*, Scalar*,       \
+                                    Scalar*, Scalar*);                                          \
+  template void gru_backward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,    \
+                                     const Scalar*, const Scalar*, const std::int64_t*,         \
+                                     const Scalar*, const Scalar*, const Scalar*, Scalar*,      \
+                                     Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*);
+FUSEDRNN_INSTANTIATE_GRU(float)
+FUSEDRNN_INSTANTIATE_GRU(double)
+
+}  // namespace fusedrnn

@@ -1,0 +1,264 @@
+// Private building blocks of the kernels: argument checks, the step/time map of variable-length
+// and reversed sequences, blocked GEMMs inside a parallel region, accurate vector activations.
+// Eigen stays in this file and the .cc files; public headers never see it.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "fusedrnn/common.h"
+
+namespace fusedrnn {
+namespace detail {
+
+using Index = std::int64_t;
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks (called before any parallel region; never inside one).
+
+inline void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+inline void check_dims(const char* fn, const Dims& d) {
+  require(d.T >= 1 && d.N >= 1 && d.C >= 1 && d.H >= 1,
+          std::string(fn) + ": dims must be positive (T, N, C, H >= 1)");
+}
+
+inline void check_ptr(const char* fn, const void* p, const char* name) {
+  require(p != nullptr, std::string(fn) + ": " + name + " must not be null");
+}
+
+// Returns S, the number of steps actually run (max length, or T).
+inline Index check_lengths(const char* fn, const Dims& d, const std::int64_t* lengths) {
+  if (!lengths) return d.T;
+  Index S = 0;
+  for (Index n = 0; n < d.N; ++n) {
+    require(lengths[n] >= 0 && lengths[n] <= d.T,
+            std::string(fn) + ": lengths[" + std::to_string(n) + "] = " +
+                std::to_string(lengths[n]) + " is outside [0, T=" + std::to_string(d.T) + "]");
+    S = std::max<Index>(S, lengths[n]);
+  }
+  return S;
+}
+
+inline int thread_count(const Options& opt) {
+#ifdef _OPENMP
+  return opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
+#else
+  (void)opt;
+  return 1;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step s of the loop processes, for sequence n, time t = s (forward) or len_n - 1 - s (reverse);
+// the sequence is active at step s iff s < len_n. Returns -1 when inactive.
+struct StepMap {
+  const std::int64_t* lengths;
+  Index T;
+  bool reverse;
+  Index time(Index s, Index n) const {
+    const Index len = lengths ? lengths[n] : T;
+    if (s >= len) return -1;
+    return reverse ? len - 1 - s : s;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Matrices over raw row-major memory with a leading dimension.
+template <typename Scalar>
+using RowMat = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename Scalar>
+using MatMap = Eigen::Map<RowMat<Scalar>, 0, Eigen::OuterStride<>>;
+template <typename Scalar>
+using CMatMap = Eigen::Map<const RowMat<Scalar>, 0, Eigen::OuterStride<>>;
+template <typename Scalar>
+using ArrMap = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+template <typename Scalar>
+using CArrMap = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+
+template <typename Scalar>
+MatMap<Scalar> mat(Scalar* p, Index rows, Index cols, Index ld) {
+  return MatMap<Scalar>(p, rows, cols, Eigen::OuterStride<>(ld));
+}
+template <typename Scalar>
+CMatMap<Scalar> cmat(const Scalar* p, Index rows, Index cols, Index ld) {
+  return CMatMap<Scalar>(p, rows, cols, Eigen::OuterStride<>(ld));
+}
+
+// Fixed tile sizes: the split of every product is independent of the thread count, and each
+// tile is computed by one thread in one fixed order, so results are bitwise reproducible.
+constexpr Index kTileRows = 256;
+constexpr Index kTileCols = 64;
+constexpr Index kUnitBlock = 64;  // hidden units per block of the element-wise gate passes
+
+inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
+
+enum class Trans { N, T };
+
+// Must be called by every thread of a parallel region (it is an `omp for` work-share with its
+// implicit barrier). C[m, n] (= or +=) op(A) * op(B) where op(A) is [m, k] and op(B) is [k, n].
+//   A stored row-major as [m, k] (Trans::N) or [k, m] (Trans::T), leading dimension lda;
+//   B stored row-major as [k, n] (Trans::N) or [n, k] (Trans::T), leading dimension ldb.
+template <typename Scalar>
+void par_gemm(Trans ta, Trans tb, Index m, Index n, Index k, const Scalar* A, Index lda,
+              const Scalar* B, Index ldb, Scalar* C, Index ldc, bool accumulate) {
+  const Index tm = ceil_div(m, kTileRows), tn = ceil_div(n, kTileCols);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index tile = 0; tile < tm * tn; ++tile) {
+    const Index i0 = (tile / tn) * kTileRows, j0 = (tile % tn) * kTileCols;
+    const Index mi = std::min(kTileRows, m - i0), nj = std::min(kTileCols, n - j0);
+    auto c = mat(C + i0 * ldc + j0, mi, nj, ldc);
+    if (k == 0) {
+      if (!accumulate) c.setZero();
+      continue;
+    }
+    const Scalar* a = ta == Trans::N ? A + i0 * lda : A + i0;
+    const Scalar* b = tb == Trans::N ? B + j0 : B + j0 * ldb;
+    auto run = [&](const auto& opa, const auto& opb) {
+      if (accumulate)
+        c.noalias() += opa * opb;
+      else
+        c.noalias() = opa * opb;
+    };
+    if (ta == Trans::N && tb == Trans::N)
+      run(cmat(a, mi, k, lda), cmat(b, k, nj, ldb));
+    else if (ta == Trans::N)
+      run(cmat(a, mi, k, lda), cmat(b, nj, k, ldb).transpose());
+    else if (tb == Trans::N)
+      run(cmat(a, k, mi, lda).transpose(), cmat(b, k, nj, ldb));
+    else
+      run(cmat(a, k, mi, lda).transpose(), cmat(b, nj, k, ldb).transpose());
+  }
+}
+
+// Work-shared: dst[j] += sum over rows r of src[r * ld + j], rows in order (deterministic).
+template <typename Scalar>
+void par_colsum_add(Index rows, Index cols, const Scalar* src, Index ld, Scalar* dst) {
+  const Index tn = ceil_div(cols, kTileCols);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index tile = 0; tile < tn; ++tile) {
+    const Index j0 = tile * kTileCols, nj = std::min(kTileCols, cols - j0);
+    Scalar acc[kTileCols];
+    for (Index j = 0; j < nj; ++j) acc[j] = Scalar(0);
+    for (Index r = 0; r < rows; ++r) {
+      const Scalar* row = src + r * ld + j0;
+      for (Index j = 0; j < nj; ++j) acc[j] += row[j];
+    }
+    for (Index j = 0; j < nj; ++j) dst[j0 + j] += acc[j];
+  }
+}
+
+// Work-shared fill of n scalars.
+template <typename Scalar>
+void par_fill(Scalar* p, Index n, Scalar v) {
+  const Index chunk = 1 << 14, tiles = ceil_div(n, chunk);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index t = 0; t < tiles; ++t) std::fill(p + t * chunk, p + std::min(n, (t + 1) * chunk), v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations over short contiguous runs, vectorised through Eigen's packet exp (accurate to
+// about 1 ulp in float and double). No fast-math anywhere.
+
+// out = 1 / (1 + exp(-in)); in and out may alias.
+template <typename Scalar>
+inline void sigmoid_array(const Scalar* in, Scalar* out, Index n) {
+  ArrMap<Scalar>(out, n) = (Scalar(1) + (-CArrMap<Scalar>(in, n)).exp()).inverse();
+}
+
+// out = tanh(in); in and out may alias. Uses (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 1/8
+// and the Taylor series of tanh (error < 1 ulp) below, where the quotient loses relative accuracy.
+template <typename Scalar>
+inline void tanh_array(const Scalar* in, Scalar* out, Index n) {
+  Scalar e[kUnitBlock];
+  for (Index j0 = 0; j0 < n; j0 += kUnitBlock) {
+    const Index nj = std::min(kUnitBlock, n - j0);
+    ArrMap<Scalar>(e, nj) = (Scalar(-2) * CArrMap<Scalar>(in + j0, nj).abs()).exp();
+    for (Index j = 0; j < nj; ++j) {
+      const Scalar x = in[j0 + j];
+      const Scalar q = (Scalar(1) - e[j]) / (Scalar(1) + e[j]);
+      const Scalar big = x < Scalar(0) ? -q : q;
+      const Scalar x2 = x * x;
+      // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
+      const Scalar p =
+          Scalar(1) +
+          x2 * (Scalar(-1.0 / 3) +
+                x2 * (Scalar(2.0 / 15) +
+                      x2 * (Scalar(-17.0 / 315) +
+                            x2 * (Scalar(62.0 / 2835) +
+                                  x2 * (Scalar(-1382.0 / 155925) + x2 * Scalar(21844.0 / 6081075))))));
+      out[j0 + j] = (x2 < Scalar(1.0 / 64)) ? x * p : big;
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace fusedrnn
+
+namespace fusedrnn {
+namespace detail {
+
+// ---------------------------------------------------------------------------------------------
+// Pieces every cell shares. All are work-shared: call them from every thread of the region.
+
+// Forward prologue: gx [T*N, G*H] = x [T*N, C] * w_ihᵀ (time order, biases are added later in
+// the gate pass); y zeroed first when lengths leave padded steps unwritten.
+template <typename Scalar>
+void forward_prologue(const Dims& d, Index G, const Scalar* x, const Scalar* w_ih,
+                      const std::int64_t* lengths, Scalar* gx, Scalar* y) {
+  par_gemm(Trans::N, Trans::T, d.T * d.N, G * d.H, d.C, x, d.C, w_ih, d.C, gx, G * d.H, false);
+  if (lengths) par_fill(y, d.T * d.N * d.H, Scalar(0));
+}
+
+// dst [count] = src, or zeros when src is null. Work-shared.
+template <typename Scalar>
+void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
+  if (src) {
+    const Index chunk = 1 << 14, tiles = ceil_div(count, chunk);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index t = 0; t < tiles; ++t)
+      std::copy(src + t * chunk, src + std::min(count, (t + 1) * chunk), dst + t * chunk);
+  } else {
+    par_fill(dst, count, Scalar(0));
+  }
+}
+
+// Backward epilogue, after the time loop has produced the pre-activation gradients
+//   dgx [T*N, G*H] in time order (zero at padded steps): the input-side gradients, and
+//   dgh [S*N, G*H] in step order (zero for inactive rows): the recurrent-side gradients,
+// with hs [S*N, H] the state each step read. Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ, so
+//   dx = dgx w_ih,  dw_ih += dgxᵀ x,  dw_hh += dghᵀ hs,  db_ih += Σ rows dgx,  db_hh += Σ rows dgh.
+// dw_hh may be null (a cell whose recurrent product does not read hs does its own).
+template <typename Scalar>
+void backward_epilogue(const Dims& d, Index S, Index G, const Scalar* x, const Scalar* w_ih,
+                       const Scalar* dgx, const Scalar* dgh, const Scalar* hs, Scalar* dx,
+                       Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh) {
+  const Index TN = d.T * d.N, GH = G * d.H;
+  par_gemm(Trans::N, Trans::N, TN, d.C, GH, dgx, GH, w_ih, d.C, dx, d.C, false);
+  if (dw_ih) par_gemm(Trans::T, Trans::N, GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C, true);
+  if (dw_hh) par_gemm(Trans::T, Trans::N, GH, d.H, S * d.N, dgh, GH, hs, d.H, dw_hh, d.H, true);
+  if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
+  if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
+}
+
+}  // namespace detail
+}  // namespace fusedrnn

@@ -1,0 +1,167 @@
+// Elman RNN forward and backward kernels: h_t = act(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
+#include "fusedrnn/rnn.h"
+
+#include "kernel.h"
+
+namespace fusedrnn {
+
+using detail::Index;
+
+// Cache: hs [T+1, N, H], the state before each step (step order); the activation's derivative
+// is taken from the activated value hs[s+1].
+std::size_t rnn_cache_size(const Dims& d) { return std::size_t((d.T + 1) * d.N * d.H); }
+// Forward workspace: gx [T, N, H], gh [N, H], h double buffer [2, N, H].
+std::size_t rnn_forward_workspace_size(const Dims& d) {
+  return std::size_t(d.T * d.N * d.H + 3 * d.N * d.H);
+}
+// Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H].
+std::size_t rnn_backward_workspace_size(const Dims& d) {
+  return std::size_t(2 * d.T * d.N * d.H + 2 * d.N * d.H);
+}
+
+template <typename Scalar>
+void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scalar* x,
+                 const Scalar* w_ih, const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh,
+                 const Scalar* h0, const std::int64_t* lengths, Scalar* y, Scalar* h_n,
+                 Scalar* cache, Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "rnn_forward";
+  check_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{x, "x"}, {w_ih, "w_ih"},
+                         {w_hh, "w_hh"}, {y, "y"}, {h_n, "h_n"}, {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  const Index S = check_lengths(fn, d, lengths);
+  const Index N = d.N, H = d.H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{lengths, d.T, opt.reverse};
+  const bool training = cache != nullptr;
+
+  Scalar* gx = workspace;
+  Scalar* gh = gx + d.T * NH;
+  Scalar* hbuf = gh + NH;
+  Scalar* hs = training ? cache : hbuf;
+  auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(thread_count(opt))
+#endif
+  {
+    forward_prologue(d, 1, x, w_ih, lengths, gx, y);
+    par_copy_or_zero(hs, h0, NH);
+    for (Index s = 0; s < S; ++s) {
+      const Scalar* h_prev = slot(s);
+      Scalar* h_next = slot(s + 1);
+      par_gemm(Trans::N, Trans::T, N, H, H, h_prev, H, w_hh, H, gh, H, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        Scalar* hn = h_next + off;
+        if (t < 0) {
+          std::copy(h_prev + off, h_prev + off + bk, hn);
+          continue;
+        }
+        const Scalar* gxr = gx + (t * N + n) * H + u0;
+        const Scalar* ghr = gh + off;
+        for (Index j = 0; j < bk; ++j)
+          hn[j] = gxr[j] + ghr[j] + (b_ih ? b_ih[u0 + j] : Scalar(0)) +
+                  (b_hh ? b_hh[u0 + j] : Scalar(0));
+        if (act == Nonlinearity::tanh)
+          tanh_array(hn, hn, bk);
+        else
+          for (Index j = 0; j < bk; ++j) hn[j] = hn[j] < Scalar(0) ? Scalar(0) : hn[j];  // NaN stays
+        std::copy(hn, hn + bk, y + (t * N + n) * H + u0);
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    std::copy(slot(S), slot(S) + NH, h_n);
+  }
+}
+
+template <typename Scalar>
+void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Scalar* x,
+                  const Scalar* w_ih, const Scalar* w_hh, const std::int64_t* lengths,
+                  const Scalar* cache, const Scalar* dy, const Scalar* dh_n, Scalar* dx,
+                  Scalar* dh0, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh,
+                  Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "rnn_backward";
+  check_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{x, "x"}, {w_ih, "w_ih"},
+                         {w_hh, "w_hh"}, {cache, "cache"}, {dx, "dx"},
+                         {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  const Index S = check_lengths(fn, d, lengths);
+  const Index N = d.N, H = d.H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{lengths, d.T, opt.reverse};
+
+  const Scalar* hs = cache;
+  Scalar* dgh = workspace;
+  Scalar* dgx = opt.reverse ? dgh + d.T * NH : dgh;
+  Scalar* dhbuf = dgh + 2 * d.T * NH;
+
+#ifdef _OPENMP
+#pragma omp parallel num_threads(thread_count(opt))
+#endif
+  {
+    if (lengths) par_fill(dgx, d.T * NH, Scalar(0));
+    par_copy_or_zero(dhbuf + (S % 2) * NH, dh_n, NH);
+    for (Index s = S - 1; s >= 0; --s) {
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + s * NH;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        if (t < 0) {
+          std::fill(dgs + off, dgs + off + bk, Scalar(0));
+          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
+          continue;
+        }
+        // Forward: h = act(pre); tanh' = 1 - h², relu' = [h > 0].
+        const Scalar* ht = hs + (s + 1) * NH + off;
+        const Scalar* dyr = dy ? dy + (t * N + n) * H + u0 : nullptr;
+        for (Index j = 0; j < bk; ++j) {
+          const Scalar dh = dh_cur[off + j] + (dyr ? dyr[j] : Scalar(0));
+          const Scalar slope = act == Nonlinearity::tanh ? Scalar(1) - ht[j] * ht[j]
+                                                         : Scalar(ht[j] > Scalar(0));
+          dgs[off + j] = dh * slope;
+          dh_nxt[off + j] = Scalar(0);
+        }
+        if (dgx != dgh) std::copy(dgs + off, dgs + off + bk, dgx + (t * N + n) * H + u0);
+      }
+      par_gemm(Trans::N, Trans::N, N, H, H, dgs, H, w_hh, H, dh_nxt, H, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
+    backward_epilogue(d, S, Index(1), x, w_ih, dgx, dgh, hs, dx, dw_ih, dw_hh, db_ih, db_hh);
+  }
+}
+
+#define FUSEDRNN_INSTANTIATE_RNN(Scalar)                                                        \
+  template void rnn_forward<Scalar>(const Dims&, const Options&, Nonlinearity, const Scalar*,   \
+                                    const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
+                                    const Scalar*, const std::int64_t*, Scalar*, Scalar*,       \
+                                    Scalar*, Scalar*);                                          \
+  template void rnn_backward<Scalar>(const Dims&, const Options&, Nonlinearity, const Scalar*,  \
+                                     const Scalar*, const Scalar*, const std::int64_t*,         \
+                                     const Scalar*, const Scalar*, const Scalar*, Scalar*,      \
+                                     Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*);
+FUSEDRNN_INSTANTIATE_RNN(float)
+FUSEDRNN_INSTANTIATE_RNN(double)
+
+}  // namespace fusedrnn

@@ -1,0 +1,80 @@
+// Bindings of the Elman RNN kernels (tanh and relu). Arrays come preallocated from fusedrnn.functional.
+#include "common.h"
+#include "fusedrnn/rnn.h"
+
+namespace fusedrnn_py {
+
+void register_rnn(py::module_& m) {
+  m.def("rnn_sizes", [](py::tuple dims) {
+    const auto d = dims_of(dims);
+    return py::make_tuple(fusedrnn::rnn_cache_size(d), fusedrnn::rnn_forward_workspace_size(d),
+                          fusedrnn::rnn_backward_workspace_size(d));
+  });
+  m.def(
+      "rnn_forward",
+      [](py::tuple dims, bool reverse, int num_threads, bool relu, py::handle x,
+         py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh, py::handle h0,
+         py::handle lengths, py::handle y, py::handle h_n, py::handle cache,
+         py::handle workspace) {
+        const auto d = dims_of(dims);
+        const fusedrnn::Options opt{reverse, num_threads};
+        const auto act =
+            relu ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
+        const std::size_t G = 1, T = d.T, N = d.N, C = d.C, H = d.H;
+        dispatch_dtype(x, [&](auto tag) {
+          using S = decltype(tag);
+          auto px = data_of<S>(x, "x", T * N * C, false, false);
+          auto pwi = data_of<S>(w_ih, "w_ih", G * H * C, false, false);
+          auto pwh = data_of<S>(w_hh, "w_hh", G * H * H, false, false);
+          auto pbi = data_of<S>(b_ih, "b_ih", G * H, true, false);
+          auto pbh = data_of<S>(b_hh, "b_hh", G * H, true, false);
+          auto ph0 = data_of<S>(h0, "h0", N * H, true, false);
+          auto pl = data_of<std::int64_t>(lengths, "lengths", N, true, false);
+          auto py_ = data_of<S>(y, "y", T * N * H, false, true);
+          auto phn = data_of<S>(h_n, "h_n", N * H, false, true);
+          auto pc = data_of<S>(cache, "cache", fusedrnn::rnn_cache_size(d), true, true);
+          auto pw = data_of<S>(workspace, "workspace", fusedrnn::rnn_forward_workspace_size(d),
+                               false, true);
+          py::gil_scoped_release nogil;
+          fusedrnn::rnn_forward<S>(d, opt, act, px, pwi, pwh, pbi, pbh, ph0, pl, py_, phn, pc,
+                                   pw);
+        });
+      },
+      "Low-level RNN forward into preallocated arrays.");
+  m.def(
+      "rnn_backward",
+      [](py::tuple dims, bool reverse, int num_threads, bool relu, py::handle x,
+         py::handle w_ih, py::handle w_hh, py::handle lengths, py::handle cache, py::handle dy,
+         py::handle dh_n, py::handle dx, py::handle dh0, py::handle dw_ih, py::handle dw_hh,
+         py::handle db_ih, py::handle db_hh, py::handle workspace) {
+        const auto d = dims_of(dims);
+        const fusedrnn::Options opt{reverse, num_threads};
+        const auto act =
+            relu ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
+        const std::size_t G = 1, T = d.T, N = d.N, C = d.C, H = d.H;
+        dispatch_dtype(x, [&](auto tag) {
+          using S = decltype(tag);
+          auto px = data_of<S>(x, "x", T * N * C, false, false);
+          auto pwi = data_of<S>(w_ih, "w_ih", G * H * C, false, false);
+          auto pwh = data_of<S>(w_hh, "w_hh", G * H * H, false, false);
+          auto pl = data_of<std::int64_t>(lengths, "lengths", N, true, false);
+          auto pc = data_of<S>(cache, "cache", fusedrnn::rnn_cache_size(d), false, false);
+          auto pdy = data_of<S>(dy, "dy", T * N * H, true, false);
+          auto pdhn = data_of<S>(dh_n, "dh_n", N * H, true, false);
+          auto pdx = data_of<S>(dx, "dx", T * N * C, false, true);
+          auto pdh0 = data_of<S>(dh0, "dh0", N * H, true, true);
+          auto pdwi = data_of<S>(dw_ih, "dw_ih", G * H * C, true, true);
+          auto pdwh = data_of<S>(dw_hh, "dw_hh", G * H * H, true, true);
+          auto pdbi = data_of<S>(db_ih, "db_ih", G * H, true, true);
+          auto pdbh = data_of<S>(db_hh, "db_hh", G * H, true, true);
+          auto pw = data_of<S>(workspace, "workspace", fusedrnn::rnn_backward_workspace_size(d),
+                               false, true);
+          py::gil_scoped_release nogil;
+          fusedrnn::rnn_backward<S>(d, opt, act, px, pwi, pwh, pl, pc, pdy, pdhn, pdx, pdh0,
+                                    pdwi, pdwh, pdbi, pdbh, pw);
+        });
+      },
+      "Low-level RNN backward into preallocated arrays.");
+}
+
+}  // namespace fusedrnn_py

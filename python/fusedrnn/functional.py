@@ -1,0 +1,273 @@
+"""Functional API over the C++ kernels: ``lstm_forward``, ``lstm_backward``, ``gru_*``, ``rnn_*``.
+
+Same names, signatures and results as :mod:`fusedrnn.reference`, the NumPy specification.
+Every argument is checked before any work starts; nothing is silently copied or cast (the only
+conversion is ``lengths``, a small integer vector, to int64). Outputs and gradients are fresh
+arrays. The cache returned by a training forward keeps references to ``x`` and the weights:
+modifying them in place before ``*_backward`` gives wrong gradients, as in any autograd system.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from ._types import GruGrads, GruOutput, LstmGrads, LstmOutput, RnnGrads, RnnOutput
+
+__all__ = [
+    "lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward",
+    "set_num_threads", "get_num_threads",
+]
+
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+_SIZES = {"lstm": _core.lstm_sizes, "gru": _core.gru_sizes, "rnn": _core.rnn_sizes}
+_num_threads: Optional[int] = None  # None: OpenMP's default
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads every kernel call uses (results do not depend on it)."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    _num_threads = int(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads kernel calls use."""
+    if _num_threads is not None:
+        return _num_threads
+    return int(_core.build_info()["openmp_max_threads"])
+
+
+def _threads() -> int:
+    return _num_threads or 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks: TypeError for a wrong type or dtype, ValueError for a wrong shape, order or value.
+
+def _check_x(fn, x):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{fn}: x must be a numpy array of shape [T, N, C], got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: x must have dtype float32 or float64, got {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"{fn}: x must have shape [T, N, C] (3 dimensions), got shape {x.shape}")
+    if min(x.shape) < 1:
+        raise ValueError(f"{fn}: x must have T, N, C >= 1, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{fn}: x must be C-contiguous (use np.ascontiguousarray)")
+
+
+def _check(fn, name, a, shape, dtype, optional=True):
+    """Check array argument `name` against `shape` (a tuple of ints) and `dtype`."""
+    if a is None:
+        if optional:
+            return
+        raise ValueError(f"{fn}: {name} must not be None")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
+                        f"got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must have dtype {np.dtype(dtype)} (the dtype of x), "
+                        f"got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(a.shape)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{fn}: {name} must be C-contiguous (use np.ascontiguousarray)")
+
+
+def _check_weights(fn, kind, x, w_ih, w_hh):
+    G = _GATES[kind]
+    T, N, C = x.shape
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2:
+        raise (TypeError if not isinstance(w_hh, np.ndarray) else ValueError)(
+            f"{fn}: w_hh must be a numpy array of shape [{G}*H, H]")
+    H = w_hh.shape[1]
+    if H < 1 or w_hh.shape[0] != G * H:
+        raise ValueError(f"{fn}: w_hh must have shape [{G}*H, H], got {list(w_hh.shape)}")
+    _check(fn, "w_hh", w_hh, (G * H, H), x.dtype, optional=False)
+    _check(fn, "w_ih", w_ih, (G * H, C), x.dtype, optional=False)
+    return T, N, C, H
+
+
+def _check_lengths(fn, lengths, N, T):
+    if lengths is None:
+        return None
+    if isinstance(lengths, np.ndarray):
+        arr = lengths
+    elif isinstance(lengths, (list, tuple)):
+        arr = np.asarray(lengths)
+    else:
+        raise TypeError(f"{fn}: lengths must be an integer numpy array of shape [{N}], "
+                        f"got {type(lengths).__name__}")
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: lengths must have an integer dtype, got {arr.dtype}")
+    if arr.shape != (N,):
+        raise ValueError(f"{fn}: lengths must have shape [{N}] (one per sequence), "
+                         f"got {list(arr.shape)}")
+    if N and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(f"{fn}: lengths must lie in [0, T={T}], got min {arr.min()} "
+                         f"max {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_flag(fn, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+class _Cache:
+    """What backward needs from a training forward: the forward's arguments and the kernel cache."""
+
+    __slots__ = ("kind", "dims", "reverse", "flag", "x", "w_ih", "w_hh", "w_peep", "lengths",
+                 "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+    def __repr__(self):
+        T, N, C, H = self.dims
+        return f"<fusedrnn {self.kind} cache T={T} N={N} C={C} H={H} {self.x.dtype}>"
+
+
+def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
+             flag):
+    _check_x(fn, x)
+    T, N, C, H = _check_weights(fn, kind, x, w_ih, w_hh)
+    G = _GATES[kind]
+    dt = x.dtype
+    _check(fn, "b_ih", b_ih, (G * H,), dt)
+    _check(fn, "b_hh", b_hh, (G * H,), dt)
+    _check(fn, "h0", h0, (N, H), dt)
+    if kind == "lstm":
+        _check(fn, "c0", c0, (N, H), dt)
+        _check(fn, "w_peep", w_peep, (3, H), dt)
+    lengths = _check_lengths(fn, lengths, N, T)
+    reverse = _check_flag(fn, "reverse", reverse)
+    training = _check_flag(fn, "training", training)
+
+    dims = (T, N, C, H)
+    cache_size, ws_size, _ = _SIZES[kind](dims)
+    y = np.empty((T, N, H), dt)
+    h_n = np.empty((N, H), dt)
+    buffer = np.empty(cache_size, dt) if training else None
+    workspace = np.empty(ws_size, dt)
+    if kind == "lstm":
+        c_n = np.empty((N, H), dt)
+        _core.lstm_forward(dims, reverse, _threads(), x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep,
+                           lengths, y, h_n, c_n, buffer, workspace)
+    else:
+        getattr(_core, kind + "_forward")(dims, reverse, _threads(), flag, x, w_ih, w_hh, b_ih,
+                                          b_hh, h0, lengths, y, h_n, buffer, workspace)
+    cache = None
+    if training:
+        cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
+                       w_hh=w_hh, w_peep=w_peep, lengths=lengths, buffer=buffer,
+                       has_h0=h0 is not None, has_c0=c0 is not None,
+                       has_b_ih=b_ih is not None, has_b_hh=b_hh is not None)
+    if kind == "lstm":
+        return LstmOutput(y, h_n, c_n, cache)
+    return (GruOutput if kind == "gru" else RnnOutput)(y, h_n, cache)
+
+
+def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
+    if cache is None:
+        raise ValueError(f"{fn}: cache is None: the forward was run with training=False")
+    if not isinstance(cache, _Cache):
+        raise TypeError(f"{fn}: cache must be the cache returned by fusedrnn.{kind}_forward "
+                        f"(training=True), got {type(cache).__name__}")
+    if cache.kind != kind:
+        raise ValueError(f"{fn}: cache comes from {cache.kind}_forward, not {kind}_forward")
+    T, N, C, H = cache.dims
+    G = _GATES[kind]
+    dt = cache.x.dtype
+    _check(fn, "dy", dy, (T, N, H), dt)
+    _check(fn, "dh_n", dh_n, (N, H), dt)
+    if kind == "lstm":
+        _check(fn, "dc_n", dc_n, (N, H), dt)
+
+    _, _, ws_size = _SIZES[kind](cache.dims)
+    workspace = np.empty(ws_size, dt)
+    dx = np.empty((T, N, C), dt)
+    dh0 = np.empty((N, H), dt) if cache.has_h0 else None
+    dw_ih = np.zeros((G * H, C), dt)
+    dw_hh = np.zeros((G * H, H), dt)
+    db_ih = np.zeros(G * H, dt) if cache.has_b_ih else None
+    db_hh = np.zeros(G * H, dt) if cache.has_b_hh else None
+    if kind == "lstm":
+        dc0 = np.empty((N, H), dt) if cache.has_c0 else None
+        dw_peep = np.zeros((3, H), dt) if cache.w_peep is not None else None
+        _core.lstm_backward(cache.dims, cache.reverse, _threads(), cache.x, cache.w_ih,
+                            cache.w_hh, cache.w_peep, cache.lengths, cache.buffer, dy, dh_n, dc_n,
+                            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, workspace)
+        return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep)
+    getattr(_core, kind + "_backward")(cache.dims, cache.reverse, _threads(), cache.flag, cache.x,
+                                       cache.w_ih, cache.w_hh, cache.lengths, cache.buffer, dy,
+                                       dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, workspace)
+    return (GruGrads if kind == "gru" else RnnGrads)(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
+                 lengths=None, reverse=False, training=True) -> LstmOutput:
+    """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H]).
+
+    x [T, N, C]; w_ih [4H, C]; w_hh [4H, H]; b_ih, b_hh [4H]; h0, c0 [N, H]; lengths [N].
+    Returns LstmOutput(y [T, N, H], h_n [N, H], c_n [N, H], cache); cache is None when
+    ``training=False``. See :func:`fusedrnn.reference.lstm_forward` for the equations.
+    """
+    return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
+                    reverse, training, None)
+
+
+def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
+    """Gradients of sum(y*dy) + sum(h_n*dh_n) + sum(c_n*dc_n) (None cotangents are zero).
+
+    Returns LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep), None for inputs the
+    forward did not get. The cache is not modified: backward may be called again.
+    """
+    return _backward("lstm_backward", "lstm", cache, dy, dh_n, dc_n)
+
+
+def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_after",
+                lengths=None, reverse=False, training=True) -> GruOutput:
+    """GRU layer forward (gate order r, z, n); variant "reset_after" (PyTorch) or "reset_before".
+
+    x [T, N, C]; w_ih [3H, C]; w_hh [3H, H]; b_ih, b_hh [3H]; h0 [N, H]; lengths [N].
+    Returns GruOutput(y [T, N, H], h_n [N, H], cache).
+    """
+    if variant not in ("reset_after", "reset_before"):
+        raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
+                         f"got {variant!r}")
+    return _forward("gru_forward", "gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
+                    reverse, training, variant == "reset_after")
+
+
+def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
+    """Gradients of sum(y*dy) + sum(h_n*dh_n): GruGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    return _backward("gru_backward", "gru", cache, dy, dh_n)
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+                lengths=None, reverse=False, training=True) -> RnnOutput:
+    """Elman RNN layer forward: h_t = tanh or relu(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
+
+    x [T, N, C]; w_ih [H, C]; w_hh [H, H]; b_ih, b_hh [H]; h0 [N, H]; lengths [N].
+    Returns RnnOutput(y [T, N, H], h_n [N, H], cache).
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', "
+                         f"got {nonlinearity!r}")
+    return _forward("rnn_forward", "rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
+                    reverse, training, nonlinearity == "relu")
+
+
+def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:
+    """Gradients of sum(y*dy) + sum(h_n*dh_n): RnnGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
+    return _backward("rnn_backward", "rnn", cache, dy, dh_n)
