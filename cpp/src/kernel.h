@@ -176,37 +176,52 @@ void par_fill(Scalar* p, Index n, Scalar v) {
 // ---------------------------------------------------------------------------------------------
 // Activations over short contiguous runs, vectorised through Eigen's packet exp (accurate to
 // about 1 ulp in float and double). No fast-math anywhere.
+//
+// Eigen would process an unaligned head and a short tail of a run with scalar std::exp, whose
+// result can differ from the packet exp in the last bit, so the value of an element would depend
+// on its address. To keep results bitwise reproducible, every run goes through an aligned local
+// buffer padded to whole packets: every element takes the packet path.
+
+constexpr Index kPad = 16;  // a whole number of packets for every SIMD width and both dtypes
+
+template <typename Scalar, typename F>
+inline void apply_packets(const Scalar* in, Scalar* out, Index n, F f) {
+  alignas(64) Scalar buf[kUnitBlock];
+  using Aligned = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>, Eigen::Aligned64>;
+  for (Index j0 = 0; j0 < n; j0 += kUnitBlock) {
+    const Index nj = std::min(kUnitBlock, n - j0), np = ceil_div(nj, kPad) * kPad;
+    std::copy(in + j0, in + j0 + nj, buf);
+    std::fill(buf + nj, buf + np, Scalar(0));
+    Aligned a(buf, np);
+    f(a);
+    std::copy(buf, buf + nj, out + j0);
+  }
+}
 
 // out = 1 / (1 + exp(-in)); in and out may alias.
 template <typename Scalar>
 inline void sigmoid_array(const Scalar* in, Scalar* out, Index n) {
-  ArrMap<Scalar>(out, n) = (Scalar(1) + (-CArrMap<Scalar>(in, n)).exp()).inverse();
+  apply_packets(in, out, n, [](auto& a) { a = (Scalar(1) + (-a).exp()).inverse(); });
 }
 
-// out = tanh(in); in and out may alias. Uses (1 - e) / (1 + e), e = exp(-2|x|), for |x| >= 1/8
-// and the Taylor series of tanh (error < 1 ulp) below, where the quotient loses relative accuracy.
+// out = tanh(in); in and out may alias. (1 - e) / (1 + e) with e = exp(-2|x|) for |x| >= 1/8,
+// the Taylor series of tanh (error < 2 ulp) below, where the quotient loses relative accuracy.
 template <typename Scalar>
 inline void tanh_array(const Scalar* in, Scalar* out, Index n) {
-  Scalar e[kUnitBlock];
-  for (Index j0 = 0; j0 < n; j0 += kUnitBlock) {
-    const Index nj = std::min(kUnitBlock, n - j0);
-    ArrMap<Scalar>(e, nj) = (Scalar(-2) * CArrMap<Scalar>(in + j0, nj).abs()).exp();
-    for (Index j = 0; j < nj; ++j) {
-      const Scalar x = in[j0 + j];
-      const Scalar q = (Scalar(1) - e[j]) / (Scalar(1) + e[j]);
-      const Scalar big = x < Scalar(0) ? -q : q;
-      const Scalar x2 = x * x;
-      // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
-      const Scalar p =
-          Scalar(1) +
-          x2 * (Scalar(-1.0 / 3) +
-                x2 * (Scalar(2.0 / 15) +
-                      x2 * (Scalar(-17.0 / 315) +
-                            x2 * (Scalar(62.0 / 2835) +
-                                  x2 * (Scalar(-1382.0 / 155925) + x2 * Scalar(21844.0 / 6081075))))));
-      out[j0 + j] = (x2 < Scalar(1.0 / 64)) ? x * p : big;
-    }
-  }
+  apply_packets(in, out, n, [](auto& a) {
+    const auto x2 = a.square();
+    // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
+    const auto p =
+        Scalar(1) +
+        x2 * (Scalar(-1.0 / 3) +
+              x2 * (Scalar(2.0 / 15) +
+                    x2 * (Scalar(-17.0 / 315) +
+                          x2 * (Scalar(62.0 / 2835) +
+                                x2 * (Scalar(-1382.0 / 155925) + x2 * Scalar(21844.0 / 6081075))))));
+    const auto e = (Scalar(-2) * a.abs()).exp();
+    const auto q = (Scalar(1) - e) / (Scalar(1) + e);
+    a = (x2 < Scalar(1.0 / 64)).select(a * p, (a < Scalar(0)).select(-q, q));
+  });
 }
 
 }  // namespace detail

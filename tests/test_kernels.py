@@ -1,0 +1,210 @@
+"""Chain of trust, link 2: the C++ kernels against the NumPy reference.
+
+Every output and every gradient, on a grid of odd shapes (T=1, N=1, H not a multiple of the SIMD
+width, more rows and columns than one GEMM tile), with and without biases and initial states,
+with lengths (including 0 and T), reversed, with peepholes, both GRU formulas, relu and tanh.
+float64 kernels must match the float64 reference to 1e-9 relative (to the tensor's largest
+magnitude); float32 kernels must match the float64 reference on the same rounded inputs to 1e-4.
+Also: bitwise identical results for 1 and 2 threads, inference equal to training, accumulation of
+parameter gradients at the C++ level, and a repeatable backward.
+"""
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn import _core
+from fusedrnn import reference as ref
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+SHAPES = [  # T, N, C, H
+    (1, 1, 1, 1),
+    (1, 3, 4, 5),
+    (4, 1, 3, 17),
+    (5, 4, 7, 70),    # two unit blocks, five GEMM column tiles for LSTM
+    (20, 14, 9, 33),  # 280 input rows: two row tiles
+]
+TOL = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def make_case(cell, shape, dtype, *, bias=True, state=True, lengths=False, peep=False, seed=0):
+    """Random inputs (PyTorch-like init scale), cotangents and kwargs for one forward call."""
+    T, N, C, H = shape
+    G = GATES[cell]
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+
+    def u(*s, scale=k):
+        return rng.uniform(-scale, scale, s).astype(dtype)
+
+    args = [rng.standard_normal((T, N, C)).astype(dtype), u(G * H, C), u(G * H, H)]
+    kw = {}
+    if bias:
+        kw.update(b_ih=u(G * H), b_hh=u(G * H))
+    if state:
+        kw["h0"] = u(N, H, scale=1.0)
+        if cell == "lstm":
+            kw["c0"] = u(N, H, scale=1.0)
+    if peep:
+        kw["w_peep"] = u(3, H, scale=1.0)
+    if lengths:
+        L = rng.integers(0, T + 1, N)
+        L[0] = T
+        if N > 1:
+            L[-1] = 0
+        kw["lengths"] = L
+    cot = {"dy": rng.standard_normal((T, N, H)).astype(dtype),
+           "dh_n": rng.standard_normal((N, H)).astype(dtype)}
+    if cell == "lstm":
+        cot["dc_n"] = rng.standard_normal((N, H)).astype(dtype)
+    return args, kw, cot
+
+
+def run(impl, cell, args, kw, cot, option, reverse, training=True):
+    fwd, bwd = getattr(impl, cell + "_forward"), getattr(impl, cell + "_backward")
+    extra = {"gru": {"variant": option}, "rnn": {"nonlinearity": option}}.get(cell, {})
+    out = fwd(*args, **kw, **extra, reverse=reverse, training=training)
+    grads = bwd(out.cache, **cot) if training else None
+    return out, grads
+
+
+def as64(d):
+    return {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
+            for k, v in d.items()}
+
+
+def assert_close(got, want, tol, what):
+    for name in want._fields:
+        w, g = getattr(want, name), getattr(got, name)
+        if name == "cache":
+            continue
+        if w is None:
+            assert g is None, f"{what}: {name} should be None"
+            continue
+        assert g.shape == w.shape and g.dtype == got[0].dtype, f"{what}: {name} shape/dtype"
+        scale = max(float(np.abs(w).max()), 1e-30)
+        err = float(np.abs(g.astype(np.float64) - w).max())
+        assert err <= tol * scale, f"{what}: {name} max abs diff {err:.3g} > {tol:g} x {scale:.3g}"
+
+
+OPTIONS = {"lstm": [False, True], "gru": ["reset_after", "reset_before"], "rnn": ["tanh", "relu"]}
+GRID = [(cell, opt) for cell in OPTIONS for opt in OPTIONS[cell]]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T%dN%dC%dH%d" % s)
+@pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
+@pytest.mark.parametrize("bias,state,lengths,reverse",
+                         list(itertools.product([True, False], repeat=4)),
+                         ids=lambda v: "y" if v else "n")
+def test_kernel_matches_reference(cell, option, shape, dtype, bias, state, lengths, reverse):
+    peep = cell == "lstm" and option
+    opt = None if cell == "lstm" else option
+    args, kw, cot = make_case(cell, shape, dtype, bias=bias, state=state, lengths=lengths,
+                              peep=peep)
+    got_out, got_grads = run(fusedrnn, cell, args, kw, cot, opt, reverse)
+    # The reference runs in float64 on the same (possibly float32-rounded) values.
+    want_out, want_grads = run(ref, cell, [a.astype(np.float64) for a in args], as64(kw),
+                               as64(cot), opt, reverse)
+    what = f"{cell} {option} {shape} {np.dtype(dtype).name}"
+    assert_close(got_out, want_out, TOL[dtype], what)
+    assert_close(got_grads, want_grads, TOL[dtype], what)
+
+
+def _all_arrays(out, grads):
+    return [a for a in list(out[:-1]) + list(grads) if a is not None]
+
+
+@pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_bitwise_identical_across_thread_counts(cell, option, dtype):
+    args, kw, cot = make_case(cell, (9, 37, 21, 130), dtype, lengths=True,
+                              peep=cell == "lstm" and option, seed=3)
+    opt = None if cell == "lstm" else option
+    before = fusedrnn.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2):
+            fusedrnn.set_num_threads(n)
+            for reverse in (False, True):
+                results[n, reverse] = _all_arrays(*run(fusedrnn, cell, args, kw, cot, opt, reverse))
+    finally:
+        fusedrnn.set_num_threads(before)
+    for reverse in (False, True):
+        for a, b in zip(results[1, reverse], results[2, reverse]):
+            assert np.array_equal(a, b), f"{cell} {option}: 1 and 2 threads differ"
+
+
+@pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
+def test_inference_equals_training_and_backward_repeats(cell, option):
+    args, kw, cot = make_case(cell, (6, 5, 4, 67), np.float32, lengths=True,
+                              peep=cell == "lstm" and option, seed=5)
+    opt = None if cell == "lstm" else option
+    out, grads = run(fusedrnn, cell, args, kw, cot, opt, reverse=True)
+    inf, _ = run(fusedrnn, cell, args, kw, cot, opt, reverse=True, training=False)
+    assert inf.cache is None
+    for a, b in zip(out[:-1], inf[:-1]):
+        assert np.array_equal(a, b), "inference and training forward differ"
+    again = getattr(fusedrnn, cell + "_backward")(out.cache, **cot)
+    for a, b in zip(grads, again):
+        if a is not None:
+            assert np.array_equal(a, b), "a second backward on the same cache differs"
+            assert a is not b
+
+
+def test_padded_steps_are_exact_zeros_and_zero_length_keeps_state():
+    args, kw, cot = make_case("lstm", (5, 3, 4, 6), np.float64, seed=7)
+    kw["lengths"] = np.array([5, 0, 2])
+    out, grads = run(fusedrnn, "lstm", args, kw, cot, None, reverse=True)
+    assert np.all(out.y[:, 1] == 0) and np.all(out.y[2:, 2] == 0)
+    assert np.array_equal(out.h_n[1], kw["h0"][1]) and np.array_equal(out.c_n[1], kw["c0"][1])
+    assert np.all(grads.dx[:, 1] == 0) and np.all(grads.dx[2:, 2] == 0)
+    assert np.array_equal(grads.dh0[1], cot["dh_n"][1])
+    assert np.array_equal(grads.dc0[1], cot["dc_n"][1])
+
+
+def test_core_accumulates_parameter_gradients_and_overwrites_dx():
+    """The C++ contract: dw_*, db_* accumulate (+=); dx, dh0, dc0 are overwritten."""
+    (x, w_ih, w_hh), kw, cot = make_case("lstm", (4, 3, 5, 7), np.float64, peep=True, seed=11)
+    out = fusedrnn.lstm_forward(x, w_ih, w_hh, **kw)
+    T, N, C, H = 4, 3, 5, 7
+    dims = (T, N, C, H)
+    ws = np.empty(_core.lstm_sizes(dims)[2])
+    dx, dh0, dc0 = np.full((T, N, C), 7.0), np.full((N, H), 7.0), np.full((N, H), 7.0)
+    acc = [np.zeros((4 * H, C)), np.zeros((4 * H, H)), np.zeros(4 * H), np.zeros(4 * H),
+           np.zeros((3, H))]
+    c = out.cache
+    call = lambda: _core.lstm_backward(dims, False, 0, x, w_ih, w_hh, kw["w_peep"], None,  # noqa
+                                       c.buffer, cot["dy"], cot["dh_n"], cot["dc_n"], dx, dh0,
+                                       dc0, *acc, ws)
+    call()
+    first = [a.copy() for a in acc] + [dx.copy(), dh0.copy(), dc0.copy()]
+    call()
+    for a, f in zip(acc, first):
+        assert np.array_equal(a, 2 * f), "parameter gradient did not accumulate"
+    for a, f in zip((dx, dh0, dc0), first[5:]):
+        assert np.array_equal(a, f), "input/state gradient was not overwritten"
+    want = fusedrnn.lstm_backward(c, **cot)
+    np.testing.assert_allclose(first[0], want.dw_ih, rtol=0, atol=1e-14)
+
+
+def test_concurrent_calls_match_serial():
+    """Kernels release the GIL and share no state: threads on separate data match serial calls."""
+    cases = [make_case("gru", (8, 6, 10, 40), np.float64, lengths=True, seed=s) for s in range(4)]
+    serial = [_all_arrays(*run(fusedrnn, "gru", *c, "reset_before", True)) for c in cases]
+    results = [None] * len(cases)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = _all_arrays(*run(fusedrnn, "gru", *cases[i], "reset_before", True))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, serial):
+        for a, b in zip(got, want):
+            assert np.array_equal(a, b)
