@@ -6,7 +6,8 @@
 //   L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)],
 // and checks the documented contracts of fusedrnn.h: padded outputs are zero, the inference
 // forward matches the training forward, parameter gradients accumulate while dx/dh0/dc0 are
-// overwritten, and invalid arguments throw std::invalid_argument before any work.
+// overwritten, and invalid arguments throw std::invalid_argument before any work. Workspace
+// and cache (sized by the *_size functions) start as NaN, so reading unwritten memory fails.
 // Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
 #include <fusedrnn/fusedrnn.h>
 
@@ -24,19 +25,26 @@
 using namespace fusedrnn;
 using Vec = std::vector<double>;
 
+// Fills workspace and cache before each call: a kernel reading what it did not write gives NaN.
+const double kJunk = std::numeric_limits<double>::quiet_NaN();
+
 namespace {
 
 int g_passed = 0, g_failed = 0;
 
 void report(bool ok, const std::string& what, const std::string& detail) {
-  std::printf("%-4s %-42s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
+  std::printf("%-4s %-46s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
   ++(ok ? g_passed : g_failed);
 }
 
-std::string err_str(double e) {
+// max() that keeps a NaN (std::max would drop it, hiding a kernel that reads junk).
+double nan_max(double a, double b) { return std::isnan(b) || b > a ? b : a; }
+
+// A check of a maximum error against a tolerance.
+void report_err(const std::string& what, double err, double tol) {
   char buf[48];
-  std::snprintf(buf, sizeof buf, "max err %.2e", e);
-  return buf;
+  std::snprintf(buf, sizeof buf, "max err %.2e", err);
+  report(err <= tol, what, buf);
 }
 
 Vec random_vec(std::mt19937_64& rng, std::size_t n, double scale) {
@@ -64,7 +72,7 @@ double fd_max_error(const std::function<double()>& loss, Vec& p, const Vec& anal
     const double lm = loss();
     p[i] = keep;
     const double fd = (lp - lm) / (2 * eps);
-    worst = std::max(worst, std::abs(fd - analytic[i]) / std::max(1.0, std::abs(analytic[i])));
+    worst = nan_max(worst, std::abs(fd - analytic[i]) / std::max(1.0, std::abs(analytic[i])));
   }
   return worst;
 }
@@ -95,17 +103,20 @@ struct Case {
   // Pointers to a tensor's values / gradient; null once the vector is emptied.
   double* v(const std::string& n) { Vec& e = at(n).v; return e.empty() ? nullptr : e.data(); }
   double* g(const std::string& n) { Vec& e = at(n).g; return e.empty() ? nullptr : e.data(); }
-  const std::int64_t* len() const { return lengths.data(); }
   double loss() { return dot(y, dy) + dot(hn, dhn) + dot(cn, dcn); }
   double eval() { forward(nullptr); return loss(); }  // inference path
 };
 
 // Random tensors for a cell with G gates; with_c adds c0/dc_n (LSTM), peep adds w_peep.
-void fill_case(Case& c, std::uint64_t seed, int G, bool with_c, bool peep) {
+void fill_case(Case& c, const std::string& name, bool reverse, std::vector<std::int64_t> lengths,
+               std::uint64_t seed, int G, bool with_c, bool peep) {
+  c.name = name + (reverse ? " reverse" : "");
+  c.opt.reverse = reverse;
+  c.lengths = lengths;
   std::mt19937_64 rng(seed);
   const auto [T, N, C, H] = c.d;
-  auto add = [&](const char* name, std::int64_t n, double scale, bool acc) {
-    c.t.push_back({name, random_vec(rng, n, scale), Vec(n), acc});
+  auto add = [&](const char* tname, std::int64_t n, double scale, bool acc) {
+    c.t.push_back({tname, random_vec(rng, n, scale), Vec(n), acc});
   };
   c.t.clear();
   add("x", T * N * C, 1.0, false);
@@ -125,20 +136,17 @@ void fill_case(Case& c, std::uint64_t seed, int G, bool with_c, bool peep) {
 }
 
 void make_lstm(Case& c, bool reverse, std::vector<std::int64_t> lengths) {
-  c.name = reverse ? "lstm reverse" : "lstm forward";
-  c.opt.reverse = reverse;
-  c.lengths = lengths;
-  fill_case(c, 11 + reverse, 4, true, true);
-  c.cache.assign(lstm_cache_size(c.d), 0);
+  fill_case(c, "lstm", reverse, lengths, 11 + reverse, 4, true, true);
+  c.cache.assign(lstm_cache_size(c.d), kJunk);
   c.forward = [&c](double* cache) {
-    Vec ws(lstm_forward_workspace_size(c.d));
+    Vec ws(lstm_forward_workspace_size(c.d), kJunk);
     lstm_forward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                 c.v("h0"), c.v("c0"), c.v("w_peep"), c.len(), c.y.data(), c.hn.data(),
+                 c.v("h0"), c.v("c0"), c.v("w_peep"), c.lengths.data(), c.y.data(), c.hn.data(),
                  c.cn.data(), cache, ws.data());
   };
   c.backward = [&c] {
-    Vec ws(lstm_backward_workspace_size(c.d));
-    lstm_backward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("w_peep"), c.len(),
+    Vec ws(lstm_backward_workspace_size(c.d), kJunk);
+    lstm_backward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("w_peep"), c.lengths.data(),
                   c.cache.data(), c.dy.data(), c.dhn.data(), c.dcn.data(), c.g("x"), c.g("h0"),
                   c.g("c0"), c.g("w_ih"), c.g("w_hh"), c.g("b_ih"), c.g("b_hh"), c.g("w_peep"),
                   ws.data());
@@ -146,43 +154,38 @@ void make_lstm(Case& c, bool reverse, std::vector<std::int64_t> lengths) {
 }
 
 void make_gru(Case& c, GruVariant var, bool reverse, std::vector<std::int64_t> lengths) {
-  c.name = std::string(var == GruVariant::reset_after ? "gru reset_after" : "gru reset_before") +
-           (reverse ? " reverse" : "");
-  c.opt.reverse = reverse;
-  c.lengths = lengths;
-  fill_case(c, 21 + int(var), 3, false, false);
-  c.cache.assign(gru_cache_size(c.d), 0);
+  const bool after = var == GruVariant::reset_after;
+  fill_case(c, after ? "gru reset_after" : "gru reset_before", reverse, lengths, 21 + after, 3,
+            false, false);
+  c.cache.assign(gru_cache_size(c.d), kJunk);
   c.forward = [&c, var](double* cache) {
-    Vec ws(gru_forward_workspace_size(c.d));
+    Vec ws(gru_forward_workspace_size(c.d), kJunk);
     gru_forward(c.d, c.opt, var, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                c.v("h0"), c.len(), c.y.data(), c.hn.data(), cache, ws.data());
+                c.v("h0"), c.lengths.data(), c.y.data(), c.hn.data(), cache, ws.data());
   };
   c.backward = [&c, var] {
-    Vec ws(gru_backward_workspace_size(c.d));
-    gru_backward(c.d, c.opt, var, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.len(), c.cache.data(),
-                 c.dy.data(), c.dhn.data(), c.g("x"), c.g("h0"), c.g("w_ih"), c.g("w_hh"),
-                 c.g("b_ih"), c.g("b_hh"), ws.data());
+    Vec ws(gru_backward_workspace_size(c.d), kJunk);
+    gru_backward(c.d, c.opt, var, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.lengths.data(),
+                 c.cache.data(), c.dy.data(), c.dhn.data(), c.g("x"), c.g("h0"), c.g("w_ih"),
+                 c.g("w_hh"), c.g("b_ih"), c.g("b_hh"), ws.data());
   };
 }
 
 void make_rnn(Case& c, Nonlinearity act, bool reverse, std::vector<std::int64_t> lengths,
               std::uint64_t seed) {
-  c.name = std::string(act == Nonlinearity::tanh ? "rnn tanh" : "rnn relu") +
-           (reverse ? " reverse" : "");
-  c.opt.reverse = reverse;
-  c.lengths = lengths;
-  fill_case(c, seed, 1, false, false);
-  c.cache.assign(rnn_cache_size(c.d), 0);
+  fill_case(c, act == Nonlinearity::tanh ? "rnn tanh" : "rnn relu", reverse, lengths, seed, 1,
+            false, false);
+  c.cache.assign(rnn_cache_size(c.d), kJunk);
   c.forward = [&c, act](double* cache) {
-    Vec ws(rnn_forward_workspace_size(c.d));
+    Vec ws(rnn_forward_workspace_size(c.d), kJunk);
     rnn_forward(c.d, c.opt, act, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                c.v("h0"), c.len(), c.y.data(), c.hn.data(), cache, ws.data());
+                c.v("h0"), c.lengths.data(), c.y.data(), c.hn.data(), cache, ws.data());
   };
   c.backward = [&c, act] {
-    Vec ws(rnn_backward_workspace_size(c.d));
-    rnn_backward(c.d, c.opt, act, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.len(), c.cache.data(),
-                 c.dy.data(), c.dhn.data(), c.g("x"), c.g("h0"), c.g("w_ih"), c.g("w_hh"),
-                 c.g("b_ih"), c.g("b_hh"), ws.data());
+    Vec ws(rnn_backward_workspace_size(c.d), kJunk);
+    rnn_backward(c.d, c.opt, act, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.lengths.data(),
+                 c.cache.data(), c.dy.data(), c.dhn.data(), c.g("x"), c.g("h0"), c.g("w_ih"),
+                 c.g("w_hh"), c.g("b_ih"), c.g("b_hh"), ws.data());
   };
 }
 
@@ -219,16 +222,17 @@ void run_case(Case& c) {
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t n = 0; n < N; ++n)
       if (t >= c.lengths[n])
-        for (std::int64_t j = 0; j < H; ++j) pad = std::max(pad, std::abs(c.y[(t * N + n) * H + j]));
-  report(pad == 0, c.name + ": y zero at padded steps", err_str(pad));
+        for (std::int64_t j = 0; j < H; ++j)
+          pad = nan_max(pad, std::abs(c.y[(t * N + n) * H + j]));
+  report_err(c.name + ": y zero at padded steps", pad, 0);
   c.backward();
   const double l_inf = c.eval();
-  report(std::abs(l_inf - l_train) <= 1e-12 * std::max(1.0, std::abs(l_train)),
-         c.name + ": inference == training forward", err_str(std::abs(l_inf - l_train)));
+  report_err(c.name + ": inference == training forward",
+             std::abs(l_inf - l_train) / std::max(1.0, std::abs(l_train)), 1e-12);
 
   for (Tensor& e : c.t) {
     const double err = fd_max_error([&c] { return c.eval(); }, e.v, e.g);
-    report(err <= 1e-6, c.name + ": d" + e.name + " vs FD", err_str(err));
+    report_err(c.name + ": d" + e.name + " vs FD", err, 1e-6);
   }
 
   // Second backward from the same cache: parameter gradients double, the others stay.
@@ -240,12 +244,12 @@ void run_case(Case& c) {
     for (std::size_t i = 0; i < first[k].size(); ++i) {
       const double g1 = first[k][i], g2 = c.t[k].g[i];
       if (c.t[k].accumulates)
-        acc_err = std::max(acc_err, std::abs(g2 - 2 * g1) / std::max(1.0, std::abs(2 * g1)));
+        acc_err = nan_max(acc_err, std::abs(g2 - 2 * g1) / std::max(1.0, std::abs(2 * g1)));
       else
-        ovw_err = std::max(ovw_err, std::abs(g2 - g1) / std::max(1.0, std::abs(g1)));
+        ovw_err = nan_max(ovw_err, std::abs(g2 - g1) / std::max(1.0, std::abs(g1)));
     }
-  report(acc_err <= 1e-12, c.name + ": parameter grads accumulate", err_str(acc_err));
-  report(ovw_err <= 1e-12, c.name + ": input/state grads overwritten", err_str(ovw_err));
+  report_err(c.name + ": parameter grads accumulate (2nd call)", acc_err, 1e-12);
+  report_err(c.name + ": input/state grads overwritten (2nd call)", ovw_err, 1e-12);
 }
 
 // f() must throw std::invalid_argument and leave the buffer `untouched` as it was.
@@ -263,71 +267,49 @@ void expect_invalid(const std::string& what, const std::function<void()>& f, con
   report(ok, what, untouched == before ? got : got + " (output modified)");
 }
 
+// Builds a case in place (its calls capture it by reference) and runs every check on it.
+void check(const std::function<void(Case&)>& make) {
+  Case c;
+  make(c);
+  run_case(c);
+}
+
 }  // namespace
 
 int main() {
-  {
-    Case c;
-    make_lstm(c, false, {3, 2, 0});
-    run_case(c);
-  }
-  {
-    Case c;
-    make_lstm(c, true, {2, 3, 1});
-    run_case(c);
-  }
-  {
-    Case c;
-    make_gru(c, GruVariant::reset_after, false, {3, 1, 0});
-    run_case(c);
-  }
-  {
-    Case c;
-    make_gru(c, GruVariant::reset_before, false, {2, 1, 2});  // max length < T
-    run_case(c);
-  }
-  {
-    Case c;
-    make_gru(c, GruVariant::reset_before, true, {3, 2, 0});
-    run_case(c);
-  }
-  {
-    Case c;
-    make_rnn(c, Nonlinearity::tanh, true, {3, 1, 2}, 31);
-    run_case(c);
-  }
-  {
-    Case c;  // reseed until every relu pre-activation is at least 0.01 away from the kink
+  check([](Case& c) { make_lstm(c, false, {3, 2, 0}); });
+  check([](Case& c) { make_lstm(c, true, {2, 3, 1}); });
+  check([](Case& c) { make_gru(c, GruVariant::reset_after, false, {3, 1, 0}); });
+  check([](Case& c) { make_gru(c, GruVariant::reset_before, false, {2, 1, 2}); });  // max len < T
+  check([](Case& c) { make_gru(c, GruVariant::reset_before, true, {3, 2, 0}); });
+  check([](Case& c) { make_rnn(c, Nonlinearity::tanh, true, {3, 1, 2}, 31); });
+  check([](Case& c) {  // reseed until every relu pre-activation is >= 0.01 away from the kink
     std::uint64_t seed = 41;
-    for (make_rnn(c, Nonlinearity::relu, false, {3, 2, 0}, seed);
-         rnn_min_abs_preact(c) < 1e-2 && seed < 141;)
-      make_rnn(c, Nonlinearity::relu, false, {3, 2, 0}, ++seed);
+    do make_rnn(c, Nonlinearity::relu, false, {3, 2, 0}, seed++);
+    while (rnn_min_abs_preact(c) < 1e-2 && seed < 141);
     const double m = rnn_min_abs_preact(c);
-    report(m >= 1e-2, "rnn relu: |pre-activation| >= 0.01 (seed " + std::to_string(seed) + ")",
-           "min " + std::to_string(m));
-    run_case(c);
-  }
-  {
-    Case c;  // argument checks: each call must throw before writing any output
-    make_lstm(c, false, {3, 2, 0});
-    std::fill(c.y.begin(), c.y.end(), 5.0);
-    c.lengths[0] = c.d.T + 1;
-    expect_invalid("lstm_forward lengths[0] = T+1 throws", [&c] { c.forward(c.cache.data()); }, c.y);
-    c.lengths[0] = -1;
-    expect_invalid("lstm_forward lengths[0] = -1 throws", [&c] { c.forward(c.cache.data()); }, c.y);
-    c.lengths[0] = 3;
-    c.at("x").v.clear();  // Case::v() gives null for an empty tensor
-    expect_invalid("lstm_backward x = null throws", [&c] { c.backward(); }, c.at("w_ih").g);
-    Case g;
-    make_gru(g, GruVariant::reset_after, false, {3, 1, 0});
-    std::fill(g.y.begin(), g.y.end(), 5.0);
-    g.at("x").v.clear();
-    expect_invalid("gru_forward x = null throws", [&g] { g.forward(g.cache.data()); }, g.y);
-    Case r;
-    make_rnn(r, Nonlinearity::tanh, false, {3, 1, 0}, 31);
-    r.d.H = 0;
-    expect_invalid("rnn_backward H = 0 throws", [&r] { r.backward(); }, r.at("x").g);
-  }
+    report(m >= 1e-2, "rnn relu: min |pre-activation| >= 0.01", "min " + std::to_string(m));
+  });
+
+  // Invalid arguments must throw std::invalid_argument before writing any output.
+  Case c, g, r;
+  make_lstm(c, false, {3, 2, 0});
+  std::fill(c.y.begin(), c.y.end(), 5.0);
+  c.lengths[0] = c.d.T + 1;
+  expect_invalid("lstm_forward lengths[0] = T+1 throws", [&c] { c.forward(c.cache.data()); }, c.y);
+  c.lengths[0] = -1;
+  expect_invalid("lstm_forward lengths[0] = -1 throws", [&c] { c.forward(c.cache.data()); }, c.y);
+  c.lengths[0] = 3;
+  c.at("x").v.clear();  // Case::v() gives null for an empty tensor
+  expect_invalid("lstm_backward x = null throws", [&c] { c.backward(); }, c.at("w_ih").g);
+  make_gru(g, GruVariant::reset_after, false, {3, 1, 0});
+  std::fill(g.y.begin(), g.y.end(), 5.0);
+  g.at("x").v.clear();
+  expect_invalid("gru_forward x = null throws", [&g] { g.forward(g.cache.data()); }, g.y);
+  make_rnn(r, Nonlinearity::tanh, false, {3, 1, 0}, 31);
+  r.d.H = 0;
+  expect_invalid("rnn_backward H = 0 throws", [&r] { r.backward(); }, r.at("x").g);
+
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
