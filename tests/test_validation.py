@@ -318,9 +318,6 @@ def test_forward_rejects_bad_lengths(cell, bad, exc, pattern, monkeypatch):
         FORWARD[cell](**kw)
 
 
-@pytest.mark.xfail(strict=True, reason="API defect: a lengths list holding a bool next to ints "
-                   "([True, 2, 3]) is converted by np.asarray to int64 [1, 2, 3] and accepted; "
-                   "only an all-bool lengths is rejected as 'not integers'")
 @pytest.mark.parametrize("cell", CELLS)
 def test_forward_rejects_bool_inside_lengths_list(cell, monkeypatch):
     kw = forward_args(cell)
@@ -518,14 +515,11 @@ def restore_threads(monkeypatch):
 def test_set_num_threads_rejects(bad, restore_threads):
     fusedrnn.set_num_threads(2)
     with pytest.raises((TypeError, ValueError), match=r"set_num_threads: n must be an integer "
-                                                      r">= 1, got " + re.escape(repr(bad))):
+                                                      r"in \[1, 4096\], got " + re.escape(repr(bad))):
         fusedrnn.set_num_threads(bad)
     assert fusedrnn.get_num_threads() == 2            # a rejected value changes nothing
 
 
-@pytest.mark.xfail(strict=True, reason="API defect: set_num_threads accepts n >= 2**31, which "
-                   "does not fit the kernels' C int; every later kernel call then fails with "
-                   "pybind11's 'incompatible function arguments' TypeError")
 def test_set_num_threads_rejects_value_beyond_c_int(restore_threads):
     with pytest.raises((TypeError, ValueError), match="set_num_threads"):
         fusedrnn.set_num_threads(2**31)
@@ -696,3 +690,14 @@ def test_core_valid_call_succeeds(cell, direction):
     _core_call(cell, direction, pairs)
     out = dict(pairs)["y" if direction == "forward" else "dx"]
     assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("arg", ["x", "w_hh", "h0"])
+def test_forward_rejects_masked_arrays(cell, arg, monkeypatch):
+    """A masked array's mask would be silently ignored by the kernels: refuse it."""
+    kw = forward_args(cell)
+    kw[arg] = np.ma.masked_array(kw[arg])
+    forbid_kernels(monkeypatch)
+    with pytest.raises(TypeError, match=rf"{cell}_forward: {arg} must be a numpy array"):
+        FORWARD[cell](**kw)

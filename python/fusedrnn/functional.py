@@ -24,13 +24,15 @@ __all__ = [
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 _SIZES = {"lstm": _core.lstm_sizes, "gru": _core.gru_sizes, "rnn": _core.rnn_sizes}
 _num_threads: Optional[int] = None  # None: OpenMP's default
+_MAX_THREADS = 4096
 
 
 def set_num_threads(n: int) -> None:
     """Set the number of threads every kernel call uses (results do not depend on it)."""
     global _num_threads
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"set_num_threads: n must be an integer >= 1, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be an integer in [1, {_MAX_THREADS}], "
+                         f"got {n!r}")
     _num_threads = int(n)
 
 
@@ -49,7 +51,7 @@ def _threads() -> int:
 # Argument checks: TypeError for a wrong type or dtype, ValueError for a wrong shape, order or value.
 
 def _check_x(fn, x):
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, np.ndarray) or isinstance(x, np.ma.MaskedArray):
         raise TypeError(f"{fn}: x must be a numpy array of shape [T, N, C], got {type(x).__name__}")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{fn}: x must have dtype float32 or float64, got {x.dtype}")
@@ -67,7 +69,7 @@ def _check(fn, name, a, shape, dtype, optional=True):
         if optional:
             return
         raise ValueError(f"{fn}: {name} must not be None")
-    if not isinstance(a, np.ndarray):
+    if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
         raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
                         f"got {type(a).__name__}")
     if a.dtype != dtype:
@@ -100,6 +102,9 @@ def _check_lengths(fn, lengths, N, T):
         arr = lengths
     elif isinstance(lengths, (list, tuple)):
         arr = np.asarray(lengths)
+        if arr.dtype.kind in "iu" and any(isinstance(v, (bool, np.bool_)) for v in lengths):
+            raise TypeError(f"{fn}: lengths must have an integer dtype, got a bool in "
+                            f"{list(lengths)!r}")
     else:
         raise TypeError(f"{fn}: lengths must be an integer numpy array of shape [{N}], "
                         f"got {type(lengths).__name__}")
