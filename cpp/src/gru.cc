@@ -4,7 +4,7 @@
 //   h_t = (1 - z)*n + z*h_{t-1}
 #include "fusedrnn/gru.h"
 
-#include "kernel.h"
+#include "packed_gemm.h"
 
 namespace fusedrnn {
 
@@ -15,14 +15,19 @@ using detail::Index;
 std::size_t gru_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * d.H + d.T * d.N * 4 * d.H);
 }
-// Forward workspace: gx [T, N, 3H], gh [N, 3H], gates of one step [N, 4H], h double buffer.
+// Forward workspace: gx [T, N, 3H], gh [N, 3H], gates of one step [N, 4H], h double buffer,
+// packed w_ih, packed w_hh (its r, z rows and its n rows apart, for reset_before's two products).
 std::size_t gru_forward_workspace_size(const Dims& d) {
-  return std::size_t(d.T * d.N * 3 * d.H + d.N * 3 * d.H + d.N * 4 * d.H + 2 * d.N * d.H);
+  return std::size_t(d.T * d.N * 3 * d.H + d.N * 3 * d.H + d.N * 4 * d.H + 2 * d.N * d.H +
+                     detail::packed_bound(d.C, 3 * d.H) + detail::packed_bound(d.H, 2 * d.H) +
+                     detail::packed_bound(d.H, d.H));
 }
 // Backward workspace: dgh [T, N, 3H] (step order), dgx [T, N, 3H] (time order), dh double
-// buffer [2, N, H], d(r*h) [N, H].
+// buffer [2, N, H], d(r*h) [N, H], packed w_hh (r, z rows and n rows apart) and w_ih.
 std::size_t gru_backward_workspace_size(const Dims& d) {
-  return std::size_t(2 * d.T * d.N * 3 * d.H + 3 * d.N * d.H);
+  return std::size_t(2 * d.T * d.N * 3 * d.H + 3 * d.N * d.H +
+                     detail::packed_bound(2 * d.H, d.H) + detail::packed_bound(d.H, d.H) +
+                     detail::packed_bound(3 * d.H, d.C));
 }
 
 template <typename Scalar>
@@ -47,6 +52,9 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   Scalar* gh = gx + d.T * N * GH;
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * 4 * H;
+  Scalar* wih_p = hbuf + 2 * NH;
+  Scalar* whh_p = wih_p + packed_bound(d.C, GH);  // reset_after: all 3H rows of w_hh
+  Scalar* whn_p = whh_p + packed_bound(H, 2 * H);  // reset_before: r, z rows above, n rows here
   Scalar* hs = training ? cache : hbuf;
   Scalar* gates = training ? cache + (d.T + 1) * NH : nullptr;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
@@ -60,13 +68,15 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
 #pragma omp parallel num_threads(thread_count(opt))
 #endif
   {
-    forward_prologue(d, 3, x, w_ih, lengths, gx, y);
+    forward_prologue(d, 3, x, w_ih, lengths, wih_p, gx, y);
+    par_pack(w_hh, H, after ? GH : 2 * H, H, true, whh_p);
+    if (!after) par_pack(w_hh + 2 * H * H, H, H, H, true, whn_p);
     par_copy_or_zero(hs, h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
       // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
-      par_gemm(Trans::N, Trans::T, N, after ? GH : 2 * H, H, h_prev, H, w_hh, H, gh, GH, false);
+      par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, whh_p, gh, GH, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -110,7 +120,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
       const Scalar* q = gate_row(s, 0) + 3 * H;
-      par_gemm(Trans::N, Trans::T, N, H, H, q, 4 * H, w_hh + 2 * H * H, H, gh + 2 * H, GH, false);
+      par_gemm_packed(N, H, H, q, 4 * H, whn_p, gh + 2 * H, GH, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -171,12 +181,18 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
   Scalar* dgx = (after || opt.reverse) ? dgh + d.T * N * GH : dgh;
   Scalar* dhbuf = dgh + 2 * d.T * N * GH;
   Scalar* drh = dhbuf + 2 * NH;
+  // Packed w_hh for dg w_hh: reset_after all 3H rows; reset_before rows r, z here, n rows below.
+  Scalar* whh_q = drh + NH;
+  Scalar* whn_q = whh_q + packed_bound(2 * H, H);
+  Scalar* wih_q = whn_q + packed_bound(H, H);
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt))
 #endif
   {
     if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
+    par_pack(w_hh, after ? GH : 2 * H, H, H, false, whh_q);
+    if (!after) par_pack(w_hh + 2 * H * H, H, H, H, false, whn_q);
     par_copy_or_zero(dhbuf + (S % 2) * NH, dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
@@ -223,12 +239,12 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
         }
       }
       if (after) {
-        par_gemm(Trans::N, Trans::N, N, H, GH, dgs, GH, w_hh, H, dh_nxt, H, true);
+        par_gemm_packed(N, H, GH, dgs, GH, whh_q, dh_nxt, H, true);
         continue;
       }
       // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
       // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
-      par_gemm(Trans::N, Trans::N, N, H, H, dgs + 2 * H, GH, w_hh + 2 * H * H, H, drh, H, false);
+      par_gemm_packed(N, H, H, dgs + 2 * H, GH, whn_q, drh, H, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -250,14 +266,14 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
           for (Index g = 0; g < 3; ++g) std::copy(dg + g * H, dg + g * H + bk, dgxr + g * H);
         }
       }
-      par_gemm(Trans::N, Trans::N, N, H, 2 * H, dgs, GH, w_hh, H, dh_nxt, H, true);
+      par_gemm_packed(N, H, 2 * H, dgs, GH, whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
-    backward_epilogue(d, S, Index(3), x, w_ih, dgx, dgh, hs, dx, dw_ih, after ? dw_hh : nullptr,
-                      db_ih, db_hh);
+    backward_epilogue(d, S, Index(3), x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih,
+                      after ? dw_hh : nullptr, db_ih, db_hh);
     if (!after && dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
       par_gemm(Trans::T, Trans::N, 2 * H, H, S * N, dgh, GH, hs, H, dw_hh, H, true);

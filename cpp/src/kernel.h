@@ -98,8 +98,8 @@ CMatMap<Scalar> cmat(const Scalar* p, Index rows, Index cols, Index ld) {
 
 // Fixed tile sizes: the split of every product is independent of the thread count, and each
 // tile is computed by one thread in one fixed order, so results are bitwise reproducible.
-constexpr Index kTileRows = 1024;
-constexpr Index kTileCols = 256;
+constexpr Index kTileRows = 256;
+constexpr Index kTileCols = 128;
 constexpr Index kUnitBlock = 64;  // hidden units per block of the element-wise gate passes
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
@@ -229,57 +229,6 @@ inline void tanh_array(const Scalar* in, Scalar* out, Index n) {
     const P r = ei::pselect(ei::pcmp_lt(x2, ei::pset1<P>(Scalar(1.0 / 64))), ei::pmul(x, p), big);
     return ei::pselect(ei::pcmp_eq(x, x), r, x);
   });
-}
-
-}  // namespace detail
-}  // namespace fusedrnn
-
-namespace fusedrnn {
-namespace detail {
-
-// ---------------------------------------------------------------------------------------------
-// Pieces every cell shares. All are work-shared: call them from every thread of the region.
-
-// Forward prologue: gx [T*N, G*H] = x [T*N, C] * w_ihᵀ (time order, biases are added later in
-// the gate pass); y zeroed first when lengths leave padded steps unwritten.
-template <typename Scalar>
-void forward_prologue(const Dims& d, Index G, const Scalar* x, const Scalar* w_ih,
-                      const std::int64_t* lengths, Scalar* gx, Scalar* y) {
-  par_gemm(Trans::N, Trans::T, d.T * d.N, G * d.H, d.C, x, d.C, w_ih, d.C, gx, G * d.H, false);
-  if (lengths) par_fill(y, d.T * d.N * d.H, Scalar(0));
-}
-
-// dst [count] = src, or zeros when src is null. Work-shared.
-template <typename Scalar>
-void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
-  if (src) {
-    const Index chunk = 1 << 14, tiles = ceil_div(count, chunk);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (Index t = 0; t < tiles; ++t)
-      std::copy(src + t * chunk, src + std::min(count, (t + 1) * chunk), dst + t * chunk);
-  } else {
-    par_fill(dst, count, Scalar(0));
-  }
-}
-
-// Backward epilogue, after the time loop has produced the pre-activation gradients
-//   dgx [T*N, G*H] in time order (zero at padded steps): the input-side gradients, and
-//   dgh [S*N, G*H] in step order (zero for inactive rows): the recurrent-side gradients,
-// with hs [S*N, H] the state each step read. Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ, so
-//   dx = dgx w_ih,  dw_ih += dgxᵀ x,  dw_hh += dghᵀ hs,  db_ih += Σ rows dgx,  db_hh += Σ rows dgh.
-// dw_hh may be null (a cell whose recurrent product does not read hs does its own).
-template <typename Scalar>
-void backward_epilogue(const Dims& d, Index S, Index G, const Scalar* x, const Scalar* w_ih,
-                       const Scalar* dgx, const Scalar* dgh, const Scalar* hs, Scalar* dx,
-                       Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh) {
-  const Index TN = d.T * d.N, GH = G * d.H;
-  par_gemm(Trans::N, Trans::N, TN, d.C, GH, dgx, GH, w_ih, d.C, dx, d.C, false);
-  if (dw_ih) par_gemm(Trans::T, Trans::N, GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C, true);
-  if (dw_hh) par_gemm(Trans::T, Trans::N, GH, d.H, S * d.N, dgh, GH, hs, d.H, dw_hh, d.H, true);
-  if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
-  if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
 }
 
 }  // namespace detail

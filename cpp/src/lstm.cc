@@ -5,7 +5,7 @@
 // state gradient; large GEMMs after the loop give the weight and input gradients.
 #include "fusedrnn/lstm.h"
 
-#include "kernel.h"
+#include "packed_gemm.h"
 
 namespace fusedrnn {
 
@@ -17,14 +17,16 @@ std::size_t lstm_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * d.H * 2 + d.T * d.N * 4 * d.H);
 }
 // Forward workspace: gx [T, N, 4H], gh [N, 4H], gates of one step [N, 4H], h and c double
-// buffers [2, N, H] each (used when no cache is given).
+// buffers [2, N, H] each (used when no cache is given), packed w_ih and w_hh.
 std::size_t lstm_forward_workspace_size(const Dims& d) {
-  return std::size_t(d.T * d.N * 4 * d.H + 2 * d.N * 4 * d.H + 4 * d.N * d.H);
+  return std::size_t(d.T * d.N * 4 * d.H + 2 * d.N * 4 * d.H + 4 * d.N * d.H +
+                     detail::packed_bound(d.C, 4 * d.H) + detail::packed_bound(d.H, 4 * d.H));
 }
 // Backward workspace: dgh [T, N, 4H] (step order), dgx [T, N, 4H] (time order), dh and dc double
-// buffers [2, N, H] each.
+// buffers [2, N, H] each, packed w_hh and w_ih.
 std::size_t lstm_backward_workspace_size(const Dims& d) {
-  return std::size_t(2 * d.T * d.N * 4 * d.H + 4 * d.N * d.H);
+  return std::size_t(2 * d.T * d.N * 4 * d.H + 4 * d.N * d.H +
+                     detail::packed_bound(4 * d.H, d.H) + detail::packed_bound(4 * d.H, d.C));
 }
 
 template <typename Scalar>
@@ -50,6 +52,8 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * GH;
   Scalar* cbuf = hbuf + 2 * NH;
+  Scalar* wih_p = cbuf + 2 * NH;
+  Scalar* whh_p = wih_p + packed_bound(d.C, GH);
   Scalar* hs = training ? cache : hbuf;
   Scalar* cs = training ? cache + (d.T + 1) * NH : cbuf;
   Scalar* gates = training ? cs + (d.T + 1) * NH : nullptr;
@@ -60,7 +64,8 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
 #pragma omp parallel num_threads(thread_count(opt))
 #endif
   {
-    forward_prologue(d, 4, x, w_ih, lengths, gx, y);
+    forward_prologue(d, 4, x, w_ih, lengths, wih_p, gx, y);
+    par_pack(w_hh, H, GH, H, true, whh_p);
     par_copy_or_zero(hs, h0, NH);
     par_copy_or_zero(cs, c0, NH);
     for (Index s = 0; s < S; ++s) {
@@ -68,7 +73,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
       const Scalar* c_prev = slot(cs, s);
       Scalar* h_next = slot(hs, s + 1);
       Scalar* c_next = slot(cs, s + 1);
-      par_gemm(Trans::N, Trans::T, N, GH, H, h_prev, H, w_hh, H, gh, GH, false);
+      par_gemm_packed(N, GH, H, h_prev, H, whh_p, gh, GH, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -157,12 +162,15 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
   Scalar* dgx = opt.reverse ? dgh + d.T * N * GH : dgh;
   Scalar* dhbuf = dgh + 2 * d.T * N * GH;
   Scalar* dcbuf = dhbuf + 2 * NH;
+  Scalar* whh_q = dcbuf + 2 * NH;
+  Scalar* wih_q = whh_q + packed_bound(GH, H);
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt))
 #endif
   {
     if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
+    par_pack(w_hh, GH, H, H, false, whh_q);
     // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(dhbuf + (S % 2) * NH, dh_n, NH);
     par_copy_or_zero(dcbuf + (S % 2) * NH, dc_n, NH);
@@ -218,7 +226,7 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
           for (Index g = 0; g < 4; ++g) std::copy(dg + g * H, dg + g * H + bk, dgxr + g * H);
         }
       }
-      par_gemm(Trans::N, Trans::N, N, H, GH, dgs, GH, w_hh, H, dh_nxt, H, true);
+      par_gemm_packed(N, H, GH, dgs, GH, whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -227,7 +235,8 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
       if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
       if (dc0) std::copy(dcbuf, dcbuf + NH, dc0);
     }
-    backward_epilogue(d, S, Index(4), x, w_ih, dgx, dgh, hs, dx, dw_ih, dw_hh, db_ih, db_hh);
+    backward_epilogue(d, S, Index(4), x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih, dw_hh, db_ih,
+                      db_hh);
     if (dw_peep) {
       // p_i and p_f multiplied c_prev into i and f, p_o multiplied c_t into o:
       // dp_i = Σ di_pre*c_prev, dp_f = Σ df_pre*c_prev, dp_o = Σ do_pre*c_t (over steps, rows).

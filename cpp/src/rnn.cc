@@ -1,7 +1,7 @@
 // Elman RNN forward and backward kernels: h_t = act(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
 #include "fusedrnn/rnn.h"
 
-#include "kernel.h"
+#include "packed_gemm.h"
 
 namespace fusedrnn {
 
@@ -10,13 +10,16 @@ using detail::Index;
 // Cache: hs [T+1, N, H], the state before each step (step order); the activation's derivative
 // is taken from the activated value hs[s+1].
 std::size_t rnn_cache_size(const Dims& d) { return std::size_t((d.T + 1) * d.N * d.H); }
-// Forward workspace: gx [T, N, H], gh [N, H], h double buffer [2, N, H].
+// Forward workspace: gx [T, N, H], gh [N, H], h double buffer [2, N, H], packed w_ih and w_hh.
 std::size_t rnn_forward_workspace_size(const Dims& d) {
-  return std::size_t(d.T * d.N * d.H + 3 * d.N * d.H);
+  return std::size_t(d.T * d.N * d.H + 3 * d.N * d.H + detail::packed_bound(d.C, d.H) +
+                     detail::packed_bound(d.H, d.H));
 }
-// Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H].
+// Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H],
+// packed w_hh and w_ih.
 std::size_t rnn_backward_workspace_size(const Dims& d) {
-  return std::size_t(2 * d.T * d.N * d.H + 2 * d.N * d.H);
+  return std::size_t(2 * d.T * d.N * d.H + 2 * d.N * d.H + detail::packed_bound(d.H, d.H) +
+                     detail::packed_bound(d.H, d.C));
 }
 
 template <typename Scalar>
@@ -39,6 +42,8 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
   Scalar* gx = workspace;
   Scalar* gh = gx + d.T * NH;
   Scalar* hbuf = gh + NH;
+  Scalar* wih_p = hbuf + 2 * NH;
+  Scalar* whh_p = wih_p + packed_bound(d.C, H);
   Scalar* hs = training ? cache : hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
@@ -46,12 +51,13 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
 #pragma omp parallel num_threads(thread_count(opt))
 #endif
   {
-    forward_prologue(d, 1, x, w_ih, lengths, gx, y);
+    forward_prologue(d, 1, x, w_ih, lengths, wih_p, gx, y);
+    par_pack(w_hh, H, H, H, true, whh_p);
     par_copy_or_zero(hs, h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
-      par_gemm(Trans::N, Trans::T, N, H, H, h_prev, H, w_hh, H, gh, H, false);
+      par_gemm_packed(N, H, H, h_prev, H, whh_p, gh, H, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -106,12 +112,15 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
   Scalar* dgh = workspace;
   Scalar* dgx = opt.reverse ? dgh + d.T * NH : dgh;
   Scalar* dhbuf = dgh + 2 * d.T * NH;
+  Scalar* whh_q = dhbuf + 2 * NH;
+  Scalar* wih_q = whh_q + packed_bound(H, H);
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt))
 #endif
   {
     if (lengths) par_fill(dgx, d.T * NH, Scalar(0));
+    par_pack(w_hh, H, H, H, false, whh_q);
     par_copy_or_zero(dhbuf + (S % 2) * NH, dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
@@ -142,13 +151,14 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
         }
         if (dgx != dgh) std::copy(dgs + off, dgs + off + bk, dgx + (t * N + n) * H + u0);
       }
-      par_gemm(Trans::N, Trans::N, N, H, H, dgs, H, w_hh, H, dh_nxt, H, true);
+      par_gemm_packed(N, H, H, dgs, H, whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
-    backward_epilogue(d, S, Index(1), x, w_ih, dgx, dgh, hs, dx, dw_ih, dw_hh, db_ih, db_hh);
+    backward_epilogue(d, S, Index(1), x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih, dw_hh, db_ih,
+                      db_hh);
   }
 }
 
