@@ -9,6 +9,7 @@ modifying them in place before ``*_backward`` gives wrong gradients, as in any a
 from __future__ import annotations
 
 import numbers
+import threading
 from typing import Optional
 
 import numpy as np
@@ -45,6 +46,24 @@ def get_num_threads() -> int:
 
 def _threads() -> int:
     return _num_threads or 0
+
+
+_scratch = threading.local()
+
+
+def _workspace(size: int, dtype) -> np.ndarray:
+    """Scratch memory for one kernel call, kept per thread and dtype and reused across calls.
+
+    Fresh memory costs a page fault per 4 KiB on first touch (a large share of a small call);
+    a workspace holds nothing between calls, so reusing it is safe. Per thread, because calls
+    from several threads run concurrently.
+    """
+    pool = _scratch.__dict__.setdefault("pool", {})
+    key = np.dtype(dtype).char
+    buf = pool.get(key)
+    if buf is None or buf.size < size:
+        buf = pool[key] = np.empty(size, dtype)
+    return buf[:size]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,7 +180,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     y = np.empty((T, N, H), dt)
     h_n = np.empty((N, H), dt)
     buffer = np.empty(cache_size, dt) if training else None
-    workspace = np.empty(ws_size, dt)
+    workspace = _workspace(ws_size, dt)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
         _core.lstm_forward(dims, reverse, _threads(), x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep,
@@ -197,7 +216,7 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
         _check(fn, "dc_n", dc_n, (N, H), dt)
 
     _, _, ws_size = _SIZES[kind](cache.dims)
-    workspace = np.empty(ws_size, dt)
+    workspace = _workspace(ws_size, dt)
     dx = np.empty((T, N, C), dt)
     dh0 = np.empty((N, H), dt) if cache.has_h0 else None
     dw_ih = np.zeros((G * H, C), dt)
