@@ -276,9 +276,9 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
                       after ? dw_hh : nullptr, db_ih, db_hh);
     if (!after && dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
-      par_gemm(Trans::T, Trans::N, 2 * H, H, S * N, dgh, GH, hs, H, dw_hh, H, true);
-      par_gemm(Trans::T, Trans::N, H, H, S * N, dgh + 2 * H, GH, gates + 3 * H, 4 * H,
-               dw_hh + 2 * H * H, H, true);
+      par_gemm_tn_add(2 * H, H, S * N, dgh, GH, hs, H, dw_hh, H);
+      par_gemm_tn_add(H, H, S * N, dgh + 2 * H, GH, gates + 3 * H, 4 * H,
+               dw_hh + 2 * H * H, H);
     }
   }
 }

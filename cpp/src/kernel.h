@@ -104,15 +104,16 @@ constexpr Index kUnitBlock = 64;  // hidden units per block of the element-wise 
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
-enum class Trans { N, T };
-
 // Must be called by every thread of a parallel region (it is an `omp for` work-share with its
-// implicit barrier). C[m, n] (= or +=) op(A) * op(B) where op(A) is [m, k] and op(B) is [k, n].
-//   A stored row-major as [m, k] (Trans::N) or [k, m] (Trans::T), leading dimension lda;
-//   B stored row-major as [k, n] (Trans::N) or [n, k] (Trans::T), leading dimension ldb.
+// implicit barrier). C[m, n] += Aᵀ B with A stored [k][m] (lda) and B stored [k][n] (ldb), all
+// row-major: the weight gradients dw += dgᵀ x, both operands stored k-major (k = T*N rows).
+// Eigen is ~25% faster producing a column-major tile (it then packs the small B, not the large
+// A, as its right-hand side); the tile is added to C afterwards, so accumulating twice gives
+// exactly twice.
 template <typename Scalar>
-void par_gemm(Trans ta, Trans tb, Index m, Index n, Index k, const Scalar* A, Index lda,
-              const Scalar* B, Index ldb, Scalar* C, Index ldc, bool accumulate) {
+void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, const Scalar* B,
+                     Index ldb, Scalar* C, Index ldc) {
+  if (k == 0) return;
   const Index tm = ceil_div(m, kTileRows), tn = ceil_div(n, kTileCols);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -120,37 +121,10 @@ void par_gemm(Trans ta, Trans tb, Index m, Index n, Index k, const Scalar* A, In
   for (Index tile = 0; tile < tm * tn; ++tile) {
     const Index i0 = (tile / tn) * kTileRows, j0 = (tile % tn) * kTileCols;
     const Index mi = std::min(kTileRows, m - i0), nj = std::min(kTileCols, n - j0);
-    auto c = mat(C + i0 * ldc + j0, mi, nj, ldc);
-    if (k == 0) {
-      if (!accumulate) c.setZero();
-      continue;
-    }
-    const Scalar* a = ta == Trans::N ? A + i0 * lda : A + i0;
-    const Scalar* b = tb == Trans::N ? B + j0 : B + j0 * ldb;
-    if (ta == Trans::T && tb == Trans::N && accumulate) {
-      // Weight gradients C += Aᵀ B, both stored k-major: Eigen is ~25% faster producing a
-      // column-major tile (it then packs the small B, not the large A, as its right-hand
-      // side), which is added to C afterwards.
-      alignas(64) Scalar buf[kTileRows * kTileCols];  // 128 KiB (float) / 256 KiB (double)
-      Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> tmp(buf, mi, nj);
-      tmp.noalias() = cmat(a, k, mi, lda).transpose() * cmat(b, k, nj, ldb);
-      c += tmp;
-      continue;
-    }
-    auto run = [&](const auto& opa, const auto& opb) {
-      if (accumulate)
-        c.noalias() += opa * opb;
-      else
-        c.noalias() = opa * opb;
-    };
-    if (ta == Trans::N && tb == Trans::N)
-      run(cmat(a, mi, k, lda), cmat(b, k, nj, ldb));
-    else if (ta == Trans::N)
-      run(cmat(a, mi, k, lda), cmat(b, nj, k, ldb).transpose());
-    else if (tb == Trans::N)
-      run(cmat(a, k, mi, lda).transpose(), cmat(b, k, nj, ldb));
-    else
-      run(cmat(a, k, mi, lda).transpose(), cmat(b, nj, k, ldb).transpose());
+    alignas(64) Scalar buf[kTileRows * kTileCols];  // 128 KiB (float) / 256 KiB (double)
+    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> tmp(buf, mi, nj);
+    tmp.noalias() = cmat(A + i0, k, mi, lda).transpose() * cmat(B + j0, k, nj, ldb);
+    mat(C + i0 * ldc + j0, mi, nj, ldc) += tmp;
   }
 }
 

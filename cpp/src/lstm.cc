@@ -260,22 +260,17 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
   }
 }
 
-template void lstm_forward<float>(const Dims&, const Options&, const float*, const float*,
-                                  const float*, const float*, const float*, const float*,
-                                  const float*, const float*, const std::int64_t*, float*, float*,
-                                  float*, float*, float*);
-template void lstm_forward<double>(const Dims&, const Options&, const double*, const double*,
-                                   const double*, const double*, const double*, const double*,
-                                   const double*, const double*, const std::int64_t*, double*,
-                                   double*, double*, double*, double*);
-template void lstm_backward<float>(const Dims&, const Options&, const float*, const float*,
-                                   const float*, const float*, const std::int64_t*, const float*,
-                                   const float*, const float*, const float*, float*, float*,
-                                   float*, float*, float*, float*, float*, float*, float*);
-template void lstm_backward<double>(const Dims&, const Options&, const double*, const double*,
-                                    const double*, const double*, const std::int64_t*,
-                                    const double*, const double*, const double*, const double*,
-                                    double*, double*, double*, double*, double*, double*,
-                                    double*, double*, double*);
+#define FUSEDRNN_INSTANTIATE_LSTM(Scalar)                                                        \
+  template void lstm_forward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,   \
+                                     const Scalar*, const Scalar*, const Scalar*, const Scalar*,  \
+                                     const Scalar*, const Scalar*, const std::int64_t*, Scalar*,  \
+                                     Scalar*, Scalar*, Scalar*, Scalar*);                         \
+  template void lstm_backward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,  \
+                                      const Scalar*, const Scalar*, const std::int64_t*,          \
+                                      const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
+                                      Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*,       \
+                                      Scalar*, Scalar*, Scalar*);
+FUSEDRNN_INSTANTIATE_LSTM(float)
+FUSEDRNN_INSTANTIATE_LSTM(double)
 
 }  // namespace fusedrnn

@@ -180,8 +180,8 @@ void backward_epilogue(const Dims& d, Index S, Index G, const Scalar* x, const S
   const Index TN = d.T * d.N, GH = G * d.H;
   par_pack(w_ih, GH, d.C, d.C, false, packed);
   par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
-  if (dw_ih) par_gemm(Trans::T, Trans::N, GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C, true);
-  if (dw_hh) par_gemm(Trans::T, Trans::N, GH, d.H, S * d.N, dgh, GH, hs, d.H, dw_hh, d.H, true);
+  if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
+  if (dw_hh) par_gemm_tn_add(GH, d.H, S * d.N, dgh, GH, hs, d.H, dw_hh, d.H);
   if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
   if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
 }
