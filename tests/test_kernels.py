@@ -234,3 +234,49 @@ def test_results_do_not_depend_on_memory_alignment(cell, option, shape):
         got = _all_arrays(*run(fusedrnn, cell, sa, skw, scot, opt, reverse=False))
         for a, b in zip(got, want):
             assert np.array_equal(a, b), f"{cell} {option}: results change with alignment"
+
+
+ACTIVATION_INPUTS = [0.0, 1e-30, 1e-8, 0.01, 0.1, 0.1249, 0.1251, 0.5, 1.0, 3.0, 9.0, 20.0, 50.0,
+                     88.0, 100.0, 1e4, np.inf]
+# Largest relative error allowed against numpy's tanh / sigmoid (a few ulp of each dtype).
+ACT_RTOL = {np.float64: 1e-15, np.float32: 1e-6}
+
+
+def _signed_inputs(dtype):
+    v = np.array(ACTIVATION_INPUTS)
+    return np.concatenate([v, -v]).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_tanh_is_accurate_and_saturates(dtype):
+    """An RNN with w_ih = 1, w_hh = 0 and no biases outputs tanh(x) itself."""
+    x = _signed_inputs(dtype)
+    w_ih, w_hh = np.ones((1, 1), dtype), np.zeros((1, 1), dtype)
+    out = fusedrnn.rnn_forward(x.reshape(1, -1, 1), w_ih, w_hh, training=False)
+    got, want = out.y.ravel(), np.tanh(x.astype(np.float64))
+    err = np.abs(got - want) / np.maximum(np.abs(want), np.finfo(dtype).tiny)
+    assert err.max() <= ACT_RTOL[dtype], f"tanh rel error {err.max():.3g} at x={x[err.argmax()]}"
+    assert np.all(got[np.isinf(x)] == np.sign(x[np.isinf(x)]))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_sigmoid_is_accurate_and_saturates(dtype):
+    """A GRU step with w_hh = 0, z's input weight 1, all else 0 and h0 = 1 outputs z = σ(x)."""
+    x = _signed_inputs(dtype)
+    x = x[np.abs(x) < 80]  # σ(-x) for larger x lies below the smallest normal float32
+    w_ih = np.zeros((3, 1), dtype)
+    w_ih[1] = 1
+    out = fusedrnn.gru_forward(x.reshape(1, -1, 1), w_ih, np.zeros((3, 1), dtype),
+                               h0=np.ones((x.size, 1), dtype), training=False)
+    got, want = out.y.ravel(), 1 / (1 + np.exp(-x.astype(np.float64)))
+    err = np.abs(got - want) / want
+    assert err.max() <= ACT_RTOL[dtype], f"sigmoid error {err.max():.3g} at x={x[err.argmax()]}"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_nan_input_propagates(cell):
+    args, kw, cot = make_case(cell, (3, 2, 4, 5), np.float64, bias=True, state=True)
+    args[0][1, 0, 2] = np.nan
+    out = getattr(fusedrnn, cell + "_forward")(*args, **kw, training=False)
+    assert np.all(np.isfinite(out.y[0])) and np.all(np.isfinite(out.y[:, 1]))
+    assert np.all(np.isnan(out.y[1:, 0])), "NaN did not reach the outputs of its sequence"

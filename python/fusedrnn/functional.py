@@ -71,7 +71,8 @@ def _workspace(size: int, dtype) -> np.ndarray:
 
 def _check_x(fn, x):
     if not isinstance(x, np.ndarray) or isinstance(x, np.ma.MaskedArray):
-        raise TypeError(f"{fn}: x must be a numpy array of shape [T, N, C], got {type(x).__name__}")
+        raise TypeError(f"{fn}: x must be a numpy array of shape [T, N, C], "
+                        f"got {type(x).__name__}")
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"{fn}: x must have dtype float32 or float64, got {x.dtype}")
     if x.ndim != 3:
