@@ -67,7 +67,8 @@ def _workspace(size: int, dtype) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
-# Argument checks: TypeError for a wrong type or dtype, ValueError for a wrong shape, order or value.
+# Argument checks: TypeError for a wrong type or dtype; ValueError for a wrong shape, order
+# or value.
 
 def _check_x(fn, x):
     if not isinstance(x, np.ndarray) or isinstance(x, np.ma.MaskedArray):
