@@ -2,11 +2,11 @@
 //   reset_after:  n = tanh(gx_n + b_in + r*(W_hn h + b_hn))     one recurrent GEMM per step
 //   reset_before: n = tanh(gx_n + b_in + W_hn (r*h) + b_hn)     r first, then a second GEMM on r*h
 //   h_t = (1 - z)*n + z*h_{t-1}
-#include "fusedrnn/gru.h"
-
+#include "isa_kernels.inc"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
 
 using detail::Index;
 
@@ -295,4 +295,5 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
 FUSEDRNN_INSTANTIATE_GRU(float)
 FUSEDRNN_INSTANTIATE_GRU(double)
 
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

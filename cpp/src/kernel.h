@@ -18,6 +18,7 @@
 #include "fusedrnn/common.h"
 
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
 namespace detail {
 
 using Index = std::int64_t;
@@ -216,4 +217,5 @@ inline void tanh_array(const Scalar* in, Scalar* out, Index n) {
 }
 
 }  // namespace detail
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

@@ -3,11 +3,11 @@
 // fused pass adds biases, applies the gates and updates c and h. Backward walks the steps in
 // reverse with one fused pass producing the pre-activation gradients and one GEMM giving the
 // state gradient; large GEMMs after the loop give the weight and input gradients.
-#include "fusedrnn/lstm.h"
-
+#include "isa_kernels.inc"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
 
 using detail::Index;
 
@@ -273,4 +273,5 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
 FUSEDRNN_INSTANTIATE_LSTM(float)
 FUSEDRNN_INSTANTIATE_LSTM(double)
 
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

@@ -14,6 +14,7 @@
 #include "kernel.h"
 
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
 namespace detail {
 
 template <typename Scalar>
@@ -132,9 +133,11 @@ void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
 }
 
 }  // namespace detail
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn
 
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------------
@@ -187,4 +190,5 @@ void backward_epilogue(const Dims& d, Index S, Index G, const Scalar* x, const S
 }
 
 }  // namespace detail
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

@@ -1,11 +1,27 @@
 // Elman RNN forward and backward kernels: h_t = act(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
-#include "fusedrnn/rnn.h"
-
+#include "isa_kernels.inc"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
 
 using detail::Index;
+
+const char* isa_name() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
+#elif defined(__AVX__)
+  return "avx";
+#elif defined(__SSE2__) || defined(_M_X64)
+  return "sse2";
+#elif defined(__ARM_NEON)
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
 
 // Cache: hs [T+1, N, H], the state before each step (step order); the activation's derivative
 // is taken from the activated value hs[s+1].
@@ -174,4 +190,5 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
 FUSEDRNN_INSTANTIATE_RNN(float)
 FUSEDRNN_INSTANTIATE_RNN(double)
 
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

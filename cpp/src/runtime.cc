@@ -6,6 +6,7 @@
 #include <omp.h>
 #endif
 
+#include "dispatch.h"
 #include "fusedrnn/common.h"
 
 namespace fusedrnn {
@@ -22,20 +23,9 @@ BuildInfo build_info() {
 #else
   b.compiler = "unknown";
 #endif
-#if defined(__AVX512F__)
-  b.instruction_set = "avx512";
-#elif defined(__AVX2__) && defined(__FMA__)
-  b.instruction_set = "avx2+fma";
-#elif defined(__AVX__)
-  b.instruction_set = "avx";
-#elif defined(__SSE2__) || defined(_M_X64)
-  b.instruction_set = "sse2";
-#elif defined(__ARM_NEON)
-  b.instruction_set = "neon";
-#else
-  b.instruction_set = "scalar";
-#endif
-  b.instruction_set += std::string(" (") + FUSEDRNN_ISA + " build)";
+  b.instruction_set = active_isa();
+  b.compiled_isas = compiled_isas();
+
 #ifdef _OPENMP
   b.openmp = true;
   b.openmp_max_threads = omp_get_max_threads();

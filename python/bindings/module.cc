@@ -12,6 +12,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     d["version"] = b.version;
     d["compiler"] = b.compiler;
     d["instruction_set"] = b.instruction_set;
+    d["compiled_isas"] = b.compiled_isas;
     d["openmp"] = b.openmp;
     d["openmp_max_threads"] = b.openmp_max_threads;
     d["eigen_version"] = b.eigen_version;

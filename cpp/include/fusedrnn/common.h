@@ -30,7 +30,8 @@ enum class Nonlinearity { tanh, relu };
 struct BuildInfo {
   std::string version;          // library version, e.g. "0.1.0"
   std::string compiler;         // compiler name and version
-  std::string instruction_set;  // widest SIMD extension compiled in: "avx512", "avx2", "sse2", ...
+  std::string instruction_set;  // the kernel copy in use: "avx512", "avx2", "sse2", ...
+  std::string compiled_isas;    // every copy compiled in (the widest the CPU runs is used)
   bool openmp = false;          // built with OpenMP
   int openmp_max_threads = 1;   // OpenMP's default thread count (1 without OpenMP)
   std::string eigen_version;    // Eigen used to build the kernels

@@ -1,0 +1,71 @@
+"""Every instruction-set copy of the kernels is correct: FUSEDRNN_ISA forces a copy in a fresh
+process, which checks itself against the NumPy reference (the copy is chosen once per process)."""
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fusedrnn
+
+LEVELS = {"baseline": "sse2", "avx2": "avx2", "avx512": "avx512"}
+ORDER = ["sse2", "avx2", "avx512"]
+
+CHECK = r"""
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import fusedrnn
+from test_kernels import GRID, TOL, make_case, run, as64, assert_close
+from fusedrnn import reference as ref
+checked = 0
+for cell, option in GRID:
+    for dtype in (np.float64, np.float32):
+        for reverse in (False, True):
+            peep = cell == "lstm" and option
+            opt = None if cell == "lstm" else option
+            args, kw, cot = make_case(cell, (6, 5, 7, 37), dtype, lengths=True, peep=peep)
+            got = run(fusedrnn, cell, args, kw, cot, opt, reverse)
+            want = run(ref, cell, [a.astype(np.float64) for a in args], as64(kw), as64(cot), opt,
+                       reverse)
+            for g, w in zip(got, want):
+                assert_close(g, w, TOL[dtype], f"{cell} {option} {np.dtype(dtype).name}")
+            checked += 1
+print(json.dumps({"isa": fusedrnn.build_info()["instruction_set"], "checked": checked}))
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _run_forced(level):
+    env = dict(os.environ)
+    if level is None:
+        env.pop("FUSEDRNN_ISA", None)
+    else:
+        env["FUSEDRNN_ISA"] = level
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", CHECK, tests_dir], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_build_info_names_the_copies():
+    info = fusedrnn.build_info()
+    compiled = [s.strip() for s in info["compiled_isas"].split(",")]
+    assert info["instruction_set"] in compiled
+    assert compiled[0] in ("sse2", "neon", "scalar", "avx", "avx2", "avx512")
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_forced_instruction_set_matches_reference(level):
+    compiled = [s.strip() for s in fusedrnn.build_info()["compiled_isas"].split(",")]
+    if LEVELS[level] not in compiled:
+        pytest.skip(f"{level} copy not built here (compiled: {compiled})")
+    best = _run_forced(None)["isa"]
+    got = _run_forced(level)
+    # A copy the CPU cannot run is never chosen: the widest one at or below the request runs.
+    expected = ORDER[min(ORDER.index(LEVELS[level]), ORDER.index(best))]
+    assert got["isa"] == expected
+    assert got["checked"] == 24
