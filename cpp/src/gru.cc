@@ -65,7 +65,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   auto bias = [](const Scalar* b, Index k) { return b ? b[k] : Scalar(0); };
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt))
+#pragma omp parallel num_threads(thread_count(opt, d, 3))
 #endif
   {
     forward_prologue(d, 3, x, w_ih, lengths, wih_p, gx, y);
@@ -187,7 +187,7 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
   Scalar* wih_q = whn_q + packed_bound(H, H);
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt))
+#pragma omp parallel num_threads(thread_count(opt, d, 3))
 #endif
   {
     if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));

@@ -52,11 +52,18 @@ inline Index check_lengths(const char* fn, const Dims& d, const std::int64_t* le
   return S;
 }
 
-inline int thread_count(const Options& opt) {
+// Threads for one call: Options::num_threads (0 = OpenMP's default), but one thread when a time
+// step's recurrent product is too small to split (below ~1-2 us, a fork/join and a barrier per
+// step cost more than they save: batch 1 with a small hidden size). Results do not depend on it.
+constexpr double kMinStepFlopsToSplit = 1.0e5;
+
+inline int thread_count(const Options& opt, const Dims& d, Index G) {
 #ifdef _OPENMP
-  return opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
+  const int n = opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
+  const double step_flops = 2.0 * double(d.N) * double(G * d.H) * double(d.H);
+  return step_flops < kMinStepFlopsToSplit ? 1 : n;
 #else
-  (void)opt;
+  (void)opt, (void)d, (void)G;
   return 1;
 #endif
 }

@@ -61,7 +61,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   auto slot = [&](Scalar* base, Index s) { return base + (training ? s : s % 2) * NH; };
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt))
+#pragma omp parallel num_threads(thread_count(opt, d, 4))
 #endif
   {
     forward_prologue(d, 4, x, w_ih, lengths, wih_p, gx, y);
@@ -166,7 +166,7 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
   Scalar* wih_q = whh_q + packed_bound(GH, H);
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt))
+#pragma omp parallel num_threads(thread_count(opt, d, 4))
 #endif
   {
     if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));

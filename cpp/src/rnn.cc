@@ -64,7 +64,7 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt))
+#pragma omp parallel num_threads(thread_count(opt, d, 1))
 #endif
   {
     forward_prologue(d, 1, x, w_ih, lengths, wih_p, gx, y);
@@ -132,7 +132,7 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
   Scalar* wih_q = whh_q + packed_bound(H, H);
 
 #ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt))
+#pragma omp parallel num_threads(thread_count(opt, d, 1))
 #endif
   {
     if (lengths) par_fill(dgx, d.T * NH, Scalar(0));
