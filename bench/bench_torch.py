@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+TORCH_CELLS = {**CELLS, "rnn": torch.nn.RNN}      # every cell make_problem can build (bench/run.py)
 
 
 def cpu_model() -> str:
@@ -35,15 +36,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def make_contenders(cell, mode, args, fr):
-    """Return {name: zero-arg callable} for one (cell, mode), sharing weights and inputs."""
+def make_problem(cell, T, N, C, H):
+    """Seeded float32 torch module (one layer, one direction), input x [T,N,C], cotangent dy."""
     g = torch.Generator().manual_seed(0)
-    mod = CELLS[cell](args.C, args.H)                    # float32, PyTorch default init
+    mod = TORCH_CELLS[cell](C, H)                        # float32, PyTorch default init
     with torch.no_grad():
         for p in mod.parameters():                       # reseed so runs are reproducible
-            p.uniform_(-args.H ** -0.5, args.H ** -0.5, generator=g)
-    x = torch.randn(args.T, args.N, args.C, generator=g)
-    dy = torch.randn(args.T, args.N, args.H, generator=g)
+            p.uniform_(-H ** -0.5, H ** -0.5, generator=g)
+    x = torch.randn(T, N, C, generator=g)
+    dy = torch.randn(T, N, H, generator=g)
+    return mod, x, dy
+
+
+def make_contenders(cell, mode, args, fr, problem=None):
+    """Return {name: zero-arg callable} for one (cell, mode), sharing weights and inputs.
+
+    `args` gives T, N, C, H; `problem` (from make_problem) is built from them when not given.
+    """
+    mod, x, dy = problem or make_problem(cell, args.T, args.N, args.C, args.H)
     fns = {}
 
     if mode == "infer":
@@ -76,7 +86,9 @@ def make_contenders(cell, mode, args, fr):
     return fns
 
 
-def time_contenders(fns, reps, warmup=2):
+def time_contenders(fns, reps, warmup=2, settle_s=0.0):
+    """Median and min of `reps` timed calls per contender, alternating; `settle_s` of sleep
+    (untimed) before each call lets the previous contender's idle threads stop spinning."""
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -84,6 +96,8 @@ def time_contenders(fns, reps, warmup=2):
     names = list(fns)
     for r in range(reps):
         for k in (names if r % 2 == 0 else names[::-1]):
+            if settle_s:
+                time.sleep(settle_s)
             t0 = time.perf_counter()
             fns[k]()
             times[k].append((time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,344 @@
+#!/usr/bin/env python
+"""fusedrnn's main CPU benchmark: fusedrnn vs torch.nn vs ONNX Runtime, float32, same weights.
+
+    python bench/run.py [--configs a,b,c,d,e] [--cells lstm,gru,rnn] [--modes infer,train]
+                        [--threads 1 2] [--reps 9] [--no-onnx] [--quick] [--json PATH]
+
+Configs (T steps, N batch, C = H): a (100, 64, 256)  b (100, 64, 512)  c (100, 32, 1024)
+d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config and the Elman RNN
+(tanh) on a; an explicit --configs runs every selected cell on every selected config.
+
+Modes: "infer" = forward only (fusedrnn training=False, torch under inference_mode, ONNX Runtime);
+"train" = forward + backward of loss = sum(y * dy) with gradients for x and all weights (fusedrnn
+and torch; ONNX Runtime is inference only). torch uses its default CPU backend.
+Threads: torch.set_num_threads = fusedrnn.set_num_threads = ORT intra_op_num_threads (inter_op 1).
+Timing: per (config, cell, mode, threads) the contenders alternate in one process (order reversed
+every repetition). Each contender first runs twice (warm-up: touches its memory; the second call
+also sizes the repetition to >= --min-rep-ms by repeating the call); then median and min per call
+of --reps repetitions, with --settle-ms of untimed sleep before every timed call (ONNX Runtime's
+idle threads spin ~30 ms after a run: at 2 threads on 2 cores that slowed the next contender up
+to 2x). GFLOP/s = FLOPs / median time with forward FLOPs 2*G*H*(C+H)*N*T
+(G = 4 LSTM, 3 GRU, 1 RNN) and training 3x forward; "% of torch sgemm peak" compares with
+torch.mm on float32 2048x2048 at the same thread count, measured in the same run (best of 10).
+ONNX: torch.onnx.export(dynamo=True) (torch's default, torch.export-based exporter; offline,
+needs onnxscript), falling back to the TorchScript exporter (dynamo=False) if it fails; the JSON
+records the exporter and the graph's op types (the dynamo exporter emits ONNX LSTM/GRU ops but
+unrolls nn.RNN into per-step MatMul/Tanh nodes).
+Peak memory of a training step (at the largest thread count): a fresh subprocess per contender
+builds inputs and weights, reads its anonymous RSS (a0), runs one step (faults in code pages,
+builds caches and workspaces), resets the peak RSS (/proc/self/clear_refs "5"), runs a second
+step and reports VmHWM - RssFile - RssShmem - a0: the anonymous memory a step needs above its
+inputs and weights, persistent workspaces included (MALLOC_MMAP_THRESHOLD_=131072 so that freed
+large blocks leave the RSS). For fusedrnn also the tracemalloc peak of NumPy allocations over
+both steps. Without a writable clear_refs, ru_maxrss replaces VmHWM (then an upper bound).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import cpu_model, make_contenders, make_problem, time_contenders  # noqa: E402
+
+CONFIGS = {"a": (100, 64, 256), "b": (100, 64, 512), "c": (100, 32, 1024),
+           "d": (100, 1, 256), "e": (1000, 1, 64)}                     # T, N, C = H
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}         # cells bench_torch.make_problem builds
+DEFAULT_CONFIGS = {"lstm": "abcde", "gru": "abcde", "rnn": "a"}
+# Hook for the 2-layer bidirectional LSTM (a later issue). It plugs in as a new cell name here,
+# e.g. "bilstm2": a problem with torch.nn.LSTM(C, H, num_layers=2, bidirectional=True); a fusedrnn
+# contender chaining lstm_forward(reverse=False) and lstm_forward(reverse=True) per layer (the
+# concatenated [T, N, 2H] output is layer 2's input) and the matching backward chain; flops()
+# summing 2 directions x (layer 1 with C, layer 2 with 2H inputs). Until then it is not
+# selectable: no numbers are printed for it.
+CONTENDERS = ("fusedrnn", "torch", "onnxruntime")
+SHORT = {"fusedrnn": "fr", "torch": "torch", "onnxruntime": "ort"}     # table headers
+
+
+def flops(cell, mode, T, N, C, H):
+    fwd = 2 * GATES[cell] * H * (C + H) * N * T
+    return fwd * (3 if mode == "train" else 1)
+
+
+def sgemm_gflops(reps=10, n=2048):
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    best = math.inf
+    for r in range(reps + 2):                   # 2 warm-up products
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        if r >= 2:
+            best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def onnx_model(mod, x):
+    """Serialized ONNX model of `mod` for input x, the exporter used, and the graph's op types."""
+    import onnx
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    errors = []
+    for dynamo in (True, False):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if dynamo:
+                    data = torch.onnx.export(mod, (x,), dynamo=True, verbose=False
+                                             ).model_proto.SerializeToString()
+                else:
+                    path = f"/tmp/fusedrnn_bench_{os.getpid()}.onnx"
+                    torch.onnx.export(mod, (x,), path, dynamo=False)
+                    with open(path, "rb") as fh:
+                        data = fh.read()
+                    os.remove(path)
+            ops = sorted({n.op_type for n in onnx.load_from_string(data).graph.node})
+            with torch.inference_mode():            # the exported graph computes torch's y
+                diff = float(np.abs(ort_contender(data, x, 1)()[0] - mod(x)[0].numpy()).max())
+            return data, ("dynamo" if dynamo else "torchscript"), ops, diff, errors
+        except Exception as e:                  # noqa: BLE001 - reported, then the fallback
+            errors.append(f"dynamo={dynamo}: {type(e).__name__}: {e}")
+    raise RuntimeError("; ".join(errors))
+
+
+def ort_contender(model, x, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    return lambda: sess.run(None, feed)        # outputs y, h_n (, c_n)
+
+
+def repeat(f, n):
+    def run():
+        for _ in range(n):
+            f()
+    return run
+
+
+def timed(fns, reps, min_rep_ms, settle_s, failed):
+    """Warm up and size every contender (dropping and recording one that raises), then time."""
+    inner, ok = {}, {}
+    for k, f in fns.items():
+        try:
+            f()                                 # warm-up: first touch of all memory
+            time.sleep(settle_s)
+            t0 = time.perf_counter()
+            f()
+            dt = (time.perf_counter() - t0) * 1e3
+        except Exception as e:                  # noqa: BLE001
+            failed[k] = f"{type(e).__name__}: {e}"
+            continue
+        inner[k] = max(1, math.ceil(min_rep_ms / max(dt, 1e-3)))
+        ok[k] = repeat(f, inner[k])
+    res = time_contenders(ok, reps, warmup=0, settle_s=settle_s)
+    for k, r in res.items():
+        r.update(calls_per_rep=inner[k], median_ms=r["median_ms"] / inner[k],
+                 min_ms=r["min_ms"] / inner[k], all_ms=[t / inner[k] for t in r["all_ms"]])
+    return res
+
+
+def memory_child(cell, cfg, who, threads):
+    """In a fresh process: peak memory of one training step of `who` (see the module docstring)."""
+    import resource
+    import tracemalloc
+    T, N, H = CONFIGS[cfg]
+    torch.set_num_threads(threads)
+    fr = None
+    if who == "fusedrnn":
+        import fusedrnn as fr
+        fr.set_num_threads(threads)
+    f = make_contenders(cell, "train", SimpleNamespace(T=T, N=N, C=H, H=H), fr)[who]
+
+    def status():
+        with open("/proc/self/status") as fh:
+            return {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in fh)
+                    if k in ("VmHWM", "RssAnon", "RssFile", "RssShmem")}
+    a0 = status()["RssAnon"]
+    if who == "fusedrnn":
+        tracemalloc.start()
+    f()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        method = "VmHWM after clear_refs"
+    except OSError:
+        method = "ru_maxrss (upper bound)"
+    f()
+    s = status()
+    hwm = s["VmHWM"] if method.startswith("VmHWM") else resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss
+    out = {"rss_peak_mib": (hwm - s["RssFile"] - s["RssShmem"] - a0) / 1024, "method": method}
+    if who == "fusedrnn":
+        out["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
+    print(json.dumps(out))
+
+
+def memory(cell, cfg, who, threads):
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", cell, cfg,
+                        who, str(threads)], capture_output=True, text=True, env=env)
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode or not lines:
+        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
+def machine_info(fr, args):
+    def version(mod):
+        try:
+            return __import__(mod).__version__
+        except Exception:                       # noqa: BLE001
+            return None
+
+    def git(*a):
+        return subprocess.run(["git", *a], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "torch": torch.__version__,
+            "torch_mkldnn": torch.backends.mkldnn.is_available(),
+            "onnxruntime": version("onnxruntime"), "onnx": version("onnx"),
+            "onnxscript": version("onnxscript"), "fusedrnn_build_info": fr.build_info(),
+            "git": f"{git('rev-parse', '--short', 'HEAD')} modified: "
+                   f"{' '.join(git('status', '--porcelain', '-uno').split()[1::2]) or 'none'}",
+            "loadavg_at_start": os.getloadavg(), "reps": args.reps,
+            "min_rep_ms": args.min_rep_ms, "settle_ms": args.settle_ms, "dtype": "float32"}
+
+
+def fmt(r):
+    return f"{r['median_ms']:9.2f} / {r['min_ms']:<8.2f}" if r else f"{'-':^20}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", help=f"comma list of {','.join(CONFIGS)} (default: all)")
+    ap.add_argument("--cells", default="lstm,gru,rnn", help="comma list of lstm,gru,rnn")
+    ap.add_argument("--modes", default="infer,train", help="comma list of infer,train")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--reps", type=int, default=9, help="timed repetitions (>= 7), default 9")
+    ap.add_argument("--min-rep-ms", type=float, default=20.0,
+                    help="repeat a short call within one repetition up to this time")
+    ap.add_argument("--settle-ms", type=float, default=100.0,
+                    help="untimed sleep before each timed call (idle threads stop spinning)")
+    ap.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps, no sizing")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory_child:
+        c, cfg, who, n = args.memory_child
+        return memory_child(c, cfg, who, int(n))
+    if args.quick:
+        args.reps, args.min_rep_ms = 2, 0.0
+    elif args.reps < 7:
+        ap.error("--reps must be >= 7 (or use --quick)")
+    cells, modes = args.cells.split(","), args.modes.split(",")
+    for name, vals, allowed in (("--cells", cells, GATES), ("--modes", modes, ("infer", "train")),
+                                ("--configs", (args.configs or "a").split(","), CONFIGS)):
+        if bad := [v for v in vals if v not in allowed]:
+            ap.error(f"{name}: unknown {bad}; choose from {list(allowed)}")
+    plan = [(cell, cfg) for cell in cells for cfg in CONFIGS
+            if (cfg in args.configs.split(",") if args.configs else cfg in DEFAULT_CONFIGS[cell])]
+
+    import fusedrnn as fr
+    info = machine_info(fr, args)
+    for k, v in info.items():
+        print(f"# {k}: {v}")
+    problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
+    names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
+    hdr = (f"{'cfg':<3} {'cell':<4} {'mode':<5} {'thr':>3} | "
+           + " | ".join(f"{SHORT[n] + ' ms med / min':^20}" for n in names)
+           + " | " + " ".join(f"{SHORT[n] + '/fr':>8}" for n in names[1:])
+           + " | GFLOP/s" + "".join(f"{SHORT[n]:>6}" for n in names)
+           + " | % of torch sgemm peak" + "".join(f"{SHORT[n]:>6}" for n in names))
+    for n in args.threads:
+        torch.set_num_threads(n)
+        fr.set_num_threads(n)
+        sgemm[n] = sgemm_gflops()
+        print(f"\n## threads={n}: torch sgemm peak (torch.mm float32 2048x2048, best of 10) "
+              f"= {sgemm[n]:.1f} GFLOP/s\n{hdr}\n{'-' * len(hdr)}", flush=True)
+        for cell, cfg in plan:
+            T, N, H = CONFIGS[cfg]
+            dims = SimpleNamespace(T=T, N=N, C=H, H=H)
+            prob = problems.setdefault((cell, cfg), make_problem(cell, T, N, H, H))
+            for mode in modes:
+                fns = make_contenders(cell, mode, dims, fr, prob)
+                failed = {}
+                if mode == "infer" and not args.no_onnx:
+                    try:
+                        if (cell, cfg) not in onnx_models:
+                            onnx_models[(cell, cfg)] = onnx_model(prob[0], prob[1])
+                        fns["onnxruntime"] = ort_contender(onnx_models[(cell, cfg)][0], prob[1], n)
+                    except Exception as e:      # noqa: BLE001
+                        failed["onnxruntime"] = f"{type(e).__name__}: {e}"
+                res = timed({k: fns[k] for k in CONTENDERS if k in fns}, args.reps,
+                            args.min_rep_ms, args.settle_ms / 1e3, failed)
+                fl = flops(cell, mode, T, N, H, H)
+                for r in res.values():
+                    r["gflops"] = fl / r["median_ms"] / 1e6
+                    r["pct_sgemm_peak"] = 100 * r["gflops"] / sgemm[n]
+                f = res.get("fusedrnn")
+                ratios = {k: res[k]["median_ms"] / f["median_ms"] if f and k in res else None
+                          for k in names[1:]}
+                rows.append({"config": cfg, "T": T, "N": N, "C": H, "H": H, "cell": cell,
+                             "mode": mode, "threads": n, "flop": fl, "contenders": res,
+                             "ratio_peer_over_fusedrnn": ratios, "failed": failed,
+                             "onnx": (dict(zip(("exporter", "ops", "max_abs_diff_y_vs_torch", "export_errors"),
+                                               onnx_models[(cell, cfg)][1:]))
+                                      if mode == "infer" and (cell, cfg) in onnx_models else None)})
+                failures += [f"{cfg} {cell} {mode} threads={n} {k}: {e}" for k, e in failed.items()]
+                get = [res.get(k) for k in names]
+                print(f"{cfg:<3} {cell:<4} {mode:<5} {n:>3} | " + " | ".join(fmt(r) for r in get)
+                      + " | " + " ".join(f"{ratios[k]:7.2f}x" if ratios[k] else f"{'-':>8}"
+                                         for k in names[1:])
+                      + f" | {'':7}" + "".join(f"{r['gflops']:6.0f}" if r else f"{'-':>6}"
+                                               for r in get)
+                      + f" | {'':21}" + "".join(f"{r['pct_sgemm_peak']:5.0f}%" if r else
+                                                f"{'-':>6}" for r in get),
+                      flush=True)
+
+    mem = []
+    if "train" in modes and not args.no_memory:
+        n = max(args.threads)
+        print(f"\n## peak memory of one training step (MiB above inputs and weights; threads={n}; "
+              "fresh subprocess each; see --help)\n"
+              f"{'cfg':<3} {'cell':<4} | {'fr tracemalloc':>14} {'fr RSS':>8} {'torch RSS':>9} "
+              f"{'torch/fr RSS':>12}")
+        for cell, cfg in plan:
+            m = {who: memory(cell, cfg, who, n) for who in ("fusedrnn", "torch")}
+            mem.append({"config": cfg, "cell": cell, "threads": n, **m})
+            failures += [f"memory {cfg} {cell} {k}: {v['error']}" for k, v in m.items()
+                         if "error" in v]
+            fm, tm = m["fusedrnn"].get("rss_peak_mib"), m["torch"].get("rss_peak_mib")
+            tr = m["fusedrnn"].get("tracemalloc_peak_mib")
+            print(f"{cfg:<3} {cell:<4} | {tr if tr is None else f'{tr:14.1f}':>14} "
+                  f"{fm if fm is None else f'{fm:8.1f}':>8} {tm if tm is None else f'{tm:9.1f}':>9}"
+                  f" {f'{tm / fm:11.2f}x' if fm and tm else '-':>12}", flush=True)
+    if onnx_models:
+        print("\n# onnx graphs (exporter: ops; max |y_ort - y_torch|):\n" + "\n".join(
+            f"#   {c} {g}: {m[1]}: {','.join(m[2])}; {m[3]:.1e}" for (c, g), m in onnx_models.items()))
+    info["loadavg_at_end"] = os.getloadavg()
+    print(f"\n# loadavg at end: {info['loadavg_at_end']}")
+    print("\n# failures: " + ("none" if not failures else "\n#   ".join([""] + failures)))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"info": info, "sgemm_peak_gflops": sgemm, "results": rows,
+                       "memory": mem, "failures": failures}, fh, indent=2)
+        print(f"# wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
