@@ -25,6 +25,7 @@ SHAPES = [  # T, N, C, H
     (4, 1, 3, 17),
     (5, 4, 7, 70),    # two unit blocks, five GEMM column tiles for LSTM
     (20, 14, 9, 33),  # 280 input rows: two row tiles
+    (40, 30, 5, 7),   # the input projection in three chunks of steps (16, 16, 8)
 ]
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 
@@ -280,3 +281,10 @@ def test_nan_input_propagates(cell):
     out = getattr(fusedrnn, cell + "_forward")(*args, **kw, training=False)
     assert np.all(np.isfinite(out.y[0])) and np.all(np.isfinite(out.y[:, 1]))
     assert np.all(np.isnan(out.y[1:, 0])), "NaN did not reach the outputs of its sequence"
+
+
+def test_forward_workspace_does_not_grow_with_sequence_length():
+    """Inference over a long sequence needs the state and one chunk of the input projection."""
+    for sizes in (_core.lstm_sizes, _core.gru_sizes, _core.rnn_sizes):
+        assert sizes((1000, 1, 64, 64))[1] == sizes((100000, 1, 64, 64))[1]
+        assert sizes((1000, 8, 64, 64))[1] == sizes((100000, 8, 64, 64))[1]

@@ -15,10 +15,12 @@ using detail::Index;
 std::size_t gru_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * d.H + d.T * d.N * 4 * d.H);
 }
-// Forward workspace: gx [T, N, 3H], gh [N, 3H], gates of one step [N, 4H], h double buffer,
+// Forward workspace: a chunk of the input projection, gh [N, 3H], gates of one step [N, 4H], h
+// double buffer,
 // packed w_ih, packed w_hh (its r, z rows and its n rows apart, for reset_before's two products).
 std::size_t gru_forward_workspace_size(const Dims& d) {
-  return std::size_t(d.T * d.N * 3 * d.H + d.N * 3 * d.H + d.N * 4 * d.H + 2 * d.N * d.H +
+  return std::size_t(detail::proj_workspace_size(d, 3) + d.N * 3 * d.H + d.N * 4 * d.H +
+                     2 * d.N * d.H +
                      detail::packed_bound(d.C, 3 * d.H) + detail::packed_bound(d.H, 2 * d.H) +
                      detail::packed_bound(d.H, d.H));
 }
@@ -48,8 +50,10 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   const bool training = cache != nullptr;
   const bool after = variant == GruVariant::reset_after;
 
-  Scalar* gx = workspace;
-  Scalar* gh = gx + d.T * N * GH;
+  const Index TC = proj_chunk_steps(d);
+  Scalar* gx = workspace;  // [TC * N, 3H], steps s0.. of the current chunk
+  Scalar* xs = gx + TC * N * GH;
+  Scalar* gh = xs + TC * N * d.C;
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * 4 * H;
   Scalar* wih_p = hbuf + 2 * NH;
@@ -68,7 +72,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
 #pragma omp parallel num_threads(thread_count(opt, d, 3))
 #endif
   {
-    forward_prologue(d, 3, x, w_ih, lengths, wih_p, gx, y);
+    forward_prologue(d, 3, w_ih, lengths, wih_p, y);
     par_pack(w_hh, H, after ? GH : 2 * H, H, true, whh_p);
     if (!after) par_pack(w_hh + 2 * H * H, H, H, H, true, whn_p);
     par_copy_or_zero(hs, h0, NH);
@@ -76,6 +80,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
       // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
+      if (s % TC == 0) project_steps(d, 3, sm, s, std::min(S, s + TC), x, wih_p, xs, gx);
       par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, whh_p, gh, GH, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -92,7 +97,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
           if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
           continue;
         }
-        const Scalar* gxr = gx + (t * N + n) * GH;
+        const Scalar* gxr = gx + ((s % TC) * N + n) * GH;
         const Scalar* ghr = gh + n * GH;
         for (Index j = 0; j < bk; ++j) {
           const Index k = u0 + j;
@@ -133,7 +138,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
         Scalar* a = gate_row(s, n);
         const Scalar* az = a + H + u0;
         Scalar* an = a + 2 * H + u0;
-        const Scalar* gxr = gx + (t * N + n) * GH;
+        const Scalar* gxr = gx + ((s % TC) * N + n) * GH;
         const Scalar* ghr = gh + n * GH;
         for (Index j = 0; j < bk; ++j) {
           const Index k = 2 * H + u0 + j;

@@ -16,10 +16,10 @@ using detail::Index;
 std::size_t lstm_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * d.H * 2 + d.T * d.N * 4 * d.H);
 }
-// Forward workspace: gx [T, N, 4H], gh [N, 4H], gates of one step [N, 4H], h and c double
-// buffers [2, N, H] each (used when no cache is given), packed w_ih and w_hh.
+// Forward workspace: a chunk of the input projection, gh [N, 4H], gates of one step [N, 4H], h
+// and c double buffers [2, N, H] each (used when no cache is given), packed w_ih and w_hh.
 std::size_t lstm_forward_workspace_size(const Dims& d) {
-  return std::size_t(d.T * d.N * 4 * d.H + 2 * d.N * 4 * d.H + 4 * d.N * d.H +
+  return std::size_t(detail::proj_workspace_size(d, 4) + 2 * d.N * 4 * d.H + 4 * d.N * d.H +
                      detail::packed_bound(d.C, 4 * d.H) + detail::packed_bound(d.H, 4 * d.H));
 }
 // Backward workspace: dgh [T, N, 4H] (step order), dgx [T, N, 4H] (time order), dh and dc double
@@ -47,8 +47,10 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   const StepMap sm{lengths, d.T, opt.reverse};
   const bool training = cache != nullptr;
 
-  Scalar* gx = workspace;
-  Scalar* gh = gx + d.T * N * GH;
+  const Index TC = proj_chunk_steps(d);
+  Scalar* gx = workspace;  // [TC * N, 4H], steps s0.. of the current chunk
+  Scalar* xs = gx + TC * N * GH;
+  Scalar* gh = xs + TC * N * d.C;
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * GH;
   Scalar* cbuf = hbuf + 2 * NH;
@@ -64,7 +66,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
 #pragma omp parallel num_threads(thread_count(opt, d, 4))
 #endif
   {
-    forward_prologue(d, 4, x, w_ih, lengths, wih_p, gx, y);
+    forward_prologue(d, 4, w_ih, lengths, wih_p, y);
     par_pack(w_hh, H, GH, H, true, whh_p);
     par_copy_or_zero(hs, h0, NH);
     par_copy_or_zero(cs, c0, NH);
@@ -73,6 +75,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
       const Scalar* c_prev = slot(cs, s);
       Scalar* h_next = slot(hs, s + 1);
       Scalar* c_next = slot(cs, s + 1);
+      if (s % TC == 0) project_steps(d, 4, sm, s, std::min(S, s + TC), x, wih_p, xs, gx);
       par_gemm_packed(N, GH, H, h_prev, H, whh_p, gh, GH, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -87,7 +90,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
           std::copy(c_prev + off, c_prev + off + bk, c_next + off);
           continue;
         }
-        const Scalar* gxr = gx + (t * N + n) * GH;
+        const Scalar* gxr = gx + ((s % TC) * N + n) * GH;
         const Scalar* ghr = gh + n * GH;
         Scalar* a = (training ? gates + s * N * GH : gstep) + n * GH;  // i, f, g, o of row n
         for (Index g = 0; g < 4; ++g) {

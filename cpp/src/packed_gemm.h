@@ -143,15 +143,49 @@ namespace detail {
 // ---------------------------------------------------------------------------------------------
 // Pieces every cell shares. All are work-shared: call them from every thread of the region.
 
-// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)], then gx [T*N, G*H] =
-// x [T*N, C] w_ihᵀ (time order; biases are added later in the gate pass); y is zeroed first when
-// lengths leave padded steps unwritten.
+// The input projection gx = x w_ihᵀ runs in chunks of steps, just before the steps that read
+// it: the chunk stays in cache, and forward memory does not grow with T (inference over a long
+// sequence needs only the state and one chunk). About two row blocks of the GEMM per chunk.
+constexpr Index proj_chunk_steps(const Dims& d) {
+  return std::max<Index>(1, std::min<Index>(d.T, 2 * Panel<float>::MB / d.N));
+}
+// Scalars of the chunk buffers: gx [chunk*N, G*H] and, for reverse, the gathered x [chunk*N, C].
+constexpr Index proj_workspace_size(const Dims& d, Index G) {
+  return proj_chunk_steps(d) * d.N * (G * d.H + d.C);
+}
+
+// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)]; y is zeroed when lengths
+// leave padded steps unwritten.
 template <typename Scalar>
-void forward_prologue(const Dims& d, Index G, const Scalar* x, const Scalar* w_ih,
-                      const std::int64_t* lengths, Scalar* packed, Scalar* gx, Scalar* y) {
+void forward_prologue(const Dims& d, Index G, const Scalar* w_ih, const std::int64_t* lengths,
+                      Scalar* packed, Scalar* y) {
   par_pack(w_ih, d.C, G * d.H, d.C, true, packed);
-  par_gemm_packed(d.T * d.N, G * d.H, d.C, x, d.C, packed, gx, G * d.H, false);
   if (lengths) par_fill(y, d.T * d.N * d.H, Scalar(0));
+}
+
+// Work-shared, at the first step s0 of each chunk: gxs [(s1 - s0) * N, G*H] = the inputs the
+// steps s0..s1-1 read, x[t(s, n), n], times w_ihᵀ (packed), in step order (biases come later).
+// Forward, step order is time order; reverse gathers the rows into xs first. Rows of finished
+// sequences are computed but never read.
+template <typename Scalar>
+void project_steps(const Dims& d, Index G, const StepMap& sm, Index s0, Index s1, const Scalar* x,
+                   const Scalar* packed, Scalar* xs, Scalar* gxs) {
+  const Index N = d.N, C = d.C, rows = (s1 - s0) * N;
+  const Scalar* a = x + s0 * N * C;
+  if (sm.reverse) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index r = 0; r < rows; ++r) {
+      const Index t = sm.time(s0 + r / N, r % N);
+      if (t >= 0)
+        std::copy(x + (t * N + r % N) * C, x + (t * N + r % N + 1) * C, xs + r * C);
+      else
+        std::fill(xs + r * C, xs + (r + 1) * C, Scalar(0));
+    }
+    a = xs;
+  }
+  par_gemm_packed(rows, G * d.H, C, a, C, packed, gxs, G * d.H, false);
 }
 
 // dst [count] = src, or zeros when src is null. Work-shared.

@@ -26,9 +26,11 @@ const char* isa_name() {
 // Cache: hs [T+1, N, H], the state before each step (step order); the activation's derivative
 // is taken from the activated value hs[s+1].
 std::size_t rnn_cache_size(const Dims& d) { return std::size_t((d.T + 1) * d.N * d.H); }
-// Forward workspace: gx [T, N, H], gh [N, H], h double buffer [2, N, H], packed w_ih and w_hh.
+// Forward workspace: a chunk of the input projection, gh [N, H], h double buffer [2, N, H],
+// packed w_ih and w_hh.
 std::size_t rnn_forward_workspace_size(const Dims& d) {
-  return std::size_t(d.T * d.N * d.H + 3 * d.N * d.H + detail::packed_bound(d.C, d.H) +
+  return std::size_t(detail::proj_workspace_size(d, 1) + 3 * d.N * d.H +
+                     detail::packed_bound(d.C, d.H) +
                      detail::packed_bound(d.H, d.H));
 }
 // Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H],
@@ -55,8 +57,10 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
   const StepMap sm{lengths, d.T, opt.reverse};
   const bool training = cache != nullptr;
 
-  Scalar* gx = workspace;
-  Scalar* gh = gx + d.T * NH;
+  const Index TC = proj_chunk_steps(d);
+  Scalar* gx = workspace;  // [TC * N, H], steps s0.. of the current chunk
+  Scalar* xs = gx + TC * NH;
+  Scalar* gh = xs + TC * N * d.C;
   Scalar* hbuf = gh + NH;
   Scalar* wih_p = hbuf + 2 * NH;
   Scalar* whh_p = wih_p + packed_bound(d.C, H);
@@ -67,12 +71,13 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
 #pragma omp parallel num_threads(thread_count(opt, d, 1))
 #endif
   {
-    forward_prologue(d, 1, x, w_ih, lengths, wih_p, gx, y);
+    forward_prologue(d, 1, w_ih, lengths, wih_p, y);
     par_pack(w_hh, H, H, H, true, whh_p);
     par_copy_or_zero(hs, h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
+      if (s % TC == 0) project_steps(d, 1, sm, s, std::min(S, s + TC), x, wih_p, xs, gx);
       par_gemm_packed(N, H, H, h_prev, H, whh_p, gh, H, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -87,7 +92,7 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
           std::copy(h_prev + off, h_prev + off + bk, hn);
           continue;
         }
-        const Scalar* gxr = gx + (t * N + n) * H + u0;
+        const Scalar* gxr = gx + ((s % TC) * N + n) * H + u0;
         const Scalar* ghr = gh + off;
         for (Index j = 0; j < bk; ++j)
           hn[j] = gxr[j] + ghr[j] + (b_ih ? b_ih[u0 + j] : Scalar(0)) +
