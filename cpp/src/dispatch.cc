@@ -7,6 +7,7 @@
 #include <string>
 
 #include "dispatch.h"
+#include "instantiate.h"
 #include "fusedrnn/fusedrnn.h"
 
 #define FUSEDRNN_ISA_NS isa_base
@@ -200,32 +201,10 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
                     dx, dh0, dw_ih, dw_hh, db_ih, db_hh, workspace)
 }
 
-#define FUSEDRNN_INSTANTIATE(Scalar)                                                             \
-  template void lstm_forward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,   \
-                                     const Scalar*, const Scalar*, const Scalar*, const Scalar*,  \
-                                     const Scalar*, const Scalar*, const std::int64_t*, Scalar*,  \
-                                     Scalar*, Scalar*, Scalar*, Scalar*);                         \
-  template void lstm_backward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,  \
-                                      const Scalar*, const Scalar*, const std::int64_t*,          \
-                                      const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
-                                      Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*,       \
-                                      Scalar*, Scalar*, Scalar*);                                 \
-  template void gru_forward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,       \
-                                    const Scalar*, const Scalar*, const Scalar*, const Scalar*,   \
-                                    const Scalar*, const std::int64_t*, Scalar*, Scalar*,         \
-                                    Scalar*, Scalar*);                                            \
-  template void gru_backward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,      \
-                                     const Scalar*, const Scalar*, const std::int64_t*,           \
-                                     const Scalar*, const Scalar*, const Scalar*, Scalar*,        \
-                                     Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*);       \
-  template void rnn_forward<Scalar>(const Dims&, const Options&, Nonlinearity, const Scalar*,     \
-                                    const Scalar*, const Scalar*, const Scalar*, const Scalar*,   \
-                                    const Scalar*, const std::int64_t*, Scalar*, Scalar*,         \
-                                    Scalar*, Scalar*);                                            \
-  template void rnn_backward<Scalar>(const Dims&, const Options&, Nonlinearity, const Scalar*,    \
-                                     const Scalar*, const Scalar*, const std::int64_t*,           \
-                                     const Scalar*, const Scalar*, const Scalar*, Scalar*,        \
-                                     Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*);
+#define FUSEDRNN_INSTANTIATE(Scalar)  \
+  FUSEDRNN_INSTANTIATE_LSTM(Scalar) \
+  FUSEDRNN_INSTANTIATE_GRU(Scalar)  \
+  FUSEDRNN_INSTANTIATE_RNN(Scalar)
 FUSEDRNN_INSTANTIATE(float)
 FUSEDRNN_INSTANTIATE(double)
 

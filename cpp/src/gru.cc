@@ -3,6 +3,7 @@
 //   reset_before: n = tanh(gx_n + b_in + W_hn (r*h) + b_hn)     r first, then a second GEMM on r*h
 //   h_t = (1 - z)*n + z*h_{t-1}
 #include "isa_kernels.inc"
+#include "instantiate.h"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
@@ -288,15 +289,6 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
   }
 }
 
-#define FUSEDRNN_INSTANTIATE_GRU(Scalar)                                                        \
-  template void gru_forward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,     \
-                                    const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
-                                    const Scalar*, const std::int64_t*, Scalar*, Scalar*,       \
-                                    Scalar*, Scalar*);                                          \
-  template void gru_backward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,    \
-                                     const Scalar*, const Scalar*, const std::int64_t*,         \
-                                     const Scalar*, const Scalar*, const Scalar*, Scalar*,      \
-                                     Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*);
 FUSEDRNN_INSTANTIATE_GRU(float)
 FUSEDRNN_INSTANTIATE_GRU(double)
 

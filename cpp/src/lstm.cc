@@ -4,6 +4,7 @@
 // reverse with one fused pass producing the pre-activation gradients and one GEMM giving the
 // state gradient; large GEMMs after the loop give the weight and input gradients.
 #include "isa_kernels.inc"
+#include "instantiate.h"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
@@ -263,16 +264,6 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
   }
 }
 
-#define FUSEDRNN_INSTANTIATE_LSTM(Scalar)                                                        \
-  template void lstm_forward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,   \
-                                     const Scalar*, const Scalar*, const Scalar*, const Scalar*,  \
-                                     const Scalar*, const Scalar*, const std::int64_t*, Scalar*,  \
-                                     Scalar*, Scalar*, Scalar*, Scalar*);                         \
-  template void lstm_backward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,  \
-                                      const Scalar*, const Scalar*, const std::int64_t*,          \
-                                      const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
-                                      Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*,       \
-                                      Scalar*, Scalar*, Scalar*);
 FUSEDRNN_INSTANTIATE_LSTM(float)
 FUSEDRNN_INSTANTIATE_LSTM(double)
 

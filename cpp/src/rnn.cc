@@ -1,5 +1,6 @@
 // Elman RNN forward and backward kernels: h_t = act(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
 #include "isa_kernels.inc"
+#include "instantiate.h"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
@@ -183,15 +184,6 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
   }
 }
 
-#define FUSEDRNN_INSTANTIATE_RNN(Scalar)                                                        \
-  template void rnn_forward<Scalar>(const Dims&, const Options&, Nonlinearity, const Scalar*,   \
-                                    const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
-                                    const Scalar*, const std::int64_t*, Scalar*, Scalar*,       \
-                                    Scalar*, Scalar*);                                          \
-  template void rnn_backward<Scalar>(const Dims&, const Options&, Nonlinearity, const Scalar*,  \
-                                     const Scalar*, const Scalar*, const std::int64_t*,         \
-                                     const Scalar*, const Scalar*, const Scalar*, Scalar*,      \
-                                     Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*);
 FUSEDRNN_INSTANTIATE_RNN(float)
 FUSEDRNN_INSTANTIATE_RNN(double)
 
