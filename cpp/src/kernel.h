@@ -90,10 +90,6 @@ template <typename Scalar>
 using MatMap = Eigen::Map<RowMat<Scalar>, 0, Eigen::OuterStride<>>;
 template <typename Scalar>
 using CMatMap = Eigen::Map<const RowMat<Scalar>, 0, Eigen::OuterStride<>>;
-template <typename Scalar>
-using ArrMap = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
-template <typename Scalar>
-using CArrMap = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
 
 template <typename Scalar>
 MatMap<Scalar> mat(Scalar* p, Index rows, Index cols, Index ld) {
