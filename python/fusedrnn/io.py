@@ -1,0 +1,558 @@
+"""Checkpoints in the safetensors layout: a model's parameters, its config, optimiser state and
+user metadata in one file that the ``safetensors`` package (and any other safetensors reader)
+can open.
+
+File layout (https://github.com/huggingface/safetensors): an 8-byte little-endian unsigned
+header length L, L bytes of UTF-8 JSON, then the raw little-endian tensor bytes. The header is
+``{"__metadata__": {str: str}, "<name>": {"dtype": "F32", "shape": [..], "data_offsets":
+[begin, end]}, ...}`` with offsets relative to the data section; tensors are written in header
+order, contiguous, and the header is padded with spaces so the data section starts 8-byte
+aligned.
+
+Two layers:
+
+* :func:`save_tensors` / :func:`load_tensors`: any dict of arrays (F16, F32, F64, I8, I16, I32,
+  I64, U8, U16, U32, U64, BOOL) plus a str -> str metadata dict. Writes are atomic (temporary
+  file in the same directory, fsync, ``os.replace``); reads validate the whole header and the
+  file size before allocating anything and raise :class:`CheckpointError` on any
+  inconsistency. Round trips are bitwise (NaN payloads and -0.0 included).
+* :func:`save` / :func:`load`: a :class:`fusedrnn.module.Module`'s ``state_dict()`` under its
+  own names, the model's ``config()`` (so :func:`load` can rebuild it without the code that
+  made it), an optimiser's ``state_dict()`` and JSON-serialisable user metadata.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from .module import Module, module_from_config
+
+__all__ = ["CheckpointError", "Checkpoint", "save_tensors", "load_tensors", "save", "load"]
+
+FORMAT = "fusedrnn"
+FORMAT_VERSION = "1"
+MAX_HEADER_BYTES = 100_000_000      # the safetensors package's limit
+OPTIMIZER_PREFIX = "__optimizer__/state/"
+
+# safetensors dtype name <-> little-endian numpy dtype
+_DTYPE_OF_NAME = {
+    "BOOL": np.dtype("?"),
+    "U8": np.dtype("u1"), "U16": np.dtype("<u2"), "U32": np.dtype("<u4"), "U64": np.dtype("<u8"),
+    "I8": np.dtype("i1"), "I16": np.dtype("<i2"), "I32": np.dtype("<i4"), "I64": np.dtype("<i8"),
+    "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
+}
+_NAME_OF_KIND_SIZE = {(dt.kind, dt.itemsize): name for name, dt in _DTYPE_OF_NAME.items()}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a valid safetensors file, or not a valid fusedrnn checkpoint."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load` returns.
+
+    model: the given model with the weights loaded, or the model rebuilt from the stored
+        config, or None (no model given and no config stored).
+    state_dict: name -> array of the model's tensors, as stored.
+    optimizer_state: the optimiser state dict (``{"state": {int: {key: value}},
+        "param_groups": [...]}``) or None if the file has none.
+    metadata: the keyword arguments given to :func:`save` (JSON round trip: tuples come back
+        as lists).
+    config: the model's ``config()`` or None.
+    fusedrnn_version: the version of fusedrnn that wrote the file.
+    """
+
+    model: Optional[Module]
+    state_dict: "OrderedDict[str, np.ndarray]"
+    optimizer_state: Optional[dict]
+    metadata: Dict[str, Any]
+    config: Optional[dict]
+    fusedrnn_version: Optional[str]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor layer
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _dtype_name(name: str, a: np.ndarray) -> str:
+    dt = a.dtype
+    key = (dt.kind, dt.itemsize)
+    if dt.fields is not None or dt.subdtype is not None or key not in _NAME_OF_KIND_SIZE:
+        raise TypeError(f"save_tensors: tensor {name!r} has dtype {dt}; expected one of "
+                        f"bool, uint8/16/32/64, int8/16/32/64, float16/32/64")
+    return _NAME_OF_KIND_SIZE[key]
+
+
+def _check_metadata(fn: str, metadata) -> Dict[str, str]:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"{fn}: metadata must be a dict of str to str, "
+                        f"got {type(metadata).__name__}")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"{fn}: metadata must map str to str, got {k!r}: "
+                            f"{type(v).__name__}")
+        _check_utf8(fn, "metadata", k)
+        _check_utf8(fn, "metadata", v)
+    return dict(metadata)
+
+
+def _check_utf8(fn: str, what: str, s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{fn}: {what} {s!r} is not encodable as UTF-8") from None
+
+
+def _le_bytes(a: np.ndarray) -> memoryview:
+    """The array's bytes, C order, little-endian (a view when it already is)."""
+    if a.dtype.kind == "b":  # a bool array viewed from other bytes: store canonical 0 / 1
+        u8 = np.ascontiguousarray(a).view(np.uint8)
+        if u8.size and u8.max() > 1:
+            a = u8 != 0
+    le = a.dtype.newbyteorder("<") if a.dtype.itemsize > 1 else a.dtype
+    a = np.ascontiguousarray(a, dtype=le)  # byte order only: same values, same dtype name
+    return memoryview(a.reshape(-1).view(np.uint8))
+
+
+def _write_tensor(f, a: np.ndarray) -> None:
+    f.write(_le_bytes(a))
+
+
+def _atomic_write(path: str, write) -> None:
+    """Calls ``write(f)`` on a temporary file next to ``path``, fsyncs it and renames it onto
+    ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open(path, "wb")
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover
+        raise FileExistsError(f"could not create a temporary file next to {path!r}")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        try:
+            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
+
+
+def _check_path(fn: str, path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{fn}: path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        raise TypeError(f"{fn}: path must be a str path, got {type(path).__name__}")
+    return path
+
+
+def save_tensors(path, tensors: Mapping[str, np.ndarray],
+                 metadata: Optional[Mapping[str, str]] = None) -> None:
+    """Writes ``tensors`` (name -> numpy array) and ``metadata`` (str -> str) to ``path`` in the
+    safetensors format, atomically. Tensors are laid out in the dict's order."""
+    fn = "save_tensors"
+    path = _check_path(fn, path)
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"{fn}: tensors must be a dict of str to numpy arrays, "
+                        f"got {type(tensors).__name__}")
+    metadata = _check_metadata(fn, metadata)
+    header: "OrderedDict[str, Any]" = OrderedDict()
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    arrays = []
+    offset = 0
+    for name, a in tensors.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{fn}: tensor names must be str, got {name!r}")
+        if name == "__metadata__":
+            raise ValueError(f"{fn}: '__metadata__' is reserved and cannot name a tensor")
+        _check_utf8(fn, "tensor name", name)
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{fn}: tensor {name!r} must be a numpy array, "
+                            f"got {type(a).__name__}")
+        dtype = _dtype_name(name, a)
+        header[name] = {"dtype": dtype, "shape": list(a.shape),
+                        "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+        arrays.append(a)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # data section 8-byte aligned
+
+    def write(f):
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for a in arrays:
+            _write_tensor(f, a)
+
+    _atomic_write(path, write)
+
+
+def _no_constants(s: str):
+    raise ValueError(f"{s} is not valid JSON")
+
+
+def _unique_pairs(pairs):
+    d = OrderedDict()
+    for k, v in pairs:
+        if k in d:
+            raise CheckpointError(f"duplicate key {k!r} in the header")
+        d[k] = v
+    return d
+
+
+def _parse_header(raw: bytes, where: str) -> "OrderedDict[str, Any]":
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{where}: header is not valid UTF-8 ({e})") from None
+    if not text.startswith("{"):
+        raise CheckpointError(f"{where}: header must be a JSON object starting with '{{', "
+                              f"got {text[:20]!r}")
+    try:
+        header = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constants)
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{where}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where}: header must be a JSON object, "
+                              f"got {type(header).__name__}")
+    return header
+
+
+def _parse_entry(where: str, name: str, entry) -> Tuple[np.dtype, Tuple[int, ...], int, int]:
+    what = f"{where}: tensor {name!r}"
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+        raise CheckpointError(f"{what} must be an object with exactly 'dtype', 'shape' and "
+                              f"'data_offsets', got {got}")
+    dtype = entry["dtype"]
+    if not isinstance(dtype, str) or dtype not in _DTYPE_OF_NAME:
+        raise CheckpointError(f"{what} has unknown dtype {dtype!r} "
+                              f"(supported: {sorted(_DTYPE_OF_NAME)})")
+    dt = _DTYPE_OF_NAME[dtype]
+    shape = entry["shape"]
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(f"{what}: shape must be a list of non-negative integers, "
+                              f"got {shape!r}")
+    offsets = entry["data_offsets"]
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(_is_int(o) and o >= 0 for o in offsets)):
+        raise CheckpointError(f"{what}: data_offsets must be [begin, end] with non-negative "
+                              f"integers, got {offsets!r}")
+    begin, end = offsets
+    if end < begin:
+        raise CheckpointError(f"{what}: data_offsets {offsets} are out of order (end < begin)")
+    nbytes = math.prod(shape) * dt.itemsize
+    if end - begin != nbytes:
+        raise CheckpointError(f"{what}: data_offsets {offsets} span {end - begin} bytes but "
+                              f"shape {shape} x {dtype} needs {nbytes}")
+    return dt, tuple(shape), begin, end
+
+
+def load_tensors(path) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
+    """Reads a safetensors file: (name -> array in header order, metadata dict).
+
+    The arrays are owned, writeable, C-contiguous and in native byte order. Anything
+    inconsistent raises :class:`CheckpointError` before the tensors are read.
+    """
+    path = _check_path("load_tensors", path)
+    where = f"load_tensors({path!r})"
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise CheckpointError(f"{where}: the file is {size} bytes, shorter than the "
+                                  f"8-byte header length")
+        n = int.from_bytes(f.read(8), "little")
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{where}: header length {n} exceeds the "
+                                  f"{MAX_HEADER_BYTES}-byte limit (not a safetensors file?)")
+        if n > size - 8:
+            raise CheckpointError(f"{where}: header length {n} is larger than the "
+                                  f"{size - 8} bytes after the length prefix (truncated?)")
+        raw = f.read(n)
+        if len(raw) != n:
+            raise CheckpointError(f"{where}: file changed while reading the header")
+        header = _parse_header(raw, where)
+
+        metadata: Dict[str, str] = {}
+        entries = []  # (name, dtype, shape, begin, end) in header order
+        for name, entry in header.items():
+            if name == "__metadata__":
+                if not isinstance(entry, dict):
+                    raise CheckpointError(f"{where}: __metadata__ must be an object, "
+                                          f"got {type(entry).__name__}")
+                for k, v in entry.items():
+                    if not isinstance(v, str):
+                        raise CheckpointError(f"{where}: __metadata__ values must be strings, "
+                                              f"got {k!r}: {v!r}")
+                metadata = dict(entry)
+                continue
+            entries.append((name,) + _parse_entry(where, name, entry))
+
+        expected = 0
+        for name, _, _, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):
+            if begin != expected:
+                kind = "overlaps the previous tensor" if begin < expected else "leaves a gap"
+                raise CheckpointError(f"{where}: tensor {name!r} data_offsets [{begin}, {end}] "
+                                      f"{kind} (expected it to start at {expected})")
+            expected = end
+        data_len = size - 8 - n
+        if data_len != expected:
+            kind = "truncated" if data_len < expected else "trailing bytes"
+            raise CheckpointError(f"{where}: the data section is {data_len} bytes but the "
+                                  f"header describes {expected} ({kind})")
+
+        out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        for name, dt, shape, begin, end in entries:
+            try:
+                a = np.empty(shape, dtype=np.uint8 if dt.kind == "b" else dt)
+            except (ValueError, MemoryError, OverflowError) as e:
+                raise CheckpointError(f"{where}: tensor {name!r} with shape {list(shape)} "
+                                      f"cannot be allocated ({e})") from None
+            f.seek(8 + n + begin)
+            if f.readinto(memoryview(a.reshape(-1).view(np.uint8))) != end - begin:
+                raise CheckpointError(f"{where}: file changed while reading tensor {name!r}")
+            if dt.kind == "b":
+                if a.size and a.max() > 1:
+                    raise CheckpointError(f"{where}: BOOL tensor {name!r} holds bytes other "
+                                          f"than 0 and 1")
+                a = a.view(np.bool_)
+            elif dt.itemsize > 1 and sys.byteorder != "little":
+                a = a.byteswap().view(dt.newbyteorder("="))  # explicit little -> native
+            out[name] = a
+    return out, metadata
+
+
+# ----------------------------------------------------------------------------------------------
+# Model layer
+
+def _json(fn: str, what: str, value) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{fn}: {what} must be JSON-serialisable (dicts, lists, str, int, "
+                        f"finite float, bool, None): {e}") from None
+
+
+def _optimizer_parts(fn: str, state_dict) -> Tuple["OrderedDict[str, np.ndarray]", str]:
+    """Splits an optimiser state dict into tensors and the JSON of everything else."""
+    if not isinstance(state_dict, Mapping) or set(state_dict) != {"state", "param_groups"}:
+        got = (list(state_dict) if isinstance(state_dict, Mapping)
+               else type(state_dict).__name__)
+        raise TypeError(f"{fn}: optimizer.state_dict() must be a dict with keys 'state' and "
+                        f"'param_groups', got {got}")
+    state, groups = state_dict["state"], state_dict["param_groups"]
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{fn}: optimizer state must be a dict of int to dict, "
+                        f"got {type(state).__name__}")
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in groups):
+        raise TypeError(f"{fn}: optimizer param_groups must be a list of dicts")
+    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    scalars: Dict[str, Dict[str, Any]] = {}
+    for index, entry in state.items():
+        if not _is_int(index) or index < 0:
+            raise TypeError(f"{fn}: optimizer state keys must be non-negative ints, "
+                            f"got {index!r}")
+        if not isinstance(entry, Mapping):
+            raise TypeError(f"{fn}: optimizer state[{index}] must be a dict, "
+                            f"got {type(entry).__name__}")
+        s = scalars.setdefault(str(index), {})
+        for key, v in entry.items():
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"{fn}: optimizer state[{index}] keys must be non-empty str, "
+                                f"got {key!r}")
+            if isinstance(v, np.ndarray):
+                _dtype_name(f"{OPTIMIZER_PREFIX}{index}/{key}", v)
+                tensors[f"{OPTIMIZER_PREFIX}{index}/{key}"] = v
+            elif v is None or isinstance(v, (bool, int, float, str)):
+                _json(fn, f"optimizer state[{index}][{key!r}]", v)
+                s[key] = v
+            else:
+                raise TypeError(f"{fn}: optimizer state[{index}][{key!r}] must be a numpy "
+                                f"array or a Python int/float/bool/str/None, "
+                                f"got {type(v).__name__}")
+    for i, g in enumerate(groups):
+        params = g.get("params")
+        if not isinstance(params, (list, tuple)) or not all(_is_int(p) for p in params):
+            raise TypeError(f"{fn}: optimizer param_groups[{i}]['params'] must be a list of "
+                            f"int indices, got {params!r}")
+    text = _json(fn, "optimizer param_groups", {"state": scalars,
+                                                 "param_groups": [dict(g) for g in groups]})
+    return tensors, text
+
+
+def save(path, model: Module, optimizer=None, **metadata) -> None:
+    """Saves ``model.state_dict()``, the model's config (when it has one), the optimiser's
+    ``state_dict()`` (when given) and ``metadata`` (JSON-serialisable values) to ``path``.
+
+    The file is a safetensors file: model tensors keep their names ("rnn.weight_ih_l0"),
+    optimiser arrays are named ``__optimizer__/state/<index>/<key>``.
+    """
+    fn = "save"
+    path = _check_path(fn, path)
+    if not isinstance(model, Module):
+        raise TypeError(f"{fn}: model must be a fusedrnn Module, got {type(model).__name__}")
+    if optimizer is not None and not callable(getattr(optimizer, "state_dict", None)):
+        raise TypeError(f"{fn}: optimizer must have a state_dict() method, "
+                        f"got {type(optimizer).__name__}")
+    for k, v in metadata.items():
+        _json(fn, f"metadata {k!r}", v)
+    user_meta = _json(fn, "metadata", metadata)
+
+    tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for name, a in model.state_dict().items():
+        if name.startswith("__"):
+            raise ValueError(f"{fn}: model tensor names may not start with '__' "
+                             f"(reserved), got {name!r}")
+        tensors[name] = a
+
+    from . import __version__
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "fusedrnn_version": __version__}
+    try:
+        config = model.config()
+    except TypeError:  # an unregistered module: no config, load needs the model instance
+        config = None
+    if config is not None:
+        meta["model"] = _json(fn, "model.config()", config)
+    meta["metadata"] = user_meta
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _optimizer_parts(fn, optimizer.state_dict())
+        tensors.update(opt_tensors)
+    save_tensors(path, tensors, meta)
+
+
+def _loads(where: str, key: str, text: str, kind: type):
+    try:
+        value = json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{where}: __metadata__[{key!r}] is not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{where}: __metadata__[{key!r}] must hold a JSON "
+                              f"{'object' if kind is dict else kind.__name__}")
+    return value
+
+
+def _index(s: str) -> Optional[int]:
+    """The int written as ``str(i)`` (canonical decimal), else None."""
+    if s.isascii() and s.isdigit() and str(int(s)) == s:
+        return int(s)
+    return None
+
+
+def _optimizer_state(where: str, text: str, tensors: Mapping[str, np.ndarray]) -> dict:
+    raw = _loads(where, "optimizer", text, dict)
+    if set(raw) != {"state", "param_groups"} or not isinstance(raw["state"], dict) \
+            or not isinstance(raw["param_groups"], list):
+        raise CheckpointError(f"{where}: __metadata__['optimizer'] must be an object with "
+                              f"'state' (object) and 'param_groups' (list)")
+    state: Dict[int, Dict[str, Any]] = {}
+    for index, entry in raw["state"].items():
+        i = _index(index)
+        if i is None or i in state or not isinstance(entry, dict):
+            raise CheckpointError(f"{where}: optimizer state entry {index!r} is malformed")
+        state[i] = dict(entry)
+    for name, a in tensors.items():
+        index, _, key = name[len(OPTIMIZER_PREFIX):].partition("/")
+        i = _index(index)
+        if i is None or not key or i not in state:
+            raise CheckpointError(f"{where}: optimizer tensor {name!r} does not match the "
+                                  f"stored optimizer state")
+        if key in state[i]:
+            raise CheckpointError(f"{where}: optimizer state[{i}][{key!r}] is stored twice")
+        state[i][key] = a
+    return {"state": state, "param_groups": raw["param_groups"]}
+
+
+def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
+    """Reads a checkpoint written by :func:`save`.
+
+    With ``model``, its weights are replaced (``load_state_dict``, strict: names, shapes and
+    dtypes must match). Without, the model is rebuilt from the stored config (None if the file
+    has none). With ``optimizer``, ``optimizer.load_state_dict`` gets the stored state.
+    """
+    fn = "load"
+    path = _check_path(fn, path)
+    if model is not None and not isinstance(model, Module):
+        raise TypeError(f"{fn}: model must be a fusedrnn Module or None, "
+                        f"got {type(model).__name__}")
+    if optimizer is not None and not callable(getattr(optimizer, "load_state_dict", None)):
+        raise TypeError(f"{fn}: optimizer must have a load_state_dict() method, "
+                        f"got {type(optimizer).__name__}")
+    where = f"load({path!r})"
+    tensors, meta = load_tensors(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{where}: not a fusedrnn checkpoint (__metadata__['format'] is "
+                              f"{meta.get('format')!r}); read its tensors with load_tensors()")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{where}: unsupported checkpoint format_version "
+                              f"{meta.get('format_version')!r} (this fusedrnn reads "
+                              f"{FORMAT_VERSION!r})")
+    config = _loads(where, "model", meta["model"], dict) if "model" in meta else None
+    user = _loads(where, "metadata", meta["metadata"], dict) if "metadata" in meta else {}
+
+    state_dict: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    opt_tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for name, a in tensors.items():
+        if name.startswith(OPTIMIZER_PREFIX):
+            opt_tensors[name] = a
+        elif name.startswith("__"):
+            raise CheckpointError(f"{where}: unknown reserved tensor {name!r}")
+        else:
+            state_dict[name] = a
+    if "optimizer" in meta:
+        opt_state = _optimizer_state(where, meta["optimizer"], opt_tensors)
+    elif opt_tensors:
+        raise CheckpointError(f"{where}: optimizer tensors without __metadata__['optimizer']")
+    else:
+        opt_state = None
+    if optimizer is not None and opt_state is None:
+        raise CheckpointError(f"{where}: an optimizer was given but the checkpoint holds no "
+                              f"optimizer state")
+
+    if model is None and config is not None:
+        try:
+            model = module_from_config(config)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{where}: cannot rebuild the model from its stored config "
+                                  f"({e}); pass model= to load into an instance") from e
+    if model is not None:
+        model.load_state_dict(state_dict, strict=True)
+    if optimizer is not None:
+        optimizer.load_state_dict(opt_state)
+    return Checkpoint(model=model, state_dict=state_dict, optimizer_state=opt_state,
+                      metadata=user, config=config,
+                      fusedrnn_version=meta.get("fusedrnn_version"))

@@ -1,0 +1,497 @@
+"""Parameters, the Module base class, Sequential, and the feed-forward layers around the
+recurrent ones: Linear, Embedding, Dropout.
+
+Shaped like torch.nn but explicit: every module has ``forward(...)`` and ``backward(d_out)``.
+``forward`` in train mode remembers what ``backward`` needs (one pending forward per module, as
+in Keras or llm.c); ``backward`` returns the gradient with respect to the input and *adds* the
+parameter gradients into each ``Parameter.grad`` (zero them with ``zero_grad()``).
+
+A :class:`Parameter` holds ``data`` and ``grad``, two arrays of one shape and dtype. Optimisers
+update ``data`` in place, so every array a module hands to the kernels stays valid.
+
+Names follow torch: ``named_parameters()`` yields ``"rnn.weight_ih_l0"``, ``"head.bias"``,
+``"0.weight"`` (children of a Sequential are numbered). ``state_dict()`` is one flat ordered dict
+of those names to arrays; ``grad_dict()`` the same for gradients.
+
+Every built-in module records the arguments it was built with (``config()``), so a checkpoint
+can rebuild the model without the code that made it (:func:`module_from_config`).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+__all__ = [
+    "Parameter", "Module", "Sequential", "Linear", "Embedding", "Dropout",
+    "module_from_config", "register_module",
+]
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def _dtype(fn: str, dtype) -> np.dtype:
+    """float32 / float64 from a dtype, a numpy type or its name; anything else raises."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _positive_int(fn: str, name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def _probability(fn: str, name: str, v) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
+        raise ValueError(f"{fn}: {name} must be a number in [0, 1), got {v!r}")
+    return float(v)
+
+
+def _seed(fn: str, seed) -> Optional[int]:
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{fn}: seed must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
+def _as_numpy(name: str, value) -> np.ndarray:
+    """An array from a numpy array or a torch tensor (without importing torch)."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        return value.detach().cpu().numpy()
+    raise TypeError(f"load_state_dict: {name} must be a numpy array or a torch tensor, "
+                    f"got {type(value).__name__}")
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape and dtype; the gradient starts at zero)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data: np.ndarray):
+        if not isinstance(data, np.ndarray) or data.dtype not in (np.float32, np.float64):
+            raise TypeError("Parameter: data must be a float32 or float64 numpy array")
+        self.data = np.ascontiguousarray(data)
+        self.grad = np.zeros_like(self.data)
+
+    @property
+    def shape(self) -> Tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={list(self.data.shape)}, dtype={self.data.dtype})"
+
+
+_REGISTRY: Dict[str, type] = {}
+
+
+def register_module(cls):
+    """Class decorator: lets checkpoints rebuild ``cls`` from its ``config()``."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def module_from_config(config: dict) -> "Module":
+    """Rebuilds a module (parameters freshly initialised) from ``Module.config()``."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"module_from_config: expected a dict with a 'type', got {config!r}")
+    cls = _REGISTRY.get(config["type"])
+    if cls is None:
+        raise ValueError(f"module_from_config: unknown module type {config['type']!r} "
+                         f"(known: {sorted(_REGISTRY)})")
+    return cls._from_config(config)
+
+
+class Module:
+    """Base class: registers Parameter and Module attributes in assignment order.
+
+    Subclasses implement ``forward`` and ``backward``; built-in ones also ``config()``.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_init_args", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}: call Module.__init__() before "
+                                 f"assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    # -- calling -------------------------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # -- structure -----------------------------------------------------------------------------
+    def named_children(self) -> Iterator[Tuple[str, "Module"]]:
+        yield from self._modules.items()
+
+    def children(self) -> Iterator["Module"]:
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix: str = "") -> Iterator[Tuple[str, "Module"]]:
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator["Module"]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
+        """(name, Parameter) over this module and its children, torch's names and order."""
+        seen = set()
+        for mname, m in self.named_modules(prefix):
+            for pname, p in m._parameters.items():
+                if id(p) in seen:  # a shared (tied) parameter is listed once
+                    continue
+                seen.add(id(p))
+                yield (f"{mname}.{pname}" if mname else pname), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Name -> parameter array (the arrays themselves, as torch returns its tensors)."""
+        return OrderedDict((n, p.data) for n, p in self.named_parameters())
+
+    def grad_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Name -> gradient array, same names as ``state_dict()``."""
+        return OrderedDict((n, p.grad) for n, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Copies arrays (or torch tensors) into the parameters, in place.
+
+        Names, shapes and dtypes are checked for every entry before anything is copied; a
+        mismatch raises naming the entry. ``strict=False`` skips missing and unexpected names.
+        Nothing is cast: a float64 array for a float32 parameter raises (cast it yourself).
+        """
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"load_state_dict: expected a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        own = OrderedDict(self.named_parameters())
+        given = OrderedDict((str(k), v) for k, v in state_dict.items())
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+        staged = []
+        for name, p in own.items():
+            if name not in given:
+                continue
+            a = _as_numpy(name, given[name])
+            if a.shape != p.data.shape:
+                raise ValueError(f"load_state_dict: {name} must have shape "
+                                 f"{list(p.data.shape)}, got {list(a.shape)}")
+            if a.dtype != p.data.dtype:
+                raise TypeError(f"load_state_dict: {name} must have dtype {p.data.dtype}, "
+                                f"got {a.dtype}")
+            staged.append((p, a))
+        for p, a in staged:
+            np.copyto(p.data, a)
+
+    # -- modes and gradients -------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    # -- configuration (checkpoints) -------------------------------------------------------------
+    def _record(self, **kwargs) -> None:
+        """Built-in modules call this with their constructor arguments."""
+        object.__setattr__(self, "_init_args", dict(kwargs))
+
+    def config(self) -> dict:
+        """A JSON-serialisable description that ``module_from_config`` rebuilds."""
+        if self._init_args is None or _REGISTRY.get(type(self).__name__) is not type(self):
+            raise TypeError(f"{type(self).__name__} has no config: decorate it with "
+                            f"@fusedrnn.register_module and call self._record(**args) in "
+                            f"__init__, or save its state_dict() instead")
+        args = {k: (np.dtype(v).name if k == "dtype" else v) for k, v in self._init_args.items()}
+        return {"type": type(self).__name__, **args}
+
+    @classmethod
+    def _from_config(cls, config: dict) -> "Module":
+        args = {k: v for k, v in config.items() if k != "type"}
+        return cls(**args)
+
+    def extra_repr(self) -> str:
+        if self._init_args is None:
+            return ""
+        return ", ".join(f"{k}={np.dtype(v).name if k == 'dtype' else v!r}"
+                         for k, v in self._init_args.items() if k not in ("seed",))
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            for name, m in self._modules.items():
+                sub = repr(m).replace("\n", "\n  ")
+                lines.append(f"\n  ({name}): {sub}")
+            lines.append("\n")
+        lines.append(")")
+        return "".join(lines)
+
+
+@register_module
+class Sequential(Module):
+    """Modules applied in order; each takes one array and returns one array.
+
+    Children are named "0", "1", ... (torch's names). ``backward`` runs them in reverse.
+    """
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: argument {i} must be a Module, "
+                                f"got {type(m).__name__}")
+            setattr(self, str(i), m)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m.forward(x)
+        return x
+
+    def backward(self, d):
+        for m in reversed(list(self._modules.values())):
+            d = m.backward(d)
+        return d
+
+    def config(self) -> dict:
+        if _REGISTRY.get(type(self).__name__) is not type(self):
+            return super().config()  # an unregistered subclass: raises
+        mods = list(self._modules.values())
+        if len({id(m) for m in mods}) != len(mods):
+            raise TypeError("Sequential.config: a module that appears twice (shared weights) "
+                            "cannot be rebuilt from a config; save its state_dict() instead")
+        return {"type": "Sequential", "modules": [m.config() for m in mods]}
+
+    @classmethod
+    def _from_config(cls, config: dict) -> "Sequential":
+        return cls(*(module_from_config(c) for c in config.get("modules", [])))
+
+
+@register_module
+class Linear(Module):
+    """y = x Wᵀ + b over the last axis: x [..., in_features] -> y [..., out_features].
+
+    weight [out_features, in_features], bias [out_features]; torch's initialisation
+    U(±1/√in_features) for both.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 dtype="float32", seed: Optional[int] = None):
+        super().__init__()
+        fn = "Linear"
+        in_features = _positive_int(fn, "in_features", in_features)
+        out_features = _positive_int(fn, "out_features", out_features)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"{fn}: bias must be a bool, got {type(bias).__name__}")
+        dt = _dtype(fn, dtype)
+        seed = _seed(fn, seed)
+        self._record(in_features=in_features, out_features=out_features, bias=bool(bias),
+                     dtype=dt, seed=seed)
+        self.in_features, self.out_features = in_features, out_features
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(in_features)
+        self.weight = Parameter(rng.uniform(-k, k, (out_features, in_features)).astype(dt))
+        self.bias = Parameter(rng.uniform(-k, k, out_features).astype(dt)) if bias else None
+        self._x = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        w = self.weight.data
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"Linear.forward: x must be a numpy array [..., {self.in_features}], "
+                            f"got {type(x).__name__}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"Linear.forward: x must have dtype {w.dtype}, got {x.dtype}")
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear.forward: x must have shape [..., {self.in_features}], "
+                             f"got {list(x.shape)}")
+        y = x @ w.T
+        if self.bias is not None:
+            y += self.bias.data
+        self._x = x if self.training else None
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x = self._x
+        if x is None:
+            raise RuntimeError("Linear.backward: no training forward to differentiate "
+                               "(call forward in train mode first)")
+        if not isinstance(dy, np.ndarray) or dy.shape != x.shape[:-1] + (self.out_features,):
+            raise ValueError(f"Linear.backward: dy must have shape "
+                             f"{list(x.shape[:-1]) + [self.out_features]}, "
+                             f"got {list(getattr(dy, 'shape', []))}")
+        if dy.dtype != x.dtype:
+            raise TypeError(f"Linear.backward: dy must have dtype {x.dtype}, got {dy.dtype}")
+        x2 = x.reshape(-1, self.in_features)
+        dy2 = dy.reshape(-1, self.out_features)
+        self.weight.grad += dy2.T @ x2
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0)
+        return dy @ self.weight.data
+
+
+@register_module
+class Embedding(Module):
+    """Rows of ``weight`` [num_embeddings, embedding_dim] picked by integer indices.
+
+    idx [...] (any integer array) -> [..., embedding_dim]. torch's initialisation N(0, 1); the
+    row ``padding_idx`` (if given) starts at zero and gets no gradient. backward returns None
+    (indices have no gradient).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int,
+                 padding_idx: Optional[int] = None, *, dtype="float32",
+                 seed: Optional[int] = None):
+        super().__init__()
+        fn = "Embedding"
+        num_embeddings = _positive_int(fn, "num_embeddings", num_embeddings)
+        embedding_dim = _positive_int(fn, "embedding_dim", embedding_dim)
+        if padding_idx is not None:
+            if (isinstance(padding_idx, (bool, np.bool_))
+                    or not isinstance(padding_idx, numbers.Integral)
+                    or not -num_embeddings <= padding_idx < num_embeddings):
+                raise ValueError(f"{fn}: padding_idx must be an integer in "
+                                 f"[-{num_embeddings}, {num_embeddings}), got {padding_idx!r}")
+            padding_idx = int(padding_idx) % num_embeddings
+        dt = _dtype(fn, dtype)
+        seed = _seed(fn, seed)
+        self._record(num_embeddings=num_embeddings, embedding_dim=embedding_dim,
+                     padding_idx=padding_idx, dtype=dt, seed=seed)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        rng = np.random.default_rng(seed)
+        w = rng.standard_normal((num_embeddings, embedding_dim)).astype(dt)
+        if padding_idx is not None:
+            w[padding_idx] = 0
+        self.weight = Parameter(w)
+        self._idx = None
+
+    def forward(self, idx) -> np.ndarray:
+        if not isinstance(idx, np.ndarray) or idx.dtype.kind not in "iu":
+            raise TypeError(f"Embedding.forward: idx must be an integer numpy array, got "
+                            f"{getattr(idx, 'dtype', type(idx).__name__)}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+            raise ValueError(f"Embedding.forward: idx must lie in [0, {self.num_embeddings}), "
+                             f"got min {idx.min()} max {idx.max()}")
+        self._idx = idx if self.training else None
+        return self.weight.data[idx]
+
+    def backward(self, dy: np.ndarray) -> None:
+        idx = self._idx
+        if idx is None:
+            raise RuntimeError("Embedding.backward: no training forward to differentiate")
+        want = idx.shape + (self.embedding_dim,)
+        if not isinstance(dy, np.ndarray) or dy.shape != want:
+            raise ValueError(f"Embedding.backward: dy must have shape {list(want)}, "
+                             f"got {list(getattr(dy, 'shape', []))}")
+        if dy.dtype != self.weight.dtype:
+            raise TypeError(f"Embedding.backward: dy must have dtype {self.weight.dtype}, "
+                            f"got {dy.dtype}")
+        flat = idx.reshape(-1)
+        rows = dy.reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = flat != self.padding_idx
+            flat, rows = flat[keep], rows[keep]
+        np.add.at(self.weight.grad, flat, rows)
+        return None
+
+
+@register_module
+class Dropout(Module):
+    """Inverted dropout: in train mode zeroes each element with probability p and scales the
+    rest by 1/(1-p); identity in eval mode. The mask comes from the module's own generator
+    (seeded by ``seed``)."""
+
+    def __init__(self, p: float = 0.5, *, seed: Optional[int] = None):
+        super().__init__()
+        p = _probability("Dropout", "p", p)
+        seed = _seed("Dropout", seed)
+        self._record(p=p, seed=seed)
+        self.p = p
+        self._rng = np.random.default_rng(seed)
+        self._mask = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+            raise TypeError("Dropout.forward: x must be a float32 or float64 numpy array")
+        if not self.training or self.p == 0:
+            self._mask = None
+            return x
+        keep = self._rng.random(x.shape) >= self.p
+        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._mask is None:
+            if self.training and self.p > 0:
+                raise RuntimeError("Dropout.backward: no training forward to differentiate")
+            return dy
+        if not isinstance(dy, np.ndarray) or dy.dtype != self._mask.dtype:
+            raise TypeError(f"Dropout.backward: dy must be a numpy array of dtype "
+                            f"{self._mask.dtype}")
+        if dy.shape != self._mask.shape:
+            raise ValueError(f"Dropout.backward: dy must have shape {list(self._mask.shape)}, "
+                             f"got {list(dy.shape)}")
+        return dy * self._mask

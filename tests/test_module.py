@@ -1,0 +1,627 @@
+"""fusedrnn.module: Parameter, Module, Sequential, Linear, Embedding, Dropout and the config
+round trip.
+
+Linear and Embedding are checked against torch.nn (same weights; forward and backward) and by
+central finite differences in float64. Dropout is checked statistically (keep fraction within
+5 sigma) and for mask reuse in backward. The Module tests cover torch's parameter names and
+order, tied parameters, state_dict / load_state_dict (all-or-nothing, no casting), modes,
+gradient accumulation, config() / module_from_config and argument validation.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fusedrnn.module import (Dropout, Embedding, Linear, Module, Parameter, Sequential,
+                             module_from_config, register_module)
+
+torch = pytest.importorskip("torch")
+
+TOL = {np.float64: 1e-12, np.float32: 2e-6}
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def close(got, want, dtype, what=""):
+    want = np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+    err = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
+    assert err <= TOL[dtype] * scale * 10, f"{what}: max error {err:.3e}"
+
+
+def t(a):
+    return torch.from_numpy(np.array(a))
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(4,), (6, 4), (2, 3, 4), (0, 4)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_torch(dtype, shape, bias):
+    lin = Linear(4, 3, bias=bias, dtype=dtype, seed=1)
+    ref = torch.nn.Linear(4, 3, bias=bias, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(t(lin.weight.data.astype(np.float64)))
+        if bias:
+            ref.bias.copy_(t(lin.bias.data.astype(np.float64)))
+    x = rng(2).standard_normal(shape).astype(dtype)
+    dy = rng(3).standard_normal(shape[:-1] + (3,)).astype(dtype)
+
+    y = lin(x)
+    assert y.dtype == dtype and y.shape == shape[:-1] + (3,)
+    xt = t(x.astype(np.float64)).requires_grad_()
+    yt = ref(xt)
+    close(y, yt.detach().numpy(), dtype, "y")
+
+    dx = lin.backward(dy)
+    yt.backward(t(dy.astype(np.float64)))
+    assert dx.dtype == dtype
+    close(dx, xt.grad.numpy(), dtype, "dx")
+    assert lin.weight.grad.dtype == dtype
+    close(lin.weight.grad, ref.weight.grad.numpy(), dtype, "dW")
+    if bias:
+        close(lin.bias.grad, ref.bias.grad.numpy(), dtype, "db")
+    else:
+        assert lin.bias is None
+        assert [n for n, _ in lin.named_parameters()] == ["weight"]
+
+
+def test_linear_torch_init_range():
+    lin = Linear(16, 300, seed=0)
+    k = 1 / math.sqrt(16)
+    assert np.all(np.abs(lin.weight.data) <= k) and np.all(np.abs(lin.bias.data) <= k)
+    assert lin.weight.data.std() > 0.8 * k / math.sqrt(3)  # U(-k, k) has std k/sqrt(3)
+    assert lin.weight.data.dtype == np.float32
+
+
+def numeric_grad(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every element of a (in place)."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        old = a[i]
+        a[i] = old + eps
+        fp = f()
+        a[i] = old - eps
+        fm = f()
+        a[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def test_linear_finite_differences():
+    lin = Linear(4, 3, dtype="float64", seed=5)
+    x = rng(1).standard_normal((2, 3, 4))
+    w = rng(2).standard_normal((2, 3, 3))
+    loss = lambda: float(np.sum(np.tanh(lin.forward(x)) * w))  # noqa: E731
+    y = lin.forward(x)
+    dx = lin.backward((1 - np.tanh(y) ** 2) * w)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(lin.weight.grad, numeric_grad(loss, lin.weight.data),
+                               rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(lin.bias.grad, numeric_grad(loss, lin.bias.data),
+                               rtol=1e-7, atol=1e-9)
+
+
+def test_linear_forward_validation():
+    lin = Linear(4, 3, seed=0)
+    with pytest.raises(TypeError, match="dtype float32"):
+        lin(np.zeros((2, 4)))                                   # float64 into float32
+    with pytest.raises(TypeError, match="numpy array"):
+        lin([[0.0] * 4])
+    with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):
+        lin(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        lin(np.ones((), np.float32))                            # 0-d
+    lin(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="dy must have shape"):
+        lin.backward(np.zeros((2, 4), np.float32))
+    with pytest.raises(TypeError, match="dy must have dtype"):
+        lin.backward(np.zeros((2, 3), np.float64))
+
+
+def test_backward_without_training_forward_raises():
+    lin = Linear(4, 3, seed=0)
+    with pytest.raises(RuntimeError, match="forward"):
+        lin.backward(np.zeros((2, 3), np.float32))
+    lin.eval()
+    lin(np.zeros((2, 4), np.float32))
+    with pytest.raises(RuntimeError):
+        lin.backward(np.zeros((2, 3), np.float32))
+    emb = Embedding(5, 3, seed=0)
+    with pytest.raises(RuntimeError):
+        emb.backward(np.zeros((2, 3), np.float32))
+    emb.eval()
+    emb(np.array([1, 2]))
+    with pytest.raises(RuntimeError):
+        emb.backward(np.zeros((2, 3), np.float32))
+
+
+def test_grads_accumulate_and_zero_grad():
+    lin = Linear(4, 3, dtype=np.float64, seed=0)
+    x = rng(1).standard_normal((5, 4))
+    dy = rng(2).standard_normal((5, 3))
+    lin(x)
+    lin.backward(dy)
+    g1 = {n: g.copy() for n, g in lin.grad_dict().items()}
+    lin(x)
+    lin.backward(dy)
+    for n, g in lin.grad_dict().items():
+        np.testing.assert_allclose(g, 2 * g1[n], rtol=1e-14)
+    lin.zero_grad()
+    assert all(not g.any() for g in lin.grad_dict().values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedding
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("padding_idx", [None, 2, -1])
+def test_embedding_matches_torch(dtype, padding_idx):
+    emb = Embedding(7, 3, padding_idx=padding_idx, dtype=dtype, seed=4)
+    if padding_idx is not None:
+        assert not emb.weight.data[padding_idx].any()        # the padding row starts at zero
+        assert emb.padding_idx == padding_idx % 7
+    ref = torch.nn.Embedding(7, 3, padding_idx=padding_idx, dtype=torch.float64)
+    with torch.no_grad():
+        ref.weight.copy_(t(emb.weight.data.astype(np.float64)))
+    idx = np.array([[0, 2, 2, 6], [2, 3, 0, 0], [6, 6, 6, 1]])   # repeats and the padding row
+    dy = rng(1).standard_normal(idx.shape + (3,)).astype(dtype)
+    y = emb(idx)
+    yt = ref(t(idx))
+    assert y.dtype == dtype
+    close(y, yt.detach().numpy(), dtype, "y")
+    assert emb.backward(dy) is None
+    yt.backward(t(dy.astype(np.float64)))
+    close(emb.weight.grad, ref.weight.grad.numpy(), dtype, "dW")
+    if padding_idx is not None:
+        assert not emb.weight.grad[padding_idx].any()
+    # repeated indices: gradients summed
+    want0 = dy[idx == 0].sum(axis=0)
+    if padding_idx is None:
+        want6 = dy[idx == 6].sum(axis=0)
+        close(emb.weight.grad[6], want6, dtype, "row 6")
+    close(emb.weight.grad[0], want0, dtype, "row 0")
+
+
+def test_embedding_finite_differences():
+    emb = Embedding(5, 3, dtype="float64", seed=0)
+    idx = np.array([[1, 4, 1], [0, 0, 3]], dtype=np.uint8)
+    w = rng(3).standard_normal((2, 3, 3))
+    loss = lambda: float(np.sum(np.sin(emb.forward(idx)) * w))  # noqa: E731
+    y = emb.forward(idx)
+    emb.backward(np.cos(y) * w)
+    np.testing.assert_allclose(emb.weight.grad, numeric_grad(loss, emb.weight.data),
+                               rtol=1e-7, atol=1e-9)
+
+
+def test_embedding_forward_validation():
+    emb = Embedding(5, 3, seed=0)
+    for bad in (np.array([0.0, 1.0]), np.array([True, False]), [0, 1]):
+        with pytest.raises(TypeError, match="idx"):
+            emb(bad)
+    for bad in (np.array([0, 5]), np.array([-1, 0])):
+        with pytest.raises(ValueError, match=r"\[0, 5\)"):
+            emb(bad)
+    assert emb(np.zeros((0, 2), np.int64)).shape == (0, 2, 3)
+    emb(np.array([1, 2]))
+    with pytest.raises(ValueError, match="dy must have shape"):
+        emb.backward(np.zeros((3, 3), np.float32))
+    with pytest.raises(TypeError, match="dy must have dtype"):
+        emb.backward(np.zeros((2, 3), np.float64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropout
+
+def test_dropout_identity_in_eval_and_for_p0():
+    x = rng().standard_normal((4, 5)).astype(np.float32)
+    d = Dropout(0.5, seed=0).eval()
+    np.testing.assert_array_equal(d(x), x)
+    dy = rng(1).standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(d.backward(dy), dy)
+    d0 = Dropout(0.0, seed=0)
+    assert d0.training
+    np.testing.assert_array_equal(d0(x), x)
+    np.testing.assert_array_equal(d0.backward(dy), dy)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_train_statistics_and_mask(p, dtype):
+    n = 200_000
+    x = (rng(1).random(n) + 0.5).astype(dtype)           # no zeros in x
+    d = Dropout(p, seed=3)
+    y = d(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    kept = y != 0
+    frac = kept.mean()
+    sigma = math.sqrt(p * (1 - p) / n)
+    assert abs(frac - (1 - p)) < 5 * sigma, (frac, 1 - p, sigma)
+    scale = dtype(1 / (1 - p))
+    np.testing.assert_array_equal(y[kept], x[kept] * scale)
+    dy = rng(2).standard_normal(n).astype(dtype)
+    dx = d.backward(dy)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(dx != 0, kept & (dy != 0))
+    np.testing.assert_array_equal(dx[kept], dy[kept] * scale)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        d.backward(dy[:-1])
+
+
+def test_dropout_seeded_reproducible():
+    x = np.ones((50, 40))
+    a, b, c = Dropout(0.3, seed=11), Dropout(0.3, seed=11), Dropout(0.3, seed=12)
+    ya, yb, yc = a(x), b(x), c(x)
+    np.testing.assert_array_equal(ya, yb)
+    assert not np.array_equal(ya, yc)
+    y2 = a(x)
+    assert not np.array_equal(y2, ya)                    # the next call draws a new mask
+    np.testing.assert_array_equal(a.backward(np.ones_like(x)), y2)   # ... used by backward
+
+
+def test_dropout_validation():
+    d = Dropout(0.5)
+    with pytest.raises(TypeError, match="x must be"):
+        d(np.ones(3, np.int64))
+    with pytest.raises(TypeError, match="x must be"):
+        d([1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Module: names, order, ties
+
+class Net(Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = Embedding(10, 4, seed=0)
+        self.scale = Parameter(np.ones(4, np.float32))
+        self.body = Sequential(Linear(4, 4, seed=1), Dropout(0.1), Linear(4, 4, seed=2))
+        self.head = Linear(4, 10, seed=3)
+
+
+class TorchNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+        self.scale = torch.nn.Parameter(torch.ones(4))
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.1),
+                                        torch.nn.Linear(4, 4))
+        self.head = torch.nn.Linear(4, 10)
+
+
+def test_named_parameters_match_torch():
+    ours = [(n, p.shape) for n, p in Net().named_parameters()]
+    theirs = [(n, tuple(p.shape)) for n, p in TorchNet().named_parameters()]
+    assert ours == theirs
+    assert [n for n, _ in ours] == ["scale", "emb.weight", "body.0.weight", "body.0.bias",
+                                    "body.2.weight", "body.2.bias", "head.weight", "head.bias"]
+    net = Net()
+    assert list(net.state_dict()) == [n for n, _ in ours]
+    assert list(net.grad_dict()) == [n for n, _ in ours]
+    assert net.num_parameters() == sum(p.numel() for p in TorchNet().parameters())
+    assert [n for n, _ in net.named_modules()] == [n for n, _ in TorchNet().named_modules()]
+    assert [n for n, _ in net.named_children()] == ["emb", "body", "head"]
+
+
+def test_nested_sequential_names():
+    s = Sequential(Linear(2, 3, seed=0), Sequential(Linear(3, 3, seed=1), Linear(3, 1, seed=2)))
+    assert [n for n, _ in s.named_parameters()] == [
+        "0.weight", "0.bias", "1.0.weight", "1.0.bias", "1.1.weight", "1.1.bias"]
+    assert len(s) == 2 and isinstance(s[1], Sequential) and s[-1] is s[1]
+    assert list(s) == [s[0], s[1]]
+
+
+def test_tied_parameters_listed_once_and_accumulate():
+    net = Net()
+    net.head = Linear(4, 10, bias=False, dtype=np.float32, seed=3)
+    net.head.weight = net.emb.weight                       # [10, 4] both
+    names = [n for n, _ in net.named_parameters()]
+    assert names.count("emb.weight") == 1 and "head.weight" not in names
+    tn = TorchNet()
+    tn.head = torch.nn.Linear(4, 10, bias=False)
+    tn.head.weight = tn.emb.weight
+    assert names == [n for n, _ in tn.named_parameters()]   # torch also lists it once
+    assert list(net.state_dict()) == names
+    # both uses add into the one gradient
+    idx = np.array([1, 2, 1])
+    e = net.emb(idx)
+    x = rng().standard_normal((3, 4)).astype(np.float32)
+    net.head(x)
+    dy = rng(1).standard_normal((3, 10)).astype(np.float32)
+    net.head.backward(dy)
+    net.emb.backward(np.ones_like(e))
+    want = dy.T @ x
+    np.add.at(want, idx, np.ones((3, 4), np.float32))
+    np.testing.assert_allclose(net.emb.weight.grad, want, rtol=1e-6)
+
+
+def test_attribute_reassignment_and_deletion():
+    net = Net()
+    net.head = None
+    assert "head" not in dict(net.named_children())
+    net.scale = np.ones(3)                                 # no longer a Parameter
+    assert "scale" not in dict(net.named_parameters())
+    del net.emb
+    assert [n for n, _ in net.named_parameters()][0] == "body.0.weight"
+    net.extra = Parameter(np.zeros(2))
+    assert [n for n, _ in net.named_parameters()][0] == "extra"
+
+
+def test_module_without_init_raises():
+    class Bad(Module):
+        def __init__(self):
+            self.w = Parameter(np.zeros(2))
+
+    with pytest.raises(AttributeError, match="Module.__init__"):
+        Bad()
+
+
+def test_parameter():
+    base = np.arange(12, dtype=np.float64).reshape(3, 4)
+    p = Parameter(base[:, ::2])
+    assert p.data.flags.c_contiguous and p.shape == (3, 2) and p.dtype == np.float64
+    assert p.size == 6 and p.grad.shape == (3, 2) and p.grad.dtype == np.float64
+    assert not p.grad.any()
+    for bad in ([1.0], np.zeros(2, np.int32), np.zeros(2, np.float16)):
+        with pytest.raises(TypeError, match="Parameter"):
+            Parameter(bad)
+    assert "shape=[3, 2]" in repr(p)
+
+
+# ----------------------------------------------------------------------------------------------
+# state_dict / load_state_dict
+
+def test_state_dict_round_trip_in_place():
+    a, b = Net(), Net()
+    for p in a.parameters():
+        p.data += 1
+    sd = a.state_dict()
+    assert sd["emb.weight"] is a.emb.weight.data          # the arrays themselves
+    before = {n: id(p.data) for n, p in b.named_parameters()}
+    b.load_state_dict(sd)
+    for n, p in b.named_parameters():
+        assert id(p.data) == before[n]                     # copied in place
+        np.testing.assert_array_equal(p.data, sd[n])
+    sd["scale"][0] = 99                                    # not aliased after the copy
+    assert b.scale.data[0] != 99
+
+
+def test_load_state_dict_errors_copy_nothing():
+    net = Net()
+    orig = {n: a.copy() for n, a in net.state_dict().items()}
+    good = {n: a + 1 for n, a in orig.items()}
+
+    missing = dict(good)
+    del missing["head.bias"]
+    with pytest.raises(KeyError, match="head.bias"):
+        net.load_state_dict(missing)
+    with pytest.raises(KeyError, match="extra"):
+        net.load_state_dict({**good, "extra": np.zeros(1, np.float32)})
+
+    bad_shape = dict(good)
+    bad_shape["head.bias"] = np.zeros(11, np.float32)     # the last entry fails
+    with pytest.raises(ValueError, match=r"head.bias must have shape \[10\]"):
+        net.load_state_dict(bad_shape)
+
+    bad_dtype = dict(good)
+    bad_dtype["head.weight"] = good["head.weight"].astype(np.float64)
+    with pytest.raises(TypeError, match="head.weight must have dtype float32"):
+        net.load_state_dict(bad_dtype)
+
+    bad_type = dict(good)
+    bad_type["head.bias"] = list(good["head.bias"])
+    with pytest.raises(TypeError, match="head.bias"):
+        net.load_state_dict(bad_type)
+
+    with pytest.raises(TypeError, match="mapping"):
+        net.load_state_dict([("scale", good["scale"])])
+
+    for n, a in net.state_dict().items():                  # nothing was copied
+        np.testing.assert_array_equal(a, orig[n], err_msg=n)
+
+    net.load_state_dict(good)
+    for n, a in net.state_dict().items():
+        np.testing.assert_array_equal(a, good[n])
+
+
+def test_load_state_dict_strict_false():
+    net = Net()
+    orig = {n: a.copy() for n, a in net.state_dict().items()}
+    part = {"head.bias": np.full(10, 7, np.float32), "nonsense": np.zeros(3)}
+    net.load_state_dict(part, strict=False)
+    assert (net.head.bias.data == 7).all()
+    np.testing.assert_array_equal(net.head.weight.data, orig["head.weight"])
+    with pytest.raises(ValueError, match="shape"):            # shapes still checked
+        net.load_state_dict({"head.bias": np.zeros(3, np.float32)}, strict=False)
+
+
+def test_load_state_dict_accepts_torch_tensors():
+    tn, net = TorchNet(), Net()
+    net.load_state_dict(tn.state_dict())                     # requires_grad tensors included
+    for (n, p), (tn_name, tp) in zip(net.named_parameters(), tn.named_parameters()):
+        assert n == tn_name
+        np.testing.assert_array_equal(p.data, tp.detach().numpy())
+    with pytest.raises(TypeError, match="dtype"):
+        net.load_state_dict({n: v.double() for n, v in tn.state_dict().items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# modes
+
+def test_train_eval_recursive():
+    net = Net()
+    assert all(m.training for m in net.modules())
+    assert net.eval() is net
+    assert not any(m.training for m in net.modules())
+    assert net.train() is net
+    assert all(m.training for m in net.modules())
+    net.body.train(False)
+    assert net.training and not net.body[1].training and net.head.training
+
+
+def test_sequential_forward_backward_matches_torch():
+    s = Sequential(Linear(3, 5, dtype=np.float64, seed=0), Dropout(0.5, seed=1),
+                   Linear(5, 2, dtype=np.float64, seed=2))
+    s.eval()
+    ref = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(5, 2)).double().eval()
+    ref.load_state_dict({n: t(a) for n, a in s.state_dict().items()})
+    x = rng().standard_normal((4, 3))
+    np.testing.assert_allclose(s(x), ref(t(x)).detach().numpy(), rtol=1e-12)
+    # train mode: the dropout mask is shared between the two stacks by copying it
+    s.train()
+    x = rng(1).standard_normal((4, 3))
+    y = s(x)
+    mask = s[1]._mask
+    xt = t(x).requires_grad_()
+    yt = ref[2](ref[0](xt) * t(mask))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12)
+    dy = rng(2).standard_normal((4, 2))
+    dx = s.backward(dy)
+    yt.backward(t(dy))
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12)
+    for (n, g), (_, tp) in zip(s.grad_dict().items(), ref.named_parameters()):
+        np.testing.assert_allclose(g, tp.grad.numpy(), rtol=1e-12, err_msg=n)
+
+
+# ----------------------------------------------------------------------------------------------
+# config
+
+def test_config_round_trip():
+    s = Sequential(Embedding(10, 4, padding_idx=-1, seed=0),
+                   Sequential(Linear(4, 8, dtype="float32", seed=1), Dropout(0.25, seed=2)),
+                   Linear(8, 3, bias=False, seed=3))
+    cfg = s.config()
+    assert json.loads(json.dumps(cfg)) == cfg                # JSON-serialisable
+    assert cfg["modules"][0] == {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 4,
+                                 "padding_idx": 9, "dtype": "float32", "seed": 0}
+    r = module_from_config(json.loads(json.dumps(cfg)))
+    assert r.config() == cfg and repr(r) == repr(s)
+    assert [(n, p.shape, p.dtype) for n, p in r.named_parameters()] == \
+        [(n, p.shape, p.dtype) for n, p in s.named_parameters()]
+    for (n, a), (_, b) in zip(r.state_dict().items(), s.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=n)        # seeded: identical weights
+    x = np.array([[1, 2, 9]])
+    np.testing.assert_array_equal(r(x), s(x))                 # dropout masks too (same seed)
+
+
+def test_config_float64_and_unseeded():
+    lin = Linear(3, 2, dtype=np.float64)
+    cfg = lin.config()
+    assert cfg["dtype"] == "float64" and cfg["seed"] is None
+    r = module_from_config(cfg)
+    assert r.weight.dtype == np.float64 and r.weight.shape == (2, 3)
+
+
+def test_config_errors():
+    with pytest.raises(TypeError, match="register_module"):
+        Net().config()
+    with pytest.raises(TypeError, match="register_module"):
+        Sequential(Net()).config()
+
+    class MyLinear(Linear):
+        pass
+
+    with pytest.raises(TypeError, match="MyLinear has no config"):
+        MyLinear(2, 3).config()
+    for bad in ({"in_features": 2}, "Linear", None, {"type": "Nope"}):
+        with pytest.raises(ValueError, match="module_from_config"):
+            module_from_config(bad)
+
+
+def test_register_module_custom():
+    @register_module
+    class Scale(Module):
+        def __init__(self, n, *, value=1.0):
+            super().__init__()
+            self._record(n=n, value=value)
+            self.w = Parameter(np.full(n, value))
+
+    try:
+        s = Sequential(Scale(3, value=2.0), Linear(3, 1, dtype=np.float64, seed=0))
+        r = module_from_config(s.config())
+        assert isinstance(r[0], Scale) and (r[0].w.data == 2).all()
+    finally:
+        from fusedrnn import module as _m
+        _m._REGISTRY.pop("Scale", None)
+
+
+# ----------------------------------------------------------------------------------------------
+# constructor validation
+
+BAD_ARGS = [
+    (Linear, (0, 3), {}, ValueError, "in_features"),
+    (Linear, (2.0, 3), {}, ValueError, "in_features"),
+    (Linear, (True, 3), {}, ValueError, "in_features"),
+    (Linear, (2, -1), {}, ValueError, "out_features"),
+    (Linear, (2, 3), {"bias": 1}, TypeError, "bias"),
+    (Linear, (2, 3), {"dtype": "int32"}, TypeError, "dtype"),
+    (Linear, (2, 3), {"dtype": np.float16}, TypeError, "dtype"),
+    (Linear, (2, 3), {"dtype": "nonsense"}, TypeError, "dtype"),
+    (Linear, (2, 3), {"seed": -1}, ValueError, "seed"),
+    (Linear, (2, 3), {"seed": 1.5}, ValueError, "seed"),
+    (Embedding, (0, 4), {}, ValueError, "num_embeddings"),
+    (Embedding, (5, 0), {}, ValueError, "embedding_dim"),
+    (Embedding, (5, 4), {"padding_idx": 5}, ValueError, "padding_idx"),
+    (Embedding, (5, 4), {"padding_idx": -6}, ValueError, "padding_idx"),
+    (Embedding, (5, 4), {"padding_idx": 1.0}, ValueError, "padding_idx"),
+    (Embedding, (5, 4), {"dtype": "int64"}, TypeError, "dtype"),
+    (Embedding, (5, 4), {"seed": "0"}, ValueError, "seed"),
+    (Dropout, (1.0,), {}, ValueError, "p"),
+    (Dropout, (-0.1,), {}, ValueError, "p"),
+    (Dropout, ("0.5",), {}, ValueError, "p"),
+    (Dropout, (True,), {}, ValueError, "p"),
+    (Dropout, (0.5,), {"seed": True}, ValueError, "seed"),
+    (Sequential, (Linear(2, 2), 3), {}, TypeError, "argument 1"),
+]
+
+
+@pytest.mark.parametrize("cls,args,kwargs,exc,name", BAD_ARGS,
+                         ids=[f"{c.__name__}-{n}-{i}" for i, (c, _, _, _, n) in
+                              enumerate(BAD_ARGS)])
+def test_bad_constructor_arguments(cls, args, kwargs, exc, name):
+    with pytest.raises(exc, match=name):
+        cls(*args, **kwargs)
+
+
+def test_dtype_none_rejected():
+    with pytest.raises(TypeError, match="dtype"):
+        Linear(2, 3, dtype=None)
+
+
+def test_sequential_subclass_has_no_config():
+    class MySeq(Sequential):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    with pytest.raises(TypeError):
+        MySeq(Linear(2, 2)).config()
+
+
+def test_shared_module_has_no_config():
+    lin = Linear(2, 2)
+    with pytest.raises(TypeError, match="twice"):
+        Sequential(lin, lin).config()
+
+
+def test_dropout_backward_checks():
+    d = Dropout(0.5, seed=0)
+    with pytest.raises(RuntimeError, match="forward"):
+        d.backward(np.ones(3))
+    d.forward(np.ones(3))
+    with pytest.raises(TypeError, match="float64"):
+        d.backward(np.ones(3, np.float32))
+
+
+def test_repr():
+    r = repr(Sequential(Linear(2, 3, seed=0), Dropout(0.1)))
+    assert "(0): Linear(in_features=2, out_features=3" in r and "(1): Dropout(p=0.1" in r
+    assert "seed" not in r
