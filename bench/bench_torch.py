@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-TORCH_CELLS = {**CELLS, "rnn": torch.nn.RNN}      # every cell make_problem can build (bench/run.py)
+# every cell make_problem can build (bench/run.py); "bilstm2" is a 2-layer bidirectional LSTM
+TORCH_CELLS = {**CELLS, "rnn": torch.nn.RNN,
+               "bilstm2": lambda C, H: torch.nn.LSTM(C, H, num_layers=2, bidirectional=True)}
 
 
 def cpu_model() -> str:
@@ -37,14 +39,14 @@ def cpu_model() -> str:
 
 
 def make_problem(cell, T, N, C, H):
-    """Seeded float32 torch module (one layer, one direction), input x [T,N,C], cotangent dy."""
+    """Seeded float32 torch module, input x [T,N,C], cotangent dy [T,N,D*H] (D directions)."""
     g = torch.Generator().manual_seed(0)
     mod = TORCH_CELLS[cell](C, H)                        # float32, PyTorch default init
     with torch.no_grad():
         for p in mod.parameters():                       # reseed so runs are reproducible
             p.uniform_(-H ** -0.5, H ** -0.5, generator=g)
     x = torch.randn(T, N, C, generator=g)
-    dy = torch.randn(T, N, H, generator=g)
+    dy = torch.randn(T, N, (2 if cell == "bilstm2" else 1) * H, generator=g)
     return mod, x, dy
 
 
@@ -70,7 +72,22 @@ def make_contenders(cell, mode, args, fr, problem=None):
             y.backward(dy)
     fns["torch"] = run_torch
 
-    if fr is not None:
+    if fr is not None and cell == "bilstm2":
+        # The layer API: one fusedrnn.LSTM with the module's weights (fusedrnn.from_torch).
+        layer = fr.from_torch(mod)
+        xn, dyn = x.numpy().copy(), dy.numpy().copy()
+        if mode == "infer":
+            layer.eval()
+
+            def run_fr():
+                layer.forward(xn)
+        else:
+            def run_fr():
+                layer.zero_grad()
+                layer.forward(xn)
+                layer.backward(dyn)
+        fns["fusedrnn"] = run_fr
+    elif fr is not None:
         w = [np.ascontiguousarray(getattr(mod, n).detach().numpy())
              for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
         xn, dyn = x.numpy().copy(), dy.numpy().copy()

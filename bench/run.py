@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """fusedrnn's main CPU benchmark: fusedrnn vs torch.nn vs ONNX Runtime, float32, same weights.
 
-    python bench/run.py [--configs a,b,c,d,e] [--cells lstm,gru,rnn] [--modes infer,train]
+    python bench/run.py [--configs a,b,c,d,e] [--cells lstm,gru,rnn,bilstm2] [--modes infer,train]
                         [--threads 1 2] [--reps 9] [--no-onnx] [--quick] [--json PATH]
 
 Configs (T steps, N batch, C = H): a (100, 64, 256)  b (100, 64, 512)  c (100, 32, 1024)
-d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config and the Elman RNN
-(tanh) on a; an explicit --configs runs every selected cell on every selected config.
+d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config, the Elman RNN
+(tanh) and bilstm2 (a 2-layer bidirectional LSTM: the fusedrnn.LSTM layer vs torch.nn.LSTM,
+zero_grad + forward + backward per training step) on a; an explicit --configs runs every
+selected cell on every selected config.
 
 Modes: "infer" = forward only (fusedrnn training=False, torch under inference_mode, ONNX Runtime);
 "train" = forward + backward of loss = sum(y * dy) with gradients for x and all weights (fusedrnn
@@ -57,18 +59,18 @@ CONFIGS = {"a": (100, 64, 256), "b": (100, 64, 512), "c": (100, 32, 1024),
            "d": (100, 1, 256), "e": (1000, 1, 64)}                     # T, N, C = H
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}         # cells bench_torch.make_problem builds
 DEFAULT_CONFIGS = {"lstm": "abcde", "gru": "abcde", "rnn": "a"}
-# Hook for the 2-layer bidirectional LSTM (a later issue). It plugs in as a new cell name here,
-# e.g. "bilstm2": a problem with torch.nn.LSTM(C, H, num_layers=2, bidirectional=True); a fusedrnn
-# contender chaining lstm_forward(reverse=False) and lstm_forward(reverse=True) per layer (the
-# concatenated [T, N, 2H] output is layer 2's input) and the matching backward chain; flops()
-# summing 2 directions x (layer 1 with C, layer 2 with 2H inputs). Until then it is not
-# selectable: no numbers are printed for it.
+# "bilstm2": a 2-layer bidirectional LSTM through the layer API (fusedrnn.LSTM vs torch.nn.LSTM
+# with num_layers=2, bidirectional=True; layer 2 reads the concatenated [T, N, 2H] output).
+GATES["bilstm2"] = 4
+DEFAULT_CONFIGS["bilstm2"] = "a"
 CONTENDERS = ("fusedrnn", "torch", "onnxruntime")
 SHORT = {"fusedrnn": "fr", "torch": "torch", "onnxruntime": "ort"}     # table headers
 
 
 def flops(cell, mode, T, N, C, H):
     fwd = 2 * GATES[cell] * H * (C + H) * N * T
+    if cell == "bilstm2":   # 2 directions x (layer 1 reads C inputs, layer 2 reads 2H)
+        fwd = 2 * (fwd + 2 * GATES[cell] * H * (2 * H + H) * N * T)
     return fwd * (3 if mode == "train" else 1)
 
 
@@ -224,7 +226,8 @@ def fmt(r):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", help=f"comma list of {','.join(CONFIGS)} (default: all)")
-    ap.add_argument("--cells", default="lstm,gru,rnn", help="comma list of lstm,gru,rnn")
+    ap.add_argument("--cells", default="lstm,gru,rnn,bilstm2",
+                    help="comma list of lstm,gru,rnn,bilstm2")
     ap.add_argument("--modes", default="infer,train", help="comma list of infer,train")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=9, help="timed repetitions (>= 7), default 9")

@@ -17,6 +17,12 @@ from .functional import (
     rnn_forward,
     set_num_threads,
 )
+from .module import Dropout, Embedding, Linear, Module, Parameter, Sequential, register_module
+from .layers import GRU, LSTM, RNN
+from .convert import from_torch, to_torch
+from .io import Checkpoint, CheckpointError, load, save
+from . import data, losses, optim
+from .optim import clip_grad_norm_, clip_grad_value_
 
 __version__ = _core.build_info()["version"]
 
@@ -32,4 +38,8 @@ __all__ = [
     "lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward",
     "LstmOutput", "LstmGrads", "GruOutput", "GruGrads", "RnnOutput", "RnnGrads",
     "set_num_threads", "get_num_threads", "build_info", "reference", "__version__",
+    "Parameter", "Module", "Sequential", "Linear", "Embedding", "Dropout", "register_module",
+    "LSTM", "GRU", "RNN", "from_torch", "to_torch",
+    "save", "load", "Checkpoint", "CheckpointError",
+    "losses", "optim", "data", "clip_grad_norm_", "clip_grad_value_",
 ]

@@ -1,0 +1,452 @@
+"""Recurrent layers shaped like torch.nn: :class:`LSTM`, :class:`GRU`, :class:`RNN`.
+
+Multi-layer, bidirectional, dropout between layers, LSTM projection (``proj_size``) and
+peepholes, both GRU formulas, variable lengths, initial and final states; torch's arguments,
+shapes and parameter names, so ``layer.load_state_dict(torch_module.state_dict())`` just works.
+
+    forward(x, state=None, lengths=None) -> (output, final_state)
+        x       [T, N, C] ([N, T, C] with batch_first)
+        state   h0 [L*D, N, R] (LSTM: a tuple (h0, c0), c0 [L*D, N, H]); None = zeros
+        output  [T, N, D*R]: the last layer's output, directions concatenated [forward,
+                backward]; zero at steps >= lengths[n]
+        final   h_n [L*D, N, R] (LSTM: (h_n, c_n)); layer-major, then direction, as torch
+    backward(d_output, d_state=None) -> d_x
+        adds every parameter's gradient into its ``Parameter.grad``; the gradient of the initial
+        state (when one was given) is left in ``layer.d_state`` (same structure as ``state``).
+
+L = num_layers, D = 2 if bidirectional else 1, H = hidden_size, R = proj_size or H.
+
+Each layer and direction runs one fused C++ kernel call (the reverse direction uses the
+kernel's own reverse mode, which starts every sequence at its last valid step). The layer keeps
+its kernel caches, inter-layer activations and gradient buffers between calls and reuses them
+while the shapes stay the same; parameter gradients are accumulated by the kernels directly into
+``Parameter.grad``. Only the returned arrays (output, final state, d_x) are fresh.
+
+Dropout (train mode only, ``dropout > 0``) multiplies each layer's output except the last by a
+mask from the layer's own seeded generator; the recurrent path is never dropped.
+
+Truncated BPTT: pass the final state of one chunk as the state of the next. The state is then an
+ordinary input: nothing links the chunks, so ``backward`` stops at the chunk's start.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from . import functional as F
+from .module import (Module, Parameter, _dtype, _positive_int, _probability, _seed,
+                     register_module)
+
+__all__ = ["LSTM", "GRU", "RNN"]
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_INITS = ("pytorch", "keras", "irnn")
+
+
+def _glorot(rng, shape, dt):
+    fan_out, fan_in = shape
+    a = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-a, a, shape).astype(dt)
+
+
+def _orthogonal_columns(rng, rows, cols, dt):
+    """[rows, cols] with orthonormal columns (rows >= cols) or rows (rows < cols), as Keras'
+    Orthogonal initializer gives for the transposed matrix."""
+    flat = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.astype(dt)
+
+
+class _RNNBase(Module):
+    _mode = ""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, proj_size=0, peepholes=False,
+                 forget_bias=0.0, variant="reset_after", nonlinearity="tanh", init="pytorch",
+                 dtype="float32", seed=None):
+        super().__init__()
+        fn = type(self).__name__
+        input_size = _positive_int(fn, "input_size", input_size)
+        hidden_size = _positive_int(fn, "hidden_size", hidden_size)
+        num_layers = _positive_int(fn, "num_layers", num_layers)
+        for name, v in (("bias", bias), ("batch_first", batch_first),
+                        ("bidirectional", bidirectional), ("peepholes", peepholes)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
+        dropout = _probability(fn, "dropout", dropout)
+        proj_size = _positive_int(fn, "proj_size", proj_size, minimum=0)
+        if isinstance(forget_bias, (bool, np.bool_)) or not isinstance(forget_bias, numbers.Real) \
+                or not math.isfinite(forget_bias):
+            raise ValueError(f"{fn}: forget_bias must be a finite number, got {forget_bias!r}")
+        forget_bias = float(forget_bias)
+        if variant not in ("reset_after", "reset_before"):
+            raise ValueError(f"{fn}: variant must be 'reset_after' or 'reset_before', "
+                             f"got {variant!r}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{fn}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        if init not in _INITS:
+            raise ValueError(f"{fn}: init must be one of {_INITS}, got {init!r}")
+        if init == "irnn" and not (self._mode == "RNN" and nonlinearity == "relu"):
+            raise ValueError(f"{fn}: init='irnn' needs an RNN with nonlinearity='relu'")
+        if forget_bias and not bias:
+            raise ValueError(f"{fn}: forget_bias needs bias=True")
+        dt = _dtype(fn, dtype)
+        seed = _seed(fn, seed)
+
+        self.mode = self._mode
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), \
+            bool(bidirectional)
+        self.dropout, self.proj_size, self.peepholes = dropout, proj_size, bool(peepholes)
+        self.forget_bias, self.variant, self.nonlinearity = forget_bias, variant, nonlinearity
+        self.init, self.dtype = init, dt
+        self.num_directions = 2 if bidirectional else 1
+        self.gates = _GATES[self._mode]
+        self.state_size = proj_size or hidden_size  # R: size of h and of each output direction
+
+        init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
+        self._drop_rng = np.random.default_rng(drop_seq)
+        self._init_parameters(np.random.default_rng(init_seq))
+        self.d_state = None
+        self._buffers = {}
+        self._ctx = None
+
+    # -- parameters --------------------------------------------------------------------------
+    def _suffixes(self):
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                yield layer, direction, f"_l{layer}" + ("_reverse" if direction else "")
+
+    def _init_parameters(self, rng):
+        G, H, R, dt = self.gates, self.hidden_size, self.state_size, self.dtype
+        k = 1.0 / math.sqrt(H)
+        uniform = lambda *shape: rng.uniform(-k, k, shape).astype(dt)  # noqa: E731
+        for layer, _, sfx in self._suffixes():
+            C = self.input_size if layer == 0 else self.num_directions * R
+            if self.init == "pytorch":
+                w_ih, w_hh = uniform(G * H, C), uniform(G * H, R)
+                b_ih, b_hh = uniform(G * H), uniform(G * H)
+                w_hr, w_peep = uniform(R, H), uniform(3, H)
+            elif self.init == "keras":
+                w_ih = _glorot(rng, (G * H, C), dt)
+                w_hh = _orthogonal_columns(rng, G * H, R, dt)
+                b_ih, b_hh = np.zeros(G * H, dt), np.zeros(G * H, dt)
+                if self._mode == "LSTM":
+                    b_ih[H:2 * H] = 1.0  # Keras' unit_forget_bias
+                w_hr, w_peep = _glorot(rng, (R, H), dt), np.zeros((3, H), dt)
+            else:  # irnn (Le, Jaitly & Hinton 2015): identity recurrence, zero biases
+                w_ih = (rng.standard_normal((H, C)) * 1e-3).astype(dt)
+                w_hh = np.eye(H, dtype=dt)
+                b_ih, b_hh = np.zeros(H, dt), np.zeros(H, dt)
+                w_hr = w_peep = None
+            setattr(self, "weight_ih" + sfx, Parameter(w_ih))
+            setattr(self, "weight_hh" + sfx, Parameter(w_hh))
+            if self.bias:
+                if self._mode == "LSTM":
+                    b_ih[H:2 * H] += self.forget_bias
+                setattr(self, "bias_ih" + sfx, Parameter(b_ih))
+                setattr(self, "bias_hh" + sfx, Parameter(b_hh))
+            if self.proj_size:
+                setattr(self, "weight_hr" + sfx, Parameter(w_hr))
+            if self.peepholes:
+                setattr(self, "weight_peep" + sfx, Parameter(w_peep))
+
+    def _params(self, sfx):
+        get = lambda name: self._parameters.get(name + sfx)  # noqa: E731
+        return (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
+                get("weight_hr"), get("weight_peep"))
+
+    def flatten_parameters(self) -> None:
+        """No-op (torch compatibility): parameters are always contiguous here."""
+
+    # -- buffers ------------------------------------------------------------------------------
+    def _buffer(self, key, shape, zero=False):
+        """An array kept between calls, reallocated only when the shape changes."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[key] = np.empty(shape, self.dtype)
+        if zero:
+            buf.fill(0)
+        return buf
+
+    def _sizes(self, dims):
+        if self._mode == "LSTM":
+            return _core.lstm_sizes(dims)
+        return (_core.gru_sizes if self._mode == "GRU" else _core.rnn_sizes)(dims[:4])
+
+    # -- argument checks ----------------------------------------------------------------------
+    def _check_input(self, x):
+        fn = f"{type(self).__name__}.forward"
+        shape = "[N, T, C]" if self.batch_first else "[T, N, C]"
+        if not isinstance(x, np.ndarray) or isinstance(x, np.ma.MaskedArray):
+            raise TypeError(f"{fn}: x must be a numpy array of shape {shape}, "
+                            f"got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{fn}: x must have dtype {self.dtype} (the layer's dtype), "
+                            f"got {x.dtype}")
+        if x.ndim != 3 or x.shape[2] != self.input_size or min(x.shape) < 1:
+            raise ValueError(f"{fn}: x must have shape {shape} with C = input_size = "
+                             f"{self.input_size} and T, N >= 1, got {list(x.shape)}")
+        T, N = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        return T, N
+
+    def _check_state(self, fn, name, a, shape):
+        if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
+                            f"got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{fn}: {name} must have dtype {self.dtype}, got {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(a.shape)}")
+
+    def _split_state(self, fn, state, N, what="state"):
+        """(h [L*D, N, R] or None, c [L*D, N, H] or None) from a user state."""
+        LD, R, H = self.num_layers * self.num_directions, self.state_size, self.hidden_size
+        if state is None:
+            return None, None
+        if self._mode == "LSTM":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{fn}: {what} must be a tuple (h, c) of arrays [{LD}, {N}, {R}] "
+                                f"and [{LD}, {N}, {H}], got {type(state).__name__}")
+            h, c = state
+            self._check_state(fn, f"{what}[0] (h)", h, (LD, N, R))
+            self._check_state(fn, f"{what}[1] (c)", c, (LD, N, H))
+            return h, c
+        self._check_state(fn, what, state, (LD, N, R))
+        return state, None
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x, state=None, lengths=None):
+        fn = f"{type(self).__name__}.forward"
+        T, N = self._check_input(x)
+        h0, c0 = self._split_state(fn, state, N)
+        lengths = F._check_lengths(fn, lengths, N, T)
+        L, D, R, H, G = self.num_layers, self.num_directions, self.state_size, self.hidden_size, \
+            self.gates
+        training = self.training
+        threads = F._threads()
+
+        if self.batch_first:
+            inp = self._buffer(("x",), (T, N, self.input_size))
+            np.copyto(inp, x.transpose(1, 0, 2))
+        elif not x.flags.c_contiguous:
+            inp = self._buffer(("x",), x.shape)
+            np.copyto(inp, x)
+        else:
+            inp = x
+        h_n = np.empty((L * D, N, R), self.dtype)
+        c_n = np.empty((L * D, N, H), self.dtype) if self._mode == "LSTM" else None
+        ctx = {"T": T, "N": N, "lengths": lengths, "inputs": [], "masks": [],
+               "has_state": h0 is not None}
+        for layer in range(L):
+            C = inp.shape[2]
+            last = layer == L - 1
+            out = None if D == 1 else self._buffer(("out", layer), (T, N, D * R))
+            for direction in range(D):
+                idx = layer * D + direction
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                y = self._buffer(("y", layer, direction), (T, N, R))
+                self._kernel_forward((T, N, C, H, self.proj_size), sfx, inp,
+                                     None if h0 is None else h0[idx],
+                                     None if c0 is None else c0[idx], lengths, direction == 1,
+                                     training, threads, y, h_n[idx],
+                                     None if c_n is None else c_n[idx],
+                                     ("cache", layer, direction))
+                if D == 2:
+                    out[:, :, direction * R:(direction + 1) * R] = y
+            if D == 1:
+                out = y
+            ctx["inputs"].append(inp)
+            if not last and training and self.dropout > 0:
+                mask = self._buffer(("mask", layer), out.shape)
+                keep = self._drop_rng.random(out.shape) >= self.dropout
+                np.multiply(keep, self.dtype.type(1.0 / (1.0 - self.dropout)), out=mask)
+                dropped = self._buffer(("dropped", layer), out.shape)
+                np.multiply(out, mask, out=dropped)
+                ctx["masks"].append(mask)
+                out = dropped
+            else:
+                ctx["masks"].append(None)
+            inp = out
+        self._ctx = ctx if training else None
+        output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp.copy()
+        return output, ((h_n, c_n) if self._mode == "LSTM" else h_n)
+
+    def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, threads, y, h_n,
+                        c_n, cache_key):
+        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
+        data = lambda p: None if p is None else p.data  # noqa: E731
+        cache_size, ws_size, _ = self._sizes(dims)
+        cache = self._buffer(cache_key, (cache_size,)) if training else None
+        ws = F._workspace(ws_size, self.dtype)
+        h0 = None if h0 is None else np.ascontiguousarray(h0)
+        if self._mode == "LSTM":
+            c0 = None if c0 is None else np.ascontiguousarray(c0)
+            _core.lstm_forward(dims, reverse, threads, x, w_ih.data, w_hh.data, data(b_ih),
+                               data(b_hh), h0, c0, data(w_peep), data(w_hr), lengths, y, h_n, c_n,
+                               cache, ws)
+        else:
+            flag = self.variant == "reset_after" if self._mode == "GRU" else \
+                self.nonlinearity == "relu"
+            getattr(_core, self._mode.lower() + "_forward")(
+                dims[:4], reverse, threads, flag, x, w_ih.data, w_hh.data, data(b_ih), data(b_hh),
+                h0, lengths, y, h_n, cache, ws)
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, d_output, d_state=None):
+        fn = f"{type(self).__name__}.backward"
+        ctx = self._ctx
+        if ctx is None:
+            raise RuntimeError(f"{fn}: no training forward to differentiate (call forward in "
+                               f"train mode first)")
+        T, N, lengths = ctx["T"], ctx["N"], ctx["lengths"]
+        L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
+        want = (N, T, D * R) if self.batch_first else (T, N, D * R)
+        if d_output is not None:
+            self._check_state(fn, "d_output", d_output, want)
+        dh_n, dc_n = self._split_state(fn, d_state, N, "d_state")
+        threads = F._threads()
+        has_state = ctx["has_state"]
+        dh0 = np.empty((L * D, N, R), self.dtype) if has_state else None
+        dc0 = np.empty((L * D, N, H), self.dtype) if has_state and self._mode == "LSTM" else None
+
+        # Gradient w.r.t. the current layer's output, [T, N, D*R] time-major.
+        if d_output is None:
+            d_out = self._buffer(("d_out",), (T, N, D * R), zero=True)
+        elif self.batch_first:
+            d_out = self._buffer(("d_out",), (T, N, D * R))
+            np.copyto(d_out, d_output.transpose(1, 0, 2))
+        else:
+            d_out = d_output
+        for layer in reversed(range(L)):
+            inp = ctx["inputs"][layer]
+            C = inp.shape[2]
+            dx = self._buffer(("dx", layer % 2), (T, N, C)) if layer else \
+                np.empty((T, N, C), self.dtype)
+            for direction in range(D):
+                idx = layer * D + direction
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                if D == 1:
+                    dy = d_out if d_out.flags.c_contiguous else np.ascontiguousarray(d_out)
+                else:
+                    dy = self._buffer(("dy",), (T, N, R))
+                    np.copyto(dy, d_out[:, :, direction * R:(direction + 1) * R])
+                dxd = dx if direction == 0 else self._buffer(("dx_rev",), (T, N, C))
+                self._kernel_backward(
+                    (T, N, C, H, self.proj_size), sfx, inp, lengths, direction == 1, threads,
+                    ("cache", layer, direction), dy,
+                    None if dh_n is None else np.ascontiguousarray(dh_n[idx]),
+                    None if dc_n is None else np.ascontiguousarray(dc_n[idx]), dxd,
+                    None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx])
+                if direction == 1:
+                    dx += dxd
+            if layer:
+                mask = ctx["masks"][layer - 1]
+                if mask is not None:
+                    dx *= mask
+            d_out = dx
+        self.d_state = None if not has_state else ((dh0, dc0) if self._mode == "LSTM" else dh0)
+        if self.batch_first:
+            return np.ascontiguousarray(d_out.transpose(1, 0, 2))
+        return d_out
+
+    def _kernel_backward(self, dims, sfx, x, lengths, reverse, threads, cache_key, dy, dh_n,
+                         dc_n, dx, dh0, dc0):
+        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
+        grad = lambda p: None if p is None else p.grad  # noqa: E731
+        data = lambda p: None if p is None else p.data  # noqa: E731
+        ws = F._workspace(self._sizes(dims)[2], self.dtype)
+        cache = self._buffers[cache_key]
+        if self._mode == "LSTM":
+            _core.lstm_backward(dims, reverse, threads, x, w_ih.data, w_hh.data, data(w_peep),
+                                data(w_hr), lengths, cache, dy, dh_n, dc_n, dx, dh0, dc0,
+                                w_ih.grad, w_hh.grad, grad(b_ih), grad(b_hh), grad(w_peep),
+                                grad(w_hr), ws)
+        else:
+            flag = self.variant == "reset_after" if self._mode == "GRU" else \
+                self.nonlinearity == "relu"
+            getattr(_core, self._mode.lower() + "_backward")(
+                dims[:4], reverse, threads, flag, x, w_ih.data, w_hh.data, lengths, cache, dy,
+                dh_n, dx, dh0, w_ih.grad, w_hh.grad, grad(b_ih), grad(b_hh), ws)
+
+    # -- misc ---------------------------------------------------------------------------------
+    def release_buffers(self) -> None:
+        """Frees the buffers kept between calls (they come back on the next forward)."""
+        self._buffers.clear()
+        self._ctx = None
+
+
+@register_module
+class LSTM(_RNNBase):
+    """Multi-layer LSTM (torch.nn.LSTM's arguments) with optional peepholes and forget_bias.
+
+    Gates i, f, g, o (torch's order and names: weight_ih_l{k}[_reverse] [4H, C],
+    weight_hh_l{k} [4H, R], bias_ih_l{k}, bias_hh_l{k} [4H], weight_hr_l{k} [P, H] with
+    proj_size P, weight_peep_l{k} [3, H] with peepholes (rows p_i, p_f, p_o; o sees the new c)).
+    init: 'pytorch' (U(±1/√H) everywhere) or 'keras' (glorot-uniform input and projection
+    weights, orthogonal recurrent weights, zero biases with the forget block at 1).
+    forget_bias is added to the forget block of bias_ih after initialisation.
+    """
+    _mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
+                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size=proj_size, peepholes=peepholes,
+                         forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
+        self._record(input_size=self.input_size, hidden_size=self.hidden_size,
+                     num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                     dropout=self.dropout, bidirectional=self.bidirectional,
+                     proj_size=self.proj_size, peepholes=self.peepholes,
+                     forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed)
+        if self.proj_size >= self.hidden_size:
+            pass  # torch requires proj_size < hidden_size; the kernels do not, so neither do we
+
+
+@register_module
+class GRU(_RNNBase):
+    """Multi-layer GRU (torch.nn.GRU's arguments); gates r, z, n.
+
+    variant 'reset_after' (torch, Keras reset_after=True, cuDNN): n = tanh(W_in x + b_in +
+    r∘(W_hn h + b_hn)); 'reset_before' (Keras reset_after=False, ONNX default):
+    n = tanh(W_in x + b_in + W_hn (r∘h) + b_hn). init 'pytorch' or 'keras'.
+    """
+    _mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, variant="reset_after", init="pytorch",
+                 dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, variant=variant, init=init, dtype=dtype, seed=seed)
+        self._record(input_size=self.input_size, hidden_size=self.hidden_size,
+                     num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                     dropout=self.dropout, bidirectional=self.bidirectional,
+                     variant=self.variant, init=init, dtype=self.dtype, seed=seed)
+
+
+@register_module
+class RNN(_RNNBase):
+    """Multi-layer Elman RNN (torch.nn.RNN's arguments): h' = tanh or relu(W_ih x + b_ih +
+    W_hh h + b_hh). init 'pytorch', 'keras' or 'irnn' (relu only: identity recurrent weights,
+    zero biases, input weights N(0, 1e-3²), Le, Jaitly & Hinton 2015).
+    """
+    _mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, init="pytorch",
+                 dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, nonlinearity=nonlinearity, init=init, dtype=dtype,
+                         seed=seed)
+        self._record(input_size=self.input_size, hidden_size=self.hidden_size,
+                     num_layers=self.num_layers, nonlinearity=self.nonlinearity, bias=self.bias,
+                     batch_first=self.batch_first, dropout=self.dropout,
+                     bidirectional=self.bidirectional, init=init, dtype=self.dtype, seed=seed)
