@@ -18,15 +18,14 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 import fusedrnn
-from test_kernels import GRID, TOL, make_case, run, as64, assert_close
+from test_kernels import GRID, TOL, make_case, option_kw, run, as64, assert_close
 from fusedrnn import reference as ref
 checked = 0
 for cell, option in GRID:
     for dtype in (np.float64, np.float32):
         for reverse in (False, True):
-            peep = cell == "lstm" and option
-            opt = None if cell == "lstm" else option
-            args, kw, cot = make_case(cell, (6, 5, 7, 37), dtype, lengths=True, peep=peep)
+            okw, opt = option_kw(cell, option, (6, 5, 7, 37))
+            args, kw, cot = make_case(cell, (6, 5, 7, 37), dtype, lengths=True, **okw)
             got = run(fusedrnn, cell, args, kw, cot, opt, reverse)
             want = run(ref, cell, [a.astype(np.float64) for a in args], as64(kw), as64(cot), opt,
                        reverse)
@@ -68,4 +67,4 @@ def test_forced_instruction_set_matches_reference(level):
     # A copy the CPU cannot run is never chosen: the widest one at or below the request runs.
     expected = ORDER[min(ORDER.index(LEVELS[level]), ORDER.index(best))]
     assert got["isa"] == expected
-    assert got["checked"] == 24
+    assert got["checked"] == 32   # 8 cell options (LSTM projection included) x 2 dtypes x 2

@@ -2,7 +2,8 @@
 
 Every output and every gradient, on a grid of odd shapes (T=1, N=1, H not a multiple of the SIMD
 width, more rows and columns than one GEMM tile), with and without biases and initial states,
-with lengths (including 0 and T), reversed, with peepholes, both GRU formulas, relu and tanh.
+with lengths (including 0 and T), reversed, with peepholes, with an LSTM projection (P = 1,
+P < H, P = H - 1 and P > H), both GRU formulas, relu and tanh.
 float64 kernels must match the float64 reference to 1e-9 relative (to the tensor's largest
 magnitude); float32 kernels must match the float64 reference on the same rounded inputs to 1e-4.
 Also: bitwise identical results for 1 and 2 threads, inference equal to training, accumulation of
@@ -28,24 +29,37 @@ SHAPES = [  # T, N, C, H
     (40, 30, 5, 7),   # the input projection in three chunks of steps (16, 16, 8)
 ]
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
+# LSTM projection sizes P per shape of SHAPES, for the options "proj" and "peep+proj": between
+# them P = 1, P < H, P = H - 1 and P > H; two P > H - 1 span more than one GEMM panel.
+PROJ = {
+    (1, 1, 1, 1): (2, 1),
+    (1, 3, 4, 5): (3, 4),
+    (4, 1, 3, 17): (1, 20),
+    (5, 4, 7, 70): (69, 1),
+    (20, 14, 9, 33): (40, 32),
+    (40, 30, 5, 7): (3, 9),
+}
 
 
-def make_case(cell, shape, dtype, *, bias=True, state=True, lengths=False, peep=False, seed=0):
-    """Random inputs (PyTorch-like init scale), cotangents and kwargs for one forward call."""
+def make_case(cell, shape, dtype, *, bias=True, state=True, lengths=False, peep=False, proj=0,
+              seed=0):
+    """Random inputs (PyTorch-like init scale), cotangents and kwargs for one forward call.
+    proj = P > 0: an LSTM with projection w_hr [P, H] (h, y and w_hh's columns have P units)."""
     T, N, C, H = shape
     G = GATES[cell]
+    R = proj or H
     rng = np.random.default_rng(seed)
     k = 1.0 / np.sqrt(H)
 
     def u(*s, scale=k):
         return rng.uniform(-scale, scale, s).astype(dtype)
 
-    args = [rng.standard_normal((T, N, C)).astype(dtype), u(G * H, C), u(G * H, H)]
+    args = [rng.standard_normal((T, N, C)).astype(dtype), u(G * H, C), u(G * H, R)]
     kw = {}
     if bias:
         kw.update(b_ih=u(G * H), b_hh=u(G * H))
     if state:
-        kw["h0"] = u(N, H, scale=1.0)
+        kw["h0"] = u(N, R, scale=1.0)
         if cell == "lstm":
             kw["c0"] = u(N, H, scale=1.0)
     if peep:
@@ -56,10 +70,12 @@ def make_case(cell, shape, dtype, *, bias=True, state=True, lengths=False, peep=
         if N > 1:
             L[-1] = 0
         kw["lengths"] = L
-    cot = {"dy": rng.standard_normal((T, N, H)).astype(dtype),
-           "dh_n": rng.standard_normal((N, H)).astype(dtype)}
+    cot = {"dy": rng.standard_normal((T, N, R)).astype(dtype),
+           "dh_n": rng.standard_normal((N, R)).astype(dtype)}
     if cell == "lstm":
         cot["dc_n"] = rng.standard_normal((N, H)).astype(dtype)
+    if proj:
+        kw["w_hr"] = u(proj, H)
     return args, kw, cot
 
 
@@ -90,8 +106,22 @@ def assert_close(got, want, tol, what):
         assert err <= tol * scale, f"{what}: {name} max abs diff {err:.3g} > {tol:g} x {scale:.3g}"
 
 
-OPTIONS = {"lstm": [False, True], "gru": ["reset_after", "reset_before"], "rnn": ["tanh", "relu"]}
+# LSTM options: peepholes (False / True), projection ("proj") or both ("peep+proj").
+OPTIONS = {"lstm": [False, True, "proj", "peep+proj"], "gru": ["reset_after", "reset_before"],
+           "rnn": ["tanh", "relu"]}
 GRID = [(cell, opt) for cell in OPTIONS for opt in OPTIONS[cell]]
+
+
+def option_kw(cell, option, shape):
+    """make_case keywords of one grid entry, and the option the forward takes (None for LSTM)."""
+    if cell != "lstm":
+        return {}, option
+    proj = 0
+    if option in ("proj", "peep+proj"):
+        H = shape[3]
+        both = option == "peep+proj"
+        proj = PROJ[shape][both] if shape in PROJ else (H + 3 if both else max(1, H // 3))
+    return dict(peep=option in (True, "peep+proj"), proj=proj), None
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
@@ -101,10 +131,8 @@ GRID = [(cell, opt) for cell in OPTIONS for opt in OPTIONS[cell]]
                          list(itertools.product([True, False], repeat=4)),
                          ids=lambda v: "y" if v else "n")
 def test_kernel_matches_reference(cell, option, shape, dtype, bias, state, lengths, reverse):
-    peep = cell == "lstm" and option
-    opt = None if cell == "lstm" else option
-    args, kw, cot = make_case(cell, shape, dtype, bias=bias, state=state, lengths=lengths,
-                              peep=peep)
+    okw, opt = option_kw(cell, option, shape)
+    args, kw, cot = make_case(cell, shape, dtype, bias=bias, state=state, lengths=lengths, **okw)
     got_out, got_grads = run(fusedrnn, cell, args, kw, cot, opt, reverse)
     # The reference runs in float64 on the same (possibly float32-rounded) values.
     want_out, want_grads = run(ref, cell, [a.astype(np.float64) for a in args], as64(kw),
@@ -121,9 +149,9 @@ def _all_arrays(out, grads):
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_bitwise_identical_across_thread_counts(cell, option, dtype):
-    args, kw, cot = make_case(cell, (9, 37, 21, 130), dtype, lengths=True,
-                              peep=cell == "lstm" and option, seed=3)
-    opt = None if cell == "lstm" else option
+    shape = (9, 37, 21, 130)
+    okw, opt = option_kw(cell, option, shape)
+    args, kw, cot = make_case(cell, shape, dtype, lengths=True, seed=3, **okw)
     before = fusedrnn.get_num_threads()
     try:
         results = {}
@@ -140,9 +168,9 @@ def test_bitwise_identical_across_thread_counts(cell, option, dtype):
 
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
 def test_inference_equals_training_and_backward_repeats(cell, option):
-    args, kw, cot = make_case(cell, (6, 5, 4, 67), np.float32, lengths=True,
-                              peep=cell == "lstm" and option, seed=5)
-    opt = None if cell == "lstm" else option
+    shape = (6, 5, 4, 67)
+    okw, opt = option_kw(cell, option, shape)
+    args, kw, cot = make_case(cell, shape, np.float32, lengths=True, seed=5, **okw)
     out, grads = run(fusedrnn, cell, args, kw, cot, opt, reverse=True)
     inf, _ = run(fusedrnn, cell, args, kw, cot, opt, reverse=True, training=False)
     assert inf.cache is None
@@ -155,8 +183,9 @@ def test_inference_equals_training_and_backward_repeats(cell, option):
             assert a is not b
 
 
-def test_padded_steps_are_exact_zeros_and_zero_length_keeps_state():
-    args, kw, cot = make_case("lstm", (5, 3, 4, 6), np.float64, seed=7)
+@pytest.mark.parametrize("proj", [0, 4], ids=["no_proj", "proj"])
+def test_padded_steps_are_exact_zeros_and_zero_length_keeps_state(proj):
+    args, kw, cot = make_case("lstm", (5, 3, 4, 6), np.float64, proj=proj, seed=7)
     kw["lengths"] = np.array([5, 0, 2])
     out, grads = run(fusedrnn, "lstm", args, kw, cot, None, reverse=True)
     assert np.all(out.y[:, 1] == 0) and np.all(out.y[2:, 2] == 0)
@@ -166,29 +195,39 @@ def test_padded_steps_are_exact_zeros_and_zero_length_keeps_state():
     assert np.array_equal(grads.dc0[1], cot["dc_n"][1])
 
 
-def test_core_accumulates_parameter_gradients_and_overwrites_dx():
-    """The C++ contract: dw_*, db_* accumulate (+=); dx, dh0, dc0 are overwritten."""
-    (x, w_ih, w_hh), kw, cot = make_case("lstm", (4, 3, 5, 7), np.float64, peep=True, seed=11)
-    out = fusedrnn.lstm_forward(x, w_ih, w_hh, **kw)
+@pytest.mark.parametrize("P", [0, 3, 9], ids=["no_proj", "proj_P3", "proj_P9"])
+def test_core_accumulates_parameter_gradients_and_overwrites_dx(P):
+    """The C++ contract: dw_*, db_* (dw_hr too) accumulate (+=); dx, dh0, dc0 are overwritten."""
     T, N, C, H = 4, 3, 5, 7
-    dims = (T, N, C, H)
+    R = P or H
+    (x, w_ih, w_hh), kw, cot = make_case("lstm", (T, N, C, H), np.float64, peep=True, proj=P,
+                                         seed=11)
+    out = fusedrnn.lstm_forward(x, w_ih, w_hh, **kw)
+    dims = (T, N, C, H, P) if P else (T, N, C, H)
     ws = np.empty(_core.lstm_sizes(dims)[2])
-    dx, dh0, dc0 = np.full((T, N, C), 7.0), np.full((N, H), 7.0), np.full((N, H), 7.0)
-    acc = [np.zeros((4 * H, C)), np.zeros((4 * H, H)), np.zeros(4 * H), np.zeros(4 * H),
+    dx, dh0, dc0 = np.full((T, N, C), 7.0), np.full((N, R), 7.0), np.full((N, H), 7.0)
+    acc = [np.zeros((4 * H, C)), np.zeros((4 * H, R)), np.zeros(4 * H), np.zeros(4 * H),
            np.zeros((3, H))]
+    dw_hr = np.zeros((P, H)) if P else None
     c = out.cache
-    call = lambda: _core.lstm_backward(dims, False, 0, x, w_ih, w_hh, kw["w_peep"], None,  # noqa
-                                       c.buffer, cot["dy"], cot["dh_n"], cot["dc_n"], dx, dh0,
-                                       dc0, *acc, ws)
+    call = lambda: _core.lstm_backward(dims, False, 0, x, w_ih, w_hh, kw["w_peep"],  # noqa
+                                       kw.get("w_hr"), None, c.buffer, cot["dy"], cot["dh_n"],
+                                       cot["dc_n"], dx, dh0, dc0, *acc[:5], dw_hr, ws)
+    if P:
+        acc.append(dw_hr)
     call()
-    first = [a.copy() for a in acc] + [dx.copy(), dh0.copy(), dc0.copy()]
+    first = [a.copy() for a in acc]
+    states = [dx.copy(), dh0.copy(), dc0.copy()]
     call()
     for a, f in zip(acc, first):
         assert np.array_equal(a, 2 * f), "parameter gradient did not accumulate"
-    for a, f in zip((dx, dh0, dc0), first[5:]):
+    for a, f in zip((dx, dh0, dc0), states):
         assert np.array_equal(a, f), "input/state gradient was not overwritten"
     want = fusedrnn.lstm_backward(c, **cot)
     np.testing.assert_allclose(first[0], want.dw_ih, rtol=0, atol=1e-14)
+    if P:
+        assert np.all(first[-1] != 0)
+        np.testing.assert_allclose(first[-1], want.dw_hr, rtol=0, atol=1e-14)
 
 
 def test_concurrent_calls_match_serial():
@@ -224,9 +263,8 @@ def _shifted(a, k):
                          ids=lambda s: "T%dN%dC%dH%d" % s)
 def test_results_do_not_depend_on_memory_alignment(cell, option, shape):
     """Small products must not switch to an address-dependent summation order."""
-    args, kw, cot = make_case(cell, shape, np.float64, lengths=True,
-                              peep=cell == "lstm" and option, seed=13)
-    opt = None if cell == "lstm" else option
+    okw, opt = option_kw(cell, option, shape)
+    args, kw, cot = make_case(cell, shape, np.float64, lengths=True, seed=13, **okw)
     want = _all_arrays(*run(fusedrnn, cell, args, kw, cot, opt, reverse=False))
     for k in range(1, 8):
         sa = [_shifted(a, k) for a in args]
@@ -288,3 +326,11 @@ def test_forward_workspace_does_not_grow_with_sequence_length():
     for sizes in (_core.lstm_sizes, _core.gru_sizes, _core.rnn_sizes):
         assert sizes((1000, 1, 64, 64))[1] == sizes((100000, 1, 64, 64))[1]
         assert sizes((1000, 8, 64, 64))[1] == sizes((100000, 8, 64, 64))[1]
+    proj = _core.lstm_sizes
+    assert proj((1000, 8, 64, 64, 16))[1] == proj((100000, 8, 64, 64, 16))[1]
+
+
+def test_lstm_sizes_without_projection_equal_P_0():
+    """dims (T, N, C, H) and (T, N, C, H, 0) are the same problem."""
+    for dims in [(1, 1, 1, 1), (7, 3, 5, 33), (40, 30, 5, 7)]:
+        assert _core.lstm_sizes(dims) == _core.lstm_sizes(dims + (0,))

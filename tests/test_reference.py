@@ -5,6 +5,9 @@ reverse direction, cache handling, None gradients of absent inputs).
 
 Loss used throughout: L = Σ y·dy + Σ h_n·dh_n (+ Σ c_n·dc_n for the LSTM) with random
 cotangents, dy random at padded steps too (the reference must ignore it there).
+
+"lstm_proj" is the LSTM with a projection w_hr [P, H] (PyTorch's proj_size), P = PROJ_P unless
+a test says otherwise: h0, h_n, y and w_hh's columns then have P units.
 """
 from __future__ import annotations
 
@@ -24,39 +27,54 @@ RTOL = 1e-7
 
 T, N, C, H = 3, 3, 3, 3
 LENGTHS = np.array([2, 0, 3])      # a partial sequence, an empty one and a full one
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-FORWARD = {"lstm": ref.lstm_forward, "gru": ref.gru_forward, "rnn": ref.rnn_forward}
-BACKWARD = {"lstm": ref.lstm_backward, "gru": ref.gru_backward, "rnn": ref.rnn_backward}
+PROJ_P = 2                         # projection size of "lstm_proj" (P < H = 3)
+GATES = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn": 1}
+LSTMS = ("lstm", "lstm_proj")
+FORWARD = {"lstm": ref.lstm_forward, "lstm_proj": ref.lstm_forward, "gru": ref.gru_forward,
+           "rnn": ref.rnn_forward}
+BACKWARD = {"lstm": ref.lstm_backward, "lstm_proj": ref.lstm_backward,
+            "gru": ref.gru_backward, "rnn": ref.rnn_backward}
 GRAD_NAME = {"x": "dx", "w_ih": "dw_ih", "w_hh": "dw_hh", "b_ih": "db_ih", "b_hh": "db_hh",
-             "h0": "dh0", "c0": "dc0", "w_peep": "dw_peep"}
+             "h0": "dh0", "c0": "dc0", "w_peep": "dw_peep", "w_hr": "dw_hr"}
 
 
 # ----------------------------------------------------------------------------------------
 # helpers
 
+def proj_size(cell, proj=None):
+    """P of a cell: `proj` if given, PROJ_P for "lstm_proj", else 0 (no projection)."""
+    if proj is not None:
+        return proj
+    return PROJ_P if cell == "lstm_proj" else 0
+
+
 def make_inputs(cell, seed, *, biases=True, states=True, peep=False, t=T, n=N, c=C, h=H,
-                dtype=np.float64):
+                proj=None, dtype=np.float64):
     """Random inputs of one cell; absent optional inputs are None."""
     rng = np.random.default_rng(seed)
     G = GATES[cell]
+    P = proj_size(cell, proj)
+    r = P or h                                  # width of the hidden state
 
     def u(*shape):
         return rng.uniform(-1.0, 1.0, shape).astype(dtype)
 
     inp = dict(x=rng.standard_normal((t, n, c)).astype(dtype), w_ih=u(G * h, c),
-               w_hh=u(G * h, h), b_ih=u(G * h) if biases else None,
-               b_hh=u(G * h) if biases else None, h0=u(n, h) if states else None)
-    if cell == "lstm":
+               w_hh=u(G * h, r), b_ih=u(G * h) if biases else None,
+               b_hh=u(G * h) if biases else None, h0=u(n, r) if states else None)
+    if cell in LSTMS:
         inp["c0"] = u(n, h) if states else None
         inp["w_peep"] = u(3, h) if peep else None
+        inp["w_hr"] = u(P, h) if P else None
     return inp
 
 
-def make_cotangents(cell, seed, *, t=T, n=N, h=H, dtype=np.float64):
+def make_cotangents(cell, seed, *, t=T, n=N, h=H, proj=None, dtype=np.float64):
     rng = np.random.default_rng(seed + 10_000)
-    cot = dict(dy=rng.standard_normal((t, n, h)).astype(dtype),
-               dh_n=rng.standard_normal((n, h)).astype(dtype))
-    if cell == "lstm":
+    r = proj_size(cell, proj) or h
+    cot = dict(dy=rng.standard_normal((t, n, r)).astype(dtype),
+               dh_n=rng.standard_normal((n, r)).astype(dtype))
+    if cell in LSTMS:
         cot["dc_n"] = rng.standard_normal((n, h)).astype(dtype)
     return cot
 
@@ -64,15 +82,16 @@ def make_cotangents(cell, seed, *, t=T, n=N, h=H, dtype=np.float64):
 def forward(cell, inp, opts, training=True):
     args = [inp[k] for k in ("x", "w_ih", "w_hh", "b_ih", "b_hh", "h0")]
     kw = dict(opts)
-    if cell == "lstm":
+    if cell in LSTMS:
         args.append(inp["c0"])
         kw["w_peep"] = inp["w_peep"]
+        kw["w_hr"] = inp["w_hr"]
     return FORWARD[cell](*args, training=training, **kw)
 
 
 def loss(cell, out, cot):
     L = np.sum(out.y * cot["dy"]) + np.sum(out.h_n * cot["dh_n"])
-    if cell == "lstm":
+    if cell in LSTMS:
         L += np.sum(out.c_n * cot["dc_n"])
     return L
 
@@ -138,6 +157,19 @@ def test_lstm_finite_differences(peep, biases, states, reverse, use_lengths):
 
 @pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("states", [False, True], ids=["no_h0c0", "h0c0"])
+@pytest.mark.parametrize("peep", [False, True], ids=["no_peep", "peep"])
+@pytest.mark.parametrize("P", [1, PROJ_P, H + 1], ids=["P1", f"P{PROJ_P}", f"P{H + 1}"])
+def test_lstm_projection_finite_differences(P, peep, states, reverse, use_lengths):
+    """Every element of every gradient, dw_hr included, with P = 1, P < H and P > H."""
+    seed = 300 + 2 * peep + 8 * states + 16 * reverse + 32 * use_lengths + 64 * P
+    inp = make_inputs("lstm_proj", seed, states=states, peep=peep, proj=P)
+    check_finite_differences("lstm_proj", inp, lengths_opts(use_lengths, reverse),
+                             make_cotangents("lstm_proj", seed, proj=P))
+
+
+@pytest.mark.parametrize("use_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("states", [False, True], ids=["no_h0", "h0"])
 @pytest.mark.parametrize("biases", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("variant", ["reset_after", "reset_before"])
@@ -173,11 +205,13 @@ def test_relu_seeds_really_exercise_both_sides():
 
 def test_fd_with_odd_shapes():
     """T=1, N=1, C != H: shapes where a transposition mistake would not cancel out."""
-    for cell in ("lstm", "gru", "rnn"):
-        kw = dict(t=1, n=1, c=4, h=2)
-        inp = make_inputs(cell, 7, peep=True, **kw)
+    for cell in ("lstm", "lstm_proj", "gru", "rnn"):
+        kw = dict(t=1, n=1, h=2)
+        if cell == "lstm_proj":
+            kw["proj"] = 3   # P > H
+        inp = make_inputs(cell, 7, peep=True, c=4, **kw)
         opts = {} if cell != "rnn" else dict(nonlinearity="tanh")
-        cot = make_cotangents(cell, 7, t=1, n=1, h=2)
+        cot = make_cotangents(cell, 7, **kw)
         check_finite_differences(cell, inp, opts, cot)
 
 
@@ -204,6 +238,48 @@ def test_lstm_one_step_equations_with_peepholes():
     np.testing.assert_allclose(out.c_n, c1, rtol=1e-13, atol=1e-14, err_msg="c_n")
     np.testing.assert_allclose(out.h_n, h1, rtol=1e-13, atol=1e-14, err_msg="h_n")
     np.testing.assert_allclose(out.y[0], h1, rtol=1e-13, atol=1e-14, err_msg="y")
+
+
+def test_lstm_one_step_equations_with_projection_and_peepholes():
+    """PyTorch's proj_size: h = W_hr (o∘tanh c'), and the next step's gates read that h."""
+    inp = make_inputs("lstm_proj", 8, peep=True, t=2)
+    out = forward("lstm_proj", inp, {})
+    W, U, b = inp["w_ih"], inp["w_hh"], inp["b_ih"] + inp["b_hh"]
+    p_i, p_f, p_o = inp["w_peep"]
+    h, c = inp["h0"], inp["c0"]
+    assert h.shape == (N, PROJ_P) and U.shape == (4 * H, PROJ_P)
+    for t in range(2):
+        x = inp["x"][t]
+        blk = lambda k: (x @ W[k * H:(k + 1) * H].T + h @ U[k * H:(k + 1) * H].T  # noqa: E731
+                         + b[k * H:(k + 1) * H])
+        i = _sig(blk(0) + p_i * c)
+        f = _sig(blk(1) + p_f * c)
+        g = np.tanh(blk(2))
+        c = f * c + i * g
+        o = _sig(blk(3) + p_o * c)
+        h = (o * np.tanh(c)) @ inp["w_hr"].T
+        np.testing.assert_allclose(out.y[t], h, rtol=1e-13, atol=1e-14, err_msg=f"y[{t}]")
+    np.testing.assert_allclose(out.c_n, c, rtol=1e-13, atol=1e-14, err_msg="c_n")
+    np.testing.assert_allclose(out.h_n, h, rtol=1e-13, atol=1e-14, err_msg="h_n")
+    assert out.y.shape == (2, N, PROJ_P) and out.c_n.shape == (N, H)
+
+
+def test_lstm_identity_projection_equals_no_projection():
+    """w_hr = I (P = H) gives exactly the LSTM without projection, gradients included."""
+    inp = make_inputs("lstm", 9, peep=True)
+    cot = make_cotangents("lstm", 9)
+    opts = lengths_opts(True, True)
+    plain = forward("lstm", inp, opts)
+    ident = forward("lstm", dict(inp, w_hr=np.eye(H)), opts)
+    for f in ("y", "h_n", "c_n"):
+        np.testing.assert_allclose(getattr(ident, f), getattr(plain, f), rtol=1e-14, atol=1e-15,
+                                   err_msg=f)
+    g_plain = ref.lstm_backward(plain.cache, **cot)
+    g_ident = ref.lstm_backward(ident.cache, **cot)
+    assert g_plain.dw_hr is None and g_ident.dw_hr.shape == (H, H)
+    for f in g_plain._fields[:-1]:
+        np.testing.assert_allclose(getattr(g_ident, f), getattr(g_plain, f), rtol=1e-13,
+                                   atol=1e-14, err_msg=f)
 
 
 @pytest.mark.parametrize("variant", ["reset_after", "reset_before"])
@@ -242,14 +318,14 @@ def test_rnn_one_step_equations(nonlinearity):
 # ----------------------------------------------------------------------------------------
 # lengths, reverse, cache, None gradients
 
-CELL_OPTS = [("lstm", {}), ("gru", dict(variant="reset_after")),
+CELL_OPTS = [("lstm", {}), ("lstm_proj", {}), ("gru", dict(variant="reset_after")),
              ("gru", dict(variant="reset_before")), ("rnn", dict(nonlinearity="tanh")),
              ("rnn", dict(nonlinearity="relu"))]
-CELL_IDS = ["lstm", "gru_after", "gru_before", "rnn_tanh", "rnn_relu"]
+CELL_IDS = ["lstm", "lstm_proj", "gru_after", "gru_before", "rnn_tanh", "rnn_relu"]
 
 
 def _states(cell, out):
-    return [("h_n", out.h_n)] + ([("c_n", out.c_n)] if cell == "lstm" else [])
+    return [("h_n", out.h_n)] + ([("c_n", out.c_n)] if cell in LSTMS else [])
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
@@ -269,7 +345,7 @@ def test_padding_semantics(cell, extra, reverse):
     cot = make_cotangents(cell, 11)
     assert np.array_equal(out.h_n[1], inp["h0"][1]), "h_n of an empty sequence != h0"
     assert np.array_equal(grads.dh0[1], cot["dh_n"][1]), "dh0 of an empty sequence != dh_n"
-    if cell == "lstm":
+    if cell in LSTMS:
         assert np.array_equal(out.c_n[1], inp["c0"][1]), "c_n of an empty sequence != c0"
         assert np.array_equal(grads.dc0[1], cot["dc_n"][1]), "dc0 of an empty sequence != dc_n"
 
@@ -283,7 +359,8 @@ def test_lengths_equal_each_sequence_run_alone(cell, extra, reverse):
     cot = make_cotangents(cell, 12)
     out = forward(cell, inp, dict(extra, lengths=LENGTHS, reverse=reverse))
     grads = BACKWARD[cell](out.cache, **cot)
-    param_sum = {k: np.zeros_like(inp[k]) for k in ("w_ih", "w_hh", "b_ih", "b_hh", "w_peep")
+    param_sum = {k: np.zeros_like(inp[k])
+                 for k in ("w_ih", "w_hh", "b_ih", "b_hh", "w_peep", "w_hr")
                  if inp.get(k) is not None}
     for n_, len_n in enumerate(LENGTHS):
         one = {k: (None if v is None else
@@ -298,7 +375,7 @@ def test_lengths_equal_each_sequence_run_alone(cell, extra, reverse):
             np.testing.assert_allclose(v[n_:n_ + 1], getattr(o1, name), err_msg=name, **tol)
         np.testing.assert_allclose(grads.dx[:len_n, n_:n_ + 1], g1.dx, err_msg="dx", **tol)
         np.testing.assert_allclose(grads.dh0[n_:n_ + 1], g1.dh0, err_msg="dh0", **tol)
-        if cell == "lstm":
+        if cell in LSTMS:
             np.testing.assert_allclose(grads.dc0[n_:n_ + 1], g1.dc0, err_msg="dc0", **tol)
         for k in param_sum:
             param_sum[k] += getattr(g1, GRAD_NAME[k])
@@ -347,6 +424,9 @@ def test_backward_twice_is_identical_and_leaves_cache_alone(cell, extra):
     g2 = BACKWARD[cell](out.cache, **cot)
     for f in g1._fields:
         a, b = getattr(g1, f), getattr(g2, f)
+        if f == "dw_hr" and cell == "lstm":     # no projection: no gradient
+            assert a is None and b is None, f
+            continue
         assert a is not b, f"{f}: backward returned the same array object twice"
         np.testing.assert_array_equal(a, b, err_msg=f"{f} differs on a second backward")
     for k, v in before.items():
@@ -380,8 +460,9 @@ def test_training_false(cell, extra):
 
 @pytest.mark.parametrize("cell,extra", CELL_OPTS, ids=CELL_IDS)
 def test_none_gradients_for_absent_inputs_and_result_types(cell, extra):
-    out_t = {"lstm": LstmOutput, "gru": GruOutput, "rnn": RnnOutput}[cell]
-    grad_t = {"lstm": LstmGrads, "gru": GruGrads, "rnn": RnnGrads}[cell]
+    out_t = {"lstm": LstmOutput, "lstm_proj": LstmOutput, "gru": GruOutput,
+             "rnn": RnnOutput}[cell]
+    grad_t = {"lstm": LstmGrads, "lstm_proj": LstmGrads, "gru": GruGrads, "rnn": RnnGrads}[cell]
     bare = make_inputs(cell, 17, biases=False, states=False, peep=False)
     full = make_inputs(cell, 17, biases=True, states=True, peep=True)
     for inp in (bare, full):
@@ -398,9 +479,11 @@ def test_none_gradients_for_absent_inputs_and_result_types(cell, extra):
     # Absent optional inputs mean zeros.
     zeros = dict(full, b_ih=np.zeros_like(full["b_ih"]), b_hh=np.zeros_like(full["b_hh"]),
                  h0=np.zeros_like(full["h0"]))
-    if cell == "lstm":
+    if cell in LSTMS:
         zeros.update(c0=np.zeros_like(full["c0"]), w_peep=np.zeros_like(full["w_peep"]))
     same_x = dict(bare, x=full["x"], w_ih=full["w_ih"], w_hh=full["w_hh"])
+    if full.get("w_hr") is not None:    # the projection is not optional input of this check
+        same_x["w_hr"] = full["w_hr"]
     np.testing.assert_array_equal(forward(cell, same_x, extra).y, forward(cell, zeros, extra).y)
 
 
@@ -418,6 +501,9 @@ def test_float32_in_float32_out(cell, extra):
         np.testing.assert_allclose(getattr(o32, f), getattr(o64, f), rtol=1e-4, atol=1e-5,
                                    err_msg=f)
     for f in g32._fields:
+        if f == "dw_hr" and cell == "lstm":     # no projection: no gradient
+            assert g32.dw_hr is None and g64.dw_hr is None
+            continue
         assert getattr(g32, f).dtype == np.float32, f
         np.testing.assert_allclose(getattr(g32, f), getattr(g64, f), rtol=1e-4, atol=1e-4,
                                    err_msg=f)
@@ -427,7 +513,7 @@ def test_empty_time_and_all_zero_lengths():
     for cell, extra in CELL_OPTS:
         inp = make_inputs(cell, 19, t=0)
         out = forward(cell, inp, extra)
-        assert out.y.shape == (0, N, H)
+        assert out.y.shape == (0, N, proj_size(cell) or H)
         np.testing.assert_array_equal(out.h_n, inp["h0"])
         inp = make_inputs(cell, 19)
         out = forward(cell, inp, dict(extra, lengths=np.zeros(N, dtype=np.int64)))
@@ -457,3 +543,21 @@ def test_backward_rejects_foreign_cache():
     out = forward("gru", make_inputs("gru", 0), {})
     with pytest.raises(ValueError):
         ref.lstm_backward(out.cache)
+
+
+@pytest.mark.parametrize("what", ["w_hr_1d", "w_hr_zero_rows", "w_hr_wrong_H", "w_hh_4H_by_H",
+                                  "h0_N_by_H", "dy_T_N_H", "dh_n_N_H", "dc_n_N_P"])
+def test_projection_shape_errors(what):
+    inp = make_inputs("lstm_proj", 0)
+    cot = make_cotangents("lstm_proj", 0)
+    bad = {"w_hr_1d": ("w_hr", np.zeros(H)), "w_hr_zero_rows": ("w_hr", np.zeros((0, H))),
+           "w_hr_wrong_H": ("w_hr", np.zeros((PROJ_P, H + 1))),
+           "w_hh_4H_by_H": ("w_hh", np.zeros((4 * H, H))), "h0_N_by_H": ("h0", np.zeros((N, H))),
+           "dy_T_N_H": ("dy", np.zeros((T, N, H))), "dh_n_N_H": ("dh_n", np.zeros((N, H))),
+           "dc_n_N_P": ("dc_n", np.zeros((N, PROJ_P)))}
+    name, value = bad[what]
+    with pytest.raises(ValueError, match=name):
+        if name in inp:
+            forward("lstm_proj", dict(inp, **{name: value}), {})
+        else:
+            ref.lstm_backward(forward("lstm_proj", inp, {}).cache, **dict(cot, **{name: value}))

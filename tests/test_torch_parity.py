@@ -2,6 +2,8 @@
 
 Torch always runs in float64 and is the ground truth.  For the float32 cases every input and
 weight is first rounded to float32, so torch sees exactly the values our float32 code sees.
+"lstm_proj" is nn.LSTM(proj_size=P): weight_hr_l0[_reverse] [P, H] is our w_hr, and h0, h_n,
+y and weight_hh have P units.
 """
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 T, N, C, H = 5, 3, 7, 5
 LENGTHS = [3, T, 1]                     # unsorted, includes T, all >= 1 (torch packing rejects 0)
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
+P = 3                                   # proj_size of "lstm_proj" (torch needs 0 < P < H)
 
 # name -> (torch module, torch kwargs, our function prefix, our forward kwargs, has cell state)
 CELLS = {
     "lstm": (torch.nn.LSTM, {}, "lstm", {}, True),
+    "lstm_proj": (torch.nn.LSTM, {"proj_size": P}, "lstm", {}, True),
     "gru": (torch.nn.GRU, {}, "gru", {"variant": "reset_after"}, False),
     "rnn_tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}, "rnn", {"nonlinearity": "tanh"}, False),
     "rnn_relu": (torch.nn.RNN, {"nonlinearity": "relu"}, "rnn", {"nonlinearity": "relu"}, False),
@@ -63,6 +67,8 @@ class Case:
     def __init__(self, cell, dtype, bias, state, lengths, reverse, seed=0):
         mod_cls, mod_kw, self.prefix, self.fwd_kw, self.has_c = CELLS[cell]
         self.dtype, self.bias, self.state, self.reverse = dtype, bias, state, reverse
+        self.P = mod_kw.get("proj_size", 0)
+        R = self.R = self.P or H                       # width of h and y
         self.lengths = np.array(LENGTHS, dtype=np.int64) if lengths else None
         g = torch.Generator().manual_seed(seed)
         self.mod = mod_cls(C, H, bias=bias, bidirectional=reverse, dtype=torch.float64, **mod_kw)
@@ -77,9 +83,9 @@ class Case:
 
         ndir = 2 if reverse else 1
         self.x = rnd(T, N, C)
-        self.h0 = rnd(ndir, N, H) if state else None
+        self.h0 = rnd(ndir, N, R) if state else None
         self.c0 = rnd(ndir, N, H) if state and self.has_c else None
-        self.dy, self.dh_n, self.dc_n = rnd(T, N, H), rnd(N, H), rnd(N, H)
+        self.dy, self.dh_n, self.dc_n = rnd(T, N, R), rnd(N, R), rnd(N, H)
 
     def _round(self, t):
         return t.to(torch.float32).to(torch.float64) if self.dtype == np.float32 else t
@@ -87,7 +93,7 @@ class Case:
     def np(self, t):
         return None if t is None else np.ascontiguousarray(t.detach().numpy(), dtype=self.dtype)
 
-    def param(self, kind):  # kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    def param(self, kind):  # kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
         return getattr(self.mod, f"{kind}_l0" + ("_reverse" if self.reverse else ""), None)
 
     # ---- torch side
@@ -105,7 +111,8 @@ class Case:
         else:
             y, hn = self.mod(x, hx)
         hn, cn = hn if self.has_c else (hn, None)
-        y, h_n, c_n = y[..., d * H:(d + 1) * H], hn[d], None if cn is None else cn[d]
+        R = self.R
+        y, h_n, c_n = y[..., d * R:(d + 1) * R], hn[d], None if cn is None else cn[d]
         loss = y.new_zeros(())
         if use_dy:
             loss = loss + (y * self.dy).sum()
@@ -118,7 +125,7 @@ class Case:
                "dh0": None if h0 is None else h0.grad[d],
                "dc0": None if c0 is None else c0.grad[d]}
         for ours, kind in (("dw_ih", "weight_ih"), ("dw_hh", "weight_hh"),
-                           ("db_ih", "bias_ih"), ("db_hh", "bias_hh")):
+                           ("db_ih", "bias_ih"), ("db_hh", "bias_hh"), ("dw_hr", "weight_hr")):
             p = self.param(kind)
             out[ours] = None if p is None else p.grad
         return {k: None if v is None else v.detach().numpy() for k, v in out.items()}
@@ -132,8 +139,10 @@ class Case:
         if self.has_c:
             args.append(None if self.c0 is None else self.np(self.c0[d]))
         fwd = getattr(impl, f"{self.prefix}_forward")
-        return fwd(*args, lengths=self.lengths, reverse=self.reverse, training=training,
-                   **self.fwd_kw)
+        kw = dict(self.fwd_kw)
+        if self.P:
+            kw["w_hr"] = self.np(self.param("weight_hr"))
+        return fwd(*args, lengths=self.lengths, reverse=self.reverse, training=training, **kw)
 
     def backward_ours(self, impl, cache, use_dy=True, use_state_grads=True):
         kw = {"dy": self.np(self.dy) if use_dy else None}
@@ -158,7 +167,7 @@ def fwd_fields(case):
 
 def grad_fields(case):
     base = ("dx", "dh0", "dw_ih", "dw_hh", "db_ih", "db_hh")
-    return base + ("dc0",) if case.has_c else base
+    return base + ("dc0", "dw_hr") if case.has_c else base
 
 
 def run_parity(impl, case):

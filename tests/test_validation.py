@@ -8,7 +8,9 @@ dtype) or ValueError (shape, order, value), with a message that names the argume
 what was expected.
 
 Each (function, argument, bad value) is one test id.  The table is built from one set of
-valid arguments per cell (T=4, N=3, C=5, H=6, float64) and a list of mutations.  While a bad
+valid arguments per cell (T=4, N=3, C=5, H=6, float64) and a list of mutations.  "lstm_proj"
+is the LSTM with a projection w_hr [P, H] (P = 2): w_hh is then [4H, P], h0, h_n, y, dy and
+dh_n have P units, and the shape messages say where H and P came from.  While a bad
 call runs, the kernel entry points of _core are replaced by stubs that fail the test, so a
 check that only fires inside (or after) the kernel does not count as "before any work".
 """
@@ -26,17 +28,33 @@ from fusedrnn import reference as ref
 
 T, N, C, H = 4, 3, 5, 6
 LENGTHS = [4, 0, 2]                 # a full, an empty and a partial sequence
+P = 2                               # projection size of "lstm_proj"
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 CELLS = tuple(GATES)
 FORWARD = {c: getattr(fusedrnn, f"{c}_forward") for c in CELLS}
 BACKWARD = {c: getattr(fusedrnn, f"{c}_backward") for c in CELLS}
 REF_FORWARD = {c: getattr(ref, f"{c}_forward") for c in CELLS}
+FORWARD["lstm_proj"], BACKWARD["lstm_proj"] = fusedrnn.lstm_forward, fusedrnn.lstm_backward
+REF_FORWARD["lstm_proj"] = ref.lstm_forward
+
+
+def base_cell(cell):
+    return "lstm" if cell == "lstm_proj" else cell
+
+
+def proj_where(letters):
+    """The note a projected LSTM's shape message adds after the expected shape."""
+    return f" ({letters} with H = {H}, P = {P} from w_hr [P, H])"
 
 
 # ----------------------------------------------------------------------------------------------
 # Valid arguments
 
 def input_shapes(cell):
+    if cell == "lstm_proj":
+        s = input_shapes("lstm")
+        s.update(w_hh=(4 * H, P), h0=(N, P), w_hr=(P, H))
+        return s
     G = GATES[cell]
     s = {"x": (T, N, C), "w_ih": (G * H, C), "w_hh": (G * H, H), "b_ih": (G * H,),
          "b_hh": (G * H,), "h0": (N, H)}
@@ -46,6 +64,8 @@ def input_shapes(cell):
 
 
 def cotangent_shapes(cell):
+    if cell == "lstm_proj":
+        return {"dy": (T, N, P), "dh_n": (N, P), "dc_n": (N, H)}
     s = {"dy": (T, N, H), "dh_n": (N, H)}
     if cell == "lstm":
         s["dc_n"] = (N, H)
@@ -152,9 +172,10 @@ def _shape_str(shape):
     return re.escape(str(list(shape)))
 
 
-def array_cases(fn, name, value, required=False):
+def array_cases(fn, name, value, required=False, where=""):
     """(bad id, bad value, exception, message pattern) for a generic array argument `name`
-    (anything but x and w_hh, whose messages differ) whose valid value is `value`."""
+    (anything but x and w_hh, whose messages differ) whose valid value is `value`; `where` is
+    the note the shape message adds after the expected shape."""
     p = rf"{fn}: {name} must"
     for bid, dt in BAD_DTYPES.items():
         yield (bid, value.astype(dt), TypeError,
@@ -167,7 +188,8 @@ def array_cases(fn, name, value, required=False):
         bad = make(value)
         if bad is not None:
             yield (bid, bad, ValueError,
-                   rf"{p} have shape {_shape_str(value.shape)}, got {_shape_str(bad.shape)}")
+                   rf"{p} have shape {_shape_str(value.shape)}{re.escape(where)}, "
+                   rf"got {_shape_str(bad.shape)}")
     for bid, make in NON_CONTIGUOUS.items():
         bad = make(value)
         if bad is not None:
@@ -177,12 +199,17 @@ def array_cases(fn, name, value, required=False):
 
 
 def x_cases(fn, cell, x):
-    G = GATES[cell]
+    G = GATES[base_cell(cell)]
+    proj = cell == "lstm_proj"
+    R = P if proj else H
+    first = "w_hr" if proj else "w_hh"    # the weight checked first, which gives H (and P)
+    where_ih = re.escape(proj_where("[4*H, C]")) if proj else ""
+    where_h0 = re.escape(proj_where("[N, P]")) if proj else ""
     p = rf"{fn}: x must"
     for bid, dt in BAD_DTYPES.items():
         if bid == "float32":   # x float32, weights float64: reported on the first weight checked
             yield (bid, x.astype(dt), TypeError,
-                   rf"{fn}: w_hh must have dtype float32 \(the dtype of x\), got float64")
+                   rf"{fn}: {first} must have dtype float32 \(the dtype of x\), got float64")
         else:
             yield (bid, x.astype(dt), TypeError,
                    rf"{p} have dtype float32 or float64, got {re.escape(str(np.dtype(dt)))}")
@@ -198,9 +225,11 @@ def x_cases(fn, cell, x):
                rf"{p} have T, N, C >= 1, got shape {re.escape(str(tuple(shape)))}")
     # an x whose C or N disagrees with the other arguments: reported on those
     yield ("C_mismatch", np.zeros((T, N, C + 1)), ValueError,
-           rf"{fn}: w_ih must have shape {_shape_str((G * H, C + 1))}, got {_shape_str((G * H, C))}")
+           rf"{fn}: w_ih must have shape {_shape_str((G * H, C + 1))}{where_ih}, "
+           rf"got {_shape_str((G * H, C))}")
     yield ("N_mismatch", np.zeros((T, N + 1, C)), ValueError,
-           rf"{fn}: h0 must have shape {_shape_str((N + 1, H))}, got {_shape_str((N, H))}")
+           rf"{fn}: h0 must have shape {_shape_str((N + 1, R))}{where_h0}, "
+           rf"got {_shape_str((N, R))}")
     for bid, make in NON_CONTIGUOUS.items():
         yield (bid, make(x), ValueError, rf"{p} be C-contiguous \(use np.ascontiguousarray\)")
 
@@ -231,19 +260,67 @@ def w_hh_cases(fn, cell, w_hh):
             yield (bid, bad, ValueError, rf"{p} be C-contiguous")
 
 
+def w_hr_cases(fn, w_hr):
+    """The projection w_hr [P, H] defines P and H: a w_hr of another (valid) shape is reported
+    on w_hh, checked next."""
+    p = rf"{fn}: w_hr must"
+    for bid, dt in BAD_DTYPES.items():
+        yield (bid, w_hr.astype(dt), TypeError,
+               rf"{p} have dtype float64 \(the dtype of x\), got {re.escape(str(np.dtype(dt)))}")
+    for bid, bad in {"list": w_hr.tolist(), "tuple": tuple(w_hr.tolist()), "scalar": 1.0,
+                     "masked": np.ma.masked_array(w_hr)}.items():
+        yield (bid, bad, TypeError,
+               rf"{p} be a numpy array of shape \[P, H\], got {type(bad).__name__}$")
+    for bid, bad in {"1d": w_hr.reshape(-1), "3d": w_hr[None], "0d": np.array(1.0)}.items():
+        yield (bid, bad, ValueError,
+               rf"{p} have shape \[P, H\] \(2 dimensions\), got {_shape_str(bad.shape)}")
+    for bid, bad in {"zero_P": np.zeros((0, H)), "zero_H": np.zeros((P, 0))}.items():
+        yield (bid, bad, ValueError,
+               rf"{p} have shape \[P, H\] with P, H >= 1, got {_shape_str(bad.shape)}")
+    for bid, (p2, h2) in {"P_plus_1": (P + 1, H), "H_plus_1": (P, H + 1),
+                          "swapped": (H, P)}.items():
+        yield (bid, np.zeros((p2, h2)), ValueError,
+               rf"{fn}: w_hh must have shape {_shape_str((4 * h2, p2))} "
+               rf"\(\[4\*H, P\] with H = {h2}, P = {p2} from w_hr \[P, H\]\), "
+               rf"got {_shape_str((4 * H, P))}")
+    for bid, make in NON_CONTIGUOUS.items():
+        bad = make(w_hr)
+        if bad is not None:
+            yield (bid, bad, ValueError, rf"{p} be C-contiguous")
+
+
+def proj_cases(fn, name, value):
+    """Cases of the LSTM with projection's arguments other than x and w_hr: the generic ones
+    (with the note on where H and P came from) and the un-projected shape given by mistake."""
+    notes = {"w_hh": "[4*H, P]", "w_ih": "[4*H, C]", "h0": "[N, P]"}
+    where = proj_where(notes[name]) if name in notes else ""
+    yield from array_cases(fn, name, value, required=name in ("w_ih", "w_hh"), where=where)
+    mistaken = {"w_hh": (4 * H, H), "h0": (N, H), "c0": (N, P)}   # H and P mixed up
+    if name in mistaken:
+        bad = np.zeros(mistaken[name])
+        yield ("P_H_mixed_up", bad, ValueError,
+               rf"{fn}: {name} must have shape {_shape_str(value.shape)}{re.escape(where)}, "
+               rf"got {_shape_str(bad.shape)}")
+
+
 def forward_array_params():
-    for cell in CELLS:
-        fn = f"{cell}_forward"
+    for cell in CELLS + ("lstm_proj",):
+        fn = f"{base_cell(cell)}_forward"
         valid = forward_args(cell)
         for name in input_shapes(cell):
             if name == "x":
                 cases = x_cases(fn, cell, valid[name])
+            elif name == "w_hr":
+                cases = w_hr_cases(fn, valid[name])
+            elif cell == "lstm_proj":
+                cases = proj_cases(fn, name, valid[name])
             elif name == "w_hh":
                 cases = w_hh_cases(fn, cell, valid[name])
             else:
                 cases = array_cases(fn, name, valid[name], required=(name == "w_ih"))
             for bid, bad, exc, pattern in cases:
-                yield pytest.param(cell, name, bad, exc, pattern, id=f"{fn}-{name}-{bid}")
+                yield pytest.param(cell, name, bad, exc, pattern,
+                                   id=f"{cell}_forward-{name}-{bid}")
 
 
 def lengths_params():
@@ -358,8 +435,9 @@ def test_forward_rejects_unknown_option(cell, option, bad, monkeypatch):
         FORWARD[cell](**kw)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("name", ["x", "w_ih", "w_hh", "h0"])
+@pytest.mark.parametrize("cell, name", [(c, n) for c in CELLS + ("lstm_proj",)
+                                        for n in ["x", "w_ih", "w_hh", "h0"]
+                                        + (["w_hr"] if c == "lstm_proj" else [])])
 def test_forward_never_silently_copies_fortran_order(cell, name, monkeypatch):
     """A Fortran-ordered array has the right shape, dtype and values; it is rejected rather
     than copied into C order behind the caller's back."""
@@ -367,18 +445,20 @@ def test_forward_never_silently_copies_fortran_order(cell, name, monkeypatch):
     kw[name] = np.asfortranarray(kw[name])
     assert kw[name].flags.f_contiguous and not kw[name].flags.c_contiguous
     forbid_kernels(monkeypatch)
-    with pytest.raises(ValueError, match=rf"{cell}_forward: {name} must be C-contiguous"):
+    with pytest.raises(ValueError,
+                       match=rf"{base_cell(cell)}_forward: {name} must be C-contiguous"):
         FORWARD[cell](**kw)
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("name", ["w_ih", "w_hh", "b_ih", "h0"])
+@pytest.mark.parametrize("cell, name", [(c, n) for c in CELLS + ("lstm_proj",)
+                                        for n in ["w_ih", "w_hh", "b_ih", "h0"]
+                                        + (["w_hr"] if c == "lstm_proj" else [])])
 def test_forward_rejects_float64_argument_with_float32_x(cell, name, monkeypatch):
     kw = forward_args(cell, np.float32)
     kw[name] = kw[name].astype(np.float64)
     forbid_kernels(monkeypatch)
-    with pytest.raises(TypeError, match=rf"{cell}_forward: {name} must have dtype float32 "
-                                        rf"\(the dtype of x\), got float64"):
+    with pytest.raises(TypeError, match=rf"{base_cell(cell)}_forward: {name} must have dtype "
+                                        rf"float32 \(the dtype of x\), got float64"):
         FORWARD[cell](**kw)
 
 
@@ -429,12 +509,22 @@ def test_backward_rejects_bad_cache(cell, what, exc, pattern, monkeypatch):
 
 
 def backward_array_params():
-    for cell in CELLS:
-        fn = f"{cell}_backward"
+    for cell in CELLS + ("lstm_proj",):
+        fn = f"{base_cell(cell)}_backward"
+        proj = cell == "lstm_proj"
         valid = _random(cotangent_shapes(cell), np.float64, 1)
+        notes = {"dy": "[T, N, P]", "dh_n": "[N, P]"} if proj else {}
         for name in cotangent_shapes(cell):
-            for bid, bad, exc, pattern in array_cases(fn, name, valid[name]):
-                yield pytest.param(cell, name, bad, exc, pattern, id=f"{fn}-{name}-{bid}")
+            where = proj_where(notes[name]) if name in notes else ""
+            cases = list(array_cases(fn, name, valid[name], where=where))
+            if proj:   # the un-projected shape given by mistake
+                bad = np.zeros({"dy": (T, N, H), "dh_n": (N, H), "dc_n": (N, P)}[name])
+                cases.append(("P_H_mixed_up", bad, ValueError,
+                              rf"{fn}: {name} must have shape {_shape_str(valid[name].shape)}"
+                              rf"{re.escape(where)}, got {_shape_str(bad.shape)}"))
+            for bid, bad, exc, pattern in cases:
+                yield pytest.param(cell, name, bad, exc, pattern,
+                                   id=f"{cell}_backward-{name}-{bid}")
 
 
 @pytest.mark.parametrize("cell, name, bad, exc, pattern", list(backward_array_params()))
@@ -447,26 +537,47 @@ def test_backward_rejects_bad_cotangent(cell, name, bad, exc, pattern, monkeypat
 
 
 @pytest.mark.parametrize("cell, name", [pytest.param(c, n, id=f"{c}_backward-{n}")
-                                        for c in CELLS for n in cotangent_shapes(c)])
+                                        for c in CELLS + ("lstm_proj",)
+                                        for n in cotangent_shapes(c)])
 def test_backward_rejects_float64_cotangent_with_float32_cache(cell, name, monkeypatch):
     kw = backward_args(cell, np.float32)
     kw[name] = kw[name].astype(np.float64)
     forbid_kernels(monkeypatch)
-    with pytest.raises(TypeError, match=rf"{cell}_backward: {name} must have dtype float32 "
-                                        rf"\(the dtype of x\), got float64"):
+    with pytest.raises(TypeError, match=rf"{base_cell(cell)}_backward: {name} must have dtype "
+                                        rf"float32 \(the dtype of x\), got float64"):
         BACKWARD[cell](**kw)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_projection_is_lstm_only(cell, monkeypatch):
+    kw = forward_args(cell)
+    forbid_kernels(monkeypatch)
+    with pytest.raises(TypeError, match="w_hr"):
+        FORWARD[cell](**kw, w_hr=np.zeros((P, H)))
+
+
+def test_projected_cache_needs_projected_cotangents_and_plain_cache_plain_ones(monkeypatch):
+    """Each cache knows whether its forward had a projection: the cotangent shapes follow."""
+    proj, plain = backward_args("lstm_proj"), backward_args("lstm")
+    forbid_kernels(monkeypatch)
+    with pytest.raises(ValueError, match=r"lstm_backward: dy must have shape \[4, 3, 6\], "
+                                         r"got \[4, 3, 2\]"):
+        fusedrnn.lstm_backward(plain["cache"], dy=proj["dy"])
+    with pytest.raises(ValueError, match=r"lstm_backward: dh_n must have shape \[3, 2\] "):
+        fusedrnn.lstm_backward(proj["cache"], dh_n=plain["dh_n"])
 
 
 # ----------------------------------------------------------------------------------------------
 # Valid calls succeed (and the kernel stub is really what the rejection tests run against)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", CELLS + ("lstm_proj",))
 def test_valid_calls_succeed(cell, dtype):
     kw = forward_args(cell, dtype)
     out = FORWARD[cell](**kw)
-    assert out.y.shape == (T, N, H) and out.y.dtype == dtype
-    assert out.h_n.shape == (N, H) and out.h_n.dtype == dtype
+    R = P if cell == "lstm_proj" else H
+    assert out.y.shape == (T, N, R) and out.y.dtype == dtype
+    assert out.h_n.shape == (N, R) and out.h_n.dtype == dtype
     assert np.isfinite(out.y).all() and out.cache is not None
     bkw = backward_args(cell, dtype)
     grads = BACKWARD[cell](**bkw)
@@ -560,38 +671,48 @@ def test_build_info_keys():
 CORE_FLAG = {"lstm": [], "gru": [("reset_after", True)], "rnn": [("relu", False)]}
 
 
+CORE_CELLS = CELLS + ("lstm_proj",)
+
+
 def core_args(cell, direction, dtype=np.float64):
     """Ordered (name, value) pairs of a valid _core.<cell>_<direction> call, and the names of
-    the arrays with their required element count and writeability."""
-    G = GATES[cell]
-    dims = (T, N, C, H)
-    cache_size, fws, bws = getattr(_core, f"{cell}_sizes")(dims)
+    the arrays with their required element count and writeability. "lstm_proj": the LSTM
+    with projection, dims (T, N, C, H, P)."""
+    proj = cell == "lstm_proj"
+    lstm = base_cell(cell) == "lstm"
+    R = P if proj else H
+    dims = (T, N, C, H, P) if proj else (T, N, C, H)
+    cache_size, fws, bws = getattr(_core, f"{base_cell(cell)}_sizes")(dims)
     inputs = forward_args(cell, dtype)
     lengths = np.array(LENGTHS, np.int64)
-    head = [("dims", dims), ("reverse", False), ("num_threads", 0)] + CORE_FLAG[cell]
+    head = [("dims", dims), ("reverse", False), ("num_threads", 0)] + CORE_FLAG[base_cell(cell)]
     size = {k: int(np.prod(s)) for k, s in input_shapes(cell).items()}
-    size.update(lengths=N, y=T * N * H, h_n=N * H, c_n=N * H, cache=cache_size)
+    size.update(lengths=N, y=T * N * R, h_n=N * R, c_n=N * H, cache=cache_size)
     if direction == "forward":
         names = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0"]
-        names += ["c0", "w_peep"] if cell == "lstm" else []
-        outs = ["y", "h_n"] + (["c_n"] if cell == "lstm" else []) + ["cache", "workspace"]
+        names += ["c0", "w_peep"] if lstm else []
+        outs = ["y", "h_n"] + (["c_n"] if lstm else []) + ["cache", "workspace"]
         size["workspace"] = fws
-        pairs = [(n, inputs[n]) for n in names] + [("lengths", lengths)]
+        pairs = [(n, inputs[n]) for n in names]
+        pairs += [("w_hr", inputs["w_hr"] if proj else None)] if lstm else []
+        pairs += [("lengths", lengths)]
         pairs += [(n, np.zeros(size[n], dtype)) for n in outs]
     else:
         fwd = dict(core_args(cell, "forward", dtype)[0])
         cots = _random(cotangent_shapes(cell), dtype, 1)
-        ins = ["x", "w_ih", "w_hh"] + (["w_peep"] if cell == "lstm" else [])
+        ins = ["x", "w_ih", "w_hh"] + (["w_peep", "w_hr"] if lstm else [])
         pairs = [(n, fwd[n]) for n in ins] + [("lengths", lengths),
                                                ("cache", core_cache(cell, dtype))]
         pairs += list(cots.items())
-        grads = ["dx", "dh0"] + (["dc0"] if cell == "lstm" else []) + ["dw_ih", "dw_hh", "db_ih",
-                                                                        "db_hh"]
-        grads += ["dw_peep"] if cell == "lstm" else []
+        grads = ["dx", "dh0"] + (["dc0"] if lstm else []) + ["dw_ih", "dw_hh", "db_ih", "db_hh"]
+        grads += ["dw_peep"] if lstm else []
+        grads += ["dw_hr"] if proj else []
         for g in grads:
             size[g] = size[g[1:]]
-        size.update(dy=T * N * H, dh_n=N * H, dc_n=N * H, workspace=bws)
-        pairs += [(g, np.zeros(size[g], dtype)) for g in grads + ["workspace"]]
+        size.update(dy=T * N * R, dh_n=N * R, dc_n=N * H, workspace=bws)
+        pairs += [(g, np.zeros(size[g], dtype)) for g in grads]
+        pairs += [("dw_hr", None)] if lstm and not proj else []
+        pairs += [("workspace", np.zeros(size["workspace"], dtype))]
     arrays = [n for n, _ in pairs if n in size]
     return head + pairs, arrays, size
 
@@ -600,19 +721,20 @@ def core_args(cell, direction, dtype=np.float64):
 def core_cache(cell, dtype):
     """A cache filled by a valid _core forward (read-only: backward only reads it)."""
     fwd = dict(core_args(cell, "forward", dtype)[0])
-    getattr(_core, f"{cell}_forward")(*fwd.values())
+    getattr(_core, f"{base_cell(cell)}_forward")(*fwd.values())
     fwd["cache"].flags.writeable = False
     return fwd["cache"]
 
 
 def _core_call(cell, direction, pairs):
-    getattr(_core, f"{cell}_{direction}")(*[v for _, v in pairs])
+    getattr(_core, f"{base_cell(cell)}_{direction}")(*[v for _, v in pairs])
 
 
 def core_params():
-    for cell in CELLS:
+    for cell in CORE_CELLS:
         for direction in ("forward", "backward"):
-            fn = f"{cell}_{direction}"
+            fn = f"{base_cell(cell)}_{direction}"
+            tag = f"{cell}_{direction}"      # the test id: lstm_proj_* for the projection
             pairs, arrays, size = core_args(cell, direction)
             for name in arrays:
                 if name == "x":       # a float32 x selects the float32 kernel: w_ih is then wrong
@@ -622,31 +744,33 @@ def core_params():
                 else:
                     dtype_pattern = rf"^{name} must have dtype float64, got float32$"
                 yield pytest.param(cell, direction, name, "dtype", TypeError, dtype_pattern,
-                                   id=f"_core.{fn}-{name}-wrong_dtype")
+                                   id=f"_core.{tag}-{name}-wrong_dtype")
                 yield pytest.param(cell, direction, name, "size", ValueError,
                                    rf"^{name} must have {size[name]} elements, "
-                                   rf"got {size[name] - 1}$", id=f"_core.{fn}-{name}-wrong_size")
+                                   rf"got {size[name] - 1}$", id=f"_core.{tag}-{name}-wrong_size")
                 yield pytest.param(cell, direction, name, "strided", ValueError,
                                    rf"^{name} must be C-contiguous$",
-                                   id=f"_core.{fn}-{name}-strided")
+                                   id=f"_core.{tag}-{name}-strided")
                 yield pytest.param(cell, direction, name, "list", TypeError,
                                    rf"^{name} must be a numpy array$",
-                                   id=f"_core.{fn}-{name}-list")
+                                   id=f"_core.{tag}-{name}-list")
             yield pytest.param(cell, direction, "x", "int", TypeError,
                                r"^x must have dtype float32 or float64, got int64$",
-                               id=f"_core.{fn}-x-int64")
+                               id=f"_core.{tag}-x-int64")
             yield pytest.param(cell, direction, "dims", "zero", ValueError,
-                               r"^dims must be positive$", id=f"_core.{fn}-dims-zero")
+                               r"^dims must be positive$", id=f"_core.{tag}-dims-zero")
+            dims_msg = r"\(T, N, C, H\)" + (r" or \(T, N, C, H, P\)" if base_cell(cell) == "lstm"
+                                            else "")
             yield pytest.param(cell, direction, "dims", "three", ValueError,
-                               r"^dims must be \(T, N, C, H\)$", id=f"_core.{fn}-dims-3_items")
+                               rf"^dims must be {dims_msg}$", id=f"_core.{tag}-dims-3_items")
             yield pytest.param(cell, direction, "lengths", "range", ValueError,
                                rf"{fn}: lengths\[1\] = 5 is outside \[0, T=4\]",
-                               id=f"_core.{fn}-lengths-out_of_range")
+                               id=f"_core.{tag}-lengths-out_of_range")
             out = "y" if direction == "forward" else "dx"
             yield pytest.param(cell, direction, out, "readonly", ValueError,
-                               rf"^{out} must be writeable$", id=f"_core.{fn}-{out}-read_only")
+                               rf"^{out} must be writeable$", id=f"_core.{tag}-{out}-read_only")
             yield pytest.param(cell, direction, out, "None", ValueError,
-                               rf"^{out} must not be None$", id=f"_core.{fn}-{out}-None")
+                               rf"^{out} must not be None$", id=f"_core.{tag}-{out}-None")
 
 
 def _core_mutate(value, how, name):
@@ -684,12 +808,64 @@ def test_core_rejects_bad_array(cell, direction, name, how, exc, pattern):
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", CORE_CELLS)
 def test_core_valid_call_succeeds(cell, direction):
     pairs, _, _ = core_args(cell, direction)
     _core_call(cell, direction, pairs)
     out = dict(pairs)["y" if direction == "forward" else "dx"]
     assert np.isfinite(out).all()
+
+
+def _core_projection_cases():
+    """(id, cell of the valid call, direction, {argument: replacement}, exception, pattern)."""
+    w_hr = np.zeros(P * H)
+    five = (T, N, C, H, 0)
+    yield ("w_hr_None_with_P", "lstm_proj", "forward", {"w_hr": None}, ValueError,
+           r"^w_hr must not be None when P > 0$")
+    yield ("w_hr_None_with_P", "lstm_proj", "backward", {"w_hr": None}, ValueError,
+           r"^w_hr must not be None when P > 0$")
+    for direction in ("forward", "backward"):
+        yield ("w_hr_without_P", "lstm", direction, {"w_hr": w_hr}, ValueError,
+               r"^w_hr given but dims has no projection \(P = 0\)$")
+        yield ("P_negative", "lstm_proj", direction, {"dims": (T, N, C, H, -1)}, ValueError,
+               r"^dims: P must be >= 0 \(0 = no projection\)$")
+        yield ("dims_6_items", "lstm_proj", direction, {"dims": (T, N, C, H, P, 1)}, ValueError,
+               r"^dims must be \(T, N, C, H\) or \(T, N, C, H, P\)$")
+        # dims with P = 0 but arrays sized for P: the sizes of the un-projected LSTM
+        yield ("P_0_with_projected_arrays", "lstm_proj", direction,
+               {"dims": five, "w_hr": None} | ({"dw_hr": None} if direction == "backward"
+                                               else {}), ValueError,
+               rf"^w_hh must have {4 * H * H} elements, got {4 * H * P}$")
+        for cell in ("gru", "rnn"):
+            yield ("dims_with_P", cell, direction, {"dims": five}, ValueError,
+                   r"^dims must be \(T, N, C, H\)$")
+    yield ("dw_hr_without_P", "lstm", "backward", {"dw_hr": w_hr}, ValueError,
+           r"^dw_hr given but dims has no projection \(P = 0\)$")
+
+
+@pytest.mark.parametrize("cell, direction, changes, exc, pattern", [
+    pytest.param(c, d, ch, e, pat, id=f"_core.{c}_{d}-{i}")
+    for i, c, d, ch, e, pat in _core_projection_cases()])
+def test_core_rejects_inconsistent_projection(cell, direction, changes, exc, pattern):
+    pairs, _, _ = core_args(cell, direction)
+    assert set(changes) <= {n for n, _ in pairs}
+    pairs = [(n, changes.get(n, v)) for n, v in pairs]
+    with pytest.raises(exc, match=pattern):
+        _core_call(cell, direction, pairs)
+
+
+def test_core_projection_dims_with_P_0_are_the_plain_lstm():
+    pairs, _, _ = core_args("lstm", "forward")
+    y = dict(pairs)["y"]
+    _core_call("lstm", "forward", pairs)
+    want = y.copy()
+    pairs = [(n, (T, N, C, H, 0) if n == "dims" else v) for n, v in pairs]
+    _core_call("lstm", "forward", pairs)
+    assert np.array_equal(y, want)
+    with pytest.raises(ValueError, match=r"^dims: P must be >= 0"):
+        _core.lstm_sizes((T, N, C, H, -1))
+    with pytest.raises(ValueError, match=r"^dims must be \(T, N, C, H\)$"):
+        _core.gru_sizes((T, N, C, H, 0))
 
 
 @pytest.mark.parametrize("cell", CELLS)

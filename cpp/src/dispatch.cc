@@ -147,20 +147,23 @@ std::size_t rnn_backward_workspace_size(const Dims& d) {
 template <typename Scalar>
 void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scalar* w_ih,
                   const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh, const Scalar* h0,
-                  const Scalar* c0, const Scalar* w_peep, const std::int64_t* lengths, Scalar* y,
-                  Scalar* h_n, Scalar* c_n, Scalar* cache, Scalar* workspace) {
+                  const Scalar* c0, const Scalar* w_peep, const Scalar* w_hr,
+                  const std::int64_t* lengths, Scalar* y, Scalar* h_n, Scalar* c_n, Scalar* cache,
+                  Scalar* workspace) {
   FUSEDRNN_DISPATCH(lstm_forward<Scalar>, d, opt, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep,
-                    lengths, y, h_n, c_n, cache, workspace)
+                    w_hr, lengths, y, h_n, c_n, cache, workspace)
 }
 
 template <typename Scalar>
 void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Scalar* w_ih,
-                   const Scalar* w_hh, const Scalar* w_peep, const std::int64_t* lengths,
-                   const Scalar* cache, const Scalar* dy, const Scalar* dh_n, const Scalar* dc_n,
-                   Scalar* dx, Scalar* dh0, Scalar* dc0, Scalar* dw_ih, Scalar* dw_hh,
-                   Scalar* db_ih, Scalar* db_hh, Scalar* dw_peep, Scalar* workspace) {
-  FUSEDRNN_DISPATCH(lstm_backward<Scalar>, d, opt, x, w_ih, w_hh, w_peep, lengths, cache, dy,
-                    dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, workspace)
+                   const Scalar* w_hh, const Scalar* w_peep, const Scalar* w_hr,
+                   const std::int64_t* lengths, const Scalar* cache, const Scalar* dy,
+                   const Scalar* dh_n, const Scalar* dc_n, Scalar* dx, Scalar* dh0, Scalar* dc0,
+                   Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh, Scalar* dw_peep,
+                   Scalar* dw_hr, Scalar* workspace) {
+  FUSEDRNN_DISPATCH(lstm_backward<Scalar>, d, opt, x, w_ih, w_hh, w_peep, w_hr, lengths, cache,
+                    dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr,
+                    workspace)
 }
 
 template <typename Scalar>

@@ -278,7 +278,7 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
 #pragma omp single
 #endif
     if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
-    backward_epilogue(d, S, Index(3), x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih,
+    backward_epilogue(d, S, Index(3), H, x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih,
                       after ? dw_hh : nullptr, db_ih, db_hh);
     if (!after && dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).

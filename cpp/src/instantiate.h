@@ -5,13 +5,15 @@
 #define FUSEDRNN_INSTANTIATE_LSTM(Scalar)                                                        \
   template void lstm_forward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,   \
                                      const Scalar*, const Scalar*, const Scalar*, const Scalar*,  \
-                                     const Scalar*, const Scalar*, const std::int64_t*, Scalar*,  \
-                                     Scalar*, Scalar*, Scalar*, Scalar*);                         \
+                                     const Scalar*, const Scalar*, const Scalar*,                 \
+                                     const std::int64_t*, Scalar*, Scalar*, Scalar*, Scalar*,     \
+                                     Scalar*);                                                    \
   template void lstm_backward<Scalar>(const Dims&, const Options&, const Scalar*, const Scalar*,  \
-                                      const Scalar*, const Scalar*, const std::int64_t*,          \
-                                      const Scalar*, const Scalar*, const Scalar*, const Scalar*, \
+                                      const Scalar*, const Scalar*, const Scalar*,                \
+                                      const std::int64_t*, const Scalar*, const Scalar*,          \
+                                      const Scalar*, const Scalar*, Scalar*, Scalar*, Scalar*,    \
                                       Scalar*, Scalar*, Scalar*, Scalar*, Scalar*, Scalar*,       \
-                                      Scalar*, Scalar*, Scalar*);
+                                      Scalar*);
 
 #define FUSEDRNN_INSTANTIATE_GRU(Scalar)                                                        \
   template void gru_forward<Scalar>(const Dims&, const Options&, GruVariant, const Scalar*,     \

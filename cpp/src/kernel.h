@@ -30,10 +30,21 @@ inline void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
 }
 
-inline void check_dims(const char* fn, const Dims& d) {
+// `projection`: the kernel accepts Dims::P > 0 (the LSTM); the others require P = 0.
+inline void check_dims(const char* fn, const Dims& d, bool projection = false) {
   require(d.T >= 1 && d.N >= 1 && d.C >= 1 && d.H >= 1,
           std::string(fn) + ": dims must be positive (T, N, C, H >= 1)");
+  if (projection)
+    require(d.P >= 0, std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
+                          " must be >= 0 (0 = no projection)");
+  else
+    require(d.P == 0, std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
+                          ": projection is an LSTM option, P must be 0 here");
 }
+
+// R, the width of the hidden state, the output and the recurrent product's input: the LSTM's
+// projection size P when it has one, else H.
+constexpr Index rec_width(const Dims& d) { return d.P > 0 ? d.P : d.H; }
 
 inline void check_ptr(const char* fn, const void* p, const char* name) {
   require(p != nullptr, std::string(fn) + ": " + name + " must not be null");
@@ -53,14 +64,17 @@ inline Index check_lengths(const char* fn, const Dims& d, const std::int64_t* le
 }
 
 // Threads for one call: Options::num_threads (0 = OpenMP's default), but one thread when a time
-// step's recurrent product is too small to split (below ~1-2 us, a fork/join and a barrier per
+// step's recurrent products are too small to split (below ~1-2 us, a fork/join and a barrier per
 // step cost more than they save: batch 1 with a small hidden size). Results do not depend on it.
 constexpr double kMinStepFlopsToSplit = 1.0e5;
 
 inline int thread_count(const Options& opt, const Dims& d, Index G) {
 #ifdef _OPENMP
   const int n = opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
-  const double step_flops = 2.0 * double(d.N) * double(G * d.H) * double(d.H);
+  // h w_hhᵀ [N, R] x [R, G*H], plus the projection m w_hrᵀ [N, H] x [H, P] when there is one.
+  const double step_flops =
+      2.0 * double(d.N) * double(G * d.H) * double(rec_width(d)) +
+      2.0 * double(d.N) * double(d.H) * double(d.P);
   return step_flops < kMinStepFlopsToSplit ? 1 : n;
 #else
   (void)opt, (void)d, (void)G;

@@ -154,13 +154,13 @@ constexpr Index proj_workspace_size(const Dims& d, Index G) {
   return proj_chunk_steps(d) * d.N * (G * d.H + d.C);
 }
 
-// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)]; y is zeroed when lengths
-// leave padded steps unwritten.
+// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)]; y [T, N, R] is zeroed when
+// lengths leave padded steps unwritten.
 template <typename Scalar>
 void forward_prologue(const Dims& d, Index G, const Scalar* w_ih, const std::int64_t* lengths,
                       Scalar* packed, Scalar* y) {
   par_pack(w_ih, d.C, G * d.H, d.C, true, packed);
-  if (lengths) par_fill(y, d.T * d.N * d.H, Scalar(0));
+  if (lengths) par_fill(y, d.T * d.N * rec_width(d), Scalar(0));
 }
 
 // Work-shared, at the first step s0 of each chunk: gxs [(s1 - s0) * N, G*H] = the inputs the
@@ -206,19 +206,21 @@ void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
 // Backward epilogue, after the time loop has produced the pre-activation gradients
 //   dgx [T*N, G*H] in time order (zero at padded steps): the input-side gradients, and
 //   dgh [S*N, G*H] in step order (zero for inactive rows): the recurrent-side gradients,
-// with hs [S*N, H] the state each step read. Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ, so
+// with hs [S*N, R] the state each step read (R, the recurrent width: H, or the LSTM's projection
+// size P). Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ (w_hh [G*H, R]), so
 //   dx = dgx w_ih,  dw_ih += dgxᵀ x,  dw_hh += dghᵀ hs,  db_ih += Σ rows dgx,  db_hh += Σ rows dgh.
 // dw_hh may be null (a cell whose recurrent product does not read hs does its own).
 // `packed` [packed_bound(G*H, C)] receives w_ih packed for dx.
 template <typename Scalar>
-void backward_epilogue(const Dims& d, Index S, Index G, const Scalar* x, const Scalar* w_ih,
-                       const Scalar* dgx, const Scalar* dgh, const Scalar* hs, Scalar* packed,
-                       Scalar* dx, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh) {
+void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x,
+                       const Scalar* w_ih, const Scalar* dgx, const Scalar* dgh, const Scalar* hs,
+                       Scalar* packed, Scalar* dx, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih,
+                       Scalar* db_hh) {
   const Index TN = d.T * d.N, GH = G * d.H;
   par_pack(w_ih, GH, d.C, d.C, false, packed);
   par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
   if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
-  if (dw_hh) par_gemm_tn_add(GH, d.H, S * d.N, dgh, GH, hs, d.H, dw_hh, d.H);
+  if (dw_hh) par_gemm_tn_add(GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);
   if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
   if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
 }

@@ -179,8 +179,8 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
 #pragma omp single
 #endif
     if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
-    backward_epilogue(d, S, Index(1), x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih, dw_hh, db_ih,
-                      db_hh);
+    backward_epilogue(d, S, Index(1), H, x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih, dw_hh,
+                      db_ih, db_hh);
   }
 }
 

@@ -47,14 +47,19 @@ T* data_of(const py::handle& obj, const char* name, std::size_t size, bool optio
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-inline fusedrnn::Dims dims_of(py::tuple t) {
-  if (t.size() != 4) throw py::value_error("dims must be (T, N, C, H)");
+// dims (T, N, C, H); with `projection` (the LSTM) also (T, N, C, H, P), P >= 0 (0 = none).
+inline fusedrnn::Dims dims_of(py::tuple t, bool projection = false) {
+  if (t.size() != 4 && !(projection && t.size() == 5))
+    throw py::value_error(projection ? "dims must be (T, N, C, H) or (T, N, C, H, P)"
+                                     : "dims must be (T, N, C, H)");
   fusedrnn::Dims d;
   d.T = t[0].cast<std::int64_t>();
   d.N = t[1].cast<std::int64_t>();
   d.C = t[2].cast<std::int64_t>();
   d.H = t[3].cast<std::int64_t>();
+  if (t.size() == 5) d.P = t[4].cast<std::int64_t>();
   if (d.T < 1 || d.N < 1 || d.C < 1 || d.H < 1) throw py::value_error("dims must be positive");
+  if (d.P < 0) throw py::value_error("dims: P must be >= 0 (0 = no projection)");
   return d;
 }
 

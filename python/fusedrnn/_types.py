@@ -14,21 +14,23 @@ Array = np.ndarray
 
 
 class LstmOutput(NamedTuple):
-    y: Array             # [T, N, H]; zero at steps >= length
-    h_n: Array           # [N, H]
+    # R = P with a projection w_hr [P, H], else H
+    y: Array             # [T, N, R]; zero at steps >= length
+    h_n: Array           # [N, R]
     c_n: Array           # [N, H]
     cache: Any           # None when training=False
 
 
 class LstmGrads(NamedTuple):
     dx: Array                  # [T, N, C]
-    dh0: Optional[Array]       # [N, H] or None when h0 was not given
+    dh0: Optional[Array]       # [N, R] or None when h0 was not given
     dc0: Optional[Array]       # [N, H] or None when c0 was not given
     dw_ih: Array               # [4H, C]
-    dw_hh: Array               # [4H, H]
+    dw_hh: Array               # [4H, R]
     db_ih: Optional[Array]     # [4H] or None
     db_hh: Optional[Array]     # [4H] or None
     dw_peep: Optional[Array]   # [3, H] or None
+    dw_hr: Optional[Array]     # [P, H] or None without projection
 
 
 class GruOutput(NamedTuple):

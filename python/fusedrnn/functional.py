@@ -84,8 +84,9 @@ def _check_x(fn, x):
         raise ValueError(f"{fn}: x must be C-contiguous (use np.ascontiguousarray)")
 
 
-def _check(fn, name, a, shape, dtype, optional=True):
-    """Check array argument `name` against `shape` (a tuple of ints) and `dtype`."""
+def _check(fn, name, a, shape, dtype, optional=True, where=""):
+    """Check array argument `name` against `shape` (a tuple of ints) and `dtype`; `where`, if
+    given, says in the shape message where the expected shape comes from."""
     if a is None:
         if optional:
             return
@@ -97,12 +98,16 @@ def _check(fn, name, a, shape, dtype, optional=True):
         raise TypeError(f"{fn}: {name} must have dtype {np.dtype(dtype)} (the dtype of x), "
                         f"got {a.dtype}")
     if a.shape != tuple(shape):
-        raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(a.shape)}")
+        raise ValueError(f"{fn}: {name} must have shape {list(shape)}{where}, "
+                         f"got {list(a.shape)}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{fn}: {name} must be C-contiguous (use np.ascontiguousarray)")
 
 
-def _check_weights(fn, kind, x, w_ih, w_hh):
+def _check_weights(fn, kind, x, w_ih, w_hh, w_hr=None):
+    """Returns T, N, C, H and P (0 without projection)."""
+    if w_hr is not None:
+        return _check_projected_weights(fn, x, w_ih, w_hh, w_hr)
     G = _GATES[kind]
     T, N, C = x.shape
     if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2:
@@ -113,7 +118,33 @@ def _check_weights(fn, kind, x, w_ih, w_hh):
         raise ValueError(f"{fn}: w_hh must have shape [{G}*H, H], got {list(w_hh.shape)}")
     _check(fn, "w_hh", w_hh, (G * H, H), x.dtype, optional=False)
     _check(fn, "w_ih", w_ih, (G * H, C), x.dtype, optional=False)
-    return T, N, C, H
+    return T, N, C, H, 0
+
+
+def _proj_where(letters, P, H):
+    """The shape message's note on where an expected shape comes from, with projection."""
+    return f" ({letters} with H = {H}, P = {P} from w_hr [P, H])"
+
+
+def _check_projected_weights(fn, x, w_ih, w_hh, w_hr):
+    """LSTM with projection: w_hr [P, H] gives P and H; then w_hh [4H, P] and w_ih [4H, C]."""
+    T, N, C = x.shape
+    if not isinstance(w_hr, np.ndarray) or isinstance(w_hr, np.ma.MaskedArray):
+        raise TypeError(f"{fn}: w_hr must be a numpy array of shape [P, H], "
+                        f"got {type(w_hr).__name__}")
+    if w_hr.ndim != 2:
+        raise ValueError(f"{fn}: w_hr must have shape [P, H] (2 dimensions), "
+                         f"got {list(w_hr.shape)}")
+    P, H = w_hr.shape
+    if P < 1 or H < 1:
+        raise ValueError(f"{fn}: w_hr must have shape [P, H] with P, H >= 1, "
+                         f"got {list(w_hr.shape)}")
+    _check(fn, "w_hr", w_hr, (P, H), x.dtype, optional=False)
+    _check(fn, "w_hh", w_hh, (4 * H, P), x.dtype, optional=False,
+           where=_proj_where("[4*H, P]", P, H))
+    _check(fn, "w_ih", w_ih, (4 * H, C), x.dtype, optional=False,
+           where=_proj_where("[4*H, C]", P, H))
+    return T, N, C, H, P
 
 
 def _check_lengths(fn, lengths, N, T):
@@ -149,27 +180,29 @@ def _check_flag(fn, name, value):
 class _Cache:
     """What backward needs from a training forward: the forward's arguments and the kernel cache."""
 
-    __slots__ = ("kind", "dims", "reverse", "flag", "x", "w_ih", "w_hh", "w_peep", "lengths",
-                 "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh")
+    __slots__ = ("kind", "dims", "reverse", "flag", "x", "w_ih", "w_hh", "w_peep", "w_hr",
+                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
 
     def __repr__(self):
-        T, N, C, H = self.dims
-        return f"<fusedrnn {self.kind} cache T={T} N={N} C={C} H={H} {self.x.dtype}>"
+        T, N, C, H = self.dims[:4]
+        P = f" P={self.dims[4]}" if len(self.dims) > 4 else ""
+        return f"<fusedrnn {self.kind} cache T={T} N={N} C={C} H={H}{P} {self.x.dtype}>"
 
 
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
-             flag):
+             flag, w_hr=None):
     _check_x(fn, x)
-    T, N, C, H = _check_weights(fn, kind, x, w_ih, w_hh)
+    T, N, C, H, P = _check_weights(fn, kind, x, w_ih, w_hh, w_hr)
+    R = P or H   # width of h and y
     G = _GATES[kind]
     dt = x.dtype
     _check(fn, "b_ih", b_ih, (G * H,), dt)
     _check(fn, "b_hh", b_hh, (G * H,), dt)
-    _check(fn, "h0", h0, (N, H), dt)
+    _check(fn, "h0", h0, (N, R), dt, where=_proj_where("[N, P]", P, H) if P else "")
     if kind == "lstm":
         _check(fn, "c0", c0, (N, H), dt)
         _check(fn, "w_peep", w_peep, (3, H), dt)
@@ -177,23 +210,23 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     reverse = _check_flag(fn, "reverse", reverse)
     training = _check_flag(fn, "training", training)
 
-    dims = (T, N, C, H)
+    dims = (T, N, C, H, P) if P else (T, N, C, H)
     cache_size, ws_size, _ = _SIZES[kind](dims)
-    y = np.empty((T, N, H), dt)
-    h_n = np.empty((N, H), dt)
+    y = np.empty((T, N, R), dt)
+    h_n = np.empty((N, R), dt)
     buffer = np.empty(cache_size, dt) if training else None
     workspace = _workspace(ws_size, dt)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
         _core.lstm_forward(dims, reverse, _threads(), x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep,
-                           lengths, y, h_n, c_n, buffer, workspace)
+                           w_hr, lengths, y, h_n, c_n, buffer, workspace)
     else:
         getattr(_core, kind + "_forward")(dims, reverse, _threads(), flag, x, w_ih, w_hh, b_ih,
                                           b_hh, h0, lengths, y, h_n, buffer, workspace)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
-                       w_hh=w_hh, w_peep=w_peep, lengths=lengths, buffer=buffer,
+                       w_hh=w_hh, w_peep=w_peep, w_hr=w_hr, lengths=lengths, buffer=buffer,
                        has_h0=h0 is not None, has_c0=c0 is not None,
                        has_b_ih=b_ih is not None, has_b_hh=b_hh is not None)
     if kind == "lstm":
@@ -209,29 +242,33 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
                         f"(training=True), got {type(cache).__name__}")
     if cache.kind != kind:
         raise ValueError(f"{fn}: cache comes from {cache.kind}_forward, not {kind}_forward")
-    T, N, C, H = cache.dims
+    T, N, C, H = cache.dims[:4]
+    P = cache.dims[4] if len(cache.dims) > 4 else 0
+    R = P or H   # width of h and y
     G = _GATES[kind]
     dt = cache.x.dtype
-    _check(fn, "dy", dy, (T, N, H), dt)
-    _check(fn, "dh_n", dh_n, (N, H), dt)
+    _check(fn, "dy", dy, (T, N, R), dt, where=_proj_where("[T, N, P]", P, H) if P else "")
+    _check(fn, "dh_n", dh_n, (N, R), dt, where=_proj_where("[N, P]", P, H) if P else "")
     if kind == "lstm":
         _check(fn, "dc_n", dc_n, (N, H), dt)
 
     _, _, ws_size = _SIZES[kind](cache.dims)
     workspace = _workspace(ws_size, dt)
     dx = np.empty((T, N, C), dt)
-    dh0 = np.empty((N, H), dt) if cache.has_h0 else None
+    dh0 = np.empty((N, R), dt) if cache.has_h0 else None
     dw_ih = np.zeros((G * H, C), dt)
-    dw_hh = np.zeros((G * H, H), dt)
+    dw_hh = np.zeros((G * H, R), dt)
     db_ih = np.zeros(G * H, dt) if cache.has_b_ih else None
     db_hh = np.zeros(G * H, dt) if cache.has_b_hh else None
     if kind == "lstm":
         dc0 = np.empty((N, H), dt) if cache.has_c0 else None
         dw_peep = np.zeros((3, H), dt) if cache.w_peep is not None else None
+        dw_hr = np.zeros((P, H), dt) if P else None
         _core.lstm_backward(cache.dims, cache.reverse, _threads(), cache.x, cache.w_ih,
-                            cache.w_hh, cache.w_peep, cache.lengths, cache.buffer, dy, dh_n, dc_n,
-                            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, workspace)
-        return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep)
+                            cache.w_hh, cache.w_peep, cache.w_hr, cache.lengths, cache.buffer, dy,
+                            dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr,
+                            workspace)
+        return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr)
     getattr(_core, kind + "_backward")(cache.dims, cache.reverse, _threads(), cache.flag, cache.x,
                                        cache.w_ih, cache.w_hh, cache.lengths, cache.buffer, dy,
                                        dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, workspace)
@@ -241,21 +278,24 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
 # ----------------------------------------------------------------------------------------------
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
-                 lengths=None, reverse=False, training=True) -> LstmOutput:
-    """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H]).
+                 w_hr=None, lengths=None, reverse=False, training=True) -> LstmOutput:
+    """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H];
+    optional projection w_hr [P, H], PyTorch's proj_size: h = (o*tanh(c)) w_hrᵀ).
 
-    x [T, N, C]; w_ih [4H, C]; w_hh [4H, H]; b_ih, b_hh [4H]; h0, c0 [N, H]; lengths [N].
-    Returns LstmOutput(y [T, N, H], h_n [N, H], c_n [N, H], cache); cache is None when
-    ``training=False``. See :func:`fusedrnn.reference.lstm_forward` for the equations.
+    x [T, N, C]; w_ih [4H, C]; w_hh [4H, R]; b_ih, b_hh [4H]; h0 [N, R]; c0 [N, H];
+    lengths [N]; R = P with w_hr, else H. Returns LstmOutput(y [T, N, R], h_n [N, R],
+    c_n [N, H], cache); cache is None when ``training=False``. See
+    :func:`fusedrnn.reference.lstm_forward` for the equations.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
-                    reverse, training, None)
+                    reverse, training, None, w_hr)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
     """Gradients of sum(y*dy) + sum(h_n*dh_n) + sum(c_n*dc_n) (None cotangents are zero).
 
-    Returns LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep), None for inputs the
+    dy [T, N, R], dh_n [N, R], dc_n [N, H] (R = P with projection, else H). Returns
+    LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr), None for inputs the
     forward did not get. The cache is not modified: backward may be called again.
     """
     return _backward("lstm_backward", "lstm", cache, dy, dh_n, dc_n)

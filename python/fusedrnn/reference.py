@@ -5,17 +5,21 @@ the equations written out.  It shares no code with the C++ kernels; the kernels 
 against it, and it is tested against central finite differences (tests/test_reference.py).
 
 Shapes (letters as in fusedrnn.h): T steps, N batch, C input features, H hidden, G gates
-(4 LSTM, 3 GRU, 1 RNN).
+(4 LSTM, 3 GRU, 1 RNN), P the LSTM's projection size (PyTorch's proj_size) and R the width of
+the hidden state: R = P for an LSTM given a projection w_hr [P, H], else R = H.
 
     x       [T, N, C]   time-major input
     w_ih    [G*H, C]    input weights, gate blocks stacked in PyTorch order
-    w_hh    [G*H, H]    recurrent weights
+    w_hh    [G*H, R]    recurrent weights
     b_ih    [G*H]       optional, absent = 0
     b_hh    [G*H]       optional, absent = 0
-    h0, c0  [N, H]      optional, absent = 0
+    h0      [N, R]      optional, absent = 0
+    c0      [N, H]      optional, absent = 0 (LSTM)
+    w_hr    [P, H]      optional LSTM projection, absent = none (R = H)
     lengths [N]         optional integers, 0 <= lengths[n] <= T, absent = all T
-    y       [T, N, H]   output at every step
-    h_n,c_n [N, H]      final state
+    y       [T, N, R]   output at every step
+    h_n     [N, R]      final state
+    c_n     [N, H]      final cell state (LSTM)
 
 Computation happens in the dtype of x (float32 or float64); parameters are cast to it and
 every output and gradient has it.
@@ -44,7 +48,7 @@ cache).  Per-step arrays in it are indexed by step s, not by time t:
     "x", "w_ih", ...   copies of the (cast) inputs; absent biases are stored as zeros
     "has"              dict of which optional inputs were given
     "lengths" [N], "reverse" bool, "tidx" [T, N] time processed at step s, "active" [T, N]
-    "h_prev" [T, N, H] state entering step s, plus per-cell gate values (see each forward).
+    "h_prev" [T, N, R] state entering step s, plus per-cell gate values (see each forward).
 """
 from __future__ import annotations
 
@@ -139,22 +143,25 @@ def _cotangent(d, shape, dtype, name):
     return d
 
 
-def _prepare(x, w_ih, w_hh, b_ih, b_hh, h0, G, lengths, reverse):
-    """Common input handling of the three forwards."""
+def _prepare(x, w_ih, w_hh, b_ih, b_hh, h0, G, lengths, reverse, P=0):
+    """Common input handling of the three forwards; P > 0: the LSTM's projection size, the
+    width R of the hidden state (h0, w_hh's columns), otherwise R = H."""
     x = _input_x(x)
     T, N, C = x.shape
     w_hh_arr = np.asarray(w_hh)
+    r_name = "P" if P else "H"
     if w_hh_arr.ndim != 2 or w_hh_arr.shape[0] % G != 0:
-        raise ValueError(f"w_hh must have shape [{G}*H, H], got {list(w_hh_arr.shape)}")
+        raise ValueError(f"w_hh must have shape [{G}*H, {r_name}], got {list(w_hh_arr.shape)}")
     H = w_hh_arr.shape[0] // G
+    R = P or H
     dt = x.dtype
     p = dict(
-        x=x, T=T, N=N, C=C, H=H, dtype=dt,
+        x=x, T=T, N=N, C=C, H=H, R=R, dtype=dt,
         w_ih=_param(w_ih, dt, (G * H, C), "w_ih", optional=False),
-        w_hh=_param(w_hh, dt, (G * H, H), "w_hh", optional=False),
+        w_hh=_param(w_hh, dt, (G * H, R), "w_hh", optional=False),
         b_ih=_param(b_ih, dt, (G * H,), "b_ih", optional=True),
         b_hh=_param(b_hh, dt, (G * H,), "b_hh", optional=True),
-        h0=_param(h0, dt, (N, H), "h0", optional=True),
+        h0=_param(h0, dt, (N, R), "h0", optional=True),
     )
     p["has"] = dict(b_ih=p["b_ih"] is not None, b_hh=p["b_hh"] is not None,
                     h0=p["h0"] is not None)
@@ -162,7 +169,7 @@ def _prepare(x, w_ih, w_hh, b_ih, b_hh, h0, G, lengths, reverse):
         if p[k] is None:
             p[k] = np.zeros(G * H, dtype=dt)
     if p["h0"] is None:
-        p["h0"] = np.zeros((N, H), dtype=dt)
+        p["h0"] = np.zeros((N, R), dtype=dt)
     p["lengths"] = _lengths(lengths, T, N)
     p["reverse"] = bool(reverse)
     p["tidx"], p["active"] = _schedule(T, p["lengths"], p["reverse"])
@@ -179,9 +186,20 @@ def _param_grads(cache, dw_ih, dw_hh, db_ih, db_hh, dh0):
 # ----------------------------------------------------------------------------------------
 # LSTM
 
+def _projection_size(w_hr):
+    """P, the number of rows of the LSTM projection w_hr [P, H]; 0 when w_hr is None."""
+    if w_hr is None:
+        return 0
+    shape = np.shape(w_hr)
+    if len(shape) != 2 or shape[0] < 1:
+        raise ValueError(f"w_hr must have shape [P, H] with P >= 1, got {list(shape)}")
+    return shape[0]
+
+
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
-                 lengths=None, reverse=False, training=True):
-    """LSTM over a sequence; PyTorch gate order i, f, g, o, optional peepholes.
+                 w_hr=None, lengths=None, reverse=False, training=True):
+    """LSTM over a sequence; PyTorch gate order i, f, g, o, optional peepholes, optional
+    projection (PyTorch's proj_size).
 
     Per step, with h, c the previous state and W_*, U_* the gate blocks of w_ih, w_hh
     (rows [0:H] = i, [H:2H] = f, [2H:3H] = g, [3H:4H] = o), p_i, p_f, p_o the rows of
@@ -192,13 +210,22 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
         g  = tanh(W_g x + b_ig + U_g h + b_hg)
         c' = f∘c + i∘g
         o  = σ(W_o x + b_io + U_o h + b_ho + p_o∘c')      (o's peephole sees the NEW cell)
-        h' = o∘tanh(c')
+        m  = o∘tanh(c')                                    [N, H]
+        h' = m W_hrᵀ   with w_hr [P, H]                    [N, P]
+        h' = m         without w_hr
 
-    Returns LstmOutput(y [T, N, H], h_n [N, H], c_n [N, H], cache); cache is None when
+    With w_hr, the hidden state h (h0, h_n, every y[t]) has R = P units and w_hh is [4H, P];
+    the cell state c keeps H units.  Without, R = H.
+
+    Returns LstmOutput(y [T, N, R], h_n [N, R], c_n [N, H], cache); cache is None when
     training=False.  See the module docstring for lengths and reverse.
     """
-    p = _prepare(x, w_ih, w_hh, b_ih, b_hh, h0, 4, lengths, reverse)
-    T, N, H, dt = p["T"], p["N"], p["H"], p["dtype"]
+    P = _projection_size(w_hr)
+    p = _prepare(x, w_ih, w_hh, b_ih, b_hh, h0, 4, lengths, reverse, P)
+    T, N, H, R, dt = p["T"], p["N"], p["H"], p["R"], p["dtype"]
+    p["P"] = P
+    p["w_hr"] = _param(w_hr, dt, (P, H), "w_hr", optional=True)
+    p["has"]["w_hr"] = w_hr is not None
     c0 = _param(c0, dt, (N, H), "c0", optional=True)
     p["has"]["c0"] = c0 is not None
     p["c0"] = np.zeros((N, H), dtype=dt) if c0 is None else c0
@@ -207,13 +234,14 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
     p["w_peep"] = np.zeros((3, H), dtype=dt) if w_peep is None else w_peep
     p_i, p_f, p_o = p["w_peep"]
 
-    x, w_ih, w_hh = p["x"], p["w_ih"], p["w_hh"]
+    x, w_ih, w_hh, w_hr = p["x"], p["w_ih"], p["w_hh"], p["w_hr"]
     bias = p["b_ih"] + p["b_hh"]                                 # [4H]
     rows = np.arange(N)
-    y = np.zeros((T, N, H), dtype=dt)
-    h, c = p["h0"].copy(), p["c0"].copy()                        # [N, H]
+    y = np.zeros((T, N, R), dtype=dt)
+    h, c = p["h0"].copy(), p["c0"].copy()                        # [N, R], [N, H]
     saved = {k: np.zeros((T, N, H), dtype=dt)
-             for k in ("h_prev", "c_prev", "i", "f", "g", "o", "c")}
+             for k in ("c_prev", "i", "f", "g", "o", "c", "m")}
+    saved["h_prev"] = np.zeros((T, N, R), dtype=dt)
 
     for s in range(T):
         act = p["active"][s][:, None]                            # [N, 1]
@@ -225,9 +253,10 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
         g = np.tanh(a_g)
         c_new = f * c + i * g
         o = _sigmoid(a_o + p_o * c_new)
-        h_new = o * np.tanh(c_new)
+        m = o * np.tanh(c_new)                                   # [N, H]
+        h_new = m if w_hr is None else m @ w_hr.T                # [N, R]
         for k, v in (("h_prev", h), ("c_prev", c), ("i", i), ("f", f), ("g", g),
-                     ("o", o), ("c", c_new)):
+                     ("o", o), ("c", c_new), ("m", m)):
             saved[k][s] = v
         # Inactive (padded) rows keep their state and write no output.
         h = np.where(act, h_new, h)
@@ -244,15 +273,17 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Gradients of L = Σ y·dy + Σ h_n·dh_n + Σ c_n·dc_n through lstm_forward.
 
-    Returns LstmGrads(dx [T, N, C], dh0 [N, H] | None, dc0 [N, H] | None, dw_ih [4H, C],
-    dw_hh [4H, H], db_ih [4H] | None, db_hh [4H] | None, dw_peep [3, H] | None).
+    dy [T, N, R], dh_n [N, R], dc_n [N, H] (R = P with a projection, else H).
+    Returns LstmGrads(dx [T, N, C], dh0 [N, R] | None, dc0 [N, H] | None, dw_ih [4H, C],
+    dw_hh [4H, R], db_ih [4H] | None, db_hh [4H] | None, dw_peep [3, H] | None,
+    dw_hr [P, H] | None).
     """
     _check_cache(cache, "lstm")
-    T, N, C, H, dt = cache["T"], cache["N"], cache["C"], cache["H"], cache["dtype"]
-    dy = _cotangent(dy, (T, N, H), dt, "dy")
-    dh = _cotangent(dh_n, (N, H), dt, "dh_n").copy()             # dL/dh of the current state
+    T, N, C, H, R, dt = (cache[k] for k in ("T", "N", "C", "H", "R", "dtype"))
+    dy = _cotangent(dy, (T, N, R), dt, "dy")
+    dh = _cotangent(dh_n, (N, R), dt, "dh_n").copy()             # dL/dh of the current state
     dc = _cotangent(dc_n, (N, H), dt, "dc_n").copy()             # dL/dc of the current state
-    x, w_ih, w_hh = cache["x"], cache["w_ih"], cache["w_hh"]
+    x, w_ih, w_hh, w_hr = cache["x"], cache["w_ih"], cache["w_hh"], cache["w_hr"]
     p_i, p_f, p_o = cache["w_peep"]
     rows = np.arange(N)
 
@@ -261,21 +292,28 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     dw_hh = np.zeros_like(w_hh)
     db = np.zeros(4 * H, dtype=dt)
     dw_peep = np.zeros((3, H), dtype=dt)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
 
     for s in reversed(range(T)):
         act_rows = cache["active"][s]                            # [N]
         act = act_rows[:, None]
         t = cache["tidx"][s]
         h_prev, c_prev = cache["h_prev"][s], cache["c_prev"][s]
-        i, f, g, o, c = (cache[k][s] for k in ("i", "f", "g", "o", "c"))
+        i, f, g, o, c, m = (cache[k][s] for k in ("i", "f", "g", "o", "c", "m"))
 
         # Forward wrote y[t] = h' for active rows: dy[t] adds to dh' (ignored when padded).
-        dh_new = dh + np.where(act, dy[t, rows], 0)
+        dh_new = dh + np.where(act, dy[t, rows], 0)                # [N, R]
+        if w_hr is None:
+            dm = dh_new                                           # h' = m
+        else:
+            # h' = m W_hrᵀ: dW_hr += dh'ᵀ m over the active rows, dm = dh' W_hr.
+            dw_hr += np.where(act, dh_new, 0).T @ m
+            dm = dh_new @ w_hr                                    # [N, H]
         dc_new = dc
-        # h' = o∘tanh(c'): do = dh'∘tanh(c'), dc' += dh'∘o∘(1 − tanh²(c')).
+        # m = o∘tanh(c'): do = dm∘tanh(c'), dc' += dm∘o∘(1 − tanh²(c')).
         tc = np.tanh(c)
-        do = dh_new * tc
-        dc_new = dc_new + dh_new * o * (1 - tc * tc)
+        do = dm * tc
+        dc_new = dc_new + dm * o * (1 - tc * tc)
         # o = σ(a_o + p_o∘c'): da_o = do∘o(1−o); c' also feeds o through p_o.
         da_o = do * o * (1 - o)
         dc_new = dc_new + da_o * p_o
@@ -307,7 +345,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
     dh0, dw_ih, dw_hh, db_ih, db_hh = _param_grads(cache, dw_ih, dw_hh, db, db.copy(), dh)
     dc0 = dc if cache["has"]["c0"] else None
     dw_peep = dw_peep if cache["has"]["w_peep"] else None
-    return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep)
+    return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr)
 
 
 # ----------------------------------------------------------------------------------------

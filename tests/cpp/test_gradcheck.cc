@@ -1,7 +1,8 @@
 // C++-only gradient check of the fused kernels, in double precision (no Python, no framework).
 //
-// For one small problem per cell (LSTM forward/reverse with peepholes, GRU reset_after and
-// reset_before, RNN tanh and relu; biases, initial states and variable lengths throughout) it
+// For one small problem per cell (LSTM forward/reverse with peepholes, LSTM with projection
+// (P < H and P > H, with and without peepholes), GRU reset_after and reset_before, RNN tanh and
+// relu; biases, initial states and variable lengths throughout) it
 // compares every element of every analytic gradient with central finite differences of
 //   L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)],
 // and checks the documented contracts of fusedrnn.h: padded outputs are zero, the inference
@@ -100,56 +101,72 @@ struct Case {
       if (e.name == n) return e;
     throw std::logic_error("no tensor " + n);
   }
-  // Pointers to a tensor's values / gradient; null once the vector is emptied.
+  bool has(const std::string& n) const {
+    for (const Tensor& e : t)
+      if (e.name == n) return true;
+    return false;
+  }
+  // Pointers to a tensor's values / gradient; null once the vector is emptied, or (for the
+  // optional w_peep and w_hr) when the case has no such tensor.
   double* v(const std::string& n) { Vec& e = at(n).v; return e.empty() ? nullptr : e.data(); }
   double* g(const std::string& n) { Vec& e = at(n).g; return e.empty() ? nullptr : e.data(); }
+  double* v_opt(const std::string& n) { return has(n) ? v(n) : nullptr; }
+  double* g_opt(const std::string& n) { return has(n) ? g(n) : nullptr; }
   double loss() { return dot(y, dy) + dot(hn, dhn) + dot(cn, dcn); }
   double eval() { forward(nullptr); return loss(); }  // inference path
 };
 
-// Random tensors for a cell with G gates; with_c adds c0/dc_n (LSTM), peep adds w_peep.
+// Random tensors for a cell with G gates; with_c adds c0/dc_n (LSTM), peep adds w_peep, and
+// c.d.P > 0 the projection w_hr [P, H] (h0, w_hh's columns, y, h_n then have P units).
 void fill_case(Case& c, const std::string& name, bool reverse, std::vector<std::int64_t> lengths,
                std::uint64_t seed, int G, bool with_c, bool peep) {
   c.name = name + (reverse ? " reverse" : "");
   c.opt.reverse = reverse;
   c.lengths = lengths;
   std::mt19937_64 rng(seed);
-  const auto [T, N, C, H] = c.d;
+  const auto [T, N, C, H, P] = c.d;
+  const std::int64_t R = P > 0 ? P : H;  // width of h
   auto add = [&](const char* tname, std::int64_t n, double scale, bool acc) {
     c.t.push_back({tname, random_vec(rng, n, scale), Vec(n), acc});
   };
   c.t.clear();
   add("x", T * N * C, 1.0, false);
-  add("h0", N * H, 1.0, false);
+  add("h0", N * R, 1.0, false);
   if (with_c) add("c0", N * H, 1.0, false);
   add("w_ih", G * H * C, 0.6, true);
-  add("w_hh", G * H * H, 0.6, true);
+  add("w_hh", G * H * R, 0.6, true);
   add("b_ih", G * H, 0.5, true);
   add("b_hh", G * H, 0.5, true);
   if (peep) add("w_peep", 3 * H, 0.5, true);
-  c.dy = random_vec(rng, T * N * H, 1.0);
-  c.dhn = random_vec(rng, N * H, 1.0);
+  c.dy = random_vec(rng, T * N * R, 1.0);
+  c.dhn = random_vec(rng, N * R, 1.0);
   c.dcn = with_c ? random_vec(rng, N * H, 1.0) : Vec();
-  c.y.assign(T * N * H, 0);
-  c.hn.assign(N * H, 0);
+  if (P > 0) add("w_hr", P * H, 0.6, true);
+  c.y.assign(T * N * R, 0);
+  c.hn.assign(N * R, 0);
   c.cn.assign(with_c ? N * H : 0, 0);
 }
 
-void make_lstm(Case& c, bool reverse, std::vector<std::int64_t> lengths) {
-  fill_case(c, "lstm", reverse, lengths, 11 + reverse, 4, true, true);
+// P > 0: with projection w_hr [P, H].
+void make_lstm(Case& c, bool reverse, std::vector<std::int64_t> lengths, std::int64_t P = 0,
+               bool peep = true) {
+  c.d.P = P;
+  const std::string name = P > 0 ? "lstm proj P=" + std::to_string(P) + (peep ? " peep" : "")
+                                 : "lstm";
+  fill_case(c, name, reverse, lengths, 11 + reverse + 2 * P, 4, true, peep);
   c.cache.assign(lstm_cache_size(c.d), kJunk);
   c.forward = [&c](double* cache) {
     Vec ws(lstm_forward_workspace_size(c.d), kJunk);
     lstm_forward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                 c.v("h0"), c.v("c0"), c.v("w_peep"), c.lengths.data(), c.y.data(), c.hn.data(),
-                 c.cn.data(), cache, ws.data());
+                 c.v("h0"), c.v("c0"), c.v_opt("w_peep"), c.v_opt("w_hr"), c.lengths.data(),
+                 c.y.data(), c.hn.data(), c.cn.data(), cache, ws.data());
   };
   c.backward = [&c] {
     Vec ws(lstm_backward_workspace_size(c.d), kJunk);
-    lstm_backward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("w_peep"), c.lengths.data(),
-                  c.cache.data(), c.dy.data(), c.dhn.data(), c.dcn.data(), c.g("x"), c.g("h0"),
-                  c.g("c0"), c.g("w_ih"), c.g("w_hh"), c.g("b_ih"), c.g("b_hh"), c.g("w_peep"),
-                  ws.data());
+    lstm_backward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v_opt("w_peep"),
+                  c.v_opt("w_hr"), c.lengths.data(), c.cache.data(), c.dy.data(), c.dhn.data(),
+                  c.dcn.data(), c.g("x"), c.g("h0"), c.g("c0"), c.g("w_ih"), c.g("w_hh"),
+                  c.g("b_ih"), c.g("b_hh"), c.g_opt("w_peep"), c.g_opt("w_hr"), ws.data());
   };
 }
 
@@ -193,7 +210,8 @@ void make_rnn(Case& c, Nonlinearity act, bool reverse, std::vector<std::int64_t>
 // the forward's own outputs (relu is not differentiable at 0, so FD needs a margin).
 double rnn_min_abs_preact(Case& c) {
   c.forward(nullptr);
-  const auto [T, N, C, H] = c.d;
+  const auto [T, N, C, H, P] = c.d;
+  (void)P;
   const double *x = c.v("x"), *wi = c.v("w_ih"), *wh = c.v("w_hh"), *bi = c.v("b_ih"),
                *bh = c.v("b_hh");
   double m = std::numeric_limits<double>::infinity();
@@ -212,7 +230,7 @@ double rnn_min_abs_preact(Case& c) {
 }
 
 void run_case(Case& c) {
-  const auto [T, N, C, H] = c.d;
+  const std::int64_t T = c.d.T, N = c.d.N, R = c.d.P > 0 ? c.d.P : c.d.H;  // R: width of y
   // Junk in every output proves the kernels write (or zero) what they must.
   std::fill(c.y.begin(), c.y.end(), 7.0);
   for (Tensor& e : c.t) std::fill(e.g.begin(), e.g.end(), e.accumulates ? 0.0 : 1e3);
@@ -222,8 +240,8 @@ void run_case(Case& c) {
   for (std::int64_t t = 0; t < T; ++t)
     for (std::int64_t n = 0; n < N; ++n)
       if (t >= c.lengths[n])
-        for (std::int64_t j = 0; j < H; ++j)
-          pad = nan_max(pad, std::abs(c.y[(t * N + n) * H + j]));
+        for (std::int64_t j = 0; j < R; ++j)
+          pad = nan_max(pad, std::abs(c.y[(t * N + n) * R + j]));
   report_err(c.name + ": y zero at padded steps", pad, 0);
   c.backward();
   const double l_inf = c.eval();
@@ -279,6 +297,10 @@ void check(const std::function<void(Case&)>& make) {
 int main() {
   check([](Case& c) { make_lstm(c, false, {3, 2, 0}); });
   check([](Case& c) { make_lstm(c, true, {2, 3, 1}); });
+  check([](Case& c) { make_lstm(c, false, {3, 2, 0}, 2, false); });  // P < H = 4
+  check([](Case& c) { make_lstm(c, true, {2, 3, 1}, 2, true); });
+  check([](Case& c) { make_lstm(c, false, {1, 3, 2}, 5, true); });   // P > H
+  check([](Case& c) { make_lstm(c, true, {3, 0, 2}, 1, false); });
   check([](Case& c) { make_gru(c, GruVariant::reset_after, false, {3, 1, 0}); });
   check([](Case& c) { make_gru(c, GruVariant::reset_before, false, {2, 1, 2}); });  // max len < T
   check([](Case& c) { make_gru(c, GruVariant::reset_before, true, {3, 2, 0}); });
@@ -309,6 +331,49 @@ int main() {
   make_rnn(r, Nonlinearity::tanh, false, {3, 1, 0}, 31);
   r.d.H = 0;
   expect_invalid("rnn_backward H = 0 throws", [&r] { r.backward(); }, r.at("x").g);
+
+  // Projection: w_hr must be given exactly when P > 0; P >= 0; GRU and RNN require P = 0.
+  Case p, q, g2, r2;
+  make_lstm(p, false, {3, 2, 0}, 2, true);
+  std::fill(p.y.begin(), p.y.end(), 5.0);
+  p.forward(p.cache.data());  // a valid cache for the backward checks below
+  std::fill(p.y.begin(), p.y.end(), 5.0);
+  p.d.P = -1;
+  expect_invalid("lstm_forward P = -1 throws", [&p] { p.forward(p.cache.data()); }, p.y);
+  expect_invalid("lstm_backward P = -1 throws", [&p] { p.backward(); }, p.at("w_ih").g);
+  p.d.P = 0;  // w_hr given, P = 0
+  expect_invalid("lstm_forward w_hr given, P = 0 throws", [&p] { p.forward(p.cache.data()); },
+                 p.y);
+  expect_invalid("lstm_backward w_hr given, P = 0 throws", [&p] { p.backward(); },
+                 p.at("w_hr").g);
+  p.d.P = 2;
+  const Vec w_hr = p.at("w_hr").v;
+  p.at("w_hr").v.clear();  // P = 2, w_hr null
+  expect_invalid("lstm_forward P > 0, w_hr null throws", [&p] { p.forward(p.cache.data()); },
+                 p.y);
+  expect_invalid("lstm_backward P > 0, w_hr null throws", [&p] { p.backward(); },
+                 p.at("w_ih").g);
+  p.at("w_hr").v = w_hr;
+  make_lstm(q, false, {3, 2, 0});  // no projection; a dw_hr buffer given anyway
+  q.forward(q.cache.data());
+  Vec dw_hr(2 * q.d.H, 0.0);
+  expect_invalid("lstm_backward dw_hr given, P = 0 throws", [&q, &dw_hr] {
+    Vec ws(lstm_backward_workspace_size(q.d), kJunk);
+    lstm_backward(q.d, q.opt, q.v("x"), q.v("w_ih"), q.v("w_hh"), q.v("w_peep"),
+                  static_cast<const double*>(nullptr),
+                  q.lengths.data(), q.cache.data(), q.dy.data(), q.dhn.data(), q.dcn.data(),
+                  q.g("x"), q.g("h0"), q.g("c0"), q.g("w_ih"), q.g("w_hh"), q.g("b_ih"),
+                  q.g("b_hh"), q.g("w_peep"), dw_hr.data(), ws.data());
+  }, dw_hr);
+  make_gru(g2, GruVariant::reset_before, false, {3, 1, 0});
+  std::fill(g2.y.begin(), g2.y.end(), 5.0);
+  g2.d.P = 1;
+  expect_invalid("gru_forward P = 1 throws", [&g2] { g2.forward(g2.cache.data()); }, g2.y);
+  make_rnn(r2, Nonlinearity::relu, true, {3, 1, 0}, 31);
+  std::fill(r2.y.begin(), r2.y.end(), 5.0);
+  r2.d.P = 1;
+  expect_invalid("rnn_forward P = 1 throws", [&r2] { r2.forward(r2.cache.data()); }, r2.y);
+  expect_invalid("rnn_backward P = 1 throws", [&r2] { r2.backward(); }, r2.at("w_ih").g);
 
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

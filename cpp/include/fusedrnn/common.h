@@ -7,12 +7,14 @@
 
 namespace fusedrnn {
 
-// Problem dimensions; see the shape letters in fusedrnn.h.
+// Problem dimensions; see the shape letters in fusedrnn.h. Dims{T, N, C, H} leaves P = 0.
 struct Dims {
   std::int64_t T = 0;  // time steps
   std::int64_t N = 0;  // batch
   std::int64_t C = 0;  // input features
-  std::int64_t H = 0;  // hidden units
+  std::int64_t H = 0;  // hidden units (the LSTM's cell state)
+  std::int64_t P = 0;  // LSTM projection size (PyTorch's proj_size); 0 = no projection.
+                       // GRU and RNN kernels require P = 0.
 };
 
 struct Options {

@@ -6,11 +6,20 @@
 //   T  time steps          N  batch (sequences)      C  input features
 //   H  hidden units        G  gates per cell: LSTM 4 (i, f, g, o), GRU 3 (r, z, n), RNN 1
 //   S  steps actually run: max(lengths), or T without lengths
+//   P  LSTM projection size (Dims::P, PyTorch's proj_size); 0 = no projection
+//   R  recurrent width: the size of the hidden state h and of the output, R = P if P > 0
+//      else H. Only an LSTM with projection has R != H (its cell state c keeps H units).
 //
 // Layout
 //   Every tensor is dense, row-major (C order). Inputs and outputs are time-major: x [T, N, C],
-//   y [T, N, H]. Weights use PyTorch's layout and gate order: w_ih [G*H, C], w_hh [G*H, H],
-//   b_ih [G*H], b_hh [G*H]. A torch state_dict therefore needs no reshuffling.
+//   y [T, N, R]. Weights use PyTorch's layout and gate order: w_ih [G*H, C], w_hh [G*H, R],
+//   b_ih [G*H], b_hh [G*H], and for an LSTM with projection w_hr [P, H]. A torch state_dict
+//   therefore needs no reshuffling.
+//
+// Projection (LSTM only, Dims::P > 0)
+//   The LSTM's output and hidden state are projected: h_t = (o_t*tanh(c_t)) w_hrᵀ, so h0, h_n
+//   and y have P units per row while c0 and c_n keep H. GRU and RNN kernels throw
+//   std::invalid_argument when P != 0.
 //
 // Memory
 //   The caller owns all memory. `*_cache_size(dims)` and `*_workspace_size(dims)` give the
