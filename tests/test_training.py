@@ -109,10 +109,10 @@ def test_language_model_with_truncated_bptt():
     tokens = np.array([vocab.index(c) for c in text], dtype=np.int64)
     streams = batchify(tokens, 8)
     model = CharModel(len(vocab), 48, seed=3)
-    opt = optim.Adam(model.parameters(), lr=5e-3)
-    sched = optim.CosineAnnealingLR(opt, T_max=4 * 17)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    sched = optim.CosineAnnealingLR(opt, T_max=6 * 17)
     history = []
-    for epoch in range(4):
+    for epoch in range(6):
         state = None
         for x, y in bptt_chunks(streams, 20):
             model.zero_grad()
@@ -123,4 +123,4 @@ def test_language_model_with_truncated_bptt():
             opt.step()
             sched.step()
             history.append(loss)
-    assert history[-1] < np.log(len(vocab)) / 5, history[::10]
+    assert np.mean(history[-5:]) < np.log(len(vocab)) / 10, history[::10]

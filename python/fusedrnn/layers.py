@@ -338,7 +338,7 @@ class _RNNBase(Module):
                 else:
                     dy = self._buffer(("dy",), (T, N, R))
                     np.copyto(dy, d_out[:, :, direction * R:(direction + 1) * R])
-                dxd = dx if direction == 0 else self._buffer(("dx_rev",), (T, N, C))
+                dxd = dx if direction == 0 else self._buffer(("dx_rev", layer > 0), (T, N, C))
                 self._kernel_backward(
                     (T, N, C, H, self.proj_size), sfx, inp, lengths, direction == 1, threads,
                     ("cache", layer, direction), dy,
