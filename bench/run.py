@@ -262,7 +262,7 @@ def main():
         print(f"# {k}: {v}")
     problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
-    hdr = (f"{'cfg':<3} {'cell':<4} {'mode':<5} {'thr':>3} | "
+    hdr = (f"{'cfg':<3} {'cell':<7} {'mode':<5} {'thr':>3} | "
            + " | ".join(f"{SHORT[n] + ' ms med / min':^20}" for n in names)
            + " | " + " ".join(f"{SHORT[n] + '/fr':>8}" for n in names[1:])
            + " | GFLOP/s" + "".join(f"{SHORT[n]:>6}" for n in names)
@@ -304,7 +304,7 @@ def main():
                                       if mode == "infer" and (cell, cfg) in onnx_models else None)})
                 failures += [f"{cfg} {cell} {mode} threads={n} {k}: {e}" for k, e in failed.items()]
                 get = [res.get(k) for k in names]
-                print(f"{cfg:<3} {cell:<4} {mode:<5} {n:>3} | " + " | ".join(fmt(r) for r in get)
+                print(f"{cfg:<3} {cell:<7} {mode:<5} {n:>3} | " + " | ".join(fmt(r) for r in get)
                       + " | " + " ".join(f"{ratios[k]:7.2f}x" if ratios[k] else f"{'-':>8}"
                                          for k in names[1:])
                       + f" | {'':7}" + "".join(f"{r['gflops']:6.0f}" if r else f"{'-':>6}"
@@ -318,7 +318,7 @@ def main():
         n = max(args.threads)
         print(f"\n## peak memory of one training step (MiB above inputs and weights; threads={n}; "
               "fresh subprocess each; see --help)\n"
-              f"{'cfg':<3} {'cell':<4} | {'fr tracemalloc':>14} {'fr RSS':>8} {'torch RSS':>9} "
+              f"{'cfg':<3} {'cell':<7} | {'fr tracemalloc':>14} {'fr RSS':>8} {'torch RSS':>9} "
               f"{'torch/fr RSS':>12}")
         for cell, cfg in plan:
             m = {who: memory(cell, cfg, who, n) for who in ("fusedrnn", "torch")}
@@ -327,7 +327,7 @@ def main():
                          if "error" in v]
             fm, tm = m["fusedrnn"].get("rss_peak_mib"), m["torch"].get("rss_peak_mib")
             tr = m["fusedrnn"].get("tracemalloc_peak_mib")
-            print(f"{cfg:<3} {cell:<4} | {tr if tr is None else f'{tr:14.1f}':>14} "
+            print(f"{cfg:<3} {cell:<7} | {tr if tr is None else f'{tr:14.1f}':>14} "
                   f"{fm if fm is None else f'{fm:8.1f}':>8} {tm if tm is None else f'{tm:9.1f}':>9}"
                   f" {f'{tm / fm:11.2f}x' if fm and tm else '-':>12}", flush=True)
     if onnx_models:

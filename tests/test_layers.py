@@ -410,3 +410,10 @@ def test_bad_arguments():
     layer.eval().forward(np.zeros((2, 2, 3), np.float32))
     with pytest.raises(RuntimeError, match="train mode"):
         layer.backward(np.zeros((2, 2, 4), np.float32))
+
+
+def test_import_does_not_import_torch():
+    import subprocess
+    import sys
+    code = "import sys, fusedrnn; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
