@@ -1,0 +1,119 @@
+"""The interface every task of the ``fusedrnn`` command implements, and the errors it raises.
+
+A task owns its data (an embedded default dataset, or the user's file from ``--data``), builds
+its model from fusedrnn modules, produces training batches, runs one training step (forward and
+backward into the parameters' gradients), and evaluates. The generic training loop
+(:mod:`fusedrnn.tasks.trainer`) owns everything else: seeding, threads, the optimiser,
+clipping, the step / epoch / time budget, the progress bar, periodic validation with the best
+checkpoint kept (early stopping), checkpoints, metrics JSON and the loss-curve plot, and the
+side-by-side PyTorch run (``--compare-torch``).
+
+Lifecycle::
+
+    task = TASKS[name](args)        # args: the argparse Namespace, every flag resolved
+    task.prepare()                  # load or generate the data; DataError on a bad file
+    model = task.build_model()      # a registered fusedrnn Module (it has a config())
+    for batch in task.batches(rng): # endless; task.epoch counts passes over the training data
+        model.zero_grad()
+        loss, count = task.train_step(model, batch)
+        ...optimiser step...
+    metrics = task.evaluate(model)  # model in eval mode; dict with task.metric and baselines
+
+A checkpoint stores ``task.metadata()`` (JSON: vocabulary, normalisation, the task's flags) so
+that ``evaluate`` / ``generate`` / ``predict`` rebuild the task with ``restore(metadata)``.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from ..module import Module
+
+__all__ = ["Task", "DataError", "TASK_FLAGS"]
+
+# Flags whose values a task's checkpoint records (model shape and data handling); the others
+# (lr, steps, out, threads, ...) only concern one run.
+TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "seq_len",
+              "batch_size", "seed", "data", "column", "model", "length", "min_length",
+              "max_length", "horizon", "window", "embed")
+
+
+class DataError(ValueError):
+    """A user data file that cannot be used (missing, unreadable, wrong format, too small).
+    The CLI prints its message as a one-line error and exits with status 2."""
+
+
+class Task:
+    #: name used by --task
+    name: str = ""
+    #: one line for --help
+    help: str = ""
+    #: the primary validation metric (a key of evaluate()'s dict) and whether higher is better
+    metric: str = ""
+    higher_is_better: bool = False
+    #: unit of train_step's count for the progress bar ("char", "token", "seq", "step")
+    unit: str = "seq"
+    #: flag defaults of this task (overrides the CLI's generic defaults where the user gave
+    #: no value): e.g. {"hidden": 256, "lr": 2e-3, "batch_size": 32, "time_budget": 180}
+    defaults: Dict[str, Any] = {}
+    #: whether --bidirectional makes sense (a language model or forecaster cannot look ahead)
+    bidirectional_ok: bool = False
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.epoch = 0.0
+
+    # -- required ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Load args.data or build the default dataset; split train/validation."""
+        raise NotImplementedError
+
+    def build_model(self) -> Module:
+        """The model, initialised from args.seed."""
+        raise NotImplementedError
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Any]:
+        """Endless training batches in a deterministic order given rng; updates self.epoch."""
+        raise NotImplementedError
+
+    def train_step(self, model: Module, batch: Any) -> Tuple[float, int]:
+        """Forward (train mode) and backward of one batch: gradients are added into the
+        parameters. Returns (loss, count): the loss the optimiser minimises and the number of
+        units (characters, tokens, sequences) in the batch."""
+        raise NotImplementedError
+
+    def evaluate(self, model: Module) -> Dict[str, float]:
+        """Validation metrics (model is in eval mode): must contain self.metric; include the
+        trivial baseline as "baseline_<metric>" where there is one."""
+        raise NotImplementedError
+
+    # -- optional ----------------------------------------------------------------------------
+    def summary(self, model: Module) -> List[str]:
+        """Lines printed after training (a generated sample, a few predictions)."""
+        return []
+
+    def metadata(self) -> Dict[str, Any]:
+        """JSON-serialisable state needed to rebuild the task without its data (vocabulary,
+        normalisation constants) plus the task flags."""
+        return {"flags": {k: getattr(self.args, k) for k in TASK_FLAGS if hasattr(self.args, k)}}
+
+    def restore(self, metadata: Dict[str, Any]) -> None:
+        """Inverse of metadata(), called instead of / before prepare() for a checkpoint."""
+
+    def predict(self, model: Module, inputs: List[str]) -> List[str]:
+        """`fusedrnn predict`: one output line per input line (task-specific text formats)."""
+        raise NotImplementedError(f"task {self.name} has no predict")
+
+    # -- --compare-torch (optional) ----------------------------------------------------------
+    def torch_model(self, model: Module):
+        """A torch.nn.Module with the same structure and weights as model, or None when this
+        task has no PyTorch twin."""
+        return None
+
+    def torch_train_step(self, tmodel, batch) -> Tuple[float, int]:
+        raise NotImplementedError
+
+    def torch_evaluate(self, tmodel) -> Dict[str, float]:
+        raise NotImplementedError
