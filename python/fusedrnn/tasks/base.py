@@ -36,7 +36,7 @@ __all__ = ["Task", "DataError", "TASK_FLAGS"]
 # Flags whose values a task's checkpoint records (model shape and data handling); the others
 # (lr, steps, out, threads, ...) only concern one run.
 TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "seq_len",
-              "batch_size", "seed", "data", "column", "model", "length", "min_length",
+              "batch_size", "seed", "data", "column", "model", "problem", "min_length",
               "max_length", "horizon", "window", "embed")
 
 
