@@ -1,0 +1,101 @@
+"""Ready-made sequence models: the layer stack that checkpoints, the ``fusedrnn`` command and
+the C++ ``fusedrnn::Model`` share.
+
+:class:`RecurrentModel` is an input layer (an Embedding of token ids, or the features as they
+are), a recurrent stack (LSTM / GRU / RNN, multi-layer, bidirectional, dropout between layers,
+LSTM projection and peepholes, both GRU formulas) and a Linear head applied at every step:
+
+    x [T, N] token ids (vocab_size given) or [T, N, input_size] features
+      -> embed [T, N, embed_dim] -> rnn [T, N, D*R] -> head [T, N, output_size]
+
+Its config names every option, and its parameters are named ``embed.weight``,
+``rnn.weight_ih_l0``, ..., ``head.weight``, ``head.bias``: everything a loader in another
+language needs to rebuild it from a checkpoint.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .layers import GRU, LSTM, RNN
+from .module import Embedding, Linear, Module, _positive_int, register_module
+
+__all__ = ["RecurrentModel"]
+
+_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
+@register_module
+class RecurrentModel(Module):
+    """Embedding (or dense input) -> recurrent stack -> per-step Linear head.
+
+    forward(x, state=None, lengths=None) -> (y [T, N, output_size], final_state)
+    backward(dy, d_state=None) -> d_x ([T, N, input_size]; None for token input)
+    ``self.rnn.d_state`` holds the initial state's gradient after backward (when a state was
+    given). batch_first is not offered: inputs and outputs are time-major.
+    """
+
+    def __init__(self, cell: str = "lstm", *, input_size: Optional[int] = None,
+                 vocab_size: Optional[int] = None, embed_dim: Optional[int] = None,
+                 hidden_size: int = 128, num_layers: int = 1, bidirectional: bool = False,
+                 dropout: float = 0.0, output_size: int = 1, proj_size: int = 0,
+                 peepholes: bool = False, forget_bias: float = 0.0,
+                 variant: str = "reset_after", nonlinearity: str = "tanh",
+                 init: str = "pytorch", dtype="float32", seed: Optional[int] = None):
+        super().__init__()
+        fn = "RecurrentModel"
+        if cell not in _CELLS:
+            raise ValueError(f"{fn}: cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError(f"{fn}: give exactly one of vocab_size (token input) and "
+                             f"input_size (feature input)")
+        if vocab_size is None and embed_dim is not None:
+            raise ValueError(f"{fn}: embed_dim needs vocab_size")
+        output_size = _positive_int(fn, "output_size", output_size)
+        seed0 = 0 if seed is None else seed
+        if vocab_size is not None:
+            vocab_size = _positive_int(fn, "vocab_size", vocab_size)
+            embed_dim = _positive_int(fn, "embed_dim", embed_dim if embed_dim is not None
+                                      else 64)
+            self.embed = Embedding(vocab_size, embed_dim, dtype=dtype,
+                                   seed=None if seed is None else seed0)
+            rnn_in = embed_dim
+        else:
+            input_size = _positive_int(fn, "input_size", input_size)
+            self.embed = None
+            rnn_in = input_size
+        kw = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
+                  init=init, dtype=dtype, seed=None if seed is None else seed0 + 1)
+        if cell == "lstm":
+            kw.update(proj_size=proj_size, peepholes=peepholes, forget_bias=forget_bias)
+        elif cell == "gru":
+            kw.update(variant=variant)
+        else:
+            kw.update(nonlinearity=nonlinearity)
+        if cell != "lstm" and (proj_size or peepholes or forget_bias):
+            raise ValueError(f"{fn}: proj_size, peepholes and forget_bias need cell='lstm'")
+        self.rnn = _CELLS[cell](rnn_in, hidden_size, **kw)
+        out_in = self.rnn.num_directions * self.rnn.state_size
+        self.head = Linear(out_in, output_size, dtype=dtype,
+                           seed=None if seed is None else seed0 + 2)
+        self.cell = cell
+        self._record(cell=cell, input_size=input_size, vocab_size=vocab_size,
+                     embed_dim=embed_dim if vocab_size is not None else None,
+                     hidden_size=self.rnn.hidden_size, num_layers=self.rnn.num_layers,
+                     bidirectional=self.rnn.bidirectional, dropout=self.rnn.dropout,
+                     output_size=output_size, proj_size=proj_size, peepholes=peepholes,
+                     forget_bias=float(forget_bias), variant=variant,
+                     nonlinearity=nonlinearity, init=init, dtype=self.rnn.dtype, seed=seed)
+
+    def forward(self, x, state=None, lengths=None):
+        h = self.embed.forward(x) if self.embed is not None else x
+        out, state = self.rnn.forward(h, state, lengths)
+        return self.head.forward(out), state
+
+    def backward(self, dy, d_state=None):
+        d = self.rnn.backward(self.head.backward(dy), d_state)
+        if self.embed is not None:
+            self.embed.backward(d)
+            return None
+        return d
