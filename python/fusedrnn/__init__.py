@@ -18,7 +18,7 @@ from .functional import (
     set_num_threads,
 )
 from .module import Dropout, Embedding, Linear, Module, Parameter, Sequential, register_module
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, check_finite, set_check_finite
 from .convert import from_torch, to_torch
 from .models import RecurrentModel
 from .io import Checkpoint, CheckpointError, load, save
@@ -40,7 +40,7 @@ __all__ = [
     "LstmOutput", "LstmGrads", "GruOutput", "GruGrads", "RnnOutput", "RnnGrads",
     "set_num_threads", "get_num_threads", "build_info", "reference", "__version__",
     "Parameter", "Module", "Sequential", "Linear", "Embedding", "Dropout", "register_module",
-    "LSTM", "GRU", "RNN", "from_torch", "to_torch", "RecurrentModel",
+    "LSTM", "GRU", "RNN", "check_finite", "set_check_finite", "from_torch", "to_torch", "RecurrentModel",
     "save", "load", "Checkpoint", "CheckpointError",
     "losses", "optim", "data", "clip_grad_norm_", "clip_grad_value_",
 ]

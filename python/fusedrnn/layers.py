@@ -27,11 +27,19 @@ mask from the layer's own seeded generator; the recurrent path is never dropped.
 
 Truncated BPTT: pass the final state of one chunk as the state of the next. The state is then an
 ordinary input: nothing links the chunks, so ``backward`` stops at the chunk's start.
+
+Check mode (``fusedrnn.set_check_finite(True)`` or ``with fusedrnn.check_finite():``): after each
+kernel call the layer scans what it produced and raises ``FloatingPointError`` naming the layer,
+the direction, the time step and the sequence where a non-finite value (NaN or ±inf) first
+appears (the input and the initial state are checked first). Off by default: it reads every
+output once more.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+import threading
 from typing import Optional
 
 import numpy as np
@@ -41,7 +49,51 @@ from . import functional as F
 from .module import (Module, Parameter, _dtype, _positive_int, _probability, _seed,
                      register_module)
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "set_check_finite", "check_finite"]
+
+_check = threading.local()  # per thread, like numpy's errstate
+
+
+def set_check_finite(enabled: bool) -> None:
+    """Turn the non-finite check of every layer call in this thread on or off."""
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"set_check_finite: enabled must be a bool, got {type(enabled).__name__}")
+    _check.on = bool(enabled)
+
+
+def _checking() -> bool:
+    return getattr(_check, "on", False)
+
+
+@contextlib.contextmanager
+def check_finite(enabled: bool = True):
+    """Context manager: the non-finite check on (or off) inside the block."""
+    old = _checking()
+    set_check_finite(enabled)
+    try:
+        yield
+    finally:
+        _check.on = old
+
+
+def _first_nonfinite(where: str, a: np.ndarray, time_axis: Optional[int], reverse: bool = False):
+    """Raises FloatingPointError if `a` has a NaN or inf: names the first time step (in
+    processing order) and the sequence; a has shape [T, N, ...] (time_axis 0) or [N, ...]."""
+    bad = ~np.isfinite(a)
+    if not bad.any():
+        return
+    if time_axis is None:
+        n = int(np.argwhere(bad.reshape(a.shape[0], -1).any(axis=1))[0, 0])
+        raise FloatingPointError(f"{where}: non-finite value in sequence {n}")
+    if time_axis == 1:
+        a, bad = a.swapaxes(0, 1), bad.swapaxes(0, 1)
+    per_step = bad.reshape(a.shape[0], a.shape[1], -1).any(axis=2)  # [T, N]
+    steps = np.flatnonzero(per_step.any(axis=1))
+    t = int(steps[-1] if reverse else steps[0])
+    n = int(np.flatnonzero(per_step[t])[0])
+    value = a[t, n][~np.isfinite(a[t, n])].flat[0]
+    raise FloatingPointError(f"{where}: first non-finite value ({value}) at time step {t}, "
+                             f"sequence {n}")
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _INITS = ("pytorch", "keras", "irnn")
@@ -243,6 +295,14 @@ class _RNNBase(Module):
             inp = x
         h_n = np.empty((L * D, N, R), self.dtype)
         c_n = np.empty((L * D, N, H), self.dtype) if self._mode == "LSTM" else None
+        checking = _checking()
+        name = type(self).__name__
+        if checking:
+            _first_nonfinite(f"{name}.forward: input x", inp, 0)
+            for s_name, s_arr in (("state h0", h0), ("state c0", c0)):
+                if s_arr is not None:
+                    for i in range(L * D):
+                        _first_nonfinite(f"{name}.forward: {s_name}[{i}]", s_arr[i], None)
         ctx = {"T": T, "N": N, "lengths": lengths, "inputs": [], "masks": [],
                "has_state": h0 is not None}
         for layer in range(L):
@@ -259,6 +319,10 @@ class _RNNBase(Module):
                                      training, threads, y, h_n[idx],
                                      None if c_n is None else c_n[idx],
                                      ("cache", layer, direction))
+                if checking:
+                    _first_nonfinite(f"{name}.forward: layer {layer}"
+                                     + (" (reverse direction)" if direction else "") + " output",
+                                     y, 0, reverse=direction == 1)
                 if D == 2:
                     out[:, :, direction * R:(direction + 1) * R] = y
             if D == 1:
@@ -314,6 +378,10 @@ class _RNNBase(Module):
         dh_n, dc_n = self._split_state(fn, d_state, N, "d_state")
         threads = F._threads()
         has_state = ctx["has_state"]
+        checking = _checking()
+        name = type(self).__name__
+        if checking and d_output is not None:
+            _first_nonfinite(f"{name}.backward: d_output", d_output, 1 if self.batch_first else 0)
         dh0 = np.empty((L * D, N, R), self.dtype) if has_state else None
         dc0 = np.empty((L * D, N, H), self.dtype) if has_state and self._mode == "LSTM" else None
 
@@ -345,6 +413,10 @@ class _RNNBase(Module):
                     None if dh_n is None else np.ascontiguousarray(dh_n[idx]),
                     None if dc_n is None else np.ascontiguousarray(dc_n[idx]), dxd,
                     None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx])
+                if checking:
+                    _first_nonfinite(f"{name}.backward: layer {layer}"
+                                     + (" (reverse direction)" if direction else "")
+                                     + " input gradient", dxd, 0, reverse=direction == 0)
                 if direction == 1:
                     dx += dxd
             if layer:
