@@ -26,20 +26,24 @@ using Index = std::int64_t;
 // ---------------------------------------------------------------------------------------------
 // Argument checks (called before any parallel region; never inside one).
 
-inline void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
+// Messages are built only on failure: a valid call allocates nothing (Model::forward with a
+// Context, and Stream, promise that).
+[[noreturn]] inline void fail(const std::string& what) { throw std::invalid_argument(what); }
+
+inline void require(bool ok, const char* what) {
+  if (!ok) fail(what);
 }
 
 // `projection`: the kernel accepts Dims::P > 0 (the LSTM); the others require P = 0.
 inline void check_dims(const char* fn, const Dims& d, bool projection = false) {
-  require(d.T >= 1 && d.N >= 1 && d.C >= 1 && d.H >= 1,
-          std::string(fn) + ": dims must be positive (T, N, C, H >= 1)");
-  if (projection)
-    require(d.P >= 0, std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
-                          " must be >= 0 (0 = no projection)");
-  else
-    require(d.P == 0, std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
-                          ": projection is an LSTM option, P must be 0 here");
+  if (!(d.T >= 1 && d.N >= 1 && d.C >= 1 && d.H >= 1))
+    fail(std::string(fn) + ": dims must be positive (T, N, C, H >= 1)");
+  if (projection && d.P < 0)
+    fail(std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
+         " must be >= 0 (0 = no projection)");
+  if (!projection && d.P != 0)
+    fail(std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
+         ": projection is an LSTM option, P must be 0 here");
 }
 
 // R, the width of the hidden state, the output and the recurrent product's input: the LSTM's
@@ -47,7 +51,7 @@ inline void check_dims(const char* fn, const Dims& d, bool projection = false) {
 constexpr Index rec_width(const Dims& d) { return d.P > 0 ? d.P : d.H; }
 
 inline void check_ptr(const char* fn, const void* p, const char* name) {
-  require(p != nullptr, std::string(fn) + ": " + name + " must not be null");
+  if (p == nullptr) fail(std::string(fn) + ": " + name + " must not be null");
 }
 
 // Returns S, the number of steps actually run (max length, or T).
@@ -55,9 +59,9 @@ inline Index check_lengths(const char* fn, const Dims& d, const std::int64_t* le
   if (!lengths) return d.T;
   Index S = 0;
   for (Index n = 0; n < d.N; ++n) {
-    require(lengths[n] >= 0 && lengths[n] <= d.T,
-            std::string(fn) + ": lengths[" + std::to_string(n) + "] = " +
-                std::to_string(lengths[n]) + " is outside [0, T=" + std::to_string(d.T) + "]");
+    if (!(lengths[n] >= 0 && lengths[n] <= d.T))
+      fail(std::string(fn) + ": lengths[" + std::to_string(n) + "] = " +
+           std::to_string(lengths[n]) + " is outside [0, T=" + std::to_string(d.T) + "]");
     S = std::max<Index>(S, lengths[n]);
   }
   return S;

@@ -49,11 +49,11 @@ namespace {
 
 // w_hr must be given exactly when the dims ask for a projection.
 void check_projection(const char* fn, const Dims& d, const void* w_hr) {
-  detail::require(w_hr != nullptr || d.P == 0,
-                  std::string(fn) + ": w_hr must not be null when P = " + std::to_string(d.P) +
-                      " > 0");
-  detail::require(w_hr == nullptr || d.P > 0,
-                  std::string(fn) + ": w_hr given but P = 0 (no projection)");
+  if (w_hr == nullptr && d.P != 0)
+    detail::fail(std::string(fn) + ": w_hr must not be null when P = " + std::to_string(d.P) +
+                 " > 0");
+  if (w_hr != nullptr && d.P <= 0)
+    detail::fail(std::string(fn) + ": w_hr given but P = 0 (no projection)");
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ namespace fusedrnn {
 
 BuildInfo build_info() {
   BuildInfo b;
-  b.version = FUSEDRNN_VERSION;
+  b.version = FUSEDRNN_VERSION_STRING;
 #if defined(__clang__)
   b.compiler = std::string("clang ") + __clang_version__;
 #elif defined(__GNUC__)

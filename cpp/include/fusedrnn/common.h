@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "fusedrnn/export.h"
+
 namespace fusedrnn {
 
 // Problem dimensions; see the shape letters in fusedrnn.h. Dims{T, N, C, H} leaves P = 0.
@@ -39,6 +41,6 @@ struct BuildInfo {
   std::string eigen_version;    // Eigen used to build the kernels
 };
 
-BuildInfo build_info();
+FUSEDRNN_API BuildInfo build_info();
 
 }  // namespace fusedrnn

@@ -15,13 +15,13 @@
 
 namespace fusedrnn {
 
-std::size_t gru_cache_size(const Dims& d);
-std::size_t gru_forward_workspace_size(const Dims& d);
-std::size_t gru_backward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t gru_cache_size(const Dims& d);
+FUSEDRNN_API std::size_t gru_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t gru_backward_workspace_size(const Dims& d);
 
 // x [T, N, C]; w_ih [3H, C]; w_hh [3H, H]; b_ih, b_hh [3H] (nullable); h0 [N, H] (nullable);
 // lengths [N] (nullable). Writes y [T, N, H], h_n [N, H]; cache (nullable); workspace.
-template <typename Scalar>
+template <typename Scalar> FUSEDRNN_API
 void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Scalar* x,
                  const Scalar* w_ih, const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh,
                  const Scalar* h0, const std::int64_t* lengths, Scalar* y, Scalar* h_n,
@@ -29,7 +29,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
 
 // Same arguments as the forward that wrote `cache`. dy [T, N, H], dh_n [N, H] (nullable).
 // Overwrites dx, dh0; accumulates dw_ih, dw_hh, db_ih, db_hh (each nullable but dx).
-template <typename Scalar>
+template <typename Scalar> FUSEDRNN_API
 void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const Scalar* x,
                   const Scalar* w_ih, const Scalar* w_hh, const std::int64_t* lengths,
                   const Scalar* cache, const Scalar* dy, const Scalar* dh_n, Scalar* dx,

@@ -19,16 +19,16 @@
 
 namespace fusedrnn {
 
-std::size_t lstm_cache_size(const Dims& d);                  // Scalars
-std::size_t lstm_forward_workspace_size(const Dims& d);      // Scalars
-std::size_t lstm_backward_workspace_size(const Dims& d);     // Scalars
+FUSEDRNN_API std::size_t lstm_cache_size(const Dims& d);                  // Scalars
+FUSEDRNN_API std::size_t lstm_forward_workspace_size(const Dims& d);      // Scalars
+FUSEDRNN_API std::size_t lstm_backward_workspace_size(const Dims& d);     // Scalars
 
 // x [T, N, C]; w_ih [4H, C]; w_hh [4H, R]; b_ih, b_hh [4H] (nullable); h0 [N, R], c0 [N, H]
 // (nullable = zeros); w_peep [3, H] (nullable = no peepholes); w_hr [P, H], non-null iff P > 0;
 // lengths [N] (nullable = all T).
 // Writes y [T, N, R], h_n [N, R], c_n [N, H]; cache [lstm_cache_size] (nullable = inference);
 // workspace [lstm_forward_workspace_size].
-template <typename Scalar>
+template <typename Scalar> FUSEDRNN_API
 void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scalar* w_ih,
                   const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh, const Scalar* h0,
                   const Scalar* c0, const Scalar* w_peep, const Scalar* w_hr,
@@ -40,7 +40,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
 // dh0 [N, R], dc0 [N, H]; accumulates dw_ih [4H, C], dw_hh [4H, R], db_ih, db_hh [4H],
 // dw_peep [3, H], dw_hr [P, H]. Every gradient output but dx may be null (dw_peep needs w_peep,
 // dw_hr needs P > 0). workspace [lstm_backward_workspace_size].
-template <typename Scalar>
+template <typename Scalar> FUSEDRNN_API
 void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Scalar* w_ih,
                    const Scalar* w_hh, const Scalar* w_peep, const Scalar* w_hr,
                    const std::int64_t* lengths, const Scalar* cache, const Scalar* dy,

@@ -10,17 +10,17 @@
 
 namespace fusedrnn {
 
-std::size_t rnn_cache_size(const Dims& d);
-std::size_t rnn_forward_workspace_size(const Dims& d);
-std::size_t rnn_backward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t rnn_cache_size(const Dims& d);
+FUSEDRNN_API std::size_t rnn_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t rnn_backward_workspace_size(const Dims& d);
 
-template <typename Scalar>
+template <typename Scalar> FUSEDRNN_API
 void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scalar* x,
                  const Scalar* w_ih, const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh,
                  const Scalar* h0, const std::int64_t* lengths, Scalar* y, Scalar* h_n,
                  Scalar* cache, Scalar* workspace);
 
-template <typename Scalar>
+template <typename Scalar> FUSEDRNN_API
 void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Scalar* x,
                   const Scalar* w_ih, const Scalar* w_hh, const std::int64_t* lengths,
                   const Scalar* cache, const Scalar* dy, const Scalar* dh_n, Scalar* dx,

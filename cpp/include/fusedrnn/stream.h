@@ -1,0 +1,64 @@
+// fusedrnn::Stream: real-time inference, one time step per call.
+//
+// A Stream runs a unidirectional Model (any cell, layers, projection, peepholes, embedding or
+// dense input, head) on N parallel sequences that advance together. It copies and re-lays the
+// weights once, at construction, into the panel layout of the packed micro-kernel the batch
+// kernels use, and allocates nothing afterwards: step() is a handful of small matrix-vector
+// products and element-wise passes per layer, on one thread (the caller's), never throws and
+// never allocates. Its results are bitwise those of Model::forward on the same inputs (same
+// products, same summation order, same activations), so a model can be checked offline with the
+// batch API and deployed with a Stream.
+//
+// Shapes: x_t [N, rnn_input_size] (the features, or for a token model the embedded vectors),
+// tokens_t [N], y_t [N, output_size]; state h [L, N, R], c [L, N, H] (LSTM), as Model's.
+// Not thread-safe: one Stream per thread (they may share the Model). A moved-from Stream may
+// only be assigned to or destroyed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "fusedrnn/export.h"
+#include "fusedrnn/model.h"
+
+namespace fusedrnn {
+
+template <typename Scalar>
+class FUSEDRNN_API Stream {
+ public:
+  // ConfigError for a bidirectional model (a step needs the future); std::invalid_argument if
+  // Scalar is not the model's dtype or batch < 1. The state starts at zero.
+  explicit Stream(const Model& model, std::int64_t batch = 1);
+  ~Stream();
+  Stream(Stream&&) noexcept;
+  Stream& operator=(Stream&&) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  // Advances every sequence one step: x_t [N, rnn_input_size] -> y_t [N, output_size].
+  void step(const Scalar* x_t, Scalar* y_t) noexcept;
+  // Token models: looks up tokens_t [N] and steps. Returns false, changing nothing, if the
+  // model has no embedding or an id is outside [0, vocab_size).
+  bool step_tokens(const std::int64_t* tokens_t, Scalar* y_t) noexcept;
+
+  void reset() noexcept;  // state to zero
+  // h [L, N, R], c [L, N, H] (nullable: zeros; ignored but for LSTM).
+  void set_state(const Scalar* h, const Scalar* c) noexcept;
+  const Scalar* h() const noexcept;  // current state [L, N, R]
+  const Scalar* c() const noexcept;  // [L, N, H] (LSTM), else null
+
+  std::int64_t batch() const noexcept;
+  std::int64_t input_size() const noexcept;   // rnn_input_size of the model
+  std::int64_t output_size() const noexcept;
+  const Model& model() const noexcept;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+extern template class Stream<float>;
+extern template class Stream<double>;
+
+}  // namespace fusedrnn

@@ -1,0 +1,305 @@
+// The model layer's instruction-set-specific operations (internal.h: IsaOps), compiled once per
+// copy like the kernels: packing weights into panels, products with packed weights (the head of
+// Model::forward and every product of a Stream), and one recurrent step of a layer.
+//
+// A Stream step must equal the batch kernels bitwise, so everything here repeats their
+// arithmetic exactly: the same micro-kernel over the same panels and K chunks for every product
+// (each output element is the same chain of multiply-adds), and the element-wise passes of
+// lstm.cc / gru.cc / rnn.cc forward, operation for operation (keep them in step: the Stream
+// tests compare bitwise). What differs is only the organisation: one step, all rows active, no
+// OpenMP construct (a Stream runs on its caller's thread, possibly inside the caller's parallel
+// region), state updated in place.
+#include "isa_kernels.inc"
+#include "isa_step.inc"
+#include "packed_gemm.h"
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+using detail::Index;
+
+namespace {
+
+std::size_t packed_size(std::int64_t K, std::int64_t ncols) {
+  return std::size_t(detail::packed_bound(K, ncols));
+}
+
+// par_pack without the work-sharing construct.
+template <typename Scalar>
+void pack(const Scalar* B, std::int64_t K, std::int64_t ncols, std::int64_t ld, bool transposed,
+          Scalar* out) {
+  constexpr Index NC = detail::Panel<Scalar>::NC;
+  const Index np = detail::ceil_div(ncols, NC);
+  for (Index p = 0; p < np; ++p) {
+    const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
+    Scalar* dst = out + p * K * NC;
+    for (Index k = 0; k < K; ++k) {
+      Scalar* row = dst + k * NC;
+      for (Index c = 0; c < nc; ++c) row[c] = transposed ? B[(c0 + c) * ld + k] : B[k * ld + c0 + c];
+      std::fill(row + nc, row + NC, Scalar(0));
+    }
+  }
+}
+
+// detail::micro_tile for M rows over two adjacent full panels at once: with one or two rows,
+// a single panel leaves too few independent multiply-add chains to fill the FMA units. Each
+// element is still the same chain over k, stored the same way.
+template <typename Scalar, int M>
+inline void micro_tile_2p(Index K, const Scalar* a, Index lda, const Scalar* panel, Index pstride,
+                          Scalar* c, Index ldc, bool accumulate) {
+  namespace ei = Eigen::internal;
+  using T = detail::Panel<Scalar>;
+  using P = typename T::P;
+  constexpr Index W = T::W, NP = T::NP, NC = T::NC;
+  P acc[M][2 * NP];
+  for (int r = 0; r < M; ++r)
+    for (Index j = 0; j < 2 * NP; ++j) acc[r][j] = ei::pset1<P>(Scalar(0));
+  const Scalar* p0 = panel;
+  const Scalar* p1 = panel + pstride;
+  for (Index k = 0; k < K; ++k) {
+    P b[2 * NP];
+    for (Index j = 0; j < NP; ++j) {
+      b[j] = ei::ploadu<P>(p0 + k * NC + j * W);
+      b[NP + j] = ei::ploadu<P>(p1 + k * NC + j * W);
+    }
+    for (int r = 0; r < M; ++r) {
+      const P av = ei::pset1<P>(a[r * lda + k]);
+      for (Index j = 0; j < 2 * NP; ++j) acc[r][j] = ei::pmadd(av, b[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < M; ++r) {
+    Scalar* cr = c + r * ldc;
+    for (Index j = 0; j < 2 * NP; ++j)
+      ei::pstoreu(cr + j * W, accumulate ? ei::padd(ei::ploadu<P>(cr + j * W), acc[r][j])
+                                         : acc[r][j]);
+  }
+}
+
+// par_gemm_packed (accumulate = false) on the calling thread: for each panel, K in the same
+// chunks, rows in micro-tiles; every element's sum is the one par_gemm_packed forms.
+template <typename Scalar>
+void gemm_serial(Index m, Index ncols, Index K, const Scalar* A, Index lda, const Scalar* packed,
+                 Scalar* C, Index ldc) {
+  using T = detail::Panel<Scalar>;
+  constexpr Index NC = T::NC, MR = T::MR, KC = T::KC;
+  const Index np = detail::ceil_div(ncols, NC);
+  Index p = 0;
+  if (m <= 2)  // a Stream with batch 1 or 2: pairs of full panels
+    for (; p + 2 <= ncols / NC; p += 2)
+      for (Index k0 = 0; k0 < K; k0 += KC) {
+        const Index kc = std::min(KC, K - k0);
+        const Scalar* pk = packed + p * K * NC + k0 * NC;
+        Scalar* c = C + p * NC;
+        if (m == 2)
+          micro_tile_2p<Scalar, 2>(kc, A + k0, lda, pk, K * NC, c, ldc, k0 > 0);
+        else
+          micro_tile_2p<Scalar, 1>(kc, A + k0, lda, pk, K * NC, c, ldc, k0 > 0);
+      }
+  for (; p < np; ++p) {
+    const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
+    const Scalar* panel = packed + p * K * NC;
+    for (Index k0 = 0; k0 < K; k0 += KC) {
+      const Index kc = std::min(KC, K - k0);
+      const bool acc = k0 > 0;
+      for (Index r0 = 0; r0 < m; r0 += MR) {
+        const Scalar* a = A + r0 * lda + k0;
+        const Scalar* pk = panel + k0 * NC;
+        Scalar* c = C + r0 * ldc + c0;
+        switch (std::min(MR, m - r0)) {
+          case 6: detail::micro_tile<Scalar, 6>(kc, a, lda, pk, c, ldc, nc, acc); break;
+          case 5: detail::micro_tile<Scalar, 5>(kc, a, lda, pk, c, ldc, nc, acc); break;
+          case 4: detail::micro_tile<Scalar, 4>(kc, a, lda, pk, c, ldc, nc, acc); break;
+          case 3: detail::micro_tile<Scalar, 3>(kc, a, lda, pk, c, ldc, nc, acc); break;
+          case 2: detail::micro_tile<Scalar, 2>(kc, a, lda, pk, c, ldc, nc, acc); break;
+          default: detail::micro_tile<Scalar, 1>(kc, a, lda, pk, c, ldc, nc, acc); break;
+        }
+      }
+    }
+  }
+}
+
+template <typename Scalar>
+void gemm(std::int64_t m, std::int64_t ncols, std::int64_t K, const Scalar* A, std::int64_t lda,
+          const Scalar* packed, Scalar* C, std::int64_t ldc, int num_threads) {
+#ifdef _OPENMP
+  const double flops = 2.0 * double(m) * double(ncols) * double(K);
+  if (num_threads != 1 && flops >= detail::kMinStepFlopsToSplit) {
+    const int n = num_threads > 0 ? num_threads : omp_get_max_threads();
+#pragma omp parallel num_threads(n)
+    detail::par_gemm_packed(m, ncols, K, A, lda, packed, C, ldc, false);
+    return;
+  }
+#endif
+  (void)num_threads;
+  gemm_serial(m, ncols, K, A, lda, packed, C, ldc);
+}
+
+// LSTM: lstm_forward's step for active rows (lstm.cc), c and h updated in place.
+template <typename Scalar>
+void lstm_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+               Scalar* scratch) {
+  using namespace detail;
+  const Index N = L.N, H = L.H, GH = 4 * H, P = L.P, R = P > 0 ? P : H;
+  const bool proj = P > 0;
+  const Index nub = ceil_div(H, kUnitBlock);
+  Scalar* gx = scratch;          // [N, 4H]
+  Scalar* gh = gx + N * GH;      // [N, 4H]
+  Scalar* gates = gh + N * GH;   // [N, 4H]
+  Scalar* m = gates + N * GH;    // [N, H] (projection)
+  const Scalar *b_ih = L.b_ih, *b_hh = L.b_hh, *w_peep = L.w_peep;
+  gemm_serial(N, GH, L.C, x, L.C, L.wih_p, gx, GH);
+  gemm_serial(N, GH, R, h, R, L.whh_p, gh, GH);
+  for (Index job = 0; job < N * nub; ++job) {
+    const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+    const Index bk = std::min(kUnitBlock, H - u0);
+    const Index off = n * H + u0;
+    const Scalar* gxr = gx + n * GH;
+    const Scalar* ghr = gh + n * GH;
+    Scalar* a = gates + n * GH;
+    for (Index g = 0; g < 4; ++g) {
+      const Index k0 = g * H + u0;
+      for (Index j = 0; j < bk; ++j) a[k0 + j] = gxr[k0 + j] + ghr[k0 + j];
+      if (b_ih)
+        for (Index j = 0; j < bk; ++j) a[k0 + j] += b_ih[k0 + j];
+      if (b_hh)
+        for (Index j = 0; j < bk; ++j) a[k0 + j] += b_hh[k0 + j];
+    }
+    Scalar* ai = a + u0;
+    Scalar* af = a + H + u0;
+    Scalar* ag = a + 2 * H + u0;
+    Scalar* ao = a + 3 * H + u0;
+    Scalar* cc = c + off;  // c_{t-1} in, c_t out
+    if (w_peep)
+      for (Index j = 0; j < bk; ++j) {
+        ai[j] += w_peep[u0 + j] * cc[j];
+        af[j] += w_peep[H + u0 + j] * cc[j];
+      }
+    sigmoid_array(ai, ai, bk);
+    sigmoid_array(af, af, bk);
+    tanh_array(ag, ag, bk);
+    for (Index j = 0; j < bk; ++j) cc[j] = af[j] * cc[j] + ai[j] * ag[j];
+    if (w_peep)
+      for (Index j = 0; j < bk; ++j) ao[j] += w_peep[2 * H + u0 + j] * cc[j];
+    sigmoid_array(ao, ao, bk);
+    Scalar* out = proj ? m + off : h + off;  // m = o*tanh(c), or h itself
+    tanh_array(cc, out, bk);
+    for (Index j = 0; j < bk; ++j) out[j] *= ao[j];
+  }
+  if (proj) gemm_serial(N, P, H, m, H, L.whr_p, h, P);  // h = m w_hrᵀ
+}
+
+// GRU: gru_forward's step for active rows (gru.cc), h updated in place.
+template <typename Scalar>
+void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
+              Scalar* scratch) {
+  using namespace detail;
+  const Index N = L.N, H = L.H, GH = 3 * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const bool after = L.variant == GruVariant::reset_after;
+  Scalar* gx = scratch;         // [N, 3H]
+  Scalar* gh = gx + N * GH;     // [N, 3H]
+  Scalar* gates = gh + N * GH;  // [N, 4H]: r, z, n, q
+  const Scalar *b_ih = L.b_ih, *b_hh = L.b_hh;
+  auto bias = [](const Scalar* b, Index k) { return b ? b[k] : Scalar(0); };
+  gemm_serial(N, GH, L.C, x, L.C, L.wih_p, gx, GH);
+  gemm_serial(N, after ? GH : 2 * H, H, h, H, L.whh_p, gh, GH);
+  for (Index job = 0; job < N * nub; ++job) {
+    const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+    const Index bk = std::min(kUnitBlock, H - u0);
+    const Index off = n * H + u0;
+    Scalar* a = gates + n * 4 * H;
+    Scalar *ar = a + u0, *az = a + H + u0, *an = a + 2 * H + u0, *aq = a + 3 * H + u0;
+    const Scalar* gxr = gx + n * GH;
+    const Scalar* ghr = gh + n * GH;
+    for (Index j = 0; j < bk; ++j) {
+      const Index k = u0 + j;
+      ar[j] = gxr[k] + ghr[k] + bias(b_ih, k) + bias(b_hh, k);
+      az[j] = gxr[H + k] + ghr[H + k] + bias(b_ih, H + k) + bias(b_hh, H + k);
+    }
+    sigmoid_array(ar, ar, bk);
+    sigmoid_array(az, az, bk);
+    if (after) {
+      for (Index j = 0; j < bk; ++j) {
+        const Index k = 2 * H + u0 + j;
+        aq[j] = ghr[k] + bias(b_hh, k);
+        an[j] = gxr[k] + bias(b_ih, k) + ar[j] * aq[j];
+      }
+      tanh_array(an, an, bk);
+      for (Index j = 0; j < bk; ++j) h[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h[off + j];
+    } else {
+      for (Index j = 0; j < bk; ++j) aq[j] = ar[j] * h[off + j];
+    }
+  }
+  if (after) return;
+  // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
+  gemm_serial(N, H, H, gates + 3 * H, 4 * H, L.whn_p, gh + 2 * H, GH);
+  for (Index job = 0; job < N * nub; ++job) {
+    const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+    const Index bk = std::min(kUnitBlock, H - u0);
+    const Index off = n * H + u0;
+    Scalar* a = gates + n * 4 * H;
+    const Scalar* az = a + H + u0;
+    Scalar* an = a + 2 * H + u0;
+    const Scalar* gxr = gx + n * GH;
+    const Scalar* ghr = gh + n * GH;
+    for (Index j = 0; j < bk; ++j) {
+      const Index k = 2 * H + u0 + j;
+      an[j] = gxr[k] + bias(b_ih, k) + ghr[k] + bias(b_hh, k);
+    }
+    tanh_array(an, an, bk);
+    for (Index j = 0; j < bk; ++j) h[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h[off + j];
+  }
+}
+
+// Elman RNN: rnn_forward's step (rnn.cc), h updated in place.
+template <typename Scalar>
+void rnn_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
+              Scalar* scratch) {
+  using namespace detail;
+  const Index N = L.N, H = L.H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  Scalar* gx = scratch;     // [N, H]
+  Scalar* gh = gx + N * H;  // [N, H]
+  gemm_serial(N, H, L.C, x, L.C, L.wih_p, gx, H);
+  gemm_serial(N, H, H, h, H, L.whh_p, gh, H);
+  for (Index job = 0; job < N * nub; ++job) {
+    const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+    const Index bk = std::min(kUnitBlock, H - u0);
+    const Index off = n * H + u0;
+    Scalar* hn = h + off;
+    const Scalar* gxr = gx + off;
+    const Scalar* ghr = gh + off;
+    for (Index j = 0; j < bk; ++j)
+      hn[j] = gxr[j] + ghr[j] + (L.b_ih ? L.b_ih[u0 + j] : Scalar(0)) +
+              (L.b_hh ? L.b_hh[u0 + j] : Scalar(0));
+    if (L.act == Nonlinearity::tanh)
+      tanh_array(hn, hn, bk);
+    else
+      for (Index j = 0; j < bk; ++j) hn[j] = hn[j] < Scalar(0) ? Scalar(0) : hn[j];
+  }
+}
+
+template <typename Scalar>
+void step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+          Scalar* scratch) {
+  switch (L.cell) {
+    case internal::StepCell::lstm: lstm_step(L, x, h, c, scratch); break;
+    case internal::StepCell::gru: gru_step(L, x, h, c, scratch); break;
+    default: rnn_step(L, x, h, c, scratch); break;
+  }
+}
+
+}  // namespace
+
+template <typename Scalar>
+const internal::IsaOps<Scalar>& step_ops() {
+  static const internal::IsaOps<Scalar> ops{&packed_size, &pack<Scalar>, &gemm<Scalar>,
+                                            &step<Scalar>};
+  return ops;
+}
+
+template const internal::IsaOps<float>& step_ops<float>();
+template const internal::IsaOps<double>& step_ops<double>();
+
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

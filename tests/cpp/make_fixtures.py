@@ -1,0 +1,195 @@
+"""Fixtures for the C++ tests and examples, written by the Python package.
+
+    python tests/cpp/make_fixtures.py DIR
+
+For every case of a grid (cell and GRU/RNN variant x layers x bidirectional x token/dense
+input x LSTM projection/peepholes x float32/float64, plus bare LSTM/GRU/RNN layers with and
+without bias) it writes
+
+    DIR/<case>.safetensors      the checkpoint (fusedrnn.save, user metadata {"case": name})
+    DIR/<case>.io.safetensors   inputs and the Python outputs (fusedrnn.io.save_tensors):
+                                x [T, N, C] or tokens [T, N] (I64), lengths [N] (I64),
+                                h0/c0 (some cases), y (the model's output), y_rnn (the recurrent
+                                stack's output), h_n, c_n; metadata: the instruction set the
+                                Python kernels ran ("isa"), the case name
+and DIR/cases.txt listing the cases. tests/cpp/test_python_parity.cc loads each checkpoint with
+fusedrnn::Model, runs the same inputs and compares.
+
+For the examples it also trains two small models briefly (a few seconds, seeded):
+    DIR/charlm.safetensors   a character LSTM language model (RecurrentModel with vocab_size,
+                             output_size = vocab) with user metadata {"vocab": [one-character
+                             strings in index order]}, as `fusedrnn train` writes it;
+    DIR/sine_gru.safetensors a dense-input GRU RecurrentModel that predicts the next sample of
+                             a sine wave (input_size = output_size = 1).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+
+import numpy as np
+
+import fusedrnn
+from fusedrnn import losses, optim
+from fusedrnn.io import save_tensors
+from fusedrnn.models import RecurrentModel
+
+T, N = 7, 3
+LENGTHS = np.array([T, 4, 0], dtype=np.int64)  # full, partial, empty
+
+
+def grid():
+    """(name, constructor kwargs or a bare layer spec, token input?) for every case."""
+    cells = [("lstm", {}), ("gru", {"variant": "reset_after"}),
+             ("gru", {"variant": "reset_before"}), ("rnn", {"nonlinearity": "tanh"}),
+             ("rnn", {"nonlinearity": "relu"})]
+    lstm_opts = [{}, {"proj_size": 3}, {"peepholes": True}, {"proj_size": 3, "peepholes": True}]
+    for (cell, kw), layers, bidir, tokens, dtype in itertools.product(
+            cells, (1, 2), (False, True), (False, True), ("float32", "float64")):
+        for extra in (lstm_opts if cell == "lstm" else [{}]):
+            kwargs = dict(kw, **extra)
+            name = "-".join([cell] + [str(v) for v in kw.values()] +
+                            [f"L{layers}", "bi" if bidir else "uni", "tok" if tokens else "dense"] +
+                            [k if v is True else f"{k}{v}" for k, v in extra.items()] + [dtype])
+            yield name, dict(cell=cell, num_layers=layers, bidirectional=bidir, dtype=dtype,
+                             **kwargs), tokens
+    # A larger case: the head's K spans more than one 128-wide chunk of the micro-kernel, H more
+    # than one 64-unit block.
+    for dtype in ("float32", "float64"):
+        yield f"lstm-big-{dtype}", dict(cell="lstm", num_layers=2, bidirectional=True,
+                                        hidden_size=150, dtype=dtype), False
+    # Bare layers (parameters without the "rnn." prefix), with and without bias.
+    for layer, kw in (("LSTM", {"proj_size": 2, "peepholes": True}), ("GRU", {"variant": "reset_before"}),
+                      ("RNN", {"nonlinearity": "relu"})):
+        for bias, bidir in ((True, False), (False, True)):
+            for dtype in ("float32", "float64"):
+                name = f"bare-{layer}-{'bias' if bias else 'nobias'}-{'bi' if bidir else 'uni'}-{dtype}"
+                yield name, dict(layer=layer, bias=bias, bidirectional=bidir, num_layers=2,
+                                 dtype=dtype, **kw), False
+
+
+def write_case(out_dir, index, name, spec, tokens, isa):
+    rng = np.random.default_rng(1000 + index)
+    spec = dict(spec)
+    dt = np.dtype(spec["dtype"])
+    if "layer" in spec:
+        layer = spec.pop("layer")
+        model = getattr(fusedrnn, layer)(5, 6, seed=index, **spec)
+        rnn, H, R = model, model.hidden_size, model.state_size
+        L, D = model.num_layers, model.num_directions
+    else:
+        hidden = spec.pop("hidden_size", 6)
+        inp = dict(vocab_size=11, embed_dim=4) if tokens else dict(input_size=5)
+        model = RecurrentModel(hidden_size=hidden, output_size=3, seed=index, **inp, **spec)
+        rnn, H, R = model.rnn, model.rnn.hidden_size, model.rnn.state_size
+        L, D = model.rnn.num_layers, model.rnn.num_directions
+    model.eval()
+    io = {}
+    if tokens:
+        x = rng.integers(0, 11, (T, N)).astype(np.int64)
+        io["tokens"] = x
+    else:
+        x = rng.standard_normal((T, N, 5)).astype(dt)
+        io["x"] = x
+    io["lengths"] = LENGTHS
+    state = None
+    lstm = rnn.mode == "LSTM"
+    if index % 2:  # initial states in every other case
+        h0 = (rng.standard_normal((L * D, N, R)) * 0.5).astype(dt)
+        io["h0"] = h0
+        if lstm:
+            c0 = (rng.standard_normal((L * D, N, H)) * 0.5).astype(dt)
+            io["c0"] = c0
+            state = (h0, c0)
+        else:
+            state = h0
+    y, final = model.forward(x, state, LENGTHS)
+    if model is rnn:
+        y_rnn = y
+    else:
+        emb = model.embed.forward(x) if tokens else x
+        y_rnn, _ = rnn.forward(emb, state, LENGTHS)
+    io["y"] = y
+    io["y_rnn"] = y_rnn
+    if lstm:
+        io["h_n"], io["c_n"] = final
+    else:
+        io["h_n"] = final
+    fusedrnn.save(os.path.join(out_dir, f"{name}.safetensors"), model, case=name)
+    save_tensors(os.path.join(out_dir, f"{name}.io.safetensors"), io,
+                 {"isa": isa, "case": name})
+
+
+def train_charlm(out_dir):
+    """A tiny character LSTM language model, trained for a few seconds."""
+    text = ("the quick brown fox jumps over the lazy dog. "
+            "a stitch in time saves nine. all that glitters is not gold. ") * 40
+    vocab = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.array([index[c] for c in text], dtype=np.int64)
+    model = RecurrentModel("lstm", vocab_size=len(vocab), embed_dim=16, hidden_size=64,
+                           output_size=len(vocab), seed=0)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    streams = fusedrnn.data.batchify(ids, 16)
+    state = None
+    loss = None
+    for epoch in range(6):
+        for xb, yb in fusedrnn.data.bptt_chunks(streams, 32):
+            model.zero_grad()
+            if state is not None:
+                state = tuple(s[:, :xb.shape[1]] for s in state)
+            logits, state = model.forward(xb, state)
+            loss, d = losses.cross_entropy(logits, yb)
+            model.backward(d)
+            fusedrnn.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+    fusedrnn.save(os.path.join(out_dir, "charlm.safetensors"), model, vocab=vocab)
+    return float(loss)
+
+
+def train_sine(out_dir):
+    """A GRU that predicts the next sample of sin(0.1 t + phase), trained for a few seconds."""
+    rng = np.random.default_rng(0)
+    model = RecurrentModel("gru", input_size=1, hidden_size=32, output_size=1, seed=0)
+    opt = optim.Adam(model.parameters(), lr=1e-2)
+    loss = None
+    for step in range(150):
+        phase = rng.uniform(0, 2 * np.pi, 16)
+        t = np.arange(51)[:, None] * 0.1 + phase[None, :]
+        s = np.sin(t).astype(np.float32)[:, :, None]          # [51, 16, 1]
+        model.zero_grad()
+        pred, _ = model.forward(s[:-1])
+        loss, d = losses.mse(pred, s[1:])
+        model.backward(d)
+        opt.step()
+    fusedrnn.save(os.path.join(out_dir, "sine_gru.safetensors"), model,
+                  task="next sample of sin(0.1 t + phase)", step=0.1)
+    return float(loss)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir")
+    args = ap.parse_args()
+    os.makedirs(args.out_dir, exist_ok=True)
+    # Results do not depend on the thread count; one thread is fastest for these tiny models and
+    # immune to a busy machine (a second thread waiting at every step's barrier).
+    fusedrnn.set_num_threads(1)
+    t0 = time.time()
+    isa = fusedrnn.build_info()["instruction_set"]
+    names = []
+    for i, (name, spec, tokens) in enumerate(grid()):
+        write_case(args.out_dir, i, name, spec, tokens, isa)
+        names.append(name)
+    with open(os.path.join(args.out_dir, "cases.txt"), "w") as f:
+        f.write("\n".join(names) + "\n")
+    lm = train_charlm(args.out_dir)
+    sine = train_sine(args.out_dir)
+    print(f"make_fixtures: {len(names)} cases, charlm (final loss {lm:.3f}), sine_gru (final "
+          f"mse {sine:.2e}) in {args.out_dir} ({time.time() - t0:.1f} s, kernels: {isa})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,492 @@
+// C++-only tests of fusedrnn::Model and fusedrnn::Stream over checkpoints written by the test
+// itself (checkpoint_writer.h, random weights), for every cell, option and dtype:
+//   * the config and parameters come back as written;
+//   * Model::forward: the same result with and without a Context, with 1 and 2 threads, and a
+//     repeated call with a Context allocates nothing;
+//   * Stream: stepping T times equals Model::forward bitwise (outputs and final states, from a
+//     given initial state, batch 1 and 3), reset() restarts it, step() allocates nothing,
+//     bidirectional models are refused with ConfigError, bad token ids change nothing;
+//   * argument errors throw std::invalid_argument; broken or unsupported checkpoints throw
+//     CheckpointError / ConfigError with a message naming the problem.
+// Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"  // operator new below uses malloc
+
+#include <fusedrnn/model.h>
+#include <fusedrnn/stream.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "checkpoint_writer.h"
+
+// ---- allocation counter (every operator new of the process goes through these) --------------
+static std::atomic<long> g_allocs{0};
+
+void* operator new(std::size_t n) {
+  ++g_allocs;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void* operator new(std::size_t n, std::align_val_t a) {
+  ++g_allocs;
+  const std::size_t al = std::size_t(a);
+  if (void* p = std::aligned_alloc(al, (n + al - 1) / al * al)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n, std::align_val_t a) { return operator new(n, a); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+using fusedrnn::CheckpointError;
+using fusedrnn::ConfigError;
+using fusedrnn::Model;
+using testutil::Spec;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+
+void report(bool ok, const std::string& what, const std::string& detail = "") {
+  std::printf("%-4s %-60s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
+  std::fflush(stdout);
+  ++(ok ? g_passed : g_failed);
+}
+
+// Largest |a - b| (NaN if either has a NaN where the other has not).
+template <typename Scalar>
+double max_diff(const Scalar* a, const Scalar* b, std::size_t n) {
+  double m = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double d = std::abs(double(a[i]) - double(b[i]));
+    if (std::isnan(d) && !(std::isnan(double(a[i])) && std::isnan(double(b[i])))) return NAN;
+    if (d > m) m = d;
+  }
+  return m;
+}
+
+std::string fmt(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "max diff %.3g", v);
+  return buf;
+}
+
+// Runs f; expects an exception of type E whose message contains `needle`.
+template <typename E>
+void expect_throw(const std::string& what, const std::function<void()>& f,
+                  const std::string& needle) {
+  std::string got = "no exception";
+  bool ok = false;
+  try {
+    f();
+  } catch (const E& e) {
+    got = e.what();
+    ok = got.find(needle) != std::string::npos;
+  } catch (const std::exception& e) {
+    got = std::string("other exception: ") + e.what();
+  }
+  report(ok, what, ok ? "" : "(" + got + ")");
+}
+
+// One model: forward contracts, then the Stream against the batch output.
+template <typename Scalar>
+void check_spec(const Spec& spec, std::uint64_t seed) {
+  const std::string name = spec.name();
+  const std::vector<unsigned char> bytes = testutil::make_checkpoint(spec, seed,
+                                                                     "{\"note\":\"t\"}");
+  const Model model = Model::from_bytes(bytes.data(), bytes.size(), name);
+  const fusedrnn::ModelConfig& c = model.config();
+  const std::int64_t L = c.num_layers, D = c.num_directions(), H = c.hidden_size,
+                     R = c.state_size(), O = model.output_size();
+  const bool lstm = c.cell == fusedrnn::CellType::lstm;
+  {
+    bool ok = c.hidden_size == spec.hidden_size && c.num_layers == spec.num_layers &&
+              c.bidirectional == spec.bidirectional && c.proj_size == spec.proj_size &&
+              c.peepholes == spec.peepholes && c.token_input() == (!spec.bare && spec.tokens) &&
+              c.has_head == !spec.bare && c.bias == spec.bias &&
+              O == (spec.bare ? spec.D() * spec.R() : spec.output_size) &&
+              model.dtype() == fusedrnn::dtype_of<Scalar>() &&
+              model.metadata().at("note").as_string() == "t";
+    const auto tensors = spec.float64 ? testutil::model_tensors<double>(spec, seed)
+                                      : testutil::model_tensors<float>(spec, seed);
+    ok = ok && model.parameters().size() == tensors.size();
+    for (const auto& t : tensors) {
+      const fusedrnn::Parameter* p = model.find_parameter(t.name);
+      ok = ok && p && p->shape == t.shape &&
+           std::memcmp(p->as<Scalar>(), t.bytes.data(), t.bytes.size()) == 0 &&
+           reinterpret_cast<std::uintptr_t>(p->data) % 64 == 0;
+    }
+    report(ok, name + ": config, metadata, parameters");
+  }
+
+  const std::int64_t T = 9, N = 3, E = c.rnn_input_size();
+  std::mt19937_64 rng(seed + 1);
+  const auto x = testutil::uniform<Scalar>(rng, std::size_t(T * N * E), 1.0);
+  std::vector<std::int64_t> tokens(std::size_t(T * N));
+  for (auto& v : tokens) v = std::int64_t(rng() % std::uint64_t(c.vocab_size ? c.vocab_size : 1));
+  const auto h0 = testutil::uniform<Scalar>(rng, std::size_t(L * D * N * R), 0.5);
+  const auto c0 = testutil::uniform<Scalar>(rng, std::size_t(L * D * N * H), 0.5);
+  const std::vector<std::int64_t> lengths = {T, 4, 0};
+  auto run = [&](fusedrnn::Context* ctx, const std::int64_t* len, std::vector<Scalar>& y,
+                 std::vector<Scalar>& hn, std::vector<Scalar>& cn) {
+    y.assign(std::size_t(T * N * O), Scalar(-7));
+    hn.assign(std::size_t(L * D * N * R), Scalar(-7));
+    cn.assign(std::size_t(L * D * N * H), Scalar(-7));
+    if (c.token_input())
+      model.forward_tokens<Scalar>(T, N, tokens.data(), h0.data(), lstm ? c0.data() : nullptr,
+                                   len, y.data(), hn.data(), lstm ? cn.data() : nullptr, ctx);
+    else
+      model.forward<Scalar>(T, N, x.data(), h0.data(), lstm ? c0.data() : nullptr, len, y.data(),
+                            hn.data(), lstm ? cn.data() : nullptr, ctx);
+  };
+  std::vector<Scalar> y1, h1, k1, y2, h2, k2, y3, h3, k3;
+  fusedrnn::Context ctx1(1), ctx2(2);
+  run(nullptr, lengths.data(), y1, h1, k1);
+  run(&ctx1, lengths.data(), y2, h2, k2);
+  const long before = g_allocs.load();
+  run(&ctx2, lengths.data(), y3, h3, k3);  // first call with ctx2: grows it
+  run(&ctx2, lengths.data(), y3, h3, k3);
+  const long grow = g_allocs.load() - before;
+  bool same = y1 == y2 && h1 == h2 && k1 == k2 && y1 == y3 && h1 == h3 && k1 == k3;
+  report(same, name + ": forward equal without/with Context, 1 and 2 threads");
+  // The repeated call: y.assign etc. do not allocate (same sizes); the Context grew once.
+  const long a0 = g_allocs.load();
+  run(&ctx2, lengths.data(), y3, h3, k3);
+  const long repeat = g_allocs.load() - a0;
+  report(repeat == 0 && grow >= 1, name + ": repeated forward allocates nothing",
+         std::to_string(repeat) + " allocations (first call " + std::to_string(grow) + ")");
+  // Padded steps: the recurrent output is zero there, so the output is the head's bias.
+  {
+    bool ok = true;
+    const fusedrnn::Parameter* hb = model.find_parameter("head.bias");
+    for (std::int64_t t = 4; t < T; ++t)
+      for (std::int64_t o = 0; o < O; ++o) {
+        const Scalar want = hb ? hb->as<Scalar>()[o] : Scalar(0);
+        ok = ok && y1[std::size_t((t * N + 1) * O + o)] == want;
+      }
+    for (std::int64_t i = 0; i < L * D; ++i)  // length 0: the final state is the initial one
+      for (std::int64_t j = 0; j < R; ++j)
+        ok = ok && h1[std::size_t((i * N + 2) * R + j)] == h0[std::size_t((i * N + 2) * R + j)];
+    report(ok, name + ": padded steps give the bias, length 0 keeps the state");
+  }
+
+  if (c.bidirectional) {
+    expect_throw<ConfigError>(name + ": Stream refuses a bidirectional model",
+                              [&] { fusedrnn::Stream<Scalar> s(model); }, "bidirectional");
+    return;
+  }
+  // Stream vs batch, no lengths.
+  std::vector<Scalar> yb, hb, cb;
+  run(nullptr, nullptr, yb, hb, cb);
+  for (std::int64_t n_stream : {std::int64_t(1), N}) {
+    fusedrnn::Stream<Scalar> stream(model, n_stream);
+    // The stream runs sequences 0..n_stream-1 of the batch: initial state rows of those.
+    std::vector<Scalar> sh(std::size_t(L * n_stream * R)), sc(std::size_t(L * n_stream * H));
+    for (std::int64_t l = 0; l < L; ++l) {
+      std::copy(h0.begin() + l * N * R, h0.begin() + l * N * R + n_stream * R,
+                sh.begin() + l * n_stream * R);
+      std::copy(c0.begin() + l * N * H, c0.begin() + l * N * H + n_stream * H,
+                sc.begin() + l * n_stream * H);
+    }
+    std::vector<Scalar> xt(std::size_t(n_stream * E)), yt(std::size_t(n_stream * O));
+    std::vector<std::int64_t> tt(static_cast<std::size_t>(n_stream));
+    double worst_y = 0, worst_h = 0;
+    long step_allocs = 0;
+    for (int pass = 0; pass < 2; ++pass) {  // pass 1 after reset(): the same again
+      stream.reset();
+      stream.set_state(sh.data(), lstm ? sc.data() : nullptr);
+      for (std::int64_t t = 0; t < T; ++t) {
+        for (std::int64_t n = 0; n < n_stream; ++n) {
+          std::copy(x.begin() + (t * N + n) * E, x.begin() + (t * N + n + 1) * E,
+                    xt.begin() + n * E);
+          tt[std::size_t(n)] = tokens[std::size_t(t * N + n)];
+        }
+        const long a = g_allocs.load();
+        if (c.token_input()) {
+          if (!stream.step_tokens(tt.data(), yt.data())) worst_y = NAN;
+        } else {
+          stream.step(xt.data(), yt.data());
+        }
+        step_allocs += g_allocs.load() - a;
+        worst_y = std::max(worst_y, max_diff(yt.data(), yb.data() + t * N * O,
+                                             std::size_t(n_stream * O)));
+      }
+      for (std::int64_t l = 0; l < L; ++l) {
+        worst_h = std::max(worst_h, max_diff(stream.h() + l * n_stream * R,
+                                             hb.data() + l * N * R, std::size_t(n_stream * R)));
+        if (lstm)
+          worst_h = std::max(worst_h, max_diff(stream.c() + l * n_stream * H,
+                                               cb.data() + l * N * H, std::size_t(n_stream * H)));
+      }
+    }
+    report(worst_y == 0 && worst_h == 0,
+           name + ": Stream(N=" + std::to_string(n_stream) + ") == forward bitwise",
+           fmt(std::max(worst_y, worst_h)));
+    report(step_allocs == 0, name + ": Stream::step allocates nothing",
+           std::to_string(step_allocs) + " allocations");
+  }
+  if (c.token_input()) {
+    fusedrnn::Stream<Scalar> stream(model, 2);
+    std::vector<Scalar> yt(std::size_t(2 * O), Scalar(5));
+    const std::int64_t bad[2] = {0, c.vocab_size};
+    const std::vector<Scalar> h_before(stream.h(), stream.h() + L * 2 * R);
+    const bool refused = !stream.step_tokens(bad, yt.data());
+    const bool untouched = std::vector<Scalar>(stream.h(), stream.h() + L * 2 * R) == h_before &&
+                           yt == std::vector<Scalar>(std::size_t(2 * O), Scalar(5));
+    report(refused && untouched, name + ": step_tokens refuses an id = vocab_size, changes nothing");
+  }
+}
+
+std::vector<Spec> grid() {
+  std::vector<Spec> specs;
+  for (bool f64 : {false, true})
+    for (const char* cell : {"lstm", "gru", "rnn"})
+      for (int variant = 0; variant < 2; ++variant)
+        for (bool tokens : {false, true})
+          for (bool bidir : {false, true}) {
+            Spec s;
+            s.cell = cell;
+            s.float64 = f64;
+            s.tokens = tokens;
+            s.bidirectional = bidir;
+            s.num_layers = tokens ? 2 : 1;
+            if (s.cell == "gru") s.variant = variant ? "reset_before" : "reset_after";
+            if (s.cell == "rnn") s.nonlinearity = variant ? "relu" : "tanh";
+            if (s.cell == "lstm") {
+              s.proj_size = variant ? 4 : 0;
+              s.peepholes = tokens != bool(variant);
+              s.num_layers = 2;
+            }
+            if (variant && !tokens) s.hidden_size = 70;  // more than one unit block, odd width
+            specs.push_back(s);
+          }
+  for (const char* cell : {"lstm", "gru", "rnn"})  // bare layers, with and without bias
+    for (bool bias : {true, false}) {
+      Spec s;
+      s.cell = cell;
+      s.bare = true;
+      s.bias = bias;
+      s.num_layers = 2;
+      s.bidirectional = !bias;
+      s.float64 = bias;
+      if (s.cell == "lstm") s.proj_size = 3, s.peepholes = true;
+      specs.push_back(s);
+    }
+  return specs;
+}
+
+void check_errors() {
+  Spec spec;
+  spec.cell = "gru";
+  const std::vector<unsigned char> good = testutil::make_checkpoint(spec, 3);
+  const Model model = Model::from_bytes(good.data(), good.size());
+  std::vector<float> y(100), x(100);
+  const std::int64_t bad_len[2] = {3, 4};
+  expect_throw<std::invalid_argument>("forward<double> on a float32 model throws",
+                                      [&] {
+                                        std::vector<double> xd(10), yd(10);
+                                        model.forward<double>(1, 1, xd.data(), nullptr, nullptr,
+                                                              nullptr, yd.data(), nullptr,
+                                                              nullptr);
+                                      },
+                                      "the model is F32");
+  expect_throw<std::invalid_argument>("lengths[1] > T throws",
+                                      [&] {
+                                        model.forward<float>(3, 2, x.data(), nullptr, nullptr,
+                                                             bad_len, y.data(), nullptr, nullptr);
+                                      },
+                                      "lengths[1] = 4");
+  expect_throw<std::invalid_argument>("forward_tokens on a dense model throws",
+                                      [&] {
+                                        const std::int64_t tok[1] = {0};
+                                        model.forward_tokens<float>(1, 1, tok, nullptr, nullptr,
+                                                                    nullptr, y.data(), nullptr,
+                                                                    nullptr);
+                                      },
+                                      "call forward");
+  expect_throw<std::invalid_argument>("Stream<double> of a float32 model throws",
+                                      [&] { fusedrnn::Stream<double> s(model); }, "F32");
+  expect_throw<std::invalid_argument>("Model::parameter of an unknown name throws",
+                                      [&] { model.parameter("rnn.nope"); }, "rnn.nope");
+  {
+    Spec ts = spec;
+    ts.tokens = true;
+    const auto b = testutil::make_checkpoint(ts, 4);
+    const Model tm = Model::from_bytes(b.data(), b.size());
+    expect_throw<std::invalid_argument>("token id = vocab_size throws",
+                                        [&] {
+                                          const std::int64_t tok[2] = {1, 11};
+                                          tm.forward_tokens<float>(2, 1, tok, nullptr, nullptr,
+                                                                   nullptr, y.data(), nullptr,
+                                                                   nullptr);
+                                        },
+                                        "tokens[1, 0] = 11");
+  }
+
+  // Files.
+  expect_throw<CheckpointError>("missing file", [] { Model::load("/nonexistent/x.safetensors"); },
+                                "cannot open");
+  auto from = [](std::vector<unsigned char> b) { Model::from_bytes(b.data(), b.size()); };
+  expect_throw<CheckpointError>("empty file", [&] { from({}); }, "shorter than the 8-byte");
+  expect_throw<CheckpointError>("truncated data",
+                                [&] { from({good.begin(), good.end() - 1}); }, "truncated");
+  expect_throw<CheckpointError>("trailing bytes",
+                                [&] {
+                                  auto b = good;
+                                  b.push_back(0);
+                                  from(b);
+                                },
+                                "trailing bytes");
+  expect_throw<CheckpointError>("header length beyond the file",
+                                [&] { from({good.begin(), good.begin() + 40}); },
+                                "larger than the");
+  // Header edits.
+  auto with_header = [&](const std::string& header) {
+    std::vector<unsigned char> b(8 + header.size());
+    for (int i = 0; i < 8; ++i) b[std::size_t(i)] = (header.size() >> (8 * i)) & 0xFF;
+    std::memcpy(b.data() + 8, header.data(), header.size());
+    return b;
+  };
+  expect_throw<CheckpointError>("header not JSON", [&] { from(with_header("{\"a\":}")); },
+                                "not valid JSON");
+  expect_throw<CheckpointError>("header duplicate key",
+                                [&] { from(with_header("{\"__metadata__\":{},\"__metadata__\":{}}")); },
+                                "duplicate key");
+  expect_throw<CheckpointError>("header not an object", [&] { from(with_header("[1]")); },
+                                "starting with '{'");
+  expect_throw<CheckpointError>("unknown dtype",
+                                [&] {
+                                  from(with_header(
+                                      "{\"w\":{\"dtype\":\"F8\",\"shape\":[],\"data_offsets\":[0,1]}}"));
+                                },
+                                "unknown dtype");
+  expect_throw<CheckpointError>("offsets that do not match the shape",
+                                [&] {
+                                  from(with_header(
+                                      "{\"w\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}"));
+                                },
+                                "needs 8");
+  expect_throw<CheckpointError>("shape overflow",
+                                [&] {
+                                  from(with_header("{\"w\":{\"dtype\":\"F64\",\"shape\":[4294967296,"
+                                                   "4294967296],\"data_offsets\":[0,0]}}"));
+                                },
+                                "too many elements");
+  expect_throw<CheckpointError>("not a fusedrnn checkpoint", [&] { from(with_header("{}")); },
+                                "not a fusedrnn checkpoint");
+
+  // Metadata and tensors against the config.
+  auto rewrite = [&](const Spec& s, const std::function<void(std::vector<testutil::Tensor>&,
+                                                             std::string&)>& edit) {
+    auto tensors = testutil::model_tensors<float>(s, 5);
+    std::string config = testutil::config_json(s);
+    edit(tensors, config);
+    return testutil::write_safetensors(
+        tensors, {{"format", "fusedrnn"}, {"format_version", "1"}, {"model", config}});
+  };
+  using TV = std::vector<testutil::Tensor>;
+  expect_throw<CheckpointError>("missing tensor",
+                                [&] { from(rewrite(spec, [](TV& t, std::string&) { t.pop_back(); })); },
+                                "missing tensor 'head.bias'");
+  expect_throw<CheckpointError>("unexpected tensor",
+                                [&] {
+                                  from(rewrite(spec, [](TV& t, std::string&) {
+                                    t.push_back(testutil::make_tensor<float>("extra", {1}, {1.f}));
+                                  }));
+                                },
+                                "unexpected tensor 'extra'");
+  expect_throw<CheckpointError>("shape mismatch",
+                                [&] {
+                                  from(rewrite(spec, [](TV& t, std::string&) {
+                                    t[1].shape = {6, 18};  // weight_hh [18, 6] transposed
+                                  }));
+                                },
+                                "has shape [6, 18] but the model config needs [18, 6]");
+  expect_throw<CheckpointError>("dtype mismatch",
+                                [&] {
+                                  from(rewrite(spec, [](TV& t, std::string&) {
+                                    t[0] = testutil::make_tensor<double>(
+                                        t[0].name, t[0].shape,
+                                        std::vector<double>(std::size_t(18 * 5)));
+                                  }));
+                                },
+                                "is F64 but the model's dtype is F32");
+  expect_throw<CheckpointError>("optimizer tensors are ignored, other reserved names are not",
+                                [&] {
+                                  from(rewrite(spec, [](TV& t, std::string&) {
+                                    t.push_back(testutil::make_tensor<float>(
+                                        "__optimizer__/state/0/exp_avg", {1}, {1.f}));
+                                    t.push_back(testutil::make_tensor<float>("__x", {1}, {1.f}));
+                                  }));
+                                },
+                                "unknown reserved tensor '__x'");
+  auto config_edit = [&](const std::string& from_s, const std::string& to_s) {
+    return rewrite(spec, [&](TV&, std::string& cfg) {
+      const auto at = cfg.find(from_s);
+      if (at != std::string::npos) cfg.replace(at, from_s.size(), to_s);
+    });
+  };
+  expect_throw<ConfigError>("unsupported cell",
+                            [&] { from(config_edit("\"cell\":\"gru\"", "\"cell\":\"lru\"")); },
+                            "cell must be");
+  expect_throw<ConfigError>("unsupported type",
+                            [&] { from(config_edit("RecurrentModel", "Transformer")); },
+                            "type 'Transformer' is not supported");
+  expect_throw<ConfigError>("unknown config key",
+                            [&] { from(config_edit("\"seed\":null", "\"seed\":null,\"x\":1")); },
+                            "unknown key 'x'");
+  expect_throw<ConfigError>("hidden_size not an integer",
+                            [&] { from(config_edit("\"hidden_size\":6", "\"hidden_size\":6.0")); },
+                            "hidden_size must be an integer");
+  expect_throw<ConfigError>("both vocab_size and input_size",
+                            [&] { from(config_edit("\"vocab_size\":null", "\"vocab_size\":3")); },
+                            "exactly one of vocab_size and input_size");
+  expect_throw<ConfigError>("proj_size with a GRU",
+                            [&] { from(config_edit("\"proj_size\":0", "\"proj_size\":2")); },
+                            "need cell 'lstm'");
+  expect_throw<CheckpointError>("model config not JSON",
+                                [&] { from(config_edit("{\"type\"", "{type")); },
+                                "__metadata__['model'] is not valid JSON");
+  expect_throw<ConfigError>("no model config",
+                            [&] {
+                              from(testutil::write_safetensors(
+                                  {}, {{"format", "fusedrnn"}, {"format_version", "1"}}));
+                            },
+                            "no model config");
+  expect_throw<CheckpointError>("format_version 2",
+                                [&] {
+                                  from(testutil::write_safetensors(
+                                      {}, {{"format", "fusedrnn"}, {"format_version", "2"}}));
+                                },
+                                "unsupported checkpoint format_version '2'");
+}
+
+}  // namespace
+
+int main() {
+  for (const Spec& s : grid()) {
+    try {
+      if (s.float64)
+        check_spec<double>(s, 42 + std::uint64_t(g_passed));
+      else
+        check_spec<float>(s, 42 + std::uint64_t(g_passed));
+    } catch (const std::exception& e) {
+      report(false, s.name(), std::string("exception: ") + e.what());
+    }
+  }
+  check_errors();
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}

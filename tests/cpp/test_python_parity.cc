@@ -1,0 +1,195 @@
+// fusedrnn::Model and fusedrnn::Stream against the Python package, over the fixtures of
+// tests/cpp/make_fixtures.py (checkpoints written by fusedrnn.save, inputs and the outputs
+// Python computed from them).
+//
+// For each case the C++ model runs the same inputs (lengths, initial states) and must give:
+//   * the recurrent stack's output (y_rnn) and the final states bitwise equal to Python's when
+//     the kernels ran the same instruction-set copy ("isa" in the fixture), else within 1e-12
+//     (float64) / 1e-6 (float32) relative;
+//   * the model output y within 1e-12 (float64) / 1e-6 (float32) relative to max(1, max |y|):
+//     the head is a GEMM, and NumPy's BLAS sums in another order (bitwise for bare layers);
+//   * for unidirectional models, a Stream stepping each sequence's valid steps gives the same y
+//     within the same bounds.
+//
+//   test_python_parity [--fixtures DIR] [--require]
+// The directory comes from --fixtures or the environment variable FUSEDRNN_FIXTURES. Without
+// fixtures the test is skipped (exit 77), or fails with --require (CI).
+#include <fusedrnn/fusedrnn.h>
+#include <fusedrnn/model.h>
+#include <fusedrnn/stream.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using fusedrnn::Model;
+using fusedrnn::TensorFile;
+
+namespace {
+
+int g_passed = 0, g_failed = 0;
+double g_worst_y[2] = {0, 0};  // float32, float64
+
+void report(bool ok, const std::string& what, const std::string& detail = "") {
+  std::printf("%-4s %-52s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
+  ++(ok ? g_passed : g_failed);
+}
+
+// max |a - b| / max(1, max |b|); infinite on a NaN mismatch or a size mismatch.
+template <typename Scalar>
+double rel_diff(const Scalar* a, const std::vector<Scalar>& b) {
+  double m = 0, scale = 1;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    scale = std::max(scale, std::abs(double(b[i])));
+    const double d = std::abs(double(a[i]) - double(b[i]));
+    if (std::isnan(double(a[i])) != std::isnan(double(b[i]))) return INFINITY;
+    if (d > m) m = d;
+  }
+  return m / scale;
+}
+
+template <typename Scalar>
+bool bitwise(const Scalar* a, const std::vector<Scalar>& b) {
+  for (std::size_t i = 0; i < b.size(); ++i)
+    if (!(a[i] == b[i])) return false;
+  return true;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+template <typename Scalar>
+void check_case(const std::string& dir, const std::string& name) {
+  const Model model = Model::load(dir + "/" + name + ".safetensors");
+  const TensorFile io = TensorFile::load(dir + "/" + name + ".io.safetensors");
+  const fusedrnn::ModelConfig& c = model.config();
+  const bool f64 = std::is_same<Scalar, double>::value;
+  const double tol = f64 ? 1e-12 : 1e-6;
+  const std::string* isa = io.metadata_value("isa");
+  const bool same_isa = isa && *isa == fusedrnn::build_info().instruction_set;
+
+  const bool tokens = io.find("tokens") != nullptr;
+  const std::vector<std::int64_t> lengths = io.read<std::int64_t>("lengths");
+  const std::vector<Scalar> y_ref = io.read<Scalar>("y"), y_rnn_ref = io.read<Scalar>("y_rnn");
+  const std::vector<Scalar> hn_ref = io.read<Scalar>("h_n");
+  const bool lstm = c.cell == fusedrnn::CellType::lstm;
+  const std::vector<Scalar> cn_ref = lstm ? io.read<Scalar>("c_n") : std::vector<Scalar>();
+  const std::vector<Scalar> h0 = io.find("h0") ? io.read<Scalar>("h0") : std::vector<Scalar>();
+  const std::vector<Scalar> c0 = io.find("c0") ? io.read<Scalar>("c0") : std::vector<Scalar>();
+  const fusedrnn::TensorInfo& yi = *io.find("y");
+  const std::int64_t T = yi.shape[0], N = yi.shape[1], O = model.output_size();
+  const std::int64_t E = c.rnn_input_size();
+
+  std::vector<Scalar> y(y_ref.size()), hn(hn_ref.size()), cn(cn_ref.size());
+  fusedrnn::Context ctx;
+  std::vector<std::int64_t> tok;
+  std::vector<Scalar> x;
+  if (tokens) {
+    tok = io.read<std::int64_t>("tokens");
+    model.forward_tokens<Scalar>(T, N, tok.data(), h0.empty() ? nullptr : h0.data(),
+                                 c0.empty() ? nullptr : c0.data(), lengths.data(), y.data(),
+                                 hn.data(), lstm ? cn.data() : nullptr, &ctx);
+  } else {
+    x = io.read<Scalar>("x");
+    model.forward<Scalar>(T, N, x.data(), h0.empty() ? nullptr : h0.data(),
+                          c0.empty() ? nullptr : c0.data(), lengths.data(), y.data(), hn.data(),
+                          lstm ? cn.data() : nullptr, &ctx);
+  }
+  const Scalar* y_rnn = ctx.rnn_output<Scalar>();
+  bool exact = bitwise(y_rnn, y_rnn_ref) && bitwise(hn.data(), hn_ref) &&
+               (!lstm || bitwise(cn.data(), cn_ref));
+  const double d_rnn = std::max({rel_diff(y_rnn, y_rnn_ref), rel_diff(hn.data(), hn_ref),
+                                 lstm ? rel_diff(cn.data(), cn_ref) : 0.0});
+  const double d_y = rel_diff(y.data(), y_ref);
+  g_worst_y[f64] = std::max(g_worst_y[f64], d_y);
+  const bool meta_ok = model.metadata().find("case") &&
+                       model.metadata().at("case").as_string() == name;
+  const bool ok = meta_ok && (same_isa ? exact : d_rnn <= tol) && d_y <= tol &&
+                  (c.has_head || bitwise(y.data(), y_ref));
+  report(ok, name,
+         std::string(exact ? "stack+states bitwise" : "stack+states " + fmt("%.1e", d_rnn)) +
+             ", y " + fmt("%.1e", d_y) + (meta_ok ? "" : ", metadata differs"));
+
+  if (c.bidirectional) return;
+  // Stream: all N sequences step together; sequence n is compared at its valid steps.
+  fusedrnn::Stream<Scalar> stream(model, N);
+  stream.set_state(h0.empty() ? nullptr : h0.data(), c0.empty() ? nullptr : c0.data());
+  std::vector<Scalar> xt(std::size_t(N * E)), yt(std::size_t(N * O));
+  double d_stream = 0;
+  bool stepped = true;
+  for (std::int64_t t = 0; t < T; ++t) {
+    if (tokens) {
+      stepped = stepped && stream.step_tokens(tok.data() + t * N, yt.data());
+    } else {
+      std::copy(x.begin() + t * N * E, x.begin() + (t + 1) * N * E, xt.begin());
+      stream.step(xt.data(), yt.data());
+    }
+    for (std::int64_t n = 0; n < N; ++n) {
+      if (t >= lengths[std::size_t(n)]) continue;
+      std::vector<Scalar> ref(y_ref.begin() + (t * N + n) * O, y_ref.begin() + (t * N + n + 1) * O);
+      std::vector<Scalar> batch(y.begin() + (t * N + n) * O, y.begin() + (t * N + n + 1) * O);
+      d_stream = std::max(d_stream, rel_diff(yt.data() + n * O, ref));
+      if (!bitwise(yt.data() + n * O, batch)) stepped = false;  // == Model::forward, bitwise
+    }
+  }
+  report(stepped && d_stream <= tol, name + " (Stream)",
+         "y " + fmt("%.1e", d_stream) + (stepped ? ", == forward bitwise" : ", differs from forward"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string dir;
+  bool require = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--fixtures") && i + 1 < argc)
+      dir = argv[++i];
+    else if (!std::strcmp(argv[i], "--require"))
+      require = true;
+  }
+  if (const char* env = std::getenv("FUSEDRNN_FIXTURES"))
+    if (*env) dir = env;
+  std::ifstream list(dir.empty() ? std::string() : dir + "/cases.txt");
+  if (!list) {
+    const std::string why = dir.empty()
+                                ? "no fixture directory (--fixtures DIR or FUSEDRNN_FIXTURES)"
+                                : "no " + dir + "/cases.txt";
+    if (require) {
+      std::printf("FAIL: %s; write them with: python tests/cpp/make_fixtures.py DIR\n",
+                  why.c_str());
+      return 1;
+    }
+    std::printf("SKIP: %s; write them with: python tests/cpp/make_fixtures.py DIR\n",
+                why.c_str());
+    return 77;
+  }
+  std::printf("fixtures: %s; this library's kernels: %s\n", dir.c_str(),
+              fusedrnn::build_info().instruction_set.c_str());
+  std::string name;
+  int cases = 0;
+  while (std::getline(list, name)) {
+    if (name.empty()) continue;
+    ++cases;
+    try {
+      if (name.find("float64") != std::string::npos)
+        check_case<double>(dir, name);
+      else
+        check_case<float>(dir, name);
+    } catch (const std::exception& e) {
+      report(false, name, std::string("exception: ") + e.what());
+    }
+  }
+  report(cases >= 100, "the fixture list has the whole grid", std::to_string(cases) + " cases");
+  std::printf("largest y difference to Python (relative): float32 %.2e, float64 %.2e\n",
+              g_worst_y[0], g_worst_y[1]);
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed ? 1 : 0;
+}
