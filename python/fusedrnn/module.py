@@ -367,7 +367,8 @@ class Linear(Module):
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear.forward: x must have shape [..., {self.in_features}], "
                              f"got {list(x.shape)}")
-        y = x @ w.T
+        # One 2-D product: numpy's batched matmul on 3-D input is several times slower.
+        y = (x.reshape(-1, self.in_features) @ w.T).reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y += self.bias.data
         self._x = x if self.training else None
@@ -389,7 +390,7 @@ class Linear(Module):
         self.weight.grad += dy2.T @ x2
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return dy @ self.weight.data
+        return (dy2 @ self.weight.data).reshape(x.shape)
 
 
 @register_module

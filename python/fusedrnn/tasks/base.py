@@ -60,6 +60,10 @@ class Task:
     defaults: Dict[str, Any] = {}
     #: whether --bidirectional makes sense (a language model or forecaster cannot look ahead)
     bidirectional_ok: bool = False
+    #: the task-specific flags it reads, of "data", "column", "model", "problem", "min_length",
+    #: "max_length", "horizon", "window", "embed"; the CLI rejects the others when given.
+    #: None (the default) = not declared: the CLI accepts all of them.
+    flags: Optional[Tuple[str, ...]] = None
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -90,6 +94,11 @@ class Task:
         raise NotImplementedError
 
     # -- optional ----------------------------------------------------------------------------
+    def progress(self, loss: float) -> Dict[str, float]:
+        """Extra numbers for the progress bar derived from a training loss (e.g. bits per
+        character); none by default."""
+        return {}
+
     def summary(self, model: Module) -> List[str]:
         """Lines printed after training (a generated sample, a few predictions)."""
         return []
@@ -98,6 +107,12 @@ class Task:
         """JSON-serialisable state needed to rebuild the task without its data (vocabulary,
         normalisation constants) plus the task flags."""
         return {"flags": {k: getattr(self.args, k) for k in TASK_FLAGS if hasattr(self.args, k)}}
+
+    def checkpoint_extras(self) -> Dict[str, Any]:
+        """Top-level entries of the checkpoint's user metadata for readers that know nothing
+        of tasks (the C++ examples read a language model's "vocab", a list of one-character
+        strings in token order)."""
+        return {}
 
     def restore(self, metadata: Dict[str, Any]) -> None:
         """Inverse of metadata(), called instead of / before prepare() for a checkpoint."""
@@ -109,7 +124,10 @@ class Task:
     # -- --compare-torch (optional) ----------------------------------------------------------
     def torch_model(self, model: Module):
         """A torch.nn.Module with the same structure and weights as model, or None when this
-        task has no PyTorch twin."""
+        task has no PyTorch twin. The trainer calls it before training, with the run's initial
+        weights (and fresh dropout generators), then trains both on the same batches: it
+        zeroes the gradients, calls torch_train_step, clips, steps the equivalent torch
+        optimiser, and calls torch_evaluate in eval mode under the same schedule."""
         return None
 
     def torch_train_step(self, tmodel, batch) -> Tuple[float, int]:

@@ -1,0 +1,643 @@
+"""``fusedrnn --task forecast``: multi-step time-series forecasting.
+
+Data: the Mackey-Glass chaotic series by default (see :func:`mackey_glass`), or one numeric
+column of a CSV file (``--data FILE.csv --column NAME``). The series is split in time order
+70 / 15 / 15 % into train / validation / test and normalised with the training split's mean and
+standard deviation. A sample is a window of ``--window`` past values and the next ``--horizon``
+values; a validation (test) sample has its whole horizon inside the validation (test) split, its
+input window may reach back into the previous split.
+
+Models (``--model``):
+
+* ``encoder`` (default): the recurrent layer reads the window; a Linear head maps its last
+  output to all ``horizon`` future values at once (direct multi-step forecasting).
+* ``jordan``: a Jordan network (Jordan 1986; as a forecaster, the NARMA recurrent network of
+  Connor, Martin & Atlas 1994): at every step the recurrent layer gets two inputs, the observed
+  value and its own previous prediction of that value (the output fed back), and a Linear head
+  predicts the next value. Over the horizon no value is observed, so both inputs are the previous
+  prediction: an autoregressive one-step-ahead rollout. Training is *free-running* (no teacher
+  forcing): the feedback holds the model's real previous predictions, computed in a first
+  forward pass without gradient; the second, trained pass takes them as ordinary inputs, so the
+  gradient flows through the recurrent state but is truncated at the output-to-input feedback
+  connection, as in Jordan's original training. The loss is the MSE of all one-step predictions
+  over the window plus those of the horizon rollout, so training and inference run the model
+  the same way.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import numbers
+import os
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+
+from .. import losses
+from ..layers import GRU, LSTM, RNN
+from ..module import Dropout, Linear, Module, register_module
+from .base import TASK_FLAGS, DataError, Task
+
+__all__ = ["Forecast", "ForecastEncoder", "JordanForecaster", "mackey_glass"]
+
+SPLIT = (0.70, 0.15, 0.15)          # train / validation / test, in time order
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+MODELS = ("encoder", "jordan")
+
+
+# -- data --------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def mackey_glass(n: int = 6000, *, tau: float = 17.0, beta: float = 0.2, gamma: float = 0.1,
+                 power: float = 10.0, dt: float = 0.1, sample: float = 1.0,
+                 discard: float = 1000.0, x0: float = 1.2) -> np.ndarray:
+    """``n`` samples of the Mackey-Glass delay differential equation
+
+        dx/dt = beta x(t - tau) / (1 + x(t - tau)^power) - gamma x(t)
+
+    integrated with fourth-order Runge-Kutta at step ``dt`` (the delayed term at the half step
+    is the mean of its two neighbours on the grid), history x(t) = x0 for t <= 0, the first
+    ``discard`` time units dropped as transient, then one sample every ``sample`` time units.
+    Deterministic; float64 array [n]. With tau = 17 the series is chaotic (the benchmark of
+    Lapedes & Farber 1987 and many since); its values lie in about [0.2, 1.4].
+    """
+    lag = int(round(tau / dt))
+    every = int(round(sample / dt))
+    if lag < 1 or every < 1 or abs(lag * dt - tau) > 1e-9 or abs(every * dt - sample) > 1e-9:
+        raise ValueError("mackey_glass: tau and sample must be positive multiples of dt")
+    skip = int(round(discard / dt))
+    total = skip + n * every
+    x = [x0] * (lag + 1) + [0.0] * total      # x[lag] is t = 0; x[i] is t = (i - lag) dt
+
+    def f(xt: float, xd: float) -> float:
+        return beta * xd / (1.0 + xd ** power) - gamma * xt
+
+    h = dt
+    for i in range(lag, lag + total):
+        xt, d0, d1 = x[i], x[i - lag], x[i - lag + 1]
+        dm = 0.5 * (d0 + d1)
+        k1 = f(xt, d0)
+        k2 = f(xt + 0.5 * h * k1, dm)
+        k3 = f(xt + 0.5 * h * k2, dm)
+        k4 = f(xt + h * k3, d1)
+        x[i + 1] = xt + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    start = lag + skip + every
+    out = np.asarray(x[start:start + n * every:every], dtype=np.float64)
+    out.setflags(write=False)
+    return out
+
+
+def read_csv_column(path: str, column: Optional[str]) -> np.ndarray:
+    """The values of ``column`` of the CSV file ``path`` (header row first) as float64.
+
+    DataError (one line, naming the file) when the file cannot be read, has no header or rows,
+    lacks the column, or holds a non-numeric or non-finite value in it. Without ``column`` a
+    file with a single column uses that column."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except FileNotFoundError:
+        raise DataError(f"--data {path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"--data {path}: is a directory, not a CSV file") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"--data {path}: cannot read it as a CSV file ({e})") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise DataError(f"--data {path}: the file is empty (expected a header row and values)")
+    header = [c.strip() for c in rows[0]]
+    if column is None:
+        if len(header) != 1:
+            raise DataError(f"--data {path}: give --column, one of: {', '.join(header)}")
+        column = header[0]
+    if column not in header:
+        raise DataError(f"--data {path}: no column {column!r} in the header "
+                        f"(columns: {', '.join(header)})")
+    j = header.index(column)
+    values = []
+    for line, r in enumerate(rows[1:], start=2):
+        cell = r[j].strip() if j < len(r) else ""
+        try:
+            v = float(cell)
+        except ValueError:
+            raise DataError(f"--data {path}: column {column!r} is not numeric: row {line} holds "
+                            f"{cell!r}") from None
+        if not math.isfinite(v):
+            raise DataError(f"--data {path}: column {column!r} row {line} holds {cell!r} "
+                            f"(values must be finite)")
+        values.append(v)
+    return np.asarray(values, dtype=np.float64)
+
+
+def split_sizes(n: int) -> Tuple[int, int, int]:
+    """(train, validation, test) sizes of a series of n points."""
+    n_val = int(round(n * SPLIT[1]))
+    n_test = int(round(n * SPLIT[2]))
+    return n - n_val - n_test, n_val, n_test
+
+
+def min_rows(window: int, horizon: int) -> int:
+    """The fewest points for one training sample and one validation and test horizon."""
+    n = window + horizon
+    while True:
+        tr, va, te = split_sizes(n)
+        if tr >= window + horizon and va >= horizon and te >= horizon:
+            return n
+        n += 1
+
+
+# -- models ------------------------------------------------------------------------------------
+def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: float,
+             seed: Optional[int]):
+    """The recurrent layer: LSTM (forget-gate bias +1), GRU or tanh RNN, time-major."""
+    cls = CELLS[cell]
+    kw = dict(num_layers=layers, dropout=dropout if layers > 1 else 0.0, seed=seed)
+    if cls is LSTM:
+        kw["forget_bias"] = 1.0
+    return cls(input_size, hidden, **kw)
+
+
+def _sub_seed(seed: Optional[int], k: int) -> Optional[int]:
+    return None if seed is None else int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+@register_module
+class ForecastEncoder(Module):
+    """Recurrent encoder over the window, Linear head from its last output to the horizon.
+
+    forward(x [T, N, 1]) -> [N, horizon]; backward(d [N, horizon]) -> d_x [T, N, 1].
+    """
+
+    def __init__(self, cell: str = "lstm", hidden_size: int = 64, num_layers: int = 1,
+                 dropout: float = 0.0, horizon: int = 1, seed: Optional[int] = None):
+        super().__init__()
+        self._record(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
+                     dropout=dropout, horizon=horizon, seed=seed)
+        self.rnn = make_rnn(cell, 1, hidden_size, num_layers, dropout, _sub_seed(seed, 0))
+        self.drop = Dropout(dropout, seed=_sub_seed(seed, 1))
+        self.head = Linear(hidden_size, horizon, seed=_sub_seed(seed, 2))
+        self._T = None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        out, _ = self.rnn.forward(x)
+        self._T = out.shape[0]
+        return self.head.forward(self.drop.forward(out[-1]))
+
+    def backward(self, d: np.ndarray) -> np.ndarray:
+        d_last = self.drop.backward(self.head.backward(d))
+        d_out = np.zeros((self._T,) + d_last.shape, d_last.dtype)
+        d_out[-1] = d_last
+        return self.rnn.backward(d_out)
+
+    def predict(self, window: np.ndarray, horizon: int) -> np.ndarray:
+        """window [W, N] (normalised) -> [horizon, N] forecasts (model's mode as it is)."""
+        return self.forward(window[:, :, None].astype(np.float32))[:, :horizon].T
+
+
+@register_module
+class JordanForecaster(Module):
+    """Jordan network: a recurrent layer over (observed value, previous prediction) pairs and a
+    Linear head predicting the next value.
+
+    forward(u [T, N, 2], state=None) -> (y [T, N, 1], final state): the trained pass, with the
+    fed-back predictions given as input channel 1. backward(dy [T, N, 1]) -> d_u.
+    rollout(window [W, N], horizon) runs the network as it is used: the feedback is its own
+    previous output, and after the window its own predictions are also the observations.
+    """
+
+    def __init__(self, cell: str = "lstm", hidden_size: int = 64, num_layers: int = 1,
+                 dropout: float = 0.0, seed: Optional[int] = None):
+        super().__init__()
+        self._record(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
+                     dropout=dropout, seed=seed)
+        self.rnn = make_rnn(cell, 2, hidden_size, num_layers, dropout, _sub_seed(seed, 0))
+        self.drop = Dropout(dropout, seed=_sub_seed(seed, 1))
+        self.head = Linear(hidden_size, 1, seed=_sub_seed(seed, 2))
+
+    def forward(self, u: np.ndarray, state=None):
+        out, state = self.rnn.forward(u, state)
+        return self.head.forward(self.drop.forward(out)), state
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        return self.rnn.backward(self.drop.backward(self.head.backward(dy)))
+
+    def rollout(self, window: np.ndarray, horizon: int) -> Tuple[np.ndarray, np.ndarray]:
+        """window [W, N] (normalised) -> (u [W+horizon-1, N, 2], y [W+horizon-1, N]): the
+        inputs the network saw and its one-step predictions y[t] of value t+1 (so y[W-1:] is
+        the forecast of the horizon). Runs in eval mode (the mode is restored afterwards) and
+        leaves no pending forward for backward."""
+        W, N = window.shape
+        T = W + horizon - 1
+        u = np.empty((T, N, 2), np.float32)
+        y = np.empty((T, N), np.float32)
+        training = self.training
+        self.eval()
+        try:
+            state, prev = None, window[0].astype(np.float32)
+            for t in range(T):
+                u[t, :, 0] = window[t] if t < W else prev
+                u[t, :, 1] = prev
+                out, state = self.rnn.forward(u[t:t + 1], state)
+                prev = self.head.forward(out[0])[:, 0]
+                y[t] = prev
+        finally:
+            self.train(training)
+        return u, y
+
+    def predict(self, window: np.ndarray, horizon: int) -> np.ndarray:
+        """window [W, N] (normalised) -> [horizon, N] forecasts."""
+        return self.rollout(window, horizon)[1][window.shape[0] - 1:]
+
+
+# -- flag checks -------------------------------------------------------------------------------
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, v, minimum: int = 1) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < minimum:
+        raise ValueError(f"{_flag_name(name)} must be an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def check_choice(name: str, v, choices) -> str:
+    if v not in choices:
+        raise ValueError(f"{_flag_name(name)} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+def check_dropout(v) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
+        raise ValueError(f"--dropout must be a number in [0, 1), got {v!r}")
+    return float(v)
+
+
+# -- the task ----------------------------------------------------------------------------------
+class Forecast(Task):
+    """Multi-step time-series forecasting (see the module docstring for data and models).
+
+    Defaults: the Mackey-Glass series (tau = 17, 6000 points sampled every time unit), ``--window
+    64`` past values, ``--horizon 20`` future values, ``--model encoder``, ``--cell lstm``,
+    ``--hidden 64``, ``--layers 1``, ``--dropout 0``, ``--batch-size 64``, ``--lr 3e-3``,
+    ``--seed 0``, a 60 s time budget.
+
+    Metric: RMSE over all horizon steps of all validation windows, in the series' units (lower
+    is better); ``baseline_rmse`` is the persistence forecast (the window's last value repeated).
+    Also reported: ``nrmse`` (RMSE / the training split's standard deviation) and the RMSE at
+    the first and last horizon step.
+
+    predict: each input line is a comma-separated list of past values (at least ``--window``;
+    the last ``--window`` are used) -> a comma-separated line of ``--horizon`` forecasts.
+    """
+
+    name = "forecast"
+    help = "time-series forecasting (Mackey-Glass or a CSV column), encoder or Jordan network"
+    metric = "rmse"
+    higher_is_better = False
+    unit = "seq"
+    bidirectional_ok = False
+    flags = ("data", "column", "model", "window", "horizon")
+    defaults: Dict[str, Any] = {
+        "model": "encoder", "window": 64, "horizon": 20, "cell": "lstm", "hidden": 64,
+        "layers": 1, "dropout": 0.0, "batch_size": 64, "lr": 3e-3, "seed": 0,
+        "time_budget": 60,
+    }
+    #: Mackey-Glass series length
+    series_length = 6000
+    #: windows per forward pass in evaluate / predict
+    eval_batch = 1024
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.mean: Optional[float] = None
+        self.std: Optional[float] = None
+        self.series: Optional[np.ndarray] = None
+        self.source = None
+        # flags given a value (not None) when the task was made: restore() keeps them
+        self._given = {k for k in TASK_FLAGS if getattr(args, k, None) is not None}
+        self._resolve()
+
+    # -- flags ----------------------------------------------------------------------------------
+    def _get(self, name):
+        v = getattr(self.args, name, None)
+        return self.defaults.get(name) if v is None else v
+
+    def _resolve(self) -> None:
+        a = self.args
+        if getattr(a, "bidirectional", False):
+            raise ValueError("--bidirectional: a forecaster cannot read the future; "
+                             "task forecast does not support it")
+        a.model = check_choice("model", self._get("model"), MODELS)
+        a.cell = check_choice("cell", self._get("cell"), tuple(CELLS))
+        a.window = check_int("window", self._get("window"))
+        a.horizon = check_int("horizon", self._get("horizon"))
+        a.hidden = check_int("hidden", self._get("hidden"))
+        a.layers = check_int("layers", self._get("layers"))
+        a.batch_size = check_int("batch_size", self._get("batch_size"))
+        a.dropout = check_dropout(self._get("dropout"))
+        a.seed = check_int("seed", self._get("seed"), minimum=0)
+        a.data = getattr(a, "data", None)
+        a.column = getattr(a, "column", None)
+        if a.column is not None and a.data is None:
+            raise ValueError("--column needs --data (a CSV file); without it the task uses the "
+                             "Mackey-Glass series")
+
+    # -- data -----------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        a = self.args
+        if a.data is None:
+            series = mackey_glass(self.series_length)
+            self.source = f"Mackey-Glass (tau=17), {series.size} points"
+        else:
+            series = read_csv_column(a.data, a.column)
+            need = min_rows(a.window, a.horizon)
+            if series.size < need:
+                raise DataError(f"--data {a.data}: {series.size} values is too few for "
+                                f"--window {a.window} and --horizon {a.horizon}: need at least "
+                                f"{need} (70/15/15% train/validation/test split)")
+            self.source = f"{a.data} column {a.column or 'single'}, {series.size} points"
+        n_tr, n_val, n_test = split_sizes(series.size)
+        if self.mean is None:   # not restored from a checkpoint: training statistics
+            train = series[:n_tr]
+            std = float(train.std())
+            if not std > 0:
+                raise DataError(f"--data {a.data}: the training part of the series is constant "
+                                f"(nothing to forecast)")
+            self.mean, self.std = float(train.mean()), std
+        self.series = series
+        self.z = ((series - self.mean) / self.std).astype(np.float32)
+        self.n_train, self.n_val, self.n_test = n_tr, n_val, n_test
+        W, H = a.window, a.horizon
+        self.num_train_windows = n_tr - W - H + 1
+        self.val_starts = np.arange(max(n_tr, W), n_tr + n_val - H + 1)
+        self.test_starts = np.arange(max(n_tr + n_val, W), series.size - H + 1)
+
+    def _windows(self, starts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """(inputs [W, N], targets [H, N]) normalised, for forecasts starting at ``starts``."""
+        W, H = self.args.window, self.args.horizon
+        x = self.z[starts[None, :] + np.arange(-W, 0)[:, None]]
+        y = self.z[starts[None, :] + np.arange(H)[:, None]]
+        return x, y
+
+    # -- model ----------------------------------------------------------------------------------
+    def build_model(self) -> Module:
+        a = self.args
+        if a.model == "encoder":
+            return ForecastEncoder(a.cell, a.hidden, a.layers, a.dropout, a.horizon, seed=a.seed)
+        return JordanForecaster(a.cell, a.hidden, a.layers, a.dropout, seed=a.seed)
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+        W, B = self.args.window, self.args.batch_size
+        while True:
+            starts = rng.integers(W, W + self.num_train_windows, size=B)
+            self.epoch += B / self.num_train_windows
+            yield self._windows(starts)
+
+    def train_step(self, model: Module, batch) -> Tuple[float, int]:
+        x, y = batch
+        W, N = x.shape
+        if isinstance(model, JordanForecaster):
+            # pass 1: free-running, no gradient; pass 2: the same inputs, trained
+            u, _ = model.rollout(x, y.shape[0])
+            target = np.concatenate([x[1:], y], axis=0)[:, :, None]
+            pred, _ = model.forward(u)
+            loss, grad = losses.mse(pred, target)
+        else:
+            pred = model.forward(x[:, :, None])
+            loss, grad = losses.mse(pred, np.ascontiguousarray(y.T))
+        model.backward(grad)
+        return loss, N
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def forecast(self, model: Module, windows: np.ndarray) -> np.ndarray:
+        """windows [W, N] normalised -> [horizon, N] normalised forecasts (in chunks)."""
+        H = self.args.horizon
+        parts = [model.predict(windows[:, i:i + self.eval_batch], H)
+                 for i in range(0, windows.shape[1], self.eval_batch)]
+        return np.concatenate(parts, axis=1) if parts else np.empty((H, 0), np.float32)
+
+    def _scores(self, model: Module, starts: np.ndarray) -> Dict[str, float]:
+        x, y = self._windows(starts)
+        pred = self.forecast(model, x).astype(np.float64)
+        err = (pred - y) * self.std
+        base = (x[-1][None, :] - y) * self.std
+        per_step = np.sqrt((err ** 2).mean(axis=1))
+        rmse = float(np.sqrt((err ** 2).mean()))
+        return {"rmse": rmse, "baseline_rmse": float(np.sqrt((base ** 2).mean())),
+                "nrmse": rmse / self.std, "rmse_first": float(per_step[0]),
+                "rmse_last": float(per_step[-1])}
+
+    def evaluate(self, model: Module) -> Dict[str, float]:
+        self._need_data()
+        return self._scores(model, self.val_starts)
+
+    def _need_data(self) -> None:
+        if self.series is None:
+            raise RuntimeError("Forecast: call prepare() before evaluate()")
+
+    def summary(self, model: Module) -> List[str]:
+        self._need_data()
+        H = self.args.horizon
+        lines = [f"data: {self.source}; window {self.args.window}, horizon {H}, "
+                 f"model {self.args.model}"]
+        for split, starts in (("validation", self.val_starts), ("test", self.test_starts)):
+            if starts.size == 0:
+                continue
+            s = self._scores(model, starts)
+            lines.append(f"{split} RMSE {s['rmse']:.4g} vs persistence {s['baseline_rmse']:.4g} "
+                         f"({s['baseline_rmse'] / max(s['rmse'], 1e-300):.1f}x lower), "
+                         f"NRMSE {s['nrmse']:.3f}; step 1 {s['rmse_first']:.4g}, "
+                         f"step {H} {s['rmse_last']:.4g}")
+        x, y = self._windows(self.val_starts[:1])
+        pred = self.forecast(model, x)[:, 0] * self.std + self.mean
+        truth = y[:, 0] * self.std + self.mean
+        k = min(H, 5)
+        lines.append("first validation window, next %d values: predicted %s, true %s" % (
+            k, ", ".join(f"{v:.4g}" for v in pred[:k]),
+            ", ".join(f"{v:.4g}" for v in truth[:k])))
+        return lines
+
+    def plot(self, model: Module, path: str) -> Optional[str]:
+        """Saves forecasts vs truth over the start of the validation split (forecasts from
+        origins ``horizon`` apart) and the RMSE per horizon step vs persistence as a PNG.
+        ``path``: a file name, or a directory (the file is then ``forecast.png`` in it).
+        Returns the written path, or None when matplotlib is not installed."""
+        self._need_data()
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        if os.path.isdir(path):
+            path = os.path.join(path, "forecast.png")
+        W, H = self.args.window, self.args.horizon
+        n_tr = self.n_train
+        span = min(self.val_starts.size, max(10 * H, 200))
+        origins = self.val_starts[:span:H]
+        x, _ = self._windows(origins)
+        pred = self.forecast(model, x) * self.std + self.mean
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 7), gridspec_kw={"height_ratios": [2, 1]})
+        t0 = max(n_tr - W, 0)
+        t1 = min(int(origins[-1]) + H, self.series.size) if origins.size else n_tr
+        ts = np.arange(t0, t1)
+        ax.plot(ts, self.series[t0:t1], color="black", lw=1.2, label="truth")
+        for i, o in enumerate(origins):
+            ax.plot(np.arange(o, o + H), pred[:, i], color="tab:red", lw=1.5,
+                    label="forecast" if i == 0 else None)
+            ax.plot([o - 1, o + H - 1], [self.series[o - 1]] * 2, color="tab:blue", lw=0.8,
+                    ls="--", label="persistence" if i == 0 else None)
+        ax.axvline(n_tr, color="gray", lw=0.8)
+        ax.set_title(f"{self.source}: {self.args.model} {self.args.cell}, {H}-step forecasts "
+                     f"from origins {H} apart (validation split)")
+        ax.set_xlabel("time step")
+        ax.legend(loc="upper right")
+        xv, yv = self._windows(self.val_starts)
+        pv = self.forecast(model, xv)
+        err = np.sqrt((((pv - yv) * self.std) ** 2).mean(axis=1))
+        base = np.sqrt((((xv[-1][None, :] - yv) * self.std) ** 2).mean(axis=1))
+        steps = np.arange(1, H + 1)
+        ax2.plot(steps, err, "o-", color="tab:red", label="model")
+        ax2.plot(steps, base, "o-", color="tab:blue", label="persistence")
+        ax2.set_xlabel("horizon step")
+        ax2.set_ylabel("validation RMSE")
+        ax2.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def metadata(self) -> Dict[str, Any]:
+        """The task flags, the normalisation (training mean and std) and the data source."""
+        meta = super().metadata()
+        meta.update({"mean": self.mean, "std": self.std, "source": self.source})
+        return meta
+
+    def restore(self, metadata: Dict[str, Any]) -> None:
+        """Takes the checkpoint's normalisation and its task flags, except those given a value
+        when this task was made (the user's flags win, as in the trainer: e.g. ``--data`` to
+        evaluate on another file)."""
+        for k, v in metadata.get("flags", {}).items():
+            if k in TASK_FLAGS and k != "task" and k not in self._given:
+                setattr(self.args, k, v)
+        self._resolve()
+        self.source = metadata.get("source", self.source)
+        if metadata.get("mean") is not None:
+            self.mean, self.std = float(metadata["mean"]), float(metadata["std"])
+
+    # -- predict --------------------------------------------------------------------------------
+    def predict(self, model: Module, inputs: List[str]) -> List[str]:
+        if self.mean is None:
+            raise RuntimeError("Forecast.predict: restore() or prepare() first (normalisation)")
+        W, H = self.args.window, self.args.horizon
+        rows = []
+        for i, line in enumerate(inputs, start=1):
+            parts = [p.strip() for p in line.replace(";", ",").split(",")]
+            parts = [p for p in parts if p]
+            try:
+                vals = [float(p) for p in parts]
+            except ValueError:
+                raise ValueError(f"predict: line {i}: expected comma-separated numbers, got "
+                                 f"{line.strip()[:60]!r}") from None
+            if not all(math.isfinite(v) for v in vals):
+                raise ValueError(f"predict: line {i}: values must be finite")
+            if len(vals) < W:
+                raise ValueError(f"predict: line {i}: {len(vals)} values, need at least "
+                                 f"--window {W}")
+            rows.append(vals[-W:])
+        if not rows:
+            return []
+        x = ((np.asarray(rows, np.float64).T - self.mean) / self.std).astype(np.float32)
+        pred = self.forecast(model, x).astype(np.float64) * self.std + self.mean
+        return [", ".join(f"{v:.6g}" for v in pred[:, n]) for n in range(pred.shape[1])]
+
+    # -- --compare-torch ------------------------------------------------------------------------
+    def torch_model(self, model: Module):
+        """A torch twin of ``model`` (same layers and weights): its ``rnn`` is
+        ``fusedrnn.to_torch(model.rnn)``, its ``head`` a torch.nn.Linear."""
+        return _TorchForecaster.build(model)
+
+    def torch_train_step(self, tmodel, batch) -> Tuple[float, int]:
+        import torch
+        x, y = batch
+        tmodel.train()
+        if tmodel.kind == "jordan":
+            u, _ = tmodel.rollout(x, y.shape[0])
+            target = torch.from_numpy(np.concatenate([x[1:], y], axis=0))
+            pred = tmodel.steps(torch.from_numpy(u))[0][:, :, 0]
+        else:
+            pred = tmodel(torch.from_numpy(np.ascontiguousarray(x[:, :, None])))
+            target = torch.from_numpy(np.ascontiguousarray(y.T))
+        loss = torch.nn.functional.mse_loss(pred, target)
+        loss.backward()
+        return float(loss.item()), x.shape[1]
+
+    def torch_evaluate(self, tmodel) -> Dict[str, float]:
+        tmodel.eval()
+        return self.evaluate(tmodel.numpy_adapter())
+
+
+class _TorchForecaster:
+    """Builds the torch twin of a ForecastEncoder / JordanForecaster (torch imported only
+    here)."""
+
+    @staticmethod
+    def build(model: Module):
+        import torch
+
+        from ..convert import to_torch
+
+        class Twin(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.kind = "jordan" if isinstance(model, JordanForecaster) else "encoder"
+                self.rnn = to_torch(model.rnn)
+                self.drop = torch.nn.Dropout(model.drop.p)
+                self.head = torch.nn.Linear(model.head.in_features, model.head.out_features)
+                with torch.no_grad():
+                    self.head.weight.copy_(torch.from_numpy(model.head.weight.data))
+                    self.head.bias.copy_(torch.from_numpy(model.head.bias.data))
+                self.train(model.training)
+
+            def steps(self, u, state=None):            # jordan: u [T, N, 2] -> y [T, N, 1]
+                out, state = self.rnn(u, state)
+                return self.head(self.drop(out)), state
+
+            def forward(self, x):                      # encoder: x [T, N, 1] -> [N, H]
+                out, _ = self.rnn(x)
+                return self.head(self.drop(out[-1]))
+
+            def rollout(self, window: np.ndarray, horizon: int):
+                W, N = window.shape
+                T = W + horizon - 1
+                u = np.empty((T, N, 2), np.float32)
+                y = np.empty((T, N), np.float32)
+                training = self.training
+                self.eval()
+                try:
+                    with torch.no_grad():
+                        state, prev = None, window[0].astype(np.float32)
+                        for t in range(T):
+                            u[t, :, 0] = window[t] if t < W else prev
+                            u[t, :, 1] = prev
+                            out, state = self.steps(torch.from_numpy(u[t:t + 1]), state)
+                            prev = out[0, :, 0].numpy().copy()
+                            y[t] = prev
+                finally:
+                    self.train(training)
+                return u, y
+
+            def numpy_adapter(self):
+                twin = self
+
+                class Adapter:
+                    def predict(self, window: np.ndarray, horizon: int) -> np.ndarray:
+                        if twin.kind == "jordan":
+                            return twin.rollout(window, horizon)[1][window.shape[0] - 1:]
+                        with torch.no_grad():
+                            x = torch.from_numpy(np.ascontiguousarray(window[:, :, None]))
+                            return twin(x).numpy()[:, :horizon].T
+                return Adapter()
+
+        return Twin()

@@ -1,0 +1,778 @@
+"""The generic training loop of ``fusedrnn train`` (any :class:`~fusedrnn.tasks.base.Task`).
+
+It owns seeding (``--seed`` -> the numpy Generator that orders batches; the task seeds its
+model from the same flag), threads, the optimiser and gradient clipping, the stop rule
+(``--steps`` / ``--epochs`` / ``--time-budget``, whichever comes first), periodic validation
+(``--eval-every``: ``N`` steps or ``Ns`` seconds) keeping the best model (early stopping by
+keeping the best: the final report, the sample and the checkpoint use it), the progress bar,
+the checkpoint (``<out>/model.safetensors``: the best model, its optimiser state, the task
+metadata and the trainer state, so ``--resume`` continues from it), ``<out>/metrics.json``,
+``<out>/loss.png`` (with matplotlib), and ``--compare-torch`` (the task's torch twin trained from
+the same initial weights on the same batches for the same number of steps, then a side-by-side
+table).
+
+Errors a user can fix (bad flags, data or checkpoints) raise :class:`UsageError`,
+:class:`~fusedrnn.tasks.base.DataError` or :class:`~fusedrnn.io.CheckpointError` before any
+training starts; the CLI prints them as one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .. import io as fio
+from .. import optim
+from ..functional import get_num_threads, set_num_threads
+from ..io import CheckpointError
+from . import get_task
+from .base import TASK_FLAGS, DataError, Task
+
+__all__ = ["UsageError", "TrainingError", "GENERIC_DEFAULTS", "resolve", "parse_eval_every",
+           "read_checkpoint", "load_task_and_model", "train"]
+
+# Used where neither the user nor the task gives a value.
+GENERIC_DEFAULTS: Dict[str, Any] = {
+    "cell": "lstm", "hidden": 128, "layers": 1, "bidirectional": False, "dropout": 0.0,
+    "seq_len": 100, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "clip": 1.0,
+    "seed": 0, "data": None, "column": None, "model": None, "problem": None,
+    "min_length": None, "max_length": None, "horizon": None, "window": None, "embed": None,
+}
+DEFAULT_TIME_BUDGET = 120.0      # seconds, when neither the user nor the task sets a limit
+LIMITS = ("steps", "epochs", "time_budget")
+TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_length", "horizon",
+                   "window", "embed")
+OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+CHECKPOINT = "model.safetensors"
+
+
+class UsageError(ValueError):
+    """A flag combination or value the user can fix; printed as one line, exit status 2."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN or infinite)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# -- flags --------------------------------------------------------------------------------------
+def parse_eval_every(spec) -> Tuple[str, float]:
+    """``"500"`` -> ("steps", 500); ``"30s"`` -> ("seconds", 30.0)."""
+    s = str(spec).strip().lower()
+    try:
+        if s.endswith("s"):
+            v = float(s[:-1])
+            if math.isfinite(v) and v > 0:
+                return "seconds", v
+        else:
+            v = int(s)
+            if v >= 1:
+                return "steps", v
+    except ValueError:
+        pass
+    raise UsageError(f"--eval-every must be a number of steps (e.g. 500) or of seconds "
+                     f"(e.g. 30s), got {spec!r}")
+
+
+def resolve(args: argparse.Namespace, task_cls: type,
+            saved_flags: Optional[Dict[str, Any]] = None) -> argparse.Namespace:
+    """Fills every None flag: user flag > saved checkpoint flags > task.defaults > generic
+    default, and sets the stop rule. Records the user-given names in ``args.given``."""
+    given = {k for k, v in vars(args).items() if v is not None}
+    args.given = sorted(given)
+    d = task_cls.defaults
+    if saved_flags:
+        for k, v in saved_flags.items():
+            if k in TASK_FLAGS and k != "task" and getattr(args, k, None) is None:
+                setattr(args, k, v)
+    for k, v in GENERIC_DEFAULTS.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, d.get(k, v))
+    for k in ("lr", "optimizer", "clip", "eval_every"):
+        if getattr(args, k, None) is None:
+            setattr(args, k, d.get(k, GENERIC_DEFAULTS.get(k)))
+    if not any(getattr(args, k, None) is not None for k in LIMITS):
+        for k in LIMITS:
+            setattr(args, k, d.get(k))
+        if all(getattr(args, k) is None for k in LIMITS):
+            args.time_budget = DEFAULT_TIME_BUDGET
+    if args.eval_every is None:
+        if args.steps:
+            args.eval_every = str(max(1, math.ceil(args.steps / 10)))
+        elif args.time_budget:
+            args.eval_every = f"{max(1.0, args.time_budget / 12):g}s"
+        else:
+            args.eval_every = "30s"
+    parse_eval_every(args.eval_every)
+    if args.out is None:
+        args.out = os.path.join("runs", args.task)
+    return args
+
+
+def check_flags(args: argparse.Namespace, task_cls: type) -> None:
+    """Task-level flag checks that need the task class."""
+    if args.bidirectional and not task_cls.bidirectional_ok:
+        raise UsageError(f"--bidirectional does not apply to task {task_cls.name} "
+                         f"(it predicts forward in time)")
+    if task_cls.flags is not None:
+        for k in TASK_ONLY_FLAGS:
+            if k in args.given and k not in task_cls.flags:
+                raise UsageError(f"{_flag(k)} does not apply to task {task_cls.name}")
+    if args.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                         f"got {args.optimizer!r}")
+
+
+def make_optimizer(name: str, params, lr: float):
+    return getattr(optim, OPTIMIZERS[name])(params, lr=lr)
+
+
+def make_torch_optimizer(name: str, params, lr: float):
+    import torch
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+           "rmsprop": torch.optim.RMSprop}[name]
+    return cls(params, lr=lr)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+def checkpoint_path(path: str) -> str:
+    """``path``, or ``path/model.safetensors`` when path is a run directory holding one."""
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, CHECKPOINT)):
+        return os.path.join(path, CHECKPOINT)
+    return path
+
+
+def read_checkpoint(path: str) -> Dict[str, Any]:
+    """The user metadata of a checkpoint written by ``fusedrnn train`` (task, task_metadata,
+    trainer); CheckpointError for a missing, corrupt or foreign file. ``path`` may be a run
+    directory (its model.safetensors is read)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    path = checkpoint_path(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory (expected a .safetensors "
+                              f"file, e.g. {os.path.join(path, CHECKPOINT)})")
+    try:
+        _, meta = fio.load_tensors(path)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"{path} is not a valid checkpoint: "
+                              f"{str(e).split(': ', 1)[-1]}") from None
+    if meta.get("format") != fio.FORMAT:
+        raise CheckpointError(f"{path} is not a fusedrnn checkpoint")
+    try:
+        user = json.loads(meta.get("metadata", "{}"))
+    except ValueError:
+        raise CheckpointError(f"{path} has corrupt metadata") from None
+    if not isinstance(user, dict) or not isinstance(user.get("task"), str) \
+            or not isinstance(user.get("task_metadata"), dict):
+        raise CheckpointError(f"{path} was not written by `fusedrnn train` (no task metadata)")
+    return user
+
+
+def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Optional[str] = None,
+                        prepare: bool = True):
+    """(task, model, meta, optimizer or None) rebuilt from a checkpoint. ``args`` holds the
+    user's overrides (None elsewhere); the checkpoint's task flags fill the rest."""
+    path = checkpoint_path(path)
+    meta = read_checkpoint(path)
+    try:
+        task_cls = get_task(meta["task"])
+    except ValueError:
+        raise CheckpointError(f"{path} was written for task {meta['task']!r}, which this "
+                              f"fusedrnn does not have") from None
+    args.task = meta["task"]
+    for k in LIMITS + ("lr", "optimizer", "clip", "eval_every", "out"):
+        if not hasattr(args, k):
+            setattr(args, k, None)
+    resolve(args, task_cls, meta["task_metadata"].get("flags", {}))
+    task = task_cls(args)
+    task.restore(meta["task_metadata"])
+    if prepare:
+        task.prepare()
+    model = task.build_model()
+    opt = None
+    if optimizer_name is not None:
+        opt = make_optimizer(optimizer_name, model.parameters(), args.lr)
+    try:
+        fio.load(path, model=model, optimizer=opt)
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path} does not match the model its metadata describes: "
+                              f"{str(e).splitlines()[0]}") from None
+    return task, model, meta, opt
+
+
+# -- the loop ------------------------------------------------------------------------------------
+def _tqdm():
+    try:
+        from tqdm import tqdm
+        return tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+
+
+class _Progress:
+    """A tqdm bar on stderr (steps, seconds or epochs) and plain lines for the evaluations."""
+
+    def __init__(self, args, task: Task, quiet: bool, out):
+        self.out, self.quiet = out, quiet
+        self.bar = None
+        if args.steps:
+            self.kind, total, fmt = "steps", args.steps, "{n_fmt}/{total_fmt} steps"
+        elif args.time_budget:
+            self.kind, total, fmt = "time", float(args.time_budget), "{n:.0f}/{total:.0f} s"
+        else:
+            self.kind, total, fmt = "epochs", float(args.epochs), "{n:.2f}/{total:g} epochs"
+        tqdm = _tqdm()
+        if tqdm is not None and not quiet:
+            self.bar = tqdm(total=total, file=sys.stderr, disable=None, dynamic_ncols=True,
+                            leave=False, desc=task.name,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| " + fmt
+                                       + " [{elapsed}<{remaining}{postfix}]")
+            if self.bar.disable:
+                self.bar = None
+
+    def update(self, run_steps: int, elapsed: float, epoch: float, postfix: str) -> None:
+        if self.bar is None:
+            return
+        n = {"steps": run_steps, "time": min(elapsed, self.bar.total),
+             "epochs": min(epoch, self.bar.total)}[self.kind]
+        self.bar.n = n
+        self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.update(0)
+
+    def write(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=self.out)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt_metrics(m: Dict[str, float], task: Task) -> str:
+    keys = [task.metric] + [k for k in m if k != task.metric and not k.startswith("baseline")]
+    return " ".join(f"{k} {m[k]:.4f}" for k in keys if isinstance(m.get(k), (int, float)))
+
+
+def _versions() -> Dict[str, Any]:
+    from .. import __version__, build_info
+    v = {"fusedrnn": __version__, "numpy": np.__version__, "python": platform.python_version(),
+         "build": build_info()}
+    if "torch" in sys.modules:
+        v["torch"] = sys.modules["torch"].__version__
+    return v
+
+
+def _config(args) -> Dict[str, Any]:
+    skip = {"command", "func", "given", "quiet"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+class Run:
+    """One `fusedrnn train`: set up (errors the user can fix), train, report."""
+
+    def __init__(self, args: argparse.Namespace, out=None, t_start: Optional[float] = None):
+        self.args = args
+        self.out = out if out is not None else sys.stdout
+        self.t_start = time.perf_counter() if t_start is None else t_start
+        self.quiet = bool(getattr(args, "quiet", False))
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        a = self.args
+        resume_meta = None
+        if a.resume:
+            a.resume = checkpoint_path(a.resume)
+            resume_meta = read_checkpoint(a.resume)
+            if a.task is not None and a.task != resume_meta["task"]:
+                raise UsageError(f"--task {a.task} differs from the checkpoint's task "
+                                 f"{resume_meta['task']}")
+            a.task = resume_meta["task"]
+            saved = resume_meta["task_metadata"].get("flags", {})
+            for k in TASK_FLAGS:
+                if k in ("task", "seed", "data", "column"):
+                    continue
+                v = getattr(a, k, None)
+                if v is not None and k in saved and saved[k] != v:
+                    raise UsageError(f"{_flag(k)} {v} differs from the checkpoint's "
+                                     f"{saved[k]}; a resumed model keeps its shape")
+            run = resume_meta.get("run", {})
+            if a.optimizer is not None and run.get("optimizer") not in (None, a.optimizer):
+                raise UsageError(f"--optimizer {a.optimizer} differs from the checkpoint's "
+                                 f"{run['optimizer']}")
+            for k in ("optimizer", "clip"):
+                if getattr(a, k) is None and run.get(k) is not None:
+                    setattr(a, k, run[k])
+        elif a.task is None:
+            a.task = "charlm"
+        self.task_cls = get_task(a.task)
+        resolve(a, self.task_cls, resume_meta["task_metadata"].get("flags", {})
+                if resume_meta else None)
+        check_flags(a, self.task_cls)
+        self.every = parse_eval_every(a.eval_every)
+        if a.data is not None:
+            a.data = os.path.abspath(a.data)
+        self.tmodel = None
+        if a.compare_torch:
+            if importlib.util.find_spec("torch") is None:
+                raise UsageError("--compare-torch needs PyTorch (pip install torch)")
+            if self.task_cls.torch_model is Task.torch_model:
+                raise UsageError(f"task {a.task} has no PyTorch twin for --compare-torch")
+        if a.threads:
+            set_num_threads(a.threads)
+        if os.path.exists(a.out) and not os.path.isdir(a.out):
+            raise UsageError(f"--out {a.out} exists and is not a directory")
+
+        self.task = self.task_cls(a)
+        if resume_meta:
+            self.task.restore(resume_meta["task_metadata"])
+        t0 = time.perf_counter()
+        self.task.prepare()
+        self.model = self.task.build_model()
+        self.opt = make_optimizer(a.optimizer, self.model.parameters(), a.lr)
+        self.trainer_state: Dict[str, Any] = {}
+        if resume_meta:
+            try:
+                fio.load(a.resume, model=self.model, optimizer=self.opt)
+            except (KeyError, ValueError, TypeError) as e:
+                msg = str(e).splitlines()[0]
+                raise CheckpointError(f"cannot resume from {a.resume}: {msg}") from None
+            if "lr" in a.given:
+                for g in self.opt.param_groups:
+                    g["lr"] = a.lr
+            else:
+                a.lr = self.opt.param_groups[0]["lr"]
+            self.trainer_state = dict(resume_meta.get("trainer", {}))
+            self.trainer_state.setdefault("step", 0)
+        self.resume_snapshot = (self._snapshot(self.model, self.trainer_state["step"],
+                                               self.trainer_state.get("epoch", 0.0))
+                                if resume_meta else None)
+        self.prep_time = time.perf_counter() - t0
+        if a.compare_torch:
+            import torch
+            torch.set_num_threads(get_num_threads())
+            self.tmodel = self.task.torch_model(self.model)
+            if self.tmodel is None:
+                raise UsageError(f"task {a.task} has no PyTorch twin for this configuration")
+
+    # -- training --------------------------------------------------------------------------
+    def _better(self, value: float, best: Optional[float]) -> bool:
+        if best is None:
+            return True
+        return value > best if self.task.higher_is_better else value < best
+
+    def _loop(self, model, step_fn, eval_fn, label: str, eval_steps: Optional[List[int]] = None,
+              max_steps: Optional[int] = None) -> Dict[str, Any]:
+        """Runs the training loop for `model` (fusedrnn or the torch twin)."""
+        a, task = self.args, self.task
+        rng = np.random.default_rng(a.seed if not self.trainer_state
+                                    else [a.seed, int(self.trainer_state.get("step", 0))])
+        batches = task.batches(rng)
+        task.epoch = 0.0
+        step0 = int(self.trainer_state.get("step", 0))
+        epoch0 = float(self.trainer_state.get("epoch", 0.0))
+        best = self.trainer_state.get("best")
+        best_step = self.trainer_state.get("best_step")
+        history: List[Dict[str, Any]] = []
+        step_losses: List[float] = []
+        units = 0
+        train_time = eval_time = 0.0
+        since_loss, since_n, ema = 0.0, 0, None
+        best_snapshot = None
+        interrupted = False
+        progress = _Progress(a, task, self.quiet, self.out)
+        t_loop = time.perf_counter()
+        last_eval = 0.0
+        run_steps = 0
+        eval_set = set(eval_steps or ())
+        try:
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches)
+                loss, count = step_fn(batch)
+                train_time += time.perf_counter() - t0
+                run_steps += 1
+                if not math.isfinite(loss):
+                    raise TrainingError(f"{label}: the training loss became {loss} at step "
+                                        f"{step0 + run_steps}; try a lower --lr or --clip")
+                units += count
+                step_losses.append(loss)
+                since_loss += loss
+                since_n += 1
+                ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+                elapsed = time.perf_counter() - t_loop
+                if max_steps is not None:
+                    stop = run_steps >= max_steps
+                else:
+                    stop = bool((a.steps and run_steps >= a.steps)
+                                or (a.epochs and task.epoch >= a.epochs)
+                                or (a.time_budget and elapsed >= a.time_budget))
+                if eval_steps is not None:
+                    due = run_steps in eval_set
+                elif self.every[0] == "steps":
+                    due = stop or run_steps % self.every[1] == 0
+                else:
+                    due = stop or elapsed - last_eval >= self.every[1]
+                extra = "".join(f", {k} {v:.3f}" for k, v in task.progress(ema).items())
+                rate = units / train_time if train_time > 0 else 0.0
+                progress.update(run_steps, elapsed, task.epoch,
+                                f"loss {ema:.3f}{extra}, {rate:,.0f} {task.unit}s/s")
+                if due:
+                    t0 = time.perf_counter()
+                    metrics = eval_fn()
+                    eval_time += time.perf_counter() - t0
+                    last_eval = time.perf_counter() - t_loop
+                    if task.metric not in metrics:
+                        raise RuntimeError(f"task {task.name}: evaluate() returned no "
+                                           f"{task.metric!r}")
+                    step = step0 + run_steps
+                    entry = {"step": step, "epoch": round(epoch0 + task.epoch, 4),
+                             "time_s": round(last_eval, 3),
+                             "train_loss": since_loss / since_n,
+                             **{k: float(v) for k, v in metrics.items() if v is not None}}
+                    since_loss, since_n = 0.0, 0
+                    mark = ""
+                    if self._better(metrics[task.metric], best):
+                        best, best_step, mark = float(metrics[task.metric]), step, " *"
+                        best_snapshot = self._snapshot(model, step, epoch0 + task.epoch)
+                    history.append(entry)
+                    progress.write(f"{label} step {step:>6} epoch {epoch0 + task.epoch:6.2f} "
+                                   f"{last_eval:6.1f}s | train loss {entry['train_loss']:.4f} | "
+                                   f"val {_fmt_metrics(metrics, task)}{mark}")
+                if stop:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.write(f"{label}: interrupted at step {step0 + run_steps}; finishing with "
+                           f"the best model so far")
+        finally:
+            progress.close()
+        return {"history": history, "step_losses": step_losses, "units": units,
+                "train_time": train_time, "eval_time": eval_time, "run_steps": run_steps,
+                "steps": step0 + run_steps, "epoch": epoch0 + task.epoch, "best": best,
+                "best_step": best_step, "best_snapshot": best_snapshot,
+                "interrupted": interrupted, "loop_time": time.perf_counter() - t_loop}
+
+    def _snapshot(self, model, step, epoch):
+        if model is not self.model:
+            return None
+        return {"state": {k: v.copy() for k, v in self.model.state_dict().items()},
+                "optimizer": self.opt.state_dict(), "step": step, "epoch": epoch}
+
+    def _fused_step(self, batch):
+        self.model.zero_grad()
+        loss, count = self.task.train_step(self.model, batch)
+        if self.args.clip:
+            optim.clip_grad_norm_(self.model, self.args.clip)
+        self.opt.step()
+        return loss, count
+
+    def _fused_eval(self):
+        self.model.eval()
+        try:
+            return self.task.evaluate(self.model)
+        finally:
+            self.model.train()
+
+    def train(self) -> Dict[str, Any]:
+        self.result = self._loop(self.model, self._fused_step, self._fused_eval, "fusedrnn")
+        r = self.result
+        snap = r["best_snapshot"] or self.resume_snapshot
+        if snap is not None:
+            self.model.load_state_dict(snap["state"])
+        self.snapshot = snap
+        if self.tmodel is not None and r["run_steps"]:
+            self.torch_result = self._train_torch([e["step"] - (r["steps"] - r["run_steps"])
+                                                   for e in r["history"]], r["run_steps"])
+        else:
+            self.torch_result = None
+        return r
+
+    def _train_torch(self, eval_steps: List[int], n_steps: int) -> Dict[str, Any]:
+        import torch
+        a, task, tm = self.args, self.task, self.tmodel
+        topt = make_torch_optimizer(a.optimizer, tm.parameters(), a.lr)
+        if self.trainer_state:   # resumed: start from the same optimiser state as fusedrnn
+            self._load_torch_optimizer_state(topt)
+        tm.train()
+
+        def step(batch):
+            topt.zero_grad()
+            loss, count = task.torch_train_step(tm, batch)
+            if a.clip:
+                torch.nn.utils.clip_grad_norm_(tm.parameters(), a.clip)
+            topt.step()
+            return loss, count
+
+        def evaluate():
+            tm.eval()
+            try:
+                with torch.no_grad():
+                    return task.torch_evaluate(tm)
+            finally:
+                tm.train()
+
+        saved_state = self.trainer_state
+        self.trainer_state = {**saved_state, "best": None, "best_step": None}
+        try:
+            return self._loop(tm, step, evaluate, "torch   ", eval_steps=eval_steps,
+                              max_steps=n_steps)
+        finally:
+            self.trainer_state = saved_state
+
+    def _load_torch_optimizer_state(self, topt) -> None:
+        """Copies the resumed fusedrnn optimiser state into the torch optimiser (parameters
+        matched by position in the state dicts; skipped when shapes differ)."""
+        import torch
+        fsd = self.opt.state_dict()
+        params = list(self.tmodel.parameters())
+        fparams = list(self.model.parameters())
+        if len(params) != len(fparams):
+            return
+        for i, (tp, fp) in enumerate(zip(params, fparams)):
+            st = fsd["state"].get(i)
+            if not st or tuple(tp.shape) != fp.shape:
+                continue
+            topt.state[tp] = {k: (torch.from_numpy(v.copy()) if isinstance(v, np.ndarray)
+                                  else torch.tensor(float(v))) for k, v in st.items()}
+
+    # -- outputs ---------------------------------------------------------------------------
+    def save(self) -> Dict[str, str]:
+        a, r = self.args, self.result
+        os.makedirs(a.out, exist_ok=True)
+        paths = {}
+        snap = self.snapshot
+        history = list(self.trainer_state.get("history", [])) + r["history"]
+        best, best_step = r["best"], r["best_step"]
+        if snap is not None:
+            ckpt = os.path.join(a.out, CHECKPOINT)
+            trainer = {"step": snap["step"], "epoch": snap["epoch"], "best": best,
+                       "best_step": best_step, "metric": self.task.metric,
+                       "history": [e for e in history if e["step"] <= snap["step"]]}
+            run = {"optimizer": a.optimizer, "lr": a.lr, "clip": a.clip}
+
+            class _Opt:  # hands the snapshot's optimiser state to fusedrnn.save
+                def __init__(self, sd):
+                    self.sd = sd
+
+                def state_dict(self):
+                    return self.sd
+
+            fio.save(ckpt, self.model, _Opt(snap["optimizer"]), task=self.task.name,
+                     task_metadata=self.task.metadata(), trainer=trainer, run=run,
+                     **self.task.checkpoint_extras())
+            paths["checkpoint"] = ckpt
+        final = next((e for e in reversed(history) if e["step"] == best_step), None)
+        wall = time.perf_counter() - self.t_start
+        metrics = {
+            "task": self.task.name, "metric": self.task.metric,
+            "higher_is_better": self.task.higher_is_better, "config": _config(a),
+            "history": history, "final": final, "best_step": best_step,
+            "steps": r["steps"], "epochs": round(r["epoch"], 4),
+            "interrupted": r["interrupted"],
+            "wall_time_s": round(wall, 3), "data_prep_s": round(self.prep_time, 3),
+            "train_time_s": round(r["train_time"], 3), "eval_time_s": round(r["eval_time"], 3),
+            "throughput": {"unit": self.task.unit,
+                           "per_second": r["units"] / r["train_time"] if r["train_time"] else None,
+                           "units": r["units"]},
+            "train_loss_per_step": [round(x, 6) for x in r["step_losses"]],
+            "versions": _versions(),
+        }
+        if self.torch_result is not None:
+            t = self.torch_result
+            metrics["compare_torch"] = {
+                "history": t["history"], "train_time_s": round(t["train_time"], 3),
+                "eval_time_s": round(t["eval_time"], 3),
+                "per_second": t["units"] / t["train_time"] if t["train_time"] else None,
+                "best": t["best"], "best_step": t["best_step"],
+                "train_loss_per_step": [round(x, 6) for x in t["step_losses"]],
+            }
+        mpath = os.path.join(a.out, "metrics.json")
+        with open(mpath, "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=1, default=str)
+            f.write("\n")
+        paths["metrics"] = mpath
+        png = self._plot(metrics, os.path.join(a.out, "loss.png"))
+        if png:
+            paths["plot"] = png
+        task_plot = getattr(self.task, "plot", None)
+        if callable(task_plot) and snap is not None:
+            self.model.eval()
+            tpng = task_plot(self.model, a.out)     # e.g. forecast: prediction vs truth
+            if tpng:
+                paths["task_plot"] = tpng
+        self.metrics = metrics
+        return paths
+
+    def _plot(self, metrics, path) -> Optional[str]:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return None
+        task = self.task
+        losses = metrics["train_loss_per_step"]
+        start = metrics["steps"] - len(losses)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+        series = [("fusedrnn", losses, metrics["history"], "C0")]
+        if "compare_torch" in metrics:
+            c = metrics["compare_torch"]
+            series.append(("torch", c["train_loss_per_step"], c["history"], "C1"))
+        all_vals: List[float] = []
+        for name, ls, hist, color in series:
+            steps = np.arange(start + 1, start + len(ls) + 1)
+            k = max(1, len(ls) // 100)
+            if len(ls) > 2 * k:
+                smooth = np.convolve(ls, np.ones(k) / k, mode="valid")
+                ax1.plot(steps[k - 1:], smooth, color=color, label=f"{name} train loss")
+            else:
+                ax1.plot(steps, ls, color=color, label=f"{name} train loss")
+            hs = [e["step"] for e in hist]
+            vals = [e[task.metric] for e in hist]
+            ax2.plot(hs, vals, "o-", color=color, label=f"{name} validation", markersize=3)
+            train_m = [task.progress(e["train_loss"]).get(task.metric) for e in hist]
+            if hist and all(v is not None for v in train_m):
+                ax2.plot(hs, train_m, "--", color=color, alpha=0.6,
+                         label=f"{name} training (mean since the last validation)")
+                all_vals.extend(train_m)
+            all_vals.extend(vals)
+        base = (metrics.get("final") or {}).get("baseline_" + task.metric)
+        if all_vals:
+            lo, hi = min(all_vals), max(all_vals)
+            pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+            if base is not None and lo - 3 * pad <= base <= hi + 3 * pad:
+                ax2.axhline(base, color="gray", linestyle=":", label=f"baseline {base:.3g}")
+            elif base is not None:
+                ax2.plot([], [], " ", label=f"baseline {base:.3g} (off the scale)")
+            ax2.set_ylim(lo - pad, hi + pad)
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("training loss (per step, smoothed)")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel(task.metric)
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(f"fusedrnn train --task {task.name}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    # -- report ----------------------------------------------------------------------------
+    def report(self, paths: Dict[str, str]) -> None:
+        a, r, task, m = self.args, self.result, self.task, self.metrics
+        p = lambda s="": print(s, file=self.out)  # noqa: E731
+        final = m["final"]
+        p()
+        if final is None:
+            p(f"{task.name}: no validation ran (no training step finished)")
+        else:
+            base = final.get("baseline_" + task.metric)
+            base_s = f" (baseline {base:.4f})" if base is not None else ""
+            p(f"{task.name}: best validation {task.metric} {final[task.metric]:.4f}{base_s} "
+              f"at step {final['step']} (epoch {final['epoch']:.2f}, {final['time_s']:.0f} s "
+              f"into training)")
+            others = {k: v for k, v in final.items() if k not in
+                      ("step", "epoch", "time_s", "train_loss", task.metric)
+                      and not k.startswith("baseline")}
+            if others:
+                p("  " + ", ".join(f"{k} {v:.4f}" for k, v in others.items()))
+            for line in task.summary(self.model):
+                p(line)
+        rate = m["throughput"]["per_second"]
+        with_torch = " with the torch run" if self.torch_result is not None else ""
+        p(f"steps {r['steps']} ({r['run_steps']} this run, {r['epoch']:.2f} epochs); "
+          f"wall time{with_torch} {m['wall_time_s']:.1f} s (data {m['data_prep_s']:.1f} s, "
+          f"fusedrnn training "
+          f"{m['train_time_s']:.1f} s at {rate or 0:,.0f} {task.unit}s/s, validation "
+          f"{m['eval_time_s']:.1f} s)")
+        if "checkpoint" in paths:
+            p(f"saved {paths['checkpoint']} (best, step {self.snapshot['step']})")
+        p(f"saved {paths['metrics']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
+        if self.torch_result is not None:
+            self._report_torch(p)
+
+    def _report_torch(self, p) -> None:
+        f, t, task = self.result, self.torch_result, self.task
+        metric = task.metric
+        fr = f["units"] / f["train_time"] if f["train_time"] else float("nan")
+        tr = t["units"] / t["train_time"] if t["train_time"] else float("nan")
+        fh = {e["step"]: e for e in f["history"]}
+        th = {e["step"]: e for e in t["history"]}
+        final_step = f["history"][-1]["step"] if f["history"] else None
+        ff = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        fi = lambda v: "-" if v is None else str(v)  # noqa: E731
+        fs = lambda v: f"{v:.1f}"  # noqa: E731
+        fr_ = lambda v: f"{v:,.0f}"  # noqa: E731
+        final_f = fh[final_step][metric] if final_step in fh else None
+        final_t = th[final_step][metric] if final_step in th else None
+        rows = [
+            (f"best validation {metric}", ff(f["best"]), ff(t["best"]), ""),
+            (f"final validation {metric}", ff(final_f), ff(final_t), ""),
+            ("best at step", fi(f["best_step"]), fi(t["best_step"]), ""),
+            ("training time (s)", fs(f["train_time"]), fs(t["train_time"]),
+             f"{t['train_time'] / f['train_time']:.2f}x" if f["train_time"] else ""),
+            (f"{task.unit}s/second", fr_(fr), fr_(tr), f"{tr / fr:.2f}x" if fr else ""),
+        ]
+        p()
+        p(f"--compare-torch: {f['run_steps']} steps each, same initial weights, batches"
+          f"{' and dropout masks' if self.args.dropout else ''}; "
+          f"{get_num_threads()} threads")
+        p(f"| {'':<26} | {'fusedrnn':>10} | {'torch':>10} | {'torch/fusedrnn':>14} |")
+        p(f"|{'-' * 28}|{'-' * 12}|{'-' * 12}|{'-' * 16}|")
+        for name, a, b, ratio in rows:
+            p(f"| {name:<26} | {a:>10} | {b:>10} | {ratio:>14} |")
+        if fr and tr:
+            p(f"fusedrnn trained {fr / tr:.2f}x as fast as torch ({task.unit}s/second)")
+        # step-by-step agreement of the training losses
+        fl, tl = np.array(f["step_losses"]), np.array(t["step_losses"])
+        n = min(len(fl), len(tl))
+        if n:
+            diff = np.abs(fl[:n] - tl[:n])
+            first = ", ".join(f"{x:.6f}/{y:.6f}" for x, y in zip(fl[:3], tl[:3]))
+            p(f"training loss fusedrnn/torch, steps 1-3: {first}")
+            for k in (10, 100, n):
+                if k <= n:
+                    p(f"  max |difference| over the first {k} steps: {diff[:k].max():.2e}")
+                if k >= n:
+                    break
+        common = [s for s in fh if s in th]
+        if common:
+            p(f"validation {metric} by step (fusedrnn / torch):")
+            cells = [f"{s:>6}: {fh[s][metric]:.4f}/{th[s][metric]:.4f}" for s in common]
+            for i in range(0, len(cells), 4):
+                p("  " + "  ".join(cells[i:i + 4]))
+
+
+def train(args: argparse.Namespace, out=None, t_start: Optional[float] = None) -> int:
+    """`fusedrnn train`: returns the exit status. User errors raise before training starts
+    (UsageError, DataError, CheckpointError, ValueError)."""
+    run = Run(args, out, t_start)
+    try:
+        run.setup()
+    except (UsageError, DataError, CheckpointError):
+        raise
+    except ValueError as e:   # from a task's or module's argument checks
+        raise UsageError(str(e)) from e
+    run.train()
+    paths = run.save()
+    run.report(paths)
+    return 0

@@ -1,0 +1,188 @@
+"""The `fusedrnn` command: one-line errors with exit status 2, `info`, a tiny `train` with its
+outputs, `--resume`, and the entry points (`python -m fusedrnn`, the console script)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn.cli import main
+
+TINY = ["--hidden", "16", "--layers", "1", "--seq-len", "20", "--batch-size", "8",
+        "--lr", "0.01", "-q"]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "one", "two", "three"]
+    text = "\n".join(" ".join(rng.choice(words, 6)) for _ in range(600)) + "\n"
+    path = tmp_path_factory.mktemp("cli") / "text.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(text_file), *TINY, "--steps", "20",
+                 "--eval-every", "5", "--out", str(out)]) == 0
+    return out
+
+
+def assert_one_line_error(capsys, rc, needle=""):
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fusedrnn: error: ") and "Traceback" not in err, err
+    assert needle in lines[0], err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--task", "nope"], "invalid choice: 'nope'"),
+    (["train", "--cell", "lstmx"], "--cell"),
+    (["train", "--hidden", "-4"], "--hidden"),
+    (["train", "--hidden", "many"], "--hidden"),
+    (["train", "--dropout", "1.5"], "--dropout"),
+    (["train", "--lr", "0"], "--lr"),
+    (["train", "--bidirectional"], "--bidirectional does not apply to task charlm"),
+    (["train", "--optimizer", "lbfgs"], "--optimizer"),
+    (["train", "--eval-every", "often"], "--eval-every"),
+    (["train", "--horizon", "3"], "--horizon does not apply to task charlm"),
+    (["train", "--no-such-flag"], "unrecognized arguments"),
+    (["train", "--resume", "/nonexistent/model.safetensors"], "does not exist"),
+    (["evaluate", "/nonexistent/model.safetensors"], "does not exist"),
+    (["generate", "/nonexistent/model.safetensors"], "does not exist"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_argument_errors_are_one_line(argv, needle, capsys):
+    assert_one_line_error(capsys, main(argv), needle)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"\x10\x00\x00\x00\x00\x00\x00\x00"
+                                     + b'{"a": 1}' + b" " * 8])
+@pytest.mark.parametrize("command", ["train --resume", "evaluate", "generate", "predict"])
+def test_corrupt_checkpoint_is_one_line(command, content, tmp_path, capsys):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(content)
+    extra = ["--out", str(tmp_path / "o")] if command.startswith("train") else []
+    rc = main(command.split() + [str(path)] + extra)
+    assert_one_line_error(capsys, rc, str(path))
+
+
+def test_foreign_safetensors_file_is_one_line(tmp_path, capsys):
+    from fusedrnn.io import save_tensors
+    path = tmp_path / "other.safetensors"
+    save_tensors(path, {"w": np.zeros(3, np.float32)})
+    assert_one_line_error(capsys, main(["evaluate", str(path)]), "not a fusedrnn checkpoint")
+    model = fusedrnn.Linear(2, 2)
+    fusedrnn.save(path, model)
+    assert_one_line_error(capsys, main(["evaluate", str(path)]), "fusedrnn train")
+
+
+def test_info_prints_the_instruction_set(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    isa = fusedrnn.build_info()["instruction_set"]
+    assert "instruction set" in out and isa in out and fusedrnn.__version__ in out
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["instruction_set"] == isa and "charlm" in info["tasks"]
+
+
+def test_train_writes_checkpoint_metrics_and_plot(run_dir):
+    assert (run_dir / "model.safetensors").is_file()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["task"] == "charlm" and m["steps"] == 20
+    assert [e["step"] for e in m["history"]] == [5, 10, 15, 20]
+    assert m["config"]["hidden"] == 16 and m["config"]["embed"] == 64   # task default
+    assert m["config"]["optimizer"] == "adam" and m["config"]["clip"] == 1.0
+    assert m["final"]["bpc"] < m["final"]["baseline_bpc"]
+    assert m["versions"]["fusedrnn"] == fusedrnn.__version__
+    assert len(m["train_loss_per_step"]) == 20
+    if _has_matplotlib():
+        assert (run_dir / "loss.png").stat().st_size > 1000
+    meta = fusedrnn.load(run_dir / "model.safetensors").metadata
+    assert meta["task"] == "charlm" and meta["trainer"]["step"] == m["best_step"]
+    assert meta["task_metadata"]["flags"]["hidden"] == 16
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def test_resume_continues_step_count(run_dir, text_file, tmp_path, capsys):
+    ckpt = run_dir / "model.safetensors"
+    start = fusedrnn.load(ckpt).metadata["trainer"]["step"]
+    assert main(["train", "--resume", str(ckpt), "--steps", "10", "--eval-every", "5",
+                 "--out", str(tmp_path), "-q"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["steps"] == start + 10
+    steps = [e["step"] for e in m["history"]]
+    assert steps[-2:] == [start + 5, start + 10] and steps[:-2] == \
+        [s for s in (5, 10, 15, 20) if s <= start]
+    assert m["config"]["hidden"] == 16          # the model shape comes from the checkpoint
+    saved = fusedrnn.load(tmp_path / "model.safetensors")
+    assert saved.optimizer_state is not None
+    assert saved.metadata["trainer"]["step"] in (start, start + 5, start + 10)
+    # a shape flag that contradicts the checkpoint is refused
+    capsys.readouterr()
+    rc = main(["train", "--resume", str(ckpt), "--hidden", "32", "--out", str(tmp_path)])
+    assert_one_line_error(capsys, rc, "--hidden 32 differs from the checkpoint's 16")
+
+
+def test_evaluate_prints_metrics(run_dir, capsys):
+    assert main(["evaluate", str(run_dir / "model.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "bpc" in out and "baseline_bpc" in out
+
+
+def test_predict_reads_input_file(run_dir, tmp_path, capsys):
+    inp = tmp_path / "in.txt"
+    inp.write_text("alpha beta\ngamma one two\n", encoding="utf-8")
+    assert main(["predict", str(run_dir / "model.safetensors"), "--input", str(inp)]) == 0
+    assert len(capsys.readouterr().out.split()) == 2
+    rc = main(["predict", str(run_dir / "model.safetensors"), "--input", str(tmp_path / "no")])
+    assert_one_line_error(capsys, rc, "does not exist")
+
+
+def test_compare_torch_without_twin_or_torch_is_refused_before_training(monkeypatch, tmp_path,
+                                                                       capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    rc = main(["train", "--compare-torch", "--steps", "1", "--out", str(tmp_path / "o")])
+    assert_one_line_error(capsys, rc, "needs PyTorch")
+    assert not (tmp_path / "o").exists()
+
+
+def test_python_dash_m_and_console_script_help():
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run([sys.executable, "-m", "fusedrnn", "--help"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "train" in r.stdout and "generate" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "fusedrnn", "train", "--help"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "--time-budget" in r.stdout and "--compare-torch" in r.stdout
+    script = Path(sys.executable).parent / "fusedrnn"
+    if not script.exists():
+        pytest.skip("the console script is not installed (reinstall the package)")
+    r = subprocess.run([str(script), "info"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0 and "instruction set" in r.stdout
+
+
+def test_pyproject_declares_the_command():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'fusedrnn = "fusedrnn.cli:main"' in text
+    assert "tqdm" in text and 'plot = ["matplotlib' in text
