@@ -707,6 +707,8 @@ class Run:
         if "checkpoint" in paths:
             p(f"saved {paths['checkpoint']} (best, step {self.snapshot['step']})")
         p(f"saved {paths['metrics']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
+        if "task_plot" in paths:
+            p(f"saved {paths['task_plot']}")
         if self.torch_result is not None:
             self._report_torch(p)
 
