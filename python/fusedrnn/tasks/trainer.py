@@ -686,8 +686,9 @@ class Run:
             p(f"{task.name}: no validation ran (no training step finished)")
         else:
             base = final.get("baseline_" + task.metric)
-            base_s = f" (baseline {base:.4f})" if base is not None else ""
-            p(f"{task.name}: best validation {task.metric} {final[task.metric]:.4f}{base_s} "
+            fmt = lambda v: f"{v:.4f}" if abs(v) >= 0.01 else f"{v:.4g}"  # noqa: E731
+            base_s = f" (baseline {fmt(base)})" if base is not None else ""
+            p(f"{task.name}: best validation {task.metric} {fmt(final[task.metric])}{base_s} "
               f"at step {final['step']} (epoch {final['epoch']:.2f}, {final['time_s']:.0f} s "
               f"into training)")
             others = {k: v for k, v in final.items() if k not in
