@@ -32,7 +32,16 @@ for cell, option in GRID:
             for g, w in zip(got, want):
                 assert_close(g, w, TOL[dtype], f"{cell} {option} {np.dtype(dtype).name}")
             checked += 1
-print(json.dumps({"isa": fusedrnn.build_info()["instruction_set"], "checked": checked}))
+# The vector activations of this copy: accuracy against float64 and saturation at large |x|.
+from test_kernels import (test_sigmoid_is_accurate_and_saturates,
+                          test_tanh_is_accurate_and_saturates)
+activations = 0
+for dtype in (np.float32, np.float64):
+    test_tanh_is_accurate_and_saturates(dtype)
+    test_sigmoid_is_accurate_and_saturates(dtype)
+    activations += 2
+print(json.dumps({"isa": fusedrnn.build_info()["instruction_set"], "checked": checked,
+                  "activations": activations}))
 """
 
 
@@ -67,4 +76,5 @@ def test_forced_instruction_set_matches_reference(level):
     # A copy the CPU cannot run is never chosen: the widest one at or below the request runs.
     expected = ORDER[min(ORDER.index(LEVELS[level]), ORDER.index(best))]
     assert got["isa"] == expected
+    assert got["activations"] == 4   # tanh and sigmoid accuracy, both dtypes, in this copy
     assert got["checked"] == 32   # 8 cell options (LSTM projection included) x 2 dtypes x 2
