@@ -16,13 +16,7 @@ from fusedrnn.tasks.classify import (CLASSES, SYMBOLS, Classify, SequenceClassif
                                      make_adding, make_temporal_order)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: one kernel thread avoids oversubscription stalls
-    n = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(1)
-    yield
-    fusedrnn.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_task(**kw):

@@ -17,22 +17,7 @@ from fusedrnn.tasks import DataError, get_task
 from fusedrnn.tasks.tag import SequenceTagger, Tag, generate, spans, span_f1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(1)
-    yield
-    fusedrnn.set_num_threads(old)
-
-
-@pytest.fixture
-def torch1():
-    """torch, single-threaded for the test (the machine's cores are shared)."""
-    torch = pytest.importorskip("torch")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_args(**kw):

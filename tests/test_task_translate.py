@@ -21,22 +21,7 @@ from fusedrnn.tasks.translate import (EOS, FORMATS, Seq2Seq, Translate, beam_sea
                                       format_date, iso_baseline)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = fusedrnn.get_num_threads()
-    fusedrnn.set_num_threads(1)
-    yield
-    fusedrnn.set_num_threads(old)
-
-
-@pytest.fixture
-def torch1():
-    """torch, single-threaded for the test (the machine's cores are shared)."""
-    torch = pytest.importorskip("torch")
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def small_args(**kw):
