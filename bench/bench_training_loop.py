@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -26,6 +26,9 @@ import torch.nn.functional as F
 
 import fusedrnn
 import fusedrnn.torch as frt
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import cpu_model  # noqa: E402
 
 
 class Model(torch.nn.Module):
@@ -38,17 +41,6 @@ class Model(torch.nn.Module):
     def forward(self, tokens):
         y, _ = self.rnn(self.embed(tokens))
         return self.head(y)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_step(impl, cell, args):
