@@ -27,6 +27,7 @@ SHAPES = [  # T, N, C, H
     (5, 4, 7, 70),    # two unit blocks, five GEMM column tiles for LSTM
     (20, 14, 9, 33),  # 280 input rows: two row tiles
     (40, 30, 5, 7),   # the input projection in three chunks of steps (16, 16, 8)
+    (3, 2, 5, 48),    # batch 2: the small-product path, full panels in groups plus a partial one
 ]
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 # LSTM projection sizes P per shape of SHAPES, for the options "proj" and "peep+proj": between
@@ -38,6 +39,7 @@ PROJ = {
     (5, 4, 7, 70): (69, 1),
     (20, 14, 9, 33): (40, 32),
     (40, 30, 5, 7): (3, 9),
+    (3, 2, 5, 48): (2, 50),
 }
 
 
@@ -164,6 +166,26 @@ def test_bitwise_identical_across_thread_counts(cell, option, dtype):
     for reverse in (False, True):
         for a, b in zip(results[1, reverse], results[2, reverse]):
             assert np.array_equal(a, b), f"{cell} {option}: 1 and 2 threads differ"
+
+
+@pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
+@pytest.mark.parametrize("N", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_small_batch_bitwise_identical_across_thread_counts(cell, option, N, dtype):
+    # Batch 1 and 2 take the grouped-panel products, whose grouping follows the thread count.
+    shape = (6, N, 9, 64)
+    okw, opt = option_kw(cell, option, shape)
+    args, kw, cot = make_case(cell, shape, dtype, seed=4, **okw)
+    before = fusedrnn.get_num_threads()
+    try:
+        results = {}
+        for n in (1, 2):
+            fusedrnn.set_num_threads(n)
+            results[n] = _all_arrays(*run(fusedrnn, cell, args, kw, cot, opt, False))
+    finally:
+        fusedrnn.set_num_threads(before)
+    for a, b in zip(results[1], results[2]):
+        assert np.array_equal(a, b), f"{cell} N={N}: 1 and 2 threads differ"
 
 
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])

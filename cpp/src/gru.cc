@@ -20,7 +20,8 @@ std::size_t gru_cache_size(const Dims& d) {
 // double buffer,
 // packed w_ih, packed w_hh (its r, z rows and its n rows apart, for reset_before's two products).
 std::size_t gru_forward_workspace_size(const Dims& d) {
-  return std::size_t(detail::proj_workspace_size(d, 3) + d.N * 3 * d.H + d.N * 4 * d.H +
+  return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 3) + d.N * 3 * d.H +
+                     d.N * 4 * d.H +
                      2 * d.N * d.H +
                      detail::packed_bound(d.C, 3 * d.H) + detail::packed_bound(d.H, 2 * d.H) +
                      detail::packed_bound(d.H, d.H));
@@ -28,7 +29,7 @@ std::size_t gru_forward_workspace_size(const Dims& d) {
 // Backward workspace: dgh [T, N, 3H] (step order), dgx [T, N, 3H] (time order), dh double
 // buffer [2, N, H], d(r*h) [N, H], packed w_hh (r, z rows and n rows apart) and w_ih.
 std::size_t gru_backward_workspace_size(const Dims& d) {
-  return std::size_t(2 * d.T * d.N * 3 * d.H + 3 * d.N * d.H +
+  return std::size_t(detail::kAlignSlack + 2 * d.T * d.N * 3 * d.H + 3 * d.N * d.H +
                      detail::packed_bound(2 * d.H, d.H) + detail::packed_bound(d.H, d.H) +
                      detail::packed_bound(3 * d.H, d.C));
 }
@@ -57,9 +58,10 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   Scalar* gh = xs + TC * N * d.C;
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * 4 * H;
-  Scalar* wih_p = hbuf + 2 * NH;
-  Scalar* whh_p = wih_p + packed_bound(d.C, GH);  // reset_after: all 3H rows of w_hh
-  Scalar* whn_p = whh_p + packed_bound(H, 2 * H);  // reset_before: r, z rows above, n rows here
+  Scalar* wih_p = aligned64(hbuf + 2 * NH);
+  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));  // reset_after: all 3H rows of w_hh
+  // reset_before: r, z rows above, n rows here
+  Scalar* whn_p = aligned64(whh_p + packed_bound(H, 2 * H));
   Scalar* hs = training ? cache : hbuf;
   Scalar* gates = training ? cache + (d.T + 1) * NH : nullptr;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
@@ -188,9 +190,9 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
   Scalar* dhbuf = dgh + 2 * d.T * N * GH;
   Scalar* drh = dhbuf + 2 * NH;
   // Packed w_hh for dg w_hh: reset_after all 3H rows; reset_before rows r, z here, n rows below.
-  Scalar* whh_q = drh + NH;
-  Scalar* whn_q = whh_q + packed_bound(2 * H, H);
-  Scalar* wih_q = whn_q + packed_bound(H, H);
+  Scalar* whh_q = aligned64(drh + NH);
+  Scalar* whn_q = aligned64(whh_q + packed_bound(2 * H, H));
+  Scalar* wih_q = aligned64(whn_q + packed_bound(H, H));
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt, d, 3))

@@ -29,7 +29,7 @@ std::size_t lstm_cache_size(const Dims& d) {
 // w_hh; with projection also m of one step [N, H] (inference) and packed w_hr.
 std::size_t lstm_forward_workspace_size(const Dims& d) {
   const Index R = detail::rec_width(d);
-  return std::size_t(detail::proj_workspace_size(d, 4) + 2 * d.N * 4 * d.H +
+  return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 4) + 2 * d.N * 4 * d.H +
                      2 * d.N * (R + d.H) + detail::packed_bound(d.C, 4 * d.H) +
                      detail::packed_bound(R, 4 * d.H) +
                      (d.P > 0 ? d.N * d.H + detail::packed_bound(d.H, d.P) : 0));
@@ -39,7 +39,7 @@ std::size_t lstm_forward_workspace_size(const Dims& d) {
 // [T, N, P] (step order, for dw_hr), dm of one step [N, H] and packed w_hr.
 std::size_t lstm_backward_workspace_size(const Dims& d) {
   const Index R = detail::rec_width(d);
-  return std::size_t(2 * d.T * d.N * 4 * d.H + 2 * d.N * (R + d.H) +
+  return std::size_t(detail::kAlignSlack + 2 * d.T * d.N * 4 * d.H + 2 * d.N * (R + d.H) +
                      detail::packed_bound(4 * d.H, R) + detail::packed_bound(4 * d.H, d.C) +
                      (d.P > 0 ? d.T * d.N * d.P + d.N * d.H + detail::packed_bound(d.P, d.H)
                               : 0));
@@ -86,10 +86,10 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * GH;
   Scalar* cbuf = hbuf + 2 * NR;
-  Scalar* wih_p = cbuf + 2 * NH;
-  Scalar* whh_p = wih_p + packed_bound(d.C, GH);
+  Scalar* wih_p = aligned64(cbuf + 2 * NH);
+  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));
   Scalar* mbuf = proj ? whh_p + packed_bound(R, GH) : nullptr;  // [N, H]
-  Scalar* whr_p = proj ? mbuf + NH : nullptr;
+  Scalar* whr_p = proj ? aligned64(mbuf + NH) : nullptr;
   Scalar* hs = training ? cache : hbuf;
   Scalar* cs = training ? cache + (d.T + 1) * NR : cbuf;
   Scalar* gates = training ? cs + (d.T + 1) * NH : nullptr;
@@ -233,11 +233,11 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
   Scalar* dgx = opt.reverse ? dgh + d.T * N * GH : dgh;
   Scalar* dhbuf = dgh + 2 * d.T * N * GH;
   Scalar* dcbuf = dhbuf + 2 * NR;
-  Scalar* whh_q = dcbuf + 2 * NH;
-  Scalar* wih_q = whh_q + packed_bound(GH, R);
+  Scalar* whh_q = aligned64(dcbuf + 2 * NH);
+  Scalar* wih_q = aligned64(whh_q + packed_bound(GH, R));
   Scalar* dhp = proj ? wih_q + packed_bound(GH, d.C) : nullptr;  // [T, N, P], step order
   Scalar* dm = proj ? dhp + d.T * N * P : nullptr;                // [N, H]
-  Scalar* whr_q = proj ? dm + NH : nullptr;
+  Scalar* whr_q = proj ? aligned64(dm + NH) : nullptr;
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt, d, 4))

@@ -36,8 +36,23 @@ struct Panel {
 
 // Scalars that a packed [K, ncols] right-hand side may need, for either dtype (the workspace
 // size functions do not know the dtype).
+// Packed buffers start on a 64-byte boundary (a cache line, an AVX-512 register): misaligned
+// panels split every packet load across two cache lines, which cost 55% of the batch-1 step
+// (bound by L2 bandwidth) in a measurement here. The kernels carve their packed buffers out of
+// the caller's workspace with aligned64(), each rounding skipping at most 15 scalars: the
+// workspace sizes add kAlignSlack for up to four such buffers. packed_bound is a multiple of 16
+// scalars, so consecutive packed buffers in an aligned block (a Stream's) stay aligned.
 constexpr Index kMaxPanel = 64;
-constexpr Index packed_bound(Index K, Index ncols) { return (ncols + kMaxPanel) * K; }
+constexpr Index kAlignScalars = 16;
+constexpr Index kAlignSlack = 4 * kAlignScalars;
+constexpr Index packed_bound(Index K, Index ncols) {
+  return ((ncols + kMaxPanel) * K + kAlignScalars - 1) / kAlignScalars * kAlignScalars;
+}
+template <typename Scalar>
+Scalar* aligned64(Scalar* p) {
+  const auto u = reinterpret_cast<std::uintptr_t>(p);
+  return reinterpret_cast<Scalar*>((u + 63) & ~std::uintptr_t(63));
+}
 static_assert(Panel<float>::NC <= kMaxPanel && Panel<double>::NC <= kMaxPanel, "panel too wide");
 
 // Work-shared packing of the right-hand side op(B) = [K, ncols] of C = A op(B).
@@ -46,7 +61,10 @@ static_assert(Panel<float>::NC <= kMaxPanel && Panel<double>::NC <= kMaxPanel, "
 //   transposed = false: B is stored [K][ncols] with leading dimension ld (e.g. w_hh in dg w_hh).
 template <typename Scalar>
 void par_pack(const Scalar* B, Index K, Index ncols, Index ld, bool transposed, Scalar* out) {
-  constexpr Index NC = Panel<Scalar>::NC;
+  namespace ei = Eigen::internal;
+  using T = Panel<Scalar>;
+  using P = typename T::P;
+  constexpr Index NC = T::NC, W = T::W, NP = T::NP;
   const Index np = ceil_div(ncols, NC);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -54,7 +72,22 @@ void par_pack(const Scalar* B, Index K, Index ncols, Index ld, bool transposed, 
   for (Index p = 0; p < np; ++p) {
     const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
     Scalar* dst = out + p * K * NC;
-    for (Index k = 0; k < K; ++k) {
+    Index k = 0;
+    if (transposed && nc == NC) {
+      // W x W blocks transposed in registers: W rows of B (output columns), W values of k each.
+      // Scalar copying of this strided gather cost ~0.15 ms per MiB of weights, most of a
+      // batch-1 call's overhead.
+      for (; k + W <= K; k += W) {
+        for (Index j = 0; j < NP; ++j) {
+          ei::PacketBlock<P, W> blk;
+          for (Index r = 0; r < W; ++r)
+            blk.packet[r] = ei::ploadu<P>(B + (c0 + j * W + r) * ld + k);
+          ei::ptranspose(blk);
+          for (Index r = 0; r < W; ++r) ei::pstoreu(dst + (k + r) * NC + j * W, blk.packet[r]);
+        }
+      }
+    }
+    for (; k < K; ++k) {
       Scalar* row = dst + k * NC;
       for (Index c = 0; c < nc; ++c) row[c] = transposed ? B[(c0 + c) * ld + k] : B[k * ld + c0 + c];
       std::fill(row + nc, row + NC, Scalar(0));
@@ -95,12 +128,113 @@ inline void micro_tile(Index K, const Scalar* a, Index lda, const Scalar* panel,
   }
 }
 
+// C[M rows, G*NC columns] (= or +=) A[M, K] times G consecutive full panels (`pstride` scalars
+// apart). For products of fewer than MR rows (the per-step products at batch 1 to 3): one panel
+// gives only M*NP accumulator chains, too few to hide the FMA latency (batch 1: 4 chains, half
+// the FMA rate), so panels are taken G at a time. Every output element is still one
+// accumulation over k in order: the values equal micro_tile's bit for bit.
+template <typename Scalar, int M, int G>
+inline void micro_tile_group(Index K, const Scalar* a, Index lda, const Scalar* panel,
+                             Index pstride, Scalar* c, Index ldc, bool accumulate) {
+  namespace ei = Eigen::internal;
+  using T = Panel<Scalar>;
+  using P = typename T::P;
+  constexpr Index W = T::W, NP = T::NP, NC = T::NC;
+  P acc[M][G * NP];
+  for (int r = 0; r < M; ++r)
+    for (Index j = 0; j < G * NP; ++j) acc[r][j] = ei::pset1<P>(Scalar(0));
+  for (Index k = 0; k < K; ++k) {
+    P av[M];
+    for (int r = 0; r < M; ++r) av[r] = ei::pset1<P>(a[r * lda + k]);
+    for (int g = 0; g < G; ++g)
+      for (Index j = 0; j < NP; ++j) {
+        const P b = ei::ploadu<P>(panel + g * pstride + k * NC + j * W);
+        for (int r = 0; r < M; ++r) acc[r][g * NP + j] = ei::pmadd(av[r], b, acc[r][g * NP + j]);
+      }
+  }
+  for (int r = 0; r < M; ++r) {
+    Scalar* cr = c + r * ldc;
+    for (Index j = 0; j < G * NP; ++j)
+      ei::pstoreu(cr + j * W, accumulate ? ei::padd(ei::ploadu<P>(cr + j * W), acc[r][j])
+                                         : acc[r][j]);
+  }
+}
+
+// Panels per group of a small product with M rows: up to 16 accumulators (8 with 16 registers).
+template <typename Scalar>
+constexpr int max_group(int M) {
+  return M == 1 ? 4 : (M == 2 ? 2 : 1);
+}
+
+template <typename Scalar, int M>
+inline void group_tile(int G, Index K, const Scalar* a, Index lda, const Scalar* panel,
+                       Index pstride, Scalar* c, Index ldc, bool accumulate) {
+  switch (G) {
+    case 4: micro_tile_group<Scalar, M, 4>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
+    case 3: micro_tile_group<Scalar, M, 3>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
+    case 2: micro_tile_group<Scalar, M, 2>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
+    default: micro_tile_group<Scalar, M, 1>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
+  }
+}
+
+// Work-shared small product (m <= 2 rows): items are groups of full panels, sized so that the
+// threads get equal numbers of items where possible (results do not depend on the grouping);
+// a last partial panel is an item of its own.
+template <typename Scalar>
+void par_gemm_small(Index m, Index ncols, Index K, const Scalar* A, Index lda,
+                    const Scalar* packed, Scalar* C, Index ldc, bool accumulate) {
+  using T = Panel<Scalar>;
+  constexpr Index NC = T::NC, KC = T::KC;
+  const Index full = ncols / NC, np = ceil_div(ncols, NC);
+  int nth = 1;
+#ifdef _OPENMP
+  nth = omp_get_num_threads();
+#endif
+  const int gmax = max_group<Scalar>(int(m));
+  int G = gmax;
+  for (int g = gmax; g >= 1; --g)
+    if (ceil_div(full, g) % nth == 0) {
+      G = g;
+      break;
+    }
+  const Index groups = ceil_div(full, G), items = groups + (np - full);
+  const Index pstride = K * NC;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index item = 0; item < items; ++item) {
+    for (Index k0 = 0; k0 < K; k0 += KC) {
+      const Index kc = std::min(KC, K - k0);
+      const bool acc = accumulate || k0 > 0;
+      const Scalar* a = A + k0;
+      if (item < groups) {
+        const Index p0 = item * G;
+        const int g = int(std::min<Index>(G, full - p0));
+        const Scalar* pk = packed + p0 * pstride + k0 * NC;
+        Scalar* c = C + p0 * NC;
+        if (m == 1)
+          group_tile<Scalar, 1>(g, kc, a, lda, pk, pstride, c, ldc, acc);
+        else
+          group_tile<Scalar, 2>(g, kc, a, lda, pk, pstride, c, ldc, acc);
+      } else {  // the partial last panel
+        const Index c0 = full * NC;
+        const Scalar* pk = packed + full * pstride + k0 * NC;
+        if (m == 1)
+          micro_tile<Scalar, 1>(kc, a, lda, pk, C + c0, ldc, ncols - c0, acc);
+        else
+          micro_tile<Scalar, 2>(kc, a, lda, pk, C + c0, ldc, ncols - c0, acc);
+      }
+    }
+  }
+}
+
 // Work-shared: C[m, ncols] (= or +=) A[m, K] (row-major, lda) op(B), op(B) packed by par_pack.
 template <typename Scalar>
 void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
                      const Scalar* packed, Scalar* C, Index ldc, bool accumulate) {
   using T = Panel<Scalar>;
   constexpr Index NC = T::NC, MR = T::MR, MB = T::MB, KC = T::KC;
+  if (m <= 2) return par_gemm_small(m, ncols, K, A, lda, packed, C, ldc, accumulate);
   const Index np = ceil_div(ncols, NC), nmb = ceil_div(m, MB);
 #ifdef _OPENMP
 #pragma omp for schedule(static)

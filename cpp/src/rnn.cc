@@ -30,14 +30,15 @@ std::size_t rnn_cache_size(const Dims& d) { return std::size_t((d.T + 1) * d.N *
 // Forward workspace: a chunk of the input projection, gh [N, H], h double buffer [2, N, H],
 // packed w_ih and w_hh.
 std::size_t rnn_forward_workspace_size(const Dims& d) {
-  return std::size_t(detail::proj_workspace_size(d, 1) + 3 * d.N * d.H +
+  return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 1) + 3 * d.N * d.H +
                      detail::packed_bound(d.C, d.H) +
                      detail::packed_bound(d.H, d.H));
 }
 // Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H],
 // packed w_hh and w_ih.
 std::size_t rnn_backward_workspace_size(const Dims& d) {
-  return std::size_t(2 * d.T * d.N * d.H + 2 * d.N * d.H + detail::packed_bound(d.H, d.H) +
+  return std::size_t(detail::kAlignSlack + 2 * d.T * d.N * d.H + 2 * d.N * d.H +
+                     detail::packed_bound(d.H, d.H) +
                      detail::packed_bound(d.H, d.C));
 }
 
@@ -63,8 +64,8 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
   Scalar* xs = gx + TC * NH;
   Scalar* gh = xs + TC * N * d.C;
   Scalar* hbuf = gh + NH;
-  Scalar* wih_p = hbuf + 2 * NH;
-  Scalar* whh_p = wih_p + packed_bound(d.C, H);
+  Scalar* wih_p = aligned64(hbuf + 2 * NH);
+  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, H));
   Scalar* hs = training ? cache : hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
@@ -134,8 +135,8 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
   Scalar* dgh = workspace;
   Scalar* dgx = opt.reverse ? dgh + d.T * NH : dgh;
   Scalar* dhbuf = dgh + 2 * d.T * NH;
-  Scalar* whh_q = dhbuf + 2 * NH;
-  Scalar* wih_q = whh_q + packed_bound(H, H);
+  Scalar* whh_q = aligned64(dhbuf + 2 * NH);
+  Scalar* wih_q = aligned64(whh_q + packed_bound(H, H));
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt, d, 1))
