@@ -163,11 +163,45 @@ struct TnBlocking {
   static_assert(MB % T::MR == 0 && NB % T::NC == 0, "whole micro-panels and panels");
 };
 
+// Software prefetch of the next chunk's row segments of A and B, one cache line per step,
+// so that the prefetches spread over the micro-kernel's loop instead of queueing up at once.
+struct RowPrefetch {
+  const char* a;  // the next row segment of A, then of B
+  const char* b;
+  Index lda, ldb;        // bytes between rows
+  Index abytes, bbytes;  // bytes per segment
+  Index rows;            // rows left
+  const char* p = nullptr;
+  const char* end = nullptr;
+  bool in_a = false;
+  void start(const char* a0, Index lda_, Index abytes_, const char* b0, Index ldb_,
+             Index bbytes_, Index rows_) {
+    a = a0, b = b0, lda = lda_, ldb = ldb_, abytes = abytes_, bbytes = bbytes_, rows = rows_;
+    in_a = false;
+    p = end = nullptr;
+  }
+  void step() {
+    if (p >= end) {
+      if (rows == 0) return;
+      const char* s = in_a ? b : a;
+      end = s + (in_a ? bbytes : abytes);
+      p = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(s) & ~std::uintptr_t(63));
+      if (in_a) b += ldb, a += lda, --rows;
+      in_a = !in_a;
+    }
+    Eigen::internal::prefetch(p);
+    p += 64;
+  }
+  void finish() {
+    while (rows > 0 || p < end) step();
+  }
+};
+
 // acc = (first ? 0 : tile) + Σ_k a[k*lda + r] b[k*NC + j] (k in order); tile = acc. b and tile
 // are aligned.
 template <typename Scalar>
 inline void tn_micro(Index kc, const Scalar* a, Index lda, const Scalar* b, Scalar* tile,
-                     Index ldt, bool first) {
+                     Index ldt, bool first, RowPrefetch& pf) {
   namespace ei = Eigen::internal;
   using T = Panel<Scalar>;
   using P = typename T::P;
@@ -177,6 +211,7 @@ inline void tn_micro(Index kc, const Scalar* a, Index lda, const Scalar* b, Scal
     for (Index j = 0; j < NP; ++j)
       acc[r][j] = first ? ei::pset1<P>(Scalar(0)) : ei::pload<P>(tile + r * ldt + j * W);
   for (Index k = 0; k < kc; ++k) {
+    if ((k & 1) == 0) pf.step();
     P bv[NP];
     for (Index j = 0; j < NP; ++j) bv[j] = ei::pload<P>(b + k * NC + j * W);
     for (Index r = 0; r < MR; ++r) {
@@ -200,7 +235,6 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
   using BK = TnBlocking<Scalar>;
   constexpr Index W = T::W, NC = T::NC, MR = T::MR;
   constexpr Index KC = BK::KC, MB = BK::MB, NB = BK::NB;
-  constexpr Index kLineScalars = 64 / Index(sizeof(Scalar));
   // Items of equal size as far as the micro-panels allow (a last thin item would pack as much
   // of B per k as a full one for a fraction of the work); the split depends on m and n only.
   const Index mbs = ceil_div(ceil_div(m, ceil_div(m, MB)), MR) * MR;
@@ -216,6 +250,7 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
     alignas(64) Scalar tile[MB * NB];
     alignas(64) Scalar apack[KC * MB];
     alignas(64) Scalar bpack[KC * NB];
+    RowPrefetch pf;
     for (Index k0 = 0; k0 < k; k0 += KC) {
       const Index kc = std::min(KC, k - k0);
       // B rows k0.. into panels [p][kk][NC], zero-padded past nb.
@@ -249,23 +284,18 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
         for (; i < nq * MR; ++i) dst[i] = Scalar(0);
       }
       // The rows of the next chunk are a new page each (k-major operands with a long leading
-      // dimension), which the hardware prefetchers do not follow: prefetch them, spread over
-      // the micro-kernel calls of this chunk.
-      const Index k1 = k0 + kc, kc1 = std::min(KC, k - k1), calls = npn * nq;
-      Index call = 0;
+      // dimension), which the hardware prefetchers do not follow: prefetch them, a line every
+      // other k of the micro-kernel (what is left after the last call, at once).
+      const Index k1 = std::min(k0 + kc, k - 1);  // (no rows after the last chunk)
+      pf.start(reinterpret_cast<const char*>(A + k1 * lda + i0), lda * Index(sizeof(Scalar)),
+               mb * Index(sizeof(Scalar)), reinterpret_cast<const char*>(B + k1 * ldb + j0),
+               ldb * Index(sizeof(Scalar)), nb * Index(sizeof(Scalar)),
+               std::min(KC, k - k0 - kc));
       for (Index p = 0; p < npn; ++p)
-        for (Index q = 0; q < nq; ++q, ++call) {
-          for (Index kk = call * kc1 / calls; kk < (call + 1) * kc1 / calls; ++kk) {
-            const Scalar* ar = A + (k1 + kk) * lda + i0;
-            const Scalar* br = B + (k1 + kk) * ldb + j0;
-            for (Index i = 0; i < mb; i += kLineScalars) ei::prefetch(ar + i);
-            ei::prefetch(ar + mb - 1);
-            for (Index j = 0; j < nb; j += kLineScalars) ei::prefetch(br + j);
-            ei::prefetch(br + nb - 1);
-          }
+        for (Index q = 0; q < nq; ++q)
           tn_micro<Scalar>(kc, apack + q * MR, MB, bpack + p * kc * NC,
-                           tile + q * MR * NB + p * NC, NB, k0 == 0);
-        }
+                           tile + q * MR * NB + p * NC, NB, k0 == 0, pf);
+      pf.finish();
     }
     for (Index i = 0; i < mb; ++i) {
       Scalar* c = C + (i0 + i) * ldc + j0;
