@@ -118,37 +118,12 @@ CMatMap<Scalar> cmat(const Scalar* p, Index rows, Index cols, Index ld) {
   return CMatMap<Scalar>(p, rows, cols, Eigen::OuterStride<>(ld));
 }
 
-// Fixed tile sizes: the split of every product is independent of the thread count, and each
-// tile is computed by one thread in one fixed order, so results are bitwise reproducible.
-constexpr Index kTileRows = 256;
+// Fixed tile sizes: the split of every work-shared loop is independent of the thread count, and
+// each tile is computed by one thread in one fixed order, so results are bitwise reproducible.
 constexpr Index kTileCols = 128;
 constexpr Index kUnitBlock = 64;  // hidden units per block of the element-wise gate passes
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
-
-// Must be called by every thread of a parallel region (it is an `omp for` work-share with its
-// implicit barrier). C[m, n] += Aᵀ B with A stored [k][m] (lda) and B stored [k][n] (ldb), all
-// row-major: the weight gradients dw += dgᵀ x, both operands stored k-major (k = T*N rows).
-// Eigen is ~25% faster producing a column-major tile (it then packs the small B, not the large
-// A, as its right-hand side); the tile is added to C afterwards, so accumulating twice gives
-// exactly twice.
-template <typename Scalar>
-void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, const Scalar* B,
-                     Index ldb, Scalar* C, Index ldc) {
-  if (k == 0) return;
-  const Index tm = ceil_div(m, kTileRows), tn = ceil_div(n, kTileCols);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-  for (Index tile = 0; tile < tm * tn; ++tile) {
-    const Index i0 = (tile / tn) * kTileRows, j0 = (tile % tn) * kTileCols;
-    const Index mi = std::min(kTileRows, m - i0), nj = std::min(kTileCols, n - j0);
-    alignas(64) Scalar buf[kTileRows * kTileCols];  // 128 KiB (float) / 256 KiB (double)
-    Eigen::Map<Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>> tmp(buf, mi, nj);
-    tmp.noalias() = cmat(A + i0, k, mi, lda).transpose() * cmat(B + j0, k, nj, ldb);
-    mat(C + i0 * ldc + j0, mi, nj, ldc) += tmp;
-  }
-}
 
 // Work-shared: dst[j] += sum over rows r of src[r * ld + j], rows in order (deterministic).
 template <typename Scalar>
