@@ -125,9 +125,11 @@ constexpr Index kUnitBlock = 64;  // hidden units per block of the element-wise 
 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
-// Work-shared: dst[j] += sum over rows r of src[r * ld + j], rows in order (deterministic).
+// Work-shared: dst[j] += sum over rows r of src[r * ld + j], rows in order (deterministic); the
+// same sum is also added to dst2 when given (one pass over src for two bias gradients).
 template <typename Scalar>
-void par_colsum_add(Index rows, Index cols, const Scalar* src, Index ld, Scalar* dst) {
+void par_colsum_add(Index rows, Index cols, const Scalar* src, Index ld, Scalar* dst,
+                    Scalar* dst2 = nullptr) {
   const Index tn = ceil_div(cols, kTileCols);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -141,6 +143,8 @@ void par_colsum_add(Index rows, Index cols, const Scalar* src, Index ld, Scalar*
       for (Index j = 0; j < nj; ++j) acc[j] += row[j];
     }
     for (Index j = 0; j < nj; ++j) dst[j0 + j] += acc[j];
+    if (dst2)
+      for (Index j = 0; j < nj; ++j) dst2[j0 + j] += acc[j];
   }
 }
 

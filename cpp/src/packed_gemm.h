@@ -533,8 +533,13 @@ void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x
   par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
   if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
   if (dw_hh) par_gemm_tn_add(GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);
-  if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
-  if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
+  if (db_ih && db_hh && dgx == dgh && S == d.T) {
+    // Forward order without padding: both bias gradients are the same column sum of one buffer.
+    par_colsum_add(TN, GH, dgx, GH, db_ih, db_hh);
+  } else {
+    if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
+    if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
+  }
 }
 
 }  // namespace detail
