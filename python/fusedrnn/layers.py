@@ -305,14 +305,25 @@ class _RNNBase(Module):
                         _first_nonfinite(f"{name}.forward: {s_name}[{i}]", s_arr[i], None)
         ctx = {"T": T, "N": N, "lengths": lengths, "inputs": [], "masks": [],
                "has_state": h0 is not None}
+        # The returned output is fresh memory; the kernels write the last layer's output straight
+        # into it (time-major), sparing a copy out of a reused buffer.
+        direct = not self.batch_first
         for layer in range(L):
             C = inp.shape[2]
             last = layer == L - 1
-            out = None if D == 1 else self._buffer(("out", layer), (T, N, D * R))
+            if D == 1:
+                out = None
+            elif last and direct:
+                out = np.empty((T, N, D * R), self.dtype)
+            else:
+                out = self._buffer(("out", layer), (T, N, D * R))
             for direction in range(D):
                 idx = layer * D + direction
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                y = self._buffer(("y", layer, direction), (T, N, R))
+                if D == 1 and last and direct:
+                    y = np.empty((T, N, R), self.dtype)
+                else:
+                    y = self._buffer(("y", layer, direction), (T, N, R))
                 self._kernel_forward((T, N, C, H, self.proj_size), sfx, inp,
                                      None if h0 is None else h0[idx],
                                      None if c0 is None else c0[idx], lengths, direction == 1,
@@ -340,7 +351,7 @@ class _RNNBase(Module):
                 ctx["masks"].append(None)
             inp = out
         self._ctx = ctx if training else None
-        output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp.copy()
+        output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp
         return output, ((h_n, c_n) if self._mode == "LSTM" else h_n)
 
     def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, threads, y, h_n,
