@@ -4,9 +4,11 @@
     python bench/bench_torch.py [--reps 9] [--threads 1 2] [--T 100 --N 64 --C 256 --H 256]
                                 [--json out.json] [--torch-only]
 
-Modes: "infer" = forward only (fusedrnn training=False; torch under inference_mode);
-"train" = forward + backward of loss sum(y * dy) (fusedrnn forward(training=True) + backward;
-torch y.backward(dy) with grads on the input and all parameters).
+Both sides are modules with the same weights: torch.nn.LSTM/GRU and fusedrnn.LSTM/GRU
+(fusedrnn.from_torch), each keeping its buffers between calls.
+Modes: "infer" = forward only (fusedrnn layer.eval(); torch under inference_mode);
+"train" = forward + backward of loss sum(y * dy) (fusedrnn zero_grad + forward + backward;
+torch zero_grad + forward + y.backward(dy) with grads on the input and all parameters).
 Each repetition runs every contender once (order alternating); median and min are reported.
 """
 from __future__ import annotations
@@ -72,8 +74,10 @@ def make_contenders(cell, mode, args, fr, problem=None):
             y.backward(dy)
     fns["torch"] = run_torch
 
-    if fr is not None and cell == "bilstm2":
-        # The layer API: one fusedrnn.LSTM with the module's weights (fusedrnn.from_torch).
+    if fr is not None:
+        # The layer API, as a user trains and runs: one fusedrnn.LSTM/GRU/RNN with the module's
+        # weights (fusedrnn.from_torch). Like torch's module it keeps its buffers between calls
+        # (kernel cache, workspace, gradients); zero_grad + forward + backward per training step.
         layer = fr.from_torch(mod)
         xn, dyn = x.numpy().copy(), dy.numpy().copy()
         if mode == "infer":
@@ -86,19 +90,6 @@ def make_contenders(cell, mode, args, fr, problem=None):
                 layer.zero_grad()
                 layer.forward(xn)
                 layer.backward(dyn)
-        fns["fusedrnn"] = run_fr
-    elif fr is not None:
-        w = [np.ascontiguousarray(getattr(mod, n).detach().numpy())
-             for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
-        xn, dyn = x.numpy().copy(), dy.numpy().copy()
-        fwd, bwd = getattr(fr, f"{cell}_forward"), getattr(fr, f"{cell}_backward")
-        kw = {"variant": "reset_after"} if cell == "gru" else {}
-        if mode == "infer":
-            def run_fr():
-                fwd(xn, *w, training=False, **kw)
-        else:
-            def run_fr():
-                bwd(fwd(xn, *w, training=True, **kw).cache, dy=dyn)
         fns["fusedrnn"] = run_fr
     return fns
 

@@ -10,7 +10,10 @@ d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config, t
 zero_grad + forward + backward per training step) on a; an explicit --configs runs every
 selected cell on every selected config.
 
-Modes: "infer" = forward only (fusedrnn training=False, torch under inference_mode, ONNX Runtime);
+Contenders: the fusedrnn.LSTM/GRU/RNN layer (fusedrnn.from_torch: same weights; it keeps its
+kernel cache, workspace and gradient buffers between calls, as torch's module does), the
+torch.nn module, and ONNX Runtime running the torch module's ONNX export.
+Modes: "infer" = forward only (fusedrnn layer.eval(), torch under inference_mode, ONNX Runtime);
 "train" = forward + backward of loss = sum(y * dy) with gradients for x and all weights (fusedrnn
 and torch; ONNX Runtime is inference only). torch uses its default CPU backend.
 Threads: torch.set_num_threads = fusedrnn.set_num_threads = ORT intra_op_num_threads (inter_op 1).
