@@ -3,6 +3,7 @@
 //   reset_before: n = tanh(gx_n + b_in + W_hn (r*h) + b_hn)     r first, then a second GEMM on r*h
 //   h_t = (1 - z)*n + z*h_{t-1}
 #include "isa_kernels.inc"
+#include "gates.h"
 #include "instantiate.h"
 #include "packed_gemm.h"
 
@@ -69,7 +70,6 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   auto gate_row = [&](Index s, Index n) {
     return (training ? gates + s * N * 4 * H : gstep) + n * 4 * H;
   };
-  auto bias = [](const Scalar* b, Index k) { return b ? b[k] : Scalar(0); };
 
 #ifdef _OPENMP
 #pragma omp parallel num_threads(thread_count(opt, d, 3))
@@ -94,36 +94,21 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
         const Index off = n * H + u0;
         const Index t = sm.time(s, n);
         Scalar* a = gate_row(s, n);
-        Scalar *ar = a + u0, *az = a + H + u0, *an = a + 2 * H + u0, *aq = a + 3 * H + u0;
+        Scalar *ar = a + u0, *aq = a + 3 * H + u0;
         if (t < 0) {
           std::copy(h_prev + off, h_prev + off + bk, h_next + off);
           if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
           continue;
         }
-        const Scalar* gxr = gx + ((s % TC) * N + n) * GH;
-        const Scalar* ghr = gh + n * GH;
-        for (Index j = 0; j < bk; ++j) {
-          const Index k = u0 + j;
-          ar[j] = gxr[k] + ghr[k] + bias(b_ih, k) + bias(b_hh, k);
-          az[j] = gxr[H + k] + ghr[H + k] + bias(b_ih, H + k) + bias(b_hh, H + k);
-        }
-        sigmoid_array(ar, ar, bk);
-        sigmoid_array(az, az, bk);
-        if (after) {
-          for (Index j = 0; j < bk; ++j) {
-            const Index k = 2 * H + u0 + j;
-            aq[j] = ghr[k] + bias(b_hh, k);
-            an[j] = gxr[k] + bias(b_ih, k) + ar[j] * aq[j];
-          }
-          tanh_array(an, an, bk);
-          Scalar* yr = y + (t * N + n) * H + u0;
-          for (Index j = 0; j < bk; ++j) {
-            h_next[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h_prev[off + j];
-            yr[j] = h_next[off + j];
-          }
-        } else {
-          for (Index j = 0; j < bk; ++j) aq[j] = ar[j] * h_prev[off + j];
-        }
+        const Scalar* gxr = gx + ((s % TC) * N + n) * GH + u0;
+        const Scalar* ghr = gh + n * GH + u0;
+        const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
+        const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
+        if (after)
+          gru_after_gates_forward(bk, H, gxr, ghr, bi, bh, h_prev + off, h_next + off,
+                                  y + (t * N + n) * H + u0, training ? ar : nullptr);
+        else
+          gru_before_gates_rz(bk, H, gxr, ghr, bi, bh, h_prev + off, ar);
       }
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
@@ -138,21 +123,9 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
         const Index off = n * H + u0;
         const Index t = sm.time(s, n);
         if (t < 0) continue;
-        Scalar* a = gate_row(s, n);
-        const Scalar* az = a + H + u0;
-        Scalar* an = a + 2 * H + u0;
-        const Scalar* gxr = gx + ((s % TC) * N + n) * GH;
-        const Scalar* ghr = gh + n * GH;
-        for (Index j = 0; j < bk; ++j) {
-          const Index k = 2 * H + u0 + j;
-          an[j] = gxr[k] + bias(b_ih, k) + ghr[k] + bias(b_hh, k);
-        }
-        tanh_array(an, an, bk);
-        Scalar* yr = y + (t * N + n) * H + u0;
-        for (Index j = 0; j < bk; ++j) {
-          h_next[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h_prev[off + j];
-          yr[j] = h_next[off + j];
-        }
+        gru_before_gates_n(bk, H, gx + ((s % TC) * N + n) * GH + u0, gh + n * GH + u0,
+                           b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr, h_prev + off,
+                           h_next + off, y + (t * N + n) * H + u0, gate_row(s, n) + u0);
       }
     }
 #ifdef _OPENMP
@@ -221,30 +194,39 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
           std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
           continue;
         }
-        const Scalar* a = gates + (s * N + n) * 4 * H + u0;
-        const Scalar *r = a, *z = a + H, *nn = a + 2 * H, *q = a + 3 * H;
+        const Scalar* a = gates + (s * N + n) * 4 * H + u0;  // r, z, n, q
         const Scalar* hp = hp_s + off;
+        const Scalar* dhc = dh_cur + off;
         const Scalar* dyr = dy ? dy + (t * N + n) * H + u0 : nullptr;
-        for (Index j = 0; j < bk; ++j) {
+        Scalar* dhn = dh_nxt + off;
+        Scalar* dgxr = after ? dgx + (t * N + n) * GH + u0 : nullptr;
+        for_packets<Scalar>(bk, [&](auto ld, auto st) {
+          namespace ei = Eigen::internal;
+          using Pk = Packet<Scalar>;
+          const Pk one = ei::pset1<Pk>(Scalar(1));
           // Forward: h = (1 - z)*n + z*h_prev.
-          const Scalar dh = dh_cur[off + j] + (dyr ? dyr[j] : Scalar(0));
-          const Scalar dn_pre = dh * (Scalar(1) - z[j]) * (Scalar(1) - nn[j] * nn[j]);
-          const Scalar dz_pre = dh * (hp[j] - nn[j]) * z[j] * (Scalar(1) - z[j]);
-          dg[H + j] = dz_pre;
-          dh_nxt[off + j] = dh * z[j];
-          if (after) {
+          Pk dh = ld(dhc);
+          if (dyr) dh = ei::padd(dh, ld(dyr));
+          const Pk z = ld(a + H), nn = ld(a + 2 * H);
+          const Pk one_z = ei::psub(one, z);
+          const Pk dn_pre = ei::pmul(ei::pmul(dh, one_z), ei::psub(one, ei::pmul(nn, nn)));
+          const Pk dz_pre = ei::pmul(ei::pmul(ei::pmul(dh, ei::psub(ld(hp), nn)), z), one_z);
+          st(dg + H, dz_pre);
+          st(dhn, ei::pmul(dh, z));
+          if (dgxr) {
             // n = tanh(gx_n + b_in + r*q), q = W_hn h + b_hn: dr = dn_pre*q, dq = dn_pre*r.
-            const Scalar dr_pre = dn_pre * q[j] * r[j] * (Scalar(1) - r[j]);
-            dg[j] = dr_pre;
-            dg[2 * H + j] = dn_pre * r[j];
-            Scalar* dgxr = dgx + (t * N + n) * GH + u0;
-            dgxr[j] = dr_pre;
-            dgxr[H + j] = dz_pre;
-            dgxr[2 * H + j] = dn_pre;
+            const Pk r = ld(a);
+            const Pk dr_pre = ei::pmul(ei::pmul(ei::pmul(dn_pre, ld(a + 3 * H)), r),
+                                       ei::psub(one, r));
+            st(dg, dr_pre);
+            st(dg + 2 * H, ei::pmul(dn_pre, r));
+            st(dgxr, dr_pre);
+            st(dgxr + H, dz_pre);
+            st(dgxr + 2 * H, dn_pre);
           } else {
-            dg[2 * H + j] = dn_pre;  // r's gradient needs d(r*h) = dn_pre W_hn: next pass
+            st(dg + 2 * H, dn_pre);  // r's gradient needs d(r*h) = dn_pre W_hn: next pass
           }
-        }
+        });
       }
       if (after) {
         par_gemm_packed(N, H, GH, dgs, GH, whh_q, dh_nxt, H, true);
@@ -264,15 +246,24 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
         if (t < 0) continue;
         const Scalar* r = gates + (s * N + n) * 4 * H + u0;
         const Scalar* hp = hp_s + off;
+        const Scalar* dq = drh + off;
         Scalar* dg = dgs + n * GH + u0;
-        for (Index j = 0; j < bk; ++j) {
-          dg[j] = drh[off + j] * hp[j] * r[j] * (Scalar(1) - r[j]);
-          dh_nxt[off + j] += drh[off + j] * r[j];
-        }
-        if (dgx != dgh) {
-          Scalar* dgxr = dgx + (t * N + n) * GH + u0;
-          for (Index g = 0; g < 3; ++g) std::copy(dg + g * H, dg + g * H + bk, dgxr + g * H);
-        }
+        Scalar* dhn = dh_nxt + off;
+        Scalar* dgxr = dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr;
+        for_packets<Scalar>(bk, [&](auto ld, auto st) {
+          namespace ei = Eigen::internal;
+          using Pk = Packet<Scalar>;
+          const Pk one = ei::pset1<Pk>(Scalar(1));
+          const Pk rr = ld(r), d = ld(dq);
+          const Pk dr_pre = ei::pmul(ei::pmul(ei::pmul(d, ld(hp)), rr), ei::psub(one, rr));
+          st(dg, dr_pre);
+          st(dhn, ei::padd(ld(dhn), ei::pmul(d, rr)));
+          if (dgxr) {
+            st(dgxr, dr_pre);
+            st(dgxr + H, ld(dg + H));
+            st(dgxr + 2 * H, ld(dg + 2 * H));
+          }
+        });
       }
       par_gemm_packed(N, H, 2 * H, dgs, GH, whh_q, dh_nxt, H, true);
     }

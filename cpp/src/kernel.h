@@ -159,61 +159,95 @@ void par_fill(Scalar* p, Index n, Scalar v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Activations over short contiguous runs, written on Eigen's packet primitives (its exp is
-// accurate to about 1 ulp in float and double). No fast-math anywhere.
+// Activations, written on Eigen's packet primitives (its exp is accurate to about 1 ulp in float
+// and double). No fast-math anywhere. NaN inputs give NaN.
 //
-// Every element takes the packet path, the last partial packet through a zero-padded buffer:
-// a scalar exp could differ from the packet exp in the last bit, and the value of an element
-// would then depend on its address or position. NaN inputs give NaN.
+// Every element takes the packet path, the last partial packet of a run through a zero-padded
+// buffer: a scalar exp could differ from the packet exp in the last bit, and the value of an
+// element would then depend on its address or position.
 
-template <typename Scalar, typename F>
-inline void map_packets(const Scalar* in, Scalar* out, Index n, F f) {
+template <typename Scalar>
+using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+template <typename Scalar>
+constexpr Index kPacketSize = Eigen::internal::unpacket_traits<Packet<Scalar>>::size;
+
+// σ(x) = 1 / (1 + exp(-x)) of one packet. A NaN flows through Eigen's exp (its clamps keep the
+// NaN operand) and the quotient, so it needs no select of its own.
+template <typename P>
+inline P psigmoid(const P& x) {
   namespace ei = Eigen::internal;
-  using P = typename ei::packet_traits<Scalar>::type;
-  constexpr Index W = ei::unpacket_traits<P>::size;
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  const P one = ei::pset1<P>(Scalar(1));
+  return ei::pdiv(one, ei::padd(one, ei::pexp(ei::pnegate(x))));
+}
+
+// tanh(x) of one packet: sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) for |x| >= 1/8 (the sign
+// bit of x copied onto the quotient); below, where that quotient loses relative accuracy, the
+// Taylor series of tanh, to x¹³ in double (truncation error < 2 ulp) and to x⁷ in float (the next
+// term, 62x⁹/2835, is below 0.03 ulp there). NaN flows through the exp like in psigmoid.
+template <typename P>
+inline P ptanh(const P& x) {
+  namespace ei = Eigen::internal;
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  const P one = ei::pset1<P>(Scalar(1));
+  const P ax = ei::pabs(x);
+  const P e = ei::pexp(ei::pmul(ei::pset1<P>(Scalar(-2)), ax));
+  const P q = ei::pdiv(ei::psub(one, e), ei::padd(one, e));
+  const P big = ei::pxor(q, ei::pandnot(x, ax));  // x & ~|x| is x's sign bit
+  // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
+  const P x2 = ei::pmul(x, x);
+  P p;
+  if constexpr (sizeof(Scalar) >= 8) {
+    p = ei::pset1<P>(Scalar(21844.0 / 6081075));
+    for (double c : {-1382.0 / 155925, 62.0 / 2835, -17.0 / 315, 2.0 / 15, -1.0 / 3, 1.0})
+      p = ei::pmadd(p, x2, ei::pset1<P>(Scalar(c)));
+  } else {
+    p = ei::pset1<P>(Scalar(-17.0 / 315));
+    for (double c : {2.0 / 15, -1.0 / 3, 1.0})
+      p = ei::pmadd(p, x2, ei::pset1<P>(Scalar(c)));
+  }
+  return ei::pselect(ei::pcmp_lt(x2, ei::pset1<P>(Scalar(1.0 / 64))), ei::pmul(x, p), big);
+}
+
+// Runs body(ld, st) once per packet over the units [0, n) of a run: inside it, ld(p) loads the
+// packet of array p at the current position and st(p, v) stores v there. The last partial packet
+// loads from and stores through zero-padded buffers (its padding lanes are computed and dropped),
+// so every element goes through the same packet arithmetic whatever its position or address.
+// Lanes never mix, so a lane's result depends only on its own inputs.
+template <typename Scalar, typename F>
+inline void for_packets(Index n, F&& body) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Scalar>;
+  constexpr Index W = kPacketSize<Scalar>;
   Index j = 0;
-  for (; j + W <= n; j += W) ei::pstoreu(out + j, f(ei::ploadu<P>(in + j)));
+  for (; j + W <= n; j += W)
+    body([j](const Scalar* p) { return ei::ploadu<P>(p + j); },
+         [j](Scalar* p, const P& v) { ei::pstoreu(p + j, v); });
   if (j < n) {
-    alignas(64) Scalar buf[W];
-    std::fill(buf, buf + W, Scalar(0));
-    std::copy(in + j, in + n, buf);
-    ei::pstore(buf, f(ei::pload<P>(buf)));
-    std::copy(buf, buf + (n - j), out + j);
+    const Index r = n - j;
+    body(
+        [j, r](const Scalar* p) {
+          alignas(64) Scalar buf[W];
+          std::fill(buf, buf + W, Scalar(0));
+          std::copy(p + j, p + j + r, buf);
+          return ei::pload<P>(buf);
+        },
+        [j, r](Scalar* p, const P& v) {
+          alignas(64) Scalar buf[W];
+          ei::pstore(buf, v);
+          std::copy(buf, buf + r, p + j);
+        });
   }
 }
 
-// out = 1 / (1 + exp(-in)); in and out may alias.
+// out = σ(in) and out = tanh(in) over a run; in and out may alias.
 template <typename Scalar>
 inline void sigmoid_array(const Scalar* in, Scalar* out, Index n) {
-  namespace ei = Eigen::internal;
-  map_packets(in, out, n, [](auto x) {
-    using P = decltype(x);
-    const P one = ei::pset1<P>(Scalar(1));
-    const P r = ei::pdiv(one, ei::padd(one, ei::pexp(ei::pnegate(x))));
-    return ei::pselect(ei::pcmp_eq(x, x), r, x);
-  });
+  for_packets<Scalar>(n, [&](auto ld, auto st) { st(out, psigmoid(ld(in))); });
 }
-
-// out = tanh(in); in and out may alias. (1 - e) / (1 + e) with e = exp(-2|x|) for |x| >= 1/8;
-// below, where that quotient loses relative accuracy, the Taylor series of tanh to x¹³
-// (truncation error < 2 ulp in double).
 template <typename Scalar>
 inline void tanh_array(const Scalar* in, Scalar* out, Index n) {
-  namespace ei = Eigen::internal;
-  map_packets(in, out, n, [](auto x) {
-    using P = decltype(x);
-    const P one = ei::pset1<P>(Scalar(1));
-    const P e = ei::pexp(ei::pmul(ei::pset1<P>(Scalar(-2)), ei::pabs(x)));
-    const P q = ei::pdiv(ei::psub(one, e), ei::padd(one, e));
-    const P big = ei::pselect(ei::pcmp_lt(x, ei::pzero(x)), ei::pnegate(q), q);
-    // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
-    const P x2 = ei::pmul(x, x);
-    P p = ei::pset1<P>(Scalar(21844.0 / 6081075));
-    for (double c : {-1382.0 / 155925, 62.0 / 2835, -17.0 / 315, 2.0 / 15, -1.0 / 3, 1.0})
-      p = ei::pmadd(p, x2, ei::pset1<P>(Scalar(c)));
-    const P r = ei::pselect(ei::pcmp_lt(x2, ei::pset1<P>(Scalar(1.0 / 64))), ei::pmul(x, p), big);
-    return ei::pselect(ei::pcmp_eq(x, x), r, x);
-  });
+  for_packets<Scalar>(n, [&](auto ld, auto st) { st(out, ptanh(ld(in))); });
 }
 
 }  // namespace detail

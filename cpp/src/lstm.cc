@@ -8,6 +8,7 @@
 // step gives h = m w_hrᵀ; backward first forms dh (P units) and dm = dh w_hr, then runs the same
 // fused pass on dm.
 #include "isa_kernels.inc"
+#include "gates.h"
 #include "instantiate.h"
 #include "packed_gemm.h"
 
@@ -133,48 +134,13 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
           std::copy(c_prev + off, c_prev + off + bk, c_next + off);
           continue;
         }
-        const Scalar* gxr = gx + ((s % TC) * N + n) * GH;
-        const Scalar* ghr = gh + n * GH;
-        Scalar* a = (training ? gates + s * N * GH : gstep) + n * GH;  // i, f, g, o of row n
-        for (Index g = 0; g < 4; ++g) {
-          const Index k0 = g * H + u0;
-          for (Index j = 0; j < bk; ++j) a[k0 + j] = gxr[k0 + j] + ghr[k0 + j];
-          if (b_ih)
-            for (Index j = 0; j < bk; ++j) a[k0 + j] += b_ih[k0 + j];
-          if (b_hh)
-            for (Index j = 0; j < bk; ++j) a[k0 + j] += b_hh[k0 + j];
-        }
-        Scalar* ai = a + u0;
-        Scalar* af = a + H + u0;
-        Scalar* ag = a + 2 * H + u0;
-        Scalar* ao = a + 3 * H + u0;
-        const Scalar* cp = c_prev + off;
-        Scalar* cn = c_next + off;
-        if (w_peep)
-          for (Index j = 0; j < bk; ++j) {
-            ai[j] += w_peep[u0 + j] * cp[j];
-            af[j] += w_peep[H + u0 + j] * cp[j];
-          }
-        sigmoid_array(ai, ai, bk);
-        sigmoid_array(af, af, bk);
-        tanh_array(ag, ag, bk);
-        for (Index j = 0; j < bk; ++j) cn[j] = af[j] * cp[j] + ai[j] * ag[j];
-        if (w_peep)
-          for (Index j = 0; j < bk; ++j) ao[j] += w_peep[2 * H + u0 + j] * cn[j];
-        sigmoid_array(ao, ao, bk);
-        if (proj) {  // m = o*tanh(c); h and y come from the projection below
-          Scalar* mn = m + off;
-          tanh_array(cn, mn, bk);
-          for (Index j = 0; j < bk; ++j) mn[j] *= ao[j];
-        } else {
-          Scalar* hn = h_next + off;
-          tanh_array(cn, hn, bk);
-          Scalar* yr = y + (t * N + n) * H + u0;
-          for (Index j = 0; j < bk; ++j) {
-            hn[j] *= ao[j];
-            yr[j] = hn[j];
-          }
-        }
+        // One fused pass: the gates, c, and h (m with projection; y then comes from h below).
+        const Index gu = ((s % TC) * N + n) * GH + u0;
+        lstm_gates_forward(bk, H, gx + gu, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+                           b_hh ? b_hh + u0 : nullptr, w_peep ? w_peep + u0 : nullptr,
+                           c_prev + off, c_next + off, proj ? m + off : h_next + off,
+                           proj ? nullptr : y + (t * N + n) * H + u0,
+                           training ? gates + (s * N + n) * GH + u0 : nullptr);
       }
       if (proj) {
         // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
@@ -294,39 +260,51 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
           std::copy(dc_cur + off, dc_cur + off + bk, dc_nxt + off);
           continue;
         }
-        const Scalar* a = gates + (s * N + n) * GH + u0;
-        const Scalar *gi = a, *gf = a + H, *gg = a + 2 * H, *go = a + 3 * H;
+        const Scalar* a = gates + (s * N + n) * GH + u0;  // activated i, f, g, o
         const Scalar* cp = cs + s * NH + off;
         const Scalar* ct = cs + (s + 1) * NH + off;
+        const Scalar* dcc = dc_cur + off;
         // d(o*tanh(c_t)): without projection dh_cur + dy[t], with it dm (dy is already in it).
         const Scalar* dhr = proj ? dm + off : dh_cur + off;
         const Scalar* dyr = dy && !proj ? dy + (t * N + n) * H + u0 : nullptr;
-        Scalar tc[kUnitBlock];
-        tanh_array(ct, tc, bk);
-        for (Index j = 0; j < bk; ++j) {
+        const Scalar* wp = w_peep ? w_peep + u0 : nullptr;
+        Scalar* dcn = dc_nxt + off;
+        // The recurrent product below adds dg w_hh into dh_nxt (with projection, the pass above
+        // zeroed it); dgx gets a copy of dg when it is a separate buffer.
+        Scalar* dhn = proj ? nullptr : dh_nxt + off;
+        Scalar* dgxr = dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr;
+        for_packets<Scalar>(bk, [&](auto ld, auto st) {
+          namespace ei = Eigen::internal;
+          using Pk = Packet<Scalar>;
+          const Pk one = ei::pset1<Pk>(Scalar(1));
           // Forward: h = o*tanh(c_t) (m with projection); c_t = f*c_prev + i*g; o saw c_t
           // through p_o, i and f saw c_prev through p_i and p_f.
-          const Scalar dh = dhr[j] + (dyr ? dyr[j] : Scalar(0));
-          const Scalar do_pre = dh * tc[j] * go[j] * (Scalar(1) - go[j]);
-          Scalar dc = dc_cur[off + j] + dh * go[j] * (Scalar(1) - tc[j] * tc[j]);
-          if (w_peep) dc += do_pre * w_peep[2 * H + u0 + j];
-          const Scalar di_pre = dc * gg[j] * gi[j] * (Scalar(1) - gi[j]);
-          const Scalar df_pre = dc * cp[j] * gf[j] * (Scalar(1) - gf[j]);
-          const Scalar dg_pre = dc * gi[j] * (Scalar(1) - gg[j] * gg[j]);
-          Scalar dcp = dc * gf[j];
-          if (w_peep) dcp += di_pre * w_peep[u0 + j] + df_pre * w_peep[H + u0 + j];
-          dg[j] = di_pre;
-          dg[H + j] = df_pre;
-          dg[2 * H + j] = dg_pre;
-          dg[3 * H + j] = do_pre;
-          dc_nxt[off + j] = dcp;
-        }
-        // The recurrent product below adds dg w_hh (with projection, the pass above zeroed it).
-        if (!proj) std::fill(dh_nxt + off, dh_nxt + off + bk, Scalar(0));
-        if (dgx != dgh) {
-          Scalar* dgxr = dgx + (t * N + n) * GH + u0;
-          for (Index g = 0; g < 4; ++g) std::copy(dg + g * H, dg + g * H + bk, dgxr + g * H);
-        }
+          Pk dh = ld(dhr);
+          if (dyr) dh = ei::padd(dh, ld(dyr));
+          const Pk gi = ld(a), gf = ld(a + H), gg = ld(a + 2 * H), go = ld(a + 3 * H);
+          const Pk tc = ptanh(ld(ct));
+          const Pk do_pre = ei::pmul(ei::pmul(ei::pmul(dh, tc), go), ei::psub(one, go));
+          Pk dc = ei::padd(ld(dcc), ei::pmul(ei::pmul(dh, go), ei::psub(one, ei::pmul(tc, tc))));
+          if (wp) dc = ei::padd(dc, ei::pmul(do_pre, ld(wp + 2 * H)));
+          const Pk di_pre = ei::pmul(ei::pmul(ei::pmul(dc, gg), gi), ei::psub(one, gi));
+          const Pk df_pre = ei::pmul(ei::pmul(ei::pmul(dc, ld(cp)), gf), ei::psub(one, gf));
+          const Pk dg_pre = ei::pmul(ei::pmul(dc, gi), ei::psub(one, ei::pmul(gg, gg)));
+          Pk dcp = ei::pmul(dc, gf);
+          if (wp)
+            dcp = ei::padd(dcp, ei::padd(ei::pmul(di_pre, ld(wp)), ei::pmul(df_pre, ld(wp + H))));
+          st(dg, di_pre);
+          st(dg + H, df_pre);
+          st(dg + 2 * H, dg_pre);
+          st(dg + 3 * H, do_pre);
+          st(dcn, dcp);
+          if (dhn) st(dhn, ei::pzero(one));
+          if (dgxr) {
+            st(dgxr, di_pre);
+            st(dgxr + H, df_pre);
+            st(dgxr + 2 * H, dg_pre);
+            st(dgxr + 3 * H, do_pre);
+          }
+        });
       }
       par_gemm_packed(N, R, GH, dgs, GH, whh_q, dh_nxt, R, true);
     }

@@ -1,5 +1,6 @@
 // Elman RNN forward and backward kernels: h_t = act(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
 #include "isa_kernels.inc"
+#include "gates.h"
 #include "instantiate.h"
 #include "packed_gemm.h"
 
@@ -94,16 +95,9 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
           std::copy(h_prev + off, h_prev + off + bk, hn);
           continue;
         }
-        const Scalar* gxr = gx + ((s % TC) * N + n) * H + u0;
-        const Scalar* ghr = gh + off;
-        for (Index j = 0; j < bk; ++j)
-          hn[j] = gxr[j] + ghr[j] + (b_ih ? b_ih[u0 + j] : Scalar(0)) +
-                  (b_hh ? b_hh[u0 + j] : Scalar(0));
-        if (act == Nonlinearity::tanh)
-          tanh_array(hn, hn, bk);
-        else
-          for (Index j = 0; j < bk; ++j) hn[j] = hn[j] < Scalar(0) ? Scalar(0) : hn[j];  // NaN stays
-        std::copy(hn, hn + bk, y + (t * N + n) * H + u0);
+        rnn_gates_forward(bk, act == Nonlinearity::tanh, gx + ((s % TC) * N + n) * H + u0,
+                          gh + off, b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr, hn,
+                          y + (t * N + n) * H + u0);
       }
     }
 #ifdef _OPENMP
@@ -164,15 +158,26 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
         }
         // Forward: h = act(pre); tanh' = 1 - h², relu' = [h > 0].
         const Scalar* ht = hs + (s + 1) * NH + off;
+        const Scalar* dhc = dh_cur + off;
         const Scalar* dyr = dy ? dy + (t * N + n) * H + u0 : nullptr;
-        for (Index j = 0; j < bk; ++j) {
-          const Scalar dh = dh_cur[off + j] + (dyr ? dyr[j] : Scalar(0));
-          const Scalar slope = act == Nonlinearity::tanh ? Scalar(1) - ht[j] * ht[j]
-                                                         : Scalar(ht[j] > Scalar(0));
-          dgs[off + j] = dh * slope;
-          dh_nxt[off + j] = Scalar(0);
-        }
-        if (dgx != dgh) std::copy(dgs + off, dgs + off + bk, dgx + (t * N + n) * H + u0);
+        Scalar* dg = dgs + off;
+        Scalar* dhn = dh_nxt + off;
+        Scalar* dgxr = dgx != dgh ? dgx + (t * N + n) * H + u0 : nullptr;
+        const bool tanh_act = act == Nonlinearity::tanh;
+        for_packets<Scalar>(bk, [&](auto ld, auto st) {
+          namespace ei = Eigen::internal;
+          using Pk = Packet<Scalar>;
+          const Pk one = ei::pset1<Pk>(Scalar(1)), zero = ei::pzero(one);
+          Pk dh = ld(dhc);
+          if (dyr) dh = ei::padd(dh, ld(dyr));
+          const Pk h = ld(ht);
+          const Pk slope = tanh_act ? ei::psub(one, ei::pmul(h, h))
+                                    : ei::pselect(ei::pcmp_lt(zero, h), one, zero);
+          const Pk g = ei::pmul(dh, slope);
+          st(dg, g);
+          st(dhn, zero);
+          if (dgxr) st(dgxr, g);
+        });
       }
       par_gemm_packed(N, H, H, dgs, H, whh_q, dh_nxt, H, true);
     }

@@ -4,12 +4,13 @@
 //
 // A Stream step must equal the batch kernels bitwise, so everything here repeats their
 // arithmetic exactly: the same micro-kernel over the same panels and K chunks for every product
-// (each output element is the same chain of multiply-adds), and the element-wise passes of
-// lstm.cc / gru.cc / rnn.cc forward, operation for operation (keep them in step: the Stream
-// tests compare bitwise). What differs is only the organisation: one step, all rows active, no
+// (each output element is the same chain of multiply-adds), and the element-wise gate passes of
+// gates.h, the very functions lstm.cc / gru.cc / rnn.cc forward call (the Stream tests compare
+// bitwise). What differs is only the organisation: one step, all rows active, no
 // OpenMP construct (a Stream runs on its caller's thread, possibly inside the caller's parallel
 // region), state updated in place.
 #include "isa_kernels.inc"
+#include "gates.h"
 #include "isa_step.inc"
 #include "packed_gemm.h"
 
@@ -144,8 +145,7 @@ void lstm_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h,
   const Index nub = ceil_div(H, kUnitBlock);
   Scalar* gx = scratch;          // [N, 4H]
   Scalar* gh = gx + N * GH;      // [N, 4H]
-  Scalar* gates = gh + N * GH;   // [N, 4H]
-  Scalar* m = gates + N * GH;    // [N, H] (projection)
+  Scalar* m = gh + 2 * N * GH;   // [N, H] (projection), after the unused [N, 4H] of gates
   const Scalar *b_ih = L.b_ih, *b_hh = L.b_hh, *w_peep = L.w_peep;
   gemm_serial(N, GH, L.C, x, L.C, L.wih_p, gx, GH);
   gemm_serial(N, GH, R, h, R, L.whh_p, gh, GH);
@@ -153,37 +153,11 @@ void lstm_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h,
     const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
-    const Scalar* gxr = gx + n * GH;
-    const Scalar* ghr = gh + n * GH;
-    Scalar* a = gates + n * GH;
-    for (Index g = 0; g < 4; ++g) {
-      const Index k0 = g * H + u0;
-      for (Index j = 0; j < bk; ++j) a[k0 + j] = gxr[k0 + j] + ghr[k0 + j];
-      if (b_ih)
-        for (Index j = 0; j < bk; ++j) a[k0 + j] += b_ih[k0 + j];
-      if (b_hh)
-        for (Index j = 0; j < bk; ++j) a[k0 + j] += b_hh[k0 + j];
-    }
-    Scalar* ai = a + u0;
-    Scalar* af = a + H + u0;
-    Scalar* ag = a + 2 * H + u0;
-    Scalar* ao = a + 3 * H + u0;
-    Scalar* cc = c + off;  // c_{t-1} in, c_t out
-    if (w_peep)
-      for (Index j = 0; j < bk; ++j) {
-        ai[j] += w_peep[u0 + j] * cc[j];
-        af[j] += w_peep[H + u0 + j] * cc[j];
-      }
-    sigmoid_array(ai, ai, bk);
-    sigmoid_array(af, af, bk);
-    tanh_array(ag, ag, bk);
-    for (Index j = 0; j < bk; ++j) cc[j] = af[j] * cc[j] + ai[j] * ag[j];
-    if (w_peep)
-      for (Index j = 0; j < bk; ++j) ao[j] += w_peep[2 * H + u0 + j] * cc[j];
-    sigmoid_array(ao, ao, bk);
-    Scalar* out = proj ? m + off : h + off;  // m = o*tanh(c), or h itself
-    tanh_array(cc, out, bk);
-    for (Index j = 0; j < bk; ++j) out[j] *= ao[j];
+    // c_{t-1} in, c_t out; out = m = o*tanh(c) with projection, or h itself.
+    lstm_gates_forward(bk, H, gx + n * GH + u0, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+                       b_hh ? b_hh + u0 : nullptr, w_peep ? w_peep + u0 : nullptr, c + off,
+                       c + off, proj ? m + off : h + off, static_cast<Scalar*>(nullptr),
+                       static_cast<Scalar*>(nullptr));
   }
   if (proj) gemm_serial(N, P, H, m, H, L.whr_p, h, P);  // h = m w_hrᵀ
 }
@@ -200,7 +174,6 @@ void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
   Scalar* gh = gx + N * GH;     // [N, 3H]
   Scalar* gates = gh + N * GH;  // [N, 4H]: r, z, n, q
   const Scalar *b_ih = L.b_ih, *b_hh = L.b_hh;
-  auto bias = [](const Scalar* b, Index k) { return b ? b[k] : Scalar(0); };
   gemm_serial(N, GH, L.C, x, L.C, L.wih_p, gx, GH);
   gemm_serial(N, after ? GH : 2 * H, H, h, H, L.whh_p, gh, GH);
   for (Index job = 0; job < N * nub; ++job) {
@@ -208,27 +181,15 @@ void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
     Scalar* a = gates + n * 4 * H;
-    Scalar *ar = a + u0, *az = a + H + u0, *an = a + 2 * H + u0, *aq = a + 3 * H + u0;
-    const Scalar* gxr = gx + n * GH;
-    const Scalar* ghr = gh + n * GH;
-    for (Index j = 0; j < bk; ++j) {
-      const Index k = u0 + j;
-      ar[j] = gxr[k] + ghr[k] + bias(b_ih, k) + bias(b_hh, k);
-      az[j] = gxr[H + k] + ghr[H + k] + bias(b_ih, H + k) + bias(b_hh, H + k);
-    }
-    sigmoid_array(ar, ar, bk);
-    sigmoid_array(az, az, bk);
-    if (after) {
-      for (Index j = 0; j < bk; ++j) {
-        const Index k = 2 * H + u0 + j;
-        aq[j] = ghr[k] + bias(b_hh, k);
-        an[j] = gxr[k] + bias(b_ih, k) + ar[j] * aq[j];
-      }
-      tanh_array(an, an, bk);
-      for (Index j = 0; j < bk; ++j) h[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h[off + j];
-    } else {
-      for (Index j = 0; j < bk; ++j) aq[j] = ar[j] * h[off + j];
-    }
+    const Scalar* gxr = gx + n * GH + u0;
+    const Scalar* ghr = gh + n * GH + u0;
+    const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
+    const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
+    if (after)
+      gru_after_gates_forward(bk, H, gxr, ghr, bi, bh, h + off, h + off,
+                              static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
+    else
+      gru_before_gates_rz(bk, H, gxr, ghr, bi, bh, h + off, a + u0);
   }
   if (after) return;
   // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
@@ -237,17 +198,9 @@ void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
     const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
-    Scalar* a = gates + n * 4 * H;
-    const Scalar* az = a + H + u0;
-    Scalar* an = a + 2 * H + u0;
-    const Scalar* gxr = gx + n * GH;
-    const Scalar* ghr = gh + n * GH;
-    for (Index j = 0; j < bk; ++j) {
-      const Index k = 2 * H + u0 + j;
-      an[j] = gxr[k] + bias(b_ih, k) + ghr[k] + bias(b_hh, k);
-    }
-    tanh_array(an, an, bk);
-    for (Index j = 0; j < bk; ++j) h[off + j] = (Scalar(1) - az[j]) * an[j] + az[j] * h[off + j];
+    gru_before_gates_n(bk, H, gx + n * GH + u0, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+                       b_hh ? b_hh + u0 : nullptr, h + off, h + off,
+                       static_cast<Scalar*>(nullptr), gates + n * 4 * H + u0);
   }
 }
 
@@ -266,16 +219,9 @@ void rnn_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
     const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
-    Scalar* hn = h + off;
-    const Scalar* gxr = gx + off;
-    const Scalar* ghr = gh + off;
-    for (Index j = 0; j < bk; ++j)
-      hn[j] = gxr[j] + ghr[j] + (L.b_ih ? L.b_ih[u0 + j] : Scalar(0)) +
-              (L.b_hh ? L.b_hh[u0 + j] : Scalar(0));
-    if (L.act == Nonlinearity::tanh)
-      tanh_array(hn, hn, bk);
-    else
-      for (Index j = 0; j < bk; ++j) hn[j] = hn[j] < Scalar(0) ? Scalar(0) : hn[j];
+    rnn_gates_forward(bk, L.act == Nonlinearity::tanh, gx + off, gh + off,
+                      L.b_ih ? L.b_ih + u0 : nullptr, L.b_hh ? L.b_hh + u0 : nullptr, h + off,
+                      static_cast<Scalar*>(nullptr));
   }
 }
 
