@@ -71,10 +71,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
     return (training ? gates + s * N * 4 * H : gstep) + n * 4 * H;
   };
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt, d, 3))
-#endif
-  {
+  parallel_region(thread_count(opt, d, 3), [&] {
     forward_prologue(d, 3, w_ih, lengths, wih_p, y);
     par_pack(w_hh, H, after ? GH : 2 * H, H, true, whh_p);
     if (!after) par_pack(w_hh + 2 * H * H, H, H, H, true, whn_p);
@@ -132,7 +129,7 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
 #pragma omp single
 #endif
     std::copy(slot(S), slot(S) + NH, h_n);
-  }
+    });
 }
 
 template <typename Scalar>
@@ -167,10 +164,7 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
   Scalar* whn_q = aligned64(whh_q + packed_bound(2 * H, H));
   Scalar* wih_q = aligned64(whn_q + packed_bound(H, H));
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt, d, 3))
-#endif
-  {
+  parallel_region(thread_count(opt, d, 3), [&] {
     if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
     par_pack(w_hh, after ? GH : 2 * H, H, H, false, whh_q);
     if (!after) par_pack(w_hh + 2 * H * H, H, H, H, false, whn_q);
@@ -279,7 +273,7 @@ void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const S
       par_gemm_tn_add(H, H, S * N, dgh + 2 * H, GH, gates + 3 * H, 4 * H,
                dw_hh + 2 * H * H, H);
     }
-  }
+    });
 }
 
 FUSEDRNN_INSTANTIATE_GRU(float)

@@ -86,6 +86,25 @@ inline int thread_count(const Options& opt, const Dims& d, Index G) {
 #endif
 }
 
+// Runs body() as the kernel's one parallel region on n threads. One thread outside any parallel
+// region runs it as a plain call: its work-sharing constructs then bind to no team and cost
+// nothing, where libgomp's team of one still made a futex system call at every barrier (about
+// 20% of an LSTM T=1000 N=1 H=64 inference). Inside a caller's parallel region a nested region
+// of one thread keeps the constructs from binding to the caller's team.
+template <typename F>
+inline void parallel_region(int n, F&& body) {
+#ifdef _OPENMP
+  if (n > 1 || omp_in_parallel()) {
+#pragma omp parallel num_threads(n)
+    body();
+    return;
+  }
+#else
+  (void)n;
+#endif
+  body();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Step s of the loop processes, for sequence n, time t = s (forward) or len_n - 1 - s (reverse);
 // the sequence is active at step s iff s < len_n. Returns -1 when inactive.

@@ -101,10 +101,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
     return base + (training ? s : s % 2) * size;
   };
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt, d, 4))
-#endif
-  {
+  parallel_region(thread_count(opt, d, 4), [&] {
     forward_prologue(d, 4, w_ih, lengths, wih_p, y);
     par_pack(w_hh, R, GH, R, true, whh_p);
     if (proj) par_pack(w_hr, H, P, H, true, whr_p);
@@ -164,7 +161,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
       std::copy(slot(hs, S, NR), slot(hs, S, NR) + NR, h_n);
       std::copy(slot(cs, S, NH), slot(cs, S, NH) + NH, c_n);
     }
-  }
+    });
 }
 
 template <typename Scalar>
@@ -205,10 +202,7 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
   Scalar* dm = proj ? dhp + d.T * N * P : nullptr;                // [N, H]
   Scalar* whr_q = proj ? aligned64(dm + NH) : nullptr;
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt, d, 4))
-#endif
-  {
+  parallel_region(thread_count(opt, d, 4), [&] {
     if (lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
     par_pack(w_hh, GH, R, R, false, whh_q);
     if (proj) par_pack(w_hr, P, H, H, false, whr_q);
@@ -339,7 +333,7 @@ void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Sca
         for (Index j = 0; j < bk; ++j) dw_peep[p * H + u0 + j] += acc[j];
       }
     }
-  }
+    });
 }
 
 FUSEDRNN_INSTANTIATE_LSTM(float)

@@ -70,10 +70,7 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
   Scalar* hs = training ? cache : hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt, d, 1))
-#endif
-  {
+  parallel_region(thread_count(opt, d, 1), [&] {
     forward_prologue(d, 1, w_ih, lengths, wih_p, y);
     par_pack(w_hh, H, H, H, true, whh_p);
     par_copy_or_zero(hs, h0, NH);
@@ -104,7 +101,7 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
 #pragma omp single
 #endif
     std::copy(slot(S), slot(S) + NH, h_n);
-  }
+    });
 }
 
 template <typename Scalar>
@@ -132,10 +129,7 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
   Scalar* whh_q = aligned64(dhbuf + 2 * NH);
   Scalar* wih_q = aligned64(whh_q + packed_bound(H, H));
 
-#ifdef _OPENMP
-#pragma omp parallel num_threads(thread_count(opt, d, 1))
-#endif
-  {
+  parallel_region(thread_count(opt, d, 1), [&] {
     if (lengths) par_fill(dgx, d.T * NH, Scalar(0));
     par_pack(w_hh, H, H, H, false, whh_q);
     par_copy_or_zero(dhbuf + (S % 2) * NH, dh_n, NH);
@@ -187,7 +181,7 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
     if (dh0) std::copy(dhbuf, dhbuf + NH, dh0);
     backward_epilogue(d, S, Index(1), H, x, w_ih, dgx, dgh, hs, wih_q, dx, dw_ih, dw_hh,
                       db_ih, db_hh);
-  }
+    });
 }
 
 FUSEDRNN_INSTANTIATE_RNN(float)
