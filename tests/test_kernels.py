@@ -169,23 +169,32 @@ def test_bitwise_identical_across_thread_counts(cell, option, dtype):
 
 
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
-@pytest.mark.parametrize("N", [1, 2])
+@pytest.mark.parametrize("N", [1, 2, 9])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_small_batch_bitwise_identical_across_thread_counts(cell, option, N, dtype):
-    # Batch 1 and 2 take the grouped-panel products, whose grouping follows the thread count.
-    shape = (6, N, 9, 64)
+def test_small_batch_paths_and_thread_counts(cell, option, N, dtype):
+    # Batch 1 and 2 take the grouped-panel products, grouped by the thread count (H = 128: whole
+    # panels in groups); batch 9 the tiled ones. Against the reference, and bitwise for 1 and 2
+    # threads, forward and reverse.
+    shape = (6, N, 9, 128)
     okw, opt = option_kw(cell, option, shape)
-    args, kw, cot = make_case(cell, shape, dtype, seed=4, **okw)
+    args, kw, cot = make_case(cell, shape, dtype, lengths=N > 1, seed=4, **okw)
     before = fusedrnn.get_num_threads()
     try:
         results = {}
         for n in (1, 2):
             fusedrnn.set_num_threads(n)
-            results[n] = _all_arrays(*run(fusedrnn, cell, args, kw, cot, opt, False))
+            for reverse in (False, True):
+                results[n, reverse] = run(fusedrnn, cell, args, kw, cot, opt, reverse)
     finally:
         fusedrnn.set_num_threads(before)
-    for a, b in zip(results[1], results[2]):
-        assert np.array_equal(a, b), f"{cell} N={N}: 1 and 2 threads differ"
+    for reverse in (False, True):
+        want = run(ref, cell, [a.astype(np.float64) for a in args], as64(kw), as64(cot), opt,
+                   reverse)
+        what = f"{cell} {option} {shape} {np.dtype(dtype).name} reverse={reverse}"
+        assert_close(results[1, reverse][0], want[0], TOL[dtype], what)
+        assert_close(results[1, reverse][1], want[1], TOL[dtype], what)
+        for a, b in zip(_all_arrays(*results[1, reverse]), _all_arrays(*results[2, reverse])):
+            assert np.array_equal(a, b), f"{what}: 1 and 2 threads differ"
 
 
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
