@@ -28,6 +28,7 @@ SHAPES = [  # T, N, C, H
     (20, 14, 9, 33),  # 280 input rows: two row tiles
     (40, 30, 5, 7),   # the input projection in three chunks of steps (16, 16, 8)
     (3, 2, 5, 48),    # batch 2: the small-product path, full panels in groups plus a partial one
+    (2, 7, 530, 20),  # K = 530 > 512: the input projection and dw_ih in more than one pass of k
 ]
 TOL = {np.float64: 1e-9, np.float32: 1e-4}
 # LSTM projection sizes P per shape of SHAPES, for the options "proj" and "peep+proj": between
@@ -40,6 +41,7 @@ PROJ = {
     (20, 14, 9, 33): (40, 32),
     (40, 30, 5, 7): (3, 9),
     (3, 2, 5, 48): (2, 50),
+    (2, 7, 530, 20): (5, 23),
 }
 
 

@@ -32,12 +32,19 @@ struct Panel {
   static constexpr Index MR = 6;
   // Rows per work item (multiples of MR): a product of up to MB rows is one row block (the
   // per-step products: its rows stay in L1/L2 across the panels); a larger one (the input
-  // projection, dx) goes in blocks of MBL rows, whose A rows stay in L1/L2 while the block's
-  // panel chunk is reused. Measured (one thread, 6400 x 1024 x 256): 252-row blocks 138 GF/s,
-  // 48-row blocks 164; 64 x 1024 x 256: one block 184, 48-row blocks 172.
+  // projection, dx) goes in blocks of MBL rows when K is short (K <= KS: a block's A rows stay
+  // in L1 across the panels), else of MB rows. And k in passes of KC (a pass's C tile is stored,
+  // the next pass adds to it). Measured in isolation here (one thread, GF/s):
+  //   m x n x K          | MB=252 KC=128 | MBL=48 KC=128 | chosen
+  //   6400 x 1024 x 256  | 155           | 170           | 172 (48 rows, one pass)
+  //   448 x 2048 x 512   | 164           | 158           | 175 (252 rows, KC=512)
+  //   6400 x 512 x 2048  | 134           | 150           | 162 (252 rows, KC=512)
+  //   64 x 1024 x 256    | 179           | 179           | 185 (one block, one pass)
+  // A 512 x 64 float panel pass (128 KiB) stays in L2, not L1; that cost nothing measurable.
   static constexpr Index MB = 252;
   static constexpr Index MBL = 48;
-  static constexpr Index KC = 128;     // k per pass: a 128 x 64 float panel chunk (32 KiB) stays in L1
+  static constexpr Index KS = 256;
+  static constexpr Index KC = 512;
 };
 
 // Scalars that a packed [K, ncols] right-hand side may need, for either dtype (the workspace
@@ -241,7 +248,7 @@ void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
   using T = Panel<Scalar>;
   constexpr Index NC = T::NC, MR = T::MR, MB = T::MB, KC = T::KC;
   if (m <= 2) return par_gemm_small(m, ncols, K, A, lda, packed, C, ldc, accumulate);
-  const Index mb = m <= MB ? MB : T::MBL;
+  const Index mb = m <= MB ? MB : (K <= T::KS ? T::MBL : MB);
   const Index np = ceil_div(ncols, NC), nmb = ceil_div(m, mb);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
