@@ -150,24 +150,33 @@ def _all_arrays(out, grads):
     return [a for a in list(out[:-1]) + list(grads) if a is not None]
 
 
-@pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_bitwise_identical_across_thread_counts(cell, option, dtype):
-    shape = (9, 37, 21, 130)
-    okw, opt = option_kw(cell, option, shape)
-    args, kw, cot = make_case(cell, shape, dtype, lengths=True, seed=3, **okw)
+def _run_threads(cell, args, kw, cot, opt):
+    """{(threads, reverse): (outputs, grads)} of the kernels with 1 and 2 threads."""
     before = fusedrnn.get_num_threads()
     try:
         results = {}
         for n in (1, 2):
             fusedrnn.set_num_threads(n)
             for reverse in (False, True):
-                results[n, reverse] = _all_arrays(*run(fusedrnn, cell, args, kw, cot, opt, reverse))
+                results[n, reverse] = run(fusedrnn, cell, args, kw, cot, opt, reverse)
     finally:
         fusedrnn.set_num_threads(before)
+    return results
+
+
+def _assert_same_across_threads(results, what):
     for reverse in (False, True):
-        for a, b in zip(results[1, reverse], results[2, reverse]):
-            assert np.array_equal(a, b), f"{cell} {option}: 1 and 2 threads differ"
+        for a, b in zip(_all_arrays(*results[1, reverse]), _all_arrays(*results[2, reverse])):
+            assert np.array_equal(a, b), f"{what} reverse={reverse}: 1 and 2 threads differ"
+
+
+@pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_bitwise_identical_across_thread_counts(cell, option, dtype):
+    shape = (9, 37, 21, 130)
+    okw, opt = option_kw(cell, option, shape)
+    args, kw, cot = make_case(cell, shape, dtype, lengths=True, seed=3, **okw)
+    _assert_same_across_threads(_run_threads(cell, args, kw, cot, opt), f"{cell} {option}")
 
 
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
@@ -180,23 +189,14 @@ def test_small_batch_paths_and_thread_counts(cell, option, N, dtype):
     shape = (6, N, 9, 128)
     okw, opt = option_kw(cell, option, shape)
     args, kw, cot = make_case(cell, shape, dtype, lengths=N > 1, seed=4, **okw)
-    before = fusedrnn.get_num_threads()
-    try:
-        results = {}
-        for n in (1, 2):
-            fusedrnn.set_num_threads(n)
-            for reverse in (False, True):
-                results[n, reverse] = run(fusedrnn, cell, args, kw, cot, opt, reverse)
-    finally:
-        fusedrnn.set_num_threads(before)
+    results = _run_threads(cell, args, kw, cot, opt)
+    what = f"{cell} {option} {shape} {np.dtype(dtype).name}"
     for reverse in (False, True):
         want = run(ref, cell, [a.astype(np.float64) for a in args], as64(kw), as64(cot), opt,
                    reverse)
-        what = f"{cell} {option} {shape} {np.dtype(dtype).name} reverse={reverse}"
-        assert_close(results[1, reverse][0], want[0], TOL[dtype], what)
-        assert_close(results[1, reverse][1], want[1], TOL[dtype], what)
-        for a, b in zip(_all_arrays(*results[1, reverse]), _all_arrays(*results[2, reverse])):
-            assert np.array_equal(a, b), f"{what}: 1 and 2 threads differ"
+        assert_close(results[1, reverse][0], want[0], TOL[dtype], f"{what} reverse={reverse}")
+        assert_close(results[1, reverse][1], want[1], TOL[dtype], f"{what} reverse={reverse}")
+    _assert_same_across_threads(results, what)
 
 
 @pytest.mark.parametrize("cell,option", GRID, ids=[f"{c}-{o}" for c, o in GRID])
