@@ -72,40 +72,46 @@ static_assert(Panel<float>::NC <= kMaxPanel && Panel<double>::NC <= kMaxPanel, "
 //   transposed = true:  B is stored [ncols][K] with leading dimension ld (op(B) = Bᵀ, e.g. w_hh
 //                       in h w_hhᵀ);
 //   transposed = false: B is stored [K][ncols] with leading dimension ld (e.g. w_hh in dg w_hh).
+// Packs panel p of op(B) into out + p*K*NC: par_pack's unit of work (a Stream packs its
+// weights serially with it).
 template <typename Scalar>
-void par_pack(const Scalar* B, Index K, Index ncols, Index ld, bool transposed, Scalar* out) {
+void pack_panel(const Scalar* B, Index K, Index ncols, Index ld, bool transposed, Index p,
+                Scalar* out) {
   namespace ei = Eigen::internal;
   using T = Panel<Scalar>;
   using P = typename T::P;
   constexpr Index NC = T::NC, W = T::W, NP = T::NP;
-  const Index np = ceil_div(ncols, NC);
+  const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
+  Scalar* dst = out + p * K * NC;
+  Index k = 0;
+  if (transposed && nc == NC) {
+    // W x W blocks transposed in registers: W rows of B (output columns), W values of k each.
+    // Scalar copying of this strided gather cost ~0.15 ms per MiB of weights, most of a
+    // batch-1 call's overhead.
+    for (; k + W <= K; k += W) {
+      for (Index j = 0; j < NP; ++j) {
+        ei::PacketBlock<P, W> blk;
+        for (Index r = 0; r < W; ++r)
+          blk.packet[r] = ei::ploadu<P>(B + (c0 + j * W + r) * ld + k);
+        ei::ptranspose(blk);
+        for (Index r = 0; r < W; ++r) ei::pstoreu(dst + (k + r) * NC + j * W, blk.packet[r]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    Scalar* row = dst + k * NC;
+    for (Index c = 0; c < nc; ++c) row[c] = transposed ? B[(c0 + c) * ld + k] : B[k * ld + c0 + c];
+    std::fill(row + nc, row + NC, Scalar(0));
+  }
+}
+
+template <typename Scalar>
+void par_pack(const Scalar* B, Index K, Index ncols, Index ld, bool transposed, Scalar* out) {
+  const Index np = ceil_div(ncols, Panel<Scalar>::NC);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-  for (Index p = 0; p < np; ++p) {
-    const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
-    Scalar* dst = out + p * K * NC;
-    Index k = 0;
-    if (transposed && nc == NC) {
-      // W x W blocks transposed in registers: W rows of B (output columns), W values of k each.
-      // Scalar copying of this strided gather cost ~0.15 ms per MiB of weights, most of a
-      // batch-1 call's overhead.
-      for (; k + W <= K; k += W) {
-        for (Index j = 0; j < NP; ++j) {
-          ei::PacketBlock<P, W> blk;
-          for (Index r = 0; r < W; ++r)
-            blk.packet[r] = ei::ploadu<P>(B + (c0 + j * W + r) * ld + k);
-          ei::ptranspose(blk);
-          for (Index r = 0; r < W; ++r) ei::pstoreu(dst + (k + r) * NC + j * W, blk.packet[r]);
-        }
-      }
-    }
-    for (; k < K; ++k) {
-      Scalar* row = dst + k * NC;
-      for (Index c = 0; c < nc; ++c) row[c] = transposed ? B[(c0 + c) * ld + k] : B[k * ld + c0 + c];
-      std::fill(row + nc, row + NC, Scalar(0));
-    }
-  }
+  for (Index p = 0; p < np; ++p) pack_panel(B, K, ncols, ld, transposed, p, out);
 }
 
 // C[M rows, nc <= NC columns] (= or +=) A[M, K] (row-major, lda) times one packed panel.
@@ -142,7 +148,7 @@ inline void micro_tile(Index K, const Scalar* a, Index lda, const Scalar* panel,
 }
 
 // C[M rows, G*NC columns] (= or +=) A[M, K] times G consecutive full panels (`pstride` scalars
-// apart). For products of fewer than MR rows (the per-step products at batch 1 to 3): one panel
+// apart). For products of one or two rows (the per-step products at batch 1 and 2): one panel
 // gives only M*NP accumulator chains, too few to hide the FMA latency (batch 1: 4 chains, half
 // the FMA rate), so panels are taken G at a time. Every output element is still one
 // accumulation over k in order: the values equal micro_tile's bit for bit.

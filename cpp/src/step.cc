@@ -29,51 +29,8 @@ std::size_t packed_size(std::int64_t K, std::int64_t ncols) {
 template <typename Scalar>
 void pack(const Scalar* B, std::int64_t K, std::int64_t ncols, std::int64_t ld, bool transposed,
           Scalar* out) {
-  constexpr Index NC = detail::Panel<Scalar>::NC;
-  const Index np = detail::ceil_div(ncols, NC);
-  for (Index p = 0; p < np; ++p) {
-    const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
-    Scalar* dst = out + p * K * NC;
-    for (Index k = 0; k < K; ++k) {
-      Scalar* row = dst + k * NC;
-      for (Index c = 0; c < nc; ++c) row[c] = transposed ? B[(c0 + c) * ld + k] : B[k * ld + c0 + c];
-      std::fill(row + nc, row + NC, Scalar(0));
-    }
-  }
-}
-
-// detail::micro_tile for M rows over two adjacent full panels at once: with one or two rows,
-// a single panel leaves too few independent multiply-add chains to fill the FMA units. Each
-// element is still the same chain over k, stored the same way.
-template <typename Scalar, int M>
-inline void micro_tile_2p(Index K, const Scalar* a, Index lda, const Scalar* panel, Index pstride,
-                          Scalar* c, Index ldc, bool accumulate) {
-  namespace ei = Eigen::internal;
-  using T = detail::Panel<Scalar>;
-  using P = typename T::P;
-  constexpr Index W = T::W, NP = T::NP, NC = T::NC;
-  P acc[M][2 * NP];
-  for (int r = 0; r < M; ++r)
-    for (Index j = 0; j < 2 * NP; ++j) acc[r][j] = ei::pset1<P>(Scalar(0));
-  const Scalar* p0 = panel;
-  const Scalar* p1 = panel + pstride;
-  for (Index k = 0; k < K; ++k) {
-    P b[2 * NP];
-    for (Index j = 0; j < NP; ++j) {
-      b[j] = ei::ploadu<P>(p0 + k * NC + j * W);
-      b[NP + j] = ei::ploadu<P>(p1 + k * NC + j * W);
-    }
-    for (int r = 0; r < M; ++r) {
-      const P av = ei::pset1<P>(a[r * lda + k]);
-      for (Index j = 0; j < 2 * NP; ++j) acc[r][j] = ei::pmadd(av, b[j], acc[r][j]);
-    }
-  }
-  for (int r = 0; r < M; ++r) {
-    Scalar* cr = c + r * ldc;
-    for (Index j = 0; j < 2 * NP; ++j)
-      ei::pstoreu(cr + j * W, accumulate ? ei::padd(ei::ploadu<P>(cr + j * W), acc[r][j])
-                                         : acc[r][j]);
-  }
+  const Index np = detail::ceil_div(ncols, detail::Panel<Scalar>::NC);
+  for (Index p = 0; p < np; ++p) detail::pack_panel(B, K, ncols, ld, transposed, p, out);
 }
 
 // par_gemm_packed (accumulate = false) on the calling thread: for each panel, K in the same
@@ -85,17 +42,23 @@ void gemm_serial(Index m, Index ncols, Index K, const Scalar* A, Index lda, cons
   constexpr Index NC = T::NC, MR = T::MR, KC = T::KC;
   const Index np = detail::ceil_div(ncols, NC);
   Index p = 0;
-  if (m <= 2)  // a Stream with batch 1 or 2: pairs of full panels
-    for (; p + 2 <= ncols / NC; p += 2)
+  if (m <= 2) {  // a Stream with batch 1 or 2: full panels in groups, as par_gemm_small
+    const int gmax = detail::max_group<Scalar>(int(m));
+    const Index full = ncols / NC;
+    for (; p < full; p += gmax) {
+      const int g = int(std::min<Index>(gmax, full - p));
       for (Index k0 = 0; k0 < K; k0 += KC) {
         const Index kc = std::min(KC, K - k0);
         const Scalar* pk = packed + p * K * NC + k0 * NC;
         Scalar* c = C + p * NC;
         if (m == 2)
-          micro_tile_2p<Scalar, 2>(kc, A + k0, lda, pk, K * NC, c, ldc, k0 > 0);
+          detail::group_tile<Scalar, 2>(g, kc, A + k0, lda, pk, K * NC, c, ldc, k0 > 0);
         else
-          micro_tile_2p<Scalar, 1>(kc, A + k0, lda, pk, K * NC, c, ldc, k0 > 0);
+          detail::group_tile<Scalar, 1>(g, kc, A + k0, lda, pk, K * NC, c, ldc, k0 > 0);
       }
+    }
+    p = full;  // the last group may have been short
+  }
   for (; p < np; ++p) {
     const Index c0 = p * NC, nc = std::min(NC, ncols - c0);
     const Scalar* panel = packed + p * K * NC;
