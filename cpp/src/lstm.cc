@@ -25,12 +25,12 @@ std::size_t lstm_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * (R + d.H) + d.T * d.N * 4 * d.H +
                      (d.P > 0 ? d.T * d.N * d.H : 0));
 }
-// Forward workspace: a chunk of the input projection, gh [N, 4H], gates of one step [N, 4H], h
-// and c double buffers [2, N, R] and [2, N, H] (used when no cache is given), packed w_ih and
-// w_hh; with projection also m of one step [N, H] (inference) and packed w_hr.
+// Forward workspace: a chunk of the input projection, gh [N, 4H], h and c double buffers
+// [2, N, R] and [2, N, H] (used when no cache is given), packed w_ih and w_hh; with projection
+// also m of one step [N, H] (inference) and packed w_hr.
 std::size_t lstm_forward_workspace_size(const Dims& d) {
   const Index R = detail::rec_width(d);
-  return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 4) + 2 * d.N * 4 * d.H +
+  return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 4) + d.N * 4 * d.H +
                      2 * d.N * (R + d.H) + detail::packed_bound(d.C, 4 * d.H) +
                      detail::packed_bound(R, 4 * d.H) +
                      (d.P > 0 ? d.N * d.H + detail::packed_bound(d.H, d.P) : 0));
@@ -84,8 +84,7 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   Scalar* gx = workspace;  // [TC * N, 4H], steps s0.. of the current chunk
   Scalar* xs = gx + TC * N * GH;
   Scalar* gh = xs + TC * N * d.C;
-  Scalar* gstep = gh + N * GH;
-  Scalar* hbuf = gstep + N * GH;
+  Scalar* hbuf = gh + N * GH;
   Scalar* cbuf = hbuf + 2 * NR;
   Scalar* wih_p = aligned64(cbuf + 2 * NH);
   Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));
