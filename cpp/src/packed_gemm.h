@@ -254,7 +254,16 @@ void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
   using T = Panel<Scalar>;
   constexpr Index NC = T::NC, MR = T::MR, MB = T::MB, KC = T::KC;
   if (m <= 2) return par_gemm_small(m, ncols, K, A, lda, packed, C, ldc, accumulate);
-  const Index mb = m <= MB ? MB : (K <= T::KS ? T::MBL : MB);
+  Index mb = m <= MB ? MB : (K <= T::KS ? T::MBL : MB);
+#ifdef _OPENMP
+  // A per-step product whose packed weights fit a core's L2 (<= 1 MiB) goes in row blocks, one
+  // per thread: each thread keeps all the weights in its own L2 and writes whole rows, which
+  // its gate pass then reads. Measured at 2 threads: RNN a -13%, LSTM N=8 H=256 -11%, GRU a
+  // -3%, LSTM a even; with larger weights each thread would stream all of them (LSTM c +4%).
+  const int nth = omp_get_num_threads();
+  if (m <= MB && nth > 1 && double(K) * double(ncols) * sizeof(Scalar) <= double(1 << 20))
+    mb = ceil_div(m, Index(nth));
+#endif
   const Index np = ceil_div(ncols, NC), nmb = ceil_div(m, mb);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
