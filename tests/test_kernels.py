@@ -183,10 +183,11 @@ def test_bitwise_identical_across_thread_counts(cell, option, dtype):
 @pytest.mark.parametrize("N", [1, 2, 9])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 def test_small_batch_paths_and_thread_counts(cell, option, N, dtype):
-    # Batch 1 and 2 take the grouped-panel products, grouped by the thread count (H = 128: whole
-    # panels in groups); batch 9 the tiled ones. Against the reference, and bitwise for 1 and 2
-    # threads, forward and reverse.
-    shape = (6, N, 9, 128)
+    # Batch 1 and 2 take the grouped-panel products, grouped by the thread count (H = 256: whole
+    # panels in groups, and enough work per step that 2 threads are used, except by the RNN at
+    # batch 1); batch 9 the tiled ones, split by rows. Against the reference, and bitwise for 1
+    # and 2 threads, forward and reverse.
+    shape = (6, N, 9, 256)
     okw, opt = option_kw(cell, option, shape)
     args, kw, cot = make_case(cell, shape, dtype, lengths=N > 1, seed=4, **okw)
     results = _run_threads(cell, args, kw, cot, opt)
