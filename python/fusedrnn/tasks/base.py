@@ -68,6 +68,21 @@ class Task:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.epoch = 0.0
+        # task flags given a value (not None) when the task was made: _restore_flags keeps them
+        self._given = {k for k in TASK_FLAGS if getattr(args, k, None) is not None}
+
+    # -- helpers for tasks that resolve their flags (classify, forecast) -----------------------
+    def _flag(self, name: str) -> Any:
+        """args.<name>, or this task's default when it has no value."""
+        v = getattr(self.args, name, None)
+        return self.defaults.get(name) if v is None else v
+
+    def _restore_flags(self, metadata: Dict[str, Any]) -> None:
+        """Takes the checkpoint's task flags, except those given a value when this task was
+        made (the user's flags win, as in the trainer)."""
+        for k, v in metadata.get("flags", {}).items():
+            if k in TASK_FLAGS and k != "task" and k not in self._given:
+                setattr(self.args, k, v)
 
     # -- required ----------------------------------------------------------------------------
     def prepare(self) -> None:

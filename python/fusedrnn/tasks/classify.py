@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import losses
 from ..module import Dropout, Linear, Module, register_module
-from .base import TASK_FLAGS, Task
+from .base import Task
 from .forecast import CELLS, _sub_seed, check_choice, check_dropout, check_int, make_rnn
 
 __all__ = ["Classify", "SequenceClassifier", "make_adding", "make_temporal_order"]
@@ -184,33 +184,27 @@ class Classify(Task):
     def __init__(self, args):
         super().__init__(args)
         self.val = None
-        # flags given a value (not None) when the task was made: restore() keeps them
-        self._given = {k for k in TASK_FLAGS if getattr(args, k, None) is not None}
         self._resolve()
 
     # -- flags ----------------------------------------------------------------------------------
-    def _get(self, name):
-        v = getattr(self.args, name, None)
-        return self.defaults.get(name) if v is None else v
-
     def _resolve(self) -> None:
         a = self.args
         if getattr(a, "bidirectional", False):
             raise ValueError("--bidirectional is not supported by task classify (it reads the "
                              "last valid step of a left-to-right pass)")
-        a.problem = check_choice("problem", self._get("problem"), PROBLEMS)
-        a.cell = check_choice("cell", self._get("cell"), tuple(CELLS))
+        a.problem = check_choice("problem", self._flag("problem"), PROBLEMS)
+        a.cell = check_choice("cell", self._flag("cell"), tuple(CELLS))
         shortest = 2 if a.problem == "adding" else 10
-        a.min_length = check_int("min_length", self._get("min_length"), minimum=shortest)
-        a.max_length = check_int("max_length", self._get("max_length"), minimum=shortest)
+        a.min_length = check_int("min_length", self._flag("min_length"), minimum=shortest)
+        a.max_length = check_int("max_length", self._flag("max_length"), minimum=shortest)
         if a.max_length < a.min_length:
             raise ValueError(f"--max-length ({a.max_length}) must be >= --min-length "
                              f"({a.min_length})")
-        a.hidden = check_int("hidden", self._get("hidden"))
-        a.layers = check_int("layers", self._get("layers"))
-        a.batch_size = check_int("batch_size", self._get("batch_size"))
-        a.dropout = check_dropout(self._get("dropout"))
-        a.seed = check_int("seed", self._get("seed"), minimum=0)
+        a.hidden = check_int("hidden", self._flag("hidden"))
+        a.layers = check_int("layers", self._flag("layers"))
+        a.batch_size = check_int("batch_size", self._flag("batch_size"))
+        a.dropout = check_dropout(self._flag("dropout"))
+        a.seed = check_int("seed", self._flag("seed"), minimum=0)
         if getattr(a, "data", None) is not None:
             raise ValueError("--data: task classify generates its data (adding / "
                              "temporal-order problems) and reads no file")
@@ -322,9 +316,7 @@ class Classify(Task):
         """Takes the checkpoint's task flags (problem, lengths, model shape, seed, so prepare()
         regenerates the same validation set), except those given a value when this task was
         made (the user's flags win, as in the trainer)."""
-        for k, v in metadata.get("flags", {}).items():
-            if k in TASK_FLAGS and k != "task" and k not in self._given:
-                setattr(self.args, k, v)
+        self._restore_flags(metadata)
         self._resolve()
 
     # -- predict --------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 from .. import losses
 from ..layers import GRU, LSTM, RNN
 from ..module import Dropout, Linear, Module, register_module
-from .base import TASK_FLAGS, DataError, Task
+from .base import DataError, Task
 
 __all__ = ["Forecast", "ForecastEncoder", "JordanForecaster", "mackey_glass"]
 
@@ -313,29 +313,23 @@ class Forecast(Task):
         self.std: Optional[float] = None
         self.series: Optional[np.ndarray] = None
         self.source = None
-        # flags given a value (not None) when the task was made: restore() keeps them
-        self._given = {k for k in TASK_FLAGS if getattr(args, k, None) is not None}
         self._resolve()
 
     # -- flags ----------------------------------------------------------------------------------
-    def _get(self, name):
-        v = getattr(self.args, name, None)
-        return self.defaults.get(name) if v is None else v
-
     def _resolve(self) -> None:
         a = self.args
         if getattr(a, "bidirectional", False):
             raise ValueError("--bidirectional: a forecaster cannot read the future; "
                              "task forecast does not support it")
-        a.model = check_choice("model", self._get("model"), MODELS)
-        a.cell = check_choice("cell", self._get("cell"), tuple(CELLS))
-        a.window = check_int("window", self._get("window"))
-        a.horizon = check_int("horizon", self._get("horizon"))
-        a.hidden = check_int("hidden", self._get("hidden"))
-        a.layers = check_int("layers", self._get("layers"))
-        a.batch_size = check_int("batch_size", self._get("batch_size"))
-        a.dropout = check_dropout(self._get("dropout"))
-        a.seed = check_int("seed", self._get("seed"), minimum=0)
+        a.model = check_choice("model", self._flag("model"), MODELS)
+        a.cell = check_choice("cell", self._flag("cell"), tuple(CELLS))
+        a.window = check_int("window", self._flag("window"))
+        a.horizon = check_int("horizon", self._flag("horizon"))
+        a.hidden = check_int("hidden", self._flag("hidden"))
+        a.layers = check_int("layers", self._flag("layers"))
+        a.batch_size = check_int("batch_size", self._flag("batch_size"))
+        a.dropout = check_dropout(self._flag("dropout"))
+        a.seed = check_int("seed", self._flag("seed"), minimum=0)
         a.data = getattr(a, "data", None)
         a.column = getattr(a, "column", None)
         if a.column is not None and a.data is None:
@@ -518,9 +512,7 @@ class Forecast(Task):
         """Takes the checkpoint's normalisation and its task flags, except those given a value
         when this task was made (the user's flags win, as in the trainer: e.g. ``--data`` to
         evaluate on another file)."""
-        for k, v in metadata.get("flags", {}).items():
-            if k in TASK_FLAGS and k != "task" and k not in self._given:
-                setattr(self.args, k, v)
+        self._restore_flags(metadata)
         self._resolve()
         self.source = metadata.get("source", self.source)
         if metadata.get("mean") is not None:
