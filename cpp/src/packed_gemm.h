@@ -180,7 +180,6 @@ inline void micro_tile_group(Index K, const Scalar* a, Index lda, const Scalar* 
 }
 
 // Panels per group of a small product with M rows: up to 16 accumulators (8 with 16 registers).
-template <typename Scalar>
 constexpr int max_group(int M) {
   return M == 1 ? 4 : (M == 2 ? 2 : 1);
 }
@@ -209,7 +208,7 @@ void par_gemm_small(Index m, Index ncols, Index K, const Scalar* A, Index lda,
 #ifdef _OPENMP
   nth = omp_get_num_threads();
 #endif
-  const int gmax = max_group<Scalar>(int(m));
+  const int gmax = max_group(int(m));
   int G = gmax;
   for (int g = gmax; g >= 1; --g)
     if (ceil_div(full, g) % nth == 0) {

@@ -43,7 +43,7 @@ void gemm_serial(Index m, Index ncols, Index K, const Scalar* A, Index lda, cons
   const Index np = detail::ceil_div(ncols, NC);
   Index p = 0;
   if (m <= 2) {  // a Stream with batch 1 or 2: full panels in groups, as par_gemm_small
-    const int gmax = detail::max_group<Scalar>(int(m));
+    const int gmax = detail::max_group(int(m));
     const Index full = ncols / NC;
     for (; p < full; p += gmax) {
       const int g = int(std::min<Index>(gmax, full - p));
