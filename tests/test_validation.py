@@ -877,3 +877,16 @@ def test_forward_rejects_masked_arrays(cell, arg, monkeypatch):
     forbid_kernels(monkeypatch)
     with pytest.raises(TypeError, match=rf"{cell}_forward: {arg} must be a numpy array"):
         FORWARD[cell](**kw)
+
+
+def test_equal_dtype_objects_are_accepted():
+    """A dtype equal to float32 but a distinct object (copy.deepcopy of a layer copies its
+    np.dtype) is accepted; a non-native byte order is not."""
+    import copy
+    dt = copy.deepcopy(np.dtype(np.float32))
+    x = np.zeros((3, 2, 4), dt)
+    w = np.zeros((16, 4), dt)
+    out = fusedrnn.lstm_forward(x, w, w.copy(), training=False)
+    assert out.y.dtype == np.float32
+    with pytest.raises(TypeError, match="x must have dtype float32 or float64, got >f4"):
+        fusedrnn.lstm_forward(x.astype(">f4"), w, w.copy(), training=False)

@@ -34,7 +34,9 @@ T* data_of(const py::handle& obj, const char* name, std::size_t size, bool optio
   if (!py::isinstance<py::array>(obj))
     throw py::type_error(std::string(name) + " must be a numpy array");
   auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()))
+  // Equivalent dtypes, not the identical descriptor object: a copied np.dtype (copy.deepcopy
+  // of a layer) is an equal but distinct object. A non-native byte order is not equivalent.
+  if (!py::isinstance<py::array_t<T>>(obj))
     throw py::type_error(std::string(name) + " must have dtype " + dtype_name<T>() + ", got " +
                          std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style))
@@ -68,9 +70,9 @@ template <typename F>
 void dispatch_dtype(const py::handle& x, F&& f) {
   if (!py::isinstance<py::array>(x)) throw py::type_error("x must be a numpy array");
   auto dt = py::reinterpret_borrow<py::array>(x).dtype();
-  if (dt.is(py::dtype::of<float>()))
+  if (py::isinstance<py::array_t<float>>(x))
     f(float{});
-  else if (dt.is(py::dtype::of<double>()))
+  else if (py::isinstance<py::array_t<double>>(x))
     f(double{});
   else
     throw py::type_error("x must have dtype float32 or float64, got " + std::string(py::str(dt)));
