@@ -28,7 +28,8 @@ struct Panel {
 #endif
   static constexpr Index NC = NP * W;  // output columns per panel
   // Rows per micro-tile. Measured on a Xeon (AVX-512), LSTM T=100 N=64 C=H=256 forward, one
-  // thread: 6x4 tiles 60 ms, 4x4 76 ms, 8x4 (spills) 66 ms, 12x2 58 ms, 8x3 74 ms.
+  // thread: 6x4 tiles 60 ms, 4x4 76 ms, 8x4 (spills) 66 ms, 12x2 58 ms, 8x3 74 ms. Measured
+  // again with today's kernels (45.5 ms at 6x4): 12x2, 14x2 and 8x3 within 1-3%, none faster.
   static constexpr Index MR = 6;
   // Rows per work item (multiples of MR): a product of up to MB rows is one row block (the
   // per-step products: its rows stay in L1/L2 across the panels); a larger one (the input
@@ -147,6 +148,16 @@ inline void micro_tile(Index K, const Scalar* a, Index lda, const Scalar* panel,
   }
 }
 
+// micro_tile with `rows` (1..MR) rows, chosen at run time.
+template <typename Scalar, int M = int(Panel<Scalar>::MR)>
+inline void row_tile(Index rows, Index K, const Scalar* a, Index lda, const Scalar* panel,
+                     Scalar* c, Index ldc, Index nc, bool accumulate) {
+  if constexpr (M > 1) {
+    if (rows < M) return row_tile<Scalar, M - 1>(rows, K, a, lda, panel, c, ldc, nc, accumulate);
+  }
+  micro_tile<Scalar, M>(K, a, lda, panel, c, ldc, nc, accumulate);
+}
+
 // C[M rows, G*NC columns] (= or +=) A[M, K] times G consecutive full panels (`pstride` scalars
 // apart). For products of one or two rows (the per-step products at batch 1 and 2): one panel
 // gives only M*NP accumulator chains, too few to hide the FMA latency (batch 1: 4 chains, half
@@ -184,15 +195,15 @@ constexpr int max_group(int M) {
   return M == 1 ? 4 : (M == 2 ? 2 : 1);
 }
 
-template <typename Scalar, int M>
-inline void group_tile(int G, Index K, const Scalar* a, Index lda, const Scalar* panel,
+// micro_tile_group with g (1..G) panels, chosen at run time.
+template <typename Scalar, int M, int G = max_group(M)>
+inline void group_tile(int g, Index K, const Scalar* a, Index lda, const Scalar* panel,
                        Index pstride, Scalar* c, Index ldc, bool accumulate) {
-  switch (G) {
-    case 4: micro_tile_group<Scalar, M, 4>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
-    case 3: micro_tile_group<Scalar, M, 3>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
-    case 2: micro_tile_group<Scalar, M, 2>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
-    default: micro_tile_group<Scalar, M, 1>(K, a, lda, panel, pstride, c, ldc, accumulate); break;
+  if constexpr (G > 1) {
+    if (g < G)
+      return group_tile<Scalar, M, G - 1>(g, K, a, lda, panel, pstride, c, ldc, accumulate);
   }
+  micro_tile_group<Scalar, M, G>(K, a, lda, panel, pstride, c, ldc, accumulate);
 }
 
 // Work-shared small product (m <= 2 rows): items are groups of full panels, sized so that the
@@ -277,19 +288,9 @@ void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
     for (Index k0 = 0; k0 < K; k0 += KC) {
       const Index kc = std::min(KC, K - k0);
       const bool acc = accumulate || k0 > 0;
-      for (Index r0 = rb * mb; r0 < r_end; r0 += MR) {
-        const Scalar* a = A + r0 * lda + k0;
-        const Scalar* pk = panel + k0 * NC;
-        Scalar* c = C + r0 * ldc + c0;
-        switch (std::min(MR, r_end - r0)) {
-          case 6: micro_tile<Scalar, 6>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 5: micro_tile<Scalar, 5>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 4: micro_tile<Scalar, 4>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 3: micro_tile<Scalar, 3>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 2: micro_tile<Scalar, 2>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          default: micro_tile<Scalar, 1>(kc, a, lda, pk, c, ldc, nc, acc); break;
-        }
-      }
+      for (Index r0 = rb * mb; r0 < r_end; r0 += MR)
+        row_tile<Scalar>(std::min(MR, r_end - r0), kc, A + r0 * lda + k0, lda, panel + k0 * NC,
+                         C + r0 * ldc + c0, ldc, nc, acc);
     }
   }
 }

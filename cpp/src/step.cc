@@ -69,14 +69,7 @@ void gemm_serial(Index m, Index ncols, Index K, const Scalar* A, Index lda, cons
         const Scalar* a = A + r0 * lda + k0;
         const Scalar* pk = panel + k0 * NC;
         Scalar* c = C + r0 * ldc + c0;
-        switch (std::min(MR, m - r0)) {
-          case 6: detail::micro_tile<Scalar, 6>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 5: detail::micro_tile<Scalar, 5>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 4: detail::micro_tile<Scalar, 4>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 3: detail::micro_tile<Scalar, 3>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          case 2: detail::micro_tile<Scalar, 2>(kc, a, lda, pk, c, ldc, nc, acc); break;
-          default: detail::micro_tile<Scalar, 1>(kc, a, lda, pk, c, ldc, nc, acc); break;
-        }
+        detail::row_tile<Scalar>(std::min(MR, m - r0), kc, a, lda, pk, c, ldc, nc, acc);
       }
     }
   }
