@@ -11,8 +11,10 @@ zero_grad + forward + backward per training step) on a; an explicit --configs ru
 selected cell on every selected config.
 
 Contenders: the fusedrnn.LSTM/GRU/RNN layer (fusedrnn.from_torch: same weights; it keeps its
-kernel cache, workspace and gradient buffers between calls, as torch's module does), the
-torch.nn module, and ONNX Runtime running the torch module's ONNX export.
+kernel cache, workspace and gradient buffers between calls, as torch's module does; "fr"), in
+inference also its frozen copy (layer.frozen(): weights packed once instead of per call, as an
+ONNX Runtime session holds its weights pre-packed; "frz"), the torch.nn module, and ONNX Runtime
+running the torch module's ONNX export. Ratios: peer/fr and, in inference, peer/frz.
 Modes: "infer" = forward only (fusedrnn layer.eval(), torch under inference_mode, ONNX Runtime);
 "train" = forward + backward of loss = sum(y * dy) with gradients for x and all weights (fusedrnn
 and torch; ONNX Runtime is inference only). torch uses its default CPU backend.
@@ -66,8 +68,8 @@ DEFAULT_CONFIGS = {"lstm": "abcde", "gru": "abcde", "rnn": "a"}
 # with num_layers=2, bidirectional=True; layer 2 reads the concatenated [T, N, 2H] output).
 GATES["bilstm2"] = 4
 DEFAULT_CONFIGS["bilstm2"] = "a"
-CONTENDERS = ("fusedrnn", "torch", "onnxruntime")
-SHORT = {"fusedrnn": "fr", "torch": "torch", "onnxruntime": "ort"}     # table headers
+CONTENDERS = ("fusedrnn", "frozen", "torch", "onnxruntime")
+SHORT = {"fusedrnn": "fr", "frozen": "frz", "torch": "torch", "onnxruntime": "ort"}  # headers
 
 
 def flops(cell, mode, T, N, C, H):
@@ -265,9 +267,11 @@ def main():
         print(f"# {k}: {v}")
     problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
+    peers = [c for c in names if c not in ("fusedrnn", "frozen")]
     hdr = (f"{'cfg':<3} {'cell':<7} {'mode':<5} {'thr':>3} | "
            + " | ".join(f"{SHORT[n] + ' ms med / min':^20}" for n in names)
            + " | " + " ".join(f"{SHORT[n] + '/fr':>8}" for n in names[1:])
+           + " | " + " ".join(f"{SHORT[n] + '/frz':>9}" for n in peers)
            + " | GFLOP/s" + "".join(f"{SHORT[n]:>6}" for n in names)
            + " | % of torch sgemm peak" + "".join(f"{SHORT[n]:>6}" for n in names))
     for n in args.threads:
@@ -299,9 +303,13 @@ def main():
                 f = res.get("fusedrnn")
                 ratios = {k: res[k]["median_ms"] / f["median_ms"] if f and k in res else None
                           for k in names[1:]}
+                z = res.get("frozen")   # inference only
+                ratios_frozen = {k: res[k]["median_ms"] / z["median_ms"] if z and k in res
+                                 else None for k in peers}
                 rows.append({"config": cfg, "T": T, "N": N, "C": H, "H": H, "cell": cell,
                              "mode": mode, "threads": n, "flop": fl, "contenders": res,
-                             "ratio_peer_over_fusedrnn": ratios, "failed": failed,
+                             "ratio_peer_over_fusedrnn": ratios,
+                             "ratio_peer_over_frozen": ratios_frozen, "failed": failed,
                              "onnx": (dict(zip(("exporter", "ops", "max_abs_diff_y_vs_torch", "export_errors"),
                                                onnx_models[(cell, cfg)][1:]))
                                       if mode == "infer" and (cell, cfg) in onnx_models else None)})
@@ -310,6 +318,8 @@ def main():
                 print(f"{cfg:<3} {cell:<7} {mode:<5} {n:>3} | " + " | ".join(fmt(r) for r in get)
                       + " | " + " ".join(f"{ratios[k]:7.2f}x" if ratios[k] else f"{'-':>8}"
                                          for k in names[1:])
+                      + " | " + " ".join(f"{ratios_frozen[k]:8.2f}x" if ratios_frozen[k]
+                                         else f"{'-':>9}" for k in peers)
                       + f" | {'':7}" + "".join(f"{r['gflops']:6.0f}" if r else f"{'-':>6}"
                                                for r in get)
                       + f" | {'':21}" + "".join(f"{r['pct_sgemm_peak']:5.0f}%" if r else

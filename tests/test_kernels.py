@@ -368,3 +368,38 @@ def test_lstm_sizes_without_projection_equal_P_0():
     """dims (T, N, C, H) and (T, N, C, H, 0) are the same problem."""
     for dims in [(1, 1, 1, 1), (7, 3, 5, 33), (40, 30, 5, 7)]:
         assert _core.lstm_sizes(dims) == _core.lstm_sizes(dims + (0,))
+
+
+@pytest.mark.parametrize("cell,flag", [("lstm", None), ("gru", True), ("gru", False),
+                                       ("rnn", False)])
+def test_weights_packed_reuses_the_workspace_weights(cell, flag):
+    """Options::weights_packed: the kernel takes w_ih and w_hh from the workspace, where an
+    earlier call (other T, N and direction) packed them; the arrays passed are not read."""
+    C, H, G = 5, 9, {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    rng = np.random.default_rng(3)
+    w = [rng.standard_normal((G * H, n)).astype(np.float32) for n in (C, H)]
+    other = [rng.standard_normal(a.shape).astype(np.float32) for a in w]
+    b = [rng.standard_normal(G * H).astype(np.float32) for _ in range(2)]
+    sizes = getattr(_core, cell + "_sizes")
+
+    def call(T, N, weights, packed, ws, reverse=False, threads=1):
+        x = np.random.default_rng(T * N).standard_normal((T, N, C)).astype(np.float32)
+        y, h_n = np.empty((T, N, H), np.float32), np.empty((N, H), np.float32)
+        head = (T, N, C, H), reverse, threads, packed
+        wsv = ws[:sizes((T, N, C, H))[1]]
+        if cell == "lstm":
+            _core.lstm_forward(*head, x, *weights, *b, None, None, None, None, None, y, h_n,
+                               np.empty((N, H), np.float32), None, wsv)
+        else:
+            getattr(_core, cell + "_forward")(*head, flag, x, *weights, *b, None, None, y, h_n,
+                                              None, wsv)
+        return y
+
+    ws = np.empty(sizes((8, 3, C, H))[1], np.float32)
+    call(8, 3, w, False, ws)                     # packs w
+    for T, N, reverse, threads in [(4, 2, True, 2), (8, 3, False, 1), (1, 1, False, 2)]:
+        fresh = np.empty_like(ws)
+        want = call(T, N, w, False, fresh, reverse, threads)
+        got = call(T, N, other, True, ws, reverse, threads)  # `other` is ignored
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(call(4, 2, other, False, ws), call(4, 2, w, False, fresh))

@@ -417,3 +417,68 @@ def test_import_does_not_import_torch():
     import sys
     code = "import sys, fusedrnn; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Frozen inference (weights packed once)
+
+FROZEN_CASES = [("LSTM", {}), ("LSTM", {"proj_size": 3, "peepholes": True}), ("GRU", {}),
+                ("GRU", {"variant": "reset_before"}), ("RNN", {"nonlinearity": "relu"})]
+
+
+@pytest.mark.parametrize("mode,kw", FROZEN_CASES)
+def test_frozen_equals_eval_forward_bitwise(mode, kw):
+    """Calls of changing T, N, lengths, state and thread count reuse the packed weights (the
+    workspace grows only for a larger call); every output equals the layer's own."""
+    layer = make_layer(mode, 5, 11, "float32", seed=2, num_layers=2, bidirectional=True, **kw)
+    layer.eval()
+    frozen = layer.frozen()
+    assert frozen.is_frozen and not layer.is_frozen and not frozen.training
+    rng = np.random.default_rng(1)
+    before = fusedrnn.get_num_threads()
+    try:
+        for i, (T, N) in enumerate([(6, 4), (3, 1), (6, 4), (9, 2), (12, 7), (1, 1)]):
+            fusedrnn.set_num_threads(1 + i % 2)
+            x, state, lengths, _, _ = random_inputs(layer, T, N, rng, i % 2 == 1, i % 3 == 1)
+            want = layer.forward(x, state, lengths)
+            got = frozen.forward(x, state, lengths)
+            for a, b in zip(np.atleast_1d(want[0]), np.atleast_1d(got[0])):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip(want[1] if mode == "LSTM" else (want[1],),
+                            got[1] if mode == "LSTM" else (got[1],)):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        fusedrnn.set_num_threads(before)
+
+
+def test_frozen_is_a_snapshot_with_read_only_weights():
+    layer = make_layer("LSTM", 4, 6, "float64", seed=3)
+    frozen = layer.frozen()
+    x = np.random.default_rng(0).standard_normal((5, 2, 4))
+    y0, _ = frozen.forward(x)
+    layer.weight_hh_l0.data *= 2  # the original changes (training would); the copy does not
+    layer.eval()
+    y1, _ = frozen.forward(x)
+    np.testing.assert_array_equal(y0, y1)
+    assert not np.array_equal(layer.forward(x)[0], y0)
+    with pytest.raises(ValueError, match="read-only"):
+        frozen.weight_ih_l0.data[0, 0] = 1.0
+    frozen.train()
+    with pytest.raises(RuntimeError, match="frozen layer runs inference only"):
+        frozen.forward(x)
+    frozen.eval()
+    frozen.release_buffers()  # drops the packed workspaces; the next call packs again
+    np.testing.assert_array_equal(frozen.forward(x)[0], y0)
+
+
+def test_frozen_from_many_threads_matches_serial():
+    import concurrent.futures
+    layer = make_layer("GRU", 8, 16, "float32", seed=4)
+    frozen = layer.eval().frozen()
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((7, 1 + i % 3, 8)).astype(np.float32) for i in range(12)]
+    want = [layer.forward(x)[0] for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: frozen.forward(x)[0], xs * 3))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, want[i % len(xs)])

@@ -17,9 +17,10 @@ using detail::Index;
 std::size_t gru_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * d.H + d.T * d.N * 4 * d.H);
 }
-// Forward workspace: a chunk of the input projection, gh [N, 3H], gates of one step [N, 4H], h
-// double buffer,
-// packed w_ih, packed w_hh (its r, z rows and its n rows apart, for reset_before's two products).
+// Forward workspace: packed w_ih and w_hh (its r, z rows and its n rows apart, for
+// reset_before's two products) first, at offsets that depend on C and H only
+// (Options::weights_packed), then a chunk of the input projection, gh [N, 3H], gates of one step
+// [N, 4H] and the h double buffer.
 std::size_t gru_forward_workspace_size(const Dims& d) {
   return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 3) + d.N * 3 * d.H +
                      d.N * 4 * d.H +
@@ -54,15 +55,15 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   const bool after = variant == GruVariant::reset_after;
 
   const Index TC = proj_chunk_steps(d);
-  Scalar* gx = workspace;  // [TC * N, 3H], steps s0.. of the current chunk
+  Scalar* wih_p = aligned64(workspace);
+  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));  // reset_after: all 3H rows of w_hh
+  // reset_before: r, z rows above, n rows here
+  Scalar* whn_p = aligned64(whh_p + packed_bound(H, 2 * H));
+  Scalar* gx = whn_p + packed_bound(H, H);  // [TC * N, 3H], steps s0.. of the current chunk
   Scalar* xs = gx + TC * N * GH;
   Scalar* gh = xs + TC * N * d.C;
   Scalar* gstep = gh + N * GH;
   Scalar* hbuf = gstep + N * 4 * H;
-  Scalar* wih_p = aligned64(hbuf + 2 * NH);
-  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));  // reset_after: all 3H rows of w_hh
-  // reset_before: r, z rows above, n rows here
-  Scalar* whn_p = aligned64(whh_p + packed_bound(H, 2 * H));
   Scalar* hs = training ? cache : hbuf;
   Scalar* gates = training ? cache + (d.T + 1) * NH : nullptr;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
@@ -72,9 +73,11 @@ void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Sc
   };
 
   parallel_region(thread_count(opt, d, 3), [&] {
-    forward_prologue(d, 3, w_ih, lengths, wih_p, y);
-    par_pack(w_hh, H, after ? GH : 2 * H, H, true, whh_p);
-    if (!after) par_pack(w_hh + 2 * H * H, H, H, H, true, whn_p);
+    forward_prologue(d, opt, 3, w_ih, lengths, wih_p, y);
+    if (!opt.weights_packed) {
+      par_pack(w_hh, H, after ? GH : 2 * H, H, true, whh_p);
+      if (!after) par_pack(w_hh + 2 * H * H, H, H, H, true, whn_p);
+    }
     par_copy_or_zero(hs, h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);

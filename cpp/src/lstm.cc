@@ -25,9 +25,10 @@ std::size_t lstm_cache_size(const Dims& d) {
   return std::size_t((d.T + 1) * d.N * (R + d.H) + d.T * d.N * 4 * d.H +
                      (d.P > 0 ? d.T * d.N * d.H : 0));
 }
-// Forward workspace: a chunk of the input projection, gh [N, 4H], h and c double buffers
-// [2, N, R] and [2, N, H] (used when no cache is given), packed w_ih and w_hh; with projection
-// also m of one step [N, H] (inference) and packed w_hr.
+// Forward workspace: packed w_ih and w_hh (and w_hr with projection) first, at offsets that
+// depend on C, H and P only (Options::weights_packed), then a chunk of the input projection,
+// gh [N, 4H], h and c double buffers [2, N, R] and [2, N, H] (used when no cache is given) and,
+// with projection, m of one step [N, H] (inference).
 std::size_t lstm_forward_workspace_size(const Dims& d) {
   const Index R = detail::rec_width(d);
   return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 4) + d.N * 4 * d.H +
@@ -81,15 +82,15 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   const bool training = cache != nullptr;
 
   const Index TC = proj_chunk_steps(d);
-  Scalar* gx = workspace;  // [TC * N, 4H], steps s0.. of the current chunk
-  Scalar* xs = gx + TC * N * GH;
+  Scalar* wih_p = aligned64(workspace);
+  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));
+  Scalar* whr_p = proj ? aligned64(whh_p + packed_bound(R, GH)) : nullptr;
+  Scalar* gx = proj ? whr_p + packed_bound(H, P) : whh_p + packed_bound(R, GH);  // [TC * N, 4H],
+  Scalar* xs = gx + TC * N * GH;                                 // steps s0.. of the chunk
   Scalar* gh = xs + TC * N * d.C;
   Scalar* hbuf = gh + N * GH;
   Scalar* cbuf = hbuf + 2 * NR;
-  Scalar* wih_p = aligned64(cbuf + 2 * NH);
-  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));
-  Scalar* mbuf = proj ? whh_p + packed_bound(R, GH) : nullptr;  // [N, H]
-  Scalar* whr_p = proj ? aligned64(mbuf + NH) : nullptr;
+  Scalar* mbuf = proj ? cbuf + 2 * NH : nullptr;  // [N, H]
   Scalar* hs = training ? cache : hbuf;
   Scalar* cs = training ? cache + (d.T + 1) * NR : cbuf;
   Scalar* gates = training ? cs + (d.T + 1) * NH : nullptr;
@@ -101,9 +102,11 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   };
 
   parallel_region(thread_count(opt, d, 4), [&] {
-    forward_prologue(d, 4, w_ih, lengths, wih_p, y);
-    par_pack(w_hh, R, GH, R, true, whh_p);
-    if (proj) par_pack(w_hr, H, P, H, true, whr_p);
+    forward_prologue(d, opt, 4, w_ih, lengths, wih_p, y);
+    if (!opt.weights_packed) {
+      par_pack(w_hh, R, GH, R, true, whh_p);
+      if (proj) par_pack(w_hr, H, P, H, true, whr_p);
+    }
     par_copy_or_zero(hs, h0, NR);
     par_copy_or_zero(cs, c0, NH);
     for (Index s = 0; s < S; ++s) {

@@ -495,12 +495,12 @@ constexpr Index proj_workspace_size(const Dims& d, Index G) {
   return proj_chunk_steps(d) * d.N * (G * d.H + d.C);
 }
 
-// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)]; y [T, N, R] is zeroed when
-// lengths leave padded steps unwritten.
+// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)] (unless the options say it
+// is there from an earlier call); y [T, N, R] is zeroed when lengths leave padded steps unwritten.
 template <typename Scalar>
-void forward_prologue(const Dims& d, Index G, const Scalar* w_ih, const std::int64_t* lengths,
-                      Scalar* packed, Scalar* y) {
-  par_pack(w_ih, d.C, G * d.H, d.C, true, packed);
+void forward_prologue(const Dims& d, const Options& opt, Index G, const Scalar* w_ih,
+                      const std::int64_t* lengths, Scalar* packed, Scalar* y) {
+  if (!opt.weights_packed) par_pack(w_ih, d.C, G * d.H, d.C, true, packed);
   if (lengths) par_fill(y, d.T * d.N * rec_width(d), Scalar(0));
 }
 

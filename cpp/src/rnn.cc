@@ -28,8 +28,9 @@ const char* isa_name() {
 // Cache: hs [T+1, N, H], the state before each step (step order); the activation's derivative
 // is taken from the activated value hs[s+1].
 std::size_t rnn_cache_size(const Dims& d) { return std::size_t((d.T + 1) * d.N * d.H); }
-// Forward workspace: a chunk of the input projection, gh [N, H], h double buffer [2, N, H],
-// packed w_ih and w_hh.
+// Forward workspace: packed w_ih and w_hh first, at offsets that depend on C and H only
+// (Options::weights_packed), then a chunk of the input projection, gh [N, H] and the h double
+// buffer [2, N, H].
 std::size_t rnn_forward_workspace_size(const Dims& d) {
   return std::size_t(detail::kAlignSlack + detail::proj_workspace_size(d, 1) + 3 * d.N * d.H +
                      detail::packed_bound(d.C, d.H) +
@@ -61,18 +62,18 @@ void rnn_forward(const Dims& d, const Options& opt, Nonlinearity act, const Scal
   const bool training = cache != nullptr;
 
   const Index TC = proj_chunk_steps(d);
-  Scalar* gx = workspace;  // [TC * N, H], steps s0.. of the current chunk
+  Scalar* wih_p = aligned64(workspace);
+  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, H));
+  Scalar* gx = whh_p + packed_bound(H, H);  // [TC * N, H], steps s0.. of the current chunk
   Scalar* xs = gx + TC * NH;
   Scalar* gh = xs + TC * N * d.C;
   Scalar* hbuf = gh + NH;
-  Scalar* wih_p = aligned64(hbuf + 2 * NH);
-  Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, H));
   Scalar* hs = training ? cache : hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
   parallel_region(thread_count(opt, d, 1), [&] {
-    forward_prologue(d, 1, w_ih, lengths, wih_p, y);
-    par_pack(w_hh, H, H, H, true, whh_p);
+    forward_prologue(d, opt, 1, w_ih, lengths, wih_p, y);
+    if (!opt.weights_packed) par_pack(w_hh, H, H, H, true, whh_p);
     par_copy_or_zero(hs, h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);

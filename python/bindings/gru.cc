@@ -12,12 +12,12 @@ void register_gru(py::module_& m) {
   });
   m.def(
       "gru_forward",
-      [](py::tuple dims, bool reverse, int num_threads, bool reset_after, py::handle x,
-         py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh, py::handle h0,
-         py::handle lengths, py::handle y, py::handle h_n, py::handle cache,
+      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, bool reset_after,
+         py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh,
+         py::handle h0, py::handle lengths, py::handle y, py::handle h_n, py::handle cache,
          py::handle workspace) {
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt{reverse, num_threads};
+        const fusedrnn::Options opt{reverse, num_threads, weights_packed};
         const auto variant =
             reset_after ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
         const std::size_t G = 3, T = d.T, N = d.N, C = d.C, H = d.H;

@@ -26,12 +26,12 @@ void register_lstm(py::module_& m) {
   });
   m.def(
       "lstm_forward",
-      [](py::tuple dims, bool reverse, int num_threads, py::handle x, py::handle w_ih,
-         py::handle w_hh, py::handle b_ih, py::handle b_hh, py::handle h0, py::handle c0,
-         py::handle w_peep, py::handle w_hr, py::handle lengths, py::handle y, py::handle h_n,
-         py::handle c_n, py::handle cache, py::handle workspace) {
+      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, py::handle x,
+         py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh, py::handle h0,
+         py::handle c0, py::handle w_peep, py::handle w_hr, py::handle lengths, py::handle y,
+         py::handle h_n, py::handle c_n, py::handle cache, py::handle workspace) {
         const auto d = dims_of(dims, true);
-        const fusedrnn::Options opt{reverse, num_threads};
+        const fusedrnn::Options opt{reverse, num_threads, weights_packed};
         const std::size_t G = 4, T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
         const std::size_t R = P > 0 ? P : H;
         dispatch_dtype(x, [&](auto tag) {

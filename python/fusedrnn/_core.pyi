@@ -19,21 +19,23 @@ def build_info() -> dict: ...
 def lstm_sizes(dims: _LstmDims) -> Tuple[int, int, int]: ...  # cache, forward ws, backward ws
 def gru_sizes(dims: _Dims) -> Tuple[int, int, int]: ...
 def rnn_sizes(dims: _Dims) -> Tuple[int, int, int]: ...
-def lstm_forward(dims: _LstmDims, reverse: bool, num_threads: int, x: _A, w_ih: _A, w_hh: _A,
-                 b_ih: _OA, b_hh: _OA, h0: _OA, c0: _OA, w_peep: _OA, w_hr: _OA, lengths: _OA,
+def lstm_forward(dims: _LstmDims, reverse: bool, num_threads: int, weights_packed: bool,
+                 x: _A, w_ih: _A, w_hh: _A, b_ih: _OA, b_hh: _OA, h0: _OA, c0: _OA, w_peep: _OA, w_hr: _OA, lengths: _OA,
                  y: _A, h_n: _A, c_n: _A, cache: _OA, workspace: _A) -> None: ...
 def lstm_backward(dims: _LstmDims, reverse: bool, num_threads: int, x: _A, w_ih: _A, w_hh: _A,
                   w_peep: _OA, w_hr: _OA, lengths: _OA, cache: _A, dy: _OA, dh_n: _OA,
                   dc_n: _OA, dx: _A, dh0: _OA, dc0: _OA, dw_ih: _OA, dw_hh: _OA, db_ih: _OA,
                   db_hh: _OA, dw_peep: _OA, dw_hr: _OA, workspace: _A) -> None: ...
-def gru_forward(dims: _Dims, reverse: bool, num_threads: int, reset_after: bool, x: _A,
+def gru_forward(dims: _Dims, reverse: bool, num_threads: int, weights_packed: bool,
+                reset_after: bool, x: _A,
                 w_ih: _A, w_hh: _A, b_ih: _OA, b_hh: _OA, h0: _OA, lengths: _OA, y: _A, h_n: _A,
                 cache: _OA, workspace: _A) -> None: ...
 def gru_backward(dims: _Dims, reverse: bool, num_threads: int, reset_after: bool, x: _A,
                  w_ih: _A, w_hh: _A, lengths: _OA, cache: _A, dy: _OA, dh_n: _OA, dx: _A,
                  dh0: _OA, dw_ih: _OA, dw_hh: _OA, db_ih: _OA, db_hh: _OA,
                  workspace: _A) -> None: ...
-def rnn_forward(dims: _Dims, reverse: bool, num_threads: int, relu: bool, x: _A, w_ih: _A,
+def rnn_forward(dims: _Dims, reverse: bool, num_threads: int, weights_packed: bool,
+                relu: bool, x: _A, w_ih: _A,
                 w_hh: _A, b_ih: _OA, b_hh: _OA, h0: _OA, lengths: _OA, y: _A, h_n: _A,
                 cache: _OA, workspace: _A) -> None: ...
 def rnn_backward(dims: _Dims, reverse: bool, num_threads: int, relu: bool, x: _A, w_ih: _A,

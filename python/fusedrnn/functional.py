@@ -218,11 +218,11 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     workspace = _workspace(ws_size, dt)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
-        _core.lstm_forward(dims, reverse, _threads(), x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep,
-                           w_hr, lengths, y, h_n, c_n, buffer, workspace)
+        _core.lstm_forward(dims, reverse, _threads(), False, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                           w_peep, w_hr, lengths, y, h_n, c_n, buffer, workspace)
     else:
-        getattr(_core, kind + "_forward")(dims, reverse, _threads(), flag, x, w_ih, w_hh, b_ih,
-                                          b_hh, h0, lengths, y, h_n, buffer, workspace)
+        getattr(_core, kind + "_forward")(dims, reverse, _threads(), False, flag, x, w_ih, w_hh,
+                                          b_ih, b_hh, h0, lengths, y, h_n, buffer, workspace)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
