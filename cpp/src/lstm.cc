@@ -85,8 +85,9 @@ void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scal
   Scalar* wih_p = aligned64(workspace);
   Scalar* whh_p = aligned64(wih_p + packed_bound(d.C, GH));
   Scalar* whr_p = proj ? aligned64(whh_p + packed_bound(R, GH)) : nullptr;
-  Scalar* gx = proj ? whr_p + packed_bound(H, P) : whh_p + packed_bound(R, GH);  // [TC * N, 4H],
-  Scalar* xs = gx + TC * N * GH;                                 // steps s0.. of the chunk
+  // gx [TC * N, 4H]: steps s0.. of the current chunk
+  Scalar* gx = proj ? whr_p + packed_bound(H, P) : whh_p + packed_bound(R, GH);
+  Scalar* xs = gx + TC * N * GH;
   Scalar* gh = xs + TC * N * d.C;
   Scalar* hbuf = gh + N * GH;
   Scalar* cbuf = hbuf + 2 * NR;
