@@ -156,10 +156,11 @@ class CharLM(Task):
             epoch += 1
 
     @staticmethod
-    def _forward(model, x, state):
-        """logits [T*N, V] (the head on a 2-D array: one GEMM) and the final state."""
+    def _forward(model, x, state, rnn=None):
+        """logits [T*N, V] (the head on a 2-D array: one GEMM) and the final state; `rnn`
+        replaces model.rnn (generation passes its frozen copy)."""
         T, N = x.shape
-        out, state = model.rnn.forward(model.embed.forward(x), state)
+        out, state = (rnn or model.rnn).forward(model.embed.forward(x), state)
         return model.head.forward(out.reshape(T * N, -1)), state
 
     def train_step(self, model, batch) -> Tuple[float, int]:
@@ -218,9 +219,11 @@ class CharLM(Task):
         x = self.encode(prime, "--prime")
         training = model.training
         model.eval()
+        # One step per character: a frozen copy packs the recurrent weights once, not per step.
+        rnn = model.rnn.frozen()
         rng = np.random.default_rng(seed)
         try:
-            logits, state = self._forward(model, x[:, None], None)
+            logits, state = self._forward(model, x[:, None], None, rnn)
             last = logits[-1].astype(np.float64)
             out = []
             for _ in range(length):
@@ -231,7 +234,7 @@ class CharLM(Task):
                     p = np.exp(z - z.max())
                     k = int(rng.choice(len(p), p=p / p.sum()))
                 out.append(self.chars[k])
-                logits, state = self._forward(model, np.array([[k]], dtype=np.int64), state)
+                logits, state = self._forward(model, np.array([[k]], dtype=np.int64), state, rnn)
                 last = logits[-1].astype(np.float64)
         finally:
             model.train(training)

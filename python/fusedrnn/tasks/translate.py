@@ -111,8 +111,11 @@ class Seq2Seq(Module):
         d_state = _map_state(self.decoder.d_state, self._unbridge)
         self.src_embed.backward(self.encoder.backward(None, d_state))
 
-    def step(self, tokens: np.ndarray, state):
-        out, state = self.decoder.forward(self.tgt_embed.forward(tokens[None, :]), state)
+    def step(self, tokens: np.ndarray, state, decoder=None):
+        """One decoding step; `decoder` replaces self.decoder (decoding passes its frozen
+        copy, which packs the weights once instead of per step)."""
+        out, state = (decoder or self.decoder).forward(self.tgt_embed.forward(tokens[None, :]),
+                                                       state)
         return self.head.forward(out[0]), state
 
 
@@ -128,6 +131,7 @@ def beam_search(model: Seq2Seq, src: np.ndarray, src_len: np.ndarray, beam: int,
     model.eval()
     try:
         N, B = src.shape[1], int(beam)
+        decoder = model.decoder.frozen()
         state = model.encode(src, src_len)
         state = _map_state(state, lambda a: np.repeat(a, B, axis=1))
         tokens = np.full(N * B, BOS, np.int64)
@@ -138,7 +142,7 @@ def beam_search(model: Seq2Seq, src: np.ndarray, src_len: np.ndarray, beam: int,
         hyp_len = np.zeros((N, B), np.int64)
         rows = np.arange(N)[:, None]
         for t in range(max_len):
-            logits, state = model.step(tokens, state)
+            logits, state = model.step(tokens, state, decoder)
             logp = losses.log_softmax(logits.astype(np.float64)).reshape(N, B, -1)
             V = logp.shape[2]
             cand = scores[:, :, None] + logp
