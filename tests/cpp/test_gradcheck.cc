@@ -7,7 +7,8 @@
 //   L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)],
 // and checks the documented contracts of fusedrnn.h: padded outputs are zero, the inference
 // forward matches the training forward, parameter gradients accumulate while dx/dh0/dc0 are
-// overwritten, and invalid arguments throw std::invalid_argument before any work. Workspace
+// overwritten, Options::weights_packed takes the weights an earlier forward packed into the
+// workspace, and invalid arguments throw std::invalid_argument before any work. Workspace
 // and cache (sized by the *_size functions) start as NaN, so reading unwritten memory fails.
 // Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
 #include <fusedrnn/fusedrnn.h>
@@ -286,6 +287,36 @@ void expect_invalid(const std::string& what, const std::function<void()>& f, con
 }
 
 // Builds a case in place (its calls capture it by reference) and runs every check on it.
+// Options::weights_packed: a forward on the workspace an earlier forward packed the weights into
+// takes them from there and does not read the weight arrays (NaN here), with the same or the
+// other direction. `fwd(opt, ws)` runs the case's forward into c.y with the case's tensors.
+void check_weights_packed(Case& c, std::size_t ws_size,
+                          const std::function<void(const Options&, double*)>& fwd) {
+  Vec ws(ws_size, kJunk), fresh(ws_size, kJunk);
+  Options o = c.opt;
+  fwd(o, ws.data());  // packs into ws
+  const Vec y_same = c.y;
+  o.reverse = !o.reverse;
+  fwd(o, fresh.data());
+  const Vec y_other = c.y;
+  std::vector<std::pair<std::string, Vec>> kept;
+  for (const char* w : {"w_ih", "w_hh", "w_hr"})
+    if (c.has(w)) {
+      kept.emplace_back(w, c.at(w).v);
+      std::fill(c.at(w).v.begin(), c.at(w).v.end(), kJunk);
+    }
+  o.weights_packed = true;
+  o.reverse = c.opt.reverse;
+  fwd(o, ws.data());
+  bool ok = c.y == y_same;
+  o.reverse = !o.reverse;
+  fwd(o, ws.data());
+  ok = ok && c.y == y_other;
+  for (auto& [w, v] : kept) c.at(w).v = v;
+  report(ok, c.name + ": weights_packed reuses the workspace",
+         ok ? "bitwise equal" : "differs");
+}
+
 void check(const std::function<void(Case&)>& make) {
   Case c;
   make(c);
@@ -312,6 +343,32 @@ int main() {
     const double m = rnn_min_abs_preact(c);
     report(m >= 1e-2, "rnn relu: min |pre-activation| >= 0.01", "min " + std::to_string(m));
   });
+
+  // Options::weights_packed (the forward workspace keeps the packed weights between calls).
+  {
+    Case l, g, r;
+    make_lstm(l, true, {2, 3, 1}, 2, true);
+    check_weights_packed(l, lstm_forward_workspace_size(l.d), [&l](const Options& o, double* ws) {
+      lstm_forward(l.d, o, l.v("x"), l.v("w_ih"), l.v("w_hh"), l.v("b_ih"), l.v("b_hh"),
+                   l.v("h0"), l.v("c0"), l.v("w_peep"), l.v("w_hr"), l.lengths.data(),
+                   l.y.data(), l.hn.data(), l.cn.data(), static_cast<double*>(nullptr), ws);
+    });
+    for (GruVariant var : {GruVariant::reset_after, GruVariant::reset_before}) {
+      make_gru(g, var, false, {3, 1, 2});
+      check_weights_packed(g, gru_forward_workspace_size(g.d),
+                           [&g, var](const Options& o, double* ws) {
+        gru_forward(g.d, o, var, g.v("x"), g.v("w_ih"), g.v("w_hh"), g.v("b_ih"), g.v("b_hh"),
+                    g.v("h0"), g.lengths.data(), g.y.data(), g.hn.data(),
+                    static_cast<double*>(nullptr), ws);
+      });
+    }
+    make_rnn(r, Nonlinearity::tanh, false, {3, 2, 1}, 31);
+    check_weights_packed(r, rnn_forward_workspace_size(r.d), [&r](const Options& o, double* ws) {
+      rnn_forward(r.d, o, Nonlinearity::tanh, r.v("x"), r.v("w_ih"), r.v("w_hh"), r.v("b_ih"),
+                  r.v("b_hh"), r.v("h0"), r.lengths.data(), r.y.data(), r.hn.data(),
+                  static_cast<double*>(nullptr), ws);
+    });
+  }
 
   // Invalid arguments must throw std::invalid_argument before writing any output.
   Case c, g, r;
