@@ -147,7 +147,7 @@ def main():
 
     rows = []
     hdr = (f"{'cell':<5} {'mode':<6} {'thr':>3}  {'fusedrnn ms (med/min)':>22}  "
-           f"{'torch ms (med/min)':>20}  {'torch/fused':>11}")
+           f"{'torch ms (med/min)':>20}  {'torch/fused':>11}  {'frozen ms (med/min)':>20}")
     print(hdr + "\n" + "-" * len(hdr))
     for n in args.threads:
         torch.set_num_threads(n)
@@ -156,14 +156,15 @@ def main():
         for cell in args.cells:
             for mode in ("infer", "train"):
                 res = time_contenders(make_contenders(cell, mode, args, fr), args.reps)
-                t, f = res["torch"], res.get("fusedrnn")
+                t, f, z = res["torch"], res.get("fusedrnn"), res.get("frozen")
                 ratio = t["median_ms"] / f["median_ms"] if f else None
                 rows.append({"cell": cell, "mode": mode, "threads": n, "torch": t,
-                             "fusedrnn": f, "ratio_torch_over_fusedrnn": ratio})
+                             "fusedrnn": f, "frozen": z, "ratio_torch_over_fusedrnn": ratio})
                 fcol = f"{f['median_ms']:9.2f} / {f['min_ms']:9.2f}" if f else "-"
+                zcol = f"{z['median_ms']:8.2f} / {z['min_ms']:8.2f}" if z else "-"
                 print(f"{cell:<5} {mode:<6} {n:>3}  {fcol:>22}  "
                       f"{t['median_ms']:8.2f} / {t['min_ms']:8.2f}  "
-                      f"{(f'{ratio:.2f}x' if ratio else '-'):>11}", flush=True)
+                      f"{(f'{ratio:.2f}x' if ratio else '-'):>11}  {zcol:>20}", flush=True)
 
     if args.json:
         with open(args.json, "w") as fh:

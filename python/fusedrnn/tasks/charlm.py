@@ -160,7 +160,7 @@ class CharLM(Task):
         """logits [T*N, V] (the head on a 2-D array: one GEMM) and the final state; `rnn`
         replaces model.rnn (generation passes its frozen copy)."""
         T, N = x.shape
-        out, state = (rnn or model.rnn).forward(model.embed.forward(x), state)
+        out, state = (model.rnn if rnn is None else rnn).forward(model.embed.forward(x), state)
         return model.head.forward(out.reshape(T * N, -1)), state
 
     def train_step(self, model, batch) -> Tuple[float, int]:

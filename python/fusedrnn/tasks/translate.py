@@ -114,8 +114,8 @@ class Seq2Seq(Module):
     def step(self, tokens: np.ndarray, state, decoder=None):
         """One decoding step; `decoder` replaces self.decoder (decoding passes its frozen
         copy, which packs the weights once instead of per step)."""
-        out, state = (decoder or self.decoder).forward(self.tgt_embed.forward(tokens[None, :]),
-                                                       state)
+        dec = self.decoder if decoder is None else decoder
+        out, state = dec.forward(self.tgt_embed.forward(tokens[None, :]), state)
         return self.head.forward(out[0]), state
 
 
