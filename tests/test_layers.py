@@ -482,3 +482,17 @@ def test_frozen_from_many_threads_matches_serial():
         got = list(pool.map(lambda x: frozen.forward(x)[0], xs * 3))
     for i, g in enumerate(got):
         np.testing.assert_array_equal(g, want[i % len(xs)])
+
+
+def test_frozen_survives_pickle_and_copy():
+    """A pickled or copied frozen layer is frozen too: read-only weights, its own (empty)
+    packed workspaces, the same outputs."""
+    import copy
+    import pickle
+    frozen = make_layer("LSTM", 4, 6, "float32", seed=5, num_layers=2).frozen()
+    x = np.random.default_rng(3).standard_normal((5, 2, 4)).astype(np.float32)
+    want = frozen.forward(x)[0]
+    for twin in (pickle.loads(pickle.dumps(frozen)), copy.deepcopy(frozen), frozen.frozen()):
+        assert twin.is_frozen and twin._packed is not frozen._packed
+        assert not any(p.data.flags.writeable for p in twin.parameters())
+        np.testing.assert_array_equal(twin.forward(x)[0], want)

@@ -116,6 +116,17 @@ def _orthogonal_columns(rng, rows, cols, dt):
     return q.astype(dt)
 
 
+class _PackedSpaces(threading.local):
+    """A frozen layer's workspaces, per thread: {(layer, direction) key: array whose start holds
+    the packed weights}. Pickled and copied as a fresh, empty store (the next call packs)."""
+
+    def __init__(self):
+        self.spaces = {}
+
+    def __reduce__(self):
+        return _PackedSpaces, ()
+
+
 class _RNNBase(Module):
     _mode = ""
 
@@ -371,7 +382,7 @@ class _RNNBase(Module):
             # packed the weights at its start on the first call (their offset there depends on
             # the cell and its sizes only), so later calls skip packing. A larger call needs a
             # larger workspace, which is packed anew.
-            spaces = self._packed.__dict__.setdefault("spaces", {})
+            spaces = self._packed.spaces
             ws = spaces.get(cache_key)
             packed = ws is not None and ws.size >= ws_size
             if not packed:
@@ -487,16 +498,26 @@ class _RNNBase(Module):
         has no backward. Results equal this layer's eval-mode forward bit for bit.
         """
         import copy
-        # Deep-copy everything but the reusable buffers, the training context and any packed
-        # workspaces (the memo maps them to fresh, empty ones).
-        memo = {id(self._buffers): {}, id(self._ctx): None, id(self._packed): None}
+        # Deep-copy everything but the reusable buffers and the training context (the memo maps
+        # them to fresh, empty ones).
+        memo = {id(self._buffers): {}, id(self._ctx): None}
         twin = copy.deepcopy(self, memo)
-        for p in twin.parameters():
-            p.data.flags.writeable = False
         twin.eval()
         twin.d_state = None
-        twin._packed = threading.local()
+        twin._packed = _PackedSpaces()
+        twin._freeze_weights()
         return twin
+
+    def _freeze_weights(self):
+        for p in self.parameters():
+            p.data.flags.writeable = False
+
+    def __setstate__(self, state):
+        # Unpickling (or copying) a frozen layer: its weights come back writeable; make them
+        # read-only again, so that the packed copies cannot go stale.
+        self.__dict__.update(state)
+        if self.__dict__.get("_packed") is not None:
+            self._freeze_weights()
 
     @property
     def is_frozen(self) -> bool:
@@ -509,7 +530,7 @@ class _RNNBase(Module):
         self._buffers.clear()
         self._ctx = None
         if self._packed is not None:
-            self._packed = threading.local()
+            self._packed = _PackedSpaces()
 
 
 @register_module
