@@ -403,3 +403,21 @@ def test_weights_packed_reuses_the_workspace_weights(cell, flag):
         got = call(T, N, other, True, ws, reverse, threads)  # `other` is ignored
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(call(4, 2, other, False, ws), call(4, 2, w, False, fresh))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_reference_gemm_computes_the_product(dtype, threads):
+    """The benchmark's sgemm yardstick (Eigen's GEMM built like the kernels) computes a @ b, on
+    odd shapes and with more threads than column packets: within the componentwise error bound
+    of a length-k dot product, k*eps*(|a| @ |b|)."""
+    rng = np.random.default_rng(7)
+    eps = np.finfo(dtype).eps
+    for m, k, n in [(1, 1, 1), (37, 53, 71), (5, 300, 17), (64, 33, 130), (3, 8, 2)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        c = np.full((m, n), np.nan, dtype)
+        _core.reference_gemm(a, b, c, threads)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        err = np.abs(c - a64 @ b64)
+        assert np.all(err <= k * eps * (np.abs(a64) @ np.abs(b64))), (m, k, n, err.max())

@@ -892,3 +892,41 @@ def test_equal_dtype_objects_are_accepted():
     assert out.y.dtype == np.float32
     with pytest.raises(TypeError, match="x must have dtype float32 or float64, got >f4"):
         fusedrnn.lstm_forward(x.astype(">f4"), w, w.copy(), training=False)
+
+
+def _gemm_args(m=4, k=5, n=6, dtype=np.float32):
+    return [np.ones((m, k), dtype), np.ones((k, n), dtype), np.zeros((m, n), dtype)]
+
+
+@pytest.mark.parametrize("change, exc, pattern", [
+    (lambda a: a.__setitem__(0, [1.0, 2.0]), TypeError, r"^a must be a numpy array$"),
+    (lambda a: a.__setitem__(0, a[0].ravel()), ValueError, r"^a must be 2-D, got 1-D$"),
+    (lambda a: a.__setitem__(1, np.ones((4, 6), np.float32)), ValueError,
+     r"^b must have shape \[k, n\] = \[5, n\] \(a is \[m, k\]\), got \[4, 6\]$"),
+    (lambda a: a.__setitem__(2, np.zeros((6, 4), np.float32)), ValueError,
+     r"^c must have shape \[m, n\] = \[4, 6\], got \[6, 4\]$"),
+    (lambda a: a.__setitem__(1, a[1].astype(np.float64)), TypeError,
+     r"^b must have dtype float32, got float64$"),
+    (lambda a: a.__setitem__(0, a[0].astype(np.int64)), TypeError,
+     r"^a must have dtype float32 or float64, got int64$"),
+    (lambda a: a.__setitem__(0, np.asfortranarray(a[0])), ValueError,
+     r"^a must be C-contiguous$"),
+    (lambda a: a[2].setflags(write=False), ValueError, r"^c must be writeable$"),
+])
+def test_reference_gemm_rejects_bad_arrays(change, exc, pattern):
+    args = _gemm_args()
+    change(args)
+    before = None if not isinstance(args[2], np.ndarray) else args[2].copy()
+    with pytest.raises(exc, match=pattern):
+        _core.reference_gemm(*args)
+    if before is not None:
+        assert np.array_equal(args[2], before), "c was written before the arguments were checked"
+
+
+def test_reference_gemm_rejects_empty_sizes_and_negative_threads():
+    with pytest.raises(ValueError, match=r"^reference_gemm: sizes must be positive, got m=0 n=6 "
+                                         r"k=5$"):
+        _core.reference_gemm(*_gemm_args(m=0))
+    with pytest.raises(ValueError, match=r"^reference_gemm: num_threads must be >= 0 \(0 = "
+                                         r"OpenMP default\), got -1$"):
+        _core.reference_gemm(*_gemm_args(), -1)

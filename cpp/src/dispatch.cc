@@ -204,10 +204,18 @@ void rnn_backward(const Dims& d, const Options& opt, Nonlinearity act, const Sca
                     dx, dh0, dw_ih, dw_hh, db_ih, db_hh, workspace)
 }
 
+template <typename Scalar>
+void reference_gemm(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
+                    const Scalar* b, Scalar* c, int num_threads) {
+  FUSEDRNN_DISPATCH(reference_gemm<Scalar>, m, n, k, a, b, c, num_threads)
+}
+
 #define FUSEDRNN_INSTANTIATE(Scalar)  \
   FUSEDRNN_INSTANTIATE_LSTM(Scalar) \
   FUSEDRNN_INSTANTIATE_GRU(Scalar)  \
-  FUSEDRNN_INSTANTIATE_RNN(Scalar)
+  FUSEDRNN_INSTANTIATE_RNN(Scalar) \
+  template void reference_gemm<Scalar>(std::int64_t, std::int64_t, std::int64_t, const Scalar*, \
+                                       const Scalar*, Scalar*, int);
 FUSEDRNN_INSTANTIATE(float)
 FUSEDRNN_INSTANTIATE(double)
 

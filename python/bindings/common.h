@@ -65,17 +65,18 @@ inline fusedrnn::Dims dims_of(py::tuple t, bool projection = false) {
   return d;
 }
 
-// Calls f(Scalar{}) for the floating dtype of x.
+// Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).
 template <typename F>
-void dispatch_dtype(const py::handle& x, F&& f) {
-  if (!py::isinstance<py::array>(x)) throw py::type_error("x must be a numpy array");
+void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
+  if (!py::isinstance<py::array>(x)) throw py::type_error(std::string(name) + " must be a numpy array");
   auto dt = py::reinterpret_borrow<py::array>(x).dtype();
   if (py::isinstance<py::array_t<float>>(x))
     f(float{});
   else if (py::isinstance<py::array_t<double>>(x))
     f(double{});
   else
-    throw py::type_error("x must have dtype float32 or float64, got " + std::string(py::str(dt)));
+    throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " +
+                         std::string(py::str(dt)));
 }
 
 void register_lstm(py::module_& m);

@@ -18,6 +18,45 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     d["eigen_version"] = b.eigen_version;
     return d;
   });
+  m.def(
+      "reference_gemm",
+      [](py::handle a, py::handle b, py::handle c, int num_threads) {
+        // Shapes: a [m, k], b [k, n], c [m, n]; the dtype is a's (b and c must match it).
+        auto dims2 = [](py::handle h, const char* name) {
+          if (!py::isinstance<py::array>(h))
+            throw py::type_error(std::string(name) + " must be a numpy array");
+          auto arr = py::reinterpret_borrow<py::array>(h);
+          if (arr.ndim() != 2)
+            throw py::value_error(std::string(name) + " must be 2-D, got " +
+                                  std::to_string(arr.ndim()) + "-D");
+          return std::make_pair(std::int64_t(arr.shape(0)), std::int64_t(arr.shape(1)));
+        };
+        const auto [m_, k] = dims2(a, "a");
+        const auto [k2, n] = dims2(b, "b");
+        const auto [m2, n2] = dims2(c, "c");
+        if (k2 != k)
+          throw py::value_error("b must have shape [k, n] = [" + std::to_string(k) +
+                                ", n] (a is [m, k]), got [" + std::to_string(k2) + ", " +
+                                std::to_string(n) + "]");
+        if (m2 != m_ || n2 != n)
+          throw py::value_error("c must have shape [m, n] = [" + std::to_string(m_) + ", " +
+                                std::to_string(n) + "], got [" + std::to_string(m2) + ", " +
+                                std::to_string(n2) + "]");
+        fusedrnn_py::dispatch_dtype(
+            a,
+            [&](auto tag) {
+              using S = decltype(tag);
+              const std::size_t M = std::size_t(m_), K = std::size_t(k), Nn = std::size_t(n);
+              auto pa = fusedrnn_py::data_of<S>(a, "a", M * K, false, false);
+              auto pb = fusedrnn_py::data_of<S>(b, "b", K * Nn, false, false);
+              auto pc = fusedrnn_py::data_of<S>(c, "c", M * Nn, false, true);
+              py::gil_scoped_release nogil;
+              fusedrnn::reference_gemm<S>(m_, n, k, pa, pb, pc, num_threads);
+            },
+            "a");
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("num_threads") = 0,
+      "c = a @ b by Eigen's GEMM built like the kernels (the benchmark's GEMM peak).");
   fusedrnn_py::register_lstm(m);
   fusedrnn_py::register_gru(m);
   fusedrnn_py::register_rnn(m);

@@ -50,4 +50,13 @@ struct BuildInfo {
 
 FUSEDRNN_API BuildInfo build_info();
 
+// c[m, n] = a[m, k] b[k, n], all row-major, by Eigen's GEMM compiled like the kernels: the same
+// instruction-set copy, compiler flags and OpenMP threads (num_threads as in Options; the
+// columns are split across the threads in one parallel region). Not part of any cell: it is the
+// benchmark's measure of this machine's GEMM peak (bench/run.py). Throws std::invalid_argument
+// for sizes < 1, num_threads < 0 or a null pointer.
+template <typename Scalar> FUSEDRNN_API
+void reference_gemm(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
+                    const Scalar* b, Scalar* c, int num_threads = 0);
+
 }  // namespace fusedrnn
