@@ -203,32 +203,35 @@ inline P psigmoid(const P& x) {
   return ei::pdiv(one, ei::padd(one, ei::pexp(ei::pnegate(x))));
 }
 
-// tanh(x) of one packet: sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) for |x| >= 1/8 (the sign
-// bit of x copied onto the quotient); below, where that quotient loses relative accuracy, the
-// Taylor series of tanh, to x¹³ in double (truncation error < 2 ulp) and to x⁷ in float (the next
-// term, 62x⁹/2835, is below 0.03 ulp there). NaN flows through the exp like in psigmoid.
+// tanh(x) of one packet.
+// float: Eigen's ptanh, a minimax rational function (odd numerator of degree 13, even
+// denominator of degree 6) on |x| clamped to 7.99 (7.91 without FMA), where it rounds to 1;
+// |x| < 0.0004 returns x. Checked here over every float in [0, 10) against double tanh: largest
+// relative error 2.9e-7 (4.9 ulp; 4.1e-7 in the SSE2 copy), against 4.0e-7 (6.3 ulp) for the
+// exp-based quotient below, at 2-3x the speed (AVX-512: 0.29 vs 0.55 ns per value). NaN stays
+// NaN, ±inf gives ±1, -0 stays -0.
+// double: sign(x) (1 - e) / (1 + e) with e = exp(-2|x|) for |x| >= 1/8 (the sign bit of x copied
+// onto the quotient); below, where that quotient loses relative accuracy, the Taylor series of
+// tanh to x¹³ (truncation error < 2 ulp). NaN flows through the exp like in psigmoid.
 template <typename P>
 inline P ptanh(const P& x) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
-  const P one = ei::pset1<P>(Scalar(1));
-  const P ax = ei::pabs(x);
-  const P e = ei::pexp(ei::pmul(ei::pset1<P>(Scalar(-2)), ax));
-  const P q = ei::pdiv(ei::psub(one, e), ei::padd(one, e));
-  const P big = ei::pxor(q, ei::pandnot(x, ax));  // x & ~|x| is x's sign bit
-  // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
-  const P x2 = ei::pmul(x, x);
-  P p;
-  if constexpr (sizeof(Scalar) >= 8) {
-    p = ei::pset1<P>(Scalar(21844.0 / 6081075));
+  if constexpr (sizeof(Scalar) == 4) {
+    return ei::ptanh(x);
+  } else {
+    const P one = ei::pset1<P>(Scalar(1));
+    const P ax = ei::pabs(x);
+    const P e = ei::pexp(ei::pmul(ei::pset1<P>(Scalar(-2)), ax));
+    const P q = ei::pdiv(ei::psub(one, e), ei::padd(one, e));
+    const P big = ei::pxor(q, ei::pandnot(x, ax));  // x & ~|x| is x's sign bit
+    // tanh x = x (1 - x²/3 + 2x⁴/15 - 17x⁶/315 + 62x⁸/2835 - 1382x¹⁰/155925 + 21844x¹²/6081075)
+    const P x2 = ei::pmul(x, x);
+    P p = ei::pset1<P>(Scalar(21844.0 / 6081075));
     for (double c : {-1382.0 / 155925, 62.0 / 2835, -17.0 / 315, 2.0 / 15, -1.0 / 3, 1.0})
       p = ei::pmadd(p, x2, ei::pset1<P>(Scalar(c)));
-  } else {
-    p = ei::pset1<P>(Scalar(-17.0 / 315));
-    for (double c : {2.0 / 15, -1.0 / 3, 1.0})
-      p = ei::pmadd(p, x2, ei::pset1<P>(Scalar(c)));
+    return ei::pselect(ei::pcmp_lt(x2, ei::pset1<P>(Scalar(1.0 / 64))), ei::pmul(x, p), big);
   }
-  return ei::pselect(ei::pcmp_lt(x2, ei::pset1<P>(Scalar(1.0 / 64))), ei::pmul(x, p), big);
 }
 
 // Runs body(ld, st) once per packet over the units [0, n) of a run: inside it, ld(p) loads the
