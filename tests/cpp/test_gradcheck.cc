@@ -432,6 +432,35 @@ int main() {
   expect_invalid("rnn_forward P = 1 throws", [&r2] { r2.forward(r2.cache.data()); }, r2.y);
   expect_invalid("rnn_backward P = 1 throws", [&r2] { r2.backward(); }, r2.at("w_ih").g);
 
+  // reference_gemm (the benchmark's GEMM peak) computes c = a b, in both dtypes, on 1 and 3
+  // threads (more threads than columns), against a plain loop in double.
+  {
+    const std::int64_t m = 5, k = 7, n = 2;
+    Vec a(m * k), b(k * n), want(m * n, 0.0);
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = std::sin(1.0 + double(i));
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = std::cos(2.0 + double(i));
+    for (std::int64_t i = 0; i < m; ++i)
+      for (std::int64_t j = 0; j < n; ++j)
+        for (std::int64_t q = 0; q < k; ++q) want[i * n + j] += a[i * k + q] * b[q * n + j];
+    for (int threads : {1, 3}) {
+      Vec c(m * n, kJunk);
+      reference_gemm<double>(m, n, k, a.data(), b.data(), c.data(), threads);
+      std::vector<float> af(a.begin(), a.end()), bf(b.begin(), b.end()), cf(m * n, 0.f);
+      reference_gemm<float>(m, n, k, af.data(), bf.data(), cf.data(), threads);
+      double e64 = 0, e32 = 0;
+      for (std::int64_t i = 0; i < m * n; ++i) {
+        e64 = std::max(e64, std::abs(c[i] - want[i]));
+        e32 = std::max(e32, std::abs(double(cf[i]) - want[i]));
+      }
+      report_err("reference_gemm double, " + std::to_string(threads) + " thread(s)", e64, 1e-14);
+      report_err("reference_gemm float, " + std::to_string(threads) + " thread(s)", e32, 1e-5);
+    }
+    Vec c(m * n, 5.0);
+    expect_invalid("reference_gemm m = 0 throws", [&] {
+      reference_gemm<double>(0, n, k, a.data(), b.data(), c.data(), 1);
+    }, c);
+  }
+
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
