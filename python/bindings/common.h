@@ -68,7 +68,8 @@ inline fusedrnn::Dims dims_of(py::tuple t, bool projection = false) {
 // Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).
 template <typename F>
 void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
-  if (!py::isinstance<py::array>(x)) throw py::type_error(std::string(name) + " must be a numpy array");
+  if (!py::isinstance<py::array>(x))
+    throw py::type_error(std::string(name) + " must be a numpy array");
   auto dt = py::reinterpret_borrow<py::array>(x).dtype();
   if (py::isinstance<py::array_t<float>>(x))
     f(float{});
