@@ -29,7 +29,7 @@ void reference_gemm(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar
   // (the build defines EIGEN_DONT_PARALLELIZE), in one parallel region like the kernels.
   constexpr Index W = kPacketSize<Scalar>;
   const Index blocks = std::min<Index>(nth, n);
-  const Index width = std::max<Index>(1, ceil_div(ceil_div(n, blocks), W) * W);
+  const Index width = ceil_div(ceil_div(n, blocks), W) * W;  // n >= blocks >= 1
   const Index used = ceil_div(n, width);
   parallel_region(nth, [&] {
 #ifdef _OPENMP
