@@ -1,0 +1,447 @@
+"""fusedrnn.onnx: export checked by onnx.checker and ONNX Runtime, import of our own exports
+(bitwise round trip of the parameters), of torch.onnx.export outputs and of ORT's int8
+DynamicQuantizeLSTM; bad graphs and corrupt files raise OnnxImportError."""
+import itertools
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import fusedrnn  # noqa: E402
+from fusedrnn import onnx as fonnx  # noqa: E402
+from fusedrnn.models import RecurrentModel  # noqa: E402
+
+RTOL = 1e-5  # float32: max |ours - ORT| <= RTOL * max |ORT| (and float64 1e-12)
+
+
+def _rel(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def _session(path):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _layer(cell, C, H, *, layers=1, bidirectional=False, variant="reset_after",
+           nonlinearity="tanh", peepholes=False, bias=True, batch_first=False, dtype="float32",
+           seed=0):
+    kw = dict(num_layers=layers, bidirectional=bidirectional, bias=bias, batch_first=batch_first,
+              dtype=dtype, seed=seed, dropout=0.25 if layers > 1 else 0.0)
+    if cell == "lstm":
+        layer = fusedrnn.LSTM(C, H, peepholes=peepholes, **kw)
+    elif cell == "gru":
+        layer = fusedrnn.GRU(C, H, variant=variant, **kw)
+    else:
+        layer = fusedrnn.RNN(C, H, nonlinearity=nonlinearity, **kw)
+    if peepholes:  # the default initialisation leaves them small; make them matter
+        rng = np.random.default_rng(seed + 7)
+        for name, p in layer.named_parameters():
+            if name.startswith("weight_peep"):
+                p.data[...] = rng.uniform(-0.5, 0.5, p.shape)
+    return layer.eval()
+
+
+def _run_both(model, path, x, lengths=None, state=None):
+    feeds = {"x": x}
+    if lengths is not None:
+        feeds["lengths"] = np.asarray(lengths, np.int32)
+    if state is not None:
+        if isinstance(state, tuple):
+            feeds["h0"], feeds["c0"] = state
+        else:
+            feeds["h0"] = state
+    got = _session(path).run(None, feeds)
+    y, st = model.forward(x, state, lengths)
+    want = [y] + (list(st) if isinstance(st, tuple) else [st])
+    return got, want
+
+
+CASES = [
+    # cell, variant/nonlinearity, peepholes
+    ("lstm", None, False), ("lstm", None, True), ("gru", "reset_after", False),
+    ("gru", "reset_before", False), ("rnn", "tanh", False), ("rnn", "relu", False),
+]
+
+
+@pytest.mark.parametrize("cell,opt,peep", CASES)
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (1, True), (2, False), (2, True)])
+@pytest.mark.parametrize("with_lengths,with_state", [(False, False), (True, True)])
+def test_export_layer_matches_ort(tmp_path, cell, opt, peep, layers, bidirectional,
+                                  with_lengths, with_state):
+    T, N, C, H = 7, 4, 5, 6
+    kw = {}
+    if cell == "gru":
+        kw["variant"] = opt
+    if cell == "rnn":
+        kw["nonlinearity"] = opt
+    layer = _layer(cell, C, H, layers=layers, bidirectional=bidirectional, peepholes=peep, **kw)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path, lengths=with_lengths, initial_state=with_state)
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, N, C)).astype(np.float32)
+    lengths = np.array([7, 3, 1, 5]) if with_lengths else None
+    state = None
+    if with_state:
+        LD = layers * (2 if bidirectional else 1)
+        h0 = rng.standard_normal((LD, N, H)).astype(np.float32)
+        state = (h0, rng.standard_normal((LD, N, H)).astype(np.float32)) if cell == "lstm" \
+            else h0
+    got, want = _run_both(layer, path, x, lengths, state)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert _rel(g, w) <= RTOL, _rel(g, w)
+    if with_lengths:  # zero past each length, in ORT as in fusedrnn
+        assert np.all(got[0][3:, 1] == 0) and np.all(got[0][1:, 2] == 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_export_recurrent_model_tokens_and_features(tmp_path, cell):
+    rng = np.random.default_rng(2)
+    for kw in (dict(vocab_size=11, embed_dim=5), dict(input_size=3)):
+        model = RecurrentModel(cell, hidden_size=6, num_layers=2, bidirectional=True,
+                               output_size=4, seed=3, **kw).eval()
+        path = tmp_path / "m.onnx"
+        fusedrnn.onnx.export(model, path, lengths=True)
+        T, N = 6, 3
+        x = rng.integers(0, 11, (T, N)) if "vocab_size" in kw else \
+            rng.standard_normal((T, N, 3)).astype(np.float32)
+        got, want = _run_both(model, path, x, lengths=[6, 2, 4])
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            assert _rel(g, w) <= RTOL
+
+
+def test_export_batch_first_and_no_bias(tmp_path):
+    layer = _layer("lstm", 3, 5, layers=2, bidirectional=True, batch_first=True, bias=False,
+                   peepholes=True)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path, lengths=True)
+    x = np.random.default_rng(3).standard_normal((4, 6, 3)).astype(np.float32)  # [N, T, C]
+    got, want = _run_both(layer, path, x, lengths=[6, 1, 3, 5])
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and _rel(g, w) <= RTOL
+
+
+def test_export_float64(tmp_path):
+    layer = _layer("gru", 3, 4, layers=2, bidirectional=True, dtype="float64")
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path)
+    m = onnx.load(str(path))
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    x = np.random.default_rng(4).standard_normal((5, 2, 3))
+    # ONNX Runtime's CPU GRU kernel is float32 only: run the float64 graph in onnx's own
+    # reference implementation instead
+    from onnx.reference import ReferenceEvaluator
+    got = ReferenceEvaluator(m).run(None, {"x": x})
+    y, h = layer.forward(x)
+    for g, w in zip(got, (y, h)):
+        assert g.dtype == np.float64 and _rel(g, w) <= 1e-12
+
+
+def test_export_refuses_projection_and_bad_arguments(tmp_path):
+    layer = fusedrnn.LSTM(3, 6, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size"):
+        fusedrnn.onnx.export(layer, tmp_path / "p.onnx")
+    assert not (tmp_path / "p.onnx").exists()
+    with pytest.raises(TypeError, match="model must be"):
+        fusedrnn.onnx.export(fusedrnn.Linear(2, 3), tmp_path / "l.onnx")
+    with pytest.raises(ValueError, match="opset"):
+        fusedrnn.onnx.export(fusedrnn.GRU(2, 3), tmp_path / "o.onnx", opset=11)
+    with pytest.raises(TypeError, match="lengths"):
+        fusedrnn.onnx.export(fusedrnn.GRU(2, 3), tmp_path / "o.onnx", lengths=1)
+
+
+@pytest.mark.parametrize("opset", [14, 17, 20])
+def test_export_opsets(tmp_path, opset):
+    layer = _layer("lstm", 3, 4, bidirectional=True, peepholes=True)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path, opset=opset)
+    assert onnx.load(str(path)).opset_import[0].version == opset
+    x = np.random.default_rng(5).standard_normal((5, 2, 3)).astype(np.float32)
+    got, want = _run_both(layer, path, x)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= RTOL
+
+
+# -- import: round trips ------------------------------------------------------------------------
+def _assert_same_parameters(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and sa[k].shape == sb[k].shape, k
+        assert sa[k].tobytes() == sb[k].tobytes(), k  # bitwise
+
+
+@pytest.mark.parametrize("cell,opt,peep", CASES)
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_round_trip_layer_bitwise(tmp_path, cell, opt, peep, layers, bidirectional, dtype):
+    kw = {}
+    if cell == "gru":
+        kw["variant"] = opt
+    if cell == "rnn":
+        kw["nonlinearity"] = opt
+    layer = _layer(cell, 3, 5, layers=layers, bidirectional=bidirectional, peepholes=peep,
+                   dtype=dtype, **kw)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path, lengths=True, initial_state=True)
+    back = fusedrnn.onnx.load(path)
+    assert type(back) is type(layer)
+    for attr in ("input_size", "hidden_size", "num_layers", "bidirectional", "bias",
+                 "batch_first", "dropout", "peepholes", "variant", "nonlinearity", "dtype"):
+        assert getattr(back, attr) == getattr(layer, attr), attr
+    _assert_same_parameters(layer, back)
+    assert back.onnx_inputs == {"x": "x", "lengths": "lengths", "h0": "h0",
+                                "c0": "c0" if cell == "lstm" else None}
+    x = np.random.default_rng(0).standard_normal((4, 3, 3)).astype(dtype)
+    y1, _ = layer.forward(x, lengths=[4, 2, 3])
+    y2, _ = back.forward(x, lengths=[4, 2, 3])
+    assert y1.tobytes() == y2.tobytes()
+
+
+@pytest.mark.parametrize("kw", [dict(vocab_size=9, embed_dim=4), dict(input_size=3)])
+def test_round_trip_recurrent_model_bitwise(tmp_path, kw):
+    for cell, extra in (("lstm", dict(peepholes=True)), ("gru", dict(variant="reset_before")),
+                        ("rnn", dict(nonlinearity="relu"))):
+        model = RecurrentModel(cell, hidden_size=5, num_layers=2, bidirectional=True,
+                               output_size=3, seed=1, **kw, **extra)
+        path = tmp_path / "m.onnx"
+        fusedrnn.onnx.export(model, path)
+        back = fusedrnn.onnx.load(path)
+        assert isinstance(back, RecurrentModel) and back.cell == cell
+        _assert_same_parameters(model, back)
+        for key in ("vocab_size", "embed_dim", "input_size", "hidden_size", "num_layers",
+                    "bidirectional", "output_size", "peepholes", "variant", "nonlinearity",
+                    "dtype"):
+            assert back.config()[key] == model.config()[key], key
+
+
+def test_round_trip_batch_first_no_bias(tmp_path):
+    layer = _layer("gru", 3, 4, layers=2, bidirectional=True, bias=False, batch_first=True)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path)
+    back = fusedrnn.onnx.load(path)
+    assert back.batch_first and not back.bias
+    _assert_same_parameters(layer, back)
+
+
+# -- import: torch.onnx.export ------------------------------------------------------------------
+torch = None
+
+
+def _torch():
+    global torch
+    torch = pytest.importorskip("torch")
+    return torch
+
+
+def _torch_export(module, x, path, dynamo):
+    t = _torch()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")  # torch's dynamo exporter needs it
+            batch = 0 if module.batch_first else 1
+            dims = {0: t.export.Dim("a", min=2, max=64), 1: t.export.Dim("b", min=2, max=64)}
+            t.onnx.export(module, (x,), str(path), dynamo=True, input_names=["x"],
+                          dynamic_shapes=({0: dims[0], 1: dims[1]},), verbose=False)
+            del batch
+        else:
+            t.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                          dynamic_axes={"x": {0: "a", 1: "b"}})
+
+
+TORCH_MODULES = [
+    ("LSTM", dict(num_layers=2, bidirectional=True)),
+    ("LSTM", dict(batch_first=True)),
+    ("GRU", dict(num_layers=2)),
+    ("GRU", dict(bidirectional=True, batch_first=True)),
+    ("RNN", dict(nonlinearity="relu", num_layers=2, bidirectional=True)),
+    ("RNN", dict(bias=False)),
+]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+@pytest.mark.parametrize("kind,kw", TORCH_MODULES)
+def test_import_torch_onnx_export(tmp_path, kind, kw, dynamo):
+    t = _torch()
+    t.manual_seed(0)
+    module = getattr(t.nn, kind)(3, 5, **kw).eval()
+    x = t.randn(6, 4, 3)
+    path = tmp_path / "t.onnx"
+    _torch_export(module, x, path, dynamo)
+    if dynamo and kind == "RNN":
+        # torch's dynamo exporter unrolls nn.RNN into per-step MatMul/Add/Tanh nodes: there is
+        # no RNN node to import, and the refusal says which operator stopped it
+        with pytest.raises(fonnx.OnnxImportError, match="not supported|cannot import"):
+            fusedrnn.onnx.load(path)
+        return
+    layer = fusedrnn.onnx.load(path)
+    assert type(layer).__name__ == kind and layer.batch_first == kw.get("batch_first", False)
+    _assert_same_parameters(fusedrnn.from_torch(module), layer)
+    for T, N in ((6, 4), (9, 2)):  # the imported model is not tied to the traced shape
+        xt = t.randn(N, T, 3) if layer.batch_first else t.randn(T, N, 3)
+        with t.no_grad():
+            want, st = module(xt)
+        got, gst = layer.forward(xt.numpy())
+        assert _rel(got, want.numpy()) <= RTOL
+        st = st if isinstance(st, tuple) else (st,)
+        gst = gst if isinstance(gst, tuple) else (gst,)
+        for a, b in zip(gst, st):
+            assert _rel(a, b.numpy()) <= RTOL
+
+
+# -- import: ONNX Runtime's int8 DynamicQuantizeLSTM ----------------------------------------------
+def test_import_dynamic_quantize_lstm(tmp_path):
+    quant = pytest.importorskip("onnxruntime.quantization")
+    layer = _layer("lstm", 8, 16, layers=2, bidirectional=True)
+    fp = tmp_path / "fp.onnx"
+    q = tmp_path / "q.onnx"
+    fusedrnn.onnx.export(layer, fp, lengths=True)
+    quant.quantize_dynamic(str(fp), str(q), weight_type=quant.QuantType.QInt8)
+    qm = onnx.load(str(q))
+    assert [n.op_type for n in qm.graph.node].count("DynamicQuantizeLSTM") == 2
+    back = fusedrnn.onnx.load(q)
+    assert isinstance(back, fusedrnn.LSTM) and back.num_layers == 2 and back.bidirectional
+    # the dequantised weights are within one quantisation step of the float ones
+    for (name, p), (_, p0) in zip(back.named_parameters(), layer.named_parameters()):
+        if name.startswith("weight"):
+            step = np.abs(p0.data).max() / 127
+            assert np.max(np.abs(p.data - p0.data)) <= step, name
+        else:
+            assert p.data.tobytes() == p0.data.tobytes(), name
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((12, 5, 8)).astype(np.float32)
+    lengths = [12, 7, 1, 9, 12]
+    got = _session(q).run(None, {"x": x, "lengths": np.asarray(lengths, np.int32)})
+    y, (h, c) = back.forward(x, lengths=lengths)
+    # ORT quantises each step's input to uint8 as well; fusedrnn runs the dequantised weights
+    # in float32: the stated contract is max |difference| <= 0.02 * max |output|
+    for g, w in zip(got, (y, h, c)):
+        assert _rel(w, g) <= 0.02, _rel(w, g)
+    # and the dequantised model is far closer to ORT's int8 run than to nothing at all
+    assert _rel(y, got[0]) < 0.1 * _rel(np.zeros_like(y), got[0])
+
+
+# -- import: refusals ---------------------------------------------------------------------------
+def _exported(tmp_path, layer, **kw):
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path, **kw)
+    return onnx.load(str(path))
+
+
+def _set_attr(model, op_type, name, value):
+    from onnx import helper
+    for node in model.graph.node:
+        if node.op_type == op_type:
+            for a in list(node.attribute):
+                if a.name == name:
+                    node.attribute.remove(a)
+            node.attribute.append(helper.make_attribute(name, value))
+            return node.name
+
+
+@pytest.mark.parametrize("op,attr,value,match", [
+    ("LSTM", "clip", 3.0, "'clip'"),
+    ("LSTM", "input_forget", 1, "'input_forget'"),
+    ("LSTM", "layout", 1, "'layout'"),
+    ("LSTM", "direction", "reverse", "'direction'"),
+    ("LSTM", "activations", ["HardSigmoid", "Tanh", "Tanh"], "'activations'"),
+    ("LSTM", "activation_alpha", [0.2], "'activation_alpha'"),
+    ("GRU", "activations", ["Sigmoid", "Relu"], "'activations'"),
+    ("GRU", "linear_before_reset", 2, "'linear_before_reset'"),
+    ("RNN", "activations", ["Sigmoid"], "'activations'"),
+    ("RNN", "made_up", 1, "'made_up'"),
+])
+def test_import_refuses_attributes(tmp_path, op, attr, value, match):
+    layer = {"LSTM": fusedrnn.LSTM, "GRU": fusedrnn.GRU, "RNN": fusedrnn.RNN}[op](3, 4)
+    m = _exported(tmp_path, layer)
+    node = _set_attr(m, op, attr, value)
+    with pytest.raises(fonnx.OnnxImportError, match=match) as e:
+        fusedrnn.onnx.from_model_proto(m)
+    assert repr(node) in str(e.value)  # the node is named
+
+
+def test_import_refuses_unknown_op_and_layouts(tmp_path):
+    from onnx import helper
+    m = _exported(tmp_path, fusedrnn.GRU(3, 4, num_layers=2))
+    # an op on the data path between the layers
+    for node in m.graph.node:
+        if node.op_type == "Squeeze" and node.name == "l0.out":
+            m.graph.node.insert(list(m.graph.node).index(node) + 1,
+                                helper.make_node("Tanh", ["l0.out"], ["l0.tanh"], name="odd"))
+            break
+    for node in m.graph.node:
+        if node.op_type == "GRU" and node.name == "l1":
+            node.input[0] = "l0.tanh"
+    with pytest.raises(fonnx.OnnxImportError, match="'odd' \\(Tanh\\).*cannot import"):
+        fusedrnn.onnx.from_model_proto(m)
+    with pytest.raises(fonnx.OnnxImportError, match="no nodes"):
+        fusedrnn.onnx.from_model_proto(onnx.ModelProto())
+    with pytest.raises(fonnx.OnnxImportError, match="cannot read"):
+        fusedrnn.onnx.load(tmp_path / "missing.onnx")
+
+
+def test_import_external_data(tmp_path):
+    layer = fusedrnn.LSTM(30, 40)
+    m = _exported(tmp_path, layer)
+    onnx.save_model(m, str(tmp_path / "ext.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    _assert_same_parameters(layer, fusedrnn.onnx.load(tmp_path / "ext.onnx"))
+    m = onnx.load(str(tmp_path / "ext.onnx"), load_external_data=False)
+    with pytest.raises(fonnx.OnnxImportError, match="external"):
+        fusedrnn.onnx.from_model_proto(m)  # no folder to read it from
+    outside = tmp_path.parent / "outside.bin"
+    outside.write_bytes((tmp_path / "w.bin").read_bytes())
+    for loc, match in (("../outside.bin", "inside the model's folder"),
+                       (str(outside), "inside the model's folder"),
+                       ("nothere.bin", "not a file inside"),
+                       ("w.bin", "do not fit")):
+        m2 = onnx.ModelProto()
+        m2.CopyFrom(m)
+        for t in m2.graph.initializer:
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = loc
+                if e.key == "offset" and loc == "w.bin":
+                    e.value = str(10 ** 9)
+        onnx.save_model(m2, str(tmp_path / "ext2.onnx"))
+        with pytest.raises(fonnx.OnnxImportError, match=match):
+            fusedrnn.onnx.load(tmp_path / "ext2.onnx")
+
+
+def test_import_fuzz_corrupt_files(tmp_path):
+    """Truncations, bit flips and random bytes: each either imports or raises OnnxImportError
+    (never another exception, a crash or a hang)."""
+    model = RecurrentModel("lstm", vocab_size=7, embed_dim=3, hidden_size=4, num_layers=2,
+                           bidirectional=True, output_size=2, peepholes=True, seed=0)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(model, path, lengths=True, initial_state=True)
+    good = path.read_bytes()
+    rng = np.random.default_rng(0)
+    bad = tmp_path / "bad.onnx"
+    outcomes = {"loaded": 0, "refused": 0}
+    cases = [good[:n] for n in sorted(set(rng.integers(0, len(good), 60).tolist()))]
+    for _ in range(200):
+        b = bytearray(good)
+        for _ in range(int(rng.integers(1, 4))):
+            i = int(rng.integers(0, len(b)))
+            b[i] ^= 1 << int(rng.integers(0, 8))
+        cases.append(bytes(b))
+    cases += [rng.bytes(int(n)) for n in rng.integers(0, 2000, 20)] + [b"", b"\x00" * 100]
+    for data in cases:
+        bad.write_bytes(data)
+        try:
+            fusedrnn.onnx.load(bad)
+            outcomes["loaded"] += 1
+        except fonnx.OnnxImportError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50 and sum(outcomes.values()) == len(cases)
