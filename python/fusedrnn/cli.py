@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="version and build information")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+    add_interchange_parsers(sub)
     return ap
 
 
@@ -434,6 +435,135 @@ def cmd_info(args, t_start) -> int:
         elif v is None:
             v = "not installed"
         print(f"{labels.get(k, k):<20} {v}")
+    return 0
+
+
+# -- export / import (issue 22): ONNX and Keras interchange; self-contained ---------------------
+def add_interchange_parsers(sub) -> None:
+    """Registers `fusedrnn export` and `fusedrnn import`."""
+    ex = sub.add_parser("export", help="write a checkpoint's model as ONNX or Keras weights",
+                        description="Write the model of a checkpoint (a RecurrentModel, as "
+                                    "`fusedrnn train --task charlm` makes, or a bare "
+                                    "LSTM/GRU/RNN layer) as an ONNX model (fusedrnn.onnx."
+                                    "export) or a Keras 3 .weights.h5 file (fusedrnn.keras."
+                                    "save). Needs the [onnx] or [keras] extra.")
+    ex.add_argument("checkpoint", help="a checkpoint file, or a run directory holding "
+                                       "model.safetensors")
+    ex.add_argument("--format", choices=("onnx", "keras"), required=True)
+    ex.add_argument("--out", required=True, help="output path (.onnx; Keras: .weights.h5)")
+    ex.add_argument("--opset", type=positive_int, default=None,
+                    help="ONNX opset (default 17, at least 14)")
+    ex.add_argument("--lengths", action="store_true",
+                    help="ONNX: add the 'lengths' input (sequence_lens)")
+    ex.add_argument("--initial-state", action="store_true",
+                    help="ONNX: add the 'h0' (and 'c0') inputs")
+    ex.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    ex.set_defaults(func=cmd_export)
+
+    im = sub.add_parser("import", help="read an ONNX or Keras model into a checkpoint",
+                        description="Read an ONNX model (.onnx: fusedrnn.onnx.load) or a Keras "
+                                    "3 file (.keras or .weights.h5: fusedrnn.keras.load) and "
+                                    "save it as a fusedrnn checkpoint (fusedrnn.load(PATH)."
+                                    "model rebuilds it).")
+    im.add_argument("path", help="the .onnx, .keras or .weights.h5 file")
+    im.add_argument("--out", required=True, help="the checkpoint to write (.safetensors)")
+    im.add_argument("--return-sequences", choices=("yes", "no"), default=None,
+                    help=".weights.h5 only (no architecture inside): whether the last "
+                         "recurrent layer returns every step (default yes)")
+    im.add_argument("--mask-zero", action="store_true",
+                    help=".weights.h5 only: token 0 is padding (Keras' mask_zero)")
+    im.add_argument("--nonlinearity", choices=("tanh", "relu"), default=None,
+                    help=".weights.h5 only: SimpleRNN's activation (default tanh)")
+    im.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    im.set_defaults(func=cmd_import)
+
+
+def _interchange_error(msg: str) -> int:
+    print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    return 2
+
+
+def cmd_export(args, t_start) -> int:
+    from .io import CheckpointError, load
+    from .layers import GRU, LSTM, RNN
+    from .models import RecurrentModel
+
+    path = args.checkpoint
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
+    if os.path.exists(args.out) and not args.overwrite:
+        return _interchange_error(f"{args.out} exists (pass --overwrite to replace it)")
+    try:
+        model = load(path).model
+    except (CheckpointError, OSError, ValueError, TypeError) as e:
+        return _interchange_error(f"cannot read checkpoint {path}: {e}")
+    if not isinstance(model, (RecurrentModel, LSTM, GRU, RNN)):
+        kind = type(model).__name__ if model is not None else "no model config"
+        return _interchange_error(f"checkpoint {path} holds {kind}; export takes a "
+                                  f"RecurrentModel or a bare LSTM/GRU/RNN layer")
+    model.eval()
+    try:
+        if args.format == "onnx":
+            from . import onnx as fonnx
+            kw = {} if args.opset is None else {"opset": args.opset}
+            fonnx.export(model, args.out, lengths=args.lengths,
+                         initial_state=args.initial_state, **kw)
+            ins = ["x"] + (["lengths"] if args.lengths else []) + \
+                (["h0"] + (["c0"] if model.config().get("cell", type(model).__name__.lower())
+                           == "lstm" else []) if args.initial_state else [])
+            print(f"wrote {args.out} (ONNX; inputs {', '.join(ins)})")
+        else:
+            if args.opset is not None or args.lengths or args.initial_state:
+                return _interchange_error("--opset, --lengths and --initial-state are for "
+                                          "--format onnx")
+            from . import keras as fkeras
+            fkeras.save(model, args.out)
+            print(f"wrote {args.out} (Keras 3 weights; fusedrnn.keras.keras_model(model) "
+                  f"builds the model that loads them)")
+    except ImportError as e:
+        return _interchange_error(str(e))
+    except (ValueError, TypeError, OSError) as e:
+        return _interchange_error(f"cannot export: {e}")
+    return 0
+
+
+def cmd_import(args, t_start) -> int:
+    from .io import save
+
+    src = args.path
+    if not os.path.isfile(src):
+        return _interchange_error(f"{src}: no such file")
+    if os.path.exists(args.out) and not args.overwrite:
+        return _interchange_error(f"{args.out} exists (pass --overwrite to replace it)")
+    keras_opts = args.return_sequences is not None or args.mask_zero or args.nonlinearity
+    try:
+        if src.endswith(".onnx"):
+            if keras_opts:
+                return _interchange_error("--return-sequences, --mask-zero and --nonlinearity "
+                                          "are for .weights.h5 files")
+            from . import onnx as fonnx
+            model, fmt = fonnx.load(src), "onnx"
+        elif src.endswith((".keras", ".h5")):
+            from . import keras as fkeras
+            kw = {}
+            if src.endswith(".h5"):
+                kw = dict(return_sequences=None if args.return_sequences is None
+                          else args.return_sequences == "yes", mask_zero=args.mask_zero,
+                          nonlinearity=args.nonlinearity)
+            elif keras_opts:
+                return _interchange_error("--return-sequences, --mask-zero and --nonlinearity "
+                                          "are for .weights.h5 files (a .keras archive has its "
+                                          "own config)")
+            model, fmt = fkeras.load(src, **kw), "keras"
+        else:
+            return _interchange_error(f"{src}: unknown format (expected .onnx, .keras or "
+                                      f".weights.h5)")
+        save(args.out, model, source=os.path.abspath(src), source_format=fmt)
+    except ImportError as e:
+        return _interchange_error(str(e))
+    except (ValueError, TypeError, OSError) as e:
+        return _interchange_error(str(e))
+    print(f"wrote {args.out}: {type(model).__name__} from {src}")
     return 0
 
 

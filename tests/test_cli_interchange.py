@@ -1,0 +1,85 @@
+"""`fusedrnn export` and `fusedrnn import` (issue 22): ONNX and Keras round trips through the
+command line, and their errors (exit status 2, one line naming the problem)."""
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn.cli import main
+from fusedrnn.models import RecurrentModel
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    model = RecurrentModel("lstm", vocab_size=10, embed_dim=4, hidden_size=6, num_layers=2,
+                           bidirectional=True, output_size=10, seed=0)
+    path = tmp_path / "run" / "model.safetensors"
+    path.parent.mkdir()
+    fusedrnn.save(path, model, step=3)
+    return path, model
+
+
+def _same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(sa[k].tobytes() == sb[k].tobytes() for k in sa)
+
+
+def test_export_import_onnx(tmp_path, checkpoint, capsys):
+    pytest.importorskip("onnx")
+    path, model = checkpoint
+    out = tmp_path / "m.onnx"
+    # a run directory works like its model.safetensors
+    assert main(["export", str(path.parent), "--format", "onnx", "--out", str(out),
+                 "--lengths", "--initial-state", "--opset", "18"]) == 0
+    assert "inputs x, lengths, h0, c0" in capsys.readouterr().out
+    back = tmp_path / "back.safetensors"
+    assert main(["import", str(out), "--out", str(back)]) == 0
+    restored = fusedrnn.load(back).model
+    assert isinstance(restored, RecurrentModel) and _same(model, restored)
+    assert fusedrnn.load(back).metadata["source_format"] == "onnx"
+
+
+def test_export_import_keras(tmp_path, checkpoint):
+    pytest.importorskip("h5py")
+    path, model = checkpoint
+    out = tmp_path / "m.weights.h5"
+    assert main(["export", str(path), "--format", "keras", "--out", str(out)]) == 0
+    back = tmp_path / "back.safetensors"
+    assert main(["import", str(out), "--out", str(back), "--return-sequences", "yes"]) == 0
+    restored = fusedrnn.load(back).model
+    x = np.random.default_rng(0).integers(0, 10, (3, 5))
+    y, _ = model.eval().forward(np.ascontiguousarray(x.T))
+    got = restored.forward(x)
+    np.testing.assert_allclose(got, y.transpose(1, 0, 2), rtol=1e-5, atol=1e-6)
+
+
+def test_errors(tmp_path, checkpoint, capsys):
+    path, _ = checkpoint
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    cases = [
+        (["export", str(path), "--format", "onnx", "--out", str(out)], "exists"),
+        (["import", str(tmp_path / "nothing.onnx"), "--out", str(tmp_path / "c")],
+         "no such file"),
+        (["import", str(path), "--out", str(tmp_path / "c")], "unknown format"),
+        (["import", str(out), "--out", str(tmp_path / "c")], "not a valid ONNX model"),
+        (["export", str(out), "--format", "onnx", "--out", str(tmp_path / "x.onnx")],
+         "cannot read checkpoint"),
+        (["export", str(path), "--format", "keras", "--out", str(tmp_path / "x.weights.h5"),
+          "--lengths"], "for --format onnx"),
+    ]
+    pytest.importorskip("onnx")
+    pytest.importorskip("h5py")
+    proj = tmp_path / "proj.safetensors"
+    fusedrnn.save(proj, fusedrnn.LSTM(3, 5, proj_size=2))
+    cases.append((["export", str(proj), "--format", "onnx", "--out", str(tmp_path / "p.onnx")],
+                  "proj_size"))
+    lin = tmp_path / "lin.safetensors"
+    fusedrnn.save(lin, fusedrnn.Sequential(fusedrnn.Linear(2, 3)))
+    cases.append((["export", str(lin), "--format", "onnx", "--out", str(tmp_path / "l.onnx")],
+                  "holds Sequential"))
+    for argv, match in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("fusedrnn: error: ") and match in err and err.count("\n") == 1, err
+    assert out.read_bytes() == b"old"
+    assert main(["export", str(path), "--out", "x"]) == 2  # --format is required
