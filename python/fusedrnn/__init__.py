@@ -28,6 +28,15 @@ from .optim import clip_grad_norm_, clip_grad_value_
 __version__ = _core.build_info()["version"]
 
 
+def __getattr__(name):
+    """``fusedrnn.onnx`` and ``fusedrnn.keras`` (interchange) load on first use; neither
+    imports its optional package (onnx, h5py) until one of its functions runs."""
+    if name in ("onnx", "keras"):
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fusedrnn' has no attribute {name!r}")
+
+
 def build_info() -> dict:
     """Version, compiler, instruction set, OpenMP, threads and Eigen version of this build."""
     info = dict(_core.build_info())
