@@ -71,8 +71,8 @@ def test_errors(tmp_path, checkpoint, capsys):
     pytest.importorskip("h5py")
     proj = tmp_path / "proj.safetensors"
     fusedrnn.save(proj, fusedrnn.LSTM(3, 5, proj_size=2))
-    cases.append((["export", str(proj), "--format", "onnx", "--out", str(tmp_path / "p.onnx")],
-                  "proj_size"))
+    cases.append((["export", str(proj), "--format", "keras", "--out",
+                   str(tmp_path / "p.weights.h5")], "projection"))
     lin = tmp_path / "lin.safetensors"
     fusedrnn.save(lin, fusedrnn.Sequential(fusedrnn.Linear(2, 3)))
     cases.append((["export", str(lin), "--format", "onnx", "--out", str(tmp_path / "l.onnx")],

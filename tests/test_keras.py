@@ -77,7 +77,8 @@ def _inputs(tokens, mask_zero, rng, N=4, T=7):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("tokens,bidirectional,layers,return_sequences,dense,mask_zero,functional", [
+@pytest.mark.parametrize(
+    "tokens,bidirectional,layers,return_sequences,dense,mask_zero,functional", [
     (True, False, 1, True, True, False, False),
     (True, True, 2, True, True, True, True),
     (True, True, 2, False, True, True, False),

@@ -239,8 +239,9 @@ def _snake(name):
 def _arch_from_config(fn, config):
     if not isinstance(config, dict) or config.get("class_name") not in ("Sequential",
                                                                           "Functional"):
+        got = config.get("class_name") if isinstance(config, dict) else config
         raise KerasImportError(f"{fn}: only Sequential and Functional models are supported, "
-                               f"got {config.get('class_name') if isinstance(config, dict) else config!r}")
+                               f"got {got!r}")
     layers = config.get("config", {}).get("layers", [])
     functional = config["class_name"] == "Functional"
     arch = dict(embed=None, rnn=[], head=None, mask_zero=False)
@@ -365,7 +366,9 @@ def _arch_from_weights(fn, groups, return_sequences, mask_zero, nonlinearity):
             raise KerasImportError(f"{fn}: group {k!r}: layer type {base!r} is not supported")
     if arch["embed"] is not None and len([k for k in groups if "embedding" in k]) > 1:
         raise KerasImportError(f"{fn}: more than one Embedding")
-    suffix = lambda k: int(re.search(r"_(\d+)$", k).group(1)) if re.search(r"_\d+$", k) else 0  # noqa
+    def suffix(k):
+        m = re.search(r"_(\d+)$", k)
+        return int(m.group(1)) if m else 0
     rnn_keys.sort(key=suffix)
     for i, k in enumerate(rnn_keys):
         bidir = k.split("/")[1].startswith("bidirectional")

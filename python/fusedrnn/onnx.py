@@ -23,15 +23,14 @@ The exported graph (inputs and outputs are named):
 
 Embedding -> ``Gather``; each layer of the stack -> one ``LSTM``/``GRU``/``RNN`` node (chained
 through ``Squeeze`` or ``Transpose`` + ``Reshape``); the head -> ``MatMul`` + ``Add``. Dropout is
-training-only and is not exported. LSTM projection (``proj_size``) has no ONNX LSTM form and is
-refused with a ValueError.
+training-only and is not exported. LSTM projection (``proj_size``) has no ONNX LSTM form: it
+is written as a per-step ``Scan`` graph (opset >= 16, see :class:`_ProjectionGraph`), which
+:func:`load` reads back only as fusedrnn wrote it (it re-exports and compares).
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
-
 import numpy as np
 
 from .layers import GRU, LSTM, RNN
@@ -50,7 +49,8 @@ class OnnxImportError(ValueError):
 def _onnx():
     try:
         import onnx  # noqa: F401
-        from onnx import helper, numpy_helper  # noqa: F401
+        import onnx.helper  # noqa: F401
+        import onnx.numpy_helper  # noqa: F401
     except ImportError as e:  # pragma: no cover - exercised only without onnx
         raise ImportError("fusedrnn.onnx needs the onnx package: pip install 'fusedrnn[onnx]' "
                           "(or pip install onnx)") from e
@@ -85,8 +85,8 @@ def export(model, path, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     (int32 [N], ONNX ``sequence_lens``), ``initial_state=True`` the ``h0`` (and ``c0``) inputs.
     The file passes ``onnx.checker`` and runs in ONNX Runtime with fusedrnn's outputs.
 
-    Raises ValueError for what ONNX's recurrent operators cannot express exactly: LSTM
-    projection (``proj_size``)."""
+    An LSTM with projection (``proj_size``), which ONNX's LSTM cannot express, is written as
+    a per-step ``Scan`` graph of standard ops (opset >= 16; a ValueError below)."""
     onnx = _onnx()
     model_proto = to_model_proto(model, opset=opset, lengths=lengths,
                                  initial_state=initial_state)
@@ -120,10 +120,9 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     else:
         raise TypeError(f"{fn}: model must be a fusedrnn LSTM, GRU, RNN or RecurrentModel, "
                         f"got {type(model).__name__}")
-    if getattr(rnn, "proj_size", 0):
-        raise ValueError(f"{fn}: LSTM projection (proj_size={rnn.proj_size}) has no ONNX LSTM "
-                         f"form (ONNX LSTM has no projection weight); export a model without "
-                         f"proj_size")
+    if getattr(rnn, "proj_size", 0) and int(opset) < 16:
+        raise ValueError(f"{fn}: LSTM projection (proj_size) is exported as a per-step Scan "
+                         f"graph, which needs opset >= 16, got {opset}")
     dt = rnn.dtype
     elem = TensorProto.DOUBLE if dt == np.float64 else TensorProto.FLOAT
     mode = rnn.mode
@@ -162,7 +161,12 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
             inputs.append(helper.make_tensor_value_info("c0", elem, [L * D, "N", H]))
 
     y_h, y_c = [], []
+    proj = _ProjectionGraph(rnn, nodes, init, const_i64, elem, seq_lens, initial_state) \
+        if getattr(rnn, "proj_size", 0) else None
     for layer in range(L):
+        if proj is not None:  # LSTM projection: no ONNX LSTM form; one Scan per direction
+            seq = proj.layer(layer, seq, y_h, y_c)
+            continue
         W, Rw, B, P = [], [], [], []
         for direction in range(D):
             sfx = f"_l{layer}" + ("_reverse" if direction else "")
@@ -256,6 +260,175 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     config = model.config()
     helper.set_model_props(m, {"fusedrnn.config": json.dumps(config, sort_keys=True)})
     return m
+
+
+def _lstm_parameter_count(cfg) -> int:
+    """Parameters an LSTM / RecurrentModel config implies (checked before building it)."""
+    def num(k, default=0):
+        v = cfg.get(k, default)
+        if v is None:
+            return 0
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > 1 << 31:
+            raise OnnxImportError(f"fusedrnn.onnx.load: config field {k!r} = {v!r}")
+        return v
+    H, R, L = num("hidden_size"), num("proj_size"), num("num_layers", 1)
+    D = 2 if cfg.get("bidirectional") else 1
+    C = num("embed_dim") if cfg.get("vocab_size") else num("input_size")
+    total, c_in = 0, C
+    for _ in range(L):
+        total += D * (4 * H * c_in + 4 * H * R + R * H)  # a lower bound: no biases, peepholes
+        c_in = D * R
+    if cfg.get("type") == "RecurrentModel":
+        total += num("vocab_size") * num("embed_dim") + D * R * num("output_size", 1)
+    return total
+
+
+class _ProjectionGraph:
+    """LSTM with projection (``proj_size``) as standard ops: per layer and direction, the input
+    products for all steps (MatMul + Add), then a ``Scan`` whose body is one step of the cell
+    (recurrent MatMul, gates, optional peepholes, c update, h = (o∘tanh c) W_hrᵀ). With
+    lengths, a mask (t < lengths[n]) keeps the state and zeroes the output past each
+    sequence's end (``Where``), and the reverse direction runs on ``ReverseSequence`` of its
+    input, which starts every sequence at its own last step, as fusedrnn's kernels do."""
+
+    def __init__(self, rnn, nodes, init, const_i64, elem, seq_lens, initial_state):
+        self.rnn, self.nodes, self.init, self.const_i64 = rnn, nodes, init, const_i64
+        self.elem, self.seq_lens, self.initial_state = elem, seq_lens, initial_state
+        self.params = {k: v.data for k, v in rnn.named_parameters()}
+        self.shared = None
+
+    def node(self, op, ins, outs, **attrs):
+        from onnx import helper
+        self.nodes.append(helper.make_node(op, ins, outs, name=outs[0], **attrs))
+        return outs[0]
+
+    def common(self, x):
+        """Once: the batch size and, with lengths, the mask [T, N, 1] and int64 lengths."""
+        if self.shared is not None:
+            return self.shared
+        c = self.const_i64
+        shape = self.node("Shape", [x], ["proj.x_shape"])
+        n = self.node("Gather", [shape, c("proj.idx1", [1])], ["proj.batch"], axis=0)
+        out = {"batch": n}
+        if self.seq_lens:
+            t = self.node("Gather", [shape, c("proj.idx0", 0)], ["proj.steps"], axis=0)
+            steps = self.node("Range", [c("proj.zero", 0), t, c("proj.one", 1)],
+                              ["proj.range"])
+            col = self.node("Unsqueeze", [steps, c("proj.ax1", [1])], ["proj.range_col"])
+            lens = self.node("Cast", [self.seq_lens], ["proj.lengths64"], to=7)
+            m = self.node("Less", [col, lens], ["proj.mask_tn"])
+            out["mask"] = self.node("Unsqueeze", [m, c("proj.ax2", [2])], ["proj.mask"])
+            out["lengths"] = lens
+        self.shared = out
+        return out
+
+    def layer(self, layer, seq, y_h, y_c):
+        from onnx import helper
+        rnn, p, c = self.rnn, self.params, self.const_i64
+        H, R, D = rnn.hidden_size, rnn.state_size, rnn.num_directions
+        shared = self.common(seq)
+        outs = []
+        for d in range(D):
+            sfx = f"_l{layer}" + ("_reverse" if d else "")
+            pre = f"l{layer}" + (".reverse" if d else "")
+            x = seq
+            if d and self.seq_lens:
+                x = self.node("ReverseSequence", [seq, shared["lengths"]], [pre + ".x_rev"],
+                              batch_axis=1, time_axis=0)
+            xw = self.node("MatMul", [x, self.init(pre + ".W_ih_t", p["weight_ih" + sfx].T)],
+                           [pre + ".xw"])
+            if rnn.bias:  # two Adds: both biases stay in the file as they are
+                xw = self.node("Add", [xw, self.init(pre + ".bias_ih", p["bias_ih" + sfx])],
+                               [pre + ".xw_bih"])
+                xw = self.node("Add", [xw, self.init(pre + ".bias_hh", p["bias_hh" + sfx])],
+                               [pre + ".xw_b"])
+            states = []
+            for j, (name, size) in enumerate((("h0", R), ("c0", H))):
+                if self.initial_state:
+                    idx = layer * D + d
+                    sl = self.node("Slice", [name, c(f"{pre}.{name}.start", [idx]),
+                                             c(f"{pre}.{name}.end", [idx + 1]),
+                                             c(f"{pre}.{name}.axis", [0])], [f"{pre}.{name}.row"])
+                    states.append(self.node("Squeeze", [sl, c(f"{pre}.{name}.sq", [0])],
+                                            [f"{pre}.{name}"]))
+                else:
+                    shp = self.node("Concat", [shared["batch"], c(f"{pre}.{name}.size", [size])],
+                                    [f"{pre}.{name}.shape"], axis=0)
+                    states.append(self.node(
+                        "ConstantOfShape", [shp], [f"{pre}.{name}"],
+                        value=helper.make_tensor("zero", self.elem, [1], [0.0])))
+            body = self.body(pre, sfx, masked=bool(self.seq_lens))
+            scan_in = [xw] + ([shared["mask"]] if self.seq_lens else [])
+            attrs = dict(body=body, num_scan_inputs=len(scan_in))
+            if d and not self.seq_lens:
+                attrs.update(scan_input_directions=[1] * len(scan_in),
+                             scan_output_directions=[1])
+            self.node("Scan", states + scan_in, [pre + ".h_n", pre + ".c_n", pre + ".y"],
+                      **attrs)
+            y = pre + ".y"
+            if d and self.seq_lens:
+                y = self.node("ReverseSequence", [y, shared["lengths"]], [pre + ".y_fwd"],
+                              batch_axis=1, time_axis=0)
+            outs.append(y)
+            for name, lst in (("h_n", y_h), ("c_n", y_c)):
+                lst.append(self.node("Unsqueeze", [f"{pre}.{name}", c(f"{pre}.{name}.ax", [0])],
+                                     [f"{pre}.{name}.row"]))
+        if D == 1:
+            return outs[0]
+        return self.node("Concat", outs, [f"l{layer}.out"], axis=2)
+
+    def body(self, pre, sfx, masked):
+        from onnx import helper, numpy_helper
+        p, rnn = self.params, self.rnn
+        H, R = rnn.hidden_size, rnn.state_size
+        e = self.elem
+        nodes, inits = [], []
+
+        def n(op, ins, out, **attrs):
+            nodes.append(helper.make_node(op, ins, [out], **attrs))
+            return out
+
+        def const(name, a):
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(a), name))
+            return name
+
+        g = n("Add", ["x_t", n("MatMul", ["h", const("W_hh_t", p["weight_hh" + sfx].T)],
+                               "rec")], "gates")
+        nodes.append(helper.make_node("Split", [g, const("split", np.array([H] * 4, np.int64))],
+                                      ["gi", "gf", "gg", "go"], axis=1))
+        gi, gf, go = "gi", "gf", "go"
+        peep = p.get("weight_peep" + sfx)
+        if peep is not None:
+            gi = n("Add", [gi, n("Mul", ["c", const("p_i", peep[0])], "pic")], "gi_p")
+            gf = n("Add", [gf, n("Mul", ["c", const("p_f", peep[1])], "pfc")], "gf_p")
+        i = n("Sigmoid", [gi], "i")
+        f = n("Sigmoid", [gf], "f")
+        gg = n("Tanh", ["gg"], "g")
+        c_new = n("Add", [n("Mul", [f, "c"], "fc"), n("Mul", [i, gg], "ig")], "c_new")
+        if peep is not None:
+            go = n("Add", [go, n("Mul", [c_new, const("p_o", peep[2])], "poc")], "go_p")
+        o = n("Sigmoid", [go], "o")
+        h_new = n("MatMul", [n("Mul", [o, n("Tanh", [c_new], "tc")], "oc"),
+                             const("W_hr_t", p["weight_hr" + sfx].T)], "h_new")
+        if masked:
+            zero = const("zero", np.zeros((), rnn.dtype))
+            n("Where", ["m_t", h_new, "h"], "h_out")
+            n("Where", ["m_t", c_new, "c"], "c_out")
+            n("Where", ["m_t", h_new, zero], "y_t")
+        else:
+            n("Identity", [h_new], "h_out")
+            n("Identity", [c_new], "c_out")
+            n("Identity", [h_new], "y_t")
+        from onnx import TensorProto
+        ins = [helper.make_tensor_value_info("h", e, ["N", R]),
+               helper.make_tensor_value_info("c", e, ["N", H]),
+               helper.make_tensor_value_info("x_t", e, ["N", 4 * H])]
+        if masked:
+            ins.append(helper.make_tensor_value_info("m_t", TensorProto.BOOL, ["N", 1]))
+        out_info = [helper.make_tensor_value_info("h_out", e, ["N", R]),
+                    helper.make_tensor_value_info("c_out", e, ["N", H]),
+                    helper.make_tensor_value_info("y_t", e, ["N", R])]
+        return helper.make_graph(nodes, pre + ".step", ins, out_info, initializer=inits)
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -442,10 +615,96 @@ class _Importer:
         self.inputs = [i.name for i in g.input if i.name not in init_names]
         for name in self.inputs:
             env[name] = _Sym("input", name=name)
+        if any(n.op_type == "Scan" for n in g.node):
+            return self.projection(env, init_names)
         self.rec = []  # recurrent nodes in graph order: dicts
         for node in g.node:
             self.visit(node, env)
         return self.build(env, [o.name for o in g.output])
+
+    def projection(self, env, init_names):
+        """fusedrnn's own per-step (Scan) export of an LSTM with projection: the model is
+        rebuilt from the config in the file's metadata and the weights from the initializers
+        (by name), then exported again: the graph must be identical to the file's, node for
+        node and bit for bit, or the file is refused."""
+        from .module import module_from_config
+        scan = next(n for n in self.proto.graph.node if n.op_type == "Scan")
+        where = f"node {scan.name!r} (Scan)"
+        props = {p.key: p.value for p in self.proto.metadata_props}
+        try:
+            cfg = json.loads(props.get("fusedrnn.config", "null"))
+        except ValueError:
+            cfg = None
+        lstm = isinstance(cfg, dict) and (cfg.get("type") == "LSTM" or (
+            cfg.get("type") == "RecurrentModel" and cfg.get("cell") == "lstm"))
+        if not lstm or not isinstance(cfg.get("proj_size"), int) or cfg["proj_size"] < 1:
+            raise self.err(f"{where}: Scan graphs are imported only as fusedrnn.onnx.export "
+                           f"writes them (an LSTM with projection, its config in the "
+                           f"metadata); this one is not")
+        weights = {k: v for k, v in env.items() if k in init_names}
+        for node in self.proto.graph.node:
+            if node.op_type == "Scan":
+                for a in node.attribute:
+                    if a.name == "body":
+                        for t in a.g.initializer:
+                            weights[node.name.rsplit(".", 1)[0] + ".scan.body." + t.name] = \
+                                self.tensor(t, where)
+        n_float = sum(v.size for v in weights.values() if v.dtype.kind == "f")
+        if _lstm_parameter_count(cfg) > n_float:
+            raise self.err(f"{where}: the metadata's config does not match the weights")
+        try:
+            model = module_from_config(cfg)
+        except (TypeError, ValueError, KeyError) as e:
+            raise self.err(f"{where}: the metadata's config is not valid ({e})") from e
+        rnn = model.rnn if isinstance(model, RecurrentModel) else model
+        state = {}
+        prefix = "rnn." if isinstance(model, RecurrentModel) else ""
+        get = lambda name: weights.get(name)  # noqa: E731
+        for layer, d, sfx in rnn._suffixes():
+            pre = f"l{layer}" + (".reverse" if d else "")
+            body = pre + ".scan.body."
+            for ours, name, t in (("weight_ih", pre + ".W_ih_t", True),
+                                  ("bias_ih", pre + ".bias_ih", False),
+                                  ("bias_hh", pre + ".bias_hh", False),
+                                  ("weight_hh", body + "W_hh_t", True),
+                                  ("weight_hr", body + "W_hr_t", True)):
+                a = get(name)
+                if a is None:
+                    if ours.startswith("bias") and not rnn.bias:
+                        continue
+                    raise self.err(f"{where}: initializer {name!r} is missing")
+                state[prefix + ours + sfx] = np.ascontiguousarray(a.T if t else a)
+            if rnn.peepholes:
+                parts = [get(body + k) for k in ("p_i", "p_f", "p_o")]
+                if any(v is None for v in parts):
+                    raise self.err(f"{where}: peephole initializers are missing")
+                state[prefix + "weight_peep" + sfx] = np.stack(parts)
+        if isinstance(model, RecurrentModel):
+            if model.embed is not None and get("embed.weight") is not None:
+                state["embed.weight"] = get("embed.weight")
+            if get("head.weight_t") is not None:
+                state["head.weight"] = np.ascontiguousarray(get("head.weight_t").T)
+            if get("head.bias") is not None:
+                state["head.bias"] = get("head.bias")
+        try:
+            model.load_state_dict(state)
+        except (TypeError, ValueError, KeyError) as e:
+            raise self.err(f"{where}: the weights do not fit the config ({e})") from e
+        inputs = set(self.inputs)
+        kw = dict(lengths="lengths" in inputs, initial_state="h0" in inputs)
+        try:
+            again = to_model_proto(model, opset=self.opset, **kw)
+        except ValueError as e:
+            raise self.err(f"{where}: {e}") from e
+        if again.graph != self.proto.graph:
+            raise self.err(f"{where}: the graph differs from the one fusedrnn.onnx.export "
+                           f"writes for its config and weights; refused (nothing is "
+                           f"imported approximately)")
+        model.eval()
+        model.onnx_inputs = {"x": "x", "lengths": "lengths" if kw["lengths"] else None,
+                             "h0": "h0" if kw["initial_state"] else None,
+                             "c0": "c0" if kw["initial_state"] else None}
+        return model
 
     # -- abstract interpretation of one node ----------------------------------------------
     def visit(self, node, env):
@@ -507,8 +766,9 @@ class _Importer:
     def symbolic(self, node, op, ins, attrs, where):
         """Ops on values that depend on the graph inputs."""
         x = ins[0]
+        described = ", ".join(_describe(v) if v is not None else "nothing" for v in ins)
         bad = lambda: self.err(f"{where}: fusedrnn cannot import this use of {op} on "  # noqa
-                               f"{', '.join(_describe(v) if v is not None else 'nothing' for v in ins)}")
+                               f"{described}")
         # shape arithmetic: anything computed from Shape() of a runtime tensor; `dims` lists
         # what is known of each element (an int, or an axis label such as 'T'), else None
         if op in ("Shape", "Size"):
@@ -864,7 +1124,8 @@ class _Importer:
                         raise self.err(f"graph output {name!r} holds the final states of layers "
                                        f"{v.ops}, not of all {L} layers in order")
             else:
-                raise self.err(f"graph output {name!r} is {_describe(v) if v is not None else 'missing'}, "
+                what = _describe(v) if v is not None else "missing"
+                raise self.err(f"graph output {name!r} is {what}, "
                                f"not a sequence output or final state fusedrnn computes")
         if seq_out is None:
             raise self.err("the graph has no sequence output (the last layer's Y)")
