@@ -476,8 +476,8 @@ def load(path):
 
     Returns a fusedrnn ``LSTM``/``GRU``/``RNN`` layer (``batch_first`` when the graph
     transposes its input and output so), or a :class:`RecurrentModel` when the graph also has
-    an embedding (``Gather`` of a constant table by the integer input) and/or a head
-    (``MatMul`` [+ ``Add``], or ``Gemm``, on the last layer's output). Its ``forward(x, state,
+    a head (``MatMul`` [+ ``Add``] on the last layer's output), with or without an embedding
+    (``Gather`` of a constant table by the integer input). Its ``forward(x, state,
     lengths)`` computes the graph: the graph input that reaches ``sequence_lens`` is
     ``lengths``, those that reach ``initial_h``/``initial_c`` are the state.
 
@@ -486,8 +486,10 @@ def load(path):
     Squeeze/Unsqueeze, Reshape, Gather, Concat, Slice, Cast, constants computed from ``Shape``
     such as torch's zero initial states) and ``com.microsoft.DynamicQuantizeLSTM``: fusedrnn has
     no int8 kernels yet, so its int8 weights are **dequantised** to float32
-    ((w - zero_point) * scale, exactly) and run in float32 -- ONNX Runtime instead quantises the
-    input of every step to uint8, so the two differ by that quantisation (see the README).
+    ((w - zero_point) * scale in float32, one rounding as in DequantizeLinear) and run in
+    float32 -- ONNX Runtime instead quantises the input of every step to uint8, so the two
+    differ by that quantisation (see the README). An LSTM with projection is read back only
+    from the ``Scan`` graph :func:`export` writes (re-exported and compared).
 
     Raises :class:`OnnxImportError` (a ValueError) naming the node and attribute for anything
     fusedrnn cannot run exactly (non-default activations, ``clip``, ``input_forget``,
