@@ -83,3 +83,14 @@ def test_errors(tmp_path, checkpoint, capsys):
         assert err.startswith("fusedrnn: error: ") and match in err and err.count("\n") == 1, err
     assert out.read_bytes() == b"old"
     assert main(["export", str(path), "--out", "x"]) == 2  # --format is required
+
+
+def test_import_fusedrnn_imports_no_interchange_package():
+    import subprocess
+    import sys
+    code = ("import sys, fusedrnn; fusedrnn.onnx; fusedrnn.keras; "
+            "print(sorted(m for m in ('onnx', 'h5py', 'keras', 'onnxruntime', 'torch') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
