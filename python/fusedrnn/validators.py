@@ -5,8 +5,10 @@ functions, so that one kind of value (a size, a probability, a choice) is accept
 the same way everywhere, with the same message. Each returns the value in its canonical Python
 type and raises ``ValueError`` (``TypeError`` for :func:`dtype`) naming the argument::
 
-    positive_int("LSTM", "hidden_size", 0)   # ValueError: LSTM: hidden_size must be an integer >= 1, got 0
-    positive_int(None, "--hidden", 0)        # ValueError: --hidden must be an integer >= 1, got 0
+    positive_int("LSTM", "hidden_size", 0)
+    # ValueError: LSTM: hidden_size must be an integer >= 1, got 0
+    positive_int(None, "--hidden", 0)
+    # ValueError: --hidden must be an integer >= 1, got 0
 
 ``where`` is the function or class the value enters through (None for a command-line flag,
 whose name already says where it comes from). :func:`flag_name` turns an argparse destination

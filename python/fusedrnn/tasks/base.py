@@ -73,6 +73,7 @@ class Task:
         # task flags given a value (not None) when the task was made: _restore_flags keeps them
         self._given = {k for k in TASK_FLAGS if getattr(args, k, None) is not None}
         self.check_bidirectional(args)
+        self.resolve_flags()
 
     @classmethod
     def check_bidirectional(cls, args: argparse.Namespace) -> None:
@@ -82,6 +83,14 @@ class Task:
                              f"({cls.unidirectional_reason})")
 
     # -- flags -------------------------------------------------------------------------------
+    def resolve_flags(self) -> None:
+        """Checks this task's flags and writes them to ``self.args`` (the user's value, else the
+        task default); called at the end of ``Task.__init__`` and by tasks after ``restore``.
+        The base class checks the model flags every task has (cell, hidden, layers,
+        batch_size, dropout, seed); tasks with more flags extend it."""
+        from .common import model_flags
+        model_flags(self, lower_cell=True)
+
     def flag(self, name: str) -> Any:
         """args.<name>, or this task's default when it has no value."""
         v = getattr(self.args, name, None)

@@ -34,7 +34,6 @@ from ..data import batchify, bptt_chunks
 from ..models import RecurrentModel
 from ..module import Module
 from .base import DataError, Task
-from .common import model_flags
 from .guards import read_limited
 
 __all__ = ["CharLM", "load_default_corpus"]
@@ -99,7 +98,6 @@ class CharLM(Task):
         self.baseline_bpc: Optional[float] = None
         self._state = None          # fusedrnn state carried across training chunks
         self._tstate = None         # the torch twin's
-        model_flags(self)
 
     # -- data ------------------------------------------------------------------------------
     def _set_vocab(self, chars: List[str]) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Linear, Module, register_module
 from .base import Task
-from .common import check_choice, check_int, make_rnn, model_flags, sub_seed
+from .common import check_choice, check_int, make_rnn, sub_seed
 
 __all__ = ["Classify", "SequenceClassifier", "make_adding", "make_temporal_order"]
 
@@ -183,15 +183,14 @@ class Classify(Task):
     eval_batch = 500
 
     def __init__(self, args):
-        super().__init__(args)
         self.val = None
-        self._resolve()
+        super().__init__(args)
 
     # -- flags ----------------------------------------------------------------------------------
-    def _resolve(self) -> None:
+    def resolve_flags(self) -> None:
+        super().resolve_flags()
         a = self.args
         a.problem = check_choice("problem", self.flag("problem"), PROBLEMS)
-        model_flags(self)
         shortest = 2 if a.problem == "adding" else 10
         a.min_length = check_int("min_length", self.flag("min_length"), minimum=shortest)
         a.max_length = check_int("max_length", self.flag("max_length"), minimum=shortest)
@@ -325,7 +324,7 @@ class Classify(Task):
         regenerates the same validation set), except those given a value when this task was
         made (the user's flags win, as in the trainer)."""
         self._restore_flags(metadata)
-        self._resolve()
+        self.resolve_flags()
 
     # -- predict --------------------------------------------------------------------------------
     def _parse(self, i: int, line: str) -> np.ndarray:

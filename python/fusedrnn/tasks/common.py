@@ -57,14 +57,14 @@ def model_flags(task, lower_cell: bool = False) -> Dict[str, Any]:
 
 
 def model_kwargs(task, dtype=None) -> Dict[str, Any]:
-    """Constructor arguments of an embedding + recurrent model (tag, translate): the checked
-    model flags, ``--embed``, ``--bidirectional`` and the dtype (``dtype``, else
-    ``args.dtype``, else float32)."""
-    f = model_flags(task, lower_cell=True)
-    return dict(embed=check_int("embed", task.flag("embed")), hidden=f["hidden"],
-                layers=f["layers"], cell=f["cell"],
-                bidirectional=bool(task.flag("bidirectional")), dropout=f["dropout"],
-                dtype=dtype or getattr(task.args, "dtype", None) or "float32", seed=f["seed"])
+    """Constructor arguments of an embedding + recurrent model (tag, translate): the model
+    flags (checked by ``Task.resolve_flags``), ``--embed`` (checked here), ``--bidirectional``
+    and the dtype (``dtype``, else ``args.dtype``, else float32)."""
+    a = task.args
+    return dict(embed=check_int("embed", task.flag("embed")), hidden=a.hidden,
+                layers=a.layers, cell=a.cell, bidirectional=bool(task.flag("bidirectional")),
+                dropout=a.dropout, dtype=dtype or getattr(a, "dtype", None) or "float32",
+                seed=a.seed)
 
 
 # -- models -------------------------------------------------------------------------------------

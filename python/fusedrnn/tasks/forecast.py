@@ -37,7 +37,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Linear, Module, register_module
 from .base import DataError, Task
-from .common import check_choice, check_int, make_rnn, model_flags, sub_seed
+from .common import check_choice, check_int, make_rnn, sub_seed
 from .guards import read_text
 
 __all__ = ["Forecast", "ForecastEncoder", "JordanForecaster", "mackey_glass"]
@@ -315,18 +315,17 @@ class Forecast(Task):
     eval_batch = 1024
 
     def __init__(self, args):
-        super().__init__(args)
         self.mean: Optional[float] = None
         self.std: Optional[float] = None
         self.series: Optional[np.ndarray] = None
         self.source = None
-        self._resolve()
+        super().__init__(args)
 
     # -- flags ----------------------------------------------------------------------------------
-    def _resolve(self) -> None:
+    def resolve_flags(self) -> None:
+        super().resolve_flags()
         a = self.args
         a.model = check_choice("model", self.flag("model"), MODELS)
-        model_flags(self)
         a.window = check_int("window", self.flag("window"))
         a.horizon = check_int("horizon", self.flag("horizon"))
         a.data = getattr(a, "data", None)
@@ -524,7 +523,7 @@ class Forecast(Task):
         when this task was made (the user's flags win, as in the trainer: e.g. ``--data`` to
         evaluate on another file)."""
         self._restore_flags(metadata)
-        self._resolve()
+        self.resolve_flags()
         self.source = metadata.get("source", self.source)
         if metadata.get("mean") is not None:
             self.mean, self.std = float(metadata["mean"]), float(metadata["std"])

@@ -483,6 +483,7 @@ class Tag(Task):
 
     def restore(self, metadata: Dict[str, Any]) -> None:
         self._restore_flags(metadata)
+        self.resolve_flags()
         self.vocab = list(metadata["vocab"])
         self.tags = list(metadata["tags"])
         self.split_seed = metadata.get("split_seed")

@@ -38,8 +38,8 @@ from . import get_task
 from .base import TASK_FLAGS, DataError, Task
 from .guards import check_memory, dumps, json_safe, prepare_out_dir
 
-__all__ = ["UsageError", "TrainingError", "OutputError", "GENERIC_DEFAULTS", "resolve", "parse_eval_every",
-           "read_checkpoint", "load_task_and_model", "train"]
+__all__ = ["UsageError", "TrainingError", "OutputError", "GENERIC_DEFAULTS", "resolve",
+           "parse_eval_every", "read_checkpoint", "load_task_and_model", "train"]
 
 # Used where neither the user nor the task gives a value.
 GENERIC_DEFAULTS: Dict[str, Any] = {
@@ -566,9 +566,9 @@ class Run:
         finally:
             errstate.__exit__(None, None, None)
             progress.close()
-        if best_snapshot is None and run_steps and model is self.model:
-            # no validation finished (cut by the time budget, or non-finite metrics): the
-            # trained model is kept all the same, unvalidated
+        if best_snapshot is None and best is None and run_steps and model is self.model:
+            # no validation gave a finite metric, in this run or the resumed one (cut by the
+            # time budget, or NaN): the trained model is kept all the same, unvalidated
             best_snapshot = self._snapshot(model, step0 + run_steps, epoch0 + task.epoch)
             best_snapshot["validated"] = False
         return {"cut": cut, "history": history, "step_losses": step_losses, "units": units,
@@ -838,7 +838,8 @@ class Run:
           f"{m['train_time_s']:.1f} s at {rate or 0:,.0f} {task.unit}s/s, validation "
           f"{m['eval_time_s']:.1f} s)")
         if "checkpoint" in paths:
-            p(f"saved {paths['checkpoint']} (best, step {self.snapshot['step']})")
+            kind = "best" if self.snapshot.get("validated", True) else "last, unvalidated"
+            p(f"saved {paths['checkpoint']} ({kind}, step {self.snapshot['step']})")
         p(f"saved {paths['metrics']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
         if "task_plot" in paths:
             p(f"saved {paths['task_plot']}")

@@ -522,6 +522,7 @@ class Translate(Task):
 
     def restore(self, metadata: Dict[str, Any]) -> None:
         self._restore_flags(metadata)
+        self.resolve_flags()
         self.src_vocab = list(metadata["src_vocab"])
         self.tgt_vocab = list(metadata["tgt_vocab"])
         self.max_len = int(metadata["max_len"])
