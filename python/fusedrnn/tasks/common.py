@@ -19,7 +19,8 @@ from ..models import CELLS, cell_class
 from ..module import Dropout
 
 __all__ = ["CELLS", "cell_class", "check_int", "check_choice", "check_dropout", "model_flags",
-           "model_kwargs", "make_rnn", "sub_seed", "sub_seeds", "torch_parts"]
+           "model_kwargs", "make_rnn", "sub_seed", "sub_seeds", "torch_parts",
+           "torch_sequence_loss"]
 
 
 # -- flag checks (messages name the flag) -------------------------------------------------------
@@ -94,6 +95,16 @@ def sub_seeds(seed: Optional[int], n: int) -> List[Optional[int]]:
 
 
 # -- torch twins (--compare-torch) ---------------------------------------------------------------
+def torch_sequence_loss(logits, targets: np.ndarray, lengths: np.ndarray) -> float:
+    """Mean cross-entropy of torch ``logits`` [T, N, V] against ``targets`` [T, N] over the
+    valid steps (t < lengths[n]); runs backward() and returns the loss."""
+    import torch
+    valid = torch.from_numpy(np.arange(targets.shape[0])[:, None] < lengths[None, :])
+    loss = torch.nn.functional.cross_entropy(logits[valid], torch.from_numpy(targets)[valid])
+    loss.backward()
+    return float(loss.detach())
+
+
 @functools.lru_cache(maxsize=None)
 def torch_parts():
     """(MaskDropout, Recurrent): torch modules for the --compare-torch twins (torch is imported

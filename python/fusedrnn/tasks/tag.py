@@ -26,7 +26,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
-from .common import make_rnn, model_kwargs, sub_seeds, torch_parts
+from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
 from .guards import read_limited
 
 __all__ = ["Tag", "SequenceTagger", "spans", "span_f1"]
@@ -523,10 +523,7 @@ class Tag(Task):
         x, y, lengths = batch
         tmodel.train()
         logits = tmodel(torch.from_numpy(x), torch.from_numpy(lengths))
-        valid = torch.from_numpy(np.arange(x.shape[0])[:, None] < lengths[None, :])
-        loss = torch.nn.functional.cross_entropy(logits[valid], torch.from_numpy(y)[valid])
-        loss.backward()
-        return float(loss.detach()), int(lengths.sum())
+        return torch_sequence_loss(logits, y, lengths), int(lengths.sum())
 
     def torch_evaluate(self, tmodel) -> Dict[str, float]:
         import torch

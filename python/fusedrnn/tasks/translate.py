@@ -26,7 +26,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
-from .common import make_rnn, model_kwargs, sub_seeds, torch_parts
+from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
 from .guards import check_memory, read_limited
 
 __all__ = ["Translate", "Seq2Seq", "format_date", "FORMATS", "iso_baseline"]
@@ -588,10 +588,7 @@ class Translate(Task):
         tmodel.train()
         logits = tmodel(torch.from_numpy(src), torch.from_numpy(src_len), torch.from_numpy(tin),
                         torch.from_numpy(tgt_len))
-        valid = torch.from_numpy(np.arange(tin.shape[0])[:, None] < tgt_len[None, :])
-        loss = torch.nn.functional.cross_entropy(logits[valid], torch.from_numpy(tout)[valid])
-        loss.backward()
-        return float(loss.detach()), src.shape[1]
+        return torch_sequence_loss(logits, tout, tgt_len), src.shape[1]
 
     def torch_evaluate(self, tmodel) -> Dict[str, float]:
         """The torch twin's weights copied into a fusedrnn Seq2Seq, evaluated the same way
