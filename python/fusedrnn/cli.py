@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this much training (validation included)")
     g.add_argument("--eval-every", metavar="N|Ns",
                    help="validate every N steps or every N seconds ('30s'); default: 10 times "
-                        "per --steps run, 12 times per --time-budget; always at the end")
+                        "per --steps run, 12 times per --time-budget, skipping those that would "
+                        "make validation take longer than training; always at the end")
     g.add_argument("--seed", type=nonneg_int, help="seeds the weights, batches and dropout "
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
