@@ -358,13 +358,19 @@ def _parse_entry(where: str, name: str, entry) -> Tuple[np.dtype, Tuple[int, ...
     return dt, tuple(shape), begin, end
 
 
+def _reader_path(fn: str, path) -> Tuple[str, str]:
+    """(path as str, the prefix of error messages); CheckpointError for a directory."""
+    path = _check_path(fn, path)
+    where = f"{fn}({path!r})"
+    if os.path.isdir(path):
+        raise CheckpointError(f"{where}: {path} is a directory, not a safetensors file")
+    return path, where
+
+
 def tensor_shapes(path) -> Dict[str, Tuple[int, ...]]:
     """name -> shape of the tensors of a safetensors file, from its header alone (nothing else
     is read or allocated); CheckpointError for a malformed header."""
-    path = _check_path("tensor_shapes", path)
-    where = f"tensor_shapes({path!r})"
-    if os.path.isdir(path):
-        raise CheckpointError(f"{where}: {path} is a directory, not a safetensors file")
+    path, where = _reader_path("tensor_shapes", path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
@@ -381,10 +387,7 @@ def load_tensors(path) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
     The arrays are owned, writeable, C-contiguous and in native byte order. Anything
     inconsistent raises :class:`CheckpointError` before the tensors are read.
     """
-    path = _check_path("load_tensors", path)
-    where = f"load_tensors({path!r})"
-    if os.path.isdir(path):
-        raise CheckpointError(f"{where}: {path} is a directory, not a safetensors file")
+    path, where = _reader_path("load_tensors", path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
