@@ -144,6 +144,35 @@ def test_disk_full_during_save_keeps_the_old_checkpoint(tmp_path, monkeypatch, c
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 
 
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 512 KiB tmpfs (root with mount rights only; skipped elsewhere)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                           capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("cannot run mount")
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
+
+
+def test_disk_full_on_a_real_tiny_filesystem(tiny_tmpfs):
+    out = tiny_tmpfs / "run"
+    assert run(T + ["--out", str(out)]).returncode == 0
+    before = (out / "model.safetensors").read_bytes()
+    p = run(T + ["--out", str(out), "--overwrite", "--hidden", "160"])
+    one_line_error(p, r"cannot write .*model\.safetensors: No space left on device "
+                      r"\(\d+\.\d MiB needed\)")
+    assert (out / "model.safetensors").read_bytes() == before
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
 def test_disk_full_simulated_with_dev_full_for_metrics(tmp_path, monkeypatch):
     # metrics.json goes through the same atomic writer: a failing write names the path
     def full(f, a):

@@ -38,7 +38,7 @@ from .. import losses
 from ..module import Dropout, Linear, Module, register_module
 from .base import DataError, Task
 from .common import check_choice, check_int, make_rnn, sub_seed
-from .guards import read_text
+from .guards import read_text, save_figure
 
 __all__ = ["Forecast", "ForecastEncoder", "JordanForecaster", "mackey_glass"]
 
@@ -507,8 +507,10 @@ class Forecast(Task):
         ax2.set_ylabel("validation RMSE")
         ax2.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            save_figure(fig, path)
+        finally:
+            plt.close(fig)
         return path
 
     # -- checkpoints ----------------------------------------------------------------------------

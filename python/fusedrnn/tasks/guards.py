@@ -18,7 +18,8 @@ import stat
 from typing import Any, Iterable, List, Optional, Tuple
 
 __all__ = ["TooLarge", "available_memory", "fmt_bytes", "check_memory", "read_text",
-           "read_lines", "read_limited", "json_safe", "dumps", "prepare_out_dir", "MAX_TEXT_BYTES"]
+           "read_lines", "read_limited", "json_safe", "dumps", "save_figure", "prepare_out_dir",
+           "MAX_TEXT_BYTES"]
 
 #: the largest data or input file read (text); above it the memory of its encoded form (8-byte
 #: tokens, windows) would dominate a run on any ordinary machine
@@ -178,6 +179,17 @@ def dumps(obj: Any, **kw) -> str:
     if found and isinstance(clean, dict):
         clean["non_finite_as_null"] = found
     return json.dumps(clean, allow_nan=False, default=str, **kw)
+
+
+def save_figure(fig, path: str) -> None:
+    """A matplotlib figure as PNG to ``path`` through the atomic writer (an error names the
+    path and the bytes needed; a failed write leaves no partial file)."""
+    import io
+
+    from ..io import write_file
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    write_file(path, buf.getvalue())
 
 
 # -- the output directory ------------------------------------------------------------------------

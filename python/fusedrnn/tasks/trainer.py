@@ -36,7 +36,7 @@ from ..functional import get_num_threads, set_num_threads
 from ..io import CheckpointError
 from . import get_task
 from .base import TASK_FLAGS, DataError, Task
-from .guards import check_memory, dumps, json_safe, prepare_out_dir
+from .guards import check_memory, dumps, json_safe, prepare_out_dir, save_figure
 
 __all__ = ["UsageError", "TrainingError", "OutputError", "GENERIC_DEFAULTS", "resolve",
            "parse_eval_every", "read_checkpoint", "load_task_and_model", "train"]
@@ -800,8 +800,10 @@ class Run:
             ax.legend()
         fig.suptitle(f"fusedrnn train --task {task.name}")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            save_figure(fig, path)
+        finally:
+            plt.close(fig)
         return path
 
     # -- report ----------------------------------------------------------------------------
