@@ -256,6 +256,35 @@ def test_stale_temporaries_are_cleaned(tmp_path):
     assert not old.exists() and young.exists() and other.exists()
 
 
+def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "m.safetensors"
+    code = f"""
+import fusedrnn
+m = fusedrnn.LSTM(512, 512, num_layers=2, seed=0)       # a 17 MB file
+i = 0
+while True:
+    m.weight_ih_l0.data[0, 0] = i
+    fusedrnn.save({str(path)!r}, m)
+    i += 1
+    print(i, flush=True)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=ENV,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "1"      # one save done, the next under way
+        time.sleep(0.2)
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+    ck = fusedrnn.load(path)                           # the last complete save
+    assert ck.model.weight_ih_l0.data[0, 0] >= 0
+    past = time.time() - 3600                          # older than STALE_TMP_SECONDS
+    for n in os.listdir(tmp_path):
+        os.utime(tmp_path / n, (past, past))
+    fusedrnn.save(path, ck.model)                      # cleans what the kill left
+    assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
 def test_save_to_directory_names_the_users_path(tmp_path):
     with pytest.raises(OSError, match=re.escape(f"cannot write {tmp_path}: it is a directory")):
         fusedrnn.save(tmp_path, _model())
