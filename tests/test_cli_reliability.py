@@ -423,7 +423,8 @@ def test_time_budget_holds_with_a_slow_validation(tmp_path):
              "--threads", "1", "--out", str(out)])
     assert p.returncode == 0, p.stderr
     m = strict_json((out / "metrics.json").read_text())
-    assert m["train_time_s"] + m["eval_time_s"] <= budget * 1.1 + 1.5, m
+    step = m["train_time_s"] / m["steps"]          # a training step is never cut
+    assert m["train_time_s"] + m["eval_time_s"] <= budget * 1.1 + 0.5 + step + 0.5, m
     assert (out / "model.safetensors").is_file()      # kept even if no validation finished
 
 
