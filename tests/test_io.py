@@ -469,6 +469,7 @@ def small_model(dtype="float32"):
     return m
 
 
+@pytest.mark.filterwarnings("ignore::fusedrnn.io.NonFiniteWeightsWarning")  # the NaN below
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_model_rebuilt_from_config(tmp_path, dtype):
     m = small_model(dtype)

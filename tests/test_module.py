@@ -347,7 +347,12 @@ def test_attribute_reassignment_and_deletion():
     net = Net()
     net.head = None
     assert "head" not in dict(net.named_children())
-    net.scale = np.ones(3)                                 # no longer a Parameter
+    with pytest.raises(ValueError, match=r"Net\.scale: expected a float array of shape"):
+        net.scale = np.ones(3)                             # a Parameter stays a Parameter
+    with pytest.raises(TypeError, match=r"Net\.scale is a Parameter"):
+        net.scale = "x"
+    del net.scale                                          # unregistered only explicitly
+    net.scale = np.ones(3)
     assert "scale" not in dict(net.named_parameters())
     del net.emb
     assert [n for n, _ in net.named_parameters()][0] == "body.0.weight"

@@ -10,21 +10,26 @@
     fusedrnn info                            version and build (compiler, instruction set, threads)
 
 Flag precedence: the user's flag > the task's defaults > the generic defaults. Mistakes the user
-can fix (bad flags or values, bad data files, bad checkpoints) print one line
-``fusedrnn: error: ...`` and exit with status 2.
+can fix (bad flags or values, bad data files, bad checkpoints, a configuration too large for the
+memory, an unusable --out, a diverging loss, a failed write) print one line
+``fusedrnn: error: ...`` and exit with status 2. A closed standard output (``| head``) does not
+stop a command: ``train`` still saves; the exit status is then 141, silently. Warnings are one
+line ``fusedrnn: warning: ...``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
+
+from . import validators as V
 
 __all__ = ["main", "build_parser"]
 
@@ -41,42 +46,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- value types (argparse turns ArgumentTypeError into a one-line error) -------------------------
-def _int_at_least(minimum):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
-        return v
-    parse.__name__ = "integer"
-    return parse
-
-
-def _float_in(lo, hi=math.inf, lo_open=False, hi_open=True, what=None):
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-        ok = math.isfinite(v) and (v > lo if lo_open else v >= lo) and \
-            (v < hi if hi_open else v <= hi)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be {what}, got {s}")
-        return v
-    parse.__name__ = "number"
-    return parse
-
-
-positive_int = _int_at_least(1)
-nonneg_int = _int_at_least(0)
-positive_float = _float_in(0, lo_open=True, what="a number > 0")
-nonneg_float = _float_in(0, what="a number >= 0")
-probability = _float_in(0, 1, what="in [0, 1)")
+positive_int = V.parse_int(1)
+nonneg_int = V.parse_int(0)
+positive_float = V.parse_float(0, lo_open=True, what="a number > 0")
+nonneg_float = V.parse_float(0, what="a number >= 0")
+probability = V.parse_float(0, 1, what="in [0, 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models import CELLS
     from .tasks import TASK_NAMES
     from .tasks.trainer import OPTIMIZERS
 
@@ -97,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "task's time budget).")
     g = t.add_argument_group("task and model")
     g.add_argument("--task", choices=TASK_NAMES, help="default: charlm")
-    g.add_argument("--cell", choices=("lstm", "gru", "rnn"))
+    g.add_argument("--cell", choices=tuple(CELLS))
     g.add_argument("--hidden", type=positive_int, metavar="H", help="hidden units per layer")
     g.add_argument("--layers", type=positive_int, metavar="L")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
@@ -128,12 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this much training (validation included)")
     g.add_argument("--eval-every", metavar="N|Ns",
                    help="validate every N steps or every N seconds ('30s'); default: 10 times "
-                        "per --steps run, 12 times per --time-budget; always at the end")
+                        "per --steps run, 12 times per --time-budget, skipping those that would "
+                        "make validation take longer than training; always at the end")
     g.add_argument("--seed", type=nonneg_int, help="seeds the weights, batches and dropout "
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
     g = t.add_argument_group("output")
-    g.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>)")
+    g.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>); "
+                                                "created and checked before training")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace a model already in --out (without it a fresh run refuses to "
+                        "overwrite one; --resume of that model continues it in place)")
     g.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue from a checkpoint: model, optimiser state, step count, best "
                         "metric (--steps etc. then count this run's steps)")
@@ -275,8 +258,9 @@ def cmd_evaluate(args, t_start) -> int:
     metrics = task.evaluate(model)
     dt = time.perf_counter() - t0
     if args.json:
-        print(json.dumps({"task": task.name, "step": meta.get("trainer", {}).get("step"),
-                          **metrics, "seconds": round(dt, 3)}))
+        from .tasks.guards import dumps
+        print(dumps({"task": task.name, "step": meta.get("trainer", {}).get("step"),
+                     **metrics, "seconds": round(dt, 3)}))
         return 0
     step = meta.get("trainer", {}).get("step")
     print(f"{task.name} checkpoint {args.checkpoint}" + (f" (step {step})" if step else ""))
@@ -300,18 +284,9 @@ def cmd_generate(args, t_start) -> int:
 
 @_user_errors
 def cmd_predict(args, t_start) -> int:
-    from .tasks.base import DataError
+    from .tasks.guards import read_lines
     task, model, _, _ = _load(args, prepare=False)
-    if args.input:
-        try:
-            with open(args.input, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except FileNotFoundError:
-            raise DataError(f"input file {args.input} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read input file {args.input}: {e}") from None
-    else:
-        lines = sys.stdin.read().splitlines()
+    lines = read_lines(args.input)       # size-limited: /dev/zero is refused, not read
     model.eval()
     try:
         out = task.predict(model, lines)
@@ -569,7 +544,8 @@ def cmd_import(args, t_start) -> int:
 
 # -- entry point ---------------------------------------------------------------------------------
 def main(argv: Optional[List[str]] = None) -> int:
-    """Runs the command; returns the exit status (0 ok, 2 usage / data / checkpoint error)."""
+    """Runs the command; returns the exit status (0 ok, 2 an error printed as one line, 130
+    interrupted, 141 standard output closed)."""
     t_start = time.perf_counter()
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -585,25 +561,78 @@ def main(argv: Optional[List[str]] = None) -> int:
         single_threaded_blas()
     from .io import CheckpointError
     from .tasks.base import DataError
-    from .tasks.trainer import TrainingError, UsageError
+    from .tasks.trainer import OutputError, TrainingError, UsageError
+    out = _GuardedStdout(sys.stdout)
+    saved_stdout, saved_showwarning = sys.stdout, warnings.showwarning
+    sys.stdout, warnings.showwarning = out, _one_line_warning
     try:
-        return args.func(args, t_start)
-    except (UsageError, DataError, CheckpointError) as e:
+        rc = args.func(args, t_start)
+        out.flush()
+    except (UsageError, DataError, CheckpointError, TrainingError, OutputError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+        rc = 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
+        rc = 130
+    finally:
+        sys.stdout, warnings.showwarning = saved_stdout, saved_showwarning
+    return out.finish(rc)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings reach the user as one line ``fusedrnn: warning: ...`` (no source lines)."""
+    try:
+        print(f"{PROG}: warning: {' '.join(str(message).split())}",
+              file=file if file is not None else sys.stderr)
+    except OSError:
+        pass
+
+
+class _GuardedStdout:
+    """sys.stdout during a command: a write that fails (a closed pipe, a full disk such as
+    /dev/full) does not stop the command: the rest of its output is dropped, the command goes
+    on (``train`` still saves its model and metrics), and :meth:`finish` then turns the exit
+    status into 141 (128 + SIGPIPE, silent) for a closed pipe, or 2 with a one-line error on
+    stderr for any other write error."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.error: Optional[OSError] = None
+
+    def write(self, s):
+        if self.error is None:
+            try:
+                return self._stream.write(s)
+            except OSError as e:
+                self.error = e
+        return len(s)
+
+    def flush(self):
+        if self.error is None:
+            try:
+                self._stream.flush()
+            except OSError as e:
+                self.error = e
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def finish(self, rc: int) -> int:
+        self.flush()
+        if self.error is None:
+            return rc
+        try:   # nothing more may reach the broken stream, not even at interpreter exit
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self._stream.fileno())
+            os.close(fd)
+        except (OSError, AttributeError, ValueError):
             pass
-        return 0
+        if isinstance(self.error, BrokenPipeError):
+            return 141 if rc == 0 else rc
+        print(f"{PROG}: error: cannot write to standard output: "
+              f"{self.error.strerror or self.error}", file=sys.stderr)
+        return 2 if rc == 0 else rc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,10 +13,11 @@ Gradients stop at chunk boundaries because the carried state is an ordinary inpu
 """
 from __future__ import annotations
 
-import numbers
 from typing import Iterator, Tuple
 
 import numpy as np
+
+from . import validators as V
 
 __all__ = ["batchify", "bptt_chunks"]
 
@@ -28,9 +29,7 @@ def batchify(tokens, batch_size: int) -> np.ndarray:
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"batchify: tokens must be 1-D, got shape {list(tokens.shape)}")
-    if (isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1):
-        raise ValueError(f"batchify: batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = V.positive_int("batchify", "batch_size", batch_size)
     L = tokens.size // batch_size
     if L < 2:
         raise ValueError(f"batchify: {tokens.size} tokens are too few for {batch_size} streams "
@@ -43,9 +42,7 @@ def bptt_chunks(streams: np.ndarray, seq_len: int) -> Iterator[Tuple[np.ndarray,
     inputs shifted one step ahead in the same streams. The last chunk may be shorter."""
     if not isinstance(streams, np.ndarray) or streams.ndim != 2:
         raise ValueError("bptt_chunks: streams must be a 2-D array [L, N] (see batchify)")
-    if (isinstance(seq_len, (bool, np.bool_)) or not isinstance(seq_len, numbers.Integral)
-            or seq_len < 1):
-        raise ValueError(f"bptt_chunks: seq_len must be a positive integer, got {seq_len!r}")
+    seq_len = V.positive_int("bptt_chunks", "seq_len", seq_len)
     L = streams.shape[0]
     for t0 in range(0, L - 1, seq_len):
         t1 = min(t0 + seq_len, L - 1)

@@ -22,6 +22,7 @@ Two layers:
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -35,7 +36,8 @@ import numpy as np
 
 from .module import Module, module_from_config
 
-__all__ = ["CheckpointError", "Checkpoint", "save_tensors", "load_tensors", "save", "load"]
+__all__ = ["CheckpointError", "WriteError", "NonFiniteWeightsWarning", "Checkpoint",
+           "save_tensors", "load_tensors", "tensor_shapes", "save", "load"]
 
 FORMAT = "fusedrnn"
 FORMAT_VERSION = "1"
@@ -132,33 +134,99 @@ def _write_tensor(f, a: np.ndarray) -> None:
     f.write(_le_bytes(a))
 
 
-def _atomic_write(path: str, write) -> None:
-    """Calls ``write(f)`` on a temporary file next to ``path``, fsyncs it and renames it onto
-    ``path``. On any failure the temporary file is removed and ``path`` is untouched."""
-    directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open(path, "wb")
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover
-        raise FileExistsError(f"could not create a temporary file next to {path!r}")
+#: temporary files of an interrupted save older than this are removed by the next save
+STALE_TMP_SECONDS = 60.0
+
+
+class WriteError(OSError):
+    """Writing a file failed (disk full, no permission, ...): the message names the user's
+    path, the reason and the bytes the file needs; the previous file, if any, is untouched."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"  # pragma: no cover
+
+
+def _tmp_name(base: str) -> str:
+    return f".{base}.{secrets.token_hex(6)}.tmp"
+
+
+def _remove_stale_tmp(directory: str, base: str) -> None:
+    """Removes temporaries ``.<base>.<12 hex>.tmp`` older than STALE_TMP_SECONDS: what a save
+    killed by SIGKILL / SIGTERM / a power cut leaves behind (only our own naming)."""
+    import re
+    import time
+    pattern = re.compile(r"\." + re.escape(base) + r"\.[0-9a-f]{12}\.tmp\Z")
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        if pattern.match(name):
+            p = os.path.join(directory, name)
+            try:
+                if now - os.lstat(p).st_mtime > STALE_TMP_SECONDS:
+                    os.unlink(p)
+            except OSError:
+                pass
+
+
+def _atomic_write(path: str, write, nbytes: Optional[int] = None) -> None:
+    """Calls ``write(f)`` on a temporary file next to the target, fsyncs it and renames it onto
+    the target. The target is ``path``, or the file a symbolic link ``path`` points to (the
+    link stays a link); an existing target keeps its permission bits. On any failure the
+    temporary file is removed, the target is untouched, and an OSError is raised as
+    :class:`WriteError` naming ``path`` (and ``nbytes``, the size the file needs)."""
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    if os.path.isdir(target):
+        raise WriteError(errno.EISDIR, f"cannot write {path}: it is a directory", path)
+    directory = os.path.dirname(os.path.abspath(target))
+    base = os.path.basename(target)
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except OSError:
+        mode = None
+    _remove_stale_tmp(directory, base)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    tmp = None
+    try:
+        for _ in range(100):
+            tmp = os.path.join(directory, _tmp_name(base))
+            try:
+                fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open(path, "wb")
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover
+            raise FileExistsError(errno.EEXIST, "no free temporary file name")
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            if mode is not None:
+                os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        need = f" ({_fmt_bytes(nbytes)} needed)" if nbytes is not None else ""
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}{need}",
+                         path) from e
     if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
         try:
             dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -168,6 +236,13 @@ def _atomic_write(path: str, write) -> None:
                 os.close(dfd)
         except OSError:
             pass
+
+
+def write_file(path: str, data: bytes) -> None:
+    """``data`` to ``path`` atomically, with the guarantees of the checkpoint writer."""
+    def write(f):
+        f.write(data)
+    _atomic_write(path, write, len(data))
 
 
 def _check_path(fn: str, path) -> str:
@@ -217,7 +292,7 @@ def save_tensors(path, tensors: Mapping[str, np.ndarray],
         for a in arrays:
             _write_tensor(f, a)
 
-    _atomic_write(path, write)
+    _atomic_write(path, write, 8 + len(text) + offset)
 
 
 def _no_constants(s: str):
@@ -283,14 +358,36 @@ def _parse_entry(where: str, name: str, entry) -> Tuple[np.dtype, Tuple[int, ...
     return dt, tuple(shape), begin, end
 
 
+def _reader_path(fn: str, path) -> Tuple[str, str]:
+    """(path as str, the prefix of error messages); CheckpointError for a directory."""
+    path = _check_path(fn, path)
+    where = f"{fn}({path!r})"
+    if os.path.isdir(path):
+        raise CheckpointError(f"{where}: {path} is a directory, not a safetensors file")
+    return path, where
+
+
+def tensor_shapes(path) -> Dict[str, Tuple[int, ...]]:
+    """name -> shape of the tensors of a safetensors file, from its header alone (nothing else
+    is read or allocated); CheckpointError for a malformed header."""
+    path, where = _reader_path("tensor_shapes", path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if not 0 <= n <= min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{where}: not a safetensors file (bad header length)")
+        header = _parse_header(f.read(n), where)
+    return {name: _parse_entry(where, name, e)[1] for name, e in header.items()
+            if name != "__metadata__"}
+
+
 def load_tensors(path) -> Tuple["OrderedDict[str, np.ndarray]", Dict[str, str]]:
     """Reads a safetensors file: (name -> array in header order, metadata dict).
 
     The arrays are owned, writeable, C-contiguous and in native byte order. Anything
     inconsistent raises :class:`CheckpointError` before the tensors are read.
     """
-    path = _check_path("load_tensors", path)
-    where = f"load_tensors({path!r})"
+    path, where = _reader_path("load_tensors", path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < 8:
@@ -497,6 +594,63 @@ def _optimizer_state(where: str, text: str, tensors: Mapping[str, np.ndarray]) -
     return {"state": state, "param_groups": raw["param_groups"]}
 
 
+class _CheckpointKeyError(CheckpointError, KeyError):
+    __str__ = ValueError.__str__
+
+
+class _CheckpointTypeError(CheckpointError, TypeError):
+    pass
+
+
+def _mismatch(e: Exception) -> type:
+    """CheckpointError, also a KeyError / TypeError when the model's check raised one (what
+    ``load`` raised before it named the file)."""
+    if isinstance(e, KeyError):
+        return _CheckpointKeyError
+    if isinstance(e, TypeError):
+        return _CheckpointTypeError
+    return CheckpointError
+
+
+class NonFiniteWeightsWarning(RuntimeWarning):
+    """A loaded checkpoint holds NaN or infinite weights (a diverged run)."""
+
+
+def _warn_nonfinite(path: str, state_dict: Mapping[str, np.ndarray]) -> None:
+    import warnings
+    bad = [name for name, a in state_dict.items()
+           if a.dtype.kind == "f" and a.size and not np.isfinite(a).all()]
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        warnings.warn(f"checkpoint {path} holds non-finite (NaN or infinite) weights in "
+                      f"{', '.join(bad[:3])}{more}: its outputs will be NaN",
+                      NonFiniteWeightsWarning, stacklevel=3)
+
+
+_SIZE_KEYS = ("hidden_size", "hidden")
+_LAYER_KEYS = ("num_layers", "layers")
+
+
+def check_config_size(where: str, config: Mapping[str, Any], held: int) -> None:
+    """Before rebuilding a model from a stored config: the recurrent weights the config implies
+    (at least layers x directions x hidden^2 elements, the hidden-to-hidden matrices) must fit
+    in the ``held`` tensor elements of the file, so that a corrupt or hostile config
+    (hidden_size=20000 in a 300 KB file) is rejected before gigabytes are allocated. Knows the
+    size keys of the built-in models (hidden_size / hidden, num_layers / layers,
+    bidirectional, proj_size)."""
+    h = next((config[k] for k in _SIZE_KEYS if _is_int(config.get(k))), None)
+    if h is None:
+        return
+    layers = next((config[k] for k in _LAYER_KEYS if _is_int(config.get(k))), 1)
+    dirs = 2 if config.get("bidirectional") is True else 1
+    proj = config.get("proj_size")
+    need = max(layers, 1) * dirs * h * (proj if _is_int(proj) and 0 < proj < h else h)
+    if need > held:
+        raise CheckpointError(f"{where}: the stored config (hidden size {h}, {layers} "
+                              f"layer(s)) needs at least {need:,} weights but the file holds "
+                              f"{held:,}: the config does not match the tensors")
+
+
 def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
     """Reads a checkpoint written by :func:`save`.
 
@@ -544,15 +698,27 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
                               f"optimizer state")
 
     if model is None and config is not None:
+        check_config_size(where, config, sum(int(a.size) for a in state_dict.values()))
         try:
             model = module_from_config(config)
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{where}: cannot rebuild the model from its stored config "
                                   f"({e}); pass model= to load into an instance") from e
     if model is not None:
-        model.load_state_dict(state_dict, strict=True)
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except (KeyError, ValueError, TypeError) as e:
+            msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+            raise _mismatch(e)(f"{where}: the tensors do not match the model: "
+                               f"{msg.splitlines()[0] if msg else type(e).__name__}") from None
+        _warn_nonfinite(path, state_dict)
     if optimizer is not None:
-        optimizer.load_state_dict(opt_state)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (KeyError, ValueError, TypeError) as e:
+            raise _mismatch(e)(f"{where}: the optimizer state does not match: "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                                  ) from None
     return Checkpoint(model=model, state_dict=state_dict, optimizer_state=opt_state,
                       metadata=user, config=config,
                       fusedrnn_version=meta.get("fusedrnn_version"))

@@ -29,6 +29,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from . import validators as V
+
 __all__ = [
     "softmax", "log_softmax", "cross_entropy", "cross_entropy_last", "mse",
     "last_step", "scatter_last_step",
@@ -328,9 +330,7 @@ def scatter_last_step(d: np.ndarray, lengths, T: int, *, time_axis: int = 0) -> 
         raise TypeError(f"{fn}: d must be a numpy array [N, ...], got {type(d).__name__}")
     if d.ndim < 1:
         raise ValueError(f"{fn}: d must have shape [N, ...], got a 0-d array")
-    if isinstance(T, (bool, np.bool_)) or not isinstance(T, numbers.Integral) or T < 1:
-        raise ValueError(f"{fn}: T must be an integer >= 1, got {T!r}")
-    T, N = int(T), d.shape[0]
+    T, N = V.positive_int(fn, "T", T), d.shape[0]
     if lengths is not None:
         lengths = _lengths(fn, lengths, T, N, minimum=1)
     idx = _last_index(lengths, T, N)

@@ -19,11 +19,18 @@ from typing import Optional
 import numpy as np
 
 from .layers import GRU, LSTM, RNN
-from .module import Embedding, Linear, Module, _positive_int, register_module
+from . import validators as V
+from .module import Embedding, Linear, Module, register_module
 
-__all__ = ["RecurrentModel"]
+__all__ = ["RecurrentModel", "CELLS", "cell_class"]
 
-_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+#: the recurrent layer of each ``cell`` name (the one map of the package: models and tasks)
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+
+
+def cell_class(where: Optional[str], cell) -> type:
+    """LSTM / GRU / RNN for "lstm" / "gru" / "rnn"; ValueError naming ``where`` otherwise."""
+    return CELLS[V.choice(where, "cell" if where else "--cell", cell, tuple(CELLS))]
 
 
 @register_module
@@ -45,24 +52,23 @@ class RecurrentModel(Module):
                  init: str = "pytorch", dtype="float32", seed: Optional[int] = None):
         super().__init__()
         fn = "RecurrentModel"
-        if cell not in _CELLS:
-            raise ValueError(f"{fn}: cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        rnn_cls = cell_class(fn, cell)
         if (vocab_size is None) == (input_size is None):
             raise ValueError(f"{fn}: give exactly one of vocab_size (token input) and "
                              f"input_size (feature input)")
         if vocab_size is None and embed_dim is not None:
             raise ValueError(f"{fn}: embed_dim needs vocab_size")
-        output_size = _positive_int(fn, "output_size", output_size)
+        output_size = V.positive_int(fn, "output_size", output_size)
         seed0 = 0 if seed is None else seed
         if vocab_size is not None:
-            vocab_size = _positive_int(fn, "vocab_size", vocab_size)
-            embed_dim = _positive_int(fn, "embed_dim", embed_dim if embed_dim is not None
+            vocab_size = V.positive_int(fn, "vocab_size", vocab_size)
+            embed_dim = V.positive_int(fn, "embed_dim", embed_dim if embed_dim is not None
                                       else 64)
             self.embed = Embedding(vocab_size, embed_dim, dtype=dtype,
                                    seed=None if seed is None else seed0)
             rnn_in = embed_dim
         else:
-            input_size = _positive_int(fn, "input_size", input_size)
+            input_size = V.positive_int(fn, "input_size", input_size)
             self.embed = None
             rnn_in = input_size
         kw = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
@@ -75,7 +81,7 @@ class RecurrentModel(Module):
             kw.update(nonlinearity=nonlinearity)
         if cell != "lstm" and (proj_size or peepholes or forget_bias):
             raise ValueError(f"{fn}: proj_size, peepholes and forget_bias need cell='lstm'")
-        self.rnn = _CELLS[cell](rnn_in, hidden_size, **kw)
+        self.rnn = rnn_cls(rnn_in, hidden_size, **kw)
         out_in = self.rnn.num_directions * self.rnn.state_size
         self.head = Linear(out_in, output_size, dtype=dtype,
                            seed=None if seed is None else seed0 + 2)

@@ -25,6 +25,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
+from . import validators as V
+
 __all__ = [
     "Parameter", "Module", "Sequential", "Linear", "Embedding", "Dropout",
     "module_from_config", "register_module",
@@ -32,36 +34,9 @@ __all__ = [
 
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
+# the package's argument checks under the names the layers import
+_dtype, _positive_int, _probability, _seed = V.dtype, V.positive_int, V.probability, V.seed
 
-def _dtype(fn: str, dtype) -> np.dtype:
-    """float32 / float64 from a dtype, a numpy type or its name; anything else raises."""
-    try:
-        dt = None if dtype is None else np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"{fn}: dtype must be float32 or float64, got {dtype!r}")
-    return dt
-
-
-def _positive_int(fn: str, name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
-def _probability(fn: str, name: str, v) -> float:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
-        raise ValueError(f"{fn}: {name} must be a number in [0, 1), got {v!r}")
-    return float(v)
-
-
-def _seed(fn: str, seed) -> Optional[int]:
-    if seed is None:
-        return None
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"{fn}: seed must be a non-negative integer or None, got {seed!r}")
-    return int(seed)
 
 
 def _as_numpy(name: str, value) -> np.ndarray:
@@ -75,15 +50,49 @@ def _as_numpy(name: str, value) -> np.ndarray:
 
 
 class Parameter:
-    """A trainable array and its gradient (same shape and dtype; the gradient starts at zero)."""
+    """A trainable array and its gradient (same shape and dtype; the gradient starts at zero).
 
-    __slots__ = ("data", "grad")
+    ``data`` and ``grad`` may be replaced by arrays of the same shape and dtype (the kernels and
+    optimisers write into them, so they must be writeable); anything else raises at the
+    assignment, naming what was expected."""
+
+    __slots__ = ("_data", "_grad")
 
     def __init__(self, data: np.ndarray):
         if not isinstance(data, np.ndarray) or data.dtype not in (np.float32, np.float64):
             raise TypeError("Parameter: data must be a float32 or float64 numpy array")
-        self.data = np.ascontiguousarray(data)
-        self.grad = np.zeros_like(self.data)
+        self._data = np.ascontiguousarray(data)
+        self._grad = np.zeros_like(self._data)
+
+    def _check(self, what: str, a) -> np.ndarray:
+        want = f"a writeable {self._data.dtype} array of shape {tuple(self._data.shape)}"
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"Parameter.{what} must be {want}, got {type(a).__name__}")
+        if a.shape != self._data.shape or a.dtype != self._data.dtype:
+            raise ValueError(f"Parameter.{what} must be {want}, got a {a.dtype} array of "
+                             f"shape {tuple(a.shape)}")
+        if not a.flags.writeable:
+            raise ValueError(f"Parameter.{what} must be {want}, got a read-only array")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"Parameter.{what} must be {want} (C-contiguous), got a strided "
+                             f"view; pass np.ascontiguousarray(...)")
+        return a
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, a) -> None:
+        self._data = self._check("data", a)
+
+    @property
+    def grad(self) -> np.ndarray:
+        return self._grad
+
+    @grad.setter
+    def grad(self, a) -> None:
+        self._grad = self._check("grad", a)
 
     @property
     def shape(self) -> Tuple[int, ...]:
@@ -137,6 +146,10 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call Module.__init__() before "
                                  f"assigning attributes")
+        p = self._parameters.get(name)
+        if p is not None and not isinstance(value, Parameter):
+            self._assign_into(name, p, value)
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -144,6 +157,19 @@ class Module:
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
+
+    def _assign_into(self, name: str, p: Parameter, value) -> None:
+        """``module.<parameter name> = array``: copies the values into the Parameter (same
+        shape; a float dtype, cast to the parameter's); anything else is a TypeError."""
+        where = f"{type(self).__name__}.{name}"
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{where} is a Parameter: assign a Parameter or a float array of "
+                            f"shape {tuple(p.shape)} (copied into it), got "
+                            f"{type(value).__name__}")
+        if value.shape != p.shape or value.dtype.kind != "f":
+            raise ValueError(f"{where}: expected a float array of shape {tuple(p.shape)}, got "
+                             f"a {value.dtype} array of shape {tuple(value.shape)}")
+        np.copyto(p.data, value, casting="same_kind")
 
     def __delattr__(self, name: str) -> None:
         self._parameters.pop(name, None)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import validators as V
 from .module import Module, Parameter
 
 __all__ = [
@@ -39,35 +40,6 @@ __all__ = [
 
 
 # -- argument checks -----------------------------------------------------------------------------
-def _is_real(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
-def _nonneg(fn: str, name: str, v) -> float:
-    """A finite real number >= 0 as a Python float."""
-    if not _is_real(v) or not 0.0 <= v < math.inf:
-        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {v!r}")
-    return float(v)
-
-
-def _real(fn: str, name: str, v) -> float:
-    if not _is_real(v) or not math.isfinite(v):
-        raise ValueError(f"{fn}: {name} must be a finite number, got {v!r}")
-    return float(v)
-
-
-def _flag(fn: str, name: str, v) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise ValueError(f"{fn}: {name} must be a bool, got {v!r}")
-    return bool(v)
-
-
-def _int(fn: str, name: str, v, minimum: int) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise ValueError(f"{fn}: {name} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
 def _param_list(fn: str, parameters) -> List[Parameter]:
     """Parameters from a Module, one Parameter, or an iterable of Parameters."""
     if isinstance(parameters, Module):
@@ -304,7 +276,7 @@ class Optimizer:
                         raise TypeError(f"{fn}: state[{idx}][{k!r}] must have dtype "
                                         f"{p.data.dtype}, got {v.dtype}")
                     entry[k] = np.array(v, copy=True, order="C")
-                elif _is_real(v):
+                elif V.is_real(v):
                     entry[k] = v.item() if isinstance(v, np.generic) else v
                 else:
                     raise TypeError(f"{fn}: state[{idx}][{k!r}] must be a numpy array or a "
@@ -338,12 +310,12 @@ class SGD(Optimizer):
 
     def _validate(self, g):
         fn = "SGD"
-        g["lr"] = _nonneg(fn, "lr", g["lr"])
-        g["momentum"] = _nonneg(fn, "momentum", g["momentum"])
-        g["dampening"] = _real(fn, "dampening", g["dampening"])
-        g["weight_decay"] = _nonneg(fn, "weight_decay", g["weight_decay"])
-        g["nesterov"] = _flag(fn, "nesterov", g["nesterov"])
-        g["maximize"] = _flag(fn, "maximize", g["maximize"])
+        g["lr"] = V.nonneg_real(fn, "lr", g["lr"])
+        g["momentum"] = V.nonneg_real(fn, "momentum", g["momentum"])
+        g["dampening"] = V.real(fn, "dampening", g["dampening"])
+        g["weight_decay"] = V.nonneg_real(fn, "weight_decay", g["weight_decay"])
+        g["nesterov"] = V.boolean(fn, "nesterov", g["nesterov"])
+        g["maximize"] = V.boolean(fn, "maximize", g["maximize"])
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError(f"{fn}: nesterov momentum requires momentum > 0 and dampening = 0, "
                              f"got momentum={g['momentum']}, dampening={g['dampening']}")
@@ -396,13 +368,13 @@ class RMSprop(Optimizer):
 
     def _validate(self, g):
         fn = "RMSprop"
-        g["lr"] = _nonneg(fn, "lr", g["lr"])
-        g["alpha"] = _nonneg(fn, "alpha", g["alpha"])
-        g["eps"] = _nonneg(fn, "eps", g["eps"])
-        g["weight_decay"] = _nonneg(fn, "weight_decay", g["weight_decay"])
-        g["momentum"] = _nonneg(fn, "momentum", g["momentum"])
-        g["centered"] = _flag(fn, "centered", g["centered"])
-        g["maximize"] = _flag(fn, "maximize", g["maximize"])
+        g["lr"] = V.nonneg_real(fn, "lr", g["lr"])
+        g["alpha"] = V.nonneg_real(fn, "alpha", g["alpha"])
+        g["eps"] = V.nonneg_real(fn, "eps", g["eps"])
+        g["weight_decay"] = V.nonneg_real(fn, "weight_decay", g["weight_decay"])
+        g["momentum"] = V.nonneg_real(fn, "momentum", g["momentum"])
+        g["centered"] = V.boolean(fn, "centered", g["centered"])
+        g["maximize"] = V.boolean(fn, "maximize", g["maximize"])
         return g
 
     def _update(self, p, group, state):
@@ -457,18 +429,18 @@ class Adam(Optimizer):
 
     def _validate(self, g):
         fn = type(self).__name__
-        g["lr"] = _nonneg(fn, "lr", g["lr"])
-        g["eps"] = _nonneg(fn, "eps", g["eps"])
+        g["lr"] = V.nonneg_real(fn, "lr", g["lr"])
+        g["eps"] = V.nonneg_real(fn, "eps", g["eps"])
         betas = g["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{fn}: betas must be a pair (beta1, beta2), got {betas!r}")
         for i, b in enumerate(betas):
-            if not _is_real(b) or not 0.0 <= b < 1.0:
+            if not V.is_real(b) or not 0.0 <= b < 1.0:
                 raise ValueError(f"{fn}: betas[{i}] must be a number in [0, 1), got {b!r}")
         g["betas"] = (float(betas[0]), float(betas[1]))
-        g["weight_decay"] = _nonneg(fn, "weight_decay", g["weight_decay"])
-        g["amsgrad"] = _flag(fn, "amsgrad", g["amsgrad"])
-        g["maximize"] = _flag(fn, "maximize", g["maximize"])
+        g["weight_decay"] = V.nonneg_real(fn, "weight_decay", g["weight_decay"])
+        g["amsgrad"] = V.boolean(fn, "amsgrad", g["amsgrad"])
+        g["maximize"] = V.boolean(fn, "maximize", g["maximize"])
         return g
 
     def _update(self, p, group, state):
@@ -532,16 +504,16 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
     """
     fn = "clip_grad_norm_"
     params = _param_list(fn, parameters)
-    if not _is_real(max_norm) or not max_norm >= 0:
+    if not V.is_real(max_norm) or not max_norm >= 0:
         raise ValueError(f"{fn}: max_norm must be a number >= 0 (inf: no clipping), "
                          f"got {max_norm!r}")
     max_norm = float(max_norm)
     if isinstance(norm_type, str) and norm_type == "inf":
         norm_type = math.inf
-    if not _is_real(norm_type) or not norm_type > 0:
+    if not V.is_real(norm_type) or not norm_type > 0:
         raise ValueError(f"{fn}: norm_type must be a number > 0 or inf, got {norm_type!r}")
     norm_type = float(norm_type)
-    error_if_nonfinite = _flag(fn, "error_if_nonfinite", error_if_nonfinite)
+    error_if_nonfinite = V.boolean(fn, "error_if_nonfinite", error_if_nonfinite)
     if not params:
         return 0.0
     norms = []
@@ -578,7 +550,7 @@ def clip_grad_value_(parameters, clip_value: float) -> None:
     ``parameters``: a Module, a Parameter or an iterable of Parameters."""
     fn = "clip_grad_value_"
     params = _param_list(fn, parameters)
-    if not _is_real(clip_value) or not clip_value >= 0:
+    if not V.is_real(clip_value) or not clip_value >= 0:
         raise ValueError(f"{fn}: clip_value must be a number >= 0, got {clip_value!r}")
     c = float(clip_value)
     for p in params:
@@ -599,7 +571,7 @@ class LRScheduler:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{name}: optimizer must be a fusedrnn Optimizer, "
                             f"got {type(optimizer).__name__}")
-        last_epoch = _int(name, "last_epoch", last_epoch, -1)
+        last_epoch = V.positive_int(name, "last_epoch", last_epoch, -1)
         self.optimizer = optimizer
         if last_epoch == -1:
             for g in optimizer.param_groups:
@@ -725,8 +697,8 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1,
                  last_epoch: int = -1):
-        self.step_size = _int("StepLR", "step_size", step_size, 1)
-        self.gamma = _nonneg("StepLR", "gamma", gamma)
+        self.step_size = V.positive_int("StepLR", "step_size", step_size, 1)
+        self.gamma = V.nonneg_real("StepLR", "gamma", gamma)
         super().__init__(optimizer, last_epoch)
 
     def _get_lr(self):
@@ -753,13 +725,13 @@ class LinearLR(LRScheduler):
     def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3,
                  end_factor: float = 1.0, total_iters: int = 5, last_epoch: int = -1):
         fn = "LinearLR"
-        if not _is_real(start_factor) or not 0 < start_factor <= 1:
+        if not V.is_real(start_factor) or not 0 < start_factor <= 1:
             raise ValueError(f"{fn}: start_factor must be a number in (0, 1], "
                              f"got {start_factor!r}")
-        if not _is_real(end_factor) or not 0 <= end_factor <= 1:
+        if not V.is_real(end_factor) or not 0 <= end_factor <= 1:
             raise ValueError(f"{fn}: end_factor must be a number in [0, 1], got {end_factor!r}")
         self.start_factor, self.end_factor = float(start_factor), float(end_factor)
-        self.total_iters = _int(fn, "total_iters", total_iters, 1)
+        self.total_iters = V.positive_int(fn, "total_iters", total_iters, 1)
         super().__init__(optimizer, last_epoch)
 
     def _get_lr(self):
@@ -790,8 +762,8 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0,
                  last_epoch: int = -1):
-        self.T_max = _int("CosineAnnealingLR", "T_max", T_max, 1)
-        self.eta_min = _nonneg("CosineAnnealingLR", "eta_min", eta_min)
+        self.T_max = V.positive_int("CosineAnnealingLR", "T_max", T_max, 1)
+        self.eta_min = V.nonneg_real("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer, last_epoch)
 
     def _get_lr(self):
@@ -846,8 +818,8 @@ class SequentialLR(LRScheduler):
             raise ValueError(f"{fn}: milestones must have len(schedulers) - 1 = "
                              f"{len(schedulers) - 1} entries, got {len(milestones)}")
         for i, m in enumerate(milestones):
-            _int(fn, f"milestones[{i}]", m, 1 if i == 0 else milestones[i - 1] + 1)
-        last_epoch = _int(fn, "last_epoch", last_epoch, -1)
+            V.positive_int(fn, f"milestones[{i}]", m, 1 if i == 0 else milestones[i - 1] + 1)
+        last_epoch = V.positive_int(fn, "last_epoch", last_epoch, -1)
         self.optimizer = optimizer
         self._schedulers = schedulers
         self._milestones = [int(m) for m in milestones]

@@ -60,6 +60,8 @@ class Task:
     defaults: Dict[str, Any] = {}
     #: whether --bidirectional makes sense (a language model or forecaster cannot look ahead)
     bidirectional_ok: bool = False
+    #: why not, when bidirectional_ok is False (for the error message)
+    unidirectional_reason: str = "it predicts forward in time"
     #: the task-specific flags it reads, of "data", "column", "model", "problem", "min_length",
     #: "max_length", "horizon", "window", "embed"; the CLI rejects the others when given.
     #: None (the default) = not declared: the CLI accepts all of them.
@@ -70,9 +72,26 @@ class Task:
         self.epoch = 0.0
         # task flags given a value (not None) when the task was made: _restore_flags keeps them
         self._given = {k for k in TASK_FLAGS if getattr(args, k, None) is not None}
+        self.check_bidirectional(args)
+        self.resolve_flags()
 
-    # -- helpers for tasks that resolve their flags (classify, forecast) -----------------------
-    def _flag(self, name: str) -> Any:
+    @classmethod
+    def check_bidirectional(cls, args: argparse.Namespace) -> None:
+        """ValueError when --bidirectional is set for a task that reads left to right."""
+        if getattr(args, "bidirectional", False) and not cls.bidirectional_ok:
+            raise ValueError(f"--bidirectional does not apply to task {cls.name} "
+                             f"({cls.unidirectional_reason})")
+
+    # -- flags -------------------------------------------------------------------------------
+    def resolve_flags(self) -> None:
+        """Checks this task's flags and writes them to ``self.args`` (the user's value, else the
+        task default); called at the end of ``Task.__init__`` and by tasks after ``restore``.
+        The base class checks the model flags every task has (cell, hidden, layers,
+        batch_size, dropout, seed); tasks with more flags extend it."""
+        from .common import model_flags
+        model_flags(self, lower_cell=True)
+
+    def flag(self, name: str) -> Any:
         """args.<name>, or this task's default when it has no value."""
         v = getattr(self.args, name, None)
         return self.defaults.get(name) if v is None else v
@@ -83,6 +102,35 @@ class Task:
         for k, v in metadata.get("flags", {}).items():
             if k in TASK_FLAGS and k != "task" and k not in self._given:
                 setattr(self.args, k, v)
+
+    # -- memory (checked before anything is allocated) ----------------------------------------
+    def sequence_length(self) -> int:
+        """The longest training sequence of a batch, in steps (for the memory estimate)."""
+        return int(self.flag("seq_len") or 100)
+
+    def input_width(self) -> int:
+        """The recurrent stack's input features (for the memory estimate)."""
+        return int(self.flag("embed") or 64)
+
+    def extra_memory(self) -> List[Tuple[str, float]]:
+        """Task-specific (cause, bytes) terms of the memory estimate (e.g. a generated
+        validation set)."""
+        return []
+
+    def memory_parts(self) -> List[Tuple[str, float]]:
+        """(cause, bytes) of a training run's memory estimate from the resolved flags: the
+        weights with their gradients and two optimiser moments, the activations the kernels
+        keep for backward (gates, states, outputs per step, layer and direction) and the
+        task's extra_memory(). Float32; an estimate to refuse the impossible early, not to
+        budget a run."""
+        G = {"lstm": 4, "gru": 3, "rnn": 1}.get(self.flag("cell"), 4)
+        H, L = int(self.flag("hidden")), int(self.flag("layers"))
+        D = 2 if self.flag("bidirectional") else 1
+        T, N, C = self.sequence_length(), int(self.flag("batch_size")), self.input_width()
+        weights = L * D * G * H * (max(C, D * H) + H + 2) * 4 * 4
+        acts = T * N * L * D * H * (G + 4) * 4 * 2
+        return [(f"--hidden {H} x --layers {L}: weights and optimiser state", weights),
+                (f"--batch-size {N} x {T} steps: activations", acts)] + self.extra_memory()
 
     # -- required ----------------------------------------------------------------------------
     def prepare(self) -> None:

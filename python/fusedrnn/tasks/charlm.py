@@ -34,6 +34,7 @@ from ..data import batchify, bptt_chunks
 from ..models import RecurrentModel
 from ..module import Module
 from .base import DataError, Task
+from .guards import read_limited
 
 __all__ = ["CharLM", "load_default_corpus"]
 
@@ -60,7 +61,7 @@ def _read_text(path: str) -> str:
         raise DataError(f"data file {path} is a directory")
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = read_limited(f, f"data file {path}")
     except OSError as e:
         raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
     if b"\x00" in raw:
@@ -249,13 +250,16 @@ class CharLM(Task):
 
     def predict(self, model, inputs: List[str]) -> List[str]:
         """Bits per character of each line (its characters after the first, from zero
-        state)."""
+        state). A line of fewer than 2 characters has nothing to score: DataError naming it
+        (checked for all lines before any is scored)."""
+        short = [i + 1 for i, line in enumerate(inputs) if len(line) < 2]
+        if short:
+            more = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
+            raise DataError(f"input line {short[0]}{more} has fewer than 2 characters: the "
+                            f"score is the model's bits per character after the first one")
         out = []
         for i, line in enumerate(inputs):
             x = self.encode(line, f"input line {i + 1}")
-            if x.size < 2:
-                out.append("nan")
-                continue
             logits, _ = self._forward(model, x[:-1, None], None)
             loss, _ = losses.cross_entropy(logits, x[1:])
             out.append(f"{loss / LN2:.4f}")

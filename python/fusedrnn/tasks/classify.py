@@ -36,7 +36,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Linear, Module, register_module
 from .base import Task
-from .forecast import CELLS, _sub_seed, check_choice, check_dropout, check_int, make_rnn
+from .common import check_choice, check_int, make_rnn, sub_seed
 
 __all__ = ["Classify", "SequenceClassifier", "make_adding", "make_temporal_order"]
 
@@ -127,11 +127,11 @@ class SequenceClassifier(Module):
                      num_layers=num_layers, dropout=dropout, outputs=outputs, chrono=chrono,
                      seed=seed)
         self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout,
-                            _sub_seed(seed, 0))
+                            sub_seed(seed, 0), forget_bias=1.0)
         if chrono:
-            chrono_init(self.rnn, chrono, np.random.default_rng(_sub_seed(seed, 3)))
-        self.drop = Dropout(dropout, seed=_sub_seed(seed, 1))
-        self.head = Linear(hidden_size, outputs, seed=_sub_seed(seed, 2))
+            chrono_init(self.rnn, chrono, np.random.default_rng(sub_seed(seed, 3)))
+        self.drop = Dropout(dropout, seed=sub_seed(seed, 1))
+        self.head = Linear(hidden_size, outputs, seed=sub_seed(seed, 2))
 
     def forward(self, x: np.ndarray, lengths=None) -> np.ndarray:
         out, _ = self.rnn.forward(x, lengths=lengths)
@@ -171,6 +171,7 @@ class Classify(Task):
     higher_is_better = False
     unit = "seq"
     bidirectional_ok = False
+    unidirectional_reason = "it reads the last valid step of a left-to-right pass"
     flags = ("problem", "min_length", "max_length")
     defaults: Dict[str, Any] = {
         "problem": "adding", "min_length": 100, "max_length": 200, "cell": "lstm",
@@ -182,29 +183,20 @@ class Classify(Task):
     eval_batch = 500
 
     def __init__(self, args):
-        super().__init__(args)
         self.val = None
-        self._resolve()
+        super().__init__(args)
 
     # -- flags ----------------------------------------------------------------------------------
-    def _resolve(self) -> None:
+    def resolve_flags(self) -> None:
+        super().resolve_flags()
         a = self.args
-        if getattr(a, "bidirectional", False):
-            raise ValueError("--bidirectional is not supported by task classify (it reads the "
-                             "last valid step of a left-to-right pass)")
-        a.problem = check_choice("problem", self._flag("problem"), PROBLEMS)
-        a.cell = check_choice("cell", self._flag("cell"), tuple(CELLS))
+        a.problem = check_choice("problem", self.flag("problem"), PROBLEMS)
         shortest = 2 if a.problem == "adding" else 10
-        a.min_length = check_int("min_length", self._flag("min_length"), minimum=shortest)
-        a.max_length = check_int("max_length", self._flag("max_length"), minimum=shortest)
+        a.min_length = check_int("min_length", self.flag("min_length"), minimum=shortest)
+        a.max_length = check_int("max_length", self.flag("max_length"), minimum=shortest)
         if a.max_length < a.min_length:
             raise ValueError(f"--max-length ({a.max_length}) must be >= --min-length "
                              f"({a.min_length})")
-        a.hidden = check_int("hidden", self._flag("hidden"))
-        a.layers = check_int("layers", self._flag("layers"))
-        a.batch_size = check_int("batch_size", self._flag("batch_size"))
-        a.dropout = check_dropout(self._flag("dropout"))
-        a.seed = check_int("seed", self._flag("seed"), minimum=0)
         if getattr(a, "data", None) is not None:
             raise ValueError("--data: task classify generates its data (adding / "
                              "temporal-order problems) and reads no file")
@@ -220,6 +212,21 @@ class Classify(Task):
         make = make_adding if self.adding else make_temporal_order
         x, y = make(rng, lengths)
         return x, y, lengths
+
+    # -- memory ---------------------------------------------------------------------------------
+    def sequence_length(self) -> int:
+        return self.args.max_length
+
+    def input_width(self) -> int:
+        return self.input_size
+
+    def extra_memory(self):
+        a = self.args
+        steps = self.validation_size * a.max_length
+        return [(f"--max-length {a.max_length}: the validation set and its evaluation",
+                 steps * self.input_size * 4 * 2
+                 + min(self.eval_batch, self.validation_size) * a.max_length * a.hidden
+                 * a.layers * 8 * 4)]
 
     # -- data -----------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -317,7 +324,7 @@ class Classify(Task):
         regenerates the same validation set), except those given a value when this task was
         made (the user's flags win, as in the trainer)."""
         self._restore_flags(metadata)
-        self._resolve()
+        self.resolve_flags()
 
     # -- predict --------------------------------------------------------------------------------
     def _parse(self, i: int, line: str) -> np.ndarray:

@@ -27,22 +27,22 @@ from __future__ import annotations
 
 import csv
 import functools
+import io as _io
 import math
-import numbers
 import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from .. import losses
-from ..layers import GRU, LSTM, RNN
 from ..module import Dropout, Linear, Module, register_module
 from .base import DataError, Task
+from .common import check_choice, check_int, make_rnn, sub_seed
+from .guards import read_text, save_figure
 
 __all__ = ["Forecast", "ForecastEncoder", "JordanForecaster", "mackey_glass"]
 
 SPLIT = (0.70, 0.15, 0.15)          # train / validation / test, in time order
-CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 MODELS = ("encoder", "jordan")
 
 
@@ -87,25 +87,48 @@ def mackey_glass(n: int = 6000, *, tau: float = 17.0, beta: float = 0.2, gamma: 
     return out
 
 
+#: the largest magnitude a value may have: the model computes in float32
+MAX_VALUE = float(np.finfo(np.float32).max) / 16
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
 def read_csv_column(path: str, column: Optional[str]) -> np.ndarray:
     """The values of ``column`` of the CSV file ``path`` (header row first) as float64.
 
-    DataError (one line, naming the file) when the file cannot be read, has no header or rows,
-    lacks the column, or holds a non-numeric or non-finite value in it. Without ``column`` a
-    file with a single column uses that column."""
+    DataError (one line, naming the file and, where there is one, the line) when the file
+    cannot be read or is too large, has no header (a first row of numbers) or no rows, has a
+    duplicated column name, lacks the column, has a blank row between values (trailing blank
+    lines are fine), or holds a non-numeric, non-finite or float32-overflowing value in it.
+    Without ``column`` a file with a single column uses that column."""
+    text = read_text(path, "--data")
+    reader = csv.reader(_io.StringIO(text.lstrip("\ufeff"), newline=""))
+    rows = []
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except FileNotFoundError:
-        raise DataError(f"--data {path}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"--data {path}: is a directory, not a CSV file") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        for r in reader:
+            rows.append((reader.line_num, r))
+    except csv.Error as e:
         raise DataError(f"--data {path}: cannot read it as a CSV file ({e})") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    while rows and not any(c.strip() for c in rows[-1][1]):
+        rows.pop()                                    # trailing blank lines
+    while rows and not any(c.strip() for c in rows[0][1]):
+        rows.pop(0)                                   # leading blank lines
     if not rows:
         raise DataError(f"--data {path}: the file is empty (expected a header row and values)")
-    header = [c.strip() for c in rows[0]]
+    header = [c.strip() for c in rows[0][1]]
+    if all(_is_number(c) for c in header if c) and any(header):
+        raise DataError(f"--data {path}: row {rows[0][0]} holds numbers, not column names: "
+                        f"the first line must be a header naming the columns")
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise DataError(f"--data {path}: the header names column(s) {', '.join(map(repr, dup))} "
+                        f"more than once")
     if column is None:
         if len(header) != 1:
             raise DataError(f"--data {path}: give --column, one of: {', '.join(header)}")
@@ -115,16 +138,23 @@ def read_csv_column(path: str, column: Optional[str]) -> np.ndarray:
                         f"(columns: {', '.join(header)})")
     j = header.index(column)
     values = []
-    for line, r in enumerate(rows[1:], start=2):
+    for line, r in rows[1:]:
+        if not any(c.strip() for c in r):
+            raise DataError(f"--data {path}: row {line} is blank (a gap in the series); "
+                            f"remove it or fill in the value")
         cell = r[j].strip() if j < len(r) else ""
         try:
             v = float(cell)
         except ValueError:
-            raise DataError(f"--data {path}: column {column!r} is not numeric: row {line} holds "
-                            f"{cell!r}") from None
+            raise DataError(f"--data {path}: column {column!r} is not numeric: row {line} "
+                            f"holds {cell!r}") from None
         if not math.isfinite(v):
             raise DataError(f"--data {path}: column {column!r} row {line} holds {cell!r} "
                             f"(values must be finite)")
+        if abs(v) > MAX_VALUE:
+            raise DataError(f"--data {path}: column {column!r} row {line} holds {cell!r}, "
+                            f"beyond the {MAX_VALUE:.3g} the float32 model can use (rescale "
+                            f"the series)")
         values.append(v)
     return np.asarray(values, dtype=np.float64)
 
@@ -147,18 +177,22 @@ def min_rows(window: int, horizon: int) -> int:
 
 
 # -- models ------------------------------------------------------------------------------------
-def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: float,
-             seed: Optional[int]):
-    """The recurrent layer: LSTM (forget-gate bias +1), GRU or tanh RNN, time-major."""
-    cls = CELLS[cell]
-    kw = dict(num_layers=layers, dropout=dropout if layers > 1 else 0.0, seed=seed)
-    if cls is LSTM:
-        kw["forget_bias"] = 1.0
-    return cls(input_size, hidden, **kw)
-
-
-def _sub_seed(seed: Optional[int], k: int) -> Optional[int]:
-    return None if seed is None else int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+def feedback_rollout(window: np.ndarray, horizon: int, step):
+    """The Jordan network's free-running pass: window [W, N] -> (u [W+horizon-1, N, 2],
+    y [W+horizon-1, N]). ``step(u_t [1, N, 2], state) -> (prediction [N], state)`` is one
+    step of the network (fusedrnn or its torch twin); input channel 0 is the observed value
+    (the previous prediction after the window), channel 1 the previous prediction."""
+    W, N = window.shape
+    T = W + horizon - 1
+    u = np.empty((T, N, 2), np.float32)
+    y = np.empty((T, N), np.float32)
+    state, prev = None, window[0].astype(np.float32)
+    for t in range(T):
+        u[t, :, 0] = window[t] if t < W else prev
+        u[t, :, 1] = prev
+        prev, state = step(u[t:t + 1], state)
+        y[t] = prev
+    return u, y
 
 
 @register_module
@@ -173,9 +207,10 @@ class ForecastEncoder(Module):
         super().__init__()
         self._record(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
                      dropout=dropout, horizon=horizon, seed=seed)
-        self.rnn = make_rnn(cell, 1, hidden_size, num_layers, dropout, _sub_seed(seed, 0))
-        self.drop = Dropout(dropout, seed=_sub_seed(seed, 1))
-        self.head = Linear(hidden_size, horizon, seed=_sub_seed(seed, 2))
+        self.rnn = make_rnn(cell, 1, hidden_size, num_layers, dropout, sub_seed(seed, 0),
+                            forget_bias=1.0)
+        self.drop = Dropout(dropout, seed=sub_seed(seed, 1))
+        self.head = Linear(hidden_size, horizon, seed=sub_seed(seed, 2))
         self._T = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -210,9 +245,10 @@ class JordanForecaster(Module):
         super().__init__()
         self._record(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
                      dropout=dropout, seed=seed)
-        self.rnn = make_rnn(cell, 2, hidden_size, num_layers, dropout, _sub_seed(seed, 0))
-        self.drop = Dropout(dropout, seed=_sub_seed(seed, 1))
-        self.head = Linear(hidden_size, 1, seed=_sub_seed(seed, 2))
+        self.rnn = make_rnn(cell, 2, hidden_size, num_layers, dropout, sub_seed(seed, 0),
+                            forget_bias=1.0)
+        self.drop = Dropout(dropout, seed=sub_seed(seed, 1))
+        self.head = Linear(hidden_size, 1, seed=sub_seed(seed, 2))
 
     def forward(self, u: np.ndarray, state=None):
         out, state = self.rnn.forward(u, state)
@@ -226,50 +262,20 @@ class JordanForecaster(Module):
         inputs the network saw and its one-step predictions y[t] of value t+1 (so y[W-1:] is
         the forecast of the horizon). Runs in eval mode (the mode is restored afterwards) and
         leaves no pending forward for backward."""
-        W, N = window.shape
-        T = W + horizon - 1
-        u = np.empty((T, N, 2), np.float32)
-        y = np.empty((T, N), np.float32)
+        def step(u_t, state):
+            out, state = self.rnn.forward(u_t, state)
+            return self.head.forward(out[0])[:, 0], state
+
         training = self.training
         self.eval()
         try:
-            state, prev = None, window[0].astype(np.float32)
-            for t in range(T):
-                u[t, :, 0] = window[t] if t < W else prev
-                u[t, :, 1] = prev
-                out, state = self.rnn.forward(u[t:t + 1], state)
-                prev = self.head.forward(out[0])[:, 0]
-                y[t] = prev
+            return feedback_rollout(window, horizon, step)
         finally:
             self.train(training)
-        return u, y
 
     def predict(self, window: np.ndarray, horizon: int) -> np.ndarray:
         """window [W, N] (normalised) -> [horizon, N] forecasts."""
         return self.rollout(window, horizon)[1][window.shape[0] - 1:]
-
-
-# -- flag checks -------------------------------------------------------------------------------
-def _flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_int(name: str, v, minimum: int = 1) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < minimum:
-        raise ValueError(f"{_flag_name(name)} must be an integer >= {minimum}, got {v!r}")
-    return int(v)
-
-
-def check_choice(name: str, v, choices) -> str:
-    if v not in choices:
-        raise ValueError(f"{_flag_name(name)} must be one of {', '.join(choices)}, got {v!r}")
-    return v
-
-
-def check_dropout(v) -> float:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
-        raise ValueError(f"--dropout must be a number in [0, 1), got {v!r}")
-    return float(v)
 
 
 # -- the task ----------------------------------------------------------------------------------
@@ -296,6 +302,7 @@ class Forecast(Task):
     higher_is_better = False
     unit = "seq"
     bidirectional_ok = False
+    unidirectional_reason = "a forecaster cannot read the future"
     flags = ("data", "column", "model", "window", "horizon")
     defaults: Dict[str, Any] = {
         "model": "encoder", "window": 64, "horizon": 20, "cell": "lstm", "hidden": 64,
@@ -308,43 +315,46 @@ class Forecast(Task):
     eval_batch = 1024
 
     def __init__(self, args):
-        super().__init__(args)
         self.mean: Optional[float] = None
         self.std: Optional[float] = None
         self.series: Optional[np.ndarray] = None
         self.source = None
-        self._resolve()
+        super().__init__(args)
 
     # -- flags ----------------------------------------------------------------------------------
-    def _resolve(self) -> None:
+    def resolve_flags(self) -> None:
+        super().resolve_flags()
         a = self.args
-        if getattr(a, "bidirectional", False):
-            raise ValueError("--bidirectional: a forecaster cannot read the future; "
-                             "task forecast does not support it")
-        a.model = check_choice("model", self._flag("model"), MODELS)
-        a.cell = check_choice("cell", self._flag("cell"), tuple(CELLS))
-        a.window = check_int("window", self._flag("window"))
-        a.horizon = check_int("horizon", self._flag("horizon"))
-        a.hidden = check_int("hidden", self._flag("hidden"))
-        a.layers = check_int("layers", self._flag("layers"))
-        a.batch_size = check_int("batch_size", self._flag("batch_size"))
-        a.dropout = check_dropout(self._flag("dropout"))
-        a.seed = check_int("seed", self._flag("seed"), minimum=0)
+        a.model = check_choice("model", self.flag("model"), MODELS)
+        a.window = check_int("window", self.flag("window"))
+        a.horizon = check_int("horizon", self.flag("horizon"))
         a.data = getattr(a, "data", None)
         a.column = getattr(a, "column", None)
         if a.column is not None and a.data is None:
             raise ValueError("--column needs --data (a CSV file); without it the task uses the "
                              "Mackey-Glass series")
 
+    # -- memory ---------------------------------------------------------------------------------
+    def sequence_length(self) -> int:
+        return self.args.window + self.args.horizon
+
+    def input_width(self) -> int:
+        return 2 if self.args.model == "jordan" else 1
+
     # -- data -----------------------------------------------------------------------------------
     def prepare(self) -> None:
         a = self.args
+        need = min_rows(a.window, a.horizon)
         if a.data is None:
+            if self.series_length < need:
+                raise DataError(f"--window {a.window} and --horizon {a.horizon} need a series of "
+                                f"at least {need} values (70/15/15% train/validation/test "
+                                f"split); the built-in Mackey-Glass series has "
+                                f"{self.series_length}: use smaller values or --data")
             series = mackey_glass(self.series_length)
             self.source = f"Mackey-Glass (tau=17), {series.size} points"
         else:
             series = read_csv_column(a.data, a.column)
-            need = min_rows(a.window, a.horizon)
             if series.size < need:
                 raise DataError(f"--data {a.data}: {series.size} values is too few for "
                                 f"--window {a.window} and --horizon {a.horizon}: need at least "
@@ -497,8 +507,10 @@ class Forecast(Task):
         ax2.set_ylabel("validation RMSE")
         ax2.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            save_figure(fig, path)
+        finally:
+            plt.close(fig)
         return path
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -513,7 +525,7 @@ class Forecast(Task):
         when this task was made (the user's flags win, as in the trainer: e.g. ``--data`` to
         evaluate on another file)."""
         self._restore_flags(metadata)
-        self._resolve()
+        self.resolve_flags()
         self.source = metadata.get("source", self.source)
         if metadata.get("mean") is not None:
             self.mean, self.std = float(metadata["mean"]), float(metadata["std"])
@@ -532,15 +544,23 @@ class Forecast(Task):
             except ValueError:
                 raise ValueError(f"predict: line {i}: expected comma-separated numbers, got "
                                  f"{line.strip()[:60]!r}") from None
-            if not all(math.isfinite(v) for v in vals):
-                raise ValueError(f"predict: line {i}: values must be finite")
+            if not all(math.isfinite(v) and abs(v) <= MAX_VALUE for v in vals):
+                raise ValueError(f"predict: line {i}: values must be finite and within "
+                                 f"+-{MAX_VALUE:.3g} (the model computes in float32)")
             if len(vals) < W:
                 raise ValueError(f"predict: line {i}: {len(vals)} values, need at least "
                                  f"--window {W}")
             rows.append(vals[-W:])
         if not rows:
             return []
-        x = ((np.asarray(rows, np.float64).T - self.mean) / self.std).astype(np.float32)
+        z = (np.asarray(rows, np.float64).T - self.mean) / self.std
+        far = np.abs(z).max(axis=0) > MAX_VALUE
+        if far.any():
+            i = int(np.argmax(far)) + 1
+            raise ValueError(f"predict: line {i}: values too far from the training data "
+                             f"(mean {self.mean:.4g}, standard deviation {self.std:.4g}) for "
+                             f"the float32 model")
+        x = z.astype(np.float32)
         pred = self.forecast(model, x).astype(np.float64) * self.std + self.mean
         return [", ".join(f"{v:.6g}" for v in pred[:, n]) for n in range(pred.shape[1])]
 
@@ -601,24 +621,17 @@ class _TorchForecaster:
                 return self.head(self.drop(out[-1]))
 
             def rollout(self, window: np.ndarray, horizon: int):
-                W, N = window.shape
-                T = W + horizon - 1
-                u = np.empty((T, N, 2), np.float32)
-                y = np.empty((T, N), np.float32)
+                def step(u_t, state):
+                    out, state = self.steps(torch.from_numpy(u_t), state)
+                    return out[0, :, 0].numpy().copy(), state
+
                 training = self.training
                 self.eval()
                 try:
                     with torch.no_grad():
-                        state, prev = None, window[0].astype(np.float32)
-                        for t in range(T):
-                            u[t, :, 0] = window[t] if t < W else prev
-                            u[t, :, 1] = prev
-                            out, state = self.steps(torch.from_numpy(u[t:t + 1]), state)
-                            prev = out[0, :, 0].numpy().copy()
-                            y[t] = prev
+                        return feedback_rollout(window, horizon, step)
                 finally:
                     self.train(training)
-                return u, y
 
             def numpy_adapter(self):
                 twin = self

@@ -17,8 +17,6 @@ choice) is held out for validation.
 """
 from __future__ import annotations
 
-import copy
-import functools
 import re
 from collections import Counter, defaultdict
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -26,14 +24,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import losses
-from ..layers import GRU, LSTM, RNN
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
+from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
+from .guards import read_limited
 
 __all__ = ["Tag", "SequenceTagger", "spans", "span_f1"]
 
 PAD, UNK = "<pad>", "<unk>"
-_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -49,18 +47,14 @@ class SequenceTagger(Module):
                  layers: int = 1, cell: str = "lstm", bidirectional: bool = True,
                  dropout: float = 0.0, dtype="float32", seed: Optional[int] = None):
         super().__init__()
-        if cell not in _CELLS:
-            raise ValueError(f"SequenceTagger: cell must be one of {sorted(_CELLS)}, "
-                             f"got {cell!r}")
         self._record(vocab_size=vocab_size, num_tags=num_tags, embed=embed, hidden=hidden,
                      layers=layers, cell=cell, bidirectional=bool(bidirectional),
                      dropout=dropout, dtype=np.dtype(dtype), seed=seed)
-        s = [None] * 5 if seed is None else \
-            [int(v) for v in np.random.SeedSequence(seed).generate_state(5)]
+        s = sub_seeds(seed, 5)
         self.embedding = Embedding(vocab_size, embed, padding_idx=0, dtype=dtype, seed=s[0])
         self.embed_drop = Dropout(dropout, seed=s[1])
-        self.rnn = _CELLS[cell](embed, hidden, num_layers=layers, bidirectional=bool(bidirectional),
-                                dropout=dropout if layers > 1 else 0.0, dtype=dtype, seed=s[2])
+        self.rnn = make_rnn(cell, embed, hidden, layers, dropout, s[2],
+                            bidirectional=bidirectional, dtype=dtype, where="SequenceTagger")
         self.out_drop = Dropout(dropout, seed=s[3])
         self.head = Linear((2 if bidirectional else 1) * hidden, num_tags, dtype=dtype, seed=s[4])
 
@@ -73,77 +67,6 @@ class SequenceTagger(Module):
         d = self.out_drop.backward(self.head.backward(d_logits))
         d = self.embed_drop.backward(self.rnn.backward(d))
         self.embedding.backward(d)
-
-
-@functools.lru_cache(maxsize=None)
-def torch_parts():
-    """(MaskDropout, Recurrent): torch modules for the --compare-torch twins (torch is imported
-    only here). ``MaskDropout(fused_dropout)`` draws a fusedrnn Dropout's masks from a copy of its
-    generator; ``Recurrent(fused_layer)`` is a fusedrnn LSTM/GRU/RNN as one torch module per
-    layer (packed sequences for the lengths), with the between-layer dropout masks drawn from a
-    copy of the layer's generator, so that both runs use identical masks."""
-    import torch
-    from ..convert import to_torch
-
-    def mask(rng, p, x):
-        dt = np.float64 if x.dtype == torch.float64 else np.float32
-        keep = rng.random(tuple(x.shape)) >= p
-        return x * torch.from_numpy(keep.astype(dt) * dt(1.0 / (1.0 - p)))
-
-    class MaskDropout(torch.nn.Module):
-        def __init__(self, drop: Dropout):
-            super().__init__()
-            self.p, self.rng = drop.p, copy.deepcopy(drop._rng)
-
-        def forward(self, x):
-            return mask(self.rng, self.p, x) if self.training and self.p > 0 else x
-
-    class Recurrent(torch.nn.Module):
-        def __init__(self, rnn):
-            super().__init__()
-            self.lstm, self.D, self.p = rnn.mode == "LSTM", rnn.num_directions, rnn.dropout
-            self.rng = copy.deepcopy(rnn._drop_rng)
-            self.fused = type(rnn)
-            self.num_layers = rnn.num_layers
-            sd = rnn.state_dict()
-            layers = []
-            for k in range(rnn.num_layers):
-                kw = dict(rnn.config())
-                kw.update(input_size=rnn.input_size if k == 0 else rnn.num_directions *
-                          rnn.hidden_size, num_layers=1, dropout=0.0, seed=None)
-                del kw["type"]
-                one = type(rnn)(**kw)
-                one.load_state_dict({name: sd[name.replace("_l0", f"_l{k}")]
-                                     for name in one.state_dict()})
-                layers.append(to_torch(one))
-            self.layers = torch.nn.ModuleList(layers)
-
-        def forward(self, x, lengths, state=None):
-            T, D = x.shape[0], self.D
-            hs, cs = [], []
-            for k, layer in enumerate(self.layers):
-                s = None
-                if state is not None:
-                    s = (state[0][k * D:(k + 1) * D], state[1][k * D:(k + 1) * D]) \
-                        if self.lstm else state[k * D:(k + 1) * D]
-                packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths,
-                                                                 enforce_sorted=False)
-                out, s = layer(packed, s)
-                x, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
-                hs.append(s[0] if self.lstm else s)
-                if self.lstm:
-                    cs.append(s[1])
-                if k < len(self.layers) - 1 and self.training and self.p > 0:
-                    x = mask(self.rng, self.p, x)
-            return x, ((torch.cat(hs), torch.cat(cs)) if self.lstm else torch.cat(hs))
-
-        def export(self, prefix: str) -> Dict[str, np.ndarray]:
-            """The weights under the fusedrnn layer's names."""
-            return {prefix + name.replace("_l0", f"_l{k}"): p.detach().cpu().numpy().copy()
-                    for k, layer in enumerate(self.layers)
-                    for name, p in layer.named_parameters()}
-
-    return MaskDropout, Recurrent
 
 
 # -- chunks and F1 (conlleval) ------------------------------------------------------------------
@@ -344,7 +267,7 @@ def read_conll(path) -> List[List[Tuple[str, str]]]:
     """Sentences of (word, tag) from a CoNLL-style file; DataError on anything malformed."""
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = read_limited(f, f"tag: data file {path}").splitlines()
     except FileNotFoundError:
         raise DataError(f"tag: data file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -414,10 +337,6 @@ class Tag(Task):
         self.tags: Optional[List[str]] = None
         self.train_data: List[List[Tuple[str, str]]] = []
         self.valid_data: List[List[Tuple[str, str]]] = []
-
-    def flag(self, name: str):
-        v = getattr(self.args, name, None)
-        return self.defaults.get(name) if v is None else v
 
     # -- data --------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -492,15 +411,7 @@ class Tag(Task):
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, dtype=None) -> Module:
-        cell = str(self.flag("cell")).lower()
-        if cell not in _CELLS:
-            raise ValueError(f"tag: --cell must be one of {sorted(_CELLS)}, got {cell!r}")
-        return SequenceTagger(len(self.vocab), len(self.tags), embed=int(self.flag("embed")),
-                              hidden=int(self.flag("hidden")), layers=int(self.flag("layers")),
-                              cell=cell, bidirectional=bool(self.flag("bidirectional")),
-                              dropout=float(self.flag("dropout")),
-                              dtype=dtype or getattr(self.args, "dtype", None) or "float32",
-                              seed=int(self.flag("seed") or 0))
+        return SequenceTagger(len(self.vocab), len(self.tags), **model_kwargs(self, dtype))
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         x, y, lengths = batch
@@ -571,9 +482,8 @@ class Tag(Task):
         return meta
 
     def restore(self, metadata: Dict[str, Any]) -> None:
-        for k, v in metadata.get("flags", {}).items():
-            if getattr(self.args, k, None) is None:
-                setattr(self.args, k, v)
+        self._restore_flags(metadata)
+        self.resolve_flags()
         self.vocab = list(metadata["vocab"])
         self.tags = list(metadata["tags"])
         self.split_seed = metadata.get("split_seed")
@@ -613,10 +523,7 @@ class Tag(Task):
         x, y, lengths = batch
         tmodel.train()
         logits = tmodel(torch.from_numpy(x), torch.from_numpy(lengths))
-        valid = torch.from_numpy(np.arange(x.shape[0])[:, None] < lengths[None, :])
-        loss = torch.nn.functional.cross_entropy(logits[valid], torch.from_numpy(y)[valid])
-        loss.backward()
-        return float(loss.detach()), int(lengths.sum())
+        return torch_sequence_loss(logits, y, lengths), int(lengths.sum())
 
     def torch_evaluate(self, tmodel) -> Dict[str, float]:
         import torch

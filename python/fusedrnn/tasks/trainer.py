@@ -31,13 +31,15 @@ import numpy as np
 
 from .. import io as fio
 from .. import optim
+from ..validators import flag_name
 from ..functional import get_num_threads, set_num_threads
 from ..io import CheckpointError
 from . import get_task
 from .base import TASK_FLAGS, DataError, Task
+from .guards import check_memory, dumps, json_safe, prepare_out_dir, save_figure
 
-__all__ = ["UsageError", "TrainingError", "GENERIC_DEFAULTS", "resolve", "parse_eval_every",
-           "read_checkpoint", "load_task_and_model", "train"]
+__all__ = ["UsageError", "TrainingError", "OutputError", "GENERIC_DEFAULTS", "resolve",
+           "parse_eval_every", "read_checkpoint", "load_task_and_model", "train"]
 
 # Used where neither the user nor the task gives a value.
 GENERIC_DEFAULTS: Dict[str, Any] = {
@@ -52,18 +54,57 @@ TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_leng
                    "window", "embed")
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 CHECKPOINT = "model.safetensors"
+#: the files a run writes into --out (checked before training: none may be a directory)
+OUTPUTS = (CHECKPOINT, "metrics.json", "loss.png", "forecast.png")
+
+
+class _BudgetExceeded(Exception):
+    """Raised by the SIGALRM of :func:`_deadline` inside a validation past the time budget."""
+
+
+class _deadline:
+    """Context manager: raises _BudgetExceeded in the main thread at ``deadline``
+    (perf_counter time; None = no deadline). A no-op off the main thread or without
+    SIGALRM (Windows): the budget is then kept by the stop rule alone."""
+
+    def __init__(self, deadline: Optional[float]):
+        self.deadline = deadline
+        self.old = None
+
+    def __enter__(self):
+        import signal
+        import threading
+        if self.deadline is None or not hasattr(signal, "setitimer") \
+                or threading.current_thread() is not threading.main_thread():
+            self.deadline = None
+            return self
+
+        def fire(signum, frame):
+            raise _BudgetExceeded()
+
+        self.old = signal.signal(signal.SIGALRM, fire)
+        signal.setitimer(signal.ITIMER_REAL, max(self.deadline - time.perf_counter(), 1e-3))
+        return self
+
+    def __exit__(self, *exc):
+        if self.deadline is not None:
+            import signal
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
 
 
 class UsageError(ValueError):
     """A flag combination or value the user can fix; printed as one line, exit status 2."""
 
 
+class OutputError(OSError):
+    """An output file could not be written (disk full, permissions): one line, exit status 2;
+    what was already saved is named."""
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (the loss became NaN or infinite)."""
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 # -- flags --------------------------------------------------------------------------------------
@@ -122,13 +163,14 @@ def resolve(args: argparse.Namespace, task_cls: type,
 
 def check_flags(args: argparse.Namespace, task_cls: type) -> None:
     """Task-level flag checks that need the task class."""
-    if args.bidirectional and not task_cls.bidirectional_ok:
-        raise UsageError(f"--bidirectional does not apply to task {task_cls.name} "
-                         f"(it predicts forward in time)")
+    try:
+        task_cls.check_bidirectional(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if task_cls.flags is not None:
         for k in TASK_ONLY_FLAGS:
             if k in args.given and k not in task_cls.flags:
-                raise UsageError(f"{_flag(k)} does not apply to task {task_cls.name}")
+                raise UsageError(f"{flag_name(k)} does not apply to task {task_cls.name}")
     if args.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
                          f"got {args.optimizer!r}")
@@ -200,6 +242,7 @@ def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Opt
     resolve(args, task_cls, meta["task_metadata"].get("flags", {}))
     task = task_cls(args)
     task.restore(meta["task_metadata"])
+    check_model_flags(path, args)
     if prepare:
         task.prepare()
     model = task.build_model()
@@ -212,6 +255,18 @@ def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Opt
         raise CheckpointError(f"{path} does not match the model its metadata describes: "
                               f"{str(e).splitlines()[0]}") from None
     return task, model, meta, opt
+
+
+def check_model_flags(path: str, args: argparse.Namespace) -> None:
+    """The model the checkpoint's flags describe must fit the tensors the file holds (checked
+    from the header alone, before the model is built: a config saying hidden 20000 in a
+    300 KB file is refused instead of allocating gigabytes)."""
+    try:
+        held = sum(math.prod(shape) for shape in fio.tensor_shapes(path).values())
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    fio.check_config_size(path, {"hidden": args.hidden, "layers": args.layers,
+                                 "bidirectional": bool(args.bidirectional)}, held)
 
 
 # -- the loop ------------------------------------------------------------------------------------
@@ -311,7 +366,7 @@ class Run:
                     continue
                 v = getattr(a, k, None)
                 if v is not None and k in saved and saved[k] != v:
-                    raise UsageError(f"{_flag(k)} {v} differs from the checkpoint's "
+                    raise UsageError(f"{flag_name(k)} {v} differs from the checkpoint's "
                                      f"{saved[k]}; a resumed model keeps its shape")
             run = resume_meta.get("run", {})
             if a.optimizer is not None and run.get("optimizer") not in (None, a.optimizer):
@@ -337,12 +392,13 @@ class Run:
                 raise UsageError(f"task {a.task} has no PyTorch twin for --compare-torch")
         if a.threads:
             set_num_threads(a.threads)
-        if os.path.exists(a.out) and not os.path.isdir(a.out):
-            raise UsageError(f"--out {a.out} exists and is not a directory")
-
         self.task = self.task_cls(a)
         if resume_meta:
             self.task.restore(resume_meta["task_metadata"])
+            check_model_flags(a.resume, a)
+        check_memory(self.task.memory_parts())
+        self._check_overwrite()
+        self.created_out = prepare_out_dir(a.out, OUTPUTS)
         t0 = time.perf_counter()
         self.task.prepare()
         self.model = self.task.build_model()
@@ -372,8 +428,30 @@ class Run:
             if self.tmodel is None:
                 raise UsageError(f"task {a.task} has no PyTorch twin for this configuration")
 
+    def _check_overwrite(self) -> None:
+        """A fresh run does not replace a model already in --out unless --overwrite is given
+        (resuming the checkpoint that is there continues that run and replaces it)."""
+        a = self.args
+        ckpt = os.path.join(a.out, CHECKPOINT)
+        if not os.path.isfile(ckpt) or getattr(a, "overwrite", False):
+            return
+        if a.resume and os.path.exists(a.resume) and os.path.samefile(a.resume, ckpt):
+            return
+        raise UsageError(f"--out {a.out} already holds a model ({ckpt}); give --overwrite to "
+                         f"replace it, --resume {ckpt} to continue it, or another --out")
+
+    def cleanup_failed_setup(self) -> None:
+        """Removes the output directory this run created when setup failed after it."""
+        if getattr(self, "created_out", False):
+            try:
+                os.rmdir(self.args.out)
+            except OSError:
+                pass
+
     # -- training --------------------------------------------------------------------------
     def _better(self, value: float, best: Optional[float]) -> bool:
+        if not math.isfinite(value):          # NaN / inf: never the best model
+            return False
         if best is None:
             return True
         return value > best if self.task.higher_is_better else value < best
@@ -396,12 +474,23 @@ class Run:
         train_time = eval_time = 0.0
         since_loss, since_n, ema = 0.0, 0, None
         best_snapshot = None
-        interrupted = False
+        interrupted = cut = False
         progress = _Progress(a, task, self.quiet, self.out)
         t_loop = time.perf_counter()
         last_eval = 0.0
         run_steps = 0
         eval_set = set(eval_steps or ())
+        # the time budget includes validation: training stops early enough for the last
+        # validation (its cost is the previous one's), and a validation still running at the
+        # deadline (plus a 10% grace) is cut short
+        budget = a.time_budget if max_steps is None else None
+        deadline = t_loop + budget * 1.1 + 0.5 if budget else None
+        eval_cost = 0.0
+        # the automatic schedule (no --eval-every) keeps validation to about half the run:
+        # a due validation is skipped while validating took longer than training
+        auto_every = eval_steps is None and "eval_every" not in getattr(a, "given", ())
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        errstate.__enter__()
         try:
             while True:
                 t0 = time.perf_counter()
@@ -410,8 +499,8 @@ class Run:
                 train_time += time.perf_counter() - t0
                 run_steps += 1
                 if not math.isfinite(loss):
-                    raise TrainingError(f"{label}: the training loss became {loss} at step "
-                                        f"{step0 + run_steps}; try a lower --lr or --clip")
+                    raise TrainingError(self._nonfinite_message(loss, label,
+                                                                step0 + run_steps))
                 units += count
                 step_losses.append(loss)
                 since_loss += loss
@@ -423,7 +512,7 @@ class Run:
                 else:
                     stop = bool((a.steps and run_steps >= a.steps)
                                 or (a.epochs and task.epoch >= a.epochs)
-                                or (a.time_budget and elapsed >= a.time_budget))
+                                or (budget and elapsed + eval_cost >= budget))
                 if eval_steps is not None:
                     due = run_steps in eval_set
                 elif self.every[0] == "steps":
@@ -434,10 +523,22 @@ class Run:
                 rate = units / train_time if train_time > 0 else 0.0
                 progress.update(run_steps, elapsed, task.epoch,
                                 f"loss {ema:.3f}{extra}, {rate:,.0f} {task.unit}s/s")
+                if due and not stop and auto_every and history \
+                        and eval_time + eval_cost > train_time:
+                    due = False
                 if due:
                     t0 = time.perf_counter()
-                    metrics = eval_fn()
-                    eval_time += time.perf_counter() - t0
+                    try:
+                        with _deadline(deadline):
+                            metrics = eval_fn()
+                    except _BudgetExceeded:
+                        eval_time += time.perf_counter() - t0
+                        cut = True
+                        progress.write(f"{label}: validation at step {step0 + run_steps} cut "
+                                       f"short by --time-budget {budget:g}")
+                        break
+                    eval_cost = time.perf_counter() - t0
+                    eval_time += eval_cost
                     last_eval = time.perf_counter() - t_loop
                     if task.metric not in metrics:
                         raise RuntimeError(f"task {task.name}: evaluate() returned no "
@@ -463,12 +564,28 @@ class Run:
             progress.write(f"{label}: interrupted at step {step0 + run_steps}; finishing with "
                            f"the best model so far")
         finally:
+            errstate.__exit__(None, None, None)
             progress.close()
-        return {"history": history, "step_losses": step_losses, "units": units,
+        if best_snapshot is None and best is None and run_steps and model is self.model:
+            # no validation gave a finite metric, in this run or the resumed one (cut by the
+            # time budget, or NaN): the trained model is kept all the same, unvalidated
+            best_snapshot = self._snapshot(model, step0 + run_steps, epoch0 + task.epoch)
+            best_snapshot["validated"] = False
+        return {"cut": cut, "history": history, "step_losses": step_losses, "units": units,
                 "train_time": train_time, "eval_time": eval_time, "run_steps": run_steps,
                 "steps": step0 + run_steps, "epoch": epoch0 + task.epoch, "best": best,
                 "best_step": best_step, "best_snapshot": best_snapshot,
                 "interrupted": interrupted, "loop_time": time.perf_counter() - t_loop}
+
+    @staticmethod
+    def _nonfinite_message(loss: float, label: str, step: int) -> str:
+        who = "" if label.strip() == "fusedrnn" else f" (the {label.strip()} run)"
+        if step == 1:   # before any update: the data or the model, not the learning rate
+            advice = ("before any update, so the data or the model flags are the cause "
+                      "(values too large for float32?)")
+        else:
+            advice = "try a lower --lr or --clip"
+        return f"the training loss became {loss} at step {step}{who}; {advice}"
 
     def _snapshot(self, model, step, epoch):
         if model is not self.model:
@@ -555,9 +672,19 @@ class Run:
 
     # -- outputs ---------------------------------------------------------------------------
     def save(self) -> Dict[str, str]:
+        """Writes the checkpoint, then metrics.json, then the plots (each atomically); an
+        OSError (disk full, permissions) becomes an OutputError naming the file and saying
+        what was already saved."""
+        self.paths: Dict[str, str] = {}
+        try:
+            return self._save(self.paths)
+        except OSError as e:
+            done = ", ".join(self.paths.values())
+            raise OutputError(f"{e}" + (f" (already saved: {done})" if done else "")) from e
+
+    def _save(self, paths: Dict[str, str]) -> Dict[str, str]:
         a, r = self.args, self.result
         os.makedirs(a.out, exist_ok=True)
-        paths = {}
         snap = self.snapshot
         history = list(self.trainer_state.get("history", [])) + r["history"]
         best, best_step = r["best"], r["best_step"]
@@ -565,6 +692,7 @@ class Run:
             ckpt = os.path.join(a.out, CHECKPOINT)
             trainer = {"step": snap["step"], "epoch": snap["epoch"], "best": best,
                        "best_step": best_step, "metric": self.task.metric,
+                       "validated": snap.get("validated", True),
                        "history": [e for e in history if e["step"] <= snap["step"]]}
             run = {"optimizer": a.optimizer, "lr": a.lr, "clip": a.clip}
 
@@ -575,8 +703,10 @@ class Run:
                 def state_dict(self):
                     return self.sd
 
+            # JSON has no NaN / inf: a diverged metric is stored as null
             fio.save(ckpt, self.model, _Opt(snap["optimizer"]), task=self.task.name,
-                     task_metadata=self.task.metadata(), trainer=trainer, run=run,
+                     task_metadata=json_safe(self.task.metadata()),
+                     trainer=json_safe(trainer), run=json_safe(run),
                      **self.task.checkpoint_extras())
             paths["checkpoint"] = ckpt
         final = next((e for e in reversed(history) if e["step"] == best_step), None)
@@ -586,7 +716,7 @@ class Run:
             "higher_is_better": self.task.higher_is_better, "config": _config(a),
             "history": history, "final": final, "best_step": best_step,
             "steps": r["steps"], "epochs": round(r["epoch"], 4),
-            "interrupted": r["interrupted"],
+            "interrupted": r["interrupted"], "validation_cut_by_budget": r["cut"],
             "wall_time_s": round(wall, 3), "data_prep_s": round(self.prep_time, 3),
             "train_time_s": round(r["train_time"], 3), "eval_time_s": round(r["eval_time"], 3),
             "throughput": {"unit": self.task.unit,
@@ -605,9 +735,7 @@ class Run:
                 "train_loss_per_step": [round(x, 6) for x in t["step_losses"]],
             }
         mpath = os.path.join(a.out, "metrics.json")
-        with open(mpath, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=1, default=str)
-            f.write("\n")
+        fio.write_file(mpath, (dumps(metrics, indent=1) + "\n").encode("utf-8"))
         paths["metrics"] = mpath
         png = self._plot(metrics, os.path.join(a.out, "loss.png"))
         if png:
@@ -672,8 +800,10 @@ class Run:
             ax.legend()
         fig.suptitle(f"fusedrnn train --task {task.name}")
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            save_figure(fig, path)
+        finally:
+            plt.close(fig)
         return path
 
     # -- report ----------------------------------------------------------------------------
@@ -682,7 +812,11 @@ class Run:
         p = lambda s="": print(s, file=self.out)  # noqa: E731
         final = m["final"]
         p()
-        if final is None:
+        if final is None and r["run_steps"]:
+            why = "cut short by --time-budget" if r["cut"] else "no finite validation metric"
+            p(f"{task.name}: no validation finished ({why}); the saved model is the last one, "
+              f"unvalidated")
+        elif final is None:
             p(f"{task.name}: no validation ran (no training step finished)")
         else:
             base = final.get("baseline_" + task.metric)
@@ -706,7 +840,8 @@ class Run:
           f"{m['train_time_s']:.1f} s at {rate or 0:,.0f} {task.unit}s/s, validation "
           f"{m['eval_time_s']:.1f} s)")
         if "checkpoint" in paths:
-            p(f"saved {paths['checkpoint']} (best, step {self.snapshot['step']})")
+            kind = "best" if self.snapshot.get("validated", True) else "last, unvalidated"
+            p(f"saved {paths['checkpoint']} ({kind}, step {self.snapshot['step']})")
         p(f"saved {paths['metrics']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
         if "task_plot" in paths:
             p(f"saved {paths['task_plot']}")
@@ -772,9 +907,14 @@ def train(args: argparse.Namespace, out=None, t_start: Optional[float] = None) -
     try:
         run.setup()
     except (UsageError, DataError, CheckpointError):
+        run.cleanup_failed_setup()
         raise
     except ValueError as e:   # from a task's or module's argument checks
+        run.cleanup_failed_setup()
         raise UsageError(str(e)) from e
+    except BaseException:
+        run.cleanup_failed_setup()
+        raise
     run.train()
     paths = run.save()
     run.report(paths)

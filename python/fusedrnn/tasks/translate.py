@@ -24,15 +24,15 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import losses
-from ..layers import GRU, LSTM, RNN
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
+from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
+from .guards import check_memory, read_limited
 
 __all__ = ["Translate", "Seq2Seq", "format_date", "FORMATS", "iso_baseline"]
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
-_CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -59,23 +59,17 @@ class Seq2Seq(Module):
                  layers: int = 1, cell: str = "lstm", bidirectional: bool = False,
                  dropout: float = 0.0, dtype="float32", seed: Optional[int] = None):
         super().__init__()
-        if cell not in _CELLS:
-            raise ValueError(f"Seq2Seq: cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        s = sub_seeds(seed, 6)
+        D = 2 if bidirectional else 1
         self._record(src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed=embed, hidden=hidden,
                      layers=layers, cell=cell, bidirectional=bool(bidirectional),
                      dropout=dropout, dtype=np.dtype(dtype), seed=seed)
-        s = [None] * 6 if seed is None else \
-            [int(v) for v in np.random.SeedSequence(seed).generate_state(6)]
-        D = 2 if bidirectional else 1
         self.num_directions, self.layers = D, layers
-        rnn = _CELLS[cell]
-        inner = dropout if layers > 1 else 0.0
         self.src_embed = Embedding(src_vocab, embed, padding_idx=0, dtype=dtype, seed=s[0])
-        self.encoder = rnn(embed, hidden, num_layers=layers, bidirectional=bool(bidirectional),
-                           dropout=inner, dtype=dtype, seed=s[1])
+        self.encoder = make_rnn(cell, embed, hidden, layers, dropout, s[1],
+                                bidirectional=bidirectional, dtype=dtype, where="Seq2Seq")
         self.tgt_embed = Embedding(tgt_vocab, embed, padding_idx=0, dtype=dtype, seed=s[2])
-        self.decoder = rnn(embed, D * hidden, num_layers=layers, dropout=inner, dtype=dtype,
-                           seed=s[3])
+        self.decoder = make_rnn(cell, embed, D * hidden, layers, dropout, s[3], dtype=dtype)
         self.drop = Dropout(dropout, seed=s[4])
         self.head = Linear(D * hidden, tgt_vocab, dtype=dtype, seed=s[5])
 
@@ -262,7 +256,7 @@ def iso_baseline(source: str) -> str:
 def read_pairs(path) -> List[Tuple[str, str]]:
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = read_limited(f, f"translate: data file {path}").splitlines()
     except FileNotFoundError:
         raise DataError(f"translate: data file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -320,10 +314,6 @@ class Translate(Task):
         self.train_pairs: List[Tuple[str, str]] = []
         self.valid_pairs: List[Tuple[str, str]] = []
         self.train_dates: List[datetime.date] = []
-
-    def flag(self, name: str):
-        v = getattr(self.args, name, None)
-        return self.defaults.get(name) if v is None else v
 
     @property
     def beam(self) -> int:
@@ -424,15 +414,7 @@ class Translate(Task):
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, dtype=None) -> Module:
-        cell = str(self.flag("cell")).lower()
-        if cell not in _CELLS:
-            raise ValueError(f"translate: --cell must be one of {sorted(_CELLS)}, got {cell!r}")
-        return Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), embed=int(self.flag("embed")),
-                       hidden=int(self.flag("hidden")), layers=int(self.flag("layers")),
-                       cell=cell, bidirectional=bool(self.flag("bidirectional")),
-                       dropout=float(self.flag("dropout")),
-                       dtype=dtype or getattr(self.args, "dtype", None) or "float32",
-                       seed=int(self.flag("seed") or 0))
+        return Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), **model_kwargs(self, dtype))
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         src, src_len, tin, tout, tgt_len = batch
@@ -450,6 +432,7 @@ class Translate(Task):
         ``beam``, default ``args.beam`` or 4); with ``greedy`` also the greedy strings and
         scores."""
         beam = self.beam if beam is None else max(1, int(beam))
+        self._check_beam_memory(beam, min(chunk, max(1, len(sources))))
         text = lambda seq: "".join(self.tgt_vocab[k] for k in seq if k > UNK)  # noqa: E731
         out, scores, g_out, g_scores = [], [], [], []
         for i in range(0, len(sources), chunk):
@@ -463,6 +446,16 @@ class Translate(Task):
         if greedy:
             return out, cat(scores), g_out, cat(g_scores)
         return out, cat(scores)
+
+    def _check_beam_memory(self, beam: int, n: int) -> None:
+        """Beam search holds, per sequence and beam, the log-probabilities over the target
+        vocabulary (three float64 copies), the hypotheses and the decoder state: refuse a
+        --beam that cannot fit before allocating it."""
+        V, T = len(self.tgt_vocab), int(self.max_len)
+        D = 2 if self.flag("bidirectional") else 1
+        state = int(self.flag("layers")) * D * int(self.flag("hidden")) * 2 * 8
+        check_memory([(f"--beam {beam}", float(n) * beam * (3 * V * 8 + 2 * T * 8 + state))],
+                     "decoding")
 
     def score(self, model: Module, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
         """Length-normalised log-probability of each target given its source (eval mode)."""
@@ -528,9 +521,8 @@ class Translate(Task):
         return meta
 
     def restore(self, metadata: Dict[str, Any]) -> None:
-        for k, v in metadata.get("flags", {}).items():
-            if getattr(self.args, k, None) is None:
-                setattr(self.args, k, v)
+        self._restore_flags(metadata)
+        self.resolve_flags()
         self.src_vocab = list(metadata["src_vocab"])
         self.tgt_vocab = list(metadata["tgt_vocab"])
         self.max_len = int(metadata["max_len"])
@@ -540,9 +532,8 @@ class Translate(Task):
     # -- --compare-torch ---------------------------------------------------------------------------
     def torch_model(self, model: Module):
         """torch twin of the Seq2Seq: same weights, and copies of the model's dropout-mask
-        generators (see :func:`fusedrnn.tasks.tag.torch_parts`)."""
+        generators (see :func:`fusedrnn.tasks.common.torch_parts`)."""
         import torch
-        from .tag import torch_parts
         MaskDropout, Recurrent = torch_parts()
 
         class TorchSeq2Seq(torch.nn.Module):
@@ -597,10 +588,7 @@ class Translate(Task):
         tmodel.train()
         logits = tmodel(torch.from_numpy(src), torch.from_numpy(src_len), torch.from_numpy(tin),
                         torch.from_numpy(tgt_len))
-        valid = torch.from_numpy(np.arange(tin.shape[0])[:, None] < tgt_len[None, :])
-        loss = torch.nn.functional.cross_entropy(logits[valid], torch.from_numpy(tout)[valid])
-        loss.backward()
-        return float(loss.detach()), src.shape[1]
+        return torch_sequence_loss(logits, tout, tgt_len), src.shape[1]
 
     def torch_evaluate(self, tmodel) -> Dict[str, float]:
         """The torch twin's weights copied into a fusedrnn Seq2Seq, evaluated the same way

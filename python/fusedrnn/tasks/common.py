@@ -1,0 +1,176 @@
+"""What the tasks share: the cell map, flag checks, the recurrent-stack builder, sub-seeds and
+the torch twins' building blocks.
+
+A task's flags arrive as an argparse Namespace (from the CLI, already parsed by type, or from
+Python code); :func:`model_flags` checks the model flags every task has once, with the package's
+rules (:mod:`fusedrnn.validators`), and messages that name the flag (``--hidden must be an
+integer >= 1, got 0``).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .. import validators as V
+from ..models import CELLS, cell_class
+from ..module import Dropout
+
+__all__ = ["CELLS", "cell_class", "check_int", "check_choice", "check_dropout", "model_flags",
+           "model_kwargs", "make_rnn", "sub_seed", "sub_seeds", "torch_parts",
+           "torch_sequence_loss"]
+
+
+# -- flag checks (messages name the flag) -------------------------------------------------------
+def check_int(name: str, v, minimum: int = 1) -> int:
+    return V.positive_int(None, V.flag_name(name), v, minimum)
+
+
+def check_choice(name: str, v, choices) -> Any:
+    return V.choice(None, V.flag_name(name), v, choices)
+
+
+def check_dropout(v) -> float:
+    return V.probability(None, "--dropout", v)
+
+
+def model_flags(task, lower_cell: bool = False) -> Dict[str, Any]:
+    """The model flags every task has (cell, hidden, layers, batch_size, dropout, seed), each
+    the user's value or the task's default, checked, and written back to ``task.args``."""
+    a = task.args
+    cell = task.flag("cell")
+    if lower_cell and isinstance(cell, str):
+        cell = cell.lower()
+    out = {
+        "cell": check_choice("cell", cell, tuple(CELLS)),
+        "hidden": check_int("hidden", task.flag("hidden")),
+        "layers": check_int("layers", task.flag("layers")),
+        "batch_size": check_int("batch_size", task.flag("batch_size")),
+        "dropout": check_dropout(task.flag("dropout")),
+        "seed": check_int("seed", task.flag("seed") if task.flag("seed") is not None else 0,
+                          minimum=0),
+    }
+    for k, v in out.items():
+        setattr(a, k, v)
+    return out
+
+
+def model_kwargs(task, dtype=None) -> Dict[str, Any]:
+    """Constructor arguments of an embedding + recurrent model (tag, translate): the model
+    flags (checked by ``Task.resolve_flags``), ``--embed`` (checked here), ``--bidirectional``
+    and the dtype (``dtype``, else ``args.dtype``, else float32)."""
+    a = task.args
+    return dict(embed=check_int("embed", task.flag("embed")), hidden=a.hidden,
+                layers=a.layers, cell=a.cell, bidirectional=bool(task.flag("bidirectional")),
+                dropout=a.dropout, dtype=dtype or getattr(a, "dtype", None) or "float32",
+                seed=a.seed)
+
+
+# -- models -------------------------------------------------------------------------------------
+def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: float,
+             seed: Optional[int], *, bidirectional: bool = False, dtype="float32",
+             forget_bias: Optional[float] = None, where: Optional[str] = None):
+    """The recurrent stack: LSTM, GRU or tanh RNN, time-major; ``dropout`` between layers (none
+    with one layer); ``forget_bias`` (LSTM only) when given. ``where`` names the model in the
+    error for an unknown cell."""
+    cls = cell_class(where, cell)
+    kw = dict(num_layers=layers, bidirectional=bool(bidirectional),
+              dropout=dropout if layers > 1 else 0.0, dtype=dtype, seed=seed)
+    if forget_bias is not None and cell == "lstm":
+        kw["forget_bias"] = forget_bias
+    return cls(input_size, hidden, **kw)
+
+
+def sub_seed(seed: Optional[int], k: int) -> Optional[int]:
+    """The k-th seed derived from ``seed`` (None stays None)."""
+    return None if seed is None else int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+def sub_seeds(seed: Optional[int], n: int) -> List[Optional[int]]:
+    """n seeds derived from ``seed`` at once (n Nones for None)."""
+    return [None] * n if seed is None else \
+        [int(v) for v in np.random.SeedSequence(seed).generate_state(n)]
+
+
+# -- torch twins (--compare-torch) ---------------------------------------------------------------
+def torch_sequence_loss(logits, targets: np.ndarray, lengths: np.ndarray) -> float:
+    """Mean cross-entropy of torch ``logits`` [T, N, V] against ``targets`` [T, N] over the
+    valid steps (t < lengths[n]); runs backward() and returns the loss."""
+    import torch
+    valid = torch.from_numpy(np.arange(targets.shape[0])[:, None] < lengths[None, :])
+    loss = torch.nn.functional.cross_entropy(logits[valid], torch.from_numpy(targets)[valid])
+    loss.backward()
+    return float(loss.detach())
+
+
+@functools.lru_cache(maxsize=None)
+def torch_parts():
+    """(MaskDropout, Recurrent): torch modules for the --compare-torch twins (torch is imported
+    only here). ``MaskDropout(fused_dropout)`` draws a fusedrnn Dropout's masks from a copy of its
+    generator; ``Recurrent(fused_layer)`` is a fusedrnn LSTM/GRU/RNN as one torch module per
+    layer (packed sequences for the lengths), with the between-layer dropout masks drawn from a
+    copy of the layer's generator, so that both runs use identical masks."""
+    import torch
+    from ..convert import to_torch
+
+    def mask(rng, p, x):
+        dt = np.float64 if x.dtype == torch.float64 else np.float32
+        keep = rng.random(tuple(x.shape)) >= p
+        return x * torch.from_numpy(keep.astype(dt) * dt(1.0 / (1.0 - p)))
+
+    class MaskDropout(torch.nn.Module):
+        def __init__(self, drop: Dropout):
+            super().__init__()
+            self.p, self.rng = drop.p, copy.deepcopy(drop._rng)
+
+        def forward(self, x):
+            return mask(self.rng, self.p, x) if self.training and self.p > 0 else x
+
+    class Recurrent(torch.nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.lstm, self.D, self.p = rnn.mode == "LSTM", rnn.num_directions, rnn.dropout
+            self.rng = copy.deepcopy(rnn._drop_rng)
+            self.fused = type(rnn)
+            self.num_layers = rnn.num_layers
+            sd = rnn.state_dict()
+            layers = []
+            for k in range(rnn.num_layers):
+                kw = dict(rnn.config())
+                kw.update(input_size=rnn.input_size if k == 0 else rnn.num_directions *
+                          rnn.hidden_size, num_layers=1, dropout=0.0, seed=None)
+                del kw["type"]
+                one = type(rnn)(**kw)
+                one.load_state_dict({name: sd[name.replace("_l0", f"_l{k}")]
+                                     for name in one.state_dict()})
+                layers.append(to_torch(one))
+            self.layers = torch.nn.ModuleList(layers)
+
+        def forward(self, x, lengths, state=None):
+            T, D = x.shape[0], self.D
+            hs, cs = [], []
+            for k, layer in enumerate(self.layers):
+                s = None
+                if state is not None:
+                    s = (state[0][k * D:(k + 1) * D], state[1][k * D:(k + 1) * D]) \
+                        if self.lstm else state[k * D:(k + 1) * D]
+                packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths,
+                                                                 enforce_sorted=False)
+                out, s = layer(packed, s)
+                x, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+                hs.append(s[0] if self.lstm else s)
+                if self.lstm:
+                    cs.append(s[1])
+                if k < len(self.layers) - 1 and self.training and self.p > 0:
+                    x = mask(self.rng, self.p, x)
+            return x, ((torch.cat(hs), torch.cat(cs)) if self.lstm else torch.cat(hs))
+
+        def export(self, prefix: str) -> Dict[str, np.ndarray]:
+            """The weights under the fusedrnn layer's names."""
+            return {prefix + name.replace("_l0", f"_l{k}"): p.detach().cpu().numpy().copy()
+                    for k, layer in enumerate(self.layers)
+                    for name, p in layer.named_parameters()}
+
+    return MaskDropout, Recurrent
