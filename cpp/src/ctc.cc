@@ -1,26 +1,34 @@
-// CTC loss: log-space forward-backward (alpha-beta) over the blank-extended targets, one sequence
-// per OpenMP task; the optional fused log-softmax of the logits variant. Formulas in ctc.h.
+// CTC loss kernel (one instruction-set copy, namespace fusedrnn::FUSEDRNN_ISA_NS; ctc_dispatch.cc
+// checks the arguments and picks the copy): log-space forward-backward (alpha-beta) over the
+// blank-extended targets, one sequence per OpenMP task, and the fused log-softmax of the logits
+// variant. Formulas in fusedrnn/ctc.h.
 //
-// Each recursion step is vectorised over the states s with Eigen arrays: a row of S' = 2L + 1
-// states is stored with two -inf pads on each side (state s at index s + 2), so the three
-// predecessors (s, s-1, s-2) of the forward step and the three successors (s, s+1, s+2) of the
-// backward step are plain shifted views, and the "may skip a blank" rule is an additive row of
-// 0 / -inf.
-#include "fusedrnn/ctc.h"
-
+// Rows of S' = 2L + 1 states are stored with two pads on each side (state s at index s + 2), so
+// the predecessors (s, s-1, s-2) of the forward step and the successors (s, s+1, s+2) of the
+// backward step are shifted views. Each step is a log-sum-exp of up to three terms per state,
+// computed with one exp and one log per state: the row is exponentiated once relative to its
+// maximum m, p = exp(x - m), and out = m + log(p_s + p_{s±1} + keep_s p_{s±2}). States whose
+// terms all lie far below m (where p underflows) are recomputed exactly; see lse_step.
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
-#include <stdexcept>
-#include <string>
-#include <vector>
+#include <type_traits>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "fusedrnn/ctc.h"
+
 namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+template <typename S>
+void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets);
+std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t Lmax);
+
 namespace {
 
 template <typename S>
@@ -30,23 +38,97 @@ using Vec = Eigen::Map<Arr<S>>;
 template <typename S>
 using CVec = Eigen::Map<const Arr<S>>;
 
-// Row width for targets of length <= Lmax: 2 Lmax + 1 states and two pads on each side.
-std::int64_t row_width(std::int64_t max_target_length) { return 2 * max_target_length + 5; }
-
-// Per-sequence workspace: T alpha rows, 5 working rows (skip, emissions, beta + emission,
-// beta, posteriors) and T log-normalisers (logits variant).
-std::int64_t block_size(std::int64_t T, std::int64_t W) { return T * W + 5 * W + T; }
-
-// out[i] = lse(a[i], b[i], c[i] + skip[i]) (+ em[i] when em is not null), i in [0, n).
+// exp(x) for x < kUnder underflows (to subnormals: slow and inexact; then to 0) and is taken as
+// 0. kFast: a state whose largest term is within kFast of the row maximum gets every term that
+// matters at S's precision from the shared exponentials (a term dropped as underflowing is
+// below e^(kUnder - kFast + log 3) ~ e^-26 (float) / e^-57 (double) of the largest term).
 template <typename S>
-void lse3(const S* a, const S* b, const S* c, const S* skip, const S* em, S* out,
-          std::int64_t n) {
+constexpr S kUnder = std::is_same_v<S, float> ? S(-87) : S(-708);
+template <typename S>
+constexpr S kFast = std::is_same_v<S, float> ? S(-60) : S(-650);
+
+// Vectorised exp, log and sums whose results do not depend on the data's addresses: Eigen
+// peels unaligned heads of a mapped array into scalar code (std::exp, another rounding) and
+// orders its reductions by alignment, so the helpers below work on fixed-size blocks copied
+// into aligned local arrays, every element through the same packet code, sums in one order.
+constexpr int kBlock = 16;
+template <typename S>
+using Blk = Eigen::Array<S, kBlock, 1>;
+
+// e[i] = exp(x[i] + shift) for i in [0, n), 0 where x[i] + shift < kUnder (x may hold -inf).
+// e may alias x.
+template <typename S>
+void exp_shifted(const S* x, S shift, S* e, std::int64_t n) {
+  Blk<S> v;
+  for (std::int64_t i = 0; i < n; i += kBlock) {
+    const std::int64_t len = std::min<std::int64_t>(kBlock, n - i);
+    v.setConstant(-std::numeric_limits<S>::infinity());
+    std::copy(x + i, x + i + len, v.data());
+    v += shift;
+    v = (v < kUnder<S>).select(S(0), v.exp());
+    std::copy(v.data(), v.data() + len, e + i);
+  }
+}
+
+// sum of exp(x[i] + shift) over [0, n) (terms below e^kUnder as 0), in a fixed order.
+template <typename S>
+S sum_exp_shifted(const S* x, S shift, std::int64_t n) {
+  Blk<S> acc = Blk<S>::Zero(), v;
+  for (std::int64_t i = 0; i < n; i += kBlock) {
+    const std::int64_t len = std::min<std::int64_t>(kBlock, n - i);
+    v.setConstant(-std::numeric_limits<S>::infinity());
+    std::copy(x + i, x + i + len, v.data());
+    v += shift;
+    acc += (v < kUnder<S>).select(S(0), v.exp());
+  }
+  S s = 0;
+  for (int j = 0; j < kBlock; ++j) s += acc[j];
+  return s;
+}
+
+// sum of x[0, n) in a fixed order (kBlock partial sums, then those in order).
+template <typename S>
+S sum_fixed(const S* x, std::int64_t n) {
+  Blk<S> acc = Blk<S>::Zero(), v;
+  for (std::int64_t i = 0; i < n; i += kBlock) {
+    const std::int64_t len = std::min<std::int64_t>(kBlock, n - i);
+    v.setZero();
+    std::copy(x + i, x + i + len, v.data());
+    acc += v;
+  }
+  S s = 0;
+  for (int j = 0; j < kBlock; ++j) s += acc[j];
+  return s;
+}
+
+// One recursion step: out[i] = lse(x[i], x[i+d], keep[i] ? x[i+2d] : -inf) (+ em[i]) for i in
+// [0, n). Forward: d = -1 (x = alpha_{t-1}); backward: d = +1 (x = beta_t + em_t). x and p must
+// be addressable at [i + d] and [i + 2d]; keep holds 0 or 1. These are workspace rows, whose
+// alignment is the same on every call (see ctc_kernel), so Eigen's direct vectorisation of
+// them gives address-independent results.
+template <typename S>
+void lse_step(const S* x, const S* keep, const S* em, S* p, S* out, std::int64_t n, int d) {
   const S ninf = -std::numeric_limits<S>::infinity();
-  CVec<S> A(a, n), B(b, n), C(c, n), K(skip, n);
+  const std::int64_t lo = std::min(0, 2 * d), hi = n + std::max(0, 2 * d);
+  const S m = CVec<S>(x + lo, hi - lo).maxCoeff();
+  if (m == ninf) {  // nothing reachable
+    std::fill(out, out + n, ninf);
+    return;
+  }
+  Vec<S> P(p + lo, hi - lo);
+  P = CVec<S>(x + lo, hi - lo) - m;
+  P = (P < kUnder<S>).select(S(0), P.exp());
   Vec<S> O(out, n);
-  O = A.max(B).max(C + K);
-  O = (O == ninf).select(S(0), O);  // all three -inf: exp(-inf - 0) = 0, log(0) = -inf
-  O = O + ((A - O).exp() + (B - O).exp() + (C + K - O).exp()).log();
+  O = (CVec<S>(p, n) + CVec<S>(p + d, n) + CVec<S>(keep, n) * CVec<S>(p + 2 * d, n)).log() + m;
+  // Sums below e^kFast: every term is far below m and may have underflowed; redo them exactly.
+  const S limit = m + kFast<S>;
+  for (std::int64_t i = 0; i < n; ++i) {
+    if (!(out[i] < limit)) continue;
+    const S u = x[i], v = x[i + d], w = keep[i] != S(0) ? x[i + 2 * d] : ninf;
+    const S ml = std::max(u, std::max(v, w));
+    out[i] = ml == ninf ? ninf
+                        : ml + std::log(std::exp(u - ml) + std::exp(v - ml) + std::exp(w - ml));
+  }
   if (em) O += CVec<S>(em, n);
 }
 
@@ -57,87 +139,102 @@ S lse2(S a, S b) {
   return m + std::log(std::exp(a - m) + std::exp(b - m));
 }
 
+// Row width for targets of length <= Lmax: 2 Lmax + 1 states and two pads on each side, rounded
+// up to 16 elements (64 bytes of float, 128 of double) so that every row starts at the same
+// alignment.
+std::int64_t row_width(std::int64_t max_target_length) {
+  return (2 * max_target_length + 5 + 15) / 16 * 16;
+}
+
+// Per-sequence workspace: T alpha rows and T emission rows of width W, the rows keep, g, beta,
+// post and p, then T log-normalisers (rounded up to a row). ctc_dispatch.cc sizes the whole.
+std::int64_t block_size(std::int64_t T, std::int64_t W) {
+  return 2 * T * W + 5 * W + (T + W - 1) / W * W;
+}
+
 template <typename S>
-void one_sequence(const CtcArgs<S>& a, std::int64_t n, const std::int64_t* labels, S* ws) {
+void one_sequence(const CtcArgs<S>& a, std::int64_t n, const std::int64_t* labels, S* ws,
+                  std::int64_t W) {
   const S ninf = -std::numeric_limits<S>::infinity();
+  const S inf = std::numeric_limits<S>::infinity();
   const std::int64_t T = a.T, N = a.N, K = a.K, blank = a.blank;
   const std::int64_t Tn = a.input_lengths[n], L = a.target_lengths[n], Sp = 2 * L + 1;
-  const std::int64_t W = row_width(a.max_target_length);
   S* alpha = ws;                  // [T, W]
-  S* skip = alpha + T * W;        // [W]
-  S* em = skip + W;               // [W] emissions of one frame
-  S* g = em + W;                  // [W] beta + emission of frame t
+  S* ems = alpha + T * W;         // [T, W] log-probabilities of the states' labels per frame
+  S* keep = ems + T * W;          // [W] 1 where state s may be entered from s - 2
+  S* g = keep + W;                // [W] beta_t + em_t
   S* beta = g + W;                // [W]
-  S* post = beta + W;             // [W]
-  S* lognorm = post + W;          // [T] log-softmax normalisers (logits)
+  S* post = beta + W;             // [W] posteriors of one frame
+  S* p = post + W;                // [W] exp(row - max)
+  S* lognorm = p + W;             // [T] log-softmax normalisers (logits)
   const S scale = a.grad_scale ? a.grad_scale[n] : S(1);
   auto in_row = [&](std::int64_t t) { return a.input + (t * N + n) * K; };
   auto grad_row = [&](std::int64_t t) { return a.grad + (t * N + n) * K; };
+  // The states of frame t that lie on some complete alignment: s <= 2t + 1 (reached from the
+  // start) and s >= S' - 2(T_n - t) (the end still reachable). Outside, alpha and beta are -inf.
+  auto band_lo = [&](std::int64_t t) { return std::max<std::int64_t>(0, Sp - 2 * (Tn - t)); };
+  auto band_hi = [&](std::int64_t t) { return std::min<std::int64_t>(Sp, 2 * t + 2); };
 
-  // Logits: log-normalisers of the valid frames; with a gradient, exp(z - max) is kept there.
+  // Logits: the log-normalisers of the valid frames; with a gradient, exp(z - max) is kept in
+  // the gradient row (scaled into the softmax below).
   if (a.logits) {
     for (std::int64_t t = 0; t < Tn; ++t) {
-      CVec<S> z(in_row(t), K);
-      const S m = z.maxCoeff();
-      S sum;
+      const S* z = in_row(t);
+      const S m = *std::max_element(z, z + K);
+      S sum = 0;
       if (a.grad) {
-        Vec<S> gr(grad_row(t), K);
-        gr = (z - m).exp();
-        sum = gr.sum();
+        exp_shifted(z, -m, grad_row(t), K);
+        sum = sum_fixed(grad_row(t), K);
       } else {
-        sum = (z - m).exp().sum();
+        sum = sum_exp_shifted(z, -m, K);
       }
       lognorm[t] = m + std::log(sum);
     }
   }
-  // em[s + 2] = log y_t(l'_s) for s in [0, S').
-  auto emissions = [&](std::int64_t t) {
-    const S* r = in_row(t);
-    em[2] = r[blank];
-    for (std::int64_t j = 0; j < L; ++j) {
-      em[2 * j + 3] = r[labels[j]];
-      em[2 * j + 4] = r[blank];
-    }
-    if (a.logits) Vec<S>(em + 2, Sp) -= lognorm[t];
-  };
 
-  // Repeats that force a blank between them: the shortest alignment has L + repeats frames.
+  // Repeats force a blank between them: the shortest alignment has L + repeats frames.
   std::int64_t repeats = 0;
   for (std::int64_t j = 1; j < L; ++j) repeats += labels[j] == labels[j - 1];
 
-  S nll = std::numeric_limits<S>::infinity();
+  S nll = inf;
   if (Tn == 0) {
-    nll = L == 0 ? S(0) : nll;
+    nll = L == 0 ? S(0) : inf;
   } else if (Tn >= L + repeats) {
-    // skip[s + 2] = 0 when state s may be entered from s - 2 (a label unlike the one before).
-    std::fill(skip, skip + W, ninf);
+    std::fill(keep, keep + W, S(0));
     for (std::int64_t j = 1; j < L; ++j)
-      if (labels[j] != labels[j - 1]) skip[2 * j + 3] = S(0);  // state 2j+1
-    // Forward: alpha_0, then alpha_t(s) = em_t(s) + lse(alpha_{t-1}(s, s-1, s-2 + skip)).
+      if (labels[j] != labels[j - 1]) keep[2 * j + 3] = S(1);  // state 2j+1 from 2j-1
+    std::fill(p, p + W, S(0));
+    // Forward: alpha_0, then alpha_t(s) = em_t(s) + lse(alpha_{t-1}(s, s-1, s-2 if keep)) on
+    // the band; every other entry of the row (pads included) is -inf.
     for (std::int64_t t = 0; t < Tn; ++t) {
       S* row = alpha + t * W;
-      row[0] = row[1] = row[Sp + 2] = row[Sp + 3] = ninf;
-      emissions(t);
+      S* em = ems + t * W;        // em[s + 2] = log y_t(l'_s)
+      const S* r = in_row(t);
+      em[2] = r[blank];
+      for (std::int64_t j = 0; j < L; ++j) {
+        em[2 * j + 3] = r[labels[j]];
+        em[2 * j + 4] = r[blank];
+      }
+      if (a.logits) Vec<S>(em + 2, Sp) -= lognorm[t];
+      const std::int64_t lo = band_lo(t), hi = band_hi(t);
+      std::fill(row, row + W, ninf);
       if (t == 0) {
-        std::fill(row + 2, row + Sp + 2, ninf);
-        row[2] = em[2];
-        if (Sp > 1) row[3] = em[3];
+        for (std::int64_t s = lo; s < hi; ++s) row[s + 2] = em[s + 2];
       } else {
-        const S* prev = alpha + (t - 1) * W;
-        lse3(prev + 2, prev + 1, prev, skip + 2, em + 2, row + 2, Sp);
+        lse_step(alpha + (t - 1) * W + 2 + lo, keep + 2 + lo, em + 2 + lo, p + 2 + lo,
+                 row + 2 + lo, hi - lo, -1);
       }
     }
     const S* last = alpha + (Tn - 1) * W;
     nll = -(Sp > 1 ? lse2(last[Sp + 1], last[Sp]) : last[Sp + 1]);
   }
-  const bool infinite = nll == std::numeric_limits<S>::infinity();
-  if (infinite && a.zero_infinity) nll = S(0);
-  a.loss[n] = nll;
+  const bool infinite = nll == inf;
+  a.loss[n] = infinite && a.zero_infinity ? S(0) : nll;
   if (!a.grad) return;
 
   // Gradient rows: zero past the input length; on the valid frames the softmax (logits) or zero,
-  // from which the state posteriors are subtracted below. An infinite loss has no gradient:
-  // zero with zero_infinity, NaN otherwise (as torch).
+  // from which the posteriors are subtracted below. An infinite loss has no gradient: zero with
+  // zero_infinity, NaN otherwise (as torch).
   for (std::int64_t t = Tn; t < T; ++t) std::fill(grad_row(t), grad_row(t) + K, S(0));
   if (infinite) {
     const S fill = a.zero_infinity ? S(0) : std::numeric_limits<S>::quiet_NaN();
@@ -147,85 +244,66 @@ void one_sequence(const CtcArgs<S>& a, std::int64_t n, const std::int64_t* label
   for (std::int64_t t = 0; t < Tn; ++t) {
     if (a.logits) {
       Vec<S> gr(grad_row(t), K);
-      gr *= scale / gr.sum();  // exp(z - max) / sum = softmax
+      gr *= scale / sum_fixed(grad_row(t), K);  // exp(z - max) / sum = softmax
     } else {
       std::fill(grad_row(t), grad_row(t) + K, S(0));
     }
   }
-  // Backward: beta_{T_n-1}(s) = 0 for the two final states; at each frame t the posteriors
+  // Backward: beta_{T_n-1}(s) = 0 for the two final states. At frame t the posteriors
   // gamma_t(s) = exp(alpha_t(s) + beta_t(s) + nll) leave the gradient (d nll / d em_t(s) =
-  // -gamma_t(s)); then g = beta_t + em_t and beta_{t-1}(s) = lse(g(s), g(s+1), g(s+2) + skip).
+  // -gamma_t(s)); then g = beta_t + em_t and beta_{t-1}(s) = lse(g(s), g(s+1), g(s+2) if keep),
+  // both on the bands (g is -inf outside frame t's band, so beta_{t-1} is too).
   std::fill(beta, beta + W, ninf);
   std::fill(g, g + W, ninf);
+  std::fill(p, p + W, S(0));
+  std::fill(post, post + W, S(0));
   beta[Sp + 1] = S(0);
   if (Sp > 1) beta[Sp] = S(0);
   for (std::int64_t t = Tn - 1; t >= 0; --t) {
-    const S* arow = alpha + t * W;
-    Vec<S> P(post + 2, Sp);
-    P = (CVec<S>(arow + 2, Sp) + CVec<S>(beta + 2, Sp) + nll).exp() * scale;
+    const std::int64_t lo = band_lo(t), hi = band_hi(t), w = hi - lo;
+    Vec<S> P(post + 2 + lo, w);
+    P = CVec<S>(alpha + t * W + 2 + lo, w) + CVec<S>(beta + 2 + lo, w) + nll;
+    P = (P < kUnder<S>).select(S(0), P.exp()) * scale;
     S* gr = grad_row(t);
     S blank_sum = 0;
-    for (std::int64_t s = 0; s < Sp; s += 2) blank_sum += post[s + 2];
+    for (std::int64_t s = lo + (lo & 1); s < hi; s += 2) blank_sum += post[s + 2];
     gr[blank] -= blank_sum;
-    for (std::int64_t j = 0; j < L; ++j) gr[labels[j]] -= post[2 * j + 3];
+    for (std::int64_t s = lo | 1; s < hi; s += 2) gr[labels[(s - 1) / 2]] -= post[s + 2];
     if (t == 0) break;
-    emissions(t);
-    Vec<S>(g + 2, Sp) = CVec<S>(beta + 2, Sp) + CVec<S>(em + 2, Sp);
-    lse3(g + 2, g + 3, g + 4, skip + 4, static_cast<const S*>(nullptr), beta + 2, Sp);
+    Vec<S>(g + 2 + lo, w) = CVec<S>(beta + 2 + lo, w) + CVec<S>(ems + t * W + 2 + lo, w);
+    const std::int64_t lo1 = band_lo(t - 1), hi1 = band_hi(t - 1);
+    std::fill(beta, beta + W, ninf);
+    lse_step(g + 2 + lo1, keep + 4 + lo1, static_cast<const S*>(nullptr), p + 2 + lo1,
+             beta + 2 + lo1, hi1 - lo1, +1);
+    std::fill(g + 2 + lo, g + 2 + hi, ninf);  // g back to all -inf for the next frame
   }
-}
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument("ctc_loss: " + what);
 }
 
 }  // namespace
 
-std::size_t ctc_workspace_size(std::int64_t T, std::int64_t N, std::int64_t max_target_length) {
-  if (T < 1 || N < 1 || max_target_length < 0)
-    throw std::invalid_argument("ctc_workspace_size: T and N must be >= 1, max_target_length >= 0");
-  return std::size_t(N * block_size(T, row_width(max_target_length)));
-}
-
+// The arguments are checked (ctc_dispatch.cc); offsets[n] is where sequence n's labels start.
+// The workspace is used from its first 64-byte boundary on, so that every row has the same
+// alignment on every call (ctc_workspace_size includes the slack).
 template <typename S>
-void ctc_loss(const CtcArgs<S>& a) {
-  require(a.T >= 1 && a.N >= 1 && a.K >= 1, "T, N and K must be >= 1");
-  require(a.max_target_length >= 0, "max_target_length must be >= 0");
-  require(a.blank >= 0 && a.blank < a.K, "blank must lie in [0, K)");
-  require(a.num_threads >= 0, "num_threads must be >= 0");
-  require(a.input && a.input_lengths && a.target_lengths && a.loss && a.workspace,
-          "input, input_lengths, target_lengths, loss and workspace must not be null");
-  require(a.targets || a.max_target_length == 0, "targets must not be null");
-  require(a.targets_width == 0 || a.targets_width >= a.max_target_length,
-          "targets_width must be 0 (concatenated) or >= max_target_length");
-  const std::int64_t N = a.N;
-  std::vector<std::int64_t> offset(std::size_t(N), 0);
-  std::int64_t total = 0;
-  for (std::int64_t n = 0; n < N; ++n) {
-    const std::int64_t Tn = a.input_lengths[n], L = a.target_lengths[n];
-    require(Tn >= 0 && Tn <= a.T, "input_lengths[" + std::to_string(n) + "] = " +
-                                      std::to_string(Tn) + " is outside [0, T]");
-    require(L >= 0 && L <= a.max_target_length,
-            "target_lengths[" + std::to_string(n) + "] = " + std::to_string(L) +
-                " is outside [0, max_target_length]");
-    offset[std::size_t(n)] = a.targets_width ? n * a.targets_width : total;
-    total += L;
-    const std::int64_t* l = a.targets + offset[std::size_t(n)];
-    for (std::int64_t j = 0; j < L; ++j)
-      require(l[j] >= 0 && l[j] < a.K && l[j] != a.blank,
-              "targets: label " + std::to_string(l[j]) + " of sequence " + std::to_string(n) +
-                  " is outside [0, K) or is the blank");
-  }
-  const std::int64_t block = block_size(a.T, row_width(a.max_target_length));
+void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets) {
+  const std::int64_t W = row_width(a.max_target_length);
+  const std::int64_t block = block_size(a.T, W);
+  S* base = a.workspace;
+  while (reinterpret_cast<std::uintptr_t>(base) % 64 != 0) ++base;
 #ifdef _OPENMP
   const int threads = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
 #endif
-  for (std::int64_t n = 0; n < N; ++n)
-    one_sequence(a, n, a.targets + offset[std::size_t(n)], a.workspace + n * block);
+  for (std::int64_t n = 0; n < a.N; ++n)
+    one_sequence(a, n, a.targets + offsets[n], base + n * block, W);
 }
 
-template FUSEDRNN_API void ctc_loss<float>(const CtcArgs<float>&);
-template FUSEDRNN_API void ctc_loss<double>(const CtcArgs<double>&);
+std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t Lmax) {
+  return std::size_t(N * block_size(T, row_width(Lmax)) + 16);  // + the alignment slack
+}
 
+template void ctc_kernel<float>(const CtcArgs<float>&, const std::int64_t*);
+template void ctc_kernel<double>(const CtcArgs<double>&, const std::int64_t*);
+
+}  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn
