@@ -47,65 +47,91 @@ constexpr S kUnder = std::is_same_v<S, float> ? S(-87) : S(-708);
 template <typename S>
 constexpr S kFast = std::is_same_v<S, float> ? S(-60) : S(-650);
 
-// Vectorised exp, log and sums whose results do not depend on the data's addresses: Eigen
-// peels unaligned heads of a mapped array into scalar code (std::exp, another rounding) and
-// orders its reductions by alignment, so the helpers below work on fixed-size blocks copied
-// into aligned local arrays, every element through the same packet code, sums in one order.
-constexpr int kBlock = 16;
+// exp, log and sums in Eigen's packet code, every element through the same instructions (no
+// scalar head or tail: a partial packet goes through a padded local copy), sums in an order
+// fixed by n: results do not depend on the data's addresses. (Eigen 3.4 does not vectorise
+// select(), and peels unaligned heads of mapped arrays into scalar std::exp.)
+namespace ei = Eigen::internal;
 template <typename S>
-using Blk = Eigen::Array<S, kBlock, 1>;
+using Pk = typename ei::packet_traits<S>::type;
+template <typename S>
+constexpr int kP = ei::unpacket_traits<Pk<S>>::size;
 
-// e[i] = exp(x[i] + shift) for i in [0, n), 0 where x[i] + shift < kUnder (x may hold -inf).
-// e may alias x.
+// exp(x), or 0 where x < kUnder (Eigen's exp clamps there instead of returning 0).
+template <typename S>
+inline Pk<S> pexp_or_zero(const Pk<S>& x) {
+  return ei::pselect(ei::pcmp_lt(x, ei::pset1<Pk<S>>(kUnder<S>)), ei::pzero(x), ei::pexp(x));
+}
+
+// Applies f (packet -> packet) to x[0, n) into y[0, n) (y may alias x); a tail shorter than a
+// packet is padded with `pad`.
+template <typename S, typename F>
+inline void packet_map(const S* x, S* y, std::int64_t n, S pad, F f) {
+  std::int64_t i = 0;
+  for (; i + kP<S> <= n; i += kP<S>) ei::pstoreu(y + i, f(ei::ploadu<Pk<S>>(x + i)));
+  if (i < n) {
+    alignas(64) S buf[kP<S>];
+    std::fill(buf, buf + kP<S>, pad);
+    std::copy(x + i, x + n, buf);
+    ei::pstore(buf, f(ei::pload<Pk<S>>(buf)));
+    std::copy(buf, buf + (n - i), y + i);
+  }
+}
+
+// e[i] = exp(x[i] + shift), 0 where x[i] + shift < kUnder (x may hold -inf). e may alias x.
 template <typename S>
 void exp_shifted(const S* x, S shift, S* e, std::int64_t n) {
-  Blk<S> v;
-  for (std::int64_t i = 0; i < n; i += kBlock) {
-    const std::int64_t len = std::min<std::int64_t>(kBlock, n - i);
-    v.setConstant(-std::numeric_limits<S>::infinity());
-    std::copy(x + i, x + i + len, v.data());
-    v += shift;
-    v = (v < kUnder<S>).select(S(0), v.exp());
-    std::copy(v.data(), v.data() + len, e + i);
-  }
+  const Pk<S> sh = ei::pset1<Pk<S>>(shift);
+  packet_map(x, e, n, -std::numeric_limits<S>::infinity(),
+             [&](const Pk<S>& v) { return pexp_or_zero<S>(ei::padd(v, sh)); });
+}
+
+// y[i] = log(y[i]) + shift (log 0 = -inf).
+template <typename S>
+void log_shifted(S* y, S shift, std::int64_t n) {
+  const Pk<S> sh = ei::pset1<Pk<S>>(shift);
+  packet_map(y, y, n, S(1), [&](const Pk<S>& v) { return ei::padd(ei::plog(v), sh); });
+}
+
+// sum of x[0, n): packet partial sums, then their lanes, then the tail, in that order.
+template <typename S>
+S sum_fixed(const S* x, std::int64_t n) {
+  Pk<S> acc = ei::pset1<Pk<S>>(S(0));
+  std::int64_t i = 0;
+  for (; i + kP<S> <= n; i += kP<S>) acc = ei::padd(acc, ei::ploadu<Pk<S>>(x + i));
+  alignas(64) S lanes[kP<S>];
+  ei::pstore(lanes, acc);
+  S s = 0;
+  for (int j = 0; j < kP<S>; ++j) s += lanes[j];
+  for (; i < n; ++i) s += x[i];
+  return s;
 }
 
 // sum of exp(x[i] + shift) over [0, n) (terms below e^kUnder as 0), in a fixed order.
 template <typename S>
 S sum_exp_shifted(const S* x, S shift, std::int64_t n) {
-  Blk<S> acc = Blk<S>::Zero(), v;
-  for (std::int64_t i = 0; i < n; i += kBlock) {
-    const std::int64_t len = std::min<std::int64_t>(kBlock, n - i);
-    v.setConstant(-std::numeric_limits<S>::infinity());
-    std::copy(x + i, x + i + len, v.data());
-    v += shift;
-    acc += (v < kUnder<S>).select(S(0), v.exp());
+  const Pk<S> sh = ei::pset1<Pk<S>>(shift);
+  Pk<S> acc = ei::pset1<Pk<S>>(S(0));
+  std::int64_t i = 0;
+  for (; i + kP<S> <= n; i += kP<S>)
+    acc = ei::padd(acc, pexp_or_zero<S>(ei::padd(ei::ploadu<Pk<S>>(x + i), sh)));
+  if (i < n) {
+    alignas(64) S buf[kP<S>];
+    std::fill(buf, buf + kP<S>, -std::numeric_limits<S>::infinity());
+    std::copy(x + i, x + n, buf);
+    acc = ei::padd(acc, pexp_or_zero<S>(ei::padd(ei::pload<Pk<S>>(buf), sh)));
   }
+  alignas(64) S lanes[kP<S>];
+  ei::pstore(lanes, acc);
   S s = 0;
-  for (int j = 0; j < kBlock; ++j) s += acc[j];
-  return s;
-}
-
-// sum of x[0, n) in a fixed order (kBlock partial sums, then those in order).
-template <typename S>
-S sum_fixed(const S* x, std::int64_t n) {
-  Blk<S> acc = Blk<S>::Zero(), v;
-  for (std::int64_t i = 0; i < n; i += kBlock) {
-    const std::int64_t len = std::min<std::int64_t>(kBlock, n - i);
-    v.setZero();
-    std::copy(x + i, x + i + len, v.data());
-    acc += v;
-  }
-  S s = 0;
-  for (int j = 0; j < kBlock; ++j) s += acc[j];
+  for (int j = 0; j < kP<S>; ++j) s += lanes[j];
   return s;
 }
 
 // One recursion step: out[i] = lse(x[i], x[i+d], keep[i] ? x[i+2d] : -inf) (+ em[i]) for i in
 // [0, n). Forward: d = -1 (x = alpha_{t-1}); backward: d = +1 (x = beta_t + em_t). x and p must
-// be addressable at [i + d] and [i + 2d]; keep holds 0 or 1. These are workspace rows, whose
-// alignment is the same on every call (see ctc_kernel), so Eigen's direct vectorisation of
-// them gives address-independent results.
+// be addressable at [i + d] and [i + 2d]; keep holds 0 or 1. (The sums are plain arithmetic:
+// packet or scalar, the same roundings.)
 template <typename S>
 void lse_step(const S* x, const S* keep, const S* em, S* p, S* out, std::int64_t n, int d) {
   const S ninf = -std::numeric_limits<S>::infinity();
@@ -115,11 +141,10 @@ void lse_step(const S* x, const S* keep, const S* em, S* p, S* out, std::int64_t
     std::fill(out, out + n, ninf);
     return;
   }
-  Vec<S> P(p + lo, hi - lo);
-  P = CVec<S>(x + lo, hi - lo) - m;
-  P = (P < kUnder<S>).select(S(0), P.exp());
+  exp_shifted(x + lo, -m, p + lo, hi - lo);
   Vec<S> O(out, n);
-  O = (CVec<S>(p, n) + CVec<S>(p + d, n) + CVec<S>(keep, n) * CVec<S>(p + 2 * d, n)).log() + m;
+  O = CVec<S>(p, n) + CVec<S>(p + d, n) + CVec<S>(keep, n) * CVec<S>(p + 2 * d, n);
+  log_shifted(out, m, n);
   // Sums below e^kFast: every term is far below m and may have underflowed; redo them exactly.
   const S limit = m + kFast<S>;
   for (std::int64_t i = 0; i < n; ++i) {
@@ -262,8 +287,9 @@ void one_sequence(const CtcArgs<S>& a, std::int64_t n, const std::int64_t* label
   for (std::int64_t t = Tn - 1; t >= 0; --t) {
     const std::int64_t lo = band_lo(t), hi = band_hi(t), w = hi - lo;
     Vec<S> P(post + 2 + lo, w);
-    P = CVec<S>(alpha + t * W + 2 + lo, w) + CVec<S>(beta + 2 + lo, w) + nll;
-    P = (P < kUnder<S>).select(S(0), P.exp()) * scale;
+    P = CVec<S>(alpha + t * W + 2 + lo, w) + CVec<S>(beta + 2 + lo, w);
+    exp_shifted(post + 2 + lo, nll, post + 2 + lo, w);
+    P *= scale;
     S* gr = grad_row(t);
     S blank_sum = 0;
     for (std::int64_t s = lo + (lo & 1); s < hi; s += 2) blank_sum += post[s + 2];
