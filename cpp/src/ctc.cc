@@ -317,7 +317,9 @@ void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets) {
   S* base = a.workspace;
   while (reinterpret_cast<std::uintptr_t>(base) % 64 != 0) ++base;
 #ifdef _OPENMP
-  const int threads = a.num_threads > 0 ? a.num_threads : omp_get_max_threads();
+  // No more threads than sequences (an idle thread would still join the region's barrier).
+  const int threads = int(std::min<std::int64_t>(
+      a.num_threads > 0 ? a.num_threads : omp_get_max_threads(), a.N));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
 #endif
   for (std::int64_t n = 0; n < a.N; ++n)
