@@ -122,7 +122,7 @@ int main() {
     double total = 0;
     const std::int64_t T1 = 4;
     for (std::int64_t code = 0; code < 256; ++code) {  // 4^4 paths
-      std::vector<std::int64_t> path(std::size_t(T1));
+      std::vector<std::int64_t> path(static_cast<std::size_t>(T1));
       std::int64_t c = code;
       for (auto& k : path) k = c % 4, c /= 4;
       std::vector<std::int64_t> out;
