@@ -26,7 +26,7 @@ namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
 
 template <typename S>
-void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets);
+void ctc_kernel(const CtcArgs<S>& a);
 std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t Lmax);
 
 namespace {
@@ -307,11 +307,12 @@ void one_sequence(const CtcArgs<S>& a, std::int64_t n, const std::int64_t* label
 
 }  // namespace
 
-// The arguments are checked (ctc_dispatch.cc); offsets[n] is where sequence n's labels start.
+// The arguments are checked (ctc_dispatch.cc). Nothing is allocated: sequence n's labels start
+// at n * targets_width, or (concatenated) after the target lengths of the sequences before it.
 // The workspace is used from its first 64-byte boundary on, so that every row has the same
 // alignment on every call (ctc_workspace_size includes the slack).
 template <typename S>
-void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets) {
+void ctc_kernel(const CtcArgs<S>& a) {
   const std::int64_t W = row_width(a.max_target_length);
   const std::int64_t block = block_size(a.T, W);
   S* base = a.workspace;
@@ -322,16 +323,20 @@ void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets) {
       a.num_threads > 0 ? a.num_threads : omp_get_max_threads(), a.N));
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
 #endif
-  for (std::int64_t n = 0; n < a.N; ++n)
-    one_sequence(a, n, a.targets + offsets[n], base + n * block, W);
+  for (std::int64_t n = 0; n < a.N; ++n) {
+    std::int64_t offset = n * a.targets_width;
+    if (a.targets_width == 0)
+      for (std::int64_t m = 0; m < n; ++m) offset += a.target_lengths[m];
+    one_sequence(a, n, a.targets + offset, base + n * block, W);
+  }
 }
 
 std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t Lmax) {
   return std::size_t(N * block_size(T, row_width(Lmax)) + 16);  // + the alignment slack
 }
 
-template void ctc_kernel<float>(const CtcArgs<float>&, const std::int64_t*);
-template void ctc_kernel<double>(const CtcArgs<double>&, const std::int64_t*);
+template void ctc_kernel<float>(const CtcArgs<float>&);
+template void ctc_kernel<double>(const CtcArgs<double>&);
 
 }  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

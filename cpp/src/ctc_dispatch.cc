@@ -5,7 +5,6 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "dispatch.h"
 #include "fusedrnn/ctc.h"
@@ -17,9 +16,9 @@ namespace fusedrnn {
   const char* isa_name();                                                    \
   std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t Lmax); \
   template <typename S>                                                      \
-  void ctc_kernel(const CtcArgs<S>& a, const std::int64_t* offsets);         \
-  extern template void ctc_kernel<float>(const CtcArgs<float>&, const std::int64_t*);   \
-  extern template void ctc_kernel<double>(const CtcArgs<double>&, const std::int64_t*); \
+  void ctc_kernel(const CtcArgs<S>& a);                                      \
+  extern template void ctc_kernel<float>(const CtcArgs<float>&);             \
+  extern template void ctc_kernel<double>(const CtcArgs<double>&);           \
   }
 FUSEDRNN_CTC_DECLARE(isa_base)
 #ifdef FUSEDRNN_HAVE_ISA_AVX2
@@ -31,6 +30,10 @@ FUSEDRNN_CTC_DECLARE(isa_avx512)
 #undef FUSEDRNN_CTC_DECLARE
 
 namespace {
+
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(std::string("ctc_loss: ") + what);
+}
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument("ctc_loss: " + what);
@@ -55,41 +58,43 @@ void ctc_loss(const CtcArgs<S>& a) {
           "input, input_lengths, target_lengths, loss and workspace must not be null");
   require(a.targets_width == 0 || a.targets_width >= a.max_target_length,
           "targets_width must be 0 (concatenated) or >= max_target_length");
-  std::vector<std::int64_t> offsets(std::size_t(a.N), 0);
-  std::int64_t total = 0;
+  // Checked in one pass, without allocating: offset is where sequence n's labels start.
+  std::int64_t offset = 0;
   for (std::int64_t n = 0; n < a.N; ++n) {
     const std::int64_t Tn = a.input_lengths[n], L = a.target_lengths[n];
-    require(Tn >= 0 && Tn <= a.T, "input_lengths[" + std::to_string(n) + "] = " +
-                                      std::to_string(Tn) + " is outside [0, T]");
-    require(L >= 0 && L <= a.max_target_length,
-            "target_lengths[" + std::to_string(n) + "] = " + std::to_string(L) +
-                " is outside [0, max_target_length]");
+    // (messages built only on failure: a passing check allocates nothing)
+    if (Tn < 0 || Tn > a.T)
+      require(false, "input_lengths[" + std::to_string(n) + "] = " + std::to_string(Tn) +
+                         " is outside [0, T]");
+    if (L < 0 || L > a.max_target_length)
+      require(false, "target_lengths[" + std::to_string(n) + "] = " + std::to_string(L) +
+                         " is outside [0, max_target_length]");
     require(L == 0 || a.targets, "targets must not be null");
-    offsets[std::size_t(n)] = a.targets_width ? n * a.targets_width : total;
-    total += L;
-    const std::int64_t* l = a.targets ? a.targets + offsets[std::size_t(n)] : nullptr;
+    if (a.targets_width) offset = n * a.targets_width;
+    const std::int64_t* l = a.targets ? a.targets + offset : nullptr;
+    if (!a.targets_width) offset += L;
     for (std::int64_t j = 0; j < L; ++j)
-      require(l[j] >= 0 && l[j] < a.K && l[j] != a.blank,
-              "targets: label " + std::to_string(l[j]) + " of sequence " + std::to_string(n) +
-                  " is outside [0, K) or is the blank");
+      if (l[j] < 0 || l[j] >= a.K || l[j] == a.blank)
+        require(false, "targets: label " + std::to_string(l[j]) + " of sequence " +
+                           std::to_string(n) + " is outside [0, K) or is the blank");
   }
   if (!a.targets) {  // every target is empty: give the kernel a valid base pointer
     static const std::int64_t none = 0;
     CtcArgs<S> b = a;
     b.targets = &none;
-    std::fill(offsets.begin(), offsets.end(), 0);
+    b.targets_width = 0;  // every offset 0: no pointer past `none`
     return ctc_loss(b);
   }
   const char* active = active_isa();
   (void)active;
 #ifdef FUSEDRNN_HAVE_ISA_AVX512
   if (!std::strcmp(active, isa_avx512::isa_name()))
-    return isa_avx512::ctc_kernel(a, offsets.data());
+    return isa_avx512::ctc_kernel(a);
 #endif
 #ifdef FUSEDRNN_HAVE_ISA_AVX2
-  if (!std::strcmp(active, isa_avx2::isa_name())) return isa_avx2::ctc_kernel(a, offsets.data());
+  if (!std::strcmp(active, isa_avx2::isa_name())) return isa_avx2::ctc_kernel(a);
 #endif
-  isa_base::ctc_kernel(a, offsets.data());
+  isa_base::ctc_kernel(a);
 }
 
 template FUSEDRNN_API void ctc_loss<float>(const CtcArgs<float>&);
