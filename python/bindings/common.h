@@ -83,5 +83,6 @@ void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
 void register_lstm(py::module_& m);
 void register_gru(py::module_& m);
 void register_rnn(py::module_& m);
+void register_ctc(py::module_& m);
 
 }  // namespace fusedrnn_py

@@ -42,3 +42,8 @@ def rnn_forward(dims: _Dims, reverse: bool, num_threads: int, weights_packed: bo
 def rnn_backward(dims: _Dims, reverse: bool, num_threads: int, relu: bool, x: _A, w_ih: _A,
                  w_hh: _A, lengths: _OA, cache: _A, dy: _OA, dh_n: _OA, dx: _A, dh0: _OA,
                  dw_ih: _OA, dw_hh: _OA, db_ih: _OA, db_hh: _OA, workspace: _A) -> None: ...
+def ctc_workspace_size(T: int, N: int, max_target_length: int) -> int: ...
+def ctc_loss(dims: Tuple[int, int, int], max_target_length: int, blank: int, logits: bool,
+             zero_infinity: bool, num_threads: int, input: _A, targets: _OA, targets_width: int,
+             input_lengths: _A, target_lengths: _A, grad_scale: _OA, loss: _A, grad: _OA,
+             workspace: _A) -> None: ...  # CTC loss per sequence (+ gradient), fusedrnn/ctc.h

@@ -55,6 +55,7 @@
 #pragma once
 
 #include "fusedrnn/common.h"
+#include "fusedrnn/ctc.h"
 #include "fusedrnn/gru.h"
 #include "fusedrnn/lstm.h"
 #include "fusedrnn/rnn.h"

@@ -51,7 +51,7 @@ GENERIC_DEFAULTS: Dict[str, Any] = {
 DEFAULT_TIME_BUDGET = 120.0      # seconds, when neither the user nor the task sets a limit
 LIMITS = ("steps", "epochs", "time_budget")
 TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_length", "horizon",
-                   "window", "embed")
+                   "window", "embed", "attention")
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 CHECKPOINT = "model.safetensors"
 #: the files a run writes into --out (checked before training: none may be a directory)
