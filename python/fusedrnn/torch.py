@@ -38,11 +38,14 @@ Threads: the kernels use :func:`fusedrnn.set_num_threads` (default: OpenMP's, i.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import numbers
+import pickle
 
 import torch  # the real PyTorch (absolute import), not this module
-from torch.autograd.function import once_differentiable
+from torch._C import _functions as _autograd_functions
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as _F
@@ -104,6 +107,43 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
                           nonlinearity=flag, lengths=lengths, reverse=reverse, training=training)
 
 
+_DOUBLE_BACKWARD = (
+    "fusedrnn.torch: double backward is not supported: a gradient computed with "
+    "create_graph=True (e.g. torch.autograd.grad(..., create_graph=True) for a gradient "
+    "penalty, or a Hessian) was differentiated again through an LSTM/GRU/RNN layer, and "
+    "fusedrnn's kernels have no second derivative. Use the torch.nn layer for that model")
+
+
+def _first_order_only(backward):
+    """torch's ``once_differentiable``, made strict: under ``create_graph=True`` the returned
+    gradients always carry a node that raises ``_DOUBLE_BACKWARD`` if they are differentiated.
+
+    (torch's decorator attaches that node only when an incoming gradient requires grad; for
+    ``torch.autograd.grad(y.sum(), x, create_graph=True)`` none does, and the gradient came back
+    as a constant: a gradient penalty then silently added nothing for the layer's second
+    derivative.)
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():         # create_graph=False: the usual case
+            return outputs
+        err = _autograd_functions.DelayedError(_DOUBLE_BACKWARD, len(outputs))
+
+        def fake_requires_grad(t):
+            if t is None:
+                return None
+            t = t.detach()
+            t.requires_grad = True
+            return t
+
+        with torch.enable_grad():
+            return err(*[fake_requires_grad(t) for t in outputs])
+
+    return wrapper
+
+
 class _LayerFunction(torch.autograd.Function):
     """One layer, one direction: (x, h0, c0, weights) -> (y, h_n[, c_n]) through the kernels.
 
@@ -132,7 +172,7 @@ class _LayerFunction(torch.autograd.Function):
         return torch.from_numpy(out.y), torch.from_numpy(out.h_n)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, *grads):
         cache = ctx.kernel_cache
         for field, t in zip(_CACHE_ARRAYS, ctx.saved_tensors):
@@ -158,8 +198,75 @@ class _LayerFunction(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------------------------
 
+def _graph_mode():
+    """True while torch records a graph instead of running eagerly: torch.export / the ONNX
+    exporters / dynamo (torch.compiler.is_compiling, is_exporting), torch.jit.trace."""
+    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
 class _Base:
     """The forward shared by LSTM, GRU and RNN (mixed into the torch.nn classes)."""
+
+    def _stock_class(self):
+        return {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}.get(self.mode, torch.nn.RNN)
+
+    def _fusedrnn_only(self):
+        """The constructor argument torch.nn cannot represent (None if there is none)."""
+        if getattr(self, "peepholes", False):
+            return "peepholes=True"
+        if getattr(self, "variant", "reset_after") != "reset_after":
+            return f"variant={self.variant!r}"
+        return None
+
+    # -- pickling: a fusedrnn.torch layer is saved as its torch.nn class -----------------------
+
+    def __reduce_ex__(self, protocol):
+        """Pickled (torch.save, pickle, multiprocessing) as the torch.nn class with the same
+        attributes and parameters, so the file loads without fusedrnn; see the module
+        docstring. copy.copy / copy.deepcopy keep the fusedrnn class (__copy__/__deepcopy__)."""
+        name = type(self).__name__
+        extra = self._fusedrnn_only()
+        if extra is not None:
+            raise pickle.PicklingError(
+                f"fusedrnn.torch.{name} with {extra} cannot be pickled (torch.save of the module "
+                f"or of a model holding it): a pickled fusedrnn.torch layer is written as "
+                f"torch.nn.{name}, so that the file loads without fusedrnn, and torch.nn.{name} "
+                f"has no {extra}. Save the state_dict() instead (torch.save(model.state_dict(), "
+                f"f)) and load it into a model built with fusedrnn.torch.{name}(..., {extra})")
+        stock = self._stock_class()
+        state = self.__getstate__()          # RNNBase's: __dict__ without _flat_weights
+        for key in ("variant", "peepholes", "forget_bias"):
+            state.pop(key, None)
+        dtype = self.weight_ih_l0.dtype
+        # stock(*args) builds a cheap placeholder on the meta device (no memory, no draw from
+        # torch's RNG); the state then replaces its attributes and parameters
+        args = [self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
+                0.0, self.bidirectional, self.proj_size, torch.device("meta"), dtype]
+        if stock is torch.nn.RNN:
+            args.insert(3, self.nonlinearity)
+        return stock, tuple(args), state
+
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: say clearly why it cannot compile the layer."""
+        name = type(self).__name__
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls "
+            f"fusedrnn's C++ kernels through NumPy, which TorchScript cannot represent. Use "
+            f"torch.jit.trace(model, example_inputs) (it records torch.nn.{name}'s graph, the "
+            f"same as for the stock layer), torch.export.export, or script a model built with "
+            f"torch.nn.{name} and load this layer's state_dict() into it")
 
     def _kernel_kind(self):
         if self.mode == "LSTM":
@@ -205,6 +312,17 @@ class _Base:
 
     def forward(self, input, hx=None):
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
+        if _graph_mode():
+            # export / ONNX / jit.trace / dynamo: torch.nn's own forward, so the graph is the
+            # stock layer's (aten::lstm etc.), runnable without fusedrnn
+            extra = self._fusedrnn_only()
+            if extra is not None:
+                raise RuntimeError(
+                    f"{fn}: a layer with {extra} cannot be exported, traced or compiled into a "
+                    f"graph: while torch records a graph, fusedrnn.torch layers run "
+                    f"torch.nn.{type(self).__name__}'s forward, which has no {extra}. Run it "
+                    f"eagerly (with torch.compile, the layer is a graph break by default)")
+            return super().forward(input, hx)
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
         L, D = self.num_layers, 2 if self.bidirectional else 1
@@ -410,3 +528,9 @@ class RNN(_Base, torch.nn.RNN):
         self._check_construction(kwargs)
         super().__init__(*args, **kwargs)
         self._check_parameters("RNN")
+
+
+# torch.load's default unpickler (weights_only=True) accepts only registered globals: a saved
+# fusedrnn.torch layer names torch.nn.LSTM / GRU / RNN (see _Base.__reduce_ex__), so register
+# those (torch's own classes; loading them runs RNNBase.__setstate__, nothing else)
+torch.serialization.add_safe_globals([torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN])
