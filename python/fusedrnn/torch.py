@@ -53,6 +53,8 @@ from . import functional as _F
 __all__ = ["LSTM", "GRU", "RNN"]
 
 _DTYPES = (torch.float32, torch.float64)
+_RNN = torch.nn.modules.rnn
+_STOCK = {"LSTM": _RNN.LSTM, "GRU": _RNN.GRU, "RNN": _RNN.RNN}     # torch's own classes
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep")
 # the fields of fusedrnn.functional's cache that hold arrays backed by the tensors saved in ctx
 _CACHE_ARRAYS = ("x", "w_ih", "w_hh", "w_peep", "w_hr", "buffer")
@@ -199,17 +201,18 @@ class _LayerFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------
 
 def _graph_mode():
-    """True while torch records a graph instead of running eagerly: torch.export / the ONNX
-    exporters / dynamo (torch.compiler.is_compiling, is_exporting), torch.jit.trace."""
-    return (torch.compiler.is_compiling() or torch.compiler.is_exporting()
-            or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    """True while torch records a graph for another runtime: torch.export (and the ONNX dynamo
+    exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace."""
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export())
 
 
 class _Base:
     """The forward shared by LSTM, GRU and RNN (mixed into the torch.nn classes)."""
 
     def _stock_class(self):
-        return {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU}.get(self.mode, torch.nn.RNN)
+        # from torch.nn.modules.rnn: a launcher may have installed fusedrnn into torch.nn
+        return _STOCK.get(self.mode, _STOCK["RNN"])
 
     def _fusedrnn_only(self):
         """The constructor argument torch.nn cannot represent (None if there is none)."""
@@ -243,7 +246,7 @@ class _Base:
         # torch's RNG); the state then replaces its attributes and parameters
         args = [self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
                 0.0, self.bidirectional, self.proj_size, torch.device("meta"), dtype]
-        if stock is torch.nn.RNN:
+        if stock is _STOCK["RNN"]:
             args.insert(3, self.nonlinearity)
         return stock, tuple(args), state
 
@@ -311,18 +314,25 @@ class _Base:
             raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(t.shape)}")
 
     def forward(self, input, hx=None):
-        fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         if _graph_mode():
-            # export / ONNX / jit.trace / dynamo: torch.nn's own forward, so the graph is the
-            # stock layer's (aten::lstm etc.), runnable without fusedrnn
+            # export / ONNX / jit.trace: torch.nn's own forward, so the graph is the stock
+            # layer's (aten::lstm etc.) and runs without fusedrnn
             extra = self._fusedrnn_only()
             if extra is not None:
                 raise RuntimeError(
-                    f"{fn}: a layer with {extra} cannot be exported, traced or compiled into a "
-                    f"graph: while torch records a graph, fusedrnn.torch layers run "
-                    f"torch.nn.{type(self).__name__}'s forward, which has no {extra}. Run it "
-                    f"eagerly (with torch.compile, the layer is a graph break by default)")
+                    f"fusedrnn.torch.{type(self).__name__}.forward: a layer with {extra} "
+                    f"cannot be exported, traced or compiled into a graph: while torch records "
+                    f"a graph, fusedrnn.torch layers run torch.nn.{type(self).__name__}'s "
+                    f"forward, which has no {extra}. Run it eagerly (torch.compile runs it "
+                    f"eagerly too)")
             return super().forward(input, hx)
+        return self._fused_forward(input, hx)
+
+    # torch.compile: dynamo never traces the fused path (it would trace into the NumPy calls and
+    # break the graph there); a graph break here runs it eagerly, kernels and autograd included
+    @torch.compiler.disable
+    def _fused_forward(self, input, hx):
+        fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
         L, D = self.num_layers, 2 if self.bidirectional else 1
@@ -533,4 +543,4 @@ class RNN(_Base, torch.nn.RNN):
 # torch.load's default unpickler (weights_only=True) accepts only registered globals: a saved
 # fusedrnn.torch layer names torch.nn.LSTM / GRU / RNN (see _Base.__reduce_ex__), so register
 # those (torch's own classes; loading them runs RNNBase.__setstate__, nothing else)
-torch.serialization.add_safe_globals([torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN])
+torch.serialization.add_safe_globals(list(_STOCK.values()))
