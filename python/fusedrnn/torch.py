@@ -31,7 +31,25 @@ time-major; a PackedSequence is unpacked to padded time-major + lengths (the ker
 variable-length mode) and the output packed again; bidirectional outputs are concatenated;
 ``hx`` is reordered for an unsorted PackedSequence (as torch.nn does). Anything else raises
 (TypeError for a wrong type, dtype or layout; ValueError for a wrong device, shape or a
-non-contiguous parameter); nothing falls back to torch's implementation.
+non-contiguous parameter); nothing falls back to torch's implementation in eager mode.
+
+Beyond forward/backward:
+
+- Pickling (``torch.save(model)``, ``pickle``, multiprocessing) writes a layer as its torch.nn
+  class (torch.nn.modules.rnn.LSTM etc.: the same attributes and parameters), so the file loads
+  where fusedrnn is not installed, and ``torch.load`` returns the torch.nn layer. Importing this
+  module registers those three classes with ``torch.serialization.add_safe_globals`` (torch.load's
+  default ``weights_only=True``). Layers with ``peepholes=True`` or ``variant="reset_before"``
+  have no torch.nn form and raise ``pickle.PicklingError`` (save the state_dict instead).
+  ``copy.copy`` / ``copy.deepcopy`` keep the fusedrnn class.
+- While torch records a graph for another runtime (``torch.export``, ``torch.onnx.export`` with
+  either exporter, ``torch.jit.trace``) the layers run torch.nn's forward, so the graph is the
+  stock layer's; the fusedrnn-only configurations raise RuntimeError there.
+  ``torch.jit.script`` raises a RuntimeError saying so (``__prepare_scriptable__``).
+- ``torch.compile``: the fused path is ``torch.compiler.disable``d, a graph break; dynamo never
+  traces into the NumPy calls, and the kernels run eagerly.
+- Double backward raises RuntimeError (a strict ``once_differentiable``: also when the incoming
+  gradients do not require grad, e.g. ``torch.autograd.grad(y.sum(), x, create_graph=True)``).
 
 Threads: the kernels use :func:`fusedrnn.set_num_threads` (default: OpenMP's, i.e.
 ``OMP_NUM_THREADS`` or all cores), independently of ``torch.set_num_threads``.
