@@ -47,7 +47,8 @@ Beyond forward/backward:
   stock layer's; the fusedrnn-only configurations raise RuntimeError there.
   ``torch.jit.script`` raises a RuntimeError saying so (``__prepare_scriptable__``).
 - ``torch.compile``: the fused path is ``torch.compiler.disable``d, a graph break; dynamo never
-  traces into the NumPy calls, and the kernels run eagerly.
+  traces into the NumPy calls, and the kernels run eagerly (without dynamo imported, nothing
+  of this runs: ``import fusedrnn.torch`` does not import torch._dynamo).
 - Double backward raises RuntimeError (a strict ``once_differentiable``: also when the incoming
   gradients do not require grad, e.g. ``torch.autograd.grad(y.sum(), x, create_graph=True)``).
 
@@ -61,6 +62,7 @@ import functools
 import math
 import numbers
 import pickle
+import sys
 
 import torch  # the real PyTorch (absolute import), not this module
 from torch._C import _functions as _autograd_functions
@@ -222,7 +224,7 @@ def _graph_mode():
     """True while torch records a graph for another runtime: torch.export (and the ONNX dynamo
     exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace."""
     return (torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export())
+            or ("torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()))
 
 
 class _Base:
@@ -344,11 +346,10 @@ class _Base:
                     f"forward, which has no {extra}. Run it eagerly (torch.compile runs it "
                     f"eagerly too)")
             return super().forward(input, hx)
+        if "torch._dynamo" in sys.modules:      # torch.compile may be running: see below
+            return self._fused_forward_no_dynamo(input, hx)
         return self._fused_forward(input, hx)
 
-    # torch.compile: dynamo never traces the fused path (it would trace into the NumPy calls and
-    # break the graph there); a graph break here runs it eagerly, kernels and autograd included
-    @torch.compiler.disable
     def _fused_forward(self, input, hx):
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         lstm = self.mode == "LSTM"
@@ -430,6 +431,13 @@ class _Base:
         elif self.batch_first:
             out = out.transpose(0, 1)       # a view, as torch.nn returns
         return (out, (h_n, c_n)) if lstm else (out, h_n)
+
+    # torch.compile: dynamo must never trace the fused path (it would trace into the NumPy calls,
+    # break the graph there and compile pieces around them); calling this is a graph break and
+    # runs the layer eagerly, kernels and autograd included. torch._disable_dynamo is
+    # torch.compiler.disable without importing torch._dynamo (~1 s) before the first call; forward
+    # calls it only once torch._dynamo is imported.
+    _fused_forward_no_dynamo = torch._disable_dynamo(_fused_forward)
 
     def _run(self, x, h0, c0, lengths, params):
         """Time-major contiguous x [T, N, C] -> (output [T, N, D*R], h_n, c_n or None)."""
