@@ -54,8 +54,11 @@ void register_lstm(py::module_& m) {
           auto pw = data_of<S>(workspace, "workspace", fusedrnn::lstm_forward_workspace_size(d),
                                false, true);
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_forward<S>(d, opt, px, pwi, pwh, pbi, pbh, ph0, pc0, pp, pr, pl, py_,
-                                    phn, pcn, pc, pw);
+          fusedrnn::LstmForwardArgs<S> a;
+          a.x = px, a.w_ih = pwi, a.w_hh = pwh, a.b_ih = pbi, a.b_hh = pbh, a.h0 = ph0;
+          a.c0 = pc0, a.w_peep = pp, a.w_hr = pr, a.lengths = pl;
+          a.y = py_, a.h_n = phn, a.c_n = pcn, a.cache = pc;
+          fusedrnn::lstm_forward<S>(d, a, opt, pw);
         });
       },
       "Low-level LSTM forward into preallocated arrays.");
@@ -98,8 +101,12 @@ void register_lstm(py::module_& m) {
                                false, true);
           if (pdp && !pp) throw py::value_error("dw_peep given but w_peep is None");
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_backward<S>(d, opt, px, pwi, pwh, pp, pr, pl, pc, pdy, pdhn, pdcn, pdx,
-                                     pdh0, pdc0, pdwi, pdwh, pdbi, pdbh, pdp, pdr, pw);
+          fusedrnn::LstmBackwardArgs<S> a;
+          a.x = px, a.w_ih = pwi, a.w_hh = pwh, a.w_peep = pp, a.w_hr = pr, a.lengths = pl;
+          a.cache = pc, a.dy = pdy, a.dh_n = pdhn, a.dc_n = pdcn;
+          a.dx = pdx, a.dh0 = pdh0, a.dc0 = pdc0, a.dw_ih = pdwi, a.dw_hh = pdwh;
+          a.db_ih = pdbi, a.db_hh = pdbh, a.dw_peep = pdp, a.dw_hr = pdr;
+          fusedrnn::lstm_backward<S>(d, a, opt, pw);
         });
       },
       "Low-level LSTM backward into preallocated arrays.");

@@ -36,8 +36,11 @@ void register_rnn(py::module_& m) {
           auto pw = data_of<S>(workspace, "workspace", fusedrnn::rnn_forward_workspace_size(d),
                                false, true);
           py::gil_scoped_release nogil;
-          fusedrnn::rnn_forward<S>(d, opt, act, px, pwi, pwh, pbi, pbh, ph0, pl, py_, phn, pc,
-                                   pw);
+          fusedrnn::RnnForwardArgs<S> a;
+          a.nonlinearity = act;
+          a.x = px, a.w_ih = pwi, a.w_hh = pwh, a.b_ih = pbi, a.b_hh = pbh, a.h0 = ph0;
+          a.lengths = pl, a.y = py_, a.h_n = phn, a.cache = pc;
+          fusedrnn::rnn_forward<S>(d, a, opt, pw);
         });
       },
       "Low-level RNN forward into preallocated arrays.");
@@ -70,8 +73,12 @@ void register_rnn(py::module_& m) {
           auto pw = data_of<S>(workspace, "workspace", fusedrnn::rnn_backward_workspace_size(d),
                                false, true);
           py::gil_scoped_release nogil;
-          fusedrnn::rnn_backward<S>(d, opt, act, px, pwi, pwh, pl, pc, pdy, pdhn, pdx, pdh0,
-                                    pdwi, pdwh, pdbi, pdbh, pw);
+          fusedrnn::RnnBackwardArgs<S> a;
+          a.nonlinearity = act;
+          a.x = px, a.w_ih = pwi, a.w_hh = pwh, a.lengths = pl, a.cache = pc, a.dy = pdy;
+          a.dh_n = pdhn, a.dx = pdx, a.dh0 = pdh0, a.dw_ih = pdwi, a.dw_hh = pdwh;
+          a.db_ih = pdbi, a.db_hh = pdbh;
+          fusedrnn::rnn_backward<S>(d, a, opt, pw);
         });
       },
       "Low-level RNN backward into preallocated arrays.");
