@@ -244,9 +244,11 @@ def test_core_accumulates_parameter_gradients_and_overwrites_dx(P):
            np.zeros((3, H))]
     dw_hr = np.zeros((P, H)) if P else None
     c = out.cache
-    call = lambda: _core.lstm_backward(dims, False, 0, x, w_ih, w_hh, kw["w_peep"],  # noqa
-                                       kw.get("w_hr"), None, c.buffer, cot["dy"], cot["dh_n"],
-                                       cot["dc_n"], dx, dh0, dc0, *acc[:5], dw_hr, ws)
+    call = lambda: _core.lstm_backward(  # noqa: E731
+        dims, x=x, w_ih=w_ih, w_hh=w_hh, w_peep=kw["w_peep"], w_hr=kw.get("w_hr"),
+        cache=c.buffer, dy=cot["dy"], dh_n=cot["dh_n"], dc_n=cot["dc_n"], dx=dx, dh0=dh0,
+        dc0=dc0, dw_ih=acc[0], dw_hh=acc[1], db_ih=acc[2], db_hh=acc[3], dw_peep=acc[4],
+        dw_hr=dw_hr, workspace=ws)
     if P:
         acc.append(dw_hr)
     call()
@@ -370,8 +372,8 @@ def test_lstm_sizes_without_projection_equal_P_0():
         assert _core.lstm_sizes(dims) == _core.lstm_sizes(dims + (0,))
 
 
-@pytest.mark.parametrize("cell,flag", [("lstm", None), ("gru", True), ("gru", False),
-                                       ("rnn", False)])
+@pytest.mark.parametrize("cell,flag", [("lstm", None), ("gru", "reset_after"),
+                                       ("gru", "reset_before"), ("rnn", "tanh")])
 def test_weights_packed_reuses_the_workspace_weights(cell, flag):
     """Options::weights_packed: the kernel takes w_ih and w_hh from the workspace, where an
     earlier call (other T, N and direction) packed them; the arrays passed are not read."""
@@ -385,14 +387,16 @@ def test_weights_packed_reuses_the_workspace_weights(cell, flag):
     def call(T, N, weights, packed, ws, reverse=False, threads=1):
         x = np.random.default_rng(T * N).standard_normal((T, N, C)).astype(np.float32)
         y, h_n = np.empty((T, N, H), np.float32), np.empty((N, H), np.float32)
-        head = (T, N, C, H), reverse, threads, packed
         wsv = ws[:sizes((T, N, C, H))[1]]
+        kw = dict(x=x, w_ih=weights[0], w_hh=weights[1], b_ih=b[0], b_hh=b[1], y=y, h_n=h_n,
+                  workspace=wsv, reverse=reverse, num_threads=threads, weights_packed=packed)
         if cell == "lstm":
-            _core.lstm_forward(*head, x, *weights, *b, None, None, None, None, None, y, h_n,
-                               np.empty((N, H), np.float32), None, wsv)
+            kw["c_n"] = np.empty((N, H), np.float32)
+        elif cell == "gru":
+            kw["variant"] = _core.GruVariant.__members__[flag]
         else:
-            getattr(_core, cell + "_forward")(*head, flag, x, *weights, *b, None, None, y, h_n,
-                                              None, wsv)
+            kw["nonlinearity"] = _core.Nonlinearity.__members__[flag]
+        getattr(_core, cell + "_forward")((T, N, C, H), **kw)
         return y
 
     ws = np.empty(sizes((8, 3, C, H))[1], np.float32)

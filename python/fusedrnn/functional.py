@@ -193,6 +193,52 @@ class _Cache:
         return f"<fusedrnn {self.kind} cache T={T} N={N} C={C} H={H}{P} {self.x.dtype}>"
 
 
+# ----------------------------------------------------------------------------------------------
+# The one route from Python to the kernels, used by the functional API below and by the layers:
+# _lengths (the lengths argument as an int64 array, checked where it enters), _formula (a GRU
+# variant / RNN nonlinearity name -> the kernel's enum, once), _sizes, and _forward_into /
+# _backward_into (one kernel call into the caller's buffers; the thread count and the scratch
+# workspace are the route's business).
+
+_lengths = _check_lengths
+_FORMULA = {"gru": ("variant", _core.GruVariant), "rnn": ("nonlinearity", _core.Nonlinearity)}
+
+
+def _formula(kind, name):
+    """The kernel's enum for a GRU variant / RNN nonlinearity name (None for the LSTM)."""
+    return None if kind == "lstm" else _FORMULA[kind][1].__members__[name]
+
+
+def _sizes(kind, dims):
+    """(cache, forward workspace, backward workspace) scalars; checks dims like the kernel."""
+    return _SIZES[kind](dims)
+
+
+def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed=False,
+                  **tensors):
+    """<kind>_forward of the kernels: tensors are _core's keyword arguments (x, weights,
+    optional inputs, lengths, outputs y, h_n[, c_n], cache); sizes = _sizes(kind, dims).
+    workspace None: this thread's scratch; else the caller's (``packed``: it holds the weights
+    an earlier call packed, Options::weights_packed)."""
+    if workspace is None:
+        workspace = _workspace(sizes[1], tensors["x"].dtype)
+    if formula is not None:
+        tensors[_FORMULA[kind][0]] = formula
+    getattr(_core, kind + "_forward")(dims, workspace=workspace, reverse=reverse,
+                                      num_threads=_threads(), weights_packed=packed, **tensors)
+
+
+def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
+    """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
+    accumulate); tensors are _core's keyword arguments."""
+    if formula is not None:
+        tensors[_FORMULA[kind][0]] = formula
+    getattr(_core, kind + "_backward")(dims, workspace=_workspace(sizes[2], tensors["x"].dtype),
+                                       reverse=reverse, num_threads=_threads(), **tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
              flag, w_hr=None):
     _check_x(fn, x)
@@ -211,18 +257,16 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     training = _check_flag(fn, "training", training)
 
     dims = (T, N, C, H, P) if P else (T, N, C, H)
-    cache_size, ws_size, _ = _SIZES[kind](dims)
+    sizes = _sizes(kind, dims)
     y = np.empty((T, N, R), dt)
     h_n = np.empty((N, R), dt)
-    buffer = np.empty(cache_size, dt) if training else None
-    workspace = _workspace(ws_size, dt)
+    buffer = np.empty(sizes[0], dt) if training else None
+    tensors = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, lengths=lengths, y=y,
+                   h_n=h_n, cache=buffer)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
-        _core.lstm_forward(dims, reverse, _threads(), False, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                           w_peep, w_hr, lengths, y, h_n, c_n, buffer, workspace)
-    else:
-        getattr(_core, kind + "_forward")(dims, reverse, _threads(), False, flag, x, w_ih, w_hh,
-                                          b_ih, b_hh, h0, lengths, y, h_n, buffer, workspace)
+        tensors.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n)
+    _forward_into(kind, flag, dims, sizes, reverse, **tensors)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
@@ -252,26 +296,25 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
     if kind == "lstm":
         _check(fn, "dc_n", dc_n, (N, H), dt)
 
-    _, _, ws_size = _SIZES[kind](cache.dims)
-    workspace = _workspace(ws_size, dt)
     dx = np.empty((T, N, C), dt)
     dh0 = np.empty((N, R), dt) if cache.has_h0 else None
     dw_ih = np.zeros((G * H, C), dt)
     dw_hh = np.zeros((G * H, R), dt)
     db_ih = np.zeros(G * H, dt) if cache.has_b_ih else None
     db_hh = np.zeros(G * H, dt) if cache.has_b_hh else None
+    tensors = dict(x=cache.x, w_ih=cache.w_ih, w_hh=cache.w_hh, lengths=cache.lengths,
+                   cache=cache.buffer, dy=dy, dh_n=dh_n, dx=dx, dh0=dh0, dw_ih=dw_ih, dw_hh=dw_hh,
+                   db_ih=db_ih, db_hh=db_hh)
     if kind == "lstm":
         dc0 = np.empty((N, H), dt) if cache.has_c0 else None
         dw_peep = np.zeros((3, H), dt) if cache.w_peep is not None else None
         dw_hr = np.zeros((P, H), dt) if P else None
-        _core.lstm_backward(cache.dims, cache.reverse, _threads(), cache.x, cache.w_ih,
-                            cache.w_hh, cache.w_peep, cache.w_hr, cache.lengths, cache.buffer, dy,
-                            dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr,
-                            workspace)
+        tensors.update(w_peep=cache.w_peep, w_hr=cache.w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep,
+                       dw_hr=dw_hr)
+    _backward_into(kind, cache.flag, cache.dims, _sizes(kind, cache.dims), cache.reverse,
+                   **tensors)
+    if kind == "lstm":
         return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr)
-    getattr(_core, kind + "_backward")(cache.dims, cache.reverse, _threads(), cache.flag, cache.x,
-                                       cache.w_ih, cache.w_hh, cache.lengths, cache.buffer, dy,
-                                       dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, workspace)
     return (GruGrads if kind == "gru" else RnnGrads)(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
 
 
@@ -312,7 +355,7 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_
         raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
                          f"got {variant!r}")
     return _forward("gru_forward", "gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, variant == "reset_after")
+                    reverse, training, _formula("gru", variant))
 
 
 def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
@@ -331,7 +374,7 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', "
                          f"got {nonlinearity!r}")
     return _forward("rnn_forward", "rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, nonlinearity == "relu")
+                    reverse, training, _formula("rnn", nonlinearity))
 
 
 def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:
