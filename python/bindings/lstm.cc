@@ -21,7 +21,8 @@ void register_lstm(py::module_& m) {
       [](py::tuple dims, py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih,
          py::handle b_hh, py::handle h0, py::handle c0, py::handle w_peep, py::handle w_hr,
          py::handle lengths, py::handle y, py::handle h_n, py::handle c_n, py::handle cache,
-         py::handle workspace, bool reverse, int num_threads, bool weights_packed) {
+         py::handle workspace, double cell_clip, bool reverse, int num_threads,
+         bool weights_packed) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
         const std::size_t ws_n = fusedrnn::lstm_forward_workspace_size(d);
@@ -39,6 +40,7 @@ void register_lstm(py::module_& m) {
           a.w_peep = opt_in<S>(w_peep, "w_peep", n.H3);
           a.w_hr = opt_in<S>(w_hr, "w_hr", d.P > 0 ? n.PH : kAnySize);
           a.lengths = opt_in<std::int64_t>(lengths, "lengths", n.N);
+          a.cell_clip = S(cell_clip);
           a.y = out<S>(y, "y", n.TNR);
           a.h_n = out<S>(h_n, "h_n", n.NR);
           a.c_n = out<S>(c_n, "c_n", n.NH);
@@ -52,7 +54,7 @@ void register_lstm(py::module_& m) {
       py::arg("b_hh") = py::none(), py::arg("h0") = py::none(), py::arg("c0") = py::none(),
       py::arg("w_peep") = py::none(), py::arg("w_hr") = py::none(),
       py::arg("lengths") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
-      py::arg("cache") = py::none(), py::arg("workspace"),
+      py::arg("cache") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
       py::arg("reverse") = false, py::arg("num_threads") = 0, py::arg("weights_packed") = false,
       "LSTM forward into preallocated arrays.");
   m.def(
@@ -61,7 +63,8 @@ void register_lstm(py::module_& m) {
          py::handle w_hr, py::handle lengths, py::handle cache, py::handle dy, py::handle dh_n,
          py::handle dc_n, py::handle dx, py::handle dh0, py::handle dc0, py::handle dw_ih,
          py::handle dw_hh, py::handle db_ih, py::handle db_hh, py::handle dw_peep,
-         py::handle dw_hr, py::handle workspace, bool reverse, int num_threads) {
+         py::handle dw_hr, py::handle workspace, double cell_clip, bool reverse,
+         int num_threads) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
         const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d);
@@ -75,6 +78,7 @@ void register_lstm(py::module_& m) {
           a.w_peep = opt_in<S>(w_peep, "w_peep", n.H3);
           a.w_hr = opt_in<S>(w_hr, "w_hr", d.P > 0 ? n.PH : kAnySize);
           a.lengths = opt_in<std::int64_t>(lengths, "lengths", n.N);
+          a.cell_clip = S(cell_clip);
           a.cache = in<S>(cache, "cache", cache_n);
           a.dy = opt_in<S>(dy, "dy", n.TNR);
           a.dh_n = opt_in<S>(dh_n, "dh_n", n.NR);
@@ -100,7 +104,7 @@ void register_lstm(py::module_& m) {
       py::arg("dh0") = py::none(), py::arg("dc0") = py::none(), py::arg("dw_ih") = py::none(),
       py::arg("dw_hh") = py::none(), py::arg("db_ih") = py::none(),
       py::arg("db_hh") = py::none(), py::arg("dw_peep") = py::none(),
-      py::arg("dw_hr") = py::none(), py::arg("workspace"),
+      py::arg("dw_hr") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
       py::arg("reverse") = false, py::arg("num_threads") = 0,
       "LSTM backward into preallocated arrays (parameter gradients accumulate).");
 }

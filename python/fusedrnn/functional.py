@@ -181,7 +181,7 @@ class _Cache:
     """What backward needs from a training forward: the forward's arguments and the kernel cache."""
 
     __slots__ = ("kind", "dims", "reverse", "flag", "x", "w_ih", "w_hh", "w_peep", "w_hr",
-                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh")
+                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh", "cell_clip")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -239,8 +239,18 @@ def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
 
 # ----------------------------------------------------------------------------------------------
 
+def _check_clip(fn, cell_clip):
+    """The LSTM's cell_clip as a float (0 = none); its range is the kernel's to check."""
+    if cell_clip is None:
+        return 0.0
+    if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, numbers.Real):
+        raise TypeError(f"{fn}: cell_clip must be None or a number, got "
+                        f"{type(cell_clip).__name__}")
+    return float(cell_clip)
+
+
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
-             flag, w_hr=None):
+             flag, w_hr=None, cell_clip=None):
     _check_x(fn, x)
     T, N, C, H, P = _check_weights(fn, kind, x, w_ih, w_hh, w_hr)
     R = P or H   # width of h and y
@@ -255,6 +265,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     lengths = _check_lengths(fn, lengths, N, T)
     reverse = _check_flag(fn, "reverse", reverse)
     training = _check_flag(fn, "training", training)
+    cell_clip = _check_clip(fn, cell_clip)
 
     dims = (T, N, C, H, P) if P else (T, N, C, H)
     sizes = _sizes(kind, dims)
@@ -265,14 +276,15 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
                    h_n=h_n, cache=buffer)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
-        tensors.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n)
+        tensors.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n, cell_clip=cell_clip)
     _forward_into(kind, flag, dims, sizes, reverse, **tensors)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
                        w_hh=w_hh, w_peep=w_peep, w_hr=w_hr, lengths=lengths, buffer=buffer,
                        has_h0=h0 is not None, has_c0=c0 is not None,
-                       has_b_ih=b_ih is not None, has_b_hh=b_hh is not None)
+                       has_b_ih=b_ih is not None, has_b_hh=b_hh is not None,
+                       cell_clip=cell_clip)
     if kind == "lstm":
         return LstmOutput(y, h_n, c_n, cache)
     return (GruOutput if kind == "gru" else RnnOutput)(y, h_n, cache)
@@ -310,7 +322,7 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
         dw_peep = np.zeros((3, H), dt) if cache.w_peep is not None else None
         dw_hr = np.zeros((P, H), dt) if P else None
         tensors.update(w_peep=cache.w_peep, w_hr=cache.w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep,
-                       dw_hr=dw_hr)
+                       dw_hr=dw_hr, cell_clip=cache.cell_clip)
     _backward_into(kind, cache.flag, cache.dims, _sizes(kind, cache.dims), cache.reverse,
                    **tensors)
     if kind == "lstm":
@@ -321,17 +333,19 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
 # ----------------------------------------------------------------------------------------------
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
-                 w_hr=None, lengths=None, reverse=False, training=True) -> LstmOutput:
+                 w_hr=None, lengths=None, reverse=False, training=True,
+                 cell_clip=None) -> LstmOutput:
     """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H];
     optional projection w_hr [P, H], PyTorch's proj_size: h = (o*tanh(c)) w_hrᵀ).
 
     x [T, N, C]; w_ih [4H, C]; w_hh [4H, R]; b_ih, b_hh [4H]; h0 [N, R]; c0 [N, H];
     lengths [N]; R = P with w_hr, else H. Returns LstmOutput(y [T, N, R], h_n [N, R],
-    c_n [N, H], cache); cache is None when ``training=False``. See
-    :func:`fusedrnn.reference.lstm_forward` for the equations.
+    c_n [N, H], cache); cache is None when ``training=False``. cell_clip (TF1's
+    LSTMCell(cell_clip)): None, or c clipped to [-cell_clip, cell_clip] after each update.
+    See :func:`fusedrnn.reference.lstm_forward` for the equations.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
-                    reverse, training, None, w_hr)
+                    reverse, training, None, w_hr, cell_clip)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:

@@ -459,7 +459,8 @@ class _RNNBase(Module):
                        y=y, h_n=h_n, cache=cache)
         if kind == "lstm":
             tensors.update(c0=None if c0 is None else np.ascontiguousarray(c0),
-                           w_peep=data(w_peep), w_hr=data(w_hr), c_n=c_n)
+                           w_peep=data(w_peep), w_hr=data(w_hr), c_n=c_n,
+                           cell_clip=self.cell_clip or 0.0)
         F._forward_into(kind, formula, dims, sizes, reverse, workspace=ws, packed=packed,
                         **tensors)
 
@@ -544,7 +545,8 @@ class _RNNBase(Module):
                        dw_ih=w_ih.grad, dw_hh=w_hh.grad, db_ih=grad(b_ih), db_hh=grad(b_hh))
         if kind == "lstm":
             tensors.update(w_peep=data(w_peep), w_hr=data(w_hr), dc_n=dc_n, dc0=dc0,
-                           dw_peep=grad(w_peep), dw_hr=grad(w_hr))
+                           dw_peep=grad(w_peep), dw_hr=grad(w_hr),
+                           cell_clip=self.cell_clip or 0.0)
         F._backward_into(kind, formula, dims, F._sizes(kind, dims), reverse, **tensors)
 
     # -- frozen inference ---------------------------------------------------------------------
@@ -604,20 +606,29 @@ class LSTM(_RNNBase):
     init: 'pytorch' (U(±1/√H) everywhere) or 'keras' (glorot-uniform input and projection
     weights, orthogonal recurrent weights, zero biases with the forget block at 1).
     forget_bias is added to the forget block of bias_ih after initialisation.
+    cell_clip (TF1's LSTMCell(cell_clip)): None, or a number > 0: every layer's cell state is
+    clipped to [-cell_clip, cell_clip] after each update (see fusedrnn.lstm_forward). Recorded
+    in the config only when set (the C++ Model does not read it).
     """
     _mode = "LSTM"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
-                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None):
+                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None, cell_clip=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size=proj_size, peepholes=peepholes,
                          forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
+        if cell_clip is not None and not (F._check_clip("LSTM", cell_clip) > 0
+                                          and math.isfinite(cell_clip)):
+            raise ValueError(f"LSTM: cell_clip must be None or a finite number > 0, "
+                             f"got {cell_clip!r}")
+        self.cell_clip = None if cell_clip is None else float(cell_clip)
         self._record(input_size=self.input_size, hidden_size=self.hidden_size,
                      num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                      dropout=self.dropout, bidirectional=self.bidirectional,
                      proj_size=self.proj_size, peepholes=self.peepholes,
-                     forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed)
+                     forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed,
+                     **({} if cell_clip is None else {"cell_clip": self.cell_clip}))
 
 
 @register_module

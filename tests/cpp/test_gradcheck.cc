@@ -1,7 +1,7 @@
 // C++-only gradient check of the fused kernels, in double precision (no Python, no framework).
 //
 // For one small problem per cell (LSTM forward/reverse with peepholes, LSTM with projection
-// (P < H and P > H, with and without peepholes), GRU reset_after and reset_before, RNN tanh and
+// (P < H down to P = 1 and up to P = H - 1, with and without peepholes), GRU reset_after and reset_before, RNN tanh and
 // relu; biases, initial states and variable lengths throughout) it
 // compares every element of every analytic gradient with central finite differences of
 //   L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)],
@@ -365,7 +365,7 @@ int main() {
   check([](Case& c) { make_lstm(c, true, {2, 3, 1}); });
   check([](Case& c) { make_lstm(c, false, {3, 2, 0}, 2, false); });  // P < H = 4
   check([](Case& c) { make_lstm(c, true, {2, 3, 1}, 2, true); });
-  check([](Case& c) { make_lstm(c, false, {1, 3, 2}, 5, true); });   // P > H
+  check([](Case& c) { make_lstm(c, false, {1, 3, 2}, 3, true); });   // P = H - 1
   check([](Case& c) { make_lstm(c, true, {3, 0, 2}, 1, false); });
   check([](Case& c) { make_gru(c, GruVariant::reset_after, false, {3, 1, 0}); });
   check([](Case& c) { make_gru(c, GruVariant::reset_before, false, {2, 1, 2}); });  // max len < T
@@ -429,6 +429,12 @@ int main() {
   p.d.P = -1;
   expect_invalid("lstm_forward P = -1 throws", [&p] { p.forward(p.cache.data()); }, p.y);
   expect_invalid("lstm_backward P = -1 throws", [&p] { p.backward(); }, p.at("w_ih").g);
+  for (std::int64_t P : {p.d.H, p.d.H + 1}) {  // PyTorch's rule, the kernel's: P < H
+    p.d.P = P;
+    expect_invalid("lstm_forward P = " + std::to_string(P) + " >= H throws",
+                   [&p] { p.forward(p.cache.data()); }, p.y);
+    expect_invalid("lstm_backward P >= H throws", [&p] { p.backward(); }, p.at("w_ih").g);
+  }
   p.d.P = 0;  // w_hr given, P = 0
   expect_invalid("lstm_forward w_hr given, P = 0 throws", [&p] { p.forward(p.cache.data()); },
                  p.y);

@@ -11,6 +11,9 @@
 //   m_t = o*tanh(c_t) [N, H],  h_t = m_t w_hrᵀ [N, P]   (w_hr [P, H])
 // and the recurrent weights w_hh read h_t: [4H, P]. R below is the width of h: R = P if P > 0,
 // else H. Peepholes act on c (H units) either way.
+// With cell_clip > 0 (TF1's LSTMCell(cell_clip)), c_t = clip(f*c_{t-1} + i*g, ±cell_clip) is the
+// cell state that o, h and the next step see; its gradient is zero where the clip is active
+// (|c_t| = cell_clip, a value exactly at the bound counting as clipped).
 #pragma once
 
 #include <cstddef>
@@ -33,6 +36,8 @@ struct LstmForwardArgs {
   const Scalar* w_peep = nullptr;         // [3, H] (p_i, p_f, p_o); null = no peepholes
   const Scalar* w_hr = nullptr;           // [P, H]; non-null iff P > 0
   const std::int64_t* lengths = nullptr;  // [N]; null = all T
+  Scalar cell_clip = 0;                   // > 0: c clipped to [-cell_clip, cell_clip] after
+                                          // each update (TF1 LSTMCell(cell_clip)); 0 = none
   Scalar* y = nullptr;                    // out [T, N, R]
   Scalar* h_n = nullptr;                  // out [N, R]
   Scalar* c_n = nullptr;                  // out [N, H]
@@ -49,6 +54,7 @@ struct LstmBackwardArgs {
   const Scalar* w_peep = nullptr;
   const Scalar* w_hr = nullptr;
   const std::int64_t* lengths = nullptr;
+  Scalar cell_clip = 0;                   // the forward's; the gradient is zero where |c| hit it
   const Scalar* cache = nullptr;          // written by that forward
   const Scalar* dy = nullptr;             // [T, N, R]; null = zero
   const Scalar* dh_n = nullptr;           // [N, R]; null = zero

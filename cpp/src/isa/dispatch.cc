@@ -2,10 +2,12 @@
 // fusedrnn.h, each a call through the chosen copy's table (isa/table.h).
 //
 // The widest copy compiled in that this CPU runs is used (isa_avx512 > isa_avx2 > isa_base).
-// FUSEDRNN_ISA=baseline|avx2|avx512 in the environment asks for a narrower copy (for tests and
-// comparisons); a copy the CPU cannot run, or that was not built, is never chosen.
+// FUSEDRNN_ISA=baseline|sse2|avx2|avx512 (any case) in the environment asks for a narrower copy
+// (for tests and comparisons); a copy the CPU cannot run, or that was not built, is never
+// chosen; an unknown value throws std::invalid_argument from every call.
+#include <cctype>
 #include <cstdlib>
-#include <cstring>
+#include <stdexcept>
 #include <string>
 
 #include "isa/table.h"
@@ -66,15 +68,28 @@ bool cpu_runs(Level l) {
   return l == Level::base;
 }
 
+// FUSEDRNN_ISA: the names build_info prints ("sse2" for the baseline copy, "avx2", "avx512")
+// or "baseline", in any case; empty = unset. Anything else is an error, on every call (a typo
+// must not silently run another copy than the one asked for).
+Level requested(const char* want, Level best) {
+  std::string w(want);
+  for (char& ch : w) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (w.empty()) return best;
+  if (w == "baseline" || w == "sse2") return Level::base;
+  if (w == "avx2") return Level::avx2;
+  if (w == "avx512") return Level::avx512;
+  throw std::invalid_argument("FUSEDRNN_ISA='" + std::string(want) +
+                              "' names no instruction-set copy; accepted (any case): baseline "
+                              "(or sse2), avx2, avx512; unset or empty: the widest this CPU "
+                              "runs");
+}
+
 Level select() {
   Level best = Level::base;
   for (Level l : {Level::avx2, Level::avx512})
     if (compiled(l) && cpu_runs(l)) best = l;
   if (const char* want = std::getenv("FUSEDRNN_ISA")) {
-    Level w = best;
-    if (!std::strcmp(want, "baseline")) w = Level::base;
-    if (!std::strcmp(want, "avx2")) w = Level::avx2;
-    if (!std::strcmp(want, "avx512")) w = Level::avx512;
+    const Level w = requested(want, best);
     if (w < best && compiled(w)) best = w;
   }
   return best;
@@ -83,7 +98,7 @@ Level select() {
 }  // namespace
 
 const Table& active() {
-  static const Table& table = *compiled(select());
+  static const Table& table = *compiled(select());  // select() throws: tried again next call
   return table;
 }
 

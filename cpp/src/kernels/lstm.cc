@@ -94,7 +94,21 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
 // ---------------------------------------------------------------------------------------------
 // Argument checks: the kernel is the one authority on their consistency.
 
-void check_lstm_dims(const char* fn, const Dims& d) { detail::check_dims(fn, d, true); }
+// The one authority on projection sizes: PyTorch's rule, P < H (a projection narrows h).
+void check_lstm_dims(const char* fn, const Dims& d) {
+  detail::check_dims(fn, d, true);
+  if (d.P >= d.H)
+    detail::fail(std::string(fn) + ": proj_size P = " + std::to_string(d.P) +
+                 " must be < hidden_size H = " + std::to_string(d.H) +
+                 " (PyTorch's rule: the projection narrows h)");
+}
+
+// cell_clip: 0 (none) or a positive bound.
+void check_clip(const char* fn, double clip) {
+  if (!(clip >= 0 && clip < HUGE_VAL))
+    detail::fail(std::string(fn) + ": cell_clip must be a finite number >= 0 (0 = no clip), "
+                 "got " + std::to_string(clip));
+}
 
 // w_hr must be given exactly when the dims ask for a projection.
 void check_projection(const char* fn, const Dims& d, const void* w_hr) {
@@ -124,6 +138,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
                          {workspace, "workspace"}})
     check_ptr(fn, p, name);
   check_projection(fn, d, a.w_hr);
+  check_clip(fn, double(a.cell_clip));
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
@@ -185,7 +200,8 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
                                b_hh ? b_hh + u0 : nullptr, w_peep ? w_peep + u0 : nullptr,
                                c_prev + off, c_next + off, proj ? m + off : h_next + off,
                                proj ? nullptr : y + (t * N + n) * H + u0,
-                               training ? k.gates + (s * N + n) * GH + u0 : nullptr);
+                               training ? k.gates + (s * N + n) * GH + u0 : nullptr,
+                               a.cell_clip);
       }
       if (proj) {
         // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
@@ -225,6 +241,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   check_projection(fn, d, a.w_hr);
   require(!a.dw_peep || a.w_peep, "lstm_backward: dw_peep given but w_peep is null");
   require(!a.dw_hr || a.w_hr, "lstm_backward: dw_hr given but w_hr is null (P = 0)");
+  check_clip(fn, double(a.cell_clip));
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
@@ -302,7 +319,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
             dy && !proj ? dy + (t * N + n) * H + u0 : nullptr, gates + (s * N + n) * GH + u0,
             cs + s * NH + off, cs + (s + 1) * NH + off, dc_cur + off,
             w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
-            dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
+            dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
       }
       par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
     }

@@ -19,14 +19,16 @@ namespace detail {
 //   c = f c_prev + i g        o = σ(a_o + p_o c)        out = o tanh(c)
 // `out` is h (or m = o tanh(c) when a projection follows); y, if given, gets a copy of it;
 // `gates`, if given (training), gets the activated i, f, g, o for backward. c_prev and c_next
-// may alias (a Stream updates c in place).
+// may alias (a Stream updates c in place). cell_clip > 0: c = clip(f c_prev + i g, ±cell_clip)
+// before o and h see it (a NaN stays NaN).
 template <typename Scalar>
 inline void lstm_pointwise_forward(Index n, Index H, const Scalar* gx, const Scalar* gh,
                                    const Scalar* b_ih, const Scalar* b_hh, const Scalar* w_peep,
                                    const Scalar* c_prev, Scalar* c_next, Scalar* out, Scalar* y,
-                                   Scalar* gates) {
+                                   Scalar* gates, Scalar cell_clip = Scalar(0)) {
   namespace ei = Eigen::internal;
   using P = Packet<Scalar>;
+  const P hi = ei::pset1<P>(cell_clip), lo = ei::pset1<P>(-cell_clip);
   for_packets<Scalar>(n, [&](auto ld, auto st) {
     const P cp = ld(c_prev);
     P pi = gate_pre(ld, 0, H, gx, gh, b_ih, b_hh);
@@ -37,7 +39,9 @@ inline void lstm_pointwise_forward(Index n, Index H, const Scalar* gx, const Sca
     }
     const P i = psigmoid(pi), f = psigmoid(pf);
     const P g = ptanh(gate_pre(ld, 2, H, gx, gh, b_ih, b_hh));
-    const P c = ei::pmadd(f, cp, ei::pmul(i, g));
+    P c = ei::pmadd(f, cp, ei::pmul(i, g));
+    if (cell_clip > 0)
+      c = ei::pselect(ei::pcmp_lt(hi, c), hi, ei::pselect(ei::pcmp_lt(c, lo), lo, c));
     P po = gate_pre(ld, 3, H, gx, gh, b_ih, b_hh);
     if (w_peep) po = ei::pmadd(ld(w_peep + 2 * H), c, po);
     const P o = psigmoid(po);
@@ -63,22 +67,28 @@ inline void lstm_pointwise_forward(Index n, Index H, const Scalar* gx, const Sca
 //   dc     = dc_in + dh o (1 - tanh²(c)) + do_pre p_o        (o saw c through p_o)
 //   di_pre = dc g i(1 - i)     df_pre = dc c_prev f(1 - f)     dg_pre = dc i (1 - g²)
 //   dc_prev = dc f + di_pre p_i + df_pre p_f                  (i, f saw c_prev through p_i, p_f)
+// With cell_clip > 0, c = clip(c_pre): dc above is the gradient of the clipped c, and the clip
+// passes it on where it was inactive only: dc := dc [|c| < cell_clip] (c the cached, clipped
+// value) before the gate gradients.
 template <typename Scalar>
 inline void lstm_pointwise_backward(Index n, Index H, const Scalar* dh_in, const Scalar* dy,
                                     const Scalar* gates, const Scalar* c_prev, const Scalar* c,
                                     const Scalar* dc_in, const Scalar* w_peep, Scalar* dg,
-                                    Scalar* dc_prev, Scalar* dh_zero, Scalar* dgx) {
+                                    Scalar* dc_prev, Scalar* dh_zero, Scalar* dgx,
+                                    Scalar cell_clip = Scalar(0)) {
   namespace ei = Eigen::internal;
   using Pk = Packet<Scalar>;
+  const Pk clip = ei::pset1<Pk>(cell_clip);
   for_packets<Scalar>(n, [&](auto ld, auto st) {
     const Pk one = ei::pset1<Pk>(Scalar(1));
     Pk dh = ld(dh_in);
     if (dy) dh = ei::padd(dh, ld(dy));
     const Pk gi = ld(gates), gf = ld(gates + H), gg = ld(gates + 2 * H), go = ld(gates + 3 * H);
-    const Pk tc = ptanh(ld(c));
+    const Pk cv = ld(c), tc = ptanh(cv);
     const Pk do_pre = ei::pmul(ei::pmul(ei::pmul(dh, tc), go), ei::psub(one, go));
     Pk dc = ei::padd(ld(dc_in), ei::pmul(ei::pmul(dh, go), ei::psub(one, ei::pmul(tc, tc))));
     if (w_peep) dc = ei::padd(dc, ei::pmul(do_pre, ld(w_peep + 2 * H)));
+    if (cell_clip > 0) dc = ei::pselect(ei::pcmp_lt(ei::pabs(cv), clip), dc, ei::pzero(dc));
     const Pk di_pre = ei::pmul(ei::pmul(ei::pmul(dc, gg), gi), ei::psub(one, gi));
     const Pk df_pre = ei::pmul(ei::pmul(ei::pmul(dc, ld(c_prev)), gf), ei::psub(one, gf));
     const Pk dg_pre = ei::pmul(ei::pmul(dc, gi), ei::psub(one, ei::pmul(gg, gg)));

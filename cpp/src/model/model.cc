@@ -141,6 +141,13 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
     c.forget_bias = r.number("forget_bias", 0.0);
     if (c.cell != CellType::lstm && (c.proj_size || c.peepholes || c.forget_bias != 0))
       r.fail("proj_size, peepholes and forget_bias need cell 'lstm'");
+    if (c.proj_size) {
+      try {  // the kernel is the one authority on projection sizes
+        lstm_cache_size(Dims{1, 1, 1, c.hidden_size, c.proj_size});
+      } catch (const std::invalid_argument& e) {
+        r.fail(e.what());
+      }
+    }
   }
   if (model || c.cell == CellType::gru) {
     const std::string v = r.string("variant", "reset_after");
