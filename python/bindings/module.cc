@@ -57,8 +57,15 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("num_threads") = 0,
       "c = a @ b by Eigen's GEMM built like the kernels (the benchmark's GEMM peak).");
+  // The cells' formulas: the Python surface takes their names as strings and converts them once
+  // (fusedrnn.functional._formula).
+  py::enum_<fusedrnn::GruVariant>(m, "GruVariant")
+      .value("reset_after", fusedrnn::GruVariant::reset_after)
+      .value("reset_before", fusedrnn::GruVariant::reset_before);
+  py::enum_<fusedrnn::Nonlinearity>(m, "Nonlinearity")
+      .value("tanh", fusedrnn::Nonlinearity::tanh)
+      .value("relu", fusedrnn::Nonlinearity::relu);
   fusedrnn_py::register_lstm(m);
-  fusedrnn_py::register_gru(m);
-  fusedrnn_py::register_rnn(m);
+  fusedrnn_py::register_single_state(m);
   fusedrnn_py::register_ctc(m);
 }

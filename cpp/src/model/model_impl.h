@@ -6,6 +6,7 @@
 
 #include "fusedrnn/model.h"
 #include "internal.h"
+#include "isa/table.h"
 
 namespace fusedrnn {
 namespace detail {
@@ -33,7 +34,7 @@ struct ModelImpl {
   const void* embed = nullptr;                    // [vocab_size, embed_dim]
   const void* head_w = nullptr;                   // [output_size, D*R]
   const void* head_b = nullptr;                   // [output_size]
-  // head_w packed for the active instruction set (internal::IsaOps::pack), model dtype.
+  // head_w packed for the active instruction set (isa::Kernels::pack), model dtype.
   internal::AlignedArray<unsigned char> head_packed;
 };
 

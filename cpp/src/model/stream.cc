@@ -1,5 +1,5 @@
 // fusedrnn::Stream: weights packed once at construction; step() = per layer one call of the
-// active instruction set's step (internal::IsaOps::step), then the head. No allocation, no
+// active instruction set's step (isa::Kernels::step), then the head. No allocation, no
 // OpenMP, no exception after construction.
 #include "fusedrnn/stream.h"
 
@@ -13,10 +13,10 @@ namespace fusedrnn {
 template <typename Scalar>
 struct Stream<Scalar>::Impl {
   Model model;
-  const internal::IsaOps<Scalar>* ops = nullptr;
+  const isa::Kernels<Scalar>* ops = nullptr;
   std::int64_t N = 0, L = 0, H = 0, R = 0, E = 0, O = 0;
   bool lstm = false, has_head = false;
-  std::vector<internal::StepLayer<Scalar>> layers;
+  std::vector<isa::StepLayer<Scalar>> layers;
   internal::AlignedArray<Scalar> packed;   // every layer's packed weights
   internal::AlignedArray<Scalar> h, c;     // state [L, N, R], [L, N, H]
   internal::AlignedArray<Scalar> scratch;  // one layer's step scratch
@@ -45,7 +45,7 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
   auto impl = std::make_unique<Impl>(model);
   Impl& s = *impl;
   const detail::ModelImpl& m = *model.impl();
-  s.ops = &internal::isa_ops<Scalar>();
+  s.ops = &isa::kernels<Scalar>();
   s.N = batch, s.L = c.num_layers, s.H = c.hidden_size, s.R = c.state_size();
   s.E = c.rnn_input_size(), s.O = c.output_size;
   s.lstm = c.cell == CellType::lstm;
@@ -67,10 +67,10 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
   Scalar* at = s.packed.data();
   auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
   for (const detail::LayerWeights& w : m.layers) {
-    internal::StepLayer<Scalar> sl;
-    sl.cell = c.cell == CellType::lstm  ? internal::StepCell::lstm
-              : c.cell == CellType::gru ? internal::StepCell::gru
-                                        : internal::StepCell::rnn;
+    isa::StepLayer<Scalar> sl;
+    sl.cell = c.cell == CellType::lstm  ? isa::StepCell::lstm
+              : c.cell == CellType::gru ? isa::StepCell::gru
+                                        : isa::StepCell::rnn;
     sl.variant = c.variant;
     sl.act = c.nonlinearity;
     sl.N = N, sl.C = w.C, sl.H = H, sl.P = P;
@@ -99,7 +99,7 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
   }
   s.h.resize(std::size_t(s.L * N * R));
   s.c.resize(s.lstm ? std::size_t(s.L * N * H) : 0);
-  s.scratch.resize(internal::step_scratch_size(N, H, G));
+  s.scratch.resize(isa::step_scratch_size(N, H, G));
   if (c.token_input()) {
     s.xbuf.resize(std::size_t(N * s.E));
     s.embed = p(m.embed);

@@ -6,8 +6,8 @@
 #include <omp.h>
 #endif
 
-#include "dispatch.h"
 #include "fusedrnn/common.h"
+#include "isa/table.h"
 
 namespace fusedrnn {
 
@@ -23,8 +23,8 @@ BuildInfo build_info() {
 #else
   b.compiler = "unknown";
 #endif
-  b.instruction_set = active_isa();
-  b.compiled_isas = compiled_isas();
+  b.instruction_set = isa::active().name;
+  b.compiled_isas = isa::compiled_isas();
 
 #ifdef _OPENMP
   b.openmp = true;

@@ -1,4 +1,4 @@
-// CTC loss kernel (one instruction-set copy, namespace fusedrnn::FUSEDRNN_ISA_NS; ctc_dispatch.cc
+// CTC loss kernel (one instruction-set copy, namespace fusedrnn::FUSEDRNN_ISA_NS; isa/ctc_dispatch.cc
 // checks the arguments and picks the copy): log-space forward-backward (alpha-beta) over the
 // blank-extended targets, one sequence per OpenMP task, and the fused log-softmax of the logits
 // variant. Formulas in fusedrnn/ctc.h.
@@ -21,6 +21,7 @@
 #endif
 
 #include "fusedrnn/ctc.h"
+#include "isa/copy.inc"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
@@ -335,8 +336,11 @@ std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t 
   return std::size_t(N * block_size(T, row_width(Lmax)) + 16);  // + the alignment slack
 }
 
-template void ctc_kernel<float>(const CtcArgs<float>&);
-template void ctc_kernel<double>(const CtcArgs<double>&);
+void fill_ctc(isa::Table& t) {
+  t.ctc_workspace = &ctc_workspace_elements;
+  t.f32.ctc = &ctc_kernel<float>;
+  t.f64.ctc = &ctc_kernel<double>;
+}
 
 }  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

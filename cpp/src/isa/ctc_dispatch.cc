@@ -1,33 +1,16 @@
-// The public CTC functions of fusedrnn/ctc.h: argument checks, workspace size, and the choice of
-// the instruction-set copy of the kernel (ctc.cc, compiled once per copy like the cell kernels;
-// the copy is the one the cell kernels use, see dispatch.cc).
+// The public CTC functions of fusedrnn/ctc.h: argument checks and workspace size; the kernel
+// (kernels/ctc.cc, compiled once per copy like the cell kernels) runs through the active
+// instruction-set table (isa/table.h), the copy the cell kernels use.
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <string>
 
-#include "dispatch.h"
 #include "fusedrnn/ctc.h"
+#include "isa/table.h"
 
 namespace fusedrnn {
 
-#define FUSEDRNN_CTC_DECLARE(ns)                                             \
-  namespace ns {                                                             \
-  const char* isa_name();                                                    \
-  std::size_t ctc_workspace_elements(std::int64_t T, std::int64_t N, std::int64_t Lmax); \
-  template <typename S>                                                      \
-  void ctc_kernel(const CtcArgs<S>& a);                                      \
-  extern template void ctc_kernel<float>(const CtcArgs<float>&);             \
-  extern template void ctc_kernel<double>(const CtcArgs<double>&);           \
-  }
-FUSEDRNN_CTC_DECLARE(isa_base)
-#ifdef FUSEDRNN_HAVE_ISA_AVX2
-FUSEDRNN_CTC_DECLARE(isa_avx2)
-#endif
-#ifdef FUSEDRNN_HAVE_ISA_AVX512
-FUSEDRNN_CTC_DECLARE(isa_avx512)
-#endif
-#undef FUSEDRNN_CTC_DECLARE
 
 namespace {
 
@@ -45,7 +28,7 @@ std::size_t ctc_workspace_size(std::int64_t T, std::int64_t N, std::int64_t max_
   if (T < 1 || N < 1 || max_target_length < 0)
     throw std::invalid_argument(
         "ctc_workspace_size: T and N must be >= 1 and max_target_length >= 0");
-  return isa_base::ctc_workspace_elements(T, N, max_target_length);  // the same in every copy
+  return isa::active().ctc_workspace(T, N, max_target_length);
 }
 
 template <typename S>
@@ -85,16 +68,7 @@ void ctc_loss(const CtcArgs<S>& a) {
     b.targets_width = 0;  // every offset 0: no pointer past `none`
     return ctc_loss(b);
   }
-  const char* active = active_isa();
-  (void)active;
-#ifdef FUSEDRNN_HAVE_ISA_AVX512
-  if (!std::strcmp(active, isa_avx512::isa_name()))
-    return isa_avx512::ctc_kernel(a);
-#endif
-#ifdef FUSEDRNN_HAVE_ISA_AVX2
-  if (!std::strcmp(active, isa_avx2::isa_name())) return isa_avx2::ctc_kernel(a);
-#endif
-  isa_base::ctc_kernel(a);
+  isa::kernels<S>().ctc(a);
 }
 
 template FUSEDRNN_API void ctc_loss<float>(const CtcArgs<float>&);

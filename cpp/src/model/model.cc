@@ -141,6 +141,13 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
     c.forget_bias = r.number("forget_bias", 0.0);
     if (c.cell != CellType::lstm && (c.proj_size || c.peepholes || c.forget_bias != 0))
       r.fail("proj_size, peepholes and forget_bias need cell 'lstm'");
+    if (c.proj_size) {
+      try {  // the kernel is the one authority on projection sizes
+        lstm_cache_size(Dims{1, 1, 1, c.hidden_size, c.proj_size});
+      } catch (const std::invalid_argument& e) {
+        r.fail(e.what());
+      }
+    }
   }
   if (model || c.cell == CellType::gru) {
     const std::string v = r.string("variant", "reset_after");
@@ -197,7 +204,7 @@ template <typename Scalar>
 void pack_head(ModelImpl& m) {
   const ModelConfig& c = m.config;
   const std::int64_t K = c.num_directions() * c.state_size();
-  const internal::IsaOps<Scalar>& ops = internal::isa_ops<Scalar>();
+  const isa::Kernels<Scalar>& ops = isa::kernels<Scalar>();
   m.head_packed.resize(ops.packed_size(K, c.output_size) * sizeof(Scalar));
   ops.pack(static_cast<const Scalar*>(m.head_w), K, c.output_size, K, true,
            reinterpret_cast<Scalar*>(m.head_packed.data()));
@@ -427,20 +434,29 @@ void run(const ModelImpl& m, const char* fn, std::int64_t T, std::int64_t N, con
       opt.reverse = d == 1;
       opt.num_threads = ctx.num_threads();
       auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
-      Scalar* const no_cache = nullptr;  // inference
       Scalar* yd = D == 1 ? out : ydir;
       Scalar* hn = h_n ? h_n + idx * N * R : hscratch;
       const Scalar* h0d = h0 ? h0 + idx * N * R : nullptr;
+      // The tensors every cell takes; inference (no cache).
+      auto common = [&](auto a) {
+        a.x = inp, a.w_ih = p(w.w_ih), a.w_hh = p(w.w_hh), a.b_ih = p(w.b_ih);
+        a.b_hh = p(w.b_hh), a.h0 = h0d, a.lengths = lengths, a.y = yd, a.h_n = hn;
+        return a;
+      };
       if (lstm) {
-        lstm_forward(dims, opt, inp, p(w.w_ih), p(w.w_hh), p(w.b_ih), p(w.b_hh), h0d,
-                     c0 ? c0 + idx * N * H : nullptr, p(w.w_peep), p(w.w_hr), lengths, yd, hn,
-                     c_n ? c_n + idx * N * H : cscratch, no_cache, ws);
+        LstmForwardArgs<Scalar> a = common(LstmForwardArgs<Scalar>{});
+        a.c0 = c0 ? c0 + idx * N * H : nullptr;
+        a.w_peep = p(w.w_peep), a.w_hr = p(w.w_hr);
+        a.c_n = c_n ? c_n + idx * N * H : cscratch;
+        lstm_forward(dims, a, opt, ws);
       } else if (c.cell == CellType::gru) {
-        gru_forward(dims, opt, c.variant, inp, p(w.w_ih), p(w.w_hh), p(w.b_ih), p(w.b_hh), h0d,
-                    lengths, yd, hn, no_cache, ws);
+        GruForwardArgs<Scalar> a = common(GruForwardArgs<Scalar>{});
+        a.variant = c.variant;
+        gru_forward(dims, a, opt, ws);
       } else {
-        rnn_forward(dims, opt, c.nonlinearity, inp, p(w.w_ih), p(w.w_hh), p(w.b_ih), p(w.b_hh),
-                    h0d, lengths, yd, hn, no_cache, ws);
+        RnnForwardArgs<Scalar> a = common(RnnForwardArgs<Scalar>{});
+        a.nonlinearity = c.nonlinearity;
+        rnn_forward(dims, a, opt, ws);
       }
       if (D == 2)  // out[:, :, d*R:(d+1)*R] = yd
         for (std::int64_t i = 0; i < T * N; ++i)
@@ -452,7 +468,7 @@ void run(const ModelImpl& m, const char* fn, std::int64_t T, std::int64_t N, con
   if (!c.has_head) return;
   // y = out head.weightᵀ + head.bias (the per-step Linear).
   const std::int64_t O = c.output_size;
-  const internal::IsaOps<Scalar>& ops = internal::isa_ops<Scalar>();
+  const isa::Kernels<Scalar>& ops = isa::kernels<Scalar>();
   ops.gemm(T * N, O, DR, inp, DR, reinterpret_cast<const Scalar*>(m.head_packed.data()), y, O,
            ctx.num_threads());
   const Scalar* b = static_cast<const Scalar*>(m.head_b);

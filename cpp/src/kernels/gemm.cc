@@ -1,11 +1,13 @@
 // reference_gemm: a plain dense product by Eigen's GEMM, compiled in every instruction-set copy
 // with the kernels' flags. It is not part of any cell: bench/run.py times it as the machine's
 // GEMM peak "built the same way as the kernels".
-#include "isa_kernels.inc"
-#include "kernel.h"
+#include "isa/copy.inc"
+#include "kernels/activations.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
+
+namespace {
 
 template <typename Scalar>
 void reference_gemm(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
@@ -42,10 +44,12 @@ void reference_gemm(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar
   });
 }
 
-template void reference_gemm<float>(std::int64_t, std::int64_t, std::int64_t, const float*,
-                                    const float*, float*, int);
-template void reference_gemm<double>(std::int64_t, std::int64_t, std::int64_t, const double*,
-                                     const double*, double*, int);
+}  // namespace
+
+void fill_gemm(isa::Table& t) {
+  t.f32.reference_gemm = &reference_gemm<float>;
+  t.f64.reference_gemm = &reference_gemm<double>;
+}
 
 }  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

@@ -1,6 +1,6 @@
 // Private helpers of the model layer (never installed): overflow-checked sizes, little-endian
-// copies, aligned buffers, and the instruction-set-specific operations a Stream and the model's
-// head need (packing weights into panels, products with packed weights, one recurrent step).
+// copies, aligned buffers. The instruction-set-specific operations a Stream and the model's head
+// need (packing weights, products with packed weights, one recurrent step): isa/table.h.
 #pragma once
 
 #include <cstddef>
@@ -87,54 +87,6 @@ class AlignedArray {
   Scalar* p_ = nullptr;
   std::size_t n_ = 0;
 };
-
-// ---------------------------------------------------------------------------------------------
-// One recurrent layer of a Stream, its weights packed by the active instruction-set copy.
-// Packed operands: op(B) = [K, ncols] laid out in panels (see packed_gemm.h).
-enum class StepCell { lstm, gru, rnn };
-
-template <typename Scalar>
-struct StepLayer {
-  StepCell cell = StepCell::lstm;
-  GruVariant variant = GruVariant::reset_after;
-  Nonlinearity act = Nonlinearity::tanh;
-  std::int64_t N = 0, C = 0, H = 0, P = 0;  // batch, input width, hidden, LSTM projection
-  const Scalar* wih_p = nullptr;  // w_ih packed: [C -> G*H]
-  const Scalar* whh_p = nullptr;  // w_hh packed: [R -> G*H]; GRU reset_before: rows 0..2H only
-  const Scalar* whn_p = nullptr;  // GRU reset_before: w_hh rows 2H..3H packed [H -> H]
-  const Scalar* whr_p = nullptr;  // LSTM projection: w_hr packed [H -> P]
-  const Scalar* b_ih = nullptr;   // [G*H] (nullable)
-  const Scalar* b_hh = nullptr;   // [G*H] (nullable)
-  const Scalar* w_peep = nullptr; // LSTM peepholes [3, H] (nullable)
-};
-
-// Scalars of the scratch one step of a layer needs: gx, gh [N, G*H], gates [N, 4H], m [N, H].
-inline std::size_t step_scratch_size(std::int64_t N, std::int64_t H, std::int64_t G) {
-  return std::size_t(2 * N * G * H + 4 * N * H + N * H);
-}
-
-// The operations of one instruction-set copy (step.cc, compiled per copy).
-template <typename Scalar>
-struct IsaOps {
-  // Scalars that a packed [K, ncols] right-hand side needs.
-  std::size_t (*packed_size)(std::int64_t K, std::int64_t ncols);
-  // Packs op(B) = [K, ncols]: transposed: B stored [ncols][K] (a weight [out, in] for x Wᵀ).
-  void (*pack)(const Scalar* B, std::int64_t K, std::int64_t ncols, std::int64_t ld,
-               bool transposed, Scalar* out);
-  // C[m, ncols] = A[m, K] op(B), op(B) packed. num_threads 1: the caller's thread only (no
-  // OpenMP construct at all); otherwise an OpenMP region (0: the default thread count).
-  void (*gemm)(std::int64_t m, std::int64_t ncols, std::int64_t K, const Scalar* A,
-               std::int64_t lda, const Scalar* packed, Scalar* C, std::int64_t ldc,
-               int num_threads);
-  // One time step of one layer for all N rows: x [N, C] -> h [N, R], c [N, H] (LSTM), in place;
-  // scratch [step_scratch_size]. Bitwise the batch kernel's step.
-  void (*step)(const StepLayer<Scalar>& layer, const Scalar* x, Scalar* h, Scalar* c,
-               Scalar* scratch);
-};
-
-// The copy in use (the one the kernels dispatch to). dispatch_step.cc.
-template <typename Scalar>
-const IsaOps<Scalar>& isa_ops();
 
 }  // namespace internal
 }  // namespace fusedrnn

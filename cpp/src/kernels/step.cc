@@ -1,18 +1,19 @@
-// The model layer's instruction-set-specific operations (internal.h: IsaOps), compiled once per
+// The model layer's instruction-set-specific operations (isa/table.h: Kernels), compiled once per
 // copy like the kernels: packing weights into panels, products with packed weights (the head of
 // Model::forward and every product of a Stream), and one recurrent step of a layer.
 //
 // A Stream step must equal the batch kernels bitwise, so everything here repeats their
 // arithmetic exactly: the same micro-kernel over the same panels and K chunks for every product
 // (each output element is the same chain of multiply-adds), and the element-wise gate passes of
-// gates.h, the very functions lstm.cc / gru.cc / rnn.cc forward call (the Stream tests compare
+// kernels/*_pointwise.h, the very functions lstm.cc / gru.cc / rnn.cc forward call (the Stream tests compare
 // bitwise). What differs is only the organisation: one step, all rows active, no
 // OpenMP construct (a Stream runs on its caller's thread, possibly inside the caller's parallel
 // region), state updated in place.
-#include "isa_kernels.inc"
-#include "gates.h"
-#include "isa_step.inc"
-#include "packed_gemm.h"
+#include "isa/copy.inc"
+#include "kernels/gru_pointwise.h"
+#include "kernels/lstm_pointwise.h"
+#include "kernels/packed_gemm.h"
+#include "kernels/rnn_pointwise.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
@@ -93,7 +94,7 @@ void gemm(std::int64_t m, std::int64_t ncols, std::int64_t K, const Scalar* A, s
 
 // LSTM: lstm_forward's step for active rows (lstm.cc), c and h updated in place.
 template <typename Scalar>
-void lstm_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+void lstm_step(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
                Scalar* scratch) {
   using namespace detail;
   const Index N = L.N, H = L.H, GH = 4 * H, P = L.P, R = P > 0 ? P : H;
@@ -110,7 +111,7 @@ void lstm_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h,
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
     // c_{t-1} in, c_t out; out = m = o*tanh(c) with projection, or h itself.
-    lstm_gates_forward(bk, H, gx + n * GH + u0, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+    lstm_pointwise_forward(bk, H, gx + n * GH + u0, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
                        b_hh ? b_hh + u0 : nullptr, w_peep ? w_peep + u0 : nullptr, c + off,
                        c + off, proj ? m + off : h + off, static_cast<Scalar*>(nullptr),
                        static_cast<Scalar*>(nullptr));
@@ -120,7 +121,7 @@ void lstm_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h,
 
 // GRU: gru_forward's step for active rows (gru.cc), h updated in place.
 template <typename Scalar>
-void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
+void gru_step(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
               Scalar* scratch) {
   using namespace detail;
   const Index N = L.N, H = L.H, GH = 3 * H;
@@ -142,10 +143,10 @@ void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
     const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
     const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
     if (after)
-      gru_after_gates_forward(bk, H, gxr, ghr, bi, bh, h + off, h + off,
+      gru_after_pointwise_forward(bk, H, gxr, ghr, bi, bh, h + off, h + off,
                               static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
     else
-      gru_before_gates_rz(bk, H, gxr, ghr, bi, bh, h + off, a + u0);
+      gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h + off, a + u0);
   }
   if (after) return;
   // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
@@ -154,7 +155,7 @@ void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
     const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
-    gru_before_gates_n(bk, H, gx + n * GH + u0, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+    gru_before_pointwise_forward_n(bk, H, gx + n * GH + u0, gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
                        b_hh ? b_hh + u0 : nullptr, h + off, h + off,
                        static_cast<Scalar*>(nullptr), gates + n * 4 * H + u0);
   }
@@ -162,7 +163,7 @@ void gru_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
 
 // Elman RNN: rnn_forward's step (rnn.cc), h updated in place.
 template <typename Scalar>
-void rnn_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
+void rnn_step(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
               Scalar* scratch) {
   using namespace detail;
   const Index N = L.N, H = L.H;
@@ -175,33 +176,33 @@ void rnn_step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, 
     const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
     const Index bk = std::min(kUnitBlock, H - u0);
     const Index off = n * H + u0;
-    rnn_gates_forward(bk, L.act == Nonlinearity::tanh, gx + off, gh + off,
+    rnn_pointwise_forward(bk, L.act == Nonlinearity::tanh, gx + off, gh + off,
                       L.b_ih ? L.b_ih + u0 : nullptr, L.b_hh ? L.b_hh + u0 : nullptr, h + off,
                       static_cast<Scalar*>(nullptr));
   }
 }
 
 template <typename Scalar>
-void step(const internal::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+void step(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
           Scalar* scratch) {
   switch (L.cell) {
-    case internal::StepCell::lstm: lstm_step(L, x, h, c, scratch); break;
-    case internal::StepCell::gru: gru_step(L, x, h, c, scratch); break;
+    case isa::StepCell::lstm: lstm_step(L, x, h, c, scratch); break;
+    case isa::StepCell::gru: gru_step(L, x, h, c, scratch); break;
     default: rnn_step(L, x, h, c, scratch); break;
   }
 }
 
 }  // namespace
 
-template <typename Scalar>
-const internal::IsaOps<Scalar>& step_ops() {
-  static const internal::IsaOps<Scalar> ops{&packed_size, &pack<Scalar>, &gemm<Scalar>,
-                                            &step<Scalar>};
-  return ops;
+void fill_step(isa::Table& t) {
+  t.f32.packed_size = t.f64.packed_size = &packed_size;
+  t.f32.pack = &pack<float>;
+  t.f64.pack = &pack<double>;
+  t.f32.gemm = &gemm<float>;
+  t.f64.gemm = &gemm<double>;
+  t.f32.step = &step<float>;
+  t.f64.step = &step<double>;
 }
-
-template const internal::IsaOps<float>& step_ops<float>();
-template const internal::IsaOps<double>& step_ops<double>();
 
 }  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn
