@@ -1,11 +1,15 @@
 // The fusedrnn._core extension module: one register_<cell> per file, plus build information.
 #include "common.h"
+#include "fusedrnn/config.h"
 #include "fusedrnn/fusedrnn.h"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.doc() = "fusedrnn C++ kernels (low level; use the fusedrnn package's functions instead)";
+  // The version without choosing the instruction-set copy: a bad FUSEDRNN_ISA must not make
+  // `import fusedrnn` fail (it is reported by the first call that runs a kernel).
+  m.attr("__version__") = FUSEDRNN_VERSION_STRING;
   m.def("build_info", [] {
     const fusedrnn::BuildInfo b = fusedrnn::build_info();
     py::dict d;

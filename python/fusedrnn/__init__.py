@@ -25,7 +25,7 @@ from .io import Checkpoint, CheckpointError, load, save
 from . import data, losses, optim
 from .optim import clip_grad_norm_, clip_grad_value_
 
-__version__ = _core.build_info()["version"]
+__version__ = _core.__version__
 
 
 def __getattr__(name):

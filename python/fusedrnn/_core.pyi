@@ -15,6 +15,7 @@ _A = np.ndarray
 _OA = Optional[np.ndarray]
 _Dims = Union[Tuple[int, int, int, int], Tuple[int, int, int, int, int]]  # (T, N, C, H[, P])
 
+__version__: str
 def build_info() -> dict: ...
 def reference_gemm(a: _A, b: _A, c: _A, num_threads: int = 0) -> None: ...  # c = a @ b (Eigen)
 class GruVariant:  # pybind11 enum (fusedrnn::GruVariant)
