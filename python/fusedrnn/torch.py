@@ -410,3 +410,6 @@ class RNN(_Base, torch.nn.RNN):
         self._check_construction(kwargs)
         super().__init__(*args, **kwargs)
         self._check_parameters("RNN")
+
+
+from .torch_cells import GRUCell, LSTMCell, RNNCell  # noqa: E402,F401  (single-step cells)
