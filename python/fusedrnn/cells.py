@@ -144,17 +144,27 @@ class _CellBase(Module):
         self._tape = []
         self._caches = []       # cache arrays reused by tape depth
         self._y = {}            # per N: scratch for the kernel's y [1, N, R]
+        self._sizes_by_n = {}
 
     # -- packed weights --------------------------------------------------------------------------
     def weights_changed(self) -> None:
         """Tell the cell its weights were written in place: the next forward packs them again."""
         self._version += 1
 
+    _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
+
     def _weights(self):
         get = self._parameters.get
-        d = lambda name: None if get(name) is None else get(name).data  # noqa: E731
-        return (self.weight_ih.data, self.weight_hh.data, d("bias_ih"), d("bias_hh"),
-                d("weight_peep"), d("weight_hr"))
+        return tuple(None if p is None else p.data for p in map(get, self._ORDER))
+
+    def _step_sizes(self, N):
+        """(dims, cache size, forward workspace size) for batch N, kept per N."""
+        s = self._sizes_by_n.get(N)
+        if s is None:
+            dims = (1, N, self.input_size, self.hidden_size, self.proj_size)
+            cache_size, ws_size, _ = _sizes(self._mode, dims)
+            s = self._sizes_by_n[N] = (dims, cache_size, ws_size)
+        return s
 
     def load_state_dict(self, state_dict, strict: bool = True) -> None:
         super().load_state_dict(state_dict, strict)
@@ -171,6 +181,7 @@ class _CellBase(Module):
 
     def release_buffers(self) -> None:
         """Frees the workspaces and caches kept between calls."""
+        self._sizes_by_n.clear()
         self._tape.clear()
         self._caches.clear()
         self._y.clear()
@@ -198,7 +209,8 @@ class _CellBase(Module):
             raise TypeError(f"{fn}: x must be a numpy array of shape [N, {self.input_size}], "
                             f"got {type(x).__name__}")
         N = x.shape[0]
-        x = self._check_array(fn, "x", x, x.shape)
+        if type(x) is not np.ndarray or x.dtype != self.dtype or not x.flags.c_contiguous:
+            x = self._check_array(fn, "x", x, x.shape)
         H, R, lstm = self.hidden_size, self.state_size, self._mode == "LSTM"
         h0 = c0 = None
         if state is not None:
@@ -210,8 +222,7 @@ class _CellBase(Module):
                 c0 = self._check_array(fn, "state[1] (c)", state[1], (N, H))
             else:
                 h0 = self._check_array(fn, "state", state, (N, R))
-        dims = (1, N, self.input_size, H, self.proj_size)
-        cache_size, ws_size, _ = _sizes(self._mode, dims)
+        dims, cache_size, ws_size = self._step_sizes(N)
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
 
         store = self._store
