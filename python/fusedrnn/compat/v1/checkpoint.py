@@ -9,7 +9,8 @@ The entry under the empty key is a ``BundleHeaderProto`` (num_shards, endianness
 every other entry maps a variable name to a ``BundleEntryProto`` (dtype, shape, shard_id,
 offset, size, crc32c, slices), whose bytes are read from its shard. Snappy-compressed blocks
 (type 1) are decompressed with ``cramjam`` or ``snappy`` if one is installed (TF writes bundle
-indexes uncompressed). Sliced (partitioned) variables and string tensors are refused.
+indexes uncompressed). Sliced (partitioned) variables and string tensors are refused; the
+CRC32C checksums are not verified.
 """
 from __future__ import annotations
 
