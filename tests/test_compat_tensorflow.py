@@ -2,7 +2,8 @@
 tf-keras, TF1's rnn_cell needs the legacy Keras): TF builds a TF1 graph (MultiRNNCell of
 BasicLSTMCell, GRUCell, LSTMCell with peepholes and projection; bidirectional_dynamic_rnn),
 runs it and saves a checkpoint with tf.compat.v1.train.Saver; load_checkpoint + load_variables +
-our dynamic_rnn must give TF's outputs and final states (float32, 1e-5). Skipped when
+our dynamic_rnn must give TF's outputs and final states (float32, 1e-5) and backward its
+tf.gradients (input and every variable of the stack, 1e-4). Skipped when
 TensorFlow is not installed."""
 import os
 
@@ -34,6 +35,11 @@ def test_tensorflow_checkpoint_and_outputs(tmp_path):
         with v1.variable_scope("bi"):
             (o_fw, o_bw), (s_fw, s_bw) = v1.nn.bidirectional_dynamic_rnn(
                 rc.GRUCell(3), rc.BasicLSTMCell(3), xp, sequence_length=lp, dtype=tf.float32)
+        w_out = rng.standard_normal((N, T, 3)).astype(np.float32)
+        w_h = rng.standard_normal((N, 3)).astype(np.float32)
+        loss = tf.reduce_sum(out * w_out) + tf.reduce_sum(state[2].h * w_h)
+        stack_vars = [v for v in v1.global_variables() if v.name.startswith("rnn/")]
+        grads = v1.gradients(loss, [xp] + stack_vars)
         saver = v1.train.Saver()
         with v1.Session(graph=g) as sess:
             sess.run(v1.global_variables_initializer())
@@ -41,7 +47,7 @@ def test_tensorflow_checkpoint_and_outputs(tmp_path):
                 shape = var.shape.as_list()
                 sess.run(var.assign((rng.standard_normal(shape) * 0.5).astype(np.float32)))
             ref = sess.run({"out": out, "state": state, "o_fw": o_fw, "o_bw": o_bw,
-                            "s_fw": s_fw, "s_bw": s_bw}, {xp: x, lp: lengths})
+                            "s_fw": s_fw, "s_bw": s_bw, "grads": grads}, {xp: x, lp: lengths})
             prefix = saver.save(sess, str(tmp_path / "model.ckpt"), global_step=3)
 
     arrays = frtf.load_checkpoint(prefix)
@@ -58,6 +64,15 @@ def test_tensorflow_checkpoint_and_outputs(tmp_path):
     np.testing.assert_allclose(st[1], ref["state"][1], atol=1e-5)
     np.testing.assert_allclose(st[2].c, ref["state"][2].c, atol=1e-5)
     np.testing.assert_allclose(st[2].h, ref["state"][2].h, atol=1e-5)
+
+    # gradients of the same loss, against tf.gradients
+    z = stack.zero_state(N, np.float32)
+    dx = stack.backward(w_out, (z[0], z[1], frtf.LSTMStateTuple(z[2].c, w_h)))
+    np.testing.assert_allclose(dx, ref["grads"][0], atol=1e-4)
+    ours_vars = stack.variables()
+    for var, g_ref in zip(stack_vars, ref["grads"][1:]):
+        name = var.name.split(":")[0]
+        np.testing.assert_allclose(ours_vars[name].grad, g_ref, atol=1e-4, err_msg=name)
 
     fw, bw = ours.GRUCell(3), ours.BasicLSTMCell(3)
     fw.load_variables(arrays, scope="bi/bidirectional_rnn/fw")
