@@ -570,3 +570,5 @@ class RNN(_Base, torch.nn.RNN):
 # fusedrnn.torch layer names torch.nn.LSTM / GRU / RNN (see _Base.__reduce_ex__), so register
 # those (torch's own classes; loading them runs RNNBase.__setstate__, nothing else)
 torch.serialization.add_safe_globals(list(_STOCK.values()))
+
+from .torch_cells import GRUCell, LSTMCell, RNNCell  # noqa: E402,F401  (single-step cells)
