@@ -31,6 +31,7 @@ isa::Table make_table() {
   fill_gemm(t);
 #ifdef FUSEDRNN_WITH_MODEL
   fill_step(t);
+  fill_fused_step(t);
 #endif
   return t;
 }
