@@ -41,9 +41,10 @@ struct StepLayer {
   const Scalar* w_peep = nullptr; // LSTM peepholes [3, H] (nullable)
 
   // The fused batch-1 step (kernels/fused_step.cc), set up by Kernels::fuse; null: none, the
-  // layer runs `step`. Its weights, per block b of W units (W = the copy's packet size; units
-  // past H zero): fx [b][k < C][gate][W], fh [b][k < R][gate][W] (GRU reset_before: gates r, z;
-  // fhn its n rows [b][k < H][W]), biases [b][gate][W], peepholes [b][3][W] (null if absent).
+  // layer runs `step`. Its weights, in blocks b of W units (W = the copy's packet size; units
+  // past H zero), a pass over a group of blocks k-major: fx [pass][k < C][b][gate][W], fh
+  // [pass][k < R][b][gate][W] (GRU reset_before: gates r, z; fhn its n rows), biases
+  // [b][gate][W], peepholes [b][3][W] (null if absent).
   void (*fused)(const StepLayer& layer, const Scalar* x, Scalar* h, Scalar* c,
                 Scalar* scratch) = nullptr;
   const Scalar* fx = nullptr;

@@ -5,8 +5,9 @@
 // buffer, a product h w_hhᵀ into another, then the gate pass over both. At batch 1 and small H
 // that is mostly call and loop overhead, and the products' panels (NC columns of the gates'
 // concatenation) do not line up with the gate pass's units. Here the weights are laid out at
-// load per block of W units (W = the packet size), all gates of a unit side by side:
-//   fx [block][k < C][gate][W], fh [block][k < R][gate][W],
+// load per block of W units (W = the packet size), all gates of a unit side by side, and per
+// pass over a group of blocks in the order the pass reads them (k-major: one sequential stream):
+//   fx [pass][k < C][block][gate][W], fh [pass][k < R][block][gate][W],
 // so one pass per group of blocks forms every gate's input and recurrent sums in registers
 // (UB blocks x G gates accumulator packets, sized to the register file), and the gate pass of
 // kernels/*_pointwise.h (the very functions of the batch kernels) follows on the same block
@@ -48,11 +49,15 @@ constexpr int kAcc = 8;
 
 constexpr Index round16(Index n) { return (n + 15) / 16 * 16; }
 
-// out[b*os + g*W ..] = Σ_k a[k] w[b*bs + (k*G + g)*W ..] for blocks b < UB, gates g < G: each
-// lane one pmadd chain over k in order from zero (packed_gemm.h's micro_tile, lane by lane).
+// Blocks per pass for G gates: UB x G accumulator packets.
+constexpr int blocks_per_pass(int G) { return (kAcc / G) < 8 ? (kAcc / G) : 8; }
+
+// A pass over UB blocks reads its weights as one sequential stream, k-major:
+// w[(k*UB + b)*G*W + g*W ..] (lay_out below writes them so).
+// out[b*os + g*W ..] = Σ_k a[k] w[..] for blocks b < UB, gates g < G: each lane one pmadd chain
+// over k in order from zero (packed_gemm.h's micro_tile, lane by lane).
 template <typename Scalar, int G, int UB, int KS>
-inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Index bs, Scalar* out,
-                   Index os) {
+inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Scalar* out, Index os) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
@@ -62,9 +67,10 @@ inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Index bs, Scala
     for (int g = 0; g < G; ++g) acc[b][g] = ei::pset1<P>(Scalar(0));
   for (Index k = 0; k < K; ++k) {
     const P av = ei::pset1<P>(a[k]);
+    const Scalar* wk = w + k * (UB * G * W);
     for (int b = 0; b < UB; ++b)
       for (int g = 0; g < G; ++g)
-        acc[b][g] = ei::pmadd(av, ei::pload<P>(w + b * bs + (k * G + g) * W), acc[b][g]);
+        acc[b][g] = ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[b][g]);
   }
   for (int b = 0; b < UB; ++b)
     for (int g = 0; g < G; ++g) ei::pstore(out + b * os + g * W, acc[b][g]);
@@ -72,24 +78,24 @@ inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Index bs, Scala
 
 // chains with n (1..U) blocks, chosen at run time.
 template <typename Scalar, int G, int KS, int U>
-inline void chains_n(int n, Index K, const Scalar* a, const Scalar* w, Index bs, Scalar* out,
-                     Index os) {
+inline void chains_n(int n, Index K, const Scalar* a, const Scalar* w, Scalar* out, Index os) {
   if constexpr (U > 1) {
-    if (n < U) return chains_n<Scalar, G, KS, U - 1>(n, K, a, w, bs, out, os);
+    if (n < U) return chains_n<Scalar, G, KS, U - 1>(n, K, a, w, out, os);
   }
-  chains<Scalar, G, U, KS>(K, a, w, bs, out, os);
+  chains<Scalar, G, U, KS>(K, a, w, out, os);
 }
 
-// Every block's sums: blocks in groups of UB (the last group shorter).
+// Every block's sums: blocks in passes of UB (the last pass shorter); pass p's weights start at
+// block p*UB's offset b*K*G*W.
 template <typename Scalar, int G, int KS>
 inline void all_chains(Index nb, Index K, const Scalar* a, const Scalar* w, Scalar* out,
                        Index os) {
-  constexpr int UB = (kAcc / G) < 8 ? (kAcc / G) : 8;
+  constexpr int UB = blocks_per_pass(G);
   constexpr Index W = kW<Scalar>;
   const Index bs = K * G * W;
   Index b = 0;
-  for (; b + UB <= nb; b += UB) chains<Scalar, G, UB, KS>(K, a, w + b * bs, bs, out + b * os, os);
-  if (b < nb) chains_n<Scalar, G, KS, UB>(int(nb - b), K, a, w + b * bs, bs, out + b * os, os);
+  for (; b + UB <= nb; b += UB) chains<Scalar, G, UB, KS>(K, a, w + b * bs, out + b * os, os);
+  if (b < nb) chains_n<Scalar, G, KS, UB>(int(nb - b), K, a, w + b * bs, out + b * os, os);
 }
 
 template <typename Scalar>
@@ -222,18 +228,24 @@ std::size_t fused_size(const isa::StepLayer<Scalar>& L) {
   return std::size_t(n);
 }
 
-// out[((b*K + k)*G + g)*W + l] = w[(row0 + g*H + b*W + l)*K + k], zero past H.
+// The weights of all_chains<G>: rows row0 + g*H + u of w [rows, K] (row-major), units u past H
+// zero; per pass of ub blocks from block b0, at b0*K*G*W: [k][b < ub][g][W].
 template <typename Scalar>
 Scalar* lay_out(const Scalar* w, Index K, Index G, Index row0, Index H, Scalar* out) {
   constexpr Index W = kW<Scalar>;
-  const Index nb = detail::ceil_div(H, W);
-  for (Index b = 0; b < nb; ++b)
+  const Index nb = detail::ceil_div(H, W), UB = blocks_per_pass(int(G));
+  for (Index b0 = 0; b0 < nb; b0 += UB) {
+    const Index ub = std::min(UB, nb - b0);
+    Scalar* pass = out + b0 * K * G * W;
     for (Index k = 0; k < K; ++k)
-      for (Index g = 0; g < G; ++g)
-        for (Index l = 0; l < W; ++l) {
-          const Index u = b * W + l;
-          out[((b * K + k) * G + g) * W + l] = u < H ? w[(row0 + g * H + u) * K + k] : Scalar(0);
-        }
+      for (Index b = 0; b < ub; ++b)
+        for (Index g = 0; g < G; ++g)
+          for (Index l = 0; l < W; ++l) {
+            const Index u = (b0 + b) * W + l;
+            pass[((k * ub + b) * G + g) * W + l] =
+                u < H ? w[(row0 + g * H + u) * K + k] : Scalar(0);
+          }
+  }
   return out + round16(nb * K * G * W);
 }
 
