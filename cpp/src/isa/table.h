@@ -44,7 +44,7 @@ struct StepLayer {
   // layer runs `step`. Its weights, in blocks b of W units (W = the copy's packet size; units
   // past H zero), a pass over a group of blocks k-major: fx [pass][k < C][b][gate][W], fh
   // [pass][k < R][b][gate][W] (GRU reset_before: gates r, z; fhn its n rows), biases
-  // [b][gate][W], peepholes [b][3][W] (null if absent).
+  // [gate][HP], peepholes [3][HP] (HP = H rounded up to whole packets; null if absent).
   void (*fused)(const StepLayer& layer, const Scalar* x, Scalar* h, Scalar* c,
                 Scalar* scratch) = nullptr;
   const Scalar* fx = nullptr;
@@ -60,8 +60,8 @@ inline std::size_t step_scratch_size(std::int64_t N, std::int64_t H, std::int64_
   return std::size_t(2 * N * G * H + 4 * N * H + N * H);
 }
 
-// Scalars of the scratch of a fused step (batch 1): gx, gh, gates [blocks][4][W], q, out
-// [blocks * W], each 64-byte aligned (W <= 16).
+// Scalars of the scratch of a fused step (batch 1): gx, gh, gates [4][HP], out [HP] (HP = H
+// rounded up to whole packets of W <= 16), each 64-byte aligned.
 inline std::size_t fused_scratch_size(std::int64_t H) {
   return std::size_t(14 * (H + 16) + 5 * 16);
 }

@@ -9,9 +9,10 @@
 // pass over a group of blocks in the order the pass reads them (k-major: one sequential stream):
 //   fx [pass][k < C][block][gate][W], fh [pass][k < R][block][gate][W],
 // so one pass per group of blocks forms every gate's input and recurrent sums in registers
-// (UB blocks x G gates accumulator packets, sized to the register file), and the gate pass of
-// kernels/*_pointwise.h (the very functions of the batch kernels) follows on the same block
-// while its sums are still in L1. For input width 1 the input product is one multiply-add per
+// (UB blocks x G gates accumulator packets, sized to the register file) into gate-major
+// buffers, and the gate pass of kernels/*_pointwise.h (the very functions of the batch kernels)
+// then runs once over all units (its packets independent iterations of one loop, which the
+// core overlaps; per block, each block's activations waited on the previous one's). For input width 1 the input product is one multiply-add per
 // gate packet (an axpy). For the common H (8, 16, 32, 48, 64 without projection) the step is a
 // template instance with H, the number of blocks and the recurrent loop length fixed at
 // compile time, chosen when the Stream is built (fuse()); other sizes take the same code with
@@ -55,9 +56,10 @@ constexpr int blocks_per_pass(int G) { return (kAcc / G) < 8 ? (kAcc / G) : 8; }
 // A pass over UB blocks reads its weights as one sequential stream, k-major:
 // w[(k*UB + b)*G*W + g*W ..] (lay_out below writes them so).
 // out[b*os + g*W ..] = Σ_k a[k] w[..] for blocks b < UB, gates g < G: each lane one pmadd chain
-// over k in order from zero (packed_gemm.h's micro_tile, lane by lane).
+// over k in order from zero (packed_gemm.h's micro_tile, lane by lane). out is gate-major:
+// gate g of block b at out + g*gs + b*W.
 template <typename Scalar, int G, int UB, int KS>
-inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Scalar* out, Index os) {
+inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Scalar* out, Index gs) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
@@ -73,34 +75,29 @@ inline void chains(Index k_rt, const Scalar* a, const Scalar* w, Scalar* out, In
         acc[b][g] = ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[b][g]);
   }
   for (int b = 0; b < UB; ++b)
-    for (int g = 0; g < G; ++g) ei::pstore(out + b * os + g * W, acc[b][g]);
+    for (int g = 0; g < G; ++g) ei::pstore(out + g * gs + b * W, acc[b][g]);
 }
 
 // chains with n (1..U) blocks, chosen at run time.
 template <typename Scalar, int G, int KS, int U>
-inline void chains_n(int n, Index K, const Scalar* a, const Scalar* w, Scalar* out, Index os) {
+inline void chains_n(int n, Index K, const Scalar* a, const Scalar* w, Scalar* out, Index gs) {
   if constexpr (U > 1) {
-    if (n < U) return chains_n<Scalar, G, KS, U - 1>(n, K, a, w, out, os);
+    if (n < U) return chains_n<Scalar, G, KS, U - 1>(n, K, a, w, out, gs);
   }
-  chains<Scalar, G, U, KS>(K, a, w, out, os);
+  chains<Scalar, G, U, KS>(K, a, w, out, gs);
 }
 
 // Every block's sums: blocks in passes of UB (the last pass shorter); pass p's weights start at
 // block p*UB's offset b*K*G*W.
 template <typename Scalar, int G, int KS>
 inline void all_chains(Index nb, Index K, const Scalar* a, const Scalar* w, Scalar* out,
-                       Index os) {
+                       Index gs) {
   constexpr int UB = blocks_per_pass(G);
   constexpr Index W = kW<Scalar>;
   const Index bs = K * G * W;
   Index b = 0;
-  for (; b + UB <= nb; b += UB) chains<Scalar, G, UB, KS>(K, a, w + b * bs, out + b * os, os);
-  if (b < nb) chains_n<Scalar, G, KS, UB>(int(nb - b), K, a, w + b * bs, out + b * os, os);
-}
-
-template <typename Scalar>
-const Scalar* at_block(const Scalar* p, Index b, Index stride) {
-  return p ? p + b * stride : nullptr;
+  for (; b + UB <= nb; b += UB) chains<Scalar, G, UB, KS>(K, a, w + b * bs, out + b * W, gs);
+  if (b < nb) chains_n<Scalar, G, KS, UB>(int(nb - b), K, a, w + b * bs, out + b * W, gs);
 }
 
 template <typename Scalar>
@@ -111,32 +108,30 @@ void project_or_copy(const isa::StepLayer<Scalar>& L, const Scalar* out, Scalar*
     std::copy(out, out + L.H, h);
 }
 
-// Scratch carving: gx, gh, gates [nb][4][W], q, out [nb*W]; each a multiple of 16 scalars.
+// Scratch carving: gx, gh, gates [4][HP] (gate-major, HP = H rounded up to whole packets),
+// out [HP]; each a multiple of 16 scalars.
 template <typename Scalar>
 struct Scratch {
-  Scalar *gx, *gh, *gates, *q, *out;
-  Scratch(Scalar* s, Index nb) {
-    const Index big = round16(nb * 4 * kW<Scalar>), small = round16(nb * kW<Scalar>);
-    gx = s, gh = gx + big, gates = gh + big, q = gates + big, out = q + small;
+  Scalar *gx, *gh, *gates, *out;
+  Scratch(Scalar* s, Index HP) {
+    const Index big = round16(4 * HP);
+    gx = s, gh = gx + big, gates = gh + big, out = gates + big;
   }
 };
 
+// The sums go gate-major ([gate][HP]), so the gate pass of the batch kernels runs once over all
+// H units with gate stride HP: its packets are independent iterations of one loop.
 template <typename Scalar, int HS>
 void lstm_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
                 Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
-  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W);
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
   const Index R = L.P > 0 ? L.P : H;
-  Scratch<Scalar> s(scratch, nb);
-  all_chains<Scalar, 4, 0>(nb, L.C, x, L.fx, s.gx, 4 * W);
-  all_chains<Scalar, 4, HS>(nb, R, h, L.fh, s.gh, 4 * W);
-  for (Index b = 0; b < nb; ++b) {
-    const Index u0 = b * W;
-    detail::lstm_pointwise_forward(std::min(W, H - u0), W, s.gx + b * 4 * W, s.gh + b * 4 * W,
-                                   at_block(L.fb_ih, b, 4 * W), at_block(L.fb_hh, b, 4 * W),
-                                   at_block(L.fpeep, b, 3 * W), c + u0, c + u0, s.out + u0,
-                                   static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
-  }
+  Scratch<Scalar> s(scratch, HP);
+  all_chains<Scalar, 4, 0>(nb, L.C, x, L.fx, s.gx, HP);
+  all_chains<Scalar, 4, HS>(nb, R, h, L.fh, s.gh, HP);
+  detail::lstm_pointwise_forward(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, L.fpeep, c, c, s.out,
+                                 static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
   project_or_copy(L, s.out, h);
 }
 
@@ -144,47 +139,30 @@ template <typename Scalar, int HS>
 void gru_after_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
                      Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
-  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W);
-  Scratch<Scalar> s(scratch, nb);
-  all_chains<Scalar, 3, 0>(nb, L.C, x, L.fx, s.gx, 3 * W);
-  all_chains<Scalar, 3, HS>(nb, H, h, L.fh, s.gh, 3 * W);
-  for (Index b = 0; b < nb; ++b) {
-    const Index u0 = b * W;
-    detail::gru_after_pointwise_forward(std::min(W, H - u0), W, s.gx + b * 3 * W,
-                                        s.gh + b * 3 * W, at_block(L.fb_ih, b, 3 * W),
-                                        at_block(L.fb_hh, b, 3 * W), h + u0, s.out + u0,
-                                        static_cast<Scalar*>(nullptr),
-                                        static_cast<Scalar*>(nullptr));
-  }
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
+  Scratch<Scalar> s(scratch, HP);
+  all_chains<Scalar, 3, 0>(nb, L.C, x, L.fx, s.gx, HP);
+  all_chains<Scalar, 3, HS>(nb, H, h, L.fh, s.gh, HP);
+  detail::gru_after_pointwise_forward(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, h, s.out,
+                                      static_cast<Scalar*>(nullptr),
+                                      static_cast<Scalar*>(nullptr));
   std::copy(s.out, s.out + H, h);
 }
 
 // reset_before: r and z first (their recurrent sums from h), then n's recurrent sum from
-// q = r*h over every unit, then the candidate and the new state.
+// q = r*h over every unit (gates + 3*HP), then the candidate and the new state.
 template <typename Scalar, int HS>
 void gru_before_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
                       Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
-  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W);
-  Scratch<Scalar> s(scratch, nb);
-  all_chains<Scalar, 3, 0>(nb, L.C, x, L.fx, s.gx, 3 * W);
-  all_chains<Scalar, 2, HS>(nb, H, h, L.fh, s.gh, 3 * W);  // gates r, z of gh [nb][3][W]
-  for (Index b = 0; b < nb; ++b) {
-    const Index u0 = b * W, bk = std::min(W, H - u0);
-    Scalar* gates = s.gates + b * 4 * W;  // r, z, n, q
-    detail::gru_before_pointwise_forward_rz(bk, W, s.gx + b * 3 * W, s.gh + b * 3 * W,
-                                            at_block(L.fb_ih, b, 3 * W),
-                                            at_block(L.fb_hh, b, 3 * W), h + u0, gates);
-    std::copy(gates + 3 * W, gates + 3 * W + bk, s.q + u0);
-  }
-  all_chains<Scalar, 1, HS>(nb, H, s.q, L.fhn, s.gh + 2 * W, 3 * W);  // gh_n = q w_hnᵀ
-  for (Index b = 0; b < nb; ++b) {
-    const Index u0 = b * W;
-    detail::gru_before_pointwise_forward_n(std::min(W, H - u0), W, s.gx + b * 3 * W,
-                                           s.gh + b * 3 * W, at_block(L.fb_ih, b, 3 * W),
-                                           at_block(L.fb_hh, b, 3 * W), h + u0, s.out + u0,
-                                           static_cast<Scalar*>(nullptr), s.gates + b * 4 * W);
-  }
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
+  Scratch<Scalar> s(scratch, HP);
+  all_chains<Scalar, 3, 0>(nb, L.C, x, L.fx, s.gx, HP);
+  all_chains<Scalar, 2, HS>(nb, H, h, L.fh, s.gh, HP);  // gates r, z of gh [3][HP]
+  detail::gru_before_pointwise_forward_rz(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, h, s.gates);
+  all_chains<Scalar, 1, HS>(nb, H, s.gates + 3 * HP, L.fhn, s.gh + 2 * HP, HP);  // q w_hnᵀ
+  detail::gru_before_pointwise_forward_n(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, h, s.out,
+                                         static_cast<Scalar*>(nullptr), s.gates);
   std::copy(s.out, s.out + H, h);
 }
 
@@ -192,10 +170,10 @@ template <typename Scalar, int HS>
 void rnn_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
                Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
-  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W);
-  Scratch<Scalar> s(scratch, nb);
-  all_chains<Scalar, 1, 0>(nb, L.C, x, L.fx, s.gx, W);
-  all_chains<Scalar, 1, HS>(nb, H, h, L.fh, s.gh, W);
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
+  Scratch<Scalar> s(scratch, HP);
+  all_chains<Scalar, 1, 0>(nb, L.C, x, L.fx, s.gx, HP);
+  all_chains<Scalar, 1, HS>(nb, H, h, L.fh, s.gh, HP);
   detail::rnn_pointwise_forward(H, L.act == Nonlinearity::tanh, s.gx, s.gh, L.fb_ih, L.fb_hh,
                                 s.out, static_cast<Scalar*>(nullptr));
   std::copy(s.out, s.out + H, h);
@@ -249,6 +227,15 @@ Scalar* lay_out(const Scalar* w, Index K, Index G, Index row0, Index H, Scalar* 
   return out + round16(nb * K * G * W);
 }
 
+// A vector [G*H] gate-major with each gate's units padded to HP (zeros).
+template <typename Scalar>
+Scalar* lay_out_gates(const Scalar* v, Index G, Index H, Scalar* out) {
+  const Index HP = detail::ceil_div(H, kW<Scalar>) * kW<Scalar>;
+  for (Index g = 0; g < G; ++g)
+    for (Index u = 0; u < HP; ++u) out[g * HP + u] = u < H ? v[g * H + u] : Scalar(0);
+  return out + round16(G * HP);
+}
+
 template <typename Scalar, template <typename, int> class F>
 auto pick(Index H, bool fixed) -> void (*)(const isa::StepLayer<Scalar>&, const Scalar*, Scalar*,
                                            Scalar*, Scalar*) {
@@ -296,18 +283,18 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
     L.fhn = out;
     out = lay_out(w_hh, H, Index(1), 2 * H, H, out);
   }
-  // Biases and peepholes: [G*H] as a [G*H, 1] weight, K = 1.
+  // Biases and peepholes: gate-major [G][HP] like the sums.
   if (L.b_ih) {
     L.fb_ih = out;
-    out = lay_out(L.b_ih, Index(1), g.b, 0, H, out);
+    out = lay_out_gates(L.b_ih, g.b, H, out);
   }
   if (L.b_hh) {
     L.fb_hh = out;
-    out = lay_out(L.b_hh, Index(1), g.b, 0, H, out);
+    out = lay_out_gates(L.b_hh, g.b, H, out);
   }
   if (L.w_peep) {
     L.fpeep = out;
-    out = lay_out(L.w_peep, Index(1), Index(3), 0, H, out);
+    out = lay_out_gates(L.w_peep, Index(3), H, out);
   }
   const bool fixed = L.P == 0;  // the recurrent K is H
   switch (L.cell) {
