@@ -4,7 +4,19 @@
 // T = 1000, amortised) and of calling it one step at a time (T = 1, which re-packs the weights
 // every call).
 //
-//   stream_latency [steps]      (default 20000 timed steps per configuration)
+//
+// Then the real-time table: fusedrnn's Stream at batch 1, float32, input width 1 and H, against
+// RTNeural (its Eigen and xsimd backends, compile-time ModelT API) when built with
+// -DFUSEDRNN_RTNEURAL_DIR=<an RTNeural checkout> (README: C++ benchmark). Same weights in every
+// contender (outputs compared, the largest difference printed). The contenders are
+// interleaved block by block (and call by call), so a load change hits them alike:
+//   block:  blocks of 100 steps, ns per step = block time / 100: Stream::process(x, y, 100), a
+//           loop of 100 Stream::step calls, RTNeural's forward in a loop of 100 (inlined);
+//   single: every call timed on its own (Stream::step, RTNeural forward + output copy); these
+//           include the clock's own cost, printed beside them.
+// Median and p99 over the blocks (calls).
+//
+//   stream_latency [steps] [peer_steps]   (defaults 20000 and 50000 timed steps per configuration)
 #include <fusedrnn/fusedrnn.h>
 #include <fusedrnn/model.h>
 #include <fusedrnn/stream.h>
@@ -12,10 +24,19 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "checkpoint_writer.h"
+#ifdef FUSEDRNN_WITH_RTNEURAL
+#include "rtneural_peer.h"
+#endif
 
 namespace {
 
@@ -68,10 +89,110 @@ void bench(const char* cell, std::int64_t H, long steps) {
               best_batch / 1e3, one[one.size() / 2] / 1e3);
 }
 
+struct Stats {
+  double med = 0, p99 = 0;
+};
+Stats stats(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return {v[v.size() / 2], v[std::min(v.size() - 1, std::size_t(0.99 * double(v.size())))]};
+}
+
+// The real-time table: one row per cell, H, input width.
+void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
+  testutil::Spec sp;
+  sp.cell = cell, sp.bare = true, sp.input_size = C, sp.hidden_size = H;
+  const auto bytes = testutil::make_checkpoint(sp, 11);
+  const fusedrnn::Model model = fusedrnn::Model::from_bytes(bytes.data(), bytes.size());
+  fusedrnn::Stream<float> stream(model);
+  constexpr long B = 100;  // steps per block
+  const long T = 1000;     // distinct inputs, cycled
+  std::mt19937_64 rng(3);
+  // Inputs 64-byte aligned (RTNeural's ModelT loads its input with aligned loads).
+  const auto x0 = testutil::uniform<float>(rng, std::size_t(T * C), 1.0);
+  std::vector<float> xstore(x0.size() + 16);
+  float* xs_p = reinterpret_cast<float*>((reinterpret_cast<std::uintptr_t>(xstore.data()) + 63) &
+                                         ~std::uintptr_t(63));
+  std::copy(x0.begin(), x0.end(), xs_p);
+  struct {
+    float* p;
+    float* data() const { return p; }
+  } xs{xs_p};
+  std::vector<float> y(std::size_t(T * H)), ys(std::size_t(T * H));
+
+  std::vector<std::pair<std::string, std::function<void(const float*, float*, long)>>> run;
+  run.emplace_back("process", [&](const float* x, float* yy, long n) { stream.process(x, yy, n); });
+  run.emplace_back("step", [&](const float* x, float* yy, long n) {
+    for (long t = 0; t < n; ++t) stream.step(x + t * C, yy + t * H);
+  });
+  double diff = 0;
+#ifdef FUSEDRNN_WITH_RTNEURAL
+  const float* w_ih = model.parameter("weight_ih_l0").as<float>();
+  const float* w_hh = model.parameter("weight_hh_l0").as<float>();
+  const float* b_ih = model.parameter("bias_ih_l0").as<float>();
+  const float* b_hh = model.parameter("bias_hh_l0").as<float>();
+  std::unique_ptr<rtneural_peer::Net> peers[2] = {
+      rtneural_peer::make_eigen(cell[0], int(C), int(H), w_ih, w_hh, b_ih, b_hh),
+      rtneural_peer::make_xsimd(cell[0], int(C), int(H), w_ih, w_hh, b_ih, b_hh)};
+  const char* names[2] = {"RTNeural Eigen", "RTNeural xsimd"};
+  for (int i = 0; i < 2; ++i) {
+    if (!peers[i]) continue;
+    rtneural_peer::Net* net = peers[i].get();
+    run.emplace_back(names[i], [net](const float* x, float* yy, long n) { net->run(x, yy, n); });
+    // Same weights, same outputs (to rounding): 1000 steps from zero state.
+    stream.reset();
+    stream.process(xs.data(), ys.data(), T);
+    net->reset();
+    net->run(xs.data(), y.data(), T);
+    for (std::size_t j = 0; j < y.size(); ++j) diff = std::max(diff, double(std::abs(y[j] - ys[j])));
+  }
+#endif
+  const std::size_t K = run.size();
+  for (long w = 0; w < 20; ++w)  // warm-up
+    for (auto& r : run) r.second(xs.data() + (w % (T / B)) * B * C, y.data(), B);
+  // Block timing, interleaved, the order rotating.
+  std::vector<std::vector<double>> blk(K);
+  const long nblocks = std::max(20L, steps / B);
+  for (long b = 0; b < nblocks; ++b)
+    for (std::size_t j = 0; j < K; ++j) {
+      auto& r = run[(j + std::size_t(b)) % K];
+      const float* x = xs.data() + (b % (T / B)) * B * C;
+      const auto t0 = Clock::now();
+      r.second(x, y.data(), B);
+      blk[(j + std::size_t(b)) % K].push_back(ns_since(t0) / double(B));
+    }
+  // Single calls, interleaved (step vs the peers' one-step run).
+  std::vector<std::vector<double>> one(K);
+  std::vector<double> clock_ns;
+  for (long t = 0; t < steps; ++t) {
+    const float* x = xs.data() + (t % T) * C;
+    for (std::size_t j = 1; j < K; ++j) {  // run[0] is process: step is run[1]
+      const auto t0 = Clock::now();
+      run[j].second(x, y.data(), 1);
+      one[j].push_back(ns_since(t0));
+    }
+    const auto t0 = Clock::now();
+    clock_ns.push_back(ns_since(t0));
+  }
+  const Stats c = stats(clock_ns);
+  std::printf("| %s | %lld | %lld |", cell[0] == 'l' ? "LSTM" : "GRU", (long long)H,
+              (long long)C);
+  for (std::size_t j = 0; j < K; ++j) {
+    const Stats s = stats(blk[j]);
+    std::printf(" %.0f / %.0f |", s.med, s.p99);
+  }
+  for (std::size_t j = 1; j < K; ++j) {
+    const Stats s = stats(one[j]);
+    std::printf(" %.0f / %.0f |", s.med, s.p99);
+  }
+  std::printf(" %.0f | %.1g |\n", c.med, diff);
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const long steps = argc > 1 ? std::max(100L, std::atol(argv[1])) : 20000;
+  const long peer_steps = argc > 2 ? std::max(100L, std::atol(argv[2])) : 50000;
   const fusedrnn::BuildInfo b = fusedrnn::build_info();
   std::printf("fusedrnn %s, kernels %s, %s; %ld timed steps each, batch 1, one thread\n\n",
               b.version.c_str(), b.instruction_set.c_str(), b.compiler.c_str(), steps);
@@ -82,5 +203,22 @@ int main(int argc, char** argv) {
     for (std::int64_t H : {32, 64, 128}) bench<float>(cell, H, steps);
   for (const char* cell : {"lstm", "gru"})
     for (std::int64_t H : {32, 64, 128}) bench<double>(cell, H, steps);
+
+  std::printf("\nReal time, batch 1, float32, ns per step, median / p99 (%ld steps each; "
+              "block: blocks of 100 steps; single: each call timed, the clock's cost included)"
+              "\n\n", peer_steps);
+#ifdef FUSEDRNN_WITH_RTNEURAL
+  std::printf("| cell | H | input | block: Stream::process | block: Stream::step | block: "
+              "RTNeural Eigen | block: RTNeural xsimd | single: Stream::step | single: RTNeural "
+              "Eigen | single: RTNeural xsimd | clock ns | max |diff| |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+#else
+  std::printf("| cell | H | input | block: Stream::process | block: Stream::step | single: "
+              "Stream::step | clock ns | max |diff| |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+#endif
+  for (const char* cell : {"lstm", "gru"})
+    for (std::int64_t H : {16, 32, 64, 128})
+      for (std::int64_t C : {std::int64_t(1), H}) peer_row(cell, H, C, peer_steps);
   return 0;
 }

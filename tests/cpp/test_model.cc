@@ -237,6 +237,37 @@ void check_spec(const Spec& spec, std::uint64_t seed) {
     report(step_allocs == 0, name + ": Stream::step allocates nothing",
            std::to_string(step_allocs) + " allocations");
   }
+  // process(): blocks of steps (4, 0, the rest) on sequence 0 equal forward bitwise; bad
+  // arguments throw before anything is written or the state changes.
+  if (!c.token_input()) {
+    std::vector<Scalar> x0(std::size_t(T * E)), y0(std::size_t(T * O)), yp(std::size_t(T * O), -7);
+    for (std::int64_t t = 0; t < T; ++t)
+      std::copy(x.begin() + t * N * E, x.begin() + (t * N + 1) * E, x0.begin() + t * E);
+    model.forward<Scalar>(T, 1, x0.data(), nullptr, nullptr, nullptr, y0.data(), nullptr, nullptr);
+    fusedrnn::Stream<Scalar> st(model);
+    const long a = g_allocs.load();
+    st.process(x0.data(), yp.data(), 4);
+    st.process(x0.data() + 4 * E, yp.data() + 4 * O, 0);
+    st.process(x0.data() + 4 * E, yp.data() + 4 * O, T - 4);
+    const long allocs = g_allocs.load() - a;
+    report(max_diff(yp.data(), y0.data(), yp.size()) == 0 && allocs == 0,
+           name + ": Stream::process in blocks of 4, 0, 5 steps == forward bitwise, allocates "
+                  "nothing",
+           fmt(max_diff(yp.data(), y0.data(), yp.size())) + ", " + std::to_string(allocs) +
+               " allocations");
+    std::vector<Scalar> yo(std::size_t(O), Scalar(5));
+    const std::vector<Scalar> h_before(st.h(), st.h() + L * R);
+    expect_throw<std::invalid_argument>(name + ": process(null x) throws",
+                                        [&] { st.process(nullptr, yo.data(), 1); }, "x is null");
+    expect_throw<std::invalid_argument>(name + ": process(null y) throws",
+                                        [&] { st.process(x0.data(), nullptr, 1); }, "y is null");
+    expect_throw<std::invalid_argument>(name + ": process(steps < 0) throws",
+                                        [&] { st.process(x0.data(), yo.data(), -1); },
+                                        "steps must be >= 0, got -1");
+    report(yo == std::vector<Scalar>(std::size_t(O), Scalar(5)) &&
+               std::vector<Scalar>(st.h(), st.h() + L * R) == h_before,
+           name + ": a refused process writes nothing, keeps the state");
+  }
   if (c.token_input()) {
     fusedrnn::Stream<Scalar> stream(model, 2);
     std::vector<Scalar> yt(std::size_t(2 * O), Scalar(5));
@@ -282,6 +313,25 @@ std::vector<Spec> grid() {
       s.bidirectional = !bias;
       s.float64 = bias;
       if (s.cell == "lstm") s.proj_size = 3, s.peepholes = true;
+      specs.push_back(s);
+    }
+  // The sizes a Stream's fused batch-1 step has specialised code for (8, 16, 32, 48, 64), a
+  // larger one, input width 1 and H, every cell variant (fused_step.cc).
+  int i = 0;
+  for (std::int64_t H : {8, 16, 32, 48, 64, 128})
+    for (int cv = 0; cv < 6; ++cv, ++i) {
+      Spec s;
+      s.cell = cv < 2 ? "lstm" : cv < 4 ? "gru" : "rnn";
+      s.hidden_size = H;
+      s.input_size = i % 2 ? H : 1;
+      s.float64 = i % 3 == 0;
+      s.bare = i % 4 != 1;
+      s.num_layers = i % 5 == 2 ? 2 : 1;
+      if (s.cell == "lstm") s.peepholes = cv == 1, s.proj_size = (cv == 1 && H == 16) ? 5 : 0;
+      if (s.cell == "gru") s.variant = cv == 3 ? "reset_before" : "reset_after";
+      if (s.cell == "rnn") s.nonlinearity = cv == 5 ? "relu" : "tanh";
+      s.bias = i % 7 != 3;
+      if (!s.bare) s.bias = true;
       specs.push_back(s);
     }
   return specs;

@@ -5,7 +5,10 @@
 // weights once, at construction, into the panel layout of the packed micro-kernel the batch
 // kernels use, and allocates nothing afterwards: step() is a handful of small matrix-vector
 // products and element-wise passes per layer, on one thread (the caller's), never throws and
-// never allocates. Its results are bitwise those of Model::forward on the same inputs (same
+// never allocates. At batch 1 (the real-time case) each layer's step is instead one fused pass
+// per block of units, input and recurrent products and gates together, with weights laid out
+// for it at construction and code specialised for H = 8, 16, 32, 48, 64; process() runs a
+// block of steps per call. Its results are bitwise those of Model::forward on the same inputs (same
 // products, same summation order, same activations), so a model can be checked offline with the
 // batch API and deployed with a Stream.
 //
@@ -40,6 +43,12 @@ class FUSEDRNN_API Stream {
   // Token models: looks up tokens_t [N] and steps. Returns false, changing nothing, if the
   // model has no embedding or an id is outside [0, vocab_size).
   bool step_tokens(const std::int64_t* tokens_t, Scalar* y_t) noexcept;
+  // Advances `steps` steps in one call (audio-style blocks): x [steps, N, rnn_input_size] ->
+  // y [steps, N, output_size], exactly `steps` calls of step() (bitwise the same results, no
+  // allocation, lock or system call). std::invalid_argument, before anything is written or the
+  // state changes, if x or y is null or steps < 0; steps = 0 does nothing. (A bidirectional
+  // model has no Stream: its constructor throws ConfigError.)
+  void process(const Scalar* x, Scalar* y, std::int64_t steps);
 
   void reset() noexcept;  // state to zero
   // h [L, N, R], c [L, N, H] (nullable: zeros; ignored but for LSTM).

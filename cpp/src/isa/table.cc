@@ -32,6 +32,7 @@ isa::Table make_table() {
   fill_ctc(t);
 #ifdef FUSEDRNN_WITH_MODEL
   fill_step(t);
+  fill_fused_step(t);
 #endif
   return t;
 }

@@ -39,11 +39,31 @@ struct StepLayer {
   const Scalar* b_ih = nullptr;   // [G*H] (nullable)
   const Scalar* b_hh = nullptr;   // [G*H] (nullable)
   const Scalar* w_peep = nullptr; // LSTM peepholes [3, H] (nullable)
+
+  // The fused batch-1 step (kernels/fused_step.cc), set up by Kernels::fuse; null: none, the
+  // layer runs `step`. Its weights, in blocks b of W units (W = the copy's packet size; units
+  // past H zero), a pass over a group of blocks k-major: fx [pass][k < C][b][gate][W], fh
+  // [pass][k < R][b][gate][W] (GRU reset_before: gates r, z; fhn its n rows), biases
+  // [gate][HP], peepholes [3][HP] (HP = H rounded up to whole packets; null if absent).
+  void (*fused)(const StepLayer& layer, const Scalar* x, Scalar* h, Scalar* c,
+                Scalar* scratch) = nullptr;
+  const Scalar* fx = nullptr;
+  const Scalar* fh = nullptr;
+  const Scalar* fhn = nullptr;
+  const Scalar* fb_ih = nullptr;
+  const Scalar* fb_hh = nullptr;
+  const Scalar* fpeep = nullptr;
 };
 
 // Scalars of the scratch one step of a layer needs: gx, gh [N, G*H], gates [N, 4H], m [N, H].
 inline std::size_t step_scratch_size(std::int64_t N, std::int64_t H, std::int64_t G) {
   return std::size_t(2 * N * G * H + 4 * N * H + N * H);
+}
+
+// Scalars of the scratch of a fused step (batch 1): gx, gh, gates [4][HP], out [HP] (HP = H
+// rounded up to whole packets of W <= 16), each 64-byte aligned.
+inline std::size_t fused_scratch_size(std::int64_t H) {
+  return std::size_t(14 * (H + 16) + 5 * 16);
 }
 
 // The operations of one copy for one dtype.
@@ -77,6 +97,13 @@ struct Kernels {
   // scratch [step_scratch_size]. Bitwise the batch kernel's step.
   void (*step)(const StepLayer<Scalar>& layer, const Scalar* x, Scalar* h, Scalar* c,
                Scalar* scratch);
+  // The fused batch-1 step (kernels/fused_step.cc). fused_size: scalars that fuse writes for
+  // this layer (a multiple of 16), or 0 if the layer has no fused path (N != 1, or C or R longer
+  // than one K pass of the packed product). fuse: lays out w_ih [G*H, C], w_hh [G*H, R] and the
+  // layer's b_ih, b_hh, w_peep into `out` (64-byte aligned) and sets layer.fused and its
+  // weights; the step is then still bitwise `step`'s.
+  std::size_t (*fused_size)(const StepLayer<Scalar>& layer);
+  void (*fuse)(StepLayer<Scalar>& layer, const Scalar* w_ih, const Scalar* w_hh, Scalar* out);
 };
 
 // One instruction-set copy.

@@ -1,6 +1,7 @@
 // fusedrnn::Stream: weights packed once at construction; step() = per layer one call of the
-// active instruction set's step (isa::Kernels::step), then the head. No allocation, no
-// OpenMP, no exception after construction.
+// active instruction set's step: at batch 1 its fused step (kernels/fused_step.cc, weights laid
+// out for it here), else isa::Kernels::step; then the head. No allocation, no OpenMP, no
+// exception after construction (process() checks its arguments before it steps).
 #include "fusedrnn/stream.h"
 
 #include <algorithm>
@@ -18,6 +19,7 @@ struct Stream<Scalar>::Impl {
   bool lstm = false, has_head = false;
   std::vector<isa::StepLayer<Scalar>> layers;
   internal::AlignedArray<Scalar> packed;   // every layer's packed weights
+  internal::AlignedArray<Scalar> fused;    // the fused batch-1 step's weights (fused_step.cc)
   internal::AlignedArray<Scalar> h, c;     // state [L, N, R], [L, N, H]
   internal::AlignedArray<Scalar> scratch;  // one layer's step scratch
   internal::AlignedArray<Scalar> xbuf;     // embedded tokens [N, E]
@@ -97,9 +99,22 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
     sl.b_ih = p(w.b_ih), sl.b_hh = p(w.b_hh), sl.w_peep = p(w.w_peep);
     s.layers.push_back(sl);
   }
+  // Batch 1: the fused step, where the layer has one (fused_step.cc), laid out beside.
+  if (s.ops->fused_size && s.ops->fuse) {
+    std::size_t ftotal = 0;
+    for (const isa::StepLayer<Scalar>& sl : s.layers) ftotal += s.ops->fused_size(sl);
+    s.fused.resize(ftotal);
+    Scalar* fat = s.fused.data();
+    for (std::size_t l = 0; l < s.layers.size(); ++l) {
+      const std::size_t n = s.ops->fused_size(s.layers[l]);
+      if (n == 0) continue;
+      s.ops->fuse(s.layers[l], p(m.layers[l].w_ih), p(m.layers[l].w_hh), fat);
+      fat += n;
+    }
+  }
   s.h.resize(std::size_t(s.L * N * R));
   s.c.resize(s.lstm ? std::size_t(s.L * N * H) : 0);
-  s.scratch.resize(isa::step_scratch_size(N, H, G));
+  s.scratch.resize(std::max(isa::step_scratch_size(N, H, G), isa::fused_scratch_size(H)));
   if (c.token_input()) {
     s.xbuf.resize(std::size_t(N * s.E));
     s.embed = p(m.embed);
@@ -126,7 +141,11 @@ void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
   for (std::int64_t l = 0; l < s.L; ++l) {
     Scalar* h = s.h.data() + l * s.N * s.R;
     Scalar* c = s.lstm ? s.c.data() + l * s.N * s.H : nullptr;
-    s.ops->step(s.layers[std::size_t(l)], in, h, c, s.scratch.data());
+    const isa::StepLayer<Scalar>& layer = s.layers[std::size_t(l)];
+    if (layer.fused)
+      layer.fused(layer, in, h, c, s.scratch.data());
+    else
+      s.ops->step(layer, in, h, c, s.scratch.data());
     in = h;
   }
   if (!s.has_head) {
@@ -137,6 +156,19 @@ void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
   s.ops->gemm(s.N, s.O, s.R, in, s.R, s.head_packed, y_t, s.O, 1);
   for (std::int64_t n = 0; n < s.N; ++n)
     for (std::int64_t o = 0; o < s.O; ++o) y_t[n * s.O + o] += s.head_b[o];
+}
+
+template <typename Scalar>
+void Stream<Scalar>::process(const Scalar* x, Scalar* y, std::int64_t steps) {
+  if (steps < 0)
+    throw std::invalid_argument("fusedrnn::Stream::process: steps must be >= 0, got " +
+                                std::to_string(steps));
+  if (!x || !y)
+    throw std::invalid_argument(std::string("fusedrnn::Stream::process: ") +
+                                (!x ? "x" : "y") + " is null");
+  const Impl& s = *impl_;
+  const std::int64_t in = s.N * s.E, out = s.N * s.O;
+  for (std::int64_t t = 0; t < steps; ++t) step(x + t * in, y + t * out);
 }
 
 template <typename Scalar>
