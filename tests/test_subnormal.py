@@ -1,4 +1,4 @@
-"""Subnormal numbers inside the kernels are flushed to zero (MXCSR FTZ + DAZ, cpp/src/fpenv.h), in
+"""Subnormal numbers inside the kernels are flushed to zero (MXCSR FTZ + DAZ, cpp/src/kernels/fpenv.h), in
 every instruction-set copy, on one thread and on a team, forward and backward, and the caller's
 own floating-point environment is left as it was."""
 import functools

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <set>
 
-#include "fpenv.h"
+#include "kernels/fpenv.h"
 #include "fusedrnn/fusedrnn.h"
 #include "model_impl.h"
 

@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "fpenv.h"
+#include "kernels/fpenv.h"
 #include "model_impl.h"
 
 namespace fusedrnn {
