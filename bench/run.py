@@ -3,6 +3,9 @@
 
     python bench/run.py [--configs a,b,c,d,e] [--cells lstm,gru,rnn,bilstm2] [--modes infer,train]
                         [--threads 1 2] [--reps 9] [--no-onnx] [--quick] [--json PATH]
+    python bench/run.py --workloads ragged,subnormal,contended [--threads 1] [--reps 9]
+        (the real-workload rows of bench/workloads.py: ragged batches, subnormal numbers,
+        another busy process; at the smallest --threads, contended at 1 and 2)
 
 Configs (T steps, N batch, C = H): a (100, 64, 256)  b (100, 64, 512)  c (100, 32, 1024)
 d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config, the Elman RNN
@@ -236,6 +239,27 @@ def machine_info(fr, args):
             "min_rep_ms": args.min_rep_ms, "settle_ms": args.settle_ms, "dtype": "float32"}
 
 
+def run_workloads(args, ap):
+    import workloads
+    which = args.workloads.split(",")
+    if bad := [w for w in which if w not in ("ragged", "subnormal", "contended")]:
+        ap.error(f"--workloads: unknown {bad}; choose from ragged, subnormal, contended")
+    import fusedrnn as fr
+    info = machine_info(fr, args)
+    for k, v in info.items():
+        print(f"# {k}: {v}")
+    reps = 2 if args.quick else args.reps
+    if args.quick:      # smoke test: small shapes
+        workloads.T, workloads.N, workloads.H = 20, 8, 32
+    rows = workloads.run(fr, which, reps, threads=min(args.threads))
+    info["loadavg_at_end"] = os.getloadavg()
+    print(f"# loadavg at end: {info['loadavg_at_end']}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"info": info, "workloads": rows}, fh, indent=2)
+        print(f"# wrote {args.json}")
+
+
 def fmt(r):
     return f"{r['median_ms']:9.2f} / {r['min_ms']:<8.2f}" if r else f"{'-':^20}"
 
@@ -256,11 +280,15 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps, no sizing")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--workloads", help="comma list of ragged,subnormal,contended: run these "
+                    "real-workload rows (bench/workloads.py) instead of the main table")
     ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         c, cfg, who, n = args.memory_child
         return memory_child(c, cfg, who, int(n))
+    if args.workloads:
+        return run_workloads(args, ap)
     if args.quick:
         args.reps, args.min_rep_ms = 2, 0.0
     elif args.reps < 7:

@@ -26,6 +26,7 @@ final state_dict (rank 0). ``--impl torch`` uses torch.nn's modules instead, for
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import time
 
@@ -75,17 +76,41 @@ class CharLM(torch.nn.Module):
 
 
 def setup():
-    """(rank, world_size, processes on this machine); joins the process group under torchrun."""
+    """(rank, world_size, processes on this machine, the rendezvous store, whether this process
+    hosts it); joins the process group when launched with RANK/WORLD_SIZE/MASTER_* set (torchrun,
+    or by hand). The store is made here, not by init_process_group, so that teardown() can use it
+    after the group is gone."""
     if "RANK" not in os.environ:
-        return 0, 1, 1
-    dist.init_process_group("gloo")
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-    return dist.get_rank(), dist.get_world_size(), local
+        return 0, 1, 1, None, False
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    # Under torchrun its agent hosts the store (TORCHELASTIC_USE_AGENT_STORE); else rank 0 does.
+    hosts = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=hosts, timeout=datetime.timedelta(seconds=300))
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return rank, world, local, store, hosts
+
+
+def teardown(store, rank, world, hosts):
+    """Leaves the process group; the process hosting the store leaves last. Every rank announces
+    on the store that its group is destroyed, and the host waits for all of them before it
+    returns (and exits, closing the store): a rank still tearing down its group when the store's
+    process had gone aborted at exit ("terminate called without an active exception", rank 1)."""
+    dist.barrier()
+    dist.destroy_process_group()
+    store.add("distributed_charlm/left", 1)
+    if hosts:
+        deadline = time.monotonic() + 300
+        while store.add("distributed_charlm/left", 0) < world:
+            if time.monotonic() > deadline:
+                raise TimeoutError("teardown: the other ranks did not leave within 300 s")
+            time.sleep(0.005)
 
 
 def train(args):
     """Trains; returns (unwrapped model, list of global mean losses)."""
-    rank, world, local = setup()
+    rank, world, local, store, hosts = setup()
     if args.batch % world:
         raise ValueError(f"--batch ({args.batch}) must be divisible by the world size ({world})")
     threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or \
@@ -131,9 +156,8 @@ def train(args):
 
     if args.save and rank == 0:
         torch.save(model.state_dict(), args.save)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    if store is not None:
+        teardown(store, rank, world, hosts)
     return model, losses
 
 

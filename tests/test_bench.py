@@ -37,3 +37,31 @@ def test_bench_smoke_run_writes_its_table_and_json(tmp_path):
         if row["mode"] == "infer":
             assert row["contenders"]["frozen"]["median_ms"] > 0
     assert seen == {(c, m) for c in ("lstm", "gru") for m in ("infer", "train")}
+
+
+def test_workload_rows_smoke_run(tmp_path):
+    """--workloads ragged,subnormal,contended (bench/workloads.py) at the --quick shapes: every
+    row is there with its ratios; ONNX Runtime's sequence_lens output equals fusedrnn's."""
+    out = tmp_path / "workloads.json"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--workloads", "ragged,subnormal,contended",
+         "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["workloads"]
+    kinds = [(r["row"], r.get("cell"), r.get("mode")) for r in rows]
+    for mode in ("infer", "train"):
+        for cell in ("lstm", "gru"):
+            assert ("ragged", cell, mode) in kinds
+        for cell in ("lstm", "gru", "rnn"):
+            assert ("subnormal", cell, mode) in kinds
+    for r in rows:
+        if r["row"] == "ragged":
+            assert 0.3 < r["useful"] < 1 and r["len_over_full"] > 0
+            assert r["torch_packed_over_fr_len"] > 0
+            if "ort_max_abs_diff" in r:
+                assert r["ort_max_abs_diff"] < 1e-5
+        if r["row"] == "subnormal":
+            assert set(r["median_ms"]) == {"normal", "x_subnormal", "w_subnormal",
+                                           "torch_x_subnormal"}
+        if r["row"] == "contended" and "skipped" not in r:
+            assert r["fr_2_over_1"] > 0 and r["torch_2_over_1"] > 0

@@ -5,6 +5,7 @@ they are tested against (same names, same signatures).
 """
 from __future__ import annotations
 
+from . import _openmp_env  # noqa: F401  (before _core: libgomp reads GOMP_SPINCOUNT on load)
 from . import _core, reference
 from ._types import GruGrads, GruOutput, LstmGrads, LstmOutput, RnnGrads, RnnOutput
 from .functional import (

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, _openmp_env
 from ._types import GruGrads, GruOutput, LstmGrads, LstmOutput, RnnGrads, RnnOutput
 
 __all__ = [
@@ -38,14 +38,22 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads kernel calls use."""
+    """The number of threads kernel calls use: set_num_threads(n), else OMP_NUM_THREADS, else the
+    CPUs the process's affinity mask and cgroup CPU quota allow (fusedrnn/_openmp_env.py)."""
+    global _default_threads
     if _num_threads is not None:
         return _num_threads
-    return int(_core.build_info()["openmp_max_threads"])
+    if _default_threads is None:
+        _default_threads = _openmp_env.default_threads(
+            int(_core.build_info()["openmp_max_threads"]))
+    return _default_threads
+
+
+_default_threads: Optional[int] = None
 
 
 def _threads() -> int:
-    return _num_threads or 0
+    return _num_threads or get_num_threads()
 
 
 _scratch = threading.local()

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 
 from . import validators as V
+from ._blas import single_threaded_blas
 
 __all__ = [
     "Parameter", "Module", "Sequential", "Linear", "Embedding", "Dropout",
@@ -394,7 +395,9 @@ class Linear(Module):
             raise ValueError(f"Linear.forward: x must have shape [..., {self.in_features}], "
                              f"got {list(x.shape)}")
         # One 2-D product: numpy's batched matmul on 3-D input is several times slower.
-        y = (x.reshape(-1, self.in_features) @ w.T).reshape(x.shape[:-1] + (self.out_features,))
+        with single_threaded_blas():   # no fight with the kernels' threads (_blas.py)
+            y = x.reshape(-1, self.in_features) @ w.T
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y += self.bias.data
         self._x = x if self.training else None
@@ -413,10 +416,12 @@ class Linear(Module):
             raise TypeError(f"Linear.backward: dy must have dtype {x.dtype}, got {dy.dtype}")
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
-        self.weight.grad += dy2.T @ x2
+        with single_threaded_blas():
+            self.weight.grad += dy2.T @ x2
+            dx = dy2 @ self.weight.data
         if self.bias is not None:
             self.bias.grad += dy2.sum(axis=0)
-        return (dy2 @ self.weight.data).reshape(x.shape)
+        return dx.reshape(x.shape)
 
 
 @register_module

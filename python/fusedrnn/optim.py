@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import validators as V
+from ._blas import single_threaded_blas
 from .module import Module, Parameter
 
 __all__ = [
@@ -524,7 +525,8 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
         elif norm_type == math.inf:
             norms.append(float(np.max(np.abs(g))))
         elif norm_type == 2.0:
-            norms.append(float(np.sqrt(np.dot(g, g))))
+            with single_threaded_blas():
+                norms.append(float(np.sqrt(np.dot(g, g))))
         elif norm_type == 1.0:
             norms.append(float(np.sum(np.abs(g))))
         else:

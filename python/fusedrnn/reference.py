@@ -37,6 +37,13 @@ Implementation device: "step" s = 0..T-1 is the s-th update of every sequence.  
 sequence n is active iff s < lengths[n], and then processes time t = s (forward) or
 t = lengths[n]-1-s (reverse).  Inactive rows keep their state.
 
+Subnormal numbers (|v| below 1.2e-38 in float32, 2.2e-308 in float64): the kernels treat them
+as zero, as inputs of every arithmetic operation and as results (flush-to-zero and
+denormals-are-zero, set for the duration of each kernel call on every thread that runs it and
+restored afterwards; x86 only).  This reference keeps NumPy's gradual underflow, so the two can
+differ wherever a subnormal operand or result occurs, by at most the subnormal magnitudes
+involved times the weights they meet; on data without subnormals nothing changes.
+
 Backward: the loss is L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n) for LSTM]; a None
 cotangent means zeros.  Backward returns fresh arrays, never modifies the cache, and can be
 called any number of times on one cache.  Gradients of optional inputs that were not given

@@ -5,6 +5,7 @@
 // The pointwise math: gru_pointwise.h.
 #include "isa/copy.inc"
 #include "kernels/gru_pointwise.h"
+#include "kernels/ragged.h"
 #include "kernels/layout.h"
 #include "kernels/skeleton.h"
 
@@ -39,7 +40,7 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 // and the gathered inputs xs, gh [N, 3H], gates of one step [N, 4H] and the h double buffer.
 template <typename T>
 struct ForwardSpace {
-  T *wih_p, *whh_p, *whn_p, *gx, *xs, *gh, *gstep, *hbuf;
+  T *wih_p, *whh_p, *whn_p, *gx, *xs, *gh, *gstep, *hbuf, *order;
 };
 template <typename T>
 ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -54,6 +55,7 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
   w.gh = c.take(N * GH);
   w.gstep = c.take(N * 4 * H);
   w.hbuf = c.take(2 * N * H);
+  w.order = c.take_aligned(ragged_order_scalars(N));  // ragged inference (ragged.h)
   return w;
 }
 
@@ -87,6 +89,76 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
+// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
+// Arguments checked by forward().
+template <typename Scalar>
+void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
+                    const ForwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const bool after = a.variant == GruVariant::reset_after;
+  const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh;
+  const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
+  ro.sort();
+  parallel_region(thread_count(opt, d, 3), [&] {
+    forward_prologue(d, opt, 3, a.w_ih, a.lengths, w.wih_p, a.y);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, H, after ? GH : 2 * H, H, true, w.whh_p);
+      if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, true, w.whn_p);
+    }
+    par_gather_rows(ro, a.h0, H, w.hbuf);
+    Index na = N;
+    for (Index s = 0; s < S; ++s) {
+      na = ro.active(s, na);
+      const Scalar* h_prev = w.hbuf + (s % 2) * NH;
+      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NH;
+      par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
+      par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
+      par_gemm_packed(na, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < na * nub; ++job) {
+        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = i * H + u0;
+        const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
+        const Scalar* gxr = w.gx + i * GH + u0;
+        const Scalar* ghr = w.gh + i * GH + u0;
+        const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
+        const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
+        if (after)
+          gru_after_pointwise_forward(bk, H, gxr, ghr, bi, bh, h_prev + off, h_next + off,
+                                      a.y + (t * N + n) * H + u0, static_cast<Scalar*>(nullptr));
+        else
+          gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off,
+                                          w.gstep + i * 4 * H + u0);
+      }
+      if (after) continue;
+      // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
+      par_gemm_packed(na, H, H, w.gstep + 3 * H, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < na * nub; ++job) {
+        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = i * H + u0;
+        const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
+        gru_before_pointwise_forward_n(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
+                                       b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
+                                       h_prev + off, h_next + off, a.y + (t * N + n) * H + u0,
+                                       w.gstep + i * 4 * H + u0);
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    scatter_final_state(ro, w.hbuf, H, a.h_n);
+  });
+}
+
 template <typename Scalar>
 void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
              Scalar* workspace) {
@@ -108,6 +180,7 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   const Index TC = proj_chunk_steps(d);
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   Scalar* hs = training ? k.hs : w.hbuf;

@@ -15,6 +15,7 @@
 #include <omp.h>
 #endif
 
+#include "fpenv.h"
 #include "fusedrnn/common.h"
 
 namespace fusedrnn {
@@ -99,12 +100,16 @@ inline void parallel_region(int n, F&& body) {
 #ifdef _OPENMP
   if (n > 1 || omp_in_parallel()) {
 #pragma omp parallel num_threads(n)
-    body();
+    {
+      const FlushDenormals fp;  // each team thread, for this region only (fpenv.h)
+      body();
+    }
     return;
   }
 #else
   (void)n;
 #endif
+  const FlushDenormals fp;
   body();
 }
 

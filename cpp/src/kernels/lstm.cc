@@ -10,6 +10,7 @@
 #include "isa/copy.inc"
 #include "kernels/layout.h"
 #include "kernels/lstm_pointwise.h"
+#include "kernels/ragged.h"
 #include "kernels/skeleton.h"
 
 namespace fusedrnn {
@@ -43,10 +44,11 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 // Forward workspace: packed w_ih and w_hh (and w_hr with projection) first, at offsets that
 // depend on C, H and P only (Options::weights_packed), then a chunk of the input projection gx
 // and, for reverse, the gathered inputs xs; gh [N, 4H], h and c double buffers [2, N, R] and
-// [2, N, H] (used when no cache is given) and, with projection, m of one step [N, H].
+// [2, N, H] (used when no cache is given) and, with projection, m of one step [N, H]; last the
+// order of the rows for ragged inference (ragged.h).
 template <typename T>
 struct ForwardSpace {
-  T *wih_p, *whh_p, *whr_p, *gx, *xs, *gh, *hbuf, *cbuf, *mbuf;
+  T *wih_p, *whh_p, *whr_p, *gx, *xs, *gh, *hbuf, *cbuf, *mbuf, *order;
 };
 template <typename T>
 ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -63,6 +65,7 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
   w.hbuf = c.take(2 * N * R);
   w.cbuf = c.take(2 * N * H);
   w.mbuf = proj ? c.take(N * H) : nullptr;
+  w.order = c.take_aligned(ragged_order_scalars(N));  // ragged inference (ragged.h)
   return w;
 }
 
@@ -127,6 +130,72 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
+// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
+// Arguments checked by forward().
+template <typename Scalar>
+void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt,
+                    const ForwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
+  const bool proj = P > 0;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh, *w_peep = a.w_peep;
+  const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
+  ro.sort();
+  parallel_region(thread_count(opt, d, 4), [&] {
+    forward_prologue(d, opt, 4, a.w_ih, a.lengths, w.wih_p, a.y);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, R, GH, R, true, w.whh_p);
+      if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
+    }
+    par_gather_rows(ro, a.h0, R, w.hbuf);
+    par_gather_rows(ro, a.c0, H, w.cbuf);
+    Index na = N;
+    for (Index s = 0; s < S; ++s) {
+      na = ro.active(s, na);
+      const Scalar* h_prev = w.hbuf + (s % 2) * NR;
+      const Scalar* c_prev = w.cbuf + (s % 2) * NH;
+      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NR;
+      Scalar* c_next = w.cbuf + ((s + 1) % 2) * NH;
+      par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
+      par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
+      par_gemm_packed(na, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < na * nub; ++job) {
+        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = i * H + u0;
+        const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
+        lstm_pointwise_forward(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
+                               b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
+                               w_peep ? w_peep + u0 : nullptr, c_prev + off, c_next + off,
+                               proj ? w.mbuf + off : h_next + off,
+                               proj ? nullptr : a.y + (t * N + n) * H + u0,
+                               static_cast<Scalar*>(nullptr));
+      }
+      if (proj) {
+        par_gemm_packed(na, P, H, w.mbuf, H, w.whr_p, h_next, P, false);  // h = m w_hrᵀ
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (Index i = 0; i < na; ++i) {
+          const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
+          std::copy(h_next + i * P, h_next + (i + 1) * P, a.y + (t * N + n) * P);
+        }
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      scatter_final_state(ro, w.hbuf, R, a.h_n);
+      scatter_final_state(ro, w.cbuf, H, a.c_n);
+    }
+  });
+}
+
 template <typename Scalar>
 void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt,
              Scalar* workspace) {
@@ -151,6 +220,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   const Index TC = proj_chunk_steps(d);
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   Scalar* hs = training ? k.hs : w.hbuf;

@@ -2,6 +2,7 @@
 // The pointwise math: rnn_pointwise.h.
 #include "isa/copy.inc"
 #include "kernels/layout.h"
+#include "kernels/ragged.h"
 #include "kernels/rnn_pointwise.h"
 #include "kernels/skeleton.h"
 
@@ -31,7 +32,7 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 // gh [N, H] and the h double buffer [2, N, H].
 template <typename T>
 struct ForwardSpace {
-  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf;
+  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *order;
 };
 template <typename T>
 ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -44,6 +45,7 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
   w.xs = c.take(TC * N * d.C);
   w.gh = c.take(N * H);
   w.hbuf = c.take(2 * N * H);
+  w.order = c.take_aligned(ragged_order_scalars(N));  // ragged inference (ragged.h)
   return w;
 }
 
@@ -74,6 +76,49 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
+// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
+// Arguments checked by forward().
+template <typename Scalar>
+void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
+                    const ForwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+  const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
+  ro.sort();
+  parallel_region(thread_count(opt, d, 1), [&] {
+    forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
+    if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
+    par_gather_rows(ro, a.h0, H, w.hbuf);
+    Index na = N;
+    for (Index s = 0; s < S; ++s) {
+      na = ro.active(s, na);
+      const Scalar* h_prev = w.hbuf + (s % 2) * NH;
+      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NH;
+      par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
+      par_gemm_packed(na, H, d.C, w.xs, d.C, w.wih_p, w.gx, H, false);
+      par_gemm_packed(na, H, H, h_prev, H, w.whh_p, w.gh, H, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < na * nub; ++job) {
+        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = i * H + u0;
+        const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
+        rnn_pointwise_forward(bk, tanh_act, w.gx + off, w.gh + off,
+                              a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
+                              h_next + off, a.y + (t * N + n) * H + u0);
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    scatter_final_state(ro, w.hbuf, H, a.h_n);
+  });
+}
+
 template <typename Scalar>
 void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
              Scalar* workspace) {
@@ -93,6 +138,7 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   const Index TC = proj_chunk_steps(d);
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };

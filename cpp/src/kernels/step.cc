@@ -84,11 +84,15 @@ void gemm(std::int64_t m, std::int64_t ncols, std::int64_t K, const Scalar* A, s
   if (num_threads != 1 && flops >= detail::kMinStepFlopsToSplit) {
     const int n = num_threads > 0 ? num_threads : omp_get_max_threads();
 #pragma omp parallel num_threads(n)
-    detail::par_gemm_packed(m, ncols, K, A, lda, packed, C, ldc, false);
+    {
+      const FlushDenormals fp;  // fpenv.h
+      detail::par_gemm_packed(m, ncols, K, A, lda, packed, C, ldc, false);
+    }
     return;
   }
 #endif
   (void)num_threads;
+  const FlushDenormals fp;
   gemm_serial(m, ncols, K, A, lda, packed, C, ldc);
 }
 
@@ -185,6 +189,7 @@ void rnn_step(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scala
 template <typename Scalar>
 void step(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
           Scalar* scratch) {
+  const FlushDenormals fp;  // fpenv.h
   switch (L.cell) {
     case isa::StepCell::lstm: lstm_step(L, x, h, c, scratch); break;
     case isa::StepCell::gru: gru_step(L, x, h, c, scratch); break;

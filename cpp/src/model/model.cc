@@ -7,6 +7,7 @@
 #include <cstring>
 #include <set>
 
+#include "kernels/fpenv.h"
 #include "fusedrnn/fusedrnn.h"
 #include "model_impl.h"
 
@@ -409,6 +410,7 @@ void run(const ModelImpl& m, const char* fn, std::int64_t T, std::int64_t N, con
   Scalar* cscratch = reinterpret_cast<Scalar*>(base + emb_b + ydir_b + 2 * out_b + hs_b);
   Scalar* ws = reinterpret_cast<Scalar*>(base + emb_b + ydir_b + 2 * out_b + hs_b + cs_b);
 
+  const FlushDenormals fp;  // the head's bias sum too (fpenv.h)
   const Scalar* inp = x;
   if (tokens) {
     const std::int64_t V = c.vocab_size;

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/fpenv.h"
 #include "model_impl.h"
 
 namespace fusedrnn {
@@ -137,6 +138,7 @@ Stream<Scalar>& Stream<Scalar>::operator=(Stream&&) noexcept = default;
 template <typename Scalar>
 void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
   Impl& s = *impl_;
+  const FlushDenormals fp;  // fpenv.h
   const Scalar* in = x_t;
   for (std::int64_t l = 0; l < s.L; ++l) {
     Scalar* h = s.h.data() + l * s.N * s.R;

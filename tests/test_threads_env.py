@@ -1,0 +1,111 @@
+"""Threads beside other work: the OpenMP spin setting made before the runtime loads, the default
+thread count under affinity masks and cgroup CPU quotas, and numpy's BLAS limited to one thread
+for the duration of fusedrnn's own products (python/fusedrnn/_openmp_env.py, _blas.py)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn import _blas, _openmp_env
+
+
+def _fresh(code, **env):
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    e.update(env)
+    out = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SHOW = ("import os, json, fusedrnn; print(json.dumps([os.environ.get('GOMP_SPINCOUNT'), "
+        "fusedrnn.get_num_threads()]))")
+
+
+def test_short_spin_is_set_before_the_runtime_loads_unless_chosen():
+    assert _fresh(SHOW)[0] == _openmp_env.SPIN_COUNT
+    assert _fresh(SHOW, GOMP_SPINCOUNT="5")[0] == "5"
+    assert _fresh(SHOW, OMP_WAIT_POLICY="active")[0] is None
+
+
+def test_omp_num_threads_is_the_kernels_thread_count():
+    assert _fresh(SHOW, OMP_NUM_THREADS="3")[1] == 3
+    assert _fresh(SHOW, OMP_NUM_THREADS="1")[1] == 1
+
+
+def _fake_fs(monkeypatch, files):
+    monkeypatch.setattr(_openmp_env, "_read", lambda p: files.get(p))
+
+
+@pytest.mark.parametrize("files, want", [
+    ({"/proc/self/cgroup": "0::/a/b", "/sys/fs/cgroup/a/b/cpu.max": "max 100000"}, None),
+    ({"/proc/self/cgroup": "0::/a/b", "/sys/fs/cgroup/a/b/cpu.max": "200000 100000"}, 2),
+    ({"/proc/self/cgroup": "0::/a/b", "/sys/fs/cgroup/a/b/cpu.max": "150000 100000"}, 2),
+    ({"/proc/self/cgroup": "0::/a/b", "/sys/fs/cgroup/a/b/cpu.max": "max 100000",
+      "/sys/fs/cgroup/a/cpu.max": "50000 100000"}, 1),        # an ancestor's quota counts
+    ({"/proc/self/cgroup": "4:memory:/x\n2:cpu,cpuacct:/k",
+      "/sys/fs/cgroup/cpu,cpuacct/k/cpu.cfs_quota_us": "300000",
+      "/sys/fs/cgroup/cpu,cpuacct/k/cpu.cfs_period_us": "100000"}, 3),   # cgroup v1
+    ({"/proc/self/cgroup": "2:cpu,cpuacct:/k",
+      "/sys/fs/cgroup/cpu,cpuacct/k/cpu.cfs_quota_us": "-1",
+      "/sys/fs/cgroup/cpu,cpuacct/k/cpu.cfs_period_us": "100000"}, None),
+    ({}, None),
+])
+def test_cgroup_cpu_quota(monkeypatch, files, want):
+    _fake_fs(monkeypatch, files)
+    assert _openmp_env.cgroup_cpu_limit() == want
+
+
+def test_default_threads_capped_by_the_quota_not_by_omp_num_threads(monkeypatch):
+    _fake_fs(monkeypatch, {"/proc/self/cgroup": "0::/c", "/sys/fs/cgroup/c/cpu.max":
+                           "200000 100000"})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _openmp_env.default_threads(16) == 2
+    assert _openmp_env.default_threads(1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    assert _openmp_env.default_threads(8) == 8      # an explicit choice wins
+
+
+def test_one_blas_thread_inside_nested_and_restored():
+    libs = _blas._blas_libs()
+    if not libs:
+        pytest.skip("threadpoolctl finds no BLAS library here")
+    lib = libs[0]
+    before = lib.get_num_threads()
+    seen = []
+    try:
+        lib.set_num_threads(2)
+        with _blas.single_threaded_blas():
+            seen.append(lib.get_num_threads())
+            with _blas.single_threaded_blas():       # nested (another thread's call)
+                seen.append(lib.get_num_threads())
+            seen.append(lib.get_num_threads())
+        seen.append(lib.get_num_threads())
+    finally:
+        lib.set_num_threads(before)
+    assert seen == [1, 1, 1, 2]
+
+
+def test_linear_and_grad_norm_products_run_inside_the_limit(monkeypatch):
+    import contextlib
+    import fusedrnn.module as M
+    import fusedrnn.optim as O
+    calls = []
+
+    @contextlib.contextmanager
+    def spy():
+        calls.append(1)
+        yield
+
+    monkeypatch.setattr(M, "single_threaded_blas", spy)
+    monkeypatch.setattr(O, "single_threaded_blas", spy)
+    lin = fusedrnn.Linear(8, 4, seed=0)
+    y = lin.forward(np.ones((3, 2, 8), np.float32))
+    lin.backward(np.ones_like(y))
+    fusedrnn.clip_grad_norm_(lin.parameters(), 1.0)
+    assert len(calls) == 2 + 2     # forward, backward; the norms of weight and bias
