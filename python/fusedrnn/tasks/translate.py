@@ -299,6 +299,7 @@ class Translate(Task):
     unit = "seq"
     bidirectional_ok = True
     flags = ("data", "embed")
+    cell_options_ok = False   # encoder/decoder state hand-over: plain cells only
     defaults: Dict[str, Any] = {"cell": "lstm", "embed": 32, "hidden": 128, "layers": 1,
                                 "bidirectional": False, "dropout": 0.0, "batch_size": 32,
                                 "lr": 5e-3, "time_budget": 120, "seed": 0}
