@@ -83,26 +83,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=probability, metavar="P",
                    help="dropout between recurrent layers")
     g.add_argument("--embed", type=positive_int, metavar="E", help="embedding size")
-    g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
-                             "refused where it does not apply (e.g. --peepholes with --cell "
-                             "gru, any of them with --task translate); kept in the checkpoint")
-    g.add_argument("--nonlinearity", choices=("tanh", "relu"),
-                   help="--cell rnn: the Elman RNN's activation (default tanh)")
-    g.add_argument("--init", choices=("pytorch", "keras", "irnn"),
-                   help="weight initialisation: pytorch (default, U(+-1/sqrt(H))), keras "
-                        "(glorot / orthogonal), irnn (--cell rnn: identity recurrent "
-                        "weights, zero biases, ReLU; Le, Jaitly & Hinton 2015)")
-    g.add_argument("--peepholes", action=argparse.BooleanOptionalAction, default=None,
-                   help="--cell lstm: peephole connections (Gers et al. 2002)")
-    g.add_argument("--proj-size", type=positive_int, metavar="P",
-                   help="--cell lstm: project h to P units (LSTMP, torch's proj_size)")
-    g.add_argument("--variant", choices=("reset_after", "reset_before"),
-                   help="--cell gru: where the reset gate acts (reset_after = torch/cuDNN, "
-                        "the default; reset_before = Cho et al. 2014, Keras reset_after=False)")
-    g.add_argument("--forget-bias", type=V.parse_float(float("-inf"), what="a finite number"),
-                   metavar="X", help="--cell lstm: add X to the forget-gate bias (the tasks' "
-                                     "default is 1; classify's chrono initialisation is "
-                                     "then off)")
     g = t.add_argument_group("data")
     g.add_argument("--data", metavar="PATH", help="your data file instead of the built-in data")
     g.add_argument("--column", metavar="NAME", help="the column to use in a CSV file")
@@ -131,6 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=nonneg_int, help="seeds the weights, batches and dropout "
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
+    g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
+                             "refused where it does not apply (e.g. --peepholes with --cell "
+                             "gru, any of them with --task translate); kept in the checkpoint")
+    g.add_argument("--nonlinearity", choices=("tanh", "relu"),
+                   help="--cell rnn: the Elman RNN's activation (default tanh)")
+    g.add_argument("--init", choices=("pytorch", "keras", "irnn"),
+                   help="weight initialisation: pytorch (default, U(+-1/sqrt(H))), keras "
+                        "(glorot / orthogonal), irnn (--cell rnn: identity recurrent "
+                        "weights, zero biases, ReLU; Le, Jaitly & Hinton 2015)")
+    g.add_argument("--peepholes", action=argparse.BooleanOptionalAction, default=None,
+                   help="--cell lstm: peephole connections (Gers et al. 2002)")
+    g.add_argument("--proj-size", type=positive_int, metavar="P",
+                   help="--cell lstm: project h to P units (LSTMP, torch's proj_size)")
+    g.add_argument("--variant", choices=("reset_after", "reset_before"),
+                   help="--cell gru: where the reset gate acts (reset_after = torch/cuDNN, "
+                        "the default; reset_before = Cho et al. 2014, Keras reset_after=False)")
+    g.add_argument("--forget-bias", type=V.parse_float(float("-inf"), what="a finite number"),
+                   metavar="X", help="--cell lstm: add X to the forget-gate bias (the tasks' "
+                                     "default is 1; classify's chrono initialisation is "
+                                     "then off)")
     g = t.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>); "
                                                 "created and checked before training")

@@ -37,9 +37,11 @@ __all__ = ["Task", "DataError", "TASK_FLAGS"]
 # (lr, steps, out, threads, ...) only concern one run.
 TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "seq_len",
               "batch_size", "seed", "data", "column", "model", "problem", "min_length",
-              "max_length", "horizon", "window", "embed",
-              # the cell options (tasks.common.CELL_OPTIONS)
-              "nonlinearity", "init", "peepholes", "proj_size", "variant", "forget_bias")
+              "max_length", "horizon", "window", "embed")
+
+# the cell options (tasks.common.CELL_OPTIONS) are task flags too
+TASK_FLAGS = TASK_FLAGS + ("nonlinearity", "init", "peepholes", "proj_size", "variant",
+                           "forget_bias")
 
 
 class DataError(ValueError):
