@@ -220,10 +220,14 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     assert main(["report", str(d)]) == 0
     shot = tmp_path / "shot.png"
     r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                        "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,1600",
+                        "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+                        f"--screenshot={shot}", "--window-size=1200,1600",
                         (d / "report.html").as_uri()], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
+    # the page loads without errors: no script error, no resource that failed to load
+    for bad in ("Uncaught", "net::ERR_", "Not allowed to load"):
+        assert bad not in r.stderr, r.stderr[-2000:]
     img = mpimg.imread(str(shot))[..., :3]
     assert img.std() > 0.05                       # not blank
     # matplotlib's first colour (C0, #1f77b4) is drawn only by the inlined pictures
