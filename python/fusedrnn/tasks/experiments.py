@@ -82,8 +82,8 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
             "--max-length", "60", "--cell", "lstm", "--hidden", "16", "--batch-size", "32",
             "--lr", "3e-3", "--clip", "1"],
            [("LSTM", ["--no-peepholes"]), ("LSTM + peepholes", ["--peepholes"])], 90,
-           "peephole connections let the cells time intervals precisely (Gers, Schraudolph & "
-           "Schmidhuber 2002)",
+           "Gers, Schraudolph & Schmidhuber (2002) added peepholes for precise timing; on "
+           "measuring a delay both variants should learn, peepholes at most helping precision",
            learners=("LSTM", "LSTM + peepholes"), length_flags=("--max-length",)),
 ]}
 
@@ -222,11 +222,18 @@ def plot_experiment(res: Dict[str, Any], path: str) -> Optional[str]:
         a2.plot(secs, vals, "o-", ms=3, color=f"C{k}", label=r["label"])
         base = r["baseline"] if r["baseline"] is not None else base
     metric = res["runs"][0]["metric"] if res["runs"] else ""
+    vals = [e[r["metric"]] for r in res["runs"] for e in r["history"]
+            if e.get(r["metric"]) is not None] + ([base] if base is not None else [])
+    # errors spanning more than two decades: a log scale, so small differences show
+    log = bool(vals) and min(vals) > 0 and max(vals) / min(vals) > 100 and \
+        not (res["runs"] and res["runs"][0]["higher_is_better"])
     for ax, xl in ((a1, "step"), (a2, "training time (s)")):
+        if log:
+            ax.set_yscale("log")
         if base is not None:
             ax.axhline(base, color="gray", ls=":", label=f"baseline {base:.3g}")
         ax.set_xlabel(xl)
-        ax.set_ylabel(f"validation {metric}")
+        ax.set_ylabel(f"validation {metric}" + (" (log scale)" if log else ""))
         ax.grid(alpha=0.3)
     a1.legend()
     fig.suptitle(f"fusedrnn experiment {res['experiment']}: {res['help']}", fontsize=10)
