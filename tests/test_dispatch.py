@@ -78,3 +78,39 @@ def test_forced_instruction_set_matches_reference(level):
     assert got["isa"] == expected
     assert got["activations"] == 4   # tanh and sigmoid accuracy, both dtypes, in this copy
     assert got["checked"] == 32   # 8 cell options (LSTM projection included) x 2 dtypes x 2
+
+
+# FUSEDRNN_ISA (issue 23, item 20): the names build_info prints, in any case; anything else is
+# an error naming the accepted values, never silently ignored.
+def _forced_isa(value):
+    env = dict(os.environ, FUSEDRNN_ISA=value)
+    return subprocess.run([sys.executable, "-c",
+                           "import fusedrnn; print(fusedrnn.build_info()['instruction_set'])"],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("value, copy", [
+    ("baseline", "sse2"), ("BASELINE", "sse2"), ("sse2", "sse2"), ("SSE2", "sse2"),
+    ("avx2", "avx2"), ("AVX2", "avx2"), ("Avx2", "avx2"), ("avx512", "avx512"),
+    ("AVX512", "avx512"), ("", None)])
+def test_fusedrnn_isa_accepts_the_names_build_info_prints(value, copy):
+    best = _run_forced(None)["isa"]
+    compiled = [s.strip() for s in fusedrnn.build_info()["compiled_isas"].split(",")]
+    out = _forced_isa(value)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = out.stdout.strip().splitlines()[-1]  # (an editable install may log its rebuild)
+    if copy is None:       # empty: as if unset
+        assert got == best
+    elif copy in compiled:
+        assert got == ORDER[min(ORDER.index(copy), ORDER.index(best))]
+
+
+@pytest.mark.parametrize("value", ["bogus", "avx", "avx-512", "neon", " avx2"])
+def test_fusedrnn_isa_unknown_value_is_an_error_naming_the_accepted_ones(value):
+    out = _forced_isa(value)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: FUSEDRNN_ISA=")
+    assert repr(value) in last or f"'{value}'" in last
+    for name in ("baseline", "sse2", "avx2", "avx512"):
+        assert name in last

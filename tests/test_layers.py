@@ -496,3 +496,19 @@ def test_frozen_survives_pickle_and_copy():
         assert twin.is_frozen and twin._packed is not frozen._packed
         assert not any(p.data.flags.writeable for p in twin.parameters())
         np.testing.assert_array_equal(twin.forward(x)[0], want)
+
+
+# issue 23, item 19: PyTorch's rule proj_size < hidden_size, the kernel's check.
+@pytest.mark.parametrize("proj_size", [3, 10])
+def test_lstm_rejects_proj_size_not_below_hidden_size(proj_size):
+    with pytest.raises(ValueError, match=rf"^LSTM: lstm_sizes: proj_size P = {proj_size} must be "
+                                         r"< hidden_size H = 3 \(PyTorch's rule"):
+        fusedrnn.LSTM(4, 3, proj_size=proj_size)
+    fusedrnn.LSTM(4, 3, proj_size=2)   # P < H is fine
+
+
+def test_lstm_forward_rejects_projection_not_narrower():
+    x = np.zeros((2, 1, 4))
+    w_hr = np.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"^lstm_sizes: proj_size P = 3 must be < hidden_size"):
+        fusedrnn.lstm_forward(x, np.zeros((12, 4)), np.zeros((12, 3)), w_hr=w_hr)

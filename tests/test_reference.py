@@ -561,3 +561,43 @@ def test_projection_shape_errors(what):
             forward("lstm_proj", dict(inp, **{name: value}), {})
         else:
             ref.lstm_backward(forward("lstm_proj", inp, {}).cache, **dict(cot, **{name: value}))
+
+
+def _clip_margin(inp, opts, clip):
+    """Smallest distance of any pre-clip |c| of the run from the clip bound (FD needs a margin:
+    the clip is not differentiable there)."""
+    cache = forward("lstm", inp, dict(opts, cell_clip=clip)).cache
+    c_pre = cache["f"] * cache["c_prev"] + cache["i"] * cache["g"]
+    active = cache["active"][:, :, None]
+    return float(np.min(np.where(active, np.abs(np.abs(c_pre) - clip), np.inf)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj"])
+@pytest.mark.parametrize("opts", [dict(), dict(lengths=np.array([3, 1, 0, 2])[:N],
+                                               reverse=True)], ids=["plain", "lengths_reverse"])
+def test_fd_cell_clip(cell, opts):
+    """cell_clip (TF1's LSTMCell): every gradient by central differences, with the clip active
+    for some units and steps and not for others."""
+    inp = make_inputs(cell, 31, peep=True)
+    for k in ("x", "h0", "c0"):
+        inp[k] = inp[k] * 3.0        # large cells, so that the clip bites
+    cache = forward(cell, inp, opts).cache
+    clip = float(np.median(np.abs(cache["c"])))
+    while _clip_margin(inp, opts, clip) < 1e-3:
+        clip *= 1.01
+    out = forward(cell, inp, dict(opts, cell_clip=clip))
+    c = out.cache["c"][out.cache["active"]]
+    assert (np.abs(c) == clip).any() and (np.abs(c) < clip).any()   # clipped and not
+    ran = opts["lengths"] > 0 if "lengths" in opts else slice(None)  # length 0 keeps c0
+    assert np.abs(out.c_n[ran]).max() <= clip
+    check_finite_differences(cell, inp, dict(opts, cell_clip=clip), make_cotangents(cell, 31))
+
+
+def test_cell_clip_off_is_the_plain_lstm():
+    inp = make_inputs("lstm", 5, peep=True)
+    plain = forward("lstm", inp, {})
+    for off in (None, 0, 0.0):
+        o = forward("lstm", inp, dict(cell_clip=off))
+        assert np.array_equal(o.y, plain.y) and np.array_equal(o.c_n, plain.c_n)
+    with pytest.raises(ValueError, match="cell_clip must be None or a finite number >= 0"):
+        forward("lstm", inp, dict(cell_clip=-1.0))

@@ -666,9 +666,10 @@ def test_build_info_keys():
 
 # ----------------------------------------------------------------------------------------------
 # The low-level _core functions: their own checks keep the C++ side safe when called directly.
-# Argument order: python/bindings/{lstm,gru,rnn}.cc.
+# Keyword arguments: python/bindings/{lstm,single_state}.cc.
 
-CORE_FLAG = {"lstm": [], "gru": [("reset_after", True)], "rnn": [("relu", False)]}
+CORE_FLAG = {"lstm": [], "gru": [("variant", _core.GruVariant.reset_after)],
+             "rnn": [("nonlinearity", _core.Nonlinearity.tanh)]}
 
 
 CORE_CELLS = CELLS + ("lstm_proj",)
@@ -723,13 +724,14 @@ def core_args(cell, direction, dtype=np.float64):
 def core_cache(cell, dtype):
     """A cache filled by a valid _core forward (read-only: backward only reads it)."""
     fwd = dict(core_args(cell, "forward", dtype)[0])
-    getattr(_core, f"{base_cell(cell)}_forward")(*fwd.values())
+    _core_call(cell, "forward", list(fwd.items()))
     fwd["cache"].flags.writeable = False
     return fwd["cache"]
 
 
 def _core_call(cell, direction, pairs):
-    getattr(_core, f"{base_cell(cell)}_{direction}")(*[v for _, v in pairs])
+    kw = dict(pairs)
+    getattr(_core, f"{base_cell(cell)}_{direction}")(kw.pop("dims"), **kw)
 
 
 def core_params():
@@ -759,12 +761,13 @@ def core_params():
             yield pytest.param(cell, direction, "x", "int", TypeError,
                                r"^x must have dtype float32 or float64, got int64$",
                                id=f"_core.{tag}-x-int64")
+            # The values of dims are the kernel's to check (its size query runs first).
             yield pytest.param(cell, direction, "dims", "zero", ValueError,
-                               r"^dims must be positive$", id=f"_core.{tag}-dims-zero")
-            dims_msg = r"\(T, N, C, H\)" + (r" or \(T, N, C, H, P\)" if base_cell(cell) == "lstm"
-                                            else "")
+                               rf"^{base_cell(cell)}_sizes: dims must be positive "
+                               r"\(T, N, C, H >= 1\)$", id=f"_core.{tag}-dims-zero")
             yield pytest.param(cell, direction, "dims", "three", ValueError,
-                               rf"^dims must be {dims_msg}$", id=f"_core.{tag}-dims-3_items")
+                               r"^dims must be \(T, N, C, H\) or \(T, N, C, H, P\)$",
+                               id=f"_core.{tag}-dims-3_items")
             yield pytest.param(cell, direction, "lengths", "range", ValueError,
                                rf"{fn}: lengths\[1\] = 5 is outside \[0, T=4\]",
                                id=f"_core.{tag}-lengths-out_of_range")
@@ -822,15 +825,14 @@ def _core_projection_cases():
     """(id, cell of the valid call, direction, {argument: replacement}, exception, pattern)."""
     w_hr = np.zeros(P * H)
     five = (T, N, C, H, 0)
-    yield ("w_hr_None_with_P", "lstm_proj", "forward", {"w_hr": None}, ValueError,
-           r"^w_hr must not be None when P > 0$")
-    yield ("w_hr_None_with_P", "lstm_proj", "backward", {"w_hr": None}, ValueError,
-           r"^w_hr must not be None when P > 0$")
+    # The kernel checks the projection (its std::invalid_argument is a ValueError).
     for direction in ("forward", "backward"):
+        yield ("w_hr_None_with_P", "lstm_proj", direction, {"w_hr": None}, ValueError,
+               rf"^lstm_{direction}: w_hr must not be null when P = {P} > 0$")
         yield ("w_hr_without_P", "lstm", direction, {"w_hr": w_hr}, ValueError,
-               r"^w_hr given but dims has no projection \(P = 0\)$")
+               rf"^lstm_{direction}: w_hr given but P = 0 \(no projection\)$")
         yield ("P_negative", "lstm_proj", direction, {"dims": (T, N, C, H, -1)}, ValueError,
-               r"^dims: P must be >= 0 \(0 = no projection\)$")
+               r"^lstm_sizes: Dims::P = -1 must be >= 0 \(0 = no projection\)$")
         yield ("dims_6_items", "lstm_proj", direction, {"dims": (T, N, C, H, P, 1)}, ValueError,
                r"^dims must be \(T, N, C, H\) or \(T, N, C, H, P\)$")
         # dims with P = 0 but arrays sized for P: the sizes of the un-projected LSTM
@@ -839,10 +841,10 @@ def _core_projection_cases():
                                                else {}), ValueError,
                rf"^w_hh must have {4 * H * H} elements, got {4 * H * P}$")
         for cell in ("gru", "rnn"):
-            yield ("dims_with_P", cell, direction, {"dims": five}, ValueError,
-                   r"^dims must be \(T, N, C, H\)$")
+            yield ("dims_with_P", cell, direction, {"dims": (T, N, C, H, 1)}, ValueError,
+                   rf"^{cell}_sizes: Dims::P = 1: projection is an LSTM option, P must be 0 here$")
     yield ("dw_hr_without_P", "lstm", "backward", {"dw_hr": w_hr}, ValueError,
-           r"^dw_hr given but dims has no projection \(P = 0\)$")
+           r"^lstm_backward: dw_hr given but w_hr is null \(P = 0\)$")
 
 
 @pytest.mark.parametrize("cell, direction, changes, exc, pattern", [
@@ -864,10 +866,11 @@ def test_core_projection_dims_with_P_0_are_the_plain_lstm():
     pairs = [(n, (T, N, C, H, 0) if n == "dims" else v) for n, v in pairs]
     _core_call("lstm", "forward", pairs)
     assert np.array_equal(y, want)
-    with pytest.raises(ValueError, match=r"^dims: P must be >= 0"):
+    with pytest.raises(ValueError, match=r"^lstm_sizes: Dims::P = -1 must be >= 0"):
         _core.lstm_sizes((T, N, C, H, -1))
-    with pytest.raises(ValueError, match=r"^dims must be \(T, N, C, H\)$"):
-        _core.gru_sizes((T, N, C, H, 0))
+    assert _core.gru_sizes((T, N, C, H, 0)) == _core.gru_sizes((T, N, C, H))
+    with pytest.raises(ValueError, match=r"^gru_sizes: Dims::P = 1: projection is an LSTM"):
+        _core.gru_sizes((T, N, C, H, 1))
 
 
 @pytest.mark.parametrize("cell", CELLS)

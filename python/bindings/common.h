@@ -1,6 +1,7 @@
-// Helpers shared by the per-cell binding files: zero-copy views of numpy arrays with strict checks
-// (dtype, C order, size, writeability) and dtype dispatch. The Python wrappers already validate
-// with friendlier messages; these checks keep the C++ side safe when _core is called directly.
+// Helpers shared by the binding files: zero-copy views of numpy arrays with the checks C++ cannot
+// make (array-ness, dtype, C order, element count, writeability) and dtype dispatch. Everything
+// else (dims, lengths, projection, which pointers a kernel needs) is the kernel's to check: its
+// std::invalid_argument reaches Python as ValueError.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -23,7 +24,9 @@ const char* dtype_name() {
 }
 
 // Pointer to the data of `obj` (a C-contiguous numpy array of T with exactly `size` elements),
-// or nullptr when obj is None and `optional`.
+// or nullptr when obj is None and `optional`. size == kAnySize: any size (the kernel rejects
+// the array itself, e.g. w_hr given without a projection).
+constexpr std::size_t kAnySize = std::size_t(-1);
 template <typename T>
 T* data_of(const py::handle& obj, const char* name, std::size_t size, bool optional,
            bool writable) {
@@ -41,7 +44,7 @@ T* data_of(const py::handle& obj, const char* name, std::size_t size, bool optio
                          std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous");
-  if (std::size_t(a.size()) != size)
+  if (size != kAnySize && std::size_t(a.size()) != size)
     throw py::value_error(std::string(name) + " must have " + std::to_string(size) +
                           " elements, got " + std::to_string(a.size()));
   if (writable && !a.writeable())
@@ -49,20 +52,53 @@ T* data_of(const py::handle& obj, const char* name, std::size_t size, bool optio
   return static_cast<T*>(const_cast<void*>(a.data()));
 }
 
-// dims (T, N, C, H); with `projection` (the LSTM) also (T, N, C, H, P), P >= 0 (0 = none).
-inline fusedrnn::Dims dims_of(py::tuple t, bool projection = false) {
-  if (t.size() != 4 && !(projection && t.size() == 5))
-    throw py::value_error(projection ? "dims must be (T, N, C, H) or (T, N, C, H, P)"
-                                     : "dims must be (T, N, C, H)");
+// dims (T, N, C, H) or (T, N, C, H, P). Only the tuple's form is checked here: the values
+// are the kernel's to check (the size queries, called first, throw std::invalid_argument).
+inline fusedrnn::Dims dims_of(py::tuple t) {
+  if (t.size() != 4 && t.size() != 5)
+    throw py::value_error("dims must be (T, N, C, H) or (T, N, C, H, P)");
   fusedrnn::Dims d;
   d.T = t[0].cast<std::int64_t>();
   d.N = t[1].cast<std::int64_t>();
   d.C = t[2].cast<std::int64_t>();
   d.H = t[3].cast<std::int64_t>();
   if (t.size() == 5) d.P = t[4].cast<std::int64_t>();
-  if (d.T < 1 || d.N < 1 || d.C < 1 || d.H < 1) throw py::value_error("dims must be positive");
-  if (d.P < 0) throw py::value_error("dims: P must be >= 0 (0 = no projection)");
   return d;
+}
+
+// Element counts of the arrays of a cell with G gates, for dims the size query accepted.
+struct Counts {
+  std::size_t TNC, TNR, NR, NH, GHC, GHR, GH, H3, PH, N;
+  Counts(const fusedrnn::Dims& d, std::size_t G) {
+    const std::size_t T = d.T, N_ = d.N, C = d.C, H = d.H, P = d.P, R = P > 0 ? P : H;
+    TNC = T * N_ * C, TNR = T * N_ * R, NR = N_ * R, NH = N_ * H, GHC = G * H * C;
+    GHR = G * H * R, GH = G * H, H3 = 3 * H, PH = P * H, N = N_;
+  }
+};
+
+// The pointer of an array argument: required / optional (None = null), read-only / written.
+template <typename S>
+const S* in(const py::handle& o, const char* name, std::size_t n) {
+  return data_of<S>(o, name, n, false, false);
+}
+template <typename S>
+const S* opt_in(const py::handle& o, const char* name, std::size_t n) {
+  return data_of<S>(o, name, n, true, false);
+}
+template <typename S>
+S* out(const py::handle& o, const char* name, std::size_t n) {
+  return data_of<S>(o, name, n, false, true);
+}
+template <typename S>
+S* opt_out(const py::handle& o, const char* name, std::size_t n) {
+  return data_of<S>(o, name, n, true, true);
+}
+
+// The kernel options (keyword arguments of every kernel binding).
+inline fusedrnn::Options options_of(bool reverse, int num_threads, bool weights_packed = false) {
+  fusedrnn::Options o;
+  o.reverse = reverse, o.num_threads = num_threads, o.weights_packed = weights_packed;
+  return o;
 }
 
 // Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).
@@ -81,7 +117,7 @@ void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
 }
 
 void register_lstm(py::module_& m);
-void register_gru(py::module_& m);
-void register_rnn(py::module_& m);
+void register_single_state(py::module_& m);  // GRU and RNN (single_state.cc)
+void register_ctc(py::module_& m);           // CTC loss (ctc.cc)
 
 }  // namespace fusedrnn_py

@@ -1,108 +1,112 @@
-// Bindings of the LSTM kernels. Arrays come preallocated from fusedrnn.functional; this file
-// checks them, releases the GIL and calls the kernel. dims is (T, N, C, H) or, with projection,
-// (T, N, C, H, P); R below is the width of h: P if P > 0, else H.
+// Bindings of the LSTM kernels: numpy arrays (preallocated by fusedrnn.functional) into the
+// kernel's argument structs, the GIL released around the call. dims is (T, N, C, H) or, with
+// projection, (T, N, C, H, P); R below is the width of h: P if P > 0, else H.
 #include "common.h"
 #include "fusedrnn/lstm.h"
 
 namespace fusedrnn_py {
 
-namespace {
-
-// w_hr (or dw_hr) must be given exactly when dims has P > 0.
-void check_projection(const fusedrnn::Dims& d, const py::handle& w, const char* name) {
-  if (d.P > 0 && w.is_none())
-    throw py::value_error(std::string(name) + " must not be None when P > 0");
-  if (d.P == 0 && !w.is_none())
-    throw py::value_error(std::string(name) + " given but dims has no projection (P = 0)");
-}
-
-}  // namespace
-
 void register_lstm(py::module_& m) {
-  m.def("lstm_sizes", [](py::tuple dims) {
-    const auto d = dims_of(dims, true);
-    return py::make_tuple(fusedrnn::lstm_cache_size(d), fusedrnn::lstm_forward_workspace_size(d),
-                          fusedrnn::lstm_backward_workspace_size(d));
-  });
+  m.def(
+      "lstm_sizes",
+      [](py::tuple dims) {
+        const auto d = dims_of(dims);
+        return py::make_tuple(fusedrnn::lstm_cache_size(d),
+                              fusedrnn::lstm_forward_workspace_size(d),
+                              fusedrnn::lstm_backward_workspace_size(d));
+      },
+      py::arg("dims"), "(cache, forward workspace, backward workspace) sizes in scalars.");
   m.def(
       "lstm_forward",
-      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, py::handle x,
-         py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh, py::handle h0,
-         py::handle c0, py::handle w_peep, py::handle w_hr, py::handle lengths, py::handle y,
-         py::handle h_n, py::handle c_n, py::handle cache, py::handle workspace) {
-        const auto d = dims_of(dims, true);
-        const fusedrnn::Options opt{reverse, num_threads, weights_packed};
-        const std::size_t G = 4, T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
-        const std::size_t R = P > 0 ? P : H;
+      [](py::tuple dims, py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih,
+         py::handle b_hh, py::handle h0, py::handle c0, py::handle w_peep, py::handle w_hr,
+         py::handle lengths, py::handle y, py::handle h_n, py::handle c_n, py::handle cache,
+         py::handle workspace, double cell_clip, bool reverse, int num_threads,
+         bool weights_packed) {
+        const auto d = dims_of(dims);
+        const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
+        const std::size_t ws_n = fusedrnn::lstm_forward_workspace_size(d);
+        const Counts n(d, 4);
         dispatch_dtype(x, [&](auto tag) {
           using S = decltype(tag);
-          auto px = data_of<S>(x, "x", T * N * C, false, false);
-          auto pwi = data_of<S>(w_ih, "w_ih", G * H * C, false, false);
-          auto pwh = data_of<S>(w_hh, "w_hh", G * H * R, false, false);
-          auto pbi = data_of<S>(b_ih, "b_ih", G * H, true, false);
-          auto pbh = data_of<S>(b_hh, "b_hh", G * H, true, false);
-          auto ph0 = data_of<S>(h0, "h0", N * R, true, false);
-          auto pc0 = data_of<S>(c0, "c0", N * H, true, false);
-          auto pp = data_of<S>(w_peep, "w_peep", 3 * H, true, false);
-          check_projection(d, w_hr, "w_hr");
-          auto pr = data_of<S>(w_hr, "w_hr", P * H, true, false);
-          auto pl = data_of<std::int64_t>(lengths, "lengths", N, true, false);
-          auto py_ = data_of<S>(y, "y", T * N * R, false, true);
-          auto phn = data_of<S>(h_n, "h_n", N * R, false, true);
-          auto pcn = data_of<S>(c_n, "c_n", N * H, false, true);
-          auto pc = data_of<S>(cache, "cache", fusedrnn::lstm_cache_size(d), true, true);
-          auto pw = data_of<S>(workspace, "workspace", fusedrnn::lstm_forward_workspace_size(d),
-                               false, true);
+          fusedrnn::LstmForwardArgs<S> a;
+          a.x = in<S>(x, "x", n.TNC);
+          a.w_ih = in<S>(w_ih, "w_ih", n.GHC);
+          a.w_hh = in<S>(w_hh, "w_hh", n.GHR);
+          a.b_ih = opt_in<S>(b_ih, "b_ih", n.GH);
+          a.b_hh = opt_in<S>(b_hh, "b_hh", n.GH);
+          a.h0 = opt_in<S>(h0, "h0", n.NR);
+          a.c0 = opt_in<S>(c0, "c0", n.NH);
+          a.w_peep = opt_in<S>(w_peep, "w_peep", n.H3);
+          a.w_hr = opt_in<S>(w_hr, "w_hr", d.P > 0 ? n.PH : kAnySize);
+          a.lengths = opt_in<std::int64_t>(lengths, "lengths", n.N);
+          a.cell_clip = S(cell_clip);
+          a.y = out<S>(y, "y", n.TNR);
+          a.h_n = out<S>(h_n, "h_n", n.NR);
+          a.c_n = out<S>(c_n, "c_n", n.NH);
+          a.cache = opt_out<S>(cache, "cache", cache_n);
+          S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_forward<S>(d, opt, px, pwi, pwh, pbi, pbh, ph0, pc0, pp, pr, pl, py_,
-                                    phn, pcn, pc, pw);
+          fusedrnn::lstm_forward<S>(d, a, options_of(reverse, num_threads, weights_packed), ws);
         });
       },
-      "Low-level LSTM forward into preallocated arrays.");
+      py::arg("dims"), py::kw_only(), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih") = py::none(),
+      py::arg("b_hh") = py::none(), py::arg("h0") = py::none(), py::arg("c0") = py::none(),
+      py::arg("w_peep") = py::none(), py::arg("w_hr") = py::none(),
+      py::arg("lengths") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
+      py::arg("cache") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
+      py::arg("reverse") = false, py::arg("num_threads") = 0, py::arg("weights_packed") = false,
+      "LSTM forward into preallocated arrays.");
   m.def(
       "lstm_backward",
-      [](py::tuple dims, bool reverse, int num_threads, py::handle x, py::handle w_ih,
-         py::handle w_hh, py::handle w_peep, py::handle w_hr, py::handle lengths,
-         py::handle cache, py::handle dy, py::handle dh_n, py::handle dc_n, py::handle dx,
-         py::handle dh0, py::handle dc0, py::handle dw_ih, py::handle dw_hh, py::handle db_ih,
-         py::handle db_hh, py::handle dw_peep, py::handle dw_hr, py::handle workspace) {
-        const auto d = dims_of(dims, true);
-        const fusedrnn::Options opt{reverse, num_threads};
-        const std::size_t G = 4, T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
-        const std::size_t R = P > 0 ? P : H;
+      [](py::tuple dims, py::handle x, py::handle w_ih, py::handle w_hh, py::handle w_peep,
+         py::handle w_hr, py::handle lengths, py::handle cache, py::handle dy, py::handle dh_n,
+         py::handle dc_n, py::handle dx, py::handle dh0, py::handle dc0, py::handle dw_ih,
+         py::handle dw_hh, py::handle db_ih, py::handle db_hh, py::handle dw_peep,
+         py::handle dw_hr, py::handle workspace, double cell_clip, bool reverse,
+         int num_threads) {
+        const auto d = dims_of(dims);
+        const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
+        const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d);
+        const Counts n(d, 4);
         dispatch_dtype(x, [&](auto tag) {
           using S = decltype(tag);
-          auto px = data_of<S>(x, "x", T * N * C, false, false);
-          auto pwi = data_of<S>(w_ih, "w_ih", G * H * C, false, false);
-          auto pwh = data_of<S>(w_hh, "w_hh", G * H * R, false, false);
-          auto pp = data_of<S>(w_peep, "w_peep", 3 * H, true, false);
-          check_projection(d, w_hr, "w_hr");
-          auto pr = data_of<S>(w_hr, "w_hr", P * H, true, false);
-          auto pl = data_of<std::int64_t>(lengths, "lengths", N, true, false);
-          auto pc = data_of<S>(cache, "cache", fusedrnn::lstm_cache_size(d), false, false);
-          auto pdy = data_of<S>(dy, "dy", T * N * R, true, false);
-          auto pdhn = data_of<S>(dh_n, "dh_n", N * R, true, false);
-          auto pdcn = data_of<S>(dc_n, "dc_n", N * H, true, false);
-          auto pdx = data_of<S>(dx, "dx", T * N * C, false, true);
-          auto pdh0 = data_of<S>(dh0, "dh0", N * R, true, true);
-          auto pdc0 = data_of<S>(dc0, "dc0", N * H, true, true);
-          auto pdwi = data_of<S>(dw_ih, "dw_ih", G * H * C, true, true);
-          auto pdwh = data_of<S>(dw_hh, "dw_hh", G * H * R, true, true);
-          auto pdbi = data_of<S>(db_ih, "db_ih", G * H, true, true);
-          auto pdbh = data_of<S>(db_hh, "db_hh", G * H, true, true);
-          auto pdp = data_of<S>(dw_peep, "dw_peep", 3 * H, true, true);
-          if (!dw_hr.is_none() && P == 0)
-            throw py::value_error("dw_hr given but dims has no projection (P = 0)");
-          auto pdr = data_of<S>(dw_hr, "dw_hr", P * H, true, true);
-          auto pw = data_of<S>(workspace, "workspace", fusedrnn::lstm_backward_workspace_size(d),
-                               false, true);
-          if (pdp && !pp) throw py::value_error("dw_peep given but w_peep is None");
+          fusedrnn::LstmBackwardArgs<S> a;
+          a.x = in<S>(x, "x", n.TNC);
+          a.w_ih = in<S>(w_ih, "w_ih", n.GHC);
+          a.w_hh = in<S>(w_hh, "w_hh", n.GHR);
+          a.w_peep = opt_in<S>(w_peep, "w_peep", n.H3);
+          a.w_hr = opt_in<S>(w_hr, "w_hr", d.P > 0 ? n.PH : kAnySize);
+          a.lengths = opt_in<std::int64_t>(lengths, "lengths", n.N);
+          a.cell_clip = S(cell_clip);
+          a.cache = in<S>(cache, "cache", cache_n);
+          a.dy = opt_in<S>(dy, "dy", n.TNR);
+          a.dh_n = opt_in<S>(dh_n, "dh_n", n.NR);
+          a.dc_n = opt_in<S>(dc_n, "dc_n", n.NH);
+          a.dx = out<S>(dx, "dx", n.TNC);
+          a.dh0 = opt_out<S>(dh0, "dh0", n.NR);
+          a.dc0 = opt_out<S>(dc0, "dc0", n.NH);
+          a.dw_ih = opt_out<S>(dw_ih, "dw_ih", n.GHC);
+          a.dw_hh = opt_out<S>(dw_hh, "dw_hh", n.GHR);
+          a.db_ih = opt_out<S>(db_ih, "db_ih", n.GH);
+          a.db_hh = opt_out<S>(db_hh, "db_hh", n.GH);
+          a.dw_peep = opt_out<S>(dw_peep, "dw_peep", n.H3);
+          a.dw_hr = opt_out<S>(dw_hr, "dw_hr", d.P > 0 ? n.PH : kAnySize);
+          S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_backward<S>(d, opt, px, pwi, pwh, pp, pr, pl, pc, pdy, pdhn, pdcn, pdx,
-                                     pdh0, pdc0, pdwi, pdwh, pdbi, pdbh, pdp, pdr, pw);
+          fusedrnn::lstm_backward<S>(d, a, options_of(reverse, num_threads), ws);
         });
       },
-      "Low-level LSTM backward into preallocated arrays.");
+      py::arg("dims"), py::kw_only(), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
+      py::arg("w_peep") = py::none(), py::arg("w_hr") = py::none(),
+      py::arg("lengths") = py::none(), py::arg("cache"), py::arg("dy") = py::none(),
+      py::arg("dh_n") = py::none(), py::arg("dc_n") = py::none(), py::arg("dx"),
+      py::arg("dh0") = py::none(), py::arg("dc0") = py::none(), py::arg("dw_ih") = py::none(),
+      py::arg("dw_hh") = py::none(), py::arg("db_ih") = py::none(),
+      py::arg("db_hh") = py::none(), py::arg("dw_peep") = py::none(),
+      py::arg("dw_hr") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
+      py::arg("reverse") = false, py::arg("num_threads") = 0,
+      "LSTM backward into preallocated arrays (parameter gradients accumulate).");
 }
 
 }  // namespace fusedrnn_py

@@ -1,11 +1,15 @@
 // The fusedrnn._core extension module: one register_<cell> per file, plus build information.
 #include "common.h"
+#include "fusedrnn/config.h"
 #include "fusedrnn/fusedrnn.h"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.doc() = "fusedrnn C++ kernels (low level; use the fusedrnn package's functions instead)";
+  // The version without choosing the instruction-set copy: a bad FUSEDRNN_ISA must not make
+  // `import fusedrnn` fail (it is reported by the first call that runs a kernel).
+  m.attr("__version__") = FUSEDRNN_VERSION_STRING;
   m.def("build_info", [] {
     const fusedrnn::BuildInfo b = fusedrnn::build_info();
     py::dict d;
@@ -57,7 +61,15 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       },
       py::arg("a"), py::arg("b"), py::arg("c"), py::arg("num_threads") = 0,
       "c = a @ b by Eigen's GEMM built like the kernels (the benchmark's GEMM peak).");
+  // The cells' formulas: the Python surface takes their names as strings and converts them once
+  // (fusedrnn.functional._formula).
+  py::enum_<fusedrnn::GruVariant>(m, "GruVariant")
+      .value("reset_after", fusedrnn::GruVariant::reset_after)
+      .value("reset_before", fusedrnn::GruVariant::reset_before);
+  py::enum_<fusedrnn::Nonlinearity>(m, "Nonlinearity")
+      .value("tanh", fusedrnn::Nonlinearity::tanh)
+      .value("relu", fusedrnn::Nonlinearity::relu);
   fusedrnn_py::register_lstm(m);
-  fusedrnn_py::register_gru(m);
-  fusedrnn_py::register_rnn(m);
+  fusedrnn_py::register_single_state(m);
+  fusedrnn_py::register_ctc(m);
 }

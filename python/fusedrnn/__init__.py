@@ -19,13 +19,14 @@ from .functional import (
 )
 from .module import Dropout, Embedding, Linear, Module, Parameter, Sequential, register_module
 from .layers import GRU, LSTM, RNN, check_finite, set_check_finite
+from .cells import GRUCell, LSTMCell, RNNCell
 from .convert import from_torch, to_torch
 from .models import RecurrentModel
 from .io import Checkpoint, CheckpointError, load, save
 from . import data, losses, optim
 from .optim import clip_grad_norm_, clip_grad_value_
 
-__version__ = _core.build_info()["version"]
+__version__ = _core.__version__
 
 
 def __getattr__(name):
@@ -52,4 +53,5 @@ __all__ = [
     "LSTM", "GRU", "RNN", "check_finite", "set_check_finite", "from_torch", "to_torch", "RecurrentModel",
     "save", "load", "Checkpoint", "CheckpointError",
     "losses", "optim", "data", "clip_grad_norm_", "clip_grad_value_",
+    "LSTMCell", "GRUCell", "RNNCell",
 ]

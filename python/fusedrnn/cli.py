@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=probability, metavar="P",
                    help="dropout between recurrent layers")
     g.add_argument("--embed", type=positive_int, metavar="E", help="embedding size")
+    g.add_argument("--attention", choices=("none", "bahdanau", "luong", "luong_dot"),
+                   help="translate: attention over the encoder outputs (default none)")
     g = t.add_argument_group("data")
     g.add_argument("--data", metavar="PATH", help="your data file instead of the built-in data")
     g.add_argument("--column", metavar="NAME", help="the column to use in a CSV file")

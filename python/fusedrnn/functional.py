@@ -181,7 +181,7 @@ class _Cache:
     """What backward needs from a training forward: the forward's arguments and the kernel cache."""
 
     __slots__ = ("kind", "dims", "reverse", "flag", "x", "w_ih", "w_hh", "w_peep", "w_hr",
-                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh")
+                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh", "cell_clip")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -193,8 +193,64 @@ class _Cache:
         return f"<fusedrnn {self.kind} cache T={T} N={N} C={C} H={H}{P} {self.x.dtype}>"
 
 
+# ----------------------------------------------------------------------------------------------
+# The one route from Python to the kernels, used by the functional API below and by the layers:
+# _lengths (the lengths argument as an int64 array, checked where it enters), _formula (a GRU
+# variant / RNN nonlinearity name -> the kernel's enum, once), _sizes, and _forward_into /
+# _backward_into (one kernel call into the caller's buffers; the thread count and the scratch
+# workspace are the route's business).
+
+_lengths = _check_lengths
+_FORMULA = {"gru": ("variant", _core.GruVariant), "rnn": ("nonlinearity", _core.Nonlinearity)}
+
+
+def _formula(kind, name):
+    """The kernel's enum for a GRU variant / RNN nonlinearity name (None for the LSTM)."""
+    return None if kind == "lstm" else _FORMULA[kind][1].__members__[name]
+
+
+def _sizes(kind, dims):
+    """(cache, forward workspace, backward workspace) scalars; checks dims like the kernel."""
+    return _SIZES[kind](dims)
+
+
+def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed=False,
+                  **tensors):
+    """<kind>_forward of the kernels: tensors are _core's keyword arguments (x, weights,
+    optional inputs, lengths, outputs y, h_n[, c_n], cache); sizes = _sizes(kind, dims).
+    workspace None: this thread's scratch; else the caller's (``packed``: it holds the weights
+    an earlier call packed, Options::weights_packed)."""
+    if workspace is None:
+        workspace = _workspace(sizes[1], tensors["x"].dtype)
+    if formula is not None:
+        tensors[_FORMULA[kind][0]] = formula
+    getattr(_core, kind + "_forward")(dims, workspace=workspace, reverse=reverse,
+                                      num_threads=_threads(), weights_packed=packed, **tensors)
+
+
+def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
+    """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
+    accumulate); tensors are _core's keyword arguments."""
+    if formula is not None:
+        tensors[_FORMULA[kind][0]] = formula
+    getattr(_core, kind + "_backward")(dims, workspace=_workspace(sizes[2], tensors["x"].dtype),
+                                       reverse=reverse, num_threads=_threads(), **tensors)
+
+
+# ----------------------------------------------------------------------------------------------
+
+def _check_clip(fn, cell_clip):
+    """The LSTM's cell_clip as a float (0 = none); its range is the kernel's to check."""
+    if cell_clip is None:
+        return 0.0
+    if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, numbers.Real):
+        raise TypeError(f"{fn}: cell_clip must be None or a number, got "
+                        f"{type(cell_clip).__name__}")
+    return float(cell_clip)
+
+
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
-             flag, w_hr=None):
+             flag, w_hr=None, cell_clip=None):
     _check_x(fn, x)
     T, N, C, H, P = _check_weights(fn, kind, x, w_ih, w_hh, w_hr)
     R = P or H   # width of h and y
@@ -209,26 +265,26 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     lengths = _check_lengths(fn, lengths, N, T)
     reverse = _check_flag(fn, "reverse", reverse)
     training = _check_flag(fn, "training", training)
+    cell_clip = _check_clip(fn, cell_clip)
 
     dims = (T, N, C, H, P) if P else (T, N, C, H)
-    cache_size, ws_size, _ = _SIZES[kind](dims)
+    sizes = _sizes(kind, dims)
     y = np.empty((T, N, R), dt)
     h_n = np.empty((N, R), dt)
-    buffer = np.empty(cache_size, dt) if training else None
-    workspace = _workspace(ws_size, dt)
+    buffer = np.empty(sizes[0], dt) if training else None
+    tensors = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, lengths=lengths, y=y,
+                   h_n=h_n, cache=buffer)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
-        _core.lstm_forward(dims, reverse, _threads(), False, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                           w_peep, w_hr, lengths, y, h_n, c_n, buffer, workspace)
-    else:
-        getattr(_core, kind + "_forward")(dims, reverse, _threads(), False, flag, x, w_ih, w_hh,
-                                          b_ih, b_hh, h0, lengths, y, h_n, buffer, workspace)
+        tensors.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n, cell_clip=cell_clip)
+    _forward_into(kind, flag, dims, sizes, reverse, **tensors)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
                        w_hh=w_hh, w_peep=w_peep, w_hr=w_hr, lengths=lengths, buffer=buffer,
                        has_h0=h0 is not None, has_c0=c0 is not None,
-                       has_b_ih=b_ih is not None, has_b_hh=b_hh is not None)
+                       has_b_ih=b_ih is not None, has_b_hh=b_hh is not None,
+                       cell_clip=cell_clip)
     if kind == "lstm":
         return LstmOutput(y, h_n, c_n, cache)
     return (GruOutput if kind == "gru" else RnnOutput)(y, h_n, cache)
@@ -252,43 +308,44 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
     if kind == "lstm":
         _check(fn, "dc_n", dc_n, (N, H), dt)
 
-    _, _, ws_size = _SIZES[kind](cache.dims)
-    workspace = _workspace(ws_size, dt)
     dx = np.empty((T, N, C), dt)
     dh0 = np.empty((N, R), dt) if cache.has_h0 else None
     dw_ih = np.zeros((G * H, C), dt)
     dw_hh = np.zeros((G * H, R), dt)
     db_ih = np.zeros(G * H, dt) if cache.has_b_ih else None
     db_hh = np.zeros(G * H, dt) if cache.has_b_hh else None
+    tensors = dict(x=cache.x, w_ih=cache.w_ih, w_hh=cache.w_hh, lengths=cache.lengths,
+                   cache=cache.buffer, dy=dy, dh_n=dh_n, dx=dx, dh0=dh0, dw_ih=dw_ih, dw_hh=dw_hh,
+                   db_ih=db_ih, db_hh=db_hh)
     if kind == "lstm":
         dc0 = np.empty((N, H), dt) if cache.has_c0 else None
         dw_peep = np.zeros((3, H), dt) if cache.w_peep is not None else None
         dw_hr = np.zeros((P, H), dt) if P else None
-        _core.lstm_backward(cache.dims, cache.reverse, _threads(), cache.x, cache.w_ih,
-                            cache.w_hh, cache.w_peep, cache.w_hr, cache.lengths, cache.buffer, dy,
-                            dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr,
-                            workspace)
+        tensors.update(w_peep=cache.w_peep, w_hr=cache.w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep,
+                       dw_hr=dw_hr, cell_clip=cache.cell_clip)
+    _backward_into(kind, cache.flag, cache.dims, _sizes(kind, cache.dims), cache.reverse,
+                   **tensors)
+    if kind == "lstm":
         return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr)
-    getattr(_core, kind + "_backward")(cache.dims, cache.reverse, _threads(), cache.flag, cache.x,
-                                       cache.w_ih, cache.w_hh, cache.lengths, cache.buffer, dy,
-                                       dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, workspace)
     return (GruGrads if kind == "gru" else RnnGrads)(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
 
 
 # ----------------------------------------------------------------------------------------------
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
-                 w_hr=None, lengths=None, reverse=False, training=True) -> LstmOutput:
+                 w_hr=None, lengths=None, reverse=False, training=True,
+                 cell_clip=None) -> LstmOutput:
     """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H];
     optional projection w_hr [P, H], PyTorch's proj_size: h = (o*tanh(c)) w_hrᵀ).
 
     x [T, N, C]; w_ih [4H, C]; w_hh [4H, R]; b_ih, b_hh [4H]; h0 [N, R]; c0 [N, H];
     lengths [N]; R = P with w_hr, else H. Returns LstmOutput(y [T, N, R], h_n [N, R],
-    c_n [N, H], cache); cache is None when ``training=False``. See
-    :func:`fusedrnn.reference.lstm_forward` for the equations.
+    c_n [N, H], cache); cache is None when ``training=False``. cell_clip (TF1's
+    LSTMCell(cell_clip)): None, or c clipped to [-cell_clip, cell_clip] after each update.
+    See :func:`fusedrnn.reference.lstm_forward` for the equations.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
-                    reverse, training, None, w_hr)
+                    reverse, training, None, w_hr, cell_clip)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
@@ -312,7 +369,7 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_
         raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
                          f"got {variant!r}")
     return _forward("gru_forward", "gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, variant == "reset_after")
+                    reverse, training, _formula("gru", variant))
 
 
 def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
@@ -331,7 +388,7 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', "
                          f"got {nonlinearity!r}")
     return _forward("rnn_forward", "rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, nonlinearity == "relu")
+                    reverse, training, _formula("rnn", nonlinearity))
 
 
 def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:

@@ -22,6 +22,12 @@ its kernel caches, inter-layer activations and gradient buffers between calls an
 while the shapes stay the same; parameter gradients are accumulated by the kernels directly into
 ``Parameter.grad``. Only the returned arrays (output, final state, d_x) are fresh.
 
+Threads: one layer may be called from several Python threads at once, in train and eval mode.
+The buffers, the training context of a forward and ``d_state`` are per thread (a thread's
+backward differentiates that thread's last forward); backward calls are serialised while they
+accumulate into ``Parameter.grad`` (the sum over the threads' backward calls, in the order
+they ran).
+
 Dropout (train mode only, ``dropout > 0``) multiplies each layer's output except the last by a
 mask from the layer's own seeded generator; the recurrent path is never dropped.
 
@@ -44,7 +50,6 @@ from typing import Optional
 
 import numpy as np
 
-from . import _core
 from . import functional as F
 from .module import (Module, Parameter, _dtype, _positive_int, _probability, _seed,
                      register_module)
@@ -127,6 +132,38 @@ class _PackedSpaces(threading.local):
         return _PackedSpaces, ()
 
 
+class _PerThread(threading.local):
+    """A layer's state between calls, kept per thread: the reused buffers (kernel caches,
+    inter-layer activations, gradient buffers), the training context of the last forward and
+    d_state. So concurrent forward/backward calls on one layer from several threads each see
+    their own (item 14 of issue 23). Pickled and copied as a fresh, empty store."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.ctx = None
+        self.d_state = None
+
+    def __reduce__(self):
+        return _PerThread, ()
+
+
+class _GradLock:
+    """Serialises the kernels' accumulation into Parameter.grad across threads (one per
+    layer); pickled and copied as a fresh lock."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    def __reduce__(self):
+        return _GradLock, ()
+
+
 class _RNNBase(Module):
     _mode = ""
 
@@ -162,6 +199,12 @@ class _RNNBase(Module):
             raise ValueError(f"{fn}: forget_bias needs bias=True")
         dt = _dtype(fn, dtype)
         seed = _seed(fn, seed)
+        if self._mode == "LSTM" and proj_size:
+            # The kernel is the one authority on projection sizes (torch's rule: P < H).
+            try:
+                F._sizes("lstm", (1, 1, input_size, hidden_size, proj_size))
+            except ValueError as e:
+                raise ValueError(f"{fn}: {e}") from None
 
         self.mode = self._mode
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -177,9 +220,8 @@ class _RNNBase(Module):
         init_seq, drop_seq = np.random.SeedSequence(seed).spawn(2)
         self._drop_rng = np.random.default_rng(drop_seq)
         self._init_parameters(np.random.default_rng(init_seq))
-        self.d_state = None
-        self._buffers = {}
-        self._ctx = None
+        self._tls = _PerThread()     # per thread: buffers, training context, d_state
+        self._grad_lock = _GradLock()
         self._packed = None  # frozen(): per-thread workspaces holding the packed weights
 
     # -- parameters --------------------------------------------------------------------------
@@ -227,6 +269,29 @@ class _RNNBase(Module):
         return (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
                 get("weight_hr"), get("weight_peep"))
 
+    # -- per-thread state (_PerThread) ------------------------------------------------------
+    @property
+    def _buffers(self):
+        return self._tls.buffers
+
+    @property
+    def _ctx(self):
+        return self._tls.ctx
+
+    @_ctx.setter
+    def _ctx(self, value):
+        self._tls.ctx = value
+
+    @property
+    def d_state(self):
+        """The gradient of the initial state after this thread's last backward (None when the
+        forward had no state)."""
+        return self._tls.d_state
+
+    @d_state.setter
+    def d_state(self, value):
+        self._tls.d_state = value
+
     def flatten_parameters(self) -> None:
         """No-op (torch compatibility): parameters are always contiguous here."""
 
@@ -239,11 +304,6 @@ class _RNNBase(Module):
         if zero:
             buf.fill(0)
         return buf
-
-    def _sizes(self, dims):
-        if self._mode == "LSTM":
-            return _core.lstm_sizes(dims)
-        return (_core.gru_sizes if self._mode == "GRU" else _core.rnn_sizes)(dims[:4])
 
     # -- argument checks ----------------------------------------------------------------------
     def _check_input(self, x):
@@ -291,14 +351,13 @@ class _RNNBase(Module):
         fn = f"{type(self).__name__}.forward"
         T, N = self._check_input(x)
         h0, c0 = self._split_state(fn, state, N)
-        lengths = F._check_lengths(fn, lengths, N, T)
+        lengths = F._lengths(fn, lengths, N, T)
         L, D, R, H, G = self.num_layers, self.num_directions, self.state_size, self.hidden_size, \
             self.gates
         training = self.training
         if training and self._packed is not None:
             raise RuntimeError(f"{fn}: a frozen layer runs inference only (it is in train "
                                f"mode); train the layer it was frozen from and freeze it again")
-        threads = F._threads()
 
         if self.batch_first:
             inp = self._buffer(("x",), (T, N, self.input_size))
@@ -342,7 +401,7 @@ class _RNNBase(Module):
                 self._kernel_forward((T, N, C, H, self.proj_size), sfx, inp,
                                      None if h0 is None else h0[idx],
                                      None if c0 is None else c0[idx], lengths, direction == 1,
-                                     training, threads, y, h_n[idx],
+                                     training, y, h_n[idx],
                                      None if c_n is None else c_n[idx],
                                      ("cache", layer, direction))
                 if checking:
@@ -369,37 +428,41 @@ class _RNNBase(Module):
         output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp
         return output, ((h_n, c_n) if self._mode == "LSTM" else h_n)
 
-    def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, threads, y, h_n,
-                        c_n, cache_key):
+    def _kind(self):
+        """The cell's kind and formula for the kernels (fusedrnn.functional's route)."""
+        kind = self._mode.lower()
+        return kind, F._formula(kind, self.variant if kind == "gru" else self.nonlinearity)
+
+    def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
+                        cache_key):
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
         data = lambda p: None if p is None else p.data  # noqa: E731
-        cache_size, ws_size, _ = self._sizes(dims)
-        cache = self._buffer(cache_key, (cache_size,)) if training else None
-        if self._packed is None:
-            ws, packed = F._workspace(ws_size, self.dtype), False
-        else:
+        kind, formula = self._kind()
+        if kind != "lstm":
+            dims = dims[:4]
+        sizes = F._sizes(kind, dims)
+        cache = self._buffer(cache_key, (sizes[0],)) if training else None
+        ws, packed = None, False
+        if self._packed is not None:
             # Frozen: this thread's own workspace for this layer and direction; the kernels
             # packed the weights at its start on the first call (their offset there depends on
             # the cell and its sizes only), so later calls skip packing. A larger call needs a
             # larger workspace, which is packed anew.
             spaces = self._packed.spaces
             ws = spaces.get(cache_key)
-            packed = ws is not None and ws.size >= ws_size
+            packed = ws is not None and ws.size >= sizes[1]
             if not packed:
-                ws = spaces[cache_key] = np.empty(ws_size, self.dtype)
-            ws = ws[:ws_size]  # same start, so the packed weights stay where they were
-        h0 = None if h0 is None else np.ascontiguousarray(h0)
-        if self._mode == "LSTM":
-            c0 = None if c0 is None else np.ascontiguousarray(c0)
-            _core.lstm_forward(dims, reverse, threads, packed, x, w_ih.data, w_hh.data,
-                               data(b_ih), data(b_hh), h0, c0, data(w_peep), data(w_hr), lengths,
-                               y, h_n, c_n, cache, ws)
-        else:
-            flag = self.variant == "reset_after" if self._mode == "GRU" else \
-                self.nonlinearity == "relu"
-            getattr(_core, self._mode.lower() + "_forward")(
-                dims[:4], reverse, threads, packed, flag, x, w_ih.data, w_hh.data, data(b_ih),
-                data(b_hh), h0, lengths, y, h_n, cache, ws)
+                ws = spaces[cache_key] = np.empty(sizes[1], self.dtype)
+            ws = ws[:sizes[1]]  # same start, so the packed weights stay where they were
+        tensors = dict(x=x, w_ih=w_ih.data, w_hh=w_hh.data, b_ih=data(b_ih), b_hh=data(b_hh),
+                       h0=None if h0 is None else np.ascontiguousarray(h0), lengths=lengths,
+                       y=y, h_n=h_n, cache=cache)
+        if kind == "lstm":
+            tensors.update(c0=None if c0 is None else np.ascontiguousarray(c0),
+                           w_peep=data(w_peep), w_hr=data(w_hr), c_n=c_n,
+                           cell_clip=self.cell_clip or 0.0)
+        F._forward_into(kind, formula, dims, sizes, reverse, workspace=ws, packed=packed,
+                        **tensors)
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, d_output, d_state=None):
@@ -414,7 +477,6 @@ class _RNNBase(Module):
         if d_output is not None:
             self._check_state(fn, "d_output", d_output, want)
         dh_n, dc_n = self._split_state(fn, d_state, N, "d_state")
-        threads = F._threads()
         has_state = ctx["has_state"]
         checking = _checking()
         name = type(self).__name__
@@ -431,60 +493,61 @@ class _RNNBase(Module):
             np.copyto(d_out, d_output.transpose(1, 0, 2))
         else:
             d_out = d_output
-        for layer in reversed(range(L)):
-            inp = ctx["inputs"][layer]
-            C = inp.shape[2]
-            dx = self._buffer(("dx", layer % 2), (T, N, C)) if layer else \
-                np.empty((T, N, C), self.dtype)
-            for direction in range(D):
-                idx = layer * D + direction
-                sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                if D == 1:
-                    dy = d_out if d_out.flags.c_contiguous else np.ascontiguousarray(d_out)
-                else:
-                    dy = self._buffer(("dy",), (T, N, R))
-                    np.copyto(dy, d_out[:, :, direction * R:(direction + 1) * R])
-                dxd = dx if direction == 0 else self._buffer(("dx_rev", layer > 0), (T, N, C))
-                self._kernel_backward(
-                    (T, N, C, H, self.proj_size), sfx, inp, lengths, direction == 1, threads,
-                    ("cache", layer, direction), dy,
-                    None if dh_n is None else np.ascontiguousarray(dh_n[idx]),
-                    None if dc_n is None else np.ascontiguousarray(dc_n[idx]), dxd,
-                    None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx])
-                if checking:
-                    _first_nonfinite(f"{name}.backward: layer {layer}"
-                                     + (" (reverse direction)" if direction else "")
-                                     + " input gradient", dxd, 0, reverse=direction == 0)
-                if direction == 1:
-                    dx += dxd
-            if layer:
-                mask = ctx["masks"][layer - 1]
-                if mask is not None:
-                    dx *= mask
-            d_out = dx
+        # Parameter.grad is shared by the threads: one backward at a time accumulates into it.
+        with self._grad_lock:
+            for layer in reversed(range(L)):
+                inp = ctx["inputs"][layer]
+                C = inp.shape[2]
+                dx = self._buffer(("dx", layer % 2), (T, N, C)) if layer else \
+                    np.empty((T, N, C), self.dtype)
+                for direction in range(D):
+                    idx = layer * D + direction
+                    sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                    if D == 1:
+                        dy = d_out if d_out.flags.c_contiguous else np.ascontiguousarray(d_out)
+                    else:
+                        dy = self._buffer(("dy",), (T, N, R))
+                        np.copyto(dy, d_out[:, :, direction * R:(direction + 1) * R])
+                    dxd = dx if direction == 0 else \
+                        self._buffer(("dx_rev", layer > 0), (T, N, C))
+                    self._kernel_backward(
+                        (T, N, C, H, self.proj_size), sfx, inp, lengths, direction == 1,
+                        ("cache", layer, direction), dy,
+                        None if dh_n is None else np.ascontiguousarray(dh_n[idx]),
+                        None if dc_n is None else np.ascontiguousarray(dc_n[idx]), dxd,
+                        None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx])
+                    if checking:
+                        _first_nonfinite(f"{name}.backward: layer {layer}"
+                                         + (" (reverse direction)" if direction else "")
+                                         + " input gradient", dxd, 0, reverse=direction == 0)
+                    if direction == 1:
+                        dx += dxd
+                if layer:
+                    mask = ctx["masks"][layer - 1]
+                    if mask is not None:
+                        dx *= mask
+                d_out = dx
         self.d_state = None if not has_state else ((dh0, dc0) if self._mode == "LSTM" else dh0)
         if self.batch_first:
             return np.ascontiguousarray(d_out.transpose(1, 0, 2))
         return d_out
 
-    def _kernel_backward(self, dims, sfx, x, lengths, reverse, threads, cache_key, dy, dh_n,
-                         dc_n, dx, dh0, dc0):
+    def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
+                         dh0, dc0):
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
         grad = lambda p: None if p is None else p.grad  # noqa: E731
         data = lambda p: None if p is None else p.data  # noqa: E731
-        ws = F._workspace(self._sizes(dims)[2], self.dtype)
-        cache = self._buffers[cache_key]
-        if self._mode == "LSTM":
-            _core.lstm_backward(dims, reverse, threads, x, w_ih.data, w_hh.data, data(w_peep),
-                                data(w_hr), lengths, cache, dy, dh_n, dc_n, dx, dh0, dc0,
-                                w_ih.grad, w_hh.grad, grad(b_ih), grad(b_hh), grad(w_peep),
-                                grad(w_hr), ws)
-        else:
-            flag = self.variant == "reset_after" if self._mode == "GRU" else \
-                self.nonlinearity == "relu"
-            getattr(_core, self._mode.lower() + "_backward")(
-                dims[:4], reverse, threads, flag, x, w_ih.data, w_hh.data, lengths, cache, dy,
-                dh_n, dx, dh0, w_ih.grad, w_hh.grad, grad(b_ih), grad(b_hh), ws)
+        kind, formula = self._kind()
+        if kind != "lstm":
+            dims = dims[:4]
+        tensors = dict(x=x, w_ih=w_ih.data, w_hh=w_hh.data, lengths=lengths,
+                       cache=self._buffers[cache_key], dy=dy, dh_n=dh_n, dx=dx, dh0=dh0,
+                       dw_ih=w_ih.grad, dw_hh=w_hh.grad, db_ih=grad(b_ih), db_hh=grad(b_hh))
+        if kind == "lstm":
+            tensors.update(w_peep=data(w_peep), w_hr=data(w_hr), dc_n=dc_n, dc0=dc0,
+                           dw_peep=grad(w_peep), dw_hr=grad(w_hr),
+                           cell_clip=self.cell_clip or 0.0)
+        F._backward_into(kind, formula, dims, F._sizes(kind, dims), reverse, **tensors)
 
     # -- frozen inference ---------------------------------------------------------------------
     def frozen(self) -> "_RNNBase":
@@ -498,10 +561,9 @@ class _RNNBase(Module):
         has no backward. Results equal this layer's eval-mode forward bit for bit.
         """
         import copy
-        # Deep-copy everything but the reusable buffers and the training context (the memo maps
-        # them to fresh, empty ones).
-        memo = {id(self._buffers): {}, id(self._ctx): None}
-        twin = copy.deepcopy(self, memo)
+        # Deep-copy everything but the per-thread buffers and training context (they copy as a
+        # fresh, empty store).
+        twin = copy.deepcopy(self)
         twin.eval()
         twin.d_state = None
         twin._packed = _PackedSpaces()
@@ -526,7 +588,8 @@ class _RNNBase(Module):
 
     # -- misc ---------------------------------------------------------------------------------
     def release_buffers(self) -> None:
-        """Frees the buffers kept between calls (they come back on the next forward)."""
+        """Frees this thread's buffers kept between calls (they come back on the next
+        forward)."""
         self._buffers.clear()
         self._ctx = None
         if self._packed is not None:
@@ -543,22 +606,29 @@ class LSTM(_RNNBase):
     init: 'pytorch' (U(±1/√H) everywhere) or 'keras' (glorot-uniform input and projection
     weights, orthogonal recurrent weights, zero biases with the forget block at 1).
     forget_bias is added to the forget block of bias_ih after initialisation.
+    cell_clip (TF1's LSTMCell(cell_clip)): None, or a number > 0: every layer's cell state is
+    clipped to [-cell_clip, cell_clip] after each update (see fusedrnn.lstm_forward). Recorded
+    in the config only when set (the C++ Model does not read it).
     """
     _mode = "LSTM"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
-                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None):
+                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None, cell_clip=None):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size=proj_size, peepholes=peepholes,
                          forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
+        if cell_clip is not None and not (F._check_clip("LSTM", cell_clip) > 0
+                                          and math.isfinite(cell_clip)):
+            raise ValueError(f"LSTM: cell_clip must be None or a finite number > 0, "
+                             f"got {cell_clip!r}")
+        self.cell_clip = None if cell_clip is None else float(cell_clip)
         self._record(input_size=self.input_size, hidden_size=self.hidden_size,
                      num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                      dropout=self.dropout, bidirectional=self.bidirectional,
                      proj_size=self.proj_size, peepholes=self.peepholes,
-                     forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed)
-        if self.proj_size >= self.hidden_size:
-            pass  # torch requires proj_size < hidden_size; the kernels do not, so neither do we
+                     forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed,
+                     **({} if cell_clip is None else {"cell_clip": self.cell_clip}))
 
 
 @register_module

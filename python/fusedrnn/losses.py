@@ -421,3 +421,9 @@ def mse(pred: np.ndarray, target: np.ndarray, *, mask: Optional[np.ndarray] = No
     per = diff * diff
     diff *= 2.0
     return _reduce(per, diff, reduction, n)
+
+
+# -- CTC (the kernel and its checks live in fusedrnn.ctc) --------------------------------------
+from .ctc import ctc, ctc_logits  # noqa: E402
+
+__all__ += ["ctc", "ctc_logits"]

@@ -52,6 +52,8 @@ cache).  Per-step arrays in it are indexed by step s, not by time t:
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from ._types import GruGrads, GruOutput, LstmGrads, LstmOutput, RnnGrads, RnnOutput
@@ -196,8 +198,18 @@ def _projection_size(w_hr):
     return shape[0]
 
 
+def _cell_clip(cell_clip):
+    """None or 0: no clip; else a finite number > 0."""
+    if cell_clip is None:
+        return 0.0
+    if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, numbers.Real) \
+            or not (0 <= cell_clip < np.inf):
+        raise ValueError(f"cell_clip must be None or a finite number >= 0, got {cell_clip!r}")
+    return float(cell_clip)
+
+
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
-                 w_hr=None, lengths=None, reverse=False, training=True):
+                 w_hr=None, lengths=None, reverse=False, training=True, cell_clip=None):
     """LSTM over a sequence; PyTorch gate order i, f, g, o, optional peepholes, optional
     projection (PyTorch's proj_size).
 
@@ -208,7 +220,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
         i  = σ(W_i x + b_ii + U_i h + b_hi + p_i∘c)
         f  = σ(W_f x + b_if + U_f h + b_hf + p_f∘c)
         g  = tanh(W_g x + b_ig + U_g h + b_hg)
-        c' = f∘c + i∘g
+        c' = f∘c + i∘g,  clipped to [−cell_clip, cell_clip] when cell_clip > 0 (TF1's
+             LSTMCell(cell_clip)): the clipped c' is what o, h and the next step see
         o  = σ(W_o x + b_io + U_o h + b_ho + p_o∘c')      (o's peephole sees the NEW cell)
         m  = o∘tanh(c')                                    [N, H]
         h' = m W_hrᵀ   with w_hr [P, H]                    [N, P]
@@ -221,7 +234,9 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
     training=False.  See the module docstring for lengths and reverse.
     """
     P = _projection_size(w_hr)
+    clip = _cell_clip(cell_clip)
     p = _prepare(x, w_ih, w_hh, b_ih, b_hh, h0, 4, lengths, reverse, P)
+    p["cell_clip"] = clip
     T, N, H, R, dt = p["T"], p["N"], p["H"], p["R"], p["dtype"]
     p["P"] = P
     p["w_hr"] = _param(w_hr, dt, (P, H), "w_hr", optional=True)
@@ -252,6 +267,8 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
         f = _sigmoid(a_f + p_f * c)
         g = np.tanh(a_g)
         c_new = f * c + i * g
+        if clip:
+            c_new = np.clip(c_new, -clip, clip)
         o = _sigmoid(a_o + p_o * c_new)
         m = o * np.tanh(c_new)                                   # [N, H]
         h_new = m if w_hr is None else m @ w_hr.T                # [N, R]
@@ -317,6 +334,10 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None):
         # o = σ(a_o + p_o∘c'): da_o = do∘o(1−o); c' also feeds o through p_o.
         da_o = do * o * (1 - o)
         dc_new = dc_new + da_o * p_o
+        # c' = clip(c'_pre): the gradient passes where the clip was inactive, |c'| < cell_clip
+        # (c' is the clipped value: one exactly at the bound counts as clipped).
+        if cache["cell_clip"]:
+            dc_new = np.where(np.abs(c) < cache["cell_clip"], dc_new, 0)
         # c' = f∘c + i∘g.
         di = dc_new * g
         dg = dc_new * i

@@ -31,18 +31,41 @@ time-major; a PackedSequence is unpacked to padded time-major + lengths (the ker
 variable-length mode) and the output packed again; bidirectional outputs are concatenated;
 ``hx`` is reordered for an unsorted PackedSequence (as torch.nn does). Anything else raises
 (TypeError for a wrong type, dtype or layout; ValueError for a wrong device, shape or a
-non-contiguous parameter); nothing falls back to torch's implementation.
+non-contiguous parameter); nothing falls back to torch's implementation in eager mode.
+
+Beyond forward/backward:
+
+- Pickling (``torch.save(model)``, ``pickle``, multiprocessing) writes a layer as its torch.nn
+  class (torch.nn.modules.rnn.LSTM etc.: the same attributes and parameters), so the file loads
+  where fusedrnn is not installed, and ``torch.load`` returns the torch.nn layer. Importing this
+  module registers those three classes with ``torch.serialization.add_safe_globals`` (torch.load's
+  default ``weights_only=True``). Layers with ``peepholes=True`` or ``variant="reset_before"``
+  have no torch.nn form and raise ``pickle.PicklingError`` (save the state_dict instead).
+  ``copy.copy`` / ``copy.deepcopy`` keep the fusedrnn class.
+- While torch records a graph for another runtime (``torch.export``, ``torch.onnx.export`` with
+  either exporter, ``torch.jit.trace``) the layers run torch.nn's forward, so the graph is the
+  stock layer's; the fusedrnn-only configurations raise RuntimeError there.
+  ``torch.jit.script`` raises a RuntimeError saying so (``__prepare_scriptable__``).
+- ``torch.compile``: the fused path is ``torch.compiler.disable``d, a graph break; dynamo never
+  traces into the NumPy calls, and the kernels run eagerly (without dynamo imported, nothing
+  of this runs: ``import fusedrnn.torch`` does not import torch._dynamo).
+- Double backward raises RuntimeError (a strict ``once_differentiable``: also when the incoming
+  gradients do not require grad, e.g. ``torch.autograd.grad(y.sum(), x, create_graph=True)``).
 
 Threads: the kernels use :func:`fusedrnn.set_num_threads` (default: OpenMP's, i.e.
 ``OMP_NUM_THREADS`` or all cores), independently of ``torch.set_num_threads``.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import numbers
+import pickle
+import sys
 
 import torch  # the real PyTorch (absolute import), not this module
-from torch.autograd.function import once_differentiable
+from torch._C import _functions as _autograd_functions
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as _F
@@ -50,6 +73,8 @@ from . import functional as _F
 __all__ = ["LSTM", "GRU", "RNN"]
 
 _DTYPES = (torch.float32, torch.float64)
+_RNN = torch.nn.modules.rnn
+_STOCK = {"LSTM": _RNN.LSTM, "GRU": _RNN.GRU, "RNN": _RNN.RNN}     # torch's own classes
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep")
 # the fields of fusedrnn.functional's cache that hold arrays backed by the tensors saved in ctx
 _CACHE_ARRAYS = ("x", "w_ih", "w_hh", "w_peep", "w_hr", "buffer")
@@ -104,6 +129,43 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
                           nonlinearity=flag, lengths=lengths, reverse=reverse, training=training)
 
 
+_DOUBLE_BACKWARD = (
+    "fusedrnn.torch: double backward is not supported: a gradient computed with "
+    "create_graph=True (e.g. torch.autograd.grad(..., create_graph=True) for a gradient "
+    "penalty, or a Hessian) was differentiated again through an LSTM/GRU/RNN layer, and "
+    "fusedrnn's kernels have no second derivative. Use the torch.nn layer for that model")
+
+
+def _first_order_only(backward):
+    """torch's ``once_differentiable``, made strict: under ``create_graph=True`` the returned
+    gradients always carry a node that raises ``_DOUBLE_BACKWARD`` if they are differentiated.
+
+    (torch's decorator attaches that node only when an incoming gradient requires grad; for
+    ``torch.autograd.grad(y.sum(), x, create_graph=True)`` none does, and the gradient came back
+    as a constant: a gradient penalty then silently added nothing for the layer's second
+    derivative.)
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            outputs = backward(ctx, *grads)
+        if not torch.is_grad_enabled():         # create_graph=False: the usual case
+            return outputs
+        err = _autograd_functions.DelayedError(_DOUBLE_BACKWARD, len(outputs))
+
+        def fake_requires_grad(t):
+            if t is None:
+                return None
+            t = t.detach()
+            t.requires_grad = True
+            return t
+
+        with torch.enable_grad():
+            return err(*[fake_requires_grad(t) for t in outputs])
+
+    return wrapper
+
+
 class _LayerFunction(torch.autograd.Function):
     """One layer, one direction: (x, h0, c0, weights) -> (y, h_n[, c_n]) through the kernels.
 
@@ -132,7 +194,7 @@ class _LayerFunction(torch.autograd.Function):
         return torch.from_numpy(out.y), torch.from_numpy(out.h_n)
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, *grads):
         cache = ctx.kernel_cache
         for field, t in zip(_CACHE_ARRAYS, ctx.saved_tensors):
@@ -158,8 +220,76 @@ class _LayerFunction(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------------------------
 
+def _graph_mode():
+    """True while torch records a graph for another runtime: torch.export (and the ONNX dynamo
+    exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace."""
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or ("torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()))
+
+
 class _Base:
     """The forward shared by LSTM, GRU and RNN (mixed into the torch.nn classes)."""
+
+    def _stock_class(self):
+        # from torch.nn.modules.rnn: a launcher may have installed fusedrnn into torch.nn
+        return _STOCK.get(self.mode, _STOCK["RNN"])
+
+    def _fusedrnn_only(self):
+        """The constructor argument torch.nn cannot represent (None if there is none)."""
+        if getattr(self, "peepholes", False):
+            return "peepholes=True"
+        if getattr(self, "variant", "reset_after") != "reset_after":
+            return f"variant={self.variant!r}"
+        return None
+
+    # -- pickling: a fusedrnn.torch layer is saved as its torch.nn class -----------------------
+
+    def __reduce_ex__(self, protocol):
+        """Pickled (torch.save, pickle, multiprocessing) as the torch.nn class with the same
+        attributes and parameters, so the file loads without fusedrnn; see the module
+        docstring. copy.copy / copy.deepcopy keep the fusedrnn class (__copy__/__deepcopy__)."""
+        name = type(self).__name__
+        extra = self._fusedrnn_only()
+        if extra is not None:
+            raise pickle.PicklingError(
+                f"fusedrnn.torch.{name} with {extra} cannot be pickled (torch.save of the module "
+                f"or of a model holding it): a pickled fusedrnn.torch layer is written as "
+                f"torch.nn.{name}, so that the file loads without fusedrnn, and torch.nn.{name} "
+                f"has no {extra}. Save the state_dict() instead (torch.save(model.state_dict(), "
+                f"f)) and load it into a model built with fusedrnn.torch.{name}(..., {extra})")
+        stock = self._stock_class()
+        state = self.__getstate__()          # RNNBase's: __dict__ without _flat_weights
+        for key in ("variant", "peepholes", "forget_bias"):
+            state.pop(key, None)
+        dtype = self.weight_ih_l0.dtype
+        # stock(*args) builds a cheap placeholder on the meta device (no memory, no draw from
+        # torch's RNG); the state then replaces its attributes and parameters
+        args = [self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first,
+                0.0, self.bidirectional, self.proj_size, torch.device("meta"), dtype]
+        if stock is _STOCK["RNN"]:
+            args.insert(3, self.nonlinearity)
+        return stock, tuple(args), state
+
+    def __copy__(self):
+        new = type(self).__new__(type(self))
+        new.__setstate__(self.__getstate__())
+        return new
+
+    def __deepcopy__(self, memo):
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: say clearly why it cannot compile the layer."""
+        name = type(self).__name__
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls "
+            f"fusedrnn's C++ kernels through NumPy, which TorchScript cannot represent. Use "
+            f"torch.jit.trace(model, example_inputs) (it records torch.nn.{name}'s graph, the "
+            f"same as for the stock layer), torch.export.export, or script a model built with "
+            f"torch.nn.{name} and load this layer's state_dict() into it")
 
     def _kernel_kind(self):
         if self.mode == "LSTM":
@@ -204,6 +334,23 @@ class _Base:
             raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(t.shape)}")
 
     def forward(self, input, hx=None):
+        if _graph_mode():
+            # export / ONNX / jit.trace: torch.nn's own forward, so the graph is the stock
+            # layer's (aten::lstm etc.) and runs without fusedrnn
+            extra = self._fusedrnn_only()
+            if extra is not None:
+                raise RuntimeError(
+                    f"fusedrnn.torch.{type(self).__name__}.forward: a layer with {extra} "
+                    f"cannot be exported, traced or compiled into a graph: while torch records "
+                    f"a graph, fusedrnn.torch layers run torch.nn.{type(self).__name__}'s "
+                    f"forward, which has no {extra}. Run it eagerly (torch.compile runs it "
+                    f"eagerly too)")
+            return super().forward(input, hx)
+        if "torch._dynamo" in sys.modules:      # torch.compile may be running: see below
+            return self._fused_forward_no_dynamo(input, hx)
+        return self._fused_forward(input, hx)
+
+    def _fused_forward(self, input, hx):
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
@@ -284,6 +431,13 @@ class _Base:
         elif self.batch_first:
             out = out.transpose(0, 1)       # a view, as torch.nn returns
         return (out, (h_n, c_n)) if lstm else (out, h_n)
+
+    # torch.compile: dynamo must never trace the fused path (it would trace into the NumPy calls,
+    # break the graph there and compile pieces around them); calling this is a graph break and
+    # runs the layer eagerly, kernels and autograd included. torch._disable_dynamo is
+    # torch.compiler.disable without importing torch._dynamo (~1 s) before the first call; forward
+    # calls it only once torch._dynamo is imported.
+    _fused_forward_no_dynamo = torch._disable_dynamo(_fused_forward)
 
     def _run(self, x, h0, c0, lengths, params):
         """Time-major contiguous x [T, N, C] -> (output [T, N, D*R], h_n, c_n or None)."""
@@ -410,3 +564,11 @@ class RNN(_Base, torch.nn.RNN):
         self._check_construction(kwargs)
         super().__init__(*args, **kwargs)
         self._check_parameters("RNN")
+
+
+# torch.load's default unpickler (weights_only=True) accepts only registered globals: a saved
+# fusedrnn.torch layer names torch.nn.LSTM / GRU / RNN (see _Base.__reduce_ex__), so register
+# those (torch's own classes; loading them runs RNNBase.__setstate__, nothing else)
+torch.serialization.add_safe_globals(list(_STOCK.values()))
+
+from .torch_cells import GRUCell, LSTMCell, RNNCell  # noqa: E402,F401  (single-step cells)

@@ -20,9 +20,11 @@ int main(int argc, char** argv) {
   const fusedrnn::Dims d{4, 2, 3, 5};
   std::vector<float> x(4 * 2 * 3, 0.5f), w_ih(15 * 3, 0.1f), w_hh(15 * 5, -0.1f);
   std::vector<float> y(4 * 2 * 5), h_n(2 * 5), ws(fusedrnn::gru_forward_workspace_size(d));
-  fusedrnn::gru_forward<float>(d, {}, fusedrnn::GruVariant::reset_after, x.data(), w_ih.data(),
-                               w_hh.data(), nullptr, nullptr, nullptr, nullptr, y.data(),
-                               h_n.data(), nullptr, ws.data());
+  fusedrnn::GruForwardArgs<float> args;  // optional tensors (biases, h0, lengths) left null
+  args.variant = fusedrnn::GruVariant::reset_after;
+  args.x = x.data(), args.w_ih = w_ih.data(), args.w_hh = w_hh.data();
+  args.y = y.data(), args.h_n = h_n.data();
+  fusedrnn::gru_forward<float>(d, args, {}, ws.data());
   std::printf("gru_forward: h_n[0] = %.6f\n", h_n[0]);
   if (!(std::abs(h_n[0]) > 0 && h_n[0] == y[3 * 2 * 5])) return 1;
 

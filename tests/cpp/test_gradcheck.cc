@@ -1,7 +1,7 @@
 // C++-only gradient check of the fused kernels, in double precision (no Python, no framework).
 //
 // For one small problem per cell (LSTM forward/reverse with peepholes, LSTM with projection
-// (P < H and P > H, with and without peepholes), GRU reset_after and reset_before, RNN tanh and
+// (P < H down to P = 1 and up to P = H - 1, with and without peepholes), GRU reset_after and reset_before, RNN tanh and
 // relu; biases, initial states and variable lengths throughout) it
 // compares every element of every analytic gradient with central finite differences of
 //   L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)],
@@ -148,6 +148,44 @@ void fill_case(Case& c, const std::string& name, bool reverse, std::vector<std::
   c.cn.assign(with_c ? N * H : 0, 0);
 }
 
+// The kernels' argument structs over a case's tensors.
+LstmForwardArgs<double> lstm_forward_args(Case& c, double* cache) {
+  LstmForwardArgs<double> a;
+  a.x = c.v("x"), a.w_ih = c.v("w_ih"), a.w_hh = c.v("w_hh"), a.b_ih = c.v("b_ih");
+  a.b_hh = c.v("b_hh"), a.h0 = c.v("h0"), a.c0 = c.v("c0"), a.w_peep = c.v_opt("w_peep");
+  a.w_hr = c.v_opt("w_hr"), a.lengths = c.lengths.data();
+  a.y = c.y.data(), a.h_n = c.hn.data(), a.c_n = c.cn.data(), a.cache = cache;
+  return a;
+}
+LstmBackwardArgs<double> lstm_backward_args(Case& c) {
+  LstmBackwardArgs<double> a;
+  a.x = c.v("x"), a.w_ih = c.v("w_ih"), a.w_hh = c.v("w_hh"), a.w_peep = c.v_opt("w_peep");
+  a.w_hr = c.v_opt("w_hr"), a.lengths = c.lengths.data(), a.cache = c.cache.data();
+  a.dy = c.dy.data(), a.dh_n = c.dhn.data(), a.dc_n = c.dcn.data();
+  a.dx = c.g("x"), a.dh0 = c.g("h0"), a.dc0 = c.g("c0"), a.dw_ih = c.g("w_ih");
+  a.dw_hh = c.g("w_hh"), a.db_ih = c.g("b_ih"), a.db_hh = c.g("b_hh");
+  a.dw_peep = c.g_opt("w_peep"), a.dw_hr = c.g_opt("w_hr");
+  return a;
+}
+// GRU and RNN (the cell's formula is set by the caller).
+template <typename Args>
+Args single_forward_args(Case& c, double* cache) {
+  Args a;
+  a.x = c.v("x"), a.w_ih = c.v("w_ih"), a.w_hh = c.v("w_hh"), a.b_ih = c.v("b_ih");
+  a.b_hh = c.v("b_hh"), a.h0 = c.v("h0"), a.lengths = c.lengths.data();
+  a.y = c.y.data(), a.h_n = c.hn.data(), a.cache = cache;
+  return a;
+}
+template <typename Args>
+Args single_backward_args(Case& c) {
+  Args a;
+  a.x = c.v("x"), a.w_ih = c.v("w_ih"), a.w_hh = c.v("w_hh"), a.lengths = c.lengths.data();
+  a.cache = c.cache.data(), a.dy = c.dy.data(), a.dh_n = c.dhn.data();
+  a.dx = c.g("x"), a.dh0 = c.g("h0"), a.dw_ih = c.g("w_ih"), a.dw_hh = c.g("w_hh");
+  a.db_ih = c.g("b_ih"), a.db_hh = c.g("b_hh");
+  return a;
+}
+
 // P > 0: with projection w_hr [P, H].
 void make_lstm(Case& c, bool reverse, std::vector<std::int64_t> lengths, std::int64_t P = 0,
                bool peep = true) {
@@ -158,16 +196,11 @@ void make_lstm(Case& c, bool reverse, std::vector<std::int64_t> lengths, std::in
   c.cache.assign(lstm_cache_size(c.d), kJunk);
   c.forward = [&c](double* cache) {
     Vec ws(lstm_forward_workspace_size(c.d), kJunk);
-    lstm_forward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                 c.v("h0"), c.v("c0"), c.v_opt("w_peep"), c.v_opt("w_hr"), c.lengths.data(),
-                 c.y.data(), c.hn.data(), c.cn.data(), cache, ws.data());
+    lstm_forward(c.d, lstm_forward_args(c, cache), c.opt, ws.data());
   };
   c.backward = [&c] {
     Vec ws(lstm_backward_workspace_size(c.d), kJunk);
-    lstm_backward(c.d, c.opt, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v_opt("w_peep"),
-                  c.v_opt("w_hr"), c.lengths.data(), c.cache.data(), c.dy.data(), c.dhn.data(),
-                  c.dcn.data(), c.g("x"), c.g("h0"), c.g("c0"), c.g("w_ih"), c.g("w_hh"),
-                  c.g("b_ih"), c.g("b_hh"), c.g_opt("w_peep"), c.g_opt("w_hr"), ws.data());
+    lstm_backward(c.d, lstm_backward_args(c), c.opt, ws.data());
   };
 }
 
@@ -178,14 +211,15 @@ void make_gru(Case& c, GruVariant var, bool reverse, std::vector<std::int64_t> l
   c.cache.assign(gru_cache_size(c.d), kJunk);
   c.forward = [&c, var](double* cache) {
     Vec ws(gru_forward_workspace_size(c.d), kJunk);
-    gru_forward(c.d, c.opt, var, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                c.v("h0"), c.lengths.data(), c.y.data(), c.hn.data(), cache, ws.data());
+    GruForwardArgs<double> a = single_forward_args<GruForwardArgs<double>>(c, cache);
+    a.variant = var;
+    gru_forward(c.d, a, c.opt, ws.data());
   };
   c.backward = [&c, var] {
     Vec ws(gru_backward_workspace_size(c.d), kJunk);
-    gru_backward(c.d, c.opt, var, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.lengths.data(),
-                 c.cache.data(), c.dy.data(), c.dhn.data(), c.g("x"), c.g("h0"), c.g("w_ih"),
-                 c.g("w_hh"), c.g("b_ih"), c.g("b_hh"), ws.data());
+    GruBackwardArgs<double> a = single_backward_args<GruBackwardArgs<double>>(c);
+    a.variant = var;
+    gru_backward(c.d, a, c.opt, ws.data());
   };
 }
 
@@ -196,14 +230,15 @@ void make_rnn(Case& c, Nonlinearity act, bool reverse, std::vector<std::int64_t>
   c.cache.assign(rnn_cache_size(c.d), kJunk);
   c.forward = [&c, act](double* cache) {
     Vec ws(rnn_forward_workspace_size(c.d), kJunk);
-    rnn_forward(c.d, c.opt, act, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.v("b_ih"), c.v("b_hh"),
-                c.v("h0"), c.lengths.data(), c.y.data(), c.hn.data(), cache, ws.data());
+    RnnForwardArgs<double> a = single_forward_args<RnnForwardArgs<double>>(c, cache);
+    a.nonlinearity = act;
+    rnn_forward(c.d, a, c.opt, ws.data());
   };
   c.backward = [&c, act] {
     Vec ws(rnn_backward_workspace_size(c.d), kJunk);
-    rnn_backward(c.d, c.opt, act, c.v("x"), c.v("w_ih"), c.v("w_hh"), c.lengths.data(),
-                 c.cache.data(), c.dy.data(), c.dhn.data(), c.g("x"), c.g("h0"), c.g("w_ih"),
-                 c.g("w_hh"), c.g("b_ih"), c.g("b_hh"), ws.data());
+    RnnBackwardArgs<double> a = single_backward_args<RnnBackwardArgs<double>>(c);
+    a.nonlinearity = act;
+    rnn_backward(c.d, a, c.opt, ws.data());
   };
 }
 
@@ -330,7 +365,7 @@ int main() {
   check([](Case& c) { make_lstm(c, true, {2, 3, 1}); });
   check([](Case& c) { make_lstm(c, false, {3, 2, 0}, 2, false); });  // P < H = 4
   check([](Case& c) { make_lstm(c, true, {2, 3, 1}, 2, true); });
-  check([](Case& c) { make_lstm(c, false, {1, 3, 2}, 5, true); });   // P > H
+  check([](Case& c) { make_lstm(c, false, {1, 3, 2}, 3, true); });   // P = H - 1
   check([](Case& c) { make_lstm(c, true, {3, 0, 2}, 1, false); });
   check([](Case& c) { make_gru(c, GruVariant::reset_after, false, {3, 1, 0}); });
   check([](Case& c) { make_gru(c, GruVariant::reset_before, false, {2, 1, 2}); });  // max len < T
@@ -349,24 +384,20 @@ int main() {
     Case l, g, r;
     make_lstm(l, true, {2, 3, 1}, 2, true);
     check_weights_packed(l, lstm_forward_workspace_size(l.d), [&l](const Options& o, double* ws) {
-      lstm_forward(l.d, o, l.v("x"), l.v("w_ih"), l.v("w_hh"), l.v("b_ih"), l.v("b_hh"),
-                   l.v("h0"), l.v("c0"), l.v("w_peep"), l.v("w_hr"), l.lengths.data(),
-                   l.y.data(), l.hn.data(), l.cn.data(), static_cast<double*>(nullptr), ws);
+      lstm_forward(l.d, lstm_forward_args(l, nullptr), o, ws);
     });
     for (GruVariant var : {GruVariant::reset_after, GruVariant::reset_before}) {
       make_gru(g, var, false, {3, 1, 2});
       check_weights_packed(g, gru_forward_workspace_size(g.d),
                            [&g, var](const Options& o, double* ws) {
-        gru_forward(g.d, o, var, g.v("x"), g.v("w_ih"), g.v("w_hh"), g.v("b_ih"), g.v("b_hh"),
-                    g.v("h0"), g.lengths.data(), g.y.data(), g.hn.data(),
-                    static_cast<double*>(nullptr), ws);
+        GruForwardArgs<double> a = single_forward_args<GruForwardArgs<double>>(g, nullptr);
+        a.variant = var;
+        gru_forward(g.d, a, o, ws);
       });
     }
     make_rnn(r, Nonlinearity::tanh, false, {3, 2, 1}, 31);
     check_weights_packed(r, rnn_forward_workspace_size(r.d), [&r](const Options& o, double* ws) {
-      rnn_forward(r.d, o, Nonlinearity::tanh, r.v("x"), r.v("w_ih"), r.v("w_hh"), r.v("b_ih"),
-                  r.v("b_hh"), r.v("h0"), r.lengths.data(), r.y.data(), r.hn.data(),
-                  static_cast<double*>(nullptr), ws);
+      rnn_forward(r.d, single_forward_args<RnnForwardArgs<double>>(r, nullptr), o, ws);
     });
   }
 
@@ -398,6 +429,12 @@ int main() {
   p.d.P = -1;
   expect_invalid("lstm_forward P = -1 throws", [&p] { p.forward(p.cache.data()); }, p.y);
   expect_invalid("lstm_backward P = -1 throws", [&p] { p.backward(); }, p.at("w_ih").g);
+  for (std::int64_t P : {p.d.H, p.d.H + 1}) {  // PyTorch's rule, the kernel's: P < H
+    p.d.P = P;
+    expect_invalid("lstm_forward P = " + std::to_string(P) + " >= H throws",
+                   [&p] { p.forward(p.cache.data()); }, p.y);
+    expect_invalid("lstm_backward P >= H throws", [&p] { p.backward(); }, p.at("w_ih").g);
+  }
   p.d.P = 0;  // w_hr given, P = 0
   expect_invalid("lstm_forward w_hr given, P = 0 throws", [&p] { p.forward(p.cache.data()); },
                  p.y);
@@ -416,11 +453,10 @@ int main() {
   Vec dw_hr(2 * q.d.H, 0.0);
   expect_invalid("lstm_backward dw_hr given, P = 0 throws", [&q, &dw_hr] {
     Vec ws(lstm_backward_workspace_size(q.d), kJunk);
-    lstm_backward(q.d, q.opt, q.v("x"), q.v("w_ih"), q.v("w_hh"), q.v("w_peep"),
-                  static_cast<const double*>(nullptr),
-                  q.lengths.data(), q.cache.data(), q.dy.data(), q.dhn.data(), q.dcn.data(),
-                  q.g("x"), q.g("h0"), q.g("c0"), q.g("w_ih"), q.g("w_hh"), q.g("b_ih"),
-                  q.g("b_hh"), q.g("w_peep"), dw_hr.data(), ws.data());
+    LstmBackwardArgs<double> a = lstm_backward_args(q);
+    a.w_hr = nullptr;
+    a.dw_hr = dw_hr.data();
+    lstm_backward(q.d, a, q.opt, ws.data());
   }, dw_hr);
   make_gru(g2, GruVariant::reset_before, false, {3, 1, 0});
   std::fill(g2.y.begin(), g2.y.end(), 5.0);

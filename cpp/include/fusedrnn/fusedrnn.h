@@ -23,7 +23,8 @@
 //
 // Memory
 //   The caller owns all memory. `*_cache_size(dims)` and `*_workspace_size(dims)` give the
-//   number of Scalar elements the caller must provide; nothing allocates inside the kernels.
+//   number of Scalar elements the caller must provide (they throw std::invalid_argument for
+//   dims the kernel rejects); nothing allocates inside the kernels.
 //   Forward writes into `cache` what backward needs (cache == nullptr: inference only).
 //   The cache is read-only for backward, so backward may be called any number of times.
 //   The forward workspace holds the weights packed for the kernels at its start; with
@@ -50,11 +51,19 @@
 //   for any number of threads. No global mutable state: concurrent calls on disjoint output
 //   buffers are safe.
 //
+// Arguments
+//   Each kernel takes (dims, args, options, workspace): args is the cell's struct of named
+//   pointers (LstmForwardArgs, GruBackwardArgs, ...), default-constructed to null, so a caller
+//   sets the tensors it has and an optional tensor is one field.
+//
 // Errors
-//   Invalid arguments throw std::invalid_argument before any work starts.
+//   The kernel is the one authority on its arguments: invalid dims, a missing required
+//   pointer, lengths out of range or an inconsistent projection throw std::invalid_argument
+//   before any work starts.
 #pragma once
 
 #include "fusedrnn/common.h"
+#include "fusedrnn/ctc.h"
 #include "fusedrnn/gru.h"
 #include "fusedrnn/lstm.h"
 #include "fusedrnn/rnn.h"

@@ -10,30 +10,61 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "fusedrnn/common.h"
 
 namespace fusedrnn {
 
+// The tensors of one forward call. Required: x, w_ih, w_hh, y, h_n; the rest may be null.
+template <typename Scalar>
+struct GruForwardArgs {
+  GruVariant variant = GruVariant::reset_after;  // the formula (see above)
+  const Scalar* x = nullptr;              // [T, N, C]
+  const Scalar* w_ih = nullptr;           // [3H, C]
+  const Scalar* w_hh = nullptr;           // [3H, H]
+  const Scalar* b_ih = nullptr;           // [3H]; null = no bias
+  const Scalar* b_hh = nullptr;           // [3H]; null = no bias
+  const Scalar* h0 = nullptr;             // [N, H]; null = zeros
+  const std::int64_t* lengths = nullptr;  // [N]; null = all T
+  Scalar* y = nullptr;                    // out [T, N, H]
+  Scalar* h_n = nullptr;                  // out [N, H]
+  Scalar* cache = nullptr;                // out [gru_cache_size]; null = inference
+};
+
+// The tensors of one backward call: the forward's inputs and cache (same dims, options,
+// variant and lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache, dx.
+template <typename Scalar>
+struct GruBackwardArgs {
+  GruVariant variant = GruVariant::reset_after;
+  const Scalar* x = nullptr;              // the forward's x, w_ih, w_hh, lengths
+  const Scalar* w_ih = nullptr;
+  const Scalar* w_hh = nullptr;
+  const std::int64_t* lengths = nullptr;
+  const Scalar* cache = nullptr;          // written by that forward
+  const Scalar* dy = nullptr;             // [T, N, H]; null = zero
+  const Scalar* dh_n = nullptr;           // [N, H]; null = zero
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dh0 = nullptr;                  // out [N, H] (overwritten); null = not computed
+  Scalar* dw_ih = nullptr;                // [3H, C] (+=); null = not computed
+  Scalar* dw_hh = nullptr;                // [3H, H] (+=)
+  Scalar* db_ih = nullptr;                // [3H] (+=)
+  Scalar* db_hh = nullptr;                // [3H] (+=)
+};
+
+// Scalars of the buffers the caller provides.
 FUSEDRNN_API std::size_t gru_cache_size(const Dims& d);
 FUSEDRNN_API std::size_t gru_forward_workspace_size(const Dims& d);
 FUSEDRNN_API std::size_t gru_backward_workspace_size(const Dims& d);
 
-// x [T, N, C]; w_ih [3H, C]; w_hh [3H, H]; b_ih, b_hh [3H] (nullable); h0 [N, H] (nullable);
-// lengths [N] (nullable). Writes y [T, N, H], h_n [N, H]; cache (nullable); workspace.
+// workspace [gru_forward_workspace_size].
 template <typename Scalar> FUSEDRNN_API
-void gru_forward(const Dims& d, const Options& opt, GruVariant variant, const Scalar* x,
-                 const Scalar* w_ih, const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh,
-                 const Scalar* h0, const std::int64_t* lengths, Scalar* y, Scalar* h_n,
-                 Scalar* cache, Scalar* workspace);
+void gru_forward(const Dims& d, const GruForwardArgs<Scalar>& args, const Options& opt,
+                 Scalar* workspace);
 
-// Same arguments as the forward that wrote `cache`. dy [T, N, H], dh_n [N, H] (nullable).
-// Overwrites dx, dh0; accumulates dw_ih, dw_hh, db_ih, db_hh (each nullable but dx).
+// workspace [gru_backward_workspace_size].
 template <typename Scalar> FUSEDRNN_API
-void gru_backward(const Dims& d, const Options& opt, GruVariant variant, const Scalar* x,
-                  const Scalar* w_ih, const Scalar* w_hh, const std::int64_t* lengths,
-                  const Scalar* cache, const Scalar* dy, const Scalar* dh_n, Scalar* dx,
-                  Scalar* dh0, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh,
+void gru_backward(const Dims& d, const GruBackwardArgs<Scalar>& args, const Options& opt,
                   Scalar* workspace);
 
 }  // namespace fusedrnn

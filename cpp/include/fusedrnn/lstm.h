@@ -11,41 +11,78 @@
 //   m_t = o*tanh(c_t) [N, H],  h_t = m_t w_hrᵀ [N, P]   (w_hr [P, H])
 // and the recurrent weights w_hh read h_t: [4H, P]. R below is the width of h: R = P if P > 0,
 // else H. Peepholes act on c (H units) either way.
+// With cell_clip > 0 (TF1's LSTMCell(cell_clip)), c_t = clip(f*c_{t-1} + i*g, ±cell_clip) is the
+// cell state that o, h and the next step see; its gradient is zero where the clip is active
+// (|c_t| = cell_clip, a value exactly at the bound counting as clipped).
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "fusedrnn/common.h"
 
 namespace fusedrnn {
 
-FUSEDRNN_API std::size_t lstm_cache_size(const Dims& d);                  // Scalars
-FUSEDRNN_API std::size_t lstm_forward_workspace_size(const Dims& d);      // Scalars
-FUSEDRNN_API std::size_t lstm_backward_workspace_size(const Dims& d);     // Scalars
+// The tensors of one forward call. Required: x, w_ih, w_hh, y, h_n, c_n; the rest may be null.
+template <typename Scalar>
+struct LstmForwardArgs {
+  const Scalar* x = nullptr;              // [T, N, C]
+  const Scalar* w_ih = nullptr;           // [4H, C]
+  const Scalar* w_hh = nullptr;           // [4H, R]
+  const Scalar* b_ih = nullptr;           // [4H]; null = no bias
+  const Scalar* b_hh = nullptr;           // [4H]; null = no bias
+  const Scalar* h0 = nullptr;             // [N, R]; null = zeros
+  const Scalar* c0 = nullptr;             // [N, H]; null = zeros
+  const Scalar* w_peep = nullptr;         // [3, H] (p_i, p_f, p_o); null = no peepholes
+  const Scalar* w_hr = nullptr;           // [P, H]; non-null iff P > 0
+  const std::int64_t* lengths = nullptr;  // [N]; null = all T
+  Scalar cell_clip = 0;                   // > 0: c clipped to [-cell_clip, cell_clip] after
+                                          // each update (TF1 LSTMCell(cell_clip)); 0 = none
+  Scalar* y = nullptr;                    // out [T, N, R]
+  Scalar* h_n = nullptr;                  // out [N, R]
+  Scalar* c_n = nullptr;                  // out [N, H]
+  Scalar* cache = nullptr;                // out [lstm_cache_size]; null = inference
+};
 
-// x [T, N, C]; w_ih [4H, C]; w_hh [4H, R]; b_ih, b_hh [4H] (nullable); h0 [N, R], c0 [N, H]
-// (nullable = zeros); w_peep [3, H] (nullable = no peepholes); w_hr [P, H], non-null iff P > 0;
-// lengths [N] (nullable = all T).
-// Writes y [T, N, R], h_n [N, R], c_n [N, H]; cache [lstm_cache_size] (nullable = inference);
+// The tensors of one backward call: the forward's inputs and cache (same dims, options and
+// lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache, dx.
+template <typename Scalar>
+struct LstmBackwardArgs {
+  const Scalar* x = nullptr;              // the forward's x, w_ih, w_hh, w_peep, w_hr, lengths
+  const Scalar* w_ih = nullptr;
+  const Scalar* w_hh = nullptr;
+  const Scalar* w_peep = nullptr;
+  const Scalar* w_hr = nullptr;
+  const std::int64_t* lengths = nullptr;
+  Scalar cell_clip = 0;                   // the forward's; the gradient is zero where |c| hit it
+  const Scalar* cache = nullptr;          // written by that forward
+  const Scalar* dy = nullptr;             // [T, N, R]; null = zero
+  const Scalar* dh_n = nullptr;           // [N, R]; null = zero
+  const Scalar* dc_n = nullptr;           // [N, H]; null = zero
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dh0 = nullptr;                  // out [N, R] (overwritten); null = not computed
+  Scalar* dc0 = nullptr;                  // out [N, H] (overwritten); null = not computed
+  Scalar* dw_ih = nullptr;                // [4H, C] (+=); null = not computed
+  Scalar* dw_hh = nullptr;                // [4H, R] (+=)
+  Scalar* db_ih = nullptr;                // [4H] (+=)
+  Scalar* db_hh = nullptr;                // [4H] (+=)
+  Scalar* dw_peep = nullptr;              // [3, H] (+=); needs w_peep
+  Scalar* dw_hr = nullptr;                // [P, H] (+=); needs P > 0
+};
+
+// Scalars of the buffers the caller provides.
+FUSEDRNN_API std::size_t lstm_cache_size(const Dims& d);
+FUSEDRNN_API std::size_t lstm_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t lstm_backward_workspace_size(const Dims& d);
+
 // workspace [lstm_forward_workspace_size].
 template <typename Scalar> FUSEDRNN_API
-void lstm_forward(const Dims& d, const Options& opt, const Scalar* x, const Scalar* w_ih,
-                  const Scalar* w_hh, const Scalar* b_ih, const Scalar* b_hh, const Scalar* h0,
-                  const Scalar* c0, const Scalar* w_peep, const Scalar* w_hr,
-                  const std::int64_t* lengths, Scalar* y, Scalar* h_n, Scalar* c_n, Scalar* cache,
+void lstm_forward(const Dims& d, const LstmForwardArgs<Scalar>& args, const Options& opt,
                   Scalar* workspace);
 
-// Same dims, x, weights (w_peep, w_hr included), lengths and options as the forward that wrote
-// `cache`. dy [T, N, R], dh_n [N, R], dc_n [N, H] (nullable = zero). Overwrites dx [T, N, C],
-// dh0 [N, R], dc0 [N, H]; accumulates dw_ih [4H, C], dw_hh [4H, R], db_ih, db_hh [4H],
-// dw_peep [3, H], dw_hr [P, H]. Every gradient output but dx may be null (dw_peep needs w_peep,
-// dw_hr needs P > 0). workspace [lstm_backward_workspace_size].
+// workspace [lstm_backward_workspace_size].
 template <typename Scalar> FUSEDRNN_API
-void lstm_backward(const Dims& d, const Options& opt, const Scalar* x, const Scalar* w_ih,
-                   const Scalar* w_hh, const Scalar* w_peep, const Scalar* w_hr,
-                   const std::int64_t* lengths, const Scalar* cache, const Scalar* dy,
-                   const Scalar* dh_n, const Scalar* dc_n, Scalar* dx, Scalar* dh0, Scalar* dc0,
-                   Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih, Scalar* db_hh, Scalar* dw_peep,
-                   Scalar* dw_hr, Scalar* workspace);
+void lstm_backward(const Dims& d, const LstmBackwardArgs<Scalar>& args, const Options& opt,
+                   Scalar* workspace);
 
 }  // namespace fusedrnn

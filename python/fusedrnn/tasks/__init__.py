@@ -16,6 +16,7 @@ _TASKS = {
     "classify": ("classify", "Classify"),    # sequence classification (long-range problems)
     "tag": ("tag", "Tag"),                   # sequence labelling (slot filling)
     "translate": ("translate", "Translate"), # sequence to sequence (dates to ISO form)
+    "recognise": ("recognise", "Recognise"), # speech-like recognition with CTC
 }
 TASK_NAMES = tuple(_TASKS)
 

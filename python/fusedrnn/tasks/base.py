@@ -37,7 +37,7 @@ __all__ = ["Task", "DataError", "TASK_FLAGS"]
 # (lr, steps, out, threads, ...) only concern one run.
 TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "seq_len",
               "batch_size", "seed", "data", "column", "model", "problem", "min_length",
-              "max_length", "horizon", "window", "embed")
+              "max_length", "horizon", "window", "embed", "attention")
 
 # the cell options (tasks.common.CELL_OPTIONS) are task flags too
 TASK_FLAGS = TASK_FLAGS + ("nonlinearity", "init", "peepholes", "proj_size", "variant",

@@ -51,7 +51,7 @@ GENERIC_DEFAULTS: Dict[str, Any] = {
 DEFAULT_TIME_BUDGET = 120.0      # seconds, when neither the user nor the task sets a limit
 LIMITS = ("steps", "epochs", "time_budget")
 TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_length", "horizon",
-                   "window", "embed")
+                   "window", "embed", "attention")
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 CHECKPOINT = "model.safetensors"
 #: the files a run writes into --out (checked before training: none may be a directory)
@@ -435,6 +435,9 @@ class Run:
             self.tmodel = self.task.torch_model(self.model)
             if self.tmodel is None:
                 raise UsageError(f"task {a.task} has no PyTorch twin for this configuration")
+            # resumed: the twin starts from the checkpoint's optimiser state too (checked now,
+            # before any training)
+            self.torch_opt_state = self._torch_optimizer_state() if resume_meta else {}
 
     def _check_overwrite(self) -> None:
         """A fresh run does not replace a model already in --out unless --overwrite is given
@@ -661,8 +664,9 @@ class Run:
         import torch
         a, task, tm = self.args, self.task, self.tmodel
         topt = make_torch_optimizer(a.optimizer, tm.parameters(), a.lr)
-        if self.trainer_state:   # resumed: start from the same optimiser state as fusedrnn
-            self._load_torch_optimizer_state(topt)
+        for i, tp in enumerate(tm.parameters()):   # resumed: the checkpoint's optimiser state
+            if i in self.torch_opt_state:
+                topt.state[tp] = self.torch_opt_state[i]
         tm.train()
 
         def step(batch):
@@ -694,21 +698,23 @@ class Run:
             if tb is not None:
                 tb.close()
 
-    def _load_torch_optimizer_state(self, topt) -> None:
-        """Copies the resumed fusedrnn optimiser state into the torch optimiser (parameters
-        matched by position in the state dicts; skipped when shapes differ)."""
+    def _torch_optimizer_state(self) -> Dict[int, Dict[str, Any]]:
+        """The fusedrnn optimiser state as resumed from the checkpoint, as torch tensors by
+        parameter position ({index: {key: tensor}}); refuses (UsageError) when the twin's
+        parameters do not correspond one to one to the fusedrnn model's."""
         import torch
         fsd = self.opt.state_dict()
         params = list(self.tmodel.parameters())
         fparams = list(self.model.parameters())
-        if len(params) != len(fparams):
-            return
-        for i, (tp, fp) in enumerate(zip(params, fparams)):
-            st = fsd["state"].get(i)
-            if not st or tuple(tp.shape) != fp.shape:
-                continue
-            topt.state[tp] = {k: (torch.from_numpy(v.copy()) if isinstance(v, np.ndarray)
-                                  else torch.tensor(float(v))) for k, v in st.items()}
+        if len(params) != len(fparams) or any(tuple(tp.shape) != fp.shape
+                                              for tp, fp in zip(params, fparams)):
+            raise UsageError(f"--compare-torch --resume: the {self.args.task} task's torch twin "
+                             f"does not have the same parameters in the same order, so it "
+                             f"cannot be given the checkpoint's optimiser state; run "
+                             f"--compare-torch without --resume")
+        return {i: {k: (torch.from_numpy(v.copy()) if isinstance(v, np.ndarray)
+                        else torch.tensor(float(v))) for k, v in st.items()}
+                for i, st in fsd["state"].items() if st}
 
     # -- outputs ---------------------------------------------------------------------------
     def save(self) -> Dict[str, str]:

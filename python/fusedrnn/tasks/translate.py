@@ -14,6 +14,11 @@ must learn to read and rewrite the fields, not memorise dates.
 ``--data FILE`` replaces the generator by a UTF-8 file of ``source<TAB>target`` lines (blank
 lines skipped); a seeded tenth of the distinct targets, with all their sources, is held out for
 validation.
+
+``--problem numbers`` replaces the dates by English number names of up to 12 digits to their
+digits (long inputs, where attention matters); ``--attention bahdanau|luong|luong_dot`` adds
+attention over the encoder outputs (default ``none``). Both live in
+:mod:`fusedrnn.tasks.attention_seq2seq`.
 """
 from __future__ import annotations
 
@@ -298,8 +303,11 @@ class Translate(Task):
     higher_is_better = True
     unit = "seq"
     bidirectional_ok = True
-    flags = ("data", "embed")
-    defaults: Dict[str, Any] = {"cell": "lstm", "embed": 32, "hidden": 128, "layers": 1,
+    flags = ("data", "embed", "problem", "attention")
+    problems = ("dates", "numbers")
+    n_numbers = 20000          # --problem numbers: fresh training numbers per pass
+    defaults: Dict[str, Any] = {"problem": "dates", "attention": "none",
+                                "cell": "lstm", "embed": 32, "hidden": 128, "layers": 1,
                                 "bidirectional": False, "dropout": 0.0, "batch_size": 32,
                                 "lr": 5e-3, "time_budget": 120, "seed": 0}
     n_valid = 1000
@@ -315,6 +323,8 @@ class Translate(Task):
         self.train_pairs: List[Tuple[str, str]] = []
         self.valid_pairs: List[Tuple[str, str]] = []
         self.train_dates: List[datetime.date] = []
+        self.problem = "dates"
+        self.valid_numbers: set = set()
 
     @property
     def beam(self) -> int:
@@ -328,7 +338,20 @@ class Translate(Task):
         self.split_seed = seed
         data = getattr(self.args, "data", None)
         ss = np.random.SeedSequence([seed, 11]).spawn(3)
-        if data:
+        self.problem = str(self.flag("problem"))
+        if self.problem not in self.problems:
+            raise DataError(f"translate: --problem must be one of {', '.join(self.problems)}, "
+                            f"got {self.problem!r}")
+        if data and getattr(self.args, "problem", None) not in (None, "dates"):
+            raise DataError("translate: --problem numbers generates its data; it reads no "
+                            "--data file")
+        if self.problem == "numbers" and not data:
+            from .attention_seq2seq import number_pairs
+            self.valid_pairs, self.valid_numbers = number_pairs(
+                np.random.default_rng(ss[1]), self.n_valid)
+            self.train_dates = []
+            self.train_pairs = self._draw(np.random.default_rng(ss[2]))
+        elif data:
             pairs = read_pairs(data)
             targets = sorted({t for _, t in pairs})
             rng = np.random.default_rng(ss[0])
@@ -347,7 +370,11 @@ class Translate(Task):
             self.valid_pairs = [(_random_format(rng, d), d.isoformat()) for d in vd]
             self.train_pairs = self._draw(np.random.default_rng(ss[2]))
         if self.src_vocab is None:   # not restored from a checkpoint
-            if self.train_dates:
+            if self.problem == "numbers" and not data:
+                from .attention_seq2seq import number_words
+                src_chars = {c for k in list(range(100)) + [100, 10 ** 3, 10 ** 6, 10 ** 9]
+                             for c in number_words(k)}
+            elif self.train_dates:
                 src_chars = set()
                 for d in (datetime.date(2023, m, 1) for m in range(1, 13)):
                     for fmt in FORMATS:
@@ -361,13 +388,19 @@ class Translate(Task):
             else:
                 src_chars = {c for s, _ in self.train_pairs for c in s}
             tgt_chars = {c for _, t in self.train_pairs for c in t}
+            if self.problem == "numbers" and not data:
+                tgt_chars = set("0123456789")
             self.src_vocab = SPECIALS + sorted(src_chars)
             self.tgt_vocab = SPECIALS + sorted(tgt_chars)
             self.max_len = max(len(t) for _, t in self.train_pairs) + 1
         self._index()
 
     def _draw(self, rng) -> List[Tuple[str, str]]:
-        """One pass over the training dates, each in a random format."""
+        """One pass over the training dates, each in a random format (--problem numbers: fresh
+        random numbers, never a validation one)."""
+        if self.problem == "numbers":
+            from .attention_seq2seq import number_pairs
+            return number_pairs(rng, self.n_numbers, exclude=self.valid_numbers)[0]
         return [(_random_format(rng, d), d.isoformat()) for d in self.train_dates]
 
     def _index(self):
@@ -404,7 +437,7 @@ class Translate(Task):
         bs = min(int(self.flag("batch_size")), len(self.train_pairs))
         first = True
         while True:
-            if self.train_dates and not first:
+            if (self.train_dates or self.problem == "numbers") and not first:
                 self.train_pairs = self._draw(rng)
             first = False
             pairs = self.train_pairs
@@ -415,7 +448,16 @@ class Translate(Task):
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, dtype=None) -> Module:
-        return Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), **model_kwargs(self, dtype))
+        kw = model_kwargs(self, dtype)
+        attention = str(self.flag("attention"))
+        if attention != "none":
+            from .attention_seq2seq import ATTENTION, AttnSeq2Seq
+            if attention not in ATTENTION:
+                raise ValueError(f"translate: --attention must be none or one of "
+                                 f"{sorted(ATTENTION)}, got {attention!r}")
+            return AttnSeq2Seq(len(self.src_vocab), len(self.tgt_vocab), attention=attention,
+                               **kw)
+        return Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), **kw)
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         src, src_len, tin, tout, tgt_len = batch
@@ -493,8 +535,12 @@ class Translate(Task):
             model.train(was)
         m["loss"] = float(losses.cross_entropy(logits.astype(np.float64), tout,
                                                lengths=tgt_len)[0])
-        m["baseline_accuracy"] = float(np.mean([iso_baseline(s) == t
-                                                for s, t in self.valid_pairs]))
+        if self.problem == "numbers" and not getattr(self.args, "data", None):
+            from .attention_seq2seq import number_baseline
+            base = number_baseline
+        else:
+            base = iso_baseline
+        m["baseline_accuracy"] = float(np.mean([base(s) == t for s, t in self.valid_pairs]))
         return m
 
     def predict(self, model: Module, inputs: List[str]) -> List[str]:
@@ -581,6 +627,8 @@ class Translate(Task):
                 out.update(self.decoder.export("decoder."))
                 return out
 
+        if isinstance(model, attention_seq2seq.AttnSeq2Seq):
+            return attention_seq2seq.torch_attention_twin(TorchSeq2Seq, model)
         return TorchSeq2Seq(model)
 
     def torch_train_step(self, tmodel, batch) -> Tuple[float, int]:
@@ -599,3 +647,7 @@ class Translate(Task):
         model.load_state_dict(tmodel.export())
         model.eval()
         return self.evaluate(model)
+
+
+# The attentional model registers itself for checkpoints (it subclasses Seq2Seq, defined above).
+from . import attention_seq2seq  # noqa: E402,F401

@@ -1,0 +1,117 @@
+// The one instruction-set dispatch. The kernels are compiled once per instruction-set copy
+// (isa_base, isa_avx2, isa_avx512: the same sources, other flags, own namespaces); each copy
+// has one Table of function pointers, filled by each kernel's own translation unit
+// (fill_lstm in kernels/lstm.cc, ...; isa/copy.inc), and dispatch.cc chooses one table once per
+// process. The public kernels of fusedrnn.h, the model layer's products and a Stream's step all
+// go through that table, so they always use the same copy.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "fusedrnn/fusedrnn.h"
+
+namespace fusedrnn {
+namespace isa {
+
+// Scalars of a kernel's buffers for given dims (the same for every copy and dtype).
+struct Sizes {
+  std::size_t cache = 0;
+  std::size_t forward_workspace = 0;
+  std::size_t backward_workspace = 0;
+};
+
+// One recurrent layer of a Stream, its weights packed by the active copy.
+// Packed operands: op(B) = [K, ncols] laid out in panels (kernels/packed_gemm.h).
+enum class StepCell { lstm, gru, rnn };
+
+template <typename Scalar>
+struct StepLayer {
+  StepCell cell = StepCell::lstm;
+  GruVariant variant = GruVariant::reset_after;
+  Nonlinearity act = Nonlinearity::tanh;
+  std::int64_t N = 0, C = 0, H = 0, P = 0;  // batch, input width, hidden, LSTM projection
+  const Scalar* wih_p = nullptr;  // w_ih packed: [C -> G*H]
+  const Scalar* whh_p = nullptr;  // w_hh packed: [R -> G*H]; GRU reset_before: rows 0..2H only
+  const Scalar* whn_p = nullptr;  // GRU reset_before: w_hh rows 2H..3H packed [H -> H]
+  const Scalar* whr_p = nullptr;  // LSTM projection: w_hr packed [H -> P]
+  const Scalar* b_ih = nullptr;   // [G*H] (nullable)
+  const Scalar* b_hh = nullptr;   // [G*H] (nullable)
+  const Scalar* w_peep = nullptr; // LSTM peepholes [3, H] (nullable)
+};
+
+// Scalars of the scratch one step of a layer needs: gx, gh [N, G*H], gates [N, 4H], m [N, H].
+inline std::size_t step_scratch_size(std::int64_t N, std::int64_t H, std::int64_t G) {
+  return std::size_t(2 * N * G * H + 4 * N * H + N * H);
+}
+
+// The operations of one copy for one dtype.
+template <typename Scalar>
+struct Kernels {
+  // The kernels of fusedrnn.h (kernels/lstm.cc, gru.cc, rnn.cc, gemm.cc).
+  void (*lstm_forward)(const Dims&, const LstmForwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*lstm_backward)(const Dims&, const LstmBackwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*gru_forward)(const Dims&, const GruForwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*gru_backward)(const Dims&, const GruBackwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*rnn_forward)(const Dims&, const RnnForwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*rnn_backward)(const Dims&, const RnnBackwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*reference_gemm)(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
+                         const Scalar* b, Scalar* c, int num_threads);
+  // The CTC loss of fusedrnn/ctc.h, its arguments already checked (kernels/ctc.cc).
+  void (*ctc)(const CtcArgs<Scalar>&);
+
+  // The model layer's operations (kernels/step.cc; null in the Python module, which has no
+  // model layer).
+  // Scalars that a packed [K, ncols] right-hand side needs.
+  std::size_t (*packed_size)(std::int64_t K, std::int64_t ncols);
+  // Packs op(B) = [K, ncols]: transposed: B stored [ncols][K] (a weight [out, in] for x Wᵀ).
+  void (*pack)(const Scalar* B, std::int64_t K, std::int64_t ncols, std::int64_t ld,
+               bool transposed, Scalar* out);
+  // C[m, ncols] = A[m, K] op(B), op(B) packed. num_threads 1: the caller's thread only (no
+  // OpenMP construct at all); otherwise an OpenMP region (0: the default thread count).
+  void (*gemm)(std::int64_t m, std::int64_t ncols, std::int64_t K, const Scalar* A,
+               std::int64_t lda, const Scalar* packed, Scalar* C, std::int64_t ldc,
+               int num_threads);
+  // One time step of one layer for all N rows: x [N, C] -> h [N, R], c [N, H] (LSTM), in place;
+  // scratch [step_scratch_size]. Bitwise the batch kernel's step.
+  void (*step)(const StepLayer<Scalar>& layer, const Scalar* x, Scalar* h, Scalar* c,
+               Scalar* scratch);
+};
+
+// One instruction-set copy.
+struct Table {
+  const char* name = nullptr;  // the widest SIMD extension the copy was compiled for: "avx512"
+  // Size queries; each checks the dims like the kernels (std::invalid_argument).
+  Sizes (*lstm_sizes)(const Dims&) = nullptr;
+  Sizes (*gru_sizes)(const Dims&) = nullptr;
+  Sizes (*rnn_sizes)(const Dims&) = nullptr;
+  // Scalars of the CTC workspace (kernels/ctc.cc; the same in every copy).
+  std::size_t (*ctc_workspace)(std::int64_t T, std::int64_t N, std::int64_t Lmax) = nullptr;
+  Kernels<float> f32{};
+  Kernels<double> f64{};
+
+  template <typename Scalar>
+  Kernels<Scalar>& of() {
+    if constexpr (sizeof(Scalar) == 4) return f32; else return f64;
+  }
+  template <typename Scalar>
+  const Kernels<Scalar>& of() const {
+    if constexpr (sizeof(Scalar) == 4) return f32; else return f64;
+  }
+};
+
+// The copy in use: the widest one compiled in that this CPU runs, or the one FUSEDRNN_ISA asks
+// for. Chosen on first use, constant afterwards (dispatch.cc).
+const Table& active();
+
+// The copies compiled in, e.g. "sse2, avx2, avx512".
+std::string compiled_isas();
+
+template <typename Scalar>
+const Kernels<Scalar>& kernels() {
+  return active().of<Scalar>();
+}
+
+}  // namespace isa
+}  // namespace fusedrnn

@@ -1,0 +1,371 @@
+// LSTM forward and backward kernels (PyTorch gate order i, f, g, o; optional peepholes; optional
+// projection of the hidden state, PyTorch's proj_size).
+// Recipe: one GEMM projects all T*N inputs; per step one blocked GEMM gives h_{t-1} w_hhᵀ, then a
+// fused pass adds biases, applies the gates and updates c and h. Backward walks the steps in
+// reverse with one fused pass producing the pre-activation gradients and one GEMM giving the
+// state gradient; large GEMMs after the loop give the weight and input gradients.
+// With projection (P > 0) the fused pass writes m = o*tanh(c) instead of h, and one more GEMM per
+// step gives h = m w_hrᵀ; backward first forms dh (P units) and dm = dh w_hr, then runs the same
+// fused pass on dm. The pointwise math: lstm_pointwise.h.
+#include "isa/copy.inc"
+#include "kernels/layout.h"
+#include "kernels/lstm_pointwise.h"
+#include "kernels/skeleton.h"
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+using detail::Index;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Layouts (layout.h): one description each, for the size query and the kernel.
+
+// Cache: hs [T+1, N, R] (h before each step, step order), cs [T+1, N, H] (c likewise),
+// gates [T, N, 4H] (activated i, f, g, o, step order) and, with projection, ms [T, N, H]
+// (m = o*tanh(c) of each step, zero for inactive rows, step order). R = P if P > 0 else H.
+template <typename T>
+struct Cache {
+  T *hs, *cs, *gates, *ms;
+};
+template <typename T>
+Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
+  const Index R = detail::rec_width(d), N = d.N, H = d.H;
+  Cache<T> k{};
+  k.hs = c.take((d.T + 1) * N * R);
+  k.cs = c.take((d.T + 1) * N * H);
+  k.gates = c.take(d.T * N * 4 * H);
+  k.ms = d.P > 0 ? c.take(d.T * N * H) : nullptr;
+  return k;
+}
+
+// Forward workspace: packed w_ih and w_hh (and w_hr with projection) first, at offsets that
+// depend on C, H and P only (Options::weights_packed), then a chunk of the input projection gx
+// and, for reverse, the gathered inputs xs; gh [N, 4H], h and c double buffers [2, N, R] and
+// [2, N, H] (used when no cache is given) and, with projection, m of one step [N, H].
+template <typename T>
+struct ForwardSpace {
+  T *wih_p, *whh_p, *whr_p, *gx, *xs, *gh, *hbuf, *cbuf, *mbuf;
+};
+template <typename T>
+ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
+  using namespace detail;
+  const Index R = rec_width(d), N = d.N, H = d.H, GH = 4 * H, TC = proj_chunk_steps(d);
+  const bool proj = d.P > 0;
+  ForwardSpace<T> w{};
+  w.wih_p = c.take_aligned(packed_bound(d.C, GH));
+  w.whh_p = c.take_aligned(packed_bound(R, GH));
+  w.whr_p = proj ? c.take_aligned(packed_bound(H, d.P)) : nullptr;
+  w.gx = c.take(TC * N * GH);  // [TC * N, 4H]: steps s0.. of the current chunk
+  w.xs = c.take(TC * N * d.C);
+  w.gh = c.take(N * GH);
+  w.hbuf = c.take(2 * N * R);
+  w.cbuf = c.take(2 * N * H);
+  w.mbuf = proj ? c.take(N * H) : nullptr;
+  return w;
+}
+
+// Backward workspace: dgh [T, N, 4H] (step order), dgx [T, N, 4H] (time order), dh and dc double
+// buffers [2, N, R] and [2, N, H], packed w_hh and w_ih; with projection also dh of every step
+// [T, N, P] (step order, for dw_hr), dm of one step [N, H] and packed w_hr.
+template <typename T>
+struct BackwardSpace {
+  T *dgh, *dgx, *dhbuf, *dcbuf, *whh_q, *wih_q, *dhp, *dm, *whr_q;
+};
+template <typename T>
+BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
+  using namespace detail;
+  const Index R = rec_width(d), N = d.N, H = d.H, GH = 4 * H, P = d.P;
+  const bool proj = P > 0;
+  BackwardSpace<T> w{};
+  w.dgh = c.take(d.T * N * GH);
+  w.dgx = c.take(d.T * N * GH);
+  w.dhbuf = c.take(2 * N * R);
+  w.dcbuf = c.take(2 * N * H);
+  w.whh_q = c.take_aligned(packed_bound(GH, R));
+  w.wih_q = c.take_aligned(packed_bound(GH, d.C));
+  w.dhp = proj ? c.take(d.T * N * P) : nullptr;  // [T, N, P], step order
+  w.dm = proj ? c.take(N * H) : nullptr;          // [N, H]
+  w.whr_q = proj ? c.take_aligned(packed_bound(P, H)) : nullptr;
+  return w;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks: the kernel is the one authority on their consistency.
+
+// The one authority on projection sizes: PyTorch's rule, P < H (a projection narrows h).
+void check_lstm_dims(const char* fn, const Dims& d) {
+  detail::check_dims(fn, d, true);
+  if (d.P >= d.H)
+    detail::fail(std::string(fn) + ": proj_size P = " + std::to_string(d.P) +
+                 " must be < hidden_size H = " + std::to_string(d.H) +
+                 " (PyTorch's rule: the projection narrows h)");
+}
+
+// cell_clip: 0 (none) or a positive bound.
+void check_clip(const char* fn, double clip) {
+  if (!(clip >= 0 && clip < HUGE_VAL))
+    detail::fail(std::string(fn) + ": cell_clip must be a finite number >= 0 (0 = no clip), "
+                 "got " + std::to_string(clip));
+}
+
+// w_hr must be given exactly when the dims ask for a projection.
+void check_projection(const char* fn, const Dims& d, const void* w_hr) {
+  if (w_hr == nullptr && d.P != 0)
+    detail::fail(std::string(fn) + ": w_hr must not be null when P = " + std::to_string(d.P) +
+                 " > 0");
+  if (w_hr != nullptr && d.P <= 0)
+    detail::fail(std::string(fn) + ": w_hr given but P = 0 (no projection)");
+}
+
+isa::Sizes sizes(const Dims& d) {
+  check_lstm_dims("lstm_sizes", d);
+  return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
+          detail::measure(d, &backward_layout<float>)};
+}
+
+// ---------------------------------------------------------------------------------------------
+
+template <typename Scalar>
+void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt,
+             Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "lstm_forward";
+  check_lstm_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
+                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {a.c_n, "c_n"},
+                         {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  check_projection(fn, d, a.w_hr);
+  check_clip(fn, double(a.cell_clip));
+  const Index S = check_lengths(fn, d, a.lengths);
+  const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
+  const bool proj = P > 0;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{a.lengths, d.T, opt.reverse};
+  const bool training = a.cache != nullptr;
+  const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh, *w_peep = a.w_peep;
+  Scalar* y = a.y;
+
+  const Index TC = proj_chunk_steps(d);
+  Carver<Scalar> wc(workspace);
+  const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  Carver<Scalar> cc(a.cache);
+  const Cache<Scalar> k = cache_layout(d, cc);
+  Scalar* hs = training ? k.hs : w.hbuf;
+  Scalar* cs = training ? k.cs : w.cbuf;
+  // State before step s: slot s of the cache, or slot s % 2 of the double buffer.
+  // `size`: the scalars of one slot (N*R for h, N*H for c).
+  auto slot = [&](Scalar* base, Index s, Index size) {
+    return base + (training ? s : s % 2) * size;
+  };
+
+  parallel_region(thread_count(opt, d, 4), [&] {
+    forward_prologue(d, opt, 4, a.w_ih, a.lengths, w.wih_p, y);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, R, GH, R, true, w.whh_p);
+      if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
+    }
+    par_copy_or_zero(hs, a.h0, NR);
+    par_copy_or_zero(cs, a.c0, NH);
+    for (Index s = 0; s < S; ++s) {
+      const Scalar* h_prev = slot(hs, s, NR);
+      const Scalar* c_prev = slot(cs, s, NH);
+      Scalar* h_next = slot(hs, s + 1, NR);
+      Scalar* c_next = slot(cs, s + 1, NH);
+      Scalar* m = proj ? (training ? k.ms + s * NH : w.mbuf) : nullptr;  // [N, H]
+      if (s % TC == 0)
+        project_steps(d, 4, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+      par_gemm_packed(N, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        if (t < 0) {  // finished sequence: carry its state through
+          if (proj)   // m = 0: no gradient flows to w_hr; h is carried after the projection
+            std::fill(m + off, m + off + bk, Scalar(0));
+          else
+            std::copy(h_prev + off, h_prev + off + bk, h_next + off);
+          std::copy(c_prev + off, c_prev + off + bk, c_next + off);
+          continue;
+        }
+        // One fused pass: the gates, c, and h (m with projection; y then comes from h below).
+        const Index gu = ((s % TC) * N + n) * GH + u0;
+        lstm_pointwise_forward(bk, H, w.gx + gu, w.gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+                               b_hh ? b_hh + u0 : nullptr, w_peep ? w_peep + u0 : nullptr,
+                               c_prev + off, c_next + off, proj ? m + off : h_next + off,
+                               proj ? nullptr : y + (t * N + n) * H + u0,
+                               training ? k.gates + (s * N + n) * GH + u0 : nullptr,
+                               a.cell_clip);
+      }
+      if (proj) {
+        // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
+        par_gemm_packed(N, P, H, m, H, w.whr_p, h_next, P, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (Index n = 0; n < N; ++n) {
+          const Index t = sm.time(s, n);
+          if (t < 0)
+            std::copy(h_prev + n * P, h_prev + (n + 1) * P, h_next + n * P);
+          else
+            std::copy(h_next + n * P, h_next + (n + 1) * P, y + (t * N + n) * P);
+        }
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      std::copy(slot(hs, S, NR), slot(hs, S, NR) + NR, a.h_n);
+      std::copy(slot(cs, S, NH), slot(cs, S, NH) + NH, a.c_n);
+    }
+  });
+}
+
+template <typename Scalar>
+void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& opt,
+              Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "lstm_backward";
+  check_lstm_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
+                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
+                         {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  check_projection(fn, d, a.w_hr);
+  require(!a.dw_peep || a.w_peep, "lstm_backward: dw_peep given but w_peep is null");
+  require(!a.dw_hr || a.w_hr, "lstm_backward: dw_hr given but w_hr is null (P = 0)");
+  check_clip(fn, double(a.cell_clip));
+  const Index S = check_lengths(fn, d, a.lengths);
+  const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
+  const bool proj = P > 0;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{a.lengths, d.T, opt.reverse};
+  const Scalar *dy = a.dy, *w_peep = a.w_peep;
+
+  Carver<const Scalar> cc(a.cache);
+  const Cache<const Scalar> k = cache_layout(d, cc);
+  const Scalar *hs = k.hs, *cs = k.cs, *gates = k.gates, *ms = k.ms;
+  Carver<Scalar> wc(workspace);
+  const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  Scalar* dgh = w.dgh;
+  // Without reverse, step order is time order and one buffer serves both.
+  Scalar* dgx = opt.reverse ? w.dgx : dgh;
+  Scalar *dhbuf = w.dhbuf, *dcbuf = w.dcbuf, *dhp = w.dhp, *dm = w.dm;
+
+  parallel_region(thread_count(opt, d, 4), [&] {
+    if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
+    par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+    if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
+    // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
+    par_copy_or_zero(dhbuf + (S % 2) * NR, a.dh_n, NR);
+    par_copy_or_zero(dcbuf + (S % 2) * NH, a.dc_n, NH);
+    for (Index s = S - 1; s >= 0; --s) {
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NR;
+      const Scalar* dc_cur = dcbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NR;
+      Scalar* dc_nxt = dcbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + s * N * GH;
+      if (proj) {
+        // Forward: h = m w_hrᵀ, and y[t] = h for active rows. dh = carried dh + dy[t] [N, P]
+        // (kept for dw_hr += dhᵀ m); a finished row did nothing at this step: dh = 0 and its
+        // carry passes through. Active rows of dh_nxt start at 0 for the recurrent product.
+        Scalar* dhps = dhp + s * N * P;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (Index n = 0; n < N; ++n) {
+          const Index t = sm.time(s, n);
+          const Scalar* cur = dh_cur + n * P;
+          Scalar* row = dhps + n * P;
+          Scalar* nxt = dh_nxt + n * P;
+          if (t < 0) {
+            std::fill(row, row + P, Scalar(0));
+            std::copy(cur, cur + P, nxt);
+            continue;
+          }
+          const Scalar* dyr = dy ? dy + (t * N + n) * P : nullptr;
+          for (Index j = 0; j < P; ++j) row[j] = cur[j] + (dyr ? dyr[j] : Scalar(0));
+          std::fill(nxt, nxt + P, Scalar(0));
+        }
+        par_gemm_packed(N, H, P, dhps, P, w.whr_q, dm, H, false);  // dm = dh w_hr [N, H]
+      }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        Scalar* dg = dgs + n * GH + u0;  // this row's d(i, f, g, o) pre-activations, units u0..
+        if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
+          for (Index g = 0; g < 4; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
+          if (!proj) std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
+          std::copy(dc_cur + off, dc_cur + off + bk, dc_nxt + off);
+          continue;
+        }
+        // d(o*tanh(c_t)): without projection dh_cur + dy[t], with it dm (dy is already in it).
+        // The recurrent product below adds dg w_hh into dh_nxt (with projection, the pass above
+        // zeroed it); dgx gets a copy of dg when it is a separate buffer.
+        lstm_pointwise_backward(
+            bk, H, proj ? dm + off : dh_cur + off,
+            dy && !proj ? dy + (t * N + n) * H + u0 : nullptr, gates + (s * N + n) * GH + u0,
+            cs + s * NH + off, cs + (s + 1) * NH + off, dc_cur + off,
+            w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
+            dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
+      }
+      par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      if (a.dh0) std::copy(dhbuf, dhbuf + NR, a.dh0);
+      if (a.dc0) std::copy(dcbuf, dcbuf + NH, a.dc0);
+    }
+    backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
+                      a.dw_hh, a.db_ih, a.db_hh);
+    // Forward: h = m w_hrᵀ at every step, so dw_hr += Σ dhᵀ m (inactive rows are zero in both).
+    if (a.dw_hr) par_gemm_tn_add(P, H, S * N, dhp, P, ms, H, a.dw_hr, H);
+    if (a.dw_peep) {
+      // p_i and p_f multiplied c_prev into i and f, p_o multiplied c_t into o:
+      // dp_i = Σ di_pre*c_prev, dp_f = Σ df_pre*c_prev, dp_o = Σ do_pre*c_t (over steps, rows).
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < 3 * nub; ++job) {
+        const Index p = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index gate = p == 2 ? 3 : p;
+        const Index cshift = p == 2 ? NH : 0;
+        Scalar acc[kUnitBlock] = {};
+        for (Index r = 0; r < S * N; ++r) {
+          const Scalar* dg = dgh + r * GH + gate * H + u0;
+          const Scalar* c = cs + r * H + cshift + u0;
+          for (Index j = 0; j < bk; ++j) acc[j] += dg[j] * c[j];
+        }
+        for (Index j = 0; j < bk; ++j) a.dw_peep[p * H + u0 + j] += acc[j];
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void fill_lstm(isa::Table& t) {
+  t.lstm_sizes = &sizes;
+  t.f32.lstm_forward = &forward<float>;
+  t.f32.lstm_backward = &backward<float>;
+  t.f64.lstm_forward = &forward<double>;
+  t.f64.lstm_backward = &backward<double>;
+}
+
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

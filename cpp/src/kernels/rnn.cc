@@ -1,0 +1,207 @@
+// Elman RNN forward and backward kernels: h_t = act(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
+// The pointwise math: rnn_pointwise.h.
+#include "isa/copy.inc"
+#include "kernels/layout.h"
+#include "kernels/rnn_pointwise.h"
+#include "kernels/skeleton.h"
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+
+using detail::Index;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Layouts (layout.h): one description each, for the size query and the kernel.
+
+// Cache: hs [T+1, N, H], the state before each step (step order); the activation's derivative
+// is taken from the activated value hs[s+1].
+template <typename T>
+struct Cache {
+  T* hs;
+};
+template <typename T>
+Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
+  return {c.take((d.T + 1) * d.N * d.H)};
+}
+
+// Forward workspace: packed w_ih and w_hh first, at offsets that depend on C and H only
+// (Options::weights_packed), then a chunk of the input projection gx and the gathered inputs xs,
+// gh [N, H] and the h double buffer [2, N, H].
+template <typename T>
+struct ForwardSpace {
+  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf;
+};
+template <typename T>
+ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, TC = proj_chunk_steps(d);
+  ForwardSpace<T> w{};
+  w.wih_p = c.take_aligned(packed_bound(d.C, H));
+  w.whh_p = c.take_aligned(packed_bound(H, H));
+  w.gx = c.take(TC * N * H);  // [TC * N, H], steps s0.. of the current chunk
+  w.xs = c.take(TC * N * d.C);
+  w.gh = c.take(N * H);
+  w.hbuf = c.take(2 * N * H);
+  return w;
+}
+
+// Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H],
+// packed w_hh and w_ih.
+template <typename T>
+struct BackwardSpace {
+  T *dgh, *dgx, *dhbuf, *whh_q, *wih_q;
+};
+template <typename T>
+BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
+  using namespace detail;
+  const Index NH = d.N * d.H;
+  BackwardSpace<T> w{};
+  w.dgh = c.take(d.T * NH);
+  w.dgx = c.take(d.T * NH);
+  w.dhbuf = c.take(2 * NH);
+  w.whh_q = c.take_aligned(packed_bound(d.H, d.H));
+  w.wih_q = c.take_aligned(packed_bound(d.H, d.C));
+  return w;
+}
+
+isa::Sizes sizes(const Dims& d) {
+  detail::check_dims("rnn_sizes", d);
+  return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
+          detail::measure(d, &backward_layout<float>)};
+}
+
+// ---------------------------------------------------------------------------------------------
+
+template <typename Scalar>
+void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
+             Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "rnn_forward";
+  check_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
+                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  const Index S = check_lengths(fn, d, a.lengths);
+  const Index N = d.N, H = d.H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{a.lengths, d.T, opt.reverse};
+  const bool training = a.cache != nullptr;
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+
+  const Index TC = proj_chunk_steps(d);
+  Carver<Scalar> wc(workspace);
+  const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  Carver<Scalar> cc(a.cache);
+  Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
+  auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
+
+  parallel_region(thread_count(opt, d, 1), [&] {
+    forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
+    if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
+    par_copy_or_zero(hs, a.h0, NH);
+    for (Index s = 0; s < S; ++s) {
+      const Scalar* h_prev = slot(s);
+      Scalar* h_next = slot(s + 1);
+      if (s % TC == 0)
+        project_steps(d, 1, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+      par_gemm_packed(N, H, H, h_prev, H, w.whh_p, w.gh, H, false);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        Scalar* hn = h_next + off;
+        if (t < 0) {
+          std::copy(h_prev + off, h_prev + off + bk, hn);
+          continue;
+        }
+        rnn_pointwise_forward(bk, tanh_act, w.gx + ((s % TC) * N + n) * H + u0, w.gh + off,
+                              a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
+                              hn, a.y + (t * N + n) * H + u0);
+      }
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    std::copy(slot(S), slot(S) + NH, a.h_n);
+  });
+}
+
+template <typename Scalar>
+void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& opt,
+              Scalar* workspace) {
+  using namespace detail;
+  const char* fn = "rnn_backward";
+  check_dims(fn, d);
+  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
+                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
+                         {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+  const Index S = check_lengths(fn, d, a.lengths);
+  const Index N = d.N, H = d.H, NH = N * H;
+  const Index nub = ceil_div(H, kUnitBlock);
+  const StepMap sm{a.lengths, d.T, opt.reverse};
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+
+  Carver<const Scalar> cc(a.cache);
+  const Scalar* hs = cache_layout(d, cc).hs;
+  Carver<Scalar> wc(workspace);
+  const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  Scalar* dgh = w.dgh;
+  Scalar* dgx = opt.reverse ? w.dgx : dgh;
+  Scalar* dhbuf = w.dhbuf;
+
+  parallel_region(thread_count(opt, d, 1), [&] {
+    if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
+    par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
+    for (Index s = S - 1; s >= 0; --s) {
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + s * NH;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (Index job = 0; job < N * nub; ++job) {
+        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+        const Index bk = std::min(kUnitBlock, H - u0);
+        const Index off = n * H + u0;
+        const Index t = sm.time(s, n);
+        if (t < 0) {
+          std::fill(dgs + off, dgs + off + bk, Scalar(0));
+          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
+          continue;
+        }
+        rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
+                               a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
+                               hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
+                               dgx != dgh ? dgx + (t * N + n) * H + u0 : nullptr);
+      }
+      par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
+    backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
+                      a.dw_hh, a.db_ih, a.db_hh);
+  });
+}
+
+}  // namespace
+
+void fill_rnn(isa::Table& t) {
+  t.rnn_sizes = &sizes;
+  t.f32.rnn_forward = &forward<float>;
+  t.f32.rnn_backward = &backward<float>;
+  t.f64.rnn_forward = &forward<double>;
+  t.f64.rnn_backward = &backward<double>;
+}
+
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

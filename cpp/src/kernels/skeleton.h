@@ -1,0 +1,98 @@
+// The skeleton every cell's kernel shares around its pointwise passes: the chunked input
+// projection, the forward prologue, state initialisation and the backward epilogue (the weight,
+// input and bias gradients after the time loop). All are work-shared: call them from every
+// thread of the kernel's parallel region.
+#pragma once
+
+#include "packed_gemm.h"
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+namespace detail {
+
+// The input projection gx = x w_ihᵀ runs in chunks of steps, just before the steps that read
+// it: the chunk stays in cache, and forward memory does not grow with T (inference over a long
+// sequence needs only the state and one chunk). About two row blocks of the GEMM per chunk.
+constexpr Index proj_chunk_steps(const Dims& d) {
+  return std::max<Index>(1, std::min<Index>(d.T, 2 * Panel<float>::MB / d.N));
+}
+
+// Forward prologue: packs w_ih into `packed` [packed_bound(C, G*H)] (unless the options say it
+// is there from an earlier call); y [T, N, R] is zeroed when lengths leave padded steps unwritten.
+template <typename Scalar>
+void forward_prologue(const Dims& d, const Options& opt, Index G, const Scalar* w_ih,
+                      const std::int64_t* lengths, Scalar* packed, Scalar* y) {
+  if (!opt.weights_packed) par_pack(w_ih, d.C, G * d.H, d.C, true, packed);
+  if (lengths) par_fill(y, d.T * d.N * rec_width(d), Scalar(0));
+}
+
+// Work-shared, at the first step s0 of each chunk: gxs [(s1 - s0) * N, G*H] = the inputs the
+// steps s0..s1-1 read, x[t(s, n), n], times w_ihᵀ (packed), in step order (biases come later).
+// Forward, step order is time order; reverse gathers the rows into xs first. Rows of finished
+// sequences are computed but never read.
+template <typename Scalar>
+void project_steps(const Dims& d, Index G, const StepMap& sm, Index s0, Index s1, const Scalar* x,
+                   const Scalar* packed, Scalar* xs, Scalar* gxs) {
+  const Index N = d.N, C = d.C, rows = (s1 - s0) * N;
+  const Scalar* a = x + s0 * N * C;
+  if (sm.reverse) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index r = 0; r < rows; ++r) {
+      const Index t = sm.time(s0 + r / N, r % N);
+      if (t >= 0)
+        std::copy(x + (t * N + r % N) * C, x + (t * N + r % N + 1) * C, xs + r * C);
+      else
+        std::fill(xs + r * C, xs + (r + 1) * C, Scalar(0));
+    }
+    a = xs;
+  }
+  par_gemm_packed(rows, G * d.H, C, a, C, packed, gxs, G * d.H, false);
+}
+
+// dst [count] = src, or zeros when src is null. Work-shared.
+template <typename Scalar>
+void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
+  if (src) {
+    const Index chunk = 1 << 14, tiles = ceil_div(count, chunk);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index t = 0; t < tiles; ++t)
+      std::copy(src + t * chunk, src + std::min(count, (t + 1) * chunk), dst + t * chunk);
+  } else {
+    par_fill(dst, count, Scalar(0));
+  }
+}
+
+// Backward epilogue, after the time loop has produced the pre-activation gradients
+//   dgx [T*N, G*H] in time order (zero at padded steps): the input-side gradients, and
+//   dgh [S*N, G*H] in step order (zero for inactive rows): the recurrent-side gradients,
+// with hs [S*N, R] the state each step read (R, the recurrent width: H, or the LSTM's projection
+// size P). Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ (w_hh [G*H, R]), so
+//   dx = dgx w_ih,  dw_ih += dgxᵀ x,  dw_hh += dghᵀ hs,  db_ih += Σ rows dgx,  db_hh += Σ rows dgh.
+// dw_hh may be null (a cell whose recurrent product does not read hs does its own).
+// `packed` [packed_bound(G*H, C)] receives w_ih packed for dx.
+template <typename Scalar>
+void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x,
+                       const Scalar* w_ih, const Scalar* dgx, const Scalar* dgh, const Scalar* hs,
+                       Scalar* packed, Scalar* dx, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih,
+                       Scalar* db_hh) {
+  const Index TN = d.T * d.N, GH = G * d.H;
+  par_pack(w_ih, GH, d.C, d.C, false, packed);
+  par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
+  if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
+  if (dw_hh) par_gemm_tn_add(GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);
+  if (db_ih && db_hh && dgx == dgh && S == d.T) {
+    // Forward order without padding: both bias gradients are the same column sum of one buffer.
+    par_colsum_add(TN, GH, dgx, GH, db_ih, db_hh);
+  } else {
+    if (db_ih) par_colsum_add(TN, GH, dgx, GH, db_ih);
+    if (db_hh) par_colsum_add(S * d.N, GH, dgh, GH, db_hh);
+  }
+}
+
+}  // namespace detail
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

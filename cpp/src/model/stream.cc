@@ -1,0 +1,202 @@
+// fusedrnn::Stream: weights packed once at construction; step() = per layer one call of the
+// active instruction set's step (isa::Kernels::step), then the head. No allocation, no
+// OpenMP, no exception after construction.
+#include "fusedrnn/stream.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "model_impl.h"
+
+namespace fusedrnn {
+
+template <typename Scalar>
+struct Stream<Scalar>::Impl {
+  Model model;
+  const isa::Kernels<Scalar>* ops = nullptr;
+  std::int64_t N = 0, L = 0, H = 0, R = 0, E = 0, O = 0;
+  bool lstm = false, has_head = false;
+  std::vector<isa::StepLayer<Scalar>> layers;
+  internal::AlignedArray<Scalar> packed;   // every layer's packed weights
+  internal::AlignedArray<Scalar> h, c;     // state [L, N, R], [L, N, H]
+  internal::AlignedArray<Scalar> scratch;  // one layer's step scratch
+  internal::AlignedArray<Scalar> xbuf;     // embedded tokens [N, E]
+  const Scalar* embed = nullptr;
+  const Scalar* head_packed = nullptr;
+  const Scalar* head_b = nullptr;
+
+  explicit Impl(const Model& m) : model(m) {}
+};
+
+template <typename Scalar>
+Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
+  const ModelConfig& c = model.config();
+  if (dtype_of<Scalar>() != c.dtype)
+    throw std::invalid_argument(std::string("fusedrnn::Stream: the model is ") +
+                                dtype_name(c.dtype) + ", the Stream " +
+                                dtype_name(dtype_of<Scalar>()));
+  if (c.bidirectional)
+    throw ConfigError("fusedrnn::Stream: the model is bidirectional; its backward direction "
+                      "reads the whole sequence, so it cannot run one step at a time (use "
+                      "Model::forward)");
+  if (batch < 1 || batch > (std::int64_t(1) << 24))
+    throw std::invalid_argument("fusedrnn::Stream: batch must be in [1, 2^24], got " +
+                                std::to_string(batch));
+  auto impl = std::make_unique<Impl>(model);
+  Impl& s = *impl;
+  const detail::ModelImpl& m = *model.impl();
+  s.ops = &isa::kernels<Scalar>();
+  s.N = batch, s.L = c.num_layers, s.H = c.hidden_size, s.R = c.state_size();
+  s.E = c.rnn_input_size(), s.O = c.output_size;
+  s.lstm = c.cell == CellType::lstm;
+  s.has_head = c.has_head;
+  const std::int64_t G = c.cell == CellType::lstm ? 4 : c.cell == CellType::gru ? 3 : 1;
+  const std::int64_t H = s.H, R = s.R, P = c.proj_size, N = s.N;
+  const bool before = c.cell == CellType::gru && c.variant == GruVariant::reset_before;
+
+  // Packed layout per layer: w_ih [C -> GH], w_hh [R -> GH] (reset_before: [H -> 2H] and the
+  // n rows [H -> H]), w_hr [H -> P].
+  std::size_t total = 0;
+  for (const detail::LayerWeights& w : m.layers) {
+    total += s.ops->packed_size(w.C, G * H);
+    total += before ? s.ops->packed_size(H, 2 * H) + s.ops->packed_size(H, H)
+                    : s.ops->packed_size(R, G * H);
+    if (P > 0) total += s.ops->packed_size(H, P);
+  }
+  s.packed.resize(total);
+  Scalar* at = s.packed.data();
+  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
+  for (const detail::LayerWeights& w : m.layers) {
+    isa::StepLayer<Scalar> sl;
+    sl.cell = c.cell == CellType::lstm  ? isa::StepCell::lstm
+              : c.cell == CellType::gru ? isa::StepCell::gru
+                                        : isa::StepCell::rnn;
+    sl.variant = c.variant;
+    sl.act = c.nonlinearity;
+    sl.N = N, sl.C = w.C, sl.H = H, sl.P = P;
+    s.ops->pack(p(w.w_ih), w.C, G * H, w.C, true, at);
+    sl.wih_p = at;
+    at += s.ops->packed_size(w.C, G * H);
+    if (before) {
+      s.ops->pack(p(w.w_hh), H, 2 * H, H, true, at);
+      sl.whh_p = at;
+      at += s.ops->packed_size(H, 2 * H);
+      s.ops->pack(p(w.w_hh) + 2 * H * H, H, H, H, true, at);
+      sl.whn_p = at;
+      at += s.ops->packed_size(H, H);
+    } else {
+      s.ops->pack(p(w.w_hh), R, G * H, R, true, at);
+      sl.whh_p = at;
+      at += s.ops->packed_size(R, G * H);
+    }
+    if (P > 0) {
+      s.ops->pack(p(w.w_hr), H, P, H, true, at);
+      sl.whr_p = at;
+      at += s.ops->packed_size(H, P);
+    }
+    sl.b_ih = p(w.b_ih), sl.b_hh = p(w.b_hh), sl.w_peep = p(w.w_peep);
+    s.layers.push_back(sl);
+  }
+  s.h.resize(std::size_t(s.L * N * R));
+  s.c.resize(s.lstm ? std::size_t(s.L * N * H) : 0);
+  s.scratch.resize(isa::step_scratch_size(N, H, G));
+  if (c.token_input()) {
+    s.xbuf.resize(std::size_t(N * s.E));
+    s.embed = p(m.embed);
+  }
+  if (c.has_head) {
+    s.head_packed = reinterpret_cast<const Scalar*>(m.head_packed.data());
+    s.head_b = p(m.head_b);
+  }
+  impl_ = std::move(impl);
+  reset();
+}
+
+template <typename Scalar>
+Stream<Scalar>::~Stream() = default;
+template <typename Scalar>
+Stream<Scalar>::Stream(Stream&&) noexcept = default;
+template <typename Scalar>
+Stream<Scalar>& Stream<Scalar>::operator=(Stream&&) noexcept = default;
+
+template <typename Scalar>
+void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
+  Impl& s = *impl_;
+  const Scalar* in = x_t;
+  for (std::int64_t l = 0; l < s.L; ++l) {
+    Scalar* h = s.h.data() + l * s.N * s.R;
+    Scalar* c = s.lstm ? s.c.data() + l * s.N * s.H : nullptr;
+    s.ops->step(s.layers[std::size_t(l)], in, h, c, s.scratch.data());
+    in = h;
+  }
+  if (!s.has_head) {
+    std::copy(in, in + s.N * s.R, y_t);
+    return;
+  }
+  // The head, as Model::forward computes it: out head.weightᵀ, then + head.bias.
+  s.ops->gemm(s.N, s.O, s.R, in, s.R, s.head_packed, y_t, s.O, 1);
+  for (std::int64_t n = 0; n < s.N; ++n)
+    for (std::int64_t o = 0; o < s.O; ++o) y_t[n * s.O + o] += s.head_b[o];
+}
+
+template <typename Scalar>
+bool Stream<Scalar>::step_tokens(const std::int64_t* tokens_t, Scalar* y_t) noexcept {
+  Impl& s = *impl_;
+  if (!s.embed || !tokens_t) return false;
+  const std::int64_t V = s.model.config().vocab_size;
+  for (std::int64_t n = 0; n < s.N; ++n)
+    if (tokens_t[n] < 0 || tokens_t[n] >= V) return false;
+  for (std::int64_t n = 0; n < s.N; ++n)
+    std::memcpy(s.xbuf.data() + n * s.E, s.embed + tokens_t[n] * s.E,
+                std::size_t(s.E) * sizeof(Scalar));
+  step(s.xbuf.data(), y_t);
+  return true;
+}
+
+template <typename Scalar>
+void Stream<Scalar>::reset() noexcept {
+  set_state(nullptr, nullptr);
+}
+
+template <typename Scalar>
+void Stream<Scalar>::set_state(const Scalar* h, const Scalar* c) noexcept {
+  Impl& s = *impl_;
+  if (h)
+    std::copy(h, h + s.h.size(), s.h.data());
+  else
+    std::fill(s.h.data(), s.h.data() + s.h.size(), Scalar(0));
+  if (c)
+    std::copy(c, c + s.c.size(), s.c.data());
+  else
+    std::fill(s.c.data(), s.c.data() + s.c.size(), Scalar(0));
+}
+
+template <typename Scalar>
+const Scalar* Stream<Scalar>::h() const noexcept {
+  return impl_->h.data();
+}
+template <typename Scalar>
+const Scalar* Stream<Scalar>::c() const noexcept {
+  return impl_->lstm ? impl_->c.data() : nullptr;
+}
+template <typename Scalar>
+std::int64_t Stream<Scalar>::batch() const noexcept {
+  return impl_->N;
+}
+template <typename Scalar>
+std::int64_t Stream<Scalar>::input_size() const noexcept {
+  return impl_->E;
+}
+template <typename Scalar>
+std::int64_t Stream<Scalar>::output_size() const noexcept {
+  return impl_->O;
+}
+template <typename Scalar>
+const Model& Stream<Scalar>::model() const noexcept {
+  return impl_->model;
+}
+
+template class Stream<float>;
+template class Stream<double>;
+
+}  // namespace fusedrnn

@@ -1,0 +1,356 @@
+"""Single-step recurrent cells shaped like torch.nn: :class:`LSTMCell`, :class:`GRUCell`,
+:class:`RNNCell`, for models that step a cell in a Python loop.
+
+torch's arguments, shapes and parameter names (``weight_ih`` [G*H, C], ``weight_hh`` [G*H, R],
+``bias_ih``, ``bias_hh`` [G*H]; LSTM extras as the layers have them: ``weight_hr`` [P, H] with
+``proj_size`` P, ``weight_peep`` [3, H] with ``peepholes``), so
+``cell.load_state_dict(torch_cell.state_dict())`` just works.
+
+    forward(x [N, C], state=None) -> h [N, R]            (GRUCell, RNNCell; state h [N, H])
+    forward(x [N, C], state=None) -> (h [N, R], c [N, H])   (LSTMCell; state (h, c))
+    backward(d_h, d_c=None) -> (d_x [N, C], d_state)
+
+Each step is one call of the fused sequence kernel with T = 1 (the same code as the layers, so a
+loop of cells gives the layer's outputs on the same sequence bit for bit; its gradients agree to
+rounding, 1e-12 in float64 and 1e-5 in float32 in the tests, as the steps' contributions to the
+weight gradients are added in another order).
+
+Backpropagation through a Python loop: in train mode every forward step is recorded on the
+cell's tape; ``backward`` differentiates the most recent step not yet differentiated, so the
+caller calls it once per step in reverse order, passing the gradient reaching that step's
+output (the loss's gradient plus the ``d_state`` the later step returned). It returns the
+gradient of the step's input and of the state it was given (``None`` when the state was None:
+zeros are not differentiated), and *adds* the step's parameter gradients into each
+``Parameter.grad``, so the gradients of the weights tied across the steps accumulate. A forward
+with ``state=None`` in train mode starts a new sequence and drops steps left undifferentiated;
+``clear_tape()`` drops them explicitly. Eval mode records nothing.
+
+Packed weights. The kernels multiply with weights laid out in panels ("packed"); packing costs
+as much as a small batch's step. A cell keeps the packed weights of its last forward in its own
+workspace (one per thread) and packs again only when they may have changed:
+
+* after every ``backward`` (an optimiser step may follow it),
+* after ``load_state_dict``, ``train()``/``eval()``, replacing a ``Parameter.data`` array,
+* after ``weights_changed()``: call it when you write into the weight arrays in place by any
+  other route (``p.data[...] = ...``, ``np.copyto``, a *parent* module's ``load_state_dict``);
+  or set ``cell.reuse_packed_weights = False`` to pack at every step.
+
+Forward reuses the packed weights; backward packs the (transposed) weights it needs per step.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from . import functional as F
+from .module import Module, Parameter, _dtype, _positive_int, _seed, register_module
+
+__all__ = ["LSTMCell", "GRUCell", "RNNCell"]
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+# -- the kernels, T = 1, through functional's one route into _core ----------------------------
+
+def _formula(mode, flag):
+    """The kernel's enum of a GRU variant (flag: reset_after) / RNN nonlinearity (flag: relu)."""
+    if mode == "LSTM":
+        return None
+    if mode == "GRU":
+        return F._formula("gru", "reset_after" if flag else "reset_before")
+    return F._formula("rnn", "relu" if flag else "tanh")
+
+
+def _dims(mode, dims):
+    return dims if mode == "LSTM" and len(dims) > 4 and dims[4] > 0 else dims[:4]
+
+
+def _kernel_forward(mode, flag, dims, packed, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, w_hr,
+                    y, h_n, c_n, cache, ws):
+    kind, d = mode.lower(), _dims(mode, dims)
+    t = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, y=y, h_n=h_n, cache=cache)
+    if mode == "LSTM":
+        t.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n)
+    F._forward_into(kind, _formula(mode, flag), d, None, False, workspace=ws, packed=packed,
+                    **t)
+
+
+def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n, dc_n, dx, dh0,
+                     dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr, bws_size, dt):
+    kind, d = mode.lower(), _dims(mode, dims)
+    t = dict(x=x, w_ih=w_ih, w_hh=w_hh, cache=cache, dh_n=dh_n, dx=dx, dh0=dh0, dw_ih=dw_ih,
+             dw_hh=dw_hh, db_ih=db_ih, db_hh=db_hh)
+    if mode == "LSTM":
+        t.update(w_peep=w_peep, w_hr=w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep, dw_hr=dw_hr)
+    F._backward_into(kind, _formula(mode, flag), d, (0, 0, bws_size), False, **t)
+
+
+def _sizes(mode, dims):
+    return F._sizes(mode.lower(), _dims(mode, dims))
+
+
+class _PackedStore(threading.local):
+    """Per thread: the forward workspace whose start holds the packed weights, and the key of
+    the weights packed there. Pickled and copied as a fresh, empty store."""
+
+    def __init__(self):
+        self.ws = None
+        self.key = None
+
+    def __reduce__(self):
+        return _PackedStore, ()
+
+
+class _Step:
+    __slots__ = ("x", "h0", "c0", "cache", "N", "has_state")
+
+
+class _CellBase(Module):
+    _mode = ""
+
+    def __init__(self, input_size, hidden_size, bias=True, *, proj_size=0, peepholes=False,
+                 variant="reset_after", nonlinearity="tanh", dtype="float32", seed=None):
+        super().__init__()
+        fn = type(self).__name__
+        input_size = _positive_int(fn, "input_size", input_size)
+        hidden_size = _positive_int(fn, "hidden_size", hidden_size)
+        for name, v in (("bias", bias), ("peepholes", peepholes)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
+        proj_size = _positive_int(fn, "proj_size", proj_size, minimum=0)
+        if variant not in ("reset_after", "reset_before"):
+            raise ValueError(f"{fn}: variant must be 'reset_after' or 'reset_before', "
+                             f"got {variant!r}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"{fn}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        dt = _dtype(fn, dtype)
+        seed = _seed(fn, seed)
+        self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
+        self.proj_size, self.peepholes = proj_size, bool(peepholes)
+        self.variant, self.nonlinearity, self.dtype = variant, nonlinearity, dt
+        self.state_size = proj_size or hidden_size
+        self._flag = (variant == "reset_after") if self._mode == "GRU" else \
+            (nonlinearity == "relu")
+        G, H, R, C = _GATES[self._mode], hidden_size, self.state_size, input_size
+        rng = np.random.default_rng(seed)
+        k = 1.0 / math.sqrt(H)
+        uniform = lambda *shape: rng.uniform(-k, k, shape).astype(dt)  # noqa: E731
+        self.weight_ih = Parameter(uniform(G * H, C))
+        self.weight_hh = Parameter(uniform(G * H, R))
+        if self.bias:
+            self.bias_ih = Parameter(uniform(G * H))
+            self.bias_hh = Parameter(uniform(G * H))
+        if proj_size:
+            self.weight_hr = Parameter(uniform(R, H))
+        if self.peepholes:
+            self.weight_peep = Parameter(uniform(3, H))
+        self.reuse_packed_weights = True
+        self._version = 0
+        self._store = _PackedStore()
+        self._tape = []
+        self._caches = []       # cache arrays reused by tape depth
+        self._y = {}            # per N: scratch for the kernel's y [1, N, R]
+        self._sizes_by_n = {}
+
+    # -- packed weights --------------------------------------------------------------------------
+    def weights_changed(self) -> None:
+        """Tell the cell its weights were written in place: the next forward packs them again."""
+        self._version += 1
+
+    _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
+
+    def _weights(self):
+        get = self._parameters.get
+        return tuple(None if p is None else p.data for p in map(get, self._ORDER))
+
+    def _step_sizes(self, N):
+        """(dims, cache size, forward workspace size) for batch N, kept per N."""
+        s = self._sizes_by_n.get(N)
+        if s is None:
+            dims = (1, N, self.input_size, self.hidden_size, self.proj_size)
+            cache_size, ws_size, _ = _sizes(self._mode, dims)
+            s = self._sizes_by_n[N] = (dims, cache_size, ws_size)
+        return s
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+        super().load_state_dict(state_dict, strict)
+        self._version += 1
+
+    def train(self, mode: bool = True):
+        self._version += 1
+        self._tape.clear()
+        return super().train(mode)
+
+    def clear_tape(self) -> None:
+        """Drops the recorded steps not yet differentiated."""
+        self._tape.clear()
+
+    def release_buffers(self) -> None:
+        """Frees the workspaces and caches kept between calls."""
+        self._sizes_by_n.clear()
+        self._tape.clear()
+        self._caches.clear()
+        self._y.clear()
+        self._store = _PackedStore()
+
+    # -- forward -----------------------------------------------------------------------------------
+    def _check_array(self, fn, name, a, shape):
+        if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
+            raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
+                            f"got {type(a).__name__}")
+        if a.dtype != self.dtype:
+            raise TypeError(f"{fn}: {name} must have dtype {self.dtype} (the cell's dtype), "
+                            f"got {a.dtype}")
+        if a.shape != shape:
+            raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(a.shape)}")
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+    def forward(self, x, state=None):
+        fn = f"{type(self).__name__}.forward"
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.input_size \
+                or x.shape[0] < 1:
+            if isinstance(x, np.ndarray):
+                raise ValueError(f"{fn}: x must have shape [N, C] with C = input_size = "
+                                 f"{self.input_size} and N >= 1, got {list(x.shape)}")
+            raise TypeError(f"{fn}: x must be a numpy array of shape [N, {self.input_size}], "
+                            f"got {type(x).__name__}")
+        N = x.shape[0]
+        if type(x) is not np.ndarray or x.dtype != self.dtype or not x.flags.c_contiguous:
+            x = self._check_array(fn, "x", x, x.shape)
+        H, R, lstm = self.hidden_size, self.state_size, self._mode == "LSTM"
+        h0 = c0 = None
+        if state is not None:
+            if lstm:
+                if not isinstance(state, (tuple, list)) or len(state) != 2:
+                    raise TypeError(f"{fn}: state must be a tuple (h [N, {R}], c [N, {H}]), "
+                                    f"got {type(state).__name__}")
+                h0 = self._check_array(fn, "state[0] (h)", state[0], (N, R))
+                c0 = self._check_array(fn, "state[1] (c)", state[1], (N, H))
+            else:
+                h0 = self._check_array(fn, "state", state, (N, R))
+        dims, cache_size, ws_size = self._step_sizes(N)
+        w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
+
+        store = self._store
+        key = (self._version, id(w_ih), id(w_hh), id(b_ih), id(b_hh), id(w_peep), id(w_hr))
+        ws = store.ws
+        packed = self.reuse_packed_weights and ws is not None and ws.size >= ws_size \
+            and store.key == key
+        if ws is None or ws.size < ws_size:
+            ws = store.ws = np.empty(ws_size, self.dtype)
+        store.key = key if self.reuse_packed_weights else None
+
+        training = self.training
+        cache = None
+        if training:
+            if state is None:
+                self._tape.clear()
+            depth = len(self._tape)
+            if depth < len(self._caches) and self._caches[depth].size == cache_size:
+                cache = self._caches[depth]
+            else:
+                cache = np.empty(cache_size, self.dtype)
+                if depth < len(self._caches):
+                    self._caches[depth] = cache
+                else:
+                    self._caches.append(cache)
+        y = self._y.get(N)
+        if y is None:
+            y = self._y[N] = np.empty((1, N, R), self.dtype)
+        h_n = np.empty((N, R), self.dtype)
+        c_n = np.empty((N, H), self.dtype) if lstm else None
+        x3 = x.reshape(1, N, self.input_size)
+        _kernel_forward(self._mode, self._flag, dims, packed, x3, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                        w_peep, w_hr, y, h_n, c_n, cache, ws[:ws_size])
+        if training:
+            step = _Step()
+            step.x, step.h0, step.c0, step.cache, step.N = x3, h0, c0, cache, N
+            step.has_state = state is not None
+            self._tape.append(step)
+        return (h_n, c_n) if lstm else h_n
+
+    # -- backward ----------------------------------------------------------------------------------
+    def backward(self, d_h, d_c=None):
+        """Differentiates the latest undifferentiated step: returns (d_x [N, C], d_state), d_state
+        shaped like the state that step was given (None if it was None); adds the parameter
+        gradients into Parameter.grad."""
+        fn = f"{type(self).__name__}.backward"
+        if not self._tape:
+            raise RuntimeError(f"{fn}: no recorded step left to differentiate (call forward in "
+                               f"train mode first; backward runs once per step, in reverse)")
+        if isinstance(d_h, tuple) and self._mode == "LSTM" and d_c is None:
+            if len(d_h) != 2:
+                raise TypeError(f"{fn}: d_h must be an array or a tuple (d_h, d_c)")
+            d_h, d_c = d_h
+        step = self._tape[-1]
+        N, H, R, lstm = step.N, self.hidden_size, self.state_size, self._mode == "LSTM"
+        dh_n = None if d_h is None else self._check_array(fn, "d_h", d_h, (N, R))
+        dc_n = None
+        if d_c is not None:
+            if not lstm:
+                raise ValueError(f"{fn}: d_c is for LSTMCell only")
+            dc_n = self._check_array(fn, "d_c", d_c, (N, H))
+        self._tape.pop()
+        self._version += 1   # an optimiser step may follow: pack again at the next forward
+        dims = (1, N, self.input_size, H, self.proj_size)
+        bws = _sizes(self._mode, dims)[2]
+        w_ih, w_hh, _, _, w_peep, w_hr = self._weights()
+        get = self._parameters.get
+        g = lambda name: None if get(name) is None else get(name).grad  # noqa: E731
+        dx = np.empty((1, N, self.input_size), self.dtype)
+        dh0 = np.empty((N, R), self.dtype) if step.has_state else None
+        dc0 = np.empty((N, H), self.dtype) if step.has_state and lstm else None
+        _kernel_backward(self._mode, self._flag, dims, step.x, w_ih, w_hh, w_peep, w_hr,
+                         step.cache, dh_n, dc_n, dx, dh0, dc0, self.weight_ih.grad,
+                         self.weight_hh.grad, g("bias_ih"), g("bias_hh"), g("weight_peep"),
+                         g("weight_hr"), bws, self.dtype)
+        d_state = None if not step.has_state else ((dh0, dc0) if lstm else dh0)
+        return dx.reshape(N, self.input_size), d_state
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
+@register_module
+class LSTMCell(_CellBase):
+    """LSTM cell (torch.nn.LSTMCell's arguments and names; gates i, f, g, o) with optional
+    projection (``proj_size``: h = (o*tanh(c)) weight_hrᵀ) and peepholes (``weight_peep``
+    [3, H], rows p_i, p_f, p_o; o sees the new c)."""
+    _mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, proj_size=0, peepholes=False,
+                 dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, bias, proj_size=proj_size, peepholes=peepholes,
+                         dtype=dtype, seed=seed)
+        self._record(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                     proj_size=self.proj_size, peepholes=self.peepholes, dtype=self.dtype,
+                     seed=seed)
+
+
+@register_module
+class GRUCell(_CellBase):
+    """GRU cell (torch.nn.GRUCell's arguments and names; gates r, z, n); variant
+    'reset_after' (torch) or 'reset_before' (Keras reset_after=False, TF1 GRUCell)."""
+    _mode = "GRU"
+
+    def __init__(self, input_size, hidden_size, bias=True, *, variant="reset_after",
+                 dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, bias, variant=variant, dtype=dtype, seed=seed)
+        self._record(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                     variant=self.variant, dtype=self.dtype, seed=seed)
+
+
+@register_module
+class RNNCell(_CellBase):
+    """Elman RNN cell (torch.nn.RNNCell's arguments and names): h' = tanh or relu(W_ih x + b_ih
+    + W_hh h + b_hh)."""
+    _mode = "RNN"
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", *,
+                 dtype="float32", seed=None):
+        super().__init__(input_size, hidden_size, bias, nonlinearity=nonlinearity, dtype=dtype,
+                         seed=seed)
+        self._record(input_size=self.input_size, hidden_size=self.hidden_size, bias=self.bias,
+                     nonlinearity=self.nonlinearity, dtype=self.dtype, seed=seed)

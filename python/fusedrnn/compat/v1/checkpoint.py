@@ -1,0 +1,200 @@
+"""Reading TensorFlow 1 checkpoints (the V2 "tensor bundle" format) without TensorFlow.
+
+A checkpoint ``prefix`` is ``prefix.index`` plus ``prefix.data-SSSSS-of-NNNNN`` shards. The
+index is a LevelDB-style sorted table: 48-byte footer (metaindex and index block handles as
+varint64 pairs, padding, magic 0xdb4775248b80fb57), blocks of prefix-compressed entries
+(varint shared, varint unshared, varint value length, key suffix, value) ending in a restart
+array and its count, each block followed by a 1-byte compression type and a masked CRC32C.
+The entry under the empty key is a ``BundleHeaderProto`` (num_shards, endianness, version);
+every other entry maps a variable name to a ``BundleEntryProto`` (dtype, shape, shard_id,
+offset, size, crc32c, slices), whose bytes are read from its shard. Snappy-compressed blocks
+(type 1) are decompressed with ``cramjam`` or ``snappy`` if one is installed (TF writes bundle
+indexes uncompressed). Sliced (partitioned) variables and string tensors are refused; the
+CRC32C checksums are not verified.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Dict
+
+import numpy as np
+
+__all__ = ["load_checkpoint", "CheckpointFormatError"]
+
+_MAGIC = 0xdb4775248b80fb57
+_DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
+           9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32,
+           23: np.uint64}
+
+
+class CheckpointFormatError(ValueError):
+    """The files are not a readable TF checkpoint (names the file and what is wrong)."""
+
+
+def _varint(buf, pos, where):
+    result = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise CheckpointFormatError(f"{where}: truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise CheckpointFormatError(f"{where}: varint too long")
+
+
+def _proto_fields(buf, where):
+    """(field number, wire type, value) of a protobuf message; value bytes for length-delimited."""
+    pos, out = 0, []
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos, where)
+        field, wire = tag >> 3, tag & 7
+        if wire == 0:
+            v, pos = _varint(buf, pos, where)
+        elif wire == 1:
+            v = struct.unpack_from("<Q", buf, pos)[0]
+            pos += 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos, where)
+            v = bytes(buf[pos:pos + n])
+            pos += n
+        elif wire == 5:
+            v = struct.unpack_from("<I", buf, pos)[0]
+            pos += 4
+        else:
+            raise CheckpointFormatError(f"{where}: unsupported protobuf wire type {wire}")
+        out.append((field, wire, v))
+    return out
+
+
+def _decompress(kind, data, where):
+    if kind == 0:
+        return data
+    if kind == 1:
+        try:
+            import cramjam
+            return bytes(cramjam.snappy.decompress_raw(data))
+        except ImportError:
+            pass
+        try:
+            import snappy
+            return snappy.uncompress(data)
+        except ImportError:
+            raise CheckpointFormatError(f"{where}: a Snappy-compressed block; install cramjam "
+                                        f"or python-snappy to read it") from None
+    raise CheckpointFormatError(f"{where}: unknown block compression type {kind}")
+
+
+def _block(data, offset, size, where):
+    if offset + size + 5 > len(data):
+        raise CheckpointFormatError(f"{where}: block at {offset} (+{size}) runs past the file")
+    return _decompress(data[offset + size], data[offset:offset + size], where)
+
+
+def _block_entries(block, where):
+    if len(block) < 4:
+        raise CheckpointFormatError(f"{where}: block too short")
+    num_restarts = struct.unpack_from("<I", block, len(block) - 4)[0]
+    end = len(block) - 4 - 4 * num_restarts
+    if end < 0:
+        raise CheckpointFormatError(f"{where}: bad restart count {num_restarts}")
+    pos, key, out = 0, b"", []
+    while pos < end:
+        shared, pos = _varint(block, pos, where)
+        unshared, pos = _varint(block, pos, where)
+        vlen, pos = _varint(block, pos, where)
+        if shared > len(key) or pos + unshared + vlen > end:
+            raise CheckpointFormatError(f"{where}: corrupt block entry")
+        key = key[:shared] + bytes(block[pos:pos + unshared])
+        pos += unshared
+        out.append((key, bytes(block[pos:pos + vlen])))
+        pos += vlen
+    return out
+
+
+def _read_index(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 48:
+        raise CheckpointFormatError(f"{path}: too short for a table footer")
+    footer = data[-48:]
+    if struct.unpack_from("<Q", footer, 40)[0] != _MAGIC:
+        raise CheckpointFormatError(f"{path}: not a TF checkpoint index (bad table magic)")
+    _, p = _varint(footer, 0, path)             # metaindex offset
+    _, p = _varint(footer, p, path)             # metaindex size
+    index_off, p = _varint(footer, p, path)
+    index_size, p = _varint(footer, p, path)
+    entries = []
+    for _, handle in _block_entries(_block(data, index_off, index_size, path), path):
+        off, q = _varint(handle, 0, path)
+        size, _ = _varint(handle, q, path)
+        entries.extend(_block_entries(_block(data, off, size, path), path))
+    return entries
+
+
+def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
+    """Every variable of the TF checkpoint ``prefix`` (the path without ``.index``) as a NumPy
+    array, by name (e.g. ``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel``)."""
+    prefix = os.fspath(prefix)
+    if prefix.endswith(".index"):
+        prefix = prefix[:-len(".index")]
+    index = prefix + ".index"
+    if not os.path.exists(index):
+        raise FileNotFoundError(f"load_checkpoint: {index} does not exist")
+    entries = _read_index(index)
+    num_shards, little = 1, True
+    out, shards = {}, {}
+    for key, value in entries:
+        where = f"{index}: entry {key.decode(errors='replace')!r}"
+        fields = _proto_fields(value, where)
+        if key == b"":
+            for field, _, v in fields:
+                if field == 1:
+                    num_shards = v
+                elif field == 2:
+                    little = v == 0
+            continue
+        name = key.decode()
+        dtype, dims, shard, offset, size, sliced = 0, [], 0, 0, 0, False
+        for field, _, v in fields:
+            if field == 1:
+                dtype = v
+            elif field == 2:
+                for f2, _, d in _proto_fields(v, where):
+                    if f2 == 2:
+                        size_ = [x for g, _, x in _proto_fields(d, where) if g == 1]
+                        dims.append(size_[0] if size_ else 0)
+            elif field == 3:
+                shard = v
+            elif field == 4:
+                offset = v
+            elif field == 5:
+                size = v
+            elif field == 7:
+                sliced = True
+        if sliced:
+            raise CheckpointFormatError(f"{where}: partitioned (sliced) variables are not "
+                                        f"supported")
+        if dtype not in _DTYPES:
+            raise CheckpointFormatError(f"{where}: unsupported dtype enum {dtype}")
+        dt = np.dtype(_DTYPES[dtype]).newbyteorder("<" if little else ">")
+        count = int(np.prod(dims)) if dims else 1
+        if count * dt.itemsize != size:
+            raise CheckpointFormatError(f"{where}: {size} bytes for shape {dims} of {dt}")
+        if shard not in shards:
+            path = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"load_checkpoint: {path} does not exist")
+            with open(path, "rb") as f:
+                shards[shard] = f.read()
+        buf = shards[shard]
+        if offset + size > len(buf):
+            raise CheckpointFormatError(f"{where}: data at {offset} (+{size}) runs past shard "
+                                        f"{shard}")
+        out[name] = np.frombuffer(buf, dt, count, offset).astype(dt.newbyteorder("="))\
+            .reshape(dims)
+    return out

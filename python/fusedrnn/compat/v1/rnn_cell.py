@@ -1,0 +1,681 @@
+"""TensorFlow 1's ``tf.nn.rnn_cell`` on fusedrnn's fused kernels: :class:`BasicRNNCell`,
+:class:`BasicLSTMCell`, :class:`LSTMCell`, :class:`GRUCell`, :class:`MultiRNNCell`,
+:class:`DropoutWrapper`, :class:`LSTMStateTuple`.
+
+Parameters are kept in TF1's layout and under TF1's names (``variables()``):
+
+* BasicRNNCell: ``basic_rnn_cell/kernel`` [C + H, H], ``bias`` [H]; output = act([x, h] K + b).
+* BasicLSTMCell / LSTMCell: ``basic_lstm_cell/kernel`` (``lstm_cell/kernel``) [C + R, 4H] with
+  gate order i, j, f, o, ``bias`` [4H]; ``forget_bias`` is added to f at run time, not stored;
+  LSTMCell's peepholes ``w_i_diag``, ``w_f_diag``, ``w_o_diag`` [H] and projection
+  ``projection/kernel`` [H, P] (R = P = num_proj, else H). State ``LSTMStateTuple(c, h)``.
+* GRUCell: ``gru_cell/gates/kernel`` [C + H, 2H] (r, u), ``gates/bias`` [2H] (initialised to 1),
+  ``candidate/kernel`` [C + H, H], ``candidate/bias`` [H]; the reset gate multiplies h before
+  the candidate product, new h = u h + (1 - u) c (fusedrnn's GRU ``reset_before``).
+
+Each forward converts them to the kernels' layout (gate order, transposes, forget_bias folded in
+the input bias); each backward converts the kernels' gradients back and *adds* them into the TF1
+parameters' ``grad``. Variables are created on the first call, when the input depth is known
+(``build(input_depth, dtype)`` or ``load_variables`` create them earlier); kernels use TF1's
+default glorot-uniform initialiser, biases zeros (GRU gates: ones).
+
+Every cell is a :class:`fusedrnn.Module`: ``cell(inputs [N, C], state)`` runs one step and returns
+``(output, new_state)``; :func:`fusedrnn.compat.v1.nn.dynamic_rnn` runs a whole batch of
+sequences, one fused kernel call per layer. ``cell.backward(d_output, d_state=None)``
+differentiates the cell's latest call (a step or a dynamic_rnn) and returns the gradient of its
+inputs; the gradient of the initial state is left in ``cell.d_initial_state`` (None when no
+initial state was given).
+
+Dropout (DropoutWrapper) applies in train mode only (``cell.eval()`` turns it off; TF1 had no
+modes, its programs fed keep_prob = 1 to evaluate). Not expressible on the fused kernels, and
+refused with a ValueError: ``state_keep_prob < 1`` (dropout on the recurrent path), LSTMCell's
+``cell_clip`` / ``proj_clip``, and activations other than tanh (relu for BasicRNNCell).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections import OrderedDict
+from typing import NamedTuple
+
+import numpy as np
+
+from ... import functional as F
+from ...module import Module, Parameter
+
+__all__ = ["RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
+           "DropoutWrapper", "LSTMStateTuple"]
+
+
+class LSTMStateTuple(NamedTuple):
+    """TF1's LSTM state: (c, h), c first."""
+    c: np.ndarray
+    h: np.ndarray
+
+
+def _tanh_or(fn, activation, allowed=("tanh",)):
+    """The activation's name: None or np.tanh or "tanh" is tanh; relu where allowed."""
+    if activation is None or activation is np.tanh or activation == "tanh":
+        return "tanh"
+    name = getattr(activation, "__name__", activation)
+    if "relu" in allowed and name == "relu":
+        return "relu"
+    raise ValueError(f"{fn}: activation must be tanh{' or relu' if 'relu' in allowed else ''} "
+                     f"(the fused kernels' activations), got {activation!r}")
+
+
+def _dtype_of(fn, dtype):
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(getattr(dtype, "as_numpy_dtype", dtype))
+    except TypeError:
+        raise TypeError(f"{fn}: dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _units(fn, name, v, optional=False):
+    if optional and v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{fn}: {name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _glorot(rng, shape, dt):
+    a = math.sqrt(6.0 / (shape[0] + shape[1]))
+    return rng.uniform(-a, a, shape).astype(dt)
+
+
+def _blocks(a, H, order, axis):
+    """The H-wide blocks of `a` along `axis` in `order`."""
+    return np.concatenate([np.take(a, np.arange(b * H, (b + 1) * H), axis=axis) for b in order],
+                          axis=axis)
+
+
+class RNNCell(Module):
+    """Base of the TF1 cells: zero_state, one step by call, backward of the latest call."""
+
+    def __init__(self):
+        super().__init__()
+        self._ctx = None
+        self.d_initial_state = None
+
+    # structure: the basic cells, in stack order, each with its input and output dropouts
+    def _layers(self):
+        raise NotImplementedError  # every concrete cell overrides it
+
+    @property
+    def state_size(self):
+        raise NotImplementedError
+
+    @property
+    def output_size(self):
+        return self._layers()[-1][0].output_size
+
+    def zero_state(self, batch_size, dtype):
+        """The all-zero state for `batch_size` sequences, structured like this cell's state."""
+        fn = f"{type(self).__name__}.zero_state"
+        N = _units(fn, "batch_size", batch_size)
+        dt = _dtype_of(fn, dtype)
+        if dt is None:
+            raise TypeError(f"{fn}: dtype must be float32 or float64, got None")
+        return self._join([c._zero(N, dt) for c, _, _ in self._layers()])
+
+    def _split(self, state, fn, what):
+        """The states of the basic cells (list, stack order) from this cell's state."""
+        raise NotImplementedError
+
+    def _join(self, states):
+        raise NotImplementedError
+
+    # -- one step ---------------------------------------------------------------------------------
+    def forward(self, inputs, state):
+        """One step: inputs [N, C], state structured like zero_state -> (output, new_state)."""
+        fn = f"{type(self).__name__}.__call__"
+        if not isinstance(inputs, np.ndarray) or inputs.ndim != 2:
+            raise ValueError(f"{fn}: inputs must be a numpy array [batch, depth], got "
+                             f"{getattr(inputs, 'shape', type(inputs).__name__)}")
+        y, final = self._run_sequence(fn, np.ascontiguousarray(inputs[None]), None, state,
+                                      inputs.dtype, False, "step")
+        return y[0], final
+
+    # -- sequences (dynamic_rnn) --------------------------------------------------------------------
+    def _run_sequence(self, fn, x, lengths, state, dtype, reverse, how):
+        """x [T, N, C] time-major contiguous. Returns (y [T, N, R], final state)."""
+        T, N, C = x.shape
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{fn}: inputs must be float32 or float64, got {x.dtype}")
+        layers = self._layers()
+        states = self._split(state, fn, "initial_state") if state is not None else \
+            [None] * len(layers)
+        training = self.training
+        inp, ctx, finals = x, [], []
+        for (cell, ins, outs), st in zip(layers, states):
+            if cell._built is None:
+                cell.build(inp.shape[2], x.dtype)
+            cell._check_input(fn, inp)
+            m_in = [w._mask(inp.shape, inp.dtype, w.input_keep_prob) for w in ins] \
+                if training else []
+            for m in m_in:
+                if m is not None:
+                    inp = inp * m
+            h0, c0 = cell._to_hc(st, N, fn, "initial_state") if st is not None else (None, None)
+            y, h_n, c_n, cache = cell._run(inp, lengths, h0, c0, reverse, training)
+            finals.append(cell._from_hc(h_n, c_n))
+            m_out = [w._mask(y.shape, y.dtype, w.output_keep_prob) for w in outs] \
+                if training else []
+            for m in m_out:
+                if m is not None:
+                    y = y * m
+            ctx.append((cell, cache, m_in, m_out, st is not None))
+            inp = y
+        self._ctx = (how, ctx, N) if training else None
+        return inp, self._join(finals)
+
+    def backward(self, d_output, d_state=None):
+        """Gradient of the latest call (one step, or a dynamic_rnn over this cell) w.r.t. its
+        inputs, same layout; d_output like that call's output, d_state like its final state
+        (either may be None = zero). Parameter gradients add into Parameter.grad; the initial
+        state's gradient goes to ``self.d_initial_state``."""
+        fn = f"{type(self).__name__}.backward"
+        if self._ctx is None:
+            raise RuntimeError(f"{fn}: no training call to differentiate (call the cell or "
+                               f"dynamic_rnn in train mode first)")
+        how, ctx, N = self._ctx
+        if how == "step":
+            d = None if d_output is None else np.ascontiguousarray(d_output[None])
+        elif how == "batch_major":
+            d = None if d_output is None else np.ascontiguousarray(d_output.transpose(1, 0, 2))
+        else:
+            d = d_output
+        d_finals = self._split(d_state, fn, "d_state") if d_state is not None else \
+            [None] * len(ctx)
+        d_inits = []
+        for (cell, cache, m_in, m_out, has_state), ds in zip(reversed(ctx), reversed(d_finals)):
+            if d is not None:
+                for m in m_out:
+                    if m is not None:
+                        d = d * m
+                d = np.ascontiguousarray(d, dtype=cell._built)
+            dh_n, dc_n = cell._to_hc(ds, N, fn, "d_state") if ds is not None else (None, None)
+            dx, dh0, dc0 = cell._back(fn, cache, d, dh_n, dc_n)
+            for m in m_in:
+                if m is not None:
+                    dx = dx * m
+            d_inits.append(cell._from_hc(dh0, dc0) if has_state else None)
+            d = dx
+        d_inits.reverse()
+        self.d_initial_state = None if all(s is None for s in d_inits) else self._join(
+            [s if s is not None else c._zero(N, c._built) for s, (c, *_) in zip(d_inits, ctx)])
+        if how == "step":
+            return d[0]
+        if how == "batch_major":
+            return np.ascontiguousarray(d.transpose(1, 0, 2))
+        return d
+
+    def variables(self, scope="rnn") -> "OrderedDict[str, Parameter]":
+        """TF1's variable names (``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel``, ...) to
+        this cell's Parameters (created by then: call the cell, ``build`` or ``load_variables``)."""
+        raise NotImplementedError
+
+    def load_variables(self, arrays, scope="rnn", strict=True) -> None:
+        """Copies TF1 variables (a mapping of names to arrays, e.g. from
+        :func:`fusedrnn.compat.v1.load_checkpoint`) into the cell, building it from their shapes
+        first if needed. strict: every variable of the cell must be present."""
+        self._build_from(arrays, scope)
+        for name, p in self.variables(scope).items():
+            if name not in arrays:
+                if strict:
+                    raise KeyError(f"load_variables: {name} is missing "
+                                   f"(have {sorted(arrays)[:8]}...)")
+                continue
+            a = np.asarray(arrays[name])
+            if a.shape != p.data.shape:
+                raise ValueError(f"load_variables: {name} must have shape {list(p.data.shape)}, "
+                                 f"got {list(a.shape)}")
+            np.copyto(p.data, a.astype(p.data.dtype, copy=False))
+
+
+class _Basic(RNNCell):
+    """A cell one fused kernel call runs: its layers() is itself."""
+    _scope_name = ""
+
+    def __init__(self, num_units, dtype=None, seed=None):
+        super().__init__()
+        fn = type(self).__name__
+        self._num_units = _units(fn, "num_units", num_units)
+        self._dtype = _dtype_of(fn, dtype)
+        self._seed = seed
+        self._built = None  # the dtype once the variables exist
+        self._input_depth = None
+
+    def _layers(self):
+        return [(self, [], [])]
+
+    def _split(self, state, fn, what):
+        return [state]
+
+    def _join(self, states):
+        return states[0]
+
+    @property
+    def output_size(self):
+        return self._num_units
+
+    @property
+    def state_size(self):
+        return self._num_units
+
+    def _rec(self):
+        return self._num_units   # width of h fed back
+
+    def build(self, input_depth, dtype=np.float32):
+        fn = f"{type(self).__name__}.build"
+        C = _units(fn, "input_depth", input_depth)
+        dt = _dtype_of(fn, self._dtype if self._dtype is not None else dtype)
+        if self._built is not None:
+            return
+        self._input_depth, self._built = C, dt
+        self._create(np.random.default_rng(self._seed), C, dt)
+
+    def _build_from(self, arrays, scope):
+        if self._built is None:
+            k = arrays.get(f"{scope}/{self._scope_name}/{self._kernel_name}")
+            if k is None:
+                raise KeyError(f"load_variables: {scope}/{self._scope_name}/{self._kernel_name} "
+                               f"is missing")
+            k = np.asarray(k)
+            self.build(k.shape[0] - self._rec(),
+                       self._dtype if self._dtype is not None else k.dtype)
+
+    _kernel_name = "kernel"
+
+    def _check_input(self, fn, x):
+        if x.dtype != self._built:
+            raise TypeError(f"{fn}: inputs must have dtype {self._built} (the cell's variables), "
+                            f"got {x.dtype}")
+        if x.shape[2] != self._input_depth:
+            raise ValueError(f"{fn}: inputs must have depth {self._input_depth} (the cell was "
+                             f"built for it), got {x.shape[2]}")
+
+    def _state_array(self, fn, what, a, N, width):
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{fn}: {what} must be an array [{N}, {width}], "
+                             f"got {type(a).__name__}")
+        if a.shape != (N, width):
+            raise ValueError(f"{fn}: {what} must have shape [{N}, {width}], got {list(a.shape)}")
+        if a.dtype != self._built:
+            raise TypeError(f"{fn}: {what} must have dtype {self._built}, got {a.dtype}")
+        return np.ascontiguousarray(a)
+
+    def _to_hc(self, state, N, fn, what):
+        return self._state_array(fn, what, state, N, self._num_units), None
+
+    def _from_hc(self, h, c):
+        return h
+
+    def _zero(self, N, dt):
+        return np.zeros((N, self._num_units), dt)
+
+    def _back(self, fn, cache, dy, dh_n, dc_n):
+        g = self._kernel_backward(cache, dy, dh_n, dc_n)
+        self._add_grads(g)
+        return g.dx, g.dh0, getattr(g, "dc0", None)
+
+
+class BasicRNNCell(_Basic):
+    """TF1 BasicRNNCell(num_units, activation=tanh): output = new_state = act([x, h] K + b)."""
+    _scope_name = "basic_rnn_cell"
+
+    def __init__(self, num_units, activation=None, reuse=None, name=None, dtype=None, *,
+                 seed=None):
+        super().__init__(num_units, dtype, seed)
+        self._activation = _tanh_or("BasicRNNCell", activation, ("tanh", "relu"))
+
+    def _create(self, rng, C, dt):
+        H = self._num_units
+        self.kernel = Parameter(_glorot(rng, (C + H, H), dt))
+        self.bias = Parameter(np.zeros(H, dt))
+
+    def variables(self, scope="rnn"):
+        p = f"{scope}/{self._scope_name}/"
+        return OrderedDict([(p + "kernel", self.kernel), (p + "bias", self.bias)])
+
+    def _run(self, x, lengths, h0, c0, reverse, training):
+        C = self._input_depth
+        K = self.kernel.data
+        out = F.rnn_forward(x, np.ascontiguousarray(K[:C].T), np.ascontiguousarray(K[C:].T),
+                            self.bias.data, None, h0, nonlinearity=self._activation,
+                            lengths=lengths, reverse=reverse, training=training)
+        return out.y, out.h_n, None, out.cache
+
+    def _kernel_backward(self, cache, dy, dh_n, dc_n):
+        return F.rnn_backward(cache, dy, dh_n)
+
+    def _add_grads(self, g):
+        C = self._input_depth
+        self.kernel.grad[:C] += g.dw_ih.T
+        self.kernel.grad[C:] += g.dw_hh.T
+        self.bias.grad += g.db_ih
+
+
+_IFGO = [0, 2, 1, 3]   # TF1's i, j, f, o blocks in the kernels' order i, f, g(=j), o
+
+
+class BasicLSTMCell(_Basic):
+    """TF1 BasicLSTMCell(num_units, forget_bias=1.0, state_is_tuple=True, activation=tanh)."""
+    _scope_name = "basic_lstm_cell"
+
+    def __init__(self, num_units, forget_bias=1.0, state_is_tuple=True, activation=None,
+                 reuse=None, name=None, dtype=None, *, seed=None):
+        super().__init__(num_units, dtype, seed)
+        fn = type(self).__name__
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+            raise ValueError(f"{fn}: forget_bias must be a number, got {forget_bias!r}")
+        self._forget_bias = float(forget_bias)
+        if not isinstance(state_is_tuple, (bool, np.bool_)):
+            raise TypeError(f"{fn}: state_is_tuple must be a bool")
+        self._state_is_tuple = bool(state_is_tuple)
+        self._activation = _tanh_or(fn, activation)
+        self._num_proj = None
+        self._peep = False
+
+    @property
+    def state_size(self):
+        H, R = self._num_units, self._num_proj or self._num_units
+        return LSTMStateTuple(H, R) if self._state_is_tuple else H + R
+
+    @property
+    def output_size(self):
+        return self._num_proj or self._num_units
+
+    def _rec(self):
+        return self._num_proj or self._num_units
+
+    def _create(self, rng, C, dt):
+        H, R = self._num_units, self._rec()
+        self.kernel = Parameter(_glorot(rng, (C + R, 4 * H), dt))
+        self.bias = Parameter(np.zeros(4 * H, dt))
+
+    def variables(self, scope="rnn"):
+        p = f"{scope}/{self._scope_name}/"
+        return OrderedDict([(p + "kernel", self.kernel), (p + "bias", self.bias)])
+
+    def _to_hc(self, state, N, fn, what):
+        H, R = self._num_units, self._rec()
+        if self._state_is_tuple:
+            if not isinstance(state, tuple) or len(state) != 2:
+                raise ValueError(f"{fn}: {what} must be an LSTMStateTuple(c, h) "
+                                 f"(state_is_tuple=True), got {type(state).__name__}")
+            c, h = state
+            return (self._state_array(fn, f"{what}.h", h, N, R),
+                    self._state_array(fn, f"{what}.c", c, N, H))
+        if isinstance(state, tuple):
+            raise ValueError(f"{fn}: {what} must be one array [N, {H + R}] (c and h "
+                             f"concatenated: state_is_tuple=False), got a tuple")
+        s = self._state_array(fn, what, state, N, H + R)
+        return np.ascontiguousarray(s[:, H:]), np.ascontiguousarray(s[:, :H])
+
+    def _from_hc(self, h, c):
+        if h is None:
+            return None
+        if self._state_is_tuple:
+            return LSTMStateTuple(c, h)
+        return np.concatenate([c, h], axis=1)
+
+    def _zero(self, N, dt):
+        H, R = self._num_units, self._rec()
+        if self._state_is_tuple:
+            return LSTMStateTuple(np.zeros((N, H), dt), np.zeros((N, R), dt))
+        return np.zeros((N, H + R), dt)
+
+    def _kernel_weights(self):
+        C, H = self._input_depth, self._num_units
+        K = _blocks(self.kernel.data, H, _IFGO, 1)
+        b = _blocks(self.bias.data, H, _IFGO, 0)
+        b[H:2 * H] += self._forget_bias
+        return np.ascontiguousarray(K[:C].T), np.ascontiguousarray(K[C:].T), b
+
+    def _extras(self):
+        return None, None
+
+    def _run(self, x, lengths, h0, c0, reverse, training):
+        w_ih, w_hh, b = self._kernel_weights()
+        w_peep, w_hr = self._extras()
+        out = F.lstm_forward(x, w_ih, w_hh, b, None, h0, c0, w_peep=w_peep, w_hr=w_hr,
+                             lengths=lengths, reverse=reverse, training=training)
+        return out.y, out.h_n, out.c_n, out.cache
+
+    def _kernel_backward(self, cache, dy, dh_n, dc_n):
+        return F.lstm_backward(cache, dy, dh_n, dc_n)
+
+    def _add_grads(self, g):
+        C, H = self._input_depth, self._num_units
+        self.kernel.grad[:C] += _blocks(g.dw_ih.T, H, _IFGO, 1)
+        self.kernel.grad[C:] += _blocks(g.dw_hh.T, H, _IFGO, 1)
+        self.bias.grad += _blocks(g.db_ih, H, _IFGO, 0)
+
+
+class LSTMCell(BasicLSTMCell):
+    """TF1 LSTMCell(num_units, use_peepholes=False, cell_clip=None, initializer=None,
+    num_proj=None, proj_clip=None, ..., forget_bias=1.0, state_is_tuple=True, activation=tanh).
+    State LSTMStateTuple(c [N, H], h [N, num_proj or H])."""
+    _scope_name = "lstm_cell"
+
+    def __init__(self, num_units, use_peepholes=False, cell_clip=None, initializer=None,
+                 num_proj=None, proj_clip=None, num_unit_shards=None, num_proj_shards=None,
+                 forget_bias=1.0, state_is_tuple=True, activation=None, reuse=None, name=None,
+                 dtype=None, *, seed=None):
+        super().__init__(num_units, forget_bias, state_is_tuple, activation, dtype=dtype,
+                         seed=seed)
+        fn = "LSTMCell"
+        if cell_clip is not None or proj_clip is not None:
+            raise ValueError(f"{fn}: cell_clip and proj_clip are not supported by the fused "
+                             f"kernels (got cell_clip={cell_clip!r}, proj_clip={proj_clip!r})")
+        self._num_proj = _units(fn, "num_proj", num_proj, optional=True)
+        if self._num_proj and not self._state_is_tuple:
+            raise ValueError(f"{fn}: num_proj={num_proj} needs state_is_tuple=True (c and the "
+                             f"projected h have different widths)")
+        if not isinstance(use_peepholes, (bool, np.bool_)):
+            raise TypeError(f"{fn}: use_peepholes must be a bool")
+        self._peep = bool(use_peepholes)
+
+    def _create(self, rng, C, dt):
+        super()._create(rng, C, dt)
+        H = self._num_units
+        if self._peep:
+            for name in ("w_f_diag", "w_i_diag", "w_o_diag"):
+                setattr(self, name, Parameter(_glorot(rng, (1, H), dt)[0].copy()))
+        if self._num_proj:
+            self.projection_kernel = Parameter(_glorot(rng, (H, self._num_proj), dt))
+
+    def variables(self, scope="rnn"):
+        v = super().variables(scope)
+        p = f"{scope}/{self._scope_name}/"
+        if self._peep:
+            for name in ("w_f_diag", "w_i_diag", "w_o_diag"):
+                v[p + name] = getattr(self, name)
+        if self._num_proj:
+            v[p + "projection/kernel"] = self.projection_kernel
+        return v
+
+    def _extras(self):
+        w_peep = np.stack([self.w_i_diag.data, self.w_f_diag.data, self.w_o_diag.data]) \
+            if self._peep else None
+        w_hr = np.ascontiguousarray(self.projection_kernel.data.T) if self._num_proj else None
+        return w_peep, w_hr
+
+    def _add_grads(self, g):
+        super()._add_grads(g)
+        if self._peep:
+            self.w_i_diag.grad += g.dw_peep[0]
+            self.w_f_diag.grad += g.dw_peep[1]
+            self.w_o_diag.grad += g.dw_peep[2]
+        if self._num_proj:
+            self.projection_kernel.grad += g.dw_hr.T
+
+
+class GRUCell(_Basic):
+    """TF1 GRUCell(num_units, activation=tanh): r, u = σ([x, h] G + g); c = tanh([x, r h] K + k);
+    new h = u h + (1 - u) c."""
+    _scope_name = "gru_cell"
+    _kernel_name = "gates/kernel"
+
+    def __init__(self, num_units, activation=None, reuse=None, kernel_initializer=None,
+                 bias_initializer=None, name=None, dtype=None, *, seed=None):
+        super().__init__(num_units, dtype, seed)
+        self._activation = _tanh_or("GRUCell", activation)
+
+    def _create(self, rng, C, dt):
+        H = self._num_units
+        self.gates_kernel = Parameter(_glorot(rng, (C + H, 2 * H), dt))
+        self.gates_bias = Parameter(np.ones(2 * H, dt))
+        self.candidate_kernel = Parameter(_glorot(rng, (C + H, H), dt))
+        self.candidate_bias = Parameter(np.zeros(H, dt))
+
+    def variables(self, scope="rnn"):
+        p = f"{scope}/{self._scope_name}/"
+        return OrderedDict([(p + "gates/kernel", self.gates_kernel),
+                            (p + "gates/bias", self.gates_bias),
+                            (p + "candidate/kernel", self.candidate_kernel),
+                            (p + "candidate/bias", self.candidate_bias)])
+
+    def _run(self, x, lengths, h0, c0, reverse, training):
+        C = self._input_depth
+        G, K = self.gates_kernel.data, self.candidate_kernel.data
+        w_ih = np.ascontiguousarray(np.concatenate([G[:C], K[:C]], axis=1).T)
+        w_hh = np.ascontiguousarray(np.concatenate([G[C:], K[C:]], axis=1).T)
+        b = np.concatenate([self.gates_bias.data, self.candidate_bias.data])
+        out = F.gru_forward(x, w_ih, w_hh, b, None, h0, variant="reset_before", lengths=lengths,
+                            reverse=reverse, training=training)
+        return out.y, out.h_n, None, out.cache
+
+    def _kernel_backward(self, cache, dy, dh_n, dc_n):
+        return F.gru_backward(cache, dy, dh_n)
+
+    def _add_grads(self, g):
+        C, H = self._input_depth, self._num_units
+        self.gates_kernel.grad[:C] += g.dw_ih[:2 * H].T
+        self.gates_kernel.grad[C:] += g.dw_hh[:2 * H].T
+        self.candidate_kernel.grad[:C] += g.dw_ih[2 * H:].T
+        self.candidate_kernel.grad[C:] += g.dw_hh[2 * H:].T
+        self.gates_bias.grad += g.db_ih[:2 * H]
+        self.candidate_bias.grad += g.db_ih[2 * H:]
+
+
+class MultiRNNCell(RNNCell):
+    """TF1 MultiRNNCell(cells, state_is_tuple=True): a stack; state a tuple of the cells'
+    states; variables under ``multi_rnn_cell/cell_k/``."""
+
+    def __init__(self, cells, state_is_tuple=True):
+        super().__init__()
+        cells = list(cells) if isinstance(cells, (list, tuple)) else cells
+        if not isinstance(cells, list) or not cells or \
+                not all(isinstance(c, RNNCell) for c in cells):
+            raise ValueError("MultiRNNCell: cells must be a non-empty list of cells")
+        if len({id(c) for c in cells}) != len(cells):
+            raise ValueError("MultiRNNCell: the same cell object appears twice in cells (TF1 "
+                             "reuses its variables then; build one cell per layer)")
+        if state_is_tuple is not True:
+            raise ValueError("MultiRNNCell: state_is_tuple must be True (the deprecated "
+                             "concatenated state is not supported)")
+        for k, c in enumerate(cells):
+            setattr(self, f"cell_{k}", c)
+        self._cells = cells
+
+    @property
+    def state_size(self):
+        return tuple(c.state_size for c in self._cells)
+
+    def _layers(self):
+        return [e for c in self._cells for e in c._layers()]
+
+    def _split(self, state, fn, what):
+        if not isinstance(state, tuple) or len(state) != len(self._cells):
+            raise ValueError(f"{fn}: {what} must be a tuple of {len(self._cells)} states (one "
+                             f"per cell of the MultiRNNCell), got "
+                             f"{type(state).__name__}{'' if not isinstance(state, tuple) else f' of {len(state)}'}")
+        return [s for c, st in zip(self._cells, state) for s in c._split(st, fn, what)]
+
+    def _join(self, states):
+        out, i = [], 0
+        for c in self._cells:
+            n = len(c._layers())
+            out.append(c._join(states[i:i + n]))
+            i += n
+        return tuple(out)
+
+    def variables(self, scope="rnn"):
+        v = OrderedDict()
+        for k, c in enumerate(self._cells):
+            v.update(c.variables(f"{scope}/multi_rnn_cell/cell_{k}"))
+        return v
+
+    def _build_from(self, arrays, scope):
+        for k, c in enumerate(self._cells):
+            c._build_from(arrays, f"{scope}/multi_rnn_cell/cell_{k}")
+
+
+class DropoutWrapper(RNNCell):
+    """TF1 DropoutWrapper(cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
+    variational_recurrent=False, input_size=None, dtype=None, seed=None): dropout of the cell's
+    inputs and outputs (train mode), a fresh mask per step, or one per sequence with
+    variational_recurrent. state_keep_prob < 1 (the recurrent path) is refused."""
+
+    def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
+                 variational_recurrent=False, input_size=None, dtype=None, seed=None,
+                 dropout_state_filter_visitor=None):
+        super().__init__()
+        fn = "DropoutWrapper"
+        if not isinstance(cell, RNNCell):
+            raise TypeError(f"{fn}: cell must be a fusedrnn.compat.v1 cell, "
+                            f"got {type(cell).__name__}")
+        for name, p in (("input_keep_prob", input_keep_prob),
+                        ("output_keep_prob", output_keep_prob),
+                        ("state_keep_prob", state_keep_prob)):
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
+                raise ValueError(f"{fn}: {name} must be a number in (0, 1], got {p!r}")
+        if state_keep_prob != 1:
+            raise ValueError(f"{fn}: state_keep_prob={state_keep_prob} drops the recurrent "
+                             f"state, which the fused kernels cannot express; use "
+                             f"input_keep_prob / output_keep_prob")
+        self.cell = cell
+        self.input_keep_prob = float(input_keep_prob)
+        self.output_keep_prob = float(output_keep_prob)
+        self.variational_recurrent = bool(variational_recurrent)
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def state_size(self):
+        return self.cell.state_size
+
+    def _layers(self):
+        entries = [(c, list(i), list(o)) for c, i, o in self.cell._layers()]
+        entries[0][1].insert(0, self)
+        entries[-1][2].append(self)
+        return entries
+
+    def _mask(self, shape, dtype, keep):
+        """A dropout mask (kept units scaled by 1/keep) for an input/output [T, N, D], or None."""
+        if keep >= 1:
+            return None
+        shape = (1,) + tuple(shape[1:]) if self.variational_recurrent else shape
+        return ((self._rng.random(shape) < keep) / keep).astype(dtype)
+
+    def _split(self, state, fn, what):
+        return self.cell._split(state, fn, what)
+
+    def _join(self, states):
+        return self.cell._join(states)
+
+    def variables(self, scope="rnn"):
+        return self.cell.variables(scope)
+
+    def _build_from(self, arrays, scope):
+        self.cell._build_from(arrays, scope)
+
+    def zero_state(self, batch_size, dtype):
+        return self.cell.zero_state(batch_size, dtype)

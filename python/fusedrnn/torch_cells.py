@@ -1,0 +1,188 @@
+"""Drop-in ``torch.nn.LSTMCell`` / ``GRUCell`` / ``RNNCell`` running fusedrnn's fused kernels
+(one T = 1 kernel call per step) under autograd; re-exported by :mod:`fusedrnn.torch`.
+
+    import fusedrnn.torch as frt
+    cell = frt.LSTMCell(64, 256)            # torch.nn.LSTMCell's arguments
+    h, c = cell(x_t, (h, c))                # torch.nn.LSTMCell's forward, autograd included
+
+Subclasses of torch's cells (same constructor, parameters, state_dict keys, initialisation);
+only ``forward`` is replaced. Input [N, C] or unbatched [C]; state as torch's (None = zeros).
+Tensors must be CPU, float32 or float64 (the parameters' dtype).
+
+Packed weights: the cell keeps the weights packed by its last forward (per thread) and reuses
+them while every parameter tensor is the same storage at the same ``_version`` (torch bumps a
+tensor's version at every in-place change: optimiser steps, ``load_state_dict``, ``copy_``,
+``p.data[...] = ...`` through autograd-visible ops), so the packed copy is never stale for
+in-place changes torch can see. Writes that bypass the version counter (into
+``p.data.numpy()`` or another alias torch does not track) are not seen: call
+``cell.weights_changed()`` after them.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from . import cells as _cells
+
+__all__ = ["LSTMCell", "GRUCell", "RNNCell"]
+
+
+class _Store(threading.local):
+    def __init__(self):
+        self.ws = None
+        self.key = None
+
+    def __reduce__(self):
+        return _Store, ()
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+class _CellFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        mode, flag = cell._fr_mode, cell._fr_flag
+        N, C = x.shape
+        H = cell.hidden_size
+        dt = _np(x).dtype
+        dims = (1, N, C, H, 0)
+        cache_size, ws_size, bws_size = _cells._sizes(mode, dims)
+        params = (w_ih, w_hh, b_ih, b_hh)
+        key = (cell._fr_version,) + tuple(
+            (None, 0) if p is None else (p.data_ptr(), p._version) for p in params)
+        store = cell._fr_store
+        packed = store.ws is not None and store.ws.size >= ws_size and store.key == key
+        if store.ws is None or store.ws.size < ws_size or store.ws.dtype != dt:
+            store.ws = np.empty(ws_size, dt)
+            packed = False
+        store.key = key
+        arr = lambda t: None if t is None else _np(t)  # noqa: E731
+        xs = _np(x).reshape(1, N, C)
+        h_n = np.empty((N, H), dt)
+        c_n = np.empty((N, H), dt) if mode == "LSTM" else None
+        y = np.empty((1, N, H), dt)
+        cache = np.empty(cache_size, dt) if training else None
+        _cells._kernel_forward(mode, flag, dims, packed, xs, arr(w_ih), arr(w_hh), arr(b_ih),
+                               arr(b_hh), arr(h0), arr(c0), None, None, y, h_n, c_n, cache,
+                               store.ws[:ws_size])
+        ctx.info = (mode, flag, dims, bws_size, dt, h0 is not None, c0 is not None,
+                    b_ih is not None, b_hh is not None)
+        if training:
+            ctx.save_for_backward(x, w_ih, w_hh, torch.from_numpy(cache))
+        out_h = torch.from_numpy(h_n)
+        if mode == "LSTM":
+            return out_h, torch.from_numpy(c_n)
+        return out_h
+
+    @staticmethod
+    def backward(ctx, *grads):
+        mode, flag, dims, bws_size, dt, has_h0, has_c0, has_bih, has_bhh = ctx.info
+        x, w_ih, w_hh, cache = ctx.saved_tensors
+        _, N, C, H, _ = dims
+        g = lambda t: None if t is None else np.ascontiguousarray(_np(t))  # noqa: E731
+        dh_n = g(grads[0])
+        dc_n = g(grads[1]) if mode == "LSTM" else None
+        G = w_ih.shape[0]
+        dx = np.empty((1, N, C), dt)
+        dh0 = np.empty((N, H), dt) if has_h0 else None
+        dc0 = np.empty((N, H), dt) if has_c0 else None
+        dw_ih, dw_hh = np.zeros((G, C), dt), np.zeros((G, H), dt)
+        db_ih = np.zeros(G, dt) if has_bih else None
+        db_hh = np.zeros(G, dt) if has_bhh else None
+        _cells._kernel_backward(mode, flag, dims, _np(x).reshape(1, N, C), _np(w_ih), _np(w_hh),
+                                None, None, _np(cache), dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh,
+                                db_ih, db_hh, None, None, bws_size, dt)
+        t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        return (None, None, t(dx.reshape(N, C)), t(dh0), t(dc0), t(dw_ih), t(dw_hh), t(db_ih),
+                t(db_hh))
+
+
+class _CellMixin:
+    _fr_mode = ""
+
+    def _fr_init(self, flag):
+        self._fr_flag = flag
+        self._fr_version = 0
+        self._fr_store = _Store()
+
+    def weights_changed(self) -> None:
+        """The weights were written by a route torch's version counter does not see: the next
+        forward packs them again."""
+        self._fr_version += 1
+
+    def forward(self, input, hx=None):
+        fn = f"{type(self).__name__}.forward"
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{fn}: input must be a torch.Tensor, got {type(input).__name__}")
+        if input.device.type != "cpu":
+            raise ValueError(f"{fn}: input must be a CPU tensor, got device {input.device}")
+        dt = self.weight_ih.dtype
+        if input.dtype != dt:
+            raise TypeError(f"{fn}: input must have dtype {dt} (the parameters'), "
+                            f"got {input.dtype}")
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(f"{fn}: input must have shape [N, {self.input_size}] or "
+                             f"[{self.input_size}], got {list(input.shape)}")
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        x = x.contiguous()
+        N, H = x.shape[0], self.hidden_size
+        lstm = self._fr_mode == "LSTM"
+        h0 = c0 = None
+        if hx is not None:
+            parts = hx if lstm else (hx,)
+            if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError(f"{fn}: hx must be a tuple (h, c)")
+            checked = []
+            for name, t in zip(("h", "c"), parts):
+                if not isinstance(t, torch.Tensor) or t.dtype != dt:
+                    raise TypeError(f"{fn}: hx {name} must be a {dt} tensor")
+                t = t if batched else t.unsqueeze(0)
+                if tuple(t.shape) != (N, H):
+                    raise ValueError(f"{fn}: hx {name} must have shape "
+                                     f"{[N, H] if batched else [H]}, got {list(t.shape)}")
+                checked.append(t.contiguous())
+            h0 = checked[0]
+            c0 = checked[1] if lstm else None
+        b_ih = self.bias_ih if self.bias else None
+        b_hh = self.bias_hh if self.bias else None
+        # forward runs with grad mode off: decide here whether a graph (and a cache) is needed
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, self.weight_ih,
+                                                        self.weight_hh, b_ih, b_hh))
+        out = _CellFunction.apply(self, training, x, h0, c0, self.weight_ih, self.weight_hh,
+                                  b_ih, b_hh)
+        if not batched:
+            out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
+        return out
+
+
+class LSTMCell(_CellMixin, torch.nn.LSTMCell):
+    """torch.nn.LSTMCell on fusedrnn's kernels."""
+    _fr_mode = "LSTM"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fr_init(None)
+
+
+class GRUCell(_CellMixin, torch.nn.GRUCell):
+    """torch.nn.GRUCell on fusedrnn's kernels (torch's formula, reset after the product)."""
+    _fr_mode = "GRU"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fr_init(True)
+
+
+class RNNCell(_CellMixin, torch.nn.RNNCell):
+    """torch.nn.RNNCell on fusedrnn's kernels (tanh or relu)."""
+    _fr_mode = "RNN"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fr_init(self.nonlinearity == "relu")

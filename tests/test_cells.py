@@ -1,0 +1,271 @@
+"""Single-step cells: a loop of cells against the fused layer, torch's cells and finite
+differences; packed-weight staleness; bad input."""
+import numpy as np
+import pytest
+
+import fusedrnn
+from fusedrnn import cells, optim
+
+KINDS = [
+    ("LSTM", {}), ("LSTM", {"peepholes": True}), ("LSTM", {"proj_size": 3}),
+    ("GRU", {"variant": "reset_after"}), ("GRU", {"variant": "reset_before"}),
+    ("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}),
+]
+T, N, C, H = 5, 3, 4, 6
+
+
+def make_cell(mode, kw, dtype="float64", seed=0, bias=True):
+    return getattr(cells, mode + "Cell")(C, H, bias, dtype=dtype, seed=seed, **kw)
+
+
+def make_layer(mode, kw, cell):
+    layer = getattr(fusedrnn, mode)(C, H, bias=cell.bias, dtype=cell.dtype, **kw)
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    return layer
+
+
+def run_loop(cell, xs, state):
+    outs, st = [], state
+    for t in range(xs.shape[0]):
+        st = cell(xs[t], st)
+        outs.append(st[0] if isinstance(st, tuple) else st)
+    return outs, st
+
+
+def back_loop(cell, douts, d_final):
+    """Reverse-order backward: returns dxs [T, N, C] and the initial state's gradient."""
+    lstm = isinstance(cell, cells.LSTMCell)
+    d_state = d_final
+    dxs = []
+    for t in reversed(range(len(douts))):
+        dh = d_state[0] + douts[t] if lstm else d_state + douts[t]
+        dx, d_state = cell.backward((dh, d_state[1])) if lstm else cell.backward(dh)
+        dxs.append(dx)
+    return np.stack(dxs[::-1]), d_state
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("mode,kw", KINDS)
+def test_loop_equals_layer(mode, kw, dtype):
+    rng = np.random.default_rng(1)
+    cell = make_cell(mode, kw, dtype)
+    layer = make_layer(mode, kw, cell)
+    R = cell.state_size
+    xs = rng.standard_normal((T, N, C)).astype(dtype)
+    h0 = rng.standard_normal((N, R)).astype(dtype)
+    c0 = rng.standard_normal((N, H)).astype(dtype)
+    state = (h0, c0) if mode == "LSTM" else h0
+    outs, final = run_loop(cell, xs, state)
+    y, final_l = layer(xs, (h0[None], c0[None]) if mode == "LSTM" else h0[None])
+    np.testing.assert_array_equal(np.stack(outs), y)   # same kernel, T=1 per step: bit for bit
+    if mode == "LSTM":
+        np.testing.assert_array_equal(final[1], final_l[1][0])
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dhn = rng.standard_normal((N, R)).astype(dtype)
+    dcn = rng.standard_normal((N, H)).astype(dtype)
+    d_final = (dhn, dcn) if mode == "LSTM" else dhn
+    dxs, d0 = back_loop(cell, list(dy), d_final)
+    dx_l = layer.backward(dy, (dhn[None], dcn[None]) if mode == "LSTM" else dhn[None])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dxs, dx_l, **tol)
+    if mode == "LSTM":
+        np.testing.assert_allclose(d0[0], layer.d_state[0][0], **tol)
+        np.testing.assert_allclose(d0[1], layer.d_state[1][0], **tol)
+    else:
+        np.testing.assert_allclose(d0, layer.d_state[0], **tol)
+    for name, p in cell.named_parameters():
+        np.testing.assert_allclose(p.grad, layer._parameters[name + "_l0"].grad, **tol,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("mode,kw", [k for k in KINDS if k[1].get("variant") != "reset_before"
+                                     and not k[1].get("peepholes")])
+def test_finite_differences_through_loop(mode, kw):
+    rng = np.random.default_rng(2)
+    cell = make_cell(mode, kw)
+    R = cell.state_size
+    xs = rng.standard_normal((3, 2, C))
+    h0 = rng.standard_normal((2, R))
+    c0 = rng.standard_normal((2, H))
+    state = (h0, c0) if mode == "LSTM" else h0
+    w_out = rng.standard_normal((3, 2, R))
+
+    def loss():
+        cell.weights_changed()
+        outs, _ = run_loop(cell, xs, state)
+        return float(sum((o * w).sum() for o, w in zip(outs, w_out)))
+
+    cell.zero_grad()
+    loss()
+    zero = (np.zeros((2, R)), np.zeros((2, H))) if mode == "LSTM" else np.zeros((2, R))
+    dxs, d0 = back_loop(cell, list(w_out), zero)
+    eps = 1e-6
+
+    def fd(arr, idx):
+        old = arr[idx]
+        arr[idx] = old + eps
+        lp = loss()
+        arr[idx] = old - eps
+        lm = loss()
+        arr[idx] = old
+        cell.clear_tape()
+        return (lp - lm) / (2 * eps)
+
+    grads = {n: p.grad.copy() for n, p in cell.named_parameters()}
+    for name, p in cell.named_parameters():
+        for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape)]:
+            assert abs(fd(p.data, idx) - grads[name][idx]) < 1e-7, name
+    for idx in [(0, 0, 0), (2, 1, C - 1), (1, 0, 2)]:
+        assert abs(fd(xs, idx) - dxs[idx]) < 1e-7
+    assert abs(fd(h0, (1, R - 1)) - (d0[0] if mode == "LSTM" else d0)[1, R - 1]) < 1e-7
+    if mode == "LSTM":
+        assert abs(fd(c0, (0, 1)) - d0[1][0, 1]) < 1e-7
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("GRU", {}), ("RNN", {}),
+                                     ("RNN", {"nonlinearity": "relu"})])
+def test_vs_torch_cells(mode, kw):
+    torch.manual_seed(0)
+    tcell = getattr(torch.nn, mode + "Cell")(C, H, **kw).double()
+    cell = make_cell(mode, kw)
+    cell.load_state_dict(tcell.state_dict())
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((T, N, C))
+    h0 = rng.standard_normal((N, H))
+    c0 = rng.standard_normal((N, H))
+    txs = torch.tensor(xs, requires_grad=True)
+    th0 = torch.tensor(h0, requires_grad=True)
+    tc0 = torch.tensor(c0, requires_grad=True)
+    st = (th0, tc0) if mode == "LSTM" else th0
+    touts = []
+    for t in range(T):
+        st = tcell(txs[t], st)
+        touts.append(st[0] if mode == "LSTM" else st)
+    w = rng.standard_normal((T, N, H))
+    sum((o * torch.tensor(wt)).sum() for o, wt in zip(touts, w)).backward()
+
+    outs, _ = run_loop(cell, xs, (h0, c0) if mode == "LSTM" else h0)
+    np.testing.assert_allclose(np.stack(outs), torch.stack(touts).detach().numpy(), atol=1e-10)
+    zero = (np.zeros((N, H)), np.zeros((N, H))) if mode == "LSTM" else np.zeros((N, H))
+    dxs, d0 = back_loop(cell, list(w), zero)
+    np.testing.assert_allclose(dxs, txs.grad.numpy(), atol=1e-10)
+    np.testing.assert_allclose(d0[0] if mode == "LSTM" else d0, th0.grad.numpy(), atol=1e-10)
+    if mode == "LSTM":
+        np.testing.assert_allclose(d0[1], tc0.grad.numpy(), atol=1e-10)
+    tp = dict(tcell.named_parameters())
+    for name, p in cell.named_parameters():
+        np.testing.assert_allclose(p.grad, tp[name].grad.numpy(), atol=1e-10, err_msg=name)
+
+
+# -- packed weights: never stale --------------------------------------------------------------------
+
+def _fresh_step(cell, x, h):
+    twin = type(cell)(C, H, dtype=cell.dtype)
+    twin.load_state_dict(cell.state_dict())
+    return twin(x, h)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_packed_weights_follow_optimiser_and_loads(mode):
+    rng = np.random.default_rng(4)
+    cell = make_cell(mode, {})
+    x = rng.standard_normal((N, C))
+    st = cell(x)   # packs
+    h = st[0] if mode == "LSTM" else st
+    cell.backward(np.ones_like(h))
+    opt = optim.SGD(cell.parameters(), lr=0.5)
+    opt.step()     # weights change in place, after backward
+    after = cell(x, st)
+    np.testing.assert_array_equal(after[0] if mode == "LSTM" else after,
+                                  (lambda r: r[0] if mode == "LSTM" else r)(_fresh_step(cell, x, st)))
+
+    # load_state_dict in place
+    cell.eval()
+    new = {k: rng.standard_normal(v.shape) for k, v in cell.state_dict().items()}
+    cell(x, st)
+    cell.load_state_dict(new)
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+
+    # replacing Parameter.data
+    cell(x, st)
+    cell.weight_hh.data = rng.standard_normal(cell.weight_hh.shape)
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+
+    # an in-place write announced with weights_changed()
+    cell(x, st)
+    cell.weight_ih.data *= 0.5
+    cell.weights_changed()
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+
+    # reuse off: every step packs, so even an unannounced write is seen
+    cell.reuse_packed_weights = False
+    cell(x, st)
+    cell.weight_ih.data *= 0.5
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+
+
+def test_packed_reuse_is_used_and_batch_may_change():
+    """Reusing the packed weights (and growing N between steps) gives the results of packing."""
+    rng = np.random.default_rng(5)
+    a = make_cell("LSTM", {"proj_size": 2}, "float32")
+    b = make_cell("LSTM", {"proj_size": 2}, "float32")
+    b.reuse_packed_weights = False
+    a.eval(), b.eval()
+    for n in (1, 4, 2, 7):
+        x = rng.standard_normal((n, C)).astype(np.float32)
+        for _ in range(2):
+            np.testing.assert_array_equal(a(x)[0], b(x)[0])
+    assert a._store.key is not None and b._store.key is None
+
+
+def test_bad_input():
+    cell = make_cell("LSTM", {})
+    x = np.zeros((2, C))
+    with pytest.raises(ValueError, match=r"x must have shape \[N, C\]"):
+        cell(np.zeros((2, C + 1)))
+    with pytest.raises(TypeError, match="x must have dtype float64"):
+        cell(np.zeros((2, C), np.float32))
+    with pytest.raises(TypeError, match=r"state must be a tuple \(h"):
+        cell(x, np.zeros((2, H)))
+    with pytest.raises(ValueError, match=r"state\[1\] \(c\) must have shape \[2, 6\]"):
+        cell(x, (np.zeros((2, H)), np.zeros((3, H))))
+    gru = make_cell("GRU", {})
+    with pytest.raises(ValueError, match=r"state must have shape \[2, 6\]"):
+        gru(x, np.zeros((2, H + 1)))
+    gru(x)
+    with pytest.raises(ValueError, match=r"d_h must have shape \[2, 6\]"):
+        gru.backward(np.zeros((1, H)))
+    gru.backward(np.zeros((2, H)))
+    with pytest.raises(RuntimeError, match="no recorded step"):
+        gru.backward(np.zeros((2, H)))
+    with pytest.raises(ValueError, match="hidden_size"):
+        cells.RNNCell(3, 0)
+
+
+def test_eval_records_nothing_and_state_none_starts_a_sequence():
+    cell = make_cell("RNN", {})
+    x = np.ones((2, C))
+    h = cell(x)
+    cell(x, h)
+    assert len(cell._tape) == 2
+    cell(x)
+    assert len(cell._tape) == 1
+    cell.eval()
+    cell(x, h)
+    assert len(cell._tape) == 0

@@ -1,0 +1,122 @@
+"""fusedrnn.compat.v1.load_checkpoint against checkpoints in TF's published tensor-bundle format,
+written here by an independent writer (LevelDB table + BundleEntryProto encoded by hand, several
+blocks, prefix-compressed keys with restart points, two shards)."""
+import struct
+
+import numpy as np
+import pytest
+
+from fusedrnn.compat import v1 as tf
+
+MAGIC = 0xdb4775248b80fb57
+DT = {np.dtype(np.float32): 1, np.dtype(np.float64): 2, np.dtype(np.int32): 3,
+      np.dtype(np.int64): 9}
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def field(num, wire, payload):
+    tag = varint(num << 3 | wire)
+    if wire == 0:
+        return tag + varint(payload)
+    if wire == 5:
+        return tag + struct.pack("<I", payload)
+    return tag + varint(len(payload)) + payload
+
+
+def entry_proto(dtype, shape, shard, offset, size):
+    dims = b"".join(field(2, 2, field(1, 0, d)) for d in shape)
+    return (field(1, 0, DT[np.dtype(dtype)]) + field(2, 2, dims) + field(3, 0, shard)
+            + field(4, 0, offset) + field(5, 0, size) + field(6, 5, 0))
+
+
+def block(items, restart_every=2):
+    out, restarts, prev = bytearray(), [], b""
+    for i, (k, v) in enumerate(items):
+        shared = 0
+        if i % restart_every == 0:
+            restarts.append(len(out))
+        else:
+            while shared < min(len(k), len(prev)) and k[shared] == prev[shared]:
+                shared += 1
+        out += varint(shared) + varint(len(k) - shared) + varint(len(v)) + k[shared:] + v
+        prev = k
+    for r in restarts:
+        out += struct.pack("<I", r)
+    out += struct.pack("<I", len(restarts))
+    return bytes(out)
+
+
+def write_checkpoint(prefix, tensors, num_shards=2, per_block=2):
+    shards = [bytearray() for _ in range(num_shards)]
+    items = [(b"", field(1, 0, num_shards) + field(2, 0, 0) + field(3, 2, field(1, 0, 1)))]
+    for i, name in enumerate(sorted(tensors)):
+        a = np.array(tensors[name], order="C")  # 0-d stays 0-d
+        s = i % num_shards
+        items.append((name.encode(), entry_proto(a.dtype, a.shape, s, len(shards[s]), a.nbytes)))
+        shards[s] += a.astype(a.dtype.newbyteorder("<")).tobytes()
+    data, index_items = bytearray(), []
+    for j in range(0, len(items), per_block):
+        chunk = items[j:j + per_block]
+        b = block(chunk)
+        handle = varint(len(data)) + varint(len(b))
+        data += b + b"\x00" + b"\0\0\0\0"
+        index_items.append((chunk[-1][0] + b"\xff", handle))
+    meta = block([])
+    meta_handle = varint(len(data)) + varint(len(meta))
+    data += meta + b"\x00\0\0\0\0"
+    idx = block(index_items, restart_every=1)
+    idx_handle = varint(len(data)) + varint(len(idx))
+    data += idx + b"\x00\0\0\0\0"
+    footer = meta_handle + idx_handle
+    footer += b"\0" * (40 - len(footer)) + struct.pack("<Q", MAGIC)
+    data += footer
+    with open(f"{prefix}.index", "wb") as f:
+        f.write(data)
+    for s in range(num_shards):
+        with open(f"{prefix}.data-{s:05d}-of-{num_shards:05d}", "wb") as f:
+            f.write(shards[s])
+
+
+def test_reader_round_trip_and_cells_take_the_names(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tf.nn.rnn_cell.MultiRNNCell([tf.nn.rnn_cell.BasicLSTMCell(4, seed=0),
+                                       tf.nn.rnn_cell.GRUCell(3, seed=1)])
+    x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    out, _ = tf.nn.dynamic_rnn(src, x, dtype=np.float32)
+    tensors = {k: p.data for k, p in src.variables().items()}
+    tensors["global_step"] = np.array(1234, np.int64)
+    tensors["beta1_power"] = np.array([0.9], np.float64)
+    tensors["rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel/Adam"] = \
+        rng.standard_normal((10, 16)).astype(np.float32)
+    write_checkpoint(tmp_path / "model.ckpt-1", tensors)
+    got = tf.load_checkpoint(tmp_path / "model.ckpt-1")
+    assert sorted(got) == sorted(tensors)
+    for k, v in tensors.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        np.testing.assert_array_equal(got[k], v)
+    dst = tf.nn.rnn_cell.MultiRNNCell([tf.nn.rnn_cell.BasicLSTMCell(4),
+                                       tf.nn.rnn_cell.GRUCell(3)])
+    dst.load_variables(got)
+    again, _ = tf.nn.dynamic_rnn(dst, x, dtype=np.float32)
+    np.testing.assert_array_equal(again, out)
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tf.load_checkpoint(tmp_path / "nothing")
+    (tmp_path / "bad.index").write_bytes(b"\0" * 60)
+    with pytest.raises(tf.CheckpointFormatError, match="bad table magic"):
+        tf.load_checkpoint(tmp_path / "bad")
+    write_checkpoint(tmp_path / "m", {"a": np.zeros(3, np.float32)}, num_shards=1)
+    (tmp_path / "m.data-00000-of-00001").write_bytes(b"\0" * 4)
+    with pytest.raises(tf.CheckpointFormatError, match="runs past shard"):
+        tf.load_checkpoint(tmp_path / "m")

@@ -1,0 +1,289 @@
+"""fusedrnn.compat.v1 against a NumPy transcription of TF1's rnn_cell_impl math (written here
+from TF1's equations, independent of the facade's layout conversion), finite differences, and
+bad input."""
+import numpy as np
+import pytest
+
+from fusedrnn import optim
+from fusedrnn.compat import v1 as tf
+
+rc = tf.nn.rnn_cell
+
+
+def sig(z):
+    return 1 / (1 + np.exp(-z))
+
+
+# -- TF1 rnn_cell_impl, transcribed ------------------------------------------------------------
+
+def tf_step(cell, v, x, state, scope):
+    """One TF1 step of a basic cell from its TF1 variables v (name -> array)."""
+    p = f"{scope}/{cell._scope_name}/"
+    if isinstance(cell, rc.BasicLSTMCell):
+        c, h = (state.c, state.h) if cell._state_is_tuple else \
+            (state[:, :cell._num_units], state[:, cell._num_units:])
+        z = np.concatenate([x, h], 1) @ v[p + "kernel"] + v[p + "bias"]
+        i, j, f, o = np.split(z, 4, axis=1)
+        fb = cell._forget_bias
+        if cell._peep:
+            new_c = sig(f + fb + v[p + "w_f_diag"] * c) * c + \
+                sig(i + v[p + "w_i_diag"] * c) * np.tanh(j)
+            m = sig(o + v[p + "w_o_diag"] * new_c) * np.tanh(new_c)
+        else:
+            new_c = c * sig(f + fb) + sig(i) * np.tanh(j)
+            m = np.tanh(new_c) * sig(o)
+        if cell._num_proj:
+            m = m @ v[p + "projection/kernel"]
+        new = rc.LSTMStateTuple(new_c, m) if cell._state_is_tuple else \
+            np.concatenate([new_c, m], 1)
+        return m, new
+    if isinstance(cell, rc.GRUCell):
+        g = sig(np.concatenate([x, state], 1) @ v[p + "gates/kernel"] + v[p + "gates/bias"])
+        r, u = np.split(g, 2, axis=1)
+        cand = np.tanh(np.concatenate([x, r * state], 1) @ v[p + "candidate/kernel"]
+                       + v[p + "candidate/bias"])
+        h = u * state + (1 - u) * cand
+        return h, h
+    z = np.concatenate([x, state], 1) @ v[p + "kernel"] + v[p + "bias"]
+    h = np.tanh(z) if cell._activation == "tanh" else np.maximum(z, 0)
+    return h, h
+
+
+def _where(mask, new, old):
+    if isinstance(new, tuple):
+        return type(new)(*(_where(mask, a, b) for a, b in zip(new, old)))
+    return np.where(mask[:, None], new, old)
+
+
+def tf_dynamic_rnn(cells, v, x, lengths, states, scopes, reverse=False):
+    """TF1 dynamic_rnn of a stack (list of basic cells) on batch-major x; reverse as
+    bidirectional_dynamic_rnn's bw (reverse_sequence by length, run, reverse back)."""
+    N, T, _ = x.shape
+    lengths = np.full(N, T) if lengths is None else lengths
+    if reverse:
+        idx = np.array([[(lengths[n] - 1 - t) if t < lengths[n] else t for t in range(T)]
+                        for n in range(N)])
+        x = np.stack([x[n, idx[n]] for n in range(N)])
+    inp, finals = x, []
+    for cell, st, scope in zip(cells, states, scopes):
+        outs = []
+        for t in range(T):
+            active = t < lengths
+            o, new = tf_step(cell, v, inp[:, t], st, scope)
+            st = _where(active, new, st)
+            outs.append(np.where(active[:, None], o, 0))
+        inp = np.stack(outs, 1)
+        finals.append(st)
+    if reverse:
+        inp = np.stack([inp[n, idx[n]] for n in range(N)])
+    return inp, finals
+
+
+def np_values(cell, scope="rnn"):
+    return {k: p.data for k, p in cell.variables(scope).items()}
+
+
+CELLS = {
+    "basic_rnn": lambda: rc.BasicRNNCell(5, seed=1),
+    "basic_rnn_relu": lambda: rc.BasicRNNCell(5, activation="relu", seed=1),
+    "basic_lstm": lambda: rc.BasicLSTMCell(5, forget_bias=0.7, seed=1),
+    "basic_lstm_concat": lambda: rc.BasicLSTMCell(5, state_is_tuple=False, seed=1),
+    "lstm_peep_proj": lambda: rc.LSTMCell(5, use_peepholes=True, num_proj=3, seed=1),
+    "lstm_peep": lambda: rc.LSTMCell(5, use_peepholes=True, forget_bias=0.0, seed=1),
+    "gru": lambda: rc.GRUCell(5, seed=1),
+}
+
+
+def _randomise(cell, rng):
+    for p in cell.parameters():
+        p.data[...] = rng.standard_normal(p.data.shape) * 0.5
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+def test_dynamic_rnn_matches_tf1_math(name):
+    rng = np.random.default_rng(0)
+    cell = CELLS[name]()
+    N, T, C = 4, 6, 3
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([6, 0, 3, 1])
+    cell.build(C, np.float64)
+    _randomise(cell, rng)
+    init = cell.zero_state(N, np.float64)
+    init = type(init)(*(rng.standard_normal(a.shape) for a in init)) \
+        if isinstance(init, tuple) else rng.standard_normal(init.shape)
+    out, state = tf.nn.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=init)
+    ref, finals = tf_dynamic_rnn([cell], np_values(cell), x, lengths, [init], ["rnn"])
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    for a, b in zip(list(state) if isinstance(state, tuple) else [state],
+                    list(finals[0]) if isinstance(finals[0], tuple) else [finals[0]]):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    assert (out[1] == 0).all() and (out[2, 3:] == 0).all()
+    # one step by call equals TF1's step
+    o, s = cell(x[:, 0], init)
+    ro, rs = tf_step(cell, np_values(cell), x[:, 0], init, "rnn")
+    np.testing.assert_allclose(o, ro, atol=1e-12)
+
+
+def test_multi_rnn_cell_and_bidirectional_match_tf1_math():
+    rng = np.random.default_rng(1)
+    N, T, C = 3, 5, 4
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([5, 2, 4])
+    cells = [rc.BasicLSTMCell(6, seed=1), rc.GRUCell(4, seed=2), rc.LSTMCell(5, num_proj=2,
+                                                                          seed=3)]
+    multi = rc.MultiRNNCell(cells)
+    out, state = tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, dtype=np.float64)
+    for c in cells:
+        _randomise(c, rng)
+    out, state = tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, dtype=np.float64)
+    v = np_values(multi)
+    assert "rnn/multi_rnn_cell/cell_1/gru_cell/candidate/kernel" in v
+    zero = multi.zero_state(N, np.float64)
+    ref, finals = tf_dynamic_rnn(cells, v, x, lengths, list(zero),
+                                 [f"rnn/multi_rnn_cell/cell_{k}" for k in range(3)])
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    np.testing.assert_allclose(state[2].h, finals[2].h, atol=1e-12)
+    np.testing.assert_allclose(state[1], finals[1], atol=1e-12)
+
+    fw, bw = rc.GRUCell(3, seed=4), rc.BasicLSTMCell(3, seed=5)
+    (o_fw, o_bw), (s_fw, s_bw) = tf.nn.bidirectional_dynamic_rnn(
+        fw, bw, x, sequence_length=lengths, dtype=np.float64)
+    r_fw, f_fw = tf_dynamic_rnn([fw], np_values(fw), x, lengths, [np.zeros((N, 3))], ["rnn"])
+    r_bw, f_bw = tf_dynamic_rnn([bw], np_values(bw), x, lengths, [bw.zero_state(N, np.float64)],
+                                ["rnn"], reverse=True)
+    np.testing.assert_allclose(o_fw, r_fw, atol=1e-12)
+    np.testing.assert_allclose(o_bw, r_bw, atol=1e-12)
+    np.testing.assert_allclose(s_bw.h, f_bw[0].h, atol=1e-12)
+    np.testing.assert_allclose(s_fw, f_fw[0], atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peep_proj", "gru", "basic_rnn"])
+def test_gradients_by_finite_differences(name):
+    rng = np.random.default_rng(2)
+    inner = CELLS[name]()
+    cell = rc.MultiRNNCell([inner, rc.GRUCell(2, seed=9)])
+    N, T, C = 2, 4, 3
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([4, 2])
+    tf.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=np.float64)
+    for p in cell.parameters():
+        p.data[...] = rng.standard_normal(p.data.shape) * 0.5
+    init = cell.zero_state(N, np.float64)
+    init = (type(init[0])(*(rng.standard_normal(a.shape) for a in init[0]))
+            if isinstance(init[0], tuple) else rng.standard_normal(init[0].shape),
+            rng.standard_normal(init[1].shape))
+    w = rng.standard_normal((N, T, 2))
+    w_state = rng.standard_normal((N, 2))
+
+    def loss():
+        out, st = tf.nn.dynamic_rnn(cell, x, sequence_length=lengths, initial_state=init)
+        return float((out * w).sum() + (st[1] * w_state).sum())
+
+    cell.zero_grad()
+    loss()
+    d_init = cell.zero_state(N, np.float64)
+    dx = cell.backward(w, (d_init[0], w_state))
+    d0 = cell.d_initial_state
+    eps = 1e-6
+
+    def fd(arr, idx):
+        old = arr[idx]
+        arr[idx] = old + eps
+        lp = loss()
+        arr[idx] = old - eps
+        lm = loss()
+        arr[idx] = old
+        return (lp - lm) / (2 * eps)
+
+    for pname, p in cell.variables().items():
+        g = p.grad.copy()
+        for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape),
+                    tuple(s // 2 for s in p.data.shape)]:
+            assert abs(fd(p.data, idx) - g[idx]) < 1e-7, pname
+    for idx in [(0, 0, 0), (1, 1, 2), (1, 3, 1), (0, 3, 2)]:
+        assert abs(fd(x, idx) - dx[idx]) < 1e-7
+    assert dx[1, 3, 1] == 0  # past the length
+    first = init[0].h if isinstance(init[0], tuple) else init[0]
+    d_first = d0[0].h if isinstance(d0[0], tuple) else d0[0]
+    assert abs(fd(first, (1, 0)) - d_first[1, 0]) < 1e-7
+    assert abs(fd(init[1], (0, 1)) - d0[1][0, 1]) < 1e-7
+
+
+def test_dropout_wrapper_trains_and_eval_is_deterministic():
+    rng = np.random.default_rng(3)
+    cells = [rc.DropoutWrapper(rc.BasicLSTMCell(8, seed=k), input_keep_prob=0.8,
+                               output_keep_prob=0.7, variational_recurrent=bool(k), seed=k)
+             for k in range(2)]
+    cell = rc.MultiRNNCell(cells)
+    x = rng.standard_normal((4, 5, 3)).astype(np.float32)
+    out1, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    out2, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    assert not np.array_equal(out1, out2)
+    assert list(cell.variables()) == [
+        "rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel",
+        "rnn/multi_rnn_cell/cell_0/basic_lstm_cell/bias",
+        "rnn/multi_rnn_cell/cell_1/basic_lstm_cell/kernel",
+        "rnn/multi_rnn_cell/cell_1/basic_lstm_cell/bias"]
+    # training reduces a loss
+    target = rng.uniform(-0.5, 0.5, (4, 5, 8)).astype(np.float32)
+    opt = optim.Adam(cell.parameters(), lr=0.02)
+    losses = []
+    for _ in range(60):
+        out, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+        losses.append(float(((out - target) ** 2).mean()))
+        cell.zero_grad()
+        cell.backward(2 * (out - target) / out.size)
+        opt.step()
+    assert np.mean(losses[-5:]) < 0.85 * losses[0]
+    cell.eval()
+    a, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    b, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_load_variables_builds_and_names():
+    rng = np.random.default_rng(4)
+    src = rc.MultiRNNCell([rc.LSTMCell(4, use_peepholes=True, num_proj=2, seed=0),
+                           rc.GRUCell(3, seed=1)])
+    x = rng.standard_normal((2, 3, 5))
+    out, _ = tf.nn.dynamic_rnn(src, x, dtype=np.float64)
+    arrays = {k: v.copy() for k, v in np_values(src).items()}
+    assert "rnn/multi_rnn_cell/cell_0/lstm_cell/projection/kernel" in arrays
+    assert arrays["rnn/multi_rnn_cell/cell_0/lstm_cell/kernel"].shape == (5 + 2, 16)
+    dst = rc.MultiRNNCell([rc.LSTMCell(4, use_peepholes=True, num_proj=2),
+                           rc.GRUCell(3)])
+    dst.load_variables(arrays)
+    got, _ = tf.nn.dynamic_rnn(dst, x, dtype=np.float64)
+    np.testing.assert_array_equal(got, out)
+    with pytest.raises(KeyError, match="missing"):
+        rc.GRUCell(3).load_variables({}, scope="rnn")
+
+
+def test_bad_input_names_the_argument():
+    cell = rc.BasicLSTMCell(4)
+    x = np.zeros((2, 3, 5), np.float32)
+    with pytest.raises(ValueError, match="you must give a dtype"):
+        tf.nn.dynamic_rnn(cell, x)
+    with pytest.raises(ValueError, match=r"sequence_length must have shape \[batch_size\] = \[2\]"):
+        tf.nn.dynamic_rnn(cell, x, sequence_length=[1, 2, 3], dtype=np.float32)
+    with pytest.raises(ValueError, match="sequence_length must lie in"):
+        tf.nn.dynamic_rnn(cell, x, sequence_length=[1, 4], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"initial_state must be an LSTMStateTuple"):
+        tf.nn.dynamic_rnn(cell, x, initial_state=np.zeros((2, 8), np.float32))
+    concat = rc.BasicLSTMCell(4, state_is_tuple=False)
+    with pytest.raises(ValueError, match=r"initial_state must be one array \[N, 8\]"):
+        tf.nn.dynamic_rnn(concat, x, initial_state=rc.LSTMStateTuple(
+            np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)))
+    with pytest.raises(ValueError, match="num_proj=2 needs state_is_tuple=True"):
+        rc.LSTMCell(4, num_proj=2, state_is_tuple=False)
+    multi = rc.MultiRNNCell([rc.GRUCell(3), rc.GRUCell(3)])
+    with pytest.raises(ValueError, match="initial_state must be a tuple of 2 states"):
+        tf.nn.dynamic_rnn(multi, x, initial_state=(np.zeros((2, 3), np.float32),))
+    with pytest.raises(ValueError, match="state_keep_prob"):
+        rc.DropoutWrapper(rc.GRUCell(3), state_keep_prob=0.5)
+    with pytest.raises(ValueError, match="cell_clip"):
+        rc.LSTMCell(4, cell_clip=3.0)
+    with pytest.raises(ValueError, match="activation must be tanh"):
+        rc.GRUCell(4, activation="relu")
+    with pytest.raises(RuntimeError, match="no training call"):
+        rc.GRUCell(3).backward(np.zeros((2, 3)))

@@ -1,0 +1,552 @@
+"""fusedrnn.torch as a drop-in beyond forward/backward (issue 24): a copy of PyTorch's
+word-language-model training loop with fusedrnn's layers installed into torch.nn (save the best
+model, load it, evaluate; load it again where fusedrnn cannot be imported), torch.save /
+torch.load (weights_only=True), copy, torch.export, both ONNX exporters run by ONNX Runtime,
+torch.jit.trace / script, torch.compile, and double backward.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import math
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fusedrnn.torch as frt  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:LSTM with projections is not supported",
+    # torch.export of any torch.nn RNN (stock included): RNNBase refreshes _flat_weights
+    "ignore:The tensor attributes self._flat_weights",
+    # torch 2.13 deprecates TorchScript (trace and script are still what users call)
+    r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning",
+    # torch.nn's RNN forward, traced (the stock layer's trace warns the same)
+    "ignore:Converting a tensor to a Python boolean:torch.jit.TracerWarning",
+)
+
+T, N, C, H = 5, 3, 4, 6
+CONFIGS = {  # name -> (class, constructor kwargs): all representable by torch.nn
+    "lstm": ("LSTM", {"num_layers": 2, "bidirectional": True}),
+    "lstm_proj": ("LSTM", {"proj_size": 3, "batch_first": True}),
+    "gru": ("GRU", {"num_layers": 2, "batch_first": True}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu", "bidirectional": True}),
+}
+FUSED_ONLY = {"peepholes": ("LSTM", {"peepholes": True}),
+              "reset_before": ("GRU", {"variant": "reset_before"})}
+
+
+def make(cls, seed=0, **kw):
+    """(fusedrnn.torch module, torch.nn module) with the same weights, in eval mode."""
+    torch.manual_seed(seed)
+    ours = getattr(frt, cls)(C, H, **kw).eval()
+    stock_kw = {k: v for k, v in kw.items() if k not in ("peepholes", "variant", "forget_bias")}
+    ref = getattr(torch.nn, cls)(C, H, **stock_kw).eval()
+    if "peepholes" not in kw and "variant" not in kw:
+        ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+def example(mod, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    shape = (N, T, C) if mod.batch_first else (T, N, C)
+    return torch.randn(*shape, generator=g)
+
+
+def flat(out):
+    """(output, h_n) or (output, (h_n, c_n)) -> list of tensors."""
+    y, s = out
+    return [y, *(s if isinstance(s, tuple) else (s,))]
+
+
+def assert_outputs(got, want, tol=1e-5):
+    got, want = flat(got), flat(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(np.asarray(g.detach()), np.asarray(w.detach()), rtol=tol,
+                                   atol=tol)
+
+
+# ----------------------------------------------------------------------------------------------
+# the word-language-model training loop (pytorch/examples word_language_model, written anew
+# for this test with its structure: model.py's RNNModel with getattr(nn, rnn_type), main.py's
+# batchify / get_batch / repackage_hidden / train / evaluate, torch.save of the best model,
+# torch.load of it, the test evaluation)
+
+WLM_MODEL = '''
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RNNModel(nn.Module):
+    def __init__(self, rnn_type, ntoken, ninp, nhid, nlayers, dropout=0.5):
+        super().__init__()
+        self.ntoken = ntoken
+        self.drop = nn.Dropout(dropout)
+        self.encoder = nn.Embedding(ntoken, ninp)
+        if rnn_type in ["LSTM", "GRU"]:
+            self.rnn = getattr(nn, rnn_type)(ninp, nhid, nlayers, dropout=dropout)
+        else:
+            nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[rnn_type]
+            self.rnn = nn.RNN(ninp, nhid, nlayers, nonlinearity=nonlinearity, dropout=dropout)
+        self.decoder = nn.Linear(nhid, ntoken)
+        initrange = 0.1
+        nn.init.uniform_(self.encoder.weight, -initrange, initrange)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -initrange, initrange)
+        self.rnn_type, self.nhid, self.nlayers = rnn_type, nhid, nlayers
+
+    def forward(self, input, hidden):
+        emb = self.drop(self.encoder(input))
+        output, hidden = self.rnn(emb, hidden)
+        output = self.drop(output)
+        decoded = self.decoder(output).view(-1, self.ntoken)
+        return F.log_softmax(decoded, dim=1), hidden
+
+    def init_hidden(self, bsz):
+        weight = next(self.parameters())
+        if self.rnn_type == "LSTM":
+            return (weight.new_zeros(self.nlayers, bsz, self.nhid),
+                    weight.new_zeros(self.nlayers, bsz, self.nhid))
+        return weight.new_zeros(self.nlayers, bsz, self.nhid)
+
+
+def batchify(data, bsz):
+    nbatch = data.size(0) // bsz
+    return data.narrow(0, 0, nbatch * bsz).view(bsz, -1).t().contiguous()
+
+
+def get_batch(source, i, bptt):
+    seq_len = min(bptt, len(source) - 1 - i)
+    return source[i:i + seq_len], source[i + 1:i + 1 + seq_len].view(-1)
+
+
+def evaluate(model, data_source, bptt, eval_batch_size):
+    import torch
+    model.eval()
+    total_loss = 0.
+    hidden = model.init_hidden(eval_batch_size)
+    with torch.no_grad():
+        for i in range(0, data_source.size(0) - 1, bptt):
+            data, targets = get_batch(data_source, i, bptt)
+            output, hidden = model(data, hidden)
+            hidden = repackage_hidden(hidden)
+            total_loss += len(data) * nn.functional.nll_loss(output, targets).item()
+    return total_loss / (len(data_source) - 1)
+
+
+def repackage_hidden(h):
+    if isinstance(h, tuple):
+        return tuple(repackage_hidden(v) for v in h)
+    return h.detach()
+'''
+
+
+def corpus(n=2400, vocab=24, seed=0):
+    """Token ids with structure to learn: each token mostly determines the next one."""
+    rng = np.random.default_rng(seed)
+    nxt = rng.permutation(vocab)
+    ids = [0]
+    for _ in range(n - 1):
+        ids.append(int(nxt[ids[-1]]) if rng.random() < 0.8 else int(rng.integers(vocab)))
+    return torch.tensor(ids, dtype=torch.int64), vocab
+
+
+@pytest.fixture
+def wlm(tmp_path, monkeypatch):
+    """The example's model.py (as wlm_model.py in tmp_path, importable), with fusedrnn's layers
+    installed into torch.nn the way a launcher does it: torch.nn.LSTM = fusedrnn.torch.LSTM."""
+    (tmp_path / "wlm_model.py").write_text(WLM_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "wlm_model", raising=False)
+    for name in ("LSTM", "GRU", "RNN"):
+        monkeypatch.setattr(torch.nn, name, getattr(frt, name))
+    import wlm_model
+    return wlm_model
+
+
+@pytest.mark.parametrize("rnn_type, lr", [("LSTM", 20.0), ("GRU", 20.0), ("RNN_TANH", 2.0)])
+def test_word_language_model_loop(wlm, tmp_path, rnn_type, lr, torch1, one_thread):
+    nn = torch.nn
+    torch.manual_seed(1111)
+    ids, ntokens = corpus()
+    train_data = wlm.batchify(ids[:1800], 8)
+    val_data = wlm.batchify(ids[1800:2100], 4)
+    test_data = wlm.batchify(ids[2100:], 4)
+    bptt, clip, epochs = 12, 0.25, 6
+    model = wlm.RNNModel(rnn_type, ntokens, 16, 24, 2, dropout=0.2)
+    assert type(model.rnn).__module__ == "fusedrnn.torch"
+    criterion = nn.NLLLoss()
+    save = tmp_path / "model.pt"
+
+    def train():
+        model.train()
+        hidden = model.init_hidden(8)
+        losses = []
+        for i in range(0, train_data.size(0) - 1, bptt):
+            data, targets = wlm.get_batch(train_data, i, bptt)
+            model.zero_grad()
+            hidden = wlm.repackage_hidden(hidden)
+            output, hidden = model(data, hidden)
+            loss = criterion(output, targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            for p in model.parameters():
+                p.data.add_(p.grad, alpha=-lr)
+            losses.append(loss.item())
+        return losses
+
+    best_val_loss = None
+    first = None
+    for _ in range(epochs):
+        losses = train()
+        first = first if first is not None else losses[0]
+        val_loss = wlm.evaluate(model, val_data, bptt, 4)
+        if not best_val_loss or val_loss < best_val_loss:
+            with open(save, "wb") as f:
+                torch.save(model, f)
+            best_val_loss = val_loss
+            best_test = wlm.evaluate(model, test_data, bptt, 4)
+        else:
+            lr /= 4.0
+    assert val_loss < 0.8 * math.log(ntokens) and losses[-1] < first      # it learned
+
+    # main.py: load the best saved model (torch.load's default weights_only=True; the example's
+    # own classes must be allowed, the RNN layer is registered by fusedrnn.torch)
+    with open(save, "rb") as f:
+        with torch.serialization.safe_globals([wlm.RNNModel, nn.Dropout, nn.Embedding,
+                                               nn.Linear]):
+            model = torch.load(f)
+    model.rnn.flatten_parameters()
+    stock = {"LSTM": "LSTM", "GRU": "GRU"}.get(rnn_type, "RNN")
+    assert type(model.rnn) is getattr(torch.nn.modules.rnn, stock)   # saved as torch.nn's
+    test_loss = wlm.evaluate(model, test_data, bptt, 4)
+    assert test_loss == pytest.approx(best_test, rel=1e-5)
+
+    # the same file where fusedrnn cannot be imported: it loads as torch.nn's layer
+    torch.save(test_data, tmp_path / "test_data.pt")
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["fusedrnn"] = None          # blocks `import fusedrnn`
+        try:
+            import fusedrnn
+            raise SystemExit("fusedrnn was importable")
+        except ImportError:
+            pass
+        import torch, wlm_model
+        with open("model.pt", "rb") as f:
+            model = torch.load(f, weights_only=False)
+        assert type(model.rnn) is torch.nn.{stock}, type(model.rnn)
+        assert "fusedrnn" not in sys.modules or sys.modules["fusedrnn"] is None
+        test_data = torch.load("test_data.pt")
+        print(repr(wlm_model.evaluate(model, test_data, {bptt}, 4)))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.strip().splitlines()[-1]) == pytest.approx(best_test, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.save / torch.load / pickle / copy
+
+def saved(mod):
+    b = io.BytesIO()
+    torch.save(mod, b)
+    b.seek(0)
+    return b
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_save_load_weights_only(name):
+    cls, kw = CONFIGS[name]
+    ours, ref = make(cls, forget_bias=1.0, **kw) if cls == "LSTM" else make(cls, **kw)
+    x = example(ours)
+    b = saved(ours)
+    rng = torch.random.get_rng_state()
+    loaded = torch.load(b)                       # weights_only=True, torch's default
+    assert torch.equal(rng, torch.random.get_rng_state())   # loading draws nothing
+    assert type(loaded) is type(ref)             # torch.nn's class
+    assert not hasattr(loaded, "forget_bias") and not hasattr(loaded, "variant")
+    assert repr(loaded) == repr(ref)
+    assert loaded.training is False
+    sd, want = loaded.state_dict(), ours.state_dict()
+    assert list(sd) == list(want) and all(torch.equal(sd[k], want[k]) for k in sd)
+    with torch.no_grad():
+        assert_outputs(loaded(x), ours(x))
+
+
+def test_safe_globals_are_registered():
+    safe = torch.serialization.get_safe_globals()
+    assert all(c in safe for c in (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN))
+
+
+def test_load_without_fusedrnn(tmp_path):
+    """A subprocess that cannot import fusedrnn loads a saved fusedrnn.torch layer as the
+    torch.nn layer (weights_only=True with torch.nn.GRU allowed, as for a stock file, and
+    weights_only=False) and reproduces its output."""
+    ours, _ = make("GRU", num_layers=2)
+    x = example(ours)
+    with torch.no_grad():
+        y, h = ours(x)
+    torch.save(ours, tmp_path / "gru.pt")
+    torch.save({"x": x, "y": y, "h": h}, tmp_path / "io.pt")
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["fusedrnn"] = None
+        import torch
+        io = torch.load("io.pt")
+        with torch.serialization.safe_globals([torch.nn.GRU]):
+            a = torch.load("gru.pt")
+        b = torch.load("gru.pt", weights_only=False)
+        for m in (a, b):
+            assert type(m) is torch.nn.GRU, type(m)
+            with torch.no_grad():
+                y, h = m(io["x"])
+            torch.testing.assert_close(y, io["y"], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(h, io["h"], rtol=1e-5, atol=1e-6)
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.parametrize("name", FUSED_ONLY)
+def test_saving_fused_only_configuration_says_so(name):
+    cls, kw = FUSED_ONLY[name]
+    ours, _ = make(cls, **kw)
+    extra = "peepholes=True" if name == "peepholes" else "variant='reset_before'"
+    model = torch.nn.Sequential(ours)
+    for obj in (ours, model):
+        with pytest.raises(pickle.PicklingError, match=rf"with {extra} cannot be pickled.*"
+                                                       rf"torch.nn.{cls} has no"):
+            torch.save(obj, io.BytesIO())
+    # the state_dict route works
+    b = io.BytesIO()
+    torch.save(ours.state_dict(), b)
+    b.seek(0)
+    other = getattr(frt, cls)(C, H, **kw)
+    other.load_state_dict(torch.load(b))
+    assert all(torch.equal(p, q) for p, q in zip(other.parameters(), ours.parameters()))
+
+
+@pytest.mark.parametrize("name", ["lstm", "peepholes", "reset_before"])
+def test_copy_and_deepcopy_keep_the_class(name):
+    cls, kw = {**CONFIGS, **FUSED_ONLY}[name]
+    ours, _ = make(cls, **kw)
+    x = example(ours)
+    deep, shallow = copy.deepcopy(ours), copy.copy(ours)
+    assert type(deep) is type(ours) and type(shallow) is type(ours)
+    assert deep.weight_hh_l0 is not ours.weight_hh_l0
+    assert shallow.weight_hh_l0 is ours.weight_hh_l0
+    assert getattr(deep, "peepholes", False) == getattr(ours, "peepholes", False)
+    assert getattr(deep, "variant", None) == getattr(ours, "variant", None)
+    with torch.no_grad():
+        assert_outputs(deep(x), ours(x), tol=0)
+        with torch.no_grad():
+            deep.weight_hh_l0.add_(1.0)
+        assert not torch.equal(deep(x)[0], ours(x)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# export, ONNX, TorchScript
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_torch_export_gives_the_stock_graph(name):
+    cls, kw = CONFIGS[name]
+    ours, ref = make(cls, **kw)
+    x = example(ours)
+    ep, ep_ref = torch.export.export(ours, (x,)), torch.export.export(ref, (x,))
+    assert str(ep.graph) == str(ep_ref.graph)
+    with torch.no_grad():
+        assert_outputs(ep.module()(x), ours(x))
+
+
+@pytest.mark.parametrize("name", FUSED_ONLY)
+def test_graph_capture_of_fused_only_configuration_raises(name):
+    cls, kw = FUSED_ONLY[name]
+    ours, _ = make(cls, **kw)
+    x = example(ours)
+    match = "cannot be exported, traced or compiled into a graph"
+    with pytest.raises(Exception, match=match):
+        torch.export.export(ours, (x,))
+    with pytest.raises(RuntimeError, match=match):
+        torch.jit.trace(ours, (x,))
+
+
+def _ort_run(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_onnx_torchscript_exporter(name, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    cls, kw = CONFIGS[name]
+    ours, _ = make(cls, **kw)
+    x = example(ours)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # the exporter's deprecation notices
+        if name == "lstm_proj":                  # as for torch.nn.LSTM: not in this exporter
+            with pytest.raises(torch.onnx.errors.SymbolicValueError,
+                               match="LSTMs with projections"):
+                torch.onnx.export(ours, (x,), str(path), dynamo=False)
+            return
+        torch.onnx.export(ours, (x,), str(path), dynamo=False)
+    with torch.no_grad():
+        want = flat(ours(x))
+    got = _ort_run(path, x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_onnx_dynamo_exporter(name, tmp_path):
+    for mod in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(mod)
+    cls, kw = CONFIGS[name]
+    ours, _ = make(cls, **kw)
+    x = example(ours)
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ours, (x,), str(path), dynamo=True, verbose=False)
+    with torch.no_grad():
+        want = flat(ours(x))
+    got = _ort_run(path, x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _graph_text(traced):
+    """A traced module's graph without the first line (which names the module's class)."""
+    return str(traced.graph).split("\n", 1)[1]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_jit_trace_gives_the_stock_graph(name):
+    cls, kw = CONFIGS[name]
+    ours, ref = make(cls, **kw)
+    x = example(ours)
+    traced = torch.jit.trace(ours, (x,))         # check_trace=True: re-runs and compares
+    assert _graph_text(traced) == _graph_text(torch.jit.trace(ref, (x,)))
+    with torch.no_grad():
+        assert_outputs(traced(x), ours(x))
+
+
+def test_jit_script_message():
+    model = torch.nn.Sequential(frt.LSTM(C, H))
+    for obj in (model[0], model):
+        with pytest.raises(RuntimeError, match=r"torch.jit.script cannot compile "
+                                               r"fusedrnn.torch.LSTM.*torch.jit.trace"):
+            torch.jit.script(obj)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile
+
+class Tagger(torch.nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.emb = torch.nn.Embedding(11, C)
+        self.rnn = rnn
+        self.head = torch.nn.Linear(2 * H, 11)
+
+    def forward(self, tokens):
+        y, _ = self.rnn(torch.tanh(self.emb(tokens)))
+        return self.head(y).log_softmax(-1)
+
+
+def _loss_and_grads(model, tokens):
+    model.zero_grad()
+    out = model(tokens)
+    loss = -out[..., 0].mean()
+    loss.backward()
+    return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("allow_rnn", [False, True])
+def test_torch_compile(allow_rnn, monkeypatch):
+    """torch.compile of a model holding a fusedrnn layer: the same outputs and gradients as
+    eager, and the fused kernels run (a graph break at the layer: dynamo's own for torch.nn's
+    RNN modules by default, fusedrnn's forward under torch._dynamo.config.allow_rnn=True)."""
+    import torch._dynamo
+    calls = []
+    real = frt._F.lstm_forward
+    monkeypatch.setattr(frt._F, "lstm_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Tagger(frt.LSTM(C, H, bidirectional=True))
+    tokens = torch.randint(0, 11, (T, N), generator=torch.Generator().manual_seed(2))
+    want, want_g = _loss_and_grads(model, tokens)
+    with torch._dynamo.config.patch(allow_rnn=allow_rnn):
+        compiled = torch.compile(model)
+        for _ in range(2):
+            calls.clear()
+            got, got_g = _loss_and_grads(compiled, tokens)
+            assert len(calls) == 2                   # both directions ran fusedrnn's kernel
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            for g, w in zip(got_g, want_g):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()
+
+
+def test_torch_compile_fused_only_configuration():
+    """peepholes under torch.compile: the default graph break runs the fused layer."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    ours, _ = make("LSTM", peepholes=True)
+    x = example(ours)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(ours)(x)[0], ours(x)[0], rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------------------------
+# double backward
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+def test_double_backward_raises(cls):
+    """The issue's gradient penalty: g must not come back as a constant (it did, and the
+    penalty silently added nothing); differentiating it raises a clear error."""
+    ours, _ = make(cls)
+    ours.train()
+    x = example(ours).requires_grad_()
+    y = ours(x)[0]
+    g, = torch.autograd.grad(y.sum(), x, create_graph=True)
+    assert g.requires_grad
+    with pytest.raises(RuntimeError, match="fusedrnn.torch: double backward is not supported"):
+        (y.sum() + g.pow(2).sum()).backward()
+    # first-order use is unaffected, create_graph=True without differentiating again too
+    ours.zero_grad()
+    y = ours(x)[0]
+    g1, = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    g2, = torch.autograd.grad(y.sum(), x, create_graph=True)
+    torch.testing.assert_close(g1, g2.detach(), rtol=0, atol=0)
+
+
+def test_eager_use_imports_neither_dynamo_nor_onnx():
+    """The graph-mode checks cost nothing in eager use: importing fusedrnn.torch and running a
+    layer forward and backward imports neither torch._dynamo nor torch.onnx (~1 s each)."""
+    code = ("import sys, torch, fusedrnn.torch as frt\n"
+            "m = frt.LSTM(3, 4); m(torch.randn(5, 2, 3))[0].sum().backward()\n"
+            "print([n for n in ('torch._dynamo', 'torch.onnx') if n in sys.modules])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
