@@ -113,6 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=nonneg_int, help="seeds the weights, batches and dropout "
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
+    g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
+                             "refused where it does not apply (e.g. --peepholes with --cell "
+                             "gru, any of them with --task translate); kept in the checkpoint")
+    g.add_argument("--nonlinearity", choices=("tanh", "relu"),
+                   help="--cell rnn: the Elman RNN's activation (default tanh)")
+    g.add_argument("--init", choices=("pytorch", "keras", "irnn"),
+                   help="weight initialisation: pytorch (default, U(+-1/sqrt(H))), keras "
+                        "(glorot / orthogonal), irnn (--cell rnn: identity recurrent "
+                        "weights, zero biases, ReLU; Le, Jaitly & Hinton 2015)")
+    g.add_argument("--peepholes", action=argparse.BooleanOptionalAction, default=None,
+                   help="--cell lstm: peephole connections (Gers et al. 2002)")
+    g.add_argument("--proj-size", type=positive_int, metavar="P",
+                   help="--cell lstm: project h to P units (LSTMP, torch's proj_size)")
+    g.add_argument("--variant", choices=("reset_after", "reset_before"),
+                   help="--cell gru: where the reset gate acts (reset_after = torch/cuDNN, "
+                        "the default; reset_before = Cho et al. 2014, Keras reset_after=False)")
+    g.add_argument("--forget-bias", type=V.parse_float(float("-inf"), what="a finite number"),
+                   metavar="X", help="--cell lstm: add X to the forget-gate bias (the tasks' "
+                                     "default is 1; classify's chrono initialisation is "
+                                     "then off)")
     g = t.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>); "
                                                 "created and checked before training")
@@ -125,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compare-torch", action="store_true",
                    help="then train the task's PyTorch twin from the same initial weights on "
                         "the same batches for the same steps, and compare")
+    g.add_argument("--tensorboard", metavar="DIR",
+                   help="also write TensorBoard scalar logs (loss, metrics, learning rate, "
+                        "gradient norm, throughput) to DIR; needs tensorboardX (pip install "
+                        "'fusedrnn[tensorboard]'); checked before training like --out")
     g.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar or per-evaluation lines")
     t.set_defaults(func=cmd_train)
@@ -176,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
     add_interchange_parsers(sub)
+    rp = sub.add_parser("report", help="one self-contained HTML page of a training run",
+                        description="Write RUN_DIR/report.html: the run's configuration, "
+                                    "validation history and pictures (inlined), from its "
+                                    "metrics.json and PNGs.")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of a train run")
+    rp.add_argument("--out", metavar="FILE", help="default RUN_DIR/report.html")
+    rp.set_defaults(func=cmd_report)
+    from .tasks.experiments import add_parser as add_experiment_parser
+    add_experiment_parser(sub, _Parser)
     return ap
 
 
@@ -297,6 +330,17 @@ def cmd_predict(args, t_start) -> int:
         raise UsageError(str(e)) from None
     for line in out:
         print(line)
+    return 0
+
+
+def cmd_report(args, t_start) -> int:
+    from .plotting import html_report
+    from .tasks.trainer import UsageError
+    try:
+        path = html_report(args.run_dir, args.out)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {path}")
     return 0
 
 
@@ -558,7 +602,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command in ("train", "evaluate", "generate", "predict"):
+    if args.command in ("train", "evaluate", "generate", "predict", "experiment"):
         import numpy  # noqa: F401  (loads OpenBLAS)
         single_threaded_blas()
     from .io import CheckpointError

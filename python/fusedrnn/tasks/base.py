@@ -39,6 +39,10 @@ TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "s
               "batch_size", "seed", "data", "column", "model", "problem", "min_length",
               "max_length", "horizon", "window", "embed", "attention")
 
+# the cell options (tasks.common.CELL_OPTIONS) are task flags too
+TASK_FLAGS = TASK_FLAGS + ("nonlinearity", "init", "peepholes", "proj_size", "variant",
+                           "forget_bias")
+
 
 class DataError(ValueError):
     """A user data file that cannot be used (missing, unreadable, wrong format, too small).
@@ -66,6 +70,10 @@ class Task:
     #: "max_length", "horizon", "window", "embed"; the CLI rejects the others when given.
     #: None (the default) = not declared: the CLI accepts all of them.
     flags: Optional[Tuple[str, ...]] = None
+    #: whether the cell-option flags (--nonlinearity, --init, --peepholes, --proj-size,
+    #: --variant, --forget-bias) reach this task's recurrent layers; when False they are
+    #: refused. The options given are in ``self.cell_opts`` (layer keyword arguments).
+    cell_options_ok: bool = True
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -88,8 +96,16 @@ class Task:
         task default); called at the end of ``Task.__init__`` and by tasks after ``restore``.
         The base class checks the model flags every task has (cell, hidden, layers,
         batch_size, dropout, seed); tasks with more flags extend it."""
-        from .common import model_flags
+        from .common import CELL_OPTIONS, cell_options, model_flags
         model_flags(self, lower_cell=True)
+        if self.cell_options_ok:
+            self.cell_opts = cell_options(self)
+        else:
+            self.cell_opts = {}
+            for k in CELL_OPTIONS:
+                if getattr(self.args, k, None) not in (None, False):
+                    from ..validators import flag_name
+                    raise ValueError(f"{flag_name(k)} does not apply to task {self.name}")
 
     def flag(self, name: str) -> Any:
         """args.<name>, or this task's default when it has no value."""

@@ -142,7 +142,7 @@ class CharLM(Task):
         a, V = self.args, len(self.chars)
         return RecurrentModel(a.cell, vocab_size=V, embed_dim=a.embed, hidden_size=a.hidden,
                               num_layers=a.layers, dropout=a.dropout, output_size=V,
-                              seed=a.seed)
+                              seed=a.seed, **self.cell_opts)
 
     def batches(self, rng: np.random.Generator) -> Iterator[Any]:
         a = self.args
@@ -191,6 +191,66 @@ class CharLM(Task):
 
     def progress(self, loss: float) -> Dict[str, float]:
         return {"bpc": loss / LN2}
+
+    def class_bpc(self, model) -> Dict[str, Tuple[float, float, int]]:
+        """Validation bits per character by the class of the predicted character (lowercase,
+        uppercase, digit, space, newline, punctuation / other): (model bpc, unigram
+        baseline bpc, count) per class present."""
+        streams = batchify(self.valid_tokens, self.args.batch_size)
+        nll, tgt, state = [], [], None
+        for x, y in bptt_chunks(streams, EVAL_CHUNK):
+            logits, state = self._forward(model, x, state)
+            lp = losses.log_softmax(logits.astype(np.float64))
+            yy = y.reshape(-1)
+            nll.append(-lp[np.arange(yy.size), yy])
+            tgt.append(yy)
+        nll_a, tgt_a = np.concatenate(nll) / LN2, np.concatenate(tgt)
+        V = len(self.chars)
+        counts = np.bincount(self.train_tokens, minlength=V).astype(np.float64) + 1.0
+        uni = -np.log2(counts / counts.sum())
+
+        def cls(c: str) -> str:
+            return ("lowercase" if c.islower() else "uppercase" if c.isupper() else
+                    "digit" if c.isdigit() else "newline" if c == "\n" else
+                    "space" if c.isspace() else "punctuation / other")
+        names = np.array([cls(c) for c in self.chars])[tgt_a]
+        out = {}
+        for name in ("lowercase", "uppercase", "digit", "space", "newline",
+                     "punctuation / other"):
+            sel = names == name
+            if sel.any():
+                out[name] = (float(nll_a[sel].mean()), float(uni[tgt_a[sel]].mean()),
+                             int(sel.sum()))
+        return out
+
+    def plot(self, model, out_dir: str) -> Optional[str]:
+        """charlm.png: validation bits per character by character class, model vs the
+        unigram baseline, and each class's share of the total bits. None without
+        matplotlib."""
+        import os
+
+        from ..plotting import pyplot, save_png
+        plt = pyplot()
+        if plt is None:
+            return None
+        per = self.class_bpc(model)
+        names = list(per)
+        xs = np.arange(len(names))
+        total = sum(b * n for b, _, n in per.values()) or 1.0
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        ax.bar(xs - 0.2, [per[n][0] for n in names], 0.4, label=f"model ({self.args.cell})")
+        ax.bar(xs + 0.2, [per[n][1] for n in names], 0.4, color="gray",
+               label="unigram baseline")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{n}\n{per[n][2]} chars\n{100 * per[n][0] * per[n][2] / total:.0f}%"
+                            f" of the bits" for n in names], fontsize=7)
+        ax.set_ylabel("bits per character (validation)")
+        ax.set_title("where the bits go: bits/char by the class of the next character",
+                     fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        return save_png(fig, os.path.join(out_dir, "charlm.png"))
 
     # -- checkpoints -------------------------------------------------------------------------
     def metadata(self) -> Dict[str, Any]:

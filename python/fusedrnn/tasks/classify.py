@@ -18,6 +18,12 @@ Problems (``--problem``):
   [50, 60] at L = 100). The class is the order: XX, XY, YX or YY (4 classes). Inputs are one-hot
   over the 8 symbols; softmax cross-entropy at the last valid step; metric ``accuracy``
   (higher is better), ``baseline_accuracy`` the majority class of the validation set (~0.25).
+* ``spike-delay`` (measuring spike delays, a timing task of Gers, Schraudolph & Schmidhuber
+  2002, "Learning precise timing with LSTM recurrent networks"): one input channel, 0 except two
+  spikes (1): one at a random step t1 in [0, L//2) and one at the last step L - 1. The target,
+  read at the last step, is the delay (L - 1 - t1) / ``--max-length``; metric ``mse``,
+  ``baseline_mse`` predicts the validation mean; ``accuracy`` counts predictions within half a
+  step of the true delay.
 
 Every sequence has its own length L, uniform in [``--min-length``, ``--max-length``]; batches
 are padded to their longest sequence and the recurrent layer gets ``lengths`` so padded steps
@@ -40,7 +46,7 @@ from .common import check_choice, check_int, make_rnn, sub_seed
 
 __all__ = ["Classify", "SequenceClassifier", "make_adding", "make_temporal_order"]
 
-PROBLEMS = ("adding", "temporal-order")
+PROBLEMS = ("adding", "temporal-order", "spike-delay")
 SYMBOLS = "abcdXYBE"                 # temporal order: 4 distractors, X, Y, start, end
 CLASSES = ("XX", "XY", "YX", "YY")
 ADDING_TOLERANCE = 0.04
@@ -66,6 +72,18 @@ def make_adding(rng: np.random.Generator, lengths: np.ndarray
     x[m2, cols, 1] = 1.0
     target = (x[m1, cols, 0] + x[m2, cols, 0]).astype(np.float32)
     return x, target
+
+
+def make_spike_delay(rng: np.random.Generator, lengths: np.ndarray, scale: float
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """Spike-delay sequences: (x [T, N, 1] float32 zero-padded, delay / scale [N] float32)."""
+    N, T = lengths.size, int(lengths.max())
+    x = np.zeros((T, N, 1), np.float32)
+    cols = np.arange(N)
+    t1 = rng.integers(0, np.maximum(lengths // 2, 1))
+    x[t1, cols, 0] = 1.0
+    x[lengths - 1, cols, 0] = 1.0
+    return x, ((lengths - 1 - t1) / scale).astype(np.float32)
 
 
 def _one_hot(sym: np.ndarray) -> np.ndarray:
@@ -121,17 +139,19 @@ class SequenceClassifier(Module):
 
     def __init__(self, cell: str = "lstm", input_size: int = 2, hidden_size: int = 64,
                  num_layers: int = 1, dropout: float = 0.0, outputs: int = 1,
-                 chrono: int = 0, seed: Optional[int] = None):
+                 chrono: int = 0, seed: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None):
         super().__init__()
+        options = dict(options or {})
         self._record(cell=cell, input_size=input_size, hidden_size=hidden_size,
                      num_layers=num_layers, dropout=dropout, outputs=outputs, chrono=chrono,
-                     seed=seed)
+                     seed=seed, options=options)
         self.rnn = make_rnn(cell, input_size, hidden_size, num_layers, dropout,
-                            sub_seed(seed, 0), forget_bias=1.0)
-        if chrono:
+                            sub_seed(seed, 0), forget_bias=1.0, options=options)
+        if chrono and "forget_bias" not in options:
             chrono_init(self.rnn, chrono, np.random.default_rng(sub_seed(seed, 3)))
         self.drop = Dropout(dropout, seed=sub_seed(seed, 1))
-        self.head = Linear(hidden_size, outputs, seed=sub_seed(seed, 2))
+        self.head = Linear(self.rnn.state_size, outputs, seed=sub_seed(seed, 2))
 
     def forward(self, x: np.ndarray, lengths=None) -> np.ndarray:
         out, _ = self.rnn.forward(x, lengths=lengths)
@@ -191,7 +211,7 @@ class Classify(Task):
         super().resolve_flags()
         a = self.args
         a.problem = check_choice("problem", self.flag("problem"), PROBLEMS)
-        shortest = 2 if a.problem == "adding" else 10
+        shortest = 10 if a.problem == "temporal-order" else 2
         a.min_length = check_int("min_length", self.flag("min_length"), minimum=shortest)
         a.max_length = check_int("max_length", self.flag("max_length"), minimum=shortest)
         if a.max_length < a.min_length:
@@ -199,18 +219,22 @@ class Classify(Task):
                              f"({a.min_length})")
         if getattr(a, "data", None) is not None:
             raise ValueError("--data: task classify generates its data (adding / "
-                             "temporal-order problems) and reads no file")
+                             "temporal-order / spike-delay problems) and reads no file")
         self.adding = a.problem == "adding"
-        self.metric = "mse" if self.adding else "accuracy"
-        self.higher_is_better = not self.adding
-        self.input_size = 2 if self.adding else len(SYMBOLS)
-        self.outputs = 1 if self.adding else len(CLASSES)
+        self.spikes = a.problem == "spike-delay"
+        self.regression = self.adding or self.spikes
+        self.metric = "mse" if self.regression else "accuracy"
+        self.higher_is_better = not self.regression
+        self.input_size = 2 if self.adding else 1 if self.spikes else len(SYMBOLS)
+        self.outputs = 1 if self.regression else len(CLASSES)
 
     def _generate(self, rng: np.random.Generator, n: int):
         a = self.args
         lengths = _lengths(rng, n, a.min_length, a.max_length)
-        make = make_adding if self.adding else make_temporal_order
-        x, y = make(rng, lengths)
+        if self.spikes:
+            x, y = make_spike_delay(rng, lengths, float(a.max_length))
+        else:
+            x, y = (make_adding if self.adding else make_temporal_order)(rng, lengths)
         return x, y, lengths
 
     # -- memory ---------------------------------------------------------------------------------
@@ -246,12 +270,13 @@ class Classify(Task):
     def build_model(self) -> Module:
         a = self.args
         return SequenceClassifier(a.cell, self.input_size, a.hidden, a.layers, a.dropout,
-                                  self.outputs, chrono=a.max_length, seed=a.seed)
+                                  self.outputs, chrono=a.max_length, seed=a.seed,
+                                  options=self.cell_opts)
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         x, y, lengths = batch
         out = model.forward(x, lengths=lengths)
-        if self.adding:
+        if self.regression:
             last = losses.last_step(out, lengths)
             loss, g = losses.mse(last, y[:, None])
             grad = losses.scatter_last_step(g, lengths, out.shape[0])
@@ -282,6 +307,14 @@ class Classify(Task):
                     "baseline_mse": float(np.mean((1.0 - y.astype(np.float64)) ** 2)),
                     "accuracy": float(np.mean(np.abs(err) < ADDING_TOLERANCE)),
                     "baseline_accuracy": float(np.mean(np.abs(1.0 - y) < ADDING_TOLERANCE))}
+        if self.spikes:
+            y64 = y.astype(np.float64)
+            err = out[:, 0].astype(np.float64) - y64
+            half = 0.5 / self.args.max_length          # half a step on the target's scale
+            return {"mse": float(np.mean(err ** 2)),
+                    "baseline_mse": float(np.mean((y64 - y64.mean()) ** 2)),
+                    "accuracy": float(np.mean(np.abs(err) < half)),
+                    "baseline_accuracy": float(np.mean(np.abs(y64 - y64.mean()) < half))}
         loss, _ = losses.cross_entropy(out.astype(np.float64), y)
         return {"accuracy": float(np.mean(out.argmax(axis=1) == y)),
                 "baseline_accuracy": float(np.bincount(y, minlength=4).max() / y.size),
@@ -302,6 +335,13 @@ class Classify(Task):
             out = self.outputs_last(model, x[:, :3], lengths[:3])[:, 0]
             lines.append("examples (length: predicted / true sum): " + ", ".join(
                 f"{lengths[i]}: {out[i]:.3f} / {y[i]:.3f}" for i in range(3)))
+        elif self.spikes:
+            s = a.max_length
+            lines.append(f"validation MSE {m['mse']:.4g} vs {m['baseline_mse']:.4g} predicting "
+                         f"the mean; delay within half a step: {100 * m['accuracy']:.1f}%")
+            out = self.outputs_last(model, x[:, :3], lengths[:3])[:, 0]
+            lines.append("examples (predicted / true delay in steps): " + ", ".join(
+                f"{out[i] * s:.1f} / {y[i] * s:.0f}" for i in range(3)))
         else:
             lines.append(f"validation accuracy {100 * m['accuracy']:.1f}% vs "
                          f"{100 * m['baseline_accuracy']:.1f}% (majority class); "
@@ -311,12 +351,66 @@ class Classify(Task):
                 f"{lengths[i]}: {CLASSES[out[i]]} / {CLASSES[y[i]]}" for i in range(3)))
         return lines
 
+    def plot(self, model: Module, out_dir: str) -> Optional[str]:
+        """classify.png: the validation metric by sequence length (lengths in up to 10 bins),
+        with the trivial baseline per bin; regression problems also show predicted vs true
+        targets. None without matplotlib."""
+        import os
+
+        from ..plotting import pyplot, save_png
+        plt = pyplot()
+        if plt is None or self.val is None:
+            return None
+        x, y, lengths = self.val
+        out = self.outputs_last(model, x, lengths)
+        edges = np.unique(np.linspace(lengths.min(), lengths.max() + 1, 11).astype(int))
+        which = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, len(edges) - 2)
+        centres, vals, bases, counts = [], [], [], []
+        for b in range(len(edges) - 1):
+            sel = which == b
+            if not sel.any():
+                continue
+            centres.append((edges[b] + edges[b + 1] - 1) / 2)
+            counts.append(int(sel.sum()))
+            if self.regression:
+                yy = y[sel].astype(np.float64)
+                vals.append(float(np.mean((out[sel, 0] - yy) ** 2)))
+                ref = 1.0 if self.adding else float(y.astype(np.float64).mean())
+                bases.append(float(np.mean((ref - yy) ** 2)))
+            else:
+                vals.append(float(np.mean(out[sel].argmax(1) == y[sel])))
+                bases.append(float(np.mean(y[sel] == np.bincount(y, minlength=4).argmax())))
+        ncol = 2 if self.regression else 1
+        fig, axes = plt.subplots(1, ncol, figsize=(5.5 * ncol, 4), squeeze=False)
+        ax = axes[0, 0]
+        width = max(1.0, 0.8 * (edges[1] - edges[0])) if len(edges) > 1 else 1.0
+        ax.bar(centres, vals, width=width, color="C0", label=f"model ({self.args.cell})")
+        ax.plot(centres, bases, "k_", markersize=20, mew=2, label="baseline")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("validation " + self.metric)
+        ax.set_title(f"{self.args.problem}: {self.metric} by length "
+                     f"({len(lengths)} sequences)", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        if self.regression:
+            ax2 = axes[0, 1]
+            scale = float(self.args.max_length) if self.spikes else 1.0
+            ax2.scatter(y * scale, out[:, 0] * scale, s=4, alpha=0.5)
+            lo, hi = float(y.min() * scale), float(y.max() * scale)
+            ax2.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="perfect")
+            ax2.set_xlabel("true " + ("delay (steps)" if self.spikes else "sum"))
+            ax2.set_ylabel("predicted")
+            ax2.legend(fontsize=8)
+            ax2.grid(alpha=0.3)
+        fig.tight_layout()
+        return save_png(fig, os.path.join(out_dir, "classify.png"))
+
     # -- checkpoints ----------------------------------------------------------------------------
     def metadata(self) -> Dict[str, Any]:
         meta = super().metadata()
         meta.update({"input_size": self.input_size, "outputs": self.outputs,
-                     "symbols": None if self.adding else SYMBOLS,
-                     "classes": None if self.adding else list(CLASSES)})
+                     "symbols": None if self.regression else SYMBOLS,
+                     "classes": None if self.regression else list(CLASSES)})
         return meta
 
     def restore(self, metadata: Dict[str, Any]) -> None:
@@ -348,6 +442,12 @@ class Classify(Task):
                                      f"and the value finite, got {pair.strip()!r}")
                 rows.append((v, m))
             return np.asarray(rows, np.float32)
+        if self.spikes:
+            text = "".join(text.split())
+            if set(text) - set("01"):
+                raise ValueError(f"predict: line {i}: spike-delay sequences are strings of 0 "
+                                 f"and 1 (e.g. 0100001), got {text[:40]!r}")
+            return np.array([float(c) for c in text], np.float32)[:, None]
         text = "".join(text.split())
         bad = sorted(set(text) - set(SYMBOLS))
         if bad:
@@ -366,6 +466,8 @@ class Classify(Task):
         out = self.outputs_last(model, x, lengths)
         if self.adding:
             return [f"{v:.4f}" for v in out[:, 0]]
+        if self.spikes:
+            return [f"{v * self.args.max_length:.2f}" for v in out[:, 0]]
         return [CLASSES[k] for k in out.argmax(axis=1)]
 
     # -- --compare-torch ------------------------------------------------------------------------
@@ -400,7 +502,7 @@ class Classify(Task):
         x, y, lengths = batch
         tmodel.train()
         last = tmodel(torch.from_numpy(x), lengths)
-        if self.adding:
+        if self.regression:
             loss = torch.nn.functional.mse_loss(last[:, 0], torch.from_numpy(y))
         else:
             loss = torch.nn.functional.cross_entropy(last, torch.from_numpy(y))

@@ -18,8 +18,8 @@ from .. import validators as V
 from ..models import CELLS, cell_class
 from ..module import Dropout
 
-__all__ = ["CELLS", "cell_class", "check_int", "check_choice", "check_dropout", "model_flags",
-           "model_kwargs", "make_rnn", "sub_seed", "sub_seeds", "torch_parts",
+__all__ = ["CELLS", "CELL_OPTIONS", "cell_class", "check_int", "check_choice", "check_dropout",
+           "model_flags", "cell_options", "model_kwargs", "make_rnn", "sub_seed", "sub_seeds", "torch_parts",
            "torch_sequence_loss"]
 
 
@@ -57,6 +57,58 @@ def model_flags(task, lower_cell: bool = False) -> Dict[str, Any]:
     return out
 
 
+# The layer options of the recurrent cells, as `fusedrnn train` flags (each None = the layer's
+# default). Which cell each applies to: CELL_OPTIONS[name].
+CELL_OPTIONS = {"nonlinearity": ("rnn",), "init": ("lstm", "gru", "rnn"),
+                "peepholes": ("lstm",), "proj_size": ("lstm",), "variant": ("gru",),
+                "forget_bias": ("lstm",)}
+INITS = ("pytorch", "keras", "irnn")
+
+
+def cell_options(task) -> Dict[str, Any]:
+    """The cell-option flags (``--nonlinearity``, ``--init``, ``--peepholes``,
+    ``--proj-size``, ``--variant``, ``--forget-bias``) the user gave or a checkpoint stored,
+    checked against ``--cell`` (ValueError naming the flag where one does not apply, e.g.
+    ``--peepholes`` with ``--cell gru``); ``--init irnn`` implies ``--nonlinearity relu``.
+    Returns the given ones as layer keyword arguments (``{}`` when none was given) and writes
+    the resolved values back to ``task.args``. Needs ``task.args.cell`` resolved."""
+    a = task.args
+    cell = a.cell
+    opts: Dict[str, Any] = {}
+    for k, cells in CELL_OPTIONS.items():
+        v = getattr(a, k, None)
+        if v is None or v is False:
+            continue
+        if cell not in cells:
+            need = " or ".join(f"--cell {c}" for c in cells)
+            raise ValueError(f"{V.flag_name(k)} applies to {need} only, not --cell {cell}")
+        opts[k] = v
+    if "nonlinearity" in opts:
+        opts["nonlinearity"] = check_choice("nonlinearity", opts["nonlinearity"], ("tanh", "relu"))
+    if "init" in opts:
+        opts["init"] = check_choice("init", opts["init"], INITS)
+        if opts["init"] == "irnn" and cell != "rnn":
+            raise ValueError(f"--init irnn (the identity-initialised ReLU RNN) applies to "
+                             f"--cell rnn only, not --cell {cell}")
+        if opts["init"] == "irnn":
+            if opts.get("nonlinearity", "relu") != "relu":
+                raise ValueError("--init irnn is the identity-initialised ReLU RNN: it needs "
+                                 "--nonlinearity relu (the default with --init irnn)")
+            opts["nonlinearity"] = "relu"
+    if "peepholes" in opts:
+        opts["peepholes"] = V.boolean(None, "--peepholes", opts["peepholes"])
+    if "proj_size" in opts:
+        opts["proj_size"] = check_int("proj_size", opts["proj_size"])
+    if "variant" in opts:
+        opts["variant"] = check_choice("variant", opts["variant"],
+                                       ("reset_after", "reset_before"))
+    if "forget_bias" in opts:
+        opts["forget_bias"] = V.real(None, "--forget-bias", opts["forget_bias"])
+    for k, v in opts.items():
+        setattr(a, k, v)
+    return opts
+
+
 def model_kwargs(task, dtype=None) -> Dict[str, Any]:
     """Constructor arguments of an embedding + recurrent model (tag, translate): the model
     flags (checked by ``Task.resolve_flags``), ``--embed`` (checked here), ``--bidirectional``
@@ -71,15 +123,21 @@ def model_kwargs(task, dtype=None) -> Dict[str, Any]:
 # -- models -------------------------------------------------------------------------------------
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: float,
              seed: Optional[int], *, bidirectional: bool = False, dtype="float32",
-             forget_bias: Optional[float] = None, where: Optional[str] = None):
-    """The recurrent stack: LSTM, GRU or tanh RNN, time-major; ``dropout`` between layers (none
-    with one layer); ``forget_bias`` (LSTM only) when given. ``where`` names the model in the
-    error for an unknown cell."""
+             forget_bias: Optional[float] = None, where: Optional[str] = None,
+             options: Optional[Dict[str, Any]] = None):
+    """The recurrent stack: LSTM, GRU or RNN (tanh unless ``options`` says otherwise),
+    time-major; ``dropout`` between layers (none with one layer); ``forget_bias`` (LSTM only)
+    when given. ``options``: cell options (:data:`CELL_OPTIONS`, as :func:`cell_options`
+    returns them) passed to the layer where they apply to ``cell``; they win over
+    ``forget_bias``. ``where`` names the model in the error for an unknown cell."""
     cls = cell_class(where, cell)
     kw = dict(num_layers=layers, bidirectional=bool(bidirectional),
               dropout=dropout if layers > 1 else 0.0, dtype=dtype, seed=seed)
     if forget_bias is not None and cell == "lstm":
         kw["forget_bias"] = forget_bias
+    for k, v in (options or {}).items():
+        if cell in CELL_OPTIONS[k]:
+            kw[k] = v
     return cls(input_size, hidden, **kw)
 
 

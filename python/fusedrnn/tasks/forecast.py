@@ -203,14 +203,16 @@ class ForecastEncoder(Module):
     """
 
     def __init__(self, cell: str = "lstm", hidden_size: int = 64, num_layers: int = 1,
-                 dropout: float = 0.0, horizon: int = 1, seed: Optional[int] = None):
+                 dropout: float = 0.0, horizon: int = 1, seed: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None):
         super().__init__()
+        options = dict(options or {})
         self._record(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
-                     dropout=dropout, horizon=horizon, seed=seed)
+                     dropout=dropout, horizon=horizon, seed=seed, options=options)
         self.rnn = make_rnn(cell, 1, hidden_size, num_layers, dropout, sub_seed(seed, 0),
-                            forget_bias=1.0)
+                            forget_bias=1.0, options=options)
         self.drop = Dropout(dropout, seed=sub_seed(seed, 1))
-        self.head = Linear(hidden_size, horizon, seed=sub_seed(seed, 2))
+        self.head = Linear(self.rnn.state_size, horizon, seed=sub_seed(seed, 2))
         self._T = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -241,14 +243,16 @@ class JordanForecaster(Module):
     """
 
     def __init__(self, cell: str = "lstm", hidden_size: int = 64, num_layers: int = 1,
-                 dropout: float = 0.0, seed: Optional[int] = None):
+                 dropout: float = 0.0, seed: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None):
         super().__init__()
+        options = dict(options or {})
         self._record(cell=cell, hidden_size=hidden_size, num_layers=num_layers,
-                     dropout=dropout, seed=seed)
+                     dropout=dropout, seed=seed, options=options)
         self.rnn = make_rnn(cell, 2, hidden_size, num_layers, dropout, sub_seed(seed, 0),
-                            forget_bias=1.0)
+                            forget_bias=1.0, options=options)
         self.drop = Dropout(dropout, seed=sub_seed(seed, 1))
-        self.head = Linear(hidden_size, 1, seed=sub_seed(seed, 2))
+        self.head = Linear(self.rnn.state_size, 1, seed=sub_seed(seed, 2))
 
     def forward(self, u: np.ndarray, state=None):
         out, state = self.rnn.forward(u, state)
@@ -387,8 +391,10 @@ class Forecast(Task):
     def build_model(self) -> Module:
         a = self.args
         if a.model == "encoder":
-            return ForecastEncoder(a.cell, a.hidden, a.layers, a.dropout, a.horizon, seed=a.seed)
-        return JordanForecaster(a.cell, a.hidden, a.layers, a.dropout, seed=a.seed)
+            return ForecastEncoder(a.cell, a.hidden, a.layers, a.dropout, a.horizon, seed=a.seed,
+                                   options=self.cell_opts)
+        return JordanForecaster(a.cell, a.hidden, a.layers, a.dropout, seed=a.seed,
+                                options=self.cell_opts)
 
     def batches(self, rng: np.random.Generator) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         W, B = self.args.window, self.args.batch_size

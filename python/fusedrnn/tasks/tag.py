@@ -45,18 +45,22 @@ class SequenceTagger(Module):
 
     def __init__(self, vocab_size: int, num_tags: int, embed: int = 64, hidden: int = 128,
                  layers: int = 1, cell: str = "lstm", bidirectional: bool = True,
-                 dropout: float = 0.0, dtype="float32", seed: Optional[int] = None):
+                 dropout: float = 0.0, dtype="float32", seed: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None):
         super().__init__()
+        options = dict(options or {})
         self._record(vocab_size=vocab_size, num_tags=num_tags, embed=embed, hidden=hidden,
                      layers=layers, cell=cell, bidirectional=bool(bidirectional),
-                     dropout=dropout, dtype=np.dtype(dtype), seed=seed)
+                     dropout=dropout, dtype=np.dtype(dtype), seed=seed, options=options)
         s = sub_seeds(seed, 5)
         self.embedding = Embedding(vocab_size, embed, padding_idx=0, dtype=dtype, seed=s[0])
         self.embed_drop = Dropout(dropout, seed=s[1])
         self.rnn = make_rnn(cell, embed, hidden, layers, dropout, s[2],
-                            bidirectional=bidirectional, dtype=dtype, where="SequenceTagger")
+                            bidirectional=bidirectional, dtype=dtype, where="SequenceTagger",
+                            options=options)
         self.out_drop = Dropout(dropout, seed=s[3])
-        self.head = Linear((2 if bidirectional else 1) * hidden, num_tags, dtype=dtype, seed=s[4])
+        self.head = Linear((2 if bidirectional else 1) * self.rnn.state_size, num_tags,
+                           dtype=dtype, seed=s[4])
 
     def forward(self, idx: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         x = self.embed_drop.forward(self.embedding.forward(idx))
@@ -411,7 +415,8 @@ class Tag(Task):
 
     # -- model ---------------------------------------------------------------------------------
     def build_model(self, dtype=None) -> Module:
-        return SequenceTagger(len(self.vocab), len(self.tags), **model_kwargs(self, dtype))
+        return SequenceTagger(len(self.vocab), len(self.tags), **model_kwargs(self, dtype),
+                              options=self.cell_opts)
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         x, y, lengths = batch
@@ -473,6 +478,55 @@ class Tag(Task):
         sents = [[w for w, _ in s] for s in self.valid_data[:4]]
         return [" ".join(f"{w}/{t}" for w, t in zip(s, tags))
                 for s, tags in zip(sents, self.tag_words(model, sents))]
+
+    def slot_f1(self, model: Module) -> Dict[str, Dict[str, float]]:
+        """Per slot type: exact-match span F1 on the validation utterances, with the
+        majority-tag baseline's, and the number of gold spans."""
+        words = [w for w, _ in self._valid_enc]
+        gold = [[t for _, t in s] for s in self.valid_data]
+        pred = [[self.tags[k] for k in lg.argmax(1)] for lg in self._logits(model, words)]
+        base = [[self.majority.get(w.lower(), "O") for w, _ in s] for s in self.valid_data]
+        types = sorted({sp[-1] for g in gold for sp in spans(g)})
+
+        def f1(guess, typ):
+            tp = ng = npred = 0
+            for g, p in zip(gold, guess):
+                gs = {s for s in spans(g) if s[-1] == typ}
+                ps = {s for s in spans(p) if s[-1] == typ}
+                tp, ng, npred = tp + len(gs & ps), ng + len(gs), npred + len(ps)
+            return 2 * tp / (ng + npred) if ng + npred else 0.0, ng
+
+        out = {}
+        for t in types:
+            (m, n), (b, _) = f1(pred, t), f1(base, t)
+            out[t] = {"f1": m, "baseline_f1": b, "spans": n}
+        return out
+
+    def plot(self, model: Module, out_dir: str) -> Optional[str]:
+        """tag.png: per-slot span F1 bars (model vs the majority-tag baseline) on the
+        validation utterances. None without matplotlib."""
+        import os
+
+        from ..plotting import pyplot, save_png
+        plt = pyplot()
+        if plt is None:
+            return None
+        per = self.slot_f1(model)
+        names = list(per)
+        xs = np.arange(len(names))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(names) + 2), 4))
+        ax.bar(xs - 0.2, [per[n]["f1"] for n in names], 0.4, label=f"model ({self.args.cell})")
+        ax.bar(xs + 0.2, [per[n]["baseline_f1"] for n in names], 0.4, color="gray",
+               label="baseline (majority tag per word)")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{n}\n({per[n]['spans']})" for n in names], fontsize=8)
+        ax.set_ylabel("span F1 (validation)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("per-slot F1 (number of gold spans)", fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        return save_png(fig, os.path.join(out_dir, "tag.png"))
 
     # -- checkpoints -----------------------------------------------------------------------------
     def metadata(self) -> Dict[str, Any]:

@@ -55,7 +55,8 @@ TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_leng
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 CHECKPOINT = "model.safetensors"
 #: the files a run writes into --out (checked before training: none may be a directory)
-OUTPUTS = (CHECKPOINT, "metrics.json", "loss.png", "forecast.png")
+OUTPUTS = (CHECKPOINT, "metrics.json", "loss.png", "forecast.png", "classify.png", "tag.png",
+           "charlm.png")
 
 
 class _BudgetExceeded(Exception):
@@ -348,6 +349,8 @@ class Run:
         self.out = out if out is not None else sys.stdout
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.quiet = bool(getattr(args, "quiet", False))
+        self.tb_dir: Optional[str] = None
+        self._grad_norm: Optional[float] = None
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -398,6 +401,11 @@ class Run:
             check_model_flags(a.resume, a)
         check_memory(self.task.memory_parts())
         self._check_overwrite()
+        self.tb_dir = getattr(a, "tensorboard", None)
+        self._grad_norm: Optional[float] = None
+        if self.tb_dir is not None:
+            from .tblog import check_tensorboard_dir
+            check_tensorboard_dir(self.tb_dir)
         self.created_out = prepare_out_dir(a.out, OUTPUTS)
         t0 = time.perf_counter()
         self.task.prepare()
@@ -460,9 +468,12 @@ class Run:
         return value > best if self.task.higher_is_better else value < best
 
     def _loop(self, model, step_fn, eval_fn, label: str, eval_steps: Optional[List[int]] = None,
-              max_steps: Optional[int] = None) -> Dict[str, Any]:
-        """Runs the training loop for `model` (fusedrnn or the torch twin)."""
+              max_steps: Optional[int] = None, tb=None, lr_fn=None) -> Dict[str, Any]:
+        """Runs the training loop for `model` (fusedrnn or the torch twin). ``tb``: a
+        TensorBoardLog (--tensorboard); ``lr_fn()`` the current learning rate; the step
+        function leaves the gradient norm in ``self._grad_norm``."""
         a, task = self.args, self.task
+        units_at_eval, train_at_eval = 0, 0.0
         rng = np.random.default_rng(a.seed if not self.trainer_state
                                     else [a.seed, int(self.trainer_state.get("step", 0))])
         batches = task.batches(rng)
@@ -506,6 +517,8 @@ class Run:
                                                                 step0 + run_steps))
                 units += count
                 step_losses.append(loss)
+                if tb is not None:
+                    tb.step(step0 + run_steps, loss, self._grad_norm, lr_fn())
                 since_loss += loss
                 since_n += 1
                 ema = loss if ema is None else 0.95 * ema + 0.05 * loss
@@ -557,6 +570,11 @@ class Run:
                         best, best_step, mark = float(metrics[task.metric]), step, " *"
                         best_snapshot = self._snapshot(model, step, epoch0 + task.epoch)
                     history.append(entry)
+                    if tb is not None:
+                        dt = train_time - train_at_eval
+                        tb.validation(step, metrics, (units - units_at_eval) / dt if dt > 0
+                                      else None)
+                        units_at_eval, train_at_eval = units, train_time
                     progress.write(f"{label} step {step:>6} epoch {epoch0 + task.epoch:6.2f} "
                                    f"{last_eval:6.1f}s | train loss {entry['train_loss']:.4f} | "
                                    f"val {_fmt_metrics(metrics, task)}{mark}")
@@ -600,7 +618,9 @@ class Run:
         self.model.zero_grad()
         loss, count = self.task.train_step(self.model, batch)
         if self.args.clip:
-            optim.clip_grad_norm_(self.model, self.args.clip)
+            self._grad_norm = optim.clip_grad_norm_(self.model, self.args.clip)
+        elif self.tb_dir is not None:   # the norm for the log (a factor of 1: no change)
+            self._grad_norm = optim.clip_grad_norm_(self.model, math.inf)
         self.opt.step()
         return loss, count
 
@@ -611,8 +631,23 @@ class Run:
         finally:
             self.model.train()
 
+    def _tb_log(self, run: str):
+        if self.tb_dir is None:
+            return None
+        from .tblog import TensorBoardLog
+        sub = run if self.tmodel is not None else ""
+        return TensorBoardLog(os.path.join(self.tb_dir, sub) if sub else self.tb_dir,
+                              self.task.unit)
+
     def train(self) -> Dict[str, Any]:
-        self.result = self._loop(self.model, self._fused_step, self._fused_eval, "fusedrnn")
+        tb = self._tb_log("fusedrnn")
+        try:
+            self.result = self._loop(self.model, self._fused_step, self._fused_eval,
+                                     "fusedrnn", tb=tb,
+                                     lr_fn=lambda: self.opt.param_groups[0]["lr"])
+        finally:
+            if tb is not None:
+                tb.close()
         r = self.result
         snap = r["best_snapshot"] or self.resume_snapshot
         if snap is not None:
@@ -637,8 +672,9 @@ class Run:
         def step(batch):
             topt.zero_grad()
             loss, count = task.torch_train_step(tm, batch)
-            if a.clip:
-                torch.nn.utils.clip_grad_norm_(tm.parameters(), a.clip)
+            if a.clip or self.tb_dir is not None:
+                self._grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    tm.parameters(), a.clip or math.inf))
             topt.step()
             return loss, count
 
@@ -652,11 +688,15 @@ class Run:
 
         saved_state = self.trainer_state
         self.trainer_state = {**saved_state, "best": None, "best_step": None}
+        tb = self._tb_log("torch")
         try:
             return self._loop(tm, step, evaluate, "torch   ", eval_steps=eval_steps,
-                              max_steps=n_steps)
+                              max_steps=n_steps, tb=tb,
+                              lr_fn=lambda: topt.param_groups[0]["lr"])
         finally:
             self.trainer_state = saved_state
+            if tb is not None:
+                tb.close()
 
     def _torch_optimizer_state(self) -> Dict[int, Dict[str, Any]]:
         """The fusedrnn optimiser state as resumed from the checkpoint, as torch tensors by
@@ -756,22 +796,25 @@ class Run:
         return paths
 
     def _plot(self, metrics, path) -> Optional[str]:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        """loss.png: training loss and validation metric against steps (top) and training time
+        (bottom), the saved (best) checkpoint marked; with --compare-torch the torch run's
+        curves on the same axes. None without matplotlib."""
+        from ..plotting import pyplot, save_png
+        plt = pyplot()
+        if plt is None:
             return None
         task = self.task
         losses = metrics["train_loss_per_step"]
         start = metrics["steps"] - len(losses)
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-        series = [("fusedrnn", losses, metrics["history"], "C0")]
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+        (ax1, ax2), (ax3, ax4) = axes
+        series = [("fusedrnn", losses, metrics["history"], "C0", metrics.get("best_step"))]
         if "compare_torch" in metrics:
             c = metrics["compare_torch"]
-            series.append(("torch", c["train_loss_per_step"], c["history"], "C1"))
+            series.append(("torch", c["train_loss_per_step"], c["history"], "C1",
+                           c.get("best_step")))
         all_vals: List[float] = []
-        for name, ls, hist, color in series:
+        for name, ls, hist, color, best_step in series:
             steps = np.arange(start + 1, start + len(ls) + 1)
             k = max(1, len(ls) // 100)
             if len(ls) > 2 * k:
@@ -780,37 +823,49 @@ class Run:
             else:
                 ax1.plot(steps, ls, color=color, label=f"{name} train loss")
             hs = [e["step"] for e in hist]
+            ts = [e["time_s"] for e in hist]
             vals = [e[task.metric] for e in hist]
-            ax2.plot(hs, vals, "o-", color=color, label=f"{name} validation", markersize=3)
+            ax3.plot(ts, [e["train_loss"] for e in hist], "o-", color=color, markersize=3,
+                     label=f"{name} train loss (mean since the last validation)")
+            for ax, xs in ((ax2, hs), (ax4, ts)):
+                ax.plot(xs, vals, "o-", color=color, label=f"{name} validation", markersize=3)
             train_m = [task.progress(e["train_loss"]).get(task.metric) for e in hist]
             if hist and all(v is not None for v in train_m):
-                ax2.plot(hs, train_m, "--", color=color, alpha=0.6,
-                         label=f"{name} training (mean since the last validation)")
+                for ax, xs in ((ax2, hs), (ax4, ts)):
+                    ax.plot(xs, train_m, "--", color=color, alpha=0.6,
+                            label=f"{name} training (mean since the last validation)")
                 all_vals.extend(train_m)
             all_vals.extend(vals)
+            best = next((e for e in hist if e["step"] == best_step), None)
+            if best is not None and best.get(task.metric) is not None:
+                what = "saved checkpoint" if name == "fusedrnn" else "torch best"
+                for ax, x in ((ax2, best["step"]), (ax4, best["time_s"])):
+                    ax.plot([x], [best[task.metric]], "*", color=color, markersize=14,
+                            markeredgecolor="black",
+                            label=f"{what}: step {best['step']}, {best[task.metric]:.4g}")
         base = (metrics.get("final") or {}).get("baseline_" + task.metric)
         if all_vals:
             lo, hi = min(all_vals), max(all_vals)
             pad = 0.05 * (hi - lo or abs(hi) or 1.0)
-            if base is not None and lo - 3 * pad <= base <= hi + 3 * pad:
-                ax2.axhline(base, color="gray", linestyle=":", label=f"baseline {base:.3g}")
-            elif base is not None:
-                ax2.plot([], [], " ", label=f"baseline {base:.3g} (off the scale)")
-            ax2.set_ylim(lo - pad, hi + pad)
+            for ax in (ax2, ax4):
+                if base is not None and lo - 3 * pad <= base <= hi + 3 * pad:
+                    ax.axhline(base, color="gray", linestyle=":", label=f"baseline {base:.3g}")
+                elif base is not None:
+                    ax.plot([], [], " ", label=f"baseline {base:.3g} (off the scale)")
+                ax.set_ylim(lo - pad, hi + pad)
         ax1.set_xlabel("step")
         ax1.set_ylabel("training loss (per step, smoothed)")
-        ax2.set_xlabel("step")
-        ax2.set_ylabel(task.metric)
-        for ax in (ax1, ax2):
+        ax3.set_xlabel("training time (s, validation included)")
+        ax3.set_ylabel("training loss")
+        for ax, xl in ((ax2, "step"), (ax4, "training time (s, validation included)")):
+            ax.set_xlabel(xl)
+            ax.set_ylabel(f"validation {task.metric}")
+        for ax in axes.flat:
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize=7)
         fig.suptitle(f"fusedrnn train --task {task.name}")
         fig.tight_layout()
-        try:
-            save_figure(fig, path)
-        finally:
-            plt.close(fig)
-        return path
+        return save_png(fig, path)
 
     # -- report ----------------------------------------------------------------------------
     def report(self, paths: Dict[str, str]) -> None:
@@ -848,9 +903,15 @@ class Run:
         if "checkpoint" in paths:
             kind = "best" if self.snapshot.get("validated", True) else "last, unvalidated"
             p(f"saved {paths['checkpoint']} ({kind}, step {self.snapshot['step']})")
-        p(f"saved {paths['metrics']}" + (f" and {paths['plot']}" if "plot" in paths else ""))
-        if "task_plot" in paths:
-            p(f"saved {paths['task_plot']}")
+        p(f"saved {paths['metrics']}")
+        pictures = [paths[k] for k in ("plot", "task_plot") if k in paths]
+        for pic in pictures:
+            p(f"picture: {pic}")
+        if not pictures:
+            from ..plotting import HOW_TO_PLOT
+            p(HOW_TO_PLOT)
+        if self.tb_dir is not None:
+            p(f"TensorBoard logs: {self.tb_dir} (view: tensorboard --logdir {self.tb_dir})")
         if self.torch_result is not None:
             self._report_torch(p)
 

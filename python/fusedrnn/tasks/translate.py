@@ -311,6 +311,7 @@ class Translate(Task):
                                 "bidirectional": False, "dropout": 0.0, "batch_size": 32,
                                 "lr": 5e-3, "time_budget": 120, "seed": 0}
     n_valid = 1000
+    cell_options_ok = False   # encoder/decoder state hand-over: plain cells only
     default_beam = 4
 
     def __init__(self, args):

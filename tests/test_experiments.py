@@ -1,0 +1,52 @@
+"""Issue 27: `fusedrnn experiment NAME` in tiny versions (a few hundred steps each): every
+recipe runs, writes its table, results and plot, and the cells that should learn beat the
+trivial baseline. The full recipes (minutes) are for the user; see the README."""
+import json
+
+import pytest
+
+from fusedrnn.cli import main
+from fusedrnn.tasks.experiments import RECIPES, run_experiment
+
+TINY = {   # name: (length, steps, runs, learners)
+    "adding": (10, 300, None, ("LSTM",)),
+    "temporal-order": (12, 400, ["tanh RNN", "LSTM"], ("LSTM",)),
+    "elman-jordan": (None, 200, None, ("Elman", "Jordan")),
+    "peepholes": (12, 300, None, ("LSTM", "LSTM + peepholes")),
+}
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_tiny_recipe_learns(name, tmp_path, capsys):
+    length, steps, runs, learners = TINY[name]
+    res = run_experiment(name, out=str(tmp_path), length=length, steps=steps, runs=runs,
+                         threads=1)
+    text = capsys.readouterr().out
+    assert "| run | best" in text and f"wrote {tmp_path / (name + '.png')}" in text
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["label"] for r in saved["runs"]] == [r["label"] for r in res["runs"]]
+    assert (tmp_path / "results.md").read_text().count("\n") == len(res["runs"]) + 2
+    assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    for r in res["runs"]:
+        assert r["steps"] == steps
+        assert r["history"] and r["history"][-1]["step"] == steps
+        if r["label"] in learners:
+            better = r["best"] > r["baseline"] if r["higher_is_better"] else \
+                r["best"] < r["baseline"]
+            assert better, (r["label"], r["best"], r["baseline"])
+
+
+def test_recipes_are_documented():
+    for name, rec in RECIPES.items():
+        assert rec.help and rec.expect and rec.runs and rec.budget * len(rec.runs) <= 540
+
+
+def test_experiment_errors_are_one_line(tmp_path, capsys):
+    rc = main(["experiment", "adding", "--runs", "LSTM,nope", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err
+    rc = main(["experiment", "elman-jordan", "--length", "50", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--length does not apply" in err
+    rc = main(["experiment", "nope"])
+    assert rc == 2 and "invalid choice" in capsys.readouterr().err

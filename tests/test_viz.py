@@ -1,0 +1,235 @@
+"""Issue 25: pictures of `fusedrnn train` (loss.png for every task, one task picture where it
+helps, every path printed), TensorBoard logs (--tensorboard), `fusedrnn report RUN_DIR`."""
+import json
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+from fusedrnn.cli import main
+
+pytest.importorskip("matplotlib")
+
+SMALL = {
+    "charlm": ["--hidden", "8", "--embed", "8", "--seq-len", "10", "--batch-size", "4"],
+    "classify": ["--hidden", "8", "--min-length", "6", "--max-length", "20", "--batch-size", "8"],
+    "forecast": ["--hidden", "8", "--window", "10", "--horizon", "3", "--batch-size", "8"],
+    "tag": ["--hidden", "8", "--embed", "8", "--batch-size", "8"],
+    "translate": ["--hidden", "8", "--embed", "8", "--batch-size", "8"],
+}
+TASK_PICTURE = {"charlm": "charlm.png", "classify": "classify.png", "forecast": "forecast.png",
+                "tag": "tag.png", "translate": None}
+
+
+def png_size(path):
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for task, flags in SMALL.items():
+        d = tmp_path_factory.mktemp(task)
+        assert main(["train", "--task", task, *flags, "--steps", "6", "--eval-every", "2",
+                     "-q", "--out", str(d), "--overwrite"]) == 0
+        out[task] = d
+    return out
+
+
+@pytest.mark.parametrize("task", list(SMALL))
+def test_every_task_writes_loss_png_and_its_picture(task, runs):
+    d = runs[task]
+    w, h = png_size(d / "loss.png")
+    assert 800 <= w <= 2000 and 500 <= h <= 1500
+    pic = TASK_PICTURE[task]
+    if pic:
+        w, h = png_size(d / pic)
+        assert 300 <= w <= 2000 and 200 <= h <= 1500
+
+
+def test_train_prints_the_path_of_every_picture(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "4", "-q",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for name in ("loss.png", "classify.png"):
+        assert f"picture: {out / name}" in text
+    assert len([ln for ln in text.splitlines() if ln.startswith("picture: ")]) == 2
+
+
+def test_without_matplotlib_one_line_says_how(tmp_path, capsys, monkeypatch):
+    import fusedrnn.plotting as P
+    monkeypatch.setattr(P, "pyplot", lambda: None)
+    out = tmp_path / "np"
+    assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "2", "-q",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert P.HOW_TO_PLOT in text and "picture:" not in text
+    assert not (out / "loss.png").exists()
+
+
+def test_loss_png_holds_the_logged_points(tmp_path, monkeypatch):
+    """The curves are drawn from exactly the numbers in metrics.json: every validation point
+    against its step and its time, the per-step training losses, the best step starred."""
+    import fusedrnn.plotting as P
+    figs = {}
+    real = P.save_png
+
+    def capture(fig, path):
+        figs[path.rsplit("/", 1)[-1]] = [[(ln.get_label(), list(ln.get_xdata()),
+                                          list(ln.get_ydata())) for ln in ax.get_lines()]
+                                         for ax in fig.axes]
+        return real(fig, path)
+
+    monkeypatch.setattr(P, "save_png", capture)
+    out = tmp_path / "pts"
+    assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "9",
+                 "--eval-every", "3", "-q", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    ax_loss, ax_val, ax_tloss, ax_tval = figs["loss.png"]
+    hist = m["history"]
+    steps = [e["step"] for e in hist]
+    times = [e["time_s"] for e in hist]
+    vals = [e["mse"] for e in hist]
+    label, x, y = next(ln for ln in ax_val if ln[0] == "fusedrnn validation")
+    assert x == steps and y == pytest.approx(vals)
+    label, x, y = next(ln for ln in ax_tval if ln[0] == "fusedrnn validation")
+    assert x == times and y == pytest.approx(vals)
+    label, x, y = next(ln for ln in ax_loss if ln[0] == "fusedrnn train loss")
+    assert list(x) == list(range(1, 10)) and y == pytest.approx(m["train_loss_per_step"])
+    star = [ln for ln in ax_val if ln[0].startswith("saved checkpoint")]
+    assert len(star) == 1 and star[0][1] == [m["best_step"]]
+    best = next(e for e in hist if e["step"] == m["best_step"])
+    assert star[0][2] == pytest.approx([best["mse"]])
+    assert min(vals) == pytest.approx(best["mse"])
+
+
+def test_compare_torch_draws_both_curves(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import fusedrnn.plotting as P
+    labels = []
+    real = P.save_png
+
+    def capture(fig, path):
+        if path.endswith("loss.png"):
+            labels.extend(ln.get_label() for ax in fig.axes for ln in ax.get_lines())
+        return real(fig, path)
+
+    monkeypatch.setattr(P, "save_png", capture)
+    assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "4",
+                 "--eval-every", "2", "-q", "--compare-torch", "--out", str(tmp_path)]) == 0
+    for who in ("fusedrnn", "torch"):
+        assert f"{who} train loss" in labels and f"{who} validation" in labels
+
+
+# -- TensorBoard ------------------------------------------------------------------------------------
+def _read_scalars(logdir):
+    ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    ea = ea_mod.EventAccumulator(str(logdir), size_guidance={ea_mod.SCALARS: 0})
+    ea.Reload()
+    return {tag: [(e.step, e.value) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+
+
+def test_tensorboard_events_equal_the_metrics(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "8",
+                 "--eval-every", "4", "--clip", "1", "-q", "--out", str(out),
+                 "--tensorboard", str(tb)]) == 0
+    assert f"TensorBoard logs: {tb}" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text())
+    s = _read_scalars(tb)
+    assert [v for _, v in s["train/loss"]] == pytest.approx(m["train_loss_per_step"], rel=1e-6)
+    assert [st for st, _ in s["train/loss"]] == list(range(1, 9))
+    assert len(s["train/grad_norm"]) == 8 and all(v > 0 for _, v in s["train/grad_norm"])
+    assert all(v == pytest.approx(m["config"]["lr"]) for _, v in s["train/lr"])
+    for key in ("mse", "baseline_mse", "accuracy"):
+        assert s[f"val/{key}"] == [(e["step"], pytest.approx(e[key], rel=1e-6))
+                                   for e in m["history"]]
+    assert len(s["train/seqs_per_second"]) == len(m["history"])
+
+
+def test_tensorboard_compare_torch_logs_two_runs(tmp_path):
+    pytest.importorskip("tensorboardX")
+    pytest.importorskip("torch")
+    tb = tmp_path / "tb"
+    assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "4", "-q",
+                 "--compare-torch", "--out", str(tmp_path / "r"), "--tensorboard",
+                 str(tb)]) == 0
+    f, t = _read_scalars(tb / "fusedrnn"), _read_scalars(tb / "torch")
+    assert len(f["train/loss"]) == len(t["train/loss"]) == 4
+    assert [v for _, v in f["train/loss"]] == pytest.approx([v for _, v in t["train/loss"]],
+                                                            abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", ["file", "under-file"])
+def test_bad_tensorboard_path_is_a_one_line_error_before_training(bad, tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    path = f if bad == "file" else f / "sub"
+    out = tmp_path / "o"
+    rc = main(["train", "--task", "classify", *SMALL["classify"], "--steps", "2", "-q",
+               "--out", str(out), "--tensorboard", str(path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "--tensorboard" in err, err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_tensorboard_without_tensorboardx_is_refused(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboardX" else real(name, *a))
+    rc = main(["train", "--task", "classify", *SMALL["classify"], "--steps", "2", "-q",
+               "--out", str(tmp_path / "o"), "--tensorboard", str(tmp_path / "tb")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install" in err and "tensorboardX" in err
+
+
+# -- report -----------------------------------------------------------------------------------------
+def test_report_is_self_contained(runs, capsys):
+    d = runs["classify"]
+    assert main(["report", str(d)]) == 0
+    assert f"wrote {d / 'report.html'}" in capsys.readouterr().out
+    page = (d / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2      # loss.png, classify.png
+    assert "src=\"http" not in page and "<script" not in page
+    m = json.loads((d / "metrics.json").read_text())
+    assert f"<td>{m['history'][-1]['step']}</td>" in page
+
+
+def test_report_of_a_non_run_is_one_line(tmp_path, capsys):
+    rc = main(["report", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "metrics.json" in err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed")
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    import matplotlib.image as mpimg
+    d = runs["classify"]
+    assert main(["report", str(d)]) == 0
+    shot = tmp_path / "shot.png"
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+                        f"--screenshot={shot}", "--window-size=1200,1600",
+                        (d / "report.html").as_uri()], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and shot.exists(), r.stderr[-2000:]
+    # the page loads without errors: no script error, no resource that failed to load
+    for bad in ("Uncaught", "net::ERR_", "Not allowed to load"):
+        assert bad not in r.stderr, r.stderr[-2000:]
+    img = mpimg.imread(str(shot))[..., :3]
+    assert img.std() > 0.05                       # not blank
+    # matplotlib's first colour (C0, #1f77b4) is drawn only by the inlined pictures
+    c0 = np.array([0x1f, 0x77, 0xb4]) / 255
+    assert (np.abs(img - c0).max(axis=-1) < 0.06).sum() > 200
