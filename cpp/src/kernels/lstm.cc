@@ -173,7 +173,7 @@ void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Optio
                                w_peep ? w_peep + u0 : nullptr, c_prev + off, c_next + off,
                                proj ? w.mbuf + off : h_next + off,
                                proj ? nullptr : a.y + (t * N + n) * H + u0,
-                               static_cast<Scalar*>(nullptr));
+                               static_cast<Scalar*>(nullptr), a.cell_clip);
       }
       if (proj) {
         par_gemm_packed(na, P, H, w.mbuf, H, w.whr_p, h_next, P, false);  // h = m w_hrᵀ
