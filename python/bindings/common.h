@@ -65,6 +65,14 @@ inline fusedrnn::Dims dims_of(py::tuple t, bool projection = false) {
   return d;
 }
 
+// Options::precision from its Python code: 0 float32, 1 bfloat16.
+inline fusedrnn::Precision precision_of(int code) {
+  if (code == 0) return fusedrnn::Precision::float32;
+  if (code == 1) return fusedrnn::Precision::bfloat16;
+  throw py::value_error("precision must be 0 (float32) or 1 (bfloat16), got " +
+                        std::to_string(code));
+}
+
 // Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).
 template <typename F>
 void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
@@ -83,5 +91,6 @@ void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
 void register_lstm(py::module_& m);
 void register_gru(py::module_& m);
 void register_rnn(py::module_& m);
+void register_lowp(py::module_& m);  // lowp.cc: the low-precision GEMM building blocks
 
 }  // namespace fusedrnn_py

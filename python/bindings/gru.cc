@@ -5,19 +5,22 @@
 namespace fusedrnn_py {
 
 void register_gru(py::module_& m) {
-  m.def("gru_sizes", [](py::tuple dims) {
+  m.def("gru_sizes", [](py::tuple dims, int precision) {
     const auto d = dims_of(dims);
-    return py::make_tuple(fusedrnn::gru_cache_size(d), fusedrnn::gru_forward_workspace_size(d),
+    return py::make_tuple(fusedrnn::gru_cache_size(d),
+                          fusedrnn::gru_forward_workspace_size(d, precision_of(precision)),
                           fusedrnn::gru_backward_workspace_size(d));
-  });
+  }, py::arg("dims"), py::arg("precision") = 0);
   m.def(
       "gru_forward",
-      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, bool reset_after,
+      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, int precision,
+         bool reset_after,
          py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh,
          py::handle h0, py::handle lengths, py::handle y, py::handle h_n, py::handle cache,
          py::handle workspace) {
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt{reverse, num_threads, weights_packed};
+        fusedrnn::Options opt{reverse, num_threads, weights_packed};
+        opt.precision = precision_of(precision);
         const auto variant =
             reset_after ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
         const std::size_t G = 3, T = d.T, N = d.N, C = d.C, H = d.H;
@@ -33,7 +36,8 @@ void register_gru(py::module_& m) {
           auto py_ = data_of<S>(y, "y", T * N * H, false, true);
           auto phn = data_of<S>(h_n, "h_n", N * H, false, true);
           auto pc = data_of<S>(cache, "cache", fusedrnn::gru_cache_size(d), true, true);
-          auto pw = data_of<S>(workspace, "workspace", fusedrnn::gru_forward_workspace_size(d),
+          auto pw = data_of<S>(workspace, "workspace",
+                               fusedrnn::gru_forward_workspace_size(d, opt.precision),
                                false, true);
           py::gil_scoped_release nogil;
           fusedrnn::GruForwardArgs<S> a;

@@ -19,19 +19,21 @@ void check_projection(const fusedrnn::Dims& d, const py::handle& w, const char* 
 }  // namespace
 
 void register_lstm(py::module_& m) {
-  m.def("lstm_sizes", [](py::tuple dims) {
+  m.def("lstm_sizes", [](py::tuple dims, int precision) {
     const auto d = dims_of(dims, true);
-    return py::make_tuple(fusedrnn::lstm_cache_size(d), fusedrnn::lstm_forward_workspace_size(d),
+    return py::make_tuple(fusedrnn::lstm_cache_size(d),
+                          fusedrnn::lstm_forward_workspace_size(d, precision_of(precision)),
                           fusedrnn::lstm_backward_workspace_size(d));
-  });
+  }, py::arg("dims"), py::arg("precision") = 0);
   m.def(
       "lstm_forward",
-      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, py::handle x,
-         py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh, py::handle h0,
-         py::handle c0, py::handle w_peep, py::handle w_hr, py::handle lengths, py::handle y,
-         py::handle h_n, py::handle c_n, py::handle cache, py::handle workspace) {
+      [](py::tuple dims, bool reverse, int num_threads, bool weights_packed, int precision,
+         py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih, py::handle b_hh,
+         py::handle h0, py::handle c0, py::handle w_peep, py::handle w_hr, py::handle lengths,
+         py::handle y, py::handle h_n, py::handle c_n, py::handle cache, py::handle workspace) {
         const auto d = dims_of(dims, true);
-        const fusedrnn::Options opt{reverse, num_threads, weights_packed};
+        fusedrnn::Options opt{reverse, num_threads, weights_packed};
+        opt.precision = precision_of(precision);
         const std::size_t G = 4, T = d.T, N = d.N, C = d.C, H = d.H, P = d.P;
         const std::size_t R = P > 0 ? P : H;
         dispatch_dtype(x, [&](auto tag) {
@@ -51,7 +53,8 @@ void register_lstm(py::module_& m) {
           auto phn = data_of<S>(h_n, "h_n", N * R, false, true);
           auto pcn = data_of<S>(c_n, "c_n", N * H, false, true);
           auto pc = data_of<S>(cache, "cache", fusedrnn::lstm_cache_size(d), true, true);
-          auto pw = data_of<S>(workspace, "workspace", fusedrnn::lstm_forward_workspace_size(d),
+          auto pw = data_of<S>(workspace, "workspace",
+                               fusedrnn::lstm_forward_workspace_size(d, opt.precision),
                                false, true);
           py::gil_scoped_release nogil;
           fusedrnn::LstmForwardArgs<S> a;

@@ -60,4 +60,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   fusedrnn_py::register_lstm(m);
   fusedrnn_py::register_gru(m);
   fusedrnn_py::register_rnn(m);
+  fusedrnn_py::register_lowp(m);
 }

@@ -193,8 +193,26 @@ class _Cache:
         return f"<fusedrnn {self.kind} cache T={T} N={N} C={C} H={H}{P} {self.x.dtype}>"
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _precision(fn, precision, dtype, training):
+    """The kernels' precision code (0 float32, 1 bfloat16) after checking the request."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{fn}: precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {precision!r}")
+    if precision == "float32":
+        return 0
+    if dtype != np.float32:
+        raise ValueError(f"{fn}: precision='bfloat16' needs float32 inputs and weights, got x of "
+                         f"dtype {np.dtype(dtype).name}")
+    if training:
+        raise ValueError(f"{fn}: precision='bfloat16' is inference only: pass training=False")
+    return 1
+
+
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
-             flag, w_hr=None):
+             flag, w_hr=None, precision="float32"):
     _check_x(fn, x)
     T, N, C, H, P = _check_weights(fn, kind, x, w_ih, w_hh, w_hr)
     R = P or H   # width of h and y
@@ -209,20 +227,22 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     lengths = _check_lengths(fn, lengths, N, T)
     reverse = _check_flag(fn, "reverse", reverse)
     training = _check_flag(fn, "training", training)
+    prec = _precision(fn, precision, dt, training)
 
     dims = (T, N, C, H, P) if P else (T, N, C, H)
-    cache_size, ws_size, _ = _SIZES[kind](dims)
+    cache_size, ws_size, _ = _SIZES[kind](dims, prec)
     y = np.empty((T, N, R), dt)
     h_n = np.empty((N, R), dt)
     buffer = np.empty(cache_size, dt) if training else None
     workspace = _workspace(ws_size, dt)
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
-        _core.lstm_forward(dims, reverse, _threads(), False, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                           w_peep, w_hr, lengths, y, h_n, c_n, buffer, workspace)
+        _core.lstm_forward(dims, reverse, _threads(), False, prec, x, w_ih, w_hh, b_ih, b_hh, h0,
+                           c0, w_peep, w_hr, lengths, y, h_n, c_n, buffer, workspace)
     else:
-        getattr(_core, kind + "_forward")(dims, reverse, _threads(), False, flag, x, w_ih, w_hh,
-                                          b_ih, b_hh, h0, lengths, y, h_n, buffer, workspace)
+        getattr(_core, kind + "_forward")(dims, reverse, _threads(), False, prec, flag, x, w_ih,
+                                          w_hh, b_ih, b_hh, h0, lengths, y, h_n, buffer,
+                                          workspace)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
@@ -278,7 +298,8 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
 # ----------------------------------------------------------------------------------------------
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
-                 w_hr=None, lengths=None, reverse=False, training=True) -> LstmOutput:
+                 w_hr=None, lengths=None, reverse=False, training=True,
+                 precision="float32") -> LstmOutput:
     """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H];
     optional projection w_hr [P, H], PyTorch's proj_size: h = (o*tanh(c)) w_hrᵀ).
 
@@ -286,9 +307,15 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
     lengths [N]; R = P with w_hr, else H. Returns LstmOutput(y [T, N, R], h_n [N, R],
     c_n [N, H], cache); cache is None when ``training=False``. See
     :func:`fusedrnn.reference.lstm_forward` for the equations.
+
+    ``precision="bfloat16"`` (float32 inputs, ``training=False``): x, w_ih, w_hh and the state
+    entering each recurrent product are rounded to bf16 and multiplied on the low-precision
+    tiers (AMX tiles where the CPU has them; ``fusedrnn.lowp``) with fp32 accumulation; biases,
+    gates, c, the projection and the outputs stay fp32. The contract and its NumPy emulation:
+    :func:`fusedrnn.reference.lstm_forward_bf16`. Same for :func:`gru_forward`, :func:`rnn_forward`.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
-                    reverse, training, None, w_hr)
+                    reverse, training, None, w_hr, precision)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
@@ -302,7 +329,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
 
 
 def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_after",
-                lengths=None, reverse=False, training=True) -> GruOutput:
+                lengths=None, reverse=False, training=True, precision="float32") -> GruOutput:
     """GRU layer forward (gate order r, z, n); variant "reset_after" (PyTorch) or "reset_before".
 
     x [T, N, C]; w_ih [3H, C]; w_hh [3H, H]; b_ih, b_hh [3H]; h0 [N, H]; lengths [N].
@@ -312,7 +339,7 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_
         raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
                          f"got {variant!r}")
     return _forward("gru_forward", "gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, variant == "reset_after")
+                    reverse, training, variant == "reset_after", precision=precision)
 
 
 def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
@@ -321,7 +348,7 @@ def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
 
 
 def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True) -> RnnOutput:
+                lengths=None, reverse=False, training=True, precision="float32") -> RnnOutput:
     """Elman RNN layer forward: h_t = tanh or relu(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
 
     x [T, N, C]; w_ih [H, C]; w_hh [H, H]; b_ih, b_hh [H]; h0 [N, H]; lengths [N].
@@ -331,7 +358,7 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', "
                          f"got {nonlinearity!r}")
     return _forward("rnn_forward", "rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, nonlinearity == "relu")
+                    reverse, training, nonlinearity == "relu", precision=precision)
 
 
 def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:

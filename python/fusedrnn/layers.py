@@ -241,9 +241,10 @@ class _RNNBase(Module):
         return buf
 
     def _sizes(self, dims):
+        prec = 1 if getattr(self, "_precision", "float32") == "bfloat16" else 0
         if self._mode == "LSTM":
-            return _core.lstm_sizes(dims)
-        return (_core.gru_sizes if self._mode == "GRU" else _core.rnn_sizes)(dims[:4])
+            return _core.lstm_sizes(dims, prec)
+        return (_core.gru_sizes if self._mode == "GRU" else _core.rnn_sizes)(dims[:4], prec)
 
     # -- argument checks ----------------------------------------------------------------------
     def _check_input(self, x):
@@ -389,17 +390,18 @@ class _RNNBase(Module):
                 ws = spaces[cache_key] = np.empty(ws_size, self.dtype)
             ws = ws[:ws_size]  # same start, so the packed weights stay where they were
         h0 = None if h0 is None else np.ascontiguousarray(h0)
+        prec = 1 if getattr(self, "_precision", "float32") == "bfloat16" else 0
         if self._mode == "LSTM":
             c0 = None if c0 is None else np.ascontiguousarray(c0)
-            _core.lstm_forward(dims, reverse, threads, packed, x, w_ih.data, w_hh.data,
+            _core.lstm_forward(dims, reverse, threads, packed, prec, x, w_ih.data, w_hh.data,
                                data(b_ih), data(b_hh), h0, c0, data(w_peep), data(w_hr), lengths,
                                y, h_n, c_n, cache, ws)
         else:
             flag = self.variant == "reset_after" if self._mode == "GRU" else \
                 self.nonlinearity == "relu"
             getattr(_core, self._mode.lower() + "_forward")(
-                dims[:4], reverse, threads, packed, flag, x, w_ih.data, w_hh.data, data(b_ih),
-                data(b_hh), h0, lengths, y, h_n, cache, ws)
+                dims[:4], reverse, threads, packed, prec, flag, x, w_ih.data, w_hh.data,
+                data(b_ih), data(b_hh), h0, lengths, y, h_n, cache, ws)
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, d_output, d_state=None):
@@ -487,8 +489,14 @@ class _RNNBase(Module):
                 dh_n, dx, dh0, w_ih.grad, w_hh.grad, grad(b_ih), grad(b_hh), ws)
 
     # -- frozen inference ---------------------------------------------------------------------
-    def frozen(self) -> "_RNNBase":
+    def frozen(self, precision: str = "float32") -> "_RNNBase":
         """An inference-only copy of this layer whose weights are packed once, not per call.
+
+        ``precision="bfloat16"`` (float32 layers): the copy runs the bf16 kernels -- weights
+        rounded to bf16 once and packed in the tile layout, inputs and the recurrent state
+        rounded to bf16 as product operands, fp32 accumulation, gates and outputs (see
+        :func:`fusedrnn.lstm_forward`); results then follow ``reference.*_forward_bf16``, not
+        this layer's float32 forward. ``"float32"`` (default): bit for bit this layer's forward.
 
         Every forward lays the weights out in the kernels' panel format first; at batch 1 that
         is a tenth of the call (LSTM H=256: ~0.2 of 1.5 ms). The copy owns read-only copies of
@@ -497,6 +505,12 @@ class _RNNBase(Module):
         the copy (freeze again). It runs in eval mode only (forward in train mode raises) and
         has no backward. Results equal this layer's eval-mode forward bit for bit.
         """
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"frozen: precision must be 'float32' or 'bfloat16', got "
+                             f"{precision!r}")
+        if precision == "bfloat16" and self.dtype != np.float32:
+            raise ValueError(f"frozen: precision='bfloat16' needs a float32 layer, this one is "
+                             f"{np.dtype(self.dtype).name}")
         import copy
         # Deep-copy everything but the reusable buffers and the training context (the memo maps
         # them to fresh, empty ones).
@@ -505,6 +519,7 @@ class _RNNBase(Module):
         twin.eval()
         twin.d_state = None
         twin._packed = _PackedSpaces()
+        twin._precision = precision
         twin._freeze_weights()
         return twin
 
