@@ -228,3 +228,9 @@ def test_bad_precision_requests_raise_naming_the_argument():
     frz.train()
     with pytest.raises(RuntimeError, match="inference only"):
         frz(np.zeros((2, 1, 4), np.float32))
+
+
+def test_build_info_names_the_tier_per_precision():
+    tiers = fusedrnn.build_info()["precision_tiers"]
+    assert tiers["float32"] == fusedrnn.build_info()["instruction_set"]
+    assert tiers["bfloat16"] == tiers["int8"] == lowp.active_tier()
