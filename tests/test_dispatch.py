@@ -114,3 +114,44 @@ def test_fusedrnn_isa_unknown_value_is_an_error_naming_the_accepted_ones(value):
     assert repr(value) in last or f"'{value}'" in last
     for name in ("baseline", "sse2", "avx2", "avx512"):
         assert name in last
+
+
+# One parser of FUSEDRNN_ISA for both choices (isa::requested_level): the low-precision tier
+# names are accepted by the float32 kernels (as their widest copy, avx512) and every name, in
+# any case, narrows the low-precision tier alike; an unknown value is an error for both.
+def _forced_tiers(value):
+    env = dict(os.environ, FUSEDRNN_ISA=value)
+    code = ("import json, fusedrnn; from fusedrnn import lowp\n"
+            "print(json.dumps([fusedrnn.build_info()['instruction_set'], lowp.active_tier()]))")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("value, copy, tier", [
+    ("amx", "avx512", "amx"), ("AMX", "avx512", "amx"), ("avx512_bf16", "avx512", "avx512_bf16"),
+    ("AVX512_BF16", "avx512", "avx512_bf16"), ("Avx512", "avx512", "avx512"),
+    ("SSE2", "sse2", "baseline"), ("Baseline", "sse2", "baseline"), ("AVX2", "avx2", "avx2")])
+def test_fusedrnn_isa_one_parser_for_copy_and_low_precision_tier(value, copy, tier):
+    from fusedrnn import lowp
+    best = _run_forced(None)["isa"]
+    out = _forced_tiers(value)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got_copy, got_tier = json.loads(out.stdout.strip().splitlines()[-1])
+    compiled = [s.strip() for s in fusedrnn.build_info()["compiled_isas"].split(",")]
+    if copy in compiled:
+        assert got_copy == ORDER[min(ORDER.index(copy), ORDER.index(best))]
+    order = list(reversed(lowp.TIERS))  # narrowest first
+    runs = [t for t in order if lowp.tiers()[t] and order.index(t) <= order.index(tier)]
+    want = runs[-1] if runs else "baseline"
+    assert got_tier == order[min(order.index(want), order.index(lowp.active_tier()))]
+
+
+def test_fusedrnn_isa_unknown_value_is_an_error_for_the_low_precision_tier_too():
+    env = dict(os.environ, FUSEDRNN_ISA="amx2")
+    out = subprocess.run([sys.executable, "-c", "from fusedrnn import lowp; lowp.active_tier()"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: FUSEDRNN_ISA='amx2'")
+    for name in ("baseline", "sse2", "avx2", "avx512", "avx512_bf16", "amx"):
+        assert name in last

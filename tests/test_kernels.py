@@ -377,9 +377,11 @@ def test_lstm_sizes_without_projection_equal_P_0():
 
 @pytest.mark.parametrize("cell,flag", [("lstm", None), ("gru", "reset_after"),
                                        ("gru", "reset_before"), ("rnn", "tanh")])
-def test_weights_packed_reuses_the_workspace_weights(cell, flag):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_weights_packed_reuses_the_workspace_weights(cell, flag, precision):
     """Options::weights_packed: the kernel takes w_ih and w_hh from the workspace, where an
-    earlier call (other T, N and direction) packed them; the arrays passed are not read."""
+    earlier call (other T, N and direction) packed them; the arrays passed are not read. The
+    same for the bf16 weights of precision bfloat16 (its workspace sized for it)."""
     C, H, G = 5, 9, {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     rng = np.random.default_rng(3)
     w = [rng.standard_normal((G * H, n)).astype(np.float32) for n in (C, H)]
@@ -390,9 +392,11 @@ def test_weights_packed_reuses_the_workspace_weights(cell, flag):
     def call(T, N, weights, packed, ws, reverse=False, threads=1):
         x = np.random.default_rng(T * N).standard_normal((T, N, C)).astype(np.float32)
         y, h_n = np.empty((T, N, H), np.float32), np.empty((N, H), np.float32)
-        wsv = ws[:sizes((T, N, C, H))[1]]
+        prec = _core.Precision.__members__[precision]
+        wsv = ws[:sizes((T, N, C, H), precision=prec)[1]]
         kw = dict(x=x, w_ih=weights[0], w_hh=weights[1], b_ih=b[0], b_hh=b[1], y=y, h_n=h_n,
-                  workspace=wsv, reverse=reverse, num_threads=threads, weights_packed=packed)
+                  workspace=wsv, reverse=reverse, num_threads=threads, weights_packed=packed,
+                  precision=prec)
         if cell == "lstm":
             kw["c_n"] = np.empty((N, H), np.float32)
         elif cell == "gru":
@@ -402,7 +406,8 @@ def test_weights_packed_reuses_the_workspace_weights(cell, flag):
         getattr(_core, cell + "_forward")((T, N, C, H), **kw)
         return y
 
-    ws = np.empty(sizes((8, 3, C, H))[1], np.float32)
+    ws = np.empty(sizes((8, 3, C, H), precision=_core.Precision.__members__[precision])[1],
+                  np.float32)
     call(8, 3, w, False, ws)                     # packs w
     for T, N, reverse, threads in [(4, 2, True, 2), (8, 3, False, 1), (1, 1, False, 2)]:
         fresh = np.empty_like(ws)

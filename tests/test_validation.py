@@ -687,7 +687,8 @@ def core_args(cell, direction, dtype=np.float64):
     inputs = forward_args(cell, dtype)
     lengths = np.array(LENGTHS, np.int64)
     head = [("dims", dims), ("reverse", False), ("num_threads", 0)]
-    head += [("weights_packed", False)] if direction == "forward" else []
+    if direction == "forward":
+        head += [("weights_packed", False), ("precision", _core.Precision.float32)]
     head += CORE_FLAG[base_cell(cell)]
     size = {k: int(np.prod(s)) for k, s in input_shapes(cell).items()}
     size.update(lengths=N, y=T * N * R, h_n=N * R, c_n=N * H, cache=cache_size)

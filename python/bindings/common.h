@@ -95,9 +95,11 @@ S* opt_out(const py::handle& o, const char* name, std::size_t n) {
 }
 
 // The kernel options (keyword arguments of every kernel binding).
-inline fusedrnn::Options options_of(bool reverse, int num_threads, bool weights_packed = false) {
+inline fusedrnn::Options options_of(bool reverse, int num_threads, bool weights_packed = false,
+                                    fusedrnn::Precision precision = fusedrnn::Precision::float32) {
   fusedrnn::Options o;
   o.reverse = reverse, o.num_threads = num_threads, o.weights_packed = weights_packed;
+  o.precision = precision;
   return o;
 }
 
@@ -119,5 +121,6 @@ void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
 void register_lstm(py::module_& m);
 void register_single_state(py::module_& m);  // GRU and RNN (single_state.cc)
 void register_ctc(py::module_& m);           // CTC loss (ctc.cc)
+void register_lowp(py::module_& m);          // low-precision GEMM building blocks (lowp.cc)
 
 }  // namespace fusedrnn_py

@@ -9,23 +9,24 @@ namespace fusedrnn_py {
 void register_lstm(py::module_& m) {
   m.def(
       "lstm_sizes",
-      [](py::tuple dims) {
+      [](py::tuple dims, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
         return py::make_tuple(fusedrnn::lstm_cache_size(d),
-                              fusedrnn::lstm_forward_workspace_size(d),
+                              fusedrnn::lstm_forward_workspace_size(d, precision),
                               fusedrnn::lstm_backward_workspace_size(d));
       },
-      py::arg("dims"), "(cache, forward workspace, backward workspace) sizes in scalars.");
+      py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
+      "(cache, forward workspace, backward workspace) sizes in scalars.");
   m.def(
       "lstm_forward",
       [](py::tuple dims, py::handle x, py::handle w_ih, py::handle w_hh, py::handle b_ih,
          py::handle b_hh, py::handle h0, py::handle c0, py::handle w_peep, py::handle w_hr,
          py::handle lengths, py::handle y, py::handle h_n, py::handle c_n, py::handle cache,
          py::handle workspace, double cell_clip, bool reverse, int num_threads,
-         bool weights_packed) {
+         bool weights_packed, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
-        const std::size_t ws_n = fusedrnn::lstm_forward_workspace_size(d);
+        const std::size_t ws_n = fusedrnn::lstm_forward_workspace_size(d, precision);
         const Counts n(d, 4);
         dispatch_dtype(x, [&](auto tag) {
           using S = decltype(tag);
@@ -47,7 +48,9 @@ void register_lstm(py::module_& m) {
           a.cache = opt_out<S>(cache, "cache", cache_n);
           S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_forward<S>(d, a, options_of(reverse, num_threads, weights_packed), ws);
+          fusedrnn::lstm_forward<S>(d, a,
+                                    options_of(reverse, num_threads, weights_packed, precision),
+                                    ws);
         });
       },
       py::arg("dims"), py::kw_only(), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih") = py::none(),
@@ -56,6 +59,7 @@ void register_lstm(py::module_& m) {
       py::arg("lengths") = py::none(), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
       py::arg("cache") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
       py::arg("reverse") = false, py::arg("num_threads") = 0, py::arg("weights_packed") = false,
+      py::arg("precision") = fusedrnn::Precision::float32,
       "LSTM forward into preallocated arrays.");
   m.def(
       "lstm_backward",

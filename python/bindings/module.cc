@@ -69,7 +69,13 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   py::enum_<fusedrnn::Nonlinearity>(m, "Nonlinearity")
       .value("tanh", fusedrnn::Nonlinearity::tanh)
       .value("relu", fusedrnn::Nonlinearity::relu);
+  // Options::precision: the forward kernels' float32 inference in bfloat16 products
+  // (fusedrnn.functional takes the name as a string, 'float32' or 'bfloat16').
+  py::enum_<fusedrnn::Precision>(m, "Precision")
+      .value("float32", fusedrnn::Precision::float32)
+      .value("bfloat16", fusedrnn::Precision::bfloat16);
   fusedrnn_py::register_lstm(m);
   fusedrnn_py::register_single_state(m);
   fusedrnn_py::register_ctc(m);
+  fusedrnn_py::register_lowp(m);
 }

@@ -18,7 +18,9 @@ struct Gru {
   template <typename S> using Backward = fusedrnn::GruBackwardArgs<S>;
   template <typename A> static void set(A& a, Formula f) { a.variant = f; }
   static std::size_t cache(const fusedrnn::Dims& d) { return fusedrnn::gru_cache_size(d); }
-  static std::size_t fws(const fusedrnn::Dims& d) { return fusedrnn::gru_forward_workspace_size(d); }
+  static std::size_t fws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
+    return fusedrnn::gru_forward_workspace_size(d, p);
+  }
   static std::size_t bws(const fusedrnn::Dims& d) { return fusedrnn::gru_backward_workspace_size(d); }
   template <typename S>
   static void forward(const fusedrnn::Dims& d, const Forward<S>& a, const fusedrnn::Options& o,
@@ -41,7 +43,9 @@ struct Rnn {
   template <typename S> using Backward = fusedrnn::RnnBackwardArgs<S>;
   template <typename A> static void set(A& a, Formula f) { a.nonlinearity = f; }
   static std::size_t cache(const fusedrnn::Dims& d) { return fusedrnn::rnn_cache_size(d); }
-  static std::size_t fws(const fusedrnn::Dims& d) { return fusedrnn::rnn_forward_workspace_size(d); }
+  static std::size_t fws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
+    return fusedrnn::rnn_forward_workspace_size(d, p);
+  }
   static std::size_t bws(const fusedrnn::Dims& d) { return fusedrnn::rnn_backward_workspace_size(d); }
   template <typename S>
   static void forward(const fusedrnn::Dims& d, const Forward<S>& a, const fusedrnn::Options& o,
@@ -61,20 +65,21 @@ void register_cell(py::module_& m) {
   const std::string name = Cell::name;
   m.def(
       (name + "_sizes").c_str(),
-      [](py::tuple dims) {
+      [](py::tuple dims, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
-        return py::make_tuple(Cell::cache(d), Cell::fws(d), Cell::bws(d));
+        return py::make_tuple(Cell::cache(d), Cell::fws(d, precision), Cell::bws(d));
       },
-      py::arg("dims"), "(cache, forward workspace, backward workspace) sizes in scalars.");
+      py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
+      "(cache, forward workspace, backward workspace) sizes in scalars.");
   m.def(
       (name + "_forward").c_str(),
       [](py::tuple dims, Formula formula, py::handle x, py::handle w_ih, py::handle w_hh,
          py::handle b_ih, py::handle b_hh, py::handle h0, py::handle lengths, py::handle y,
          py::handle h_n, py::handle cache, py::handle workspace, bool reverse, int num_threads,
-         bool weights_packed) {
+         bool weights_packed, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
-        const std::size_t ws_n = Cell::fws(d);
+        const std::size_t ws_n = Cell::fws(d, precision);
         const Counts n(d, Cell::G);
         dispatch_dtype(x, [&](auto tag) {
           using S = decltype(tag);
@@ -92,7 +97,7 @@ void register_cell(py::module_& m) {
           a.cache = opt_out<S>(cache, "cache", cache_n);
           S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          Cell::forward(d, a, options_of(reverse, num_threads, weights_packed), ws);
+          Cell::forward(d, a, options_of(reverse, num_threads, weights_packed, precision), ws);
         });
       },
       py::arg("dims"), py::kw_only(), py::arg(Cell::formula), py::arg("x"), py::arg("w_ih"),
@@ -100,7 +105,7 @@ void register_cell(py::module_& m) {
       py::arg("h0") = py::none(), py::arg("lengths") = py::none(), py::arg("y"), py::arg("h_n"),
       py::arg("cache") = py::none(), py::arg("workspace"), py::arg("reverse") = false,
       py::arg("num_threads") = 0, py::arg("weights_packed") = false,
-      "Forward into preallocated arrays.");
+      py::arg("precision") = fusedrnn::Precision::float32, "Forward into preallocated arrays.");
   m.def(
       (name + "_backward").c_str(),
       [](py::tuple dims, Formula formula, py::handle x, py::handle w_ih, py::handle w_hh,

@@ -40,9 +40,15 @@ def __getattr__(name):
 
 
 def build_info() -> dict:
-    """Version, compiler, instruction set, OpenMP, threads and Eigen version of this build."""
+    """Version, compiler, instruction set, OpenMP, threads and Eigen version of this build, and
+    the instruction-set tier of each precision ("precision_tiers": float32 runs the copy named
+    by "instruction_set"; bfloat16 and the int8 building blocks of ``fusedrnn.lowp`` the tier
+    ``fusedrnn.lowp.active_tier()``: amx, avx512_bf16, avx512, avx2 or baseline)."""
     info = dict(_core.build_info())
     info["num_threads"] = get_num_threads()
+    lowp_tier = _core.lowp_active_tier()
+    info["precision_tiers"] = {"float32": info["instruction_set"], "bfloat16": lowp_tier,
+                               "int8": lowp_tier}
     return info
 
 

@@ -28,27 +28,35 @@ class Nonlinearity:  # pybind11 enum (fusedrnn::Nonlinearity)
     relu: "Nonlinearity"
     __members__: dict
 
+class Precision:  # pybind11 enum (fusedrnn::Precision): the forward kernels' products
+    float32: "Precision"
+    bfloat16: "Precision"
+    __members__: dict
+
 # Sizes (cache, forward workspace, backward workspace) in scalars; they check dims like the
 # kernels (ValueError).
-def lstm_sizes(dims: _Dims) -> Tuple[int, int, int]: ...
-def gru_sizes(dims: _Dims) -> Tuple[int, int, int]: ...
-def rnn_sizes(dims: _Dims) -> Tuple[int, int, int]: ...
+def lstm_sizes(dims: _Dims, precision: Precision = ...) -> Tuple[int, int, int]: ...
+def gru_sizes(dims: _Dims, precision: Precision = ...) -> Tuple[int, int, int]: ...
+def rnn_sizes(dims: _Dims, precision: Precision = ...) -> Tuple[int, int, int]: ...
 # The kernels: every argument after dims is a keyword (the names of the C++ argument structs).
 def lstm_forward(dims: _Dims, *, x: _A, w_ih: _A, w_hh: _A, b_ih: _OA = None, b_hh: _OA = None,
                  h0: _OA = None, c0: _OA = None, w_peep: _OA = None, w_hr: _OA = None,
                  lengths: _OA = None, y: _A, h_n: _A, c_n: _A, cache: _OA = None,
-                 workspace: _A, reverse: bool = False, num_threads: int = 0,
-                 weights_packed: bool = False) -> None: ...
+                 workspace: _A, cell_clip: float = 0.0, reverse: bool = False,
+                 num_threads: int = 0, weights_packed: bool = False,
+                 precision: Precision = ...) -> None: ...
 def lstm_backward(dims: _Dims, *, x: _A, w_ih: _A, w_hh: _A, w_peep: _OA = None,
                   w_hr: _OA = None, lengths: _OA = None, cache: _A, dy: _OA = None,
                   dh_n: _OA = None, dc_n: _OA = None, dx: _A, dh0: _OA = None, dc0: _OA = None,
                   dw_ih: _OA = None, dw_hh: _OA = None, db_ih: _OA = None, db_hh: _OA = None,
-                  dw_peep: _OA = None, dw_hr: _OA = None, workspace: _A, reverse: bool = False,
+                  dw_peep: _OA = None, dw_hr: _OA = None, workspace: _A,
+                  cell_clip: float = 0.0, reverse: bool = False,
                   num_threads: int = 0) -> None: ...
 def gru_forward(dims: _Dims, *, variant: GruVariant, x: _A, w_ih: _A, w_hh: _A,
                 b_ih: _OA = None, b_hh: _OA = None, h0: _OA = None, lengths: _OA = None, y: _A,
                 h_n: _A, cache: _OA = None, workspace: _A, reverse: bool = False,
-                num_threads: int = 0, weights_packed: bool = False) -> None: ...
+                num_threads: int = 0, weights_packed: bool = False,
+                precision: Precision = ...) -> None: ...
 def gru_backward(dims: _Dims, *, variant: GruVariant, x: _A, w_ih: _A, w_hh: _A,
                  lengths: _OA = None, cache: _A, dy: _OA = None, dh_n: _OA = None, dx: _A,
                  dh0: _OA = None, dw_ih: _OA = None, dw_hh: _OA = None, db_ih: _OA = None,
@@ -57,12 +65,16 @@ def gru_backward(dims: _Dims, *, variant: GruVariant, x: _A, w_ih: _A, w_hh: _A,
 def rnn_forward(dims: _Dims, *, nonlinearity: Nonlinearity, x: _A, w_ih: _A, w_hh: _A,
                 b_ih: _OA = None, b_hh: _OA = None, h0: _OA = None, lengths: _OA = None, y: _A,
                 h_n: _A, cache: _OA = None, workspace: _A, reverse: bool = False,
-                num_threads: int = 0, weights_packed: bool = False) -> None: ...
+                num_threads: int = 0, weights_packed: bool = False,
+                precision: Precision = ...) -> None: ...
 def rnn_backward(dims: _Dims, *, nonlinearity: Nonlinearity, x: _A, w_ih: _A, w_hh: _A,
                  lengths: _OA = None, cache: _A, dy: _OA = None, dh_n: _OA = None, dx: _A,
                  dh0: _OA = None, dw_ih: _OA = None, dw_hh: _OA = None, db_ih: _OA = None,
                  db_hh: _OA = None, workspace: _A, reverse: bool = False,
                  num_threads: int = 0) -> None: ...
+# The low-precision building blocks (bindings/lowp.cc; used through fusedrnn.lowp).
+def lowp_tiers() -> dict: ...
+def lowp_active_tier() -> str: ...
 def ctc_workspace_size(T: int, N: int, max_target_length: int) -> int: ...
 def ctc_loss(dims: Tuple[int, int, int], max_target_length: int, blank: int, logits: bool,
              zero_infinity: bool, num_threads: int, input: _A, targets: _OA, targets_width: int,

@@ -447,10 +447,13 @@ def cmd_info(args, t_start) -> int:
               "instruction_set": "instruction set", "compiled_isas": "compiled copies",
               "openmp": "OpenMP", "openmp_max_threads": "OpenMP max threads",
               "num_threads": "threads", "eigen_version": "Eigen", "python": "Python",
-              "numpy": "NumPy", "torch": "PyTorch", "tasks": "tasks"}
+              "numpy": "NumPy", "torch": "PyTorch", "tasks": "tasks",
+              "precision_tiers": "precision tiers"}
     for k, v in data.items():
         if isinstance(v, list):
             v = ", ".join(v)
+        elif isinstance(v, dict):
+            v = ", ".join(f"{a}: {b}" for a, b in v.items())
         elif isinstance(v, bool):
             v = "yes" if v else "no"
         elif v is None:

@@ -209,6 +209,8 @@ class _Cache:
 # workspace are the route's business).
 
 _lengths = _check_lengths
+_FP32 = _core.Precision.float32
+PRECISIONS = ("float32", "bfloat16")
 _FORMULA = {"gru": ("variant", _core.GruVariant), "rnn": ("nonlinearity", _core.Nonlinearity)}
 
 
@@ -217,23 +219,26 @@ def _formula(kind, name):
     return None if kind == "lstm" else _FORMULA[kind][1].__members__[name]
 
 
-def _sizes(kind, dims):
-    """(cache, forward workspace, backward workspace) scalars; checks dims like the kernel."""
-    return _SIZES[kind](dims)
+def _sizes(kind, dims, precision=_FP32):
+    """(cache, forward workspace, backward workspace) scalars; checks dims like the kernel. The
+    forward workspace depends on the forward's precision (_core.Precision)."""
+    return _SIZES[kind](dims, precision=precision)
 
 
 def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed=False,
-                  **tensors):
+                  precision=_FP32, **tensors):
     """<kind>_forward of the kernels: tensors are _core's keyword arguments (x, weights,
-    optional inputs, lengths, outputs y, h_n[, c_n], cache); sizes = _sizes(kind, dims).
-    workspace None: this thread's scratch; else the caller's (``packed``: it holds the weights
-    an earlier call packed, Options::weights_packed)."""
+    optional inputs, lengths, outputs y, h_n[, c_n], cache); sizes = _sizes(kind, dims,
+    precision). workspace None: this thread's scratch; else the caller's (``packed``: it holds
+    the weights an earlier call packed, Options::weights_packed). precision: _core.Precision
+    (_precision checks a name)."""
     if workspace is None:
         workspace = _workspace(sizes[1], tensors["x"].dtype)
     if formula is not None:
         tensors[_FORMULA[kind][0]] = formula
     getattr(_core, kind + "_forward")(dims, workspace=workspace, reverse=reverse,
-                                      num_threads=_threads(), weights_packed=packed, **tensors)
+                                      num_threads=_threads(), weights_packed=packed,
+                                      precision=precision, **tensors)
 
 
 def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
@@ -243,6 +248,21 @@ def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
         tensors[_FORMULA[kind][0]] = formula
     getattr(_core, kind + "_backward")(dims, workspace=_workspace(sizes[2], tensors["x"].dtype),
                                        reverse=reverse, num_threads=_threads(), **tensors)
+
+
+def _precision(fn, precision, dtype, training):
+    """The kernels' Precision for a precision name, after checking the request."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{fn}: precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {precision!r}")
+    if precision == "float32":
+        return _FP32
+    if dtype != np.float32:
+        raise ValueError(f"{fn}: precision='bfloat16' needs float32 inputs and weights, got x of "
+                         f"dtype {np.dtype(dtype).name}")
+    if training:
+        raise ValueError(f"{fn}: precision='bfloat16' is inference only: pass training=False")
+    return _core.Precision.bfloat16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,7 +278,7 @@ def _check_clip(fn, cell_clip):
 
 
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
-             flag, w_hr=None, cell_clip=None):
+             flag, w_hr=None, cell_clip=None, precision="float32"):
     _check_x(fn, x)
     T, N, C, H, P = _check_weights(fn, kind, x, w_ih, w_hh, w_hr)
     R = P or H   # width of h and y
@@ -274,9 +294,10 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     reverse = _check_flag(fn, "reverse", reverse)
     training = _check_flag(fn, "training", training)
     cell_clip = _check_clip(fn, cell_clip)
+    prec = _precision(fn, precision, dt, training)
 
     dims = (T, N, C, H, P) if P else (T, N, C, H)
-    sizes = _sizes(kind, dims)
+    sizes = _sizes(kind, dims, prec)
     y = np.empty((T, N, R), dt)
     h_n = np.empty((N, R), dt)
     buffer = np.empty(sizes[0], dt) if training else None
@@ -285,7 +306,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
         tensors.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n, cell_clip=cell_clip)
-    _forward_into(kind, flag, dims, sizes, reverse, **tensors)
+    _forward_into(kind, flag, dims, sizes, reverse, precision=prec, **tensors)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
@@ -342,7 +363,7 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
 
 def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
                  w_hr=None, lengths=None, reverse=False, training=True,
-                 cell_clip=None) -> LstmOutput:
+                 cell_clip=None, precision="float32") -> LstmOutput:
     """LSTM layer forward (PyTorch gate order i, f, g, o; optional peepholes w_peep [3, H];
     optional projection w_hr [P, H], PyTorch's proj_size: h = (o*tanh(c)) w_hrᵀ).
 
@@ -351,9 +372,15 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
     c_n [N, H], cache); cache is None when ``training=False``. cell_clip (TF1's
     LSTMCell(cell_clip)): None, or c clipped to [-cell_clip, cell_clip] after each update.
     See :func:`fusedrnn.reference.lstm_forward` for the equations.
+
+    ``precision="bfloat16"`` (float32 inputs, ``training=False``): x, w_ih, w_hh and the state
+    entering each recurrent product are rounded to bf16 and multiplied on the low-precision
+    tiers (AMX tiles where the CPU has them; ``fusedrnn.lowp``) with fp32 accumulation; biases,
+    gates, c, the projection and the outputs stay fp32. The contract and its NumPy emulation:
+    :func:`fusedrnn.reference.lstm_forward_bf16`. Same for :func:`gru_forward`, :func:`rnn_forward`.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
-                    reverse, training, None, w_hr, cell_clip)
+                    reverse, training, None, w_hr, cell_clip, precision)
 
 
 def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
@@ -367,7 +394,7 @@ def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
 
 
 def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_after",
-                lengths=None, reverse=False, training=True) -> GruOutput:
+                lengths=None, reverse=False, training=True, precision="float32") -> GruOutput:
     """GRU layer forward (gate order r, z, n); variant "reset_after" (PyTorch) or "reset_before".
 
     x [T, N, C]; w_ih [3H, C]; w_hh [3H, H]; b_ih, b_hh [3H]; h0 [N, H]; lengths [N].
@@ -377,7 +404,7 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_
         raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
                          f"got {variant!r}")
     return _forward("gru_forward", "gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, _formula("gru", variant))
+                    reverse, training, _formula("gru", variant), precision=precision)
 
 
 def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
@@ -386,7 +413,7 @@ def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
 
 
 def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True) -> RnnOutput:
+                lengths=None, reverse=False, training=True, precision="float32") -> RnnOutput:
     """Elman RNN layer forward: h_t = tanh or relu(W_ih x + b_ih + W_hh h_{t-1} + b_hh).
 
     x [T, N, C]; w_ih [H, C]; w_hh [H, H]; b_ih, b_hh [H]; h0 [N, H]; lengths [N].
@@ -396,7 +423,7 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', "
                          f"got {nonlinearity!r}")
     return _forward("rnn_forward", "rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, _formula("rnn", nonlinearity))
+                    reverse, training, _formula("rnn", nonlinearity), precision=precision)
 
 
 def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:

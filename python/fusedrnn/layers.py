@@ -50,6 +50,7 @@ from typing import Optional
 
 import numpy as np
 
+from . import _core
 from . import functional as F
 from .module import (Module, Parameter, _dtype, _positive_int, _probability, _seed,
                      register_module)
@@ -166,6 +167,7 @@ class _GradLock:
 
 class _RNNBase(Module):
     _mode = ""
+    _precision = "float32"   # the kernels' precision; frozen(precision=...) sets it on its copy
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, proj_size=0, peepholes=False,
@@ -440,7 +442,8 @@ class _RNNBase(Module):
         kind, formula = self._kind()
         if kind != "lstm":
             dims = dims[:4]
-        sizes = F._sizes(kind, dims)
+        precision = _core.Precision.__members__[self._precision]
+        sizes = F._sizes(kind, dims, precision)
         cache = self._buffer(cache_key, (sizes[0],)) if training else None
         ws, packed = None, False
         if self._packed is not None:
@@ -462,7 +465,7 @@ class _RNNBase(Module):
                            w_peep=data(w_peep), w_hr=data(w_hr), c_n=c_n,
                            cell_clip=self.cell_clip or 0.0)
         F._forward_into(kind, formula, dims, sizes, reverse, workspace=ws, packed=packed,
-                        **tensors)
+                        precision=precision, **tensors)
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, d_output, d_state=None):
@@ -550,8 +553,14 @@ class _RNNBase(Module):
         F._backward_into(kind, formula, dims, F._sizes(kind, dims), reverse, **tensors)
 
     # -- frozen inference ---------------------------------------------------------------------
-    def frozen(self) -> "_RNNBase":
+    def frozen(self, precision: str = "float32") -> "_RNNBase":
         """An inference-only copy of this layer whose weights are packed once, not per call.
+
+        ``precision="bfloat16"`` (float32 layers): the copy runs the bf16 kernels -- weights
+        rounded to bf16 once and packed in the tile layout, inputs and the recurrent state
+        rounded to bf16 as product operands, fp32 accumulation, gates and outputs (see
+        :func:`fusedrnn.lstm_forward`); results then follow ``reference.*_forward_bf16``, not
+        this layer's float32 forward. ``"float32"`` (default): bit for bit this layer's forward.
 
         Every forward lays the weights out in the kernels' panel format first; at batch 1 that
         is a tenth of the call (LSTM H=256: ~0.2 of 1.5 ms). The copy owns read-only copies of
@@ -560,6 +569,12 @@ class _RNNBase(Module):
         the copy (freeze again). It runs in eval mode only (forward in train mode raises) and
         has no backward. Results equal this layer's eval-mode forward bit for bit.
         """
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"frozen: precision must be 'float32' or 'bfloat16', got "
+                             f"{precision!r}")
+        if precision == "bfloat16" and self.dtype != np.float32:
+            raise ValueError(f"frozen: precision='bfloat16' needs a float32 layer, this one is "
+                             f"{np.dtype(self.dtype).name}")
         import copy
         # Deep-copy everything but the per-thread buffers and training context (they copy as a
         # fresh, empty store).
@@ -567,6 +582,7 @@ class _RNNBase(Module):
         twin.eval()
         twin.d_state = None
         twin._packed = _PackedSpaces()
+        twin._precision = precision
         twin._freeze_weights()
         return twin
 

@@ -588,3 +588,14 @@ def rnn_backward(cache, dy=None, dh_n=None):
 
     dh0, dw_ih, dw_hh, db_ih, db_hh = _param_grads(cache, dw_ih, dw_hh, db, db.copy(), dh)
     return RnnGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
+
+
+# The low-precision contract (bf16 rounding, int8 quantisation, the emulated products).
+from .reference_lowp import (  # noqa: E402
+    bf16_bits, bf16_from_bits, bf16_round, gemm_bf16_emulated, gemm_s8_emulated, gru_forward_bf16,
+    lstm_forward_bf16, quantize_rows, rnn_forward_bf16,
+)
+
+__all__ += ["bf16_bits", "bf16_from_bits", "bf16_round", "gemm_bf16_emulated",
+            "gemm_s8_emulated", "quantize_rows", "lstm_forward_bf16", "gru_forward_bf16",
+            "rnn_forward_bf16"]

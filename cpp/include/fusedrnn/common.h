@@ -19,6 +19,13 @@ struct Dims {
                        // GRU and RNN kernels require P = 0.
 };
 
+// Arithmetic of a forward call on float32 tensors. bfloat16 (inference): x, w_ih, w_hh and the
+// state entering every recurrent product are rounded to bf16 (nearest even) and multiplied on the
+// low-precision tiers (AMX tiles, AVX512_BF16, or exact software widening) with fp32
+// accumulation; biases, gate math, the cell state, the LSTM projection and all outputs stay fp32
+// (cpp/src/lowp/bf16_steps.h has the contract). float64 tensors and backward take float32 only.
+enum class Precision { float32, bfloat16 };
+
 struct Options {
   bool reverse = false;  // run each sequence from its last valid step back to t = 0
   int num_threads = 0;   // threads of the kernel's parallel region; 0 = OpenMP default
@@ -29,6 +36,10 @@ struct Options {
   // Packing costs a tenth of a batch-1 forward (LSTM H=256: ~0.2 of 1.5 ms). The kernel cannot
   // check this promise: a workspace without those packed weights gives wrong results.
   bool weights_packed = false;
+  // Forward only: see Precision. The workspace must have been sized for it
+  // (*_forward_workspace_size(dims, precision)); weights_packed then refers to weights packed
+  // by an earlier call with the same precision.
+  Precision precision = Precision::float32;
 };
 
 enum class GruVariant {

@@ -54,7 +54,8 @@ struct GruBackwardArgs {
 
 // Scalars of the buffers the caller provides.
 FUSEDRNN_API std::size_t gru_cache_size(const Dims& d);
-FUSEDRNN_API std::size_t gru_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t gru_forward_workspace_size(
+    const Dims& d, Precision precision = Precision::float32);
 FUSEDRNN_API std::size_t gru_backward_workspace_size(const Dims& d);
 
 // workspace [gru_forward_workspace_size].

@@ -72,7 +72,8 @@ struct LstmBackwardArgs {
 
 // Scalars of the buffers the caller provides.
 FUSEDRNN_API std::size_t lstm_cache_size(const Dims& d);
-FUSEDRNN_API std::size_t lstm_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t lstm_forward_workspace_size(
+    const Dims& d, Precision precision = Precision::float32);
 FUSEDRNN_API std::size_t lstm_backward_workspace_size(const Dims& d);
 
 // workspace [lstm_forward_workspace_size].

@@ -49,7 +49,8 @@ struct RnnBackwardArgs {
 
 // Scalars of the buffers the caller provides.
 FUSEDRNN_API std::size_t rnn_cache_size(const Dims& d);
-FUSEDRNN_API std::size_t rnn_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t rnn_forward_workspace_size(
+    const Dims& d, Precision precision = Precision::float32);
 FUSEDRNN_API std::size_t rnn_backward_workspace_size(const Dims& d);
 
 // workspace [rnn_forward_workspace_size].

@@ -3,14 +3,17 @@
 //
 // The widest copy compiled in that this CPU runs is used (isa_avx512 > isa_avx2 > isa_base).
 // FUSEDRNN_ISA=baseline|sse2|avx2|avx512 (any case) in the environment asks for a narrower copy
-// (for tests and comparisons); a copy the CPU cannot run, or that was not built, is never
-// chosen; an unknown value throws std::invalid_argument from every call.
+// (for tests and comparisons; avx512_bf16 and amx, the low-precision tiers' names, mean avx512
+// here); a copy the CPU cannot run, or that was not built, is never chosen; an unknown value
+// throws std::invalid_argument from every call. requested_level() is the one parser of
+// FUSEDRNN_ISA (lowp/lowp.cc uses it too).
 #include <cctype>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 #include "isa/table.h"
+#include "lowp/lowp.h"
 
 #define FUSEDRNN_ISA_NS isa_base
 #include "isa/copy.inc"
@@ -29,8 +32,6 @@
 namespace fusedrnn {
 namespace isa {
 namespace {
-
-enum class Level { base = 0, avx2 = 1, avx512 = 2 };
 
 // The copies compiled in, by level (null: not built).
 const Table* compiled(Level l) {
@@ -68,34 +69,34 @@ bool cpu_runs(Level l) {
   return l == Level::base;
 }
 
-// FUSEDRNN_ISA: the names build_info prints ("sse2" for the baseline copy, "avx2", "avx512")
-// or "baseline", in any case; empty = unset. Anything else is an error, on every call (a typo
-// must not silently run another copy than the one asked for).
-Level requested(const char* want, Level best) {
-  std::string w(want);
-  for (char& ch : w) ch = char(std::tolower(static_cast<unsigned char>(ch)));
-  if (w.empty()) return best;
-  if (w == "baseline" || w == "sse2") return Level::base;
-  if (w == "avx2") return Level::avx2;
-  if (w == "avx512") return Level::avx512;
-  throw std::invalid_argument("FUSEDRNN_ISA='" + std::string(want) +
-                              "' names no instruction-set copy; accepted (any case): baseline "
-                              "(or sse2), avx2, avx512; unset or empty: the widest this CPU "
-                              "runs");
-}
-
 Level select() {
   Level best = Level::base;
   for (Level l : {Level::avx2, Level::avx512})
     if (compiled(l) && cpu_runs(l)) best = l;
-  if (const char* want = std::getenv("FUSEDRNN_ISA")) {
-    const Level w = requested(want, best);
-    if (w < best && compiled(w)) best = w;
-  }
+  Level w = requested_level();
+  if (w > Level::avx512) w = Level::avx512;  // the low-precision tiers' names: the widest copy
+  if (w != Level::unset && w < best && compiled(w)) best = w;
   return best;
 }
 
 }  // namespace
+
+Level requested_level() {
+  const char* want = std::getenv("FUSEDRNN_ISA");
+  if (!want) return Level::unset;
+  std::string w(want);
+  for (char& ch : w) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  if (w.empty()) return Level::unset;
+  if (w == "baseline" || w == "sse2") return Level::base;
+  if (w == "avx2") return Level::avx2;
+  if (w == "avx512") return Level::avx512;
+  if (w == "avx512_bf16") return Level::avx512_bf16;
+  if (w == "amx") return Level::amx;
+  throw std::invalid_argument("FUSEDRNN_ISA='" + std::string(want) +
+                              "' names no instruction-set copy; accepted (any case): baseline "
+                              "(or sse2), avx2, avx512, and for the low-precision products also "
+                              "avx512_bf16, amx; unset or empty: the widest this CPU runs");
+}
 
 const Table& active() {
   static const Table& table = *compiled(select());  // select() throws: tried again next call
@@ -115,22 +116,31 @@ std::string compiled_isas() {
 // The public API: sizes and kernels through the active copy's table.
 
 std::size_t lstm_cache_size(const Dims& d) { return isa::active().lstm_sizes(d).cache; }
-std::size_t lstm_forward_workspace_size(const Dims& d) {
-  return isa::active().lstm_sizes(d).forward_workspace;
+// precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
+std::size_t lstm_forward_workspace_size(const Dims& d, Precision p) {
+  const std::size_t fp32 = isa::active().lstm_sizes(d).forward_workspace;
+  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 4, false).floats)
+                                  : fp32;
 }
 std::size_t lstm_backward_workspace_size(const Dims& d) {
   return isa::active().lstm_sizes(d).backward_workspace;
 }
 std::size_t gru_cache_size(const Dims& d) { return isa::active().gru_sizes(d).cache; }
-std::size_t gru_forward_workspace_size(const Dims& d) {
-  return isa::active().gru_sizes(d).forward_workspace;
+// precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
+std::size_t gru_forward_workspace_size(const Dims& d, Precision p) {
+  const std::size_t fp32 = isa::active().gru_sizes(d).forward_workspace;
+  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 3, true).floats)
+                                  : fp32;
 }
 std::size_t gru_backward_workspace_size(const Dims& d) {
   return isa::active().gru_sizes(d).backward_workspace;
 }
 std::size_t rnn_cache_size(const Dims& d) { return isa::active().rnn_sizes(d).cache; }
-std::size_t rnn_forward_workspace_size(const Dims& d) {
-  return isa::active().rnn_sizes(d).forward_workspace;
+// precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
+std::size_t rnn_forward_workspace_size(const Dims& d, Precision p) {
+  const std::size_t fp32 = isa::active().rnn_sizes(d).forward_workspace;
+  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 1, false).floats)
+                                  : fp32;
 }
 std::size_t rnn_backward_workspace_size(const Dims& d) {
   return isa::active().rnn_sizes(d).backward_workspace;

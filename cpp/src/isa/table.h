@@ -135,6 +135,16 @@ const Table& active();
 // The copies compiled in, e.g. "sse2, avx2, avx512".
 std::string compiled_isas();
 
+// FUSEDRNN_ISA, read by one parser for both choices made from it: the float32 kernels' copy
+// (above) and the tier of the low-precision products (lowp/lowp.cc, whose lowp::Tier has the
+// same numbering). The levels in order of width; avx512_bf16 and amx ask the float32 kernels for
+// their widest copy, avx512. Accepted (any case): baseline (or sse2, the name build_info gives
+// the baseline copy), avx2, avx512, avx512_bf16, amx; unset or empty: none (-> unset).
+enum class Level : int { unset = -1, base = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3, amx = 4 };
+// The level FUSEDRNN_ISA asks for; throws std::invalid_argument naming the accepted values for
+// any other value (a typo must not silently run another copy than the one asked for).
+Level requested_level();
+
 template <typename Scalar>
 const Kernels<Scalar>& kernels() {
   return active().of<Scalar>();

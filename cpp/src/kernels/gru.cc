@@ -8,6 +8,7 @@
 #include "kernels/ragged.h"
 #include "kernels/layout.h"
 #include "kernels/skeleton.h"
+#include "lowp/bf16_steps.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
@@ -178,6 +179,14 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   Scalar* y = a.y;
 
   const Index TC = proj_chunk_steps(d);
+  check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
+  const bool bf16 = opt.precision == Precision::bfloat16;
+  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  if (bf16) {
+    lb = lowp::bf16_block(d, 3, true, aligned64(workspace));
+    workspace += lb.floats;
+  }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
@@ -191,19 +200,35 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   };
 
   parallel_region(thread_count(opt, d, 3), [&] {
-    forward_prologue(d, opt, 3, a.w_ih, a.lengths, w.wih_p, y);
-    if (!opt.weights_packed) {
-      par_pack(a.w_hh, H, after ? GH : 2 * H, H, true, w.whh_p);
-      if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, true, w.whn_p);
+    if (!bf16) {
+      forward_prologue(d, opt, 3, a.w_ih, a.lengths, w.wih_p, y);
+      if (!opt.weights_packed) {
+        par_pack(a.w_hh, H, after ? GH : 2 * H, H, true, w.whh_p);
+        if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, true, w.whn_p);
+      }
+    } else if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {
+        par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
+        // reset_after: all 3H rows, across the block's whh and whn pieces (sized for them)
+        par_pack_bf16(a.w_hh, after ? GH : 2 * H, H, lb.whh);
+        if (!after) par_pack_bf16(a.w_hh + 2 * H * H, H, H, lb.whn);
+      }
+      if (a.lengths) par_fill(y, d.T * N * H, Scalar(0));
     }
     par_copy_or_zero(hs, a.h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
       // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
-      if (s % TC == 0)
-        project_steps(d, 3, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
-      par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
+      if (!bf16) {
+        if (s % TC == 0)
+          project_steps(d, 3, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+        par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        if (s % TC == 0)
+          project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
+        gemm_rows_bf16(tier, N, after ? GH : 2 * H, H, h_prev, H, lb.hb, lb.whh, w.gh, GH);
+      }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -232,7 +257,10 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
       const Scalar* q = gate_row(s, 0) + 3 * H;
-      par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
+      if (!bf16)
+        par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
+      else if constexpr (std::is_same_v<Scalar, float>)
+        gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

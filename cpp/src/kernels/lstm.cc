@@ -12,6 +12,7 @@
 #include "kernels/lstm_pointwise.h"
 #include "kernels/ragged.h"
 #include "kernels/skeleton.h"
+#include "lowp/bf16_steps.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
@@ -218,6 +219,14 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   Scalar* y = a.y;
 
   const Index TC = proj_chunk_steps(d);
+  check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
+  const bool bf16 = opt.precision == Precision::bfloat16;
+  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  if (bf16) {
+    lb = lowp::bf16_block(d, 4, false, aligned64(workspace));
+    workspace += lb.floats;
+  }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
@@ -232,10 +241,19 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   };
 
   parallel_region(thread_count(opt, d, 4), [&] {
-    forward_prologue(d, opt, 4, a.w_ih, a.lengths, w.wih_p, y);
-    if (!opt.weights_packed) {
-      par_pack(a.w_hh, R, GH, R, true, w.whh_p);
-      if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
+    if (!bf16) {
+      forward_prologue(d, opt, 4, a.w_ih, a.lengths, w.wih_p, y);
+      if (!opt.weights_packed) {
+        par_pack(a.w_hh, R, GH, R, true, w.whh_p);
+        if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
+      }
+    } else if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {
+        par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
+        par_pack_bf16(a.w_hh, GH, R, lb.whh);
+        if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);  // the projection stays fp32
+      }
+      if (a.lengths) par_fill(y, d.T * N * R, Scalar(0));
     }
     par_copy_or_zero(hs, a.h0, NR);
     par_copy_or_zero(cs, a.c0, NH);
@@ -245,9 +263,15 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
       Scalar* h_next = slot(hs, s + 1, NR);
       Scalar* c_next = slot(cs, s + 1, NH);
       Scalar* m = proj ? (training ? k.ms + s * NH : w.mbuf) : nullptr;  // [N, H]
-      if (s % TC == 0)
-        project_steps(d, 4, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
-      par_gemm_packed(N, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
+      if (!bf16) {
+        if (s % TC == 0)
+          project_steps(d, 4, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+        par_gemm_packed(N, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        if (s % TC == 0)
+          project_steps_bf16(tier, d, 4, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
+        gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
+      }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

@@ -5,6 +5,7 @@
 #include "kernels/ragged.h"
 #include "kernels/rnn_pointwise.h"
 #include "kernels/skeleton.h"
+#include "lowp/bf16_steps.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
@@ -136,6 +137,14 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
 
   const Index TC = proj_chunk_steps(d);
+  check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
+  const bool bf16 = opt.precision == Precision::bfloat16;
+  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  if (bf16) {
+    lb = lowp::bf16_block(d, 1, false, aligned64(workspace));
+    workspace += lb.floats;
+  }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
@@ -144,15 +153,29 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
   parallel_region(thread_count(opt, d, 1), [&] {
-    forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
-    if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
+    if (!bf16) {
+      forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
+      if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
+    } else if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {
+        par_pack_bf16(a.w_ih, H, d.C, lb.wih);
+        par_pack_bf16(a.w_hh, H, H, lb.whh);
+      }
+      if (a.lengths) par_fill(a.y, d.T * N * H, Scalar(0));
+    }
     par_copy_or_zero(hs, a.h0, NH);
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
-      if (s % TC == 0)
-        project_steps(d, 1, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
-      par_gemm_packed(N, H, H, h_prev, H, w.whh_p, w.gh, H, false);
+      if (!bf16) {
+        if (s % TC == 0)
+          project_steps(d, 1, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+        par_gemm_packed(N, H, H, h_prev, H, w.whh_p, w.gh, H, false);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        if (s % TC == 0)
+          project_steps_bf16(tier, d, 1, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
+        gemm_rows_bf16(tier, N, H, H, h_prev, H, lb.hb, lb.whh, w.gh, H);
+      }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

@@ -1,0 +1,89 @@
+// bf16 inference inside the cells' forward kernels (Options::precision = bfloat16, float32
+// layers): the input projection and the per-step recurrent products as bf16 x bf16 -> fp32 products
+// of the low-precision tiers (lowp.h), everything else as in fp32.
+//
+// Rounding points (fusedrnn.reference_lowp.*_forward_bf16 emulates them): x, w_ih and w_hh
+// (packed once), and the operand of every recurrent product -- the fp32 state h entering the
+// step, and in the reset-before GRU the fp32 r*h -- round to bf16 (nearest even). Products
+// accumulate in fp32 (from zero; the gate pass adds the biases in fp32 as in fp32 mode); gate
+// math, c, peepholes, the LSTM projection (fp32 weights) and every output stay fp32.
+//
+// Workspace: lowp::bf16_block at the START of the forward workspace (packed weights keep their
+// offsets across calls: Options::weights_packed), then the fp32 layout unchanged.
+// Included by the kernels of every instruction-set copy.
+#pragma once
+
+#include <type_traits>
+
+#include "kernels/kernel.h"
+#include "lowp/lowp.h"
+
+namespace fusedrnn {
+namespace FUSEDRNN_ISA_NS {
+namespace detail {
+
+// precision = bfloat16 runs float32 inference only.
+inline void check_precision(const char* fn, const Options& opt, bool is_float, bool training) {
+  if (opt.precision == Precision::float32) return;
+  if (opt.precision != Precision::bfloat16) fail(std::string(fn) + ": unknown Options::precision");
+  if (!is_float) fail(std::string(fn) + ": precision bfloat16 needs float32 tensors");
+  if (training)
+    fail(std::string(fn) + ": precision bfloat16 is inference only (cache must be null)");
+}
+
+// Work-shared: dst rows [rows, bf16_kpad(K)] = bf16(src rows [rows, K], leading dimension ld).
+inline void par_rows_to_bf16(lowp::Tier tier, const float* src, Index rows, Index K, Index ld,
+                             std::uint16_t* dst) {
+  const Index kp = lowp::bf16_kpad(K), blk = 8, nb = ceil_div(rows, blk);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index b = 0; b < nb; ++b)
+    lowp::to_bf16(tier, src + b * blk * ld, std::min(blk, rows - b * blk), K, ld,
+                  dst + b * blk * kp, kp);
+}
+
+// Work-shared packing of w [n, K] (row-major, PyTorch's [out, in]) as bf16 panels.
+inline void par_pack_bf16(const float* w, Index n, Index K, std::uint16_t* out) {
+#ifdef _OPENMP
+#pragma omp single
+#endif
+  lowp::pack_bf16(w, n, K, K, out);
+}
+
+// Work-shared, at the first step s0 of each chunk: gxs [(s1 - s0) * N, G*H] = bf16(x[t(s, n), n])
+// times bf16(w_ih)ᵀ (packed), in step order, kBf16XRows input rows at a time through xs; rows of
+// finished sequences are zero inputs.
+inline void project_steps_bf16(lowp::Tier tier, const Dims& d, Index G, const StepMap& sm,
+                               Index s0, Index s1, const float* x, const lowp::Bf16Block& b,
+                               float* gxs) {
+  const Index N = d.N, C = d.C, rows = (s1 - s0) * N, kp = lowp::bf16_kpad(C), GH = G * d.H;
+  for (Index r0 = 0; r0 < rows; r0 += b.xrows) {
+    const Index nr = std::min(b.xrows, rows - r0);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index r = 0; r < nr; ++r) {
+      const Index row = r0 + r, t = sm.time(s0 + row / N, row % N);
+      if (t >= 0)
+        lowp::to_bf16(tier, x + (t * N + row % N) * C, 1, C, C, b.xs + r * kp, kp);
+      else
+        std::fill(b.xs + r * kp, b.xs + (r + 1) * kp, std::uint16_t(0));
+    }
+    // (the omp for above and the product's end in barriers: xs is reused safely)
+    lowp::par_gemm_bf16(tier, nr, GH, C, b.xs, kp, b.wih, nullptr, gxs + r0 * GH, GH, false);
+  }
+}
+
+// Work-shared: out [m, n] = bf16(a [m, K], lda) times bf16 packed [n, K]ᵀ, through the operand
+// buffer ab [m, bf16_kpad(K)].
+inline void gemm_rows_bf16(lowp::Tier tier, Index m, Index n, Index K, const float* a, Index lda,
+                           std::uint16_t* ab, const std::uint16_t* packed, float* out,
+                           Index ldo) {
+  par_rows_to_bf16(tier, a, m, K, lda, ab);  // (its omp for ends in a barrier)
+  lowp::par_gemm_bf16(tier, m, n, K, ab, lowp::bf16_kpad(K), packed, nullptr, out, ldo, false);
+}
+
+}  // namespace detail
+}  // namespace FUSEDRNN_ISA_NS
+}  // namespace fusedrnn

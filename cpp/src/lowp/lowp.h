@@ -1,0 +1,200 @@
+// Low-precision GEMM building blocks (issue 16): bf16 x bf16 -> fp32 and s8 x s8 -> s32
+// (dequantised to fp32), with the right-hand side (the weights) packed once in the tile layout,
+// in instruction-set tiers chosen at run time:
+//
+//   amx          Intel AMX tiles (tdpbf16ps, tdpbssd); Linux asks the kernel for the tile-data
+//                state once per process (arch_prctl ARCH_REQ_XCOMP_PERM), each thread loads its
+//                tile configuration per call and releases the tiles after it.
+//   avx512_bf16  AVX512_BF16 (vdpbf16ps) and AVX512_VNNI (vpdpbusd): AMD Zen 4/5, Intel without AMX.
+//   avx512, avx2, baseline
+//                software: bf16 widened to fp32 by a shift, fp32 multiply-add; s8 widened to
+//                s32 (the instruction-set copies of the fp32 kernels compile it).
+// FUSEDRNN_ISA=amx|avx512_bf16|avx512|avx2|baseline (any case; sse2 = baseline) asks for a
+// narrower tier than the best one the build, the CPU and the OS allow; a tier that cannot run
+// here is never chosen. The value is read by isa::requested_level() (isa/table.h), the one
+// parser the float32 copy's choice uses too: an unknown value throws from both.
+//
+// THE CONTRACT (fusedrnn.reference's *_emulated functions compute exactly this):
+//
+// bf16. fp32 -> bf16 rounds to nearest, ties to even, on the bit pattern; a NaN stays a (quiet)
+//   NaN with its sign; a subnormal fp32 becomes a zero of its sign (the hardware conversion
+//   vcvtneps2bf16 does the same; fp32 normals never round to bf16 subnormals). Weights are
+//   rounded once, when packed; activations when converted (to_bf16). Bitwise equal in every tier.
+//   C[i, j] = init[i, j] + sum_k a[i, k] b[k, j], init = bias[j], C's old value or 0.
+//   Every product of two bf16 is exact in fp32; the sum is an fp32 accumulation. In the tiers
+//   avx512_bf16, avx512, avx2 and baseline it is ONE sequential fp32 chain per element in the
+//   contract's order: acc = init, then for each pair p = 0, 1, ...: acc += a[2p+1] b[2p+1] (rounded
+//   to fp32, nearest even), acc += a[2p] b[2p] (rounded) -- the odd term of a pair first, which
+//   is vdpbf16ps's order; K is zero-padded to even. These tiers are bitwise equal to each other
+//   and to the NumPy emulation (exception: where a product or a partial sum is an fp32
+//   subnormal, |v| < 2^-126, the bf16 instructions flush it to zero and the software does not).
+//   The amx tier: the tile unit's internal summation is not a sequential fp32 chain (measured:
+//   about 40% of the elements differ from every sequential or single-rounding model in the last
+//   bits); its error satisfies the worst-case bound of fp32 summation,
+//     |C - exact| <= (K + 1) 2^-24 (|init| + sum_k |a_k b_k|),
+//   measured here at most 6 units of 2^-24 (|init| + sum |a_k b_k|) for K up to 1024 (tests
+//   check the bound). Within one tier every result is bitwise independent of the thread count.
+//
+// int8. A row x of K floats is quantised with its own scale (symmetric, s8 in [-127, 127]):
+//   amax = max_k |x_k| (fp32); amax = 0 gives scale 0 and q = 0; else
+//   inv = 127 / amax (fp32 division), scale = amax / 127 (fp32 division),
+//   q_k = clamp(round_half_even(x_k * inv), -127, 127)   (x_k * inv rounded to fp32 first).
+//   Weights: each output row of W [n, K] so (per-output-row scales), once when packed;
+//   activations: per row of A, dynamically (quantize_s8), or with a fixed scale
+//   (quantize_s8_fixed: inv and scale given).
+//   acc[i, j] = sum_k qa[i, k] qw[j, k] exactly in s32 (|acc| <= 127^2 K: K < 133,000);
+//   C[i, j] = init[i, j] + float(acc) * (sa[i] * sw[j])   (each operation rounded to fp32, in that
+//   order). Bitwise equal in every tier (the integer sum is exact in any order; the VNNI tier
+//   computes it as (qa + 128) u8 x qw s8 minus 128 sum_k qw[j, k]).
+//
+// Layouts.
+//   Packed bf16 weights, from W [n, K] (PyTorch's [out, in]; C = A W^T): panels of 16 output
+//   columns, K zero-padded to a multiple of 32: [ceil(n/16)][Kp/2][16][2] bf16 -- the AMX tile
+//   (16 rows of k pairs x 64 bytes) and the vdpbf16ps operand; element (k, j) of panel p is at
+//   ((p * Kp/2 + k/2) * 16 + j) * 2 + k % 2.
+//   Packed s8 weights: [ceil(n/16)][Kp/4][16][4], Kp a multiple of 64; scales [n16] (fp32) and
+//   colsum [n16] (s32, sum_k qw[j, k]), n16 = 16 ceil(n/16), zero past n.
+//   Activations: rows of A [m, lda] with lda >= Kp (bf16: multiple of 32, s8: of 64) and zeros in
+//   [K, Kp); to_bf16 / quantize_s8 write them so.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "fusedrnn/common.h"
+
+namespace fusedrnn {
+namespace lowp {
+
+enum class Tier : int { baseline = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3, amx = 4 };
+
+const char* tier_name(Tier t);
+// Parses a tier name; false for an unknown one.
+bool tier_from_name(const std::string& name, Tier* out);
+// Whether tier t was built and runs on this CPU and OS (amx: the OS granted the tile state).
+bool tier_available(Tier t);
+// The tier the low-precision products use: the best available one, narrowed by FUSEDRNN_ISA.
+// Chosen once per process.
+Tier active_tier();
+// Throws std::invalid_argument naming the tier when it is not available here.
+void require_tier(Tier t, const char* fn);
+
+constexpr std::int64_t kPanel = 16;     // output columns per packed panel
+constexpr std::int64_t kBf16KStep = 32; // bf16 K padding (one AMX tile of k)
+constexpr std::int64_t kS8KStep = 64;   // s8 K padding (one AMX tile of k)
+
+constexpr std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
+constexpr std::int64_t bf16_kpad(std::int64_t K) { return round_up(K, kBf16KStep); }
+constexpr std::int64_t s8_kpad(std::int64_t K) { return round_up(K, kS8KStep); }
+constexpr std::int64_t panels(std::int64_t n) { return (n + kPanel - 1) / kPanel; }
+// Elements (uint16 / int8) of packed weights.
+constexpr std::int64_t packed_bf16_size(std::int64_t n, std::int64_t K) {
+  return panels(n) * kPanel * bf16_kpad(K);
+}
+constexpr std::int64_t packed_s8_size(std::int64_t n, std::int64_t K) {
+  return panels(n) * kPanel * s8_kpad(K);
+}
+
+// Scalar conversions of the contract (reference implementations; the tiers vectorise them).
+std::uint16_t to_bf16_scalar(float x);
+float from_bf16(std::uint16_t h);
+
+// Packing (serial, tier-independent layout). W [n, K] row-major with leading dimension ldw.
+void pack_bf16(const float* W, std::int64_t n, std::int64_t K, std::int64_t ldw,
+               std::uint16_t* out);
+// Quantises each row of W (the contract's per-row scheme) and packs it; scales and colsum have
+// 16 ceil(n/16) entries.
+void pack_s8(const float* W, std::int64_t n, std::int64_t K, std::int64_t ldw, std::int8_t* out,
+             float* scales, std::int32_t* colsum);
+
+// out [m, ldo] (ldo >= bf16_kpad(K)) = bf16(x [m, K], leading dimension ldx), zeros in [K, Kp).
+void to_bf16(Tier t, const float* x, std::int64_t m, std::int64_t K, std::int64_t ldx,
+             std::uint16_t* out, std::int64_t ldo);
+// q [m, ldq] (ldq >= s8_kpad(K)), zeros in [K, Kp); scale [m]: the per-row dynamic scheme.
+void quantize_s8(Tier t, const float* x, std::int64_t m, std::int64_t K, std::int64_t ldx,
+                 std::int8_t* q, std::int64_t ldq, float* scale);
+// The same with one given scale: q = clamp(round(x * inv), -127, 127) (the caller's inv is the
+// fp32 127 / amax of its fixed range, e.g. 127 for h in (-1, 1)).
+void quantize_s8_fixed(Tier t, const float* x, std::int64_t m, std::int64_t K, std::int64_t ldx,
+                       float inv, std::int8_t* q, std::int64_t ldq);
+
+// C [m, n] (ldc) = init + A [m, K] (bf16, lda >= bf16_kpad(K)) x op(B) (packed by pack_bf16);
+// init = C's content when accumulate, else bias [n] when given, else 0. num_threads as in
+// Options (0 = OpenMP's default). The call validates its arguments (std::invalid_argument).
+void gemm_bf16(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const std::uint16_t* A,
+               std::int64_t lda, const std::uint16_t* Bp, const float* bias, float* C,
+               std::int64_t ldc, bool accumulate, int num_threads);
+// C [m, n] = init + float(A Bᵀ) * (a_scale[i] * w_scale[j]) with A [m, K] s8 (lda >= s8_kpad(K)).
+void gemm_s8(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const std::int8_t* A,
+             std::int64_t lda, const float* a_scale, const std::int8_t* Bp, const float* w_scale,
+             const std::int32_t* colsum, const float* bias, float* C, std::int64_t ldc,
+             bool accumulate, int num_threads);
+
+// The same products, work-shared: call from every thread of an OpenMP parallel region (or
+// outside any). No checks, no allocation.
+void par_gemm_bf16(Tier t, std::int64_t m, std::int64_t n, std::int64_t K,
+                   const std::uint16_t* A, std::int64_t lda, const std::uint16_t* Bp,
+                   const float* bias, float* C, std::int64_t ldc, bool accumulate);
+void par_gemm_s8(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const std::int8_t* A,
+                 std::int64_t lda, const float* a_scale, const std::int8_t* Bp,
+                 const float* w_scale, const std::int32_t* colsum, const float* bias, float* C,
+                 std::int64_t ldc, bool accumulate);
+
+// ---------------------------------------------------------------------------------------------
+// The bf16 block of a cell's forward workspace (Options::precision = bfloat16; kernels/bf16_steps.h
+// uses it), in front of the float32 layout so that packed weights keep their offsets across calls
+// (Options::weights_packed): packed w_ih [G*H, C]; packed w_hh [G*H, R] (split_n, the GRU: rows
+// [2H, H] and the n rows [H, H] apart, reset_after packing all 3H rows across both); the input
+// rows of one sub-chunk of the projection [kBf16XRows, Cp]; the state operand [N, Rp]; with
+// split_n the reset-before GRU's r*h operand [N, Hp]. 64-byte aligned pieces.
+constexpr std::int64_t kBf16XRows = 256;  // input rows converted and multiplied at a time
+
+struct Bf16Block {
+  std::uint16_t* wih = nullptr;
+  std::uint16_t* whh = nullptr;
+  std::uint16_t* whn = nullptr;
+  std::uint16_t* xs = nullptr;
+  std::uint16_t* hb = nullptr;
+  std::uint16_t* rhb = nullptr;
+  std::int64_t xrows = 0;   // rows of xs
+  std::int64_t floats = 0;  // the block's size in floats (slack for aligning its base included)
+};
+
+// base: 64-byte aligned, or null to measure.
+inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* base = nullptr) {
+  const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H;
+  auto* p = static_cast<std::uint16_t*>(base);
+  std::int64_t used = 0;  // uint16 elements from base
+  auto take = [&](std::int64_t count) -> std::uint16_t* {
+    used = round_up(used, 32);
+    std::uint16_t* out = p ? p + used : nullptr;
+    used += count;
+    return out;
+  };
+  Bf16Block b;
+  b.xrows = std::min(kBf16XRows, d.T * d.N);
+  b.wih = take(packed_bf16_size(GH, d.C));
+  if (split_n) {
+    b.whh = take(packed_bf16_size(2 * d.H, d.H));
+    b.whn = take(packed_bf16_size(d.H, d.H));
+  } else {
+    b.whh = take(packed_bf16_size(GH, R));
+  }
+  b.xs = take(b.xrows * bf16_kpad(d.C));
+  b.hb = take(d.N * bf16_kpad(R));
+  if (split_n) b.rhb = take(d.N * bf16_kpad(d.H));
+  b.floats = round_up(used, 32) / 2 + 16;
+  return b;
+}
+
+// The fp32 packed GEMM of the fp32 kernels (packed_gemm.h), in the instruction-set copy the fp32
+// kernels use: the benchmark's fp32 yardstick. C [m, n] = A [m, K] Wᵀ, W [n, K] packed once.
+std::int64_t f32_packed_size(std::int64_t n, std::int64_t K);
+void f32_pack(const float* W, std::int64_t n, std::int64_t K, float* packed);
+void f32_gemm(std::int64_t m, std::int64_t n, std::int64_t K, const float* A, const float* packed,
+              float* C, int num_threads);
+
+}  // namespace lowp
+}  // namespace fusedrnn
