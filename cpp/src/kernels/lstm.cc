@@ -229,7 +229,8 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
-  if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
+  // Ragged inference (ragged.h) runs in float32 only; bfloat16 keeps the rectangular path.
+  if (a.lengths && !training && !bf16) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   Scalar* hs = training ? k.hs : w.hbuf;

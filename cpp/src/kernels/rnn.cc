@@ -147,7 +147,8 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
-  if (a.lengths && !training) return forward_ragged(d, a, opt, w, S);
+  // Ragged inference (ragged.h) runs in float32 only; bfloat16 keeps the rectangular path.
+  if (a.lengths && !training && !bf16) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
