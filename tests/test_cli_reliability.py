@@ -528,3 +528,12 @@ def test_replacing_parameter_arrays_is_checked_at_assignment():
         p.data = np.zeros((4, 4), np.float32)
     p.data = np.full((16, 4), 0.5, np.float32)           # same shape and dtype: fine
     assert (layer.weight_hh_l0.data == 0.5).all()
+
+
+# -- item 20: a bad FUSEDRNN_ISA is a one-line error for every command, not a traceback ------------
+@pytest.mark.parametrize("cmd", [["info"], ["train", "--steps", "1", "--hidden", "8", "-q"]])
+def test_bad_fusedrnn_isa_is_one_line_error(cmd, tmp_path):
+    p = run(cmd + (["--out", str(tmp_path / "o")] if cmd[0] == "train" else []),
+            env={"FUSEDRNN_ISA": "bogus"})
+    one_line_error(p, r"FUSEDRNN_ISA='bogus'.*accepted")
+    assert not (tmp_path / "o").exists()

@@ -605,6 +605,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    try:  # chooses the kernels' instruction-set copy: a bad FUSEDRNN_ISA is one line, exit 2
+        from . import build_info
+        build_info()
+    except ValueError as e:
+        print(f"fusedrnn: error: {e}", file=sys.stderr)
+        return 2
     if args.command in ("train", "evaluate", "generate", "predict", "experiment"):
         import numpy  # noqa: F401  (loads OpenBLAS)
         single_threaded_blas()
