@@ -97,7 +97,6 @@ void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Option
                     const ForwardSpace<Scalar>& w, Index S) {
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const bool after = a.variant == GruVariant::reset_after;
   const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh;
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
@@ -117,13 +116,7 @@ void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Option
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
       par_gemm_packed(na, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         const Scalar* gxr = w.gx + i * GH + u0;
         const Scalar* ghr = w.gh + i * GH + u0;
@@ -135,23 +128,17 @@ void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Option
         else
           gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off,
                                           w.gstep + i * 4 * H + u0);
-      }
+      });
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
       par_gemm_packed(na, H, H, w.gstep + 3 * H, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         gru_before_pointwise_forward_n(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
                                        b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
                                        h_prev + off, h_next + off, a.y + (t * N + n) * H + u0,
                                        w.gstep + i * 4 * H + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -166,12 +153,9 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   using namespace detail;
   const char* fn = "gru_forward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_forward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   const bool after = a.variant == GruVariant::reset_after;
@@ -230,20 +214,14 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
           project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, after ? GH : 2 * H, H, h_prev, H, lb.hb, lb.whh, w.gh, GH);
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* g = gate_row(s, n);
         Scalar *ar = g + u0, *aq = g + 3 * H + u0;
         if (t < 0) {
-          std::copy(h_prev + off, h_prev + off + bk, h_next + off);
+          carry(h_prev + off, h_next + off, bk);
           if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
-          continue;
+          return;
         }
         const Scalar* gxr = w.gx + ((s % TC) * N + n) * GH + u0;
         const Scalar* ghr = w.gh + n * GH + u0;
@@ -254,7 +232,7 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
                                       y + (t * N + n) * H + u0, training ? ar : nullptr);
         else
           gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off, ar);
-      }
+      });
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
       const Scalar* q = gate_row(s, 0) + 3 * H;
@@ -262,20 +240,14 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
         par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
       else if constexpr (std::is_same_v<Scalar, float>)
         gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
-        if (t < 0) continue;
+        if (t < 0) return;
         gru_before_pointwise_forward_n(bk, H, w.gx + ((s % TC) * N + n) * GH + u0,
                                        w.gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
                                        b_hh ? b_hh + u0 : nullptr, h_prev + off, h_next + off,
                                        y + (t * N + n) * H + u0, gate_row(s, n) + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -290,13 +262,9 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   using namespace detail;
   const char* fn = "gru_backward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_backward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool after = a.variant == GruVariant::reset_after;
   const Scalar* dy = a.dy;
@@ -322,24 +290,18 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       Scalar* dh_nxt = dhbuf + (s % 2) * NH;
       Scalar* dgs = dgh + s * N * GH;
       const Scalar* hp_s = hs + s * NH;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* dg = dgs + n * GH + u0;
         if (t < 0) {
-          for (Index g = 0; g < 3; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
-          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
-          continue;
+          zero_gate_blocks(dg, 3, H, bk);
+          carry(dh_cur + off, dh_nxt + off, bk);
+          return;
         }
         gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
                                gates + (s * N + n) * 4 * H + u0, hp_s + off, dg, dh_nxt + off,
                                after ? dgx + (t * N + n) * GH + u0 : nullptr);
-      }
+      });
       if (after) {
         par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
         continue;
@@ -347,19 +309,13 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
       // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
       par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
-        if (t < 0) continue;
+        if (t < 0) return;
         gru_before_pointwise_backward_r(bk, H, w.drh + off, gates + (s * N + n) * 4 * H + u0,
                                         hp_s + off, dgs + n * GH + u0, dh_nxt + off,
                                         dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
-      }
+      });
       par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP

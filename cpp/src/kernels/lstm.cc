@@ -139,7 +139,6 @@ void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Optio
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
-  const Index nub = ceil_div(H, kUnitBlock);
   const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh, *w_peep = a.w_peep;
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
   ro.sort();
@@ -161,13 +160,7 @@ void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Optio
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
       par_gemm_packed(na, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         lstm_pointwise_forward(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
                                b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
@@ -175,16 +168,13 @@ void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Optio
                                proj ? w.mbuf + off : h_next + off,
                                proj ? nullptr : a.y + (t * N + n) * H + u0,
                                static_cast<Scalar*>(nullptr), a.cell_clip);
-      }
+      });
       if (proj) {
         par_gemm_packed(na, P, H, w.mbuf, H, w.whr_p, h_next, P, false);  // h = m w_hrᵀ
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (Index i = 0; i < na; ++i) {
+        for_rows(na, [&](Index i) {
           const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
-          std::copy(h_next + i * P, h_next + (i + 1) * P, a.y + (t * N + n) * P);
-        }
+          carry(h_next + i * P, a.y + (t * N + n) * P, P);
+        });
       }
     }
 #ifdef _OPENMP
@@ -203,16 +193,13 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   using namespace detail;
   const char* fn = "lstm_forward";
   check_lstm_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {a.c_n, "c_n"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_forward_ptrs(fn, a, workspace);
+  check_ptr(fn, a.c_n, "c_n");
   check_projection(fn, d, a.w_hr);
   check_clip(fn, double(a.cell_clip));
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh, *w_peep = a.w_peep;
@@ -273,21 +260,15 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
           project_steps_bf16(tier, d, 4, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) {  // finished sequence: carry its state through
           if (proj)   // m = 0: no gradient flows to w_hr; h is carried after the projection
             std::fill(m + off, m + off + bk, Scalar(0));
           else
-            std::copy(h_prev + off, h_prev + off + bk, h_next + off);
-          std::copy(c_prev + off, c_prev + off + bk, c_next + off);
-          continue;
+            carry(h_prev + off, h_next + off, bk);
+          carry(c_prev + off, c_next + off, bk);
+          return;
         }
         // One fused pass: the gates, c, and h (m with projection; y then comes from h below).
         const Index gu = ((s % TC) * N + n) * GH + u0;
@@ -297,20 +278,17 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
                                proj ? nullptr : y + (t * N + n) * H + u0,
                                training ? k.gates + (s * N + n) * GH + u0 : nullptr,
                                a.cell_clip);
-      }
+      });
       if (proj) {
         // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
         par_gemm_packed(N, P, H, m, H, w.whr_p, h_next, P, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (Index n = 0; n < N; ++n) {
+        for_rows(N, [&](Index n) {
           const Index t = sm.time(s, n);
           if (t < 0)
-            std::copy(h_prev + n * P, h_prev + (n + 1) * P, h_next + n * P);
+            carry(h_prev + n * P, h_next + n * P, P);
           else
-            std::copy(h_next + n * P, h_next + (n + 1) * P, y + (t * N + n) * P);
-        }
+            carry(h_next + n * P, y + (t * N + n) * P, P);
+        });
       }
     }
 #ifdef _OPENMP
@@ -329,10 +307,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   using namespace detail;
   const char* fn = "lstm_backward";
   check_lstm_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_backward_ptrs(fn, a, workspace);
   check_projection(fn, d, a.w_hr);
   require(!a.dw_peep || a.w_peep, "lstm_backward: dw_peep given but w_peep is null");
   require(!a.dw_hr || a.w_hr, "lstm_backward: dw_hr given but w_hr is null (P = 0)");
@@ -340,7 +315,6 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const Scalar *dy = a.dy, *w_peep = a.w_peep;
 
@@ -372,39 +346,30 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
         // (kept for dw_hr += dhᵀ m); a finished row did nothing at this step: dh = 0 and its
         // carry passes through. Active rows of dh_nxt start at 0 for the recurrent product.
         Scalar* dhps = dhp + s * N * P;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (Index n = 0; n < N; ++n) {
+        for_rows(N, [&](Index n) {
           const Index t = sm.time(s, n);
           const Scalar* cur = dh_cur + n * P;
           Scalar* row = dhps + n * P;
           Scalar* nxt = dh_nxt + n * P;
           if (t < 0) {
             std::fill(row, row + P, Scalar(0));
-            std::copy(cur, cur + P, nxt);
-            continue;
+            carry(cur, nxt, P);
+            return;
           }
           const Scalar* dyr = dy ? dy + (t * N + n) * P : nullptr;
           for (Index j = 0; j < P; ++j) row[j] = cur[j] + (dyr ? dyr[j] : Scalar(0));
           std::fill(nxt, nxt + P, Scalar(0));
-        }
+        });
         par_gemm_packed(N, H, P, dhps, P, w.whr_q, dm, H, false);  // dm = dh w_hr [N, H]
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* dg = dgs + n * GH + u0;  // this row's d(i, f, g, o) pre-activations, units u0..
         if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
-          for (Index g = 0; g < 4; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
-          if (!proj) std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
-          std::copy(dc_cur + off, dc_cur + off + bk, dc_nxt + off);
-          continue;
+          zero_gate_blocks(dg, 4, H, bk);
+          if (!proj) carry(dh_cur + off, dh_nxt + off, bk);
+          carry(dc_cur + off, dc_nxt + off, bk);
+          return;
         }
         // d(o*tanh(c_t)): without projection dh_cur + dy[t], with it dm (dy is already in it).
         // The recurrent product below adds dg w_hh into dh_nxt (with projection, the pass above
@@ -415,7 +380,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
             cs + s * NH + off, cs + (s + 1) * NH + off, dc_cur + off,
             w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
             dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
-      }
+      });
       par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
     }
 #ifdef _OPENMP
@@ -432,12 +397,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
     if (a.dw_peep) {
       // p_i and p_f multiplied c_prev into i and f, p_o multiplied c_t into o:
       // dp_i = Σ di_pre*c_prev, dp_f = Σ df_pre*c_prev, dp_o = Σ do_pre*c_t (over steps, rows).
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < 3 * nub; ++job) {
-        const Index p = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
+      for_unit_blocks(3, H, [&](Index p, Index u0, Index bk, Index) {
         const Index gate = p == 2 ? 3 : p;
         const Index cshift = p == 2 ? NH : 0;
         Scalar acc[kUnitBlock] = {};
@@ -447,7 +407,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
           for (Index j = 0; j < bk; ++j) acc[j] += dg[j] * c[j];
         }
         for (Index j = 0; j < bk; ++j) a.dw_peep[p * H + u0 + j] += acc[j];
-      }
+      });
     }
   });
 }

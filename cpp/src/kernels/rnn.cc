@@ -84,7 +84,6 @@ void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Option
                     const ForwardSpace<Scalar>& w, Index S) {
   using namespace detail;
   const Index N = d.N, H = d.H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
   ro.sort();
@@ -100,18 +99,12 @@ void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Option
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, H, d.C, w.xs, d.C, w.wih_p, w.gx, H, false);
       par_gemm_packed(na, H, H, h_prev, H, w.whh_p, w.gh, H, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         rnn_pointwise_forward(bk, tanh_act, w.gx + off, w.gh + off,
                               a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
                               h_next + off, a.y + (t * N + n) * H + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -126,12 +119,9 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   using namespace detail;
   const char* fn = "rnn_forward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_forward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
@@ -177,23 +167,17 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
           project_steps_bf16(tier, d, 1, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, H, H, h_prev, H, lb.hb, lb.whh, w.gh, H);
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* hn = h_next + off;
         if (t < 0) {
-          std::copy(h_prev + off, h_prev + off + bk, hn);
-          continue;
+          carry(h_prev + off, hn, bk);
+          return;
         }
         rnn_pointwise_forward(bk, tanh_act, w.gx + ((s % TC) * N + n) * H + u0, w.gh + off,
                               a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
                               hn, a.y + (t * N + n) * H + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -208,13 +192,9 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   using namespace detail;
   const char* fn = "rnn_backward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_backward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
 
@@ -234,24 +214,18 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
       Scalar* dh_nxt = dhbuf + (s % 2) * NH;
       Scalar* dgs = dgh + s * NH;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) {
-          std::fill(dgs + off, dgs + off + bk, Scalar(0));
-          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
-          continue;
+          zero_gate_blocks(dgs + off, 1, H, bk);
+          carry(dh_cur + off, dh_nxt + off, bk);
+          return;
         }
         rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
                                a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
                                hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
                                dgx != dgh ? dgx + (t * N + n) * H + u0 : nullptr);
-      }
+      });
       par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP
