@@ -51,10 +51,11 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 }
 
 // Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H],
-// packed w_hh and w_ih.
+// packed w_hh and w_ih; last, for lengths (ragged.h), dx of the valid positions [T*N, C] and the
+// steps' bookkeeping.
 template <typename T>
 struct BackwardSpace {
-  T *dgh, *dgx, *dhbuf, *whh_q, *wih_q;
+  T *dgh, *dgx, *dhbuf, *whh_q, *wih_q, *dxc, *rag;
 };
 template <typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -66,6 +67,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dhbuf = c.take(2 * NH);
   w.whh_q = c.take_aligned(packed_bound(d.H, d.H));
   w.wih_q = c.take_aligned(packed_bound(d.H, d.C));
+  w.dxc = c.take(d.T * d.N * d.C);
+  w.rag = c.take_aligned(ragged_steps_scalars(d.T, d.N));
   return w;
 }
 
@@ -77,25 +80,27 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
-// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
-// Arguments checked by forward().
+// With lengths (ragged.h): rows ordered by length, step s works on the running ones. Training
+// writes the cache with ordered rows (slot s, row i). Arguments checked by forward().
 template <typename Scalar>
 void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
-                    const ForwardSpace<Scalar>& w, Index S) {
+                    const ForwardSpace<Scalar>& w, Scalar* cache_hs, Index S) {
   using namespace detail;
   const Index N = d.N, H = d.H, NH = N * H;
-  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh, training = cache_hs != nullptr;
+  Scalar* hs = training ? cache_hs : w.hbuf;
+  auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
   ro.sort();
   parallel_region(thread_count(opt, d, 1), [&] {
     forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
     if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
-    par_gather_rows(ro, a.h0, H, w.hbuf);
+    par_gather_rows(ro, a.h0, H, hs);
     Index na = N;
     for (Index s = 0; s < S; ++s) {
       na = ro.active(s, na);
-      const Scalar* h_prev = w.hbuf + (s % 2) * NH;
-      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NH;
+      const Scalar* h_prev = slot(s);
+      Scalar* h_next = slot(s + 1);
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, H, d.C, w.xs, d.C, w.wih_p, w.gx, H, false);
       par_gemm_packed(na, H, H, h_prev, H, w.whh_p, w.gh, H, false);
@@ -109,7 +114,7 @@ void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Option
 #ifdef _OPENMP
 #pragma omp single
 #endif
-    scatter_final_state(ro, w.hbuf, H, a.h_n);
+    scatter_final_state(ro, hs, H, a.h_n, training);
   });
 }
 
@@ -137,10 +142,10 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
-  // Ragged inference (ragged.h) runs in float32 only; bfloat16 keeps the rectangular path.
-  if (a.lengths && !training && !bf16) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
+  // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
+  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, training ? hs : nullptr, S);
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
   parallel_region(thread_count(opt, d, 1), [&] {
@@ -186,6 +191,46 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   });
 }
 
+// With lengths (ragged.h): the steps walk down over the running rows, the gradients stay
+// compact (step s's rows at off[s]..) and the epilogue sums over the valid positions only.
+// Arguments checked by backward().
+template <typename Scalar>
+void backward_ragged(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& opt,
+                     const Scalar* hs, const BackwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, NH = N * H;
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+  const RaggedSteps rs(a.lengths, d.T, N, S, opt.reverse, w.rag);
+  const RaggedOrder& ro = rs.ro;
+  Scalar *dgh = w.dgh, *dhbuf = w.dhbuf;
+
+  parallel_region(thread_count(opt, d, 1), [&] {
+    par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    par_gather_final_grad(ro, a.dh_n, H, dhbuf);
+    Index na = 0;
+    for (Index s = S - 1; s >= 0; --s) {
+      na = ro.active_down(s, na);
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + rs.off[s] * H;  // [na, H]
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
+        const Index n = ro.order[i], t = rs.time(s, i);
+        rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
+                               a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
+                               hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
+                               static_cast<Scalar*>(nullptr));
+      });
+      par_gemm_packed(na, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    if (a.dh0) scatter_initial_grad(ro, dhbuf, H, a.dh0);
+    ragged_backward_epilogue(d, rs, Index(1), H, a.x, a.w_ih, dgh, dgh, hs, w.wih_q, w.dxc,
+                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh);
+  });
+}
+
 template <typename Scalar>
 void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& opt,
               Scalar* workspace) {
@@ -202,6 +247,9 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   const Scalar* hs = cache_layout(d, cc).hs;
   Carver<Scalar> wc(workspace);
   const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
+  if (a.lengths && opt.precision == Precision::float32)
+    return backward_ragged(d, a, opt, hs, w, S);
   Scalar* dgh = w.dgh;
   Scalar* dgx = opt.reverse ? w.dgx : dgh;
   Scalar* dhbuf = w.dhbuf;
