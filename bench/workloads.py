@@ -1,10 +1,12 @@
 """The real-workload rows of bench/run.py (--workloads ragged,subnormal,contended; issue 18).
 
 ragged     T=100, N=64, C=H=256, lengths uniform in 10..100 (seeded; ~56% of the padded work is
-           real), LSTM and GRU, inference and training (forward + backward of sum(y * dy)):
+           real), LSTM, GRU and a bidirectional 2-layer LSTM (bilstm2), inference and training
+           (forward + backward of sum(y * dy)):
            the fusedrnn layer with `lengths` ("fr len") vs the same call without ("fr full"), torch
            with a PackedSequence (pack_padded_sequence(enforce_sorted=False), as users call it)
-           and, in inference, ONNX Runtime running an ONNX LSTM/GRU node with sequence_lens.
+           and, in inference, ONNX Runtime running an ONNX LSTM/GRU node with sequence_lens
+           (one-layer cells only).
 subnormal  LSTM, GRU, RNN (config a), inference and training: the same call on normal inputs,
            on inputs scaled into the subnormal range (x * 1e-39), and with every weight scaled
            likewise; torch on the subnormal inputs beside it.
@@ -73,7 +75,7 @@ def ragged(fr, reps, modes=("infer", "train")):
     rows = []
     lengths = ragged_lengths()
     useful = float(lengths.sum()) / (T * N)
-    for cell in ("lstm", "gru"):
+    for cell in ("lstm", "gru", "bilstm2"):
         mod, x, dy = make_problem(cell, T, N, H, H)
         xn, dyn = x.numpy().copy(), dy.numpy().copy()
         mask = (np.arange(T)[:, None] < lengths[None, :])[..., None]
@@ -96,6 +98,8 @@ def ragged(fr, reps, modes=("infer", "train")):
                         p = torch.nn.utils.rnn.pack_padded_sequence(x, lt, enforce_sorted=False)
                         torch.nn.utils.rnn.pad_packed_sequence(mod(p)[0], total_length=T)
                 try:
+                    if cell == "bilstm2":
+                        raise NotImplementedError("ONNX row: one-layer cells only")
                     fns["ort"], y_ort = _ort_rnn(cell, mod, lengths, xn)
                     y_fr = layer.forward(xn, lengths=lengths)[0]
                     extra["ort_max_abs_diff"] = float(np.abs(y_ort * mask - y_fr).max())
@@ -261,4 +265,4 @@ def format_row(r):
     ratios = " ".join(f"{k} {v:.2f}" for k, v in r.items()
                       if k.endswith(("_over_normal", "_over_fr_len", "_over_full", "_over_1")))
     busy = f" busy cpu {r['busy_cpu']}" if r.get("busy_cpu") is not None else ""
-    return f"{r['row']:<9} {r['cell']:<5} {r['mode']:<5}{busy} | ms: {med} | {ratios}"
+    return f"{r['row']:<9} {r['cell']:<7} {r['mode']:<5}{busy} | ms: {med} | {ratios}"

@@ -50,7 +50,7 @@ def test_workload_rows_smoke_run(tmp_path):
     rows = json.loads(out.read_text())["workloads"]
     kinds = [(r["row"], r.get("cell"), r.get("mode")) for r in rows]
     for mode in ("infer", "train"):
-        for cell in ("lstm", "gru"):
+        for cell in ("lstm", "gru", "bilstm2"):
             assert ("ragged", cell, mode) in kinds
         for cell in ("lstm", "gru", "rnn"):
             assert ("subnormal", cell, mode) in kinds

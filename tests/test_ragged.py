@@ -1,13 +1,26 @@
-"""Ragged inference (cpp/src/kernels/ragged.h): with `lengths` and no cache the kernels order the
-sequences by length and run each step on the ones still running. Bit for bit the values of the
-rectangular path (the training forward, which keeps the caller's row order), padded outputs
-zero, final states in the caller's order; unsorted, repeated, zero and full lengths; every cell
-variant, both directions, both dtypes, 1 and 2 threads."""
+"""Ragged batches (cpp/src/kernels/ragged.h): with `lengths` the kernels order the sequences by
+length and run each step on the ones still running, in inference and in training (the forward
+with a cache, and backward, whose input and weight gradients sum over valid positions only).
+
+Training is held bit for bit to the rectangular loop that ran every row at every step before it
+(digests recorded from that loop: tests/_ragged_fixtures.py, every cell variant, both
+directions, both dtypes, 1 and 2 threads, each instruction-set copy); inference to the training
+forward. Padded outputs and padded dx zero, final states in the caller's order, zero-length
+sequences return their initial state and get zero gradients; unsorted, repeated, zero and full
+lengths."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import fusedrnn
 from fusedrnn import functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEVELS = {"baseline": "sse2", "avx2": "avx2", "avx512": "avx512"}
 
 CASES = [  # cell, keywords, G
     ("lstm", {}, 4), ("lstm", {"peep": True}, 4), ("lstm", {"P": 5}, 4),
@@ -81,3 +94,95 @@ def test_ragged_layer_bidirectional_stack_inference_matches_training_forward():
     layer.eval()
     y_e, _ = layer.forward(x, lengths=lengths)
     np.testing.assert_array_equal(y_e, y_t)
+
+
+@pytest.mark.parametrize("level", sorted(LEVELS))
+def test_ragged_training_equals_the_rectangular_loop_bitwise(level):
+    compiled = [s.strip() for s in fusedrnn.build_info()["compiled_isas"].split(",")]
+    if LEVELS[level] not in compiled:
+        pytest.skip(f"{level} copy not built here (compiled: {compiled})")
+    out = subprocess.run([sys.executable, os.path.join(HERE, "_ragged_fixtures.py"), "check",
+                          os.path.join(HERE, "fixtures", "ragged")],
+                         env=dict(os.environ, FUSEDRNN_ISA=level), capture_output=True, text=True,
+                         timeout=600)
+    lines = out.stdout.strip().splitlines()
+    assert lines, out.stderr[-3000:]
+    got = json.loads(lines[-1])
+    if got["isa"] != LEVELS[level]:
+        pytest.skip(f"this CPU does not run the {level} copy (got {got['isa']})")
+    assert out.returncode == 0 and got["n_mismatches"] == 0, got
+    assert got["compared"] > 1900
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,kw,G", CASES)
+def test_ragged_training_padding_zero_lengths_and_initial_state_gradients(cell, kw, G, reverse,
+                                                                          dtype, threads):
+    before = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(threads)
+    try:
+        fwd, bwd = getattr(F, cell + "_forward"), getattr(F, cell + "_backward")
+        a, extra = _args(cell, kw, G, dtype, seed=3)
+        T, N = a["x"].shape[:2]
+        R = a["h0"].shape[1]
+        rng = np.random.default_rng(4)
+        dy = rng.uniform(-1, 1, (T, N, R)).astype(dtype)
+        dh_n = rng.uniform(-1, 1, (N, R)).astype(dtype)
+        cots = dict(dy=dy, dh_n=dh_n)
+        if cell == "lstm":
+            cots["dc_n"] = rng.uniform(-1, 1, (N, a["c0"].shape[1])).astype(dtype)
+        for name, lengths in LENGTHS.items():
+            lengths = np.array(lengths, np.int64)
+            o = fwd(**a, **extra, lengths=lengths, reverse=reverse, training=True)
+            g = bwd(o.cache, **cots)
+            pad = np.arange(T)[:, None] >= lengths[None, :]
+            zero = lengths == 0
+            assert not o.y[pad].any() and not g.dx[pad].any(), name
+            np.testing.assert_array_equal(o.h_n[zero], a["h0"][zero])
+            np.testing.assert_array_equal(g.dh0[zero], dh_n[zero])
+            if cell == "lstm":
+                np.testing.assert_array_equal(o.c_n[zero], a["c0"][zero])
+                np.testing.assert_array_equal(g.dc0[zero], cots["dc_n"][zero])
+            if zero.all():      # nothing ran: every parameter gradient is exactly zero
+                for k in ("dw_ih", "dw_hh", "db_ih", "db_hh", "dw_peep", "dw_hr"):
+                    v = getattr(g, k, None)
+                    assert v is None or not v.any(), (name, k)
+            # a zero-length row changes nothing else: dropping it gives the same values
+            keep = ~zero
+            if keep.any() and zero.any():
+                sub = {k: np.ascontiguousarray(v[:, keep] if k == "x" else
+                                               v[keep] if k in ("h0", "c0") else v)
+                       for k, v in a.items()}
+                o2 = fwd(**sub, **extra, lengths=lengths[keep], reverse=reverse, training=True)
+                g2 = bwd(o2.cache, np.ascontiguousarray(dy[:, keep]), dh_n[keep],
+                         **({"dc_n": cots["dc_n"][keep]} if cell == "lstm" else {}))
+                np.testing.assert_array_equal(o2.y, o.y[:, keep])
+                np.testing.assert_array_equal(g2.dx, g.dx[:, keep])
+                np.testing.assert_array_equal(g2.dh0, g.dh0[keep])
+                for k in ("dw_ih", "dw_hh", "db_ih", "db_hh"):
+                    np.testing.assert_array_equal(getattr(g2, k), getattr(g, k), err_msg=k)
+    finally:
+        fusedrnn.set_num_threads(before)
+
+
+def test_ragged_training_matches_the_reference_in_float64():
+    """Ragged training against the NumPy reference (the spec), every variant, both directions."""
+    from fusedrnn import reference as ref
+    for cell, kw, G in CASES:
+        for reverse in (False, True):
+            a, extra = _args(cell, kw, G, np.float64, seed=5)
+            T, N = a["x"].shape[:2]
+            R = a["h0"].shape[1]
+            dy = np.random.default_rng(6).uniform(-1, 1, (T, N, R))
+            lengths = np.array(LENGTHS["unsorted"], np.int64)
+            o = getattr(F, cell + "_forward")(**a, **extra, lengths=lengths, reverse=reverse)
+            g = getattr(F, cell + "_backward")(o.cache, dy)
+            orf = getattr(ref, cell + "_forward")(**a, **extra, lengths=lengths, reverse=reverse)
+            grf = getattr(ref, cell + "_backward")(orf.cache, dy)
+            np.testing.assert_allclose(o.y, orf.y, rtol=1e-12, atol=1e-12)
+            for k, v in g._asdict().items():
+                if v is not None:
+                    np.testing.assert_allclose(v, getattr(grf, k), rtol=1e-10, atol=1e-12,
+                                               err_msg=f"{cell} {kw} {reverse} {k}")

@@ -109,3 +109,26 @@ def test_linear_and_grad_norm_products_run_inside_the_limit(monkeypatch):
     lin.backward(np.ones_like(y))
     fusedrnn.clip_grad_norm_(lin.parameters(), 1.0)
     assert len(calls) == 2 + 2     # forward, backward; the norms of weight and bias
+
+
+def test_cli_commands_hold_one_blas_thread_and_restore_it(monkeypatch):
+    """`fusedrnn train` (and the other commands that run the kernels) hold _blas's limit for the
+    whole command, also with OMP_NUM_THREADS exported, and give the BLAS its count back."""
+    from fusedrnn import cli
+    libs = _blas._blas_libs()
+    if not libs:
+        pytest.skip("threadpoolctl finds no BLAS library here")
+    lib = libs[0]
+    before = lib.get_num_threads()
+    seen = []
+    monkeypatch.setattr(cli, "cmd_train", lambda args, t0: seen.append(lib.get_num_threads()) or 0)
+    monkeypatch.setattr(cli, "cmd_info", lambda args, t0: seen.append(lib.get_num_threads()) or 0)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    try:
+        lib.set_num_threads(2)
+        assert cli.main(["train"]) == 0
+        seen.append(lib.get_num_threads())
+        assert cli.main(["info"]) == 0          # runs no kernels: the BLAS is left alone
+    finally:
+        lib.set_num_threads(before)
+    assert seen == [1, 2, 2]

@@ -19,6 +19,7 @@ line ``fusedrnn: warning: ...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -210,42 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .tasks.experiments import add_parser as add_experiment_parser
     add_experiment_parser(sub, _Parser)
     return ap
-
-
-# -- threads -------------------------------------------------------------------------------------
-_BLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads")
-
-
-def single_threaded_blas() -> bool:
-    """Sets numpy's OpenBLAS to one thread (unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS is
-    set). The recurrent kernels' OpenMP threads and OpenBLAS's threads both busy-wait between
-    calls; on a machine with few cores they then steal each other's cores, which measured 2x
-    slower training steps here (2 cores), while the BLAS calls of a training step (the output
-    layer) are a few percent of it. Linux only (reads /proc/self/maps); returns whether it
-    changed anything."""
-    if os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS"):
-        return False
-    try:
-        with open("/proc/self/maps") as f:
-            libs = {line.split()[-1] for line in f
-                    if "openblas" in line.lower() and ".so" in line.split()[-1]}
-    except OSError:
-        return False
-    import ctypes
-    done = False
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _BLAS_SET_THREADS:
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(1)
-                done = True
-                break
-    return done
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -611,9 +576,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as e:
         print(f"fusedrnn: error: {e}", file=sys.stderr)
         return 2
+    # numpy's BLAS on one thread while a command that runs the kernels works (_blas.py: its
+    # spinning threads would fight the kernels' OpenMP team, whatever OMP_NUM_THREADS says);
+    # the count it had is restored when the command returns.
+    blas = contextlib.nullcontext()
     if args.command in ("train", "evaluate", "generate", "predict", "experiment"):
-        import numpy  # noqa: F401  (loads OpenBLAS)
-        single_threaded_blas()
+        import numpy  # noqa: F401  (loads the BLAS library)
+        from ._blas import single_threaded_blas
+        blas = single_threaded_blas()
     from .io import CheckpointError
     from .tasks.base import DataError
     from .tasks.trainer import OutputError, TrainingError, UsageError
@@ -621,7 +591,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     saved_stdout, saved_showwarning = sys.stdout, warnings.showwarning
     sys.stdout, warnings.showwarning = out, _one_line_warning
     try:
-        rc = args.func(args, t_start)
+        with blas:
+            rc = args.func(args, t_start)
         out.flush()
     except (UsageError, DataError, CheckpointError, TrainingError, OutputError) as e:
         msg = " ".join(str(e).split()) or type(e).__name__

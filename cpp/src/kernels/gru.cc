@@ -62,10 +62,11 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 
 // Backward workspace: dgh [T, N, 3H] (step order), dgx [T, N, 3H] (time order), dh double
 // buffer [2, N, H], d(r*h) [N, H], packed w_hh (r, z rows and n rows apart; reset_after packs
-// all 3H rows from whh_q on) and w_ih.
+// all 3H rows from whh_q on) and w_ih; last, for lengths (ragged.h), dx of the valid positions
+// [T*N, C] and the steps' bookkeeping.
 template <typename T>
 struct BackwardSpace {
-  T *dgh, *dgx, *dhbuf, *drh, *whh_q, *whn_q, *wih_q;
+  T *dgh, *dgx, *dhbuf, *drh, *whh_q, *whn_q, *wih_q, *dxc, *rag;
 };
 template <typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -79,6 +80,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.whh_q = c.take_aligned(packed_bound(2 * H, H));
   w.whn_q = c.take_aligned(packed_bound(H, H));
   w.wih_q = c.take_aligned(packed_bound(GH, d.C));
+  w.dxc = c.take(d.T * N * d.C);
+  w.rag = c.take_aligned(ragged_steps_scalars(d.T, N));
   return w;
 }
 
@@ -90,16 +93,21 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
-// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
-// Arguments checked by forward().
+// With lengths (ragged.h): rows ordered by length, step s works on the running ones. Training
+// writes the cache with ordered rows (slot s, row i). Arguments checked by forward().
 template <typename Scalar>
 void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
-                    const ForwardSpace<Scalar>& w, Index S) {
+                    const ForwardSpace<Scalar>& w, const Cache<Scalar>& k, Index S) {
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
-  const bool after = a.variant == GruVariant::reset_after;
+  const bool after = a.variant == GruVariant::reset_after, training = a.cache != nullptr;
   const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh;
+  Scalar* hs = training ? k.hs : w.hbuf;
+  auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
+  // Gate row (r, z, n, q) of ordered row i at step s.
+  auto gate_row = [&](Index s, Index i) {
+    return (training ? k.gates + s * N * 4 * H : w.gstep) + i * 4 * H;
+  };
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
   ro.sort();
   parallel_region(thread_count(opt, d, 3), [&] {
@@ -108,55 +116,43 @@ void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Option
       par_pack(a.w_hh, H, after ? GH : 2 * H, H, true, w.whh_p);
       if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, true, w.whn_p);
     }
-    par_gather_rows(ro, a.h0, H, w.hbuf);
+    par_gather_rows(ro, a.h0, H, hs);
     Index na = N;
     for (Index s = 0; s < S; ++s) {
       na = ro.active(s, na);
-      const Scalar* h_prev = w.hbuf + (s % 2) * NH;
-      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NH;
+      const Scalar* h_prev = slot(s);
+      Scalar* h_next = slot(s + 1);
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
       par_gemm_packed(na, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         const Scalar* gxr = w.gx + i * GH + u0;
         const Scalar* ghr = w.gh + i * GH + u0;
         const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
         const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
+        Scalar* ar = gate_row(s, i) + u0;
         if (after)
           gru_after_pointwise_forward(bk, H, gxr, ghr, bi, bh, h_prev + off, h_next + off,
-                                      a.y + (t * N + n) * H + u0, static_cast<Scalar*>(nullptr));
+                                      a.y + (t * N + n) * H + u0, training ? ar : nullptr);
         else
-          gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off,
-                                          w.gstep + i * 4 * H + u0);
-      }
+          gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off, ar);
+      });
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
-      par_gemm_packed(na, H, H, w.gstep + 3 * H, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      par_gemm_packed(na, H, H, gate_row(s, 0) + 3 * H, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         gru_before_pointwise_forward_n(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
                                        b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
                                        h_prev + off, h_next + off, a.y + (t * N + n) * H + u0,
-                                       w.gstep + i * 4 * H + u0);
-      }
+                                       gate_row(s, i) + u0);
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
-    scatter_final_state(ro, w.hbuf, H, a.h_n);
+    scatter_final_state(ro, hs, H, a.h_n, training);
   });
 }
 
@@ -166,12 +162,9 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   using namespace detail;
   const char* fn = "gru_forward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_forward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   const bool after = a.variant == GruVariant::reset_after;
@@ -189,10 +182,10 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
-  // Ragged inference (ragged.h) runs in float32 only; bfloat16 keeps the rectangular path.
-  if (a.lengths && !training && !bf16) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
+  // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
+  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, k, S);
   Scalar* hs = training ? k.hs : w.hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
   // Gate row (r, z, n, q) of sequence n at step s.
@@ -230,20 +223,14 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
           project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, after ? GH : 2 * H, H, h_prev, H, lb.hb, lb.whh, w.gh, GH);
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* g = gate_row(s, n);
         Scalar *ar = g + u0, *aq = g + 3 * H + u0;
         if (t < 0) {
-          std::copy(h_prev + off, h_prev + off + bk, h_next + off);
+          carry(h_prev + off, h_next + off, bk);
           if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
-          continue;
+          return;
         }
         const Scalar* gxr = w.gx + ((s % TC) * N + n) * GH + u0;
         const Scalar* ghr = w.gh + n * GH + u0;
@@ -254,7 +241,7 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
                                       y + (t * N + n) * H + u0, training ? ar : nullptr);
         else
           gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off, ar);
-      }
+      });
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
       const Scalar* q = gate_row(s, 0) + 3 * H;
@@ -262,25 +249,82 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
         par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
       else if constexpr (std::is_same_v<Scalar, float>)
         gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
-        if (t < 0) continue;
+        if (t < 0) return;
         gru_before_pointwise_forward_n(bk, H, w.gx + ((s % TC) * N + n) * GH + u0,
                                        w.gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
                                        b_hh ? b_hh + u0 : nullptr, h_prev + off, h_next + off,
                                        y + (t * N + n) * H + u0, gate_row(s, n) + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     std::copy(slot(S), slot(S) + NH, a.h_n);
+  });
+}
+
+// With lengths (ragged.h): the steps walk down over the running rows, the gradients stay
+// compact (step s's rows at off[s]..) and the epilogue sums over the valid positions only.
+// Arguments checked by backward().
+template <typename Scalar>
+void backward_ragged(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& opt,
+                     const Cache<const Scalar>& k, const BackwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
+  const bool after = a.variant == GruVariant::reset_after;
+  const Scalar* dy = a.dy;
+  const RaggedSteps rs(a.lengths, d.T, N, S, opt.reverse, w.rag);
+  const RaggedOrder& ro = rs.ro;
+  // reset_after: the n block differs (dgh_n = dn_pre*r, dgx_n = dn_pre), so two buffers; both
+  // compact in step order.
+  Scalar *dgh = w.dgh, *dgx = after ? w.dgx : w.dgh, *dhbuf = w.dhbuf;
+
+  parallel_region(thread_count(opt, d, 3), [&] {
+    par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
+    if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    par_gather_final_grad(ro, a.dh_n, H, dhbuf);
+    Index na = 0;
+    for (Index s = S - 1; s >= 0; --s) {
+      na = ro.active_down(s, na);
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + rs.off[s] * GH;  // [na, 3H]
+      const Scalar* hp_s = k.hs + s * NH;
+      const Scalar* gates = k.gates + s * N * 4 * H;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
+        const Index n = ro.order[i], t = rs.time(s, i);
+        gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
+                               gates + i * 4 * H + u0, hp_s + off, dgs + i * GH + u0,
+                               dh_nxt + off,
+                               after ? dgx + (rs.off[s] + i) * GH + u0 : nullptr);
+      });
+      if (after) {
+        par_gemm_packed(na, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
+        continue;
+      }
+      // reset_before: d(r*h) = dn_pre W_hn, then dr and the direct term of dh_prev.
+      par_gemm_packed(na, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
+        gru_before_pointwise_backward_r(bk, H, w.drh + off, gates + i * 4 * H + u0, hp_s + off,
+                                        dgs + i * GH + u0, dh_nxt + off,
+                                        static_cast<Scalar*>(nullptr));
+      });
+      par_gemm_packed(na, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    if (a.dh0) scatter_initial_grad(ro, dhbuf, H, a.dh0);
+    ragged_backward_epilogue(d, rs, Index(3), H, a.x, a.w_ih, dgx, dgh, k.hs, w.wih_q, w.dxc,
+                             a.dx, a.dw_ih, after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
+    if (!after && a.dw_hh) {
+      // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
+      par_gemm_tn_add(2 * H, H, rs.V, dgh, GH, k.hs, H, a.dw_hh, H, rs.step_c, rs.step_k);
+      par_gemm_tn_add(H, H, rs.V, dgh + 2 * H, GH, k.gates + 3 * H, 4 * H, a.dw_hh + 2 * H * H,
+                      H, rs.step_c, rs.step_k);
+    }
   });
 }
 
@@ -290,13 +334,9 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   using namespace detail;
   const char* fn = "gru_backward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_backward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool after = a.variant == GruVariant::reset_after;
   const Scalar* dy = a.dy;
@@ -306,6 +346,9 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   const Scalar *hs = k.hs, *gates = k.gates;
   Carver<Scalar> wc(workspace);
   const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
+  if (a.lengths && opt.precision == Precision::float32)
+    return backward_ragged(d, a, opt, k, w, S);
   Scalar* dgh = w.dgh;
   // reset_after: the n block differs (dgh_n = dn_pre*r, dgx_n = dn_pre), so two buffers; else
   // they differ only in order, and without reverse not even that.
@@ -322,24 +365,18 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       Scalar* dh_nxt = dhbuf + (s % 2) * NH;
       Scalar* dgs = dgh + s * N * GH;
       const Scalar* hp_s = hs + s * NH;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* dg = dgs + n * GH + u0;
         if (t < 0) {
-          for (Index g = 0; g < 3; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
-          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
-          continue;
+          zero_gate_blocks(dg, 3, H, bk);
+          carry(dh_cur + off, dh_nxt + off, bk);
+          return;
         }
         gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
                                gates + (s * N + n) * 4 * H + u0, hp_s + off, dg, dh_nxt + off,
                                after ? dgx + (t * N + n) * GH + u0 : nullptr);
-      }
+      });
       if (after) {
         par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
         continue;
@@ -347,19 +384,13 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
       // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
       par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
-        if (t < 0) continue;
+        if (t < 0) return;
         gru_before_pointwise_backward_r(bk, H, w.drh + off, gates + (s * N + n) * 4 * H + u0,
                                         hp_s + off, dgs + n * GH + u0, dh_nxt + off,
                                         dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
-      }
+      });
       par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP

@@ -153,10 +153,11 @@ constexpr Index kUnitBlock = 64;  // hidden units per block of the element-wise 
 inline Index ceil_div(Index a, Index b) { return (a + b - 1) / b; }
 
 // Work-shared: dst[j] += sum over rows r of src[r * ld + j], rows in order (deterministic); the
-// same sum is also added to dst2 when given (one pass over src for two bias gradients).
+// same sum is also added to dst2 when given (one pass over src for two bias gradients). With a
+// row map, row r is row map[r] of src (the ragged backward's valid positions).
 template <typename Scalar>
 void par_colsum_add(Index rows, Index cols, const Scalar* src, Index ld, Scalar* dst,
-                    Scalar* dst2 = nullptr) {
+                    Scalar* dst2 = nullptr, const Index* map = nullptr) {
   const Index tn = ceil_div(cols, kTileCols);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
@@ -166,7 +167,7 @@ void par_colsum_add(Index rows, Index cols, const Scalar* src, Index ld, Scalar*
     Scalar acc[kTileCols];
     for (Index j = 0; j < nj; ++j) acc[j] = Scalar(0);
     for (Index r = 0; r < rows; ++r) {
-      const Scalar* row = src + r * ld + j0;
+      const Scalar* row = src + (map ? map[r] : r) * ld + j0;
       for (Index j = 0; j < nj; ++j) acc[j] += row[j];
     }
     for (Index j = 0; j < nj; ++j) dst[j0 + j] += acc[j];

@@ -72,10 +72,11 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 
 // Backward workspace: dgh [T, N, 4H] (step order), dgx [T, N, 4H] (time order), dh and dc double
 // buffers [2, N, R] and [2, N, H], packed w_hh and w_ih; with projection also dh of every step
-// [T, N, P] (step order, for dw_hr), dm of one step [N, H] and packed w_hr.
+// [T, N, P] (step order, for dw_hr), dm of one step [N, H] and packed w_hr; last, for lengths
+// (ragged.h), dx of the valid positions [T*N, C] and the steps' bookkeeping.
 template <typename T>
 struct BackwardSpace {
-  T *dgh, *dgx, *dhbuf, *dcbuf, *whh_q, *wih_q, *dhp, *dm, *whr_q;
+  T *dgh, *dgx, *dhbuf, *dcbuf, *whh_q, *wih_q, *dhp, *dm, *whr_q, *dxc, *rag;
 };
 template <typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -92,6 +93,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dhp = proj ? c.take(d.T * N * P) : nullptr;  // [T, N, P], step order
   w.dm = proj ? c.take(N * H) : nullptr;          // [N, H]
   w.whr_q = proj ? c.take_aligned(packed_bound(P, H)) : nullptr;
+  w.dxc = c.take(d.T * N * d.C);
+  w.rag = c.take_aligned(ragged_steps_scalars(d.T, N));
   return w;
 }
 
@@ -131,16 +134,21 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
-// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
-// Arguments checked by forward().
+// With lengths (ragged.h): rows ordered by length, step s works on the running ones. Training
+// writes the cache with ordered rows (slot s, row i). Arguments checked by forward().
 template <typename Scalar>
 void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt,
-                    const ForwardSpace<Scalar>& w, Index S) {
+                    const ForwardSpace<Scalar>& w, const Cache<Scalar>& k, Index S) {
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
-  const bool proj = P > 0;
-  const Index nub = ceil_div(H, kUnitBlock);
+  const bool proj = P > 0, training = a.cache != nullptr;
   const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh, *w_peep = a.w_peep;
+  Scalar* hs = training ? k.hs : w.hbuf;
+  Scalar* cs = training ? k.cs : w.cbuf;
+  // State before step s: slot s of the cache, or slot s % 2 of the double buffer.
+  auto slot = [&](Scalar* base, Index s, Index size) {
+    return base + (training ? s : s % 2) * size;
+  };
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
   ro.sort();
   parallel_region(thread_count(opt, d, 4), [&] {
@@ -149,50 +157,43 @@ void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Optio
       par_pack(a.w_hh, R, GH, R, true, w.whh_p);
       if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
     }
-    par_gather_rows(ro, a.h0, R, w.hbuf);
-    par_gather_rows(ro, a.c0, H, w.cbuf);
+    par_gather_rows(ro, a.h0, R, hs);
+    par_gather_rows(ro, a.c0, H, cs);
     Index na = N;
     for (Index s = 0; s < S; ++s) {
       na = ro.active(s, na);
-      const Scalar* h_prev = w.hbuf + (s % 2) * NR;
-      const Scalar* c_prev = w.cbuf + (s % 2) * NH;
-      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NR;
-      Scalar* c_next = w.cbuf + ((s + 1) % 2) * NH;
+      const Scalar* h_prev = slot(hs, s, NR);
+      const Scalar* c_prev = slot(cs, s, NH);
+      Scalar* h_next = slot(hs, s + 1, NR);
+      Scalar* c_next = slot(cs, s + 1, NH);
+      Scalar* m = proj ? (training ? k.ms + s * NH : w.mbuf) : nullptr;  // [na, H]
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
       par_gemm_packed(na, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         lstm_pointwise_forward(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
                                b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
                                w_peep ? w_peep + u0 : nullptr, c_prev + off, c_next + off,
-                               proj ? w.mbuf + off : h_next + off,
+                               proj ? m + off : h_next + off,
                                proj ? nullptr : a.y + (t * N + n) * H + u0,
-                               static_cast<Scalar*>(nullptr), a.cell_clip);
-      }
+                               training ? k.gates + (s * N + i) * GH + u0 : nullptr,
+                               a.cell_clip);
+      });
       if (proj) {
-        par_gemm_packed(na, P, H, w.mbuf, H, w.whr_p, h_next, P, false);  // h = m w_hrᵀ
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (Index i = 0; i < na; ++i) {
+        par_gemm_packed(na, P, H, m, H, w.whr_p, h_next, P, false);  // h = m w_hrᵀ
+        for_rows(na, [&](Index i) {
           const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
-          std::copy(h_next + i * P, h_next + (i + 1) * P, a.y + (t * N + n) * P);
-        }
+          carry(h_next + i * P, a.y + (t * N + n) * P, P);
+        });
       }
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     {
-      scatter_final_state(ro, w.hbuf, R, a.h_n);
-      scatter_final_state(ro, w.cbuf, H, a.c_n);
+      scatter_final_state(ro, hs, R, a.h_n, training);
+      scatter_final_state(ro, cs, H, a.c_n, training);
     }
   });
 }
@@ -203,16 +204,13 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   using namespace detail;
   const char* fn = "lstm_forward";
   check_lstm_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {a.c_n, "c_n"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_forward_ptrs(fn, a, workspace);
+  check_ptr(fn, a.c_n, "c_n");
   check_projection(fn, d, a.w_hr);
   check_clip(fn, double(a.cell_clip));
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   const Scalar *b_ih = a.b_ih, *b_hh = a.b_hh, *w_peep = a.w_peep;
@@ -229,10 +227,10 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
-  // Ragged inference (ragged.h) runs in float32 only; bfloat16 keeps the rectangular path.
-  if (a.lengths && !training && !bf16) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
+  // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
+  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, k, S);
   Scalar* hs = training ? k.hs : w.hbuf;
   Scalar* cs = training ? k.cs : w.cbuf;
   // State before step s: slot s of the cache, or slot s % 2 of the double buffer.
@@ -273,21 +271,15 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
           project_steps_bf16(tier, d, 4, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) {  // finished sequence: carry its state through
           if (proj)   // m = 0: no gradient flows to w_hr; h is carried after the projection
             std::fill(m + off, m + off + bk, Scalar(0));
           else
-            std::copy(h_prev + off, h_prev + off + bk, h_next + off);
-          std::copy(c_prev + off, c_prev + off + bk, c_next + off);
-          continue;
+            carry(h_prev + off, h_next + off, bk);
+          carry(c_prev + off, c_next + off, bk);
+          return;
         }
         // One fused pass: the gates, c, and h (m with projection; y then comes from h below).
         const Index gu = ((s % TC) * N + n) * GH + u0;
@@ -297,20 +289,17 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
                                proj ? nullptr : y + (t * N + n) * H + u0,
                                training ? k.gates + (s * N + n) * GH + u0 : nullptr,
                                a.cell_clip);
-      }
+      });
       if (proj) {
         // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
         par_gemm_packed(N, P, H, m, H, w.whr_p, h_next, P, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (Index n = 0; n < N; ++n) {
+        for_rows(N, [&](Index n) {
           const Index t = sm.time(s, n);
           if (t < 0)
-            std::copy(h_prev + n * P, h_prev + (n + 1) * P, h_next + n * P);
+            carry(h_prev + n * P, h_next + n * P, P);
           else
-            std::copy(h_next + n * P, h_next + (n + 1) * P, y + (t * N + n) * P);
-        }
+            carry(h_next + n * P, y + (t * N + n) * P, P);
+        });
       }
     }
 #ifdef _OPENMP
@@ -323,16 +312,92 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   });
 }
 
+// With lengths (ragged.h): the steps walk down over the running rows, the gradients stay
+// compact (step s's rows at off[s]..) and the epilogue sums over the valid positions only.
+// Arguments checked by backward().
+template <typename Scalar>
+void backward_ragged(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& opt,
+                     const Cache<const Scalar>& k, const BackwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
+  const bool proj = P > 0;
+  const Scalar *dy = a.dy, *w_peep = a.w_peep;
+  const RaggedSteps rs(a.lengths, d.T, N, S, opt.reverse, w.rag);
+  const RaggedOrder& ro = rs.ro;
+  Scalar *dgh = w.dgh, *dhbuf = w.dhbuf, *dcbuf = w.dcbuf;
+
+  parallel_region(thread_count(opt, d, 4), [&] {
+    par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+    if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
+    par_gather_final_grad(ro, a.dh_n, R, dhbuf);
+    par_gather_final_grad(ro, a.dc_n, H, dcbuf);
+    Index na = 0;
+    for (Index s = S - 1; s >= 0; --s) {
+      na = ro.active_down(s, na);
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NR;
+      const Scalar* dc_cur = dcbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NR;
+      Scalar* dc_nxt = dcbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + rs.off[s] * GH;  // [na, 4H]
+      if (proj) {
+        // dh = carried dh + dy[t] [na, P] (kept for dw_hr), dm = dh w_hr; dh_nxt starts at 0.
+        Scalar* dhps = w.dhp + rs.off[s] * P;
+        for_rows(na, [&](Index i) {
+          const Index n = ro.order[i], t = rs.time(s, i);
+          const Scalar* cur = dh_cur + i * P;
+          const Scalar* dyr = dy ? dy + (t * N + n) * P : nullptr;
+          Scalar* row = dhps + i * P;
+          for (Index j = 0; j < P; ++j) row[j] = cur[j] + (dyr ? dyr[j] : Scalar(0));
+          std::fill(dh_nxt + i * P, dh_nxt + (i + 1) * P, Scalar(0));
+        });
+        par_gemm_packed(na, H, P, dhps, P, w.whr_q, w.dm, H, false);
+      }
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
+        const Index n = ro.order[i], t = rs.time(s, i);
+        lstm_pointwise_backward(
+            bk, H, proj ? w.dm + off : dh_cur + off,
+            dy && !proj ? dy + (t * N + n) * H + u0 : nullptr, k.gates + (s * N + i) * GH + u0,
+            k.cs + s * NH + off, k.cs + (s + 1) * NH + off, dc_cur + off,
+            w_peep ? w_peep + u0 : nullptr, dgs + i * GH + u0, dc_nxt + off,
+            proj ? nullptr : dh_nxt + off, static_cast<Scalar*>(nullptr), a.cell_clip);
+      });
+      par_gemm_packed(na, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    {
+      if (a.dh0) scatter_initial_grad(ro, dhbuf, R, a.dh0);
+      if (a.dc0) scatter_initial_grad(ro, dcbuf, H, a.dc0);
+    }
+    ragged_backward_epilogue(d, rs, Index(4), R, a.x, a.w_ih, dgh, dgh, k.hs, w.wih_q, w.dxc,
+                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh);
+    if (a.dw_hr)
+      par_gemm_tn_add(P, H, rs.V, w.dhp, P, k.ms, H, a.dw_hr, H, rs.step_c, rs.step_k);
+    if (a.dw_peep) {
+      // As backward()'s, over the valid positions in step order.
+      for_unit_blocks(3, H, [&](Index p, Index u0, Index bk, Index) {
+        const Index gate = p == 2 ? 3 : p;
+        const Index cshift = p == 2 ? NH : 0;
+        Scalar acc[kUnitBlock] = {};
+        for (Index j = 0; j < rs.V; ++j) {
+          const Scalar* dg = dgh + rs.step_c[j] * GH + gate * H + u0;
+          const Scalar* c = k.cs + rs.step_k[j] * H + cshift + u0;
+          for (Index q = 0; q < bk; ++q) acc[q] += dg[q] * c[q];
+        }
+        for (Index q = 0; q < bk; ++q) a.dw_peep[p * H + u0 + q] += acc[q];
+      });
+    }
+  });
+}
+
 template <typename Scalar>
 void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& opt,
               Scalar* workspace) {
   using namespace detail;
   const char* fn = "lstm_backward";
   check_lstm_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_backward_ptrs(fn, a, workspace);
   check_projection(fn, d, a.w_hr);
   require(!a.dw_peep || a.w_peep, "lstm_backward: dw_peep given but w_peep is null");
   require(!a.dw_hr || a.w_hr, "lstm_backward: dw_hr given but w_hr is null (P = 0)");
@@ -340,7 +405,6 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
   const bool proj = P > 0;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const Scalar *dy = a.dy, *w_peep = a.w_peep;
 
@@ -349,6 +413,9 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   const Scalar *hs = k.hs, *cs = k.cs, *gates = k.gates, *ms = k.ms;
   Carver<Scalar> wc(workspace);
   const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
+  if (a.lengths && opt.precision == Precision::float32)
+    return backward_ragged(d, a, opt, k, w, S);
   Scalar* dgh = w.dgh;
   // Without reverse, step order is time order and one buffer serves both.
   Scalar* dgx = opt.reverse ? w.dgx : dgh;
@@ -372,39 +439,30 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
         // (kept for dw_hr += dhᵀ m); a finished row did nothing at this step: dh = 0 and its
         // carry passes through. Active rows of dh_nxt start at 0 for the recurrent product.
         Scalar* dhps = dhp + s * N * P;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (Index n = 0; n < N; ++n) {
+        for_rows(N, [&](Index n) {
           const Index t = sm.time(s, n);
           const Scalar* cur = dh_cur + n * P;
           Scalar* row = dhps + n * P;
           Scalar* nxt = dh_nxt + n * P;
           if (t < 0) {
             std::fill(row, row + P, Scalar(0));
-            std::copy(cur, cur + P, nxt);
-            continue;
+            carry(cur, nxt, P);
+            return;
           }
           const Scalar* dyr = dy ? dy + (t * N + n) * P : nullptr;
           for (Index j = 0; j < P; ++j) row[j] = cur[j] + (dyr ? dyr[j] : Scalar(0));
           std::fill(nxt, nxt + P, Scalar(0));
-        }
+        });
         par_gemm_packed(N, H, P, dhps, P, w.whr_q, dm, H, false);  // dm = dh w_hr [N, H]
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* dg = dgs + n * GH + u0;  // this row's d(i, f, g, o) pre-activations, units u0..
         if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
-          for (Index g = 0; g < 4; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
-          if (!proj) std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
-          std::copy(dc_cur + off, dc_cur + off + bk, dc_nxt + off);
-          continue;
+          zero_gate_blocks(dg, 4, H, bk);
+          if (!proj) carry(dh_cur + off, dh_nxt + off, bk);
+          carry(dc_cur + off, dc_nxt + off, bk);
+          return;
         }
         // d(o*tanh(c_t)): without projection dh_cur + dy[t], with it dm (dy is already in it).
         // The recurrent product below adds dg w_hh into dh_nxt (with projection, the pass above
@@ -415,7 +473,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
             cs + s * NH + off, cs + (s + 1) * NH + off, dc_cur + off,
             w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
             dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
-      }
+      });
       par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
     }
 #ifdef _OPENMP
@@ -432,12 +490,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
     if (a.dw_peep) {
       // p_i and p_f multiplied c_prev into i and f, p_o multiplied c_t into o:
       // dp_i = Σ di_pre*c_prev, dp_f = Σ df_pre*c_prev, dp_o = Σ do_pre*c_t (over steps, rows).
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < 3 * nub; ++job) {
-        const Index p = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
+      for_unit_blocks(3, H, [&](Index p, Index u0, Index bk, Index) {
         const Index gate = p == 2 ? 3 : p;
         const Index cshift = p == 2 ? NH : 0;
         Scalar acc[kUnitBlock] = {};
@@ -447,7 +500,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
           for (Index j = 0; j < bk; ++j) acc[j] += dg[j] * c[j];
         }
         for (Index j = 0; j < bk; ++j) a.dw_peep[p * H + u0 + j] += acc[j];
-      }
+      });
     }
   });
 }

@@ -328,37 +328,43 @@ struct TnBlocking {
   static_assert(MB % T::MR == 0 && NB % T::NC == 0, "whole micro-panels and panels");
 };
 
+// Row k of a k-major operand: row rows[k] of it when a row map is given (the ragged backward's
+// valid positions, ragged.h), else row k.
+inline Index map_row(const Index* rows, Index k) { return rows ? rows[k] : k; }
+
 // Software prefetch of the next chunk's row segments of A and B, one cache line per step,
 // so that the prefetches spread over the micro-kernel's loop instead of queueing up at once.
 struct RowPrefetch {
-  const char* a;  // the next row segment of A, then of B
+  const char* a;  // row 0 of A's and B's segments
   const char* b;
-  Index lda, ldb;        // bytes between rows
-  Index abytes, bbytes;  // bytes per segment
-  Index rows;            // rows left
+  Index lda, ldb;             // bytes between rows
+  const Index *amap, *bmap;   // row maps (map_row)
+  Index abytes, bbytes;       // bytes per segment
+  Index k, kend;              // the next row, the end
   const char* p = nullptr;
   const char* end = nullptr;
   bool in_a = false;
-  void start(const char* a0, Index lda_, Index abytes_, const char* b0, Index ldb_,
-             Index bbytes_, Index rows_) {
-    a = a0, b = b0, lda = lda_, ldb = ldb_, abytes = abytes_, bbytes = bbytes_, rows = rows_;
+  void start(const char* a0, Index lda_, const Index* amap_, Index abytes_, const char* b0,
+             Index ldb_, const Index* bmap_, Index bbytes_, Index k0, Index rows) {
+    a = a0, b = b0, lda = lda_, ldb = ldb_, amap = amap_, bmap = bmap_;
+    abytes = abytes_, bbytes = bbytes_, k = k0, kend = k0 + rows;
     in_a = false;
     p = end = nullptr;
   }
   void step() {
     if (p >= end) {
-      if (rows == 0) return;
-      const char* s = in_a ? b : a;
+      if (k >= kend) return;
+      const char* s = in_a ? b + map_row(bmap, k) * ldb : a + map_row(amap, k) * lda;
       end = s + (in_a ? bbytes : abytes);
       p = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(s) & ~std::uintptr_t(63));
-      if (in_a) b += ldb, a += lda, --rows;
+      if (in_a) ++k;
       in_a = !in_a;
     }
     Eigen::internal::prefetch(p);
     p += 64;
   }
   void finish() {
-    while (rows > 0 || p < end) step();
+    while (k < kend || p < end) step();
   }
 };
 
@@ -389,10 +395,13 @@ inline void tn_micro(Index kc, const Scalar* a, Index lda, const Scalar* b, Scal
 }
 
 // Must be called by every thread of a parallel region (an `omp for` work-share with its
-// implicit barrier): C[m, n] += Aᵀ B as described above.
+// implicit barrier): C[m, n] += Aᵀ B as described above. With row maps (amap, bmap: k entries),
+// row kk of A and of B is row amap[kk], bmap[kk] of the stored operand (map_row): the sum runs
+// over the mapped rows in map order, the same chain as over stored rows holding just those.
 template <typename Scalar>
 void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, const Scalar* B,
-                     Index ldb, Scalar* C, Index ldc) {
+                     Index ldb, Scalar* C, Index ldc, const Index* amap = nullptr,
+                     const Index* bmap = nullptr) {
   if (k == 0 || m == 0 || n == 0) return;
   namespace ei = Eigen::internal;
   using T = Panel<Scalar>;
@@ -420,7 +429,7 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
       const Index kc = std::min(KC, k - k0);
       // B rows k0.. into panels [p][kk][NC], zero-padded past nb.
       for (Index kk = 0; kk < kc; ++kk) {
-        const Scalar* src = B + (k0 + kk) * ldb + j0;
+        const Scalar* src = B + map_row(bmap, k0 + kk) * ldb + j0;
         for (Index p = 0; p < npn; ++p) {
           Scalar* dst = bpack + p * kc * NC + kk * NC;
           const Index c = std::min(NC, nb - p * NC);
@@ -435,7 +444,7 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
       }
       // A rows k0.. as they are, [kk][MB] (zero-padded past mb to whole micro-panels).
       for (Index kk = 0; kk < kc; ++kk) {
-        const Scalar* src = A + (k0 + kk) * lda + i0;
+        const Scalar* src = A + map_row(amap, k0 + kk) * lda + i0;
         Scalar* dst = apack + kk * MB;
         Index i = 0;
         for (; i + W <= mb; i += W) ei::pstoreu(dst + i, ei::ploadu<P>(src + i));
@@ -451,10 +460,9 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
       // The rows of the next chunk are a new page each (k-major operands with a long leading
       // dimension), which the hardware prefetchers do not follow: prefetch them, a line every
       // other k of the micro-kernel (what is left after the last call, at once).
-      const Index k1 = std::min(k0 + kc, k - 1);  // (no rows after the last chunk)
-      pf.start(reinterpret_cast<const char*>(A + k1 * lda + i0), lda * Index(sizeof(Scalar)),
-               mb * Index(sizeof(Scalar)), reinterpret_cast<const char*>(B + k1 * ldb + j0),
-               ldb * Index(sizeof(Scalar)), nb * Index(sizeof(Scalar)),
+      pf.start(reinterpret_cast<const char*>(A + i0), lda * Index(sizeof(Scalar)), amap,
+               mb * Index(sizeof(Scalar)), reinterpret_cast<const char*>(B + j0),
+               ldb * Index(sizeof(Scalar)), bmap, nb * Index(sizeof(Scalar)), k0 + kc,
                std::min(KC, k - k0 - kc));
       for (Index p = 0; p < npn; ++p)
         for (Index q = 0; q < nq; ++q)

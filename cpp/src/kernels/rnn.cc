@@ -51,10 +51,11 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 }
 
 // Backward workspace: dgh [T, N, H] (step order), dgx [T, N, H] (time order), dh [2, N, H],
-// packed w_hh and w_ih.
+// packed w_hh and w_ih; last, for lengths (ragged.h), dx of the valid positions [T*N, C] and the
+// steps' bookkeeping.
 template <typename T>
 struct BackwardSpace {
-  T *dgh, *dgx, *dhbuf, *whh_q, *wih_q;
+  T *dgh, *dgx, *dhbuf, *whh_q, *wih_q, *dxc, *rag;
 };
 template <typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -66,6 +67,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dhbuf = c.take(2 * NH);
   w.whh_q = c.take_aligned(packed_bound(d.H, d.H));
   w.wih_q = c.take_aligned(packed_bound(d.H, d.C));
+  w.dxc = c.take(d.T * d.N * d.C);
+  w.rag = c.take_aligned(ragged_steps_scalars(d.T, d.N));
   return w;
 }
 
@@ -77,46 +80,41 @@ isa::Sizes sizes(const Dims& d) {
 
 // ---------------------------------------------------------------------------------------------
 
-// Inference with lengths (ragged.h): rows ordered by length, step s works on the running ones.
-// Arguments checked by forward().
+// With lengths (ragged.h): rows ordered by length, step s works on the running ones. Training
+// writes the cache with ordered rows (slot s, row i). Arguments checked by forward().
 template <typename Scalar>
 void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
-                    const ForwardSpace<Scalar>& w, Index S) {
+                    const ForwardSpace<Scalar>& w, Scalar* cache_hs, Index S) {
   using namespace detail;
   const Index N = d.N, H = d.H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
-  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh, training = cache_hs != nullptr;
+  Scalar* hs = training ? cache_hs : w.hbuf;
+  auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
   const RaggedOrder ro{a.lengths, reinterpret_cast<Index*>(w.order), N};
   ro.sort();
   parallel_region(thread_count(opt, d, 1), [&] {
     forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
     if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
-    par_gather_rows(ro, a.h0, H, w.hbuf);
+    par_gather_rows(ro, a.h0, H, hs);
     Index na = N;
     for (Index s = 0; s < S; ++s) {
       na = ro.active(s, na);
-      const Scalar* h_prev = w.hbuf + (s % 2) * NH;
-      Scalar* h_next = w.hbuf + ((s + 1) % 2) * NH;
+      const Scalar* h_prev = slot(s);
+      Scalar* h_next = slot(s + 1);
       par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
       par_gemm_packed(na, H, d.C, w.xs, d.C, w.wih_p, w.gx, H, false);
       par_gemm_packed(na, H, H, h_prev, H, w.whh_p, w.gh, H, false);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < na * nub; ++job) {
-        const Index i = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = i * H + u0;
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
         rnn_pointwise_forward(bk, tanh_act, w.gx + off, w.gh + off,
                               a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
                               h_next + off, a.y + (t * N + n) * H + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
-    scatter_final_state(ro, w.hbuf, H, a.h_n);
+    scatter_final_state(ro, hs, H, a.h_n, training);
   });
 }
 
@@ -126,12 +124,9 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   using namespace detail;
   const char* fn = "rnn_forward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_forward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
@@ -147,10 +142,10 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
-  // Ragged inference (ragged.h) runs in float32 only; bfloat16 keeps the rectangular path.
-  if (a.lengths && !training && !bf16) return forward_ragged(d, a, opt, w, S);
   Carver<Scalar> cc(a.cache);
   Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
+  // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
+  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, training ? hs : nullptr, S);
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
   parallel_region(thread_count(opt, d, 1), [&] {
@@ -177,28 +172,62 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
           project_steps_bf16(tier, d, 1, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, H, H, h_prev, H, lb.hb, lb.whh, w.gh, H);
       }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* hn = h_next + off;
         if (t < 0) {
-          std::copy(h_prev + off, h_prev + off + bk, hn);
-          continue;
+          carry(h_prev + off, hn, bk);
+          return;
         }
         rnn_pointwise_forward(bk, tanh_act, w.gx + ((s % TC) * N + n) * H + u0, w.gh + off,
                               a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
                               hn, a.y + (t * N + n) * H + u0);
-      }
+      });
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     std::copy(slot(S), slot(S) + NH, a.h_n);
+  });
+}
+
+// With lengths (ragged.h): the steps walk down over the running rows, the gradients stay
+// compact (step s's rows at off[s]..) and the epilogue sums over the valid positions only.
+// Arguments checked by backward().
+template <typename Scalar>
+void backward_ragged(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& opt,
+                     const Scalar* hs, const BackwardSpace<Scalar>& w, Index S) {
+  using namespace detail;
+  const Index N = d.N, H = d.H, NH = N * H;
+  const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+  const RaggedSteps rs(a.lengths, d.T, N, S, opt.reverse, w.rag);
+  const RaggedOrder& ro = rs.ro;
+  Scalar *dgh = w.dgh, *dhbuf = w.dhbuf;
+
+  parallel_region(thread_count(opt, d, 1), [&] {
+    par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    par_gather_final_grad(ro, a.dh_n, H, dhbuf);
+    Index na = 0;
+    for (Index s = S - 1; s >= 0; --s) {
+      na = ro.active_down(s, na);
+      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+      Scalar* dgs = dgh + rs.off[s] * H;  // [na, H]
+      for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
+        const Index n = ro.order[i], t = rs.time(s, i);
+        rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
+                               a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
+                               hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
+                               static_cast<Scalar*>(nullptr));
+      });
+      par_gemm_packed(na, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
+    }
+#ifdef _OPENMP
+#pragma omp single
+#endif
+    if (a.dh0) scatter_initial_grad(ro, dhbuf, H, a.dh0);
+    ragged_backward_epilogue(d, rs, Index(1), H, a.x, a.w_ih, dgh, dgh, hs, w.wih_q, w.dxc,
+                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh);
   });
 }
 
@@ -208,13 +237,9 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   using namespace detail;
   const char* fn = "rnn_backward";
   check_dims(fn, d);
-  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
-    check_ptr(fn, p, name);
+  check_backward_ptrs(fn, a, workspace);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, NH = N * H;
-  const Index nub = ceil_div(H, kUnitBlock);
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
 
@@ -222,6 +247,9 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   const Scalar* hs = cache_layout(d, cc).hs;
   Carver<Scalar> wc(workspace);
   const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
+  if (a.lengths && opt.precision == Precision::float32)
+    return backward_ragged(d, a, opt, hs, w, S);
   Scalar* dgh = w.dgh;
   Scalar* dgx = opt.reverse ? w.dgx : dgh;
   Scalar* dhbuf = w.dhbuf;
@@ -234,24 +262,18 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
       Scalar* dh_nxt = dhbuf + (s % 2) * NH;
       Scalar* dgs = dgh + s * NH;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (Index job = 0; job < N * nub; ++job) {
-        const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
-        const Index bk = std::min(kUnitBlock, H - u0);
-        const Index off = n * H + u0;
+      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) {
-          std::fill(dgs + off, dgs + off + bk, Scalar(0));
-          std::copy(dh_cur + off, dh_cur + off + bk, dh_nxt + off);
-          continue;
+          zero_gate_blocks(dgs + off, 1, H, bk);
+          carry(dh_cur + off, dh_nxt + off, bk);
+          return;
         }
         rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
                                a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
                                hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
                                dgx != dgh ? dgx + (t * N + n) * H + u0 : nullptr);
-      }
+      });
       par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
     }
 #ifdef _OPENMP

@@ -4,11 +4,68 @@
 // thread of the kernel's parallel region.
 #pragma once
 
+#include <utility>
+
 #include "packed_gemm.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
 namespace detail {
+
+// Work-shared loop of the element-wise gate passes: one job per (row, block of kUnitBlock units),
+// rows 0..rows-1 of a state of H units, calling body(n, u0, bk, off) with n the row, u0 the first
+// unit of the block, bk its units and off = n*H + u0 the block's offset in a [rows, H] state.
+// A body that skips a job returns. Inlined, so the loop compiles as if written out.
+template <class Body>
+EIGEN_ALWAYS_INLINE void for_unit_blocks(Index rows, Index H, Body&& body) {
+  const Index nub = ceil_div(H, kUnitBlock);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index job = 0; job < rows * nub; ++job) {
+    const Index n = job / nub, u0 = (job % nub) * kUnitBlock;
+    body(n, u0, std::min(kUnitBlock, H - u0), n * H + u0);
+  }
+}
+
+// Work-shared loop over rows 0..rows-1, calling body(n) (a row's copies: the projection's output,
+// a finished row's carry). A body that skips a row returns.
+template <class Body>
+EIGEN_ALWAYS_INLINE void for_rows(Index rows, Body&& body) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index n = 0; n < rows; ++n) body(n);
+}
+
+// The pointer arguments every cell's forward and backward need (the args structs share the
+// names); the caller checks its cell's own (the LSTM's c_n).
+template <class Args>
+void check_forward_ptrs(const char* fn, const Args& a, const void* workspace) {
+  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
+                         {a.w_hh, "w_hh"}, {a.y, "y"}, {a.h_n, "h_n"}, {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+}
+template <class Args>
+void check_backward_ptrs(const char* fn, const Args& a, const void* workspace) {
+  for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
+                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
+                         {workspace, "workspace"}})
+    check_ptr(fn, p, name);
+}
+
+// dst[0..n) = src[0..n): a finished sequence's state carried through a step, a row copied out.
+template <typename Scalar>
+inline void carry(const Scalar* src, Scalar* dst, Index n) {
+  std::copy(src, src + n, dst);
+}
+
+// The pre-activation gradients of one unit block of a row that did not run at this step: zero in
+// each of the G gate blocks (H apart), units 0..bk-1.
+template <typename Scalar>
+inline void zero_gate_blocks(Scalar* dg, Index G, Index H, Index bk) {
+  for (Index g = 0; g < G; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
+}
 
 // The input projection gx = x w_ihᵀ runs in chunks of steps, just before the steps that read
 // it: the chunk stays in cache, and forward memory does not grow with T (inference over a long
