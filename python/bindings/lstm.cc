@@ -13,7 +13,7 @@ void register_lstm(py::module_& m) {
         const auto d = dims_of(dims);
         return py::make_tuple(fusedrnn::lstm_cache_size(d),
                               fusedrnn::lstm_forward_workspace_size(d, precision),
-                              fusedrnn::lstm_backward_workspace_size(d));
+                              fusedrnn::lstm_backward_workspace_size(d, precision));
       },
       py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
       "(cache, forward workspace, backward workspace) sizes in scalars.");
@@ -68,10 +68,10 @@ void register_lstm(py::module_& m) {
          py::handle dc_n, py::handle dx, py::handle dh0, py::handle dc0, py::handle dw_ih,
          py::handle dw_hh, py::handle db_ih, py::handle db_hh, py::handle dw_peep,
          py::handle dw_hr, py::handle workspace, double cell_clip, bool reverse,
-         int num_threads) {
+         int num_threads, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
-        const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d);
+        const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d, precision);
         const Counts n(d, 4);
         dispatch_dtype(x, [&](auto tag) {
           using S = decltype(tag);
@@ -98,7 +98,7 @@ void register_lstm(py::module_& m) {
           a.dw_hr = opt_out<S>(dw_hr, "dw_hr", d.P > 0 ? n.PH : kAnySize);
           S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_backward<S>(d, a, options_of(reverse, num_threads), ws);
+          fusedrnn::lstm_backward<S>(d, a, options_of(reverse, num_threads, false, precision), ws);
         });
       },
       py::arg("dims"), py::kw_only(), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
@@ -110,6 +110,7 @@ void register_lstm(py::module_& m) {
       py::arg("db_hh") = py::none(), py::arg("dw_peep") = py::none(),
       py::arg("dw_hr") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
       py::arg("reverse") = false, py::arg("num_threads") = 0,
+      py::arg("precision") = fusedrnn::Precision::float32,
       "LSTM backward into preallocated arrays (parameter gradients accumulate).");
 }
 

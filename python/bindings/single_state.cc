@@ -21,7 +21,9 @@ struct Gru {
   static std::size_t fws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
     return fusedrnn::gru_forward_workspace_size(d, p);
   }
-  static std::size_t bws(const fusedrnn::Dims& d) { return fusedrnn::gru_backward_workspace_size(d); }
+  static std::size_t bws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
+    return fusedrnn::gru_backward_workspace_size(d, p);
+  }
   template <typename S>
   static void forward(const fusedrnn::Dims& d, const Forward<S>& a, const fusedrnn::Options& o,
                       S* ws) {
@@ -46,7 +48,9 @@ struct Rnn {
   static std::size_t fws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
     return fusedrnn::rnn_forward_workspace_size(d, p);
   }
-  static std::size_t bws(const fusedrnn::Dims& d) { return fusedrnn::rnn_backward_workspace_size(d); }
+  static std::size_t bws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
+    return fusedrnn::rnn_backward_workspace_size(d, p);
+  }
   template <typename S>
   static void forward(const fusedrnn::Dims& d, const Forward<S>& a, const fusedrnn::Options& o,
                       S* ws) {
@@ -67,7 +71,7 @@ void register_cell(py::module_& m) {
       (name + "_sizes").c_str(),
       [](py::tuple dims, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
-        return py::make_tuple(Cell::cache(d), Cell::fws(d, precision), Cell::bws(d));
+        return py::make_tuple(Cell::cache(d), Cell::fws(d, precision), Cell::bws(d, precision));
       },
       py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
       "(cache, forward workspace, backward workspace) sizes in scalars.");
@@ -111,10 +115,10 @@ void register_cell(py::module_& m) {
       [](py::tuple dims, Formula formula, py::handle x, py::handle w_ih, py::handle w_hh,
          py::handle lengths, py::handle cache, py::handle dy, py::handle dh_n, py::handle dx,
          py::handle dh0, py::handle dw_ih, py::handle dw_hh, py::handle db_ih, py::handle db_hh,
-         py::handle workspace, bool reverse, int num_threads) {
+         py::handle workspace, bool reverse, int num_threads, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
-        const std::size_t ws_n = Cell::bws(d);
+        const std::size_t ws_n = Cell::bws(d, precision);
         const Counts n(d, Cell::G);
         dispatch_dtype(x, [&](auto tag) {
           using S = decltype(tag);
@@ -135,7 +139,7 @@ void register_cell(py::module_& m) {
           a.db_hh = opt_out<S>(db_hh, "db_hh", n.GH);
           S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          Cell::backward(d, a, options_of(reverse, num_threads), ws);
+          Cell::backward(d, a, options_of(reverse, num_threads, false, precision), ws);
         });
       },
       py::arg("dims"), py::kw_only(), py::arg(Cell::formula), py::arg("x"), py::arg("w_ih"),
@@ -144,6 +148,7 @@ void register_cell(py::module_& m) {
       py::arg("dh0") = py::none(), py::arg("dw_ih") = py::none(), py::arg("dw_hh") = py::none(),
       py::arg("db_ih") = py::none(), py::arg("db_hh") = py::none(), py::arg("workspace"),
       py::arg("reverse") = false, py::arg("num_threads") = 0,
+      py::arg("precision") = fusedrnn::Precision::float32,
       "Backward into preallocated arrays (parameter gradients accumulate).");
 }
 
