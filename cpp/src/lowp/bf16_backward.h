@@ -61,12 +61,18 @@ inline void par_pack_bf16_kn(const float* b, Index K, Index n, Index ldb, std::u
     const Index pn = job / half, k2 = job % half, k = 2 * k2, j0 = pn * P;
     const Index nj = std::min<Index>(P, n - j0);
     std::uint16_t* o = out + (pn * half + k2) * 2 * P;
-    float r0[lowp::kPanel] = {}, r1[lowp::kPanel] = {};
-    if (k < K) std::copy(b + k * ldb + j0, b + k * ldb + j0 + nj, r0);
-    if (k + 1 < K) std::copy(b + (k + 1) * ldb + j0, b + (k + 1) * ldb + j0 + nj, r1);
+    const float* s0 = b + k * ldb + j0;
+    const float* s1 = s0 + ldb;
+    if (nj == P && k + 1 < K) {  // the common case: two full rows of 16
+      for (Index j = 0; j < P; ++j) {
+        o[2 * j] = bf16_bits(s0[j]);
+        o[2 * j + 1] = bf16_bits(s1[j]);
+      }
+      continue;
+    }
     for (Index j = 0; j < P; ++j) {
-      o[2 * j] = bf16_bits(r0[j]);
-      o[2 * j + 1] = bf16_bits(r1[j]);
+      o[2 * j] = k < K && j < nj ? bf16_bits(s0[j]) : std::uint16_t(0);
+      o[2 * j + 1] = k + 1 < K && j < nj ? bf16_bits(s1[j]) : std::uint16_t(0);
     }
   }
 }
@@ -81,10 +87,12 @@ inline void par_transpose_bf16(const float* src, Index K, Index m, Index lds, st
   for (Index blk = 0; blk < nb; ++blk) {
     const Index i0 = blk * ib, ni = std::min(ib, m - i0);
     for (Index k = 0; k < kp; ++k) {
-      float v[16] = {};
-      if (k < K) std::copy(src + k * lds + i0, src + k * lds + i0 + ni, v);
       std::uint16_t h[16];
-      for (Index i = 0; i < 16; ++i) h[i] = bf16_bits(v[i]);
+      const float* row = src + k * lds + i0;
+      if (k < K && ni == ib)
+        for (Index i = 0; i < ib; ++i) h[i] = bf16_bits(row[i]);
+      else
+        for (Index i = 0; i < ib; ++i) h[i] = k < K && i < ni ? bf16_bits(row[i]) : 0;
       for (Index i = 0; i < ni; ++i) dst[(i0 + i) * ldd + k] = h[i];
     }
   }
