@@ -13,7 +13,7 @@ void register_lstm(py::module_& m) {
         const auto d = dims_of(dims);
         return py::make_tuple(fusedrnn::lstm_cache_size(d),
                               fusedrnn::lstm_forward_workspace_size(d, precision),
-                              fusedrnn::lstm_backward_workspace_size(d));
+                              fusedrnn::lstm_backward_workspace_size(d, precision));
       },
       py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
       "(cache, forward workspace, backward workspace) sizes in scalars.");
@@ -59,9 +59,9 @@ void register_lstm(py::module_& m) {
       [](py::tuple dims, py::kwargs kwargs) {
         Keywords kw("lstm_backward", std::move(kwargs));
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt = kw.options(/*packed=*/false);
+        const fusedrnn::Options opt = kw.options(/*packed=*/true);
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
-        const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d);
+        const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d, opt.precision);
         const Counts n(d, 4);
         dispatch_dtype(kw.required("x"), [&](auto tag) {
           using S = decltype(tag);
@@ -95,7 +95,8 @@ void register_lstm(py::module_& m) {
       py::arg("dims"),
       "LSTM backward into preallocated arrays (parameter gradients accumulate). Keywords: x, "
       "w_ih, w_hh, w_peep, w_hr, lengths, cell_clip, cache, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, "
-      "dw_hh, db_ih, db_hh, dw_peep, dw_hr, workspace, and the options reverse, num_threads.");
+      "dw_hh, db_ih, db_hh, dw_peep, dw_hr, workspace, and the options reverse, num_threads, "
+      "weights_packed, precision.");
 }
 
 }  // namespace fusedrnn_py

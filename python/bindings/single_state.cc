@@ -23,7 +23,9 @@ struct Gru {
   static std::size_t fws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
     return fusedrnn::gru_forward_workspace_size(d, p);
   }
-  static std::size_t bws(const fusedrnn::Dims& d) { return fusedrnn::gru_backward_workspace_size(d); }
+  static std::size_t bws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
+    return fusedrnn::gru_backward_workspace_size(d, p);
+  }
   template <typename S>
   static void forward(const fusedrnn::Dims& d, const Forward<S>& a, const fusedrnn::Options& o,
                       S* ws) {
@@ -50,7 +52,9 @@ struct Rnn {
   static std::size_t fws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
     return fusedrnn::rnn_forward_workspace_size(d, p);
   }
-  static std::size_t bws(const fusedrnn::Dims& d) { return fusedrnn::rnn_backward_workspace_size(d); }
+  static std::size_t bws(const fusedrnn::Dims& d, fusedrnn::Precision p) {
+    return fusedrnn::rnn_backward_workspace_size(d, p);
+  }
   template <typename S>
   static void forward(const fusedrnn::Dims& d, const Forward<S>& a, const fusedrnn::Options& o,
                       S* ws) {
@@ -71,7 +75,7 @@ void register_cell(py::module_& m) {
       (name + "_sizes").c_str(),
       [](py::tuple dims, fusedrnn::Precision precision) {
         const auto d = dims_of(dims);
-        return py::make_tuple(Cell::cache(d), Cell::fws(d, precision), Cell::bws(d));
+        return py::make_tuple(Cell::cache(d), Cell::fws(d, precision), Cell::bws(d, precision));
       },
       py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
       "(cache, forward workspace, backward workspace) sizes in scalars.");
@@ -115,10 +119,10 @@ void register_cell(py::module_& m) {
       [](py::tuple dims, py::kwargs kwargs) {
         Keywords kw(Cell::backward_name, std::move(kwargs));
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt = kw.options(/*packed=*/false);
+        const fusedrnn::Options opt = kw.options(/*packed=*/true);
         const auto formula = kw.template required_value<Formula>(Cell::formula);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
-        const std::size_t ws_n = Cell::bws(d);
+        const std::size_t ws_n = Cell::bws(d, opt.precision);
         const Counts n(d, Cell::G);
         dispatch_dtype(kw.required("x"), [&](auto tag) {
           using S = decltype(tag);
@@ -148,7 +152,7 @@ void register_cell(py::module_& m) {
                    "Keywords: ") +
        Cell::formula +
        ", x, w_ih, w_hh, lengths, cache, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, "
-       "workspace, and the options reverse, num_threads.")
+       "workspace, and the options reverse, num_threads, weights_packed, precision.")
           .c_str());
 }
 

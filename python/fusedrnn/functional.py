@@ -189,7 +189,8 @@ class _Cache:
     """What backward needs from a training forward: the forward's arguments and the kernel cache."""
 
     __slots__ = ("kind", "dims", "reverse", "flag", "x", "w_ih", "w_hh", "w_peep", "w_hr",
-                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh", "cell_clip")
+                 "lengths", "buffer", "has_h0", "has_c0", "has_b_ih", "has_b_hh", "cell_clip",
+                 "precision")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -241,17 +242,20 @@ def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed
                                       precision=precision, **tensors)
 
 
-def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
+def _backward_into(kind, formula, dims, sizes, reverse, precision=_FP32, **tensors):
     """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
-    accumulate); tensors are _core's keyword arguments."""
+    accumulate); tensors are _core's keyword arguments. precision: the forward's (bfloat16:
+    the bf16 training contract, sizes = _sizes(kind, dims, precision))."""
     if formula is not None:
         tensors[_FORMULA[kind][0]] = formula
     getattr(_core, kind + "_backward")(dims, workspace=_workspace(sizes[2], tensors["x"].dtype),
-                                       reverse=reverse, num_threads=_threads(), **tensors)
+                                       reverse=reverse, num_threads=_threads(),
+                                       precision=precision, **tensors)
 
 
-def _precision(fn, precision, dtype, training):
-    """The kernels' Precision for a precision name, after checking the request."""
+def _precision(fn, precision, dtype, training=False):
+    """The kernels' Precision for a precision name, after checking the request (bfloat16:
+    float32 only; training or inference)."""
     if not isinstance(precision, str) or precision not in PRECISIONS:
         raise ValueError(f"{fn}: precision must be one of {', '.join(map(repr, PRECISIONS))}, "
                          f"got {precision!r}")
@@ -260,8 +264,6 @@ def _precision(fn, precision, dtype, training):
     if dtype != np.float32:
         raise ValueError(f"{fn}: precision='bfloat16' needs float32 inputs and weights, got x of "
                          f"dtype {np.dtype(dtype).name}")
-    if training:
-        raise ValueError(f"{fn}: precision='bfloat16' is inference only: pass training=False")
     return _core.Precision.bfloat16
 
 
@@ -313,7 +315,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
                        w_hh=w_hh, w_peep=w_peep, w_hr=w_hr, lengths=lengths, buffer=buffer,
                        has_h0=h0 is not None, has_c0=c0 is not None,
                        has_b_ih=b_ih is not None, has_b_hh=b_hh is not None,
-                       cell_clip=cell_clip)
+                       cell_clip=cell_clip, precision=prec)
     if kind == "lstm":
         return LstmOutput(y, h_n, c_n, cache)
     return (GruOutput if kind == "gru" else RnnOutput)(y, h_n, cache)
@@ -352,8 +354,8 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
         dw_hr = np.zeros((P, H), dt) if P else None
         tensors.update(w_peep=cache.w_peep, w_hr=cache.w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep,
                        dw_hr=dw_hr, cell_clip=cache.cell_clip)
-    _backward_into(kind, cache.flag, cache.dims, _sizes(kind, cache.dims), cache.reverse,
-                   **tensors)
+    _backward_into(kind, cache.flag, cache.dims, _sizes(kind, cache.dims, cache.precision),
+                   cache.reverse, precision=cache.precision, **tensors)
     if kind == "lstm":
         return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr)
     return (GruGrads if kind == "gru" else RnnGrads)(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)
@@ -373,11 +375,16 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
     LSTMCell(cell_clip)): None, or c clipped to [-cell_clip, cell_clip] after each update.
     See :func:`fusedrnn.reference.lstm_forward` for the equations.
 
-    ``precision="bfloat16"`` (float32 inputs, ``training=False``): x, w_ih, w_hh and the state
-    entering each recurrent product are rounded to bf16 and multiplied on the low-precision
-    tiers (AMX tiles where the CPU has them; ``fusedrnn.lowp``) with fp32 accumulation; biases,
-    gates, c, the projection and the outputs stay fp32. The contract and its NumPy emulation:
-    :func:`fusedrnn.reference.lstm_forward_bf16`. Same for :func:`gru_forward`, :func:`rnn_forward`.
+    ``precision="bfloat16"`` (float32 inputs): x, w_ih, w_hh and the state entering each
+    recurrent product are rounded to bf16 and multiplied on the low-precision tiers (AMX tiles
+    where the CPU has them; ``fusedrnn.lowp``) with fp32 accumulation; biases, gates, c, the
+    projection and the outputs stay fp32. The contract and its NumPy emulation:
+    :func:`fusedrnn.reference.lstm_forward_bf16`. With ``training=True`` (mixed-precision
+    training) the cache remembers the precision and :func:`lstm_backward` runs its large
+    products (per-step dh, dx, dw_ih, dw_hh) in bf16 too, with fp32 gate gradients, fp32
+    accumulation and fp32 gradients (parameters stay fp32 master weights): the contract and
+    its emulation are :func:`fusedrnn.reference.lstm_train_bf16`. Same for :func:`gru_forward`,
+    :func:`rnn_forward`.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
                     reverse, training, None, w_hr, cell_clip, precision)

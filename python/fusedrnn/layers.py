@@ -550,7 +550,9 @@ class _RNNBase(Module):
             tensors.update(w_peep=data(w_peep), w_hr=data(w_hr), dc_n=dc_n, dc0=dc0,
                            dw_peep=grad(w_peep), dw_hr=grad(w_hr),
                            cell_clip=self.cell_clip or 0.0)
-        F._backward_into(kind, formula, dims, F._sizes(kind, dims), reverse, **tensors)
+        precision = _core.Precision.__members__[self._precision]
+        F._backward_into(kind, formula, dims, F._sizes(kind, dims, precision), reverse,
+                         precision=precision, **tensors)
 
     # -- frozen inference ---------------------------------------------------------------------
     def frozen(self, precision: str = "float32") -> "_RNNBase":
@@ -596,6 +598,22 @@ class _RNNBase(Module):
         self.__dict__.update(state)
         if self.__dict__.get("_packed") is not None:
             self._freeze_weights()
+
+    @property
+    def compute(self) -> str:
+        """The kernels' compute precision for this layer's forward and backward: "float32"
+        (default) or "bfloat16" (float32 layers; mixed-precision training, issue 17): the large
+        products round their operands to bf16 and accumulate in fp32 (the contract:
+        :func:`fusedrnn.reference.lstm_train_bf16`); parameters, their gradients, gates and
+        states stay float32. Set it with ``layer.compute = "bfloat16"``; not part of the
+        layer's config (a checkpoint stays float32)."""
+        return self._precision
+
+    @compute.setter
+    def compute(self, precision: str) -> None:
+        fn = f"{type(self).__name__}.compute"
+        F._precision(fn, precision, self.dtype)  # ValueError naming the argument
+        self._precision = precision
 
     @property
     def is_frozen(self) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["bf16_bits", "bf16_from_bits", "bf16_round", "gemm_bf16_emulated", "quantize_rows",
+           "lstm_train_bf16", "gru_train_bf16", "rnn_train_bf16",
            "gemm_s8_emulated", "lstm_forward_bf16", "gru_forward_bf16", "rnn_forward_bf16"]
 
 _F32 = np.float32
@@ -259,3 +260,297 @@ def rnn_forward_bf16(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlineari
     y, h, _ = _emulate("rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, lengths, reverse, teacher_y,
                        _RnnStep(nonlinearity))
     return y, h
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 TRAINING of the cells (issue 17): precision="bfloat16" with training=True and the
+# backward of that forward. THE CONTRACT (the kernels' lowp/bf16_backward.h says the same):
+#
+# Forward: the inference rounding points above (bf16 x, w_ih, w_hh once, the state h entering
+#   each recurrent product, the reset-before GRU's fp32 r∘h), fp32 accumulation, everything else
+#   fp32; the cache keeps the fp32 activations.
+# Backward: the gradient of the forward with each rounding taken as the identity (straight-
+#   through; the parameters and their gradients stay fp32 "master" values), with its large
+#   products in bf16 too. Rounded to bf16 are the operands of those products:
+#     the pre-activation gate gradients dA [N, G*H] of each step (fp32, from fp32 gate math,
+#     fp32 cell-state gradient) -- once, the same bf16 values feed every product below;
+#     the weights w_ih, w_hh (as in the forward);
+#     the forward's operands x, h entering each step, and the reset-before GRU's r∘h.
+#   dh_prev = (fp32 direct terms) + bf16(dA) bf16(w_hh)      per step, fp32 accumulation;
+#             the reset-before GRU: d(r∘h) = bf16(dA_n) bf16(w_hn), then fp32 pointwise, and
+#             dh_prev += bf16(dA_rz) bf16(w_hh[:2H]);
+#   dx_t    = bf16(dA_x) bf16(w_ih);
+#   dw_ih  += Σ_(t,n) bf16(dA_x)ᵀ bf16(x)      and   dw_hh += Σ_(s,n) bf16(dA_h)ᵀ bf16(h_prev)
+#             (reset-before n block: bf16(dA_n)ᵀ bf16(r∘h)): fp32 accumulation over all steps
+#             and rows, starting from the gradient's old value (gradients accumulate);
+#   biases (column sums of dA), peepholes, dc and the LSTM projection (dm = dh w_hr,
+#   dw_hr += dhᵀ m): fp32, unrounded, exactly as in the fp32 kernels.
+# dA_x and dA_h are the gate gradients of the input and recurrent products (they differ only in
+# the reset-after GRU's n block: dA_n and dA_n∘r).
+#
+# Here every non-rounded quantity is float64; the kernels compute them in fp32 (so they differ by
+# fp32 accumulation and activation error, and, rarely, by one bf16 step where that error moves an
+# operand across a rounding boundary). With the rounding switched off (_rd = identity) these
+# functions are reference.*_forward / *_backward (tests check it to float64 rounding); at T = 1
+# (no state rounded after the start) the gradients of the parameters that are never rounded
+# (biases, peepholes, c0, w_hr) are the exact gradients of the emulated forward (tests check them
+# by finite differences).
+#
+# Error against the float64 reference, measured with T=100, N=8, C=H=64, PyTorch's
+# uniform(±1/√H) init, dy ~ N(0, 1): the worst over every gradient of max |g_bf16 - g| / max |g|
+# (and the smallest cosine similarity of a gradient with its fp64 value):
+#   LSTM 3.3e-3 (1 - 5.9e-6); + peepholes 4.1e-3 (1 - 5.5e-6); + projection P=5 3.9e-3
+#   (1 - 6.6e-6); + peepholes, P=3, cell_clip 0.6 3.5e-2 (1 - 6.4e-5); GRU reset_after 3.9e-3
+#   (1 - 5.6e-6), reset_before 3.2e-3 (1 - 5.7e-6); RNN tanh 3.3e-3 (1 - 7.5e-6), relu 0.19
+#   (1 - 7.2e-4). A derivative with a jump (cell_clip's bound, relu at 0) lets a rounded
+#   pre-activation cross it, which changes single elements by more; tests/test_bf16_training.py
+#   checks < 1e-2 for the smooth cells and a cosine >= 0.999 for all.
+
+def _rd(a):
+    """A product operand: float64 -> fp32 -> bf16 (the contract's rounding), as float64."""
+    return bf16_round(np.asarray(a, np.float64).astype(_F32)).astype(np.float64)
+
+
+def _f32(a):
+    return np.asarray(a, np.float64).astype(_F32).astype(np.float64)
+
+
+def _train_prepare(x, w_ih, w_hh, b_ih, b_hh, h0, G, lengths, reverse, P=0):
+    from . import reference as ref
+    x = np.asarray(x)
+    if x.dtype != _F32:
+        raise ValueError(f"bfloat16 training takes float32 inputs, got x of dtype {x.dtype}")
+    return ref._prepare(x.astype(np.float64), np.asarray(w_ih, np.float64),
+                        np.asarray(w_hh, np.float64), b_ih, b_hh, h0, G, lengths, reverse, P=P)
+
+
+def _teach(h, s, p, teacher_y, rows):
+    """The state entering step s: the emulation's, or (teacher_y) the kernel's y of step s-1."""
+    if teacher_y is None or s == 0:
+        return h
+    h = h.copy()
+    act, prev = p["active"][s], p["tidx"][s - 1]
+    h[act] = np.asarray(teacher_y, np.float64)[prev[act], rows[act]]
+    return h
+
+
+def lstm_train_bf16(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
+                    w_hr=None, lengths=None, reverse=False, cell_clip=None, dy=None, dh_n=None,
+                    dc_n=None, teacher_y=None):
+    """The LSTM forward and backward of precision="bfloat16" training (the contract above):
+    returns (y, h_n, c_n, LstmGrads) in float64, with the kernels' gradient conventions
+    (gradients of absent optional inputs None; dw_hr only with w_hr)."""
+    from . import reference as ref
+    from ._types import LstmGrads
+    P = 0 if w_hr is None else np.shape(w_hr)[0]
+    clip = ref._cell_clip(cell_clip)
+    p = _train_prepare(x, w_ih, w_hh, b_ih, b_hh, h0, 4, lengths, reverse, P)
+    T, N, C, H, R = p["T"], p["N"], p["C"], p["H"], p["R"]
+    rows = np.arange(N)
+    xr, wih, whh = _rd(p["x"]), _rd(p["w_ih"]), _rd(p["w_hh"])
+    whr = None if w_hr is None else np.asarray(w_hr, np.float64)
+    pp = np.zeros((3, H)) if w_peep is None else np.asarray(w_peep, np.float64)
+    bias = p["b_ih"] + p["b_hh"]
+    y = np.zeros((T, N, R))
+    h = p["h0"].copy()
+    c = np.zeros((N, H)) if c0 is None else np.asarray(c0, np.float64).copy()
+    sv = []
+    for s in range(T):
+        act = p["active"][s][:, None]
+        h_in = _teach(h, s, p, teacher_y, rows)
+        hb = _rd(h_in)
+        a = xr[p["tidx"][s], rows] @ wih.T + hb @ whh.T + bias
+        i = _sig(a[:, :H] + pp[0] * c)
+        f = _sig(a[:, H:2 * H] + pp[1] * c)
+        g = np.tanh(a[:, 2 * H:3 * H])
+        c_new = f * c + i * g
+        if clip:
+            c_new = np.clip(c_new, -clip, clip)
+        o = _sig(a[:, 3 * H:] + pp[2] * c_new)
+        m = o * np.tanh(c_new)
+        h_new = m if whr is None else m @ whr.T
+        sv.append((hb, c, i, f, g, o, c_new, m))
+        h = np.where(act, h_new, h_in)
+        c = np.where(act, c_new, c)
+        ar = p["active"][s]
+        y[p["tidx"][s][ar], rows[ar]] = h[ar]
+    h_n, c_n = h, c
+    dy = np.zeros((T, N, R)) if dy is None else np.asarray(dy, np.float64)
+    dh = np.zeros((N, R)) if dh_n is None else np.asarray(dh_n, np.float64).copy()
+    dc = np.zeros((N, H)) if dc_n is None else np.asarray(dc_n, np.float64).copy()
+    dx = np.zeros((T, N, C))
+    dw_ih, dw_hh, db = np.zeros((4 * H, C)), np.zeros((4 * H, R)), np.zeros(4 * H)
+    dw_peep, dw_hr = np.zeros((3, H)), (None if whr is None else np.zeros_like(whr))
+    for s in reversed(range(T)):
+        ar = p["active"][s]
+        act = ar[:, None]
+        t = p["tidx"][s]
+        hb, c_prev, i, f, g, o, cc, m = sv[s]
+        dh_new = dh + np.where(act, dy[t, rows], 0)
+        if whr is None:
+            dm = dh_new
+        else:  # the projection is fp32: unrounded
+            dw_hr += np.where(act, dh_new, 0).T @ m
+            dm = dh_new @ whr
+        tc = np.tanh(cc)
+        do = dm * tc
+        dcn = dc + dm * o * (1 - tc * tc)
+        da_o = do * o * (1 - o)
+        dcn = dcn + da_o * pp[2]
+        if clip:
+            dcn = np.where(np.abs(cc) < clip, dcn, 0)
+        da_i = dcn * g * i * (1 - i)
+        da_f = dcn * c_prev * f * (1 - f)
+        da_g = dcn * i * (1 - g * g)
+        dc_prev = dcn * f + da_i * pp[0] + da_f * pp[1]
+        da = np.where(act, np.concatenate([da_i, da_f, da_g, da_o], axis=1), 0)
+        dw_peep[0] += np.sum(np.where(act, da_i * c_prev, 0), axis=0)
+        dw_peep[1] += np.sum(np.where(act, da_f * c_prev, 0), axis=0)
+        dw_peep[2] += np.sum(np.where(act, da_o * cc, 0), axis=0)
+        db += da.sum(axis=0)
+        dab = _rd(da)
+        dw_ih += dab.T @ xr[t, rows]
+        dw_hh += dab.T @ hb
+        dxt = dab @ wih
+        dx[t[ar], rows[ar]] = dxt[ar]
+        dh = np.where(act, dab @ whh, dh)
+        dc = np.where(act, dc_prev, dc)
+    has = p["has"]
+    grads = LstmGrads(dx, dh if has["h0"] else None, dc if c0 is not None else None, dw_ih,
+                      dw_hh, db if has["b_ih"] else None, db.copy() if has["b_hh"] else None,
+                      None if w_peep is None else dw_peep, dw_hr)
+    return y, h_n, c_n, grads
+
+
+def gru_train_bf16(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_after",
+                   lengths=None, reverse=False, dy=None, dh_n=None, teacher_y=None):
+    """The GRU forward and backward of precision="bfloat16" training: (y, h_n, GruGrads)."""
+    from ._types import GruGrads
+    p = _train_prepare(x, w_ih, w_hh, b_ih, b_hh, h0, 3, lengths, reverse)
+    T, N, C, H = p["T"], p["N"], p["C"], p["H"]
+    after = variant == "reset_after"
+    rows = np.arange(N)
+    xr, wih, whh = _rd(p["x"]), _rd(p["w_ih"]), _rd(p["w_hh"])
+    b_ih_, b_hh_ = p["b_ih"], p["b_hh"]
+    y = np.zeros((T, N, H))
+    h = p["h0"].copy()
+    sv = []
+    for s in range(T):
+        act = p["active"][s][:, None]
+        h_in = _teach(h, s, p, teacher_y, rows)
+        hb = _rd(h_in)
+        gi = xr[p["tidx"][s], rows] @ wih.T + b_ih_
+        if after:
+            gh = hb @ whh.T + b_hh_
+            r = _sig(gi[:, :H] + gh[:, :H])
+            z = _sig(gi[:, H:2 * H] + gh[:, H:2 * H])
+            hn = gh[:, 2 * H:]
+            n = np.tanh(gi[:, 2 * H:] + r * hn)
+            q = None
+        else:
+            gh = hb @ whh[:2 * H].T + b_hh_[:2 * H]
+            r = _sig(gi[:, :H] + gh[:, :H])
+            z = _sig(gi[:, H:2 * H] + gh[:, H:])
+            q = _rd(_f32(r) * _f32(h_in))  # the fp32 r∘h, rounded as the product's operand
+            hn = None
+            n = np.tanh(gi[:, 2 * H:] + q @ whh[2 * H:].T + b_hh_[2 * H:])
+        h_new = (1 - z) * n + z * h_in
+        sv.append((h_in, hb, r, z, n, hn, q))
+        h = np.where(act, h_new, h_in)
+        ar = p["active"][s]
+        y[p["tidx"][s][ar], rows[ar]] = h[ar]
+    h_n = h
+    dy = np.zeros((T, N, H)) if dy is None else np.asarray(dy, np.float64)
+    dh = np.zeros((N, H)) if dh_n is None else np.asarray(dh_n, np.float64).copy()
+    dx = np.zeros((T, N, C))
+    dw_ih, dw_hh = np.zeros((3 * H, C)), np.zeros((3 * H, H))
+    db_ih, db_hh = np.zeros(3 * H), np.zeros(3 * H)
+    for s in reversed(range(T)):
+        ar = p["active"][s]
+        act = ar[:, None]
+        t = p["tidx"][s]
+        h_prev, hb, r, z, n, hn, q = sv[s]
+        dh_new = dh + np.where(act, dy[t, rows], 0)
+        dn = dh_new * (1 - z)
+        dz = dh_new * (h_prev - n)
+        dh_prev = dh_new * z
+        da_n = dn * (1 - n * n)
+        if after:
+            dr = da_n * hn
+            dhn = da_n * r
+        else:
+            dhn = da_n
+            drh = _rd(np.where(act, da_n, 0)) @ whh[2 * H:]
+            dr = drh * h_prev
+            dh_prev = dh_prev + drh * r
+        da_r = dr * r * (1 - r)
+        da_z = dz * z * (1 - z)
+        dgi = np.where(act, np.concatenate([da_r, da_z, da_n], axis=1), 0)
+        dgh = np.where(act, np.concatenate([da_r, da_z, dhn], axis=1), 0)
+        db_ih += dgi.sum(axis=0)
+        db_hh += dgh.sum(axis=0)
+        dgib, dghb = _rd(dgi), _rd(dgh)
+        dw_ih += dgib.T @ xr[t, rows]
+        if after:
+            dw_hh += dghb.T @ hb
+            dh_prev = dh_prev + dghb @ whh
+        else:
+            dw_hh[:2 * H] += dghb[:, :2 * H].T @ hb
+            dw_hh[2 * H:] += dghb[:, 2 * H:].T @ q
+            dh_prev = dh_prev + dghb[:, :2 * H] @ whh[:2 * H]
+        dxt = dgib @ wih
+        dx[t[ar], rows[ar]] = dxt[ar]
+        dh = np.where(act, dh_prev, dh)
+    has = p["has"]
+    grads = GruGrads(dx, dh if has["h0"] else None, dw_ih, dw_hh,
+                     db_ih if has["b_ih"] else None, db_hh if has["b_hh"] else None)
+    return y, h_n, grads
+
+
+def rnn_train_bf16(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+                   lengths=None, reverse=False, dy=None, dh_n=None, teacher_y=None):
+    """The Elman RNN forward and backward of precision="bfloat16" training: (y, h_n, RnnGrads)."""
+    from ._types import RnnGrads
+    p = _train_prepare(x, w_ih, w_hh, b_ih, b_hh, h0, 1, lengths, reverse)
+    T, N, C, H = p["T"], p["N"], p["C"], p["H"]
+    rows = np.arange(N)
+    relu = nonlinearity == "relu"
+    xr, wih, whh = _rd(p["x"]), _rd(p["w_ih"]), _rd(p["w_hh"])
+    bias = p["b_ih"] + p["b_hh"]
+    y = np.zeros((T, N, H))
+    h = p["h0"].copy()
+    sv = []
+    for s in range(T):
+        act = p["active"][s][:, None]
+        h_in = _teach(h, s, p, teacher_y, rows)
+        hb = _rd(h_in)
+        a = xr[p["tidx"][s], rows] @ wih.T + hb @ whh.T + bias
+        h_new = np.maximum(a, 0) if relu else np.tanh(a)
+        sv.append((hb, a, h_new))
+        h = np.where(act, h_new, h_in)
+        ar = p["active"][s]
+        y[p["tidx"][s][ar], rows[ar]] = h[ar]
+    h_n = h
+    dy = np.zeros((T, N, H)) if dy is None else np.asarray(dy, np.float64)
+    dh = np.zeros((N, H)) if dh_n is None else np.asarray(dh_n, np.float64).copy()
+    dx = np.zeros((T, N, C))
+    dw_ih, dw_hh, db = np.zeros((H, C)), np.zeros((H, H)), np.zeros(H)
+    for s in reversed(range(T)):
+        ar = p["active"][s]
+        act = ar[:, None]
+        t = p["tidx"][s]
+        hb, a, h_new = sv[s]
+        dh_new = dh + np.where(act, dy[t, rows], 0)
+        dphi = (a > 0).astype(np.float64) if relu else 1 - h_new * h_new
+        da = np.where(act, dh_new * dphi, 0)
+        db += da.sum(axis=0)
+        dab = _rd(da)
+        dw_ih += dab.T @ xr[t, rows]
+        dw_hh += dab.T @ hb
+        dxt = dab @ wih
+        dx[t[ar], rows[ar]] = dxt[ar]
+        dh = np.where(act, dab @ whh, dh)
+    has = p["has"]
+    grads = RnnGrads(dx, dh if has["h0"] else None, dw_ih, dw_hh,
+                     db if has["b_ih"] else None, db.copy() if has["b_hh"] else None)
+    return y, h_n, grads

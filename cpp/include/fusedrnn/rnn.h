@@ -51,7 +51,9 @@ struct RnnBackwardArgs {
 FUSEDRNN_API std::size_t rnn_cache_size(const Dims& d);
 FUSEDRNN_API std::size_t rnn_forward_workspace_size(
     const Dims& d, Precision precision = Precision::float32);
-FUSEDRNN_API std::size_t rnn_backward_workspace_size(const Dims& d);
+// precision = bfloat16 (training, float32): the bf16 products' block in front (issue 17).
+FUSEDRNN_API std::size_t rnn_backward_workspace_size(
+    const Dims& d, Precision precision = Precision::float32);
 
 // workspace [rnn_forward_workspace_size].
 template <typename Scalar> FUSEDRNN_API

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "isa/table.h"
+#include "lowp/bf16_back_block.h"
 #include "lowp/lowp.h"
 
 #define FUSEDRNN_ISA_NS isa_base
@@ -122,8 +123,12 @@ std::size_t lstm_forward_workspace_size(const Dims& d, Precision p) {
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 4, false).floats)
                                   : fp32;
 }
-std::size_t lstm_backward_workspace_size(const Dims& d) {
-  return isa::active().lstm_sizes(d).backward_workspace;
+// precision = bfloat16: the bf16 backward block (bf16_back_block.h) in front of the float32
+// layout (the GRU sized for the reset-before split, the larger of its two variants).
+std::size_t lstm_backward_workspace_size(const Dims& d, Precision p) {
+  const std::size_t fp32 = isa::active().lstm_sizes(d).backward_workspace;
+  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_back_block(d, 4, false).floats)
+                                  : fp32;
 }
 std::size_t gru_cache_size(const Dims& d) { return isa::active().gru_sizes(d).cache; }
 // precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
@@ -132,8 +137,12 @@ std::size_t gru_forward_workspace_size(const Dims& d, Precision p) {
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 3, true).floats)
                                   : fp32;
 }
-std::size_t gru_backward_workspace_size(const Dims& d) {
-  return isa::active().gru_sizes(d).backward_workspace;
+// precision = bfloat16: the bf16 backward block (bf16_back_block.h) in front of the float32
+// layout (the GRU sized for the reset-before split, the larger of its two variants).
+std::size_t gru_backward_workspace_size(const Dims& d, Precision p) {
+  const std::size_t fp32 = isa::active().gru_sizes(d).backward_workspace;
+  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_back_block(d, 3, true).floats)
+                                  : fp32;
 }
 std::size_t rnn_cache_size(const Dims& d) { return isa::active().rnn_sizes(d).cache; }
 // precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
@@ -142,8 +151,12 @@ std::size_t rnn_forward_workspace_size(const Dims& d, Precision p) {
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 1, false).floats)
                                   : fp32;
 }
-std::size_t rnn_backward_workspace_size(const Dims& d) {
-  return isa::active().rnn_sizes(d).backward_workspace;
+// precision = bfloat16: the bf16 backward block (bf16_back_block.h) in front of the float32
+// layout (the GRU sized for the reset-before split, the larger of its two variants).
+std::size_t rnn_backward_workspace_size(const Dims& d, Precision p) {
+  const std::size_t fp32 = isa::active().rnn_sizes(d).backward_workspace;
+  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_back_block(d, 1, false).floats)
+                                  : fp32;
 }
 
 #define FUSEDRNN_ROUTE(fn, Args)                                                           \

@@ -8,6 +8,7 @@
 #include "kernels/ragged.h"
 #include "kernels/layout.h"
 #include "kernels/skeleton.h"
+#include "lowp/bf16_backward.h"
 #include "lowp/bf16_steps.h"
 
 namespace fusedrnn {
@@ -340,6 +341,14 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool after = a.variant == GruVariant::reset_after;
   const Scalar* dy = a.dy;
+  check_backward_precision(fn, opt, std::is_same_v<Scalar, float>);
+  const bool bf16 = opt.precision == Precision::bfloat16;  // bf16_backward.h
+  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  Bf16Back lb;
+  if (bf16) {
+    lb = bf16_back_block(d, 3, !after, aligned64(workspace));
+    workspace += lb.floats;
+  }
 
   Carver<const Scalar> cc(a.cache);
   const Cache<const Scalar> k = cache_layout(d, cc);
@@ -357,8 +366,14 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 3), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
-    if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    if (!bf16) {
+      par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
+      if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    } else if constexpr (std::is_same_v<Scalar, float>) {
+      par_pack_bf16_kn(a.w_hh, after ? GH : 2 * H, H, H, lb.whh);
+      if (!after) par_pack_bf16_kn(a.w_hh + 2 * H * H, H, H, H, lb.whn);
+      par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
+    }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
@@ -378,12 +393,18 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
                                after ? dgx + (t * N + n) * GH + u0 : nullptr);
       });
       if (after) {
-        par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
+        if (!bf16)
+          par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
+        else if constexpr (std::is_same_v<Scalar, float>)
+          gemm_rows_acc_bf16(tier, N, H, GH, dgs, GH, lb.ab, N, lb.whh, dh_nxt, H, true);
         continue;
       }
       // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
       // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
-      par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
+      if (!bf16)
+        par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
+      else if constexpr (std::is_same_v<Scalar, float>)
+        gemm_rows_acc_bf16(tier, N, H, H, dgs + 2 * H, GH, lb.ab, N, lb.whn, w.drh, H, false);
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) return;
@@ -391,12 +412,27 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
                                         hp_s + off, dgs + n * GH + u0, dh_nxt + off,
                                         dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
       });
-      par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
+      if (!bf16)
+        par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
+      else if constexpr (std::is_same_v<Scalar, float>)
+        gemm_rows_acc_bf16(tier, N, H, 2 * H, dgs, GH, lb.ab, N, lb.whh, dh_nxt, H, true);
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
+    if (bf16) {
+      if constexpr (std::is_same_v<Scalar, float>) {
+        backward_epilogue_bf16(tier, d, S, 3, H, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih,
+                               after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
+        if (!after && a.dw_hh) {  // as below, the products in bf16
+          par_gemm_tn_add_bf16(tier, 2 * H, S * N, dgh, GH, {{hs, H, H, a.dw_hh, H}}, lb);
+          par_gemm_tn_add_bf16(tier, H, S * N, dgh + 2 * H, GH,
+                               {{gates + 3 * H, H, 4 * H, a.dw_hh + 2 * H * H, H}}, lb);
+        }
+      }
+      return;
+    }
     backward_epilogue(d, S, Index(3), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
                       after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
     if (!after && a.dw_hh) {

@@ -12,6 +12,7 @@
 #include "kernels/lstm_pointwise.h"
 #include "kernels/ragged.h"
 #include "kernels/skeleton.h"
+#include "lowp/bf16_backward.h"
 #include "lowp/bf16_steps.h"
 
 namespace fusedrnn {
@@ -407,6 +408,14 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   const bool proj = P > 0;
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const Scalar *dy = a.dy, *w_peep = a.w_peep;
+  check_backward_precision(fn, opt, std::is_same_v<Scalar, float>);
+  const bool bf16 = opt.precision == Precision::bfloat16;  // bf16_backward.h
+  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  Bf16Back lb;
+  if (bf16) {
+    lb = bf16_back_block(d, 4, false, aligned64(workspace));
+    workspace += lb.floats;
+  }
 
   Carver<const Scalar> cc(a.cache);
   const Cache<const Scalar> k = cache_layout(d, cc);
@@ -423,7 +432,12 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
 
   parallel_region(thread_count(opt, d, 4), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+    if (!bf16) {
+      par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+    } else if constexpr (std::is_same_v<Scalar, float>) {
+      par_pack_bf16_kn(a.w_hh, GH, R, R, lb.whh);
+      par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
+    }
     if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
     // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(dhbuf + (S % 2) * NR, a.dh_n, NR);
@@ -474,7 +488,10 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
             w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
             dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
       });
-      par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
+      if (!bf16)
+        par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
+      else if constexpr (std::is_same_v<Scalar, float>)
+        gemm_rows_acc_bf16(tier, N, R, GH, dgs, GH, lb.ab, N, lb.whh, dh_nxt, R, true);
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -483,8 +500,12 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
       if (a.dh0) std::copy(dhbuf, dhbuf + NR, a.dh0);
       if (a.dc0) std::copy(dcbuf, dcbuf + NH, a.dc0);
     }
-    backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      a.dw_hh, a.db_ih, a.db_hh);
+    if (!bf16)
+      backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
+                        a.dw_hh, a.db_ih, a.db_hh);
+    else if constexpr (std::is_same_v<Scalar, float>)
+      backward_epilogue_bf16(tier, d, S, 4, R, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih, a.dw_hh,
+                             a.db_ih, a.db_hh);
     // Forward: h = m w_hrᵀ at every step, so dw_hr += Σ dhᵀ m (inactive rows are zero in both).
     if (a.dw_hr) par_gemm_tn_add(P, H, S * N, dhp, P, ms, H, a.dw_hr, H);
     if (a.dw_peep) {

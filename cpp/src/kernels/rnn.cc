@@ -5,6 +5,7 @@
 #include "kernels/ragged.h"
 #include "kernels/rnn_pointwise.h"
 #include "kernels/skeleton.h"
+#include "lowp/bf16_backward.h"
 #include "lowp/bf16_steps.h"
 
 namespace fusedrnn {
@@ -242,6 +243,14 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   const Index N = d.N, H = d.H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool tanh_act = a.nonlinearity == Nonlinearity::tanh;
+  check_backward_precision(fn, opt, std::is_same_v<Scalar, float>);
+  const bool bf16 = opt.precision == Precision::bfloat16;  // bf16_backward.h
+  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  Bf16Back lb;
+  if (bf16) {
+    lb = bf16_back_block(d, 1, false, aligned64(workspace));
+    workspace += lb.floats;
+  }
 
   Carver<const Scalar> cc(a.cache);
   const Scalar* hs = cache_layout(d, cc).hs;
@@ -256,7 +265,12 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 1), [&] {
     if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
-    par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    if (!bf16) {
+      par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    } else if constexpr (std::is_same_v<Scalar, float>) {
+      par_pack_bf16_kn(a.w_hh, H, H, H, lb.whh);
+      par_pack_bf16_kn(a.w_ih, H, d.C, d.C, lb.wih);
+    }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
@@ -274,14 +288,21 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
                                hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
                                dgx != dgh ? dgx + (t * N + n) * H + u0 : nullptr);
       });
-      par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
+      if (!bf16)
+        par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
+      else if constexpr (std::is_same_v<Scalar, float>)
+        gemm_rows_acc_bf16(tier, N, H, H, dgs, H, lb.ab, N, lb.whh, dh_nxt, H, true);
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
-    backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      a.dw_hh, a.db_ih, a.db_hh);
+    if (!bf16)
+      backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
+                        a.dw_hh, a.db_ih, a.db_hh);
+    else if constexpr (std::is_same_v<Scalar, float>)
+      backward_epilogue_bf16(tier, d, S, 1, H, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih, a.dw_hh,
+                             a.db_ih, a.db_hh);
   });
 }
 
