@@ -68,7 +68,7 @@ void register_lstm(py::module_& m) {
          py::handle dc_n, py::handle dx, py::handle dh0, py::handle dc0, py::handle dw_ih,
          py::handle dw_hh, py::handle db_ih, py::handle db_hh, py::handle dw_peep,
          py::handle dw_hr, py::handle workspace, double cell_clip, bool reverse,
-         int num_threads) {
+         int num_threads, bool weights_packed) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
         const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d);
@@ -98,7 +98,7 @@ void register_lstm(py::module_& m) {
           a.dw_hr = opt_out<S>(dw_hr, "dw_hr", d.P > 0 ? n.PH : kAnySize);
           S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          fusedrnn::lstm_backward<S>(d, a, options_of(reverse, num_threads), ws);
+          fusedrnn::lstm_backward<S>(d, a, options_of(reverse, num_threads, weights_packed), ws);
         });
       },
       py::arg("dims"), py::kw_only(), py::arg("x"), py::arg("w_ih"), py::arg("w_hh"),
@@ -109,7 +109,7 @@ void register_lstm(py::module_& m) {
       py::arg("dw_hh") = py::none(), py::arg("db_ih") = py::none(),
       py::arg("db_hh") = py::none(), py::arg("dw_peep") = py::none(),
       py::arg("dw_hr") = py::none(), py::arg("workspace"), py::arg("cell_clip") = 0.0,
-      py::arg("reverse") = false, py::arg("num_threads") = 0,
+      py::arg("reverse") = false, py::arg("num_threads") = 0, py::arg("weights_packed") = false,
       "LSTM backward into preallocated arrays (parameter gradients accumulate).");
 }
 

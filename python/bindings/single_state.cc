@@ -111,7 +111,7 @@ void register_cell(py::module_& m) {
       [](py::tuple dims, Formula formula, py::handle x, py::handle w_ih, py::handle w_hh,
          py::handle lengths, py::handle cache, py::handle dy, py::handle dh_n, py::handle dx,
          py::handle dh0, py::handle dw_ih, py::handle dw_hh, py::handle db_ih, py::handle db_hh,
-         py::handle workspace, bool reverse, int num_threads) {
+         py::handle workspace, bool reverse, int num_threads, bool weights_packed) {
         const auto d = dims_of(dims);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
         const std::size_t ws_n = Cell::bws(d);
@@ -135,7 +135,7 @@ void register_cell(py::module_& m) {
           a.db_hh = opt_out<S>(db_hh, "db_hh", n.GH);
           S* ws = out<S>(workspace, "workspace", ws_n);
           py::gil_scoped_release nogil;
-          Cell::backward(d, a, options_of(reverse, num_threads), ws);
+          Cell::backward(d, a, options_of(reverse, num_threads, weights_packed), ws);
         });
       },
       py::arg("dims"), py::kw_only(), py::arg(Cell::formula), py::arg("x"), py::arg("w_ih"),
@@ -143,7 +143,7 @@ void register_cell(py::module_& m) {
       py::arg("dy") = py::none(), py::arg("dh_n") = py::none(), py::arg("dx"),
       py::arg("dh0") = py::none(), py::arg("dw_ih") = py::none(), py::arg("dw_hh") = py::none(),
       py::arg("db_ih") = py::none(), py::arg("db_hh") = py::none(), py::arg("workspace"),
-      py::arg("reverse") = false, py::arg("num_threads") = 0,
+      py::arg("reverse") = false, py::arg("num_threads") = 0, py::arg("weights_packed") = false,
       "Backward into preallocated arrays (parameter gradients accumulate).");
 }
 

@@ -241,13 +241,18 @@ def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed
                                       precision=precision, **tensors)
 
 
-def _backward_into(kind, formula, dims, sizes, reverse, **tensors):
+def _backward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed=False,
+                   **tensors):
     """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
-    accumulate); tensors are _core's keyword arguments."""
+    accumulate); tensors are _core's keyword arguments. workspace None: this thread's scratch;
+    else the caller's (``packed``: it holds the weights an earlier backward with the same dims
+    packed, Options::weights_packed)."""
     if formula is not None:
         tensors[_FORMULA[kind][0]] = formula
-    getattr(_core, kind + "_backward")(dims, workspace=_workspace(sizes[2], tensors["x"].dtype),
-                                       reverse=reverse, num_threads=_threads(), **tensors)
+    if workspace is None:
+        workspace = _workspace(sizes[2], tensors["x"].dtype)
+    getattr(_core, kind + "_backward")(dims, workspace=workspace, reverse=reverse,
+                                       num_threads=_threads(), weights_packed=packed, **tensors)
 
 
 def _precision(fn, precision, dtype, training):

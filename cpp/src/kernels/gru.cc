@@ -314,8 +314,10 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 3), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
-    if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
+      if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
@@ -367,7 +369,7 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
 #endif
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
     backward_epilogue(d, S, Index(3), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
+                      after ? a.dw_hh : nullptr, a.db_ih, a.db_hh, opt.weights_packed);
     if (!after && a.dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
       par_gemm_tn_add(2 * H, H, S * N, dgh, GH, hs, H, a.dw_hh, H);

@@ -356,8 +356,10 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
 
   parallel_region(thread_count(opt, d, 4), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    par_pack(a.w_hh, GH, R, R, false, w.whh_q);
-    if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+      if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
+    }
     // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(dhbuf + (S % 2) * NR, a.dh_n, NR);
     par_copy_or_zero(dcbuf + (S % 2) * NH, a.dc_n, NH);
@@ -426,7 +428,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
       if (a.dc0) std::copy(dcbuf, dcbuf + NH, a.dc0);
     }
     backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      a.dw_hh, a.db_ih, a.db_hh);
+                      a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     // Forward: h = m w_hrᵀ at every step, so dw_hr += Σ dhᵀ m (inactive rows are zero in both).
     if (a.dw_hr) par_gemm_tn_add(P, H, S * N, dhp, P, ms, H, a.dw_hr, H);
     if (a.dw_peep) {

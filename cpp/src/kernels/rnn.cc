@@ -228,7 +228,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 1), [&] {
     if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
-    par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, false, w.whh_q);
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
@@ -259,7 +259,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
 #endif
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
     backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      a.dw_hh, a.db_ih, a.db_hh);
+                      a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
   });
 }
 
