@@ -2,7 +2,7 @@
 (eager and torch.jit.script), inference and forward+backward, float32, 1 thread.
 
     python bench/cells.py [--steps 100] [--reps 7] [--hidden 64 128 256] [--batch 1 8 32]
-                          [--json out.json]
+                          [--clock wall|cpu] [--json out.json]
 
 Prints per configuration the median time of one loop (ms), torch's time over fusedrnn's
 (ratio > 1: fusedrnn faster) and fusedrnn's per-step Python overhead in µs: the cell's step time
@@ -10,7 +10,9 @@ minus the time of the bare kernel call it makes (the same _core call on prepared
 contenders of a configuration run interleaved (one loop each per round, rounds repeated), so
 load changes hit them alike. In train mode "repack ms" is fusedrnn with the backward packing
 its weights at every step (as before Options::weights_packed in backward), "x repack" its time
-over the default's.
+over the default's. ``--clock cpu`` times with the process's CPU time instead of the wall
+clock: every contender runs on one thread, so on a machine shared with other work it excludes
+the time spent waiting for a core (cache and memory contention remain).
 """
 from __future__ import annotations
 
@@ -22,6 +24,9 @@ import time
 import numpy as np
 
 
+CLOCK = time.perf_counter
+
+
 def interleaved(fns, reps):
     """Median seconds of each of fns, run in rotation (one call each per round)."""
     for fn in fns:
@@ -29,9 +34,9 @@ def interleaved(fns, reps):
     ts = [[] for _ in fns]
     for _ in range(reps):
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = CLOCK()
             fn()
-            ts[k].append(time.perf_counter() - t0)
+            ts[k].append(CLOCK() - t0)
     return [statistics.median(t) for t in ts]
 
 
@@ -39,9 +44,9 @@ def median_time(fn, reps):
     fn()  # warm-up
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         fn()
-        ts.append(time.perf_counter() - t0)
+        ts.append(CLOCK() - t0)
     return statistics.median(ts)
 
 
@@ -52,8 +57,11 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--cells", nargs="+", default=["LSTM", "GRU"])
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     import torch
     import fusedrnn
@@ -154,7 +162,7 @@ def main(argv=None):
                           f"{'' if trp is None else f'{trp / tf_:8.2f}':>8}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"steps": T, "threads": 1, "rows": rows}, f, indent=1)
+            json.dump({"steps": T, "threads": 1, "clock": args.clock, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
