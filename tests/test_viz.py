@@ -89,6 +89,14 @@ def test_translate_with_attention_draws_its_attention(tmp_path, monkeypatch, cap
     assert img is None and bars and all(0 <= b <= 1 for b in bars)
 
 
+def test_matplotlib_is_a_runtime_dependency():
+    """`pip install .` alone (no extra) installs matplotlib: the installed distribution's
+    metadata requires it unconditionally (a requirement without an `extra ==` marker)."""
+    from importlib.metadata import requires
+    reqs = [r for r in (requires("fusedrnn") or []) if r.lower().startswith("matplotlib")]
+    assert any("extra" not in r for r in reqs), reqs
+
+
 def test_train_prints_the_path_of_every_picture(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["train", "--task", "classify", *SMALL["classify"], "--steps", "4", "-q",
