@@ -234,6 +234,65 @@ def test_packed_reuse_is_used_and_batch_may_change():
     assert a._store.key is not None and b._store.key is None
 
 
+def _loop_grads(cell, xs, dy, reuse=True, between=None):
+    """Forward over xs, backward with dy at every step; `between(t)` runs between the backward
+    calls (before step t's). Returns (dxs, d_state, grads)."""
+    cell.reuse_packed_weights = reuse
+    cell.zero_grad()
+    run_loop(cell, xs, None)
+    lstm = isinstance(cell, cells.LSTMCell)
+    d, dxs = None, []
+    for t in reversed(range(xs.shape[0])):
+        if between is not None:
+            between(t)
+        dh = dy[t] if d is None else (d[0] if lstm else d) + dy[t]
+        dx, d = cell.backward((dh, None if d is None else d[1])) if lstm else cell.backward(dh)
+        dxs.append(dx)
+    return np.stack(dxs), d, {k: p.grad.copy() for k, p in cell.named_parameters()}
+
+
+@pytest.mark.parametrize("mode,kw", KINDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_backward_reuses_packed_weights_bit_for_bit(mode, kw, dtype):
+    """Backward packs once per loop (Options::weights_packed from the second step on): the
+    gradients equal, bit for bit, those of a cell that packs at every step; the backward
+    workspace keeps the packed weights (key set), and a new loop after an optimiser step packs
+    the new weights again."""
+    rng = np.random.default_rng(6)
+    a, b = make_cell(mode, kw, dtype), make_cell(mode, kw, dtype)
+    xs = rng.standard_normal((T, N, C)).astype(dtype)
+    dy = rng.standard_normal((T, N, a.state_size)).astype(dtype)
+    for loop in range(2):
+        ga = _loop_grads(a, xs, dy)
+        gb = _loop_grads(b, xs, dy, reuse=False)
+        np.testing.assert_array_equal(ga[0], gb[0])
+        for k in ga[2]:
+            np.testing.assert_array_equal(ga[2][k], gb[2][k], err_msg=k)
+        assert a._store.bkey is not None and b._store.bkey is None
+        for cell in (a, b):   # an optimiser step between the loops
+            optim.SGD(cell.parameters(), lr=0.3).step()
+
+
+def test_backward_sees_weight_changes_between_its_calls():
+    """A write between two backward calls of one loop: weights_changed() makes the next backward
+    pack again (its gradients then use the new weights, as a packing cell's do)."""
+    rng = np.random.default_rng(7)
+    xs = rng.standard_normal((T, N, C))
+    dy = rng.standard_normal((T, N, H))
+    results = []
+    for reuse in (True, False):
+        cell = make_cell("GRU", {})
+
+        def between(t, cell=cell):
+            if t == 2:
+                cell.weight_hh.data *= 0.5
+                cell.weights_changed()
+        results.append(_loop_grads(cell, xs, dy, reuse=reuse, between=between))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for k in results[0][2]:
+        np.testing.assert_array_equal(results[0][2][k], results[1][2][k], err_msg=k)
+
+
 def test_bad_input():
     cell = make_cell("LSTM", {})
     x = np.zeros((2, C))

@@ -14,11 +14,20 @@ def sig(z):
     return 1 / (1 + np.exp(-z))
 
 
+# TF1's activations by name (tf.tanh, tf.nn.relu, tf.sigmoid, tf.nn.elu, tf.nn.softsign,
+# tf.nn.relu6, tf.identity), written from their definitions
+ACT = {"tanh": np.tanh, "relu": lambda z: np.maximum(z, 0), "sigmoid": sig,
+       "elu": lambda z: np.where(z > 0, z, np.exp(np.minimum(z, 0)) - 1),
+       "softsign": lambda z: z / (1 + np.abs(z)), "relu6": lambda z: np.minimum(np.maximum(z, 0), 6),
+       "identity": lambda z: z}
+
+
 # -- TF1 rnn_cell_impl, transcribed ------------------------------------------------------------
 
 def tf_step(cell, v, x, state, scope):
     """One TF1 step of a basic cell from its TF1 variables v (name -> array)."""
     p = f"{scope}/{cell._scope_name}/"
+    act = ACT[cell._activation]
     if isinstance(cell, rc.BasicLSTMCell):
         c, h = (state.c, state.h) if cell._state_is_tuple else \
             (state[:, :cell._num_units], state[:, cell._num_units:])
@@ -27,25 +36,31 @@ def tf_step(cell, v, x, state, scope):
         fb = cell._forget_bias
         if cell._peep:
             new_c = sig(f + fb + v[p + "w_f_diag"] * c) * c + \
-                sig(i + v[p + "w_i_diag"] * c) * np.tanh(j)
-            m = sig(o + v[p + "w_o_diag"] * new_c) * np.tanh(new_c)
+                sig(i + v[p + "w_i_diag"] * c) * act(j)
         else:
-            new_c = c * sig(f + fb) + sig(i) * np.tanh(j)
-            m = np.tanh(new_c) * sig(o)
+            new_c = c * sig(f + fb) + sig(i) * act(j)
+        if cell._cell_clip is not None:
+            new_c = np.clip(new_c, -cell._cell_clip, cell._cell_clip)
+        if cell._peep:
+            m = sig(o + v[p + "w_o_diag"] * new_c) * act(new_c)
+        else:
+            m = act(new_c) * sig(o)
         if cell._num_proj:
             m = m @ v[p + "projection/kernel"]
+            if cell._proj_clip is not None:
+                m = np.clip(m, -cell._proj_clip, cell._proj_clip)
         new = rc.LSTMStateTuple(new_c, m) if cell._state_is_tuple else \
             np.concatenate([new_c, m], 1)
         return m, new
     if isinstance(cell, rc.GRUCell):
         g = sig(np.concatenate([x, state], 1) @ v[p + "gates/kernel"] + v[p + "gates/bias"])
         r, u = np.split(g, 2, axis=1)
-        cand = np.tanh(np.concatenate([x, r * state], 1) @ v[p + "candidate/kernel"]
-                       + v[p + "candidate/bias"])
+        cand = act(np.concatenate([x, r * state], 1) @ v[p + "candidate/kernel"]
+                   + v[p + "candidate/bias"])
         h = u * state + (1 - u) * cand
         return h, h
     z = np.concatenate([x, state], 1) @ v[p + "kernel"] + v[p + "bias"]
-    h = np.tanh(z) if cell._activation == "tanh" else np.maximum(z, 0)
+    h = act(z)
     return h, h
 
 
@@ -55,9 +70,23 @@ def _where(mask, new, old):
     return np.where(mask[:, None], new, old)
 
 
-def tf_dynamic_rnn(cells, v, x, lengths, states, scopes, reverse=False):
+def _drop_state(cell, new, masks, t):
+    """TF1 DropoutWrapper's state dropout (default filter: h of an LSTMStateTuple, else the
+    whole state); masks (h mask, c mask) [T or 1, N, width], drawn by the facade."""
+    pick = lambda m: m[0 if m.shape[0] == 1 else t]  # noqa: E731
+    mh, mc = masks
+    if isinstance(new, rc.LSTMStateTuple):
+        return rc.LSTMStateTuple(new.c, new.h * pick(mh))
+    if mc is not None:   # concatenated LSTM state [c, h]
+        H = cell._num_units
+        return np.concatenate([new[:, :H] * pick(mc), new[:, H:] * pick(mh)], 1)
+    return new * pick(mh)
+
+
+def tf_dynamic_rnn(cells, v, x, lengths, states, scopes, reverse=False, state_masks=None):
     """TF1 dynamic_rnn of a stack (list of basic cells) on batch-major x; reverse as
-    bidirectional_dynamic_rnn's bw (reverse_sequence by length, run, reverse back)."""
+    bidirectional_dynamic_rnn's bw (reverse_sequence by length, run, reverse back).
+    state_masks: per cell None or the (h, c) masks of its DropoutWrapper's state dropout."""
     N, T, _ = x.shape
     lengths = np.full(N, T) if lengths is None else lengths
     if reverse:
@@ -65,11 +94,13 @@ def tf_dynamic_rnn(cells, v, x, lengths, states, scopes, reverse=False):
                         for n in range(N)])
         x = np.stack([x[n, idx[n]] for n in range(N)])
     inp, finals = x, []
-    for cell, st, scope in zip(cells, states, scopes):
+    for k, (cell, st, scope) in enumerate(zip(cells, states, scopes)):
         outs = []
         for t in range(T):
             active = t < lengths
             o, new = tf_step(cell, v, inp[:, t], st, scope)
+            if state_masks and state_masks[k] is not None:
+                new = _drop_state(cell, new, state_masks[k], t)
             st = _where(active, new, st)
             outs.append(np.where(active[:, None], o, 0))
         inp = np.stack(outs, 1)
@@ -91,6 +122,20 @@ CELLS = {
     "lstm_peep_proj": lambda: rc.LSTMCell(5, use_peepholes=True, num_proj=3, seed=1),
     "lstm_peep": lambda: rc.LSTMCell(5, use_peepholes=True, forget_bias=0.0, seed=1),
     "gru": lambda: rc.GRUCell(5, seed=1),
+    # cell_clip: the fused kernel's clip
+    "lstm_cell_clip": lambda: rc.LSTMCell(5, use_peepholes=True, cell_clip=0.3, seed=1),
+    "basic_lstm_clip_proj": lambda: rc.LSTMCell(5, num_proj=3, cell_clip=0.4, seed=1),
+    # the step path (_steps): proj_clip and activations the kernels do not have
+    "lstm_proj_clip": lambda: rc.LSTMCell(5, use_peepholes=True, num_proj=3, proj_clip=0.25,
+                                          cell_clip=0.5, seed=1),
+    "basic_lstm_relu": lambda: rc.BasicLSTMCell(5, activation="relu", forget_bias=0.3, seed=1),
+    "basic_lstm_concat_softsign": lambda: rc.BasicLSTMCell(5, state_is_tuple=False,
+                                                           activation="softsign", seed=1),
+    "lstm_sigmoid": lambda: rc.LSTMCell(5, use_peepholes=True, activation="sigmoid", seed=1),
+    "gru_elu": lambda: rc.GRUCell(5, activation="elu", seed=1),
+    "gru_relu6": lambda: rc.GRUCell(5, activation="relu6", seed=1),
+    "basic_rnn_softsign": lambda: rc.BasicRNNCell(5, activation="softsign", seed=1),
+    "basic_rnn_identity": lambda: rc.BasicRNNCell(5, activation="identity", seed=1),
 }
 
 
@@ -157,7 +202,10 @@ def test_multi_rnn_cell_and_bidirectional_match_tf1_math():
     np.testing.assert_allclose(s_fw, f_fw[0], atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peep_proj", "gru", "basic_rnn"])
+@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peep_proj", "gru", "basic_rnn",
+                                  "lstm_cell_clip", "basic_lstm_clip_proj", "lstm_proj_clip",
+                                  "basic_lstm_relu", "basic_lstm_concat_softsign",
+                                  "lstm_sigmoid", "gru_elu", "basic_rnn_softsign"])
 def test_gradients_by_finite_differences(name):
     rng = np.random.default_rng(2)
     inner = CELLS[name]()
@@ -279,11 +327,188 @@ def test_bad_input_names_the_argument():
     multi = rc.MultiRNNCell([rc.GRUCell(3), rc.GRUCell(3)])
     with pytest.raises(ValueError, match="initial_state must be a tuple of 2 states"):
         tf.nn.dynamic_rnn(multi, x, initial_state=(np.zeros((2, 3), np.float32),))
-    with pytest.raises(ValueError, match="state_keep_prob"):
-        rc.DropoutWrapper(rc.GRUCell(3), state_keep_prob=0.5)
-    with pytest.raises(ValueError, match="cell_clip"):
-        rc.LSTMCell(4, cell_clip=3.0)
-    with pytest.raises(ValueError, match="activation must be tanh"):
-        rc.GRUCell(4, activation="relu")
+    with pytest.raises(ValueError, match="state_keep_prob must be a number in"):
+        rc.DropoutWrapper(rc.GRUCell(3), state_keep_prob=0.0)
+    with pytest.raises(ValueError, match="dropout_state_filter_visitor is not supported"):
+        rc.DropoutWrapper(rc.GRUCell(3), state_keep_prob=0.5,
+                          dropout_state_filter_visitor=lambda s: True)
+    for bad in (0.0, -1.0, float("inf"), "3"):
+        with pytest.raises(ValueError, match="cell_clip must be None or a positive number"):
+            rc.LSTMCell(4, cell_clip=bad)
+        with pytest.raises(ValueError, match="proj_clip must be None or a positive number"):
+            rc.LSTMCell(4, num_proj=2, proj_clip=bad)
+    with pytest.raises(ValueError, match="activation must be one of tanh, relu"):
+        rc.GRUCell(4, activation=lambda z: z ** 3)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        rc.BasicLSTMCell(4, activation="swish")
     with pytest.raises(RuntimeError, match="no training call"):
         rc.GRUCell(3).backward(np.zeros((2, 3)))
+
+
+# -- the step path: state dropout, and agreement with the fused kernels ---------------------------
+
+def _fixed_masks(wrapper, rng):
+    """Replaces the wrapper's mask draws by a recorded sequence, replayed at every run (so a
+    loss is a deterministic function for finite differences); returns the record."""
+    drawn, pos = [], [0]
+
+    def _mask(shape, dtype, keep):
+        if keep >= 1:
+            return None
+        shape = (1,) + tuple(shape[1:]) if wrapper.variational_recurrent else tuple(shape)
+        k = pos[0]
+        pos[0] += 1
+        if k == len(drawn):
+            drawn.append(((rng.random(shape) < keep) / keep).astype(dtype))
+        assert drawn[k].shape == shape
+        return drawn[k]
+
+    wrapper._mask = _mask
+    return drawn, pos
+
+
+def _state_dropout_stack(rng):
+    inner = [rc.BasicLSTMCell(4, seed=1), rc.GRUCell(3, seed=2),
+             rc.BasicLSTMCell(3, state_is_tuple=False, seed=3), rc.LSTMCell(4, num_proj=2,
+                                                                           seed=4)]
+    wrappers = [rc.DropoutWrapper(c, state_keep_prob=0.6, variational_recurrent=(k % 2 == 1),
+                                  seed=k) for k, c in enumerate(inner)]
+    return inner, wrappers, rc.MultiRNNCell(wrappers)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_state_dropout_matches_tf1_math(reverse):
+    """DropoutWrapper(state_keep_prob < 1): the state each step passes on is dropped (h of an
+    LSTMStateTuple, the whole concatenated state), the output is not; outputs and final states
+    equal TF1's with the same masks, also with lengths and in reverse (bidirectional's bw)."""
+    rng = np.random.default_rng(7)
+    inner, wrappers, multi = _state_dropout_stack(rng)
+    N, T, C = 3, 5, 4
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([5, 2, 4])
+    records = [_fixed_masks(w, rng) for w in wrappers]
+    tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, dtype=np.float64)
+    for c in inner:
+        _randomise(c, rng)
+    for _, pos in records:
+        pos[0] = 0
+    if reverse:
+        other = rc.GRUCell(2, seed=9)
+        (_, out), (_, state) = tf.nn.bidirectional_dynamic_rnn(
+            other, multi, x, sequence_length=lengths, dtype=np.float64)
+    else:
+        out, state = tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, dtype=np.float64)
+    masks = []
+    for (drawn, _), c in zip(records, inner):
+        concat = isinstance(c, rc.BasicLSTMCell) and not c._state_is_tuple
+        masks.append((drawn[0], drawn[1] if concat else None))
+    ref, finals = tf_dynamic_rnn(inner, np_values(multi), x, lengths,
+                                 list(multi.zero_state(N, np.float64)),
+                                 [f"rnn/multi_rnn_cell/cell_{k}" for k in range(4)],
+                                 reverse=reverse, state_masks=masks)
+    np.testing.assert_allclose(out, ref, atol=1e-12)
+    for got, want in zip(state, finals):
+        for a, b in zip(got if isinstance(got, tuple) else [got],
+                        want if isinstance(want, tuple) else [want]):
+            np.testing.assert_allclose(a, b, atol=1e-12)
+    # a dropped state really differs from the undropped run (eval mode: no dropout)
+    multi.eval()
+    out_eval, _ = tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, dtype=np.float64)
+    assert not np.allclose(out_eval, out)
+
+
+def test_state_dropout_gradients_by_finite_differences():
+    rng = np.random.default_rng(8)
+    inner, wrappers, multi = _state_dropout_stack(rng)
+    N, T, C = 2, 4, 3
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([4, 3])
+    records = [_fixed_masks(w, rng) for w in wrappers]
+    tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, dtype=np.float64)
+    for c in inner:
+        _randomise(c, rng)
+    init = multi.zero_state(N, np.float64)
+    init = tuple(type(s)(*(rng.standard_normal(a.shape) for a in s)) if isinstance(s, tuple)
+                 else rng.standard_normal(s.shape) for s in init)
+    w_out = rng.standard_normal((N, T, 2))
+    w_state = rng.standard_normal((N, 2))
+
+    def loss():
+        for _, pos in records:
+            pos[0] = 0
+        out, st = tf.nn.dynamic_rnn(multi, x, sequence_length=lengths, initial_state=init)
+        return float((out * w_out).sum() + (st[3].h * w_state).sum())
+
+    multi.zero_grad()
+    loss()
+    d_state = tuple(type(s)(*(np.zeros_like(a) for a in s)) if isinstance(s, tuple)
+                    else np.zeros_like(s) for s in init)
+    d_state = d_state[:3] + (rc.LSTMStateTuple(d_state[3].c, w_state),)
+    dx = multi.backward(w_out, d_state)
+    d0 = multi.d_initial_state
+    eps = 1e-6
+
+    def fd(arr, idx):
+        old = arr[idx]
+        arr[idx] = old + eps
+        lp = loss()
+        arr[idx] = old - eps
+        lm = loss()
+        arr[idx] = old
+        return (lp - lm) / (2 * eps)
+
+    for pname, p in multi.variables().items():
+        g = p.grad.copy()
+        for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape),
+                    tuple(s // 2 for s in p.data.shape)]:
+            assert abs(fd(p.data, idx) - g[idx]) < 1e-7, pname
+    for idx in [(0, 0, 0), (1, 1, 2), (0, 3, 1)]:
+        assert abs(fd(x, idx) - dx[idx]) < 1e-7
+    assert abs(fd(init[0].h, (1, 2)) - d0[0].h[1, 2]) < 1e-7
+    assert abs(fd(init[0].c, (0, 1)) - d0[0].c[0, 1]) < 1e-7
+    assert abs(fd(init[1], (1, 0)) - d0[1][1, 0]) < 1e-7
+    assert abs(fd(init[2], (0, 4)) - d0[2][0, 4]) < 1e-7
+
+
+@pytest.mark.parametrize("name", ["basic_lstm", "lstm_peep_proj", "lstm_cell_clip", "gru",
+                                  "basic_rnn", "basic_rnn_relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_step_path_equals_the_fused_kernels(name, reverse):
+    """The step path (_steps) computes what the fused kernels compute, where both can: forced
+    onto it, a tanh cell gives the kernel's outputs, states and gradients (1e-12, float64)."""
+    rng = np.random.default_rng(9)
+    N, T, C = 3, 5, 4
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([5, 0, 3])
+    runs = []
+    for fused in (True, False):
+        cell = CELLS[name]()
+        cell.build(C, np.float64)
+        _randomise(cell, np.random.default_rng(10))
+        if not fused:
+            cell._fused = lambda: False
+        other = rc.GRUCell(2, seed=1)
+        if reverse:
+            (_, out), (_, st) = tf.nn.bidirectional_dynamic_rnn(
+                other, cell, x, sequence_length=lengths, dtype=np.float64)
+        else:
+            out, st = tf.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=np.float64)
+        dy = np.random.default_rng(11).standard_normal(out.shape)
+        dx = cell.backward(dy)
+        runs.append((out, st, dx, [p.grad.copy() for p in cell.parameters()]))
+    (o1, s1, d1, g1), (o2, s2, d2, g2) = runs
+    np.testing.assert_allclose(o2, o1, atol=1e-12)
+    for a, b in zip(s1 if isinstance(s1, tuple) else [s1], s2 if isinstance(s2, tuple) else [s2]):
+        np.testing.assert_allclose(b, a, atol=1e-12)
+    np.testing.assert_allclose(d2, d1, atol=1e-12)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(b, a, atol=1e-12)
+
+
+def test_activation_callables_by_name():
+    assert rc.GRUCell(3, activation=np.tanh)._activation == "tanh"
+    assert rc.BasicRNNCell(3, activation="relu")._fused()
+    assert not rc.GRUCell(3, activation="relu")._fused()
+    assert rc.LSTMCell(3, cell_clip=1.0)._fused()
+    assert not rc.LSTMCell(3, num_proj=2, proj_clip=1.0)._fused()
+    assert rc.LSTMCell(3, proj_clip=1.0)._proj_clip is None    # TF1 ignores it without num_proj

@@ -289,15 +289,15 @@ def test_core_keywords_misspelt_missing_or_mistyped_are_type_errors_before_work(
     with pytest.raises(TypeError, match="cell_clip has an unusable type str"):
         _core.lstm_forward(dims, **base, cell_clip="big")
     assert np.all(y == 7.0)
-    # backward takes no weights_packed / precision (its Options stay default): refused by name
+    # a misspelt option of a backward is refused by name too
     gdims = (T, N, C, H)
     gws = np.empty(_core.gru_sizes(gdims)[2])
     with pytest.raises(TypeError, match="gru_backward\\(\\) got an unexpected keyword argument "
-                                        "'weights_packed'"):
+                                        "'weight_packed'"):
         _core.gru_backward(gdims, variant=_core.GruVariant.reset_after, x=x,
                            w_ih=np.zeros((3 * H, C)), w_hh=np.zeros((3 * H, H)),
                            cache=np.zeros(_core.gru_sizes(gdims)[0]), dx=np.zeros_like(x),
-                           workspace=gws, weights_packed=True)
+                           workspace=gws, weight_packed=True)
     with pytest.raises(TypeError, match="variant has an unusable type str"):
         _core.gru_backward(gdims, variant="reset_after", x=x, w_ih=np.zeros((3 * H, C)),
                            w_hh=np.zeros((3 * H, H)), cache=np.zeros(_core.gru_sizes(gdims)[0]),
@@ -450,6 +450,70 @@ def test_weights_packed_reuses_the_workspace_weights(cell, flag, precision):
         got = call(T, N, other, True, ws, reverse, threads)  # `other` is ignored
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(call(4, 2, other, False, ws), call(4, 2, w, False, fresh))
+
+
+@pytest.mark.parametrize("cell,flag,P", [("lstm", None, 0), ("lstm", None, 3),
+                                         ("gru", "reset_after", 0), ("gru", "reset_before", 0),
+                                         ("rnn", "tanh", 0), ("rnn", "relu", 0)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_backward_weights_packed_reuses_the_workspace_weights(cell, flag, P, dtype):
+    """Options::weights_packed in backward: the kernel takes the (transposed) packed weights
+    from the backward workspace, where an earlier backward with the same dims packed them (its
+    direction, lengths and thread count may differ); the weight arrays passed are not read, and
+    every gradient is bit for bit the one of a call that packs."""
+    T, N, C, H, G = 4, 3, 5, 6, {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    R = P or H
+    dims = (T, N, C, H, P) if P else (T, N, C, H)
+    rng = np.random.default_rng(5)
+    w = {"w_ih": rng.standard_normal((G * H, C)), "w_hh": rng.standard_normal((G * H, R))}
+    if P:
+        w["w_hr"] = rng.standard_normal((P, H))
+    w = {k: (v * 0.4).astype(dtype) for k, v in w.items()}
+    junk = {k: np.full_like(v, np.nan) for k, v in w.items()}
+    x = rng.standard_normal((T, N, C)).astype(dtype)
+    cache_n, fws_n, bws_n = getattr(_core, cell + "_sizes")(dims)
+    extra = {}
+    if cell == "gru":
+        extra["variant"] = _core.GruVariant.__members__[flag]
+    elif cell == "rnn":
+        extra["nonlinearity"] = _core.Nonlinearity.__members__[flag]
+
+    def forward(reverse, lengths):
+        cache = np.empty(cache_n, dtype)
+        kw = dict(x=x, y=np.empty((T, N, R), dtype), h_n=np.empty((N, R), dtype), cache=cache,
+                  workspace=np.empty(fws_n, dtype), reverse=reverse, lengths=lengths, **w,
+                  **extra)
+        if cell == "lstm":
+            kw["c_n"] = np.empty((N, H), dtype)
+        getattr(_core, cell + "_forward")(dims, **kw)
+        return cache
+
+    def backward(cache, weights, ws, packed, reverse, lengths, threads=1):
+        g = {"dx": np.empty((T, N, C), dtype), "dh0": np.empty((N, R), dtype),
+             "dw_ih": np.zeros((G * H, C), dtype), "dw_hh": np.zeros((G * H, R), dtype),
+             "db_ih": np.zeros(G * H, dtype), "db_hh": np.zeros(G * H, dtype)}
+        if cell == "lstm":
+            g["dc0"] = np.empty((N, H), dtype)
+            if P:
+                g["dw_hr"] = np.zeros((P, H), dtype)
+        getattr(_core, cell + "_backward")(
+            dims, x=x, cache=cache, dy=np.ones((T, N, R), dtype), workspace=ws,
+            reverse=reverse, lengths=lengths, num_threads=threads, weights_packed=packed,
+            **weights, **g, **extra)
+        return g
+
+    ws = np.empty(bws_n, dtype)
+    c0 = forward(False, None)
+    backward(c0, w, ws, False, False, None)            # packs w into ws
+    for reverse, lengths, threads in [(True, np.array([4, 0, 2]), 2), (False, None, 1),
+                                      (False, np.array([1, 4, 3]), 2)]:
+        cache = forward(reverse, lengths)
+        want = backward(cache, w, np.empty(bws_n, dtype), False, reverse, lengths, threads)
+        got = backward(cache, junk, ws, True, reverse, lengths, threads)   # junk is not read
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    bad = backward(c0, junk, ws, False, False, None)   # packing the junk: NaN gradients
+    assert np.isnan(bad["dx"]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])

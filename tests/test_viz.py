@@ -20,7 +20,7 @@ SMALL = {
     "translate": ["--hidden", "8", "--embed", "8", "--batch-size", "8"],
 }
 TASK_PICTURE = {"charlm": "charlm.png", "classify": "classify.png", "forecast": "forecast.png",
-                "tag": "tag.png", "translate": None}
+                "tag": "tag.png", "translate": "translate.png"}
 
 
 def png_size(path):
@@ -50,6 +50,51 @@ def test_every_task_writes_loss_png_and_its_picture(task, runs):
     if pic:
         w, h = png_size(d / pic)
         assert 300 <= w <= 2000 and 200 <= h <= 1500
+
+
+def test_translate_with_attention_draws_its_attention(tmp_path, monkeypatch, capsys):
+    """translate.png with --attention: four heatmaps, each the attention weights of one
+    validation source (columns: its characters) while the model writes its output (rows: the
+    output characters and </s>); every row sums to 1. Without attention the picture is exact
+    match by source length (bars in [0, 1])."""
+    import fusedrnn.plotting as P
+    figs = {}
+    real = P.save_png
+
+    def capture(fig, path):
+        name = path.rsplit("/", 1)[-1]
+        figs[name] = [(ax.get_images()[0].get_array() if ax.get_images() else None,
+                       [t.get_text() for t in ax.get_xticklabels()],
+                       [t.get_text() for t in ax.get_yticklabels()],
+                       [b.get_height() for b in ax.patches]) for ax in fig.axes]
+        return real(fig, path)
+
+    monkeypatch.setattr(P, "save_png", capture)
+    out = tmp_path / "attn"
+    assert main(["train", "--task", "translate", *SMALL["translate"], "--attention", "luong",
+                 "--steps", "4", "-q", "--out", str(out)]) == 0
+    assert f"picture: {out / 'translate.png'}" in capsys.readouterr().out
+    w, h = png_size(out / "translate.png")
+    assert 400 <= w <= 2000 and 300 <= h <= 1500
+    axes = figs["translate.png"]
+    assert len(axes) == 4
+    for img, xt, yt, _ in axes:
+        img = np.asarray(img)
+        assert img.shape == (len(yt), len(xt)) and yt[-1] == "</s>"
+        np.testing.assert_allclose(img.sum(1), 1, atol=1e-5)
+    out2 = tmp_path / "plain"
+    assert main(["train", "--task", "translate", *SMALL["translate"], "--steps", "2", "-q",
+                 "--out", str(out2)]) == 0
+    (img, _, _, bars), = figs["translate.png"]
+    assert img is None and bars and all(0 <= b <= 1 for b in bars)
+
+
+def test_matplotlib_is_a_runtime_dependency():
+    """`pip install .` alone (no extra) installs matplotlib: the installed distribution's
+    metadata requires it unconditionally (a requirement without an `extra ==` marker)."""
+    from importlib.metadata import requires
+    reqs = [r for r in (requires("fusedrnn") or []) if r.lower().startswith("matplotlib")]
+    assert any("extra" not in r for r in reqs), reqs
 
 
 def test_train_prints_the_path_of_every_picture(tmp_path, capsys):

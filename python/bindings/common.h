@@ -141,16 +141,13 @@ class Keywords {
   S* opt_out(const char* name, std::size_t n) {
     return data_of<S>(get(name), name, n, true, true);
   }
-  // The kernel options: reverse and num_threads, and where the kernel takes them (`packed`)
-  // weights_packed and precision (elsewhere they stay unread: passing one is a TypeError).
-  fusedrnn::Options options(bool packed) {
+  // The kernel options every kernel binding takes: reverse, num_threads, weights_packed, precision.
+  fusedrnn::Options options() {
     fusedrnn::Options o;
     o.reverse = value<bool>("reverse", false);
     o.num_threads = value<int>("num_threads", 0);
-    if (packed) {
-      o.weights_packed = value<bool>("weights_packed", false);
-      o.precision = value<fusedrnn::Precision>("precision", fusedrnn::Precision::float32);
-    }
+    o.weights_packed = value<bool>("weights_packed", false);
+    o.precision = value<fusedrnn::Precision>("precision", fusedrnn::Precision::float32);
     return o;
   }
   template <typename T>

@@ -22,7 +22,7 @@ void register_lstm(py::module_& m) {
       [](py::tuple dims, py::kwargs kwargs) {
         Keywords kw("lstm_forward", std::move(kwargs));
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt = kw.options(/*packed=*/true);
+        const fusedrnn::Options opt = kw.options();
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
         const std::size_t ws_n = fusedrnn::lstm_forward_workspace_size(d, opt.precision);
         const Counts n(d, 4);
@@ -59,7 +59,7 @@ void register_lstm(py::module_& m) {
       [](py::tuple dims, py::kwargs kwargs) {
         Keywords kw("lstm_backward", std::move(kwargs));
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt = kw.options(/*packed=*/true);
+        const fusedrnn::Options opt = kw.options();
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
         const std::size_t ws_n = fusedrnn::lstm_backward_workspace_size(d, opt.precision);
         const Counts n(d, 4);

@@ -84,7 +84,7 @@ void register_cell(py::module_& m) {
       [](py::tuple dims, py::kwargs kwargs) {
         Keywords kw(Cell::forward_name, std::move(kwargs));
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt = kw.options(/*packed=*/true);
+        const fusedrnn::Options opt = kw.options();
         const auto formula = kw.template required_value<Formula>(Cell::formula);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
         const std::size_t ws_n = Cell::fws(d, opt.precision);
@@ -119,7 +119,7 @@ void register_cell(py::module_& m) {
       [](py::tuple dims, py::kwargs kwargs) {
         Keywords kw(Cell::backward_name, std::move(kwargs));
         const auto d = dims_of(dims);
-        const fusedrnn::Options opt = kw.options(/*packed=*/true);
+        const fusedrnn::Options opt = kw.options();
         const auto formula = kw.template required_value<Formula>(Cell::formula);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
         const std::size_t ws_n = Cell::bws(d, opt.precision);

@@ -51,7 +51,8 @@ def lstm_backward(dims: _Dims, *, x: _A, w_ih: _A, w_hh: _A, w_peep: _OA = None,
                   dw_ih: _OA = None, dw_hh: _OA = None, db_ih: _OA = None, db_hh: _OA = None,
                   dw_peep: _OA = None, dw_hr: _OA = None, workspace: _A,
                   cell_clip: float = 0.0, reverse: bool = False,
-                  num_threads: int = 0, precision: Precision = ...) -> None: ...
+                  num_threads: int = 0, weights_packed: bool = False,
+                  precision: Precision = ...) -> None: ...
 def gru_forward(dims: _Dims, *, variant: GruVariant, x: _A, w_ih: _A, w_hh: _A,
                 b_ih: _OA = None, b_hh: _OA = None, h0: _OA = None, lengths: _OA = None, y: _A,
                 h_n: _A, cache: _OA = None, workspace: _A, reverse: bool = False,
@@ -61,7 +62,8 @@ def gru_backward(dims: _Dims, *, variant: GruVariant, x: _A, w_ih: _A, w_hh: _A,
                  lengths: _OA = None, cache: _A, dy: _OA = None, dh_n: _OA = None, dx: _A,
                  dh0: _OA = None, dw_ih: _OA = None, dw_hh: _OA = None, db_ih: _OA = None,
                  db_hh: _OA = None, workspace: _A, reverse: bool = False,
-                 num_threads: int = 0, precision: Precision = ...) -> None: ...
+                 num_threads: int = 0, weights_packed: bool = False,
+                 precision: Precision = ...) -> None: ...
 def rnn_forward(dims: _Dims, *, nonlinearity: Nonlinearity, x: _A, w_ih: _A, w_hh: _A,
                 b_ih: _OA = None, b_hh: _OA = None, h0: _OA = None, lengths: _OA = None, y: _A,
                 h_n: _A, cache: _OA = None, workspace: _A, reverse: bool = False,
@@ -71,7 +73,8 @@ def rnn_backward(dims: _Dims, *, nonlinearity: Nonlinearity, x: _A, w_ih: _A, w_
                  lengths: _OA = None, cache: _A, dy: _OA = None, dh_n: _OA = None, dx: _A,
                  dh0: _OA = None, dw_ih: _OA = None, dw_hh: _OA = None, db_ih: _OA = None,
                  db_hh: _OA = None, workspace: _A, reverse: bool = False,
-                 num_threads: int = 0, precision: Precision = ...) -> None: ...
+                 num_threads: int = 0, weights_packed: bool = False,
+                 precision: Precision = ...) -> None: ...
 # The low-precision building blocks (bindings/lowp.cc; used through fusedrnn.lowp).
 def lowp_tiers() -> dict: ...
 def lowp_active_tier() -> str: ...

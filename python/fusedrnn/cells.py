@@ -35,7 +35,12 @@ workspace (one per thread) and packs again only when they may have changed:
   other route (``p.data[...] = ...``, ``np.copyto``, a *parent* module's ``load_state_dict``);
   or set ``cell.reuse_packed_weights = False`` to pack at every step.
 
-Forward reuses the packed weights; backward packs the (transposed) weights it needs per step.
+Backward likewise keeps the (transposed) weights it packs in its own workspace (one per thread
+and batch size) and reuses them at the next backward of the same loop: it packs again when a
+forward ran since its last call (so after an optimiser step and the next loop's forwards) or
+after any of the calls above. The one change it cannot see is a write into the weights *between
+two backward calls* with no forward in between: call ``weights_changed()`` after it.
+Reusing the packed weights changes no result: they are the same bits either way.
 """
 from __future__ import annotations
 
@@ -78,13 +83,17 @@ def _kernel_forward(mode, flag, dims, packed, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
 
 
 def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n, dc_n, dx, dh0,
-                     dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr, bws_size, dt):
+                     dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr, bws_size, dt, ws=None,
+                     packed=False):
+    """ws: the caller's backward workspace (None: the thread's scratch); packed: it holds the
+    weights an earlier backward with the same dims packed (Options::weights_packed)."""
     kind, d = mode.lower(), _dims(mode, dims)
     t = dict(x=x, w_ih=w_ih, w_hh=w_hh, cache=cache, dh_n=dh_n, dx=dx, dh0=dh0, dw_ih=dw_ih,
              dw_hh=dw_hh, db_ih=db_ih, db_hh=db_hh)
     if mode == "LSTM":
         t.update(w_peep=w_peep, w_hr=w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep, dw_hr=dw_hr)
-    F._backward_into(kind, _formula(mode, flag), d, (0, 0, bws_size), False, **t)
+    F._backward_into(kind, _formula(mode, flag), d, (0, 0, bws_size), False, workspace=ws,
+                     packed=packed, **t)
 
 
 def _sizes(mode, dims):
@@ -93,11 +102,14 @@ def _sizes(mode, dims):
 
 class _PackedStore(threading.local):
     """Per thread: the forward workspace whose start holds the packed weights, and the key of
-    the weights packed there. Pickled and copied as a fresh, empty store."""
+    the weights packed there; likewise the backward workspace (bws, bkey). Pickled and copied
+    as a fresh, empty store."""
 
     def __init__(self):
         self.ws = None
         self.key = None
+        self.bws = None
+        self.bkey = None
 
     def __reduce__(self):
         return _PackedStore, ()
@@ -148,6 +160,7 @@ class _CellBase(Module):
             self.weight_peep = Parameter(uniform(3, H))
         self.reuse_packed_weights = True
         self._version = 0
+        self._forwards = 0      # forward calls so far: a backward after a forward packs again
         self._store = _PackedStore()
         self._tape = []
         self._caches = []       # cache arrays reused by tape depth
@@ -166,12 +179,12 @@ class _CellBase(Module):
         return tuple(None if p is None else p.data for p in map(get, self._ORDER))
 
     def _step_sizes(self, N):
-        """(dims, cache size, forward workspace size) for batch N, kept per N."""
+        """(dims, cache size, forward workspace size, backward workspace size) for batch N,
+        kept per N."""
         s = self._sizes_by_n.get(N)
         if s is None:
             dims = (1, N, self.input_size, self.hidden_size, self.proj_size)
-            cache_size, ws_size, _ = _sizes(self._mode, dims)
-            s = self._sizes_by_n[N] = (dims, cache_size, ws_size)
+            s = self._sizes_by_n[N] = (dims,) + tuple(_sizes(self._mode, dims))
         return s
 
     def load_state_dict(self, state_dict, strict: bool = True) -> None:
@@ -230,8 +243,9 @@ class _CellBase(Module):
                 c0 = self._check_array(fn, "state[1] (c)", state[1], (N, H))
             else:
                 h0 = self._check_array(fn, "state", state, (N, R))
-        dims, cache_size, ws_size = self._step_sizes(N)
+        dims, cache_size, ws_size, _ = self._step_sizes(N)
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
+        self._forwards += 1
 
         store = self._store
         key = (self._version, id(w_ih), id(w_hh), id(b_ih), id(b_hh), id(w_peep), id(w_hr))
@@ -293,10 +307,19 @@ class _CellBase(Module):
                 raise ValueError(f"{fn}: d_c is for LSTMCell only")
             dc_n = self._check_array(fn, "d_c", d_c, (N, H))
         self._tape.pop()
-        self._version += 1   # an optimiser step may follow: pack again at the next forward
-        dims = (1, N, self.input_size, H, self.proj_size)
-        bws = _sizes(self._mode, dims)[2]
+        dims, _, _, bws = self._step_sizes(N)
         w_ih, w_hh, _, _, w_peep, w_hr = self._weights()
+        # The backward of the previous step of this loop packed the same weights into this
+        # thread's backward workspace unless a forward ran since, or the weights changed.
+        store = self._store
+        key = (self._version, self._forwards, N, id(w_ih), id(w_hh), id(w_peep), id(w_hr))
+        ws = store.bws
+        packed = self.reuse_packed_weights and ws is not None and ws.size == bws \
+            and store.bkey == key
+        if ws is None or ws.size != bws:
+            ws = store.bws = np.empty(bws, self.dtype)
+        self._version += 1   # an optimiser step may follow: pack again at the next forward
+        store.bkey = None
         get = self._parameters.get
         g = lambda name: None if get(name) is None else get(name).grad  # noqa: E731
         dx = np.empty((1, N, self.input_size), self.dtype)
@@ -305,7 +328,9 @@ class _CellBase(Module):
         _kernel_backward(self._mode, self._flag, dims, step.x, w_ih, w_hh, w_peep, w_hr,
                          step.cache, dh_n, dc_n, dx, dh0, dc0, self.weight_ih.grad,
                          self.weight_hh.grad, g("bias_ih"), g("bias_hh"), g("weight_peep"),
-                         g("weight_hr"), bws, self.dtype)
+                         g("weight_hr"), bws, self.dtype, ws, packed)
+        if self.reuse_packed_weights:
+            store.bkey = (self._version,) + key[1:]
         d_state = None if not step.has_state else ((dh0, dc0) if lstm else dh0)
         return dx.reshape(N, self.input_size), d_state
 

@@ -242,14 +242,19 @@ def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed
                                       precision=precision, **tensors)
 
 
-def _backward_into(kind, formula, dims, sizes, reverse, precision=_FP32, **tensors):
+def _backward_into(kind, formula, dims, sizes, reverse, precision=_FP32, *, workspace=None,
+                   packed=False, **tensors):
     """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
     accumulate); tensors are _core's keyword arguments. precision: the forward's (bfloat16:
-    the bf16 training contract, sizes = _sizes(kind, dims, precision))."""
+    the bf16 training contract, sizes = _sizes(kind, dims, precision)). workspace None: this
+    thread's scratch; else the caller's (``packed``: it holds the weights an earlier backward
+    with the same dims packed, Options::weights_packed)."""
     if formula is not None:
         tensors[_FORMULA[kind][0]] = formula
-    getattr(_core, kind + "_backward")(dims, workspace=_workspace(sizes[2], tensors["x"].dtype),
-                                       reverse=reverse, num_threads=_threads(),
+    if workspace is None:
+        workspace = _workspace(sizes[2], tensors["x"].dtype)
+    getattr(_core, kind + "_backward")(dims, workspace=workspace, reverse=reverse,
+                                       num_threads=_threads(), weights_packed=packed,
                                        precision=precision, **tensors)
 
 

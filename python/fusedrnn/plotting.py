@@ -38,7 +38,8 @@ def save_png(fig, path: str) -> Optional[str]:
 
 
 # -- `fusedrnn report RUN_DIR`: one self-contained HTML page ----------------------------------------
-PICTURES = ("loss.png", "classify.png", "forecast.png", "tag.png", "charlm.png")
+PICTURES = ("loss.png", "classify.png", "forecast.png", "tag.png", "charlm.png",
+            "translate.png")
 
 
 def html_report(run_dir: str, out: Optional[str] = None) -> str:

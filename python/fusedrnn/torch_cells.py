@@ -13,7 +13,8 @@ Packed weights: the cell keeps the weights packed by its last forward (per threa
 them while every parameter tensor is the same storage at the same ``_version`` (torch bumps a
 tensor's version at every in-place change: optimiser steps, ``load_state_dict``, ``copy_``,
 ``p.data[...] = ...`` through autograd-visible ops), so the packed copy is never stale for
-in-place changes torch can see. Writes that bypass the version counter (into
+in-place changes torch can see. Backward likewise keeps the (transposed) weights it packed and
+reuses them at the next step's backward under the same rule. Writes that bypass the version counter (into
 ``p.data.numpy()`` or another alias torch does not track) are not seen: call
 ``cell.weights_changed()`` after them.
 """
@@ -33,6 +34,8 @@ class _Store(threading.local):
     def __init__(self):
         self.ws = None
         self.key = None
+        self.bws = None
+        self.bkey = None
 
     def __reduce__(self):
         return _Store, ()
@@ -71,6 +74,7 @@ class _CellFunction(torch.autograd.Function):
                                store.ws[:ws_size])
         ctx.info = (mode, flag, dims, bws_size, dt, h0 is not None, c0 is not None,
                     b_ih is not None, b_hh is not None)
+        ctx.cell = cell
         if training:
             ctx.save_for_backward(x, w_ih, w_hh, torch.from_numpy(cache))
         out_h = torch.from_numpy(h_n)
@@ -93,9 +97,20 @@ class _CellFunction(torch.autograd.Function):
         dw_ih, dw_hh = np.zeros((G, C), dt), np.zeros((G, H), dt)
         db_ih = np.zeros(G, dt) if has_bih else None
         db_hh = np.zeros(G, dt) if has_bhh else None
+        # the weights the previous backward (this loop's later step) packed, while the
+        # parameters are the same storage at the same torch _version
+        cell = ctx.cell
+        key = (cell._fr_version, N, dt) + tuple((p.data_ptr(), p._version) for p in (w_ih, w_hh))
+        store = cell._fr_store
+        ws = store.bws
+        packed = ws is not None and ws.size == bws_size and ws.dtype == dt and store.bkey == key
+        if not packed and (ws is None or ws.size != bws_size or ws.dtype != dt):
+            ws = store.bws = np.empty(bws_size, dt)
+        store.bkey = None
         _cells._kernel_backward(mode, flag, dims, _np(x).reshape(1, N, C), _np(w_ih), _np(w_hh),
                                 None, None, _np(cache), dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh,
-                                db_ih, db_hh, None, None, bws_size, dt)
+                                db_ih, db_hh, None, None, bws_size, dt, ws, packed)
+        store.bkey = key
         t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
         return (None, None, t(dx.reshape(N, C)), t(dh0), t(dc0), t(dw_ih), t(dw_hh), t(db_ih),
                 t(db_hh))

@@ -352,6 +352,42 @@ void check_weights_packed(Case& c, std::size_t ws_size,
          ok ? "bitwise equal" : "differs");
 }
 
+// Options::weights_packed in backward: a backward on the workspace an earlier backward (same
+// dims) packed the weights into takes them from there and does not read the weight arrays (NaN
+// here); every gradient is bitwise the packing call's, in either direction.
+// `bwd(opt, ws)` runs the case's backward on its cache with the case's tensors.
+void check_backward_weights_packed(Case& c, std::size_t ws_size,
+                                   const std::function<void(const Options&, double*)>& bwd) {
+  Vec ws(ws_size, kJunk);
+  bool ok = true;
+  for (bool reverse : {c.opt.reverse, !c.opt.reverse}) {
+    Options o = c.opt;
+    o.reverse = reverse;
+    std::swap(c.opt, o);
+    c.forward(c.cache.data());
+    std::swap(c.opt, o);
+    auto grads = [&](const Options& opt, double* w) {
+      for (Tensor& e : c.t) std::fill(e.g.begin(), e.g.end(), 0.0);
+      bwd(opt, w);
+      std::vector<Vec> out;
+      for (Tensor& e : c.t) out.push_back(e.g);
+      return out;
+    };
+    const auto want = grads(o, ws.data());  // packs into ws
+    std::vector<std::pair<std::string, Vec>> kept;
+    for (const char* w : {"w_ih", "w_hh", "w_hr"})
+      if (c.has(w)) {
+        kept.emplace_back(w, c.at(w).v);
+        std::fill(c.at(w).v.begin(), c.at(w).v.end(), kJunk);
+      }
+    o.weights_packed = true;
+    ok = ok && grads(o, ws.data()) == want;
+    for (auto& [w, v] : kept) c.at(w).v = v;
+  }
+  report(ok, c.name + ": backward weights_packed reuses the workspace",
+         ok ? "bitwise equal" : "differs");
+}
+
 void check(const std::function<void(Case&)>& make) {
   Case c;
   make(c);
@@ -398,6 +434,30 @@ int main() {
     make_rnn(r, Nonlinearity::tanh, false, {3, 2, 1}, 31);
     check_weights_packed(r, rnn_forward_workspace_size(r.d), [&r](const Options& o, double* ws) {
       rnn_forward(r.d, single_forward_args<RnnForwardArgs<double>>(r, nullptr), o, ws);
+    });
+  }
+
+  // Options::weights_packed in backward (the backward workspace keeps the packed weights).
+  {
+    Case l, g, r;
+    make_lstm(l, true, {2, 3, 1}, 2, true);
+    check_backward_weights_packed(l, lstm_backward_workspace_size(l.d),
+                                  [&l](const Options& o, double* ws) {
+      lstm_backward(l.d, lstm_backward_args(l), o, ws);
+    });
+    for (GruVariant var : {GruVariant::reset_after, GruVariant::reset_before}) {
+      make_gru(g, var, false, {3, 1, 2});
+      check_backward_weights_packed(g, gru_backward_workspace_size(g.d),
+                                    [&g, var](const Options& o, double* ws) {
+        GruBackwardArgs<double> a = single_backward_args<GruBackwardArgs<double>>(g);
+        a.variant = var;
+        gru_backward(g.d, a, o, ws);
+      });
+    }
+    make_rnn(r, Nonlinearity::tanh, false, {3, 2, 1}, 31);
+    check_backward_weights_packed(r, rnn_backward_workspace_size(r.d),
+                                  [&r](const Options& o, double* ws) {
+      rnn_backward(r.d, single_backward_args<RnnBackwardArgs<double>>(r), o, ws);
     });
   }
 

@@ -29,12 +29,17 @@ enum class Precision { float32, bfloat16 };
 struct Options {
   bool reverse = false;  // run each sequence from its last valid step back to t = 0
   int num_threads = 0;   // threads of the kernel's parallel region; 0 = OpenMP default
-  // Forward only: the workspace still holds the weights packed by an earlier forward call of
+  // Forward: the workspace still holds the weights packed by an earlier forward call of
   // the same kernel (same cell, GRU variant, C, H and P, weights unchanged since) on this same
   // workspace, so this call skips packing them. The packed weights sit at the start of the
   // workspace, so T, N, lengths, reverse and the thread count may differ between the calls.
   // Packing costs a tenth of a batch-1 forward (LSTM H=256: ~0.2 of 1.5 ms). The kernel cannot
   // check this promise: a workspace without those packed weights gives wrong results.
+  // Backward: likewise, the backward workspace holds the (transposed) weights packed by an
+  // earlier backward call of the same kernel with the same dims (T, N, C, H, P: in backward the
+  // packed weights sit after the step buffers) on this same workspace, weights unchanged since:
+  // a single-step cell's backward through a loop packs once (fusedrnn.LSTMCell etc.). Results
+  // are bit for bit those of a call that packs.
   bool weights_packed = false;
   // Forward only: see Precision. The workspace must have been sized for it
   // (*_forward_workspace_size(dims, precision)); weights_packed then refers to weights packed

@@ -29,7 +29,8 @@
 //   The cache is read-only for backward, so backward may be called any number of times.
 //   The forward workspace holds the weights packed for the kernels at its start; with
 //   Options::weights_packed a later forward on the same workspace (same cell, C, H, P and
-//   weights) skips packing them (see common.h).
+//   weights) skips packing them (see common.h); a backward likewise, on the same backward
+//   workspace with the same dims.
 //
 // Gradients
 //   Backward computes the gradient of L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)].

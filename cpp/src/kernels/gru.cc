@@ -367,8 +367,10 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   parallel_region(thread_count(opt, d, 3), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
     if (!bf16) {
-      par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
-      if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+      if (!opt.weights_packed) {
+        par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
+        if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+      }
     } else if constexpr (std::is_same_v<Scalar, float>) {
       par_pack_bf16_kn(a.w_hh, after ? GH : 2 * H, H, H, lb.whh);
       if (!after) par_pack_bf16_kn(a.w_hh + 2 * H * H, H, H, H, lb.whn);
@@ -434,7 +436,7 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       return;
     }
     backward_epilogue(d, S, Index(3), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
+                      after ? a.dw_hh : nullptr, a.db_ih, a.db_hh, opt.weights_packed);
     if (!after && a.dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
       par_gemm_tn_add(2 * H, H, S * N, dgh, GH, hs, H, a.dw_hh, H);

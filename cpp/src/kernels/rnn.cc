@@ -266,7 +266,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   parallel_region(thread_count(opt, d, 1), [&] {
     if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
     if (!bf16) {
-      par_pack(a.w_hh, H, H, H, false, w.whh_q);
+      if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, false, w.whh_q);
     } else if constexpr (std::is_same_v<Scalar, float>) {
       par_pack_bf16_kn(a.w_hh, H, H, H, lb.whh);
       par_pack_bf16_kn(a.w_ih, H, d.C, d.C, lb.wih);
@@ -299,7 +299,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
     if (!bf16)
       backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                        a.dw_hh, a.db_ih, a.db_hh);
+                        a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     else if constexpr (std::is_same_v<Scalar, float>)
       backward_epilogue_bf16(tier, d, S, 1, H, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih, a.dw_hh,
                              a.db_ih, a.db_hh);

@@ -130,14 +130,15 @@ void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
 // size P). Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ (w_hh [G*H, R]), so
 //   dx = dgx w_ih,  dw_ih += dgxᵀ x,  dw_hh += dghᵀ hs,  db_ih += Σ rows dgx,  db_hh += Σ rows dgh.
 // dw_hh may be null (a cell whose recurrent product does not read hs does its own).
-// `packed` [packed_bound(G*H, C)] receives w_ih packed for dx.
+// `packed` [packed_bound(G*H, C)] receives w_ih packed for dx (holds it already when
+// `weights_packed`: Options::weights_packed of a backward call).
 template <typename Scalar>
 void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x,
                        const Scalar* w_ih, const Scalar* dgx, const Scalar* dgh, const Scalar* hs,
                        Scalar* packed, Scalar* dx, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih,
-                       Scalar* db_hh) {
+                       Scalar* db_hh, bool weights_packed = false) {
   const Index TN = d.T * d.N, GH = G * d.H;
-  par_pack(w_ih, GH, d.C, d.C, false, packed);
+  if (!weights_packed) par_pack(w_ih, GH, d.C, d.C, false, packed);
   par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
   if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
   if (dw_hh) par_gemm_tn_add(GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);

@@ -560,6 +560,90 @@ class Translate(Task):
         return [f"{s!r:36} -> {r}{'' if r == t else f'   (want {t})'}"
                 for (s, t), r in zip(pairs, res)]
 
+    # -- picture ---------------------------------------------------------------------------------
+    def attention_weights(self, model: Module, sources: Sequence[str],
+                          outputs: Sequence[str]) -> List[np.ndarray]:
+        """The attention weights of an AttnSeq2Seq reading each source while it writes the
+        given output (teacher-forced, eval mode): per pair [len(output) + 1, len(source)]
+        (rows: the output characters and </s>; each row sums to 1 over the source)."""
+        src, src_len, tin, _, tgt_len = self.make_batch(list(zip(sources, outputs)))
+        was = model.training
+        model.eval()
+        try:
+            enc_out, state = model._encode(src, src_len)
+            out, _ = model.decoder.forward(model.tgt_embed.forward(tin), state, lengths=tgt_len)
+            _, w = model.attention.forward(out, enc_out, src_len)        # [N, T, S]
+        finally:
+            model.train(was)
+        return [np.asarray(w[n, :int(tgt_len[n]), :int(src_len[n])], np.float64)
+                for n in range(len(sources))]
+
+    def plot(self, model: Module, out_dir: str) -> Optional[str]:
+        """translate.png. With attention (--attention): heatmaps of the attention weights for
+        four validation examples, the model's own (beam) output against the source characters.
+        Without: exact match (beam) by source length on the validation set, with the baseline
+        rule's. None without matplotlib."""
+        import os
+
+        from ..plotting import pyplot, save_png
+        plt = pyplot()
+        if plt is None or not self.valid_pairs:
+            return None
+        from .attention_seq2seq import AttnSeq2Seq
+        if isinstance(model, AttnSeq2Seq):
+            pairs = self.valid_pairs[:4]
+            sources = [s for s, _ in pairs]
+            outs, _ = self.translate(model, sources)
+            weights = self.attention_weights(model, sources, outs)
+            fig, axes = plt.subplots(len(pairs), 1, squeeze=False,
+                                     figsize=(max(6.0, 0.16 * max(map(len, sources)) + 2),
+                                              2.4 * len(pairs) + 0.6))
+            for ax, (src, want), out, w in zip(axes[:, 0], pairs, outs, weights):
+                ax.imshow(w, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+                ax.set_xticks(range(len(src)))
+                ax.set_xticklabels(list(src.replace(" ", "\u00b7")), fontsize=7)
+                ax.set_yticks(range(len(out) + 1))
+                ax.set_yticklabels(list(out) + ["</s>"], fontsize=7)
+                mark = "right" if out == want else f"wrong, want {want}"
+                ax.set_title(f"{src!r} -> {out!r} ({mark})", fontsize=9)
+            axes[-1, 0].set_xlabel("source character")
+            fig.suptitle(f"attention ({self.flag('attention')}): output character (rows) "
+                         f"reads source characters (columns)", fontsize=10)
+            fig.tight_layout()
+            return save_png(fig, os.path.join(out_dir, "translate.png"))
+        sources = [s for s, _ in self.valid_pairs]
+        targets = [t for _, t in self.valid_pairs]
+        best, _ = self.translate(model, sources)
+        if self.problem == "numbers" and not getattr(self.args, "data", None):
+            from .attention_seq2seq import number_baseline as base
+        else:
+            base = iso_baseline
+        lengths = np.array([len(s) for s in sources])
+        right = np.array([p == t for p, t in zip(best, targets)], np.float64)
+        base_right = np.array([base(s) == t for s, t in self.valid_pairs], np.float64)
+        edges = np.unique(np.linspace(lengths.min(), lengths.max() + 1, 11).astype(int))
+        which = np.clip(np.searchsorted(edges, lengths, side="right") - 1, 0, len(edges) - 2)
+        centres, vals, bases = [], [], []
+        for b in range(len(edges) - 1):
+            sel = which == b
+            if sel.any():
+                centres.append((edges[b] + edges[b + 1] - 1) / 2)
+                vals.append(float(right[sel].mean()))
+                bases.append(float(base_right[sel].mean()))
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        width = max(1.0, 0.8 * (edges[1] - edges[0])) if len(edges) > 1 else 1.0
+        ax.bar(centres, vals, width=width, color="C0", label=f"model ({self.flag('cell')})")
+        ax.plot(centres, bases, "k_", markersize=20, mew=2, label="baseline rule")
+        ax.set_xlabel("source length (characters)")
+        ax.set_ylabel("validation exact match (beam)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{self.problem}: exact match by source length ({len(sources)} pairs; "
+                     f"no attention)", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        return save_png(fig, os.path.join(out_dir, "translate.png"))
+
     # -- checkpoints -----------------------------------------------------------------------------
     def metadata(self) -> Dict[str, Any]:
         meta = super().metadata()

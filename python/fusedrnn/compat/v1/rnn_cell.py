@@ -27,9 +27,14 @@ inputs; the gradient of the initial state is left in ``cell.d_initial_state`` (N
 initial state was given).
 
 Dropout (DropoutWrapper) applies in train mode only (``cell.eval()`` turns it off; TF1 had no
-modes, its programs fed keep_prob = 1 to evaluate). Not expressible on the fused kernels, and
-refused with a ValueError: ``state_keep_prob < 1`` (dropout on the recurrent path), LSTMCell's
-``cell_clip`` / ``proj_clip``, and activations other than tanh (relu for BasicRNNCell).
+modes, its programs fed keep_prob = 1 to evaluate). LSTMCell's ``cell_clip`` runs in the fused
+kernel. What the fused kernels cannot express runs, for the cells concerned only, on the
+step-by-step NumPy path of :mod:`._steps` (same math, forward and backward, slower):
+``state_keep_prob < 1`` (the state fed back differs from the output), LSTMCell's ``proj_clip``
+(with ``num_proj``), and activations other than tanh (and relu for BasicRNNCell). Activations
+are known by name (a string, or a callable's ``__name__``: ``np.tanh``, ``tf.nn.relu``, ...):
+tanh, relu, sigmoid, elu, softsign, relu6, identity/linear; any other raises a ValueError (the
+backward needs its derivative).
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ import numpy as np
 
 from ... import functional as F
 from ...module import Module, Parameter
+from . import _steps
 
 __all__ = ["RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
            "DropoutWrapper", "LSTMStateTuple"]
@@ -53,15 +59,25 @@ class LSTMStateTuple(NamedTuple):
     h: np.ndarray
 
 
-def _tanh_or(fn, activation, allowed=("tanh",)):
-    """The activation's name: None or np.tanh or "tanh" is tanh; relu where allowed."""
-    if activation is None or activation is np.tanh or activation == "tanh":
+def _activation(fn, activation):
+    """The activation's name (None is tanh): a name of _steps.ACTIVATIONS, as a string or a
+    callable's __name__."""
+    if activation is None:
         return "tanh"
-    name = getattr(activation, "__name__", activation)
-    if "relu" in allowed and name == "relu":
-        return "relu"
-    raise ValueError(f"{fn}: activation must be tanh{' or relu' if 'relu' in allowed else ''} "
-                     f"(the fused kernels' activations), got {activation!r}")
+    name = activation if isinstance(activation, str) else getattr(activation, "__name__", None)
+    if name not in _steps.ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be one of {', '.join(_steps.ACTIVATIONS)} (a "
+                         f"name or a function of that name, e.g. np.tanh, tf.nn.relu: its "
+                         f"derivative is needed for backward), got {activation!r}")
+    return name
+
+
+def _positive(fn, name, v):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < math.inf:
+        raise ValueError(f"{fn}: {name} must be None or a positive number, got {v!r}")
+    return float(v)
 
 
 def _dtype_of(fn, dtype):
@@ -103,7 +119,7 @@ class RNNCell(Module):
         self._ctx = None
         self.d_initial_state = None
 
-    # structure: the basic cells, in stack order, each with its input and output dropouts
+    # structure: the basic cells, in stack order, each with its input, output and state dropouts
     def _layers(self):
         raise NotImplementedError  # every concrete cell overrides it
 
@@ -122,7 +138,7 @@ class RNNCell(Module):
         dt = _dtype_of(fn, dtype)
         if dt is None:
             raise TypeError(f"{fn}: dtype must be float32 or float64, got None")
-        return self._join([c._zero(N, dt) for c, _, _ in self._layers()])
+        return self._join([c._zero(N, dt) for c, *_ in self._layers()])
 
     def _split(self, state, fn, what):
         """The states of the basic cells (list, stack order) from this cell's state."""
@@ -153,7 +169,7 @@ class RNNCell(Module):
             [None] * len(layers)
         training = self.training
         inp, ctx, finals = x, [], []
-        for (cell, ins, outs), st in zip(layers, states):
+        for (cell, ins, outs, sts), st in zip(layers, states):
             if cell._built is None:
                 cell.build(inp.shape[2], x.dtype)
             cell._check_input(fn, inp)
@@ -163,7 +179,8 @@ class RNNCell(Module):
                 if m is not None:
                     inp = inp * m
             h0, c0 = cell._to_hc(st, N, fn, "initial_state") if st is not None else (None, None)
-            y, h_n, c_n, cache = cell._run(inp, lengths, h0, c0, reverse, training)
+            masks = cell._state_masks(sts, T, N, x.dtype) if training else (None, None)
+            y, h_n, c_n, cache = cell._run(inp, lengths, h0, c0, reverse, training, masks)
             finals.append(cell._from_hc(h_n, c_n))
             m_out = [w._mask(y.shape, y.dtype, w.output_keep_prob) for w in outs] \
                 if training else []
@@ -253,7 +270,7 @@ class _Basic(RNNCell):
         self._input_depth = None
 
     def _layers(self):
-        return [(self, [], [])]
+        return [(self, [], [], [])]
 
     def _split(self, state, fn, what):
         return [state]
@@ -321,9 +338,38 @@ class _Basic(RNNCell):
         return np.zeros((N, self._num_units), dt)
 
     def _back(self, fn, cache, dy, dh_n, dc_n):
-        g = self._kernel_backward(cache, dy, dh_n, dc_n)
+        if isinstance(cache, _steps.SlowCache):
+            g = _steps.backward(cache, dy, dh_n, dc_n)
+        else:
+            g = self._kernel_backward(cache, dy, dh_n, dc_n)
         self._add_grads(g)
         return g.dx, g.dh0, getattr(g, "dc0", None)
+
+    # -- the fused kernel, or the step path (_steps) for what the kernels cannot express --------
+    def _fused(self):
+        """Whether the fused kernel computes this cell (else the step path)."""
+        return self._activation == "tanh"
+
+    def _state_masks(self, wrappers, T, N, dt):
+        """State dropout masks (h, c) of the DropoutWrappers in `wrappers` (product), each None
+        or [T or 1, N, width]: TF1 drops h of an LSTMStateTuple (its default state filter), the
+        whole state otherwise."""
+        mh = mc = None
+        for w in wrappers:
+            m = w._mask((T, N, self._rec()), dt, w.state_keep_prob)
+            mh = m if mh is None else mh * m
+            if self._concat_state():
+                m = w._mask((T, N, self._num_units), dt, w.state_keep_prob)
+                mc = m if mc is None else mc * m
+        return mh, mc
+
+    def _concat_state(self):
+        return False
+
+    def _run(self, x, lengths, h0, c0, reverse, training, masks=(None, None)):
+        if self._fused() and masks[0] is None and masks[1] is None:
+            return self._run_fused(x, lengths, h0, c0, reverse, training)
+        return _steps.run(self._step_cell(), x, lengths, h0, c0, reverse, training, masks)
 
 
 class BasicRNNCell(_Basic):
@@ -333,7 +379,17 @@ class BasicRNNCell(_Basic):
     def __init__(self, num_units, activation=None, reuse=None, name=None, dtype=None, *,
                  seed=None):
         super().__init__(num_units, dtype, seed)
-        self._activation = _tanh_or("BasicRNNCell", activation, ("tanh", "relu"))
+        self._activation = _activation("BasicRNNCell", activation)
+
+    def _fused(self):
+        return self._activation in ("tanh", "relu")
+
+    def _rnn_weights(self):
+        C, K = self._input_depth, self.kernel.data
+        return np.ascontiguousarray(K[:C].T), np.ascontiguousarray(K[C:].T), self.bias.data
+
+    def _step_cell(self):
+        return _steps.StepCell("rnn", self._activation, *self._rnn_weights())
 
     def _create(self, rng, C, dt):
         H = self._num_units
@@ -344,11 +400,9 @@ class BasicRNNCell(_Basic):
         p = f"{scope}/{self._scope_name}/"
         return OrderedDict([(p + "kernel", self.kernel), (p + "bias", self.bias)])
 
-    def _run(self, x, lengths, h0, c0, reverse, training):
-        C = self._input_depth
-        K = self.kernel.data
-        out = F.rnn_forward(x, np.ascontiguousarray(K[:C].T), np.ascontiguousarray(K[C:].T),
-                            self.bias.data, None, h0, nonlinearity=self._activation,
+    def _run_fused(self, x, lengths, h0, c0, reverse, training):
+        w_ih, w_hh, b = self._rnn_weights()
+        out = F.rnn_forward(x, w_ih, w_hh, b, None, h0, nonlinearity=self._activation,
                             lengths=lengths, reverse=reverse, training=training)
         return out.y, out.h_n, None, out.cache
 
@@ -379,9 +433,19 @@ class BasicLSTMCell(_Basic):
         if not isinstance(state_is_tuple, (bool, np.bool_)):
             raise TypeError(f"{fn}: state_is_tuple must be a bool")
         self._state_is_tuple = bool(state_is_tuple)
-        self._activation = _tanh_or(fn, activation)
+        self._activation = _activation(fn, activation)
         self._num_proj = None
         self._peep = False
+        self._cell_clip = self._proj_clip = None
+
+    def _concat_state(self):
+        return not self._state_is_tuple
+
+    def _step_cell(self):
+        w_ih, w_hh, b = self._kernel_weights()
+        w_peep, w_hr = self._extras()
+        return _steps.StepCell("lstm", self._activation, w_ih, w_hh, b, w_peep, w_hr,
+                               self._cell_clip, self._proj_clip)
 
     @property
     def state_size(self):
@@ -442,11 +506,12 @@ class BasicLSTMCell(_Basic):
     def _extras(self):
         return None, None
 
-    def _run(self, x, lengths, h0, c0, reverse, training):
+    def _run_fused(self, x, lengths, h0, c0, reverse, training):
         w_ih, w_hh, b = self._kernel_weights()
         w_peep, w_hr = self._extras()
         out = F.lstm_forward(x, w_ih, w_hh, b, None, h0, c0, w_peep=w_peep, w_hr=w_hr,
-                             lengths=lengths, reverse=reverse, training=training)
+                             lengths=lengths, reverse=reverse, training=training,
+                             cell_clip=self._cell_clip)
         return out.y, out.h_n, out.c_n, out.cache
 
     def _kernel_backward(self, cache, dy, dh_n, dc_n):
@@ -472,10 +537,11 @@ class LSTMCell(BasicLSTMCell):
         super().__init__(num_units, forget_bias, state_is_tuple, activation, dtype=dtype,
                          seed=seed)
         fn = "LSTMCell"
-        if cell_clip is not None or proj_clip is not None:
-            raise ValueError(f"{fn}: cell_clip and proj_clip are not supported by the fused "
-                             f"kernels (got cell_clip={cell_clip!r}, proj_clip={proj_clip!r})")
+        self._cell_clip = _positive(fn, "cell_clip", cell_clip)
         self._num_proj = _units(fn, "num_proj", num_proj, optional=True)
+        # TF1 clips the projection only when there is one (proj_clip is ignored without it)
+        proj_clip = _positive(fn, "proj_clip", proj_clip)
+        self._proj_clip = proj_clip if self._num_proj else None
         if self._num_proj and not self._state_is_tuple:
             raise ValueError(f"{fn}: num_proj={num_proj} needs state_is_tuple=True (c and the "
                              f"projected h have different widths)")
@@ -502,6 +568,9 @@ class LSTMCell(BasicLSTMCell):
             v[p + "projection/kernel"] = self.projection_kernel
         return v
 
+    def _fused(self):
+        return self._activation == "tanh" and self._proj_clip is None
+
     def _extras(self):
         w_peep = np.stack([self.w_i_diag.data, self.w_f_diag.data, self.w_o_diag.data]) \
             if self._peep else None
@@ -527,7 +596,18 @@ class GRUCell(_Basic):
     def __init__(self, num_units, activation=None, reuse=None, kernel_initializer=None,
                  bias_initializer=None, name=None, dtype=None, *, seed=None):
         super().__init__(num_units, dtype, seed)
-        self._activation = _tanh_or("GRUCell", activation)
+        self._activation = _activation("GRUCell", activation)
+
+    def _gru_weights(self):
+        C = self._input_depth
+        G, K = self.gates_kernel.data, self.candidate_kernel.data
+        w_ih = np.ascontiguousarray(np.concatenate([G[:C], K[:C]], axis=1).T)
+        w_hh = np.ascontiguousarray(np.concatenate([G[C:], K[C:]], axis=1).T)
+        b = np.concatenate([self.gates_bias.data, self.candidate_bias.data])
+        return w_ih, w_hh, b
+
+    def _step_cell(self):
+        return _steps.StepCell("gru", self._activation, *self._gru_weights())
 
     def _create(self, rng, C, dt):
         H = self._num_units
@@ -543,12 +623,8 @@ class GRUCell(_Basic):
                             (p + "candidate/kernel", self.candidate_kernel),
                             (p + "candidate/bias", self.candidate_bias)])
 
-    def _run(self, x, lengths, h0, c0, reverse, training):
-        C = self._input_depth
-        G, K = self.gates_kernel.data, self.candidate_kernel.data
-        w_ih = np.ascontiguousarray(np.concatenate([G[:C], K[:C]], axis=1).T)
-        w_hh = np.ascontiguousarray(np.concatenate([G[C:], K[C:]], axis=1).T)
-        b = np.concatenate([self.gates_bias.data, self.candidate_bias.data])
+    def _run_fused(self, x, lengths, h0, c0, reverse, training):
+        w_ih, w_hh, b = self._gru_weights()
         out = F.gru_forward(x, w_ih, w_hh, b, None, h0, variant="reset_before", lengths=lengths,
                             reverse=reverse, training=training)
         return out.y, out.h_n, None, out.cache
@@ -622,8 +698,10 @@ class MultiRNNCell(RNNCell):
 class DropoutWrapper(RNNCell):
     """TF1 DropoutWrapper(cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
     variational_recurrent=False, input_size=None, dtype=None, seed=None): dropout of the cell's
-    inputs and outputs (train mode), a fresh mask per step, or one per sequence with
-    variational_recurrent. state_keep_prob < 1 (the recurrent path) is refused."""
+    inputs, outputs and (state_keep_prob) the state each step passes on (train mode), a fresh
+    mask per step, or one per sequence with variational_recurrent. State dropout follows TF1's
+    default filter (h of an LSTMStateTuple, not c; a whole non-tuple state) and runs the
+    wrapped cells on the step path (_steps): the fused kernels feed back the output itself."""
 
     def __init__(self, cell, input_keep_prob=1.0, output_keep_prob=1.0, state_keep_prob=1.0,
                  variational_recurrent=False, input_size=None, dtype=None, seed=None,
@@ -638,11 +716,12 @@ class DropoutWrapper(RNNCell):
                         ("state_keep_prob", state_keep_prob)):
             if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 < p <= 1:
                 raise ValueError(f"{fn}: {name} must be a number in (0, 1], got {p!r}")
-        if state_keep_prob != 1:
-            raise ValueError(f"{fn}: state_keep_prob={state_keep_prob} drops the recurrent "
-                             f"state, which the fused kernels cannot express; use "
-                             f"input_keep_prob / output_keep_prob")
+        if state_keep_prob != 1 and dropout_state_filter_visitor is not None:
+            raise ValueError(f"{fn}: dropout_state_filter_visitor is not supported (TF1's "
+                             f"default filter is: h of an LSTMStateTuple, any other state "
+                             f"whole); pass None")
         self.cell = cell
+        self.state_keep_prob = float(state_keep_prob)
         self.input_keep_prob = float(input_keep_prob)
         self.output_keep_prob = float(output_keep_prob)
         self.variational_recurrent = bool(variational_recurrent)
@@ -653,9 +732,12 @@ class DropoutWrapper(RNNCell):
         return self.cell.state_size
 
     def _layers(self):
-        entries = [(c, list(i), list(o)) for c, i, o in self.cell._layers()]
+        entries = [(c, list(i), list(o), list(s)) for c, i, o, s in self.cell._layers()]
         entries[0][1].insert(0, self)
         entries[-1][2].append(self)
+        if self.state_keep_prob < 1:
+            for e in entries:
+                e[3].append(self)
         return entries
 
     def _mask(self, shape, dtype, keep):
