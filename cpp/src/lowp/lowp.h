@@ -187,13 +187,11 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   };
   Bf16Block b;
   b.xrows = std::min(kBf16XRows, d.T * d.N);
-  if (G == 4 && !split_n && lstm_fused_applies(d)) {
-    const std::int64_t nub = (d.H + 15) / 16, Np = lstm_fused_rows(d.N);
+  if (G == 4 && !split_n && lstm_fused_applies(d)) {  // (in front: the pieces below stay
+    const std::int64_t nub = (d.H + 15) / 16, Np = lstm_fused_rows(d.N);  // for other users)
     b.wf = take(nub * 4 * 16 * (bf16_kpad(d.C) + bf16_kpad(d.H)));
     b.xf = take(2 * Np * bf16_kpad(d.C));
     b.hf = take(2 * Np * bf16_kpad(d.H));
-    b.floats = round_up(used, 32) / 2 + 16;
-    return b;
   }
   b.wih = take(packed_bf16_size(GH, d.C));
   if (split_n) {
