@@ -226,6 +226,15 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
     lb = lowp::bf16_block(d, 4, false, aligned64(workspace));
     workspace += lb.floats;
   }
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (bf16 && lb.wf && !training) {  // the fused AMX step (lowp/amx_cells.cc)
+      const lowp::LstmFusedArgs fa{a.x,   a.w_ih, a.w_hh, b_ih,   b_hh, w_peep, a.h0,
+                                   a.c0,  a.cell_clip,    a.lengths, opt.reverse, y,
+                                   a.h_n, a.c_n,  lb.wf,  lb.xf,  lb.hf};
+      lowp::lstm_fused_forward(d, fa, !opt.weights_packed, thread_count(opt, d, 4));
+      return;
+    }
+  }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   Carver<Scalar> cc(a.cache);

@@ -216,6 +216,30 @@ Tier active_tier() {
   return tier;
 }
 
+bool lstm_fused_applies(const Dims& d) {
+#ifdef FUSEDRNN_HAVE_LOWP_NATIVE
+  return active_tier() == Tier::amx && d.P == 0;
+#else
+  (void)d;
+  return false;
+#endif
+}
+
+#ifdef FUSEDRNN_HAVE_LOWP_NATIVE
+namespace tier_amx {
+void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
+}
+#endif
+
+void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads) {
+  if (!lstm_fused_applies(d)) fail("lstm_fused_forward: the fused AMX step does not apply here");
+#ifdef FUSEDRNN_HAVE_LOWP_NATIVE
+  tier_amx::lstm_fused_forward(d, a, pack, num_threads);
+#else
+  (void)a, (void)pack, (void)num_threads;
+#endif
+}
+
 void require_tier(Tier t, const char* fn) {
   if (!available(t))
     fail(std::string(fn) + ": tier '" + tier_name(t) +

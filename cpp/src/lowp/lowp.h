@@ -151,7 +151,19 @@ void par_gemm_s8(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const s
 // split_n the reset-before GRU's r*h operand [N, Hp]. 64-byte aligned pieces.
 constexpr std::int64_t kBf16XRows = 256;  // input rows converted and multiplied at a time
 
+// The fused AMX LSTM step (amx_cells.cc): operand rows padded to whole 16-row tiles (N < 16: N).
+constexpr std::int64_t lstm_fused_rows(std::int64_t N) { return N < 16 ? N : round_up(N, 16); }
+// Whether the LSTM's bf16 inference runs the fused AMX step: the amx tier is active, no
+// projection (P = 0). Fixed per process.
+bool lstm_fused_applies(const Dims& d);
+
 struct Bf16Block {
+  // The fused AMX LSTM (lstm_fused_applies): its packed weights [nub][4][KS][512] (KS k-steps of
+  // [C | H], each zero-padded to 32; nub blocks of 16 units), x and bf16(h) operands, two each
+  // [Np, Cp] and [Np, Hp]. Null otherwise.
+  std::uint16_t* wf = nullptr;
+  std::uint16_t* xf = nullptr;
+  std::uint16_t* hf = nullptr;
   std::uint16_t* wih = nullptr;
   std::uint16_t* whh = nullptr;
   std::uint16_t* whn = nullptr;
@@ -175,6 +187,12 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   };
   Bf16Block b;
   b.xrows = std::min(kBf16XRows, d.T * d.N);
+  if (G == 4 && !split_n && lstm_fused_applies(d)) {  // (in front: the pieces below stay
+    const std::int64_t nub = (d.H + 15) / 16, Np = lstm_fused_rows(d.N);  // for other users)
+    b.wf = take(nub * 4 * 16 * (bf16_kpad(d.C) + bf16_kpad(d.H)));
+    b.xf = take(2 * Np * bf16_kpad(d.C));
+    b.hf = take(2 * Np * bf16_kpad(d.H));
+  }
   b.wih = take(packed_bf16_size(GH, d.C));
   if (split_n) {
     b.whh = take(packed_bf16_size(2 * d.H, d.H));
@@ -188,6 +206,20 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   b.floats = round_up(used, 32) / 2 + 16;
   return b;
 }
+
+// The fused AMX LSTM inference (amx_cells.cc; lstm_fused_applies(d) must hold): the whole
+// forward of one layer, y [T, N, H], h_n, c_n [N, H] (the state, updated in place from h0, c0;
+// null: zeros). pack: pack w_ih [4H, C], w_hh [4H, H] into wf first (else wf holds them from an
+// earlier call). num_threads: the team size (the caller's thread_count).
+struct LstmFusedArgs {
+  const float *x, *w_ih, *w_hh, *b_ih, *b_hh, *w_peep, *h0, *c0;
+  float cell_clip;
+  const std::int64_t* lengths;
+  bool reverse;
+  float *y, *h_n, *c_n;
+  std::uint16_t *wf, *xf, *hf;
+};
+void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
 
 // The fp32 packed GEMM of the fp32 kernels (packed_gemm.h), in the instruction-set copy the fp32
 // kernels use: the benchmark's fp32 yardstick. C [m, n] = A [m, K] Wᵀ, W [n, K] packed once.

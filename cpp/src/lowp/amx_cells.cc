@@ -1,0 +1,420 @@
+// The fused AMX step of the LSTM's bf16 inference (lowp.h: lstm_fused_*): per time step and
+// block of 16 hidden units, the four gates' products on the tiles with K = [x_t | h_{t-1}] (the
+// input projection folded into the step: no separate projection pass, no gx in memory), the
+// weights packed once in tile layout ordered by unit block, gate and k-step, in 2 x 2 blocks
+// (two gates x two 16-row tiles: each A and B tile loaded serves two products); the block's
+// pre-activations go to a 16 KB staging buffer in L1, and its gate math runs in slices between
+// the tile products of the next block (no round trip of the whole gate matrix through memory).
+// One barrier per step; threads split the unit blocks.
+//
+// Compiled with the lowp native flags (x86-64-v4 + AMX) in its own copy namespace isa_amx, so
+// the gate math is the same source as the fp32 kernels' (kernels/activations.h).
+//
+// The numerical contract is the bf16 one of bf16_steps.h: x, w_ih, w_hh and the state h entering
+// each step are rounded to bf16 (nearest even; here by vcvtneps2bf16, bitwise the contract's
+// to_bf16); the products accumulate in fp32 on the tiles (the amx tier's bound: lowp.h), the
+// input and recurrent products in one accumulation; biases, gate math, c, h and every output in
+// fp32, with the fp32 kernels' formulas (lstm_pointwise.h): pre = ((x w_ihᵀ + h w_hhᵀ) + b_ih)
+// + b_hh. Every element is computed the same way whichever thread owns it: results do not
+// depend on the thread count.
+#include <immintrin.h>
+
+#include "kernels/activations.h"
+#include "lowp/lowp.h"
+
+namespace fusedrnn {
+namespace lowp {
+namespace {
+
+using I = std::int64_t;
+
+// The activations of the fused step. The fp32 kernels' sigmoid and tanh divide (vdivps: ~16
+// cycles a packet here, five a packet of 16 units, more than the rest of the gate math); here
+// the quotients are a reciprocal estimate refined by one Newton step (within ~2 ulp of the
+// quotient, flushed to 0 below the normal range), the exponentials Eigen's pexp as there:
+//   s(x) = 1 / (1 + e^-x),   tanh(x) = sign(x) (1 - e) / (1 + e), e = e^(-2|x|).
+// A NaN stays NaN.
+inline __m512 recip(__m512 d) {
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+inline __m512 vsigmoid(__m512 x) {
+  namespace ei = Eigen::internal;
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return recip(_mm512_add_ps(one, ei::pexp(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+inline __m512 vtanh(__m512 x) {
+  namespace ei = Eigen::internal;
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 ax = _mm512_abs_ps(x);
+  const __m512 e = ei::pexp(_mm512_mul_ps(_mm512_set1_ps(-2.0f), ax));
+  const __m512 q = _mm512_mul_ps(_mm512_sub_ps(one, e), recip(_mm512_add_ps(one, e)));
+  const __m512i sign =
+      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u)));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q), sign));
+}
+
+constexpr I kUB = 16;        // hidden units per block (one tile of output columns)
+constexpr I kGroupRows = 64; // rows per group (4 accumulator tiles)
+
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+inline __mmask16 unit_mask(I valid) {
+  return valid >= 16 ? __mmask16(0xffff) : __mmask16((1u << valid) - 1);
+}
+
+// The shape of one call.
+struct Shape {
+  I T, N, C, H, Np, Cp, Hp, KS, KSx, nub, tr;
+};
+
+Shape shape_of(const Dims& d) {
+  Shape s;
+  s.T = d.T, s.N = d.N, s.C = d.C, s.H = d.H;
+  s.Np = lstm_fused_rows(d.N);
+  s.Cp = bf16_kpad(d.C), s.Hp = bf16_kpad(d.H);
+  s.KSx = s.Cp / kBf16KStep;
+  s.KS = s.KSx + s.Hp / kBf16KStep;
+  s.nub = (d.H + kUB - 1) / kUB;
+  s.tr = std::min<I>(16, s.Np);
+  return s;
+}
+
+inline std::uint16_t* tile_of(std::uint16_t* wf, const Shape& s, I ub, I g, I ks) {
+  return wf + ((ub * 4 + g) * s.KS + ks) * 512;
+}
+
+// One block's staged pre-activation products: [gate][row < 64][16] fp32.
+struct Stage {
+  alignas(64) float v[4 * kGroupRows * kUB];
+};
+
+// 2 x 2 blocking: gates g0, g0 + 1 (B in tiles 6, 7) x row tiles r, r + 1 (A in tiles 4, 5;
+// RT = 1: r only); accumulators 0 (g0, r), 1 (g0 + 1, r), 2 (g0, r + 1), 3 (g0 + 1, r + 1).
+template <int RT, typename F>
+inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint16_t* w1,
+                       const std::uint16_t* xb, const std::uint16_t* hb, I r0, I chunk,
+                       F&& between) {
+  _tile_zero(0);
+  _tile_zero(1);
+  if constexpr (RT == 2) {
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  const int sx = int(s.Cp * 2), sh = int(s.Hp * 2);
+  for (I ks = 0; ks < s.KS; ++ks) {
+    const std::uint16_t* a;
+    I lda;
+    int sa;
+    if (ks < s.KSx) {
+      a = xb + r0 * s.Cp + ks * 32, lda = s.Cp, sa = sx;
+    } else {
+      a = hb + r0 * s.Hp + (ks - s.KSx) * 32, lda = s.Hp, sa = sh;
+    }
+    _tile_loadd(4, a, sa);
+    _tile_loadd(6, w0 + ks * 512, 64);
+    _tile_loadd(7, w1 + ks * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if constexpr (RT == 2) {
+      _tile_loadd(5, a + 16 * lda, sa);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+    if ((ks + 1) % chunk == 0) between();
+  }
+}
+
+template <int RT>
+inline void store22(float* st0, float* st1) {  // stages of gates g0, g0 + 1 at row tile r
+  _tile_stored(0, st0, 64);
+  _tile_stored(1, st1, 64);
+  if constexpr (RT == 2) {
+    _tile_stored(2, st0 + 16 * kUB, 64);
+    _tile_stored(3, st1 + 16 * kUB, 64);
+  }
+}
+
+// The arguments of one call, shared by its threads.
+struct Call {
+  Shape s;
+  const float *x, *b_ih, *b_hh, *w_peep;
+  float clip;
+  const std::int64_t* lengths;
+  bool reverse;
+  float *y, *h, *c;  // h, c: the fp32 state [N, H], updated in place
+  std::uint16_t *wf, *xf, *hf;
+
+  I time(I step, I n) const {
+    const I len = lengths ? lengths[n] : s.T;
+    if (step >= len) return -1;
+    return reverse ? len - 1 - step : step;
+  }
+  std::uint16_t* xbuf(I step) const { return xf + (step % 2) * s.Np * s.Cp; }
+  std::uint16_t* hbuf(I step) const { return hf + (step % 2) * s.Np * s.Hp; }
+};
+
+// A block whose products are staged and whose gate math is pending.
+struct Pending {
+  const Stage* st = nullptr;
+  I r0 = 0, rows = 0, u0 = 0, next = 0;  // group rows [r0, r0 + rows), units u0.., next row
+};
+
+// The gate math of rows [p.next, end) of a pending block at step `step` (lstm_pointwise.h's
+// formulas on the staged products), R rows at a time with their operations interleaved: one
+// row's math is a chain of dependent exponentials and reciprocals (~200 cycles of latency), so
+// independent rows side by side keep the vector units busy.
+struct GateConsts {
+  __m512 bi[4], bh[4], wp[3], hi, lo;
+  __mmask16 mk;
+};
+
+template <int R>
+inline void gate_group(const Call& k, I step, const Pending& p, I r, const GateConsts& q) {
+  namespace ei = Eigen::internal;
+  using P = __m512;
+  const Shape& s = k.s;
+  const I u0 = p.u0;
+  const std::uint16_t* hprev = k.hbuf(step);
+  std::uint16_t* hnext = k.hbuf(step + 1);
+  auto pre = [&](int j, int g) {
+    P v = _mm512_load_ps(p.st->v + (g * kGroupRows + r + j) * kUB);
+    if (k.b_ih) v = ei::padd(v, q.bi[g]);
+    if (k.b_hh) v = ei::padd(v, q.bh[g]);
+    return v;
+  };
+  P cp[R], i[R], f[R], g[R], c[R], o[R], h[R];
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) cp[j] = _mm512_maskz_loadu_ps(q.mk, k.c + (p.r0 + r + j) * s.H + u0);
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    P pi = pre(j, 0), pf = pre(j, 1);
+    if (k.w_peep) {
+      pi = ei::pmadd(q.wp[0], cp[j], pi);
+      pf = ei::pmadd(q.wp[1], cp[j], pf);
+    }
+    i[j] = vsigmoid(pi), f[j] = vsigmoid(pf);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) g[j] = vtanh(pre(j, 2));
+  if (!k.w_peep) {
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) o[j] = vsigmoid(pre(j, 3));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    c[j] = ei::pmadd(f[j], cp[j], ei::pmul(i[j], g[j]));
+    if (k.clip > 0)
+      c[j] = ei::pselect(ei::pcmp_lt(q.hi, c[j]), q.hi,
+                         ei::pselect(ei::pcmp_lt(c[j], q.lo), q.lo, c[j]));
+  }
+  if (k.w_peep) {
+#pragma GCC unroll 4
+    for (int j = 0; j < R; ++j) o[j] = vsigmoid(ei::pmadd(q.wp[2], c[j], pre(j, 3)));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) h[j] = ei::pmul(o[j], vtanh(c[j]));
+  for (int j = 0; j < R; ++j) {
+    const I n = p.r0 + r + j;
+    const I t = k.time(step, n);
+    if (t < 0) {  // finished sequence: carries h and c (c, h in place); the bf16 operand too
+      std::memcpy(hnext + n * s.Hp + u0, hprev + n * s.Hp + u0, 32);
+      continue;
+    }
+    _mm512_mask_storeu_ps(k.c + n * s.H + u0, q.mk, c[j]);
+    _mm512_mask_storeu_ps(k.h + n * s.H + u0, q.mk, h[j]);
+    _mm512_mask_storeu_ps(k.y + (t * s.N + n) * s.H + u0, q.mk, h[j]);
+    // the next step's operand: bf16(h), zero in the padding units
+    const __m256bh hb = _mm512_cvtneps_pbh(_mm512_maskz_mov_ps(q.mk, h[j]));
+    std::memcpy(hnext + n * s.Hp + u0, &hb, 32);
+  }
+}
+
+inline void gate_rows(const Call& k, I step, Pending& p, I end) {
+  end = std::min(end, p.rows);
+  if (p.next >= end) return;
+  const Shape& s = k.s;
+  const I u0 = p.u0;
+  GateConsts q;
+  q.mk = unit_mask(s.H - u0);
+  auto bias = [&](const float* b, I g) {
+    return b ? _mm512_maskz_loadu_ps(q.mk, b + g * s.H + u0) : _mm512_setzero_ps();
+  };
+  for (int g = 0; g < 4; ++g) q.bi[g] = bias(k.b_ih, g), q.bh[g] = bias(k.b_hh, g);
+  for (int g = 0; g < 3; ++g)
+    q.wp[g] = k.w_peep ? _mm512_maskz_loadu_ps(q.mk, k.w_peep + g * s.H + u0) : q.bi[0];
+  q.hi = _mm512_set1_ps(k.clip), q.lo = _mm512_set1_ps(-k.clip);
+  I r = p.next;
+  for (; r + 4 <= end; r += 4) gate_group<4>(k, step, p, r, q);
+  for (; r < end; ++r) gate_group<1>(k, step, p, r, q);
+  p.next = end;
+}
+
+// bf16 rows of x for step `step` into its operand buffer: rows [n0, n1).
+inline void convert_x(const Call& k, I step, I n0, I n1) {
+  const Shape& s = k.s;
+  std::uint16_t* xb = k.xbuf(step);
+  for (I n = n0; n < n1; ++n) {
+    const I t = k.time(step, n);
+    std::uint16_t* o = xb + n * s.Cp;
+    if (t < 0) {
+      std::memset(o, 0, size_t(s.Cp) * 2);
+      continue;
+    }
+    const float* xr = k.x + (t * s.N + n) * s.C;
+    for (I j = 0; j < s.Cp; j += 16) {
+      const __mmask16 mk = unit_mask(std::max<I>(0, std::min<I>(16, s.C - j)));
+      const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, xr + j));
+      std::memcpy(o + j, &v, 32);
+    }
+  }
+}
+
+// One thread's share of one step: unit blocks [b0, b1) over all row groups, the gate math of each
+// block interleaved with the products of the next.
+void thread_step(const Call& k, I step, I b0, I b1, Stage* stages) {
+  const Shape& s = k.s;
+  const std::uint16_t* xb = k.xbuf(step);
+  const std::uint16_t* hb = k.hbuf(step);
+  const I groups = (s.Np + kGroupRows - 1) / kGroupRows;
+  Pending prev;
+  I item = 0;
+  // k-steps between two slices of gate math, and the rows per slice (4 gates x KS/chunk slices)
+  // (about 4 rows a slice for a full group: 16 slices of an item's 4 x KS k-steps)
+  const I chunk = std::max<I>(1, s.KS / 4);
+  const I slices = 4 * ((s.KS + chunk - 1) / chunk);
+  for (I grp = 0; grp < groups; ++grp) {
+    const I r0 = grp * kGroupRows, grows = std::min(kGroupRows, s.Np - r0);
+    const I nrt = (grows + 15) / 16;
+    const I real = std::max<I>(0, std::min(grows, s.N - r0));
+    for (I ub = b0; ub < b1; ++ub, ++item) {
+      Stage* st = &stages[item % 2];
+      const I quota = prev.st ? (prev.rows + slices - 1) / slices : 0;
+      auto between = [&] {
+        if (prev.st) gate_rows(k, step, prev, prev.next + quota);
+      };
+      for (int g = 0; g < 4; g += 2) {
+        const std::uint16_t* w0 = tile_of(k.wf, s, ub, g, 0);
+        const std::uint16_t* w1 = tile_of(k.wf, s, ub, g + 1, 0);
+        float* s0 = st->v + g * kGroupRows * kUB;
+        float* s1 = st->v + (g + 1) * kGroupRows * kUB;
+        for (I rt = 0; rt < nrt; rt += 2) {
+          const I off = rt * 16 * kUB;
+          if (rt + 1 < nrt) {
+            products22<2>(s, w0, w1, xb, hb, r0 + rt * 16, chunk, between);
+            store22<2>(s0 + off, s1 + off);
+          } else {
+            products22<1>(s, w0, w1, xb, hb, r0 + rt * 16, chunk, between);
+            store22<1>(s0 + off, s1 + off);
+          }
+        }
+      }
+      if (prev.st) gate_rows(k, step, prev, prev.rows);
+      prev.st = st, prev.r0 = r0, prev.rows = real, prev.u0 = ub * kUB, prev.next = 0;
+    }
+  }
+  if (prev.st) gate_rows(k, step, prev, prev.rows);
+}
+
+}  // namespace
+
+namespace tier_amx {
+
+void lstm_fused_pack(const Dims& d, const float* w_ih, const float* w_hh, std::uint16_t* wf,
+                     int thread, int nthreads) {
+  const Shape s = shape_of(d);
+  for (I ub = thread; ub < s.nub; ub += nthreads)
+    for (I g = 0; g < 4; ++g)
+      for (I ks = 0; ks < s.KS; ++ks) {
+        std::uint16_t* dst = tile_of(wf, s, ub, g, ks);
+        for (I kk = 0; kk < 32; ++kk) {
+          const I k = ks * 32 + kk;
+          for (I j = 0; j < 16; ++j) {
+            const I u = ub * kUB + j, row = g * s.H + u;
+            float v = 0.0f;
+            bool have = false;
+            if (u < s.H) {
+              if (k < s.Cp) {
+                if (k < s.C) v = w_ih[row * s.C + k], have = true;
+              } else if (k - s.Cp < s.H) {
+                v = w_hh[row * s.H + (k - s.Cp)], have = true;
+              }
+            }
+            dst[((kk / 2) * 16 + j) * 2 + kk % 2] = have ? to_bf16_scalar(v) : std::uint16_t(0);
+          }
+        }
+      }
+}
+
+void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads) {
+  Call k;
+  k.s = shape_of(d);
+  k.x = a.x, k.b_ih = a.b_ih, k.b_hh = a.b_hh, k.w_peep = a.w_peep, k.clip = a.cell_clip;
+  k.lengths = a.lengths, k.reverse = a.reverse;
+  k.y = a.y, k.h = a.h_n, k.c = a.c_n;
+  k.wf = a.wf, k.xf = a.xf, k.hf = a.hf;
+  const Shape& s = k.s;
+  I S = s.T;
+  if (a.lengths) {
+    S = 0;
+    for (I n = 0; n < s.N; ++n) S = std::max<I>(S, a.lengths[n]);
+  }
+  FUSEDRNN_ISA_NS::detail::parallel_region(num_threads, [&] {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const int tid = 0, nt = 1;
+#endif
+    if (pack) lstm_fused_pack(d, a.w_ih, a.w_hh, a.wf, tid, nt);
+    // state and operands: h, c from h0, c0 (or 0); bf16(h0) and x_0; padding rows/columns zero
+    const I r0 = s.N * tid / nt, r1 = s.N * (tid + 1) / nt;
+    for (I n = r0; n < r1; ++n) {
+      for (I j = 0; j < s.H; ++j) {
+        k.h[n * s.H + j] = a.h0 ? a.h0[n * s.H + j] : 0.0f;
+        k.c[n * s.H + j] = a.c0 ? a.c0[n * s.H + j] : 0.0f;
+      }
+      if (a.lengths)
+        for (I t = a.lengths[n]; t < s.T; ++t)
+          std::fill(k.y + (t * s.N + n) * s.H, k.y + (t * s.N + n + 1) * s.H, 0.0f);
+    }
+    const I p0 = s.Np * tid / nt, p1 = s.Np * (tid + 1) / nt;
+    for (int buf = 0; buf < 2; ++buf)
+      for (I n = p0; n < p1; ++n) {
+        std::memset(k.hbuf(buf) + n * s.Hp, 0, size_t(s.Hp) * 2);
+        std::memset(k.xbuf(buf) + n * s.Cp, 0, size_t(s.Cp) * 2);
+      }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+    for (I n = r0; n < r1; ++n)
+      for (I j = 0; j < s.H; j += 16) {
+        const __mmask16 mk = unit_mask(std::min<I>(16, s.H - j));
+        const __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, k.h + n * s.H + j));
+        std::memcpy(k.hbuf(0) + n * s.Hp + j, &v, 32);
+      }
+    if (S > 0) convert_x(k, 0, r0, r1);
+    TileConfig cfg;
+    for (int t : {0, 1, 2, 3, 4, 5}) cfg.rows[t] = std::uint8_t(s.tr), cfg.colsb[t] = 64;
+    for (int t : {6, 7}) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+    Stage stages[2];
+    const I b0 = s.nub * tid / nt, b1 = s.nub * (tid + 1) / nt;
+    for (I step = 0; step < S; ++step) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+      if (step + 1 < S) convert_x(k, step + 1, r0, r1);
+      thread_step(k, step, b0, b1, stages);
+    }
+    _tile_release();
+  });
+}
+
+}  // namespace tier_amx
+}  // namespace lowp
+}  // namespace fusedrnn
