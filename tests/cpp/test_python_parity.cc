@@ -14,8 +14,10 @@
 // Precision::bfloat16 and hold Python's bf16 outputs (the model frozen at that precision): the
 // same checks, bitwise when the kernels are the same copy. Across copies the low-precision tier
 // may differ too, and tiers differ in fp32 accumulation order: one rounding of the recurrent
-// state to bf16 can then land on the other side (2^-8 relative) and the difference propagates,
-// so the bound there is 3e-2 relative. A float64 model loaded with Precision::bfloat16 must be
+// state to bf16 can then land on the other side (2^-8 relative), so the bound there is 5e-3
+// relative, about one bf16 step of an O(1) value (measured on these fixtures against the
+// avx512/amx ones: avx2 copy at most 6e-8; baseline copy 2.2e-4 in one GRU case, where a
+// rounding landed differently). A float64 model loaded with Precision::bfloat16 must be
 // std::invalid_argument.
 //
 //   test_python_parity [--fixtures DIR] [--require]
@@ -85,7 +87,7 @@ void check_case(const std::string& dir, const std::string& name) {
   const bool f64 = std::is_same<Scalar, double>::value;
   const std::string* isa = io.metadata_value("isa");
   const bool same_isa = isa && *isa == fusedrnn::build_info().instruction_set;
-  const double tol = f64 ? 1e-12 : bf16 && !same_isa ? 3e-2 : 1e-6;
+  const double tol = f64 ? 1e-12 : bf16 && !same_isa ? 5e-3 : 1e-6;
   if (f64) {
     bool threw = false;
     try {
