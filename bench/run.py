@@ -3,6 +3,7 @@
 
     python bench/run.py [--configs a,b,c,d,e] [--cells lstm,gru,rnn,bilstm2] [--modes infer,train]
                         [--threads 1 2] [--reps 9] [--no-onnx] [--quick] [--json PATH]
+    python bench/run.py --precision float32,bfloat16 [...]   (adds the bf16 / int8 peers, below)
     python bench/run.py --workloads ragged,subnormal,contended [--threads 1] [--reps 9]
         (the real-workload rows of bench/workloads.py: ragged batches, subnormal numbers,
         another busy process; at the smallest --threads, contended at 1 and 2)
@@ -37,6 +38,14 @@ ONNX: torch.onnx.export(dynamo=True) (torch's default, torch.export-based export
 needs onnxscript), falling back to the TorchScript exporter (dynamo=False) if it fails; the JSON
 records the exporter and the graph's op types (the dynamo exporter emits ONNX LSTM/GRU ops but
 unrolls nn.RNN into per-step MatMul/Tanh nodes).
+--precision float32,bfloat16 (inference rows only; default float32): in the same alternation
+also fusedrnn's bf16 frozen layer (layer.frozen(precision="bfloat16"): weights rounded to bf16 and
+packed once, bf16 products with fp32 accumulation and gates; "f16"), torch in bfloat16
+(module.to(torch.bfloat16), input bf16, inference_mode: oneDNN with AMX for LSTM; "tb16") and
+torch's dynamic int8 quantisation (torch.ao.quantization.quantize_dynamic, qint8 weights, LSTM and
+GRU only: it has no nn.RNN kernel; "tq8"); ratios peer/f16 (tb16/f16, tq8/f16, and frz/f16: the
+speed-up of bf16 over fusedrnn's fp32 frozen layer). ONNX Runtime's quantised model is not
+included (not measured here).
 Peak memory of a training step (at the largest thread count): a fresh subprocess per contender
 builds inputs and weights, reads its anonymous RSS (a0), runs one step (faults in code pages,
 builds caches and workspaces), resets the peak RSS (/proc/self/clear_refs "5"), runs a second
@@ -76,6 +85,38 @@ GATES["bilstm2"] = 4
 DEFAULT_CONFIGS["bilstm2"] = "a"
 CONTENDERS = ("fusedrnn", "frozen", "torch", "onnxruntime")
 SHORT = {"fusedrnn": "fr", "frozen": "frz", "torch": "torch", "onnxruntime": "ort"}  # headers
+# --precision bfloat16 (inference): fusedrnn's bf16 frozen layer and its peers
+LOWP = ("frozen_bf16", "torch_bf16", "torch_qint8")
+SHORT.update(frozen_bf16="f16", torch_bf16="tb16", torch_qint8="tq8")
+LOWP_PEERS = ("frozen", "torch_bf16", "torch_qint8")    # ratios: peer / frozen_bf16
+
+
+def lowp_contenders(cell, mod, x, fr):
+    """{name: callable} of the bf16 / int8 inference contenders on the float32 module's weights
+    (torch_qint8 absent where quantize_dynamic has no kernel for the module: nn.RNN)."""
+    fns = {}
+    frz16 = fr.from_torch(mod).frozen(precision="bfloat16")
+    xn = x.numpy().copy()
+    fns["frozen_bf16"] = lambda: frz16.forward(xn)
+    import copy
+    m16, x16 = copy.deepcopy(mod).to(torch.bfloat16).eval(), x.to(torch.bfloat16)
+
+    def run_torch_bf16():
+        with torch.inference_mode():
+            m16(x16)
+    fns["torch_bf16"] = run_torch_bf16
+    if isinstance(mod, (torch.nn.LSTM, torch.nn.GRU)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # quantize_dynamic is deprecated (still present)
+            q8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(mod).eval(),
+                                                        {torch.nn.LSTM, torch.nn.GRU},
+                                                        dtype=torch.qint8)
+
+        def run_torch_qint8():
+            with torch.inference_mode():
+                q8(x)
+        fns["torch_qint8"] = run_torch_qint8
+    return fns
 
 
 def flops(cell, mode, T, N, C, H):
@@ -236,7 +277,9 @@ def machine_info(fr, args):
             "git": f"{git('rev-parse', '--short', 'HEAD')} modified: "
                    f"{' '.join(git('status', '--porcelain', '-uno').split()[1::2]) or 'none'}",
             "loadavg_at_start": os.getloadavg(), "reps": args.reps,
-            "min_rep_ms": args.min_rep_ms, "settle_ms": args.settle_ms, "dtype": "float32"}
+            "min_rep_ms": args.min_rep_ms, "settle_ms": args.settle_ms, "dtype": "float32",
+            "precision": getattr(args, "precision", "float32"),
+            "lowp_tier": fr.build_info().get("precision_tiers", {}).get("bfloat16")}
 
 
 def run_workloads(args, ap):
@@ -280,6 +323,9 @@ def main():
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps, no sizing")
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--precision", default="float32",
+                    help="comma list of float32,bfloat16: bfloat16 adds the bf16 / int8 "
+                         "inference contenders (see --help above)")
     ap.add_argument("--workloads", help="comma list of ragged,subnormal,contended: run these "
                     "real-workload rows (bench/workloads.py) instead of the main table")
     ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
@@ -298,6 +344,10 @@ def main():
                                 ("--configs", (args.configs or "a").split(","), CONFIGS)):
         if bad := [v for v in vals if v not in allowed]:
             ap.error(f"{name}: unknown {bad}; choose from {list(allowed)}")
+    precisions = args.precision.split(",")
+    if bad := [p for p in precisions if p not in ("float32", "bfloat16")]:
+        ap.error(f"--precision: unknown {bad}; choose from ['float32', 'bfloat16']")
+    lowp = "bfloat16" in precisions
     plan = [(cell, cfg) for cell in cells for cfg in CONFIGS
             if (cfg in args.configs.split(",") if args.configs else cfg in DEFAULT_CONFIGS[cell])]
 
@@ -308,10 +358,13 @@ def main():
     problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
     peers = [c for c in names if c not in ("fusedrnn", "frozen")]
+    if lowp:
+        names += list(LOWP)
     hdr = (f"{'cfg':<3} {'cell':<7} {'mode':<5} {'thr':>3} | "
            + " | ".join(f"{SHORT[n] + ' ms med / min':^20}" for n in names)
            + " | " + " ".join(f"{SHORT[n] + '/fr':>8}" for n in names[1:])
            + " | " + " ".join(f"{SHORT[n] + '/frz':>9}" for n in peers)
+           + (" | " + " ".join(f"{SHORT[n] + '/f16':>9}" for n in LOWP_PEERS) if lowp else "")
            + " | GFLOP/s" + "".join(f"{SHORT[n]:>6}" for n in names)
            + " | % of sgemm peak" + "".join(f"{SHORT[n]:>6}" for n in names))
     for n in args.threads:
@@ -335,7 +388,12 @@ def main():
                         fns["onnxruntime"] = ort_contender(onnx_models[(cell, cfg)][0], prob[1], n)
                     except Exception as e:      # noqa: BLE001
                         failed["onnxruntime"] = f"{type(e).__name__}: {e}"
-                res = timed({k: fns[k] for k in CONTENDERS if k in fns}, args.reps,
+                if mode == "infer" and lowp:
+                    try:
+                        fns.update(lowp_contenders(cell, prob[0], prob[1], fr))
+                    except Exception as e:      # noqa: BLE001
+                        failed["lowp"] = f"{type(e).__name__}: {e}"
+                res = timed({k: fns[k] for k in CONTENDERS + LOWP if k in fns}, args.reps,
                             args.min_rep_ms, args.settle_ms / 1e3, failed)
                 fl = flops(cell, mode, T, N, H, H)
                 for r in res.values():
@@ -348,10 +406,15 @@ def main():
                 z = res.get("frozen")   # inference only
                 ratios_frozen = {k: res[k]["median_ms"] / z["median_ms"] if z and k in res
                                  else None for k in peers}
+                z16 = res.get("frozen_bf16")
+                ratios_bf16 = {k: res[k]["median_ms"] / z16["median_ms"] if z16 and k in res
+                               else None for k in LOWP_PEERS}
                 rows.append({"config": cfg, "T": T, "N": N, "C": H, "H": H, "cell": cell,
                              "mode": mode, "threads": n, "flop": fl, "contenders": res,
                              "ratio_peer_over_fusedrnn": ratios,
-                             "ratio_peer_over_frozen": ratios_frozen, "failed": failed,
+                             "ratio_peer_over_frozen": ratios_frozen,
+                             **({"ratio_peer_over_frozen_bf16": ratios_bf16} if lowp else {}),
+                             "failed": failed,
                              "onnx": (dict(zip(("exporter", "ops", "max_abs_diff_y_vs_torch", "export_errors"),
                                                onnx_models[(cell, cfg)][1:]))
                                       if mode == "infer" and (cell, cfg) in onnx_models else None)})
@@ -362,6 +425,8 @@ def main():
                                          for k in names[1:])
                       + " | " + " ".join(f"{ratios_frozen[k]:8.2f}x" if ratios_frozen[k]
                                          else f"{'-':>9}" for k in peers)
+                      + (" | " + " ".join(f"{ratios_bf16[k]:8.2f}x" if ratios_bf16[k]
+                                          else f"{'-':>9}" for k in LOWP_PEERS) if lowp else "")
                       + f" | {'':7}" + "".join(f"{r['gflops']:6.0f}" if r else f"{'-':>6}"
                                                for r in get)
                       + f" | {'':15}" + "".join(f"{r['pct_sgemm_peak']:5.0f}%" if r else

@@ -65,3 +65,29 @@ def test_workload_rows_smoke_run(tmp_path):
                                            "torch_x_subnormal"}
         if r["row"] == "contended" and "skipped" not in r:
             assert r["fr_2_over_1"] > 0 and r["torch_2_over_1"] > 0
+
+
+def test_bench_precision_bfloat16_adds_the_bf16_and_int8_peers(tmp_path):
+    """--precision float32,bfloat16: fusedrnn's bf16 frozen layer, torch bf16 and torch qint8
+    (LSTM/GRU only: quantize_dynamic has no nn.RNN) alternate with the float32 contenders, and
+    the JSON has their ratios over the bf16 layer."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "gru,rnn", "--modes",
+         "infer", "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0",
+         "--precision", "float32,bfloat16", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["failures"] == [] and res["info"]["precision"] == "float32,bfloat16"
+    for row in res["results"]:
+        c = row["contenders"]
+        want = {"fusedrnn", "frozen", "torch", "frozen_bf16", "torch_bf16"}
+        want |= {"torch_qint8"} if row["cell"] == "gru" else set()
+        assert set(c) == want
+        r = row["ratio_peer_over_frozen_bf16"]
+        assert r["torch_bf16"] == pytest.approx(c["torch_bf16"]["median_ms"]
+                                                / c["frozen_bf16"]["median_ms"])
+    bad = subprocess.run([sys.executable, RUN, "--precision", "int8"], capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and "--precision: unknown ['int8']" in bad.stderr

@@ -53,6 +53,25 @@ positive_float = V.parse_float(0, lo_open=True, what="a number > 0")
 nonneg_float = V.parse_float(0, what="a number >= 0")
 probability = V.parse_float(0, 1, what="in [0, 1)")
 
+#: --precision spellings -> fusedrnn.models.PRECISIONS names
+_PRECISION_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+                    "bf16": "bfloat16"}
+
+
+def precision_name(value: str) -> str:
+    """--precision: float32 (fp32) or bfloat16 (bf16); int8 and others: a one-line error."""
+    if value in _PRECISION_NAMES:
+        return _PRECISION_NAMES[value]
+    if value == "int8":
+        raise argparse.ArgumentTypeError("int8 inference is not available in this build; "
+                                         "choose float32 or bfloat16 (bf16)")
+    raise argparse.ArgumentTypeError(f"must be float32 (fp32) or bfloat16 (bf16), got {value!r}")
+
+
+_PRECISION_HELP = ("arithmetic of the recurrent layers: float32 (default) or bfloat16 (bf16: "
+                   "bf16 products with fp32 accumulation and gates, inference only; "
+                   "embedding and heads stay float32)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .models import CELLS
@@ -114,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=nonneg_int, help="seeds the weights, batches and dropout "
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
+    g.add_argument("--precision", type=precision_name, default=None, metavar="P",
+                   help="float32 only: training runs in float32 (bfloat16 is for evaluate, "
+                        "predict and generate)")
     g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
                              "refused where it does not apply (e.g. --peepholes with --cell "
                              "gru, any of them with --task translate); kept in the checkpoint")
@@ -162,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--column", metavar="NAME")
     e.add_argument("--batch-size", type=positive_int, metavar="N")
     e.add_argument("--threads", **threads)
+    e.add_argument("--precision", type=precision_name, default="float32", metavar="P",
+                   help=_PRECISION_HELP)
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
     e.add_argument("--beam", type=positive_int, metavar="K",
                    help="beam width of sequence-to-sequence decoding (translate; default 4)")
@@ -177,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="softmax temperature, 0 = greedy (default 0.8)")
     gen.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed (default 0)")
     gen.add_argument("--threads", **threads)
+    gen.add_argument("--precision", type=precision_name, default="float32", metavar="P",
+                     help=_PRECISION_HELP)
     gen.set_defaults(func=cmd_generate)
 
     pr = sub.add_parser("predict", help="predictions for input lines (from --input or stdin)")
@@ -185,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--beam", type=positive_int, metavar="K",
                     help="beam width of sequence-to-sequence decoding (translate; default 4)")
     pr.add_argument("--threads", **threads)
+    pr.add_argument("--precision", type=precision_name, default="float32", metavar="P",
+                    help=_PRECISION_HELP)
     pr.set_defaults(func=cmd_predict)
 
     # -- bench / info ------------------------------------------------------------------------
@@ -221,7 +249,12 @@ def _threads(args) -> None:
 
 
 def cmd_train(args, t_start) -> int:
-    from .tasks.trainer import train
+    from .tasks.trainer import UsageError, train
+    precision = vars(args).pop("precision", None)   # not a training flag: not recorded
+    if precision not in (None, "float32"):
+        raise UsageError(f"--precision {precision}: training runs in float32; bfloat16 is an "
+                         f"inference precision (fusedrnn evaluate / predict / generate "
+                         f"--precision bfloat16)")
     return train(args, sys.stdout, t_start)
 
 
@@ -229,9 +262,16 @@ def _load(args, prepare: bool):
     from .tasks.trainer import load_task_and_model
     _threads(args)
     ns = argparse.Namespace(**{k: v for k, v in vars(args).items()
-                               if k not in ("checkpoint", "func", "command")})
+                               if k not in ("checkpoint", "func", "command", "precision")})
     ns.task = None
-    return load_task_and_model(args.checkpoint, ns, prepare=prepare)
+    task, model, meta, rest = load_task_and_model(args.checkpoint, ns, prepare=prepare)
+    precision = getattr(args, "precision", "float32")
+    if precision != "float32":
+        # every recurrent layer frozen at that precision (embedding and heads stay float32)
+        from .models import freeze
+        model = freeze(model, precision, where=f"fusedrnn {args.command}",
+                       argument="--precision")
+    return task, model, meta, rest
 
 
 def _user_errors(fn):

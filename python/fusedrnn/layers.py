@@ -555,14 +555,16 @@ class _RNNBase(Module):
                          precision=precision, **tensors)
 
     # -- frozen inference ---------------------------------------------------------------------
-    def frozen(self, precision: str = "float32") -> "_RNNBase":
+    def frozen(self, precision: Optional[str] = None) -> "_RNNBase":
         """An inference-only copy of this layer whose weights are packed once, not per call.
 
         ``precision="bfloat16"`` (float32 layers): the copy runs the bf16 kernels -- weights
         rounded to bf16 once and packed in the tile layout, inputs and the recurrent state
         rounded to bf16 as product operands, fp32 accumulation, gates and outputs (see
         :func:`fusedrnn.lstm_forward`); results then follow ``reference.*_forward_bf16``, not
-        this layer's float32 forward. ``"float32"`` (default): bit for bit this layer's forward.
+        this layer's float32 forward. ``"float32"``: bit for bit this layer's forward. None
+        (default): this layer's own precision -- "float32", or that of the frozen copy it is
+        (so ``layer.frozen(precision="bfloat16").frozen()`` stays bf16).
 
         Every forward lays the weights out in the kernels' panel format first; at batch 1 that
         is a tenth of the call (LSTM H=256: ~0.2 of 1.5 ms). The copy owns read-only copies of
@@ -571,6 +573,8 @@ class _RNNBase(Module):
         the copy (freeze again). It runs in eval mode only (forward in train mode raises) and
         has no backward. Results equal this layer's eval-mode forward bit for bit.
         """
+        if precision is None:
+            precision = self._precision
         if precision not in ("float32", "bfloat16"):
             raise ValueError(f"frozen: precision must be 'float32' or 'bfloat16', got "
                              f"{precision!r}")
@@ -614,6 +618,13 @@ class _RNNBase(Module):
         fn = f"{type(self).__name__}.compute"
         F._precision(fn, precision, self.dtype)  # ValueError naming the argument
         self._precision = precision
+
+    @property
+    def precision(self) -> str:
+        """The kernels' arithmetic for this layer: "float32" (the layer's own dtype, float32 or
+        float64) or "bfloat16", set by ``compute = "bfloat16"`` (training and inference) or by
+        frozen(precision="bfloat16") on its copy."""
+        return self._precision
 
     @property
     def is_frozen(self) -> bool:

@@ -18,11 +18,14 @@ from typing import Optional
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, _RNNBase
 from . import validators as V
 from .module import Embedding, Linear, Module, register_module
 
-__all__ = ["RecurrentModel", "CELLS", "cell_class"]
+__all__ = ["RecurrentModel", "CELLS", "cell_class", "freeze", "PRECISIONS"]
+
+#: the precisions a frozen model runs (``freeze``, ``RecurrentModel.frozen``, ``--precision``)
+PRECISIONS = ("float32", "bfloat16")
 
 #: the recurrent layer of each ``cell`` name (the one map of the package: models and tasks)
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -31,6 +34,63 @@ CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
 def cell_class(where: Optional[str], cell) -> type:
     """LSTM / GRU / RNN for "lstm" / "gru" / "rnn"; ValueError naming ``where`` otherwise."""
     return CELLS[V.choice(where, "cell" if where else "--cell", cell, tuple(CELLS))]
+
+
+def freeze(model: Module, precision: str = "float32", *, where: str = "freeze",
+           argument: str = "precision") -> Module:
+    """An inference-only copy of ``model`` (any Module: a RecurrentModel, a task's model, a bare
+    layer) in eval mode in which every recurrent layer (LSTM / GRU / RNN, stacks and
+    bidirectional included) is replaced by its ``frozen(precision)`` copy: weights packed once,
+    and with ``precision="bfloat16"`` the bf16 inference kernels (see ``LSTM.frozen``). Every
+    other module (Embedding, Linear heads, attention, CTC) is copied as it is and keeps its
+    dtype: in a bf16 model only the recurrent layers' products run in bf16. ``model`` itself is
+    not changed. The copy has no backward.
+
+    ``precision`` must be one of PRECISIONS. "bfloat16" needs float32 recurrent layers and a
+    model whose recurrent computation is all in such layers: a single-step cell (LSTMCell etc.,
+    e.g. an attention decoder) has no bf16 path and is a ValueError, as is a float64 layer.
+    Errors name ``argument`` (e.g. "--precision" for the command line) and ``where``.
+    """
+    import copy
+    from .cells import _CellBase
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{where}: {argument} must be one of {', '.join(PRECISIONS)}, got "
+                         f"{precision!r}")
+    if not isinstance(model, Module):
+        raise TypeError(f"{where}: model must be a fusedrnn Module, got {type(model).__name__}")
+    if isinstance(model, _RNNBase):
+        _check_lowp(model, precision, where, argument, "the model")
+        return model.frozen(precision)
+    found = False
+    for name, m in model.named_modules():
+        if isinstance(m, _RNNBase):
+            _check_lowp(m, precision, where, argument, name)
+            found = True
+        elif isinstance(m, _CellBase) and precision != "float32":
+            raise ValueError(f"{where}: {argument}={precision} is not available for this model: "
+                             f"its {name} is a single-step {type(m).__name__}, which runs in "
+                             f"float32 only (bf16 covers the LSTM / GRU / RNN layers)")
+    if not found and precision != "float32":
+        raise ValueError(f"{where}: {argument}={precision} needs a model with LSTM / GRU / RNN "
+                         f"layers; {type(model).__name__} has none")
+    twin = copy.deepcopy(model)
+    twin.eval()
+    _replace_layers(twin, precision)
+    return twin
+
+
+def _check_lowp(layer, precision, where, argument, name):
+    if precision != "float32" and layer.dtype != np.float32:
+        raise ValueError(f"{where}: {argument}={precision} needs float32 recurrent layers; "
+                         f"{name} is {np.dtype(layer.dtype).name}")
+
+
+def _replace_layers(module: Module, precision: str) -> None:
+    for name, child in list(module.named_children()):
+        if isinstance(child, _RNNBase):
+            setattr(module, name, child.frozen(precision))
+        else:
+            _replace_layers(child, precision)
 
 
 @register_module
@@ -98,6 +158,15 @@ class RecurrentModel(Module):
         h = self.embed.forward(x) if self.embed is not None else x
         out, state = self.rnn.forward(h, state, lengths)
         return self.head.forward(out), state
+
+    def frozen(self, precision: str = "float32") -> "RecurrentModel":
+        """An inference-only copy (eval mode) whose recurrent stack is ``self.rnn.frozen(
+        precision)``: weights packed once; ``precision="bfloat16"`` runs the stack on the bf16
+        kernels (float32 models only). The Embedding and the Linear head stay in the model's
+        dtype (float32): they are a lookup and one GEMM per call, not the recurrent cost.
+        Results with "float32" equal this model's eval-mode forward bit for bit. See
+        :func:`fusedrnn.models.freeze`."""
+        return freeze(self, precision, where="RecurrentModel.frozen")
 
     def backward(self, dy, d_state=None):
         d = self.rnn.backward(self.head.backward(dy), d_state)

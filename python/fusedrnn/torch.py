@@ -33,6 +33,17 @@ variable-length mode) and the output packed again; bidirectional outputs are con
 (TypeError for a wrong type, dtype or layout; ValueError for a wrong device, shape or a
 non-contiguous parameter); nothing falls back to torch's implementation in eager mode.
 
+bf16 inference: a module converted with ``.to(torch.bfloat16)`` (bfloat16 parameters; input and
+states bfloat16 too, as torch.nn wants), or a float32 module called under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` when no gradient is wanted (input and states
+float32 or bfloat16), runs fusedrnn's bf16 kernels (``precision="bfloat16"`` of
+:func:`fusedrnn.lstm_forward`: x, weights and the recurrent operand rounded to bf16, fp32
+accumulation, gates and cell state); output and final states are returned in bfloat16, as
+torch.nn's bf16 path returns them (rounded to nearest even from the kernels' fp32 results).
+bfloat16 parameters with a gradient wanted raise ValueError (no bf16 backward: call under
+``torch.no_grad()`` / ``inference_mode()``); under autocast with a gradient wanted the float32
+kernels run and return float32, as before.
+
 Beyond forward/backward:
 
 - Pickling (``torch.save(model)``, ``pickle``, multiprocessing) writes a layer as its torch.nn
@@ -73,6 +84,8 @@ from . import functional as _F
 __all__ = ["LSTM", "GRU", "RNN"]
 
 _DTYPES = (torch.float32, torch.float64)
+_PARAM_DTYPES = _DTYPES + (torch.bfloat16,)          # bf16 parameters: .to(torch.bfloat16)
+_AUTOCAST_DTYPES = (torch.float32, torch.bfloat16)   # inputs and states under bf16 autocast
 _RNN = torch.nn.modules.rnn
 _STOCK = {"LSTM": _RNN.LSTM, "GRU": _RNN.GRU, "RNN": _RNN.RNN}     # torch's own classes
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep")
@@ -83,8 +96,9 @@ _CACHE_ARRAYS = ("x", "w_ih", "w_hh", "w_peep", "w_hr", "buffer")
 # ----------------------------------------------------------------------------------------------
 # Tensor checks and numpy views
 
-def _check_tensor(fn, name, t, dtype=None):
-    """t must be a CPU strided float32/float64 tensor (of `dtype` when given)."""
+def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
+    """t must be a CPU strided float32/float64 tensor (of `dtype` when given; bfloat16 too where
+    ``allowed`` has it: the bf16 inference path)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
@@ -92,9 +106,13 @@ def _check_tensor(fn, name, t, dtype=None):
                          f"only; use torch.nn for {t.device.type}), got device {t.device}")
     if t.layout != torch.strided:
         raise TypeError(f"{fn}: {name} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float64 (half "
-                        f"precision and bfloat16 are not supported), got {t.dtype}")
+    if t.dtype not in allowed:
+        if allowed == _AUTOCAST_DTYPES:
+            raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "
+                            f"under torch.autocast('cpu', dtype=torch.bfloat16), got {t.dtype}")
+        raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float64, or "
+                        f"torch.bfloat16 for inference (half precision is not supported), got "
+                        f"{t.dtype}")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{fn}: {name} must have dtype {dtype} (the dtype of the module's "
                         f"parameters), got {t.dtype}")
@@ -117,16 +135,18 @@ def _np(t, fn="fusedrnn.torch", name="tensor"):
 
 
 def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                    w_peep, training):
+                    w_peep, training, precision="float32"):
     if kind == "lstm":
         return _F.lstm_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(h0),
                                _np(c0), w_peep=_np(w_peep), w_hr=_np(w_hr), lengths=lengths,
-                               reverse=reverse, training=training)
+                               reverse=reverse, training=training, precision=precision)
     if kind == "gru":
         return _F.gru_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(h0),
-                              variant=flag, lengths=lengths, reverse=reverse, training=training)
+                              variant=flag, lengths=lengths, reverse=reverse, training=training,
+                              precision=precision)
     return _F.rnn_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(h0),
-                          nonlinearity=flag, lengths=lengths, reverse=reverse, training=training)
+                          nonlinearity=flag, lengths=lengths, reverse=reverse, training=training,
+                          precision=precision)
 
 
 _DOUBLE_BACKWARD = (
@@ -305,8 +325,9 @@ class _Base:
             raise ValueError(f"{fn}: device must be 'cpu' (fusedrnn.torch runs on the CPU; use "
                              f"torch.nn.{fn} elsewhere), got {device!r}")
         dtype = kwargs.get("dtype")
-        if dtype is not None and dtype not in _DTYPES:
-            raise TypeError(f"{fn}: dtype must be torch.float32 or torch.float64, got {dtype}")
+        if dtype is not None and dtype not in _PARAM_DTYPES:
+            raise TypeError(f"{fn}: dtype must be torch.float32, torch.float64 or "
+                            f"torch.bfloat16 (inference), got {dtype}")
 
     def _check_parameters(self, fn):
         """[(w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)] per layer and direction, and their dtype."""
@@ -319,7 +340,7 @@ class _Base:
                 for n, p in zip(_PARAM_NAMES, group):
                     if p is None:
                         continue
-                    _check_tensor(fn, n + sfx, p, dtype)
+                    _check_tensor(fn, n + sfx, p, dtype, _PARAM_DTYPES)
                     dtype = p.dtype
                     if not p.is_contiguous():
                         raise ValueError(f"{fn}: parameter {n + sfx} must be contiguous "
@@ -328,8 +349,8 @@ class _Base:
                 params.append(group)
         return params, dtype
 
-    def _check_state(self, fn, name, t, shape, dtype):
-        _check_tensor(fn, name, t, dtype)
+    def _check_state(self, fn, name, t, shape, dtype, allowed=_DTYPES):
+        _check_tensor(fn, name, t, dtype, allowed)
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(t.shape)}")
 
@@ -354,6 +375,12 @@ class _Base:
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
+        lowp = self._lowp(fn, dtype, params, input, hx)
+        # the dtype the input and states must have (None under autocast: float32 or bfloat16)
+        allowed = _DTYPES if lowp is None else (_PARAM_DTYPES if lowp == "module"
+                                                else _AUTOCAST_DTYPES)
+        if lowp == "autocast":
+            dtype = None
         L, D = self.num_layers, 2 if self.bidirectional else 1
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
         H = self.hidden_size
@@ -363,7 +390,7 @@ class _Base:
         unbatched = False
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            _check_tensor(fn, "input.data", data, dtype)
+            _check_tensor(fn, "input.data", data, dtype, allowed)
             if data.dim() != 2 or data.shape[1] != self.input_size:
                 raise ValueError(f"{fn}: a PackedSequence's data must have shape [sum of "
                                  f"lengths, input_size={self.input_size}], got "
@@ -373,7 +400,7 @@ class _Base:
             lengths = len_t.numpy()
             N = int(batch_sizes[0])
         else:
-            _check_tensor(fn, "input", input, dtype)
+            _check_tensor(fn, "input", input, dtype, allowed)
             sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
                 raise ValueError(f"{fn}: input must be 2-D (unbatched [T, C]) or 3-D, got "
@@ -402,11 +429,11 @@ class _Base:
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                     raise TypeError(f"{fn}: hx must be a tuple (h_0, c_0) of {sdim}-D tensors, "
                                     f"got {type(hx).__name__}")
-                self._check_state(fn, "hx[0] (h_0)", hx[0], want_h, dtype)
-                self._check_state(fn, "hx[1] (c_0)", hx[1], want_c, dtype)
+                self._check_state(fn, "hx[0] (h_0)", hx[0], want_h, dtype, allowed)
+                self._check_state(fn, "hx[1] (c_0)", hx[1], want_c, dtype, allowed)
                 h0, c0 = hx
             else:
-                self._check_state(fn, "hx", hx, want_h, dtype)
+                self._check_state(fn, "hx", hx, want_h, dtype, allowed)
                 h0 = hx
             if unbatched:
                 h0 = h0.unsqueeze(1)
@@ -417,7 +444,18 @@ class _Base:
             h0 = _contiguous(h0)
             c0 = None if c0 is None else _contiguous(c0)
 
-        out, h_n, c_n = self._run(x, h0, c0, lengths, params)
+        if lowp is None:
+            out, h_n, c_n = self._run(x, h0, c0, lengths, params)
+        else:
+            # bf16 inference: the kernels take float32 tensors and round x, the weights and the
+            # recurrent operand to bf16 themselves (bf16 -> float32 is exact, so bf16 tensors
+            # lose nothing); the results are returned in bfloat16, as torch.nn's bf16 path does
+            f32 = lambda t: None if t is None else t.detach().float()  # noqa: E731
+            params = [tuple(f32(p) for p in g) for g in params]
+            out, h_n, c_n = self._run(f32(x), f32(h0), f32(c0), lengths, params,
+                                      precision="bfloat16")
+            out, h_n = out.to(torch.bfloat16), h_n.to(torch.bfloat16)
+            c_n = None if c_n is None else c_n.to(torch.bfloat16)
 
         if packed:
             out = PackedSequence(pack_padded_sequence(out, len_t).data, batch_sizes,
@@ -439,11 +477,30 @@ class _Base:
     # calls it only once torch._dynamo is imported.
     _fused_forward_no_dynamo = torch._disable_dynamo(_fused_forward)
 
-    def _run(self, x, h0, c0, lengths, params):
+    def _lowp(self, fn, dtype, params, input, hx):
+        """How this call uses the bf16 inference kernels: "module" (bfloat16 parameters, from
+        ``.to(torch.bfloat16)``), "autocast" (float32 parameters under ``torch.autocast("cpu",
+        dtype=torch.bfloat16)`` with no gradient wanted), or None (the float32/float64
+        kernels). bfloat16 parameters with a gradient wanted: ValueError (inference only)."""
+        if dtype == torch.bfloat16:
+            if torch.is_grad_enabled() and _wants_grad(params, input, hx):
+                raise ValueError(
+                    f"{fn}: bfloat16 parameters run fusedrnn's bf16 inference kernels, which "
+                    f"have no backward: call the module under torch.no_grad() or "
+                    f"torch.inference_mode() (or set requires_grad=False on its parameters "
+                    f"and inputs); train in float32")
+            return "module"
+        if (dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and not (torch.is_grad_enabled() and _wants_grad(params, input, hx))):
+            return "autocast"
+        return None
+
+    def _run(self, x, h0, c0, lengths, params, precision="float32"):
         """Time-major contiguous x [T, N, C] -> (output [T, N, D*R], h_n, c_n or None)."""
         kind, flag = self._kernel_kind()
         L, D = self.num_layers, 2 if self.bidirectional else 1
-        grad = torch.is_grad_enabled() and (
+        grad = precision == "float32" and torch.is_grad_enabled() and (
             x.requires_grad or any(p is not None and p.requires_grad for g in params for p in g)
             or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad))
         hs, cs = [], []
@@ -460,7 +517,7 @@ class _Base:
                                                c0_i, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
                 else:
                     r = _kernel_forward(kind, flag, direction == 1, lengths, inp, h0_i, c0_i,
-                                        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, False)
+                                        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, False, precision)
                     res = tuple(torch.from_numpy(a) for a in r[:-1])
                 ys.append(res[0])
                 hs.append(res[1])
@@ -481,6 +538,15 @@ class _Base:
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._extras_repr()
+
+
+def _wants_grad(params, input, hx):
+    """Whether any parameter, the input or the state requires grad."""
+    ts = [p for g in params for p in g if p is not None]
+    ts.append(input.data if isinstance(input, PackedSequence) else input)
+    if hx is not None:
+        ts.extend(hx if isinstance(hx, (tuple, list)) else (hx,))
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
 
 
 def _check_bool(fn, name, v):

@@ -12,7 +12,10 @@ without bias) it writes
                                 h0/c0 (some cases), y (the model's output), y_rnn (the recurrent
                                 stack's output), h_n, c_n; metadata: the instruction set the
                                 Python kernels ran ("isa"), the case name
-and DIR/cases.txt listing the cases. tests/cpp/test_python_parity.cc loads each checkpoint with
+Cases named ``*-bf16`` (float32 models of every cell, stacked, bidirectional, token and dense
+input, bare layers) hold the outputs of the model frozen at ``precision="bfloat16"``
+(fusedrnn.models.freeze) and metadata "precision": "bfloat16"; the C++ side loads them with
+Precision::bfloat16. DIR/cases.txt lists the cases. tests/cpp/test_python_parity.cc loads each checkpoint with
 fusedrnn::Model, runs the same inputs and compares.
 
 For the examples it also trains two small models briefly (a few seconds, seeded):
@@ -34,7 +37,8 @@ import numpy as np
 import fusedrnn
 from fusedrnn import losses, optim
 from fusedrnn.io import save_tensors
-from fusedrnn.models import RecurrentModel
+import fusedrnn.lowp
+from fusedrnn.models import RecurrentModel, freeze
 
 T, N = 7, 3
 LENGTHS = np.array([T, 4, 0], dtype=np.int64)  # full, partial, empty
@@ -68,11 +72,32 @@ def grid():
                 name = f"bare-{layer}-{'bias' if bias else 'nobias'}-{'bi' if bidir else 'uni'}-{dtype}"
                 yield name, dict(layer=layer, bias=bias, bidirectional=bidir, num_layers=2,
                                  dtype=dtype, **kw), False
+    # bf16 inference (precision="bfloat16"): every cell, stacked + bidirectional + dense and
+    # single-layer + token input; the big case (H past one tile block); bare layers.
+    cells_bf16 = [("lstm", {}), ("lstm", {"proj_size": 3, "peepholes": True}),
+                  ("gru", {"variant": "reset_after"}), ("gru", {"variant": "reset_before"}),
+                  ("rnn", {"nonlinearity": "tanh"}), ("rnn", {"nonlinearity": "relu"})]
+    for (cell, kw), (layers, bidir, tokens) in itertools.product(
+            cells_bf16, ((2, True, False), (1, False, True), (2, False, False))):
+        name = "-".join([cell] + [f"{k}{v}" if not isinstance(v, str) else v
+                                  for k, v in kw.items()] +
+                        [f"L{layers}", "bi" if bidir else "uni", "tok" if tokens else "dense",
+                         "bf16"])
+        yield name, dict(cell=cell, num_layers=layers, bidirectional=bidir, dtype="float32",
+                         precision="bfloat16", **kw), tokens
+    yield "lstm-big-bf16", dict(cell="lstm", num_layers=2, bidirectional=True, hidden_size=150,
+                                dtype="float32", precision="bfloat16"), False
+    for layer, kw in (("LSTM", {"proj_size": 2, "peepholes": True}),
+                      ("GRU", {"variant": "reset_before"}), ("RNN", {"nonlinearity": "relu"})):
+        yield f"bare-{layer}-bias-uni-bf16", dict(layer=layer, bias=True, bidirectional=False,
+                                                  num_layers=2, dtype="float32",
+                                                  precision="bfloat16", **kw), False
 
 
 def write_case(out_dir, index, name, spec, tokens, isa):
     rng = np.random.default_rng(1000 + index)
     spec = dict(spec)
+    precision = spec.pop("precision", "float32")
     dt = np.dtype(spec["dtype"])
     if "layer" in spec:
         layer = spec.pop("layer")
@@ -105,12 +130,17 @@ def write_case(out_dir, index, name, spec, tokens, isa):
             state = (h0, c0)
         else:
             state = h0
-    y, final = model.forward(x, state, LENGTHS)
+    run, run_rnn = model, rnn
+    if precision != "float32":
+        # the stack frozen at that precision (embedding and head as they are)
+        run = freeze(model, precision)
+        run_rnn = run if model is rnn else run.rnn
+    y, final = run.forward(x, state, LENGTHS)
     if model is rnn:
         y_rnn = y
     else:
         emb = model.embed.forward(x) if tokens else x
-        y_rnn, _ = rnn.forward(emb, state, LENGTHS)
+        y_rnn, _ = run_rnn.forward(emb, state, LENGTHS)
     io["y"] = y
     io["y_rnn"] = y_rnn
     if lstm:
@@ -118,8 +148,11 @@ def write_case(out_dir, index, name, spec, tokens, isa):
     else:
         io["h_n"] = final
     fusedrnn.save(os.path.join(out_dir, f"{name}.safetensors"), model, case=name)
-    save_tensors(os.path.join(out_dir, f"{name}.io.safetensors"), io,
-                 {"isa": isa, "case": name})
+    meta = {"isa": isa, "case": name}
+    if precision != "float32":
+        meta["precision"] = precision
+        meta["lowp_tier"] = fusedrnn.lowp.active_tier()
+    save_tensors(os.path.join(out_dir, f"{name}.io.safetensors"), io, meta)
 
 
 def train_charlm(out_dir):

@@ -29,6 +29,13 @@
 // identical to Python's on the same machine; the head is a GEMM whose summation order may differ
 // from NumPy's BLAS (float64 agrees to a few ulps: at most 3e-17 relative in the tests).
 //
+// Precision: a float32 model loaded with Precision::bfloat16 (or made by with_precision) runs
+// every recurrent layer on the bf16 inference kernels (Options::precision: x, the weights and the
+// recurrent operand rounded to bf16, fp32 accumulation, gates, cell state and outputs): the
+// stack's outputs and final states are bitwise those of Python's RecurrentModel.frozen(
+// precision="bfloat16") (fusedrnn.models.freeze) on the same machine and low-precision tier. The
+// embedding and the head stay float32. bfloat16 with a float64 model is std::invalid_argument.
+//
 // Threads: a Model is immutable after loading; share it freely. Concurrent forward calls need
 // their own Context. Errors: CheckpointError, ConfigError (see errors.h); bad call arguments
 // throw std::invalid_argument before any output is written.
@@ -133,11 +140,17 @@ class FUSEDRNN_API Context {
 
 class FUSEDRNN_API Model {
  public:
-  // Load a checkpoint file, or a checkpoint image in memory (`where` names it in errors).
-  static Model load(const std::string& path);
-  static Model from_bytes(const void* data, std::size_t size, const std::string& where = "buffer");
+  // Load a checkpoint file, or a checkpoint image in memory (`where` names it in errors), to run
+  // at `precision` (see the notes above; std::invalid_argument for bfloat16 on float64).
+  static Model load(const std::string& path, Precision precision = Precision::float32);
+  static Model from_bytes(const void* data, std::size_t size, const std::string& where = "buffer",
+                          Precision precision = Precision::float32);
   // From a validated safetensors file (Model copies what it needs).
-  static Model from_tensor_file(const TensorFile& file);
+  static Model from_tensor_file(const TensorFile& file,
+                                Precision precision = Precision::float32);
+  // The same loaded model (weights shared, nothing copied) running at `precision`.
+  Model with_precision(Precision precision) const;
+  Precision precision() const noexcept { return precision_; }
 
   const ModelConfig& config() const noexcept;
   const std::string& config_json() const noexcept;    // __metadata__["model"] as stored
@@ -169,8 +182,9 @@ class FUSEDRNN_API Model {
   const std::shared_ptr<const detail::ModelImpl>& impl() const noexcept { return impl_; }
 
  private:
-  explicit Model(std::shared_ptr<const detail::ModelImpl> impl);
+  Model(std::shared_ptr<const detail::ModelImpl> impl, Precision precision);
   std::shared_ptr<const detail::ModelImpl> impl_;
+  Precision precision_ = Precision::float32;
 };
 
 }  // namespace fusedrnn

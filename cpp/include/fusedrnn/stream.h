@@ -12,6 +12,11 @@
 // products, same summation order, same activations), so a model can be checked offline with the
 // batch API and deployed with a Stream.
 //
+// A Model at Precision::bfloat16 (Model::load(path, Precision::bfloat16)) gives a bf16 Stream:
+// each layer's step is one call of the bf16 batch kernel with T = 1 on a workspace the
+// constructor allocates (the first step packs the weights there, later steps reuse them), on
+// the caller's thread; the results are bitwise Model::forward's at that precision.
+//
 // Shapes: x_t [N, rnn_input_size] (the features, or for a token model the embedded vectors),
 // tokens_t [N], y_t [N, output_size]; state h [L, N, R], c [L, N, H] (LSTM), as Model's.
 // Not thread-safe: one Stream per thread (they may share the Model). A moved-from Stream may

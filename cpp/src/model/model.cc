@@ -358,7 +358,7 @@ std::size_t bytes_of(const char* fn, std::int64_t a, std::int64_t b, std::int64_
 }
 
 template <typename Scalar>
-void run(const ModelImpl& m, const char* fn, std::int64_t T, std::int64_t N, const Scalar* x,
+void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T, std::int64_t N, const Scalar* x,
          const std::int64_t* tokens, const Scalar* h0, const Scalar* c0,
          const std::int64_t* lengths, Scalar* y, Scalar* h_n, Scalar* c_n, Context& ctx) {
   const ModelConfig& c = m.config;
@@ -394,9 +394,9 @@ void run(const ModelImpl& m, const char* fn, std::int64_t T, std::int64_t N, con
   std::size_t ws_scalars = 0;
   for (std::int64_t l = 0; l < L; ++l) {
     const Dims d{T, N, m.layers[std::size_t(l * D)].C, H, P};
-    const std::size_t w = lstm ? lstm_forward_workspace_size(d)
-                          : c.cell == CellType::gru ? gru_forward_workspace_size(d)
-                                                    : rnn_forward_workspace_size(d);
+    const std::size_t w = lstm ? lstm_forward_workspace_size(d, precision)
+                          : c.cell == CellType::gru ? gru_forward_workspace_size(d, precision)
+                                                    : rnn_forward_workspace_size(d, precision);
     ws_scalars = std::max(ws_scalars, w);
   }
   const std::size_t ws_b = bytes_of(fn, 1, 1, std::int64_t(ws_scalars), S);
@@ -435,6 +435,7 @@ void run(const ModelImpl& m, const char* fn, std::int64_t T, std::int64_t N, con
       Options opt;
       opt.reverse = d == 1;
       opt.num_threads = ctx.num_threads();
+      opt.precision = precision;
       auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
       Scalar* yd = D == 1 ? out : ydir;
       Scalar* hn = h_n ? h_n + idx * N * R : hscratch;
@@ -515,17 +516,34 @@ void* Context::reserve(std::size_t bytes) {
 // ---------------------------------------------------------------------------------------------
 // Model
 
-Model::Model(std::shared_ptr<const ModelImpl> impl) : impl_(std::move(impl)) {}
+Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
+    : impl_(std::move(impl)), precision_(precision) {
+  if (precision != Precision::float32 && precision != Precision::bfloat16)
+    throw std::invalid_argument("fusedrnn::Model: precision must be Precision::float32 or "
+                                "Precision::bfloat16");
+  if (precision == Precision::bfloat16 && impl_->config.dtype != DType::f32)
+    throw std::invalid_argument(std::string("fusedrnn::Model: precision bfloat16 needs a "
+                                            "float32 model; this one is ") +
+                                dtype_name(impl_->config.dtype));
+}
 
-Model Model::from_tensor_file(const TensorFile& file) { return Model(build(file)); }
+Model Model::from_tensor_file(const TensorFile& file, Precision precision) {
+  return Model(build(file), precision);
+}
 
-Model Model::load(const std::string& path) { return from_tensor_file(TensorFile::load(path)); }
+Model Model::load(const std::string& path, Precision precision) {
+  return from_tensor_file(TensorFile::load(path), precision);
+}
 
-Model Model::from_bytes(const void* data, std::size_t size, const std::string& where) {
+Model Model::from_bytes(const void* data, std::size_t size, const std::string& where,
+                        Precision precision) {
   if (!data && size) throw std::invalid_argument("Model::from_bytes: data is null");
   const auto* p = static_cast<const unsigned char*>(data);
-  return from_tensor_file(TensorFile::parse(std::vector<unsigned char>(p, p + size), where));
+  return from_tensor_file(TensorFile::parse(std::vector<unsigned char>(p, p + size), where),
+                          precision);
 }
+
+Model Model::with_precision(Precision precision) const { return Model(impl_, precision); }
 
 const ModelConfig& Model::config() const noexcept { return impl_->config; }
 const std::string& Model::config_json() const noexcept { return impl_->config_json; }
@@ -553,7 +571,7 @@ void Model::forward(std::int64_t T, std::int64_t N, const Scalar* x, const Scala
                     const Scalar* c0, const std::int64_t* lengths, Scalar* y, Scalar* h_n,
                     Scalar* c_n, Context* ctx) const {
   Context local;
-  run<Scalar>(*impl_, "Model::forward", T, N, x, nullptr, h0, c0, lengths, y, h_n, c_n,
+  run<Scalar>(*impl_, precision_, "Model::forward", T, N, x, nullptr, h0, c0, lengths, y, h_n, c_n,
               ctx ? *ctx : local);
 }
 
@@ -563,7 +581,7 @@ void Model::forward_tokens(std::int64_t T, std::int64_t N, const std::int64_t* t
                            Scalar* y, Scalar* h_n, Scalar* c_n, Context* ctx) const {
   if (!tokens) throw std::invalid_argument("Model::forward_tokens: tokens must not be null");
   Context local;
-  run<Scalar>(*impl_, "Model::forward_tokens", T, N, nullptr, tokens, h0, c0, lengths, y, h_n,
+  run<Scalar>(*impl_, precision_, "Model::forward_tokens", T, N, nullptr, tokens, h0, c0, lengths, y, h_n,
               c_n, ctx ? *ctx : local);
 }
 

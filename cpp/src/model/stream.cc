@@ -2,11 +2,19 @@
 // active instruction set's step: at batch 1 its fused step (kernels/fused_step.cc, weights laid
 // out for it here), else isa::Kernels::step; then the head. No allocation, no OpenMP, no
 // exception after construction (process() checks its arguments before it steps).
+// A bfloat16 Model (Model::precision): each layer's step is instead one call of the batch
+// kernel with T = 1 at Precision::bfloat16 on the Stream's own workspace (allocated here; the
+// weights are packed there by the first step and reused by the later ones), on one thread, so
+// the results are bitwise Model::forward's at that precision.
 #include "fusedrnn/stream.h"
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "fusedrnn/gru.h"
+#include "fusedrnn/lstm.h"
+#include "fusedrnn/rnn.h"
 #include "kernels/fpenv.h"
 #include "model_impl.h"
 
@@ -27,9 +35,55 @@ struct Stream<Scalar>::Impl {
   const Scalar* embed = nullptr;
   const Scalar* head_packed = nullptr;
   const Scalar* head_b = nullptr;
+  // Precision::bfloat16: per layer its kernel workspace and whether it holds the packed weights;
+  // the previous state and one step's output of a layer.
+  bool lowp = false;
+  std::vector<internal::AlignedArray<Scalar>> lp_ws;
+  std::vector<char> lp_packed;
+  internal::AlignedArray<Scalar> hprev, cprev, ystep;
 
   explicit Impl(const Model& m) : model(m) {}
+  void lowp_step(const Scalar* in);
 };
+
+template <typename Scalar>
+void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
+  const detail::ModelImpl& m = *model.impl();
+  const ModelConfig& cfg = model.config();
+  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
+  for (std::int64_t l = 0; l < L; ++l) {
+    const detail::LayerWeights& w = m.layers[std::size_t(l)];
+    Scalar* h_l = h.data() + l * N * R;
+    Scalar* c_l = lstm ? c.data() + l * N * H : nullptr;
+    std::copy(h_l, h_l + N * R, hprev.data());
+    if (lstm) std::copy(c_l, c_l + N * H, cprev.data());
+    Options opt;
+    opt.num_threads = 1;
+    opt.precision = Precision::bfloat16;
+    opt.weights_packed = lp_packed[std::size_t(l)] != 0;
+    Scalar* ws = lp_ws[std::size_t(l)].data();
+    auto common = [&](auto a) {
+      a.x = in, a.w_ih = p(w.w_ih), a.w_hh = p(w.w_hh), a.b_ih = p(w.b_ih), a.b_hh = p(w.b_hh);
+      a.h0 = hprev.data(), a.y = ystep.data(), a.h_n = h_l;
+      return a;
+    };
+    if (lstm) {
+      LstmForwardArgs<Scalar> a = common(LstmForwardArgs<Scalar>{});
+      a.c0 = cprev.data(), a.c_n = c_l, a.w_peep = p(w.w_peep), a.w_hr = p(w.w_hr);
+      lstm_forward(Dims{1, N, w.C, H, cfg.proj_size}, a, opt, ws);
+    } else if (cfg.cell == CellType::gru) {
+      GruForwardArgs<Scalar> a = common(GruForwardArgs<Scalar>{});
+      a.variant = cfg.variant;
+      gru_forward(Dims{1, N, w.C, H}, a, opt, ws);
+    } else {
+      RnnForwardArgs<Scalar> a = common(RnnForwardArgs<Scalar>{});
+      a.nonlinearity = cfg.nonlinearity;
+      rnn_forward(Dims{1, N, w.C, H}, a, opt, ws);
+    }
+    lp_packed[std::size_t(l)] = 1;
+    in = h_l;
+  }
+}
 
 template <typename Scalar>
 Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
@@ -113,6 +167,23 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
       fat += n;
     }
   }
+  if (model.precision() == Precision::bfloat16) {
+    // one T = 1 kernel call per layer and step on its own workspace (see the top of the file)
+    s.lowp = true;
+    for (const detail::LayerWeights& w : m.layers) {
+      const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? P : 0};
+      const std::size_t n =
+          c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, Precision::bfloat16)
+          : c.cell == CellType::gru ? gru_forward_workspace_size(d, Precision::bfloat16)
+                                    : rnn_forward_workspace_size(d, Precision::bfloat16);
+      s.lp_ws.emplace_back();
+      s.lp_ws.back().resize(n);
+    }
+    s.lp_packed.assign(m.layers.size(), 0);
+    s.hprev.resize(std::size_t(N * R));
+    s.cprev.resize(s.lstm ? std::size_t(N * H) : 0);
+    s.ystep.resize(std::size_t(N * R));
+  }
   s.h.resize(std::size_t(s.L * N * R));
   s.c.resize(s.lstm ? std::size_t(s.L * N * H) : 0);
   s.scratch.resize(std::max(isa::step_scratch_size(N, H, G), isa::fused_scratch_size(H)));
@@ -140,7 +211,11 @@ void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
   Impl& s = *impl_;
   const FlushDenormals fp;  // fpenv.h
   const Scalar* in = x_t;
-  for (std::int64_t l = 0; l < s.L; ++l) {
+  if (s.lowp) {
+    s.lowp_step(x_t);
+    in = s.h.data() + (s.L - 1) * s.N * s.R;
+  }
+  for (std::int64_t l = 0; l < (s.lowp ? 0 : s.L); ++l) {
     Scalar* h = s.h.data() + l * s.N * s.R;
     Scalar* c = s.lstm ? s.c.data() + l * s.N * s.H : nullptr;
     const isa::StepLayer<Scalar>& layer = s.layers[std::size_t(l)];
