@@ -10,7 +10,8 @@
 // for it at construction and code specialised for H = 8, 16, 32, 48, 64; process() runs a
 // block of steps per call. Its results are bitwise those of Model::forward on the same inputs (same
 // products, same summation order, same activations), so a model can be checked offline with the
-// batch API and deployed with a Stream.
+// batch API and deployed with a Stream; StreamOptions::fast trades that equality, within a
+// documented rounding tolerance, for a faster batch-1 step.
 //
 // Shapes: x_t [N, rnn_input_size] (the features, or for a token model the embedded vectors),
 // tokens_t [N], y_t [N, output_size]; state h [L, N, R], c [L, N, H] (LSTM), as Model's.
@@ -26,12 +27,34 @@
 
 namespace fusedrnn {
 
+// How a Stream computes (the default: bitwise Model::forward).
+struct StreamOptions {
+  // Opt-in speed over bitwise equality, at batch 1 (other batches: no effect). The fused step
+  // then forms the input and recurrent products in one pass into shared accumulators, each sum
+  // split into up to 4 interleaved chains (k = s, s+4, ...) started from the pre-summed biases,
+  // and runs the activations on these sums: the same terms summed in another order, so results
+  // differ from Model::forward by rounding only. Per step and pre-activation a with terms
+  // t_k (its n = C + R products and 2 biases), both orders are within gamma_n = n u/(1 - n u)
+  // of the exact sum (u = 2^-24 float32, 2^-53 float64), so they differ by at most
+  // 2 gamma_n sum_k |t_k|; through the activations (slopes <= 1) and the cell update one step
+  // moves an output by at most a few such units plus a few ulps of the element-wise math.
+  // Tested (tests/cpp/test_model.cc): one step from the same state within that bound per
+  // element; over 200 steps the outputs within 1e-4 (float32) / 1e-12 (float64) relative to
+  // max(1, max |y|) of the bitwise Stream and of the Python (NumPy-reference-checked) outputs.
+  // Cells: LSTM (projection, peepholes), GRU reset_after, Elman RNN; a GRU reset_before layer,
+  // a layer too wide for the fused step (input or state > 256 float32 / 128 float64 values)
+  // and batch > 1 keep the bitwise step.
+  bool fast = false;
+};
+
 template <typename Scalar>
 class FUSEDRNN_API Stream {
  public:
   // ConfigError for a bidirectional model (a step needs the future); std::invalid_argument if
   // Scalar is not the model's dtype or batch < 1. The state starts at zero.
   explicit Stream(const Model& model, std::int64_t batch = 1);
+  // The same with options (StreamOptions::fast).
+  Stream(const Model& model, std::int64_t batch, const StreamOptions& options);
   ~Stream();
   Stream(Stream&&) noexcept;
   Stream& operator=(Stream&&) noexcept;
@@ -60,6 +83,7 @@ class FUSEDRNN_API Stream {
   std::int64_t input_size() const noexcept;   // rnn_input_size of the model
   std::int64_t output_size() const noexcept;
   const Model& model() const noexcept;
+  const StreamOptions& options() const noexcept;  // as constructed
 
   struct Impl;
 
