@@ -11,12 +11,15 @@
 // contender (outputs compared, the largest difference printed). The contenders are
 // interleaved block by block (and call by call), so a load change hits them alike:
 //   block:  blocks of 100 steps, ns per step = block time / 100: Stream::process(x, y, 100), a
-//           loop of 100 Stream::step calls, RTNeural's forward in a loop of 100 (inlined);
-//   single: every call timed on its own (Stream::step, RTNeural forward + output copy); these
+//           loop of 100 Stream::step calls, the same two with StreamOptions::fast, RTNeural's
+//           forward in a loop of 100 (inlined);
+//   single: every call timed on its own (Stream::step bitwise and fast, RTNeural forward +
+//           output copy); these
 //           include the clock's own cost, printed beside them.
 // Median and p99 over the blocks (calls).
 //
-//   stream_latency [steps] [peer_steps]   (defaults 20000 and 50000 timed steps per configuration)
+//   stream_latency [steps] [peer_steps] [--rt-only]   (defaults 20000 and 50000 timed steps per
+//   configuration; --rt-only: the real-time table only)
 #include <fusedrnn/fusedrnn.h>
 #include <fusedrnn/model.h>
 #include <fusedrnn/stream.h>
@@ -104,6 +107,9 @@ void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
   const auto bytes = testutil::make_checkpoint(sp, 11);
   const fusedrnn::Model model = fusedrnn::Model::from_bytes(bytes.data(), bytes.size());
   fusedrnn::Stream<float> stream(model);
+  fusedrnn::StreamOptions fo;
+  fo.fast = true;
+  fusedrnn::Stream<float> fstream(model, 1, fo);  // StreamOptions::fast
   constexpr long B = 100;  // steps per block
   const long T = 1000;     // distinct inputs, cycled
   std::mt19937_64 rng(3);
@@ -124,7 +130,22 @@ void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
   run.emplace_back("step", [&](const float* x, float* yy, long n) {
     for (long t = 0; t < n; ++t) stream.step(x + t * C, yy + t * H);
   });
-  double diff = 0;
+  run.emplace_back("process fast",
+                   [&](const float* x, float* yy, long n) { fstream.process(x, yy, n); });
+  run.emplace_back("step fast", [&](const float* x, float* yy, long n) {
+    for (long t = 0; t < n; ++t) fstream.step(x + t * C, yy + t * H);
+  });
+  // Single-call timing: every contender but the process() ones.
+  auto single = [&](std::size_t j) { return run[j].first.rfind("process", 0) != 0; };
+  double diff = 0, diff_fast = 0;
+  {  // the fast Stream against the bitwise one: 1000 steps from zero state
+    stream.reset();
+    stream.process(xs.data(), ys.data(), T);
+    fstream.reset();
+    fstream.process(xs.data(), y.data(), T);
+    for (std::size_t j = 0; j < y.size(); ++j)
+      diff_fast = std::max(diff_fast, double(std::abs(y[j] - ys[j])));
+  }
 #ifdef FUSEDRNN_WITH_RTNEURAL
   const float* w_ih = model.parameter("weight_ih_l0").as<float>();
   const float* w_hh = model.parameter("weight_hh_l0").as<float>();
@@ -165,7 +186,8 @@ void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
   std::vector<double> clock_ns;
   for (long t = 0; t < steps; ++t) {
     const float* x = xs.data() + (t % T) * C;
-    for (std::size_t j = 1; j < K; ++j) {  // run[0] is process: step is run[1]
+    for (std::size_t j = 0; j < K; ++j) {
+      if (!single(j)) continue;
       const auto t0 = Clock::now();
       run[j].second(x, y.data(), 1);
       one[j].push_back(ns_since(t0));
@@ -180,11 +202,12 @@ void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
     const Stats s = stats(blk[j]);
     std::printf(" %.0f / %.0f |", s.med, s.p99);
   }
-  for (std::size_t j = 1; j < K; ++j) {
+  for (std::size_t j = 0; j < K; ++j) {
+    if (!single(j)) continue;
     const Stats s = stats(one[j]);
     std::printf(" %.0f / %.0f |", s.med, s.p99);
   }
-  std::printf(" %.0f | %.1g |\n", c.med, diff);
+  std::printf(" %.0f | %.1g | %.1g |\n", c.med, diff, diff_fast);
   std::fflush(stdout);
 }
 
@@ -196,6 +219,8 @@ int main(int argc, char** argv) {
   const fusedrnn::BuildInfo b = fusedrnn::build_info();
   std::printf("fusedrnn %s, kernels %s, %s; %ld timed steps each, batch 1, one thread\n\n",
               b.version.c_str(), b.instruction_set.c_str(), b.compiler.c_str(), steps);
+  const bool rt_only = argc > 3 && std::string(argv[3]) == "--rt-only";
+  if (!rt_only) {
   std::printf("| cell | H (= input) | dtype | Stream::step median us | p99 us | "
               "Model::forward T=1000, per step us | Model::forward T=1, per call us |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
@@ -203,19 +228,22 @@ int main(int argc, char** argv) {
     for (std::int64_t H : {32, 64, 128}) bench<float>(cell, H, steps);
   for (const char* cell : {"lstm", "gru"})
     for (std::int64_t H : {32, 64, 128}) bench<double>(cell, H, steps);
+  }
 
   std::printf("\nReal time, batch 1, float32, ns per step, median / p99 (%ld steps each; "
               "block: blocks of 100 steps; single: each call timed, the clock's cost included)"
               "\n\n", peer_steps);
 #ifdef FUSEDRNN_WITH_RTNEURAL
-  std::printf("| cell | H | input | block: Stream::process | block: Stream::step | block: "
-              "RTNeural Eigen | block: RTNeural xsimd | single: Stream::step | single: RTNeural "
-              "Eigen | single: RTNeural xsimd | clock ns | max |diff| |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| cell | H | input | block: process | block: step | block: process fast | "
+              "block: step fast | block: RTNeural Eigen | block: RTNeural xsimd | single: step | "
+              "single: step fast | single: RTNeural Eigen | single: RTNeural xsimd | clock ns | "
+              "max |diff| RTNeural | max |diff| fast |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
 #else
-  std::printf("| cell | H | input | block: Stream::process | block: Stream::step | single: "
-              "Stream::step | clock ns | max |diff| |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("| cell | H | input | block: process | block: step | block: process fast | "
+              "block: step fast | single: step | single: step fast | clock ns | max |diff| | "
+              "max |diff| fast |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
 #endif
   for (const char* cell : {"lstm", "gru"})
     for (std::int64_t H : {16, 32, 64, 128})

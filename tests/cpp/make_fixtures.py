@@ -24,6 +24,14 @@ For the examples it also trains two small models briefly (a few seconds, seeded)
                              strings in index order]}, as `fusedrnn train` writes it;
     DIR/sine_gru.safetensors a dense-input GRU RecurrentModel that predicts the next sample of
                              a sine wave (input_size = output_size = 1).
+and for the C++ CTC decoding (test_python_parity), a speech-like recogniser of `fusedrnn train
+--task recognise`, trained briefly:
+    DIR/ctc_recognise.safetensors     its CtcRecognizer checkpoint (bidirectional LSTM + head to
+                                      11 classes, blank 0), saved as the task saves it;
+    DIR/ctc_recognise.io.safetensors  held-out utterances x [T, N, F] (zero-padded), lengths [N],
+                                      the Python logits y [T, N, 11], and Python's greedy decoding
+                                      (fusedrnn.ctc.ctc_greedy_decode): labels (concatenated) and
+                                      label_counts [N].
 """
 from __future__ import annotations
 
@@ -202,6 +210,49 @@ def train_sine(out_dir):
     return float(loss)
 
 
+def train_ctc(out_dir):
+    """The recognise task's model (a bidirectional LSTM + CTC) trained for a few seconds on its
+    generated speech-like utterances; held-out utterances decoded greedily by Python."""
+    from fusedrnn.ctc import ctc_greedy_decode, ctc_logits
+    from fusedrnn.tasks.recognise import CtcRecognizer, make_utterances, phone_means
+
+    rng = np.random.default_rng(5)
+    means, silence = phone_means()
+    model = CtcRecognizer(means.shape[2], 11, hidden=24, layers=1, cell="lstm", seed=0)
+    opt = optim.Adam(model.parameters(), lr=3e-2)
+
+    def batch(utts):
+        lengths = np.array([len(f) for f, _ in utts], np.int64)
+        x = np.zeros((lengths.max(), len(utts), means.shape[2]), np.float32)
+        for n, (f, _) in enumerate(utts):
+            x[:len(f), n] = f
+        return x, lengths
+
+    loss = None
+    for step in range(120):  # labels decoded from ~50 steps on (CTC loss ~0.3 at 100)
+        utts = make_utterances(rng, 8, means, silence, max_len=6)
+        x, lengths = batch(utts)
+        targets = np.concatenate([np.asarray(lab, np.int64) for _, lab in utts])
+        tl = np.array([len(lab) for _, lab in utts], np.int64)
+        model.zero_grad()
+        logits = model.forward(x, lengths)
+        loss, d = ctc_logits(logits, targets, lengths, tl)
+        model.backward(d)
+        opt.step()
+    model.eval()
+    x, lengths = batch(make_utterances(rng, 6, means, silence, max_len=6))
+    lengths[-1] = max(1, int(lengths[-1]) // 2)  # one sequence decoded over a prefix only
+    y = model.forward(x, lengths)
+    decoded = ctc_greedy_decode(y, lengths)
+    fusedrnn.save(os.path.join(out_dir, "ctc_recognise.safetensors"), model, task="recognise")
+    labels = np.array([v for d in decoded for v in d], np.int64)
+    save_tensors(os.path.join(out_dir, "ctc_recognise.io.safetensors"),
+                 {"x": x, "lengths": lengths, "y": y, "labels": labels,
+                  "label_counts": np.array([len(d) for d in decoded], np.int64)},
+                 {"case": "ctc_recognise"})
+    return float(loss), int(labels.size)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
@@ -220,8 +271,10 @@ def main():
         f.write("\n".join(names) + "\n")
     lm = train_charlm(args.out_dir)
     sine = train_sine(args.out_dir)
+    ctc_loss, ctc_labels = train_ctc(args.out_dir)
     print(f"make_fixtures: {len(names)} cases, charlm (final loss {lm:.3f}), sine_gru (final "
-          f"mse {sine:.2e}) in {args.out_dir} ({time.time() - t0:.1f} s, kernels: {isa})")
+          f"mse {sine:.2e}), ctc_recognise (final CTC loss {ctc_loss:.2f}, {ctc_labels} labels "
+          f"decoded) in {args.out_dir} ({time.time() - t0:.1f} s, kernels: {isa})")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,48 @@ int main() {
            "ctc_workspace_size rejects T = 0", 0);
   }
 
+  // Greedy decoding (ctc_greedy_decode): argmax per frame, repeats merged, blanks dropped.
+  {
+    using V = std::vector<std::int64_t>;
+    // T = 7, N = 2, K = 3; sequence 0's best path 1 1 0 1 2 2 0 -> [1, 1, 2]; sequence 1's
+    // 2 0 2 2 (then past its length 4) -> [2, 2].
+    const std::int64_t T = 7, N = 2, K = 3;
+    const int path0[7] = {1, 1, 0, 1, 2, 2, 0}, path1[7] = {2, 0, 2, 2, 1, 1, 1};
+    std::vector<float> sc(std::size_t(T * N * K), -1.0f);
+    for (std::int64_t t = 0; t < T; ++t) {
+      sc[std::size_t((t * N + 0) * K + path0[t])] = 0.5f;
+      sc[std::size_t((t * N + 1) * K + path1[t])] = 0.5f;
+    }
+    const std::vector<std::int64_t> len{7, 4};
+    auto d = fusedrnn::ctc_greedy_decode<float>(T, N, K, sc.data(), len.data(), 0);
+    report(d.size() == 2 && d[0] == V{1, 1, 2} && d[1] == V{2, 2},
+           "greedy decode: repeats merged, blanks dropped, lengths", 0);
+    // Without lengths sequence 1 runs all T frames: 2 0 2 2 1 1 1 -> [2, 2, 1].
+    d = fusedrnn::ctc_greedy_decode<float>(T, N, K, sc.data());
+    report(d[1] == V{2, 2, 1}, "greedy decode: null lengths = all T", 0);
+    // Blank 2: sequence 0 -> 1 1 0 1 2 2 0 -> [1, 0, 1, 0].
+    d = fusedrnn::ctc_greedy_decode<float>(T, N, K, sc.data(), len.data(), 2);
+    report(d[0] == V{1, 0, 1, 0}, "greedy decode: another blank", 0);
+    // Ties take the first class, a NaN wins (numpy.argmax); a zero length decodes to nothing.
+    const std::vector<double> tie{0.0, 3.0, 3.0, 1.0, NAN, 5.0, 1.0, 2.0, 2.0};  // T 3, N 1
+    const std::vector<std::int64_t> l3{3}, l0{0};
+    auto e = fusedrnn::ctc_greedy_decode<double>(3, 1, 3, tie.data(), l3.data(), 0);
+    report(e[0] == V{1}, "greedy decode: first maximum and NaN as numpy.argmax", 0);
+    e = fusedrnn::ctc_greedy_decode<double>(3, 1, 3, tie.data(), l0.data(), 0);
+    report(e.size() == 1 && e[0].empty(), "greedy decode: length 0", 0);
+    report(throws([&] { fusedrnn::ctc_greedy_decode<double>(3, 1, 3, tie.data(), nullptr, 3); },
+                  "blank"),
+           "greedy decode: a blank outside [0, K) throws", 0);
+    const std::vector<std::int64_t> l4{4};
+    report(throws([&] { fusedrnn::ctc_greedy_decode<double>(3, 1, 3, tie.data(), l4.data()); },
+                  "input_lengths"),
+           "greedy decode: a length above T throws", 0);
+    report(throws([] { fusedrnn::ctc_greedy_decode<double>(3, 1, 3, nullptr); }, "null"),
+           "greedy decode: null scores throw", 0);
+    report(throws([&] { fusedrnn::ctc_greedy_decode<double>(0, 1, 3, tie.data()); }, "T, N"),
+           "greedy decode: T = 0 throws", 0);
+  }
+
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
 }

@@ -23,6 +23,7 @@
 //   test_python_parity [--fixtures DIR] [--require]
 // The directory comes from --fixtures or the environment variable FUSEDRNN_FIXTURES. Without
 // fixtures the test is skipped (exit 77), or fails with --require (CI).
+#include <fusedrnn/ctc.h>
 #include <fusedrnn/fusedrnn.h>
 #include <fusedrnn/model.h>
 #include <fusedrnn/stream.h>
@@ -33,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -43,6 +45,7 @@ namespace {
 
 int g_passed = 0, g_failed = 0;
 double g_worst_y[2] = {0, 0};  // float32, float64
+double g_worst_fast[2] = {0, 0};  // StreamOptions::fast vs Python
 
 void report(bool ok, const std::string& what, const std::string& detail = "") {
   std::printf("%-4s %-52s %s\n", ok ? "ok" : "FAIL", what.c_str(), detail.c_str());
@@ -164,6 +167,87 @@ void check_case(const std::string& dir, const std::string& name) {
   }
   report(stepped && d_stream <= tol, name + " (Stream)",
          "y " + fmt("%.1e", d_stream) + (stepped ? ", == forward bitwise" : ", differs from forward"));
+
+  // StreamOptions::fast (batch 1: one Stream per sequence) against Python's y, within the
+  // fast tolerance of stream.h (float32 1e-5, float64 1e-13, relative to max(1, max |y|)).
+  fusedrnn::StreamOptions fast;
+  fast.fast = true;
+  const std::int64_t LS = model.num_states(), R = c.state_size(), H = c.hidden_size;
+  double d_fast = 0;
+  for (std::int64_t n = 0; n < N; ++n) {
+    fusedrnn::Stream<Scalar> fs(model, 1, fast);
+    std::vector<Scalar> hn0(std::size_t(LS * R)), cn0(std::size_t(LS * H));
+    for (std::int64_t l = 0; l < LS; ++l) {
+      if (!h0.empty())
+        std::copy(h0.begin() + (l * N + n) * R, h0.begin() + (l * N + n + 1) * R, hn0.begin() + l * R);
+      if (!c0.empty())
+        std::copy(c0.begin() + (l * N + n) * H, c0.begin() + (l * N + n + 1) * H, cn0.begin() + l * H);
+    }
+    fs.set_state(hn0.data(), cn0.data());
+    std::vector<Scalar> y1(static_cast<std::size_t>(O));
+    for (std::int64_t t = 0; t < lengths[std::size_t(n)]; ++t) {
+      if (tokens)
+        fs.step_tokens(tok.data() + t * N + n, y1.data());
+      else
+        fs.step(x.data() + (t * N + n) * E, y1.data());
+      std::vector<Scalar> ref(y_ref.begin() + (t * N + n) * O, y_ref.begin() + (t * N + n + 1) * O);
+      d_fast = std::max(d_fast, rel_diff(y1.data(), ref));
+    }
+  }
+  const double fast_tol = f64 ? 1e-13 : 1e-5;
+  g_worst_fast[f64] = std::max(g_worst_fast[f64], d_fast);
+  report(d_fast <= fast_tol, name + " (Stream fast)", "y " + fmt("%.1e", d_fast));
+}
+
+// The recognise task's CTC model (make_fixtures.py: train_ctc): Model loads the CtcRecognizer
+// checkpoint, its scores match Python's, and Model::ctc_greedy_decode gives exactly Python's
+// greedy decoding (fusedrnn.ctc.ctc_greedy_decode) on the held-out utterances.
+void check_ctc(const std::string& dir, bool require) {
+  const std::string path = dir + "/ctc_recognise.safetensors";
+  if (!std::ifstream(path)) {
+    report(!require, "ctc_recognise", "no fixture (older make_fixtures.py?)");
+    return;
+  }
+  const Model model = Model::load(path);
+  const TensorFile io = TensorFile::load(dir + "/ctc_recognise.io.safetensors");
+  const std::vector<float> x = io.read<float>("x"), y_ref = io.read<float>("y");
+  const std::vector<std::int64_t> lengths = io.read<std::int64_t>("lengths");
+  const std::vector<std::int64_t> labels = io.read<std::int64_t>("labels");
+  const std::vector<std::int64_t> counts = io.read<std::int64_t>("label_counts");
+  const fusedrnn::TensorInfo& yi = *io.find("y");
+  const std::int64_t T = yi.shape[0], N = yi.shape[1], K = yi.shape[2];
+  const fusedrnn::ModelConfig& c = model.config();
+  const bool config_ok = c.type == "CtcRecognizer" && c.bidirectional && c.has_head &&
+                         model.output_size() == K && c.input_size == io.find("x")->shape[2];
+  std::vector<float> y(y_ref.size());
+  model.forward<float>(T, N, x.data(), nullptr, nullptr, lengths.data(), y.data(), nullptr,
+                       nullptr);
+  const double d_y = rel_diff(y.data(), y_ref);
+  // The smallest gap between a valid frame's best and second-best score: the decoding is only
+  // as robust as this is large against d_y.
+  double margin = INFINITY;
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t t = 0; t < lengths[std::size_t(n)]; ++t) {
+      const float* r = y.data() + (t * N + n) * K;
+      std::vector<float> v(r, r + K);
+      std::partial_sort(v.begin(), v.begin() + 2, v.end(), std::greater<float>());
+      margin = std::min(margin, double(v[0]) - double(v[1]));
+    }
+  const auto decoded = model.ctc_greedy_decode<float>(T, N, x.data(), lengths.data(), 0);
+  std::vector<std::int64_t> flat, got_counts;
+  for (const auto& d : decoded) {
+    flat.insert(flat.end(), d.begin(), d.end());
+    got_counts.push_back(std::int64_t(d.size()));
+  }
+  const bool same = flat == labels && got_counts == counts;
+  // The free function on Python's own scores gives the same.
+  const bool same_free =
+      fusedrnn::ctc_greedy_decode<float>(T, N, K, y_ref.data(), lengths.data(), 0) == decoded;
+  report(config_ok && d_y <= 1e-5 && same && same_free && !labels.empty(),
+         "ctc_recognise (Model::ctc_greedy_decode)",
+         std::to_string(labels.size()) + " labels in " + std::to_string(N) +
+             " utterances, == Python: " + (same ? "yes" : "NO") + ", scores " +
+             fmt("%.1e", d_y) + ", smallest top-2 margin " + fmt("%.1e", margin));
 }
 
 }  // namespace
@@ -209,9 +293,16 @@ int main(int argc, char** argv) {
       report(false, name, std::string("exception: ") + e.what());
     }
   }
+  try {
+    check_ctc(dir, require);
+  } catch (const std::exception& e) {
+    report(false, "ctc_recognise", std::string("exception: ") + e.what());
+  }
   report(cases >= 100, "the fixture list has the whole grid", std::to_string(cases) + " cases");
   std::printf("largest y difference to Python (relative): float32 %.2e, float64 %.2e\n",
               g_worst_y[0], g_worst_y[1]);
+  std::printf("largest fast-Stream y difference to Python (relative): float32 %.2e, float64 "
+              "%.2e\n", g_worst_fast[0], g_worst_fast[1]);
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
 }

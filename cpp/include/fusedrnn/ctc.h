@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "fusedrnn/common.h"
 
@@ -76,5 +77,19 @@ FUSEDRNN_API std::size_t ctc_workspace_size(std::int64_t T, std::int64_t N,
 // range, or a label outside [0, K) or equal to the blank inside a target (padding is not read).
 template <typename Scalar> FUSEDRNN_API
 void ctc_loss(const CtcArgs<Scalar>& a);
+
+// Greedy (best-path) decoding, Python's fusedrnn.ctc.ctc_greedy_decode: for sequence n, the
+// argmax class of each frame t < input_lengths[n] (the first of equal maxima; a NaN counts as
+// the maximum, the first one winning, as numpy.argmax), runs of one class merged, blanks
+// dropped. scores [T, N, K] (log-probabilities or logits: the argmax is the same);
+// input_lengths [N] in [0, T] (nullable: every sequence T frames). Returns N label lists.
+// std::invalid_argument, before any work, for T, N or K < 1, null scores, a blank outside
+// [0, K) or a length outside [0, T]. Model::ctc_greedy_decode (model.h) runs a model first.
+template <typename Scalar> FUSEDRNN_API
+std::vector<std::vector<std::int64_t>> ctc_greedy_decode(std::int64_t T, std::int64_t N,
+                                                         std::int64_t K, const Scalar* scores,
+                                                         const std::int64_t* input_lengths =
+                                                             nullptr,
+                                                         std::int64_t blank = 0);
 
 }  // namespace fusedrnn

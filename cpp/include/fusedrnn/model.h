@@ -178,6 +178,20 @@ class FUSEDRNN_API Model {
                       const Scalar* h0, const Scalar* c0, const std::int64_t* lengths,
                       Scalar* y, Scalar* h_n, Scalar* c_n, Context* ctx = nullptr) const;
 
+  // CTC recognition (a model whose output_size() scores are K classes with the blank at
+  // `blank`, such as the CtcRecognizer checkpoint of `fusedrnn train --task recognise`): runs
+  // forward on x [T, N, input_size] (lengths nullable: all T), then greedy best-path decoding
+  // over each sequence's valid frames (ctc_greedy_decode of ctc.h): per sequence its labels,
+  // as Python's ctc_greedy_decode(model.forward(x, lengths), lengths, blank). Allocates the
+  // scores [T, N, output_size()]. std::invalid_argument, before any work, for a blank outside
+  // [0, output_size()) or the arguments forward refuses.
+  template <typename Scalar>
+  std::vector<std::vector<std::int64_t>> ctc_greedy_decode(std::int64_t T, std::int64_t N,
+                                                           const Scalar* x,
+                                                           const std::int64_t* lengths = nullptr,
+                                                           std::int64_t blank = 0,
+                                                           Context* ctx = nullptr) const;
+
   // Internal: the loaded layers (used by Stream).
   const std::shared_ptr<const detail::ModelImpl>& impl() const noexcept { return impl_; }
 

@@ -10,7 +10,8 @@
 // for it at construction and code specialised for H = 8, 16, 32, 48, 64; process() runs a
 // block of steps per call. Its results are bitwise those of Model::forward on the same inputs (same
 // products, same summation order, same activations), so a model can be checked offline with the
-// batch API and deployed with a Stream.
+// batch API and deployed with a Stream; StreamOptions::fast trades that equality, within a
+// documented rounding tolerance, for a faster batch-1 step.
 //
 // A Model at Precision::bfloat16 (Model::load(path, Precision::bfloat16)) gives a bf16 Stream:
 // each layer's step is one call of the bf16 batch kernel with T = 1 on a workspace the
@@ -31,12 +32,35 @@
 
 namespace fusedrnn {
 
+// How a Stream computes (the default: bitwise Model::forward).
+struct StreamOptions {
+  // Opt-in speed over bitwise equality, at batch 1 (other batches: no effect). The fused step
+  // then forms the input and recurrent products in one pass into shared accumulators, each sum
+  // split into up to 4 interleaved chains (k = s, s+4, ...) started from the pre-summed biases,
+  // and runs the activations on these sums: the same terms summed in another order, so results
+  // differ from Model::forward by rounding only. Per step and pre-activation a with terms
+  // t_k (its n = C + R products and 2 biases), both orders are within gamma_n = n u/(1 - n u)
+  // of the exact sum (u = 2^-24 float32, 2^-53 float64), so they differ by at most
+  // 2 gamma_n sum_k |t_k|; through the activations (slopes <= 1) and the cell update one step
+  // moves an output by at most a few such units plus a few ulps of the element-wise math.
+  // Tested (tests/cpp/test_model.cc): one step from the same state within that bound per
+  // element (largest difference / bound measured: 0.036); over 200 steps the outputs within
+  // 1e-5 (float32) / 1e-13 (float64) relative to max(1, max |y|) of the bitwise Stream (measured
+  // up to 5.7e-7 / 3.9e-16), and likewise of Python's outputs on the C++ fixtures.
+  // Cells: LSTM (projection, peepholes), GRU reset_after, Elman RNN; a GRU reset_before layer,
+  // a layer too wide for the fused step (input or state > 256 float32 / 128 float64 values)
+  // and batch > 1 keep the bitwise step.
+  bool fast = false;
+};
+
 template <typename Scalar>
 class FUSEDRNN_API Stream {
  public:
   // ConfigError for a bidirectional model (a step needs the future); std::invalid_argument if
   // Scalar is not the model's dtype or batch < 1. The state starts at zero.
   explicit Stream(const Model& model, std::int64_t batch = 1);
+  // The same with options (StreamOptions::fast).
+  Stream(const Model& model, std::int64_t batch, const StreamOptions& options);
   ~Stream();
   Stream(Stream&&) noexcept;
   Stream& operator=(Stream&&) noexcept;
@@ -65,6 +89,7 @@ class FUSEDRNN_API Stream {
   std::int64_t input_size() const noexcept;   // rnn_input_size of the model
   std::int64_t output_size() const noexcept;
   const Model& model() const noexcept;
+  const StreamOptions& options() const noexcept;  // as constructed
 
   struct Impl;
 

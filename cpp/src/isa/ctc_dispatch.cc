@@ -2,6 +2,7 @@
 // (kernels/ctc.cc, compiled once per copy like the cell kernels) runs through the active
 // instruction-set table (isa/table.h), the copy the cell kernels use.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -73,5 +74,53 @@ void ctc_loss(const CtcArgs<S>& a) {
 
 template FUSEDRNN_API void ctc_loss<float>(const CtcArgs<float>&);
 template FUSEDRNN_API void ctc_loss<double>(const CtcArgs<double>&);
+
+template <typename S>
+std::vector<std::vector<std::int64_t>> ctc_greedy_decode(std::int64_t T, std::int64_t N,
+                                                         std::int64_t K, const S* scores,
+                                                         const std::int64_t* input_lengths,
+                                                         std::int64_t blank) {
+  auto fail = [](const std::string& what) {
+    throw std::invalid_argument("ctc_greedy_decode: " + what);
+  };
+  if (T < 1 || N < 1 || K < 1)
+    fail("T, N and K must be >= 1, got " + std::to_string(T) + ", " + std::to_string(N) +
+         ", " + std::to_string(K));
+  if (!scores) fail("scores [T, N, K] is null");
+  if (blank < 0 || blank >= K)
+    fail("blank must be in [0, K=" + std::to_string(K) + "), got " + std::to_string(blank));
+  if (input_lengths)
+    for (std::int64_t n = 0; n < N; ++n)
+      if (input_lengths[n] < 0 || input_lengths[n] > T)
+        fail("input_lengths[" + std::to_string(n) + "] = " + std::to_string(input_lengths[n]) +
+             " is outside [0, T=" + std::to_string(T) + "]");
+  std::vector<std::vector<std::int64_t>> out(static_cast<std::size_t>(N));
+  for (std::int64_t n = 0; n < N; ++n) {
+    const std::int64_t Tn = input_lengths ? input_lengths[n] : T;
+    std::vector<std::int64_t>& labels = out[std::size_t(n)];
+    std::int64_t prev = -1;
+    for (std::int64_t t = 0; t < Tn; ++t) {
+      const S* row = scores + (t * N + n) * K;
+      // numpy.argmax: the first maximum; a NaN is the maximum (the first NaN wins).
+      std::int64_t best = 0;
+      if (!std::isnan(row[0]))
+        for (std::int64_t k = 1; k < K; ++k) {
+          if (std::isnan(row[k])) {
+            best = k;
+            break;
+          }
+          if (row[k] > row[best]) best = k;
+        }
+      if (best != prev && best != blank) labels.push_back(best);
+      prev = best;
+    }
+  }
+  return out;
+}
+
+template FUSEDRNN_API std::vector<std::vector<std::int64_t>> ctc_greedy_decode<float>(
+    std::int64_t, std::int64_t, std::int64_t, const float*, const std::int64_t*, std::int64_t);
+template FUSEDRNN_API std::vector<std::vector<std::int64_t>> ctc_greedy_decode<double>(
+    std::int64_t, std::int64_t, std::int64_t, const double*, const std::int64_t*, std::int64_t);
 
 }  // namespace fusedrnn

@@ -104,6 +104,10 @@ struct Kernels {
   // weights; the step is then still bitwise `step`'s.
   std::size_t (*fused_size)(const StepLayer<Scalar>& layer);
   void (*fuse)(StepLayer<Scalar>& layer, const Scalar* w_ih, const Scalar* w_hh, Scalar* out);
+  // The fast batch-1 step of StreamOptions::fast (fused_step.cc): the same storage as fuse
+  // (fused_size), the sums reassociated (not bitwise `step`; GRU reset_before: fuse's step).
+  void (*fuse_fast)(StepLayer<Scalar>& layer, const Scalar* w_ih, const Scalar* w_hh,
+                    Scalar* out) = nullptr;
 };
 
 // One instruction-set copy.

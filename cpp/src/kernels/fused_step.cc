@@ -209,9 +209,11 @@ std::size_t fused_size(const isa::StepLayer<Scalar>& L) {
 // The weights of all_chains<G>: rows row0 + g*H + u of w [rows, K] (row-major), units u past H
 // zero; per pass of ub blocks from block b0, at b0*K*G*W: [k][b < ub][g][W].
 template <typename Scalar>
-Scalar* lay_out(const Scalar* w, Index K, Index G, Index row0, Index H, Scalar* out) {
+Scalar* lay_out(const Scalar* w, Index K, Index G, Index row0, Index H, Scalar* out,
+                Index UB = 0) {
   constexpr Index W = kW<Scalar>;
-  const Index nb = detail::ceil_div(H, W), UB = blocks_per_pass(int(G));
+  const Index nb = detail::ceil_div(H, W);
+  if (UB == 0) UB = blocks_per_pass(int(G));
   for (Index b0 = 0; b0 < nb; b0 += UB) {
     const Index ub = std::min(UB, nb - b0);
     Scalar* pass = out + b0 * K * G * W;
@@ -306,6 +308,256 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The fast step (StreamOptions::fast): the same products and activations, the sums reassociated
+// for speed, so not bitwise Model::forward (the tolerance is derived and tested: stream.h,
+// tests/cpp/test_model.cc). Per block of units, G gates:
+//   * input and recurrent products in one pass, into the same accumulators where the cell adds
+//     them anyway (every gate of the LSTM and the Elman RNN, r and z of the GRU; the GRU's n
+//     keeps its input part and its recurrent part apart, as r multiplies only the latter): GX =
+//     2G - M accumulator slots per block, M the merged gates;
+//   * each slot's sum split into S interleaved chains (k = s, s + S, ...: S times shorter
+//     dependency chains), started from the biases (b_ih + b_hh pre-summed at load) and zeros,
+//     added pairwise at the end;
+//   * the activations from these sums directly (no separate bias adds).
+// Weights: fx [pass][k < C][b][gate][W] and fh [pass][k < R][b][gate][W] as the bitwise step's,
+// in passes of fast_blocks(GX) blocks; biases [GX][HP].
+
+#if defined(__AVX512F__) || defined(__aarch64__)
+constexpr int kFastAcc = 24;
+#else
+constexpr int kFastAcc = 12;
+#endif
+constexpr int fast_blocks(int GX) { return kFastAcc / GX < 1 ? 1 : kFastAcc / GX > 8 ? 8 : kFastAcc / GX; }
+// Chains per slot for `slots` accumulator slots in a pass: up to 4, while 2x as many still fit
+// the accumulator budget and fewer than 16 chains run side by side.
+constexpr int fast_splits(int slots) {
+  int sp = 1;
+  while (sp < 4 && 2 * sp * slots <= kFastAcc && sp * slots < 16) sp *= 2;
+  return sp;
+}
+
+template <typename Scalar, int G, int M, int UB, int S, int KS>
+inline void fast_pass(Index C, Index k_rt, const Scalar* x, const Scalar* wx, const Scalar* h,
+                      const Scalar* wh, const Scalar* bias, Scalar* out, Index HP) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  constexpr int GX = 2 * G - M;
+  const Index K = KS > 0 ? KS : k_rt;
+  P acc[S][UB][GX];
+  for (int b = 0; b < UB; ++b)
+    for (int j = 0; j < GX; ++j) {
+      acc[0][b][j] = ei::pload<P>(bias + j * HP + b * W);
+      for (int sp = 1; sp < S; ++sp) acc[sp][b][j] = ei::pset1<P>(Scalar(0));
+    }
+  // Input stream: gate g into slot g.
+  Index k = 0;
+  for (; k + S <= C; k += S)
+    for (int sp = 0; sp < S; ++sp) {
+      const P av = ei::pset1<P>(x[k + sp]);
+      const Scalar* wk = wx + (k + sp) * (UB * G * W);
+      for (int b = 0; b < UB; ++b)
+        for (int g = 0; g < G; ++g)
+          acc[sp][b][g] = ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[sp][b][g]);
+    }
+  for (; k < C; ++k) {
+    const P av = ei::pset1<P>(x[k]);
+    const Scalar* wk = wx + k * (UB * G * W);
+    for (int b = 0; b < UB; ++b)
+      for (int g = 0; g < G; ++g)
+        acc[0][b][g] = ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[0][b][g]);
+  }
+  // Recurrent stream: gate g < M into slot g, the others into slot G + g - M.
+  constexpr auto slot = [](int g) { return g < M ? g : G + g - M; };
+  k = 0;
+  for (; k + S <= K; k += S)
+    for (int sp = 0; sp < S; ++sp) {
+      const P av = ei::pset1<P>(h[k + sp]);
+      const Scalar* wk = wh + (k + sp) * (UB * G * W);
+      for (int b = 0; b < UB; ++b)
+        for (int g = 0; g < G; ++g)
+          acc[sp][b][slot(g)] =
+              ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[sp][b][slot(g)]);
+    }
+  if constexpr (KS == 0 || KS % S != 0)  // (a fixed K that S divides has no remainder)
+    for (; k < K; ++k) {
+      const P av = ei::pset1<P>(h[k]);
+      const Scalar* wk = wh + k * (UB * G * W);
+      for (int b = 0; b < UB; ++b)
+        for (int g = 0; g < G; ++g)
+          acc[0][b][slot(g)] =
+              ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[0][b][slot(g)]);
+    }
+  for (int b = 0; b < UB; ++b)
+    for (int j = 0; j < GX; ++j) {
+      P v;
+      if constexpr (S == 4)
+        v = ei::padd(ei::padd(acc[0][b][j], acc[1][b][j]), ei::padd(acc[2][b][j], acc[3][b][j]));
+      else if constexpr (S == 2)
+        v = ei::padd(acc[0][b][j], acc[1][b][j]);
+      else
+        v = acc[0][b][j];
+      ei::pstore(out + j * HP + b * W, v);
+    }
+}
+
+template <typename Scalar, int G, int M, int KS, int U>
+inline void fast_n(int n, Index C, Index K, const Scalar* x, const Scalar* wx, const Scalar* h,
+                   const Scalar* wh, const Scalar* bias, Scalar* out, Index HP) {
+  if constexpr (U > 1) {
+    if (n < U) return fast_n<Scalar, G, M, KS, U - 1>(n, C, K, x, wx, h, wh, bias, out, HP);
+  }
+  fast_pass<Scalar, G, M, U, fast_splits(U * (2 * G - M)), KS>(C, K, x, wx, h, wh, bias, out,
+                                                               HP);
+}
+
+// Every block's slot sums into out [GX][HP].
+template <typename Scalar, int G, int M, int KS>
+inline void fast_all(Index nb, Index C, Index K, const Scalar* x, const Scalar* fx,
+                     const Scalar* h, const Scalar* fh, const Scalar* bias, Scalar* out,
+                     Index HP) {
+  constexpr int UB = fast_blocks(2 * G - M);
+  constexpr Index W = kW<Scalar>;
+  Index b = 0;
+  for (; b + UB <= nb; b += UB)
+    fast_pass<Scalar, G, M, UB, fast_splits(UB * (2 * G - M)), KS>(
+        C, K, x, fx + b * C * G * W, h, fh + b * K * G * W, bias + b * W, out + b * W, HP);
+  if (b < nb)
+    fast_n<Scalar, G, M, KS, UB>(int(nb - b), C, K, x, fx + b * C * G * W, h, fh + b * K * G * W,
+                                 bias + b * W, out + b * W, HP);
+}
+
+template <typename Scalar, int HS>
+void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+               Scalar* scratch) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
+  const Index R = L.P > 0 ? L.P : H;
+  Scratch<Scalar> s(scratch, HP);
+  fast_all<Scalar, 4, 4, HS>(nb, L.C, R, x, L.fx, h, L.fh, L.fb_ih, s.gates, HP);
+  const Scalar* a = s.gates;
+  const Scalar* pp = L.fpeep;
+  Scalar* out = L.P > 0 ? s.out : h;
+  detail::for_packets<Scalar>(H, [&](auto ld, auto st) {
+    const P cp = ld(c);
+    P pi = ld(a), pf = ld(a + HP);
+    if (pp) {
+      pi = ei::pmadd(ld(pp), cp, pi);
+      pf = ei::pmadd(ld(pp + HP), cp, pf);
+    }
+    const P i = detail::psigmoid(pi), f = detail::psigmoid(pf);
+    const P g = detail::ptanh(ld(a + 2 * HP));
+    const P cn = ei::pmadd(f, cp, ei::pmul(i, g));
+    P po = ld(a + 3 * HP);
+    if (pp) po = ei::pmadd(ld(pp + 2 * HP), cn, po);
+    st(c, cn);
+    st(out, ei::pmul(detail::psigmoid(po), detail::ptanh(cn)));
+  });
+  if (L.P > 0) project_or_copy(L, s.out, h);
+}
+
+// GRU reset_after: slots r, z (input and recurrent sums merged, b_ih + b_hh), n's input sum
+// (+ b_in), n's recurrent sum (+ b_hn).
+template <typename Scalar, int HS>
+void gru_after_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
+                    Scalar* scratch) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
+  Scratch<Scalar> s(scratch, HP);
+  fast_all<Scalar, 3, 2, HS>(nb, L.C, H, x, L.fx, h, L.fh, L.fb_ih, s.gates, HP);
+  const Scalar* a = s.gates;
+  detail::for_packets<Scalar>(H, [&](auto ld, auto st) {
+    const P r = detail::psigmoid(ld(a)), z = detail::psigmoid(ld(a + HP));
+    const P n = detail::ptanh(ei::pmadd(r, ld(a + 3 * HP), ld(a + 2 * HP)));
+    st(h, detail::gru_update(z, n, ld(h)));
+  });
+}
+
+template <typename Scalar, int HS>
+void rnn_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
+              Scalar* scratch) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
+  Scratch<Scalar> s(scratch, HP);
+  fast_all<Scalar, 1, 1, HS>(nb, L.C, H, x, L.fx, h, L.fh, L.fb_ih, s.gates, HP);
+  const bool tanh_act = L.act == Nonlinearity::tanh;
+  const Scalar* a = s.gates;
+  detail::for_packets<Scalar>(H, [&](auto ld, auto st) {
+    const P v = ld(a);
+    st(h, tanh_act ? detail::ptanh(v) : ei::pselect(ei::pcmp_lt(v, ei::pzero(v)), ei::pzero(v), v));
+  });
+}
+
+template <typename Scalar, int HS>
+struct LstmFast {
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+                  Scalar* s) { lstm_fast<Scalar, HS>(L, x, h, c, s); }
+};
+template <typename Scalar, int HS>
+struct GruAfterFast {
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+                  Scalar* s) { gru_after_fast<Scalar, HS>(L, x, h, c, s); }
+};
+template <typename Scalar, int HS>
+struct RnnFast {
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
+                  Scalar* s) { rnn_fast<Scalar, HS>(L, x, h, c, s); }
+};
+
+// The fast layout; a GRU reset_before layer (r multiplies h before its product) gets the bitwise
+// fused step instead. Same storage as fuse (fused_size).
+template <typename Scalar>
+void fuse_fast(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Scalar* out) {
+  const bool before = L.cell == isa::StepCell::gru && L.variant == GruVariant::reset_before;
+  if (before) return fuse(L, w_ih, w_hh, out);
+  const Gates g = gates_of(L);
+  const Index H = L.H, R = L.P > 0 ? L.P : H;
+  const Index HP = detail::ceil_div(H, kW<Scalar>) * kW<Scalar>;
+  const Index GX = L.cell == isa::StepCell::gru ? 4 : g.x;  // accumulator slots per block
+  const Index UB = fast_blocks(int(GX));
+  L.fx = out;
+  out = lay_out(w_ih, L.C, g.x, 0, H, out, UB);
+  L.fh = out;
+  out = lay_out(w_hh, R, g.h, 0, H, out, UB);
+  // Slot biases [GX][HP]: b_ih + b_hh for merged gates; the GRU's n: b_in, then b_hn.
+  Scalar* b = out;
+  for (Index j = 0; j < GX; ++j)
+    for (Index u = 0; u < HP; ++u) {
+      Scalar v = 0;
+      if (u < H) {
+        const bool gru = L.cell == isa::StepCell::gru;
+        if (gru && j == 2)
+          v = L.b_ih ? L.b_ih[2 * H + u] : Scalar(0);
+        else if (gru && j == 3)
+          v = L.b_hh ? L.b_hh[2 * H + u] : Scalar(0);
+        else
+          v = (L.b_ih ? L.b_ih[j * H + u] : Scalar(0)) + (L.b_hh ? L.b_hh[j * H + u] : Scalar(0));
+      }
+      b[j * HP + u] = v;
+    }
+  L.fb_ih = b;
+  L.fb_hh = nullptr;
+  out += round16(GX * HP);
+  L.fpeep = nullptr;
+  if (L.w_peep) {
+    L.fpeep = out;
+    out = lay_out_gates(L.w_peep, Index(3), H, out);
+  }
+  const bool fixed = L.P == 0;
+  switch (L.cell) {
+    case isa::StepCell::lstm: L.fused = pick<Scalar, LstmFast>(H, fixed); break;
+    case isa::StepCell::gru: L.fused = pick<Scalar, GruAfterFast>(H, fixed); break;
+    default: L.fused = pick<Scalar, RnnFast>(H, fixed); break;
+  }
+}
+
 }  // namespace
 
 void fill_fused_step(isa::Table& t) {
@@ -313,6 +565,8 @@ void fill_fused_step(isa::Table& t) {
   t.f64.fused_size = &fused_size<double>;
   t.f32.fuse = &fuse<float>;
   t.f64.fuse = &fuse<double>;
+  t.f32.fuse_fast = &fuse_fast<float>;
+  t.f64.fuse_fast = &fuse_fast<double>;
 }
 
 }  // namespace FUSEDRNN_ISA_NS

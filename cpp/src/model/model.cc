@@ -9,6 +9,7 @@
 
 #include "kernels/fpenv.h"
 #include "fusedrnn/fusedrnn.h"
+#include "fusedrnn/ctc.h"
 #include "model_impl.h"
 
 namespace fusedrnn {
@@ -97,11 +98,33 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
   ConfigReader r(cfg, where);
   ModelConfig c;
   c.type = r.string("type", "");
-  const bool model = c.type == "RecurrentModel";
+  // CtcRecognizer (fusedrnn.tasks.recognise, `fusedrnn train --task recognise`): frames ->
+  // (bidirectional) LSTM / GRU / RNN -> Linear to `classes` CTC scores; its parameters are a
+  // RecurrentModel's ("rnn.*", "head.*") under other config names (features, classes, hidden,
+  // layers).
+  const bool ctc_rec = c.type == "CtcRecognizer";
+  const bool model = c.type == "RecurrentModel" || ctc_rec;
   if (!model && c.type != "LSTM" && c.type != "GRU" && c.type != "RNN")
     r.fail("type " + quoted(c.type) +
-           " is not supported (RecurrentModel, or a bare LSTM, GRU or RNN layer)");
-  if (model) {
+           " is not supported (RecurrentModel, CtcRecognizer, or a bare LSTM, GRU or RNN "
+           "layer)");
+  if (ctc_rec) {
+    const std::string cell = r.string("cell", "lstm");
+    if (cell == "lstm")
+      c.cell = CellType::lstm;
+    else if (cell == "gru")
+      c.cell = CellType::gru;
+    else if (cell == "rnn")
+      c.cell = CellType::rnn;
+    else
+      r.fail("cell must be 'lstm', 'gru' or 'rnn', got " + quoted(cell));
+    if (!cfg.find("features")) r.fail("features is missing");
+    if (!cfg.find("classes")) r.fail("classes is missing");
+    c.input_size = r.integer("features", 0, 1);
+    c.has_head = true;
+    c.output_size = r.integer("classes", 0, 1);
+    c.bias = true;
+  } else if (model) {
     const std::string cell = r.string("cell", "lstm");
     if (cell == "lstm")
       c.cell = CellType::lstm;
@@ -129,13 +152,13 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
     r.boolean("batch_first", false);  // Python's calling convention; C++ is time-major
   }
   if (!cfg.find("hidden_size") && !model) r.fail("hidden_size is missing");
-  c.hidden_size = r.integer("hidden_size", 128, 1);
-  c.num_layers = r.integer("num_layers", 1, 1);
+  c.hidden_size = r.integer(ctc_rec ? "hidden" : "hidden_size", 128, 1);
+  c.num_layers = r.integer(ctc_rec ? "layers" : "num_layers", 1, 1);
   if (c.num_layers > 4096) r.fail("num_layers " + std::to_string(c.num_layers) + " is too large");
-  c.bidirectional = r.boolean("bidirectional", false);
+  c.bidirectional = r.boolean("bidirectional", ctc_rec);
   c.dropout = r.number("dropout", 0.0);
   if (!(c.dropout >= 0 && c.dropout < 1)) r.fail("dropout must be in [0, 1)");
-  const bool lstm_keys = model || c.cell == CellType::lstm;
+  const bool lstm_keys = (model && !ctc_rec) || (!model && c.cell == CellType::lstm);
   if (lstm_keys) {
     c.proj_size = r.integer("proj_size", 0, 0);
     c.peepholes = r.boolean("peepholes", false);
@@ -150,7 +173,7 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
       }
     }
   }
-  if (model || c.cell == CellType::gru) {
+  if ((model && !ctc_rec) || c.cell == CellType::gru) {
     const std::string v = r.string("variant", "reset_after");
     if (c.cell == CellType::gru) {
       if (v == "reset_after")
@@ -161,7 +184,7 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
         r.fail("variant must be 'reset_after' or 'reset_before', got " + quoted(v));
     }
   }
-  if (model || c.cell == CellType::rnn) {
+  if ((model && !ctc_rec) || c.cell == CellType::rnn) {
     const std::string v = r.string("nonlinearity", "tanh");
     if (c.cell == CellType::rnn) {
       if (v == "tanh")
@@ -172,7 +195,7 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
         r.fail("nonlinearity must be 'tanh' or 'relu', got " + quoted(v));
     }
   }
-  r.string("init", "pytorch");  // initialisation only
+  if (!ctc_rec) r.string("init", "pytorch");  // initialisation only
   {
     const JsonValue* seed = r.get("seed");  // initialisation only: an integer or null
     if (seed && !seed->is_null() && !(seed->is_number() && std::floor(seed->as_double()) == seed->as_double()))
@@ -585,6 +608,26 @@ void Model::forward_tokens(std::int64_t T, std::int64_t N, const std::int64_t* t
               c_n, ctx ? *ctx : local);
 }
 
+template <typename Scalar>
+std::vector<std::vector<std::int64_t>> Model::ctc_greedy_decode(std::int64_t T, std::int64_t N,
+                                                                const Scalar* x,
+                                                                const std::int64_t* lengths,
+                                                                std::int64_t blank,
+                                                                Context* ctx) const {
+  const std::int64_t K = output_size();
+  if (blank < 0 || blank >= K)
+    throw std::invalid_argument("Model::ctc_greedy_decode: blank must be in [0, output_size=" +
+                                std::to_string(K) + "), got " + std::to_string(blank));
+  if (T < 1 || N < 1)
+    throw std::invalid_argument("Model::ctc_greedy_decode: T and N must be >= 1, got " +
+                                std::to_string(T) + ", " + std::to_string(N));
+  if (T > (std::int64_t(1) << 40) / std::max<std::int64_t>(1, N * K))
+    throw std::invalid_argument("Model::ctc_greedy_decode: T * N * output_size is too large");
+  std::vector<Scalar> scores(std::size_t(T * N * K));
+  forward<Scalar>(T, N, x, nullptr, nullptr, lengths, scores.data(), nullptr, nullptr, ctx);
+  return fusedrnn::ctc_greedy_decode<Scalar>(T, N, K, scores.data(), lengths, blank);
+}
+
 #define FUSEDRNN_INSTANTIATE_MODEL(Scalar)                                                     \
   template void Model::forward<Scalar>(std::int64_t, std::int64_t, const Scalar*,              \
                                        const Scalar*, const Scalar*, const std::int64_t*,      \
@@ -592,7 +635,10 @@ void Model::forward_tokens(std::int64_t T, std::int64_t N, const std::int64_t* t
   template void Model::forward_tokens<Scalar>(std::int64_t, std::int64_t, const std::int64_t*, \
                                               const Scalar*, const Scalar*,                    \
                                               const std::int64_t*, Scalar*, Scalar*, Scalar*,  \
-                                              Context*) const;
+                                              Context*) const;                         \
+  template std::vector<std::vector<std::int64_t>> Model::ctc_greedy_decode<Scalar>(            \
+      std::int64_t, std::int64_t, const Scalar*, const std::int64_t*, std::int64_t, Context*)  \
+      const;
 FUSEDRNN_INSTANTIATE_MODEL(float)
 FUSEDRNN_INSTANTIATE_MODEL(double)
 

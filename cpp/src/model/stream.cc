@@ -41,9 +41,37 @@ struct Stream<Scalar>::Impl {
   std::vector<internal::AlignedArray<Scalar>> lp_ws;
   std::vector<char> lp_packed;
   internal::AlignedArray<Scalar> hprev, cprev, ystep;
+  StreamOptions options;
 
   explicit Impl(const Model& m) : model(m) {}
   void lowp_step(const Scalar* in);
+
+  // One step, the floating-point environment already set (FlushDenormals).
+  void step(const Scalar* x_t, Scalar* y_t) noexcept {
+    const Scalar* in = x_t;
+    if (lowp) {
+      lowp_step(x_t);
+      in = h.data() + (L - 1) * N * R;
+    }
+    for (std::int64_t l = 0; l < (lowp ? 0 : L); ++l) {
+      Scalar* hl = h.data() + l * N * R;
+      Scalar* cl = lstm ? c.data() + l * N * H : nullptr;
+      const isa::StepLayer<Scalar>& layer = layers[std::size_t(l)];
+      if (layer.fused)
+        layer.fused(layer, in, hl, cl, scratch.data());
+      else
+        ops->step(layer, in, hl, cl, scratch.data());
+      in = hl;
+    }
+    if (!has_head) {
+      std::copy(in, in + N * R, y_t);
+      return;
+    }
+    // The head, as Model::forward computes it: out head.weightᵀ, then + head.bias.
+    ops->gemm(N, O, R, in, R, head_packed, y_t, O, 1);
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t o = 0; o < O; ++o) y_t[n * O + o] += head_b[o];
+  }
 };
 
 template <typename Scalar>
@@ -86,7 +114,11 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
 }
 
 template <typename Scalar>
-Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
+Stream<Scalar>::Stream(const Model& model, std::int64_t batch)
+    : Stream(model, batch, StreamOptions()) {}
+
+template <typename Scalar>
+Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptions& options) {
   const ModelConfig& c = model.config();
   if (dtype_of<Scalar>() != c.dtype)
     throw std::invalid_argument(std::string("fusedrnn::Stream: the model is ") +
@@ -101,6 +133,7 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
                                 std::to_string(batch));
   auto impl = std::make_unique<Impl>(model);
   Impl& s = *impl;
+  s.options = options;
   const detail::ModelImpl& m = *model.impl();
   s.ops = &isa::kernels<Scalar>();
   s.N = batch, s.L = c.num_layers, s.H = c.hidden_size, s.R = c.state_size();
@@ -163,7 +196,9 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch) {
     for (std::size_t l = 0; l < s.layers.size(); ++l) {
       const std::size_t n = s.ops->fused_size(s.layers[l]);
       if (n == 0) continue;
-      s.ops->fuse(s.layers[l], p(m.layers[l].w_ih), p(m.layers[l].w_hh), fat);
+      // StreamOptions::fast: the reassociated step (same storage).
+      const auto fuse = options.fast && s.ops->fuse_fast ? s.ops->fuse_fast : s.ops->fuse;
+      fuse(s.layers[l], p(m.layers[l].w_ih), p(m.layers[l].w_hh), fat);
       fat += n;
     }
   }
@@ -208,31 +243,8 @@ Stream<Scalar>& Stream<Scalar>::operator=(Stream&&) noexcept = default;
 
 template <typename Scalar>
 void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
-  Impl& s = *impl_;
   const FlushDenormals fp;  // fpenv.h
-  const Scalar* in = x_t;
-  if (s.lowp) {
-    s.lowp_step(x_t);
-    in = s.h.data() + (s.L - 1) * s.N * s.R;
-  }
-  for (std::int64_t l = 0; l < (s.lowp ? 0 : s.L); ++l) {
-    Scalar* h = s.h.data() + l * s.N * s.R;
-    Scalar* c = s.lstm ? s.c.data() + l * s.N * s.H : nullptr;
-    const isa::StepLayer<Scalar>& layer = s.layers[std::size_t(l)];
-    if (layer.fused)
-      layer.fused(layer, in, h, c, s.scratch.data());
-    else
-      s.ops->step(layer, in, h, c, s.scratch.data());
-    in = h;
-  }
-  if (!s.has_head) {
-    std::copy(in, in + s.N * s.R, y_t);
-    return;
-  }
-  // The head, as Model::forward computes it: out head.weightᵀ, then + head.bias.
-  s.ops->gemm(s.N, s.O, s.R, in, s.R, s.head_packed, y_t, s.O, 1);
-  for (std::int64_t n = 0; n < s.N; ++n)
-    for (std::int64_t o = 0; o < s.O; ++o) y_t[n * s.O + o] += s.head_b[o];
+  impl_->step(x_t, y_t);
 }
 
 template <typename Scalar>
@@ -243,9 +255,10 @@ void Stream<Scalar>::process(const Scalar* x, Scalar* y, std::int64_t steps) {
   if (!x || !y)
     throw std::invalid_argument(std::string("fusedrnn::Stream::process: ") +
                                 (!x ? "x" : "y") + " is null");
-  const Impl& s = *impl_;
+  Impl& s = *impl_;
   const std::int64_t in = s.N * s.E, out = s.N * s.O;
-  for (std::int64_t t = 0; t < steps; ++t) step(x + t * in, y + t * out);
+  const FlushDenormals fp;  // once per block, not per step
+  for (std::int64_t t = 0; t < steps; ++t) s.step(x + t * in, y + t * out);
 }
 
 template <typename Scalar>
@@ -303,6 +316,11 @@ std::int64_t Stream<Scalar>::output_size() const noexcept {
 template <typename Scalar>
 const Model& Stream<Scalar>::model() const noexcept {
   return impl_->model;
+}
+
+template <typename Scalar>
+const StreamOptions& Stream<Scalar>::options() const noexcept {
+  return impl_->options;
 }
 
 template class Stream<float>;
