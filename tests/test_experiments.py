@@ -50,3 +50,23 @@ def test_experiment_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "--length does not apply" in err
     rc = main(["experiment", "nope"])
     assert rc == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_recipe_steps_per_run(tmp_path, monkeypatch, capsys):
+    """adding is budgeted by steps, each run its own count, unless --budget or --steps is
+    given (tiny counts here; the recipe's own are in its table in the README)."""
+    import dataclasses
+    rec = RECIPES["adding"]
+    assert set(rec.steps) == {label for label, _ in rec.runs}
+    tiny = {"tanh RNN": 6, "IRNN": 9, "LSTM": 4, "GRU": 5}
+    monkeypatch.setitem(RECIPES, "adding", dataclasses.replace(rec, steps=tiny))
+    res = run_experiment("adding", out=str(tmp_path / "a"), length=5, threads=1)
+    assert {r["label"]: r["steps"] for r in res["runs"]} == tiny
+    assert res["steps_per_run"] == tiny and res["budget_s"] is None
+    assert "tanh RNN 6, IRNN 9, LSTM 4, GRU 5 steps" in capsys.readouterr().out
+    res = run_experiment("adding", out=str(tmp_path / "b"), length=5, threads=1, steps=3,
+                         runs=["IRNN"])
+    assert [r["steps"] for r in res["runs"]] == [3]
+    res = run_experiment("adding", out=str(tmp_path / "c"), length=5, threads=1, budget=0.5,
+                         runs=["GRU"])
+    assert res["budget_s"] == 0.5 and res["steps_per_run"] is None

@@ -78,4 +78,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   fusedrnn_py::register_single_state(m);
   fusedrnn_py::register_ctc(m);
   fusedrnn_py::register_lowp(m);
+  fusedrnn_py::register_fpenv(m);
 }

@@ -615,19 +615,24 @@ class Run:
                 "optimizer": self.opt.state_dict(), "step": step, "epoch": epoch}
 
     def _fused_step(self, batch):
-        self.model.zero_grad()
-        loss, count = self.task.train_step(self.model, batch)
-        if self.args.clip:
-            self._grad_norm = optim.clip_grad_norm_(self.model, self.args.clip)
-        elif self.tb_dir is not None:   # the norm for the log (a factor of 1: no change)
-            self._grad_norm = optim.clip_grad_norm_(self.model, math.inf)
-        self.opt.step()
+        # the whole step (the task's NumPy work: heads, losses, embeddings; clipping and the
+        # optimiser) under the kernels' subnormal flush (optim.flush_denormals): vanishing
+        # gradients must not slow a step down with subnormal arithmetic
+        with optim.flush_denormals():
+            self.model.zero_grad()
+            loss, count = self.task.train_step(self.model, batch)
+            if self.args.clip:
+                self._grad_norm = optim.clip_grad_norm_(self.model, self.args.clip)
+            elif self.tb_dir is not None:   # the norm for the log (a factor of 1: no change)
+                self._grad_norm = optim.clip_grad_norm_(self.model, math.inf)
+            self.opt.step()
         return loss, count
 
     def _fused_eval(self):
         self.model.eval()
         try:
-            return self.task.evaluate(self.model)
+            with optim.flush_denormals():
+                return self.task.evaluate(self.model)
         finally:
             self.model.train()
 
