@@ -119,6 +119,7 @@ void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
 }
 
 void register_lstm(py::module_& m);
+void register_lstm_ln(py::module_& m);
 void register_single_state(py::module_& m);  // GRU and RNN (single_state.cc)
 void register_ctc(py::module_& m);           // CTC loss (ctc.cc)
 void register_lowp(py::module_& m);          // low-precision GEMM building blocks (lowp.cc)

@@ -66,4 +66,5 @@
 #include "fusedrnn/ctc.h"
 #include "fusedrnn/gru.h"
 #include "fusedrnn/lstm.h"
+#include "fusedrnn/lstm_ln.h"
 #include "fusedrnn/rnn.h"
