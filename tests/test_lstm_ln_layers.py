@@ -145,3 +145,51 @@ def test_bad_values(kw, name):
 def test_other_cells_refuse(cls, kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         cls(3, 4, **kw)
+
+
+# -- the command line (fusedrnn train --layer-norm ... --zoneout ... ) ---------------------------
+from fusedrnn.cli import main  # noqa: E402
+from fusedrnn.tasks.trainer import load_task_and_model, read_checkpoint  # noqa: E402
+
+SMALL = {"classify": ["--min-length", "8", "--max-length", "12", "--hidden", "8",
+                      "--batch-size", "8", "-q", "--steps", "2", "--eval-every", "2"],
+         "forecast": ["--hidden", "8", "--window", "10", "--horizon", "3", "--batch-size", "8",
+                      "-q", "--steps", "2", "--eval-every", "2"],
+         "tag": ["--hidden", "8", "--embed", "8", "--batch-size", "8", "-q", "--steps", "2",
+                 "--eval-every", "2"],
+         "charlm": ["--hidden", "8", "--embed", "8", "--seq-len", "10", "--batch-size", "4",
+                    "-q", "--steps", "2", "--eval-every", "2"]}
+
+
+@pytest.mark.parametrize("task", list(SMALL))
+def test_cli_flags_reach_the_layer_and_round_trip(task, tmp_path):
+    out = tmp_path / "run"
+    argv = ["--cell", "lstm", "--layer-norm", "haste", "--ln-eps", "0.001", "--zoneout", "0.1",
+            "--zoneout-c", "0.05", "--recurrent-dropout", "0.2", "--input-dropout", "0.1",
+            "--weight-drop", "0.3"]
+    assert main(["train", "--task", task, *SMALL[task], *argv, "--out", str(out)]) == 0
+    flags = read_checkpoint(str(out / "model.safetensors"))["task_metadata"]["flags"]
+    assert flags["layer_norm"] == "haste" and flags["zoneout_h"] == 0.1
+    assert flags["zoneout_c"] == 0.05 and flags["weight_drop"] == 0.3
+    import argparse
+    _, model, _, _ = load_task_and_model(str(out / "model.safetensors"), argparse.Namespace(),
+                                         prepare=False)
+    rnn = model.rnn if hasattr(model, "rnn") else model.encoder
+    assert (rnn.layer_norm, rnn.ln_eps, rnn.zoneout_h, rnn.zoneout_c, rnn.recurrent_dropout,
+            rnn.input_dropout, rnn.weight_drop) == ("haste", 0.001, 0.1, 0.05, 0.2, 0.1, 0.3)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--cell", "gru", "--layer-norm", "haste"], "--layer-norm applies to --cell lstm only"),
+    (["--cell", "rnn", "--zoneout", "0.1"], "--zoneout-h applies to --cell lstm only"),
+    (["--cell", "lstm", "--weight-drop", "1"], "--weight-drop"),
+    (["--cell", "lstm", "--ln-eps", "0.01"], "--ln-eps needs --layer-norm"),
+    (["--cell", "lstm", "--layer-norm", "batch"], "--layer-norm"),
+    (["--cell", "lstm", "--zoneout", "0.1", "--peepholes"], "peepholes"),
+])
+def test_cli_bad_flags_are_one_line_errors(argv, needle, tmp_path, capsys):
+    rc = main(["train", "--task", "classify", *SMALL["classify"], "--out",
+               str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert len(err.splitlines()) == 1 and needle in err, err

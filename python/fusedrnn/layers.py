@@ -612,6 +612,23 @@ class _RNNBase(Module):
             self._packed = _PackedSpaces()
 
 
+def _bernoulli(rng, shape, p, dt):
+    """A fresh array of 1 with probability p, else 0 (uniform draws in the layer's dtype
+    compared with p in place: one array, no float64 temporary)."""
+    m = np.empty(shape, dt)
+    rng.random(shape, dtype=dt, out=m)
+    np.less(m, dt.type(p), out=m)
+    return m
+
+
+def _keep_mask(rng, shape, p, dt):
+    """Inverted dropout: 1/(1 − p) with probability 1 − p, else 0."""
+    m = _bernoulli(rng, shape, p, dt)  # 1 = dropped
+    np.subtract(dt.type(1), m, out=m)
+    m *= dt.type(1.0 / (1.0 - p))
+    return m
+
+
 def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                   input_dropout, weight_drop, supported=True):
     """Checks the options of the regularised / normalised LSTM (issue 19); returns the names of
@@ -628,6 +645,8 @@ def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropou
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
             raise ValueError(f"{fn}: {name} must be a number in [0, 1), got {p!r}")
     on = [k for k, p in probs.items() if p]
+    if ln_eps != 1e-5 and not layer_norm:
+        raise ValueError(f"{fn}: ln_eps = {ln_eps!r} given without layer_norm")
     if layer_norm:
         on = ["layer_norm", "ln_eps"] + on
     if on and not supported:
@@ -720,19 +739,16 @@ class LSTM(_RNNBase):
         kw = {}
         if training:
             if self.zoneout_h:
-                kw["zoneout_h_mask"] = (rng.random((T, N, H)) < self.zoneout_h).astype(dt)
+                kw["zoneout_h_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_h, dt)
             if self.zoneout_c:
-                kw["zoneout_c_mask"] = (rng.random((T, N, H)) < self.zoneout_c).astype(dt)
+                kw["zoneout_c_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_c, dt)
             if self.recurrent_dropout:
-                p = self.recurrent_dropout
-                kw["recurrent_mask"] = ((rng.random((N, H)) >= p) * (1.0 / (1.0 - p))).astype(dt)
+                kw["recurrent_mask"] = _keep_mask(rng, (N, H), self.recurrent_dropout, dt)
             if self.input_dropout:
-                p = self.input_dropout
-                st["xmask"] = ((rng.random((N, C)) >= p) * (1.0 / (1.0 - p))).astype(dt)
+                st["xmask"] = _keep_mask(rng, (N, C), self.input_dropout, dt)
                 x = x * st["xmask"]
             if self.weight_drop:
-                p = self.weight_drop
-                st["wmask"] = ((rng.random((4 * H, H)) >= p) * (1.0 / (1.0 - p))).astype(dt)
+                st["wmask"] = _keep_mask(rng, (4 * H, H), self.weight_drop, dt)
         else:
             kw.update(zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
         w = w_hh.data * st["wmask"] if "wmask" in st else w_hh.data
