@@ -124,3 +124,90 @@ def test_recurrent_dropout_and_weight_drop_match_torch():
     np.testing.assert_allclose(gr["dw_ih"], n(w_ih.grad), **TOL)
     np.testing.assert_allclose(gr["dw_hh"] * wm.numpy(), n(w_hh.grad), **TOL)
     np.testing.assert_allclose(gr["db_ih"], n(b.grad), **TOL)
+
+
+# -- fusedrnn.torch.LSTM with the options -------------------------------------------------------
+import pickle  # noqa: E402
+
+import fusedrnn.torch as frt  # noqa: E402
+from fusedrnn import reference_reg as ref  # noqa: E402
+
+
+@pytest.mark.parametrize("opts", [dict(layer_norm="tfa"), dict(layer_norm="haste"),
+                                  dict(zoneout_h=0.2, zoneout_c=0.1),
+                                  dict(recurrent_dropout=0.3, input_dropout=0.2,
+                                       weight_drop=0.4)], ids=lambda o: ",".join(o))
+def test_torch_module_train_and_eval(opts):
+    T, N, C, H = 5, 3, 4, 6
+    torch.manual_seed(0)
+    m = frt.LSTM(C, H, num_layers=2, bidirectional=True, dtype=torch.float64, **opts)
+    names = dict(m.named_parameters())
+    assert ("ln_gamma_c_l1_reverse" in names) == ("layer_norm" in opts)
+    assert ("ln_beta_ih_l0" in names) == (opts.get("layer_norm") == "tfa")
+    with torch.no_grad():
+        for k, p in names.items():
+            if k.startswith("ln_"):
+                p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
+    y, (h, c) = m(x)
+    y.sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in m.parameters())
+    m.eval()
+    with torch.no_grad():
+        a, _ = m(x)
+        b, _ = m(x)
+    assert torch.equal(a, b)
+    # one layer in eval mode: the reference (zoneout's expectation, no dropout)
+    one = frt.LSTM(C, H, dtype=torch.float64, **opts).eval()
+    P = {k: v.detach().numpy() for k, v in one.named_parameters()}
+    kw = {k: P[k + "_l0"] for k in ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh", "ln_beta_hh",
+                                    "ln_gamma_c", "ln_beta_c") if k + "_l0" in P}
+    want, *_ = ref.lstm_ln_forward(x.detach().numpy(), P["weight_ih_l0"], P["weight_hh_l0"],
+                                   P["bias_ih_l0"], P["bias_hh_l0"],
+                                   layer_norm=opts.get("layer_norm") or "none",
+                                   zoneout_h=opts.get("zoneout_h", 0.0),
+                                   zoneout_c=opts.get("zoneout_c", 0.0), **kw)
+    with torch.no_grad():
+        np.testing.assert_allclose(one(x)[0].numpy(), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(pickle.PicklingError):
+        pickle.dumps(m)
+
+
+def test_torch_module_gradients_match_reference_with_fixed_masks():
+    """Train mode with zoneout and recurrent dropout: the masks come from torch's RNG; redraw
+    them with the same seed and compare every gradient with the reference."""
+    T, N, C, H = 4, 3, 5, 4
+    opts = dict(layer_norm="haste", zoneout_h=0.3, zoneout_c=0.2, recurrent_dropout=0.25)
+    torch.manual_seed(3)
+    m = frt.LSTM(C, H, dtype=torch.float64, **opts)
+    x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(11)
+    y, (h, c) = m(x)
+    dy = torch.randn_like(y)
+    (y * dy).sum().backward()
+    torch.manual_seed(11)  # the same draws, in the layer's order
+    zh = (torch.rand((T, N, H), dtype=torch.float64) < 0.3).double().numpy()
+    zc = (torch.rand((T, N, H), dtype=torch.float64) < 0.2).double().numpy()
+    rm = ((1 - (torch.rand((N, H), dtype=torch.float64) < 0.25).double()) / 0.75).numpy()
+    P = {k: v.detach().numpy() for k, v in m.named_parameters()}
+    kw = {k: P[k + "_l0"] for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c", "ln_beta_c")}
+    yr, _, _, cache = ref.lstm_ln_forward(x.detach().numpy(), P["weight_ih_l0"],
+                                          P["weight_hh_l0"], P["bias_ih_l0"], P["bias_hh_l0"],
+                                          layer_norm="haste", zoneout_h_mask=zh,
+                                          zoneout_c_mask=zc, recurrent_mask=rm, **kw)
+    np.testing.assert_allclose(y.detach().numpy(), yr, rtol=1e-10, atol=1e-12)
+    g = ref.lstm_ln_backward(cache, dy.numpy())
+    np.testing.assert_allclose(x.grad.numpy(), g["dx"], rtol=1e-9, atol=1e-11)
+    for name, key in (("weight_hh_l0", "dw_hh"), ("ln_gamma_c_l0", "dln_gamma_c"),
+                      ("ln_gamma_ih_l0", "dln_gamma_ih"), ("bias_ih_l0", "db_ih")):
+        np.testing.assert_allclose(dict(m.named_parameters())[name].grad.numpy(), g[key],
+                                   rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_torch_module_bad_values():
+    for kw, name in ((dict(zoneout_h=1.0), "zoneout_h"), (dict(layer_norm="x"), "layer_norm"),
+                     (dict(weight_drop=-1), "weight_drop")):
+        with pytest.raises(ValueError, match=name):
+            frt.LSTM(3, 4, **kw)
+    with pytest.raises(ValueError, match="proj_size"):
+        frt.LSTM(3, 4, proj_size=2, layer_norm="haste")
