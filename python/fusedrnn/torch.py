@@ -13,7 +13,11 @@ it), proj_size, unbatched 2-D input, PackedSequence in and out (same batch_sizes
 sorted_indices / unsorted_indices as torch.nn; h_n in the caller's batch order). Extras,
 keyword-only: LSTM ``peepholes=True`` (adds ``weight_peep_l{k}[_reverse]`` [3, H], rows p_i,
 p_f, p_o) and ``forget_bias`` (added to the forget block of ``bias_ih`` at every
-initialisation); GRU ``variant="reset_before"``.
+initialisation); LSTM ``layer_norm``, ``ln_eps``, ``zoneout_h``, ``zoneout_c``,
+``recurrent_dropout``, ``input_dropout``, ``weight_drop`` (issue 19, as fusedrnn.LSTM; layer
+norm adds ``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [4H], ``ln_gamma_c_l{k}``,
+``ln_beta_c_l{k}`` [H] and with "tfa" ``ln_beta_ih_l{k}``, ``ln_beta_hh_l{k}``; masks from
+torch's RNG); GRU ``variant="reset_before"``.
 
 Each layer and direction is one ``torch.autograd.Function`` calling
 :func:`fusedrnn.functional.lstm_forward` (etc.) on numpy views of the tensors
