@@ -13,19 +13,38 @@ namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
 namespace detail {
 
-// mean and 1/sqrt(var + eps) of v[0..n) (biased variance), accumulated in double, two passes.
+// mean and 1/sqrt(var + eps) of v[0..n) (biased variance), two passes: whole packets summed
+// lane-wise in Scalar (in order, unaligned loads: the result does not depend on the address),
+// the lanes and the tail then added in double.
 template <typename Scalar>
 inline void ln_stats(const Scalar* v, Index n, Scalar eps, Scalar& mean, Scalar& inv) {
-  double s = 0;
-  for (Index j = 0; j < n; ++j) s += double(v[j]);
-  const double m = s / double(n);
-  double q = 0;
-  for (Index j = 0; j < n; ++j) {
-    const double e = double(v[j]) - m;
-    q += e * e;
+  namespace ei = Eigen::internal;
+  using P = Packet<Scalar>;
+  constexpr Index W = kPacketSize<Scalar>;
+  const Index nw = n / W * W;
+  alignas(64) Scalar lanes[W];
+  P s = ei::pset1<P>(Scalar(0));
+  for (Index j = 0; j < nw; j += W) s = ei::padd(s, ei::ploadu<P>(v + j));
+  ei::pstore(lanes, s);
+  double sum = 0;
+  for (Index l = 0; l < W; ++l) sum += double(lanes[l]);
+  for (Index j = nw; j < n; ++j) sum += double(v[j]);
+  const double m = sum / double(n);
+  const P pm = ei::pset1<P>(Scalar(m));
+  P q = ei::pset1<P>(Scalar(0));
+  for (Index j = 0; j < nw; j += W) {
+    const P e = ei::psub(ei::ploadu<P>(v + j), pm);
+    q = ei::padd(q, ei::pmul(e, e));
+  }
+  ei::pstore(lanes, q);
+  double sq = 0;
+  for (Index l = 0; l < W; ++l) sq += double(lanes[l]);
+  for (Index j = nw; j < n; ++j) {
+    const double e = double(v[j]) - double(Scalar(m));
+    sq += e * e;
   }
   mean = Scalar(m);
-  inv = Scalar(1.0 / std::sqrt(q / double(n) + double(eps)));
+  inv = Scalar(1.0 / std::sqrt(sq / double(n) + double(eps)));
 }
 
 // The arrays of one row at one step. Gate arrays point at gate i's units, gate g at + g*H.
