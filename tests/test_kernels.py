@@ -269,6 +269,41 @@ def test_core_accumulates_parameter_gradients_and_overwrites_dx(P):
         np.testing.assert_allclose(first[-1], want.dw_hr, rtol=0, atol=1e-14)
 
 
+def test_core_keywords_misspelt_missing_or_mistyped_are_type_errors_before_work():
+    """The bindings read each keyword by name: a misspelt or unsupported keyword, a missing
+    required array and an argument of the wrong type are TypeErrors naming it, and the outputs
+    are untouched (nothing ran)."""
+    T, N, C, H = 3, 2, 4, 5
+    (x, w_ih, w_hh), kw, cot = make_case("lstm", (T, N, C, H), np.float64, seed=3)
+    dims = (T, N, C, H)
+    y, h_n, c_n = np.full((T, N, H), 7.0), np.full((N, H), 7.0), np.full((N, H), 7.0)
+    ws = np.empty(_core.lstm_sizes(dims)[1])
+    base = dict(x=x, w_ih=w_ih, w_hh=w_hh, y=y, h_n=h_n, c_n=c_n, workspace=ws)
+    _core.lstm_forward(dims, **base, cell_clip=0.5)   # the good call runs
+    assert not np.all(y == 7.0)
+    y[...] = 7.0
+    with pytest.raises(TypeError, match="unexpected keyword argument 'cell_clipp'"):
+        _core.lstm_forward(dims, **base, cell_clipp=0.5)
+    with pytest.raises(TypeError, match="missing required keyword argument 'w_hh'"):
+        _core.lstm_forward(dims, **{k: v for k, v in base.items() if k != "w_hh"})
+    with pytest.raises(TypeError, match="cell_clip has an unusable type str"):
+        _core.lstm_forward(dims, **base, cell_clip="big")
+    assert np.all(y == 7.0)
+    # backward takes no weights_packed / precision (its Options stay default): refused by name
+    gdims = (T, N, C, H)
+    gws = np.empty(_core.gru_sizes(gdims)[2])
+    with pytest.raises(TypeError, match="gru_backward\\(\\) got an unexpected keyword argument "
+                                        "'weights_packed'"):
+        _core.gru_backward(gdims, variant=_core.GruVariant.reset_after, x=x,
+                           w_ih=np.zeros((3 * H, C)), w_hh=np.zeros((3 * H, H)),
+                           cache=np.zeros(_core.gru_sizes(gdims)[0]), dx=np.zeros_like(x),
+                           workspace=gws, weights_packed=True)
+    with pytest.raises(TypeError, match="variant has an unusable type str"):
+        _core.gru_backward(gdims, variant="reset_after", x=x, w_ih=np.zeros((3 * H, C)),
+                           w_hh=np.zeros((3 * H, H)), cache=np.zeros(_core.gru_sizes(gdims)[0]),
+                           dx=np.zeros_like(x), workspace=gws)
+
+
 def test_concurrent_calls_match_serial():
     """Kernels release the GIL and share no state: threads on separate data match serial calls."""
     cases = [make_case("gru", (8, 6, 10, 40), np.float64, lengths=True, seed=s) for s in range(4)]

@@ -7,8 +7,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "fusedrnn/common.h"
 
@@ -94,14 +96,87 @@ S* opt_out(const py::handle& o, const char* name, std::size_t n) {
   return data_of<S>(o, name, n, true, true);
 }
 
-// The kernel options (keyword arguments of every kernel binding).
-inline fusedrnn::Options options_of(bool reverse, int num_threads, bool weights_packed = false,
-                                    fusedrnn::Precision precision = fusedrnn::Precision::float32) {
-  fusedrnn::Options o;
-  o.reverse = reverse, o.num_threads = num_threads, o.weights_packed = weights_packed;
-  o.precision = precision;
-  return o;
-}
+// The keyword arguments of a kernel binding, each named once where it is read:
+//   a.cell_clip = kw.value<S>("cell_clip", 0);     a.w_peep = kw.opt_in<S>("w_peep", n.H3);
+// A new argument of a kernel is one such line. Absent optional arrays are null, like None; an
+// absent required one, or a keyword no line read (a misspelt name), is a TypeError naming it,
+// raised by done() before the kernel runs. Read everything, call done(), then release the GIL.
+class Keywords {
+ public:
+  Keywords(const char* fn, py::kwargs kw) : fn_(fn), kw_(std::move(kw)) {}
+
+  // The argument `name`, or None when absent (an optional argument's default).
+  py::handle get(const char* name) {
+    read_.emplace_back(name);
+    return kw_.contains(name) ? py::handle(kw_[name]) : py::handle(py::none());
+  }
+  py::handle required(const char* name) {
+    if (!kw_.contains(name))
+      throw py::type_error(std::string(fn_) + "() missing required keyword argument '" + name +
+                           "'");
+    return get(name);
+  }
+  template <typename T>
+  T value(const char* name, T dflt) {
+    const py::handle h = get(name);
+    return h.is_none() ? dflt : cast<T>(h, name);
+  }
+  template <typename T>
+  T required_value(const char* name) {
+    return cast<T>(required(name), name);
+  }
+  template <typename S>
+  const S* in(const char* name, std::size_t n) {
+    return data_of<S>(required(name), name, n, false, false);
+  }
+  template <typename S>
+  const S* opt_in(const char* name, std::size_t n) {
+    return data_of<S>(get(name), name, n, true, false);
+  }
+  template <typename S>
+  S* out(const char* name, std::size_t n) {
+    return data_of<S>(required(name), name, n, false, true);
+  }
+  template <typename S>
+  S* opt_out(const char* name, std::size_t n) {
+    return data_of<S>(get(name), name, n, true, true);
+  }
+  // The kernel options: reverse and num_threads, and where the kernel takes them (`packed`)
+  // weights_packed and precision (elsewhere they stay unread: passing one is a TypeError).
+  fusedrnn::Options options(bool packed) {
+    fusedrnn::Options o;
+    o.reverse = value<bool>("reverse", false);
+    o.num_threads = value<int>("num_threads", 0);
+    if (packed) {
+      o.weights_packed = value<bool>("weights_packed", false);
+      o.precision = value<fusedrnn::Precision>("precision", fusedrnn::Precision::float32);
+    }
+    return o;
+  }
+  template <typename T>
+  T cast(py::handle h, const char* name) const {
+    try {
+      return h.cast<T>();
+    } catch (const py::cast_error&) {
+      throw py::type_error(std::string(fn_) + "(): " + name + " has an unusable type " +
+                           std::string(py::str(py::type::handle_of(h).attr("__name__"))));
+    }
+  }
+  // Every keyword given was read.
+  void done() const {
+    for (auto item : kw_) {
+      const std::string key = py::str(item.first);
+      if (std::find(read_.begin(), read_.end(), key) == read_.end())
+        throw py::type_error(std::string(fn_) + "() got an unexpected keyword argument '" + key +
+                             "'");
+    }
+  }
+
+ private:
+  const char* fn_;
+  py::kwargs kw_;
+  std::vector<std::string> read_;
+};
 
 // Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).
 template <typename F>

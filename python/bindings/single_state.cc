@@ -11,6 +11,8 @@ namespace {
 
 struct Gru {
   static constexpr const char* name = "gru";
+  static constexpr const char* forward_name = "gru_forward";
+  static constexpr const char* backward_name = "gru_backward";
   static constexpr const char* formula = "variant";
   static constexpr std::size_t G = 3;
   using Formula = fusedrnn::GruVariant;
@@ -36,6 +38,8 @@ struct Gru {
 
 struct Rnn {
   static constexpr const char* name = "rnn";
+  static constexpr const char* forward_name = "rnn_forward";
+  static constexpr const char* backward_name = "rnn_backward";
   static constexpr const char* formula = "nonlinearity";
   static constexpr std::size_t G = 1;
   using Formula = fusedrnn::Nonlinearity;
@@ -73,78 +77,79 @@ void register_cell(py::module_& m) {
       "(cache, forward workspace, backward workspace) sizes in scalars.");
   m.def(
       (name + "_forward").c_str(),
-      [](py::tuple dims, Formula formula, py::handle x, py::handle w_ih, py::handle w_hh,
-         py::handle b_ih, py::handle b_hh, py::handle h0, py::handle lengths, py::handle y,
-         py::handle h_n, py::handle cache, py::handle workspace, bool reverse, int num_threads,
-         bool weights_packed, fusedrnn::Precision precision) {
+      [](py::tuple dims, py::kwargs kwargs) {
+        Keywords kw(Cell::forward_name, std::move(kwargs));
         const auto d = dims_of(dims);
+        const fusedrnn::Options opt = kw.options(/*packed=*/true);
+        const auto formula = kw.template required_value<Formula>(Cell::formula);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
-        const std::size_t ws_n = Cell::fws(d, precision);
+        const std::size_t ws_n = Cell::fws(d, opt.precision);
         const Counts n(d, Cell::G);
-        dispatch_dtype(x, [&](auto tag) {
+        dispatch_dtype(kw.required("x"), [&](auto tag) {
           using S = decltype(tag);
           typename Cell::template Forward<S> a;
           Cell::set(a, formula);
-          a.x = in<S>(x, "x", n.TNC);
-          a.w_ih = in<S>(w_ih, "w_ih", n.GHC);
-          a.w_hh = in<S>(w_hh, "w_hh", n.GHR);
-          a.b_ih = opt_in<S>(b_ih, "b_ih", n.GH);
-          a.b_hh = opt_in<S>(b_hh, "b_hh", n.GH);
-          a.h0 = opt_in<S>(h0, "h0", n.NR);
-          a.lengths = opt_in<std::int64_t>(lengths, "lengths", n.N);
-          a.y = out<S>(y, "y", n.TNR);
-          a.h_n = out<S>(h_n, "h_n", n.NR);
-          a.cache = opt_out<S>(cache, "cache", cache_n);
-          S* ws = out<S>(workspace, "workspace", ws_n);
+          a.x = kw.in<S>("x", n.TNC);
+          a.w_ih = kw.in<S>("w_ih", n.GHC);
+          a.w_hh = kw.in<S>("w_hh", n.GHR);
+          a.b_ih = kw.opt_in<S>("b_ih", n.GH);
+          a.b_hh = kw.opt_in<S>("b_hh", n.GH);
+          a.h0 = kw.opt_in<S>("h0", n.NR);
+          a.lengths = kw.opt_in<std::int64_t>("lengths", n.N);
+          a.y = kw.out<S>("y", n.TNR);
+          a.h_n = kw.out<S>("h_n", n.NR);
+          a.cache = kw.opt_out<S>("cache", cache_n);
+          S* ws = kw.out<S>("workspace", ws_n);
+          kw.done();
           py::gil_scoped_release nogil;
-          Cell::forward(d, a, options_of(reverse, num_threads, weights_packed, precision), ws);
+          Cell::forward(d, a, opt, ws);
         });
       },
-      py::arg("dims"), py::kw_only(), py::arg(Cell::formula), py::arg("x"), py::arg("w_ih"),
-      py::arg("w_hh"), py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none(),
-      py::arg("h0") = py::none(), py::arg("lengths") = py::none(), py::arg("y"), py::arg("h_n"),
-      py::arg("cache") = py::none(), py::arg("workspace"), py::arg("reverse") = false,
-      py::arg("num_threads") = 0, py::arg("weights_packed") = false,
-      py::arg("precision") = fusedrnn::Precision::float32, "Forward into preallocated arrays.");
+      py::arg("dims"),
+      (std::string("Forward into preallocated arrays. Keywords: ") + Cell::formula +
+       ", x, w_ih, w_hh, b_ih, b_hh, h0, lengths, y, h_n, cache, workspace, and the options "
+       "reverse, num_threads, weights_packed, precision.")
+          .c_str());
   m.def(
       (name + "_backward").c_str(),
-      [](py::tuple dims, Formula formula, py::handle x, py::handle w_ih, py::handle w_hh,
-         py::handle lengths, py::handle cache, py::handle dy, py::handle dh_n, py::handle dx,
-         py::handle dh0, py::handle dw_ih, py::handle dw_hh, py::handle db_ih, py::handle db_hh,
-         py::handle workspace, bool reverse, int num_threads) {
+      [](py::tuple dims, py::kwargs kwargs) {
+        Keywords kw(Cell::backward_name, std::move(kwargs));
         const auto d = dims_of(dims);
+        const fusedrnn::Options opt = kw.options(/*packed=*/false);
+        const auto formula = kw.template required_value<Formula>(Cell::formula);
         const std::size_t cache_n = Cell::cache(d);  // checks dims
         const std::size_t ws_n = Cell::bws(d);
         const Counts n(d, Cell::G);
-        dispatch_dtype(x, [&](auto tag) {
+        dispatch_dtype(kw.required("x"), [&](auto tag) {
           using S = decltype(tag);
           typename Cell::template Backward<S> a;
           Cell::set(a, formula);
-          a.x = in<S>(x, "x", n.TNC);
-          a.w_ih = in<S>(w_ih, "w_ih", n.GHC);
-          a.w_hh = in<S>(w_hh, "w_hh", n.GHR);
-          a.lengths = opt_in<std::int64_t>(lengths, "lengths", n.N);
-          a.cache = in<S>(cache, "cache", cache_n);
-          a.dy = opt_in<S>(dy, "dy", n.TNR);
-          a.dh_n = opt_in<S>(dh_n, "dh_n", n.NR);
-          a.dx = out<S>(dx, "dx", n.TNC);
-          a.dh0 = opt_out<S>(dh0, "dh0", n.NR);
-          a.dw_ih = opt_out<S>(dw_ih, "dw_ih", n.GHC);
-          a.dw_hh = opt_out<S>(dw_hh, "dw_hh", n.GHR);
-          a.db_ih = opt_out<S>(db_ih, "db_ih", n.GH);
-          a.db_hh = opt_out<S>(db_hh, "db_hh", n.GH);
-          S* ws = out<S>(workspace, "workspace", ws_n);
+          a.x = kw.in<S>("x", n.TNC);
+          a.w_ih = kw.in<S>("w_ih", n.GHC);
+          a.w_hh = kw.in<S>("w_hh", n.GHR);
+          a.lengths = kw.opt_in<std::int64_t>("lengths", n.N);
+          a.cache = kw.in<S>("cache", cache_n);
+          a.dy = kw.opt_in<S>("dy", n.TNR);
+          a.dh_n = kw.opt_in<S>("dh_n", n.NR);
+          a.dx = kw.out<S>("dx", n.TNC);
+          a.dh0 = kw.opt_out<S>("dh0", n.NR);
+          a.dw_ih = kw.opt_out<S>("dw_ih", n.GHC);
+          a.dw_hh = kw.opt_out<S>("dw_hh", n.GHR);
+          a.db_ih = kw.opt_out<S>("db_ih", n.GH);
+          a.db_hh = kw.opt_out<S>("db_hh", n.GH);
+          S* ws = kw.out<S>("workspace", ws_n);
+          kw.done();
           py::gil_scoped_release nogil;
-          Cell::backward(d, a, options_of(reverse, num_threads), ws);
+          Cell::backward(d, a, opt, ws);
         });
       },
-      py::arg("dims"), py::kw_only(), py::arg(Cell::formula), py::arg("x"), py::arg("w_ih"),
-      py::arg("w_hh"), py::arg("lengths") = py::none(), py::arg("cache"),
-      py::arg("dy") = py::none(), py::arg("dh_n") = py::none(), py::arg("dx"),
-      py::arg("dh0") = py::none(), py::arg("dw_ih") = py::none(), py::arg("dw_hh") = py::none(),
-      py::arg("db_ih") = py::none(), py::arg("db_hh") = py::none(), py::arg("workspace"),
-      py::arg("reverse") = false, py::arg("num_threads") = 0,
-      "Backward into preallocated arrays (parameter gradients accumulate).");
+      py::arg("dims"),
+      (std::string("Backward into preallocated arrays (parameter gradients accumulate). "
+                   "Keywords: ") +
+       Cell::formula +
+       ", x, w_ih, w_hh, lengths, cache, dy, dh_n, dx, dh0, dw_ih, dw_hh, db_ih, db_hh, "
+       "workspace, and the options reverse, num_threads.")
+          .c_str());
 }
 
 }  // namespace
