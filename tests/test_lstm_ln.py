@@ -189,3 +189,19 @@ def test_bad_input():
         K.lstm_ln_forward(*args, **kw, zoneout_h_mask=np.zeros((3, 2, 4), np.float32))
     with pytest.raises(ValueError, match="cache"):
         K.lstm_ln_backward(None)
+
+
+def test_binding_keywords_are_checked_by_name():
+    from fusedrnn import _core
+    args, kw, _ = make(2, 2, 3, 4, dict(layer_norm="none"), np.float64)
+    dims = (2, 2, 3, 4)
+    sizes = _core.lstm_ln_sizes(dims)
+    base = dict(x=args[0], w_ih=args[1], w_hh=args[2], y=np.empty((2, 2, 4)),
+                h_n=np.empty((2, 4)), c_n=np.empty((2, 4)), workspace=np.empty(sizes[1]))
+    _core.lstm_ln_forward(dims, **base)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'zoneout_hmask'"):
+        _core.lstm_ln_forward(dims, **base, zoneout_hmask=None)
+    with pytest.raises(TypeError, match="weights_packed"):
+        _core.lstm_ln_forward(dims, **base, weights_packed=True)
+    with pytest.raises(TypeError, match="missing required keyword argument 'w_hh'"):
+        _core.lstm_ln_forward(dims, **{k: v for k, v in base.items() if k != "w_hh"})
