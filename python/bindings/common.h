@@ -141,13 +141,17 @@ class Keywords {
   S* opt_out(const char* name, std::size_t n) {
     return data_of<S>(get(name), name, n, true, true);
   }
-  // The kernel options every kernel binding takes: reverse, num_threads, weights_packed, precision.
-  fusedrnn::Options options() {
+  // The kernel options: reverse and num_threads, and where the kernel takes them (`packed`:
+  // the LSTM, GRU and RNN kernels) weights_packed and precision; elsewhere those stay unread,
+  // so passing one is a TypeError rather than an option silently ignored.
+  fusedrnn::Options options(bool packed = true) {
     fusedrnn::Options o;
     o.reverse = value<bool>("reverse", false);
     o.num_threads = value<int>("num_threads", 0);
-    o.weights_packed = value<bool>("weights_packed", false);
-    o.precision = value<fusedrnn::Precision>("precision", fusedrnn::Precision::float32);
+    if (packed) {
+      o.weights_packed = value<bool>("weights_packed", false);
+      o.precision = value<fusedrnn::Precision>("precision", fusedrnn::Precision::float32);
+    }
     return o;
   }
   template <typename T>
@@ -191,6 +195,7 @@ void dispatch_dtype(const py::handle& x, F&& f, const char* name = "x") {
 }
 
 void register_lstm(py::module_& m);
+void register_lstm_ln(py::module_& m);
 void register_single_state(py::module_& m);  // GRU and RNN (single_state.cc)
 void register_ctc(py::module_& m);           // CTC loss (ctc.cc)
 void register_lowp(py::module_& m);          // low-precision GEMM building blocks (lowp.cc)

@@ -75,6 +75,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
       .value("float32", fusedrnn::Precision::float32)
       .value("bfloat16", fusedrnn::Precision::bfloat16);
   fusedrnn_py::register_lstm(m);
+  fusedrnn_py::register_lstm_ln(m);
   fusedrnn_py::register_single_state(m);
   fusedrnn_py::register_ctc(m);
   fusedrnn_py::register_lowp(m);

@@ -75,6 +75,28 @@ def rnn_backward(dims: _Dims, *, nonlinearity: Nonlinearity, x: _A, w_ih: _A, w_
                  db_hh: _OA = None, workspace: _A, reverse: bool = False,
                  num_threads: int = 0, weights_packed: bool = False,
                  precision: Precision = ...) -> None: ...
+# The regularised / normalised LSTM (bindings/lstm_ln.cc; used through fusedrnn.regularised).
+def lstm_ln_sizes(dims: _Dims) -> Tuple[int, int, int]: ...
+def lstm_ln_forward(dims: _Dims, *, x: _A, w_ih: _A, w_hh: _A, b_ih: _OA = None,
+                    b_hh: _OA = None, h0: _OA = None, c0: _OA = None, layer_norm: str = "none",
+                    ln_eps: float = 1e-5, ln_gamma_ih: _OA = None, ln_beta_ih: _OA = None,
+                    ln_gamma_hh: _OA = None, ln_beta_hh: _OA = None, ln_gamma_c: _OA = None,
+                    ln_beta_c: _OA = None, zoneout_h_mask: _OA = None,
+                    zoneout_c_mask: _OA = None, zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+                    recurrent_mask: _OA = None, lengths: _OA = None, y: _A, h_n: _A, c_n: _A,
+                    cache: _OA = None, workspace: _A, reverse: bool = False,
+                    num_threads: int = 0) -> None: ...
+def lstm_ln_backward(dims: _Dims, *, x: _A, w_ih: _A, w_hh: _A, layer_norm: str = "none",
+                     ln_gamma_ih: _OA = None, ln_gamma_hh: _OA = None, ln_gamma_c: _OA = None,
+                     zoneout_h_mask: _OA = None, zoneout_c_mask: _OA = None,
+                     zoneout_h: float = 0.0, zoneout_c: float = 0.0,
+                     recurrent_mask: _OA = None, lengths: _OA = None, cache: _A,
+                     dy: _OA = None, dh_n: _OA = None, dc_n: _OA = None, dx: _A,
+                     dh0: _OA = None, dc0: _OA = None, dw_ih: _OA = None, dw_hh: _OA = None,
+                     db_ih: _OA = None, db_hh: _OA = None, dln_gamma_ih: _OA = None,
+                     dln_beta_ih: _OA = None, dln_gamma_hh: _OA = None, dln_beta_hh: _OA = None,
+                     dln_gamma_c: _OA = None, dln_beta_c: _OA = None, workspace: _A,
+                     reverse: bool = False, num_threads: int = 0) -> None: ...
 # The low-precision building blocks (bindings/lowp.cc; used through fusedrnn.lowp).
 class FlushDenormals:  # context manager: FTZ + DAZ on the calling thread (python/bindings/fpenv.cc)
     def __init__(self) -> None: ...

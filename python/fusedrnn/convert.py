@@ -66,6 +66,8 @@ def to_torch(layer):
               dropout=layer.dropout, bidirectional=layer.bidirectional,
               dtype=torch.float64 if layer.dtype == np.float64 else torch.float32)
     if isinstance(layer, LSTM):
+        if layer._reg:
+            raise ValueError(f"to_torch: torch.nn.LSTM has no {', '.join(layer._reg)}")
         if layer.peepholes:
             raise ValueError("to_torch: torch.nn.LSTM has no peepholes")
         module = torch.nn.LSTM(layer.input_size, layer.hidden_size, proj_size=layer.proj_size,

@@ -641,6 +641,49 @@ class _RNNBase(Module):
             self._packed = _PackedSpaces()
 
 
+def _bernoulli(rng, shape, p, dt):
+    """A fresh array of 1 with probability p, else 0 (uniform draws in the layer's dtype
+    compared with p in place: one array, no float64 temporary)."""
+    m = np.empty(shape, dt)
+    rng.random(shape, dtype=dt, out=m)
+    np.less(m, dt.type(p), out=m)
+    return m
+
+
+def _keep_mask(rng, shape, p, dt):
+    """Inverted dropout: 1/(1 − p) with probability 1 − p, else 0."""
+    m = _bernoulli(rng, shape, p, dt)  # 1 = dropped
+    np.subtract(dt.type(1), m, out=m)
+    m *= dt.type(1.0 / (1.0 - p))
+    return m
+
+
+def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                  input_dropout, weight_drop, supported=True):
+    """Checks the options of the regularised / normalised LSTM (issue 19); returns the names of
+    those that are set. A layer whose kernels do not have them (supported=False) raises a
+    ValueError naming any that is set."""
+    if layer_norm not in (None, "haste", "tfa"):
+        raise ValueError(f"{fn}: layer_norm must be None, 'haste' or 'tfa', got {layer_norm!r}")
+    if isinstance(ln_eps, (bool, np.bool_)) or not isinstance(ln_eps, numbers.Real) \
+            or not 0 < ln_eps < math.inf:
+        raise ValueError(f"{fn}: ln_eps must be a finite number > 0, got {ln_eps!r}")
+    probs = dict(zoneout_h=zoneout_h, zoneout_c=zoneout_c, recurrent_dropout=recurrent_dropout,
+                 input_dropout=input_dropout, weight_drop=weight_drop)
+    for name, p in probs.items():
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+            raise ValueError(f"{fn}: {name} must be a number in [0, 1), got {p!r}")
+    on = [k for k, p in probs.items() if p]
+    if ln_eps != 1e-5 and not layer_norm:
+        raise ValueError(f"{fn}: ln_eps = {ln_eps!r} given without layer_norm")
+    if layer_norm:
+        on = ["layer_norm", "ln_eps"] + on
+    if on and not supported:
+        raise ValueError(f"{fn}: {', '.join(k for k in on if k != 'ln_eps')} not supported "
+                         f"for this cell (the regularised kernels are the LSTM's)")
+    return on
+
+
 @register_module
 class LSTM(_RNNBase):
     """Multi-layer LSTM (torch.nn.LSTM's arguments) with optional peepholes and forget_bias.
@@ -659,10 +702,37 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
-                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None, cell_clip=None):
+                 forget_bias=0.0, init="pytorch", dtype="float32", seed=None, cell_clip=None,
+                 layer_norm=None, ln_eps=1e-5, zoneout_h=0.0, zoneout_c=0.0,
+                 recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
+        reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                            input_dropout, weight_drop)
+        if reg:
+            for name, off in (("proj_size", not proj_size), ("peepholes", not peepholes),
+                              ("cell_clip", cell_clip is None)):
+                if not off:
+                    raise ValueError(f"LSTM: {name} cannot be combined with layer_norm, zoneout "
+                                     f"or recurrent/input dropout or weight_drop (not supported "
+                                     f"by the regularised kernel); got {', '.join(reg)}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size=proj_size, peepholes=peepholes,
                          forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
+        self._reg = reg
+        self.layer_norm, self.ln_eps = layer_norm, float(ln_eps)
+        self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
+        self.recurrent_dropout, self.input_dropout = float(recurrent_dropout), \
+            float(input_dropout)
+        self.weight_drop = float(weight_drop)
+        if layer_norm:
+            H, dt = self.hidden_size, self.dtype
+            for _, _, sfx in self._suffixes():
+                setattr(self, "ln_gamma_ih" + sfx, Parameter(np.ones(4 * H, dt)))
+                setattr(self, "ln_gamma_hh" + sfx, Parameter(np.ones(4 * H, dt)))
+                if layer_norm == "tfa":
+                    setattr(self, "ln_beta_ih" + sfx, Parameter(np.zeros(4 * H, dt)))
+                    setattr(self, "ln_beta_hh" + sfx, Parameter(np.zeros(4 * H, dt)))
+                setattr(self, "ln_gamma_c" + sfx, Parameter(np.ones(H, dt)))
+                setattr(self, "ln_beta_c" + sfx, Parameter(np.zeros(H, dt)))
         if cell_clip is not None and not (F._check_clip("LSTM", cell_clip) > 0
                                           and math.isfinite(cell_clip)):
             raise ValueError(f"LSTM: cell_clip must be None or a finite number > 0, "
@@ -673,7 +743,86 @@ class LSTM(_RNNBase):
                      dropout=self.dropout, bidirectional=self.bidirectional,
                      proj_size=self.proj_size, peepholes=self.peepholes,
                      forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed,
-                     **({} if cell_clip is None else {"cell_clip": self.cell_clip}))
+                     **({} if cell_clip is None else {"cell_clip": self.cell_clip}),
+                     **{k: getattr(self, k) for k in reg})
+
+    # -- the regularised / normalised kernel (fusedrnn.regularised, issue 19) -----------------
+    def _ln_params(self, sfx):
+        get = lambda name: self._parameters.get(name + sfx)  # noqa: E731
+        return {k: get(k) for k in ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh", "ln_beta_hh",
+                                    "ln_gamma_c", "ln_beta_c")}
+
+    def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
+                        cache_key):
+        if not self._reg:
+            return super()._kernel_forward(dims, sfx, x, h0, c0, lengths, reverse, training, y,
+                                           h_n, c_n, cache_key)
+        if self._precision != "float32":
+            raise ValueError("LSTM.frozen(precision='bfloat16') does not support layer_norm, "
+                             "zoneout or the dropout options")
+        T, N, C, H = dims[:4]
+        dt, rng = self.dtype, self._drop_rng
+        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
+        data = lambda p: None if p is None else p.data  # noqa: E731
+        st = {"dims": (T, N, C, H)}
+        kw = {}
+        if training:
+            if self.zoneout_h:
+                kw["zoneout_h_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_h, dt)
+            if self.zoneout_c:
+                kw["zoneout_c_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_c, dt)
+            if self.recurrent_dropout:
+                kw["recurrent_mask"] = _keep_mask(rng, (N, H), self.recurrent_dropout, dt)
+            if self.input_dropout:
+                st["xmask"] = _keep_mask(rng, (N, C), self.input_dropout, dt)
+                x = x * st["xmask"]
+            if self.weight_drop:
+                st["wmask"] = _keep_mask(rng, (4 * H, H), self.weight_drop, dt)
+        else:
+            kw.update(zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
+        w = w_hh.data * st["wmask"] if "wmask" in st else w_hh.data
+        ln = {k: data(v) for k, v in self._ln_params(sfx).items()}
+        sizes = _core.lstm_ln_sizes(st["dims"])
+        cache = self._buffer(cache_key, (sizes[0],)) if training else None
+        _core.lstm_ln_forward(
+            st["dims"], x=x, w_ih=w_ih.data, w_hh=w, b_ih=data(b_ih), b_hh=data(b_hh),
+            h0=None if h0 is None else np.ascontiguousarray(h0),
+            c0=None if c0 is None else np.ascontiguousarray(c0),
+            layer_norm=self.layer_norm or "none", ln_eps=self.ln_eps, **ln, **kw,
+            lengths=lengths, y=y, h_n=h_n, c_n=c_n, cache=cache,
+            workspace=F._workspace(sizes[1], dt), reverse=reverse, num_threads=F._threads())
+        if training:
+            st.update(kw, x=x, w_hh=w)
+            self._buffers[("reg",) + cache_key] = st
+
+    def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
+                         dh0, dc0):
+        if not self._reg:
+            return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy, dh_n,
+                                            dc_n, dx, dh0, dc0)
+        st = self._buffers[("reg",) + cache_key]
+        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
+        grad = lambda p: None if p is None else p.grad  # noqa: E731
+        lnp = self._ln_params(sfx)
+        dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else w_hh.grad
+        masks = {k: st[k] for k in ("zoneout_h_mask", "zoneout_c_mask", "recurrent_mask")
+                 if k in st}
+        _core.lstm_ln_backward(
+            st["dims"], x=st["x"], w_ih=w_ih.data, w_hh=st["w_hh"],
+            layer_norm=self.layer_norm or "none",
+            ln_gamma_ih=None if lnp["ln_gamma_ih"] is None else lnp["ln_gamma_ih"].data,
+            ln_gamma_hh=None if lnp["ln_gamma_hh"] is None else lnp["ln_gamma_hh"].data,
+            ln_gamma_c=None if lnp["ln_gamma_c"] is None else lnp["ln_gamma_c"].data,
+            **masks, lengths=lengths, cache=self._buffers[cache_key], dy=dy, dh_n=dh_n,
+            dc_n=dc_n, dx=dx, dh0=dh0, dc0=dc0, dw_ih=w_ih.grad, dw_hh=dw_hh,
+            db_ih=grad(b_ih), db_hh=grad(b_hh),
+            **{"d" + k: grad(v) for k, v in lnp.items()},
+            workspace=F._workspace(_core.lstm_ln_sizes(st["dims"])[2], self.dtype),
+            reverse=reverse, num_threads=F._threads())
+        if "wmask" in st:
+            w_hh.grad += dw_hh * st["wmask"]
+        if "xmask" in st:
+            dx *= st["xmask"]
 
 
 @register_module
@@ -688,7 +837,10 @@ class GRU(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, variant="reset_after", init="pytorch",
-                 dtype="float32", seed=None):
+                 dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
+                 zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
+        _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                      input_dropout, weight_drop, supported=False)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, variant=variant, init=init, dtype=dtype, seed=seed)
         self._record(input_size=self.input_size, hidden_size=self.hidden_size,
@@ -707,7 +859,10 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="pytorch",
-                 dtype="float32", seed=None):
+                 dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
+                 zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
+        _regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                      input_dropout, weight_drop, supported=False)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, nonlinearity=nonlinearity, init=init, dtype=dtype,
                          seed=seed)

@@ -109,9 +109,19 @@ class RecurrentModel(Module):
                  dropout: float = 0.0, output_size: int = 1, proj_size: int = 0,
                  peepholes: bool = False, forget_bias: float = 0.0,
                  variant: str = "reset_after", nonlinearity: str = "tanh",
-                 init: str = "pytorch", dtype="float32", seed: Optional[int] = None):
+                 init: str = "pytorch", dtype="float32", seed: Optional[int] = None,
+                 **regularisers):
+        """``regularisers``: the LSTM's layer_norm, ln_eps, zoneout_h, zoneout_c,
+        recurrent_dropout, input_dropout, weight_drop (issue 19; see fusedrnn.LSTM), passed to
+        the recurrent layer, which refuses them for other cells (ValueError); recorded in the
+        config when given."""
         super().__init__()
         fn = "RecurrentModel"
+        known = ("layer_norm", "ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout",
+                 "input_dropout", "weight_drop")
+        for k in regularisers:
+            if k not in known:
+                raise TypeError(f"{fn}: unexpected keyword argument {k!r}")
         rnn_cls = cell_class(fn, cell)
         if (vocab_size is None) == (input_size is None):
             raise ValueError(f"{fn}: give exactly one of vocab_size (token input) and "
@@ -141,7 +151,7 @@ class RecurrentModel(Module):
             kw.update(nonlinearity=nonlinearity)
         if cell != "lstm" and (proj_size or peepholes or forget_bias):
             raise ValueError(f"{fn}: proj_size, peepholes and forget_bias need cell='lstm'")
-        self.rnn = rnn_cls(rnn_in, hidden_size, **kw)
+        self.rnn = rnn_cls(rnn_in, hidden_size, **kw, **regularisers)
         out_in = self.rnn.num_directions * self.rnn.state_size
         self.head = Linear(out_in, output_size, dtype=dtype,
                            seed=None if seed is None else seed0 + 2)
@@ -152,7 +162,8 @@ class RecurrentModel(Module):
                      bidirectional=self.rnn.bidirectional, dropout=self.rnn.dropout,
                      output_size=output_size, proj_size=proj_size, peepholes=peepholes,
                      forget_bias=float(forget_bias), variant=variant,
-                     nonlinearity=nonlinearity, init=init, dtype=self.rnn.dtype, seed=seed)
+                     nonlinearity=nonlinearity, init=init, dtype=self.rnn.dtype, seed=seed,
+                     **regularisers)
 
     def forward(self, x, state=None, lengths=None):
         h = self.embed.forward(x) if self.embed is not None else x

@@ -13,7 +13,11 @@ it), proj_size, unbatched 2-D input, PackedSequence in and out (same batch_sizes
 sorted_indices / unsorted_indices as torch.nn; h_n in the caller's batch order). Extras,
 keyword-only: LSTM ``peepholes=True`` (adds ``weight_peep_l{k}[_reverse]`` [3, H], rows p_i,
 p_f, p_o) and ``forget_bias`` (added to the forget block of ``bias_ih`` at every
-initialisation); GRU ``variant="reset_before"``.
+initialisation); LSTM ``layer_norm``, ``ln_eps``, ``zoneout_h``, ``zoneout_c``,
+``recurrent_dropout``, ``input_dropout``, ``weight_drop`` (issue 19, as fusedrnn.LSTM; layer
+norm adds ``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [4H], ``ln_gamma_c_l{k}``,
+``ln_beta_c_l{k}`` [H] and with "tfa" ``ln_beta_ih_l{k}``, ``ln_beta_hh_l{k}``; masks from
+torch's RNG); GRU ``variant="reset_before"``.
 
 Each layer and direction is one ``torch.autograd.Function`` calling
 :func:`fusedrnn.functional.lstm_forward` (etc.) on numpy views of the tensors
@@ -238,6 +242,44 @@ class _LayerFunction(torch.autograd.Function):
             for i, a in enumerate(grads_in))
 
 
+_LN_NAMES = ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh", "ln_beta_hh", "ln_gamma_c", "ln_beta_c")
+
+
+def _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln, training):
+    from . import regularised
+    kw = {k: _np(v) for k, v in zip(_LN_NAMES, ln)}
+    return regularised.lstm_ln_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
+                                       _np(h0), _np(c0), **kw, **meta, training=training)
+
+
+class _RegularisedFunction(torch.autograd.Function):
+    """One layer, one direction of an LSTM with issue 19's options (fusedrnn.regularised):
+    (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, the six ln_* parameters) -> (y, h_n, c_n)."""
+
+    @staticmethod
+    def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln):
+        y, h, c, cache = _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln,
+                                      training=True)
+        # the kernel cache: a saved tensor, freed by torch after backward
+        ctx.save_for_backward(torch.from_numpy(cache.buf), x, w_ih, w_hh)
+        ctx.kernel_cache = cache
+        ctx.set_materialize_grads(False)
+        return torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, dy, dh, dc):
+        from . import regularised
+        ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place)
+        g = [None if d is None else _contiguous(d.detach()).numpy() for d in (dy, dh, dc)]
+        r = regularised.lstm_ln_backward(ctx.kernel_cache, *g)
+        need = ctx.needs_input_grad
+        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + \
+            tuple("d" + k for k in _LN_NAMES)
+        return (None,) + tuple(torch.from_numpy(r[k]) if r[k] is not None and need[1 + i]
+                               else None for i, k in enumerate(names))
+
+
 # ----------------------------------------------------------------------------------------------
 
 def _graph_mode():
@@ -258,6 +300,8 @@ class _Base:
         """The constructor argument torch.nn cannot represent (None if there is none)."""
         if getattr(self, "peepholes", False):
             return "peepholes=True"
+        if getattr(self, "_reg", ()):
+            return ", ".join(f"{k}={getattr(self, k)!r}" for k in self._reg)
         if getattr(self, "variant", "reset_after") != "reset_after":
             return f"variant={self.variant!r}"
         return None
@@ -502,7 +546,10 @@ class _Base:
         L, D = self.num_layers, 2 if self.bidirectional else 1
         grad = precision == "float32" and torch.is_grad_enabled() and (
             x.requires_grad or any(p is not None and p.requires_grad for g in params for p in g)
-            or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad))
+            or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
+            or any(p.requires_grad for n, p in self._parameters.items() if n.startswith("ln_")))
+        if getattr(self, "_reg", ()):
+            return self._run_regularised(x, h0, c0, lengths, params, grad)
         hs, cs = [], []
         inp = x
         for layer in range(L):
@@ -529,6 +576,63 @@ class _Base:
         h_n = torch.stack(hs, 0)
         c_n = torch.stack(cs, 0) if kind == "lstm" else None
         return inp, h_n, c_n
+
+    def _run_regularised(self, x, h0, c0, lengths, params, grad):
+        """_run for an LSTM with issue 19's options (fusedrnn.regularised's kernel): masks from
+        torch's RNG (torch.manual_seed controls them) in train mode, the expectation of zoneout
+        in eval mode; input dropout and weight drop as differentiable torch products."""
+        L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size
+        T, N = x.shape[0], x.shape[1]
+        dt, train = x.dtype, self.training
+        hs, cs = [], []
+        inp = x
+
+        def bern(shape, p):
+            return (torch.rand(shape, dtype=dt) < p).to(dt)
+
+        for layer in range(L):
+            ys = []
+            for direction in range(D):
+                idx = layer * D + direction
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                w_ih, w_hh, b_ih, b_hh, _, _ = params[idx]
+                ln = tuple(self._parameters.get(k + sfx) for k in _LN_NAMES)
+                masks = {}
+                xin, w = inp, w_hh
+                if train:
+                    if self.zoneout_h:
+                        masks["zoneout_h_mask"] = bern((T, N, H), self.zoneout_h).numpy()
+                    if self.zoneout_c:
+                        masks["zoneout_c_mask"] = bern((T, N, H), self.zoneout_c).numpy()
+                    if self.recurrent_dropout:
+                        p = self.recurrent_dropout
+                        masks["recurrent_mask"] = ((1 - bern((N, H), p)) / (1 - p)).numpy()
+                    if self.input_dropout:
+                        p = self.input_dropout
+                        xin = inp * ((1 - bern((N, inp.shape[2]), p)) / (1 - p))
+                    if self.weight_drop:
+                        p = self.weight_drop
+                        w = w_hh * ((1 - bern(tuple(w_hh.shape), p)) / (1 - p))
+                else:
+                    masks.update(zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
+                meta = dict(masks, layer_norm=self.layer_norm or "none", ln_eps=self.ln_eps,
+                            lengths=lengths, reverse=direction == 1)
+                h0_i = None if h0 is None else h0[idx]
+                c0_i = None if c0 is None else c0[idx]
+                if grad:
+                    y, h, c = _RegularisedFunction.apply(meta, xin.contiguous(), h0_i, c0_i,
+                                                         w_ih, w.contiguous(), b_ih, b_hh, *ln)
+                else:
+                    y, h, c, _ = _reg_forward(meta, xin.contiguous(), h0_i, c0_i, w_ih,
+                                              w.contiguous(), b_ih, b_hh, *ln, training=False)
+                    y, h, c = (torch.from_numpy(a) for a in (y, h, c))
+                ys.append(y)
+                hs.append(h)
+                cs.append(c)
+            inp = ys[0] if D == 1 else torch.cat(ys, 2)
+            if layer < L - 1 and self.training and self.dropout > 0:
+                inp = torch.nn.functional.dropout(inp, self.dropout, training=True)
+        return inp, torch.stack(hs, 0), torch.stack(cs, 0)
 
     def flatten_parameters(self) -> None:
         """No-op: the parameters are used where they are."""
@@ -562,7 +666,18 @@ class LSTM(_Base, torch.nn.LSTM):
     peepholes = False
     forget_bias = 0.0
 
-    def __init__(self, *args, peepholes=False, forget_bias=0.0, **kwargs):
+    _reg = ()
+
+    def __init__(self, *args, peepholes=False, forget_bias=0.0, layer_norm=None, ln_eps=1e-5,
+                 zoneout_h=0.0, zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0,
+                 weight_drop=0.0, **kwargs):
+        from .layers import _regularisers
+        reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                            input_dropout, weight_drop)
+        if reg and (peepholes or kwargs.get("proj_size", 0) or
+                    (len(args) > 7 and args[7])):
+            raise ValueError("LSTM: layer_norm, zoneout and the dropout options cannot be "
+                             "combined with peepholes or proj_size")
         self._check_construction(kwargs)
         _check_bool("LSTM", "peepholes", peepholes)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
@@ -585,6 +700,24 @@ class LSTM(_Base, torch.nn.LSTM):
                     setattr(self, name, p)
         self.forget_bias = float(forget_bias)
         self._add_forget_bias()
+        self._reg = tuple(k for k in reg if k != "ln_eps")
+        self.layer_norm, self.ln_eps = layer_norm, float(ln_eps)
+        self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
+        self.recurrent_dropout, self.input_dropout = float(recurrent_dropout), \
+            float(input_dropout)
+        self.weight_drop = float(weight_drop)
+        if layer_norm:
+            w, H = self.weight_ih_l0, self.hidden_size
+            for layer in range(self.num_layers):
+                for direction in range(2 if self.bidirectional else 1):
+                    sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                    for name, size, val in (("ln_gamma_ih", 4 * H, 1.0), ("ln_gamma_hh", 4 * H, 1.0),
+                                            ("ln_beta_ih", 4 * H, 0.0), ("ln_beta_hh", 4 * H, 0.0),
+                                            ("ln_gamma_c", H, 1.0), ("ln_beta_c", H, 0.0)):
+                        if name in ("ln_beta_ih", "ln_beta_hh") and layer_norm != "tfa":
+                            continue
+                        setattr(self, name + sfx, torch.nn.Parameter(
+                            torch.full((size,), val, dtype=w.dtype, device=w.device)))
 
     def _add_forget_bias(self):
         if self.forget_bias and self.bias:
@@ -598,9 +731,14 @@ class LSTM(_Base, torch.nn.LSTM):
         """U(±1/√hidden_size) for every parameter (torch.nn's draws), then forget_bias."""
         super().reset_parameters()
         self._add_forget_bias()
+        with torch.no_grad():  # layer norm: gains 1, biases 0 (torch.nn.LayerNorm's)
+            for name, p in self._parameters.items():
+                if name.startswith("ln_"):
+                    p.fill_(1.0 if name.startswith("ln_gamma") else 0.0)
 
     def _extras_repr(self):
         s = ", peepholes=True" if self.peepholes else ""
+        s += "".join(f", {k}={getattr(self, k)!r}" for k in self._reg)
         return s + (f", forget_bias={self.forget_bias}" if self.forget_bias else "")
 
 

@@ -67,4 +67,5 @@
 #include "fusedrnn/ctc.h"
 #include "fusedrnn/gru.h"
 #include "fusedrnn/lstm.h"
+#include "fusedrnn/lstm_ln.h"
 #include "fusedrnn/rnn.h"

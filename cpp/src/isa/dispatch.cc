@@ -159,6 +159,14 @@ std::size_t rnn_backward_workspace_size(const Dims& d, Precision p) {
                                   : fp32;
 }
 
+std::size_t lstm_ln_cache_size(const Dims& d) { return isa::active().lstm_ln_sizes(d).cache; }
+std::size_t lstm_ln_forward_workspace_size(const Dims& d) {
+  return isa::active().lstm_ln_sizes(d).forward_workspace;
+}
+std::size_t lstm_ln_backward_workspace_size(const Dims& d) {
+  return isa::active().lstm_ln_sizes(d).backward_workspace;
+}
+
 #define FUSEDRNN_ROUTE(fn, Args)                                                           \
   template <typename Scalar>                                                               \
   void fn(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* workspace) {   \
@@ -172,6 +180,8 @@ FUSEDRNN_ROUTE(gru_forward, GruForwardArgs)
 FUSEDRNN_ROUTE(gru_backward, GruBackwardArgs)
 FUSEDRNN_ROUTE(rnn_forward, RnnForwardArgs)
 FUSEDRNN_ROUTE(rnn_backward, RnnBackwardArgs)
+FUSEDRNN_ROUTE(lstm_ln_forward, LstmLnForwardArgs)
+FUSEDRNN_ROUTE(lstm_ln_backward, LstmLnBackwardArgs)
 #undef FUSEDRNN_ROUTE
 
 template <typename Scalar>

@@ -28,6 +28,7 @@ isa::Table make_table() {
   fill_lstm(t);
   fill_gru(t);
   fill_rnn(t);
+  fill_lstm_ln(t);
   fill_gemm(t);
   fill_ctc(t);
 #ifdef FUSEDRNN_WITH_MODEL

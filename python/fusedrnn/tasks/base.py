@@ -41,7 +41,8 @@ TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "s
 
 # the cell options (tasks.common.CELL_OPTIONS) are task flags too
 TASK_FLAGS = TASK_FLAGS + ("nonlinearity", "init", "peepholes", "proj_size", "variant",
-                           "forget_bias")
+                           "forget_bias", "layer_norm", "ln_eps", "zoneout_h", "zoneout_c",
+                           "recurrent_dropout", "input_dropout", "weight_drop")
 
 
 class DataError(ValueError):
@@ -102,7 +103,7 @@ class Task:
             self.cell_opts = cell_options(self)
         else:
             self.cell_opts = {}
-            for k in CELL_OPTIONS:
+            for k in tuple(CELL_OPTIONS) + ("zoneout",):
                 if getattr(self.args, k, None) not in (None, False):
                     from ..validators import flag_name
                     raise ValueError(f"{flag_name(k)} does not apply to task {self.name}")

@@ -358,7 +358,7 @@ def _torch_twin(model: RecurrentModel):
     import torch
 
     rnn = model.rnn
-    if rnn.bidirectional or rnn.proj_size or rnn.peepholes or \
+    if rnn.bidirectional or rnn.proj_size or rnn.peepholes or getattr(rnn, "_reg", None) or \
             getattr(rnn, "variant", "reset_after") != "reset_after":
         return None
     cls = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}[rnn.mode]

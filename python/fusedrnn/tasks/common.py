@@ -61,7 +61,12 @@ def model_flags(task, lower_cell: bool = False) -> Dict[str, Any]:
 # default). Which cell each applies to: CELL_OPTIONS[name].
 CELL_OPTIONS = {"nonlinearity": ("rnn",), "init": ("lstm", "gru", "rnn"),
                 "peepholes": ("lstm",), "proj_size": ("lstm",), "variant": ("gru",),
-                "forget_bias": ("lstm",)}
+                "forget_bias": ("lstm",), "layer_norm": ("lstm",), "ln_eps": ("lstm",),
+                "zoneout_h": ("lstm",), "zoneout_c": ("lstm",), "recurrent_dropout": ("lstm",),
+                "input_dropout": ("lstm",), "weight_drop": ("lstm",)}
+# issue 19's LSTM options: probabilities in [0, 1)
+REG_PROBABILITIES = ("zoneout_h", "zoneout_c", "recurrent_dropout", "input_dropout",
+                     "weight_drop")
 INITS = ("pytorch", "keras", "irnn")
 
 
@@ -75,6 +80,12 @@ def cell_options(task) -> Dict[str, Any]:
     a = task.args
     cell = a.cell
     opts: Dict[str, Any] = {}
+    z = getattr(a, "zoneout", None)
+    if z is not None:  # --zoneout P: both h and c, unless --zoneout-h / --zoneout-c say otherwise
+        for k in ("zoneout_h", "zoneout_c"):
+            if getattr(a, k, None) is None:
+                setattr(a, k, z)
+        a.zoneout = None
     for k, cells in CELL_OPTIONS.items():
         v = getattr(a, k, None)
         if v is None or v is False:
@@ -104,6 +115,20 @@ def cell_options(task) -> Dict[str, Any]:
                                        ("reset_after", "reset_before"))
     if "forget_bias" in opts:
         opts["forget_bias"] = V.real(None, "--forget-bias", opts["forget_bias"])
+    if "layer_norm" in opts:
+        opts["layer_norm"] = check_choice("layer_norm", opts["layer_norm"], ("haste", "tfa"))
+    if "ln_eps" in opts:
+        if "layer_norm" not in opts:
+            raise ValueError("--ln-eps needs --layer-norm")
+        v = opts["ln_eps"]
+        if not V.is_real(v) or not 0 < v < float("inf"):
+            raise ValueError(f"--ln-eps must be a finite number > 0, got {v!r}")
+        opts["ln_eps"] = float(v)
+    for k in REG_PROBABILITIES:
+        if k in opts:
+            opts[k] = V.probability(None, V.flag_name(k), opts[k])
+            if not opts[k]:
+                del opts[k]
     for k, v in opts.items():
         setattr(a, k, v)
     return opts

@@ -1,0 +1,107 @@
+// Regularised / normalised LSTM layer kernels (one layer, one direction, no projection, no
+// peepholes): layer normalisation in two placements, zoneout on h and c, and a per-sequence
+// (variational) dropout mask on the recurrent input h_{t-1}. Every option is off by default;
+// with all off the formula is the plain LSTM of lstm.h (gate order i, f, g, o).
+//
+// Per step, with LN(v; γ, β) = γ∘(v − mean(v)) / sqrt(var(v) + eps) + β over the units of v
+// (per row; var the biased variance; a null β is 0):
+//   a   = LN(x_t W_ihᵀ; γ_ih, β_ih) + LN((h_{t−1}∘r) W_hhᵀ; γ_hh, β_hh) + b_ih + b_hh   [4H]
+//         (without layer norm: x_t W_ihᵀ + (h_{t−1}∘r) W_hhᵀ + b_ih + b_hh)
+//   i, f, o = σ(a_i, a_f, a_o), g = tanh(a_g);  c̃ = f∘c_{t−1} + i∘g
+//   n   = LN(c̃; γ_c, β_c)  (c̃ without layer norm)
+//   h̃   = o∘tanh(n)
+//   c'  = c̃ (LayerNorm::haste, none: the un-normalised cell is carried) or n (tfa: the
+//         normalised cell is carried, TF Addons' LayerNormLSTMCell / PyTorch's custom_lstms)
+//   c_t = z_c∘c_{t−1} + (1 − z_c)∘c'      h_t = z_h∘h_{t−1} + (1 − z_h)∘h̃     (zoneout)
+// r [N, H] is the recurrent dropout mask (already scaled by 1/(1 − p); null = all ones), fixed
+// over the steps. z_h, z_c: the zoneout masks [T, N, H] (time-indexed, 1 = keep the previous
+// value) in training, or the probabilities p_h, p_c (the expectation, evaluation) where no mask
+// is given; 0 and null = no zoneout. y[t] = h_t.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "fusedrnn/common.h"
+
+namespace fusedrnn {
+
+enum class LayerNorm { none, haste, tfa };
+
+template <typename Scalar>
+struct LstmLnForwardArgs {
+  const Scalar* x = nullptr;              // [T, N, C]
+  const Scalar* w_ih = nullptr;           // [4H, C]
+  const Scalar* w_hh = nullptr;           // [4H, H]
+  const Scalar* b_ih = nullptr;           // [4H]; null = no bias
+  const Scalar* b_hh = nullptr;           // [4H]; null = no bias
+  const Scalar* h0 = nullptr;             // [N, H]; null = zeros
+  const Scalar* c0 = nullptr;             // [N, H]; null = zeros
+  LayerNorm layer_norm = LayerNorm::none;
+  Scalar ln_eps = Scalar(1e-5);           // > 0
+  const Scalar* ln_gamma_ih = nullptr;    // [4H]; required with layer norm, null without
+  const Scalar* ln_beta_ih = nullptr;     // [4H]; null = 0
+  const Scalar* ln_gamma_hh = nullptr;    // [4H]; required with layer norm
+  const Scalar* ln_beta_hh = nullptr;     // [4H]; null = 0
+  const Scalar* ln_gamma_c = nullptr;     // [H]; required with layer norm
+  const Scalar* ln_beta_c = nullptr;      // [H]; null = 0
+  const Scalar* zoneout_h_mask = nullptr; // [T, N, H] of 0/1 (any values in [0, 1] are taken)
+  const Scalar* zoneout_c_mask = nullptr; // [T, N, H]
+  Scalar zoneout_h = 0;                   // in [0, 1): used where zoneout_h_mask is null
+  Scalar zoneout_c = 0;                   // must be 0 when the mask is given
+  const Scalar* recurrent_mask = nullptr; // [N, H]; null = none
+  const std::int64_t* lengths = nullptr;  // [N]; null = all T
+  Scalar* y = nullptr;                    // out [T, N, H]
+  Scalar* h_n = nullptr;                  // out [N, H]
+  Scalar* c_n = nullptr;                  // out [N, H]
+  Scalar* cache = nullptr;                // out [lstm_ln_cache_size]; null = inference
+};
+
+// The forward's inputs (same dims, options, masks and lengths), its cache, the cotangents and
+// the gradients. Gradients of parameters accumulate (+=); null = not computed.
+template <typename Scalar>
+struct LstmLnBackwardArgs {
+  const Scalar* x = nullptr;
+  const Scalar* w_ih = nullptr;
+  const Scalar* w_hh = nullptr;
+  LayerNorm layer_norm = LayerNorm::none;
+  const Scalar* ln_gamma_ih = nullptr;
+  const Scalar* ln_gamma_hh = nullptr;
+  const Scalar* ln_gamma_c = nullptr;
+  const Scalar* zoneout_h_mask = nullptr;
+  const Scalar* zoneout_c_mask = nullptr;
+  Scalar zoneout_h = 0;
+  Scalar zoneout_c = 0;
+  const Scalar* recurrent_mask = nullptr;
+  const std::int64_t* lengths = nullptr;
+  const Scalar* cache = nullptr;          // written by that forward
+  const Scalar* dy = nullptr;             // [T, N, H]; null = zero
+  const Scalar* dh_n = nullptr;           // [N, H]; null = zero
+  const Scalar* dc_n = nullptr;           // [N, H]; null = zero
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dh0 = nullptr;                  // out [N, H] (overwritten)
+  Scalar* dc0 = nullptr;                  // out [N, H] (overwritten)
+  Scalar* dw_ih = nullptr;                // [4H, C] (+=)
+  Scalar* dw_hh = nullptr;                // [4H, H] (+=)
+  Scalar* db_ih = nullptr;                // [4H] (+=)
+  Scalar* db_hh = nullptr;                // [4H] (+=)
+  Scalar* dln_gamma_ih = nullptr;         // [4H] (+=); the ln_* gradients need layer norm
+  Scalar* dln_beta_ih = nullptr;
+  Scalar* dln_gamma_hh = nullptr;
+  Scalar* dln_beta_hh = nullptr;
+  Scalar* dln_gamma_c = nullptr;          // [H] (+=)
+  Scalar* dln_beta_c = nullptr;
+};
+
+FUSEDRNN_API std::size_t lstm_ln_cache_size(const Dims& d);
+FUSEDRNN_API std::size_t lstm_ln_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t lstm_ln_backward_workspace_size(const Dims& d);
+
+template <typename Scalar> FUSEDRNN_API
+void lstm_ln_forward(const Dims& d, const LstmLnForwardArgs<Scalar>& args, const Options& opt,
+                     Scalar* workspace);
+template <typename Scalar> FUSEDRNN_API
+void lstm_ln_backward(const Dims& d, const LstmLnBackwardArgs<Scalar>& args, const Options& opt,
+                      Scalar* workspace);
+
+}  // namespace fusedrnn

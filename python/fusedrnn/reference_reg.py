@@ -1,0 +1,223 @@
+"""NumPy reference of the regularised / normalised LSTM: the SPECIFICATION of the kernels of
+``cpp/include/fusedrnn/lstm_ln.h`` (layer norm, zoneout, recurrent dropout mask).
+
+Same conventions as :mod:`fusedrnn.reference` (shapes, lengths, reverse, the loss of the
+backward). No projection, no peepholes. Per step, with LN(v; γ, β) = γ∘(v − mean v) /
+sqrt(var v + eps) + β over the units of v (per row; biased variance; absent β = 0):
+
+    a   = LN(x_t W_ihᵀ; γ_ih, β_ih) + LN((h∘r) W_hhᵀ; γ_hh, β_hh) + b_ih + b_hh
+          (layer_norm="none": x_t W_ihᵀ + (h∘r) W_hhᵀ + b_ih + b_hh)
+    i, f, o = σ(a_i, a_f, a_o);  g = tanh(a_g);  c̃ = f∘c + i∘g
+    n   = LN(c̃; γ_c, β_c)  (c̃ without layer norm);   h̃ = o∘tanh(n)
+    c'  = c̃ ("haste", "none": the un-normalised cell is carried) or n ("tfa")
+    c_t = z_c∘c + (1 − z_c)∘c';   h_t = z_h∘h + (1 − z_h)∘h̃          (zoneout)
+
+r [N, H]: recurrent dropout mask (already scaled by 1/(1 − p)), None = ones. z_h, z_c: the
+zoneout masks [T, N, H] indexed by time (training), or the probabilities zoneout_h,
+zoneout_c where no mask is given (evaluation: the expectation).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .reference import _lengths, _schedule, _sigmoid
+
+__all__ = ["lstm_ln_forward", "lstm_ln_backward", "LAYER_NORMS"]
+
+LAYER_NORMS = ("none", "haste", "tfa")
+
+
+def _arr(a, dt, shape, name, optional=True):
+    if a is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} is required")
+    a = np.array(a, dtype=dt, copy=True)
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}")
+    return a
+
+
+def _ln(v, gamma, beta, eps):
+    mu = v.mean(axis=-1, keepdims=True)
+    var = ((v - mu) ** 2).mean(axis=-1, keepdims=True)
+    inv = 1.0 / np.sqrt(var + eps)
+    vh = (v - mu) * inv
+    out = vh * gamma
+    if beta is not None:
+        out = out + beta
+    return out, vh, inv
+
+
+def _ln_back(dout, gamma, vh, inv):
+    gd = dout * gamma
+    return inv * (gd - gd.mean(axis=-1, keepdims=True)
+                  - vh * (gd * vh).mean(axis=-1, keepdims=True))
+
+
+def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
+                    layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
+                    ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
+                    zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
+                    recurrent_mask=None, lengths=None, reverse=False, training=True):
+    """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None)."""
+    if layer_norm not in LAYER_NORMS:
+        raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
+    x = np.array(x, copy=True)
+    T, N, C = x.shape
+    dt = x.dtype
+    H = np.shape(w_hh)[0] // 4
+    w_ih = _arr(w_ih, dt, (4 * H, C), "w_ih", False)
+    w_hh = _arr(w_hh, dt, (4 * H, H), "w_hh", False)
+    b = np.zeros(4 * H, dt)
+    for v, name in ((b_ih, "b_ih"), (b_hh, "b_hh")):
+        if v is not None:
+            b = b + _arr(v, dt, (4 * H,), name)
+    h = np.zeros((N, H), dt) if h0 is None else _arr(h0, dt, (N, H), "h0")
+    c = np.zeros((N, H), dt) if c0 is None else _arr(c0, dt, (N, H), "c0")
+    ln = layer_norm != "none"
+    P = {k: _arr(v, dt, (sz,), k) for k, v, sz in (
+        ("ln_gamma_ih", ln_gamma_ih, 4 * H), ("ln_beta_ih", ln_beta_ih, 4 * H),
+        ("ln_gamma_hh", ln_gamma_hh, 4 * H), ("ln_beta_hh", ln_beta_hh, 4 * H),
+        ("ln_gamma_c", ln_gamma_c, H), ("ln_beta_c", ln_beta_c, H))}
+    if ln and any(P[k] is None for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c")):
+        raise ValueError("layer norm needs ln_gamma_ih, ln_gamma_hh and ln_gamma_c")
+    if not ln and any(v is not None for v in P.values()):
+        raise ValueError("ln_* parameters given but layer_norm is 'none'")
+    zh = _arr(zoneout_h_mask, dt, (T, N, H), "zoneout_h_mask")
+    zc = _arr(zoneout_c_mask, dt, (T, N, H), "zoneout_c_mask")
+    for p, name in ((zoneout_h, "zoneout_h"), (zoneout_c, "zoneout_c")):
+        if not 0 <= p < 1:
+            raise ValueError(f"{name} must lie in [0, 1), got {p!r}")
+    rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
+    lengths = _lengths(lengths, T, N)
+    tidx, active = _schedule(T, lengths, bool(reverse))
+    rows = np.arange(N)
+    tfa = layer_norm == "tfa"
+    y = np.zeros((T, N, H), dt)
+    keys = ("h_prev", "c_prev", "hin", "i", "f", "g", "o", "n", "chat", "zh", "zc")
+    saved = {k: np.zeros((T, N, H), dt) for k in keys}
+    for k in ("xhat", "hhat"):
+        saved[k] = np.zeros((T, N, 4 * H), dt)
+    for k in ("ix", "ih", "ic"):
+        saved[k] = np.ones((T, N, 1), dt)
+    for s in range(T):
+        t = tidx[s]
+        act = active[s][:, None]
+        hin = h if rm is None else h * rm
+        gx = x[t, rows] @ w_ih.T
+        gh = hin @ w_hh.T
+        if ln:
+            ax, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
+            ah, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
+            saved["xhat"][s], saved["hhat"][s], saved["ix"][s], saved["ih"][s] = xh, hh, ix, ih
+        else:
+            ax, ah = gx, gh
+        a = ax + ah + b
+        i, f, o = (_sigmoid(a[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
+        g = np.tanh(a[:, 2 * H:3 * H])
+        ct = f * c + i * g
+        if ln:
+            n, ch, ic = _ln(ct, P["ln_gamma_c"], P["ln_beta_c"], ln_eps)
+            saved["chat"][s], saved["ic"][s] = ch, ic
+        else:
+            n = ct
+        ht = o * np.tanh(n)
+        cc = n if tfa else ct
+        z_h = zh[t, rows] if zh is not None else np.full((N, H), zoneout_h, dt)
+        z_c = zc[t, rows] if zc is not None else np.full((N, H), zoneout_c, dt)
+        c_new = z_c * c + (1 - z_c) * cc
+        h_new = z_h * h + (1 - z_h) * ht
+        for k, v in (("h_prev", h), ("c_prev", c), ("hin", hin), ("i", i), ("f", f),
+                     ("g", g), ("o", o), ("n", n), ("zh", z_h), ("zc", z_c)):
+            saved[k][s] = v
+        h = np.where(act, h_new, h)
+        c = np.where(act, c_new, c)
+        ar = active[s]
+        y[t[ar], rows[ar]] = h[ar]
+    cache = None
+    if training:
+        cache = dict(kind="lstm_ln", x=x, w_ih=w_ih, w_hh=w_hh, T=T, N=N, C=C, H=H, dtype=dt,
+                     layer_norm=layer_norm, rm=rm, tidx=tidx, active=active,
+                     has=dict(b_ih=b_ih is not None, b_hh=b_hh is not None, h0=h0 is not None,
+                              c0=c0 is not None, beta_ih=P["ln_beta_ih"] is not None,
+                              beta_hh=P["ln_beta_hh"] is not None,
+                              beta_c=P["ln_beta_c"] is not None),
+                     **P, **saved)
+    return y, h, c, cache
+
+
+def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
+    """Gradients of Σ y·dy + Σ h_n·dh_n + Σ c_n·dc_n. Returns a dict: dx, dh0, dc0, dw_ih,
+    dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, dln_gamma_hh, dln_beta_hh, dln_gamma_c,
+    dln_beta_c (None for inputs that were not given)."""
+    if not isinstance(cache, dict) or cache.get("kind") != "lstm_ln":
+        raise ValueError("lstm_ln_backward needs a cache from reference_reg.lstm_ln_forward")
+    T, N, C, H, dt = (cache[k] for k in ("T", "N", "C", "H", "dtype"))
+    ln = cache["layer_norm"] != "none"
+    tfa = cache["layer_norm"] == "tfa"
+    dy = np.zeros((T, N, H), dt) if dy is None else np.asarray(dy, dt)
+    dh = np.zeros((N, H), dt) if dh_n is None else np.array(dh_n, dt)
+    dc = np.zeros((N, H), dt) if dc_n is None else np.array(dc_n, dt)
+    x, w_ih, w_hh, rm = cache["x"], cache["w_ih"], cache["w_hh"], cache["rm"]
+    rows = np.arange(N)
+    dx = np.zeros((T, N, C), dt)
+    g = {k: np.zeros_like(cache[k.replace("d", "", 1)]) if k.startswith("dw") else None
+         for k in ("dw_ih", "dw_hh")}
+    db = np.zeros(4 * H, dt)
+    dgam_ih, dgam_hh, dgam_c = np.zeros(4 * H, dt), np.zeros(4 * H, dt), np.zeros(H, dt)
+    dbet_c = np.zeros(H, dt)
+    for s in reversed(range(T)):
+        t = cache["tidx"][s]
+        act = cache["active"][s][:, None]
+        i, f, gg, o, n = (cache[k][s] for k in ("i", "f", "g", "o", "n"))
+        c_prev, z_h, z_c = cache["c_prev"][s], cache["zh"][s], cache["zc"][s]
+        dh_t = dh + np.where(act, dy[t, rows], 0)
+        dht = (1 - z_h) * dh_t
+        dcand = (1 - z_c) * dc
+        tn = np.tanh(n)
+        da_o = dht * tn * o * (1 - o)
+        dn = dht * o * (1 - tn * tn)
+        if tfa:
+            dn = dn + dcand
+        if ln:
+            dct = _ln_back(dn, cache["ln_gamma_c"], cache["chat"][s], cache["ic"][s])
+            dgam_c += np.sum(np.where(act, dn * cache["chat"][s], 0), axis=0)
+            dbet_c += np.sum(np.where(act, dn, 0), axis=0)
+        else:
+            dct = dn
+        if not tfa:
+            dct = dct + dcand
+        da_i = dct * gg * i * (1 - i)
+        da_f = dct * c_prev * f * (1 - f)
+        da_g = dct * i * (1 - gg * gg)
+        dc_prev = dct * f + z_c * dc
+        da = np.where(act, np.concatenate([da_i, da_f, da_g, da_o], axis=1), 0)
+        db += da.sum(axis=0)
+        if ln:
+            dgx = _ln_back(da, cache["ln_gamma_ih"], cache["xhat"][s], cache["ix"][s])
+            dgh = _ln_back(da, cache["ln_gamma_hh"], cache["hhat"][s], cache["ih"][s])
+            dgam_ih += np.sum(da * cache["xhat"][s], axis=0)
+            dgam_hh += np.sum(da * cache["hhat"][s], axis=0)
+        else:
+            dgx = dgh = da
+        g["dw_ih"] += dgx.T @ x[t, rows]
+        g["dw_hh"] += dgh.T @ cache["hin"][s]
+        dx_t = dgx @ w_ih
+        ar = cache["active"][s]
+        dx[t[ar], rows[ar]] = dx_t[ar]
+        dhin = dgh @ w_hh
+        dh_prev = (dhin if rm is None else dhin * rm) + z_h * dh_t
+        dh = np.where(act, dh_prev, dh)
+        dc = np.where(act, dc_prev, dc)
+    has = cache["has"]
+    return dict(
+        dx=dx, dh0=dh if has["h0"] else None, dc0=dc if has["c0"] else None,
+        dw_ih=g["dw_ih"], dw_hh=g["dw_hh"], db_ih=db.copy() if has["b_ih"] else None,
+        db_hh=db.copy() if has["b_hh"] else None,
+        dln_gamma_ih=dgam_ih if ln else None,
+        dln_beta_ih=db.copy() if ln and has["beta_ih"] else None,
+        dln_gamma_hh=dgam_hh if ln else None,
+        dln_beta_hh=db.copy() if ln and has["beta_hh"] else None,
+        dln_gamma_c=dgam_c if ln else None,
+        dln_beta_c=dbet_c if ln and has["beta_c"] else None)

@@ -1,0 +1,155 @@
+"""Functional API over the regularised / normalised LSTM kernels (``cpp/include/fusedrnn/lstm_ln.h``):
+``lstm_ln_forward`` and ``lstm_ln_backward``, with the names, signatures and results of
+:mod:`fusedrnn.reference_reg`, the NumPy specification (its docstring has the equations).
+
+Every argument is checked before any work; arrays are used as given (dtype of x, C order), never
+cast. The training cache keeps references to x, the weights and the masks: do not modify them
+before the backward.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _core
+from .functional import _threads, _workspace
+from .reference_reg import LAYER_NORMS
+
+__all__ = ["lstm_ln_forward", "lstm_ln_backward", "LAYER_NORMS"]
+
+
+def _arr(fn, name, a, shape, dtype, optional=True):
+    if a is None:
+        if optional:
+            return None
+        raise ValueError(f"{fn}: {name} is required")
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
+                        f"got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must have dtype {np.dtype(dtype).name} (x's), "
+                        f"got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(a.shape)}")
+    return np.ascontiguousarray(a)
+
+
+def check_probability(fn, name, p):
+    """p in [0, 1) as a float; a ValueError naming the option otherwise."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise ValueError(f"{fn}: {name} must be a number in [0, 1), got {p!r}")
+    return float(p)
+
+
+class _Cache:
+    __slots__ = ("args", "buf", "dims", "reverse")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+    def __repr__(self):
+        return f"<lstm_ln cache dims={self.dims}>"
+
+
+def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
+                    layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
+                    ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
+                    zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
+                    recurrent_mask=None, lengths=None, reverse=False, training=True):
+    """The fused kernel of :func:`fusedrnn.reference_reg.lstm_ln_forward`.
+    Returns (y, h_n, c_n, cache or None)."""
+    fn = "lstm_ln_forward"
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 3:
+        raise ValueError(f"{fn}: x must be a float32 or float64 numpy array [T, N, C]")
+    if min(x.shape) < 1:
+        raise ValueError(f"{fn}: x must have T, N, C >= 1, got {list(x.shape)}")
+    x = np.ascontiguousarray(x)
+    T, N, C = x.shape
+    dt = x.dtype
+    if layer_norm not in LAYER_NORMS:
+        raise ValueError(f"{fn}: layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] % 4 \
+            or w_hh.shape[0] // 4 != w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"{fn}: w_hh must be a numpy array [4H, H], got "
+                         f"{getattr(w_hh, 'shape', type(w_hh).__name__)}")
+    H = w_hh.shape[1]
+    a = dict(
+        w_ih=_arr(fn, "w_ih", w_ih, (4 * H, C), dt, False),
+        w_hh=_arr(fn, "w_hh", w_hh, (4 * H, H), dt, False),
+        b_ih=_arr(fn, "b_ih", b_ih, (4 * H,), dt), b_hh=_arr(fn, "b_hh", b_hh, (4 * H,), dt),
+        h0=_arr(fn, "h0", h0, (N, H), dt), c0=_arr(fn, "c0", c0, (N, H), dt),
+        ln_gamma_ih=_arr(fn, "ln_gamma_ih", ln_gamma_ih, (4 * H,), dt),
+        ln_beta_ih=_arr(fn, "ln_beta_ih", ln_beta_ih, (4 * H,), dt),
+        ln_gamma_hh=_arr(fn, "ln_gamma_hh", ln_gamma_hh, (4 * H,), dt),
+        ln_beta_hh=_arr(fn, "ln_beta_hh", ln_beta_hh, (4 * H,), dt),
+        ln_gamma_c=_arr(fn, "ln_gamma_c", ln_gamma_c, (H,), dt),
+        ln_beta_c=_arr(fn, "ln_beta_c", ln_beta_c, (H,), dt),
+        zoneout_h_mask=_arr(fn, "zoneout_h_mask", zoneout_h_mask, (T, N, H), dt),
+        zoneout_c_mask=_arr(fn, "zoneout_c_mask", zoneout_c_mask, (T, N, H), dt),
+        recurrent_mask=_arr(fn, "recurrent_mask", recurrent_mask, (N, H), dt),
+    )
+    zoneout_h = check_probability(fn, "zoneout_h", zoneout_h)
+    zoneout_c = check_probability(fn, "zoneout_c", zoneout_c)
+    if isinstance(ln_eps, (bool, np.bool_)) or not isinstance(ln_eps, numbers.Real) \
+            or not 0 < ln_eps < np.inf:
+        raise ValueError(f"{fn}: ln_eps must be a finite number > 0, got {ln_eps!r}")
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (N,) or (lengths.size and not np.issubdtype(lengths.dtype,
+                                                                         np.integer)):
+            raise ValueError(f"{fn}: lengths must be [N] = [{N}] integers")
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    dims = (T, N, C, H)
+    cache_n, ws_n, _ = _core.lstm_ln_sizes(dims)
+    y = np.empty((T, N, H), dt)
+    h_n, c_n = np.empty((N, H), dt), np.empty((N, H), dt)
+    buf = np.empty(cache_n, dt) if training else None
+    _core.lstm_ln_forward(dims, x=x, **a, layer_norm=layer_norm, ln_eps=float(ln_eps),
+                          zoneout_h=zoneout_h, zoneout_c=zoneout_c, lengths=lengths, y=y,
+                          h_n=h_n, c_n=c_n, cache=buf, workspace=_workspace(ws_n, dt),
+                          reverse=bool(reverse), num_threads=_threads())
+    cache = None
+    if training:
+        a.update(x=x, layer_norm=layer_norm, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+                 lengths=lengths)
+        cache = _Cache(args=a, buf=buf, dims=dims, reverse=bool(reverse))
+    return y, h_n, c_n, cache
+
+
+def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
+    """Gradients as :func:`fusedrnn.reference_reg.lstm_ln_backward` (a dict)."""
+    fn = "lstm_ln_backward"
+    if not isinstance(cache, _Cache):
+        raise ValueError(f"{fn}: cache must come from regularised.lstm_ln_forward("
+                         f"training=True)")
+    a, (T, N, C, H) = cache.args, cache.dims
+    dt = a["x"].dtype
+    dy = _arr(fn, "dy", dy, (T, N, H), dt)
+    dh_n = _arr(fn, "dh_n", dh_n, (N, H), dt)
+    dc_n = _arr(fn, "dc_n", dc_n, (N, H), dt)
+    ln = a["layer_norm"] != "none"
+    z = lambda shape: np.zeros(shape, dt)  # noqa: E731
+    g = dict(dx=np.empty((T, N, C), dt),
+             dh0=np.empty((N, H), dt) if a["h0"] is not None else None,
+             dc0=np.empty((N, H), dt) if a["c0"] is not None else None,
+             dw_ih=z((4 * H, C)), dw_hh=z((4 * H, H)),
+             db_ih=z(4 * H) if a["b_ih"] is not None else None,
+             db_hh=z(4 * H) if a["b_hh"] is not None else None,
+             dln_gamma_ih=z(4 * H) if ln else None,
+             dln_beta_ih=z(4 * H) if a["ln_beta_ih"] is not None else None,
+             dln_gamma_hh=z(4 * H) if ln else None,
+             dln_beta_hh=z(4 * H) if a["ln_beta_hh"] is not None else None,
+             dln_gamma_c=z(H) if ln else None,
+             dln_beta_c=z(H) if a["ln_beta_c"] is not None else None)
+    ws_n = _core.lstm_ln_sizes(cache.dims)[2]
+    _core.lstm_ln_backward(
+        cache.dims, x=a["x"], w_ih=a["w_ih"], w_hh=a["w_hh"], layer_norm=a["layer_norm"],
+        ln_gamma_ih=a["ln_gamma_ih"], ln_gamma_hh=a["ln_gamma_hh"], ln_gamma_c=a["ln_gamma_c"],
+        zoneout_h_mask=a["zoneout_h_mask"], zoneout_c_mask=a["zoneout_c_mask"],
+        zoneout_h=a["zoneout_h"], zoneout_c=a["zoneout_c"],
+        recurrent_mask=a["recurrent_mask"], lengths=a["lengths"], cache=cache.buf, dy=dy,
+        dh_n=dh_n, dc_n=dc_n, workspace=_workspace(ws_n, dt), reverse=cache.reverse,
+        num_threads=_threads(), **g)
+    return g
