@@ -283,8 +283,10 @@ void backward_ragged(const Dims& d, const GruBackwardArgs<Scalar>& a, const Opti
   Scalar *dgh = w.dgh, *dgx = after ? w.dgx : w.dgh, *dhbuf = w.dhbuf;
 
   parallel_region(thread_count(opt, d, 3), [&] {
-    par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
-    if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
+      if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+    }
     par_gather_final_grad(ro, a.dh_n, H, dhbuf);
     Index na = 0;
     for (Index s = S - 1; s >= 0; --s) {
@@ -319,7 +321,8 @@ void backward_ragged(const Dims& d, const GruBackwardArgs<Scalar>& a, const Opti
 #endif
     if (a.dh0) scatter_initial_grad(ro, dhbuf, H, a.dh0);
     ragged_backward_epilogue(d, rs, Index(3), H, a.x, a.w_ih, dgx, dgh, k.hs, w.wih_q, w.dxc,
-                             a.dx, a.dw_ih, after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
+                             a.dx, a.dw_ih, after ? a.dw_hh : nullptr, a.db_ih, a.db_hh,
+                             opt.weights_packed);
     if (!after && a.dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
       par_gemm_tn_add(2 * H, H, rs.V, dgh, GH, k.hs, H, a.dw_hh, H, rs.step_c, rs.step_k);

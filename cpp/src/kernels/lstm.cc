@@ -337,8 +337,10 @@ void backward_ragged(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Opt
   Scalar *dgh = w.dgh, *dhbuf = w.dhbuf, *dcbuf = w.dcbuf;
 
   parallel_region(thread_count(opt, d, 4), [&] {
-    par_pack(a.w_hh, GH, R, R, false, w.whh_q);
-    if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
+    if (!opt.weights_packed) {
+      par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+      if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
+    }
     par_gather_final_grad(ro, a.dh_n, R, dhbuf);
     par_gather_final_grad(ro, a.dc_n, H, dcbuf);
     Index na = 0;
@@ -381,7 +383,7 @@ void backward_ragged(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Opt
       if (a.dc0) scatter_initial_grad(ro, dcbuf, H, a.dc0);
     }
     ragged_backward_epilogue(d, rs, Index(4), R, a.x, a.w_ih, dgh, dgh, k.hs, w.wih_q, w.dxc,
-                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh);
+                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     if (a.dw_hr)
       par_gemm_tn_add(P, H, rs.V, w.dhp, P, k.ms, H, a.dw_hr, H, rs.step_c, rs.step_k);
     if (a.dw_peep) {

@@ -189,16 +189,17 @@ void scatter_initial_grad(const RaggedOrder& r, const Scalar* buf, Index width, 
 // Backward epilogue with lengths, skeleton.h's backward_epilogue over the valid positions only:
 // dgx and dgh [V, G*H] compact (the input-side and recurrent-side pre-activation gradients; the
 // same buffer when they are equal), hs the cache's h slots (ordered rows), dxc [V, C] scratch,
-// `packed` [packed_bound(G*H, C)] for w_ih. Work-shared.
+// `packed` [packed_bound(G*H, C)] for w_ih (holding it already when `weights_packed`,
+// Options::weights_packed: the same place as the rectangular backward's). Work-shared.
 template <typename Scalar>
 void ragged_backward_epilogue(const Dims& d, const RaggedSteps& rs, Index G, Index R,
                               const Scalar* x, const Scalar* w_ih, const Scalar* dgx,
                               const Scalar* dgh, const Scalar* hs, Scalar* packed, Scalar* dxc,
                               Scalar* dx, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih,
-                              Scalar* db_hh) {
+                              Scalar* db_hh, bool weights_packed) {
   const Index N = d.N, C = d.C, GH = G * d.H, V = rs.V;
   const std::int64_t* lengths = rs.ro.lengths;
-  par_pack(w_ih, GH, C, C, false, packed);
+  if (!weights_packed) par_pack(w_ih, GH, C, C, false, packed);
   if (V > 0) par_gemm_packed(V, C, GH, dgx, GH, packed, dxc, C, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)

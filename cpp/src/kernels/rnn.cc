@@ -206,7 +206,7 @@ void backward_ragged(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Opti
   Scalar *dgh = w.dgh, *dhbuf = w.dhbuf;
 
   parallel_region(thread_count(opt, d, 1), [&] {
-    par_pack(a.w_hh, H, H, H, false, w.whh_q);
+    if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, false, w.whh_q);
     par_gather_final_grad(ro, a.dh_n, H, dhbuf);
     Index na = 0;
     for (Index s = S - 1; s >= 0; --s) {
@@ -228,7 +228,7 @@ void backward_ragged(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Opti
 #endif
     if (a.dh0) scatter_initial_grad(ro, dhbuf, H, a.dh0);
     ragged_backward_epilogue(d, rs, Index(1), H, a.x, a.w_ih, dgh, dgh, hs, w.wih_q, w.dxc,
-                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh);
+                             a.dx, a.dw_ih, a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
   });
 }
 
