@@ -89,7 +89,11 @@ void check_case(const std::string& dir, const std::string& name) {
   const fusedrnn::ModelConfig& c = model.config();
   const bool f64 = std::is_same<Scalar, double>::value;
   const std::string* isa = io.metadata_value("isa");
-  const bool same_isa = isa && *isa == fusedrnn::build_info().instruction_set;
+  // bfloat16 cases: bitwise only on the same low-precision tier too (a build may lack one, e.g.
+  // the sanitizer build's single copy has no AMX code).
+  const std::string* tier = io.metadata_value("lowp_tier");
+  const bool same_isa = isa && *isa == fusedrnn::build_info().instruction_set &&
+                        (!bf16 || (tier && *tier == fusedrnn::build_info().bfloat16_tier));
   const double tol = f64 ? 1e-12 : bf16 && !same_isa ? 5e-3 : 1e-6;
   if (f64) {
     bool threw = false;

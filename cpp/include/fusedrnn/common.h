@@ -62,6 +62,8 @@ struct BuildInfo {
   bool openmp = false;          // built with OpenMP
   int openmp_max_threads = 1;   // OpenMP's default thread count (1 without OpenMP)
   std::string eigen_version;    // Eigen used to build the kernels
+  std::string bfloat16_tier;    // the low-precision tier Precision::bfloat16 runs on: "amx",
+                                // "avx512_bf16", ... (results are bitwise within one tier)
 };
 
 FUSEDRNN_API BuildInfo build_info();

@@ -8,6 +8,7 @@
 
 #include "fusedrnn/common.h"
 #include "isa/table.h"
+#include "lowp/lowp.h"
 
 namespace fusedrnn {
 
@@ -25,6 +26,7 @@ BuildInfo build_info() {
 #endif
   b.instruction_set = isa::active().name;
   b.compiled_isas = isa::compiled_isas();
+  b.bfloat16_tier = lowp::tier_name(lowp::active_tier());
 
 #ifdef _OPENMP
   b.openmp = true;
