@@ -78,24 +78,6 @@ struct Counts {
   }
 };
 
-// The pointer of an array argument: required / optional (None = null), read-only / written.
-template <typename S>
-const S* in(const py::handle& o, const char* name, std::size_t n) {
-  return data_of<S>(o, name, n, false, false);
-}
-template <typename S>
-const S* opt_in(const py::handle& o, const char* name, std::size_t n) {
-  return data_of<S>(o, name, n, true, false);
-}
-template <typename S>
-S* out(const py::handle& o, const char* name, std::size_t n) {
-  return data_of<S>(o, name, n, false, true);
-}
-template <typename S>
-S* opt_out(const py::handle& o, const char* name, std::size_t n) {
-  return data_of<S>(o, name, n, true, true);
-}
-
 // The keyword arguments of a kernel binding, each named once where it is read:
 //   a.cell_clip = kw.value<S>("cell_clip", 0);     a.w_peep = kw.opt_in<S>("w_peep", n.H3);
 // A new argument of a kernel is one such line. Absent optional arrays are null, like None; an
@@ -103,7 +85,7 @@ S* opt_out(const py::handle& o, const char* name, std::size_t n) {
 // raised by done() before the kernel runs. Read everything, call done(), then release the GIL.
 class Keywords {
  public:
-  Keywords(const char* fn, py::kwargs kw) : fn_(fn), kw_(std::move(kw)) {}
+  Keywords(std::string fn, py::kwargs kw) : fn_(std::move(fn)), kw_(std::move(kw)) {}
 
   // The argument `name`, or None when absent (an optional argument's default).
   py::handle get(const char* name) {
@@ -112,7 +94,7 @@ class Keywords {
   }
   py::handle required(const char* name) {
     if (!kw_.contains(name))
-      throw py::type_error(std::string(fn_) + "() missing required keyword argument '" + name +
+      throw py::type_error(fn_ + "() missing required keyword argument '" + name +
                            "'");
     return get(name);
   }
@@ -159,7 +141,7 @@ class Keywords {
     try {
       return h.cast<T>();
     } catch (const py::cast_error&) {
-      throw py::type_error(std::string(fn_) + "(): " + name + " has an unusable type " +
+      throw py::type_error(fn_ + "(): " + name + " has an unusable type " +
                            std::string(py::str(py::type::handle_of(h).attr("__name__"))));
     }
   }
@@ -168,13 +150,13 @@ class Keywords {
     for (auto item : kw_) {
       const std::string key = py::str(item.first);
       if (std::find(read_.begin(), read_.end(), key) == read_.end())
-        throw py::type_error(std::string(fn_) + "() got an unexpected keyword argument '" + key +
+        throw py::type_error(fn_ + "() got an unexpected keyword argument '" + key +
                              "'");
     }
   }
 
  private:
-  const char* fn_;
+  std::string fn_;
   py::kwargs kw_;
   std::vector<std::string> read_;
 };

@@ -11,8 +11,6 @@ namespace {
 
 struct Gru {
   static constexpr const char* name = "gru";
-  static constexpr const char* forward_name = "gru_forward";
-  static constexpr const char* backward_name = "gru_backward";
   static constexpr const char* formula = "variant";
   static constexpr std::size_t G = 3;
   using Formula = fusedrnn::GruVariant;
@@ -40,8 +38,6 @@ struct Gru {
 
 struct Rnn {
   static constexpr const char* name = "rnn";
-  static constexpr const char* forward_name = "rnn_forward";
-  static constexpr const char* backward_name = "rnn_backward";
   static constexpr const char* formula = "nonlinearity";
   static constexpr std::size_t G = 1;
   using Formula = fusedrnn::Nonlinearity;
@@ -82,7 +78,7 @@ void register_cell(py::module_& m) {
   m.def(
       (name + "_forward").c_str(),
       [](py::tuple dims, py::kwargs kwargs) {
-        Keywords kw(Cell::forward_name, std::move(kwargs));
+        Keywords kw(std::string(Cell::name) + "_forward", std::move(kwargs));
         const auto d = dims_of(dims);
         const fusedrnn::Options opt = kw.options();
         const auto formula = kw.template required_value<Formula>(Cell::formula);
@@ -117,7 +113,7 @@ void register_cell(py::module_& m) {
   m.def(
       (name + "_backward").c_str(),
       [](py::tuple dims, py::kwargs kwargs) {
-        Keywords kw(Cell::backward_name, std::move(kwargs));
+        Keywords kw(std::string(Cell::name) + "_backward", std::move(kwargs));
         const auto d = dims_of(dims);
         const fusedrnn::Options opt = kw.options();
         const auto formula = kw.template required_value<Formula>(Cell::formula);
