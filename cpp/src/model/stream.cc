@@ -52,16 +52,17 @@ struct Stream<Scalar>::Impl {
     if (lowp) {
       lowp_step(x_t);
       in = h.data() + (L - 1) * N * R;
-    }
-    for (std::int64_t l = 0; l < (lowp ? 0 : L); ++l) {
-      Scalar* hl = h.data() + l * N * R;
-      Scalar* cl = lstm ? c.data() + l * N * H : nullptr;
-      const isa::StepLayer<Scalar>& layer = layers[std::size_t(l)];
-      if (layer.fused)
-        layer.fused(layer, in, hl, cl, scratch.data());
-      else
-        ops->step(layer, in, hl, cl, scratch.data());
-      in = hl;
+    } else {
+      for (std::int64_t l = 0; l < L; ++l) {
+        Scalar* hl = h.data() + l * N * R;
+        Scalar* cl = lstm ? c.data() + l * N * H : nullptr;
+        const isa::StepLayer<Scalar>& layer = layers[std::size_t(l)];
+        if (layer.fused)
+          layer.fused(layer, in, hl, cl, scratch.data());
+        else
+          ops->step(layer, in, hl, cl, scratch.data());
+        in = hl;
+      }
     }
     if (!has_head) {
       std::copy(in, in + N * R, y_t);
