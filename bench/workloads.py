@@ -12,7 +12,9 @@ subnormal  LSTM, GRU, RNN (config a), inference and training: the same call on n
            likewise; torch on the subnormal inputs beside it.
 contended  LSTM config a, inference and training, fusedrnn and torch at 1 and 2 threads, with a
            busy-looping subprocess pinned to the last CPU of this process's affinity mask, and
-           without it; ratio 2-thread time / 1-thread time.
+           without it; ratio 2-thread time / 1-thread time. fusedrnn at 2 threads twice: as users
+           get it (fr_2: the team shrinks while other processes keep CPUs busy) and with that
+           adaptation off (fr_2fixed: always 2 threads).
 Medians of --reps repetitions, the contenders alternating (bench_torch.time_contenders).
 """
 from __future__ import annotations
@@ -207,9 +209,12 @@ def contended(fr, reps, modes=("infer", "train")):
             try:
                 for mode in modes:
                     fns = {}
-                    for th in (1, 2):
+                    for th in (1, 2, "2fixed"):
                         def f_fr(th=th):
-                            fr.set_num_threads(th)
+                            # fr_2: the default, the team shrinks while the neighbour is busy;
+                            # fr_2fixed: always 2 threads (set_adaptive_threads(False)).
+                            fr.set_adaptive_threads(th != "2fixed")
+                            fr.set_num_threads(2 if th == "2fixed" else th)
                             if mode == "infer":
                                 layer.eval()
                                 layer.forward(xn)
@@ -228,12 +233,15 @@ def contended(fr, reps, modes=("infer", "train")):
                                 mod.zero_grad(set_to_none=True)
                                 xg.grad = None
                                 mod(xg)[0].backward(dy)
-                        fns[f"fr_{th}"], fns[f"torch_{th}"] = f_fr, f_torch
+                        fns[f"fr_{th}"] = f_fr
+                        if th != "2fixed":
+                            fns[f"torch_{th}"] = f_torch
                     res = time_contenders(fns, reps, warmup=1)
                     med = {k: v["median_ms"] for k, v in res.items()}
                     rows.append({"row": "contended", "busy_cpu": cpus[-1] if busy else None,
                                  "cell": "lstm", "mode": mode, "median_ms": med,
                                  "fr_2_over_1": med["fr_2"] / med["fr_1"],
+                                 "fr_2fixed_over_1": med["fr_2fixed"] / med["fr_1"],
                                  "torch_2_over_1": med["torch_2"] / med["torch_1"]})
             finally:
                 if proc is not None:
@@ -241,6 +249,7 @@ def contended(fr, reps, modes=("infer", "train")):
                     proc.wait()
     finally:
         fr.set_num_threads(before[0])
+        fr.set_adaptive_threads(True)
         torch.set_num_threads(before[1])
     return rows
 

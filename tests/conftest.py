@@ -5,6 +5,11 @@ import pytest
 
 import fusedrnn
 
+# A test that asks for 2 threads gets 2 threads: the thread count's adaptation to other
+# processes' load (fusedrnn.set_adaptive_threads) is off in the suite, else a busy machine would
+# quietly turn the 1-vs-2-thread checks into 1-vs-1. tests/test_threads_env.py turns it on.
+fusedrnn.set_adaptive_threads(False)
+
 
 @pytest.fixture
 def one_thread():

@@ -65,6 +65,7 @@ def test_workload_rows_smoke_run(tmp_path):
                                            "torch_x_subnormal"}
         if r["row"] == "contended" and "skipped" not in r:
             assert r["fr_2_over_1"] > 0 and r["torch_2_over_1"] > 0
+            assert r["fr_2fixed_over_1"] > 0
 
 
 def test_bench_precision_bfloat16_adds_the_bf16_and_int8_peers(tmp_path):

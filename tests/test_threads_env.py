@@ -132,3 +132,106 @@ def test_cli_commands_hold_one_blas_thread_and_restore_it(monkeypatch):
     finally:
         lib.set_num_threads(before)
     assert seen == [1, 2, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# The thread count adapts to other processes' load (_openmp_env.Contention).
+
+class _Clock:
+    def __init__(self):
+        self.t, self.busy, self.own = 0.0, 0.0, 0.0
+
+
+def _contention(cpus, clock):
+    c = _openmp_env.Contention(cpus=cpus, clock=lambda: clock.t, system=lambda: clock.busy,
+                               own=lambda: clock.own)
+    c.enabled = True
+    return c
+
+
+def _advance(clock, dt, others, own):
+    """dt seconds pass; other processes keep `others` CPUs busy, this one `own`."""
+    clock.t += dt
+    clock.busy += (others + own) * dt
+    clock.own += own * dt
+
+
+def test_contention_shrinks_the_team_while_other_processes_keep_cpus_busy():
+    clock = _Clock()
+    c = _contention(2, clock)
+    assert c.cap(2) == 2                        # no window measured yet
+    _advance(clock, 0.2, others=0.02, own=1.9)  # a quiet machine: this process uses both CPUs
+    assert c.cap(2) == 2
+    _advance(clock, 0.2, others=1.0, own=1.0)   # a busy neighbour: one CPU is left
+    assert c.cap(2) == 1
+    assert c.cap(1) == 1
+    _advance(clock, 0.05, others=0.0, own=2.0)  # inside the window: no new sample
+    assert c.cap(2) == 1
+    _advance(clock, 0.2, others=0.1, own=1.0)   # the neighbour stopped
+    assert c.cap(2) == 2
+    _advance(clock, 0.2, others=7.0, own=0.5)   # far more runnable work than CPUs
+    assert c.cap(2) == 1                        # never below one thread
+
+
+def test_contention_on_a_large_machine_and_when_off_or_unmeasurable():
+    clock = _Clock()
+    c = _contention(16, clock)
+    c.cap(8)
+    _advance(clock, 0.5, others=9.6, own=2.0)   # 6.4 CPUs free
+    assert c.cap(8) == 6
+    assert c.cap(4) == 4
+    c.enabled = False
+    assert c.cap(8) == 8
+    blind = _openmp_env.Contention(cpus=2, clock=lambda: clock.t, system=lambda: None,
+                                   own=lambda: 0.0)
+    blind.enabled = True
+    for _ in range(3):
+        _advance(clock, 0.2, others=2.0, own=0.0)
+        assert blind.cap(2) == 2                # /proc/stat unreadable: the asked count
+
+
+def test_kernel_calls_take_the_adapted_thread_count(monkeypatch):
+    from fusedrnn import functional as F
+    monkeypatch.setattr(_openmp_env.contention, "enabled", True)
+    monkeypatch.setattr(_openmp_env.contention, "_last", (float("inf"), 0.0, 0.0))
+    monkeypatch.setattr(_openmp_env.contention, "free", 1.2)
+    old = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(2)
+    try:
+        assert F._threads() == 1
+        assert fusedrnn.get_num_threads() == 2      # the setting itself is unchanged
+        fusedrnn.set_adaptive_threads(False)
+        assert F._threads() == 2
+        fusedrnn.set_adaptive_threads(True)
+        assert fusedrnn.get_adaptive_threads() is True
+        with pytest.raises(TypeError, match="enabled must be a bool"):
+            fusedrnn.set_adaptive_threads(1)
+    finally:
+        fusedrnn.set_num_threads(old)
+        fusedrnn.set_adaptive_threads(False)
+
+
+def test_a_busy_process_beside_us_is_measured():
+    """The real sampler (/proc/stat and os.times) sees a busy-looping process pinned beside
+    this one as one CPU taken."""
+    if not os.path.exists("/proc/stat") or len(os.sched_getaffinity(0)) != os.cpu_count() or \
+            os.cpu_count() < 2:
+        pytest.skip("needs /proc/stat and the whole machine in the affinity mask")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        c = _openmp_env.Contention()
+        c.enabled = True
+        c.cap(2)
+        import time
+        time.sleep(0.3)
+        assert c.cap(os.cpu_count()) <= os.cpu_count() - 1
+        assert c.free <= os.cpu_count() - 0.6
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_adaptation_is_on_by_default_and_off_by_the_variable():
+    code = "import json, fusedrnn; print(json.dumps(fusedrnn.get_adaptive_threads()))"
+    assert _fresh(code) is True
+    assert _fresh(code, FUSEDRNN_ADAPTIVE_THREADS="0") is False

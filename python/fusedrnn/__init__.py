@@ -9,6 +9,7 @@ from . import _openmp_env  # noqa: F401  (before _core: libgomp reads GOMP_SPINC
 from . import _core, reference
 from ._types import GruGrads, GruOutput, LstmGrads, LstmOutput, RnnGrads, RnnOutput
 from .functional import (
+    get_adaptive_threads,
     get_num_threads,
     gru_backward,
     gru_forward,
@@ -16,6 +17,7 @@ from .functional import (
     lstm_forward,
     rnn_backward,
     rnn_forward,
+    set_adaptive_threads,
     set_num_threads,
 )
 from .module import Dropout, Embedding, Linear, Module, Parameter, Sequential, register_module
@@ -55,7 +57,8 @@ def build_info() -> dict:
 __all__ = [
     "lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward",
     "LstmOutput", "LstmGrads", "GruOutput", "GruGrads", "RnnOutput", "RnnGrads",
-    "set_num_threads", "get_num_threads", "build_info", "reference", "__version__",
+    "set_num_threads", "get_num_threads", "set_adaptive_threads", "get_adaptive_threads",
+    "build_info", "reference", "__version__",
     "Parameter", "Module", "Sequential", "Linear", "Embedding", "Dropout", "register_module",
     "LSTM", "GRU", "RNN", "check_finite", "set_check_finite", "from_torch", "to_torch", "RecurrentModel",
     "save", "load", "Checkpoint", "CheckpointError",

@@ -75,3 +75,75 @@ def default_threads(openmp_max_threads: int) -> int:
         return openmp_max_threads
     q = cgroup_cpu_limit()
     return max(1, min(openmp_max_threads, q)) if q else openmp_max_threads
+
+
+# ----------------------------------------------------------------------------------------------
+# Threads under contention. Every time step of a kernel ends at a barrier, so a team of threads
+# runs at the pace of its slowest member: when another process keeps one of our CPUs busy, the
+# scheduler time-slices our thread on that CPU with it, and each barrier waits for that thread's
+# next slice (a 2-thread call measured 5-18x slower than 1 thread on this 2-CPU machine). A
+# short spin (above) stops the waiting thread from burning its partner's CPU, but it cannot give
+# the descheduled thread its CPU back. So the kernels' team shrinks while other processes keep
+# CPUs busy: at most every WINDOW seconds (never inside a call), the CPU time the whole system
+# spent (/proc/stat: all CPUs, all processes, steal included) minus this process's own CPU time
+# (os.times: all its threads) over the wall time since the last sample gives the number of CPUs
+# other processes kept busy; the threads of a call are at most the CPUs left free, rounded, and
+# at least 1. Results never depend on it: the kernels' arithmetic does not depend on the thread
+# count (bitwise, tested), only the speed does.
+
+WINDOW = 0.1                   # seconds between two samples
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _system_cpu_seconds():
+    """CPU seconds all CPUs have spent busy since boot (user, nice, system, irq, softirq, steal;
+    not idle or iowait), or None where /proc/stat is unreadable."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 5 or fields[0] != b"cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks) - idle) / _TICK
+
+
+def _own_cpu_seconds():
+    t = os.times()
+    return t.user + t.system
+
+
+class Contention:
+    """The CPUs other processes leave free, sampled at most every WINDOW seconds."""
+
+    def __init__(self, cpus=None, clock=None, system=None, own=None):
+        self.cpus = cpus or os.cpu_count() or 1
+        self._clock = clock or __import__("time").monotonic
+        self._system = system or _system_cpu_seconds
+        self._own = own or _own_cpu_seconds
+        self._last = None               # (wall, system busy, own) at the last sample
+        self.free = None                # CPUs left free over the last window (float), or None
+        self.enabled = os.environ.get("FUSEDRNN_ADAPTIVE_THREADS", "1") != "0"
+
+    def cap(self, n: int) -> int:
+        """The threads a call asking for n runs on: n, or fewer while other processes keep the
+        CPUs busy."""
+        if n <= 1 or not self.enabled:
+            return n
+        now = self._clock()
+        last = self._last
+        if last is None or now - last[0] >= WINDOW:
+            busy, own = self._system(), self._own()
+            if busy is not None:
+                if last is not None and now > last[0]:
+                    others = (busy - last[1] - (own - last[2])) / (now - last[0])
+                    self.free = self.cpus - max(0.0, others)
+                self._last = (now, busy, own)
+        if self.free is None:
+            return n
+        return max(1, min(n, int(self.free + 0.5)))
+
+
+contention = Contention()

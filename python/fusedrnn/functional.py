@@ -19,7 +19,7 @@ from ._types import GruGrads, GruOutput, LstmGrads, LstmOutput, RnnGrads, RnnOut
 
 __all__ = [
     "lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward", "rnn_backward",
-    "set_num_threads", "get_num_threads",
+    "set_num_threads", "get_num_threads", "set_adaptive_threads", "get_adaptive_threads",
 ]
 
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -53,7 +53,23 @@ _default_threads: Optional[int] = None
 
 
 def _threads() -> int:
-    return _num_threads or get_num_threads()
+    """The threads of the next kernel call: get_num_threads(), fewer while other processes keep
+    the CPUs busy (set_adaptive_threads)."""
+    return _openmp_env.contention.cap(_num_threads or get_num_threads())
+
+
+def set_adaptive_threads(enabled: bool) -> None:
+    """Whether kernel calls run on fewer threads than get_num_threads() while other processes
+    keep the CPUs busy (default: on; FUSEDRNN_ADAPTIVE_THREADS=0 turns it off at import).
+    Results never depend on it, only speed does (fusedrnn/_openmp_env.py)."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_adaptive_threads: enabled must be a bool, got {enabled!r}")
+    _openmp_env.contention.enabled = enabled
+
+
+def get_adaptive_threads() -> bool:
+    """Whether the thread count adapts to other processes' load (set_adaptive_threads)."""
+    return _openmp_env.contention.enabled
 
 
 _scratch = threading.local()
