@@ -84,6 +84,40 @@ def test_ragged_inference_equals_the_rectangular_path_bitwise(cell, kw, G, rever
         fusedrnn.set_num_threads(before)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,kw,G", CASES)
+def test_ragged_across_projection_chunks_equals_each_sequence_alone(cell, kw, G, reverse, dtype,
+                                                                   threads):
+    """N = 70 makes the input projection run in chunks of 7 steps (proj_chunk_steps), so T = 23
+    crosses chunk boundaries with a different number of running rows at every step: each
+    sequence's outputs and final state equal a call on that sequence alone, without lengths."""
+    before = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(threads)
+    try:
+        fwd = getattr(F, cell + "_forward")
+        T, N = 23, 70
+        a, extra = _args(cell, kw, G, dtype, T=T, N=N, C=6, H=20, seed=3)
+        lengths = np.random.default_rng(4).integers(0, T + 1, N)
+        lengths[:3] = (T, 0, 1)
+        for training in (False, True):
+            out = fwd(**a, **extra, lengths=lengths, reverse=reverse, training=training)
+            for n, L in enumerate(lengths):
+                if L == 0:
+                    continue
+                one = {k: np.ascontiguousarray(v[:L, n:n + 1] if k == "x" else
+                           v[n:n + 1] if k in ("h0", "c0") else v) for k, v in a.items()}
+                ref = fwd(**one, **extra, reverse=reverse, training=False)
+                msg = f"{cell} {kw} row {n} length {L} training {training}"
+                np.testing.assert_array_equal(out.y[:L, n], ref.y[:, 0], err_msg=msg)
+                np.testing.assert_array_equal(out.h_n[n], ref.h_n[0], err_msg=msg)
+                if hasattr(ref, "c_n"):
+                    np.testing.assert_array_equal(out.c_n[n], ref.c_n[0], err_msg=msg)
+    finally:
+        fusedrnn.set_num_threads(before)
+
+
 def test_ragged_layer_bidirectional_stack_inference_matches_training_forward():
     rng = np.random.default_rng(1)
     layer = fusedrnn.LSTM(5, 33, num_layers=2, bidirectional=True, seed=0)

@@ -118,17 +118,23 @@ void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Option
       if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, true, w.whn_p);
     }
     par_gather_rows(ro, a.h0, H, hs);
-    Index na = N;
+    const Index TC = proj_chunk_steps(d);
+    Index na = N, row = 0;  // row: step s's first row in the chunk's projection w.gx
     for (Index s = 0; s < S; ++s) {
+      if (s % TC == 0) {
+        par_project_ragged(d, ro, opt.reverse, 3, s, std::min(S, s + TC), na, a.x, w.wih_p,
+                           w.xs, w.gx);
+        row = 0;
+      }
       na = ro.active(s, na);
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
-      par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
-      par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
+      const Scalar* gx = w.gx + row * GH;
+      row += na;
       par_gemm_packed(na, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
-        const Scalar* gxr = w.gx + i * GH + u0;
+        const Scalar* gxr = gx + i * GH + u0;
         const Scalar* ghr = w.gh + i * GH + u0;
         const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
         const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
@@ -144,7 +150,7 @@ void forward_ragged(const Dims& d, const GruForwardArgs<Scalar>& a, const Option
       par_gemm_packed(na, H, H, gate_row(s, 0) + 3 * H, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
-        gru_before_pointwise_forward_n(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
+        gru_before_pointwise_forward_n(bk, H, gx + i * GH + u0, w.gh + i * GH + u0,
                                        b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
                                        h_prev + off, h_next + off, a.y + (t * N + n) * H + u0,
                                        gate_row(s, i) + u0);

@@ -160,20 +160,26 @@ void forward_ragged(const Dims& d, const LstmForwardArgs<Scalar>& a, const Optio
     }
     par_gather_rows(ro, a.h0, R, hs);
     par_gather_rows(ro, a.c0, H, cs);
-    Index na = N;
+    const Index TC = proj_chunk_steps(d);
+    Index na = N, row = 0;  // row: step s's first row in the chunk's projection w.gx
     for (Index s = 0; s < S; ++s) {
+      if (s % TC == 0) {
+        par_project_ragged(d, ro, opt.reverse, 4, s, std::min(S, s + TC), na, a.x, w.wih_p,
+                           w.xs, w.gx);
+        row = 0;
+      }
       na = ro.active(s, na);
       const Scalar* h_prev = slot(hs, s, NR);
       const Scalar* c_prev = slot(cs, s, NH);
       Scalar* h_next = slot(hs, s + 1, NR);
       Scalar* c_next = slot(cs, s + 1, NH);
       Scalar* m = proj ? (training ? k.ms + s * NH : w.mbuf) : nullptr;  // [na, H]
-      par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
-      par_gemm_packed(na, GH, d.C, w.xs, d.C, w.wih_p, w.gx, GH, false);
+      const Scalar* gx = w.gx + row * GH;
+      row += na;
       par_gemm_packed(na, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
-        lstm_pointwise_forward(bk, H, w.gx + i * GH + u0, w.gh + i * GH + u0,
+        lstm_pointwise_forward(bk, H, gx + i * GH + u0, w.gh + i * GH + u0,
                                b_ih ? b_ih + u0 : nullptr, b_hh ? b_hh + u0 : nullptr,
                                w_peep ? w_peep + u0 : nullptr, c_prev + off, c_next + off,
                                proj ? m + off : h_next + off,

@@ -2,9 +2,10 @@
 //
 // With `lengths`, a forward kernel orders the sequences by length (longest first, ties by
 // index: a permutation kept in its workspace; callers never sort), so that the sequences still
-// running at step s are a prefix of the ordered rows. Step s then gathers the inputs of its
-// running rows, projects only them (x w_ihᵀ), runs the recurrent product and the gate pass on
-// those rows only, and writes each row's output at its caller's position. A finished row is
+// running at step s are a prefix of the ordered rows. The input projection x w_ihᵀ covers only
+// the running rows of each step, a chunk of steps at a time (par_project_ragged); step s then
+// runs the recurrent product and the gate pass on its running rows only, and writes each row's
+// output at its caller's position. A finished row is
 // never touched again: its final state stays in the state slot it last wrote (slot len % 2 of
 // the double buffer in inference, slot len of the cache in training) and is copied out in the
 // caller's order at the end.
@@ -80,18 +81,34 @@ void par_gather_rows(const RaggedOrder& r, const Scalar* src, Index width, Scala
   }
 }
 
-// Work-shared: xs[i] = x[t(s, i), order[i]] for the na running rows of step s.
+// Work-shared, at the first step s0 of each chunk of steps s0..s1-1 (the forward's projection
+// chunks, proj_chunk_steps; `na`: the running count of an earlier step): the inputs of each
+// step's running rows are gathered into xs step after step (step s's rows follow those of the
+// chunk's earlier steps), then projected in one product, gxs [rows, G*H] = xs w_ihᵀ (packed), so
+// that w_ih streams once per chunk, not once per step. Returns the rows projected. Bit for bit
+// the per-step products: each output element is one accumulation over k whatever the rows.
 template <typename Scalar>
-void par_gather_step_inputs(const Dims& d, const RaggedOrder& r, bool reverse, Index s, Index na,
-                            const Scalar* x, Scalar* xs) {
+Index par_project_ragged(const Dims& d, const RaggedOrder& r, bool reverse, Index G, Index s0,
+                         Index s1, Index na, const Scalar* x, const Scalar* packed, Scalar* xs,
+                         Scalar* gxs) {
   const Index C = d.C;
+  Index rows = 0;
+  for (Index s = s0; s < s1; ++s) {  // every thread walks the steps; the copies are shared
+    na = r.active(s, na);
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
 #endif
-  for (Index i = 0; i < na; ++i) {
-    const Scalar* src = x + (r.time(s, i, reverse) * d.N + r.order[i]) * C;
-    std::copy(src, src + C, xs + i * C);
+    for (Index i = 0; i < na; ++i) {
+      const Scalar* src = x + (r.time(s, i, reverse) * d.N + r.order[i]) * C;
+      std::copy(src, src + C, xs + (rows + i) * C);
+    }
+    rows += na;
   }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+  par_gemm_packed(rows, G * d.H, C, xs, C, packed, gxs, G * d.H, false);
+  return rows;
 }
 
 // Serial (inside a single construct): the final state of each caller row n, which its ordered

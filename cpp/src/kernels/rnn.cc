@@ -97,17 +97,23 @@ void forward_ragged(const Dims& d, const RnnForwardArgs<Scalar>& a, const Option
     forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
     if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
     par_gather_rows(ro, a.h0, H, hs);
-    Index na = N;
+    const Index TC = proj_chunk_steps(d);
+    Index na = N, row = 0;  // row: step s's first row in the chunk's projection w.gx
     for (Index s = 0; s < S; ++s) {
+      if (s % TC == 0) {
+        par_project_ragged(d, ro, opt.reverse, 1, s, std::min(S, s + TC), na, a.x, w.wih_p,
+                           w.xs, w.gx);
+        row = 0;
+      }
       na = ro.active(s, na);
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
-      par_gather_step_inputs(d, ro, opt.reverse, s, na, a.x, w.xs);
-      par_gemm_packed(na, H, d.C, w.xs, d.C, w.wih_p, w.gx, H, false);
+      const Scalar* gx = w.gx + row * H;
+      row += na;
       par_gemm_packed(na, H, H, h_prev, H, w.whh_p, w.gh, H, false);
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = ro.time(s, i, opt.reverse);
-        rnn_pointwise_forward(bk, tanh_act, w.gx + off, w.gh + off,
+        rnn_pointwise_forward(bk, tanh_act, gx + off, w.gh + off,
                               a.b_ih ? a.b_ih + u0 : nullptr, a.b_hh ? a.b_hh + u0 : nullptr,
                               h_next + off, a.y + (t * N + n) * H + u0);
       });
