@@ -139,21 +139,23 @@ def test_cli_commands_hold_one_blas_thread_and_restore_it(monkeypatch):
 
 class _Clock:
     def __init__(self):
-        self.t, self.busy, self.own = 0.0, 0.0, 0.0
+        self.t, self.busy, self.own, self.runnable = 0.0, 0.0, 0.0, 0
 
 
 def _contention(cpus, clock):
     c = _openmp_env.Contention(cpus=cpus, clock=lambda: clock.t, system=lambda: clock.busy,
-                               own=lambda: clock.own)
+                               own=lambda: clock.own, runnable=lambda: clock.runnable)
     c.enabled = True
     return c
 
 
-def _advance(clock, dt, others, own):
-    """dt seconds pass; other processes keep `others` CPUs busy, this one `own`."""
+def _advance(clock, dt, others, own, runnable=None):
+    """dt seconds pass; other processes keep `others` CPUs busy, this one `own`; at the end,
+    `runnable` tasks of other processes are runnable (default: round(others))."""
     clock.t += dt
     clock.busy += (others + own) * dt
     clock.own += own * dt
+    clock.runnable = round(others) if runnable is None else runnable
 
 
 def test_contention_shrinks_the_team_while_other_processes_keep_cpus_busy():
@@ -171,6 +173,10 @@ def test_contention_shrinks_the_team_while_other_processes_keep_cpus_busy():
     assert c.cap(2) == 2
     _advance(clock, 0.2, others=7.0, own=0.5)   # far more runnable work than CPUs
     assert c.cap(2) == 1                        # never below one thread
+    _advance(clock, 0.2, others=1.0, own=1.0, runnable=0)
+    assert c.cap(2) == 2    # a process taking turns with this one: busy, but idle while we run
+    _advance(clock, 0.2, others=0.05, own=2.0, runnable=3)
+    assert c.cap(2) == 2    # tasks runnable at the instant of the sample only
 
 
 def test_contention_on_a_large_machine_and_when_off_or_unmeasurable():
@@ -183,7 +189,7 @@ def test_contention_on_a_large_machine_and_when_off_or_unmeasurable():
     c.enabled = False
     assert c.cap(8) == 8
     blind = _openmp_env.Contention(cpus=2, clock=lambda: clock.t, system=lambda: None,
-                                   own=lambda: 0.0)
+                                   own=lambda: 0.0, runnable=lambda: 2)
     blind.enabled = True
     for _ in range(3):
         _advance(clock, 0.2, others=2.0, own=0.0)
@@ -226,6 +232,7 @@ def test_a_busy_process_beside_us_is_measured():
         time.sleep(0.3)
         assert c.cap(os.cpu_count()) <= os.cpu_count() - 1
         assert c.free <= os.cpu_count() - 0.6
+        assert _openmp_env._runnable_others() >= 1
     finally:
         busy.kill()
         busy.wait()

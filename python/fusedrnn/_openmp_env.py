@@ -84,12 +84,18 @@ def default_threads(openmp_max_threads: int) -> int:
 # next slice (a 2-thread call measured 5-18x slower than 1 thread on this 2-CPU machine). A
 # short spin (above) stops the waiting thread from burning its partner's CPU, but it cannot give
 # the descheduled thread its CPU back. So the kernels' team shrinks while other processes keep
-# CPUs busy: at most every WINDOW seconds (never inside a call), the CPU time the whole system
-# spent (/proc/stat: all CPUs, all processes, steal included) minus this process's own CPU time
-# (os.times: all its threads) over the wall time since the last sample gives the number of CPUs
-# other processes kept busy; the threads of a call are at most the CPUs left free, rounded, and
-# at least 1. Results never depend on it: the kernels' arithmetic does not depend on the thread
-# count (bitwise, tested), only the speed does.
+# CPUs busy. At most every WINDOW seconds (never inside a call) two measures of the others are
+# taken, and the smaller counts:
+#   over time: the CPU time the whole system spent since the last sample (/proc/stat: all CPUs,
+#     all processes, steal included) minus this process's own (os.times: all its threads), per
+#     second of wall time: how many CPUs the others kept busy on average;
+#   right now: the runnable tasks of the system (/proc/loadavg) minus this process's runnable
+#     threads (/proc/self/task/*/stat).
+# Each alone misleads: a process that works only while this one waits for it (a server and its
+# client taking turns) takes CPU time but never competes, and a short-lived task may be
+# runnable at the instant of a sample. A neighbour that really competes shows in both.
+# A call then runs on at most the CPUs left free, rounded, at least 1. Results never depend on
+# it: the kernels' arithmetic does not depend on the thread count (bitwise, tested).
 
 WINDOW = 0.1                   # seconds between two samples
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -115,16 +121,36 @@ def _own_cpu_seconds():
     return t.user + t.system
 
 
+def _runnable_others():
+    """Runnable tasks of other processes right now, or None where /proc is unreadable."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            running = int(f.read().split()[3].split(b"/")[0])
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                    st = f.read()
+            except OSError:         # the thread ended meanwhile
+                continue
+            if st[st.rindex(b")") + 2:][:1] == b"R":
+                own += 1
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - own)
+
+
 class Contention:
     """The CPUs other processes leave free, sampled at most every WINDOW seconds."""
 
-    def __init__(self, cpus=None, clock=None, system=None, own=None):
+    def __init__(self, cpus=None, clock=None, system=None, own=None, runnable=None):
         self.cpus = cpus or os.cpu_count() or 1
         self._clock = clock or __import__("time").monotonic
         self._system = system or _system_cpu_seconds
         self._own = own or _own_cpu_seconds
+        self._runnable = runnable or _runnable_others
         self._last = None               # (wall, system busy, own) at the last sample
-        self.free = None                # CPUs left free over the last window (float), or None
+        self.free = None                # CPUs left free at the last sample (float), or None
         self.enabled = os.environ.get("FUSEDRNN_ADAPTIVE_THREADS", "1") != "0"
 
     def cap(self, n: int) -> int:
@@ -138,8 +164,10 @@ class Contention:
             busy, own = self._system(), self._own()
             if busy is not None:
                 if last is not None and now > last[0]:
-                    others = (busy - last[1] - (own - last[2])) / (now - last[0])
-                    self.free = self.cpus - max(0.0, others)
+                    over_time = max(0.0, (busy - last[1] - (own - last[2])) / (now - last[0]))
+                    right_now = self._runnable()
+                    others = over_time if right_now is None else min(over_time, right_now)
+                    self.free = self.cpus - others
                 self._last = (now, busy, own)
         if self.free is None:
             return n
