@@ -45,8 +45,9 @@ def test_layer_matches_reference_with_its_masks(opts):
     for direction, sfx in ((0, "_l0"), (1, "_l0_reverse")):
         st = layer._buffers[("reg", "cache", 0, direction)]
         kw = {k: P[k + sfx].data for k in LN if k + sfx in P}
-        kw.update({k: st[k] for k in ("zoneout_h_mask", "recurrent_mask") if k in st})
-        assert "zoneout_c_mask" not in st
+        kw.update({k: st[k] for k in ("zoneout_seed", "zoneout_h", "recurrent_mask")
+                   if k in st})
+        assert "zoneout_c" not in st
         xm = x * st["xmask"] if "xmask" in st else x
         w_hh = P["weight_hh" + sfx].data
         wd = w_hh * st["wmask"] if "wmask" in st else w_hh
@@ -157,3 +158,15 @@ def test_cli_flags_reach_the_gru_and_round_trip(task, tmp_path):
     assert isinstance(rnn, GRU)
     assert (rnn.layer_norm, rnn.ln_eps, rnn.zoneout_h, rnn.zoneout_c, rnn.recurrent_dropout,
             rnn.input_dropout, rnn.weight_drop) == ("haste", 0.001, 0.1, 0.0, 0.2, 0.1, 0.3)
+
+
+def test_exports_refuse_a_regularised_gru(tmp_path):
+    from fusedrnn import onnx as fonnx
+    from fusedrnn.convert import to_torch
+    layer = GRU(3, 4, layer_norm="haste", zoneout_h=0.1)
+    pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="torch.nn.GRU has no layer_norm"):
+        to_torch(layer)
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match="the ONNX GRU has no layer_norm"):
+        fonnx.to_model_proto(layer)

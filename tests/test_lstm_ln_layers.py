@@ -44,8 +44,8 @@ def test_layer_matches_reference_with_its_masks(opts):
         kw = {k: P[k + sfx].data for k in ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh",
                                            "ln_beta_hh", "ln_gamma_c", "ln_beta_c")
               if k + sfx in P}
-        kw.update({k: st[k] for k in ("zoneout_h_mask", "zoneout_c_mask", "recurrent_mask")
-                   if k in st})
+        kw.update({k: st[k] for k in ("zoneout_seed", "zoneout_h", "zoneout_c",
+                                      "recurrent_mask") if k in st})
         xm = x * st["xmask"] if "xmask" in st else x
         w_hh = P["weight_hh" + sfx].data
         wd = w_hh * st["wmask"] if "wmask" in st else w_hh

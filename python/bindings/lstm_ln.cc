@@ -39,6 +39,8 @@ void read_forward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.ln_beta_hh = kw.opt_in<S>("ln_beta_hh", n.GH);
   a.zoneout_h_mask = kw.opt_in<S>("zoneout_h_mask", n.TNR);
   a.zoneout_h = kw.value<S>("zoneout_h", 0);
+  a.zoneout_draw = kw.value<bool>("zoneout_draw", false);
+  a.zoneout_seed = kw.value<std::uint64_t>("zoneout_seed", 0);
   a.recurrent_mask = kw.opt_in<S>("recurrent_mask", n.NH);
   a.lengths = kw.opt_in<std::int64_t>("lengths", n.N);
   a.y = kw.out<S>("y", n.TNR);
@@ -66,6 +68,8 @@ void read_backward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.ln_gamma_hh = kw.opt_in<S>("ln_gamma_hh", n.GH);
   a.zoneout_h_mask = kw.opt_in<S>("zoneout_h_mask", n.TNR);
   a.zoneout_h = kw.value<S>("zoneout_h", 0);
+  a.zoneout_draw = kw.value<bool>("zoneout_draw", false);
+  a.zoneout_seed = kw.value<std::uint64_t>("zoneout_seed", 0);
   a.recurrent_mask = kw.opt_in<S>("recurrent_mask", n.NH);
   a.lengths = kw.opt_in<std::int64_t>("lengths", n.N);
   a.cache = kw.in<S>("cache", cache_n);
@@ -159,11 +163,12 @@ void register_lstm_ln(py::module_& m) {
       "Regularised / normalised LSTM forward into preallocated arrays. Keywords: x, w_ih, w_hh, "
       "b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln_gamma_ih, ln_beta_ih, ln_gamma_hh, "
       "ln_beta_hh, ln_gamma_c, ln_beta_c, zoneout_h_mask, zoneout_c_mask, zoneout_h, "
-      "zoneout_c, recurrent_mask, lengths, y, h_n, c_n, cache, workspace, and the options "
+      "zoneout_c, zoneout_draw, zoneout_seed, recurrent_mask, lengths, y, h_n, c_n, cache, workspace, and the options "
       "reverse, num_threads.",
       "Regularised / normalised LSTM backward into preallocated arrays (parameter gradients "
       "accumulate). Keywords: x, w_ih, w_hh, layer_norm, ln_gamma_ih, ln_gamma_hh, ln_gamma_c, "
-      "zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, recurrent_mask, lengths, cache, "
+      "zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_draw, zoneout_seed, "
+      "recurrent_mask, lengths, cache, "
       "dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, "
       "dln_gamma_hh, dln_beta_hh, dln_gamma_c, dln_beta_c, workspace, and the options reverse, "
       "num_threads.");
@@ -181,11 +186,13 @@ void register_lstm_ln(py::module_& m) {
       },
       "Regularised / normalised GRU (reset_after) forward into preallocated arrays. Keywords: "
       "x, w_ih, w_hh, b_ih, b_hh, h0, layer_norm ('none' or 'haste'), ln_eps, ln_gamma_ih, "
-      "ln_beta_ih, ln_gamma_hh, ln_beta_hh, zoneout_h_mask, zoneout_h, recurrent_mask, "
+      "ln_beta_ih, ln_gamma_hh, ln_beta_hh, zoneout_h_mask, zoneout_h, zoneout_draw, "
+      "zoneout_seed, recurrent_mask, "
       "lengths, y, h_n, cache, workspace, and the options reverse, num_threads.",
       "Regularised / normalised GRU backward into preallocated arrays (parameter gradients "
       "accumulate). Keywords: x, w_ih, w_hh, layer_norm, ln_gamma_ih, ln_gamma_hh, "
-      "zoneout_h_mask, zoneout_h, recurrent_mask, lengths, cache, dy, dh_n, dx, dh0, dw_ih, "
+      "zoneout_h_mask, zoneout_h, zoneout_draw, zoneout_seed, recurrent_mask, lengths, cache, "
+      "dy, dh_n, dx, dh0, dw_ih, "
       "dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, dln_gamma_hh, dln_beta_hh, workspace, "
       "and the options reverse, num_threads.");
 }

@@ -740,10 +740,12 @@ class _Regularised:
         st = {"dims": (T, N, C, H)}
         kw = {}
         if training:
-            if self.zoneout_h:
-                kw["zoneout_h_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_h, dt)
-            if self.zoneout_c:
-                kw["zoneout_c_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_c, dt)
+            if self.zoneout_h or self.zoneout_c:
+                # the kernel draws the masks from this seed (reference_reg.zoneout_masks)
+                kw.update(zoneout_draw=True, zoneout_seed=int(rng.integers(0, 2**63)),
+                          zoneout_h=self.zoneout_h)
+                if lstm:
+                    kw.update(zoneout_c=self.zoneout_c)
             if self.recurrent_dropout:
                 kw["recurrent_mask"] = _keep_mask(rng, (N, H), self.recurrent_dropout, dt)
             if self.input_dropout:
@@ -783,8 +785,8 @@ class _Regularised:
         grad = lambda p: None if p is None else p.grad  # noqa: E731
         lnp = self._ln_params(sfx)
         dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else w_hh.grad
-        masks = {k: st[k] for k in ("zoneout_h_mask", "zoneout_c_mask", "recurrent_mask")
-                 if k in st}
+        masks = {k: st[k] for k in ("zoneout_draw", "zoneout_seed", "zoneout_h", "zoneout_c",
+                                    "recurrent_mask") if k in st}
         gains = {k: None if lnp[k] is None else lnp[k].data
                  for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c") if k in lnp}
         state = dict(dh_n=dh_n, dh0=dh0)

@@ -23,9 +23,43 @@ import numpy as np
 from .reference import _lengths, _schedule, _sigmoid
 
 __all__ = ["lstm_ln_forward", "lstm_ln_backward", "gru_ln_forward", "gru_ln_backward",
+           "zoneout_masks",
            "LAYER_NORMS", "GRU_LAYER_NORMS"]
 
 LAYER_NORMS = ("none", "haste", "tfa")
+
+
+_GAMMA, _M1, _M2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                    np.uint64(0x94D049BB133111EB))
+
+
+def zoneout_masks(seed, shape, p, dtype, which="h"):
+    """The zoneout mask [T, N, H] the kernels draw from ``zoneout_seed`` (their
+    ``zoneout_draw``; cpp/include/fusedrnn/lstm_ln.h): 1 where the top 24 bits of the i-th output
+    of SplitMix64 seeded with key, i = (t N + n) H + j, are below ceil(p 2^24), p taken in
+    ``dtype`` (float32 0.1 is not float64 0.1); key = seed ^ 0x5A6F6E656F75745F, and ^ 1 for
+    the c mask (which="c")."""
+    dtype = np.dtype(dtype)
+    key = np.uint64((int(seed) ^ 0x5A6F6E656F75745F ^ (which == "c")) & (2**64 - 1))
+    i = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = key + i * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    z ^= z >> np.uint64(31)
+    thr = np.uint64(np.ceil(float(dtype.type(p)) * 16777216.0))
+    return ((z >> np.uint64(40)) < thr).astype(dtype).reshape(shape)
+
+
+def _seeded(seed, T, N, H, dt, zh, zc, p_h, p_c):
+    """zoneout_seed (training, no mask arrays): the masks drawn from it; the probabilities 0."""
+    if seed is None:
+        return zh, zc, p_h, p_c
+    if zh is not None or zc is not None:
+        raise ValueError("zoneout_seed draws the masks: give no zoneout_h_mask / zoneout_c_mask")
+    zh = zoneout_masks(seed, (T, N, H), p_h, dt, "h") if p_h else None
+    zc = zoneout_masks(seed, (T, N, H), p_c, dt, "c") if p_c else None
+    return zh, zc, 0.0, 0.0
 
 
 def _arr(a, dt, shape, name, optional=True):
@@ -60,8 +94,10 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
-                    recurrent_mask=None, lengths=None, reverse=False, training=True):
-    """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None)."""
+                    zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
+                    training=True):
+    """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None). zoneout_seed: the masks
+    of :func:`zoneout_masks` with probabilities zoneout_h, zoneout_c (training)."""
     if layer_norm not in LAYER_NORMS:
         raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
     x = np.array(x, copy=True)
@@ -90,6 +126,8 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     for p, name in ((zoneout_h, "zoneout_h"), (zoneout_c, "zoneout_c")):
         if not 0 <= p < 1:
             raise ValueError(f"{name} must lie in [0, 1), got {p!r}")
+    zh, zc, zoneout_h, zoneout_c = _seeded(zoneout_seed, T, N, H, dt, zh, zc, zoneout_h,
+                                           zoneout_c)
     rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
     lengths = _lengths(lengths, T, N)
     tidx, active = _schedule(T, lengths, bool(reverse))
@@ -239,9 +277,10 @@ GRU_LAYER_NORMS = ("none", "haste")
 
 def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
                    ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None, ln_gamma_hh=None,
-                   ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, recurrent_mask=None,
-                   lengths=None, reverse=False, training=True):
-    """Returns (y [T, N, H], h_n [N, H], cache or None)."""
+                   ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, zoneout_seed=None,
+                   recurrent_mask=None, lengths=None, reverse=False, training=True):
+    """Returns (y [T, N, H], h_n [N, H], cache or None). zoneout_seed: the mask of
+    :func:`zoneout_masks` with probability zoneout_h (training)."""
     if layer_norm not in GRU_LAYER_NORMS:
         raise ValueError(f"layer_norm must be one of {GRU_LAYER_NORMS} for the GRU, "
                          f"got {layer_norm!r}")
@@ -265,6 +304,7 @@ def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="
     zh = _arr(zoneout_h_mask, dt, (T, N, H), "zoneout_h_mask")
     if not 0 <= zoneout_h < 1:
         raise ValueError(f"zoneout_h must lie in [0, 1), got {zoneout_h!r}")
+    zh, _, zoneout_h, _ = _seeded(zoneout_seed, T, N, H, dt, zh, None, zoneout_h, 0.0)
     rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
     lengths = _lengths(lengths, T, N)
     tidx, active = _schedule(T, lengths, bool(reverse))

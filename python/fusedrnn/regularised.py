@@ -62,7 +62,8 @@ _CELLS = {  # name: (gates, has a cell state, layer-norm modes)
 
 
 def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zoneout_h_mask,
-             zoneout_c_mask, zoneout_h, zoneout_c, recurrent_mask, lengths, reverse, training):
+             zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed, recurrent_mask, lengths,
+             reverse, training):
     fn = cell + "_forward"
     G, lstm, modes = _CELLS[cell]
     if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 3:
@@ -90,6 +91,15 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
         **{k: _arr(fn, k, v, (H if k.endswith("_c") else GH,), dt) for k, v in ln.items()})
     zoneout_h = check_probability(fn, "zoneout_h", zoneout_h)
     extra = {}
+    if zoneout_seed is not None:  # the kernel draws the masks (reference_reg.zoneout_masks)
+        if isinstance(zoneout_seed, (bool, np.bool_)) or not isinstance(
+                zoneout_seed, numbers.Integral) or not 0 <= zoneout_seed < 2**64:
+            raise ValueError(f"{fn}: zoneout_seed must be None or an integer in [0, 2^64), "
+                             f"got {zoneout_seed!r}")
+        if not training:
+            raise ValueError(f"{fn}: zoneout_seed draws training masks; evaluation uses the "
+                             f"probabilities (training=False without zoneout_seed)")
+        extra.update(zoneout_draw=True, zoneout_seed=int(zoneout_seed))
     if lstm:
         a.update(c0=_arr(fn, "c0", c0, (N, H), dt),
                  zoneout_c_mask=_arr(fn, "zoneout_c_mask", zoneout_c_mask, (T, N, H), dt))
@@ -143,7 +153,8 @@ def _backward(cell, cache, dy, dh_n, dc_n):
              dln_gamma_hh=z(GH) if ln else None,
              dln_beta_hh=z(GH) if a["ln_beta_hh"] is not None else None)
     keep = ["x", "w_ih", "w_hh", "layer_norm", "ln_gamma_ih", "ln_gamma_hh", "zoneout_h_mask",
-            "zoneout_h", "recurrent_mask", "lengths"]
+            "zoneout_h", "recurrent_mask", "lengths"] + \
+        [k for k in ("zoneout_draw", "zoneout_seed") if k in a]
     if lstm:
         cot["dc_n"] = _arr(fn, "dc_n", dc_n, (N, H), dt)
         g.update(dc0=np.empty((N, H), dt) if a["c0"] is not None else None,
@@ -161,14 +172,16 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
-                    recurrent_mask=None, lengths=None, reverse=False, training=True):
+                    zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
+                    training=True):
     """The fused kernel of :func:`fusedrnn.reference_reg.lstm_ln_forward`.
-    Returns (y, h_n, c_n, cache or None)."""
+    Returns (y, h_n, c_n, cache or None). zoneout_seed (training): the kernel draws the zoneout
+    masks itself (reference_reg.zoneout_masks), in forward and backward, storing none."""
     ln = dict(ln_gamma_ih=ln_gamma_ih, ln_beta_ih=ln_beta_ih, ln_gamma_hh=ln_gamma_hh,
               ln_beta_hh=ln_beta_hh, ln_gamma_c=ln_gamma_c, ln_beta_c=ln_beta_c)
     return _forward("lstm_ln", x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln,
-                    zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, recurrent_mask,
-                    lengths, reverse, training)
+                    zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed,
+                    recurrent_mask, lengths, reverse, training)
 
 
 def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
@@ -178,15 +191,15 @@ def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
 
 def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
                    ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None, ln_gamma_hh=None,
-                   ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, recurrent_mask=None,
-                   lengths=None, reverse=False, training=True):
+                   ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, zoneout_seed=None,
+                   recurrent_mask=None, lengths=None, reverse=False, training=True):
     """The fused kernel of :func:`fusedrnn.reference_reg.gru_ln_forward` (reset_after;
     layer_norm 'none' or 'haste'). Returns (y, h_n, cache or None)."""
     ln = dict(ln_gamma_ih=ln_gamma_ih, ln_beta_ih=ln_beta_ih, ln_gamma_hh=ln_gamma_hh,
               ln_beta_hh=ln_beta_hh)
     return _forward("gru_ln", x, w_ih, w_hh, b_ih, b_hh, h0, None, layer_norm, ln_eps, ln,
-                    zoneout_h_mask, None, zoneout_h, 0.0, recurrent_mask, lengths, reverse,
-                    training)
+                    zoneout_h_mask, None, zoneout_h, 0.0, zoneout_seed, recurrent_mask, lengths,
+                    reverse, training)
 
 
 def gru_ln_backward(cache, dy=None, dh_n=None):

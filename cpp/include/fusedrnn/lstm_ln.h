@@ -17,6 +17,11 @@
 // over the steps. z_h, z_c: the zoneout masks [T, N, H] (time-indexed, 1 = keep the previous
 // value) in training, or the probabilities p_h, p_c (the expectation, evaluation) where no mask
 // is given; 0 and null = no zoneout. y[t] = h_t.
+// zoneout_draw (training, no mask arrays): the kernels draw the masks themselves, the same in
+// forward and backward, from zoneout_seed and the probabilities: z[t, n, j] = 1 where
+// u < p, u = (the i-th output of SplitMix64 seeded with key) >> 40, times 2⁻²⁴, i = (t N + n) H + j,
+// key = zoneout_seed ^ 0x5A6F6E656F75745F ("Zoneout_") for z_h and that ^ 1 for z_c; that is
+// fusedrnn.reference_reg.zoneout_masks, and equals passing its arrays as the masks.
 #pragma once
 
 #include <cstddef>
@@ -49,6 +54,8 @@ struct LstmLnForwardArgs {
   const Scalar* zoneout_c_mask = nullptr; // [T, N, H]
   Scalar zoneout_h = 0;                   // in [0, 1): used where zoneout_h_mask is null
   Scalar zoneout_c = 0;                   // must be 0 when the mask is given
+  bool zoneout_draw = false;              // training: draw the masks from zoneout_seed
+  std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr; // [N, H]; null = none
   const std::int64_t* lengths = nullptr;  // [N]; null = all T
   Scalar* y = nullptr;                    // out [T, N, H]
@@ -72,6 +79,8 @@ struct LstmLnBackwardArgs {
   const Scalar* zoneout_c_mask = nullptr;
   Scalar zoneout_h = 0;
   Scalar zoneout_c = 0;
+  bool zoneout_draw = false;
+  std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr;
   const std::int64_t* lengths = nullptr;
   const Scalar* cache = nullptr;          // written by that forward
@@ -118,6 +127,8 @@ struct GruLnForwardArgs {
   const Scalar* ln_beta_hh = nullptr;     // [3H]; null = 0
   const Scalar* zoneout_h_mask = nullptr; // [T, N, H]
   Scalar zoneout_h = 0;
+  bool zoneout_draw = false;
+  std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr; // [N, H]
   const std::int64_t* lengths = nullptr;  // [N]
   Scalar* y = nullptr;                    // out [T, N, H]
@@ -135,6 +146,8 @@ struct GruLnBackwardArgs {
   const Scalar* ln_gamma_hh = nullptr;
   const Scalar* zoneout_h_mask = nullptr;
   Scalar zoneout_h = 0;
+  bool zoneout_draw = false;
+  std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr;
   const std::int64_t* lengths = nullptr;
   const Scalar* cache = nullptr;

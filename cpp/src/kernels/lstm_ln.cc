@@ -54,10 +54,11 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 }
 
 // Forward workspace: packed w_ih, w_hh; a chunk of gx and xs (skeleton.h); gh [N, GH]; h and c
-// double buffers [2, N, H]; inference scratch: gates [N, 4H], masked h [N, H].
+// double buffers [2, N, H]; inference scratch: gates [N, 4H], masked h [N, H]; one step's drawn
+// zoneout masks of h and c [2, N, H] (zoneout_draw).
 template <typename T>
 struct ForwardSpace {
-  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *cbuf, *gbuf, *hmbuf;
+  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *cbuf, *gbuf, *hmbuf, *zbuf;
 };
 template <bool Lstm, typename T>
 ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -73,6 +74,7 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
   w.cbuf = c.take(2 * N * (Lstm ? H : 0));
   w.gbuf = c.take(N * 4 * H);
   w.hmbuf = c.take(N * H);
+  w.zbuf = c.take(2 * N * H);
   return w;
 }
 
@@ -80,10 +82,10 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 // side), dgh [T, N, GH] (step order, the recurrent product's), dgx [T, N, GH] (time order, the
 // input product's), dnl [T, N, H] (LSTM, step order, dn), dah [T, N, GH] (GRU with layer norm,
 // step order: the recurrent side's pre-activation gradients), dhz and dc double buffers
-// [2, N, H], dhg [N, H], packed w_hh and w_ih.
+// [2, N, H], dhg [N, H], one step's drawn zoneout masks [2, N, H], packed w_hh and w_ih.
 template <typename T>
 struct BackwardSpace {
-  T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *whh_q, *wih_q;
+  T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *zbuf, *whh_q, *wih_q;
 };
 template <bool Lstm, typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -98,6 +100,7 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dhz = c.take(2 * N * H);
   w.dcb = c.take(2 * N * (Lstm ? H : 0));
   w.dhg = c.take(N * H);
+  w.zbuf = c.take(2 * N * H);
   w.whh_q = c.take_aligned(packed_bound(GH, H));
   w.wih_q = c.take_aligned(packed_bound(GH, d.C));
   return w;
@@ -128,6 +131,44 @@ void check_prob(const char* fn, const char* name, double p, bool has_mask) {
   if (has_mask && p != 0)
     detail::fail(std::string(fn) + ": " + name + " must be 0 when its mask is given (the mask "
                  "is the training draw, the probability the evaluation expectation)");
+}
+
+void check_draw(const char* fn, bool draw, const void* mask, const char* name) {
+  if (draw && mask)
+    detail::fail(std::string(fn) + ": " + name + " must be null with zoneout_draw (the kernel "
+                 "draws the masks from zoneout_seed)");
+}
+
+// zoneout_draw (fusedrnn/lstm_ln.h): the key of mask k (0: h, 1: c) and the mask of one row,
+// elements i0 .. i0 + H - 1: 1 where the top 24 bits of SplitMix64's output are below
+// ceil(p 2^24).
+std::uint64_t zoneout_key(std::uint64_t seed, int k) {
+  return seed ^ 0x5A6F6E656F75745Full ^ std::uint64_t(k);
+}
+template <typename Scalar>
+void draw_mask_row(std::uint64_t key, std::uint64_t i0, Index H, Scalar p, Scalar* out) {
+  const std::uint64_t thr = std::uint64_t(std::ceil(double(p) * 16777216.0));
+  for (Index j = 0; j < H; ++j) {
+    std::uint64_t z = key + (i0 + std::uint64_t(j) + 1) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    out[j] = (z >> 40) < thr ? Scalar(1) : Scalar(0);
+  }
+}
+// The zoneout mask row (null: none) and probability (the expectation where no mask) of row n at
+// time t: the caller's array, or drawn into buf [N, H] (zoneout_draw; probability then 0).
+template <typename Scalar>
+void zoneout_row(const Scalar* mask, Scalar p, bool draw, std::uint64_t key, Index t, Index n,
+                 Index N, Index H, Scalar* buf, const Scalar*& z, Scalar& pz) {
+  z = mask ? mask + (t * N + n) * H : nullptr;
+  pz = p;
+  if (!draw) return;
+  pz = 0;
+  if (p > 0) {
+    draw_mask_row(key, std::uint64_t((t * N + n) * H), H, p, buf + n * H);
+    z = buf + n * H;
+  }
 }
 
 template <typename Scalar>
@@ -175,6 +216,7 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
     check_layer_norm(fn, a.layer_norm, a.ln_gamma_ih, a.ln_gamma_hh, a.ln_gamma_c,
                      a.ln_beta_ih || a.ln_beta_hh || a.ln_beta_c);
     check_prob(fn, "zoneout_c", double(a.zoneout_c), a.zoneout_c_mask != nullptr);
+    check_draw(fn, a.zoneout_draw, a.zoneout_c_mask, "zoneout_c_mask");
   } else {
     check_gru_layer_norm(fn, a.layer_norm, a.ln_gamma_ih, a.ln_gamma_hh,
                          a.ln_beta_ih || a.ln_beta_hh);
@@ -183,6 +225,7 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
     fail(std::string(fn) + ": ln_eps must be a finite number > 0, got " +
          std::to_string(double(a.ln_eps)));
   check_prob(fn, "zoneout_h", double(a.zoneout_h), a.zoneout_h_mask != nullptr);
+  check_draw(fn, a.zoneout_draw, a.zoneout_h_mask, "zoneout_h_mask");
   const Index S = check_lengths(fn, d, a.lengths);
   const Index G = gates_of(lstm), N = d.N, H = d.H, GH = G * H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
@@ -241,8 +284,8 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
         r.g_ih = a.ln_gamma_ih, r.be_ih = a.ln_beta_ih;
         r.g_hh = a.ln_gamma_hh, r.be_hh = a.ln_beta_hh;
         r.h_prev = h_prev + off;
-        r.zh = a.zoneout_h_mask ? a.zoneout_h_mask + (t * N + n) * H : nullptr;
-        r.pzh = a.zoneout_h;
+        zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw,
+                    zoneout_key(a.zoneout_seed, 0), t, n, N, H, w.zbuf, r.zh, r.pzh);
         r.gates = training ? k.gates + rs * 4 * H : w.gbuf + n * 4 * H;
         if (ln) {
           ln_stats(r.gx, GH, eps, r.mx, r.ix);
@@ -258,8 +301,8 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
           r.carry_normalised = a.layer_norm == LayerNorm::tfa;
           r.g_c = a.ln_gamma_c, r.be_c = a.ln_beta_c;
           r.c_prev = c_prev + off;
-          r.zc = a.zoneout_c_mask ? a.zoneout_c_mask + (t * N + n) * H : nullptr;
-          r.pzc = a.zoneout_c;
+          zoneout_row(a.zoneout_c_mask, a.zoneout_c, a.zoneout_draw,
+                      zoneout_key(a.zoneout_seed, 1), t, n, N, H, w.zbuf + NH, r.zc, r.pzc);
           if (training) {
             r.chat = ln ? k.chat + rs * H : nullptr;
             r.nn = k.nn + rs * H;
@@ -321,11 +364,13 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
     check_layer_norm(fn, a.layer_norm, a.ln_gamma_ih, a.ln_gamma_hh, a.ln_gamma_c,
                      grads || a.dln_gamma_c || a.dln_beta_c);
     check_prob(fn, "zoneout_c", double(a.zoneout_c), a.zoneout_c_mask != nullptr);
+    check_draw(fn, a.zoneout_draw, a.zoneout_c_mask, "zoneout_c_mask");
   } else {
     check_gru_layer_norm(fn, a.layer_norm, a.ln_gamma_ih, a.ln_gamma_hh, grads);
   }
   const bool ln = a.layer_norm != LayerNorm::none;
   check_prob(fn, "zoneout_h", double(a.zoneout_h), a.zoneout_h_mask != nullptr);
+  check_draw(fn, a.zoneout_draw, a.zoneout_h_mask, "zoneout_h_mask");
   const Index S = check_lengths(fn, d, a.lengths);
   const Index G = gates_of(lstm), N = d.N, H = d.H, GH = G * H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
@@ -373,8 +418,8 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
         r.rmask = a.recurrent_mask ? a.recurrent_mask + off : nullptr;
         r.dy = a.dy ? a.dy + (t * N + n) * H : nullptr;
         r.gates = k.gates + rs * 4 * H;
-        r.zh = a.zoneout_h_mask ? a.zoneout_h_mask + (t * N + n) * H : nullptr;
-        r.pzh = a.zoneout_h;
+        zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw,
+                    zoneout_key(a.zoneout_seed, 0), t, n, N, H, w.zbuf, r.zh, r.pzh);
         r.dhz_out = dhz_nxt + off;
         Scalar* dgx_row = w.dgx + (t * N + n) * GH;
         if constexpr (lstm) {
@@ -385,8 +430,8 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
           r.chat = k.chat + rs * H;
           r.g_c = a.ln_gamma_c;
           r.ic = k.inv[rs * 3 + 2];
-          r.zc = a.zoneout_c_mask ? a.zoneout_c_mask + (t * N + n) * H : nullptr;
-          r.pzc = a.zoneout_c;
+          zoneout_row(a.zoneout_c_mask, a.zoneout_c, a.zoneout_draw,
+                      zoneout_key(a.zoneout_seed, 1), t, n, N, H, w.zbuf + NH, r.zc, r.pzc);
           r.da = da;
           r.dnl = w.dnl + rs * H;
           r.dc_out = dc_nxt + off;
