@@ -103,6 +103,14 @@ void check_case(const std::string& dir, const std::string& name) {
       threw = true;
     }
     if (!threw) report(false, name + " (bfloat16 on float64)", "did not throw");
+  } else if (model.config().regularised()) {  // issue 19's options: no bfloat16 path
+    bool threw = false;
+    try {
+      (void)model.with_precision(fusedrnn::Precision::bfloat16);
+    } catch (const fusedrnn::ConfigError&) {
+      threw = true;
+    }
+    if (!threw) report(false, name + " (bfloat16 with regularised layers)", "did not throw");
   }
 
   const bool tokens = io.find("tokens") != nullptr;

@@ -20,6 +20,10 @@ struct LayerWeights {
   const void* b_hh = nullptr;
   const void* w_hr = nullptr;  // LSTM projection, else null
   const void* w_peep = nullptr;  // LSTM peepholes, else null
+  // Layer norm (ModelConfig::layer_norm), else null: gains and biases of the input and
+  // recurrent products [G*H] (the biases with tfa only) and of the LSTM's cell [H].
+  const void *ln_gamma_ih = nullptr, *ln_beta_ih = nullptr, *ln_gamma_hh = nullptr,
+             *ln_beta_hh = nullptr, *ln_gamma_c = nullptr, *ln_beta_c = nullptr;
 };
 
 struct ModelImpl {
