@@ -90,6 +90,18 @@ def _ln_back(dout, gamma, vh, inv):
                   - vh * (gd * vh).mean(axis=-1, keepdims=True))
 
 
+def _products(s, x_t, h, rm, w_ih, w_hh, ln, P, ln_eps, saved):
+    """Step s's recurrent input h∘r and its two products, layer-normalised with ln (their
+    normalised values and 1/std saved for the backward)."""
+    hin = h if rm is None else h * rm
+    gx, gh = x_t @ w_ih.T, hin @ w_hh.T
+    if ln:
+        gx, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
+        gh, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
+        saved["xhat"][s], saved["hhat"][s], saved["ix"][s], saved["ih"][s] = xh, hh, ix, ih
+    return hin, gx, gh
+
+
 def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
@@ -143,15 +155,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     for s in range(T):
         t = tidx[s]
         act = active[s][:, None]
-        hin = h if rm is None else h * rm
-        gx = x[t, rows] @ w_ih.T
-        gh = hin @ w_hh.T
-        if ln:
-            ax, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
-            ah, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
-            saved["xhat"][s], saved["hhat"][s], saved["ix"][s], saved["ih"][s] = xh, hh, ix, ih
-        else:
-            ax, ah = gx, gh
+        hin, ax, ah = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved)
         a = ax + ah + b
         i, f, o = (_sigmoid(a[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -318,13 +322,7 @@ def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="
     for s in range(T):
         t = tidx[s]
         act = active[s][:, None]
-        hin = h if rm is None else h * rm
-        gx = x[t, rows] @ w_ih.T
-        gh = hin @ w_hh.T
-        if ln:
-            gx, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
-            gh, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
-            saved["xhat"][s], saved["hhat"][s], saved["ix"][s], saved["ih"][s] = xh, hh, ix, ih
+        hin, gx, gh = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved)
         ax, ah = gx + bi, gh + bh
         r = _sigmoid(ax[:, :H] + ah[:, :H])
         z = _sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])

@@ -519,24 +519,16 @@ void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T
         a.b_hh = p(w.b_hh), a.h0 = h0d, a.lengths = lengths, a.y = yd, a.h_n = hn;
         return a;
       };
-      // Issue 19's options: the regularised kernel in evaluation (zoneout's expectation, no
-      // dropout), as the Python layer runs it.
-      auto reg = [&](auto a) {
-        a.layer_norm = c.layer_norm, a.ln_eps = Scalar(c.ln_eps);
-        a.ln_gamma_ih = p(w.ln_gamma_ih), a.ln_beta_ih = p(w.ln_beta_ih);
-        a.ln_gamma_hh = p(w.ln_gamma_hh), a.ln_beta_hh = p(w.ln_beta_hh);
-        a.zoneout_h = Scalar(c.zoneout_h);
-        return a;
-      };
-      if (c.regularised() && lstm) {
-        LstmLnForwardArgs<Scalar> a = reg(common(LstmLnForwardArgs<Scalar>{}));
+      if (c.regularised() && lstm) {  // issue 19's options (set_regularised)
+        LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, c, w);
         a.c0 = c0 ? c0 + idx * N * H : nullptr;
-        a.ln_gamma_c = p(w.ln_gamma_c), a.ln_beta_c = p(w.ln_beta_c);
-        a.zoneout_c = Scalar(c.zoneout_c);
         a.c_n = c_n ? c_n + idx * N * H : cscratch;
         lstm_ln_forward(dims, a, opt, ws);
       } else if (c.regularised()) {
-        gru_ln_forward(dims, reg(common(GruLnForwardArgs<Scalar>{})), opt, ws);
+        GruLnForwardArgs<Scalar> a = common(GruLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, c, w);
+        gru_ln_forward(dims, a, opt, ws);
       } else if (lstm) {
         LstmForwardArgs<Scalar> a = common(LstmForwardArgs<Scalar>{});
         a.c0 = c0 ? c0 + idx * N * H : nullptr;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fusedrnn/model.h"
@@ -25,6 +26,22 @@ struct LayerWeights {
   const void *ln_gamma_ih = nullptr, *ln_beta_ih = nullptr, *ln_gamma_hh = nullptr,
              *ln_beta_hh = nullptr, *ln_gamma_c = nullptr, *ln_beta_c = nullptr;
 };
+
+// Issue 19's options of layer w on the regularised kernel's arguments a (LstmLnForwardArgs or
+// GruLnForwardArgs), in evaluation (zoneout's expectation, no dropout), as the Python layer
+// runs it: Model::forward and Stream alike.
+template <typename Scalar, class Args>
+void set_regularised(Args& a, const ModelConfig& c, const LayerWeights& w) {
+  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
+  a.layer_norm = c.layer_norm, a.ln_eps = Scalar(c.ln_eps);
+  a.ln_gamma_ih = p(w.ln_gamma_ih), a.ln_beta_ih = p(w.ln_beta_ih);
+  a.ln_gamma_hh = p(w.ln_gamma_hh), a.ln_beta_hh = p(w.ln_beta_hh);
+  a.zoneout_h = Scalar(c.zoneout_h);
+  if constexpr (std::is_same_v<Args, LstmLnForwardArgs<Scalar>>) {
+    a.ln_gamma_c = p(w.ln_gamma_c), a.ln_beta_c = p(w.ln_beta_c);
+    a.zoneout_c = Scalar(c.zoneout_c);
+  }
+}
 
 struct ModelImpl {
   ModelConfig config;

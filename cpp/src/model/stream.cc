@@ -98,21 +98,15 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
       return a;
     };
     if (cfg.regularised()) {  // issue 19's options: the regularised kernel, as Model::forward
-      auto reg = [&](auto a) {
-        a.layer_norm = cfg.layer_norm, a.ln_eps = Scalar(cfg.ln_eps);
-        a.ln_gamma_ih = p(w.ln_gamma_ih), a.ln_beta_ih = p(w.ln_beta_ih);
-        a.ln_gamma_hh = p(w.ln_gamma_hh), a.ln_beta_hh = p(w.ln_beta_hh);
-        a.zoneout_h = Scalar(cfg.zoneout_h);
-        return a;
-      };
       if (lstm) {
-        LstmLnForwardArgs<Scalar> a = reg(common(LstmLnForwardArgs<Scalar>{}));
+        LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, cfg, w);
         a.c0 = cprev.data(), a.c_n = c_l;
-        a.ln_gamma_c = p(w.ln_gamma_c), a.ln_beta_c = p(w.ln_beta_c);
-        a.zoneout_c = Scalar(cfg.zoneout_c);
         lstm_ln_forward(Dims{1, N, w.C, H}, a, opt, ws);
       } else {
-        gru_ln_forward(Dims{1, N, w.C, H}, reg(common(GruLnForwardArgs<Scalar>{})), opt, ws);
+        GruLnForwardArgs<Scalar> a = common(GruLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, cfg, w);
+        gru_ln_forward(Dims{1, N, w.C, H}, a, opt, ws);
       }
       in = h_l;
       continue;
