@@ -1,6 +1,8 @@
 """Parity of the regularised / normalised GRU kernel with independent torch twins (issue 19),
 float64, same weights and masks, forward and every gradient <= 1e-10; fusedrnn.torch.GRU with
 the options."""
+import pickle
+
 import numpy as np
 import pytest
 
@@ -145,6 +147,8 @@ def test_torch_module_train_and_eval(opts):
                                   zoneout_h=opts.get("zoneout_h", 0.0), **kw)
     with torch.no_grad():
         np.testing.assert_allclose(one(x)[0].numpy(), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(pickle.PicklingError, match="GRU with"):
+        pickle.dumps(m)
 
 
 def test_torch_module_gradients_match_reference_with_fixed_masks():
