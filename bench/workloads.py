@@ -10,14 +10,14 @@ ragged     T=100, N=64, C=H=256, lengths uniform in 10..100 (seeded; ~56% of the
 subnormal  LSTM, GRU, RNN (config a), inference and training: the same call on normal inputs,
            on inputs scaled into the subnormal range (x * 1e-39), and with every weight scaled
            likewise; torch on the subnormal inputs beside it.
-contended  LSTM config a, inference and training, fusedrnn and torch at 1 and 2 threads, with a
-           busy-looping subprocess pinned to the last CPU of this process's affinity mask, and
-           without it; ratio 2-thread time / 1-thread time.
 regularised LSTM and GRU (issue 19), T=50, N=32, C=H=256 (reg_T, reg_N, reg_H), inference and
            training: the plain fusedrnn layer, the same layer with layer_norm="haste", zoneout
            0.1, recurrent + input dropout 0.25, weight_drop 0.5 (each alone), and the TorchScript
            layer-norm twin of tests/_torch_twins.py; ratios option / plain and twin / fr layer
            norm.
+contended  LSTM config a, inference and training, fusedrnn and torch at 1 and 2 threads, with a
+           busy-looping subprocess pinned to the last CPU of this process's affinity mask, and
+           without it; ratio 2-thread time / 1-thread time.
 Medians of --reps repetitions, the contenders alternating (bench_torch.time_contenders).
 """
 from __future__ import annotations
