@@ -4,9 +4,10 @@
     python bench/run.py [--configs a,b,c,d,e] [--cells lstm,gru,rnn,bilstm2] [--modes infer,train]
                         [--threads 1 2] [--reps 9] [--no-onnx] [--quick] [--json PATH]
     python bench/run.py --precision float32,bfloat16 [...]   (adds the bf16 / int8 peers, below)
-    python bench/run.py --workloads ragged,subnormal,contended [--threads 1] [--reps 9]
-        (the real-workload rows of bench/workloads.py: ragged batches, subnormal numbers,
-        another busy process; at the smallest --threads, contended at 1 and 2)
+    python bench/run.py --workloads ragged,subnormal,contended,regularised [--threads 1]
+        [--reps 9] (the real-workload rows of bench/workloads.py: ragged batches, subnormal
+        numbers, another busy process, issue 19's options; at the smallest --threads, contended
+        at 1 and 2)
 
 Configs (T steps, N batch, C = H): a (100, 64, 256)  b (100, 64, 512)  c (100, 32, 1024)
 d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config, the Elman RNN
@@ -285,8 +286,9 @@ def machine_info(fr, args):
 def run_workloads(args, ap):
     import workloads
     which = args.workloads.split(",")
-    if bad := [w for w in which if w not in ("ragged", "subnormal", "contended")]:
-        ap.error(f"--workloads: unknown {bad}; choose from ragged, subnormal, contended")
+    if bad := [w for w in which if w not in ("ragged", "subnormal", "contended", "regularised")]:
+        ap.error(f"--workloads: unknown {bad}; choose from ragged, subnormal, contended, "
+                 f"regularised")
     import fusedrnn as fr
     info = machine_info(fr, args)
     for k, v in info.items():
@@ -294,6 +296,7 @@ def run_workloads(args, ap):
     reps = 2 if args.quick else args.reps
     if args.quick:      # smoke test: small shapes
         workloads.T, workloads.N, workloads.H = 20, 8, 32
+        workloads.reg_T, workloads.reg_N, workloads.reg_H = 10, 4, 16
     rows = workloads.run(fr, which, reps, threads=min(args.threads))
     info["loadavg_at_end"] = os.getloadavg()
     print(f"# loadavg at end: {info['loadavg_at_end']}")
@@ -326,7 +329,8 @@ def main():
     ap.add_argument("--precision", default="float32",
                     help="comma list of float32,bfloat16: bfloat16 adds the bf16 / int8 "
                          "inference contenders (see --help above)")
-    ap.add_argument("--workloads", help="comma list of ragged,subnormal,contended: run these "
+    ap.add_argument("--workloads", help="comma list of ragged,subnormal,contended,regularised: "
+                    "run these "
                     "real-workload rows (bench/workloads.py) instead of the main table")
     ap.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -10,6 +10,11 @@ ragged     T=100, N=64, C=H=256, lengths uniform in 10..100 (seeded; ~56% of the
 subnormal  LSTM, GRU, RNN (config a), inference and training: the same call on normal inputs,
            on inputs scaled into the subnormal range (x * 1e-39), and with every weight scaled
            likewise; torch on the subnormal inputs beside it.
+regularised LSTM and GRU (issue 19), T=50, N=32, C=H=256 (reg_T, reg_N, reg_H), inference and
+           training: the plain fusedrnn layer, the same layer with layer_norm="haste", zoneout
+           0.1, recurrent + input dropout 0.25, weight_drop 0.5 (each alone), and the TorchScript
+           layer-norm twin of tests/_torch_twins.py; ratios option / plain and twin / fr layer
+           norm.
 contended  LSTM config a, inference and training, fusedrnn and torch at 1 and 2 threads, with a
            busy-looping subprocess pinned to the last CPU of this process's affinity mask, and
            without it; ratio 2-thread time / 1-thread time. fusedrnn at 2 threads twice: as users
@@ -187,6 +192,65 @@ def subnormal(fr, reps, modes=("infer", "train")):
     return rows
 
 
+reg_T, reg_N, reg_H = 50, 32, 256
+
+
+def regularised(fr, reps, modes=("infer", "train")):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from _torch_twins import GRULayer, LayerNormGRUCell, LayerNormLSTMCell, LSTMLayer
+    rows = []
+    T_, N_, H_ = reg_T, reg_N, reg_H
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T_, N_, H_)).astype(np.float32)
+    dy = rng.standard_normal((T_, N_, H_)).astype(np.float32)
+    opts = {"plain": {}, "layer_norm": dict(layer_norm="haste"), "zoneout": dict(zoneout_h=0.1),
+            "dropout": dict(recurrent_dropout=0.25, input_dropout=0.25),
+            "weight_drop": dict(weight_drop=0.5)}
+    for cell in ("lstm", "gru"):
+        cls = fr.LSTM if cell == "lstm" else fr.GRU
+        lstm = cell == "lstm"
+        twin = LSTMLayer(LayerNormLSTMCell(H_, H_, False, 1e-5)) if lstm else \
+            GRULayer(LayerNormGRUCell(H_, H_, 1e-5))
+        z = torch.zeros(N_, H_)
+        for mode in modes:
+            fns = {}
+            for name, kw in opts.items():
+                if lstm and name == "zoneout":
+                    kw = dict(zoneout_h=0.1, zoneout_c=0.1)
+                lay = cls(H_, H_, seed=0, **kw)
+                if mode == "infer":
+                    lay.eval()
+                    fns[name] = (lambda lay=lay: lay.forward(x))
+                else:
+                    def step(lay=lay):
+                        lay.zero_grad()
+                        lay.forward(x)
+                        lay.backward(dy)
+                    fns[name] = step
+            tx = torch.from_numpy(x).requires_grad_(mode == "train")
+            tdy = torch.from_numpy(dy)
+
+            def ts(tx=tx, mode=mode, twin=twin, tdy=tdy):
+                state = (z, z) if lstm else z
+                if mode == "infer":
+                    with torch.no_grad():
+                        twin(tx, state)
+                    return
+                twin.zero_grad()
+                tx.grad = None
+                (twin(tx, state)[0] * tdy).sum().backward()
+            fns["torchscript_ln"] = ts
+            res = time_contenders(fns, reps, warmup=3)
+            med = {k: v["median_ms"] for k, v in res.items()}
+            row = {"row": "regularised", "cell": cell, "mode": mode, "median_ms": med}
+            for k in opts:
+                if k != "plain":
+                    row[f"{k}_over_normal"] = med[k] / med["plain"]
+            row["twin_over_fr_ln"] = med["torchscript_ln"] / med["layer_norm"]
+            rows.append(row)
+    return rows
+
+
 BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
 
 
@@ -260,7 +324,8 @@ def run(fr, which, reps, threads=1):
     fr.set_num_threads(threads)
     torch.set_num_threads(threads)
     for name in which:
-        rows = {"ragged": ragged, "subnormal": subnormal, "contended": contended}[name](fr, reps)
+        rows = {"ragged": ragged, "subnormal": subnormal, "contended": contended,
+                "regularised": regularised}[name](fr, reps)
         for r in rows:
             print(format_row(r), flush=True)
         out += rows
@@ -272,6 +337,7 @@ def format_row(r):
         return f"{r['row']}: skipped ({r['skipped']})"
     med = " ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items())
     ratios = " ".join(f"{k} {v:.2f}" for k, v in r.items()
-                      if k.endswith(("_over_normal", "_over_fr_len", "_over_full", "_over_1")))
+                      if k.endswith(("_over_normal", "_over_fr_len", "_over_full", "_over_1",
+                                   "_over_fr_ln")))
     busy = f" busy cpu {r['busy_cpu']}" if r.get("busy_cpu") is not None else ""
     return f"{r['row']:<9} {r['cell']:<7} {r['mode']:<5}{busy} | ms: {med} | {ratios}"

@@ -79,3 +79,65 @@ def zoneout_lstm(cell: nn.LSTMCell, x, h, c, zh, zc):
         c = b * c + (1 - b) * ct
         ys.append(h)
     return torch.stack(ys), h, c
+
+
+class LayerNormGRUCell(jit.ScriptModule):
+    """haste's LayerNormGRU cell in TorchScript (reset_after): LN of the input and of the
+    recurrent product (gains and biases of their own), then the biases b_ih, b_hh, the recurrent
+    bias inside the reset product as torch.nn.GRUCell's."""
+
+    def __init__(self, input_size: int, hidden_size: int, eps: float, dtype=torch.float32):
+        super().__init__()
+        H = hidden_size
+        self.weight_ih = nn.Parameter(torch.randn(3 * H, input_size, dtype=dtype))
+        self.weight_hh = nn.Parameter(torch.randn(3 * H, H, dtype=dtype))
+        self.bias_ih = nn.Parameter(torch.randn(3 * H, dtype=dtype))
+        self.bias_hh = nn.Parameter(torch.randn(3 * H, dtype=dtype))
+        self.gamma_i = nn.Parameter(torch.ones(3 * H, dtype=dtype))
+        self.beta_i = nn.Parameter(torch.zeros(3 * H, dtype=dtype))
+        self.gamma_h = nn.Parameter(torch.ones(3 * H, dtype=dtype))
+        self.beta_h = nn.Parameter(torch.zeros(3 * H, dtype=dtype))
+        self.eps = eps
+        self.H = H
+
+    @jit.script_method
+    def forward(self, input: Tensor, hx: Tensor) -> Tensor:
+        G = [3 * self.H]
+        gi = torch.layer_norm(torch.mm(input, self.weight_ih.t()), G, self.gamma_i,
+                              self.beta_i, self.eps) + self.bias_ih
+        gh = torch.layer_norm(torch.mm(hx, self.weight_hh.t()), G, self.gamma_h,
+                              self.beta_h, self.eps) + self.bias_hh
+        i_r, i_z, i_n = gi.chunk(3, 1)
+        h_r, h_z, h_n = gh.chunk(3, 1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return (1 - z) * n + z * hx
+
+
+class GRULayer(jit.ScriptModule):
+    """The GRU cell unrolled over the steps."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    @jit.script_method
+    def forward(self, input: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
+        inputs = input.unbind(0)
+        outputs = jit.annotate(List[Tensor], [])
+        for i in range(len(inputs)):
+            h = self.cell(inputs[i], h)
+            outputs += [h]
+        return torch.stack(outputs), h
+
+
+def zoneout_gru(cell: nn.GRUCell, x, h, zh):
+    """Zoneout around torch.nn.GRUCell: h_t = z_h h + (1 - z_h) h̃ (zh: a mask [T, N, H] or
+    the probability, the evaluation expectation)."""
+    ys = []
+    for t in range(x.shape[0]):
+        z = zh[t] if isinstance(zh, torch.Tensor) else zh
+        h = z * h + (1 - z) * cell(x[t], h)
+        ys.append(h)
+    return torch.stack(ys), h

@@ -92,3 +92,21 @@ def test_bench_precision_bfloat16_adds_the_bf16_and_int8_peers(tmp_path):
     bad = subprocess.run([sys.executable, RUN, "--precision", "int8"], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "--precision: unknown ['int8']" in bad.stderr
+
+
+def test_regularised_workload_rows_smoke_run(tmp_path):
+    """--workloads regularised (issue 19) at the --quick shapes: LSTM and GRU rows, both modes,
+    every option's ratio to the plain layer and the TorchScript twin's to layer norm."""
+    out = tmp_path / "workloads.json"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--workloads", "regularised", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["workloads"]
+    assert {(r["cell"], r["mode"]) for r in rows} == {
+        (c, m) for c in ("lstm", "gru") for m in ("infer", "train")}
+    for r in rows:
+        assert r["row"] == "regularised"
+        for k in ("layer_norm", "zoneout", "dropout", "weight_drop"):
+            assert r[f"{k}_over_normal"] > 0
+        assert r["twin_over_fr_ln"] > 0

@@ -44,8 +44,8 @@ def test_layer_matches_reference_with_its_masks(opts):
         kw = {k: P[k + sfx].data for k in ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh",
                                            "ln_beta_hh", "ln_gamma_c", "ln_beta_c")
               if k + sfx in P}
-        kw.update({k: st[k] for k in ("zoneout_h_mask", "zoneout_c_mask", "recurrent_mask")
-                   if k in st})
+        kw.update({k: st[k] for k in ("zoneout_seed", "zoneout_h", "zoneout_c",
+                                      "recurrent_mask") if k in st})
         xm = x * st["xmask"] if "xmask" in st else x
         w_hh = P["weight_hh" + sfx].data
         wd = w_hh * st["wmask"] if "wmask" in st else w_hh
@@ -138,13 +138,22 @@ def test_bad_values(kw, name):
         LSTM(3, 4, **kw)
 
 
-@pytest.mark.parametrize("cls", [GRU, RNN])
 @pytest.mark.parametrize("kw", [dict(layer_norm="haste"), dict(zoneout_h=0.1),
                                 dict(recurrent_dropout=0.2), dict(weight_drop=0.1),
                                 dict(input_dropout=0.1), dict(zoneout_c=0.1)])
-def test_other_cells_refuse(cls, kw):
+def test_the_rnn_refuses(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
-        cls(3, 4, **kw)
+        RNN(3, 4, **kw)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(zoneout_c=0.1), "zoneout_c must be 0"), (dict(layer_norm="tfa"), "'tfa'"),
+    (dict(zoneout_h=0.1, variant="reset_before"), "variant must be 'reset_after'"),
+    (dict(layer_norm="haste", variant="reset_before"), "layer_norm"),
+])
+def test_the_gru_refuses(kw, needle):
+    with pytest.raises(ValueError, match=needle):
+        GRU(3, 4, **kw)
 
 
 # -- the command line (fusedrnn train --layer-norm ... --zoneout ... ) ---------------------------
@@ -180,8 +189,11 @@ def test_cli_flags_reach_the_layer_and_round_trip(task, tmp_path):
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--cell", "gru", "--layer-norm", "haste"], "--layer-norm applies to --cell lstm only"),
-    (["--cell", "rnn", "--zoneout", "0.1"], "--zoneout-h applies to --cell lstm only"),
+    (["--cell", "gru", "--zoneout-c", "0.1"], "--zoneout-c applies to --cell lstm only"),
+    (["--cell", "gru", "--layer-norm", "tfa"], "--layer-norm"),
+    (["--cell", "gru", "--variant", "reset_before", "--zoneout", "0.1"], "reset_after"),
+    (["--cell", "rnn", "--zoneout", "0.1"],
+     "--zoneout-h applies to --cell lstm or --cell gru only"),
     (["--cell", "lstm", "--weight-drop", "1"], "--weight-drop"),
     (["--cell", "lstm", "--ln-eps", "0.01"], "--ln-eps needs --layer-norm"),
     (["--cell", "lstm", "--layer-norm", "batch"], "--layer-norm"),

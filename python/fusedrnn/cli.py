@@ -157,24 +157,26 @@ def build_parser() -> argparse.ArgumentParser:
                                      "default is 1; classify's chrono initialisation is "
                                      "then off)")
     g.add_argument("--layer-norm", choices=("haste", "tfa"),
-                   help="--cell lstm: layer normalisation of the input and recurrent products "
-                        "and of the cell; haste carries the un-normalised cell, tfa (TF Addons, "
-                        "PyTorch's custom_lstms) the normalised one")
+                   help="--cell lstm or gru: layer normalisation of the input and recurrent "
+                        "products (and the LSTM's cell); haste carries the un-normalised cell, "
+                        "tfa (TF Addons, PyTorch's custom_lstms; LSTM only) the normalised one")
     g.add_argument("--ln-eps", type=positive_float, metavar="EPS",
                    help="--layer-norm: epsilon (default 1e-5; TF Addons uses 1e-3)")
     g.add_argument("--zoneout", type=probability, metavar="P",
-                   help="--cell lstm: zoneout probability of both h and c (Krueger et al.)")
+                   help="--cell lstm or gru: zoneout probability of h and (LSTM) c "
+                        "(Krueger et al.)")
     g.add_argument("--zoneout-h", type=probability, metavar="P",
-                   help="--cell lstm: zoneout probability of h")
+                   help="--cell lstm or gru: zoneout probability of h")
     g.add_argument("--zoneout-c", type=probability, metavar="P",
                    help="--cell lstm: zoneout probability of c")
     g.add_argument("--recurrent-dropout", type=probability, metavar="P",
-                   help="--cell lstm: variational dropout of h_{t-1} (one mask per sequence)")
+                   help="--cell lstm or gru: variational dropout of h_{t-1} (one mask per "
+                        "sequence)")
     g.add_argument("--input-dropout", type=probability, metavar="P",
-                   help="--cell lstm: variational dropout of each layer's input (one mask per "
+                   help="--cell lstm or gru: variational dropout of each layer's input (one mask per "
                         "sequence)")
     g.add_argument("--weight-drop", type=probability, metavar="P",
-                   help="--cell lstm: DropConnect on the recurrent weights (AWD-LSTM)")
+                   help="--cell lstm or gru: DropConnect on the recurrent weights (AWD-LSTM)")
     g = t.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>); "
                                                 "created and checked before training")

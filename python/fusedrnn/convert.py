@@ -65,9 +65,9 @@ def to_torch(layer):
     kw = dict(num_layers=layer.num_layers, bias=layer.bias, batch_first=layer.batch_first,
               dropout=layer.dropout, bidirectional=layer.bidirectional,
               dtype=torch.float64 if layer.dtype == np.float64 else torch.float32)
+    if getattr(layer, "_reg", None):
+        raise ValueError(f"to_torch: torch.nn.{layer._mode} has no {', '.join(layer._reg)}")
     if isinstance(layer, LSTM):
-        if layer._reg:
-            raise ValueError(f"to_torch: torch.nn.LSTM has no {', '.join(layer._reg)}")
         if layer.peepholes:
             raise ValueError("to_torch: torch.nn.LSTM has no peepholes")
         module = torch.nn.LSTM(layer.input_size, layer.hidden_size, proj_size=layer.proj_size,

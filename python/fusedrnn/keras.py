@@ -513,7 +513,7 @@ def _parts(model):
 
 def _check_savable(fn, rnn):
     if getattr(rnn, "_reg", None):
-        raise ValueError(f"{fn}: Keras' LSTM has no {', '.join(rnn._reg)} in this form (its "
+        raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(rnn._reg)} in this form (its "
                          f"recurrent_dropout draws per-gate masks)")
     if getattr(rnn, "proj_size", 0):
         raise ValueError(f"{fn}: Keras' LSTM has no projection (proj_size)")

@@ -660,9 +660,16 @@ def _keep_mask(rng, shape, p, dt):
 
 def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                   input_dropout, weight_drop, supported=True):
-    """Checks the options of the regularised / normalised LSTM (issue 19); returns the names of
-    those that are set. A layer whose kernels do not have them (supported=False) raises a
-    ValueError naming any that is set."""
+    """Checks the options of the regularised / normalised LSTM and GRU (issue 19); returns the
+    names of those that are set. A layer whose kernels do not have them (supported=False) raises
+    a ValueError naming any that is set; the GRU (fn "GRU") has neither layer_norm='tfa' (the
+    LSTM's normalised-cell carry) nor zoneout_c (no cell state)."""
+    if fn == "GRU" and layer_norm == "tfa":
+        raise ValueError("GRU: layer_norm must be None or 'haste' (haste's LayerNormGRU; 'tfa' "
+                         "is the LSTM's placement, which normalises and carries the cell state)")
+    if fn == "GRU" and zoneout_c:
+        raise ValueError(f"GRU: zoneout_c must be 0 (the GRU has no cell state), got "
+                         f"{zoneout_c!r}")
     if layer_norm not in (None, "haste", "tfa"):
         raise ValueError(f"{fn}: layer_norm must be None, 'haste' or 'tfa', got {layer_norm!r}")
     if isinstance(ln_eps, (bool, np.bool_)) or not isinstance(ln_eps, numbers.Real) \
@@ -680,12 +687,128 @@ def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropou
         on = ["layer_norm", "ln_eps"] + on
     if on and not supported:
         raise ValueError(f"{fn}: {', '.join(k for k in on if k != 'ln_eps')} not supported "
-                         f"for this cell (the regularised kernels are the LSTM's)")
+                         f"for this cell (the regularised kernels are the LSTM's and the GRU's)")
     return on
 
 
+class _Regularised:
+    """The regularised / normalised kernels (fusedrnn.regularised, issue 19) of the LSTM and the
+    GRU layers: their parameters, mask draws and kernel calls, used when any option is set."""
+
+    def _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
+                           recurrent_dropout, input_dropout, weight_drop):
+        self._reg = reg
+        self.layer_norm, self.ln_eps = layer_norm, float(ln_eps)
+        self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
+        self.recurrent_dropout, self.input_dropout = float(recurrent_dropout), \
+            float(input_dropout)
+        self.weight_drop = float(weight_drop)
+        if layer_norm:
+            lstm = self._mode == "LSTM"
+            H, dt, G = self.hidden_size, self.dtype, 4 if lstm else 3
+            for _, _, sfx in self._suffixes():
+                setattr(self, "ln_gamma_ih" + sfx, Parameter(np.ones(G * H, dt)))
+                setattr(self, "ln_gamma_hh" + sfx, Parameter(np.ones(G * H, dt)))
+                if layer_norm == "tfa":
+                    setattr(self, "ln_beta_ih" + sfx, Parameter(np.zeros(G * H, dt)))
+                    setattr(self, "ln_beta_hh" + sfx, Parameter(np.zeros(G * H, dt)))
+                if lstm:
+                    setattr(self, "ln_gamma_c" + sfx, Parameter(np.ones(H, dt)))
+                    setattr(self, "ln_beta_c" + sfx, Parameter(np.zeros(H, dt)))
+
+    def _ln_params(self, sfx):
+        get = lambda name: self._parameters.get(name + sfx)  # noqa: E731
+        names = ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh", "ln_beta_hh")
+        if self._mode == "LSTM":
+            names += ("ln_gamma_c", "ln_beta_c")
+        return {k: get(k) for k in names}
+
+    def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
+                        cache_key):
+        if not self._reg:
+            return super()._kernel_forward(dims, sfx, x, h0, c0, lengths, reverse, training, y,
+                                           h_n, c_n, cache_key)
+        lstm = self._mode == "LSTM"
+        cell, G = ("lstm_ln", 4) if lstm else ("gru_ln", 3)
+        if self._precision != "float32":
+            raise ValueError(f"{type(self).__name__}.frozen(precision='bfloat16') does not "
+                             f"support layer_norm, zoneout or the dropout options")
+        T, N, C, H = dims[:4]
+        dt, rng = self.dtype, self._drop_rng
+        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
+        data = lambda p: None if p is None else p.data  # noqa: E731
+        st = {"dims": (T, N, C, H)}
+        kw = {}
+        if training:
+            if self.zoneout_h or self.zoneout_c:
+                # the kernel draws the masks from this seed (reference_reg.zoneout_masks)
+                kw.update(zoneout_draw=True, zoneout_seed=int(rng.integers(0, 2**63)),
+                          zoneout_h=self.zoneout_h)
+                if lstm:
+                    kw.update(zoneout_c=self.zoneout_c)
+            if self.recurrent_dropout:
+                kw["recurrent_mask"] = _keep_mask(rng, (N, H), self.recurrent_dropout, dt)
+            if self.input_dropout:
+                st["xmask"] = _keep_mask(rng, (N, C), self.input_dropout, dt)
+                x = x * st["xmask"]
+            if self.weight_drop:
+                st["wmask"] = _keep_mask(rng, (G * H, H), self.weight_drop, dt)
+        else:
+            kw.update(zoneout_h=self.zoneout_h)
+            if lstm:
+                kw.update(zoneout_c=self.zoneout_c)
+        w = w_hh.data * st["wmask"] if "wmask" in st else w_hh.data
+        ln = {k: data(v) for k, v in self._ln_params(sfx).items()}
+        sizes = getattr(_core, cell + "_sizes")(st["dims"])
+        cache = self._buffer(cache_key, (sizes[0],)) if training else None
+        state = dict(h0=None if h0 is None else np.ascontiguousarray(h0), h_n=h_n)
+        if lstm:
+            state.update(c0=None if c0 is None else np.ascontiguousarray(c0), c_n=c_n)
+        getattr(_core, cell + "_forward")(
+            st["dims"], x=x, w_ih=w_ih.data, w_hh=w, b_ih=data(b_ih), b_hh=data(b_hh), **state,
+            layer_norm=self.layer_norm or "none", ln_eps=self.ln_eps, **ln, **kw,
+            lengths=lengths, y=y, cache=cache,
+            workspace=F._workspace(sizes[1], dt), reverse=reverse, num_threads=F._threads())
+        if training:
+            st.update(kw, x=x, w_hh=w)
+            self._buffers[("reg",) + cache_key] = st
+
+    def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
+                         dh0, dc0):
+        if not self._reg:
+            return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy, dh_n,
+                                            dc_n, dx, dh0, dc0)
+        lstm = self._mode == "LSTM"
+        cell = "lstm_ln" if lstm else "gru_ln"
+        st = self._buffers[("reg",) + cache_key]
+        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
+        grad = lambda p: None if p is None else p.grad  # noqa: E731
+        lnp = self._ln_params(sfx)
+        dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else w_hh.grad
+        masks = {k: st[k] for k in ("zoneout_draw", "zoneout_seed", "zoneout_h", "zoneout_c",
+                                    "recurrent_mask") if k in st}
+        gains = {k: None if lnp[k] is None else lnp[k].data
+                 for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c") if k in lnp}
+        state = dict(dh_n=dh_n, dh0=dh0)
+        if lstm:
+            state.update(dc_n=dc_n, dc0=dc0)
+        getattr(_core, cell + "_backward")(
+            st["dims"], x=st["x"], w_ih=w_ih.data, w_hh=st["w_hh"],
+            layer_norm=self.layer_norm or "none", **gains,
+            **masks, lengths=lengths, cache=self._buffers[cache_key], dy=dy, **state,
+            dx=dx, dw_ih=w_ih.grad, dw_hh=dw_hh,
+            db_ih=grad(b_ih), db_hh=grad(b_hh),
+            **{"d" + k: grad(v) for k, v in lnp.items()},
+            workspace=F._workspace(getattr(_core, cell + "_sizes")(st["dims"])[2], self.dtype),
+            reverse=reverse, num_threads=F._threads())
+        if "wmask" in st:
+            w_hh.grad += dw_hh * st["wmask"]
+        if "xmask" in st:
+            dx *= st["xmask"]
+
+
 @register_module
-class LSTM(_RNNBase):
+class LSTM(_Regularised, _RNNBase):
     """Multi-layer LSTM (torch.nn.LSTM's arguments) with optional peepholes and forget_bias.
 
     Gates i, f, g, o (torch's order and names: weight_ih_l{k}[_reverse] [4H, C],
@@ -717,22 +840,8 @@ class LSTM(_RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size=proj_size, peepholes=peepholes,
                          forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
-        self._reg = reg
-        self.layer_norm, self.ln_eps = layer_norm, float(ln_eps)
-        self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
-        self.recurrent_dropout, self.input_dropout = float(recurrent_dropout), \
-            float(input_dropout)
-        self.weight_drop = float(weight_drop)
-        if layer_norm:
-            H, dt = self.hidden_size, self.dtype
-            for _, _, sfx in self._suffixes():
-                setattr(self, "ln_gamma_ih" + sfx, Parameter(np.ones(4 * H, dt)))
-                setattr(self, "ln_gamma_hh" + sfx, Parameter(np.ones(4 * H, dt)))
-                if layer_norm == "tfa":
-                    setattr(self, "ln_beta_ih" + sfx, Parameter(np.zeros(4 * H, dt)))
-                    setattr(self, "ln_beta_hh" + sfx, Parameter(np.zeros(4 * H, dt)))
-                setattr(self, "ln_gamma_c" + sfx, Parameter(np.ones(H, dt)))
-                setattr(self, "ln_beta_c" + sfx, Parameter(np.zeros(H, dt)))
+        self._init_regularisers(reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                                input_dropout, weight_drop)
         if cell_clip is not None and not (F._check_clip("LSTM", cell_clip) > 0
                                           and math.isfinite(cell_clip)):
             raise ValueError(f"LSTM: cell_clip must be None or a finite number > 0, "
@@ -746,92 +855,18 @@ class LSTM(_RNNBase):
                      **({} if cell_clip is None else {"cell_clip": self.cell_clip}),
                      **{k: getattr(self, k) for k in reg})
 
-    # -- the regularised / normalised kernel (fusedrnn.regularised, issue 19) -----------------
-    def _ln_params(self, sfx):
-        get = lambda name: self._parameters.get(name + sfx)  # noqa: E731
-        return {k: get(k) for k in ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh", "ln_beta_hh",
-                                    "ln_gamma_c", "ln_beta_c")}
-
-    def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
-                        cache_key):
-        if not self._reg:
-            return super()._kernel_forward(dims, sfx, x, h0, c0, lengths, reverse, training, y,
-                                           h_n, c_n, cache_key)
-        if self._precision != "float32":
-            raise ValueError("LSTM.frozen(precision='bfloat16') does not support layer_norm, "
-                             "zoneout or the dropout options")
-        T, N, C, H = dims[:4]
-        dt, rng = self.dtype, self._drop_rng
-        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
-        data = lambda p: None if p is None else p.data  # noqa: E731
-        st = {"dims": (T, N, C, H)}
-        kw = {}
-        if training:
-            if self.zoneout_h:
-                kw["zoneout_h_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_h, dt)
-            if self.zoneout_c:
-                kw["zoneout_c_mask"] = _bernoulli(rng, (T, N, H), self.zoneout_c, dt)
-            if self.recurrent_dropout:
-                kw["recurrent_mask"] = _keep_mask(rng, (N, H), self.recurrent_dropout, dt)
-            if self.input_dropout:
-                st["xmask"] = _keep_mask(rng, (N, C), self.input_dropout, dt)
-                x = x * st["xmask"]
-            if self.weight_drop:
-                st["wmask"] = _keep_mask(rng, (4 * H, H), self.weight_drop, dt)
-        else:
-            kw.update(zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
-        w = w_hh.data * st["wmask"] if "wmask" in st else w_hh.data
-        ln = {k: data(v) for k, v in self._ln_params(sfx).items()}
-        sizes = _core.lstm_ln_sizes(st["dims"])
-        cache = self._buffer(cache_key, (sizes[0],)) if training else None
-        _core.lstm_ln_forward(
-            st["dims"], x=x, w_ih=w_ih.data, w_hh=w, b_ih=data(b_ih), b_hh=data(b_hh),
-            h0=None if h0 is None else np.ascontiguousarray(h0),
-            c0=None if c0 is None else np.ascontiguousarray(c0),
-            layer_norm=self.layer_norm or "none", ln_eps=self.ln_eps, **ln, **kw,
-            lengths=lengths, y=y, h_n=h_n, c_n=c_n, cache=cache,
-            workspace=F._workspace(sizes[1], dt), reverse=reverse, num_threads=F._threads())
-        if training:
-            st.update(kw, x=x, w_hh=w)
-            self._buffers[("reg",) + cache_key] = st
-
-    def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
-                         dh0, dc0):
-        if not self._reg:
-            return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy, dh_n,
-                                            dc_n, dx, dh0, dc0)
-        st = self._buffers[("reg",) + cache_key]
-        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
-        grad = lambda p: None if p is None else p.grad  # noqa: E731
-        lnp = self._ln_params(sfx)
-        dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else w_hh.grad
-        masks = {k: st[k] for k in ("zoneout_h_mask", "zoneout_c_mask", "recurrent_mask")
-                 if k in st}
-        _core.lstm_ln_backward(
-            st["dims"], x=st["x"], w_ih=w_ih.data, w_hh=st["w_hh"],
-            layer_norm=self.layer_norm or "none",
-            ln_gamma_ih=None if lnp["ln_gamma_ih"] is None else lnp["ln_gamma_ih"].data,
-            ln_gamma_hh=None if lnp["ln_gamma_hh"] is None else lnp["ln_gamma_hh"].data,
-            ln_gamma_c=None if lnp["ln_gamma_c"] is None else lnp["ln_gamma_c"].data,
-            **masks, lengths=lengths, cache=self._buffers[cache_key], dy=dy, dh_n=dh_n,
-            dc_n=dc_n, dx=dx, dh0=dh0, dc0=dc0, dw_ih=w_ih.grad, dw_hh=dw_hh,
-            db_ih=grad(b_ih), db_hh=grad(b_hh),
-            **{"d" + k: grad(v) for k, v in lnp.items()},
-            workspace=F._workspace(_core.lstm_ln_sizes(st["dims"])[2], self.dtype),
-            reverse=reverse, num_threads=F._threads())
-        if "wmask" in st:
-            w_hh.grad += dw_hh * st["wmask"]
-        if "xmask" in st:
-            dx *= st["xmask"]
-
 
 @register_module
-class GRU(_RNNBase):
+class GRU(_Regularised, _RNNBase):
     """Multi-layer GRU (torch.nn.GRU's arguments); gates r, z, n.
 
     variant 'reset_after' (torch, Keras reset_after=True, cuDNN): n = tanh(W_in x + b_in +
     r∘(W_hn h + b_hn)); 'reset_before' (Keras reset_after=False, ONNX default):
     n = tanh(W_in x + b_in + W_hn (r∘h) + b_hn). init 'pytorch' or 'keras'.
+    Issue 19's options (reset_after only; fusedrnn.regularised.gru_ln_forward has the formula):
+    layer_norm None or 'haste' (haste's LayerNormGRU: parameters ln_gamma_ih_l{k},
+    ln_gamma_hh_l{k} [3H], ones), ln_eps, zoneout_h, recurrent_dropout, input_dropout,
+    weight_drop, as the LSTM's; zoneout_c must be 0.
     """
     _mode = "GRU"
 
@@ -839,14 +874,21 @@ class GRU(_RNNBase):
                  dropout=0.0, bidirectional=False, *, variant="reset_after", init="pytorch",
                  dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
                  zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
-        _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
-                      input_dropout, weight_drop, supported=False)
+        reg = _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                            input_dropout, weight_drop)
+        if reg and variant != "reset_after":
+            raise ValueError(f"GRU: variant must be 'reset_after' with layer_norm, zoneout, "
+                             f"recurrent/input dropout or weight_drop (the regularised kernel's "
+                             f"formula); got variant={variant!r} with {', '.join(reg)}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, variant=variant, init=init, dtype=dtype, seed=seed)
+        self._init_regularisers(reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                                input_dropout, weight_drop)
         self._record(input_size=self.input_size, hidden_size=self.hidden_size,
                      num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                      dropout=self.dropout, bidirectional=self.bidirectional,
-                     variant=self.variant, init=init, dtype=self.dtype, seed=seed)
+                     variant=self.variant, init=init, dtype=self.dtype, seed=seed,
+                     **{k: getattr(self, k) for k in reg})
 
 
 @register_module

@@ -111,10 +111,10 @@ class RecurrentModel(Module):
                  variant: str = "reset_after", nonlinearity: str = "tanh",
                  init: str = "pytorch", dtype="float32", seed: Optional[int] = None,
                  **regularisers):
-        """``regularisers``: the LSTM's layer_norm, ln_eps, zoneout_h, zoneout_c,
-        recurrent_dropout, input_dropout, weight_drop (issue 19; see fusedrnn.LSTM), passed to
-        the recurrent layer, which refuses them for other cells (ValueError); recorded in the
-        config when given."""
+        """``regularisers``: the LSTM's and the GRU's layer_norm, ln_eps, zoneout_h, zoneout_c,
+        recurrent_dropout, input_dropout, weight_drop (issue 19; see fusedrnn.LSTM, fusedrnn.GRU),
+        passed to the recurrent layer, which refuses those its cell lacks (ValueError); recorded
+        in the config when given."""
         super().__init__()
         fn = "RecurrentModel"
         known = ("layer_norm", "ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout",

@@ -121,7 +121,8 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
         raise TypeError(f"{fn}: model must be a fusedrnn LSTM, GRU, RNN or RecurrentModel, "
                         f"got {type(model).__name__}")
     if getattr(rnn, "_reg", None):
-        raise ValueError(f"{fn}: the ONNX LSTM has no {', '.join(rnn._reg)} (issue 19 options)")
+        raise ValueError(f"{fn}: the ONNX {rnn._mode} has no {', '.join(rnn._reg)} (issue 19 "
+                         f"options)")
     if getattr(rnn, "proj_size", 0) and int(opset) < 16:
         raise ValueError(f"{fn}: LSTM projection (proj_size) is exported as a per-step Scan "
                          f"graph, which needs opset >= 16, got {opset}")

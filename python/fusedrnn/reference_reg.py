@@ -22,9 +22,44 @@ import numpy as np
 
 from .reference import _lengths, _schedule, _sigmoid
 
-__all__ = ["lstm_ln_forward", "lstm_ln_backward", "LAYER_NORMS"]
+__all__ = ["lstm_ln_forward", "lstm_ln_backward", "gru_ln_forward", "gru_ln_backward",
+           "zoneout_masks",
+           "LAYER_NORMS", "GRU_LAYER_NORMS"]
 
 LAYER_NORMS = ("none", "haste", "tfa")
+
+
+_GAMMA, _M1, _M2 = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9),
+                    np.uint64(0x94D049BB133111EB))
+
+
+def zoneout_masks(seed, shape, p, dtype, which="h"):
+    """The zoneout mask [T, N, H] the kernels draw from ``zoneout_seed`` (their
+    ``zoneout_draw``; cpp/include/fusedrnn/lstm_ln.h): 1 where the top 24 bits of the i-th output
+    of SplitMix64 seeded with key, i = (t N + n) H + j, are below ceil(p 2^24), p taken in
+    ``dtype`` (float32 0.1 is not float64 0.1); key = seed ^ 0x5A6F6E656F75745F, and ^ 1 for
+    the c mask (which="c")."""
+    dtype = np.dtype(dtype)
+    key = np.uint64((int(seed) ^ 0x5A6F6E656F75745F ^ (which == "c")) & (2**64 - 1))
+    i = np.arange(1, int(np.prod(shape)) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = key + i * _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+    z ^= z >> np.uint64(31)
+    thr = np.uint64(np.ceil(float(dtype.type(p)) * 16777216.0))
+    return ((z >> np.uint64(40)) < thr).astype(dtype).reshape(shape)
+
+
+def _seeded(seed, T, N, H, dt, zh, zc, p_h, p_c):
+    """zoneout_seed (training, no mask arrays): the masks drawn from it; the probabilities 0."""
+    if seed is None:
+        return zh, zc, p_h, p_c
+    if zh is not None or zc is not None:
+        raise ValueError("zoneout_seed draws the masks: give no zoneout_h_mask / zoneout_c_mask")
+    zh = zoneout_masks(seed, (T, N, H), p_h, dt, "h") if p_h else None
+    zc = zoneout_masks(seed, (T, N, H), p_c, dt, "c") if p_c else None
+    return zh, zc, 0.0, 0.0
 
 
 def _arr(a, dt, shape, name, optional=True):
@@ -55,12 +90,26 @@ def _ln_back(dout, gamma, vh, inv):
                   - vh * (gd * vh).mean(axis=-1, keepdims=True))
 
 
+def _products(s, x_t, h, rm, w_ih, w_hh, ln, P, ln_eps, saved):
+    """Step s's recurrent input h∘r and its two products, layer-normalised with ln (their
+    normalised values and 1/std saved for the backward)."""
+    hin = h if rm is None else h * rm
+    gx, gh = x_t @ w_ih.T, hin @ w_hh.T
+    if ln:
+        gx, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
+        gh, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
+        saved["xhat"][s], saved["hhat"][s], saved["ix"][s], saved["ih"][s] = xh, hh, ix, ih
+    return hin, gx, gh
+
+
 def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
-                    recurrent_mask=None, lengths=None, reverse=False, training=True):
-    """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None)."""
+                    zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
+                    training=True):
+    """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None). zoneout_seed: the masks
+    of :func:`zoneout_masks` with probabilities zoneout_h, zoneout_c (training)."""
     if layer_norm not in LAYER_NORMS:
         raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
     x = np.array(x, copy=True)
@@ -89,6 +138,8 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     for p, name in ((zoneout_h, "zoneout_h"), (zoneout_c, "zoneout_c")):
         if not 0 <= p < 1:
             raise ValueError(f"{name} must lie in [0, 1), got {p!r}")
+    zh, zc, zoneout_h, zoneout_c = _seeded(zoneout_seed, T, N, H, dt, zh, zc, zoneout_h,
+                                           zoneout_c)
     rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
     lengths = _lengths(lengths, T, N)
     tidx, active = _schedule(T, lengths, bool(reverse))
@@ -104,15 +155,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     for s in range(T):
         t = tidx[s]
         act = active[s][:, None]
-        hin = h if rm is None else h * rm
-        gx = x[t, rows] @ w_ih.T
-        gh = hin @ w_hh.T
-        if ln:
-            ax, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
-            ah, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
-            saved["xhat"][s], saved["hhat"][s], saved["ix"][s], saved["ih"][s] = xh, hh, ix, ih
-        else:
-            ax, ah = gx, gh
+        hin, ax, ah = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved)
         a = ax + ah + b
         i, f, o = (_sigmoid(a[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -221,3 +264,139 @@ def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
         dln_beta_hh=db.copy() if ln and has["beta_hh"] else None,
         dln_gamma_c=dgam_c if ln else None,
         dln_beta_c=dbet_c if ln and has["beta_c"] else None)
+
+
+# -- the GRU ----------------------------------------------------------------------------------
+#
+# Reset-after GRU (PyTorch gate order r, z, n) with the same options but no cell state; layer
+# norm only in haste's placement (LayerNormGRU), on the input and recurrent products:
+#
+#     gx = LN(x_t W_ihᵀ; γ_ih, β_ih);   gh = LN((h∘r) W_hhᵀ; γ_hh, β_hh)   (raw without LN)
+#     r = σ(gx_r + b_ir + gh_r + b_hr);  z = σ(gx_z + b_iz + gh_z + b_hz)
+#     ñ = tanh(gx_n + b_in + r∘(gh_n + b_hn));  h̃ = (1 − z)∘ñ + z∘h
+#     h_t = z_h∘h + (1 − z_h)∘h̃
+
+GRU_LAYER_NORMS = ("none", "haste")
+
+
+def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
+                   ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None, ln_gamma_hh=None,
+                   ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, zoneout_seed=None,
+                   recurrent_mask=None, lengths=None, reverse=False, training=True):
+    """Returns (y [T, N, H], h_n [N, H], cache or None). zoneout_seed: the mask of
+    :func:`zoneout_masks` with probability zoneout_h (training)."""
+    if layer_norm not in GRU_LAYER_NORMS:
+        raise ValueError(f"layer_norm must be one of {GRU_LAYER_NORMS} for the GRU, "
+                         f"got {layer_norm!r}")
+    x = np.array(x, copy=True)
+    T, N, C = x.shape
+    dt = x.dtype
+    H = np.shape(w_hh)[0] // 3
+    w_ih = _arr(w_ih, dt, (3 * H, C), "w_ih", False)
+    w_hh = _arr(w_hh, dt, (3 * H, H), "w_hh", False)
+    bi = np.zeros(3 * H, dt) if b_ih is None else _arr(b_ih, dt, (3 * H,), "b_ih")
+    bh = np.zeros(3 * H, dt) if b_hh is None else _arr(b_hh, dt, (3 * H,), "b_hh")
+    h = np.zeros((N, H), dt) if h0 is None else _arr(h0, dt, (N, H), "h0")
+    ln = layer_norm != "none"
+    P = {k: _arr(v, dt, (3 * H,), k) for k, v in (
+        ("ln_gamma_ih", ln_gamma_ih), ("ln_beta_ih", ln_beta_ih),
+        ("ln_gamma_hh", ln_gamma_hh), ("ln_beta_hh", ln_beta_hh))}
+    if ln and (P["ln_gamma_ih"] is None or P["ln_gamma_hh"] is None):
+        raise ValueError("layer norm needs ln_gamma_ih and ln_gamma_hh")
+    if not ln and any(v is not None for v in P.values()):
+        raise ValueError("ln_* parameters given but layer_norm is 'none'")
+    zh = _arr(zoneout_h_mask, dt, (T, N, H), "zoneout_h_mask")
+    if not 0 <= zoneout_h < 1:
+        raise ValueError(f"zoneout_h must lie in [0, 1), got {zoneout_h!r}")
+    zh, _, zoneout_h, _ = _seeded(zoneout_seed, T, N, H, dt, zh, None, zoneout_h, 0.0)
+    rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
+    lengths = _lengths(lengths, T, N)
+    tidx, active = _schedule(T, lengths, bool(reverse))
+    rows = np.arange(N)
+    y = np.zeros((T, N, H), dt)
+    saved = {k: np.zeros((T, N, H), dt) for k in ("h_prev", "hin", "r", "z", "n", "q", "zh")}
+    for k in ("xhat", "hhat"):
+        saved[k] = np.zeros((T, N, 3 * H), dt)
+    for k in ("ix", "ih"):
+        saved[k] = np.ones((T, N, 1), dt)
+    for s in range(T):
+        t = tidx[s]
+        act = active[s][:, None]
+        hin, gx, gh = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved)
+        ax, ah = gx + bi, gh + bh
+        r = _sigmoid(ax[:, :H] + ah[:, :H])
+        z = _sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
+        q = ah[:, 2 * H:]
+        n = np.tanh(ax[:, 2 * H:] + r * q)
+        ht = (1 - z) * n + z * h
+        z_h = zh[t, rows] if zh is not None else np.full((N, H), zoneout_h, dt)
+        h_new = z_h * h + (1 - z_h) * ht
+        for k, v in (("h_prev", h), ("hin", hin), ("r", r), ("z", z), ("n", n), ("q", q),
+                     ("zh", z_h)):
+            saved[k][s] = v
+        h = np.where(act, h_new, h)
+        ar = active[s]
+        y[t[ar], rows[ar]] = h[ar]
+    cache = None
+    if training:
+        cache = dict(kind="gru_ln", x=x, w_ih=w_ih, w_hh=w_hh, T=T, N=N, C=C, H=H, dtype=dt,
+                     layer_norm=layer_norm, rm=rm, tidx=tidx, active=active,
+                     has=dict(b_ih=b_ih is not None, b_hh=b_hh is not None, h0=h0 is not None,
+                              beta_ih=P["ln_beta_ih"] is not None,
+                              beta_hh=P["ln_beta_hh"] is not None),
+                     **P, **saved)
+    return y, h, cache
+
+
+def gru_ln_backward(cache, dy=None, dh_n=None):
+    """Gradients of Σ y·dy + Σ h_n·dh_n. Returns a dict: dx, dh0, dw_ih, dw_hh, db_ih, db_hh,
+    dln_gamma_ih, dln_beta_ih, dln_gamma_hh, dln_beta_hh (None for inputs not given)."""
+    if not isinstance(cache, dict) or cache.get("kind") != "gru_ln":
+        raise ValueError("gru_ln_backward needs a cache from reference_reg.gru_ln_forward")
+    T, N, C, H, dt = (cache[k] for k in ("T", "N", "C", "H", "dtype"))
+    ln = cache["layer_norm"] != "none"
+    dy = np.zeros((T, N, H), dt) if dy is None else np.asarray(dy, dt)
+    dh = np.zeros((N, H), dt) if dh_n is None else np.array(dh_n, dt)
+    x, w_ih, w_hh, rm = cache["x"], cache["w_ih"], cache["w_hh"], cache["rm"]
+    rows = np.arange(N)
+    dx = np.zeros((T, N, C), dt)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    dbi, dbh = np.zeros(3 * H, dt), np.zeros(3 * H, dt)
+    dgam_ih, dgam_hh = np.zeros(3 * H, dt), np.zeros(3 * H, dt)
+    for s in reversed(range(T)):
+        t = cache["tidx"][s]
+        act = cache["active"][s][:, None]
+        r, z, n, q = (cache[k][s] for k in ("r", "z", "n", "q"))
+        h_prev, z_h = cache["h_prev"][s], cache["zh"][s]
+        dh_t = dh + np.where(act, dy[t, rows], 0)
+        dht = (1 - z_h) * dh_t
+        dn = dht * (1 - z) * (1 - n * n)
+        dz = dht * (h_prev - n) * z * (1 - z)
+        dr = dn * q * r * (1 - r)
+        dax = np.where(act, np.concatenate([dr, dz, dn], axis=1), 0)
+        dah = np.where(act, np.concatenate([dr, dz, dn * r], axis=1), 0)
+        dbi += dax.sum(axis=0)
+        dbh += dah.sum(axis=0)
+        if ln:
+            dgx = _ln_back(dax, cache["ln_gamma_ih"], cache["xhat"][s], cache["ix"][s])
+            dgh = _ln_back(dah, cache["ln_gamma_hh"], cache["hhat"][s], cache["ih"][s])
+            dgam_ih += np.sum(dax * cache["xhat"][s], axis=0)
+            dgam_hh += np.sum(dah * cache["hhat"][s], axis=0)
+        else:
+            dgx, dgh = dax, dah
+        dw_ih += dgx.T @ x[t, rows]
+        dw_hh += dgh.T @ cache["hin"][s]
+        dx_t = dgx @ w_ih
+        ar = cache["active"][s]
+        dx[t[ar], rows[ar]] = dx_t[ar]
+        dhin = dgh @ w_hh
+        dh_prev = (dhin if rm is None else dhin * rm) + z_h * dh_t + z * dht
+        dh = np.where(act, dh_prev, dh)
+    has = cache["has"]
+    return dict(
+        dx=dx, dh0=dh if has["h0"] else None, dw_ih=dw_ih, dw_hh=dw_hh,
+        db_ih=dbi if has["b_ih"] else None, db_hh=dbh if has["b_hh"] else None,
+        dln_gamma_ih=dgam_ih if ln else None,
+        dln_beta_ih=dbi.copy() if ln and has["beta_ih"] else None,
+        dln_gamma_hh=dgam_hh if ln else None,
+        dln_beta_hh=dbh.copy() if ln and has["beta_hh"] else None)

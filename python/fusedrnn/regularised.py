@@ -1,5 +1,6 @@
-"""Functional API over the regularised / normalised LSTM kernels (``cpp/include/fusedrnn/lstm_ln.h``):
-``lstm_ln_forward`` and ``lstm_ln_backward``, with the names, signatures and results of
+"""Functional API over the regularised / normalised LSTM and GRU kernels
+(``cpp/include/fusedrnn/lstm_ln.h``): ``lstm_ln_forward``, ``lstm_ln_backward``, ``gru_ln_forward``
+and ``gru_ln_backward``, with the names, signatures and results of
 :mod:`fusedrnn.reference_reg`, the NumPy specification (its docstring has the equations).
 
 Every argument is checked before any work; arrays are used as given (dtype of x, C order), never
@@ -14,9 +15,10 @@ import numpy as np
 
 from . import _core
 from .functional import _threads, _workspace
-from .reference_reg import LAYER_NORMS
+from .reference_reg import GRU_LAYER_NORMS, LAYER_NORMS
 
-__all__ = ["lstm_ln_forward", "lstm_ln_backward", "LAYER_NORMS"]
+__all__ = ["lstm_ln_forward", "lstm_ln_backward", "gru_ln_forward", "gru_ln_backward",
+           "LAYER_NORMS", "GRU_LAYER_NORMS"]
 
 
 def _arr(fn, name, a, shape, dtype, optional=True):
@@ -43,24 +45,27 @@ def check_probability(fn, name, p):
 
 
 class _Cache:
-    __slots__ = ("args", "buf", "dims", "reverse")
+    __slots__ = ("cell", "args", "buf", "dims", "reverse")
 
     def __init__(self, **kw):
         for k, v in kw.items():
             setattr(self, k, v)
 
     def __repr__(self):
-        return f"<lstm_ln cache dims={self.dims}>"
+        return f"<{self.cell} cache dims={self.dims}>"
 
 
-def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
-                    layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
-                    ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
-                    zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
-                    recurrent_mask=None, lengths=None, reverse=False, training=True):
-    """The fused kernel of :func:`fusedrnn.reference_reg.lstm_ln_forward`.
-    Returns (y, h_n, c_n, cache or None)."""
-    fn = "lstm_ln_forward"
+_CELLS = {  # name: (gates, has a cell state, layer-norm modes)
+    "lstm_ln": (4, True, LAYER_NORMS),
+    "gru_ln": (3, False, GRU_LAYER_NORMS),
+}
+
+
+def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zoneout_h_mask,
+             zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed, recurrent_mask, lengths,
+             reverse, training):
+    fn = cell + "_forward"
+    G, lstm, modes = _CELLS[cell]
     if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 3:
         raise ValueError(f"{fn}: x must be a float32 or float64 numpy array [T, N, C]")
     if min(x.shape) < 1:
@@ -68,30 +73,37 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     x = np.ascontiguousarray(x)
     T, N, C = x.shape
     dt = x.dtype
-    if layer_norm not in LAYER_NORMS:
-        raise ValueError(f"{fn}: layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
-    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] % 4 \
-            or w_hh.shape[0] // 4 != w_hh.shape[1] or w_hh.shape[1] < 1:
-        raise ValueError(f"{fn}: w_hh must be a numpy array [4H, H], got "
+    if layer_norm not in modes:
+        raise ValueError(f"{fn}: layer_norm must be one of {modes}, got {layer_norm!r}")
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] % G \
+            or w_hh.shape[0] // G != w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"{fn}: w_hh must be a numpy array [{G}H, H], got "
                          f"{getattr(w_hh, 'shape', type(w_hh).__name__)}")
     H = w_hh.shape[1]
+    GH = G * H
     a = dict(
-        w_ih=_arr(fn, "w_ih", w_ih, (4 * H, C), dt, False),
-        w_hh=_arr(fn, "w_hh", w_hh, (4 * H, H), dt, False),
-        b_ih=_arr(fn, "b_ih", b_ih, (4 * H,), dt), b_hh=_arr(fn, "b_hh", b_hh, (4 * H,), dt),
-        h0=_arr(fn, "h0", h0, (N, H), dt), c0=_arr(fn, "c0", c0, (N, H), dt),
-        ln_gamma_ih=_arr(fn, "ln_gamma_ih", ln_gamma_ih, (4 * H,), dt),
-        ln_beta_ih=_arr(fn, "ln_beta_ih", ln_beta_ih, (4 * H,), dt),
-        ln_gamma_hh=_arr(fn, "ln_gamma_hh", ln_gamma_hh, (4 * H,), dt),
-        ln_beta_hh=_arr(fn, "ln_beta_hh", ln_beta_hh, (4 * H,), dt),
-        ln_gamma_c=_arr(fn, "ln_gamma_c", ln_gamma_c, (H,), dt),
-        ln_beta_c=_arr(fn, "ln_beta_c", ln_beta_c, (H,), dt),
+        w_ih=_arr(fn, "w_ih", w_ih, (GH, C), dt, False),
+        w_hh=_arr(fn, "w_hh", w_hh, (GH, H), dt, False),
+        b_ih=_arr(fn, "b_ih", b_ih, (GH,), dt), b_hh=_arr(fn, "b_hh", b_hh, (GH,), dt),
+        h0=_arr(fn, "h0", h0, (N, H), dt),
         zoneout_h_mask=_arr(fn, "zoneout_h_mask", zoneout_h_mask, (T, N, H), dt),
-        zoneout_c_mask=_arr(fn, "zoneout_c_mask", zoneout_c_mask, (T, N, H), dt),
         recurrent_mask=_arr(fn, "recurrent_mask", recurrent_mask, (N, H), dt),
-    )
+        **{k: _arr(fn, k, v, (H if k.endswith("_c") else GH,), dt) for k, v in ln.items()})
     zoneout_h = check_probability(fn, "zoneout_h", zoneout_h)
-    zoneout_c = check_probability(fn, "zoneout_c", zoneout_c)
+    extra = {}
+    if zoneout_seed is not None:  # the kernel draws the masks (reference_reg.zoneout_masks)
+        if isinstance(zoneout_seed, (bool, np.bool_)) or not isinstance(
+                zoneout_seed, numbers.Integral) or not 0 <= zoneout_seed < 2**64:
+            raise ValueError(f"{fn}: zoneout_seed must be None or an integer in [0, 2^64), "
+                             f"got {zoneout_seed!r}")
+        if not training:
+            raise ValueError(f"{fn}: zoneout_seed draws training masks; evaluation uses the "
+                             f"probabilities (training=False without zoneout_seed)")
+        extra.update(zoneout_draw=True, zoneout_seed=int(zoneout_seed))
+    if lstm:
+        a.update(c0=_arr(fn, "c0", c0, (N, H), dt),
+                 zoneout_c_mask=_arr(fn, "zoneout_c_mask", zoneout_c_mask, (T, N, H), dt))
+        extra["zoneout_c"] = check_probability(fn, "zoneout_c", zoneout_c)
     if isinstance(ln_eps, (bool, np.bool_)) or not isinstance(ln_eps, numbers.Real) \
             or not 0 < ln_eps < np.inf:
         raise ValueError(f"{fn}: ln_eps must be a finite number > 0, got {ln_eps!r}")
@@ -102,54 +114,94 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
             raise ValueError(f"{fn}: lengths must be [N] = [{N}] integers")
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     dims = (T, N, C, H)
-    cache_n, ws_n, _ = _core.lstm_ln_sizes(dims)
+    cache_n, ws_n, _ = getattr(_core, cell + "_sizes")(dims)
     y = np.empty((T, N, H), dt)
-    h_n, c_n = np.empty((N, H), dt), np.empty((N, H), dt)
+    out = dict(h_n=np.empty((N, H), dt))
+    if lstm:
+        out["c_n"] = np.empty((N, H), dt)
     buf = np.empty(cache_n, dt) if training else None
-    _core.lstm_ln_forward(dims, x=x, **a, layer_norm=layer_norm, ln_eps=float(ln_eps),
-                          zoneout_h=zoneout_h, zoneout_c=zoneout_c, lengths=lengths, y=y,
-                          h_n=h_n, c_n=c_n, cache=buf, workspace=_workspace(ws_n, dt),
-                          reverse=bool(reverse), num_threads=_threads())
+    getattr(_core, fn)(dims, x=x, **a, layer_norm=layer_norm, ln_eps=float(ln_eps),
+                       zoneout_h=zoneout_h, **extra, lengths=lengths, y=y, **out, cache=buf,
+                       workspace=_workspace(ws_n, dt), reverse=bool(reverse),
+                       num_threads=_threads())
     cache = None
     if training:
-        a.update(x=x, layer_norm=layer_norm, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
-                 lengths=lengths)
-        cache = _Cache(args=a, buf=buf, dims=dims, reverse=bool(reverse))
-    return y, h_n, c_n, cache
+        a.update(x=x, layer_norm=layer_norm, zoneout_h=zoneout_h, lengths=lengths, **extra)
+        cache = _Cache(cell=cell, args=a, buf=buf, dims=dims, reverse=bool(reverse))
+    return (y, *out.values(), cache)
 
 
-def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
-    """Gradients as :func:`fusedrnn.reference_reg.lstm_ln_backward` (a dict)."""
-    fn = "lstm_ln_backward"
-    if not isinstance(cache, _Cache):
-        raise ValueError(f"{fn}: cache must come from regularised.lstm_ln_forward("
+def _backward(cell, cache, dy, dh_n, dc_n):
+    fn = cell + "_backward"
+    G, lstm, _ = _CELLS[cell]
+    if not isinstance(cache, _Cache) or cache.cell != cell:
+        raise ValueError(f"{fn}: cache must come from regularised.{cell}_forward("
                          f"training=True)")
     a, (T, N, C, H) = cache.args, cache.dims
+    GH = G * H
     dt = a["x"].dtype
-    dy = _arr(fn, "dy", dy, (T, N, H), dt)
-    dh_n = _arr(fn, "dh_n", dh_n, (N, H), dt)
-    dc_n = _arr(fn, "dc_n", dc_n, (N, H), dt)
+    cot = dict(dy=_arr(fn, "dy", dy, (T, N, H), dt), dh_n=_arr(fn, "dh_n", dh_n, (N, H), dt))
     ln = a["layer_norm"] != "none"
     z = lambda shape: np.zeros(shape, dt)  # noqa: E731
     g = dict(dx=np.empty((T, N, C), dt),
              dh0=np.empty((N, H), dt) if a["h0"] is not None else None,
-             dc0=np.empty((N, H), dt) if a["c0"] is not None else None,
-             dw_ih=z((4 * H, C)), dw_hh=z((4 * H, H)),
-             db_ih=z(4 * H) if a["b_ih"] is not None else None,
-             db_hh=z(4 * H) if a["b_hh"] is not None else None,
-             dln_gamma_ih=z(4 * H) if ln else None,
-             dln_beta_ih=z(4 * H) if a["ln_beta_ih"] is not None else None,
-             dln_gamma_hh=z(4 * H) if ln else None,
-             dln_beta_hh=z(4 * H) if a["ln_beta_hh"] is not None else None,
-             dln_gamma_c=z(H) if ln else None,
-             dln_beta_c=z(H) if a["ln_beta_c"] is not None else None)
-    ws_n = _core.lstm_ln_sizes(cache.dims)[2]
-    _core.lstm_ln_backward(
-        cache.dims, x=a["x"], w_ih=a["w_ih"], w_hh=a["w_hh"], layer_norm=a["layer_norm"],
-        ln_gamma_ih=a["ln_gamma_ih"], ln_gamma_hh=a["ln_gamma_hh"], ln_gamma_c=a["ln_gamma_c"],
-        zoneout_h_mask=a["zoneout_h_mask"], zoneout_c_mask=a["zoneout_c_mask"],
-        zoneout_h=a["zoneout_h"], zoneout_c=a["zoneout_c"],
-        recurrent_mask=a["recurrent_mask"], lengths=a["lengths"], cache=cache.buf, dy=dy,
-        dh_n=dh_n, dc_n=dc_n, workspace=_workspace(ws_n, dt), reverse=cache.reverse,
-        num_threads=_threads(), **g)
+             dw_ih=z((GH, C)), dw_hh=z((GH, H)),
+             db_ih=z(GH) if a["b_ih"] is not None else None,
+             db_hh=z(GH) if a["b_hh"] is not None else None,
+             dln_gamma_ih=z(GH) if ln else None,
+             dln_beta_ih=z(GH) if a["ln_beta_ih"] is not None else None,
+             dln_gamma_hh=z(GH) if ln else None,
+             dln_beta_hh=z(GH) if a["ln_beta_hh"] is not None else None)
+    keep = ["x", "w_ih", "w_hh", "layer_norm", "ln_gamma_ih", "ln_gamma_hh", "zoneout_h_mask",
+            "zoneout_h", "recurrent_mask", "lengths"] + \
+        [k for k in ("zoneout_draw", "zoneout_seed") if k in a]
+    if lstm:
+        cot["dc_n"] = _arr(fn, "dc_n", dc_n, (N, H), dt)
+        g.update(dc0=np.empty((N, H), dt) if a["c0"] is not None else None,
+                 dln_gamma_c=z(H) if ln else None,
+                 dln_beta_c=z(H) if a["ln_beta_c"] is not None else None)
+        keep += ["ln_gamma_c", "zoneout_c_mask", "zoneout_c"]
+    ws_n = getattr(_core, cell + "_sizes")(cache.dims)[2]
+    getattr(_core, fn)(cache.dims, **{k: a[k] for k in keep}, cache=cache.buf, **cot,
+                       workspace=_workspace(ws_n, dt), reverse=cache.reverse,
+                       num_threads=_threads(), **g)
     return g
+
+
+def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
+                    layer_norm="none", ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None,
+                    ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
+                    zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
+                    zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
+                    training=True):
+    """The fused kernel of :func:`fusedrnn.reference_reg.lstm_ln_forward`.
+    Returns (y, h_n, c_n, cache or None). zoneout_seed (training): the kernel draws the zoneout
+    masks itself (reference_reg.zoneout_masks), in forward and backward, storing none."""
+    ln = dict(ln_gamma_ih=ln_gamma_ih, ln_beta_ih=ln_beta_ih, ln_gamma_hh=ln_gamma_hh,
+              ln_beta_hh=ln_beta_hh, ln_gamma_c=ln_gamma_c, ln_beta_c=ln_beta_c)
+    return _forward("lstm_ln", x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln,
+                    zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed,
+                    recurrent_mask, lengths, reverse, training)
+
+
+def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
+    """Gradients as :func:`fusedrnn.reference_reg.lstm_ln_backward` (a dict)."""
+    return _backward("lstm_ln", cache, dy, dh_n, dc_n)
+
+
+def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
+                   ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None, ln_gamma_hh=None,
+                   ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, zoneout_seed=None,
+                   recurrent_mask=None, lengths=None, reverse=False, training=True):
+    """The fused kernel of :func:`fusedrnn.reference_reg.gru_ln_forward` (reset_after;
+    layer_norm 'none' or 'haste'). Returns (y, h_n, cache or None)."""
+    ln = dict(ln_gamma_ih=ln_gamma_ih, ln_beta_ih=ln_beta_ih, ln_gamma_hh=ln_gamma_hh,
+              ln_beta_hh=ln_beta_hh)
+    return _forward("gru_ln", x, w_ih, w_hh, b_ih, b_hh, h0, None, layer_norm, ln_eps, ln,
+                    zoneout_h_mask, None, zoneout_h, 0.0, zoneout_seed, recurrent_mask, lengths,
+                    reverse, training)
+
+
+def gru_ln_backward(cache, dy=None, dh_n=None):
+    """Gradients as :func:`fusedrnn.reference_reg.gru_ln_backward` (a dict)."""
+    return _backward("gru_ln", cache, dy, dh_n, None)

@@ -17,7 +17,8 @@ initialisation); LSTM ``layer_norm``, ``ln_eps``, ``zoneout_h``, ``zoneout_c``,
 ``recurrent_dropout``, ``input_dropout``, ``weight_drop`` (issue 19, as fusedrnn.LSTM; layer
 norm adds ``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [4H], ``ln_gamma_c_l{k}``,
 ``ln_beta_c_l{k}`` [H] and with "tfa" ``ln_beta_ih_l{k}``, ``ln_beta_hh_l{k}``; masks from
-torch's RNG); GRU ``variant="reset_before"``.
+torch's RNG); GRU ``variant="reset_before"``, and the same options on the (reset_after) GRU
+but ``zoneout_c`` and ``layer_norm="tfa"`` (``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [3H]).
 
 Each layer and direction is one ``torch.autograd.Function`` calling
 :func:`fusedrnn.functional.lstm_forward` (etc.) on numpy views of the tensors
@@ -245,39 +246,80 @@ class _LayerFunction(torch.autograd.Function):
 _LN_NAMES = ("ln_gamma_ih", "ln_beta_ih", "ln_gamma_hh", "ln_beta_hh", "ln_gamma_c", "ln_beta_c")
 
 
+def _ln_names(mode):
+    return _LN_NAMES if mode == "LSTM" else _LN_NAMES[:4]
+
+
 def _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln, training):
+    """fusedrnn.regularised's LSTM kernel (c0 given or meta["cell"] == "lstm"), else the GRU's:
+    (y, h_n[, c_n], cache)."""
     from . import regularised
-    kw = {k: _np(v) for k, v in zip(_LN_NAMES, ln)}
-    return regularised.lstm_ln_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
-                                       _np(h0), _np(c0), **kw, **meta, training=training)
+    meta = dict(meta)
+    lstm = meta.pop("cell") == "lstm"
+    kw = {k: _np(v) for k, v in zip(_ln_names("LSTM" if lstm else "GRU"), ln)}
+    if lstm:
+        return regularised.lstm_ln_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
+                                           _np(h0), _np(c0), **kw, **meta, training=training)
+    return regularised.gru_ln_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
+                                      _np(h0), **kw, **meta, training=training)
 
 
 class _RegularisedFunction(torch.autograd.Function):
-    """One layer, one direction of an LSTM with issue 19's options (fusedrnn.regularised):
-    (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, the six ln_* parameters) -> (y, h_n, c_n)."""
+    """One layer, one direction of an LSTM or GRU with issue 19's options
+    (fusedrnn.regularised): (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, the ln_* parameters) ->
+    (y, h_n, c_n) for the LSTM, (y, h_n) for the GRU (meta["cell"]; c0 None)."""
 
     @staticmethod
     def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln):
-        y, h, c, cache = _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln,
-                                      training=True)
+        *outs, cache = _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln,
+                                    training=True)
         # the kernel cache: a saved tensor, freed by torch after backward
         ctx.save_for_backward(torch.from_numpy(cache.buf), x, w_ih, w_hh)
         ctx.kernel_cache = cache
+        ctx.lstm = meta["cell"] == "lstm"
         ctx.set_materialize_grads(False)
-        return torch.from_numpy(y), torch.from_numpy(h), torch.from_numpy(c)
+        return tuple(torch.from_numpy(a) for a in outs)
 
     @staticmethod
     @_first_order_only
-    def backward(ctx, dy, dh, dc):
+    def backward(ctx, *grads):
         from . import regularised
         ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place)
-        g = [None if d is None else _contiguous(d.detach()).numpy() for d in (dy, dh, dc)]
-        r = regularised.lstm_ln_backward(ctx.kernel_cache, *g)
+        g = [None if d is None else _contiguous(d.detach()).numpy() for d in grads]
+        lstm = ctx.lstm
+        r = (regularised.lstm_ln_backward if lstm else regularised.gru_ln_backward)(
+            ctx.kernel_cache, *g)
+        r.setdefault("dc0", None)
         need = ctx.needs_input_grad
         names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + \
-            tuple("d" + k for k in _LN_NAMES)
+            tuple("d" + k for k in _ln_names("LSTM" if lstm else "GRU"))
         return (None,) + tuple(torch.from_numpy(r[k]) if r[k] is not None and need[1 + i]
                                else None for i, k in enumerate(names))
+
+
+def _init_regularisers(module, reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                       input_dropout, weight_drop):
+    """Issue 19's options on a fusedrnn.torch LSTM or GRU: the attributes and the layer-norm
+    parameters (gains 1, biases 0; ln_beta_ih/hh with 'tfa' only, ln_*_c on the LSTM only)."""
+    module._reg = tuple(k for k in reg if k != "ln_eps")
+    module.layer_norm, module.ln_eps = layer_norm, float(ln_eps)
+    module.zoneout_h, module.zoneout_c = float(zoneout_h), float(zoneout_c)
+    module.recurrent_dropout, module.input_dropout = float(recurrent_dropout), \
+        float(input_dropout)
+    module.weight_drop = float(weight_drop)
+    if layer_norm:
+        w, H = module.weight_ih_l0, module.hidden_size
+        G = 4 if module.mode == "LSTM" else 3
+        for layer in range(module.num_layers):
+            for direction in range(2 if module.bidirectional else 1):
+                sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                for name in _ln_names(module.mode):
+                    if name in ("ln_beta_ih", "ln_beta_hh") and layer_norm != "tfa":
+                        continue
+                    size = H if name.endswith("_c") else G * H
+                    setattr(module, name + sfx, torch.nn.Parameter(torch.full(
+                        (size,), 1.0 if name.startswith("ln_gamma") else 0.0, dtype=w.dtype,
+                        device=w.device)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,12 +620,14 @@ class _Base:
         return inp, h_n, c_n
 
     def _run_regularised(self, x, h0, c0, lengths, params, grad):
-        """_run for an LSTM with issue 19's options (fusedrnn.regularised's kernel): masks from
-        torch's RNG (torch.manual_seed controls them) in train mode, the expectation of zoneout
-        in eval mode; input dropout and weight drop as differentiable torch products."""
+        """_run for an LSTM or GRU with issue 19's options (fusedrnn.regularised's kernels):
+        masks from torch's RNG (torch.manual_seed controls them) in train mode, the expectation
+        of zoneout in eval mode; input dropout and weight drop as differentiable torch
+        products."""
         L, D, H = self.num_layers, 2 if self.bidirectional else 1, self.hidden_size
         T, N = x.shape[0], x.shape[1]
         dt, train = x.dtype, self.training
+        lstm = self.mode == "LSTM"
         hs, cs = [], []
         inp = x
 
@@ -596,7 +640,7 @@ class _Base:
                 idx = layer * D + direction
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
                 w_ih, w_hh, b_ih, b_hh, _, _ = params[idx]
-                ln = tuple(self._parameters.get(k + sfx) for k in _LN_NAMES)
+                ln = tuple(self._parameters.get(k + sfx) for k in _ln_names(self.mode))
                 masks = {}
                 xin, w = inp, w_hh
                 if train:
@@ -614,25 +658,29 @@ class _Base:
                         p = self.weight_drop
                         w = w_hh * ((1 - bern(tuple(w_hh.shape), p)) / (1 - p))
                 else:
-                    masks.update(zoneout_h=self.zoneout_h, zoneout_c=self.zoneout_c)
-                meta = dict(masks, layer_norm=self.layer_norm or "none", ln_eps=self.ln_eps,
+                    masks.update(zoneout_h=self.zoneout_h)
+                    if lstm:
+                        masks.update(zoneout_c=self.zoneout_c)
+                meta = dict(masks, cell="lstm" if lstm else "gru",
+                            layer_norm=self.layer_norm or "none", ln_eps=self.ln_eps,
                             lengths=lengths, reverse=direction == 1)
                 h0_i = None if h0 is None else h0[idx]
                 c0_i = None if c0 is None else c0[idx]
                 if grad:
-                    y, h, c = _RegularisedFunction.apply(meta, xin.contiguous(), h0_i, c0_i,
-                                                         w_ih, w.contiguous(), b_ih, b_hh, *ln)
+                    res = _RegularisedFunction.apply(meta, xin.contiguous(), h0_i, c0_i,
+                                                     w_ih, w.contiguous(), b_ih, b_hh, *ln)
                 else:
-                    y, h, c, _ = _reg_forward(meta, xin.contiguous(), h0_i, c0_i, w_ih,
-                                              w.contiguous(), b_ih, b_hh, *ln, training=False)
-                    y, h, c = (torch.from_numpy(a) for a in (y, h, c))
-                ys.append(y)
-                hs.append(h)
-                cs.append(c)
+                    *res, _ = _reg_forward(meta, xin.contiguous(), h0_i, c0_i, w_ih,
+                                           w.contiguous(), b_ih, b_hh, *ln, training=False)
+                    res = tuple(torch.from_numpy(a) for a in res)
+                ys.append(res[0])
+                hs.append(res[1])
+                if lstm:
+                    cs.append(res[2])
             inp = ys[0] if D == 1 else torch.cat(ys, 2)
             if layer < L - 1 and self.training and self.dropout > 0:
                 inp = torch.nn.functional.dropout(inp, self.dropout, training=True)
-        return inp, torch.stack(hs, 0), torch.stack(cs, 0)
+        return inp, torch.stack(hs, 0), torch.stack(cs, 0) if lstm else None
 
     def flatten_parameters(self) -> None:
         """No-op: the parameters are used where they are."""
@@ -657,6 +705,17 @@ def _check_bool(fn, name, v):
     if not isinstance(v, bool):
         raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
     return v
+
+
+def _reset_layer_norm(module):
+    with torch.no_grad():  # layer norm: gains 1, biases 0 (torch.nn.LayerNorm's)
+        for name, p in module._parameters.items():
+            if name.startswith("ln_"):
+                p.fill_(1.0 if name.startswith("ln_gamma") else 0.0)
+
+
+def _reg_repr(module):
+    return "".join(f", {k}={getattr(module, k)!r}" for k in module._reg)
 
 
 class LSTM(_Base, torch.nn.LSTM):
@@ -700,24 +759,8 @@ class LSTM(_Base, torch.nn.LSTM):
                     setattr(self, name, p)
         self.forget_bias = float(forget_bias)
         self._add_forget_bias()
-        self._reg = tuple(k for k in reg if k != "ln_eps")
-        self.layer_norm, self.ln_eps = layer_norm, float(ln_eps)
-        self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)
-        self.recurrent_dropout, self.input_dropout = float(recurrent_dropout), \
-            float(input_dropout)
-        self.weight_drop = float(weight_drop)
-        if layer_norm:
-            w, H = self.weight_ih_l0, self.hidden_size
-            for layer in range(self.num_layers):
-                for direction in range(2 if self.bidirectional else 1):
-                    sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                    for name, size, val in (("ln_gamma_ih", 4 * H, 1.0), ("ln_gamma_hh", 4 * H, 1.0),
-                                            ("ln_beta_ih", 4 * H, 0.0), ("ln_beta_hh", 4 * H, 0.0),
-                                            ("ln_gamma_c", H, 1.0), ("ln_beta_c", H, 0.0)):
-                        if name in ("ln_beta_ih", "ln_beta_hh") and layer_norm != "tfa":
-                            continue
-                        setattr(self, name + sfx, torch.nn.Parameter(
-                            torch.full((size,), val, dtype=w.dtype, device=w.device)))
+        _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
+                           recurrent_dropout, input_dropout, weight_drop)
 
     def _add_forget_bias(self):
         if self.forget_bias and self.bias:
@@ -731,14 +774,11 @@ class LSTM(_Base, torch.nn.LSTM):
         """U(±1/√hidden_size) for every parameter (torch.nn's draws), then forget_bias."""
         super().reset_parameters()
         self._add_forget_bias()
-        with torch.no_grad():  # layer norm: gains 1, biases 0 (torch.nn.LayerNorm's)
-            for name, p in self._parameters.items():
-                if name.startswith("ln_"):
-                    p.fill_(1.0 if name.startswith("ln_gamma") else 0.0)
+        _reset_layer_norm(self)
 
     def _extras_repr(self):
         s = ", peepholes=True" if self.peepholes else ""
-        s += "".join(f", {k}={getattr(self, k)!r}" for k in self._reg)
+        s += _reg_repr(self)
         return s + (f", forget_bias={self.forget_bias}" if self.forget_bias else "")
 
 
@@ -747,18 +787,34 @@ class GRU(_Base, torch.nn.GRU):
     ('reset_after', torch's formula, or 'reset_before', Keras reset_after=False / ONNX)."""
 
     variant = "reset_after"
+    _reg = ()
 
-    def __init__(self, *args, variant="reset_after", **kwargs):
+    def __init__(self, *args, variant="reset_after", layer_norm=None, ln_eps=1e-5,
+                 zoneout_h=0.0, zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0,
+                 weight_drop=0.0, **kwargs):
+        from .layers import _regularisers
+        reg = _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                            input_dropout, weight_drop)
         self._check_construction(kwargs)
         if variant not in ("reset_after", "reset_before"):
             raise ValueError(f"GRU: variant must be 'reset_after' or 'reset_before', "
                              f"got {variant!r}")
+        if reg and variant != "reset_after":
+            raise ValueError("GRU: layer_norm, zoneout and the dropout options need "
+                             "variant='reset_after'")
         super().__init__(*args, **kwargs)
         self._check_parameters("GRU")
         self.variant = variant
+        _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
+                           recurrent_dropout, input_dropout, weight_drop)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        _reset_layer_norm(self)
 
     def _extras_repr(self):
-        return "" if self.variant == "reset_after" else f", variant={self.variant!r}"
+        s = "" if self.variant == "reset_after" else f", variant={self.variant!r}"
+        return s + _reg_repr(self)
 
 
 class RNN(_Base, torch.nn.RNN):

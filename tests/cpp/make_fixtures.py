@@ -80,6 +80,27 @@ def grid():
                 name = f"bare-{layer}-{'bias' if bias else 'nobias'}-{'bi' if bidir else 'uni'}-{dtype}"
                 yield name, dict(layer=layer, bias=bias, bidirectional=bidir, num_layers=2,
                                  dtype=dtype, **kw), False
+    # Issue 19's options (the regularised kernels, evaluation: zoneout's expectation, the
+    # dropouts off): LSTM layer norm both placements, GRU haste, zoneout, dropout-only layers
+    # (the regularised kernel all the same), stacked, bidirectional, token input, bare layers.
+    reg = [("lstm", {"layer_norm": "haste", "zoneout_h": 0.1, "zoneout_c": 0.2}),
+           ("lstm", {"layer_norm": "tfa", "ln_eps": 1e-3}),
+           ("lstm", {"recurrent_dropout": 0.2, "weight_drop": 0.3}),
+           ("gru", {"layer_norm": "haste", "zoneout_h": 0.15}),
+           ("gru", {"recurrent_dropout": 0.2, "input_dropout": 0.1})]
+    for (cell, kw), (layers, bidir, tokens), dtype in itertools.product(
+            reg, ((2, True, False), (1, False, True)), ("float32", "float64")):
+        name = "-".join([cell, "reg"] + [f"{k}{v}" for k, v in kw.items()] +
+                        [f"L{layers}", "bi" if bidir else "uni", "tok" if tokens else "dense",
+                         dtype])
+        yield name, dict(cell=cell, num_layers=layers, bidirectional=bidir, dtype=dtype,
+                         **kw), tokens
+    for layer, kw in (("LSTM", {"layer_norm": "tfa", "zoneout_c": 0.3}),
+                      ("GRU", {"layer_norm": "haste", "zoneout_h": 0.2})):
+        for dtype in ("float32", "float64"):
+            yield f"bare-{layer}-reg-bi-{dtype}", dict(layer=layer, bias=True,
+                                                       bidirectional=True, num_layers=2,
+                                                       dtype=dtype, **kw), False
     # bf16 inference (precision="bfloat16"): every cell, stacked + bidirectional + dense and
     # single-layer + token input; the big case (H past one tile block); bare layers.
     cells_bf16 = [("lstm", {}), ("lstm", {"proj_size": 3, "peepholes": True}),
@@ -118,6 +139,9 @@ def write_case(out_dir, index, name, spec, tokens, isa):
         model = RecurrentModel(hidden_size=hidden, output_size=3, seed=index, **inp, **spec)
         rnn, H, R = model.rnn, model.rnn.hidden_size, model.rnn.state_size
         L, D = model.rnn.num_layers, model.rnn.num_directions
+    for name_, p in model.named_parameters():  # layer norm: gains and biases off 1 and 0
+        if name_.split(".")[-1].startswith("ln_"):
+            p.data += (0.2 * rng.standard_normal(p.data.shape)).astype(p.data.dtype)
     model.eval()
     io = {}
     if tokens:

@@ -510,6 +510,35 @@ void check_errors() {
   expect_throw<ConfigError>("proj_size with a GRU",
                             [&] { from(config_edit("\"proj_size\":0", "\"proj_size\":2")); },
                             "need cell 'lstm'");
+  // Issue 19's options: read where they apply, refused by name where not (the spec is a GRU).
+  const auto add = [&](const std::string& kv) { return config_edit("\"seed\":null", "\"seed\":null," + kv); };
+  expect_throw<ConfigError>("zoneout_c with a GRU", [&] { from(add("\"zoneout_c\":0.1")); },
+                            "zoneout_c needs cell 'lstm'");
+  expect_throw<ConfigError>("layer_norm tfa with a GRU",
+                            [&] { from(add("\"layer_norm\":\"tfa\"")); },
+                            "layer_norm 'tfa' needs cell 'lstm'");
+  expect_throw<ConfigError>("an unknown layer_norm", [&] { from(add("\"layer_norm\":\"batch\"")); },
+                            "layer_norm must be null, 'haste' or 'tfa'");
+  expect_throw<ConfigError>("zoneout_h out of range", [&] { from(add("\"zoneout_h\":1.0")); },
+                            "zoneout_h must be in [0, 1)");
+  expect_throw<ConfigError>("ln_eps without layer_norm", [&] { from(add("\"ln_eps\":0.001")); },
+                            "ln_eps needs layer_norm");
+  expect_throw<ConfigError>("an unknown option is still refused",
+                            [&] { from(add("\"zoneout\":0.1")); }, "unknown key 'zoneout'");
+  expect_throw<ConfigError>("options with reset_before",
+                            [&] {
+                              from(rewrite(spec, [](TV&, std::string& cfg) {
+                                const auto at = cfg.find("reset_after");
+                                if (at != std::string::npos) cfg.replace(at, 11, "reset_before");
+                                cfg.replace(cfg.find("\"seed\":null"), 11,
+                                            "\"seed\":null,\"zoneout_h\":0.1");
+                              }));
+                            },
+                            "zoneout_h needs variant 'reset_after'");
+  expect_throw<CheckpointError>("layer_norm without its tensors",
+                                [&] { from(add("\"layer_norm\":\"haste\"")); },
+                                "missing tensor 'rnn.ln_gamma_ih_l0'");
+  from(add("\"recurrent_dropout\":0.2"));  // training only: loads (the regularised kernel)
   expect_throw<CheckpointError>("model config not JSON",
                                 [&] { from(config_edit("{\"type\"", "{type")); },
                                 "__metadata__['model'] is not valid JSON");

@@ -1,4 +1,4 @@
-// Regularised / normalised LSTM layer kernels (one layer, one direction, no projection, no
+// Regularised / normalised LSTM and GRU layer kernels (one layer, one direction, no projection, no
 // peepholes): layer normalisation in two placements, zoneout on h and c, and a per-sequence
 // (variational) dropout mask on the recurrent input h_{t-1}. Every option is off by default;
 // with all off the formula is the plain LSTM of lstm.h (gate order i, f, g, o).
@@ -17,6 +17,11 @@
 // over the steps. z_h, z_c: the zoneout masks [T, N, H] (time-indexed, 1 = keep the previous
 // value) in training, or the probabilities p_h, p_c (the expectation, evaluation) where no mask
 // is given; 0 and null = no zoneout. y[t] = h_t.
+// zoneout_draw (training, no mask arrays): the kernels draw the masks themselves, the same in
+// forward and backward, from zoneout_seed and the probabilities: z[t, n, j] = 1 where
+// u < p, u = (the i-th output of SplitMix64 seeded with key) >> 40, times 2⁻²⁴, i = (t N + n) H + j,
+// key = zoneout_seed ^ 0x5A6F6E656F75745F ("Zoneout_") for z_h and that ^ 1 for z_c; that is
+// fusedrnn.reference_reg.zoneout_masks, and equals passing its arrays as the masks.
 #pragma once
 
 #include <cstddef>
@@ -49,6 +54,8 @@ struct LstmLnForwardArgs {
   const Scalar* zoneout_c_mask = nullptr; // [T, N, H]
   Scalar zoneout_h = 0;                   // in [0, 1): used where zoneout_h_mask is null
   Scalar zoneout_c = 0;                   // must be 0 when the mask is given
+  bool zoneout_draw = false;              // training: draw the masks from zoneout_seed
+  std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr; // [N, H]; null = none
   const std::int64_t* lengths = nullptr;  // [N]; null = all T
   Scalar* y = nullptr;                    // out [T, N, H]
@@ -72,6 +79,8 @@ struct LstmLnBackwardArgs {
   const Scalar* zoneout_c_mask = nullptr;
   Scalar zoneout_h = 0;
   Scalar zoneout_c = 0;
+  bool zoneout_draw = false;
+  std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr;
   const std::int64_t* lengths = nullptr;
   const Scalar* cache = nullptr;          // written by that forward
@@ -93,6 +102,69 @@ struct LstmLnBackwardArgs {
   Scalar* dln_beta_c = nullptr;
 };
 
+// The regularised / normalised GRU (reset_after, PyTorch gate order r, z, n), the same options
+// but no cell state: layer norm only in haste's placement (LayerNormGRU; TF Addons and PyTorch's
+// custom_lstms have no layer-norm GRU, and their placement differs from haste's only on c):
+//   gx  = LN(x_t W_ihᵀ; γ_ih, β_ih)  gh = LN((h_{t−1}∘r) W_hhᵀ; γ_hh, β_hh)          [3H]
+//         (without layer norm the raw products)
+//   r   = σ(gx_r + gh_r + b_ir + b_hr),  z = σ(gx_z + gh_z + b_iz + b_hz)
+//   ñ   = tanh(gx_n + b_in + r∘(gh_n + b_hn));  h̃ = (1 − z)∘ñ + z∘h_{t−1}
+//   h_t = z_h∘h_{t−1} + (1 − z_h)∘h̃                                   (zoneout; y[t] = h_t)
+// layer_norm must be none or haste (tfa is refused: it is the LSTM's normalised-cell carry).
+template <typename Scalar>
+struct GruLnForwardArgs {
+  const Scalar* x = nullptr;              // [T, N, C]
+  const Scalar* w_ih = nullptr;           // [3H, C]
+  const Scalar* w_hh = nullptr;           // [3H, H]
+  const Scalar* b_ih = nullptr;           // [3H]; null = no bias
+  const Scalar* b_hh = nullptr;           // [3H]; null = no bias
+  const Scalar* h0 = nullptr;             // [N, H]; null = zeros
+  LayerNorm layer_norm = LayerNorm::none;
+  Scalar ln_eps = Scalar(1e-5);
+  const Scalar* ln_gamma_ih = nullptr;    // [3H]; required with layer norm
+  const Scalar* ln_beta_ih = nullptr;     // [3H]; null = 0
+  const Scalar* ln_gamma_hh = nullptr;    // [3H]; required with layer norm
+  const Scalar* ln_beta_hh = nullptr;     // [3H]; null = 0
+  const Scalar* zoneout_h_mask = nullptr; // [T, N, H]
+  Scalar zoneout_h = 0;
+  bool zoneout_draw = false;
+  std::uint64_t zoneout_seed = 0;
+  const Scalar* recurrent_mask = nullptr; // [N, H]
+  const std::int64_t* lengths = nullptr;  // [N]
+  Scalar* y = nullptr;                    // out [T, N, H]
+  Scalar* h_n = nullptr;                  // out [N, H]
+  Scalar* cache = nullptr;                // out [gru_ln_cache_size]; null = inference
+};
+
+template <typename Scalar>
+struct GruLnBackwardArgs {
+  const Scalar* x = nullptr;
+  const Scalar* w_ih = nullptr;
+  const Scalar* w_hh = nullptr;
+  LayerNorm layer_norm = LayerNorm::none;
+  const Scalar* ln_gamma_ih = nullptr;
+  const Scalar* ln_gamma_hh = nullptr;
+  const Scalar* zoneout_h_mask = nullptr;
+  Scalar zoneout_h = 0;
+  bool zoneout_draw = false;
+  std::uint64_t zoneout_seed = 0;
+  const Scalar* recurrent_mask = nullptr;
+  const std::int64_t* lengths = nullptr;
+  const Scalar* cache = nullptr;
+  const Scalar* dy = nullptr;             // [T, N, H]; null = zero
+  const Scalar* dh_n = nullptr;           // [N, H]; null = zero
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dh0 = nullptr;                  // out [N, H] (overwritten)
+  Scalar* dw_ih = nullptr;                // [3H, C] (+=)
+  Scalar* dw_hh = nullptr;                // [3H, H] (+=)
+  Scalar* db_ih = nullptr;                // [3H] (+=)
+  Scalar* db_hh = nullptr;                // [3H] (+=)
+  Scalar* dln_gamma_ih = nullptr;         // [3H] (+=)
+  Scalar* dln_beta_ih = nullptr;
+  Scalar* dln_gamma_hh = nullptr;
+  Scalar* dln_beta_hh = nullptr;
+};
+
 FUSEDRNN_API std::size_t lstm_ln_cache_size(const Dims& d);
 FUSEDRNN_API std::size_t lstm_ln_forward_workspace_size(const Dims& d);
 FUSEDRNN_API std::size_t lstm_ln_backward_workspace_size(const Dims& d);
@@ -103,5 +175,16 @@ void lstm_ln_forward(const Dims& d, const LstmLnForwardArgs<Scalar>& args, const
 template <typename Scalar> FUSEDRNN_API
 void lstm_ln_backward(const Dims& d, const LstmLnBackwardArgs<Scalar>& args, const Options& opt,
                       Scalar* workspace);
+
+FUSEDRNN_API std::size_t gru_ln_cache_size(const Dims& d);
+FUSEDRNN_API std::size_t gru_ln_forward_workspace_size(const Dims& d);
+FUSEDRNN_API std::size_t gru_ln_backward_workspace_size(const Dims& d);
+
+template <typename Scalar> FUSEDRNN_API
+void gru_ln_forward(const Dims& d, const GruLnForwardArgs<Scalar>& args, const Options& opt,
+                    Scalar* workspace);
+template <typename Scalar> FUSEDRNN_API
+void gru_ln_backward(const Dims& d, const GruLnBackwardArgs<Scalar>& args, const Options& opt,
+                     Scalar* workspace);
 
 }  // namespace fusedrnn

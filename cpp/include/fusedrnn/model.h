@@ -52,6 +52,7 @@
 #include "fusedrnn/errors.h"
 #include "fusedrnn/export.h"
 #include "fusedrnn/json.h"
+#include "fusedrnn/lstm_ln.h"
 #include "fusedrnn/safetensors.h"
 
 namespace fusedrnn {
@@ -78,6 +79,17 @@ struct ModelConfig {
   std::int64_t output_size = 0;      // head outputs, or D*R for a bare layer
   double dropout = 0;                // training only: recorded, ignored here
   double forget_bias = 0;            // initialisation only: recorded, ignored here
+  // Issue 19's options (LSTM and reset-after GRU; fusedrnn/lstm_ln.h): layer norm and zoneout
+  // (its evaluation expectation) change the inference; the dropouts are training only
+  // (recorded, ignored here), but a layer with any option set runs the regularised kernel.
+  LayerNorm layer_norm = LayerNorm::none;
+  double ln_eps = 1e-5;
+  double zoneout_h = 0, zoneout_c = 0;
+  double recurrent_dropout = 0, input_dropout = 0, weight_drop = 0;
+  bool regularised() const noexcept {
+    return layer_norm != LayerNorm::none || zoneout_h > 0 || zoneout_c > 0 ||
+           recurrent_dropout > 0 || input_dropout > 0 || weight_drop > 0;
+  }
 
   int num_directions() const noexcept { return bidirectional ? 2 : 1; }
   std::int64_t state_size() const noexcept { return proj_size > 0 ? proj_size : hidden_size; }

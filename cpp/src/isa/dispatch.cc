@@ -167,6 +167,14 @@ std::size_t lstm_ln_backward_workspace_size(const Dims& d) {
   return isa::active().lstm_ln_sizes(d).backward_workspace;
 }
 
+std::size_t gru_ln_cache_size(const Dims& d) { return isa::active().gru_ln_sizes(d).cache; }
+std::size_t gru_ln_forward_workspace_size(const Dims& d) {
+  return isa::active().gru_ln_sizes(d).forward_workspace;
+}
+std::size_t gru_ln_backward_workspace_size(const Dims& d) {
+  return isa::active().gru_ln_sizes(d).backward_workspace;
+}
+
 #define FUSEDRNN_ROUTE(fn, Args)                                                           \
   template <typename Scalar>                                                               \
   void fn(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* workspace) {   \
@@ -182,6 +190,8 @@ FUSEDRNN_ROUTE(rnn_forward, RnnForwardArgs)
 FUSEDRNN_ROUTE(rnn_backward, RnnBackwardArgs)
 FUSEDRNN_ROUTE(lstm_ln_forward, LstmLnForwardArgs)
 FUSEDRNN_ROUTE(lstm_ln_backward, LstmLnBackwardArgs)
+FUSEDRNN_ROUTE(gru_ln_forward, GruLnForwardArgs)
+FUSEDRNN_ROUTE(gru_ln_backward, GruLnBackwardArgs)
 #undef FUSEDRNN_ROUTE
 
 template <typename Scalar>

@@ -77,10 +77,13 @@ struct Kernels {
   void (*gru_backward)(const Dims&, const GruBackwardArgs<Scalar>&, const Options&, Scalar*);
   void (*rnn_forward)(const Dims&, const RnnForwardArgs<Scalar>&, const Options&, Scalar*);
   void (*rnn_backward)(const Dims&, const RnnBackwardArgs<Scalar>&, const Options&, Scalar*);
-  // The regularised / normalised LSTM of fusedrnn/lstm_ln.h (kernels/lstm_ln.cc).
+  // The regularised / normalised LSTM and GRU of fusedrnn/lstm_ln.h (kernels/lstm_ln.cc).
   void (*lstm_ln_forward)(const Dims&, const LstmLnForwardArgs<Scalar>&, const Options&, Scalar*);
   void (*lstm_ln_backward)(const Dims&, const LstmLnBackwardArgs<Scalar>&, const Options&,
                            Scalar*);
+  void (*gru_ln_forward)(const Dims&, const GruLnForwardArgs<Scalar>&, const Options&, Scalar*);
+  void (*gru_ln_backward)(const Dims&, const GruLnBackwardArgs<Scalar>&, const Options&,
+                          Scalar*);
   void (*reference_gemm)(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
                          const Scalar* b, Scalar* c, int num_threads);
   // The CTC loss of fusedrnn/ctc.h, its arguments already checked (kernels/ctc.cc).
@@ -123,6 +126,7 @@ struct Table {
   Sizes (*gru_sizes)(const Dims&) = nullptr;
   Sizes (*rnn_sizes)(const Dims&) = nullptr;
   Sizes (*lstm_ln_sizes)(const Dims&) = nullptr;
+  Sizes (*gru_ln_sizes)(const Dims&) = nullptr;
   // Scalars of the CTC workspace (kernels/ctc.cc; the same in every copy).
   std::size_t (*ctc_workspace)(std::int64_t T, std::int64_t N, std::int64_t Lmax) = nullptr;
   Kernels<float> f32{};

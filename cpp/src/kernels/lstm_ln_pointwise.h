@@ -267,6 +267,94 @@ inline void ln_backward_row(Index n, const Scalar* da, const Scalar* gamma, cons
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// The GRU (reset_after; fusedrnn/lstm_ln.h has the formula): one pass forward, one backward.
+// LnRow's fields serve it too: gx, gh [3H], the biases and gains [3H], h_prev, zh/pzh, gates
+// (r, z, ñ and q = gh_n + b_hn: [4H]), xhat, hhat [3H], h_next, y. The statistics mx, ix,
+// mh, ih as for the LSTM.
+template <typename Scalar>
+inline void ln_gru_forward_row(const LnRow<Scalar>& r) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Scalar>;
+  const Index H = r.H;
+  const P mx = ei::pset1<P>(r.mx), ix = ei::pset1<P>(r.ix), mh = ei::pset1<P>(r.mh),
+          ih = ei::pset1<P>(r.ih), one = ei::pset1<P>(Scalar(1)), pzh = ei::pset1<P>(r.pzh);
+  const bool zoh = r.zh || r.pzh > 0;
+  for_packets<Scalar>(H, [&](auto ld, auto st) {
+    P ax[3], ah[3];
+    for (Index g = 0; g < 3; ++g) {
+      P vx = ld(r.gx + g * H), vh = ld(r.gh + g * H);
+      if (r.ln) {
+        vx = ei::pmul(ei::psub(vx, mx), ix);
+        vh = ei::pmul(ei::psub(vh, mh), ih);
+        if (r.xhat) st(r.xhat + g * H, vx);
+        if (r.hhat) st(r.hhat + g * H, vh);
+        vx = ei::pmul(vx, ld(r.g_ih + g * H));
+        if (r.be_ih) vx = ei::padd(vx, ld(r.be_ih + g * H));
+        vh = ei::pmul(vh, ld(r.g_hh + g * H));
+        if (r.be_hh) vh = ei::padd(vh, ld(r.be_hh + g * H));
+      }
+      if (r.b_ih) vx = ei::padd(vx, ld(r.b_ih + g * H));
+      if (r.b_hh) vh = ei::padd(vh, ld(r.b_hh + g * H));
+      ax[g] = vx;
+      ah[g] = vh;
+    }
+    const P rr = psigmoid(ei::padd(ax[0], ah[0])), z = psigmoid(ei::padd(ax[1], ah[1]));
+    const P nt = ptanh(ei::padd(ax[2], ei::pmul(rr, ah[2])));
+    const P hp = ld(r.h_prev);
+    P h = ei::padd(ei::pmul(ei::psub(one, z), nt), ei::pmul(z, hp));
+    if (zoh) {
+      const P zz = r.zh ? ld(r.zh) : pzh;
+      h = ei::padd(ei::pmul(zz, hp), ei::pmul(ei::psub(one, zz), h));
+    }
+    st(r.gates, rr);
+    st(r.gates + H, z);
+    st(r.gates + 2 * H, nt);
+    st(r.gates + 3 * H, ah[2]);
+    st(r.h_next, h);
+    if (r.y) st(r.y, h);
+  });
+}
+
+// Backward of one GRU row. dh = dhz + r_mask∘dhg + dy; zoneout: dh̃ = (1 − z_h) dh;
+//   dñ_pre = dh̃ (1 − z)(1 − ñ²)  (the input product's n block; dq = r dñ_pre the recurrent's)
+//   dz_pre = dh̃ (h − ñ) z (1 − z);  dr_pre = dñ_pre q r (1 − r)
+//   the non-product part of dh_{t−1}: z_h dh + z dh̃.
+// dax [3H]: the input side's pre-activation gradients (r, z, n); dah [3H]: the recurrent side's.
+template <typename Scalar>
+inline void ln_gru_backward_row(const LnRowBack<Scalar>& r, const Scalar* h_prev, Scalar* dax,
+                                Scalar* dah) {
+  namespace ei = Eigen::internal;
+  using P = Packet<Scalar>;
+  const Index H = r.H;
+  const P one = ei::pset1<P>(Scalar(1)), pzh = ei::pset1<P>(r.pzh);
+  const bool zoh = r.zh || r.pzh > 0;
+  for_packets<Scalar>(H, [&](auto ld, auto st) {
+    P dhg = ld(r.dhg);
+    if (r.rmask) dhg = ei::pmul(ld(r.rmask), dhg);
+    P dh = ei::padd(ld(r.dhz), dhg);
+    if (r.dy) dh = ei::padd(dh, ld(r.dy));
+    P carry = ei::pzero(one);
+    if (zoh) {
+      const P zz = r.zh ? ld(r.zh) : pzh;
+      carry = ei::pmul(zz, dh);
+      dh = ei::pmul(ei::psub(one, zz), dh);
+    }
+    const P rr = ld(r.gates), z = ld(r.gates + H), nt = ld(r.gates + 2 * H),
+            q = ld(r.gates + 3 * H);
+    const P dn = ei::pmul(ei::pmul(dh, ei::psub(one, z)), ei::psub(one, ei::pmul(nt, nt)));
+    const P dz = ei::pmul(ei::pmul(ei::pmul(dh, ei::psub(ld(h_prev), nt)), z), ei::psub(one, z));
+    const P dr = ei::pmul(ei::pmul(ei::pmul(dn, q), rr), ei::psub(one, rr));
+    st(dax, dr);
+    st(dax + H, dz);
+    st(dax + 2 * H, dn);
+    st(dah, dr);
+    st(dah + H, dz);
+    st(dah + 2 * H, ei::pmul(dn, rr));
+    st(r.dhz_out, ei::padd(carry, ei::pmul(z, dh)));
+  });
+}
+
 }  // namespace detail
 }  // namespace FUSEDRNN_ISA_NS
 }  // namespace fusedrnn

@@ -195,6 +195,42 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
         r.fail("nonlinearity must be 'tanh' or 'relu', got " + quoted(v));
     }
   }
+  if (!ctc_rec) {  // issue 19's options (CtcRecognizer: unknown keys)
+    const char* set = nullptr;  // the first option that is set, for the errors below
+    const JsonValue* ln = r.get("layer_norm");
+    if (ln && !ln->is_null()) {
+      const std::string v = ln->is_string() ? ln->as_string() : ln->dump().substr(0, 60);
+      if (v == "haste")
+        c.layer_norm = LayerNorm::haste;
+      else if (v == "tfa")
+        c.layer_norm = LayerNorm::tfa;
+      else
+        r.fail("layer_norm must be null, 'haste' or 'tfa', got " + quoted(v));
+      set = "layer_norm";
+    }
+    c.ln_eps = r.number("ln_eps", 1e-5);
+    if (!(c.ln_eps > 0 && c.ln_eps < HUGE_VAL)) r.fail("ln_eps must be a finite number > 0");
+    if (c.ln_eps != 1e-5 && c.layer_norm == LayerNorm::none) r.fail("ln_eps needs layer_norm");
+    for (auto [key, slot] : {std::pair<const char*, double*>{"zoneout_h", &c.zoneout_h},
+                             {"zoneout_c", &c.zoneout_c},
+                             {"recurrent_dropout", &c.recurrent_dropout},
+                             {"input_dropout", &c.input_dropout},
+                             {"weight_drop", &c.weight_drop}}) {
+      *slot = r.number(key, 0.0);
+      if (!(*slot >= 0 && *slot < 1)) r.fail(std::string(key) + " must be in [0, 1)");
+      if (*slot > 0 && !set) set = key;
+    }
+    if (set && c.cell == CellType::rnn)
+      r.fail(std::string(set) + " needs cell 'lstm' or 'gru' (the regularised kernels)");
+    if (set && c.cell == CellType::lstm && (c.proj_size || c.peepholes))
+      r.fail(std::string(set) + " cannot be combined with proj_size or peepholes");
+    if (c.cell == CellType::gru && c.layer_norm == LayerNorm::tfa)
+      r.fail("layer_norm 'tfa' needs cell 'lstm' (the GRU has haste's placement only)");
+    if (c.cell == CellType::gru && c.zoneout_c > 0)
+      r.fail("zoneout_c needs cell 'lstm' (the GRU has no cell state)");
+    if (set && c.cell == CellType::gru && c.variant != GruVariant::reset_after)
+      r.fail(std::string(set) + " needs variant 'reset_after'");
+  }
   if (!ctc_rec) r.string("init", "pytorch");  // initialisation only
   {
     const JsonValue* seed = r.get("seed");  // initialisation only: an integer or null
@@ -296,6 +332,18 @@ std::shared_ptr<ModelImpl> build(const TensorFile& file) {
       }
       if (P > 0) expected.push_back({prefix + "weight_hr" + sfx, {P, H}, &lw.w_hr});
       if (c.peepholes) expected.push_back({prefix + "weight_peep" + sfx, {3, H}, &lw.w_peep});
+      if (c.layer_norm != LayerNorm::none) {
+        expected.push_back({prefix + "ln_gamma_ih" + sfx, {G * H}, &lw.ln_gamma_ih});
+        if (c.layer_norm == LayerNorm::tfa)
+          expected.push_back({prefix + "ln_beta_ih" + sfx, {G * H}, &lw.ln_beta_ih});
+        expected.push_back({prefix + "ln_gamma_hh" + sfx, {G * H}, &lw.ln_gamma_hh});
+        if (c.layer_norm == LayerNorm::tfa)
+          expected.push_back({prefix + "ln_beta_hh" + sfx, {G * H}, &lw.ln_beta_hh});
+        if (c.cell == CellType::lstm) {
+          expected.push_back({prefix + "ln_gamma_c" + sfx, {H}, &lw.ln_gamma_c});
+          expected.push_back({prefix + "ln_beta_c" + sfx, {H}, &lw.ln_beta_c});
+        }
+      }
     }
   if (c.has_head) {
     expected.push_back({"head.weight", {c.output_size, D * R}, &m.head_w});
@@ -417,7 +465,9 @@ void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T
   std::size_t ws_scalars = 0;
   for (std::int64_t l = 0; l < L; ++l) {
     const Dims d{T, N, m.layers[std::size_t(l * D)].C, H, P};
-    const std::size_t w = lstm ? lstm_forward_workspace_size(d, precision)
+    const std::size_t w = c.regularised() ? (lstm ? lstm_ln_forward_workspace_size(d)
+                                                   : gru_ln_forward_workspace_size(d))
+                          : lstm ? lstm_forward_workspace_size(d, precision)
                           : c.cell == CellType::gru ? gru_forward_workspace_size(d, precision)
                                                     : rnn_forward_workspace_size(d, precision);
     ws_scalars = std::max(ws_scalars, w);
@@ -469,7 +519,17 @@ void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T
         a.b_hh = p(w.b_hh), a.h0 = h0d, a.lengths = lengths, a.y = yd, a.h_n = hn;
         return a;
       };
-      if (lstm) {
+      if (c.regularised() && lstm) {  // issue 19's options (set_regularised)
+        LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, c, w);
+        a.c0 = c0 ? c0 + idx * N * H : nullptr;
+        a.c_n = c_n ? c_n + idx * N * H : cscratch;
+        lstm_ln_forward(dims, a, opt, ws);
+      } else if (c.regularised()) {
+        GruLnForwardArgs<Scalar> a = common(GruLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, c, w);
+        gru_ln_forward(dims, a, opt, ws);
+      } else if (lstm) {
         LstmForwardArgs<Scalar> a = common(LstmForwardArgs<Scalar>{});
         a.c0 = c0 ? c0 + idx * N * H : nullptr;
         a.w_peep = p(w.w_peep), a.w_hr = p(w.w_hr);
@@ -548,6 +608,10 @@ Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
     throw std::invalid_argument(std::string("fusedrnn::Model: precision bfloat16 needs a "
                                             "float32 model; this one is ") +
                                 dtype_name(impl_->config.dtype));
+  if (precision == Precision::bfloat16 && impl_->config.regularised())
+    throw ConfigError("fusedrnn::Model: precision bfloat16 has no path for layer_norm, zoneout "
+                      "or the dropout options (issue 19's regularised kernels are float32 / "
+                      "float64); load with Precision::float32");
 }
 
 Model Model::from_tensor_file(const TensorFile& file, Precision precision) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fusedrnn/model.h"
@@ -20,7 +21,27 @@ struct LayerWeights {
   const void* b_hh = nullptr;
   const void* w_hr = nullptr;  // LSTM projection, else null
   const void* w_peep = nullptr;  // LSTM peepholes, else null
+  // Layer norm (ModelConfig::layer_norm), else null: gains and biases of the input and
+  // recurrent products [G*H] (the biases with tfa only) and of the LSTM's cell [H].
+  const void *ln_gamma_ih = nullptr, *ln_beta_ih = nullptr, *ln_gamma_hh = nullptr,
+             *ln_beta_hh = nullptr, *ln_gamma_c = nullptr, *ln_beta_c = nullptr;
 };
+
+// Issue 19's options of layer w on the regularised kernel's arguments a (LstmLnForwardArgs or
+// GruLnForwardArgs), in evaluation (zoneout's expectation, no dropout), as the Python layer
+// runs it: Model::forward and Stream alike.
+template <typename Scalar, class Args>
+void set_regularised(Args& a, const ModelConfig& c, const LayerWeights& w) {
+  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
+  a.layer_norm = c.layer_norm, a.ln_eps = Scalar(c.ln_eps);
+  a.ln_gamma_ih = p(w.ln_gamma_ih), a.ln_beta_ih = p(w.ln_beta_ih);
+  a.ln_gamma_hh = p(w.ln_gamma_hh), a.ln_beta_hh = p(w.ln_beta_hh);
+  a.zoneout_h = Scalar(c.zoneout_h);
+  if constexpr (std::is_same_v<Args, LstmLnForwardArgs<Scalar>>) {
+    a.ln_gamma_c = p(w.ln_gamma_c), a.ln_beta_c = p(w.ln_beta_c);
+    a.zoneout_c = Scalar(c.zoneout_c);
+  }
+}
 
 struct ModelImpl {
   ModelConfig config;

@@ -5,7 +5,9 @@
 // A bfloat16 Model (Model::precision): each layer's step is instead one call of the batch
 // kernel with T = 1 at Precision::bfloat16 on the Stream's own workspace (allocated here; the
 // weights are packed there by the first step and reused by the later ones), on one thread, so
-// the results are bitwise Model::forward's at that precision.
+// the results are bitwise Model::forward's at that precision. A model with issue 19's options
+// (ModelConfig::regularised) steps the same way with its regularised kernel (fusedrnn/lstm_ln.h),
+// float32 or float64, bitwise Model::forward too.
 #include "fusedrnn/stream.h"
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 
 #include "fusedrnn/gru.h"
 #include "fusedrnn/lstm.h"
+#include "fusedrnn/lstm_ln.h"
 #include "fusedrnn/rnn.h"
 #include "kernels/fpenv.h"
 #include "model_impl.h"
@@ -88,14 +91,28 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
     if (lstm) std::copy(c_l, c_l + N * H, cprev.data());
     Options opt;
     opt.num_threads = 1;
-    opt.precision = Precision::bfloat16;
-    opt.weights_packed = lp_packed[std::size_t(l)] != 0;
     Scalar* ws = lp_ws[std::size_t(l)].data();
     auto common = [&](auto a) {
       a.x = in, a.w_ih = p(w.w_ih), a.w_hh = p(w.w_hh), a.b_ih = p(w.b_ih), a.b_hh = p(w.b_hh);
       a.h0 = hprev.data(), a.y = ystep.data(), a.h_n = h_l;
       return a;
     };
+    if (cfg.regularised()) {  // issue 19's options: the regularised kernel, as Model::forward
+      if (lstm) {
+        LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, cfg, w);
+        a.c0 = cprev.data(), a.c_n = c_l;
+        lstm_ln_forward(Dims{1, N, w.C, H}, a, opt, ws);
+      } else {
+        GruLnForwardArgs<Scalar> a = common(GruLnForwardArgs<Scalar>{});
+        detail::set_regularised<Scalar>(a, cfg, w);
+        gru_ln_forward(Dims{1, N, w.C, H}, a, opt, ws);
+      }
+      in = h_l;
+      continue;
+    }
+    opt.precision = Precision::bfloat16;
+    opt.weights_packed = lp_packed[std::size_t(l)] != 0;
     if (lstm) {
       LstmForwardArgs<Scalar> a = common(LstmForwardArgs<Scalar>{});
       a.c0 = cprev.data(), a.c_n = c_l, a.w_peep = p(w.w_peep), a.w_hr = p(w.w_hr);
@@ -203,13 +220,15 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
       fat += n;
     }
   }
-  if (model.precision() == Precision::bfloat16) {
+  if (model.precision() == Precision::bfloat16 || c.regularised()) {
     // one T = 1 kernel call per layer and step on its own workspace (see the top of the file)
     s.lowp = true;
     for (const detail::LayerWeights& w : m.layers) {
       const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? P : 0};
       const std::size_t n =
-          c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, Precision::bfloat16)
+          c.regularised() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
+                                                      : gru_ln_forward_workspace_size(d))
+          : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, Precision::bfloat16)
           : c.cell == CellType::gru ? gru_forward_workspace_size(d, Precision::bfloat16)
                                     : rnn_forward_workspace_size(d, Precision::bfloat16);
       s.lp_ws.emplace_back();

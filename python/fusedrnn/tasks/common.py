@@ -61,10 +61,11 @@ def model_flags(task, lower_cell: bool = False) -> Dict[str, Any]:
 # default). Which cell each applies to: CELL_OPTIONS[name].
 CELL_OPTIONS = {"nonlinearity": ("rnn",), "init": ("lstm", "gru", "rnn"),
                 "peepholes": ("lstm",), "proj_size": ("lstm",), "variant": ("gru",),
-                "forget_bias": ("lstm",), "layer_norm": ("lstm",), "ln_eps": ("lstm",),
-                "zoneout_h": ("lstm",), "zoneout_c": ("lstm",), "recurrent_dropout": ("lstm",),
-                "input_dropout": ("lstm",), "weight_drop": ("lstm",)}
-# issue 19's LSTM options: probabilities in [0, 1)
+                "forget_bias": ("lstm",), "layer_norm": ("lstm", "gru"),
+                "ln_eps": ("lstm", "gru"), "zoneout_h": ("lstm", "gru"), "zoneout_c": ("lstm",),
+                "recurrent_dropout": ("lstm", "gru"), "input_dropout": ("lstm", "gru"),
+                "weight_drop": ("lstm", "gru")}
+# issue 19's LSTM and GRU options: probabilities in [0, 1)
 REG_PROBABILITIES = ("zoneout_h", "zoneout_c", "recurrent_dropout", "input_dropout",
                      "weight_drop")
 INITS = ("pytorch", "keras", "irnn")
@@ -81,9 +82,9 @@ def cell_options(task) -> Dict[str, Any]:
     cell = a.cell
     opts: Dict[str, Any] = {}
     z = getattr(a, "zoneout", None)
-    if z is not None:  # --zoneout P: both h and c, unless --zoneout-h / --zoneout-c say otherwise
-        for k in ("zoneout_h", "zoneout_c"):
-            if getattr(a, k, None) is None:
+    if z is not None:  # --zoneout P: both h and c (the LSTM; the GRU's h), unless --zoneout-h /
+        for k in ("zoneout_h", "zoneout_c"):  # --zoneout-c say otherwise
+            if getattr(a, k, None) is None and (k == "zoneout_h" or cell in CELL_OPTIONS[k]):
                 setattr(a, k, z)
         a.zoneout = None
     for k, cells in CELL_OPTIONS.items():
@@ -116,7 +117,8 @@ def cell_options(task) -> Dict[str, Any]:
     if "forget_bias" in opts:
         opts["forget_bias"] = V.real(None, "--forget-bias", opts["forget_bias"])
     if "layer_norm" in opts:
-        opts["layer_norm"] = check_choice("layer_norm", opts["layer_norm"], ("haste", "tfa"))
+        opts["layer_norm"] = check_choice("layer_norm", opts["layer_norm"],
+                                          ("haste", "tfa") if cell == "lstm" else ("haste",))
     if "ln_eps" in opts:
         if "layer_norm" not in opts:
             raise ValueError("--ln-eps needs --layer-norm")
@@ -129,6 +131,10 @@ def cell_options(task) -> Dict[str, Any]:
             opts[k] = V.probability(None, V.flag_name(k), opts[k])
             if not opts[k]:
                 del opts[k]
+    reg = [k for k in ("layer_norm",) + REG_PROBABILITIES if k in opts]
+    if cell == "gru" and reg and getattr(a, "variant", None) == "reset_before":
+        raise ValueError(f"{V.flag_name(reg[0])} needs --variant reset_after with --cell gru "
+                         f"(the regularised GRU kernel's formula)")
     for k, v in opts.items():
         setattr(a, k, v)
     return opts
