@@ -9,10 +9,12 @@
 //   avx512, avx2, baseline
 //                software: bf16 widened to fp32 by a shift, fp32 multiply-add; s8 widened to
 //                s32 (the instruction-set copies of the fp32 kernels compile it).
-// FUSEDRNN_ISA=amx|avx512_bf16|avx512|avx2|baseline (any case; sse2 = baseline) asks for a
-// narrower tier than the best one the build, the CPU and the OS allow; a tier that cannot run
-// here is never chosen. The value is read by isa::requested_level() (isa/table.h), the one
-// parser the float32 copy's choice uses too: an unknown value throws from both.
+// Each tier is the lowp block of one table of the one ISA dispatch (isa/table.h): the tables of
+// the software copies carry their software tier, avx512_bf16 and amx are the avx512 copy's table
+// with the hardware tier's block. The table in use (isa::active()) is chosen once, for the float
+// kernels and the low-precision tier together: FUSEDRNN_ISA=amx|avx512_bf16|avx512|avx2|baseline
+// (any case; sse2 = baseline) asks for a narrower level than the best one the build, the CPU and
+// the OS allow; a level that cannot run here is never chosen; an unknown value throws.
 //
 // THE CONTRACT (fusedrnn.reference's *_emulated functions compute exactly this):
 //
@@ -75,8 +77,8 @@ const char* tier_name(Tier t);
 bool tier_from_name(const std::string& name, Tier* out);
 // Whether tier t was built and runs on this CPU and OS (amx: the OS granted the tile state).
 bool tier_available(Tier t);
-// The tier the low-precision products use: the best available one, narrowed by FUSEDRNN_ISA.
-// Chosen once per process.
+// The tier the low-precision products use: the active table's (isa::active(), chosen once per
+// process with the float kernels' copy).
 Tier active_tier();
 // Throws std::invalid_argument naming the tier when it is not available here.
 void require_tier(Tier t, const char* fn);

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #endif
 
+#include "isa/table.h"
 #include "lowp.h"
 
 namespace fusedrnn {
@@ -340,6 +341,27 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
                          w_scale + c0, b, C + r * ldc + c0, ldc, nc, accumulate);
     }
   });
+}
+
+// This copy's software tier in its table (isa/table.h): the tier numbered like the copy.
+void fill_lowp(isa::Table& t) {
+  isa::Lowp& l = t.lowp;
+#if defined(__AVX512F__)
+  l.tier = int(lowp::Tier::avx512);
+#elif defined(__AVX2__) && defined(__FMA__)
+  l.tier = int(lowp::Tier::avx2);
+#else
+  l.tier = int(lowp::Tier::baseline);
+#endif
+  l.to_bf16 = lowp_to_bf16;
+  l.quantize_s8 = lowp_quantize_s8;
+  l.quantize_s8_fixed = lowp_quantize_s8_fixed;
+  l.par_gemm_bf16 = lowp_par_gemm_bf16;
+  l.par_gemm_s8 = lowp_par_gemm_s8;
+  l.lstm_fused = nullptr;
+  l.f32_packed_size = lowp_f32_packed_size;
+  l.f32_pack = lowp_f32_pack;
+  l.f32_gemm = lowp_f32_gemm;
 }
 
 }  // namespace FUSEDRNN_ISA_NS
