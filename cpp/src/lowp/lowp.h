@@ -209,6 +209,66 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   return b;
 }
 
+// The int8 block of a cell's forward workspace (Options::precision = int8; bf16_steps.h uses it),
+// in front of the float32 layout like the bf16 block (packed weights keep their offsets across
+// calls): packed s8 w_ih [G*H, C], w_hh [G*H, R] (all G*H rows; split_n: the reset-before GRU
+// uses rows [0, 2H) of it and the n rows [2H, 3H) apart in whn [H, H]), each with its per-row
+// scales and column sums; the quantised input rows of one sub-chunk of the projection
+// [xrows, s8_kpad(C)] with their scales; the state operand [N, s8_kpad(R)] and, split_n, the
+// reset-before GRU's r*h operand [N, s8_kpad(H)], with theirs. 64-byte aligned pieces.
+struct S8Weights {
+  std::int8_t* w = nullptr;         // packed (pack_s8)
+  float* scale = nullptr;           // [16 ceil(n/16)]
+  std::int32_t* colsum = nullptr;   // [16 ceil(n/16)]
+};
+
+struct S8Block {
+  S8Weights wih, whh, whn;
+  std::int8_t* xs = nullptr;
+  float* xscale = nullptr;
+  std::int8_t* hq = nullptr;
+  float* hscale = nullptr;
+  std::int8_t* rq = nullptr;
+  float* rscale = nullptr;
+  std::int64_t xrows = 0;   // rows of xs
+  std::int64_t floats = 0;  // the block's size in floats (slack for aligning its base included)
+};
+
+// base: 64-byte aligned, or null to measure.
+inline S8Block s8_block(const Dims& d, std::int64_t G, bool split_n, void* base = nullptr) {
+  const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H;
+  auto* p = static_cast<char*>(base);
+  std::int64_t used = 0;  // bytes from base
+  auto take = [&](std::int64_t bytes) -> char* {
+    used = round_up(used, 64);
+    char* out = p ? p + used : nullptr;
+    used += bytes;
+    return out;
+  };
+  auto weights = [&](std::int64_t n, std::int64_t K) {
+    S8Weights w;
+    w.w = reinterpret_cast<std::int8_t*>(take(packed_s8_size(n, K)));
+    w.scale = reinterpret_cast<float*>(take(4 * panels(n) * kPanel));
+    w.colsum = reinterpret_cast<std::int32_t*>(take(4 * panels(n) * kPanel));
+    return w;
+  };
+  S8Block b;
+  b.xrows = std::min(kBf16XRows, d.T * d.N);
+  b.wih = weights(GH, d.C);
+  b.whh = weights(GH, R);
+  if (split_n) b.whn = weights(d.H, d.H);
+  b.xs = reinterpret_cast<std::int8_t*>(take(b.xrows * s8_kpad(d.C)));
+  b.xscale = reinterpret_cast<float*>(take(4 * b.xrows));
+  b.hq = reinterpret_cast<std::int8_t*>(take(d.N * s8_kpad(R)));
+  b.hscale = reinterpret_cast<float*>(take(4 * d.N));
+  if (split_n) {
+    b.rq = reinterpret_cast<std::int8_t*>(take(d.N * s8_kpad(d.H)));
+    b.rscale = reinterpret_cast<float*>(take(4 * d.N));
+  }
+  b.floats = round_up(used, 64) / 4 + 16;
+  return b;
+}
+
 // The fused AMX LSTM inference (amx_cells.cc; lstm_fused_applies(d) must hold): the whole
 // forward of one layer, y [T, N, H], h_n, c_n [N, H] (the state, updated in place from h0, c0;
 // null: zeros). pack: pack w_ih [4H, C], w_hh [4H, H] into wf first (else wf holds them from an
