@@ -64,6 +64,15 @@ Table native_table(Fill fill) {
 }
 #endif
 
+// A copy's table at its level: its lowp block's tier is the level it is chosen at (a single copy
+// built with -march=native is the baseline level, whatever its flags: the tier numbering must
+// name a table that table_at finds).
+Table at_level(const Table& copy, Level l) {
+  Table t = copy;
+  t.lowp.tier = int(l);
+  return t;
+}
+
 // The tables built, by level (null: not built).
 const Table* compiled(Level l) {
   switch (l) {
@@ -87,18 +96,26 @@ const Table* compiled(Level l) {
 #endif
     case Level::avx512:
 #ifdef FUSEDRNN_HAVE_ISA_AVX512
-      return &isa_avx512::table();
+    {
+      static const Table t = at_level(isa_avx512::table(), Level::avx512);
+      return &t;
+    }
 #else
       return nullptr;
 #endif
     case Level::avx2:
 #ifdef FUSEDRNN_HAVE_ISA_AVX2
-      return &isa_avx2::table();
+    {
+      static const Table t = at_level(isa_avx2::table(), Level::avx2);
+      return &t;
+    }
 #else
       return nullptr;
 #endif
-    default:
-      return &isa_base::table();
+    default: {
+      static const Table t = at_level(isa_base::table(), Level::base);
+      return &t;
+    }
   }
 }
 

@@ -343,16 +343,10 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
   });
 }
 
-// This copy's software tier in its table (isa/table.h): the tier numbered like the copy.
+// This copy's software tier in its table (isa/table.h). Its tier number is the level the
+// dispatch files the copy under (isa/dispatch.cc sets it).
 void fill_lowp(isa::Table& t) {
   isa::Lowp& l = t.lowp;
-#if defined(__AVX512F__)
-  l.tier = int(lowp::Tier::avx512);
-#elif defined(__AVX2__) && defined(__FMA__)
-  l.tier = int(lowp::Tier::avx2);
-#else
-  l.tier = int(lowp::Tier::baseline);
-#endif
   l.to_bf16 = lowp_to_bf16;
   l.quantize_s8 = lowp_quantize_s8;
   l.quantize_s8_fixed = lowp_quantize_s8_fixed;
