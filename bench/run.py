@@ -45,8 +45,11 @@ packed once, bf16 products with fp32 accumulation and gates; "f16"), torch in bf
 (module.to(torch.bfloat16), input bf16, inference_mode: oneDNN with AMX for LSTM; "tb16") and
 torch's dynamic int8 quantisation (torch.ao.quantization.quantize_dynamic, qint8 weights, LSTM and
 GRU only: it has no nn.RNN kernel; "tq8"); ratios peer/f16 (tb16/f16, tq8/f16, and frz/f16: the
-speed-up of bf16 over fusedrnn's fp32 frozen layer). ONNX Runtime's quantised model is not
-included (not measured here).
+speed-up of bf16 over fusedrnn's fp32 frozen layer). --precision ...,int8 adds fusedrnn's int8
+frozen layer (layer.frozen(precision="int8"): s8 weights with per-row scales quantised once,
+activations per row, s32 sums; "fi8") with the ratios tq8/fi8 and frz/fi8 (torch_bf16 and
+torch_qint8 run once for either precision). ONNX Runtime's quantised model is not included (not
+measured here).
 Peak memory of a training step (at the largest thread count): a fresh subprocess per contender
 builds inputs and weights, reads its anonymous RSS (a0), runs one step (faults in code pages,
 builds caches and workspaces), resets the peak RSS (/proc/self/clear_refs "5"), runs a second
@@ -87,18 +90,32 @@ DEFAULT_CONFIGS["bilstm2"] = "a"
 CONTENDERS = ("fusedrnn", "frozen", "torch", "onnxruntime")
 SHORT = {"fusedrnn": "fr", "frozen": "frz", "torch": "torch", "onnxruntime": "ort"}  # headers
 # --precision bfloat16 (inference): fusedrnn's bf16 frozen layer and its peers
-LOWP = ("frozen_bf16", "torch_bf16", "torch_qint8")
-SHORT.update(frozen_bf16="f16", torch_bf16="tb16", torch_qint8="tq8")
+LOWP = ("frozen_bf16", "frozen_int8", "torch_bf16", "torch_qint8")
+SHORT.update(frozen_bf16="f16", frozen_int8="fi8", torch_bf16="tb16", torch_qint8="tq8")
 LOWP_PEERS = ("frozen", "torch_bf16", "torch_qint8")    # ratios: peer / frozen_bf16
+INT8_PEERS = ("frozen", "torch_qint8")                  # ratios: peer / frozen_int8
 
 
-def lowp_contenders(cell, mod, x, fr):
+def lowp_names(precisions):
+    """The low-precision contenders that --precision asks for (none for float32 alone)."""
+    if precisions == ["float32"]:
+        return []
+    return [n for n in LOWP if n not in ("frozen_bf16", "frozen_int8")
+            or (n == "frozen_bf16" and "bfloat16" in precisions)
+            or (n == "frozen_int8" and "int8" in precisions)]
+
+
+def lowp_contenders(cell, mod, x, fr, precisions=("bfloat16",)):
     """{name: callable} of the bf16 / int8 inference contenders on the float32 module's weights
     (torch_qint8 absent where quantize_dynamic has no kernel for the module: nn.RNN)."""
     fns = {}
-    frz16 = fr.from_torch(mod).frozen(precision="bfloat16")
     xn = x.numpy().copy()
-    fns["frozen_bf16"] = lambda: frz16.forward(xn)
+    if "bfloat16" in precisions:
+        frz16 = fr.from_torch(mod).frozen(precision="bfloat16")
+        fns["frozen_bf16"] = lambda: frz16.forward(xn)
+    if "int8" in precisions:
+        frz8 = fr.from_torch(mod).frozen(precision="int8")
+        fns["frozen_int8"] = lambda: frz8.forward(xn)
     import copy
     m16, x16 = copy.deepcopy(mod).to(torch.bfloat16).eval(), x.to(torch.bfloat16)
 
@@ -327,8 +344,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps, no sizing")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--precision", default="float32",
-                    help="comma list of float32,bfloat16: bfloat16 adds the bf16 / int8 "
-                         "inference contenders (see --help above)")
+                    help="comma list of float32,bfloat16,int8: bfloat16 / int8 add the bf16 / "
+                         "int8 inference contenders (see --help above)")
     ap.add_argument("--workloads", help="comma list of ragged,subnormal,contended,regularised: "
                     "run these "
                     "real-workload rows (bench/workloads.py) instead of the main table")
@@ -349,9 +366,11 @@ def main():
         if bad := [v for v in vals if v not in allowed]:
             ap.error(f"{name}: unknown {bad}; choose from {list(allowed)}")
     precisions = args.precision.split(",")
-    if bad := [p for p in precisions if p not in ("float32", "bfloat16")]:
-        ap.error(f"--precision: unknown {bad}; choose from ['float32', 'bfloat16']")
+    if bad := [p for p in precisions if p not in ("float32", "bfloat16", "int8")]:
+        ap.error(f"--precision: unknown {bad}; choose from ['float32', 'bfloat16', 'int8']")
     lowp = "bfloat16" in precisions
+    int8 = "int8" in precisions
+    lnames = lowp_names(precisions)
     plan = [(cell, cfg) for cell in cells for cfg in CONFIGS
             if (cfg in args.configs.split(",") if args.configs else cfg in DEFAULT_CONFIGS[cell])]
 
@@ -362,13 +381,13 @@ def main():
     problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
     peers = [c for c in names if c not in ("fusedrnn", "frozen")]
-    if lowp:
-        names += list(LOWP)
+    names += lnames
     hdr = (f"{'cfg':<3} {'cell':<7} {'mode':<5} {'thr':>3} | "
            + " | ".join(f"{SHORT[n] + ' ms med / min':^20}" for n in names)
            + " | " + " ".join(f"{SHORT[n] + '/fr':>8}" for n in names[1:])
            + " | " + " ".join(f"{SHORT[n] + '/frz':>9}" for n in peers)
            + (" | " + " ".join(f"{SHORT[n] + '/f16':>9}" for n in LOWP_PEERS) if lowp else "")
+           + (" | " + " ".join(f"{SHORT[n] + '/fi8':>9}" for n in INT8_PEERS) if int8 else "")
            + " | GFLOP/s" + "".join(f"{SHORT[n]:>6}" for n in names)
            + " | % of sgemm peak" + "".join(f"{SHORT[n]:>6}" for n in names))
     for n in args.threads:
@@ -392,9 +411,9 @@ def main():
                         fns["onnxruntime"] = ort_contender(onnx_models[(cell, cfg)][0], prob[1], n)
                     except Exception as e:      # noqa: BLE001
                         failed["onnxruntime"] = f"{type(e).__name__}: {e}"
-                if mode == "infer" and lowp:
+                if mode == "infer" and lnames:
                     try:
-                        fns.update(lowp_contenders(cell, prob[0], prob[1], fr))
+                        fns.update(lowp_contenders(cell, prob[0], prob[1], fr, precisions))
                     except Exception as e:      # noqa: BLE001
                         failed["lowp"] = f"{type(e).__name__}: {e}"
                 res = timed({k: fns[k] for k in CONTENDERS + LOWP if k in fns}, args.reps,
@@ -410,6 +429,9 @@ def main():
                 z = res.get("frozen")   # inference only
                 ratios_frozen = {k: res[k]["median_ms"] / z["median_ms"] if z and k in res
                                  else None for k in peers}
+                z8 = res.get("frozen_int8")
+                ratios_int8 = {k: res[k]["median_ms"] / z8["median_ms"] if z8 and k in res
+                               else None for k in INT8_PEERS}
                 z16 = res.get("frozen_bf16")
                 ratios_bf16 = {k: res[k]["median_ms"] / z16["median_ms"] if z16 and k in res
                                else None for k in LOWP_PEERS}
@@ -418,6 +440,7 @@ def main():
                              "ratio_peer_over_fusedrnn": ratios,
                              "ratio_peer_over_frozen": ratios_frozen,
                              **({"ratio_peer_over_frozen_bf16": ratios_bf16} if lowp else {}),
+                             **({"ratio_peer_over_frozen_int8": ratios_int8} if int8 else {}),
                              "failed": failed,
                              "onnx": (dict(zip(("exporter", "ops", "max_abs_diff_y_vs_torch", "export_errors"),
                                                onnx_models[(cell, cfg)][1:]))
@@ -431,6 +454,8 @@ def main():
                                          else f"{'-':>9}" for k in peers)
                       + (" | " + " ".join(f"{ratios_bf16[k]:8.2f}x" if ratios_bf16[k]
                                           else f"{'-':>9}" for k in LOWP_PEERS) if lowp else "")
+                      + (" | " + " ".join(f"{ratios_int8[k]:8.2f}x" if ratios_int8[k]
+                                          else f"{'-':>9}" for k in INT8_PEERS) if int8 else "")
                       + f" | {'':7}" + "".join(f"{r['gflops']:6.0f}" if r else f"{'-':>6}"
                                                for r in get)
                       + f" | {'':15}" + "".join(f"{r['pct_sgemm_peak']:5.0f}%" if r else

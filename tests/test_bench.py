@@ -89,9 +89,9 @@ def test_bench_precision_bfloat16_adds_the_bf16_and_int8_peers(tmp_path):
         r = row["ratio_peer_over_frozen_bf16"]
         assert r["torch_bf16"] == pytest.approx(c["torch_bf16"]["median_ms"]
                                                 / c["frozen_bf16"]["median_ms"])
-    bad = subprocess.run([sys.executable, RUN, "--precision", "int8"], capture_output=True,
+    bad = subprocess.run([sys.executable, RUN, "--precision", "int4"], capture_output=True,
                          text=True, timeout=300)
-    assert bad.returncode == 2 and "--precision: unknown ['int8']" in bad.stderr
+    assert bad.returncode == 2 and "--precision: unknown ['int4']" in bad.stderr
 
 
 def test_regularised_workload_rows_smoke_run(tmp_path):
@@ -110,3 +110,24 @@ def test_regularised_workload_rows_smoke_run(tmp_path):
         for k in ("layer_norm", "zoneout", "dropout", "weight_drop"):
             assert r[f"{k}_over_normal"] > 0
         assert r["twin_over_fr_ln"] > 0
+
+
+def test_bench_precision_int8_adds_the_int8_layer_and_its_ratios(tmp_path):
+    """--precision float32,int8: fusedrnn's int8 frozen layer with torch bf16 / qint8, and the
+    JSON has the ratios over the int8 layer."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm", "--modes",
+         "infer", "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0",
+         "--precision", "float32,int8", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["failures"] == []
+    for row in res["results"]:
+        c = row["contenders"]
+        assert set(c) == {"fusedrnn", "frozen", "torch", "frozen_int8", "torch_bf16",
+                          "torch_qint8"}
+        r = row["ratio_peer_over_frozen_int8"]
+        assert r["torch_qint8"] == pytest.approx(c["torch_qint8"]["median_ms"]
+                                                 / c["frozen_int8"]["median_ms"])

@@ -67,8 +67,15 @@ def test_freeze_replaces_every_recurrent_layer_of_a_task_model():
 
 
 def test_bad_precision_requests_name_the_argument():
-    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16"):
-        _model("lstm").frozen(precision="int8")
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16, int8"):
+        _model("lstm").frozen(precision="int4")
+    with pytest.raises(ValueError, match="precision=int8 needs float32 recurrent layers"):
+        RecurrentModel("gru", input_size=3, hidden_size=4, dtype="float64").frozen(
+            precision="int8")
+    from fusedrnn.cells import LSTMCell
+    from fusedrnn.module import Sequential
+    with pytest.raises(ValueError, match="int8 covers the LSTM"):
+        freeze(Sequential(LSTMCell(3, 4)), "int8")
     f64 = RecurrentModel("lstm", input_size=3, hidden_size=4, dtype="float64")
     with pytest.raises(ValueError, match="precision=bfloat16 needs float32 recurrent layers"):
         f64.frozen(precision="bfloat16")
@@ -118,6 +125,43 @@ def test_cli_evaluate_in_bf16_is_close_to_float32(ckpt, capsys):
     assert m16["bpc"] != m32["bpc"] and abs(m16["bpc"] - m32["bpc"]) < 0.05
 
 
+def test_cli_evaluate_in_int8_is_close_to_float32(ckpt, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", str(ckpt), "--json"]) == 0
+    m32 = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(ckpt), "--json", "--precision", "int8"]) == 0
+    m8 = json.loads(capsys.readouterr().out)
+    assert m8["bpc"] != m32["bpc"] and abs(m8["bpc"] - m32["bpc"]) < 0.05
+
+
+def test_cli_generate_and_predict_in_int8(ckpt, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(ckpt), "--prime", "al", "--length", "30",
+                 "--precision", "int8"]) == 0
+    assert len(capsys.readouterr().out) >= 30
+    inp = tmp_path / "in.txt"
+    inp.write_text("alpha beta\n")
+    assert main(["predict", str(ckpt), "--input", str(inp), "--precision", "int8"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize("cell,kw", [("lstm", dict(num_layers=2, bidirectional=True)),
+                                     ("lstm", dict(proj_size=7, peepholes=True)),
+                                     ("gru", dict(num_layers=2, variant="reset_before")),
+                                     ("rnn", dict(bidirectional=True, nonlinearity="relu"))])
+def test_recurrent_model_frozen_int8_is_embed_then_int8_stack_then_head(cell, kw):
+    model = _model(cell, **kw)
+    x = np.random.default_rng(0).integers(0, 13, (9, 4))
+    lengths = np.array([9, 5, 1, 9])
+    frz = model.frozen(precision="int8")
+    assert frz.rnn.precision == "int8" and model.rnn.precision == "float32"
+    y, _ = frz(x, lengths=lengths)
+    h, _ = model.rnn.frozen(precision="int8")(model.embed(x), None, lengths)
+    np.testing.assert_array_equal(y, model.head(h))
+    y32, _ = model.eval()(x, lengths=lengths)
+    assert 1e-6 < np.abs(y - y32).max() < 1e-1 * max(1.0, np.abs(y32).max())
+
+
 def test_cli_generate_and_predict_in_bf16(ckpt, tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", str(ckpt), "--prime", "al", "--length", "30",
@@ -131,7 +175,9 @@ def test_cli_generate_and_predict_in_bf16(ckpt, tmp_path, capsys):
 
 def test_cli_precision_errors_are_one_line(ckpt, tmp_path, capsys):
     capsys.readouterr()
-    _one_line(capsys, main(["evaluate", str(ckpt), "--precision", "int8"]), "int8 inference")
+    _one_line(capsys, main(["evaluate", str(ckpt), "--precision", "int4"]), "or int8")
+    _one_line(capsys, main(["train", "--precision", "int8", "--steps", "1", "--out",
+                            str(tmp_path / "x")]), "training runs in float32")
     _one_line(capsys, main(["evaluate", str(ckpt), "--precision", "fp8"]), "--precision")
     _one_line(capsys, main(["train", "--precision", "bf16", "--steps", "1", "--out",
                             str(tmp_path / "x")]), "training runs in float32")

@@ -73,7 +73,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   // (fusedrnn.functional takes the name as a string, 'float32' or 'bfloat16').
   py::enum_<fusedrnn::Precision>(m, "Precision")
       .value("float32", fusedrnn::Precision::float32)
-      .value("bfloat16", fusedrnn::Precision::bfloat16);
+      .value("bfloat16", fusedrnn::Precision::bfloat16)
+      .value("int8", fusedrnn::Precision::int8);
   fusedrnn_py::register_lstm(m);
   fusedrnn_py::register_lstm_ln(m);
   fusedrnn_py::register_single_state(m);

@@ -55,22 +55,21 @@ probability = V.parse_float(0, 1, what="in [0, 1)")
 
 #: --precision spellings -> fusedrnn.models.PRECISIONS names
 _PRECISION_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
-                    "bf16": "bfloat16"}
+                    "bf16": "bfloat16", "int8": "int8"}
 
 
 def precision_name(value: str) -> str:
-    """--precision: float32 (fp32) or bfloat16 (bf16); int8 and others: a one-line error."""
+    """--precision: float32 (fp32), bfloat16 (bf16) or int8; others: a one-line error."""
     if value in _PRECISION_NAMES:
         return _PRECISION_NAMES[value]
-    if value == "int8":
-        raise argparse.ArgumentTypeError("int8 inference is not available in this build; "
-                                         "choose float32 or bfloat16 (bf16)")
-    raise argparse.ArgumentTypeError(f"must be float32 (fp32) or bfloat16 (bf16), got {value!r}")
+    raise argparse.ArgumentTypeError(f"must be float32 (fp32), bfloat16 (bf16) or int8, got "
+                                     f"{value!r}")
 
 
-_PRECISION_HELP = ("arithmetic of the recurrent layers: float32 (default) or bfloat16 (bf16: "
-                   "bf16 products with fp32 accumulation and gates, inference only; "
-                   "embedding and heads stay float32)")
+_PRECISION_HELP = ("arithmetic of the recurrent layers: float32 (default), bfloat16 (bf16: "
+                   "bf16 products with fp32 accumulation and gates) or int8 (s8 weights with "
+                   "per-row scales, activations quantised per row, s32 sums, fp32 gates); "
+                   "inference only; embedding and heads stay float32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
     g.add_argument("--precision", type=precision_name, default=None, metavar="P",
-                   help="float32 only: training runs in float32 (bfloat16 is for evaluate, "
-                        "predict and generate)")
+                   help="float32 only: training runs in float32 (bfloat16 and int8 are for "
+                        "evaluate, predict and generate)")
     g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
                              "refused where it does not apply (e.g. --peepholes with --cell "
                              "gru, any of them with --task translate); kept in the checkpoint")
@@ -273,9 +272,9 @@ def cmd_train(args, t_start) -> int:
     from .tasks.trainer import UsageError, train
     precision = vars(args).pop("precision", None)   # not a training flag: not recorded
     if precision not in (None, "float32"):
-        raise UsageError(f"--precision {precision}: training runs in float32; bfloat16 is an "
-                         f"inference precision (fusedrnn evaluate / predict / generate "
-                         f"--precision bfloat16)")
+        raise UsageError(f"--precision {precision}: training runs in float32; {precision} is "
+                         f"an inference precision (fusedrnn evaluate / predict / generate "
+                         f"--precision {precision})")
     return train(args, sys.stdout, t_start)
 
 

@@ -227,7 +227,7 @@ class _Cache:
 
 _lengths = _check_lengths
 _FP32 = _core.Precision.float32
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 _FORMULA = {"gru": ("variant", _core.GruVariant), "rnn": ("nonlinearity", _core.Nonlinearity)}
 
 
@@ -283,9 +283,11 @@ def _precision(fn, precision, dtype, training=False):
     if precision == "float32":
         return _FP32
     if dtype != np.float32:
-        raise ValueError(f"{fn}: precision='bfloat16' needs float32 inputs and weights, got x of "
-                         f"dtype {np.dtype(dtype).name}")
-    return _core.Precision.bfloat16
+        raise ValueError(f"{fn}: precision={precision!r} needs float32 inputs and weights, got "
+                         f"x of dtype {np.dtype(dtype).name}")
+    if precision == "int8" and training:
+        raise ValueError(f"{fn}: precision='int8' is inference only: pass training=False")
+    return _core.Precision.__members__[precision]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,6 +408,13 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
     accumulation and fp32 gradients (parameters stay fp32 master weights): the contract and
     its emulation are :func:`fusedrnn.reference.lstm_train_bf16`. Same for :func:`gru_forward`,
     :func:`rnn_forward`.
+
+    ``precision="int8"`` (float32 inputs, ``training=False``: inference only): w_ih and w_hh are
+    quantised to s8 once per call (per output row), each row of x and of the state entering a
+    recurrent product dynamically per row; s32 sums, fp32 everything else. The contract and its
+    emulation: :func:`fusedrnn.reference.lstm_forward_int8` (likewise GRU, RNN). Non-finite
+    weights raise ValueError before any work. A frozen layer (``layer.frozen(precision="int8")``)
+    quantises its weights once.
     """
     return _forward("lstm_forward", "lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths,
                     reverse, training, None, w_hr, cell_clip, precision)

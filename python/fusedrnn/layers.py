@@ -357,6 +357,9 @@ class _RNNBase(Module):
         L, D, R, H, G = self.num_layers, self.num_directions, self.state_size, self.hidden_size, \
             self.gates
         training = self.training
+        if training and self._packed is not None and self._precision == "int8":
+            raise ValueError(f"{fn}: an int8 copy runs inference only, and this one has "
+                             f"training=True (train mode); call .eval() first")
         if training and self._packed is not None:
             raise RuntimeError(f"{fn}: a frozen layer runs inference only (it is in train "
                                f"mode); train the layer it was frozen from and freeze it again")
@@ -566,6 +569,13 @@ class _RNNBase(Module):
         (default): this layer's own precision -- "float32", or that of the frozen copy it is
         (so ``layer.frozen(precision="bfloat16").frozen()`` stays bf16).
 
+        ``precision="int8"`` (float32 layers): the copy runs the int8 kernels -- w_ih and w_hh
+        quantised to s8 with one scale per output row once (on the copy's first call in each
+        thread, kept packed in its workspace like the bf16 weights), each row of the input and
+        of the recurrent state quantised dynamically per row, s32 sums, fp32 gates and outputs
+        (the contract: :func:`fusedrnn.reference.lstm_forward_int8`). Non-finite weights raise
+        ValueError here, naming the parameter; the copy refuses train mode (ValueError).
+
         Every forward lays the weights out in the kernels' panel format first; at batch 1 that
         is a tenth of the call (LSTM H=256: ~0.2 of 1.5 ms). The copy owns read-only copies of
         the weights, packs them on its first call in each thread and reuses them afterwards, as
@@ -575,12 +585,17 @@ class _RNNBase(Module):
         """
         if precision is None:
             precision = self._precision
-        if precision not in ("float32", "bfloat16"):
-            raise ValueError(f"frozen: precision must be 'float32' or 'bfloat16', got "
+        if precision not in ("float32", "bfloat16", "int8"):
+            raise ValueError(f"frozen: precision must be 'float32', 'bfloat16' or 'int8', got "
                              f"{precision!r}")
-        if precision == "bfloat16" and self.dtype != np.float32:
-            raise ValueError(f"frozen: precision='bfloat16' needs a float32 layer, this one is "
-                             f"{np.dtype(self.dtype).name}")
+        if precision != "float32" and self.dtype != np.float32:
+            raise ValueError(f"frozen: precision={precision!r} needs a float32 layer, this one "
+                             f"is {np.dtype(self.dtype).name}")
+        if precision == "int8":
+            for name, p in self.named_parameters():
+                if not np.isfinite(p.data).all():
+                    raise ValueError(f"frozen: precision='int8' quantises the weights, and "
+                                     f"{name} has a non-finite value")
         import copy
         # Deep-copy everything but the per-thread buffers and training context (they copy as a
         # fresh, empty store).
@@ -616,14 +631,17 @@ class _RNNBase(Module):
     @compute.setter
     def compute(self, precision: str) -> None:
         fn = f"{type(self).__name__}.compute"
+        if precision == "int8":
+            raise ValueError(f"{fn}: precision 'int8' is inference only; use "
+                             f"frozen(precision='int8')")
         F._precision(fn, precision, self.dtype)  # ValueError naming the argument
         self._precision = precision
 
     @property
     def precision(self) -> str:
         """The kernels' arithmetic for this layer: "float32" (the layer's own dtype, float32 or
-        float64) or "bfloat16", set by ``compute = "bfloat16"`` (training and inference) or by
-        frozen(precision="bfloat16") on its copy."""
+        float64), "bfloat16", set by ``compute = "bfloat16"`` (training and inference) or by
+        frozen(precision="bfloat16") on its copy, or "int8" (frozen(precision="int8"))."""
         return self._precision
 
     @property
@@ -731,8 +749,8 @@ class _Regularised:
         lstm = self._mode == "LSTM"
         cell, G = ("lstm_ln", 4) if lstm else ("gru_ln", 3)
         if self._precision != "float32":
-            raise ValueError(f"{type(self).__name__}.frozen(precision='bfloat16') does not "
-                             f"support layer_norm, zoneout or the dropout options")
+            raise ValueError(f"{type(self).__name__}.frozen(precision={self._precision!r}) "
+                             f"does not support layer_norm, zoneout or the dropout options")
         T, N, C, H = dims[:4]
         dt, rng = self.dtype, self._drop_rng
         w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)

@@ -25,7 +25,7 @@ from .module import Embedding, Linear, Module, register_module
 __all__ = ["RecurrentModel", "CELLS", "cell_class", "freeze", "PRECISIONS"]
 
 #: the precisions a frozen model runs (``freeze``, ``RecurrentModel.frozen``, ``--precision``)
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 #: the recurrent layer of each ``cell`` name (the one map of the package: models and tasks)
 CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
@@ -41,14 +41,17 @@ def freeze(model: Module, precision: str = "float32", *, where: str = "freeze",
     """An inference-only copy of ``model`` (any Module: a RecurrentModel, a task's model, a bare
     layer) in eval mode in which every recurrent layer (LSTM / GRU / RNN, stacks and
     bidirectional included) is replaced by its ``frozen(precision)`` copy: weights packed once,
-    and with ``precision="bfloat16"`` the bf16 inference kernels (see ``LSTM.frozen``). Every
-    other module (Embedding, Linear heads, attention, CTC) is copied as it is and keeps its
-    dtype: in a bf16 model only the recurrent layers' products run in bf16. ``model`` itself is
+    and with ``precision="bfloat16"`` / ``"int8"`` the bf16 / int8 inference kernels (see
+    ``LSTM.frozen``; int8: s8 weights with per-output-row scales quantised once, activations
+    quantised per row). Every other module (Embedding, Linear heads, attention, CTC) is copied
+    as it is and keeps its dtype: in a bf16 / int8 model only the recurrent layers' products run
+    in low precision (the embedding is a lookup, the head one GEMM per call). ``model`` itself is
     not changed. The copy has no backward.
 
-    ``precision`` must be one of PRECISIONS. "bfloat16" needs float32 recurrent layers and a
-    model whose recurrent computation is all in such layers: a single-step cell (LSTMCell etc.,
-    e.g. an attention decoder) has no bf16 path and is a ValueError, as is a float64 layer.
+    ``precision`` must be one of PRECISIONS. "bfloat16" and "int8" need float32 recurrent layers
+    and a model whose recurrent computation is all in such layers: a single-step cell (LSTMCell
+    etc., e.g. an attention decoder) has no low-precision path and is a ValueError, as is a
+    float64 layer; int8 also refuses non-finite recurrent weights.
     Errors name ``argument`` (e.g. "--precision" for the command line) and ``where``.
     """
     import copy
@@ -69,7 +72,7 @@ def freeze(model: Module, precision: str = "float32", *, where: str = "freeze",
         elif isinstance(m, _CellBase) and precision != "float32":
             raise ValueError(f"{where}: {argument}={precision} is not available for this model: "
                              f"its {name} is a single-step {type(m).__name__}, which runs in "
-                             f"float32 only (bf16 covers the LSTM / GRU / RNN layers)")
+                             f"float32 only ({precision} covers the LSTM / GRU / RNN layers)")
     if not found and precision != "float32":
         raise ValueError(f"{where}: {argument}={precision} needs a model with LSTM / GRU / RNN "
                          f"layers; {type(model).__name__} has none")
@@ -172,8 +175,8 @@ class RecurrentModel(Module):
 
     def frozen(self, precision: str = "float32") -> "RecurrentModel":
         """An inference-only copy (eval mode) whose recurrent stack is ``self.rnn.frozen(
-        precision)``: weights packed once; ``precision="bfloat16"`` runs the stack on the bf16
-        kernels (float32 models only). The Embedding and the Linear head stay in the model's
+        precision)``: weights packed once; ``precision="bfloat16"`` / ``"int8"`` runs the stack
+        on the bf16 / int8 kernels (float32 models only). The Embedding and the Linear head stay in the model's
         dtype (float32): they are a lookup and one GEMM per call, not the recurrent cost.
         Results with "float32" equal this model's eval-mode forward bit for bit. See
         :func:`fusedrnn.models.freeze`."""

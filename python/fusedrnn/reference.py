@@ -594,9 +594,10 @@ def rnn_backward(cache, dy=None, dh_n=None):
 from .reference_lowp import (  # noqa: E402
     bf16_bits, bf16_from_bits, bf16_round, gemm_bf16_emulated, gemm_s8_emulated, gru_forward_bf16,
     gru_train_bf16, lstm_forward_bf16, lstm_train_bf16, quantize_rows, rnn_forward_bf16,
-    rnn_train_bf16,
+    rnn_train_bf16, lstm_forward_int8, gru_forward_int8, rnn_forward_int8,
 )
 
 __all__ += ["bf16_bits", "bf16_from_bits", "bf16_round", "gemm_bf16_emulated",
             "gemm_s8_emulated", "quantize_rows", "lstm_forward_bf16", "gru_forward_bf16",
-            "rnn_forward_bf16", "lstm_train_bf16", "gru_train_bf16", "rnn_train_bf16"]
+            "rnn_forward_bf16", "lstm_train_bf16", "gru_train_bf16", "rnn_train_bf16",
+            "lstm_forward_int8", "gru_forward_int8", "rnn_forward_int8"]

@@ -31,7 +31,8 @@ import numpy as np
 
 __all__ = ["bf16_bits", "bf16_from_bits", "bf16_round", "gemm_bf16_emulated", "quantize_rows",
            "lstm_train_bf16", "gru_train_bf16", "rnn_train_bf16",
-           "gemm_s8_emulated", "lstm_forward_bf16", "gru_forward_bf16", "rnn_forward_bf16"]
+           "gemm_s8_emulated", "lstm_forward_bf16", "gru_forward_bf16", "rnn_forward_bf16",
+           "lstm_forward_int8", "gru_forward_int8", "rnn_forward_int8"]
 
 _F32 = np.float32
 
@@ -145,19 +146,22 @@ def _operand(h):
     return _bf16_64(np.asarray(h, dtype=np.float64).astype(_F32))
 
 
-def _emulate(kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, teacher_y, step):
+def _emulate(kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, teacher_y, step,
+             precision="bfloat16"):
     from . import reference as ref
     x = np.asarray(x)
     if x.dtype != _F32:
-        raise ValueError(f"bfloat16 inference takes float32 inputs, got x of dtype {x.dtype}")
+        raise ValueError(f"{precision} inference takes float32 inputs, got x of dtype {x.dtype}")
     G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     p = ref._prepare(x.astype(np.float64), np.asarray(w_ih, np.float64),
                      np.asarray(w_hh, np.float64), b_ih, b_hh, h0, G, lengths, reverse,
                      P=step.P)
     T, N, H, R = p["T"], p["N"], p["H"], p["R"]
-    xr = _bf16_64(x)
-    wih = _bf16_64(w_ih)
-    whh = _bf16_64(w_hh)
+    if precision == "int8":
+        wih, whh = _Q8.of(w_ih), _Q8.of(w_hh)
+        step.mm = _s8_mm
+    else:
+        wih, whh = _bf16_64(w_ih), _bf16_64(w_hh)
     rows = np.arange(N)
     y = np.zeros((T, N, R))
     h = p["h0"].copy()
@@ -169,7 +173,7 @@ def _emulate(kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, teacher_
             h_in = h.copy()
             prev = p["tidx"][s - 1]
             h_in[act] = np.asarray(teacher_y, np.float64)[prev[act], rows[act]]
-        gx = xr[p["tidx"][s], rows] @ wih.T
+        gx = step.mm(x[p["tidx"][s], rows], wih)
         h_new, c_new = step(gx, h_in, c, whh, p["b_ih"], p["b_hh"], H)
         h = np.where(act[:, None], h_new, h_in if teacher_y is not None else h)
         if c_new is not None:
@@ -182,7 +186,36 @@ def _sig(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
+def _bf16_mm(a, w):
+    """The bf16 product: the fp32 rows a rounded to bf16, times the rounded weights w (float64)."""
+    return _operand(a) @ w.T
+
+
+class _Q8:
+    """Weights quantised per output row (the contract): q int8 [n, K], s float32 [n]. Slicing
+    rows slices both (per-row scales: a block of rows quantises alone the same way)."""
+
+    def __init__(self, q, s):
+        self.q, self.s = q, s
+
+    @classmethod
+    def of(cls, w):
+        return cls(*quantize_rows(np.asarray(w, dtype=_F32)))
+
+    def __getitem__(self, rows):
+        return _Q8(self.q[rows], self.s[rows])
+
+
+def _s8_mm(a, w):
+    """The int8 product: the fp32 rows a quantised per row (dynamic), times the s8 weights w,
+    dequantised from zero in fp32 (gemm_s8_emulated: bit for bit the kernels' product)."""
+    q, sa = quantize_rows(np.asarray(a, np.float64).astype(_F32))
+    return gemm_s8_emulated(q, sa, w.q, w.s).astype(np.float64)
+
+
 class _LstmStep:
+    mm = staticmethod(_bf16_mm)
+
     def __init__(self, w_peep, w_hr, cell_clip=None):
         from . import reference as ref
         self.clip = ref._cell_clip(cell_clip)
@@ -191,7 +224,7 @@ class _LstmStep:
         self.P = 0 if w_hr is None else self.w_hr.shape[0]
 
     def __call__(self, gx, h, c, whh, b_ih, b_hh, H):
-        a = gx + _operand(h) @ whh.T + b_ih + b_hh
+        a = gx + self.mm(h, whh) + b_ih + b_hh
         p_i, p_f, p_o = (self.pp if self.pp is not None else np.zeros((3, H)))
         i = _sig(a[:, :H] + p_i * c)
         f = _sig(a[:, H:2 * H] + p_f * c)
@@ -206,6 +239,7 @@ class _LstmStep:
 
 class _GruStep:
     P = 0
+    mm = staticmethod(_bf16_mm)
 
     def __init__(self, variant):
         self.variant = variant
@@ -213,27 +247,28 @@ class _GruStep:
     def __call__(self, gx, h, c, whh, b_ih, b_hh, H):
         gi = gx + b_ih
         if self.variant == "reset_after":
-            gh = _operand(h) @ whh.T + b_hh
+            gh = self.mm(h, whh) + b_hh
             r = _sig(gi[:, :H] + gh[:, :H])
             z = _sig(gi[:, H:2 * H] + gh[:, H:2 * H])
             n = np.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
         else:
-            gh = _operand(h) @ whh[:2 * H].T + b_hh[:2 * H]
+            gh = self.mm(h, whh[:2 * H]) + b_hh[:2 * H]
             r = _sig(gi[:, :H] + gh[:, :H])
             z = _sig(gi[:, H:2 * H] + gh[:, H:])
             rh = (r.astype(_F32) * np.asarray(h, np.float64).astype(_F32))  # fp32 r∘h
-            n = np.tanh(gi[:, 2 * H:] + _operand(rh) @ whh[2 * H:].T + b_hh[2 * H:])
+            n = np.tanh(gi[:, 2 * H:] + self.mm(rh, whh[2 * H:]) + b_hh[2 * H:])
         return (1 - z) * n + z * h, None
 
 
 class _RnnStep:
     P = 0
+    mm = staticmethod(_bf16_mm)
 
     def __init__(self, nonlinearity):
         self.relu = nonlinearity == "relu"
 
     def __call__(self, gx, h, c, whh, b_ih, b_hh, H):
-        a = gx + _operand(h) @ whh.T + b_ih + b_hh
+        a = gx + self.mm(h, whh) + b_ih + b_hh
         return (np.maximum(a, 0) if self.relu else np.tanh(a)), None
 
 
@@ -259,6 +294,56 @@ def rnn_forward_bf16(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlineari
     """The Elman RNN forward of precision="bfloat16": (y, h_n) in float64."""
     y, h, _ = _emulate("rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, lengths, reverse, teacher_y,
                        _RnnStep(nonlinearity))
+    return y, h
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 inference of the cells: the quantisation points of the kernels' precision="int8".
+#
+# Quantised (the contract's symmetric per-row scheme, quantize_rows): w_ih and w_hh once, per
+# output row (the layer's freeze / the call's packing); each row of x, dynamically; each row of
+# the fp32 state h entering a recurrent product, dynamically (and in the reset-before GRU each
+# row of the fp32 product r∘h). The activation scheme is dynamic per row rather than a fixed
+# scale for h in (-1, 1): the LSTM projection's h, the relu RNN's h and a caller's h0 are not
+# bounded by 1, and a row's own amax resolves small states finer; its cost is one max pass over
+# [N, R] per step. Each product is s32 exact and dequantised from zero in fp32:
+# f32(acc) * f32(s_row * s_weight) (gemm_s8_emulated, bit for bit the kernels' in every tier);
+# the rest (biases, gate math, c, peepholes, the fp32 projection, the outputs) as in bfloat16
+# above. The kernels equal this up to fp32 gate-math error (float64 here), except where that
+# error changes a row's amax or moves an operand across a rounding boundary of the quantiser
+# (the operand then moves by one quantum); ``teacher_y`` as above.
+#
+# Error of this contract against the exact (float64) forward, measured with T=100, N=8,
+# C=H=64 and PyTorch's uniform(±1/√H) initialisation (tests/test_int8_cells.py checks < 3e-2,
+# and < 5e-2 with cell_clip):
+#   max |y_int8 - y| / max |y|  (rms |y_int8 - y|)
+#   LSTM 1.3e-2 (1.1e-3); + peepholes 1.2e-2 (1.1e-3); + projection P=5 8.6e-3 (6.1e-4);
+#   + peepholes, P=3 9.8e-3 (5.8e-4); + peepholes, cell_clip 0.25 3.5e-2 (8.7e-4);
+#   GRU reset_after 1.3e-2 (2.2e-3), reset_before 1.3e-2 (2.2e-3);
+#   RNN tanh 2.2e-2 (3.9e-3), relu 7.5e-3 (3.6e-3).
+# About 3x bf16's error (8-bit vs 8-bit-significand operands, but a row's quantum is amax/127).
+
+def lstm_forward_int8(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_peep=None,
+                      w_hr=None, lengths=None, reverse=False, teacher_y=None, cell_clip=None):
+    """The LSTM forward of precision="int8" (see the quantisation points above): (y, h_n, c_n)
+    in float64. Arguments as in :func:`lstm_forward_bf16`."""
+    return _emulate("lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths, reverse, teacher_y,
+                    _LstmStep(w_peep, w_hr, cell_clip), "int8")
+
+
+def gru_forward_int8(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_after",
+                     lengths=None, reverse=False, teacher_y=None):
+    """The GRU forward of precision="int8": (y, h_n) in float64."""
+    y, h, _ = _emulate("gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, lengths, reverse, teacher_y,
+                       _GruStep(variant), "int8")
+    return y, h
+
+
+def rnn_forward_int8(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+                     lengths=None, reverse=False, teacher_y=None):
+    """The Elman RNN forward of precision="int8": (y, h_n) in float64."""
+    y, h, _ = _emulate("rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, lengths, reverse, teacher_y,
+                       _RnnStep(nonlinearity), "int8")
     return y, h
 
 

@@ -49,6 +49,10 @@ bfloat16 parameters with a gradient wanted raise ValueError (no bf16 backward: c
 ``torch.no_grad()`` / ``inference_mode()``); under autocast with a gradient wanted the float32
 kernels run and return float32, as before.
 
+int8 inference: ``quantize_dynamic(module)`` returns a copy whose LSTM / GRU / RNN layers
+(stock torch.nn ones converted) run fusedrnn's int8 kernels -- s8 weights with per-row scales
+quantised once, activations quantised per row, float32 in and out; see its docstring.
+
 Beyond forward/backward:
 
 - Pickling (``torch.save(model)``, ``pickle``, multiprocessing) writes a layer as its torch.nn
@@ -80,13 +84,14 @@ import numbers
 import pickle
 import sys
 
+import numpy as np
 import torch  # the real PyTorch (absolute import), not this module
 from torch._C import _functions as _autograd_functions
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as _F
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "quantize_dynamic"]
 
 _DTYPES = (torch.float32, torch.float64)
 _PARAM_DTYPES = _DTYPES + (torch.bfloat16,)          # bf16 parameters: .to(torch.bfloat16)
@@ -461,7 +466,13 @@ class _Base:
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
-        lowp = self._lowp(fn, dtype, params, input, hx)
+        if getattr(self, "_int8", None) is not None:   # quantize_dynamic's copy
+            if self.training:
+                raise ValueError(f"{fn}: a quantize_dynamic copy runs int8 inference only, and "
+                                 f"this one has training=True (train mode); call .eval()")
+            lowp = "int8"
+        else:
+            lowp = self._lowp(fn, dtype, params, input, hx)
         # the dtype the input and states must have (None under autocast: float32 or bfloat16)
         allowed = _DTYPES if lowp is None else (_PARAM_DTYPES if lowp == "module"
                                                 else _AUTOCAST_DTYPES)
@@ -532,6 +543,18 @@ class _Base:
 
         if lowp is None:
             out, h_n, c_n = self._run(x, h0, c0, lengths, params)
+        elif lowp == "int8":
+            # the frozen int8 twin (s8 weights packed once): float32 in, float32 out
+            np_ = lambda t: None if t is None else t.detach().numpy()  # noqa: E731
+            state = np_(h0) if not lstm or h0 is None else (np_(h0), np_(c0))
+            if lstm and h0 is None and c0 is not None:
+                state = (np.zeros((L * D, N, R), np.float32), np_(c0))
+            y, st = self._int8(np_(x), state, lengths)
+            out = torch.from_numpy(np.array(y))
+            if lstm:
+                h_n, c_n = torch.from_numpy(np.array(st[0])), torch.from_numpy(np.array(st[1]))
+            else:
+                h_n, c_n = torch.from_numpy(np.array(st)), None
         else:
             # bf16 inference: the kernels take float32 tensors and round x, the weights and the
             # recurrent operand to bf16 themselves (bf16 -> float32 is exact, so bf16 tensors
@@ -824,6 +847,91 @@ class RNN(_Base, torch.nn.RNN):
         self._check_construction(kwargs)
         super().__init__(*args, **kwargs)
         self._check_parameters("RNN")
+
+
+_FUSED = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
+
+
+def quantize_dynamic(module, *, inplace=False):
+    """int8 inference for a torch module, fusedrnn's counterpart of
+    ``torch.ao.quantization.quantize_dynamic(module, {nn.LSTM, nn.GRU}, dtype=torch.qint8)``.
+
+    Returns a copy of ``module`` (``inplace=True``: ``module`` itself) in eval mode in which every
+    recurrent layer -- a fusedrnn.torch LSTM / GRU / RNN, or a stock torch.nn.LSTM / GRU / RNN,
+    replaced by the fusedrnn.torch layer with its weights -- runs fusedrnn's int8 kernels
+    (``precision="int8"`` of :func:`fusedrnn.lstm_forward`): w_ih and w_hh quantised to s8 here,
+    once, with one scale per output row; each row of the input and of the recurrent state
+    quantised dynamically per row; s32 sums; biases, gates, the cell state, peepholes, the LSTM
+    projection and the outputs float32 (the contract: :func:`fusedrnn.reference.
+    lstm_forward_int8`; GRU both variants). Everything else in the module is unchanged (torch
+    quantises ``nn.Linear`` too when asked; this does not). The layers keep their float32
+    parameters (state_dict, export: export and torch.compile graphs run torch.nn's float32
+    forward); the int8 weights are a snapshot, so later changes to the parameters do not reach
+    them (quantise again). The layers run inference only: forward in train mode raises
+    ValueError; outputs carry no gradient.
+
+    Raises TypeError for a non-Module, ValueError for a module without recurrent layers, for
+    a layer whose parameters are not float32 or not finite, and for layer_norm / zoneout /
+    dropout options (no int8 path).
+    """
+    import copy
+    from . import layers as _layers
+    fn = "fusedrnn.torch.quantize_dynamic"
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{fn}: module must be a torch.nn.Module, got {type(module).__name__}")
+    _check_bool(fn, "inplace", inplace)
+    root = module if inplace else copy.deepcopy(module)
+
+    def convert(m):
+        """A stock torch.nn layer as the fusedrnn.torch layer with its weights."""
+        kw = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first,
+                  dropout=m.dropout, bidirectional=m.bidirectional,
+                  dtype=m.weight_ih_l0.dtype)
+        if m.mode == "LSTM":
+            kw["proj_size"] = m.proj_size
+        if m.mode.startswith("RNN_"):
+            kw["nonlinearity"] = m.nonlinearity
+        twin = _FUSED["RNN" if m.mode.startswith("RNN_") else m.mode](m.input_size,
+                                                                      m.hidden_size, **kw)
+        twin.load_state_dict(m.state_dict())
+        return twin
+
+    if type(root) in _STOCK.values():
+        root = convert(root)
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in _STOCK.values():
+                setattr(parent, name, convert(child))
+    found = 0
+    for m in root.modules():
+        if not isinstance(m, _Base):
+            continue
+        where = f"{fn}: {type(m).__name__}"
+        reg = getattr(m, "_reg", ())
+        if reg:
+            raise ValueError(f"{where} with {', '.join(reg)} has no int8 path")
+        params = {n: p.detach() for n, p in m.named_parameters()}
+        for n, p in params.items():
+            if p.dtype != torch.float32:
+                raise ValueError(f"{where}: int8 needs float32 parameters, {n} is {p.dtype}")
+            if not bool(torch.isfinite(p).all()):
+                raise ValueError(f"{where}: {n} has a non-finite value (quantisation needs "
+                                 f"finite weights)")
+        kw = dict(num_layers=m.num_layers, bias=m.bias, bidirectional=m.bidirectional)
+        if m.mode == "LSTM":
+            twin = _layers.LSTM(m.input_size, m.hidden_size, proj_size=m.proj_size,
+                                peepholes=getattr(m, "peepholes", False), **kw)
+        elif m.mode == "GRU":
+            twin = _layers.GRU(m.input_size, m.hidden_size,
+                               variant=getattr(m, "variant", "reset_after"), **kw)
+        else:
+            twin = _layers.RNN(m.input_size, m.hidden_size, nonlinearity=m.nonlinearity, **kw)
+        twin.load_state_dict({n: p.numpy() for n, p in params.items()})
+        m._int8 = twin.frozen(precision="int8")
+        found += 1
+    if not found:
+        raise ValueError(f"{fn}: {type(module).__name__} has no LSTM / GRU / RNN layer")
+    return root.eval()
 
 
 # torch.load's default unpickler (weights_only=True) accepts only registered globals: a saved

@@ -15,7 +15,8 @@ without bias) it writes
 Cases named ``*-bf16`` (float32 models of every cell, stacked, bidirectional, token and dense
 input, bare layers) hold the outputs of the model frozen at ``precision="bfloat16"``
 (fusedrnn.models.freeze) and metadata "precision": "bfloat16"; the C++ side loads them with
-Precision::bfloat16. DIR/cases.txt lists the cases. tests/cpp/test_python_parity.cc loads each checkpoint with
+Precision::bfloat16. Cases named ``*-int8`` likewise at ``precision="int8"`` (metadata
+"precision": "int8"; Precision::int8). DIR/cases.txt lists the cases. tests/cpp/test_python_parity.cc loads each checkpoint with
 fusedrnn::Model, runs the same inputs and compares.
 
 For the examples it also trains two small models briefly (a few seconds, seeded):
@@ -116,6 +117,16 @@ def grid():
                          precision="bfloat16", **kw), tokens
     yield "lstm-big-bf16", dict(cell="lstm", num_layers=2, bidirectional=True, hidden_size=150,
                                 dtype="float32", precision="bfloat16"), False
+    # int8 inference (precision="int8"): every cell, stacked + bidirectional + dense, and
+    # single-layer + token input.
+    for (cell, kw), (layers, bidir, tokens) in itertools.product(
+            cells_bf16, ((2, True, False), (1, False, True))):
+        name = "-".join([cell] + [f"{k}{v}" if not isinstance(v, str) else v
+                                  for k, v in kw.items()] +
+                        [f"L{layers}", "bi" if bidir else "uni", "tok" if tokens else "dense",
+                         "int8"])
+        yield name, dict(cell=cell, num_layers=layers, bidirectional=bidir, dtype="float32",
+                         precision="int8", **kw), tokens
     for layer, kw in (("LSTM", {"proj_size": 2, "peepholes": True}),
                       ("GRU", {"variant": "reset_before"}), ("RNN", {"nonlinearity": "relu"})):
         yield f"bare-{layer}-bias-uni-bf16", dict(layer=layer, bias=True, bidirectional=False,

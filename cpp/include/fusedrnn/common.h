@@ -24,7 +24,15 @@ struct Dims {
 // low-precision tiers (AMX tiles, AVX512_BF16, or exact software widening) with fp32
 // accumulation; biases, gate math, the cell state, the LSTM projection and all outputs stay fp32
 // (cpp/src/lowp/bf16_steps.h has the contract). float64 tensors and backward take float32 only.
-enum class Precision { float32, bfloat16 };
+//
+// int8 (inference, float32 tensors): w_ih and w_hh are quantised once, when packed, to s8 with one
+// scale per output row (symmetric, amax / 127); the operand of every product -- each row of x
+// and each row of the state entering a recurrent product (the reset-before GRU: of r*h) -- is
+// quantised dynamically, per row, the same way; s32 accumulation, dequantised to fp32 by
+// (row scale * weight-row scale); biases, gate math, the cell state, the LSTM projection and
+// all outputs fp32 (cpp/src/lowp/bf16_steps.h; fusedrnn.reference_lowp emulates it). Non-finite
+// weights throw std::invalid_argument before any work; a cache (training) or backward too.
+enum class Precision { float32, bfloat16, int8 };
 
 struct Options {
   bool reverse = false;  // run each sequence from its last valid step back to t = 0

@@ -34,7 +34,10 @@
 // recurrent operand rounded to bf16, fp32 accumulation, gates, cell state and outputs): the
 // stack's outputs and final states are bitwise those of Python's RecurrentModel.frozen(
 // precision="bfloat16") (fusedrnn.models.freeze) on the same machine and low-precision tier. The
-// embedding and the head stay float32. bfloat16 with a float64 model is std::invalid_argument.
+// embedding and the head stay float32. Precision::int8 likewise runs the int8 inference kernels
+// (s8 weights with per-output-row scales, quantised when a forward first packs them; activations
+// quantised per row; s32 sums; fp32 gates and outputs), bitwise Python's frozen(precision=
+// "int8") on the same machine. bfloat16 or int8 with a float64 model is std::invalid_argument.
 //
 // Threads: a Model is immutable after loading; share it freely. Concurrent forward calls need
 // their own Context. Errors: CheckpointError, ConfigError (see errors.h); bad call arguments

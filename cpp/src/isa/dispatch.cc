@@ -1,16 +1,23 @@
-// The choice of the instruction-set copy (once per process) and the public kernels of
-// fusedrnn.h, each a call through the chosen copy's table (isa/table.h).
+// The choice of the instruction-set table (once per process) and the public kernels of
+// fusedrnn.h, each a call through the chosen table (isa/table.h).
 //
-// The widest copy compiled in that this CPU runs is used (isa_avx512 > isa_avx2 > isa_base).
-// FUSEDRNN_ISA=baseline|sse2|avx2|avx512 (any case) in the environment asks for a narrower copy
-// (for tests and comparisons; avx512_bf16 and amx, the low-precision tiers' names, mean avx512
-// here); a copy the CPU cannot run, or that was not built, is never chosen; an unknown value
-// throws std::invalid_argument from every call. requested_level() is the one parser of
-// FUSEDRNN_ISA (lowp/lowp.cc uses it too).
+// Levels, widest first: amx, avx512_bf16 (the avx512 copy's float kernels with the hardware
+// low-precision tiers of lowp/native.cc), avx512, avx2, baseline (the compiled copies, each with
+// its software low-precision tier). The widest level that this build, CPU and OS run is used.
+// FUSEDRNN_ISA=baseline|sse2|avx2|avx512|avx512_bf16|amx (any case) in the environment asks for
+// a narrower one (for tests and comparisons): the widest level at or below it that runs here; an
+// unknown value throws std::invalid_argument from every call. requested_level() is the one
+// parser of FUSEDRNN_ISA, active() the one choice: the float kernels and the low-precision tier
+// (lowp::active_tier) always come from the same table.
 #include <cctype>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "isa/table.h"
 #include "lowp/bf16_back_block.h"
@@ -29,58 +36,165 @@
 #include "isa/copy.inc"
 #undef FUSEDRNN_ISA_NS
 #endif
+#if defined(FUSEDRNN_HAVE_LOWP_NATIVE) && defined(FUSEDRNN_HAVE_ISA_AVX512)
+#define FUSEDRNN_NATIVE_TABLES 1
+namespace fusedrnn {
+namespace lowp {
+namespace tier_bf16 {
+void fill_lowp(isa::Lowp& l);  // lowp/native.cc
+}
+namespace tier_amx {
+void fill_lowp(isa::Lowp& l);  // lowp/native.cc
+}
+}  // namespace lowp
+}  // namespace fusedrnn
+#endif
 
 namespace fusedrnn {
 namespace isa {
 namespace {
 
-// The copies compiled in, by level (null: not built).
+#ifdef FUSEDRNN_NATIVE_TABLES
+// The avx512 copy's table with the low-precision block of a hardware tier.
+template <typename Fill>
+Table native_table(Fill fill) {
+  Table t = isa_avx512::table();
+  fill(t.lowp);
+  return t;
+}
+#endif
+
+// A copy's table at its level: its lowp block's tier is the level it is chosen at (a single copy
+// built with -march=native is the baseline level, whatever its flags: the tier numbering must
+// name a table that table_at finds).
+Table at_level(const Table& copy, Level l) {
+  Table t = copy;
+  t.lowp.tier = int(l);
+  return t;
+}
+
+// The tables built, by level (null: not built).
 const Table* compiled(Level l) {
   switch (l) {
+    case Level::amx:
+#ifdef FUSEDRNN_NATIVE_TABLES
+    {
+      static const Table t = native_table(lowp::tier_amx::fill_lowp);
+      return &t;
+    }
+#else
+      return nullptr;
+#endif
+    case Level::avx512_bf16:
+#ifdef FUSEDRNN_NATIVE_TABLES
+    {
+      static const Table t = native_table(lowp::tier_bf16::fill_lowp);
+      return &t;
+    }
+#else
+      return nullptr;
+#endif
     case Level::avx512:
 #ifdef FUSEDRNN_HAVE_ISA_AVX512
-      return &isa_avx512::table();
+    {
+      static const Table t = at_level(isa_avx512::table(), Level::avx512);
+      return &t;
+    }
 #else
       return nullptr;
 #endif
     case Level::avx2:
 #ifdef FUSEDRNN_HAVE_ISA_AVX2
-      return &isa_avx2::table();
+    {
+      static const Table t = at_level(isa_avx2::table(), Level::avx2);
+      return &t;
+    }
 #else
       return nullptr;
 #endif
-    default:
-      return &isa_base::table();
+    default: {
+      static const Table t = at_level(isa_base::table(), Level::base);
+      return &t;
+    }
   }
 }
 
-// The x86-64-v3 / x86-64-v4 feature sets the copies are compiled for.
+// The x86-64-v3 / x86-64-v4 feature sets the copies are compiled for, and the hardware tiers'
+// extensions on top of x86-64-v4.
 bool cpu_runs(Level l) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
   const bool v3 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                   __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
                   __builtin_cpu_supports("f16c") && __builtin_cpu_supports("movbe");
-  if (l == Level::avx2) return v3;
-  if (l == Level::avx512)
-    return v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vl");
+  const bool v4 = v3 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq") &&
+                  __builtin_cpu_supports("avx512vl");
+  const bool bf16 = v4 && __builtin_cpu_supports("avx512bf16") &&
+                    __builtin_cpu_supports("avx512vnni");
+  switch (l) {
+    case Level::avx2:
+      return v3;
+    case Level::avx512:
+      return v4;
+    case Level::avx512_bf16:
+      return bf16;
+    case Level::amx:
+      return bf16 && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+             __builtin_cpu_supports("amx-int8");
+    default:
+      break;
+  }
 #endif
   return l == Level::base;
 }
 
+// Linux hands out the AMX tile-data state only on request, once per process; without it the
+// first tile instruction raises SIGILL.
+bool os_grants_amx() {
+#if defined(__linux__) && defined(__x86_64__)
+  constexpr long kArchGetXcompPerm = 0x1022, kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) return false;
+  unsigned long long bits = 0;
+  if (syscall(SYS_arch_prctl, kArchGetXcompPerm, &bits) != 0) return false;
+  return (bits >> kXfeatureXtiledata) & 1u;
+#else
+  return false;
+#endif
+}
+
 Level select() {
   Level best = Level::base;
-  for (Level l : {Level::avx2, Level::avx512})
-    if (compiled(l) && cpu_runs(l)) best = l;
-  Level w = requested_level();
-  if (w > Level::avx512) w = Level::avx512;  // the low-precision tiers' names: the widest copy
-  if (w != Level::unset && w < best && compiled(w)) best = w;
+  for (Level l : {Level::avx2, Level::avx512, Level::avx512_bf16, Level::amx})
+    if (table_at(l)) best = l;
+  const Level req = requested_level();
+  if (req != Level::unset && req < best) {
+    // The widest level at or below the request that runs here (a copy may be missing).
+    Level w = req;
+    while (!table_at(w)) w = Level(int(w) - 1);
+    best = w;
+  }
   return best;
 }
 
 }  // namespace
+
+const Table* table_at(Level l) {
+  // Found once per process (amx: the OS is asked once).
+  static const struct Runnable {
+    const Table* at[5] = {};
+    Runnable() {
+      for (int i = 0; i < 5; ++i) {
+        const Level v = Level(i);
+        const Table* t = compiled(v);
+        if (t && cpu_runs(v) && (v != Level::amx || os_grants_amx())) at[i] = t;
+      }
+    }
+  } runnable;
+  const int i = int(l);
+  return i >= 0 && i < 5 ? runnable.at[i] : nullptr;
+}
 
 Level requested_level() {
   const char* want = std::getenv("FUSEDRNN_ISA");
@@ -100,13 +214,13 @@ Level requested_level() {
 }
 
 const Table& active() {
-  static const Table& table = *compiled(select());  // select() throws: tried again next call
+  static const Table& table = *table_at(select());  // select() throws: tried again next call
   return table;
 }
 
 std::string compiled_isas() {
   std::string s;
-  for (Level l : {Level::base, Level::avx2, Level::avx512})
+  for (Level l : {Level::base, Level::avx2, Level::avx512})  // the float copies
     if (const Table* t = compiled(l)) s += (s.empty() ? "" : ", ") + std::string(t->name);
   return s;
 }
@@ -117,9 +231,10 @@ std::string compiled_isas() {
 // The public API: sizes and kernels through the active copy's table.
 
 std::size_t lstm_cache_size(const Dims& d) { return isa::active().lstm_sizes(d).cache; }
-// precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
+// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
 std::size_t lstm_forward_workspace_size(const Dims& d, Precision p) {
   const std::size_t fp32 = isa::active().lstm_sizes(d).forward_workspace;
+  if (p == Precision::int8) return fp32 + std::size_t(lowp::s8_block(d, 4, false).floats);
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 4, false).floats)
                                   : fp32;
 }
@@ -131,9 +246,10 @@ std::size_t lstm_backward_workspace_size(const Dims& d, Precision p) {
                                   : fp32;
 }
 std::size_t gru_cache_size(const Dims& d) { return isa::active().gru_sizes(d).cache; }
-// precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
+// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
 std::size_t gru_forward_workspace_size(const Dims& d, Precision p) {
   const std::size_t fp32 = isa::active().gru_sizes(d).forward_workspace;
+  if (p == Precision::int8) return fp32 + std::size_t(lowp::s8_block(d, 3, true).floats);
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 3, true).floats)
                                   : fp32;
 }
@@ -145,9 +261,10 @@ std::size_t gru_backward_workspace_size(const Dims& d, Precision p) {
                                   : fp32;
 }
 std::size_t rnn_cache_size(const Dims& d) { return isa::active().rnn_sizes(d).cache; }
-// precision = bfloat16: the bf16 block (lowp.h) in front of the float32 layout.
+// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
 std::size_t rnn_forward_workspace_size(const Dims& d, Precision p) {
   const std::size_t fp32 = isa::active().rnn_sizes(d).forward_workspace;
+  if (p == Precision::int8) return fp32 + std::size_t(lowp::s8_block(d, 1, false).floats);
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 1, false).floats)
                                   : fp32;
 }

@@ -31,6 +31,7 @@ isa::Table make_table() {
   fill_lstm_ln(t);
   fill_gemm(t);
   fill_ctc(t);
+  fill_lowp(t);
 #ifdef FUSEDRNN_WITH_MODEL
   fill_step(t);
   fill_fused_step(t);

@@ -14,6 +14,9 @@
 #include "fusedrnn/lstm_ln.h"
 
 namespace fusedrnn {
+namespace lowp {
+struct LstmFusedArgs;
+}
 namespace isa {
 
 // Scalars of a kernel's buffers for given dims (the same for every copy and dtype).
@@ -118,6 +121,37 @@ struct Kernels {
                     Scalar* out) = nullptr;
 };
 
+// The low-precision products of one tier (lowp/lowp.h has the contract and the checked entry
+// points): the software tiers are lowp/soft.cc and f32_packed.cc in each copy (fill_lowp); the
+// hardware tiers avx512_bf16 and amx are lowp/native.cc and amx_cells.cc (their tables are the
+// avx512 copy's with this block replaced: dispatch.cc). Work-shared products, serial
+// conversions, no checks.
+struct Lowp {
+  int tier = 0;  // lowp::Tier (the numbering of Level)
+  void (*to_bf16)(const float* x, std::int64_t m, std::int64_t K, std::int64_t ldx,
+                  std::uint16_t* out, std::int64_t ldo) = nullptr;
+  void (*quantize_s8)(const float* x, std::int64_t m, std::int64_t K, std::int64_t ldx,
+                      std::int8_t* q, std::int64_t ldq, float* scale) = nullptr;
+  void (*quantize_s8_fixed)(const float* x, std::int64_t m, std::int64_t K, std::int64_t ldx,
+                            float inv, std::int8_t* q, std::int64_t ldq) = nullptr;
+  void (*par_gemm_bf16)(std::int64_t m, std::int64_t n, std::int64_t K, const std::uint16_t* A,
+                        std::int64_t lda, const std::uint16_t* Bp, const float* bias, float* C,
+                        std::int64_t ldc, bool accumulate) = nullptr;
+  void (*par_gemm_s8)(std::int64_t m, std::int64_t n, std::int64_t K, const std::int8_t* A,
+                      std::int64_t lda, const float* a_scale, const std::int8_t* Bp,
+                      const float* w_scale, const std::int32_t* colsum, const float* bias,
+                      float* C, std::int64_t ldc, bool accumulate) = nullptr;
+  // The fused AMX LSTM inference (lowp::lstm_fused_forward); null in every other tier.
+  void (*lstm_fused)(const Dims& d, const lowp::LstmFusedArgs& a, bool pack,
+                     int num_threads) = nullptr;
+  // The fp32 packed GEMM of this copy's fp32 kernels as a standalone product (f32_packed.cc):
+  // the benchmark's yardstick.
+  std::int64_t (*f32_packed_size)(std::int64_t n, std::int64_t K) = nullptr;
+  void (*f32_pack)(const float* W, std::int64_t n, std::int64_t K, float* packed) = nullptr;
+  void (*f32_gemm)(std::int64_t m, std::int64_t n, std::int64_t K, const float* A,
+                   const float* packed, float* C, int num_threads) = nullptr;
+};
+
 // One instruction-set copy.
 struct Table {
   const char* name = nullptr;  // the widest SIMD extension the copy was compiled for: "avx512"
@@ -131,6 +165,7 @@ struct Table {
   std::size_t (*ctc_workspace)(std::int64_t T, std::int64_t N, std::int64_t Lmax) = nullptr;
   Kernels<float> f32{};
   Kernels<double> f64{};
+  Lowp lowp{};  // the low-precision tier this table runs
 
   template <typename Scalar>
   Kernels<Scalar>& of() {
@@ -142,22 +177,27 @@ struct Table {
   }
 };
 
-// The copy in use: the widest one compiled in that this CPU runs, or the one FUSEDRNN_ISA asks
-// for. Chosen on first use, constant afterwards (dispatch.cc).
-const Table& active();
-
-// The copies compiled in, e.g. "sse2, avx2, avx512".
-std::string compiled_isas();
-
-// FUSEDRNN_ISA, read by one parser for both choices made from it: the float32 kernels' copy
-// (above) and the tier of the low-precision products (lowp/lowp.cc, whose lowp::Tier has the
-// same numbering). The levels in order of width; avx512_bf16 and amx ask the float32 kernels for
-// their widest copy, avx512. Accepted (any case): baseline (or sse2, the name build_info gives
-// the baseline copy), avx2, avx512, avx512_bf16, amx; unset or empty: none (-> unset).
+// FUSEDRNN_ISA, read by one parser (dispatch.cc). The levels in order of width; each has one
+// table: base, avx2, avx512 are the three compiled copies; avx512_bf16 and amx are the avx512
+// copy's table with its low-precision block replaced (the float kernels have no wider copy).
+// Accepted (any case): baseline (or sse2, the name build_info gives the baseline copy), avx2,
+// avx512, avx512_bf16, amx; unset or empty: none (-> unset).
 enum class Level : int { unset = -1, base = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3, amx = 4 };
 // The level FUSEDRNN_ISA asks for; throws std::invalid_argument naming the accepted values for
 // any other value (a typo must not silently run another copy than the one asked for).
 Level requested_level();
+
+// The table of a level, or null where it cannot run here (not built, or the CPU or the OS lacks
+// it: amx asks Linux for the tile state once per process).
+const Table* table_at(Level l);
+
+// The table in use: the widest level that runs here, narrowed by FUSEDRNN_ISA to the widest one
+// at or below the level asked for. Chosen on first use, constant afterwards (dispatch.cc). Its
+// float kernels and its low-precision tier (lowp.tier) are one choice.
+const Table& active();
+
+// The float copies compiled in, e.g. "sse2, avx2, avx512".
+std::string compiled_isas();
 
 template <typename Scalar>
 const Kernels<Scalar>& kernels() {

@@ -181,18 +181,30 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   const Index TC = proj_chunk_steps(d);
   check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
   const bool bf16 = opt.precision == Precision::bfloat16;
-  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  const bool int8 = opt.precision == Precision::int8;
+  const bool lowpx = bf16 || int8;  // a low-precision forward (float32 tensors only)
+  const lowp::Tier tier = lowpx ? lowp::active_tier() : lowp::Tier::baseline;
   lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  lowp::S8Block qb;    // precision int8: the int8 block in front of the float32 layout
   if (bf16) {
     lb = lowp::bf16_block(d, 3, true, aligned64(workspace));
     workspace += lb.floats;
+  } else if (int8) {
+    qb = lowp::s8_block(d, 3, true, aligned64(workspace));
+    workspace += qb.floats;
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
+        check_finite_weights(fn, "w_ih", a.w_ih, GH * d.C);
+        check_finite_weights(fn, "w_hh", a.w_hh, GH * H);
+      }
+    }
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
-  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, k, S);
+  if (a.lengths && !lowpx) return forward_ragged(d, a, opt, w, k, S);
   Scalar* hs = training ? k.hs : w.hbuf;
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
   // Gate row (r, z, n, q) of sequence n at step s.
@@ -201,14 +213,18 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   };
 
   parallel_region(thread_count(opt, d, 3), [&] {
-    if (!bf16) {
+    if (!lowpx) {
       forward_prologue(d, opt, 3, a.w_ih, a.lengths, w.wih_p, y);
       if (!opt.weights_packed) {
         par_pack(a.w_hh, H, after ? GH : 2 * H, H, true, w.whh_p);
         if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, true, w.whn_p);
       }
     } else if constexpr (std::is_same_v<Scalar, float>) {
-      if (!opt.weights_packed) {
+      if (!opt.weights_packed && int8) {
+        par_pack_s8(a.w_ih, GH, d.C, qb.wih);
+        par_pack_s8(a.w_hh, after ? GH : 2 * H, H, qb.whh);
+        if (!after) par_pack_s8(a.w_hh + 2 * H * H, H, H, qb.whn);
+      } else if (!opt.weights_packed) {
         par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
         // reset_after: all 3H rows, across the block's whh and whn pieces (sized for them)
         par_pack_bf16(a.w_hh, after ? GH : 2 * H, H, lb.whh);
@@ -221,10 +237,17 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
       // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
-      if (!bf16) {
+      if (!lowpx) {
         if (s % TC == 0)
           project_steps(d, 3, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
         par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
+      } else if (int8) {
+        if constexpr (std::is_same_v<Scalar, float>) {
+          if (s % TC == 0)
+            project_steps_s8(tier, d, 3, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
+          gemm_rows_s8(tier, N, after ? GH : 2 * H, H, h_prev, H, qb.hq, qb.hscale, qb.whh,
+                       w.gh, GH);
+        }
       } else if constexpr (std::is_same_v<Scalar, float>) {
         if (s % TC == 0)
           project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
@@ -252,9 +275,12 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
       if (after) continue;
       // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
       const Scalar* q = gate_row(s, 0) + 3 * H;
-      if (!bf16)
+      if (!lowpx)
         par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
-      else if constexpr (std::is_same_v<Scalar, float>)
+      else if (int8) {
+        if constexpr (std::is_same_v<Scalar, float>)
+          gemm_rows_s8(tier, N, H, H, q, 4 * H, qb.rq, qb.rscale, qb.whn, w.gh + 2 * H, GH);
+      } else if constexpr (std::is_same_v<Scalar, float>)
         gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);

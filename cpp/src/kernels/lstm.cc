@@ -226,11 +226,23 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   const Index TC = proj_chunk_steps(d);
   check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
   const bool bf16 = opt.precision == Precision::bfloat16;
-  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  const bool int8 = opt.precision == Precision::int8;
+  const bool lowpx = bf16 || int8;  // a low-precision forward (float32 tensors only)
+  const lowp::Tier tier = lowpx ? lowp::active_tier() : lowp::Tier::baseline;
   lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  lowp::S8Block qb;    // precision int8: the int8 block in front of the float32 layout
   if (bf16) {
     lb = lowp::bf16_block(d, 4, false, aligned64(workspace));
     workspace += lb.floats;
+  } else if (int8) {
+    qb = lowp::s8_block(d, 4, false, aligned64(workspace));
+    workspace += qb.floats;
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
+        check_finite_weights(fn, "w_ih", a.w_ih, GH * d.C);
+        check_finite_weights(fn, "w_hh", a.w_hh, GH * R);
+      }
+    }
   }
   if constexpr (std::is_same_v<Scalar, float>) {
     if (bf16 && lb.wf && !training) {  // the fused AMX step (lowp/amx_cells.cc)
@@ -246,7 +258,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
-  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, k, S);
+  if (a.lengths && !lowpx) return forward_ragged(d, a, opt, w, k, S);
   Scalar* hs = training ? k.hs : w.hbuf;
   Scalar* cs = training ? k.cs : w.cbuf;
   // State before step s: slot s of the cache, or slot s % 2 of the double buffer.
@@ -256,7 +268,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   };
 
   parallel_region(thread_count(opt, d, 4), [&] {
-    if (!bf16) {
+    if (!lowpx) {
       forward_prologue(d, opt, 4, a.w_ih, a.lengths, w.wih_p, y);
       if (!opt.weights_packed) {
         par_pack(a.w_hh, R, GH, R, true, w.whh_p);
@@ -264,8 +276,13 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
       }
     } else if constexpr (std::is_same_v<Scalar, float>) {
       if (!opt.weights_packed) {
-        par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
-        par_pack_bf16(a.w_hh, GH, R, lb.whh);
+        if (int8) {
+          par_pack_s8(a.w_ih, GH, d.C, qb.wih);
+          par_pack_s8(a.w_hh, GH, R, qb.whh);
+        } else {
+          par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
+          par_pack_bf16(a.w_hh, GH, R, lb.whh);
+        }
         if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);  // the projection stays fp32
       }
       if (a.lengths) par_fill(y, d.T * N * R, Scalar(0));
@@ -278,14 +295,20 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
       Scalar* h_next = slot(hs, s + 1, NR);
       Scalar* c_next = slot(cs, s + 1, NH);
       Scalar* m = proj ? (training ? k.ms + s * NH : w.mbuf) : nullptr;  // [N, H]
-      if (!bf16) {
+      if (!lowpx) {
         if (s % TC == 0)
           project_steps(d, 4, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
         par_gemm_packed(N, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
       } else if constexpr (std::is_same_v<Scalar, float>) {
-        if (s % TC == 0)
-          project_steps_bf16(tier, d, 4, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
-        gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
+        if (int8) {
+          if (s % TC == 0)
+            project_steps_s8(tier, d, 4, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
+          gemm_rows_s8(tier, N, GH, R, h_prev, R, qb.hq, qb.hscale, qb.whh, w.gh, GH);
+        } else {
+          if (s % TC == 0)
+            project_steps_bf16(tier, d, 4, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
+          gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
+        }
       }
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);

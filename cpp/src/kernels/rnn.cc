@@ -141,26 +141,41 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   const Index TC = proj_chunk_steps(d);
   check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
   const bool bf16 = opt.precision == Precision::bfloat16;
-  const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
+  const bool int8 = opt.precision == Precision::int8;
+  const bool lowpx = bf16 || int8;  // a low-precision forward (float32 tensors only)
+  const lowp::Tier tier = lowpx ? lowp::active_tier() : lowp::Tier::baseline;
   lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  lowp::S8Block qb;    // precision int8: the int8 block in front of the float32 layout
   if (bf16) {
     lb = lowp::bf16_block(d, 1, false, aligned64(workspace));
     workspace += lb.floats;
+  } else if (int8) {
+    qb = lowp::s8_block(d, 1, false, aligned64(workspace));
+    workspace += qb.floats;
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
+        check_finite_weights(fn, "w_ih", a.w_ih, H * d.C);
+        check_finite_weights(fn, "w_hh", a.w_hh, H * H);
+      }
+    }
   }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   Carver<Scalar> cc(a.cache);
   Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
   // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
-  if (a.lengths && !bf16) return forward_ragged(d, a, opt, w, training ? hs : nullptr, S);
+  if (a.lengths && !lowpx) return forward_ragged(d, a, opt, w, training ? hs : nullptr, S);
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
   parallel_region(thread_count(opt, d, 1), [&] {
-    if (!bf16) {
+    if (!lowpx) {
       forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
       if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
     } else if constexpr (std::is_same_v<Scalar, float>) {
-      if (!opt.weights_packed) {
+      if (!opt.weights_packed && int8) {
+        par_pack_s8(a.w_ih, H, d.C, qb.wih);
+        par_pack_s8(a.w_hh, H, H, qb.whh);
+      } else if (!opt.weights_packed) {
         par_pack_bf16(a.w_ih, H, d.C, lb.wih);
         par_pack_bf16(a.w_hh, H, H, lb.whh);
       }
@@ -170,10 +185,16 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
     for (Index s = 0; s < S; ++s) {
       const Scalar* h_prev = slot(s);
       Scalar* h_next = slot(s + 1);
-      if (!bf16) {
+      if (!lowpx) {
         if (s % TC == 0)
           project_steps(d, 1, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
         par_gemm_packed(N, H, H, h_prev, H, w.whh_p, w.gh, H, false);
+      } else if (int8) {
+        if constexpr (std::is_same_v<Scalar, float>) {
+          if (s % TC == 0)
+            project_steps_s8(tier, d, 1, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
+          gemm_rows_s8(tier, N, H, H, h_prev, H, qb.hq, qb.hscale, qb.whh, w.gh, H);
+        }
       } else if constexpr (std::is_same_v<Scalar, float>) {
         if (s % TC == 0)
           project_steps_bf16(tier, d, 1, sm, s, std::min(S, s + TC), a.x, lb, w.gx);

@@ -194,7 +194,10 @@ inline void backward_epilogue_bf16(lowp::Tier tier, const Dims& d, Index S, Inde
 }
 
 // The backward's check of Options::precision: bfloat16 needs float32 tensors.
+// int8 has no backward (inference only).
 inline void check_backward_precision(const char* fn, const Options& opt, bool is_float) {
+  if (opt.precision == Precision::int8)
+    fail(std::string(fn) + ": precision int8 is inference only (no backward)");
   check_precision(fn, opt, is_float, false);
 }
 

@@ -2,6 +2,14 @@
 // layers): the input projection and the per-step recurrent products as bf16 x bf16 -> fp32 products
 // of the low-precision tiers (lowp.h), everything else as in fp32.
 //
+// int8 inference (Options::precision = int8) the same way with the s8 products of lowp.h (the
+// *_s8 helpers below; fusedrnn.reference_lowp.*_forward_int8 emulates it): w_ih, w_hh quantised
+// once, when packed, per output row (lowp::pack_s8); each row of x and of the recurrent operand
+// (h entering the step; the reset-before GRU's fp32 r*h) quantised per row, dynamically
+// (lowp::quantize_s8: scale = amax / 127 of that row, so no range is assumed: the LSTM
+// projection's h, the relu RNN and any h0 are covered); s32 sums, dequantised into fp32 from
+// zero; the rest as in bfloat16. Workspace: lowp::s8_block in front, like the bf16 block.
+//
 // Rounding points (fusedrnn.reference_lowp.*_forward_bf16 emulates them): x, w_ih and w_hh
 // (packed once), and the operand of every recurrent product -- the fp32 state h entering the
 // step, and in the reset-before GRU the fp32 r*h -- round to bf16 (nearest even). Products
@@ -13,6 +21,8 @@
 // Included by the kernels of every instruction-set copy.
 #pragma once
 
+#include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "kernels/kernel.h"
@@ -24,9 +34,15 @@ namespace detail {
 
 // precision = bfloat16 runs float32 tensors only; with a cache (training) the backward's bf16
 // products are in bf16_backward.h.
+// precision = int8: float32 tensors, inference only (no cache).
 inline void check_precision(const char* fn, const Options& opt, bool is_float, bool training) {
-  (void)training;
   if (opt.precision == Precision::float32) return;
+  if (opt.precision == Precision::int8) {
+    if (!is_float) fail(std::string(fn) + ": precision int8 needs float32 tensors");
+    if (training)
+      fail(std::string(fn) + ": precision int8 is inference only: cache must be null");
+    return;
+  }
   if (opt.precision != Precision::bfloat16) fail(std::string(fn) + ": unknown Options::precision");
   if (!is_float) fail(std::string(fn) + ": precision bfloat16 needs float32 tensors");
 }
@@ -82,6 +98,76 @@ inline void gemm_rows_bf16(lowp::Tier tier, Index m, Index n, Index K, const flo
                            Index ldo) {
   par_rows_to_bf16(tier, a, m, K, lda, ab);  // (its omp for ends in a barrier)
   lowp::par_gemm_bf16(tier, m, n, K, ab, lowp::bf16_kpad(K), packed, nullptr, out, ldo, false);
+}
+
+// ---------------------------------------------------------------------------------------------
+// int8 (Options::precision = int8).
+
+// Quantisation refuses non-finite weights, before any work (a NaN or infinity would make every
+// scale of its row meaningless).
+inline void check_finite_weights(const char* fn, const char* name, const float* w, Index n) {
+  for (Index i = 0; i < n; ++i)
+    if (!std::isfinite(w[i]))
+      fail(std::string(fn) + ": precision int8 quantises " + name + ", which has a non-finite "
+           "value at flat index " + std::to_string(i));
+}
+
+// Work-shared packing of w [n, K] (row-major) as s8 with per-row scales.
+inline void par_pack_s8(const float* w, Index n, Index K, const lowp::S8Weights& out) {
+#ifdef _OPENMP
+#pragma omp single
+#endif
+  lowp::pack_s8(w, n, K, K, out.w, out.scale, out.colsum);
+}
+
+// Work-shared: q rows [rows, s8_kpad(K)] and scale [rows] = the dynamic per-row quantisation of
+// src rows [rows, K] (leading dimension ld).
+inline void par_rows_to_s8(lowp::Tier tier, const float* src, Index rows, Index K, Index ld,
+                           std::int8_t* q, float* scale) {
+  const Index kp = lowp::s8_kpad(K), blk = 8, nb = ceil_div(rows, blk);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index b = 0; b < nb; ++b)
+    lowp::quantize_s8(tier, src + b * blk * ld, std::min(blk, rows - b * blk), K, ld,
+                      q + b * blk * kp, kp, scale + b * blk);
+}
+
+// Work-shared, at the first step s0 of each chunk: gxs [(s1 - s0) * N, G*H] = the s8 product of
+// the quantised x[t(s, n), n] rows and w_ih, in step order, xrows input rows at a time; rows of
+// finished sequences are zero inputs (scale 0).
+inline void project_steps_s8(lowp::Tier tier, const Dims& d, Index G, const StepMap& sm,
+                             Index s0, Index s1, const float* x, const lowp::S8Block& b,
+                             float* gxs) {
+  const Index N = d.N, C = d.C, rows = (s1 - s0) * N, kp = lowp::s8_kpad(C), GH = G * d.H;
+  for (Index r0 = 0; r0 < rows; r0 += b.xrows) {
+    const Index nr = std::min(b.xrows, rows - r0);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (Index r = 0; r < nr; ++r) {
+      const Index row = r0 + r, t = sm.time(s0 + row / N, row % N);
+      if (t >= 0) {
+        lowp::quantize_s8(tier, x + (t * N + row % N) * C, 1, C, C, b.xs + r * kp, kp,
+                          b.xscale + r);
+      } else {
+        std::fill(b.xs + r * kp, b.xs + (r + 1) * kp, std::int8_t(0));
+        b.xscale[r] = 0.0f;
+      }
+    }
+    lowp::par_gemm_s8(tier, nr, GH, C, b.xs, kp, b.xscale, b.wih.w, b.wih.scale, b.wih.colsum,
+                      nullptr, gxs + r0 * GH, GH, false);
+  }
+}
+
+// Work-shared: out [m, n] = the s8 product of a [m, K] (lda; quantised per row into q, scale)
+// and the packed weights wt.
+inline void gemm_rows_s8(lowp::Tier tier, Index m, Index n, Index K, const float* a, Index lda,
+                         std::int8_t* q, float* scale, const lowp::S8Weights& wt, float* out,
+                         Index ldo) {
+  par_rows_to_s8(tier, a, m, K, lda, q, scale);  // (its omp for ends in a barrier)
+  lowp::par_gemm_s8(tier, m, n, K, q, lowp::s8_kpad(K), scale, wt.w, wt.scale, wt.colsum,
+                    nullptr, out, ldo, false);
 }
 
 }  // namespace detail

@@ -9,10 +9,12 @@
 //   avx512, avx2, baseline
 //                software: bf16 widened to fp32 by a shift, fp32 multiply-add; s8 widened to
 //                s32 (the instruction-set copies of the fp32 kernels compile it).
-// FUSEDRNN_ISA=amx|avx512_bf16|avx512|avx2|baseline (any case; sse2 = baseline) asks for a
-// narrower tier than the best one the build, the CPU and the OS allow; a tier that cannot run
-// here is never chosen. The value is read by isa::requested_level() (isa/table.h), the one
-// parser the float32 copy's choice uses too: an unknown value throws from both.
+// Each tier is the lowp block of one table of the one ISA dispatch (isa/table.h): the tables of
+// the software copies carry their software tier, avx512_bf16 and amx are the avx512 copy's table
+// with the hardware tier's block. The table in use (isa::active()) is chosen once, for the float
+// kernels and the low-precision tier together: FUSEDRNN_ISA=amx|avx512_bf16|avx512|avx2|baseline
+// (any case; sse2 = baseline) asks for a narrower level than the best one the build, the CPU and
+// the OS allow; a level that cannot run here is never chosen; an unknown value throws.
 //
 // THE CONTRACT (fusedrnn.reference's *_emulated functions compute exactly this):
 //
@@ -75,8 +77,8 @@ const char* tier_name(Tier t);
 bool tier_from_name(const std::string& name, Tier* out);
 // Whether tier t was built and runs on this CPU and OS (amx: the OS granted the tile state).
 bool tier_available(Tier t);
-// The tier the low-precision products use: the best available one, narrowed by FUSEDRNN_ISA.
-// Chosen once per process.
+// The tier the low-precision products use: the active table's (isa::active(), chosen once per
+// process with the float kernels' copy).
 Tier active_tier();
 // Throws std::invalid_argument naming the tier when it is not available here.
 void require_tier(Tier t, const char* fn);
@@ -204,6 +206,66 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   b.hb = take(d.N * bf16_kpad(R));
   if (split_n) b.rhb = take(d.N * bf16_kpad(d.H));
   b.floats = round_up(used, 32) / 2 + 16;
+  return b;
+}
+
+// The int8 block of a cell's forward workspace (Options::precision = int8; bf16_steps.h uses it),
+// in front of the float32 layout like the bf16 block (packed weights keep their offsets across
+// calls): packed s8 w_ih [G*H, C], w_hh [G*H, R] (all G*H rows; split_n: the reset-before GRU
+// uses rows [0, 2H) of it and the n rows [2H, 3H) apart in whn [H, H]), each with its per-row
+// scales and column sums; the quantised input rows of one sub-chunk of the projection
+// [xrows, s8_kpad(C)] with their scales; the state operand [N, s8_kpad(R)] and, split_n, the
+// reset-before GRU's r*h operand [N, s8_kpad(H)], with theirs. 64-byte aligned pieces.
+struct S8Weights {
+  std::int8_t* w = nullptr;         // packed (pack_s8)
+  float* scale = nullptr;           // [16 ceil(n/16)]
+  std::int32_t* colsum = nullptr;   // [16 ceil(n/16)]
+};
+
+struct S8Block {
+  S8Weights wih, whh, whn;
+  std::int8_t* xs = nullptr;
+  float* xscale = nullptr;
+  std::int8_t* hq = nullptr;
+  float* hscale = nullptr;
+  std::int8_t* rq = nullptr;
+  float* rscale = nullptr;
+  std::int64_t xrows = 0;   // rows of xs
+  std::int64_t floats = 0;  // the block's size in floats (slack for aligning its base included)
+};
+
+// base: 64-byte aligned, or null to measure.
+inline S8Block s8_block(const Dims& d, std::int64_t G, bool split_n, void* base = nullptr) {
+  const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H;
+  auto* p = static_cast<char*>(base);
+  std::int64_t used = 0;  // bytes from base
+  auto take = [&](std::int64_t bytes) -> char* {
+    used = round_up(used, 64);
+    char* out = p ? p + used : nullptr;
+    used += bytes;
+    return out;
+  };
+  auto weights = [&](std::int64_t n, std::int64_t K) {
+    S8Weights w;
+    w.w = reinterpret_cast<std::int8_t*>(take(packed_s8_size(n, K)));
+    w.scale = reinterpret_cast<float*>(take(4 * panels(n) * kPanel));
+    w.colsum = reinterpret_cast<std::int32_t*>(take(4 * panels(n) * kPanel));
+    return w;
+  };
+  S8Block b;
+  b.xrows = std::min(kBf16XRows, d.T * d.N);
+  b.wih = weights(GH, d.C);
+  b.whh = weights(GH, R);
+  if (split_n) b.whn = weights(d.H, d.H);
+  b.xs = reinterpret_cast<std::int8_t*>(take(b.xrows * s8_kpad(d.C)));
+  b.xscale = reinterpret_cast<float*>(take(4 * b.xrows));
+  b.hq = reinterpret_cast<std::int8_t*>(take(d.N * s8_kpad(R)));
+  b.hscale = reinterpret_cast<float*>(take(4 * d.N));
+  if (split_n) {
+    b.rq = reinterpret_cast<std::int8_t*>(take(d.N * s8_kpad(d.H)));
+    b.rscale = reinterpret_cast<float*>(take(4 * d.N));
+  }
+  b.floats = round_up(used, 64) / 4 + 16;
   return b;
 }
 

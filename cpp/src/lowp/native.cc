@@ -1,7 +1,8 @@
 // The hardware tiers of the low-precision products (lowp.h): avx512_bf16 (vdpbf16ps, vpdpbusd,
 // vcvtneps2bf16) and amx (tdpbf16ps, tdpbssd). Compiled once, with -mavx512bf16 -mavx512vnni
-// -mamx-tile -mamx-bf16 -mamx-int8 on top of x86-64-v4; lowp.cc calls into it only when the CPU
-// (and for amx the OS) allows the tier.
+// -mamx-tile -mamx-bf16 -mamx-int8 on top of x86-64-v4; each tier fills the low-precision block of
+// its table (fill_lowp; isa/dispatch.cc builds that table only where the CPU, and for amx the
+// OS, allows the tier).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <omp.h>
 #endif
 
+#include "isa/table.h"
 #include "lowp.h"
 
 namespace fusedrnn {
@@ -416,6 +418,18 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
                 pstride, w_scale + c0, colsum + c0, b, C + r * ldc + c0, ldc, nc, accumulate);
   });
 }
+
+// The avx512_bf16 tier's block of its table (isa/table.h; the f32_* entries stay the avx512
+// copy's).
+void fill_lowp(isa::Lowp& l) {
+  l.tier = int(Tier::avx512_bf16);
+  l.to_bf16 = lowp_to_bf16;
+  l.quantize_s8 = lowp_quantize_s8;
+  l.quantize_s8_fixed = lowp_quantize_s8_fixed;
+  l.par_gemm_bf16 = lowp_par_gemm_bf16;
+  l.par_gemm_s8 = lowp_par_gemm_s8;
+  l.lstm_fused = nullptr;
+}
 }  // namespace tier_bf16
 
 // ----------------------------------------------------------------------------------------------
@@ -488,6 +502,19 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
                            nc1, accumulate, scratch);
     });
   });
+}
+
+void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
+
+// The amx tier's block of its table (the f32_* entries stay the avx512 copy's).
+void fill_lowp(isa::Lowp& l) {
+  l.tier = int(Tier::amx);
+  l.to_bf16 = lowp_to_bf16;
+  l.quantize_s8 = lowp_quantize_s8;
+  l.quantize_s8_fixed = lowp_quantize_s8_fixed;
+  l.par_gemm_bf16 = lowp_par_gemm_bf16;
+  l.par_gemm_s8 = lowp_par_gemm_s8;
+  l.lstm_fused = lstm_fused_forward;  // amx_cells.cc
 }
 }  // namespace tier_amx
 

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #endif
 
+#include "isa/table.h"
 #include "lowp.h"
 
 namespace fusedrnn {
@@ -340,6 +341,21 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
                          w_scale + c0, b, C + r * ldc + c0, ldc, nc, accumulate);
     }
   });
+}
+
+// This copy's software tier in its table (isa/table.h). Its tier number is the level the
+// dispatch files the copy under (isa/dispatch.cc sets it).
+void fill_lowp(isa::Table& t) {
+  isa::Lowp& l = t.lowp;
+  l.to_bf16 = lowp_to_bf16;
+  l.quantize_s8 = lowp_quantize_s8;
+  l.quantize_s8_fixed = lowp_quantize_s8_fixed;
+  l.par_gemm_bf16 = lowp_par_gemm_bf16;
+  l.par_gemm_s8 = lowp_par_gemm_s8;
+  l.lstm_fused = nullptr;
+  l.f32_packed_size = lowp_f32_packed_size;
+  l.f32_pack = lowp_f32_pack;
+  l.f32_gemm = lowp_f32_gemm;
 }
 
 }  // namespace FUSEDRNN_ISA_NS

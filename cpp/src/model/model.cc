@@ -601,17 +601,21 @@ void* Context::reserve(std::size_t bytes) {
 
 Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
     : impl_(std::move(impl)), precision_(precision) {
-  if (precision != Precision::float32 && precision != Precision::bfloat16)
-    throw std::invalid_argument("fusedrnn::Model: precision must be Precision::float32 or "
-                                "Precision::bfloat16");
-  if (precision == Precision::bfloat16 && impl_->config.dtype != DType::f32)
-    throw std::invalid_argument(std::string("fusedrnn::Model: precision bfloat16 needs a "
-                                            "float32 model; this one is ") +
+  if (precision != Precision::float32 && precision != Precision::bfloat16 &&
+      precision != Precision::int8)
+    throw std::invalid_argument("fusedrnn::Model: precision must be Precision::float32, "
+                                "Precision::bfloat16 or Precision::int8");
+  if (precision != Precision::float32 && impl_->config.dtype != DType::f32)
+    throw std::invalid_argument(std::string("fusedrnn::Model: precision ") +
+                                (precision == Precision::int8 ? "int8" : "bfloat16") +
+                                " needs a float32 model; this one is " +
                                 dtype_name(impl_->config.dtype));
-  if (precision == Precision::bfloat16 && impl_->config.regularised())
-    throw ConfigError("fusedrnn::Model: precision bfloat16 has no path for layer_norm, zoneout "
-                      "or the dropout options (issue 19's regularised kernels are float32 / "
-                      "float64); load with Precision::float32");
+  if (precision != Precision::float32 && impl_->config.regularised())
+    throw ConfigError(std::string("fusedrnn::Model: precision ") +
+                      (precision == Precision::int8 ? "int8" : "bfloat16") +
+                      " has no path for layer_norm, zoneout or the dropout options (issue 19's "
+                      "regularised kernels are float32 / float64); load with "
+                      "Precision::float32");
 }
 
 Model Model::from_tensor_file(const TensorFile& file, Precision precision) {

@@ -2,8 +2,8 @@
 // active instruction set's step: at batch 1 its fused step (kernels/fused_step.cc, weights laid
 // out for it here), else isa::Kernels::step; then the head. No allocation, no OpenMP, no
 // exception after construction (process() checks its arguments before it steps).
-// A bfloat16 Model (Model::precision): each layer's step is instead one call of the batch
-// kernel with T = 1 at Precision::bfloat16 on the Stream's own workspace (allocated here; the
+// A bfloat16 or int8 Model (Model::precision): each layer's step is instead one call of the batch
+// kernel with T = 1 at that precision on the Stream's own workspace (allocated here; the
 // weights are packed there by the first step and reused by the later ones), on one thread, so
 // the results are bitwise Model::forward's at that precision. A model with issue 19's options
 // (ModelConfig::regularised) steps the same way with its regularised kernel (fusedrnn/lstm_ln.h),
@@ -41,6 +41,7 @@ struct Stream<Scalar>::Impl {
   // Precision::bfloat16: per layer its kernel workspace and whether it holds the packed weights;
   // the previous state and one step's output of a layer.
   bool lowp = false;
+  Precision precision = Precision::float32;
   std::vector<internal::AlignedArray<Scalar>> lp_ws;
   std::vector<char> lp_packed;
   internal::AlignedArray<Scalar> hprev, cprev, ystep;
@@ -91,6 +92,8 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
     if (lstm) std::copy(c_l, c_l + N * H, cprev.data());
     Options opt;
     opt.num_threads = 1;
+    opt.precision = precision;
+    opt.weights_packed = lp_packed[std::size_t(l)] != 0;
     Scalar* ws = lp_ws[std::size_t(l)].data();
     auto common = [&](auto a) {
       a.x = in, a.w_ih = p(w.w_ih), a.w_hh = p(w.w_hh), a.b_ih = p(w.b_ih), a.b_hh = p(w.b_hh);
@@ -220,17 +223,18 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
       fat += n;
     }
   }
-  if (model.precision() == Precision::bfloat16 || c.regularised()) {
+  if (model.precision() != Precision::float32 || c.regularised()) {
     // one T = 1 kernel call per layer and step on its own workspace (see the top of the file)
     s.lowp = true;
+    s.precision = model.precision();
     for (const detail::LayerWeights& w : m.layers) {
       const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? P : 0};
       const std::size_t n =
           c.regularised() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
                                                       : gru_ln_forward_workspace_size(d))
-          : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, Precision::bfloat16)
-          : c.cell == CellType::gru ? gru_forward_workspace_size(d, Precision::bfloat16)
-                                    : rnn_forward_workspace_size(d, Precision::bfloat16);
+          : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, s.precision)
+          : c.cell == CellType::gru ? gru_forward_workspace_size(d, s.precision)
+                                    : rnn_forward_workspace_size(d, s.precision);
       s.lp_ws.emplace_back();
       s.lp_ws.back().resize(n);
     }
