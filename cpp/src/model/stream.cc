@@ -114,8 +114,6 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
       in = h_l;
       continue;
     }
-    opt.precision = Precision::bfloat16;
-    opt.weights_packed = lp_packed[std::size_t(l)] != 0;
     if (lstm) {
       LstmForwardArgs<Scalar> a = common(LstmForwardArgs<Scalar>{});
       a.c0 = cprev.data(), a.c_n = c_l, a.w_peep = p(w.w_peep), a.w_hr = p(w.w_hr);
