@@ -69,8 +69,8 @@ def precision_name(value: str) -> str:
 
 
 _PRECISION_HELP = ("arithmetic of the recurrent layers: float32 (default) or bfloat16 (bf16: "
-                   "bf16 products with fp32 accumulation and gates, inference only; "
-                   "embedding and heads stay float32)")
+                   "bf16 products with fp32 accumulation and gates; embedding and heads stay "
+                   "float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,8 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
     g.add_argument("--precision", type=precision_name, default=None, metavar="P",
-                   help="float32 only: training runs in float32 (bfloat16 is for evaluate, "
-                        "predict and generate)")
+                   help="compute precision of the recurrent layers: float32 (default) or "
+                        "bfloat16 (bf16: mixed precision, bf16 products with fp32 accumulation, "
+                        "gates and master weights; the checkpoint stays float32 and records it, "
+                        "--resume restores it; --compare-torch then trains the torch twin under "
+                        "torch.autocast)")
     g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
                              "refused where it does not apply (e.g. --peepholes with --cell "
                              "gru, any of them with --task translate); kept in the checkpoint")
@@ -268,12 +271,7 @@ def _threads(args) -> None:
 
 
 def cmd_train(args, t_start) -> int:
-    from .tasks.trainer import UsageError, train
-    precision = vars(args).pop("precision", None)   # not a training flag: not recorded
-    if precision not in (None, "float32"):
-        raise UsageError(f"--precision {precision}: training runs in float32; bfloat16 is an "
-                         f"inference precision (fusedrnn evaluate / predict / generate "
-                         f"--precision bfloat16)")
+    from .tasks.trainer import train
     return train(args, sys.stdout, t_start)
 
 
