@@ -369,15 +369,16 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 3), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    if (!bf16) {
-      if (!opt.weights_packed) {
+    // Packed unless an earlier backward of this precision did (Options::weights_packed).
+    if (!opt.weights_packed) {
+      if (!bf16) {
         par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
         if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        par_pack_bf16_kn(a.w_hh, after ? GH : 2 * H, H, H, lb.whh);
+        if (!after) par_pack_bf16_kn(a.w_hh + 2 * H * H, H, H, H, lb.whn);
+        par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
       }
-    } else if constexpr (std::is_same_v<Scalar, float>) {
-      par_pack_bf16_kn(a.w_hh, after ? GH : 2 * H, H, H, lb.whh);
-      if (!after) par_pack_bf16_kn(a.w_hh + 2 * H * H, H, H, H, lb.whn);
-      par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
     }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {

@@ -443,14 +443,18 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
 
   parallel_region(thread_count(opt, d, 4), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    if (!bf16) {
-      if (!opt.weights_packed) par_pack(a.w_hh, GH, R, R, false, w.whh_q);
-    } else if constexpr (std::is_same_v<Scalar, float>) {
-      par_pack_bf16_kn(a.w_hh, GH, R, R, lb.whh);
-      par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
+    // Packed unless an earlier backward of this precision did (Options::weights_packed): fp32
+    // w_hh here (w_ih in the epilogue), or bf16 w_hhᵀ and w_ihᵀ in the bf16 block.
+    if (!opt.weights_packed) {
+      if (!bf16) {
+        par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        par_pack_bf16_kn(a.w_hh, GH, R, R, lb.whh);
+        par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
+      }
+      // The projection stays fp32 in both precisions.
+      if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
     }
-    // The projection stays fp32 (packed here unless an earlier fp32 call did).
-    if (proj && (bf16 || !opt.weights_packed)) par_pack(a.w_hr, P, H, H, false, w.whr_q);
     // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(dhbuf + (S % 2) * NR, a.dh_n, NR);
     par_copy_or_zero(dcbuf + (S % 2) * NH, a.dc_n, NH);

@@ -265,11 +265,14 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 1), [&] {
     if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
-    if (!bf16) {
-      if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, false, w.whh_q);
-    } else if constexpr (std::is_same_v<Scalar, float>) {
-      par_pack_bf16_kn(a.w_hh, H, H, H, lb.whh);
-      par_pack_bf16_kn(a.w_ih, H, d.C, d.C, lb.wih);
+    // Packed unless an earlier backward of this precision did (Options::weights_packed).
+    if (!opt.weights_packed) {
+      if (!bf16) {
+        par_pack(a.w_hh, H, H, H, false, w.whh_q);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        par_pack_bf16_kn(a.w_hh, H, H, H, lb.whh);
+        par_pack_bf16_kn(a.w_ih, H, d.C, d.C, lb.wih);
+      }
     }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {
