@@ -39,7 +39,7 @@ ONNX: torch.onnx.export(dynamo=True) (torch's default, torch.export-based export
 needs onnxscript), falling back to the TorchScript exporter (dynamo=False) if it fails; the JSON
 records the exporter and the graph's op types (the dynamo exporter emits ONNX LSTM/GRU ops but
 unrolls nn.RNN into per-step MatMul/Tanh nodes).
---precision float32,bfloat16 (inference rows only; default float32): in the same alternation
+--precision float32,bfloat16 (default float32): in inference rows, in the same alternation
 also fusedrnn's bf16 frozen layer (layer.frozen(precision="bfloat16"): weights rounded to bf16 and
 packed once, bf16 products with fp32 accumulation and gates; "f16"), torch in bfloat16
 (module.to(torch.bfloat16), input bf16, inference_mode: oneDNN with AMX for LSTM; "tb16") and
@@ -49,7 +49,11 @@ speed-up of bf16 over fusedrnn's fp32 frozen layer). --precision ...,int8 adds f
 frozen layer (layer.frozen(precision="int8"): s8 weights with per-row scales quantised once,
 activations per row, s32 sums; "fi8") with the ratios tq8/fi8 and frz/fi8 (torch_bf16 and
 torch_qint8 run once for either precision). ONNX Runtime's quantised model is not included (not
-measured here).
+measured here). In training rows (issue 17), --precision ...,bfloat16 adds fusedrnn's layer with
+compute="bfloat16" (mixed precision: bf16 products, fp32 master weights, gradients and gates;
+"fb16"), torch's fp32 module under torch.autocast("cpu", dtype=torch.bfloat16) ("tac") and
+torch's module.to(torch.bfloat16) trained with bf16 input and dy ("tb16"); ratios peer/fb16
+(fr/fb16: the speed-up over fusedrnn fp32). The peak-memory table then has them too.
 Peak memory of a training step (at the largest thread count): a fresh subprocess per contender
 builds inputs and weights, reads its anonymous RSS (a0), runs one step (faults in code pages,
 builds caches and workspaces), resets the peak RSS (/proc/self/clear_refs "5"), runs a second
@@ -94,6 +98,11 @@ LOWP = ("frozen_bf16", "frozen_int8", "torch_bf16", "torch_qint8")
 SHORT.update(frozen_bf16="f16", frozen_int8="fi8", torch_bf16="tb16", torch_qint8="tq8")
 LOWP_PEERS = ("frozen", "torch_bf16", "torch_qint8")    # ratios: peer / frozen_bf16
 INT8_PEERS = ("frozen", "torch_qint8")                  # ratios: peer / frozen_int8
+# --precision bfloat16 (training, issue 17): fusedrnn's layer with compute="bfloat16" and its
+# peers, torch under autocast and torch in bfloat16 ("torch_bf16" column: module.to(bfloat16))
+LOWP_TRAIN = ("fusedrnn_bf16", "torch_autocast")
+SHORT.update(fusedrnn_bf16="fb16", torch_autocast="tac")
+LOWP_TRAIN_PEERS = ("fusedrnn", "torch_autocast", "torch_bf16")   # ratios: peer / fusedrnn_bf16
 
 
 def lowp_names(precisions):
@@ -134,6 +143,45 @@ def lowp_contenders(cell, mod, x, fr, precisions=("bfloat16",)):
             with torch.inference_mode():
                 q8(x)
         fns["torch_qint8"] = run_torch_qint8
+    return fns
+
+
+def lowp_train_contenders(cell, mod, x, dy, fr):
+    """{name: callable} of the mixed-precision training contenders (zero_grad + forward +
+    backward of sum(y * dy), gradients for x and every weight) on the float32 module's weights:
+    fusedrnn's layer with compute="bfloat16" (fp32 master weights and gradients), torch's fp32
+    module under torch.autocast("cpu", bfloat16), and torch's module.to(bfloat16) with bf16
+    input and dy (bf16 weights and gradients). fr None: the torch ones only."""
+    import copy
+    fns = {}
+    if fr is not None:
+        layer = fr.from_torch(mod)
+        layer.compute = "bfloat16"
+        xn, dyn = x.numpy().copy(), dy.numpy().copy()
+
+        def run_fr_bf16():
+            layer.zero_grad()
+            layer.forward(xn)
+            layer.backward(dyn)
+        fns["fusedrnn_bf16"] = run_fr_bf16
+    ma, xa = copy.deepcopy(mod), x.clone().requires_grad_(True)
+
+    def run_autocast():
+        ma.zero_grad(set_to_none=True)
+        xa.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, _ = ma(xa)
+        y.backward(dy.to(y.dtype))
+    fns["torch_autocast"] = run_autocast
+    m16 = copy.deepcopy(mod).to(torch.bfloat16)
+    x16, dy16 = x.to(torch.bfloat16).requires_grad_(True), dy.to(torch.bfloat16)
+
+    def run_bf16():
+        m16.zero_grad(set_to_none=True)
+        x16.grad = None
+        y, _ = m16(x16)
+        y.backward(dy16)
+    fns["torch_bf16"] = run_bf16
     return fns
 
 
@@ -239,14 +287,21 @@ def memory_child(cell, cfg, who, threads):
     if who == "fusedrnn":
         import fusedrnn as fr
         fr.set_num_threads(threads)
-    f = make_contenders(cell, "train", SimpleNamespace(T=T, N=N, C=H, H=H), fr)[who]
+    if who in LOWP_TRAIN + ("torch_bf16",):
+        if who == "fusedrnn_bf16":
+            import fusedrnn as fr
+            fr.set_num_threads(threads)
+        mod, x, dy = make_problem(cell, T, N, H, H)
+        f = lowp_train_contenders(cell, mod, x, dy, fr)[who]
+    else:
+        f = make_contenders(cell, "train", SimpleNamespace(T=T, N=N, C=H, H=H), fr)[who]
 
     def status():
         with open("/proc/self/status") as fh:
             return {k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in fh)
                     if k in ("VmHWM", "RssAnon", "RssFile", "RssShmem")}
     a0 = status()["RssAnon"]
-    if who == "fusedrnn":
+    if who.startswith("fusedrnn"):
         tracemalloc.start()
     f()
     try:
@@ -260,7 +315,7 @@ def memory_child(cell, cfg, who, threads):
     hwm = s["VmHWM"] if method.startswith("VmHWM") else resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss
     out = {"rss_peak_mib": (hwm - s["RssFile"] - s["RssShmem"] - a0) / 1024, "method": method}
-    if who == "fusedrnn":
+    if who.startswith("fusedrnn"):
         out["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
     print(json.dumps(out))
 
@@ -344,8 +399,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 reps, no sizing")
     ap.add_argument("--json", help="also write the results to this JSON file")
     ap.add_argument("--precision", default="float32",
-                    help="comma list of float32,bfloat16,int8: bfloat16 / int8 add the bf16 / "
-                         "int8 inference contenders (see --help above)")
+                    help="comma list of float32,bfloat16,int8: bfloat16 adds the bf16 / int8 "
+                         "inference and the mixed-precision training contenders, int8 the int8 "
+                         "inference contenders (see --help above)")
     ap.add_argument("--workloads", help="comma list of ragged,subnormal,contended,regularised: "
                     "run these "
                     "real-workload rows (bench/workloads.py) instead of the main table")
@@ -382,11 +438,15 @@ def main():
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
     peers = [c for c in names if c not in ("fusedrnn", "frozen")]
     names += lnames
+    if lowp:
+        names += list(LOWP_TRAIN)
     hdr = (f"{'cfg':<3} {'cell':<7} {'mode':<5} {'thr':>3} | "
            + " | ".join(f"{SHORT[n] + ' ms med / min':^20}" for n in names)
            + " | " + " ".join(f"{SHORT[n] + '/fr':>8}" for n in names[1:])
            + " | " + " ".join(f"{SHORT[n] + '/frz':>9}" for n in peers)
-           + (" | " + " ".join(f"{SHORT[n] + '/f16':>9}" for n in LOWP_PEERS) if lowp else "")
+           + (" | " + " ".join(f"{SHORT[n] + '/f16':>9}" for n in LOWP_PEERS)
+              + " | " + " ".join(f"{SHORT[n] + '/fb16':>10}" for n in LOWP_TRAIN_PEERS)
+              if lowp else "")
            + (" | " + " ".join(f"{SHORT[n] + '/fi8':>9}" for n in INT8_PEERS) if int8 else "")
            + " | GFLOP/s" + "".join(f"{SHORT[n]:>6}" for n in names)
            + " | % of sgemm peak" + "".join(f"{SHORT[n]:>6}" for n in names))
@@ -416,7 +476,13 @@ def main():
                         fns.update(lowp_contenders(cell, prob[0], prob[1], fr, precisions))
                     except Exception as e:      # noqa: BLE001
                         failed["lowp"] = f"{type(e).__name__}: {e}"
-                res = timed({k: fns[k] for k in CONTENDERS + LOWP if k in fns}, args.reps,
+                if mode == "train" and lowp:
+                    try:
+                        fns.update(lowp_train_contenders(cell, *prob, fr))
+                    except Exception as e:      # noqa: BLE001
+                        failed["lowp"] = f"{type(e).__name__}: {e}"
+                res = timed({k: fns[k] for k in CONTENDERS + LOWP + LOWP_TRAIN if k in fns},
+                            args.reps,
                             args.min_rep_ms, args.settle_ms / 1e3, failed)
                 fl = flops(cell, mode, T, N, H, H)
                 for r in res.values():
@@ -435,11 +501,16 @@ def main():
                 z16 = res.get("frozen_bf16")
                 ratios_bf16 = {k: res[k]["median_ms"] / z16["median_ms"] if z16 and k in res
                                else None for k in LOWP_PEERS}
+                t16 = res.get("fusedrnn_bf16")   # training only
+                ratios_train16 = {k: res[k]["median_ms"] / t16["median_ms"] if t16 and k in res
+                                  else None for k in LOWP_TRAIN_PEERS}
                 rows.append({"config": cfg, "T": T, "N": N, "C": H, "H": H, "cell": cell,
                              "mode": mode, "threads": n, "flop": fl, "contenders": res,
                              "ratio_peer_over_fusedrnn": ratios,
                              "ratio_peer_over_frozen": ratios_frozen,
-                             **({"ratio_peer_over_frozen_bf16": ratios_bf16} if lowp else {}),
+                             **({"ratio_peer_over_frozen_bf16": ratios_bf16,
+                                 "ratio_peer_over_fusedrnn_bf16": ratios_train16}
+                                if lowp else {}),
                              **({"ratio_peer_over_frozen_int8": ratios_int8} if int8 else {}),
                              "failed": failed,
                              "onnx": (dict(zip(("exporter", "ops", "max_abs_diff_y_vs_torch", "export_errors"),
@@ -453,7 +524,10 @@ def main():
                       + " | " + " ".join(f"{ratios_frozen[k]:8.2f}x" if ratios_frozen[k]
                                          else f"{'-':>9}" for k in peers)
                       + (" | " + " ".join(f"{ratios_bf16[k]:8.2f}x" if ratios_bf16[k]
-                                          else f"{'-':>9}" for k in LOWP_PEERS) if lowp else "")
+                                          else f"{'-':>9}" for k in LOWP_PEERS)
+                         + " | " + " ".join(f"{ratios_train16[k]:9.2f}x" if ratios_train16[k]
+                                            else f"{'-':>10}" for k in LOWP_TRAIN_PEERS)
+                         if lowp else "")
                       + (" | " + " ".join(f"{ratios_int8[k]:8.2f}x" if ratios_int8[k]
                                           else f"{'-':>9}" for k in INT8_PEERS) if int8 else "")
                       + f" | {'':7}" + "".join(f"{r['gflops']:6.0f}" if r else f"{'-':>6}"
@@ -470,7 +544,8 @@ def main():
               f"{'cfg':<3} {'cell':<7} | {'fr tracemalloc':>14} {'fr RSS':>8} {'torch RSS':>9} "
               f"{'torch/fr RSS':>12}")
         for cell, cfg in plan:
-            m = {who: memory(cell, cfg, who, n) for who in ("fusedrnn", "torch")}
+            whos = ("fusedrnn", "torch") + (LOWP_TRAIN + ("torch_bf16",) if lowp else ())
+            m = {who: memory(cell, cfg, who, n) for who in whos}
             mem.append({"config": cfg, "cell": cell, "threads": n, **m})
             failures += [f"memory {cfg} {cell} {k}: {v['error']}" for k, v in m.items()
                          if "error" in v]
@@ -478,7 +553,12 @@ def main():
             tr = m["fusedrnn"].get("tracemalloc_peak_mib")
             print(f"{cfg:<3} {cell:<7} | {tr if tr is None else f'{tr:14.1f}':>14} "
                   f"{fm if fm is None else f'{fm:8.1f}':>8} {tm if tm is None else f'{tm:9.1f}':>9}"
-                  f" {f'{tm / fm:11.2f}x' if fm and tm else '-':>12}", flush=True)
+                  f" {f'{tm / fm:11.2f}x' if fm and tm else '-':>12}"
+                  + ("".join(f"  {SHORT[w]} {m[w].get('rss_peak_mib', float('nan')):.1f}"
+                             for w in whos[2:])
+                     + f" (fb16 tracemalloc "
+                       f"{m['fusedrnn_bf16'].get('tracemalloc_peak_mib', float('nan')):.1f})"
+                     if lowp else ""), flush=True)
     if onnx_models:
         print("\n# onnx graphs (exporter: ops; max |y_ort - y_torch|):\n" + "\n".join(
             f"#   {c} {g}: {m[1]}: {','.join(m[2])}; {m[3]:.1e}" for (c, g), m in onnx_models.items()))

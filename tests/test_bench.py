@@ -131,3 +131,29 @@ def test_bench_precision_int8_adds_the_int8_layer_and_its_ratios(tmp_path):
         r = row["ratio_peer_over_frozen_int8"]
         assert r["torch_qint8"] == pytest.approx(c["torch_qint8"]["median_ms"]
                                                  / c["frozen_int8"]["median_ms"])
+
+
+def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_path):
+    """--precision float32,bfloat16 in training rows (issue 17): fusedrnn's layer with
+    compute="bfloat16", torch under autocast and torch module.to(bfloat16) alternate with the
+    float32 contenders, the JSON has their ratios over the bf16 layer, and the peak-memory table
+    measures them too."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm,gru", "--modes",
+         "train", "--threads", "1", "--no-onnx", "--settle-ms", "0",
+         "--precision", "float32,bfloat16", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["failures"] == []
+    for row in res["results"]:
+        c = row["contenders"]
+        assert set(c) == {"fusedrnn", "torch", "fusedrnn_bf16", "torch_autocast", "torch_bf16"}
+        r = row["ratio_peer_over_fusedrnn_bf16"]
+        for peer in ("fusedrnn", "torch_autocast", "torch_bf16"):
+            assert r[peer] == pytest.approx(c[peer]["median_ms"] / c["fusedrnn_bf16"]["median_ms"])
+    for m in res["memory"]:
+        for who in ("fusedrnn_bf16", "torch_autocast", "torch_bf16"):
+            assert m[who]["rss_peak_mib"] > 0
+        assert m["fusedrnn_bf16"]["tracemalloc_peak_mib"] > 0

@@ -455,12 +455,16 @@ def test_weights_packed_reuses_the_workspace_weights(cell, flag, precision):
 @pytest.mark.parametrize("cell,flag,P", [("lstm", None, 0), ("lstm", None, 3),
                                          ("gru", "reset_after", 0), ("gru", "reset_before", 0),
                                          ("rnn", "tanh", 0), ("rnn", "relu", 0)])
-@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_backward_weights_packed_reuses_the_workspace_weights(cell, flag, P, dtype):
+@pytest.mark.parametrize("dtype,precision", [(np.float64, "float32"), (np.float32, "float32"),
+                                             (np.float32, "bfloat16")],
+                         ids=["f64", "f32", "bf16"])
+def test_backward_weights_packed_reuses_the_workspace_weights(cell, flag, P, dtype, precision):
     """Options::weights_packed in backward: the kernel takes the (transposed) packed weights
     from the backward workspace, where an earlier backward with the same dims packed them (its
     direction, lengths and thread count may differ); the weight arrays passed are not read, and
-    every gradient is bit for bit the one of a call that packs."""
+    every gradient is bit for bit the one of a call that packs. The same for the bf16 training
+    backward (precision bfloat16: its bf16 weights, and the projection's fp32 ones)."""
+    prec = _core.Precision.__members__[precision]
     T, N, C, H, G = 4, 3, 5, 6, {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     R = P or H
     dims = (T, N, C, H, P) if P else (T, N, C, H)
@@ -471,8 +475,8 @@ def test_backward_weights_packed_reuses_the_workspace_weights(cell, flag, P, dty
     w = {k: (v * 0.4).astype(dtype) for k, v in w.items()}
     junk = {k: np.full_like(v, np.nan) for k, v in w.items()}
     x = rng.standard_normal((T, N, C)).astype(dtype)
-    cache_n, fws_n, bws_n = getattr(_core, cell + "_sizes")(dims)
-    extra = {}
+    cache_n, fws_n, bws_n = getattr(_core, cell + "_sizes")(dims, precision=prec)
+    extra = {"precision": prec}
     if cell == "gru":
         extra["variant"] = _core.GruVariant.__members__[flag]
     elif cell == "rnn":

@@ -69,7 +69,7 @@ def precision_name(value: str) -> str:
 _PRECISION_HELP = ("arithmetic of the recurrent layers: float32 (default), bfloat16 (bf16: "
                    "bf16 products with fp32 accumulation and gates) or int8 (s8 weights with "
                    "per-row scales, activations quantised per row, s32 sums, fp32 gates); "
-                   "inference only; embedding and heads stay float32")
+                   "embedding and heads stay float32")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,8 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default 0)")
     g.add_argument("--threads", **threads)
     g.add_argument("--precision", type=precision_name, default=None, metavar="P",
-                   help="float32 only: training runs in float32 (bfloat16 and int8 are for "
-                        "evaluate, predict and generate)")
+                   help="compute precision of the recurrent layers: float32 (default) or "
+                        "bfloat16 (bf16: mixed precision, bf16 products with fp32 accumulation, "
+                        "gates and master weights; the checkpoint stays float32 and records it, "
+                        "--resume restores it; --compare-torch then trains the torch twin under "
+                        "torch.autocast); int8 is for evaluate, predict and generate")
     g = t.add_argument_group("cell options", "layer options of the recurrent cell; each is "
                              "refused where it does not apply (e.g. --peepholes with --cell "
                              "gru, any of them with --task translate); kept in the checkpoint")
@@ -270,11 +273,10 @@ def _threads(args) -> None:
 
 def cmd_train(args, t_start) -> int:
     from .tasks.trainer import UsageError, train
-    precision = vars(args).pop("precision", None)   # not a training flag: not recorded
-    if precision not in (None, "float32"):
-        raise UsageError(f"--precision {precision}: training runs in float32; {precision} is "
-                         f"an inference precision (fusedrnn evaluate / predict / generate "
-                         f"--precision {precision})")
+    if getattr(args, "precision", None) == "int8":
+        raise UsageError("--precision int8: training runs in float32 or bfloat16 (mixed "
+                         "precision); int8 is an inference precision (fusedrnn evaluate / "
+                         "predict / generate --precision int8)")
     return train(args, sys.stdout, t_start)
 
 

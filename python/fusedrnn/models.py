@@ -22,7 +22,7 @@ from .layers import GRU, LSTM, RNN, _RNNBase
 from . import validators as V
 from .module import Embedding, Linear, Module, register_module
 
-__all__ = ["RecurrentModel", "CELLS", "cell_class", "freeze", "PRECISIONS"]
+__all__ = ["RecurrentModel", "CELLS", "cell_class", "freeze", "set_compute", "PRECISIONS"]
 
 #: the precisions a frozen model runs (``freeze``, ``RecurrentModel.frozen``, ``--precision``)
 PRECISIONS = ("float32", "bfloat16", "int8")
@@ -80,6 +80,48 @@ def freeze(model: Module, precision: str = "float32", *, where: str = "freeze",
     twin.eval()
     _replace_layers(twin, precision)
     return twin
+
+
+def set_compute(model: Module, precision: str, *, where: str = "set_compute",
+                argument: str = "precision") -> Module:
+    """Sets the training compute precision of every recurrent layer of ``model`` (any Module:
+    a RecurrentModel, a task's model, a bare layer) in place: ``layer.compute = precision``
+    (issue 17, mixed-precision training; see ``LSTM.compute``). Parameters, their gradients
+    and the optimiser stay float32, so a checkpoint of the model is the same as a float32
+    one. Every other module (Embedding, Linear heads, attention, losses) runs float32.
+
+    "bfloat16" needs float32 recurrent layers, and a model whose recurrent computation is all
+    in LSTM / GRU / RNN layers without layer_norm, zoneout or the dropout options of issue 19
+    (they have no bf16 kernels): otherwise a ValueError naming ``argument`` and ``where``,
+    raised before any layer is changed. Returns ``model``."""
+    from .cells import _CellBase
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{where}: {argument} must be one of {', '.join(PRECISIONS)}, got "
+                         f"{precision!r}")
+    if not isinstance(model, Module):
+        raise TypeError(f"{where}: model must be a fusedrnn Module, got {type(model).__name__}")
+    layers = [("the model", model)] if isinstance(model, _RNNBase) else \
+        [(n, m) for n, m in model.named_modules() if isinstance(m, _RNNBase)]
+    if precision != "float32":
+        if not isinstance(model, _RNNBase):
+            for name, m in model.named_modules():
+                if isinstance(m, _CellBase):
+                    raise ValueError(
+                        f"{where}: {argument}={precision} is not available for this model: "
+                        f"its {name} is a single-step {type(m).__name__}, which runs in "
+                        f"float32 only (bf16 covers the LSTM / GRU / RNN layers)")
+        if not layers:
+            raise ValueError(f"{where}: {argument}={precision} needs a model with LSTM / GRU / "
+                             f"RNN layers; {type(model).__name__} has none")
+        for name, m in layers:
+            _check_lowp(m, precision, where, argument, name)
+            if getattr(m, "_reg", None):
+                opts = ", ".join(k for k in m._reg if k != "ln_eps")
+                raise ValueError(f"{where}: {argument}={precision} is not available with "
+                                 f"{opts} ({name}): that layer runs in float32 only")
+    for _, m in layers:
+        m.compute = precision
+    return model
 
 
 def _check_lowp(layer, precision, where, argument, name):

@@ -49,9 +49,11 @@ struct Options {
   // a single-step cell's backward through a loop packs once (fusedrnn.LSTMCell etc.). Results
   // are bit for bit those of a call that packs.
   bool weights_packed = false;
-  // Forward only: see Precision. The workspace must have been sized for it
-  // (*_forward_workspace_size(dims, precision)); weights_packed then refers to weights packed
-  // by an earlier call with the same precision.
+  // See Precision; a backward takes the precision of its forward (bfloat16: the bf16 training
+  // contract, cpp/src/lowp/bf16_backward.h). The workspace must have been sized for it
+  // (*_forward_workspace_size / *_backward_workspace_size(dims, precision)); weights_packed
+  // then refers to weights packed by an earlier call of the same direction (forward or
+  // backward) with the same precision.
   Precision precision = Precision::float32;
 };
 

@@ -238,12 +238,14 @@ std::size_t lstm_forward_workspace_size(const Dims& d, Precision p) {
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 4, false).floats)
                                   : fp32;
 }
-// precision = bfloat16: the bf16 backward block (bf16_back_block.h) in front of the float32
-// layout (the GRU sized for the reset-before split, the larger of its two variants).
+// precision = bfloat16: the part of the float32 layout the bf16 backward uses, then the bf16
+// backward block (bf16_back_block.h; the GRU sized for the reset-before split, the larger of its
+// two variants).
 std::size_t lstm_backward_workspace_size(const Dims& d, Precision p) {
-  const std::size_t fp32 = isa::active().lstm_sizes(d).backward_workspace;
-  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_back_block(d, 4, false).floats)
-                                  : fp32;
+  const isa::Sizes s = isa::active().lstm_sizes(d);
+  return p == Precision::bfloat16
+             ? s.backward_workspace_lowp + std::size_t(lowp::bf16_back_block(d, 4, false).floats)
+             : s.backward_workspace;
 }
 std::size_t gru_cache_size(const Dims& d) { return isa::active().gru_sizes(d).cache; }
 // precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
@@ -253,12 +255,14 @@ std::size_t gru_forward_workspace_size(const Dims& d, Precision p) {
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 3, true).floats)
                                   : fp32;
 }
-// precision = bfloat16: the bf16 backward block (bf16_back_block.h) in front of the float32
-// layout (the GRU sized for the reset-before split, the larger of its two variants).
+// precision = bfloat16: the part of the float32 layout the bf16 backward uses, then the bf16
+// backward block (bf16_back_block.h; the GRU sized for the reset-before split, the larger of its
+// two variants).
 std::size_t gru_backward_workspace_size(const Dims& d, Precision p) {
-  const std::size_t fp32 = isa::active().gru_sizes(d).backward_workspace;
-  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_back_block(d, 3, true).floats)
-                                  : fp32;
+  const isa::Sizes s = isa::active().gru_sizes(d);
+  return p == Precision::bfloat16
+             ? s.backward_workspace_lowp + std::size_t(lowp::bf16_back_block(d, 3, true).floats)
+             : s.backward_workspace;
 }
 std::size_t rnn_cache_size(const Dims& d) { return isa::active().rnn_sizes(d).cache; }
 // precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
@@ -268,12 +272,14 @@ std::size_t rnn_forward_workspace_size(const Dims& d, Precision p) {
   return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 1, false).floats)
                                   : fp32;
 }
-// precision = bfloat16: the bf16 backward block (bf16_back_block.h) in front of the float32
-// layout (the GRU sized for the reset-before split, the larger of its two variants).
+// precision = bfloat16: the part of the float32 layout the bf16 backward uses, then the bf16
+// backward block (bf16_back_block.h; the GRU sized for the reset-before split, the larger of its
+// two variants).
 std::size_t rnn_backward_workspace_size(const Dims& d, Precision p) {
-  const std::size_t fp32 = isa::active().rnn_sizes(d).backward_workspace;
-  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_back_block(d, 1, false).floats)
-                                  : fp32;
+  const isa::Sizes s = isa::active().rnn_sizes(d);
+  return p == Precision::bfloat16
+             ? s.backward_workspace_lowp + std::size_t(lowp::bf16_back_block(d, 1, false).floats)
+             : s.backward_workspace;
 }
 
 std::size_t lstm_ln_cache_size(const Dims& d) { return isa::active().lstm_ln_sizes(d).cache; }

@@ -24,6 +24,9 @@ struct Sizes {
   std::size_t cache = 0;
   std::size_t forward_workspace = 0;
   std::size_t backward_workspace = 0;
+  // The part of the float32 backward layout that the bf16 backward uses (its bf16 block
+  // follows: bf16_backward.h); 0 for kernels without one.
+  std::size_t backward_workspace_lowp = 0;
 };
 
 // One recurrent layer of a Stream, its weights packed by the active copy.

@@ -70,7 +70,7 @@ struct BackwardSpace {
   T *dgh, *dgx, *dhbuf, *drh, *whh_q, *whn_q, *wih_q, *dxc, *rag;
 };
 template <typename T>
-BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
+BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp = false) {
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 3 * H;
   BackwardSpace<T> w{};
@@ -78,6 +78,7 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dgx = c.take(d.T * N * GH);
   w.dhbuf = c.take(2 * N * H);
   w.drh = c.take(N * H);
+  if (lowp) return w;  // the bf16 backward: its block follows (bf16_backward.h)
   w.whh_q = c.take_aligned(packed_bound(2 * H, H));
   w.whn_q = c.take_aligned(packed_bound(H, H));
   w.wih_q = c.take_aligned(packed_bound(GH, d.C));
@@ -89,7 +90,12 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
 isa::Sizes sizes(const Dims& d) {
   detail::check_dims("gru_sizes", d);
   return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
-          detail::measure(d, &backward_layout<float>)};
+          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
+            return backward_layout(e, c);
+          }),
+          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
+            return backward_layout(e, c, true);
+          })};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,17 +385,13 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   check_backward_precision(fn, opt, std::is_same_v<Scalar, float>);
   const bool bf16 = opt.precision == Precision::bfloat16;  // bf16_backward.h
   const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
-  Bf16Back lb;
-  if (bf16) {
-    lb = bf16_back_block(d, 3, !after, aligned64(workspace));
-    workspace += lb.floats;
-  }
-
   Carver<const Scalar> cc(a.cache);
   const Cache<const Scalar> k = cache_layout(d, cc);
   const Scalar *hs = k.hs, *gates = k.gates;
   Carver<Scalar> wc(workspace);
-  const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  const BackwardSpace<Scalar> w = backward_layout(d, wc, bf16);
+  Bf16Back lb;  // bf16: after the part of the float32 layout it uses
+  if (bf16) lb = bf16_back_block(d, 3, !after, aligned64(workspace + wc.size()));
   // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
   if (a.lengths && opt.precision == Precision::float32)
     return backward_ragged(d, a, opt, k, w, S);
@@ -401,15 +403,16 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 3), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    if (!bf16) {
-      if (!opt.weights_packed) {
+    // Packed unless an earlier backward of this precision did (Options::weights_packed).
+    if (!opt.weights_packed) {
+      if (!bf16) {
         par_pack(a.w_hh, after ? GH : 2 * H, H, H, false, w.whh_q);
         if (!after) par_pack(a.w_hh + 2 * H * H, H, H, H, false, w.whn_q);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        par_pack_bf16_kn(a.w_hh, after ? GH : 2 * H, H, H, lb.whh);
+        if (!after) par_pack_bf16_kn(a.w_hh + 2 * H * H, H, H, H, lb.whn);
+        par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
       }
-    } else if constexpr (std::is_same_v<Scalar, float>) {
-      par_pack_bf16_kn(a.w_hh, after ? GH : 2 * H, H, H, lb.whh);
-      if (!after) par_pack_bf16_kn(a.w_hh + 2 * H * H, H, H, H, lb.whn);
-      par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
     }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {

@@ -72,15 +72,17 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 }
 
 // Backward workspace: dgh [T, N, 4H] (step order), dgx [T, N, 4H] (time order), dh and dc double
-// buffers [2, N, R] and [2, N, H], packed w_hh and w_ih; with projection also dh of every step
-// [T, N, P] (step order, for dw_hr), dm of one step [N, H] and packed w_hr; last, for lengths
-// (ragged.h), dx of the valid positions [T*N, C] and the steps' bookkeeping.
+// buffers [2, N, R] and [2, N, H]; with projection also dh of every step [T, N, P] (step order,
+// for dw_hr), dm of one step [N, H] and packed w_hr; then what only the float32 backward uses:
+// packed w_hh and w_ih and, for lengths (ragged.h), dx of the valid positions [T*N, C] and the
+// steps' bookkeeping. lowp (the bf16 backward, bf16_backward.h): the layout stops before that
+// float32 part (its pointers null) and the bf16 block follows.
 template <typename T>
 struct BackwardSpace {
   T *dgh, *dgx, *dhbuf, *dcbuf, *whh_q, *wih_q, *dhp, *dm, *whr_q, *dxc, *rag;
 };
 template <typename T>
-BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
+BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp = false) {
   using namespace detail;
   const Index R = rec_width(d), N = d.N, H = d.H, GH = 4 * H, P = d.P;
   const bool proj = P > 0;
@@ -89,11 +91,12 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dgx = c.take(d.T * N * GH);
   w.dhbuf = c.take(2 * N * R);
   w.dcbuf = c.take(2 * N * H);
-  w.whh_q = c.take_aligned(packed_bound(GH, R));
-  w.wih_q = c.take_aligned(packed_bound(GH, d.C));
   w.dhp = proj ? c.take(d.T * N * P) : nullptr;  // [T, N, P], step order
   w.dm = proj ? c.take(N * H) : nullptr;          // [N, H]
   w.whr_q = proj ? c.take_aligned(packed_bound(P, H)) : nullptr;
+  if (lowp) return w;
+  w.whh_q = c.take_aligned(packed_bound(GH, R));
+  w.wih_q = c.take_aligned(packed_bound(GH, d.C));
   w.dxc = c.take(d.T * N * d.C);
   w.rag = c.take_aligned(ragged_steps_scalars(d.T, N));
   return w;
@@ -130,7 +133,12 @@ void check_projection(const char* fn, const Dims& d, const void* w_hr) {
 isa::Sizes sizes(const Dims& d) {
   check_lstm_dims("lstm_sizes", d);
   return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
-          detail::measure(d, &backward_layout<float>)};
+          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
+            return backward_layout(e, c);
+          }),
+          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
+            return backward_layout(e, c, true);
+          })};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -451,17 +459,13 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   check_backward_precision(fn, opt, std::is_same_v<Scalar, float>);
   const bool bf16 = opt.precision == Precision::bfloat16;  // bf16_backward.h
   const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
-  Bf16Back lb;
-  if (bf16) {
-    lb = bf16_back_block(d, 4, false, aligned64(workspace));
-    workspace += lb.floats;
-  }
-
   Carver<const Scalar> cc(a.cache);
   const Cache<const Scalar> k = cache_layout(d, cc);
   const Scalar *hs = k.hs, *cs = k.cs, *gates = k.gates, *ms = k.ms;
   Carver<Scalar> wc(workspace);
-  const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  const BackwardSpace<Scalar> w = backward_layout(d, wc, bf16);
+  Bf16Back lb;  // bf16: after the part of the float32 layout it uses
+  if (bf16) lb = bf16_back_block(d, 4, false, aligned64(workspace + wc.size()));
   // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
   if (a.lengths && opt.precision == Precision::float32)
     return backward_ragged(d, a, opt, k, w, S);
@@ -472,14 +476,18 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
 
   parallel_region(thread_count(opt, d, 4), [&] {
     if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
-    if (!bf16) {
-      if (!opt.weights_packed) par_pack(a.w_hh, GH, R, R, false, w.whh_q);
-    } else if constexpr (std::is_same_v<Scalar, float>) {
-      par_pack_bf16_kn(a.w_hh, GH, R, R, lb.whh);
-      par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
+    // Packed unless an earlier backward of this precision did (Options::weights_packed): fp32
+    // w_hh here (w_ih in the epilogue), or bf16 w_hhᵀ and w_ihᵀ in the bf16 block.
+    if (!opt.weights_packed) {
+      if (!bf16) {
+        par_pack(a.w_hh, GH, R, R, false, w.whh_q);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        par_pack_bf16_kn(a.w_hh, GH, R, R, lb.whh);
+        par_pack_bf16_kn(a.w_ih, GH, d.C, d.C, lb.wih);
+      }
+      // The projection stays fp32 in both precisions.
+      if (proj) par_pack(a.w_hr, P, H, H, false, w.whr_q);
     }
-    // The projection stays fp32 (packed here unless an earlier fp32 call did).
-    if (proj && (bf16 || !opt.weights_packed)) par_pack(a.w_hr, P, H, H, false, w.whr_q);
     // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(dhbuf + (S % 2) * NR, a.dh_n, NR);
     par_copy_or_zero(dcbuf + (S % 2) * NH, a.dc_n, NH);

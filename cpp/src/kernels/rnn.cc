@@ -59,13 +59,14 @@ struct BackwardSpace {
   T *dgh, *dgx, *dhbuf, *whh_q, *wih_q, *dxc, *rag;
 };
 template <typename T>
-BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
+BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp = false) {
   using namespace detail;
   const Index NH = d.N * d.H;
   BackwardSpace<T> w{};
   w.dgh = c.take(d.T * NH);
   w.dgx = c.take(d.T * NH);
   w.dhbuf = c.take(2 * NH);
+  if (lowp) return w;  // the bf16 backward: its block follows (bf16_backward.h)
   w.whh_q = c.take_aligned(packed_bound(d.H, d.H));
   w.wih_q = c.take_aligned(packed_bound(d.H, d.C));
   w.dxc = c.take(d.T * d.N * d.C);
@@ -76,7 +77,12 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
 isa::Sizes sizes(const Dims& d) {
   detail::check_dims("rnn_sizes", d);
   return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
-          detail::measure(d, &backward_layout<float>)};
+          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
+            return backward_layout(e, c);
+          }),
+          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
+            return backward_layout(e, c, true);
+          })};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,16 +279,12 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   check_backward_precision(fn, opt, std::is_same_v<Scalar, float>);
   const bool bf16 = opt.precision == Precision::bfloat16;  // bf16_backward.h
   const lowp::Tier tier = bf16 ? lowp::active_tier() : lowp::Tier::baseline;
-  Bf16Back lb;
-  if (bf16) {
-    lb = bf16_back_block(d, 1, false, aligned64(workspace));
-    workspace += lb.floats;
-  }
-
   Carver<const Scalar> cc(a.cache);
   const Scalar* hs = cache_layout(d, cc).hs;
   Carver<Scalar> wc(workspace);
-  const BackwardSpace<Scalar> w = backward_layout(d, wc);
+  const BackwardSpace<Scalar> w = backward_layout(d, wc, bf16);
+  Bf16Back lb;  // bf16: after the part of the float32 layout it uses
+  if (bf16) lb = bf16_back_block(d, 1, false, aligned64(workspace + wc.size()));
   // Lengths (ragged.h): float32 and float64 (a bfloat16 cache keeps the rectangular layout).
   if (a.lengths && opt.precision == Precision::float32)
     return backward_ragged(d, a, opt, hs, w, S);
@@ -292,11 +294,14 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
 
   parallel_region(thread_count(opt, d, 1), [&] {
     if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
-    if (!bf16) {
-      if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, false, w.whh_q);
-    } else if constexpr (std::is_same_v<Scalar, float>) {
-      par_pack_bf16_kn(a.w_hh, H, H, H, lb.whh);
-      par_pack_bf16_kn(a.w_ih, H, d.C, d.C, lb.wih);
+    // Packed unless an earlier backward of this precision did (Options::weights_packed).
+    if (!opt.weights_packed) {
+      if (!bf16) {
+        par_pack(a.w_hh, H, H, H, false, w.whh_q);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        par_pack_bf16_kn(a.w_hh, H, H, H, lb.whh);
+        par_pack_bf16_kn(a.w_ih, H, d.C, d.C, lb.wih);
+      }
     }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
     for (Index s = S - 1; s >= 0; --s) {

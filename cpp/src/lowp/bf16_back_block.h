@@ -15,18 +15,16 @@ constexpr std::int64_t kBf16KChunk = 256;  // rows of the weight-gradient sums c
 // The bf16 block of a backward workspace. whh: w_hhᵀ packed ([R, G*H] as lowp's W [n, K]; the
 // reset-before GRU: w_hh[:2H]ᵀ [H, 2H] here and w_hnᵀ [H, H] in whn); wih: w_ihᵀ [C, G*H];
 // ab: the A operand of the per-step and dx products [max(N, KC), bf16_kpad(G*H)];
-// bp: one chunk of dA packed as W [G*H, KC]; at: one chunk of x and h transposed [C + R, KC];
-// ct: the weight gradients transposed [C + R, G*H] (fp32).
+// at: one chunk of dA transposed [G*H, KC]; bp: one chunk of x and of h packed as W [C, KC] and
+// [R, KC] (the weight-gradient sums, accumulated in place: no fp32 copy of the gradients).
 struct Bf16Back {
   std::uint16_t *whh = nullptr, *whn = nullptr, *wih = nullptr, *ab = nullptr, *bp = nullptr,
                 *at = nullptr;
-  float* ct = nullptr;
   std::int64_t floats = 0;
 };
 
 inline Bf16Back bf16_back_block(const Dims& d, std::int64_t G, bool split_n, void* base = nullptr) {
   const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H, KC = kBf16KChunk;
-  const std::int64_t wide = d.C + R;
   auto* p = static_cast<std::uint16_t*>(base);
   std::int64_t used = 0;  // uint16 elements
   auto take = [&](std::int64_t count) -> std::uint16_t* {
@@ -44,9 +42,8 @@ inline Bf16Back bf16_back_block(const Dims& d, std::int64_t G, bool split_n, voi
   }
   b.wih = take(packed_bf16_size(d.C, GH));
   b.ab = take(std::max(d.N, KC) * bf16_kpad(GH));
-  b.bp = take(packed_bf16_size(GH, KC));
-  b.at = take(wide * KC);
-  b.ct = reinterpret_cast<float*>(take(2 * wide * GH + 32));
+  b.at = take(GH * KC);
+  b.bp = take(packed_bf16_size(d.C, KC) + packed_bf16_size(R, KC));
   b.floats = round_up(used, 32) / 2 + 16;
   return b;
 }

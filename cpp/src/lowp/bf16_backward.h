@@ -21,8 +21,11 @@
 //   Each product is a lowp::par_gemm_bf16 call: bitwise the contract's fp32 chain in the tiers
 //   avx512_bf16 / avx512 / avx2 / baseline, within its summation bound on amx.
 //
-// Workspace: Bf16Back (below) at the START of the backward workspace
-// (*_backward_workspace_size(d, Precision::bfloat16)), then the fp32 layout unchanged.
+// Workspace (*_backward_workspace_size(d, Precision::bfloat16)): the part of the fp32 backward
+// layout this backward uses (the step buffers dgh, dgx, dh, dc and the projection's; not the
+// fp32 packed weights nor the ragged scratch), then Bf16Back (below). So a bf16 backward needs
+// no more workspace than the fp32 one wherever the bf16 block is smaller than the fp32 packed
+// weights and dx scratch it replaces (every config of bench/run.py with N > 1).
 // Included by the kernels of every instruction-set copy.
 #pragma once
 
@@ -122,49 +125,27 @@ struct TnTarget {
 };
 
 // Work-shared: for each target, c [m, n] += Σ_r bf16(a[r, i]) bf16(b[r, j]) over r < L (a [L, m]
-// with lda): the contract's fp32 chain from c's old value, rows in order. Computed as cᵀ = bᵀ a
-// in w.ct (the transposed side is the narrow b), L in chunks of kBf16KChunk rows; the targets
-// (at most two: dw_ih and dw_hh when they share dA) share each packed chunk of a.
+// with lda): the contract's fp32 chain from c's old value, rows in order. L in chunks of
+// kBf16KChunk rows: the chunk of a transposed to w.at [m, KC] (the A operand, shared by the
+// targets: at most two, dw_ih and dw_hh when they share dA), each target's chunk of b packed as W
+// [n, KC] in w.bp (one after the other), and the products accumulated straight into c.
 inline void par_gemm_tn_add_bf16(lowp::Tier tier, Index m, Index L, const float* a, Index lda,
                                  std::initializer_list<TnTarget> targets, const Bf16Back& w) {
   const Index KC = kBf16KChunk;
-  float* ct[2];
-  std::uint16_t* at[2];
-  Index off = 0, aoff = 0, q = 0;
+  std::uint16_t* bp[2];
+  Index off = 0, q = 0;
   for (const TnTarget& t : targets) {
-    ct[q] = w.ct + off;
-    at[q] = w.at + aoff;
-    off += t.n * m;
-    aoff += t.n * KC;
-    ++q;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (Index j = 0; j < t.n; ++j)
-      for (Index i = 0; i < m; ++i) ct[q - 1][j * m + i] = t.c[i * t.ldc + j];
+    bp[q++] = w.bp + off;
+    off += lowp::packed_bf16_size(t.n, KC);
   }
   for (Index r0 = 0; r0 < L; r0 += KC) {
     const Index kc = std::min(KC, L - r0);
-    par_pack_bf16_kn(a + r0 * lda, kc, m, lda, w.bp);
+    par_transpose_bf16(a + r0 * lda, kc, m, lda, w.at, KC);
     q = 0;
-    for (const TnTarget& t : targets) {
-      par_transpose_bf16(t.b + r0 * t.ldb, kc, t.n, t.ldb, at[q], KC);
-      ++q;
-    }
+    for (const TnTarget& t : targets) par_pack_bf16_kn(t.b + r0 * t.ldb, kc, t.n, t.ldb, bp[q++]);
     q = 0;
-    for (const TnTarget& t : targets) {
-      lowp::par_gemm_bf16(tier, t.n, m, kc, at[q], KC, w.bp, nullptr, ct[q], m, true);
-      ++q;
-    }
-  }
-  q = 0;
-  for (const TnTarget& t : targets) {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (Index i = 0; i < m; ++i)
-      for (Index j = 0; j < t.n; ++j) t.c[i * t.ldc + j] = ct[q][j * m + i];
-    ++q;
+    for (const TnTarget& t : targets)
+      lowp::par_gemm_bf16(tier, m, t.n, kc, w.at, KC, bp[q++], nullptr, t.c, t.ldc, true);
   }
 }
 

@@ -42,7 +42,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Linear, Module, register_module
 from .base import Task
-from .common import check_choice, check_int, make_rnn, sub_seed
+from .common import check_choice, check_int, make_rnn, sub_seed, torch_numpy
 
 __all__ = ["Classify", "SequenceClassifier", "make_adding", "make_temporal_order"]
 
@@ -516,7 +516,7 @@ class Classify(Task):
         class Adapter:    # the numpy interface outputs_last() uses: forward -> [T, N, K]
             def forward(self, x, lengths):
                 with torch.no_grad():
-                    last = tmodel(torch.from_numpy(np.ascontiguousarray(x)), lengths).numpy()
+                    last = torch_numpy(tmodel(torch.from_numpy(np.ascontiguousarray(x)), lengths))
                 out = np.zeros((x.shape[0],) + last.shape, last.dtype)
                 out[np.asarray(lengths) - 1, np.arange(last.shape[0])] = last
                 return out

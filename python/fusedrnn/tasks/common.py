@@ -24,6 +24,14 @@ __all__ = ["CELLS", "CELL_OPTIONS", "cell_class", "check_int", "check_choice", "
 
 
 # -- flag checks (messages name the flag) -------------------------------------------------------
+def torch_numpy(t) -> np.ndarray:
+    """A torch twin's output as NumPy: under ``--precision bfloat16`` (torch.autocast) the
+    outputs are bfloat16, which NumPy has no type for, so they come back as float32; any other
+    dtype as it is."""
+    import torch
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
 def check_int(name: str, v, minimum: int = 1) -> int:
     return V.positive_int(None, V.flag_name(name), v, minimum)
 

@@ -37,7 +37,7 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Linear, Module, register_module
 from .base import DataError, Task
-from .common import check_choice, check_int, make_rnn, sub_seed
+from .common import check_choice, check_int, make_rnn, sub_seed, torch_numpy
 from .guards import read_text, save_figure
 
 __all__ = ["Forecast", "ForecastEncoder", "JordanForecaster", "mackey_glass"]
@@ -629,7 +629,7 @@ class _TorchForecaster:
             def rollout(self, window: np.ndarray, horizon: int):
                 def step(u_t, state):
                     out, state = self.steps(torch.from_numpy(u_t), state)
-                    return out[0, :, 0].numpy().copy(), state
+                    return torch_numpy(out[0, :, 0]).copy(), state
 
                 training = self.training
                 self.eval()
@@ -648,7 +648,7 @@ class _TorchForecaster:
                             return twin.rollout(window, horizon)[1][window.shape[0] - 1:]
                         with torch.no_grad():
                             x = torch.from_numpy(np.ascontiguousarray(window[:, :, None]))
-                            return twin(x).numpy()[:, :horizon].T
+                            return torch_numpy(twin(x))[:, :horizon].T
                 return Adapter()
 
         return Twin()

@@ -34,6 +34,7 @@ from .. import optim
 from ..validators import flag_name
 from ..functional import get_num_threads, set_num_threads
 from ..io import CheckpointError
+from ..models import set_compute
 from . import get_task
 from .base import TASK_FLAGS, DataError, Task
 from .guards import check_memory, dumps, json_safe, prepare_out_dir, save_figure
@@ -375,11 +376,13 @@ class Run:
             if a.optimizer is not None and run.get("optimizer") not in (None, a.optimizer):
                 raise UsageError(f"--optimizer {a.optimizer} differs from the checkpoint's "
                                  f"{run['optimizer']}")
-            for k in ("optimizer", "clip"):
-                if getattr(a, k) is None and run.get(k) is not None:
+            for k in ("optimizer", "clip", "precision"):
+                if getattr(a, k, None) is None and run.get(k) is not None:
                     setattr(a, k, run[k])
         elif a.task is None:
             a.task = "charlm"
+        if getattr(a, "precision", None) is None:   # a checkpoint without one: float32
+            a.precision = "float32"
         self.task_cls = get_task(a.task)
         resolve(a, self.task_cls, resume_meta["task_metadata"].get("flags", {})
                 if resume_meta else None)
@@ -410,6 +413,10 @@ class Run:
         t0 = time.perf_counter()
         self.task.prepare()
         self.model = self.task.build_model()
+        if a.precision != "float32":
+            # mixed precision (issue 17): the recurrent layers' products in bf16; parameters,
+            # gradients, optimiser state and the checkpoint stay float32
+            set_compute(self.model, a.precision, where="fusedrnn train", argument="--precision")
         self.opt = make_optimizer(a.optimizer, self.model.parameters(), a.lr)
         self.trainer_state: Dict[str, Any] = {}
         if resume_meta:
@@ -674,9 +681,12 @@ class Run:
                 topt.state[tp] = self.torch_opt_state[i]
         tm.train()
 
+        autocast = self._torch_autocast
+
         def step(batch):
             topt.zero_grad()
-            loss, count = task.torch_train_step(tm, batch)
+            with autocast():
+                loss, count = task.torch_train_step(tm, batch)
             if a.clip or self.tb_dir is not None:
                 self._grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     tm.parameters(), a.clip or math.inf))
@@ -686,7 +696,7 @@ class Run:
         def evaluate():
             tm.eval()
             try:
-                with torch.no_grad():
+                with torch.no_grad(), autocast():
                     return task.torch_evaluate(tm)
             finally:
                 tm.train()
@@ -702,6 +712,15 @@ class Run:
             self.trainer_state = saved_state
             if tb is not None:
                 tb.close()
+
+    def _torch_autocast(self):
+        """The torch twin's counterpart of --precision: torch.autocast("cpu", bfloat16) around
+        its forward, loss and backward (bfloat16), nothing (float32)."""
+        import contextlib
+        import torch
+        if self.args.precision == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _torch_optimizer_state(self) -> Dict[int, Dict[str, Any]]:
         """The fusedrnn optimiser state as resumed from the checkpoint, as torch tensors by
@@ -745,7 +764,8 @@ class Run:
                        "best_step": best_step, "metric": self.task.metric,
                        "validated": snap.get("validated", True),
                        "history": [e for e in history if e["step"] <= snap["step"]]}
-            run = {"optimizer": a.optimizer, "lr": a.lr, "clip": a.clip}
+            run = {"optimizer": a.optimizer, "lr": a.lr, "clip": a.clip,
+                   "precision": a.precision}
 
             class _Opt:  # hands the snapshot's optimiser state to fusedrnn.save
                 def __init__(self, sd):
@@ -902,7 +922,7 @@ class Run:
         with_torch = " with the torch run" if self.torch_result is not None else ""
         p(f"steps {r['steps']} ({r['run_steps']} this run, {r['epoch']:.2f} epochs); "
           f"wall time{with_torch} {m['wall_time_s']:.1f} s (data {m['data_prep_s']:.1f} s, "
-          f"fusedrnn training "
+          f"fusedrnn training{' (bf16 compute)' if a.precision == 'bfloat16' else ''} "
           f"{m['train_time_s']:.1f} s at {rate or 0:,.0f} {task.unit}s/s, validation "
           f"{m['eval_time_s']:.1f} s)")
         if "checkpoint" in paths:
@@ -945,7 +965,9 @@ class Run:
         p()
         p(f"--compare-torch: {f['run_steps']} steps each, same initial weights, batches"
           f"{' and dropout masks' if self.args.dropout else ''}; "
-          f"{get_num_threads()} threads")
+          f"{get_num_threads()} threads"
+          + ("; bf16: fusedrnn --precision bfloat16, torch under torch.autocast"
+             if self.args.precision == "bfloat16" else ""))
         p(f"| {'':<26} | {'fusedrnn':>10} | {'torch':>10} | {'torch/fusedrnn':>14} |")
         p(f"|{'-' * 28}|{'-' * 12}|{'-' * 12}|{'-' * 16}|")
         for name, a, b, ratio in rows:
