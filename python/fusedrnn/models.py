@@ -95,9 +95,10 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
     (they have no bf16 kernels): otherwise a ValueError naming ``argument`` and ``where``,
     raised before any layer is changed. Returns ``model``."""
     from .cells import _CellBase
-    if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"{where}: {argument} must be one of {', '.join(PRECISIONS)}, got "
-                         f"{precision!r}")
+    train = tuple(p for p in PRECISIONS if p != "int8")
+    if not isinstance(precision, str) or precision not in train:
+        raise ValueError(f"{where}: {argument} must be one of {', '.join(train)} (int8 is an "
+                         f"inference precision: freeze), got {precision!r}")
     if not isinstance(model, Module):
         raise TypeError(f"{where}: model must be a fusedrnn Module, got {type(model).__name__}")
     layers = [("the model", model)] if isinstance(model, _RNNBase) else \
