@@ -57,8 +57,9 @@ constexpr Index round16(Index n) { return (n + 15) / 16 * 16; }
 // A step's functions inline everything they call (passes, epilogues, Eigen's activations): left
 // to itself GCC keeps the passes and Eigen's tanh out of line at some sizes, and every call then
 // spills the accumulators and serialises the activations. Inlining changes no result (no
-// contraction: -ffp-contract=off, no fast-math).
-#if defined(__GNUC__)
+// contraction: -ffp-contract=off, no fast-math). Not under AddressSanitizer, where it multiplies
+// this file's compile time and speed is not the point.
+#if defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
 #define FUSEDRNN_FLATTEN __attribute__((flatten))
 #else
 #define FUSEDRNN_FLATTEN
