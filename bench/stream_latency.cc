@@ -18,8 +18,9 @@
 //           include the clock's own cost, printed beside them.
 // Median and p99 over the blocks (calls).
 //
-//   stream_latency [steps] [peer_steps] [--rt-only]   (defaults 20000 and 50000 timed steps per
-//   configuration; --rt-only: the real-time table only)
+//   stream_latency [steps] [peer_steps] [--rt-only] [--ftz]   (defaults 20000 and 50000 timed
+//   steps per configuration; --rt-only: the real-time table only; --ftz: the whole run with
+//   subnormals flushed on the thread (MXCSR FTZ and DAZ), every contender alike)
 #include <fusedrnn/fusedrnn.h>
 #include <fusedrnn/model.h>
 #include <fusedrnn/stream.h>
@@ -37,6 +38,9 @@
 #include <vector>
 
 #include "checkpoint_writer.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 #ifdef FUSEDRNN_WITH_RTNEURAL
 #include "rtneural_peer.h"
 #endif
@@ -216,10 +220,23 @@ void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
 int main(int argc, char** argv) {
   const long steps = argc > 1 ? std::max(100L, std::atol(argv[1])) : 20000;
   const long peer_steps = argc > 2 ? std::max(100L, std::atol(argv[2])) : 50000;
+  bool rt_only = false, ftz = false;
+  for (int i = 3; i < argc; ++i) {
+    rt_only = rt_only || std::string(argv[i]) == "--rt-only";
+    ftz = ftz || std::string(argv[i]) == "--ftz";
+  }
+#if defined(__x86_64__) || defined(__i386__)
+  // --ftz: the thread flushes subnormals (MXCSR FTZ and DAZ) for the whole run, as audio hosts
+  // commonly do around their callbacks; every contender runs under it alike. Stream::step then
+  // leaves the floating-point environment alone (it only switches it when the flags are off).
+  if (ftz) _mm_setcsr(_mm_getcsr() | 0x8040u);
+#else
+  if (ftz) std::printf("--ftz: no effect on this architecture\n");
+#endif
   const fusedrnn::BuildInfo b = fusedrnn::build_info();
-  std::printf("fusedrnn %s, kernels %s, %s; %ld timed steps each, batch 1, one thread\n\n",
-              b.version.c_str(), b.instruction_set.c_str(), b.compiler.c_str(), steps);
-  const bool rt_only = argc > 3 && std::string(argv[3]) == "--rt-only";
+  std::printf("fusedrnn %s, kernels %s, %s; %ld timed steps each, batch 1, one thread%s\n\n",
+              b.version.c_str(), b.instruction_set.c_str(), b.compiler.c_str(), steps,
+              ftz ? ", subnormals flushed (--ftz)" : "");
   if (!rt_only) {
   std::printf("| cell | H (= input) | dtype | Stream::step median us | p99 us | "
               "Model::forward T=1000, per step us | Model::forward T=1, per call us |\n");

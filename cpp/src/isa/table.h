@@ -52,14 +52,25 @@ struct StepLayer {
   // past H zero), a pass over a group of blocks k-major: fx [pass][k < C][b][gate][W], fh
   // [pass][k < R][b][gate][W] (GRU reset_before: gates r, z; fhn its n rows), biases
   // [gate][HP], peepholes [3][HP] (HP = H rounded up to whole packets; null if absent).
-  void (*fused)(const StepLayer& layer, const Scalar* x, Scalar* h, Scalar* c,
+  // `gx`: this step's input sums as fused_in writes them, or null (then they are formed from x
+  // first, by the same code): Stream::process forms a block's input sums in one pass.
+  void (*fused)(const StepLayer& layer, const Scalar* x, const Scalar* gx, Scalar* h, Scalar* c,
                 Scalar* scratch) = nullptr;
+  // The input sums of `steps` steps, x [steps][ldx] -> out [steps][fin] (fin scalars per step,
+  // a multiple of 16; out 64-byte aligned).
+  void (*fused_in)(const StepLayer& layer, const Scalar* x, std::int64_t ldx, std::int64_t steps,
+                   Scalar* out) = nullptr;
+  std::int64_t fin = 0;
   const Scalar* fx = nullptr;
   const Scalar* fh = nullptr;
   const Scalar* fhn = nullptr;
   const Scalar* fb_ih = nullptr;
   const Scalar* fb_hh = nullptr;
   const Scalar* fpeep = nullptr;
+  // Blocks per pass of fx/fh (1: weights over 32 KiB, the recurrent passes alternate direction
+  // step by step, `visits` counting the steps; the order changes no result).
+  int fub = 0;
+  mutable std::uint32_t visits = 0;
 };
 
 // Scalars of the scratch one step of a layer needs: gx, gh [N, G*H], gates [N, 4H], m [N, H].
@@ -114,12 +125,13 @@ struct Kernels {
   // The fused batch-1 step (kernels/fused_step.cc). fused_size: scalars that fuse writes for
   // this layer (a multiple of 16), or 0 if the layer has no fused path (N != 1, or C or R longer
   // than one K pass of the packed product). fuse: lays out w_ih [G*H, C], w_hh [G*H, R] and the
-  // layer's b_ih, b_hh, w_peep into `out` (64-byte aligned) and sets layer.fused and its
-  // weights; the step is then still bitwise `step`'s.
+  // layer's b_ih, b_hh, w_peep into `out` (64-byte aligned) and sets layer.fused, fused_in and
+  // their weights; the step is then still bitwise `step`'s.
   std::size_t (*fused_size)(const StepLayer<Scalar>& layer);
   void (*fuse)(StepLayer<Scalar>& layer, const Scalar* w_ih, const Scalar* w_hh, Scalar* out);
   // The fast batch-1 step of StreamOptions::fast (fused_step.cc): the same storage as fuse
-  // (fused_size), the sums reassociated (not bitwise `step`; GRU reset_before: fuse's step).
+  // (fused_size), the sums reassociated and the float sigmoid through tanh (not bitwise `step`;
+  // GRU reset_before: fuse's step).
   void (*fuse_fast)(StepLayer<Scalar>& layer, const Scalar* w_ih, const Scalar* w_hh,
                     Scalar* out) = nullptr;
 };

@@ -8,12 +8,16 @@
 // load per block of W units (W = the packet size), all gates of a unit side by side, and per
 // pass over a group of blocks in the order the pass reads them (k-major: one sequential stream):
 //   fx [pass][k < C][block][gate][W], fh [pass][k < R][block][gate][W],
-// so one pass per group of blocks forms every gate's input and recurrent sums in registers
+// so one pass per group of blocks forms every gate's input (or recurrent) sums in registers
 // (UB blocks x G gates accumulator packets, sized to the register file) into gate-major
 // buffers, and the gate pass of kernels/*_pointwise.h (the very functions of the batch kernels)
 // then runs once over all units (its packets independent iterations of one loop, which the
-// core overlaps; per block, each block's activations waited on the previous one's). For input width 1 the input product is one multiply-add per
-// gate packet (an axpy). For the common H (8, 16, 32, 48, 64 without projection) the step is a
+// core overlaps; per block, each block's activations waited on the previous one's). For input
+// width 1 the input product is one multiply-add per gate packet (an axpy). The input sums are
+// a separate function (fused_in) so that Stream::process can form them for a tile of steps in
+// one pass over the input weights; step() forms one step's with the same code. Weights over
+// 32 KiB are laid out in passes of one block, and the recurrent passes alternate direction step
+// by step, so each step starts on what the previous one read last, still in L1. For the common H (8, 16, 32, 48, 64 without projection) the step is a
 // template instance with H, the number of blocks and the recurrent loop length fixed at
 // compile time, chosen when the Stream is built (fuse()); other sizes take the same code with
 // run-time sizes.
@@ -49,6 +53,17 @@ constexpr int kAcc = 8;
 #endif
 
 constexpr Index round16(Index n) { return (n + 15) / 16 * 16; }
+
+// A step's functions inline everything they call (passes, epilogues, Eigen's activations): left
+// to itself GCC keeps the passes and Eigen's tanh out of line at some sizes, and every call then
+// spills the accumulators and serialises the activations. Inlining changes no result (no
+// contraction: -ffp-contract=off, no fast-math). Not under AddressSanitizer, where it multiplies
+// this file's compile time and speed is not the point.
+#if defined(__GNUC__) && !defined(__SANITIZE_ADDRESS__)
+#define FUSEDRNN_FLATTEN __attribute__((flatten))
+#else
+#define FUSEDRNN_FLATTEN
+#endif
 
 // Blocks per pass for G gates: UB x G accumulator packets.
 constexpr int blocks_per_pass(int G) { return (kAcc / G) < 8 ? (kAcc / G) : 8; }
@@ -100,6 +115,41 @@ inline void all_chains(Index nb, Index K, const Scalar* a, const Scalar* w, Scal
   if (b < nb) chains_n<Scalar, G, KS, UB>(int(nb - b), K, a, w + b * bs, out + b * W, gs);
 }
 
+// The input sums of a layer's bitwise step for `steps` steps: x [steps][ldx] -> out
+// [steps][L.fin], per step gate-major [GX][HP], each sum the chain all_chains forms. Pass by pass
+// (a pass's weights then serve every step from L1), the steps inside.
+template <typename Scalar, int GX>
+FUSEDRNN_FLATTEN void bit_in(const isa::StepLayer<Scalar>& L, const Scalar* x, Index ldx, Index steps,
+            Scalar* out) {
+  constexpr Index W = kW<Scalar>;
+  constexpr int UB = blocks_per_pass(GX);
+  const Index nb = detail::ceil_div(L.H, W), HP = nb * W, ub = L.fub == 1 ? 1 : UB;
+  const Index bs = L.C * GX * W;
+  for (Index b = 0; b < nb; b += ub) {
+    const int n = int(std::min(ub, nb - b));
+    for (Index t = 0; t < steps; ++t)
+      chains_n<Scalar, GX, 0, UB>(n, L.C, x + t * ldx, L.fx + b * bs, out + t * L.fin + b * W,
+                                  HP);
+  }
+}
+
+// The recurrent sums of a layer's bitwise step (gates gh of fh). Weights over 32 KiB come in
+// passes of one block (fuse(): L.fub = 1), run ascending on one step and descending on the next,
+// so a step starts on the passes the previous one read last, still in L1 (a cyclic stream larger
+// than an LRU cache misses on every line; see the fast step below). Every sum is its own chain
+// whatever the order.
+template <typename Scalar, int GH, int KS>
+inline void rec_chains(const isa::StepLayer<Scalar>& L, Index nb, Index R, const Scalar* h,
+                       Scalar* sh, Index HP) {
+  constexpr Index W = kW<Scalar>;
+  if (L.fub != 1) return all_chains<Scalar, GH, KS>(nb, R, h, L.fh, sh, HP);
+  const Index bh = R * GH * W;
+  if ((L.visits++ & 1u) == 0)
+    for (Index b = 0; b < nb; ++b) chains<Scalar, GH, 1, KS>(R, h, L.fh + b * bh, sh + b * W, HP);
+  else
+    for (Index b = nb; b-- > 0;) chains<Scalar, GH, 1, KS>(R, h, L.fh + b * bh, sh + b * W, HP);
+}
+
 template <typename Scalar>
 void project_or_copy(const isa::StepLayer<Scalar>& L, const Scalar* out, Scalar* h) {
   if (L.P > 0)  // h = m w_hrᵀ: the product step.cc forms (one thread, same panels)
@@ -122,28 +172,28 @@ struct Scratch {
 // The sums go gate-major ([gate][HP]), so the gate pass of the batch kernels runs once over all
 // H units with gate stride HP: its packets are independent iterations of one loop.
 template <typename Scalar, int HS>
-void lstm_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                Scalar* scratch) {
+FUSEDRNN_FLATTEN void lstm_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                Scalar* c, Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
   const Index R = L.P > 0 ? L.P : H;
   Scratch<Scalar> s(scratch, HP);
-  all_chains<Scalar, 4, 0>(nb, L.C, x, L.fx, s.gx, HP);
-  all_chains<Scalar, 4, HS>(nb, R, h, L.fh, s.gh, HP);
-  detail::lstm_pointwise_forward(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, L.fpeep, c, c, s.out,
+  if (!gx) bit_in<Scalar, 4>(L, x, L.C, 1, s.gx), gx = s.gx;
+  rec_chains<Scalar, 4, HS>(L, nb, R, h, s.gh, HP);
+  detail::lstm_pointwise_forward(H, HP, gx, s.gh, L.fb_ih, L.fb_hh, L.fpeep, c, c, s.out,
                                  static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
   project_or_copy(L, s.out, h);
 }
 
 template <typename Scalar, int HS>
-void gru_after_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
-                     Scalar* scratch) {
+FUSEDRNN_FLATTEN void gru_after_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx,
+                     Scalar* h, Scalar*, Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
   Scratch<Scalar> s(scratch, HP);
-  all_chains<Scalar, 3, 0>(nb, L.C, x, L.fx, s.gx, HP);
-  all_chains<Scalar, 3, HS>(nb, H, h, L.fh, s.gh, HP);
-  detail::gru_after_pointwise_forward(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, h, s.out,
+  if (!gx) bit_in<Scalar, 3>(L, x, L.C, 1, s.gx), gx = s.gx;
+  rec_chains<Scalar, 3, HS>(L, nb, H, h, s.gh, HP);
+  detail::gru_after_pointwise_forward(H, HP, gx, s.gh, L.fb_ih, L.fb_hh, h, s.out,
                                       static_cast<Scalar*>(nullptr),
                                       static_cast<Scalar*>(nullptr));
   std::copy(s.out, s.out + H, h);
@@ -152,29 +202,29 @@ void gru_after_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h
 // reset_before: r and z first (their recurrent sums from h), then n's recurrent sum from
 // q = r*h over every unit (gates + 3*HP), then the candidate and the new state.
 template <typename Scalar, int HS>
-void gru_before_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
-                      Scalar* scratch) {
+FUSEDRNN_FLATTEN void gru_before_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx,
+                      Scalar* h, Scalar*, Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
   Scratch<Scalar> s(scratch, HP);
-  all_chains<Scalar, 3, 0>(nb, L.C, x, L.fx, s.gx, HP);
-  all_chains<Scalar, 2, HS>(nb, H, h, L.fh, s.gh, HP);  // gates r, z of gh [3][HP]
-  detail::gru_before_pointwise_forward_rz(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, h, s.gates);
+  if (!gx) bit_in<Scalar, 3>(L, x, L.C, 1, s.gx), gx = s.gx;
+  rec_chains<Scalar, 2, HS>(L, nb, H, h, s.gh, HP);  // gh: gates r, z of [3][HP]
+  detail::gru_before_pointwise_forward_rz(H, HP, gx, s.gh, L.fb_ih, L.fb_hh, h, s.gates);
   all_chains<Scalar, 1, HS>(nb, H, s.gates + 3 * HP, L.fhn, s.gh + 2 * HP, HP);  // q w_hnᵀ
-  detail::gru_before_pointwise_forward_n(H, HP, s.gx, s.gh, L.fb_ih, L.fb_hh, h, s.out,
+  detail::gru_before_pointwise_forward_n(H, HP, gx, s.gh, L.fb_ih, L.fb_hh, h, s.out,
                                          static_cast<Scalar*>(nullptr), s.gates);
   std::copy(s.out, s.out + H, h);
 }
 
 template <typename Scalar, int HS>
-void rnn_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
-               Scalar* scratch) {
+FUSEDRNN_FLATTEN void rnn_fused(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+               Scalar*, Scalar* scratch) {
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
   Scratch<Scalar> s(scratch, HP);
-  all_chains<Scalar, 1, 0>(nb, L.C, x, L.fx, s.gx, HP);
-  all_chains<Scalar, 1, HS>(nb, H, h, L.fh, s.gh, HP);
-  detail::rnn_pointwise_forward(H, L.act == Nonlinearity::tanh, s.gx, s.gh, L.fb_ih, L.fb_hh,
+  if (!gx) bit_in<Scalar, 1>(L, x, L.C, 1, s.gx), gx = s.gx;
+  rec_chains<Scalar, 1, HS>(L, nb, H, h, s.gh, HP);
+  detail::rnn_pointwise_forward(H, L.act == Nonlinearity::tanh, gx, s.gh, L.fb_ih, L.fb_hh,
                                 s.out, static_cast<Scalar*>(nullptr));
   std::copy(s.out, s.out + H, h);
 }
@@ -239,8 +289,8 @@ Scalar* lay_out_gates(const Scalar* v, Index G, Index H, Scalar* out) {
 }
 
 template <typename Scalar, template <typename, int> class F>
-auto pick(Index H, bool fixed) -> void (*)(const isa::StepLayer<Scalar>&, const Scalar*, Scalar*,
-                                           Scalar*, Scalar*) {
+auto pick(Index H, bool fixed) -> void (*)(const isa::StepLayer<Scalar>&, const Scalar*,
+                                           const Scalar*, Scalar*, Scalar*, Scalar*) {
   if (fixed) switch (H) {
       case 8: return &F<Scalar, 8>::run;
       case 16: return &F<Scalar, 16>::run;
@@ -253,23 +303,23 @@ auto pick(Index H, bool fixed) -> void (*)(const isa::StepLayer<Scalar>&, const 
 }
 template <typename Scalar, int HS>
 struct LstmF {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { lstm_fused<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { lstm_fused<Scalar, HS>(L, x, gx, h, c, s); }
 };
 template <typename Scalar, int HS>
 struct GruAfterF {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { gru_after_fused<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { gru_after_fused<Scalar, HS>(L, x, gx, h, c, s); }
 };
 template <typename Scalar, int HS>
 struct GruBeforeF {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { gru_before_fused<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { gru_before_fused<Scalar, HS>(L, x, gx, h, c, s); }
 };
 template <typename Scalar, int HS>
 struct RnnF {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { rnn_fused<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { rnn_fused<Scalar, HS>(L, x, gx, h, c, s); }
 };
 
 template <typename Scalar>
@@ -277,10 +327,15 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
   const Gates g = gates_of(L);
   const Index H = L.H, R = L.P > 0 ? L.P : H;
   const bool before = L.cell == isa::StepCell::gru && L.variant == GruVariant::reset_before;
+  // Passes of one block where the weights exceed 32 KiB (both_chains), else blocks_per_pass.
+  const Index nb = detail::ceil_div(H, kW<Scalar>);
+  const bool big = nb > 1 && nb * kW<Scalar> * (L.C * g.x + R * g.h) * Index(sizeof(Scalar)) >
+                                 32 * 1024;
+  L.fub = big ? 1 : 0;
   L.fx = out;
-  out = lay_out(w_ih, L.C, g.x, 0, H, out);
+  out = lay_out(w_ih, L.C, g.x, 0, H, out, big ? Index(1) : Index(0));
   L.fh = out;
-  out = lay_out(w_hh, R, g.h, 0, H, out);
+  out = lay_out(w_hh, R, g.h, 0, H, out, big ? Index(1) : Index(0));
   if (before) {
     L.fhn = out;
     out = lay_out(w_hh, H, Index(1), 2 * H, H, out);
@@ -298,6 +353,8 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
     L.fpeep = out;
     out = lay_out_gates(L.w_peep, Index(3), H, out);
   }
+  L.fin = round16(g.x * nb * kW<Scalar>);
+  L.fused_in = g.x == 4 ? &bit_in<Scalar, 4> : g.x == 3 ? &bit_in<Scalar, 3> : &bit_in<Scalar, 1>;
   const bool fixed = L.P == 0;  // the recurrent K is H
   switch (L.cell) {
     case isa::StepCell::lstm: L.fused = pick<Scalar, LstmF>(H, fixed); break;
@@ -309,9 +366,10 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
 }
 
 // ---------------------------------------------------------------------------------------------
-// The fast step (StreamOptions::fast): the same products and activations, the sums reassociated
-// for speed, so not bitwise Model::forward (the tolerance is derived and tested: stream.h,
-// tests/cpp/test_model.cc). Per block of units, G gates:
+// The fast step (StreamOptions::fast): the same products, the sums reassociated and the
+// sigmoid evaluated another way (float), for speed, so not bitwise Model::forward (the
+// tolerance is derived and tested: stream.h, tests/cpp/test_model.cc). Per block of units,
+// G gates:
 //   * input and recurrent products in one pass, into the same accumulators where the cell adds
 //     them anyway (every gate of the LSTM and the Elman RNN, r and z of the GRU; the GRU's n
 //     keeps its input part and its recurrent part apart, as r multiplies only the latter): GX =
@@ -319,9 +377,17 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
 //   * each slot's sum split into S interleaved chains (k = s, s + S, ...: S times shorter
 //     dependency chains), started from the biases (b_ih + b_hh pre-summed at load) and zeros,
 //     added pairwise at the end;
-//   * the activations from these sums directly (no separate bias adds).
+//   * the cell's element-wise step on these sums while they are still in registers (no store
+//     and reload of the gate sums, no separate bias adds), per block right after its pass;
+//     the new state goes straight into h when one pass covers every block (no later pass reads
+//     the old h), else into scratch and is copied after the last pass;
+//   * weights that do not fit L1 (ub_of below): passes of one block each, run in ascending
+//     order on one step and descending on the next, so a step starts on the passes the previous
+//     one read last, still in L1 (an L1 about the weights' size then serves most of them
+//     instead of none, as a cyclic stream larger than an LRU cache misses on every line). The
+//     order of the passes changes no sum (blocks never mix).
 // Weights: fx [pass][k < C][b][gate][W] and fh [pass][k < R][b][gate][W] as the bitwise step's,
-// in passes of fast_blocks(GX) blocks; biases [GX][HP].
+// in passes of ub_of(...) blocks; biases [GX][HP].
 
 #if defined(__AVX512F__) || defined(__aarch64__)
 constexpr int kFastAcc = 24;
@@ -336,22 +402,72 @@ constexpr int fast_splits(int slots) {
   while (sp < 4 && 2 * sp * slots <= kFastAcc && sp * slots < 16) sp *= 2;
   return sp;
 }
+// Blocks per pass of a layer: fast_blocks(GX), or 1 where its weights exceed 32 KiB and there is
+// more than one block (then the passes alternate direction: see above).
+template <typename Scalar>
+Index ub_of(Index GX, Index G, Index H, Index C, Index R) {
+  const Index nb = detail::ceil_div(H, kW<Scalar>);
+  const Index bytes = nb * kW<Scalar> * G * (C + R) * Index(sizeof(Scalar));
+  return nb > 1 && bytes > 32 * 1024 ? 1 : fast_blocks(int(GX));
+}
 
-template <typename Scalar, int G, int M, int UB, int S, int KS>
-inline void fast_pass(Index C, Index k_rt, const Scalar* x, const Scalar* wx, const Scalar* h,
-                      const Scalar* wh, const Scalar* bias, Scalar* out, Index HP) {
+// The fast sigmoid: float 1/2 + tanh(x/2)/2 (detail::ptanh, Eigen's rational tanh: one
+// division, no exp), double the bitwise step's psigmoid. Float: tanh's relative error 2.9e-7
+// (activations.h) bounds the absolute error by 1.5e-7 + the final rounding's 3e-8 (2.9 u,
+// u = 2^-24); checked over every float in [-30, 30] against long double: 2.84 u (the bitwise
+// psigmoid: 1.5 u), and at most 4 u from psigmoid's value: within the 8 u per activation of the
+// documented tolerance (stream.h).
+template <typename P>
+inline P fast_sigmoid(const P& x) {
+  namespace ei = Eigen::internal;
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  if constexpr (sizeof(Scalar) == 4) {
+    const P half = ei::pset1<P>(Scalar(0.5));
+    return ei::pmadd(half, detail::ptanh(ei::pmul(half, x)), half);
+  } else {
+    return detail::psigmoid(x);
+  }
+}
+
+// A packet of units [u0, u0 + W) of a run of n units: whole, or the first n - u0 lanes through a
+// zero-padded buffer (the lanes past n computed and dropped).
+template <typename Scalar>
+inline detail::Packet<Scalar> load_units(const Scalar* p, Index u0, Index n) {
+  namespace ei = Eigen::internal;
+  constexpr Index W = kW<Scalar>;
+  if (u0 + W <= n) return ei::ploadu<detail::Packet<Scalar>>(p + u0);
+  alignas(64) Scalar buf[W];
+  std::fill(buf, buf + W, Scalar(0));
+  std::copy(p + u0, p + n, buf);
+  return ei::pload<detail::Packet<Scalar>>(buf);
+}
+template <typename Scalar>
+inline void store_units(Scalar* p, Index u0, Index n, const detail::Packet<Scalar>& v) {
+  namespace ei = Eigen::internal;
+  constexpr Index W = kW<Scalar>;
+  if (u0 + W <= n) return ei::pstoreu(p + u0, v);
+  alignas(64) Scalar buf[W];
+  ei::pstore(buf, v);
+  std::copy(buf, buf + (n - u0), p + u0);
+}
+
+// The input sums of the fast step for `steps` steps: x [steps][ldx] -> out [steps][L.fin], per
+// step slot-major [GX][HP]: slot g < G the bias (pre-summed) plus gate g's input sum (S chains
+// over k = s, s + S, ..., added pairwise), the other slots (the GRU's n recurrent part) their
+// bias. Pass by pass, the steps inside (a pass's weights then serve every step from L1).
+template <typename Scalar, int G, int M, int UB, int S>
+inline void fast_in_pass(Index C, const Scalar* x, const Scalar* wx, const Scalar* bias,
+                         Scalar* out, Index HP) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
   constexpr int GX = 2 * G - M;
-  const Index K = KS > 0 ? KS : k_rt;
-  P acc[S][UB][GX];
+  P acc[S][UB][G];
   for (int b = 0; b < UB; ++b)
-    for (int j = 0; j < GX; ++j) {
-      acc[0][b][j] = ei::pload<P>(bias + j * HP + b * W);
-      for (int sp = 1; sp < S; ++sp) acc[sp][b][j] = ei::pset1<P>(Scalar(0));
+    for (int g = 0; g < G; ++g) {
+      acc[0][b][g] = ei::pload<P>(bias + g * HP + b * W);
+      for (int sp = 1; sp < S; ++sp) acc[sp][b][g] = ei::pset1<P>(Scalar(0));
     }
-  // Input stream: gate g into slot g.
   Index k = 0;
   for (; k + S <= C; k += S)
     for (int sp = 0; sp < S; ++sp) {
@@ -368,9 +484,66 @@ inline void fast_pass(Index C, Index k_rt, const Scalar* x, const Scalar* wx, co
       for (int g = 0; g < G; ++g)
         acc[0][b][g] = ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[0][b][g]);
   }
+  for (int b = 0; b < UB; ++b) {
+    for (int g = 0; g < G; ++g) {
+      P v;
+      if constexpr (S == 4)
+        v = ei::padd(ei::padd(acc[0][b][g], acc[1][b][g]), ei::padd(acc[2][b][g], acc[3][b][g]));
+      else if constexpr (S == 2)
+        v = ei::padd(acc[0][b][g], acc[1][b][g]);
+      else
+        v = acc[0][b][g];
+      ei::pstore(out + g * HP + b * W, v);
+    }
+    for (int j = G; j < GX; ++j)
+      ei::pstore(out + j * HP + b * W, ei::pload<P>(bias + j * HP + b * W));
+  }
+}
+
+template <typename Scalar, int G, int M, int U>
+inline void fast_in_n(int n, Index C, const Scalar* x, const Scalar* wx, const Scalar* bias,
+                      Scalar* out, Index HP) {
+  if constexpr (U > 1) {
+    if (n < U) return fast_in_n<Scalar, G, M, U - 1>(n, C, x, wx, bias, out, HP);
+  }
+  fast_in_pass<Scalar, G, M, U, fast_splits(U * G)>(C, x, wx, bias, out, HP);
+}
+
+template <typename Scalar, int G, int M>
+FUSEDRNN_FLATTEN void fast_in(const isa::StepLayer<Scalar>& L, const Scalar* x, Index ldx, Index steps,
+             Scalar* out) {
+  constexpr Index W = kW<Scalar>;
+  constexpr int UB = fast_blocks(2 * G - M);
+  const Index nb = detail::ceil_div(L.H, W), HP = nb * W, ub = L.fub;
+  const Index bs = L.C * G * W;
+  for (Index b = 0; b < nb; b += ub) {
+    const int n = int(std::min(ub, nb - b));
+    for (Index t = 0; t < steps; ++t)
+      fast_in_n<Scalar, G, M, UB>(n, L.C, x + t * ldx, L.fx + b * bs, L.fb_ih + b * W,
+                                  out + t * L.fin + b * W, HP);
+  }
+}
+
+// One pass over UB blocks: every slot's sum (the recurrent products added to the input sums xin
+// [GX][HP], fast_in's), then epi(b, sums) per block b < UB of the pass (sums[j] the packet of
+// slot j).
+template <typename Scalar, int G, int M, int UB, int S, int KS, typename Epi>
+inline void fast_pass(Index k_rt, const Scalar* h, const Scalar* wh, const Scalar* xin, Index HP,
+                      Epi&& epi) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  constexpr int GX = 2 * G - M;
+  const Index K = KS > 0 ? KS : k_rt;
+  P acc[S][UB][GX];
+  for (int b = 0; b < UB; ++b)
+    for (int j = 0; j < GX; ++j) {
+      acc[0][b][j] = ei::pload<P>(xin + j * HP + b * W);
+      for (int sp = 1; sp < S; ++sp) acc[sp][b][j] = ei::pset1<P>(Scalar(0));
+    }
   // Recurrent stream: gate g < M into slot g, the others into slot G + g - M.
   constexpr auto slot = [](int g) { return g < M ? g : G + g - M; };
-  k = 0;
+  Index k = 0;
   for (; k + S <= K; k += S)
     for (int sp = 0; sp < S; ++sp) {
       const P av = ei::pset1<P>(h[k + sp]);
@@ -389,126 +562,162 @@ inline void fast_pass(Index C, Index k_rt, const Scalar* x, const Scalar* wx, co
           acc[0][b][slot(g)] =
               ei::pmadd(av, ei::pload<P>(wk + (b * G + g) * W), acc[0][b][slot(g)]);
     }
-  for (int b = 0; b < UB; ++b)
+  for (int b = 0; b < UB; ++b) {
+    P v[GX];
     for (int j = 0; j < GX; ++j) {
-      P v;
       if constexpr (S == 4)
-        v = ei::padd(ei::padd(acc[0][b][j], acc[1][b][j]), ei::padd(acc[2][b][j], acc[3][b][j]));
+        v[j] = ei::padd(ei::padd(acc[0][b][j], acc[1][b][j]), ei::padd(acc[2][b][j], acc[3][b][j]));
       else if constexpr (S == 2)
-        v = ei::padd(acc[0][b][j], acc[1][b][j]);
+        v[j] = ei::padd(acc[0][b][j], acc[1][b][j]);
       else
-        v = acc[0][b][j];
-      ei::pstore(out + j * HP + b * W, v);
+        v[j] = acc[0][b][j];
     }
-}
-
-template <typename Scalar, int G, int M, int KS, int U>
-inline void fast_n(int n, Index C, Index K, const Scalar* x, const Scalar* wx, const Scalar* h,
-                   const Scalar* wh, const Scalar* bias, Scalar* out, Index HP) {
-  if constexpr (U > 1) {
-    if (n < U) return fast_n<Scalar, G, M, KS, U - 1>(n, C, K, x, wx, h, wh, bias, out, HP);
+    epi(Index(b), v);
   }
-  fast_pass<Scalar, G, M, U, fast_splits(U * (2 * G - M)), KS>(C, K, x, wx, h, wh, bias, out,
-                                                               HP);
 }
 
-// Every block's slot sums into out [GX][HP].
-template <typename Scalar, int G, int M, int KS>
-inline void fast_all(Index nb, Index C, Index K, const Scalar* x, const Scalar* fx,
-                     const Scalar* h, const Scalar* fh, const Scalar* bias, Scalar* out,
-                     Index HP) {
-  constexpr int UB = fast_blocks(2 * G - M);
+template <typename Scalar, int G, int M, int KS, int U, typename Epi>
+inline void fast_n(int n, Index K, const Scalar* h, const Scalar* wh, const Scalar* xin,
+                   Index HP, Epi&& epi) {
+  if constexpr (U > 1) {
+    if (n < U) return fast_n<Scalar, G, M, KS, U - 1>(n, K, h, wh, xin, HP, epi);
+  }
+  fast_pass<Scalar, G, M, U, fast_splits(U * (2 * G - M)), KS>(K, h, wh, xin, HP, epi);
+}
+
+// Every block: its slot sums and epi(block, sums). Passes of UB blocks (the last one shorter),
+// pass p's weights at block p*UB's offsets; descending when `down` (only with UB = 1: every
+// pass then has one block, the same code).
+template <typename Scalar, int G, int M, int KS, int UB, typename Epi>
+inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const Scalar* xin,
+                     Index HP, bool down, Epi&& epi) {
   constexpr Index W = kW<Scalar>;
+  constexpr int S = fast_splits(UB * (2 * G - M));
+  auto pass = [&](Index b) {
+    fast_pass<Scalar, G, M, UB, S, KS>(
+        K, h, fh + b * K * G * W, xin + b * W, HP,
+        [&](Index j, const detail::Packet<Scalar>* v) { epi(b + j, v); });
+  };
+  if constexpr (UB == 1) {
+    if (down) {
+      for (Index b = nb; b-- > 0;) pass(b);
+      return;
+    }
+  }
   Index b = 0;
-  for (; b + UB <= nb; b += UB)
-    fast_pass<Scalar, G, M, UB, fast_splits(UB * (2 * G - M)), KS>(
-        C, K, x, fx + b * C * G * W, h, fh + b * K * G * W, bias + b * W, out + b * W, HP);
+  for (; b + UB <= nb; b += UB) pass(b);
   if (b < nb)
-    fast_n<Scalar, G, M, KS, UB>(int(nb - b), C, K, x, fx + b * C * G * W, h, fh + b * K * G * W,
-                                 bias + b * W, out + b * W, HP);
+    fast_n<Scalar, G, M, KS, UB>(int(nb - b), K, h, fh + b * K * G * W, xin + b * W, HP,
+                                 [&](Index j, const detail::Packet<Scalar>* v) { epi(b + j, v); });
+}
+
+// The recurrent passes of a layer (ub_of: one block each, alternating direction, or
+// fast_blocks(GX)); xin null: the input sums of x first (fast_in, into scratch).
+template <typename Scalar, int G, int M, int KS, typename Epi>
+inline void fast_layer(const isa::StepLayer<Scalar>& L, Index nb, Index K, const Scalar* x,
+                       const Scalar* xin, const Scalar* h, Index HP, Scalar* scratch,
+                       Epi&& epi) {
+  constexpr int UB = fast_blocks(2 * G - M);
+  if (!xin) {
+    Scalar* s = Scratch<Scalar>(scratch, HP).gx;
+    fast_in<Scalar, G, M>(L, x, L.C, 1, s);
+    xin = s;
+  }
+  if (L.fub == 1) {
+    const bool down = (L.visits++ & 1u) != 0;
+    fast_all<Scalar, G, M, KS, 1>(nb, K, h, L.fh, xin, HP, down, epi);
+  } else {
+    fast_all<Scalar, G, M, KS, UB>(nb, K, h, L.fh, xin, HP, false, epi);
+  }
 }
 
 template <typename Scalar, int HS>
-void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-               Scalar* scratch) {
+FUSEDRNN_FLATTEN void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* xin, Scalar* h,
+               Scalar* c, Scalar* scratch) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
   const Index R = L.P > 0 ? L.P : H;
-  Scratch<Scalar> s(scratch, HP);
-  fast_all<Scalar, 4, 4, HS>(nb, L.C, R, x, L.fx, h, L.fh, L.fb_ih, s.gates, HP);
-  const Scalar* a = s.gates;
+  const bool one_block = L.fub == 1;
+  // The new h (or m, before the projection) straight into h when one pass reads all of h.
+  const bool in_place = L.P == 0 && !one_block && nb <= fast_blocks(4);
+  Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
   const Scalar* pp = L.fpeep;
-  Scalar* out = L.P > 0 ? s.out : h;
-  detail::for_packets<Scalar>(H, [&](auto ld, auto st) {
-    const P cp = ld(c);
-    P pi = ld(a), pf = ld(a + HP);
+  fast_layer<Scalar, 4, 4, HS>(L, nb, R, x, xin, h, HP, scratch, [&](Index b, const P* a) {
+    const Index u0 = b * W;
+    const P cp = load_units(c, u0, H);
+    P pi = a[0], pf = a[1];
     if (pp) {
-      pi = ei::pmadd(ld(pp), cp, pi);
-      pf = ei::pmadd(ld(pp + HP), cp, pf);
+      pi = ei::pmadd(ei::pload<P>(pp + u0), cp, pi);
+      pf = ei::pmadd(ei::pload<P>(pp + HP + u0), cp, pf);
     }
-    const P i = detail::psigmoid(pi), f = detail::psigmoid(pf);
-    const P g = detail::ptanh(ld(a + 2 * HP));
+    const P i = fast_sigmoid(pi), f = fast_sigmoid(pf);
+    const P g = detail::ptanh(a[2]);
     const P cn = ei::pmadd(f, cp, ei::pmul(i, g));
-    P po = ld(a + 3 * HP);
-    if (pp) po = ei::pmadd(ld(pp + 2 * HP), cn, po);
-    st(c, cn);
-    st(out, ei::pmul(detail::psigmoid(po), detail::ptanh(cn)));
+    P po = a[3];
+    if (pp) po = ei::pmadd(ei::pload<P>(pp + 2 * HP + u0), cn, po);
+    store_units(c, u0, H, cn);
+    store_units(out, u0, H, ei::pmul(fast_sigmoid(po), detail::ptanh(cn)));
   });
-  if (L.P > 0) project_or_copy(L, s.out, h);
+  if (!in_place) project_or_copy(L, out, h);
 }
 
 // GRU reset_after: slots r, z (input and recurrent sums merged, b_ih + b_hh), n's input sum
 // (+ b_in), n's recurrent sum (+ b_hn).
 template <typename Scalar, int HS>
-void gru_after_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
-                    Scalar* scratch) {
+FUSEDRNN_FLATTEN void gru_after_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* xin,
+                    Scalar* h, Scalar*, Scalar* scratch) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
-  Scratch<Scalar> s(scratch, HP);
-  fast_all<Scalar, 3, 2, HS>(nb, L.C, H, x, L.fx, h, L.fh, L.fb_ih, s.gates, HP);
-  const Scalar* a = s.gates;
-  detail::for_packets<Scalar>(H, [&](auto ld, auto st) {
-    const P r = detail::psigmoid(ld(a)), z = detail::psigmoid(ld(a + HP));
-    const P n = detail::ptanh(ei::pmadd(r, ld(a + 3 * HP), ld(a + 2 * HP)));
-    st(h, detail::gru_update(z, n, ld(h)));
+  const bool one_block = L.fub == 1;
+  const bool in_place = !one_block && nb <= fast_blocks(4);
+  Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
+  fast_layer<Scalar, 3, 2, HS>(L, nb, H, x, xin, h, HP, scratch, [&](Index b, const P* a) {
+    const Index u0 = b * W;
+    const P r = fast_sigmoid(a[0]), z = fast_sigmoid(a[1]);
+    const P n = detail::ptanh(ei::pmadd(r, a[3], a[2]));
+    store_units(out, u0, H, detail::gru_update(z, n, load_units(h, u0, H)));
   });
+  if (!in_place) std::copy(out, out + H, h);
 }
 
 template <typename Scalar, int HS>
-void rnn_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar*,
-              Scalar* scratch) {
+FUSEDRNN_FLATTEN void rnn_fast(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* xin, Scalar* h,
+              Scalar*, Scalar* scratch) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
   const Index H = HS > 0 ? HS : L.H, nb = detail::ceil_div(H, W), HP = nb * W;
-  Scratch<Scalar> s(scratch, HP);
-  fast_all<Scalar, 1, 1, HS>(nb, L.C, H, x, L.fx, h, L.fh, L.fb_ih, s.gates, HP);
+  const bool one_block = L.fub == 1;
+  const bool in_place = !one_block && nb <= fast_blocks(1);
+  Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
   const bool tanh_act = L.act == Nonlinearity::tanh;
-  const Scalar* a = s.gates;
-  detail::for_packets<Scalar>(H, [&](auto ld, auto st) {
-    const P v = ld(a);
-    st(h, tanh_act ? detail::ptanh(v) : ei::pselect(ei::pcmp_lt(v, ei::pzero(v)), ei::pzero(v), v));
+  fast_layer<Scalar, 1, 1, HS>(L, nb, H, x, xin, h, HP, scratch, [&](Index b, const P* a) {
+    const P v = a[0];
+    store_units(out, b * W, H,
+                tanh_act ? detail::ptanh(v)
+                         : ei::pselect(ei::pcmp_lt(v, ei::pzero(v)), ei::pzero(v), v));
   });
+  if (!in_place) std::copy(out, out + H, h);
 }
 
 template <typename Scalar, int HS>
 struct LstmFast {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { lstm_fast<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { lstm_fast<Scalar, HS>(L, x, gx, h, c, s); }
 };
 template <typename Scalar, int HS>
 struct GruAfterFast {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { gru_after_fast<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { gru_after_fast<Scalar, HS>(L, x, gx, h, c, s); }
 };
 template <typename Scalar, int HS>
 struct RnnFast {
-  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, Scalar* h, Scalar* c,
-                  Scalar* s) { rnn_fast<Scalar, HS>(L, x, h, c, s); }
+  static void run(const isa::StepLayer<Scalar>& L, const Scalar* x, const Scalar* gx, Scalar* h,
+                  Scalar* c, Scalar* s) { rnn_fast<Scalar, HS>(L, x, gx, h, c, s); }
 };
 
 // The fast layout; a GRU reset_before layer (r multiplies h before its product) gets the bitwise
@@ -521,7 +730,8 @@ void fuse_fast(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh
   const Index H = L.H, R = L.P > 0 ? L.P : H;
   const Index HP = detail::ceil_div(H, kW<Scalar>) * kW<Scalar>;
   const Index GX = L.cell == isa::StepCell::gru ? 4 : g.x;  // accumulator slots per block
-  const Index UB = fast_blocks(int(GX));
+  const Index UB = ub_of<Scalar>(GX, g.x, H, L.C, R);
+  L.fub = int(UB);
   L.fx = out;
   out = lay_out(w_ih, L.C, g.x, 0, H, out, UB);
   L.fh = out;
@@ -550,6 +760,10 @@ void fuse_fast(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh
     L.fpeep = out;
     out = lay_out_gates(L.w_peep, Index(3), H, out);
   }
+  L.fin = round16(GX * HP);
+  L.fused_in = L.cell == isa::StepCell::lstm  ? &fast_in<Scalar, 4, 4>
+               : L.cell == isa::StepCell::gru ? &fast_in<Scalar, 3, 2>
+                                              : &fast_in<Scalar, 1, 1>;
   const bool fixed = L.P == 0;
   switch (L.cell) {
     case isa::StepCell::lstm: L.fused = pick<Scalar, LstmFast>(H, fixed); break;

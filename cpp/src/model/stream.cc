@@ -49,6 +49,8 @@ struct Stream<Scalar>::Impl {
 
   explicit Impl(const Model& m) : model(m) {}
   void lowp_step(const Scalar* in);
+  void init_float();
+  void init_lowp();
 
   // One step, the floating-point environment already set (FlushDenormals).
   void step(const Scalar* x_t, Scalar* y_t) noexcept {
@@ -62,12 +64,17 @@ struct Stream<Scalar>::Impl {
         Scalar* cl = lstm ? c.data() + l * N * H : nullptr;
         const isa::StepLayer<Scalar>& layer = layers[std::size_t(l)];
         if (layer.fused)
-          layer.fused(layer, in, hl, cl, scratch.data());
+          layer.fused(layer, in, nullptr, hl, cl, scratch.data());
         else
           ops->step(layer, in, hl, cl, scratch.data());
         in = hl;
       }
     }
+    head(in, y_t);
+  }
+
+  // The output of a step from the last layer's state `in` [N, R].
+  void head(const Scalar* in, Scalar* y_t) noexcept {
     if (!has_head) {
       std::copy(in, in + N * R, y_t);
       return;
@@ -76,6 +83,37 @@ struct Stream<Scalar>::Impl {
     ops->gemm(N, O, R, in, R, head_packed, y_t, O, 1);
     for (std::int64_t n = 0; n < N; ++n)
       for (std::int64_t o = 0; o < O; ++o) y_t[n * O + o] += head_b[o];
+  }
+
+  // process() at batch 1 with every layer fused: tiles of up to kTile steps, layer by layer.
+  // Per layer, the input sums of the whole tile first (fused_in: one pass over the input
+  // weights for kTile steps instead of one per step), then its steps from them, each step's
+  // state kept for the next layer (or the head). A layer's step t reads its own previous state
+  // and its input at t only, so this order computes every step exactly as step() does (the same
+  // functions on the same values): bitwise step()'s results.
+  static constexpr std::int64_t kTile = 16;
+  bool tiled = false;
+  internal::AlignedArray<Scalar> tile_in;     // input sums [kTile][fin]
+  internal::AlignedArray<Scalar> tile_h[2];   // layer outputs [kTile][R], ping-pong
+  void tile(const Scalar* x, Scalar* y, std::int64_t T) noexcept {
+    const Scalar* in = x;
+    std::int64_t ld = E;
+    for (std::int64_t l = 0; l < L; ++l) {
+      const isa::StepLayer<Scalar>& layer = layers[std::size_t(l)];
+      Scalar* hl = h.data() + l * R;
+      Scalar* cl = lstm ? c.data() + l * H : nullptr;
+      // The last layer of a model without head writes y directly (y_t = its state).
+      const bool direct = l == L - 1 && !has_head;
+      Scalar* out = direct ? y : tile_h[l & 1].data();
+      layer.fused_in(layer, in, ld, T, tile_in.data());
+      for (std::int64_t t = 0; t < T; ++t) {
+        layer.fused(layer, nullptr, tile_in.data() + t * layer.fin, hl, cl, scratch.data());
+        std::copy(hl, hl + R, out + t * R);
+      }
+      in = out, ld = R;
+    }
+    if (has_head)
+      for (std::int64_t t = 0; t < T; ++t) head(in + t * R, y + t * O);
   }
 };
 
@@ -132,6 +170,101 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
   }
 }
 
+// A float Model: every layer's weights packed for isa::Kernels::step, and at batch 1 laid out
+// for the fused step (fused_step.cc; StreamOptions::fast: the reassociated one).
+template <typename Scalar>
+void Stream<Scalar>::Impl::init_float() {
+  const ModelConfig& c = model.config();
+  const detail::ModelImpl& m = *model.impl();
+  const std::int64_t G = c.cell == CellType::lstm ? 4 : c.cell == CellType::gru ? 3 : 1;
+  const std::int64_t P = c.proj_size;
+  const bool before = c.cell == CellType::gru && c.variant == GruVariant::reset_before;
+
+  // Packed layout per layer: w_ih [C -> GH], w_hh [R -> GH] (reset_before: [H -> 2H] and the
+  // n rows [H -> H]), w_hr [H -> P].
+  std::size_t total = 0;
+  for (const detail::LayerWeights& w : m.layers) {
+    total += ops->packed_size(w.C, G * H);
+    total += before ? ops->packed_size(H, 2 * H) + ops->packed_size(H, H)
+                    : ops->packed_size(R, G * H);
+    if (P > 0) total += ops->packed_size(H, P);
+  }
+  packed.resize(total);
+  Scalar* at = packed.data();
+  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
+  for (const detail::LayerWeights& w : m.layers) {
+    isa::StepLayer<Scalar> sl;
+    sl.cell = c.cell == CellType::lstm  ? isa::StepCell::lstm
+              : c.cell == CellType::gru ? isa::StepCell::gru
+                                        : isa::StepCell::rnn;
+    sl.variant = c.variant;
+    sl.act = c.nonlinearity;
+    sl.N = N, sl.C = w.C, sl.H = H, sl.P = P;
+    ops->pack(p(w.w_ih), w.C, G * H, w.C, true, at);
+    sl.wih_p = at;
+    at += ops->packed_size(w.C, G * H);
+    if (before) {
+      ops->pack(p(w.w_hh), H, 2 * H, H, true, at);
+      sl.whh_p = at;
+      at += ops->packed_size(H, 2 * H);
+      ops->pack(p(w.w_hh) + 2 * H * H, H, H, H, true, at);
+      sl.whn_p = at;
+      at += ops->packed_size(H, H);
+    } else {
+      ops->pack(p(w.w_hh), R, G * H, R, true, at);
+      sl.whh_p = at;
+      at += ops->packed_size(R, G * H);
+    }
+    if (P > 0) {
+      ops->pack(p(w.w_hr), H, P, H, true, at);
+      sl.whr_p = at;
+      at += ops->packed_size(H, P);
+    }
+    sl.b_ih = p(w.b_ih), sl.b_hh = p(w.b_hh), sl.w_peep = p(w.w_peep);
+    layers.push_back(sl);
+  }
+  // Batch 1: the fused step, where the layer has one (fused_step.cc), laid out beside.
+  if (ops->fused_size && ops->fuse) {
+    std::size_t ftotal = 0;
+    for (const isa::StepLayer<Scalar>& sl : layers) ftotal += ops->fused_size(sl);
+    fused.resize(ftotal);
+    Scalar* fat = fused.data();
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      const std::size_t n = ops->fused_size(layers[l]);
+      if (n == 0) continue;
+      // StreamOptions::fast: the reassociated step (same storage).
+      const auto fuse = options.fast && ops->fuse_fast ? ops->fuse_fast : ops->fuse;
+      fuse(layers[l], p(m.layers[l].w_ih), p(m.layers[l].w_hh), fat);
+      fat += n;
+    }
+  }
+}
+
+// A bfloat16 Model: one T = 1 kernel call per layer and step on its own workspace (see the top
+// of the file).
+template <typename Scalar>
+void Stream<Scalar>::Impl::init_lowp() {
+  const ModelConfig& c = model.config();
+  const detail::ModelImpl& m = *model.impl();
+  lowp = true;
+  precision = model.precision();
+  for (const detail::LayerWeights& w : m.layers) {
+    const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? c.proj_size : 0};
+    const std::size_t n =
+        c.regularised() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
+                                                    : gru_ln_forward_workspace_size(d))
+        : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, precision)
+        : c.cell == CellType::gru ? gru_forward_workspace_size(d, precision)
+                                  : rnn_forward_workspace_size(d, precision);
+    lp_ws.emplace_back();
+    lp_ws.back().resize(n);
+  }
+  lp_packed.assign(m.layers.size(), 0);
+  hprev.resize(std::size_t(N * R));
+  cprev.resize(lstm ? std::size_t(N * H) : 0);
+  ystep.resize(std::size_t(N * R));
+}
+
 template <typename Scalar>
 Stream<Scalar>::Stream(const Model& model, std::int64_t batch)
     : Stream(model, batch, StreamOptions()) {}
@@ -160,90 +293,37 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
   s.lstm = c.cell == CellType::lstm;
   s.has_head = c.has_head;
   const std::int64_t G = c.cell == CellType::lstm ? 4 : c.cell == CellType::gru ? 3 : 1;
-  const std::int64_t H = s.H, R = s.R, P = c.proj_size, N = s.N;
-  const bool before = c.cell == CellType::gru && c.variant == GruVariant::reset_before;
-
-  // Packed layout per layer: w_ih [C -> GH], w_hh [R -> GH] (reset_before: [H -> 2H] and the
-  // n rows [H -> H]), w_hr [H -> P].
-  std::size_t total = 0;
-  for (const detail::LayerWeights& w : m.layers) {
-    total += s.ops->packed_size(w.C, G * H);
-    total += before ? s.ops->packed_size(H, 2 * H) + s.ops->packed_size(H, H)
-                    : s.ops->packed_size(R, G * H);
-    if (P > 0) total += s.ops->packed_size(H, P);
-  }
-  s.packed.resize(total);
-  Scalar* at = s.packed.data();
-  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
-  for (const detail::LayerWeights& w : m.layers) {
-    isa::StepLayer<Scalar> sl;
-    sl.cell = c.cell == CellType::lstm  ? isa::StepCell::lstm
-              : c.cell == CellType::gru ? isa::StepCell::gru
-                                        : isa::StepCell::rnn;
-    sl.variant = c.variant;
-    sl.act = c.nonlinearity;
-    sl.N = N, sl.C = w.C, sl.H = H, sl.P = P;
-    s.ops->pack(p(w.w_ih), w.C, G * H, w.C, true, at);
-    sl.wih_p = at;
-    at += s.ops->packed_size(w.C, G * H);
-    if (before) {
-      s.ops->pack(p(w.w_hh), H, 2 * H, H, true, at);
-      sl.whh_p = at;
-      at += s.ops->packed_size(H, 2 * H);
-      s.ops->pack(p(w.w_hh) + 2 * H * H, H, H, H, true, at);
-      sl.whn_p = at;
-      at += s.ops->packed_size(H, H);
-    } else {
-      s.ops->pack(p(w.w_hh), R, G * H, R, true, at);
-      sl.whh_p = at;
-      at += s.ops->packed_size(R, G * H);
-    }
-    if (P > 0) {
-      s.ops->pack(p(w.w_hr), H, P, H, true, at);
-      sl.whr_p = at;
-      at += s.ops->packed_size(H, P);
-    }
-    sl.b_ih = p(w.b_ih), sl.b_hh = p(w.b_hh), sl.w_peep = p(w.w_peep);
-    s.layers.push_back(sl);
-  }
-  // Batch 1: the fused step, where the layer has one (fused_step.cc), laid out beside.
-  if (s.ops->fused_size && s.ops->fuse) {
-    std::size_t ftotal = 0;
-    for (const isa::StepLayer<Scalar>& sl : s.layers) ftotal += s.ops->fused_size(sl);
-    s.fused.resize(ftotal);
-    Scalar* fat = s.fused.data();
-    for (std::size_t l = 0; l < s.layers.size(); ++l) {
-      const std::size_t n = s.ops->fused_size(s.layers[l]);
-      if (n == 0) continue;
-      // StreamOptions::fast: the reassociated step (same storage).
-      const auto fuse = options.fast && s.ops->fuse_fast ? s.ops->fuse_fast : s.ops->fuse;
-      fuse(s.layers[l], p(m.layers[l].w_ih), p(m.layers[l].w_hh), fat);
-      fat += n;
-    }
-  }
-  if (model.precision() != Precision::float32 || c.regularised()) {
-    // one T = 1 kernel call per layer and step on its own workspace (see the top of the file)
-    s.lowp = true;
-    s.precision = model.precision();
-    for (const detail::LayerWeights& w : m.layers) {
-      const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? P : 0};
-      const std::size_t n =
-          c.regularised() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
-                                                      : gru_ln_forward_workspace_size(d))
-          : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, s.precision)
-          : c.cell == CellType::gru ? gru_forward_workspace_size(d, s.precision)
-                                    : rnn_forward_workspace_size(d, s.precision);
-      s.lp_ws.emplace_back();
-      s.lp_ws.back().resize(n);
-    }
-    s.lp_packed.assign(m.layers.size(), 0);
-    s.hprev.resize(std::size_t(N * R));
-    s.cprev.resize(s.lstm ? std::size_t(N * H) : 0);
-    s.ystep.resize(std::size_t(N * R));
-  }
+  // Construction by precision: a float32 Model gets the packed step weights (and at batch 1 the
+  // fused step's layouts); a bfloat16 or int8 Model, or one with issue 19's options, only the
+  // workspaces of its T = 1 kernel calls (its step never reads the float layouts, so they are
+  // not built).
+  if (model.precision() != Precision::float32 || c.regularised())
+    s.init_lowp();
+  else
+    s.init_float();
+  const std::int64_t H = s.H, R = s.R, N = s.N;
   s.h.resize(std::size_t(s.L * N * R));
   s.c.resize(s.lstm ? std::size_t(s.L * N * H) : 0);
-  s.scratch.resize(std::max(isa::step_scratch_size(N, H, G), isa::fused_scratch_size(H)));
+  if (!s.lowp) {
+    s.scratch.resize(std::max(isa::step_scratch_size(N, H, G), isa::fused_scratch_size(H)));
+    // process() in tiles: batch 1, every layer with its fused step, and input weights worth
+    // reading once per tile (8 KiB or more in some layer: below that they stay in L1 anyway,
+    // and the per-step path, which forms the input sums inside the step, measured faster).
+    s.tiled = N == 1 && !s.layers.empty();
+    bool wide = false;
+    std::int64_t fin = 0;
+    for (const isa::StepLayer<Scalar>& sl : s.layers) {
+      s.tiled = s.tiled && sl.fused && sl.fused_in;
+      wide = wide || sl.C * std::int64_t(G) * H * std::int64_t(sizeof(Scalar)) >= 8192;
+      fin = std::max(fin, sl.fin);
+    }
+    s.tiled = s.tiled && wide;
+    if (s.tiled) {
+      s.tile_in.resize(std::size_t(Impl::kTile * fin));
+      for (auto& b : s.tile_h) b.resize(std::size_t(Impl::kTile * R));
+    }
+  }
+  auto p = [](const void* v) { return static_cast<const Scalar*>(v); };
   if (c.token_input()) {
     s.xbuf.resize(std::size_t(N * s.E));
     s.embed = p(m.embed);
@@ -280,6 +360,11 @@ void Stream<Scalar>::process(const Scalar* x, Scalar* y, std::int64_t steps) {
   Impl& s = *impl_;
   const std::int64_t in = s.N * s.E, out = s.N * s.O;
   const FlushDenormals fp;  // once per block, not per step
+  if (s.tiled) {
+    for (std::int64_t t = 0; t < steps; t += Impl::kTile)
+      s.tile(x + t * in, y + t * out, std::min(Impl::kTile, steps - t));
+    return;
+  }
   for (std::int64_t t = 0; t < steps; ++t) s.step(x + t * in, y + t * out);
 }
 
