@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -83,20 +84,44 @@ struct Counts {
 // A new argument of a kernel is one such line. Absent optional arrays are null, like None; an
 // absent required one, or a keyword no line read (a misspelt name), is a TypeError naming it,
 // raised by done() before the kernel runs. Read everything, call done(), then release the GIL.
+//
+// Cheap per call (a small kernel call is a few microseconds): the constructor walks the kwargs
+// dict once, keeping each key's cached UTF-8 (PyUnicode_AsUTF8AndSize: no copy) and its value;
+// a read compares the name with those keys (starting after the previous match: the callers
+// pass the keywords in about the order they are read) and marks the key read; done() reports
+// the first key, in the caller's order, that no read marked. No Python string is made and
+// nothing is hashed per argument.
 class Keywords {
  public:
-  Keywords(std::string fn, py::kwargs kw) : fn_(std::move(fn)), kw_(std::move(kw)) {}
+  Keywords(std::string fn, py::kwargs kw) : fn_(std::move(fn)), kw_(std::move(kw)) {
+    const Py_ssize_t n = PyDict_Size(kw_.ptr());
+    if (std::size_t(n) > kInline) spill_.resize(std::size_t(n));
+    keys_ = std::size_t(n) > kInline ? spill_.data() : inline_;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(kw_.ptr(), &pos, &key, &value)) {
+      Key& k = keys_[n_++];
+      k.object = key;
+      k.value = value;
+      k.utf8 = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &k.size) : nullptr;
+      if (k.utf8 == nullptr) PyErr_Clear();  // not encodable: matches no name
+    }
+  }
 
   // The argument `name`, or None when absent (an optional argument's default).
   py::handle get(const char* name) {
-    read_.emplace_back(name);
-    return kw_.contains(name) ? py::handle(kw_[name]) : py::handle(py::none());
+    Key* k = find(name);
+    if (k == nullptr) return py::none();
+    k->read = true;
+    return k->value;
   }
   py::handle required(const char* name) {
-    if (!kw_.contains(name))
+    Key* k = find(name);
+    if (k == nullptr)
       throw py::type_error(fn_ + "() missing required keyword argument '" + name +
                            "'");
-    return get(name);
+    k->read = true;
+    return k->value;
   }
   template <typename T>
   T value(const char* name, T dflt) {
@@ -147,18 +172,47 @@ class Keywords {
   }
   // Every keyword given was read.
   void done() const {
-    for (auto item : kw_) {
-      const std::string key = py::str(item.first);
-      if (std::find(read_.begin(), read_.end(), key) == read_.end())
-        throw py::type_error(fn_ + "() got an unexpected keyword argument '" + key +
-                             "'");
+    for (std::size_t i = 0; i < n_; ++i) {
+      if (keys_[i].read) continue;
+      const std::string key = py::str(keys_[i].object);
+      throw py::type_error(fn_ + "() got an unexpected keyword argument '" + key + "'");
     }
   }
 
+  Keywords(const Keywords&) = delete;
+  Keywords& operator=(const Keywords&) = delete;
+
  private:
+  struct Key {
+    PyObject* object;    // borrowed from kw_
+    PyObject* value;     // borrowed from kw_
+    const char* utf8;    // the key's cached UTF-8, owned by the key; null: matches nothing
+    Py_ssize_t size = 0;
+    bool read = false;
+  };
+  // The key spelt `name`, or null.
+  Key* find(const char* name) {
+    const std::size_t len = std::strlen(name);
+    for (std::size_t j = 0; j < n_; ++j) {
+      const std::size_t i = next_ + j < n_ ? next_ + j : next_ + j - n_;
+      Key& k = keys_[i];
+      if (k.utf8 != nullptr && std::size_t(k.size) == len && k.utf8[0] == name[0] &&
+          std::memcmp(k.utf8, name, len) == 0) {
+        next_ = i + 1 < n_ ? i + 1 : 0;
+        return &k;
+      }
+    }
+    return nullptr;
+  }
+
+  static constexpr std::size_t kInline = 40;
   std::string fn_;
   py::kwargs kw_;
-  std::vector<std::string> read_;
+  Key inline_[kInline];
+  std::vector<Key> spill_;   // more than kInline keywords
+  Key* keys_ = inline_;
+  std::size_t n_ = 0;
+  std::size_t next_ = 0;     // where the next search starts
 };
 
 // Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).

@@ -72,14 +72,20 @@ def _dims(mode, dims):
     return dims if mode == "LSTM" and len(dims) > 4 and dims[4] > 0 else dims[:4]
 
 
+_KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+
+
 def _kernel_forward(mode, flag, dims, packed, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, w_hr,
                     y, h_n, c_n, cache, ws):
-    kind, d = mode.lower(), _dims(mode, dims)
-    t = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, y=y, h_n=h_n, cache=cache)
     if mode == "LSTM":
-        t.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n)
-    F._forward_into(kind, _formula(mode, flag), d, None, False, workspace=ws, packed=packed,
-                    **t)
+        F._forward_call("lstm", None, _dims(mode, dims), None, False,
+                        {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                         "h0": h0, "c0": c0, "w_peep": w_peep, "w_hr": w_hr, "y": y,
+                         "h_n": h_n, "c_n": c_n, "cache": cache}, ws, packed)
+    else:
+        F._forward_call(_KINDS[mode], _formula(mode, flag), dims[:4], None, False,
+                        {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                         "h0": h0, "y": y, "h_n": h_n, "cache": cache}, ws, packed)
 
 
 def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n, dc_n, dx, dh0,
@@ -87,17 +93,22 @@ def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n,
                      packed=False):
     """ws: the caller's backward workspace (None: the thread's scratch); packed: it holds the
     weights an earlier backward with the same dims packed (Options::weights_packed)."""
-    kind, d = mode.lower(), _dims(mode, dims)
-    t = dict(x=x, w_ih=w_ih, w_hh=w_hh, cache=cache, dh_n=dh_n, dx=dx, dh0=dh0, dw_ih=dw_ih,
-             dw_hh=dw_hh, db_ih=db_ih, db_hh=db_hh)
     if mode == "LSTM":
-        t.update(w_peep=w_peep, w_hr=w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep, dw_hr=dw_hr)
-    F._backward_into(kind, _formula(mode, flag), d, (0, 0, bws_size), False, workspace=ws,
-                     packed=packed, **t)
+        F._backward_call("lstm", None, _dims(mode, dims), (0, 0, bws_size), False,
+                         {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_peep": w_peep, "w_hr": w_hr,
+                          "cache": cache, "dh_n": dh_n, "dc_n": dc_n, "dx": dx, "dh0": dh0,
+                          "dc0": dc0, "dw_ih": dw_ih, "dw_hh": dw_hh, "db_ih": db_ih,
+                          "db_hh": db_hh, "dw_peep": dw_peep, "dw_hr": dw_hr},
+                         F._FP32, ws, packed)
+    else:
+        F._backward_call(_KINDS[mode], _formula(mode, flag), dims[:4], (0, 0, bws_size), False,
+                         {"x": x, "w_ih": w_ih, "w_hh": w_hh, "cache": cache, "dh_n": dh_n,
+                          "dx": dx, "dh0": dh0, "dw_ih": dw_ih, "dw_hh": dw_hh, "db_ih": db_ih,
+                          "db_hh": db_hh}, F._FP32, ws, packed)
 
 
 def _sizes(mode, dims):
-    return F._sizes(mode.lower(), _dims(mode, dims))
+    return F._sizes(_KINDS[mode], _dims(mode, dims))
 
 
 class _PackedStore(threading.local):
@@ -175,8 +186,11 @@ class _CellBase(Module):
     _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
 
     def _weights(self):
-        get = self._parameters.get
-        return tuple(None if p is None else p.data for p in map(get, self._ORDER))
+        w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = map(self._parameters.get, self._ORDER)
+        return (None if w_ih is None else w_ih.data, None if w_hh is None else w_hh.data,
+                None if b_ih is None else b_ih.data,
+                None if b_hh is None else b_hh.data, None if w_peep is None else w_peep.data,
+                None if w_hr is None else w_hr.data)
 
     def _step_sizes(self, N):
         """(dims, cache size, forward workspace size, backward workspace size) for batch N,
