@@ -126,6 +126,12 @@ class _PackedStore(threading.local):
         return _PackedStore, ()
 
 
+def _ready(a, dt, shape):
+    """a is a plain C-contiguous ndarray of dtype dt and shape `shape`: usable as it is (else
+    _CellBase._check_array checks it, raising or copying)."""
+    return type(a) is np.ndarray and a.dtype == dt and a.shape == shape and a.flags.c_contiguous
+
+
 class _Step:
     __slots__ = ("x", "h0", "c0", "cache", "N", "has_state")
 
@@ -224,6 +230,10 @@ class _CellBase(Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def _check_array(self, fn, name, a, shape):
+        """a, checked (a C-contiguous copy if it is strided); fn: the method's name, "forward"
+        or "backward" (or the full f"{type(self).__name__}.forward")."""
+        if "." not in fn:
+            fn = f"{type(self).__name__}.{fn}"
         if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
                             f"got {type(a).__name__}")
@@ -235,31 +245,38 @@ class _CellBase(Module):
         return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
     def forward(self, x, state=None):
-        fn = f"{type(self).__name__}.forward"
+        fn = "forward"   # the messages' f"{type(self).__name__}.forward", built on error only
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.input_size \
                 or x.shape[0] < 1:
+            fn = f"{type(self).__name__}.forward"
             if isinstance(x, np.ndarray):
                 raise ValueError(f"{fn}: x must have shape [N, C] with C = input_size = "
                                  f"{self.input_size} and N >= 1, got {list(x.shape)}")
             raise TypeError(f"{fn}: x must be a numpy array of shape [N, {self.input_size}], "
                             f"got {type(x).__name__}")
         N = x.shape[0]
-        if type(x) is not np.ndarray or x.dtype != self.dtype or not x.flags.c_contiguous:
+        dt = self.dtype
+        if type(x) is not np.ndarray or x.dtype != dt or not x.flags.c_contiguous:
             x = self._check_array(fn, "x", x, x.shape)
         H, R, lstm = self.hidden_size, self.state_size, self._mode == "LSTM"
         h0 = c0 = None
         if state is not None:
             if lstm:
                 if not isinstance(state, (tuple, list)) or len(state) != 2:
-                    raise TypeError(f"{fn}: state must be a tuple (h [N, {R}], c [N, {H}]), "
-                                    f"got {type(state).__name__}")
-                h0 = self._check_array(fn, "state[0] (h)", state[0], (N, R))
-                c0 = self._check_array(fn, "state[1] (c)", state[1], (N, H))
+                    raise TypeError(f"{type(self).__name__}.forward: state must be a tuple "
+                                    f"(h [N, {R}], c [N, {H}]), got {type(state).__name__}")
+                h0, c0 = state
+                if not _ready(h0, dt, (N, R)):
+                    h0 = self._check_array(fn, "state[0] (h)", h0, (N, R))
+                if not _ready(c0, dt, (N, H)):
+                    c0 = self._check_array(fn, "state[1] (c)", c0, (N, H))
             else:
-                h0 = self._check_array(fn, "state", state, (N, R))
+                h0 = state if _ready(state, dt, (N, R)) else \
+                    self._check_array(fn, "state", state, (N, R))
         dims, cache_size, ws_size, _ = self._step_sizes(N)
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
-        self._forwards += 1
+        counters = self.__dict__   # (not through Module.__setattr__)
+        counters["_forwards"] += 1
 
         store = self._store
         key = (self._version, id(w_ih), id(w_hh), id(b_ih), id(b_hh), id(w_peep), id(w_hr))
@@ -286,12 +303,13 @@ class _CellBase(Module):
                     self._caches.append(cache)
         y = self._y.get(N)
         if y is None:
-            y = self._y[N] = np.empty((1, N, R), self.dtype)
-        h_n = np.empty((N, R), self.dtype)
-        c_n = np.empty((N, H), self.dtype) if lstm else None
+            y = self._y[N] = np.empty((1, N, R), dt)
+        h_n = np.empty((N, R), dt)
+        c_n = np.empty((N, H), dt) if lstm else None
         x3 = x.reshape(1, N, self.input_size)
         _kernel_forward(self._mode, self._flag, dims, packed, x3, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                        w_peep, w_hr, y, h_n, c_n, cache, ws[:ws_size])
+                        w_peep, w_hr, y, h_n, c_n, cache,
+                        ws if ws.size == ws_size else ws[:ws_size])
         if training:
             step = _Step()
             step.x, step.h0, step.c0, step.cache, step.N = x3, h0, c0, cache, N
@@ -304,22 +322,26 @@ class _CellBase(Module):
         """Differentiates the latest undifferentiated step: returns (d_x [N, C], d_state), d_state
         shaped like the state that step was given (None if it was None); adds the parameter
         gradients into Parameter.grad."""
-        fn = f"{type(self).__name__}.backward"
+        fn = "backward"   # the messages' f"{type(self).__name__}.backward", built on error only
         if not self._tape:
+            fn = f"{type(self).__name__}.backward"
             raise RuntimeError(f"{fn}: no recorded step left to differentiate (call forward in "
                                f"train mode first; backward runs once per step, in reverse)")
         if isinstance(d_h, tuple) and self._mode == "LSTM" and d_c is None:
             if len(d_h) != 2:
-                raise TypeError(f"{fn}: d_h must be an array or a tuple (d_h, d_c)")
+                raise TypeError(f"{type(self).__name__}.backward: d_h must be an array or a "
+                                f"tuple (d_h, d_c)")
             d_h, d_c = d_h
         step = self._tape[-1]
         N, H, R, lstm = step.N, self.hidden_size, self.state_size, self._mode == "LSTM"
-        dh_n = None if d_h is None else self._check_array(fn, "d_h", d_h, (N, R))
+        dt = self.dtype
+        dh_n = d_h if d_h is None or _ready(d_h, dt, (N, R)) else \
+            self._check_array(fn, "d_h", d_h, (N, R))
         dc_n = None
         if d_c is not None:
             if not lstm:
-                raise ValueError(f"{fn}: d_c is for LSTMCell only")
-            dc_n = self._check_array(fn, "d_c", d_c, (N, H))
+                raise ValueError(f"{type(self).__name__}.backward: d_c is for LSTMCell only")
+            dc_n = d_c if _ready(d_c, dt, (N, H)) else self._check_array(fn, "d_c", d_c, (N, H))
         self._tape.pop()
         dims, _, _, bws = self._step_sizes(N)
         w_ih, w_hh, _, _, w_peep, w_hr = self._weights()
@@ -332,17 +354,20 @@ class _CellBase(Module):
             and store.bkey == key
         if ws is None or ws.size != bws:
             ws = store.bws = np.empty(bws, self.dtype)
-        self._version += 1   # an optimiser step may follow: pack again at the next forward
+        # an optimiser step may follow: pack again at the next forward (not through
+        # Module.__setattr__)
+        self.__dict__["_version"] += 1
         store.bkey = None
-        get = self._parameters.get
-        g = lambda name: None if get(name) is None else get(name).grad  # noqa: E731
-        dx = np.empty((1, N, self.input_size), self.dtype)
-        dh0 = np.empty((N, R), self.dtype) if step.has_state else None
-        dc0 = np.empty((N, H), self.dtype) if step.has_state and lstm else None
+        p_ih, p_hh, p_b_ih, p_b_hh, p_peep, p_hr = map(self._parameters.get, self._ORDER)
+        dx = np.empty((1, N, self.input_size), dt)
+        dh0 = np.empty((N, R), dt) if step.has_state else None
+        dc0 = np.empty((N, H), dt) if step.has_state and lstm else None
         _kernel_backward(self._mode, self._flag, dims, step.x, w_ih, w_hh, w_peep, w_hr,
                          step.cache, dh_n, dc_n, dx, dh0, dc0, self.weight_ih.grad,
-                         self.weight_hh.grad, g("bias_ih"), g("bias_hh"), g("weight_peep"),
-                         g("weight_hr"), bws, self.dtype, ws, packed)
+                         self.weight_hh.grad, None if p_b_ih is None else p_b_ih.grad,
+                         None if p_b_hh is None else p_b_hh.grad,
+                         None if p_peep is None else p_peep.grad,
+                         None if p_hr is None else p_hr.grad, bws, dt, ws, packed)
         if self.reuse_packed_weights:
             store.bkey = (self._version,) + key[1:]
         d_state = None if not step.has_state else ((dh0, dc0) if lstm else dh0)
