@@ -107,6 +107,20 @@ def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n,
                           "db_hh": db_hh}, F._FP32, ws, packed)
 
 
+_ROUTES: dict = {}   # (mode, flag, dims) -> (kind, formula, the kernel's dims)
+
+
+def _route(mode, flag, dims):
+    """(kind, formula, the kernel's dims) of a cell's kernel call, remembered: asked at every
+    step."""
+    r = _ROUTES.get((mode, flag, dims))
+    if r is None:
+        if len(_ROUTES) >= 4096:
+            _ROUTES.clear()
+        r = _ROUTES[mode, flag, dims] = (_KINDS[mode], _formula(mode, flag), _dims(mode, dims))
+    return r
+
+
 def _sizes(mode, dims):
     return F._sizes(_KINDS[mode], _dims(mode, dims))
 
@@ -273,7 +287,7 @@ class _CellBase(Module):
             else:
                 h0 = state if _ready(state, dt, (N, R)) else \
                     self._check_array(fn, "state", state, (N, R))
-        dims, cache_size, ws_size, _ = self._step_sizes(N)
+        dims, cache_size, ws_size, _ = self._sizes_by_n.get(N) or self._step_sizes(N)
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
         counters = self.__dict__   # (not through Module.__setattr__)
         counters["_forwards"] += 1
@@ -307,9 +321,19 @@ class _CellBase(Module):
         h_n = np.empty((N, R), dt)
         c_n = np.empty((N, H), dt) if lstm else None
         x3 = x.reshape(1, N, self.input_size)
-        _kernel_forward(self._mode, self._flag, dims, packed, x3, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                        w_peep, w_hr, y, h_n, c_n, cache,
-                        ws if ws.size == ws_size else ws[:ws_size])
+        if ws.size != ws_size:
+            ws = ws[:ws_size]
+        # (the call _kernel_forward makes, without its argument shuffling)
+        kind, formula, kdims = _route(self._mode, self._flag, dims)
+        if lstm:
+            F._forward_call(kind, None, kdims, None, False,
+                            {"x": x3, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                             "h0": h0, "c0": c0, "w_peep": w_peep, "w_hr": w_hr, "y": y,
+                             "h_n": h_n, "c_n": c_n, "cache": cache}, ws, packed)
+        else:
+            F._forward_call(kind, formula, kdims, None, False,
+                            {"x": x3, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                             "h0": h0, "y": y, "h_n": h_n, "cache": cache}, ws, packed)
         if training:
             step = _Step()
             step.x, step.h0, step.c0, step.cache, step.N = x3, h0, c0, cache, N
@@ -343,7 +367,7 @@ class _CellBase(Module):
                 raise ValueError(f"{type(self).__name__}.backward: d_c is for LSTMCell only")
             dc_n = d_c if _ready(d_c, dt, (N, H)) else self._check_array(fn, "d_c", d_c, (N, H))
         self._tape.pop()
-        dims, _, _, bws = self._step_sizes(N)
+        dims, _, _, bws = self._sizes_by_n.get(N) or self._step_sizes(N)
         w_ih, w_hh, _, _, w_peep, w_hr = self._weights()
         # The backward of the previous step of this loop packed the same weights into this
         # thread's backward workspace unless a forward ran since, or the weights changed.

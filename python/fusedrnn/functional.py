@@ -291,7 +291,7 @@ def _forward_call(kind, formula, dims, sizes, reverse, tensors, workspace=None, 
         tensors[_FORMULA[kind][0]] = formula
     tensors["workspace"] = workspace
     tensors["reverse"] = reverse
-    tensors["num_threads"] = _num_threads or get_num_threads()
+    tensors["num_threads"] = _threads()
     tensors["weights_packed"] = packed
     tensors["precision"] = precision
     getattr(_core, _FORWARD_NAME[kind])(dims, **tensors)
@@ -316,7 +316,7 @@ def _backward_call(kind, formula, dims, sizes, reverse, tensors, precision=_FP32
         workspace = _workspace(sizes[2], tensors["x"].dtype)
     tensors["workspace"] = workspace
     tensors["reverse"] = reverse
-    tensors["num_threads"] = _num_threads or get_num_threads()
+    tensors["num_threads"] = _threads()
     tensors["weights_packed"] = packed
     tensors["precision"] = precision
     getattr(_core, _BACKWARD_NAME[kind])(dims, **tensors)
