@@ -520,19 +520,23 @@ class _RNNBase(Module):
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, d_output, d_state=None):
-        fn = f"{type(self).__name__}.backward"
         ctx = self._tls.ctx
         if ctx is None:
-            raise RuntimeError(f"{fn}: no training forward to differentiate (call forward in "
-                               f"train mode first)")
+            raise RuntimeError(f"{type(self).__name__}.backward: no training forward to "
+                               f"differentiate (call forward in train mode first)")
         T, N, lengths = ctx["T"], ctx["N"], ctx["lengths"]
         L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
         want = (N, T, D * R) if self.batch_first else (T, N, D * R)
-        if d_output is not None:
-            self._check_state(fn, "d_output", d_output, want)
-        dh_n, dc_n = self._split_state(fn, d_state, N, "d_state")
+        if d_output is not None and (type(d_output) is not np.ndarray
+                                     or d_output.dtype != self.dtype or d_output.shape != want):
+            self._check_state(f"{type(self).__name__}.backward", "d_output", d_output, want)
+        if d_state is None:
+            dh_n = dc_n = None
+        else:
+            dh_n, dc_n = self._split_state(f"{type(self).__name__}.backward", d_state, N,
+                                           "d_state")
         has_state = ctx["has_state"]
-        checking = _checking()
+        checking = getattr(_check, "on", False)
         name = type(self).__name__
         if checking and d_output is not None:
             _first_nonfinite(f"{name}.backward: d_output", d_output, 1 if self.batch_first else 0)
@@ -548,7 +552,7 @@ class _RNNBase(Module):
         else:
             d_out = d_output
         # Parameter.grad is shared by the threads: one backward at a time accumulates into it.
-        with self._grad_lock:
+        with self._grad_lock._lock:
             for layer in reversed(range(L)):
                 inp = ctx["inputs"][layer]
                 C = inp.shape[2]
@@ -556,7 +560,7 @@ class _RNNBase(Module):
                     np.empty((T, N, C), self.dtype)
                 for direction in range(D):
                     idx = layer * D + direction
-                    sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                    sfx = _suffix(layer, direction)
                     if D == 1:
                         dy = d_out if d_out.flags.c_contiguous else np.ascontiguousarray(d_out)
                     else:
