@@ -385,8 +385,9 @@ class _RNNBase(Module):
         L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
         training = self.training
         if training and self._packed is not None and self._precision == "int8":
-            raise ValueError(f"{fn}: an int8 copy runs inference only, and this one has "
-                             f"training=True (train mode); call .eval() first")
+            raise ValueError(f"{type(self).__name__}.forward: an int8 copy runs inference "
+                             f"only, and this one has training=True (train mode); call .eval() "
+                             f"first")
         if training and self._packed is not None:
             raise RuntimeError(f"{type(self).__name__}.forward: a frozen layer runs inference "
                                f"only (it is in train mode); train the layer it was frozen from "
