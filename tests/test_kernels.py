@@ -304,6 +304,37 @@ def test_core_keywords_misspelt_missing_or_mistyped_are_type_errors_before_work(
                            dx=np.zeros_like(x), workspace=gws)
 
 
+def test_core_dims_argument_and_errors_of_the_kernel_bindings():
+    """The kernel bindings (vectorcall functions reading the call's keywords directly) take dims
+    positionally or by keyword, refuse a non-tuple dims or extra positional arguments with a
+    TypeError naming the function, report the kernel's own checks as ValueError, and read a
+    keyword whose name is not UTF-8-encodable as an unexpected one."""
+    T, N, C, H = 3, 2, 4, 5
+    (x, w_ih, w_hh), kw, cot = make_case("lstm", (T, N, C, H), np.float64, seed=3)
+    dims = (T, N, C, H)
+    y, h_n, c_n = np.empty((T, N, H)), np.empty((N, H)), np.empty((N, H))
+    ws = np.empty(_core.lstm_sizes(dims)[1])
+    base = dict(x=x, w_ih=w_ih, w_hh=w_hh, y=y, h_n=h_n, c_n=c_n, workspace=ws)
+    _core.lstm_forward(dims, **base)
+    want = y.copy()
+    y[...] = 0
+    _core.lstm_forward(dims=dims, **base)
+    assert np.array_equal(y, want)
+    with pytest.raises(TypeError, match=r"lstm_forward\(\): dims must be a tuple .* got list"):
+        _core.lstm_forward(list(dims), **base)
+    with pytest.raises(TypeError, match=r"lstm_forward\(\) takes 1 positional argument"):
+        _core.lstm_forward(dims, x, **base)
+    with pytest.raises(TypeError, match=r"lstm_forward\(\) missing required keyword argument "
+                                        r"'dims'"):
+        _core.lstm_forward(**base)
+    with pytest.raises(ValueError):
+        _core.lstm_forward((T, N, C, 0), **base)     # the kernel's size query refuses H = 0
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        _core.lstm_forward(dims, **base, **{"\udc80": 1})
+    assert "Keywords" in _core.lstm_forward.__doc__ and "lstm_forward" in \
+        _core.lstm_forward.__doc__
+
+
 def test_concurrent_calls_match_serial():
     """Kernels release the GIL and share no state: threads on separate data match serial calls."""
     cases = [make_case("gru", (8, 6, 10, 40), np.float64, lengths=True, seed=s) for s in range(4)]

@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -83,20 +86,44 @@ struct Counts {
 // A new argument of a kernel is one such line. Absent optional arrays are null, like None; an
 // absent required one, or a keyword no line read (a misspelt name), is a TypeError naming it,
 // raised by done() before the kernel runs. Read everything, call done(), then release the GIL.
+//
+// Cheap per call (a small kernel call is a few microseconds): the constructor walks the kwargs
+// dict once, keeping each key's cached UTF-8 (PyUnicode_AsUTF8AndSize: no copy) and its value;
+// a read compares the name with those keys (starting after the previous match: the callers
+// pass the keywords in about the order they are read) and marks the key read; done() reports
+// the first key, in the caller's order, that no read marked. No Python string is made and
+// nothing is hashed per argument.
 class Keywords {
  public:
-  Keywords(std::string fn, py::kwargs kw) : fn_(std::move(fn)), kw_(std::move(kw)) {}
+  Keywords(std::string fn, py::kwargs kw) : fn_(std::move(fn)), kw_(std::move(kw)) {
+    reserve(PyDict_Size(kw_.ptr()));
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(kw_.ptr(), &pos, &key, &value)) add(key, value);
+  }
+  // The keywords of a vectorcall (def_kernel): names in the tuple kwnames (or null: none),
+  // values[i] the value of the i-th name; both borrowed from the call.
+  Keywords(std::string fn, PyObject* const* values, PyObject* kwnames) : fn_(std::move(fn)) {
+    const Py_ssize_t n = kwnames == nullptr ? 0 : PyTuple_GET_SIZE(kwnames);
+    reserve(n);
+    for (Py_ssize_t i = 0; i < n; ++i) add(PyTuple_GET_ITEM(kwnames, i), values[i]);
+  }
+  const std::string& function() const { return fn_; }
 
   // The argument `name`, or None when absent (an optional argument's default).
   py::handle get(const char* name) {
-    read_.emplace_back(name);
-    return kw_.contains(name) ? py::handle(kw_[name]) : py::handle(py::none());
+    Key* k = find(name);
+    if (k == nullptr) return py::none();
+    k->read = true;
+    return k->value;
   }
   py::handle required(const char* name) {
-    if (!kw_.contains(name))
+    Key* k = find(name);
+    if (k == nullptr)
       throw py::type_error(fn_ + "() missing required keyword argument '" + name +
                            "'");
-    return get(name);
+    k->read = true;
+    return k->value;
   }
   template <typename T>
   T value(const char* name, T dflt) {
@@ -147,19 +174,152 @@ class Keywords {
   }
   // Every keyword given was read.
   void done() const {
-    for (auto item : kw_) {
-      const std::string key = py::str(item.first);
-      if (std::find(read_.begin(), read_.end(), key) == read_.end())
-        throw py::type_error(fn_ + "() got an unexpected keyword argument '" + key +
-                             "'");
+    for (std::size_t i = 0; i < n_; ++i) {
+      const Key& k = keys_[i];
+      if (k.read) continue;
+      std::string key;
+      if (k.utf8 != nullptr) {
+        key.assign(k.utf8, std::size_t(k.size));
+      } else {  // not UTF-8-encodable (a lone surrogate): escaped
+        const auto b = py::reinterpret_steal<py::object>(
+            PyUnicode_AsEncodedString(k.object, "utf-8", "backslashreplace"));
+        if (!b) throw py::error_already_set();
+        key = PyBytes_AsString(b.ptr());
+      }
+      throw py::type_error(fn_ + "() got an unexpected keyword argument '" + key + "'");
     }
   }
 
+  Keywords(const Keywords&) = delete;
+  Keywords& operator=(const Keywords&) = delete;
+
  private:
+  struct Key {
+    PyObject* object;    // borrowed from kw_
+    PyObject* value;     // borrowed from kw_
+    const char* utf8;    // the key's cached UTF-8, owned by the key; null: matches nothing
+    Py_ssize_t size = 0;
+    bool read = false;
+  };
+  void reserve(Py_ssize_t n) {
+    if (std::size_t(n) > kInline) spill_.resize(std::size_t(n));
+    keys_ = std::size_t(n) > kInline ? spill_.data() : inline_;
+  }
+  void add(PyObject* key, PyObject* value) {
+    Key& k = keys_[n_++];
+    k.object = key;
+    k.value = value;
+    k.utf8 = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &k.size) : nullptr;
+    if (k.utf8 == nullptr) PyErr_Clear();  // not encodable: matches no name
+  }
+  // The key spelt `name`, or null.
+  Key* find(const char* name) {
+    const std::size_t len = std::strlen(name);
+    for (std::size_t j = 0; j < n_; ++j) {
+      const std::size_t i = next_ + j < n_ ? next_ + j : next_ + j - n_;
+      Key& k = keys_[i];
+      if (k.utf8 != nullptr && std::size_t(k.size) == len && k.utf8[0] == name[0] &&
+          std::memcmp(k.utf8, name, len) == 0) {
+        next_ = i + 1 < n_ ? i + 1 : 0;
+        return &k;
+      }
+    }
+    return nullptr;
+  }
+
+  static constexpr std::size_t kInline = 40;
   std::string fn_;
-  py::kwargs kw_;
-  std::vector<std::string> read_;
+  py::object kw_;            // the kwargs dict (null for a vectorcall's keywords)
+  Key inline_[kInline];
+  std::vector<Key> spill_;   // more than kInline keywords
+  Key* keys_ = inline_;
+  std::size_t n_ = 0;
+  std::size_t next_ = 0;     // where the next search starts
 };
+
+// A kernel binding `name(dims, **keywords)`: body(dims, kw) reads the keywords, calls
+// kw.done() and runs the kernel. Registered as a CPython vectorcall function (METH_FASTCALL |
+// METH_KEYWORDS) rather than through pybind11's dispatcher, which builds a kwargs dict at every
+// call (about a microsecond at the kernels' twenty keywords, as much as a small kernel call):
+// Keywords reads the call's own argument array. dims is the one positional argument (or the
+// keyword dims), a tuple; C++ exceptions become Python ones as pybind11 translates them
+// (std::invalid_argument: ValueError, py::type_error: TypeError, ...).
+using KernelBody = void (*)(py::tuple dims, Keywords& kw);
+
+namespace detail {
+struct KernelDef {
+  std::string name, doc;
+  KernelBody body;
+  PyMethodDef def;
+};
+
+// pybind11's default translation of the exception being handled (the bindings register no
+// translator of their own).
+inline void set_python_error() {
+  try {
+    throw;
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const py::builtin_exception& e) {
+    e.set_error();
+  } catch (const std::bad_alloc& e) {
+    PyErr_SetString(PyExc_MemoryError, e.what());
+  } catch (const std::domain_error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::invalid_argument& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::length_error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::out_of_range& e) {
+    PyErr_SetString(PyExc_IndexError, e.what());
+  } catch (const std::range_error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::overflow_error& e) {
+    PyErr_SetString(PyExc_OverflowError, e.what());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    PyErr_SetString(PyExc_RuntimeError, "Caught an unknown exception!");
+  }
+}
+
+inline PyObject* call_kernel(PyObject* self, PyObject* const* args, Py_ssize_t nargsf,
+                             PyObject* kwnames) {
+  const auto* k = static_cast<const KernelDef*>(PyCapsule_GetPointer(self, nullptr));
+  if (k == nullptr) return nullptr;
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  try {
+    Keywords kw(k->name, args + nargs, kwnames);
+    if (nargs > 1)
+      throw py::type_error(k->name + "() takes 1 positional argument (dims) but " +
+                           std::to_string(nargs) + " were given");
+    const py::handle dims = nargs == 1 ? py::handle(args[0]) : kw.required("dims");
+    if (!PyTuple_Check(dims.ptr()))
+      throw py::type_error(k->name + "(): dims must be a tuple (T, N, C, H) or (T, N, C, H, "
+                           "P), got " + std::string(Py_TYPE(dims.ptr())->tp_name));
+    k->body(py::reinterpret_borrow<py::tuple>(dims), kw);
+  } catch (...) {
+    set_python_error();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+}  // namespace detail
+
+inline void def_kernel(py::module_& m, const std::string& name, KernelBody body,
+                       const std::string& doc) {
+  // Lives as long as the function object (the capsule owns it).
+  auto* k = new detail::KernelDef{name, name + "(dims: tuple, **kwargs) -> None\n\n" + doc, body, {}};
+  k->def.ml_name = k->name.c_str();
+  k->def.ml_meth = reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(
+      &detail::call_kernel));
+  k->def.ml_flags = METH_FASTCALL | METH_KEYWORDS;
+  k->def.ml_doc = k->doc.c_str();
+  py::capsule owner(k, [](void* p) { delete static_cast<detail::KernelDef*>(p); });
+  PyObject* f = PyCFunction_NewEx(&k->def, owner.ptr(), m.attr("__name__").ptr());
+  if (f == nullptr) throw py::error_already_set();
+  m.add_object(name.c_str(), py::reinterpret_steal<py::object>(f));
+}
 
 // Calls f(Scalar{}) for the floating dtype of x (`name` in the messages).
 template <typename F>

@@ -17,10 +17,9 @@ void register_lstm(py::module_& m) {
       },
       py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
       "(cache, forward workspace, backward workspace) sizes in scalars.");
-  m.def(
-      "lstm_forward",
-      [](py::tuple dims, py::kwargs kwargs) {
-        Keywords kw("lstm_forward", std::move(kwargs));
+  def_kernel(
+      m, "lstm_forward",
+      [](py::tuple dims, Keywords& kw) {
         const auto d = dims_of(dims);
         const fusedrnn::Options opt = kw.options();
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
@@ -50,14 +49,12 @@ void register_lstm(py::module_& m) {
           fusedrnn::lstm_forward<S>(d, a, opt, ws);
         });
       },
-      py::arg("dims"),
       "LSTM forward into preallocated arrays. Keywords: x, w_ih, w_hh, b_ih, b_hh, h0, c0, "
       "w_peep, w_hr, lengths, cell_clip, y, h_n, c_n, cache, workspace, and the options "
       "reverse, num_threads, weights_packed, precision.");
-  m.def(
-      "lstm_backward",
-      [](py::tuple dims, py::kwargs kwargs) {
-        Keywords kw("lstm_backward", std::move(kwargs));
+  def_kernel(
+      m, "lstm_backward",
+      [](py::tuple dims, Keywords& kw) {
         const auto d = dims_of(dims);
         const fusedrnn::Options opt = kw.options();
         const std::size_t cache_n = fusedrnn::lstm_cache_size(d);  // checks dims
@@ -92,7 +89,6 @@ void register_lstm(py::module_& m) {
           fusedrnn::lstm_backward<S>(d, a, opt, ws);
         });
       },
-      py::arg("dims"),
       "LSTM backward into preallocated arrays (parameter gradients accumulate). Keywords: x, "
       "w_ih, w_hh, w_peep, w_hr, lengths, cell_clip, cache, dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, "
       "dw_hh, db_ih, db_hh, dw_peep, dw_hr, workspace, and the options reverse, num_threads, "

@@ -75,10 +75,9 @@ void register_cell(py::module_& m) {
       },
       py::arg("dims"), py::arg("precision") = fusedrnn::Precision::float32,
       "(cache, forward workspace, backward workspace) sizes in scalars.");
-  m.def(
-      (name + "_forward").c_str(),
-      [](py::tuple dims, py::kwargs kwargs) {
-        Keywords kw(std::string(Cell::name) + "_forward", std::move(kwargs));
+  def_kernel(
+      m, (name + "_forward"),
+      [](py::tuple dims, Keywords& kw) {
         const auto d = dims_of(dims);
         const fusedrnn::Options opt = kw.options();
         const auto formula = kw.template required_value<Formula>(Cell::formula);
@@ -105,15 +104,13 @@ void register_cell(py::module_& m) {
           Cell::forward(d, a, opt, ws);
         });
       },
-      py::arg("dims"),
       (std::string("Forward into preallocated arrays. Keywords: ") + Cell::formula +
        ", x, w_ih, w_hh, b_ih, b_hh, h0, lengths, y, h_n, cache, workspace, and the options "
        "reverse, num_threads, weights_packed, precision.")
           .c_str());
-  m.def(
-      (name + "_backward").c_str(),
-      [](py::tuple dims, py::kwargs kwargs) {
-        Keywords kw(std::string(Cell::name) + "_backward", std::move(kwargs));
+  def_kernel(
+      m, (name + "_backward"),
+      [](py::tuple dims, Keywords& kw) {
         const auto d = dims_of(dims);
         const fusedrnn::Options opt = kw.options();
         const auto formula = kw.template required_value<Formula>(Cell::formula);
@@ -143,7 +140,6 @@ void register_cell(py::module_& m) {
           Cell::backward(d, a, opt, ws);
         });
       },
-      py::arg("dims"),
       (std::string("Backward into preallocated arrays (parameter gradients accumulate). "
                    "Keywords: ") +
        Cell::formula +

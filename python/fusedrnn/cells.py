@@ -72,14 +72,20 @@ def _dims(mode, dims):
     return dims if mode == "LSTM" and len(dims) > 4 and dims[4] > 0 else dims[:4]
 
 
+_KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+
+
 def _kernel_forward(mode, flag, dims, packed, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, w_hr,
                     y, h_n, c_n, cache, ws):
-    kind, d = mode.lower(), _dims(mode, dims)
-    t = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, y=y, h_n=h_n, cache=cache)
     if mode == "LSTM":
-        t.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n)
-    F._forward_into(kind, _formula(mode, flag), d, None, False, workspace=ws, packed=packed,
-                    **t)
+        F._forward_call("lstm", None, _dims(mode, dims), None, False,
+                        {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                         "h0": h0, "c0": c0, "w_peep": w_peep, "w_hr": w_hr, "y": y,
+                         "h_n": h_n, "c_n": c_n, "cache": cache}, ws, packed)
+    else:
+        F._forward_call(_KINDS[mode], _formula(mode, flag), dims[:4], None, False,
+                        {"x": x, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                         "h0": h0, "y": y, "h_n": h_n, "cache": cache}, ws, packed)
 
 
 def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n, dc_n, dx, dh0,
@@ -87,17 +93,36 @@ def _kernel_backward(mode, flag, dims, x, w_ih, w_hh, w_peep, w_hr, cache, dh_n,
                      packed=False):
     """ws: the caller's backward workspace (None: the thread's scratch); packed: it holds the
     weights an earlier backward with the same dims packed (Options::weights_packed)."""
-    kind, d = mode.lower(), _dims(mode, dims)
-    t = dict(x=x, w_ih=w_ih, w_hh=w_hh, cache=cache, dh_n=dh_n, dx=dx, dh0=dh0, dw_ih=dw_ih,
-             dw_hh=dw_hh, db_ih=db_ih, db_hh=db_hh)
     if mode == "LSTM":
-        t.update(w_peep=w_peep, w_hr=w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep, dw_hr=dw_hr)
-    F._backward_into(kind, _formula(mode, flag), d, (0, 0, bws_size), False, workspace=ws,
-                     packed=packed, **t)
+        F._backward_call("lstm", None, _dims(mode, dims), (0, 0, bws_size), False,
+                         {"x": x, "w_ih": w_ih, "w_hh": w_hh, "w_peep": w_peep, "w_hr": w_hr,
+                          "cache": cache, "dh_n": dh_n, "dc_n": dc_n, "dx": dx, "dh0": dh0,
+                          "dc0": dc0, "dw_ih": dw_ih, "dw_hh": dw_hh, "db_ih": db_ih,
+                          "db_hh": db_hh, "dw_peep": dw_peep, "dw_hr": dw_hr},
+                         F._FP32, ws, packed)
+    else:
+        F._backward_call(_KINDS[mode], _formula(mode, flag), dims[:4], (0, 0, bws_size), False,
+                         {"x": x, "w_ih": w_ih, "w_hh": w_hh, "cache": cache, "dh_n": dh_n,
+                          "dx": dx, "dh0": dh0, "dw_ih": dw_ih, "dw_hh": dw_hh, "db_ih": db_ih,
+                          "db_hh": db_hh}, F._FP32, ws, packed)
+
+
+_ROUTES: dict = {}   # (mode, flag, dims) -> (kind, formula, the kernel's dims)
+
+
+def _route(mode, flag, dims):
+    """(kind, formula, the kernel's dims) of a cell's kernel call, remembered: asked at every
+    step."""
+    r = _ROUTES.get((mode, flag, dims))
+    if r is None:
+        if len(_ROUTES) >= 4096:
+            _ROUTES.clear()
+        r = _ROUTES[mode, flag, dims] = (_KINDS[mode], _formula(mode, flag), _dims(mode, dims))
+    return r
 
 
 def _sizes(mode, dims):
-    return F._sizes(mode.lower(), _dims(mode, dims))
+    return F._sizes(_KINDS[mode], _dims(mode, dims))
 
 
 class _PackedStore(threading.local):
@@ -113,6 +138,12 @@ class _PackedStore(threading.local):
 
     def __reduce__(self):
         return _PackedStore, ()
+
+
+def _ready(a, dt, shape):
+    """a is a plain C-contiguous ndarray of dtype dt and shape `shape`: usable as it is (else
+    _CellBase._check_array checks it, raising or copying)."""
+    return type(a) is np.ndarray and a.dtype == dt and a.shape == shape and a.flags.c_contiguous
 
 
 class _Step:
@@ -175,8 +206,11 @@ class _CellBase(Module):
     _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
 
     def _weights(self):
-        get = self._parameters.get
-        return tuple(None if p is None else p.data for p in map(get, self._ORDER))
+        w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = map(self._parameters.get, self._ORDER)
+        return (None if w_ih is None else w_ih.data, None if w_hh is None else w_hh.data,
+                None if b_ih is None else b_ih.data,
+                None if b_hh is None else b_hh.data, None if w_peep is None else w_peep.data,
+                None if w_hr is None else w_hr.data)
 
     def _step_sizes(self, N):
         """(dims, cache size, forward workspace size, backward workspace size) for batch N,
@@ -210,6 +244,10 @@ class _CellBase(Module):
 
     # -- forward -----------------------------------------------------------------------------------
     def _check_array(self, fn, name, a, shape):
+        """a, checked (a C-contiguous copy if it is strided); fn: the method's name, "forward"
+        or "backward" (or the full f"{type(self).__name__}.forward")."""
+        if "." not in fn:
+            fn = f"{type(self).__name__}.{fn}"
         if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
             raise TypeError(f"{fn}: {name} must be a numpy array of shape {list(shape)}, "
                             f"got {type(a).__name__}")
@@ -221,31 +259,38 @@ class _CellBase(Module):
         return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
     def forward(self, x, state=None):
-        fn = f"{type(self).__name__}.forward"
+        fn = "forward"   # the messages' f"{type(self).__name__}.forward", built on error only
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.input_size \
                 or x.shape[0] < 1:
+            fn = f"{type(self).__name__}.forward"
             if isinstance(x, np.ndarray):
                 raise ValueError(f"{fn}: x must have shape [N, C] with C = input_size = "
                                  f"{self.input_size} and N >= 1, got {list(x.shape)}")
             raise TypeError(f"{fn}: x must be a numpy array of shape [N, {self.input_size}], "
                             f"got {type(x).__name__}")
         N = x.shape[0]
-        if type(x) is not np.ndarray or x.dtype != self.dtype or not x.flags.c_contiguous:
+        dt = self.dtype
+        if type(x) is not np.ndarray or x.dtype != dt or not x.flags.c_contiguous:
             x = self._check_array(fn, "x", x, x.shape)
         H, R, lstm = self.hidden_size, self.state_size, self._mode == "LSTM"
         h0 = c0 = None
         if state is not None:
             if lstm:
                 if not isinstance(state, (tuple, list)) or len(state) != 2:
-                    raise TypeError(f"{fn}: state must be a tuple (h [N, {R}], c [N, {H}]), "
-                                    f"got {type(state).__name__}")
-                h0 = self._check_array(fn, "state[0] (h)", state[0], (N, R))
-                c0 = self._check_array(fn, "state[1] (c)", state[1], (N, H))
+                    raise TypeError(f"{type(self).__name__}.forward: state must be a tuple "
+                                    f"(h [N, {R}], c [N, {H}]), got {type(state).__name__}")
+                h0, c0 = state
+                if not _ready(h0, dt, (N, R)):
+                    h0 = self._check_array(fn, "state[0] (h)", h0, (N, R))
+                if not _ready(c0, dt, (N, H)):
+                    c0 = self._check_array(fn, "state[1] (c)", c0, (N, H))
             else:
-                h0 = self._check_array(fn, "state", state, (N, R))
-        dims, cache_size, ws_size, _ = self._step_sizes(N)
+                h0 = state if _ready(state, dt, (N, R)) else \
+                    self._check_array(fn, "state", state, (N, R))
+        dims, cache_size, ws_size, _ = self._sizes_by_n.get(N) or self._step_sizes(N)
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
-        self._forwards += 1
+        counters = self.__dict__   # (not through Module.__setattr__)
+        counters["_forwards"] += 1
 
         store = self._store
         key = (self._version, id(w_ih), id(w_hh), id(b_ih), id(b_hh), id(w_peep), id(w_hr))
@@ -272,12 +317,23 @@ class _CellBase(Module):
                     self._caches.append(cache)
         y = self._y.get(N)
         if y is None:
-            y = self._y[N] = np.empty((1, N, R), self.dtype)
-        h_n = np.empty((N, R), self.dtype)
-        c_n = np.empty((N, H), self.dtype) if lstm else None
+            y = self._y[N] = np.empty((1, N, R), dt)
+        h_n = np.empty((N, R), dt)
+        c_n = np.empty((N, H), dt) if lstm else None
         x3 = x.reshape(1, N, self.input_size)
-        _kernel_forward(self._mode, self._flag, dims, packed, x3, w_ih, w_hh, b_ih, b_hh, h0, c0,
-                        w_peep, w_hr, y, h_n, c_n, cache, ws[:ws_size])
+        if ws.size != ws_size:
+            ws = ws[:ws_size]
+        # (the call _kernel_forward makes, without its argument shuffling)
+        kind, formula, kdims = _route(self._mode, self._flag, dims)
+        if lstm:
+            F._forward_call(kind, None, kdims, None, False,
+                            {"x": x3, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                             "h0": h0, "c0": c0, "w_peep": w_peep, "w_hr": w_hr, "y": y,
+                             "h_n": h_n, "c_n": c_n, "cache": cache}, ws, packed)
+        else:
+            F._forward_call(kind, formula, kdims, None, False,
+                            {"x": x3, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
+                             "h0": h0, "y": y, "h_n": h_n, "cache": cache}, ws, packed)
         if training:
             step = _Step()
             step.x, step.h0, step.c0, step.cache, step.N = x3, h0, c0, cache, N
@@ -290,24 +346,28 @@ class _CellBase(Module):
         """Differentiates the latest undifferentiated step: returns (d_x [N, C], d_state), d_state
         shaped like the state that step was given (None if it was None); adds the parameter
         gradients into Parameter.grad."""
-        fn = f"{type(self).__name__}.backward"
+        fn = "backward"   # the messages' f"{type(self).__name__}.backward", built on error only
         if not self._tape:
+            fn = f"{type(self).__name__}.backward"
             raise RuntimeError(f"{fn}: no recorded step left to differentiate (call forward in "
                                f"train mode first; backward runs once per step, in reverse)")
         if isinstance(d_h, tuple) and self._mode == "LSTM" and d_c is None:
             if len(d_h) != 2:
-                raise TypeError(f"{fn}: d_h must be an array or a tuple (d_h, d_c)")
+                raise TypeError(f"{type(self).__name__}.backward: d_h must be an array or a "
+                                f"tuple (d_h, d_c)")
             d_h, d_c = d_h
         step = self._tape[-1]
         N, H, R, lstm = step.N, self.hidden_size, self.state_size, self._mode == "LSTM"
-        dh_n = None if d_h is None else self._check_array(fn, "d_h", d_h, (N, R))
+        dt = self.dtype
+        dh_n = d_h if d_h is None or _ready(d_h, dt, (N, R)) else \
+            self._check_array(fn, "d_h", d_h, (N, R))
         dc_n = None
         if d_c is not None:
             if not lstm:
-                raise ValueError(f"{fn}: d_c is for LSTMCell only")
-            dc_n = self._check_array(fn, "d_c", d_c, (N, H))
+                raise ValueError(f"{type(self).__name__}.backward: d_c is for LSTMCell only")
+            dc_n = d_c if _ready(d_c, dt, (N, H)) else self._check_array(fn, "d_c", d_c, (N, H))
         self._tape.pop()
-        dims, _, _, bws = self._step_sizes(N)
+        dims, _, _, bws = self._sizes_by_n.get(N) or self._step_sizes(N)
         w_ih, w_hh, _, _, w_peep, w_hr = self._weights()
         # The backward of the previous step of this loop packed the same weights into this
         # thread's backward workspace unless a forward ran since, or the weights changed.
@@ -318,17 +378,20 @@ class _CellBase(Module):
             and store.bkey == key
         if ws is None or ws.size != bws:
             ws = store.bws = np.empty(bws, self.dtype)
-        self._version += 1   # an optimiser step may follow: pack again at the next forward
+        # an optimiser step may follow: pack again at the next forward (not through
+        # Module.__setattr__)
+        self.__dict__["_version"] += 1
         store.bkey = None
-        get = self._parameters.get
-        g = lambda name: None if get(name) is None else get(name).grad  # noqa: E731
-        dx = np.empty((1, N, self.input_size), self.dtype)
-        dh0 = np.empty((N, R), self.dtype) if step.has_state else None
-        dc0 = np.empty((N, H), self.dtype) if step.has_state and lstm else None
+        p_ih, p_hh, p_b_ih, p_b_hh, p_peep, p_hr = map(self._parameters.get, self._ORDER)
+        dx = np.empty((1, N, self.input_size), dt)
+        dh0 = np.empty((N, R), dt) if step.has_state else None
+        dc0 = np.empty((N, H), dt) if step.has_state and lstm else None
         _kernel_backward(self._mode, self._flag, dims, step.x, w_ih, w_hh, w_peep, w_hr,
                          step.cache, dh_n, dc_n, dx, dh0, dc0, self.weight_ih.grad,
-                         self.weight_hh.grad, g("bias_ih"), g("bias_hh"), g("weight_peep"),
-                         g("weight_hr"), bws, self.dtype, ws, packed)
+                         self.weight_hh.grad, None if p_b_ih is None else p_b_ih.grad,
+                         None if p_b_hh is None else p_b_hh.grad,
+                         None if p_peep is None else p_peep.grad,
+                         None if p_hr is None else p_hr.grad, bws, dt, ws, packed)
         if self.reuse_packed_weights:
             store.bkey = (self._version,) + key[1:]
         d_state = None if not step.has_state else ((dh0, dc0) if lstm else dh0)

@@ -82,12 +82,15 @@ def _workspace(size: int, dtype) -> np.ndarray:
     a workspace holds nothing between calls, so reusing it is safe. Per thread, because calls
     from several threads run concurrently.
     """
-    pool = _scratch.__dict__.setdefault("pool", {})
-    key = np.dtype(dtype).char
+    try:
+        pool = _scratch.pool
+    except AttributeError:
+        pool = _scratch.pool = {}
+    key = dtype.char if isinstance(dtype, np.dtype) else np.dtype(dtype).char
     buf = pool.get(key)
     if buf is None or buf.size < size:
         buf = pool[key] = np.empty(size, dtype)
-    return buf[:size]
+    return buf if buf.size == size else buf[:size]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,23 +226,47 @@ class _Cache:
 # _lengths (the lengths argument as an int64 array, checked where it enters), _formula (a GRU
 # variant / RNN nonlinearity name -> the kernel's enum, once), _sizes, and _forward_into /
 # _backward_into (one kernel call into the caller's buffers; the thread count and the scratch
-# workspace are the route's business).
+# workspace are the route's business), or _forward_call / _backward_call, the same with the
+# tensors as one dict (the layers and cells, at every call: a small call's Python costs as much
+# as its kernel, so this path avoids per-call keyword matching, enum lookups and size queries).
 
 _lengths = _check_lengths
 _FP32 = _core.Precision.float32
 PRECISIONS = ("float32", "bfloat16", "int8")
 _FORMULA = {"gru": ("variant", _core.GruVariant), "rnn": ("nonlinearity", _core.Nonlinearity)}
+# the kernels' names in _core (looked up at each call: tests replace them to catch a call)
+_FORWARD_NAME = {k: k + "_forward" for k in _GATES}
+_BACKWARD_NAME = {k: k + "_backward" for k in _GATES}
+
+
+# name -> enum, read once (a pybind11 enum's __members__ builds a new dict at every access)
+_FORMULAS = {kind: dict(enum.__members__) for kind, (_, enum) in _FORMULA.items()}
+_PRECISION_OF = dict(_core.Precision.__members__)
 
 
 def _formula(kind, name):
     """The kernel's enum for a GRU variant / RNN nonlinearity name (None for the LSTM)."""
-    return None if kind == "lstm" else _FORMULA[kind][1].__members__[name]
+    return None if kind == "lstm" else _FORMULAS[kind][name]
+
+
+_known_sizes: dict = {}   # (kind, dims, precision) -> sizes: a pure function of them
 
 
 def _sizes(kind, dims, precision=_FP32):
     """(cache, forward workspace, backward workspace) scalars; checks dims like the kernel. The
-    forward workspace depends on the forward's precision (_core.Precision)."""
-    return _SIZES[kind](dims, precision=precision)
+    forward workspace depends on the forward's precision (_core.Precision). Remembered per
+    (kind, dims, precision) once the kernel accepted the dims (a layer asks at every call)."""
+    key = (kind, dims, precision)
+    try:
+        return _known_sizes[key]
+    except (KeyError, TypeError):  # TypeError: dims not hashable (the size query rejects it)
+        pass
+    sizes = _SIZES[kind](dims, precision=precision)
+    if type(dims) is tuple and all(type(d) is int for d in dims):
+        if len(_known_sizes) >= 4096:
+            _known_sizes.clear()
+        _known_sizes[key] = sizes
+    return sizes
 
 
 def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed=False,
@@ -249,13 +276,25 @@ def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed
     precision). workspace None: this thread's scratch; else the caller's (``packed``: it holds
     the weights an earlier call packed, Options::weights_packed). precision: _core.Precision
     (_precision checks a name)."""
+    _forward_call(kind, formula, dims, sizes, reverse, tensors, workspace, packed, precision)
+
+
+def _forward_call(kind, formula, dims, sizes, reverse, tensors, workspace=None, packed=False,
+                  precision=_FP32):
+    """_forward_into with the tensors as one dict, which it completes with the options and
+    passes on as the keyword arguments: the layers' and cells' route at every call. (A Python
+    call with some twenty keyword arguments costs microseconds of keyword matching, as much as
+    a small kernel call.)"""
     if workspace is None:
         workspace = _workspace(sizes[1], tensors["x"].dtype)
     if formula is not None:
         tensors[_FORMULA[kind][0]] = formula
-    getattr(_core, kind + "_forward")(dims, workspace=workspace, reverse=reverse,
-                                      num_threads=_threads(), weights_packed=packed,
-                                      precision=precision, **tensors)
+    tensors["workspace"] = workspace
+    tensors["reverse"] = reverse
+    tensors["num_threads"] = _threads()
+    tensors["weights_packed"] = packed
+    tensors["precision"] = precision
+    getattr(_core, _FORWARD_NAME[kind])(dims, **tensors)
 
 
 def _backward_into(kind, formula, dims, sizes, reverse, precision=_FP32, *, workspace=None,
@@ -265,13 +304,22 @@ def _backward_into(kind, formula, dims, sizes, reverse, precision=_FP32, *, work
     the bf16 training contract, sizes = _sizes(kind, dims, precision)). workspace None: this
     thread's scratch; else the caller's (``packed``: it holds the weights an earlier backward
     with the same dims packed, Options::weights_packed)."""
+    _backward_call(kind, formula, dims, sizes, reverse, tensors, precision, workspace, packed)
+
+
+def _backward_call(kind, formula, dims, sizes, reverse, tensors, precision=_FP32,
+                   workspace=None, packed=False):
+    """_backward_into with the tensors as one dict (see _forward_call)."""
     if formula is not None:
         tensors[_FORMULA[kind][0]] = formula
     if workspace is None:
         workspace = _workspace(sizes[2], tensors["x"].dtype)
-    getattr(_core, kind + "_backward")(dims, workspace=workspace, reverse=reverse,
-                                       num_threads=_threads(), weights_packed=packed,
-                                       precision=precision, **tensors)
+    tensors["workspace"] = workspace
+    tensors["reverse"] = reverse
+    tensors["num_threads"] = _threads()
+    tensors["weights_packed"] = packed
+    tensors["precision"] = precision
+    getattr(_core, _BACKWARD_NAME[kind])(dims, **tensors)
 
 
 def _precision(fn, precision, dtype, training=False):
@@ -331,7 +379,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     if kind == "lstm":
         c_n = np.empty((N, H), dt)
         tensors.update(c0=c0, w_peep=w_peep, w_hr=w_hr, c_n=c_n, cell_clip=cell_clip)
-    _forward_into(kind, flag, dims, sizes, reverse, precision=prec, **tensors)
+    _forward_call(kind, flag, dims, sizes, reverse, tensors, precision=prec)
     cache = None
     if training:
         cache = _Cache(kind=kind, dims=dims, reverse=reverse, flag=flag, x=x, w_ih=w_ih,
@@ -377,8 +425,8 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
         dw_hr = np.zeros((P, H), dt) if P else None
         tensors.update(w_peep=cache.w_peep, w_hr=cache.w_hr, dc_n=dc_n, dc0=dc0, dw_peep=dw_peep,
                        dw_hr=dw_hr, cell_clip=cache.cell_clip)
-    _backward_into(kind, cache.flag, cache.dims, _sizes(kind, cache.dims, cache.precision),
-                   cache.reverse, precision=cache.precision, **tensors)
+    _backward_call(kind, cache.flag, cache.dims, _sizes(kind, cache.dims, cache.precision),
+                   cache.reverse, tensors, cache.precision)
     if kind == "lstm":
         return LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr)
     return (GruGrads if kind == "gru" else RnnGrads)(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)

@@ -103,6 +103,20 @@ def _first_nonfinite(where: str, a: np.ndarray, time_axis: Optional[int], revers
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _INITS = ("pytorch", "keras", "irnn")
+_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep")
+_PARAM_NAMES: dict = {}   # suffix "_l0", "_l1_reverse", ... -> the parameters' names
+_KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+_SUFFIXES: dict = {}
+_ROUTES: dict = {}   # see _RNNBase._route
+
+
+def _suffix(layer, direction):
+    """The parameters' suffix of a layer and direction: "_l0", "_l1_reverse", ..."""
+    try:
+        return _SUFFIXES[layer, direction]
+    except KeyError:
+        sfx = _SUFFIXES[layer, direction] = f"_l{layer}" + ("_reverse" if direction else "")
+        return sfx
 
 
 def _glorot(rng, shape, dt):
@@ -267,9 +281,14 @@ class _RNNBase(Module):
                 setattr(self, "weight_peep" + sfx, Parameter(w_peep))
 
     def _params(self, sfx):
-        get = lambda name: self._parameters.get(name + sfx)  # noqa: E731
-        return (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"),
-                get("weight_hr"), get("weight_peep"))
+        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr, weight_peep) of layer and
+        direction `sfx`, None where absent."""
+        names = _PARAM_NAMES.get(sfx)
+        if names is None:
+            names = _PARAM_NAMES[sfx] = tuple(n + sfx for n in _PARAMS)
+        get = self._parameters.get
+        return get(names[0]), get(names[1]), get(names[2]), get(names[3]), get(names[4]), \
+            get(names[5])
 
     # -- per-thread state (_PerThread) ------------------------------------------------------
     @property
@@ -300,15 +319,23 @@ class _RNNBase(Module):
     # -- buffers ------------------------------------------------------------------------------
     def _buffer(self, key, shape, zero=False):
         """An array kept between calls, reallocated only when the shape changes."""
-        buf = self._buffers.get(key)
+        buffers = self._tls.buffers
+        buf = buffers.get(key)
         if buf is None or buf.shape != shape:
-            buf = self._buffers[key] = np.empty(shape, self.dtype)
+            buf = buffers[key] = np.empty(shape, self.dtype)
         if zero:
             buf.fill(0)
         return buf
 
     # -- argument checks ----------------------------------------------------------------------
     def _check_input(self, x):
+        if type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 3 \
+                or x.shape[2] != self.input_size or min(x.shape) < 1:
+            self._bad_input(x)   # raises
+        return (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+
+    def _bad_input(self, x):
+        """Raises the exception naming what is wrong with forward's x (_check_input)."""
         fn = f"{type(self).__name__}.forward"
         shape = "[N, T, C]" if self.batch_first else "[T, N, C]"
         if not isinstance(x, np.ndarray) or isinstance(x, np.ma.MaskedArray):
@@ -320,8 +347,6 @@ class _RNNBase(Module):
         if x.ndim != 3 or x.shape[2] != self.input_size or min(x.shape) < 1:
             raise ValueError(f"{fn}: x must have shape {shape} with C = input_size = "
                              f"{self.input_size} and T, N >= 1, got {list(x.shape)}")
-        T, N = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
-        return T, N
 
     def _check_state(self, fn, name, a, shape):
         if not isinstance(a, np.ndarray) or isinstance(a, np.ma.MaskedArray):
@@ -350,21 +375,26 @@ class _RNNBase(Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, x, state=None, lengths=None):
-        fn = f"{type(self).__name__}.forward"
         T, N = self._check_input(x)
-        h0, c0 = self._split_state(fn, state, N)
-        lengths = F._lengths(fn, lengths, N, T)
-        L, D, R, H, G = self.num_layers, self.num_directions, self.state_size, self.hidden_size, \
-            self.gates
+        if state is None and lengths is None:
+            h0 = c0 = None
+        else:
+            fn = f"{type(self).__name__}.forward"
+            h0, c0 = self._split_state(fn, state, N)
+            lengths = F._lengths(fn, lengths, N, T)
+        L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
         training = self.training
         if training and self._packed is not None and self._precision == "int8":
-            raise ValueError(f"{fn}: an int8 copy runs inference only, and this one has "
-                             f"training=True (train mode); call .eval() first")
+            raise ValueError(f"{type(self).__name__}.forward: an int8 copy runs inference "
+                             f"only, and this one has training=True (train mode); call .eval() "
+                             f"first")
         if training and self._packed is not None:
-            raise RuntimeError(f"{fn}: a frozen layer runs inference only (it is in train "
-                               f"mode); train the layer it was frozen from and freeze it again")
-
-        if self.batch_first:
+            raise RuntimeError(f"{type(self).__name__}.forward: a frozen layer runs inference "
+                               f"only (it is in train mode); train the layer it was frozen from "
+                               f"and freeze it again")
+        dt = self.dtype
+        batch_first = self.batch_first
+        if batch_first:
             inp = self._buffer(("x",), (T, N, self.input_size))
             np.copyto(inp, x.transpose(1, 0, 2))
         elif not x.flags.c_contiguous:
@@ -372,81 +402,94 @@ class _RNNBase(Module):
             np.copyto(inp, x)
         else:
             inp = x
-        h_n = np.empty((L * D, N, R), self.dtype)
-        c_n = np.empty((L * D, N, H), self.dtype) if self._mode == "LSTM" else None
-        checking = _checking()
-        name = type(self).__name__
+        lstm = self._mode == "LSTM"
+        h_n = np.empty((L * D, N, R), dt)
+        c_n = np.empty((L * D, N, H), dt) if lstm else None
+        checking = getattr(_check, "on", False)
         if checking:
+            name = type(self).__name__
             _first_nonfinite(f"{name}.forward: input x", inp, 0)
             for s_name, s_arr in (("state h0", h0), ("state c0", c0)):
                 if s_arr is not None:
                     for i in range(L * D):
                         _first_nonfinite(f"{name}.forward: {s_name}[{i}]", s_arr[i], None)
-        ctx = {"T": T, "N": N, "lengths": lengths, "inputs": [], "masks": [],
-               "has_state": h0 is not None}
+        inputs, masks = [], []
         # The returned output is fresh memory; the kernels write the last layer's output straight
         # into it (time-major), sparing a copy out of a reused buffer.
-        direct = not self.batch_first
+        direct = not batch_first
+        P = self.proj_size
         for layer in range(L):
             C = inp.shape[2]
             last = layer == L - 1
             if D == 1:
                 out = None
             elif last and direct:
-                out = np.empty((T, N, D * R), self.dtype)
+                out = np.empty((T, N, D * R), dt)
             else:
                 out = self._buffer(("out", layer), (T, N, D * R))
             for direction in range(D):
                 idx = layer * D + direction
-                sfx = f"_l{layer}" + ("_reverse" if direction else "")
                 if D == 1 and last and direct:
-                    y = np.empty((T, N, R), self.dtype)
+                    y = np.empty((T, N, R), dt)
                 else:
                     y = self._buffer(("y", layer, direction), (T, N, R))
-                self._kernel_forward((T, N, C, H, self.proj_size), sfx, inp,
+                self._kernel_forward((T, N, C, H, P), _suffix(layer, direction), inp,
                                      None if h0 is None else h0[idx],
                                      None if c0 is None else c0[idx], lengths, direction == 1,
                                      training, y, h_n[idx],
                                      None if c_n is None else c_n[idx],
                                      ("cache", layer, direction))
                 if checking:
-                    _first_nonfinite(f"{name}.forward: layer {layer}"
+                    _first_nonfinite(f"{type(self).__name__}.forward: layer {layer}"
                                      + (" (reverse direction)" if direction else "") + " output",
                                      y, 0, reverse=direction == 1)
                 if D == 2:
                     out[:, :, direction * R:(direction + 1) * R] = y
             if D == 1:
                 out = y
-            ctx["inputs"].append(inp)
+            inputs.append(inp)
             if not last and training and self.dropout > 0:
                 mask = self._buffer(("mask", layer), out.shape)
                 keep = self._drop_rng.random(out.shape) >= self.dropout
-                np.multiply(keep, self.dtype.type(1.0 / (1.0 - self.dropout)), out=mask)
+                np.multiply(keep, dt.type(1.0 / (1.0 - self.dropout)), out=mask)
                 dropped = self._buffer(("dropped", layer), out.shape)
                 np.multiply(out, mask, out=dropped)
-                ctx["masks"].append(mask)
+                masks.append(mask)
                 out = dropped
             else:
-                ctx["masks"].append(None)
+                masks.append(None)
             inp = out
-        self._ctx = ctx if training else None
-        output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if self.batch_first else inp
-        return output, ((h_n, c_n) if self._mode == "LSTM" else h_n)
+        # (set on the per-thread store directly, not through Module.__setattr__)
+        self._tls.ctx = {"T": T, "N": N, "lengths": lengths, "inputs": inputs, "masks": masks,
+                         "has_state": h0 is not None} if training else None
+        output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if batch_first else inp
+        return output, ((h_n, c_n) if lstm else h_n)
 
     def _kind(self):
         """The cell's kind and formula for the kernels (fusedrnn.functional's route)."""
-        kind = self._mode.lower()
+        kind = _KINDS[self._mode]
         return kind, F._formula(kind, self.variant if kind == "gru" else self.nonlinearity)
+
+    def _route(self, dims):
+        """(kind, formula, precision, the kernel's dims, sizes) of a kernel call with layer dims
+        (T, N, C, H, P), remembered in _ROUTES under (mode, variant, nonlinearity, precision
+        name, dims): a pure function of them, asked at every call."""
+        kind, formula = self._kind()
+        precision = F._PRECISION_OF[self._precision]
+        kdims = dims if kind == "lstm" else dims[:4]
+        route = (kind, formula, precision, kdims, F._sizes(kind, kdims, precision))
+        if len(_ROUTES) >= 4096:
+            _ROUTES.clear()
+        _ROUTES[self._mode, self.variant, self.nonlinearity, self._precision, dims] = route
+        return route
 
     def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
                         cache_key):
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
-        data = lambda p: None if p is None else p.data  # noqa: E731
-        kind, formula = self._kind()
-        if kind != "lstm":
-            dims = dims[:4]
-        precision = _core.Precision.__members__[self._precision]
-        sizes = F._sizes(kind, dims, precision)
+        route = _ROUTES.get((self._mode, self.variant, self.nonlinearity, self._precision, dims))
+        if route is None:
+            route = self._route(dims)
+        kind, formula, precision, dims, sizes = route
         cache = self._buffer(cache_key, (sizes[0],)) if training else None
         ws, packed = None, False
         if self._packed is not None:
@@ -460,31 +503,41 @@ class _RNNBase(Module):
             if not packed:
                 ws = spaces[cache_key] = np.empty(sizes[1], self.dtype)
             ws = ws[:sizes[1]]  # same start, so the packed weights stay where they were
-        tensors = dict(x=x, w_ih=w_ih.data, w_hh=w_hh.data, b_ih=data(b_ih), b_hh=data(b_hh),
-                       h0=None if h0 is None else np.ascontiguousarray(h0), lengths=lengths,
-                       y=y, h_n=h_n, cache=cache)
+        if h0 is not None:
+            h0 = np.ascontiguousarray(h0)
+        b_ih = None if b_ih is None else b_ih.data
+        b_hh = None if b_hh is None else b_hh.data
         if kind == "lstm":
-            tensors.update(c0=None if c0 is None else np.ascontiguousarray(c0),
-                           w_peep=data(w_peep), w_hr=data(w_hr), c_n=c_n,
-                           cell_clip=self.cell_clip or 0.0)
-        F._forward_into(kind, formula, dims, sizes, reverse, workspace=ws, packed=packed,
-                        precision=precision, **tensors)
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data, "b_ih": b_ih, "b_hh": b_hh,
+                       "h0": h0, "c0": None if c0 is None else np.ascontiguousarray(c0),
+                       "w_peep": None if w_peep is None else w_peep.data,
+                       "w_hr": None if w_hr is None else w_hr.data, "lengths": lengths,
+                       "cell_clip": self.cell_clip or 0.0, "y": y, "h_n": h_n, "c_n": c_n,
+                       "cache": cache}
+        else:
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data, "b_ih": b_ih, "b_hh": b_hh,
+                       "h0": h0, "lengths": lengths, "y": y, "h_n": h_n, "cache": cache}
+        F._forward_call(kind, formula, dims, sizes, reverse, tensors, ws, packed, precision)
 
     # -- backward -----------------------------------------------------------------------------
     def backward(self, d_output, d_state=None):
-        fn = f"{type(self).__name__}.backward"
-        ctx = self._ctx
+        ctx = self._tls.ctx
         if ctx is None:
-            raise RuntimeError(f"{fn}: no training forward to differentiate (call forward in "
-                               f"train mode first)")
+            raise RuntimeError(f"{type(self).__name__}.backward: no training forward to "
+                               f"differentiate (call forward in train mode first)")
         T, N, lengths = ctx["T"], ctx["N"], ctx["lengths"]
         L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
         want = (N, T, D * R) if self.batch_first else (T, N, D * R)
-        if d_output is not None:
-            self._check_state(fn, "d_output", d_output, want)
-        dh_n, dc_n = self._split_state(fn, d_state, N, "d_state")
+        if d_output is not None and (type(d_output) is not np.ndarray
+                                     or d_output.dtype != self.dtype or d_output.shape != want):
+            self._check_state(f"{type(self).__name__}.backward", "d_output", d_output, want)
+        if d_state is None:
+            dh_n = dc_n = None
+        else:
+            dh_n, dc_n = self._split_state(f"{type(self).__name__}.backward", d_state, N,
+                                           "d_state")
         has_state = ctx["has_state"]
-        checking = _checking()
+        checking = getattr(_check, "on", False)
         name = type(self).__name__
         if checking and d_output is not None:
             _first_nonfinite(f"{name}.backward: d_output", d_output, 1 if self.batch_first else 0)
@@ -500,7 +553,7 @@ class _RNNBase(Module):
         else:
             d_out = d_output
         # Parameter.grad is shared by the threads: one backward at a time accumulates into it.
-        with self._grad_lock:
+        with self._grad_lock._lock:
             for layer in reversed(range(L)):
                 inp = ctx["inputs"][layer]
                 C = inp.shape[2]
@@ -508,7 +561,7 @@ class _RNNBase(Module):
                     np.empty((T, N, C), self.dtype)
                 for direction in range(D):
                     idx = layer * D + direction
-                    sfx = f"_l{layer}" + ("_reverse" if direction else "")
+                    sfx = _suffix(layer, direction)
                     if D == 1:
                         dy = d_out if d_out.flags.c_contiguous else np.ascontiguousarray(d_out)
                     else:
@@ -533,7 +586,8 @@ class _RNNBase(Module):
                     if mask is not None:
                         dx *= mask
                 d_out = dx
-        self.d_state = None if not has_state else ((dh0, dc0) if self._mode == "LSTM" else dh0)
+        self._tls.d_state = None if not has_state else \
+            ((dh0, dc0) if self._mode == "LSTM" else dh0)
         if self.batch_first:
             return np.ascontiguousarray(d_out.transpose(1, 0, 2))
         return d_out
@@ -541,21 +595,27 @@ class _RNNBase(Module):
     def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
                          dh0, dc0):
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
-        grad = lambda p: None if p is None else p.grad  # noqa: E731
-        data = lambda p: None if p is None else p.data  # noqa: E731
-        kind, formula = self._kind()
-        if kind != "lstm":
-            dims = dims[:4]
-        tensors = dict(x=x, w_ih=w_ih.data, w_hh=w_hh.data, lengths=lengths,
-                       cache=self._buffers[cache_key], dy=dy, dh_n=dh_n, dx=dx, dh0=dh0,
-                       dw_ih=w_ih.grad, dw_hh=w_hh.grad, db_ih=grad(b_ih), db_hh=grad(b_hh))
+        route = _ROUTES.get((self._mode, self.variant, self.nonlinearity, self._precision, dims))
+        if route is None:
+            route = self._route(dims)
+        kind, formula, precision, dims, sizes = route
+        cache = self._tls.buffers[cache_key]
+        db_ih = None if b_ih is None else b_ih.grad
+        db_hh = None if b_hh is None else b_hh.grad
         if kind == "lstm":
-            tensors.update(w_peep=data(w_peep), w_hr=data(w_hr), dc_n=dc_n, dc0=dc0,
-                           dw_peep=grad(w_peep), dw_hr=grad(w_hr),
-                           cell_clip=self.cell_clip or 0.0)
-        precision = _core.Precision.__members__[self._precision]
-        F._backward_into(kind, formula, dims, F._sizes(kind, dims, precision), reverse,
-                         precision=precision, **tensors)
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data,
+                       "w_peep": None if w_peep is None else w_peep.data,
+                       "w_hr": None if w_hr is None else w_hr.data, "lengths": lengths,
+                       "cell_clip": self.cell_clip or 0.0, "cache": cache, "dy": dy,
+                       "dh_n": dh_n, "dc_n": dc_n, "dx": dx, "dh0": dh0, "dc0": dc0,
+                       "dw_ih": w_ih.grad, "dw_hh": w_hh.grad, "db_ih": db_ih, "db_hh": db_hh,
+                       "dw_peep": None if w_peep is None else w_peep.grad,
+                       "dw_hr": None if w_hr is None else w_hr.grad}
+        else:
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data, "lengths": lengths,
+                       "cache": cache, "dy": dy, "dh_n": dh_n, "dx": dx, "dh0": dh0,
+                       "dw_ih": w_ih.grad, "dw_hh": w_hh.grad, "db_ih": db_ih, "db_hh": db_hh}
+        F._backward_call(kind, formula, dims, sizes, reverse, tensors, precision)
 
     # -- frozen inference ---------------------------------------------------------------------
     def frozen(self, precision: Optional[str] = None) -> "_RNNBase":
