@@ -89,13 +89,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp 
 
 isa::Sizes sizes(const Dims& d) {
   detail::check_dims("gru_sizes", d);
-  return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
-          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
-            return backward_layout(e, c);
-          }),
-          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
-            return backward_layout(e, c, true);
-          })};
+  return detail::cell_sizes(d, &cache_layout<float>, &forward_layout<float>,
+                            &backward_layout<float>);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,26 +180,12 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   Scalar* y = a.y;
 
   const Index TC = proj_chunk_steps(d);
-  check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
-  const bool bf16 = opt.precision == Precision::bfloat16;
-  const bool int8 = opt.precision == Precision::int8;
-  const bool lowpx = bf16 || int8;  // a low-precision forward (float32 tensors only)
-  const lowp::Tier tier = lowpx ? lowp::active_tier() : lowp::Tier::baseline;
-  lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
-  lowp::S8Block qb;    // precision int8: the int8 block in front of the float32 layout
-  if (bf16) {
-    lb = lowp::bf16_block(d, 3, true, aligned64(workspace));
-    workspace += lb.floats;
-  } else if (int8) {
-    qb = lowp::s8_block(d, 3, true, aligned64(workspace));
-    workspace += qb.floats;
-    if constexpr (std::is_same_v<Scalar, float>) {
-      if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
-        check_finite_weights(fn, "w_ih", a.w_ih, GH * d.C);
-        check_finite_weights(fn, "w_hh", a.w_hh, GH * H);
-      }
-    }
-  }
+  const LowpForward lp = lowp_forward_setup(fn, d, opt, 3, true, training, a.w_ih, a.w_hh,
+                                            workspace);
+  const bool int8 = lp.int8, lowpx = lp.any;
+  const lowp::Tier tier = lp.tier;
+  const lowp::Bf16Block& lb = lp.lb;
+  const lowp::S8Block& qb = lp.qb;
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc);
   Carver<Scalar> cc(a.cache);

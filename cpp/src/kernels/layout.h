@@ -10,6 +10,7 @@
 
 #include <cstddef>
 
+#include "isa/table.h"
 #include "packed_gemm.h"
 
 namespace fusedrnn {
@@ -52,6 +53,15 @@ std::size_t measure(const Dims& d, Layout layout) {
   Carver<float> m;
   layout(d, m);
   return m.size();
+}
+
+// A cell's size queries, from its layout descriptions: the cache, the forward workspace, and
+// the backward workspace in float32 and for the bf16 backward (backward(d, carver, lowp)).
+template <typename Cache, typename Forward, typename Backward>
+isa::Sizes cell_sizes(const Dims& d, Cache cache, Forward forward, Backward backward) {
+  return {measure(d, cache), measure(d, forward),
+          measure(d, [&](const Dims& e, Carver<float>& c) { return backward(e, c, false); }),
+          measure(d, [&](const Dims& e, Carver<float>& c) { return backward(e, c, true); })};
 }
 
 }  // namespace detail

@@ -132,13 +132,8 @@ void check_projection(const char* fn, const Dims& d, const void* w_hr) {
 
 isa::Sizes sizes(const Dims& d) {
   check_lstm_dims("lstm_sizes", d);
-  return {detail::measure(d, &cache_layout<float>), detail::measure(d, &forward_layout<float>),
-          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
-            return backward_layout(e, c);
-          }),
-          detail::measure(d, [](const Dims& e, detail::Carver<float>& c) {
-            return backward_layout(e, c, true);
-          })};
+  return detail::cell_sizes(d, &cache_layout<float>, &forward_layout<float>,
+                            &backward_layout<float>);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -232,26 +227,12 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   Scalar* y = a.y;
 
   const Index TC = proj_chunk_steps(d);
-  check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
-  const bool bf16 = opt.precision == Precision::bfloat16;
-  const bool int8 = opt.precision == Precision::int8;
-  const bool lowpx = bf16 || int8;  // a low-precision forward (float32 tensors only)
-  const lowp::Tier tier = lowpx ? lowp::active_tier() : lowp::Tier::baseline;
-  lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
-  lowp::S8Block qb;    // precision int8: the int8 block in front of the float32 layout
-  if (bf16) {
-    lb = lowp::bf16_block(d, 4, false, aligned64(workspace));
-    workspace += lb.floats;
-  } else if (int8) {
-    qb = lowp::s8_block(d, 4, false, aligned64(workspace));
-    workspace += qb.floats;
-    if constexpr (std::is_same_v<Scalar, float>) {
-      if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
-        check_finite_weights(fn, "w_ih", a.w_ih, GH * d.C);
-        check_finite_weights(fn, "w_hh", a.w_hh, GH * R);
-      }
-    }
-  }
+  const LowpForward lp = lowp_forward_setup(fn, d, opt, 4, false, training, a.w_ih, a.w_hh,
+                                            workspace);
+  const bool bf16 = lp.bf16, int8 = lp.int8, lowpx = lp.any;
+  const lowp::Tier tier = lp.tier;
+  const lowp::Bf16Block& lb = lp.lb;
+  const lowp::S8Block& qb = lp.qb;
   if constexpr (std::is_same_v<Scalar, float>) {
     if (bf16 && lb.wf && !training) {  // the fused AMX step (lowp/amx_cells.cc)
       const lowp::LstmFusedArgs fa{a.x,   a.w_ih, a.w_hh, b_ih,   b_hh, w_peep, a.h0,

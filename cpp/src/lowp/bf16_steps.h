@@ -112,6 +112,44 @@ inline void check_finite_weights(const char* fn, const char* name, const float* 
            "value at flat index " + std::to_string(i));
 }
 
+// A forward kernel's precision setup, the same for every cell (G gates; `gru`: w_hh's n rows
+// packed apart, the reset-before GRU's layout): checks the precision against the dtype and the
+// mode, places the bf16 or int8 block at the start of the workspace (advancing `workspace` past
+// it, so the float32 layout follows), and for int8 checks w_ih [G*H, C] and w_hh [G*H, R]
+// finite unless they are packed already.
+struct LowpForward {
+  bool bf16 = false, int8 = false, any = false;  // any: a low-precision forward
+  lowp::Tier tier = lowp::Tier::baseline;
+  lowp::Bf16Block lb;  // precision bfloat16: the bf16 block in front of the float32 layout
+  lowp::S8Block qb;    // precision int8: the int8 block in front of the float32 layout
+};
+template <typename Scalar>
+LowpForward lowp_forward_setup(const char* fn, const Dims& d, const Options& opt, Index G, bool gru,
+                               bool training, const Scalar* w_ih, const Scalar* w_hh,
+                               Scalar*& workspace) {
+  check_precision(fn, opt, std::is_same_v<Scalar, float>, training);
+  LowpForward lp;
+  lp.bf16 = opt.precision == Precision::bfloat16;
+  lp.int8 = opt.precision == Precision::int8;
+  lp.any = lp.bf16 || lp.int8;  // float32 tensors only (check_precision)
+  if (!lp.any) return lp;
+  lp.tier = lowp::active_tier();
+  if (lp.bf16) {
+    lp.lb = lowp::bf16_block(d, G, gru, aligned64(workspace));
+    workspace += lp.lb.floats;
+  } else {
+    lp.qb = lowp::s8_block(d, G, gru, aligned64(workspace));
+    workspace += lp.qb.floats;
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
+        check_finite_weights(fn, "w_ih", w_ih, G * d.H * d.C);
+        check_finite_weights(fn, "w_hh", w_hh, G * d.H * rec_width(d));
+      }
+    }
+  }
+  return lp;
+}
+
 // Work-shared packing of w [n, K] (row-major) as s8 with per-row scales.
 inline void par_pack_s8(const float* w, Index n, Index K, const lowp::S8Weights& out) {
 #ifdef _OPENMP
