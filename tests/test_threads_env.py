@@ -188,12 +188,16 @@ def test_contention_on_a_large_machine_and_when_off_or_unmeasurable():
     assert c.cap(4) == 4
     c.enabled = False
     assert c.cap(8) == 8
-    blind = _openmp_env.Contention(cpus=2, clock=lambda: clock.t, system=lambda: None,
+    reads = []
+    blind = _openmp_env.Contention(cpus=2, clock=lambda: clock.t,
+                                   system=lambda: reads.append(clock.t),
                                    own=lambda: 0.0, runnable=lambda: 2)
     blind.enabled = True
     for _ in range(3):
         _advance(clock, 0.2, others=2.0, own=0.0)
         assert blind.cap(2) == 2                # /proc/stat unreadable: the asked count
+        assert blind.cap(2) == 2                # and not tried again within the window
+    assert len(reads) == 3
 
 
 def test_kernel_calls_take_the_adapted_thread_count(monkeypatch):

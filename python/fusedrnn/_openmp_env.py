@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 SPIN_COUNT = "1000"
 
@@ -145,7 +146,7 @@ class Contention:
 
     def __init__(self, cpus=None, clock=None, system=None, own=None, runnable=None):
         self.cpus = cpus or os.cpu_count() or 1
-        self._clock = clock or __import__("time").monotonic
+        self._clock = clock or time.monotonic
         self._system = system or _system_cpu_seconds
         self._own = own or _own_cpu_seconds
         self._runnable = runnable or _runnable_others
@@ -161,14 +162,15 @@ class Contention:
         now = self._clock()
         last = self._last
         if last is None or now - last[0] >= WINDOW:
+            # a sample every WINDOW seconds, also where /proc/stat is unreadable (busy None:
+            # nothing is measured, and the file is not tried again at every call)
             busy, own = self._system(), self._own()
-            if busy is not None:
-                if last is not None and now > last[0]:
-                    over_time = max(0.0, (busy - last[1] - (own - last[2])) / (now - last[0]))
-                    right_now = self._runnable()
-                    others = over_time if right_now is None else min(over_time, right_now)
-                    self.free = self.cpus - others
-                self._last = (now, busy, own)
+            if busy is not None and last is not None and last[1] is not None and now > last[0]:
+                over_time = max(0.0, (busy - last[1] - (own - last[2])) / (now - last[0]))
+                right_now = self._runnable()
+                others = over_time if right_now is None else min(over_time, right_now)
+                self.free = self.cpus - others
+            self._last = (now, busy, own)
         if self.free is None:
             return n
         return max(1, min(n, int(self.free + 0.5)))

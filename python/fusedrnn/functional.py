@@ -224,11 +224,11 @@ class _Cache:
 # ----------------------------------------------------------------------------------------------
 # The one route from Python to the kernels, used by the functional API below and by the layers:
 # _lengths (the lengths argument as an int64 array, checked where it enters), _formula (a GRU
-# variant / RNN nonlinearity name -> the kernel's enum, once), _sizes, and _forward_into /
-# _backward_into (one kernel call into the caller's buffers; the thread count and the scratch
-# workspace are the route's business), or _forward_call / _backward_call, the same with the
-# tensors as one dict (the layers and cells, at every call: a small call's Python costs as much
-# as its kernel, so this path avoids per-call keyword matching, enum lookups and size queries).
+# variant / RNN nonlinearity name -> the kernel's enum, once), _sizes, and _forward_call /
+# _backward_call (one kernel call into the caller's buffers, the tensors as one dict; the thread
+# count and the scratch workspace are the route's business). The layers and cells call them at
+# every call: a small call's Python costs as much as its kernel, so this path avoids per-call
+# keyword matching, enum lookups and size queries.
 
 _lengths = _check_lengths
 _FP32 = _core.Precision.float32
@@ -269,57 +269,43 @@ def _sizes(kind, dims, precision=_FP32):
     return sizes
 
 
-def _forward_into(kind, formula, dims, sizes, reverse, *, workspace=None, packed=False,
-                  precision=_FP32, **tensors):
-    """<kind>_forward of the kernels: tensors are _core's keyword arguments (x, weights,
-    optional inputs, lengths, outputs y, h_n[, c_n], cache); sizes = _sizes(kind, dims,
-    precision). workspace None: this thread's scratch; else the caller's (``packed``: it holds
-    the weights an earlier call packed, Options::weights_packed). precision: _core.Precision
-    (_precision checks a name)."""
-    _forward_call(kind, formula, dims, sizes, reverse, tensors, workspace, packed, precision)
+def _call(names, kind, formula, dims, reverse, tensors, workspace, packed, precision):
+    """One kernel call, _core.<names[kind]>(dims, **tensors), tensors completed with the GRU
+    variant / RNN nonlinearity, the workspace and the options (the thread count is the
+    route's business)."""
+    if formula is not None:
+        tensors[_FORMULA[kind][0]] = formula
+    tensors["workspace"] = workspace
+    tensors["reverse"] = reverse
+    tensors["num_threads"] = _threads()
+    tensors["weights_packed"] = packed
+    tensors["precision"] = precision
+    getattr(_core, names[kind])(dims, **tensors)
 
 
 def _forward_call(kind, formula, dims, sizes, reverse, tensors, workspace=None, packed=False,
                   precision=_FP32):
-    """_forward_into with the tensors as one dict, which it completes with the options and
-    passes on as the keyword arguments: the layers' and cells' route at every call. (A Python
-    call with some twenty keyword arguments costs microseconds of keyword matching, as much as
-    a small kernel call.)"""
+    """<kind>_forward of the kernels: tensors (one dict: a Python call with some twenty keyword
+    arguments costs microseconds of keyword matching, as much as a small kernel call) are
+    _core's keyword arguments (x, weights, optional inputs, lengths, outputs y, h_n[, c_n],
+    cache); sizes = _sizes(kind, dims, precision). workspace None: this thread's scratch; else
+    the caller's (``packed``: it holds the weights an earlier call packed,
+    Options::weights_packed). precision: _core.Precision (_precision checks a name)."""
     if workspace is None:
         workspace = _workspace(sizes[1], tensors["x"].dtype)
-    if formula is not None:
-        tensors[_FORMULA[kind][0]] = formula
-    tensors["workspace"] = workspace
-    tensors["reverse"] = reverse
-    tensors["num_threads"] = _threads()
-    tensors["weights_packed"] = packed
-    tensors["precision"] = precision
-    getattr(_core, _FORWARD_NAME[kind])(dims, **tensors)
-
-
-def _backward_into(kind, formula, dims, sizes, reverse, precision=_FP32, *, workspace=None,
-                   packed=False, **tensors):
-    """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
-    accumulate); tensors are _core's keyword arguments. precision: the forward's (bfloat16:
-    the bf16 training contract, sizes = _sizes(kind, dims, precision)). workspace None: this
-    thread's scratch; else the caller's (``packed``: it holds the weights an earlier backward
-    with the same dims packed, Options::weights_packed)."""
-    _backward_call(kind, formula, dims, sizes, reverse, tensors, precision, workspace, packed)
+    _call(_FORWARD_NAME, kind, formula, dims, reverse, tensors, workspace, packed, precision)
 
 
 def _backward_call(kind, formula, dims, sizes, reverse, tensors, precision=_FP32,
                    workspace=None, packed=False):
-    """_backward_into with the tensors as one dict (see _forward_call)."""
-    if formula is not None:
-        tensors[_FORMULA[kind][0]] = formula
+    """<kind>_backward of the kernels into the caller's gradient buffers (parameter gradients
+    accumulate); tensors as for _forward_call. precision: the forward's (bfloat16: the bf16
+    training contract, sizes = _sizes(kind, dims, precision)). workspace None: this thread's
+    scratch; else the caller's (``packed``: it holds the weights an earlier backward with the
+    same dims packed, Options::weights_packed)."""
     if workspace is None:
         workspace = _workspace(sizes[2], tensors["x"].dtype)
-    tensors["workspace"] = workspace
-    tensors["reverse"] = reverse
-    tensors["num_threads"] = _threads()
-    tensors["weights_packed"] = packed
-    tensors["precision"] = precision
-    getattr(_core, _BACKWARD_NAME[kind])(dims, **tensors)
+    _call(_BACKWARD_NAME, kind, formula, dims, reverse, tensors, workspace, packed, precision)
 
 
 def _precision(fn, precision, dtype, training=False):
