@@ -85,12 +85,12 @@ void par_gather_rows(const RaggedOrder& r, const Scalar* src, Index width, Scala
 // chunks, proj_chunk_steps; `na`: the running count of an earlier step): the inputs of each
 // step's running rows are gathered into xs step after step (step s's rows follow those of the
 // chunk's earlier steps), then projected in one product, gxs [rows, G*H] = xs w_ihᵀ (packed), so
-// that w_ih streams once per chunk, not once per step. Returns the rows projected. Bit for bit
+// that w_ih streams once per chunk, not once per step. Bit for bit
 // the per-step products: each output element is one accumulation over k whatever the rows.
 template <typename Scalar>
-Index par_project_ragged(const Dims& d, const RaggedOrder& r, bool reverse, Index G, Index s0,
-                         Index s1, Index na, const Scalar* x, const Scalar* packed, Scalar* xs,
-                         Scalar* gxs) {
+void par_project_ragged(const Dims& d, const RaggedOrder& r, bool reverse, Index G, Index s0,
+                        Index s1, Index na, const Scalar* x, const Scalar* packed, Scalar* xs,
+                        Scalar* gxs) {
   const Index C = d.C;
   Index rows = 0;
   for (Index s = s0; s < s1; ++s) {  // every thread walks the steps; the copies are shared
@@ -108,7 +108,6 @@ Index par_project_ragged(const Dims& d, const RaggedOrder& r, bool reverse, Inde
 #pragma omp barrier
 #endif
   par_gemm_packed(rows, G * d.H, C, xs, C, packed, gxs, G * d.H, false);
-  return rows;
 }
 
 // Serial (inside a single construct): the final state of each caller row n, which its ordered

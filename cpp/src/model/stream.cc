@@ -38,8 +38,9 @@ struct Stream<Scalar>::Impl {
   const Scalar* embed = nullptr;
   const Scalar* head_packed = nullptr;
   const Scalar* head_b = nullptr;
-  // Precision::bfloat16: per layer its kernel workspace and whether it holds the packed weights;
-  // the previous state and one step's output of a layer.
+  // A bfloat16 or int8 Model, or one with issue 19's options (lowp: its step is one T = 1
+  // kernel call per layer): per layer its kernel workspace and whether it holds the packed
+  // weights; the previous state and one step's output of a layer.
   bool lowp = false;
   Precision precision = Precision::float32;
   std::vector<internal::AlignedArray<Scalar>> lp_ws;
