@@ -246,3 +246,5 @@ def test_adaptation_is_on_by_default_and_off_by_the_variable():
     code = "import json, fusedrnn; print(json.dumps(fusedrnn.get_adaptive_threads()))"
     assert _fresh(code) is True
     assert _fresh(code, FUSEDRNN_ADAPTIVE_THREADS="0") is False
+    assert _fresh(code, FUSEDRNN_ADAPTIVE_THREADS=" Off") is False
+    assert _fresh(code, FUSEDRNN_ADAPTIVE_THREADS="1") is True

@@ -152,7 +152,9 @@ class Contention:
         self._runnable = runnable or _runnable_others
         self._last = None               # (wall, system busy, own) at the last sample
         self.free = None                # CPUs left free at the last sample (float), or None
-        self.enabled = os.environ.get("FUSEDRNN_ADAPTIVE_THREADS", "1") != "0"
+        # FUSEDRNN_ADAPTIVE_THREADS=0 (or false, off, no; any case) turns the adaptation off
+        self.enabled = os.environ.get("FUSEDRNN_ADAPTIVE_THREADS", "1").strip().lower() not in (
+            "0", "false", "off", "no")
 
     def cap(self, n: int) -> int:
         """The threads a call asking for n runs on: n, or fewer while other processes keep the
