@@ -230,6 +230,7 @@ void backward_ragged(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Opti
       Scalar* dgs = dgh + rs.off[s] * H;  // [na, H]
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = rs.time(s, i);
+        prefetch_gate_blocks_for_write(dgs + off + H, 1, H, bk);  // the next row's (skeleton.h)
         rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
                                a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
                                hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
@@ -291,6 +292,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       Scalar* dgs = dgh + s * NH;
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
+        prefetch_gate_blocks_for_write(dgs + off + H, 1, H, bk);  // the next row's (skeleton.h)
         if (t < 0) {
           zero_gate_blocks(dgs + off, 1, H, bk);
           carry(dh_cur + off, dh_nxt + off, bk);

@@ -67,6 +67,17 @@ inline void zero_gate_blocks(Scalar* dg, Index G, Index H, Index bk) {
   for (Index g = 0; g < G; ++g) std::fill(dg + g * H, dg + g * H + bk, Scalar(0));
 }
 
+// Prefetch for writing: the G gate blocks (H apart) of units 0..bk-1 at dg. The backward's
+// pointwise pass calls it on the next row's block while it computes this row's: the gate
+// gradients go to a fresh region of the [T, N, G*H] buffers at every step, and without it each
+// of their cache lines is a miss that stalls the stores (about 6% of an LSTM backward, config a).
+template <typename Scalar>
+inline void prefetch_gate_blocks_for_write(const Scalar* dg, Index G, Index H, Index bk) {
+  constexpr Index L = 64 / Index(sizeof(Scalar));
+  for (Index g = 0; g < G; ++g)
+    for (Index j = 0; j < bk; j += L) __builtin_prefetch(dg + g * H + j, 1, 3);
+}
+
 // The input projection gx = x w_ihᵀ runs in chunks of steps, just before the steps that read
 // it: the chunk stays in cache, and forward memory does not grow with T (inference over a long
 // sequence needs only the state and one chunk). About two row blocks of the GEMM per chunk.
