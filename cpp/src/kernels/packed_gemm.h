@@ -394,6 +394,86 @@ inline void tn_micro(Index kc, const Scalar* a, Index lda, const Scalar* b, Scal
     for (Index j = 0; j < NP; ++j) ei::pstore(tile + r * ldt + j * W, acc[r][j]);
 }
 
+// par_gemm_tn_add for a short k (at most kTnSmallK rows: a step of a single-step cell, a tiny
+// batch), without the item's tile buffer or packing: each element is the same multiply-add
+// chain over k in order, started from zero, then added to C, as in the blocked path, so the
+// result is the same to the bit. Each MR x NC register tile reads its k rows of A and B in
+// place (a partial one from zero-padded copies). Measured on the Xeon (float, one thread, load
+// ~18, C[m, n] for m x n = 512 x 128, 256 x 64, 1024 x 256): 0.3-0.5 of the blocked path's
+// time at k <= 4, 0.65-0.8 at k = 8..32; at k = 48..128 sometimes slower (up to 1.2).
+constexpr Index kTnSmallK = 32;
+
+// C[mr, nc] += Aᵀ B over k rows (a: k rows of MR scalars, lda apart; b: k rows of NC, ldb
+// apart; both zero-padded past mr and nc).
+template <typename Scalar>
+inline void tn_small_tile(Index k, const Scalar* a, Index lda, const Scalar* b, Index ldb,
+                          Scalar* C, Index ldc, Index mr, Index nc) {
+  namespace ei = Eigen::internal;
+  using T = Panel<Scalar>;
+  using P = typename T::P;
+  constexpr Index W = T::W, NP = T::NP, NC = T::NC, MR = T::MR;
+  P acc[MR][NP];
+  for (Index r = 0; r < MR; ++r)
+    for (Index j = 0; j < NP; ++j) acc[r][j] = ei::pset1<P>(Scalar(0));
+  for (Index kk = 0; kk < k; ++kk) {
+    P bv[NP];
+    for (Index j = 0; j < NP; ++j) bv[j] = ei::ploadu<P>(b + kk * ldb + j * W);
+    for (Index r = 0; r < MR; ++r) {
+      const P av = ei::pset1<P>(a[kk * lda + r]);
+      for (Index j = 0; j < NP; ++j) acc[r][j] = ei::pmadd(av, bv[j], acc[r][j]);
+    }
+  }
+  alignas(64) Scalar t[MR * NC];
+  for (Index r = 0; r < MR; ++r)
+    for (Index j = 0; j < NP; ++j) ei::pstore(t + r * NC + j * W, acc[r][j]);
+  for (Index r = 0; r < mr; ++r) {
+    Scalar* c = C + r * ldc;
+    const Scalar* tr = t + r * NC;
+    if (nc == NC) {
+      for (Index j = 0; j < NC; j += W)
+        ei::pstoreu(c + j, ei::padd(ei::ploadu<P>(c + j), ei::pload<P>(tr + j)));
+    } else {
+      for (Index j = 0; j < nc; ++j) c[j] += tr[j];
+    }
+  }
+}
+
+template <typename Scalar>
+void par_gemm_tn_add_small(Index m, Index n, Index k, const Scalar* A, Index lda, const Scalar* B,
+                           Index ldb, Scalar* C, Index ldc) {
+  using T = Panel<Scalar>;
+  constexpr Index NC = T::NC, MR = T::MR;
+  const Index rbs = ceil_div(m, MR), cbs = ceil_div(n, NC);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index item = 0; item < rbs * cbs; ++item) {
+    const Index i0 = (item / cbs) * MR, j0 = (item % cbs) * NC;
+    const Index mr = std::min(MR, m - i0), nc = std::min(NC, n - j0);
+    // A partial micro-panel's rows and a partial panel's columns, zero-padded (as the blocked
+    // path packs them), so that the register tile is always whole.
+    alignas(64) Scalar at[kTnSmallK * MR];
+    alignas(64) Scalar bt[kTnSmallK * NC];
+    const Scalar *a = A + i0, *b = B + j0;
+    Index la = lda, lb = ldb;
+    if (mr < MR) {
+      for (Index kk = 0; kk < k; ++kk) {
+        std::copy(a + kk * lda, a + kk * lda + mr, at + kk * MR);
+        std::fill(at + kk * MR + mr, at + (kk + 1) * MR, Scalar(0));
+      }
+      a = at, la = MR;
+    }
+    if (nc < NC) {
+      for (Index kk = 0; kk < k; ++kk) {
+        std::copy(b + kk * ldb, b + kk * ldb + nc, bt + kk * NC);
+        std::fill(bt + kk * NC + nc, bt + (kk + 1) * NC, Scalar(0));
+      }
+      b = bt, lb = NC;
+    }
+    tn_small_tile(k, a, la, b, lb, C + i0 * ldc + j0, ldc, mr, nc);
+  }
+}
+
 // Must be called by every thread of a parallel region (an `omp for` work-share with its
 // implicit barrier): C[m, n] += Aᵀ B as described above. With row maps (amap, bmap: k entries),
 // row kk of A and of B is row amap[kk], bmap[kk] of the stored operand (map_row): the sum runs
@@ -403,6 +483,8 @@ void par_gemm_tn_add(Index m, Index n, Index k, const Scalar* A, Index lda, cons
                      Index ldb, Scalar* C, Index ldc, const Index* amap = nullptr,
                      const Index* bmap = nullptr) {
   if (k == 0 || m == 0 || n == 0) return;
+  if (k <= kTnSmallK && !amap && !bmap)
+    return par_gemm_tn_add_small(m, n, k, A, lda, B, ldb, C, ldc);
   namespace ei = Eigen::internal;
   using T = Panel<Scalar>;
   using P = typename T::P;
