@@ -5,10 +5,11 @@
                           [--clock wall|cpu] [--json out.json]
 
 Prints per configuration the median time of one loop (ms), torch's time over fusedrnn's
-(ratio > 1: fusedrnn faster) and, for inference, fusedrnn's per-step overhead in µs: the cell's
-step time minus the time of its kernel call alone ("kernel us": the same kernel on the same
-arrays, repeated in C++, _core.cell_kernel_seconds), i.e. everything the Python loop, the cell's
-method and the binding add. "gil us" is what releasing the GIL around the kernel call costs
+(ratio > 1: fusedrnn faster) and fusedrnn's per-step overhead in µs: the cell's step time minus
+the time of its kernel calls alone ("kernel us": the same kernels on the same arrays, repeated
+in C++, _core.cell_kernel_seconds / cell_backward_kernel_seconds; train: forward + backward),
+i.e. everything the Python loop, the cell's methods and the binding add (and the cache misses
+of fresh arrays at every step, which the repeated kernel call does not have). "gil us" is what releasing the GIL around the kernel call costs
 per step (the cell's time minus that of a cell whose plan keeps the GIL). The contenders of a
 configuration run interleaved (one loop each per round, rounds repeated), so load changes hit
 them alike. "repack ms" is fusedrnn with reuse_packed_weights = False (every forward and
@@ -142,7 +143,23 @@ def main(argv=None):
                             wall, cpu = _core.cell_kernel_seconds(fcell._plan, xs[1], st, T, 1)
                             ks.append(cpu if args.clock == "cpu" else wall)
                         tk = statistics.median(ks)
-                        over = (tf_ - tk) / T * 1e6
+                    else:
+                        # forward and backward kernel calls alone, on a scratch cell (the
+                        # repeated backward calls accumulate into its gradients)
+                        sc = getattr(cells, kind + "Cell")(C, H, dtype="float32", seed=0)
+                        sc.load_state_dict(fcell.state_dict())
+                        st = sc(xs[0], None)
+                        sc(xs[1], st)
+                        step = sc._tape[-1]
+                        dh = np.ones((N, H), np.float32)
+                        dc = np.zeros((N, H), np.float32) if lstm else None
+                        ks = []
+                        for _ in range(args.reps):
+                            fw = _core.cell_kernel_seconds(sc._plan, xs[1], st, T, 1)
+                            bw = _core.cell_backward_kernel_seconds(sc._plan, step, dh, dc, T, 1)
+                            ks.append(fw[1] + bw[1] if args.clock == "cpu" else fw[0] + bw[0])
+                        tk = statistics.median(ks)
+                    over = (tf_ - tk) / T * 1e6
                     row = dict(cell=kind, H=H, N=N, mode=mode, fusedrnn_ms=tf_ * 1e3,
                                torch_ms=tt * 1e3, jit_ms=tj * 1e3, ratio_eager=tt / tf_,
                                ratio_jit=tj / tf_,

@@ -333,7 +333,7 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
 // cell_backward(plan, step, d_h, d_c, version, forwards, num_threads) -> (dx, dh0, dc0) | None
 template <typename S>
 py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long long version,
-                    long long forwards, int threads) {
+                    long long forwards, int threads, KernelTimer* timer = nullptr) {
   if (!PyTuple_CheckExact(step) || PyTuple_GET_SIZE(step) != 3) return py::none();
   PyObject* x = PyTuple_GET_ITEM(step, 0);
   PyObject* cache = PyTuple_GET_ITEM(step, 1);
@@ -383,7 +383,10 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
     a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
     a.dw_peep = ptr<S>(g[4].ptr()), a.dw_hr = ptr<S>(g[5].ptr());
-    run(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); });
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); });
   } else if (p.kind == kGru) {
     fusedrnn::GruBackwardArgs<S> a;
     a.variant = p.flag ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
@@ -392,7 +395,10 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
     a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
     a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
-    run(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); });
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); });
   } else {
     fusedrnn::RnnBackwardArgs<S> a;
     a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
@@ -401,7 +407,10 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
     a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
     a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
-    run(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); });
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); });
   }
   // the cell bumps its version after a backward (an optimiser step may follow): the next
   // backward of the loop sees version + 1
@@ -410,6 +419,7 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
   p.bfwd = forwards;
   p.bN = N;
   p.bpacked = p.reuse;
+  if (timer != nullptr) return py::make_tuple(timer->wall, timer->cpu);
   return py::make_tuple(dx, dh0, dc0);
 }
 
@@ -524,6 +534,28 @@ void register_cell_step(py::module_& m) {
       py::arg("plan"), py::arg("x"), py::arg("state"), py::arg("repeat"), py::arg("num_threads"),
       "Measurement: (wall, cpu) seconds of `repeat` kernel calls of an inference step on x, "
       "state, without the per-step Python and binding work (bench/cells.py).");
+  m.def(
+      "cell_backward_kernel_seconds",
+      [](py::capsule plan, py::handle step, py::handle d_h, py::handle d_c, long repeat,
+         int num_threads) {
+        Plan& p = plan_of(plan.ptr());
+        if (p.busy || repeat < 1)
+          throw py::value_error("cell_backward_kernel_seconds: plan busy or repeat < 1");
+        KernelTimer timer;
+        timer.repeat = repeat;
+        py::object r = p.f64 ? backward<double>(p, step.ptr(), d_h.ptr(), d_c.ptr(), -1, -1,
+                                                num_threads, &timer)
+                             : backward<float>(p, step.ptr(), d_h.ptr(), d_c.ptr(), -1, -1,
+                                               num_threads, &timer);
+        if (r.is_none())
+          throw py::value_error("cell_backward_kernel_seconds: arguments not usable as they are");
+        p.bpacked = false;  // the cell's next backward packs
+        return r;
+      },
+      py::arg("plan"), py::arg("step"), py::arg("d_h"), py::arg("d_c"), py::arg("repeat"),
+      py::arg("num_threads"),
+      "Measurement: (wall, cpu) seconds of `repeat` backward kernel calls of a recorded step "
+      "(a tape entry); the parameter gradients accumulate `repeat` + 1 times (bench/cells.py).");
   m.def(
       "cell_plan_packed",
       [](py::capsule plan) {
