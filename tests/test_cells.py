@@ -535,3 +535,28 @@ def test_plan_keeping_the_gil_and_release_buffers():
     assert a._plan is None
     np.testing.assert_array_equal(a(x, sa)[0], b(x, sb)[0])
     assert a._plan is not None
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_kernel_timers_leave_the_cell_exact(mode):
+    """bench/cells.py's kernel-alone timers return (wall, cpu) seconds and leave the plan
+    unpacked, so the cell's next steps equal a fresh cell's."""
+    rng = np.random.default_rng(17)
+    cell = make_cell(mode, {}, "float32")
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    st = cell(x)
+    cell(x, st)
+    step = cell._tape[-1]
+    d = np.ones((N, H), np.float32)
+    for t in (_core.cell_kernel_seconds(cell._plan, x, st, 3, 1),
+              _core.cell_backward_kernel_seconds(cell._plan, step, d,
+                                                 d if mode == "LSTM" else None, 3, 1)):
+        assert len(t) == 2 and all(v >= 0 for v in t)
+    assert _core.cell_plan_packed(cell._plan) == (False, False)
+    cell.eval()
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+    with pytest.raises(ValueError, match="not usable"):
+        _core.cell_kernel_seconds(cell._plan, x[:, :1], st, 3, 1)
