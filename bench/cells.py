@@ -9,8 +9,9 @@ Prints per configuration the median time of one loop (ms), torch's time over fus
 the time of its kernel calls alone ("kernel us": the same kernels on the same arrays, repeated
 in C++, _core.cell_kernel_seconds / cell_backward_kernel_seconds; train: forward + backward),
 i.e. everything the Python loop, the cell's methods and the binding add (and the cache misses
-of fresh arrays at every step, which the repeated kernel call does not have). "gil us" is what releasing the GIL around the kernel call costs
-per step (the cell's time minus that of a cell whose plan keeps the GIL). The contenders of a
+of fresh arrays at every step, which the repeated kernel call does not have). "gil us" is
+what releasing the GIL around the kernel call costs per step (the cell's time minus that of a
+cell whose plan keeps the GIL). The contenders of a
 configuration run interleaved (one loop each per round, rounds repeated), so load changes hit
 them alike. "repack ms" is fusedrnn with reuse_packed_weights = False (every forward and
 backward step packs its weights), "x repack" its time over the default's. ``--clock cpu``

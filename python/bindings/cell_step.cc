@@ -528,12 +528,16 @@ void register_cell_step(py::module_& m) {
       "cell_kernel_seconds",
       [](py::capsule plan, py::handle x, py::handle state, long repeat, int num_threads) {
         Plan& p = plan_of(plan.ptr());
-        if (p.busy || repeat < 1) throw py::value_error("cell_kernel_seconds: plan busy or repeat < 1");
+        if (p.busy || repeat < 1)
+          throw py::value_error("cell_kernel_seconds: plan busy or repeat < 1");
         KernelTimer timer;
         timer.repeat = repeat;
-        py::object r = p.f64 ? forward<double>(p, x.ptr(), state.ptr(), Py_None, -1, num_threads, &timer)
-                             : forward<float>(p, x.ptr(), state.ptr(), Py_None, -1, num_threads, &timer);
-        if (r.is_none()) throw py::value_error("cell_kernel_seconds: x or state not usable as they are");
+        py::object r = p.f64 ? forward<double>(p, x.ptr(), state.ptr(), Py_None, -1,
+                                               num_threads, &timer)
+                             : forward<float>(p, x.ptr(), state.ptr(), Py_None, -1, num_threads,
+                                              &timer);
+        if (r.is_none())
+          throw py::value_error("cell_kernel_seconds: x or state not usable as they are");
         p.fpacked = false;  // (version -1: the cell's next step packs)
         return r;
       },

@@ -46,10 +46,11 @@ workspace) and packs again only when they may have changed:
   or set ``cell.reuse_packed_weights = False`` to pack at every step.
 
 Backward likewise keeps the (transposed) weights it packs in its own workspace (per plan, or
-per thread and batch size) and reuses them at the next backward of the same loop: it packs again when a
-forward ran since its last call (so after an optimiser step and the next loop's forwards) or
-after any of the calls above. The one change it cannot see is a write into the weights *between
-two backward calls* with no forward in between: call ``weights_changed()`` after it.
+per thread and batch size) and reuses them at the next backward of the same loop: it packs
+again when a forward ran since its last call (so after an optimiser step and the next loop's
+forwards) or after any of the calls above. The one change it cannot see is a write into the
+weights *between two backward calls* with no forward in between: call ``weights_changed()``
+after it.
 Reusing the packed weights changes no result: they are the same bits either way.
 """
 from __future__ import annotations
@@ -471,7 +472,8 @@ class _CellBase(Module):
         dh0 = np.empty((N, R), dt) if has_state else None
         dc0 = np.empty((N, H), dt) if has_state and lstm else None
         _kernel_backward(self._mode, self._flag, dims, step_x.reshape(1, N, self.input_size),
-                         w_ih, w_hh, w_peep, w_hr, step_cache, dh_n, dc_n, dx, dh0, dc0, self.weight_ih.grad,
+                         w_ih, w_hh, w_peep, w_hr, step_cache, dh_n, dc_n, dx, dh0, dc0,
+                         self.weight_ih.grad,
                          self.weight_hh.grad, None if p_b_ih is None else p_b_ih.grad,
                          None if p_b_hh is None else p_b_hh.grad,
                          None if p_peep is None else p_peep.grad,
