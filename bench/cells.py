@@ -5,14 +5,19 @@
                           [--clock wall|cpu] [--json out.json]
 
 Prints per configuration the median time of one loop (ms), torch's time over fusedrnn's
-(ratio > 1: fusedrnn faster) and fusedrnn's per-step Python overhead in µs: the cell's step time
-minus the time of the bare kernel call it makes (the same _core call on prepared arrays). The
-contenders of a configuration run interleaved (one loop each per round, rounds repeated), so
-load changes hit them alike. In train mode "repack ms" is fusedrnn with the backward packing
-its weights at every step (as before Options::weights_packed in backward), "x repack" its time
-over the default's. ``--clock cpu`` times with the process's CPU time instead of the wall
-clock: every contender runs on one thread, so on a machine shared with other work it excludes
-the time spent waiting for a core (cache and memory contention remain).
+(ratio > 1: fusedrnn faster) and fusedrnn's per-step overhead in µs: the cell's step time minus
+the time of its kernel calls alone ("kernel us": the same kernels on the same arrays, repeated
+in C++, _core.cell_kernel_seconds / cell_backward_kernel_seconds; train: forward + backward),
+i.e. everything the Python loop, the cell's methods and the binding add (and the cache misses
+of fresh arrays at every step, which the repeated kernel call does not have). "gil us" is
+what releasing the GIL around the kernel call costs per step (the cell's time minus that of a
+cell whose plan keeps the GIL). The contenders of a
+configuration run interleaved (one loop each per round, rounds repeated), so load changes hit
+them alike. "repack ms" is fusedrnn with reuse_packed_weights = False (every forward and
+backward step packs its weights), "x repack" its time over the default's. ``--clock cpu``
+times with the process's CPU time instead of the wall clock: every contender runs on one
+thread, so on a machine shared with other work it excludes the time spent waiting for a core
+(cache and memory contention remain).
 """
 from __future__ import annotations
 
@@ -66,15 +71,14 @@ def main(argv=None):
     import torch
     import fusedrnn
     from fusedrnn import cells, _core
-    from fusedrnn import cells as _cells_mod
 
     torch.set_num_threads(1)
     fusedrnn.set_num_threads(1)
     rows = []
     T = args.steps
     print(f"{'cell':5} {'H':>4} {'N':>3} {'mode':6} {'fusedrnn ms':>11} {'torch ms':>9} "
-          f"{'jit ms':>8} {'x eager':>8} {'x jit':>6} {'overhead us':>11} {'repack ms':>9} "
-          f"{'x repack':>8}")
+          f"{'jit ms':>8} {'x eager':>8} {'x jit':>6} {'kernel us':>9} {'overhead us':>11} "
+          f"{'gil us':>6} {'repack ms':>9} {'x repack':>8}")
     for kind in args.cells:
         for H in args.hidden:
             for N in args.batch:
@@ -84,24 +88,30 @@ def main(argv=None):
                 fcell = getattr(cells, kind + "Cell")(C, H, dtype="float32", seed=0)
                 tcell = getattr(torch.nn, kind + "Cell")(C, H)
                 fcell.load_state_dict(tcell.state_dict())
+                rcell = getattr(cells, kind + "Cell")(C, H, dtype="float32", seed=0)
+                rcell.load_state_dict(tcell.state_dict())
+                rcell.reuse_packed_weights = False
+                gcell = getattr(cells, kind + "Cell")(C, H, dtype="float32", seed=0)
+                gcell.load_state_dict(tcell.state_dict())
+                gcell._plan = _core.cell_plan(   # the same plan, keeping the GIL
+                    {"LSTM": 0, "GRU": 1, "RNN": 2}[kind], gcell._flag, gcell.dtype, C, H, 0,
+                    gcell._parameters, True, release_gil=False)
                 jcell = torch.jit.script(getattr(torch.nn, kind + "Cell")(C, H))
                 txs = torch.from_numpy(xs)
                 lstm = kind == "LSTM"
 
-                def f_inf():
+                def f_inf(fcell=fcell):
                     st = None
                     for t in range(T):
                         st = fcell(xs[t], st)
 
-                def f_train(repack=False):
+                def f_train(fcell=fcell):
                     st = None
                     for t in range(T):
                         st = fcell(xs[t], st)
                     dh = np.ones((N, H), np.float32)
                     d = (dh, np.zeros((N, H), np.float32)) if lstm else dh
                     for t in range(T):
-                        if repack:   # forget the packed weights: pack at every step
-                            fcell._store.bkey = None
                         _, ds = fcell.backward(*(d if lstm else (d,)))
                         if ds is not None:
                             d = (ds[0] + dh, ds[1]) if lstm else ds + dh
@@ -120,46 +130,49 @@ def main(argv=None):
                 for mode, fr, tr, jr in (
                         ("infer", f_inf, t_loop(tcell, False), t_loop(jcell, False)),
                         ("train", f_train, t_loop(tcell, True), t_loop(jcell, True))):
-                    fcell.train(mode == "train")
-                    fns = [fr, tr, jr] + ([lambda: f_train(True)] if mode == "train" else [])
-                    times = interleaved(fns, args.reps)
-                    tf_, tt, tj = times[:3]
-                    trp = times[3] if mode == "train" else None
-                    over = None
+                    for c in (fcell, rcell, gcell):
+                        c.train(mode == "train")
+                    fns = [fr, tr, jr, lambda: fr(rcell), lambda: fr(gcell)]
+                    tf_, tt, tj, trp, tg = interleaved(fns, args.reps)
+                    gil = (tf_ - tg) / T * 1e6
+                    over = tk = None
                     if mode == "infer":
-                        # the bare kernel call the cell makes per step, on prepared arrays
-                        dims = (1, N, C, H, 0)
-                        _, ws_size, _ = _cells_mod._sizes(kind.upper(), dims)
-                        ws = np.empty(ws_size, np.float32)
-                        w = fcell._weights()
-                        y = np.empty((1, N, H), np.float32)
-                        h = np.zeros((N, H), np.float32)
-                        c = np.zeros((N, H), np.float32) if lstm else None
-                        hn = np.empty((N, H), np.float32)
-                        cn = np.empty((N, H), np.float32) if lstm else None
-                        x3 = xs[:1]
-                        _cells_mod._kernel_forward(kind.upper(), fcell._flag, dims, False, x3,
-                                                   w[0], w[1], w[2], w[3], h, c, None, None, y,
-                                                   hn, cn, None, ws)
-
-                        def bare():
-                            for t in range(T):
-                                _cells_mod._kernel_forward(kind.upper(), fcell._flag, dims, True,
-                                                           x3, w[0], w[1], w[2], w[3], h, c,
-                                                           None, None, y, hn, cn, None, ws)
-                        tb = median_time(bare, args.reps)
-                        over = (tf_ - tb) / T * 1e6
+                        # the kernel call alone, repeated in C++ on the step's arrays
+                        st = fcell(xs[0], None)
+                        ks = []
+                        for _ in range(args.reps):
+                            wall, cpu = _core.cell_kernel_seconds(fcell._plan, xs[1], st, T, 1)
+                            ks.append(cpu if args.clock == "cpu" else wall)
+                        tk = statistics.median(ks)
+                    else:
+                        # forward and backward kernel calls alone, on a scratch cell (the
+                        # repeated backward calls accumulate into its gradients)
+                        sc = getattr(cells, kind + "Cell")(C, H, dtype="float32", seed=0)
+                        sc.load_state_dict(fcell.state_dict())
+                        st = sc(xs[0], None)
+                        sc(xs[1], st)
+                        step = sc._tape[-1]
+                        dh = np.ones((N, H), np.float32)
+                        dc = np.zeros((N, H), np.float32) if lstm else None
+                        ks = []
+                        for _ in range(args.reps):
+                            fw = _core.cell_kernel_seconds(sc._plan, xs[1], st, T, 1)
+                            bw = _core.cell_backward_kernel_seconds(sc._plan, step, dh, dc, T, 1)
+                            ks.append(fw[1] + bw[1] if args.clock == "cpu" else fw[0] + bw[0])
+                        tk = statistics.median(ks)
+                    over = (tf_ - tk) / T * 1e6
                     row = dict(cell=kind, H=H, N=N, mode=mode, fusedrnn_ms=tf_ * 1e3,
                                torch_ms=tt * 1e3, jit_ms=tj * 1e3, ratio_eager=tt / tf_,
-                               ratio_jit=tj / tf_, overhead_us=over,
-                               repack_ms=None if trp is None else trp * 1e3,
-                               ratio_repack=None if trp is None else trp / tf_)
+                               ratio_jit=tj / tf_,
+                               kernel_us=None if tk is None else tk / T * 1e6,
+                               overhead_us=over, gil_us=gil, repack_ms=trp * 1e3,
+                               ratio_repack=trp / tf_)
                     rows.append(row)
                     print(f"{kind:5} {H:4d} {N:3d} {mode:6} {tf_ * 1e3:11.2f} {tt * 1e3:9.2f} "
                           f"{tj * 1e3:8.2f} {tt / tf_:8.2f} {tj / tf_:6.2f} "
-                          f"{'' if over is None else f'{over:11.1f}':>11} "
-                          f"{'' if trp is None else f'{trp * 1e3:9.2f}':>9} "
-                          f"{'' if trp is None else f'{trp / tf_:8.2f}':>8}", flush=True)
+                          f"{'' if tk is None else f'{tk / T * 1e6:9.1f}':>9} "
+                          f"{'' if over is None else f'{over:11.1f}':>11} {gil:6.2f} "
+                          f"{trp * 1e3:9.2f} {trp / tf_:8.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"steps": T, "threads": 1, "clock": args.clock, "rows": rows}, f, indent=1)

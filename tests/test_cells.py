@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import cells, optim
+from fusedrnn import _core, cells, optim
 
 KINDS = [
     ("LSTM", {}), ("LSTM", {"peepholes": True}), ("LSTM", {"proj_size": 3}),
@@ -231,7 +231,8 @@ def test_packed_reuse_is_used_and_batch_may_change():
         x = rng.standard_normal((n, C)).astype(np.float32)
         for _ in range(2):
             np.testing.assert_array_equal(a(x)[0], b(x)[0])
-    assert a._store.key is not None and b._store.key is None
+    # a's plan holds packed weights for the next step, b's never does
+    assert _core.cell_plan_packed(a._plan)[0] and not _core.cell_plan_packed(b._plan)[0]
 
 
 def _loop_grads(cell, xs, dy, reuse=True, between=None):
@@ -268,7 +269,7 @@ def test_backward_reuses_packed_weights_bit_for_bit(mode, kw, dtype):
         np.testing.assert_array_equal(ga[0], gb[0])
         for k in ga[2]:
             np.testing.assert_array_equal(ga[2][k], gb[2][k], err_msg=k)
-        assert a._store.bkey is not None and b._store.bkey is None
+        assert _core.cell_plan_packed(a._plan)[1] and not _core.cell_plan_packed(b._plan)[1]
         for cell in (a, b):   # an optimiser step between the loops
             optim.SGD(cell.parameters(), lr=0.3).step()
 
@@ -328,3 +329,234 @@ def test_eval_records_nothing_and_state_none_starts_a_sequence():
     cell.eval()
     cell(x, h)
     assert len(cell._tape) == 0
+
+
+# -- the C++ per-step path (python/bindings/cell_step.cc) and its Python fallback ----------------
+
+def _python_only(monkeypatch):
+    """Sends every step down the Python path (the C++ path answering None, as it does for
+    what it does not take)."""
+    monkeypatch.setattr(cells, "_cell_forward", lambda *a: None)
+    monkeypatch.setattr(cells, "_cell_backward", lambda *a: None)
+
+
+def _counting(monkeypatch):
+    """Counts the steps the C++ path ran (answers other than None)."""
+    count = {"forward": 0, "backward": 0}
+    for name, key in (("_cell_forward", "forward"), ("_cell_backward", "backward")):
+        real = getattr(cells, name)
+
+        def wrapped(*a, real=real, key=key):
+            r = real(*a)
+            count[key] += r is not None
+            return r
+        monkeypatch.setattr(cells, name, wrapped)
+    return count
+
+
+def _train_loop(cell, xs, state, dy):
+    outs, final = run_loop(cell, xs, state)
+    lstm = isinstance(cell, cells.LSTMCell)
+    d, dxs = None, []
+    for t in reversed(range(xs.shape[0])):
+        dh = dy[t] if d is None else (d[0] if lstm else d) + dy[t]
+        dx, d = cell.backward((dh, None if d is None else d[1])) if lstm else cell.backward(dh)
+        dxs.append(dx)
+    return outs, dxs, d, {k: p.grad.copy() for k, p in cell.named_parameters()}
+
+
+@pytest.mark.parametrize("mode,kw", KINDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cpp_path_equals_python_path(mode, kw, dtype, with_state, bias, monkeypatch):
+    """The C++ per-step path gives the Python path's outputs and gradients bit for bit (the same
+    kernel calls), over two training loops with an optimiser step between and an eval loop;
+    and it is the path the steps took."""
+    rng = np.random.default_rng(11)
+    xs = rng.standard_normal((T, N, C)).astype(dtype)
+    proto = make_cell(mode, kw, dtype, bias=bias)
+    R = proto.state_size
+    dy = rng.standard_normal((T, N, R)).astype(dtype)
+    state = None
+    if with_state:
+        h0 = rng.standard_normal((N, R)).astype(dtype)
+        state = (h0, rng.standard_normal((N, H)).astype(dtype)) if mode == "LSTM" else h0
+
+    def run(cell):
+        got = []
+        for _ in range(2):
+            cell.train()
+            cell.zero_grad()
+            got.append(_train_loop(cell, xs, state, dy))
+            optim.SGD(cell.parameters(), lr=0.1).step()
+        cell.eval()
+        got.append(run_loop(cell, xs, state))
+        return got
+
+    with monkeypatch.context() as m:
+        count = _counting(m)
+        fast = run(make_cell(mode, kw, dtype, bias=bias))
+        assert count == {"forward": 3 * T, "backward": 2 * T}
+    with monkeypatch.context() as m:
+        _python_only(m)
+        slow = run(make_cell(mode, kw, dtype, bias=bias))
+
+    def flat(o):
+        if isinstance(o, np.ndarray):
+            return [o]
+        if isinstance(o, dict):
+            return [v for k in sorted(o) for v in flat(o[k])]
+        if o is None:
+            return [np.array(np.nan)]
+        return [v for e in o for v in flat(e)]
+    a, b = flat(fast), flat(slow)
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_arrays_the_cpp_path_does_not_take_fall_back(mode, monkeypatch):
+    """Strided x, state and gradients, a list state, a float32 array for a float64 cell: the
+    Python path copies or raises as before, with the results of contiguous arrays."""
+    rng = np.random.default_rng(12)
+    cell, ref = make_cell(mode, {}), make_cell(mode, {})
+    xs = rng.standard_normal((N, T, C))     # xs[:, t] is strided
+    count = _counting(monkeypatch)
+    st = rs = None
+    for t in range(T):
+        st = cell(xs[:, t], st if st is None or mode == "GRU" else list(st))
+        rs = ref(np.ascontiguousarray(xs[:, t]), rs)
+        for u, v in zip(st if mode == "LSTM" else [st], rs if mode == "LSTM" else [rs]):
+            np.testing.assert_array_equal(u, v)
+    # cell's steps (strided x) went the Python way, ref's the C++ way
+    assert count["forward"] == T
+    big = rng.standard_normal((N, 2 * cell.state_size))
+    d = big[:, ::2]                         # strided gradient
+    if mode == "LSTM":
+        dx, ds = cell.backward(d, d.copy())
+        rx, rds = ref.backward(np.ascontiguousarray(d), d.copy())
+    else:
+        dx, ds = cell.backward(d)
+        rx, rds = ref.backward(np.ascontiguousarray(d))
+    assert count["backward"] == 1
+    np.testing.assert_array_equal(dx, rx)
+    for u, v in zip(ds if mode == "LSTM" else [ds], rds if mode == "LSTM" else [rds]):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(TypeError, match="x must have dtype float64"):
+        cell(np.zeros((N, C), np.float32))
+    with pytest.raises(ValueError, match=r"must have shape \[N, C\]"):
+        cell(np.zeros(C))
+    if mode == "GRU":
+        cell(xs[:, 0].copy())
+        with pytest.raises(ValueError, match="d_c is for LSTMCell only"):
+            cell.backward(np.zeros((N, H)), np.zeros((N, H)))
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_replaced_parameter_object_is_seen(mode):
+    """cell.<weight> = Parameter(...) (a new Parameter object, not new data): the next step
+    multiplies with it."""
+    rng = np.random.default_rng(13)
+    cell = make_cell(mode, {})
+    cell.eval()
+    x = rng.standard_normal((N, C))
+    st = cell(x)
+    cell(x, st)
+    cell.weight_ih = fusedrnn.module.Parameter(rng.standard_normal(cell.weight_ih.shape))
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_step_on_their_own_parameters(how):
+    """A copy of a cell that has stepped steps like it, and on its own parameters: changing the
+    copy's weights changes neither the original's results nor its packed weights' use."""
+    import copy
+    import pickle
+    rng = np.random.default_rng(14)
+    cell = make_cell("LSTM", {"peepholes": True})
+    cell.eval()
+    x = rng.standard_normal((N, C))
+    st = cell(x)
+    twin = copy.deepcopy(cell) if how == "deepcopy" else pickle.loads(pickle.dumps(cell))
+    assert twin._plan is None
+    a, b = cell(x, st), twin(x, st)
+    np.testing.assert_array_equal(a[0], b[0])
+    twin.weight_hh.data[...] = 0
+    twin.weights_changed()
+    np.testing.assert_array_equal(cell(x, st)[0], a[0])
+    assert not np.array_equal(twin(x, st)[0], a[0])
+
+
+def test_threads_stepping_one_cell():
+    """Threads stepping one cell at once (inference): each gets the single-threaded results
+    (a plan busy in one thread sends the other's step down the Python path, with its own
+    per-thread workspace)."""
+    import threading
+    rng = np.random.default_rng(15)
+    cell = make_cell("GRU", {}, "float32")
+    cell.eval()
+    xs = rng.standard_normal((4, 60, 16, C)).astype(np.float32)
+
+    def loop(k):
+        st, out = None, []
+        for t in range(xs.shape[1]):
+            st = cell(xs[k, t], st)
+            out.append(st)
+        return np.stack(out)
+    want = [loop(k) for k in range(4)]
+    got = [None] * 4
+    threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, loop(k)))
+               for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k in range(4):
+        np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_plan_keeping_the_gil_and_release_buffers():
+    """A plan that keeps the GIL (bench/cells.py measures the release's cost) gives the same
+    results; release_buffers() drops the plan, the next step makes a new one."""
+    rng = np.random.default_rng(16)
+    a, b = make_cell("LSTM", {"proj_size": 2}), make_cell("LSTM", {"proj_size": 2})
+    b._plan = _core.cell_plan(0, False, b.dtype, C, H, 2, b._parameters, True,
+                              release_gil=False)
+    x = rng.standard_normal((N, C))
+    sa, sb = a(x), b(x)
+    np.testing.assert_array_equal(a(x, sa)[0], b(x, sb)[0])
+    a.release_buffers()
+    assert a._plan is None
+    np.testing.assert_array_equal(a(x, sa)[0], b(x, sb)[0])
+    assert a._plan is not None
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_kernel_timers_leave_the_cell_exact(mode):
+    """bench/cells.py's kernel-alone timers return (wall, cpu) seconds and leave the plan
+    unpacked, so the cell's next steps equal a fresh cell's."""
+    rng = np.random.default_rng(17)
+    cell = make_cell(mode, {}, "float32")
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    st = cell(x)
+    cell(x, st)
+    step = cell._tape[-1]
+    d = np.ones((N, H), np.float32)
+    for t in (_core.cell_kernel_seconds(cell._plan, x, st, 3, 1),
+              _core.cell_backward_kernel_seconds(cell._plan, step, d,
+                                                 d if mode == "LSTM" else None, 3, 1)):
+        assert len(t) == 2 and all(v >= 0 for v in t)
+    assert _core.cell_plan_packed(cell._plan) == (False, False)
+    cell.eval()
+    got = cell(x, st)
+    want = _fresh_step(cell, x, st)
+    np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                  want[0] if mode == "LSTM" else want)
+    with pytest.raises(ValueError, match="not usable"):
+        _core.cell_kernel_seconds(cell._plan, x[:, :1], st, 3, 1)

@@ -342,5 +342,6 @@ void register_single_state(py::module_& m);  // GRU and RNN (single_state.cc)
 void register_ctc(py::module_& m);           // CTC loss (ctc.cc)
 void register_lowp(py::module_& m);          // low-precision GEMM building blocks (lowp.cc)
 void register_fpenv(py::module_& m);         // the subnormal flush for NumPy work (fpenv.cc)
+void register_cell_step(py::module_& m);     // the single-step cells' per-step path (cell_step.cc)
 
 }  // namespace fusedrnn_py

@@ -81,4 +81,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   fusedrnn_py::register_ctc(m);
   fusedrnn_py::register_lowp(m);
   fusedrnn_py::register_fpenv(m);
+  fusedrnn_py::register_cell_step(m);
 }

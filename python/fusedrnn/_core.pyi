@@ -7,7 +7,7 @@ lengths int64) and size; optional ones may be None. Outputs are written in place
 dtype, order, size, writeability); the kernel checks the rest (ValueError). The GIL is released
 while a kernel runs.
 """
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -110,3 +110,15 @@ def ctc_loss(dims: Tuple[int, int, int], max_target_length: int, blank: int, log
              zero_infinity: bool, num_threads: int, input: _A, targets: _OA, targets_width: int,
              input_lengths: _A, target_lengths: _A, grad_scale: _OA, loss: _A, grad: _OA,
              workspace: _A) -> None: ...  # CTC loss per sequence (+ gradient), fusedrnn/ctc.h
+# The single-step cells' per-step path (python/bindings/cell_step.cc; used by fusedrnn.cells).
+def cell_plan(kind: int, flag: bool, dtype: Any, C: int, H: int, P: int, params: dict,
+              reuse: bool, release_gil: bool = True) -> Any: ...  # a capsule
+def cell_forward(plan: Any, x: Any, state: Any, tape: Optional[list], version: int,
+                 num_threads: int, /) -> Any: ...  # h | (h, c) | None (not the common case)
+def cell_backward(plan: Any, step: tuple, d_h: Any, d_c: Any, version: int, forwards: int,
+                  num_threads: int, /) -> Any: ...  # (dx, dh0, dc0) | None
+def cell_kernel_seconds(plan: Any, x: _A, state: Any, repeat: int,
+                        num_threads: int) -> Tuple[float, float]: ...  # (wall, cpu) seconds
+def cell_plan_packed(plan: Any) -> Tuple[bool, bool]: ...
+def cell_backward_kernel_seconds(plan: Any, step: tuple, d_h: Any, d_c: Any, repeat: int,
+                                 num_threads: int) -> Tuple[float, float]: ...

@@ -15,6 +15,14 @@ loop of cells gives the layer's outputs on the same sequence bit for bit; its gr
 rounding, 1e-12 in float64 and 1e-5 in float32 in the tests, as the steps' contributions to the
 weight gradients are added in another order).
 
+Per step, one C++ call (``_core.cell_forward`` / ``cell_backward``, python/bindings/
+cell_step.cc) checks the step's arrays, allocates its outputs and runs the kernel with the GIL
+released, on the cell's *plan* (its dims, the workspaces holding the packed weights, scratch,
+the training caches): about 1 µs of Python and binding work per step instead of 8. Anything
+but the common case (a strided or foreign-dtype array, a wrong shape or state structure, the
+plan busy in another thread) goes down the Python path, which copies or raises the argument's
+error before any work, with the same results.
+
 Backpropagation through a Python loop: in train mode every forward step is recorded on the
 cell's tape; ``backward`` differentiates the most recent step not yet differentiated, so the
 caller calls it once per step in reverse order, passing the gradient reaching that step's
@@ -26,20 +34,23 @@ with ``state=None`` in train mode starts a new sequence and drops steps left und
 ``clear_tape()`` drops them explicitly. Eval mode records nothing.
 
 Packed weights. The kernels multiply with weights laid out in panels ("packed"); packing costs
-as much as a small batch's step. A cell keeps the packed weights of its last forward in its own
-workspace (one per thread) and packs again only when they may have changed:
+as much as a small batch's step. A cell keeps the packed weights of its last forward in its
+plan's workspace (a thread finding the plan busy in another thread steps on its own per-thread
+workspace) and packs again only when they may have changed:
 
 * after every ``backward`` (an optimiser step may follow it),
-* after ``load_state_dict``, ``train()``/``eval()``, replacing a ``Parameter.data`` array,
+* after ``load_state_dict``, ``train()``/``eval()``, replacing a ``Parameter.data`` array or a
+  Parameter, setting ``reuse_packed_weights``,
 * after ``weights_changed()``: call it when you write into the weight arrays in place by any
   other route (``p.data[...] = ...``, ``np.copyto``, a *parent* module's ``load_state_dict``);
   or set ``cell.reuse_packed_weights = False`` to pack at every step.
 
-Backward likewise keeps the (transposed) weights it packs in its own workspace (one per thread
-and batch size) and reuses them at the next backward of the same loop: it packs again when a
-forward ran since its last call (so after an optimiser step and the next loop's forwards) or
-after any of the calls above. The one change it cannot see is a write into the weights *between
-two backward calls* with no forward in between: call ``weights_changed()`` after it.
+Backward likewise keeps the (transposed) weights it packs in its own workspace (per plan, or
+per thread and batch size) and reuses them at the next backward of the same loop: it packs
+again when a forward ran since its last call (so after an optimiser step and the next loop's
+forwards) or after any of the calls above. The one change it cannot see is a write into the
+weights *between two backward calls* with no forward in between: call ``weights_changed()``
+after it.
 Reusing the packed weights changes no result: they are the same bits either way.
 """
 from __future__ import annotations
@@ -49,6 +60,7 @@ import threading
 
 import numpy as np
 
+from . import _core
 from . import functional as F
 from .module import Module, Parameter, _dtype, _positive_int, _seed, register_module
 
@@ -146,8 +158,16 @@ def _ready(a, dt, shape):
     return type(a) is np.ndarray and a.dtype == dt and a.shape == shape and a.flags.c_contiguous
 
 
-class _Step:
-    __slots__ = ("x", "h0", "c0", "cache", "N", "has_state")
+# The per-step path in C++ (python/bindings/cell_step.cc): one call per forward or backward
+# step checks the step's arrays, allocates the outputs and runs the kernel on the cell's plan
+# (its dims, workspaces with the packed weights, scratch, training caches); it returns None,
+# having done nothing, for anything but the common case (a strided or foreign-dtype array, a
+# wrong shape or state structure, the plan busy in another thread), and the Python path below
+# then copies or raises the argument's clear error.
+_cell_forward = _core.cell_forward
+_cell_backward = _core.cell_backward
+_KIND_NUMBER = {"LSTM": 0, "GRU": 1, "RNN": 2}
+_threads = F._threads
 
 
 class _CellBase(Module):
@@ -189,6 +209,7 @@ class _CellBase(Module):
             self.weight_hr = Parameter(uniform(R, H))
         if self.peepholes:
             self.weight_peep = Parameter(uniform(3, H))
+        self._plan = None       # the C++ per-step path's plan (_new_plan)
         self.reuse_packed_weights = True
         self._version = 0
         self._forwards = 0      # forward calls so far: a backward after a forward packs again
@@ -199,6 +220,30 @@ class _CellBase(Module):
         self._sizes_by_n = {}
 
     # -- packed weights --------------------------------------------------------------------------
+    @property
+    def reuse_packed_weights(self) -> bool:
+        """Whether steps reuse the weights packed by an earlier step (default True); False:
+        every step packs them."""
+        return self.__dict__["_reuse"]
+
+    @reuse_packed_weights.setter
+    def reuse_packed_weights(self, value) -> None:
+        self.__dict__["_reuse"] = bool(value)
+        self.__dict__["_plan"] = None
+
+    def _new_plan(self):
+        """The C++ per-step path's plan of this cell (made again when reuse_packed_weights is
+        set, after release_buffers() and in a copy)."""
+        plan = self.__dict__["_plan"] = _core.cell_plan(
+            _KIND_NUMBER[self._mode], self._flag, self.dtype, self.input_size, self.hidden_size,
+            self.proj_size, self._parameters, self._reuse)
+        return plan
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_plan"] = None   # (a capsule: not copied; the copy makes its own)
+        return state
+
     def weights_changed(self) -> None:
         """Tell the cell its weights were written in place: the next forward packs them again."""
         self._version += 1
@@ -241,6 +286,7 @@ class _CellBase(Module):
         self._caches.clear()
         self._y.clear()
         self._store = _PackedStore()
+        self.__dict__["_plan"] = None
 
     # -- forward -----------------------------------------------------------------------------------
     def _check_array(self, fn, name, a, shape):
@@ -259,6 +305,27 @@ class _CellBase(Module):
         return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
     def forward(self, x, state=None):
+        d = self.__dict__   # (not through Module.__setattr__)
+        d["_forwards"] += 1
+        plan = d["_plan"]
+        if plan is None:
+            plan = self._new_plan()
+        r = _cell_forward(plan, x, state, d["_tape"] if d["training"] else None, d["_version"],
+                          _threads())
+        return self._forward_python(x, state) if r is None else r
+
+    # cell(x, state) calls forward directly, without Module.__call__'s argument packing (a
+    # tenth of a small step); a subclass's own forward is its __call__ (__init_subclass__)
+    __call__ = forward
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "forward" in cls.__dict__ and "__call__" not in cls.__dict__:
+            cls.__call__ = cls.__dict__["forward"]
+
+    def _forward_python(self, x, state):
+        """forward's path for what the C++ path does not take: checks (raising the argument's
+        error), copies strided or foreign-layout arrays, runs the step."""
         fn = "forward"   # the messages' f"{type(self).__name__}.forward", built on error only
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.input_size \
                 or x.shape[0] < 1:
@@ -289,17 +356,15 @@ class _CellBase(Module):
                     self._check_array(fn, "state", state, (N, R))
         dims, cache_size, ws_size, _ = self._sizes_by_n.get(N) or self._step_sizes(N)
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
-        counters = self.__dict__   # (not through Module.__setattr__)
-        counters["_forwards"] += 1
 
         store = self._store
         key = (self._version, id(w_ih), id(w_hh), id(b_ih), id(b_hh), id(w_peep), id(w_hr))
         ws = store.ws
-        packed = self.reuse_packed_weights and ws is not None and ws.size >= ws_size \
+        packed = self._reuse and ws is not None and ws.size >= ws_size \
             and store.key == key
         if ws is None or ws.size < ws_size:
             ws = store.ws = np.empty(ws_size, self.dtype)
-        store.key = key if self.reuse_packed_weights else None
+        store.key = key if self._reuse else None
 
         training = self.training
         cache = None
@@ -334,11 +399,8 @@ class _CellBase(Module):
             F._forward_call(kind, formula, kdims, None, False,
                             {"x": x3, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
                              "h0": h0, "y": y, "h_n": h_n, "cache": cache}, ws, packed)
-        if training:
-            step = _Step()
-            step.x, step.h0, step.c0, step.cache, step.N = x3, h0, c0, cache, N
-            step.has_state = state is not None
-            self._tape.append(step)
+        if training:   # the step's record, as the C++ path writes it: (x, cache, has_state)
+            self._tape.append((x, cache, state is not None))
         return (h_n, c_n) if lstm else h_n
 
     # -- backward ----------------------------------------------------------------------------------
@@ -346,6 +408,29 @@ class _CellBase(Module):
         """Differentiates the latest undifferentiated step: returns (d_x [N, C], d_state), d_state
         shaped like the state that step was given (None if it was None); adds the parameter
         gradients into Parameter.grad."""
+        d = self.__dict__
+        tape = d["_tape"]
+        if tape:
+            if isinstance(d_h, tuple) and self._mode == "LSTM" and d_c is None:
+                if len(d_h) != 2:
+                    raise TypeError(f"{type(self).__name__}.backward: d_h must be an array or a "
+                                    f"tuple (d_h, d_c)")
+                d_h, d_c = d_h
+            plan = d["_plan"]
+            if plan is None:
+                plan = self._new_plan()
+            r = _cell_backward(plan, tape[-1], d_h, d_c, d["_version"], d["_forwards"],
+                               _threads())
+            if r is not None:
+                tape.pop()
+                # an optimiser step may follow: pack again at the next forward
+                d["_version"] += 1
+                dx, dh0, dc0 = r
+                return dx, (None if dh0 is None else (dh0, dc0) if dc0 is not None else dh0)
+        return self._backward_python(d_h, d_c)
+
+    def _backward_python(self, d_h, d_c):
+        """backward's path for what the C++ path does not take (as _forward_python)."""
         fn = "backward"   # the messages' f"{type(self).__name__}.backward", built on error only
         if not self._tape:
             fn = f"{type(self).__name__}.backward"
@@ -356,8 +441,8 @@ class _CellBase(Module):
                 raise TypeError(f"{type(self).__name__}.backward: d_h must be an array or a "
                                 f"tuple (d_h, d_c)")
             d_h, d_c = d_h
-        step = self._tape[-1]
-        N, H, R, lstm = step.N, self.hidden_size, self.state_size, self._mode == "LSTM"
+        step_x, step_cache, has_state = self._tape[-1]
+        N, H, R, lstm = step_x.shape[0], self.hidden_size, self.state_size, self._mode == "LSTM"
         dt = self.dtype
         dh_n = d_h if d_h is None or _ready(d_h, dt, (N, R)) else \
             self._check_array(fn, "d_h", d_h, (N, R))
@@ -374,7 +459,7 @@ class _CellBase(Module):
         store = self._store
         key = (self._version, self._forwards, N, id(w_ih), id(w_hh), id(w_peep), id(w_hr))
         ws = store.bws
-        packed = self.reuse_packed_weights and ws is not None and ws.size == bws \
+        packed = self._reuse and ws is not None and ws.size == bws \
             and store.bkey == key
         if ws is None or ws.size != bws:
             ws = store.bws = np.empty(bws, self.dtype)
@@ -384,17 +469,18 @@ class _CellBase(Module):
         store.bkey = None
         p_ih, p_hh, p_b_ih, p_b_hh, p_peep, p_hr = map(self._parameters.get, self._ORDER)
         dx = np.empty((1, N, self.input_size), dt)
-        dh0 = np.empty((N, R), dt) if step.has_state else None
-        dc0 = np.empty((N, H), dt) if step.has_state and lstm else None
-        _kernel_backward(self._mode, self._flag, dims, step.x, w_ih, w_hh, w_peep, w_hr,
-                         step.cache, dh_n, dc_n, dx, dh0, dc0, self.weight_ih.grad,
+        dh0 = np.empty((N, R), dt) if has_state else None
+        dc0 = np.empty((N, H), dt) if has_state and lstm else None
+        _kernel_backward(self._mode, self._flag, dims, step_x.reshape(1, N, self.input_size),
+                         w_ih, w_hh, w_peep, w_hr, step_cache, dh_n, dc_n, dx, dh0, dc0,
+                         self.weight_ih.grad,
                          self.weight_hh.grad, None if p_b_ih is None else p_b_ih.grad,
                          None if p_b_hh is None else p_b_hh.grad,
                          None if p_peep is None else p_peep.grad,
                          None if p_hr is None else p_hr.grad, bws, dt, ws, packed)
-        if self.reuse_packed_weights:
+        if self._reuse:
             store.bkey = (self._version,) + key[1:]
-        d_state = None if not step.has_state else ((dh0, dc0) if lstm else dh0)
+        d_state = None if not has_state else ((dh0, dc0) if lstm else dh0)
         return dx.reshape(N, self.input_size), d_state
 
     def extra_repr(self) -> str:

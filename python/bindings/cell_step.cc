@@ -1,0 +1,583 @@
+// The single-step cells' per-step path (fusedrnn.cells: LSTMCell, GRUCell, RNNCell): one C++
+// call per forward or backward step does what the Python method did around the kernel call
+// (about 8 µs of Python at H = 64, N = 1 against a 1.5 µs kernel): the checks of the step's
+// arrays, the weights' identity check against the packed ones, the outputs' allocation, the
+// kernel call with the GIL released, the tape record. A plan (a capsule, one per cell, made by
+// cell_plan) keeps what does not change between steps: the dims, the workspaces holding the
+// packed weights, the scratch y, the training caches by tape depth.
+//
+// Anything the fast path does not take as it is (a strided or foreign-dtype array, a wrong
+// shape, a state of the wrong structure, a plan busy in another thread) makes it return None
+// before any work: fusedrnn.cells then runs its Python path, which copies or raises the
+// argument's clear error. So the errors and the copies stay Python's, and this file only has to
+// recognise the common case exactly.
+#include <time.h>
+
+#include <chrono>
+#include <ctime>
+#include <memory>
+#include <vector>
+
+#include "common.h"
+#include "fusedrnn/gru.h"
+#include "fusedrnn/lstm.h"
+#include "fusedrnn/rnn.h"
+
+namespace fusedrnn_py {
+
+namespace {
+
+enum Kind : int { kLstm = 0, kGru = 1, kRnn = 2 };
+constexpr int kWeights = 6;  // weight_ih, weight_hh, bias_ih, bias_hh, weight_peep, weight_hr
+
+// A float buffer kept between steps (workspace, y); 64-byte aligned like an Eigen allocation.
+struct Buffer {
+  std::unique_ptr<double[]> own;  // (doubles: 8-byte units, any scalar fits)
+  void* data = nullptr;
+  std::size_t bytes = 0;
+  void resize(std::size_t b) {
+    own.reset(new double[b / sizeof(double) + 16]);
+    auto p = reinterpret_cast<std::uintptr_t>(own.get());
+    data = reinterpret_cast<void*>((p + 63) & ~std::uintptr_t(63));
+    bytes = b;
+  }
+};
+
+struct Plan {
+  int kind = kLstm;
+  bool flag = false;   // GRU: reset_after; RNN: relu
+  bool f64 = false;    // the cell's dtype
+  bool reuse = true;   // reuse_packed_weights
+  bool nogil = true;   // release the GIL around the kernel (bench: its cost)
+  std::int64_t C = 0, H = 0, P = 0, R = 0, G = 4;
+  py::object params;   // the cell's _parameters dict (read at every step)
+  py::object names[kWeights];
+  py::object data_attr, grad_attr;  // "_data", "_grad"
+  // forward: the arrays packed into fws, the version they were packed at
+  py::object fw[kWeights];
+  bool fpacked = false;
+  long long fver = 0;
+  Buffer fws, y;
+  std::int64_t yN = 0;
+  // backward: likewise, plus the forward count and N of the packing call
+  py::object bw[kWeights];
+  bool bpacked = false;
+  long long bver = 0, bfwd = 0;
+  std::int64_t bN = 0;
+  Buffer bws;
+  std::vector<py::object> caches;  // training caches by tape depth
+  bool busy = false;   // a kernel call of another thread runs on these buffers
+};
+
+struct Busy {
+  Plan& p;
+  explicit Busy(Plan& q) : p(q) { p.busy = true; }
+  ~Busy() { p.busy = false; }
+};
+
+const char* kCapsule = "fusedrnn.cells.plan";
+
+int scalar_type(const Plan& p) {
+  return p.f64 ? py::detail::npy_api::NPY_DOUBLE_ : py::detail::npy_api::NPY_FLOAT_;
+}
+
+// obj is an ndarray (exactly, when `exact`) of the plan's dtype in native byte order,
+// C-contiguous (and writeable when `writable`); then its element count, else -1.
+std::int64_t usable(const Plan& p, PyObject* obj, bool exact, bool writable) {
+  auto& api = py::detail::npy_api::get();
+  if (exact ? Py_TYPE(obj) != api.PyArray_Type_ : !api.PyArray_Check_(obj)) return -1;
+  auto* a = py::detail::array_proxy(obj);
+  auto* d = reinterpret_cast<py::detail::PyArrayDescr_Proxy*>(a->descr);
+  if (d->type_num != scalar_type(p) || d->byteorder == '>') return -1;
+  if (!(a->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return -1;
+  if (writable && !(a->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) return -1;
+  std::int64_t n = 1;
+  for (int i = 0; i < a->nd; ++i) n *= a->dimensions[i];
+  return n;
+}
+
+// obj is a usable exact ndarray of shape [rows, cols] (rows < 0: any rows >= 1, returned).
+bool matrix(const Plan& p, PyObject* obj, std::int64_t* rows, std::int64_t cols) {
+  if (usable(p, obj, true, false) < 0) return false;
+  auto* a = py::detail::array_proxy(obj);
+  if (a->nd != 2 || a->dimensions[1] != cols) return false;
+  if (*rows < 0) {
+    if (a->dimensions[0] < 1) return false;
+    *rows = a->dimensions[0];
+    return true;
+  }
+  return a->dimensions[0] == *rows;
+}
+
+template <typename S>
+S* ptr(PyObject* obj) {
+  return obj == nullptr ? nullptr : reinterpret_cast<S*>(py::detail::array_proxy(obj)->data);
+}
+
+Plan& plan_of(PyObject* capsule) {
+  auto* p = static_cast<Plan*>(PyCapsule_GetPointer(capsule, kCapsule));
+  if (p == nullptr) throw py::error_already_set();
+  return *p;
+}
+
+// The parameters' arrays (attr "_data" or "_grad"), new references, nullptr where the cell has
+// no such parameter. False: a parameter's array is unusable (the Python path reports it).
+bool read_params(const Plan& p, const py::object& attr, py::object* out, bool writable) {
+  static const std::int64_t none = -1;
+  const std::int64_t want[kWeights] = {p.G * p.H * p.C, p.G * p.H * p.R, p.G * p.H, p.G * p.H,
+                                       3 * p.H, p.P > 0 ? p.P * p.H : none};
+  const int n = p.kind == kLstm ? kWeights : 4;
+  for (int i = 0; i < n; ++i) {
+    PyObject* param = PyDict_GetItemWithError(p.params.ptr(), p.names[i].ptr());
+    if (param == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      if (i < 2) return false;
+      out[i] = py::object();
+      continue;
+    }
+    PyObject* a = PyObject_GetAttr(param, attr.ptr());
+    if (a == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    out[i] = py::reinterpret_steal<py::object>(a);
+    if (want[i] == none || usable(p, a, false, writable) != want[i]) return false;
+  }
+  return true;
+}
+
+bool same(const py::object* a, const py::object* b) {
+  for (int i = 0; i < kWeights; ++i)
+    if (a[i].ptr() != b[i].ptr()) return false;
+  return true;
+}
+
+void ensure(Buffer& b, std::size_t bytes, bool exact, bool* packed) {
+  if (b.data == nullptr || (exact ? b.bytes != bytes : b.bytes < bytes)) {
+    b.resize(bytes);
+    *packed = false;
+  }
+}
+
+fusedrnn::Dims dims(const Plan& p, std::int64_t N) {
+  fusedrnn::Dims d;
+  d.T = 1, d.N = N, d.C = p.C, d.H = p.H, d.P = p.P;
+  return d;
+}
+
+std::size_t cache_size(const Plan& p, const fusedrnn::Dims& d) {
+  switch (p.kind) {
+    case kLstm: return fusedrnn::lstm_cache_size(d);
+    case kGru: return fusedrnn::gru_cache_size(d);
+    default: return fusedrnn::rnn_cache_size(d);
+  }
+}
+
+// A new C-ordered array of the plan's dtype, shape [rows, cols] (cols < 0: [rows]); straight
+// through NumPy's C API (pybind11's array_t constructor builds shape vectors on the heap).
+py::object empty(const Plan& p, std::int64_t rows, std::int64_t cols = -1) {
+  auto& api = py::detail::npy_api::get();
+  const Py_intptr_t shape[2] = {Py_intptr_t(rows), Py_intptr_t(cols)};
+  PyObject* descr = api.PyArray_DescrFromType_(scalar_type(p));  // (stolen below)
+  if (descr == nullptr) throw py::error_already_set();
+  PyObject* a = api.PyArray_NewFromDescr_(api.PyArray_Type_, descr, cols < 0 ? 1 : 2, shape,
+                                          nullptr, nullptr, 0, nullptr);
+  if (a == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(a);
+}
+
+template <typename F>
+void run(Plan& p, F&& kernel) {
+  Busy busy(p);
+  if (p.nogil) {
+    py::gil_scoped_release nogil;
+    kernel();
+  } else {
+    kernel();
+  }
+}
+
+// This thread's CPU time (the process's where POSIX thread clocks are missing).
+double cpu_seconds() {
+#ifdef CLOCK_THREAD_CPUTIME_ID
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
+#else
+  return double(std::clock()) / CLOCKS_PER_SEC;
+#endif
+}
+
+// Measurement (bench/cells.py): the kernel call of a step alone, `repeat` times on the same
+// arrays (weights packed as the step would have them, GIL released once around all): its
+// wall-clock and thread CPU seconds, for the per-step overhead of the Python loop.
+struct KernelTimer {
+  long repeat = 0;
+  double wall = 0, cpu = 0;
+  template <typename F>
+  void time(Plan& p, F&& kernel, bool* packed) {
+    Busy busy(p);
+    py::gil_scoped_release nogil;
+    kernel();   // packs when the step would
+    *packed = p.reuse;
+    const auto w0 = std::chrono::steady_clock::now();
+    const double c0 = cpu_seconds();
+    for (long i = 0; i < repeat; ++i) kernel();
+    cpu = cpu_seconds() - c0;
+    wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
+  }
+};
+
+// cell_forward(plan, x, state, tape, version, num_threads) -> h | (h, c) | None
+template <typename S>
+py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long long version,
+                   int threads, KernelTimer* timer = nullptr) {
+  std::int64_t N = -1;
+  if (!matrix(p, x, &N, p.C)) return py::none();
+  PyObject *h0 = nullptr, *c0 = nullptr;
+  if (state != Py_None) {
+    if (p.kind == kLstm) {
+      const bool tuple = PyTuple_CheckExact(state), list = PyList_CheckExact(state);
+      if (!(tuple || list) || Py_SIZE(state) != 2) return py::none();
+      h0 = tuple ? PyTuple_GET_ITEM(state, 0) : PyList_GET_ITEM(state, 0);
+      c0 = tuple ? PyTuple_GET_ITEM(state, 1) : PyList_GET_ITEM(state, 1);
+      std::int64_t n1 = N, n2 = N;
+      if (!matrix(p, h0, &n1, p.R) || !matrix(p, c0, &n2, p.H)) return py::none();
+    } else {
+      h0 = state;
+      std::int64_t n1 = N;
+      if (!matrix(p, h0, &n1, p.R)) return py::none();
+    }
+  }
+  py::object w[kWeights];
+  if (!read_params(p, p.data_attr, w, false)) return py::none();
+  const fusedrnn::Dims d = dims(p, N);
+  const bool training = tape != Py_None;
+  py::object cache;
+  if (training) {
+    if (!PyList_CheckExact(tape)) return py::none();
+    const std::size_t cache_n = cache_size(p, d);
+    if (state == Py_None && PyList_SetSlice(tape, 0, PyList_GET_SIZE(tape), nullptr) < 0)
+      throw py::error_already_set();
+    const std::size_t depth = std::size_t(PyList_GET_SIZE(tape));
+    if (depth < p.caches.size() && usable(p, p.caches[depth].ptr(), true, true) ==
+                                       std::int64_t(cache_n)) {
+      cache = p.caches[depth];
+    } else {
+      cache = empty(p, std::int64_t(cache_n));
+      if (depth < p.caches.size())
+        p.caches[depth] = cache;
+      else
+        p.caches.push_back(cache);
+    }
+  }
+  std::size_t ws_n = 0;
+  switch (p.kind) {
+    case kLstm: ws_n = fusedrnn::lstm_forward_workspace_size(d); break;
+    case kGru: ws_n = fusedrnn::gru_forward_workspace_size(d); break;
+    default: ws_n = fusedrnn::rnn_forward_workspace_size(d);
+  }
+  bool packed = p.reuse && p.fpacked && p.fver == version && same(w, p.fw);
+  ensure(p.fws, ws_n * sizeof(S), false, &packed);
+  if (p.yN != N) {
+    p.y.resize(std::size_t(N * p.R) * sizeof(S));
+    p.yN = N;
+  }
+  py::object h_n = empty(p, N, p.R);
+  py::object c_n = p.kind == kLstm ? empty(p, N, p.H) : py::object();
+  fusedrnn::Options opt;
+  opt.num_threads = threads;
+  opt.weights_packed = packed;
+  S* ws = static_cast<S*>(p.fws.data);
+  S* y = static_cast<S*>(p.y.data);
+  p.fpacked = false;
+  if (p.kind == kLstm) {
+    fusedrnn::LstmForwardArgs<S> a;
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr());
+    a.w_peep = ptr<S>(w[4].ptr()), a.w_hr = ptr<S>(w[5].ptr());
+    a.h0 = ptr<S>(h0), a.c0 = ptr<S>(c0);
+    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.c_n = ptr<S>(c_n.ptr()), a.cache = ptr<S>(cache.ptr());
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::lstm_forward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::lstm_forward<S>(d, a, opt, ws); });
+  } else if (p.kind == kGru) {
+    fusedrnn::GruForwardArgs<S> a;
+    a.variant = p.flag ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr()), a.h0 = ptr<S>(h0);
+    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.cache = ptr<S>(cache.ptr());
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::gru_forward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::gru_forward<S>(d, a, opt, ws); });
+  } else {
+    fusedrnn::RnnForwardArgs<S> a;
+    a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr()), a.h0 = ptr<S>(h0);
+    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.cache = ptr<S>(cache.ptr());
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::rnn_forward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::rnn_forward<S>(d, a, opt, ws); });
+  }
+  for (int i = 0; i < kWeights; ++i) p.fw[i] = w[i];
+  p.fver = version;
+  p.fpacked = p.reuse;
+  if (timer != nullptr) return py::make_tuple(timer->wall, timer->cpu);
+  if (training) {
+    // the step's record for backward: (x, cache, has_state)
+    py::tuple step = py::make_tuple(py::handle(x), cache, py::bool_(state != Py_None));
+    if (PyList_Append(tape, step.ptr()) < 0) throw py::error_already_set();
+  }
+  if (p.kind == kLstm) return py::make_tuple(h_n, c_n);
+  return h_n;
+}
+
+// cell_backward(plan, step, d_h, d_c, version, forwards, num_threads) -> (dx, dh0, dc0) | None
+template <typename S>
+py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long long version,
+                    long long forwards, int threads, KernelTimer* timer = nullptr) {
+  if (!PyTuple_CheckExact(step) || PyTuple_GET_SIZE(step) != 3) return py::none();
+  PyObject* x = PyTuple_GET_ITEM(step, 0);
+  PyObject* cache = PyTuple_GET_ITEM(step, 1);
+  const bool has_state = PyTuple_GET_ITEM(step, 2) == Py_True;
+  std::int64_t N = -1;
+  if (!matrix(p, x, &N, p.C)) return py::none();
+  const fusedrnn::Dims d = dims(p, N);
+  if (usable(p, cache, true, false) != std::int64_t(cache_size(p, d))) return py::none();
+  if (d_h != Py_None) {
+    std::int64_t n = N;
+    if (!matrix(p, d_h, &n, p.R)) return py::none();
+  }
+  if (d_c != Py_None) {
+    std::int64_t n = N;
+    if (p.kind != kLstm || !matrix(p, d_c, &n, p.H)) return py::none();
+  }
+  py::object w[kWeights], g[kWeights];
+  if (!read_params(p, p.data_attr, w, false) || !read_params(p, p.grad_attr, g, true))
+    return py::none();
+  std::size_t ws_n = 0;
+  switch (p.kind) {
+    case kLstm: ws_n = fusedrnn::lstm_backward_workspace_size(d); break;
+    case kGru: ws_n = fusedrnn::gru_backward_workspace_size(d); break;
+    default: ws_n = fusedrnn::rnn_backward_workspace_size(d);
+  }
+  // The previous backward of this loop packed the same weights unless a forward ran since,
+  // N changed, or the weights changed (version: weights_changed(), load_state_dict, ...).
+  bool packed = p.reuse && p.bpacked && p.bver == version && p.bfwd == forwards && p.bN == N &&
+                same(w, p.bw);
+  ensure(p.bws, ws_n * sizeof(S), true, &packed);
+  py::object dx = empty(p, N, p.C);
+  py::object dh0 = has_state ? empty(p, N, p.R) : py::none();
+  py::object dc0 = has_state && p.kind == kLstm ? empty(p, N, p.H) : py::none();
+  auto out = [](const py::object& o) { return o.is_none() ? nullptr : ptr<S>(o.ptr()); };
+  auto in = [](PyObject* o) { return o == Py_None ? nullptr : ptr<S>(o); };
+  fusedrnn::Options opt;
+  opt.num_threads = threads;
+  opt.weights_packed = packed;
+  S* ws = static_cast<S*>(p.bws.data);
+  p.bpacked = false;
+  if (p.kind == kLstm) {
+    fusedrnn::LstmBackwardArgs<S> a;
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.w_peep = ptr<S>(w[4].ptr()), a.w_hr = ptr<S>(w[5].ptr()), a.cache = ptr<S>(cache);
+    a.dh_n = in(d_h), a.dc_n = in(d_c);
+    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0), a.dc0 = out(dc0);
+    a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
+    a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
+    a.dw_peep = ptr<S>(g[4].ptr()), a.dw_hr = ptr<S>(g[5].ptr());
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); });
+  } else if (p.kind == kGru) {
+    fusedrnn::GruBackwardArgs<S> a;
+    a.variant = p.flag ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.cache = ptr<S>(cache), a.dh_n = in(d_h);
+    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
+    a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
+    a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); });
+  } else {
+    fusedrnn::RnnBackwardArgs<S> a;
+    a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.cache = ptr<S>(cache), a.dh_n = in(d_h);
+    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
+    a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
+    a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
+    if (timer != nullptr)
+      timer->time(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+    else
+      run(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); });
+  }
+  // the cell bumps its version after a backward (an optimiser step may follow): the next
+  // backward of the loop sees version + 1
+  for (int i = 0; i < kWeights; ++i) p.bw[i] = w[i];
+  p.bver = version + 1;
+  p.bfwd = forwards;
+  p.bN = N;
+  p.bpacked = p.reuse;
+  if (timer != nullptr) return py::make_tuple(timer->wall, timer->cpu);
+  return py::make_tuple(dx, dh0, dc0);
+}
+
+long long as_long(PyObject* o, const char* name) {
+  const long long v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  (void)name;
+  return v;
+}
+
+PyObject* call(PyObject* const* args, Py_ssize_t nargsf, Py_ssize_t want, const char* name,
+               py::object (*body)(PyObject* const*)) {
+  try {
+    if (PyVectorcall_NARGS(nargsf) != want)
+      throw py::type_error(std::string(name) + "() takes " + std::to_string(want) +
+                           " positional arguments");
+    return body(args).release().ptr();
+  } catch (...) {
+    detail::set_python_error();
+    return nullptr;
+  }
+}
+
+PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargsf) {
+  return call(args, nargsf, 6, "cell_forward", [](PyObject* const* a) {
+    Plan& p = plan_of(a[0]);
+    if (p.busy) return py::object(py::none());
+    const long long version = as_long(a[4], "version");
+    const int threads = int(as_long(a[5], "num_threads"));
+    return p.f64 ? forward<double>(p, a[1], a[2], a[3], version, threads)
+                 : forward<float>(p, a[1], a[2], a[3], version, threads);
+  });
+}
+
+PyObject* cell_backward(PyObject*, PyObject* const* args, Py_ssize_t nargsf) {
+  return call(args, nargsf, 7, "cell_backward", [](PyObject* const* a) {
+    Plan& p = plan_of(a[0]);
+    if (p.busy) return py::object(py::none());
+    const long long version = as_long(a[4], "version");
+    const long long forwards = as_long(a[5], "forwards");
+    const int threads = int(as_long(a[6], "num_threads"));
+    return p.f64 ? backward<double>(p, a[1], a[2], a[3], version, forwards, threads)
+                 : backward<float>(p, a[1], a[2], a[3], version, forwards, threads);
+  });
+}
+
+PyMethodDef forward_def = {
+    "cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cell_forward)),
+    METH_FASTCALL,
+    "cell_forward(plan, x, state, tape, version, num_threads) -> h | (h, c) | None\n\n"
+    "One forward step of a single-step cell (fusedrnn.cells) on its plan; tape: the cell's "
+    "tape (a list: training, the step is appended) or None. None: the arguments are not the "
+    "common case, nothing was done (the Python path checks, copies or raises)."};
+PyMethodDef backward_def = {
+    "cell_backward",
+    reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cell_backward)), METH_FASTCALL,
+    "cell_backward(plan, step, d_h, d_c, version, forwards, num_threads) -> (dx, dh0, dc0) | "
+    "None\n\nThe backward of a recorded step (the tape's tuple), parameter gradients added "
+    "into the Parameters' grad arrays. None: not the common case, nothing was done."};
+
+}  // namespace
+
+void register_cell_step(py::module_& m) {
+  m.def(
+      "cell_plan",
+      [](int kind, bool flag, py::dtype dtype, std::int64_t C, std::int64_t H, std::int64_t P,
+         py::dict params, bool reuse, bool release_gil) {
+        if (kind < kLstm || kind > kRnn) throw py::value_error("cell_plan: kind must be 0, 1 or 2");
+        if (C < 1 || H < 1 || P < 0 || (P > 0 && kind != kLstm))
+          throw py::value_error("cell_plan: bad sizes");
+        auto p = std::make_unique<Plan>();
+        p->kind = kind, p->flag = flag, p->reuse = reuse, p->nogil = release_gil;
+        if (dtype.is(py::dtype::of<double>()) || dtype.equal(py::dtype::of<double>()))
+          p->f64 = true;
+        else if (!dtype.equal(py::dtype::of<float>()))
+          throw py::type_error("cell_plan: dtype must be float32 or float64");
+        p->C = C, p->H = H, p->P = P, p->R = P > 0 ? P : H;
+        p->G = kind == kLstm ? 4 : kind == kGru ? 3 : 1;
+        p->params = params;
+        const char* names[kWeights] = {"weight_ih", "weight_hh", "bias_ih",
+                                       "bias_hh", "weight_peep", "weight_hr"};
+        for (int i = 0; i < kWeights; ++i)
+          p->names[i] = py::reinterpret_steal<py::object>(PyUnicode_InternFromString(names[i]));
+        p->data_attr = py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_data"));
+        p->grad_attr = py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_grad"));
+        PyObject* cap = PyCapsule_New(p.get(), kCapsule, [](PyObject* c) {
+          delete static_cast<Plan*>(PyCapsule_GetPointer(c, kCapsule));
+        });
+        if (cap == nullptr) throw py::error_already_set();
+        p.release();
+        return py::reinterpret_steal<py::object>(cap);
+      },
+      py::arg("kind"), py::arg("flag"), py::arg("dtype"), py::arg("C"), py::arg("H"),
+      py::arg("P"), py::arg("params"), py::arg("reuse"), py::arg("release_gil") = true,
+      "A single-step cell's plan (fusedrnn.cells): kind 0 LSTM, 1 GRU, 2 RNN; flag: GRU "
+      "reset_after / RNN relu; params: the cell's _parameters dict; reuse: "
+      "reuse_packed_weights; release_gil: around the kernel calls (off only to measure its "
+      "cost).");
+  m.def(
+      "cell_kernel_seconds",
+      [](py::capsule plan, py::handle x, py::handle state, long repeat, int num_threads) {
+        Plan& p = plan_of(plan.ptr());
+        if (p.busy || repeat < 1)
+          throw py::value_error("cell_kernel_seconds: plan busy or repeat < 1");
+        KernelTimer timer;
+        timer.repeat = repeat;
+        py::object r = p.f64 ? forward<double>(p, x.ptr(), state.ptr(), Py_None, -1,
+                                               num_threads, &timer)
+                             : forward<float>(p, x.ptr(), state.ptr(), Py_None, -1, num_threads,
+                                              &timer);
+        if (r.is_none())
+          throw py::value_error("cell_kernel_seconds: x or state not usable as they are");
+        p.fpacked = false;  // (version -1: the cell's next step packs)
+        return r;
+      },
+      py::arg("plan"), py::arg("x"), py::arg("state"), py::arg("repeat"), py::arg("num_threads"),
+      "Measurement: (wall, cpu) seconds of `repeat` kernel calls of an inference step on x, "
+      "state, without the per-step Python and binding work (bench/cells.py).");
+  m.def(
+      "cell_backward_kernel_seconds",
+      [](py::capsule plan, py::handle step, py::handle d_h, py::handle d_c, long repeat,
+         int num_threads) {
+        Plan& p = plan_of(plan.ptr());
+        if (p.busy || repeat < 1)
+          throw py::value_error("cell_backward_kernel_seconds: plan busy or repeat < 1");
+        KernelTimer timer;
+        timer.repeat = repeat;
+        py::object r = p.f64 ? backward<double>(p, step.ptr(), d_h.ptr(), d_c.ptr(), -1, -1,
+                                                num_threads, &timer)
+                             : backward<float>(p, step.ptr(), d_h.ptr(), d_c.ptr(), -1, -1,
+                                               num_threads, &timer);
+        if (r.is_none())
+          throw py::value_error("cell_backward_kernel_seconds: arguments not usable as they are");
+        p.bpacked = false;  // the cell's next backward packs
+        return r;
+      },
+      py::arg("plan"), py::arg("step"), py::arg("d_h"), py::arg("d_c"), py::arg("repeat"),
+      py::arg("num_threads"),
+      "Measurement: (wall, cpu) seconds of `repeat` backward kernel calls of a recorded step "
+      "(a tape entry); the parameter gradients accumulate `repeat` + 1 times (bench/cells.py).");
+  m.def(
+      "cell_plan_packed",
+      [](py::capsule plan) {
+        const Plan& p = plan_of(plan.ptr());
+        return py::make_tuple(p.fpacked, p.bpacked);
+      },
+      "(forward, backward): whether the plan's workspaces hold packed weights.");
+  for (PyMethodDef* def : {&forward_def, &backward_def}) {
+    PyObject* f = PyCFunction_NewEx(def, nullptr, m.attr("__name__").ptr());
+    if (f == nullptr) throw py::error_already_set();
+    m.add_object(def->ml_name, py::reinterpret_steal<py::object>(f));
+  }
+}
+
+}  // namespace fusedrnn_py
