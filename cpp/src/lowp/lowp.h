@@ -41,6 +41,8 @@
 //   amax = max_k |x_k| (fp32); amax = 0 gives scale 0 and q = 0; else
 //   inv = 127 / amax (fp32 division), scale = amax / 127 (fp32 division),
 //   q_k = clamp(round_half_even(x_k * inv), -127, 127)   (x_k * inv rounded to fp32 first).
+//   A row with a NaN or an infinity gets scale NaN and q = 0 (every product of that row is then
+//   NaN: a non-finite activation propagates instead of quantising to a finite number).
 //   Weights: each output row of W [n, K] so (per-output-row scales), once when packed;
 //   activations: per row of A, dynamically (quantize_s8), or with a fixed scale
 //   (quantize_s8_fixed: inv and scale given).
