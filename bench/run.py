@@ -10,7 +10,7 @@
         at 1 and 2)
 
 Configs (T steps, N batch, C = H): a (100, 64, 256)  b (100, 64, 512)  c (100, 32, 1024)
-d (100, 1, 256)  e (1000, 1, 64). By default LSTM and GRU run on every config, the Elman RNN
+d (100, 1, 256)  e (1000, 1, 64)  f (100, 1, 1024) (only when named). By default LSTM and GRU run on every config, the Elman RNN
 (tanh) and bilstm2 (a 2-layer bidirectional LSTM: the fusedrnn.LSTM layer vs torch.nn.LSTM,
 zero_grad + forward + backward per training step) on a; an explicit --configs runs every
 selected cell on every selected config.
@@ -84,7 +84,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_torch import cpu_model, make_contenders, make_problem, time_contenders  # noqa: E402
 
 CONFIGS = {"a": (100, 64, 256), "b": (100, 64, 512), "c": (100, 32, 1024),
-           "d": (100, 1, 256), "e": (1000, 1, 64)}                     # T, N, C = H
+           "d": (100, 1, 256), "e": (1000, 1, 64), "f": (100, 1, 1024)}  # T, N, C = H
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}         # cells bench_torch.make_problem builds
 DEFAULT_CONFIGS = {"lstm": "abcde", "gru": "abcde", "rnn": "a"}
 # "bilstm2": a 2-layer bidirectional LSTM through the layer API (fusedrnn.LSTM vs torch.nn.LSTM

@@ -238,3 +238,20 @@ def test_build_info_names_the_tier_per_precision():
     tiers = fusedrnn.build_info()["precision_tiers"]
     assert tiers["float32"] == fusedrnn.build_info()["instruction_set"]
     assert tiers["bfloat16"] == tiers["int8"] == lowp.active_tier()
+
+
+@pytest.mark.parametrize("prec", ["bfloat16", "int8"])
+@pytest.mark.parametrize("proj", [0, 5])
+def test_frozen_lowp_lstm_serves_every_batch_size(prec, proj):
+    # One frozen layer keeps its packed weights across calls; batches of every size (larger and
+    # smaller than the first, on both sides of the fused AMX step's minimum) give the results of
+    # a fresh copy, with the projection too (its fp32 packing sits behind an N-sized block).
+    layer = fusedrnn.LSTM(20, 32, proj_size=proj, seed=1)
+    frz = layer.frozen(precision=prec)
+    rng = np.random.default_rng(0)
+    for N in (20, 1, 40, 3, 16, 2):
+        x = rng.standard_normal((6, N, 20)).astype(np.float32)
+        y, (h, c) = frz(x)
+        y2, (h2, c2) = layer.frozen(precision=prec)(x)
+        np.testing.assert_array_equal(y, y2)
+        np.testing.assert_array_equal(c, c2)

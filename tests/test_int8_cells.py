@@ -200,11 +200,12 @@ FORCED = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from fusedrnn import lowp
-from test_int8_cells import CASES, check_case
+from test_int8_cells import CASES, check_case, check_nonfinite
 for cell, opts in CASES:
     for reverse in (False, True):
         check_case(cell, opts, reverse, True)
-print(json.dumps({"tier": lowp.active_tier(), "checked": len(CASES) * 2}))
+    check_nonfinite(cell, opts)
+print(json.dumps({"tier": lowp.active_tier(), "checked": len(CASES) * 3}))
 """
 
 
@@ -217,7 +218,7 @@ def test_every_tier_runs_the_int8_kernels(tier):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    assert got == {"tier": tier, "checked": 18}
+    assert got == {"tier": tier, "checked": 27}
 
 
 def test_int8_results_are_the_same_in_every_tier():
@@ -303,3 +304,47 @@ def test_frozen_int8_bad_input():
         frz(np.zeros((2, 1, 4), np.float32))
     with pytest.raises(ValueError, match="inference only"):
         fusedrnn.LSTM(3, 4).compute = "int8"
+
+
+def check_nonfinite(cell, opts):
+    """A NaN or an infinity in the activations propagates: the row holding it (the contract:
+    scale NaN, q = 0) is NaN from that step on, in the kernel as in the emulation; the other
+    sequences are unchanged. A NaN lands where the float32 kernel has its NaNs."""
+    args, kw = make(cell, opts)
+    fwd = getattr(fusedrnn, cell + "_forward")
+    emu = getattr(ref, cell + "_forward_int8")
+    clean = fwd(*args, **kw, training=False, precision="int8")
+    x = args[0].copy()
+    x[2, 1, 3] = np.nan  # sequence 1 from step 2
+    x[4, 3, 0] = np.inf  # sequence 3 from step 4
+    a = [x] + args[1:]
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = fwd(*a, **kw, training=False, precision="int8")
+        want = emu(*a, **kw)
+        f32 = fwd(*a, **kw, training=False)
+    y = out.y
+    bad = np.zeros(y.shape[:2], bool)
+    bad[2:, 1] = bad[4:, 3] = True
+    assert np.isnan(y[bad]).all() and np.isfinite(y[~bad]).all()
+    np.testing.assert_array_equal(y[~bad], clean.y[~bad])
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want[0]))
+    assert np.isnan(out.h_n[[1, 3]]).all() and np.isfinite(out.h_n[[0, 2, 4]]).all()
+    nan_f32 = np.isnan(f32.y[:, 1])
+    np.testing.assert_array_equal(np.isnan(y[:, 1]), nan_f32)
+
+
+@pytest.mark.parametrize("cell,opts", CASES, ids=[f"{c}-{'-'.join(map(str, o.values()))}"
+                                                  for c, o in CASES])
+def test_int8_nonfinite_activation_propagates(cell, opts):
+    check_nonfinite(cell, opts)
+
+
+def test_int8_nonfinite_input_raises_in_check_mode():
+    frz = fusedrnn.LSTM(9, 37, seed=2).frozen(precision="int8")
+    x = np.zeros((4, 2, 9), np.float32)
+    x[1, 1, 0] = np.nan
+    with np.errstate(invalid="ignore"):
+        y, _ = frz(x)
+    assert np.isnan(y[1:, 1]).all() and np.isfinite(y[:, 0]).all()
+    with fusedrnn.check_finite(), pytest.raises(FloatingPointError, match="time step 1, sequence 1"):
+        frz(x)

@@ -17,7 +17,8 @@ bf16 (``bf16_bits``, ``bf16_round``, ``gemm_bf16_emulated``)
 int8 (``quantize_rows``, ``gemm_s8_emulated``)
     symmetric per-row scales: amax = max |x| (fp32); scale = amax / 127, inv = 127 / amax (fp32
     divisions; both 0 when amax = 0); q = clip(rint(f32(x * inv)), -127, 127) (rint: half to
-    even). Weights per output row (once, when packed), activations per row (dynamic) or with a
+    even). A row with a NaN or an infinity has scale NaN and q = 0, so every product of that row
+    is NaN (a non-finite activation propagates instead of quantising to a finite number). Weights per output row (once, when packed), activations per row (dynamic) or with a
     fixed inv. acc = qa qwᵀ exactly (s32); C = init + f32(f32(acc) * f32(sa[i] * sw[j])).
     Every tier equals this bit for bit.
 
@@ -93,10 +94,13 @@ def quantize_rows(x, inv=None):
     x = np.asarray(x, dtype=_F32)
     if inv is None:
         amax = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0], _F32)
+        bad = ~np.isfinite(amax)  # a NaN or infinity in the row: scale NaN, q = 0
+        amax = np.where(bad, _F32(0), amax).astype(_F32)
         with np.errstate(divide="ignore"):
             invs = np.where(amax > 0, _F32(127) / amax, _F32(0)).astype(_F32)
-        scale = (amax / _F32(127)).astype(_F32)
-        return _quantize(x, invs[:, None]), scale
+        scale = np.where(bad, _F32(np.nan), amax / _F32(127)).astype(_F32)
+        q = _quantize(np.where(bad[:, None], _F32(0), x), invs[:, None])
+        return q, scale
     return _quantize(x, _F32(inv))
 
 

@@ -233,13 +233,22 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   const lowp::Tier tier = lp.tier;
   const lowp::Bf16Block& lb = lp.lb;
   const lowp::S8Block& qb = lp.qb;
+  // bf16: which packed form of the weights this call packs (lowp.h: Bf16Block::formats)
+  bool pack_panels = !opt.weights_packed;
   if constexpr (std::is_same_v<Scalar, float>) {
-    if (bf16 && lb.wf && !training) {  // the fused AMX step (lowp/amx_cells.cc)
-      const lowp::LstmFusedArgs fa{a.x,   a.w_ih, a.w_hh, b_ih,   b_hh, w_peep, a.h0,
-                                   a.c0,  a.cell_clip,    a.lengths, opt.reverse, y,
-                                   a.h_n, a.c_n,  lb.wf,  lb.xf,  lb.hf};
-      lowp::lstm_fused_forward(d, fa, !opt.weights_packed, thread_count(opt, d, 4));
-      return;
+    if (bf16) {
+      if (!opt.weights_packed) *lb.formats = 0;
+      if (lb.wf && !training && lowp::lstm_fused_runs(d)) {  // the fused AMX step (amx_cells.cc)
+        const bool pack = !(*lb.formats & lowp::kPackedFused);
+        *lb.formats |= lowp::kPackedFused;
+        const lowp::LstmFusedArgs fa{a.x,   a.w_ih, a.w_hh, b_ih,   b_hh, w_peep, a.h0,
+                                     a.c0,  a.cell_clip,    a.lengths, opt.reverse, y,
+                                     a.h_n, a.c_n,  lb.wf,  lb.xf,  lb.hf};
+        lowp::lstm_fused_forward(d, fa, pack, thread_count(opt, d, 4));
+        return;
+      }
+      pack_panels = !(*lb.formats & lowp::kPackedPanels);
+      *lb.formats |= lowp::kPackedPanels;
     }
   }
   Carver<Scalar> wc(workspace);
@@ -264,16 +273,17 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
         if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
       }
     } else if constexpr (std::is_same_v<Scalar, float>) {
-      if (!opt.weights_packed) {
-        if (int8) {
-          par_pack_s8(a.w_ih, GH, d.C, qb.wih);
-          par_pack_s8(a.w_hh, GH, R, qb.whh);
-        } else {
-          par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
-          par_pack_bf16(a.w_hh, GH, R, lb.whh);
-        }
-        if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);  // the projection stays fp32
+      if (int8 && !opt.weights_packed) {
+        par_pack_s8(a.w_ih, GH, d.C, qb.wih);
+        par_pack_s8(a.w_hh, GH, R, qb.whh);
+      } else if (bf16 && pack_panels) {
+        par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
+        par_pack_bf16(a.w_hh, GH, R, lb.whh);
       }
+      // The projection stays fp32, packed in the fp32 layout behind the low-precision block,
+      // whose size depends on N: a frozen layer's smaller batch would find it moved, so it is
+      // packed at every call (H x P, small beside the call's products).
+      if (proj) par_pack(a.w_hr, H, P, H, true, w.whr_p);
       if (a.lengths) par_fill(y, d.T * N * R, Scalar(0));
     }
     par_copy_or_zero(hs, a.h0, NR);

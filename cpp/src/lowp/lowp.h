@@ -41,6 +41,8 @@
 //   amax = max_k |x_k| (fp32); amax = 0 gives scale 0 and q = 0; else
 //   inv = 127 / amax (fp32 division), scale = amax / 127 (fp32 division),
 //   q_k = clamp(round_half_even(x_k * inv), -127, 127)   (x_k * inv rounded to fp32 first).
+//   A row with a NaN or an infinity gets scale NaN and q = 0 (every product of that row is then
+//   NaN: a non-finite activation propagates instead of quantising to a finite number).
 //   Weights: each output row of W [n, K] so (per-output-row scales), once when packed;
 //   activations: per row of A, dynamically (quantize_s8), or with a fixed scale
 //   (quantize_s8_fixed: inv and scale given).
@@ -147,19 +149,30 @@ void par_gemm_s8(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const s
 // ---------------------------------------------------------------------------------------------
 // The bf16 block of a cell's forward workspace (Options::precision = bfloat16; kernels/bf16_steps.h
 // uses it), in front of the float32 layout so that packed weights keep their offsets across calls
-// (Options::weights_packed): packed w_ih [G*H, C]; packed w_hh [G*H, R] (split_n, the GRU: rows
-// [2H, H] and the n rows [H, H] apart, reset_after packing all 3H rows across both); the input
+// (Options::weights_packed): the packed-forms word; the fused LSTM's weights (below); packed
+// w_ih [G*H, C]; packed w_hh [G*H, R] (split_n, the GRU: rows [2H, H] and the n rows [H, H]
+// apart, reset_after packing all 3H rows across both); the fused LSTM's operands; the input
 // rows of one sub-chunk of the projection [kBf16XRows, Cp]; the state operand [N, Rp]; with
 // split_n the reset-before GRU's r*h operand [N, Hp]. 64-byte aligned pieces.
 constexpr std::int64_t kBf16XRows = 256;  // input rows converted and multiplied at a time
+constexpr std::uint32_t kPackedFused = 1, kPackedPanels = 2;  // Bf16Block::formats
 
 // The fused AMX LSTM step (amx_cells.cc): operand rows padded to whole 16-row tiles (N < 16: N).
 constexpr std::int64_t lstm_fused_rows(std::int64_t N) { return N < 16 ? N : round_up(N, 16); }
-// Whether the LSTM's bf16 inference runs the fused AMX step: the amx tier is active, no
-// projection (P = 0). Fixed per process.
+// Whether the LSTM's bf16 block has the fused AMX step's pieces: the amx tier is active, no
+// projection (P = 0). Fixed per process. The inference runs the fused step when also
+// N >= kFusedMinRows (lstm_fused_runs); a smaller batch fills a fraction of each 16-row tile and
+// the fused step reads w_ih and w_hh at every step, so there the unfused route (the input
+// product of all steps as one product, then only w_hh per step) is faster: 1.3-2.1x at N = 1.
 bool lstm_fused_applies(const Dims& d);
+constexpr std::int64_t kFusedMinRows = 16;
+inline bool lstm_fused_runs(const Dims& d) { return lstm_fused_applies(d) && d.N >= kFusedMinRows; }
 
 struct Bf16Block {
+  // Which packed forms of the weights the block holds (kPackedFused | kPackedPanels): a frozen
+  // layer's workspace serves batches of every size, so the fused and the unfused route each pack
+  // their form once, on first use (Options::weights_packed false: the call packs anew).
+  std::uint32_t* formats = nullptr;
   // The fused AMX LSTM (lstm_fused_applies): its packed weights [nub][4][KS][512] (KS k-steps of
   // [C | H], each zero-padded to 32; nub blocks of 16 units), x and bf16(h) operands, two each
   // [Np, Cp] and [Np, Hp]. Null otherwise.
@@ -189,18 +202,21 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   };
   Bf16Block b;
   b.xrows = std::min(kBf16XRows, d.T * d.N);
-  if (G == 4 && !split_n && lstm_fused_applies(d)) {  // (in front: the pieces below stay
-    const std::int64_t nub = (d.H + 15) / 16, Np = lstm_fused_rows(d.N);  // for other users)
-    b.wf = take(nub * 4 * 16 * (bf16_kpad(d.C) + bf16_kpad(d.H)));
-    b.xf = take(2 * Np * bf16_kpad(d.C));
-    b.hf = take(2 * Np * bf16_kpad(d.H));
-  }
+  // first the pieces whose offsets depend on C, H and P only (packed weights), then the rest
+  b.formats = reinterpret_cast<std::uint32_t*>(take(32));
+  const bool fused = G == 4 && !split_n && lstm_fused_applies(d);
+  const std::int64_t nub = (d.H + 15) / 16, Np = lstm_fused_rows(d.N);
+  if (fused) b.wf = take(nub * 4 * 16 * (bf16_kpad(d.C) + bf16_kpad(d.H)));
   b.wih = take(packed_bf16_size(GH, d.C));
   if (split_n) {
     b.whh = take(packed_bf16_size(2 * d.H, d.H));
     b.whn = take(packed_bf16_size(d.H, d.H));
   } else {
     b.whh = take(packed_bf16_size(GH, R));
+  }
+  if (fused) {
+    b.xf = take(2 * Np * bf16_kpad(d.C));
+    b.hf = take(2 * Np * bf16_kpad(d.H));
   }
   b.xs = take(b.xrows * bf16_kpad(d.C));
   b.hb = take(d.N * bf16_kpad(R));

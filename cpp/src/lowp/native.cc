@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -383,8 +384,17 @@ void lowp_quantize_s8(const float* x, I m, I K, I ldx, std::int8_t* q, I ldq, fl
   for (I i = 0; i < m; ++i) {
     const float* xr = x + i * ldx;
     __m512 vmax = _mm512_setzero_ps();
-    for (I k = 0; k < K; k += 16)
-      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(col_mask(K - k), xr + k)));
+    __mmask16 bad = 0;
+    for (I k = 0; k < K; k += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(col_mask(K - k), xr + k);
+      bad |= _mm512_fpclass_ps_mask(v, 0x99);  // QNaN 0x01, +inf 0x08, -inf 0x10, SNaN 0x80
+      vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+    }
+    if (bad) {  // the contract: a row with a NaN or infinity has scale NaN and q = 0
+      scale[i] = std::numeric_limits<float>::quiet_NaN();
+      std::memset(q + i * ldq, 0, size_t(s8_kpad(K)));
+      continue;
+    }
     const float amax = _mm512_reduce_max_ps(vmax);
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     scale[i] = amax / 127.0f;

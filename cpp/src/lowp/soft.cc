@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -297,7 +298,16 @@ void lowp_quantize_s8(const float* x, I m, I K, I ldx, std::int8_t* q, I ldq, fl
   for (I i = 0; i < m; ++i) {
     const float* xr = x + i * ldx;
     float amax = 0.0f;
-    for (I k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+    bool finite = true;
+    for (I k = 0; k < K; ++k) {
+      finite = finite && std::isfinite(xr[k]);
+      amax = std::max(amax, std::fabs(xr[k]));
+    }
+    if (!finite) {  // the contract: a row with a NaN or infinity has scale NaN and q = 0
+      scale[i] = std::numeric_limits<float>::quiet_NaN();
+      std::fill(q + i * ldq, q + i * ldq + lowp::s8_kpad(K), std::int8_t(0));
+      continue;
+    }
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     scale[i] = amax / 127.0f;
     lowp_quantize_s8_fixed(xr, 1, K, ldx, inv, q + i * ldq, ldq);
