@@ -1,5 +1,5 @@
 // The bf16 block of a cell's BACKWARD workspace (Options::precision = bfloat16; bf16_backward.h
-// uses it and states the training contract), in front of the float32 layout.
+// uses it and states the training contract), after the part of the float32 layout it uses.
 #pragma once
 
 #include <algorithm>
@@ -10,21 +10,31 @@
 namespace fusedrnn {
 namespace lowp {
 
-constexpr std::int64_t kBf16KChunk = 256;  // rows of the weight-gradient sums converted at a time
-
-// The bf16 block of a backward workspace. whh: w_hhᵀ packed ([R, G*H] as lowp's W [n, K]; the
-// reset-before GRU: w_hh[:2H]ᵀ [H, 2H] here and w_hnᵀ [H, H] in whn); wih: w_ihᵀ [C, G*H];
-// ab: the A operand of the per-step and dx products [max(N, KC), bf16_kpad(G*H)];
-// at: one chunk of dA transposed [G*H, KC]; bp: one chunk of x and of h packed as W [C, KC] and
-// [R, KC] (the weight-gradient sums, accumulated in place: no fp32 copy of the gradients).
+// The bf16 block of a backward workspace. Packed weights first (Options::weights_packed keeps
+// them across calls): whh: w_hhᵀ packed ([R, G*H] as lowp's W [n, K]; the reset-before GRU:
+// w_hh[:2H]ᵀ [H, 2H] here and w_hnᵀ [H, H] in whn); wih: w_ihᵀ [C, G*H]. Then, per call:
+//   ab, ab2: one step's gate gradients as bf16 rows [N, bf16_kpad(G*H)] (the A operand of the
+//     step's dh and dx products; ab2: the GRU's second operand, dA_x of the reset-after GRU or
+//     the reset-before GRU's block products);
+//   at: every step's gate gradients transposed, [G*H, ldt] with column s*N + n for row n of step
+//     s (ldt = bf16_kpad(T*N)): the A operand of the weight-gradient products over all steps;
+//   ex (the GRU): [H, ldt], the reset-after GRU's n block of dA_x transposed like at, or the
+//     reset-before GRU's r*h packed as W [H, T*N];
+//   xp, hp: the inputs x[t(s, n), n] and the states h entering each step packed as W [C, T*N]
+//     and [R, T*N] (k = s*N + n: step order, like at);
+//   dxs: fp32 [N, C], one step's dx before it is scattered (lengths with reverse).
 struct Bf16Back {
-  std::uint16_t *whh = nullptr, *whn = nullptr, *wih = nullptr, *ab = nullptr, *bp = nullptr,
-                *at = nullptr;
-  std::int64_t floats = 0;
+  std::uint16_t *whh = nullptr, *whn = nullptr, *wih = nullptr, *ab = nullptr, *ab2 = nullptr,
+                *at = nullptr, *ex = nullptr, *xp = nullptr, *hp = nullptr;
+  float* dxs = nullptr;
+  std::int64_t ldt = 0;     // leading dimension of at and ex
+  std::int64_t floats = 0;  // the block's size in floats (slack for aligning its base included)
 };
 
+// G = 3 (the GRU) sizes and places ex; split_n: the reset-before GRU's weights (sizes for the
+// larger of the GRU's variants).
 inline Bf16Back bf16_back_block(const Dims& d, std::int64_t G, bool split_n, void* base = nullptr) {
-  const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H, KC = kBf16KChunk;
+  const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H, ldt = bf16_kpad(d.T * d.N);
   auto* p = static_cast<std::uint16_t*>(base);
   std::int64_t used = 0;  // uint16 elements
   auto take = [&](std::int64_t count) -> std::uint16_t* {
@@ -34,6 +44,7 @@ inline Bf16Back bf16_back_block(const Dims& d, std::int64_t G, bool split_n, voi
     return out;
   };
   Bf16Back b;
+  b.ldt = ldt;
   if (split_n) {
     b.whh = take(packed_bf16_size(d.H, 2 * d.H));
     b.whn = take(packed_bf16_size(d.H, d.H));
@@ -41,9 +52,13 @@ inline Bf16Back bf16_back_block(const Dims& d, std::int64_t G, bool split_n, voi
     b.whh = take(packed_bf16_size(R, GH));
   }
   b.wih = take(packed_bf16_size(d.C, GH));
-  b.ab = take(std::max(d.N, KC) * bf16_kpad(GH));
-  b.at = take(GH * KC);
-  b.bp = take(packed_bf16_size(d.C, KC) + packed_bf16_size(R, KC));
+  b.ab = take(d.N * bf16_kpad(GH));
+  if (G == 3) b.ab2 = take(d.N * bf16_kpad(GH));
+  b.at = take(GH * ldt);
+  if (G == 3) b.ex = take(panels(d.H) * kPanel * ldt);
+  b.xp = take(panels(d.C) * kPanel * ldt);
+  b.hp = take(panels(R) * kPanel * ldt);
+  b.dxs = reinterpret_cast<float*>(take(2 * d.N * d.C));
   b.floats = round_up(used, 32) / 2 + 16;
   return b;
 }
