@@ -429,12 +429,13 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
         } else if constexpr (std::is_same_v<Scalar, float>) {
           // One conversion of each of the step's dA_h (dgs) and dA_x (dgx; of its transposed
           // copy only the n block, where the two differ), then the products (bf16_backward.h).
-          par_convert_step(dgs, N, GH, GH, lb.ab, kg, lb.at, 0, lb.ldt, s * N, a.db_hh,
+          const Index ar = ab_row(lb, d, sm, s, S) * kg;
+          par_convert_step(dgs, N, GH, GH, lb.ab + ar, kg, lb.at, 0, lb.ldt, s * N, a.db_hh,
                            nullptr);
-          par_convert_step(dgx, N, GH, GH, lb.ab2, kg, lb.ex, 2 * H, lb.ldt, s * N, a.db_ih,
+          par_convert_step(dgx, N, GH, GH, lb.ab2 + ar, kg, lb.ex, 2 * H, lb.ldt, s * N, a.db_ih,
                            nullptr);
-          lowp::par_gemm_bf16(tier, N, H, GH, lb.ab, kg, lb.whh, nullptr, dh_nxt, H, true);
-          dx_step_bf16(tier, d, sm, s, GH, lb.ab2, lb, a.dx);
+          lowp::par_gemm_bf16(tier, N, H, GH, lb.ab + ar, kg, lb.whh, nullptr, dh_nxt, H, true);
+          dx_step_bf16(tier, d, sm, s, S, GH, lb.ab2, lb, a.dx);
         }
         continue;
       }
@@ -454,12 +455,13 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       if (!bf16) {
         par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
       } else if constexpr (std::is_same_v<Scalar, float>) {
-        par_convert_step(dgs, N, GH, GH, lb.ab, kg, lb.at, 0, lb.ldt, s * N, a.db_ih, a.db_hh);
+        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * kg;
+        par_convert_step(dgs, N, GH, GH, ab, kg, lb.at, 0, lb.ldt, s * N, a.db_ih, a.db_hh);
         if (2 * H % lowp::kBf16KStep == 0)  // the r, z columns of ab are a whole operand
-          lowp::par_gemm_bf16(tier, N, H, 2 * H, lb.ab, kg, lb.whh, nullptr, dh_nxt, H, true);
+          lowp::par_gemm_bf16(tier, N, H, 2 * H, ab, kg, lb.whh, nullptr, dh_nxt, H, true);
         else
           gemm_rows_acc_bf16(tier, N, H, 2 * H, dgs, GH, lb.ab2, N, lb.whh, dh_nxt, H, true);
-        dx_step_bf16(tier, d, sm, s, GH, lb.ab, lb, a.dx);
+        dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
       }
     }
 #ifdef _OPENMP
@@ -468,19 +470,18 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
     if (bf16) {
       if constexpr (std::is_same_v<Scalar, float>) {
-        // reset_after: dw_ih's n rows from dA_x's (ex); reset_before: dw_hh's n rows
-        // multiplied q = r*h (cache block 4), packed into ex.
-        const Index L = S * N;
+        // reset_after: dw_ih's n rows from dA_x's (ex), times the chunk of x; reset_before:
+        // dw_hh's n rows multiplied q = r*h (cache block 4), packed into hp after h's product.
         weight_grads_bf16(tier, d, sm, S, after ? 2 * H : GH, after ? GH : 2 * H, H, a.x, hs, lb,
-                          a.dw_ih, a.dw_hh);
-        if (after && a.dw_ih)
-          lowp::par_gemm_bf16(tier, H, d.C, L, lb.ex, lb.ldt, lb.xp, nullptr,
-                              a.dw_ih + 2 * H * d.C, d.C, true);
-        if (!after && a.dw_hh) {
-          par_pack_rows_kn(L, H, [&](Index k) { return gates + k * 4 * H + 3 * H; }, lb.ex);
-          lowp::par_gemm_bf16(tier, H, H, L, lb.at + 2 * H * lb.ldt, lb.ldt, lb.ex, nullptr,
-                              a.dw_hh + 2 * H * H, H, true);
-        }
+                          a.dw_ih, a.dw_hh, [&](Index k0, Index kc) {
+          if (after && a.dw_ih)
+            lowp::par_gemm_bf16(tier, H, d.C, kc, lb.ex + k0, lb.ldt, lb.xp, nullptr,
+                                a.dw_ih + 2 * H * d.C, d.C, true);
+          if (!after && a.dw_hh)
+            wgrad_chunk(tier, H, H, k0, kc, lb.at + 2 * H * lb.ldt, lb.ldt,
+                        [&](Index k) { return gates + k * 4 * H + 3 * H; }, lb.hp,
+                        a.dw_hh + 2 * H * H, H);
+        });
       }
       return;
     }

@@ -555,11 +555,12 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
         // for the dh and dx products, the transposed copy for the weight gradients, the bias
         // sums), then the products.
         if (a.dw_peep) peep_step_sums(N, H, dgs, cs + s * NH, a.dw_peep);
-        par_convert_step(dgs, N, GH, GH, lb.ab, lowp::bf16_kpad(GH), lb.at, 0, lb.ldt, s * N,
+        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * lowp::bf16_kpad(GH);
+        par_convert_step(dgs, N, GH, GH, ab, lowp::bf16_kpad(GH), lb.at, 0, lb.ldt, s * N,
                          a.db_ih, a.db_hh);
-        lowp::par_gemm_bf16(tier, N, R, GH, lb.ab, lowp::bf16_kpad(GH), lb.whh, nullptr, dh_nxt,
+        lowp::par_gemm_bf16(tier, N, R, GH, ab, lowp::bf16_kpad(GH), lb.whh, nullptr, dh_nxt,
                             R, true);
-        dx_step_bf16(tier, d, sm, s, GH, lb.ab, lb, a.dx);
+        dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
       }
     }
 #ifdef _OPENMP
@@ -573,7 +574,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
       backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
                         a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     else if constexpr (std::is_same_v<Scalar, float>)
-      weight_grads_bf16(tier, d, sm, S, GH, GH, R, a.x, hs, lb, a.dw_ih, a.dw_hh);
+      weight_grads_bf16(tier, d, sm, S, GH, R, a.x, hs, lb, a.dw_ih, a.dw_hh);
     // Forward: h = m w_hrᵀ at every step, so dw_hr += Σ dhᵀ m (inactive rows are zero in both).
     if (a.dw_hr) par_gemm_tn_add(P, H, S * N, dhp, P, ms, H, a.dw_hr, H);
     if (a.dw_peep && !bf16) {

@@ -309,11 +309,12 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       if (!bf16) {
         par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
       } else if constexpr (std::is_same_v<Scalar, float>) {  // (as the LSTM's)
-        par_convert_step(dgs, N, H, H, lb.ab, lowp::bf16_kpad(H), lb.at, 0, lb.ldt, s * N,
+        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * lowp::bf16_kpad(H);
+        par_convert_step(dgs, N, H, H, ab, lowp::bf16_kpad(H), lb.at, 0, lb.ldt, s * N,
                          a.db_ih, a.db_hh);
-        lowp::par_gemm_bf16(tier, N, H, H, lb.ab, lowp::bf16_kpad(H), lb.whh, nullptr, dh_nxt, H,
+        lowp::par_gemm_bf16(tier, N, H, H, ab, lowp::bf16_kpad(H), lb.whh, nullptr, dh_nxt, H,
                             true);
-        dx_step_bf16(tier, d, sm, s, H, lb.ab, lb, a.dx);
+        dx_step_bf16(tier, d, sm, s, S, H, lb.ab, lb, a.dx);
       }
     }
 #ifdef _OPENMP
@@ -324,7 +325,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
                         a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     else if constexpr (std::is_same_v<Scalar, float>)
-      weight_grads_bf16(tier, d, sm, S, H, H, H, a.x, hs, lb, a.dw_ih, a.dw_hh);
+      weight_grads_bf16(tier, d, sm, S, H, H, a.x, hs, lb, a.dw_ih, a.dw_hh);
   });
 }
 

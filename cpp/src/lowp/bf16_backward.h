@@ -23,17 +23,19 @@
 //   Each product is a lowp::par_gemm_bf16 call.
 //
 // How (issue 17's speed): each step's fp32 dA is converted to bf16 ONCE (par_convert_step), into
-// the step's row operand (ab: the dh and dx products of that step, both right away) and into a
+// the step's rows of ab (the A operand of the step's dh product, and of one dx product per chunk
+// of about kBf16DxRows rows: the packed w_ih is read once per chunk) and into a
 // transposed copy of every step's dA (at [G*H, T*N], column s*N + n), which after the loop is the
-// A operand of the two weight-gradient products over all T*N rows at once (K = T*N: the fp32
-// accumulators stay in the tiles for the whole sum); x and the states h are packed for them once
-// (par_pack_rows_kn). No fp32 dA of earlier steps is kept.
+// A operand of the two weight-gradient products over all T*N rows (K = T*N in chunks: the fp32
+// accumulators stay in the tiles for a chunk of kBf16KChunk rows); x and the states h are packed
+// for them a chunk at a time (par_pack_rows_kn). No fp32 dA of earlier steps is kept.
 //
 // Workspace (*_backward_workspace_size(d, Precision::bfloat16)): the part of the fp32 backward
 // layout this backward uses (one step's dgh [N, G*H] and, for the reset-after GRU, dgx; dh, dc
 // and the projection's buffers; not the fp32 packed weights nor the ragged scratch), then
-// Bf16Back (bf16_back_block.h): the packed weights, two step operands, at, x and h packed (about
-// (G*H + C + R) * T*N bf16, against the fp32 backward's 2 G*H * T*N floats of dgh and dgx).
+// Bf16Back (bf16_back_block.h): the packed weights, the step operands, at (G*H * T*N bf16,
+// against the fp32 backward's G*H * T*N floats of dgh, and as many of dgx with reverse or the
+// reset-after GRU) and one chunk of x and h packed.
 // Included by the kernels of every instruction-set copy.
 #pragma once
 
@@ -247,70 +249,98 @@ inline void par_pack_rows_kn(Index L, Index n, Row&& row, std::uint16_t* out) {
 }
 
 // Work-shared, before the time loop of a bf16 backward: zeros in the pad columns of the step
-// operands (ab, ab2: [K, bf16_kpad(K)) of N rows) and of the transposed gradients (at, ex:
+// operands (ab, ab2: [K, bf16_kpad(K)) of their dx_steps * N rows) and of the transposed gradients (at, ex:
 // columns [S*N, ldt) of their `at_rows` and `ex_rows` rows), and dx where no step writes it
 // (lengths: all of it, written only at valid positions).
 inline void par_bf16_back_prologue(const Dims& d, Index S, Index K, const Bf16Back& w,
                                    Index at_rows, Index ex_rows, bool lengths, float* dx) {
-  const Index kp = lowp::bf16_kpad(K), c0 = S * d.N;
+  const Index kp = lowp::bf16_kpad(K), c0 = S * d.N, nb = w.dx_steps * d.N;  // nb: ab's rows
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-  for (Index r = 0; r < at_rows + ex_rows + 2 * d.N; ++r) {
+  for (Index r = 0; r < at_rows + ex_rows + 2 * nb; ++r) {
     if (r < at_rows)
       std::fill(w.at + r * w.ldt + c0, w.at + (r + 1) * w.ldt, std::uint16_t(0));
     else if (r < at_rows + ex_rows)
       std::fill(w.ex + (r - at_rows) * w.ldt + c0, w.ex + (r - at_rows + 1) * w.ldt,
                 std::uint16_t(0));
-    else if (r < at_rows + ex_rows + d.N)
+    else if (r < at_rows + ex_rows + nb)
       std::fill(w.ab + (r - at_rows - ex_rows) * kp + K, w.ab + (r - at_rows - ex_rows + 1) * kp,
                 std::uint16_t(0));
     else if (w.ab2)
-      std::fill(w.ab2 + (r - at_rows - ex_rows - d.N) * kp + K,
-                w.ab2 + (r - at_rows - ex_rows - d.N + 1) * kp, std::uint16_t(0));
+      std::fill(w.ab2 + (r - at_rows - ex_rows - nb) * kp + K,
+                w.ab2 + (r - at_rows - ex_rows - nb + 1) * kp, std::uint16_t(0));
   }
   if (lengths) par_fill(dx, d.T * d.N * d.C, 0.0f);
 }
 
-// Work-shared: the step's dx rows = ab [N, bf16_kpad(G*H)] times w_ih (packed in w.wih):
-// written in place where the step's rows are one block of dx (no lengths: time t(s) for every
-// row; lengths without reverse: time s, inactive rows have zero gradients and give zeros), else
-// through w.dxs, scattered to the valid rows.
-inline void dx_step_bf16(lowp::Tier tier, const Dims& d, const StepMap& sm, Index s, Index GH,
-                         const std::uint16_t* ab, const Bf16Back& w, float* dx) {
-  const Index N = d.N, C = d.C;
+// Where step s's bf16 gate gradients go in ab (and ab2): the row offset of its N rows. The
+// steps of one chunk (s / dx_steps) sit in time order (reverse: the last step first), so the
+// chunk's dx rows are one block; lengths with reverse: one step at a time (rows scattered).
+inline Index ab_row(const Bf16Back& w, const Dims& d, const StepMap& sm, Index s, Index S) {
+  if (sm.lengths && sm.reverse) return 0;
+  const Index s0 = s / w.dx_steps * w.dx_steps, s1 = std::min(S - 1, s0 + w.dx_steps - 1);
+  return (sm.reverse ? s1 - s : s - s0) * d.N;
+}
+
+// Work-shared, at every step s after its gradients are in ab (ab_row): at the chunk's last step
+// (s a multiple of dx_steps), the chunk's dx rows = ab times w_ih (packed in w.wih), in place
+// (no lengths, or lengths without reverse: inactive rows have zero gradients and give zeros);
+// lengths with reverse: every step, through w.dxs, scattered to the valid rows.
+inline void dx_step_bf16(lowp::Tier tier, const Dims& d, const StepMap& sm, Index s, Index S,
+                         Index GH, const std::uint16_t* ab, const Bf16Back& w, float* dx) {
+  const Index N = d.N, C = d.C, kp = lowp::bf16_kpad(GH);
   if (!sm.lengths || !sm.reverse) {
-    const Index t = sm.lengths ? s : sm.time(s, 0);
-    lowp::par_gemm_bf16(tier, N, C, GH, ab, lowp::bf16_kpad(GH), w.wih, nullptr, dx + t * N * C,
+    if (s % w.dx_steps != 0) return;
+    const Index s1 = std::min(S - 1, s + w.dx_steps - 1), t0 = sm.reverse ? d.T - 1 - s1 : s;
+    lowp::par_gemm_bf16(tier, (s1 - s + 1) * N, C, GH, ab, kp, w.wih, nullptr, dx + t0 * N * C,
                         C, false);
     return;
   }
-  lowp::par_gemm_bf16(tier, N, C, GH, ab, lowp::bf16_kpad(GH), w.wih, nullptr, w.dxs, C, false);
+  lowp::par_gemm_bf16(tier, N, C, GH, ab, kp, w.wih, nullptr, w.dxs, C, false);
   for_rows(N, [&](Index n) {
     const Index t = sm.time(s, n);
     if (t >= 0) std::copy(w.dxs + n * C, w.dxs + (n + 1) * C, dx + (t * N + n) * C);
   });
 }
 
-// Work-shared, after the time loop: packs x (step order: x[t(s, n), n], zeros for inactive rows)
-// and the states h entering the steps (hs [S*N, R], step order) into w.xp and w.hp, then
-// dw_ih += at[:GH] xp and dw_hh += at[:GHh] hp over the S*N rows (one fp32 sum per element from
-// the gradient's old value; GHh: the rows of dw_hh that multiply hs, dw_hh null: skipped).
+// Work-shared: out [m, n] (ldo) += a[:, k0 : k0+kc] (bf16, leading dimension lda; at or ex)
+// times the rows k0..k0+kc-1 of B, row(k) (fp32, n floats; null: zeros), packed into buf first.
+template <class Row>
+inline void wgrad_chunk(lowp::Tier tier, Index m, Index n, Index k0, Index kc,
+                        const std::uint16_t* a, Index lda, Row&& row, std::uint16_t* buf,
+                        float* out, Index ldo) {
+  par_pack_rows_kn(kc, n, [&](Index k) { return row(k0 + k); }, buf);  // (ends in a barrier)
+  lowp::par_gemm_bf16(tier, m, n, kc, a + k0, lda, buf, nullptr, out, ldo, true);
+}
+
+// Work-shared, after the time loop: dw_ih += at[:GHx] x and dw_hh += at[:GHh] hs over the S*N
+// rows in step order (x[t(s, n), n], zeros for inactive rows; hs [S*N, R] the states entering
+// the steps), in chunks of w.kc rows (KC a multiple of 32, so the chunk's columns of at are a
+// whole operand; the last one ends at the zeros past S*N). `more(k0, kc)` adds a cell's own
+// products of the chunk after them (xp then holds the chunk of x). Null gradients: skipped.
+template <class More>
 inline void weight_grads_bf16(lowp::Tier tier, const Dims& d, const StepMap& sm, Index S,
-                              Index GH, Index GHh, Index R, const float* x, const float* hs,
-                              const Bf16Back& w, float* dw_ih, float* dw_hh) {
+                              Index GHx, Index GHh, Index R, const float* x, const float* hs,
+                              const Bf16Back& w, float* dw_ih, float* dw_hh, More&& more) {
   const Index N = d.N, C = d.C, L = S * N;
-  if (dw_ih) {
-    par_pack_rows_kn(L, C, [&](Index k) -> const float* {
-      const Index t = sm.time(k / N, k % N);
-      return t >= 0 ? x + (t * N + k % N) * C : nullptr;
-    }, w.xp);
-    lowp::par_gemm_bf16(tier, GH, C, L, w.at, w.ldt, w.xp, nullptr, dw_ih, C, true);
+  for (Index k0 = 0; k0 < L; k0 += w.kc) {
+    const Index kc = std::min(w.kc, L - k0);
+    if (dw_ih)
+      wgrad_chunk(tier, GHx, C, k0, kc, w.at, w.ldt, [&](Index k) -> const float* {
+        const Index t = sm.time(k / N, k % N);
+        return t >= 0 ? x + (t * N + k % N) * C : nullptr;
+      }, w.xp, dw_ih, C);
+    if (dw_hh)
+      wgrad_chunk(tier, GHh, R, k0, kc, w.at, w.ldt,
+                  [&](Index k) -> const float* { return hs + k * R; }, w.hp, dw_hh, R);
+    more(k0, kc);
   }
-  if (dw_hh) {
-    par_pack_rows_kn(L, R, [&](Index k) -> const float* { return hs + k * R; }, w.hp);
-    lowp::par_gemm_bf16(tier, GHh, R, L, w.at, w.ldt, w.hp, nullptr, dw_hh, R, true);
-  }
+}
+inline void weight_grads_bf16(lowp::Tier tier, const Dims& d, const StepMap& sm, Index S,
+                              Index GH, Index R, const float* x, const float* hs,
+                              const Bf16Back& w, float* dw_ih, float* dw_hh) {
+  weight_grads_bf16(tier, d, sm, S, GH, GH, R, x, hs, w, dw_ih, dw_hh, [](Index, Index) {});
 }
 
 // The backward's check of Options::precision: bfloat16 needs float32 tensors.
