@@ -141,6 +141,23 @@ def test_bf16_training_odd_and_larger_shapes():
     assert sum(e <= TIGHT for e in errs) >= 1, errs
 
 
+@pytest.mark.parametrize("cell,opts", CASES, ids=IDS)
+def test_bf16_training_chunked_products(cell, opts):
+    # T*N = 1200 rows: the weight-gradient products over two chunks of rows (1024 + 176) and dx
+    # over chunks of 8 steps (the last one partial), with reverse and lengths (some rows empty).
+    # A chunking or placement error would be O(1), far past LOOSE.
+    rng = np.random.default_rng(3)
+    for reverse in (False, True):
+        L = rng.integers(0, 41, 30)
+        L[0] = 40
+        for lengths in (None, L):
+            args, kw, cot = make(cell, opts, T=40, N=30, C=11, H=20, seed=2, scale=0.2)
+            out, grads = kernel(cell, args, kw, cot, reverse=reverse, lengths=lengths)
+            em = emulate(cell, args, kw, cot, reverse=reverse, lengths=lengths, teacher_y=out.y)
+            for name, g, w in grad_pairs(grads, em[-1]):
+                assert rel_err(g, w) <= LOOSE, (reverse, lengths is not None, name, rel_err(g, w))
+
+
 @pytest.mark.parametrize("cell,opts", CASES[::2], ids=IDS[::2])
 def test_bf16_training_bitwise_independent_of_threads(cell, opts):
     args, kw, cot = make(cell, opts, T=6, N=40, C=30, H=64)

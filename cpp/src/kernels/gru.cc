@@ -74,8 +74,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp 
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 3 * H;
   BackwardSpace<T> w{};
-  w.dgh = c.take(d.T * N * GH);
-  w.dgx = c.take(d.T * N * GH);
+  w.dgh = c.take((lowp ? 1 : d.T) * N * GH);  // lowp: one step's (bf16_backward.h)
+  w.dgx = c.take((lowp ? 1 : d.T) * N * GH);
   w.dhbuf = c.take(2 * N * H);
   w.drh = c.take(N * H);
   if (lowp) return w;  // the bf16 backward: its block follows (bf16_backward.h)
@@ -381,11 +381,18 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   Scalar* dgh = w.dgh;
   // reset_after: the n block differs (dgh_n = dn_pre*r, dgx_n = dn_pre), so two buffers; else
   // they differ only in order, and without reverse not even that.
-  Scalar* dgx = (after || opt.reverse) ? w.dgx : dgh;
+  // bf16: one step's dgh and (reset_after) dgx; the bf16 block keeps every step's in bf16.
+  Scalar* dgx = bf16 ? (after ? w.dgx : dgh) : (after || opt.reverse) ? w.dgx : dgh;
   Scalar* dhbuf = w.dhbuf;
+  const Index kg = lowp::bf16_kpad(GH);
 
   parallel_region(thread_count(opt, d, 3), [&] {
-    if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
+    if (bf16) {
+      if constexpr (std::is_same_v<Scalar, float>)
+        par_bf16_back_prologue(d, S, GH, lb, GH, after ? H : 0, a.lengths != nullptr, a.dx);
+    } else if (a.lengths) {
+      par_fill(dgx, d.T * N * GH, Scalar(0));
+    }
     // Packed unless an earlier backward of this precision did (Options::weights_packed).
     if (!opt.weights_packed) {
       if (!bf16) {
@@ -401,7 +408,7 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
       Scalar* dh_nxt = dhbuf + (s % 2) * NH;
-      Scalar* dgs = dgh + s * N * GH;
+      Scalar* dgs = dgh + (bf16 ? 0 : s * N * GH);
       const Scalar* hp_s = hs + s * NH;
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
@@ -412,18 +419,30 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
           prefetch_gate_blocks_for_write(dgx + (t * N + n + 1) * GH + u0, 3, H, bk);
         if (t < 0) {
           zero_gate_blocks(dg, 3, H, bk);
+          if (bf16 && after) zero_gate_blocks(dgx + n * GH + u0, 3, H, bk);  // (one step's)
           carry(dh_cur + off, dh_nxt + off, bk);
           return;
         }
         gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
                                gates + (s * N + n) * 4 * H + u0, hp_s + off, dg, dh_nxt + off,
-                               after ? dgx + (t * N + n) * GH + u0 : nullptr);
+                               !after ? nullptr
+                               : bf16 ? dgx + n * GH + u0
+                                      : dgx + (t * N + n) * GH + u0);
       });
       if (after) {
-        if (!bf16)
+        if (!bf16) {
           par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
-        else if constexpr (std::is_same_v<Scalar, float>)
-          gemm_rows_acc_bf16(tier, N, H, GH, dgs, GH, lb.ab, N, lb.whh, dh_nxt, H, true);
+        } else if constexpr (std::is_same_v<Scalar, float>) {
+          // One conversion of each of the step's dA_h (dgs) and dA_x (dgx; of its transposed
+          // copy only the n block, where the two differ), then the products (bf16_backward.h).
+          const Index ar = ab_row(lb, d, sm, s, S) * kg;
+          par_convert_step(dgs, N, GH, GH, lb.ab + ar, kg, lb.at, 0, lb.ldt, s * N, a.db_hh,
+                           nullptr);
+          par_convert_step(dgx, N, GH, GH, lb.ab2 + ar, kg, lb.ex, 2 * H, lb.ldt, s * N, a.db_ih,
+                           nullptr);
+          lowp::par_gemm_bf16(tier, N, H, GH, lb.ab + ar, kg, lb.whh, nullptr, dh_nxt, H, true);
+          dx_step_bf16(tier, d, sm, s, S, GH, lb.ab2, lb, a.dx);
+        }
         continue;
       }
       // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
@@ -431,7 +450,7 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       if (!bf16)
         par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
       else if constexpr (std::is_same_v<Scalar, float>)
-        gemm_rows_acc_bf16(tier, N, H, H, dgs + 2 * H, GH, lb.ab, N, lb.whn, w.drh, H, false);
+        gemm_rows_acc_bf16(tier, N, H, H, dgs + 2 * H, GH, lb.ab2, N, lb.whn, w.drh, H, false);
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) return;
@@ -439,10 +458,17 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
                                         hp_s + off, dgs + n * GH + u0, dh_nxt + off,
                                         dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
       });
-      if (!bf16)
+      if (!bf16) {
         par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
-      else if constexpr (std::is_same_v<Scalar, float>)
-        gemm_rows_acc_bf16(tier, N, H, 2 * H, dgs, GH, lb.ab, N, lb.whh, dh_nxt, H, true);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * kg;
+        par_convert_step(dgs, N, GH, GH, ab, kg, lb.at, 0, lb.ldt, s * N, a.db_ih, a.db_hh);
+        if (2 * H % lowp::kBf16KStep == 0)  // the r, z columns of ab are a whole operand
+          lowp::par_gemm_bf16(tier, N, H, 2 * H, ab, kg, lb.whh, nullptr, dh_nxt, H, true);
+        else
+          gemm_rows_acc_bf16(tier, N, H, 2 * H, dgs, GH, lb.ab2, N, lb.whh, dh_nxt, H, true);
+        dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
+      }
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -450,13 +476,18 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
     if (bf16) {
       if constexpr (std::is_same_v<Scalar, float>) {
-        backward_epilogue_bf16(tier, d, S, 3, H, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih,
-                               after ? a.dw_hh : nullptr, a.db_ih, a.db_hh);
-        if (!after && a.dw_hh) {  // as below, the products in bf16
-          par_gemm_tn_add_bf16(tier, 2 * H, S * N, dgh, GH, {{hs, H, H, a.dw_hh, H}}, lb);
-          par_gemm_tn_add_bf16(tier, H, S * N, dgh + 2 * H, GH,
-                               {{gates + 3 * H, H, 4 * H, a.dw_hh + 2 * H * H, H}}, lb);
-        }
+        // reset_after: dw_ih's n rows from dA_x's (ex), times the chunk of x; reset_before:
+        // dw_hh's n rows multiplied q = r*h (cache block 4), packed into hp after h's product.
+        weight_grads_bf16(tier, d, sm, S, after ? 2 * H : GH, after ? GH : 2 * H, H, a.x, hs, lb,
+                          a.dw_ih, a.dw_hh, [&](Index k0, Index kc) {
+          if (after && a.dw_ih)
+            lowp::par_gemm_bf16(tier, H, d.C, kc, lb.ex + k0, lb.ldt, lb.xp, nullptr,
+                                a.dw_ih + 2 * H * d.C, d.C, true);
+          if (!after && a.dw_hh)
+            wgrad_chunk(tier, H, H, k0, kc, lb.at + 2 * H * lb.ldt, lb.ldt,
+                        [&](Index k) { return gates + k * 4 * H + 3 * H; }, lb.hp,
+                        a.dw_hh + 2 * H * H, H);
+        });
       }
       return;
     }

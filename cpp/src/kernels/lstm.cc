@@ -75,8 +75,9 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 // buffers [2, N, R] and [2, N, H]; with projection also dh of every step [T, N, P] (step order,
 // for dw_hr), dm of one step [N, H] and packed w_hr; then what only the float32 backward uses:
 // packed w_hh and w_ih and, for lengths (ragged.h), dx of the valid positions [T*N, C] and the
-// steps' bookkeeping. lowp (the bf16 backward, bf16_backward.h): the layout stops before that
-// float32 part (its pointers null) and the bf16 block follows.
+// steps' bookkeeping. lowp (the bf16 backward, bf16_backward.h): dgh holds one step [N, 4H] and
+// dgx none (the bf16 block keeps every step's gradients, in bf16), and the layout stops before
+// that float32 part (its pointers null); the bf16 block follows.
 template <typename T>
 struct BackwardSpace {
   T *dgh, *dgx, *dhbuf, *dcbuf, *whh_q, *wih_q, *dhp, *dm, *whr_q, *dxc, *rag;
@@ -87,8 +88,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp 
   const Index R = rec_width(d), N = d.N, H = d.H, GH = 4 * H, P = d.P;
   const bool proj = P > 0;
   BackwardSpace<T> w{};
-  w.dgh = c.take(d.T * N * GH);
-  w.dgx = c.take(d.T * N * GH);
+  w.dgh = c.take((lowp ? 1 : d.T) * N * GH);  // lowp: one step's (bf16_backward.h)
+  w.dgx = c.take((lowp ? 0 : d.T) * N * GH);
   w.dhbuf = c.take(2 * N * R);
   w.dcbuf = c.take(2 * N * H);
   w.dhp = proj ? c.take(d.T * N * P) : nullptr;  // [T, N, P], step order
@@ -432,6 +433,29 @@ void backward_ragged(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Opt
   });
 }
 
+// The bf16 backward's peephole gradients, one step at a time (it keeps no fp32 gradients of
+// earlier steps): dp_i += Σ_n di_pre*c_prev, dp_f += Σ_n df_pre*c_prev, dp_o += Σ_n do_pre*c_t,
+// dg [N, 4H] the step's pre-activation gradients, c_prev [N, H] and c_t = c_prev + N*H. Work-
+// shared without a barrier (the caller's next work-shared loop ends in one); one job per block
+// of units, so the sums are independent of the thread count.
+inline void peep_step_sums(Index N, Index H, const float* dg, const float* c_prev,
+                           float* dw_peep) {
+  using namespace detail;
+  const Index nub = ceil_div(H, kUnitBlock);
+#ifdef _OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+  for (Index job = 0; job < 3 * nub; ++job) {
+    const Index p = job / nub, u0 = (job % nub) * kUnitBlock, bk = std::min(kUnitBlock, H - u0);
+    const Index gate = p == 2 ? 3 : p;
+    const float* c = c_prev + (p == 2 ? N * H : 0) + u0;
+    float acc[kUnitBlock] = {};
+    for (Index n = 0; n < N; ++n)
+      for (Index j = 0; j < bk; ++j) acc[j] += dg[n * 4 * H + gate * H + u0 + j] * c[n * H + j];
+    for (Index j = 0; j < bk; ++j) dw_peep[p * H + u0 + j] += acc[j];
+  }
+}
+
 template <typename Scalar>
 void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& opt,
               Scalar* workspace) {
@@ -462,12 +486,18 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   if (a.lengths && opt.precision == Precision::float32)
     return backward_ragged(d, a, opt, k, w, S);
   Scalar* dgh = w.dgh;
-  // Without reverse, step order is time order and one buffer serves both.
-  Scalar* dgx = opt.reverse ? w.dgx : dgh;
+  // Without reverse, step order is time order and one buffer serves both. bf16: dgh is one
+  // step's (the bf16 block keeps them all) and no dgx.
+  Scalar* dgx = bf16 ? dgh : opt.reverse ? w.dgx : dgh;
   Scalar *dhbuf = w.dhbuf, *dcbuf = w.dcbuf, *dhp = w.dhp, *dm = w.dm;
 
   parallel_region(thread_count(opt, d, 4), [&] {
-    if (a.lengths) par_fill(dgx, d.T * N * GH, Scalar(0));
+    if (bf16) {
+      if constexpr (std::is_same_v<Scalar, float>)
+        par_bf16_back_prologue(d, S, GH, lb, GH, 0, a.lengths != nullptr, a.dx);
+    } else if (a.lengths) {
+      par_fill(dgx, d.T * N * GH, Scalar(0));
+    }
     // Packed unless an earlier backward of this precision did (Options::weights_packed): fp32
     // w_hh here (w_ih in the epilogue), or bf16 w_hhᵀ and w_ihᵀ in the bf16 block.
     if (!opt.weights_packed) {
@@ -488,7 +518,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
       const Scalar* dc_cur = dcbuf + ((s + 1) % 2) * NH;
       Scalar* dh_nxt = dhbuf + (s % 2) * NR;
       Scalar* dc_nxt = dcbuf + (s % 2) * NH;
-      Scalar* dgs = dgh + s * N * GH;
+      Scalar* dgs = dgh + (bf16 ? 0 : s * N * GH);
       if (proj) {
         // Forward: h = m w_hrᵀ, and y[t] = h for active rows. dh = carried dh + dy[t] [N, P]
         // (kept for dw_hr += dhᵀ m); a finished row did nothing at this step: dh = 0 and its
@@ -533,10 +563,20 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
             w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
             dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
       });
-      if (!bf16)
+      if (!bf16) {
         par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
-      else if constexpr (std::is_same_v<Scalar, float>)
-        gemm_rows_acc_bf16(tier, N, R, GH, dgs, GH, lb.ab, N, lb.whh, dh_nxt, R, true);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        // The step's peephole sums (fp32, unrounded dA), then its one conversion to bf16 (rows
+        // for the dh and dx products, the transposed copy for the weight gradients, the bias
+        // sums), then the products.
+        if (a.dw_peep) peep_step_sums(N, H, dgs, cs + s * NH, a.dw_peep);
+        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * lowp::bf16_kpad(GH);
+        par_convert_step(dgs, N, GH, GH, ab, lowp::bf16_kpad(GH), lb.at, 0, lb.ldt, s * N,
+                         a.db_ih, a.db_hh);
+        lowp::par_gemm_bf16(tier, N, R, GH, ab, lowp::bf16_kpad(GH), lb.whh, nullptr, dh_nxt,
+                            R, true);
+        dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
+      }
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -549,11 +589,10 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
       backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
                         a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     else if constexpr (std::is_same_v<Scalar, float>)
-      backward_epilogue_bf16(tier, d, S, 4, R, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih, a.dw_hh,
-                             a.db_ih, a.db_hh);
+      weight_grads_bf16(tier, d, sm, S, GH, R, a.x, hs, lb, a.dw_ih, a.dw_hh);
     // Forward: h = m w_hrᵀ at every step, so dw_hr += Σ dhᵀ m (inactive rows are zero in both).
     if (a.dw_hr) par_gemm_tn_add(P, H, S * N, dhp, P, ms, H, a.dw_hr, H);
-    if (a.dw_peep) {
+    if (a.dw_peep && !bf16) {
       // p_i and p_f multiplied c_prev into i and f, p_o multiplied c_t into o:
       // dp_i = Σ di_pre*c_prev, dp_f = Σ df_pre*c_prev, dp_o = Σ do_pre*c_t (over steps, rows).
       for_unit_blocks(3, H, [&](Index p, Index u0, Index bk, Index) {

@@ -63,8 +63,8 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp 
   using namespace detail;
   const Index NH = d.N * d.H;
   BackwardSpace<T> w{};
-  w.dgh = c.take(d.T * NH);
-  w.dgx = c.take(d.T * NH);
+  w.dgh = c.take((lowp ? 1 : d.T) * NH);  // lowp: one step's, and no dgx (bf16_backward.h)
+  w.dgx = c.take((lowp ? 0 : d.T) * NH);
   w.dhbuf = c.take(2 * NH);
   if (lowp) return w;  // the bf16 backward: its block follows (bf16_backward.h)
   w.whh_q = c.take_aligned(packed_bound(d.H, d.H));
@@ -271,11 +271,16 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   if (a.lengths && opt.precision == Precision::float32)
     return backward_ragged(d, a, opt, hs, w, S);
   Scalar* dgh = w.dgh;
-  Scalar* dgx = opt.reverse ? w.dgx : dgh;
+  Scalar* dgx = bf16 ? dgh : opt.reverse ? w.dgx : dgh;  // bf16: one step's dgh, no dgx
   Scalar* dhbuf = w.dhbuf;
 
   parallel_region(thread_count(opt, d, 1), [&] {
-    if (a.lengths) par_fill(dgx, d.T * NH, Scalar(0));
+    if (bf16) {
+      if constexpr (std::is_same_v<Scalar, float>)
+        par_bf16_back_prologue(d, S, H, lb, H, 0, a.lengths != nullptr, a.dx);
+    } else if (a.lengths) {
+      par_fill(dgx, d.T * NH, Scalar(0));
+    }
     // Packed unless an earlier backward of this precision did (Options::weights_packed).
     if (!opt.weights_packed) {
       if (!bf16) {
@@ -289,7 +294,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
     for (Index s = S - 1; s >= 0; --s) {
       const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
       Scalar* dh_nxt = dhbuf + (s % 2) * NH;
-      Scalar* dgs = dgh + s * NH;
+      Scalar* dgs = dgh + (bf16 ? 0 : s * NH);
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         prefetch_gate_blocks_for_write(dgs + off + H, 1, H, bk);  // the next row's (skeleton.h)
@@ -303,10 +308,16 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
                                hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
                                dgx != dgh ? dgx + (t * N + n) * H + u0 : nullptr);
       });
-      if (!bf16)
+      if (!bf16) {
         par_gemm_packed(N, H, H, dgs, H, w.whh_q, dh_nxt, H, true);
-      else if constexpr (std::is_same_v<Scalar, float>)
-        gemm_rows_acc_bf16(tier, N, H, H, dgs, H, lb.ab, N, lb.whh, dh_nxt, H, true);
+      } else if constexpr (std::is_same_v<Scalar, float>) {  // (as the LSTM's)
+        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * lowp::bf16_kpad(H);
+        par_convert_step(dgs, N, H, H, ab, lowp::bf16_kpad(H), lb.at, 0, lb.ldt, s * N,
+                         a.db_ih, a.db_hh);
+        lowp::par_gemm_bf16(tier, N, H, H, ab, lowp::bf16_kpad(H), lb.whh, nullptr, dh_nxt, H,
+                            true);
+        dx_step_bf16(tier, d, sm, s, S, H, lb.ab, lb, a.dx);
+      }
     }
 #ifdef _OPENMP
 #pragma omp single
@@ -316,8 +327,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
                         a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
     else if constexpr (std::is_same_v<Scalar, float>)
-      backward_epilogue_bf16(tier, d, S, 1, H, a.x, dgx, dgh, hs, lb, a.dx, a.dw_ih, a.dw_hh,
-                             a.db_ih, a.db_hh);
+      weight_grads_bf16(tier, d, sm, S, H, H, a.x, hs, lb, a.dw_ih, a.dw_hh);
   });
 }
 
