@@ -20,6 +20,16 @@ fusedrnn::LayerNorm layer_norm_of(Keywords& kw) {
   throw py::value_error("layer_norm must be 'none', 'haste' or 'tfa', got '" + s + "'");
 }
 
+// The dropout masks: recurrent_mask [N, H], or with gate_masks one per gate block, [G, N, H],
+// and input_mask [G, N, C] (gate_masks only).
+template <typename S, class A>
+void read_masks(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n) {
+  a.gate_masks = kw.value<bool>("gate_masks", false);
+  const std::size_t G = n.GH / std::size_t(d.H);
+  a.recurrent_mask = kw.opt_in<S>("recurrent_mask", a.gate_masks ? G * n.NH : n.NH);
+  a.input_mask = kw.opt_in<S>("input_mask", G * std::size_t(d.N) * std::size_t(d.C));
+}
+
 // The arguments of both cells' kernels, read by name; the LSTM's (kLstm) have the cell state.
 template <typename S, class A>
 void read_forward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
@@ -41,7 +51,7 @@ void read_forward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.zoneout_h = kw.value<S>("zoneout_h", 0);
   a.zoneout_draw = kw.value<bool>("zoneout_draw", false);
   a.zoneout_seed = kw.value<std::uint64_t>("zoneout_seed", 0);
-  a.recurrent_mask = kw.opt_in<S>("recurrent_mask", n.NH);
+  read_masks<S>(kw, a, d, n);
   a.lengths = kw.opt_in<std::int64_t>("lengths", n.N);
   a.y = kw.out<S>("y", n.TNR);
   a.h_n = kw.out<S>("h_n", n.NR);
@@ -70,7 +80,7 @@ void read_backward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.zoneout_h = kw.value<S>("zoneout_h", 0);
   a.zoneout_draw = kw.value<bool>("zoneout_draw", false);
   a.zoneout_seed = kw.value<std::uint64_t>("zoneout_seed", 0);
-  a.recurrent_mask = kw.opt_in<S>("recurrent_mask", n.NH);
+  read_masks<S>(kw, a, d, n);
   a.lengths = kw.opt_in<std::int64_t>("lengths", n.N);
   a.cache = kw.in<S>("cache", cache_n);
   a.dy = kw.opt_in<S>("dy", n.TNR);
@@ -163,12 +173,12 @@ void register_lstm_ln(py::module_& m) {
       "Regularised / normalised LSTM forward into preallocated arrays. Keywords: x, w_ih, w_hh, "
       "b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln_gamma_ih, ln_beta_ih, ln_gamma_hh, "
       "ln_beta_hh, ln_gamma_c, ln_beta_c, zoneout_h_mask, zoneout_c_mask, zoneout_h, "
-      "zoneout_c, zoneout_draw, zoneout_seed, recurrent_mask, lengths, y, h_n, c_n, cache, workspace, and the options "
+      "zoneout_c, zoneout_draw, zoneout_seed, recurrent_mask, gate_masks, input_mask, lengths, y, h_n, c_n, cache, workspace, and the options "
       "reverse, num_threads.",
       "Regularised / normalised LSTM backward into preallocated arrays (parameter gradients "
       "accumulate). Keywords: x, w_ih, w_hh, layer_norm, ln_gamma_ih, ln_gamma_hh, ln_gamma_c, "
       "zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_draw, zoneout_seed, "
-      "recurrent_mask, lengths, cache, "
+      "recurrent_mask, gate_masks, input_mask, lengths, cache, "
       "dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, "
       "dln_gamma_hh, dln_beta_hh, dln_gamma_c, dln_beta_c, workspace, and the options reverse, "
       "num_threads.");
@@ -187,12 +197,12 @@ void register_lstm_ln(py::module_& m) {
       "Regularised / normalised GRU (reset_after) forward into preallocated arrays. Keywords: "
       "x, w_ih, w_hh, b_ih, b_hh, h0, layer_norm ('none' or 'haste'), ln_eps, ln_gamma_ih, "
       "ln_beta_ih, ln_gamma_hh, ln_beta_hh, zoneout_h_mask, zoneout_h, zoneout_draw, "
-      "zoneout_seed, recurrent_mask, "
+      "zoneout_seed, recurrent_mask, gate_masks, input_mask, "
       "lengths, y, h_n, cache, workspace, and the options reverse, num_threads.",
       "Regularised / normalised GRU backward into preallocated arrays (parameter gradients "
       "accumulate). Keywords: x, w_ih, w_hh, layer_norm, ln_gamma_ih, ln_gamma_hh, "
-      "zoneout_h_mask, zoneout_h, zoneout_draw, zoneout_seed, recurrent_mask, lengths, cache, "
-      "dy, dh_n, dx, dh0, dw_ih, "
+      "zoneout_h_mask, zoneout_h, zoneout_draw, zoneout_seed, recurrent_mask, gate_masks, "
+      "input_mask, lengths, cache, dy, dh_n, dx, dh0, dw_ih, "
       "dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, dln_gamma_hh, dln_beta_hh, workspace, "
       "and the options reverse, num_threads.");
 }

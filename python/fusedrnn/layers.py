@@ -769,9 +769,27 @@ def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropou
     return on
 
 
+DROPOUT_MASKS = ("shared", "per_gate")
+
+
+def _dropout_masks(fn, dropout_masks, recurrent_dropout, input_dropout):
+    """Checks the dropout_masks option: 'shared' (one mask per sequence on x and one on h,
+    shared by the gate blocks) or 'per_gate' (Keras 3's recurrent_dropout: a mask per gate
+    block on each), which needs recurrent_dropout or input_dropout."""
+    if dropout_masks not in DROPOUT_MASKS:
+        raise ValueError(f"{fn}: dropout_masks must be 'shared' or 'per_gate', got "
+                         f"{dropout_masks!r}")
+    if dropout_masks == "per_gate" and not (recurrent_dropout or input_dropout):
+        raise ValueError(f"{fn}: dropout_masks='per_gate' needs recurrent_dropout or "
+                         f"input_dropout > 0")
+    return dropout_masks
+
+
 class _Regularised:
     """The regularised / normalised kernels (fusedrnn.regularised, issue 19) of the LSTM and the
-    GRU layers: their parameters, mask draws and kernel calls, used when any option is set."""
+    GRU layers: their parameters, mask draws and kernel calls, used when any option is set.
+    dropout_masks 'per_gate' draws the recurrent and input dropout masks per gate block,
+    [G, N, H] and [G, N, C] (Keras 3's recurrent_dropout), which the kernels apply per block."""
 
     def _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
                            recurrent_dropout, input_dropout, weight_drop):
@@ -824,9 +842,15 @@ class _Regularised:
                           zoneout_h=self.zoneout_h)
                 if lstm:
                     kw.update(zoneout_c=self.zoneout_c)
+            per_gate = self.dropout_masks == "per_gate"
+            if per_gate:
+                kw["gate_masks"] = True
             if self.recurrent_dropout:
-                kw["recurrent_mask"] = _keep_mask(rng, (N, H), self.recurrent_dropout, dt)
-            if self.input_dropout:
+                kw["recurrent_mask"] = _keep_mask(rng, (G, N, H) if per_gate else (N, H),
+                                                  self.recurrent_dropout, dt)
+            if self.input_dropout and per_gate:
+                kw["input_mask"] = _keep_mask(rng, (G, N, C), self.input_dropout, dt)
+            elif self.input_dropout:
                 st["xmask"] = _keep_mask(rng, (N, C), self.input_dropout, dt)
                 x = x * st["xmask"]
             if self.weight_drop:
@@ -864,7 +888,7 @@ class _Regularised:
         lnp = self._ln_params(sfx)
         dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else w_hh.grad
         masks = {k: st[k] for k in ("zoneout_draw", "zoneout_seed", "zoneout_h", "zoneout_c",
-                                    "recurrent_mask") if k in st}
+                                    "recurrent_mask", "gate_masks", "input_mask") if k in st}
         gains = {k: None if lnp[k] is None else lnp[k].data
                  for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c") if k in lnp}
         state = dict(dh_n=dh_n, dh0=dh0)
@@ -898,6 +922,12 @@ class LSTM(_Regularised, _RNNBase):
     cell_clip (TF1's LSTMCell(cell_clip)): None, or a number > 0: every layer's cell state is
     clipped to [-cell_clip, cell_clip] after each update (see fusedrnn.lstm_forward). Recorded
     in the config only when set (the C++ Model does not read it).
+    Issue 19's options (fusedrnn.regularised.lstm_ln_forward has the formula): layer_norm None,
+    'haste' or 'tfa', ln_eps, zoneout_h, zoneout_c, recurrent_dropout, input_dropout,
+    weight_drop, and dropout_masks: 'shared' (default: one mask per sequence on h_{t-1} and one
+    on x_t, shared by the four gate blocks, scaled 1/(1 - p)) or 'per_gate' (Keras 3's
+    recurrent_dropout semantics: its LSTMCell, implementation 1, draws a separate mask per gate
+    block i, f, g, o on h_{t-1} and on x_t; needs recurrent_dropout or input_dropout).
     """
     _mode = "LSTM"
 
@@ -905,9 +935,12 @@ class LSTM(_Regularised, _RNNBase):
                  dropout=0.0, bidirectional=False, proj_size=0, *, peepholes=False,
                  forget_bias=0.0, init="pytorch", dtype="float32", seed=None, cell_clip=None,
                  layer_norm=None, ln_eps=1e-5, zoneout_h=0.0, zoneout_c=0.0,
-                 recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
+                 recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
+                 dropout_masks="shared"):
         reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
+        dmasks = _dropout_masks("LSTM", dropout_masks, recurrent_dropout,
+                                            input_dropout)
         if reg:
             for name, off in (("proj_size", not proj_size), ("peepholes", not peepholes),
                               ("cell_clip", cell_clip is None)):
@@ -920,6 +953,7 @@ class LSTM(_Regularised, _RNNBase):
                          forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
         self._init_regularisers(reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                                 input_dropout, weight_drop)
+        self.dropout_masks = dmasks
         if cell_clip is not None and not (F._check_clip("LSTM", cell_clip) > 0
                                           and math.isfinite(cell_clip)):
             raise ValueError(f"LSTM: cell_clip must be None or a finite number > 0, "
@@ -931,7 +965,8 @@ class LSTM(_Regularised, _RNNBase):
                      proj_size=self.proj_size, peepholes=self.peepholes,
                      forget_bias=self.forget_bias, init=init, dtype=self.dtype, seed=seed,
                      **({} if cell_clip is None else {"cell_clip": self.cell_clip}),
-                     **{k: getattr(self, k) for k in reg})
+                     **{k: getattr(self, k) for k in reg},
+                     **({"dropout_masks": "per_gate"} if dropout_masks == "per_gate" else {}))
 
 
 @register_module
@@ -944,16 +979,21 @@ class GRU(_Regularised, _RNNBase):
     Issue 19's options (reset_after only; fusedrnn.regularised.gru_ln_forward has the formula):
     layer_norm None or 'haste' (haste's LayerNormGRU: parameters ln_gamma_ih_l{k},
     ln_gamma_hh_l{k} [3H], ones), ln_eps, zoneout_h, recurrent_dropout, input_dropout,
-    weight_drop, as the LSTM's; zoneout_c must be 0.
+    weight_drop, dropout_masks ('per_gate': Keras 3's GRUCell masks, one per gate block r, z, n
+    on h_{t-1} and on x_t; the n block's h∘r_n goes through W_hn before the reset gate), as the
+    LSTM's; zoneout_c must be 0.
     """
     _mode = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, variant="reset_after", init="pytorch",
                  dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
-                 zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
+                 zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
+                 dropout_masks="shared"):
         reg = _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
+        dmasks = _dropout_masks("GRU", dropout_masks, recurrent_dropout,
+                                            input_dropout)
         if reg and variant != "reset_after":
             raise ValueError(f"GRU: variant must be 'reset_after' with layer_norm, zoneout, "
                              f"recurrent/input dropout or weight_drop (the regularised kernel's "
@@ -962,11 +1002,13 @@ class GRU(_Regularised, _RNNBase):
                          bidirectional, variant=variant, init=init, dtype=dtype, seed=seed)
         self._init_regularisers(reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                                 input_dropout, weight_drop)
+        self.dropout_masks = dmasks
         self._record(input_size=self.input_size, hidden_size=self.hidden_size,
                      num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                      dropout=self.dropout, bidirectional=self.bidirectional,
                      variant=self.variant, init=init, dtype=self.dtype, seed=seed,
-                     **{k: getattr(self, k) for k in reg})
+                     **{k: getattr(self, k) for k in reg},
+                     **({"dropout_masks": "per_gate"} if dropout_masks == "per_gate" else {}))
 
 
 @register_module

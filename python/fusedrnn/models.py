@@ -164,7 +164,7 @@ class RecurrentModel(Module):
         super().__init__()
         fn = "RecurrentModel"
         known = ("layer_norm", "ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout",
-                 "input_dropout", "weight_drop")
+                 "input_dropout", "weight_drop", "dropout_masks")
         for k in regularisers:
             if k not in known:
                 raise TypeError(f"{fn}: unexpected keyword argument {k!r}")

@@ -12,7 +12,10 @@ sqrt(var v + eps) + β over the units of v (per row; biased variance; absent β 
     c'  = c̃ ("haste", "none": the un-normalised cell is carried) or n ("tfa")
     c_t = z_c∘c + (1 − z_c)∘c';   h_t = z_h∘h + (1 − z_h)∘h̃          (zoneout)
 
-r [N, H]: recurrent dropout mask (already scaled by 1/(1 − p)), None = ones. z_h, z_c: the
+r [N, H]: recurrent dropout mask (already scaled by 1/(1 − p)), None = ones. gate_masks=True
+(Keras 3's ``recurrent_dropout``: a mask per gate block): r is [G, N, H] and input_mask m
+[G, N, C] (None = none), and the products are per gate block k (G = 4: i, f, g, o; GRU 3):
+(x_t∘m_k) W_ih,kᵀ and (h∘r_k) W_hh,kᵀ, W_·,k the rows kH..(k+1)H-1. z_h, z_c: the
 zoneout masks [T, N, H] indexed by time (training), or the probabilities zoneout_h,
 zoneout_c where no mask is given (evaluation: the expectation).
 """
@@ -90,11 +93,43 @@ def _ln_back(dout, gamma, vh, inv):
                   - vh * (gd * vh).mean(axis=-1, keepdims=True))
 
 
-def _products(s, x_t, h, rm, w_ih, w_hh, ln, P, ln_eps, saved):
-    """Step s's recurrent input h∘r and its two products, layer-normalised with ln (their
-    normalised values and 1/std saved for the backward)."""
-    hin = h if rm is None else h * rm
-    gx, gh = x_t @ w_ih.T, hin @ w_hh.T
+def _block_product(v, m, w, G):
+    """v [N, K] times wᵀ (w [G H, K]) through the mask m: None, shared [N, K], or one per gate
+    block [G, N, K] (block k of the result is (v∘m_k) w_kᵀ)."""
+    if m is None:
+        return v @ w.T
+    if m.ndim == 2:
+        return (v * m) @ w.T
+    H = w.shape[0] // G
+    return np.concatenate([(v * m[k]) @ w[k * H:(k + 1) * H].T for k in range(G)], axis=1)
+
+
+def _block_back(dg, v, m, w, G):
+    """The gradients (dv, dw) of Σ dg·_block_product(v, m, w, G)."""
+    if m is None:
+        return dg @ w, dg.T @ v
+    if m.ndim == 2:
+        return (dg @ w) * m, dg.T @ (v * m)
+    H = w.shape[0] // G
+    blk = [slice(k * H, (k + 1) * H) for k in range(G)]
+    dv = sum(m[k] * (dg[:, b] @ w[b]) for k, b in enumerate(blk))
+    return dv, np.concatenate([dg[:, b].T @ (v * m[k]) for k, b in enumerate(blk)], axis=0)
+
+
+def _masks(recurrent_mask, input_mask, gate_masks, G, N, C, H, dt):
+    if input_mask is not None and not gate_masks:
+        raise ValueError("input_mask needs gate_masks=True (a mask shared by the gate blocks is "
+                         "the caller's scaling of x)")
+    rm = _arr(recurrent_mask, dt, (G, N, H) if gate_masks else (N, H), "recurrent_mask")
+    return rm, _arr(input_mask, dt, (G, N, C), "input_mask")
+
+
+def _products(s, x_t, h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm=None):
+    """Step s's two products (through the masks), layer-normalised with ln (their normalised
+    values and 1/std saved for the backward)."""
+    G = w_hh.shape[0] // w_hh.shape[1]
+    hin = h if rm is None or rm.ndim == 3 else h * rm
+    gx, gh = _block_product(x_t, xm, w_ih, G), _block_product(h, rm, w_hh, G)
     if ln:
         gx, xh, ix = _ln(gx, P["ln_gamma_ih"], P["ln_beta_ih"], ln_eps)
         gh, hh, ih = _ln(gh, P["ln_gamma_hh"], P["ln_beta_hh"], ln_eps)
@@ -107,7 +142,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
                     zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
-                    training=True):
+                    training=True, gate_masks=False, input_mask=None):
     """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None). zoneout_seed: the masks
     of :func:`zoneout_masks` with probabilities zoneout_h, zoneout_c (training)."""
     if layer_norm not in LAYER_NORMS:
@@ -140,7 +175,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
             raise ValueError(f"{name} must lie in [0, 1), got {p!r}")
     zh, zc, zoneout_h, zoneout_c = _seeded(zoneout_seed, T, N, H, dt, zh, zc, zoneout_h,
                                            zoneout_c)
-    rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
+    rm, xm = _masks(recurrent_mask, input_mask, gate_masks, 4, N, C, H, dt)
     lengths = _lengths(lengths, T, N)
     tidx, active = _schedule(T, lengths, bool(reverse))
     rows = np.arange(N)
@@ -155,7 +190,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     for s in range(T):
         t = tidx[s]
         act = active[s][:, None]
-        hin, ax, ah = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved)
+        hin, ax, ah = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm)
         a = ax + ah + b
         i, f, o = (_sigmoid(a[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -181,7 +216,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     cache = None
     if training:
         cache = dict(kind="lstm_ln", x=x, w_ih=w_ih, w_hh=w_hh, T=T, N=N, C=C, H=H, dtype=dt,
-                     layer_norm=layer_norm, rm=rm, tidx=tidx, active=active,
+                     layer_norm=layer_norm, rm=rm, xm=xm, tidx=tidx, active=active,
                      has=dict(b_ih=b_ih is not None, b_hh=b_hh is not None, h0=h0 is not None,
                               c0=c0 is not None, beta_ih=P["ln_beta_ih"] is not None,
                               beta_hh=P["ln_beta_hh"] is not None,
@@ -244,13 +279,13 @@ def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
             dgam_hh += np.sum(da * cache["hhat"][s], axis=0)
         else:
             dgx = dgh = da
-        g["dw_ih"] += dgx.T @ x[t, rows]
-        g["dw_hh"] += dgh.T @ cache["hin"][s]
-        dx_t = dgx @ w_ih
+        dx_t, dw = _block_back(dgx, x[t, rows], cache["xm"], w_ih, 4)
+        g["dw_ih"] += dw
+        dhin, dw = _block_back(dgh, cache["h_prev"][s], rm, w_hh, 4)
+        g["dw_hh"] += dw
         ar = cache["active"][s]
         dx[t[ar], rows[ar]] = dx_t[ar]
-        dhin = dgh @ w_hh
-        dh_prev = (dhin if rm is None else dhin * rm) + z_h * dh_t
+        dh_prev = dhin + z_h * dh_t
         dh = np.where(act, dh_prev, dh)
         dc = np.where(act, dc_prev, dc)
     has = cache["has"]
@@ -282,7 +317,8 @@ GRU_LAYER_NORMS = ("none", "haste")
 def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
                    ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None, ln_gamma_hh=None,
                    ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, zoneout_seed=None,
-                   recurrent_mask=None, lengths=None, reverse=False, training=True):
+                   recurrent_mask=None, lengths=None, reverse=False, training=True,
+                   gate_masks=False, input_mask=None):
     """Returns (y [T, N, H], h_n [N, H], cache or None). zoneout_seed: the mask of
     :func:`zoneout_masks` with probability zoneout_h (training)."""
     if layer_norm not in GRU_LAYER_NORMS:
@@ -309,7 +345,7 @@ def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="
     if not 0 <= zoneout_h < 1:
         raise ValueError(f"zoneout_h must lie in [0, 1), got {zoneout_h!r}")
     zh, _, zoneout_h, _ = _seeded(zoneout_seed, T, N, H, dt, zh, None, zoneout_h, 0.0)
-    rm = _arr(recurrent_mask, dt, (N, H), "recurrent_mask")
+    rm, xm = _masks(recurrent_mask, input_mask, gate_masks, 3, N, C, H, dt)
     lengths = _lengths(lengths, T, N)
     tidx, active = _schedule(T, lengths, bool(reverse))
     rows = np.arange(N)
@@ -322,7 +358,7 @@ def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="
     for s in range(T):
         t = tidx[s]
         act = active[s][:, None]
-        hin, gx, gh = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved)
+        hin, gx, gh = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm)
         ax, ah = gx + bi, gh + bh
         r = _sigmoid(ax[:, :H] + ah[:, :H])
         z = _sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
@@ -340,7 +376,7 @@ def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="
     cache = None
     if training:
         cache = dict(kind="gru_ln", x=x, w_ih=w_ih, w_hh=w_hh, T=T, N=N, C=C, H=H, dtype=dt,
-                     layer_norm=layer_norm, rm=rm, tidx=tidx, active=active,
+                     layer_norm=layer_norm, rm=rm, xm=xm, tidx=tidx, active=active,
                      has=dict(b_ih=b_ih is not None, b_hh=b_hh is not None, h0=h0 is not None,
                               beta_ih=P["ln_beta_ih"] is not None,
                               beta_hh=P["ln_beta_hh"] is not None),
@@ -384,13 +420,13 @@ def gru_ln_backward(cache, dy=None, dh_n=None):
             dgam_hh += np.sum(dah * cache["hhat"][s], axis=0)
         else:
             dgx, dgh = dax, dah
-        dw_ih += dgx.T @ x[t, rows]
-        dw_hh += dgh.T @ cache["hin"][s]
-        dx_t = dgx @ w_ih
+        dx_t, dw = _block_back(dgx, x[t, rows], cache["xm"], w_ih, 3)
+        dw_ih += dw
+        dhin, dw = _block_back(dgh, h_prev, rm, w_hh, 3)
+        dw_hh += dw
         ar = cache["active"][s]
         dx[t[ar], rows[ar]] = dx_t[ar]
-        dhin = dgh @ w_hh
-        dh_prev = (dhin if rm is None else dhin * rm) + z_h * dh_t + z * dht
+        dh_prev = dhin + z_h * dh_t + z * dht
         dh = np.where(act, dh_prev, dh)
     has = cache["has"]
     return dict(

@@ -63,7 +63,7 @@ _CELLS = {  # name: (gates, has a cell state, layer-norm modes)
 
 def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zoneout_h_mask,
              zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed, recurrent_mask, lengths,
-             reverse, training):
+             reverse, training, gate_masks=False, input_mask=None):
     fn = cell + "_forward"
     G, lstm, modes = _CELLS[cell]
     if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 3:
@@ -81,16 +81,23 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
                          f"{getattr(w_hh, 'shape', type(w_hh).__name__)}")
     H = w_hh.shape[1]
     GH = G * H
+    if not isinstance(gate_masks, (bool, np.bool_)):
+        raise ValueError(f"{fn}: gate_masks must be True or False, got {gate_masks!r}")
+    if input_mask is not None and not gate_masks:
+        raise ValueError(f"{fn}: input_mask needs gate_masks=True (one mask per gate block; a "
+                         f"mask shared by the blocks is the caller's scaling of x)")
     a = dict(
         w_ih=_arr(fn, "w_ih", w_ih, (GH, C), dt, False),
         w_hh=_arr(fn, "w_hh", w_hh, (GH, H), dt, False),
         b_ih=_arr(fn, "b_ih", b_ih, (GH,), dt), b_hh=_arr(fn, "b_hh", b_hh, (GH,), dt),
         h0=_arr(fn, "h0", h0, (N, H), dt),
         zoneout_h_mask=_arr(fn, "zoneout_h_mask", zoneout_h_mask, (T, N, H), dt),
-        recurrent_mask=_arr(fn, "recurrent_mask", recurrent_mask, (N, H), dt),
+        recurrent_mask=_arr(fn, "recurrent_mask", recurrent_mask,
+                            (G, N, H) if gate_masks else (N, H), dt),
+        input_mask=_arr(fn, "input_mask", input_mask, (G, N, C), dt),
         **{k: _arr(fn, k, v, (H if k.endswith("_c") else GH,), dt) for k, v in ln.items()})
     zoneout_h = check_probability(fn, "zoneout_h", zoneout_h)
-    extra = {}
+    extra = {"gate_masks": bool(gate_masks)}
     if zoneout_seed is not None:  # the kernel draws the masks (reference_reg.zoneout_masks)
         if isinstance(zoneout_seed, (bool, np.bool_)) or not isinstance(
                 zoneout_seed, numbers.Integral) or not 0 <= zoneout_seed < 2**64:
@@ -153,7 +160,7 @@ def _backward(cell, cache, dy, dh_n, dc_n):
              dln_gamma_hh=z(GH) if ln else None,
              dln_beta_hh=z(GH) if a["ln_beta_hh"] is not None else None)
     keep = ["x", "w_ih", "w_hh", "layer_norm", "ln_gamma_ih", "ln_gamma_hh", "zoneout_h_mask",
-            "zoneout_h", "recurrent_mask", "lengths"] + \
+            "zoneout_h", "recurrent_mask", "input_mask", "gate_masks", "lengths"] + \
         [k for k in ("zoneout_draw", "zoneout_seed") if k in a]
     if lstm:
         cot["dc_n"] = _arr(fn, "dc_n", dc_n, (N, H), dt)
@@ -173,7 +180,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
                     zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
-                    training=True):
+                    training=True, gate_masks=False, input_mask=None):
     """The fused kernel of :func:`fusedrnn.reference_reg.lstm_ln_forward`.
     Returns (y, h_n, c_n, cache or None). zoneout_seed (training): the kernel draws the zoneout
     masks itself (reference_reg.zoneout_masks), in forward and backward, storing none."""
@@ -181,7 +188,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
               ln_beta_hh=ln_beta_hh, ln_gamma_c=ln_gamma_c, ln_beta_c=ln_beta_c)
     return _forward("lstm_ln", x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln,
                     zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed,
-                    recurrent_mask, lengths, reverse, training)
+                    recurrent_mask, lengths, reverse, training, gate_masks, input_mask)
 
 
 def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
@@ -192,14 +199,15 @@ def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
 def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
                    ln_eps=1e-5, ln_gamma_ih=None, ln_beta_ih=None, ln_gamma_hh=None,
                    ln_beta_hh=None, zoneout_h_mask=None, zoneout_h=0.0, zoneout_seed=None,
-                   recurrent_mask=None, lengths=None, reverse=False, training=True):
+                   recurrent_mask=None, lengths=None, reverse=False, training=True,
+                   gate_masks=False, input_mask=None):
     """The fused kernel of :func:`fusedrnn.reference_reg.gru_ln_forward` (reset_after;
     layer_norm 'none' or 'haste'). Returns (y, h_n, cache or None)."""
     ln = dict(ln_gamma_ih=ln_gamma_ih, ln_beta_ih=ln_beta_ih, ln_gamma_hh=ln_gamma_hh,
               ln_beta_hh=ln_beta_hh)
     return _forward("gru_ln", x, w_ih, w_hh, b_ih, b_hh, h0, None, layer_norm, ln_eps, ln,
                     zoneout_h_mask, None, zoneout_h, 0.0, zoneout_seed, recurrent_mask, lengths,
-                    reverse, training)
+                    reverse, training, gate_masks, input_mask)
 
 
 def gru_ln_backward(cache, dy=None, dh_n=None):

@@ -14,7 +14,12 @@
 //         normalised cell is carried, TF Addons' LayerNormLSTMCell / PyTorch's custom_lstms)
 //   c_t = z_c∘c_{t−1} + (1 − z_c)∘c'      h_t = z_h∘h_{t−1} + (1 − z_h)∘h̃     (zoneout)
 // r [N, H] is the recurrent dropout mask (already scaled by 1/(1 − p); null = all ones), fixed
-// over the steps. z_h, z_c: the zoneout masks [T, N, H] (time-indexed, 1 = keep the previous
+// over the steps. gate_masks (Keras 3's recurrent_dropout, which draws a mask per gate): r is
+// [G, N, H], one mask per gate block (G = 4: i, f, g, o; the GRU's 3: r, z, n), and the
+// recurrent product is per block, (h_{t−1}∘r_k) W_hh,kᵀ for block k; input_mask [G, N, C]
+// (gate_masks only; null = none) likewise multiplies x_t per block: (x_t∘m_k) W_ih,kᵀ. Without
+// gate_masks, input dropout is the caller's (x scaled by one [N, C] mask).
+// z_h, z_c: the zoneout masks [T, N, H] (time-indexed, 1 = keep the previous
 // value) in training, or the probabilities p_h, p_c (the expectation, evaluation) where no mask
 // is given; 0 and null = no zoneout. y[t] = h_t.
 // zoneout_draw (training, no mask arrays): the kernels draw the masks themselves, the same in
@@ -56,7 +61,9 @@ struct LstmLnForwardArgs {
   Scalar zoneout_c = 0;                   // must be 0 when the mask is given
   bool zoneout_draw = false;              // training: draw the masks from zoneout_seed
   std::uint64_t zoneout_seed = 0;
-  const Scalar* recurrent_mask = nullptr; // [N, H]; null = none
+  const Scalar* recurrent_mask = nullptr; // [N, H] ([G, N, H] with gate_masks); null = none
+  bool gate_masks = false;                // per-gate masks (Keras 3), see above
+  const Scalar* input_mask = nullptr;     // [G, N, C] with gate_masks; null = none
   const std::int64_t* lengths = nullptr;  // [N]; null = all T
   Scalar* y = nullptr;                    // out [T, N, H]
   Scalar* h_n = nullptr;                  // out [N, H]
@@ -82,6 +89,8 @@ struct LstmLnBackwardArgs {
   bool zoneout_draw = false;
   std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr;
+  bool gate_masks = false;
+  const Scalar* input_mask = nullptr;
   const std::int64_t* lengths = nullptr;
   const Scalar* cache = nullptr;          // written by that forward
   const Scalar* dy = nullptr;             // [T, N, H]; null = zero
@@ -129,7 +138,9 @@ struct GruLnForwardArgs {
   Scalar zoneout_h = 0;
   bool zoneout_draw = false;
   std::uint64_t zoneout_seed = 0;
-  const Scalar* recurrent_mask = nullptr; // [N, H]
+  const Scalar* recurrent_mask = nullptr; // [N, H] ([G, N, H] with gate_masks)
+  bool gate_masks = false;
+  const Scalar* input_mask = nullptr;     // [G, N, C] with gate_masks; null = none
   const std::int64_t* lengths = nullptr;  // [N]
   Scalar* y = nullptr;                    // out [T, N, H]
   Scalar* h_n = nullptr;                  // out [N, H]
@@ -149,6 +160,8 @@ struct GruLnBackwardArgs {
   bool zoneout_draw = false;
   std::uint64_t zoneout_seed = 0;
   const Scalar* recurrent_mask = nullptr;
+  bool gate_masks = false;
+  const Scalar* input_mask = nullptr;
   const std::int64_t* lengths = nullptr;
   const Scalar* cache = nullptr;
   const Scalar* dy = nullptr;             // [T, N, H]; null = zero

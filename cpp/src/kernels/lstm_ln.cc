@@ -53,9 +53,10 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
   return k;
 }
 
-// Forward workspace: packed w_ih, w_hh; a chunk of gx and xs (skeleton.h); gh [N, GH]; h and c
-// double buffers [2, N, H]; inference scratch: gates [N, 4H], masked h [N, H]; one step's drawn
-// zoneout masks of h and c [2, N, H] (zoneout_draw).
+// Forward workspace: packed w_ih, w_hh (whole, or per gate block with gate_masks: G panels
+// of [H, H] / [C, H]); a chunk of gx and xs (skeleton.h); gh [N, GH]; h and c double buffers
+// [2, N, H]; inference scratch: gates [N, 4H]; masked h [G, N, H] (gate_masks: one per block;
+// otherwise [N, H] in inference); one step's drawn zoneout masks of h and c [2, N, H].
 template <typename T>
 struct ForwardSpace {
   T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *cbuf, *gbuf, *hmbuf, *zbuf;
@@ -65,15 +66,15 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
   using namespace detail;
   const Index N = d.N, H = d.H, GH = gates_of(Lstm) * H, TC = proj_chunk_steps(d);
   ForwardSpace<T> w{};
-  w.wih_p = c.take_aligned(packed_bound(d.C, GH));
-  w.whh_p = c.take_aligned(packed_bound(H, GH));
+  w.wih_p = c.take_aligned(std::max(packed_bound(d.C, GH), gates_of(Lstm) * packed_bound(d.C, H)));
+  w.whh_p = c.take_aligned(std::max(packed_bound(H, GH), gates_of(Lstm) * packed_bound(H, H)));
   w.gx = c.take(TC * N * GH);
   w.xs = c.take(TC * N * d.C);
   w.gh = c.take(N * GH);
   w.hbuf = c.take(2 * N * H);
   w.cbuf = c.take(2 * N * (Lstm ? H : 0));
   w.gbuf = c.take(N * 4 * H);
-  w.hmbuf = c.take(N * H);
+  w.hmbuf = c.take(gates_of(Lstm) * N * H);
   w.zbuf = c.take(2 * N * H);
   return w;
 }
@@ -82,10 +83,14 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 // side), dgh [T, N, GH] (step order, the recurrent product's), dgx [T, N, GH] (time order, the
 // input product's), dnl [T, N, H] (LSTM, step order, dn), dah [T, N, GH] (GRU with layer norm,
 // step order: the recurrent side's pre-activation gradients), dhz and dc double buffers
-// [2, N, H], dhg [N, H], one step's drawn zoneout masks [2, N, H], packed w_hh and w_ih.
+// [2, N, H], dhg [N, H], one step's drawn zoneout masks [2, N, H], packed w_hh and w_ih (per
+// gate block with gate_masks), gate_masks: the blocks' recurrent gradients dgp [G, N, H], and
+// for the input masks' epilogue a block of rows of masked x and of a product, xm, xp
+// [kMaskRows, C] each.
+constexpr Index kMaskRows = 256;
 template <typename T>
 struct BackwardSpace {
-  T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *zbuf, *whh_q, *wih_q;
+  T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *zbuf, *whh_q, *wih_q, *dgp, *xm, *xp;
 };
 template <bool Lstm, typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -101,8 +106,12 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dcb = c.take(2 * N * (Lstm ? H : 0));
   w.dhg = c.take(N * H);
   w.zbuf = c.take(2 * N * H);
-  w.whh_q = c.take_aligned(packed_bound(GH, H));
-  w.wih_q = c.take_aligned(packed_bound(GH, d.C));
+  const Index G = gates_of(Lstm), MR = std::min(TN, kMaskRows);
+  w.whh_q = c.take_aligned(std::max(packed_bound(GH, H), G * packed_bound(H, H)));
+  w.wih_q = c.take_aligned(std::max(packed_bound(GH, d.C), G * packed_bound(H, d.C)));
+  w.dgp = c.take(G * N * H);
+  w.xm = c.take(MR * d.C);
+  w.xp = c.take(MR * d.C);
   return w;
 }
 
@@ -200,6 +209,36 @@ void check_gru_layer_norm(const char* fn, LayerNorm mode, const void* g_ih, cons
   }
 }
 
+void check_gate_masks(const char* fn, bool gate_masks, const void* input_mask) {
+  if (input_mask && !gate_masks)
+    detail::fail(std::string(fn) + ": input_mask needs gate_masks (one mask per gate block; a "
+                 "mask shared by the blocks is the caller's scaling of x)");
+}
+
+// Work-shared, gate_masks with an input mask m [G, N, C]: the projection of the steps s0..s1-1
+// per gate block k, gxs[:, kH:(k+1)H] = (x[t(s, n), n]∘m_k[n]) W_ih,kᵀ (block k packed at
+// packed + k PB), the rows gathered into xs (zeros for finished rows).
+template <typename Scalar>
+void project_steps_gated(const Dims& d, Index G, const detail::StepMap& sm, Index s0, Index s1,
+                         const Scalar* x, const Scalar* m, const Scalar* packed, Index PB,
+                         Scalar* xs, Scalar* gxs) {
+  using namespace detail;
+  const Index N = d.N, C = d.C, H = d.H, rows = (s1 - s0) * N;
+  for (Index g = 0; g < G; ++g) {
+    for_rows(rows, [&](Index r) {
+      const Index n = r % N, t = sm.time(s0 + r / N, n);
+      Scalar* dst = xs + r * C;
+      if (t < 0) {
+        std::fill(dst, dst + C, Scalar(0));
+        return;
+      }
+      const Scalar *src = x + (t * N + n) * C, *mk = m + (g * N + n) * C;
+      for (Index c = 0; c < C; ++c) dst[c] = src[c] * mk[c];
+    });
+    par_gemm_packed(rows, H, C, xs, C, packed + g * PB, gxs + g * H, G * H, false);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 template <typename Scalar, template <typename> class Args>
@@ -226,10 +265,15 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
          std::to_string(double(a.ln_eps)));
   check_prob(fn, "zoneout_h", double(a.zoneout_h), a.zoneout_h_mask != nullptr);
   check_draw(fn, a.zoneout_draw, a.zoneout_h_mask, "zoneout_h_mask");
+  check_gate_masks(fn, a.gate_masks, a.input_mask);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index G = gates_of(lstm), N = d.N, H = d.H, GH = G * H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
+  // gate_masks: the recurrent product per gate block (a recurrent mask per block), and the
+  // input projection per block (an input mask per block); the packed blocks PH, PC apart.
+  const bool gmh = a.gate_masks && a.recurrent_mask, gmx = a.gate_masks && a.input_mask;
+  const Index PH = packed_bound(H, H), PC = packed_bound(d.C, H);
   const Index TC = proj_chunk_steps(d);
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout<lstm>(d, wc);
@@ -241,8 +285,17 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
   const Scalar eps = a.ln_eps;
 
   parallel_region(thread_count(opt, d, G), [&] {
-    forward_prologue(d, opt, G, a.w_ih, a.lengths, w.wih_p, a.y);
-    par_pack(a.w_hh, H, GH, H, true, w.whh_p);
+    if (gmx) {
+      for (Index g = 0; g < G; ++g) par_pack(a.w_ih + g * H * d.C, d.C, H, d.C, true, w.wih_p + g * PC);
+      if (a.lengths) par_fill(a.y, d.T * NH, Scalar(0));
+    } else {
+      forward_prologue(d, opt, G, a.w_ih, a.lengths, w.wih_p, a.y);
+    }
+    if (gmh) {
+      for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * H, H, H, H, true, w.whh_p + g * PH);
+    } else {
+      par_pack(a.w_hh, H, GH, H, true, w.whh_p);
+    }
     par_copy_or_zero(hs, a.h0, NH);
     if constexpr (lstm) par_copy_or_zero(cs, a.c0, NH);
     for (Index s = 0; s < S; ++s) {
@@ -250,9 +303,25 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
       Scalar* h_next = slot(hs, s + 1);
       const Scalar* c_prev = lstm ? slot(cs, s) : nullptr;
       Scalar* c_next = lstm ? slot(cs, s + 1) : nullptr;
-      if (s % TC == 0) project_steps(d, G, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+      if (s % TC == 0) {
+        if (gmx)
+          project_steps_gated(d, G, sm, s, std::min(S, s + TC), a.x, a.input_mask, w.wih_p, PC,
+                              w.xs, w.gx);
+        else
+          project_steps(d, G, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+      }
       const Scalar* hin = h_prev;
-      if (a.recurrent_mask) {
+      if (gmh) {  // one masked h per gate block, one product per block (the cache keeps h only)
+        for_rows(N, [&](Index n) {
+          for (Index g = 0; g < G; ++g) {
+            const Scalar* rm = a.recurrent_mask + (g * N + n) * H;
+            Scalar* hm = w.hmbuf + (g * N + n) * H;
+            for (Index j = 0; j < H; ++j) hm[j] = h_prev[n * H + j] * rm[j];
+          }
+        });
+        for (Index g = 0; g < G; ++g)
+          par_gemm_packed(N, H, H, w.hmbuf + g * NH, H, w.whh_p + g * PH, w.gh + g * H, GH, false);
+      } else if (a.recurrent_mask) {
         Scalar* hm = training ? k.hm + s * NH : w.hmbuf;
         for_rows(N, [&](Index n) {
           for (Index j = 0; j < H; ++j)
@@ -260,7 +329,7 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
         });
         hin = hm;
       }
-      par_gemm_packed(N, GH, H, hin, H, w.whh_p, w.gh, GH, false);
+      if (!gmh) par_gemm_packed(N, GH, H, hin, H, w.whh_p, w.gh, GH, false);
       for_rows(N, [&](Index n) {
         const Index off = n * H, t = sm.time(s, n);
         const Index rs = s * N + n;  // the cache's row of this step
@@ -371,9 +440,14 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
   const bool ln = a.layer_norm != LayerNorm::none;
   check_prob(fn, "zoneout_h", double(a.zoneout_h), a.zoneout_h_mask != nullptr);
   check_draw(fn, a.zoneout_draw, a.zoneout_h_mask, "zoneout_h_mask");
+  check_gate_masks(fn, a.gate_masks, a.input_mask);
   const Index S = check_lengths(fn, d, a.lengths);
-  const Index G = gates_of(lstm), N = d.N, H = d.H, GH = G * H, NH = N * H;
+  const Index G = gates_of(lstm), N = d.N, H = d.H, C = d.C, GH = G * H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
+  const bool gmh = a.gate_masks && a.recurrent_mask, gmx = a.gate_masks && a.input_mask;
+  const Index PH = packed_bound(H, H), PC = packed_bound(H, C);
+  // the shared recurrent mask, applied to dhg in the pointwise passes (gate_masks: in dhg)
+  const Scalar* rmask = gmh ? nullptr : a.recurrent_mask;
   Carver<const Scalar> cc(a.cache);
   const Cache<const Scalar> k = cache_layout<lstm>(d, cc);
   Carver<Scalar> wc(workspace);
@@ -387,7 +461,11 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
 
   parallel_region(thread_count(opt, d, G), [&] {
     if (a.lengths || opt.reverse || ln) par_fill(w.dgx, d.T * N * GH, Scalar(0));
-    par_pack(a.w_hh, GH, H, H, false, w.whh_q);
+    if (gmh) {
+      for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * H, H, H, H, false, w.whh_q + g * PH);
+    } else {
+      par_pack(a.w_hh, GH, H, H, false, w.whh_q);
+    }
     // dhz, dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(w.dhz + (S % 2) * NH, a.dh_n, NH);
     if constexpr (lstm) par_copy_or_zero(w.dcb + (S % 2) * NH, a.dc_n, NH);
@@ -415,7 +493,7 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
         r.ln = ln;
         r.dhz = dhz_cur + off;
         r.dhg = w.dhg + off;
-        r.rmask = a.recurrent_mask ? a.recurrent_mask + off : nullptr;
+        r.rmask = rmask ? rmask + off : nullptr;
         r.dy = a.dy ? a.dy + (t * N + n) * H : nullptr;
         r.gates = k.gates + rs * 4 * H;
         zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw,
@@ -449,22 +527,63 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
           std::copy(da, da + GH, dgx_row);
         }
       });
-      par_gemm_packed(N, H, GH, dgh + s * N * GH, GH, w.whh_q, w.dhg, H, false);
+      if (gmh) {  // dhg = Σ_k r_k∘(dgh_k W_hh,k): one product per gate block
+        for (Index g = 0; g < G; ++g)
+          par_gemm_packed(N, H, H, dgh + s * N * GH + g * H, GH, w.whh_q + g * PH, w.dgp + g * NH,
+                          H, false);
+        for_rows(N, [&](Index n) {
+          Scalar* o = w.dhg + n * H;
+          for (Index j = 0; j < H; ++j) o[j] = Scalar(0);
+          for (Index g = 0; g < G; ++g) {
+            const Scalar *rm = a.recurrent_mask + (g * N + n) * H, *p = w.dgp + (g * N + n) * H;
+            for (Index j = 0; j < H; ++j) o[j] += rm[j] * p[j];
+          }
+        });
+      } else {
+        par_gemm_packed(N, H, GH, dgh + s * N * GH, GH, w.whh_q, w.dhg, H, false);
+      }
     }
     // dh0 = dhz + r∘dhg (the first step's recurrent product saw h0∘r), dc0 = dc.
     for_rows(N, [&](Index n) {
       const Scalar* dz = w.dhz + n * H;
       const Scalar* dg = w.dhg + n * H;
-      const Scalar* rm = a.recurrent_mask ? a.recurrent_mask + n * H : nullptr;
+      const Scalar* rm = rmask ? rmask + n * H : nullptr;
       if (a.dh0)
         for (Index j = 0; j < H; ++j) a.dh0[n * H + j] = dz[j] + (rm ? rm[j] * dg[j] : dg[j]);
       if constexpr (lstm)
         if (a.dc0) carry(w.dcb + n * H, a.dc0 + n * H, H);
     });
     // hs: the product's input h (or h∘r) of every step, step order.
-    backward_epilogue(d, S, G, H, a.x, a.w_ih, w.dgx, dgh,
-                      a.recurrent_mask ? k.hm : k.hs, w.wih_q, a.dx, a.dw_ih, a.dw_hh,
-                      static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
+    const Scalar* hin = rmask ? k.hm : k.hs;
+    if (!gmx) {
+      backward_epilogue(d, S, G, H, a.x, a.w_ih, w.dgx, dgh, hin, w.wih_q, a.dx, a.dw_ih,
+                        gmh ? static_cast<Scalar*>(nullptr) : a.dw_hh,
+                        static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
+    } else {
+      // Input masks per gate block: dx = Σ_k m_k∘(dgx_k W_ih,k), dw_ih,k += dgx_kᵀ (x∘m_k), in
+      // blocks of kMaskRows rows (time order; padded rows have dgx = 0).
+      for (Index g = 0; g < G; ++g) par_pack(a.w_ih + g * H * C, H, C, C, false, w.wih_q + g * PC);
+      const Index TN = d.T * N;
+      for (Index r0 = 0; r0 < TN; r0 += kMaskRows) {
+        const Index rb = std::min(kMaskRows, TN - r0);
+        for (Index g = 0; g < G; ++g) {
+          const Scalar* dgk = w.dgx + r0 * GH + g * H;
+          par_gemm_packed(rb, C, H, dgk, GH, w.wih_q + g * PC, w.xp, C, false);
+          for_rows(rb, [&](Index i) {
+            const Index row = r0 + i, n = row % N;
+            const Scalar *mk = a.input_mask + (g * N + n) * C, *xr = a.x + row * C;
+            const Scalar* p = w.xp + i * C;
+            Scalar *o = a.dx + row * C, *xm = w.xm + i * C;
+            for (Index c = 0; c < C; ++c) {
+              o[c] = g ? o[c] + mk[c] * p[c] : mk[c] * p[c];
+              xm[c] = xr[c] * mk[c];
+            }
+          });
+          if (a.dw_ih) par_gemm_tn_add(H, C, rb, dgk, GH, w.xm, C, a.dw_ih + g * H * C, C);
+        }
+      }
+      if (!gmh && a.dw_hh) par_gemm_tn_add(GH, H, S * N, dgh, GH, hin, H, a.dw_hh, H);
+    }
     const Index SN = S * N;
     // The sums over the rows of one side (da: input, dah: recurrent) into one or two outputs.
     auto colsum2 = [&](const Scalar* src, Scalar* o1, Scalar* o2) {
@@ -488,6 +607,18 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
       if (ln) {
         if (a.dln_beta_c) par_colsum_add(SN, H, w.dnl, H, a.dln_beta_c);
         if (a.dln_gamma_c) par_colprod_add(SN, H, w.dnl, k.chat, a.dln_gamma_c);
+      }
+    }
+    if (gmh && a.dw_hh) {
+      // Recurrent masks per gate block: dw_hh,k += dgh_kᵀ (h∘r_k), h∘r_k rebuilt from the
+      // cache's h into a buffer free by now (da after the sums above; dgh's own when dgh is da).
+      Scalar* hm = dgh == w.da ? w.dgh : w.da;
+      for (Index g = 0; g < G; ++g) {
+        for_rows(SN, [&](Index row) {
+          const Scalar *h = k.hs + row * H, *rm = a.recurrent_mask + (g * N + row % N) * H;
+          for (Index j = 0; j < H; ++j) hm[row * H + j] = h[j] * rm[j];
+        });
+        par_gemm_tn_add(H, H, SN, dgh + g * H, GH, hm, H, a.dw_hh + g * H * H, H);
       }
     }
   });

@@ -220,6 +220,10 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
       if (!(*slot >= 0 && *slot < 1)) r.fail(std::string(key) + " must be in [0, 1)");
       if (*slot > 0 && !set) set = key;
     }
+    // dropout_masks (training only: how the dropout masks are drawn), checked and not used
+    const std::string dm = r.string("dropout_masks", "shared");
+    if (dm != "shared" && dm != "per_gate")
+      r.fail("dropout_masks must be 'shared' or 'per_gate', got " + quoted(dm));
     if (set && c.cell == CellType::rnn)
       r.fail(std::string(set) + " needs cell 'lstm' or 'gru' (the regularised kernels)");
     if (set && c.cell == CellType::lstm && (c.proj_size || c.peepholes))
