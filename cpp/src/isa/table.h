@@ -60,6 +60,12 @@ struct StepLayer {
   // a multiple of 16; out 64-byte aligned).
   void (*fused_in)(const StepLayer& layer, const Scalar* x, std::int64_t ldx, std::int64_t steps,
                    Scalar* out) = nullptr;
+  // `steps` steps of `fused` in one call, the step inlined into the loop: x [steps][ldx], or, gx
+  // non-null, the stored input sums [steps][fin]; each step's new h [R] also copied to y +
+  // t*ldy when y is non-null. Bitwise `steps` calls of `fused`.
+  void (*fused_steps)(const StepLayer& layer, const Scalar* x, std::int64_t ldx, const Scalar* gx,
+                      std::int64_t steps, Scalar* h, Scalar* c, Scalar* scratch, Scalar* y,
+                      std::int64_t ldy) = nullptr;
   std::int64_t fin = 0;
   const Scalar* fx = nullptr;
   const Scalar* fh = nullptr;

@@ -28,6 +28,8 @@
 // mix, so a value does not depend on which lane or block it sits in; the gate pass is the same
 // function with the gate stride W instead of H. A Stream therefore still equals Model::forward
 // bit for bit (the C++ tests compare, fused and not).
+#include <type_traits>
+
 #include "isa/copy.inc"
 #include "kernels/gru_pointwise.h"
 #include "kernels/lstm_pointwise.h"
@@ -288,18 +290,40 @@ Scalar* lay_out_gates(const Scalar* v, Index G, Index H, Scalar* out) {
   return out + round16(G * HP);
 }
 
+// `steps` steps of a layer's fused step F<Scalar, HS>::run in one call (Stream::process), the
+// step inlined into the loop (no call per step): x [steps][ldx], or, xin non-null, the input
+// sums fused_in stored [steps][fin]; each step's state h [R] also copied to y + t*ldy when y is
+// non-null. The same function per step as step(), so the same results.
+template <typename Scalar, template <typename, int> class F, int HS>
+FUSEDRNN_FLATTEN void run_steps(const isa::StepLayer<Scalar>& L, const Scalar* x, Index ldx,
+                                const Scalar* xin, Index steps, Scalar* h, Scalar* c,
+                                Scalar* scratch, Scalar* y, Index ldy) {
+  const Index R = L.P > 0 ? L.P : L.H;
+  for (Index t = 0; t < steps; ++t) {
+    F<Scalar, HS>::run(L, xin ? nullptr : x + t * ldx, xin ? xin + t * L.fin : nullptr, h, c,
+                       scratch);
+    if (y) std::copy(h, h + R, y + t * ldy);
+  }
+}
+
+// Sets L.fused and L.fused_steps to F's instance for H (fixed: the common sizes are template
+// instances with H fixed at compile time; others, and every projected LSTM, run-time sizes).
 template <typename Scalar, template <typename, int> class F>
-auto pick(Index H, bool fixed) -> void (*)(const isa::StepLayer<Scalar>&, const Scalar*,
-                                           const Scalar*, Scalar*, Scalar*, Scalar*) {
+void pick(isa::StepLayer<Scalar>& L, Index H, bool fixed) {
+  auto set = [&L](auto hs) {
+    constexpr int HS = decltype(hs)::value;
+    L.fused = &F<Scalar, HS>::run;
+    L.fused_steps = &run_steps<Scalar, F, HS>;
+  };
   if (fixed) switch (H) {
-      case 8: return &F<Scalar, 8>::run;
-      case 16: return &F<Scalar, 16>::run;
-      case 32: return &F<Scalar, 32>::run;
-      case 48: return &F<Scalar, 48>::run;
-      case 64: return &F<Scalar, 64>::run;
+      case 8: return set(std::integral_constant<int, 8>());
+      case 16: return set(std::integral_constant<int, 16>());
+      case 32: return set(std::integral_constant<int, 32>());
+      case 48: return set(std::integral_constant<int, 48>());
+      case 64: return set(std::integral_constant<int, 64>());
       default: break;
     }
-  return &F<Scalar, 0>::run;
+  set(std::integral_constant<int, 0>());
 }
 template <typename Scalar, int HS>
 struct LstmF {
@@ -357,11 +381,14 @@ void fuse(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh, Sca
   L.fused_in = g.x == 4 ? &bit_in<Scalar, 4> : g.x == 3 ? &bit_in<Scalar, 3> : &bit_in<Scalar, 1>;
   const bool fixed = L.P == 0;  // the recurrent K is H
   switch (L.cell) {
-    case isa::StepCell::lstm: L.fused = pick<Scalar, LstmF>(H, fixed); break;
+    case isa::StepCell::lstm: pick<Scalar, LstmF>(L, H, fixed); break;
     case isa::StepCell::gru:
-      L.fused = before ? pick<Scalar, GruBeforeF>(H, fixed) : pick<Scalar, GruAfterF>(H, fixed);
+      if (before)
+        pick<Scalar, GruBeforeF>(L, H, fixed);
+      else
+        pick<Scalar, GruAfterF>(L, H, fixed);
       break;
-    default: L.fused = pick<Scalar, RnnF>(H, fixed); break;
+    default: pick<Scalar, RnnF>(L, H, fixed); break;
   }
 }
 
@@ -411,19 +438,69 @@ Index ub_of(Index GX, Index G, Index H, Index C, Index R) {
   return nb > 1 && bytes > 32 * 1024 ? 1 : fast_blocks(int(GX));
 }
 
-// The fast sigmoid: float 1/2 + tanh(x/2)/2 (detail::ptanh, Eigen's rational tanh: one
-// division, no exp), double the bitwise step's psigmoid. Float: tanh's relative error 2.9e-7
-// (activations.h) bounds the absolute error by 1.5e-7 + the final rounding's 3e-8 (2.9 u,
-// u = 2^-24); checked over every float in [-30, 30] against long double: 2.84 u (the bitwise
-// psigmoid: 1.5 u), and at most 4 u from psigmoid's value: within the 8 u per activation of the
-// documented tolerance (stream.h).
+// The fast tanh (float, FMA copies): Eigen's rational function (activations.h: odd numerator of
+// degree 13, even denominator of degree 6, the same coefficients and clamp) evaluated with a
+// shorter dependency chain, which bounds a small step (two activations in a row per LSTM step):
+// x² = min(a², 7.9988²) (a² does not wait for the clamp of a), the numerator as lo + x⁶ hi (two
+// short Horner chains side by side instead of one of six), the denominator as two halves joined
+// by x⁴; the quotient, in the AVX-512 copy, as n r (2 - q r) from the 14-bit reciprocal
+// estimate r (one Newton step), else a division. Checked over every float in [-30, 30] against
+// long double: absolute error <= 5.71 u (AVX-512; 5.45 u with the division; Eigen's evaluation
+// 4.90 u), at most 7 u from detail::ptanh's value (the bitwise step's), within the 8 u per
+// activation of the documented tolerance (stream.h); a dependent chain of it measured 14 ns
+// against 22 ns for detail::ptanh (AVX-512, this machine). |a| < 0.0004 returns a (as Eigen's);
+// NaN stays NaN. Float without FMA and double: detail::ptanh.
+template <typename P>
+inline P fast_tanh(const P& a) {
+#if defined(__FMA__) || defined(__AVX512F__)
+  namespace ei = Eigen::internal;
+  using Scalar = typename ei::unpacket_traits<P>::type;
+  if constexpr (sizeof(Scalar) == 4) {
+    const P c = ei::pset1<P>(7.99881172180175781f);
+    const P x = ei::pmax(ei::pmin(a, c), ei::pnegate(c));
+    const P x2 = ei::pmin(ei::pmul(a, a), ei::pset1<P>(7.99881172180175781f * 7.99881172180175781f));
+    const P tiny = ei::pcmp_lt(ei::pabs(a), ei::pset1<P>(0.0004f));
+    const P x4 = ei::pmul(x2, x2);
+    const P x6 = ei::pmul(x4, x2);
+    const P lo = ei::pmadd(ei::pmadd(ei::pset1<P>(1.48572235717979e-05f), x2,
+                                     ei::pset1<P>(6.37261928875436e-04f)),
+                           x2, ei::pset1<P>(4.89352455891786e-03f));
+    const P hi = ei::pmadd(
+        ei::pmadd(ei::pmadd(ei::pset1<P>(-2.76076847742355e-16f), x2,
+                            ei::pset1<P>(2.00018790482477e-13f)),
+                  x2, ei::pset1<P>(-8.60467152213735e-11f)),
+        x2, ei::pset1<P>(5.12229709037114e-08f));
+    const P p = ei::pmadd(x6, hi, lo);
+    const P q = ei::pmadd(x4,
+                          ei::pmadd(x2, ei::pset1<P>(1.19825839466702e-06f),
+                                    ei::pset1<P>(1.18534705686654e-04f)),
+                          ei::pmadd(x2, ei::pset1<P>(2.26843463243900e-03f),
+                                    ei::pset1<P>(4.89352518554385e-03f)));
+    const P num = ei::pmul(x, p);
+#if defined(__AVX512F__)
+    const P r = _mm512_rcp14_ps(q);
+    const P e = _mm512_fnmadd_ps(q, r, ei::pset1<P>(1.0f));
+    const P y = ei::pmul(num, r);
+    return ei::pselect(tiny, a, ei::pmadd(y, e, y));
+#else
+    return ei::pselect(tiny, a, ei::pdiv(num, q));
+#endif
+  }
+#endif
+  return detail::ptanh(a);
+}
+
+// The fast sigmoid: float 1/2 + tanh(x/2)/2 (fast_tanh: no exp), double the bitwise step's
+// psigmoid. Float, checked over every float in [-30, 30] against long double: absolute error
+// <= 3.20 u (AVX-512; the bitwise psigmoid: 1.5 u), and at most 4 u from psigmoid's value:
+// within the 8 u per activation of the documented tolerance (stream.h).
 template <typename P>
 inline P fast_sigmoid(const P& x) {
   namespace ei = Eigen::internal;
   using Scalar = typename ei::unpacket_traits<P>::type;
   if constexpr (sizeof(Scalar) == 4) {
     const P half = ei::pset1<P>(Scalar(0.5));
-    return ei::pmadd(half, detail::ptanh(ei::pmul(half, x)), half);
+    return ei::pmadd(half, fast_tanh(ei::pmul(half, x)), half);
   } else {
     return detail::psigmoid(x);
   }
@@ -451,13 +528,15 @@ inline void store_units(Scalar* p, Index u0, Index n, const detail::Packet<Scala
   std::copy(buf, buf + (n - u0), p + u0);
 }
 
-// The input sums of the fast step for `steps` steps: x [steps][ldx] -> out [steps][L.fin], per
-// step slot-major [GX][HP]: slot g < G the bias (pre-summed) plus gate g's input sum (S chains
-// over k = s, s + S, ..., added pairwise), the other slots (the GRU's n recurrent part) their
-// bias. Pass by pass, the steps inside (a pass's weights then serve every step from L1).
+// The input sums of one pass of the fast step (UB blocks from the pass's weights wx and biases
+// bias [GX][HP]) into v [UB][GX], slot-major as the recurrent pass reads them: slot g < G the
+// bias (pre-summed) plus gate g's input sum (S chains over k = s, s + S, ..., added pairwise), the
+// other slots (the GRU's n recurrent part) their bias. fast_in stores them for a tile of steps
+// (Stream::process); the step forms them in registers with this same code, so both give the
+// same values.
 template <typename Scalar, int G, int M, int UB, int S>
-inline void fast_in_pass(Index C, const Scalar* x, const Scalar* wx, const Scalar* bias,
-                         Scalar* out, Index HP) {
+inline void fast_in_regs(Index C, const Scalar* x, const Scalar* wx, const Scalar* bias,
+                         Index HP, detail::Packet<Scalar> (&v)[UB][2 * G - M]) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
@@ -486,27 +565,56 @@ inline void fast_in_pass(Index C, const Scalar* x, const Scalar* wx, const Scala
   }
   for (int b = 0; b < UB; ++b) {
     for (int g = 0; g < G; ++g) {
-      P v;
       if constexpr (S == 4)
-        v = ei::padd(ei::padd(acc[0][b][g], acc[1][b][g]), ei::padd(acc[2][b][g], acc[3][b][g]));
+        v[b][g] =
+            ei::padd(ei::padd(acc[0][b][g], acc[1][b][g]), ei::padd(acc[2][b][g], acc[3][b][g]));
       else if constexpr (S == 2)
-        v = ei::padd(acc[0][b][g], acc[1][b][g]);
+        v[b][g] = ei::padd(acc[0][b][g], acc[1][b][g]);
       else
-        v = acc[0][b][g];
-      ei::pstore(out + g * HP + b * W, v);
+        v[b][g] = acc[0][b][g];
     }
-    for (int j = G; j < GX; ++j)
-      ei::pstore(out + j * HP + b * W, ei::pload<P>(bias + j * HP + b * W));
+    for (int j = G; j < GX; ++j) v[b][j] = ei::pload<P>(bias + j * HP + b * W);
   }
 }
 
+// The input sums of a pass of U blocks starting at block b: from stored sums (xin, fast_in's) or
+// formed from x. Every pass of U blocks uses fast_splits(U * G) chains per sum either way.
+template <typename Scalar, int G, int M>
+struct FastIn {
+  const Scalar* xin;  // [GX][HP] for this step, or null: from x
+  const Scalar* x;
+  Index C;
+  const Scalar* fx;  // the layer's input weights (fast layout), biases [GX][HP]
+  const Scalar* fb;
+  template <int U>
+  inline void get(Index b, Index HP, detail::Packet<Scalar> (&v)[U][2 * G - M]) const {
+    namespace ei = Eigen::internal;
+    using P = detail::Packet<Scalar>;
+    constexpr Index W = kW<Scalar>;
+    if (xin) {
+      for (int bb = 0; bb < U; ++bb)
+        for (int j = 0; j < 2 * G - M; ++j)
+          v[bb][j] = ei::pload<P>(xin + j * HP + (b + bb) * W);
+    } else {
+      fast_in_regs<Scalar, G, M, U, fast_splits(U * G)>(C, x, fx + b * C * G * W, fb + b * W,
+                                                        HP, v);
+    }
+  }
+};
+
+// The input sums of the fast step for `steps` steps: x [steps][ldx] -> out [steps][L.fin], per
+// step [GX][HP] (fast_in_regs). Pass by pass (a pass's weights then serve every step from L1),
+// the steps inside.
 template <typename Scalar, int G, int M, int U>
 inline void fast_in_n(int n, Index C, const Scalar* x, const Scalar* wx, const Scalar* bias,
                       Scalar* out, Index HP) {
   if constexpr (U > 1) {
     if (n < U) return fast_in_n<Scalar, G, M, U - 1>(n, C, x, wx, bias, out, HP);
   }
-  fast_in_pass<Scalar, G, M, U, fast_splits(U * G)>(C, x, wx, bias, out, HP);
+  detail::Packet<Scalar> v[U][2 * G - M];
+  fast_in_regs<Scalar, G, M, U, fast_splits(U * G)>(C, x, wx, bias, HP, v);
+  for (int b = 0; b < U; ++b)
+    for (int j = 0; j < 2 * G - M; ++j) Eigen::internal::pstore(out + j * HP + b * kW<Scalar>, v[b][j]);
 }
 
 template <typename Scalar, int G, int M>
@@ -524,23 +632,22 @@ FUSEDRNN_FLATTEN void fast_in(const isa::StepLayer<Scalar>& L, const Scalar* x, 
   }
 }
 
-// One pass over UB blocks: every slot's sum (the recurrent products added to the input sums xin
-// [GX][HP], fast_in's), then epi(b, sums) per block b < UB of the pass (sums[j] the packet of
-// slot j).
-template <typename Scalar, int G, int M, int UB, int S, int KS, typename Epi>
-inline void fast_pass(Index k_rt, const Scalar* h, const Scalar* wh, const Scalar* xin, Index HP,
-                      Epi&& epi) {
+// One pass over UB blocks from block b0: every slot's sum (the recurrent products added to the
+// pass's input sums, in.get), then epi(b, sums) per block b < UB of the pass (sums[j] the packet
+// of slot j).
+template <typename Scalar, int G, int M, int UB, int S, int KS, typename In, typename Epi>
+inline void fast_pass(Index k_rt, const Scalar* h, const Scalar* wh, const In& in, Index b0,
+                      Index HP, Epi&& epi) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
   constexpr Index W = kW<Scalar>;
   constexpr int GX = 2 * G - M;
   const Index K = KS > 0 ? KS : k_rt;
   P acc[S][UB][GX];
+  in.template get<UB>(b0, HP, acc[0]);
   for (int b = 0; b < UB; ++b)
-    for (int j = 0; j < GX; ++j) {
-      acc[0][b][j] = ei::pload<P>(xin + j * HP + b * W);
+    for (int j = 0; j < GX; ++j)
       for (int sp = 1; sp < S; ++sp) acc[sp][b][j] = ei::pset1<P>(Scalar(0));
-    }
   // Recurrent stream: gate g < M into slot g, the others into slot G + g - M.
   constexpr auto slot = [](int g) { return g < M ? g : G + g - M; };
   Index k = 0;
@@ -576,26 +683,26 @@ inline void fast_pass(Index k_rt, const Scalar* h, const Scalar* wh, const Scala
   }
 }
 
-template <typename Scalar, int G, int M, int KS, int U, typename Epi>
-inline void fast_n(int n, Index K, const Scalar* h, const Scalar* wh, const Scalar* xin,
+template <typename Scalar, int G, int M, int KS, int U, typename In, typename Epi>
+inline void fast_n(int n, Index K, const Scalar* h, const Scalar* wh, const In& in, Index b0,
                    Index HP, Epi&& epi) {
   if constexpr (U > 1) {
-    if (n < U) return fast_n<Scalar, G, M, KS, U - 1>(n, K, h, wh, xin, HP, epi);
+    if (n < U) return fast_n<Scalar, G, M, KS, U - 1>(n, K, h, wh, in, b0, HP, epi);
   }
-  fast_pass<Scalar, G, M, U, fast_splits(U * (2 * G - M)), KS>(K, h, wh, xin, HP, epi);
+  fast_pass<Scalar, G, M, U, fast_splits(U * (2 * G - M)), KS>(K, h, wh, in, b0, HP, epi);
 }
 
 // Every block: its slot sums and epi(block, sums). Passes of UB blocks (the last one shorter),
 // pass p's weights at block p*UB's offsets; descending when `down` (only with UB = 1: every
 // pass then has one block, the same code).
-template <typename Scalar, int G, int M, int KS, int UB, typename Epi>
-inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const Scalar* xin,
+template <typename Scalar, int G, int M, int KS, int UB, typename In, typename Epi>
+inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const In& in,
                      Index HP, bool down, Epi&& epi) {
   constexpr Index W = kW<Scalar>;
   constexpr int S = fast_splits(UB * (2 * G - M));
   auto pass = [&](Index b) {
     fast_pass<Scalar, G, M, UB, S, KS>(
-        K, h, fh + b * K * G * W, xin + b * W, HP,
+        K, h, fh + b * K * G * W, in, b, HP,
         [&](Index j, const detail::Packet<Scalar>* v) { epi(b + j, v); });
   };
   if constexpr (UB == 1) {
@@ -607,27 +714,23 @@ inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const
   Index b = 0;
   for (; b + UB <= nb; b += UB) pass(b);
   if (b < nb)
-    fast_n<Scalar, G, M, KS, UB>(int(nb - b), K, h, fh + b * K * G * W, xin + b * W, HP,
+    fast_n<Scalar, G, M, KS, UB>(int(nb - b), K, h, fh + b * K * G * W, in, b, HP,
                                  [&](Index j, const detail::Packet<Scalar>* v) { epi(b + j, v); });
 }
 
 // The recurrent passes of a layer (ub_of: one block each, alternating direction, or
-// fast_blocks(GX)); xin null: the input sums of x first (fast_in, into scratch).
+// fast_blocks(GX)); the input sums from xin (fast_in's, for this step) or, xin null, formed from
+// x pass by pass in registers.
 template <typename Scalar, int G, int M, int KS, typename Epi>
 inline void fast_layer(const isa::StepLayer<Scalar>& L, Index nb, Index K, const Scalar* x,
-                       const Scalar* xin, const Scalar* h, Index HP, Scalar* scratch,
-                       Epi&& epi) {
+                       const Scalar* xin, const Scalar* h, Index HP, Epi&& epi) {
   constexpr int UB = fast_blocks(2 * G - M);
-  if (!xin) {
-    Scalar* s = Scratch<Scalar>(scratch, HP).gx;
-    fast_in<Scalar, G, M>(L, x, L.C, 1, s);
-    xin = s;
-  }
+  const FastIn<Scalar, G, M> in{xin, x, L.C, L.fx, L.fb_ih};
   if (L.fub == 1) {
     const bool down = (L.visits++ & 1u) != 0;
-    fast_all<Scalar, G, M, KS, 1>(nb, K, h, L.fh, xin, HP, down, epi);
+    fast_all<Scalar, G, M, KS, 1>(nb, K, h, L.fh, in, HP, down, epi);
   } else {
-    fast_all<Scalar, G, M, KS, UB>(nb, K, h, L.fh, xin, HP, false, epi);
+    fast_all<Scalar, G, M, KS, UB>(nb, K, h, L.fh, in, HP, false, epi);
   }
 }
 
@@ -644,7 +747,7 @@ FUSEDRNN_FLATTEN void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x
   const bool in_place = L.P == 0 && !one_block && nb <= fast_blocks(4);
   Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
   const Scalar* pp = L.fpeep;
-  fast_layer<Scalar, 4, 4, HS>(L, nb, R, x, xin, h, HP, scratch, [&](Index b, const P* a) {
+  fast_layer<Scalar, 4, 4, HS>(L, nb, R, x, xin, h, HP, [&](Index b, const P* a) {
     const Index u0 = b * W;
     const P cp = load_units(c, u0, H);
     P pi = a[0], pf = a[1];
@@ -653,12 +756,12 @@ FUSEDRNN_FLATTEN void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x
       pf = ei::pmadd(ei::pload<P>(pp + HP + u0), cp, pf);
     }
     const P i = fast_sigmoid(pi), f = fast_sigmoid(pf);
-    const P g = detail::ptanh(a[2]);
+    const P g = fast_tanh(a[2]);
     const P cn = ei::pmadd(f, cp, ei::pmul(i, g));
     P po = a[3];
     if (pp) po = ei::pmadd(ei::pload<P>(pp + 2 * HP + u0), cn, po);
     store_units(c, u0, H, cn);
-    store_units(out, u0, H, ei::pmul(fast_sigmoid(po), detail::ptanh(cn)));
+    store_units(out, u0, H, ei::pmul(fast_sigmoid(po), fast_tanh(cn)));
   });
   if (!in_place) project_or_copy(L, out, h);
 }
@@ -675,10 +778,10 @@ FUSEDRNN_FLATTEN void gru_after_fast(const isa::StepLayer<Scalar>& L, const Scal
   const bool one_block = L.fub == 1;
   const bool in_place = !one_block && nb <= fast_blocks(4);
   Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
-  fast_layer<Scalar, 3, 2, HS>(L, nb, H, x, xin, h, HP, scratch, [&](Index b, const P* a) {
+  fast_layer<Scalar, 3, 2, HS>(L, nb, H, x, xin, h, HP, [&](Index b, const P* a) {
     const Index u0 = b * W;
     const P r = fast_sigmoid(a[0]), z = fast_sigmoid(a[1]);
-    const P n = detail::ptanh(ei::pmadd(r, a[3], a[2]));
+    const P n = fast_tanh(ei::pmadd(r, a[3], a[2]));
     store_units(out, u0, H, detail::gru_update(z, n, load_units(h, u0, H)));
   });
   if (!in_place) std::copy(out, out + H, h);
@@ -695,10 +798,10 @@ FUSEDRNN_FLATTEN void rnn_fast(const isa::StepLayer<Scalar>& L, const Scalar* x,
   const bool in_place = !one_block && nb <= fast_blocks(1);
   Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
   const bool tanh_act = L.act == Nonlinearity::tanh;
-  fast_layer<Scalar, 1, 1, HS>(L, nb, H, x, xin, h, HP, scratch, [&](Index b, const P* a) {
+  fast_layer<Scalar, 1, 1, HS>(L, nb, H, x, xin, h, HP, [&](Index b, const P* a) {
     const P v = a[0];
     store_units(out, b * W, H,
-                tanh_act ? detail::ptanh(v)
+                tanh_act ? fast_tanh(v)
                          : ei::pselect(ei::pcmp_lt(v, ei::pzero(v)), ei::pzero(v), v));
   });
   if (!in_place) std::copy(out, out + H, h);
@@ -766,9 +869,9 @@ void fuse_fast(isa::StepLayer<Scalar>& L, const Scalar* w_ih, const Scalar* w_hh
                                               : &fast_in<Scalar, 1, 1>;
   const bool fixed = L.P == 0;
   switch (L.cell) {
-    case isa::StepCell::lstm: L.fused = pick<Scalar, LstmFast>(H, fixed); break;
-    case isa::StepCell::gru: L.fused = pick<Scalar, GruAfterFast>(H, fixed); break;
-    default: L.fused = pick<Scalar, RnnFast>(H, fixed); break;
+    case isa::StepCell::lstm: pick<Scalar, LstmFast>(L, H, fixed); break;
+    case isa::StepCell::gru: pick<Scalar, GruAfterFast>(L, H, fixed); break;
+    default: pick<Scalar, RnnFast>(L, H, fixed); break;
   }
 }
 

@@ -64,6 +64,11 @@ struct Stream<Scalar>::Impl {
         Scalar* hl = h.data() + l * N * R;
         Scalar* cl = lstm ? c.data() + l * N * H : nullptr;
         const isa::StepLayer<Scalar>& layer = layers[std::size_t(l)];
+        if (layer.fused_steps && l == L - 1 && !has_head) {
+          // The last layer writes y_t itself (no head: y_t is its state).
+          layer.fused_steps(layer, in, 0, nullptr, 1, hl, cl, scratch.data(), y_t, 0);
+          return;
+        }
         if (layer.fused)
           layer.fused(layer, in, nullptr, hl, cl, scratch.data());
         else
@@ -86,14 +91,18 @@ struct Stream<Scalar>::Impl {
       for (std::int64_t o = 0; o < O; ++o) y_t[n * O + o] += head_b[o];
   }
 
-  // process() at batch 1 with every layer fused: tiles of up to kTile steps, layer by layer.
-  // Per layer, the input sums of the whole tile first (fused_in: one pass over the input
-  // weights for kTile steps instead of one per step), then its steps from them, each step's
-  // state kept for the next layer (or the head). A layer's step t reads its own previous state
-  // and its input at t only, so this order computes every step exactly as step() does (the same
-  // functions on the same values): bitwise step()'s results.
+  // process() at batch 1 with every layer fused: tiles of up to kTile steps, layer by layer,
+  // each layer's steps in one call (fused_steps: the step inlined into its loop). A layer whose
+  // input weights are worth reading once per tile (`wide`: 8 KiB or more; below that they stay
+  // in L1 anyway, and forming the input sums inside the step measured faster) gets its input
+  // sums for the whole tile first (fused_in: one pass over the input weights for kTile steps),
+  // the others form them inside each step. Each step's state is kept for the next layer (or the
+  // head). A layer's step t reads its own previous state and its input at t only, so this order
+  // computes every step exactly as step() does (the same functions on the same values): bitwise
+  // step()'s results.
   static constexpr std::int64_t kTile = 16;
   bool tiled = false;
+  std::vector<char> wide;                     // per layer: input sums per tile
   internal::AlignedArray<Scalar> tile_in;     // input sums [kTile][fin]
   internal::AlignedArray<Scalar> tile_h[2];   // layer outputs [kTile][R], ping-pong
   void tile(const Scalar* x, Scalar* y, std::int64_t T) noexcept {
@@ -106,10 +115,11 @@ struct Stream<Scalar>::Impl {
       // The last layer of a model without head writes y directly (y_t = its state).
       const bool direct = l == L - 1 && !has_head;
       Scalar* out = direct ? y : tile_h[l & 1].data();
-      layer.fused_in(layer, in, ld, T, tile_in.data());
-      for (std::int64_t t = 0; t < T; ++t) {
-        layer.fused(layer, nullptr, tile_in.data() + t * layer.fin, hl, cl, scratch.data());
-        std::copy(hl, hl + R, out + t * R);
+      if (wide[std::size_t(l)]) {
+        layer.fused_in(layer, in, ld, T, tile_in.data());
+        layer.fused_steps(layer, nullptr, 0, tile_in.data(), T, hl, cl, scratch.data(), out, R);
+      } else {
+        layer.fused_steps(layer, in, ld, nullptr, T, hl, cl, scratch.data(), out, R);
       }
       in = out, ld = R;
     }
@@ -307,18 +317,15 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
   s.c.resize(s.lstm ? std::size_t(s.L * N * H) : 0);
   if (!s.lowp) {
     s.scratch.resize(std::max(isa::step_scratch_size(N, H, G), isa::fused_scratch_size(H)));
-    // process() in tiles: batch 1, every layer with its fused step, and input weights worth
-    // reading once per tile (8 KiB or more in some layer: below that they stay in L1 anyway,
-    // and the per-step path, which forms the input sums inside the step, measured faster).
+    // process() in tiles (Impl::tile): batch 1, every layer with its fused step.
     s.tiled = N == 1 && !s.layers.empty();
-    bool wide = false;
     std::int64_t fin = 0;
     for (const isa::StepLayer<Scalar>& sl : s.layers) {
-      s.tiled = s.tiled && sl.fused && sl.fused_in;
-      wide = wide || sl.C * std::int64_t(G) * H * std::int64_t(sizeof(Scalar)) >= 8192;
-      fin = std::max(fin, sl.fin);
+      s.tiled = s.tiled && sl.fused && sl.fused_in && sl.fused_steps;
+      const bool w = sl.C * std::int64_t(G) * H * std::int64_t(sizeof(Scalar)) >= 8192;
+      s.wide.push_back(w ? 1 : 0);
+      if (w) fin = std::max(fin, sl.fin);
     }
-    s.tiled = s.tiled && wide;
     if (s.tiled) {
       s.tile_in.resize(std::size_t(Impl::kTile * fin));
       for (auto& b : s.tile_h) b.resize(std::size_t(Impl::kTile * R));
