@@ -317,11 +317,9 @@ void backward_ragged(const Dims& d, const GruBackwardArgs<Scalar>& a, const Opti
       const Scalar* gates = k.gates + s * N * 4 * H;
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = rs.time(s, i);
-        // The blocks written next: row i + 1, or row 0 of step s - 1 (skeleton.h).
-        if (i + 1 < na || s > 0) {
-          const Index nx = i + 1 < na ? rs.off[s] + i + 1 : rs.off[s - 1];
-          prefetch_gate_blocks_for_write(dgh + nx * GH + u0, 3, H, bk);
-          if (after) prefetch_gate_blocks_for_write(dgx + nx * GH + u0, 3, H, bk);
+        if (i + 1 < na) {  // the next row's blocks (skeleton.h)
+          prefetch_gate_blocks_for_write(dgs + (i + 1) * GH + u0, 3, H, bk);
+          if (after) prefetch_gate_blocks_for_write(dgx + (rs.off[s] + i + 1) * GH + u0, 3, H, bk);
         }
         gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
                                gates + i * 4 * H + u0, hp_s + off, dgs + i * GH + u0,
@@ -417,13 +415,11 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* dg = dgs + n * GH + u0;
-        Index s2 = s, n2 = n;  // the blocks written next (skeleton.h)
-        next_in_step_order(s2, n2, N);
-        if (!bf16 && s2 >= 0) {
-          prefetch_gate_blocks_for_write(dgh + (s2 * N + n2) * GH + u0, 3, H, bk);
-          const Index t2 = sm.time(s2, n2);
+        if (!bf16 && n + 1 < N) {  // the next row's blocks (skeleton.h)
+          prefetch_gate_blocks_for_write(dg + GH, 3, H, bk);
+          const Index t2 = sm.time(s, n + 1);
           if (after && t2 >= 0)
-            prefetch_gate_blocks_for_write(dgx + (t2 * N + n2) * GH + u0, 3, H, bk);
+            prefetch_gate_blocks_for_write(dgx + (t2 * N + n + 1) * GH + u0, 3, H, bk);
         }
         if (t < 0) {
           zero_gate_blocks(dg, 3, H, bk);

@@ -395,11 +395,8 @@ void backward_ragged(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Opt
       }
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = rs.time(s, i);
-        // The blocks written next: row i + 1, or row 0 of step s - 1 (skeleton.h).
-        if (i + 1 < na || s > 0) {
-          const Index nx = i + 1 < na ? rs.off[s] + i + 1 : rs.off[s - 1];
-          prefetch_gate_blocks_for_write(dgh + nx * GH + u0, 4, H, bk);
-        }
+        // The next row's blocks (skeleton.h).
+        if (i + 1 < na) prefetch_gate_blocks_for_write(dgs + (i + 1) * GH + u0, 4, H, bk);
         lstm_pointwise_backward(
             bk, H, proj ? w.dm + off : dh_cur + off,
             dy && !proj ? dy + (t * N + n) * H + u0 : nullptr, k.gates + (s * N + i) * GH + u0,
@@ -547,13 +544,11 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* dg = dgs + n * GH + u0;  // this row's d(i, f, g, o) pre-activations, units u0..
-        Index s2 = s, n2 = n;  // the blocks written next (skeleton.h)
-        next_in_step_order(s2, n2, N);
-        if (!bf16 && s2 >= 0) {
-          prefetch_gate_blocks_for_write(dgh + (s2 * N + n2) * GH + u0, 4, H, bk);
-          const Index t2 = sm.time(s2, n2);
+        if (!bf16 && n + 1 < N) {  // the next row's blocks (skeleton.h)
+          prefetch_gate_blocks_for_write(dg + GH, 4, H, bk);
+          const Index t2 = sm.time(s, n + 1);
           if (dgx != dgh && t2 >= 0)
-            prefetch_gate_blocks_for_write(dgx + (t2 * N + n2) * GH + u0, 4, H, bk);
+            prefetch_gate_blocks_for_write(dgx + (t2 * N + n + 1) * GH + u0, 4, H, bk);
         }
         if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
           zero_gate_blocks(dg, 4, H, bk);

@@ -230,11 +230,7 @@ void backward_ragged(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Opti
       Scalar* dgs = dgh + rs.off[s] * H;  // [na, H]
       for_unit_blocks(na, H, [&](Index i, Index u0, Index bk, Index off) {
         const Index n = ro.order[i], t = rs.time(s, i);
-        // The block written next: row i + 1, or row 0 of step s - 1 (skeleton.h).
-        if (i + 1 < na || s > 0) {
-          const Index nx = i + 1 < na ? rs.off[s] + i + 1 : rs.off[s - 1];
-          prefetch_gate_blocks_for_write(dgh + nx * H + u0, 1, H, bk);
-        }
+        if (i + 1 < na) prefetch_gate_blocks_for_write(dgs + off + H, 1, H, bk);  // next row's
         rnn_pointwise_backward(bk, tanh_act, dh_cur + off,
                                a.dy ? a.dy + (t * N + n) * H + u0 : nullptr,
                                hs + (s + 1) * NH + off, dgs + off, dh_nxt + off,
@@ -301,10 +297,8 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
       Scalar* dgs = dgh + (bf16 ? 0 : s * NH);
       for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
-        Index s2 = s, n2 = n;  // the block written next (skeleton.h)
-        next_in_step_order(s2, n2, N);
-        if (!bf16 && s2 >= 0)
-          prefetch_gate_blocks_for_write(dgh + (s2 * N + n2) * H + u0, 1, H, bk);
+        // The next row's block (skeleton.h).
+        if (!bf16 && n + 1 < N) prefetch_gate_blocks_for_write(dgs + off + H, 1, H, bk);
         if (t < 0) {
           zero_gate_blocks(dgs + off, 1, H, bk);
           carry(dh_cur + off, dh_nxt + off, bk);

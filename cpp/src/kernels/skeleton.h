@@ -68,20 +68,16 @@ inline void zero_gate_blocks(Scalar* dg, Index G, Index H, Index bk) {
 }
 
 // Prefetch for writing: the G gate blocks (H apart) of units 0..bk-1 at dg. The backward's
-// pointwise passes call it on the block they write next while they compute this one: the gate
-// gradients go to a fresh region of the [T, N, G*H] buffers at every step, and without it each
-// of their cache lines is a miss that stalls the stores (about 6% of an LSTM backward, config a).
+// pointwise passes call it on the next row's block of the same step while they compute this
+// row's: the gate gradients go to a fresh region of the [T, N, G*H] buffers at every step, and
+// without it each of their cache lines is a miss that stalls the stores (about 6% of an LSTM
+// backward at config a). Not across steps: prefetching the step before's blocks (batch 1) made
+// the two-thread backward 4-6% slower at config d.
 template <typename Scalar>
 inline void prefetch_gate_blocks_for_write(const Scalar* dg, Index G, Index H, Index bk) {
   constexpr Index L = 64 / Index(sizeof(Scalar));
   for (Index g = 0; g < G; ++g)
     for (Index j = 0; j < bk; j += L) __builtin_prefetch(dg + g * H + j, 1, 3);
-}
-
-// The backward's pointwise passes write rows in step order: rows 0..rows-1 of step s, then those
-// of step s - 1. The (step, row) written after (s, n): s = -1 after the last.
-inline void next_in_step_order(Index& s, Index& n, Index rows) {
-  if (++n == rows) n = 0, --s;
 }
 
 // The input projection gx = x w_ihᵀ runs in chunks of steps, just before the steps that read
