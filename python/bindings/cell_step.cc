@@ -291,37 +291,30 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
   S* ws = static_cast<S*>(p.fws.data);
   S* y = static_cast<S*>(p.y.data);
   p.fpacked = false;
+  // The fields every cell's arguments share, then the kernel, run or timed.
+  auto go = [&](auto& a, auto kernel) {
+    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
+    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr()), a.h0 = ptr<S>(h0);
+    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.cache = ptr<S>(cache.ptr());
+    auto call = [&] { kernel(d, a, opt, ws); };
+    if (timer != nullptr)
+      timer->time(p, call, &opt.weights_packed);
+    else
+      run(p, call);
+  };
   if (p.kind == kLstm) {
     fusedrnn::LstmForwardArgs<S> a;
-    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
-    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr());
     a.w_peep = ptr<S>(w[4].ptr()), a.w_hr = ptr<S>(w[5].ptr());
-    a.h0 = ptr<S>(h0), a.c0 = ptr<S>(c0);
-    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.c_n = ptr<S>(c_n.ptr()), a.cache = ptr<S>(cache.ptr());
-    if (timer != nullptr)
-      timer->time(p, [&] { fusedrnn::lstm_forward<S>(d, a, opt, ws); }, &opt.weights_packed);
-    else
-      run(p, [&] { fusedrnn::lstm_forward<S>(d, a, opt, ws); });
+    a.c0 = ptr<S>(c0), a.c_n = ptr<S>(c_n.ptr());
+    go(a, [](auto&... z) { fusedrnn::lstm_forward<S>(z...); });
   } else if (p.kind == kGru) {
     fusedrnn::GruForwardArgs<S> a;
     a.variant = p.flag ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
-    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
-    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr()), a.h0 = ptr<S>(h0);
-    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.cache = ptr<S>(cache.ptr());
-    if (timer != nullptr)
-      timer->time(p, [&] { fusedrnn::gru_forward<S>(d, a, opt, ws); }, &opt.weights_packed);
-    else
-      run(p, [&] { fusedrnn::gru_forward<S>(d, a, opt, ws); });
+    go(a, [](auto&... z) { fusedrnn::gru_forward<S>(z...); });
   } else {
     fusedrnn::RnnForwardArgs<S> a;
     a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
-    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
-    a.b_ih = ptr<S>(w[2].ptr()), a.b_hh = ptr<S>(w[3].ptr()), a.h0 = ptr<S>(h0);
-    a.y = y, a.h_n = ptr<S>(h_n.ptr()), a.cache = ptr<S>(cache.ptr());
-    if (timer != nullptr)
-      timer->time(p, [&] { fusedrnn::rnn_forward<S>(d, a, opt, ws); }, &opt.weights_packed);
-    else
-      run(p, [&] { fusedrnn::rnn_forward<S>(d, a, opt, ws); });
+    go(a, [](auto&... z) { fusedrnn::rnn_forward<S>(z...); });
   }
   for (int i = 0; i < kWeights; ++i) p.fw[i] = w[i];
   p.fver = version;
@@ -380,43 +373,33 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
   opt.weights_packed = packed;
   S* ws = static_cast<S*>(p.bws.data);
   p.bpacked = false;
-  if (p.kind == kLstm) {
-    fusedrnn::LstmBackwardArgs<S> a;
+  // The fields every cell's arguments share, then the kernel, run or timed.
+  auto go = [&](auto& a, auto kernel) {
     a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
-    a.w_peep = ptr<S>(w[4].ptr()), a.w_hr = ptr<S>(w[5].ptr()), a.cache = ptr<S>(cache);
-    a.dh_n = in(d_h), a.dc_n = in(d_c);
-    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0), a.dc0 = out(dc0);
+    a.cache = ptr<S>(cache), a.dh_n = in(d_h);
+    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
     a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
     a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
-    a.dw_peep = ptr<S>(g[4].ptr()), a.dw_hr = ptr<S>(g[5].ptr());
+    auto call = [&] { kernel(d, a, opt, ws); };
     if (timer != nullptr)
-      timer->time(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
+      timer->time(p, call, &opt.weights_packed);
     else
-      run(p, [&] { fusedrnn::lstm_backward<S>(d, a, opt, ws); });
+      run(p, call);
+  };
+  if (p.kind == kLstm) {
+    fusedrnn::LstmBackwardArgs<S> a;
+    a.w_peep = ptr<S>(w[4].ptr()), a.w_hr = ptr<S>(w[5].ptr());
+    a.dc_n = in(d_c), a.dc0 = out(dc0);
+    a.dw_peep = ptr<S>(g[4].ptr()), a.dw_hr = ptr<S>(g[5].ptr());
+    go(a, [](auto&... z) { fusedrnn::lstm_backward<S>(z...); });
   } else if (p.kind == kGru) {
     fusedrnn::GruBackwardArgs<S> a;
     a.variant = p.flag ? fusedrnn::GruVariant::reset_after : fusedrnn::GruVariant::reset_before;
-    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
-    a.cache = ptr<S>(cache), a.dh_n = in(d_h);
-    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
-    a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
-    a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
-    if (timer != nullptr)
-      timer->time(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
-    else
-      run(p, [&] { fusedrnn::gru_backward<S>(d, a, opt, ws); });
+    go(a, [](auto&... z) { fusedrnn::gru_backward<S>(z...); });
   } else {
     fusedrnn::RnnBackwardArgs<S> a;
     a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
-    a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
-    a.cache = ptr<S>(cache), a.dh_n = in(d_h);
-    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
-    a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
-    a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
-    if (timer != nullptr)
-      timer->time(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); }, &opt.weights_packed);
-    else
-      run(p, [&] { fusedrnn::rnn_backward<S>(d, a, opt, ws); });
+    go(a, [](auto&... z) { fusedrnn::rnn_backward<S>(z...); });
   }
   // the cell bumps its version after a backward (an optimiser step may follow): the next
   // backward of the loop sees version + 1
