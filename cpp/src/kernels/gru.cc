@@ -407,73 +407,79 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       }
     }
     par_copy_or_zero(dhbuf + (S % 2) * NH, a.dh_n, NH);
-    for (Index s = S - 1; s >= 0; --s) {
-      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
-      Scalar* dh_nxt = dhbuf + (s % 2) * NH;
-      Scalar* dgs = dgh + (bf16 ? 0 : s * N * GH);
-      const Scalar* hp_s = hs + s * NH;
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
-        const Index t = sm.time(s, n);
-        Scalar* dg = dgs + n * GH + u0;
-        if (!bf16 && n + 1 < N) {  // the next row's blocks (skeleton.h)
-          prefetch_gate_blocks_for_write(dg + GH, 3, H, bk);
-          const Index t2 = sm.time(s, n + 1);
-          if (after && t2 >= 0)
-            prefetch_gate_blocks_for_write(dgx + (t2 * N + n + 1) * GH + u0, 3, H, bk);
+    // The step loop, compiled once per precision (B: bf16), so that the float32 loop carries
+    // none of the bf16 branches' code or live values (batch 1 spends microseconds a step here).
+    auto steps = [&](auto bf16_tag) {
+      constexpr bool B = decltype(bf16_tag)::value;
+      for (Index s = S - 1; s >= 0; --s) {
+        const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NH;
+        Scalar* dh_nxt = dhbuf + (s % 2) * NH;
+        Scalar* dgs = dgh + (B ? 0 : s * N * GH);
+        const Scalar* hp_s = hs + s * NH;
+        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+          const Index t = sm.time(s, n);
+          Scalar* dg = dgs + n * GH + u0;
+          if (!B && n + 1 < N) {  // the next row's blocks (skeleton.h)
+            prefetch_gate_blocks_for_write(dg + GH, 3, H, bk);
+            const Index t2 = sm.time(s, n + 1);
+            if (after && t2 >= 0)
+              prefetch_gate_blocks_for_write(dgx + (t2 * N + n + 1) * GH + u0, 3, H, bk);
+          }
+          if (t < 0) {
+            zero_gate_blocks(dg, 3, H, bk);
+            if (B && after) zero_gate_blocks(dgx + n * GH + u0, 3, H, bk);  // (one step's)
+            carry(dh_cur + off, dh_nxt + off, bk);
+            return;
+          }
+          gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
+                                 gates + (s * N + n) * 4 * H + u0, hp_s + off, dg, dh_nxt + off,
+                                 !after ? nullptr
+                                 : B ? dgx + n * GH + u0
+                                        : dgx + (t * N + n) * GH + u0);
+        });
+        if (after) {
+          if constexpr (!B) {
+            par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
+          } else if constexpr (std::is_same_v<Scalar, float>) {
+            // One conversion of each of the step's dA_h (dgs) and dA_x (dgx; of its transposed
+            // copy only the n block, where the two differ), then the products (bf16_backward.h).
+            const Index ar = ab_row(lb, d, sm, s, S) * kg;
+            par_convert_step(dgs, N, GH, GH, lb.ab + ar, kg, lb.at, 0, lb.ldt, s * N, a.db_hh,
+                             nullptr);
+            par_convert_step(dgx, N, GH, GH, lb.ab2 + ar, kg, lb.ex, 2 * H, lb.ldt, s * N, a.db_ih,
+                             nullptr);
+            lowp::par_gemm_bf16(tier, N, H, GH, lb.ab + ar, kg, lb.whh, nullptr, dh_nxt, H, true);
+            dx_step_bf16(tier, d, sm, s, S, GH, lb.ab2, lb, a.dx);
+          }
+          continue;
         }
-        if (t < 0) {
-          zero_gate_blocks(dg, 3, H, bk);
-          if (bf16 && after) zero_gate_blocks(dgx + n * GH + u0, 3, H, bk);  // (one step's)
-          carry(dh_cur + off, dh_nxt + off, bk);
-          return;
-        }
-        gru_pointwise_backward(bk, H, dh_cur + off, dy ? dy + (t * N + n) * H + u0 : nullptr,
-                               gates + (s * N + n) * 4 * H + u0, hp_s + off, dg, dh_nxt + off,
-                               !after ? nullptr
-                               : bf16 ? dgx + n * GH + u0
-                                      : dgx + (t * N + n) * GH + u0);
-      });
-      if (after) {
-        if (!bf16) {
-          par_gemm_packed(N, H, GH, dgs, GH, w.whh_q, dh_nxt, H, true);
+        // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
+        // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
+        if constexpr (!B)
+          par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
+        else if constexpr (std::is_same_v<Scalar, float>)
+          gemm_rows_acc_bf16(tier, N, H, H, dgs + 2 * H, GH, lb.ab2, N, lb.whn, w.drh, H, false);
+        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+          const Index t = sm.time(s, n);
+          if (t < 0) return;
+          gru_before_pointwise_backward_r(bk, H, w.drh + off, gates + (s * N + n) * 4 * H + u0,
+                                          hp_s + off, dgs + n * GH + u0, dh_nxt + off,
+                                          dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
+        });
+        if constexpr (!B) {
+          par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
         } else if constexpr (std::is_same_v<Scalar, float>) {
-          // One conversion of each of the step's dA_h (dgs) and dA_x (dgx; of its transposed
-          // copy only the n block, where the two differ), then the products (bf16_backward.h).
-          const Index ar = ab_row(lb, d, sm, s, S) * kg;
-          par_convert_step(dgs, N, GH, GH, lb.ab + ar, kg, lb.at, 0, lb.ldt, s * N, a.db_hh,
-                           nullptr);
-          par_convert_step(dgx, N, GH, GH, lb.ab2 + ar, kg, lb.ex, 2 * H, lb.ldt, s * N, a.db_ih,
-                           nullptr);
-          lowp::par_gemm_bf16(tier, N, H, GH, lb.ab + ar, kg, lb.whh, nullptr, dh_nxt, H, true);
-          dx_step_bf16(tier, d, sm, s, S, GH, lb.ab2, lb, a.dx);
+          std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * kg;
+          par_convert_step(dgs, N, GH, GH, ab, kg, lb.at, 0, lb.ldt, s * N, a.db_ih, a.db_hh);
+          if (2 * H % lowp::kBf16KStep == 0)  // the r, z columns of ab are a whole operand
+            lowp::par_gemm_bf16(tier, N, H, 2 * H, ab, kg, lb.whh, nullptr, dh_nxt, H, true);
+          else
+            gemm_rows_acc_bf16(tier, N, H, 2 * H, dgs, GH, lb.ab2, N, lb.whh, dh_nxt, H, true);
+          dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
         }
-        continue;
       }
-      // reset_before: n = tanh(... + W_hn (r*h) + b_hn), so d(r*h) = dn_pre W_hn, which gives
-      // dr = d(r*h)*h and a direct term d(r*h)*r of dh_prev.
-      if (!bf16)
-        par_gemm_packed(N, H, H, dgs + 2 * H, GH, w.whn_q, w.drh, H, false);
-      else if constexpr (std::is_same_v<Scalar, float>)
-        gemm_rows_acc_bf16(tier, N, H, H, dgs + 2 * H, GH, lb.ab2, N, lb.whn, w.drh, H, false);
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
-        const Index t = sm.time(s, n);
-        if (t < 0) return;
-        gru_before_pointwise_backward_r(bk, H, w.drh + off, gates + (s * N + n) * 4 * H + u0,
-                                        hp_s + off, dgs + n * GH + u0, dh_nxt + off,
-                                        dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr);
-      });
-      if (!bf16) {
-        par_gemm_packed(N, H, 2 * H, dgs, GH, w.whh_q, dh_nxt, H, true);
-      } else if constexpr (std::is_same_v<Scalar, float>) {
-        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * kg;
-        par_convert_step(dgs, N, GH, GH, ab, kg, lb.at, 0, lb.ldt, s * N, a.db_ih, a.db_hh);
-        if (2 * H % lowp::kBf16KStep == 0)  // the r, z columns of ab are a whole operand
-          lowp::par_gemm_bf16(tier, N, H, 2 * H, ab, kg, lb.whh, nullptr, dh_nxt, H, true);
-        else
-          gemm_rows_acc_bf16(tier, N, H, 2 * H, dgs, GH, lb.ab2, N, lb.whh, dh_nxt, H, true);
-        dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
-      }
-    }
+    };
+    if (bf16) steps(std::true_type{}); else steps(std::false_type{});
 #ifdef _OPENMP
 #pragma omp single
 #endif

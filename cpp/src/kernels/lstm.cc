@@ -514,73 +514,79 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
     // dh and dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(dhbuf + (S % 2) * NR, a.dh_n, NR);
     par_copy_or_zero(dcbuf + (S % 2) * NH, a.dc_n, NH);
-    for (Index s = S - 1; s >= 0; --s) {
-      const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NR;
-      const Scalar* dc_cur = dcbuf + ((s + 1) % 2) * NH;
-      Scalar* dh_nxt = dhbuf + (s % 2) * NR;
-      Scalar* dc_nxt = dcbuf + (s % 2) * NH;
-      Scalar* dgs = dgh + (bf16 ? 0 : s * N * GH);
-      if (proj) {
-        // Forward: h = m w_hrᵀ, and y[t] = h for active rows. dh = carried dh + dy[t] [N, P]
-        // (kept for dw_hr += dhᵀ m); a finished row did nothing at this step: dh = 0 and its
-        // carry passes through. Active rows of dh_nxt start at 0 for the recurrent product.
-        Scalar* dhps = dhp + s * N * P;
-        for_rows(N, [&](Index n) {
+    // The step loop, compiled once per precision (B: bf16), so that the float32 loop carries
+    // none of the bf16 branches' code or live values (batch 1 spends microseconds a step here).
+    auto steps = [&](auto bf16_tag) {
+      constexpr bool B = decltype(bf16_tag)::value;
+      for (Index s = S - 1; s >= 0; --s) {
+        const Scalar* dh_cur = dhbuf + ((s + 1) % 2) * NR;
+        const Scalar* dc_cur = dcbuf + ((s + 1) % 2) * NH;
+        Scalar* dh_nxt = dhbuf + (s % 2) * NR;
+        Scalar* dc_nxt = dcbuf + (s % 2) * NH;
+        Scalar* dgs = dgh + (B ? 0 : s * N * GH);
+        if (proj) {
+          // Forward: h = m w_hrᵀ, and y[t] = h for active rows. dh = carried dh + dy[t] [N, P]
+          // (kept for dw_hr += dhᵀ m); a finished row did nothing at this step: dh = 0 and its
+          // carry passes through. Active rows of dh_nxt start at 0 for the recurrent product.
+          Scalar* dhps = dhp + s * N * P;
+          for_rows(N, [&](Index n) {
+            const Index t = sm.time(s, n);
+            const Scalar* cur = dh_cur + n * P;
+            Scalar* row = dhps + n * P;
+            Scalar* nxt = dh_nxt + n * P;
+            if (t < 0) {
+              std::fill(row, row + P, Scalar(0));
+              carry(cur, nxt, P);
+              return;
+            }
+            const Scalar* dyr = dy ? dy + (t * N + n) * P : nullptr;
+            for (Index j = 0; j < P; ++j) row[j] = cur[j] + (dyr ? dyr[j] : Scalar(0));
+            std::fill(nxt, nxt + P, Scalar(0));
+          });
+          par_gemm_packed(N, H, P, dhps, P, w.whr_q, dm, H, false);  // dm = dh w_hr [N, H]
+        }
+        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
           const Index t = sm.time(s, n);
-          const Scalar* cur = dh_cur + n * P;
-          Scalar* row = dhps + n * P;
-          Scalar* nxt = dh_nxt + n * P;
-          if (t < 0) {
-            std::fill(row, row + P, Scalar(0));
-            carry(cur, nxt, P);
+          Scalar* dg = dgs + n * GH + u0;  // this row's d(i, f, g, o) pre-activations, units u0..
+          if (!B && n + 1 < N) {  // the next row's blocks (skeleton.h)
+            prefetch_gate_blocks_for_write(dg + GH, 4, H, bk);
+            const Index t2 = sm.time(s, n + 1);
+            if (dgx != dgh && t2 >= 0)
+              prefetch_gate_blocks_for_write(dgx + (t2 * N + n + 1) * GH + u0, 4, H, bk);
+          }
+          if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
+            zero_gate_blocks(dg, 4, H, bk);
+            if (!proj) carry(dh_cur + off, dh_nxt + off, bk);
+            carry(dc_cur + off, dc_nxt + off, bk);
             return;
           }
-          const Scalar* dyr = dy ? dy + (t * N + n) * P : nullptr;
-          for (Index j = 0; j < P; ++j) row[j] = cur[j] + (dyr ? dyr[j] : Scalar(0));
-          std::fill(nxt, nxt + P, Scalar(0));
+          // d(o*tanh(c_t)): without projection dh_cur + dy[t], with it dm (dy is already in it).
+          // The recurrent product below adds dg w_hh into dh_nxt (with projection, the pass above
+          // zeroed it); dgx gets a copy of dg when it is a separate buffer.
+          lstm_pointwise_backward(
+              bk, H, proj ? dm + off : dh_cur + off,
+              dy && !proj ? dy + (t * N + n) * H + u0 : nullptr, gates + (s * N + n) * GH + u0,
+              cs + s * NH + off, cs + (s + 1) * NH + off, dc_cur + off,
+              w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
+              dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
         });
-        par_gemm_packed(N, H, P, dhps, P, w.whr_q, dm, H, false);  // dm = dh w_hr [N, H]
-      }
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
-        const Index t = sm.time(s, n);
-        Scalar* dg = dgs + n * GH + u0;  // this row's d(i, f, g, o) pre-activations, units u0..
-        if (!bf16 && n + 1 < N) {  // the next row's blocks (skeleton.h)
-          prefetch_gate_blocks_for_write(dg + GH, 4, H, bk);
-          const Index t2 = sm.time(s, n + 1);
-          if (dgx != dgh && t2 >= 0)
-            prefetch_gate_blocks_for_write(dgx + (t2 * N + n + 1) * GH + u0, 4, H, bk);
+        if constexpr (!B) {
+          par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
+        } else if constexpr (std::is_same_v<Scalar, float>) {
+          // The step's peephole sums (fp32, unrounded dA), then its one conversion to bf16 (rows
+          // for the dh and dx products, the transposed copy for the weight gradients, the bias
+          // sums), then the products.
+          if (a.dw_peep) peep_step_sums(N, H, dgs, cs + s * NH, a.dw_peep);
+          std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * lowp::bf16_kpad(GH);
+          par_convert_step(dgs, N, GH, GH, ab, lowp::bf16_kpad(GH), lb.at, 0, lb.ldt, s * N,
+                           a.db_ih, a.db_hh);
+          lowp::par_gemm_bf16(tier, N, R, GH, ab, lowp::bf16_kpad(GH), lb.whh, nullptr, dh_nxt,
+                              R, true);
+          dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
         }
-        if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
-          zero_gate_blocks(dg, 4, H, bk);
-          if (!proj) carry(dh_cur + off, dh_nxt + off, bk);
-          carry(dc_cur + off, dc_nxt + off, bk);
-          return;
-        }
-        // d(o*tanh(c_t)): without projection dh_cur + dy[t], with it dm (dy is already in it).
-        // The recurrent product below adds dg w_hh into dh_nxt (with projection, the pass above
-        // zeroed it); dgx gets a copy of dg when it is a separate buffer.
-        lstm_pointwise_backward(
-            bk, H, proj ? dm + off : dh_cur + off,
-            dy && !proj ? dy + (t * N + n) * H + u0 : nullptr, gates + (s * N + n) * GH + u0,
-            cs + s * NH + off, cs + (s + 1) * NH + off, dc_cur + off,
-            w_peep ? w_peep + u0 : nullptr, dg, dc_nxt + off, proj ? nullptr : dh_nxt + off,
-            dgx != dgh ? dgx + (t * N + n) * GH + u0 : nullptr, a.cell_clip);
-      });
-      if (!bf16) {
-        par_gemm_packed(N, R, GH, dgs, GH, w.whh_q, dh_nxt, R, true);
-      } else if constexpr (std::is_same_v<Scalar, float>) {
-        // The step's peephole sums (fp32, unrounded dA), then its one conversion to bf16 (rows
-        // for the dh and dx products, the transposed copy for the weight gradients, the bias
-        // sums), then the products.
-        if (a.dw_peep) peep_step_sums(N, H, dgs, cs + s * NH, a.dw_peep);
-        std::uint16_t* ab = lb.ab + ab_row(lb, d, sm, s, S) * lowp::bf16_kpad(GH);
-        par_convert_step(dgs, N, GH, GH, ab, lowp::bf16_kpad(GH), lb.at, 0, lb.ldt, s * N,
-                         a.db_ih, a.db_hh);
-        lowp::par_gemm_bf16(tier, N, R, GH, ab, lowp::bf16_kpad(GH), lb.whh, nullptr, dh_nxt,
-                            R, true);
-        dx_step_bf16(tier, d, sm, s, S, GH, lb.ab, lb, a.dx);
       }
-    }
+    };
+    if (bf16) steps(std::true_type{}); else steps(std::false_type{});
 #ifdef _OPENMP
 #pragma omp single
 #endif
