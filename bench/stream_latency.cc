@@ -18,9 +18,10 @@
 //           include the clock's own cost, printed beside them.
 // Median and p99 over the blocks (calls).
 //
-//   stream_latency [steps] [peer_steps] [--rt-only] [--ftz]   (defaults 20000 and 50000 timed
-//   steps per configuration; --rt-only: the real-time table only; --ftz: the whole run with
-//   subnormals flushed on the thread (MXCSR FTZ and DAZ), every contender alike)
+//   stream_latency [steps] [peer_steps] [--rt-only] [--ftz] [--rows=ROWS]   (defaults 20000 and
+//   50000 timed steps per configuration; --rt-only: the real-time table only; --ftz: the whole
+//   run with subnormals flushed on the thread (MXCSR FTZ and DAZ), every contender alike;
+//   --rows: only these rows of the real-time table, e.g. --rows=lstm:32:1,gru:128:128)
 #include <fusedrnn/fusedrnn.h>
 #include <fusedrnn/model.h>
 #include <fusedrnn/stream.h>
@@ -221,9 +222,12 @@ int main(int argc, char** argv) {
   const long steps = argc > 1 ? std::max(100L, std::atol(argv[1])) : 20000;
   const long peer_steps = argc > 2 ? std::max(100L, std::atol(argv[2])) : 50000;
   bool rt_only = false, ftz = false;
+  std::string rows;  // --rows=cell:H:C,...: empty = every row
   for (int i = 3; i < argc; ++i) {
-    rt_only = rt_only || std::string(argv[i]) == "--rt-only";
-    ftz = ftz || std::string(argv[i]) == "--ftz";
+    const std::string a = argv[i];
+    rt_only = rt_only || a == "--rt-only";
+    ftz = ftz || a == "--ftz";
+    if (a.rfind("--rows=", 0) == 0) rows = "," + a.substr(7) + ",";
   }
 #if defined(__x86_64__) || defined(__i386__)
   // --ftz: the thread flushes subnormals (MXCSR FTZ and DAZ) for the whole run, as audio hosts
@@ -264,6 +268,9 @@ int main(int argc, char** argv) {
 #endif
   for (const char* cell : {"lstm", "gru"})
     for (std::int64_t H : {16, 32, 64, 128})
-      for (std::int64_t C : {std::int64_t(1), H}) peer_row(cell, H, C, peer_steps);
+      for (std::int64_t C : {std::int64_t(1), H})
+        if (rows.empty() || rows.find("," + std::string(cell) + ":" + std::to_string(H) + ":" +
+                                      std::to_string(C) + ",") != std::string::npos)
+          peer_row(cell, H, C, peer_steps);
   return 0;
 }

@@ -81,7 +81,7 @@ class FUSEDRNN_API Stream {
   // Advances `steps` steps in one call (audio-style blocks): x [steps, N, rnn_input_size] ->
   // y [steps, N, output_size], bitwise the results of `steps` calls of step() (no allocation,
   // lock or system call; the floating-point environment set once per call). At batch 1, when a
-  // layer's input weights take 8 KiB or more, it runs tiles of 16 steps layer by layer: a
+  // layer's input weights take 32 KiB or more, it runs tiles of 16 steps layer by layer: a
   // layer's input products for the whole tile first (its input weights read once per tile, not
   // once per step), then its steps. std::invalid_argument, before anything is written or the
   // state changes, if x or y is null or steps < 0; steps = 0 does nothing. (A bidirectional

@@ -31,6 +31,7 @@
 #include <type_traits>
 
 #include "isa/copy.inc"
+#include "kernels/fast_activations.h"
 #include "kernels/gru_pointwise.h"
 #include "kernels/lstm_pointwise.h"
 #include "kernels/packed_gemm.h"
@@ -298,7 +299,8 @@ template <typename Scalar, template <typename, int> class F, int HS>
 FUSEDRNN_FLATTEN void run_steps(const isa::StepLayer<Scalar>& L, const Scalar* x, Index ldx,
                                 const Scalar* xin, Index steps, Scalar* h, Scalar* c,
                                 Scalar* scratch, Scalar* y, Index ldy) {
-  const Index R = L.P > 0 ? L.P : L.H;
+  // (HS > 0 only without projection: the copy's length then fixed at compile time.)
+  const Index R = HS > 0 ? HS : L.P > 0 ? L.P : L.H;
   for (Index t = 0; t < steps; ++t) {
     F<Scalar, HS>::run(L, xin ? nullptr : x + t * ldx, xin ? xin + t * L.fin : nullptr, h, c,
                        scratch);
@@ -438,73 +440,9 @@ Index ub_of(Index GX, Index G, Index H, Index C, Index R) {
   return nb > 1 && bytes > 32 * 1024 ? 1 : fast_blocks(int(GX));
 }
 
-// The fast tanh (float, FMA copies): Eigen's rational function (activations.h: odd numerator of
-// degree 13, even denominator of degree 6, the same coefficients and clamp) evaluated with a
-// shorter dependency chain, which bounds a small step (two activations in a row per LSTM step):
-// x² = min(a², 7.9988²) (a² does not wait for the clamp of a), the numerator as lo + x⁶ hi (two
-// short Horner chains side by side instead of one of six), the denominator as two halves joined
-// by x⁴; the quotient, in the AVX-512 copy, as n r (2 - q r) from the 14-bit reciprocal
-// estimate r (one Newton step), else a division. Checked over every float in [-30, 30] against
-// long double: absolute error <= 5.71 u (AVX-512; 5.45 u with the division; Eigen's evaluation
-// 4.90 u), at most 7 u from detail::ptanh's value (the bitwise step's), within the 8 u per
-// activation of the documented tolerance (stream.h); a dependent chain of it measured 14 ns
-// against 22 ns for detail::ptanh (AVX-512, this machine). |a| < 0.0004 returns a (as Eigen's);
-// NaN stays NaN. Float without FMA and double: detail::ptanh.
-template <typename P>
-inline P fast_tanh(const P& a) {
-#if defined(__FMA__) || defined(__AVX512F__)
-  namespace ei = Eigen::internal;
-  using Scalar = typename ei::unpacket_traits<P>::type;
-  if constexpr (sizeof(Scalar) == 4) {
-    const P c = ei::pset1<P>(7.99881172180175781f);
-    const P x = ei::pmax(ei::pmin(a, c), ei::pnegate(c));
-    const P x2 = ei::pmin(ei::pmul(a, a), ei::pset1<P>(7.99881172180175781f * 7.99881172180175781f));
-    const P tiny = ei::pcmp_lt(ei::pabs(a), ei::pset1<P>(0.0004f));
-    const P x4 = ei::pmul(x2, x2);
-    const P x6 = ei::pmul(x4, x2);
-    const P lo = ei::pmadd(ei::pmadd(ei::pset1<P>(1.48572235717979e-05f), x2,
-                                     ei::pset1<P>(6.37261928875436e-04f)),
-                           x2, ei::pset1<P>(4.89352455891786e-03f));
-    const P hi = ei::pmadd(
-        ei::pmadd(ei::pmadd(ei::pset1<P>(-2.76076847742355e-16f), x2,
-                            ei::pset1<P>(2.00018790482477e-13f)),
-                  x2, ei::pset1<P>(-8.60467152213735e-11f)),
-        x2, ei::pset1<P>(5.12229709037114e-08f));
-    const P p = ei::pmadd(x6, hi, lo);
-    const P q = ei::pmadd(x4,
-                          ei::pmadd(x2, ei::pset1<P>(1.19825839466702e-06f),
-                                    ei::pset1<P>(1.18534705686654e-04f)),
-                          ei::pmadd(x2, ei::pset1<P>(2.26843463243900e-03f),
-                                    ei::pset1<P>(4.89352518554385e-03f)));
-    const P num = ei::pmul(x, p);
-#if defined(__AVX512F__)
-    const P r = _mm512_rcp14_ps(q);
-    const P e = _mm512_fnmadd_ps(q, r, ei::pset1<P>(1.0f));
-    const P y = ei::pmul(num, r);
-    return ei::pselect(tiny, a, ei::pmadd(y, e, y));
-#else
-    return ei::pselect(tiny, a, ei::pdiv(num, q));
-#endif
-  }
-#endif
-  return detail::ptanh(a);
-}
-
-// The fast sigmoid: float 1/2 + tanh(x/2)/2 (fast_tanh: no exp), double the bitwise step's
-// psigmoid. Float, checked over every float in [-30, 30] against long double: absolute error
-// <= 3.20 u (AVX-512; the bitwise psigmoid: 1.5 u), and at most 4 u from psigmoid's value:
-// within the 8 u per activation of the documented tolerance (stream.h).
-template <typename P>
-inline P fast_sigmoid(const P& x) {
-  namespace ei = Eigen::internal;
-  using Scalar = typename ei::unpacket_traits<P>::type;
-  if constexpr (sizeof(Scalar) == 4) {
-    const P half = ei::pset1<P>(Scalar(0.5));
-    return ei::pmadd(half, fast_tanh(ei::pmul(half, x)), half);
-  } else {
-    return detail::psigmoid(x);
-  }
-}
+// The fast tanh and sigmoid: kernels/fast_activations.h.
+using detail::fast_sigmoid;
+using detail::fast_tanh;
 
 // A packet of units [u0, u0 + W) of a run of n units: whole, or the first n - u0 lanes through a
 // zero-padded buffer (the lanes past n computed and dropped).

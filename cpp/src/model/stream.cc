@@ -93,8 +93,9 @@ struct Stream<Scalar>::Impl {
 
   // process() at batch 1 with every layer fused: tiles of up to kTile steps, layer by layer,
   // each layer's steps in one call (fused_steps: the step inlined into its loop). A layer whose
-  // input weights are worth reading once per tile (`wide`: 8 KiB or more; below that they stay
-  // in L1 anyway, and forming the input sums inside the step measured faster) gets its input
+  // input weights are worth reading once per tile (`wide`: 32 KiB or more; below that they stay
+  // in L1 anyway, and forming the input sums inside the step measured faster: the core then
+  // overlaps them with the previous step's activations, e.g. LSTM H = C = 32) gets its input
   // sums for the whole tile first (fused_in: one pass over the input weights for kTile steps),
   // the others form them inside each step. Each step's state is kept for the next layer (or the
   // head). A layer's step t reads its own previous state and its input at t only, so this order
@@ -322,7 +323,7 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
     std::int64_t fin = 0;
     for (const isa::StepLayer<Scalar>& sl : s.layers) {
       s.tiled = s.tiled && sl.fused && sl.fused_in && sl.fused_steps;
-      const bool w = sl.C * std::int64_t(G) * H * std::int64_t(sizeof(Scalar)) >= 8192;
+      const bool w = sl.C * std::int64_t(G) * H * std::int64_t(sizeof(Scalar)) >= 32768;
       s.wide.push_back(w ? 1 : 0);
       if (w) fin = std::max(fin, sl.fin);
     }
