@@ -50,9 +50,10 @@ frozen layer (layer.frozen(precision="int8"): s8 weights with per-row scales qua
 activations per row, s32 sums; "fi8") with the ratios tq8/fi8, oq8/fi8 and frz/fi8 (torch_bf16
 and torch_qint8 run once for either precision), and ONNX Runtime on the dynamically quantised
 export ("oq8": onnxruntime.quantization.quantize_dynamic, QInt8 weights, of the module's
-TorchScript ONNX export, at the same thread count; unless --no-onnx). For LSTM it makes DynamicQuantizeLSTM; ORT has no
-quantised GRU or RNN operator, so a GRU export keeps its fp32 GRU node (only MatMul nodes would be
-quantised): the JSON's "onnx_qint8" records the quantised graph's op types per row. In training rows (issue 17), --precision ...,bfloat16 adds fusedrnn's layer with
+TorchScript ONNX export, at the same thread count; unless --no-onnx). For LSTM it makes
+DynamicQuantizeLSTM; ORT has no quantised GRU or RNN operator, so those exports keep their fp32
+GRU / RNN node: the JSON's "onnx_qint8" records the quantised graph's op types per row.
+In training rows (issue 17), --precision ...,bfloat16 adds fusedrnn's layer with
 compute="bfloat16" (mixed precision: bf16 products, fp32 master weights, gradients and gates;
 "fb16"), torch's fp32 module under torch.autocast("cpu", dtype=torch.bfloat16) ("tac") and
 torch's module.to(torch.bfloat16) trained with bf16 input and dy ("tb16"); ratios peer/fb16
