@@ -47,9 +47,13 @@ torch's dynamic int8 quantisation (torch.ao.quantization.quantize_dynamic, qint8
 GRU only: it has no nn.RNN kernel; "tq8"); ratios peer/f16 (tb16/f16, tq8/f16, and frz/f16: the
 speed-up of bf16 over fusedrnn's fp32 frozen layer). --precision ...,int8 adds fusedrnn's int8
 frozen layer (layer.frozen(precision="int8"): s8 weights with per-row scales quantised once,
-activations per row, s32 sums; "fi8") with the ratios tq8/fi8 and frz/fi8 (torch_bf16 and
-torch_qint8 run once for either precision). ONNX Runtime's quantised model is not included (not
-measured here). In training rows (issue 17), --precision ...,bfloat16 adds fusedrnn's layer with
+activations per row, s32 sums; "fi8") with the ratios tq8/fi8, oq8/fi8 and frz/fi8 (torch_bf16
+and torch_qint8 run once for either precision), and ONNX Runtime on the dynamically quantised
+export ("oq8": onnxruntime.quantization.quantize_dynamic, QInt8 weights, of the module's
+TorchScript ONNX export, at the same thread count; unless --no-onnx). For LSTM it makes
+DynamicQuantizeLSTM; ORT has no quantised GRU or RNN operator, so those exports keep their fp32
+GRU / RNN node: the JSON's "onnx_qint8" records the quantised graph's op types per row.
+In training rows (issue 17), --precision ...,bfloat16 adds fusedrnn's layer with
 compute="bfloat16" (mixed precision: bf16 products, fp32 master weights, gradients and gates;
 "fb16"), torch's fp32 module under torch.autocast("cpu", dtype=torch.bfloat16) ("tac") and
 torch's module.to(torch.bfloat16) trained with bf16 input and dy ("tb16"); ratios peer/fb16
@@ -95,9 +99,10 @@ CONTENDERS = ("fusedrnn", "frozen", "torch", "onnxruntime")
 SHORT = {"fusedrnn": "fr", "frozen": "frz", "torch": "torch", "onnxruntime": "ort"}  # headers
 # --precision bfloat16 (inference): fusedrnn's bf16 frozen layer and its peers
 LOWP = ("frozen_bf16", "frozen_int8", "torch_bf16", "torch_qint8")
-SHORT.update(frozen_bf16="f16", frozen_int8="fi8", torch_bf16="tb16", torch_qint8="tq8")
+SHORT.update(frozen_bf16="f16", frozen_int8="fi8", torch_bf16="tb16", torch_qint8="tq8",
+             ort_qint8="oq8")
 LOWP_PEERS = ("frozen", "torch_bf16", "torch_qint8")    # ratios: peer / frozen_bf16
-INT8_PEERS = ("frozen", "torch_qint8")                  # ratios: peer / frozen_int8
+INT8_PEERS = ("frozen", "torch_qint8", "ort_qint8")     # ratios: peer / frozen_int8
 # --precision bfloat16 (training, issue 17): fusedrnn's layer with compute="bfloat16" and its
 # peers, torch under autocast and torch in bfloat16 ("torch_bf16" column: module.to(bfloat16))
 LOWP_TRAIN = ("fusedrnn_bf16", "torch_autocast")
@@ -237,6 +242,25 @@ def onnx_model(mod, x):
         except Exception as e:                  # noqa: BLE001 - reported, then the fallback
             errors.append(f"dynamo={dynamo}: {type(e).__name__}: {e}")
     raise RuntimeError("; ".join(errors))
+
+
+def onnx_qint8_model(mod, x):
+    """ONNX Runtime's dynamic int8 quantisation (QInt8 weights) of the module's TorchScript ONNX
+    export (its LSTM/GRU weights are initializers, which quantize_dynamic needs to make
+    DynamicQuantizeLSTM; the dynamo export's are not): the quantised model's bytes and op types."""
+    import tempfile
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model_q8.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(mod, (x,), src, dynamo=False)
+            logging.getLogger().setLevel(logging.ERROR)   # quantize_dynamic's pre-processing hint
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        with open(dst, "rb") as fh:
+            q = fh.read()
+    return q, sorted({n.op_type for n in onnx.load_from_string(q).graph.node})
 
 
 def ort_contender(model, x, threads):
@@ -435,9 +459,12 @@ def main():
     for k, v in info.items():
         print(f"# {k}: {v}")
     problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
+    onnx_q8 = {}   # (cell, cfg): ONNX Runtime's quantised model and its op types
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
     peers = [c for c in names if c not in ("fusedrnn", "frozen")]
     names += lnames
+    if int8 and not args.no_onnx:
+        names.append("ort_qint8")
     if lowp:
         names += list(LOWP_TRAIN)
     hdr = (f"{'cfg':<3} {'cell':<7} {'mode':<5} {'thr':>3} | "
@@ -471,6 +498,13 @@ def main():
                         fns["onnxruntime"] = ort_contender(onnx_models[(cell, cfg)][0], prob[1], n)
                     except Exception as e:      # noqa: BLE001
                         failed["onnxruntime"] = f"{type(e).__name__}: {e}"
+                    if int8:
+                        try:
+                            if (cell, cfg) not in onnx_q8:
+                                onnx_q8[(cell, cfg)] = onnx_qint8_model(prob[0], prob[1])
+                            fns["ort_qint8"] = ort_contender(onnx_q8[(cell, cfg)][0], prob[1], n)
+                        except Exception as e:  # noqa: BLE001
+                            failed["ort_qint8"] = f"{type(e).__name__}: {e}"
                 if mode == "infer" and lnames:
                     try:
                         fns.update(lowp_contenders(cell, prob[0], prob[1], fr, precisions))
@@ -481,7 +515,8 @@ def main():
                         fns.update(lowp_train_contenders(cell, *prob, fr))
                     except Exception as e:      # noqa: BLE001
                         failed["lowp"] = f"{type(e).__name__}: {e}"
-                res = timed({k: fns[k] for k in CONTENDERS + LOWP + LOWP_TRAIN if k in fns},
+                res = timed({k: fns[k] for k in CONTENDERS + LOWP + ("ort_qint8",) + LOWP_TRAIN
+                             if k in fns},
                             args.reps,
                             args.min_rep_ms, args.settle_ms / 1e3, failed)
                 fl = flops(cell, mode, T, N, H, H)
@@ -513,6 +548,9 @@ def main():
                                 if lowp else {}),
                              **({"ratio_peer_over_frozen_int8": ratios_int8} if int8 else {}),
                              "failed": failed,
+                             "onnx_qint8": ({"ops": onnx_q8[(cell, cfg)][1]}
+                                            if mode == "infer" and (cell, cfg) in onnx_q8
+                                            else None),
                              "onnx": (dict(zip(("exporter", "ops", "max_abs_diff_y_vs_torch", "export_errors"),
                                                onnx_models[(cell, cfg)][1:]))
                                       if mode == "infer" and (cell, cfg) in onnx_models else None)})
@@ -562,6 +600,9 @@ def main():
     if onnx_models:
         print("\n# onnx graphs (exporter: ops; max |y_ort - y_torch|):\n" + "\n".join(
             f"#   {c} {g}: {m[1]}: {','.join(m[2])}; {m[3]:.1e}" for (c, g), m in onnx_models.items()))
+    if onnx_q8:
+        print("# onnx quantised graphs (onnxruntime.quantization.quantize_dynamic, QInt8): "
+              + "; ".join(f"{c} {g}: {','.join(m[1])}" for (c, g), m in onnx_q8.items()))
     info["loadavg_at_end"] = os.getloadavg()
     print(f"\n# loadavg at end: {info['loadavg_at_end']}")
     print("\n# failures: " + ("none" if not failures else "\n#   ".join([""] + failures)))

@@ -133,6 +133,29 @@ def test_bench_precision_int8_adds_the_int8_layer_and_its_ratios(tmp_path):
                                                  / c["frozen_int8"]["median_ms"])
 
 
+def test_bench_precision_int8_adds_onnxruntime_quantised_peer(tmp_path):
+    """--precision float32,int8 with ONNX: ONNX Runtime on quantize_dynamic of the export runs in
+    the same alternation ("ort_qint8"); for the LSTM the quantised graph has DynamicQuantizeLSTM,
+    and its ratio over the int8 layer is in the JSON."""
+    pytest.importorskip("onnxruntime.quantization")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm", "--modes",
+         "infer", "--threads", "1", "--no-memory", "--settle-ms", "0",
+         "--precision", "float32,int8", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["failures"] == []
+    (row,) = res["results"]
+    c = row["contenders"]
+    assert {"onnxruntime", "frozen_int8", "ort_qint8"} <= set(c)
+    assert "DynamicQuantizeLSTM" in row["onnx_qint8"]["ops"]
+    assert row["ratio_peer_over_frozen_int8"]["ort_qint8"] == pytest.approx(
+        c["ort_qint8"]["median_ms"] / c["frozen_int8"]["median_ms"])
+    assert "oq8/fi8" in proc.stdout
+
+
 def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_path):
     """--precision float32,bfloat16 in training rows (issue 17): fusedrnn's layer with
     compute="bfloat16", torch under autocast and torch module.to(bfloat16) alternate with the
