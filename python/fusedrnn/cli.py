@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sequence)")
     g.add_argument("--weight-drop", type=probability, metavar="P",
                    help="--cell lstm or gru: DropConnect on the recurrent weights (AWD-LSTM)")
+    g.add_argument("--dropout-masks", choices=("shared", "per_gate"),
+                   help="--recurrent-dropout / --input-dropout: shared (default: one mask per "
+                        "sequence, shared by the gates) or per_gate (Keras 3's "
+                        "recurrent_dropout: a mask per gate block)")
     g = t.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="output directory (default: runs/<task>); "
                                                 "created and checked before training")

@@ -1022,9 +1022,15 @@ class RNN(_RNNBase):
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="pytorch",
                  dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
-                 zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0):
+                 zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
+                 dropout_masks="shared"):
         _regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                       input_dropout, weight_drop, supported=False)
+        if dropout_masks != "shared":
+            if dropout_masks not in DROPOUT_MASKS:
+                _dropout_masks("RNN", dropout_masks, recurrent_dropout, input_dropout)
+            raise ValueError("RNN: dropout_masks not supported for this cell (the regularised "
+                             "kernels are the LSTM's and the GRU's)")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, nonlinearity=nonlinearity, init=init, dtype=dtype,
                          seed=seed)

@@ -14,11 +14,13 @@ sorted_indices / unsorted_indices as torch.nn; h_n in the caller's batch order).
 keyword-only: LSTM ``peepholes=True`` (adds ``weight_peep_l{k}[_reverse]`` [3, H], rows p_i,
 p_f, p_o) and ``forget_bias`` (added to the forget block of ``bias_ih`` at every
 initialisation); LSTM ``layer_norm``, ``ln_eps``, ``zoneout_h``, ``zoneout_c``,
-``recurrent_dropout``, ``input_dropout``, ``weight_drop`` (issue 19, as fusedrnn.LSTM; layer
+``recurrent_dropout``, ``input_dropout``, ``weight_drop``, ``dropout_masks`` (issue 19, as
+fusedrnn.LSTM; "per_gate": Keras 3's per-gate recurrent / input dropout masks; layer
 norm adds ``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [4H], ``ln_gamma_c_l{k}``,
 ``ln_beta_c_l{k}`` [H] and with "tfa" ``ln_beta_ih_l{k}``, ``ln_beta_hh_l{k}``; masks from
 torch's RNG); GRU ``variant="reset_before"``, and the same options on the (reset_after) GRU
-but ``zoneout_c`` and ``layer_norm="tfa"`` (``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [3H]).
+but ``zoneout_c`` and ``layer_norm="tfa"`` (``ln_gamma_ih_l{k}``, ``ln_gamma_hh_l{k}`` [3H]);
+RNN refuses them all (ValueError naming the option).
 
 Each layer and direction is one ``torch.autograd.Function`` calling
 :func:`fusedrnn.functional.lstm_forward` (etc.) on numpy views of the tensors
@@ -303,10 +305,13 @@ class _RegularisedFunction(torch.autograd.Function):
 
 
 def _init_regularisers(module, reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
-                       input_dropout, weight_drop):
+                       input_dropout, weight_drop, dropout_masks="shared"):
     """Issue 19's options on a fusedrnn.torch LSTM or GRU: the attributes and the layer-norm
-    parameters (gains 1, biases 0; ln_beta_ih/hh with 'tfa' only, ln_*_c on the LSTM only)."""
-    module._reg = tuple(k for k in reg if k != "ln_eps")
+    parameters (gains 1, biases 0; ln_beta_ih/hh with 'tfa' only, ln_*_c on the LSTM only).
+    dropout_masks (checked by the caller): 'shared' or 'per_gate' (Keras 3's per-gate masks)."""
+    module._reg = tuple(k for k in reg if k != "ln_eps") + \
+        (("dropout_masks",) if dropout_masks == "per_gate" else ())
+    module.dropout_masks = dropout_masks
     module.layer_norm, module.ln_eps = layer_norm, float(ln_eps)
     module.zoneout_h, module.zoneout_c = float(zoneout_h), float(zoneout_c)
     module.recurrent_dropout, module.input_dropout = float(recurrent_dropout), \
@@ -671,10 +676,20 @@ class _Base:
                         masks["zoneout_h_mask"] = bern((T, N, H), self.zoneout_h).numpy()
                     if self.zoneout_c:
                         masks["zoneout_c_mask"] = bern((T, N, H), self.zoneout_c).numpy()
+                    per_gate = self.dropout_masks == "per_gate"
+                    G = (4 if lstm else 3) if per_gate else None
+                    if per_gate:
+                        masks["gate_masks"] = True
                     if self.recurrent_dropout:
                         p = self.recurrent_dropout
-                        masks["recurrent_mask"] = ((1 - bern((N, H), p)) / (1 - p)).numpy()
-                    if self.input_dropout:
+                        shape = (G, N, H) if per_gate else (N, H)
+                        masks["recurrent_mask"] = ((1 - bern(shape, p)) / (1 - p)).numpy()
+                    if self.input_dropout and per_gate:
+                        # a mask per gate block on x_t, applied in the kernel (its dx too)
+                        p = self.input_dropout
+                        masks["input_mask"] = ((1 - bern((G, N, inp.shape[2]), p))
+                                               / (1 - p)).numpy()
+                    elif self.input_dropout:
                         p = self.input_dropout
                         xin = inp * ((1 - bern((N, inp.shape[2]), p)) / (1 - p))
                     if self.weight_drop:
@@ -752,10 +767,11 @@ class LSTM(_Base, torch.nn.LSTM):
 
     def __init__(self, *args, peepholes=False, forget_bias=0.0, layer_norm=None, ln_eps=1e-5,
                  zoneout_h=0.0, zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0,
-                 weight_drop=0.0, **kwargs):
-        from .layers import _regularisers
+                 weight_drop=0.0, dropout_masks="shared", **kwargs):
+        from .layers import _dropout_masks, _regularisers
         reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
+        _dropout_masks("LSTM", dropout_masks, recurrent_dropout, input_dropout)
         if reg and (peepholes or kwargs.get("proj_size", 0) or
                     (len(args) > 7 and args[7])):
             raise ValueError("LSTM: layer_norm, zoneout and the dropout options cannot be "
@@ -783,7 +799,7 @@ class LSTM(_Base, torch.nn.LSTM):
         self.forget_bias = float(forget_bias)
         self._add_forget_bias()
         _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
-                           recurrent_dropout, input_dropout, weight_drop)
+                           recurrent_dropout, input_dropout, weight_drop, dropout_masks)
 
     def _add_forget_bias(self):
         if self.forget_bias and self.bias:
@@ -814,10 +830,11 @@ class GRU(_Base, torch.nn.GRU):
 
     def __init__(self, *args, variant="reset_after", layer_norm=None, ln_eps=1e-5,
                  zoneout_h=0.0, zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0,
-                 weight_drop=0.0, **kwargs):
-        from .layers import _regularisers
+                 weight_drop=0.0, dropout_masks="shared", **kwargs):
+        from .layers import _dropout_masks, _regularisers
         reg = _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
+        _dropout_masks("GRU", dropout_masks, recurrent_dropout, input_dropout)
         self._check_construction(kwargs)
         if variant not in ("reset_after", "reset_before"):
             raise ValueError(f"GRU: variant must be 'reset_after' or 'reset_before', "
@@ -829,7 +846,7 @@ class GRU(_Base, torch.nn.GRU):
         self._check_parameters("GRU")
         self.variant = variant
         _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
-                           recurrent_dropout, input_dropout, weight_drop)
+                           recurrent_dropout, input_dropout, weight_drop, dropout_masks)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -843,7 +860,18 @@ class GRU(_Base, torch.nn.GRU):
 class RNN(_Base, torch.nn.RNN):
     """torch.nn.RNN (tanh or relu) running fusedrnn's kernels."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0, zoneout_c=0.0,
+                 recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
+                 dropout_masks="shared", **kwargs):
+        from .layers import DROPOUT_MASKS, _dropout_masks, _regularisers
+        # issue 19's options are the LSTM's and the GRU's: a ValueError naming any that is set
+        _regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                      input_dropout, weight_drop, supported=False)
+        if dropout_masks != "shared":
+            if dropout_masks not in DROPOUT_MASKS:
+                _dropout_masks("RNN", dropout_masks, recurrent_dropout, input_dropout)
+            raise ValueError("RNN: dropout_masks not supported for this cell (the regularised "
+                             "kernels are the LSTM's and the GRU's)")
         self._check_construction(kwargs)
         super().__init__(*args, **kwargs)
         self._check_parameters("RNN")

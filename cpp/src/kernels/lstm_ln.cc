@@ -420,6 +420,46 @@ void par_colprod_add(Index rows, Index cols, const Scalar* a, const Scalar* b, S
   }
 }
 
+// Work-shared, one pass over the rows of a: sums[0..3][j] += Σ_r a[r, j] (the non-null ones;
+// one column sum), p1[j] += Σ_r a[r, j] b1[r, j], p2[j] += Σ_r a[r, j] b2[r, j] (null p: not
+// computed); rows in order, the same sums as par_colsum_add and par_colprod_add each.
+template <typename Scalar>
+void par_colsums_prods_add(Index rows, Index cols, const Scalar* a, Scalar* const sums[4],
+                           const Scalar* b1, Scalar* p1, const Scalar* b2, Scalar* p2) {
+  using namespace detail;
+  const bool any_sum = sums[0] || sums[1] || sums[2] || sums[3];
+  if (!any_sum && !p1 && !p2) return;
+  const Index tn = ceil_div(cols, kTileCols);
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (Index tile = 0; tile < tn; ++tile) {
+    const Index j0 = tile * kTileCols, nj = std::min(kTileCols, cols - j0);
+    Scalar acc[kTileCols], q1[kTileCols], q2[kTileCols];
+    for (Index j = 0; j < nj; ++j) acc[j] = q1[j] = q2[j] = Scalar(0);
+    for (Index r = 0; r < rows; ++r) {
+      const Scalar* ra = a + r * cols + j0;
+      if (any_sum)
+        for (Index j = 0; j < nj; ++j) acc[j] += ra[j];
+      if (p1) {
+        const Scalar* rb = b1 + r * cols + j0;
+        for (Index j = 0; j < nj; ++j) q1[j] += ra[j] * rb[j];
+      }
+      if (p2) {
+        const Scalar* rb = b2 + r * cols + j0;
+        for (Index j = 0; j < nj; ++j) q2[j] += ra[j] * rb[j];
+      }
+    }
+    for (Index k = 0; k < 4; ++k)
+      if (sums[k])
+        for (Index j = 0; j < nj; ++j) sums[k][j0 + j] += acc[j];
+    if (p1)
+      for (Index j = 0; j < nj; ++j) p1[j0 + j] += q1[j];
+    if (p2)
+      for (Index j = 0; j < nj; ++j) p2[j0 + j] += q2[j];
+  }
+}
+
 template <typename Scalar, template <typename> class Args>
 void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* workspace) {
   using namespace detail;
@@ -460,7 +500,8 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
   Scalar* dah = lstm ? w.da : (ln ? w.dah : w.dgh);
 
   parallel_region(thread_count(opt, d, G), [&] {
-    if (a.lengths || opt.reverse || ln) par_fill(w.dgx, d.T * N * GH, Scalar(0));
+    // dgx: every row is written below unless lengths leave some inactive (then they stay 0)
+    if (a.lengths || opt.reverse) par_fill(w.dgx, d.T * N * GH, Scalar(0));
     if (gmh) {
       for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * H, H, H, H, false, w.whh_q + g * PH);
     } else {
@@ -592,14 +633,19 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
       else if (o1 || o2)
         par_colsum_add(SN, GH, src, GH, o1 ? o1 : o2);
     };
-    if (lstm) {
+    if (lstm && ln) {
+      // one pass over da for its column sums (the biases and, tfa, the ln biases) and its
+      // products with xhat and hhat (the gains), each the sums of the separate passes
+      Scalar* sums[4] = {a.db_ih, a.db_hh, a.dln_beta_ih, a.dln_beta_hh};
+      par_colsums_prods_add(SN, GH, w.da, sums, k.xhat, a.dln_gamma_ih, k.hhat,
+                            a.dln_gamma_hh);
+    } else if (lstm) {
       colsum2(w.da, a.db_ih, a.db_hh);
-      if (ln) colsum2(w.da, a.dln_beta_ih, a.dln_beta_hh);
     } else {
       colsum2(w.da, a.db_ih, ln ? a.dln_beta_ih : nullptr);
       colsum2(dah, a.db_hh, ln ? a.dln_beta_hh : nullptr);
     }
-    if (ln) {
+    if (ln && !lstm) {
       if (a.dln_gamma_ih) par_colprod_add(SN, GH, w.da, k.xhat, a.dln_gamma_ih);
       if (a.dln_gamma_hh) par_colprod_add(SN, GH, dah, k.hhat, a.dln_gamma_hh);
     }

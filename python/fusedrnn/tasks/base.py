@@ -42,7 +42,8 @@ TASK_FLAGS = ("task", "cell", "hidden", "layers", "bidirectional", "dropout", "s
 # the cell options (tasks.common.CELL_OPTIONS) are task flags too
 TASK_FLAGS = TASK_FLAGS + ("nonlinearity", "init", "peepholes", "proj_size", "variant",
                            "forget_bias", "layer_norm", "ln_eps", "zoneout_h", "zoneout_c",
-                           "recurrent_dropout", "input_dropout", "weight_drop")
+                           "recurrent_dropout", "input_dropout", "weight_drop",
+                           "dropout_masks")
 
 
 class DataError(ValueError):

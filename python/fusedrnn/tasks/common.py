@@ -72,7 +72,7 @@ CELL_OPTIONS = {"nonlinearity": ("rnn",), "init": ("lstm", "gru", "rnn"),
                 "forget_bias": ("lstm",), "layer_norm": ("lstm", "gru"),
                 "ln_eps": ("lstm", "gru"), "zoneout_h": ("lstm", "gru"), "zoneout_c": ("lstm",),
                 "recurrent_dropout": ("lstm", "gru"), "input_dropout": ("lstm", "gru"),
-                "weight_drop": ("lstm", "gru")}
+                "weight_drop": ("lstm", "gru"), "dropout_masks": ("lstm", "gru")}
 # issue 19's LSTM and GRU options: probabilities in [0, 1)
 REG_PROBABILITIES = ("zoneout_h", "zoneout_c", "recurrent_dropout", "input_dropout",
                      "weight_drop")
@@ -139,6 +139,13 @@ def cell_options(task) -> Dict[str, Any]:
             opts[k] = V.probability(None, V.flag_name(k), opts[k])
             if not opts[k]:
                 del opts[k]
+    if "dropout_masks" in opts:
+        opts["dropout_masks"] = check_choice("dropout_masks", opts["dropout_masks"],
+                                             ("shared", "per_gate"))
+        if opts["dropout_masks"] == "per_gate" and not ("recurrent_dropout" in opts
+                                                        or "input_dropout" in opts):
+            raise ValueError("--dropout-masks per_gate needs --recurrent-dropout or "
+                             "--input-dropout > 0 (the masks it draws per gate block)")
     reg = [k for k in ("layer_norm",) + REG_PROBABILITIES if k in opts]
     if cell == "gru" and reg and getattr(a, "variant", None) == "reset_before":
         raise ValueError(f"{V.flag_name(reg[0])} needs --variant reset_after with --cell gru "
