@@ -560,3 +560,37 @@ def test_kernel_timers_leave_the_cell_exact(mode):
                                   want[0] if mode == "LSTM" else want)
     with pytest.raises(ValueError, match="not usable"):
         _core.cell_kernel_seconds(cell._plan, x[:, :1], st, 3, 1)
+
+
+@pytest.mark.parametrize("mode,kw", KINDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_are_computed_alone_bit_for_bit(mode, kw, dtype):
+    # Every element of a product is one multiply-add chain over k in order, whatever register
+    # tile computes it (packed_gemm.h): 6-row tiles, the 7- and 8-row tail tile over two half
+    # panels (batch 7, 8, 13, 14, 32 = 4 x 6 + 8), the grouped panels of batch 1. So a step on
+    # N rows gives each row exactly what the step gives that row alone, forward and backward
+    # (dx and the state's gradient; the weight gradients sum over the rows). H = 70: partial
+    # panels (LSTM 280 gate columns, C = 9 for dx).
+    Cn, Hn = 9, 70
+    for n_rows in (7, 8, 13, 14, 32):
+        rng = np.random.default_rng(n_rows)
+        cell = getattr(cells, mode + "Cell")(Cn, Hn, dtype=dtype, seed=1, **kw)
+        R = kw.get("proj_size", 0) or Hn
+        lstm = mode == "LSTM"
+        x = rng.standard_normal((n_rows, Cn)).astype(dtype)
+        h0 = rng.standard_normal((n_rows, R)).astype(dtype)
+        c0 = rng.standard_normal((n_rows, Hn)).astype(dtype)
+        dh = rng.standard_normal((n_rows, R)).astype(dtype)
+        dc = rng.standard_normal((n_rows, Hn)).astype(dtype)
+
+        def step(rows):
+            st = (h0[rows], c0[rows]) if lstm else h0[rows]
+            out = cell(np.ascontiguousarray(x[rows]), st)
+            dx, ds = cell.backward((dh[rows], dc[rows])) if lstm else cell.backward(dh[rows])
+            return [*(out if lstm else (out,)), dx, *(ds if lstm else (ds,))]
+
+        whole = step(slice(None))
+        for i in range(n_rows):
+            alone = step(slice(i, i + 1))
+            for a, b in zip(whole, alone):
+                assert np.array_equal(a[i:i + 1], b), f"{mode} {kw} {dtype} N={n_rows} row {i}"

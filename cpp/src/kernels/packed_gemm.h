@@ -148,6 +148,68 @@ inline void micro_tile(Index K, const Scalar* a, Index lda, const Scalar* panel,
   }
 }
 
+// C[M rows, nc <= NC columns] (= or +=) A[M, K] times one packed panel, for M = 7 or 8 rows
+// (the tail of a product whose rows are not a multiple of MR: batch 8 was a 6-row and a 2-row
+// tile, and the 2-row tile's 8 accumulator chains only just cover the FMA latency while it
+// reads the whole panel a second time). The panel goes in two halves of NP/2 packets, each an
+// M x NP/2 register tile over k = 0..K-1 (16 accumulators at M = 8): the panel is read once,
+// every output element is still one multiply-add chain over k in order, so the values equal
+// micro_tile's (and row_tile's 6 + 2 split) bit for bit.
+template <typename Scalar, int M>
+inline void micro_tile_halves(Index K, const Scalar* a, Index lda, const Scalar* panel,
+                              Scalar* c, Index ldc, Index nc, bool accumulate) {
+  namespace ei = Eigen::internal;
+  using T = Panel<Scalar>;
+  using P = typename T::P;
+  constexpr Index W = T::W, NP = T::NP, NC = T::NC, NH = NP / 2;
+  static_assert(NP % 2 == 0, "two halves");
+  alignas(64) Scalar tmp[M][NC];  // a partial panel's results
+  for (Index h = 0; h < 2; ++h) {
+    const Scalar* pb = panel + h * NH * W;
+    P acc[M][NH];
+    for (int r = 0; r < M; ++r)
+      for (Index j = 0; j < NH; ++j) acc[r][j] = ei::pset1<P>(Scalar(0));
+    for (Index k = 0; k < K; ++k) {
+      P b[NH];
+      for (Index j = 0; j < NH; ++j) b[j] = ei::ploadu<P>(pb + k * NC + j * W);
+      for (int r = 0; r < M; ++r) {
+        const P av = ei::pset1<P>(a[r * lda + k]);
+        for (Index j = 0; j < NH; ++j) acc[r][j] = ei::pmadd(av, b[j], acc[r][j]);
+      }
+    }
+    for (int r = 0; r < M; ++r) {
+      Scalar* cr = c + r * ldc + h * NH * W;
+      for (Index j = 0; j < NH; ++j) {
+        if (nc == NC)
+          ei::pstoreu(cr + j * W, accumulate ? ei::padd(ei::ploadu<P>(cr + j * W), acc[r][j])
+                                             : acc[r][j]);
+        else
+          ei::pstore(&tmp[r][(h * NH + j) * W], acc[r][j]);
+      }
+    }
+  }
+  if (nc < NC)
+    for (int r = 0; r < M; ++r) {
+      Scalar* cr = c + r * ldc;
+      for (Index q = 0; q < nc; ++q) cr[q] = accumulate ? cr[q] + tmp[r][q] : tmp[r][q];
+    }
+}
+
+// Whether the rows r0..r_end-1 of a row block end in a tail tile of 7 or 8 rows
+// (micro_tile_halves) rather than in whole MR-row tiles plus a short one: from r0 on, when
+// r_end - r0 is 7 or 8 (with 16 vector registers, NP = 2, the halves would be one packet wide:
+// there the 6 + 2 split stays).
+template <typename Scalar>
+constexpr bool halves_tail(Index rows_left) {
+  return Panel<Scalar>::NP == 4 && Panel<Scalar>::MR == 6 && (rows_left == 7 || rows_left == 8);
+}
+
+// The row tiles of rows r0..r_end-1 against one panel chunk: MR-row micro-tiles, the last 7 or
+// 8 rows as one micro_tile_halves (halves_tail). Every element's sum is the same.
+template <typename Scalar>
+inline void row_tiles(Index r0, Index r_end, Index K, const Scalar* A, Index lda,
+                      const Scalar* panel, Scalar* C, Index ldc, Index nc, bool accumulate);
+
 // micro_tile with `rows` (1..MR) rows, chosen at run time.
 template <typename Scalar, int M = int(Panel<Scalar>::MR)>
 inline void row_tile(Index rows, Index K, const Scalar* a, Index lda, const Scalar* panel,
@@ -156,6 +218,26 @@ inline void row_tile(Index rows, Index K, const Scalar* a, Index lda, const Scal
     if (rows < M) return row_tile<Scalar, M - 1>(rows, K, a, lda, panel, c, ldc, nc, accumulate);
   }
   micro_tile<Scalar, M>(K, a, lda, panel, c, ldc, nc, accumulate);
+}
+
+template <typename Scalar>
+inline void row_tiles(Index r0, Index r_end, Index K, const Scalar* A, Index lda,
+                      const Scalar* panel, Scalar* C, Index ldc, Index nc, bool accumulate) {
+  constexpr Index MR = Panel<Scalar>::MR;
+  for (; r0 < r_end; r0 += MR) {
+    const Index left = r_end - r0;
+    if (halves_tail<Scalar>(left)) {
+      const Scalar* a = A + r0 * lda;
+      Scalar* c = C + r0 * ldc;
+      if (left == 8)
+        micro_tile_halves<Scalar, 8>(K, a, lda, panel, c, ldc, nc, accumulate);
+      else
+        micro_tile_halves<Scalar, 7>(K, a, lda, panel, c, ldc, nc, accumulate);
+      return;
+    }
+    row_tile<Scalar>(std::min(MR, left), K, A + r0 * lda, lda, panel, C + r0 * ldc, ldc, nc,
+                     accumulate);
+  }
 }
 
 // C[M rows, G*NC columns] (= or +=) A[M, K] times G consecutive full panels (`pstride` scalars
@@ -262,7 +344,7 @@ template <typename Scalar>
 void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
                      const Scalar* packed, Scalar* C, Index ldc, bool accumulate) {
   using T = Panel<Scalar>;
-  constexpr Index NC = T::NC, MR = T::MR, MB = T::MB, KC = T::KC;
+  constexpr Index NC = T::NC, MB = T::MB, KC = T::KC;
   if (m <= 2) return par_gemm_small(m, ncols, K, A, lda, packed, C, ldc, accumulate);
   Index mb = m <= MB ? MB : (K <= T::KS ? T::MBL : MB);
 #ifdef _OPENMP
@@ -288,9 +370,7 @@ void par_gemm_packed(Index m, Index ncols, Index K, const Scalar* A, Index lda,
     for (Index k0 = 0; k0 < K; k0 += KC) {
       const Index kc = std::min(KC, K - k0);
       const bool acc = accumulate || k0 > 0;
-      for (Index r0 = rb * mb; r0 < r_end; r0 += MR)
-        row_tile<Scalar>(std::min(MR, r_end - r0), kc, A + r0 * lda + k0, lda, panel + k0 * NC,
-                         C + r0 * ldc + c0, ldc, nc, acc);
+      row_tiles<Scalar>(rb * mb, r_end, kc, A + k0, lda, panel + k0 * NC, C + c0, ldc, nc, acc);
     }
   }
 }
@@ -422,6 +502,14 @@ inline void tn_small_tile(Index k, const Scalar* a, Index lda, const Scalar* b, 
       const P av = ei::pset1<P>(a[kk * lda + r]);
       for (Index j = 0; j < NP; ++j) acc[r][j] = ei::pmadd(av, bv[j], acc[r][j]);
     }
+  }
+  if (mr == MR && nc == NC) {  // a whole tile: added to C from the registers
+    for (Index r = 0; r < MR; ++r)
+      for (Index j = 0; j < NP; ++j) {
+        Scalar* c = C + r * ldc + j * W;
+        ei::pstoreu(c, ei::padd(ei::ploadu<P>(c), acc[r][j]));
+      }
+    return;
   }
   alignas(64) Scalar t[MR * NC];
   for (Index r = 0; r < MR; ++r)
