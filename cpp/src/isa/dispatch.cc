@@ -231,12 +231,15 @@ std::string compiled_isas() {
 // The public API: sizes and kernels through the active copy's table.
 
 std::size_t lstm_cache_size(const Dims& d) { return isa::active().lstm_sizes(d).cache; }
-// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
+// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout
+// (without its packed weights: Sizes::forward_workspace_lowp).
 std::size_t lstm_forward_workspace_size(const Dims& d, Precision p) {
-  const std::size_t fp32 = isa::active().lstm_sizes(d).forward_workspace;
-  if (p == Precision::int8) return fp32 + std::size_t(lowp::s8_block(d, 4, false).floats);
-  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 4, false).floats)
-                                  : fp32;
+  const isa::Sizes s = isa::active().lstm_sizes(d);
+  if (p == Precision::int8)
+    return s.forward_workspace_lowp + std::size_t(lowp::s8_block(d, 4, false).floats);
+  return p == Precision::bfloat16
+             ? s.forward_workspace_lowp + std::size_t(lowp::bf16_block(d, 4, false).floats)
+             : s.forward_workspace;
 }
 // precision = bfloat16: the part of the float32 layout the bf16 backward uses, then the bf16
 // backward block (bf16_back_block.h; the GRU sized for the reset-before split, the larger of its
@@ -248,12 +251,15 @@ std::size_t lstm_backward_workspace_size(const Dims& d, Precision p) {
              : s.backward_workspace;
 }
 std::size_t gru_cache_size(const Dims& d) { return isa::active().gru_sizes(d).cache; }
-// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
+// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout
+// (without its packed weights: Sizes::forward_workspace_lowp).
 std::size_t gru_forward_workspace_size(const Dims& d, Precision p) {
-  const std::size_t fp32 = isa::active().gru_sizes(d).forward_workspace;
-  if (p == Precision::int8) return fp32 + std::size_t(lowp::s8_block(d, 3, true).floats);
-  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 3, true).floats)
-                                  : fp32;
+  const isa::Sizes s = isa::active().gru_sizes(d);
+  if (p == Precision::int8)
+    return s.forward_workspace_lowp + std::size_t(lowp::s8_block(d, 3, true).floats);
+  return p == Precision::bfloat16
+             ? s.forward_workspace_lowp + std::size_t(lowp::bf16_block(d, 3, true).floats)
+             : s.forward_workspace;
 }
 // precision = bfloat16: the part of the float32 layout the bf16 backward uses, then the bf16
 // backward block (bf16_back_block.h; the GRU sized for the reset-before split, the larger of its
@@ -265,12 +271,15 @@ std::size_t gru_backward_workspace_size(const Dims& d, Precision p) {
              : s.backward_workspace;
 }
 std::size_t rnn_cache_size(const Dims& d) { return isa::active().rnn_sizes(d).cache; }
-// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout.
+// precision = bfloat16 / int8: the bf16 / int8 block (lowp.h) in front of the float32 layout
+// (without its packed weights: Sizes::forward_workspace_lowp).
 std::size_t rnn_forward_workspace_size(const Dims& d, Precision p) {
-  const std::size_t fp32 = isa::active().rnn_sizes(d).forward_workspace;
-  if (p == Precision::int8) return fp32 + std::size_t(lowp::s8_block(d, 1, false).floats);
-  return p == Precision::bfloat16 ? fp32 + std::size_t(lowp::bf16_block(d, 1, false).floats)
-                                  : fp32;
+  const isa::Sizes s = isa::active().rnn_sizes(d);
+  if (p == Precision::int8)
+    return s.forward_workspace_lowp + std::size_t(lowp::s8_block(d, 1, false).floats);
+  return p == Precision::bfloat16
+             ? s.forward_workspace_lowp + std::size_t(lowp::bf16_block(d, 1, false).floats)
+             : s.forward_workspace;
 }
 // precision = bfloat16: the part of the float32 layout the bf16 backward uses, then the bf16
 // backward block (bf16_back_block.h; the GRU sized for the reset-before split, the larger of its

@@ -27,6 +27,9 @@ struct Sizes {
   // The part of the float32 backward layout that the bf16 backward uses (its bf16 block
   // follows: bf16_backward.h); 0 for kernels without one.
   std::size_t backward_workspace_lowp = 0;
+  // The float32 forward layout that the bf16 and int8 forwards use (their block goes in front):
+  // without the float32 packed weights, which they never read; 0 for kernels without one.
+  std::size_t forward_workspace_lowp = 0;
 };
 
 // One recurrent layer of a Stream, its weights packed by the active copy.

@@ -38,20 +38,23 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 // Forward workspace: packed w_ih and w_hh first, at offsets that depend on C and H only
 // (Options::weights_packed). w_hh's r, z rows and its n rows are packed apart for reset_before's
 // two products; reset_after packs all 3H rows from whh_p on, into the room of both (packed_bound
-// (H, 3H) <= packed_bound(H, 2H) + packed_bound(H, H)). Then a chunk of the input projection gx
+// (H, 3H) <= packed_bound(H, 2H) + packed_bound(H, H)); none of them for lowp (the bf16 and
+// int8 forwards keep theirs in their own block in front). Then a chunk of the input projection gx
 // and the gathered inputs xs, gh [N, 3H], gates of one step [N, 4H] and the h double buffer.
 template <typename T>
 struct ForwardSpace {
   T *wih_p, *whh_p, *whn_p, *gx, *xs, *gh, *gstep, *hbuf, *order;
 };
 template <typename T>
-ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
+ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c, bool lowp) {
   using namespace detail;
   const Index N = d.N, H = d.H, GH = 3 * H, TC = proj_chunk_steps(d);
   ForwardSpace<T> w{};
-  w.wih_p = c.take_aligned(packed_bound(d.C, GH));
-  w.whh_p = c.take_aligned(packed_bound(H, 2 * H));
-  w.whn_p = c.take_aligned(packed_bound(H, H));
+  if (!lowp) {
+    w.wih_p = c.take_aligned(packed_bound(d.C, GH));
+    w.whh_p = c.take_aligned(packed_bound(H, 2 * H));
+    w.whn_p = c.take_aligned(packed_bound(H, H));
+  }
   w.gx = c.take(TC * N * GH);  // [TC * N, 3H], steps s0.. of the current chunk
   w.xs = c.take(TC * N * d.C);
   w.gh = c.take(N * GH);
@@ -187,7 +190,7 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   const lowp::Bf16Block& lb = lp.lb;
   const lowp::S8Block& qb = lp.qb;
   Carver<Scalar> wc(workspace);
-  const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  const ForwardSpace<Scalar> w = forward_layout(d, wc, lowpx);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.

@@ -55,13 +55,16 @@ std::size_t measure(const Dims& d, Layout layout) {
   return m.size();
 }
 
-// A cell's size queries, from its layout descriptions: the cache, the forward workspace, and
-// the backward workspace in float32 and for the bf16 backward (backward(d, carver, lowp)).
+// A cell's size queries, from its layout descriptions: the cache, the forward workspace in
+// float32 and for the low-precision forward (forward(d, carver, lowp)), and the backward
+// workspace in float32 and for the bf16 backward (backward(d, carver, lowp)).
 template <typename Cache, typename Forward, typename Backward>
 isa::Sizes cell_sizes(const Dims& d, Cache cache, Forward forward, Backward backward) {
-  return {measure(d, cache), measure(d, forward),
+  return {measure(d, cache),
+          measure(d, [&](const Dims& e, Carver<float>& c) { return forward(e, c, false); }),
           measure(d, [&](const Dims& e, Carver<float>& c) { return backward(e, c, false); }),
-          measure(d, [&](const Dims& e, Carver<float>& c) { return backward(e, c, true); })};
+          measure(d, [&](const Dims& e, Carver<float>& c) { return backward(e, c, true); }),
+          measure(d, [&](const Dims& e, Carver<float>& c) { return forward(e, c, true); })};
 }
 
 }  // namespace detail

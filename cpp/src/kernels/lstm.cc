@@ -44,7 +44,8 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 }
 
 // Forward workspace: packed w_ih and w_hh (and w_hr with projection) first, at offsets that
-// depend on C, H and P only (Options::weights_packed), then a chunk of the input projection gx
+// depend on C, H and P only (Options::weights_packed; lowp, the bf16 and int8 forwards, which
+// keep their packed w_ih and w_hh in their own block in front: w_hr only), then a chunk of the input projection gx
 // and, for reverse, the gathered inputs xs; gh [N, 4H], h and c double buffers [2, N, R] and
 // [2, N, H] (used when no cache is given) and, with projection, m of one step [N, H]; last the
 // order of the rows for ragged inference (ragged.h).
@@ -53,13 +54,13 @@ struct ForwardSpace {
   T *wih_p, *whh_p, *whr_p, *gx, *xs, *gh, *hbuf, *cbuf, *mbuf, *order;
 };
 template <typename T>
-ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
+ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c, bool lowp) {
   using namespace detail;
   const Index R = rec_width(d), N = d.N, H = d.H, GH = 4 * H, TC = proj_chunk_steps(d);
   const bool proj = d.P > 0;
   ForwardSpace<T> w{};
-  w.wih_p = c.take_aligned(packed_bound(d.C, GH));
-  w.whh_p = c.take_aligned(packed_bound(R, GH));
+  w.wih_p = lowp ? nullptr : c.take_aligned(packed_bound(d.C, GH));
+  w.whh_p = lowp ? nullptr : c.take_aligned(packed_bound(R, GH));
   w.whr_p = proj ? c.take_aligned(packed_bound(H, d.P)) : nullptr;
   w.gx = c.take(TC * N * GH);  // [TC * N, 4H]: steps s0.. of the current chunk
   w.xs = c.take(TC * N * d.C);
@@ -253,7 +254,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
     }
   }
   Carver<Scalar> wc(workspace);
-  const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  const ForwardSpace<Scalar> w = forward_layout(d, wc, lowpx);
   Carver<Scalar> cc(a.cache);
   const Cache<Scalar> k = cache_layout(d, cc);
   // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.

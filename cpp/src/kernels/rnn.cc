@@ -30,19 +30,20 @@ Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
 }
 
 // Forward workspace: packed w_ih and w_hh first, at offsets that depend on C and H only
-// (Options::weights_packed), then a chunk of the input projection gx and the gathered inputs xs,
+// (Options::weights_packed; not for lowp: the bf16 and int8 forwards keep theirs in their own
+// block in front), then a chunk of the input projection gx and the gathered inputs xs,
 // gh [N, H] and the h double buffer [2, N, H].
 template <typename T>
 struct ForwardSpace {
   T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *order;
 };
 template <typename T>
-ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
+ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c, bool lowp) {
   using namespace detail;
   const Index N = d.N, H = d.H, TC = proj_chunk_steps(d);
   ForwardSpace<T> w{};
-  w.wih_p = c.take_aligned(packed_bound(d.C, H));
-  w.whh_p = c.take_aligned(packed_bound(H, H));
+  w.wih_p = lowp ? nullptr : c.take_aligned(packed_bound(d.C, H));
+  w.whh_p = lowp ? nullptr : c.take_aligned(packed_bound(H, H));
   w.gx = c.take(TC * N * H);  // [TC * N, H], steps s0.. of the current chunk
   w.xs = c.take(TC * N * d.C);
   w.gh = c.take(N * H);
@@ -147,7 +148,7 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   const lowp::Bf16Block& lb = lp.lb;
   const lowp::S8Block& qb = lp.qb;
   Carver<Scalar> wc(workspace);
-  const ForwardSpace<Scalar> w = forward_layout(d, wc);
+  const ForwardSpace<Scalar> w = forward_layout(d, wc, lowpx);
   Carver<Scalar> cc(a.cache);
   Scalar* hs = training ? cache_layout(d, cc).hs : w.hbuf;
   // Lengths (ragged.h): float32 and float64; bfloat16 keeps the rectangular path.
