@@ -223,64 +223,72 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
       if (a.lengths) par_fill(y, d.T * N * H, Scalar(0));
     }
     par_copy_or_zero(hs, a.h0, NH);
-    for (Index s = 0; s < S; ++s) {
-      const Scalar* h_prev = slot(s);
-      Scalar* h_next = slot(s + 1);
-      // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
-      if (!lowpx) {
-        if (s % TC == 0)
-          project_steps(d, 3, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
-        par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
-      } else if (int8) {
-        if constexpr (std::is_same_v<Scalar, float>) {
+    // The step loop, compiled once per precision (P: 0 float, 1 int8, 2 bf16), so that the
+    // float loop carries none of the low-precision branches' code or live values.
+    auto steps = [&](auto prec) {
+      constexpr int P = decltype(prec)::value;
+      for (Index s = 0; s < S; ++s) {
+        const Scalar* h_prev = slot(s);
+        Scalar* h_next = slot(s + 1);
+        // reset_after: gh = h w_hhᵀ (all three blocks); reset_before: the r and z blocks only.
+        if constexpr (P == 0) {
           if (s % TC == 0)
-            project_steps_s8(tier, d, 3, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
-          gemm_rows_s8(tier, N, after ? GH : 2 * H, H, h_prev, H, qb.hq, qb.hscale, qb.whh,
-                       w.gh, GH);
+            project_steps(d, 3, sm, s, std::min(S, s + TC), a.x, w.wih_p, w.xs, w.gx);
+          par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
+        } else if constexpr (P == 1) {
+          if constexpr (std::is_same_v<Scalar, float>) {
+            if (s % TC == 0)
+              project_steps_s8(tier, d, 3, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
+            gemm_rows_s8(tier, N, after ? GH : 2 * H, H, h_prev, H, qb.hq, qb.hscale, qb.whh,
+                         w.gh, GH);
+          }
+        } else if constexpr (std::is_same_v<Scalar, float>) {
+          if (s % TC == 0)
+            project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
+          gemm_rows_bf16(tier, N, after ? GH : 2 * H, H, h_prev, H, lb.hb, lb.whh, w.gh, GH);
         }
-      } else if constexpr (std::is_same_v<Scalar, float>) {
-        if (s % TC == 0)
-          project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
-        gemm_rows_bf16(tier, N, after ? GH : 2 * H, H, h_prev, H, lb.hb, lb.whh, w.gh, GH);
+        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+          const Index t = sm.time(s, n);
+          Scalar* g = gate_row(s, n);
+          Scalar *ar = g + u0, *aq = g + 3 * H + u0;
+          if (t < 0) {
+            carry(h_prev + off, h_next + off, bk);
+            if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
+            return;
+          }
+          const Scalar* gxr = w.gx + ((s % TC) * N + n) * GH + u0;
+          const Scalar* ghr = w.gh + n * GH + u0;
+          const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
+          const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
+          if (after)
+            gru_after_pointwise_forward(bk, H, gxr, ghr, bi, bh, h_prev + off, h_next + off,
+                                        y + (t * N + n) * H + u0, training ? ar : nullptr);
+          else
+            gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off, ar);
+        });
+        if (after) continue;
+        // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
+        const Scalar* q = gate_row(s, 0) + 3 * H;
+        if constexpr (P == 0)
+          par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
+        else if constexpr (P == 1) {
+          if constexpr (std::is_same_v<Scalar, float>)
+            gemm_rows_s8(tier, N, H, H, q, 4 * H, qb.rq, qb.rscale, qb.whn, w.gh + 2 * H, GH);
+        } else if constexpr (std::is_same_v<Scalar, float>)
+          gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
+        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+          const Index t = sm.time(s, n);
+          if (t < 0) return;
+          gru_before_pointwise_forward_n(bk, H, w.gx + ((s % TC) * N + n) * GH + u0,
+                                         w.gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
+                                         b_hh ? b_hh + u0 : nullptr, h_prev + off, h_next + off,
+                                         y + (t * N + n) * H + u0, gate_row(s, n) + u0);
+        });
       }
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
-        const Index t = sm.time(s, n);
-        Scalar* g = gate_row(s, n);
-        Scalar *ar = g + u0, *aq = g + 3 * H + u0;
-        if (t < 0) {
-          carry(h_prev + off, h_next + off, bk);
-          if (!after) std::fill(aq, aq + bk, Scalar(0));  // r*h feeds the next GEMM
-          return;
-        }
-        const Scalar* gxr = w.gx + ((s % TC) * N + n) * GH + u0;
-        const Scalar* ghr = w.gh + n * GH + u0;
-        const Scalar* bi = b_ih ? b_ih + u0 : nullptr;
-        const Scalar* bh = b_hh ? b_hh + u0 : nullptr;
-        if (after)
-          gru_after_pointwise_forward(bk, H, gxr, ghr, bi, bh, h_prev + off, h_next + off,
-                                      y + (t * N + n) * H + u0, training ? ar : nullptr);
-        else
-          gru_before_pointwise_forward_rz(bk, H, gxr, ghr, bi, bh, h_prev + off, ar);
-      });
-      if (after) continue;
-      // reset_before: gh_n = (r*h) w_hnᵀ, then the candidate and the new state.
-      const Scalar* q = gate_row(s, 0) + 3 * H;
-      if (!lowpx)
-        par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
-      else if (int8) {
-        if constexpr (std::is_same_v<Scalar, float>)
-          gemm_rows_s8(tier, N, H, H, q, 4 * H, qb.rq, qb.rscale, qb.whn, w.gh + 2 * H, GH);
-      } else if constexpr (std::is_same_v<Scalar, float>)
-        gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
-        const Index t = sm.time(s, n);
-        if (t < 0) return;
-        gru_before_pointwise_forward_n(bk, H, w.gx + ((s % TC) * N + n) * GH + u0,
-                                       w.gh + n * GH + u0, b_ih ? b_ih + u0 : nullptr,
-                                       b_hh ? b_hh + u0 : nullptr, h_prev + off, h_next + off,
-                                       y + (t * N + n) * H + u0, gate_row(s, n) + u0);
-      });
-    }
+    };
+    if (!lowpx) steps(std::integral_constant<int, 0>{});
+    else if (int8) steps(std::integral_constant<int, 1>{});
+    else steps(std::integral_constant<int, 2>{});
 #ifdef _OPENMP
 #pragma omp single
 #endif
