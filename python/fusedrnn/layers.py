@@ -785,6 +785,19 @@ def _dropout_masks(fn, dropout_masks, recurrent_dropout, input_dropout):
     return dropout_masks
 
 
+def _refuse_regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                         input_dropout, weight_drop, dropout_masks):
+    """The Elman RNN (fusedrnn.RNN, fusedrnn.torch.RNN) has none of issue 19's options: a
+    ValueError naming any that is set (an invalid dropout_masks value is named as such)."""
+    _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                  input_dropout, weight_drop, supported=False)
+    if dropout_masks != "shared":
+        if dropout_masks not in DROPOUT_MASKS:
+            _dropout_masks(fn, dropout_masks, recurrent_dropout, input_dropout)
+        raise ValueError(f"{fn}: dropout_masks not supported for this cell (the regularised "
+                         f"kernels are the LSTM's and the GRU's)")
+
+
 class _Regularised:
     """The regularised / normalised kernels (fusedrnn.regularised, issue 19) of the LSTM and the
     GRU layers: their parameters, mask draws and kernel calls, used when any option is set.
@@ -1024,13 +1037,8 @@ class RNN(_RNNBase):
                  dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
                  zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
                  dropout_masks="shared"):
-        _regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
-                      input_dropout, weight_drop, supported=False)
-        if dropout_masks != "shared":
-            if dropout_masks not in DROPOUT_MASKS:
-                _dropout_masks("RNN", dropout_masks, recurrent_dropout, input_dropout)
-            raise ValueError("RNN: dropout_masks not supported for this cell (the regularised "
-                             "kernels are the LSTM's and the GRU's)")
+        _refuse_regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                             input_dropout, weight_drop, dropout_masks)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, nonlinearity=nonlinearity, init=init, dtype=dtype,
                          seed=seed)

@@ -863,15 +863,10 @@ class RNN(_Base, torch.nn.RNN):
     def __init__(self, *args, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0, zoneout_c=0.0,
                  recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
                  dropout_masks="shared", **kwargs):
-        from .layers import DROPOUT_MASKS, _dropout_masks, _regularisers
+        from .layers import _refuse_regularisers
         # issue 19's options are the LSTM's and the GRU's: a ValueError naming any that is set
-        _regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
-                      input_dropout, weight_drop, supported=False)
-        if dropout_masks != "shared":
-            if dropout_masks not in DROPOUT_MASKS:
-                _dropout_masks("RNN", dropout_masks, recurrent_dropout, input_dropout)
-            raise ValueError("RNN: dropout_masks not supported for this cell (the regularised "
-                             "kernels are the LSTM's and the GRU's)")
+        _refuse_regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
+                             input_dropout, weight_drop, dropout_masks)
         self._check_construction(kwargs)
         super().__init__(*args, **kwargs)
         self._check_parameters("RNN")
