@@ -400,29 +400,9 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
   });
 }
 
-// Work-shared: out[j] += Σ_r a[r*cols + j] b[r*cols + j], rows in order.
-template <typename Scalar>
-void par_colprod_add(Index rows, Index cols, const Scalar* a, const Scalar* b, Scalar* out) {
-  using namespace detail;
-  const Index tn = ceil_div(cols, kTileCols);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-  for (Index tile = 0; tile < tn; ++tile) {
-    const Index j0 = tile * kTileCols, nj = std::min(kTileCols, cols - j0);
-    Scalar acc[kTileCols];
-    for (Index j = 0; j < nj; ++j) acc[j] = Scalar(0);
-    for (Index r = 0; r < rows; ++r) {
-      const Scalar *ra = a + r * cols + j0, *rb = b + r * cols + j0;
-      for (Index j = 0; j < nj; ++j) acc[j] += ra[j] * rb[j];
-    }
-    for (Index j = 0; j < nj; ++j) out[j0 + j] += acc[j];
-  }
-}
-
 // Work-shared, one pass over the rows of a: sums[0..3][j] += Σ_r a[r, j] (the non-null ones;
 // one column sum), p1[j] += Σ_r a[r, j] b1[r, j], p2[j] += Σ_r a[r, j] b2[r, j] (null p: not
-// computed); rows in order, the same sums as par_colsum_add and par_colprod_add each.
+// computed); rows in order: each output gets the sum a separate pass would (par_colsum_add).
 template <typename Scalar>
 void par_colsums_prods_add(Index rows, Index cols, const Scalar* a, Scalar* const sums[4],
                            const Scalar* b1, Scalar* p1, const Scalar* b2, Scalar* p2) {
@@ -633,26 +613,29 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
       else if (o1 || o2)
         par_colsum_add(SN, GH, src, GH, o1 ? o1 : o2);
     };
+    // One pass over each side for its column sums (the biases and the ln biases) and its
+    // products with the normalised values (the ln gains), each the sums of separate passes.
     if (lstm && ln) {
-      // one pass over da for its column sums (the biases and, tfa, the ln biases) and its
-      // products with xhat and hhat (the gains), each the sums of the separate passes
       Scalar* sums[4] = {a.db_ih, a.db_hh, a.dln_beta_ih, a.dln_beta_hh};
       par_colsums_prods_add(SN, GH, w.da, sums, k.xhat, a.dln_gamma_ih, k.hhat,
                             a.dln_gamma_hh);
     } else if (lstm) {
       colsum2(w.da, a.db_ih, a.db_hh);
+    } else if (ln) {
+      Scalar* sums_ih[4] = {a.db_ih, a.dln_beta_ih, nullptr, nullptr};
+      Scalar* sums_hh[4] = {a.db_hh, a.dln_beta_hh, nullptr, nullptr};
+      par_colsums_prods_add<Scalar>(SN, GH, w.da, sums_ih, k.xhat, a.dln_gamma_ih, nullptr,
+                                    nullptr);
+      par_colsums_prods_add<Scalar>(SN, GH, dah, sums_hh, k.hhat, a.dln_gamma_hh, nullptr, nullptr);
     } else {
-      colsum2(w.da, a.db_ih, ln ? a.dln_beta_ih : nullptr);
-      colsum2(dah, a.db_hh, ln ? a.dln_beta_hh : nullptr);
-    }
-    if (ln && !lstm) {
-      if (a.dln_gamma_ih) par_colprod_add(SN, GH, w.da, k.xhat, a.dln_gamma_ih);
-      if (a.dln_gamma_hh) par_colprod_add(SN, GH, dah, k.hhat, a.dln_gamma_hh);
+      colsum2(w.da, a.db_ih, nullptr);
+      colsum2(dah, a.db_hh, nullptr);
     }
     if constexpr (lstm) {
       if (ln) {
-        if (a.dln_beta_c) par_colsum_add(SN, H, w.dnl, H, a.dln_beta_c);
-        if (a.dln_gamma_c) par_colprod_add(SN, H, w.dnl, k.chat, a.dln_gamma_c);
+        Scalar* sums_c[4] = {a.dln_beta_c, nullptr, nullptr, nullptr};
+        par_colsums_prods_add<Scalar>(SN, H, w.dnl, sums_c, k.chat, a.dln_gamma_c, nullptr,
+                                      nullptr);
       }
     }
     if (gmh && a.dw_hh) {
