@@ -484,8 +484,11 @@ class _RNNBase(Module):
         return route
 
     def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
-                        cache_key):
+                        cache_key, w_hh_data=None):
+        """One layer and direction's forward kernel call; w_hh_data: the recurrent weights to
+        use instead of the parameter's (DropConnect's masked copy)."""
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
+        w_hh_data = w_hh.data if w_hh_data is None else w_hh_data
         route = _ROUTES.get((self._mode, self.variant, self.nonlinearity, self._precision, dims))
         if route is None:
             route = self._route(dims)
@@ -508,14 +511,14 @@ class _RNNBase(Module):
         b_ih = None if b_ih is None else b_ih.data
         b_hh = None if b_hh is None else b_hh.data
         if kind == "lstm":
-            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data, "b_ih": b_ih, "b_hh": b_hh,
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh_data, "b_ih": b_ih, "b_hh": b_hh,
                        "h0": h0, "c0": None if c0 is None else np.ascontiguousarray(c0),
                        "w_peep": None if w_peep is None else w_peep.data,
                        "w_hr": None if w_hr is None else w_hr.data, "lengths": lengths,
                        "cell_clip": self.cell_clip or 0.0, "y": y, "h_n": h_n, "c_n": c_n,
                        "cache": cache}
         else:
-            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data, "b_ih": b_ih, "b_hh": b_hh,
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh_data, "b_ih": b_ih, "b_hh": b_hh,
                        "h0": h0, "lengths": lengths, "y": y, "h_n": h_n, "cache": cache}
         F._forward_call(kind, formula, dims, sizes, reverse, tensors, ws, packed, precision)
 
@@ -593,8 +596,12 @@ class _RNNBase(Module):
         return d_out
 
     def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
-                         dh0, dc0):
+                         dh0, dc0, w_hh_data=None, dw_hh=None):
+        """One layer and direction's backward kernel call; w_hh_data as in _kernel_forward,
+        dw_hh: the array its gradient accumulates into instead of the parameter's grad."""
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
+        w_hh_data = w_hh.data if w_hh_data is None else w_hh_data
+        dw_hh = w_hh.grad if dw_hh is None else dw_hh
         route = _ROUTES.get((self._mode, self.variant, self.nonlinearity, self._precision, dims))
         if route is None:
             route = self._route(dims)
@@ -603,18 +610,18 @@ class _RNNBase(Module):
         db_ih = None if b_ih is None else b_ih.grad
         db_hh = None if b_hh is None else b_hh.grad
         if kind == "lstm":
-            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data,
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh_data,
                        "w_peep": None if w_peep is None else w_peep.data,
                        "w_hr": None if w_hr is None else w_hr.data, "lengths": lengths,
                        "cell_clip": self.cell_clip or 0.0, "cache": cache, "dy": dy,
                        "dh_n": dh_n, "dc_n": dc_n, "dx": dx, "dh0": dh0, "dc0": dc0,
-                       "dw_ih": w_ih.grad, "dw_hh": w_hh.grad, "db_ih": db_ih, "db_hh": db_hh,
+                       "dw_ih": w_ih.grad, "dw_hh": dw_hh, "db_ih": db_ih, "db_hh": db_hh,
                        "dw_peep": None if w_peep is None else w_peep.grad,
                        "dw_hr": None if w_hr is None else w_hr.grad}
         else:
-            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh.data, "lengths": lengths,
+            tensors = {"x": x, "w_ih": w_ih.data, "w_hh": w_hh_data, "lengths": lengths,
                        "cache": cache, "dy": dy, "dh_n": dh_n, "dx": dx, "dh0": dh0,
-                       "dw_ih": w_ih.grad, "dw_hh": w_hh.grad, "db_ih": db_ih, "db_hh": db_hh}
+                       "dw_ih": w_ih.grad, "dw_hh": dw_hh, "db_ih": db_ih, "db_hh": db_hh}
         F._backward_call(kind, formula, dims, sizes, reverse, tensors, precision)
 
     # -- frozen inference ---------------------------------------------------------------------
@@ -651,6 +658,11 @@ class _RNNBase(Module):
         if precision != "float32" and self.dtype != np.float32:
             raise ValueError(f"frozen: precision={precision!r} needs a float32 layer, this one "
                              f"is {np.dtype(self.dtype).name}")
+        if precision != "float32" and getattr(self, "_reg", None) and not self._plain(False):
+            from .models import _kernel_regularisers
+            raise ValueError(f"frozen: precision={precision!r} is not available with "
+                             f"{', '.join(_kernel_regularisers(self, training=False))}: this "
+                             f"layer's regularised kernel runs in float32 only")
         if precision == "int8":
             for name, p in self.named_parameters():
                 if not np.isfinite(p.data).all():
@@ -695,6 +707,11 @@ class _RNNBase(Module):
             raise ValueError(f"{fn}: precision 'int8' is inference only; use "
                              f"frozen(precision='int8')")
         F._precision(fn, precision, self.dtype)  # ValueError naming the argument
+        if precision != "float32" and getattr(self, "_reg", None) and not self._plain(True):
+            from .models import _kernel_regularisers
+            raise ValueError(f"{fn}: {precision!r} is not available with "
+                             f"{', '.join(_kernel_regularisers(self))}: this layer's regularised "
+                             f"kernel runs in float32 only")
         self._precision = precision
 
     @property
@@ -832,16 +849,40 @@ class _Regularised:
             names += ("ln_gamma_c", "ln_beta_c")
         return {k: get(k) for k in names}
 
+    def _plain(self, training):
+        """True when this call needs none of the regularised kernel's work, so the plain
+        kernels run it (at any compute precision): in eval mode without layer norm and zoneout
+        (the dropout options are off), and in training when only weight_drop (DropConnect: the
+        masked copy of w_hh goes in) and the shared input_dropout (x times its mask goes in) are
+        set; the mask products are applied around the call, as the regularised route does."""
+        if self.layer_norm or self.zoneout_h or self.zoneout_c:
+            return False
+        return not training or (not self.recurrent_dropout and self.dropout_masks == "shared")
+
     def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
                         cache_key):
-        if not self._reg:
+        if not self._reg or self._plain(training):
+            w = None
+            if self._reg and training:
+                T, N, C, H = dims[:4]
+                G = 4 if self._mode == "LSTM" else 3
+                st = {}
+                if self.input_dropout:  # drawn in the regularised route's order: x, then w
+                    st["xmask"] = _keep_mask(self._drop_rng, (N, C), self.input_dropout,
+                                             self.dtype)
+                    x = st["x"] = x * st["xmask"]
+                if self.weight_drop:
+                    st["wmask"] = _keep_mask(self._drop_rng, (G * H, H), self.weight_drop,
+                                             self.dtype)
+                    w = st["w_hh"] = self._params(sfx)[1].data * st["wmask"]
+                self._buffers[("reg",) + cache_key] = st
             return super()._kernel_forward(dims, sfx, x, h0, c0, lengths, reverse, training, y,
-                                           h_n, c_n, cache_key)
+                                           h_n, c_n, cache_key, w_hh_data=w)
         lstm = self._mode == "LSTM"
         cell, G = ("lstm_ln", 4) if lstm else ("gru_ln", 3)
         if self._precision != "float32":
             raise ValueError(f"{type(self).__name__}.frozen(precision={self._precision!r}) "
-                             f"does not support layer_norm, zoneout or the dropout options")
+                             f"does not support layer_norm or zoneout")
         T, N, C, H = dims[:4]
         dt, rng = self.dtype, self._drop_rng
         w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
@@ -890,9 +931,21 @@ class _Regularised:
 
     def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
                          dh0, dc0):
-        if not self._reg:
-            return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy, dh_n,
-                                            dc_n, dx, dh0, dc0)
+        if not self._reg or self._plain(True):
+            if not self._reg:
+                return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy,
+                                                dh_n, dc_n, dx, dh0, dc0)
+            st = self._buffers[("reg",) + cache_key]
+            w_hh = self._params(sfx)[1]
+            dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else None
+            super()._kernel_backward(dims, sfx, st.get("x", x), lengths, reverse, cache_key, dy,
+                                     dh_n, dc_n, dx, dh0, dc0, w_hh_data=st.get("w_hh"),
+                                     dw_hh=dw_hh)
+            if "wmask" in st:
+                w_hh.grad += dw_hh * st["wmask"]
+            if "xmask" in st:
+                dx *= st["xmask"]
+            return
         lstm = self._mode == "LSTM"
         cell = "lstm_ln" if lstm else "gru_ln"
         st = self._buffers[("reg",) + cache_key]

@@ -91,9 +91,10 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
     one. Every other module (Embedding, Linear heads, attention, losses) runs float32.
 
     "bfloat16" needs float32 recurrent layers, and a model whose recurrent computation is all
-    in LSTM / GRU / RNN layers without layer_norm, zoneout or the dropout options of issue 19
-    (they have no bf16 kernels): otherwise a ValueError naming ``argument`` and ``where``,
-    raised before any layer is changed. Returns ``model``."""
+    in LSTM / GRU / RNN layers without layer_norm, zoneout, recurrent_dropout or per-gate masks
+    (issue 19's options that need the float32-only regularised kernel; weight_drop and the
+    shared input_dropout run on the plain kernels, bf16 included): otherwise a ValueError
+    naming ``argument`` and ``where``, raised before any layer is changed. Returns ``model``."""
     from .cells import _CellBase
     train = tuple(p for p in PRECISIONS if p != "int8")
     if not isinstance(precision, str) or precision not in train:
@@ -116,8 +117,8 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
                              f"RNN layers; {type(model).__name__} has none")
         for name, m in layers:
             _check_lowp(m, precision, where, argument, name)
-            if getattr(m, "_reg", None):
-                opts = ", ".join(k for k in m._reg if k != "ln_eps")
+            if getattr(m, "_reg", None) and not m._plain(True):
+                opts = ", ".join(k for k in _kernel_regularisers(m))
                 raise ValueError(f"{where}: {argument}={precision} is not available with "
                                  f"{opts} ({name}): that layer runs in float32 only")
     for _, m in layers:
@@ -125,10 +126,26 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
     return model
 
 
+def _kernel_regularisers(layer, training=True):
+    """The options of issue 19 set on ``layer`` that need the regularised (float32-only)
+    kernel: layer norm and zoneout always, the recurrent dropout and per-gate masks in training
+    (weight_drop and the shared input_dropout run on the plain kernels at any precision)."""
+    on = [k for k in layer._reg if k not in ("ln_eps", "weight_drop", "input_dropout")]
+    if not training:
+        on = [k for k in on if k != "recurrent_dropout"]
+    elif layer.dropout_masks == "per_gate":
+        on += ["dropout_masks='per_gate'"]
+    return on
+
+
 def _check_lowp(layer, precision, where, argument, name):
     if precision != "float32" and layer.dtype != np.float32:
         raise ValueError(f"{where}: {argument}={precision} needs float32 recurrent layers; "
                          f"{name} is {np.dtype(layer.dtype).name}")
+    if precision != "float32" and getattr(layer, "_reg", None) \
+            and (opts := _kernel_regularisers(layer, training=False)):
+        raise ValueError(f"{where}: {argument}={precision} is not available with "
+                         f"{', '.join(opts)} ({name}): that layer runs in float32 only")
 
 
 def _replace_layers(module: Module, precision: str) -> None:

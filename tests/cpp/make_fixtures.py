@@ -117,6 +117,13 @@ def grid():
                          precision="bfloat16", **kw), tokens
     yield "lstm-big-bf16", dict(cell="lstm", num_layers=2, bidirectional=True, hidden_size=150,
                                 dtype="float32", precision="bfloat16"), False
+    # issue 19's dropout options only (training only: the plain kernels in inference, so any
+    # precision loads them)
+    for cell, precision in (("lstm", "bfloat16"), ("gru", "int8")):
+        yield f"{cell}-reg-dropouts-L2-bi-dense-{'bf16' if precision == 'bfloat16' else 'int8'}", \
+            dict(cell=cell, num_layers=2, bidirectional=True, dtype="float32",
+                 precision=precision, recurrent_dropout=0.2, input_dropout=0.1,
+                 weight_drop=0.3), False
     # int8 inference (precision="int8"): every cell, stacked + bidirectional + dense, and
     # single-layer + token input.
     for (cell, kw), (layers, bidir, tokens) in itertools.product(

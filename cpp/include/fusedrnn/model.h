@@ -83,15 +83,22 @@ struct ModelConfig {
   double dropout = 0;                // training only: recorded, ignored here
   double forget_bias = 0;            // initialisation only: recorded, ignored here
   // Issue 19's options (LSTM and reset-after GRU; fusedrnn/lstm_ln.h): layer norm and zoneout
-  // (its evaluation expectation) change the inference; the dropouts are training only
-  // (recorded, ignored here), but a layer with any option set runs the regularised kernel.
+  // (its evaluation expectation) change the inference, and a layer with either runs the
+  // regularised kernel (float32 / float64 only); the dropouts are training only (recorded,
+  // ignored here: a layer with only them runs the plain kernels, at any precision, as Python's
+  // eval mode does).
   LayerNorm layer_norm = LayerNorm::none;
   double ln_eps = 1e-5;
   double zoneout_h = 0, zoneout_c = 0;
   double recurrent_dropout = 0, input_dropout = 0, weight_drop = 0;
+  // Any of issue 19's options set.
   bool regularised() const noexcept {
-    return layer_norm != LayerNorm::none || zoneout_h > 0 || zoneout_c > 0 ||
-           recurrent_dropout > 0 || input_dropout > 0 || weight_drop > 0;
+    return regularised_kernel() || recurrent_dropout > 0 || input_dropout > 0 ||
+           weight_drop > 0;
+  }
+  // Options that change the inference: the layers run the regularised kernel.
+  bool regularised_kernel() const noexcept {
+    return layer_norm != LayerNorm::none || zoneout_h > 0 || zoneout_c > 0;
   }
 
   int num_directions() const noexcept { return bidirectional ? 2 : 1; }

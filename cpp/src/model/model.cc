@@ -469,8 +469,8 @@ void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T
   std::size_t ws_scalars = 0;
   for (std::int64_t l = 0; l < L; ++l) {
     const Dims d{T, N, m.layers[std::size_t(l * D)].C, H, P};
-    const std::size_t w = c.regularised() ? (lstm ? lstm_ln_forward_workspace_size(d)
-                                                   : gru_ln_forward_workspace_size(d))
+    const std::size_t w = c.regularised_kernel() ? (lstm ? lstm_ln_forward_workspace_size(d)
+                                                          : gru_ln_forward_workspace_size(d))
                           : lstm ? lstm_forward_workspace_size(d, precision)
                           : c.cell == CellType::gru ? gru_forward_workspace_size(d, precision)
                                                     : rnn_forward_workspace_size(d, precision);
@@ -523,13 +523,13 @@ void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T
         a.b_hh = p(w.b_hh), a.h0 = h0d, a.lengths = lengths, a.y = yd, a.h_n = hn;
         return a;
       };
-      if (c.regularised() && lstm) {  // issue 19's options (set_regularised)
+      if (c.regularised_kernel() && lstm) {  // issue 19's options (set_regularised)
         LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
         detail::set_regularised<Scalar>(a, c, w);
         a.c0 = c0 ? c0 + idx * N * H : nullptr;
         a.c_n = c_n ? c_n + idx * N * H : cscratch;
         lstm_ln_forward(dims, a, opt, ws);
-      } else if (c.regularised()) {
+      } else if (c.regularised_kernel()) {
         GruLnForwardArgs<Scalar> a = common(GruLnForwardArgs<Scalar>{});
         detail::set_regularised<Scalar>(a, c, w);
         gru_ln_forward(dims, a, opt, ws);
@@ -614,11 +614,11 @@ Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
                                 (precision == Precision::int8 ? "int8" : "bfloat16") +
                                 " needs a float32 model; this one is " +
                                 dtype_name(impl_->config.dtype));
-  if (precision != Precision::float32 && impl_->config.regularised())
+  if (precision != Precision::float32 && impl_->config.regularised_kernel())
     throw ConfigError(std::string("fusedrnn::Model: precision ") +
                       (precision == Precision::int8 ? "int8" : "bfloat16") +
-                      " has no path for layer_norm, zoneout or the dropout options (issue 19's "
-                      "regularised kernels are float32 / float64); load with "
+                      " has no path for layer_norm or zoneout (issue 19's regularised kernels "
+                      "are float32 / float64); load with "
                       "Precision::float32");
 }
 

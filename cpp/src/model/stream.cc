@@ -6,8 +6,9 @@
 // kernel with T = 1 at that precision on the Stream's own workspace (allocated here; the
 // weights are packed there by the first step and reused by the later ones), on one thread, so
 // the results are bitwise Model::forward's at that precision. A model with issue 19's options
-// (ModelConfig::regularised) steps the same way with its regularised kernel (fusedrnn/lstm_ln.h),
-// float32 or float64, bitwise Model::forward too.
+// that change the inference (ModelConfig::regularised_kernel: layer norm, zoneout) steps the same
+// way with its regularised kernel (fusedrnn/lstm_ln.h), float32 or float64, bitwise
+// Model::forward too; one with only the dropout options (training only) is a plain model here.
 #include "fusedrnn/stream.h"
 
 #include <algorithm>
@@ -150,7 +151,7 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
       a.h0 = hprev.data(), a.y = ystep.data(), a.h_n = h_l;
       return a;
     };
-    if (cfg.regularised()) {  // issue 19's options: the regularised kernel, as Model::forward
+    if (cfg.regularised_kernel()) {  // layer norm / zoneout: the regularised kernel, as Model::forward
       if (lstm) {
         LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
         detail::set_regularised<Scalar>(a, cfg, w);
@@ -263,7 +264,7 @@ void Stream<Scalar>::Impl::init_lowp() {
   for (const detail::LayerWeights& w : m.layers) {
     const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? c.proj_size : 0};
     const std::size_t n =
-        c.regularised() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
+        c.regularised_kernel() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
                                                     : gru_ln_forward_workspace_size(d))
         : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, precision)
         : c.cell == CellType::gru ? gru_forward_workspace_size(d, precision)
@@ -309,7 +310,7 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
   // fused step's layouts); a bfloat16 or int8 Model, or one with issue 19's options, only the
   // workspaces of its T = 1 kernel calls (its step never reads the float layouts, so they are
   // not built).
-  if (model.precision() != Precision::float32 || c.regularised())
+  if (model.precision() != Precision::float32 || c.regularised_kernel())
     s.init_lowp();
   else
     s.init_float();

@@ -1,0 +1,150 @@
+"""DropConnect (weight_drop) and the shared input_dropout on the plain kernels (issue 19 with
+issue 17): a layer whose only issue-19 options are these runs its training calls on the plain
+LSTM / GRU kernels with w_hh times its mask and x times its mask (at any compute precision, bf16
+mixed-precision training included), and its eval-mode / frozen calls on the plain kernels too
+(the dropout options are off there), so frozen(precision="bfloat16" | "int8") works. Layer norm,
+zoneout, recurrent_dropout and per-gate masks still need the float32 regularised kernel, and
+asking for bf16 with them is a ValueError naming them, raised before any work."""
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from fusedrnn.cli import main
+from fusedrnn.layers import GRU, LSTM, _keep_mask
+from fusedrnn.models import RecurrentModel, freeze, set_compute
+
+T, N, C, H = 7, 5, 6, 9
+PLAIN = [dict(weight_drop=0.3), dict(input_dropout=0.25),
+         dict(weight_drop=0.3, input_dropout=0.25)]
+
+
+def _zero_grads(m):
+    for p in m.parameters():
+        p.grad[...] = 0
+
+
+def _step(m, x, dy):
+    m.train()
+    _zero_grads(m)
+    y, _ = m.forward(x)
+    dx = m.backward(dy)
+    return y, dx, {k: p.grad.copy() for k, p in m.named_parameters()}
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("kw", PLAIN)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_plain_route_equals_the_regularised_kernel(cls, kw, dtype):
+    """The same masks through the plain kernels and through the regularised kernel (forced):
+    outputs, dx and every gradient agree to rounding (the kernels differ in their sums only)."""
+    rng = np.random.default_rng(1)
+    a = cls(C, H, num_layers=2, bidirectional=True, seed=3, dtype=dtype, **kw)
+    b = copy.deepcopy(a)
+    b._plain = lambda training: False  # the regularised kernel, as before this route existed
+    x = rng.standard_normal((T, N, C)).astype(dtype)
+    dy = rng.standard_normal((T, N, 2 * H)).astype(dtype)
+    ya, dxa, ga = _step(a, x, dy)
+    yb, dxb, gb = _step(b, x, dy)
+    tol = 1e-12 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(ya, yb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dxa, dxb, rtol=tol, atol=tol)
+    for k in ga:
+        np.testing.assert_allclose(ga[k], gb[k], rtol=tol, atol=tol, err_msg=k)
+    # the masks really act: without them the step differs
+    c = cls(C, H, num_layers=2, bidirectional=True, seed=3, dtype=dtype)
+    yc, _, _ = _step(c, x, dy)
+    assert np.abs(yc - ya).max() > 1e-3
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("kw", PLAIN)
+def test_bf16_training_with_dropconnect_is_the_plain_bf16_step_on_masked_operands(cls, kw):
+    """compute="bfloat16" with weight_drop / input_dropout: bit for bit the plain bf16 layer
+    given w_hh * mask and x * mask; the masked gradients follow by the chain rule."""
+    rng = np.random.default_rng(2)
+    a = cls(C, H, seed=4, **kw)
+    a.compute = "bfloat16"
+    draw = copy.deepcopy(a._drop_rng)  # the masks the forward will draw, in its order
+    G = 4 if cls is LSTM else 3
+    xmask = _keep_mask(draw, (N, C), kw["input_dropout"], np.dtype(np.float32)) \
+        if "input_dropout" in kw else np.ones((N, C), np.float32)
+    wmask = _keep_mask(draw, (G * H, H), kw["weight_drop"], np.dtype(np.float32)) \
+        if "weight_drop" in kw else np.ones((G * H, H), np.float32)
+    b = cls(C, H, seed=4)
+    b.compute = "bfloat16"
+    b.weight_hh_l0.data[...] = a.weight_hh_l0.data * wmask
+    x = rng.standard_normal((T, N, C)).astype(np.float32)
+    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    ya, dxa, ga = _step(a, x, dy)
+    yb, dxb, gb = _step(b, x * xmask, dy)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(dxa, dxb * xmask)
+    np.testing.assert_array_equal(ga["weight_hh_l0"], gb["weight_hh_l0"] * wmask)
+    for k in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
+        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    # and the bf16 step is not the float32 one
+    f = cls(C, H, seed=4)
+    f.weight_hh_l0.data[...] = b.weight_hh_l0.data
+    yf, _, _ = _step(f, x * xmask, dy)
+    assert np.abs(yf - ya).max() > 0
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_frozen_low_precision_of_a_dropout_layer_is_the_plain_one(cls, precision):
+    """In eval mode the dropout options are off: the frozen low-precision copy of a layer with
+    weight_drop, input_dropout and recurrent_dropout equals that of the plain layer."""
+    x = np.random.default_rng(3).standard_normal((T, N, C)).astype(np.float32)
+    a = cls(C, H, num_layers=2, seed=5, weight_drop=0.4, input_dropout=0.2,
+            recurrent_dropout=0.3)
+    b = cls(C, H, num_layers=2, seed=5)
+    np.testing.assert_array_equal(a.frozen(precision).forward(x)[0],
+                                  b.frozen(precision).forward(x)[0])
+    a.eval(), b.eval()
+    np.testing.assert_array_equal(a.forward(x)[0], b.forward(x)[0])
+
+
+@pytest.mark.parametrize("kw, named", [
+    (dict(layer_norm="haste"), "layer_norm"), (dict(zoneout_h=0.1), "zoneout_h"),
+    (dict(recurrent_dropout=0.2), "recurrent_dropout"),
+    (dict(input_dropout=0.2, dropout_masks="per_gate"), "per_gate"),
+    (dict(recurrent_dropout=0.2, weight_drop=0.3), "recurrent_dropout")])
+def test_bf16_compute_refuses_the_regularised_kernel_options_by_name(kw, named):
+    for cls in (LSTM, GRU):
+        m = cls(C, H, seed=0, **kw)
+        with pytest.raises(ValueError, match=named):
+            m.compute = "bfloat16"
+        assert m.compute == "float32"
+        model = RecurrentModel(cls.__name__.lower(), vocab_size=5, hidden_size=H,
+                               output_size=5, seed=0, **kw)
+        with pytest.raises(ValueError, match=f"precision=bfloat16 is not available with.*{named}"):
+            set_compute(model, "bfloat16")
+        assert model.rnn.compute == "float32"
+
+
+@pytest.mark.parametrize("kw, named", [(dict(layer_norm="haste"), "layer_norm"),
+                                       (dict(zoneout_h=0.1), "zoneout_h")])
+def test_low_precision_freeze_refuses_layer_norm_and_zoneout_before_any_call(kw, named):
+    for cls in (LSTM, GRU):
+        m = cls(C, H, seed=0, **kw)
+        for precision in ("bfloat16", "int8"):
+            with pytest.raises(ValueError, match=named):
+                m.frozen(precision)
+            with pytest.raises(ValueError, match=named):
+                freeze(RecurrentModel(cls.__name__.lower(), vocab_size=5, hidden_size=H,
+                                      output_size=5, seed=0, **kw), precision)
+        assert m.frozen("float32").forward(np.zeros((2, 1, C), np.float32))[0].shape == (2, 1, H)
+
+
+def test_cli_trains_weight_drop_in_bf16(tmp_path):
+    out = tmp_path / "wd"
+    argv = ["train", "--task", "classify", "--min-length", "8", "--max-length", "12", "--hidden",
+            "8", "--batch-size", "8", "-q", "--steps", "3", "--eval-every", "3",
+            "--cell", "gru", "--weight-drop", "0.2", "--input-dropout", "0.1",
+            "--precision", "bf16", "--out", str(out)]
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["precision"] == "bfloat16"
+    assert np.isfinite(m["history"][-1]["train_loss"])
