@@ -148,3 +148,62 @@ def test_cli_trains_weight_drop_in_bf16(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["config"]["precision"] == "bfloat16"
     assert np.isfinite(m["history"][-1]["train_loss"])
+
+
+# -- fusedrnn.torch modules ------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kw", PLAIN)
+def test_torch_module_plain_route_equals_the_regularised_kernel(mode, kw):
+    """fusedrnn.torch: the same torch-RNG masks through the plain kernels (torch products on
+    x and w_hh, autograd through them) and through the regularised kernel (forced)."""
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as frt
+    a = getattr(frt, mode)(C, H, num_layers=2, bidirectional=True, **kw).double()
+    b = copy.deepcopy(a)
+    b._needs_regularised_kernel = lambda: True
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    torch.manual_seed(5)
+    ya, _ = a(xa)
+    (ya * torch.arange(ya.numel(), dtype=ya.dtype).reshape(ya.shape).sin()).sum().backward()
+    torch.manual_seed(5)
+    yb, _ = b(xb)
+    (yb * torch.arange(yb.numel(), dtype=yb.dtype).reshape(yb.shape).sin()).sum().backward()
+    torch.testing.assert_close(ya, yb, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-12, atol=1e-12)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_torch_module_low_precision_with_dropouts_and_layer_norm(mode):
+    """Eval mode: a dropout-only module under autocast / in bfloat16 runs the bf16 kernels, bit
+    for bit the plain module's; with layer norm, autocast runs it in float32 (float32 out, as
+    torch's autocast does for an op without a bf16 path) and bfloat16 parameters raise."""
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as frt
+    cls = getattr(frt, mode)
+    torch.manual_seed(0)
+    plain = cls(C, H, num_layers=2).eval()
+    drop = cls(C, H, num_layers=2, weight_drop=0.3, input_dropout=0.2,
+               recurrent_dropout=0.25).eval()
+    drop.load_state_dict(plain.state_dict())
+    x = torch.randn(T, N, C)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = plain(x)[0], drop(x)[0]
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    with torch.no_grad():
+        y16 = copy.deepcopy(drop).to(torch.bfloat16)(x.bfloat16())[0]
+        torch.testing.assert_close(y16, copy.deepcopy(plain).to(torch.bfloat16)(
+            x.bfloat16())[0], rtol=0, atol=0)
+    ln = cls(C, H, layer_norm="haste").eval()
+    with torch.no_grad():
+        ref = ln(x)[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = ln(x)[0]
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="no path for layer_norm"):
+            copy.deepcopy(ln).to(torch.bfloat16)(x.bfloat16())

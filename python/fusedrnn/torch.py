@@ -49,7 +49,12 @@ accumulation, gates and cell state); output and final states are returned in bfl
 torch.nn's bf16 path returns them (rounded to nearest even from the kernels' fp32 results).
 bfloat16 parameters with a gradient wanted raise ValueError (no bf16 backward: call under
 ``torch.no_grad()`` / ``inference_mode()``); under autocast with a gradient wanted the float32
-kernels run and return float32, as before.
+kernels run and return float32, as before. Issue 19's options: weight_drop and the shared
+input_dropout (masks as torch products on x and w_hh) run on the plain kernels at every
+precision; layer norm and zoneout (and, in train mode, recurrent_dropout and per-gate masks) have
+only the float32 regularised kernel: under autocast such a layer runs in float32 and returns
+float32 (torch's autocast does the same for an op without a bf16 path), and with bfloat16
+parameters it raises ValueError naming the option.
 
 int8 inference: ``quantize_dynamic(module)`` returns a copy whose LSTM / GRU / RNN layers
 (stock torch.nn ones converted) run fusedrnn's int8 kernels -- s8 weights with per-row scales
@@ -478,6 +483,15 @@ class _Base:
             lowp = "int8"
         else:
             lowp = self._lowp(fn, dtype, params, input, hx)
+        fp32_fallback = False
+        if lowp in ("module", "autocast") and self._needs_regularised_kernel():
+            opts = ", ".join(self._kernel_regularisers())
+            if lowp == "module":
+                raise ValueError(f"{fn}: bfloat16 parameters run fusedrnn's bf16 kernels, which "
+                                 f"have no path for {opts}; keep this layer in float32")
+            # torch.autocast runs an op without a bf16 path in float32: so does this layer
+            # (float32 kernels, float32 results; bf16 inputs and states widened exactly)
+            fp32_fallback = True
         # the dtype the input and states must have (None under autocast: float32 or bfloat16)
         allowed = _DTYPES if lowp is None else (_PARAM_DTYPES if lowp == "module"
                                                 else _AUTOCAST_DTYPES)
@@ -548,6 +562,9 @@ class _Base:
 
         if lowp is None:
             out, h_n, c_n = self._run(x, h0, c0, lengths, params)
+        elif fp32_fallback:
+            f32 = lambda t: None if t is None else t.float()  # noqa: E731
+            out, h_n, c_n = self._run(f32(x), f32(h0), f32(c0), lengths, params)
         elif lowp == "int8":
             # the frozen int8 twin (s8 weights packed once): float32 in, float32 out
             np_ = lambda t: None if t is None else t.detach().numpy()  # noqa: E731
@@ -618,8 +635,12 @@ class _Base:
             x.requires_grad or any(p is not None and p.requires_grad for g in params for p in g)
             or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
             or any(p.requires_grad for n, p in self._parameters.items() if n.startswith("ln_")))
-        if getattr(self, "_reg", ()):
+        if getattr(self, "_reg", ()) and self._needs_regularised_kernel():
             return self._run_regularised(x, h0, c0, lengths, params, grad)
+        # weight_drop and the shared input_dropout (train mode): torch products on the plain
+        # kernels' operands, drawn per layer and direction in _run_regularised's order
+        drop_x = self.training and getattr(self, "input_dropout", 0.0)
+        drop_w = self.training and getattr(self, "weight_drop", 0.0)
         hs, cs = [], []
         inp = x
         for layer in range(L):
@@ -629,11 +650,16 @@ class _Base:
                 w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = params[idx]
                 h0_i = None if h0 is None else h0[idx]
                 c0_i = None if c0 is None else c0[idx]
+                xin = inp
+                if drop_x:
+                    xin = (inp * _keep(inp.shape[1:], drop_x, inp.dtype)).contiguous()
+                if drop_w:
+                    w_hh = (w_hh * _keep(tuple(w_hh.shape), drop_w, w_hh.dtype)).contiguous()
                 if grad:
-                    res = _LayerFunction.apply(kind, flag, direction == 1, lengths, inp, h0_i,
+                    res = _LayerFunction.apply(kind, flag, direction == 1, lengths, xin, h0_i,
                                                c0_i, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
                 else:
-                    r = _kernel_forward(kind, flag, direction == 1, lengths, inp, h0_i, c0_i,
+                    r = _kernel_forward(kind, flag, direction == 1, lengths, xin, h0_i, c0_i,
                                         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, False, precision)
                     res = tuple(torch.from_numpy(a) for a in r[:-1])
                 ys.append(res[0])
@@ -646,6 +672,23 @@ class _Base:
         h_n = torch.stack(hs, 0)
         c_n = torch.stack(cs, 0) if kind == "lstm" else None
         return inp, h_n, c_n
+
+    def _kernel_regularisers(self):
+        """Issue 19's options set on this layer that need the float32 regularised kernel in
+        this call (see fusedrnn.models._kernel_regularisers): layer norm and zoneout; in train
+        mode also recurrent_dropout and per-gate masks. weight_drop and the shared
+        input_dropout run on the plain kernels."""
+        on = [k for k in getattr(self, "_reg", ())
+              if k not in ("weight_drop", "input_dropout", "recurrent_dropout",
+                           "dropout_masks")]
+        if self.training and getattr(self, "recurrent_dropout", 0.0):
+            on.append("recurrent_dropout")
+        if self.training and getattr(self, "dropout_masks", "shared") == "per_gate":
+            on.append("dropout_masks='per_gate'")
+        return on
+
+    def _needs_regularised_kernel(self):
+        return bool(getattr(self, "_reg", ())) and bool(self._kernel_regularisers())
 
     def _run_regularised(self, x, h0, c0, lengths, params, grad):
         """_run for an LSTM or GRU with issue 19's options (fusedrnn.regularised's kernels):
@@ -728,6 +771,12 @@ class _Base:
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._extras_repr()
+
+
+def _keep(shape, p, dtype):
+    """Inverted dropout mask from torch's RNG: 1/(1 - p) with probability 1 - p, else 0 (the
+    draw of _run_regularised's bern)."""
+    return (1 - (torch.rand(shape, dtype=dtype) < p).to(dtype)) / (1 - p)
 
 
 def _wants_grad(params, input, hx):
