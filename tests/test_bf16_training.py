@@ -158,6 +158,22 @@ def test_bf16_training_chunked_products(cell, opts):
                 assert rel_err(g, w) <= LOOSE, (reverse, lengths is not None, name, rel_err(g, w))
 
 
+@pytest.mark.parametrize("cell,opts", CASES, ids=IDS)
+def test_bf16_training_chunked_products_small_batch(cell, opts):
+    # N < 16: the weight-gradient products run over chunks of 256 rows (kBf16KChunkSmallN);
+    # T*N = 309 rows: a full chunk and a partial one, with reverse and lengths.
+    rng = np.random.default_rng(4)
+    for reverse in (False, True):
+        L = rng.integers(0, 104, 3)
+        L[1] = 103
+        for lengths in (None, L):
+            args, kw, cot = make(cell, opts, T=103, N=3, C=11, H=20, seed=5, scale=0.2)
+            out, grads = kernel(cell, args, kw, cot, reverse=reverse, lengths=lengths)
+            em = emulate(cell, args, kw, cot, reverse=reverse, lengths=lengths, teacher_y=out.y)
+            for name, g, w in grad_pairs(grads, em[-1]):
+                assert rel_err(g, w) <= LOOSE, (reverse, lengths is not None, name, rel_err(g, w))
+
+
 @pytest.mark.parametrize("cell,opts", CASES[::2], ids=IDS[::2])
 def test_bf16_training_bitwise_independent_of_threads(cell, opts):
     args, kw, cot = make(cell, opts, T=6, N=40, C=30, H=64)

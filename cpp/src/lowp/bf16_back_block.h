@@ -1,6 +1,11 @@
 // The weight-gradient products run over chunks of this many of the T*N rows (a multiple of 32:
-// the rows of x and h packed for one chunk at a time).
-constexpr std::int64_t kBf16KChunk = 1024;
+// the rows of x and h packed for one chunk at a time). Below 16 rows a step (batch-1 streams,
+// where the packed chunks would be the largest part of the workspace: RNN T = 1000, N = 1,
+// H = 64 packed 256 KiB of x and h for 1024 rows) a quarter of it: the packed chunks shrink 4x,
+// the fp32 accumulators (only G*H x C, R) pass through memory 4x as often. The tiers that equal
+// the emulation bit for bit do so for any chunk (one sequential chain per element); the amx
+// tier's sums stay within its bound.
+constexpr std::int64_t kBf16KChunk = 1024, kBf16KChunkSmallN = 256;
 
 // The bf16 block of a cell's BACKWARD workspace (Options::precision = bfloat16; bf16_backward.h
 // uses it and states the training contract), after the part of the float32 layout it uses.
@@ -60,7 +65,7 @@ inline Bf16Back bf16_back_block(const Dims& d, std::int64_t G, bool split_n, voi
   Bf16Back b;
   b.ldt = ldt;
   b.dx_steps = bf16_dx_steps(d);
-  b.kc = std::min(kBf16KChunk, ldt);
+  b.kc = std::min(d.N < 16 ? kBf16KChunkSmallN : kBf16KChunk, ldt);
   if (split_n) {
     b.whh = take(packed_bf16_size(d.H, 2 * d.H));
     b.whn = take(packed_bf16_size(d.H, d.H));
