@@ -224,7 +224,7 @@ def test_torch_module_to_bf16_runs_the_bf16_kernels(cls, kw):
     assert out.data.dtype == torch.bfloat16
 
 
-def test_torch_autocast_inference_runs_bf16_and_training_stays_fp32():
+def test_torch_autocast_inference_runs_bf16_with_torch_dtypes():
     import fusedrnn.torch as frt
     torch.manual_seed(1)
     mod = frt.GRU(5, 9, num_layers=2)
@@ -233,13 +233,55 @@ def test_torch_autocast_inference_runs_bf16_and_training_stays_fp32():
         x.numpy())[0]
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
         y, h = mod(x)
-    assert y.dtype == torch.bfloat16 and h.dtype == torch.bfloat16
+        ys, _ = torch.nn.GRU(5, 9, num_layers=2)(x)
+    # the GRU: float32 under CPU autocast, as torch.nn's (the bf16 kernels' fp32 results)
+    assert y.dtype == h.dtype == ys.dtype == torch.float32
+    np.testing.assert_array_equal(y.numpy(), ref)
+    lstm = frt.LSTM(5, 9)
+    ref = _fused_twin(fusedrnn.LSTM(5, 9), lstm).frozen(precision="bfloat16")(x.numpy())[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        y, (h, c) = lstm(x)
+        ys, (hs, cs) = torch.nn.LSTM(5, 9)(x)
+    assert y.dtype == h.dtype == c.dtype == ys.dtype == hs.dtype == cs.dtype == torch.bfloat16
     np.testing.assert_array_equal(y.float().numpy(),
                                   torch.from_numpy(ref).to(torch.bfloat16).float().numpy())
+
+
+@pytest.mark.parametrize("cls,kw", [("LSTM", dict(num_layers=2, bidirectional=True)),
+                                    ("LSTM", dict(proj_size=4, peepholes=True)),
+                                    ("GRU", dict(num_layers=2)),
+                                    ("GRU", dict(variant="reset_before")),
+                                    ("RNN", dict(nonlinearity="relu", bidirectional=True))])
+def test_torch_autocast_training_is_the_layers_bf16_training(cls, kw):
+    """Under autocast with a gradient wanted (issue 17): the bf16 training kernels, bit for bit
+    the fusedrnn layer with compute="bfloat16" (outputs, input and parameter gradients), float32
+    parameters and gradients, torch's output dtypes (bf16 LSTM / RNN, float32 GRU)."""
+    import fusedrnn.torch as frt
+    torch.manual_seed(2)
+    mod = getattr(frt, cls)(6, 11, **kw)
+    layer = _fused_twin(getattr(fusedrnn, cls)(6, 11, **kw), mod)
+    layer.compute = "bfloat16"
+    layer.train()
+    x = torch.randn(7, 3, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, _ = mod(x)                     # parameters require grad: the float32 kernels
-    assert y.dtype == torch.float32 and y.requires_grad
-    y.sum().backward()
+        y, _ = mod(x)
+    assert y.dtype == (torch.float32 if cls == "GRU" else torch.bfloat16) and y.requires_grad
+    # a cotangent exact in bf16, so the bf16 output's cast back to fp32 changes nothing
+    dy = torch.randn(y.shape).to(torch.bfloat16).float()
+    y.backward(dy.to(y.dtype))
+    yl, _ = layer.forward(x.detach().numpy())
+    np.testing.assert_array_equal(y.float().detach().numpy(),
+                                  torch.from_numpy(yl).to(y.dtype).float().numpy())
+    dx = layer.backward(dy.numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), dx)
+    for name, p in mod.named_parameters():
+        assert p.grad.dtype == torch.float32
+        np.testing.assert_array_equal(p.grad.numpy(), getattr(layer, name).grad, err_msg=name)
+    # and it is not the float32 training step
+    mod.zero_grad()
+    y32, _ = mod(x)
+    assert y32.dtype == torch.float32
+    assert np.abs(y32.detach().numpy() - yl).max() > 0
 
 
 def test_torch_bf16_errors_name_the_problem():

@@ -42,14 +42,17 @@ non-contiguous parameter); nothing falls back to torch's implementation in eager
 
 bf16 inference: a module converted with ``.to(torch.bfloat16)`` (bfloat16 parameters; input and
 states bfloat16 too, as torch.nn wants), or a float32 module called under
-``torch.autocast("cpu", dtype=torch.bfloat16)`` when no gradient is wanted (input and states
-float32 or bfloat16), runs fusedrnn's bf16 kernels (``precision="bfloat16"`` of
-:func:`fusedrnn.lstm_forward`: x, weights and the recurrent operand rounded to bf16, fp32
-accumulation, gates and cell state); output and final states are returned in bfloat16, as
-torch.nn's bf16 path returns them (rounded to nearest even from the kernels' fp32 results).
-bfloat16 parameters with a gradient wanted raise ValueError (no bf16 backward: call under
-``torch.no_grad()`` / ``inference_mode()``); under autocast with a gradient wanted the float32
-kernels run and return float32, as before. Issue 19's options: weight_drop and the shared
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (input and states float32 or bfloat16), runs
+fusedrnn's bf16 kernels (``precision="bfloat16"`` of :func:`fusedrnn.lstm_forward`: x, weights
+and the recurrent operand rounded to bf16, fp32 accumulation, gates and cell state); a bf16
+module returns output and final states in bfloat16, as torch.nn's bf16 path does (rounded to
+nearest even from the kernels' fp32 results). bfloat16 parameters with a gradient wanted raise
+ValueError (no bf16 backward: call under ``torch.no_grad()`` / ``inference_mode()``). Under
+autocast with a gradient wanted the module trains in mixed precision (issue 17): the bf16
+training kernels (``training=True, precision="bfloat16"``; the backward's large products bf16
+too), float32 parameters and gradients, as ``layer.compute = "bfloat16"`` does. Under autocast
+the results have torch.nn's dtypes there: bfloat16 for the LSTM and the RNN, float32 for the GRU
+(CPU autocast runs torch's LSTM and RNN layer in bf16 and leaves the GRU in float32). Issue 19's options: weight_drop and the shared
 input_dropout (masks as torch products on x and w_hh) run on the plain kernels at every
 precision; layer norm and zoneout (and, in train mode, recurrent_dropout and per-gate masks) have
 only the float32 regularised kernel: under autocast such a layer runs in float32 and returns
@@ -207,15 +210,16 @@ class _LayerFunction(torch.autograd.Function):
     """One layer, one direction: (x, h0, c0, weights) -> (y, h_n[, c_n]) through the kernels.
 
     Arguments: kind ('lstm'/'gru'/'rnn'), flag (GRU variant / RNN nonlinearity), reverse,
-    lengths (int64 numpy [N] or None), then the tensors x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-    w_peep (None where absent).
+    lengths (int64 numpy [N] or None), precision ("float32", or "bfloat16": the mixed-precision
+    training kernels, whose cache makes the backward bf16 too), then the tensors x, h0, c0,
+    w_ih, w_hh, b_ih, b_hh, w_hr, w_peep (None where absent).
     """
 
     @staticmethod
-    def forward(ctx, kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                w_peep):
+    def forward(ctx, kind, flag, reverse, lengths, precision, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                w_hr, w_peep):
         out = _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                              w_hr, w_peep, True)
+                              w_hr, w_peep, True, precision)
         cache = out.cache
         # Hand the arrays the cache needs to autograd (saved tensors): torch then frees them
         # after backward and checks the inputs and weights for in-place changes.
@@ -250,8 +254,8 @@ class _LayerFunction(torch.autograd.Function):
                 setattr(cache, field, None)
         need = ctx.needs_input_grad
         grads_in = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dw_peep)
-        return (None, None, None, None) + tuple(
-            torch.from_numpy(a) if a is not None and need[4 + i] else None
+        return (None, None, None, None, None) + tuple(
+            torch.from_numpy(a) if a is not None and need[5 + i] else None
             for i, a in enumerate(grads_in))
 
 
@@ -577,7 +581,7 @@ class _Base:
                 h_n, c_n = torch.from_numpy(np.array(st[0])), torch.from_numpy(np.array(st[1]))
             else:
                 h_n, c_n = torch.from_numpy(np.array(st)), None
-        else:
+        elif lowp == "module":
             # bf16 inference: the kernels take float32 tensors and round x, the weights and the
             # recurrent operand to bf16 themselves (bf16 -> float32 is exact, so bf16 tensors
             # lose nothing); the results are returned in bfloat16, as torch.nn's bf16 path does
@@ -587,6 +591,18 @@ class _Base:
                                       precision="bfloat16")
             out, h_n = out.to(torch.bfloat16), h_n.to(torch.bfloat16)
             c_n = None if c_n is None else c_n.to(torch.bfloat16)
+        else:
+            # autocast: the bf16 kernels, inference or (a gradient wanted) mixed-precision
+            # training: float32 parameters and gradients, the input and states widened to
+            # float32 (exact, differentiable); the results in torch's dtypes under CPU
+            # autocast: bfloat16 for the LSTM and the RNN (autocast lists their oneDNN layer),
+            # float32 for the GRU (which autocast leaves in float32)
+            f32 = lambda t: None if t is None else t.float()  # noqa: E731
+            out, h_n, c_n = self._run(f32(x), f32(h0), f32(c0), lengths, params,
+                                      precision="bfloat16")
+            if self.mode != "GRU":
+                out, h_n = out.to(torch.bfloat16), h_n.to(torch.bfloat16)
+                c_n = None if c_n is None else c_n.to(torch.bfloat16)
 
         if packed:
             out = PackedSequence(pack_padded_sequence(out, len_t).data, batch_sizes,
@@ -609,10 +625,11 @@ class _Base:
     _fused_forward_no_dynamo = torch._disable_dynamo(_fused_forward)
 
     def _lowp(self, fn, dtype, params, input, hx):
-        """How this call uses the bf16 inference kernels: "module" (bfloat16 parameters, from
-        ``.to(torch.bfloat16)``), "autocast" (float32 parameters under ``torch.autocast("cpu",
-        dtype=torch.bfloat16)`` with no gradient wanted), or None (the float32/float64
-        kernels). bfloat16 parameters with a gradient wanted: ValueError (inference only)."""
+        """How this call uses the bf16 kernels: "module" (bfloat16 parameters, from
+        ``.to(torch.bfloat16)``: inference), "autocast" (float32 parameters under
+        ``torch.autocast("cpu", dtype=torch.bfloat16)``: bf16 inference, or with a gradient
+        wanted mixed-precision training, issue 17), or None (the float32/float64 kernels).
+        bfloat16 parameters with a gradient wanted: ValueError (inference only)."""
         if dtype == torch.bfloat16:
             if torch.is_grad_enabled() and _wants_grad(params, input, hx):
                 raise ValueError(
@@ -622,8 +639,7 @@ class _Base:
                     f"and inputs); train in float32")
             return "module"
         if (dtype == torch.float32 and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16
-                and not (torch.is_grad_enabled() and _wants_grad(params, input, hx))):
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
             return "autocast"
         return None
 
@@ -631,7 +647,7 @@ class _Base:
         """Time-major contiguous x [T, N, C] -> (output [T, N, D*R], h_n, c_n or None)."""
         kind, flag = self._kernel_kind()
         L, D = self.num_layers, 2 if self.bidirectional else 1
-        grad = precision == "float32" and torch.is_grad_enabled() and (
+        grad = torch.is_grad_enabled() and (
             x.requires_grad or any(p is not None and p.requires_grad for g in params for p in g)
             or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
             or any(p.requires_grad for n, p in self._parameters.items() if n.startswith("ln_")))
@@ -656,8 +672,9 @@ class _Base:
                 if drop_w:
                     w_hh = (w_hh * _keep(tuple(w_hh.shape), drop_w, w_hh.dtype)).contiguous()
                 if grad:
-                    res = _LayerFunction.apply(kind, flag, direction == 1, lengths, xin, h0_i,
-                                               c0_i, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep)
+                    res = _LayerFunction.apply(kind, flag, direction == 1, lengths, precision,
+                                               xin, h0_i, c0_i, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                               w_peep)
                 else:
                     r = _kernel_forward(kind, flag, direction == 1, lengths, xin, h0_i, c0_i,
                                         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, False, precision)
