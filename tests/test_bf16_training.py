@@ -141,33 +141,25 @@ def test_bf16_training_odd_and_larger_shapes():
     assert sum(e <= TIGHT for e in errs) >= 1, errs
 
 
-@pytest.mark.parametrize("cell,opts", CASES, ids=IDS)
-def test_bf16_training_chunked_products(cell, opts):
-    # T*N = 1200 rows: the weight-gradient products over two chunks of rows (1024 + 176) and dx
-    # over chunks of 8 steps (the last one partial), with reverse and lengths (some rows empty).
-    # A chunking or placement error would be O(1), far past LOOSE.
-    rng = np.random.default_rng(3)
-    for reverse in (False, True):
-        L = rng.integers(0, 41, 30)
-        L[0] = 40
-        for lengths in (None, L):
-            args, kw, cot = make(cell, opts, T=40, N=30, C=11, H=20, seed=2, scale=0.2)
-            out, grads = kernel(cell, args, kw, cot, reverse=reverse, lengths=lengths)
-            em = emulate(cell, args, kw, cot, reverse=reverse, lengths=lengths, teacher_y=out.y)
-            for name, g, w in grad_pairs(grads, em[-1]):
-                assert rel_err(g, w) <= LOOSE, (reverse, lengths is not None, name, rel_err(g, w))
+# (T, N, lengths seed, data seed) of the chunked-products cases:
+#   T*N = 1200 rows: the weight-gradient products over two chunks of rows (1024 + 176) and dx
+#     over chunks of 8 steps (the last one partial);
+#   N = 3 < 16: chunks of 256 rows (kBf16KChunkSmallN), T*N = 309: a full chunk and a partial one.
+CHUNKED = {"rows1200": (40, 30, 3, 2), "small_batch": (103, 3, 4, 5)}
 
 
+@pytest.mark.parametrize("shape", sorted(CHUNKED))
 @pytest.mark.parametrize("cell,opts", CASES, ids=IDS)
-def test_bf16_training_chunked_products_small_batch(cell, opts):
-    # N < 16: the weight-gradient products run over chunks of 256 rows (kBf16KChunkSmallN);
-    # T*N = 309 rows: a full chunk and a partial one, with reverse and lengths.
-    rng = np.random.default_rng(4)
+def test_bf16_training_chunked_products(cell, opts, shape):
+    # with reverse and lengths (some rows empty, one sequence full): a chunking or placement
+    # error would be O(1), far past LOOSE
+    T, N, lseed, seed = CHUNKED[shape]
+    rng = np.random.default_rng(lseed)
     for reverse in (False, True):
-        L = rng.integers(0, 104, 3)
-        L[1] = 103
+        L = rng.integers(0, T + 1, N)
+        L[N // 3] = T
         for lengths in (None, L):
-            args, kw, cot = make(cell, opts, T=103, N=3, C=11, H=20, seed=5, scale=0.2)
+            args, kw, cot = make(cell, opts, T=T, N=N, C=11, H=20, seed=seed, scale=0.2)
             out, grads = kernel(cell, args, kw, cot, reverse=reverse, lengths=lengths)
             em = emulate(cell, args, kw, cot, reverse=reverse, lengths=lengths, teacher_y=out.y)
             for name, g, w in grad_pairs(grads, em[-1]):
