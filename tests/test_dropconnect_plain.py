@@ -58,37 +58,49 @@ def test_plain_route_equals_the_regularised_kernel(cls, kw, dtype):
     assert np.abs(yc - ya).max() > 1e-3
 
 
-@pytest.mark.parametrize("cls", [LSTM, GRU])
+# the plain-kernel options of each cell the regularised kernel lacks
+CONFIGS = [(LSTM, {}), (GRU, {}),
+           (LSTM, dict(proj_size=4, peepholes=True, cell_clip=0.8)),
+           (GRU, dict(variant="reset_before"))]
+
+
+@pytest.mark.parametrize("cls,extra", CONFIGS)
 @pytest.mark.parametrize("kw", PLAIN)
-def test_bf16_training_with_dropconnect_is_the_plain_bf16_step_on_masked_operands(cls, kw):
-    """compute="bfloat16" with weight_drop / input_dropout: bit for bit the plain bf16 layer
-    given w_hh * mask and x * mask; the masked gradients follow by the chain rule."""
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_dropconnect_trains_as_the_plain_step_on_masked_operands(cls, extra, kw, compute):
+    """weight_drop / input_dropout, in float32 or with compute="bfloat16", also with projection,
+    peepholes, cell_clip or the reset-before GRU: bit for bit the plain layer given w_hh * mask
+    and x * mask; the masked gradients follow by the chain rule."""
     rng = np.random.default_rng(2)
-    a = cls(C, H, seed=4, **kw)
-    a.compute = "bfloat16"
+    a = cls(C, H, seed=4, **extra, **kw)
+    a.compute = compute
     draw = copy.deepcopy(a._drop_rng)  # the masks the forward will draw, in its order
-    G = 4 if cls is LSTM else 3
+    w_shape = a.weight_hh_l0.data.shape
     xmask = _keep_mask(draw, (N, C), kw["input_dropout"], np.dtype(np.float32)) \
         if "input_dropout" in kw else np.ones((N, C), np.float32)
-    wmask = _keep_mask(draw, (G * H, H), kw["weight_drop"], np.dtype(np.float32)) \
-        if "weight_drop" in kw else np.ones((G * H, H), np.float32)
-    b = cls(C, H, seed=4)
-    b.compute = "bfloat16"
+    wmask = _keep_mask(draw, w_shape, kw["weight_drop"], np.dtype(np.float32)) \
+        if "weight_drop" in kw else np.ones(w_shape, np.float32)
+    b = cls(C, H, seed=4, **extra)
+    b.compute = compute
     b.weight_hh_l0.data[...] = a.weight_hh_l0.data * wmask
     x = rng.standard_normal((T, N, C)).astype(np.float32)
-    dy = rng.standard_normal((T, N, H)).astype(np.float32)
+    dy = rng.standard_normal((T, N, a.state_size)).astype(np.float32)
     ya, dxa, ga = _step(a, x, dy)
     yb, dxb, gb = _step(b, x * xmask, dy)
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_array_equal(dxa, dxb * xmask)
     np.testing.assert_array_equal(ga["weight_hh_l0"], gb["weight_hh_l0"] * wmask)
-    for k in ("weight_ih_l0", "bias_ih_l0", "bias_hh_l0"):
-        np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
-    # and the bf16 step is not the float32 one
-    f = cls(C, H, seed=4)
-    f.weight_hh_l0.data[...] = b.weight_hh_l0.data
-    yf, _, _ = _step(f, x * xmask, dy)
-    assert np.abs(yf - ya).max() > 0
+    for k in ga:
+        if k != "weight_hh_l0":
+            np.testing.assert_array_equal(ga[k], gb[k], err_msg=k)
+    # the masks act, and the bf16 step is not the float32 one
+    f = cls(C, H, seed=4, **extra)
+    yf, _, _ = _step(f, x, dy)
+    assert np.abs(yf - ya).max() > 1e-3
+    if compute == "bfloat16":
+        f.weight_hh_l0.data[...] = b.weight_hh_l0.data
+        yf, _, _ = _step(f, x * xmask, dy)
+        assert np.abs(yf - ya).max() > 0
 
 
 @pytest.mark.parametrize("cls", [LSTM, GRU])
@@ -207,3 +219,33 @@ def test_torch_module_low_precision_with_dropouts_and_layer_norm(mode):
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
         with pytest.raises(ValueError, match="no path for layer_norm"):
             copy.deepcopy(ln).to(torch.bfloat16)(x.bfloat16())
+
+
+@pytest.mark.parametrize("mode,extra", [("LSTM", dict(proj_size=4)),
+                                        ("GRU", dict(variant="reset_before"))])
+def test_torch_module_dropconnect_with_projection_and_reset_before(mode, extra):
+    """fusedrnn.torch: weight_drop now combines with proj_size and the reset-before GRU (plain
+    kernels): the same as the same module given w_hh times the mask torch's RNG draws."""
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as frt
+    from fusedrnn.torch import _keep
+    cls = getattr(frt, mode)
+    torch.manual_seed(0)
+    a = cls(C, H, weight_drop=0.3, **extra).double()
+    b = cls(C, H, **extra).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    torch.manual_seed(7)
+    ya, _ = a(x)
+    torch.manual_seed(7)
+    mask = _keep(tuple(a.weight_hh_l0.shape), 0.3, torch.float64)
+    with torch.no_grad():
+        b.weight_hh_l0.mul_(mask)
+    yb, _ = b(x)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    # eval mode: no mask, the plain module with the same weights
+    c = cls(C, H, **extra).double().eval()
+    c.load_state_dict(a.state_dict())
+    a.eval()
+    torch.testing.assert_close(a(x)[0], c(x)[0], rtol=0, atol=0)
+    assert (a(x)[0] - ya).abs().max() > 1e-3

@@ -789,6 +789,16 @@ def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropou
 DROPOUT_MASKS = ("shared", "per_gate")
 
 
+def _kernel_options(reg, dropout_masks):
+    """The options among `reg` (_regularisers' list) that need the regularised kernel in
+    training: all but weight_drop and the shared input_dropout, which run on the plain kernels
+    (so those two combine with proj_size, peepholes, cell_clip and the reset-before GRU)."""
+    kern = [k for k in reg if k not in ("ln_eps", "weight_drop", "input_dropout")]
+    if dropout_masks == "per_gate":
+        kern.append("dropout_masks='per_gate'")
+    return kern
+
+
 def _dropout_masks(fn, dropout_masks, recurrent_dropout, input_dropout):
     """Checks the dropout_masks option: 'shared' (one mask per sequence on x and one on h,
     shared by the gate blocks) or 'per_gate' (Keras 3's recurrent_dropout: a mask per gate
@@ -872,9 +882,10 @@ class _Regularised:
                                              self.dtype)
                     x = st["x"] = x * st["xmask"]
                 if self.weight_drop:
-                    st["wmask"] = _keep_mask(self._drop_rng, (G * H, H), self.weight_drop,
+                    w_hh = self._params(sfx)[1].data
+                    st["wmask"] = _keep_mask(self._drop_rng, w_hh.shape, self.weight_drop,
                                              self.dtype)
-                    w = st["w_hh"] = self._params(sfx)[1].data * st["wmask"]
+                    w = st["w_hh"] = w_hh * st["wmask"]
                 self._buffers[("reg",) + cache_key] = st
             return super()._kernel_forward(dims, sfx, x, h0, c0, lengths, reverse, training, y,
                                            h_n, c_n, cache_key, w_hh_data=w)
@@ -1007,13 +1018,13 @@ class LSTM(_Regularised, _RNNBase):
                             input_dropout, weight_drop)
         dmasks = _dropout_masks("LSTM", dropout_masks, recurrent_dropout,
                                             input_dropout)
-        if reg:
+        if kern := _kernel_options(reg, dropout_masks):
             for name, off in (("proj_size", not proj_size), ("peepholes", not peepholes),
                               ("cell_clip", cell_clip is None)):
                 if not off:
-                    raise ValueError(f"LSTM: {name} cannot be combined with layer_norm, zoneout "
-                                     f"or recurrent/input dropout or weight_drop (not supported "
-                                     f"by the regularised kernel); got {', '.join(reg)}")
+                    raise ValueError(f"LSTM: {name} cannot be combined with layer_norm, zoneout, "
+                                     f"recurrent_dropout or per-gate masks (not supported by "
+                                     f"the regularised kernel); got {', '.join(kern)}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size=proj_size, peepholes=peepholes,
                          forget_bias=forget_bias, init=init, dtype=dtype, seed=seed)
@@ -1060,10 +1071,10 @@ class GRU(_Regularised, _RNNBase):
                             input_dropout, weight_drop)
         dmasks = _dropout_masks("GRU", dropout_masks, recurrent_dropout,
                                             input_dropout)
-        if reg and variant != "reset_after":
+        if (kern := _kernel_options(reg, dropout_masks)) and variant != "reset_after":
             raise ValueError(f"GRU: variant must be 'reset_after' with layer_norm, zoneout, "
-                             f"recurrent/input dropout or weight_drop (the regularised kernel's "
-                             f"formula); got variant={variant!r} with {', '.join(reg)}")
+                             f"recurrent_dropout or per-gate masks (the regularised kernel's "
+                             f"formula); got variant={variant!r} with {', '.join(kern)}")
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, variant=variant, init=init, dtype=dtype, seed=seed)
         self._init_regularisers(reg, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,

@@ -834,14 +834,14 @@ class LSTM(_Base, torch.nn.LSTM):
     def __init__(self, *args, peepholes=False, forget_bias=0.0, layer_norm=None, ln_eps=1e-5,
                  zoneout_h=0.0, zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0,
                  weight_drop=0.0, dropout_masks="shared", **kwargs):
-        from .layers import _dropout_masks, _regularisers
+        from .layers import _dropout_masks, _kernel_options, _regularisers
         reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
         _dropout_masks("LSTM", dropout_masks, recurrent_dropout, input_dropout)
-        if reg and (peepholes or kwargs.get("proj_size", 0) or
-                    (len(args) > 7 and args[7])):
-            raise ValueError("LSTM: layer_norm, zoneout and the dropout options cannot be "
-                             "combined with peepholes or proj_size")
+        if _kernel_options(reg, dropout_masks) and (peepholes or kwargs.get("proj_size", 0) or
+                                                    (len(args) > 7 and args[7])):
+            raise ValueError("LSTM: layer_norm, zoneout, recurrent_dropout and per-gate masks "
+                             "cannot be combined with peepholes or proj_size")
         self._check_construction(kwargs)
         _check_bool("LSTM", "peepholes", peepholes)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
@@ -897,7 +897,7 @@ class GRU(_Base, torch.nn.GRU):
     def __init__(self, *args, variant="reset_after", layer_norm=None, ln_eps=1e-5,
                  zoneout_h=0.0, zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0,
                  weight_drop=0.0, dropout_masks="shared", **kwargs):
-        from .layers import _dropout_masks, _regularisers
+        from .layers import _dropout_masks, _kernel_options, _regularisers
         reg = _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
         _dropout_masks("GRU", dropout_masks, recurrent_dropout, input_dropout)
@@ -905,9 +905,9 @@ class GRU(_Base, torch.nn.GRU):
         if variant not in ("reset_after", "reset_before"):
             raise ValueError(f"GRU: variant must be 'reset_after' or 'reset_before', "
                              f"got {variant!r}")
-        if reg and variant != "reset_after":
-            raise ValueError("GRU: layer_norm, zoneout and the dropout options need "
-                             "variant='reset_after'")
+        if _kernel_options(reg, dropout_masks) and variant != "reset_after":
+            raise ValueError("GRU: layer_norm, zoneout, recurrent_dropout and per-gate masks "
+                             "need variant='reset_after'")
         super().__init__(*args, **kwargs)
         self._check_parameters("GRU")
         self.variant = variant

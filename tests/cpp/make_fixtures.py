@@ -88,7 +88,10 @@ def grid():
            ("lstm", {"layer_norm": "tfa", "ln_eps": 1e-3}),
            ("lstm", {"recurrent_dropout": 0.2, "weight_drop": 0.3}),
            ("gru", {"layer_norm": "haste", "zoneout_h": 0.15}),
-           ("gru", {"recurrent_dropout": 0.2, "input_dropout": 0.1})]
+           ("gru", {"recurrent_dropout": 0.2, "input_dropout": 0.1}),
+           # the dropouts alone run the plain kernels, so they combine with these
+           ("lstm", {"weight_drop": 0.3, "proj_size": 3, "peepholes": True}),
+           ("gru", {"input_dropout": 0.2, "weight_drop": 0.3, "variant": "reset_before"})]
     for (cell, kw), (layers, bidir, tokens), dtype in itertools.product(
             reg, ((2, True, False), (1, False, True)), ("float32", "float64")):
         name = "-".join([cell, "reg"] + [f"{k}{v}" for k, v in kw.items()] +

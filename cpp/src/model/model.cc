@@ -226,14 +226,20 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
       r.fail("dropout_masks must be 'shared' or 'per_gate', got " + quoted(dm));
     if (set && c.cell == CellType::rnn)
       r.fail(std::string(set) + " needs cell 'lstm' or 'gru' (the regularised kernels)");
-    if (set && c.cell == CellType::lstm && (c.proj_size || c.peepholes))
-      r.fail(std::string(set) + " cannot be combined with proj_size or peepholes");
+    // layer norm and zoneout change the inference (the regularised kernel, without projection,
+    // peepholes or the reset-before GRU); the dropouts alone are the plain model here
+    const char* kset = c.layer_norm != LayerNorm::none ? "layer_norm"
+                       : c.zoneout_h > 0              ? "zoneout_h"
+                       : c.zoneout_c > 0              ? "zoneout_c"
+                                                      : nullptr;
+    if (kset && c.cell == CellType::lstm && (c.proj_size || c.peepholes))
+      r.fail(std::string(kset) + " cannot be combined with proj_size or peepholes");
     if (c.cell == CellType::gru && c.layer_norm == LayerNorm::tfa)
       r.fail("layer_norm 'tfa' needs cell 'lstm' (the GRU has haste's placement only)");
     if (c.cell == CellType::gru && c.zoneout_c > 0)
       r.fail("zoneout_c needs cell 'lstm' (the GRU has no cell state)");
-    if (set && c.cell == CellType::gru && c.variant != GruVariant::reset_after)
-      r.fail(std::string(set) + " needs variant 'reset_after'");
+    if (kset && c.cell == CellType::gru && c.variant != GruVariant::reset_after)
+      r.fail(std::string(kset) + " needs variant 'reset_after'");
   }
   if (!ctc_rec) r.string("init", "pytorch");  // initialisation only
   {
