@@ -338,6 +338,17 @@ std::vector<Spec> grid() {
       if (!s.bare) s.bias = true;
       specs.push_back(s);
     }
+  // Large layers (the fused step's weights of 256 KiB or more per product): GRU float64
+  // H = C = 128, Elman RNN float32 H = C = 256, LSTM float64 H = C = 128 in a two-layer stack.
+  for (int q = 0; q < 3; ++q) {
+    Spec s;
+    s.cell = q == 0 ? "gru" : q == 1 ? "rnn" : "lstm";
+    s.hidden_size = s.input_size = q == 1 ? 256 : 128;
+    s.float64 = q != 1;
+    s.bare = q != 2;
+    s.num_layers = q == 2 ? 2 : 1;
+    specs.push_back(s);
+  }
   return specs;
 }
 
