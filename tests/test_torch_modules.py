@@ -213,13 +213,14 @@ def test_no_grad_modes(ctx, monkeypatch):
     ref, ours = twins("LSTM", num_layers=2, bidirectional=True)
     x = rand((T, N, C), torch.float64, 1)
     calls = []
-    real = fusedrnn.functional.lstm_forward
+    real = fusedrnn.functional._forward   # (fn, kind, x, w_ih, ..., reverse, training, ...)
 
     def spy(*a, **kw):
-        calls.append(kw["training"])
+        assert a[1] == "lstm"
+        calls.append(a[12])
         return real(*a, **kw)
 
-    monkeypatch.setattr(fusedrnn.functional, "lstm_forward", spy)
+    monkeypatch.setattr(fusedrnn.functional, "_forward", spy)
     if ctx == "no_requires_grad":
         for p in ours.parameters():
             p.requires_grad_(False)
@@ -240,13 +241,13 @@ def test_input_is_not_copied(monkeypatch):
     m = frt.LSTM(C, H)
     x = torch.randn(T, N, C, requires_grad=True)
     seen = {}
-    real = fusedrnn.functional.lstm_forward
+    real = fusedrnn.functional._forward   # (fn, kind, x, w_ih, ...)
 
-    def spy(xa, w_ih, *a, **kw):
+    def spy(fn, kind, xa, w_ih, *a, **kw):
         seen["x"], seen["w_ih"] = xa, w_ih
-        return real(xa, w_ih, *a, **kw)
+        return real(fn, kind, xa, w_ih, *a, **kw)
 
-    monkeypatch.setattr(fusedrnn.functional, "lstm_forward", spy)
+    monkeypatch.setattr(fusedrnn.functional, "_forward", spy)
     m(x)
     assert np.shares_memory(seen["x"], x.detach().numpy())
     assert np.shares_memory(seen["w_ih"], m.weight_ih_l0.detach().numpy())
@@ -466,3 +467,41 @@ def test_import_isolation():
             "import fusedrnn.torch as t; assert t.torch is sys.modules['torch']; "
             "assert t.torch.nn.LSTM is not None")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_training_cache_is_reused_only_after_torch_frees_it(monkeypatch):
+    """The training cache of a layer call comes back to the thread's pool when torch frees the
+    graph's saved tensors, and a later call of the same size reuses it; while a graph still
+    holds its cache (not yet backpropagated, or retain_graph=True) a call gets a fresh one."""
+    m = frt.LSTM(C, H)
+    x = torch.randn(T, N, C, requires_grad=True)
+    seen = []
+    real = fusedrnn.functional._forward
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        seen.append(out.cache.buffer.__array_interface__["data"][0])
+        return out
+
+    monkeypatch.setattr(fusedrnn.functional, "_forward", spy)
+    grads = []
+    for _ in range(2):
+        m.zero_grad()
+        x.grad = None
+        y, _ = m(x)
+        (y * y).sum().backward()
+        grads.append([p.grad.clone() for p in m.parameters()] + [x.grad.clone()])
+    assert seen[1] == seen[0]                      # freed after backward, reused
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    y2, _ = m(x)                                   # its graph holds the cache ...
+    y3, _ = m(x)                                   # ... so this call gets another buffer
+    assert seen[3] != seen[2]
+    y2.sum().backward(retain_graph=True)           # retained: still held
+    y4, _ = m(x)
+    assert seen[4] not in (seen[2],)
+    del y2
+    y5, _ = m(x)                                   # y2's graph gone: its buffer is free again
+    assert seen[5] == seen[2]
+    y3.sum().backward()
+    y4.sum().backward()

@@ -337,7 +337,10 @@ def _check_clip(fn, cell_clip):
 
 
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
-             flag, w_hr=None, cell_clip=None, precision="float32"):
+             flag, w_hr=None, cell_clip=None, precision="float32", new_cache=np.empty):
+    """The forward of the public *_forward functions; new_cache(size, dtype): where a training
+    call's cache buffer comes from (fusedrnn.torch reuses freed ones: fresh pages cost a fault
+    each)."""
     _check_x(fn, x)
     T, N, C, H, P = _check_weights(fn, kind, x, w_ih, w_hh, w_hr)
     R = P or H   # width of h and y
@@ -359,7 +362,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     sizes = _sizes(kind, dims, prec)
     y = np.empty((T, N, R), dt)
     h_n = np.empty((N, R), dt)
-    buffer = np.empty(sizes[0], dt) if training else None
+    buffer = new_cache(sizes[0], dt) if training else None
     tensors = dict(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, lengths=lengths, y=y,
                    h_n=h_n, cache=buffer)
     if kind == "lstm":
