@@ -736,18 +736,18 @@ class _RNNBase(Module):
             self._packed = _PackedSpaces()
 
 
-def _bernoulli(rng, shape, p, dt):
-    """A fresh array of 1 with probability p, else 0 (uniform draws in the layer's dtype
-    compared with p in place: one array, no float64 temporary)."""
-    m = np.empty(shape, dt)
+def _bernoulli(rng, shape, p, dt, out=None):
+    """An array (fresh, or out) of 1 with probability p, else 0 (uniform draws in the layer's
+    dtype compared with p in place: one array, no float64 temporary)."""
+    m = np.empty(shape, dt) if out is None else out
     rng.random(shape, dtype=dt, out=m)
     np.less(m, dt.type(p), out=m)
     return m
 
 
-def _keep_mask(rng, shape, p, dt):
-    """Inverted dropout: 1/(1 − p) with probability 1 − p, else 0."""
-    m = _bernoulli(rng, shape, p, dt)  # 1 = dropped
+def _keep_mask(rng, shape, p, dt, out=None):
+    """Inverted dropout: 1/(1 − p) with probability 1 − p, else 0 (into out if given)."""
+    m = _bernoulli(rng, shape, p, dt, out)  # 1 = dropped
     np.subtract(dt.type(1), m, out=m)
     m *= dt.type(1.0 / (1.0 - p))
     return m
@@ -877,15 +877,21 @@ class _Regularised:
                 T, N, C, H = dims[:4]
                 G = 4 if self._mode == "LSTM" else 3
                 st = {}
-                if self.input_dropout:  # drawn in the regularised route's order: x, then w
+                # drawn in the regularised route's order (x, then w) into this thread's
+                # buffers (a training forward's masks live until its backward, like its cache)
+                if self.input_dropout:
                     st["xmask"] = _keep_mask(self._drop_rng, (N, C), self.input_dropout,
-                                             self.dtype)
-                    x = st["x"] = x * st["xmask"]
+                                             self.dtype, self._buffer(("xmask",) + cache_key,
+                                                                      (N, C)))
+                    x = st["x"] = np.multiply(x, st["xmask"], out=self._buffer(
+                        ("xmasked",) + cache_key, x.shape))
                 if self.weight_drop:
                     w_hh = self._params(sfx)[1].data
                     st["wmask"] = _keep_mask(self._drop_rng, w_hh.shape, self.weight_drop,
-                                             self.dtype)
-                    w = st["w_hh"] = w_hh * st["wmask"]
+                                             self.dtype, self._buffer(("wmask",) + cache_key,
+                                                                      w_hh.shape))
+                    w = st["w_hh"] = np.multiply(w_hh, st["wmask"], out=self._buffer(
+                        ("wmasked",) + cache_key, w_hh.shape))
                 self._buffers[("reg",) + cache_key] = st
             return super()._kernel_forward(dims, sfx, x, h0, c0, lengths, reverse, training, y,
                                            h_n, c_n, cache_key, w_hh_data=w)
@@ -948,12 +954,13 @@ class _Regularised:
                                                 dh_n, dc_n, dx, dh0, dc0)
             st = self._buffers[("reg",) + cache_key]
             w_hh = self._params(sfx)[1]
-            dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else None
+            dw_hh = self._buffer(("dwmasked",) + cache_key, w_hh.grad.shape, zero=True) \
+                if "wmask" in st else None
             super()._kernel_backward(dims, sfx, st.get("x", x), lengths, reverse, cache_key, dy,
                                      dh_n, dc_n, dx, dh0, dc0, w_hh_data=st.get("w_hh"),
                                      dw_hh=dw_hh)
             if "wmask" in st:
-                w_hh.grad += dw_hh * st["wmask"]
+                w_hh.grad += np.multiply(dw_hh, st["wmask"], out=dw_hh)
             if "xmask" in st:
                 dx *= st["xmask"]
             return
