@@ -491,30 +491,29 @@ def main():
             for mode in modes:
                 fns = make_contenders(cell, mode, dims, fr, prob)
                 failed = {}
+
+                def peer(name, add):
+                    """add() puts a peer's contenders in fns; its error goes to failed[name]
+                    (the row runs without it)."""
+                    try:
+                        add()
+                    except Exception as e:      # noqa: BLE001
+                        failed[name] = f"{type(e).__name__}: {e}"
+
+                def ort(name, models, export):  # ONNX Runtime on the (cached) exported model
+                    if (cell, cfg) not in models:
+                        models[(cell, cfg)] = export(prob[0], prob[1])
+                    fns[name] = ort_contender(models[(cell, cfg)][0], prob[1], n)
+
                 if mode == "infer" and not args.no_onnx:
-                    try:
-                        if (cell, cfg) not in onnx_models:
-                            onnx_models[(cell, cfg)] = onnx_model(prob[0], prob[1])
-                        fns["onnxruntime"] = ort_contender(onnx_models[(cell, cfg)][0], prob[1], n)
-                    except Exception as e:      # noqa: BLE001
-                        failed["onnxruntime"] = f"{type(e).__name__}: {e}"
+                    peer("onnxruntime", lambda: ort("onnxruntime", onnx_models, onnx_model))
                     if int8:
-                        try:
-                            if (cell, cfg) not in onnx_q8:
-                                onnx_q8[(cell, cfg)] = onnx_qint8_model(prob[0], prob[1])
-                            fns["ort_qint8"] = ort_contender(onnx_q8[(cell, cfg)][0], prob[1], n)
-                        except Exception as e:  # noqa: BLE001
-                            failed["ort_qint8"] = f"{type(e).__name__}: {e}"
+                        peer("ort_qint8", lambda: ort("ort_qint8", onnx_q8, onnx_qint8_model))
                 if mode == "infer" and lnames:
-                    try:
-                        fns.update(lowp_contenders(cell, prob[0], prob[1], fr, precisions))
-                    except Exception as e:      # noqa: BLE001
-                        failed["lowp"] = f"{type(e).__name__}: {e}"
+                    peer("lowp", lambda: fns.update(
+                        lowp_contenders(cell, prob[0], prob[1], fr, precisions)))
                 if mode == "train" and lowp:
-                    try:
-                        fns.update(lowp_train_contenders(cell, *prob, fr))
-                    except Exception as e:      # noqa: BLE001
-                        failed["lowp"] = f"{type(e).__name__}: {e}"
+                    peer("lowp", lambda: fns.update(lowp_train_contenders(cell, *prob, fr)))
                 res = timed({k: fns[k] for k in CONTENDERS + LOWP + ("ort_qint8",) + LOWP_TRAIN
                              if k in fns},
                             args.reps,

@@ -13,15 +13,19 @@ pytest.importorskip("torch")
 RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "bench", "run.py")
 
 
-def test_bench_smoke_run_writes_its_table_and_json(tmp_path):
+def _bench(tmp_path, *args):
+    """bench/run.py with args and --json into tmp_path; asserts exit 0: (its stdout, the JSON)."""
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm,gru", "--threads", "1",
-         "--no-onnx", "--no-memory", "--settle-ms", "0", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, RUN, *args, "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "% of sgemm peak" in proc.stdout and "Eigen, built like the kernels" in proc.stdout
-    res = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_bench_smoke_run_writes_its_table_and_json(tmp_path):
+    stdout, res = _bench(tmp_path, "--quick", "--configs", "d", "--cells", "lstm,gru",
+                         "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0")
+    assert "% of sgemm peak" in stdout and "Eigen, built like the kernels" in stdout
     assert res["failures"] == []
     peak = res["sgemm_peak_gflops"]["1"]
     assert peak["eigen"] > 0 and peak["torch"] > 0
@@ -42,12 +46,8 @@ def test_bench_smoke_run_writes_its_table_and_json(tmp_path):
 def test_workload_rows_smoke_run(tmp_path):
     """--workloads ragged,subnormal,contended (bench/workloads.py) at the --quick shapes: every
     row is there with its ratios; ONNX Runtime's sequence_lens output equals fusedrnn's."""
-    out = tmp_path / "workloads.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--workloads", "ragged,subnormal,contended",
-         "--json", str(out)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["workloads"]
+    rows = _bench(tmp_path, "--quick", "--workloads", "ragged,subnormal,contended")[1][
+        "workloads"]
     kinds = [(r["row"], r.get("cell"), r.get("mode")) for r in rows]
     for mode in ("infer", "train"):
         for cell in ("lstm", "gru", "bilstm2"):
@@ -72,14 +72,9 @@ def test_bench_precision_bfloat16_adds_the_bf16_and_int8_peers(tmp_path):
     """--precision float32,bfloat16: fusedrnn's bf16 frozen layer, torch bf16 and torch qint8
     (LSTM/GRU only: quantize_dynamic has no nn.RNN) alternate with the float32 contenders, and
     the JSON has their ratios over the bf16 layer."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "gru,rnn", "--modes",
-         "infer", "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0",
-         "--precision", "float32,bfloat16", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    _, res = _bench(tmp_path, "--quick", "--configs", "d", "--cells", "gru,rnn", "--modes",
+                    "infer", "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0",
+                    "--precision", "float32,bfloat16")
     assert res["failures"] == [] and res["info"]["precision"] == "float32,bfloat16"
     for row in res["results"]:
         c = row["contenders"]
@@ -97,12 +92,7 @@ def test_bench_precision_bfloat16_adds_the_bf16_and_int8_peers(tmp_path):
 def test_regularised_workload_rows_smoke_run(tmp_path):
     """--workloads regularised (issue 19) at the --quick shapes: LSTM and GRU rows, both modes,
     every option's ratio to the plain layer and the TorchScript twin's to layer norm."""
-    out = tmp_path / "workloads.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--workloads", "regularised", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.read_text())["workloads"]
+    rows = _bench(tmp_path, "--quick", "--workloads", "regularised")[1]["workloads"]
     assert {(r["cell"], r["mode"]) for r in rows} == {
         (c, m) for c in ("lstm", "gru") for m in ("infer", "train")}
     for r in rows:
@@ -115,14 +105,9 @@ def test_regularised_workload_rows_smoke_run(tmp_path):
 def test_bench_precision_int8_adds_the_int8_layer_and_its_ratios(tmp_path):
     """--precision float32,int8: fusedrnn's int8 frozen layer with torch bf16 / qint8, and the
     JSON has the ratios over the int8 layer."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm", "--modes",
-         "infer", "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0",
-         "--precision", "float32,int8", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    _, res = _bench(tmp_path, "--quick", "--configs", "d", "--cells", "lstm", "--modes",
+                    "infer", "--threads", "1", "--no-onnx", "--no-memory", "--settle-ms", "0",
+                    "--precision", "float32,int8")
     assert res["failures"] == []
     for row in res["results"]:
         c = row["contenders"]
@@ -138,14 +123,9 @@ def test_bench_precision_int8_adds_onnxruntime_quantised_peer(tmp_path):
     the same alternation ("ort_qint8"); for the LSTM the quantised graph has DynamicQuantizeLSTM,
     and its ratio over the int8 layer is in the JSON."""
     pytest.importorskip("onnxruntime.quantization")
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm", "--modes",
-         "infer", "--threads", "1", "--no-memory", "--settle-ms", "0",
-         "--precision", "float32,int8", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    stdout, res = _bench(tmp_path, "--quick", "--configs", "d", "--cells", "lstm", "--modes",
+                         "infer", "--threads", "1", "--no-memory", "--settle-ms", "0",
+                         "--precision", "float32,int8")
     assert res["failures"] == []
     (row,) = res["results"]
     c = row["contenders"]
@@ -153,7 +133,7 @@ def test_bench_precision_int8_adds_onnxruntime_quantised_peer(tmp_path):
     assert "DynamicQuantizeLSTM" in row["onnx_qint8"]["ops"]
     assert row["ratio_peer_over_frozen_int8"]["ort_qint8"] == pytest.approx(
         c["ort_qint8"]["median_ms"] / c["frozen_int8"]["median_ms"])
-    assert "oq8/fi8" in proc.stdout
+    assert "oq8/fi8" in stdout
 
 
 def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_path):
@@ -161,14 +141,9 @@ def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_pa
     compute="bfloat16", torch under autocast and torch module.to(bfloat16) alternate with the
     float32 contenders, the JSON has their ratios over the bf16 layer, and the peak-memory table
     measures them too."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, RUN, "--quick", "--configs", "d", "--cells", "lstm,gru", "--modes",
-         "train", "--threads", "1", "--no-onnx", "--settle-ms", "0",
-         "--precision", "float32,bfloat16", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(out.read_text())
+    _, res = _bench(tmp_path, "--quick", "--configs", "d", "--cells", "lstm,gru", "--modes",
+                    "train", "--threads", "1", "--no-onnx", "--settle-ms", "0",
+                    "--precision", "float32,bfloat16")
     assert res["failures"] == []
     for row in res["results"]:
         c = row["contenders"]

@@ -249,6 +249,20 @@ def _formula(kind, name):
     return None if kind == "lstm" else _FORMULAS[kind][name]
 
 
+_FLAGS = {"gru": ("variant", ("reset_after", "reset_before")),
+          "rnn": ("nonlinearity", ("tanh", "relu"))}
+
+
+def _checked_formula(fn, kind, name):
+    """_formula of a caller's GRU variant / RNN nonlinearity name: ValueError naming it if it is
+    not one of the cell's."""
+    if kind != "lstm":
+        what, names = _FLAGS[kind]
+        if name not in names:
+            raise ValueError(f"{fn}: {what} must be {names[0]!r} or {names[1]!r}, got {name!r}")
+    return _formula(kind, name)
+
+
 _known_sizes: dict = {}   # (kind, dims, precision) -> sizes: a pure function of them
 
 
@@ -474,11 +488,9 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_
     x [T, N, C]; w_ih [3H, C]; w_hh [3H, H]; b_ih, b_hh [3H]; h0 [N, H]; lengths [N].
     Returns GruOutput(y [T, N, H], h_n [N, H], cache).
     """
-    if variant not in ("reset_after", "reset_before"):
-        raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
-                         f"got {variant!r}")
+    formula = _checked_formula("gru_forward", "gru", variant)
     return _forward("gru_forward", "gru", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, _formula("gru", variant), precision=precision)
+                    reverse, training, formula, precision=precision)
 
 
 def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
@@ -493,11 +505,9 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     x [T, N, C]; w_ih [H, C]; w_hh [H, H]; b_ih, b_hh [H]; h0 [N, H]; lengths [N].
     Returns RnnOutput(y [T, N, H], h_n [N, H], cache).
     """
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', "
-                         f"got {nonlinearity!r}")
+    formula = _checked_formula("rnn_forward", "rnn", nonlinearity)
     return _forward("rnn_forward", "rnn", x, w_ih, w_hh, b_ih, b_hh, h0, None, None, lengths,
-                    reverse, training, _formula("rnn", nonlinearity), precision=precision)
+                    reverse, training, formula, precision=precision)
 
 
 def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:

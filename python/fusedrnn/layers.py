@@ -659,10 +659,9 @@ class _RNNBase(Module):
             raise ValueError(f"frozen: precision={precision!r} needs a float32 layer, this one "
                              f"is {np.dtype(self.dtype).name}")
         if precision != "float32" and getattr(self, "_reg", None) and not self._plain(False):
-            from .models import _kernel_regularisers
             raise ValueError(f"frozen: precision={precision!r} is not available with "
-                             f"{', '.join(_kernel_regularisers(self, training=False))}: this "
-                             f"layer's regularised kernel runs in float32 only")
+                             f"{', '.join(_kernel_options(self._reg, self.dropout_masks, False))}"
+                             f": this layer's regularised kernel runs in float32 only")
         if precision == "int8":
             for name, p in self.named_parameters():
                 if not np.isfinite(p.data).all():
@@ -708,10 +707,9 @@ class _RNNBase(Module):
                              f"frozen(precision='int8')")
         F._precision(fn, precision, self.dtype)  # ValueError naming the argument
         if precision != "float32" and getattr(self, "_reg", None) and not self._plain(True):
-            from .models import _kernel_regularisers
             raise ValueError(f"{fn}: {precision!r} is not available with "
-                             f"{', '.join(_kernel_regularisers(self))}: this layer's regularised "
-                             f"kernel runs in float32 only")
+                             f"{', '.join(_kernel_options(self._reg, self.dropout_masks))}: this "
+                             f"layer's regularised kernel runs in float32 only")
         self._precision = precision
 
     @property
@@ -789,12 +787,15 @@ def _regularisers(fn, layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropou
 DROPOUT_MASKS = ("shared", "per_gate")
 
 
-def _kernel_options(reg, dropout_masks):
-    """The options among `reg` (_regularisers' list) that need the regularised kernel in
-    training: all but weight_drop and the shared input_dropout, which run on the plain kernels
-    (so those two combine with proj_size, peepholes, cell_clip and the reset-before GRU)."""
-    kern = [k for k in reg if k not in ("ln_eps", "weight_drop", "input_dropout")]
-    if dropout_masks == "per_gate":
+def _kernel_options(reg, dropout_masks, training=True):
+    """The options among `reg` (the issue-19 option names set on a layer: _regularisers' list,
+    or a fusedrnn.torch module's _reg) that need the float32 regularised kernel: layer norm and
+    zoneout always, recurrent_dropout and per-gate masks in training. weight_drop and the shared
+    input_dropout run on the plain kernels at any precision (so they combine with proj_size,
+    peepholes, cell_clip and the reset-before GRU); in eval mode every dropout is off."""
+    kern = [k for k in reg if k not in ("ln_eps", "weight_drop", "input_dropout", "dropout_masks")
+            and (training or k != "recurrent_dropout")]
+    if training and dropout_masks == "per_gate":
         kern.append("dropout_masks='per_gate'")
     return kern
 
@@ -860,22 +861,18 @@ class _Regularised:
         return {k: get(k) for k in names}
 
     def _plain(self, training):
-        """True when this call needs none of the regularised kernel's work, so the plain
-        kernels run it (at any compute precision): in eval mode without layer norm and zoneout
-        (the dropout options are off), and in training when only weight_drop (DropConnect: the
-        masked copy of w_hh goes in) and the shared input_dropout (x times its mask goes in) are
-        set; the mask products are applied around the call, as the regularised route does."""
-        if self.layer_norm or self.zoneout_h or self.zoneout_c:
-            return False
-        return not training or (not self.recurrent_dropout and self.dropout_masks == "shared")
+        """True when this call needs none of the regularised kernel's work (_kernel_options), so
+        the plain kernels run it at any compute precision: weight_drop's masked copy of w_hh and
+        x times the shared input_dropout mask go in, the mask products applied around the call
+        as the regularised route does."""
+        return not _kernel_options(self._reg, self.dropout_masks, training)
 
     def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
                         cache_key):
         if not self._reg or self._plain(training):
             w = None
             if self._reg and training:
-                T, N, C, H = dims[:4]
-                G = 4 if self._mode == "LSTM" else 3
+                N, C = dims[1], dims[2]
                 st = {}
                 # drawn in the regularised route's order (x, then w) into this thread's
                 # buffers (a training forward's masks live until its backward, like its cache)
@@ -948,10 +945,10 @@ class _Regularised:
 
     def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
                          dh0, dc0):
-        if not self._reg or self._plain(True):
-            if not self._reg:
-                return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy,
-                                                dh_n, dc_n, dx, dh0, dc0)
+        if not self._reg:
+            return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy, dh_n,
+                                            dc_n, dx, dh0, dc0)
+        if self._plain(True):
             st = self._buffers[("reg",) + cache_key]
             w_hh = self._params(sfx)[1]
             dw_hh = self._buffer(("dwmasked",) + cache_key, w_hh.grad.shape, zero=True) \

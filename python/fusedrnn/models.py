@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN, _RNNBase
+from .layers import GRU, LSTM, RNN, _RNNBase, _kernel_options
 from . import validators as V
 from .module import Embedding, Linear, Module, register_module
 
@@ -118,7 +118,7 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
         for name, m in layers:
             _check_lowp(m, precision, where, argument, name)
             if getattr(m, "_reg", None) and not m._plain(True):
-                opts = ", ".join(k for k in _kernel_regularisers(m))
+                opts = ", ".join(_kernel_options(m._reg, m.dropout_masks))
                 raise ValueError(f"{where}: {argument}={precision} is not available with "
                                  f"{opts} ({name}): that layer runs in float32 only")
     for _, m in layers:
@@ -126,24 +126,12 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
     return model
 
 
-def _kernel_regularisers(layer, training=True):
-    """The options of issue 19 set on ``layer`` that need the regularised (float32-only)
-    kernel: layer norm and zoneout always, the recurrent dropout and per-gate masks in training
-    (weight_drop and the shared input_dropout run on the plain kernels at any precision)."""
-    on = [k for k in layer._reg if k not in ("ln_eps", "weight_drop", "input_dropout")]
-    if not training:
-        on = [k for k in on if k != "recurrent_dropout"]
-    elif layer.dropout_masks == "per_gate":
-        on += ["dropout_masks='per_gate'"]
-    return on
-
-
 def _check_lowp(layer, precision, where, argument, name):
     if precision != "float32" and layer.dtype != np.float32:
         raise ValueError(f"{where}: {argument}={precision} needs float32 recurrent layers; "
                          f"{name} is {np.dtype(layer.dtype).name}")
     if precision != "float32" and getattr(layer, "_reg", None) \
-            and (opts := _kernel_regularisers(layer, training=False)):
+            and (opts := _kernel_options(layer._reg, layer.dropout_masks, training=False)):
         raise ValueError(f"{where}: {argument}={precision} is not available with "
                          f"{', '.join(opts)} ({name}): that layer runs in float32 only")
 

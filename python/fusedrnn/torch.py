@@ -187,16 +187,10 @@ def _release_cache(array):
 
 def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                     w_peep, training, precision="float32"):
-    if kind not in ("lstm", "gru", "rnn"):
-        raise ValueError(f"fusedrnn.torch: unknown kernel {kind!r}")
-    if kind == "gru" and flag not in ("reset_after", "reset_before"):
-        raise ValueError(f"gru_forward: variant must be 'reset_after' or 'reset_before', "
-                         f"got {flag!r}")
-    if kind == "rnn" and flag not in ("tanh", "relu"):
-        raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {flag!r}")
-    return _F._forward(f"{kind}_forward", kind, _np(x), _np(w_ih), _np(w_hh), _np(b_ih),
-                       _np(b_hh), _np(h0), _np(c0), _np(w_peep), lengths, reverse, training,
-                       None if kind == "lstm" else _F._formula(kind, flag), _np(w_hr),
+    fn = f"{kind}_forward"
+    formula = _F._checked_formula(fn, kind, flag)
+    return _F._forward(fn, kind, _np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh), _np(h0),
+                       _np(c0), _np(w_peep), lengths, reverse, training, formula, _np(w_hr),
                        precision=precision, new_cache=_pooled_cache)
 
 
@@ -684,7 +678,7 @@ class _Base:
             x.requires_grad or any(p is not None and p.requires_grad for g in params for p in g)
             or (h0 is not None and h0.requires_grad) or (c0 is not None and c0.requires_grad)
             or any(p.requires_grad for n, p in self._parameters.items() if n.startswith("ln_")))
-        if getattr(self, "_reg", ()) and self._needs_regularised_kernel():
+        if self._needs_regularised_kernel():
             return self._run_regularised(x, h0, c0, lengths, params, grad)
         # weight_drop and the shared input_dropout (train mode): torch products on the plain
         # kernels' operands, drawn per layer and direction in _run_regularised's order
@@ -725,20 +719,15 @@ class _Base:
 
     def _kernel_regularisers(self):
         """Issue 19's options set on this layer that need the float32 regularised kernel in
-        this call (see fusedrnn.models._kernel_regularisers): layer norm and zoneout; in train
-        mode also recurrent_dropout and per-gate masks. weight_drop and the shared
-        input_dropout run on the plain kernels."""
-        on = [k for k in getattr(self, "_reg", ())
-              if k not in ("weight_drop", "input_dropout", "recurrent_dropout",
-                           "dropout_masks")]
-        if self.training and getattr(self, "recurrent_dropout", 0.0):
-            on.append("recurrent_dropout")
-        if self.training and getattr(self, "dropout_masks", "shared") == "per_gate":
-            on.append("dropout_masks='per_gate'")
-        return on
+        this call (fusedrnn.layers._kernel_options, in this module's train or eval mode)."""
+        reg = getattr(self, "_reg", ())
+        if not reg:     # (every call asks: the plain module answers without the import)
+            return []
+        from .layers import _kernel_options
+        return _kernel_options(reg, self.dropout_masks, self.training)
 
     def _needs_regularised_kernel(self):
-        return bool(getattr(self, "_reg", ())) and bool(self._kernel_regularisers())
+        return bool(self._kernel_regularisers())
 
     def _run_regularised(self, x, h0, c0, lengths, params, grad):
         """_run for an LSTM or GRU with issue 19's options (fusedrnn.regularised's kernels):
@@ -774,20 +763,17 @@ class _Base:
                     if per_gate:
                         masks["gate_masks"] = True
                     if self.recurrent_dropout:
-                        p = self.recurrent_dropout
                         shape = (G, N, H) if per_gate else (N, H)
-                        masks["recurrent_mask"] = ((1 - bern(shape, p)) / (1 - p)).numpy()
+                        masks["recurrent_mask"] = _keep(shape, self.recurrent_dropout,
+                                                        dt).numpy()
                     if self.input_dropout and per_gate:
                         # a mask per gate block on x_t, applied in the kernel (its dx too)
-                        p = self.input_dropout
-                        masks["input_mask"] = ((1 - bern((G, N, inp.shape[2]), p))
-                                               / (1 - p)).numpy()
+                        masks["input_mask"] = _keep((G, N, inp.shape[2]), self.input_dropout,
+                                                    dt).numpy()
                     elif self.input_dropout:
-                        p = self.input_dropout
-                        xin = inp * ((1 - bern((N, inp.shape[2]), p)) / (1 - p))
+                        xin = inp * _keep((N, inp.shape[2]), self.input_dropout, dt)
                     if self.weight_drop:
-                        p = self.weight_drop
-                        w = w_hh * ((1 - bern(tuple(w_hh.shape), p)) / (1 - p))
+                        w = w_hh * _keep(tuple(w_hh.shape), self.weight_drop, dt)
                 else:
                     masks.update(zoneout_h=self.zoneout_h)
                     if lstm:
@@ -824,8 +810,7 @@ class _Base:
 
 
 def _keep(shape, p, dtype):
-    """Inverted dropout mask from torch's RNG: 1/(1 - p) with probability 1 - p, else 0 (the
-    draw of _run_regularised's bern)."""
+    """Inverted dropout mask from torch's RNG: 1/(1 - p) with probability 1 - p, else 0."""
     return (1 - (torch.rand(shape, dtype=dtype) < p).to(dtype)) / (1 - p)
 
 

@@ -151,7 +151,7 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
       a.h0 = hprev.data(), a.y = ystep.data(), a.h_n = h_l;
       return a;
     };
-    if (cfg.regularised_kernel()) {  // layer norm / zoneout: the regularised kernel, as Model::forward
+    if (cfg.regularised_kernel()) {  // layer norm / zoneout: the regularised kernel, as forward
       if (lstm) {
         LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
         detail::set_regularised<Scalar>(a, cfg, w);
@@ -265,7 +265,7 @@ void Stream<Scalar>::Impl::init_lowp() {
     const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? c.proj_size : 0};
     const std::size_t n =
         c.regularised_kernel() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
-                                                    : gru_ln_forward_workspace_size(d))
+                                                           : gru_ln_forward_workspace_size(d))
         : c.cell == CellType::lstm  ? lstm_forward_workspace_size(d, precision)
         : c.cell == CellType::gru ? gru_forward_workspace_size(d, precision)
                                   : rnn_forward_workspace_size(d, precision);
@@ -307,7 +307,7 @@ Stream<Scalar>::Stream(const Model& model, std::int64_t batch, const StreamOptio
   s.has_head = c.has_head;
   const std::int64_t G = c.cell == CellType::lstm ? 4 : c.cell == CellType::gru ? 3 : 1;
   // Construction by precision: a float32 Model gets the packed step weights (and at batch 1 the
-  // fused step's layouts); a bfloat16 or int8 Model, or one with issue 19's options, only the
+  // fused step's layouts); a bfloat16 or int8 Model, or one with layer norm or zoneout, only the
   // workspaces of its T = 1 kernel calls (its step never reads the float layouts, so they are
   // not built).
   if (model.precision() != Precision::float32 || c.regularised_kernel())
