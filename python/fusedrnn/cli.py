@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", choices=tuple(OPTIMIZERS))
     g.add_argument("--clip", type=nonneg_float, metavar="NORM",
                    help="gradient-norm clipping (0 = off)")
+    g.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+                   help="learning rate over the run: constant, or decayed from --lr to --lr-min "
+                        "along a half cosine or a straight line as the run's limit (--steps, "
+                        "--epochs or --time-budget, whichever is nearest) approaches; "
+                        "default: the task's (charlm: cosine; others: constant)")
+    g.add_argument("--lr-min", type=nonneg_float, metavar="LR",
+                   help="the learning rate a decaying --lr-schedule ends at (default 0)")
     g.add_argument("--steps", type=positive_int, metavar="N", help="stop after N steps")
     g.add_argument("--epochs", type=positive_float, metavar="E", help="stop after E epochs")
     g.add_argument("--time-budget", type=positive_float, metavar="SECONDS",

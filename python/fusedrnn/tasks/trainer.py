@@ -46,6 +46,7 @@ __all__ = ["UsageError", "TrainingError", "OutputError", "GENERIC_DEFAULTS", "re
 GENERIC_DEFAULTS: Dict[str, Any] = {
     "cell": "lstm", "hidden": 128, "layers": 1, "bidirectional": False, "dropout": 0.0,
     "seq_len": 100, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "clip": 1.0,
+    "lr_schedule": "constant", "lr_min": 0.0,
     "seed": 0, "data": None, "column": None, "model": None, "problem": None,
     "min_length": None, "max_length": None, "horizon": None, "window": None, "embed": None,
 }
@@ -142,7 +143,7 @@ def resolve(args: argparse.Namespace, task_cls: type,
     for k, v in GENERIC_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, d.get(k, v))
-    for k in ("lr", "optimizer", "clip", "eval_every"):
+    for k in ("lr", "optimizer", "clip", "lr_schedule", "lr_min", "eval_every"):
         if getattr(args, k, None) is None:
             setattr(args, k, d.get(k, GENERIC_DEFAULTS.get(k)))
     if not any(getattr(args, k, None) is not None for k in LIMITS):
@@ -173,13 +174,34 @@ def check_flags(args: argparse.Namespace, task_cls: type) -> None:
         for k in TASK_ONLY_FLAGS:
             if k in args.given and k not in task_cls.flags:
                 raise UsageError(f"{flag_name(k)} does not apply to task {task_cls.name}")
+    if args.lr_schedule != "constant" and args.lr_min > args.lr:
+        raise UsageError(f"--lr-min {args.lr_min:g} is above --lr {args.lr:g}: a decaying "
+                         f"--lr-schedule {args.lr_schedule} goes from --lr down to --lr-min")
     if args.optimizer not in OPTIMIZERS:
         raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, "
                          f"got {args.optimizer!r}")
 
 
+def scheduled_lr(schedule: str, lr: float, lr_min: float, progress: float) -> float:
+    """--lr-schedule's learning rate at `progress` (0 at the run's start, 1 at its limit):
+    constant lr, or lr decayed to lr_min along a half cosine or a straight line."""
+    if schedule == "constant":
+        return lr
+    p = min(1.0, max(0.0, progress))
+    if schedule == "cosine":
+        return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if schedule == "linear":
+        return lr + (lr_min - lr) * p
+    raise UsageError(f"--lr-schedule must be constant, cosine or linear, got {schedule!r}")
+
+
 def make_optimizer(name: str, params, lr: float):
     return getattr(optim, OPTIMIZERS[name])(params, lr=lr)
+
+
+def _set_lr(opt, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr
 
 
 def make_torch_optimizer(name: str, params, lr: float):
@@ -238,7 +260,7 @@ def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Opt
         raise CheckpointError(f"{path} was written for task {meta['task']!r}, which this "
                               f"fusedrnn does not have") from None
     args.task = meta["task"]
-    for k in LIMITS + ("lr", "optimizer", "clip", "eval_every", "out"):
+    for k in LIMITS + ("lr", "optimizer", "clip", "lr_schedule", "lr_min", "eval_every", "out"):
         if not hasattr(args, k):
             setattr(args, k, None)
     resolve(args, task_cls, meta["task_metadata"].get("flags", {}))
@@ -376,7 +398,7 @@ class Run:
             if a.optimizer is not None and run.get("optimizer") not in (None, a.optimizer):
                 raise UsageError(f"--optimizer {a.optimizer} differs from the checkpoint's "
                                  f"{run['optimizer']}")
-            for k in ("optimizer", "clip", "precision"):
+            for k in ("optimizer", "clip", "precision", "lr_schedule", "lr_min"):
                 if getattr(a, k, None) is None and run.get(k) is not None:
                     setattr(a, k, run[k])
         elif a.task is None:
@@ -425,7 +447,15 @@ class Run:
             except (KeyError, ValueError, TypeError) as e:
                 msg = str(e).splitlines()[0]
                 raise CheckpointError(f"cannot resume from {a.resume}: {msg}") from None
+            base_lr = resume_meta.get("run", {}).get("lr")
             if "lr" in a.given:
+                for g in self.opt.param_groups:
+                    g["lr"] = a.lr
+            elif isinstance(base_lr, (int, float)) and not isinstance(base_lr, bool) \
+                    and math.isfinite(base_lr) and base_lr > 0:
+                # the saved run's --lr (a decaying --lr-schedule left the optimiser's lower):
+                # the resumed run's schedule starts from it again
+                a.lr = float(base_lr)
                 for g in self.opt.param_groups:
                     g["lr"] = a.lr
             else:
@@ -475,9 +505,12 @@ class Run:
         return value > best if self.task.higher_is_better else value < best
 
     def _loop(self, model, step_fn, eval_fn, label: str, eval_steps: Optional[List[int]] = None,
-              max_steps: Optional[int] = None, tb=None, lr_fn=None) -> Dict[str, Any]:
+              max_steps: Optional[int] = None, tb=None, lr_fn=None, set_lr=None,
+              lr_plan: Optional[List[float]] = None) -> Dict[str, Any]:
         """Runs the training loop for `model` (fusedrnn or the torch twin). ``tb``: a
-        TensorBoardLog (--tensorboard); ``lr_fn()`` the current learning rate; the step
+        TensorBoardLog (--tensorboard); ``lr_fn()`` the current learning rate, ``set_lr(lr)``
+        sets it (--lr-schedule: before every step, from the run's progress, or from
+        ``lr_plan``, the learning rates of the steps of the run the twin repeats); the step
         function leaves the gradient norm in ``self._grad_norm``."""
         a, task = self.args, self.task
         units_at_eval, train_at_eval = 0, 0.0
@@ -512,8 +545,19 @@ class Run:
         auto_every = eval_steps is None and "eval_every" not in getattr(a, "given", ())
         errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
         errstate.__enter__()
+        scheduled = set_lr is not None and (lr_plan is not None or a.lr_schedule != "constant")
+        lrs: List[float] = []
         try:
             while True:
+                if scheduled:
+                    if lr_plan is not None:
+                        lr = lr_plan[min(run_steps, len(lr_plan) - 1)]
+                    else:
+                        lr = scheduled_lr(a.lr_schedule, a.lr, a.lr_min, self._progress(
+                            run_steps, task.epoch, time.perf_counter() - t_loop + eval_cost,
+                            budget))
+                    set_lr(lr)
+                    lrs.append(lr)
                 t0 = time.perf_counter()
                 batch = next(batches)
                 loss, count = step_fn(batch)
@@ -570,6 +614,7 @@ class Run:
                     entry = {"step": step, "epoch": round(epoch0 + task.epoch, 4),
                              "time_s": round(last_eval, 3),
                              "train_loss": since_loss / since_n,
+                             **({"lr": float(lr_fn())} if lr_fn is not None else {}),
                              **{k: float(v) for k, v in metrics.items() if v is not None}}
                     since_loss, since_n = 0.0, 0
                     mark = ""
@@ -603,7 +648,23 @@ class Run:
                 "train_time": train_time, "eval_time": eval_time, "run_steps": run_steps,
                 "steps": step0 + run_steps, "epoch": epoch0 + task.epoch, "best": best,
                 "best_step": best_step, "best_snapshot": best_snapshot,
-                "interrupted": interrupted, "loop_time": time.perf_counter() - t_loop}
+                "interrupted": interrupted, "loop_time": time.perf_counter() - t_loop,
+                "lrs": lrs if scheduled else None}
+
+    def _progress(self, run_steps: int, epoch: float, elapsed: float,
+                  budget: Optional[float]) -> float:
+        """How far this run is towards its nearest limit (--steps, --epochs, --time-budget;
+        elapsed: seconds since the loop began, plus the last validation's cost, the time the
+        loop stops with): 0 at the start, 1 at the end."""
+        a = self.args
+        p = 0.0
+        if a.steps:
+            p = max(p, run_steps / a.steps)
+        if a.epochs:
+            p = max(p, epoch / a.epochs)
+        if budget:
+            p = max(p, elapsed / budget)
+        return min(1.0, p)
 
     @staticmethod
     def _nonfinite_message(loss: float, label: str, step: int) -> str:
@@ -656,7 +717,8 @@ class Run:
         try:
             self.result = self._loop(self.model, self._fused_step, self._fused_eval,
                                      "fusedrnn", tb=tb,
-                                     lr_fn=lambda: self.opt.param_groups[0]["lr"])
+                                     lr_fn=lambda: self.opt.param_groups[0]["lr"],
+                                     set_lr=lambda lr: _set_lr(self.opt, lr))
         finally:
             if tb is not None:
                 tb.close()
@@ -705,9 +767,12 @@ class Run:
         self.trainer_state = {**saved_state, "best": None, "best_step": None}
         tb = self._tb_log("torch")
         try:
+            # the twin's steps get the learning rates the fusedrnn run's steps had
             return self._loop(tm, step, evaluate, "torch   ", eval_steps=eval_steps,
                               max_steps=n_steps, tb=tb,
-                              lr_fn=lambda: topt.param_groups[0]["lr"])
+                              lr_fn=lambda: topt.param_groups[0]["lr"],
+                              set_lr=lambda lr: _set_lr(topt, lr),
+                              lr_plan=self.result["lrs"])
         finally:
             self.trainer_state = saved_state
             if tb is not None:
@@ -765,7 +830,8 @@ class Run:
                        "validated": snap.get("validated", True),
                        "history": [e for e in history if e["step"] <= snap["step"]]}
             run = {"optimizer": a.optimizer, "lr": a.lr, "clip": a.clip,
-                   "precision": a.precision}
+                   "precision": a.precision, "lr_schedule": a.lr_schedule,
+                   "lr_min": a.lr_min}
 
             class _Opt:  # hands the snapshot's optimiser state to fusedrnn.save
                 def __init__(self, sd):
@@ -912,7 +978,7 @@ class Run:
               f"at step {final['step']} (epoch {final['epoch']:.2f}, {final['time_s']:.0f} s "
               f"into training)")
             others = {k: v for k, v in final.items() if k not in
-                      ("step", "epoch", "time_s", "train_loss", task.metric)
+                      ("step", "epoch", "time_s", "train_loss", "lr", task.metric)
                       and not k.startswith("baseline")}
             if others:
                 p("  " + ", ".join(f"{k} {v:.4f}" for k, v in others.items()))
