@@ -121,3 +121,22 @@ def test_compare_torch_twin_replays_the_rates(toy, tmp_path, capsys):
     assert fused == pytest.approx([scheduled_lr("cosine", 0.01, 0.0, k / 8) for k in (3, 7)],
                                   rel=1e-12)
     assert not math.isclose(fused[0], fused[1])
+
+
+def test_resume_checks_lr_min_against_the_saved_lr(toy, tmp_path, capsys):
+    """On --resume without --lr, --lr-min is checked against the saved run's --lr (0.01 here),
+    not the task's default (charlm: 0.002)."""
+    first = tmp_path / "a"
+    assert main(["train", "--data", str(toy), *TINY, "--lr", "0.01", "--steps", "4",
+                 "--eval-every", "4", "--out", str(first)]) == 0
+    ok = tmp_path / "b"
+    assert main(["train", "--resume", str(first), "--lr-min", "0.005", "--steps", "4",
+                 "--eval-every", "4", "--out", str(ok), "-q"]) == 0
+    m = _history(ok)
+    assert m["config"]["lr"] == 0.01 and m["config"]["lr_schedule"] == "cosine"
+    assert m["history"][-1]["lr"] == pytest.approx(scheduled_lr("cosine", 0.01, 0.005, 3 / 4),
+                                                   rel=1e-12)
+    capsys.readouterr()
+    rc = main(["train", "--resume", str(first), "--lr-min", "0.02", "--steps", "4",
+               "--out", str(tmp_path / "c")])
+    one_line_error(capsys, rc, "--lr-min 0.02 is above --lr 0.01")

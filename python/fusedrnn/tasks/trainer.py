@@ -143,7 +143,7 @@ def resolve(args: argparse.Namespace, task_cls: type,
     for k, v in GENERIC_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, d.get(k, v))
-    for k in ("lr", "optimizer", "clip", "lr_schedule", "lr_min", "eval_every"):
+    for k in ("lr", "optimizer", "clip", "eval_every"):
         if getattr(args, k, None) is None:
             setattr(args, k, d.get(k, GENERIC_DEFAULTS.get(k)))
     if not any(getattr(args, k, None) is not None for k in LIMITS):
@@ -401,6 +401,13 @@ class Run:
             for k in ("optimizer", "clip", "precision", "lr_schedule", "lr_min"):
                 if getattr(a, k, None) is None and run.get(k) is not None:
                     setattr(a, k, run[k])
+            # the saved run's --lr, not its optimiser's (a decaying --lr-schedule left that
+            # lower): the resumed run's schedule starts from it again, and --lr-min is checked
+            # against it
+            base_lr = run.get("lr")
+            if a.lr is None and isinstance(base_lr, (int, float)) \
+                    and not isinstance(base_lr, bool) and math.isfinite(base_lr) and base_lr > 0:
+                a.lr = float(base_lr)
         elif a.task is None:
             a.task = "charlm"
         if getattr(a, "precision", None) is None:   # a checkpoint without one: float32
@@ -447,17 +454,8 @@ class Run:
             except (KeyError, ValueError, TypeError) as e:
                 msg = str(e).splitlines()[0]
                 raise CheckpointError(f"cannot resume from {a.resume}: {msg}") from None
-            base_lr = resume_meta.get("run", {}).get("lr")
-            if "lr" in a.given:
-                for g in self.opt.param_groups:
-                    g["lr"] = a.lr
-            elif isinstance(base_lr, (int, float)) and not isinstance(base_lr, bool) \
-                    and math.isfinite(base_lr) and base_lr > 0:
-                # the saved run's --lr (a decaying --lr-schedule left the optimiser's lower):
-                # the resumed run's schedule starts from it again
-                a.lr = float(base_lr)
-                for g in self.opt.param_groups:
-                    g["lr"] = a.lr
+            if "lr" in a.given:   # (the user's --lr, or the saved run's: setup above)
+                _set_lr(self.opt, a.lr)
             else:
                 a.lr = self.opt.param_groups[0]["lr"]
             self.trainer_state = dict(resume_meta.get("trainer", {}))
