@@ -87,7 +87,7 @@ def test_bf16_kernel_matches_emulation(cell, opts, reverse, lengths):
 def test_bf16_kernel_odd_and_larger_shapes():
     for cell, opts in CASES[::2]:
         for T, N, C, H in [(3, 1, 1, 1), (4, 2, 33, 17), (5, 40, 70, 64), (4, 70, 20, 40),
-                           (3, 70, 16, 400)]:
+                           (3, 70, 16, 496)]:
             args, kw = make(cell, opts, T, N, C, H, seed=T + N)
             out = getattr(fusedrnn, cell + "_forward")(*args, **kw, training=False,
                                                       precision="bfloat16")
@@ -97,10 +97,11 @@ def test_bf16_kernel_odd_and_larger_shapes():
 
 
 @pytest.mark.parametrize("cell,opts", CASES[::2])
-@pytest.mark.parametrize("dims", [(6, 40, 30, 64), (5, 70, 20, 40), (3, 70, 16, 400)])
+@pytest.mark.parametrize("dims", [(6, 40, 30, 64), (5, 70, 20, 40), (3, 70, 16, 496)])
 def test_bf16_bitwise_independent_of_threads(cell, opts, dims):
     # (70 rows: two row groups of the fused AMX step, the second partial; 40 units: a partial
-    # unit block; H = 400: 14 k-steps a product, 25 unit blocks, 1.4 MB of packed weights)
+    # unit block; H = 496: 17 k-steps a product, 2.1 MB of packed weights: one thread takes row
+    # groups of 64, two and three threads groups of 32, each with one row of gate math a k-step)
     args, kw = make(cell, opts, *dims)
     outs = []
     before = fusedrnn.get_num_threads()

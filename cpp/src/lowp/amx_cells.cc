@@ -2,9 +2,11 @@
 // block of 16 hidden units, the four gates' products on the tiles with K = [x_t | h_{t-1}] (the
 // input projection folded into the step: no separate projection pass, no gx in memory), the
 // weights packed once in tile layout ordered by unit block, gate and k-step, in 2 x 2 blocks
-// (two gates x two 16-row tiles: each A and B tile loaded serves two products); the block's
-// pre-activations go to a 16 KB staging buffer in L1, and its gate math runs in slices between
-// the tile products of the next block (no round trip of the whole gate matrix through memory).
+// (two gates x two 16-row tiles: each A and B tile loaded serves two products; the weight tiles
+// with the non-temporal load hint, so that the weights streaming from L2 evict less of the
+// operand rows from L1); the block's pre-activations go to a 16 KB staging buffer in L1, and its
+// gate math runs between the k-steps of the next block's tile products, one row at a time (no
+// round trip of the whole gate matrix through memory; see thread_step).
 // One barrier per step; threads split the unit blocks.
 //
 // Compiled with the lowp native flags (x86-64-v4 + AMX) in its own copy namespace isa_amx, so
@@ -72,7 +74,14 @@ inline __m512 vtanh(__m512 x) {
 }
 
 constexpr I kUB = 16;        // hidden units per block (one tile of output columns)
-constexpr I kGroupRows = 64; // rows per group (4 accumulator tiles)
+// Rows per group (the rows of one block's products): 64 (four accumulator row tiles), or 32 when
+// a block has at least 32 k-steps for its 32 rows (KS >= 16: one row of gate math a k-step) and
+// the thread's packed weights come from L2 (1.25 MB or less): a group's operand rows (32 x K in
+// bf16, 32 KB at K = 512) then stay in L1 while the weights stream past. Weights beyond L2 come
+// from L3 at every step, once per group: 64 rows halve that (LSTM (100, 64, 512), 1 thread: 26.8
+// ms in 64-row groups, 31-33 in 32-row ones).
+constexpr I kMaxGroupRows = 64;
+constexpr I kGroupWeightBytes = I(5) << 18;
 
 struct alignas(64) TileConfig {
   std::uint8_t palette = 1, start_row = 0;
@@ -108,15 +117,14 @@ inline std::uint16_t* tile_of(std::uint16_t* wf, const Shape& s, I ub, I g, I ks
 
 // One block's staged pre-activation products: [gate][row < 64][16] fp32.
 struct Stage {
-  alignas(64) float v[4 * kGroupRows * kUB];
+  alignas(64) float v[4 * kMaxGroupRows * kUB];
 };
 
 // 2 x 2 blocking: gates g0, g0 + 1 (B in tiles 6, 7) x row tiles r, r + 1 (A in tiles 4, 5;
 // RT = 1: r only); accumulators 0 (g0, r), 1 (g0 + 1, r), 2 (g0, r + 1), 3 (g0 + 1, r + 1).
 template <int RT, typename F>
 inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint16_t* w1,
-                       const std::uint16_t* xb, const std::uint16_t* hb, I r0, I chunk,
-                       F&& between) {
+                       const std::uint16_t* xb, const std::uint16_t* hb, I r0, F&& between) {
   _tile_zero(0);
   _tile_zero(1);
   if constexpr (RT == 2) {
@@ -134,8 +142,8 @@ inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint1
       a = hb + r0 * s.Hp + (ks - s.KSx) * 32, lda = s.Hp, sa = sh;
     }
     _tile_loadd(4, a, sa);
-    _tile_loadd(6, w0 + ks * 512, 64);
-    _tile_loadd(7, w1 + ks * 512, 64);
+    _tile_stream_loadd(6, w0 + ks * 512, 64);
+    _tile_stream_loadd(7, w1 + ks * 512, 64);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     if constexpr (RT == 2) {
@@ -143,7 +151,7 @@ inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint1
       _tile_dpbf16ps(2, 5, 6);
       _tile_dpbf16ps(3, 5, 7);
     }
-    if ((ks + 1) % chunk == 0) between();
+    between(ks);
   }
 }
 
@@ -180,6 +188,7 @@ struct Call {
 struct Pending {
   const Stage* st = nullptr;
   I r0 = 0, rows = 0, u0 = 0, next = 0;  // group rows [r0, r0 + rows), units u0.., next row
+  I gr = kMaxGroupRows;                  // rows per gate in the stage
 };
 
 // The gate math of rows [p.next, end) of a pending block at step `step` (lstm_pointwise.h's
@@ -192,7 +201,8 @@ struct GateConsts {
 };
 
 template <int R>
-inline void gate_group(const Call& k, I step, const Pending& p, I r, const GateConsts& q) {
+__attribute__((always_inline)) inline void gate_group(const Call& k, I step, const Pending& p,
+                                                      I r, const GateConsts& q) {
   namespace ei = Eigen::internal;
   using P = __m512;
   const Shape& s = k.s;
@@ -200,7 +210,7 @@ inline void gate_group(const Call& k, I step, const Pending& p, I r, const GateC
   const std::uint16_t* hprev = k.hbuf(step);
   std::uint16_t* hnext = k.hbuf(step + 1);
   auto pre = [&](int j, int g) {
-    P v = _mm512_load_ps(p.st->v + (g * kGroupRows + r + j) * kUB);
+    P v = _mm512_load_ps(p.st->v + (g * p.gr + r + j) * kUB);
     if (k.b_ih) v = ei::padd(v, q.bi[g]);
     if (k.b_hh) v = ei::padd(v, q.bh[g]);
     return v;
@@ -252,9 +262,7 @@ inline void gate_group(const Call& k, I step, const Pending& p, I r, const GateC
   }
 }
 
-inline void gate_rows(const Call& k, I step, Pending& p, I end) {
-  end = std::min(end, p.rows);
-  if (p.next >= end) return;
+inline GateConsts gate_consts(const Call& k, const Pending& p) {
   const Shape& s = k.s;
   const I u0 = p.u0;
   GateConsts q;
@@ -266,10 +274,16 @@ inline void gate_rows(const Call& k, I step, Pending& p, I end) {
   for (int g = 0; g < 3; ++g)
     q.wp[g] = k.w_peep ? _mm512_maskz_loadu_ps(q.mk, k.w_peep + g * s.H + u0) : q.bi[0];
   q.hi = _mm512_set1_ps(k.clip), q.lo = _mm512_set1_ps(-k.clip);
+  return q;
+}
+
+// The gate math of the pending block's rows [p.next, end), 4 rows at a time.
+inline void gate_rows(const Call& k, I step, Pending& p, const GateConsts& q, I end) {
+  end = std::min(end, p.rows);
   I r = p.next;
   for (; r + 4 <= end; r += 4) gate_group<4>(k, step, p, r, q);
   for (; r < end; ++r) gate_group<1>(k, step, p, r, q);
-  p.next = end;
+  p.next = std::max(p.next, end);
 }
 
 // bf16 rows of x for step `step` into its operand buffer: rows [n0, n1).
@@ -293,49 +307,71 @@ inline void convert_x(const Call& k, I step, I n0, I n1) {
 }
 
 // One thread's share of one step: unit blocks [b0, b1) over all row groups, the gate math of each
-// block interleaved with the products of the next.
+// block interleaved with the products of the next. When the pending block has no more rows than
+// the next block has k-steps, its rows are spread evenly over them, one row (gate_group<1>) after
+// a k-step's tile products: the tile unit then always has the next products queued while the
+// vector units work. Slices of several rows every few k-steps (the rule before, kept for blocks
+// with more rows than k-steps) left the tiles waiting: in a C++ probe of LSTM (100, 64, 256)'s
+// step, products alone 34 us, gate math alone 33, both 48 us with one row a k-step against 68-70
+// with 2 rows every 2 or 4 rows every 4 k-steps. Measured on the kernel (alternating with the
+// build before, three rounds, medians of 15 calls, bitwise-equal outputs), 1 thread: LSTM (100,
+// 64, 256) 7.22-7.40 -> 5.96-6.07 ms, (100, 64, 512) 30.0-30.6 -> 27.3-27.4, (100, 32, 256)
+// 4.15-4.20 -> 2.99-3.08; 2 threads: (100, 64, 256) 4.32-4.93 -> 3.82-4.20; (100, 64, 64),
+// (100, 32, 128), (100, 128, 128) unchanged within the spread.
 void thread_step(const Call& k, I step, I b0, I b1, Stage* stages) {
   const Shape& s = k.s;
   const std::uint16_t* xb = k.xbuf(step);
   const std::uint16_t* hb = k.hbuf(step);
-  const I groups = (s.Np + kGroupRows - 1) / kGroupRows;
+  const I gr = s.KS >= 16 && (b1 - b0) * 4 * s.KS * 1024 <= kGroupWeightBytes ? 32 : kMaxGroupRows;
+  const I groups = (s.Np + gr - 1) / gr;
   Pending prev;
+  GateConsts q;
   I item = 0;
   // k-steps between two slices of gate math, and the rows per slice (4 gates x KS/chunk slices)
   // (about 4 rows a slice for a full group: 16 slices of an item's 4 x KS k-steps)
   const I chunk = std::max<I>(1, s.KS / 4);
   const I slices = 4 * ((s.KS + chunk - 1) / chunk);
   for (I grp = 0; grp < groups; ++grp) {
-    const I r0 = grp * kGroupRows, grows = std::min(kGroupRows, s.Np - r0);
+    const I r0 = grp * gr, grows = std::min(gr, s.Np - r0);
     const I nrt = (grows + 15) / 16;
     const I real = std::max<I>(0, std::min(grows, s.N - r0));
     for (I ub = b0; ub < b1; ++ub, ++item) {
       Stage* st = &stages[item % 2];
+      const I slots = 2 * ((nrt + 1) / 2) * s.KS;
+      const bool spread = prev.rows <= slots;
       const I quota = prev.st ? (prev.rows + slices - 1) / slices : 0;
-      auto between = [&] {
-        if (prev.st) gate_rows(k, step, prev, prev.next + quota);
+      I acc = 0;
+      auto between = [&](I ks) {
+        if (!prev.st) return;
+        if (spread) {
+          for (acc += prev.rows; acc >= slots && prev.next < prev.rows; acc -= slots)
+            gate_group<1>(k, step, prev, prev.next++, q);
+        } else if ((ks + 1) % chunk == 0) {
+          gate_rows(k, step, prev, q, prev.next + quota);
+        }
       };
       for (int g = 0; g < 4; g += 2) {
         const std::uint16_t* w0 = tile_of(k.wf, s, ub, g, 0);
         const std::uint16_t* w1 = tile_of(k.wf, s, ub, g + 1, 0);
-        float* s0 = st->v + g * kGroupRows * kUB;
-        float* s1 = st->v + (g + 1) * kGroupRows * kUB;
+        float* s0 = st->v + g * gr * kUB;
+        float* s1 = st->v + (g + 1) * gr * kUB;
         for (I rt = 0; rt < nrt; rt += 2) {
           const I off = rt * 16 * kUB;
           if (rt + 1 < nrt) {
-            products22<2>(s, w0, w1, xb, hb, r0 + rt * 16, chunk, between);
+            products22<2>(s, w0, w1, xb, hb, r0 + rt * 16, between);
             store22<2>(s0 + off, s1 + off);
           } else {
-            products22<1>(s, w0, w1, xb, hb, r0 + rt * 16, chunk, between);
+            products22<1>(s, w0, w1, xb, hb, r0 + rt * 16, between);
             store22<1>(s0 + off, s1 + off);
           }
         }
       }
-      if (prev.st) gate_rows(k, step, prev, prev.rows);
-      prev.st = st, prev.r0 = r0, prev.rows = real, prev.u0 = ub * kUB, prev.next = 0;
+      if (prev.st) gate_rows(k, step, prev, q, prev.rows);
+      prev.st = st, prev.r0 = r0, prev.rows = real, prev.u0 = ub * kUB, prev.next = 0, prev.gr = gr;
+      q = gate_consts(k, prev);
     }
   }
-  if (prev.st) gate_rows(k, step, prev, prev.rows);
+  if (prev.st) gate_rows(k, step, prev, q, prev.rows);
 }
 
 }  // namespace
