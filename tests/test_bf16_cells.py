@@ -55,16 +55,23 @@ def close(got, want):
     return np.abs(got - want) <= 1e-5 * (1 + np.abs(want))
 
 
-def check_case(cell, opts, reverse, lengths, seed=0):
-    args, kw = make(cell, opts, seed=seed)
-    T, N = args[0].shape[:2]
-    L = np.array([7, 3, 0, 5, 7])[:N] if lengths else None
+def check_teacher_forced(cell, args, kw, reverse, L):
+    """The kernel's bf16 forward against the emulation fed the kernel's own states step by step
+    (fp32 accumulation and activation error only); returns the kernel's outputs."""
     out = getattr(fusedrnn, cell + "_forward")(*args, **kw, reverse=reverse, lengths=L,
                                               training=False, precision="bfloat16")
     teach = getattr(ref, cell + "_forward_bf16")(*args, **kw, reverse=reverse, lengths=L,
                                                  teacher_y=out.y)
     for got, want in zip(out[:-1], teach):
         assert close(got, want).all(), np.abs(got - want).max()
+    return out
+
+
+def check_case(cell, opts, reverse, lengths, seed=0):
+    args, kw = make(cell, opts, seed=seed)
+    T, N = args[0].shape[:2]
+    L = np.array([7, 3, 0, 5, 7])[:N] if lengths else None
+    out = check_teacher_forced(cell, args, kw, reverse, L)
     # Free-running, the two recurrences may part where an operand sits on a bf16 rounding
     # boundary; the outputs then still agree to bf16 precision.
     free = getattr(ref, cell + "_forward_bf16")(*args, **kw, reverse=reverse, lengths=L)
@@ -94,6 +101,20 @@ def test_bf16_kernel_odd_and_larger_shapes():
             teach = getattr(ref, cell + "_forward_bf16")(*args, **kw, teacher_y=out.y)
             for got, want in zip(out[:-1], teach):
                 assert close(got, want).all(), (cell, T, N, C, H, np.abs(got - want).max())
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,opts", [("lstm", {}), ("lstm", {"peep": True, "clip": 0.25}),
+                                       ("gru", {"variant": "reset_after"})])
+def test_bf16_batched_step_with_lengths(cell, opts, reverse):
+    # 40 rows: the fused AMX step of the LSTM and of the reset_after GRU (N >= 16), with lengths
+    # (finished rows carry their state; zeros past each length) and in reverse
+    args, kw = make(cell, opts, T=6, N=40, C=20, H=40, seed=5)
+    L = np.random.default_rng(1).integers(0, 7, size=40)
+    L[0] = 6
+    out = check_teacher_forced(cell, args, kw, reverse, L)
+    for t in range(6):
+        assert (out.y[t][L <= t] == 0).all()
 
 
 @pytest.mark.parametrize("cell,opts", CASES[::2])

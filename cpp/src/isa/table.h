@@ -168,6 +168,9 @@ struct Lowp {
   // The fused AMX LSTM inference (lowp::lstm_fused_forward); null in every other tier.
   void (*lstm_fused)(const Dims& d, const lowp::LstmFusedArgs& a, bool pack,
                      int num_threads) = nullptr;
+  // The same for the reset_after GRU (lowp::gru_fused_forward).
+  void (*gru_fused)(const Dims& d, const lowp::LstmFusedArgs& a, bool pack,
+                    int num_threads) = nullptr;
   // The fp32 packed GEMM of this copy's fp32 kernels as a standalone product (f32_packed.cc):
   // the benchmark's yardstick.
   std::int64_t (*f32_packed_size)(std::int64_t n, std::int64_t K) = nullptr;

@@ -189,6 +189,24 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   const lowp::Tier tier = lp.tier;
   const lowp::Bf16Block& lb = lp.lb;
   const lowp::S8Block& qb = lp.qb;
+  // bf16: which packed form of the weights this call packs (lowp.h: Bf16Block::formats)
+  bool pack_panels = !opt.weights_packed;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (lp.bf16) {
+      if (!opt.weights_packed) *lb.formats = 0;
+      if (lb.wf && after && !training && lowp::gru_fused_runs(d)) {  // the fused AMX step
+        const bool pack = !(*lb.formats & lowp::kPackedFused);
+        *lb.formats |= lowp::kPackedFused;
+        const lowp::LstmFusedArgs fa{a.x,     a.w_ih,    a.w_hh,      b_ih, b_hh,   nullptr,
+                                     a.h0,    nullptr,   0.0f,        a.lengths,    opt.reverse,
+                                     y,       a.h_n,     nullptr,     lb.wf, lb.xf, lb.hf};
+        lowp::gru_fused_forward(d, fa, pack, thread_count(opt, d, 3));
+        return;
+      }
+      pack_panels = !(*lb.formats & lowp::kPackedPanels);
+      *lb.formats |= lowp::kPackedPanels;
+    }
+  }
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout(d, wc, lowpx);
   Carver<Scalar> cc(a.cache);
@@ -214,7 +232,7 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
         par_pack_s8(a.w_ih, GH, d.C, qb.wih);
         par_pack_s8(a.w_hh, after ? GH : 2 * H, H, qb.whh);
         if (!after) par_pack_s8(a.w_hh + 2 * H * H, H, H, qb.whn);
-      } else if (!opt.weights_packed) {
+      } else if (lp.bf16 && pack_panels) {
         par_pack_bf16(a.w_ih, GH, d.C, lb.wih);
         // reset_after: all 3H rows, across the block's whh and whn pieces (sized for them)
         par_pack_bf16(a.w_hh, after ? GH : 2 * H, H, lb.whh);

@@ -1,5 +1,6 @@
-// The fused AMX step of the LSTM's bf16 inference (lowp.h: lstm_fused_*): per time step and
-// block of 16 hidden units, the four gates' products on the tiles with K = [x_t | h_{t-1}] (the
+// The fused AMX step of the bf16 inference of the LSTM and the reset_after GRU (lowp.h:
+// lstm_fused_*, gru_fused_*): per time step and block of 16 hidden units, four products on the
+// tiles with K = [x_t | h_{t-1}] (the GRU: r, z, and n's input and recurrent products apart; the
 // input projection folded into the step: no separate projection pass, no gx in memory), the
 // weights packed once in tile layout ordered by unit block, gate and k-step, in 2 x 2 blocks
 // (two gates x two 16-row tiles: each A and B tile loaded serves two products; the weight tiles
@@ -122,7 +123,9 @@ struct Stage {
 
 // 2 x 2 blocking: gates g0, g0 + 1 (B in tiles 6, 7) x row tiles r, r + 1 (A in tiles 4, 5;
 // RT = 1: r only); accumulators 0 (g0, r), 1 (g0 + 1, r), 2 (g0, r + 1), 3 (g0 + 1, r + 1).
-template <int RT, typename F>
+// kSplit (the GRU's n gate): accumulator 0 (and 2) takes the input k-steps only (x w_inᵀ) and
+// 1 (and 3) the recurrent ones only (h w_hnᵀ), so each k-step runs half the products.
+template <int RT, bool kSplit = false, typename F>
 inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint16_t* w1,
                        const std::uint16_t* xb, const std::uint16_t* hb, I r0, F&& between) {
   _tile_zero(0);
@@ -142,6 +145,25 @@ inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint1
       a = hb + r0 * s.Hp + (ks - s.KSx) * 32, lda = s.Hp, sa = sh;
     }
     _tile_loadd(4, a, sa);
+    if constexpr (kSplit) {
+      if (ks < s.KSx) {
+        _tile_stream_loadd(6, w0 + ks * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        if constexpr (RT == 2) {
+          _tile_loadd(5, a + 16 * lda, sa);
+          _tile_dpbf16ps(2, 5, 6);
+        }
+      } else {
+        _tile_stream_loadd(7, w1 + ks * 512, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        if constexpr (RT == 2) {
+          _tile_loadd(5, a + 16 * lda, sa);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      between(ks);
+      continue;
+    }
     _tile_stream_loadd(6, w0 + ks * 512, 64);
     _tile_stream_loadd(7, w1 + ks * 512, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -172,7 +194,8 @@ struct Call {
   float clip;
   const std::int64_t* lengths;
   bool reverse;
-  float *y, *h, *c;  // h, c: the fp32 state [N, H], updated in place
+  float *y, *h, *c;  // h, c: the fp32 state [N, H], updated in place (the GRU: h only)
+  bool gru = false;  // the reset_after GRU (r, z, n; n's two products apart), not the LSTM
   std::uint16_t *wf, *xf, *hf;
 
   I time(I step, I n) const {
@@ -200,6 +223,27 @@ struct GateConsts {
   __mmask16 mk;
 };
 
+// Row n's results at step `step` for the pending block's units: h into the state, y and the next
+// step's bf16 operand (zero in the padding units), c (the LSTM's; null: none) into the state; a
+// finished sequence (no time at this step) carries its state, its bf16 operand too.
+__attribute__((always_inline)) inline void store_row(const Call& k, I step, const Pending& p,
+                                                     const GateConsts& q, I n, __m512 h,
+                                                     const __m512* c) {
+  const Shape& s = k.s;
+  const I u0 = p.u0;
+  std::uint16_t* hnext = k.hbuf(step + 1) + n * s.Hp + u0;
+  const I t = k.time(step, n);
+  if (t < 0) {
+    std::memcpy(hnext, k.hbuf(step) + n * s.Hp + u0, 32);
+    return;
+  }
+  if (c) _mm512_mask_storeu_ps(k.c + n * s.H + u0, q.mk, *c);
+  _mm512_mask_storeu_ps(k.h + n * s.H + u0, q.mk, h);
+  _mm512_mask_storeu_ps(k.y + (t * s.N + n) * s.H + u0, q.mk, h);
+  const __m256bh hb = _mm512_cvtneps_pbh(_mm512_maskz_mov_ps(q.mk, h));
+  std::memcpy(hnext, &hb, 32);
+}
+
 template <int R>
 __attribute__((always_inline)) inline void gate_group(const Call& k, I step, const Pending& p,
                                                       I r, const GateConsts& q) {
@@ -207,8 +251,6 @@ __attribute__((always_inline)) inline void gate_group(const Call& k, I step, con
   using P = __m512;
   const Shape& s = k.s;
   const I u0 = p.u0;
-  const std::uint16_t* hprev = k.hbuf(step);
-  std::uint16_t* hnext = k.hbuf(step + 1);
   auto pre = [&](int j, int g) {
     P v = _mm512_load_ps(p.st->v + (g * p.gr + r + j) * kUB);
     if (k.b_ih) v = ei::padd(v, q.bi[g]);
@@ -246,20 +288,7 @@ __attribute__((always_inline)) inline void gate_group(const Call& k, I step, con
   }
 #pragma GCC unroll 4
   for (int j = 0; j < R; ++j) h[j] = ei::pmul(o[j], vtanh(c[j]));
-  for (int j = 0; j < R; ++j) {
-    const I n = p.r0 + r + j;
-    const I t = k.time(step, n);
-    if (t < 0) {  // finished sequence: carries h and c (c, h in place); the bf16 operand too
-      std::memcpy(hnext + n * s.Hp + u0, hprev + n * s.Hp + u0, 32);
-      continue;
-    }
-    _mm512_mask_storeu_ps(k.c + n * s.H + u0, q.mk, c[j]);
-    _mm512_mask_storeu_ps(k.h + n * s.H + u0, q.mk, h[j]);
-    _mm512_mask_storeu_ps(k.y + (t * s.N + n) * s.H + u0, q.mk, h[j]);
-    // the next step's operand: bf16(h), zero in the padding units
-    const __m256bh hb = _mm512_cvtneps_pbh(_mm512_maskz_mov_ps(q.mk, h[j]));
-    std::memcpy(hnext + n * s.Hp + u0, &hb, 32);
-  }
+  for (int j = 0; j < R; ++j) store_row(k, step, p, q, p.r0 + r + j, h[j], &c[j]);
 }
 
 inline GateConsts gate_consts(const Call& k, const Pending& p) {
@@ -270,19 +299,60 @@ inline GateConsts gate_consts(const Call& k, const Pending& p) {
   auto bias = [&](const float* b, I g) {
     return b ? _mm512_maskz_loadu_ps(q.mk, b + g * s.H + u0) : _mm512_setzero_ps();
   };
-  for (int g = 0; g < 4; ++g) q.bi[g] = bias(k.b_ih, g), q.bh[g] = bias(k.b_hh, g);
+  const int gates = k.gru ? 3 : 4;  // the GRU's biases: r, z, n
+  for (int g = 0; g < 4; ++g)
+    q.bi[g] = g < gates ? bias(k.b_ih, g) : _mm512_setzero_ps(),
+    q.bh[g] = g < gates ? bias(k.b_hh, g) : _mm512_setzero_ps();
   for (int g = 0; g < 3; ++g)
     q.wp[g] = k.w_peep ? _mm512_maskz_loadu_ps(q.mk, k.w_peep + g * s.H + u0) : q.bi[0];
   q.hi = _mm512_set1_ps(k.clip), q.lo = _mm512_set1_ps(-k.clip);
   return q;
 }
 
+// The GRU's (reset_after) gate math of R rows, gru_pointwise.h's formulas on the staged products
+// (stage gates: r, z, the input product of n, the recurrent product of n): r = σ((a_r + b_ir) +
+// b_hr), z likewise, q = a_hn + b_hn, n = tanh(r q + (a_in + b_in)), h = n + z (h_prev - n).
+template <int R>
+__attribute__((always_inline)) inline void gru_group(const Call& k, I step, const Pending& p,
+                                                     I r, const GateConsts& q) {
+  namespace ei = Eigen::internal;
+  using P = __m512;
+  const Shape& s = k.s;
+  const I u0 = p.u0;
+  auto acc = [&](int j, int g) { return _mm512_load_ps(p.st->v + (g * p.gr + r + j) * kUB); };
+  P rg[R], z[R], h[R];
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    P pr = acc(j, 0), pz = acc(j, 1);
+    if (k.b_ih) pr = ei::padd(pr, q.bi[0]), pz = ei::padd(pz, q.bi[1]);
+    if (k.b_hh) pr = ei::padd(pr, q.bh[0]), pz = ei::padd(pz, q.bh[1]);
+    rg[j] = vsigmoid(pr), z[j] = vsigmoid(pz);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < R; ++j) {
+    P qn = acc(j, 3), xn = acc(j, 2);
+    if (k.b_hh) qn = ei::padd(qn, q.bh[2]);
+    if (k.b_ih) xn = ei::padd(xn, q.bi[2]);
+    const P n = vtanh(ei::pmadd(rg[j], qn, xn));
+    const P hp = _mm512_maskz_loadu_ps(q.mk, k.h + (p.r0 + r + j) * s.H + u0);
+    h[j] = ei::pmadd(z[j], ei::psub(hp, n), n);
+  }
+  for (int j = 0; j < R; ++j) store_row(k, step, p, q, p.r0 + r + j, h[j], nullptr);
+}
+
+template <int R>
+__attribute__((always_inline)) inline void cell_group(const Call& k, I step, const Pending& p,
+                                                      I r, const GateConsts& q) {
+  if (k.gru) gru_group<R>(k, step, p, r, q);
+  else gate_group<R>(k, step, p, r, q);
+}
+
 // The gate math of the pending block's rows [p.next, end), 4 rows at a time.
 inline void gate_rows(const Call& k, I step, Pending& p, const GateConsts& q, I end) {
   end = std::min(end, p.rows);
   I r = p.next;
-  for (; r + 4 <= end; r += 4) gate_group<4>(k, step, p, r, q);
-  for (; r < end; ++r) gate_group<1>(k, step, p, r, q);
+  for (; r + 4 <= end; r += 4) cell_group<4>(k, step, p, r, q);
+  for (; r < end; ++r) cell_group<1>(k, step, p, r, q);
   p.next = std::max(p.next, end);
 }
 
@@ -345,7 +415,7 @@ void thread_step(const Call& k, I step, I b0, I b1, Stage* stages) {
         if (!prev.st) return;
         if (spread) {
           for (acc += prev.rows; acc >= slots && prev.next < prev.rows; acc -= slots)
-            gate_group<1>(k, step, prev, prev.next++, q);
+            cell_group<1>(k, step, prev, prev.next++, q);
         } else if ((ks + 1) % chunk == 0) {
           gate_rows(k, step, prev, q, prev.next + quota);
         }
@@ -357,11 +427,15 @@ void thread_step(const Call& k, I step, I b0, I b1, Stage* stages) {
         float* s1 = st->v + (g + 1) * gr * kUB;
         for (I rt = 0; rt < nrt; rt += 2) {
           const I off = rt * 16 * kUB;
+          const I r = r0 + rt * 16;
+          const bool split = k.gru && g == 2;  // the GRU's n: input and recurrent sums apart
           if (rt + 1 < nrt) {
-            products22<2>(s, w0, w1, xb, hb, r0 + rt * 16, between);
+            if (split) products22<2, true>(s, w0, w1, xb, hb, r, between);
+            else products22<2>(s, w0, w1, xb, hb, r, between);
             store22<2>(s0 + off, s1 + off);
           } else {
-            products22<1>(s, w0, w1, xb, hb, r0 + rt * 16, between);
+            if (split) products22<1, true>(s, w0, w1, xb, hb, r, between);
+            else products22<1>(s, w0, w1, xb, hb, r, between);
             store22<1>(s0 + off, s1 + off);
           }
         }
@@ -378,8 +452,11 @@ void thread_step(const Call& k, I step, I b0, I b1, Stage* stages) {
 
 namespace tier_amx {
 
-void lstm_fused_pack(const Dims& d, const float* w_ih, const float* w_hh, std::uint16_t* wf,
-                     int thread, int nthreads) {
+// Tile layout [nub][4][KS][512]. LSTM: gates i, f, g, o over K = [C | H]. GRU: r, z over [C | H],
+// then n's input rows over the C part only and n's recurrent rows over the H part only (zeros
+// elsewhere, never multiplied: products22's kSplit).
+void cell_fused_pack(const Dims& d, bool gru, const float* w_ih, const float* w_hh,
+                     std::uint16_t* wf, int thread, int nthreads) {
   const Shape s = shape_of(d);
   for (I ub = thread; ub < s.nub; ub += nthreads)
     for (I g = 0; g < 4; ++g)
@@ -388,13 +465,14 @@ void lstm_fused_pack(const Dims& d, const float* w_ih, const float* w_hh, std::u
         for (I kk = 0; kk < 32; ++kk) {
           const I k = ks * 32 + kk;
           for (I j = 0; j < 16; ++j) {
-            const I u = ub * kUB + j, row = g * s.H + u;
+            const I u = ub * kUB + j, row = (gru && g == 3 ? 2 : g) * s.H + u;
+            const bool in = !gru || g != 3, rec = !gru || g != 2;  // which parts of K it has
             float v = 0.0f;
             bool have = false;
             if (u < s.H) {
               if (k < s.Cp) {
-                if (k < s.C) v = w_ih[row * s.C + k], have = true;
-              } else if (k - s.Cp < s.H) {
+                if (k < s.C && in) v = w_ih[row * s.C + k], have = true;
+              } else if (k - s.Cp < s.H && rec) {
                 v = w_hh[row * s.H + (k - s.Cp)], have = true;
               }
             }
@@ -404,8 +482,10 @@ void lstm_fused_pack(const Dims& d, const float* w_ih, const float* w_hh, std::u
       }
 }
 
-void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads) {
+void cell_fused_forward(const Dims& d, bool gru, const LstmFusedArgs& a, bool pack,
+                        int num_threads) {
   Call k;
+  k.gru = gru;
   k.s = shape_of(d);
   k.x = a.x, k.b_ih = a.b_ih, k.b_hh = a.b_hh, k.w_peep = a.w_peep, k.clip = a.cell_clip;
   k.lengths = a.lengths, k.reverse = a.reverse;
@@ -423,13 +503,14 @@ void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int nu
 #else
     const int tid = 0, nt = 1;
 #endif
-    if (pack) lstm_fused_pack(d, a.w_ih, a.w_hh, a.wf, tid, nt);
-    // state and operands: h, c from h0, c0 (or 0); bf16(h0) and x_0; padding rows/columns zero
+    if (pack) cell_fused_pack(d, gru, a.w_ih, a.w_hh, a.wf, tid, nt);
+    // state and operands: h, c from h0, c0 (or 0; the GRU: h only); bf16(h0) and x_0; padding
+    // rows/columns zero
     const I r0 = s.N * tid / nt, r1 = s.N * (tid + 1) / nt;
     for (I n = r0; n < r1; ++n) {
       for (I j = 0; j < s.H; ++j) {
         k.h[n * s.H + j] = a.h0 ? a.h0[n * s.H + j] : 0.0f;
-        k.c[n * s.H + j] = a.c0 ? a.c0[n * s.H + j] : 0.0f;
+        if (!gru) k.c[n * s.H + j] = a.c0 ? a.c0[n * s.H + j] : 0.0f;
       }
       if (a.lengths)
         for (I t = a.lengths[n]; t < s.T; ++t)
@@ -466,6 +547,13 @@ void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int nu
     }
     _tile_release();
   });
+}
+
+void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads) {
+  cell_fused_forward(d, false, a, pack, num_threads);
+}
+void gru_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads) {
+  cell_fused_forward(d, true, a, pack, num_threads);
 }
 
 }  // namespace tier_amx

@@ -108,6 +108,13 @@ void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int nu
   isa::active().lowp.lstm_fused(d, a, pack, num_threads);
 }
 
+bool gru_fused_applies(const Dims&) { return isa::active().lowp.gru_fused != nullptr; }
+
+void gru_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads) {
+  if (!gru_fused_applies(d)) fail("gru_fused_forward: the fused AMX step does not apply here");
+  isa::active().lowp.gru_fused(d, a, pack, num_threads);
+}
+
 void require_tier(Tier t, const char* fn) {
   if (!tier_available(t))
     fail(std::string(fn) + ": tier '" + tier_name(t) +

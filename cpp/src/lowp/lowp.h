@@ -167,15 +167,21 @@ constexpr std::int64_t lstm_fused_rows(std::int64_t N) { return N < 16 ? N : rou
 bool lstm_fused_applies(const Dims& d);
 constexpr std::int64_t kFusedMinRows = 16;
 inline bool lstm_fused_runs(const Dims& d) { return lstm_fused_applies(d) && d.N >= kFusedMinRows; }
+// The same fused step for the reset_after GRU (gates r, z, n; n's input and recurrent products
+// in separate accumulators): the amx tier is active. Its bf16 block has the pieces for both
+// variants (the block does not know the variant); the reset_before GRU, whose n product needs
+// r*h first, runs unfused.
+bool gru_fused_applies(const Dims& d);
+inline bool gru_fused_runs(const Dims& d) { return gru_fused_applies(d) && d.N >= kFusedMinRows; }
 
 struct Bf16Block {
   // Which packed forms of the weights the block holds (kPackedFused | kPackedPanels): a frozen
   // layer's workspace serves batches of every size, so the fused and the unfused route each pack
   // their form once, on first use (Options::weights_packed false: the call packs anew).
   std::uint32_t* formats = nullptr;
-  // The fused AMX LSTM (lstm_fused_applies): its packed weights [nub][4][KS][512] (KS k-steps of
-  // [C | H], each zero-padded to 32; nub blocks of 16 units), x and bf16(h) operands, two each
-  // [Np, Cp] and [Np, Hp]. Null otherwise.
+  // The fused AMX LSTM and GRU (lstm_ / gru_fused_applies): packed weights [nub][4][KS][512]
+  // (KS k-steps of [C | H], each zero-padded to 32; nub blocks of 16 units), x and bf16(h)
+  // operands, two each [Np, Cp] and [Np, Hp]. Null otherwise.
   std::uint16_t* wf = nullptr;
   std::uint16_t* xf = nullptr;
   std::uint16_t* hf = nullptr;
@@ -204,7 +210,7 @@ inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* b
   b.xrows = std::min(kBf16XRows, d.T * d.N);
   // first the pieces whose offsets depend on C, H and P only (packed weights), then the rest
   b.formats = reinterpret_cast<std::uint32_t*>(take(32));
-  const bool fused = G == 4 && !split_n && lstm_fused_applies(d);
+  const bool fused = G == 4 ? !split_n && lstm_fused_applies(d) : G == 3 && gru_fused_applies(d);
   const std::int64_t nub = (d.H + 15) / 16, Np = lstm_fused_rows(d.N);
   if (fused) b.wf = take(nub * 4 * 16 * (bf16_kpad(d.C) + bf16_kpad(d.H)));
   b.wih = take(packed_bf16_size(GH, d.C));
@@ -298,6 +304,9 @@ struct LstmFusedArgs {
   std::uint16_t *wf, *xf, *hf;
 };
 void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
+// The reset_after GRU's fused step (gru_fused_applies(d) must hold), the same arguments with
+// w_ih [3H, C], w_hh [3H, H], b_ih, b_hh [3H]; w_peep, c0 and c_n null, cell_clip 0.
+void gru_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
 
 // The fp32 packed GEMM of the fp32 kernels (packed_gemm.h), in the instruction-set copy the fp32
 // kernels use: the benchmark's fp32 yardstick. C [m, n] = A [m, K] Wᵀ, W [n, K] packed once.

@@ -439,6 +439,7 @@ void fill_lowp(isa::Lowp& l) {
   l.par_gemm_bf16 = lowp_par_gemm_bf16;
   l.par_gemm_s8 = lowp_par_gemm_s8;
   l.lstm_fused = nullptr;
+  l.gru_fused = nullptr;
 }
 }  // namespace tier_bf16
 
@@ -515,6 +516,7 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
 }
 
 void lstm_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
+void gru_fused_forward(const Dims& d, const LstmFusedArgs& a, bool pack, int num_threads);
 
 // The amx tier's block of its table (the f32_* entries stay the avx512 copy's).
 void fill_lowp(isa::Lowp& l) {
@@ -525,6 +527,7 @@ void fill_lowp(isa::Lowp& l) {
   l.par_gemm_bf16 = lowp_par_gemm_bf16;
   l.par_gemm_s8 = lowp_par_gemm_s8;
   l.lstm_fused = lstm_fused_forward;  // amx_cells.cc
+  l.gru_fused = gru_fused_forward;
 }
 }  // namespace tier_amx
 
