@@ -393,7 +393,8 @@ void thread_step(const Call& k, I step, I b0, I b1, I rlo, I rhi, Stage* stages)
   const Shape& s = k.s;
   const std::uint16_t* xb = k.xbuf(step);
   const std::uint16_t* hb = k.hbuf(step);
-  const I gr = s.KS >= 16 && (b1 - b0) * 4 * s.KS * 1024 <= kGroupWeightBytes ? 32 : kMaxGroupRows;
+  const bool in_l2 = (b1 - b0) * 4 * s.KS * 1024 <= kGroupWeightBytes;
+  const I gr = s.KS >= 16 && in_l2 ? 32 : kMaxGroupRows;
   const I groups = (rhi - rlo + gr - 1) / gr;
   Pending prev;
   GateConsts q;
@@ -548,7 +549,8 @@ void cell_fused_forward(const Dims& d, bool gru, const LstmFusedArgs& a, bool pa
     const I tiles = s.Np / 16;
     const bool rows_split = nt > 1 && s.Np % 16 == 0 && tiles >= nt &&
                             s.nub * 4 * s.KS * 1024 <= kGroupWeightBytes;
-    const I b0 = rows_split ? 0 : s.nub * tid / nt, b1 = rows_split ? s.nub : s.nub * (tid + 1) / nt;
+    const I b0 = rows_split ? 0 : s.nub * tid / nt;
+    const I b1 = rows_split ? s.nub : s.nub * (tid + 1) / nt;
     const I rlo = rows_split ? 16 * (tiles * tid / nt) : 0;
     const I rhi = rows_split ? 16 * (tiles * (tid + 1) / nt) : s.Np;
     const I xlo = rows_split ? std::min(rlo, s.N) : r0, xhi = rows_split ? std::min(rhi, s.N) : r1;
