@@ -193,18 +193,15 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
   bool pack_panels = !opt.weights_packed;
   if constexpr (std::is_same_v<Scalar, float>) {
     if (lp.bf16) {
-      if (!opt.weights_packed) *lb.formats = 0;
       if (lb.wf && after && !training && lowp::gru_fused_runs(d)) {  // the fused AMX step
-        const bool pack = !(*lb.formats & lowp::kPackedFused);
-        *lb.formats |= lowp::kPackedFused;
+        const bool pack = lowp::packs_form(lb, opt.weights_packed, lowp::kPackedFused);
         const lowp::LstmFusedArgs fa{a.x,     a.w_ih,    a.w_hh,      b_ih, b_hh,   nullptr,
                                      a.h0,    nullptr,   0.0f,        a.lengths,    opt.reverse,
                                      y,       a.h_n,     nullptr,     lb.wf, lb.xf, lb.hf};
         lowp::gru_fused_forward(d, fa, pack, thread_count(opt, d, 3));
         return;
       }
-      pack_panels = !(*lb.formats & lowp::kPackedPanels);
-      *lb.formats |= lowp::kPackedPanels;
+      pack_panels = lowp::packs_form(lb, opt.weights_packed, lowp::kPackedPanels);
     }
   }
   Carver<Scalar> wc(workspace);

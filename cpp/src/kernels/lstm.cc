@@ -239,18 +239,15 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
   bool pack_panels = !opt.weights_packed;
   if constexpr (std::is_same_v<Scalar, float>) {
     if (bf16) {
-      if (!opt.weights_packed) *lb.formats = 0;
       if (lb.wf && !training && lowp::lstm_fused_runs(d)) {  // the fused AMX step (amx_cells.cc)
-        const bool pack = !(*lb.formats & lowp::kPackedFused);
-        *lb.formats |= lowp::kPackedFused;
+        const bool pack = lowp::packs_form(lb, opt.weights_packed, lowp::kPackedFused);
         const lowp::LstmFusedArgs fa{a.x,   a.w_ih, a.w_hh, b_ih,   b_hh, w_peep, a.h0,
                                      a.c0,  a.cell_clip,    a.lengths, opt.reverse, y,
                                      a.h_n, a.c_n,  lb.wf,  lb.xf,  lb.hf};
         lowp::lstm_fused_forward(d, fa, pack, thread_count(opt, d, 4));
         return;
       }
-      pack_panels = !(*lb.formats & lowp::kPackedPanels);
-      *lb.formats |= lowp::kPackedPanels;
+      pack_panels = lowp::packs_form(lb, opt.weights_packed, lowp::kPackedPanels);
     }
   }
   Carver<Scalar> wc(workspace);

@@ -146,20 +146,15 @@ inline void products22(const Shape& s, const std::uint16_t* w0, const std::uint1
     }
     _tile_loadd(4, a, sa);
     if constexpr (kSplit) {
+      if constexpr (RT == 2) _tile_loadd(5, a + 16 * lda, sa);
       if (ks < s.KSx) {
         _tile_stream_loadd(6, w0 + ks * 512, 64);
         _tile_dpbf16ps(0, 4, 6);
-        if constexpr (RT == 2) {
-          _tile_loadd(5, a + 16 * lda, sa);
-          _tile_dpbf16ps(2, 5, 6);
-        }
+        if constexpr (RT == 2) _tile_dpbf16ps(2, 5, 6);
       } else {
         _tile_stream_loadd(7, w1 + ks * 512, 64);
         _tile_dpbf16ps(1, 4, 7);
-        if constexpr (RT == 2) {
-          _tile_loadd(5, a + 16 * lda, sa);
-          _tile_dpbf16ps(3, 5, 7);
-        }
+        if constexpr (RT == 2) _tile_dpbf16ps(3, 5, 7);
       }
       between(ks);
       continue;
@@ -244,6 +239,19 @@ __attribute__((always_inline)) inline void store_row(const Call& k, I step, cons
   std::memcpy(hnext, &hb, 32);
 }
 
+// A staged product of the pending block: gate g, row `row` of its group; staged_pre adds the
+// gate's biases, ((a + b_ih) + b_hh) (gate_pre's order in kernels/activations.h).
+inline __m512 staged(const Pending& p, int g, I row) {
+  return _mm512_load_ps(p.st->v + (g * p.gr + row) * kUB);
+}
+inline __m512 staged_pre(const Call& k, const Pending& p, const GateConsts& q, int g, I row) {
+  namespace ei = Eigen::internal;
+  __m512 v = staged(p, g, row);
+  if (k.b_ih) v = ei::padd(v, q.bi[g]);
+  if (k.b_hh) v = ei::padd(v, q.bh[g]);
+  return v;
+}
+
 template <int R>
 __attribute__((always_inline)) inline void gate_group(const Call& k, I step, const Pending& p,
                                                       I r, const GateConsts& q) {
@@ -251,12 +259,7 @@ __attribute__((always_inline)) inline void gate_group(const Call& k, I step, con
   using P = __m512;
   const Shape& s = k.s;
   const I u0 = p.u0;
-  auto pre = [&](int j, int g) {
-    P v = _mm512_load_ps(p.st->v + (g * p.gr + r + j) * kUB);
-    if (k.b_ih) v = ei::padd(v, q.bi[g]);
-    if (k.b_hh) v = ei::padd(v, q.bh[g]);
-    return v;
-  };
+  auto pre = [&](int j, int g) { return staged_pre(k, p, q, g, r + j); };
   P cp[R], i[R], f[R], g[R], c[R], o[R], h[R];
 #pragma GCC unroll 4
   for (int j = 0; j < R; ++j) cp[j] = _mm512_maskz_loadu_ps(q.mk, k.c + (p.r0 + r + j) * s.H + u0);
@@ -319,18 +322,13 @@ __attribute__((always_inline)) inline void gru_group(const Call& k, I step, cons
   using P = __m512;
   const Shape& s = k.s;
   const I u0 = p.u0;
-  auto acc = [&](int j, int g) { return _mm512_load_ps(p.st->v + (g * p.gr + r + j) * kUB); };
   P rg[R], z[R], h[R];
 #pragma GCC unroll 4
-  for (int j = 0; j < R; ++j) {
-    P pr = acc(j, 0), pz = acc(j, 1);
-    if (k.b_ih) pr = ei::padd(pr, q.bi[0]), pz = ei::padd(pz, q.bi[1]);
-    if (k.b_hh) pr = ei::padd(pr, q.bh[0]), pz = ei::padd(pz, q.bh[1]);
-    rg[j] = vsigmoid(pr), z[j] = vsigmoid(pz);
-  }
+  for (int j = 0; j < R; ++j)
+    rg[j] = vsigmoid(staged_pre(k, p, q, 0, r + j)), z[j] = vsigmoid(staged_pre(k, p, q, 1, r + j));
 #pragma GCC unroll 4
   for (int j = 0; j < R; ++j) {
-    P qn = acc(j, 3), xn = acc(j, 2);
+    P qn = staged(p, 3, r + j), xn = staged(p, 2, r + j);
     if (k.b_hh) qn = ei::padd(qn, q.bh[2]);
     if (k.b_ih) xn = ei::padd(xn, q.bi[2]);
     const P n = vtanh(ei::pmadd(rg[j], qn, xn));

@@ -195,6 +195,17 @@ struct Bf16Block {
   std::int64_t floats = 0;  // the block's size in floats (slack for aligning its base included)
 };
 
+// The formats word's rule, for the one route a call takes (form: kPackedFused or kPackedPanels):
+// a call whose weights are not packed yet (Options::weights_packed false) forgets every form;
+// the route packs its form if the block does not hold it, and the block holds it from then on.
+// Returns whether this call packs.
+inline bool packs_form(const Bf16Block& b, bool weights_packed, std::uint32_t form) {
+  if (!weights_packed) *b.formats = 0;
+  const bool pack = !(*b.formats & form);
+  *b.formats |= form;
+  return pack;
+}
+
 // base: 64-byte aligned, or null to measure.
 inline Bf16Block bf16_block(const Dims& d, std::int64_t G, bool split_n, void* base = nullptr) {
   const std::int64_t R = d.P > 0 ? d.P : d.H, GH = G * d.H;
