@@ -140,3 +140,29 @@ def test_resume_checks_lr_min_against_the_saved_lr(toy, tmp_path, capsys):
     rc = main(["train", "--resume", str(first), "--lr-min", "0.02", "--steps", "4",
                "--out", str(tmp_path / "c")])
     one_line_error(capsys, rc, "--lr-min 0.02 is above --lr 0.01")
+
+
+@pytest.mark.parametrize("bad", [{"lr_schedule": "step"}, {"lr_min": "x"}, {"lr_min": -1.0}])
+def test_resume_refuses_a_bad_saved_schedule_before_any_work(toy, tmp_path, capsys, bad):
+    """A checkpoint whose run record holds a schedule or --lr-min the flags would refuse: a
+    one-line error naming it, exit 2, before the run writes anything."""
+    import fusedrnn
+    first = tmp_path / "a"
+    assert main(["train", "--data", str(toy), *TINY, "--steps", "2", "--eval-every", "2",
+                 "--out", str(first), "-q"]) == 0
+    old = fusedrnn.load(first / "model.safetensors")
+
+    class Opt:
+        def state_dict(self):
+            return old.optimizer_state
+
+    fusedrnn.save(tmp_path / "bad.safetensors", old.model, Opt(), task=old.metadata["task"],
+                  task_metadata=old.metadata["task_metadata"], trainer=old.metadata["trainer"],
+                  run={**old.metadata["run"], **bad})
+    capsys.readouterr()
+    out = tmp_path / "b"
+    rc = main(["train", "--resume", str(tmp_path / "bad.safetensors"), "--steps", "2",
+               "--out", str(out)])
+    key = next(iter(bad))
+    one_line_error(capsys, rc, f"its run's {key}")
+    assert not out.exists()

@@ -75,7 +75,7 @@ _PRECISION_HELP = ("arithmetic of the recurrent layers: float32 (default), bfloa
 def build_parser() -> argparse.ArgumentParser:
     from .models import CELLS
     from .tasks import TASK_NAMES
-    from .tasks.trainer import OPTIMIZERS
+    from .tasks.trainer import LR_SCHEDULES, OPTIMIZERS
 
     ap = _Parser(prog=PROG, description="Fast CPU LSTM / GRU / RNN training: train a "
                  "sequence task, evaluate it, generate or predict with it, benchmark.",
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", choices=tuple(OPTIMIZERS))
     g.add_argument("--clip", type=nonneg_float, metavar="NORM",
                    help="gradient-norm clipping (0 = off)")
-    g.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"),
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="learning rate over the run: constant, or decayed from --lr to --lr-min "
                         "along a half cosine or a straight line as the run's limit (--steps, "
                         "--epochs or --time-budget, whichever is nearest) approaches; "

@@ -55,6 +55,7 @@ LIMITS = ("steps", "epochs", "time_budget")
 TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_length", "horizon",
                    "window", "embed", "attention")
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
+LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT = "model.safetensors"
 #: the files a run writes into --out (checked before training: none may be a directory)
 OUTPUTS = (CHECKPOINT, "metrics.json", "loss.png", "forecast.png", "classify.png", "tag.png",
@@ -192,7 +193,12 @@ def scheduled_lr(schedule: str, lr: float, lr_min: float, progress: float) -> fl
         return lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * p))
     if schedule == "linear":
         return lr + (lr_min - lr) * p
-    raise UsageError(f"--lr-schedule must be constant, cosine or linear, got {schedule!r}")
+    raise UsageError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+
+
+def _finite_real(v) -> bool:
+    """A finite int or float (a value read from a checkpoint's JSON metadata), not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def make_optimizer(name: str, params, lr: float):
@@ -401,12 +407,19 @@ class Run:
             for k in ("optimizer", "clip", "precision", "lr_schedule", "lr_min"):
                 if getattr(a, k, None) is None and run.get(k) is not None:
                     setattr(a, k, run[k])
+            # the saved schedule and --lr-min, checked before any work as the flags were
+            if a.lr_schedule is not None and a.lr_schedule not in LR_SCHEDULES:
+                raise CheckpointError(f"cannot resume from {a.resume}: its run's lr_schedule "
+                                      f"{a.lr_schedule!r} is not one of "
+                                      f"{', '.join(LR_SCHEDULES)}")
+            if a.lr_min is not None and not (_finite_real(a.lr_min) and a.lr_min >= 0):
+                raise CheckpointError(f"cannot resume from {a.resume}: its run's lr_min "
+                                      f"{a.lr_min!r} is not a non-negative number")
             # the saved run's --lr, not its optimiser's (a decaying --lr-schedule left that
             # lower): the resumed run's schedule starts from it again, and --lr-min is checked
             # against it
             base_lr = run.get("lr")
-            if a.lr is None and isinstance(base_lr, (int, float)) \
-                    and not isinstance(base_lr, bool) and math.isfinite(base_lr) and base_lr > 0:
+            if a.lr is None and _finite_real(base_lr) and base_lr > 0:
                 a.lr = float(base_lr)
         elif a.task is None:
             a.task = "charlm"
