@@ -142,10 +142,11 @@ def test_resume_checks_lr_min_against_the_saved_lr(toy, tmp_path, capsys):
     one_line_error(capsys, rc, "--lr-min 0.02 is above --lr 0.01")
 
 
-@pytest.mark.parametrize("bad", [{"lr_schedule": "step"}, {"lr_min": "x"}, {"lr_min": -1.0}])
+@pytest.mark.parametrize("bad", [{"lr_schedule": "step"}, {"lr_min": "x"}, {"lr_min": -1.0},
+                                 {"clip": "x"}, {"clip": -1.0}])
 def test_resume_refuses_a_bad_saved_schedule_before_any_work(toy, tmp_path, capsys, bad):
-    """A checkpoint whose run record holds a schedule or --lr-min the flags would refuse: a
-    one-line error naming it, exit 2, before the run writes anything."""
+    """A checkpoint whose run record holds a schedule, --lr-min or --clip the flags would refuse:
+    a one-line error naming it, exit 2, before the run writes anything."""
     import fusedrnn
     first = tmp_path / "a"
     assert main(["train", "--data", str(toy), *TINY, "--steps", "2", "--eval-every", "2",

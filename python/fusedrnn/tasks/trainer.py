@@ -407,14 +407,16 @@ class Run:
             for k in ("optimizer", "clip", "precision", "lr_schedule", "lr_min"):
                 if getattr(a, k, None) is None and run.get(k) is not None:
                     setattr(a, k, run[k])
-            # the saved schedule and --lr-min, checked before any work as the flags were
+            # the saved schedule, --lr-min and --clip, checked before any work as the flags are
             if a.lr_schedule is not None and a.lr_schedule not in LR_SCHEDULES:
                 raise CheckpointError(f"cannot resume from {a.resume}: its run's lr_schedule "
                                       f"{a.lr_schedule!r} is not one of "
                                       f"{', '.join(LR_SCHEDULES)}")
-            if a.lr_min is not None and not (_finite_real(a.lr_min) and a.lr_min >= 0):
-                raise CheckpointError(f"cannot resume from {a.resume}: its run's lr_min "
-                                      f"{a.lr_min!r} is not a non-negative number")
+            for k in ("lr_min", "clip"):
+                v = getattr(a, k)
+                if v is not None and not (_finite_real(v) and v >= 0):
+                    raise CheckpointError(f"cannot resume from {a.resume}: its run's {k} "
+                                          f"{v!r} is not a non-negative number")
             # the saved run's --lr, not its optimiser's (a decaying --lr-schedule left that
             # lower): the resumed run's schedule starts from it again, and --lr-min is checked
             # against it
