@@ -116,26 +116,30 @@ inline void vnni_tile(int rows, I kquads, const std::int8_t* a, I lda, const flo
       return vnni_tile<MR - 1, NG>(rows, kquads, a, lda, a_scale, bp, pstride, w_scale, colsum,
                                    bias, c, ldc, nc, accumulate);
   }
-  __m512i acc[MR][NG];
+  // Accumulators and operands typed as the builtin's __v16si: through _mm512_dpbusd_epi32 (on
+  // __m512i, i.e. 8 x int64) GCC 12 copied each accumulator to a scratch register and back
+  // around every product and kept stack copies: a 6 x 4 tile ran at half of vpdpbusd's rate
+  // (215 against 450 GOPS on Zen 4, one core, K = 512).
+  __v16si acc[MR][NG];
   for (int r = 0; r < MR; ++r)
-    for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_setzero_si512();
-  const __m512i flip = _mm512_set1_epi32(int(0x80808080u));
+    for (int g = 0; g < NG; ++g) acc[r][g] = (__v16si)_mm512_setzero_si512();
+  const __v16si flip = (__v16si)_mm512_set1_epi32(int(0x80808080u));
   for (I q = 0; q < kquads; ++q) {
-    __m512i b[NG];
-    for (int g = 0; g < NG; ++g) b[g] = _mm512_loadu_si512(bp + g * pstride + q * 64);
+    __v16si b[NG];
+    for (int g = 0; g < NG; ++g) b[g] = (__v16si)_mm512_loadu_si512(bp + g * pstride + q * 64);
     for (int r = 0; r < MR; ++r) {
       std::uint32_t quad;
       std::memcpy(&quad, a + r * lda + 4 * q, 4);
       // (qa + 128) as u8: vpdpbusd multiplies u8 by s8.
-      const __m512i va = _mm512_xor_si512(_mm512_set1_epi32(int(quad)), flip);
-      for (int g = 0; g < NG; ++g) acc[r][g] = _mm512_dpbusd_epi32(acc[r][g], va, b[g]);
+      const __v16si va = (__v16si)_mm512_set1_epi32(int(quad)) ^ flip;
+      for (int g = 0; g < NG; ++g) acc[r][g] = __builtin_ia32_vpdpbusd_v16si(acc[r][g], va, b[g]);
     }
   }
   for (int g = 0; g < NG; ++g) {
     const __mmask16 mk = col_mask(nc - 16 * g);
     const __m512i comp = _mm512_slli_epi32(_mm512_loadu_si512(colsum + 16 * g), 7);
     for (int r = 0; r < MR; ++r)
-      s8_store_row(_mm512_sub_epi32(acc[r][g], comp), a_scale[r], w_scale + 16 * g,
+      s8_store_row(_mm512_sub_epi32((__m512i)acc[r][g], comp), a_scale[r], w_scale + 16 * g,
                    bias ? bias + 16 * g : nullptr, c + r * ldc + 16 * g, mk, accumulate);
   }
 }
