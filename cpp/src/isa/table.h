@@ -164,7 +164,7 @@ struct Lowp {
   void (*par_gemm_s8)(std::int64_t m, std::int64_t n, std::int64_t K, const std::int8_t* A,
                       std::int64_t lda, const float* a_scale, const std::int8_t* Bp,
                       const float* w_scale, const std::int32_t* colsum, const float* bias,
-                      float* C, std::int64_t ldc, bool accumulate) = nullptr;
+                      float* C, std::int64_t ldc, bool accumulate, bool shared) = nullptr;
   // The fused AMX LSTM inference (lowp::lstm_fused_forward); null in every other tier.
   void (*lstm_fused)(const Dims& d, const lowp::LstmFusedArgs& a, bool pack,
                      int num_threads) = nullptr;

@@ -217,7 +217,10 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
     return (training ? k.gates + s * N * 4 * H : w.gstep) + n * 4 * H;
   };
 
-  parallel_region(thread_count(opt, d, 3), [&] {
+  const int threads = thread_count(opt, d, 3);
+  const bool s8_split = int8 && !training && s8_rows_split(N, GH, H, threads);
+  parallel_region(threads, [&] {
+    const S8Rows rows(s8_split, N);  // int8 inference: maybe this thread's rows (bf16_steps.h)
     if (!lowpx) {
       forward_prologue(d, opt, 3, a.w_ih, a.lengths, w.wih_p, y);
       if (!opt.weights_packed) {
@@ -252,17 +255,19 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
           par_gemm_packed(N, after ? GH : 2 * H, H, h_prev, H, w.whh_p, w.gh, GH, false);
         } else if constexpr (P == 1) {
           if constexpr (std::is_same_v<Scalar, float>) {
-            if (s % TC == 0)
+            if (s % TC == 0) {
+              if (s > 0) rows.sync();
               project_steps_s8(tier, d, 3, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
-            gemm_rows_s8(tier, N, after ? GH : 2 * H, H, h_prev, H, qb.hq, qb.hscale, qb.whh,
-                         w.gh, GH);
+            }
+            gemm_rows_s8(tier, rows, N, after ? GH : 2 * H, H, h_prev, H, qb.hq, qb.hscale,
+                         qb.whh, w.gh, GH);
           }
         } else if constexpr (std::is_same_v<Scalar, float>) {
           if (s % TC == 0)
             project_steps_bf16(tier, d, 3, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
           gemm_rows_bf16(tier, N, after ? GH : 2 * H, H, h_prev, H, lb.hb, lb.whh, w.gh, GH);
         }
-        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+        unit_blocks(rows, N, H, [&](Index n, Index u0, Index bk, Index off) {
           const Index t = sm.time(s, n);
           Scalar* g = gate_row(s, n);
           Scalar *ar = g + u0, *aq = g + 3 * H + u0;
@@ -288,10 +293,11 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
           par_gemm_packed(N, H, H, q, 4 * H, w.whn_p, w.gh + 2 * H, GH, false);
         else if constexpr (P == 1) {
           if constexpr (std::is_same_v<Scalar, float>)
-            gemm_rows_s8(tier, N, H, H, q, 4 * H, qb.rq, qb.rscale, qb.whn, w.gh + 2 * H, GH);
+            gemm_rows_s8(tier, rows, N, H, H, q, 4 * H, qb.rq, qb.rscale, qb.whn, w.gh + 2 * H,
+                         GH);
         } else if constexpr (std::is_same_v<Scalar, float>)
           gemm_rows_bf16(tier, N, H, H, q, 4 * H, lb.rhb, lb.whn, w.gh + 2 * H, GH);
-        for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+        unit_blocks(rows, N, H, [&](Index n, Index u0, Index bk, Index off) {
           const Index t = sm.time(s, n);
           if (t < 0) return;
           gru_before_pointwise_forward_n(bk, H, w.gx + ((s % TC) * N + n) * GH + u0,
@@ -304,6 +310,7 @@ void forward(const Dims& d, const GruForwardArgs<Scalar>& a, const Options& opt,
     if (!lowpx) steps(std::integral_constant<int, 0>{});
     else if (int8) steps(std::integral_constant<int, 1>{});
     else steps(std::integral_constant<int, 2>{});
+    rows.sync();  // the other threads' last rows (omp single has no barrier on entry)
 #ifdef _OPENMP
 #pragma omp single
 #endif

@@ -264,7 +264,10 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
     return base + (training ? s : s % 2) * size;
   };
 
-  parallel_region(thread_count(opt, d, 4), [&] {
+  const int threads = thread_count(opt, d, 4);
+  const bool s8_split = int8 && !training && !proj && s8_rows_split(N, GH, R, threads);
+  parallel_region(threads, [&] {
+    const S8Rows rows(s8_split, N);  // int8 inference: maybe this thread's rows (bf16_steps.h)
     if (!lowpx) {
       forward_prologue(d, opt, 4, a.w_ih, a.lengths, w.wih_p, y);
       if (!opt.weights_packed) {
@@ -299,16 +302,18 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
         par_gemm_packed(N, GH, R, h_prev, R, w.whh_p, w.gh, GH, false);
       } else if constexpr (std::is_same_v<Scalar, float>) {
         if (int8) {
-          if (s % TC == 0)
+          if (s % TC == 0) {
+            if (s > 0) rows.sync();
             project_steps_s8(tier, d, 4, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
-          gemm_rows_s8(tier, N, GH, R, h_prev, R, qb.hq, qb.hscale, qb.whh, w.gh, GH);
+          }
+          gemm_rows_s8(tier, rows, N, GH, R, h_prev, R, qb.hq, qb.hscale, qb.whh, w.gh, GH);
         } else {
           if (s % TC == 0)
             project_steps_bf16(tier, d, 4, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
           gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
         }
       }
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+      auto gate_block = [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) {  // finished sequence: carry its state through
           if (proj)   // m = 0: no gradient flows to w_hr; h is carried after the projection
@@ -326,7 +331,8 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
                                proj ? nullptr : y + (t * N + n) * H + u0,
                                training ? k.gates + (s * N + n) * GH + u0 : nullptr,
                                a.cell_clip);
-      });
+      };
+      unit_blocks(rows, N, H, gate_block);
       if (proj) {
         // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
         par_gemm_packed(N, P, H, m, H, w.whr_p, h_next, P, false);
@@ -339,6 +345,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
         });
       }
     }
+    rows.sync();  // the other threads' last rows (omp single has no barrier on entry)
 #ifdef _OPENMP
 #pragma omp single
 #endif

@@ -155,7 +155,10 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
   if (a.lengths && !lowpx) return forward_ragged(d, a, opt, w, training ? hs : nullptr, S);
   auto slot = [&](Index s) { return hs + (training ? s : s % 2) * NH; };
 
-  parallel_region(thread_count(opt, d, 1), [&] {
+  const int threads = thread_count(opt, d, 1);
+  const bool s8_split = int8 && !training && s8_rows_split(N, H, H, threads);
+  parallel_region(threads, [&] {
+    const S8Rows rows(s8_split, N);  // int8 inference: maybe this thread's rows (bf16_steps.h)
     if (!lowpx) {
       forward_prologue(d, opt, 1, a.w_ih, a.lengths, w.wih_p, a.y);
       if (!opt.weights_packed) par_pack(a.w_hh, H, H, H, true, w.whh_p);
@@ -179,16 +182,18 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
         par_gemm_packed(N, H, H, h_prev, H, w.whh_p, w.gh, H, false);
       } else if (int8) {
         if constexpr (std::is_same_v<Scalar, float>) {
-          if (s % TC == 0)
+          if (s % TC == 0) {
+            if (s > 0) rows.sync();
             project_steps_s8(tier, d, 1, sm, s, std::min(S, s + TC), a.x, qb, w.gx);
-          gemm_rows_s8(tier, N, H, H, h_prev, H, qb.hq, qb.hscale, qb.whh, w.gh, H);
+          }
+          gemm_rows_s8(tier, rows, N, H, H, h_prev, H, qb.hq, qb.hscale, qb.whh, w.gh, H);
         }
       } else if constexpr (std::is_same_v<Scalar, float>) {
         if (s % TC == 0)
           project_steps_bf16(tier, d, 1, sm, s, std::min(S, s + TC), a.x, lb, w.gx);
         gemm_rows_bf16(tier, N, H, H, h_prev, H, lb.hb, lb.whh, w.gh, H);
       }
-      for_unit_blocks(N, H, [&](Index n, Index u0, Index bk, Index off) {
+      unit_blocks(rows, N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         Scalar* hn = h_next + off;
         if (t < 0) {
@@ -200,6 +205,7 @@ void forward(const Dims& d, const RnnForwardArgs<Scalar>& a, const Options& opt,
                               hn, a.y + (t * N + n) * H + u0);
       });
     }
+    rows.sync();  // the other threads' last rows (omp single has no barrier on entry)
 #ifdef _OPENMP
 #pragma omp single
 #endif

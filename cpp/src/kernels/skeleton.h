@@ -28,6 +28,15 @@ EIGEN_ALWAYS_INLINE void for_unit_blocks(Index rows, Index H, Body&& body) {
   }
 }
 
+// for_unit_blocks' jobs of rows r0..r1-1, all by the calling thread (no work-sharing construct:
+// a thread's own rows, the int8 step's row split).
+template <class Body>
+EIGEN_ALWAYS_INLINE void own_unit_blocks(Index r0, Index r1, Index H, Body&& body) {
+  for (Index n = r0; n < r1; ++n)
+    for (Index u0 = 0; u0 < H; u0 += kUnitBlock)
+      body(n, u0, std::min(kUnitBlock, H - u0), n * H + u0);
+}
+
 // Work-shared loop over rows 0..rows-1, calling body(n) (a row's copies: the projection's output,
 // a finished row's carry). A body that skips a row returns.
 template <class Body>

@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "kernels/kernel.h"
+#include "kernels/skeleton.h"
 #include "lowp/lowp.h"
 
 namespace fusedrnn {
@@ -206,6 +207,76 @@ inline void gemm_rows_s8(lowp::Tier tier, Index m, Index n, Index K, const float
   par_rows_to_s8(tier, a, m, K, lda, q, scale);  // (its omp for ends in a barrier)
   lowp::par_gemm_s8(tier, m, n, K, q, lowp::s8_kpad(K), scale, wt.w, wt.scale, wt.colsum,
                     nullptr, out, ldo, false);
+}
+
+// This thread's rows [r0, r1) of gemm_rows_s8, by the calling thread alone (no work-sharing
+// construct, no barrier): their quantisation and their product with all of wt's columns. Each
+// element is computed as in gemm_rows_s8 (per-row scales, exact integer sums), so the results are
+// the same bits however the rows are split.
+inline void gemm_own_rows_s8(lowp::Tier tier, Index r0, Index r1, Index n, Index K, const float* a,
+                             Index lda, std::int8_t* q, float* scale, const lowp::S8Weights& wt,
+                             float* out, Index ldo) {
+  if (r1 <= r0) return;
+  const Index kp = lowp::s8_kpad(K);
+  lowp::quantize_s8(tier, a + r0 * lda, r1 - r0, K, lda, q + r0 * kp, kp, scale + r0);
+  lowp::par_gemm_s8(tier, r1 - r0, n, K, q + r0 * kp, kp, scale + r0, wt.w, wt.scale, wt.colsum,
+                    nullptr, out + r0 * ldo, ldo, false, /*shared=*/false);
+}
+
+// The int8 step's row split (kernels' forwards, inference): at 2 threads or more, each thread
+// quantises its own rows of h, multiplies them by all of w_hh and runs their gate math, an
+// independent recurrence with no barrier a step (the input products of each chunk of steps stay
+// work-shared). Every thread then reads all of w_hh's s8 panels at every step (each group of
+// panels once, reused from L1 across the thread's row tiles), so up to 1 MB of them (Zen 4's
+// L2, half the Xeon's; beyond, the column split reads each panel once); and each thread needs
+// a register tile's rows or more; otherwise the column split of gemm_rows_s8. Zen 4, 2 threads,
+// medians ms, split / column split: LSTM (100, 64, 256) 11.7-12.1 / 13.0, GRU 8.9-9.3 /
+// 10.7-10.8; at H = 512 (1 MB and 768 KB) 41-46 / 45-50 and 31-35 / 33-34, within the noise.
+constexpr Index kS8RowSplitWeightBytes = Index(1024) << 10;
+inline bool s8_rows_split(Index N, Index gates_h, Index R, int threads) {
+  return threads > 1 && N >= 8 * Index(threads) && gates_h * R <= kS8RowSplitWeightBytes;
+}
+
+// Inside the kernel's parallel region: this thread's rows [r0, r1) when `split` (and the team
+// has more than one thread), else own = false and all N rows.
+struct S8Rows {
+  bool own = false;
+  Index r0 = 0, r1 = 0;
+  S8Rows(bool split, Index N) : r1(N) {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+    if (split && nt > 1) own = true, r0 = N * tid / nt, r1 = N * (tid + 1) / nt;
+#else
+    (void)split;
+#endif
+  }
+  // A team barrier where the rows are split (with own rows the step loop has none): before a
+  // chunk's input products overwrite the previous chunk's, and before the final state is read.
+  void sync() const {
+    if (!own) return;
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+  }
+};
+
+// for_unit_blocks over all rows, or by this thread alone over its own rows.
+template <class Body>
+EIGEN_ALWAYS_INLINE void unit_blocks(const S8Rows& rows, Index N, Index H, Body&& body) {
+  if (rows.own)
+    own_unit_blocks(rows.r0, rows.r1, H, body);
+  else
+    for_unit_blocks(N, H, body);
+}
+
+// gemm_rows_s8, or gemm_own_rows_s8 of this thread's rows.
+inline void gemm_rows_s8(lowp::Tier tier, const S8Rows& rows, Index m, Index n, Index K,
+                         const float* a, Index lda, std::int8_t* q, float* scale,
+                         const lowp::S8Weights& wt, float* out, Index ldo) {
+  if (rows.own)
+    gemm_own_rows_s8(tier, rows.r0, rows.r1, n, K, a, lda, q, scale, wt, out, ldo);
+  else
+    gemm_rows_s8(tier, m, n, K, a, lda, q, scale, wt, out, ldo);
 }
 
 }  // namespace detail

@@ -193,9 +193,9 @@ void par_gemm_bf16(Tier t, I m, I n, I K, const std::uint16_t* A, I lda, const s
 
 void par_gemm_s8(Tier t, I m, I n, I K, const std::int8_t* A, I lda, const float* a_scale,
                  const std::int8_t* Bp, const float* w_scale, const std::int32_t* colsum,
-                 const float* bias, float* C, I ldc, bool accumulate) {
-  return ops(t).par_gemm_s8(m, n, K, A, lda, a_scale, Bp, w_scale, colsum, bias, C,
-                                       ldc, accumulate);
+                 const float* bias, float* C, I ldc, bool accumulate, bool shared) {
+  return ops(t).par_gemm_s8(m, n, K, A, lda, a_scale, Bp, w_scale, colsum, bias, C, ldc,
+                            accumulate, shared);
 }
 
 void gemm_bf16(Tier t, I m, I n, I K, const std::uint16_t* A, I lda, const std::uint16_t* Bp,

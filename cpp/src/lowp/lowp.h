@@ -137,14 +137,15 @@ void gemm_s8(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const std::
              bool accumulate, int num_threads);
 
 // The same products, work-shared: call from every thread of an OpenMP parallel region (or
-// outside any). No checks, no allocation.
+// outside any). No checks, no allocation. par_gemm_s8 with shared = false: the whole product by
+// the calling thread alone, no work-sharing construct (one thread's rows, kernels' int8 steps).
 void par_gemm_bf16(Tier t, std::int64_t m, std::int64_t n, std::int64_t K,
                    const std::uint16_t* A, std::int64_t lda, const std::uint16_t* Bp,
                    const float* bias, float* C, std::int64_t ldc, bool accumulate);
 void par_gemm_s8(Tier t, std::int64_t m, std::int64_t n, std::int64_t K, const std::int8_t* A,
                  std::int64_t lda, const float* a_scale, const std::int8_t* Bp,
                  const float* w_scale, const std::int32_t* colsum, const float* bias, float* C,
-                 std::int64_t ldc, bool accumulate);
+                 std::int64_t ldc, bool accumulate, bool shared = true);
 
 // ---------------------------------------------------------------------------------------------
 // The bf16 block of a cell's forward workspace (Options::precision = bfloat16; kernels/bf16_steps.h

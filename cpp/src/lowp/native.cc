@@ -27,21 +27,27 @@ inline __mmask16 col_mask(I valid) {
   return valid >= 16 ? __mmask16(0xffff) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
 }
 
-// Work items: row chunks of `rb` rows x column groups of `ng` panels, row-chunk major.
+// Work items: row chunks of `rb` rows x column groups of `ng` panels, row-chunk major; `shared`:
+// work-shared over the team (an omp for, ending in its barrier), else all of them by this thread.
 template <typename F>
-inline void for_items(I m, I n, I rb, I ng, F&& f) {
+inline void for_items(I m, I n, I rb, I ng, bool shared, F&& f) {
   const I groups = (panels(n) + ng - 1) / ng;
   const I rblocks = (m + rb - 1) / rb;
   const I items = groups * rblocks;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-  for (I it = 0; it < items; ++it) {
+  auto item = [&](I it) {
     const I r = it / groups, g = it % groups;
     const I r0 = r * rb, r1 = std::min(m, r0 + rb);
     const I c0 = g * ng * kPanel, nc = std::min<I>(ng * kPanel, n - c0);
     f(r0, r1, c0, nc);
+  };
+  if (!shared) {
+    for (I it = 0; it < items; ++it) item(it);
+    return;
   }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+  for (I it = 0; it < items; ++it) item(it);
 }
 
 // C[r, j] = init + float(acc[r, j]) * (a_scale[r] * w_scale[j]) for 16 columns (mask: valid).
@@ -409,7 +415,7 @@ void lowp_quantize_s8(const float* x, I m, I K, I ldx, std::int8_t* q, I ldq, fl
 void lowp_par_gemm_bf16(I m, I n, I K, const std::uint16_t* A, I lda, const std::uint16_t* Bp,
                         const float* bias, float* C, I ldc, bool accumulate) {
   const I kpairs = (K + 1) / 2, pstride = bf16_kpad(K) * kPanel;
-  for_items(m, n, kRowBlock, kNG, [&](I r0, I r1, I c0, I nc) {
+  for_items(m, n, kRowBlock, kNG, true, [&](I r0, I r1, I c0, I nc) {
     const int ng = int((nc + kPanel - 1) / kPanel);
     const std::uint16_t* bp = Bp + (c0 / kPanel) * pstride;
     const float* b = bias ? bias + c0 : nullptr;
@@ -421,9 +427,9 @@ void lowp_par_gemm_bf16(I m, I n, I K, const std::uint16_t* A, I lda, const std:
 
 void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a_scale,
                       const std::int8_t* Bp, const float* w_scale, const std::int32_t* colsum,
-                      const float* bias, float* C, I ldc, bool accumulate) {
+                      const float* bias, float* C, I ldc, bool accumulate, bool shared) {
   const I kquads = (K + 3) / 4, pstride = s8_kpad(K) * kPanel;
-  for_items(m, n, kRowBlock, kNG, [&](I r0, I r1, I c0, I nc) {
+  for_items(m, n, kRowBlock, kNG, shared, [&](I r0, I r1, I c0, I nc) {
     const int ng = int((nc + kPanel - 1) / kPanel);
     const std::int8_t* bp = Bp + (c0 / kPanel) * pstride;
     const float* b = bias ? bias + c0 : nullptr;
@@ -466,7 +472,7 @@ void lowp_par_gemm_bf16(I m, I n, I K, const std::uint16_t* A, I lda, const std:
   const I ksteps = bf16_kpad(K) / kBf16KStep, pstride = bf16_kpad(K) * kPanel;
   Tiles tiles;
   alignas(64) float scratch[256];
-  for_items(m, n, kAmxRowChunk, 2, [&](I r0, I r1, I c0, I nc) {
+  for_items(m, n, kAmxRowChunk, 2, true, [&](I r0, I r1, I c0, I nc) {
     const std::uint16_t* bp = Bp + (c0 / kPanel) * pstride;
     const float* b = bias ? bias + c0 : nullptr;
     amx_blocks(tiles, r0, r1, nc, C + r0 * ldc + c0, ldc, [&](int RT, int CT, int rows0, int rows1, I r, I nc0, I nc1) {
@@ -490,12 +496,12 @@ void lowp_par_gemm_bf16(I m, I n, I K, const std::uint16_t* A, I lda, const std:
 
 void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a_scale,
                       const std::int8_t* Bp, const float* w_scale, const std::int32_t* colsum,
-                      const float* bias, float* C, I ldc, bool accumulate) {
+                      const float* bias, float* C, I ldc, bool accumulate, bool shared) {
   (void)colsum;  // tdpbssd multiplies s8 by s8
   const I ksteps = s8_kpad(K) / kS8KStep, pstride = s8_kpad(K) * kPanel;
   Tiles tiles;
   alignas(64) std::int32_t scratch[256];
-  for_items(m, n, kAmxRowChunk, 2, [&](I r0, I r1, I c0, I nc) {
+  for_items(m, n, kAmxRowChunk, 2, shared, [&](I r0, I r1, I c0, I nc) {
     const std::int8_t* bp = Bp + (c0 / kPanel) * pstride;
     const float* b = bias ? bias + c0 : nullptr;
     const float* ws = w_scale + c0;
