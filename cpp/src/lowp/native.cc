@@ -16,6 +16,7 @@
 
 #include "isa/table.h"
 #include "lowp.h"
+#include "lowp/items.h"
 
 namespace fusedrnn {
 namespace lowp {
@@ -25,29 +26,6 @@ using I = std::int64_t;
 
 inline __mmask16 col_mask(I valid) {
   return valid >= 16 ? __mmask16(0xffff) : valid <= 0 ? __mmask16(0) : __mmask16((1u << valid) - 1);
-}
-
-// Work items: row chunks of `rb` rows x column groups of `ng` panels, row-chunk major; `shared`:
-// work-shared over the team (an omp for, ending in its barrier), else all of them by this thread.
-template <typename F>
-inline void for_items(I m, I n, I rb, I ng, bool shared, F&& f) {
-  const I groups = (panels(n) + ng - 1) / ng;
-  const I rblocks = (m + rb - 1) / rb;
-  const I items = groups * rblocks;
-  auto item = [&](I it) {
-    const I r = it / groups, g = it % groups;
-    const I r0 = r * rb, r1 = std::min(m, r0 + rb);
-    const I c0 = g * ng * kPanel, nc = std::min<I>(ng * kPanel, n - c0);
-    f(r0, r1, c0, nc);
-  };
-  if (!shared) {
-    for (I it = 0; it < items; ++it) item(it);
-    return;
-  }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-  for (I it = 0; it < items; ++it) item(it);
 }
 
 // C[r, j] = init + float(acc[r, j]) * (a_scale[r] * w_scale[j]) for 16 columns (mask: valid).

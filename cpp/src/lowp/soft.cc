@@ -19,6 +19,7 @@
 
 #include "isa/table.h"
 #include "lowp.h"
+#include "lowp/items.h"
 
 namespace fusedrnn {
 namespace FUSEDRNN_ISA_NS {
@@ -26,6 +27,7 @@ namespace FUSEDRNN_ISA_NS {
 namespace {
 
 using I = std::int64_t;
+using lowp::for_items;
 using lowp::kPanel;
 
 inline float bits_to_float(std::uint32_t u) {
@@ -252,30 +254,6 @@ inline void s8_block(int rows, I kquads, const std::int8_t* a, I lda, const floa
   s8_epilogue<NG * int(kPanel)>(MR, acc, a_scale, w_scale, bias, c, ldc, nc, accumulate);
 }
 
-// Work items: row blocks of kRowBlock rows x column groups of kNG panels, row-block major;
-// `shared`: work-shared over the team (an omp for, ending in its barrier), else all of them by
-// this thread.
-template <typename F>
-inline void for_items(I m, I n, bool shared, F&& f) {
-  const I groups = (lowp::panels(n) + kNG - 1) / kNG;
-  const I rblocks = (m + kRowBlock - 1) / kRowBlock;
-  const I items = groups * rblocks;
-  auto item = [&](I it) {
-    const I rb = it / groups, g = it % groups;
-    const I r0 = rb * kRowBlock, r1 = std::min(m, r0 + kRowBlock);
-    const I c0 = g * kNG * kPanel, nc = std::min<I>(kNG * kPanel, n - c0);
-    f(r0, r1, c0, nc);
-  };
-  if (!shared) {
-    for (I it = 0; it < items; ++it) item(it);
-    return;
-  }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-  for (I it = 0; it < items; ++it) item(it);
-}
-
 }  // namespace
 
 void lowp_to_bf16(const float* x, I m, I K, I ldx, std::uint16_t* out, I ldo) {
@@ -324,7 +302,7 @@ void lowp_quantize_s8(const float* x, I m, I K, I ldx, std::int8_t* q, I ldq, fl
 void lowp_par_gemm_bf16(I m, I n, I K, const std::uint16_t* A, I lda, const std::uint16_t* Bp,
                         const float* bias, float* C, I ldc, bool accumulate) {
   const I kpairs = (K + 1) / 2, pstride = lowp::bf16_kpad(K) * kPanel;
-  for_items(m, n, true, [&](I r0, I r1, I c0, I nc) {
+  for_items(m, n, kRowBlock, kNG, true, [&](I r0, I r1, I c0, I nc) {
     const std::uint16_t* bp = Bp + (c0 / kPanel) * pstride;
     const float* b = bias ? bias + c0 : nullptr;
     for (I r = r0; r < r1; r += kMR) {
@@ -345,7 +323,7 @@ void lowp_par_gemm_s8(I m, I n, I K, const std::int8_t* A, I lda, const float* a
                       const float* bias, float* C, I ldc, bool accumulate, bool shared) {
   (void)colsum;  // the software sum is s8 x s8 directly
   const I kquads = (K + 3) / 4, pstride = lowp::s8_kpad(K) * kPanel;
-  for_items(m, n, shared, [&](I r0, I r1, I c0, I nc) {
+  for_items(m, n, kRowBlock, kNG, shared, [&](I r0, I r1, I c0, I nc) {
     const std::int8_t* bp = Bp + (c0 / kPanel) * pstride;
     for (I r = r0; r < r1; r += kMR) {
       const int rows = int(std::min<I>(kMR, r1 - r));
