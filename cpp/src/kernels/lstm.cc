@@ -313,7 +313,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
           gemm_rows_bf16(tier, N, GH, R, h_prev, R, lb.hb, lb.whh, w.gh, GH);
         }
       }
-      auto gate_block = [&](Index n, Index u0, Index bk, Index off) {
+      unit_blocks(rows, N, H, [&](Index n, Index u0, Index bk, Index off) {
         const Index t = sm.time(s, n);
         if (t < 0) {  // finished sequence: carry its state through
           if (proj)   // m = 0: no gradient flows to w_hr; h is carried after the projection
@@ -331,8 +331,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
                                proj ? nullptr : y + (t * N + n) * H + u0,
                                training ? k.gates + (s * N + n) * GH + u0 : nullptr,
                                a.cell_clip);
-      };
-      unit_blocks(rows, N, H, gate_block);
+      });
       if (proj) {
         // h = m w_hrᵀ [N, P]; a finished sequence carries h_prev instead, an active one writes y.
         par_gemm_packed(N, P, H, m, H, w.whr_p, h_next, P, false);
