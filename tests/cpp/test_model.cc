@@ -59,8 +59,8 @@ namespace {
 
 int g_passed = 0, g_failed = 0;
 
-// StreamOptions::fast over 200 steps against the bitwise Stream, relative to max(1, max |y|)
-// (stream.h); measured up to 5.7e-7 (float32) and 3.9e-16 (float64) on this grid.
+// StreamOptions::fast over 203 steps against the bitwise Stream, relative to max(1, max |y|)
+// (stream.h); measured up to 8.8e-7 (float32) and 4.4e-16 (float64) on this grid.
 constexpr double kSeqTolF32 = 1e-5, kSeqTolF64 = 1e-13;
 
 void report(bool ok, const std::string& what, const std::string& detail = "") {
@@ -580,7 +580,7 @@ void check_errors() {
 //    the peephole term too) differs by at most d = 2 gamma_n sum |t_k| (gamma_n = n u / (1 - n u));
 //    through sigma (slope <= 1/4), tanh (<= 1), the cell's products and the update, plus
 //    eps = 8u per activation evaluation and 4u per element-wise product-sum.
-//  * 200 steps of every model in the grid: y within kSeqTol relative to max(1, max |y|), and
+//  * 203 steps of every model in the grid: y within kSeqTol relative to max(1, max |y|), and
 //    process() bitwise the fast step().
 template <typename Scalar>
 void check_fast(const Spec& spec, std::uint64_t seed) {
@@ -672,8 +672,9 @@ void check_fast(const Spec& spec, std::uint64_t seed) {
     sf.reset();
   }
 
-  // A sequence: 200 steps from zero state.
-  const std::int64_t T = 200;
+  // A sequence: 203 steps from zero state (process(): 12 tiles of 16 steps and one of 11, so the
+  // input sums formed several steps at once end in a remainder of single steps).
+  const std::int64_t T = 203;
   const auto xs = testutil::uniform<Scalar>(rng, std::size_t(T * E), 1.0);
   std::vector<Scalar> yb(std::size_t(T * O)), yf(yb.size()), yp(yb.size());
   std::vector<std::int64_t> tok(static_cast<std::size_t>(T));
@@ -697,7 +698,7 @@ void check_fast(const Spec& spec, std::uint64_t seed) {
     proc = std::equal(yp.begin(), yp.end(), yf.begin());
   }
   char buf[96];
-  std::snprintf(buf, sizeof buf, "200 steps: rel diff %.3g (tol %.0e)%s", rel, tol,
+  std::snprintf(buf, sizeof buf, "203 steps: rel diff %.3g (tol %.0e)%s", rel, tol,
                 proc ? "" : ", process != step");
   report(rel <= tol && proc, name + ": sequence vs bitwise", buf);
   (void)L;

@@ -118,19 +118,56 @@ inline void all_chains(Index nb, Index K, const Scalar* a, const Scalar* w, Scal
   if (b < nb) chains_n<Scalar, G, KS, UB>(int(nb - b), K, a, w + b * bs, out + b * W, gs);
 }
 
+// chains<G, 1> of one block for NS steps at once: a [NS][lda] -> out + s*ldo (gate-major, gate
+// stride gs). Each weight packet is loaded once for the NS steps' multiply-adds (one block's
+// chains alone keep only G chains in flight, a load each); every sum is still its own chain
+// over k in order from zero, so each step's values are chains<G, 1>'s bit for bit.
+template <typename Scalar, int G, int NS>
+inline void chains_steps(Index K, const Scalar* a, Index lda, const Scalar* w, Scalar* out,
+                         Index ldo, Index gs) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  P acc[NS][G];
+  for (int s = 0; s < NS; ++s)
+    for (int g = 0; g < G; ++g) acc[s][g] = ei::pset1<P>(Scalar(0));
+  for (Index k = 0; k < K; ++k) {
+    const Scalar* wk = w + k * (G * W);
+    P wv[G];
+    for (int g = 0; g < G; ++g) wv[g] = ei::pload<P>(wk + g * W);
+    for (int s = 0; s < NS; ++s) {
+      const P av = ei::pset1<P>(a[s * lda + k]);
+      for (int g = 0; g < G; ++g) acc[s][g] = ei::pmadd(av, wv[g], acc[s][g]);
+    }
+  }
+  for (int s = 0; s < NS; ++s)
+    for (int g = 0; g < G; ++g) ei::pstore(out + s * ldo + g * gs, acc[s][g]);
+}
+// Steps per chains_steps call: NS*G accumulators within the pass budget, at most 4.
+constexpr int bit_in_steps(int G) { return kAcc / G >= 4 ? 4 : kAcc / G >= 2 ? 2 : 1; }
+
 // The input sums of a layer's bitwise step for `steps` steps: x [steps][ldx] -> out
 // [steps][L.fin], per step gate-major [GX][HP], each sum the chain all_chains forms. Pass by pass
-// (a pass's weights then serve every step from L1), the steps inside.
+// (a pass's weights then serve every step from L1), the steps inside; with passes of one block
+// (weights over 32 KiB), bit_in_steps(GX) steps at a time (chains_steps: 4G chains in flight
+// instead of G, each weight packet loaded into a register once for the steps). Zen 4, bitwise
+// Stream::process, medians a step: LSTM H = C = 128 4.05 -> 3.65-3.80 us (these sums 1.5 ->
+// 1.2 us of it), GRU 128 2.96 -> 2.63-2.72, LSTM 64 969 -> 880 ns, GRU 64 720 -> 644 ns.
 template <typename Scalar, int GX>
 FUSEDRNN_FLATTEN void bit_in(const isa::StepLayer<Scalar>& L, const Scalar* x, Index ldx, Index steps,
             Scalar* out) {
   constexpr Index W = kW<Scalar>;
-  constexpr int UB = blocks_per_pass(GX);
+  constexpr int UB = blocks_per_pass(GX), NS = bit_in_steps(GX);
   const Index nb = detail::ceil_div(L.H, W), HP = nb * W, ub = L.fub == 1 ? 1 : UB;
   const Index bs = L.C * GX * W;
   for (Index b = 0; b < nb; b += ub) {
     const int n = int(std::min(ub, nb - b));
-    for (Index t = 0; t < steps; ++t)
+    Index t = 0;
+    if (n == 1 && NS > 1)
+      for (; t + NS <= steps; t += NS)
+        chains_steps<Scalar, GX, NS>(L.C, x + t * ldx, ldx, L.fx + b * bs,
+                                     out + t * L.fin + b * W, L.fin, HP);
+    for (; t < steps; ++t)
       chains_n<Scalar, GX, 0, UB>(n, L.C, x + t * ldx, L.fx + b * bs, out + t * L.fin + b * W,
                                   HP);
   }
@@ -431,17 +468,27 @@ constexpr int fast_splits(int slots) {
   while (sp < 4 && 2 * sp * slots <= kFastAcc && sp * slots < 16) sp *= 2;
   return sp;
 }
-// Chains per input sum (fast_in_regs, U*G `slots`): as fast_splits, within two thirds of its
-// accumulator budget (16 packets with AVX-512). At 24, GCC 12 kept 8 of the GRU's 2-block input
+// Chains per input sum (fast_in_regs) of a pass of U blocks, G gates. U = 1 (a layer of one block,
+// or one whose weights exceed 32 KiB, in passes of one block): one chain per sum, so that
+// process() forms fast_in_nsteps(G) steps' sums at once (fast_in_regs_steps; the step() of such a
+// layer is bound by reading its weights, not by these chains). Zen 4, fast process(), medians ns
+// a step, before -> after: LSTM H = C = 128 4170 -> 3810, GRU 2910 -> 2630, LSTM 64 920 -> 850,
+// GRU 64 705 -> 645; H = 16 within 2%. U > 1: as fast_splits, within two thirds of its
+// accumulator budget (16 packets with AVX-512): at 24, GCC 12 kept 8 of the GRU's 2-block input
 // accumulators (4 chains x 2 blocks x 3 gates) on the stack, loaded and stored around every
-// multiply-add (seen in objdump): Stream::process fast, GRU H = 32, input 32, Zen 4, 182 ->
-// 160 ns a step with 2 chains; the other fixed sizes (8-64, input 1 and H) within 1%.
-// process() and step() both form the input sums with it, so they still agree bit for bit.
+// multiply-add (seen in objdump): fast process(), GRU H = 32, input 32, 182 -> 160 ns a step with
+// 2 chains; the other fixed sizes (8-64, input 1 and H) within 1%. process() and step() form the
+// input sums with the same chains, so they still agree bit for bit.
 constexpr int kFastInAcc = 2 * kFastAcc / 3;
-constexpr int fast_in_splits(int slots) {
+constexpr int fast_in_splits(int U, int G) {
   int sp = 1;
-  while (sp < 4 && 2 * sp * slots <= kFastInAcc) sp *= 2;
+  while (U > 1 && sp < 4 && 2 * sp * U * G <= kFastInAcc) sp *= 2;
   return sp;
+}
+// Steps whose input sums process() forms at once: NS*S*U*G accumulators within kFastInAcc, at
+// most 4.
+constexpr int fast_in_nsteps(int accs) {
+  return kFastInAcc / accs >= 4 ? 4 : kFastInAcc / accs >= 2 ? 2 : 1;
 }
 // Blocks per pass of a layer: fast_blocks(GX), or 1 where its weights exceed 32 KiB and there is
 // more than one block (then the passes alternate direction: see above).
@@ -527,8 +574,65 @@ inline void fast_in_regs(Index C, const Scalar* x, const Scalar* wx, const Scala
   }
 }
 
+// fast_in_regs for NS steps at once (x [NS][ldx] -> v [NS][UB][GX]), each weight packet loaded
+// once for the NS steps: per step the same chains (S of them per sum, k = s, s + S, ...), the same
+// starting values and the same pairwise adds, so each step's values are fast_in_regs's bit for bit.
+template <typename Scalar, int G, int M, int UB, int S, int NS>
+inline void fast_in_regs_steps(Index C, const Scalar* x, Index ldx, const Scalar* wx,
+                               const Scalar* bias, Index HP,
+                               detail::Packet<Scalar> (&v)[NS][UB][2 * G - M]) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr Index W = kW<Scalar>;
+  constexpr int GX = 2 * G - M;
+  P acc[NS][S][UB][G];
+  for (int t = 0; t < NS; ++t)
+    for (int b = 0; b < UB; ++b)
+      for (int g = 0; g < G; ++g) {
+        acc[t][0][b][g] = ei::pload<P>(bias + g * HP + b * W);
+        for (int sp = 1; sp < S; ++sp) acc[t][sp][b][g] = ei::pset1<P>(Scalar(0));
+      }
+  Index k = 0;
+  for (; k + S <= C; k += S)
+    for (int sp = 0; sp < S; ++sp) {
+      const Scalar* wk = wx + (k + sp) * (UB * G * W);
+      P wv[UB][G];
+      for (int b = 0; b < UB; ++b)
+        for (int g = 0; g < G; ++g) wv[b][g] = ei::pload<P>(wk + (b * G + g) * W);
+      for (int t = 0; t < NS; ++t) {
+        const P av = ei::pset1<P>(x[t * ldx + k + sp]);
+        for (int b = 0; b < UB; ++b)
+          for (int g = 0; g < G; ++g) acc[t][sp][b][g] = ei::pmadd(av, wv[b][g], acc[t][sp][b][g]);
+      }
+    }
+  for (; k < C; ++k) {
+    const Scalar* wk = wx + k * (UB * G * W);
+    P wv[UB][G];
+    for (int b = 0; b < UB; ++b)
+      for (int g = 0; g < G; ++g) wv[b][g] = ei::pload<P>(wk + (b * G + g) * W);
+    for (int t = 0; t < NS; ++t) {
+      const P av = ei::pset1<P>(x[t * ldx + k]);
+      for (int b = 0; b < UB; ++b)
+        for (int g = 0; g < G; ++g) acc[t][0][b][g] = ei::pmadd(av, wv[b][g], acc[t][0][b][g]);
+    }
+  }
+  for (int t = 0; t < NS; ++t)
+    for (int b = 0; b < UB; ++b) {
+      for (int g = 0; g < G; ++g) {
+        if constexpr (S == 4)
+          v[t][b][g] = ei::padd(ei::padd(acc[t][0][b][g], acc[t][1][b][g]),
+                                ei::padd(acc[t][2][b][g], acc[t][3][b][g]));
+        else if constexpr (S == 2)
+          v[t][b][g] = ei::padd(acc[t][0][b][g], acc[t][1][b][g]);
+        else
+          v[t][b][g] = acc[t][0][b][g];
+      }
+      for (int j = G; j < GX; ++j) v[t][b][j] = ei::pload<P>(bias + j * HP + b * W);
+    }
+}
+
 // The input sums of a pass of U blocks starting at block b: from stored sums (xin, fast_in's) or
-// formed from x. Every pass of U blocks uses fast_in_splits(U * G) chains per sum either way.
+// formed from x. Every pass of U blocks uses fast_in_splits(U, G) chains per sum either way.
 template <typename Scalar, int G, int M>
 struct FastIn {
   const Scalar* xin;  // [GX][HP] for this step, or null: from x
@@ -546,7 +650,7 @@ struct FastIn {
         for (int j = 0; j < 2 * G - M; ++j)
           v[bb][j] = ei::pload<P>(xin + j * HP + (b + bb) * W);
     } else {
-      fast_in_regs<Scalar, G, M, U, fast_in_splits(U * G)>(C, x, fx + b * C * G * W,
+      fast_in_regs<Scalar, G, M, U, fast_in_splits(U, G)>(C, x, fx + b * C * G * W,
                                                            fb + b * W, HP, v);
     }
   }
@@ -556,15 +660,30 @@ struct FastIn {
 // step [GX][HP] (fast_in_regs). Pass by pass (a pass's weights then serve every step from L1),
 // the steps inside.
 template <typename Scalar, int G, int M, int U>
-inline void fast_in_n(int n, Index C, const Scalar* x, const Scalar* wx, const Scalar* bias,
-                      Scalar* out, Index HP) {
+inline void fast_in_n(int n, Index C, const Scalar* x, Index ldx, Index steps, const Scalar* wx,
+                      const Scalar* bias, Scalar* out, Index ldo, Index HP) {
   if constexpr (U > 1) {
-    if (n < U) return fast_in_n<Scalar, G, M, U - 1>(n, C, x, wx, bias, out, HP);
+    if (n < U) return fast_in_n<Scalar, G, M, U - 1>(n, C, x, ldx, steps, wx, bias, out, ldo, HP);
   }
-  detail::Packet<Scalar> v[U][2 * G - M];
-  fast_in_regs<Scalar, G, M, U, fast_in_splits(U * G)>(C, x, wx, bias, HP, v);
-  for (int b = 0; b < U; ++b)
-    for (int j = 0; j < 2 * G - M; ++j) Eigen::internal::pstore(out + j * HP + b * kW<Scalar>, v[b][j]);
+  constexpr int S = fast_in_splits(U, G), NS = fast_in_nsteps(S * U * G), GX = 2 * G - M;
+  Index t = 0;
+  if constexpr (NS > 1) {
+    for (; t + NS <= steps; t += NS) {
+      detail::Packet<Scalar> v[NS][U][GX];
+      fast_in_regs_steps<Scalar, G, M, U, S, NS>(C, x + t * ldx, ldx, wx, bias, HP, v);
+      for (int s = 0; s < NS; ++s)
+        for (int b = 0; b < U; ++b)
+          for (int j = 0; j < GX; ++j)
+            Eigen::internal::pstore(out + (t + s) * ldo + j * HP + b * kW<Scalar>, v[s][b][j]);
+    }
+  }
+  for (; t < steps; ++t) {
+    detail::Packet<Scalar> v[U][GX];
+    fast_in_regs<Scalar, G, M, U, S>(C, x + t * ldx, wx, bias, HP, v);
+    for (int b = 0; b < U; ++b)
+      for (int j = 0; j < GX; ++j)
+        Eigen::internal::pstore(out + t * ldo + j * HP + b * kW<Scalar>, v[b][j]);
+  }
 }
 
 template <typename Scalar, int G, int M>
@@ -576,9 +695,8 @@ FUSEDRNN_FLATTEN void fast_in(const isa::StepLayer<Scalar>& L, const Scalar* x, 
   const Index bs = L.C * G * W;
   for (Index b = 0; b < nb; b += ub) {
     const int n = int(std::min(ub, nb - b));
-    for (Index t = 0; t < steps; ++t)
-      fast_in_n<Scalar, G, M, UB>(n, L.C, x + t * ldx, L.fx + b * bs, L.fb_ih + b * W,
-                                  out + t * L.fin + b * W, HP);
+    fast_in_n<Scalar, G, M, UB>(n, L.C, x, ldx, steps, L.fx + b * bs, L.fb_ih + b * W,
+                                out + b * W, L.fin, HP);
   }
 }
 
