@@ -470,10 +470,11 @@ constexpr int fast_splits(int slots) {
 }
 // Chains per input sum (fast_in_regs) of a pass of U blocks, G gates. U = 1 (a layer of one block,
 // or one whose weights exceed 32 KiB, in passes of one block): one chain per sum, so that
-// process() forms fast_in_nsteps(G) steps' sums at once (fast_in_regs_steps; the step() of such a
-// layer is bound by reading its weights, not by these chains). Zen 4, fast process(), medians ns
-// a step, before -> after: LSTM H = C = 128 4170 -> 3810, GRU 2910 -> 2630, LSTM 64 920 -> 850,
-// GRU 64 705 -> 645; H = 16 within 2%. U > 1: as fast_splits, within two thirds of its
+// process() forms fast_in_nsteps(G) steps' sums at once (fast_in_regs_steps; a step() with
+// weights over 32 KiB is bound by reading them, not by these chains). Zen 4, fast process(),
+// medians ns a step, before -> after: LSTM H = C = 128 4170 -> 3810, GRU 2910 -> 2630, LSTM 64
+// 920 -> 850, GRU 64 705 -> 645; at H = 16 (one block) process() and step() within +-6% either
+// way, the run-to-run noise (LSTM 16/16 process() 71 -> 70 ns, GRU 16/16 54 -> 51). U > 1: as fast_splits, within two thirds of its
 // accumulator budget (16 packets with AVX-512): at 24, GCC 12 kept 8 of the GRU's 2-block input
 // accumulators (4 chains x 2 blocks x 3 gates) on the stack, loaded and stored around every
 // multiply-add (seen in objdump): fast process(), GRU H = 32, input 32, 182 -> 160 ns a step with
