@@ -468,18 +468,20 @@ constexpr int fast_splits(int slots) {
   while (sp < 4 && 2 * sp * slots <= kFastAcc && sp * slots < 16) sp *= 2;
   return sp;
 }
-// Chains per input sum (fast_in_regs) of a pass of U blocks, G gates. U = 1 (a layer of one block,
-// or one whose weights exceed 32 KiB, in passes of one block): one chain per sum, so that
-// process() forms fast_in_nsteps(G) steps' sums at once (fast_in_regs_steps; a step() with
-// weights over 32 KiB is bound by reading them, not by these chains). Zen 4, fast process(),
-// medians ns a step, before -> after: LSTM H = C = 128 4170 -> 3810, GRU 2910 -> 2630, LSTM 64
-// 920 -> 850, GRU 64 705 -> 645; at H = 16 (one block) process() and step() within +-6% either
-// way, the run-to-run noise (LSTM 16/16 process() 71 -> 70 ns, GRU 16/16 54 -> 51). U > 1: as fast_splits, within two thirds of its
-// accumulator budget (16 packets with AVX-512): at 24, GCC 12 kept 8 of the GRU's 2-block input
-// accumulators (4 chains x 2 blocks x 3 gates) on the stack, loaded and stored around every
-// multiply-add (seen in objdump): fast process(), GRU H = 32, input 32, 182 -> 160 ns a step with
-// 2 chains; the other fixed sizes (8-64, input 1 and H) within 1%. process() and step() form the
-// input sums with the same chains, so they still agree bit for bit.
+// Chains per input sum (fast_in_regs) of a pass of U blocks, G gates.
+// U = 1 (a layer of one block, or one whose weights exceed 32 KiB, in passes of one block): one
+// chain per sum, so that process() forms fast_in_nsteps(G) steps' sums at once
+// (fast_in_regs_steps; a step() with weights over 32 KiB is bound by reading them, not by these
+// chains). Zen 4, fast process(), medians ns a step, before -> after: LSTM H = C = 128 4170 ->
+// 3810, GRU 2910 -> 2630, LSTM 64 920 -> 850, GRU 64 705 -> 645; at H = 16 (one block)
+// process() and step() within +-6% either way, the run-to-run noise (LSTM 16/16 process()
+// 71 -> 70 ns, GRU 16/16 54 -> 51).
+// U > 1: as fast_splits, within two thirds of its accumulator budget (16 packets with AVX-512):
+// at 24, GCC 12 kept 8 of the GRU's 2-block input accumulators (4 chains x 2 blocks x 3 gates)
+// on the stack, loaded and stored around every multiply-add (seen in objdump): fast process(),
+// GRU H = 32, input 32, 182 -> 160 ns a step with 2 chains; the other fixed sizes (8-64, input
+// 1 and H) within 1%.
+// process() and step() form the input sums with the same chains, so they agree bit for bit.
 constexpr int kFastInAcc = 2 * kFastAcc / 3;
 constexpr int fast_in_splits(int U, int G) {
   int sp = 1;
