@@ -36,7 +36,7 @@ namespace fusedrnn {
 struct StreamOptions {
   // Opt-in speed over bitwise equality, at batch 1 (other batches: no effect). The fused step
   // then forms each gate's input sum (from the pre-summed biases) and adds the recurrent
-  // products into the same accumulators, each sum split into up to 4 interleaved chains
+  // products into the same accumulators, each sum split into S <= 4 interleaved chains
   // (k = s, s+S, ...), and runs the cell's element-wise step on these sums in registers: the
   // same terms summed in another order, so results differ from Model::forward by rounding only.
   // In float32 (FMA copies) tanh is the bitwise step's rational function evaluated with a

@@ -671,24 +671,25 @@ inline void fast_in_n(int n, Index C, const Scalar* x, Index ldx, Index steps, c
   if constexpr (U > 1) {
     if (n < U) return fast_in_n<Scalar, G, M, U - 1>(n, C, x, ldx, steps, wx, bias, out, ldo, HP);
   }
+  using P = detail::Packet<Scalar>;
   constexpr int S = fast_in_splits(U, G), NS = fast_in_nsteps(S * U * G), GX = 2 * G - M;
-  Index t = 0;
-  if constexpr (NS > 1) {
-    for (; t + NS <= steps; t += NS) {
-      detail::Packet<Scalar> v[NS][U][GX];
-      fast_in_regs_steps<Scalar, G, M, U, S, NS>(C, x + t * ldx, ldx, wx, bias, HP, v);
-      for (int s = 0; s < NS; ++s)
-        for (int b = 0; b < U; ++b)
-          for (int j = 0; j < GX; ++j)
-            Eigen::internal::pstore(out + (t + s) * ldo + j * HP + b * kW<Scalar>, v[s][b][j]);
-    }
-  }
-  for (; t < steps; ++t) {
-    detail::Packet<Scalar> v[U][GX];
-    fast_in_regs<Scalar, G, M, U, S>(C, x + t * ldx, wx, bias, HP, v);
+  auto store = [&](Index t, const P (&v)[U][GX]) {  // step t's sums, slot-major [GX][HP]
     for (int b = 0; b < U; ++b)
       for (int j = 0; j < GX; ++j)
         Eigen::internal::pstore(out + t * ldo + j * HP + b * kW<Scalar>, v[b][j]);
+  };
+  Index t = 0;
+  if constexpr (NS > 1) {
+    for (; t + NS <= steps; t += NS) {
+      P v[NS][U][GX];
+      fast_in_regs_steps<Scalar, G, M, U, S, NS>(C, x + t * ldx, ldx, wx, bias, HP, v);
+      for (int s = 0; s < NS; ++s) store(t + s, v[s]);
+    }
+  }
+  for (; t < steps; ++t) {
+    P v[U][GX];
+    fast_in_regs<Scalar, G, M, U, S>(C, x + t * ldx, wx, bias, HP, v);
+    store(t, v);
   }
 }
 
