@@ -151,8 +151,9 @@ constexpr int bit_in_steps(int G) { return kAcc / G >= 4 ? 4 : kAcc / G >= 2 ? 2
 // (a pass's weights then serve every step from L1), the steps inside; with passes of one block
 // (weights over 32 KiB), bit_in_steps(GX) steps at a time (chains_steps: 4G chains in flight
 // instead of G, each weight packet loaded into a register once for the steps). Zen 4, bitwise
-// Stream::process, medians a step: LSTM H = C = 128 4.05 -> 3.65-3.80 us (these sums 1.5 ->
-// 1.2 us of it), GRU 128 2.96 -> 2.63-2.72, LSTM 64 969 -> 880 ns, GRU 64 720 -> 644 ns.
+// process(), bench/stream_latency (the builds alternated), medians ns a step: LSTM 128/128 4090
+// -> 3786 (perf: these sums 1.5 -> 1.2 us of it), GRU 3058 -> 2814, LSTM 64/64 984 -> 894, GRU
+// 782 -> 647.
 template <typename Scalar, int GX>
 FUSEDRNN_FLATTEN void bit_in(const isa::StepLayer<Scalar>& L, const Scalar* x, Index ldx, Index steps,
             Scalar* out) {
@@ -472,15 +473,15 @@ constexpr int fast_splits(int slots) {
 // U = 1 (a layer of one block, or one whose weights exceed 32 KiB, in passes of one block): one
 // chain per sum, so that process() forms fast_in_nsteps(G) steps' sums at once
 // (fast_in_regs_steps; a step() with weights over 32 KiB is bound by reading them, not by these
-// chains). Zen 4, fast process(), medians ns a step, before -> after: LSTM H = C = 128 4170 ->
-// 3810, GRU 2910 -> 2630, LSTM 64 920 -> 850, GRU 64 705 -> 645; at H = 16 (one block)
-// process() and step() within +-6% either way, the run-to-run noise (LSTM 16/16 process()
-// 71 -> 70 ns, GRU 16/16 54 -> 51).
+// chains). Zen 4, fast process(), bench/stream_latency (the builds alternated), medians ns a
+// step: LSTM 128/128 4322 -> 3917, GRU 2992 -> 2876, LSTM 64/64 918 -> 840, GRU 786 -> 656; at
+// H = 16 (one block) process() and step() within +-6% either way, the run-to-run noise (LSTM
+// 16/16 process() 71 -> 70 ns, GRU 16/16 54 -> 51).
 // U > 1: as fast_splits, within two thirds of its accumulator budget (16 packets with AVX-512):
 // at 24, GCC 12 kept 8 of the GRU's 2-block input accumulators (4 chains x 2 blocks x 3 gates)
 // on the stack, loaded and stored around every multiply-add (seen in objdump): fast process(),
-// GRU H = 32, input 32, 182 -> 160 ns a step with 2 chains; the other fixed sizes (8-64, input
-// 1 and H) within 1%.
+// GRU 32/32, 182-189 -> 160 ns a step with 2 chains (bench/stream_latency runs before and
+// after); the other fixed sizes (8-64, input 1 and H) within 1% (a one-layer probe).
 // process() and step() form the input sums with the same chains, so they agree bit for bit.
 constexpr int kFastInAcc = 2 * kFastAcc / 3;
 constexpr int fast_in_splits(int U, int G) {
