@@ -503,9 +503,24 @@ Index ub_of(Index GX, Index G, Index H, Index C, Index R) {
   return nb > 1 && bytes > 32 * 1024 ? 1 : fast_blocks(int(GX));
 }
 
-// The fast tanh and sigmoid: kernels/fast_activations.h.
-using detail::fast_sigmoid;
-using detail::fast_tanh;
+// The fast tanh and sigmoid (kernels/fast_activations.h): a layer of one block (H <= 16 with
+// AVX-512) runs the short-chain ones, as its step is one chain of products, gate math and the
+// next step's products with no other block's work beside it; wider layers the ones with fewer
+// operations (AVX-512 float; elsewhere the same functions), as their blocks' gate math runs
+// beside other blocks' and is bound by the vector pipes. Zen 4, fast process(),
+// bench/stream_latency, the builds alternated, five runs each, medians ns a step, the
+// short-chain functions everywhere -> this: LSTM 32/1 138 -> 128, 32/32 240 -> 213, 64/1
+// 536 -> 520, 128/1 2648 -> 2566, 128/128 3852 -> 3718; GRU 64/1 412 -> 375, 64/64 654 -> 622;
+// GRU 32 and 128 within 1%. The few-operation functions at H = 16 too (two runs): LSTM 16/1
+// 56 -> 59-60, GRU 16/1 45 -> 52.
+template <typename P>
+struct FastAct {
+  bool chain;  // one block: the short-chain functions
+  P sigmoid(const P& v) const {
+    return chain ? detail::fast_sigmoid(v) : detail::fast_sigmoid_few(v);
+  }
+  P tanh(const P& v) const { return chain ? detail::fast_tanh(v) : detail::fast_tanh_few(v); }
+};
 
 // A packet of units [u0, u0 + W) of a run of n units: whole, or the first n - u0 lanes through a
 // zero-padded buffer (the lanes past n computed and dropped).
@@ -823,6 +838,7 @@ FUSEDRNN_FLATTEN void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x
   const bool in_place = L.P == 0 && !one_block && nb <= fast_blocks(4);
   Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
   const Scalar* pp = L.fpeep;
+  const FastAct<P> act{nb == 1};
   fast_layer<Scalar, 4, 4, HS>(L, nb, R, x, xin, h, HP, [&](Index b, const P* a) {
     const Index u0 = b * W;
     const P cp = load_units(c, u0, H);
@@ -831,13 +847,13 @@ FUSEDRNN_FLATTEN void lstm_fast(const isa::StepLayer<Scalar>& L, const Scalar* x
       pi = ei::pmadd(ei::pload<P>(pp + u0), cp, pi);
       pf = ei::pmadd(ei::pload<P>(pp + HP + u0), cp, pf);
     }
-    const P i = fast_sigmoid(pi), f = fast_sigmoid(pf);
-    const P g = fast_tanh(a[2]);
+    const P i = act.sigmoid(pi), f = act.sigmoid(pf);
+    const P g = act.tanh(a[2]);
     const P cn = ei::pmadd(f, cp, ei::pmul(i, g));
     P po = a[3];
     if (pp) po = ei::pmadd(ei::pload<P>(pp + 2 * HP + u0), cn, po);
     store_units(c, u0, H, cn);
-    store_units(out, u0, H, ei::pmul(fast_sigmoid(po), fast_tanh(cn)));
+    store_units(out, u0, H, ei::pmul(act.sigmoid(po), act.tanh(cn)));
   });
   if (!in_place) project_or_copy(L, out, h);
 }
@@ -854,10 +870,11 @@ FUSEDRNN_FLATTEN void gru_after_fast(const isa::StepLayer<Scalar>& L, const Scal
   const bool one_block = L.fub == 1;
   const bool in_place = !one_block && nb <= fast_blocks(4);
   Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
+  const FastAct<P> act{nb == 1};
   fast_layer<Scalar, 3, 2, HS>(L, nb, H, x, xin, h, HP, [&](Index b, const P* a) {
     const Index u0 = b * W;
-    const P r = fast_sigmoid(a[0]), z = fast_sigmoid(a[1]);
-    const P n = fast_tanh(ei::pmadd(r, a[3], a[2]));
+    const P r = act.sigmoid(a[0]), z = act.sigmoid(a[1]);
+    const P n = act.tanh(ei::pmadd(r, a[3], a[2]));
     store_units(out, u0, H, detail::gru_update(z, n, load_units(h, u0, H)));
   });
   if (!in_place) std::copy(out, out + H, h);
@@ -874,10 +891,11 @@ FUSEDRNN_FLATTEN void rnn_fast(const isa::StepLayer<Scalar>& L, const Scalar* x,
   const bool in_place = !one_block && nb <= fast_blocks(1);
   Scalar* out = in_place ? h : Scratch<Scalar>(scratch, HP).out;
   const bool tanh_act = L.act == Nonlinearity::tanh;
+  const FastAct<P> act{nb == 1};
   fast_layer<Scalar, 1, 1, HS>(L, nb, H, x, xin, h, HP, [&](Index b, const P* a) {
     const P v = a[0];
     store_units(out, b * W, H,
-                tanh_act ? fast_tanh(v)
+                tanh_act ? act.tanh(v)
                          : ei::pselect(ei::pcmp_lt(v, ei::pzero(v)), ei::pzero(v), v));
   });
   if (!in_place) std::copy(out, out + H, h);
