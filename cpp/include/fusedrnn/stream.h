@@ -39,19 +39,19 @@ struct StreamOptions {
   // products into the same accumulators, each sum split into S <= 4 interleaved chains
   // (k = s, s+S, ...), and runs the cell's element-wise step on these sums in registers: the
   // same terms summed in another order, so results differ from Model::forward by rounding only.
-  // In float32 (FMA copies), in a layer of one block of units (H <= 16 with AVX-512), tanh is
-  // the bitwise step's rational function evaluated with a shorter dependency chain (its
-  // quotient, AVX-512, from the reciprocal estimate and one Newton step) and the sigmoid
-  // 1/2 + tanh(x/2)/2 (no exp); checked over every float in [-30, 30]: tanh's absolute error
-  // <= 5.71 u (the bitwise step's 4.90 u), at most 7 u from the bitwise step's value; the
-  // sigmoid's <= 3.20 u (bitwise 1.5 u), at most 4 u from the bitwise value. In wider layers
-  // (AVX-512) both come from 2^t (a polynomial and vscalefps) and one division, fewer
-  // operations: tanh's error <= 2.30 u, at most 5 u from the bitwise value; the sigmoid's <=
-  // 1.76 u, at most 2 u from it (kernels/fast_activations.h; test_model samples 2.2 million
-  // floats of that range). All within the 8 u per activation allowed below (float64 keeps the
-  // bitwise activations). Per step and pre-activation a with terms t_k (its n = C + R products
-  // and 2 biases), both orders are within gamma_n = n u/(1 - n u)
-  // of the exact sum (u = 2^-24 float32, 2^-53 float64), so they differ by at most
+  // In float32 (FMA copies), in a layer of one block of units (H <= 16 with AVX-512; an Elman
+  // layer: up to two blocks), tanh is the bitwise step's rational function evaluated with a
+  // shorter dependency chain (its quotient, AVX-512, from the reciprocal estimate and one
+  // Newton step) and the sigmoid 1/2 + tanh(x/2)/2 (no exp); checked over every float in
+  // [-30, 30]: tanh's absolute error <= 5.71 u (the bitwise step's 4.90 u), at most 7 u from
+  // the bitwise step's value; the sigmoid's <= 3.20 u (bitwise 1.5 u), at most 4 u from the
+  // bitwise value. In wider layers (AVX-512) both come from 2^t (a polynomial and vscalefps)
+  // and one division, fewer operations: tanh's error <= 2.30 u, at most 5 u from the bitwise
+  // value; the sigmoid's <= 1.76 u, at most 2 u from it (kernels/fast_activations.h; test_model
+  // samples 2.2 million floats of that range). All within the 8 u per activation allowed below
+  // (float64 keeps the bitwise activations). Per step and pre-activation a with terms t_k (its
+  // n = C + R products and 2 biases), both orders are within gamma_n = n u/(1 - n u) of the
+  // exact sum (u = 2^-24 float32, 2^-53 float64), so they differ by at most
   // 2 gamma_n sum_k |t_k|; through the activations (slopes <= 1) and the cell update one step
   // moves an output by at most a few such units plus a few ulps of the element-wise math.
   // Tested (tests/cpp/test_model.cc): one step from the same state within that bound per

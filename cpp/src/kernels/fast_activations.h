@@ -1,8 +1,9 @@
 // The activations of the fast batch-1 step (StreamOptions::fast, kernels/fused_step.cc): float
 // tanh and sigmoid with fewer operations or a shorter dependency chain than the bitwise ones
 // (activations.h), within the documented tolerance (stream.h: 8 u per activation, u = 2^-24).
-// Two kinds; fused_step.cc picks one per layer (a layer of one block: short chain, else few
-// operations). Float without FMA and double: the bitwise activations.
+// Two kinds; fused_step.cc picks one per layer (an LSTM or GRU layer of one block of units, an
+// Elman layer of up to two: short chain; wider: few operations). Float without FMA and double:
+// the bitwise activations.
 //
 // Short chain (fast_tanh, fast_sigmoid; FMA copies):
 // fast_tanh: Eigen's rational function (activations.h: odd numerator of degree 13, even
