@@ -713,10 +713,10 @@ void check_fast(const Spec& spec, std::uint64_t seed) {
 // 0 elsewhere (GRU): the RNN's step gives tanh(x) in every unit and, from h = 1, the GRU's gives
 // z = sigmoid(x) (n = tanh(0) = 0, h' = (1 - z) n + z h). H = 16 (one block: the short-chain
 // functions) and 48 (three: the few-operation ones), x = +-every 1021st float in [0, 30]
-// (2.2 million), against double tanh and 1/(1 + exp(-x)), absolute error in u = 2^-24: within the largest
-// errors that fast_activations.h measured over every float there (avx512: 5.71 / 3.20 u short
-// chain, 2.30 / 1.76 u few operations; avx2: 5.71 / 3.20 u for both), else (and in the copies
-// without FMA, the bitwise activations) within stream.h's 8 u. NaN in, NaN out.
+// (2.2 million), against double tanh and 1/(1 + exp(-x)), absolute error in u = 2^-24: within
+// the largest errors that fast_activations.h measured over every float there (avx512: 5.71 /
+// 3.20 u short chain, 2.30 / 1.76 u few operations; avx2: 5.71 / 3.20 u for both), else (and
+// in the copies without FMA, the bitwise activations) within stream.h's 8 u. NaN in, NaN out.
 void check_fast_activations() {
   const std::string isa = fusedrnn::build_info().instruction_set;
   std::vector<float> xs;  // +-v for every 1021st float v in [0, 30] (bit patterns 0, 1021, ...)

@@ -29,9 +29,9 @@
 // Horner, vscalefps and one division: 13-14 vector operations, 6 of them multiplications or
 // multiply-adds, against 19-20 and 16 (one polynomial instead of the rational function's two,
 // and a division, which Zen 4 runs beside the multiply-adds, instead of a Newton step), but a
-// chain about 30% longer. Zen 4, one core, independent values (a
-// probe outside the repository): 13.3 (sigmoid) and 16.0 (tanh) cycles a vector against 18.3
-// and 17.8; latency 50 against 37-39 cycles. Checked over every float in [-30, 30] (FTZ/DAZ
+// chain about 30% longer. Zen 4, one core, independent values (a probe outside the
+// repository): 13.3 (sigmoid) and 16.0 (tanh) cycles a vector against 18.3 and 17.8; latency 50
+// against 37-39 cycles. Checked over every float in [-30, 30] (FTZ/DAZ
 // on): the sigmoid's absolute error <= 1.76 u, at most 2 u from detail::psigmoid; tanh's <=
 // 2.30 u, at most 5 u from detail::ptanh. tanh(0) = 0, sigmoid(0) = 1/2; NaN stays NaN;
 // ±inf as ±87 (sigmoid: 1 and 1.6e-38) and ±40 (tanh: ±1); tiny |a| (< 2^-26) give tanh 0.
@@ -86,13 +86,15 @@ inline P fast_tanh_eval(const P& a) {
 // e = 2^t, t = s a, |a| <= amax: n = t rounded to an integer (vrndscaleps), f = t - n in
 // [-1/2, 1/2] (exact), 2^f = 1 + f q(f), q of degree 4 by Horner (relative error <= 1.8 u over
 // [-1/2, 1/2], the coefficients a minimax fit with 2^0 = 1 exactly), scaled by 2^n (vscalefps).
-// The clamp (min, then max: a NaN passes both) keeps 2^t finite and normal; a NaN stays NaN.
+// The clamp (min, then max: a NaN passes both) keeps 2^t finite (at the low end it may be
+// subnormal, or 0 with FTZ, where it only meets 1 + e); a NaN stays NaN.
 inline __m512 fast_exp2_scaled(__m512 a, float s, float amax) {
   const __m512 x = _mm512_max_ps(_mm512_set1_ps(-amax), _mm512_min_ps(_mm512_set1_ps(amax), a));
   const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(s));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
-  __m512 q = _mm512_fmadd_ps(f, _mm512_set1_ps(1.326472731e-03f), _mm512_set1_ps(9.671512991e-03f));
+  __m512 q =
+      _mm512_fmadd_ps(f, _mm512_set1_ps(1.326472731e-03f), _mm512_set1_ps(9.671512991e-03f));
   q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.550733581e-02f));
   q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.402224243e-01f));
   q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.931470037e-01f));

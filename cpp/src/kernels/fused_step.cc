@@ -504,10 +504,11 @@ Index ub_of(Index GX, Index G, Index H, Index C, Index R) {
 }
 
 // The fast tanh and sigmoid (kernels/fast_activations.h): a layer of one block (H <= 16 with
-// AVX-512; the Elman RNN: up to two, see rnn_fast) runs the short-chain ones, as its step is one chain of products, gate math and the
-// next step's products with no other block's work beside it; wider layers the ones with fewer
-// operations (AVX-512 float; elsewhere the same functions), as their blocks' gate math runs
-// beside other blocks' and is bound by the vector pipes. Zen 4, fast process(),
+// AVX-512; the Elman RNN: up to two, see rnn_fast) runs the short-chain ones, as its step is one
+// chain of products, gate math and the next step's products with no other block's work beside
+// it; wider layers the ones with fewer operations (AVX-512 float; elsewhere the same
+// functions), as their blocks' gate math runs beside other blocks' and is bound by the vector
+// pipes. Zen 4, fast process(),
 // bench/stream_latency, the builds alternated, five runs each, medians ns a step, the
 // short-chain functions everywhere -> this: LSTM 32/1 138 -> 128, 32/32 240 -> 213, 64/1
 // 536 -> 520, 128/1 2648 -> 2566, 128/128 3852 -> 3718; GRU 64/1 412 -> 375, 64/64 654 -> 622;
