@@ -23,18 +23,18 @@
 // the sigmoid's <= 3.20 u, at most 4 u from detail::psigmoid: within the 8 u per activation of
 // stream.h. NaN stays NaN; ±inf as ±7.9988: ±(1 - 2^-23) (tanh), 1 - 2^-24 and 2^-24 (sigmoid).
 //
-// Few operations (fast_tanh_few, fast_sigmoid_few; AVX-512 float, elsewhere the short-chain
-// ones): from e = 2^t (fast_exp2_scaled): sigmoid = 1 / (1 + e), t = -a log2 e; tanh =
-// (1 - e) / (1 + e), t = -2a log2 e; one rounding to an integer, a polynomial of degree 5 by
-// Horner, vscalefps and one division: 13-14 vector operations, 6 of them multiplications or
-// multiply-adds, against 19-20 and 16 (one polynomial instead of the rational function's two,
-// and a division, which Zen 4 runs beside the multiply-adds, instead of a Newton step), but a
-// chain about 30% longer. Zen 4, one core, independent values (a probe outside the
-// repository): 13.3 (sigmoid) and 16.0 (tanh) cycles a vector against 18.3 and 17.8; latency 50
-// against 37-39 cycles. Checked over every float in [-30, 30] (FTZ/DAZ
-// on): the sigmoid's absolute error <= 1.76 u, at most 2 u from detail::psigmoid; tanh's <=
-// 2.30 u, at most 5 u from detail::ptanh. tanh(0) = 0, sigmoid(0) = 1/2; NaN stays NaN;
-// ±inf as ±87 (sigmoid: 1 and 1.6e-38) and ±40 (tanh: ±1); tiny |a| (< 2^-26) give tanh 0.
+// Few operations (fast_few; AVX-512 float, elsewhere the short-chain ones): from e = 2^t
+// (fast_exp2_scaled): sigmoid = 1 / (1 + e), t = -a log2 e; tanh = (1 - e) / (1 + e),
+// t = -2a log2 e; one rounding to an integer, a polynomial of degree 5 by Horner, vscalefps and
+// one division: 13-14 vector operations, 6 of them multiplications or multiply-adds, against
+// 19-20 and 16 (one polynomial instead of the rational function's two, and a division, which
+// Zen 4 runs beside the multiply-adds, instead of a Newton step), but a chain about 30% longer.
+// Zen 4, one core, independent values (a probe outside the repository): 13.3 (sigmoid) and
+// 16.0 (tanh) cycles a vector against 18.3 and 17.8; latency 50 against 37-39 cycles. Checked
+// over every float in [-30, 30] (FTZ/DAZ on): the sigmoid's absolute error <= 1.76 u, at most
+// 2 u from detail::psigmoid; tanh's <= 2.30 u, at most 5 u from detail::ptanh. tanh(0) = 0,
+// sigmoid(0) = 1/2; NaN stays NaN; ±inf as ±87 (sigmoid: 1 and 1.6e-38) and ±40 (tanh: ±1);
+// tiny |a| (< 2^-26) give tanh 0.
 #pragma once
 
 #include "kernels/activations.h"
@@ -132,24 +132,17 @@ inline P fast_sigmoid(const P& a) {
   return psigmoid(a);
 }
 
-// The same functions with fewer operations and a longer chain: the AVX-512 float copies from
-// 2^t (fast_tanh_exp, fast_sigmoid_exp); elsewhere fast_tanh and fast_sigmoid.
-template <typename P>
-inline P fast_tanh_few(const P& a) {
+// The same functions with fewer operations and a longer chain (kSig false: tanh, true: the
+// sigmoid): the AVX-512 float copies from 2^t (fast_tanh_exp, fast_sigmoid_exp); elsewhere
+// fast_tanh and fast_sigmoid.
+template <bool kSig, typename P>
+inline P fast_few(const P& a) {
 #if defined(__AVX512F__)
   using Scalar = typename Eigen::internal::unpacket_traits<P>::type;
-  if constexpr (sizeof(Scalar) == 4 && sizeof(P) == 64) return fast_tanh_exp(a);
+  if constexpr (sizeof(Scalar) == 4 && sizeof(P) == 64)
+    return kSig ? fast_sigmoid_exp(a) : fast_tanh_exp(a);
 #endif
-  return fast_tanh(a);
-}
-
-template <typename P>
-inline P fast_sigmoid_few(const P& a) {
-#if defined(__AVX512F__)
-  using Scalar = typename Eigen::internal::unpacket_traits<P>::type;
-  if constexpr (sizeof(Scalar) == 4 && sizeof(P) == 64) return fast_sigmoid_exp(a);
-#endif
-  return fast_sigmoid(a);
+  return kSig ? fast_sigmoid(a) : fast_tanh(a);
 }
 
 }  // namespace detail

@@ -518,9 +518,9 @@ template <typename P>
 struct FastAct {
   bool chain;  // one block: the short-chain functions
   P sigmoid(const P& v) const {
-    return chain ? detail::fast_sigmoid(v) : detail::fast_sigmoid_few(v);
+    return chain ? detail::fast_sigmoid(v) : detail::fast_few<true>(v);
   }
-  P tanh(const P& v) const { return chain ? detail::fast_tanh(v) : detail::fast_tanh_few(v); }
+  P tanh(const P& v) const { return chain ? detail::fast_tanh(v) : detail::fast_few<false>(v); }
 };
 
 // A packet of units [u0, u0 + W) of a run of n units: whole, or the first n - u0 lanes through a
