@@ -177,16 +177,22 @@ std::vector<Tensor> model_tensors(const Spec& s, std::uint64_t seed) {
   return t;
 }
 
-// A complete checkpoint: metadata as fusedrnn.save writes it.
-inline std::vector<unsigned char> make_checkpoint(const Spec& s, std::uint64_t seed,
-                                                  const std::string& user_metadata = "{}") {
-  std::vector<Tensor> t =
-      s.float64 ? model_tensors<double>(s, seed) : model_tensors<float>(s, seed);
+// A complete checkpoint of s with the given tensors: metadata as fusedrnn.save writes it.
+inline std::vector<unsigned char> checkpoint_of(const Spec& s, const std::vector<Tensor>& t,
+                                                const std::string& user_metadata = "{}") {
   return write_safetensors(t, {{"format", "fusedrnn"},
                                {"format_version", "1"},
                                {"fusedrnn_version", "0.1.0"},
                                {"model", config_json(s)},
                                {"metadata", user_metadata}});
+}
+
+// A complete checkpoint of s with random weights (model_tensors).
+inline std::vector<unsigned char> make_checkpoint(const Spec& s, std::uint64_t seed,
+                                                  const std::string& user_metadata = "{}") {
+  return checkpoint_of(
+      s, s.float64 ? model_tensors<double>(s, seed) : model_tensors<float>(s, seed),
+      user_metadata);
 }
 
 }  // namespace testutil

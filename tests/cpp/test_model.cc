@@ -745,11 +745,9 @@ void check_fast_activations() {
       spec.bias = false;
       spec.input_size = 1;
       spec.hidden_size = H;
-      const std::vector<unsigned char> bytes = testutil::write_safetensors(
-          {testutil::make_tensor<float>("weight_ih_l0", {G * H, 1}, wih),
-           testutil::make_tensor<float>("weight_hh_l0", {G * H, H}, whh)},
-          {{"format", "fusedrnn"}, {"format_version", "1"}, {"fusedrnn_version", "0.1.0"},
-           {"model", testutil::config_json(spec)}, {"metadata", "{}"}});
+      const std::vector<unsigned char> bytes = testutil::checkpoint_of(
+          spec, {testutil::make_tensor<float>("weight_ih_l0", {G * H, 1}, wih),
+                 testutil::make_tensor<float>("weight_hh_l0", {G * H, H}, whh)});
       const Model model = Model::from_bytes(bytes.data(), bytes.size());
       fusedrnn::Stream<float> st(model, 1, fast);
       const std::vector<float> ones(static_cast<std::size_t>(H), 1.0f);
