@@ -508,12 +508,11 @@ Index ub_of(Index GX, Index G, Index H, Index C, Index R) {
 // chain of products, gate math and the next step's products with no other block's work beside
 // it; wider layers the ones with fewer operations (AVX-512 float; elsewhere the same
 // functions), as their blocks' gate math runs beside other blocks' and is bound by the vector
-// pipes. Zen 4, fast process(),
-// bench/stream_latency, the builds alternated, five runs each, medians ns a step, the
-// short-chain functions everywhere -> this: LSTM 32/1 138 -> 128, 32/32 240 -> 213, 64/1
-// 536 -> 520, 128/1 2648 -> 2566, 128/128 3852 -> 3718; GRU 64/1 412 -> 375, 64/64 654 -> 622;
-// GRU 32 and 128 within 1%. The few-operation functions at H = 16 too (two runs): LSTM 16/1
-// 56 -> 59-60, GRU 16/1 45 -> 52.
+// pipes. Zen 4, fast process(), bench/stream_latency, the builds alternated, five runs each,
+// medians ns a step, the short-chain functions everywhere -> this: LSTM 32/1 138 -> 128, 32/32
+// 240 -> 213, 64/1 536 -> 520, 128/1 2648 -> 2566, 128/128 3852 -> 3718; GRU 64/1 412 -> 375,
+// 64/64 654 -> 622; GRU 32 and 128 within 1%. The few-operation functions at H = 16 too (two
+// runs): LSTM 16/1 56 -> 59-60, GRU 16/1 45 -> 52.
 template <typename P>
 struct FastAct {
   bool chain;  // one block: the short-chain functions
