@@ -2,7 +2,7 @@
 (eager and torch.jit.script), inference and forward+backward, float32, 1 thread.
 
     python bench/cells.py [--steps 100] [--reps 7] [--hidden 64 128 256] [--batch 1 8 32]
-                          [--clock wall|cpu] [--json out.json]
+                          [--clock wall|cpu] [--input-grad] [--json out.json]
 
 Prints per configuration the median time of one loop (ms), torch's time over fusedrnn's
 (ratio > 1: fusedrnn faster) and fusedrnn's per-step overhead in µs: the cell's step time minus
@@ -18,6 +18,11 @@ backward step packs its weights), "x repack" its time over the default's. ``--cl
 times with the process's CPU time instead of the wall clock: every contender runs on one
 thread, so on a machine shared with other work it excludes the time spent waiting for a core
 (cache and memory contention remain).
+
+Forward+backward: by default the inputs are data, as in torch's usual loop (the input tensor
+does not require grad, so torch's autograd does not compute its gradient) and the fusedrnn
+cells' backward is called with ``input_grad=False`` (the kernel skips that product too).
+``--input-grad``: both compute it (torch's inputs require grad, fusedrnn's default backward).
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--cells", nargs="+", default=["LSTM", "GRU"])
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--input-grad", action="store_true",
+                    help="forward+backward computes the inputs' gradients too, in both")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     global CLOCK
@@ -97,7 +104,8 @@ def main(argv=None):
                     {"LSTM": 0, "GRU": 1, "RNN": 2}[kind], gcell._flag, gcell.dtype, C, H, 0,
                     gcell._parameters, True, release_gil=False)
                 jcell = torch.jit.script(getattr(torch.nn, kind + "Cell")(C, H))
-                txs = torch.from_numpy(xs)
+                txs = torch.from_numpy(xs).requires_grad_(args.input_grad)
+                ig = args.input_grad
                 lstm = kind == "LSTM"
 
                 def f_inf(fcell=fcell):
@@ -112,7 +120,7 @@ def main(argv=None):
                     dh = np.ones((N, H), np.float32)
                     d = (dh, np.zeros((N, H), np.float32)) if lstm else dh
                     for t in range(T):
-                        _, ds = fcell.backward(*(d if lstm else (d,)))
+                        _, ds = fcell.backward(*(d if lstm else (d,)), input_grad=ig)
                         if ds is not None:
                             d = (ds[0] + dh, ds[1]) if lstm else ds + dh
 
@@ -157,7 +165,8 @@ def main(argv=None):
                         ks = []
                         for _ in range(args.reps):
                             fw = _core.cell_kernel_seconds(sc._plan, xs[1], st, T, 1)
-                            bw = _core.cell_backward_kernel_seconds(sc._plan, step, dh, dc, T, 1)
+                            bw = _core.cell_backward_kernel_seconds(sc._plan, step, dh, dc, T, 1,
+                                                                    ig)
                             ks.append(fw[1] + bw[1] if args.clock == "cpu" else fw[0] + bw[0])
                         tk = statistics.median(ks)
                     over = (tf_ - tk) / T * 1e6
@@ -175,7 +184,8 @@ def main(argv=None):
                           f"{trp * 1e3:9.2f} {trp / tf_:8.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"steps": T, "threads": 1, "clock": args.clock, "rows": rows}, f, indent=1)
+            json.dump({"steps": T, "threads": 1, "clock": args.clock,
+                       "input_grad": args.input_grad, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -329,10 +329,12 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
   return h_n;
 }
 
-// cell_backward(plan, step, d_h, d_c, version, forwards, num_threads) -> (dx, dh0, dc0) | None
+// cell_backward(plan, step, d_h, d_c, version, forwards, num_threads, input_grad)
+//   -> (dx, dh0, dc0) | None; dx is None without input_grad (the kernel skips its product)
 template <typename S>
 py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long long version,
-                    long long forwards, int threads, KernelTimer* timer = nullptr) {
+                    long long forwards, int threads, bool input_grad,
+                    KernelTimer* timer = nullptr) {
   if (!PyTuple_CheckExact(step) || PyTuple_GET_SIZE(step) != 3) return py::none();
   PyObject* x = PyTuple_GET_ITEM(step, 0);
   PyObject* cache = PyTuple_GET_ITEM(step, 1);
@@ -363,7 +365,7 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
   bool packed = p.reuse && p.bpacked && p.bver == version && p.bfwd == forwards && p.bN == N &&
                 same(w, p.bw);
   ensure(p.bws, ws_n * sizeof(S), true, &packed);
-  py::object dx = empty(p, N, p.C);
+  py::object dx = input_grad ? empty(p, N, p.C) : py::none();
   py::object dh0 = has_state ? empty(p, N, p.R) : py::none();
   py::object dc0 = has_state && p.kind == kLstm ? empty(p, N, p.H) : py::none();
   auto out = [](const py::object& o) { return o.is_none() ? nullptr : ptr<S>(o.ptr()); };
@@ -377,7 +379,7 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
   auto go = [&](auto& a, auto kernel) {
     a.x = ptr<S>(x), a.w_ih = ptr<S>(w[0].ptr()), a.w_hh = ptr<S>(w[1].ptr());
     a.cache = ptr<S>(cache), a.dh_n = in(d_h);
-    a.dx = ptr<S>(dx.ptr()), a.dh0 = out(dh0);
+    a.dx = out(dx), a.dh0 = out(dh0);
     a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
     a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
     auto call = [&] { kernel(d, a, opt, ws); };
@@ -444,14 +446,15 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargsf) {
 }
 
 PyObject* cell_backward(PyObject*, PyObject* const* args, Py_ssize_t nargsf) {
-  return call(args, nargsf, 7, "cell_backward", [](PyObject* const* a) {
+  return call(args, nargsf, 8, "cell_backward", [](PyObject* const* a) {
     Plan& p = plan_of(a[0]);
     if (p.busy) return py::object(py::none());
     const long long version = as_long(a[4], "version");
     const long long forwards = as_long(a[5], "forwards");
     const int threads = int(as_long(a[6], "num_threads"));
-    return p.f64 ? backward<double>(p, a[1], a[2], a[3], version, forwards, threads)
-                 : backward<float>(p, a[1], a[2], a[3], version, forwards, threads);
+    const bool input_grad = a[7] == Py_True;
+    return p.f64 ? backward<double>(p, a[1], a[2], a[3], version, forwards, threads, input_grad)
+                 : backward<float>(p, a[1], a[2], a[3], version, forwards, threads, input_grad);
   });
 }
 
@@ -465,9 +468,10 @@ PyMethodDef forward_def = {
 PyMethodDef backward_def = {
     "cell_backward",
     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&cell_backward)), METH_FASTCALL,
-    "cell_backward(plan, step, d_h, d_c, version, forwards, num_threads) -> (dx, dh0, dc0) | "
-    "None\n\nThe backward of a recorded step (the tape's tuple), parameter gradients added "
-    "into the Parameters' grad arrays. None: not the common case, nothing was done."};
+    "cell_backward(plan, step, d_h, d_c, version, forwards, num_threads, input_grad) -> (dx, "
+    "dh0, dc0) | None\n\nThe backward of a recorded step (the tape's tuple), parameter "
+    "gradients added into the Parameters' grad arrays; dx is None unless input_grad is True. "
+    "None: not the common case, nothing was done."};
 
 }  // namespace
 
@@ -530,25 +534,26 @@ void register_cell_step(py::module_& m) {
   m.def(
       "cell_backward_kernel_seconds",
       [](py::capsule plan, py::handle step, py::handle d_h, py::handle d_c, long repeat,
-         int num_threads) {
+         int num_threads, bool input_grad) {
         Plan& p = plan_of(plan.ptr());
         if (p.busy || repeat < 1)
           throw py::value_error("cell_backward_kernel_seconds: plan busy or repeat < 1");
         KernelTimer timer;
         timer.repeat = repeat;
         py::object r = p.f64 ? backward<double>(p, step.ptr(), d_h.ptr(), d_c.ptr(), -1, -1,
-                                                num_threads, &timer)
+                                                num_threads, input_grad, &timer)
                              : backward<float>(p, step.ptr(), d_h.ptr(), d_c.ptr(), -1, -1,
-                                               num_threads, &timer);
+                                               num_threads, input_grad, &timer);
         if (r.is_none())
           throw py::value_error("cell_backward_kernel_seconds: arguments not usable as they are");
         p.bpacked = false;  // the cell's next backward packs
         return r;
       },
       py::arg("plan"), py::arg("step"), py::arg("d_h"), py::arg("d_c"), py::arg("repeat"),
-      py::arg("num_threads"),
+      py::arg("num_threads"), py::arg("input_grad") = true,
       "Measurement: (wall, cpu) seconds of `repeat` backward kernel calls of a recorded step "
-      "(a tape entry); the parameter gradients accumulate `repeat` + 1 times (bench/cells.py).");
+      "(a tape entry; input_grad False: without dx); the parameter gradients accumulate "
+      "`repeat` + 1 times (bench/cells.py).");
   m.def(
       "cell_plan_packed",
       [](py::capsule plan) {

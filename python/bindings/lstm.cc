@@ -74,7 +74,7 @@ void register_lstm(py::module_& m) {
           a.dy = kw.opt_in<S>("dy", n.TNR);
           a.dh_n = kw.opt_in<S>("dh_n", n.NR);
           a.dc_n = kw.opt_in<S>("dc_n", n.NH);
-          a.dx = kw.out<S>("dx", n.TNC);
+          a.dx = kw.opt_out<S>("dx", n.TNC);
           a.dh0 = kw.opt_out<S>("dh0", n.NR);
           a.dc0 = kw.opt_out<S>("dc0", n.NH);
           a.dw_ih = kw.opt_out<S>("dw_ih", n.GHC);

@@ -85,7 +85,7 @@ void read_backward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.cache = kw.in<S>("cache", cache_n);
   a.dy = kw.opt_in<S>("dy", n.TNR);
   a.dh_n = kw.opt_in<S>("dh_n", n.NR);
-  a.dx = kw.out<S>("dx", n.TNC);
+  a.dx = kw.opt_out<S>("dx", n.TNC);
   a.dh0 = kw.opt_out<S>("dh0", n.NR);
   a.dw_ih = kw.opt_out<S>("dw_ih", n.GHC);
   a.dw_hh = kw.opt_out<S>("dw_hh", n.GHR);

@@ -116,9 +116,10 @@ def cell_plan(kind: int, flag: bool, dtype: Any, C: int, H: int, P: int, params:
 def cell_forward(plan: Any, x: Any, state: Any, tape: Optional[list], version: int,
                  num_threads: int, /) -> Any: ...  # h | (h, c) | None (not the common case)
 def cell_backward(plan: Any, step: tuple, d_h: Any, d_c: Any, version: int, forwards: int,
-                  num_threads: int, /) -> Any: ...  # (dx, dh0, dc0) | None
+                  num_threads: int, input_grad: bool, /) -> Any: ...  # (dx, dh0, dc0) | None
 def cell_kernel_seconds(plan: Any, x: _A, state: Any, repeat: int,
                         num_threads: int) -> Tuple[float, float]: ...  # (wall, cpu) seconds
 def cell_plan_packed(plan: Any) -> Tuple[bool, bool]: ...
 def cell_backward_kernel_seconds(plan: Any, step: tuple, d_h: Any, d_c: Any, repeat: int,
-                                 num_threads: int) -> Tuple[float, float]: ...
+                                 num_threads: int,
+                                 input_grad: bool = True) -> Tuple[float, float]: ...

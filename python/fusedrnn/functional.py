@@ -395,7 +395,8 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     return (GruOutput if kind == "gru" else RnnOutput)(y, h_n, cache)
 
 
-def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
+def _backward(fn, kind, cache, dy, dh_n, dc_n=None, input_grad=True):
+    input_grad = _check_flag(fn, "input_grad", input_grad)
     if cache is None:
         raise ValueError(f"{fn}: cache is None: the forward was run with training=False")
     if not isinstance(cache, _Cache):
@@ -413,7 +414,7 @@ def _backward(fn, kind, cache, dy, dh_n, dc_n=None):
     if kind == "lstm":
         _check(fn, "dc_n", dc_n, (N, H), dt)
 
-    dx = np.empty((T, N, C), dt)
+    dx = np.empty((T, N, C), dt) if input_grad else None
     dh0 = np.empty((N, R), dt) if cache.has_h0 else None
     dw_ih = np.zeros((G * H, C), dt)
     dw_hh = np.zeros((G * H, R), dt)
@@ -471,14 +472,15 @@ def lstm_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, w_pee
                     reverse, training, None, w_hr, cell_clip, precision)
 
 
-def lstm_backward(cache, dy=None, dh_n=None, dc_n=None) -> LstmGrads:
+def lstm_backward(cache, dy=None, dh_n=None, dc_n=None, *, input_grad=True) -> LstmGrads:
     """Gradients of sum(y*dy) + sum(h_n*dh_n) + sum(c_n*dc_n) (None cotangents are zero).
 
     dy [T, N, R], dh_n [N, R], dc_n [N, H] (R = P with projection, else H). Returns
     LstmGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr), None for inputs the
-    forward did not get. The cache is not modified: backward may be called again.
+    forward did not get. ``input_grad=False``: dx is None and its product is skipped (x is
+    data). The cache is not modified: backward may be called again.
     """
-    return _backward("lstm_backward", "lstm", cache, dy, dh_n, dc_n)
+    return _backward("lstm_backward", "lstm", cache, dy, dh_n, dc_n, input_grad)
 
 
 def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_after",
@@ -493,9 +495,10 @@ def gru_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, variant="reset_
                     reverse, training, formula, precision=precision)
 
 
-def gru_backward(cache, dy=None, dh_n=None) -> GruGrads:
-    """Gradients of sum(y*dy) + sum(h_n*dh_n): GruGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
-    return _backward("gru_backward", "gru", cache, dy, dh_n)
+def gru_backward(cache, dy=None, dh_n=None, *, input_grad=True) -> GruGrads:
+    """Gradients of sum(y*dy) + sum(h_n*dh_n): GruGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh);
+    dx None with ``input_grad=False`` (not computed)."""
+    return _backward("gru_backward", "gru", cache, dy, dh_n, input_grad=input_grad)
 
 
 def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
@@ -510,6 +513,7 @@ def rnn_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
                     reverse, training, formula, precision=precision)
 
 
-def rnn_backward(cache, dy=None, dh_n=None) -> RnnGrads:
-    """Gradients of sum(y*dy) + sum(h_n*dh_n): RnnGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
-    return _backward("rnn_backward", "rnn", cache, dy, dh_n)
+def rnn_backward(cache, dy=None, dh_n=None, *, input_grad=True) -> RnnGrads:
+    """Gradients of sum(y*dy) + sum(h_n*dh_n): RnnGrads(dx, dh0, dw_ih, dw_hh, db_ih, db_hh);
+    dx None with ``input_grad=False`` (not computed)."""
+    return _backward("rnn_backward", "rnn", cache, dy, dh_n, input_grad=input_grad)

@@ -523,7 +523,13 @@ class _RNNBase(Module):
         F._forward_call(kind, formula, dims, sizes, reverse, tensors, ws, packed, precision)
 
     # -- backward -----------------------------------------------------------------------------
-    def backward(self, d_output, d_state=None):
+    def backward(self, d_output, d_state=None, *, input_grad=True):
+        """Gradients of the last training forward: returns d_input (None with
+        ``input_grad=False``: the first layer then skips its input-gradient product, as torch
+        does for an input without requires_grad); the state's gradient goes to ``d_state``."""
+        if input_grad is not True and input_grad is not False:
+            input_grad = F._check_flag(f"{type(self).__name__}.backward", "input_grad",
+                                       input_grad)
         ctx = self._tls.ctx
         if ctx is None:
             raise RuntimeError(f"{type(self).__name__}.backward: no training forward to "
@@ -561,7 +567,7 @@ class _RNNBase(Module):
                 inp = ctx["inputs"][layer]
                 C = inp.shape[2]
                 dx = self._buffer(("dx", layer % 2), (T, N, C)) if layer else \
-                    np.empty((T, N, C), self.dtype)
+                    np.empty((T, N, C), self.dtype) if input_grad else None
                 for direction in range(D):
                     idx = layer * D + direction
                     sfx = _suffix(layer, direction)
@@ -570,7 +576,7 @@ class _RNNBase(Module):
                     else:
                         dy = self._buffer(("dy",), (T, N, R))
                         np.copyto(dy, d_out[:, :, direction * R:(direction + 1) * R])
-                    dxd = dx if direction == 0 else \
+                    dxd = dx if direction == 0 or dx is None else \
                         self._buffer(("dx_rev", layer > 0), (T, N, C))
                     self._kernel_backward(
                         (T, N, C, H, self.proj_size), sfx, inp, lengths, direction == 1,
@@ -578,11 +584,11 @@ class _RNNBase(Module):
                         None if dh_n is None else np.ascontiguousarray(dh_n[idx]),
                         None if dc_n is None else np.ascontiguousarray(dc_n[idx]), dxd,
                         None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx])
-                    if checking:
+                    if checking and dxd is not None:
                         _first_nonfinite(f"{name}.backward: layer {layer}"
                                          + (" (reverse direction)" if direction else "")
                                          + " input gradient", dxd, 0, reverse=direction == 0)
-                    if direction == 1:
+                    if direction == 1 and dx is not None:
                         dx += dxd
                 if layer:
                     mask = ctx["masks"][layer - 1]
@@ -591,7 +597,7 @@ class _RNNBase(Module):
                 d_out = dx
         self._tls.d_state = None if not has_state else \
             ((dh0, dc0) if self._mode == "LSTM" else dh0)
-        if self.batch_first:
+        if self.batch_first and d_out is not None:
             return np.ascontiguousarray(d_out.transpose(1, 0, 2))
         return d_out
 
@@ -958,7 +964,7 @@ class _Regularised:
                                      dw_hh=dw_hh)
             if "wmask" in st:
                 w_hh.grad += np.multiply(dw_hh, st["wmask"], out=dw_hh)
-            if "xmask" in st:
+            if "xmask" in st and dx is not None:
                 dx *= st["xmask"]
             return
         lstm = self._mode == "LSTM"
@@ -986,7 +992,7 @@ class _Regularised:
             reverse=reverse, num_threads=F._threads())
         if "wmask" in st:
             w_hh.grad += dw_hh * st["wmask"]
-        if "xmask" in st:
+        if "xmask" in st and dx is not None:
             dx *= st["xmask"]
 
 

@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import _core
-from .functional import _threads, _workspace
+from .functional import _check_flag, _threads, _workspace
 from .reference_reg import GRU_LAYER_NORMS, LAYER_NORMS
 
 __all__ = ["lstm_ln_forward", "lstm_ln_backward", "gru_ln_forward", "gru_ln_backward",
@@ -138,8 +138,9 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
     return (y, *out.values(), cache)
 
 
-def _backward(cell, cache, dy, dh_n, dc_n):
+def _backward(cell, cache, dy, dh_n, dc_n, input_grad=True):
     fn = cell + "_backward"
+    input_grad = _check_flag(fn, "input_grad", input_grad)
     G, lstm, _ = _CELLS[cell]
     if not isinstance(cache, _Cache) or cache.cell != cell:
         raise ValueError(f"{fn}: cache must come from regularised.{cell}_forward("
@@ -150,7 +151,7 @@ def _backward(cell, cache, dy, dh_n, dc_n):
     cot = dict(dy=_arr(fn, "dy", dy, (T, N, H), dt), dh_n=_arr(fn, "dh_n", dh_n, (N, H), dt))
     ln = a["layer_norm"] != "none"
     z = lambda shape: np.zeros(shape, dt)  # noqa: E731
-    g = dict(dx=np.empty((T, N, C), dt),
+    g = dict(dx=np.empty((T, N, C), dt) if input_grad else None,
              dh0=np.empty((N, H), dt) if a["h0"] is not None else None,
              dw_ih=z((GH, C)), dw_hh=z((GH, H)),
              db_ih=z(GH) if a["b_ih"] is not None else None,
@@ -191,9 +192,10 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     recurrent_mask, lengths, reverse, training, gate_masks, input_mask)
 
 
-def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
-    """Gradients as :func:`fusedrnn.reference_reg.lstm_ln_backward` (a dict)."""
-    return _backward("lstm_ln", cache, dy, dh_n, dc_n)
+def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None, *, input_grad=True):
+    """Gradients as :func:`fusedrnn.reference_reg.lstm_ln_backward` (a dict); its "dx" is None
+    with ``input_grad=False`` (not computed)."""
+    return _backward("lstm_ln", cache, dy, dh_n, dc_n, input_grad)
 
 
 def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="none",
@@ -210,6 +212,7 @@ def gru_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, layer_norm="
                     reverse, training, gate_masks, input_mask)
 
 
-def gru_ln_backward(cache, dy=None, dh_n=None):
-    """Gradients as :func:`fusedrnn.reference_reg.gru_ln_backward` (a dict)."""
-    return _backward("gru_ln", cache, dy, dh_n, None)
+def gru_ln_backward(cache, dy=None, dh_n=None, *, input_grad=True):
+    """Gradients as :func:`fusedrnn.reference_reg.gru_ln_backward` (a dict); its "dx" is None
+    with ``input_grad=False`` (not computed)."""
+    return _backward("gru_ln", cache, dy, dh_n, None, input_grad)

@@ -268,18 +268,19 @@ class _LayerFunction(torch.autograd.Function):
         for field, t in zip(_CACHE_ARRAYS, ctx.saved_tensors):
             setattr(cache, field, None if t is None else t.detach().numpy())
         g = [None if d is None else _contiguous(d.detach()).numpy() for d in grads]
+        need = ctx.needs_input_grad
         try:
+            # x without requires_grad (the first layer's data): the kernel skips dx's product
             if ctx.kind == "lstm":
-                r = _F.lstm_backward(cache, *g)
+                r = _F.lstm_backward(cache, *g, input_grad=need[5])
                 dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_peep, dw_hr = r
             else:
                 fn = _F.gru_backward if ctx.kind == "gru" else _F.rnn_backward
-                dx, dh0, dw_ih, dw_hh, db_ih, db_hh = fn(cache, *g)
+                dx, dh0, dw_ih, dw_hh, db_ih, db_hh = fn(cache, *g, input_grad=need[5])
                 dc0 = dw_peep = dw_hr = None
         finally:
             for field in _CACHE_ARRAYS:
                 setattr(cache, field, None)
-        need = ctx.needs_input_grad
         grads_in = (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, dw_peep)
         return (None, None, None, None, None) + tuple(
             torch.from_numpy(a) if a is not None and need[5 + i] else None
@@ -330,10 +331,10 @@ class _RegularisedFunction(torch.autograd.Function):
         ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place)
         g = [None if d is None else _contiguous(d.detach()).numpy() for d in grads]
         lstm = ctx.lstm
-        r = (regularised.lstm_ln_backward if lstm else regularised.gru_ln_backward)(
-            ctx.kernel_cache, *g)
-        r.setdefault("dc0", None)
         need = ctx.needs_input_grad
+        r = (regularised.lstm_ln_backward if lstm else regularised.gru_ln_backward)(
+            ctx.kernel_cache, *g, input_grad=need[1])
+        r.setdefault("dc0", None)
         names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + \
             tuple("d" + k for k in _ln_names("LSTM" if lstm else "GRU"))
         return (None,) + tuple(torch.from_numpy(r[k]) if r[k] is not None and need[1 + i]

@@ -91,7 +91,8 @@ class _CellFunction(torch.autograd.Function):
         dh_n = g(grads[0])
         dc_n = g(grads[1]) if mode == "LSTM" else None
         G = w_ih.shape[0]
-        dx = np.empty((1, N, C), dt)
+        # torch asks for dx only when x requires grad; without it the kernel skips dx's product
+        dx = np.empty((1, N, C), dt) if ctx.needs_input_grad[2] else None
         dh0 = np.empty((N, H), dt) if has_h0 else None
         dc0 = np.empty((N, H), dt) if has_c0 else None
         dw_ih, dw_hh = np.zeros((G, C), dt), np.zeros((G, H), dt)
@@ -112,7 +113,7 @@ class _CellFunction(torch.autograd.Function):
                                 db_ih, db_hh, None, None, bws_size, dt, ws, packed)
         store.bkey = key
         t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
-        return (None, None, t(dx.reshape(N, C)), t(dh0), t(dc0), t(dw_ih), t(dw_hh), t(db_ih),
+        return (None, None, None if dx is None else t(dx.reshape(N, C)), t(dh0), t(dc0), t(dw_ih), t(dw_hh), t(db_ih),
                 t(db_hh))
 
 

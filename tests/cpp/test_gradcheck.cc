@@ -7,9 +7,10 @@
 //   L = sum(y*dy) + sum(h_n*dh_n) [+ sum(c_n*dc_n)],
 // and checks the documented contracts of fusedrnn.h: padded outputs are zero, the inference
 // forward matches the training forward, parameter gradients accumulate while dx/dh0/dc0 are
-// overwritten, Options::weights_packed takes the weights an earlier forward packed into the
-// workspace, and invalid arguments throw std::invalid_argument before any work. Workspace
-// and cache (sized by the *_size functions) start as NaN, so reading unwritten memory fails.
+// overwritten, a null dx leaves the other gradients as they were, Options::weights_packed takes
+// the weights an earlier forward packed into the workspace, and invalid arguments throw
+// std::invalid_argument before any work. Workspace and cache (sized by the *_size functions)
+// start as NaN, so reading unwritten memory fails.
 // Prints one line per check and "N passed, M failed"; exits non-zero on any failure.
 #include <fusedrnn/fusedrnn.h>
 
@@ -304,6 +305,21 @@ void run_case(Case& c) {
     }
   report_err(c.name + ": parameter grads accumulate (2nd call)", acc_err, 1e-12);
   report_err(c.name + ": input/state grads overwritten (2nd call)", ovw_err, 1e-12);
+
+  // Third backward with dx null (not computed): every other gradient as before, bit for bit
+  // (parameter gradients: added a third time onto exactly twice the first).
+  Vec dx_kept;
+  dx_kept.swap(c.at("x").g);
+  std::vector<Vec> second;
+  for (Tensor& e : c.t) second.push_back(e.g);
+  for (std::size_t k = 0; k < c.t.size(); ++k)
+    if (c.t[k].accumulates) std::fill(c.t[k].g.begin(), c.t[k].g.end(), 0.0);
+  c.backward();
+  bool same = true;
+  for (std::size_t k = 0; k < c.t.size(); ++k)
+    same = same && (c.t[k].accumulates ? c.t[k].g == first[k] : c.t[k].g == second[k]);
+  report(same, c.name + ": dx null: other grads unchanged", same ? "bitwise" : "differ");
+  c.at("x").g.swap(dx_kept);
 }
 
 // f() must throw std::invalid_argument and leave the buffer `untouched` as it was.

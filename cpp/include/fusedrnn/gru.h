@@ -33,7 +33,7 @@ struct GruForwardArgs {
 };
 
 // The tensors of one backward call: the forward's inputs and cache (same dims, options,
-// variant and lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache, dx.
+// variant and lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache.
 template <typename Scalar>
 struct GruBackwardArgs {
   GruVariant variant = GruVariant::reset_after;
@@ -44,7 +44,7 @@ struct GruBackwardArgs {
   const Scalar* cache = nullptr;          // written by that forward
   const Scalar* dy = nullptr;             // [T, N, H]; null = zero
   const Scalar* dh_n = nullptr;           // [N, H]; null = zero
-  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten); null = not computed
   Scalar* dh0 = nullptr;                  // out [N, H] (overwritten); null = not computed
   Scalar* dw_ih = nullptr;                // [3H, C] (+=); null = not computed
   Scalar* dw_hh = nullptr;                // [3H, H] (+=)

@@ -45,7 +45,7 @@ struct LstmForwardArgs {
 };
 
 // The tensors of one backward call: the forward's inputs and cache (same dims, options and
-// lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache, dx.
+// lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache.
 template <typename Scalar>
 struct LstmBackwardArgs {
   const Scalar* x = nullptr;              // the forward's x, w_ih, w_hh, w_peep, w_hr, lengths
@@ -59,7 +59,7 @@ struct LstmBackwardArgs {
   const Scalar* dy = nullptr;             // [T, N, R]; null = zero
   const Scalar* dh_n = nullptr;           // [N, R]; null = zero
   const Scalar* dc_n = nullptr;           // [N, H]; null = zero
-  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten); null = not computed
   Scalar* dh0 = nullptr;                  // out [N, R] (overwritten); null = not computed
   Scalar* dc0 = nullptr;                  // out [N, H] (overwritten); null = not computed
   Scalar* dw_ih = nullptr;                // [4H, C] (+=); null = not computed

@@ -96,7 +96,7 @@ struct LstmLnBackwardArgs {
   const Scalar* dy = nullptr;             // [T, N, H]; null = zero
   const Scalar* dh_n = nullptr;           // [N, H]; null = zero
   const Scalar* dc_n = nullptr;           // [N, H]; null = zero
-  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten); null = not computed
   Scalar* dh0 = nullptr;                  // out [N, H] (overwritten)
   Scalar* dc0 = nullptr;                  // out [N, H] (overwritten)
   Scalar* dw_ih = nullptr;                // [4H, C] (+=)
@@ -166,7 +166,7 @@ struct GruLnBackwardArgs {
   const Scalar* cache = nullptr;
   const Scalar* dy = nullptr;             // [T, N, H]; null = zero
   const Scalar* dh_n = nullptr;           // [N, H]; null = zero
-  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten); null = not computed
   Scalar* dh0 = nullptr;                  // out [N, H] (overwritten)
   Scalar* dw_ih = nullptr;                // [3H, C] (+=)
   Scalar* dw_hh = nullptr;                // [3H, H] (+=)

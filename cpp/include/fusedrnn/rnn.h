@@ -28,7 +28,7 @@ struct RnnForwardArgs {
 };
 
 // The tensors of one backward call: the forward's inputs and cache (same dims, options,
-// nonlinearity and lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache, dx.
+// nonlinearity and lengths), the cotangents and the gradients. Required: x, w_ih, w_hh, cache.
 template <typename Scalar>
 struct RnnBackwardArgs {
   Nonlinearity nonlinearity = Nonlinearity::tanh;
@@ -39,7 +39,7 @@ struct RnnBackwardArgs {
   const Scalar* cache = nullptr;          // written by that forward
   const Scalar* dy = nullptr;             // [T, N, H]; null = zero
   const Scalar* dh_n = nullptr;           // [N, H]; null = zero
-  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten)
+  Scalar* dx = nullptr;                   // out [T, N, C] (overwritten); null = not computed
   Scalar* dh0 = nullptr;                  // out [N, H] (overwritten); null = not computed
   Scalar* dw_ih = nullptr;                // [H, C] (+=); null = not computed
   Scalar* dw_hh = nullptr;                // [H, H] (+=)

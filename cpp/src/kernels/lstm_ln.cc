@@ -589,14 +589,14 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
         const Index rb = std::min(kMaskRows, TN - r0);
         for (Index g = 0; g < G; ++g) {
           const Scalar* dgk = w.dgx + r0 * GH + g * H;
-          par_gemm_packed(rb, C, H, dgk, GH, w.wih_q + g * PC, w.xp, C, false);
+          if (a.dx) par_gemm_packed(rb, C, H, dgk, GH, w.wih_q + g * PC, w.xp, C, false);
           for_rows(rb, [&](Index i) {
             const Index row = r0 + i, n = row % N;
             const Scalar *mk = a.input_mask + (g * N + n) * C, *xr = a.x + row * C;
             const Scalar* p = w.xp + i * C;
-            Scalar *o = a.dx + row * C, *xm = w.xm + i * C;
+            Scalar *o = a.dx ? a.dx + row * C : nullptr, *xm = w.xm + i * C;
             for (Index c = 0; c < C; ++c) {
-              o[c] = g ? o[c] + mk[c] * p[c] : mk[c] * p[c];
+              if (o) o[c] = g ? o[c] + mk[c] * p[c] : mk[c] * p[c];
               xm[c] = xr[c] * mk[c];
             }
           });

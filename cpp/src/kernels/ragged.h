@@ -206,7 +206,8 @@ void scatter_initial_grad(const RaggedOrder& r, const Scalar* buf, Index width, 
 // dgx and dgh [V, G*H] compact (the input-side and recurrent-side pre-activation gradients; the
 // same buffer when they are equal), hs the cache's h slots (ordered rows), dxc [V, C] scratch,
 // `packed` [packed_bound(G*H, C)] for w_ih (holding it already when `weights_packed`,
-// Options::weights_packed: the same place as the rectangular backward's). Work-shared.
+// Options::weights_packed: the same place as the rectangular backward's); dx null: not computed.
+// Work-shared.
 template <typename Scalar>
 void ragged_backward_epilogue(const Dims& d, const RaggedSteps& rs, Index G, Index R,
                               const Scalar* x, const Scalar* w_ih, const Scalar* dgx,
@@ -216,11 +217,12 @@ void ragged_backward_epilogue(const Dims& d, const RaggedSteps& rs, Index G, Ind
   const Index N = d.N, C = d.C, GH = G * d.H, V = rs.V;
   const std::int64_t* lengths = rs.ro.lengths;
   if (!weights_packed) par_pack(w_ih, GH, C, C, false, packed);
-  if (V > 0) par_gemm_packed(V, C, GH, dgx, GH, packed, dxc, C, false);
+  if (dx && V > 0) par_gemm_packed(V, C, GH, dgx, GH, packed, dxc, C, false);
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-  for (Index r = 0; r < d.T * N; ++r) {  // dx [T, N, C]: valid rows from dxc, padded rows zero
+  for (Index r = 0; r < (dx ? d.T * N : 0); ++r) {  // dx [T, N, C]: valid rows from dxc,
+                                                     // padded rows zero
     const Index t = r / N, n = r % N, len = lengths[n];
     if (t < len) {
       const Scalar* src = dxc + (rs.off[rs.reverse ? len - 1 - t : t] + rs.pos[n]) * C;

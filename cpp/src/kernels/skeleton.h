@@ -58,8 +58,7 @@ void check_forward_ptrs(const char* fn, const Args& a, const void* workspace) {
 template <class Args>
 void check_backward_ptrs(const char* fn, const Args& a, const void* workspace) {
   for (auto [p, name] : {std::pair<const void*, const char*>{a.x, "x"}, {a.w_ih, "w_ih"},
-                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {a.dx, "dx"},
-                         {workspace, "workspace"}})
+                         {a.w_hh, "w_hh"}, {a.cache, "cache"}, {workspace, "workspace"}})
     check_ptr(fn, p, name);
 }
 
@@ -151,9 +150,11 @@ void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
 // with hs [S*N, R] the state each step read (R, the recurrent width: H, or the LSTM's projection
 // size P). Forward computed gx = x w_ihᵀ and gh = h w_hhᵀ (w_hh [G*H, R]), so
 //   dx = dgx w_ih,  dw_ih += dgxᵀ x,  dw_hh += dghᵀ hs,  db_ih += Σ rows dgx,  db_hh += Σ rows dgh.
-// dw_hh may be null (a cell whose recurrent product does not read hs does its own).
-// `packed` [packed_bound(G*H, C)] receives w_ih packed for dx (holds it already when
-// `weights_packed`: Options::weights_packed of a backward call).
+// dw_hh may be null (a cell whose recurrent product does not read hs does its own); dx may be
+// null (not wanted: the input is data). `packed` [packed_bound(G*H, C)] receives w_ih packed for
+// dx (holds it already when `weights_packed`: Options::weights_packed of a backward call). It is
+// packed without dx too, so that a later call with weights_packed finds it whether or not it
+// wants dx.
 template <typename Scalar>
 void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x,
                        const Scalar* w_ih, const Scalar* dgx, const Scalar* dgh, const Scalar* hs,
@@ -161,7 +162,7 @@ void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x
                        Scalar* db_hh, bool weights_packed = false) {
   const Index TN = d.T * d.N, GH = G * d.H;
   if (!weights_packed) par_pack(w_ih, GH, d.C, d.C, false, packed);
-  par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
+  if (dx) par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
   if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
   if (dw_hh) par_gemm_tn_add(GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);
   if (db_ih && db_hh && dgx == dgh && S == d.T) {

@@ -251,7 +251,7 @@ inline void par_pack_rows_kn(Index L, Index n, Row&& row, std::uint16_t* out) {
 // Work-shared, before the time loop of a bf16 backward: zeros in the pad columns of the step
 // operands (ab, ab2: [K, bf16_kpad(K)) of their dx_steps * N rows) and of the transposed gradients (at, ex:
 // columns [S*N, ldt) of their `at_rows` and `ex_rows` rows), and dx where no step writes it
-// (lengths: all of it, written only at valid positions).
+// (lengths: all of it, written only at valid positions; dx null: not computed).
 inline void par_bf16_back_prologue(const Dims& d, Index S, Index K, const Bf16Back& w,
                                    Index at_rows, Index ex_rows, bool lengths, float* dx) {
   const Index kp = lowp::bf16_kpad(K), c0 = S * d.N, nb = w.dx_steps * d.N;  // nb: ab's rows
@@ -271,7 +271,7 @@ inline void par_bf16_back_prologue(const Dims& d, Index S, Index K, const Bf16Ba
       std::fill(w.ab2 + (r - at_rows - ex_rows - nb) * kp + K,
                 w.ab2 + (r - at_rows - ex_rows - nb + 1) * kp, std::uint16_t(0));
   }
-  if (lengths) par_fill(dx, d.T * d.N * d.C, 0.0f);
+  if (lengths && dx) par_fill(dx, d.T * d.N * d.C, 0.0f);
 }
 
 // Where step s's bf16 gate gradients go in ab (and ab2): the row offset of its N rows. The
@@ -290,6 +290,7 @@ inline Index ab_row(const Bf16Back& w, const Dims& d, const StepMap& sm, Index s
 inline void dx_step_bf16(lowp::Tier tier, const Dims& d, const StepMap& sm, Index s, Index S,
                          Index GH, const std::uint16_t* ab, const Bf16Back& w, float* dx) {
   const Index N = d.N, C = d.C, kp = lowp::bf16_kpad(GH);
+  if (!dx) return;  // not wanted
   if (!sm.lengths || !sm.reverse) {
     if (s % w.dx_steps != 0) return;
     const Index s1 = std::min(S - 1, s + w.dx_steps - 1), t0 = sm.reverse ? d.T - 1 - s1 : s;
