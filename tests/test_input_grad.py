@@ -11,6 +11,7 @@ import fusedrnn
 from fusedrnn import cells
 from fusedrnn import functional as F
 from fusedrnn import regularised as K
+from test_ragged import CASES, _args
 
 T, N, C, H = 5, 3, 4, 6
 
@@ -22,43 +23,21 @@ def _eq(a, b, what):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
 
-FUNCTIONAL = [
-    ("lstm", {}), ("lstm", {"w_peep": True}), ("lstm", {"w_hr": 2}),
-    ("gru", {"variant": "reset_after"}), ("gru", {"variant": "reset_before"}),
-    ("rnn", {"nonlinearity": "relu"}),
-]
-
-
-@pytest.mark.parametrize("kind,kw", FUNCTIONAL)
+@pytest.mark.parametrize("kind,kw,G", CASES)
 @pytest.mark.parametrize("dtype,precision", [("float64", "float32"), ("float32", "float32"),
                                              ("float32", "bfloat16")])
 @pytest.mark.parametrize("lengths", [None, [5, 2, 4]])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_functional(kind, kw, dtype, precision, lengths, reverse):
-    rng = np.random.default_rng(3)
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
-    P = kw.get("w_hr", 0)
-    R = P or H
-    r = lambda *s: rng.standard_normal(s).astype(dtype)  # noqa: E731
-    args = dict(x=r(T, N, C), w_ih=r(G * H, C), w_hh=r(G * H, R), b_ih=r(G * H),
-                b_hh=r(G * H), h0=r(N, R))
-    extra = {}
-    if kind == "lstm":
-        args["c0"] = r(N, H)
-        if kw.get("w_peep"):
-            extra["w_peep"] = r(3, H)
-        if P:
-            extra["w_hr"] = r(P, H)
-    elif kind == "gru":
-        extra["variant"] = kw["variant"]
-    else:
-        extra["nonlinearity"] = kw["nonlinearity"]
+def test_functional(kind, kw, G, dtype, precision, lengths, reverse):
+    args, extra = _args(kind, kw, G, dtype, T=T, N=N, C=C, H=H, seed=3)
     if lengths is not None:
         extra["lengths"] = np.array(lengths, np.int64)
-    fwd = getattr(F, kind + "_forward")
+    out = getattr(F, kind + "_forward")(**args, **extra, reverse=reverse, precision=precision)
+    rng = np.random.default_rng(4)
+    R = kw.get("P", 0) or H
+    cot = [rng.standard_normal(s).astype(dtype) for s in [(T, N, R), (N, R)]
+           + ([(N, H)] if kind == "lstm" else [])]
     bwd = getattr(F, kind + "_backward")
-    out = fwd(**args, **extra, reverse=reverse, precision=precision)
-    cot = [r(T, N, R), r(N, R)] + ([r(N, H)] if kind == "lstm" else [])
     full = bwd(out.cache, *cot)
     part = bwd(out.cache, *cot, input_grad=False)
     assert full.dx is not None and part.dx is None
