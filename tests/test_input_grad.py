@@ -75,7 +75,9 @@ def test_regularised(cell, layer_norm, gate_masks):
 
 
 @pytest.mark.parametrize("mode,kw", [("LSTM", {}), ("GRU", {}), ("RNN", {}),
-                                     ("LSTM", {"input_dropout": 0.3})])
+                                     ("LSTM", {"input_dropout": 0.3}),
+                                     ("LSTM", {"layer_norm": "haste", "input_dropout": 0.3}),
+                                     ("GRU", {"layer_norm": "haste"})])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_layers(mode, kw, bidirectional):
     rng = np.random.default_rng(7)
