@@ -409,7 +409,7 @@ class _CellBase(Module):
         shaped like the state that step was given (None if it was None); adds the parameter
         gradients into Parameter.grad. ``input_grad=False``: d_x is None and not computed (the
         input is data, as a torch input without requires_grad): the kernel skips that product,
-        a quarter of a training step's multiply-adds when C = H."""
+        a quarter of the backward's multiply-adds when C = H."""
         if input_grad is not True and input_grad is not False:
             input_grad = F._check_flag(f"{type(self).__name__}.backward", "input_grad",
                                        input_grad)

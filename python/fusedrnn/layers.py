@@ -526,7 +526,8 @@ class _RNNBase(Module):
     def backward(self, d_output, d_state=None, *, input_grad=True):
         """Gradients of the last training forward: returns d_input (None with
         ``input_grad=False``: the first layer then skips its input-gradient product, as torch
-        does for an input without requires_grad); the state's gradient goes to ``d_state``."""
+        does for an input without requires_grad); the initial state's gradient is left in
+        ``layer.d_state``."""
         if input_grad is not True and input_grad is not False:
             input_grad = F._check_flag(f"{type(self).__name__}.backward", "input_grad",
                                        input_grad)

@@ -113,8 +113,8 @@ class _CellFunction(torch.autograd.Function):
                                 db_ih, db_hh, None, None, bws_size, dt, ws, packed)
         store.bkey = key
         t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
-        return (None, None, None if dx is None else t(dx.reshape(N, C)), t(dh0), t(dc0), t(dw_ih), t(dw_hh), t(db_ih),
-                t(db_hh))
+        return (None, None, None if dx is None else t(dx.reshape(N, C)), t(dh0), t(dc0),
+                t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
 
 
 class _CellMixin:
