@@ -11,6 +11,7 @@ import fusedrnn
 from fusedrnn import cells
 from fusedrnn import functional as F
 from fusedrnn import regularised as K
+from test_cells import _python_only
 from test_ragged import CASES, _args
 
 T, N, C, H = 5, 3, 4, 6
@@ -80,7 +81,6 @@ def test_regularised(cell, layer_norm, gate_masks):
                                      ("GRU", {"layer_norm": "haste"})])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_layers(mode, kw, bidirectional):
-    rng = np.random.default_rng(7)
     got = []
     for input_grad in (True, False):
         layer = getattr(fusedrnn, mode)(C, H, num_layers=2, bidirectional=bidirectional,
@@ -96,14 +96,12 @@ def test_layers(mode, kw, bidirectional):
     assert got[0].keys() == got[1].keys()
     for k in got[0]:
         _eq(got[1][k], got[0][k], k)
-    del rng
 
 
 def _cell_loop(mode, dtype, pattern, python_path, monkeypatch):
     """A training loop of T steps, then its backward with input_grad per step from pattern."""
     if python_path:
-        monkeypatch.setattr(cells, "_cell_forward", lambda *a: None)
-        monkeypatch.setattr(cells, "_cell_backward", lambda *a: None)
+        _python_only(monkeypatch)
     rng = np.random.default_rng(11)
     cell = getattr(cells, mode + "Cell")(C, H, dtype=dtype, seed=2)
     cell.train()
