@@ -16,6 +16,7 @@
 #include <chrono>
 #include <ctime>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "common.h"
@@ -43,6 +44,77 @@ struct Buffer {
   }
 };
 
+// Deferred weight gradients (fusedrnn::WeightGradSink, common.h). A backward step adds rank-N
+// products into dw_ih [G*H, C] and dw_hh [G*H, R]; at small N each of them reads and writes the
+// whole gradient for 2N flops per element, and next to the packed weights the gradients fall out
+// of L2 (LSTM H = 128, N = 8: 66 GFLOP/s, against 90 for one gradient alone). So the backward
+// hands its weight-gradient terms to the plan, which keeps copies of their operands (the step's
+// pre-activation gradients, x and the previous state, N rows each) and applies the terms of up
+// to kDeferSteps steps in one pass (gemm_tn_add_terms: each tile of a gradient loaded once for
+// all of them, the same additions in the same order, so the same bits). At batch <= kDeferMaxN. The terms are applied
+// before anyone can see the gradients: at the last backward of a loop (fusedrnn.cells), when a
+// Parameter's grad is read or replaced (Parameter._pending names the cell), when the plan is
+// freed, before another plan defers into the same Parameter, and when the grad arrays changed.
+// Steps per batch: the terms of 8 steps at batch <= 4 are 16 KiB of each panel of B per pass
+// (gemm_tn_add_terms). Batches over 4 add at once: a 100-step training loop (fusedrnn.LSTMCell and
+// GRUCell, H = 64, 128, 256, x without gradient, 1 thread, Zen 4, immediate / deferred, medians
+// of 7, /work/notes/s13): N = 1 1.13-1.33x, N = 2 1.12-1.20x, N = 4 1.02-1.09x faster; N = 8
+// 0.98-1.06x (no gain: its per-step products already run at 66-72 GFLOP/s, the deferred ones at
+// 100, and the operand copies eat the difference); N = 32 0.93-0.97x.
+constexpr int kDeferSteps = 8;
+constexpr std::int64_t kDeferMaxN = 4;
+
+constexpr std::int64_t kPad = 16;
+
+struct DeferTerm {
+  void* c;  // the gradient's first element of the term (dw_hh's n block: a row offset)
+  std::int64_t ldc, m, n, k, lda, ldb;
+  std::size_t a, b;  // offsets of the operands' copies in the arena (scalars)
+};
+
+struct Defer {
+  Buffer arena;                 // operand copies
+  std::size_t cap = 0, used = 0;  // scalars
+  std::vector<DeferTerm> terms;   // reserved: the kernel's add never allocates
+  int steps = 0;
+  int threads = 1;
+  py::object grads[2];   // the arrays the pending terms add into (weight_ih's, weight_hh's grad)
+  py::object params[2];  // their Parameters (_pending cleared when applied)
+  // the last A copied during this step (the LSTM's dw_ih and dw_hh share one)
+  const void* last_a = nullptr;
+  std::int64_t last_lda = 0, last_m = 0, last_k = 0;
+  std::size_t last_off = 0;
+};
+
+template <typename S>
+struct DeferSink final : fusedrnn::WeightGradSink<S> {
+  Defer& d;
+  explicit DeferSink(Defer& q) : d(q) {}
+  // Copies the term's operands (rows of m and n scalars, packed); the capacity was made sure of
+  // before the call (bound below), so nothing here can fail.
+  void add(S* c, std::int64_t ldc, std::int64_t m, std::int64_t n, std::int64_t k, const S* a,
+           std::int64_t lda, const S* b, std::int64_t ldb) noexcept override {
+    S* base = static_cast<S*>(d.arena.data);
+    std::size_t ao;
+    if (a == d.last_a && lda == d.last_lda && m == d.last_m && k == d.last_k) {
+      ao = d.last_off;
+    } else {
+      ao = d.used;
+      for (std::int64_t r = 0; r < k; ++r)
+        std::copy(a + r * lda, a + r * lda + m, base + ao + r * (m + kPad));
+      d.used += std::size_t(k * (m + kPad));
+      d.last_a = a, d.last_lda = lda, d.last_m = m, d.last_k = k, d.last_off = ao;
+    }
+    // rows kPad scalars apart beyond their length: row strides of a power of two would map the
+    // rows that gemm_tn_add_terms reads together onto a few L1 sets
+    const std::int64_t lb = n + kPad;
+    const std::size_t bo = d.used;
+    for (std::int64_t r = 0; r < k; ++r) std::copy(b + r * ldb, b + r * ldb + n, base + bo + r * lb);
+    d.used += std::size_t(k * lb);
+    d.terms.push_back(DeferTerm{c, ldc, m, n, k, m + kPad, lb, ao, bo});
+  }
+};
+
 struct Plan {
   int kind = kLstm;
   bool flag = false;   // GRU: reset_after; RNN: relu
@@ -67,6 +139,9 @@ struct Plan {
   Buffer bws;
   std::vector<py::object> caches;  // training caches by tape depth
   bool busy = false;   // a kernel call of another thread runs on these buffers
+  py::object owner;    // weakref to the cell (Parameter._pending); None: no deferral
+  Defer defer;
+  ~Plan();
 };
 
 struct Busy {
@@ -194,6 +269,79 @@ void run(Plan& p, F&& kernel) {
     kernel();
   } else {
     kernel();
+  }
+}
+
+// Applies the deferred terms (Defer above), target by target in the order they came, and
+// empties the plan's store; with the GIL released around the products (the plan busy).
+template <typename S>
+void apply_deferred(Plan& p, bool release_gil = true) {
+  Defer& q = p.defer;
+  if (!q.terms.empty()) {
+    std::vector<fusedrnn::TnTerm<S>> list;
+    list.reserve(q.terms.size());
+    std::vector<char> done(q.terms.size(), 0);
+    const S* base = static_cast<const S*>(q.arena.data);
+    auto products = [&] {
+      for (std::size_t i = 0; i < q.terms.size(); ++i) {
+        if (done[i]) continue;
+        const DeferTerm& t = q.terms[i];
+        list.clear();
+        for (std::size_t j = i; j < q.terms.size(); ++j) {
+          const DeferTerm& u = q.terms[j];
+          if (done[j] || u.c != t.c || u.m != t.m || u.n != t.n || u.ldc != t.ldc) continue;
+          done[j] = 1;
+          list.push_back(fusedrnn::TnTerm<S>{base + u.a, u.lda, base + u.b, u.ldb, u.k});
+        }
+        fusedrnn::gemm_tn_add_terms<S>(t.m, t.n, list.data(), std::int64_t(list.size()),
+                                       static_cast<S*>(t.c), t.ldc, q.threads);
+      }
+    };
+    if (release_gil) {
+      Busy busy(p);
+      py::gil_scoped_release nogil;
+      products();
+    } else {
+      products();
+    }
+  }
+  q.terms.clear();
+  q.used = 0;
+  q.steps = 0;
+  q.last_a = nullptr;
+  for (int i = 0; i < 2; ++i) {
+    // the Parameter's marker, if it still names this plan's cell
+    if (q.params[i] && !p.owner.is_none()) {
+      PyObject* m = PyObject_GetAttrString(q.params[i].ptr(), "_pending");
+      if (m == nullptr) {
+        PyErr_Clear();
+      } else {
+        if (m == p.owner.ptr() && PyObject_SetAttrString(q.params[i].ptr(), "_pending", Py_None) < 0)
+          PyErr_Clear();
+        Py_DECREF(m);
+      }
+    }
+    q.params[i] = py::object();
+    q.grads[i] = py::object();
+  }
+}
+
+// apply_deferred once no other thread's kernel call runs on the plan (it finishes without the
+// GIL, which this thread gives up while it waits).
+void settle(Plan& p) {
+  while (p.busy) {
+    py::gil_scoped_release nogil;
+    std::this_thread::yield();
+  }
+  if (p.f64) apply_deferred<double>(p); else apply_deferred<float>(p);
+}
+
+Plan::~Plan() {
+  // (the capsule's destructor, GIL held): pending terms still reach their gradients
+  if (defer.terms.empty()) return;
+  try {
+    if (f64) apply_deferred<double>(*this, false); else apply_deferred<float>(*this, false);
+  } catch (...) {
   }
 }
 
@@ -329,6 +477,58 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
   return h_n;
 }
 
+// Makes the plan ready to take this backward's weight-gradient terms (Defer): room for one more
+// step (applying what is pending when full, or when it adds into other grad arrays), the
+// Parameters marked (another plan's pending terms on them applied first). False: this step adds
+// its weight gradients at once (a plan without an owner, N > kDeferMaxN, a Parameter without
+// the marker).
+template <typename S>
+bool prepare_defer(Plan& p, std::int64_t N, const py::object* g, int threads) {
+  if (p.owner.is_none() || N > kDeferMaxN) return false;
+  Defer& q = p.defer;
+  // per step: at most A [N, G*H] twice (dw_ih's and dw_hh's; the GRU reset_before's two dw_hh
+  // terms split one), x [N, C], the state [N, R] and the GRU's r*h [N, H]
+  const std::size_t bound =
+      std::size_t(N * (2 * p.G * p.H + p.C + 2 * std::max(p.R, p.H) + 6 * kPad));
+  if (q.steps > 0 && (q.grads[0].ptr() != g[0].ptr() || q.grads[1].ptr() != g[1].ptr() ||
+                      q.steps >= kDeferSteps || q.used + bound > q.cap))
+    apply_deferred<S>(p);
+  if (q.steps == 0 && q.cap < bound * kDeferSteps) {
+    q.arena.resize(bound * kDeferSteps * sizeof(S));
+    q.cap = bound * kDeferSteps;
+  }
+  if (q.terms.capacity() < std::size_t(3 * kDeferSteps + 3)) q.terms.reserve(3 * kDeferSteps + 3);
+  for (int i = 0; i < 2; ++i) {
+    if (q.params[i]) continue;  // marked at an earlier step of this batch
+    PyObject* param = PyDict_GetItemWithError(p.params.ptr(), p.names[i].ptr());
+    if (param == nullptr) {
+      if (PyErr_Occurred()) throw py::error_already_set();
+      return false;
+    }
+    PyObject* m = PyObject_GetAttrString(param, "_pending");
+    if (m == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+    const bool ours = m == p.owner.ptr(), none = m == Py_None;
+    Py_DECREF(m);
+    if (!ours) {
+      if (!none) {  // another cell's pending terms on this Parameter: reading grad applies them
+        PyObject* r = PyObject_GetAttrString(param, "grad");
+        if (r == nullptr) throw py::error_already_set();
+        Py_DECREF(r);
+      }
+      if (PyObject_SetAttrString(param, "_pending", p.owner.ptr()) < 0)
+        throw py::error_already_set();
+    }
+    q.params[i] = py::reinterpret_borrow<py::object>(param);
+  }
+  q.grads[0] = g[0], q.grads[1] = g[1];
+  q.threads = threads;
+  q.last_a = nullptr;
+  return true;
+}
+
 // cell_backward(plan, step, d_h, d_c, version, forwards, num_threads, input_grad)
 //   -> (dx, dh0, dc0) | None; dx is None without input_grad (the kernel skips its product)
 template <typename S>
@@ -374,6 +574,8 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
   opt.num_threads = threads;
   opt.weights_packed = packed;
   S* ws = static_cast<S*>(p.bws.data);
+  DeferSink<S> sink(p.defer);
+  const bool defer = timer == nullptr && prepare_defer<S>(p, N, g, threads);
   p.bpacked = false;
   // The fields every cell's arguments share, then the kernel, run or timed.
   auto go = [&](auto& a, auto kernel) {
@@ -382,6 +584,7 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     a.dx = out(dx), a.dh0 = out(dh0);
     a.dw_ih = ptr<S>(g[0].ptr()), a.dw_hh = ptr<S>(g[1].ptr());
     a.db_ih = ptr<S>(g[2].ptr()), a.db_hh = ptr<S>(g[3].ptr());
+    if (defer) a.wgrad_sink = &sink;
     auto call = [&] { kernel(d, a, opt, ws); };
     if (timer != nullptr)
       timer->time(p, call, &opt.weights_packed);
@@ -403,6 +606,7 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
     go(a, [](auto&... z) { fusedrnn::rnn_backward<S>(z...); });
   }
+  if (defer) ++p.defer.steps;
   // the cell bumps its version after a backward (an optimiser step may follow): the next
   // backward of the loop sees version + 1
   for (int i = 0; i < kWeights; ++i) p.bw[i] = w[i];
@@ -479,7 +683,7 @@ void register_cell_step(py::module_& m) {
   m.def(
       "cell_plan",
       [](int kind, bool flag, py::dtype dtype, std::int64_t C, std::int64_t H, std::int64_t P,
-         py::dict params, bool reuse, bool release_gil) {
+         py::dict params, bool reuse, bool release_gil, py::object owner) {
         if (kind < kLstm || kind > kRnn) throw py::value_error("cell_plan: kind must be 0, 1 or 2");
         if (C < 1 || H < 1 || P < 0 || (P > 0 && kind != kLstm))
           throw py::value_error("cell_plan: bad sizes");
@@ -492,6 +696,7 @@ void register_cell_step(py::module_& m) {
         p->C = C, p->H = H, p->P = P, p->R = P > 0 ? P : H;
         p->G = kind == kLstm ? 4 : kind == kGru ? 3 : 1;
         p->params = params;
+        p->owner = owner;
         const char* names[kWeights] = {"weight_ih", "weight_hh", "bias_ih",
                                        "bias_hh", "weight_peep", "weight_hr"};
         for (int i = 0; i < kWeights; ++i)
@@ -507,10 +712,22 @@ void register_cell_step(py::module_& m) {
       },
       py::arg("kind"), py::arg("flag"), py::arg("dtype"), py::arg("C"), py::arg("H"),
       py::arg("P"), py::arg("params"), py::arg("reuse"), py::arg("release_gil") = true,
+      py::arg("owner") = py::none(),
       "A single-step cell's plan (fusedrnn.cells): kind 0 LSTM, 1 GRU, 2 RNN; flag: GRU "
       "reset_after / RNN relu; params: the cell's _parameters dict; reuse: "
       "reuse_packed_weights; release_gil: around the kernel calls (off only to measure its "
-      "cost).");
+      "cost); owner: a weakref to the cell, which the Parameters' _pending names while the "
+      "plan holds deferred weight-gradient terms for them (None: no deferral).");
+  m.def(
+      "cell_flush",
+      [](py::capsule plan) { settle(plan_of(plan.ptr())); },
+      py::arg("plan"),
+      "Applies the plan's deferred weight-gradient terms to the Parameters' grad arrays (bit "
+      "for bit what adding them at each backward step would have given).");
+  m.def(
+      "cell_pending_steps",
+      [](py::capsule plan) { return plan_of(plan.ptr()).defer.steps; },
+      py::arg("plan"), "Backward steps whose weight-gradient terms wait in the plan (tests).");
   m.def(
       "cell_kernel_seconds",
       [](py::capsule plan, py::handle x, py::handle state, long repeat, int num_threads) {

@@ -33,6 +33,16 @@ zeros are not differentiated), and *adds* the step's parameter gradients into ea
 with ``state=None`` in train mode starts a new sequence and drops steps left undifferentiated;
 ``clear_tape()`` drops them explicitly. Eval mode records nothing.
 
+Deferred weight gradients. At batch N <= 4 a backward step's weight-gradient products are
+rank-N updates that read and write the whole of weight_ih's and weight_hh's gradients for 2N
+flops per element. The C++ path hands them to the cell's plan instead, which applies those of up
+to 8 steps in one pass (each tile of a gradient loaded once for all of them), bit for bit as if
+added at each step. They are applied before anything can see a gradient: at the loop's last
+backward, whenever a ``Parameter.grad`` is read or replaced (``zero_grad``, optimisers, a copy
+or pickle), before another cell sharing the Parameter adds into it, and when the cell or its
+plan is freed. Only code that writes into a grad array it obtained *before* a backward step,
+between two backward steps, without reading ``.grad`` again, could tell the difference.
+
 Packed weights. The kernels multiply with weights laid out in panels ("packed"); packing costs
 as much as a small batch's step. A cell keeps the packed weights of its last forward in its
 plan's workspace (a thread finding the plan busy in another thread steps on its own per-thread
@@ -57,6 +67,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 
 import numpy as np
 
@@ -167,6 +178,11 @@ def _ready(a, dt, shape):
 _cell_forward = _core.cell_forward
 _cell_backward = _core.cell_backward
 _KIND_NUMBER = {"LSTM": 0, "GRU": 1, "RNN": 2}
+# Deferred weight gradients (python/bindings/cell_step.cc, Defer): at batch <= 4 the C++
+# path's backward steps hand their weight-gradient products to the plan, which applies those of
+# up to 8 steps in one pass over each gradient, bit for bit as if added at each step. False
+# (tests, benchmarks): the cells made while it is False add them at each step.
+_DEFER = True
 _threads = F._threads
 
 
@@ -210,6 +226,7 @@ class _CellBase(Module):
         if self.peepholes:
             self.weight_peep = Parameter(uniform(3, H))
         self._plan = None       # the C++ per-step path's plan (_new_plan)
+        self._defer = _DEFER    # deferred weight gradients (_DEFER), for this cell's life
         self.reuse_packed_weights = True
         self._version = 0
         self._forwards = 0      # forward calls so far: a backward after a forward packs again
@@ -236,8 +253,15 @@ class _CellBase(Module):
         set, after release_buffers() and in a copy)."""
         plan = self.__dict__["_plan"] = _core.cell_plan(
             _KIND_NUMBER[self._mode], self._flag, self.dtype, self.input_size, self.hidden_size,
-            self.proj_size, self._parameters, self._reuse)
+            self.proj_size, self._parameters, self._reuse,
+            owner=weakref.ref(self) if self.__dict__.get("_defer", True) else None)
         return plan
+
+    def _flush_grads(self) -> None:
+        """Applies the weight-gradient terms the plan deferred (Parameter.grad calls it)."""
+        plan = self.__dict__.get("_plan")
+        if plan is not None:
+            _core.cell_flush(plan)
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -428,6 +452,8 @@ class _CellBase(Module):
                                _threads(), input_grad)
             if r is not None:
                 tape.pop()
+                if not tape:   # the loop's last backward: its deferred weight gradients now
+                    _core.cell_flush(plan)
                 # an optimiser step may follow: pack again at the next forward
                 d["_version"] += 1
                 dx, dh0, dc0 = r

@@ -57,13 +57,31 @@ class Parameter:
     optimisers write into them, so they must be writeable); anything else raises at the
     assignment, naming what was expected."""
 
-    __slots__ = ("_data", "_grad")
+    # _pending: None, or a weakref to the single-step cell (fusedrnn.cells) holding deferred
+    # weight-gradient terms for this Parameter; reading or replacing ``grad`` applies them first.
+    __slots__ = ("_data", "_grad", "_pending")
 
     def __init__(self, data: np.ndarray):
         if not isinstance(data, np.ndarray) or data.dtype not in (np.float32, np.float64):
             raise TypeError("Parameter: data must be a float32 or float64 numpy array")
         self._data = np.ascontiguousarray(data)
         self._grad = np.zeros_like(self._data)
+        self._pending = None
+
+    def _settle(self) -> None:
+        """Applies the deferred weight-gradient terms of the cell that _pending names."""
+        ref, self._pending = self._pending, None
+        cell = ref()
+        if cell is not None:
+            cell._flush_grads()
+
+    def __getstate__(self):
+        return {"_data": self._data, "_grad": self.grad}   # (grad: pending terms applied)
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):   # (a pickle from before _pending: (None, slots))
+            state = state[1]
+        self._data, self._grad, self._pending = state["_data"], state["_grad"], None
 
     def _check(self, what: str, a) -> np.ndarray:
         want = f"a writeable {self._data.dtype} array of shape {tuple(self._data.shape)}"
@@ -89,10 +107,14 @@ class Parameter:
 
     @property
     def grad(self) -> np.ndarray:
+        if self._pending is not None:
+            self._settle()
         return self._grad
 
     @grad.setter
     def grad(self, a) -> None:
+        if self._pending is not None:
+            self._settle()   # (into the array being replaced, as if added at each step)
         self._grad = self._check("grad", a)
 
     @property

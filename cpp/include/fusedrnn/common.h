@@ -57,6 +57,37 @@ struct Options {
   Precision precision = Precision::float32;
 };
 
+// Weight gradients handed over instead of added: a backward (lstm_backward, gru_backward,
+// rnn_backward) given a sink calls sink->add(c, ldc, m, n, k, a, lda, b, ldb) on one thread for
+// each product it would add into dw_ih or dw_hh, C[m, n] += Aᵀ B over k rows (A [k, m] with row
+// stride lda, B [k, n] with ldb, c the call's dw_ih or dw_hh), in the order it would add them,
+// and leaves those arrays untouched. A and B live in the call's workspace, cache and inputs:
+// the sink copies what it keeps before returning. Precision::float32 (either scalar type)
+// without lengths only, else std::invalid_argument; add must not throw. The single-step cells
+// defer the terms of consecutive steps this way and apply them with gemm_tn_add_terms, which
+// adds them bit for bit as the kernel would have, reading each gradient once per batch of steps
+// instead of once a step.
+template <typename Scalar>
+struct WeightGradSink {
+  virtual void add(Scalar* c, std::int64_t ldc, std::int64_t m, std::int64_t n, std::int64_t k,
+                   const Scalar* a, std::int64_t lda, const Scalar* b,
+                   std::int64_t ldb) noexcept = 0;
+
+ protected:
+  ~WeightGradSink() = default;
+};
+
+// One term of gemm_tn_add_terms: Aᵀ B over k rows, a = A [k, m] (row stride lda >= m), b = B
+// [k, n] (row stride ldb >= n).
+template <typename Scalar>
+struct TnTerm {
+  const Scalar* a = nullptr;
+  std::int64_t lda = 0;
+  const Scalar* b = nullptr;
+  std::int64_t ldb = 0;
+  std::int64_t k = 0;
+};
+
 enum class GruVariant {
   reset_after,   // PyTorch: n = tanh(W_in x + b_in + r*(W_hn h + b_hn))
   reset_before,  // Keras reset_after=False, ONNX default: n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)
@@ -86,5 +117,16 @@ FUSEDRNN_API BuildInfo build_info();
 template <typename Scalar> FUSEDRNN_API
 void reference_gemm(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
                     const Scalar* b, Scalar* c, int num_threads = 0);
+
+// c[m, n] (row stride ldc) += Σ terms[s].aᵀ terms[s].b, s = 0..count-1: the result of adding
+// the terms one after another as the backward kernels add a weight-gradient product with
+// k <= 32 rows (each element: the term's multiply-add chain over its k rows in order, from zero,
+// then added to c), to the bit, but with each register tile of c loaded and stored once for all
+// the terms. num_threads as in Options (the split changes no result). Throws
+// std::invalid_argument for m, n < 1, count < 0, a term's k outside 0..32, a stride shorter than
+// its row, a null pointer or num_threads < 0.
+template <typename Scalar> FUSEDRNN_API
+void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* terms,
+                       std::int64_t count, Scalar* c, std::int64_t ldc, int num_threads = 0);
 
 }  // namespace fusedrnn

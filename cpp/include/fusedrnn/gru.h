@@ -50,6 +50,7 @@ struct GruBackwardArgs {
   Scalar* dw_hh = nullptr;                // [3H, H] (+=)
   Scalar* db_ih = nullptr;                // [3H] (+=)
   Scalar* db_hh = nullptr;                // [3H] (+=)
+  WeightGradSink<Scalar>* wgrad_sink = nullptr;  // null: dw_ih, dw_hh added here (common.h)
 };
 
 // Scalars of the buffers the caller provides.

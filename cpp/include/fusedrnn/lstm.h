@@ -68,6 +68,7 @@ struct LstmBackwardArgs {
   Scalar* db_hh = nullptr;                // [4H] (+=)
   Scalar* dw_peep = nullptr;              // [3, H] (+=); needs w_peep
   Scalar* dw_hr = nullptr;                // [P, H] (+=); needs P > 0
+  WeightGradSink<Scalar>* wgrad_sink = nullptr;  // null: dw_ih, dw_hh added here (common.h)
 };
 
 // Scalars of the buffers the caller provides.

@@ -45,6 +45,7 @@ struct RnnBackwardArgs {
   Scalar* dw_hh = nullptr;                // [H, H] (+=)
   Scalar* db_ih = nullptr;                // [H] (+=)
   Scalar* db_hh = nullptr;                // [H] (+=)
+  WeightGradSink<Scalar>* wgrad_sink = nullptr;  // null: dw_ih, dw_hh added here (common.h)
 };
 
 // Scalars of the buffers the caller provides.

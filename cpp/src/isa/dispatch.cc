@@ -336,4 +336,14 @@ template void reference_gemm<float>(std::int64_t, std::int64_t, std::int64_t, co
 template void reference_gemm<double>(std::int64_t, std::int64_t, std::int64_t, const double*,
                                      const double*, double*, int);
 
+template <typename Scalar>
+void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* terms,
+                       std::int64_t count, Scalar* c, std::int64_t ldc, int num_threads) {
+  isa::kernels<Scalar>().gemm_tn_add_terms(m, n, terms, count, c, ldc, num_threads);
+}
+template void gemm_tn_add_terms<float>(std::int64_t, std::int64_t, const TnTerm<float>*,
+                                       std::int64_t, float*, std::int64_t, int);
+template void gemm_tn_add_terms<double>(std::int64_t, std::int64_t, const TnTerm<double>*,
+                                        std::int64_t, double*, std::int64_t, int);
+
 }  // namespace fusedrnn

@@ -112,6 +112,9 @@ struct Kernels {
                           Scalar*);
   void (*reference_gemm)(std::int64_t m, std::int64_t n, std::int64_t k, const Scalar* a,
                          const Scalar* b, Scalar* c, int num_threads);
+  // fusedrnn/common.h's gemm_tn_add_terms (kernels/gemm.cc).
+  void (*gemm_tn_add_terms)(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* terms,
+                            std::int64_t count, Scalar* c, std::int64_t ldc, int num_threads);
   // The CTC loss of fusedrnn/ctc.h, its arguments already checked (kernels/ctc.cc).
   void (*ctc)(const CtcArgs<Scalar>&);
 

@@ -395,6 +395,7 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
   const char* fn = "gru_backward";
   check_dims(fn, d);
   check_backward_ptrs(fn, a, workspace);
+  check_sink(fn, a, opt);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 3 * H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
@@ -535,12 +536,13 @@ void backward(const Dims& d, const GruBackwardArgs<Scalar>& a, const Options& op
       return;
     }
     backward_epilogue(d, S, Index(3), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                      after ? a.dw_hh : nullptr, a.db_ih, a.db_hh, opt.weights_packed);
+                      after ? a.dw_hh : nullptr, a.db_ih, a.db_hh, opt.weights_packed,
+                      a.wgrad_sink);
     if (!after && a.dw_hh) {
       // The r and z blocks multiplied h, the n block multiplied q = r*h (cache block 4).
-      par_gemm_tn_add(2 * H, H, S * N, dgh, GH, hs, H, a.dw_hh, H);
-      par_gemm_tn_add(H, H, S * N, dgh + 2 * H, GH, gates + 3 * H, 4 * H, a.dw_hh + 2 * H * H,
-                      H);
+      par_wgrad(a.wgrad_sink, 2 * H, H, S * N, dgh, GH, hs, H, a.dw_hh, H);
+      par_wgrad(a.wgrad_sink, H, H, S * N, dgh + 2 * H, GH, gates + 3 * H, 4 * H,
+                a.dw_hh + 2 * H * H, H);
     }
   });
 }

@@ -471,6 +471,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
   check_projection(fn, d, a.w_hr);
   require(!a.dw_peep || a.w_peep, "lstm_backward: dw_peep given but w_peep is null");
   require(!a.dw_hr || a.w_hr, "lstm_backward: dw_hr given but w_hr is null (P = 0)");
+  check_sink(fn, a, opt);
   check_clip(fn, double(a.cell_clip));
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, GH = 4 * H, NH = N * H, P = d.P, R = rec_width(d), NR = N * R;
@@ -600,7 +601,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
     }
     if (!bf16)
       backward_epilogue(d, S, Index(4), R, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                        a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
+                        a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed, a.wgrad_sink);
     else if constexpr (std::is_same_v<Scalar, float>)
       weight_grads_bf16(tier, d, sm, S, GH, R, a.x, hs, lb, a.dw_ih, a.dw_hh);
     // Forward: h = m w_hrᵀ at every step, so dw_hr += Σ dhᵀ m (inactive rows are zero in both).

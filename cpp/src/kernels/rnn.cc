@@ -261,6 +261,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
   const char* fn = "rnn_backward";
   check_dims(fn, d);
   check_backward_ptrs(fn, a, workspace);
+  check_sink(fn, a, opt);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index N = d.N, H = d.H, NH = N * H;
   const StepMap sm{a.lengths, d.T, opt.reverse};
@@ -339,7 +340,7 @@ void backward(const Dims& d, const RnnBackwardArgs<Scalar>& a, const Options& op
     if (a.dh0) std::copy(dhbuf, dhbuf + NH, a.dh0);
     if (!bf16)
       backward_epilogue(d, S, Index(1), H, a.x, a.w_ih, dgx, dgh, hs, w.wih_q, a.dx, a.dw_ih,
-                        a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed);
+                        a.dw_hh, a.db_ih, a.db_hh, opt.weights_packed, a.wgrad_sink);
     else if constexpr (std::is_same_v<Scalar, float>)
       weight_grads_bf16(tier, d, sm, S, H, H, a.x, hs, lb, a.dw_ih, a.dw_hh);
   });

@@ -144,6 +144,27 @@ void par_copy_or_zero(Scalar* dst, const Scalar* src, Index count) {
   }
 }
 
+// A weight-gradient product C[m, n] += Aᵀ B over k rows (par_gemm_tn_add), or, with a sink
+// (WeightGradSink, common.h: the single-step cells defer them), handed to it on one thread.
+// Work-shared either way (every thread calls it; the single has its barrier).
+template <typename Scalar>
+void par_wgrad(WeightGradSink<Scalar>* sink, Index m, Index n, Index k, const Scalar* A, Index lda,
+               const Scalar* B, Index ldb, Scalar* C, Index ldc) {
+  if (!sink) return par_gemm_tn_add(m, n, k, A, lda, B, ldb, C, ldc);
+  if (k == 0 || m == 0 || n == 0) return;  // (par_gemm_tn_add adds nothing either)
+#ifdef _OPENMP
+#pragma omp single
+#endif
+  sink->add(C, ldc, m, n, k, A, lda, B, ldb);
+}
+
+// A backward's sink (WeightGradSink) is for the rectangular float32-precision path only.
+template <class Args>
+void check_sink(const char* fn, const Args& a, const Options& opt) {
+  if (a.wgrad_sink && (a.lengths || opt.precision != Precision::float32))
+    fail(std::string(fn) + ": wgrad_sink needs Precision::float32 and no lengths");
+}
+
 // Backward epilogue, after the time loop has produced the pre-activation gradients
 //   dgx [T*N, G*H] in time order (zero at padded steps): the input-side gradients, and
 //   dgh [S*N, G*H] in step order (zero for inactive rows): the recurrent-side gradients,
@@ -159,12 +180,13 @@ template <typename Scalar>
 void backward_epilogue(const Dims& d, Index S, Index G, Index R, const Scalar* x,
                        const Scalar* w_ih, const Scalar* dgx, const Scalar* dgh, const Scalar* hs,
                        Scalar* packed, Scalar* dx, Scalar* dw_ih, Scalar* dw_hh, Scalar* db_ih,
-                       Scalar* db_hh, bool weights_packed = false) {
+                       Scalar* db_hh, bool weights_packed = false,
+                       WeightGradSink<Scalar>* sink = nullptr) {
   const Index TN = d.T * d.N, GH = G * d.H;
   if (!weights_packed) par_pack(w_ih, GH, d.C, d.C, false, packed);
   if (dx) par_gemm_packed(TN, d.C, GH, dgx, GH, packed, dx, d.C, false);
-  if (dw_ih) par_gemm_tn_add(GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
-  if (dw_hh) par_gemm_tn_add(GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);
+  if (dw_ih) par_wgrad(sink, GH, d.C, TN, dgx, GH, x, d.C, dw_ih, d.C);
+  if (dw_hh) par_wgrad(sink, GH, R, S * d.N, dgh, GH, hs, R, dw_hh, R);
   if (db_ih && db_hh && dgx == dgh && S == d.T) {
     // Forward order without padding: both bias gradients are the same column sum of one buffer.
     par_colsum_add(TN, GH, dgx, GH, db_ih, db_hh);

@@ -1,0 +1,250 @@
+"""Deferred weight gradients of the single-step cells (python/bindings/cell_step.cc, Defer): at
+batch <= 4 the C++ path's backward steps hand their weight-gradient products to the cell's plan,
+which applies up to 8 steps' at once (gemm_tn_add_terms). Every gradient must be bit for bit
+what adding them at each step gives (cells made with ``cells._DEFER = False``), whenever and
+however it is looked at: at the end of a loop, in the middle of one (Parameter.grad applies the
+pending terms), after zero_grad or a replaced grad array, with a Parameter shared by two cells,
+across the Python path, a copy, or a cell dropped with terms pending."""
+import copy
+import gc
+import pickle
+
+import numpy as np
+import pytest
+
+import fusedrnn
+import fusedrnn.optim
+from fusedrnn import _core, cells
+
+C, H = 7, 13   # (4H = 52, 3H = 39: partial row tiles for the GRU, partial column tiles: C = 7)
+
+KINDS = [
+    ("lstm", fusedrnn.LSTMCell, {}),
+    ("lstm_peep_proj", fusedrnn.LSTMCell, dict(peepholes=True, proj_size=5)),
+    ("gru", fusedrnn.GRUCell, {}),
+    ("gru_before", fusedrnn.GRUCell, dict(variant="reset_before")),
+    ("rnn_tanh", fusedrnn.RNNCell, {}),
+    ("rnn_relu", fusedrnn.RNNCell, dict(nonlinearity="relu")),
+]
+
+
+def _make(cls, kw, defer, dtype="float32", seed=1, monkeypatch=None):
+    old = cells._DEFER
+    cells._DEFER = defer
+    try:
+        return cls(C, H, seed=seed, dtype=dtype, **kw)
+    finally:
+        cells._DEFER = old
+
+
+def _xs(T, N, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((N, C)).astype(dtype) for _ in range(T)]
+
+
+def _forward(cell, xs, state=None):
+    outs = []
+    for x in xs:
+        state = cell(x, state)
+        outs.append(state)
+    return outs
+
+
+def _backward_steps(cell, outs, steps, d=None, seed=5, hook=None):
+    """`steps` backward calls from the latest recorded step down; d: the state gradient reaching
+    the first of them. hook(i) runs before call i."""
+    rng = np.random.default_rng(seed)
+    for i in range(steps):
+        o = outs[len(outs) - 1 - i]
+        h = o[0] if isinstance(o, tuple) else o
+        dh = rng.standard_normal(h.shape).astype(h.dtype)
+        if d is not None:
+            dh = (dh + d[0], d[1]) if isinstance(d, tuple) else dh + d
+        if hook is not None:
+            hook(i)
+        _, d = cell.backward(dh, input_grad=bool(i % 2))
+    return d
+
+
+def _grads(cell):
+    return {n: p.grad.copy() for n, p in cell.named_parameters()}
+
+
+def _same(a, b):
+    assert a.keys() == b.keys()
+    for n in a:
+        np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+
+
+@pytest.mark.parametrize("name,cls,kw", KINDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N", [1, 3, 4])
+@pytest.mark.parametrize("T", [1, 6, 19])
+def test_loops_bitwise(name, cls, kw, dtype, N, T):
+    """Two training loops (forward T steps, backward all of them), deferred and not."""
+    got = {}
+    for defer in (False, True):
+        cell = _make(cls, kw, defer, dtype)
+        for rep in range(2):
+            outs = _forward(cell, _xs(T, N, dtype, seed=rep))
+            _backward_steps(cell, outs, T, seed=rep)
+            if defer:
+                assert _core.cell_pending_steps(cell._plan) == 0   # (the loop's end applied them)
+        got[defer] = _grads(cell)
+    _same(got[False], got[True])
+
+
+def test_terms_do_wait():
+    """The terms really are deferred (else the other tests test nothing): pending between the
+    steps of a loop, the Parameters marked, all applied at its end."""
+    cell = _make(fusedrnn.LSTMCell, {}, True)
+    outs = _forward(cell, _xs(12, 2, "float32"))
+    seen = []
+    _backward_steps(cell, outs, 12, hook=lambda i: seen.append(
+        (_core.cell_pending_steps(cell._plan), cell.weight_ih._pending is not None)))
+    assert [s for s, _ in seen] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 1, 2, 3]
+    assert all(m for s, m in seen if s)
+    assert _core.cell_pending_steps(cell._plan) == 0 and cell.weight_ih._pending is None
+
+
+def test_batches_over_4_add_at_once():
+    cell = _make(fusedrnn.GRUCell, {}, True)
+    outs = _forward(cell, _xs(4, 5, "float32"))
+    _backward_steps(cell, outs, 2)
+    assert _core.cell_pending_steps(cell._plan) == 0
+
+
+@pytest.mark.parametrize("name,cls,kw", KINDS[:3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_grad_read_mid_loop(name, cls, kw, threads):
+    """Reading every Parameter's grad between two backward steps, and an optimiser step after a
+    partly differentiated loop (steps left on the tape), give the step-by-step values."""
+    before = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(threads)
+    try:
+        snaps = {}
+        for defer in (False, True):
+            cell = _make(cls, kw, defer)
+            outs = _forward(cell, _xs(15, 2, "float32"))
+            seen = []
+            _backward_steps(cell, outs, 11,
+                            hook=lambda i: seen.append(_grads(cell)) if i in (3, 10) else None)
+            seen.append(_grads(cell))        # 4 steps still on the tape
+            opt = fusedrnn.optim.SGD(cell.parameters(), lr=0.1)
+            opt.step()
+            seen.append({n: p.data.copy() for n, p in cell.named_parameters()})
+            snaps[defer] = seen
+        for a, b in zip(snaps[False], snaps[True]):
+            _same(a, b)
+    finally:
+        fusedrnn.set_num_threads(before)
+
+
+def test_zero_grad_and_replaced_grad_mid_loop():
+    """zero_grad between two steps drops what came before, as at each step; a grad array
+    replaced between two steps gets the earlier steps' terms, the new one the later ones."""
+    res = {}
+    for defer in (False, True):
+        cell = _make(fusedrnn.LSTMCell, {}, defer)
+        outs = _forward(cell, _xs(10, 3, "float32"))
+        kept = {}
+
+        def hook(i):
+            if i == 3:
+                cell.zero_grad()
+            if i == 6:
+                kept["old"] = cell.weight_hh.grad
+                cell.weight_hh.grad = np.zeros_like(cell.weight_hh.data)
+        _backward_steps(cell, outs, 10, hook=hook)
+        res[defer] = (_grads(cell), kept["old"].copy())
+    _same(res[False][0], res[True][0])
+    np.testing.assert_array_equal(res[False][1], res[True][1])
+
+
+def test_shared_parameter_interleaved():
+    """Two cells sharing weight_hh, their backward steps interleaved: each contribution lands in
+    the order it was made (the second cell applies the first one's pending terms first)."""
+    res = {}
+    for defer in (False, True):
+        a = _make(fusedrnn.GRUCell, {}, defer, seed=1)
+        b = _make(fusedrnn.GRUCell, {}, defer, seed=2)
+        b.weight_hh = a.weight_hh
+        oa = _forward(a, _xs(9, 2, "float32", seed=1))
+        ob = _forward(b, _xs(9, 2, "float32", seed=2))
+        da = db = None
+        rng = np.random.default_rng(7)
+        for i in range(9):
+            for cell, outs, d in ((a, oa, da), (b, ob, db)):
+                dh = rng.standard_normal((2, H)).astype(np.float32)
+                _, d = cell.backward(dh if d is None else dh + d)
+                if cell is a:
+                    da = d
+                else:
+                    db = d
+        res[defer] = (_grads(a), _grads(b))
+    _same(res[False][0], res[True][0])
+    _same(res[False][1], res[True][1])
+
+
+def test_python_path_mid_loop(monkeypatch):
+    """A step down the Python path (here: a strided d_h) between deferred steps: it reads grad,
+    which applies the pending terms first, so the order stays."""
+    res = {}
+    for defer in (False, True):
+        cell = _make(fusedrnn.LSTMCell, {}, defer)
+        outs = _forward(cell, _xs(8, 2, "float32"))
+        rng = np.random.default_rng(3)
+        d = None
+        for i in range(8):
+            dh = rng.standard_normal((2, 2 * H)).astype(np.float32)[:, ::2]   # strided
+            if i != 4:
+                dh = np.ascontiguousarray(dh)
+            _, d = cell.backward(dh if d is None else (dh + d[0], d[1]))
+        res[defer] = _grads(cell)
+    _same(res[False], res[True])
+
+
+def test_copy_and_pickle_mid_loop():
+    """A copy (deepcopy, pickle) made between two steps carries the gradients so far."""
+    ref = _make(fusedrnn.LSTMCell, {}, False)
+    cell = _make(fusedrnn.LSTMCell, {}, True)
+    for c in (ref, cell):
+        outs = _forward(c, _xs(10, 1, "float32"))
+        _backward_steps(c, outs, 5)
+    assert _core.cell_pending_steps(cell._plan) == 5
+    want = _grads(ref)
+    for dup in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
+        _same(want, {n: p.grad for n, p in dup.named_parameters()})
+        assert all(p._pending is None for p in dup.parameters())
+
+
+def test_cell_dropped_with_terms_pending():
+    """The plan applies its pending terms when it is freed: Parameters kept beyond their cell
+    (or a cell's plan rebuilt, reuse_packed_weights set) lose nothing."""
+    ref = _make(fusedrnn.RNNCell, {}, False)
+    want = None
+    for c in (ref,):
+        outs = _forward(c, _xs(10, 3, "float32"))
+        _backward_steps(c, outs, 6)
+        want = _grads(c)
+    cell = _make(fusedrnn.RNNCell, {}, True)
+    outs = _forward(cell, _xs(10, 3, "float32"))
+    _backward_steps(cell, outs, 6)
+    params = dict(cell.named_parameters())
+    assert _core.cell_pending_steps(cell._plan) == 6
+    del cell, outs
+    gc.collect()
+    _same(want, {n: p.grad for n, p in params.items()})
+
+    cell = _make(fusedrnn.RNNCell, {}, True)
+    outs = _forward(cell, _xs(10, 3, "float32"))
+    _backward_steps(cell, outs, 6)
+    cell.reuse_packed_weights = True   # (drops the plan)
+    _same(want, _grads(cell))
+
+
+def test_gemm_tn_add_terms_checks():
+    """The C++ entry point checks its arguments (through a plan: bad terms cannot reach it from
+    Python, so the kernel-side checks are exercised in tests/cpp/test_gradcheck.cc)."""
+    cell = _make(fusedrnn.LSTMCell, {}, True)
+    _core.cell_flush(cell._new_plan())   # nothing pending: nothing to do
