@@ -404,6 +404,143 @@ void check_backward_weights_packed(Case& c, std::size_t ws_size,
          ok ? "bitwise equal" : "differs");
 }
 
+// WeightGradSink (common.h): a sink that keeps copies of the terms, then applies them with
+// gemm_tn_add_terms (grouped by target, in order). Three backward calls with it, applied at
+// once, must give the gradients of three immediate calls bit for bit, leave dw_ih and dw_hh
+// untouched until applied, and every other output as the immediate call's.
+struct RecordSink final : WeightGradSink<double> {
+  struct Term {
+    double* c;
+    std::int64_t ldc, m, n, k;
+    Vec a, b;
+  };
+  std::vector<Term> terms;
+  void add(double* c, std::int64_t ldc, std::int64_t m, std::int64_t n, std::int64_t k,
+           const double* a, std::int64_t lda, const double* b, std::int64_t ldb) noexcept override {
+    Term t{c, ldc, m, n, k, Vec(k * m), Vec(k * n)};
+    for (std::int64_t r = 0; r < k; ++r) {
+      std::copy(a + r * lda, a + r * lda + m, t.a.begin() + r * m);
+      std::copy(b + r * ldb, b + r * ldb + n, t.b.begin() + r * n);
+    }
+    terms.push_back(std::move(t));
+  }
+  void apply(int threads) {
+    std::vector<bool> done(terms.size());
+    for (std::size_t i = 0; i < terms.size(); ++i) {
+      if (done[i]) continue;
+      std::vector<TnTerm<double>> list;
+      for (std::size_t j = i; j < terms.size(); ++j)
+        if (!done[j] && terms[j].c == terms[i].c) {
+          done[j] = true;
+          list.push_back({terms[j].a.data(), terms[j].m, terms[j].b.data(), terms[j].n,
+                          terms[j].k});
+        }
+      gemm_tn_add_terms<double>(terms[i].m, terms[i].n, list.data(),
+                                std::int64_t(list.size()), terms[i].c, terms[i].ldc, threads);
+    }
+    terms.clear();
+  }
+};
+
+// bwd(sink, lengths): the case's backward (lengths: the case's, else none); the case's forward
+// ran without lengths.
+void check_sink(Case& c, const std::function<void(WeightGradSink<double>*, bool)>& bwd) {
+  for (int threads : {1, 2}) {
+    c.opt.num_threads = threads;
+    std::mt19937_64 rng(5);
+    std::vector<Vec> start;  // parameter gradients start from values, as in a training loop
+    for (Tensor& e : c.t) start.push_back(random_vec(rng, e.g.size(), 1.0));
+    auto reset = [&] {
+      for (std::size_t k = 0; k < c.t.size(); ++k) c.t[k].g = start[k];
+    };
+    reset();
+    for (int i = 0; i < 3; ++i) bwd(nullptr, false);
+    std::vector<Vec> want;
+    for (Tensor& e : c.t) want.push_back(e.g);
+    reset();
+    RecordSink sink;
+    for (int i = 0; i < 3; ++i) bwd(&sink, false);
+    bool untouched = true;
+    for (std::size_t k = 0; k < c.t.size(); ++k)
+      if (c.t[k].name == "w_ih" || c.t[k].name == "w_hh")
+        untouched = untouched && c.t[k].g == start[k];
+    sink.apply(threads);
+    bool same = true;
+    for (std::size_t k = 0; k < c.t.size(); ++k) same = same && c.t[k].g == want[k];
+    const std::string th = " (" + std::to_string(threads) + " thread(s))";
+    report(untouched, c.name + ": sink: dw_ih, dw_hh untouched" + th,
+           untouched ? "yes" : "written");
+    report(same, c.name + ": sink + gemm_tn_add_terms == 3 immediate backward calls" + th,
+           same ? "bitwise" : "differ");
+  }
+  RecordSink sink;
+  expect_invalid(c.name + ": sink with lengths", [&] { bwd(&sink, true); }, c.at("w_ih").g);
+}
+
+void sink_cases() {
+  // T = 3, N = 2 (k = 6 rows a term), C = 5, H = 7: partial row and column tiles.
+  auto dims = [](Case& c) { c.d = Dims{3, 2, 5, 7}; };
+  {
+    Case c;
+    dims(c);
+    make_lstm(c, false, {3, 3}, 4, true);
+    c.name = "lstm proj peep";
+    Vec ws(lstm_forward_workspace_size(c.d));
+    LstmForwardArgs<double> f = lstm_forward_args(c, c.cache.data());
+    f.lengths = nullptr;
+    lstm_forward(c.d, f, c.opt, ws.data());
+    check_sink(c, [&c](WeightGradSink<double>* s, bool lengths) {
+      Vec w(lstm_backward_workspace_size(c.d));
+      LstmBackwardArgs<double> a = lstm_backward_args(c);
+      if (!lengths) a.lengths = nullptr;
+      a.wgrad_sink = s;
+      lstm_backward(c.d, a, c.opt, w.data());
+    });
+  }
+  for (GruVariant var : {GruVariant::reset_after, GruVariant::reset_before}) {
+    Case c;
+    dims(c);
+    make_gru(c, var, false, {3, 3});
+    Vec ws(gru_forward_workspace_size(c.d));
+    GruForwardArgs<double> f = single_forward_args<GruForwardArgs<double>>(c, c.cache.data());
+    f.lengths = nullptr, f.variant = var;
+    gru_forward(c.d, f, c.opt, ws.data());
+    check_sink(c, [&c, var](WeightGradSink<double>* s, bool lengths) {
+      Vec w(gru_backward_workspace_size(c.d));
+      GruBackwardArgs<double> a = single_backward_args<GruBackwardArgs<double>>(c);
+      if (!lengths) a.lengths = nullptr;
+      a.variant = var, a.wgrad_sink = s;
+      gru_backward(c.d, a, c.opt, w.data());
+    });
+  }
+  {
+    Case c;
+    dims(c);
+    make_rnn(c, Nonlinearity::tanh, false, {3, 3}, 31);
+    Vec ws(rnn_forward_workspace_size(c.d));
+    RnnForwardArgs<double> f = single_forward_args<RnnForwardArgs<double>>(c, c.cache.data());
+    f.lengths = nullptr;
+    rnn_forward(c.d, f, c.opt, ws.data());
+    check_sink(c, [&c](WeightGradSink<double>* s, bool lengths) {
+      Vec w(rnn_backward_workspace_size(c.d));
+      RnnBackwardArgs<double> a = single_backward_args<RnnBackwardArgs<double>>(c);
+      if (!lengths) a.lengths = nullptr;
+      a.wgrad_sink = s;
+      rnn_backward(c.d, a, c.opt, w.data());
+    });
+  }
+  // gemm_tn_add_terms' checks
+  Vec a(33 * 4), b(33 * 4), cc(16);
+  TnTerm<double> t{a.data(), 4, b.data(), 4, 33};
+  expect_invalid("gemm_tn_add_terms: k = 33", [&] {
+    gemm_tn_add_terms<double>(4, 4, &t, 1, cc.data(), 4, 1);
+  }, cc);
+  t.k = 2, t.lda = 3;
+  expect_invalid("gemm_tn_add_terms: lda < m", [&] {
+    gemm_tn_add_terms<double>(4, 4, &t, 1, cc.data(), 4, 1);
+  }, cc);
+}
+
 void check(const std::function<void(Case&)>& make) {
   Case c;
   make(c);
@@ -413,6 +550,7 @@ void check(const std::function<void(Case&)>& make) {
 }  // namespace
 
 int main() {
+  sink_cases();
   check([](Case& c) { make_lstm(c, false, {3, 2, 0}); });
   check([](Case& c) { make_lstm(c, true, {2, 3, 1}); });
   check([](Case& c) { make_lstm(c, false, {3, 2, 0}, 2, false); });  // P < H = 4
