@@ -66,11 +66,12 @@ struct TermsTile {
 // Zen 4, one thread, C 512 x 128, 8 terms of k = 8 (a probe against this function): 4 x 2
 // 100 GFLOP/s (87% of the FMA peak); 6 x 2, 5 x 2, 8 x 1 97-99; 3 x 4 and 2 x 4 51-54 (GCC kept
 // the C tile on the stack and loaded B once per row); 3 x 3 35 (n = 128 is no multiple of 48:
-// partial tiles). par_gemm_tn_add, a term at a time: 66 beside the packed weights.
+// partial tiles). par_gemm_tn_add, a term at a time: 66 beside the packed weights. The avx2
+// copy (16 registers), the same probe: 3 x 2 50 GFLOP/s at k = 8, 37 at k = 1; 2 x 2 40 and 17.
 #if defined(__AVX512F__) || defined(__aarch64__)
   static constexpr int TR = 4, TP = 2;  // 8 + 8 accumulators of 32 registers
 #else
-  static constexpr int TR = 2, TP = 2;  // 4 + 4 of 16
+  static constexpr int TR = 3, TP = 2;  // 6 + 6 of 16
 #endif
   static constexpr Index NC = TP * W;
 };
