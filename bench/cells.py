@@ -9,7 +9,9 @@ Prints per configuration the median time of one loop (ms), torch's time over fus
 the time of its kernel calls alone ("kernel us": the same kernels on the same arrays, repeated
 in C++, _core.cell_kernel_seconds / cell_backward_kernel_seconds; train: forward + backward),
 i.e. everything the Python loop, the cell's methods and the binding add (and the cache misses
-of fresh arrays at every step, which the repeated kernel call does not have). "gil us" is
+of fresh arrays at every step, which the repeated kernel call does not have). At N <= 4 the
+cells' training loop defers the weight gradients (fusedrnn.cells: applied 8-32 steps at once),
+which the repeated backward kernel call does not: there "overhead" can come out negative. "gil us" is
 what releasing the GIL around the kernel call costs per step (the cell's time minus that of a
 cell whose plan keeps the GIL). The contenders of a
 configuration run interleaved (one loop each per round, rounds repeated), so load changes hit
@@ -30,6 +32,7 @@ import argparse
 import json
 import statistics
 import time
+import weakref
 
 import numpy as np
 
@@ -102,7 +105,8 @@ def main(argv=None):
                 gcell.load_state_dict(tcell.state_dict())
                 gcell._plan = _core.cell_plan(   # the same plan, keeping the GIL
                     {"LSTM": 0, "GRU": 1, "RNN": 2}[kind], gcell._flag, gcell.dtype, C, H, 0,
-                    gcell._parameters, True, release_gil=False)
+                    gcell._parameters, True, release_gil=False,
+                    owner=weakref.ref(gcell))   # (deferring weight gradients as fcell does)
                 jcell = torch.jit.script(getattr(torch.nn, kind + "Cell")(C, H))
                 txs = torch.from_numpy(xs).requires_grad_(args.input_grad)
                 ig = args.input_grad

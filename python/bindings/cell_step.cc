@@ -45,23 +45,25 @@ struct Buffer {
 };
 
 // Deferred weight gradients (fusedrnn::WeightGradSink, common.h). A backward step adds rank-N
-// products into dw_ih [G*H, C] and dw_hh [G*H, R]; at small N each of them reads and writes the
-// whole gradient for 2N flops per element, and next to the packed weights the gradients fall out
-// of L2 (LSTM H = 128, N = 8: 66 GFLOP/s, against 90 for one gradient alone). So the backward
-// hands its weight-gradient terms to the plan, which keeps copies of their operands (the step's
+// products into dw_ih [G*H, C] and dw_hh [G*H, R]: at small N each of them reads and writes the
+// whole gradient for 2N flops per element. At batch N <= kDeferMaxN the backward hands its
+// weight-gradient terms to the plan instead, which keeps copies of their operands (the step's
 // pre-activation gradients, x and the previous state, N rows each) and applies the terms of up
-// to kDeferSteps steps in one pass (gemm_tn_add_terms: each tile of a gradient loaded once for
-// all of them, the same additions in the same order, so the same bits). At batch <= kDeferMaxN. The terms are applied
+// to defer_steps(N) steps in one pass (gemm_tn_add_terms: each tile of a gradient loaded once for
+// all of them, the same additions in the same order, so the same bits). The terms are applied
 // before anyone can see the gradients: at the last backward of a loop (fusedrnn.cells), when a
 // Parameter's grad is read or replaced (Parameter._pending names the cell), when the plan is
 // freed, before another plan defers into the same Parameter, and when the grad arrays changed.
-// Steps per batch: the terms of 8 steps at batch <= 4 are 16 KiB of each panel of B per pass
-// (gemm_tn_add_terms). Batches over 4 add at once: a 100-step training loop (fusedrnn.LSTMCell and
-// GRUCell, H = 64, 128, 256, x without gradient, 1 thread, Zen 4, immediate / deferred, medians
-// of 7, /work/notes/s13): N = 1 1.13-1.33x, N = 2 1.12-1.20x, N = 4 1.02-1.09x faster; N = 8
-// 0.98-1.06x (no gain: its per-step products already run at 66-72 GFLOP/s, the deferred ones at
-// 100, and the operand copies eat the difference); N = 32 0.93-0.97x.
-constexpr int kDeferSteps = 8;
+// Steps a batch: 32 / N, at least 8 (at N = 1 the gradients of H = 256, 2 MB, come from L3 at
+// every pass: LSTM 256/1 backward 51 -> 46 us a step with 32 steps instead of 8).
+// A 100-step training loop (fusedrnn.LSTMCell and GRUCell, H = 64, 128, 256, x without gradient,
+// 1 thread, Zen 4, deferred against immediate in one run, medians of 7): N = 1 1.17-1.36x,
+// N = 2 1.06-1.25x, N = 4 1.03-1.17x faster; with 8 steps a batch at every N: N = 8 0.98-1.06x
+// (no gain worth the copies: its per-step products already run at 66-72 GFLOP/s, the deferred
+// ones at 100), N = 32 0.93-0.97x. The avx2 copy, 8 steps: N = 1 1.08-1.31x, N = 4 0.96-1.02x
+// (H = 64, 128).
+constexpr int kDeferSteps = 32;  // at N = 1; kDeferSteps / N steps at batch N (at least 8)
+inline int defer_steps(std::int64_t N) { return int(std::max<std::int64_t>(8, kDeferSteps / N)); }
 constexpr std::int64_t kDeferMaxN = 4;
 
 constexpr std::int64_t kPad = 16;
@@ -109,7 +111,8 @@ struct DeferSink final : fusedrnn::WeightGradSink<S> {
     // rows that gemm_tn_add_terms reads together onto a few L1 sets
     const std::int64_t lb = n + kPad;
     const std::size_t bo = d.used;
-    for (std::int64_t r = 0; r < k; ++r) std::copy(b + r * ldb, b + r * ldb + n, base + bo + r * lb);
+    for (std::int64_t r = 0; r < k; ++r)
+      std::copy(b + r * ldb, b + r * ldb + n, base + bo + r * lb);
     d.used += std::size_t(k * lb);
     d.terms.push_back(DeferTerm{c, ldc, m, n, k, m + kPad, lb, ao, bo});
   }
@@ -316,7 +319,8 @@ void apply_deferred(Plan& p, bool release_gil = true) {
       if (m == nullptr) {
         PyErr_Clear();
       } else {
-        if (m == p.owner.ptr() && PyObject_SetAttrString(q.params[i].ptr(), "_pending", Py_None) < 0)
+        if (m == p.owner.ptr() &&
+            PyObject_SetAttrString(q.params[i].ptr(), "_pending", Py_None) < 0)
           PyErr_Clear();
         Py_DECREF(m);
       }
@@ -491,11 +495,11 @@ bool prepare_defer(Plan& p, std::int64_t N, const py::object* g, int threads) {
   const std::size_t bound =
       std::size_t(N * (2 * p.G * p.H + p.C + 2 * std::max(p.R, p.H) + 6 * kPad));
   if (q.steps > 0 && (q.grads[0].ptr() != g[0].ptr() || q.grads[1].ptr() != g[1].ptr() ||
-                      q.steps >= kDeferSteps || q.used + bound > q.cap))
+                      q.steps >= defer_steps(N) || q.used + bound > q.cap))
     apply_deferred<S>(p);
-  if (q.steps == 0 && q.cap < bound * kDeferSteps) {
-    q.arena.resize(bound * kDeferSteps * sizeof(S));
-    q.cap = bound * kDeferSteps;
+  if (q.steps == 0 && q.cap < bound * defer_steps(N)) {
+    q.arena.resize(bound * defer_steps(N) * sizeof(S));
+    q.cap = bound * defer_steps(N);
   }
   if (q.terms.capacity() < std::size_t(3 * kDeferSteps + 3)) q.terms.reserve(3 * kDeferSteps + 3);
   for (int i = 0; i < 2; ++i) {
