@@ -60,8 +60,8 @@ struct Buffer {
 // 1 thread, Zen 4, deferred against immediate in one run, medians of 7): N = 1 1.17-1.36x,
 // N = 2 1.06-1.25x, N = 4 1.03-1.17x faster; with 8 steps a batch at every N: N = 8 0.98-1.06x
 // (no gain worth the copies: its per-step products already run at 66-72 GFLOP/s, the deferred
-// ones at 100), N = 32 0.93-0.97x. The avx2 copy, 8 steps: N = 1 1.08-1.31x, N = 4 0.96-1.02x
-// (H = 64, 128).
+// ones at 100), N = 32 0.93-0.97x. The avx2 copy (FUSEDRNN_ISA=avx2, H = 64, 128): N = 1
+// 1.34-1.71x, N = 2 1.18-1.34x, N = 4 1.06-1.18x.
 constexpr int kDeferSteps = 32;  // at N = 1; kDeferSteps / N steps at batch N (at least 8)
 inline int defer_steps(std::int64_t N) { return int(std::max<std::int64_t>(8, kDeferSteps / N)); }
 constexpr std::int64_t kDeferMaxN = 4;
