@@ -35,13 +35,14 @@ with ``state=None`` in train mode starts a new sequence and drops steps left und
 
 Deferred weight gradients. At batch N <= 4 a backward step's weight-gradient products are
 rank-N updates that read and write the whole of weight_ih's and weight_hh's gradients for 2N
-flops per element. The C++ path hands them to the cell's plan instead, which applies those of up
-to 32 / N steps (at least 8) in one pass (each tile of a gradient loaded once for all of them),
-bit for bit as if added at each step. They are applied before anything can see a gradient: at the loop's last
-backward, whenever a ``Parameter.grad`` is read or replaced (``zero_grad``, optimisers, a copy
-or pickle), before another cell sharing the Parameter adds into it, and when the cell or its
-plan is freed. Only code that writes into a grad array it obtained *before* a backward step,
-between two backward steps, without reading ``.grad`` again, could tell the difference.
+flops per element. The C++ path hands them to the cell's plan instead, which applies those of
+up to 32 / N steps (at least 8) in one pass (each tile of a gradient loaded once for all of
+them), bit for bit as if added at each step. They are applied before anything can see a
+gradient: at the loop's last backward, whenever a ``Parameter.grad`` is read or replaced
+(``zero_grad``, optimisers, a copy or pickle), before another cell sharing the Parameter adds
+into it, and when the cell or its plan is freed. Only code that writes into a grad array it
+obtained *before* a backward step, between two backward steps, without reading ``.grad`` again,
+could tell the difference.
 
 Packed weights. The kernels multiply with weights laid out in panels ("packed"); packing costs
 as much as a small batch's step. A cell keeps the packed weights of its last forward in its
@@ -181,8 +182,7 @@ _KIND_NUMBER = {"LSTM": 0, "GRU": 1, "RNN": 2}
 # Deferred weight gradients (python/bindings/cell_step.cc, Defer): at batch <= 4 the C++
 # path's backward steps hand their weight-gradient products to the plan, which applies those of
 # up to 32 / N steps (at least 8) in one pass over each gradient, bit for bit as if added at
-# each step. False
-# (tests, benchmarks): the cells made while it is False add them at each step.
+# each step. False (tests, benchmarks): the cells made while it is False add them at each step.
 _DEFER = True
 _threads = F._threads
 
