@@ -11,9 +11,9 @@ in C++, _core.cell_kernel_seconds / cell_backward_kernel_seconds; train: forward
 i.e. everything the Python loop, the cell's methods and the binding add (and the cache misses
 of fresh arrays at every step, which the repeated kernel call does not have). At N <= 4 the
 cells' training loop defers the weight gradients (fusedrnn.cells: applied 8-32 steps at once),
-which the repeated backward kernel call does not: there "overhead" can come out negative. "gil us" is
-what releasing the GIL around the kernel call costs per step (the cell's time minus that of a
-cell whose plan keeps the GIL). The contenders of a
+which the repeated backward kernel call does not: there "overhead" can come out negative.
+"gil us" is what releasing the GIL around the kernel call costs per step (the cell's time minus
+that of a cell whose plan keeps the GIL). The contenders of a
 configuration run interleaved (one loop each per round, rounds repeated), so load changes hit
 them alike. "repack ms" is fusedrnn with reuse_packed_weights = False (every forward and
 backward step packs its weights), "x repack" its time over the default's. ``--clock cpu``
