@@ -248,3 +248,29 @@ def test_gemm_tn_add_terms_checks():
     Python, so the kernel-side checks are exercised in tests/cpp/test_gradcheck.cc)."""
     cell = _make(fusedrnn.LSTMCell, {}, True)
     _core.cell_flush(cell._new_plan())   # nothing pending: nothing to do
+
+
+def test_grad_read_from_another_thread():
+    """Another thread reading grad (applying the pending terms) while the loops run: the reads
+    wait for a kernel call in flight and change no value."""
+    import threading
+    ref = _make(fusedrnn.LSTMCell, {}, False)
+    cell = _make(fusedrnn.LSTMCell, {}, True)
+    for r in range(3):
+        _backward_steps(ref, _forward(ref, _xs(30, 2, "float32", seed=r)), 30, seed=r)
+    done = threading.Event()
+    reads = []
+
+    def reader():
+        while not done.is_set():
+            reads.append(float(cell.weight_hh.grad[0, 0]))
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for r in range(3):
+            _backward_steps(cell, _forward(cell, _xs(30, 2, "float32", seed=r)), 30, seed=r)
+    finally:
+        done.set()
+        t.join()
+    assert reads
+    _same(_grads(ref), _grads(cell))
