@@ -9,7 +9,7 @@ Prints per configuration the median time of one loop (ms), torch's time over fus
 the time of its kernel calls alone ("kernel us": the same kernels on the same arrays, repeated
 in C++, _core.cell_kernel_seconds / cell_backward_kernel_seconds; train: forward + backward),
 i.e. everything the Python loop, the cell's methods and the binding add (and the cache misses
-of fresh arrays at every step, which the repeated kernel call does not have). At N <= 4 the
+of fresh arrays at every step, which the repeated kernel call does not have). At N <= 8 the
 cells' training loop defers the weight gradients (fusedrnn.cells: applied 8-32 steps at once),
 which the repeated backward kernel call does not: there "overhead" can come out negative.
 "gil us" is what releasing the GIL around the kernel call costs per step (the cell's time minus

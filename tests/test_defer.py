@@ -1,5 +1,5 @@
 """Deferred weight gradients of the single-step cells (python/bindings/cell_step.cc, Defer): at
-batch N <= 4 the C++ path's backward steps hand their weight-gradient products to the cell's
+batch N <= 8 the C++ path's backward steps hand their weight-gradient products to the cell's
 plan, which applies up to 32 / N steps' (at least 8) at once (gemm_tn_add_terms). Every
 gradient must be bit for bit what adding them at each step gives (cells made with
 ``cells._DEFER = False``), whenever and however it is looked at: at the end of a loop, in the middle of one (Parameter.grad applies the
@@ -78,7 +78,7 @@ def _same(a, b):
 
 @pytest.mark.parametrize("name,cls,kw", KINDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("N", [1, 3, 4])
+@pytest.mark.parametrize("N", [1, 3, 4, 8])
 @pytest.mark.parametrize("T", [1, 6, 19, 70])   # (up to 32 / N steps a batch, at least 8)
 def test_loops_bitwise(name, cls, kw, dtype, N, T):
     """Two training loops (forward T steps, backward all of them), deferred and not."""
@@ -94,11 +94,12 @@ def test_loops_bitwise(name, cls, kw, dtype, N, T):
     _same(got[False], got[True])
 
 
-def test_terms_do_wait():
+@pytest.mark.parametrize("N", [4, 8])    # (8 steps a batch at both)
+def test_terms_do_wait(N):
     """The terms really are deferred (else the other tests test nothing): pending between the
     steps of a loop, the Parameters marked, all applied at its end."""
     cell = _make(fusedrnn.LSTMCell, {}, True)
-    outs = _forward(cell, _xs(12, 4, "float32"))
+    outs = _forward(cell, _xs(12, N, "float32"))
     seen = []
     _backward_steps(cell, outs, 12, hook=lambda i: seen.append(
         (_core.cell_pending_steps(cell._plan), cell.weight_ih._pending is not None)))
@@ -107,9 +108,9 @@ def test_terms_do_wait():
     assert _core.cell_pending_steps(cell._plan) == 0 and cell.weight_ih._pending is None
 
 
-def test_batches_over_4_add_at_once():
+def test_batches_over_8_add_at_once():
     cell = _make(fusedrnn.GRUCell, {}, True)
-    outs = _forward(cell, _xs(4, 5, "float32"))
+    outs = _forward(cell, _xs(4, 9, "float32"))
     _backward_steps(cell, outs, 2)
     assert _core.cell_pending_steps(cell._plan) == 0
 

@@ -33,7 +33,7 @@ zeros are not differentiated), and *adds* the step's parameter gradients into ea
 with ``state=None`` in train mode starts a new sequence and drops steps left undifferentiated;
 ``clear_tape()`` drops them explicitly. Eval mode records nothing.
 
-Deferred weight gradients. At batch N <= 4 a backward step's weight-gradient products are
+Deferred weight gradients. At batch N <= 8 a backward step's weight-gradient products are
 rank-N updates that read and write the whole of weight_ih's and weight_hh's gradients for 2N
 flops per element. The C++ path hands them to the cell's plan instead, which applies those of
 up to 32 / N steps (at least 8) in one pass (each tile of a gradient loaded once for all of
