@@ -184,7 +184,16 @@ def test_predict_temporal_order(trained):
     lines = ["".join(SYMBOLS[k] for k in x[:lengths[n], n].argmax(axis=1)) for n in range(4)]
     lines[0] = " ".join(lines[0])                                # spaces are ignored
     out = task.predict(model, lines)
-    assert out == [CLASSES[k] for k in y]
+    # the lines parse to these arrays (spaces ignored): the model's own classes for them
+    assert out == [CLASSES[k] for k in task.outputs_last(model, x, lengths).argmax(axis=1)]
+    # and they are mostly right: which of a few come out right depends on the roundings of
+    # training (numpy's OpenBLAS picks its kernels by CPU: with its Zen/Haswell kernels one of the
+    # 4 above flips), so the accuracy over 200 lines, against > 0.9 on the validation set
+    lengths = rng.integers(10, 21, size=200)
+    x, y = make_temporal_order(rng, lengths)
+    lines = ["".join(SYMBOLS[k] for k in x[:lengths[n], n].argmax(axis=1)) for n in range(200)]
+    out = task.predict(model, lines)
+    assert np.mean([o == CLASSES[k] for o, k in zip(out, y)]) > 0.85
     with pytest.raises(ValueError, match="line 1: unknown symbols 'Qz'"):
         task.predict(model, ["BaQzXE"])
 
