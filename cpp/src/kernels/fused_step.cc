@@ -732,10 +732,11 @@ FUSEDRNN_FLATTEN void fast_in(const isa::StepLayer<Scalar>& L, const Scalar* x, 
 // epilogue runs; with every block's products first and the epilogues after, a step was the
 // products' time plus a whole epilogue's latency. The order of the multiply-adds in each chain
 // is unchanged, so the values are the same bits. Zen 5 (2 vCPU EPYC, 2026-12-07), fast Stream,
-// bench/stream_latency, the two builds alternated 8 times, medians of the per-run ratios to
-// RTNeural's faster backend, LSTM: process() 32/1 0.936 -> 0.837, 32/32 0.858 -> 0.792; step()
-// 1.111 -> 1.000, 1.032 -> 0.970. The GRU (one activation fewer in its chain) lost 5-8% in
-// process() with it (32/1 0.585 -> 0.633, 32/32 0.598 -> 0.634), so it keeps the single loop.
+// bench/stream_latency, the two builds alternated 8 times (two such A/Bs), medians of the
+// per-run ratios to RTNeural's faster backend, LSTM: process() 32/1 0.936 -> 0.837 and 0.862 ->
+// 0.764, 32/32 0.858 -> 0.792 and 0.870 -> 0.825; step() 32/1 1.111 -> 1.000 and 1.048 -> 0.895,
+// 32/32 1.032 -> 0.970 and 0.997 -> 0.928. The GRU (one activation fewer in its chain) lost
+// 5-8% in process() with it (32/1 0.585 -> 0.633, 32/32 0.598 -> 0.634), so it keeps one loop.
 template <int G>
 constexpr bool kStagger = G == 4;
 
