@@ -62,7 +62,7 @@ struct Buffer {
 // (no gain worth the copies: its per-step products already run at 66-72 GFLOP/s, the deferred
 // ones at 100), N = 32 0.93-0.97x. The avx2 copy (FUSEDRNN_ISA=avx2, H = 64, 128): N = 1
 // 1.34-1.71x, N = 2 1.18-1.34x, N = 4 1.06-1.18x.
-// N = 8 is deferred since 2026-12-07: on Zen 5 (2 vCPU EPYC, full-width 512-bit units), six
+// N = 8 is deferred since 2026-12-06: on Zen 5 (2 vCPU EPYC, full-width 512-bit units), six
 // runs of bench/defer_ab.py (H = 128, 256, 8 steps a batch): LSTM 0.996-1.154x (median 1.05),
 // GRU 0.920-1.141x (median 1.015), 21 of 24 comparisons above 1; on Zen 4 it was 0.98-1.06x.
 // N = 16 lost on Zen 5 (0.80-1.03x, a build with the limit raised).

@@ -731,7 +731,7 @@ FUSEDRNN_FLATTEN void fast_in(const isa::StepLayer<Scalar>& L, const Scalar* x, 
 // in place the next step's products over those units can start while the last block's
 // epilogue runs; with every block's products first and the epilogues after, a step was the
 // products' time plus a whole epilogue's latency. The order of the multiply-adds in each chain
-// is unchanged, so the values are the same bits. Zen 5 (2 vCPU EPYC, 2026-12-07), fast Stream,
+// is unchanged, so the values are the same bits. Zen 5 (2 vCPU EPYC, 2026-12-06), fast Stream,
 // bench/stream_latency, the two builds alternated 8 times (two such A/Bs), medians of the
 // per-run ratios to RTNeural's faster backend, LSTM: process() 32/1 0.936 -> 0.837 and 0.862 ->
 // 0.764, 32/32 0.858 -> 0.792 and 0.870 -> 0.825; step() 32/1 1.111 -> 1.000 and 1.048 -> 0.895,
