@@ -2,9 +2,10 @@
 batch N <= 8 the C++ path's backward steps hand their weight-gradient products to the cell's
 plan, which applies up to 32 / N steps' (at least 8) at once (gemm_tn_add_terms). Every
 gradient must be bit for bit what adding them at each step gives (cells made with
-``cells._DEFER = False``), whenever and however it is looked at: at the end of a loop, in the middle of one (Parameter.grad applies the
-pending terms), after zero_grad or a replaced grad array, with a Parameter shared by two cells,
-across the Python path, a copy, or a cell dropped with terms pending."""
+``cells._DEFER = False``), whenever and however it is looked at: at the end of a loop, in the
+middle of one (Parameter.grad applies the pending terms), after zero_grad or a replaced grad
+array, with a Parameter shared by two cells, across the Python path, a copy, or a cell dropped
+with terms pending."""
 import copy
 import gc
 import pickle

@@ -498,12 +498,13 @@ bool prepare_defer(Plan& p, std::int64_t N, const py::object* g, int threads) {
   // terms split one), x [N, C], the state [N, R] and the GRU's r*h [N, H]
   const std::size_t bound =
       std::size_t(N * (2 * p.G * p.H + p.C + 2 * std::max(p.R, p.H) + 6 * kPad));
+  const int batch = defer_steps(N);  // steps a batch
   if (q.steps > 0 && (q.grads[0].ptr() != g[0].ptr() || q.grads[1].ptr() != g[1].ptr() ||
-                      q.steps >= defer_steps(N) || q.used + bound > q.cap))
+                      q.steps >= batch || q.used + bound > q.cap))
     apply_deferred<S>(p);
-  if (q.steps == 0 && q.cap < bound * defer_steps(N)) {
-    q.arena.resize(bound * defer_steps(N) * sizeof(S));
-    q.cap = bound * defer_steps(N);
+  if (q.steps == 0 && q.cap < bound * std::size_t(batch)) {
+    q.arena.resize(bound * std::size_t(batch) * sizeof(S));
+    q.cap = bound * std::size_t(batch);
   }
   if (q.terms.capacity() < std::size_t(3 * kDeferSteps + 3)) q.terms.reserve(3 * kDeferSteps + 3);
   for (int i = 0; i < 2; ++i) {

@@ -179,7 +179,7 @@ def _ready(a, dt, shape):
 _cell_forward = _core.cell_forward
 _cell_backward = _core.cell_backward
 _KIND_NUMBER = {"LSTM": 0, "GRU": 1, "RNN": 2}
-# Deferred weight gradients (python/bindings/cell_step.cc, Defer): at batch <= 4 the C++
+# Deferred weight gradients (python/bindings/cell_step.cc, Defer): at batch <= 8 the C++
 # path's backward steps hand their weight-gradient products to the plan, which applies those of
 # up to 32 / N steps (at least 8) in one pass over each gradient, bit for bit as if added at
 # each step. False (tests, benchmarks): the cells made while it is False add them at each step.
