@@ -94,17 +94,26 @@ void log_shifted(S* y, S shift, std::int64_t n) {
   packet_map(y, y, n, S(1), [&](const Pk<S>& v) { return ei::padd(ei::plog(v), sh); });
 }
 
-// sum of x[0, n): packet partial sums, then their lanes, then the tail, in that order.
+// sum of x[0, n): packet partial sums (the tail as one more packet, zero-padded), then their
+// lanes, in that order: the order of sum_exp_shifted below, so that a loss computed with its
+// gradient (exp_shifted then sum_fixed) and without (sum_exp_shifted) is the same bits whatever
+// n % kP (with the tail added after the lanes instead, AVX2's 4-double packets gave the two a
+// different last bit at K = 5).
 template <typename S>
 S sum_fixed(const S* x, std::int64_t n) {
   Pk<S> acc = ei::pset1<Pk<S>>(S(0));
   std::int64_t i = 0;
   for (; i + kP<S> <= n; i += kP<S>) acc = ei::padd(acc, ei::ploadu<Pk<S>>(x + i));
+  if (i < n) {
+    alignas(64) S buf[kP<S>];
+    std::fill(buf, buf + kP<S>, S(0));
+    std::copy(x + i, x + n, buf);
+    acc = ei::padd(acc, ei::pload<Pk<S>>(buf));
+  }
   alignas(64) S lanes[kP<S>];
   ei::pstore(lanes, acc);
   S s = 0;
   for (int j = 0; j < kP<S>; ++j) s += lanes[j];
-  for (; i < n; ++i) s += x[i];
   return s;
 }
 
