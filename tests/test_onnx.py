@@ -349,6 +349,16 @@ def test_import_torch_onnx_export(tmp_path, kind, kw, dynamo):
 
 
 # -- import: ONNX Runtime's int8 DynamicQuantizeLSTM ----------------------------------------------
+def _cpu_has_vnni():
+    """Whether this x86 CPU has VNNI (avx512_vnni or avx_vnni in /proc/cpuinfo's flags)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_import_dynamic_quantize_lstm(tmp_path, per_channel):
     quant = pytest.importorskip("onnxruntime.quantization")
@@ -356,8 +366,12 @@ def test_import_dynamic_quantize_lstm(tmp_path, per_channel):
     fp = tmp_path / "fp.onnx"
     q = tmp_path / "q.onnx"
     fusedrnn.onnx.export(layer, fp, lengths=True)
+    # Without VNNI, ORT's u8 x s8 kernels (AVX2 vpmaddubsw) saturate their 16-bit pair sums and
+    # its int8 LSTM drifts far from the float one (seen on an AVX2-only Zen 3: 21% of max |y|,
+    # where the dequantised model is within 0.4%); ORT's documented remedy there is 7-bit weights
+    # (reduce_range=True), which the importer reads like any other scale.
     quant.quantize_dynamic(str(fp), str(q), weight_type=quant.QuantType.QInt8,
-                           per_channel=per_channel)
+                           per_channel=per_channel, reduce_range=not _cpu_has_vnni())
     qm = onnx.load(str(q))
     assert [n.op_type for n in qm.graph.node].count("DynamicQuantizeLSTM") == 2
     scales = [t for t in qm.graph.initializer if t.name.endswith("W_scale")]
@@ -376,6 +390,10 @@ def test_import_dynamic_quantize_lstm(tmp_path, per_channel):
     lengths = [12, 7, 1, 9, 12]
     got = _session(q).run(None, {"x": x, "lengths": np.asarray(lengths, np.int32)})
     y, (h, c) = back.forward(x, lengths=lengths)
+    # the dequantised model stays close to the float one it came from
+    y0, (h0, c0) = layer.forward(x, lengths=lengths)
+    for a, b in ((y, y0), (h, h0), (c, c0)):
+        assert _rel(a, b) <= 0.02, _rel(a, b)
     # ORT quantises each step's input to uint8 as well; fusedrnn runs the dequantised weights
     # in float32: the stated contract is max |difference| <= 0.02 * max |output|
     for g, w in zip(got, (y, h, c)):
