@@ -58,6 +58,9 @@ compute="bfloat16" (mixed precision: bf16 products, fp32 master weights, gradien
 "fb16"), torch's fp32 module under torch.autocast("cpu", dtype=torch.bfloat16) ("tac") and
 torch's module.to(torch.bfloat16) trained with bf16 input and dy ("tb16"); ratios peer/fb16
 (fr/fb16: the speed-up over fusedrnn fp32). The peak-memory table then has them too.
+A torch bf16 contender that oneDNN refuses on this CPU (torch's autocast LSTM needs a CPU with
+bf16 instructions: on an AVX2-only CPU it raises "could not create a primitive descriptor") is
+listed under "unsupported" (JSON and output), not under failures; any other error is a failure.
 Peak memory of a training step (at the largest thread count): a fresh subprocess per contender
 builds inputs and weights, reads its anonymous RSS (a0), runs one step (faults in code pages,
 builds caches and workspaces), resets the peak RSS (/proc/self/clear_refs "5"), runs a second
@@ -272,6 +275,28 @@ def ort_contender(model, x, threads):
     return lambda: sess.run(None, feed)        # outputs y, h_n (, c_n)
 
 
+TORCH_LOWP = ("torch_bf16", "torch_autocast")
+
+
+def cpu_unsupported(name, error):
+    """The reason a contender cannot run on this CPU, or None: torch's bf16 contenders where
+    oneDNN has no bf16 kernels for this CPU (torch.ops.mkldnn._is_mkldnn_bf16_supported() false)
+    and refuses the primitive. Every other error stays a failure."""
+    if (name in TORCH_LOWP and "could not create a primitive descriptor" in error
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return f"oneDNN has no bf16 primitive on this CPU ({error.splitlines()[0][:120]})"
+    return None
+
+
+def split_unsupported(failed, where, unsupported):
+    """Moves failed's CPU-unsupported entries to unsupported (as "where name: reason")."""
+    for k in list(failed):
+        why = cpu_unsupported(k, failed[k])
+        if why:
+            unsupported.append(f"{where} {k}: {why}")
+            del failed[k]
+
+
 def repeat(f, n):
     def run():
         for _ in range(n):
@@ -459,6 +484,7 @@ def main():
     for k, v in info.items():
         print(f"# {k}: {v}")
     problems, onnx_models, rows, failures, sgemm = {}, {}, [], [], {}
+    unsupported = []
     onnx_q8 = {}   # (cell, cfg): ONNX Runtime's quantised model and its op types
     names = [c for c in CONTENDERS if c != "onnxruntime" or not args.no_onnx]
     peers = [c for c in names if c not in ("fusedrnn", "frozen")]
@@ -518,6 +544,7 @@ def main():
                              if k in fns},
                             args.reps,
                             args.min_rep_ms, args.settle_ms / 1e3, failed)
+                split_unsupported(failed, f"{cfg} {cell} {mode} threads={n}", unsupported)
                 fl = flops(cell, mode, T, N, H, H)
                 for r in res.values():
                     r["gflops"] = fl / r["median_ms"] / 1e6
@@ -584,8 +611,9 @@ def main():
             whos = ("fusedrnn", "torch") + (LOWP_TRAIN + ("torch_bf16",) if lowp else ())
             m = {who: memory(cell, cfg, who, n) for who in whos}
             mem.append({"config": cfg, "cell": cell, "threads": n, **m})
-            failures += [f"memory {cfg} {cell} {k}: {v['error']}" for k, v in m.items()
-                         if "error" in v]
+            errs = {k: v["error"] for k, v in m.items() if "error" in v}
+            split_unsupported(errs, f"memory {cfg} {cell}", unsupported)
+            failures += [f"memory {cfg} {cell} {k}: {e}" for k, e in errs.items()]
             fm, tm = m["fusedrnn"].get("rss_peak_mib"), m["torch"].get("rss_peak_mib")
             tr = m["fusedrnn"].get("tracemalloc_peak_mib")
             print(f"{cfg:<3} {cell:<7} | {tr if tr is None else f'{tr:14.1f}':>14} "
@@ -604,11 +632,14 @@ def main():
               + "; ".join(f"{c} {g}: {','.join(m[1])}" for (c, g), m in onnx_q8.items()))
     info["loadavg_at_end"] = os.getloadavg()
     print(f"\n# loadavg at end: {info['loadavg_at_end']}")
+    if unsupported:
+        print("\n# not supported on this CPU: " + "\n#   ".join([""] + unsupported))
     print("\n# failures: " + ("none" if not failures else "\n#   ".join([""] + failures)))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"info": info, "sgemm_peak_gflops": sgemm, "results": rows,
-                       "memory": mem, "failures": failures}, fh, indent=2)
+                       "memory": mem, "failures": failures, "unsupported": unsupported},
+                      fh, indent=2)
         print(f"# wrote {args.json}")
 
 

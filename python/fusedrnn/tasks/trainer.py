@@ -757,6 +757,9 @@ class Run:
         tm.train()
 
         autocast = self._torch_autocast
+        note = self._torch_twin_precision()[1]
+        if note and not self.quiet:
+            print(f"note: {note}", file=self.out, flush=True)
 
         def step(batch):
             topt.zero_grad()
@@ -793,12 +796,38 @@ class Run:
 
     def _torch_autocast(self):
         """The torch twin's counterpart of --precision: torch.autocast("cpu", bfloat16) around
-        its forward, loss and backward (bfloat16), nothing (float32)."""
+        its forward, loss and backward (bfloat16), nothing (float32, or where torch cannot run
+        the twin under autocast on this CPU: see _torch_twin_precision)."""
         import contextlib
         import torch
-        if self.args.precision == "bfloat16":
+        if self._torch_twin_precision()[0] == "bfloat16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _torch_twin_precision(self):
+        """(precision, note) of the torch twin: --precision's, except that torch's autocast LSTM
+        runs only on a CPU with bf16 instructions (oneDNN refuses its primitive on an AVX2-only
+        CPU: "could not create a primitive descriptor"); a twin with an nn.LSTM then trains in
+        float32, and the note says why. Probed once, on a 1-unit LSTM."""
+        if self.args.precision != "bfloat16":
+            return "float32", None
+        if getattr(self, "_twin_precision", None) is None:
+            import torch
+            self._twin_precision = ("bfloat16", None)
+            if any(isinstance(m, torch.nn.LSTM) for m in self.tmodel.modules()):
+                try:
+                    probe = torch.nn.LSTM(1, 1)
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        y, _ = probe(torch.zeros(1, 1, 1, requires_grad=True))
+                    y.float().sum().backward()
+                except RuntimeError as e:
+                    if "primitive descriptor" not in str(e):
+                        raise
+                    self._twin_precision = (
+                        "float32", "torch's autocast LSTM needs a CPU with bf16 instructions "
+                        "(oneDNN has no bf16 LSTM for this one): the torch twin trains in "
+                        "float32")
+        return self._twin_precision
 
     def _torch_optimizer_state(self) -> Dict[int, Dict[str, Any]]:
         """The fusedrnn optimiser state as resumed from the checkpoint, as torch tensors by
@@ -883,6 +912,8 @@ class Run:
                 "per_second": t["units"] / t["train_time"] if t["train_time"] else None,
                 "best": t["best"], "best_step": t["best_step"],
                 "train_loss_per_step": [round(x, 6) for x in t["step_losses"]],
+                "precision": self._torch_twin_precision()[0],
+                **({"precision_note": n} if (n := self._torch_twin_precision()[1]) else {}),
             }
         mpath = os.path.join(a.out, "metrics.json")
         fio.write_file(mpath, (dumps(metrics, indent=1) + "\n").encode("utf-8"))
@@ -1046,7 +1077,9 @@ class Run:
           f"{' and dropout masks' if self.args.dropout else ''}; "
           f"{get_num_threads()} threads"
           + ("; bf16: fusedrnn --precision bfloat16, torch under torch.autocast"
-             if self.args.precision == "bfloat16" else ""))
+             if self._torch_twin_precision()[0] == "bfloat16" else
+             "; bf16: fusedrnn --precision bfloat16, torch in float32 (its autocast LSTM needs "
+             "a CPU with bf16 instructions)" if self.args.precision == "bfloat16" else ""))
         p(f"| {'':<26} | {'fusedrnn':>10} | {'torch':>10} | {'torch/fusedrnn':>14} |")
         p(f"|{'-' * 28}|{'-' * 12}|{'-' * 12}|{'-' * 16}|")
         for name, a, b, ratio in rows:
