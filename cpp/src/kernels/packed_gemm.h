@@ -226,6 +226,19 @@ inline void row_tiles(Index r0, Index r_end, Index K, const Scalar* A, Index lda
   constexpr Index MR = Panel<Scalar>::MR;
   for (; r0 < r_end; r0 += MR) {
     const Index left = r_end - r0;
+    if constexpr (Panel<Scalar>::NP == 2) {
+      // 16 registers (6x2 tiles): the last MR + 1 .. 2 MR - 1 rows as two tiles of about half
+      // each (8 rows: 4 + 4, not 6 + 2), so that no tile has fewer than 3 rows. A tile of r rows
+      // has 2r accumulator chains; below 4 rows they are too few to hide the FMA latency (2
+      // rows: half the FMA rate). Every element's sum is still one accumulation over k in order.
+      if (left > MR && left < 2 * MR) {
+        const Index r1 = (left + 1) / 2;
+        row_tile<Scalar>(r1, K, A + r0 * lda, lda, panel, C + r0 * ldc, ldc, nc, accumulate);
+        row_tile<Scalar>(left - r1, K, A + (r0 + r1) * lda, lda, panel, C + (r0 + r1) * ldc, ldc,
+                         nc, accumulate);
+        return;
+      }
+    }
     if (halves_tail<Scalar>(left)) {
       const Scalar* a = A + r0 * lda;
       Scalar* c = C + r0 * ldc;
