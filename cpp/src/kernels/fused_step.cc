@@ -737,8 +737,15 @@ FUSEDRNN_FLATTEN void fast_in(const isa::StepLayer<Scalar>& L, const Scalar* x, 
 // 0.764, 32/32 0.858 -> 0.792 and 0.870 -> 0.825; step() 32/1 1.111 -> 1.000 and 1.048 -> 0.895,
 // 32/32 1.032 -> 0.970 and 0.997 -> 0.928. The GRU (one activation fewer in its chain) lost
 // 5-8% in process() with it (32/1 0.585 -> 0.633, 32/32 0.598 -> 0.634), so it keeps one loop.
+// With 16 vector registers (AVX2: 12 accumulators, passes of 3 blocks of 8) the later blocks'
+// sums are spilled to the stack around each earlier block's epilogue: one loop there. Zen 3,
+// fast Stream, the builds alternated 7 times (two A/Bs, medians of the per-run ratios to
+// RTNeural's faster backend), LSTM without / with: process() 16/1 0.660 / 0.709 and 0.667 /
+// 0.709, 16/16 0.687 / 0.718 and 0.687 / 0.723, 32/1 0.812 / 0.858 and 0.812 / 0.862, 32/32
+// 0.837 / 0.868 and 0.837 / 0.866; step() 32/1 1.031 / 1.069 and 1.000 / 1.069, 32/32 0.920 /
+// 0.960 and 0.919 / 0.958.
 template <int G>
-constexpr bool kStagger = G == 4;
+constexpr bool kStagger = G == 4 && kFastAcc >= 24;
 
 // f(std::integral_constant<int, B>()) for B = 0, 1, ...: the blocks of a pass with B known at
 // compile time.
