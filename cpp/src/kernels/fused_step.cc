@@ -830,7 +830,11 @@ inline void fast_n(int n, Index K, const Scalar* h, const Scalar* wh, const In& 
 
 // Every block: its slot sums and epi(block, sums). Passes of UB blocks (the last one shorter),
 // pass p's weights at block p*UB's offsets; descending when `down` (only with UB = 1: every
-// pass then has one block, the same code).
+// pass then has one block, the same code). A shorter last pass runs first: its epilogue then
+// overlaps the full passes' products, and the step ends on the epilogues of a full pass's
+// blocks side by side rather than on one block's alone (several passes that fit L1: AVX2's
+// H = 25-48). Zen 3, fast Stream, the builds alternated 7 and 9 times, GRU: process() 32/1 137
+// -> 134 ns, 32/32 225 -> 220, step() 32/1 231 -> 221, 32/32 351 -> 341; the LSTM within 1%.
 template <typename Scalar, int G, int M, int KS, int UB, typename In, typename Epi>
 inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const In& in,
                      Index HP, bool down, Epi&& epi) {
@@ -847,11 +851,11 @@ inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const
       return;
     }
   }
-  Index b = 0;
-  for (; b + UB <= nb; b += UB) pass(b);
-  if (b < nb)
-    fast_n<Scalar, G, M, KS, UB>(int(nb - b), K, h, fh + b * K * G * W, in, b, HP,
-                                 [&](Index j, const detail::Packet<Scalar>* v) { epi(b + j, v); });
+  const Index full = nb / UB * UB;
+  if (full < nb)
+    fast_n<Scalar, G, M, KS, UB>(int(nb - full), K, h, fh + full * K * G * W, in, full, HP,
+                                 [&](Index j, const detail::Packet<Scalar>* v) { epi(full + j, v); });
+  for (Index b = 0; b < full; b += UB) pass(b);
 }
 
 // The recurrent passes of a layer (ub_of: one block each, alternating direction, or
