@@ -282,8 +282,12 @@ def cpu_unsupported(name, error):
     """The reason a contender cannot run on this CPU, or None: torch's bf16 contenders where
     oneDNN has no bf16 kernels for this CPU (torch.ops.mkldnn._is_mkldnn_bf16_supported() false)
     and refuses the primitive. Every other error stays a failure."""
+    try:
+        bf16_cpu = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:                           # noqa: BLE001 (a torch without the probe)
+        bf16_cpu = True
     if (name in TORCH_LOWP and "could not create a primitive descriptor" in error
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            and not bf16_cpu):
         return f"oneDNN has no bf16 primitive on this CPU ({error.splitlines()[0][:120]})"
     return None
 
