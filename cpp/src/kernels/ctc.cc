@@ -94,21 +94,21 @@ void log_shifted(S* y, S shift, std::int64_t n) {
   packet_map(y, y, n, S(1), [&](const Pk<S>& v) { return ei::padd(ei::plog(v), sh); });
 }
 
-// sum of x[0, n): packet partial sums (the tail as one more packet, zero-padded), then their
-// lanes, in that order: the order of sum_exp_shifted below, so that a loss computed with its
-// gradient (exp_shifted then sum_fixed) and without (sum_exp_shifted) is the same bits whatever
-// n % kP (with the tail added after the lanes instead, AVX2's 4-double packets gave the two a
-// different last bit at K = 5).
-template <typename S>
-S sum_fixed(const S* x, std::int64_t n) {
+// sum of f(packet) over x[0, n): packet partial sums (the tail as one more packet, padded with
+// pad), then their lanes, in that order. The one order of sum_fixed and sum_exp_shifted, so that
+// a loss computed with its gradient (exp_shifted then sum_fixed) and without (sum_exp_shifted)
+// is the same bits whatever n % kP (two copies of this loop had added the tail at different
+// points: AVX2's 4-double packets gave the two losses a different last bit at K = 5).
+template <typename S, typename F>
+S packet_sum(const S* x, std::int64_t n, S pad, F f) {
   Pk<S> acc = ei::pset1<Pk<S>>(S(0));
   std::int64_t i = 0;
-  for (; i + kP<S> <= n; i += kP<S>) acc = ei::padd(acc, ei::ploadu<Pk<S>>(x + i));
+  for (; i + kP<S> <= n; i += kP<S>) acc = ei::padd(acc, f(ei::ploadu<Pk<S>>(x + i)));
   if (i < n) {
     alignas(64) S buf[kP<S>];
-    std::fill(buf, buf + kP<S>, S(0));
+    std::fill(buf, buf + kP<S>, pad);
     std::copy(x + i, x + n, buf);
-    acc = ei::padd(acc, ei::pload<Pk<S>>(buf));
+    acc = ei::padd(acc, f(ei::pload<Pk<S>>(buf)));
   }
   alignas(64) S lanes[kP<S>];
   ei::pstore(lanes, acc);
@@ -117,25 +117,18 @@ S sum_fixed(const S* x, std::int64_t n) {
   return s;
 }
 
-// sum of exp(x[i] + shift) over [0, n) (terms below e^kUnder as 0), in a fixed order.
+// sum of x[0, n) in packet_sum's order.
+template <typename S>
+S sum_fixed(const S* x, std::int64_t n) {
+  return packet_sum(x, n, S(0), [](const Pk<S>& v) { return v; });
+}
+
+// sum of exp(x[i] + shift) over [0, n) (terms below e^kUnder as 0), in packet_sum's order.
 template <typename S>
 S sum_exp_shifted(const S* x, S shift, std::int64_t n) {
   const Pk<S> sh = ei::pset1<Pk<S>>(shift);
-  Pk<S> acc = ei::pset1<Pk<S>>(S(0));
-  std::int64_t i = 0;
-  for (; i + kP<S> <= n; i += kP<S>)
-    acc = ei::padd(acc, pexp_or_zero<S>(ei::padd(ei::ploadu<Pk<S>>(x + i), sh)));
-  if (i < n) {
-    alignas(64) S buf[kP<S>];
-    std::fill(buf, buf + kP<S>, -std::numeric_limits<S>::infinity());
-    std::copy(x + i, x + n, buf);
-    acc = ei::padd(acc, pexp_or_zero<S>(ei::padd(ei::pload<Pk<S>>(buf), sh)));
-  }
-  alignas(64) S lanes[kP<S>];
-  ei::pstore(lanes, acc);
-  S s = 0;
-  for (int j = 0; j < kP<S>; ++j) s += lanes[j];
-  return s;
+  return packet_sum(x, n, -std::numeric_limits<S>::infinity(),
+                    [&](const Pk<S>& v) { return pexp_or_zero<S>(ei::padd(v, sh)); });
 }
 
 // One recursion step: out[i] = lse(x[i], x[i+d], keep[i] ? x[i+2d] : -inf) (+ em[i]) for i in
