@@ -292,12 +292,13 @@ def cpu_unsupported(name, error):
     return None
 
 
-def split_unsupported(failed, where, unsupported):
-    """Moves failed's CPU-unsupported entries to unsupported (as "where name: reason")."""
+def split_unsupported(failed, where, cell, unsupported):
+    """Moves failed's CPU-unsupported entries to unsupported, as {"where": the row ("d lstm
+    train threads=1") or the memory table's ("memory d lstm"), "cell", "contender", "reason"}."""
     for k in list(failed):
         why = cpu_unsupported(k, failed[k])
         if why:
-            unsupported.append(f"{where} {k}: {why}")
+            unsupported.append({"where": where, "cell": cell, "contender": k, "reason": why})
             del failed[k]
 
 
@@ -548,7 +549,7 @@ def main():
                              if k in fns},
                             args.reps,
                             args.min_rep_ms, args.settle_ms / 1e3, failed)
-                split_unsupported(failed, f"{cfg} {cell} {mode} threads={n}", unsupported)
+                split_unsupported(failed, f"{cfg} {cell} {mode} threads={n}", cell, unsupported)
                 fl = flops(cell, mode, T, N, H, H)
                 for r in res.values():
                     r["gflops"] = fl / r["median_ms"] / 1e6
@@ -616,7 +617,7 @@ def main():
             m = {who: memory(cell, cfg, who, n) for who in whos}
             mem.append({"config": cfg, "cell": cell, "threads": n, **m})
             errs = {k: v["error"] for k, v in m.items() if "error" in v}
-            split_unsupported(errs, f"memory {cfg} {cell}", unsupported)
+            split_unsupported(errs, f"memory {cfg} {cell}", cell, unsupported)
             failures += [f"memory {cfg} {cell} {k}: {e}" for k, e in errs.items()]
             fm, tm = m["fusedrnn"].get("rss_peak_mib"), m["torch"].get("rss_peak_mib")
             tr = m["fusedrnn"].get("tracemalloc_peak_mib")
@@ -637,7 +638,8 @@ def main():
     info["loadavg_at_end"] = os.getloadavg()
     print(f"\n# loadavg at end: {info['loadavg_at_end']}")
     if unsupported:
-        print("\n# not supported on this CPU: " + "\n#   ".join([""] + unsupported))
+        print("\n# not supported on this CPU: " + "\n#   ".join(
+            [""] + [f"{u['where']} {u['contender']}: {u['reason']}" for u in unsupported]))
     print("\n# failures: " + ("none" if not failures else "\n#   ".join([""] + failures)))
     if args.json:
         with open(args.json, "w") as fh:

@@ -151,9 +151,9 @@ def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_pa
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         assert unsupported == []
     for u in unsupported:
-        assert "oneDNN has no bf16 primitive on this CPU" in u, u
-    skipped = {(u.split()[1], u.split(":")[0].split()[-1]) for u in unsupported
-               if not u.startswith("memory")}
+        assert "oneDNN has no bf16 primitive on this CPU" in u["reason"], u
+    skipped = {(u["cell"], u["contender"]) for u in unsupported
+               if not u["where"].startswith("memory")}
     for row in res["results"]:
         c = row["contenders"]
         off = {who for cell, who in skipped if cell == row["cell"]}
@@ -165,8 +165,7 @@ def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_pa
             assert r[peer] == pytest.approx(c[peer]["median_ms"] / c["fusedrnn_bf16"]["median_ms"])
         for peer in off:
             assert r[peer] is None
-    mem_off = {(u.split()[2], u.split(":")[0].split()[-1]) for u in unsupported
-               if u.startswith("memory")}
+    mem_off = {(u["cell"], u["contender"]) for u in unsupported if u["where"].startswith("memory")}
     for m in res["memory"]:
         for who in ("fusedrnn_bf16", "torch_autocast", "torch_bf16"):
             if (m["cell"], who) in mem_off:
