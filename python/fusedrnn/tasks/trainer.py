@@ -435,6 +435,7 @@ class Run:
         if a.data is not None:
             a.data = os.path.abspath(a.data)
         self.tmodel = None
+        self._twin_precision = None  # (precision, note) of the torch twin, once probed
         if a.compare_torch:
             if importlib.util.find_spec("torch") is None:
                 raise UsageError("--compare-torch needs PyTorch (pip install torch)")
@@ -811,7 +812,7 @@ class Run:
         float32, and the note says why. Probed once, on a 1-unit LSTM."""
         if self.args.precision != "bfloat16":
             return "float32", None
-        if getattr(self, "_twin_precision", None) is None:
+        if self._twin_precision is None:
             import torch
             self._twin_precision = ("bfloat16", None)
             if any(isinstance(m, torch.nn.LSTM) for m in self.tmodel.modules()):
@@ -1076,10 +1077,10 @@ class Run:
         p(f"--compare-torch: {f['run_steps']} steps each, same initial weights, batches"
           f"{' and dropout masks' if self.args.dropout else ''}; "
           f"{get_num_threads()} threads"
-          + ("; bf16: fusedrnn --precision bfloat16, torch under torch.autocast"
-             if self._torch_twin_precision()[0] == "bfloat16" else
-             "; bf16: fusedrnn --precision bfloat16, torch in float32 (its autocast LSTM needs "
-             "a CPU with bf16 instructions)" if self.args.precision == "bfloat16" else ""))
+          + (("; bf16: fusedrnn --precision bfloat16, torch "
+              + ("under torch.autocast" if self._torch_twin_precision()[0] == "bfloat16" else
+                 "in float32 (its autocast LSTM needs a CPU with bf16 instructions)"))
+             if self.args.precision == "bfloat16" else ""))
         p(f"| {'':<26} | {'fusedrnn':>10} | {'torch':>10} | {'torch/fusedrnn':>14} |")
         p(f"|{'-' * 28}|{'-' * 12}|{'-' * 12}|{'-' * 16}|")
         for name, a, b, ratio in rows:
