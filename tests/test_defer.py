@@ -95,6 +95,37 @@ def test_loops_bitwise(name, cls, kw, dtype, N, T):
     _same(got[False], got[True])
 
 
+@pytest.mark.parametrize("name,cls,kw", [KINDS[0], KINDS[1], KINDS[2], KINDS[4]])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("N", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_loops_bitwise_wide(name, cls, kw, dtype, N, threads):
+    """Gradients wide enough for whole column panels of gemm_tn_add_terms (16 float32 or 8
+    float64 columns; C = H = 13 has none): C = 37, H = 21 (4H = 84, 3H = 63 rows: whole tiles
+    and a remainder; 37 and 21 columns: whole panels and a partial one). At N = 1 every term has
+    one row and the whole tiles take the rank-1 kernel (terms_tile_k1); 40 steps are two
+    batches of 32 and 8."""
+    wide_c, wide_h, T = 37, 21, 40
+    before = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(threads)
+    old = cells._DEFER
+    try:
+        got = {}
+        for defer in (False, True):
+            cells._DEFER = defer
+            cell = cls(wide_c, wide_h, seed=3, dtype=dtype, **kw)
+            rng = np.random.default_rng(7)
+            xs = [rng.standard_normal((N, wide_c)).astype(dtype) for _ in range(T)]
+            for rep in range(2):
+                outs = _forward(cell, xs)
+                _backward_steps(cell, outs, T, seed=rep)
+            got[defer] = _grads(cell)
+        _same(got[False], got[True])
+    finally:
+        cells._DEFER = old
+        fusedrnn.set_num_threads(before)
+
+
 @pytest.mark.parametrize("N", [4, 8])    # (8 steps a batch at both)
 def test_terms_do_wait(N):
     """The terms really are deferred (else the other tests test nothing): pending between the

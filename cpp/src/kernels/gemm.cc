@@ -127,6 +127,63 @@ inline void terms_tile(const TnTerm<Scalar>* terms, Index count, Index i0, Index
     for (int j = 0; j < TP; ++j) ei::pstoreu(c + r * ldc + j * W, cc[r][j]);
 }
 
+// terms_tile for passes where every term has k = 1 (the cells' deferred gradients at batch 1:
+// rank-1 terms), with 16 vector registers: a tile of 4 rows (terms_tile: 3) x TP packets. Per
+// element and term the same operations as terms_tile's k = 1 branch (a multiply-add from zero,
+// added to C's tile), in the same order, so the same bits. A term is its two pointers, TR
+// broadcasts, TP loads and 2 TR TP vector operations: no k to read and test, no loop over k, no
+// second tile of chains, so the taller tile fits (8 accumulators, 2 B packets, a broadcast and
+// its copy, zero: 13 registers). Zen 3 (AVX2), one thread, 32 terms (a probe outside the
+// repository calling gemm_tn_add_terms, medians of 30), GFLOP/s terms_tile -> this: C 1024 x
+// 256 35.5 -> 46-50, 768 x 256 37.6 -> 48-52, 512 x 128 41-42 -> 55-61, 256 x 64 42 -> 54-55.
+// bench/cells.py's training loops at N = 1 (the builds alternated 3 times, medians, ms a loop):
+// LSTM H = 64 1.10 -> 1.00, 128 2.99 -> 2.69, 256 10.79 -> 10.32; GRU 256 8.37 -> 7.94, GRU 64
+// and 128 within 2%. Tried there and not kept: two terms per iteration (GCC spilled four
+// accumulators: 39 GFLOP/s), five rows (within 3%), panels grouped so that A's rows serve
+// several from L1 (no change: the loop is bound by issuing its instructions, not by memory), a
+// multiplication instead of the multiply-add from zero (5-14% more, but a product of -0 would
+// then add -0 rather than +0: a zero's sign could differ from the immediate gradient's). For
+// k > 1, a chain tile of 4 x 2 with C's tile loaded, added and stored per term measured the same
+// as terms_tile at k = 8 and 15-30% slower at k = 2 and 4. (The AVX-512 copies keep
+// terms_tile: 4 x 2 of 32 registers.)
+template <typename Scalar>
+struct TermsTileK1 {
+#if defined(__AVX512F__) || defined(__aarch64__)
+  static constexpr int TR = TermsTile<Scalar>::TR;
+#else
+  static constexpr int TR = 4;  // 8 accumulators, 2 x 2 B packets, a broadcast, a product of 16
+#endif
+  static constexpr int TP = TermsTile<Scalar>::TP;
+  static constexpr Index NC = TP * detail::kPacketSize<Scalar>;
+};
+
+template <typename Scalar>
+inline void terms_tile_k1(const TnTerm<Scalar>* terms, Index count, Index i0, Index j0,
+                          Scalar* c, Index ldc) {
+  namespace ei = Eigen::internal;
+  using P = detail::Packet<Scalar>;
+  constexpr int TR = TermsTileK1<Scalar>::TR, TP = TermsTileK1<Scalar>::TP;
+  constexpr Index W = detail::kPacketSize<Scalar>;
+  P cc[TR][TP];
+  for (int r = 0; r < TR; ++r)
+    for (int j = 0; j < TP; ++j) cc[r][j] = ei::ploadu<P>(c + r * ldc + j * W);
+  const P zero = ei::pset1<P>(Scalar(0));
+  auto term = [&](const Scalar* a, const P (&bv)[TP]) {
+    for (int r = 0; r < TR; ++r) {
+      const P av = ei::pset1<P>(a[r]);
+      for (int j = 0; j < TP; ++j) cc[r][j] = ei::padd(cc[r][j], ei::pmadd(av, bv[j], zero));
+    }
+  };
+  for (Index s = 0; s < count; ++s) {
+    const Scalar* b = terms[s].b + j0;
+    P bv[TP];
+    for (int j = 0; j < TP; ++j) bv[j] = ei::ploadu<P>(b + j * W);
+    term(terms[s].a + i0, bv);
+  }
+  for (int r = 0; r < TR; ++r)
+    for (int j = 0; j < TP; ++j) ei::pstoreu(c + r * ldc + j * W, cc[r][j]);
+}
+
 template <typename Scalar>
 void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* terms,
                        std::int64_t count, Scalar* c, std::int64_t ldc, int num_threads) {
@@ -152,29 +209,22 @@ void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* ter
     if (t.k > 0 && (t.a == nullptr || t.b == nullptr || t.lda < m || t.ldb < n))
       fail(fn + ": term " + std::to_string(s) + " needs non-null a, b with lda >= m, ldb >= n");
   }
-  const Index rbs = ceil_div(m, TR), cbs = ceil_div(n, NC), items = rbs * cbs;
   int nth = 1;
 #ifdef _OPENMP
   nth = num_threads > 0 ? num_threads : omp_get_max_threads();
 #endif
-  nth = int(std::min<Index>(nth, items));
-  // Passes of terms whose panel columns of B take at most 16 KiB (in L1 beside the rows of A),
-  // at least one term each.
-  constexpr Index kPassBytes = 16 * 1024;
-  for (Index s0 = 0; s0 < count;) {
-    Index s1 = s0, bytes = 0;
-    while (s1 < count && (s1 == s0 || bytes + terms[s1].k * NC * Index(sizeof(Scalar)) <=
-                                           kPassBytes))
-      bytes += terms[s1++].k * NC * Index(sizeof(Scalar));
-    const TnTerm<Scalar>* ts = terms + s0;
-    const Index sc = s1 - s0;
-    parallel_region(nth, [&] {
+  // Tiles of C over rows [ib, ie) and columns [jb, je) (jb a multiple of NC), the terms ts[0,
+  // sc) in each: whole tiles in place, partial ones on zero-padded copies.
+  auto tiles = [&](const TnTerm<Scalar>* ts, Index sc, Index ib, Index ie, Index jb, Index je) {
+    const Index rbs = ceil_div(ie - ib, TR), items = rbs * ceil_div(je - jb, NC);
+    if (items <= 0) return;
+    parallel_region(int(std::min<Index>(nth, items)), [&] {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
       for (Index item = 0; item < items; ++item) {
-        const Index j0 = (item / rbs) * NC, i0 = (item % rbs) * TR;
-        const Index mr = std::min(TR, m - i0), nc = std::min(NC, n - j0);
+        const Index j0 = jb + (item / rbs) * NC, i0 = ib + (item % rbs) * TR;
+        const Index mr = std::min(TR, ie - i0), nc = std::min(NC, je - j0);
         if (mr == TR && nc == NC) {
           terms_tile<Scalar>(ts, sc, i0, j0, nullptr, nullptr, nullptr, nullptr, c + i0 * ldc + j0,
                      ldc);
@@ -207,6 +257,41 @@ void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* ter
           std::copy(ct + r * NC, ct + r * NC + nc, c + (i0 + r) * ldc + j0);
       }
     });
+  };
+  using T1 = TermsTileK1<Scalar>;
+  static_assert(T1::NC == NC, "the k = 1 tiles share terms_tile's column panels");
+  // Passes of terms whose panel columns of B take at most 16 KiB (in L1 beside the rows of A),
+  // at least one term each.
+  constexpr Index kPassBytes = 16 * 1024;
+  for (Index s0 = 0; s0 < count;) {
+    Index s1 = s0, bytes = 0;
+    while (s1 < count && (s1 == s0 || bytes + terms[s1].k * NC * Index(sizeof(Scalar)) <=
+                                           kPassBytes))
+      bytes += terms[s1++].k * NC * Index(sizeof(Scalar));
+    const TnTerm<Scalar>* ts = terms + s0;
+    const Index sc = s1 - s0;
+    // Every term of rank 1 (and a taller tile than terms_tile's): the whole T1::TR x NC tiles by
+    // terms_tile_k1, the rest of C (the rows past them, the last partial panel) as any pass:
+    // each element still gets every term once, in order.
+    bool rank1 = T1::TR != TR;
+    for (Index s = 0; rank1 && s < sc; ++s) rank1 = ts[s].k == 1;
+    if (rank1) {
+      const Index rb = m / T1::TR, cb = n / NC, items = rb * cb;
+      if (items > 0)
+        parallel_region(int(std::min<Index>(nth, items)), [&] {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+          for (Index item = 0; item < items; ++item) {
+            const Index j0 = (item / rb) * NC, i0 = (item % rb) * T1::TR;
+            terms_tile_k1<Scalar>(ts, sc, i0, j0, c + i0 * ldc + j0, ldc);
+          }
+        });
+      tiles(ts, sc, rb * T1::TR, m, 0, n);   // the rows past the whole tiles, every panel
+      tiles(ts, sc, 0, rb * T1::TR, cb * NC, n);  // their last, partial panel
+    } else {
+      tiles(ts, sc, 0, m, 0, n);
+    }
     s0 = s1;
   }
 }
