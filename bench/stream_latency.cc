@@ -34,6 +34,7 @@
 #include <cstdlib>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -229,12 +230,13 @@ int main(int argc, char** argv) {
     ftz = ftz || a == "--ftz";
     if (a.rfind("--rows=", 0) == 0) rows = "," + a.substr(7) + ",";
   }
-#if defined(__x86_64__) || defined(__i386__)
-  // --ftz: the thread flushes subnormals (MXCSR FTZ and DAZ) for the whole run, as audio hosts
-  // commonly do around their callbacks; every contender runs under it alike. Stream::step then
-  // leaves the floating-point environment alone (it only switches it when the flags are off).
-  if (ftz) _mm_setcsr(_mm_getcsr() | 0x8040u);
-#else
+  // --ftz: the thread flushes subnormals (x86: MXCSR FTZ and DAZ) for the whole run, as audio
+  // hosts commonly do around their callbacks (fusedrnn::ScopedFlushDenormals); every contender
+  // runs under it alike. Stream::step then leaves the floating-point environment alone (it only
+  // switches it when the flags are off).
+  std::optional<fusedrnn::ScopedFlushDenormals> flush;
+  if (ftz) flush.emplace();
+#if !defined(__x86_64__) && !defined(__i386__)
   if (ftz) std::printf("--ftz: no effect on this architecture\n");
 #endif
   const fusedrnn::BuildInfo b = fusedrnn::build_info();

@@ -24,10 +24,14 @@
 #include <functional>
 #include <limits>
 #include <new>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "checkpoint_writer.h"
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 // ---- allocation counter (every operator new of the process goes through these) --------------
 static std::atomic<long> g_allocs{0};
@@ -780,6 +784,71 @@ void check_fast_activations() {
   }
 }
 
+// fusedrnn::ScopedFlushDenormals (stream.h): FTZ and DAZ set inside, the previous MXCSR back
+// after (nested scopes too); a Stream's outputs the same bits inside a scope and outside, and
+// step() and process() outside one leave the flags as they found them.
+void check_flush_scope() {
+#if defined(__x86_64__) || defined(__i386__)
+  constexpr unsigned kFlags = 0x8040u;  // FTZ | DAZ
+  const unsigned entry = _mm_getcsr();
+  _mm_setcsr(entry & ~kFlags);
+  const unsigned off = _mm_getcsr();
+  volatile float tiny = 1e-39f, one = 1.0f;
+  {
+    fusedrnn::ScopedFlushDenormals outer;
+    report((_mm_getcsr() & kFlags) == kFlags, "ScopedFlushDenormals: FTZ and DAZ set");
+    {
+      fusedrnn::ScopedFlushDenormals inner;
+    }
+    report((_mm_getcsr() & kFlags) == kFlags, "ScopedFlushDenormals: a nested scope keeps them");
+    const float r = tiny * one;
+    report(r == 0.0f, "ScopedFlushDenormals: a subnormal operand reads as zero inside");
+  }
+  report(_mm_getcsr() == off, "ScopedFlushDenormals: the previous MXCSR restored");
+  const float r = tiny * one;
+  report(r != 0.0f, "ScopedFlushDenormals: subnormals again after the scope");
+
+  for (const bool fast : {false, true}) {
+    for (const char* cell : {"lstm", "gru"}) {
+      Spec sp;
+      sp.cell = cell, sp.bare = true, sp.input_size = 1, sp.hidden_size = 16;
+      const std::vector<unsigned char> bytes = testutil::make_checkpoint(sp, 9);
+      const Model model = Model::from_bytes(bytes.data(), bytes.size());
+      fusedrnn::StreamOptions o;
+      o.fast = fast;
+      fusedrnn::Stream<float> st(model, 1, o);
+      const std::int64_t T = 50, E = st.input_size(), O = st.output_size();
+      std::mt19937_64 rng(4);
+      // inputs with subnormal values among them
+      std::vector<float> x = testutil::uniform<float>(rng, std::size_t(T * E), 1.0);
+      for (std::size_t i = 0; i < x.size(); i += 3) x[i] *= 1e-38f;
+      std::vector<float> y_out(std::size_t(T * O)), y_in(y_out.size()), y_proc(y_out.size());
+      for (std::int64_t t = 0; t < T; ++t) st.step(x.data() + t * E, y_out.data() + t * O);
+      // (the control bits: the status flags, bits 0-5, record the test's own arithmetic)
+      const bool kept_step = (_mm_getcsr() & ~0x3fu) == (off & ~0x3fu);
+      st.reset();
+      st.process(x.data(), y_proc.data(), T);
+      const bool kept_process = (_mm_getcsr() & ~0x3fu) == (off & ~0x3fu);
+      st.reset();
+      {
+        fusedrnn::ScopedFlushDenormals scope;
+        for (std::int64_t t = 0; t < T; ++t) st.step(x.data() + t * E, y_in.data() + t * O);
+      }
+      const std::string name = std::string("ScopedFlushDenormals: ") + cell +
+                               (fast ? " fast" : "") + " Stream";
+      report(kept_step && kept_process, name + ": step() and process() restore MXCSR");
+      report(std::memcmp(y_out.data(), y_in.data(), y_out.size() * sizeof(float)) == 0 &&
+                 std::memcmp(y_out.data(), y_proc.data(), y_out.size() * sizeof(float)) == 0,
+             name + ": the same bits inside a scope, outside, and by process()");
+    }
+  }
+  _mm_setcsr(entry);
+#else
+  { fusedrnn::ScopedFlushDenormals scope; }
+  report(true, "ScopedFlushDenormals: no effect on this architecture");
+#endif
+}
+
 int main() {
   for (const Spec& s : grid()) {
     try {
@@ -803,6 +872,7 @@ int main() {
   }
   check_errors();
   check_fast_activations();
+  check_flush_scope();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed ? 1 : 0;
 }

@@ -353,6 +353,25 @@ Stream<Scalar>::Stream(Stream&&) noexcept = default;
 template <typename Scalar>
 Stream<Scalar>& Stream<Scalar>::operator=(Stream&&) noexcept = default;
 
+// (FlushDenormals of kernels/fpenv.h as a public class: this file is compiled once, not per
+// instruction-set copy, so external linkage is safe here.)
+ScopedFlushDenormals::ScopedFlushDenormals() noexcept {
+#ifdef FUSEDRNN_HAVE_MXCSR
+  saved_ = _mm_getcsr();
+  constexpr unsigned kFlags = FlushDenormals::kFtz | FlushDenormals::kDaz;
+  if ((saved_ & kFlags) != kFlags) _mm_setcsr(saved_ | kFlags);
+#else
+  (void)saved_;
+#endif
+}
+
+ScopedFlushDenormals::~ScopedFlushDenormals() {
+#ifdef FUSEDRNN_HAVE_MXCSR
+  constexpr unsigned kFlags = FlushDenormals::kFtz | FlushDenormals::kDaz;
+  if ((saved_ & kFlags) != kFlags) _mm_setcsr(saved_);
+#endif
+}
+
 template <typename Scalar>
 void Stream<Scalar>::step(const Scalar* x_t, Scalar* y_t) noexcept {
   const FlushDenormals fp;  // fpenv.h
