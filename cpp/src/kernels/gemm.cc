@@ -151,7 +151,7 @@ struct TermsTileK1 {
 #if defined(__AVX512F__) || defined(__aarch64__)
   static constexpr int TR = TermsTile<Scalar>::TR;
 #else
-  static constexpr int TR = 4;  // 8 accumulators, 2 x 2 B packets, a broadcast, a product of 16
+  static constexpr int TR = 4;  // 8 accumulators of 16 registers (see above)
 #endif
   static constexpr int TP = TermsTile<Scalar>::TP;
   static constexpr Index NC = TP * detail::kPacketSize<Scalar>;
