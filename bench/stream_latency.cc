@@ -40,9 +40,6 @@
 #include <vector>
 
 #include "checkpoint_writer.h"
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
 #ifdef FUSEDRNN_WITH_RTNEURAL
 #include "rtneural_peer.h"
 #endif

@@ -29,18 +29,18 @@ KINDS = [
 ]
 
 
-def _make(cls, kw, defer, dtype="float32", seed=1, monkeypatch=None):
+def _make(cls, kw, defer, dtype="float32", seed=1, monkeypatch=None, size=(C, H)):
     old = cells._DEFER
     cells._DEFER = defer
     try:
-        return cls(C, H, seed=seed, dtype=dtype, **kw)
+        return cls(*size, seed=seed, dtype=dtype, **kw)
     finally:
         cells._DEFER = old
 
 
-def _xs(T, N, dtype, seed=0):
+def _xs(T, N, dtype, seed=0, c=C):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((N, C)).astype(dtype) for _ in range(T)]
+    return [rng.standard_normal((N, c)).astype(dtype) for _ in range(T)]
 
 
 def _forward(cell, xs, state=None):
@@ -101,28 +101,24 @@ def test_loops_bitwise(name, cls, kw, dtype, N, T):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_loops_bitwise_wide(name, cls, kw, dtype, N, threads):
     """Gradients wide enough for whole column panels of gemm_tn_add_terms (16 float32 or 8
-    float64 columns; C = H = 13 has none): C = 37, H = 21 (4H = 84, 3H = 63 rows: whole tiles
-    and a remainder; 37 and 21 columns: whole panels and a partial one). At N = 1 every term has
-    one row and the whole tiles take the rank-1 kernel (terms_tile_k1); 40 steps are two
-    batches of 32 and 8."""
+    float64 columns; C = 7 and H = 13 give no whole float32 panel): C = 37, H = 21 (4H = 84,
+    3H = 63 rows: whole tiles and a remainder; 37 and 21 columns: whole panels and a partial
+    one). At N = 1 every term has one row and the whole tiles take the rank-1 kernel
+    (terms_tile_k1); 40 steps are two batches of 32 and 8."""
     wide_c, wide_h, T = 37, 21, 40
     before = fusedrnn.get_num_threads()
     fusedrnn.set_num_threads(threads)
-    old = cells._DEFER
     try:
         got = {}
         for defer in (False, True):
-            cells._DEFER = defer
-            cell = cls(wide_c, wide_h, seed=3, dtype=dtype, **kw)
-            rng = np.random.default_rng(7)
-            xs = [rng.standard_normal((N, wide_c)).astype(dtype) for _ in range(T)]
+            cell = _make(cls, kw, defer, dtype, seed=3, size=(wide_c, wide_h))
+            xs = _xs(T, N, dtype, seed=7, c=wide_c)
             for rep in range(2):
                 outs = _forward(cell, xs)
                 _backward_steps(cell, outs, T, seed=rep)
             got[defer] = _grads(cell)
         _same(got[False], got[True])
     finally:
-        cells._DEFER = old
         fusedrnn.set_num_threads(before)
 
 

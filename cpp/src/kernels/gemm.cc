@@ -68,10 +68,11 @@ struct TermsTile {
 // the C tile on the stack and loaded B once per row); 3 x 3 35 (n = 128 is no multiple of 48:
 // partial tiles). par_gemm_tn_add, a term at a time: 66 beside the packed weights. The avx2
 // copy (16 registers), the same probe: 3 x 2 50 GFLOP/s at k = 8, 37 at k = 1; 2 x 2 40 and 17.
+// TR1: the rows of terms_tile_k1's tile (passes whose terms all have k = 1; see there).
 #if defined(__AVX512F__) || defined(__aarch64__)
-  static constexpr int TR = 4, TP = 2;  // 8 + 8 accumulators of 32 registers
+  static constexpr int TR = 4, TP = 2, TR1 = TR;  // 8 + 8 accumulators of 32 registers
 #else
-  static constexpr int TR = 3, TP = 2;  // 6 + 6 of 16
+  static constexpr int TR = 3, TP = 2, TR1 = 4;  // 6 + 6 of 16; TR1: 8 accumulators of 16
 #endif
   static constexpr Index NC = TP * W;
 };
@@ -147,22 +148,11 @@ inline void terms_tile(const TnTerm<Scalar>* terms, Index count, Index i0, Index
 // as terms_tile at k = 8 and 15-30% slower at k = 2 and 4. (The AVX-512 copies keep
 // terms_tile: 4 x 2 of 32 registers.)
 template <typename Scalar>
-struct TermsTileK1 {
-#if defined(__AVX512F__) || defined(__aarch64__)
-  static constexpr int TR = TermsTile<Scalar>::TR;
-#else
-  static constexpr int TR = 4;  // 8 accumulators of 16 registers (see above)
-#endif
-  static constexpr int TP = TermsTile<Scalar>::TP;
-  static constexpr Index NC = TP * detail::kPacketSize<Scalar>;
-};
-
-template <typename Scalar>
 inline void terms_tile_k1(const TnTerm<Scalar>* terms, Index count, Index i0, Index j0,
                           Scalar* c, Index ldc) {
   namespace ei = Eigen::internal;
   using P = detail::Packet<Scalar>;
-  constexpr int TR = TermsTileK1<Scalar>::TR, TP = TermsTileK1<Scalar>::TP;
+  constexpr int TR = TermsTile<Scalar>::TR1, TP = TermsTile<Scalar>::TP;
   constexpr Index W = detail::kPacketSize<Scalar>;
   P cc[TR][TP];
   for (int r = 0; r < TR; ++r)
@@ -258,8 +248,7 @@ void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* ter
       }
     });
   };
-  using T1 = TermsTileK1<Scalar>;
-  static_assert(T1::NC == NC, "the k = 1 tiles share terms_tile's column panels");
+  constexpr Index TR1 = TT::TR1;
   // Passes of terms whose panel columns of B take at most 16 KiB (in L1 beside the rows of A),
   // at least one term each.
   constexpr Index kPassBytes = 16 * 1024;
@@ -270,25 +259,25 @@ void gemm_tn_add_terms(std::int64_t m, std::int64_t n, const TnTerm<Scalar>* ter
       bytes += terms[s1++].k * NC * Index(sizeof(Scalar));
     const TnTerm<Scalar>* ts = terms + s0;
     const Index sc = s1 - s0;
-    // Every term of rank 1 (and a taller tile than terms_tile's): the whole T1::TR x NC tiles by
+    // Every term of rank 1 (and a taller tile than terms_tile's): the whole TR1 x NC tiles by
     // terms_tile_k1, the rest of C (the rows past them, the last partial panel) as any pass:
     // each element still gets every term once, in order.
-    bool rank1 = T1::TR != TR;
+    bool rank1 = TR1 != TR;
     for (Index s = 0; rank1 && s < sc; ++s) rank1 = ts[s].k == 1;
     if (rank1) {
-      const Index rb = m / T1::TR, cb = n / NC, items = rb * cb;
+      const Index rb = m / TR1, cb = n / NC, items = rb * cb;
       if (items > 0)
         parallel_region(int(std::min<Index>(nth, items)), [&] {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
           for (Index item = 0; item < items; ++item) {
-            const Index j0 = (item / rb) * NC, i0 = (item % rb) * T1::TR;
+            const Index j0 = (item / rb) * NC, i0 = (item % rb) * TR1;
             terms_tile_k1<Scalar>(ts, sc, i0, j0, c + i0 * ldc + j0, ldc);
           }
         });
-      tiles(ts, sc, rb * T1::TR, m, 0, n);   // the rows past the whole tiles, every panel
-      tiles(ts, sc, 0, rb * T1::TR, cb * NC, n);  // their last, partial panel
+      tiles(ts, sc, rb * TR1, m, 0, n);   // the rows past the whole tiles, every panel
+      tiles(ts, sc, 0, rb * TR1, cb * NC, n);  // their last, partial panel
     } else {
       tiles(ts, sc, 0, m, 0, n);
     }
