@@ -316,6 +316,9 @@ def test_bad_input():
         gru.backward(np.zeros((2, H)))
     with pytest.raises(ValueError, match="hidden_size"):
         cells.RNNCell(3, 0)
+    for P in (H, H + 1):   # refused when made, as torch's LSTMCell does, not at the first step
+        with pytest.raises(ValueError, match=rf"proj_size must be < hidden_size = {H} .*, got {P}"):
+            cells.LSTMCell(C, H, proj_size=P)
 
 
 def test_eval_records_nothing_and_state_none_starts_a_sequence():
@@ -453,6 +456,129 @@ def test_arrays_the_cpp_path_does_not_take_fall_back(mode, monkeypatch):
         cell(xs[:, 0].copy())
         with pytest.raises(ValueError, match="d_c is for LSTMCell only"):
             cell.backward(np.zeros((N, H)), np.zeros((N, H)))
+
+
+@pytest.mark.parametrize("path", ["C++", "Python"])
+def test_refilling_one_input_array_changes_no_gradient(path, monkeypatch):
+    """The tape records a copy of each step's x: a loop that refills one input buffer
+    (buf[...] = data[t]) gets the gradients of fresh arrays."""
+    rng = np.random.default_rng(23)
+    data = rng.standard_normal((T, N, C))
+    if path == "Python":
+        _python_only(monkeypatch)
+    grads = []
+    for reuse in (True, False):
+        cell = make_cell("GRU", {})
+        buf, h = np.empty((N, C)), None
+        for t in range(T):
+            if reuse:
+                buf[...] = data[t]
+            h = cell(buf if reuse else data[t].copy(), h)
+        d, dxs = np.ones((N, H)), []
+        while d is not None:
+            dx, d = cell.backward(d if len(dxs) == 0 else d + 1.0)
+            dxs.append(dx)
+        grads.append([p.grad.copy() for p in cell.parameters()] + dxs)
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)
+
+
+class _Holder(fusedrnn.module.Module):
+    """A parent module holding a cell (its load_state_dict and io.load reach the cell's
+    Parameters without the cell's own methods)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.cell = make_cell(mode, {})
+
+
+def _change_by(how, cell, rng, tmp_path):
+    """Changes cell's weights the way `how` names, as user code would (no weights_changed())."""
+    new = {k: rng.standard_normal(v.shape) for k, v in cell.state_dict().items()}
+    if how == "assign array":              # Module.__setattr__: copied into the Parameter
+        cell.weight_ih = new["weight_ih"]
+    elif how == "data -=":                 # the setter runs: p.data = p.data.__isub__(...)
+        cell.weight_hh.data -= 0.25 * new["weight_hh"]
+    elif how == "optimiser, no backward":  # gradients from elsewhere, then a step
+        for p in cell.parameters():
+            p.grad[...] = rng.standard_normal(p.shape)
+        optim.Adam(cell.parameters(), lr=0.1).step()
+    elif how == "AdamW decay only":        # zero gradients: only the decoupled decay moves them
+        optim.AdamW(cell.parameters(), lr=0.5, weight_decay=0.5).step()
+    elif how == "parent load_state_dict":
+        parent = _Holder("GRU")
+        parent.cell = cell
+        parent.load_state_dict({"cell." + k: v for k, v in new.items()})
+    elif how == "io.load into a parent":
+        from fusedrnn import io
+        parent = _Holder("GRU")
+        parent.cell = cell
+        source = _Holder("GRU")
+        source.cell = type(cell)(C, H, dtype=cell.dtype, seed=7)
+        io.save(str(tmp_path / "m.ckpt"), source)
+        io.load(str(tmp_path / "m.ckpt"), parent)
+    elif how == "data replaced twice":     # the first array freed: its address may come back
+        cell.weight_ih.data = new["weight_ih"] * 0
+        cell.weight_ih.data = new["weight_ih"]
+    elif how == "shared, other cell trains":
+        other = type(cell)(C, H, dtype=cell.dtype, seed=3)
+        for name, p in cell.named_parameters():
+            setattr(other, name, p)        # the same Parameter objects
+        other.train()
+        x = rng.standard_normal((N, C))
+        h = other(x)
+        other.backward(np.ones_like(h))
+        optim.SGD(other.parameters(), lr=0.7).step()
+    elif how == "raw write + Parameter.changed()":
+        cell.weight_hh.data[...] = new["weight_hh"]
+        cell.weight_hh.changed()
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("path", ["C++", "Python"])
+@pytest.mark.parametrize("how", [
+    "assign array", "data -=", "optimiser, no backward", "AdamW decay only",
+    "parent load_state_dict", "io.load into a parent", "data replaced twice",
+    "shared, other cell trains", "raw write + Parameter.changed()"])
+def test_packed_weights_see_every_library_route(how, path, tmp_path):
+    """Every change to a Parameter that goes through the library (the Module's assignment and
+    loads, a parent's, fusedrnn.io, the optimisers, another cell sharing it, Parameter.data
+    assigned) reaches a cell holding packed copies: its next step equals a fresh cell's on the
+    same weights. The GRU cell here also steps between forward and backward as a user's
+    evaluation would (the packed weights are fresh then). path: contiguous arrays (the C++
+    per-step path) or a strided x (the Python path)."""
+    rng = np.random.default_rng(21)
+    cell = make_cell("GRU", {})
+    cell.eval()
+    x = rng.standard_normal((N, 2 * C))[:, ::2] if path == "Python" else \
+        rng.standard_normal((N, C))
+    assert x.flags.c_contiguous == (path == "C++")
+    h = rng.standard_normal((N, H))
+    for _ in range(2):
+        cell(x, h)                         # packs, then reuses
+    _change_by(how, cell, rng, tmp_path)
+    got = cell(x, h)
+    want = _fresh_step(cell, np.ascontiguousarray(x), h)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_packed_weights_after_forward_backward_forward_then_step():
+    """forward, backward, forward (an evaluation before the step: it packs the pre-step
+    weights), optimiser step, forward: the last forward multiplies with the stepped weights."""
+    rng = np.random.default_rng(22)
+    for mode in ("LSTM", "GRU", "RNN"):
+        cell = make_cell(mode, {})
+        opt = optim.SGD(cell.parameters(), lr=1.0)
+        x = rng.standard_normal((N, C))
+        st = cell(x)
+        cell.backward(np.ones_like(st[0] if mode == "LSTM" else st))
+        cell(x)
+        opt.step()                         # (train mode kept: eval() would repack anyway)
+        got = cell(x)
+        want = _fresh_step(cell, x, None)
+        np.testing.assert_array_equal(got[0] if mode == "LSTM" else got,
+                                      want[0] if mode == "LSTM" else want)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])

@@ -136,6 +136,9 @@ CELLS = {
     "gru_relu6": lambda: rc.GRUCell(5, activation="relu6", seed=1),
     "basic_rnn_softsign": lambda: rc.BasicRNNCell(5, activation="softsign", seed=1),
     "basic_rnn_identity": lambda: rc.BasicRNNCell(5, activation="identity", seed=1),
+    # num_proj >= num_units (TF1 allows it; the kernels, like PyTorch, project to fewer units)
+    "lstm_proj_wide": lambda: rc.LSTMCell(3, use_peepholes=True, num_proj=5, seed=1),
+    "lstm_proj_equal": lambda: rc.LSTMCell(4, num_proj=4, cell_clip=0.5, seed=1),
 }
 
 
@@ -343,6 +346,19 @@ def test_bad_input_names_the_argument():
         rc.BasicLSTMCell(4, activation="swish")
     with pytest.raises(RuntimeError, match="no training call"):
         rc.GRUCell(3).backward(np.zeros((2, 3)))
+    # d_output: checked against the output as the caller got it (batch-major here), before any
+    # work: no cast, no transposed shape in the message
+    gru = rc.GRUCell(3)
+    y, _ = tf.nn.dynamic_rnn(gru, np.ones((2, 4, 5), np.float32), dtype=np.float32)
+    with pytest.raises(TypeError, match=r"d_output must have dtype float32 \(the output's\), "
+                                        r"got float64"):
+        gru.backward(np.ones(y.shape))
+    with pytest.raises(ValueError, match=r"d_output must have shape \[2, 4, 3\] \(the output's\), "
+                                         r"got \[4, 2, 3\]"):
+        gru.backward(np.ones((4, 2, 3), np.float32))
+    with pytest.raises(TypeError, match=r"d_output must be a numpy array of shape \[2, 4, 3\]"):
+        gru.backward(np.ones(y.shape, np.float32).tolist())
+    assert gru.backward(np.ones(y.shape, np.float32)).shape == (2, 4, 5)
 
 
 # -- the step path: state dropout, and agreement with the fused kernels ---------------------------
@@ -511,4 +527,5 @@ def test_activation_callables_by_name():
     assert not rc.GRUCell(3, activation="relu")._fused()
     assert rc.LSTMCell(3, cell_clip=1.0)._fused()
     assert not rc.LSTMCell(3, num_proj=2, proj_clip=1.0)._fused()
+    assert rc.LSTMCell(3, num_proj=2)._fused() and not rc.LSTMCell(3, num_proj=3)._fused()
     assert rc.LSTMCell(3, proj_clip=1.0)._proj_clip is None    # TF1 ignores it without num_proj

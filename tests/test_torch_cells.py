@@ -97,3 +97,74 @@ def test_packed_weights_follow_optimiser_and_load_state_dict(name):
         ref.weight_ih.mul_(2)
         ours.weights_changed()
         torch.testing.assert_close(ours(x), ref(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_writes_through_data_after_backward_and_between_sequences(name):
+    """Writes through ``p.data`` bypass torch's version counter. The cell packs again after a
+    backward (manual SGD: ``p.data -= lr * p.grad``) and at every new sequence (hx None, or a
+    state that is not its last output: a target network's ``p.data.copy_`` soft update), so
+    both are seen; steps continuing a sequence (hx = the last output, or its detach()) reuse."""
+    ref, ours = pair(name, {})
+    g = torch.Generator().manual_seed(3)
+    xs = torch.randn(4, 3, 4, dtype=torch.float64, generator=g)
+    lstm = name == "LSTMCell"
+    for _ in range(3):                     # manual SGD, the classic tutorial loop
+        outs = []
+        for cell in (ref, ours):
+            out, _ = loop(cell, xs, None)
+            (out ** 2).sum().backward()
+            for p in cell.parameters():
+                p.data -= 0.1 * p.grad
+                p.grad = None
+            outs.append(out.detach())
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-10, rtol=0)
+    src = getattr(torch.nn, name)(4, 5, dtype=torch.float64)
+    h_other = torch.randn(3, 5, dtype=torch.float64, generator=g)
+    other = (h_other, h_other.clone()) if lstm else h_other
+    with torch.no_grad():
+        for start in (None, other):         # soft updates between sequences, no backward
+            for cell in (ref, ours):
+                for p, q in zip(cell.parameters(), src.parameters()):
+                    p.data.copy_(0.5 * p.data + 0.5 * q.data)
+            a, st_a = loop(ours, xs, start)
+            b, st_b = loop(ref, xs, start)
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+        # a sequence continued from the last output (detached, as truncated BPTT does) reuses
+        # the packed weights: a write in between needs weights_changed()
+        cont = tuple(t.detach() for t in st_a) if lstm else st_a.detach()
+        ours.weight_hh.data.mul_(0.5)
+        ref.weight_hh.data.mul_(0.5)
+        ours.weights_changed()
+        a, _ = loop(ours, xs, cont)
+        b, _ = loop(ref, xs, cont)
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_replaced_storage_at_the_same_address_is_seen():
+    """``p.data = torch.empty(0)`` then ``p.data = new``: the cell holds the storage it packed
+    from, so the new weights cannot take its address and pass for it."""
+    ref, ours = pair("GRUCell", {})
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(5):
+            ours(x)
+            new = torch.randn(15, 4, dtype=torch.float64)
+            ours.weight_ih.data = torch.empty(0, dtype=torch.float64)
+            ours.weight_ih.data = new.clone()
+            ref.weight_ih.data = new.clone()
+            torch.testing.assert_close(ours(x), ref(x), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell"])
+def test_double_backward_raises(name):
+    """A gradient taken with create_graph=True and differentiated again raises (the kernels
+    have no second derivative), instead of coming back as a constant."""
+    _, ours = pair(name, {})
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    out = ours(x)
+    h = out[0] if isinstance(out, tuple) else out
+    gx, = torch.autograd.grad(h.pow(2).sum(), x, create_graph=True)
+    assert gx.requires_grad
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        gx.pow(2).sum().backward()

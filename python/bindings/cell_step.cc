@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include <chrono>
+#include <cstring>
 #include <ctime>
 #include <memory>
 #include <thread>
@@ -131,20 +132,25 @@ struct Plan {
   std::int64_t C = 0, H = 0, P = 0, R = 0, G = 4;
   py::object params;   // the cell's _parameters dict (read at every step)
   py::object names[kWeights];
-  py::object data_attr, grad_attr;  // "_data", "_grad"
-  // forward: the arrays packed into fws, the version they were packed at
+  py::object data_attr, grad_attr, version_attr;  // "_data", "_grad", "_version"
+  // forward: the arrays packed into fws, the Parameters' _version then, the cell's version
   py::object fw[kWeights];
+  long long fwv[kWeights] = {};
   bool fpacked = false;
   long long fver = 0;
   Buffer fws, y;
   std::int64_t yN = 0;
   // backward: likewise, plus the forward count and N of the packing call
   py::object bw[kWeights];
+  long long bwv[kWeights] = {};
   bool bpacked = false;
   long long bver = 0, bfwd = 0;
   std::int64_t bN = 0;
   Buffer bws;
   std::vector<py::object> caches;  // training caches by tape depth
+  // copies of the steps' x by tape depth: the tape records a copy, so that a caller refilling
+  // one input array step after step (buf[...] = data[t]) does not change what backward reads
+  std::vector<py::object> xcopies;
   bool busy = false;   // a kernel call of another thread runs on these buffers
   py::object owner;    // weakref to the cell (Parameter._pending); None: no deferral
   Defer defer;
@@ -203,8 +209,10 @@ Plan& plan_of(PyObject* capsule) {
 }
 
 // The parameters' arrays (attr "_data" or "_grad"), new references, nullptr where the cell has
-// no such parameter. False: a parameter's array is unusable (the Python path reports it).
-bool read_params(const Plan& p, const py::object& attr, py::object* out, bool writable) {
+// no such parameter; with `versions`, also each Parameter's _version (-1 where none). False: a
+// parameter's array is unusable (the Python path reports it).
+bool read_params(const Plan& p, const py::object& attr, py::object* out, bool writable,
+                 long long* versions = nullptr) {
   static const std::int64_t none = -1;
   const std::int64_t want[kWeights] = {p.G * p.H * p.C, p.G * p.H * p.R, p.G * p.H, p.G * p.H,
                                        3 * p.H, p.P > 0 ? p.P * p.H : none};
@@ -215,7 +223,21 @@ bool read_params(const Plan& p, const py::object& attr, py::object* out, bool wr
       if (PyErr_Occurred()) throw py::error_already_set();
       if (i < 2) return false;
       out[i] = py::object();
+      if (versions != nullptr) versions[i] = -1;
       continue;
+    }
+    if (versions != nullptr) {
+      PyObject* v = PyObject_GetAttr(param, p.version_attr.ptr());
+      if (v == nullptr) {
+        PyErr_Clear();
+        return false;
+      }
+      versions[i] = PyLong_AsLongLong(v);
+      Py_DECREF(v);
+      if (versions[i] == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+      }
     }
     PyObject* a = PyObject_GetAttr(param, attr.ptr());
     if (a == nullptr) {
@@ -228,9 +250,11 @@ bool read_params(const Plan& p, const py::object& attr, py::object* out, bool wr
   return true;
 }
 
-bool same(const py::object* a, const py::object* b) {
+// The same arrays (the plan holds those it packed, so an address is not reused) at the same
+// Parameter versions.
+bool same(const py::object* a, const py::object* b, const long long* va, const long long* vb) {
   for (int i = 0; i < kWeights; ++i)
-    if (a[i].ptr() != b[i].ptr()) return false;
+    if (a[i].ptr() != b[i].ptr() || va[i] != vb[i]) return false;
   return true;
 }
 
@@ -406,10 +430,11 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
     }
   }
   py::object w[kWeights];
-  if (!read_params(p, p.data_attr, w, false)) return py::none();
+  long long wv[kWeights] = {};
+  if (!read_params(p, p.data_attr, w, false, wv)) return py::none();
   const fusedrnn::Dims d = dims(p, N);
   const bool training = tape != Py_None;
-  py::object cache;
+  py::object cache, xcopy;
   if (training) {
     if (!PyList_CheckExact(tape)) return py::none();
     const std::size_t cache_n = cache_size(p, d);
@@ -426,6 +451,17 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
       else
         p.caches.push_back(cache);
     }
+    std::int64_t rows = N;
+    if (depth < p.xcopies.size() && matrix(p, p.xcopies[depth].ptr(), &rows, p.C)) {
+      xcopy = p.xcopies[depth];
+    } else {
+      xcopy = empty(p, N, p.C);
+      if (depth < p.xcopies.size())
+        p.xcopies[depth] = xcopy;
+      else
+        p.xcopies.push_back(xcopy);
+    }
+    std::memcpy(ptr<S>(xcopy.ptr()), ptr<S>(x), std::size_t(N * p.C) * sizeof(S));
   }
   std::size_t ws_n = 0;
   switch (p.kind) {
@@ -433,7 +469,7 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
     case kGru: ws_n = fusedrnn::gru_forward_workspace_size(d); break;
     default: ws_n = fusedrnn::rnn_forward_workspace_size(d);
   }
-  bool packed = p.reuse && p.fpacked && p.fver == version && same(w, p.fw);
+  bool packed = p.reuse && p.fpacked && p.fver == version && same(w, p.fw, wv, p.fwv);
   ensure(p.fws, ws_n * sizeof(S), false, &packed);
   if (p.yN != N) {
     p.y.resize(std::size_t(N * p.R) * sizeof(S));
@@ -472,13 +508,13 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
     a.nonlinearity = p.flag ? fusedrnn::Nonlinearity::relu : fusedrnn::Nonlinearity::tanh;
     go(a, [](auto&... z) { fusedrnn::rnn_forward<S>(z...); });
   }
-  for (int i = 0; i < kWeights; ++i) p.fw[i] = w[i];
+  for (int i = 0; i < kWeights; ++i) p.fw[i] = w[i], p.fwv[i] = wv[i];
   p.fver = version;
   p.fpacked = p.reuse;
   if (timer != nullptr) return py::make_tuple(timer->wall, timer->cpu);
   if (training) {
-    // the step's record for backward: (x, cache, has_state)
-    py::tuple step = py::make_tuple(py::handle(x), cache, py::bool_(state != Py_None));
+    // the step's record for backward: (a copy of x, cache, has_state)
+    py::tuple step = py::make_tuple(xcopy, cache, py::bool_(state != Py_None));
     if (PyList_Append(tape, step.ptr()) < 0) throw py::error_already_set();
   }
   if (p.kind == kLstm) return py::make_tuple(h_n, c_n);
@@ -561,7 +597,8 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     if (p.kind != kLstm || !matrix(p, d_c, &n, p.H)) return py::none();
   }
   py::object w[kWeights], g[kWeights];
-  if (!read_params(p, p.data_attr, w, false) || !read_params(p, p.grad_attr, g, true))
+  long long wv[kWeights] = {};
+  if (!read_params(p, p.data_attr, w, false, wv) || !read_params(p, p.grad_attr, g, true))
     return py::none();
   std::size_t ws_n = 0;
   switch (p.kind) {
@@ -570,9 +607,10 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
     default: ws_n = fusedrnn::rnn_backward_workspace_size(d);
   }
   // The previous backward of this loop packed the same weights unless a forward ran since,
-  // N changed, or the weights changed (version: weights_changed(), load_state_dict, ...).
+  // N changed, or the weights changed (version: weights_changed(), load_state_dict, ...; the
+  // Parameters' versions: an optimiser step, a load into a parent module, ...).
   bool packed = p.reuse && p.bpacked && p.bver == version && p.bfwd == forwards && p.bN == N &&
-                same(w, p.bw);
+                same(w, p.bw, wv, p.bwv);
   ensure(p.bws, ws_n * sizeof(S), true, &packed);
   py::object dx = input_grad ? empty(p, N, p.C) : py::none();
   py::object dh0 = has_state ? empty(p, N, p.R) : py::none();
@@ -618,7 +656,7 @@ py::object backward(Plan& p, PyObject* step, PyObject* d_h, PyObject* d_c, long 
   if (defer) ++p.defer.steps;
   // the cell bumps its version after a backward (an optimiser step may follow): the next
   // backward of the loop sees version + 1
-  for (int i = 0; i < kWeights; ++i) p.bw[i] = w[i];
+  for (int i = 0; i < kWeights; ++i) p.bw[i] = w[i], p.bwv[i] = wv[i];
   p.bver = version + 1;
   p.bfwd = forwards;
   p.bN = N;
@@ -712,6 +750,8 @@ void register_cell_step(py::module_& m) {
           p->names[i] = py::reinterpret_steal<py::object>(PyUnicode_InternFromString(names[i]));
         p->data_attr = py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_data"));
         p->grad_attr = py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_grad"));
+        p->version_attr =
+            py::reinterpret_steal<py::object>(PyUnicode_InternFromString("_version"));
         PyObject* cap = PyCapsule_New(p.get(), kCapsule, [](PyObject* c) {
           delete static_cast<Plan*>(PyCapsule_GetPointer(c, kCapsule));
         });

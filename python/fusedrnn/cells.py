@@ -24,7 +24,7 @@ plan busy in another thread) goes down the Python path, which copies or raises t
 error before any work, with the same results.
 
 Backpropagation through a Python loop: in train mode every forward step is recorded on the
-cell's tape; ``backward`` differentiates the most recent step not yet differentiated, so the
+cell's tape (with a copy of its x, so a loop may refill one input array); ``backward`` differentiates the most recent step not yet differentiated, so the
 caller calls it once per step in reverse order, passing the gradient reaching that step's
 output (the loss's gradient plus the ``d_state`` the later step returned). It returns the
 gradient of the step's input and of the state it was given (``None`` when the state was None:
@@ -50,11 +50,17 @@ plan's workspace (a thread finding the plan busy in another thread steps on its 
 workspace) and packs again only when they may have changed:
 
 * after every ``backward`` (an optimiser step may follow it),
-* after ``load_state_dict``, ``train()``/``eval()``, replacing a ``Parameter.data`` array or a
-  Parameter, setting ``reuse_packed_weights``,
-* after ``weights_changed()``: call it when you write into the weight arrays in place by any
-  other route (``p.data[...] = ...``, ``np.copyto``, a *parent* module's ``load_state_dict``);
-  or set ``cell.reuse_packed_weights = False`` to pack at every step.
+* after any change to one of its Parameters that goes through the library, whichever module
+  or optimiser makes it: each bumps the Parameter's version (``Parameter._version``), which the
+  cell compares with the one it packed (so cells sharing a Parameter see another's updates):
+  the optimisers' steps, ``load_state_dict`` of the cell or of any module holding it,
+  ``fusedrnn.io.load``, ``module.<name> = array``, assigning ``p.data`` (``p.data -= ...``
+  assigns too), replacing a Parameter;
+* after ``train()``/``eval()``, setting ``reuse_packed_weights``, ``weights_changed()``;
+* a write into a weight array itself (``p.data[...] = ...``, ``np.copyto(p.data, ...)``) is
+  invisible to the library: call ``p.changed()`` (every cell using ``p``) or the cell's
+  ``weights_changed()`` after it, or set ``cell.reuse_packed_weights = False`` to pack at
+  every step.
 
 Backward likewise keeps the (transposed) weights it packs in its own workspace (per plan, or
 per thread and batch size) and reuses them at the next backward of the same loop: it packs
@@ -79,6 +85,14 @@ from .module import Module, Parameter, _dtype, _positive_int, _seed, register_mo
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _same_key(a, b):
+    """Two packed-weight keys (version, arrays, the Parameters' versions, ...) are equal: the
+    same arrays (identity: the key holds them, so an id cannot be reused by another array), the
+    same versions."""
+    return a is not None and a[0] == b[0] and a[2:] == b[2:] and \
+        all(x is y for x, y in zip(a[1], b[1]))
 
 
 # -- the kernels, T = 1, through functional's one route into _core ----------------------------
@@ -200,6 +214,9 @@ class _CellBase(Module):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
         proj_size = _positive_int(fn, "proj_size", proj_size, minimum=0)
+        if proj_size >= hidden_size:
+            raise ValueError(f"{fn}: proj_size must be < hidden_size = {hidden_size} (PyTorch's "
+                             f"rule: the projection narrows h), got {proj_size}")
         if variant not in ("reset_after", "reset_before"):
             raise ValueError(f"{fn}: variant must be 'reset_after' or 'reset_before', "
                              f"got {variant!r}")
@@ -274,6 +291,11 @@ class _CellBase(Module):
         self._version += 1
 
     _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
+
+    def _param_versions(self):
+        """Each parameter's Parameter._version (None where the cell has no such parameter)."""
+        return tuple(None if p is None else p._version
+                     for p in map(self._parameters.get, self._ORDER))
 
     def _weights(self):
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = map(self._parameters.get, self._ORDER)
@@ -383,10 +405,10 @@ class _CellBase(Module):
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
 
         store = self._store
-        key = (self._version, id(w_ih), id(w_hh), id(b_ih), id(b_hh), id(w_peep), id(w_hr))
+        key = (self._version, (w_ih, w_hh, b_ih, b_hh, w_peep, w_hr), self._param_versions())
         ws = store.ws
         packed = self._reuse and ws is not None and ws.size >= ws_size \
-            and store.key == key
+            and _same_key(store.key, key)
         if ws is None or ws.size < ws_size:
             ws = store.ws = np.empty(ws_size, self.dtype)
         store.key = key if self._reuse else None
@@ -424,8 +446,9 @@ class _CellBase(Module):
             F._forward_call(kind, formula, kdims, None, False,
                             {"x": x3, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh,
                              "h0": h0, "y": y, "h_n": h_n, "cache": cache}, ws, packed)
-        if training:   # the step's record, as the C++ path writes it: (x, cache, has_state)
-            self._tape.append((x, cache, state is not None))
+        if training:   # the step's record, as the C++ path writes it: (a copy of x, cache,
+            # has_state): a caller refilling one input array step after step changes nothing
+            self._tape.append((np.array(x), cache, state is not None))
         return (h_n, c_n) if lstm else h_n
 
     # -- backward ----------------------------------------------------------------------------------
@@ -489,10 +512,11 @@ class _CellBase(Module):
         # The backward of the previous step of this loop packed the same weights into this
         # thread's backward workspace unless a forward ran since, or the weights changed.
         store = self._store
-        key = (self._version, self._forwards, N, id(w_ih), id(w_hh), id(w_peep), id(w_hr))
+        key = (self._version, (w_ih, w_hh, w_peep, w_hr), self._param_versions(),
+               self._forwards, N)
         ws = store.bws
         packed = self._reuse and ws is not None and ws.size == bws \
-            and store.bkey == key
+            and _same_key(store.bkey, key)
         if ws is None or ws.size != bws:
             ws = store.bws = np.empty(bws, self.dtype)
         # an optimiser step may follow: pack again at the next forward (not through

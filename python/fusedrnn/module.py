@@ -59,7 +59,13 @@ class Parameter:
 
     # _pending: None, or a weakref to the single-step cell (fusedrnn.cells) holding deferred
     # weight-gradient terms for this Parameter; reading or replacing ``grad`` applies them first.
-    __slots__ = ("_data", "_grad", "_pending")
+    # _version: bumped at every change the library makes or sees (``data`` assigned, which
+    # ``p.data -= ...`` does too; the optimisers' steps; Module.load_state_dict and
+    # ``module.<name> = array``), so that a cell keeping packed copies of the weights
+    # (fusedrnn.cells) notices any of them, whichever module or optimiser made it. A write into
+    # the array itself (``p.data[...] = ...``, ``np.copyto``) is invisible to it: call
+    # ``changed()`` (or the cell's ``weights_changed()``) after one.
+    __slots__ = ("_data", "_grad", "_pending", "_version")
 
     def __init__(self, data: np.ndarray):
         if not isinstance(data, np.ndarray) or data.dtype not in (np.float32, np.float64):
@@ -67,6 +73,14 @@ class Parameter:
         self._data = np.ascontiguousarray(data)
         self._grad = np.zeros_like(self._data)
         self._pending = None
+        self._version = 0
+
+    def changed(self) -> None:
+        """Announce a write into ``data``'s array in place (``p.data[...] = ...``,
+        ``np.copyto(p.data, ...)``): every cell using this Parameter packs it again at its next
+        step. (Assigning ``p.data``, ``p.data -= ...``, the optimisers and ``load_state_dict``
+        announce themselves.)"""
+        self._version += 1
 
     def _settle(self) -> None:
         """Applies the deferred weight-gradient terms of the cell that _pending names."""
@@ -82,6 +96,7 @@ class Parameter:
         if isinstance(state, tuple):   # (a pickle from before _pending: (None, slots))
             state = state[1]
         self._data, self._grad, self._pending = state["_data"], state["_grad"], None
+        self._version = 0
 
     def _check(self, what: str, a) -> np.ndarray:
         want = f"a writeable {self._data.dtype} array of shape {tuple(self._data.shape)}"
@@ -104,6 +119,7 @@ class Parameter:
     @data.setter
     def data(self, a) -> None:
         self._data = self._check("data", a)
+        self._version += 1
 
     @property
     def grad(self) -> np.ndarray:
@@ -193,6 +209,7 @@ class Module:
             raise ValueError(f"{where}: expected a float array of shape {tuple(p.shape)}, got "
                              f"a {value.dtype} array of shape {tuple(value.shape)}")
         np.copyto(p.data, value, casting="same_kind")
+        p.changed()
 
     def __delattr__(self, name: str) -> None:
         self._parameters.pop(name, None)
@@ -281,6 +298,7 @@ class Module:
             staged.append((p, a))
         for p, a in staged:
             np.copyto(p.data, a)
+            p.changed()
 
     # -- modes and gradients -------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":

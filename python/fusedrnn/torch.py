@@ -88,7 +88,6 @@ Threads: the kernels use :func:`fusedrnn.set_num_threads` (default: OpenMP's, i.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import numbers
 import pickle
@@ -98,7 +97,6 @@ import weakref
 
 import numpy as np
 import torch  # the real PyTorch (absolute import), not this module
-from torch._C import _functions as _autograd_functions
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as _F
@@ -194,41 +192,7 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
                        precision=precision, new_cache=_pooled_cache)
 
 
-_DOUBLE_BACKWARD = (
-    "fusedrnn.torch: double backward is not supported: a gradient computed with "
-    "create_graph=True (e.g. torch.autograd.grad(..., create_graph=True) for a gradient "
-    "penalty, or a Hessian) was differentiated again through an LSTM/GRU/RNN layer, and "
-    "fusedrnn's kernels have no second derivative. Use the torch.nn layer for that model")
-
-
-def _first_order_only(backward):
-    """torch's ``once_differentiable``, made strict: under ``create_graph=True`` the returned
-    gradients always carry a node that raises ``_DOUBLE_BACKWARD`` if they are differentiated.
-
-    (torch's decorator attaches that node only when an incoming gradient requires grad; for
-    ``torch.autograd.grad(y.sum(), x, create_graph=True)`` none does, and the gradient came back
-    as a constant: a gradient penalty then silently added nothing for the layer's second
-    derivative.)
-    """
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        with torch.no_grad():
-            outputs = backward(ctx, *grads)
-        if not torch.is_grad_enabled():         # create_graph=False: the usual case
-            return outputs
-        err = _autograd_functions.DelayedError(_DOUBLE_BACKWARD, len(outputs))
-
-        def fake_requires_grad(t):
-            if t is None:
-                return None
-            t = t.detach()
-            t.requires_grad = True
-            return t
-
-        with torch.enable_grad():
-            return err(*[fake_requires_grad(t) for t in outputs])
-
-    return wrapper
+from ._torch_autograd import _DOUBLE_BACKWARD, _first_order_only  # noqa: E402,F401
 
 
 class _LayerFunction(torch.autograd.Function):

@@ -10,13 +10,19 @@ only ``forward`` is replaced. Input [N, C] or unbatched [C]; state as torch's (N
 Tensors must be CPU, float32 or float64 (the parameters' dtype).
 
 Packed weights: the cell keeps the weights packed by its last forward (per thread) and reuses
-them while every parameter tensor is the same storage at the same ``_version`` (torch bumps a
-tensor's version at every in-place change: optimiser steps, ``load_state_dict``, ``copy_``,
-``p.data[...] = ...`` through autograd-visible ops), so the packed copy is never stale for
-in-place changes torch can see. Backward likewise keeps the (transposed) weights it packed and
-reuses them at the next step's backward under the same rule. Writes that bypass the version counter (into
-``p.data.numpy()`` or another alias torch does not track) are not seen: call
-``cell.weights_changed()`` after them.
+them at the next step of the same sequence only: while the state ``hx`` it is given is the
+output of that forward (or a view or ``detach()`` of it), no backward has run through the cell
+since, and every parameter tensor is the same storage at the same ``_version`` (torch bumps it
+at in-place changes through the parameter: optimiser steps, ``load_state_dict``, ``copy_``
+under ``no_grad``). So a new sequence (``hx=None`` or any other state tensor) and every step
+after a backward pack again, and writes torch's version counter does not see (through
+``p.data``: ``p.data -= lr * p.grad``, the target networks' ``p.data.copy_(...)``; through
+``p.data.numpy()``) are seen whenever they come between sequences or after a backward, which
+is where such code makes them. Only a write through such an alias *between two steps of one
+sequence* with no backward in between is not seen: call ``cell.weights_changed()`` after it.
+Backward keeps the (transposed) weights it packed and reuses them at the following step's
+backward of the same ``backward()`` pass (no forward in between) under the same storage and
+version rule. Double backward (``create_graph=True``) raises, as the layers' does.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 
 from . import cells as _cells
+from ._torch_autograd import _first_order_only
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -34,6 +41,10 @@ class _Store(threading.local):
     def __init__(self):
         self.ws = None
         self.key = None
+        self.src = None    # the parameters' storages the packed weights came from (held)
+        self.np = None     # numpy views of them
+        self.out = None    # the last forward's outputs (held, so their addresses stay theirs)
+        self.outp = None   # and their data_ptr()s (h, c or None)
         self.bws = None
         self.bkey = None
 
@@ -45,44 +56,67 @@ def _np(t):
     return t.detach().numpy()
 
 
-class _CellFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        mode, flag = cell._fr_mode, cell._fr_flag
-        N, C = x.shape
-        H = cell.hidden_size
-        dt = _np(x).dtype
-        dims = (1, N, C, H, 0)
-        cache_size, ws_size, bws_size = _cells._sizes(mode, dims)
-        params = (w_ih, w_hh, b_ih, b_hh)
-        key = (cell._fr_version,) + tuple(
-            (None, 0) if p is None else (p.data_ptr(), p._version) for p in params)
-        store = cell._fr_store
-        packed = store.ws is not None and store.ws.size >= ws_size and store.key == key
-        if store.ws is None or store.ws.size < ws_size or store.ws.dtype != dt:
-            store.ws = np.empty(ws_size, dt)
-            packed = False
-        store.key = key
-        arr = lambda t: None if t is None else _np(t)  # noqa: E731
-        xs = _np(x).reshape(1, N, C)
-        h_n = np.empty((N, H), dt)
-        c_n = np.empty((N, H), dt) if mode == "LSTM" else None
-        y = np.empty((1, N, H), dt)
-        cache = np.empty(cache_size, dt) if training else None
-        _cells._kernel_forward(mode, flag, dims, packed, xs, arr(w_ih), arr(w_hh), arr(b_ih),
-                               arr(b_hh), arr(h0), arr(c0), None, None, y, h_n, c_n, cache,
-                               store.ws[:ws_size])
+def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """One forward step through the kernel: _CellFunction.forward's body (ctx None: inference,
+    called without autograd.Function.apply, whose ~15 µs would double a small step)."""
+    mode, flag = cell._fr_mode, cell._fr_flag
+    N, C = x.shape
+    H = cell.hidden_size
+    xs = _np(x)
+    dt = xs.dtype
+    dims = (1, N, C, H, 0)
+    counts = cell._fr_counts   # [forwards, backwards] (a list: no Module.__setattr__)
+    sizes = cell._fr_sizes.get((N, dt))
+    if sizes is None:
+        sizes = cell._fr_sizes[(N, dt)] = _cells._sizes(mode, dims)
+    cache_size, ws_size, bws_size = sizes
+    params = (w_ih, w_hh, b_ih, b_hh)
+    key = (cell._fr_version, counts[1]) + tuple(
+        (None, 0) if p is None else (p.data_ptr(), p._version) for p in params)
+    store = cell._fr_store
+    # the same sequence: the state given is (a view of) the last forward's outputs, whose
+    # arrays the store holds (so their addresses are theirs)
+    ws = store.ws
+    packed = store.key == key and h0 is not None and \
+        store.outp == (h0.data_ptr(), None if c0 is None else c0.data_ptr()) and \
+        ws is not None and ws.size >= ws_size
+    if ws is None or ws.size < ws_size or ws.dtype != dt:
+        ws = store.ws = np.empty(ws_size, dt)
+        packed = False
+    store.key = key
+    if not packed:   # hold the storages packed from: their addresses cannot be reused
+        store.src = tuple(None if p is None else p.detach() for p in params)
+        store.np = tuple(None if t is None else t.numpy() for t in store.src)
+    counts[0] += 1
+    w = store.np       # (views of the parameters' storages: the key's data_ptrs)
+    h_n = np.empty((N, H), dt)
+    c_n = np.empty((N, H), dt) if mode == "LSTM" else None
+    y = np.empty((1, N, H), dt)
+    cache = np.empty(cache_size, dt) if training else None
+    _cells._kernel_forward(mode, flag, dims, packed, xs.reshape(1, N, C), w[0], w[1], w[2],
+                           w[3], None if h0 is None else _np(h0),
+                           None if c0 is None else _np(c0), None, None, y, h_n, c_n, cache,
+                           ws if ws.size == ws_size else ws[:ws_size])
+    out_h = torch.from_numpy(h_n)
+    out_c = None if c_n is None else torch.from_numpy(c_n)
+    store.out = (h_n, c_n)
+    store.outp = (out_h.data_ptr(), None if out_c is None else out_c.data_ptr())
+    if ctx is not None:
         ctx.info = (mode, flag, dims, bws_size, dt, h0 is not None, c0 is not None,
                     b_ih is not None, b_hh is not None)
         ctx.cell = cell
         if training:
             ctx.save_for_backward(x, w_ih, w_hh, torch.from_numpy(cache))
-        out_h = torch.from_numpy(h_n)
-        if mode == "LSTM":
-            return out_h, torch.from_numpy(c_n)
-        return out_h
+    return (out_h, out_c) if mode == "LSTM" else out_h
+
+
+class _CellFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        return _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
 
     @staticmethod
+    @_first_order_only
     def backward(ctx, *grads):
         mode, flag, dims, bws_size, dt, has_h0, has_c0, has_bih, has_bhh = ctx.info
         x, w_ih, w_hh, cache = ctx.saved_tensors
@@ -98,10 +132,13 @@ class _CellFunction(torch.autograd.Function):
         dw_ih, dw_hh = np.zeros((G, C), dt), np.zeros((G, H), dt)
         db_ih = np.zeros(G, dt) if has_bih else None
         db_hh = np.zeros(G, dt) if has_bhh else None
-        # the weights the previous backward (this loop's later step) packed, while the
-        # parameters are the same storage at the same torch _version
+        # the weights the previous backward (this loop's later step) packed, while no forward
+        # ran since and the parameters are the same storage at the same torch _version
         cell = ctx.cell
-        key = (cell._fr_version, N, dt) + tuple((p.data_ptr(), p._version) for p in (w_ih, w_hh))
+        counts = cell._fr_counts
+        counts[1] += 1   # (an update through p.data may follow: forward packs again)
+        key = (cell._fr_version, counts[0], N, dt) + tuple(
+            (p.data_ptr(), p._version) for p in (w_ih, w_hh))
         store = cell._fr_store
         ws = store.bws
         packed = ws is not None and ws.size == bws_size and ws.dtype == dt and store.bkey == key
@@ -123,6 +160,8 @@ class _CellMixin:
     def _fr_init(self, flag):
         self._fr_flag = flag
         self._fr_version = 0
+        self._fr_counts = [0, 0]   # forward and backward calls
+        self._fr_sizes = {}        # (N, dtype) -> _cells._sizes
         self._fr_store = _Store()
 
     def weights_changed(self) -> None:
@@ -131,25 +170,31 @@ class _CellMixin:
         self._fr_version += 1
 
     def forward(self, input, hx=None):
-        fn = f"{type(self).__name__}.forward"
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"{fn}: input must be a torch.Tensor, got {type(input).__name__}")
-        if input.device.type != "cpu":
-            raise ValueError(f"{fn}: input must be a CPU tensor, got device {input.device}")
-        dt = self.weight_ih.dtype
-        if input.dtype != dt:
+        ps = self._parameters   # (not through torch.nn.Module.__getattr__, once a name)
+        w_ih, w_hh = ps["weight_ih"], ps["weight_hh"]
+        dt = w_ih.dtype
+        if not isinstance(input, torch.Tensor) or input.device.type != "cpu" or \
+                input.dtype != dt:
+            fn = f"{type(self).__name__}.forward"
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"{fn}: input must be a torch.Tensor, got "
+                                f"{type(input).__name__}")
+            if input.device.type != "cpu":
+                raise ValueError(f"{fn}: input must be a CPU tensor, got device {input.device}")
             raise TypeError(f"{fn}: input must have dtype {dt} (the parameters'), "
                             f"got {input.dtype}")
-        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
-            raise ValueError(f"{fn}: input must have shape [N, {self.input_size}] or "
-                             f"[{self.input_size}], got {list(input.shape)}")
         batched = input.dim() == 2
+        if not (batched or input.dim() == 1) or input.shape[-1] != self.input_size:
+            raise ValueError(f"{type(self).__name__}.forward: input must have shape "
+                             f"[N, {self.input_size}] or [{self.input_size}], got "
+                             f"{list(input.shape)}")
         x = input if batched else input.unsqueeze(0)
         x = x.contiguous()
         N, H = x.shape[0], self.hidden_size
         lstm = self._fr_mode == "LSTM"
         h0 = c0 = None
         if hx is not None:
+            fn = f"{type(self).__name__}.forward"
             parts = hx if lstm else (hx,)
             if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{fn}: hx must be a tuple (h, c)")
@@ -158,20 +203,21 @@ class _CellMixin:
                 if not isinstance(t, torch.Tensor) or t.dtype != dt:
                     raise TypeError(f"{fn}: hx {name} must be a {dt} tensor")
                 t = t if batched else t.unsqueeze(0)
-                if tuple(t.shape) != (N, H):
+                if t.shape != (N, H):
                     raise ValueError(f"{fn}: hx {name} must have shape "
                                      f"{[N, H] if batched else [H]}, got {list(t.shape)}")
                 checked.append(t.contiguous())
             h0 = checked[0]
             c0 = checked[1] if lstm else None
-        b_ih = self.bias_ih if self.bias else None
-        b_hh = self.bias_hh if self.bias else None
+        b_ih = ps["bias_ih"] if self.bias else None
+        b_hh = ps["bias_hh"] if self.bias else None
         # forward runs with grad mode off: decide here whether a graph (and a cache) is needed
         training = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h0, c0, self.weight_ih,
-                                                        self.weight_hh, b_ih, b_hh))
-        out = _CellFunction.apply(self, training, x, h0, c0, self.weight_ih, self.weight_hh,
-                                  b_ih, b_hh)
+            t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+        if training:
+            out = _CellFunction.apply(self, True, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        else:   # nothing to differentiate: the step without autograd.Function
+            out = _step(None, self, False, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         if not batched:
             out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
         return out

@@ -31,7 +31,8 @@ modes, its programs fed keep_prob = 1 to evaluate). LSTMCell's ``cell_clip`` run
 kernel. What the fused kernels cannot express runs, for the cells concerned only, on the
 step-by-step NumPy path of :mod:`._steps` (same math, forward and backward, slower):
 ``state_keep_prob < 1`` (the state fed back differs from the output), LSTMCell's ``proj_clip``
-(with ``num_proj``), and activations other than tanh (and relu for BasicRNNCell). Activations
+(with ``num_proj``) and a ``num_proj >= num_units`` (which TF1 allows and the kernels, like
+PyTorch's LSTM, do not), and activations other than tanh (and relu for BasicRNNCell). Activations
 are known by name (a string, or a callable's ``__name__``: ``np.tanh``, ``tf.nn.relu``, ...):
 tanh, relu, sigmoid, elu, softsign, relu6, identity/linear; any other raises a ValueError (the
 backward needs its derivative).
@@ -189,7 +190,10 @@ class RNNCell(Module):
                     y = y * m
             ctx.append((cell, cache, m_in, m_out, st is not None))
             inp = y
-        self._ctx = (how, ctx, N) if training else None
+        # (the output's shape as the caller sees it, and its dtype: backward's d_output)
+        R = inp.shape[2]
+        shape = (N, R) if how == "step" else (N, T, R) if how == "batch_major" else (T, N, R)
+        self._ctx = (how, ctx, N, shape, inp.dtype) if training else None
         return inp, self._join(finals)
 
     def backward(self, d_output, d_state=None):
@@ -201,7 +205,17 @@ class RNNCell(Module):
         if self._ctx is None:
             raise RuntimeError(f"{fn}: no training call to differentiate (call the cell or "
                                f"dynamic_rnn in train mode first)")
-        how, ctx, N = self._ctx
+        how, ctx, N, shape, dt = self._ctx
+        if d_output is not None:
+            if not isinstance(d_output, np.ndarray):
+                raise TypeError(f"{fn}: d_output must be a numpy array of shape {list(shape)} "
+                                f"(the output's), got {type(d_output).__name__}")
+            if d_output.shape != shape:
+                raise ValueError(f"{fn}: d_output must have shape {list(shape)} (the output's), "
+                                 f"got {list(d_output.shape)}")
+            if d_output.dtype != dt:
+                raise TypeError(f"{fn}: d_output must have dtype {dt} (the output's), got "
+                                f"{d_output.dtype}")
         if how == "step":
             d = None if d_output is None else np.ascontiguousarray(d_output[None])
         elif how == "batch_major":
@@ -569,7 +583,10 @@ class LSTMCell(BasicLSTMCell):
         return v
 
     def _fused(self):
-        return self._activation == "tanh" and self._proj_clip is None
+        # the kernels project to fewer units than they have (P < H, PyTorch's rule); TF1 also
+        # allows num_proj >= num_units: those run step by step
+        return self._activation == "tanh" and self._proj_clip is None and \
+            (not self._num_proj or self._num_proj < self._num_units)
 
     def _extras(self):
         w_peep = np.stack([self.w_i_diag.data, self.w_f_diag.data, self.w_o_diag.data]) \
