@@ -34,7 +34,8 @@ def field(num, wire, payload):
 
 def entry_proto(dtype, shape, shard, offset, size):
     dims = b"".join(field(2, 2, field(1, 0, d)) for d in shape)
-    return (field(1, 0, DT[np.dtype(dtype)]) + field(2, 2, dims) + field(3, 0, shard)
+    code = 7 if np.dtype(dtype) == object else DT[np.dtype(dtype)]   # 7: DT_STRING
+    return (field(1, 0, code) + field(2, 2, dims) + field(3, 0, shard)
             + field(4, 0, offset) + field(5, 0, size) + field(6, 5, 0))
 
 
@@ -61,8 +62,13 @@ def write_checkpoint(prefix, tensors, num_shards=2, per_block=2):
     for i, name in enumerate(sorted(tensors)):
         a = np.array(tensors[name], order="C")  # 0-d stays 0-d
         s = i % num_shards
-        items.append((name.encode(), entry_proto(a.dtype, a.shape, s, len(shards[s]), a.nbytes)))
-        shards[s] += a.astype(a.dtype.newbyteorder("<")).tobytes()
+        if a.dtype == object:   # strings: varint lengths, 4 checksum bytes, the bytes
+            flat = list(a.reshape(-1))
+            raw = b"".join(varint(len(b)) for b in flat) + b"\x12\x34\x56\x78" + b"".join(flat)
+        else:
+            raw = a.astype(a.dtype.newbyteorder("<")).tobytes()
+        items.append((name.encode(), entry_proto(a.dtype, a.shape, s, len(shards[s]), len(raw))))
+        shards[s] += raw
     data, index_items = bytearray(), []
     for j in range(0, len(items), per_block):
         chunk = items[j:j + per_block]
@@ -120,3 +126,27 @@ def test_reader_errors(tmp_path):
     (tmp_path / "m.data-00000-of-00001").write_bytes(b"\0" * 4)
     with pytest.raises(tf.CheckpointFormatError, match="runs past shard"):
         tf.load_checkpoint(tmp_path / "m")
+
+
+def test_string_tensors_and_a_checkpoint_directory(tmp_path):
+    """DT_STRING entries (an object-based checkpoint's _CHECKPOINTABLE_OBJECT_GRAPH, a vocabulary)
+    read as object arrays of bytes beside the variables; a directory reads the checkpoint its
+    'checkpoint' state file names (as TF's load_checkpoint)."""
+    graph = b"\x0a\x05" + bytes(range(200))          # (binary, over 127 bytes: a 2-byte varint)
+    vocab = np.array([b"<unk>", b"", b"the", b"\xc3\xa9t\xc3\xa9"], object).reshape(2, 2)
+    tensors = {"_CHECKPOINTABLE_OBJECT_GRAPH": np.array(graph, object), "vocab": vocab,
+               "rnn/kernel": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    (tmp_path / "run").mkdir()
+    write_checkpoint(tmp_path / "run" / "model.ckpt-7", tensors)
+    (tmp_path / "run" / "checkpoint").write_text(
+        'model_checkpoint_path: "model.ckpt-7"\nall_model_checkpoint_paths: "model.ckpt-7"\n')
+    for where in (tmp_path / "run" / "model.ckpt-7", tmp_path / "run"):
+        got = tf.load_checkpoint(where)
+        assert sorted(got) == sorted(tensors)
+        assert got["_CHECKPOINTABLE_OBJECT_GRAPH"].shape == () and \
+            got["_CHECKPOINTABLE_OBJECT_GRAPH"][()] == graph
+        assert got["vocab"].shape == (2, 2) and got["vocab"].tolist() == vocab.tolist()
+        np.testing.assert_array_equal(got["rnn/kernel"], tensors["rnn/kernel"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="without a 'checkpoint' state file"):
+        tf.load_checkpoint(tmp_path / "empty")

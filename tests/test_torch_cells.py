@@ -168,3 +168,17 @@ def test_double_backward_raises(name):
     assert gx.requires_grad
     with pytest.raises(RuntimeError, match="double backward is not supported"):
         gx.pow(2).sum().backward()
+
+
+def test_empty_batch_and_state_shape_message():
+    """Batch 0 gives torch's empty outputs (with a graph); an unbatched input with a batched
+    state names the state's shape as given."""
+    ref, ours = pair("LSTMCell", {})
+    x = torch.ones(0, 4, dtype=torch.float64, requires_grad=True)
+    h, c = ours(x)
+    assert h.shape == (0, 5) and c.shape == (0, 5) and h.requires_grad
+    (h.sum() + c.sum()).backward()
+    assert x.grad.shape == (0, 4)
+    z = torch.zeros(3, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"hx h must have shape \[5\], got \[3, 5\]"):
+        ours(torch.ones(4, dtype=torch.float64), (z, z))

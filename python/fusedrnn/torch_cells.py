@@ -199,16 +199,18 @@ class _CellMixin:
             if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{fn}: hx must be a tuple (h, c)")
             checked = []
-            for name, t in zip(("h", "c"), parts):
-                if not isinstance(t, torch.Tensor) or t.dtype != dt:
+            for name, given in zip(("h", "c"), parts):
+                if not isinstance(given, torch.Tensor) or given.dtype != dt:
                     raise TypeError(f"{fn}: hx {name} must be a {dt} tensor")
-                t = t if batched else t.unsqueeze(0)
+                t = given if batched else given.unsqueeze(0)
                 if t.shape != (N, H):
                     raise ValueError(f"{fn}: hx {name} must have shape "
-                                     f"{[N, H] if batched else [H]}, got {list(t.shape)}")
+                                     f"{[N, H] if batched else [H]}, got {list(given.shape)}")
                 checked.append(t.contiguous())
             h0 = checked[0]
             c0 = checked[1] if lstm else None
+        if N == 0:   # an empty batch: torch's own cell (empty outputs, autograd included)
+            return super().forward(input, hx)
         b_ih = ps["bias_ih"] if self.bias else None
         b_hh = ps["bias_hh"] if self.bias else None
         # forward runs with grad mode off: decide here whether a graph (and a cache) is needed

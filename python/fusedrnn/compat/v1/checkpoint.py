@@ -9,8 +9,12 @@ The entry under the empty key is a ``BundleHeaderProto`` (num_shards, endianness
 every other entry maps a variable name to a ``BundleEntryProto`` (dtype, shape, shard_id,
 offset, size, crc32c, slices), whose bytes are read from its shard. Snappy-compressed blocks
 (type 1) are decompressed with ``cramjam`` or ``snappy`` if one is installed (TF writes bundle
-indexes uncompressed). Sliced (partitioned) variables and string tensors are refused; the
-CRC32C checksums are not verified.
+indexes uncompressed). String tensors (DT_STRING: ``[varint length]...[4-byte checksum of the
+lengths][bytes]...``, e.g. the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry that object-based
+checkpoints carry) come back as object arrays of ``bytes``. A directory stands for the latest
+checkpoint its ``checkpoint`` state file names (``model_checkpoint_path``), as TF's
+``load_checkpoint`` does. Sliced (partitioned) variables are refused; the CRC32C checksums are
+not verified.
 """
 from __future__ import annotations
 
@@ -26,6 +30,42 @@ _MAGIC = 0xdb4775248b80fb57
 _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 6: np.int8,
            9: np.int64, 10: np.bool_, 17: np.uint16, 19: np.float16, 22: np.uint32,
            23: np.uint64}
+
+
+_DT_STRING = 7
+
+
+def _strings(buf, count, where):
+    """A DT_STRING tensor's bytes: count varint lengths, a 4-byte checksum, the strings."""
+    pos, lengths = 0, []
+    for _ in range(count):
+        n, pos = _varint(buf, pos, where)
+        lengths.append(n)
+    pos += 4
+    if pos + sum(lengths) != len(buf):
+        raise CheckpointFormatError(f"{where}: string tensor of {len(buf)} bytes does not hold "
+                                    f"{count} strings of {sum(lengths)} bytes")
+    out = np.empty(count, object)
+    for i, n in enumerate(lengths):
+        out[i] = bytes(buf[pos:pos + n])
+        pos += n
+    return out
+
+
+def _latest(directory):
+    """The prefix a checkpoint directory's ``checkpoint`` state file names as the latest."""
+    state = os.path.join(directory, "checkpoint")
+    if not os.path.exists(state):
+        raise FileNotFoundError(f"load_checkpoint: {directory} is a directory without a "
+                                f"'checkpoint' state file; pass a checkpoint prefix (the path "
+                                f"without .index)")
+    with open(state, encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model_checkpoint_path":
+                path = value.strip().strip('"')
+                return path if os.path.isabs(path) else os.path.join(directory, path)
+    raise CheckpointFormatError(f"{state}: no model_checkpoint_path line")
 
 
 class CheckpointFormatError(ValueError):
@@ -140,6 +180,8 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
     """Every variable of the TF checkpoint ``prefix`` (the path without ``.index``) as a NumPy
     array, by name (e.g. ``rnn/multi_rnn_cell/cell_0/basic_lstm_cell/kernel``)."""
     prefix = os.fspath(prefix)
+    if os.path.isdir(prefix):
+        prefix = _latest(prefix)
     if prefix.endswith(".index"):
         prefix = prefix[:-len(".index")]
     index = prefix + ".index"
@@ -179,12 +221,13 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
         if sliced:
             raise CheckpointFormatError(f"{where}: partitioned (sliced) variables are not "
                                         f"supported")
-        if dtype not in _DTYPES:
+        if dtype not in _DTYPES and dtype != _DT_STRING:
             raise CheckpointFormatError(f"{where}: unsupported dtype enum {dtype}")
-        dt = np.dtype(_DTYPES[dtype]).newbyteorder("<" if little else ">")
         count = int(np.prod(dims)) if dims else 1
-        if count * dt.itemsize != size:
-            raise CheckpointFormatError(f"{where}: {size} bytes for shape {dims} of {dt}")
+        if dtype != _DT_STRING:
+            dt = np.dtype(_DTYPES[dtype]).newbyteorder("<" if little else ">")
+            if count * dt.itemsize != size:
+                raise CheckpointFormatError(f"{where}: {size} bytes for shape {dims} of {dt}")
         if shard not in shards:
             path = f"{prefix}.data-{shard:05d}-of-{num_shards:05d}"
             if not os.path.exists(path):
@@ -195,6 +238,9 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
         if offset + size > len(buf):
             raise CheckpointFormatError(f"{where}: data at {offset} (+{size}) runs past shard "
                                         f"{shard}")
+        if dtype == _DT_STRING:
+            out[name] = _strings(buf[offset:offset + size], count, where).reshape(dims)
+            continue
         out[name] = np.frombuffer(buf, dt, count, offset).astype(dt.newbyteorder("="))\
             .reshape(dims)
     return out
