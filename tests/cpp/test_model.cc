@@ -346,6 +346,25 @@ std::vector<Spec> grid() {
       if (!s.bare) s.bias = true;
       specs.push_back(s);
     }
+  // Layers narrower than a packet and odd ones (H = 1, 3, 5, 7; one and two layers): their
+  // unit blocks can be narrower than the chains a fast pass splits each sum into (packets of 2
+  // doubles in the SSE2 copy, up to 4 chains), where the sums left over after the whole groups
+  // of chains must not read a state an earlier block's epilogue already overwrote.
+  int j = 0;
+  for (std::int64_t H : {1, 3, 5, 7})
+    for (const char* cell : {"lstm", "gru", "rnn"})
+      for (bool f64 : {false, true}) {
+        Spec s;
+        s.cell = cell;
+        s.hidden_size = H;
+        s.input_size = 1 + j % 3;
+        s.float64 = f64;
+        s.bare = j % 2 == 0;
+        s.num_layers = j % 4 == 1 ? 2 : 1;
+        if (s.cell == "rnn" && j % 3 == 0) s.nonlinearity = "relu";
+        ++j;
+        specs.push_back(s);
+      }
   // Large layers (the fused step's weights of 256 KiB or more per product): GRU float64
   // H = C = 128, Elman RNN float32 H = C = 256, LSTM float64 H = C = 128 in a two-layer stack.
   for (int q = 0; q < 3; ++q) {

@@ -59,8 +59,8 @@ struct StreamOptions {
   // 1e-5 (float32) / 1e-13 (float64) relative to max(1, max |y|) of the bitwise Stream (measured
   // up to 9.5e-7 / 4.4e-16), and likewise of Python's outputs on the C++ fixtures.
   // Cells: LSTM (projection, peepholes), GRU reset_after, Elman RNN; a GRU reset_before layer,
-  // a layer too wide for the fused step (input or state > 256 float32 / 128 float64 values)
-  // and batch > 1 keep the bitwise step.
+  // a layer too wide for the fused step (input or state > 512 values: one pass of the packed
+  // products' k) and batch > 1 keep the bitwise step.
   bool fast = false;
 };
 

@@ -470,6 +470,15 @@ constexpr int fast_splits(int slots) {
   while (sp < 4 && 2 * sp * slots <= kFastAcc && sp * slots < 16) sp *= 2;
   return sp;
 }
+// fast_splits, at most the packet width W: a pass's sums left over after its whole groups of S
+// chains (k from K / S * S on) are formed block by block, after the earlier blocks' epilogues
+// may have written the new state in place, so they must lie in the last block's units; with S
+// dividing W they do (K - K / S * S < S <= the last block's units). (SSE2 and NEON double, W =
+// 2: an Elman RNN of H = 3 split its sums 4 ways and read a unit already overwritten.)
+template <typename Scalar>
+constexpr int fast_pass_splits(int slots) {
+  return fast_splits(slots) < int(kW<Scalar>) ? fast_splits(slots) : int(kW<Scalar>);
+}
 // Chains per input sum (fast_in_regs) of a pass of U blocks, G gates.
 // U = 1 (a layer of one block, or one whose weights exceed 32 KiB, in passes of one block): one
 // chain per sum, so that process() forms fast_in_nsteps(G) steps' sums at once
@@ -825,7 +834,8 @@ inline void fast_n(int n, Index K, const Scalar* h, const Scalar* wh, const In& 
   if constexpr (U > 1) {
     if (n < U) return fast_n<Scalar, G, M, KS, U - 1>(n, K, h, wh, in, b0, HP, epi);
   }
-  fast_pass<Scalar, G, M, U, fast_splits(U * (2 * G - M)), KS>(K, h, wh, in, b0, HP, epi);
+  fast_pass<Scalar, G, M, U, fast_pass_splits<Scalar>(U * (2 * G - M)), KS>(K, h, wh, in, b0, HP,
+                                                                            epi);
 }
 
 // Every block: its slot sums and epi(block, sums). Passes of UB blocks (the last one shorter),
@@ -839,7 +849,7 @@ template <typename Scalar, int G, int M, int KS, int UB, typename In, typename E
 inline void fast_all(Index nb, Index K, const Scalar* h, const Scalar* fh, const In& in,
                      Index HP, bool down, Epi&& epi) {
   constexpr Index W = kW<Scalar>;
-  constexpr int S = fast_splits(UB * (2 * G - M));
+  constexpr int S = fast_pass_splits<Scalar>(UB * (2 * G - M));
   auto pass = [&](Index b) {
     fast_pass<Scalar, G, M, UB, S, KS>(
         K, h, fh + b * K * G * W, in, b, HP,
