@@ -144,6 +144,8 @@ def test_save_layer_and_refusals(tmp_path):
         fk.save(fusedrnn.LSTM(3, 4, proj_size=2), tmp_path / "p.weights.h5")
     with pytest.raises(ValueError, match="peepholes"):
         fk.save(fusedrnn.LSTM(3, 4, peepholes=True), tmp_path / "p.weights.h5")
+    with pytest.raises(ValueError, match="cell_clip"):
+        fk.save(fusedrnn.LSTM(3, 4, cell_clip=0.5), tmp_path / "p.weights.h5")
     with pytest.raises(ValueError, match=".weights.h5"):
         fk.save(layer, tmp_path / "p.h5")
 

@@ -357,6 +357,8 @@ def test_from_torch_to_torch(mode):
         np.testing.assert_array_equal(back.state_dict()[k].numpy(), v.numpy())
     with pytest.raises(ValueError, match="peepholes"):
         fusedrnn.to_torch(fusedrnn.LSTM(3, 4, peepholes=True))
+    with pytest.raises(ValueError, match=r"no cell-state clip \(cell_clip = 0.5\)"):
+        fusedrnn.to_torch(fusedrnn.LSTM(3, 4, cell_clip=0.5))
     with pytest.raises(ValueError, match="reset-after"):
         fusedrnn.to_torch(fusedrnn.GRU(3, 4, variant="reset_before"))
 
@@ -469,6 +471,44 @@ def test_frozen_is_a_snapshot_with_read_only_weights():
     frozen.eval()
     frozen.release_buffers()  # drops the packed workspaces; the next call packs again
     np.testing.assert_array_equal(frozen.forward(x)[0], y0)
+
+
+def test_frozen_follows_replaced_weights_and_precision_and_refuses_loads():
+    """A frozen copy packs again when its precision changes (``compute``) or a Parameter's
+    array is replaced (``p.data = ...``, a new Parameter), whose arrays it makes read-only in
+    turn; copying into its read-only weights (load_state_dict, ``layer.<name> = array``) is
+    refused, naming the weight, before anything is copied (a parent's embedding included)."""
+    rng = np.random.default_rng(5)
+    layer = make_layer("LSTM", 4, 6, "float32", seed=6, num_layers=2).eval()
+    x = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    frozen = layer.frozen()
+    frozen.forward(x)
+    frozen.compute = "bfloat16"            # the workspace packed for float32 is not reused
+    np.testing.assert_array_equal(frozen.forward(x)[0], layer.frozen("bfloat16").forward(x)[0])
+    frozen.compute = "float32"
+    np.testing.assert_array_equal(frozen.forward(x)[0], layer.forward(x)[0])
+    new = rng.standard_normal(layer.weight_hh_l1.shape).astype(np.float32)
+    frozen.weight_hh_l1.data = new.copy()
+    layer.weight_hh_l1.data = new.copy()
+    np.testing.assert_array_equal(frozen.forward(x)[0], layer.forward(x)[0])
+    assert not frozen.weight_hh_l1.data.flags.writeable
+    frozen.weight_ih_l0 = fusedrnn.module.Parameter(new[:, :4].copy() * 0 + 0.1)
+    layer.weight_ih_l0 = fusedrnn.module.Parameter(new[:, :4].copy() * 0 + 0.1)
+    np.testing.assert_array_equal(frozen.forward(x)[0], layer.forward(x)[0])
+    assert not any(p.data.flags.writeable for p in frozen.parameters())
+    want = frozen.forward(x)[0]
+    with pytest.raises(ValueError, match=r"load_state_dict: weight_\w+ is read-only"):
+        frozen.load_state_dict({k: v * 2 for k, v in layer.state_dict().items()})
+    with pytest.raises(ValueError, match="LSTM.weight_hh_l0 is read-only"):
+        frozen.weight_hh_l0 = np.zeros(layer.weight_hh_l0.shape, np.float32)
+    np.testing.assert_array_equal(frozen.forward(x)[0], want)
+    model = fusedrnn.RecurrentModel("lstm", vocab_size=10, embed_dim=4, hidden_size=6,
+                                    output_size=5, seed=1)
+    fz = model.frozen()
+    embed = fz.embed.weight.data.copy()
+    with pytest.raises(ValueError, match="rnn.weight_ih_l0 is read-only"):
+        fz.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})
+    np.testing.assert_array_equal(fz.embed.weight.data, embed)
 
 
 def test_frozen_from_many_threads_matches_serial():

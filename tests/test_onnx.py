@@ -207,6 +207,8 @@ def test_export_refuses_bad_arguments(tmp_path):
         fusedrnn.onnx.export(fusedrnn.GRU(2, 3), tmp_path / "o.onnx", opset=11)
     with pytest.raises(TypeError, match="lengths"):
         fusedrnn.onnx.export(fusedrnn.GRU(2, 3), tmp_path / "o.onnx", lengths=1)
+    with pytest.raises(ValueError, match="no cell-state clip"):   # ONNX's clip is another one
+        fusedrnn.onnx.export(fusedrnn.LSTM(2, 3, cell_clip=0.5), tmp_path / "c.onnx")
 
 
 @pytest.mark.parametrize("opset", [14, 17, 20])

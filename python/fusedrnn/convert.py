@@ -56,8 +56,8 @@ def from_torch(module, *, seed=None):
 
 def to_torch(layer):
     """A torch.nn.LSTM/GRU/RNN equal to ``layer`` (weights copied, same dtype, train mode as
-    the layer). Raises ValueError for what torch cannot express: peepholes, the reset-before
-    GRU."""
+    the layer). Raises ValueError for what torch cannot express: peepholes, cell_clip, the
+    reset-before GRU."""
     torch = _torch()
     if not isinstance(layer, (LSTM, GRU, RNN)):
         raise TypeError(f"to_torch: layer must be a fusedrnn LSTM, GRU or RNN, "
@@ -70,6 +70,9 @@ def to_torch(layer):
     if isinstance(layer, LSTM):
         if layer.peepholes:
             raise ValueError("to_torch: torch.nn.LSTM has no peepholes")
+        if layer.cell_clip:
+            raise ValueError(f"to_torch: torch.nn.LSTM has no cell-state clip (cell_clip = "
+                             f"{layer.cell_clip})")
         module = torch.nn.LSTM(layer.input_size, layer.hidden_size, proj_size=layer.proj_size,
                                **kw)
     elif isinstance(layer, GRU):

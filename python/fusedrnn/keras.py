@@ -519,12 +519,15 @@ def _check_savable(fn, rnn):
         raise ValueError(f"{fn}: Keras' LSTM has no projection (proj_size)")
     if getattr(rnn, "peepholes", False):
         raise ValueError(f"{fn}: Keras' LSTM has no peepholes")
+    if getattr(rnn, "cell_clip", None):
+        raise ValueError(f"{fn}: Keras' LSTM has no cell-state clip (cell_clip)")
 
 
 def save(model, path) -> None:
     """Write ``model`` (LSTM/GRU/RNN layer, RecurrentModel or KerasModel) as a Keras 3
     ``.weights.h5`` file that ``keras_model(model).load_weights(path)`` loads.
-    Raises ValueError for what Keras' layers cannot express (LSTM projection, peepholes)."""
+    Raises ValueError for what Keras' layers cannot express (LSTM projection, peepholes,
+    cell_clip)."""
     h5py = _h5py()
     fn = "fusedrnn.keras.save"
     embed, rnn, head = _parts(model)

@@ -136,9 +136,18 @@ def _orthogonal_columns(rng, rows, cols, dt):
     return q.astype(dt)
 
 
+def _same_pack_key(a, b):
+    """Frozen packing keys (precision, then (array, version) or None per weight): the same
+    precision, the same arrays (identity: the key holds them) at the same versions."""
+    return a[0] == b[0] and all(
+        x is y or (x is not None and y is not None and x[0] is y[0] and x[1] == y[1])
+        for x, y in zip(a[1:], b[1:]))
+
+
 class _PackedSpaces(threading.local):
-    """A frozen layer's workspaces, per thread: {(layer, direction) key: array whose start holds
-    the packed weights}. Pickled and copied as a fresh, empty store (the next call packs)."""
+    """A frozen layer's workspaces, per thread: {(layer, direction) key: (array whose start
+    holds the packed weights, the packing key)}. Pickled and copied as a fresh, empty store (the
+    next call packs)."""
 
     def __init__(self):
         self.spaces = {}
@@ -499,13 +508,21 @@ class _RNNBase(Module):
             # Frozen: this thread's own workspace for this layer and direction; the kernels
             # packed the weights at its start on the first call (their offset there depends on
             # the cell and its sizes only), so later calls skip packing. A larger call needs a
-            # larger workspace, which is packed anew.
+            # larger workspace, which is packed anew; so does a change of precision (``compute``)
+            # or of a Parameter (``p.data`` assigned, a Parameter replaced: the key holds the
+            # arrays packed and their versions), whose new arrays are made read-only in turn.
             spaces = self._packed.spaces
-            ws = spaces.get(cache_key)
-            packed = ws is not None and ws.size >= sizes[1]
+            key = (self._precision,) + tuple(
+                None if p is None else (p.data, p._version)
+                for p in (w_ih, w_hh, b_ih, b_hh, w_hr, w_peep))
+            entry = spaces.get(cache_key)
+            same = entry is not None and _same_pack_key(entry[1], key)
+            packed = same and entry[0].size >= sizes[1]
             if not packed:
-                ws = spaces[cache_key] = np.empty(sizes[1], self.dtype)
-            ws = ws[:sizes[1]]  # same start, so the packed weights stay where they were
+                if entry is not None and not same:
+                    self._freeze_weights()
+                spaces[cache_key] = (np.empty(sizes[1], self.dtype), key)
+            ws = spaces[cache_key][0][:sizes[1]]  # same start: the packed weights stay there
         if h0 is not None:
             h0 = np.ascontiguousarray(h0)
         b_ih = None if b_ih is None else b_ih.data

@@ -201,6 +201,10 @@ class Module:
         """``module.<parameter name> = array``: copies the values into the Parameter (same
         shape; a float dtype, cast to the parameter's); anything else is a TypeError."""
         where = f"{type(self).__name__}.{name}"
+        if not p.data.flags.writeable:
+            raise ValueError(f"{where} is read-only (a frozen copy's weights, packed once): "
+                             f"assign a Parameter, or change the unfrozen model and freeze it "
+                             f"again")
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{where} is a Parameter: assign a Parameter or a float array of "
                             f"shape {tuple(p.shape)} (copied into it), got "
@@ -295,6 +299,10 @@ class Module:
             if a.dtype != p.data.dtype:
                 raise TypeError(f"load_state_dict: {name} must have dtype {p.data.dtype}, "
                                 f"got {a.dtype}")
+            if not p.data.flags.writeable:
+                raise ValueError(f"load_state_dict: {name} is read-only (a frozen copy's "
+                                 f"weights, packed once): load into the unfrozen model and "
+                                 f"freeze it again; nothing was copied")
             staged.append((p, a))
         for p, a in staged:
             np.copyto(p.data, a)

@@ -123,6 +123,10 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     if getattr(rnn, "_reg", None):
         raise ValueError(f"{fn}: the ONNX {rnn._mode} has no {', '.join(rnn._reg)} (issue 19 "
                          f"options)")
+    if getattr(rnn, "cell_clip", None):
+        raise ValueError(f"{fn}: the ONNX LSTM has no cell-state clip (its 'clip' attribute "
+                         f"bounds the gates' pre-activations, not c): cell_clip = "
+                         f"{rnn.cell_clip}")
     if getattr(rnn, "proj_size", 0) and int(opset) < 16:
         raise ValueError(f"{fn}: LSTM projection (proj_size) is exported as a per-step Scan "
                          f"graph, which needs opset >= 16, got {opset}")
