@@ -359,6 +359,29 @@ def test_from_torch_to_torch(mode):
         fusedrnn.to_torch(fusedrnn.LSTM(3, 4, peepholes=True))
     with pytest.raises(ValueError, match=r"no cell-state clip \(cell_clip = 0.5\)"):
         fusedrnn.to_torch(fusedrnn.LSTM(3, 4, cell_clip=0.5))
+
+
+def test_from_torch_takes_subclasses_and_the_mode():
+    """from_torch takes subclasses of torch's layers (fusedrnn.torch's own, a user's) and their
+    train/eval mode; a fusedrnn.torch layer with an option torch.nn lacks is refused."""
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as frt
+
+    class Mine(torch.nn.GRU):
+        pass
+
+    x = np.random.default_rng(1).standard_normal((5, 2, 3))
+    for module in (frt.LSTM(3, 4, num_layers=2, dropout=0.5).double().eval(),
+                   Mine(3, 4, num_layers=2, dropout=0.5).double().eval()):
+        layer = fusedrnn.from_torch(module)
+        assert not layer.training
+        want = module(torch.from_numpy(x))[0].detach().numpy()
+        np.testing.assert_allclose(layer.forward(x)[0], want, rtol=0, atol=1e-12)
+    assert fusedrnn.from_torch(torch.nn.RNN(3, 4)).training
+    with pytest.raises(ValueError, match="peepholes=True has no torch.nn form"):
+        fusedrnn.from_torch(frt.LSTM(3, 4, peepholes=True))
+    with pytest.raises(TypeError, match=r"torch.nn.LSTM, GRU or RNN \(or a subclass\), got Linear"):
+        fusedrnn.from_torch(torch.nn.Linear(3, 4))
     with pytest.raises(ValueError, match="reset-after"):
         fusedrnn.to_torch(fusedrnn.GRU(3, 4, variant="reset_before"))
 

@@ -551,3 +551,68 @@ def test_eager_use_imports_neither_dynamo_nor_onnx():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("how", ["prune bias", "prune weight", "parametrize bias",
+                                 "weight_norm", "plain tensor"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "GRUCell"])
+def test_pruned_and_parametrized_weights_as_torch_computes_them(kind, how):
+    """torch.nn.utils.prune, parametrize and weight_norm move a weight out of _parameters and
+    compute it at each call (AWD-LSTM sets a plain tensor in its place): the layers and cells
+    use that tensor, as torch.nn's forward does (values and the gradients of what they are
+    computed from), instead of running without it."""
+    import torch.nn.utils.parametrize as parametrize
+    import torch.nn.utils.prune as prune
+    torch.manual_seed(0)
+    cell = kind.endswith("Cell")
+    ref = getattr(torch.nn, kind)(4, 5).double()
+    ours = getattr(frt, kind)(4, 5).double()
+    ours.load_state_dict(ref.state_dict())
+    sfx = "" if cell else "_l0"
+    w, b = "weight_hh" + sfx, "bias_hh" + sfx
+
+    class Shift(torch.nn.Module):
+        def forward(self, t):
+            return t + 0.5
+
+    for m in (ref, ours):
+        if how == "prune bias":
+            prune.l1_unstructured(m, b, amount=0.5)
+        elif how == "prune weight":
+            prune.l1_unstructured(m, w, amount=0.5)
+        elif how == "parametrize bias":
+            parametrize.register_parametrization(m, b, Shift())
+        elif how == "weight_norm":
+            torch.nn.utils.parametrizations.weight_norm(m, w)
+        else:
+            value = getattr(m, b).detach() * 2
+            del m._parameters[b]
+            setattr(m, b, value)
+    x = torch.randn(3, 4, dtype=torch.float64) if cell else \
+        torch.randn(6, 3, 4, dtype=torch.float64)
+    outs = []
+    for m in (ref, ours):
+        m.zero_grad()
+        out = m(x)
+        y = out if cell else out[0]
+        (y ** 2).sum().backward()
+        outs.append((y.detach(), {n: p.grad.clone() for n, p in m.named_parameters()
+                                  if p.grad is not None}))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-12, rtol=0)
+    assert outs[1][1].keys() == outs[0][1].keys()
+    for n in outs[0][1]:
+        torch.testing.assert_close(outs[1][1][n], outs[0][1][n], atol=1e-12, rtol=0, msg=n)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_empty_batch_and_bf16_input_message(name):
+    """An empty batch gives torch.nn's empty outputs (with a graph); a bfloat16 input to a
+    float32 module says what bf16 inference needs."""
+    ref, ours = getattr(torch.nn, name)(4, 5, num_layers=2), getattr(frt, name)(4, 5, num_layers=2)
+    x = torch.randn(6, 0, 4, requires_grad=True)
+    for a, b in zip(torch.utils._pytree.tree_leaves(ours(x)),
+                    torch.utils._pytree.tree_leaves(ref(x))):
+        assert a.shape == b.shape and a.requires_grad
+    with pytest.raises(TypeError, match=r"input is torch.bfloat16 but the module's parameters "
+                                        r"are not: bf16 inference runs a bfloat16 module"):
+        ours(torch.randn(6, 3, 4).bfloat16())

@@ -1,5 +1,5 @@
-"""The torch modules' shared autograd pieces (fusedrnn.torch's layers, fusedrnn.torch_cells'
-cells): first-order-only backward functions."""
+"""The torch modules' shared pieces (fusedrnn.torch's layers, fusedrnn.torch_cells' cells):
+first-order-only backward functions, the weights as torch.nn's own forward sees them."""
 from __future__ import annotations
 
 import functools
@@ -43,3 +43,16 @@ def _first_order_only(backward):
             return err(*[fake_requires_grad(t) for t in outputs])
 
     return wrapper
+
+
+def _weight(module, name):
+    """The tensor ``module.<name>`` as torch.nn's forward reads it: the registered Parameter, or,
+    where a tool moved it out of ``_parameters`` (torch.nn.utils.prune's ``<name>_orig`` times
+    its mask, a parametrization, weight_norm, a plain tensor set in its place), the attribute
+    those tools compute; None where there is none (no bias, no projection)."""
+    p = module._parameters.get(name)
+    if p is None and name not in module._parameters:
+        p = getattr(module, name, None)
+        if not isinstance(p, torch.Tensor):
+            p = None
+    return p

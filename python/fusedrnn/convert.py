@@ -32,10 +32,14 @@ def from_torch(module, *, seed=None):
     """
     torch = _torch()
     kinds = {torch.nn.LSTM: LSTM, torch.nn.GRU: GRU, torch.nn.RNN: RNN}
-    cls = kinds.get(type(module))
+    cls = next((c for t, c in kinds.items() if isinstance(module, t)), None)  # subclasses too
     if cls is None:
-        raise TypeError(f"from_torch: module must be a torch.nn.LSTM, GRU or RNN, "
-                        f"got {type(module).__name__}")
+        raise TypeError(f"from_torch: module must be a torch.nn.LSTM, GRU or RNN (or a "
+                        f"subclass), got {type(module).__qualname__}")
+    extra = getattr(module, "_fusedrnn_only", lambda: None)()   # a fusedrnn.torch layer's
+    if extra is not None:
+        raise ValueError(f"from_torch: {extra} has no torch.nn form; build the fusedrnn layer "
+                         f"with the same arguments and load_state_dict(module.state_dict())")
     dtypes = {p.dtype for p in module.parameters()}
     if dtypes - {torch.float32, torch.float64} or len(dtypes) != 1:
         raise TypeError(f"from_torch: the module's parameters must all be float32 or all "
@@ -51,6 +55,7 @@ def from_torch(module, *, seed=None):
     else:
         layer = GRU(module.input_size, module.hidden_size, **kw)
     layer.load_state_dict(module.state_dict())
+    layer.train(module.training)
     return layer
 
 

@@ -130,6 +130,10 @@ def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
         if allowed == _AUTOCAST_DTYPES:
             raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "
                             f"under torch.autocast('cpu', dtype=torch.bfloat16), got {t.dtype}")
+        if t.dtype == torch.bfloat16:
+            raise TypeError(f"{fn}: {name} is torch.bfloat16 but the module's parameters are "
+                            f"not: bf16 inference runs a bfloat16 module (module.bfloat16()) "
+                            f"or under torch.autocast('cpu', dtype=torch.bfloat16)")
         raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float64, or "
                         f"torch.bfloat16 for inference (half precision is not supported), got "
                         f"{t.dtype}")
@@ -193,6 +197,7 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
 
 
 from ._torch_autograd import _DOUBLE_BACKWARD, _first_order_only  # noqa: E402,F401
+from ._torch_autograd import _weight  # noqa: E402
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -433,7 +438,7 @@ class _Base:
         for layer in range(self.num_layers):
             for direction in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                group = tuple(self._parameters.get(n + sfx) for n in _PARAM_NAMES)
+                group = tuple(_weight(self, n + sfx) for n in _PARAM_NAMES)
                 for n, p in zip(_PARAM_NAMES, group):
                     if p is None:
                         continue
@@ -470,6 +475,11 @@ class _Base:
 
     def _fused_forward(self, input, hx):
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
+        if isinstance(input, torch.Tensor) and input.dim() == 3 and \
+                input.shape[0 if self.batch_first else 1] == 0:
+            # an empty batch: torch.nn's forward (empty outputs of the right shapes, with a
+            # graph; nothing to compute, so no option of fusedrnn's changes them)
+            return super().forward(input, hx)
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
         if getattr(self, "_int8", None) is not None:   # quantize_dynamic's copy
@@ -715,7 +725,7 @@ class _Base:
                 idx = layer * D + direction
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
                 w_ih, w_hh, b_ih, b_hh, _, _ = params[idx]
-                ln = tuple(self._parameters.get(k + sfx) for k in _ln_names(self.mode))
+                ln = tuple(_weight(self, k + sfx) for k in _ln_names(self.mode))
                 masks = {}
                 xin, w = inp, w_hh
                 if train:

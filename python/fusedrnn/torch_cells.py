@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import cells as _cells
-from ._torch_autograd import _first_order_only
+from ._torch_autograd import _first_order_only, _weight
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -170,8 +170,15 @@ class _CellMixin:
         self._fr_version += 1
 
     def forward(self, input, hx=None):
-        ps = self._parameters   # (not through torch.nn.Module.__getattr__, once a name)
-        w_ih, w_hh = ps["weight_ih"], ps["weight_hh"]
+        # (registered Parameters straight from _parameters, not through Module.__getattr__;
+        # a pruned or parametrized weight as torch computes it)
+        ps = self._parameters
+        w_ih = ps.get("weight_ih")
+        if w_ih is None:
+            w_ih = _weight(self, "weight_ih")
+        w_hh = ps.get("weight_hh")
+        if w_hh is None:
+            w_hh = _weight(self, "weight_hh")
         dt = w_ih.dtype
         if not isinstance(input, torch.Tensor) or input.device.type != "cpu" or \
                 input.dtype != dt:
@@ -211,8 +218,8 @@ class _CellMixin:
             c0 = checked[1] if lstm else None
         if N == 0:   # an empty batch: torch's own cell (empty outputs, autograd included)
             return super().forward(input, hx)
-        b_ih = ps["bias_ih"] if self.bias else None
-        b_hh = ps["bias_hh"] if self.bias else None
+        b_ih = _weight(self, "bias_ih") if self.bias else None
+        b_hh = _weight(self, "bias_hh") if self.bias else None
         # forward runs with grad mode off: decide here whether a graph (and a cache) is needed
         training = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
