@@ -381,6 +381,8 @@ def test_bad_arguments_raise():
         ce(logits, targets, lengths=np.array([1, 2]))
     with pytest.raises(TypeError, match="lengths"):
         ce(logits, targets, lengths=np.array([1.0, 2, 3, 4]))
+    with pytest.raises(TypeError, match="lengths must hold integers, got a bool"):
+        ce(logits, targets, lengths=[True, 2, 3, 4])
     with pytest.raises(ValueError, match="lengths needs 3-D logits"):
         ce(logits[0], targets[0], lengths=LENGTHS)
     with pytest.raises(ValueError, match="time_axis"):

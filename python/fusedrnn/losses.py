@@ -53,6 +53,8 @@ def _float_array(fn: str, name: str, x, shape_hint: str) -> np.ndarray:
 def _int_array(fn: str, name: str, x, shape: Tuple[int, ...]) -> np.ndarray:
     """An integer numpy array of exactly ``shape`` (lists of ints are accepted for lengths)."""
     if isinstance(x, (list, tuple)):
+        if any(isinstance(v, (bool, np.bool_)) for v in x):   # (np.asarray makes True an int)
+            raise TypeError(f"{fn}: {name} must hold integers, got a bool in {list(x)!r}")
         x = np.asarray(x)
         if x.size == 0:
             x = x.astype(np.int64)
