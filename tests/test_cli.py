@@ -186,3 +186,69 @@ def test_pyproject_declares_the_command():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'fusedrnn = "fusedrnn.cli:main"' in text
     assert "tqdm" in text and 'plot = ["matplotlib' in text
+
+
+def test_task_checkpoints_load_in_a_fresh_interpreter(tmp_path):
+    """fusedrnn.load rebuilds a task's model in an interpreter that imported only fusedrnn (the
+    task modules register their classes when imported: the loader imports them)."""
+    assert main(["train", "--task", "tag", "--steps", "1", "--hidden", "8", "--batch-size", "4",
+                 "--out", str(tmp_path / "tag"), "--quiet"]) == 0
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    code = ("import sys, fusedrnn; "
+            "print(type(fusedrnn.load(sys.argv[1]).model).__name__)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "tag" / "model.safetensors")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "SequenceTagger", r.stderr
+
+
+def test_report_to_an_unwritable_path_is_one_line(tmp_path, capsys):
+    assert main(["train", *TINY, "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    rc = main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "no" / "dir" / "r.html")])
+    assert_one_line_error(capsys, rc, "cannot write")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    rc = main(["report", str(tmp_path / "run"), "--out", str(fifo)])
+    assert_one_line_error(capsys, rc, "not a regular file")
+    assert fifo.is_fifo()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("flags", [1], "task_metadata.flags is not a mapping"),
+    ("trainer", [], "trainer is not a mapping"),
+    ("step", "abc", "trainer.step = 'abc' is not a step count"),
+    ("seq_len", 0, "flag seq_len = 0 is not a positive integer"),
+    ("best", "abc", "trainer.best = 'abc' is not a number"),
+    ("history", [1, 2], "trainer.history is not a list of records")])
+def test_checkpoint_metadata_of_the_wrong_type_is_one_line(tmp_path, capsys, field, value,
+                                                           message):
+    """A checkpoint whose trainer metadata has a wrong type or value (damaged, hand-edited) is
+    one error line for evaluate and --resume, not a traceback."""
+    import fusedrnn.io as fio
+    assert main(["train", *TINY, "--steps", "2", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    tensors, meta = fio.load_tensors(str(tmp_path / "run" / "model.safetensors"))
+    user = json.loads(meta["metadata"])
+    if field in ("flags",):
+        user["task_metadata"][field] = value
+    elif field == "trainer":
+        user["trainer"] = value
+    elif field == "seq_len":
+        user["task_metadata"]["flags"][field] = value
+    else:
+        user["trainer"][field] = value
+    bad = tmp_path / "bad.safetensors"
+    fio.save_tensors(str(bad), tensors, dict(meta, metadata=json.dumps(user)))
+    capsys.readouterr()
+    assert_one_line_error(capsys, main(["evaluate", str(bad)]), message)
+    assert_one_line_error(capsys, main(["train", "--resume", str(bad), "--steps", "1", "--out",
+                                        str(tmp_path / "again"), "--quiet"]), message)
+
+
+def test_resume_without_out_continues_the_run_in_place(tmp_path, monkeypatch):
+    """`train --resume DIR` with no --out continues DIR (README: "--resume <out> continues that
+    model in place"), not ./runs/<task>."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--steps", "2", "--out", "run", "--quiet"]) == 0
+    assert main(["train", "--resume", "run", "--steps", "2", "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4
+    assert not (tmp_path / "runs").exists()

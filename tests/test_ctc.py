@@ -234,6 +234,24 @@ def test_torch_parity_zero_input_length():
         np.testing.assert_allclose(g[:, 2], tgz[:, 2], atol=1e-10)
 
 
+def test_nan_score_gives_nan_as_torch():
+    """A NaN on a sequence's frames makes its loss (and gradient) NaN, zero_infinity or not, as
+    torch's ctc_loss does (it had given +inf, hidden as 0 by zero_infinity); a NaN past the
+    sequence's input length is not read."""
+    rng = np.random.default_rng(4)
+    z, tg, il, tl = problem(rng, 6, 3, 5, lengths=[6, 6, 3], tlens=[2, 2, 1])
+    tg = np.where(tg < 0, 1, tg)
+    z[2, 0, 1] = np.nan
+    z[4, 2, :] = np.nan            # past sequence 2's length
+    for zi in (False, True):
+        loss, g = ctc_logits(z, tg, il, tl, reduction="none", zero_infinity=zi)
+        tloss, _ = torch_ctc(z, tg, il, tl, 0, "none", zi, True)
+        assert np.isnan(loss[0]) and np.isnan(tloss[0]) and np.isnan(g[:, 0]).all()
+        np.testing.assert_allclose(loss[1:], tloss[1:], rtol=1e-10)
+        assert np.isfinite(g[:, 1:]).all()
+        assert np.isnan(ctc_logits(z, tg, il, tl, zero_infinity=zi)[0])
+
+
 def test_torch_parity_float32():
     rng = np.random.default_rng(4)
     z, tg, il, tl = problem(rng, 50, 8, 20, dtype=np.float32, repeat=True)

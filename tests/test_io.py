@@ -728,3 +728,37 @@ def test_real_adam_round_trip(tmp_path):
         o.step()
     for a, b in zip(m.parameters(), m2.parameters()):
         assert_same(a.data, b.data)
+
+
+def test_save_refuses_a_path_that_is_not_a_regular_file(tmp_path):
+    """A FIFO (or a device such as /dev/null, or a link to one) is refused, not replaced by
+    the renamed temporary file."""
+    import os
+    from fusedrnn.io import WriteError
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    for p in (fifo, link):
+        with pytest.raises(WriteError, match="not a regular file"):
+            fusedrnn.save(str(p), fusedrnn.LSTM(3, 4))
+    assert fifo.is_fifo() and link.is_symlink()
+
+
+def test_a_refused_optimizer_state_leaves_the_model_as_it_was(tmp_path):
+    """load(path, model=, optimizer=) with an optimizer whose state does not match (SGD for an
+    Adam checkpoint): the CheckpointError comes with the model's weights unchanged."""
+    from fusedrnn import optim
+    src = fusedrnn.LSTM(3, 4, seed=1)
+    opt = optim.Adam(src.parameters(), lr=0.1)
+    for p in src.parameters():
+        p.grad[...] = 1.0
+    opt.step()
+    fusedrnn.save(str(tmp_path / "m.safetensors"), src, optimizer=opt)
+    dst = fusedrnn.LSTM(3, 4, seed=2)
+    before = {k: v.copy() for k, v in dst.state_dict().items()}
+    with pytest.raises(fusedrnn.CheckpointError, match="optimizer state does not match"):
+        fusedrnn.load(str(tmp_path / "m.safetensors"), model=dst,
+                      optimizer=optim.SGD(dst.parameters(), lr=0.1, momentum=0.9))
+    for k, v in dst.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])

@@ -657,7 +657,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         import numpy  # noqa: F401  (loads the BLAS library)
         from ._blas import single_threaded_blas
         blas = single_threaded_blas()
-    from .io import CheckpointError
+    from .io import CheckpointError, WriteError
     from .tasks.base import DataError
     from .tasks.trainer import OutputError, TrainingError, UsageError
     out = _GuardedStdout(sys.stdout)
@@ -667,7 +667,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         with blas:
             rc = args.func(args, t_start)
         out.flush()
-    except (UsageError, DataError, CheckpointError, TrainingError, OutputError) as e:
+    except (UsageError, DataError, CheckpointError, TrainingError, OutputError,
+            WriteError) as e:   # (WriteError: a file the command writes, e.g. report --out)
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         rc = 2

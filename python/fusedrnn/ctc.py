@@ -153,6 +153,15 @@ def _run(fn, x, targets, input_lengths, target_lengths, blank, reduction, zero_i
     ws = _workspace(_core.ctc_workspace_size(T, N, Lmax), dt)
     _core.ctc_loss((T, N, K), Lmax, blank, logits, bool(zero_infinity), _threads(), x, tgt,
                    width, il, tl, scale, per, d, ws)
+    # A NaN score on a sequence's frames makes its loss and gradient NaN, zero_infinity or not
+    # (torch's ctc_loss; the recursions' max-shifted log-sum-exp would give +inf, which
+    # zero_infinity then hid as a 0 loss)
+    nan = np.isnan(x).any(axis=2)
+    if nan.any():
+        bad = (nan & (np.arange(T)[:, None] < il[None, :])).any(axis=0)
+        per[bad] = np.nan
+        if d is not None:
+            d[:, bad, :] = np.nan
     if reduction == "none":
         loss: Loss = per
     elif reduction == "sum":
@@ -176,7 +185,8 @@ def ctc(log_probs: np.ndarray, targets, input_lengths, target_lengths, blank: in
     ``loss``: "none" the per-sequence negative log-likelihoods [N]; "sum" their sum; "mean" the
     batch mean of loss_n / max(target_lengths[n], 1) (torch's definition). An impossible
     alignment gives +inf (its gradient is NaN), or 0 with a zero gradient when
-    ``zero_infinity``. ``d_log_probs`` [T, N, K]: the gradient of the reduced loss (of the sum
+    ``zero_infinity``; a NaN score on a sequence's frames gives NaN (loss and gradient), with
+    ``zero_infinity`` too, as torch's. ``d_log_probs`` [T, N, K]: the gradient of the reduced loss (of the sum
     for "none") with respect to log_probs: minus the state posteriors, zero for t >= T_n.
     ``grad=False`` returns the loss alone (no backward pass); ``out`` receives the gradient
     instead of a fresh array. Formulas: :mod:`fusedrnn.reference_ctc`.

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import secrets
+import stat
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -188,12 +189,18 @@ def _atomic_write(path: str, write, nbytes: Optional[int] = None) -> None:
     target = os.path.realpath(path) if os.path.islink(path) else path
     if os.path.isdir(target):
         raise WriteError(errno.EISDIR, f"cannot write {path}: it is a directory", path)
+    try:
+        st = os.stat(target)
+    except OSError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        # a device, FIFO or socket (/dev/null, a named pipe): renaming a file onto it would
+        # replace the node itself (as root, /dev/null with it)
+        raise WriteError(errno.EINVAL, f"cannot write {path}: it is not a regular file (a "
+                                       f"device, pipe or socket); give a file path", path)
     directory = os.path.dirname(os.path.abspath(target))
     base = os.path.basename(target)
-    try:
-        mode = os.stat(target).st_mode & 0o7777
-    except OSError:
-        mode = None
+    mode = None if st is None else st.st_mode & 0o7777
     _remove_stale_tmp(directory, base)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     tmp = None
@@ -704,6 +711,11 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
         except (ValueError, TypeError) as e:
             raise CheckpointError(f"{where}: cannot rebuild the model from its stored config "
                                   f"({e}); pass model= to load into an instance") from e
+    # (with an optimizer too, the model's weights before: a refused optimizer state puts them
+    # back, so a failed load changes nothing)
+    before = None
+    if model is not None and optimizer is not None:
+        before = {k: np.array(v) for k, v in model.state_dict().items()}
     if model is not None:
         try:
             model.load_state_dict(state_dict, strict=True)
@@ -716,6 +728,8 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
         try:
             optimizer.load_state_dict(opt_state)
         except (KeyError, ValueError, TypeError) as e:
+            if before is not None:
+                model.load_state_dict(before, strict=True)
             raise _mismatch(e)(f"{where}: the optimizer state does not match: "
                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                   ) from None

@@ -152,6 +152,15 @@ class Parameter:
 _REGISTRY: Dict[str, type] = {}
 
 
+# The package's modules defining registered classes that ``import fusedrnn`` does not import:
+# module_from_config imports them before calling a type unknown (a task's checkpoint loaded in
+# a fresh interpreter).
+_REGISTERING_MODULES = ("fusedrnn.attention", "fusedrnn.keras", "fusedrnn.tasks.classify",
+                        "fusedrnn.tasks.forecast", "fusedrnn.tasks.recognise",
+                        "fusedrnn.tasks.tag", "fusedrnn.tasks.translate",
+                        "fusedrnn.tasks.attention_seq2seq")
+
+
 def register_module(cls):
     """Class decorator: lets checkpoints rebuild ``cls`` from its ``config()``."""
     _REGISTRY[cls.__name__] = cls
@@ -163,6 +172,11 @@ def module_from_config(config: dict) -> "Module":
     if not isinstance(config, dict) or "type" not in config:
         raise ValueError(f"module_from_config: expected a dict with a 'type', got {config!r}")
     cls = _REGISTRY.get(config["type"])
+    if cls is None:   # a class of a module not imported yet (the tasks' models, Keras')
+        import importlib
+        for name in _REGISTERING_MODULES:
+            importlib.import_module(name)
+        cls = _REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"module_from_config: unknown module type {config['type']!r} "
                          f"(known: {sorted(_REGISTRY)})")

@@ -367,7 +367,7 @@ class Forecast(Task):
         n_tr, n_val, n_test = split_sizes(series.size)
         if self.mean is None:   # not restored from a checkpoint: training statistics
             train = series[:n_tr]
-            std = float(train.std())
+            std = float(train.std(dtype=np.float64))   # (float32 squares overflow past 1.8e19)
             if not std > 0:
                 raise DataError(f"--data {a.data}: the training part of the series is constant "
                                 f"(nothing to forecast)")
@@ -430,7 +430,7 @@ class Forecast(Task):
         x, y = self._windows(starts)
         pred = self.forecast(model, x).astype(np.float64)
         err = (pred - y) * self.std
-        base = (x[-1][None, :] - y) * self.std
+        base = (x[-1][None, :].astype(np.float64) - y) * self.std   # (float64, as pred)
         per_step = np.sqrt((err ** 2).mean(axis=1))
         rmse = float(np.sqrt((err ** 2).mean()))
         return {"rmse": rmse, "baseline_rmse": float(np.sqrt((base ** 2).mean())),
@@ -504,6 +504,7 @@ class Forecast(Task):
         ax.legend(loc="upper right")
         xv, yv = self._windows(self.val_starts)
         pv = self.forecast(model, xv)
+        pv, xv, yv = (a.astype(np.float64) for a in (pv, xv, yv))   # (float32 squares overflow)
         err = np.sqrt((((pv - yv) * self.std) ** 2).mean(axis=1))
         base = np.sqrt((((xv[-1][None, :] - yv) * self.std) ** 2).mean(axis=1))
         steps = np.arange(1, H + 1)

@@ -251,7 +251,42 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(user, dict) or not isinstance(user.get("task"), str) \
             or not isinstance(user.get("task_metadata"), dict):
         raise CheckpointError(f"{path} was not written by `fusedrnn train` (no task metadata)")
+    bad = _metadata_problem(user)
+    if bad:
+        raise CheckpointError(f"{path} has corrupt metadata: {bad}")
     return user
+
+
+# Flags a checkpoint stores that must be positive integers (the CLI's positive_int flags).
+_POSITIVE_FLAGS = ("hidden", "layers", "embed", "seq_len", "batch_size", "min_length",
+                   "max_length", "horizon", "window", "proj_size")
+
+
+def _metadata_problem(user: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with the types of a checkpoint's trainer metadata (None: nothing), so that
+    a damaged or hand-edited file is one CheckpointError line, not a traceback later."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    flags = user["task_metadata"].get("flags", {})
+    if not isinstance(flags, dict):
+        return "task_metadata.flags is not a mapping"
+    for k in _POSITIVE_FLAGS:
+        v = flags.get(k)
+        if v is not None and not (count(v) and (v >= 1 or (k == "proj_size" and v == 0))):
+            return f"flag {k} = {v!r} is not a positive integer"
+    trainer = user.get("trainer", {})
+    if not isinstance(trainer, dict):
+        return "trainer is not a mapping"
+    if "step" in trainer and not (count(trainer["step"]) and trainer["step"] >= 0):
+        return f"trainer.step = {trainer['step']!r} is not a step count"
+    best = trainer.get("best")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        return f"trainer.best = {best!r} is not a number"
+    history = trainer.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "trainer.history is not a list of records"
+    return None
 
 
 def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Optional[str] = None,
@@ -388,6 +423,8 @@ class Run:
         if a.resume:
             a.resume = checkpoint_path(a.resume)
             resume_meta = read_checkpoint(a.resume)
+            if a.out is None:   # --resume <out> continues that run in place (README)
+                a.out = os.path.dirname(a.resume) or "."
             if a.task is not None and a.task != resume_meta["task"]:
                 raise UsageError(f"--task {a.task} differs from the checkpoint's task "
                                  f"{resume_meta['task']}")
