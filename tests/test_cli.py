@@ -252,3 +252,11 @@ def test_resume_without_out_continues_the_run_in_place(tmp_path, monkeypatch):
     assert main(["train", "--resume", "run", "--steps", "2", "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4
     assert not (tmp_path / "runs").exists()
+
+
+def test_translate_picture_path_is_checked_before_training(tmp_path, capsys):
+    (tmp_path / "out" / "translate.png").mkdir(parents=True)
+    rc = main(["train", "--task", "translate", "--steps", "1", "--hidden", "8",
+               "--out", str(tmp_path / "out"), "--quiet"])
+    assert_one_line_error(capsys, rc, "translate.png is a directory")
+    assert not (tmp_path / "out" / "model.safetensors").exists()

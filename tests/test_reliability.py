@@ -61,6 +61,32 @@ def test_check_mode_in_backward():
             layer.backward(d)
 
 
+def test_check_mode_checks_parameter_gradients_and_skips_padding():
+    """Backward in check mode scans the parameters' gradients it added into (not only dx, which
+    input_grad=False does not even compute); NaN in the padding past a sequence's length,
+    which the kernels never read, raises nothing (input x, d_output)."""
+    layer = fusedrnn.LSTM(3, 4, dtype="float64", seed=3)
+    x = np.random.default_rng(2).standard_normal((5, 2, 3))
+    x[:, :, 0] = 1e300                              # its weight column 0: a forward as usual,
+    layer.weight_ih_l0.data[:, 0] = 0               # but dw_ih[:, 0] = dg x[..., 0] overflows
+    with fusedrnn.check_finite():
+        y, _ = layer.forward(x)
+        with pytest.raises(FloatingPointError, match="gradient of weight_ih_l0"):
+            layer.backward(np.full_like(y, 1e10), input_grad=False)
+    padded = fusedrnn.GRU(3, 4, dtype="float64", seed=4)
+    x = np.random.default_rng(3).standard_normal((6, 2, 3))
+    lengths = np.array([6, 3])
+    x[4, 1] = np.nan
+    with fusedrnn.check_finite():
+        y, _ = padded.forward(x, lengths=lengths)
+        d = np.ones_like(y)
+        d[5, 1] = np.nan
+        padded.backward(d)
+        x[2, 1, 0] = np.nan                         # inside sequence 1: still found
+        with pytest.raises(FloatingPointError, match=r"input x: .*time step 2, sequence 1"):
+            padded.forward(x, lengths=lengths)
+
+
 def test_check_mode_is_per_thread():
     seen = []
     with fusedrnn.check_finite():

@@ -141,3 +141,33 @@ def test_torch_layer_from_threads_is_correct():
     for i, runs in enumerate(_run_threads(lambda i: [grads(xs[i]) for _ in range(3)])):
         for y, dx in runs:
             assert torch.equal(y, want[i][0]) and torch.equal(dx, want[i][1])
+
+
+def _fork_child_sum(_):
+    import numpy as np
+    import fusedrnn
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 32, 16)).astype(np.float32)
+    w_ih = rng.uniform(-.1, .1, (64, 16)).astype(np.float32)
+    w_hh = rng.uniform(-.1, .1, (64, 16)).astype(np.float32)
+    return fusedrnn.get_num_threads(), float(fusedrnn.lstm_forward(x, w_ih, w_hh,
+                                                                    training=False).y.sum())
+
+
+def test_a_child_forked_after_threaded_calls_runs_on_one_thread():
+    """libgomp's thread pool does not survive fork(): a child forked (multiprocessing's default
+    on Linux) after a kernel call ran on two threads would hang in its first parallel call; it
+    runs its kernels on one thread instead, with the same results."""
+    import multiprocessing as mp
+    import fusedrnn
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork start method")
+    before = fusedrnn.get_num_threads()
+    fusedrnn.set_num_threads(2)
+    try:
+        _, want = _fork_child_sum(0)
+        with mp.get_context("fork").Pool(1) as pool:
+            threads, got = pool.apply_async(_fork_child_sum, (0,)).get(timeout=60)
+        assert threads == 1 and got == want
+    finally:
+        fusedrnn.set_num_threads(before)

@@ -936,3 +936,42 @@ def test_reference_gemm_rejects_empty_sizes_and_negative_threads():
     with pytest.raises(ValueError, match=r"^reference_gemm: num_threads must be >= 0 \(0 = "
                                          r"OpenMP default\), got -1$"):
         _core.reference_gemm(*_gemm_args(), -1)
+
+
+def test_cell_clip_must_be_a_normal_number_of_the_dtype():
+    """A positive cell_clip below the dtype's smallest normal number would be flushed to 0 by
+    the kernels (no clip at all); one past its largest would be inf: both refused, naming it."""
+    rng = np.random.default_rng(0)
+    for dt, small, big in ((np.float32, 1e-38, 1e39), (np.float64, 1e-310, None)):
+        x = rng.standard_normal((3, 2, 4)).astype(dt)
+        w_ih = rng.standard_normal((12, 4)).astype(dt)
+        w_hh = rng.standard_normal((12, 3)).astype(dt)
+        for bad in (small, big):
+            if bad is None:
+                continue
+            with pytest.raises(ValueError, match="cell_clip must lie in"):
+                fusedrnn.lstm_forward(x, w_ih, w_hh, cell_clip=bad)
+            with pytest.raises(ValueError, match="cell_clip must lie in"):
+                fusedrnn.LSTM(4, 3, cell_clip=bad, dtype=np.dtype(dt).name)
+        tiny = float(np.finfo(dt).tiny)
+        out = fusedrnn.lstm_forward(x * 1e3, w_ih, w_hh, cell_clip=tiny, training=False)
+        assert np.abs(out.c_n).max() <= tiny
+
+
+def test_lengths_are_copied_for_backward_and_an_empty_list_names_the_shape():
+    """The training cache keeps its own copy of lengths: refilling the caller's array before
+    backward changes nothing. lengths=[] for N = 3 is the shape error."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((6, 4, 3))
+    w_ih, w_hh = rng.standard_normal((12, 3)), rng.standard_normal((12, 3))
+    dy = rng.standard_normal((6, 4, 3))
+    lengths = np.array([6, 2, 4, 0], np.int64)
+    want = fusedrnn.lstm_backward(fusedrnn.lstm_forward(x, w_ih, w_hh, lengths=lengths.copy())
+                                  .cache, dy)
+    out = fusedrnn.lstm_forward(x, w_ih, w_hh, lengths=lengths)
+    lengths[:] = [1, 6, 6, 6]
+    got = fusedrnn.lstm_backward(out.cache, dy)
+    np.testing.assert_array_equal(got.dx, want.dx)
+    np.testing.assert_array_equal(got.dw_ih, want.dw_ih)
+    with pytest.raises(ValueError, match=r"lengths must have shape \[4\]"):
+        fusedrnn.lstm_forward(x, w_ih, w_hh, lengths=[])

@@ -278,3 +278,24 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
     # matplotlib's first colour (C0, #1f77b4) is drawn only by the inlined pictures
     c0 = np.array([0x1f, 0x77, 0xb4]) / 255
     assert (np.abs(img - c0).max(axis=-1) < 0.06).sum() > 200
+
+
+def test_html_report_takes_only_this_runs_pictures_and_refuses_malformed_metrics(tmp_path):
+    """A picture another task's earlier run left in the directory stays out of the page; a
+    metrics.json whose fields have the wrong types is a ValueError naming the file."""
+    import json
+    from fusedrnn.plotting import html_report
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"task": "forecast", "metric": "rmse",
+                                                  "history": [{"step": 1, "rmse": 0.5}]}))
+    for name in ("loss.png", "forecast.png", "translate.png"):
+        (run / name).write_bytes(b"\x89PNG not really")
+    page = open(html_report(str(run)), encoding="utf-8").read()
+    assert "forecast.png" in page and "loss.png" in page and "translate.png" not in page
+    for bad in ({"metric": "mse", "history": None}, {"metric": "mse", "history": [[1, 2]]},
+                {"metric": "mse", "history": [], "config": [1]},
+                {"metric": "mse", "history": [], "final": [1]}, {"metric": [1], "history": []}):
+        (run / "metrics.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="is not a fusedrnn metrics file"):
+            html_report(str(run))

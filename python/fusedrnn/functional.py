@@ -9,6 +9,7 @@ modifying them in place before ``*_backward`` gives wrong gradients, as in any a
 from __future__ import annotations
 
 import numbers
+import os
 import threading
 from typing import Optional
 
@@ -39,8 +40,12 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The number of threads kernel calls use: set_num_threads(n), else OMP_NUM_THREADS, else the
-    CPUs the process's affinity mask and cgroup CPU quota allow (fusedrnn/_openmp_env.py)."""
+    CPUs the process's affinity mask and cgroup CPU quota allow (fusedrnn/_openmp_env.py); 1 in
+    a process forked after a kernel call ran on several threads (OpenMP's thread pool does not
+    survive fork: use multiprocessing's "spawn" or "forkserver" for parallel workers)."""
     global _default_threads
+    if _forked_child:
+        return 1
     if _num_threads is not None:
         return _num_threads
     if _default_threads is None:
@@ -52,10 +57,33 @@ def get_num_threads() -> int:
 _default_threads: Optional[int] = None
 
 
+# fork(): libgomp's thread pool does not survive it. A child forked after a kernel call ran on
+# several threads (multiprocessing's default start method on Linux) would wait forever in its
+# first parallel kernel call, so such a child runs every kernel call on one thread.
+_team_started = False   # a kernel call here ran on several threads
+_forked_child = False   # this process was forked after that
+
+
 def _threads() -> int:
     """The threads of the next kernel call: get_num_threads(), fewer while other processes keep
-    the CPUs busy (set_adaptive_threads)."""
-    return _openmp_env.contention.cap(_num_threads or get_num_threads())
+    the CPUs busy (set_adaptive_threads); one in a child forked after a multi-threaded call."""
+    global _team_started
+    n = _openmp_env.contention.cap(_num_threads or get_num_threads())
+    if n > 1:
+        if _forked_child:
+            return 1
+        _team_started = True
+    return n
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child
+    if _team_started:
+        _forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_adaptive_threads(enabled: bool) -> None:
@@ -180,7 +208,7 @@ def _check_lengths(fn, lengths, N, T):
     if isinstance(lengths, np.ndarray):
         arr = lengths
     elif isinstance(lengths, (list, tuple)):
-        arr = np.asarray(lengths)
+        arr = np.asarray(lengths) if len(lengths) else np.zeros(0, np.int64)
         if arr.dtype.kind in "iu" and any(isinstance(v, (bool, np.bool_)) for v in lengths):
             raise TypeError(f"{fn}: lengths must have an integer dtype, got a bool in "
                             f"{list(lengths)!r}")
@@ -195,7 +223,9 @@ def _check_lengths(fn, lengths, N, T):
     if N and (arr.min() < 0 or arr.max() > T):
         raise ValueError(f"{fn}: lengths must lie in [0, T={T}], got min {arr.min()} "
                          f"max {arr.max()}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    # a copy, always: the training cache keeps it for backward, so a caller refilling one
+    # lengths array batch after batch does not change an earlier batch's gradients
+    return np.array(arr, dtype=np.int64, order="C")
 
 
 def _check_flag(fn, name, value):
@@ -340,14 +370,24 @@ def _precision(fn, precision, dtype, training=False):
 
 # ----------------------------------------------------------------------------------------------
 
-def _check_clip(fn, cell_clip):
-    """The LSTM's cell_clip as a float (0 = none); its range is the kernel's to check."""
+def _check_clip(fn, cell_clip, dtype=None):
+    """The LSTM's cell_clip as a float (0 = none); its sign and finiteness are the kernel's to
+    check. With ``dtype``: a positive clip must be a normal number of that dtype (a subnormal one
+    would be flushed to 0 by the kernels, turning the clip off; one past the largest would be
+    inf)."""
     if cell_clip is None:
         return 0.0
     if isinstance(cell_clip, (bool, np.bool_)) or not isinstance(cell_clip, numbers.Real):
         raise TypeError(f"{fn}: cell_clip must be None or a number, got "
                         f"{type(cell_clip).__name__}")
-    return float(cell_clip)
+    clip = float(cell_clip)
+    if dtype is not None and clip > 0:
+        fi = np.finfo(dtype)
+        if not float(fi.tiny) <= clip <= float(fi.max):
+            raise ValueError(f"{fn}: cell_clip must lie in [{float(fi.tiny):.4g}, "
+                             f"{float(fi.max):.4g}] ({np.dtype(dtype).name}'s normal numbers), "
+                             f"got {cell_clip!r}")
+    return clip
 
 
 def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, reverse, training,
@@ -369,7 +409,7 @@ def _forward(fn, kind, x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_peep, lengths, rever
     lengths = _check_lengths(fn, lengths, N, T)
     reverse = _check_flag(fn, "reverse", reverse)
     training = _check_flag(fn, "training", training)
-    cell_clip = _check_clip(fn, cell_clip)
+    cell_clip = _check_clip(fn, cell_clip, dt)
     prec = _precision(fn, precision, dt, training)
 
     dims = (T, N, C, H, P) if P else (T, N, C, H)

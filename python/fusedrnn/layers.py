@@ -35,10 +35,12 @@ Truncated BPTT: pass the final state of one chunk as the state of the next. The 
 ordinary input: nothing links the chunks, so ``backward`` stops at the chunk's start.
 
 Check mode (``fusedrnn.set_check_finite(True)`` or ``with fusedrnn.check_finite():``): after each
-kernel call the layer scans what it produced and raises ``FloatingPointError`` naming the layer,
-the direction, the time step and the sequence where a non-finite value (NaN or ±inf) first
-appears (the input and the initial state are checked first). Off by default: it reads every
-output once more.
+kernel call the layer scans what it produced (outputs; in backward the input gradient, the
+parameters' gradients and the initial state's) and raises ``FloatingPointError`` naming the
+layer, the direction, the time step and the sequence where a non-finite value (NaN or ±inf)
+first appears (the input and the initial state are checked first; padding past a sequence's
+length, which the kernels do not read, is not). Off by default: it reads every output once
+more.
 """
 from __future__ import annotations
 
@@ -82,12 +84,23 @@ def check_finite(enabled: bool = True):
         _check.on = old
 
 
-def _first_nonfinite(where: str, a: np.ndarray, time_axis: Optional[int], reverse: bool = False):
+def _first_nonfinite(where: str, a: np.ndarray, time_axis: Optional[int], reverse: bool = False,
+                     lengths: Optional[np.ndarray] = None):
     """Raises FloatingPointError if `a` has a NaN or inf: names the first time step (in
-    processing order) and the sequence; a has shape [T, N, ...] (time_axis 0) or [N, ...]."""
+    processing order) and the sequence; a has shape [T, N, ...] (time_axis 0 or 1) or [N, ...].
+    With ``lengths``, the padding past each sequence's length (which the kernels never read) is
+    not checked."""
     bad = ~np.isfinite(a)
     if not bad.any():
         return
+    if lengths is not None and time_axis is not None:
+        T = a.shape[time_axis]
+        valid = np.arange(T)[:, None] < np.asarray(lengths)[None, :]      # [T, N]
+        if time_axis == 1:
+            valid = valid.T
+        bad &= valid.reshape(valid.shape + (1,) * (a.ndim - 2))
+        if not bad.any():
+            return
     if time_axis is None:
         n = int(np.argwhere(bad.reshape(a.shape[0], -1).any(axis=1))[0, 0])
         raise FloatingPointError(f"{where}: non-finite value in sequence {n}")
@@ -417,7 +430,7 @@ class _RNNBase(Module):
         checking = getattr(_check, "on", False)
         if checking:
             name = type(self).__name__
-            _first_nonfinite(f"{name}.forward: input x", inp, 0)
+            _first_nonfinite(f"{name}.forward: input x", inp, 0, lengths=lengths)
             for s_name, s_arr in (("state h0", h0), ("state c0", c0)):
                 if s_arr is not None:
                     for i in range(L * D):
@@ -567,7 +580,8 @@ class _RNNBase(Module):
         checking = getattr(_check, "on", False)
         name = type(self).__name__
         if checking and d_output is not None:
-            _first_nonfinite(f"{name}.backward: d_output", d_output, 1 if self.batch_first else 0)
+            _first_nonfinite(f"{name}.backward: d_output", d_output, 1 if self.batch_first else 0,
+                             lengths=lengths)
         dh0 = np.empty((L * D, N, R), self.dtype) if has_state else None
         dc0 = np.empty((L * D, N, H), self.dtype) if has_state and self._mode == "LSTM" else None
 
@@ -606,6 +620,14 @@ class _RNNBase(Module):
                         _first_nonfinite(f"{name}.backward: layer {layer}"
                                          + (" (reverse direction)" if direction else "")
                                          + " input gradient", dxd, 0, reverse=direction == 0)
+                    if checking:   # the parameters' gradients this call added into
+                        for pname in _PARAMS:
+                            p = self._parameters.get(pname + sfx)
+                            if p is not None and not np.isfinite(p.grad).all():
+                                raise FloatingPointError(
+                                    f"{name}.backward: layer {layer}"
+                                    + (" (reverse direction)" if direction else "")
+                                    + f": non-finite value in the gradient of {pname + sfx}")
                     if direction == 1 and dx is not None:
                         dx += dxd
                 if layer:
@@ -613,6 +635,11 @@ class _RNNBase(Module):
                     if mask is not None:
                         dx *= mask
                 d_out = dx
+        if checking:
+            for s_name, s_arr in (("d_state h0", dh0), ("d_state c0", dc0)):
+                if s_arr is not None:
+                    for i in range(L * D):
+                        _first_nonfinite(f"{name}.backward: {s_name}[{i}]", s_arr[i], None)
         self._tls.d_state = None if not has_state else \
             ((dh0, dc0) if self._mode == "LSTM" else dh0)
         if self.batch_first and d_out is not None:
@@ -1063,6 +1090,7 @@ class LSTM(_Regularised, _RNNBase):
                                           and math.isfinite(cell_clip)):
             raise ValueError(f"LSTM: cell_clip must be None or a finite number > 0, "
                              f"got {cell_clip!r}")
+        F._check_clip("LSTM", cell_clip, self.dtype)   # a normal number of the layer's dtype
         self.cell_clip = None if cell_clip is None else float(cell_clip)
         self._record(input_size=self.input_size, hidden_size=self.hidden_size,
                      num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,

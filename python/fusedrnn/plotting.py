@@ -60,7 +60,14 @@ def html_report(run_dir: str, out: Optional[str] = None) -> str:
         with open(mpath, encoding="utf-8") as f:
             m = json.load(f)
         metric, hist = m["metric"], m["history"]
-    except (ValueError, KeyError, TypeError) as e:
+        for what, ok in (("metric is not a name", isinstance(metric, str)),
+                         ("history is not a list of records",
+                          isinstance(hist, list) and all(isinstance(e, dict) for e in hist)),
+                         ("config is not a mapping", isinstance(m.get("config", {}), dict)),
+                         ("final is not a mapping", isinstance(m.get("final") or {}, dict))):
+            if not ok:
+                raise TypeError(what)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"{mpath} is not a fusedrnn metrics file ({e})") from None
     esc = html.escape
     fmt = (lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else esc(str(v)))
@@ -76,7 +83,12 @@ def html_report(run_dir: str, out: Optional[str] = None) -> str:
                f"{m.get('steps')} steps, training {m.get('train_time_s')} s, validation "
                f"{m.get('eval_time_s')} s, wall time {m.get('wall_time_s')} s")
     imgs = []
-    for name in PICTURES:
+    # this run's pictures: an earlier run of another task in the same --out (replaced with
+    # --overwrite) may have left its own
+    task = m.get("task")
+    names = PICTURES if not isinstance(task, str) else \
+        [n for n in PICTURES if n in ("loss.png", f"{task}.png")]
+    for name in names:
         p = os.path.join(run_dir, name)
         if os.path.isfile(p):
             with open(p, "rb") as f:

@@ -59,7 +59,7 @@ LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT = "model.safetensors"
 #: the files a run writes into --out (checked before training: none may be a directory)
 OUTPUTS = (CHECKPOINT, "metrics.json", "loss.png", "forecast.png", "classify.png", "tag.png",
-           "charlm.png")
+           "charlm.png", "translate.png")
 
 
 class _BudgetExceeded(Exception):
