@@ -52,6 +52,19 @@ def test_experiment_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "invalid choice" in capsys.readouterr().err
 
 
+def test_length_below_a_problems_shortest_is_refused_and_the_header_says_t(tmp_path, capsys):
+    for name in ("temporal-order", "peepholes"):
+        rc = main(["experiment", name, "--length", "5", "--out", str(tmp_path / name)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"--length for experiment {name} must be at " \
+            "least 10" in err[0]
+    assert main(["experiment", "adding", "--length", "10", "--steps", "1", "--runs", "LSTM",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert "T = 10;" in capsys.readouterr().out
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["help"].endswith("T = 10")
+
+
 def test_recipe_steps_per_run(tmp_path, monkeypatch, capsys):
     """adding is budgeted by steps, each run its own count, unless --budget or --steps is
     given (tiny counts here; the recipe's own are in its table in the README)."""

@@ -32,11 +32,17 @@ def main(argv=None):
     ap.add_argument("--keep", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    for name in ("steps", "hidden", "layers", "batch", "num_steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
 
     vocab = sorted(set(TEXT))
     ids = np.array([vocab.index(ch) for ch in TEXT])
     V, N, S = len(vocab), args.batch, args.num_steps
     per = len(ids) // N
+    if S + 1 > per:   # (ptb_producer's "epoch_size == 0, decrease batch_size or num_steps")
+        ap.error(f"--num-steps {S} needs {S + 1} characters per stream; the text has {per} "
+                 f"per stream at --batch {N}: decrease --batch or --num-steps")
     data = ids[:per * N].reshape(N, per)   # ptb_producer: N parallel streams
 
     emb = fusedrnn.Embedding(V, args.hidden, seed=args.seed)

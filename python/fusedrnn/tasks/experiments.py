@@ -32,6 +32,7 @@ import argparse
 import io
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -49,6 +50,7 @@ class Recipe:
     expect: str                                  # the published result, one sentence
     learners: Tuple[str, ...] = ()               # labels that should beat the baseline
     length_flags: Tuple[str, ...] = ()           # flags --length sets
+    length_min: int = 2                          # the smallest --length its problem takes
     notes: List[str] = field(default_factory=list)
     # steps per run by label: the default stop rule when set (budgeted by steps, not seconds,
     # so a loaded machine does the same work, only slower); --budget or --steps override it
@@ -89,7 +91,7 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
            _CELLS4, 100,
            "the LSTM learns the order of two symbols 40-50 steps apart; the tanh RNN stays "
            "near chance (0.25) (Hochreiter & Schmidhuber 1997, experiment 6a)",
-           learners=("LSTM",), length_flags=("--min-length", "--max-length")),
+           learners=("LSTM",), length_flags=("--min-length", "--max-length"), length_min=10),
     Recipe("elman-jordan", "Elman (hidden-state feedback) vs Jordan (output feedback) "
            "network on the Mackey-Glass forecast",
            ["--task", "forecast", "--cell", "rnn", "--hidden", "32", "--horizon", "20"],
@@ -105,7 +107,8 @@ RECIPES: Dict[str, Recipe] = {r.name: r for r in [
            [("LSTM", ["--no-peepholes"]), ("LSTM + peepholes", ["--peepholes"])], 90,
            "Gers, Schraudolph & Schmidhuber (2002) added peepholes for precise timing; on "
            "measuring a delay both variants should learn, peepholes at most helping precision",
-           learners=("LSTM", "LSTM + peepholes"), length_flags=("--max-length",)),
+           learners=("LSTM", "LSTM + peepholes"), length_flags=("--max-length",),
+           length_min=10),
 ]}
 
 
@@ -141,20 +144,25 @@ def run_experiment(name: str, out: Optional[str] = None, budget: Optional[float]
                              f"{', '.join(lab for lab, _ in rec.runs)})")
         chosen = [labels[r.lower()] for r in runs]
     base = list(rec.base)
+    help_text = rec.help
     if length is not None:
         if not rec.length_flags:
             raise UsageError(f"--length does not apply to experiment {name}")
+        if length < rec.length_min:
+            raise UsageError(f"--length for experiment {name} must be at least "
+                             f"{rec.length_min} (its problem's shortest sequences), got {length}")
         for fl in rec.length_flags:
             base[base.index(fl) + 1] = str(length)
+        help_text = re.sub(r"T = \d+", f"T = {length}", help_text)
     parser = build_parser()
     by_steps = rec.steps if rec.steps and steps is None and budget_given is None else None
     if by_steps:
         each = ", ".join(f"{label} {by_steps[label]}" for label, _ in chosen) + " steps"
-        p(f"experiment {name}: {rec.help}; {len(chosen)} runs ({each}) into {out}")
+        p(f"experiment {name}: {help_text}; {len(chosen)} runs ({each}) into {out}")
     else:
         each = f"{steps} steps" if steps else \
             f"{budget:g} s (training time, validation included)"
-        p(f"experiment {name}: {rec.help}; {len(chosen)} runs of {each} each into {out}")
+        p(f"experiment {name}: {help_text}; {len(chosen)} runs of {each} each into {out}")
     results = []
     for label, flags in chosen:
         rdir = os.path.join(out, _slug(label))
@@ -189,7 +197,7 @@ def run_experiment(name: str, out: Optional[str] = None, budget: Optional[float]
         r = results[-1]
         p(f"  {'':<18} best {r['metric']} {_fmt(r['best'])} (baseline {_fmt(r['baseline'])}) "
           f"after {r['steps']} steps, {wall:.0f} s")
-    res = {"experiment": name, "help": rec.help, "expect": rec.expect,
+    res = {"experiment": name, "help": help_text, "expect": rec.expect,
            "budget_s": None if steps or by_steps else budget,
            "steps_per_run": ({label: by_steps[label] for label, _ in chosen} if by_steps
                              else steps),
