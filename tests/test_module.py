@@ -630,3 +630,54 @@ def test_repr():
     r = repr(Sequential(Linear(2, 3, seed=0), Dropout(0.1)))
     assert "(0): Linear(in_features=2, out_features=3" in r and "(1): Dropout(p=0.1" in r
     assert "seed" not in r
+
+
+def test_replacing_keeps_the_order_and_sequential_refuses_tied_configs():
+    """module.<name> = a new Parameter or module keeps its place (torch's order: the optimisers'
+    state by position and Sequential's order follow it); a Sequential whose children share a
+    Parameter has no config (it could not be rebuilt), as one listing a module twice."""
+    from fusedrnn.module import Linear, Parameter, Sequential
+    lin = Linear(3, 4, seed=0)
+    lin.weight = Parameter(np.zeros((4, 3), np.float32))
+    assert [n for n, _ in lin.named_parameters()] == ["weight", "bias"]
+    seq = Sequential(Linear(3, 4, seed=0), Linear(4, 2, seed=1))
+    setattr(seq, "0", Linear(3, 4, seed=2))
+    assert list(seq._modules) == ["0", "1"]
+    assert seq.forward(np.ones((5, 3), np.float32)).shape == (5, 2)
+    seq[1].weight = Parameter(np.zeros((2, 4), np.float32))
+    seq.config()                                  # no tie: fine
+    tied = Sequential(Linear(4, 4, seed=0), Linear(4, 4, seed=1))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(TypeError, match="a Parameter shared by two of its modules"):
+        tied.config()
+
+
+def test_numpy_scalar_arguments_make_a_json_config():
+    import fusedrnn
+    m = fusedrnn.LSTM(3, 4, seed=np.int64(3), proj_size=np.int64(2), peepholes=np.bool_(True))
+    cfg = m.config()
+    assert type(cfg["seed"]) is int and type(cfg["proj_size"]) is int
+    assert type(cfg["peepholes"]) is bool
+    json.dumps(cfg)
+
+
+def test_a_users_class_keeps_its_name_when_the_loader_imports_the_tasks():
+    """module_from_config imports the task modules for a type it does not know; a user's
+    registered class with the name of one of theirs (Seq2Seq) stays the one that name means."""
+    import fusedrnn.module as fm
+
+    @register_module
+    class Seq2Seq(Module):
+        def __init__(self, n=3):
+            super().__init__()
+            self.lin = Linear(n, n, seed=0)
+            self._record(n=n)
+
+    try:
+        with pytest.raises(ValueError, match="unknown module type 'NoSuchThing'"):
+            module_from_config({"type": "NoSuchThing"})
+        assert fm._REGISTRY["Seq2Seq"] is Seq2Seq
+        assert isinstance(module_from_config(Seq2Seq(4).config()), Seq2Seq)
+    finally:
+        import fusedrnn.tasks.translate as tr
+        fm._REGISTRY["Seq2Seq"] = tr.Seq2Seq

@@ -354,6 +354,19 @@ def test_clip_grad_norm_nonfinite_and_module():
         O.clip_grad_norm_([p], -1.0)
 
 
+def test_clip_grad_norm_inf_norm_sees_a_nan_anywhere():
+    """The inf-norm's total is NaN when any gradient holds a NaN, whichever parameter it is in
+    (Python's max() dropped a NaN after the first item), as torch's; error_if_nonfinite raises."""
+    for order in (0, 1):
+        a, b = Parameter(np.zeros(3)), Parameter(np.zeros(3))
+        a.grad[...] = [1, 2, 3]
+        b.grad[...] = [np.nan, 1, 1]
+        ps = [a, b] if order == 0 else [b, a]
+        assert math.isnan(O.clip_grad_norm_(ps, 1.0, norm_type=math.inf))
+        with pytest.raises(RuntimeError, match="error_if_nonfinite"):
+            O.clip_grad_norm_(ps, 1.0, norm_type=math.inf, error_if_nonfinite=True)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_clip_grad_value_matches_torch(dtype):
     gs = grads(dtype, 1)

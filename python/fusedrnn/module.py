@@ -174,8 +174,10 @@ def module_from_config(config: dict) -> "Module":
     cls = _REGISTRY.get(config["type"])
     if cls is None:   # a class of a module not imported yet (the tasks' models, Keras')
         import importlib
+        before = dict(_REGISTRY)
         for name in _REGISTERING_MODULES:
             importlib.import_module(name)
+        _REGISTRY.update(before)   # a user's class of the same name as one of these stays
         cls = _REGISTRY.get(config["type"])
     if cls is None:
         raise ValueError(f"module_from_config: unknown module type {config['type']!r} "
@@ -203,12 +205,17 @@ class Module:
         if p is not None and not isinstance(value, Parameter):
             self._assign_into(name, p, value)
             return
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
+        # a Parameter or module replacing one keeps its place in the order (as torch's):
+        # the optimisers' state and Sequential's order follow it
         if isinstance(value, Parameter):
+            self._modules.pop(name, None)
             self._parameters[name] = value
         elif isinstance(value, Module):
+            self._parameters.pop(name, None)
             self._modules[name] = value
+        else:
+            self._parameters.pop(name, None)
+            self._modules.pop(name, None)
         object.__setattr__(self, name, value)
 
     def _assign_into(self, name: str, p: Parameter, value) -> None:
@@ -337,8 +344,10 @@ class Module:
 
     # -- configuration (checkpoints) -------------------------------------------------------------
     def _record(self, **kwargs) -> None:
-        """Built-in modules call this with their constructor arguments."""
-        object.__setattr__(self, "_init_args", dict(kwargs))
+        """Built-in modules call this with their constructor arguments (NumPy scalars as the
+        Python numbers they are, so that the config is JSON)."""
+        object.__setattr__(self, "_init_args", {
+            k: v.item() if isinstance(v, np.generic) else v for k, v in kwargs.items()})
 
     def config(self) -> dict:
         """A JSON-serialisable description that ``module_from_config`` rebuilds."""
@@ -412,6 +421,13 @@ class Sequential(Module):
         if len({id(m) for m in mods}) != len(mods):
             raise TypeError("Sequential.config: a module that appears twice (shared weights) "
                             "cannot be rebuilt from a config; save its state_dict() instead")
+        owner: Dict[int, int] = {}   # a Parameter (or a module holding some) in two children
+        for i, m in enumerate(mods):
+            for _, p in m.named_parameters():
+                if owner.setdefault(id(p), i) != i:
+                    raise TypeError("Sequential.config: a Parameter shared by two of its "
+                                    "modules (tied weights) cannot be rebuilt from a config; "
+                                    "save its state_dict() instead")
         return {"type": "Sequential", "modules": [m.config() for m in mods]}
 
     @classmethod

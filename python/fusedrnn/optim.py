@@ -560,7 +560,8 @@ def _clip_grad_norm(params, max_norm, norm_type, error_if_nonfinite) -> float:
         else:
             norms.append(float(np.sum(np.abs(g) ** norm_type) ** (1.0 / norm_type)))
     if norm_type == math.inf:
-        total = max(norms)
+        # (not max(): it drops a NaN after the first item; torch's total is NaN then)
+        total = float(np.max(norms)) if norms else 0.0
     elif norm_type == 2.0:
         total = math.sqrt(math.fsum(n * n for n in norms))
     else:

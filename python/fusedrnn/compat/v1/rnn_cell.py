@@ -68,7 +68,7 @@ def _activation(fn, activation):
     name = activation if isinstance(activation, str) else getattr(activation, "__name__", None)
     if name not in _steps.ACTIVATIONS:
         raise ValueError(f"{fn}: activation must be one of {', '.join(_steps.ACTIVATIONS)} (a "
-                         f"name or a function of that name, e.g. np.tanh, tf.nn.relu: its "
+                         f"name or a function of that name, e.g. 'relu' or np.tanh: its "
                          f"derivative is needed for backward), got {activation!r}")
     return name
 
