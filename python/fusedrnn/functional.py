@@ -381,7 +381,7 @@ def _check_clip(fn, cell_clip, dtype=None):
         raise TypeError(f"{fn}: cell_clip must be None or a number, got "
                         f"{type(cell_clip).__name__}")
     clip = float(cell_clip)
-    if dtype is not None and clip > 0:
+    if dtype is not None and clip > 0 and np.isfinite(clip):   # (inf, NaN: the kernel says)
         fi = np.finfo(dtype)
         if not float(fi.tiny) <= clip <= float(fi.max):
             raise ValueError(f"{fn}: cell_clip must lie in [{float(fi.tiny):.4g}, "
