@@ -292,6 +292,19 @@ py::object empty(const Plan& p, std::int64_t rows, std::int64_t cols = -1) {
   return py::reinterpret_steal<py::object>(a);
 }
 
+// The array a plan keeps for tape depth `depth` in `kept` (training caches, copies of x), while
+// `fits` says it still does; else a new one from `make`, kept there for the next loop.
+template <typename Fits, typename Make>
+py::object at_depth(std::vector<py::object>& kept, std::size_t depth, Fits&& fits, Make&& make) {
+  if (depth < kept.size() && fits(kept[depth].ptr())) return kept[depth];
+  py::object a = make();
+  if (depth < kept.size())
+    kept[depth] = a;
+  else
+    kept.push_back(a);
+  return a;
+}
+
 template <typename F>
 void run(Plan& p, F&& kernel) {
   Busy busy(p);
@@ -441,26 +454,17 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
     if (state == Py_None && PyList_SetSlice(tape, 0, PyList_GET_SIZE(tape), nullptr) < 0)
       throw py::error_already_set();
     const std::size_t depth = std::size_t(PyList_GET_SIZE(tape));
-    if (depth < p.caches.size() && usable(p, p.caches[depth].ptr(), true, true) ==
-                                       std::int64_t(cache_n)) {
-      cache = p.caches[depth];
-    } else {
-      cache = empty(p, std::int64_t(cache_n));
-      if (depth < p.caches.size())
-        p.caches[depth] = cache;
-      else
-        p.caches.push_back(cache);
-    }
-    std::int64_t rows = N;
-    if (depth < p.xcopies.size() && matrix(p, p.xcopies[depth].ptr(), &rows, p.C)) {
-      xcopy = p.xcopies[depth];
-    } else {
-      xcopy = empty(p, N, p.C);
-      if (depth < p.xcopies.size())
-        p.xcopies[depth] = xcopy;
-      else
-        p.xcopies.push_back(xcopy);
-    }
+    cache = at_depth(
+        p.caches, depth,
+        [&](PyObject* a) { return usable(p, a, true, true) == std::int64_t(cache_n); },
+        [&] { return empty(p, std::int64_t(cache_n)); });
+    xcopy = at_depth(
+        p.xcopies, depth,
+        [&](PyObject* a) {
+          std::int64_t rows = N;
+          return matrix(p, a, &rows, p.C);
+        },
+        [&] { return empty(p, N, p.C); });
     std::memcpy(ptr<S>(xcopy.ptr()), ptr<S>(x), std::size_t(N * p.C) * sizeof(S));
   }
   std::size_t ws_n = 0;

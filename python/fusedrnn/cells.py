@@ -24,8 +24,9 @@ plan busy in another thread) goes down the Python path, which copies or raises t
 error before any work, with the same results.
 
 Backpropagation through a Python loop: in train mode every forward step is recorded on the
-cell's tape (with a copy of its x, so a loop may refill one input array); ``backward`` differentiates the most recent step not yet differentiated, so the
-caller calls it once per step in reverse order, passing the gradient reaching that step's
+cell's tape (with a copy of its x, so a loop may refill one input array); ``backward``
+differentiates the most recent step not yet differentiated, so the caller calls it once per
+step in reverse order, passing the gradient reaching that step's
 output (the loss's gradient plus the ``d_state`` the later step returned). It returns the
 gradient of the step's input and of the state it was given (``None`` when the state was None:
 zeros are not differentiated), and *adds* the step's parameter gradients into each
@@ -80,19 +81,12 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from .module import Module, Parameter, _dtype, _positive_int, _seed, register_module
+from .module import (Module, Parameter, _dtype, _packing_key, _positive_int, _same_packing,
+                     _seed, register_module)
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
-def _same_key(a, b):
-    """Two packed-weight keys (version, arrays, the Parameters' versions, ...) are equal: the
-    same arrays (identity: the key holds them, so an id cannot be reused by another array), the
-    same versions."""
-    return a is not None and a[0] == b[0] and a[2:] == b[2:] and \
-        all(x is y for x, y in zip(a[1], b[1]))
 
 
 # -- the kernels, T = 1, through functional's one route into _core ----------------------------
@@ -292,11 +286,6 @@ class _CellBase(Module):
 
     _ORDER = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_peep", "weight_hr")
 
-    def _param_versions(self):
-        """Each parameter's Parameter._version (None where the cell has no such parameter)."""
-        return tuple(None if p is None else p._version
-                     for p in map(self._parameters.get, self._ORDER))
-
     def _weights(self):
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = map(self._parameters.get, self._ORDER)
         return (None if w_ih is None else w_ih.data, None if w_hh is None else w_hh.data,
@@ -405,10 +394,10 @@ class _CellBase(Module):
         w_ih, w_hh, b_ih, b_hh, w_peep, w_hr = self._weights()
 
         store = self._store
-        key = (self._version, (w_ih, w_hh, b_ih, b_hh, w_peep, w_hr), self._param_versions())
+        key = _packing_key(map(self._parameters.get, self._ORDER), self._version)
         ws = store.ws
         packed = self._reuse and ws is not None and ws.size >= ws_size \
-            and _same_key(store.key, key)
+            and _same_packing(store.key, key)
         if ws is None or ws.size < ws_size:
             ws = store.ws = np.empty(ws_size, self.dtype)
         store.key = key if self._reuse else None
@@ -512,18 +501,18 @@ class _CellBase(Module):
         # The backward of the previous step of this loop packed the same weights into this
         # thread's backward workspace unless a forward ran since, or the weights changed.
         store = self._store
-        key = (self._version, (w_ih, w_hh, w_peep, w_hr), self._param_versions(),
-               self._forwards, N)
+        params = tuple(map(self._parameters.get, self._ORDER))
+        key = _packing_key(params, self._version, self._forwards, N)
         ws = store.bws
         packed = self._reuse and ws is not None and ws.size == bws \
-            and _same_key(store.bkey, key)
+            and _same_packing(store.bkey, key)
         if ws is None or ws.size != bws:
             ws = store.bws = np.empty(bws, self.dtype)
         # an optimiser step may follow: pack again at the next forward (not through
         # Module.__setattr__)
         self.__dict__["_version"] += 1
         store.bkey = None
-        p_ih, p_hh, p_b_ih, p_b_hh, p_peep, p_hr = map(self._parameters.get, self._ORDER)
+        p_ih, p_hh, p_b_ih, p_b_hh, p_peep, p_hr = params
         dx = np.empty((1, N, self.input_size), dt) if input_grad else None
         dh0 = np.empty((N, R), dt) if has_state else None
         dc0 = np.empty((N, H), dt) if has_state and lstm else None
@@ -535,7 +524,7 @@ class _CellBase(Module):
                          None if p_peep is None else p_peep.grad,
                          None if p_hr is None else p_hr.grad, bws, dt, ws, packed)
         if self._reuse:
-            store.bkey = (self._version,) + key[1:]
+            store.bkey = _packing_key(params, self._version, self._forwards, N)
         d_state = None if not has_state else ((dh0, dc0) if lstm else dh0)
         return (None if dx is None else dx.reshape(N, self.input_size)), d_state
 

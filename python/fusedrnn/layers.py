@@ -54,8 +54,8 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from .module import (Module, Parameter, _dtype, _positive_int, _probability, _seed,
-                     register_module)
+from .module import (Module, Parameter, _dtype, _packing_key, _positive_int, _probability,
+                     _same_packing, _seed, register_module)
 
 __all__ = ["LSTM", "GRU", "RNN", "set_check_finite", "check_finite"]
 
@@ -147,14 +147,6 @@ def _orthogonal_columns(rng, rows, cols, dt):
     if rows < cols:
         q = q.T
     return q.astype(dt)
-
-
-def _same_pack_key(a, b):
-    """Frozen packing keys (precision, then (array, version) or None per weight): the same
-    precision, the same arrays (identity: the key holds them) at the same versions."""
-    return a[0] == b[0] and all(
-        x is y or (x is not None and y is not None and x[0] is y[0] and x[1] == y[1])
-        for x, y in zip(a[1:], b[1:]))
 
 
 class _PackedSpaces(threading.local):
@@ -525,11 +517,9 @@ class _RNNBase(Module):
             # or of a Parameter (``p.data`` assigned, a Parameter replaced: the key holds the
             # arrays packed and their versions), whose new arrays are made read-only in turn.
             spaces = self._packed.spaces
-            key = (self._precision,) + tuple(
-                None if p is None else (p.data, p._version)
-                for p in (w_ih, w_hh, b_ih, b_hh, w_hr, w_peep))
+            key = _packing_key((w_ih, w_hh, b_ih, b_hh, w_hr, w_peep), self._precision)
             entry = spaces.get(cache_key)
-            same = entry is not None and _same_pack_key(entry[1], key)
+            same = entry is not None and _same_packing(entry[1], key)
             packed = same and entry[0].size >= sizes[1]
             if not packed:
                 if entry is not None and not same:
@@ -621,8 +611,7 @@ class _RNNBase(Module):
                                          + (" (reverse direction)" if direction else "")
                                          + " input gradient", dxd, 0, reverse=direction == 0)
                     if checking:   # the parameters' gradients this call added into
-                        for pname in _PARAMS:
-                            p = self._parameters.get(pname + sfx)
+                        for pname, p in zip(_PARAMS, self._params(sfx)):
                             if p is not None and not np.isfinite(p.grad).all():
                                 raise FloatingPointError(
                                     f"{name}.backward: layer {layer}"

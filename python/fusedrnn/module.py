@@ -152,6 +152,21 @@ class Parameter:
 _REGISTRY: Dict[str, type] = {}
 
 
+def _packing_key(params, *rest) -> tuple:
+    """What a packed copy of ``params`` (Parameters, None where absent) was made from, plus
+    ``rest`` (plain values: a version, a precision): each Parameter's array and version. The key
+    holds the arrays, so an id cannot pass for another array's; compare with _same_packing."""
+    return tuple(None if p is None else (p._data, p._version) for p in params), rest
+
+
+def _same_packing(a, b) -> bool:
+    """Two _packing_key keys (a may be None: nothing packed) name the same arrays at the same
+    versions and the same rest."""
+    return a is not None and a[1] == b[1] and len(a[0]) == len(b[0]) and all(
+        x is y if x is None or y is None else (x[0] is y[0] and x[1] == y[1])
+        for x, y in zip(a[0], b[0]))
+
+
 # The package's modules defining registered classes that ``import fusedrnn`` does not import:
 # module_from_config imports them before calling a type unknown (a task's checkpoint loaded in
 # a fresh interpreter).

@@ -196,8 +196,7 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
                        precision=precision, new_cache=_pooled_cache)
 
 
-from ._torch_autograd import _DOUBLE_BACKWARD, _first_order_only  # noqa: E402,F401
-from ._torch_autograd import _weight  # noqa: E402
+from ._torch_autograd import _DOUBLE_BACKWARD, _first_order_only, _weight  # noqa: E402,F401
 
 
 class _LayerFunction(torch.autograd.Function):

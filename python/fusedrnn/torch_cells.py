@@ -41,8 +41,7 @@ class _Store(threading.local):
     def __init__(self):
         self.ws = None
         self.key = None
-        self.src = None    # the parameters' storages the packed weights came from (held)
-        self.np = None     # numpy views of them
+        self.np = None     # numpy views of the parameters packed (holding their storages)
         self.out = None    # the last forward's outputs (held, so their addresses stay theirs)
         self.outp = None   # and their data_ptr()s (h, c or None)
         self.bws = None
@@ -84,9 +83,8 @@ def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         ws = store.ws = np.empty(ws_size, dt)
         packed = False
     store.key = key
-    if not packed:   # hold the storages packed from: their addresses cannot be reused
-        store.src = tuple(None if p is None else p.detach() for p in params)
-        store.np = tuple(None if t is None else t.numpy() for t in store.src)
+    if not packed:   # (a numpy view keeps its tensor: the addresses packed cannot be reused)
+        store.np = tuple(None if p is None else _np(p) for p in params)
     counts[0] += 1
     w = store.np       # (views of the parameters' storages: the key's data_ptrs)
     h_n = np.empty((N, H), dt)
@@ -170,15 +168,9 @@ class _CellMixin:
         self._fr_version += 1
 
     def forward(self, input, hx=None):
-        # (registered Parameters straight from _parameters, not through Module.__getattr__;
-        # a pruned or parametrized weight as torch computes it)
-        ps = self._parameters
-        w_ih = ps.get("weight_ih")
-        if w_ih is None:
-            w_ih = _weight(self, "weight_ih")
-        w_hh = ps.get("weight_hh")
-        if w_hh is None:
-            w_hh = _weight(self, "weight_hh")
+        # (registered Parameters from _parameters, not through Module.__getattr__; a pruned or
+        # parametrized weight as torch computes it)
+        w_ih, w_hh = _weight(self, "weight_ih"), _weight(self, "weight_hh")
         dt = w_ih.dtype
         if not isinstance(input, torch.Tensor) or input.device.type != "cpu" or \
                 input.dtype != dt:

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import io as fio
 from .. import optim
-from ..validators import flag_name
+from ..validators import flag_name, is_real
 from ..functional import get_num_threads, set_num_threads
 from ..io import CheckpointError
 from ..models import set_compute
@@ -265,23 +265,23 @@ _POSITIVE_FLAGS = ("hidden", "layers", "embed", "seq_len", "batch_size", "min_le
 def _metadata_problem(user: Dict[str, Any]) -> Optional[str]:
     """What is wrong with the types of a checkpoint's trainer metadata (None: nothing), so that
     a damaged or hand-edited file is one CheckpointError line, not a traceback later."""
-    def count(v):
-        return isinstance(v, int) and not isinstance(v, bool)
+    def whole(v, minimum):   # an integer (not a bool, as validators.positive_int's) >= minimum
+        return isinstance(v, int) and not isinstance(v, bool) and v >= minimum
 
     flags = user["task_metadata"].get("flags", {})
     if not isinstance(flags, dict):
         return "task_metadata.flags is not a mapping"
     for k in _POSITIVE_FLAGS:
         v = flags.get(k)
-        if v is not None and not (count(v) and (v >= 1 or (k == "proj_size" and v == 0))):
+        if v is not None and not whole(v, 0 if k == "proj_size" else 1):
             return f"flag {k} = {v!r} is not a positive integer"
     trainer = user.get("trainer", {})
     if not isinstance(trainer, dict):
         return "trainer is not a mapping"
-    if "step" in trainer and not (count(trainer["step"]) and trainer["step"] >= 0):
+    if "step" in trainer and not whole(trainer["step"], 0):
         return f"trainer.step = {trainer['step']!r} is not a step count"
     best = trainer.get("best")
-    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+    if best is not None and not is_real(best):
         return f"trainer.best = {best!r} is not a number"
     history = trainer.get("history", [])
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
