@@ -153,15 +153,6 @@ def _run(fn, x, targets, input_lengths, target_lengths, blank, reduction, zero_i
     ws = _workspace(_core.ctc_workspace_size(T, N, Lmax), dt)
     _core.ctc_loss((T, N, K), Lmax, blank, logits, bool(zero_infinity), _threads(), x, tgt,
                    width, il, tl, scale, per, d, ws)
-    # A NaN score on a sequence's frames makes its loss and gradient NaN, zero_infinity or not
-    # (torch's ctc_loss; the recursions' max-shifted log-sum-exp would give +inf, which
-    # zero_infinity then hid as a 0 loss)
-    nan = np.isnan(x).any(axis=2)
-    if nan.any():
-        bad = (nan & (np.arange(T)[:, None] < il[None, :])).any(axis=0)
-        per[bad] = np.nan
-        if d is not None:
-            d[:, bad, :] = np.nan
     if reduction == "none":
         loss: Loss = per
     elif reduction == "sum":

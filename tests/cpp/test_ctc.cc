@@ -175,6 +175,31 @@ int main() {
     report(loss[0] == 0 && mx == 0, "zero_infinity: loss 0, gradient 0", mx);
   }
 
+  // A NaN score on a valid frame: NaN loss and NaN gradient rows, zero_infinity or not; a NaN
+  // past a sequence's input length is not read. Both variants, both types.
+  for (bool zi : {false, true})
+    for (bool logits : {false, true}) {
+      std::vector<double> x = logits ? z : lp;
+      x[std::size_t((2 * p.N + 0) * p.K + 1)] = NAN;  // frame 2 of sequence 0 (length 6)
+      for (std::int64_t k = 0; k < p.K; ++k)
+        x[std::size_t((4 * p.N + 1) * p.K + k)] = NAN;  // frame 4 of sequence 1 (length 4)
+      std::vector<double> grad;
+      const auto clean = run<double>(p, logits ? z : lp, logits, nullptr, zi);
+      const auto loss = run<double>(p, x, logits, &grad, zi);
+      std::vector<float> xf(x.begin(), x.end()), gf;
+      const auto lossf = run<float>(p, xf, logits, &gf, zi);
+      bool ok = std::isnan(loss[0]) && std::isnan(lossf[0]) && loss[1] == clean[1] &&
+                loss[2] == clean[2];
+      for (std::int64_t t = 0; t < p.T; ++t)
+        for (std::int64_t n = 0; n < p.N; ++n)
+          for (std::int64_t k = 0; k < p.K; ++k) {
+            const std::size_t i = std::size_t((t * p.N + n) * p.K + k);
+            ok = ok && std::isnan(grad[i]) == (n == 0) && std::isnan(gf[i]) == (n == 0);
+          }
+      report(ok, std::string("NaN score: NaN loss and gradient, ") +
+                     (logits ? "logits" : "log_probs") + (zi ? ", zero_infinity" : ""), 0);
+    }
+
   // Argument errors throw std::invalid_argument before any work.
   {
     std::vector<double> grad;

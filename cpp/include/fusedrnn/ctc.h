@@ -19,7 +19,9 @@
 //
 // Impossible alignments (T_n < L + the number of adjacent repeats in l) give loss_n = +inf and a
 // NaN gradient for that sequence (as torch), or loss 0 and gradient 0 with zero_infinity.
-// A sequence with T_n = 0 has loss 0 when L = 0 and +inf otherwise.
+// A sequence with T_n = 0 has loss 0 when L = 0 and +inf otherwise. A NaN score on one of a
+// sequence's T_n valid frames makes its loss NaN and its gradient's valid rows NaN, zero_infinity
+// or not (as torch); scores past T_n are never read.
 //
 // Threads: one OpenMP task per sequence (dynamic schedule); each sequence's result is computed
 // the same way whatever the thread count, so results are bitwise independent of it.

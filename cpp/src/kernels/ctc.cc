@@ -203,6 +203,23 @@ void one_sequence(const CtcArgs<S>& a, std::int64_t n, const std::int64_t* label
   auto band_lo = [&](std::int64_t t) { return std::max<std::int64_t>(0, Sp - 2 * (Tn - t)); };
   auto band_hi = [&](std::int64_t t) { return std::min<std::int64_t>(Sp, 2 * t + 2); };
 
+  // A NaN score on a valid frame makes the loss and the gradient's valid rows NaN, zero_infinity
+  // or not (torch's ctc_loss). The recursions' max-shifted log-sum-exp would turn it into +inf,
+  // which zero_infinity would then hide as a 0 loss. Scores past T_n are not read.
+  bool has_nan = false;
+  for (std::int64_t t = 0; t < Tn; ++t) {
+    const S* r = in_row(t);
+    for (std::int64_t k = 0; k < K; ++k) has_nan |= std::isnan(r[k]);
+  }
+  if (has_nan) {
+    a.loss[n] = std::numeric_limits<S>::quiet_NaN();
+    if (a.grad)
+      for (std::int64_t t = 0; t < T; ++t)
+        std::fill(grad_row(t), grad_row(t) + K,
+                  t < Tn ? std::numeric_limits<S>::quiet_NaN() : S(0));
+    return;
+  }
+
   // Logits: the log-normalisers of the valid frames; with a gradient, exp(z - max) is kept in
   // the gradient row (scaled into the softmax below).
   if (a.logits) {
