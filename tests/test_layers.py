@@ -312,6 +312,50 @@ def test_outputs_are_fresh_arrays():
     np.testing.assert_array_equal(out1, keep)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("shape", [(1, 5), (3, 1), (3, 5)])  # (N, T), batch-major
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_first_outputs_are_fresh_arrays(mode, shape, training):
+    """With batch_first and N = 1 or T = 1 the transposed output buffer is already C-contiguous;
+    the output returned was that reused buffer, overwritten by the next forward."""
+    layer = make_layer(mode, 4, 3, "float32", seed=1, num_layers=2, batch_first=True)
+    layer.train(training)
+    N, T = shape
+    outs = [layer.forward(np.full((N, T, 4), v, np.float32))[0] for v in (0.0, 1.0, 2.0)]
+    keep = [o.copy() for o in outs]
+    for o, k in zip(outs, keep):
+        np.testing.assert_array_equal(o, k)
+    assert not np.array_equal(keep[0], keep[1])
+    assert not np.shares_memory(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_refilling_inputs_before_backward_keeps_gradients(mode):
+    """A training forward keeps copies of x and the initial state: a caller refilling its batch
+    and state arrays before backward (a reused loader buffer) gets the gradients of what it fed."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2, 4))
+    h0 = rng.standard_normal((2, 2, 5))
+    state = (h0, rng.standard_normal((2, 2, 5))) if mode == "LSTM" else h0
+    d_out = rng.standard_normal((6, 2, 5))
+    grads = []
+    for refill in (False, True):
+        layer = make_layer(mode, 4, 5, "float64", seed=2, num_layers=2)
+        xs = x.copy()
+        st = tuple(a.copy() for a in state) if mode == "LSTM" else state.copy()
+        layer.forward(xs, st)
+        if refill:
+            xs[...] = 7.0
+            for a in (st if mode == "LSTM" else (st,)):
+                a[...] = -3.0
+        dx = layer.backward(d_out)
+        grads.append((dx, {k: v.copy() for k, v in layer.grad_dict().items()}))
+    np.testing.assert_array_equal(grads[0][0], grads[1][0])
+    assert np.abs(grads[0][0]).max() > 0
+    for k, g in grads[0][1].items():
+        np.testing.assert_array_equal(g, grads[1][1][k], err_msg=k)
+
+
 # ----------------------------------------------------------------------------------------------
 # Initialisers
 

@@ -411,11 +411,17 @@ class _RNNBase(Module):
         if batch_first:
             inp = self._buffer(("x",), (T, N, self.input_size))
             np.copyto(inp, x.transpose(1, 0, 2))
-        elif not x.flags.c_contiguous:
+        elif not x.flags.c_contiguous or training:
+            # Training keeps x for backward: a copy, so that a caller refilling its batch array
+            # before backward cannot change the gradients (torch raises there instead)
             inp = self._buffer(("x",), x.shape)
             np.copyto(inp, x)
         else:
             inp = x
+        if training and h0 is not None:
+            # the initial states are kept for backward too (d w_hh of the first step)
+            h0 = h0.copy()
+            c0 = None if c0 is None else c0.copy()
         lstm = self._mode == "LSTM"
         h_n = np.empty((L * D, N, R), dt)
         c_n = np.empty((L * D, N, H), dt) if lstm else None
@@ -476,7 +482,9 @@ class _RNNBase(Module):
         # (set on the per-thread store directly, not through Module.__setattr__)
         self._tls.ctx = {"T": T, "N": N, "lengths": lengths, "inputs": inputs, "masks": masks,
                          "has_state": h0 is not None} if training else None
-        output = np.ascontiguousarray(inp.transpose(1, 0, 2)) if batch_first else inp
+        # Always a copy: with N = 1 or T = 1 the transposed buffer is already C-contiguous, and
+        # ascontiguousarray would return the reused buffer itself (the next forward overwrote it)
+        output = inp.transpose(1, 0, 2).copy() if batch_first else inp
         return output, ((h_n, c_n) if lstm else h_n)
 
     def _kind(self):
