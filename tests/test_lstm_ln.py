@@ -189,6 +189,18 @@ def test_bad_input():
         K.lstm_ln_forward(*args, **kw, zoneout_h_mask=np.zeros((3, 2, 4), np.float32))
     with pytest.raises(ValueError, match="cache"):
         K.lstm_ln_backward(None)
+    # flags are bools (a string "False" had run reversed), arrays are never copied silently
+    for flag in ("reverse", "training"):
+        with pytest.raises(TypeError, match=f"{flag} must be a bool"):
+            K.lstm_ln_forward(*args, **{**kw, flag: "False"})
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        K.lstm_ln_forward(np.asfortranarray(args[0]), *args[1:], **kw)
+    with pytest.raises(ValueError, match="w_ih must be C-contiguous"):
+        K.lstm_ln_forward(args[0], np.asfortranarray(args[1]), *args[2:], **kw)
+    with pytest.raises(TypeError, match="lengths must have an integer dtype"):
+        K.lstm_ln_forward(*args, **{**kw, "lengths": np.array([1.0, 2.0])})
+    y, h, c, cache = K.lstm_ln_forward(*args, **kw)
+    assert cache.args["x"] is args[0] and cache.args["w_ih"] is args[1]
 
 
 def test_binding_keywords_are_checked_by_name():

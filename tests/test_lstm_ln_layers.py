@@ -205,3 +205,32 @@ def test_cli_bad_flags_are_one_line_errors(argv, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     assert len(err.splitlines()) == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("opts", [dict(zoneout_h=0.1), dict(layer_norm="haste"),
+                                  dict(recurrent_dropout=0.2),
+                                  dict(recurrent_dropout=0.2, input_dropout=0.3,
+                                       dropout_masks="per_gate")], ids=str)
+@pytest.mark.parametrize("fill", [np.nan, np.inf])
+def test_nonfinite_padding_gets_no_gradient(cls, opts, fill):
+    """Padded steps (t >= lengths[n]) get no gradient: a NaN or inf the caller left there made
+    weight_ih's gradient non-finite (dw_ih = dgxᵀ x over every row, 0·NaN); the plain kernels
+    sum over the valid rows only. The same masks (seeded layers) with zeros there give the same
+    gradients."""
+    rng = np.random.default_rng(0)
+    T, N, C, H = 6, 3, 5, 7
+    lengths = np.array([6, 2, 4])
+    x = rng.standard_normal((T, N, C))
+    pad = np.arange(T)[:, None] >= lengths[None, :]
+    grads = []
+    for value in (0.0, fill):
+        xp = x.copy()
+        xp[pad] = value
+        m = cls(C, H, seed=0, dtype="float64", **opts)
+        y, _ = m.forward(xp, lengths=lengths)
+        m.backward(np.ones_like(y))
+        grads.append({k: v.copy() for k, v in m.grad_dict().items()})
+    for k, g in grads[1].items():
+        assert np.isfinite(g).all(), k
+        np.testing.assert_allclose(g, grads[0][k], rtol=1e-12, atol=1e-12, err_msg=k)

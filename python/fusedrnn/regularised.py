@@ -4,7 +4,8 @@ and ``gru_ln_backward``, with the names, signatures and results of
 :mod:`fusedrnn.reference_reg`, the NumPy specification (its docstring has the equations).
 
 Every argument is checked before any work; arrays are used as given (dtype of x, C order), never
-cast. The training cache keeps references to x, the weights and the masks: do not modify them
+cast or copied (a non-contiguous array is refused, as in :mod:`fusedrnn.functional`). The training
+cache keeps references to x, the weights and the masks (a copy of ``lengths``): do not modify them
 before the backward.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numbers
 import numpy as np
 
 from . import _core
-from .functional import _check_flag, _threads, _workspace
+from .functional import _check_flag, _check_lengths, _threads, _workspace
 from .reference_reg import GRU_LAYER_NORMS, LAYER_NORMS
 
 __all__ = ["lstm_ln_forward", "lstm_ln_backward", "gru_ln_forward", "gru_ln_backward",
@@ -34,7 +35,9 @@ def _arr(fn, name, a, shape, dtype, optional=True):
                         f"got {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(a.shape)}")
-    return np.ascontiguousarray(a)
+    if not a.flags.c_contiguous:  # as fusedrnn.functional: never a silent copy
+        raise ValueError(f"{fn}: {name} must be C-contiguous (use np.ascontiguousarray)")
+    return a
 
 
 def check_probability(fn, name, p):
@@ -70,7 +73,10 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
         raise ValueError(f"{fn}: x must be a float32 or float64 numpy array [T, N, C]")
     if min(x.shape) < 1:
         raise ValueError(f"{fn}: x must have T, N, C >= 1, got {list(x.shape)}")
-    x = np.ascontiguousarray(x)
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{fn}: x must be C-contiguous (use np.ascontiguousarray)")
+    reverse = _check_flag(fn, "reverse", reverse)
+    training = _check_flag(fn, "training", training)
     T, N, C = x.shape
     dt = x.dtype
     if layer_norm not in modes:
@@ -114,12 +120,7 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
     if isinstance(ln_eps, (bool, np.bool_)) or not isinstance(ln_eps, numbers.Real) \
             or not 0 < ln_eps < np.inf:
         raise ValueError(f"{fn}: ln_eps must be a finite number > 0, got {ln_eps!r}")
-    if lengths is not None:
-        lengths = np.asarray(lengths)
-        if lengths.shape != (N,) or (lengths.size and not np.issubdtype(lengths.dtype,
-                                                                         np.integer)):
-            raise ValueError(f"{fn}: lengths must be [N] = [{N}] integers")
-        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    lengths = _check_lengths(fn, lengths, N, T)  # a checked int64 copy (the cache keeps it)
     dims = (T, N, C, H)
     cache_n, ws_n, _ = getattr(_core, cell + "_sizes")(dims)
     y = np.empty((T, N, H), dt)
@@ -129,12 +130,12 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
     buf = np.empty(cache_n, dt) if training else None
     getattr(_core, fn)(dims, x=x, **a, layer_norm=layer_norm, ln_eps=float(ln_eps),
                        zoneout_h=zoneout_h, **extra, lengths=lengths, y=y, **out, cache=buf,
-                       workspace=_workspace(ws_n, dt), reverse=bool(reverse),
+                       workspace=_workspace(ws_n, dt), reverse=reverse,
                        num_threads=_threads())
     cache = None
     if training:
         a.update(x=x, layer_norm=layer_norm, zoneout_h=zoneout_h, lengths=lengths, **extra)
-        cache = _Cache(cell=cell, args=a, buf=buf, dims=dims, reverse=bool(reverse))
+        cache = _Cache(cell=cell, args=a, buf=buf, dims=dims, reverse=reverse)
     return (y, *out.values(), cache)
 
 

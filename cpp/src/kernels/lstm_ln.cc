@@ -479,6 +479,18 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
   Scalar* dgh = lstm && !ln ? w.da : w.dgh;
   Scalar* dah = lstm ? w.da : (ln ? w.dah : w.dgh);
 
+  // Padded rows of x (t >= lengths[n]) get no gradient, but dw_ih = dgxᵀ x multiplies their zero
+  // rows of dgx by x all the same: a NaN or inf there (padding is the caller's, often garbage)
+  // would make dw_ih NaN. Then dw_ih is summed in blocks of rows with the padded rows zeroed.
+  bool dirty_padding = false;
+  if (a.lengths && a.dw_ih)
+    for (Index n = 0; n < N && !dirty_padding; ++n)
+      for (Index t = a.lengths[n]; t < d.T && !dirty_padding; ++t) {
+        const Scalar* xr = a.x + (t * N + n) * C;
+        for (Index c = 0; c < C; ++c) dirty_padding |= !std::isfinite(xr[c]);
+      }
+  auto valid_row = [&](Index row) { return !a.lengths || row / N < a.lengths[row % N]; };
+
   parallel_region(thread_count(opt, d, G), [&] {
     // dgx: every row is written below unless lengths leave some inactive (then they stay 0)
     if (a.lengths || opt.reverse) par_fill(w.dgx, d.T * N * GH, Scalar(0));
@@ -577,9 +589,25 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
     // hs: the product's input h (or h∘r) of every step, step order.
     const Scalar* hin = rmask ? k.hm : k.hs;
     if (!gmx) {
-      backward_epilogue(d, S, G, H, a.x, a.w_ih, w.dgx, dgh, hin, w.wih_q, a.dx, a.dw_ih,
+      backward_epilogue(d, S, G, H, a.x, a.w_ih, w.dgx, dgh, hin, w.wih_q, a.dx,
+                        dirty_padding ? static_cast<Scalar*>(nullptr) : a.dw_ih,
                         gmh ? static_cast<Scalar*>(nullptr) : a.dw_hh,
                         static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
+      if (dirty_padding) {
+        const Index TN = d.T * N;
+        for (Index r0 = 0; r0 < TN; r0 += kMaskRows) {
+          const Index rb = std::min(kMaskRows, TN - r0);
+          for_rows(rb, [&](Index i) {
+            const Scalar* xr = a.x + (r0 + i) * C;
+            Scalar* xm = w.xm + i * C;
+            if (valid_row(r0 + i))
+              std::copy(xr, xr + C, xm);
+            else
+              std::fill(xm, xm + C, Scalar(0));
+          });
+          par_gemm_tn_add(GH, C, rb, w.dgx + r0 * GH, GH, w.xm, C, a.dw_ih, C);
+        }
+      }
     } else {
       // Input masks per gate block: dx = Σ_k m_k∘(dgx_k W_ih,k), dw_ih,k += dgx_kᵀ (x∘m_k), in
       // blocks of kMaskRows rows (time order; padded rows have dgx = 0).
@@ -595,9 +623,10 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
             const Scalar *mk = a.input_mask + (g * N + n) * C, *xr = a.x + row * C;
             const Scalar* p = w.xp + i * C;
             Scalar *o = a.dx ? a.dx + row * C : nullptr, *xm = w.xm + i * C;
+            const bool valid = valid_row(row);  // padded rows: zeros (see dirty_padding)
             for (Index c = 0; c < C; ++c) {
               if (o) o[c] = g ? o[c] + mk[c] * p[c] : mk[c] * p[c];
-              xm[c] = xr[c] * mk[c];
+              xm[c] = valid ? xr[c] * mk[c] : Scalar(0);
             }
           });
           if (a.dw_ih) par_gemm_tn_add(H, C, rb, dgk, GH, w.xm, C, a.dw_ih + g * H * C, C);
