@@ -161,6 +161,15 @@ def test_grad_false_and_out():
     assert g2 is out and np.array_equal(out, g) and loss2 == loss
     with pytest.raises(ValueError, match="out"):
         ctc_logits(z, tg, il, tl, out=np.zeros((8, 3, 4)))
+    # out over the scores themselves: the kernel wrote gradient rows before reading later
+    # frames (a wrong loss, 3.56 for 4.54); refused, as with the log_probs variant
+    keep = z.copy()
+    with pytest.raises(ValueError, match="out must not overlap logits"):
+        ctc_logits(z, tg, il, tl, out=z)
+    lp = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+    with pytest.raises(ValueError, match="out must not overlap log_probs"):
+        ctc(lp, tg, il, tl, out=lp)
+    np.testing.assert_array_equal(z, keep)
 
 
 def test_losses_module_exports():

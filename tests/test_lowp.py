@@ -306,6 +306,31 @@ def test_bad_input_raises_naming_the_argument():
         pw.matmul(np.ones((2, 8), np.float32), out=np.ones((2, 5), np.float32))
     with pytest.raises(ValueError, match="accumulate=True needs out"):
         pw.matmul(np.ones((2, 8), np.float32), accumulate=True)
+    # never a silent cast or copy; thread counts OpenMP cannot start are refused (100000 had
+    # crashed the process)
+    x = np.ones((2, 8), np.float32)
+    for bias in (np.ones(4), np.ones(4, np.complex64), [1.0] * 4):
+        with pytest.raises(TypeError, match="bias must be a float32 numpy array"):
+            pw.matmul(x, bias=bias)
+    with pytest.raises(ValueError, match="x must be C-contiguous"):
+        pw.matmul(np.asfortranarray(np.ones((3, 8), np.float32)))
+    for fn in (lowp.to_bf16, lowp.quantize_rows):
+        with pytest.raises(TypeError, match="x must be float32"):
+            fn(np.ones((2, 8)))
+        with pytest.raises(TypeError, match="x must be a float32 numpy array"):
+            fn([[1.0, 2.0]])
+    with pytest.raises(ValueError, match="x contains non-finite"):
+        lowp.quantize_rows(np.full((2, 8), np.nan, np.float32))
+    for n in (100000, 2**31 - 1, -1, True, 1.5):
+        with pytest.raises(ValueError, match=r"num_threads must be an integer in \[0, 4096\]"):
+            pw.matmul(x, num_threads=n)
+        with pytest.raises(ValueError, match=r"num_threads must be an integer in \[0, 4096\]"):
+            lowp.PackedInt8(w).matmul(x, num_threads=n)
+    with pytest.raises(TypeError, match="accumulate must be a bool"):
+        pw.matmul(x, out=np.zeros((2, 4), np.float32), accumulate="yes")
+    q, s8 = lowp.quantize_rows(x)
+    with pytest.raises(TypeError, match="scale must be"):
+        lowp.PackedInt8(w).matmul_s8(np.zeros((2, 64), np.int8), s8.astype(np.float64))
     missing = [t for t in lowp.TIERS if not lowp.tiers()[t]]
     if missing:
         with pytest.raises(ValueError, match="not available here"):

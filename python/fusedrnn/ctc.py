@@ -146,6 +146,9 @@ def _run(fn, x, targets, input_lengths, target_lengths, blank, reduction, zero_i
     reduction = _check_options(fn, reduction, zero_infinity)
     dt = x.dtype
     d = _check_out(fn, out, (T, N, K), dt) if grad else None
+    if d is not None and np.shares_memory(d, x):
+        # the kernel writes gradient rows while later frames' scores are still to be read
+        raise ValueError(f"{fn}: out must not overlap {'logits' if logits else 'log_probs'}")
     scale = None
     if reduction == "mean":
         scale = (1.0 / (N * np.maximum(tl, 1))).astype(dt)

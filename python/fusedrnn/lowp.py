@@ -18,9 +18,12 @@ order, quantisation -- is in ``fusedrnn.reference_lowp`` (re-exported by
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _core
+from .functional import _MAX_THREADS
 
 __all__ = ["tiers", "active_tier", "TIERS", "PackedBF16", "PackedInt8", "to_bf16",
            "quantize_rows"]
@@ -49,8 +52,10 @@ def _tier(tier):
     return tier
 
 
-def _matrix(x, name, K=None):
-    x = np.asarray(x)
+def _matrix(x, name, K=None, finite=True):
+    """x as given: a C-contiguous float32 numpy array [m, K] (never cast or copied)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a float32 numpy array [m, K], got {type(x).__name__}")
     if x.dtype != np.float32:
         raise TypeError(f"{name} must be float32, got {x.dtype}")
     if x.ndim != 2:
@@ -59,18 +64,38 @@ def _matrix(x, name, K=None):
         raise ValueError(f"{name} must have shape [m, {K}], got {x.shape}")
     if x.size == 0:
         raise ValueError(f"{name} must not be empty, got shape {x.shape}")
-    if not np.isfinite(x).all():
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (use np.ascontiguousarray)")
+    if finite and not np.isfinite(x).all():
         raise ValueError(f"{name} contains non-finite values")
-    return np.ascontiguousarray(x)
+    return x
 
 
 def _bias(bias, n):
     if bias is None:
         return None
-    b = np.ascontiguousarray(bias, dtype=np.float32)
-    if b.shape != (n,):
-        raise ValueError(f"bias must have shape [{n}], got {b.shape}")
-    return b
+    if not isinstance(bias, np.ndarray) or bias.dtype != np.float32:
+        raise TypeError(f"bias must be a float32 numpy array of shape [{n}], got "
+                        f"{bias.dtype if isinstance(bias, np.ndarray) else type(bias).__name__}")
+    if bias.shape != (n,):
+        raise ValueError(f"bias must have shape [{n}], got {bias.shape}")
+    if not bias.flags.c_contiguous:
+        raise ValueError("bias must be C-contiguous (use np.ascontiguousarray)")
+    return bias
+
+
+def _num_threads(n):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) \
+            or not 0 <= n <= _MAX_THREADS:
+        raise ValueError(f"num_threads must be an integer in [0, {_MAX_THREADS}] (0: the "
+                         f"default), got {n!r}")
+    return int(n)
+
+
+def _accumulate(a):
+    if not isinstance(a, (bool, np.bool_)):
+        raise TypeError(f"accumulate must be a bool, got {type(a).__name__}")
+    return bool(a)
 
 
 def _out(out, m, n):
@@ -83,18 +108,16 @@ def _out(out, m, n):
 
 
 def to_bf16(x, tier=None) -> np.ndarray:
-    """bf16 bit patterns (uint16 [m, K]) of float32 x [m, K], rounded by the C++ tier."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D, got shape {x.shape}")
+    """bf16 bit patterns (uint16 [m, K]) of float32 x [m, K] (C order, never cast), rounded by
+    the C++ tier."""
+    x = _matrix(x, "x", finite=False)
     return _core.lowp_to_bf16(x, _tier(tier))[:, :x.shape[1]]
 
 
 def quantize_rows(x, tier=None):
-    """(q int8 [m, K], scale float32 [m]): the contract's per-row s8 quantisation by the C++ tier."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D, got shape {x.shape}")
+    """(q int8 [m, K], scale float32 [m]): the contract's per-row s8 quantisation by the C++ tier
+    of finite float32 x [m, K] (C order, never cast)."""
+    x = _matrix(x, "x")
     q, s = _core.lowp_quantize_s8(x, _tier(tier))
     return q[:, :x.shape[1]], s
 
@@ -119,11 +142,14 @@ class PackedBF16:
     def matmul_bf16(self, a, bias=None, out=None, accumulate=False, tier=None, num_threads=0):
         """The product from x already converted: a = uint16 [m, >= K rounded up to 32] with
         zeros past K (as ``_core.lowp_to_bf16`` returns it)."""
+        accumulate, num_threads = _accumulate(accumulate), _num_threads(num_threads)
         if accumulate and out is None:
             raise ValueError("accumulate=True needs out")
+        if not isinstance(a, np.ndarray) or a.dtype != np.uint16 or a.ndim != 2:
+            raise TypeError("a must be a 2-D uint16 numpy array of bf16 bit patterns")
         out = _out(out, a.shape[0], self.n)
         _core.lowp_gemm_bf16(a, self.K, self.data, self.n, _bias(bias, self.n), out,
-                             bool(accumulate), _tier(tier), int(num_threads))
+                             accumulate, _tier(tier), num_threads)
         return out
 
 
@@ -149,10 +175,16 @@ class PackedInt8:
                   num_threads=0):
         """The product from x already quantised: q int8 [m, >= K rounded up to 64] with zeros
         past K, scale float32 [m]."""
+        accumulate, num_threads = _accumulate(accumulate), _num_threads(num_threads)
         if accumulate and out is None:
             raise ValueError("accumulate=True needs out")
+        if not isinstance(q, np.ndarray) or q.dtype != np.int8 or q.ndim != 2:
+            raise TypeError("q must be a 2-D int8 numpy array (quantize_rows' first result)")
+        if not isinstance(scale, np.ndarray) or scale.dtype != np.float32 \
+                or scale.shape != (q.shape[0],) or not scale.flags.c_contiguous:
+            raise TypeError(f"scale must be a C-contiguous float32 numpy array of shape "
+                            f"[{q.shape[0]}] (quantize_rows' second result)")
         out = _out(out, q.shape[0], self.n)
-        _core.lowp_gemm_s8(q, np.ascontiguousarray(scale, dtype=np.float32), self.K, self.data,
-                           self.scales, self.colsum, self.n, _bias(bias, self.n), out,
-                           bool(accumulate), _tier(tier), int(num_threads))
+        _core.lowp_gemm_s8(q, scale, self.K, self.data, self.scales, self.colsum, self.n,
+                           _bias(bias, self.n), out, accumulate, _tier(tier), num_threads)
         return out

@@ -34,9 +34,14 @@ struct Dims {
 // weights throw std::invalid_argument before any work; a cache (training) or backward too.
 enum class Precision { float32, bfloat16, int8 };
 
+// The most threads any call takes (Options::num_threads, Context, the lowp GEMMs), as
+// fusedrnn.set_num_threads in Python: OpenMP would try to start whatever count it is given.
+inline constexpr int kMaxThreads = 4096;
+
 struct Options {
   bool reverse = false;  // run each sequence from its last valid step back to t = 0
-  int num_threads = 0;   // threads of the kernel's parallel region; 0 = OpenMP default
+  int num_threads = 0;   // threads of the kernel's parallel region; 0 = OpenMP default;
+                         // at most kMaxThreads (more throws std::invalid_argument, as < 0 does)
   // Forward: the workspace still holds the weights packed by an earlier forward call of
   // the same kernel (same cell, GRU variant, C, H and P, weights unchanged since) on this same
   // workspace, so this call skips packing them. The packed weights sit at the start of the

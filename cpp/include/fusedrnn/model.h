@@ -134,7 +134,8 @@ struct ContextAccess;
 // thread of concurrent calls. Also carries the thread count of the kernels.
 class FUSEDRNN_API Context {
  public:
-  explicit Context(int num_threads = 0);  // 0: OpenMP's default
+  // num_threads: 0 = OpenMP's default, at most kMaxThreads; std::invalid_argument otherwise
+  explicit Context(int num_threads = 0);
   ~Context();
   Context(Context&&) noexcept;
   Context& operator=(Context&&) noexcept;

@@ -307,9 +307,19 @@ std::size_t gru_ln_backward_workspace_size(const Dims& d) {
   return isa::active().gru_ln_sizes(d).backward_workspace;
 }
 
+namespace {
+void check_threads(const char* fn, int num_threads) {
+  if (num_threads < 0 || num_threads > kMaxThreads)
+    throw std::invalid_argument(std::string(fn) + ": num_threads must lie in [0, " +
+                                std::to_string(kMaxThreads) + "] (0: OpenMP's default), got " +
+                                std::to_string(num_threads));
+}
+}  // namespace
+
 #define FUSEDRNN_ROUTE(fn, Args)                                                           \
   template <typename Scalar>                                                               \
   void fn(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* workspace) {   \
+    check_threads(#fn, opt.num_threads);                                                   \
     isa::kernels<Scalar>().fn(d, a, opt, workspace);                                       \
   }                                                                                        \
   template void fn<float>(const Dims&, const Args<float>&, const Options&, float*);        \

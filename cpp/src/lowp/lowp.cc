@@ -65,8 +65,9 @@ void check_gemm(const char* fn, Tier t, I m, I n, I K, const void* A, I lda, I k
   if (ldc < n)
     fail(std::string(fn) + ": ldc = " + std::to_string(ldc) + " must be >= n = " +
          std::to_string(n));
-  if (num_threads < 0)
-    fail(std::string(fn) + ": num_threads must be >= 0, got " + std::to_string(num_threads));
+  if (num_threads < 0 || num_threads > kMaxThreads)
+    fail(std::string(fn) + ": num_threads must lie in [0, " + std::to_string(kMaxThreads) +
+         "], got " + std::to_string(num_threads));
   if (!A || !Bp || !C) fail(std::string(fn) + ": A, Bp and C must not be null");
 }
 

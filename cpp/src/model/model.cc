@@ -577,7 +577,12 @@ void run(const ModelImpl& m, Precision precision, const char* fn, std::int64_t T
 // ---------------------------------------------------------------------------------------------
 // Context
 
-Context::Context(int num_threads) : num_threads_(num_threads) {}
+Context::Context(int num_threads) : num_threads_(num_threads) {
+  if (num_threads < 0 || num_threads > kMaxThreads)
+    throw std::invalid_argument("fusedrnn::Context: num_threads must lie in [0, " +
+                                std::to_string(kMaxThreads) + "] (0: OpenMP's default), got " +
+                                std::to_string(num_threads));
+}
 Context::~Context() {
   if (buffer_) ::operator delete(buffer_, std::align_val_t(internal::kAlign));
 }
