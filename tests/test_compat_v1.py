@@ -262,8 +262,10 @@ def test_gradients_by_finite_differences(name):
 
 def test_dropout_wrapper_trains_and_eval_is_deterministic():
     rng = np.random.default_rng(3)
+    # (variational_recurrent needs dtype and, with input dropout, input_size: TF1's rule)
     cells = [rc.DropoutWrapper(rc.BasicLSTMCell(8, seed=k), input_keep_prob=0.8,
-                               output_keep_prob=0.7, variational_recurrent=bool(k), seed=k)
+                               output_keep_prob=0.7, variational_recurrent=bool(k), seed=k,
+                               input_size=(3, 8)[k], dtype=np.float32)
              for k in range(2)]
     cell = rc.MultiRNNCell(cells)
     x = rng.standard_normal((4, 5, 3)).astype(np.float32)
@@ -325,7 +327,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"initial_state must be one array \[N, 8\]"):
         tf.nn.dynamic_rnn(concat, x, initial_state=rc.LSTMStateTuple(
             np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)))
-    with pytest.raises(ValueError, match="num_proj=2 needs state_is_tuple=True"):
+    with pytest.raises(ValueError, match=r"supports num_proj only with state_is_tuple=True \(TF1.s "
+                                         r"concatenated state \[c, m\] with a projection is not "
+                                         r"supported\)"):
         rc.LSTMCell(4, num_proj=2, state_is_tuple=False)
     multi = rc.MultiRNNCell([rc.GRUCell(3), rc.GRUCell(3)])
     with pytest.raises(ValueError, match="initial_state must be a tuple of 2 states"):
@@ -344,7 +348,7 @@ def test_bad_input_names_the_argument():
         rc.GRUCell(4, activation=lambda z: z ** 3)
     with pytest.raises(ValueError, match="activation must be one of"):
         rc.BasicLSTMCell(4, activation="swish")
-    with pytest.raises(RuntimeError, match="no training call"):
+    with pytest.raises(RuntimeError, match="no recorded call left to differentiate"):
         rc.GRUCell(3).backward(np.zeros((2, 3)))
     # d_output: checked against the output as the caller got it (batch-major here), before any
     # work: no cast, no transposed shape in the message
@@ -388,7 +392,7 @@ def _state_dropout_stack(rng):
              rc.BasicLSTMCell(3, state_is_tuple=False, seed=3), rc.LSTMCell(4, num_proj=2,
                                                                            seed=4)]
     wrappers = [rc.DropoutWrapper(c, state_keep_prob=0.6, variational_recurrent=(k % 2 == 1),
-                                  seed=k) for k, c in enumerate(inner)]
+                                  dtype=np.float64, seed=k) for k, c in enumerate(inner)]
     return inner, wrappers, rc.MultiRNNCell(wrappers)
 
 
@@ -529,3 +533,284 @@ def test_activation_callables_by_name():
     assert not rc.LSTMCell(3, num_proj=2, proj_clip=1.0)._fused()
     assert rc.LSTMCell(3, num_proj=2)._fused() and not rc.LSTMCell(3, num_proj=3)._fused()
     assert rc.LSTMCell(3, proj_clip=1.0)._proj_clip is None    # TF1 ignores it without num_proj
+
+
+# -- probes of session 18: TF1's variational dropout, checks before work, the tape, names ---------
+
+def _constant_rnn(wrapper, inner, C, dt=np.float64):
+    """inner: a BasicRNNCell(identity) whose output is 1 everywhere before dropout."""
+    inner.build(C, dt)
+    inner.kernel.data[...] = 0
+    inner.bias.data[...] = 1.0
+    return wrapper
+
+
+def test_variational_dropout_is_one_mask_per_run_shared_by_the_batch():
+    N, C, H = 6, 4, 40
+    inner = rc.BasicRNNCell(H, activation="identity", seed=0)
+    w = _constant_rnn(rc.DropoutWrapper(inner, output_keep_prob=0.5, variational_recurrent=True,
+                                        dtype=np.float64, seed=1), inner, C)
+    # a manual step loop keeps its masks from one zero_state() to the next
+    s = w.zero_state(N, np.float64)
+    pats = []
+    for _ in range(4):
+        y, s = w(np.zeros((N, C)), s)
+        pats.append(y != 0)
+    for p in pats:
+        np.testing.assert_array_equal(p, pats[0])
+    assert (pats[0] == pats[0][0]).all()               # TF1's noise shape [1, size]
+    assert 0 < pats[0][0].sum() < H
+    s = w.zero_state(N, np.float64)                     # a new sequence: new masks
+    y, s = w(np.zeros((N, C)), s)
+    assert not np.array_equal(y != 0, pats[0])
+    # dynamic_rnn: one mask for every step and row of the call, a new one per call
+    out, _ = tf.nn.dynamic_rnn(w, np.zeros((N, 5, C)), dtype=np.float64)
+    keep = out != 0
+    assert (keep == keep[0, 0]).all()
+    out2, _ = tf.nn.dynamic_rnn(w, np.zeros((N, 5, C)), dtype=np.float64)
+    assert not np.array_equal(out2 != 0, keep)
+    # not variational: masks differ between rows and steps
+    inner2 = rc.BasicRNNCell(H, activation="identity", seed=0)
+    w2 = _constant_rnn(rc.DropoutWrapper(inner2, output_keep_prob=0.5, seed=1), inner2, C)
+    out, _ = tf.nn.dynamic_rnn(w2, np.zeros((N, 5, C)), dtype=np.float64)
+    assert not ((out != 0) == (out[:1, :1] != 0)).all()
+
+
+def test_variational_dropout_arguments_are_tf1s():
+    with pytest.raises(ValueError, match="When variational_recurrent=True, dtype must be provided"):
+        rc.DropoutWrapper(rc.GRUCell(3), output_keep_prob=0.5, variational_recurrent=True)
+    with pytest.raises(ValueError, match="input_keep_prob < 1.0, input_size must be provided"):
+        rc.DropoutWrapper(rc.GRUCell(3), input_keep_prob=0.5, variational_recurrent=True,
+                          dtype=np.float32)
+    x = np.ones((2, 4, 5), np.float32)
+    w = rc.DropoutWrapper(rc.GRUCell(3), input_keep_prob=0.5, variational_recurrent=True,
+                          input_size=7, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"inputs must have depth 7 \(the DropoutWrapper's "
+                                         r"input_size=\), got 5"):
+        tf.nn.dynamic_rnn(w, x, dtype=np.float32)
+    assert w.cell._built is None                         # refused before any work
+    w = rc.DropoutWrapper(rc.GRUCell(3), output_keep_prob=0.5, variational_recurrent=True,
+                          dtype=np.float64)
+    with pytest.raises(TypeError, match=r"inputs must have dtype float64 \(the DropoutWrapper's "
+                                        r"dtype=\), got float32"):
+        tf.nn.dynamic_rnn(w, x, dtype=np.float32)
+    w = rc.DropoutWrapper(rc.GRUCell(3), input_keep_prob=0.5, variational_recurrent=True,
+                          input_size=5, dtype=np.float32)
+    y, _ = tf.nn.dynamic_rnn(w, x, dtype=np.float32)
+    assert y.shape == (2, 4, 3)
+
+
+def test_errors_come_before_any_work():
+    rng = np.random.default_rng(0)
+    cell = rc.MultiRNNCell([rc.GRUCell(3, seed=0), rc.GRUCell(4, seed=1)])
+    x = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    good = (np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32))
+    out, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    d_out = np.ones_like(out)
+    cell.zero_grad()
+    cell.backward(d_out, good)
+    g_ref = cell.cell_1.gates_kernel.grad.copy()
+    tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    cell.zero_grad()
+    with pytest.raises(TypeError, match=r"d_state must have dtype float32, got float64"):
+        cell.backward(d_out, (np.zeros((2, 3), np.float64), good[1]))   # layer 0's, bad
+    assert not cell.cell_1.gates_kernel.grad.any()        # layer 1 did not run
+    cell.backward(d_out, good)                            # the call is still there, once
+    np.testing.assert_array_equal(cell.cell_1.gates_kernel.grad, g_ref)
+    # forward: layer 1's bad initial state -> layer 0 neither built nor run
+    c2 = rc.MultiRNNCell([rc.GRUCell(3, seed=0), rc.GRUCell(4, seed=1)])
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[2, 4\], got \[2, 5\]"):
+        tf.nn.dynamic_rnn(c2, x, initial_state=(good[0], np.zeros((2, 5), np.float32)))
+    assert c2.cell_0._built is None and c2.cell_1._built is None
+    # the step's argument is `state`
+    with pytest.raises(ValueError, match=r"MultiRNNCell.__call__: state must be a tuple of 2"):
+        c2(x[:, 0], good[0])
+    # bidirectional: cell_bw and initial_state_bw are checked before the forward direction runs
+    fw = rc.GRUCell(3, seed=0)
+    with pytest.raises(TypeError, match="cell_bw must be a fusedrnn.compat.v1 cell"):
+        tf.nn.bidirectional_dynamic_rnn(fw, object(), x, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"initial_state_bw must have shape \[2, 3\]"):
+        tf.nn.bidirectional_dynamic_rnn(fw, rc.GRUCell(3), x, initial_state_fw=good[0],
+                                        initial_state_bw=np.zeros((2, 4), np.float32))
+    assert fw._built is None and not fw._tape
+
+
+def test_backward_consumes_its_call_and_step_loops_backpropagate():
+    """cell(x_t, s) in a loop, then backward once per step in reverse (the later step's
+    d_initial_state as d_state): the gradients of dynamic_rnn over the same sequence. A second
+    backward of a call raises."""
+    rng = np.random.default_rng(0)
+    N, T, C = 2, 4, 3
+    x = rng.standard_normal((N, T, C))
+    for make in (lambda: rc.GRUCell(5, seed=0),
+                 lambda: rc.MultiRNNCell([rc.LSTMCell(4, use_peepholes=True, seed=0),
+                                          rc.BasicRNNCell(3, activation="relu", seed=1)]),
+                 lambda: rc.LSTMCell(4, num_proj=2, proj_clip=0.5, seed=2)):
+        cell = make()
+        out, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float64)
+        d = rng.standard_normal(out.shape)
+        cell.zero_grad()
+        dx_ref = cell.backward(d)
+        g_ref = [p.grad.copy() for p in cell.parameters()]
+        with pytest.raises(RuntimeError, match="no recorded call left to differentiate"):
+            cell.backward(d)
+        cell.zero_grad()
+        s = cell.zero_state(N, np.float64)
+        for t in range(T):
+            _, s = cell(x[:, t], s)
+        ds, dxs = None, []
+        for t in reversed(range(T)):
+            dxs.append(cell.backward(d[:, t], ds))
+            ds = cell.d_initial_state
+        with pytest.raises(RuntimeError, match="no recorded call left to differentiate"):
+            cell.backward(d[:, 0], ds)
+        np.testing.assert_allclose(np.stack(dxs[::-1], 1), dx_ref, atol=1e-12)
+        for p, g in zip(cell.parameters(), g_ref):
+            np.testing.assert_allclose(p.grad, g, atol=1e-12)
+
+
+def test_the_inputs_are_copied_for_backward():
+    rng = np.random.default_rng(1)
+    for make in (lambda: rc.GRUCell(4, seed=0), lambda: rc.BasicRNNCell(4, seed=0),
+                 lambda: rc.LSTMCell(4, use_peepholes=True, seed=0)):
+        for api in ("time_major", "step"):
+            grads = []
+            for refill in (False, True):
+                cell = make()
+                x = rng.standard_normal((5, 3, 6)) if not refill else x0.copy()
+                x0 = x.copy()
+                if api == "step":
+                    y, _ = cell(x[0], cell.zero_state(3, np.float64))
+                else:
+                    y, _ = tf.nn.dynamic_rnn(cell, x, dtype=np.float64, time_major=True)
+                if refill:
+                    x[...] = 7.0
+                cell.backward(np.ones_like(y))
+                grads.append([p.grad.copy() for p in cell.parameters()])
+            for a, b in zip(*grads):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_name_and_initializers():
+    x = np.ones((2, 3, 5), np.float32)
+    cell = rc.LSTMCell(4, name="enc", use_peepholes=True)
+    tf.nn.dynamic_rnn(cell, x, dtype=np.float32)
+    assert list(cell.variables()) == ["rnn/enc/kernel", "rnn/enc/bias", "rnn/enc/w_f_diag",
+                                      "rnn/enc/w_i_diag", "rnn/enc/w_o_diag"]
+    multi = rc.MultiRNNCell([rc.GRUCell(3, name="g"), rc.BasicRNNCell(2, name="top/r")])
+    ckpt = {"rnn/multi_rnn_cell/cell_0/g/gates/kernel": np.zeros((8, 6), np.float32),
+            "rnn/multi_rnn_cell/cell_0/g/gates/bias": np.zeros(6, np.float32),
+            "rnn/multi_rnn_cell/cell_0/g/candidate/kernel": np.zeros((8, 3), np.float32),
+            "rnn/multi_rnn_cell/cell_0/g/candidate/bias": np.zeros(3, np.float32),
+            "rnn/multi_rnn_cell/cell_1/top/r/kernel": np.ones((5, 2), np.float32),
+            "rnn/multi_rnn_cell/cell_1/top/r/bias": np.ones(2, np.float32)}
+    multi.load_variables(ckpt)
+    assert multi.cell_1.kernel.data.sum() == 10
+    for bad in ("", "/x", 3):
+        with pytest.raises((TypeError, ValueError), match="name must be"):
+            rc.GRUCell(3, name=bad)
+    seen = []
+
+    def init(shape, dtype):
+        seen.append(tuple(shape))
+        return np.full(shape, 0.25, dtype)
+
+    g = rc.GRUCell(3, kernel_initializer=init, bias_initializer=lambda s, d: np.zeros(s, d))
+    tf.nn.dynamic_rnn(g, x, dtype=np.float32)
+    assert (g.gates_kernel.data == 0.25).all() and (g.candidate_kernel.data == 0.25).all()
+    assert not g.gates_bias.data.any() and not g.candidate_bias.data.any()
+    lc = rc.LSTMCell(3, initializer=init, num_proj=2, use_peepholes=True)
+    tf.nn.dynamic_rnn(lc, x, dtype=np.float32)
+    assert (lc.kernel.data == 0.25).all() and (lc.projection_kernel.data == 0.25).all()
+    assert (lc.w_i_diag.data == 0.25).all() and not lc.bias.data.any()
+    for bad in ("zeros", 0.0, np.zeros):
+        with pytest.raises(TypeError, match="kernel_initializer must be None or a callable"):
+            rc.GRUCell(3, kernel_initializer=bad if bad is not np.zeros else 1)
+        with pytest.raises(TypeError, match="initializer must be None or a callable"):
+            rc.LSTMCell(3, initializer=bad if bad is not np.zeros else [1])
+    wrong = rc.GRUCell(3, bias_initializer=lambda s, d: np.zeros(s))   # float64 for float32
+    with pytest.raises(TypeError, match=r"bias_initializer must return an array of dtype float32"):
+        tf.nn.dynamic_rnn(wrong, x, dtype=np.float32)
+    assert wrong._built is None and not list(wrong.parameters())
+    with pytest.raises(ValueError, match=r"kernel_initializer must return an array of shape"):
+        tf.nn.dynamic_rnn(rc.GRUCell(3, kernel_initializer=lambda s, d: np.zeros(3, d)), x,
+                          dtype=np.float32)
+
+
+def test_a_fresh_cell_loads_a_state_dict(tmp_path):
+    import fusedrnn
+    x = np.random.default_rng(0).standard_normal((2, 3, 5)).astype(np.float32)
+
+    def make():
+        return rc.MultiRNNCell([rc.LSTMCell(4, use_peepholes=True, num_proj=2),
+                                rc.DropoutWrapper(rc.GRUCell(3), output_keep_prob=0.5)])
+
+    src = make()
+    src.eval()
+    out, _ = tf.nn.dynamic_rnn(src, x, dtype=np.float32)
+    dst = make().eval()
+    dst.load_state_dict(src.state_dict())
+    np.testing.assert_array_equal(tf.nn.dynamic_rnn(dst, x, dtype=np.float32)[0], out)
+    fusedrnn.io.save(tmp_path / "m.safetensors", src)
+    dst = make().eval()
+    fusedrnn.io.load(tmp_path / "m.safetensors", dst)
+    np.testing.assert_array_equal(tf.nn.dynamic_rnn(dst, x, dtype=np.float32)[0], out)
+    # a refused load leaves the fresh cell unbuilt
+    sd = dict(src.state_dict())
+    sd["cell_1.cell.candidate_bias"] = sd["cell_1.cell.candidate_bias"].astype(np.float64)
+    dst = make()
+    with pytest.raises(TypeError, match="cell_1.cell.candidate_bias must have dtype float32"):
+        dst.load_state_dict(sd)
+    assert dst.cell_0._built is None and not list(dst.parameters())
+    del sd["cell_0.kernel"]
+    with pytest.raises(KeyError, match=r"missing cell_0.kernel \(the kernel of a LSTMCell"):
+        make().load_state_dict(sd)
+
+
+def test_load_variables_casts_nothing():
+    cell = rc.BasicLSTMCell(5)
+    tf.nn.dynamic_rnn(cell, np.zeros((2, 3, 4), np.float32), dtype=np.float32)
+    before = {k: p.data.copy() for k, p in cell.variables().items()}
+    for make in (lambda s: np.full(s, 1 + 2.0 ** -40), lambda s: np.ones(s, bool),
+                 lambda s: np.full(s, "1.5")):
+        arrays = {k: make(v.shape) for k, v in before.items()}
+        arrays["rnn/basic_lstm_cell/bias"] = np.ones(20, np.float32)    # one good array
+        with pytest.raises(TypeError, match=r"load_variables: rnn/basic_lstm_cell/kernel must "
+                                            r"have dtype float32 \(the cell's\)"):
+            cell.load_variables(arrays)
+        for k, p in cell.variables().items():   # nothing copied, not even the good one
+            np.testing.assert_array_equal(p.data, before[k])
+    fresh = rc.BasicLSTMCell(5)
+    with pytest.raises(TypeError, match="kernel must be float32 or float64, got bool"):
+        fresh.load_variables({"rnn/basic_lstm_cell/kernel": np.ones((9, 20), bool),
+                              "rnn/basic_lstm_cell/bias": np.ones(20, bool)})
+    typed = rc.BasicLSTMCell(5, dtype=np.float32)
+    with pytest.raises(TypeError, match="bias must have dtype float32"):
+        typed.load_variables({"rnn/basic_lstm_cell/kernel": np.ones((9, 20), np.float32),
+                              "rnn/basic_lstm_cell/bias": np.ones(20)})
+    assert typed._built is None
+
+
+def test_custom_cells_and_list_states():
+    class MyCell(rc.RNNCell):
+        @property
+        def state_size(self):
+            return 3
+
+        def call(self, inputs, state):
+            return state, state
+
+    c = MyCell()
+    for call in (lambda: c.zero_state(2, np.float32),
+                 lambda: tf.nn.dynamic_rnn(c, np.ones((2, 4, 3), np.float32), dtype=np.float32),
+                 lambda: rc.MultiRNNCell([c]), lambda: rc.DropoutWrapper(c)):
+        with pytest.raises(TypeError, match="custom subclasses of rnn_cell.RNNCell are not "
+                                            "supported"):
+            call()
+    # TF1's nest takes lists as states: [c, h], and a list of layer states
+    multi = rc.MultiRNNCell([rc.BasicLSTMCell(3, seed=0), rc.GRUCell(2, seed=1)])
+    x = np.random.default_rng(0).standard_normal((2, 4, 5))
+    z = multi.zero_state(2, np.float64)
+    a, sa = tf.nn.dynamic_rnn(multi, x, initial_state=z)
+    b, sb = tf.nn.dynamic_rnn(multi, x, initial_state=[list(z[0]), z[1]])
+    np.testing.assert_array_equal(a, b)
