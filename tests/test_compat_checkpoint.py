@@ -150,3 +150,56 @@ def test_string_tensors_and_a_checkpoint_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="without a 'checkpoint' state file"):
         tf.load_checkpoint(tmp_path / "empty")
+
+
+def test_a_corrupt_index_raises_checkpoint_format_error(tmp_path):
+    """Deterministic mutations of a valid index (truncated body, flipped bits, a replaced byte;
+    the footer kept): each loads or raises CheckpointFormatError, never a raw struct.error,
+    TypeError, NumPy or UnicodeDecodeError (probe c3/c4 of session 18)."""
+    tensors = {"rnn/kernel": np.arange(12, dtype=np.float32).reshape(3, 4),
+               "step": np.array(7, np.int64), "names": np.array([b"a", b"bcd"], object)}
+    write_checkpoint(tmp_path / "f", tensors, num_shards=2)
+    orig = (tmp_path / "f.index").read_bytes()
+    for s in range(2):
+        (tmp_path / f"g.data-0000{s}-of-00002").write_bytes(
+            (tmp_path / f"f.data-0000{s}-of-00002").read_bytes())
+    rng = np.random.default_rng(0)
+    clean = 0
+    for i in range(900):
+        data = bytearray(orig)
+        if i % 3 == 0:
+            data = data[:rng.integers(0, len(data))] + data[-48:]
+        elif i % 3 == 1:
+            for _ in range(rng.integers(1, 4)):
+                data[rng.integers(0, len(data) - 48)] ^= 1 << rng.integers(0, 8)
+        else:
+            data[rng.integers(0, len(data) - 48)] = rng.integers(0, 256)
+        (tmp_path / "g.index").write_bytes(bytes(data))
+        try:
+            tf.load_checkpoint(tmp_path / "g")
+        except tf.CheckpointFormatError:
+            clean += 1
+        except FileNotFoundError as e:      # a shard count or id that names a missing file
+            assert "does not exist" in str(e)
+    assert clean > 500
+    # the cases the probe found, by hand: a name that is not UTF-8, a wire type changed, a
+    # length past its message, a negative dimension
+    good = entry_proto(np.float32, (3,), 0, 0, 12)
+    for key, value, msg in [
+            (b"\xff\xfe", good, "the name is not UTF-8"),
+            (b"a", field(1, 0, 1) + field(2, 0, 5), "field 2 has wire type 0, expected 2"),
+            (b"a", field(1, 0, 1) + b"\x12\x40\x10", "runs past its message"),
+            (b"a", field(1, 0, 1) + field(2, 2, field(2, 2, field(1, 0, 2 ** 64 - 1))),
+             "unknown or negative size")]:
+        items = [(b"", field(1, 0, 1)), (key, value)]
+        b = block(items)
+        data = b + b"\x00\0\0\0\0"
+        idx = block([(key + b"\xff", varint(0) + varint(len(b)))], restart_every=1)
+        handle = varint(len(data)) + varint(len(idx))
+        data += idx + b"\x00\0\0\0\0"
+        footer = varint(0) + varint(0) + handle
+        data += footer + b"\0" * (40 - len(footer)) + struct.pack("<Q", MAGIC)
+        (tmp_path / "h.index").write_bytes(data)
+        (tmp_path / "h.data-00000-of-00001").write_bytes(b"\0" * 12)
+        with pytest.raises(tf.CheckpointFormatError, match=msg):
+            tf.load_checkpoint(tmp_path / "h")

@@ -14,10 +14,13 @@ lengths][bytes]...``, e.g. the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry that objec
 checkpoints carry) come back as object arrays of ``bytes``. A directory stands for the latest
 checkpoint its ``checkpoint`` state file names (``model_checkpoint_path``), as TF's
 ``load_checkpoint`` does. Sliced (partitioned) variables are refused; the CRC32C checksums are
-not verified.
+not verified, but every length, offset, wire type, dimension and name is checked: a malformed
+index or shard raises :class:`CheckpointFormatError` (naming the file and what is wrong), never
+a raw struct, NumPy or decoding error.
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 from typing import Dict
@@ -59,12 +62,16 @@ def _latest(directory):
         raise FileNotFoundError(f"load_checkpoint: {directory} is a directory without a "
                                 f"'checkpoint' state file; pass a checkpoint prefix (the path "
                                 f"without .index)")
-    with open(state, encoding="utf-8") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key.strip() == "model_checkpoint_path":
-                path = value.strip().strip('"')
-                return path if os.path.isabs(path) else os.path.join(directory, path)
+    try:
+        with open(state, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise CheckpointFormatError(f"{state}: not a text file") from None
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model_checkpoint_path":
+            path = value.strip().strip('"')
+            return path if os.path.isabs(path) else os.path.join(directory, path)
     raise CheckpointFormatError(f"{state}: no model_checkpoint_path line")
 
 
@@ -87,26 +94,34 @@ def _varint(buf, pos, where):
             raise CheckpointFormatError(f"{where}: varint too long")
 
 
-def _proto_fields(buf, where):
-    """(field number, wire type, value) of a protobuf message; value bytes for length-delimited."""
+def _proto_fields(buf, where, wires=None):
+    """(field number, wire type, value) of a protobuf message; value bytes for length-delimited.
+    Every length is checked against the message; `wires` (field -> wire type) names the wire
+    type each known field must have (a corrupt byte must not turn a length into a number)."""
     pos, out = 0, []
     while pos < len(buf):
         tag, pos = _varint(buf, pos, where)
         field, wire = tag >> 3, tag & 7
         if wire == 0:
             v, pos = _varint(buf, pos, where)
-        elif wire == 1:
-            v = struct.unpack_from("<Q", buf, pos)[0]
-            pos += 8
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            if pos + n > len(buf):
+                raise CheckpointFormatError(f"{where}: truncated protobuf field {field}")
+            v = int.from_bytes(buf[pos:pos + n], "little")
+            pos += n
         elif wire == 2:
             n, pos = _varint(buf, pos, where)
+            if pos + n > len(buf):
+                raise CheckpointFormatError(f"{where}: protobuf field {field} of {n} bytes "
+                                            f"runs past its message")
             v = bytes(buf[pos:pos + n])
             pos += n
-        elif wire == 5:
-            v = struct.unpack_from("<I", buf, pos)[0]
-            pos += 4
         else:
             raise CheckpointFormatError(f"{where}: unsupported protobuf wire type {wire}")
+        if wires is not None and field in wires and wires[field] != wire:
+            raise CheckpointFormatError(f"{where}: protobuf field {field} has wire type {wire}, "
+                                        f"expected {wires[field]}")
         out.append((field, wire, v))
     return out
 
@@ -117,20 +132,23 @@ def _decompress(kind, data, where):
     if kind == 1:
         try:
             import cramjam
-            return bytes(cramjam.snappy.decompress_raw(data))
+            decompress = lambda b: bytes(cramjam.snappy.decompress_raw(b))  # noqa: E731
         except ImportError:
-            pass
+            try:
+                import snappy
+                decompress = snappy.uncompress
+            except ImportError:
+                raise CheckpointFormatError(f"{where}: a Snappy-compressed block; install "
+                                            f"cramjam or python-snappy to read it") from None
         try:
-            import snappy
-            return snappy.uncompress(data)
-        except ImportError:
-            raise CheckpointFormatError(f"{where}: a Snappy-compressed block; install cramjam "
-                                        f"or python-snappy to read it") from None
+            return decompress(bytes(data))
+        except Exception as e:   # (each library has its own error for corrupt input)
+            raise CheckpointFormatError(f"{where}: a corrupt Snappy block ({e})") from None
     raise CheckpointFormatError(f"{where}: unknown block compression type {kind}")
 
 
 def _block(data, offset, size, where):
-    if offset + size + 5 > len(data):
+    if offset + size + 5 > len(data) - 48:   # (blocks lie before the footer)
         raise CheckpointFormatError(f"{where}: block at {offset} (+{size}) runs past the file")
     return _decompress(data[offset + size], data[offset:offset + size], where)
 
@@ -173,6 +191,10 @@ def _read_index(path):
         off, q = _varint(handle, 0, path)
         size, _ = _varint(handle, q, path)
         entries.extend(_block_entries(_block(data, off, size, path), path))
+    # a table's keys are sorted and distinct (a corrupt key would otherwise shadow another)
+    for (a, _), (b, _) in zip(entries, entries[1:]):
+        if not a < b:
+            raise CheckpointFormatError(f"{path}: keys out of order ({a!r} then {b!r})")
     return entries
 
 
@@ -188,28 +210,44 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
     if not os.path.exists(index):
         raise FileNotFoundError(f"load_checkpoint: {index} does not exist")
     entries = _read_index(index)
+    if not entries or entries[0][0] != b"":
+        raise CheckpointFormatError(f"{index}: no bundle header (the entry under the empty key)")
     num_shards, little = 1, True
     out, shards = {}, {}
     for key, value in entries:
         where = f"{index}: entry {key.decode(errors='replace')!r}"
-        fields = _proto_fields(value, where)
         if key == b"":
-            for field, _, v in fields:
+            for field, _, v in _proto_fields(value, where, {1: 0, 2: 0, 3: 2}):
                 if field == 1:
                     num_shards = v
                 elif field == 2:
+                    if v not in (0, 1):
+                        raise CheckpointFormatError(f"{where}: endianness {v} (0 or 1)")
                     little = v == 0
+            if not 1 <= num_shards <= 99999:
+                raise CheckpointFormatError(f"{where}: num_shards {num_shards}")
             continue
-        name = key.decode()
+        try:
+            name = key.decode()
+        except UnicodeDecodeError:
+            raise CheckpointFormatError(f"{where}: the name is not UTF-8") from None
+        fields = _proto_fields(value, where, {1: 0, 2: 2, 3: 0, 4: 0, 5: 0, 6: 5, 7: 2})
         dtype, dims, shard, offset, size, sliced = 0, [], 0, 0, 0, False
         for field, _, v in fields:
             if field == 1:
                 dtype = v
-            elif field == 2:
-                for f2, _, d in _proto_fields(v, where):
+            elif field == 2:   # TensorShapeProto: dim (2) {size (1)}, unknown_rank (3)
+                for f2, _, d in _proto_fields(v, where, {2: 2, 3: 0}):
                     if f2 == 2:
-                        size_ = [x for g, _, x in _proto_fields(d, where) if g == 1]
-                        dims.append(size_[0] if size_ else 0)
+                        size_ = [x for g, _, x in _proto_fields(d, where, {1: 0, 2: 2})
+                                 if g == 1]
+                        # (int64 on the wire: a negative size is 2**64 - n, unknown is -1)
+                        if size_ and size_[-1] >= 1 << 63:
+                            raise CheckpointFormatError(f"{where}: a dimension of unknown or "
+                                                        f"negative size")
+                        dims.append(size_[-1] if size_ else 0)
+                    elif f2 == 3 and d:
+                        raise CheckpointFormatError(f"{where}: a shape of unknown rank")
             elif field == 3:
                 shard = v
             elif field == 4:
@@ -223,7 +261,9 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
                                         f"supported")
         if dtype not in _DTYPES and dtype != _DT_STRING:
             raise CheckpointFormatError(f"{where}: unsupported dtype enum {dtype}")
-        count = int(np.prod(dims)) if dims else 1
+        count = math.prod(dims)
+        if shard >= num_shards:
+            raise CheckpointFormatError(f"{where}: shard {shard} of {num_shards}")
         if dtype != _DT_STRING:
             dt = np.dtype(_DTYPES[dtype]).newbyteorder("<" if little else ">")
             if count * dt.itemsize != size:
@@ -235,6 +275,8 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
             with open(path, "rb") as f:
                 shards[shard] = f.read()
         buf = shards[shard]
+        if dtype == _DT_STRING and count > size:   # (each string takes a length byte at least)
+            raise CheckpointFormatError(f"{where}: {size} bytes cannot hold {count} strings")
         if offset + size > len(buf):
             raise CheckpointFormatError(f"{where}: data at {offset} (+{size}) runs past shard "
                                         f"{shard}")
@@ -242,5 +284,5 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
             out[name] = _strings(buf[offset:offset + size], count, where).reshape(dims)
             continue
         out[name] = np.frombuffer(buf, dt, count, offset).astype(dt.newbyteorder("="))\
-            .reshape(dims)
+            .reshape(dims) if count else np.zeros(dims, dt.newbyteorder("="))
     return out
