@@ -216,9 +216,6 @@ class RNNCell(Module):
         if not isinstance(inputs, np.ndarray) or inputs.ndim != 2:
             raise ValueError(f"{fn}: inputs must be a numpy array [batch, depth], got "
                              f"{getattr(inputs, 'shape', type(inputs).__name__)}")
-        if state is None:
-            raise ValueError(f"{fn}: state must be given (e.g. cell.zero_state(batch_size, "
-                             f"dtype)), got None")
         # (a copy: the recorded step keeps it, so a loop may refill one input array)
         x = np.array(inputs[None], order="C")
         plan = self._plan(fn, x, state, "state")
