@@ -327,9 +327,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"initial_state must be one array \[N, 8\]"):
         tf.nn.dynamic_rnn(concat, x, initial_state=rc.LSTMStateTuple(
             np.zeros((2, 4), np.float32), np.zeros((2, 4), np.float32)))
-    with pytest.raises(ValueError, match=r"supports num_proj only with state_is_tuple=True \(TF1.s "
-                                         r"concatenated state \[c, m\] with a projection is not "
-                                         r"supported\)"):
+    with pytest.raises(ValueError, match=r"supports num_proj only with state_is_tuple=True "
+                                         r"\(TF1.s concatenated state \[c, m\] with a "
+                                         r"projection is not supported\)"):
         rc.LSTMCell(4, num_proj=2, state_is_tuple=False)
     multi = rc.MultiRNNCell([rc.GRUCell(3), rc.GRUCell(3)])
     with pytest.raises(ValueError, match="initial_state must be a tuple of 2 states"):
@@ -535,7 +535,7 @@ def test_activation_callables_by_name():
     assert rc.LSTMCell(3, proj_clip=1.0)._proj_clip is None    # TF1 ignores it without num_proj
 
 
-# -- probes of session 18: TF1's variational dropout, checks before work, the tape, names ---------
+# -- probes of session 18: TF1's variational dropout, checks before work, the tape, names -----
 
 def _constant_rnn(wrapper, inner, C, dt=np.float64):
     """inner: a BasicRNNCell(identity) whose output is 1 everywhere before dropout."""
@@ -577,7 +577,8 @@ def test_variational_dropout_is_one_mask_per_run_shared_by_the_batch():
 
 
 def test_variational_dropout_arguments_are_tf1s():
-    with pytest.raises(ValueError, match="When variational_recurrent=True, dtype must be provided"):
+    with pytest.raises(ValueError, match="When variational_recurrent=True, dtype must be "
+                                         "provided"):
         rc.DropoutWrapper(rc.GRUCell(3), output_keep_prob=0.5, variational_recurrent=True)
     with pytest.raises(ValueError, match="input_keep_prob < 1.0, input_size must be provided"):
         rc.DropoutWrapper(rc.GRUCell(3), input_keep_prob=0.5, variational_recurrent=True,
@@ -729,7 +730,8 @@ def test_name_and_initializers():
         with pytest.raises(TypeError, match="initializer must be None or a callable"):
             rc.LSTMCell(3, initializer=bad if bad is not np.zeros else [1])
     wrong = rc.GRUCell(3, bias_initializer=lambda s, d: np.zeros(s))   # float64 for float32
-    with pytest.raises(TypeError, match=r"bias_initializer must return an array of dtype float32"):
+    with pytest.raises(TypeError, match=r"bias_initializer must return an array of dtype "
+                                        r"float32"):
         tf.nn.dynamic_rnn(wrong, x, dtype=np.float32)
     assert wrong._built is None and not list(wrong.parameters())
     with pytest.raises(ValueError, match=r"kernel_initializer must return an array of shape"):

@@ -569,8 +569,8 @@ class _Basic(RNNCell):
 
     def _state_masks(self, wrappers, T, N, dt):
         """State dropout masks (h, c) of the DropoutWrappers in `wrappers` (product), each None
-        or [T, N, width] ([1, 1, width] with variational_recurrent): TF1 drops h of an LSTMStateTuple (its default state filter), the
-        whole state otherwise."""
+        or [T, N, width] ([1, 1, width] with variational_recurrent): TF1 drops h of an
+        LSTMStateTuple (its default state filter), the whole state otherwise."""
         mh = mc = None
         for w in wrappers:
             m = w._mask_for(("h", id(self)), (T, N, self._rec()), dt, w.state_keep_prob)
