@@ -367,6 +367,25 @@ def test_clip_grad_norm_inf_norm_sees_a_nan_anywhere():
             O.clip_grad_norm_(ps, 1.0, norm_type=math.inf, error_if_nonfinite=True)
 
 
+@pytest.mark.parametrize("dtype,scale", [(np.float64, 1e-160), (np.float64, 1e-155),
+                                         (np.float64, 1e150), (np.float32, 1e-19),
+                                         (np.float32, 1e-22), (np.float32, 1e20)])
+@pytest.mark.parametrize("norm_type", [2.0, 3.0])
+def test_clip_grad_norm_of_tiny_and_huge_normal_gradients(dtype, scale, norm_type):
+    """Normal gradients whose squares are subnormal (or overflow): the flush-to-zero mode read
+    the squares as 0, so the norm came out 0 or 10% low (torch: right)."""
+    rng = np.random.default_rng(1)
+    gs = [(rng.uniform(0.5, 1.0, s) * scale).astype(dtype) for s in [(7, 3), (11,)]]
+    assert all(np.all(np.abs(g) >= np.finfo(dtype).tiny) for g in gs)
+    ps = [Parameter(np.zeros(g.shape, dtype)) for g in gs]
+    for p, g in zip(ps, gs):
+        np.copyto(p.grad, g)
+    exact = float(sum(np.sum(np.abs(g.astype(np.longdouble) / scale) ** norm_type)
+                      for g in gs) ** (1 / norm_type)) * scale
+    total = O.clip_grad_norm_(ps, math.inf, norm_type)
+    assert abs(total - exact) <= (1e-12 if dtype == np.float64 else 1e-5) * exact
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_clip_grad_value_matches_torch(dtype):
     gs = grads(dtype, 1)
@@ -483,3 +502,32 @@ def test_scheduler_bad_arguments_raise():
     other = O.SGD([Parameter(np.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="another optimizer"):
         O.SequentialLR(other, [O.StepLR(other, 2), b], milestones=[3])
+
+
+@pytest.mark.parametrize("opt", ["SGD", "Adam", "RMSprop"])
+def test_step_refuses_read_only_parameters_before_any_update(opt):
+    """A frozen layer's read-only weights left in an optimiser: step() had updated the earlier
+    parameters and advanced their state, then failed with numpy's bare 'output array is
+    read-only'. Refused now before anything changes, naming the parameter."""
+    from fusedrnn.layers import LSTM
+    head = Linear(4, 2, dtype="float64", seed=0)
+    frozen = LSTM(3, 4, dtype="float64", seed=0).frozen()
+    params = list(head.parameters()) + list(frozen.parameters())
+    for p in params:
+        if p.grad.flags.writeable:
+            p.grad[...] = 1.0
+    o = getattr(O, opt)(params, lr=0.1)
+    before = [p.data.copy() for p in params]
+    with pytest.raises(ValueError, match=r"parameter 2 .*read-only"):
+        o.step()
+    assert all(np.array_equal(p.data, b) for p, b in zip(params, before))
+    assert not o.state
+    with pytest.raises(ValueError, match="read-only"):
+        a = np.zeros(3)
+        a.flags.writeable = False
+        Parameter(a)
+
+
+def test_torch_parameters_are_named_in_the_refusal():
+    with pytest.raises(TypeError, match=r"got torch\.nn\.parameter\.Parameter .*torch\.optim"):
+        O.Adam(torch.nn.Linear(2, 2).parameters(), lr=0.1)

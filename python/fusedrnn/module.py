@@ -70,6 +70,8 @@ class Parameter:
     def __init__(self, data: np.ndarray):
         if not isinstance(data, np.ndarray) or data.dtype not in (np.float32, np.float64):
             raise TypeError("Parameter: data must be a float32 or float64 numpy array")
+        if not data.flags.writeable:   # as the data setter (the optimisers write into it)
+            raise ValueError("Parameter: data must be a writeable array, got a read-only one")
         self._data = np.ascontiguousarray(data)
         self._grad = np.zeros_like(self._data)
         self._pending = None

@@ -77,8 +77,11 @@ def _param_list(fn: str, parameters) -> List[Parameter]:
                         f"Parameters, got {type(parameters).__name__}") from None
     for i, p in enumerate(params):
         if not isinstance(p, Parameter):
+            t = type(p)
             raise TypeError(f"{fn}: parameters[{i}] must be a fusedrnn Parameter, "
-                            f"got {type(p).__name__}")
+                            f"got {t.__module__}.{t.__qualname__}"
+                            + (" (fusedrnn.torch modules train with torch.optim)"
+                               if t.__module__.startswith("torch") else ""))
     return params
 
 
@@ -174,12 +177,18 @@ class Optimizer:
         """One update of every parameter from its ``grad``; returns ``closure()`` if given
         (called first, to recompute the loss and gradients)."""
         loss = closure() if closure is not None else None
-        for g in self.param_groups:
-            for p in g["params"]:
+        # everything checked before any parameter or state changes (a failure half-way left
+        # some parameters updated and the optimiser's state of others advanced)
+        for gi, g in enumerate(self.param_groups):
+            for i, p in enumerate(g["params"]):
                 if p.grad.shape != p.data.shape or p.grad.dtype != p.data.dtype:
                     raise ValueError(f"{type(self).__name__}.step: a Parameter's grad has shape "
                                      f"{list(p.grad.shape)} dtype {p.grad.dtype}, its data "
                                      f"{list(p.data.shape)} {p.data.dtype}")
+                if not p.data.flags.writeable:
+                    raise ValueError(f"{type(self).__name__}.step: param_groups[{gi}] parameter "
+                                     f"{i} (shape {list(p.data.shape)}) is read-only (a frozen "
+                                     f"layer's weight?); leave it out of the optimiser")
         with _core.FlushDenormals():             # the kernels' subnormal contract
             for g in self.param_groups:
                 for p in g["params"]:
@@ -545,6 +554,10 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0,
 
 def _clip_grad_norm(params, max_norm, norm_type, error_if_nonfinite) -> float:
     fn = "clip_grad_norm_"
+    # Small gradients: the squares (or p-th powers) of normal values can be subnormal, which
+    # the flush-to-zero mode this runs in reads as 0 (a norm of 0, or 10% low, where torch is
+    # right); an L2 sum below ``safe`` (or overflowing) is recomputed scaled by the largest
+    # magnitude, and other orders are always scaled.
     norms = []
     for p in params:
         g = p.grad.reshape(-1)
@@ -552,20 +565,36 @@ def _clip_grad_norm(params, max_norm, norm_type, error_if_nonfinite) -> float:
             norms.append(0.0)
         elif norm_type == math.inf:
             norms.append(float(np.max(np.abs(g))))
-        elif norm_type == 2.0:
-            with single_threaded_blas():
-                norms.append(float(np.sqrt(np.dot(g, g))))
         elif norm_type == 1.0:
             norms.append(float(np.sum(np.abs(g))))
         else:
-            norms.append(float(np.sum(np.abs(g) ** norm_type) ** (1.0 / norm_type)))
-    if norm_type == math.inf:
-        # (not max(): it drops a NaN after the first item; torch's total is NaN then)
-        total = float(np.max(norms)) if norms else 0.0
+            if norm_type == 2.0:
+                with single_threaded_blas():
+                    ss = float(np.dot(g, g))
+                fi = np.finfo(g.dtype)
+                if math.isfinite(ss) and ss >= float(fi.tiny) / float(fi.eps) ** 2:
+                    norms.append(math.sqrt(ss))
+                    continue
+            m = float(np.max(np.abs(g)))
+            if not 0.0 < m < math.inf:           # 0, inf or NaN: the norm itself
+                norms.append(m)
+                continue
+            a = np.abs(g) / g.dtype.type(m)
+            if norm_type == 2.0:
+                with single_threaded_blas():
+                    norms.append(m * math.sqrt(float(np.dot(a, a))))
+            else:
+                norms.append(m * float(np.sum(a ** norm_type)) ** (1.0 / norm_type))
+    # (np.max, not max(): max() drops a NaN after the first item; torch's total is NaN then)
+    top = float(np.max(norms)) if norms else 0.0
+    if norm_type == math.inf or not 0.0 < top < math.inf:
+        total = top
+    elif norm_type == 1.0:
+        total = math.fsum(norms)
     elif norm_type == 2.0:
-        total = math.sqrt(math.fsum(n * n for n in norms))
+        total = top * math.sqrt(math.fsum((n / top) ** 2 for n in norms))
     else:
-        total = math.fsum(n ** norm_type for n in norms) ** (1.0 / norm_type)
+        total = top * math.fsum((n / top) ** norm_type for n in norms) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"{fn}: the total norm of order {norm_type} of the gradients is "
                            f"{total}, so they cannot be clipped (error_if_nonfinite=True)")
