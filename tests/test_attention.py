@@ -92,3 +92,27 @@ def test_bad_input():
         att.forward(q, k.astype(np.float32), lengths)
     with pytest.raises(RuntimeError, match="no training forward"):
         Attention(4, 4, "dot").backward(np.zeros((1, 1, 4)))
+
+
+def test_memory_is_checked():
+    """A memory is the keys projected with the preparing layer's weights: one from another
+    layer (a "dot" memory given to a "general" layer of the same sizes: contexts 1.4 off), one
+    prepared before the weights changed, or not a memory at all, is refused; d_context's dtype
+    error is a TypeError naming the dtype."""
+    att, q, k, lengths, _ = setup("general", Hk=4)
+    other, *_ = setup("dot", Hk=4)
+    mem = att.prepare(k, lengths)
+    att.forward(q, memory=mem)
+    att.forward(q, memory=mem.select([2, 0, 1]).select([1, 2, 0]))
+    with pytest.raises(ValueError, match="prepared by another Attention layer"):
+        att.forward(q, memory=other.prepare(k, lengths))
+    with pytest.raises(TypeError, match="memory must be an AttentionMemory"):
+        att.forward(q, memory=tuple(mem))
+    att.weight.data = att.weight.data * 0.5
+    with pytest.raises(ValueError, match="weights changed since memory was prepared"):
+        att.forward(q, memory=mem)
+    att.forward(q, memory=att.prepare(k, lengths))
+    att.train()
+    ctx, _ = att.forward(q, k, lengths)
+    with pytest.raises(TypeError, match="d_context must have dtype"):
+        att.backward(ctx.astype(np.float32))

@@ -23,11 +23,13 @@ without input feeding, for both score functions (see fusedrnn.tasks.translate).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple
+import weakref
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .module import Module, Parameter, _dtype, _positive_int, _seed, register_module
+from .module import (Module, Parameter, _dtype, _packing_key, _positive_int, _same_packing, _seed,
+                     register_module)
 
 __all__ = ["Attention", "AttentionMemory", "KINDS"]
 
@@ -41,12 +43,15 @@ class AttentionMemory(NamedTuple):
                             # [N, Hk, S] k_sᵀ (dot)
     bias: np.ndarray        # [N, 1, S] 0 where s < S_n, -inf beyond (added to the scores)
     lengths: np.ndarray     # [N] int64 source lengths
+    # what prepared it: (weakref to the Attention layer, its weights' arrays and versions then);
+    # forward refuses a memory of another layer or of weights changed since
+    source: Any = None
 
     def select(self, index) -> "AttentionMemory":
         """The memory of the batch entries ``index`` (beam search: one row per hypothesis)."""
         index = np.asarray(index)
         return AttentionMemory(self.keys[:, index], self.projected[index], self.bias[index],
-                               self.lengths[index])
+                               self.lengths[index], self.source)
 
 
 @register_module
@@ -135,7 +140,23 @@ class Attention(Module):
             proj = np.ascontiguousarray(proj.transpose(1, 2, 0))               # [N, Hq, S]
         else:
             proj = np.ascontiguousarray(keys.transpose(1, 2, 0))               # [N, Hk, S]
-        return AttentionMemory(keys, proj, bias, lengths)
+        return AttentionMemory(keys, proj, bias, lengths, self._memory_source())
+
+    def _memory_source(self):
+        return (weakref.ref(self), _packing_key(tuple(self.parameters())))
+
+    def _check_memory(self, fn, memory):
+        if not isinstance(memory, AttentionMemory):
+            raise TypeError(f"{fn}: memory must be an AttentionMemory from this layer's "
+                            f"prepare(), got {type(memory).__name__}")
+        src = memory.source
+        if src is None or src[0]() is not self:
+            raise ValueError(f"{fn}: memory was prepared by another Attention layer (its keys "
+                             f"are projected with that layer's weights); use this layer's "
+                             f"prepare()")
+        if not _same_packing(src[1], _packing_key(tuple(self.parameters()))):
+            raise ValueError(f"{fn}: the layer's weights changed since memory was prepared "
+                             f"(an optimiser step?); prepare it again")
 
     # -- forward / backward ----------------------------------------------------------------------
     def forward(self, query: np.ndarray, keys: Optional[np.ndarray] = None, src_lengths=None,
@@ -147,6 +168,8 @@ class Attention(Module):
             memory = self.prepare(keys, src_lengths)
         elif keys is not None or src_lengths is not None:
             raise ValueError(f"{fn}: give keys and src_lengths, or memory, not both")
+        else:
+            self._check_memory(fn, memory)
         S, N, Hk = memory.keys.shape
         if not isinstance(query, np.ndarray) or query.dtype != self.dtype:
             raise TypeError(f"{fn}: query must be a {self.dtype} numpy array [T, N, "
@@ -180,10 +203,15 @@ class Attention(Module):
         query, memory, weights, hidden = self._cache
         T, N, Hq = query.shape
         S, _, Hk = memory.keys.shape
-        if not isinstance(d_context, np.ndarray) or d_context.shape != (T, N, Hk) \
-                or d_context.dtype != self.dtype:
-            raise ValueError(f"{fn}: d_context must be a {self.dtype} array of shape "
-                             f"{[T, N, Hk]}, got {list(getattr(d_context, 'shape', []))}")
+        if not isinstance(d_context, np.ndarray):
+            raise TypeError(f"{fn}: d_context must be a {self.dtype} numpy array of shape "
+                            f"{[T, N, Hk]}, got {type(d_context).__name__}")
+        if d_context.dtype != self.dtype:
+            raise TypeError(f"{fn}: d_context must have dtype {self.dtype}, got "
+                            f"{d_context.dtype}")
+        if d_context.shape != (T, N, Hk):
+            raise ValueError(f"{fn}: d_context must have shape {[T, N, Hk]}, got "
+                             f"{list(d_context.shape)}")
         kn = memory.keys.transpose(1, 0, 2)                                    # [N, S, Hk]
         dcn = d_context.transpose(1, 0, 2)                                     # [N, T, Hk]
         # c_t = sum_s a_ts k_s
