@@ -558,6 +558,23 @@ def test_save_validation(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_save_refuses_metadata_the_cpp_loader_cannot_read(tmp_path):
+    """fusedrnn::Model::load parses the user metadata with limits (json.h kMaxMetadataDepth
+    512, kMaxMetadataValues 2^23); save refuses beyond them, so that what Python saves, C++
+    loads. A vocabulary of a million entries is well within (it had been refused by C++)."""
+    m = small_model()
+    deep = []
+    for _ in range(512):
+        deep = [deep]   # under the metadata object (depth 1): the innermost list at depth 514
+    with pytest.raises(ValueError, match="nests deeper than 512"):
+        save(tmp_path / "m.st", m, deep=deep)
+    save(tmp_path / "m.st", m, deep=deep[0][0], vocab=list(range(1_100_000)))
+    assert len(load(tmp_path / "m.st").metadata["vocab"]) == 1_100_000
+    fio._check_metadata_size("save", {"v": [0] * ((1 << 23) - 2)})
+    with pytest.raises(ValueError, match="more than 8388608 JSON values"):
+        fio._check_metadata_size("save", {"v": [0] * ((1 << 23) - 1)})
+
+
 def test_load_validation(tmp_path):
     save(tmp_path / "m.st", small_model())
     with pytest.raises(TypeError, match="model must be"):

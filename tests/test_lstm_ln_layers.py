@@ -138,6 +138,22 @@ def test_bad_values(kw, name):
         LSTM(3, 4, **kw)
 
 
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+@pytest.mark.parametrize("kw,needle", [
+    (dict(zoneout_h=0.99999999), "zoneout_h = 0.99999999 rounds to 1 in float32"),
+    (dict(layer_norm="haste", ln_eps=1e-50), "ln_eps = 1e-50 is not a normal float32"),
+    (dict(layer_norm="haste", ln_eps=1e39), "ln_eps = 1e\\+39 is not a normal float32")])
+def test_values_the_float32_kernel_cannot_take(cls, kw, needle):
+    """The kernels take zoneout and ln_eps in the layer's dtype: a float32 layer was made, then
+    every forward raised (and the C++ loader refused its checkpoint, or Stream::step aborted).
+    float64 takes them."""
+    with pytest.raises(ValueError, match=needle):
+        cls(3, 4, **kw)
+    m = cls(3, 4, dtype="float64", **kw)
+    m.eval()
+    m.forward(np.zeros((2, 1, 3)))
+
+
 @pytest.mark.parametrize("kw", [dict(layer_norm="haste"), dict(zoneout_h=0.1),
                                 dict(recurrent_dropout=0.2), dict(weight_drop=0.1),
                                 dict(input_dropout=0.1), dict(zoneout_c=0.1)])

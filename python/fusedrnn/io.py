@@ -519,6 +519,34 @@ def _optimizer_parts(fn: str, state_dict) -> Tuple["OrderedDict[str, np.ndarray]
     return tensors, text
 
 
+# The C++ loader's limits for the user metadata (json.h kMaxMetadataDepth, kMaxMetadataValues):
+# save refuses metadata beyond them, so that every checkpoint Python writes, C++ loads.
+_MAX_METADATA_DEPTH = 512
+_MAX_METADATA_VALUES = 1 << 23
+
+
+def _check_metadata_size(fn, metadata) -> None:
+    """Counts metadata's JSON values (containers included, keys not) and its nesting (the
+    object itself is depth 1) as the C++ parser does; ValueError beyond its limits."""
+    values, stack = 0, [(metadata, 1)]
+    while stack:
+        v, depth = stack.pop()
+        values += 1
+        if values > _MAX_METADATA_VALUES:
+            raise ValueError(f"{fn}: the metadata holds more than {_MAX_METADATA_VALUES} JSON "
+                             f"values, more than the C++ loader (fusedrnn::Model::load) reads")
+        if isinstance(v, dict):
+            children = v.values()
+        elif isinstance(v, (list, tuple)):
+            children = v
+        else:
+            continue
+        if depth > _MAX_METADATA_DEPTH:
+            raise ValueError(f"{fn}: the metadata nests deeper than {_MAX_METADATA_DEPTH} "
+                             f"levels, more than the C++ loader (fusedrnn::Model::load) reads")
+        stack.extend((c, depth + 1) for c in children)
+
+
 def save(path, model: Module, optimizer=None, **metadata) -> None:
     """Saves ``model.state_dict()``, the model's config (when it has one), the optimiser's
     ``state_dict()`` (when given) and ``metadata`` (JSON-serialisable values) to ``path``.
@@ -536,6 +564,7 @@ def save(path, model: Module, optimizer=None, **metadata) -> None:
     for k, v in metadata.items():
         _json(fn, f"metadata {k!r}", v)
     user_meta = _json(fn, "metadata", metadata)
+    _check_metadata_size(fn, metadata)
 
     tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for name, a in model.state_dict().items():

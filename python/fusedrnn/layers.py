@@ -882,6 +882,17 @@ class _Regularised:
 
     def _init_regularisers(self, reg, layer_norm, ln_eps, zoneout_h, zoneout_c,
                            recurrent_dropout, input_dropout, weight_drop):
+        if self.dtype == np.float32:
+            # the kernels take these as float32: 0.99999999 rounds to 1 and 1e-50 to 0 there,
+            # which every forward (and the C++ loader) would refuse
+            for name, p in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+                if not np.float32(p) < 1:
+                    raise ValueError(f"{self._mode}: {name} = {p!r} rounds to 1 in float32; it "
+                                     f"must be < 1")
+            fi = np.finfo(np.float32)
+            if layer_norm and not fi.tiny <= np.float32(ln_eps) <= fi.max:
+                raise ValueError(f"{self._mode}: ln_eps = {ln_eps!r} is not a normal float32 "
+                                 f"number (> 0 and finite after rounding)")
         self._reg = reg
         self.layer_norm, self.ln_eps = layer_norm, float(ln_eps)
         self.zoneout_h, self.zoneout_c = float(zoneout_h), float(zoneout_c)

@@ -431,6 +431,33 @@ void check_errors() {
   expect_throw<CheckpointError>("missing file", [] { Model::load("/nonexistent/x.safetensors"); },
                                 "cannot open");
   auto from = [](std::vector<unsigned char> b) { Model::from_bytes(b.data(), b.size()); };
+#ifdef __linux__
+  // load reads the 8-byte length, the header, then the data the header describes: an endless
+  // input is refused after its first bytes (it had been read until memory ran out)
+  expect_throw<CheckpointError>("an endless file (/dev/zero)", [] { Model::load("/dev/zero"); },
+                                "the header must be a JSON object");
+#endif
+  {
+    const std::string path = "test_model_trailing.safetensors";
+    auto write = [&](const std::vector<unsigned char>& b) {
+      std::FILE* f = std::fopen(path.c_str(), "wb");
+      std::fwrite(b.data(), 1, b.size(), f);
+      std::fclose(f);
+    };
+    write(good);
+    Model::load(path);  // exactly the bytes the header describes: loads
+    auto longer = good;
+    longer.insert(longer.end(), 5000, 7);
+    write(longer);
+    expect_throw<CheckpointError>("a file longer than its header says (load)",
+                                  [&] { Model::load(path); }, "trailing bytes");
+    std::remove(path.c_str());
+    const Model m = Model::from_bytes(good.data(), good.size());
+    const float x0 = 0;
+    expect_throw<std::invalid_argument>(
+        "ctc_greedy_decode: T * N * output_size overflowing is refused",
+        [&] { m.ctc_greedy_decode<float>(1, std::int64_t(1) << 62, &x0); }, "too large");
+  }
   expect_throw<CheckpointError>("empty file", [&] { from({}); }, "shorter than the 8-byte");
   expect_throw<CheckpointError>("truncated data",
                                 [&] { from({good.begin(), good.end() - 1}); }, "truncated");
@@ -561,6 +588,14 @@ void check_errors() {
                             "zoneout_h must be in [0, 1)");
   expect_throw<ConfigError>("ln_eps without layer_norm", [&] { from(add("\"ln_eps\":0.001")); },
                             "ln_eps needs layer_norm");
+  // values the float32 kernel would see as 1 or 0 (every forward threw; Stream::step, noexcept,
+  // terminated the process)
+  expect_throw<ConfigError>("zoneout_h rounding to 1 in float32",
+                            [&] { from(add("\"zoneout_h\":0.99999999")); },
+                            "zoneout_h rounds to 1 in float32");
+  expect_throw<ConfigError>("ln_eps rounding to 0 in float32",
+                            [&] { from(add("\"layer_norm\":\"haste\",\"ln_eps\":1e-50")); },
+                            "ln_eps must be a normal float32 number");
   expect_throw<ConfigError>("an unknown option is still refused",
                             [&] { from(add("\"zoneout\":0.1")); }, "unknown key 'zoneout'");
   expect_throw<ConfigError>("options with reset_before",

@@ -17,6 +17,11 @@
 
 namespace fusedrnn {
 
+// The limits of Model::load for a checkpoint's user metadata (fusedrnn.save refuses metadata
+// beyond them, so that what Python saves, C++ loads).
+inline constexpr std::size_t kMaxMetadataDepth = 512;
+inline constexpr std::size_t kMaxMetadataValues = std::size_t(1) << 23;
+
 struct JsonLimits {
   std::size_t max_depth = 128;         // nesting of arrays and objects
   std::size_t max_values = 1u << 20;   // values in one document (each costs ~100 bytes)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <set>
 
 #include "kernels/fpenv.h"
@@ -254,6 +255,16 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
     c.dtype = DType::f64;
   else
     r.fail("dtype must be 'float32' or 'float64', got " + quoted(dt));
+  if (c.dtype == DType::f32) {
+    // The regularised kernel takes these as float: 0.99999999 rounds to 1 and 1e-50 to 0 there,
+    // which it refuses at every forward (and Stream::step, noexcept, would terminate on).
+    if (!(float(c.zoneout_h) < 1.0f)) r.fail("zoneout_h rounds to 1 in float32: it must be < 1");
+    if (!(float(c.zoneout_c) < 1.0f)) r.fail("zoneout_c rounds to 1 in float32: it must be < 1");
+    const float eps = float(c.ln_eps);
+    if (!(eps >= std::numeric_limits<float>::min() && eps <= std::numeric_limits<float>::max()))
+      r.fail("ln_eps must be a normal float32 number (> 0 and finite after rounding), got " +
+             std::to_string(c.ln_eps));
+  }
   r.check_unknown();
   if (!c.has_head) c.output_size = c.num_directions() * c.state_size();
   return c;
@@ -310,7 +321,12 @@ std::shared_ptr<ModelImpl> build(const TensorFile& file) {
   m.config_json = *model_json;
   if (const std::string* meta = file.metadata_value("metadata")) {
     try {
-      m.metadata = parse_json(*meta);
+      // The user's metadata (a vocabulary, say) may be far larger than a config: up to 2^23
+      // values (~800 MB parsed) and 512 levels deep, which fusedrnn.save refuses beyond.
+      JsonLimits limits;
+      limits.max_depth = kMaxMetadataDepth;
+      limits.max_values = kMaxMetadataValues;
+      m.metadata = parse_json(*meta, limits);
     } catch (const JsonError& e) {
       throw fail(std::string("__metadata__['metadata'] is not valid JSON (") + e.what() + ")");
     }
@@ -704,7 +720,8 @@ std::vector<std::vector<std::int64_t>> Model::ctc_greedy_decode(std::int64_t T, 
   if (T < 1 || N < 1)
     throw std::invalid_argument("Model::ctc_greedy_decode: T and N must be >= 1, got " +
                                 std::to_string(T) + ", " + std::to_string(N));
-  if (T > (std::int64_t(1) << 40) / std::max<std::int64_t>(1, N * K))
+  // (N * K itself may overflow: compare by division)
+  if (N > (std::int64_t(1) << 40) / K || T > (std::int64_t(1) << 40) / (N * K))
     throw std::invalid_argument("Model::ctc_greedy_decode: T * N * output_size is too large");
   std::vector<Scalar> scores(std::size_t(T * N * K));
   forward<Scalar>(T, N, x, nullptr, nullptr, lengths, scores.data(), nullptr, nullptr, ctx);

@@ -46,33 +46,86 @@ std::size_t dtype_size(DType dtype) noexcept {
   return 0;
 }
 
+namespace {
+// The data length a safetensors header describes: its largest data_offsets end (0 when the
+// header is not valid JSON; parse() then says what is wrong with it).
+std::uint64_t described_data_length(std::string_view text) {
+  std::uint64_t end = 0;
+  try {
+    JsonLimits limits;
+    limits.max_depth = 16;
+    const JsonValue header = parse_json(text, limits);
+    if (!header.is_object()) return 0;
+    for (std::size_t i = 0; i < header.size(); ++i) {
+      const JsonValue& e = header[i];
+      const JsonValue* off = e.is_object() ? e.find("data_offsets") : nullptr;
+      if (off && off->is_array() && off->size() == 2 && (*off)[1].is_integer() &&
+          (*off)[1].as_int() > 0)
+        end = std::max(end, std::uint64_t((*off)[1].as_int()));
+    }
+  } catch (const JsonError&) {
+    return 0;
+  }
+  return end;
+}
+}  // namespace
+
 TensorFile TensorFile::load(const std::string& path) {
   const std::string where = "fusedrnn: " + quoted(path);
   std::FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) throw CheckpointError(where + ": cannot open (" + std::strerror(errno) + ")");
   std::vector<unsigned char> bytes;
-  // Read in chunks until EOF: no reliance on the file's reported size (pipes, files that change).
-  bool failed = false;
-  for (;;) {
-    const std::size_t chunk = 1 << 20;
-    const std::size_t old = bytes.size();
-    try {
-      bytes.resize(old + chunk);
-    } catch (const std::bad_alloc&) {
-      std::fclose(f);
-      throw CheckpointError(where + ": out of memory reading the file");
+  // Reads what the file says it holds, in order: the 8-byte header length, the header, then the
+  // data it describes and one byte more (parse() refuses a longer file). A wrong or hostile
+  // file (a gigabyte of something else, /dev/zero) is refused after its first bytes, and memory
+  // never grows past the file's size plus one chunk. No reliance on the reported file size
+  // (pipes, files that change).
+  bool failed = false, eof = false;
+  auto read_upto = [&](std::uint64_t want) {
+    while (want > 0 && !eof) {
+      const std::size_t chunk = std::size_t(std::min<std::uint64_t>(want, 1 << 20));
+      const std::size_t old = bytes.size();
+      try {
+        bytes.resize(old + chunk);
+      } catch (const std::bad_alloc&) {
+        std::fclose(f);
+        throw CheckpointError(where + ": out of memory reading the file");
+      }
+      const std::size_t got = std::fread(bytes.data() + old, 1, chunk, f);
+      bytes.resize(old + got);
+      want -= got;
+      if (got < chunk) {
+        failed = std::ferror(f) != 0;
+        eof = true;
+      }
     }
-    const std::size_t got = std::fread(bytes.data() + old, 1, chunk, f);
-    bytes.resize(old + got);
-    if (got < chunk) {
-      failed = std::ferror(f) != 0;
-      break;
+  };
+  read_upto(8);
+  if (bytes.size() == 8) {
+    std::uint64_t n = 0;
+    for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[std::size_t(i)];
+    if (n <= kMaxHeaderBytes) {
+      read_upto(n);
+      if (bytes.size() == 8 + n) {
+        const std::string_view text(reinterpret_cast<const char*>(bytes.data() + 8),
+                                    std::size_t(n));
+        const std::uint64_t data = described_data_length(text);
+        // one allocation for a file of the size it says (up to 4 GiB reserved ahead; a file
+        // that ends early just leaves the reservation unused)
+        const std::uint64_t total = 8 + n + std::min<std::uint64_t>(data, 1ull << 32) + 1;
+        try {
+          bytes.reserve(std::size_t(total));
+        } catch (const std::exception&) {
+          // no reservation: the chunks grow the buffer as before
+        }
+        read_upto(data < ~std::uint64_t(0) ? data + 1 : data);
+      }
     }
   }
   const int err = errno;
   std::fclose(f);
   if (failed) throw CheckpointError(where + ": read error (" + std::strerror(err) + ")");
-  bytes.shrink_to_fit();
+  if (bytes.capacity() - bytes.size() > (std::size_t(1) << 20)) bytes.shrink_to_fit();
   return parse(std::move(bytes), where);
 }
 
