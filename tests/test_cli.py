@@ -260,3 +260,49 @@ def test_translate_picture_path_is_checked_before_training(tmp_path, capsys):
                "--out", str(tmp_path / "out"), "--quiet"])
     assert_one_line_error(capsys, rc, "translate.png is a directory")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+# -- text files: lines split at "\n" only, a leading byte-order mark dropped (probe s18) -------
+def test_split_lines_splits_at_newline_only():
+    from fusedrnn.tasks.guards import split_lines
+    text = "a\x0cb\r\nc\u2028d\x85e\x1cf\n\nlast"
+    assert split_lines(text) == ["a\x0cb", "c\u2028d\x85e\x1cf", "", "last"]
+    assert split_lines("x\n") == ["x"] and split_lines("") == [] and split_lines("\n") == [""]
+
+
+@pytest.fixture(scope="module")
+def odd_run_dir(tmp_path_factory):
+    """A charlm model whose vocabulary holds a form feed and U+2028 (its data file starts with
+    a byte-order mark)."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "page\x0cbreak", "line\u2028sep"]
+    d = tmp_path_factory.mktemp("odd")
+    path = d / "odd.txt"
+    path.write_text(" ".join(rng.choice(words, 2000)), encoding="utf-8-sig")
+    out = d / "run"
+    assert main(["train", "--data", str(path), *TINY, "--steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_data_and_input_files_lose_their_byte_order_mark(odd_run_dir, tmp_path, capsys):
+    from fusedrnn.io import load_tensors
+    _, meta = load_tensors(str(odd_run_dir / "model.safetensors"))
+    vocab = json.loads(meta["metadata"])["task_metadata"]["vocab"]
+    assert "\ufeff" not in vocab
+    inp = tmp_path / "bom.txt"
+    inp.write_text("alpha beta\n", encoding="utf-8-sig")     # "\ufeff" is not in the vocabulary
+    capsys.readouterr()
+    assert main(["predict", str(odd_run_dir), "--input", str(inp)]) == 0
+    assert len(capsys.readouterr().out.split("\n")) == 2
+
+
+def test_predict_gives_one_output_per_input_line(odd_run_dir, tmp_path, capsys):
+    inp = tmp_path / "in.txt"
+    inp.write_text("alpha page\x0cbreak beta\r\nbeta line\u2028sep alpha\nbeta beta\n",
+                   encoding="utf-8", newline="")
+    capsys.readouterr()
+    assert main(["predict", str(odd_run_dir), "--input", str(inp)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+    inp.write_text("alpha\u2028beta\nb\nalpha\n", encoding="utf-8")    # line 2 is too short
+    rc = main(["predict", str(odd_run_dir), "--input", str(inp)])
+    assert_one_line_error(capsys, rc, "input line 2 ")

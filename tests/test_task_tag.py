@@ -277,3 +277,18 @@ def test_missing_and_binary_files_raise_data_error(tmp_path):
     path.write_bytes(b"\xff\xfe\x00word O\n")
     with pytest.raises(DataError, match="cannot read"):
         Tag(small_args(data=str(path))).prepare()
+
+
+def test_conll_lines_split_at_newline_only_and_lose_the_byte_order_mark(tmp_path):
+    from fusedrnn.tasks.tag import read_conll
+    good = "\n\n".join(f"w{i} B-x\nv O" for i in range(12)) + "\n\n"
+    path = tmp_path / "bom.conll"
+    path.write_text("-DOCSTART- -X- -X- O\n\n" + good, encoding="utf-8-sig")
+    sents = read_conll(str(path))
+    assert len(sents) == 12 and all("\ufeff" not in w for s in sents for w, _ in s)
+    # U+2028 and a form feed are not line breaks: the bad tag is on line 3, as an editor counts
+    path.write_text(good.replace("w0 B-x", "w\u20280 B-x", 1) + "a O\r\nb\x0c O\r\nc X-y\n",
+                    encoding="utf-8", newline="")
+    n = good.count("\n")
+    with pytest.raises(DataError, match=f"bom.conll:{n + 3}: tag 'X-y'"):
+        read_conll(str(path))

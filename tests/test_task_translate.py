@@ -325,3 +325,16 @@ def test_torch_twin(trained, layers, bidirectional, dropout, torch1):
                                        grads["encoder." + name.replace("_l0", f"_l{k}")],
                                        atol=1e-4)
     model.eval()
+
+
+def test_tsv_lines_split_at_newline_only_and_lose_the_byte_order_mark(tmp_path):
+    from fusedrnn.tasks.translate import read_pairs
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"s\u2028{i}\x0cx\tt{i}\r\n" for i in range(12)),
+                    encoding="utf-8-sig", newline="")
+    pairs = read_pairs(str(path))
+    assert pairs[0] == ("s\u20280\x0cx", "t0") and len(pairs) == 12
+    path.write_text("".join(f"s{i}\x85\tt{i}\n" for i in range(12)) + "no tab\n",
+                    encoding="utf-8")
+    with pytest.raises(DataError, match="pairs.tsv:13: expected"):
+        read_pairs(str(path))

@@ -34,7 +34,7 @@ from ..data import batchify, bptt_chunks
 from ..models import RecurrentModel
 from ..module import Module
 from .base import DataError, Task
-from .guards import read_limited
+from .guards import read_limited, strip_bom
 
 __all__ = ["CharLM", "load_default_corpus"]
 
@@ -68,7 +68,7 @@ def _read_text(path: str) -> str:
         raise DataError(f"data file {path} is binary (it contains NUL bytes); charlm needs "
                         f"UTF-8 text")
     try:
-        return raw.decode("utf-8")
+        return strip_bom(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise DataError(f"data file {path} is not UTF-8 text (invalid byte at offset "
                         f"{e.start})") from None

@@ -107,8 +107,8 @@ def read_csv_column(path: str, column: Optional[str]) -> np.ndarray:
     duplicated column name, lacks the column, has a blank row between values (trailing blank
     lines are fine), or holds a non-numeric, non-finite or float32-overflowing value in it.
     Without ``column`` a file with a single column uses that column."""
-    text = read_text(path, "--data")
-    reader = csv.reader(_io.StringIO(text.lstrip("\ufeff"), newline=""))
+    text = read_text(path, "--data")          # (without a leading byte-order mark)
+    reader = csv.reader(_io.StringIO(text, newline=""))
     rows = []
     try:
         for r in reader:

@@ -4,6 +4,8 @@
   before anything is allocated (one line naming the flag and the estimate).
 * :func:`read_text` / :func:`read_lines`: data and input files read with a size limit (a
   device such as /dev/zero or a huge file is refused instead of filling the memory).
+* :func:`strip_bom` / :func:`split_lines`: the one way every reader of text turns a file into
+  lines: a leading UTF-8 byte-order mark dropped, lines split at "\n" (and "\r\n") only.
 * :func:`json_safe` / :func:`dumps`: JSON without NaN or infinities (JSON has none): each
   non-finite number becomes ``null`` and the key ``"non_finite_as_null"`` lists where.
 * :func:`prepare_out_dir`: the output directory created and probed (write and remove a
@@ -18,7 +20,7 @@ import stat
 from typing import Any, Iterable, List, Optional, Tuple
 
 __all__ = ["TooLarge", "available_memory", "fmt_bytes", "check_memory", "read_text",
-           "read_lines", "read_limited", "json_safe", "dumps", "save_figure", "prepare_out_dir",
+           "read_lines", "strip_bom", "split_lines", "read_limited", "json_safe", "dumps", "save_figure", "prepare_out_dir",
            "MAX_TEXT_BYTES"]
 
 #: the largest data or input file read (text); above it the memory of its encoded form (8-byte
@@ -113,16 +115,35 @@ def read_limited(f, name: str, limit: Optional[int] = None):
     return data
 
 
+def strip_bom(text: str) -> str:
+    """``text`` without a leading byte-order mark (U+FEFF), which editors on Windows write at
+    the start of UTF-8 files: it is a marker, not content (a vocabulary entry, a word)."""
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def split_lines(text: str) -> List[str]:
+    r"""The lines of ``text``, split at "\n" only ("\r\n" too: the "\r" is dropped), without the
+    empty string after a final newline. Not ``str.splitlines()``: that also splits at
+    characters that may be content of a line (form feed, U+2028, U+0085, the separators
+    \x1c-\x1e), so ``predict`` gave more outputs than input lines and error messages named
+    the wrong line numbers."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_text(path: str, what: str = "--data", limit: Optional[int] = None,
               encoding: str = "utf-8") -> str:
-    """The text of the file ``path``, at most ``limit`` bytes (default MAX_TEXT_BYTES);
-    DataError (one line naming ``what`` and the path) otherwise."""
+    """The text of the file ``path`` (a leading byte-order mark dropped), at most ``limit``
+    bytes (default MAX_TEXT_BYTES); DataError (one line naming ``what`` and the path)
+    otherwise."""
     from .base import DataError
     limit = MAX_TEXT_BYTES if limit is None else limit
     with _open_limited(path, what, limit) as f:
         data = read_limited(f, f"{what} {path}", limit)
     try:
-        return data.decode(encoding)
+        return strip_bom(data.decode(encoding))
     except UnicodeDecodeError as e:
         raise DataError(f"{what} {path}: not {encoding} text ({e.reason} at byte "
                         f"{e.start})") from None
@@ -130,11 +151,12 @@ def read_text(path: str, what: str = "--data", limit: Optional[int] = None,
 
 def read_lines(path: Optional[str], stdin=None, limit: Optional[int] = None) -> List[str]:
     """Input lines of ``fusedrnn predict``: the file ``path`` or, without one, standard input,
-    each at most ``limit`` bytes in all."""
+    each at most ``limit`` bytes in all; split by :func:`split_lines` (one line of input, one
+    line of output), a leading byte-order mark dropped."""
     from .base import DataError
     limit = MAX_TEXT_BYTES if limit is None else limit
     if path:
-        return read_text(path, "--input", limit).splitlines()
+        return split_lines(read_text(path, "--input", limit))
     import sys
     stream = stdin if stdin is not None else sys.stdin
     raw = getattr(stream, "buffer", None)
@@ -142,10 +164,10 @@ def read_lines(path: Optional[str], stdin=None, limit: Optional[int] = None) -> 
         text = stream.read(limit + 1)
         if len(text) > limit:
             raise DataError(f"standard input: larger than the {fmt_bytes(limit)} fusedrnn reads")
-        return text.splitlines()
+        return split_lines(strip_bom(text))
     data = read_limited(raw, "standard input", limit)
     try:
-        return data.decode("utf-8").splitlines()
+        return split_lines(strip_bom(data.decode("utf-8")))
     except UnicodeDecodeError as e:
         raise DataError(f"standard input: not UTF-8 text ({e.reason} at byte {e.start})") \
             from None

@@ -27,7 +27,7 @@ from .. import losses
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
 from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
-from .guards import read_limited
+from .guards import read_limited, split_lines, strip_bom
 
 __all__ = ["Tag", "SequenceTagger", "spans", "span_f1"]
 
@@ -270,8 +270,9 @@ _TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 def read_conll(path) -> List[List[Tuple[str, str]]]:
     """Sentences of (word, tag) from a CoNLL-style file; DataError on anything malformed."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = read_limited(f, f"tag: data file {path}").splitlines()
+        # newline="": no newline translation, split_lines splits at "\n" ("\r\n") only
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = split_lines(strip_bom(read_limited(f, f"tag: data file {path}")))
     except FileNotFoundError:
         raise DataError(f"tag: data file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -32,7 +32,7 @@ from .. import losses
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
 from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
-from .guards import check_memory, read_limited
+from .guards import check_memory, read_limited, split_lines, strip_bom
 
 __all__ = ["Translate", "Seq2Seq", "format_date", "FORMATS", "iso_baseline"]
 
@@ -260,8 +260,9 @@ def iso_baseline(source: str) -> str:
 
 def read_pairs(path) -> List[Tuple[str, str]]:
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = read_limited(f, f"translate: data file {path}").splitlines()
+        # newline="": no newline translation, split_lines splits at "\n" ("\r\n") only
+        with open(path, encoding="utf-8", newline="") as f:
+            lines = split_lines(strip_bom(read_limited(f, f"translate: data file {path}")))
     except FileNotFoundError:
         raise DataError(f"translate: data file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
