@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -103,3 +104,92 @@ def test_npz_data(tmp_path):
         small_task(data=str(bad))
     with pytest.raises(DataError, match="does not exist"):
         small_task(data=str(tmp_path / "none.npz"))
+
+
+# -- --data files the probes found unchecked (session 18) ---------------------------------------
+def _npz(path, M=20, F=3, labels_hi=4, seed=0, **change):
+    """A valid recognise .npz of M utterances (labels 1..labels_hi-1), with arrays replaced by
+    ``change`` (a callable receives the valid array)."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(5, 10, M)
+    counts = rng.integers(1, 3, M)
+    d = dict(features=rng.standard_normal((frames.sum(), F)).astype(np.float32),
+             frames=frames, labels=rng.integers(1, labels_hi, counts.sum()),
+             label_counts=counts)
+    for k, v in change.items():
+        d[k] = v(d[k].copy()) if callable(v) else v
+    np.savez(path, **d)
+    return str(path)
+
+
+def test_npy_file_is_a_data_error(tmp_path):
+    path = tmp_path / "feat.npy"
+    np.save(path, np.zeros((50, 4), np.float32))
+    with pytest.raises(DataError, match=r"feat\.npy holds one array .*not an \.npz archive"):
+        small_task(data=str(path))
+
+
+def test_negative_label_counts_are_refused(tmp_path):
+    def shift(c):          # still sums to len(labels): only the sign shows the mistake
+        c[1] += c[0] + 2
+        c[0] = -2
+        return c
+    with pytest.raises(DataError, match="label_counts must be >= 0 .*-2 for utterance 0"):
+        small_task(data=_npz(tmp_path / "neg.npz", label_counts=shift))
+
+
+def test_a_huge_label_is_refused_before_anything_of_its_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_MEMORY_LIMIT", str(8 << 30))
+    def huge(l):
+        l[0] = 10 ** 8
+        return l
+    from fusedrnn.tasks.guards import TooLarge
+    with pytest.raises(TooLarge, match="labels up to 100000000 .*100000001 classes"):
+        small_task(data=_npz(tmp_path / "huge.npz", labels=huge))
+    small_task(data=_npz(tmp_path / "ok.npz", labels_hi=1000))   # 1000 classes fit
+
+
+@pytest.mark.parametrize("value, dtype, match", [
+    (np.nan, np.float32, "holds nan .*must be finite"),
+    (-np.inf, np.float32, "holds -inf .*must be finite"),
+    (1e39, np.float64, "holds 1e\\+39 .*float32"),
+])
+def test_features_must_be_finite_float32_values(tmp_path, value, dtype, match):
+    def spoil(f):
+        f = f.astype(dtype)
+        f[7, 2] = value
+        return f
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")     # no numpy overflow warning on the way
+        with pytest.raises(DataError, match=r"features\[7, 2\] \(frame 7, utterance \d+\) "
+                                            + match):
+            small_task(data=_npz(tmp_path / "bad.npz", features=spoil))
+
+
+def test_restored_task_keeps_the_checkpoint_labels(tmp_path):
+    task = small_task(data=_npz(tmp_path / "nine.npz", labels_hi=10), hidden=8)
+    assert task.classes == 10 and len(task.symbols) == 9
+    model = task.build_model()
+    meta = json.loads(json.dumps(task.metadata()))
+    few = _npz(tmp_path / "three.npz", labels_hi=4, seed=1)
+    fresh = Recognise(argparse.Namespace(task="recognise", data=few, seed=0))
+    fresh.restore(meta)
+    fresh.prepare()
+    assert (fresh.classes, fresh.symbols) == (10, task.symbols)
+    assert len(fresh.summary(model)) == len(fresh.valid_utts)   # labels 4..9 keep names
+    named = _npz(tmp_path / "named.npz", labels_hi=4, seed=1,
+                 symbols=np.array(["1", "x", "3"]))
+    fresh = Recognise(argparse.Namespace(task="recognise", data=named, seed=0))
+    fresh.restore(meta)
+    with pytest.raises(DataError, match="names label 2 'x', the checkpoint '2'"):
+        fresh.prepare()
+
+
+def test_cli_data_errors_are_one_line(tmp_path, capsys):
+    from fusedrnn.cli import main
+    path = tmp_path / "feat.npy"
+    np.save(path, np.zeros((50, 4), np.float32))
+    rc = main(["train", "--task", "recognise", "--data", str(path), "--steps", "1", "-q",
+               "--hidden", "8", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("fusedrnn: error: recognise: ") and "\n" not in err, err

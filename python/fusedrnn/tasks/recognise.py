@@ -17,10 +17,12 @@ the trivial baseline (the better of an empty transcript, LER 1, and the most
 frequent symbol repeated for the mean utterance length).
 
 ``--data FILE.npz`` trains on your own features and transcripts: arrays ``features``
-[total_frames, F] (float), ``frames`` [M] (frames per utterance, in order), ``labels``
-[total_labels] (integers 1..K-1, utterance after utterance; 0 is the blank) and ``label_counts``
-[M]; optional ``symbols`` (K-1 strings, the names of labels 1..K-1). A seeded tenth of the
-utterances is held out for validation.
+[total_frames, F] (float, finite and within float32's range), ``frames`` [M] (frames per
+utterance, in order, >= 1), ``labels`` [total_labels] (integers 1..K-1, utterance after
+utterance; 0 is the blank) and ``label_counts`` [M] (>= 0); optional ``symbols`` (K-1 strings,
+the names of labels 1..K-1). K (the largest label + 1) is checked against the memory before
+anything of size K exists. A seeded tenth of the utterances is held out for validation. A
+restored task (``--resume``, ``evaluate --data``) keeps the checkpoint's labels and symbols.
 """
 from __future__ import annotations
 
@@ -112,12 +114,25 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def read_npz(path) -> Tuple[List[Tuple[np.ndarray, List[int]]], Optional[List[str]]]:
+    """The utterances (frames [T, F] float32, labels) and the optional symbol names of an .npz
+    file (module docstring); DataError (one line naming the file and the array) for anything
+    that is not such a file, before any utterance is built."""
+    import zipfile
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        z = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"recognise: data file {path} does not exist") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"recognise: cannot read {path} as .npz: {e}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        # np.load gives a plain array for an .npy file (np.save): not the named arrays
+        raise DataError(f"recognise: {path} holds one array ({z.dtype} {list(z.shape)}), not "
+                        f"an .npz archive of the arrays features, frames, labels and "
+                        f"label_counts (write it with np.savez)")
+    try:
+        with z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise DataError(f"recognise: cannot read {path} as .npz: {e}") from None
     need = ("features", "frames", "labels", "label_counts")
     missing = [k for k in need if k not in arrays]
@@ -130,13 +145,33 @@ def read_npz(path) -> Tuple[List[Tuple[np.ndarray, List[int]]], Optional[List[st
     for name, v in (("frames", frames), ("labels", labels), ("label_counts", counts)):
         if v.ndim != 1 or v.dtype.kind not in "iu":
             raise DataError(f"recognise: {name} must be a 1-D integer array")
+    # negative counts could still sum to len(labels) and would shift every later transcript
+    for name, v, least in (("frames", frames, 1), ("label_counts", counts, 0)):
+        if len(v) and v.min() < least:
+            i = int(np.argmax(v < least))
+            raise DataError(f"recognise: {name} must be >= {least} ({name.replace('_', ' ')} "
+                            f"per utterance), got {int(v[i])} for utterance {i}")
     if len(frames) != len(counts) or frames.sum() != len(feats) or counts.sum() != len(labels):
         raise DataError("recognise: frames must sum to len(features), label_counts to "
                         "len(labels), and both have one entry per utterance")
     if len(labels) and labels.min() < 1:
         raise DataError("recognise: labels must be >= 1 (0 is the CTC blank)")
-    if len(frames) < 10 or frames.min() < 1:
+    if len(frames) < 10:
         raise DataError("recognise: need at least 10 utterances, each with >= 1 frame")
+    # the model computes in float32: NaN, infinities and values float32 cannot hold would
+    # only show up later as a NaN loss (blamed on --lr)
+    big = float(np.finfo(np.float32).max)
+    bad = ~np.isfinite(feats)
+    with np.errstate(invalid="ignore"):
+        bad |= np.abs(feats) > big
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        utt = int(np.searchsorted(np.cumsum(frames), row, side="right"))
+        v = feats[row, col]
+        why = "values must be finite" if not np.isfinite(v) else \
+            f"beyond the {big:.3g} float32 holds: rescale the features"
+        raise DataError(f"recognise: {path}: features[{row}, {col}] (frame {row}, utterance "
+                        f"{utt}) holds {float(v)!r} ({why})")
     utts, f0, l0 = [], 0, 0
     for nf, nl in zip(frames.tolist(), counts.tolist()):
         utts.append((feats[f0:f0 + nf].astype(np.float32), labels[l0:l0 + nl].astype(int).tolist()))
@@ -196,13 +231,21 @@ class Recognise(Task):
             self.valid_utts = [utts[k] for k in perm[:held]]
             self.train_utts = [utts[k] for k in perm[held:]]
             K = max(max(l) for _, l in utts if l) + 1 if any(l for _, l in utts) else 2
-            if symbols is not None:
-                if len(symbols) != K - 1:
-                    raise DataError(f"recognise: symbols names {len(symbols)} labels, the data "
-                                    f"use {K - 1}")
-                self.symbols = symbols
-            else:
-                self.symbols = [str(k) for k in range(1, K)]
+            if symbols is not None and len(symbols) != K - 1:
+                raise DataError(f"recognise: symbols names {len(symbols)} labels, the data "
+                                f"use {K - 1}")
+            if self.classes is None:          # a fresh run: the data give the labels
+                self._check_classes(K, utts, data)
+                self.symbols = symbols if symbols is not None else \
+                    [str(k) for k in range(1, K)]
+            elif symbols is not None:
+                # restored (--resume, evaluate --data): the checkpoint's names stay (a file
+                # may use fewer labels), and a file that names a label otherwise is refused
+                diff = [k for k, (a, b) in enumerate(zip(symbols, self.symbols), 1) if a != b]
+                if diff:
+                    k = diff[0]
+                    raise DataError(f"recognise: {data} names label {k} {symbols[k - 1]!r}, "
+                                    f"the checkpoint {self.symbols[k - 1]!r}")
         else:
             means, silence = phone_means()
             self.train_utts = make_utterances(np.random.default_rng(ss[0]), self.n_train, means,
@@ -217,6 +260,22 @@ class Recognise(Task):
                 raise DataError(f"recognise: the data have {x.shape[1]} features / labels up "
                                 f"to {max(l) if l else 0}; the model takes {self.features} "
                                 f"features and {self.classes - 1} labels")
+
+    def _check_classes(self, K: int, utts, path: str) -> None:
+        """TooLarge (one line) when the K classes of the data (the largest label + 1: a stray
+        huge label makes K huge) would need more memory than the machine has: the output
+        layer with its optimiser state, the logits of a training batch and of a validation
+        decoding chunk (float64), and the symbol names; checked before any of them exists."""
+        from .guards import check_memory
+        D = 2 if self.flag("bidirectional") else 1
+        H, N = int(self.flag("hidden")), int(self.flag("batch_size"))
+        T = max(len(x) for x, _ in utts)
+        why = f"labels up to {K - 1} in --data {path}, {K} classes"
+        check_memory([(f"{why}: the output layer", D * H * K * 4 * 4 + K * 64),
+                      (f"{why}: the logits of a batch", T * N * K * 4 * 4),
+                      (f"{why}: validation decoding",
+                       T * min(256, len(self.valid_utts)) * K * 8 * 3)],
+                     what="recognise")
 
     def make_batch(self, utts):
         lengths = np.array([len(x) for x, _ in utts], np.int64)
