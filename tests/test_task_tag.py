@@ -292,3 +292,29 @@ def test_conll_lines_split_at_newline_only_and_lose_the_byte_order_mark(tmp_path
     n = good.count("\n")
     with pytest.raises(DataError, match=f"bom.conll:{n + 3}: tag 'X-y'"):
         read_conll(str(path))
+
+
+def test_a_tag_only_in_the_validation_split_is_a_tag_of_the_file(tmp_path):
+    path = tmp_path / "rare.conll"
+    sents = [f"fly O\nto O\n{c} B-dest\nnow O\n" for c in ["Paris", "Rome", "Oslo"] * 20]
+    path.write_text("\n".join(sents + ["at O\nnoon B-time\n"]), encoding="utf-8")
+    seen_in_valid = 0
+    for seed in range(8):          # every seed works, whichever split the rare tag falls in
+        task = Tag(small_args(data=str(path), seed=seed))
+        task.prepare()
+        assert "B-time" in task.tags
+        seen_in_valid += any(t == "B-time" for s in task.valid_data for _, t in s)
+    assert seen_in_valid                    # (the case that failed: tags of train only)
+
+
+def test_tab_separated_conll_keeps_words_with_spaces(tmp_path):
+    from fusedrnn.tasks.tag import read_conll
+    path = tmp_path / "tabs.conll"
+    body = "".join(f"fly\tO\nto \tO\nNew York{i}\tNNP\tB-dest\n\n" for i in range(12))
+    path.write_text(body + "bad\t\tX-y\n", encoding="utf-8")
+    with pytest.raises(DataError, match=":49: tag 'X-y'"):
+        read_conll(str(path))
+    path.write_text(body + "a b O\n", encoding="utf-8")     # no tab: whitespace columns
+    sents = read_conll(str(path))
+    assert sents[0] == [("fly", "O"), ("to", "O"), ("New York0", "B-dest")]
+    assert sents[-1] == [("a", "O")]

@@ -268,7 +268,9 @@ _TAG_RE = re.compile(r"^(O|[BI]-\S+)$")
 
 
 def read_conll(path) -> List[List[Tuple[str, str]]]:
-    """Sentences of (word, tag) from a CoNLL-style file; DataError on anything malformed."""
+    """Sentences of (word, tag) from a CoNLL-style file (the first column is the word, the
+    last the tag; columns split at whitespace, or at tabs only on a line that has a tab);
+    DataError on anything malformed."""
     try:
         # newline="": no newline translation, split_lines splits at "\n" ("\r\n") only
         with open(path, encoding="utf-8", newline="") as f:
@@ -279,7 +281,12 @@ def read_conll(path) -> List[List[Tuple[str, str]]]:
         raise DataError(f"tag: cannot read {path}: {e}") from None
     sentences, cur = [], []
     for no, line in enumerate(lines, 1):
-        fields = line.split()
+        if "\t" in line:
+            # tab-separated columns: a word may hold spaces ("New York<TAB>B-dest" is one
+            # word, not "New" tagged B-dest)
+            fields = [f for f in (f.strip() for f in line.split("\t")) if f]
+        else:
+            fields = line.split()
         if not fields:
             if cur:
                 sentences.append(cur)
@@ -363,7 +370,10 @@ class Tag(Task):
         if self.vocab is None:   # not restored from a checkpoint
             words = sorted({w.lower() for s in self.train_data for w, _ in s})
             self.vocab = [PAD, UNK] + words
-            tags = {t for s in self.train_data for _, t in s}
+            # the tags of the whole data: a tag seen only in the validation split (a rare one,
+            # by the seed's draw) is still a tag of the file, not an error of it. (Words stay
+            # those of the training split: an unseen word reads as the trained <unk>.)
+            tags = {t for s in self.train_data + self.valid_data for _, t in s}
             self.tags = ["O"] + sorted(tags - {"O"})
         self._index()
         unknown = {t for s in self.train_data + self.valid_data for _, t in s} - set(self.tags)
