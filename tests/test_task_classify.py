@@ -174,6 +174,11 @@ def test_predict_adding(trained):
         task.predict(model, ["0.1 2"])
     with pytest.raises(ValueError, match="line 1 is empty"):
         task.predict(model, [" "])
+    # beyond float32 (the model's input type) a value would silently become inf
+    for big in ("1e39", "-3.5e38"):
+        with pytest.raises(ValueError, match=f"line 2, item 2: .*within float32.*{big}"):
+            task.predict(model, ["0.3 0", f"0.3 0, {big} 1, 0.5 1"])
+    assert len(task.predict(model, ["3.4e38 0, 0.5 1"])) == 1
 
 
 def test_predict_temporal_order(trained):

@@ -47,6 +47,10 @@ from .common import check_choice, check_int, make_rnn, sub_seed, torch_numpy
 __all__ = ["Classify", "SequenceClassifier", "make_adding", "make_temporal_order"]
 
 PROBLEMS = ("adding", "temporal-order", "spike-delay")
+
+#: the largest magnitude a predict input value may have (the model reads float32)
+_F32_MAX = float(np.finfo(np.float32).max)
+
 SYMBOLS = "abcdXYBE"                 # temporal order: 4 distractors, X, Y, start, end
 CLASSES = ("XX", "XY", "YX", "YY")
 ADDING_TOLERANCE = 0.04
@@ -437,9 +441,11 @@ class Classify(Task):
                 except ValueError:
                     raise ValueError(f"predict: line {i}, item {j}: expected 'value marker' "
                                      f"(e.g. '0.42 1'), got {pair.strip()!r}") from None
-                if m not in (0.0, 1.0) or not np.isfinite(v):
+                # the model reads float32: a value beyond its range would become inf there
+                if m not in (0.0, 1.0) or not np.isfinite(v) or abs(v) > _F32_MAX:
                     raise ValueError(f"predict: line {i}, item {j}: the marker must be 0 or 1 "
-                                     f"and the value finite, got {pair.strip()!r}")
+                                     f"and the value finite and within float32's +-"
+                                     f"{_F32_MAX:.3g}, got {pair.strip()!r}")
                 rows.append((v, m))
             return np.asarray(rows, np.float32)
         if self.spikes:
