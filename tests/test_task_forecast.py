@@ -163,6 +163,17 @@ def test_predict_round_trip(trained, kind):
         task.predict(model, [lines[0], "1, 2, 3"])
     with pytest.raises(ValueError, match="line 1: expected comma-separated numbers"):
         task.predict(model, ["1, 2, x" + ", 1" * 20])
+    # one separator per line: semicolons alone work; a line mixing them (European decimal
+    # commas, "0,1;0,2") is refused, not read as twice as many numbers
+    assert task.predict(model, [lines[0].replace(",", ";")]) == task.predict(model, lines[:1])
+    eu = ";".join(f"{v:.3f}".replace(".", ",") for v in s[100:130])
+    with pytest.raises(ValueError, match="line 2: separate the values by commas or by "
+                                         "semicolons, not both"):
+        task.predict(model, [lines[0], eu])
+    # Python's float() spellings that are not numbers of a data file
+    for odd in ("1_000", "\u0661\u0662", "\uff11"):
+        with pytest.raises(ValueError, match="line 1: expected comma-separated numbers"):
+            task.predict(model, [lines[0] + ", " + odd])
 
 
 @pytest.mark.parametrize("kind", ["encoder", "jordan"])
@@ -203,7 +214,7 @@ def test_plot(trained, tmp_path):
 
 # -- CSV data ----------------------------------------------------------------------------------
 def write_csv(path, text):
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     return str(path)
 
 
@@ -238,6 +249,10 @@ def test_csv_errors(tmp_path):
     bad = write_csv(tmp_path / "bad.csv", "a,b\n1,2\n3,oops\n5,6\n")
     with pytest.raises(DataError, match="column 'b' is not numeric: row 3 holds 'oops'"):
         make_task(data=bad, column="b")
+    for odd in ("1_000", "\u0661\u0662", "0x10"):   # float() takes the first two
+        f_odd = write_csv(tmp_path / "odd.csv", f"a\n1\n2\n{odd}\n")
+        with pytest.raises(DataError, match=f"not numeric: row 4 holds {odd!r}"):
+            make_task(data=f_odd, column="a")
     nan = write_csv(tmp_path / "nan.csv", "a\n1\nnan\n")
     with pytest.raises(DataError, match="must be finite"):
         make_task(data=nan, column="a")

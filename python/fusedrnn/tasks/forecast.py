@@ -30,6 +30,7 @@ import functools
 import io as _io
 import math
 import os
+import re
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -91,9 +92,23 @@ def mackey_glass(n: int = 6000, *, tau: float = 17.0, beta: float = 0.2, gamma: 
 MAX_VALUE = float(np.finfo(np.float32).max) / 16
 
 
+#: a number as a CSV file or an input line writes it: ASCII digits, an optional sign, point
+#: and exponent (and inf / nan, refused later by name). Not Python's float(), which also takes
+#: "1_000" and other scripts' digits ("١٢"): a typo or a foreign format would pass as a value.
+_NUMBER = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)",
+                     re.ASCII | re.IGNORECASE)
+
+
+def _number(cell: str) -> float:
+    """float(cell) of a number written as :data:`_NUMBER` says; ValueError otherwise."""
+    if not _NUMBER.fullmatch(cell):
+        raise ValueError(f"not a number: {cell!r}")
+    return float(cell)
+
+
 def _is_number(cell: str) -> bool:
     try:
-        float(cell)
+        _number(cell)
         return True
     except ValueError:
         return False
@@ -144,7 +159,7 @@ def read_csv_column(path: str, column: Optional[str]) -> np.ndarray:
                             f"remove it or fill in the value")
         cell = r[j].strip() if j < len(r) else ""
         try:
-            v = float(cell)
+            v = _number(cell)
         except ValueError:
             raise DataError(f"--data {path}: column {column!r} is not numeric: row {line} "
                             f"holds {cell!r}") from None
@@ -544,10 +559,16 @@ class Forecast(Task):
         W, H = self.args.window, self.args.horizon
         rows = []
         for i, line in enumerate(inputs, start=1):
-            parts = [p.strip() for p in line.replace(";", ",").split(",")]
+            # one separator per line: "," or ";". A line with both is ambiguous (the European
+            # "0,1;0,2" would read as four numbers, not two), so it is refused, not guessed.
+            if "," in line and ";" in line:
+                raise ValueError(f"predict: line {i}: separate the values by commas or by "
+                                 f"semicolons, not both (decimal commas are not read: write "
+                                 f"0.1, not 0,1), got {line.strip()[:60]!r}")
+            parts = [p.strip() for p in line.split(";" if ";" in line else ",")]
             parts = [p for p in parts if p]
             try:
-                vals = [float(p) for p in parts]
+                vals = [_number(p) for p in parts]
             except ValueError:
                 raise ValueError(f"predict: line {i}: expected comma-separated numbers, got "
                                  f"{line.strip()[:60]!r}") from None
