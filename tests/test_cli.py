@@ -306,3 +306,23 @@ def test_predict_gives_one_output_per_input_line(odd_run_dir, tmp_path, capsys):
     inp.write_text("alpha\u2028beta\nb\nalpha\n", encoding="utf-8")    # line 2 is too short
     rc = main(["predict", str(odd_run_dir), "--input", str(inp)])
     assert_one_line_error(capsys, rc, "input line 2 ")
+
+
+def test_stdout_that_cannot_encode_the_text(tmp_path, monkeypatch, capsys):
+    """PYTHONIOENCODING=ascii: train escapes its sample (one warning) and saves; generate,
+    whose output is the text, stops with a one-line error."""
+    import io
+    path = tmp_path / "accents.txt"
+    path.write_text(" ".join(["héllo", "wörld", "\U0001f600", "the"] * 600), encoding="utf-8")
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", ascii_out)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(path), *TINY, "--steps", "1", "--out", str(out)]) == 0
+    ascii_out.flush()
+    text = ascii_out.buffer.getvalue().decode("ascii")
+    assert "sample (" in text and "saved " in text and (out / "model.safetensors").exists()
+    assert "\\xe9" in text or "\\xf6" in text or "\\U0001f600" in text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fusedrnn: warning: standard output (ascii)")
+    rc = main(["generate", str(out), "--prime", "h", "--length", "300"])
+    assert_one_line_error(capsys, rc, "PYTHONIOENCODING=utf-8")

@@ -660,7 +660,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .io import CheckpointError, WriteError
     from .tasks.base import DataError
     from .tasks.trainer import OutputError, TrainingError, UsageError
-    out = _GuardedStdout(sys.stdout)
+    # generate and predict write the model's text itself: what the terminal cannot encode is
+    # an error there; the other commands' reports (train's sample) escape it instead
+    out = _GuardedStdout(sys.stdout, escape=args.command not in ("generate", "predict"))
     saved_stdout, saved_showwarning = sys.stdout, warnings.showwarning
     sys.stdout, warnings.showwarning = out, _one_line_warning
     try:
@@ -694,19 +696,48 @@ class _GuardedStdout:
     /dev/full) does not stop the command: the rest of its output is dropped, the command goes
     on (``train`` still saves its model and metrics), and :meth:`finish` then turns the exit
     status into 141 (128 + SIGPIPE, silent) for a closed pipe, or 2 with a one-line error on
-    stderr for any other write error."""
+    stderr for any other write error.
 
-    def __init__(self, stream):
+    Text the stream's encoding cannot hold (``PYTHONIOENCODING=ascii``, a C locale) is written
+    with backslash escapes and one warning when ``escape`` (reports: train's sample of a
+    model's text); otherwise (generate, predict: that text is the output) it is a one-line
+    error saying how to get a UTF-8 standard output."""
+
+    def __init__(self, stream, escape: bool = True):
         self._stream = stream
+        self.escape = escape
+        self.escaped = False
         self.error: Optional[OSError] = None
 
     def write(self, s):
         if self.error is None:
             try:
                 return self._stream.write(s)
+            except UnicodeEncodeError as e:
+                return self._unencodable(s, e)
             except OSError as e:
                 self.error = e
         return len(s)
+
+    def _unencodable(self, s, e: UnicodeEncodeError):
+        enc = getattr(self._stream, "encoding", None) or e.encoding
+        bad = e.object[e.start:e.end][:8]
+        if not self.escape:
+            from .tasks.trainer import UsageError
+            raise UsageError(f"standard output ({enc}) cannot encode the characters {bad!r} "
+                             f"of the output; set PYTHONIOENCODING=utf-8 (or a UTF-8 locale)")
+        if not self.escaped:
+            self.escaped = True
+            _one_line_warning(f"standard output ({enc}) cannot encode some characters (such "
+                              f"as {bad!r}); they are written as backslash escapes (set "
+                              f"PYTHONIOENCODING=utf-8 to see them)", UserWarning, "", 0)
+        try:
+            return self._stream.write(s.encode(enc, "backslashreplace").decode(enc))
+        except (UnicodeError, LookupError):       # an odd codec: ASCII escapes always encode
+            return self._stream.write(s.encode("ascii", "backslashreplace").decode("ascii"))
+        except OSError as err:
+            self.error = err
+            return len(s)
 
     def flush(self):
         if self.error is None:
