@@ -53,6 +53,19 @@ positive_float = V.parse_float(0, lo_open=True, what="a number > 0")
 nonneg_float = V.parse_float(0, what="a number >= 0")
 probability = V.parse_float(0, 1, what="in [0, 1)")
 
+
+def thread_count(value: str) -> int:
+    """--threads: an integer in [1, 4096] (set_num_threads' range), checked by the parser so
+    that the error names --threads, not set_num_threads."""
+    from .functional import _MAX_THREADS
+    n = positive_int(value)
+    if n > _MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be <= {_MAX_THREADS}, got {n}")
+    return n
+
+
+thread_count.__name__ = "integer"
+
 #: --precision spellings -> fusedrnn.models.PRECISIONS names
 _PRECISION_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
                     "bf16": "bfloat16", "int8": "int8"}
@@ -83,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "character language model in about 3 minutes.")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    threads = dict(type=positive_int, metavar="N",
-                   help="threads for the kernels (default: OpenMP's, i.e. the cores)")
+    threads = dict(type=thread_count, metavar="N",
+                   help="threads for the kernels, 1 to 4096 (default: OpenMP's, i.e. the "
+                        "cores)")
 
     # -- train ------------------------------------------------------------------------------
     t = sub.add_parser("train", help="train a task (default: charlm, about 3 minutes)",

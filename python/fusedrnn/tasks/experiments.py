@@ -304,7 +304,8 @@ def add_parser(sub, parser_class) -> None:
                    help="comma-separated subset of the runs, e.g. 'IRNN,LSTM'")
     e.add_argument("--out", metavar="DIR", help="default runs/experiments/NAME")
     e.add_argument("--seed", type=V.parse_int(0), default=0)
-    e.add_argument("--threads", type=V.parse_int(1), metavar="N")
+    from ..cli import thread_count
+    e.add_argument("--threads", type=thread_count, metavar="N", help="1 to 4096")
     e.set_defaults(func=cmd_experiment)
 
 
