@@ -94,3 +94,30 @@ def test_import_fusedrnn_imports_no_interchange_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_export_takes_what_the_exporters_take(tmp_path, checkpoint, capsys):
+    """A checkpoint that `fusedrnn import X.weights.h5` wrote holds a KerasModel: export
+    --format keras takes it (as fusedrnn.keras.save does); ONNX's exporter refuses it, in one
+    line naming the model."""
+    pytest.importorskip("h5py")
+    from fusedrnn.keras import KerasModel
+    path, _ = checkpoint
+    h5 = tmp_path / "m.weights.h5"
+    assert main(["export", str(path), "--format", "keras", "--out", str(h5)]) == 0
+    ck = tmp_path / "ck.safetensors"
+    assert main(["import", str(h5), "--out", str(ck)]) == 0
+    kmodel = fusedrnn.load(ck).model
+    assert isinstance(kmodel, KerasModel)
+    again = tmp_path / "again.weights.h5"
+    assert main(["export", str(ck), "--format", "keras", "--out", str(again)]) == 0
+    back = tmp_path / "back.safetensors"
+    assert main(["import", str(again), "--out", str(back)]) == 0
+    assert _same(kmodel, fusedrnn.load(back).model)
+    capsys.readouterr()
+    pytest.importorskip("onnx")
+    assert main(["export", str(ck), "--format", "onnx", "--out", str(tmp_path / "k.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fusedrnn: error: ") and err.count("\n") == 1, err
+    assert "holds KerasModel" in err and "fusedrnn.onnx.export" in err, err
+    assert not (tmp_path / "k.onnx").exists()

@@ -520,9 +520,11 @@ def add_interchange_parsers(sub) -> None:
     ex = sub.add_parser("export", help="write a checkpoint's model as ONNX or Keras weights",
                         description="Write the model of a checkpoint (a RecurrentModel, as "
                                     "`fusedrnn train --task charlm` makes, or a bare "
-                                    "LSTM/GRU/RNN layer) as an ONNX model (fusedrnn.onnx."
-                                    "export) or a Keras 3 .weights.h5 file (fusedrnn.keras."
-                                    "save). Needs the [onnx] or [keras] extra.")
+                                    "LSTM/GRU/RNN layer; for Keras also the KerasModel "
+                                    "`fusedrnn import X.weights.h5` makes) as an ONNX model "
+                                    "(fusedrnn.onnx.export) or a Keras 3 .weights.h5 file "
+                                    "(fusedrnn.keras.save). Needs the [onnx] or [keras] "
+                                    "extra.")
     ex.add_argument("checkpoint", help="a checkpoint file, or a run directory holding "
                                        "model.safetensors")
     ex.add_argument("--format", choices=("onnx", "keras"), required=True)
@@ -561,8 +563,7 @@ def _interchange_error(msg: str) -> int:
 
 def cmd_export(args, t_start) -> int:
     from .io import CheckpointError, load
-    from .layers import GRU, LSTM, RNN
-    from .models import RecurrentModel
+    from .module import Module
 
     path = args.checkpoint
     if os.path.isdir(path):
@@ -573,10 +574,11 @@ def cmd_export(args, t_start) -> int:
         model = load(path).model
     except (CheckpointError, OSError, ValueError, TypeError) as e:
         return _interchange_error(f"cannot read checkpoint {path}: {e}")
-    if not isinstance(model, (RecurrentModel, LSTM, GRU, RNN)):
-        kind = type(model).__name__ if model is not None else "no model config"
-        return _interchange_error(f"checkpoint {path} holds {kind}; export takes a "
-                                  f"RecurrentModel or a bare LSTM/GRU/RNN layer")
+    if not isinstance(model, Module):
+        return _interchange_error(f"checkpoint {path} holds no model config; export takes a "
+                                  f"model (fusedrnn.save(path, model))")
+    # which models a format takes is the exporter's to say (fusedrnn.keras.save also takes
+    # the KerasModel that `fusedrnn import X.weights.h5` writes): its TypeError is the message
     model.eval()
     try:
         if args.format == "onnx":
@@ -598,7 +600,10 @@ def cmd_export(args, t_start) -> int:
                   f"builds the model that loads them)")
     except ImportError as e:
         return _interchange_error(str(e))
-    except (ValueError, TypeError, OSError) as e:
+    except TypeError as e:
+        return _interchange_error(f"cannot export checkpoint {path}, which holds "
+                                  f"{type(model).__name__}: {e}")
+    except (ValueError, OSError) as e:
         return _interchange_error(f"cannot export: {e}")
     return 0
 
