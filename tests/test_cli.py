@@ -329,3 +329,14 @@ def test_stdout_that_cannot_encode_the_text(tmp_path, monkeypatch, capsys):
     assert len(err) == 1 and err[0].startswith("fusedrnn: warning: standard output (ascii)")
     rc = main(["generate", str(out), "--prime", "h", "--length", "300"])
     assert_one_line_error(capsys, rc, "PYTHONIOENCODING=utf-8")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["evaluate", "--column", "x"], "--column does not apply to task charlm"),
+    (["evaluate", "--beam", "2"], "--beam does not apply to task charlm"),
+    (["predict", "--beam", "2"], "--beam does not apply to task charlm"),
+])
+def test_evaluate_and_predict_refuse_flags_the_task_ignores(run_dir, argv, needle, capsys):
+    capsys.readouterr()
+    rc = main([argv[0], str(run_dir), *argv[1:]])
+    assert_one_line_error(capsys, rc, needle)

@@ -311,7 +311,8 @@ def _load(args, prepare: bool):
     ns = argparse.Namespace(**{k: v for k, v in vars(args).items()
                                if k not in ("checkpoint", "func", "command", "precision")})
     ns.task = None
-    task, model, meta, rest = load_task_and_model(args.checkpoint, ns, prepare=prepare)
+    task, model, meta, rest = load_task_and_model(args.checkpoint, ns, prepare=prepare,
+                                                  command=args.command)
     precision = getattr(args, "precision", "float32")
     if precision != "float32":
         # every recurrent layer frozen at that precision (embedding and heads stay float32)

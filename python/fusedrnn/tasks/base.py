@@ -76,6 +76,9 @@ class Task:
     #: --variant, --forget-bias) reach this task's recurrent layers; when False they are
     #: refused. The options given are in ``self.cell_opts`` (layer keyword arguments).
     cell_options_ok: bool = True
+    #: the beam width of the task's sequence decoding when --beam is not given (evaluate,
+    #: predict); None: the task decodes no sequences and refuses --beam
+    default_beam: Optional[int] = None
 
     def __init__(self, args: argparse.Namespace):
         self.args = args

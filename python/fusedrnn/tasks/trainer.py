@@ -289,10 +289,26 @@ def _metadata_problem(user: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def check_command_flags(args: argparse.Namespace, task_cls: type, command: str) -> None:
+    """evaluate / predict: UsageError for a flag the checkpoint's task does not read (as
+    ``train`` refuses one), instead of ignoring it: --data and --column where the task takes
+    no such file or column, --beam where it decodes no sequences (translate, recognise do)."""
+    for k in ("data", "column"):
+        if getattr(args, k, None) is not None and task_cls.flags is not None \
+                and k not in task_cls.flags:
+            raise UsageError(f"{flag_name(k)} does not apply to task {task_cls.name} "
+                             f"(fusedrnn {command})")
+    if getattr(args, "beam", None) is not None and task_cls.default_beam is None:
+        raise UsageError(f"--beam does not apply to task {task_cls.name} (fusedrnn {command}: "
+                         f"it is the beam width of translate's and recognise's decoding)")
+
+
 def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Optional[str] = None,
-                        prepare: bool = True):
+                        prepare: bool = True, command: Optional[str] = None):
     """(task, model, meta, optimizer or None) rebuilt from a checkpoint. ``args`` holds the
-    user's overrides (None elsewhere); the checkpoint's task flags fill the rest."""
+    user's overrides (None elsewhere); the checkpoint's task flags fill the rest. With
+    ``command`` (evaluate, predict, generate) the flags given are checked against the task
+    first (:func:`check_command_flags`)."""
     path = checkpoint_path(path)
     meta = read_checkpoint(path)
     try:
@@ -300,6 +316,8 @@ def load_task_and_model(path: str, args: argparse.Namespace, optimizer_name: Opt
     except ValueError:
         raise CheckpointError(f"{path} was written for task {meta['task']!r}, which this "
                               f"fusedrnn does not have") from None
+    if command is not None:
+        check_command_flags(args, task_cls, command)
     args.task = meta["task"]
     for k in LIMITS + ("lr", "optimizer", "clip", "lr_schedule", "lr_min", "eval_every", "out"):
         if not hasattr(args, k):
