@@ -214,6 +214,10 @@ def test_report_to_an_unwritable_path_is_one_line(tmp_path, capsys):
     rc = main(["report", str(tmp_path / "run"), "--out", str(fifo)])
     assert_one_line_error(capsys, rc, "not a regular file")
     assert fifo.is_fifo()
+    # an empty --out is a mistake, not "the default path"
+    rc = main(["report", str(tmp_path / "run"), "--out", ""])
+    assert_one_line_error(capsys, rc, "--out must name a file, got an empty string")
+    assert not (tmp_path / "run" / "report.html").exists()
 
 
 @pytest.mark.parametrize("field,value,message", [

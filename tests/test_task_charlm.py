@@ -174,10 +174,11 @@ def test_torch_twin_first_steps_match(toy, cell, dropout):
 def test_compare_torch_command(toy, tmp_path, capsys):
     pytest.importorskip("torch")
     rc = main(["train", "--data", str(toy), *TINY, "--layers", "2", "--dropout", "0.2",
-               "--steps", "12", "--compare-torch", "--out", str(tmp_path)])
+               "--steps", "12", "--compare-torch", "--threads", "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "--compare-torch: 12 steps each" in out and "| chars/second" in out
+    assert "; 1 thread\n" in out or "; 1 thread;" in out, out       # not "1 threads"
     m = json.loads((tmp_path / "metrics.json").read_text())
     f, t = m["train_loss_per_step"], m["compare_torch"]["train_loss_per_step"]
     assert len(f) == len(t) == 12

@@ -389,6 +389,10 @@ def cmd_predict(args, t_start) -> int:
 def cmd_report(args, t_start) -> int:
     from .plotting import html_report
     from .tasks.trainer import UsageError
+    if args.out is not None and not args.out.strip():
+        # (html_report reads a false --out as "not given" and would write the default path)
+        raise UsageError("--out must name a file, got an empty string (leave --out out for "
+                         "RUN_DIR/report.html)")
     try:
         path = html_report(args.run_dir, args.out)
     except ValueError as e:

@@ -1131,7 +1131,7 @@ class Run:
         p()
         p(f"--compare-torch: {f['run_steps']} steps each, same initial weights, batches"
           f"{' and dropout masks' if self.args.dropout else ''}; "
-          f"{get_num_threads()} threads"
+          f"{get_num_threads()} thread{'' if get_num_threads() == 1 else 's'}"
           + (("; bf16: fusedrnn --precision bfloat16, torch "
               + ("under torch.autocast" if self._torch_twin_precision()[0] == "bfloat16" else
                  "in float32 (its autocast LSTM needs a CPU with bf16 instructions)"))
