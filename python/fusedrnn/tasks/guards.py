@@ -20,7 +20,8 @@ import stat
 from typing import Any, Iterable, List, Optional, Tuple
 
 __all__ = ["TooLarge", "available_memory", "fmt_bytes", "check_memory", "read_text",
-           "read_lines", "strip_bom", "split_lines", "read_limited", "json_safe", "dumps", "save_figure", "prepare_out_dir",
+           "read_lines", "strip_bom", "split_lines", "read_limited", "json_safe", "dumps",
+           "save_figure", "prepare_out_dir",
            "MAX_TEXT_BYTES"]
 
 #: the largest data or input file read (text); above it the memory of its encoded form (8-byte
