@@ -463,6 +463,29 @@ def test_import_refuses_unknown_op_and_layouts(tmp_path):
         fusedrnn.onnx.load(tmp_path / "missing.onnx")
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("zero_layer", [0, 1])
+def test_import_refuses_state_for_some_layers_only(tmp_path, cell, zero_layer):
+    """A layer starting from zeros beside one that takes its rows of the state input: forward's
+    state feeds every layer, so such a graph is refused (it had imported, 0.69 off ORT)."""
+    layer = _layer(cell, 3, 4, layers=2)
+    m = _exported(tmp_path, layer, initial_state=True)
+    for node in m.graph.node:
+        if node.name == f"l{zero_layer}":
+            node.input[5] = ""  # initial_h: zeros
+    onnx.checker.check_model(m, full_check=True)
+    with pytest.raises(fonnx.OnnxImportError, match=f"'l{zero_layer}'.*initial_h is zeros.*"
+                                                    f"'l{1 - zero_layer}'"):
+        fusedrnn.onnx.from_model_proto(m)
+    if cell == "lstm":  # initial_c alike
+        m = _exported(tmp_path, layer, initial_state=True)
+        for node in m.graph.node:
+            if node.name == f"l{zero_layer}":
+                node.input[6] = ""
+        with pytest.raises(fonnx.OnnxImportError, match="initial_c is zeros"):
+            fusedrnn.onnx.from_model_proto(m)
+
+
 def test_import_external_data(tmp_path):
     layer = fusedrnn.LSTM(30, 40)
     m = _exported(tmp_path, layer)

@@ -1099,6 +1099,16 @@ class _Importer:
                            f"{in_name!r}")
         # state inputs
         state_names = [None, None]
+        for j, nm in enumerate(("initial_h", "initial_c")):
+            # forward()'s state is the whole [L*D, N, .] tensor, fed to every layer: a layer
+            # starting from zeros beside one reading the input would silently get the
+            # input's rows too
+            fed = [r["where"] for r in recs if r["states"][j] is not None]
+            if fed and len(fed) != L:
+                zeros = [r["where"] for r in recs if r["states"][j] is None]
+                raise self.err(f"{zeros[0]}: its {nm} is zeros while {fed[0]} takes its "
+                               f"{nm} from a graph input: fusedrnn's state feeds every layer "
+                               f"or none (give every layer its rows of the input, or none)")
         for k, r in enumerate(recs):
             for j, s in enumerate(r["states"]):
                 if s is None:
