@@ -486,6 +486,70 @@ def test_import_refuses_state_for_some_layers_only(tmp_path, cell, zero_layer):
             fusedrnn.onnx.from_model_proto(m)
 
 
+def _folding_graph(nodes, inits):
+    """x -> Identity -> y beside constant nodes `nodes` over initializers `inits`."""
+    from onnx import TensorProto, helper, numpy_helper
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+    g = helper.make_graph(nodes + [helper.make_node("Identity", ["x"], ["y"], name="y")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+                          initializer=inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _fill(name, shape):
+    from onnx import TensorProto, helper
+    return helper.make_node("ConstantOfShape", [shape], [name], name=name,
+                            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Equal", "Where", "MatMul", "Gemm",
+                                "Expand", "Gather", "Concat"])
+def test_import_refuses_large_folded_constants(monkeypatch, op):
+    """Every folded op's result is sized from its inputs' shapes before it is computed: a
+    260-byte file whose Add broadcasts [2^14, 1] + [1, 2^14] had allocated 1 GiB (the limit
+    is lowered here so that the unfixed code runs cheaply to its wrong answer)."""
+    from onnx import helper
+    monkeypatch.setattr(fonnx, "_MAX_FOLD_ELEMENTS", 1000)
+    n = 64  # 64 x 64 = 4096 elements > 1000; every input is at most 64
+    inits = {"sa": np.array([n, 1], np.int64), "sb": np.array([1, n], np.int64),
+             "idx": np.zeros(n, np.int64), "cond": np.ones((n, 1), bool)}
+    nodes = [_fill("A", "sa"), _fill("B", "sb")]
+    ins = {"Where": ["cond", "A", "B"], "Expand": ["A", "sb"], "Gather": ["B", "idx"],
+           "Gemm": ["A", "B"], "Concat": ["A"] * 20}.get(op, ["A", "B"])
+    attrs = {"Concat": dict(axis=0), "Gather": dict(axis=0)}.get(op, {})
+    if op == "Gather":  # B [1, 64] gathered by 64 indices: [64, 64]
+        ins = ["B", "idx"]
+    nodes.append(helper.make_node(op, ins, ["big"], name="big", **attrs))
+    m = _folding_graph(nodes, inits)
+    with pytest.raises(fonnx.OnnxImportError, match="'big'.*would have \\d+ elements"):
+        fusedrnn.onnx.from_model_proto(m)
+
+
+def test_import_refuses_large_folds_real_limits():
+    """At the real limits: [2^20, 1] + [1, 2^20] (2^40 elements) from 260 bytes is refused
+    at once, and so are many folds each under the per-constant limit."""
+    from onnx import helper
+    m = _folding_graph([_fill("A", "sa"), _fill("B", "sb"),
+                        helper.make_node("Add", ["A", "B"], ["big"], name="big")],
+                       {"sa": np.array([1 << 20, 1], np.int64),
+                        "sb": np.array([1, 1 << 20], np.int64)})
+    assert len(m.SerializeToString()) < 400
+    with pytest.raises(fonnx.OnnxImportError, match="'big'.*1099511627776 elements"):
+        fusedrnn.onnx.from_model_proto(m)
+
+
+def test_import_refuses_many_folds(monkeypatch):
+    from onnx import helper
+    monkeypatch.setattr(fonnx, "_MAX_FOLD_ELEMENTS", 1000)
+    monkeypatch.setattr(fonnx, "_MAX_FOLD_TOTAL", 5000)
+    nodes = [_fill("A", "sa")] + [helper.make_node("Neg", ["A"], [f"n{k}"], name=f"n{k}")
+                                  for k in range(12)]
+    m = _folding_graph(nodes, {"sa": np.array([800], np.int64)})
+    with pytest.raises(fonnx.OnnxImportError, match="'n5'.*in all"):
+        fusedrnn.onnx.from_model_proto(m)
+
+
 def test_import_external_data(tmp_path):
     layer = fusedrnn.LSTM(30, 40)
     m = _exported(tmp_path, layer)

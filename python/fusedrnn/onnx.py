@@ -446,6 +446,7 @@ _FOLDABLE = {
     "Shape", "Expand", "DequantizeLinear", "Flatten", "Range", "Equal", "Where", "Size",
 }
 _MAX_FOLD_ELEMENTS = 1 << 27  # a constant larger than this is refused (corrupt shapes)
+_MAX_FOLD_TOTAL = 1 << 28  # and so are more folded elements than this in one graph
 _ACTIVATIONS = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"]}
 _ALLOWED_ATTRS = {
     "LSTM": {"hidden_size", "direction", "activations", "clip", "input_forget", "layout",
@@ -455,6 +456,74 @@ _ALLOWED_ATTRS = {
     "RNN": {"hidden_size", "direction", "activations", "clip", "layout", "activation_alpha",
             "activation_beta"},
 }
+
+
+def _fold_size(op, ins, attrs):
+    """Elements of the result of foldable op `op` on constants `ins` (an upper bound, in
+    Python ints, which do not overflow), computed from the shapes alone; None for inputs the
+    op cannot take (the evaluator would fail on them anyway)."""
+    def prod(dims):
+        n = 1
+        for d in dims:
+            n *= max(int(d), 0)
+        return n
+
+    def broadcast(*shapes):
+        rank = max(len(sh) for sh in shapes)
+        out = []
+        for i in range(rank):
+            dims = [int(sh[i - rank + len(sh)]) for sh in shapes if i - rank + len(sh) >= 0]
+            out.append(max(dims) if all(d != 0 for d in dims) else 0)
+        return out
+
+    given = [v for v in ins if v is not None]
+    if op == "Constant":
+        return 0  # its value is the file's own tensor (read through tensor(): bounded)
+    if op in ("Shape", "Size"):
+        return len(given[0].shape) if given else None
+    if op == "ConstantOfShape":
+        return 1 if not given else prod(given[0].reshape(-1)) if given[0].size else 1
+    if op == "Range":
+        if len(ins) != 3 or any(v is None or v.size != 1 for v in ins):
+            return None
+        start, limit, delta = (float(v.reshape(-1)[0]) for v in ins)
+        if delta == 0 or not np.isfinite(start + limit + delta):
+            return None
+        return max(int(np.ceil((limit - start) / delta)), 0)
+    if not given:
+        return None
+    if op in ("Add", "Sub", "Mul", "Div", "Equal", "Where"):
+        return prod(broadcast(*(v.shape for v in given)))
+    if op == "Expand":
+        if len(ins) != 2 or ins[1] is None or ins[1].ndim != 1:
+            return None
+        return prod(broadcast(ins[0].shape, [abs(int(d)) for d in ins[1]]))
+    if op == "MatMul":
+        if len(given) != 2 or given[0].ndim == 0 or given[1].ndim == 0:
+            return None
+        a, b = list(given[0].shape), list(given[1].shape)
+        m = a[-2] if len(a) > 1 else 1
+        n = b[-1] if len(b) > 1 else 1
+        return prod(broadcast(a[:-2], b[:-2]) + [m, n])
+    if op == "Gemm":
+        if len(given) < 2 or given[0].ndim != 2 or given[1].ndim != 2:
+            return None
+        m = given[0].shape[1] if attrs.get("transA", 0) else given[0].shape[0]
+        n = given[1].shape[0] if attrs.get("transB", 0) else given[1].shape[1]
+        return prod([m, n])
+    if op == "Concat":
+        return sum(v.size for v in given)
+    if op == "Gather":
+        data, idx = given[0], ins[1] if len(ins) > 1 else None
+        if idx is None or data.ndim == 0:
+            return None
+        axis = int(attrs.get("axis", 0))
+        if not -data.ndim <= axis < data.ndim:
+            return None
+        return prod(np.delete(np.asarray(data.shape), axis)) * idx.size
+    # Identity, Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Cast, Neg, Slice, Split,
+    # DequantizeLinear: no more elements than their data input
+    return int(ins[0].size) if ins[0] is not None else None
 
 
 class _Sym:
@@ -627,6 +696,7 @@ class _Importer:
         if any(n.op_type == "Scan" for n in g.node):
             return self.projection(env, init_names)
         self.rec = []  # recurrent nodes in graph order: dicts
+        self.folded = 0  # elements of the constants folded so far (fold())
         for node in g.node:
             self.visit(node, env)
         return self.build(env, [o.name for o in g.output])
@@ -755,13 +825,19 @@ class _Importer:
         from onnx.reference import ReferenceEvaluator
         op = node.op_type
         attrs = self.attrs(node)
-        if op == "ConstantOfShape" or op == "Expand":
-            shape = ins[0] if op == "ConstantOfShape" else ins[1]
-            if shape is not None and int(np.prod(np.maximum(shape, 1))) > _MAX_FOLD_ELEMENTS:
-                raise self.err(f"{where}: shape {shape.tolist()} is too large")
-        if op == "Range" and ins[2] is not None and ins[2] != 0 and \
-                abs((ins[1] - ins[0]) / ins[2]) > _MAX_FOLD_ELEMENTS:
-            raise self.err(f"{where}: range too large")
+        # the size of the result before computing it: a few bytes of shapes can ask for
+        # gigabytes (a broadcast of [2^14, 1] + [1, 2^14]), one node or many
+        size = _fold_size(op, ins, attrs)
+        if size is None:
+            raise self.err(f"{where}: cannot evaluate this constant expression (inputs of "
+                           f"shapes {[None if v is None else list(v.shape) for v in ins]})")
+        if size > _MAX_FOLD_ELEMENTS:
+            raise self.err(f"{where}: its constant result would have {size} elements (more "
+                           f"than {_MAX_FOLD_ELEMENTS}): refused")
+        self.folded += size
+        if self.folded > _MAX_FOLD_TOTAL:
+            raise self.err(f"{where}: the folded constants would hold {self.folded} elements "
+                           f"in all (more than {_MAX_FOLD_TOTAL}): refused")
         del attrs
         feeds = {n: v for n, v in zip(node.input, ins) if n}
         try:
