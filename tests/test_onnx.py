@@ -44,6 +44,14 @@ def _layer(cell, C, H, *, layers=1, bidirectional=False, variant="reset_after",
     return layer.eval()
 
 
+def _session_proto(model):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+
+
 def _run_both(model, path, x, lengths=None, state=None):
     feeds = {"x": x}
     if lengths is not None:
@@ -97,6 +105,77 @@ def test_export_layer_matches_ort(tmp_path, cell, opt, peep, layers, bidirection
         assert _rel(g, w) <= RTOL, _rel(g, w)
     if with_lengths:  # zero past each length, in ORT as in fusedrnn
         assert np.all(got[0][3:, 1] == 0) and np.all(got[0][1:, 2] == 0)
+
+
+@pytest.mark.parametrize("cell,opt,peep", CASES + [("lstm_proj", None, True)])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (1, True), (2, False), (2, True)])
+def test_export_length_zero_keeps_initial_state(tmp_path, cell, opt, peep, layers,
+                                                bidirectional):
+    """A length-0 sequence's final state is its initial state in fusedrnn (and torch); ONNX
+    Runtime's LSTM/GRU/RNN give 0 there, so the export picks h0/c0 by Where(lengths == 0):
+    ORT gives fusedrnn's outputs, and the file imports back bitwise."""
+    T, N, C, H = 5, 4, 3, 6
+    kw = {"gru": dict(variant=opt), "rnn": dict(nonlinearity=opt)}.get(cell, {})
+    if cell == "lstm_proj":
+        layer = fusedrnn.LSTM(C, H, proj_size=2, num_layers=layers, peepholes=True,
+                              bidirectional=bidirectional, seed=0).eval()
+    else:
+        layer = _layer(cell, C, H, layers=layers, bidirectional=bidirectional, peepholes=peep,
+                       **kw)
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(layer, path, lengths=True, initial_state=True)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((T, N, C)).astype(np.float32)
+    LD, R = layers * (2 if bidirectional else 1), layer.state_size
+    h0 = rng.standard_normal((LD, N, R)).astype(np.float32)
+    state = (h0, rng.standard_normal((LD, N, H)).astype(np.float32)) \
+        if cell.startswith("lstm") else h0
+    lengths = [5, 0, 2, 0]
+    got, want = _run_both(layer, path, x, lengths, state)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and _rel(g, w) <= RTOL, _rel(g, w)
+    for g, s in zip(got[1:], state if isinstance(state, tuple) else (state,)):
+        assert np.array_equal(g[:, [1, 3]], s[:, [1, 3]])  # the initial state, bit for bit
+    assert np.all(got[0][:, [1, 3]] == 0)
+    _assert_same_parameters(layer, fusedrnn.onnx.load(path))
+
+
+def test_export_length_zero_recurrent_model_and_import(tmp_path):
+    """The same through a RecurrentModel; a Where that picks other rows is refused, and a
+    graph without it (ORT's 0 for a length-0 sequence) imports with fusedrnn's meaning
+    (the initial state), as the README says."""
+    model = RecurrentModel("gru", input_size=3, hidden_size=5, num_layers=2, output_size=2,
+                           seed=1).eval()
+    path = tmp_path / "m.onnx"
+    fusedrnn.onnx.export(model, path, lengths=True, initial_state=True)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 3, 3)).astype(np.float32)
+    h0 = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    got, want = _run_both(model, path, x, [4, 0, 1], h0)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= RTOL
+    assert np.array_equal(got[1][:, 1], h0[:, 1])
+    m = onnx.load(str(path))
+    for node in m.graph.node:  # layer 1's h_n from layer 0's initial rows
+        if node.name == "l1.h_n":
+            node.input[1] = "l0.h0"
+    with pytest.raises(fonnx.OnnxImportError, match="must pick that node's own initial_h"):
+        fusedrnn.onnx.from_model_proto(m)
+    m = onnx.load(str(path))
+    keep = [n for n in m.graph.node if n.op_type not in ("Where", "Equal") and
+            not n.name.startswith("lengths.")]
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    for node in m.graph.node:
+        if node.name == "h_n":
+            node.input[:] = ["l0.Y_h", "l1.Y_h"]
+    ort_h = _session_proto(m).run(None, {"x": x, "lengths": np.array([4, 0, 1], np.int32),
+                                         "h0": h0})[1]
+    assert np.all(ort_h[:, 1] == 0)  # ORT's meaning
+    back = fusedrnn.onnx.from_model_proto(m)
+    _, h = back.forward(x, h0, [4, 0, 1])
+    assert np.array_equal(h[:, 1], h0[:, 1])  # fusedrnn's
+    assert _rel(h[:, [0, 2]], ort_h[:, [0, 2]]) <= RTOL
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -16,7 +16,10 @@ The exported graph (inputs and outputs are named):
     x        [T, N] int64 token ids (RecurrentModel with vocab_size) or [T, N, C] features
              ([N, T, C] for a batch_first layer)
     lengths  [N] int32, only with ``export(..., lengths=True)``: outputs past each
-             sequence's length are zero and its final state is its own last step's
+             sequence's length are zero and its final state is its own last step's (its
+             initial state for a length-0 sequence, as in fusedrnn and torch: with
+             ``initial_state`` too, h_n = Where(lengths == 0, h0, Y_h), as the ONNX nodes
+             themselves give 0 there)
     h0, c0   [L*D, N, R] / [L*D, N, H], only with ``export(..., initial_state=True)``
  -> y        [T, N, D*R] (a layer) or [T, N, output_size] (a RecurrentModel)
     h_n, c_n [L*D, N, R] / [L*D, N, H] (c_n for LSTM)
@@ -213,9 +216,27 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
             attrs["activations"] = ["Relu" if rnn.nonlinearity == "relu" else "Tanh"] * D
         outs = [pre + ".Y", pre + ".Y_h"] + ([pre + ".Y_c"] if mode == "LSTM" else [])
         nodes.append(helper.make_node(mode, ins, outs, name=pre, **attrs))
-        y_h.append(pre + ".Y_h")
-        if mode == "LSTM":
-            y_c.append(pre + ".Y_c")
+        if lengths and initial_state:
+            # a length-0 sequence keeps its initial state in fusedrnn (as in torch); ONNX
+            # Runtime's LSTM/GRU/RNN give 0 there: h_n = Where(lengths == 0, h0, Y_h)
+            if layer == 0:
+                nodes.append(helper.make_node("Equal", ["lengths", init(
+                    "lengths.zero", np.zeros((), np.int32))], ["lengths.is_zero"],
+                    name="lengths.is_zero"))
+                nodes.append(helper.make_node("Unsqueeze", ["lengths.is_zero", const_i64(
+                    "lengths.is_zero.axes", [0, 2])], ["lengths.is_zero_1n1"],
+                    name="lengths.is_zero_1n1"))
+            for out, state in (("h_n", "h0"), ("c_n", "c0"))[:2 if mode == "LSTM" else 1]:
+                nodes.append(helper.make_node(
+                    "Where", ["lengths.is_zero_1n1", f"{pre}.{state}", f"{pre}.Y_{out[0]}"],
+                    [f"{pre}.{out}"], name=f"{pre}.{out}"))
+            y_h.append(pre + ".h_n")
+            if mode == "LSTM":
+                y_c.append(pre + ".c_n")
+        else:
+            y_h.append(pre + ".Y_h")
+            if mode == "LSTM":
+                y_c.append(pre + ".Y_c")
         # Y [T, D, N, H] -> [T, N, D*H]
         if D == 1:
             nodes.append(helper.make_node("Squeeze", [pre + ".Y", const_i64(pre + ".squeeze",
@@ -543,7 +564,8 @@ def _describe(v):
         return f"a constant of shape {list(v.shape)}"
     return {"input": "a graph input", "seq": "a sequence tensor", "shape": "a shape value",
             "fill": "a constant-filled tensor", "state": "a recurrent state",
-            "state_in": "an initial-state input", "lens": "the sequence lengths"}.get(
+            "state_in": "an initial-state input", "lens": "the sequence lengths",
+            "len0": "a lengths == 0 mask"}.get(
         v.kind, v.kind)
 
 
@@ -954,7 +976,27 @@ class _Importer:
         if op == "Concat" and all(isinstance(v, _Sym) and v.kind == "state" for v in ins) and \
                 attrs.get("axis") == 0 and len({v.which for v in ins}) == 1:
             ops = [k for v in ins for k in v.ops]
-            return _Sym("state", which=ins[0].which, ops=ops)
+            return _Sym("state", which=ins[0].which, ops=ops,
+                        kept=[e for v in ins for e in getattr(v, "kept", [])])
+        # export()'s h_n = Where(lengths == 0, h0 rows, Y_h) (fusedrnn's final state of a
+        # length-0 sequence: its initial state), checked against the layer in build()
+        if op == "Equal" and isinstance(x, _Sym) and x.kind == "input" and \
+                isinstance(ins[1], np.ndarray) and ins[1].size == 1 and ins[1].ndim <= 1 and \
+                ins[1].dtype.kind in "iu" and int(ins[1].reshape(-1)[0]) == 0:
+            return _Sym("len0", name=x.name, axes=None)
+        if op == "Unsqueeze" and isinstance(x, _Sym) and x.kind == "len0" and x.axes is None \
+                and isinstance(ins[1] if len(ins) > 1 else None, np.ndarray) and \
+                ins[1].tolist() == [0, 2]:
+            return _Sym("len0", name=x.name, axes=(0, 2))
+        if op == "Where" and len(ins) == 3 and isinstance(ins[1], _Sym) and \
+                ins[1].kind == "input":
+            ins = [x, _Sym("state_in", name=ins[1].name, start=0, end=None), ins[2]]
+        if op == "Where" and isinstance(x, _Sym) and x.kind == "len0" and x.axes == (0, 2) and \
+                isinstance(ins[1], _Sym) and ins[1].kind == "state_in" and \
+                isinstance(ins[2], _Sym) and ins[2].kind == "state" and len(ins[2].ops) == 1 \
+                and not getattr(ins[2], "kept", []):
+            v = ins[2]
+            return _Sym("state", which=v.which, ops=v.ops, kept=[(v.ops[0], x.name, ins[1])])
         raise bad()
 
     @staticmethod
@@ -1218,6 +1260,16 @@ class _Importer:
                     if not (len(v.ops) == 1 and L == 1):
                         raise self.err(f"graph output {name!r} holds the final states of layers "
                                        f"{v.ops}, not of all {L} layers in order")
+                j = 0 if v.which == "h" else 1
+                for k, lens_name, s in getattr(v, "kept", []):
+                    r, mine = recs[k], recs[k]["states"][j]
+                    rows = lambda t: (t.name, t.start, D if t.end is None and L == 1  # noqa
+                                      else t.end)
+                    if r["lens"] is None or r["lens"].name != lens_name or mine is None or \
+                            rows(s) != rows(mine):
+                        raise self.err(f"graph output {name!r}: the Where(lengths == 0, ...) "
+                                       f"after {r['where']} must pick that node's own "
+                                       f"initial_{v.which} by its own sequence_lens")
             else:
                 what = _describe(v) if v is not None else "missing"
                 raise self.err(f"graph output {name!r} is {what}, "
