@@ -150,6 +150,67 @@ def test_save_layer_and_refusals(tmp_path):
         fk.save(layer, tmp_path / "p.h5")
 
 
+@pytest.mark.parametrize("variant", ["reset_after", "reset_before"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_without_bias_round_trip(tmp_path, variant, bidirectional):
+    """A GRU without bias has nothing in its weights that tells reset_after from
+    reset_before (it had always loaded as reset_after: 0.0076 off for a reset_before one).
+    save() records the formula in the file (Keras ignores it and loads the file), load()
+    reads it back."""
+    layer = fusedrnn.GRU(3, 4, num_layers=2, bidirectional=bidirectional, bias=False,
+                         variant=variant, seed=0).eval()
+    path = tmp_path / "g.weights.h5"
+    fk.save(layer, path)
+    back = fk.load(path)
+    assert back.rnn.variant == variant and not back.rnn.bias
+    x = np.random.default_rng(0).standard_normal((2, 6, 3)).astype(np.float32)
+    want = layer.forward(np.ascontiguousarray(x.transpose(1, 0, 2)))[0].transpose(1, 0, 2)
+    assert np.array_equal(back.forward(x), want)
+    km = fk.keras_model(layer)
+    km.load_weights(path)
+    assert _rel(want, _np(km(x))) <= RTOL
+    other = "reset_before" if variant == "reset_after" else "reset_after"
+    with pytest.raises(fk.KerasImportError, match=f"variant='{other}', but the file records"):
+        fk.load(path, variant=other)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_keras_gru_without_bias_needs_variant(tmp_path, reset_after):
+    """Keras' own .weights.h5 of a GRU without bias: refused unless variant= says which
+    formula; with it, Keras' outputs."""
+    km = keras.Sequential([keras.Input((None, 3)),
+                           keras.layers.GRU(4, use_bias=False, reset_after=reset_after,
+                                            return_sequences=True)])
+    _randomise(km, 1)
+    km.save_weights(tmp_path / "g.weights.h5")
+    with pytest.raises(fk.KerasImportError, match="GRU without bias.*variant='reset_after' or "
+                                                  "variant='reset_before'"):
+        fk.load(tmp_path / "g.weights.h5")
+    variant = "reset_after" if reset_after else "reset_before"
+    x = np.random.default_rng(2).standard_normal((2, 5, 3)).astype(np.float32)
+    ours = fk.load(tmp_path / "g.weights.h5", variant=variant)
+    assert ours.rnn.variant == variant
+    assert _rel(ours.forward(x), _np(km(x))) <= RTOL
+
+
+def test_load_variant_argument_checks(tmp_path):
+    km = keras.Sequential([keras.Input((None, 3)), keras.layers.GRU(4, reset_after=False)])
+    km.save_weights(tmp_path / "g.weights.h5")
+    km.save(tmp_path / "g.keras")
+    # a GRU with a bias: its shape decides, and a contradicting variant is refused
+    assert fk.load(tmp_path / "g.weights.h5", variant="reset_before").rnn.variant == \
+        "reset_before"
+    with pytest.raises(fk.KerasImportError, match="bias \\[12\\] is a reset_before GRU's"):
+        fk.load(tmp_path / "g.weights.h5", variant="reset_after")
+    with pytest.raises(ValueError, match="variant must be 'reset_after' or 'reset_before'"):
+        fk.load(tmp_path / "g.weights.h5", variant="before")
+    with pytest.raises(TypeError, match="variant come from the .keras archive"):
+        fk.load(tmp_path / "g.keras", variant="reset_before")
+    fk.save(fusedrnn.LSTM(3, 4), tmp_path / "l.weights.h5")
+    with pytest.raises(fk.KerasImportError, match="no GRU"):
+        fk.load(tmp_path / "l.weights.h5", variant="reset_after")
+
+
 @pytest.mark.parametrize("layer,match", [
     (lambda: keras.layers.LSTM(4, activation="relu", return_sequences=True), "activation"),
     (lambda: keras.layers.GRU(4, recurrent_activation="hard_sigmoid", return_sequences=True),

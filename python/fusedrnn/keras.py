@@ -36,6 +36,9 @@ _SNAKE = {"lstm": "lstm", "gru": "gru", "rnn": "simple_rnn"}
 # our gate blocks in terms of Keras' (ours[j] = keras[_FROM_KERAS[j]])
 _FROM_KERAS = {"lstm": (0, 1, 2, 3), "gru": (1, 0, 2), "rnn": (0,)}
 _MAX_BYTES = 1 << 31
+# root attribute of the .weights.h5 files save() writes: a GRU's formula, which a GRU
+# without bias cannot show by its shapes (Keras ignores the attribute)
+_VARIANT_ATTR = "fusedrnn.gru_variant"
 
 
 class KerasImportError(ValueError):
@@ -145,7 +148,7 @@ class KerasModel(Module):
 
 # -- load ---------------------------------------------------------------------------------------
 def load(path, *, return_sequences: Optional[bool] = None, mask_zero: Optional[bool] = None,
-         nonlinearity: Optional[str] = None):
+         nonlinearity: Optional[str] = None, variant: Optional[str] = None):
     """Import a Keras 3 ``.keras`` archive or ``.weights.h5`` file into a :class:`KerasModel`.
 
     A ``.keras`` archive carries the architecture (config.json): every option is read from
@@ -157,14 +160,25 @@ def load(path, *, return_sequences: Optional[bool] = None, mask_zero: Optional[b
     stack is read from its groups and shapes (the GRU formula from the bias shape), the
     activations are taken to be Keras' defaults, and ``return_sequences`` (default True),
     ``mask_zero`` (default False) and the SimpleRNN ``nonlinearity`` ("tanh" default, or
-    "relu") are the arguments here.
+    "relu") are the arguments here. A GRU's formula comes from its bias shape ([2, 3U]:
+    reset_after, [3U]: reset_before); a GRU without bias has none, so its ``variant``
+    ("reset_after", Keras' ``reset_after=True``, or "reset_before") is the one :func:`save`
+    recorded in the file, else the ``variant`` argument, which such a file requires.
     Raises :class:`KerasImportError` (a ValueError) for corrupt or unsupported files.
     """
     h5py = _h5py()
     path = os.fspath(path)
     fn = f"fusedrnn.keras.load({path!r})"
+    if variant is not None and variant not in ("reset_after", "reset_before"):
+        raise ValueError(f"{fn}: variant must be 'reset_after' or 'reset_before' (a GRU's "
+                         f"formula), got {variant!r}")
+    archive = zipfile.is_zipfile(path)  # False for a missing or unreadable file too
+    if archive and (return_sequences is not None or mask_zero is not None or
+                    nonlinearity is not None or variant is not None):
+        raise TypeError(f"{fn}: return_sequences, mask_zero, nonlinearity and variant come "
+                        f"from the .keras archive's config; pass them for .weights.h5 only")
     try:
-        if zipfile.is_zipfile(path):
+        if archive:
             with zipfile.ZipFile(path) as z:
                 names = set(z.namelist())
                 if "config.json" not in names or "model.weights.h5" not in names:
@@ -178,18 +192,18 @@ def load(path, *, return_sequences: Optional[bool] = None, mask_zero: Optional[b
                 import io
                 weights = io.BytesIO(z.read("model.weights.h5"))
             arch = _arch_from_config(fn, config)
-            if return_sequences is not None or mask_zero is not None or \
-                    nonlinearity is not None:
-                raise TypeError(f"{fn}: return_sequences, mask_zero and nonlinearity come "
-                                f"from the "
-                                f".keras archive's config; pass them for .weights.h5 only")
             with h5py.File(weights, "r") as f:
                 return _build(fn, arch, _read_vars(fn, f))
         with h5py.File(path, "r") as f:
             groups = _read_vars(fn, f)
+            recorded = f.attrs.get(_VARIANT_ATTR)
+            if isinstance(recorded, bytes):
+                recorded = recorded.decode("utf-8", "replace")
+            if recorded is not None and recorded not in ("reset_after", "reset_before"):
+                raise KerasImportError(f"{fn}: attribute {_VARIANT_ATTR!r} = {recorded!r}")
             arch = _arch_from_weights(fn, groups, True if return_sequences is None
                                       else bool(return_sequences), bool(mask_zero),
-                                      nonlinearity or "tanh")
+                                      nonlinearity or "tanh", variant, recorded)
             return _build(fn, arch, groups)
     except KerasImportError:
         raise
@@ -345,7 +359,8 @@ def _check_rnn(fn, where, cls, cfg, bidir, k):
                 zero_output_for_mask=bool(cfg.get("zero_output_for_mask", False)) or bidir)
 
 
-def _arch_from_weights(fn, groups, return_sequences, mask_zero, nonlinearity):
+def _arch_from_weights(fn, groups, return_sequences, mask_zero, nonlinearity, variant=None,
+                       recorded=None):
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"{fn}: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     arch = dict(embed=None, rnn=[], head=None, mask_zero=mask_zero)
@@ -391,14 +406,37 @@ def _arch_from_weights(fn, groups, return_sequences, mask_zero, nonlinearity):
         del cls
         if not bidir and not k.split("/")[1].startswith(_SNAKE[_KERAS_CELL[cell]]):
             raise KerasImportError(f"{fn}: {k}: its weights are those of a {cell}")
-        reset_after = cell == "GRU" and len(ws) == 3 and ws[2].ndim == 2
+        reset_after = False
+        if cell == "GRU":
+            if len(ws) == 3:  # the bias shape tells the formula
+                found = "reset_after" if ws[2].ndim == 2 else "reset_before"
+                for what, v in (("variant", variant), (f"the file's {_VARIANT_ATTR!r}",
+                                                       recorded)):
+                    if v is not None and v != found:
+                        raise KerasImportError(f"{fn}: {sub}: {what} = {v!r}, but its bias "
+                                               f"{list(ws[2].shape)} is a {found} GRU's")
+            else:  # no bias: nothing in the weights tells reset_after from reset_before
+                if variant is not None and recorded is not None and variant != recorded:
+                    raise KerasImportError(f"{fn}: variant={variant!r}, but the file records "
+                                           f"{recorded!r} (fusedrnn.keras.save wrote it)")
+                found = recorded or variant
+                if found is None:
+                    raise KerasImportError(
+                        f"{fn}: {sub}: a GRU without bias: its weights do not say whether it "
+                        f"is reset_after (Keras' reset_after=True, the default) or "
+                        f"reset_before (reset_after=False); pass variant='reset_after' or "
+                        f"variant='reset_before'")
+            reset_after = found == "reset_after"
         arch["rnn"].append(dict(key=k, cell=_KERAS_CELL[cell], bidir=bidir, units=U,
                                 return_sequences=True if i < len(rnn_keys) - 1
                                 else return_sequences,
-                                reset_after=reset_after or (cell == "GRU" and len(ws) == 2),
+                                reset_after=reset_after,
                                 nonlinearity=nonlinearity if cell == "SimpleRNN" else "tanh",
                                 use_bias=len(ws) == 3,
                                 zero_output_for_mask=bidir))
+    if variant is not None and all(r["cell"] != "gru" for r in arch["rnn"]):
+        raise KerasImportError(f"{fn}: variant={variant!r} is a GRU's formula; this file holds "
+                               f"no GRU")
     return arch
 
 
@@ -545,6 +583,8 @@ def save(model, path) -> None:
     p = {k: v.data for k, v in rnn.named_parameters()}
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
+        if cell == "gru":
+            f.attrs[_VARIANT_ATTR] = rnn.variant
         layers = f.create_group("layers")
         f.create_group("vars").attrs["name"] = "sequential"
 
