@@ -458,6 +458,28 @@ def test_load_state_dict_accepts_torch_tensors():
         net.load_state_dict({n: v.double() for n, v in tn.state_dict().items()})
 
 
+@pytest.mark.parametrize("kind", ["bfloat16", "float16", "meta", "sparse"])
+def test_load_state_dict_torch_tensors_it_cannot_take(kind):
+    """bfloat16 / float16 / meta / sparse tensors: a TypeError naming the entry and the dtype
+    wanted, before anything is copied (``.numpy()`` had raised torch's own error, naming
+    neither); nothing is cast."""
+    tn, net = TorchNet(), Net()
+    before = {n: p.data.copy() for n, p in net.named_parameters()}
+    sd = tn.state_dict()
+    bad = "body.2.weight"  # one entry, after others that would have been copied
+    sd[bad] = {"bfloat16": lambda t: t.to(torch.bfloat16),
+               "float16": lambda t: t.half(),
+               "meta": lambda t: t.to("meta"),
+               "sparse": lambda t: t.to_sparse()}[kind](sd[bad])
+    match = {"meta": f"{bad} is a meta tensor.*torch.float32",
+             "sparse": f"{bad} is a torch.sparse_coo tensor.*torch.float32"}.get(
+        kind, f"{bad} must have dtype float32 \\(torch.float32\\), got torch.{kind}")
+    with pytest.raises(TypeError, match=match):
+        net.load_state_dict(sd)
+    for n, p in net.named_parameters():
+        np.testing.assert_array_equal(p.data, before[n])
+
+
 # ----------------------------------------------------------------------------------------------
 # modes
 

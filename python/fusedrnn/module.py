@@ -40,11 +40,25 @@ _dtype, _positive_int, _probability, _seed = V.dtype, V.positive_int, V.probabil
 
 
 
-def _as_numpy(name: str, value) -> np.ndarray:
-    """An array from a numpy array or a torch tensor (without importing torch)."""
+def _as_numpy(name: str, value, dtype: np.dtype) -> np.ndarray:
+    """An array from a numpy array or a torch tensor (without importing torch). A tensor is
+    checked before ``.numpy()``, whose own errors (bfloat16, meta, sparse) name neither the
+    entry nor the dtype wanted; it is never cast."""
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
+        want = f"torch.{np.dtype(dtype).name}"
+        got = str(getattr(value, "dtype", "?"))
+        if got != want:
+            raise TypeError(f"load_state_dict: {name} must have dtype {np.dtype(dtype).name} "
+                            f"({want}), got {got}; nothing is cast (convert the state dict "
+                            f"with .to({want}) first)")
+        if str(getattr(value, "device", "")) == "meta" or getattr(value, "is_meta", False):
+            raise TypeError(f"load_state_dict: {name} is a meta tensor (a shape without "
+                            f"data); a {want} tensor with its values is needed")
+        if str(getattr(value, "layout", "torch.strided")) != "torch.strided":
+            raise TypeError(f"load_state_dict: {name} is a {value.layout} tensor; a dense "
+                            f"(torch.strided) {want} tensor is needed")
         return value.detach().cpu().numpy()
     raise TypeError(f"load_state_dict: {name} must be a numpy array or a torch tensor, "
                     f"got {type(value).__name__}")
@@ -330,7 +344,7 @@ class Module:
         for name, p in own.items():
             if name not in given:
                 continue
-            a = _as_numpy(name, given[name])
+            a = _as_numpy(name, given[name], p.data.dtype)
             if a.shape != p.data.shape:
                 raise ValueError(f"load_state_dict: {name} must have shape "
                                  f"{list(p.data.shape)}, got {list(a.shape)}")
