@@ -148,6 +148,10 @@ def test_save_layer_and_refusals(tmp_path):
         fk.save(fusedrnn.LSTM(3, 4, cell_clip=0.5), tmp_path / "p.weights.h5")
     with pytest.raises(ValueError, match=".weights.h5"):
         fk.save(layer, tmp_path / "p.h5")
+    for precision in ("bfloat16", "int8"):  # the file would hold the float32 weights
+        with pytest.raises(ValueError, match=f"runs the {precision} kernels"):
+            fk.save(layer.frozen(precision), tmp_path / "q.weights.h5")
+    assert not (tmp_path / "q.weights.h5").exists()
 
 
 @pytest.mark.parametrize("variant", ["reset_after", "reset_before"])

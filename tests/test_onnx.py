@@ -290,6 +290,25 @@ def test_export_refuses_bad_arguments(tmp_path):
         fusedrnn.onnx.export(fusedrnn.LSTM(2, 3, cell_clip=0.5), tmp_path / "c.onnx")
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "int8"])
+def test_export_refuses_low_precision_copies(tmp_path, precision):
+    """A frozen bf16/int8 copy (or compute='bfloat16') runs kernels the file's float ops do
+    not reproduce: refused (it had written the float32 weights); its float32 re-freeze
+    exports."""
+    from fusedrnn.models import freeze
+    model = RecurrentModel("gru", input_size=3, hidden_size=4, output_size=2, seed=0)
+    for low in (freeze(model, precision), model.rnn.frozen(precision)):
+        with pytest.raises(ValueError, match=f"runs the {precision} kernels.*float32 model"):
+            fusedrnn.onnx.export(low, tmp_path / "f.onnx")
+    assert not (tmp_path / "f.onnx").exists()
+    fusedrnn.onnx.export(freeze(freeze(model, precision), "float32"), tmp_path / "f.onnx")
+    if precision == "bfloat16":
+        layer = fusedrnn.LSTM(3, 4)
+        layer.compute = "bfloat16"
+        with pytest.raises(ValueError, match="compute='float32'"):
+            fusedrnn.onnx.export(layer, tmp_path / "f.onnx")
+
+
 @pytest.mark.parametrize("opset", [14, 17, 20])
 def test_export_opsets(tmp_path, opset):
     layer = _layer("lstm", 3, 4, bidirectional=True, peepholes=True)

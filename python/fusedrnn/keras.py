@@ -553,6 +553,17 @@ def _check_savable(fn, rnn):
     if getattr(rnn, "_reg", None):
         raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(rnn._reg)} in this form (its "
                          f"recurrent_dropout draws per-gate masks)")
+    if getattr(rnn, "_precision", "float32") != "float32":
+        # the file would hold the float32 weights, and its ops compute in float
+        prec = rnn._precision
+        how = f"a frozen(precision={prec!r}) copy" + (
+            " or compute='bfloat16'" if prec == "bfloat16" else "")
+        raise ValueError(f"{fn}: this model's recurrent layer runs the {prec} kernels "
+                         f"({how}), whose results Keras' float layers would not reproduce "
+                         f"(the file would hold the float32 weights); save the float32 "
+                         f"model: the one it was frozen from, fusedrnn.models.freeze(model, "
+                         f"'float32') or layer.frozen(precision='float32')"
+                         + (", or set compute='float32'" if prec == "bfloat16" else ""))
     if getattr(rnn, "proj_size", 0):
         raise ValueError(f"{fn}: Keras' LSTM has no projection (proj_size)")
     if getattr(rnn, "peepholes", False):
