@@ -278,6 +278,7 @@ def test_save_load_weights_only(name):
     assert torch.equal(rng, torch.random.get_rng_state())   # loading draws nothing
     assert type(loaded) is type(ref)             # torch.nn's class
     assert not hasattr(loaded, "forget_bias") and not hasattr(loaded, "variant")
+    assert set(vars(loaded)) == set(vars(ref))    # none of fusedrnn's attributes
     assert repr(loaded) == repr(ref)
     assert loaded.training is False
     sd, want = loaded.state_dict(), ours.state_dict()
@@ -320,6 +321,48 @@ def test_load_without_fusedrnn(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+class OutputOnly(frt.LSTM):
+    """A user's subclass of a drop-in layer: its own attribute and forward."""
+
+    def __init__(self, *args, scale=2.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = scale
+
+    def forward(self, x, hx=None):
+        return super().forward(x, hx)[0] * self.scale
+
+
+def test_subclass_pickles_as_itself():
+    """A subclass of a fusedrnn.torch layer comes back as that subclass (its forward and
+    attributes), as a subclass of torch.nn.LSTM does; only the exact fusedrnn classes are
+    written as torch.nn's."""
+    torch.manual_seed(0)
+    m = OutputOnly(C, H, scale=3.0, peepholes=True).eval()
+    x = torch.randn(T, N, C)
+    with torch.no_grad():
+        y = m(x)
+    for back in (pickle.loads(pickle.dumps(m)), torch.load(saved(m), weights_only=False)):
+        assert type(back) is OutputOnly and back.scale == 3.0 and back.peepholes
+        with torch.no_grad():
+            torch.testing.assert_close(back(x), y, rtol=0, atol=0)
+
+
+def test_quantize_dynamic_copy_saves_as_the_float32_torch_layer():
+    """torch.save of a quantize_dynamic copy writes torch.nn's layer without fusedrnn's int8
+    snapshot (nor any other fusedrnn attribute): torch.load's default weights_only=True loads it
+    as the torch.nn layer in eval mode, which runs torch's float32 forward."""
+    torch.manual_seed(0)
+    stock = torch.nn.LSTM(C, H).eval()
+    q = frt.quantize_dynamic(stock)
+    assert isinstance(q, frt.LSTM) and q._int8 is not None
+    layer = torch.load(saved(q))                    # weights_only=True
+    assert type(layer) is torch.nn.LSTM and not layer.training
+    assert set(vars(layer)) == set(vars(stock))     # nothing of fusedrnn's
+    x = torch.randn(T, N, C)
+    with torch.no_grad():
+        assert_outputs(layer(x), stock(x), tol=0)
 
 
 @pytest.mark.parametrize("name", FUSED_ONLY)

@@ -66,12 +66,17 @@ quantised once, activations quantised per row, float32 in and out; see its docst
 Beyond forward/backward:
 
 - Pickling (``torch.save(model)``, ``pickle``, multiprocessing) writes a layer as its torch.nn
-  class (torch.nn.modules.rnn.LSTM etc.: the same attributes and parameters), so the file loads
-  where fusedrnn is not installed, and ``torch.load`` returns the torch.nn layer. Importing this
-  module registers those three classes with ``torch.serialization.add_safe_globals`` (torch.load's
-  default ``weights_only=True``). Layers with ``peepholes=True`` or ``variant="reset_before"``
-  have no torch.nn form and raise ``pickle.PicklingError`` (save the state_dict instead).
-  ``copy.copy`` / ``copy.deepcopy`` keep the fusedrnn class.
+  class (torch.nn.modules.rnn.LSTM etc.: torch.nn's attributes and the parameters; none of
+  fusedrnn's settings, nor a quantize_dynamic copy's int8 snapshot), so the file loads where
+  fusedrnn is not installed, and ``torch.load`` returns the torch.nn layer (a saved
+  quantize_dynamic copy: the float32 torch.nn layer in eval mode, running torch's float32
+  forward). Importing this module registers those three classes with
+  ``torch.serialization.add_safe_globals`` (torch.load's default ``weights_only=True``; a
+  process that has not imported it must allow them, as for any stock layer). Layers with
+  ``peepholes=True`` or ``variant="reset_before"`` have no torch.nn form and raise
+  ``pickle.PicklingError`` (save the state_dict instead). A user's subclass of a layer pickles
+  as itself (its forward and attributes kept; loading it needs fusedrnn, as a subclass of
+  torch.nn.LSTM needs its module). ``copy.copy`` / ``copy.deepcopy`` keep the fusedrnn class.
 - While torch records a graph for another runtime (``torch.export``, ``torch.onnx.export`` with
   either exporter, ``torch.jit.trace``) the layers run torch.nn's forward, so the graph is the
   stock layer's; the fusedrnn-only configurations raise RuntimeError there.
@@ -111,6 +116,11 @@ _STOCK = {"LSTM": _RNN.LSTM, "GRU": _RNN.GRU, "RNN": _RNN.RNN}     # torch's own
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep")
 # the fields of fusedrnn.functional's cache that hold arrays backed by the tensors saved in ctx
 _CACHE_ARRAYS = ("x", "w_ih", "w_hh", "w_peep", "w_hr", "buffer")
+# the attributes a fusedrnn.torch layer adds to torch.nn's (the extras' settings, issue 19's
+# options, quantize_dynamic's int8 snapshot): left out of the pickled torch.nn layer
+_FUSED_ATTRS = ("variant", "peepholes", "forget_bias", "_int8", "_reg", "dropout_masks",
+                "layer_norm", "ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout",
+                "input_dropout", "weight_drop")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -368,7 +378,16 @@ class _Base:
     def __reduce_ex__(self, protocol):
         """Pickled (torch.save, pickle, multiprocessing) as the torch.nn class with the same
         attributes and parameters, so the file loads without fusedrnn; see the module
-        docstring. copy.copy / copy.deepcopy keep the fusedrnn class (__copy__/__deepcopy__)."""
+        docstring. copy.copy / copy.deepcopy keep the fusedrnn class (__copy__/__deepcopy__).
+        A user's subclass (its own forward, attributes) pickles as itself, as a subclass of
+        torch.nn.LSTM does: writing it as torch.nn.LSTM would lose what it adds. Either way
+        fusedrnn's own attributes (the int8 snapshot of quantize_dynamic, the extras' settings)
+        are not written: the file holds torch.nn's layer state."""
+        if type(self) not in _FUSED.values():
+            reduced = list(super().__reduce_ex__(protocol))
+            if len(reduced) > 2 and isinstance(reduced[2], dict):
+                reduced[2] = {k: v for k, v in reduced[2].items() if k != "_int8"}
+            return tuple(reduced)
         name = type(self).__name__
         extra = self._fusedrnn_only()
         if extra is not None:
@@ -380,7 +399,7 @@ class _Base:
                 f"f)) and load it into a model built with fusedrnn.torch.{name}(..., {extra})")
         stock = self._stock_class()
         state = self.__getstate__()          # RNNBase's: __dict__ without _flat_weights
-        for key in ("variant", "peepholes", "forget_bias"):
+        for key in _FUSED_ATTRS:             # torch.nn's layer has none of them
             state.pop(key, None)
         dtype = self.weight_ih_l0.dtype
         # stock(*args) builds a cheap placeholder on the meta device (no memory, no draw from
@@ -949,7 +968,10 @@ def quantize_dynamic(module, *, inplace=False):
     parameters (state_dict, export: export and torch.compile graphs run torch.nn's float32
     forward); the int8 weights are a snapshot, so later changes to the parameters do not reach
     them (quantise again). The layers run inference only: forward in train mode raises
-    ValueError; outputs carry no gradient.
+    ValueError; outputs carry no gradient. ``torch.save`` of the copy does not write the
+    snapshot: the file loads (fusedrnn installed or not) as torch.nn's layers with the float32
+    parameters, in eval mode, computing torch.nn's float32 forward; call this function on the
+    loaded model to run int8 again.
 
     Raises TypeError for a non-Module, ValueError for a module without recurrent layers, for
     a layer whose parameters are not float32 or not finite, and for layer_norm / zoneout /
