@@ -402,6 +402,28 @@ def test_copy_and_deepcopy_keep_the_class(name):
         assert not torch.equal(deep(x)[0], ours(x)[0])
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_deepcopy_of_a_parametrized_layer(name):
+    """copy.deepcopy of a layer with a torch parametrization (weight_norm: an EMA copy, a best
+    model snapshot) works as for torch.nn's layer: an independent copy with the same class,
+    outputs and gradients."""
+    from torch.nn.utils.parametrizations import weight_norm
+    torch.manual_seed(0)
+    ours = weight_norm(getattr(frt, name)(C, H).double(), "weight_hh_l0")
+    deep = copy.deepcopy(ours)
+    assert type(deep) is type(ours) and isinstance(deep, getattr(frt, name))
+    originals = deep.parametrizations.weight_hh_l0
+    assert originals.original0 is not ours.parametrizations.weight_hh_l0.original0
+    x = torch.randn(T, N, C, dtype=torch.float64)
+    torch.testing.assert_close(deep(x)[0], ours(x)[0], rtol=0, atol=0)
+    deep(x)[0].sum().backward()
+    assert originals.original1.grad is not None
+    assert ours.parametrizations.weight_hh_l0.original1.grad is None
+    with torch.no_grad():
+        originals.original1.add_(1.0)
+    assert not torch.equal(deep(x)[0], ours(x)[0])
+
+
 # ----------------------------------------------------------------------------------------------
 # export, ONNX, TorchScript
 

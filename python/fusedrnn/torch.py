@@ -418,7 +418,18 @@ class _Base:
     def __deepcopy__(self, memo):
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        new.__setstate__(copy.deepcopy(self.__getstate__(), memo))
+        # RNNBase's state, not self.__getstate__(): torch.nn.utils.parametrize (weight_norm,
+        # register_parametrization) gives the module a class whose __getstate__ raises (no
+        # pickling) and, seeing this __deepcopy__, adds none of its own; deepcopy must still
+        # work for it, as it does for a parametrized torch.nn layer. _flat_weights is not
+        # copied but read again from the copy (a parametrized weight there is a computed
+        # tensor, which deepcopy refuses)
+        state = _RNN.RNNBase.__getstate__(self)
+        state.pop("_flat_weights", None)
+        state = copy.deepcopy(state, memo)
+        state["_flat_weights"] = []
+        new.__setstate__(state)
+        new._init_flat_weights()
         return new
 
     def __prepare_scriptable__(self):
