@@ -505,3 +505,29 @@ def test_training_cache_is_reused_only_after_torch_frees_it(monkeypatch):
     assert seen[5] == seen[2]
     y3.sum().backward()
     y4.sum().backward()
+
+
+PACK_HOOKS = {"detach": lambda t: t.detach(), "view": lambda t: t.view(t.shape),
+              "data": lambda t: t.data}
+
+
+@pytest.mark.parametrize("hook", PACK_HOOKS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_cache_is_not_reused_while_a_saved_alias_holds_it(cell, hook):
+    """A saved_tensors_hooks pack hook may save an alias of the cache tensor (detach(), a view,
+    .data: the same storage, another tensor object) and drop the tensor itself: the buffer must
+    stay out of the pool until that storage is freed, so a second forward of the same size
+    cannot overwrite the first graph's cache (its gradients then equal torch.nn's)."""
+    name, kw = CELLS[cell]
+    ref, ours = twins(name, **kw)
+    x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for m in (ref, ours):
+        with torch.autograd.graph.saved_tensors_hooks(PACK_HOOKS[hook], lambda t: t):
+            y1 = m(x)[0]
+            y2 = m(x * 3)[0]              # the same sizes: a pooled buffer if one is free
+        grads.append(torch.autograd.grad((y1 ** 2).sum(), [x, *m.parameters()]))
+        grads.append(torch.autograd.grad((y2 ** 2).sum(), [x, *m.parameters()]))
+    for got, want in zip(grads[2:], grads[:2]):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-10)

@@ -226,9 +226,15 @@ class _LayerFunction(torch.autograd.Function):
         cache = out.cache
         # Hand the arrays the cache needs to autograd (saved tensors): torch then frees them
         # after backward and checks the inputs and weights for in-place changes. The buffer
-        # goes back to this thread's pool when torch frees it.
-        buffer = torch.from_numpy(cache.buffer)
-        weakref.finalize(buffer, _release_cache, cache.buffer)
+        # goes back to this thread's pool when torch frees its storage: the tensor is made
+        # from a view array that only that storage holds (torch.from_numpy keeps the array
+        # it is given), and the release follows the view. (A finalizer on the tensor object
+        # fired too early: a saved_tensors_hooks pack hook may keep an alias -- t.detach(),
+        # a view, t.data -- whose storage is the buffer after the tensor itself is gone.)
+        view = cache.buffer[:]
+        weakref.finalize(view, _release_cache, cache.buffer)
+        buffer = torch.from_numpy(view)
+        del view
         for field in _CACHE_ARRAYS:
             setattr(cache, field, None)
         ctx.save_for_backward(x, w_ih, w_hh, w_peep, w_hr, buffer)
