@@ -523,6 +523,73 @@ def test_jit_script_message():
             torch.jit.script(obj)
 
 
+class Head(torch.nn.Module):
+    """A model around a recurrent layer, for torch.fx (its state passed on)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+        self.fc = torch.nn.Linear(rnn.hidden_size, 2)
+
+    def forward(self, x, hx):
+        out, _ = self.rnn(x, hx)
+        return self.fc(out)
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_fx_symbolic_trace_keeps_the_layer_as_a_leaf(name):
+    """torch.fx.symbolic_trace records a fusedrnn layer as one call_module node, as it does
+    torch.nn's, and the traced module runs it (the fused kernels)."""
+    import torch.fx
+    torch.manual_seed(0)
+    ours, ref = make(name)
+    model_ours, model_ref = Head(ours), Head(ref)
+    model_ours.fc.load_state_dict(model_ref.fc.state_dict())
+    gm, gm_ref = torch.fx.symbolic_trace(model_ours), torch.fx.symbolic_trace(model_ref)
+    assert [(n.op, n.target) for n in gm.graph.nodes] == \
+        [(n.op, n.target) for n in gm_ref.graph.nodes]
+    assert gm.rnn is ours
+    x = torch.randn(T, N, C)
+    h = torch.randn(1, N, H)
+    hx = (h, torch.randn(1, N, H)) if name == "LSTM" else h
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x, hx), model_ref(x, hx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["vmap", "grad", "grad of parameters", "jvp", "forward_ad"])
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_function_transforms_are_refused(name, how):
+    """torch.func's transforms and forward-mode AD get a TypeError naming them before any work
+    (no raw storage error, and no silently dropped tangent under no_grad)."""
+    import torch.autograd.forward_ad as fwAD
+    torch.manual_seed(0)
+    m = getattr(frt, name)(C, H)
+    x = torch.randn(N, C) if name.endswith("Cell") else torch.randn(T, N, C)
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    def f(xx):
+        return first(m(xx)).sum()
+
+    match = "torch.func transform" if how != "forward_ad" else "forward-mode AD dual tensor"
+    with pytest.raises(TypeError, match=rf"fusedrnn.torch.{name}.forward: \w+ is a .*{match}"
+                                        if not name.endswith("Cell") else match):
+        if how == "vmap":
+            torch.func.vmap(lambda xx: first(m(xx)))(x.unsqueeze(0).expand(2, *x.shape))
+        elif how == "grad":
+            torch.func.grad(f)(x)
+        elif how == "grad of parameters":
+            params = {k: v.detach() for k, v in m.named_parameters()}
+            torch.func.grad(lambda p: first(torch.func.functional_call(m, p, (x,))).sum())(
+                params)
+        elif how == "jvp":
+            torch.func.jvp(f, (x,), (torch.ones_like(x),))
+        else:
+            with torch.no_grad(), fwAD.dual_level():
+                m(fwAD.make_dual(x, torch.ones_like(x)))
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.compile
 

@@ -1,12 +1,20 @@
 """The torch modules' shared pieces (fusedrnn.torch's layers, fusedrnn.torch_cells' cells):
-first-order-only backward functions, the weights as torch.nn's own forward sees them."""
+first-order-only backward functions, the weights as torch.nn's own forward sees them, the
+tensor checks, and the tests for a graph being recorded (export, tracing, torch.fx)."""
 from __future__ import annotations
 
 import functools
+import sys
 
 import torch
 from torch._C import _functions as _autograd_functions
+from torch.autograd import forward_ad as _FORWARD_AD
 
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+_DTYPES = (torch.float32, torch.float64)
+_PARAM_DTYPES = _DTYPES + (torch.bfloat16,)          # bf16 parameters: .to(torch.bfloat16)
+_AUTOCAST_DTYPES = (torch.float32, torch.bfloat16)   # inputs and states under bf16 autocast
 
 _DOUBLE_BACKWARD = (
     "fusedrnn.torch: double backward is not supported: a gradient computed with "
@@ -56,3 +64,63 @@ def _weight(module, name):
         if not isinstance(p, torch.Tensor):
             p = None
     return p
+
+
+def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
+    """t must be a CPU strided float32/float64 tensor (of `dtype` when given; bfloat16 too where
+    ``allowed`` has it: the bf16 inference path)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if _is_functorch_wrapped(t):
+        raise TypeError(f"{fn}: {name} is a tensor of a torch.func transform (vmap, grad, "
+                        f"jacrev, jacfwd, jvp, functional_call under one of them): fusedrnn's "
+                        f"kernels run outside torch.func and cannot be transformed; use the "
+                        f"torch.nn module there")
+    if getattr(_FORWARD_AD, "_current_level", -1) >= 0 and \
+            _FORWARD_AD.unpack_dual(t).tangent is not None:
+        raise TypeError(f"{fn}: {name} is a forward-mode AD dual tensor "
+                        f"(torch.autograd.forward_ad): fusedrnn's kernels have no forward-mode "
+                        f"derivative (jvp), and the tangent would be dropped; use the torch.nn "
+                        f"module there")
+    if t.device.type != "cpu":
+        raise ValueError(f"{fn}: {name} must be a CPU tensor (fusedrnn.torch runs on the CPU "
+                         f"only; use torch.nn for {t.device.type}), got device {t.device}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{fn}: {name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.dtype not in allowed:
+        if allowed == _AUTOCAST_DTYPES:
+            raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "
+                            f"under torch.autocast('cpu', dtype=torch.bfloat16), got {t.dtype}")
+        if t.dtype == torch.bfloat16:
+            raise TypeError(f"{fn}: {name} is torch.bfloat16 but the module's parameters are "
+                            f"not: bf16 inference runs a bfloat16 module (module.bfloat16()) "
+                            f"or under torch.autocast('cpu', dtype=torch.bfloat16)")
+        raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float64, or "
+                        f"torch.bfloat16 for inference (half precision is not supported), got "
+                        f"{t.dtype}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must have dtype {dtype} (the dtype of the module's "
+                        f"parameters), got {t.dtype}")
+
+
+def _graph_mode():
+    """True while torch records a graph for another runtime: torch.export (and the ONNX dynamo
+    exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace."""
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or ("torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()))
+
+
+def _fx_call(module, input, hx):
+    """Under torch.fx.symbolic_trace (input or hx a torch.fx.Proxy): the module as one
+    call_module node, as FX records torch.nn's own RNN modules (its leaves), and the proxy of its
+    result; None otherwise. (FX would otherwise trace into this forward, whose checks and
+    kernels need real tensors.)"""
+    proxy = torch.fx.Proxy
+    if isinstance(input, proxy) or isinstance(hx, proxy) or (
+            isinstance(hx, (tuple, list)) and any(isinstance(h, proxy) for h in hx)):
+        tracer = (input if isinstance(input, proxy) else
+                  hx if isinstance(hx, proxy) else next(h for h in hx
+                                                        if isinstance(h, proxy))).tracer
+        args = (input,) if hx is None else (input, hx)
+        return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+    return None

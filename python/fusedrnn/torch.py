@@ -81,6 +81,11 @@ Beyond forward/backward:
   either exporter, ``torch.jit.trace``) the layers run torch.nn's forward, so the graph is the
   stock layer's; the fusedrnn-only configurations raise RuntimeError there.
   ``torch.jit.script`` raises a RuntimeError saying so (``__prepare_scriptable__``).
+  ``torch.fx.symbolic_trace`` records a layer as one ``call_module`` node (a leaf, as it
+  records torch.nn's layers); the traced module runs the fused kernels.
+- torch.func's transforms (vmap, grad, jacrev, jvp, functional_call under them) and
+  forward-mode AD (``torch.autograd.forward_ad`` dual tensors) raise TypeError naming them: the
+  kernels run outside those transforms and have no forward-mode derivative.
 - ``torch.compile``: the fused path is ``torch.compiler.disable``d, a graph break; dynamo never
   traces into the NumPy calls, and the kernels run eagerly (without dynamo imported, nothing
   of this runs: ``import fusedrnn.torch`` does not import torch._dynamo).
@@ -105,12 +110,12 @@ import torch  # the real PyTorch (absolute import), not this module
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as _F
+from ._torch_autograd import (_AUTOCAST_DTYPES, _DOUBLE_BACKWARD, _DTYPES,  # noqa: F401
+                              _PARAM_DTYPES, _check_tensor, _first_order_only, _fx_call,
+                              _graph_mode, _weight)
 
 __all__ = ["LSTM", "GRU", "RNN", "quantize_dynamic"]
 
-_DTYPES = (torch.float32, torch.float64)
-_PARAM_DTYPES = _DTYPES + (torch.bfloat16,)          # bf16 parameters: .to(torch.bfloat16)
-_AUTOCAST_DTYPES = (torch.float32, torch.bfloat16)   # inputs and states under bf16 autocast
 _RNN = torch.nn.modules.rnn
 _STOCK = {"LSTM": _RNN.LSTM, "GRU": _RNN.GRU, "RNN": _RNN.RNN}     # torch's own classes
 _PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr", "weight_peep")
@@ -125,32 +130,6 @@ _FUSED_ATTRS = ("variant", "peepholes", "forget_bias", "_int8", "_reg", "dropout
 
 # ----------------------------------------------------------------------------------------------
 # Tensor checks and numpy views
-
-def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
-    """t must be a CPU strided float32/float64 tensor (of `dtype` when given; bfloat16 too where
-    ``allowed`` has it: the bf16 inference path)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{fn}: {name} must be a CPU tensor (fusedrnn.torch runs on the CPU "
-                         f"only; use torch.nn for {t.device.type}), got device {t.device}")
-    if t.layout != torch.strided:
-        raise TypeError(f"{fn}: {name} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.dtype not in allowed:
-        if allowed == _AUTOCAST_DTYPES:
-            raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "
-                            f"under torch.autocast('cpu', dtype=torch.bfloat16), got {t.dtype}")
-        if t.dtype == torch.bfloat16:
-            raise TypeError(f"{fn}: {name} is torch.bfloat16 but the module's parameters are "
-                            f"not: bf16 inference runs a bfloat16 module (module.bfloat16()) "
-                            f"or under torch.autocast('cpu', dtype=torch.bfloat16)")
-        raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float64, or "
-                        f"torch.bfloat16 for inference (half precision is not supported), got "
-                        f"{t.dtype}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{fn}: {name} must have dtype {dtype} (the dtype of the module's "
-                        f"parameters), got {t.dtype}")
-
 
 def _contiguous(t):
     """t itself when contiguous, else an explicit (differentiable) contiguous copy."""
@@ -206,7 +185,6 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
                        precision=precision, new_cache=_pooled_cache)
 
 
-from ._torch_autograd import _DOUBLE_BACKWARD, _first_order_only, _weight  # noqa: E402,F401
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -355,13 +333,6 @@ def _init_regularisers(module, reg, layer_norm, ln_eps, zoneout_h, zoneout_c, re
 
 # ----------------------------------------------------------------------------------------------
 
-def _graph_mode():
-    """True while torch records a graph for another runtime: torch.export (and the ONNX dynamo
-    exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace."""
-    return (torch.compiler.is_exporting() or torch.jit.is_tracing()
-            or ("torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()))
-
-
 class _Base:
     """The forward shared by LSTM, GRU and RNN (mixed into the torch.nn classes)."""
 
@@ -492,6 +463,9 @@ class _Base:
             raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(t.shape)}")
 
     def forward(self, input, hx=None):
+        traced = _fx_call(self, input, hx)
+        if traced is not None:      # torch.fx.symbolic_trace: a leaf, as torch.nn's layers
+            return traced
         if _graph_mode():
             # export / ONNX / jit.trace: torch.nn's own forward, so the graph is the stock
             # layer's (aten::lstm etc.) and runs without fusedrnn
