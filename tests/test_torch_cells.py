@@ -182,3 +182,171 @@ def test_empty_batch_and_state_shape_message():
     z = torch.zeros(3, 5, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"hx h must have shape \[5\], got \[3, 5\]"):
         ours(torch.ones(4, dtype=torch.float64), (z, z))
+
+
+# ----------------------------------------------------------------------------------------------
+# graph capture, autocast, validation (found by probes)
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("grad", [True, False])
+def test_graph_capture_records_torchs_cell(name, grad):
+    """torch.jit.trace and torch.export record torch.nn's cell (not a constant of the example's
+    output, nor an opaque PythonOp): the graph computes torch's cell on new inputs, with or
+    without parameters requiring grad, and the trace saves and loads. torch.jit.script says
+    why it cannot compile the cell."""
+    import io
+    import warnings
+    ref, ours = pair(name, {}, torch.float32)
+    ours.requires_grad_(grad)
+    g = torch.Generator().manual_seed(3)
+    x, x2 = torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # torch 2.13: TorchScript
+        traced = torch.jit.trace(ours, (x,))                  # check_trace re-runs it
+        kinds = [n.kind() for n in traced.graph.nodes()]
+        assert "prim::PythonOp" not in kinds and "aten::linear" in kinds
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf)
+        buf.seek(0)
+        loaded = torch.jit.load(buf)
+        with pytest.raises(RuntimeError, match=rf"torch.jit.script cannot compile "
+                                               rf"fusedrnn.torch.{name}.*torch.jit.trace"):
+            torch.jit.script(ours)
+    ep = torch.export.export(ours, (x,))
+    want = _first(ref(x2))
+    for f in (traced, loaded, ep.module()):
+        torch.testing.assert_close(_first(f(x2)), want, rtol=0, atol=0)
+
+
+def test_fx_symbolic_trace_keeps_the_cell_as_a_leaf():
+    import torch.fx
+
+    class Loop(torch.nn.Module):
+        def __init__(self, cell):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x, h):
+            for t in range(3):
+                h = self.cell(x[t], h)
+            return h
+
+    ref, ours = pair("GRUCell", {}, torch.float32)
+    gm = torch.fx.symbolic_trace(Loop(ours))
+    assert [n.target for n in gm.graph.nodes if n.op == "call_module"] == ["cell"] * 3
+    x, h = torch.randn(3, 2, 4), torch.randn(2, 5)
+    torch.testing.assert_close(Loop(ours)(x, h), Loop(ref)(x, h), rtol=1e-6, atol=1e-6)
+
+
+def _autocast_twins(name, **kw):
+    ref, ours = pair(name, kw, torch.float32)
+    return ref, ours
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("xdt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("state", [None, torch.float32, torch.bfloat16, "mixed"])
+def test_autocast_bf16(name, xdt, state):
+    """Under torch.autocast('cpu', dtype=torch.bfloat16) a float32 cell takes float32 or
+    bfloat16 input and states (as torch.nn's cell does), runs the bf16 kernels and returns
+    torch.nn's dtypes there; with a gradient wanted it trains in mixed precision (float32
+    gradients). Values as torch's within bf16 rounding."""
+    ref, ours = _autocast_twins(name)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 4, generator=g)
+    hx = None
+    if state is not None:   # mixed: h float32, c bfloat16 (the LSTM's results follow c)
+        h = torch.randn(3, 5, generator=g).to(torch.float32 if state == "mixed" else state)
+        c = torch.randn(3, 5, generator=g).to(torch.bfloat16 if state == "mixed" else state)
+        hx = (h, c) if name == "LSTMCell" else h
+    outs = []
+    for m in (ref, ours):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m(x.to(xdt), hx)
+        outs.append(out)
+        _first(out).float().pow(2).sum().backward()
+    got = outs[1] if isinstance(outs[1], tuple) else (outs[1],)
+    want = outs[0] if isinstance(outs[0], tuple) else (outs[0],)
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=3e-2)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=6e-2)
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_bfloat16_cell_inference(name):
+    """A cell converted with .bfloat16() runs bf16 inference (bfloat16 results, as torch.nn's
+    bf16 cell); with a gradient wanted it says to call it under no_grad."""
+    ref, ours = pair(name, {}, torch.float32)
+    ref, ours = ref.bfloat16(), ours.bfloat16()
+    x = torch.randn(3, 4).bfloat16()
+    with torch.no_grad():
+        got, want = ours(x), ref(x)
+    for a, b in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,)):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=3e-2)
+    with pytest.raises(ValueError, match="bfloat16 parameters run fusedrnn's bf16 inference "
+                                         "kernels, which have no backward"):
+        ours(x)
+
+
+def test_cells_validate_like_the_layers():
+    """What the layers refuse clearly, the cells refuse clearly too, naming the argument, at
+    construction and before any work at forward."""
+    with pytest.raises(TypeError, match=r"LSTMCell: dtype must be torch.float32, "
+                                        r"torch.float64 or torch.bfloat16.*got torch.float16"):
+        frt.LSTMCell(3, 4, dtype=torch.float16)
+    with pytest.raises(TypeError, match="GRUCell: dtype must be"):
+        frt.GRUCell(3, 4, True, None, torch.float16)          # positional device, dtype
+    with pytest.raises(ValueError, match="RNNCell: device must be 'cpu'"):
+        frt.RNNCell(3, 4, device="meta")
+    c = frt.LSTMCell(3, 4)
+    x, z = torch.randn(2, 3), torch.zeros(2, 4)
+    fn = r"fusedrnn.torch.LSTMCell.forward: "
+    with pytest.raises(TypeError, match=fn + r"weight_ih must have dtype torch.float32 or "
+                                             r"torch.float64.*got torch.float16"):
+        frt.LSTMCell(3, 4).half()(x.half())
+    with pytest.raises(ValueError, match=fn + "hx h must be a CPU tensor"):
+        c(x, (z.to("meta"), z))
+    with pytest.raises(ValueError, match=fn + "hx c must be a CPU tensor"):
+        c(x, (z, z.to("meta")))
+    with pytest.raises(TypeError, match=fn + "input must be a dense"):
+        c(x.to_sparse())
+    with pytest.raises(TypeError, match=fn + "input has torch's lazy negation"):
+        c(torch._neg_view(x))
+    with pytest.raises(TypeError, match=fn + "input is torch.bfloat16 but the module's "
+                                             "parameters are not"):
+        c(x.bfloat16())
+    with pytest.raises(TypeError, match=fn + "hx c must have dtype torch.float32"):
+        c(x, (z, z.double()))
+    with torch.no_grad():
+        c.weight_hh.data = c.weight_hh.data.t().contiguous().t()
+    with pytest.raises(ValueError, match=fn + "parameter weight_hh must be contiguous"):
+        c(x)
+
+
+def test_rnncell_nonlinearity_is_checked_and_read_at_forward():
+    """RNNCell(nonlinearity=...) accepts 'tanh' and 'relu' only (torch.nn.RNN's rule; torch's
+    cell fails at forward), and forward uses the attribute as it is then, as torch.nn's cell
+    does, also when it changes within a sequence."""
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'gelu'"):
+        frt.RNNCell(4, 5, nonlinearity="gelu")
+    ref, ours = pair("RNNCell", {})
+    x = torch.randn(3, 4, dtype=torch.float64)
+    h = ours(x)
+    h_ref = ref(x)
+    for nl in ("relu", "tanh", "relu"):
+        ours.nonlinearity = ref.nonlinearity = nl
+        h, h_ref = ours(x, h), ref(x, h_ref)
+        torch.testing.assert_close(h, h_ref, rtol=0, atol=1e-12)
+    ours.nonlinearity = "gelu"
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu', got 'gelu'"):
+        ours(x)

@@ -11,6 +11,7 @@ from torch._C import _functions as _autograd_functions
 from torch.autograd import forward_ad as _FORWARD_AD
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_PROXY = torch.fx.Proxy     # (torch imports torch.fx)
 
 _DTYPES = (torch.float32, torch.float64)
 _PARAM_DTYPES = _DTYPES + (torch.bfloat16,)          # bf16 parameters: .to(torch.bfloat16)
@@ -87,6 +88,10 @@ def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
                          f"only; use torch.nn for {t.device.type}), got device {t.device}")
     if t.layout != torch.strided:
         raise TypeError(f"{fn}: {name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.is_neg() or t.is_conj():
+        raise TypeError(f"{fn}: {name} has torch's lazy negation or conjugation bit set (e.g. "
+                        f"torch._neg_view): the kernels read memory as it is stored; resolve it "
+                        f"first (t.resolve_neg() / t.resolve_conj(): a copy)")
     if t.dtype not in allowed:
         if allowed == _AUTOCAST_DTYPES:
             raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "
@@ -115,12 +120,12 @@ def _fx_call(module, input, hx):
     call_module node, as FX records torch.nn's own RNN modules (its leaves), and the proxy of its
     result; None otherwise. (FX would otherwise trace into this forward, whose checks and
     kernels need real tensors.)"""
-    proxy = torch.fx.Proxy
-    if isinstance(input, proxy) or isinstance(hx, proxy) or (
-            isinstance(hx, (tuple, list)) and any(isinstance(h, proxy) for h in hx)):
-        tracer = (input if isinstance(input, proxy) else
-                  hx if isinstance(hx, proxy) else next(h for h in hx
-                                                        if isinstance(h, proxy))).tracer
-        args = (input,) if hx is None else (input, hx)
-        return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
-    return None
+    proxy = _PROXY
+    found = input if isinstance(input, proxy) else hx if isinstance(hx, proxy) else None
+    if found is None and type(hx) in (tuple, list):     # (an LSTM's (h, c): at every step)
+        found = next((h for h in hx if isinstance(h, proxy)), None)
+    if found is None:
+        return None
+    tracer = found.tracer
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})

@@ -7,7 +7,20 @@
 
 Subclasses of torch's cells (same constructor, parameters, state_dict keys, initialisation);
 only ``forward`` is replaced. Input [N, C] or unbatched [C]; state as torch's (None = zeros).
-Tensors must be CPU, float32 or float64 (the parameters' dtype).
+Checked as the layers check them, naming the argument: parameters float32, float64 or
+bfloat16 (at construction, ``dtype=``/``device=``, and at every forward, after ``.half()`` or
+``.to()``), CPU, dense, contiguous; input and states CPU, dense, the parameters' dtype, without
+a lazy negation bit; ``RNNCell``'s ``nonlinearity`` 'tanh' or 'relu' (ValueError at
+construction and at forward: the attribute is read at every forward, as torch.nn's cell reads
+it). bf16 as in the layers: a ``.bfloat16()`` cell runs bf16 inference (bfloat16 results;
+ValueError with a gradient wanted), and a float32 cell under ``torch.autocast("cpu",
+dtype=torch.bfloat16)`` takes float32 or bfloat16 input and states and runs the bf16 kernels
+(inference, or mixed-precision training with float32 gradients), returning torch.nn's cells'
+dtypes there (RNNCell bfloat16; LSTMCell the dtype of c, GRUCell that of h, the input's when no
+state is given). While torch records a graph (``torch.jit.trace``, ``torch.export``,
+``torch.onnx.export``) a cell runs torch.nn's forward, so the graph is the stock cell's;
+``torch.jit.script`` raises a RuntimeError saying so; ``torch.fx.symbolic_trace`` records the
+cell as one ``call_module`` node; torch.func's transforms and forward-mode AD raise TypeError.
 
 Packed weights: the cell keeps the weights packed by its last forward (per thread) and reuses
 them at the next step of the same sequence only: while the state ``hx`` it is given is the
@@ -32,7 +45,9 @@ import numpy as np
 import torch
 
 from . import cells as _cells
-from ._torch_autograd import _first_order_only, _weight
+from ._torch_autograd import (_AUTOCAST_DTYPES, _DTYPES, _FORWARD_AD, _PARAM_DTYPES,
+                              _check_tensor, _first_order_only, _fx_call, _graph_mode,
+                              _weight)
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -154,9 +169,17 @@ class _CellFunction(torch.autograd.Function):
 
 class _CellMixin:
     _fr_mode = ""
+    _fr_flag = None   # the kernel's formula flag: GRU reset_after (True); RNNCell: a property
 
-    def _fr_init(self, flag):
-        self._fr_flag = flag
+    def _fr_init(self):
+        fn = type(self).__name__
+        w = self.weight_ih   # device and dtype as constructed (keywords or positional)
+        if w.device.type != "cpu":
+            raise ValueError(f"{fn}: device must be 'cpu' (fusedrnn.torch runs on the CPU; use "
+                             f"torch.nn.{fn} elsewhere), got {w.device}")
+        if w.dtype not in _PARAM_DTYPES:
+            raise TypeError(f"{fn}: dtype must be torch.float32, torch.float64 or "
+                            f"torch.bfloat16 (inference), got {w.dtype}")
         self._fr_version = 0
         self._fr_counts = [0, 0]   # forward and backward calls
         self._fr_sizes = {}        # (N, dtype) -> _cells._sizes
@@ -167,40 +190,84 @@ class _CellMixin:
         forward packs them again."""
         self._fr_version += 1
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: say clearly why it cannot compile the cell."""
+        name = type(self).__name__
+        raise RuntimeError(
+            f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls "
+            f"fusedrnn's C++ kernels through NumPy, which TorchScript cannot represent. Use "
+            f"torch.jit.trace(model, example_inputs) (it records torch.nn.{name}'s graph, the "
+            f"same as for the stock cell), torch.export.export, or script a model built with "
+            f"torch.nn.{name} and load this cell's state_dict() into it")
+
+    def _fr_params(self, fn, special):
+        """(w_ih, w_hh, b_ih, b_hh) as torch.nn's forward reads them (a pruned or parametrized
+        weight as torch computes it; the biases None without bias), checked: CPU, dense,
+        contiguous, one dtype (float32, float64, or bfloat16 for inference). special: a
+        torch.func transform or a forward-AD level is active (_special): check them in full."""
+        params = (_weight(self, "weight_ih"), _weight(self, "weight_hh"),
+                  _weight(self, "bias_ih") if self.bias else None,
+                  _weight(self, "bias_hh") if self.bias else None)
+        dt = params[0].dtype if isinstance(params[0], torch.Tensor) else None
+        bad_dtype = dt not in _PARAM_DTYPES     # (.half(), .to(...) after construction)
+        for name, p in zip(_CELL_PARAMS, params):
+            if p is None:
+                continue
+            if special or bad_dtype or p.dtype is not dt or not p.is_cpu or \
+                    p.layout is not _STRIDED or not p.is_contiguous() or p.is_neg():
+                _check_tensor(fn, name, p, None if bad_dtype else dt, _PARAM_DTYPES)
+                if not p.is_contiguous():
+                    raise ValueError(f"{fn}: parameter {name} must be contiguous (got strides "
+                                     f"{p.stride()}); replace it with a contiguous one")
+        return params
+
     def forward(self, input, hx=None):
-        # (registered Parameters from _parameters, not through Module.__getattr__; a pruned or
-        # parametrized weight as torch computes it)
-        w_ih, w_hh = _weight(self, "weight_ih"), _weight(self, "weight_hh")
+        traced = _fx_call(self, input, hx)
+        if traced is not None:      # torch.fx.symbolic_trace: a leaf, as torch.nn's cells
+            return traced
+        if _graph_mode():
+            # export / ONNX / jit.trace: torch.nn's own forward, so the graph is the stock
+            # cell's (aten::lstm_cell etc.), not a constant or an opaque PythonOp
+            return super().forward(input, hx)
+        fn = f"fusedrnn.torch.{type(self).__name__}.forward"
+        flag = self._fr_flag
+        # (the fast tests below, at every step, cost ~3 µs; _check_tensor runs, and names the
+        # problem, only where one of them fails)
+        special = _special()
+        w_ih, w_hh, b_ih, b_hh = params = self._fr_params(fn, special)
         dt = w_ih.dtype
-        if not isinstance(input, torch.Tensor) or input.device.type != "cpu" or \
-                input.dtype != dt:
-            fn = f"{type(self).__name__}.forward"
-            if not isinstance(input, torch.Tensor):
-                raise TypeError(f"{fn}: input must be a torch.Tensor, got "
-                                f"{type(input).__name__}")
-            if input.device.type != "cpu":
-                raise ValueError(f"{fn}: input must be a CPU tensor, got device {input.device}")
-            raise TypeError(f"{fn}: input must have dtype {dt} (the parameters'), "
-                            f"got {input.dtype}")
+        lowp = None
+        if dt is torch.bfloat16:
+            lowp = "module"
+        elif dt is torch.float32 and torch.is_autocast_enabled("cpu") and \
+                torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            lowp = "autocast"
+        if lowp is None:
+            want, allowed = dt, _DTYPES
+        else:
+            want, allowed = (dt, _PARAM_DTYPES) if lowp == "module" else (None, _AUTOCAST_DTYPES)
+        if not isinstance(input, torch.Tensor) or input.dtype is not dt or \
+                not input.is_cpu or input.layout is not _STRIDED or input.is_neg() or special:
+            _check_tensor(fn, "input", input, want, allowed)
         batched = input.dim() == 2
         if not (batched or input.dim() == 1) or input.shape[-1] != self.input_size:
-            raise ValueError(f"{type(self).__name__}.forward: input must have shape "
-                             f"[N, {self.input_size}] or [{self.input_size}], got "
-                             f"{list(input.shape)}")
+            raise ValueError(f"{fn}: input must have shape [N, {self.input_size}] or "
+                             f"[{self.input_size}], got {list(input.shape)}")
         x = input if batched else input.unsqueeze(0)
         x = x.contiguous()
         N, H = x.shape[0], self.hidden_size
         lstm = self._fr_mode == "LSTM"
         h0 = c0 = None
         if hx is not None:
-            fn = f"{type(self).__name__}.forward"
             parts = hx if lstm else (hx,)
             if lstm and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{fn}: hx must be a tuple (h, c)")
             checked = []
             for name, given in zip(("h", "c"), parts):
-                if not isinstance(given, torch.Tensor) or given.dtype != dt:
-                    raise TypeError(f"{fn}: hx {name} must be a {dt} tensor")
+                if not isinstance(given, torch.Tensor) or given.dtype is not dt or \
+                        not given.is_cpu or given.layout is not _STRIDED or given.is_neg() \
+                        or special:
+                    _check_tensor(fn, f"hx {name}", given, want, allowed)
                 t = given if batched else given.unsqueeze(0)
                 if t.shape != (N, H):
                     raise ValueError(f"{fn}: hx {name} must have shape "
@@ -210,18 +277,74 @@ class _CellMixin:
             c0 = checked[1] if lstm else None
         if N == 0:   # an empty batch: torch's own cell (empty outputs, autograd included)
             return super().forward(input, hx)
-        b_ih = _weight(self, "bias_ih") if self.bias else None
-        b_hh = _weight(self, "bias_hh") if self.bias else None
         # forward runs with grad mode off: decide here whether a graph (and a cache) is needed
         training = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
-        if training:
+        if lowp is not None:
+            out = self._fr_lowp(fn, lowp, training, flag, x, h0, c0, params)
+        elif training:
             out = _CellFunction.apply(self, True, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         else:   # nothing to differentiate: the step without autograd.Function
             out = _step(None, self, False, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         if not batched:
             out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
         return out
+
+    def _fr_lowp(self, fn, lowp, training, flag, x, h0, c0, params):
+        """The step on fusedrnn's bf16 kernels, as the layers run them (fusedrnn.torch's
+        T = 1 layer function): "module" (bfloat16 parameters, from ``.bfloat16()``: inference,
+        bfloat16 results) or "autocast" (float32 parameters under
+        ``torch.autocast("cpu", dtype=torch.bfloat16)``: inference, or with a gradient wanted
+        mixed-precision training; x, the weights and the recurrent operand rounded to bf16,
+        fp32 accumulation and gates). Under autocast the results have torch.nn's cells' dtypes
+        there: the RNNCell's bfloat16; the LSTMCell's the dtype of c (of the input when no
+        state is given), the GRUCell's that of h (likewise)."""
+        from .torch import _LayerFunction, _kernel_forward
+        mode = self._fr_mode
+        kind = mode.lower()
+        kflag = None if mode == "LSTM" else (("reset_after" if flag else "reset_before")
+                                             if mode == "GRU" else ("relu" if flag else "tanh"))
+        if lowp == "module" and training:
+            raise ValueError(
+                f"{fn}: bfloat16 parameters run fusedrnn's bf16 inference kernels, which have "
+                f"no backward: call the cell under torch.no_grad() or torch.inference_mode() "
+                f"(or set requires_grad=False on its parameters and inputs); train in float32")
+        # (bf16 -> float32 is exact: the kernels round x, the weights and the recurrent operand
+        # to bf16 themselves)
+        f32 = lambda t: None if t is None else t.float()  # noqa: E731
+        xs, h, c = f32(x).unsqueeze(0), f32(h0), f32(c0)
+        if training:
+            res = _LayerFunction.apply(kind, kflag, False, None, "bfloat16", xs, h, c,
+                                       *params, None, None)
+        else:
+            ws = tuple(None if p is None else p.detach().float() for p in params)
+            r = _kernel_forward(kind, kflag, False, None, xs, h, c, *ws, None, None, False,
+                                "bfloat16")
+            res = tuple(torch.from_numpy(a) for a in r[:-1])
+        out = res[1:]   # (h_n[, c_n]): T = 1, y is h_n
+        # torch.nn's cells under autocast: the products in bf16, the gate arithmetic in the
+        # dtype of the state it combines them with (the LSTM's c, the GRU's h; zeros of the
+        # input's dtype when none is given); the RNNCell has none
+        carried = c0 if mode == "LSTM" else h0
+        low = lowp == "module" or mode == "RNN" or \
+            (x if carried is None else carried).dtype is torch.bfloat16
+        if low:
+            out = tuple(t.to(torch.bfloat16) for t in out)
+        return out if mode == "LSTM" else out[0]
+
+
+_CELL_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+_STRIDED = torch.strided
+_peek_functorch = torch._C._functorch.peek_interpreter_stack
+
+
+def _special():
+    """Whether a torch.func transform (vmap, grad, ...) or a forward-mode AD level is active:
+    then every tensor gets _check_tensor's full check (its wrappers and dual tensors pass the
+    fast tests of dtype, device and layout)."""
+    return _FORWARD_AD._current_level >= 0 or _peek_functorch() is not None
 
 
 class LSTMCell(_CellMixin, torch.nn.LSTMCell):
@@ -230,22 +353,36 @@ class LSTMCell(_CellMixin, torch.nn.LSTMCell):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._fr_init(None)
+        self._fr_init()
 
 
 class GRUCell(_CellMixin, torch.nn.GRUCell):
     """torch.nn.GRUCell on fusedrnn's kernels (torch's formula, reset after the product)."""
     _fr_mode = "GRU"
+    _fr_flag = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._fr_init(True)
+        self._fr_init()
 
 
 class RNNCell(_CellMixin, torch.nn.RNNCell):
-    """torch.nn.RNNCell on fusedrnn's kernels (tanh or relu)."""
+    """torch.nn.RNNCell on fusedrnn's kernels (tanh or relu: ``nonlinearity`` is read at every
+    forward, as torch.nn's cell reads it)."""
     _fr_mode = "RNN"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._fr_init(self.nonlinearity == "relu")
+        self._fr_flag   # noqa: B018  (a ValueError for an unknown nonlinearity, as torch.nn.RNN)
+        self._fr_init()
+
+    @property
+    def _fr_flag(self):
+        """The kernel's flag for ``self.nonlinearity`` (relu: True); ValueError for another."""
+        nl = self.nonlinearity
+        if nl == "tanh":
+            return False
+        if nl == "relu":
+            return True
+        raise ValueError(f"fusedrnn.torch.RNNCell: nonlinearity must be 'tanh' or 'relu', got "
+                         f"{nl!r}")
