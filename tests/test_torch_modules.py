@@ -208,6 +208,30 @@ def test_dropout_uses_torch_rng():
     assert not torch.equal(m(x)[0], y1)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_dropout_draws_as_torch(cell, enforce_sorted):
+    """Dropout between layers of a PackedSequence is drawn over the packed data, as torch.nn
+    draws it: for the same seed, outputs and gradients equal torch.nn's in train mode (so a
+    training run replays torch.nn's), as for dense input."""
+    name, kw = CELLS[cell]
+    ref, ours = twins(name, num_layers=3, dropout=0.5, bidirectional=True, **kw)
+    lengths = LENGTHS if not enforce_sorted else sorted(LENGTHS, reverse=True)
+    x = rand((T, N, C), torch.float64, 2)
+    results = []
+    for m in (ref, ours):
+        m.train()
+        m.zero_grad()
+        xx = x.clone().requires_grad_(True)
+        inp = pack_padded_sequence(xx, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+        torch.manual_seed(7)
+        out, _ = m(inp)
+        (out.data ** 2).sum().backward()
+        results.append([out.data, xx.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        assert_close("packed dropout", b, a, torch.float64)
+
+
 @pytest.mark.parametrize("ctx", ["no_grad", "inference_mode", "no_requires_grad"])
 def test_no_grad_modes(ctx, monkeypatch):
     ref, ours = twins("LSTM", num_layers=2, bidirectional=True)

@@ -9,7 +9,7 @@ torch.nn.LSTM / GRU / RNN: same constructor (``device``/``dtype`` included), par
 state_dict keys, ``reset_parameters()`` (U(±1/√H), same draws as torch.nn for the same seed),
 ``isinstance(m, torch.nn.LSTM)``; only ``forward`` is replaced. Supported: batch_first,
 num_layers, bidirectional, dropout between layers (torch's RNG: ``torch.manual_seed`` controls
-it), proj_size, unbatched 2-D input, PackedSequence in and out (same batch_sizes /
+it; drawn as torch.nn draws it, over the packed data for a PackedSequence), proj_size, unbatched 2-D input, PackedSequence in and out (same batch_sizes /
 sorted_indices / unsorted_indices as torch.nn; h_n in the caller's batch order). Extras,
 keyword-only: LSTM ``peepholes=True`` (adds ``weight_peep_l{k}[_reverse]`` [3, H], rows p_i,
 p_f, p_o) and ``forget_bias`` (added to the forget block of ``bias_ih`` at every
@@ -696,7 +696,7 @@ class _Base:
                     cs.append(res[2])
             inp = ys[0] if D == 1 else torch.cat(ys, 2)
             if layer < L - 1 and self.training and self.dropout > 0:
-                inp = torch.nn.functional.dropout(inp, self.dropout, training=True)
+                inp = _dropout_between_layers(inp, self.dropout, lengths)
         h_n = torch.stack(hs, 0)
         c_n = torch.stack(cs, 0) if kind == "lstm" else None
         return inp, h_n, c_n
@@ -780,7 +780,7 @@ class _Base:
                     cs.append(res[2])
             inp = ys[0] if D == 1 else torch.cat(ys, 2)
             if layer < L - 1 and self.training and self.dropout > 0:
-                inp = torch.nn.functional.dropout(inp, self.dropout, training=True)
+                inp = _dropout_between_layers(inp, self.dropout, lengths)
         return inp, torch.stack(hs, 0), torch.stack(cs, 0) if lstm else None
 
     def flatten_parameters(self) -> None:
@@ -791,6 +791,18 @@ class _Base:
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._extras_repr()
+
+
+def _dropout_between_layers(inp, p, lengths):
+    """torch.nn's dropout on a layer's output [T, N, D*R], drawn as torch.nn draws it: over the
+    padded tensor for dense input, over the packed data for a PackedSequence (lengths given),
+    so that torch.manual_seed gives torch.nn's masks either way (the padded positions take no
+    draw; they stay zero, and the kernels do not read them)."""
+    if lengths is None:
+        return torch.nn.functional.dropout(inp, p, training=True)
+    packed = pack_padded_sequence(inp, torch.from_numpy(lengths))
+    packed = packed._replace(data=torch.nn.functional.dropout(packed.data, p, training=True))
+    return pad_packed_sequence(packed, total_length=inp.shape[0])[0]
 
 
 def _keep(shape, p, dtype):
