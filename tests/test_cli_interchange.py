@@ -121,3 +121,24 @@ def test_export_takes_what_the_exporters_take(tmp_path, checkpoint, capsys):
     assert err.startswith("fusedrnn: error: ") and err.count("\n") == 1, err
     assert "holds KerasModel" in err and "fusedrnn.onnx.export" in err, err
     assert not (tmp_path / "k.onnx").exists()
+
+
+def test_import_gru_without_bias_takes_variant(tmp_path, capsys):
+    """A bias-less GRU's .weights.h5 does not tell its formula (Keras writes no record of it):
+    `fusedrnn import` refuses it in one line naming --variant, and --variant takes it."""
+    h5py = pytest.importorskip("h5py")
+    from fusedrnn import keras as fkeras
+    gru = fusedrnn.GRU(3, 4, bias=False, variant="reset_before", seed=1)
+    src = tmp_path / "g.weights.h5"
+    fkeras.save(gru, src)
+    with h5py.File(src, "r+") as f:                   # as Keras itself writes it
+        for k in [k for k in f.attrs if k.startswith("fusedrnn")]:
+            del f.attrs[k]
+    out = tmp_path / "g.safetensors"
+    assert main(["import", str(src), "--out", str(out)]) == 2
+    assert "variant" in capsys.readouterr().err
+    assert main(["import", str(src), "--out", str(out), "--variant", "reset_before"]) == 0
+    back = fusedrnn.load(out).model
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    y, _ = gru.eval().forward(np.ascontiguousarray(x.transpose(1, 0, 2)))
+    np.testing.assert_allclose(back.forward(x), y.transpose(1, 0, 2), rtol=1e-5, atol=1e-6)

@@ -557,6 +557,10 @@ def add_interchange_parsers(sub) -> None:
                     help=".weights.h5 only: token 0 is padding (Keras' mask_zero)")
     im.add_argument("--nonlinearity", choices=("tanh", "relu"), default=None,
                     help=".weights.h5 only: SimpleRNN's activation (default tanh)")
+    im.add_argument("--variant", choices=("reset_after", "reset_before"), default=None,
+                    help=".weights.h5 only: a GRU without bias's formula (Keras reset_after="
+                         "True / False), which such a file does not record unless "
+                         "fusedrnn.keras.save wrote it")
     im.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     im.set_defaults(func=cmd_import)
 
@@ -621,12 +625,13 @@ def cmd_import(args, t_start) -> int:
         return _interchange_error(f"{src}: no such file")
     if os.path.exists(args.out) and not args.overwrite:
         return _interchange_error(f"{args.out} exists (pass --overwrite to replace it)")
-    keras_opts = args.return_sequences is not None or args.mask_zero or args.nonlinearity
+    keras_opts = (args.return_sequences is not None or args.mask_zero or args.nonlinearity
+                  or args.variant)
     try:
         if src.endswith(".onnx"):
             if keras_opts:
-                return _interchange_error("--return-sequences, --mask-zero and --nonlinearity "
-                                          "are for .weights.h5 files")
+                return _interchange_error("--return-sequences, --mask-zero, --nonlinearity and "
+                                          "--variant are for .weights.h5 files")
             from . import onnx as fonnx
             model, fmt = fonnx.load(src), "onnx"
         elif src.endswith((".keras", ".h5")):
@@ -635,11 +640,11 @@ def cmd_import(args, t_start) -> int:
             if src.endswith(".h5"):
                 kw = dict(return_sequences=None if args.return_sequences is None
                           else args.return_sequences == "yes", mask_zero=args.mask_zero,
-                          nonlinearity=args.nonlinearity)
+                          nonlinearity=args.nonlinearity, variant=args.variant)
             elif keras_opts:
-                return _interchange_error("--return-sequences, --mask-zero and --nonlinearity "
-                                          "are for .weights.h5 files (a .keras archive has its "
-                                          "own config)")
+                return _interchange_error("--return-sequences, --mask-zero, --nonlinearity and "
+                                          "--variant are for .weights.h5 files (a .keras "
+                                          "archive has its own config)")
             model, fmt = fkeras.load(src, **kw), "keras"
         else:
             return _interchange_error(f"{src}: unknown format (expected .onnx, .keras or "
