@@ -36,6 +36,9 @@ def test_short_spin_is_set_before_the_runtime_loads_unless_chosen():
 def test_omp_num_threads_is_the_kernels_thread_count():
     assert _fresh(SHOW, OMP_NUM_THREADS="3")[1] == 3
     assert _fresh(SHOW, OMP_NUM_THREADS="1")[1] == 1
+    # more than a call takes counts as the most (4096): a kernel call runs (on 4096 threads
+    # OpenMP would start; here only the count is checked), set_num_threads's bound
+    assert _fresh(SHOW, OMP_NUM_THREADS="99999")[1] == 4096
 
 
 def _fake_fs(monkeypatch, files):

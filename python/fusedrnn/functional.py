@@ -49,8 +49,10 @@ def get_num_threads() -> int:
     if _num_threads is not None:
         return _num_threads
     if _default_threads is None:
-        _default_threads = _openmp_env.default_threads(
-            int(_core.build_info()["openmp_max_threads"]))
+        # (OMP_NUM_THREADS=99999 counts as the most a call takes: OpenMP would try to start
+        # them all, and the kernels refuse more than _MAX_THREADS)
+        _default_threads = min(_MAX_THREADS, _openmp_env.default_threads(
+            int(_core.build_info()["openmp_max_threads"])))
     return _default_threads
 
 
