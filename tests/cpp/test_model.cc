@@ -596,6 +596,9 @@ void check_errors() {
   expect_throw<ConfigError>("ln_eps rounding to 0 in float32",
                             [&] { from(add("\"layer_norm\":\"haste\",\"ln_eps\":1e-50")); },
                             "ln_eps must be a normal float32 number");
+  expect_throw<ConfigError>("cell_clip is named as unsupported, not as a newer key",
+                            [&] { from(add("\"cell_clip\":3.0")); },
+                            "cell_clip is not supported by the C++ Model");
   expect_throw<ConfigError>("an unknown option is still refused",
                             [&] { from(add("\"zoneout\":0.1")); }, "unknown key 'zoneout'");
   expect_throw<ConfigError>("options with reset_before",

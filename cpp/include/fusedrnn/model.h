@@ -161,6 +161,8 @@ class FUSEDRNN_API Context {
   const void* rnn_output_ = nullptr;
 };
 
+// Copies share the loaded weights (a shared pointer); a moved-from Model may only be assigned
+// to or destroyed (any other call on it is undefined), as a moved-from Stream.
 class FUSEDRNN_API Model {
  public:
   // Load a checkpoint file, or a checkpoint image in memory (`where` names it in errors), to run

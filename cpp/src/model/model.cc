@@ -265,6 +265,9 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
       r.fail("ln_eps must be a normal float32 number (> 0 and finite after rounding), got " +
              std::to_string(c.ln_eps));
   }
+  if (r.get("cell_clip"))  // (written only when set)
+    r.fail("cell_clip is not supported by the C++ Model (an option of the Python LSTM; its "
+           "step kernels do not clip)");
   r.check_unknown();
   if (!c.has_head) c.output_size = c.num_directions() * c.state_size();
   return c;
