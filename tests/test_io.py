@@ -779,3 +779,25 @@ def test_a_refused_optimizer_state_leaves_the_model_as_it_was(tmp_path):
                       optimizer=optim.SGD(dst.parameters(), lr=0.1, momentum=0.9))
     for k, v in dst.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+def test_user_model_with_a_hidden_key_loads(tmp_path):
+    """The size check of a stored config (hidden_size / hidden, layers) knows the package's
+    models only: a user's registered model recording hidden=256 for a Linear width had been
+    refused ('needs at least 65,536 weights')."""
+    from fusedrnn.module import register_module
+
+    @register_module
+    class WideHead(Module):
+        def __init__(self, hidden=256, seed=0):
+            super().__init__()
+            self._record(hidden=hidden, seed=seed)
+            self.a = Linear(4, hidden, dtype="float64", seed=seed)
+            self.b = Linear(hidden, 2, dtype="float64", seed=seed + 1)
+
+    m = WideHead()
+    save(tmp_path / "w.st", m)
+    back = load(tmp_path / "w.st").model
+    assert isinstance(back, WideHead)
+    assert all(np.array_equal(a, b) for a, b in zip(m.state_dict().values(),
+                                                     back.state_dict().values()))

@@ -83,3 +83,18 @@ def test_bad_arguments():
         RecurrentModel("gru", input_size=3, peepholes=True)
     with pytest.raises(ValueError, match="embed_dim"):
         RecurrentModel("gru", input_size=3, embed_dim=4)
+
+
+@pytest.mark.parametrize("kw,exc,needle", [
+    (dict(seed=-1), ValueError, "RecurrentModel: seed must be a non-negative integer"),
+    (dict(seed=True), ValueError, "RecurrentModel: seed must be"),
+    (dict(seed=1.5), ValueError, "RecurrentModel: seed must be .* got 1.5"),
+    (dict(seed="7"), ValueError, "RecurrentModel: seed must be"),
+    (dict(variant="bogus"), ValueError, "RecurrentModel: variant must be one of"),
+    (dict(nonlinearity="bogus"), ValueError, "RecurrentModel: nonlinearity must be one of")])
+def test_recurrent_model_checks_seed_and_recorded_options(kw, exc, needle):
+    """seed was used (seed + 1, seed + 2 for the parts) before any check: -1 and True were
+    recorded, 1.5 was reported as 2.5 by the LSTM, '7' raised a bare TypeError; the other
+    cells' options are recorded in the config, so they are checked too."""
+    with pytest.raises(exc, match=needle):
+        RecurrentModel("lstm", input_size=3, hidden_size=4, **kw)

@@ -458,7 +458,7 @@ def test_load_state_dict_accepts_torch_tensors():
         net.load_state_dict({n: v.double() for n, v in tn.state_dict().items()})
 
 
-@pytest.mark.parametrize("kind", ["bfloat16", "float16", "meta", "sparse"])
+@pytest.mark.parametrize("kind", ["bfloat16", "float16", "meta", "sparse", "neg"])
 def test_load_state_dict_torch_tensors_it_cannot_take(kind):
     """bfloat16 / float16 / meta / sparse tensors: a TypeError naming the entry and the dtype
     wanted, before anything is copied (``.numpy()`` had raised torch's own error, naming
@@ -470,10 +470,12 @@ def test_load_state_dict_torch_tensors_it_cannot_take(kind):
     sd[bad] = {"bfloat16": lambda t: t.to(torch.bfloat16),
                "float16": lambda t: t.half(),
                "meta": lambda t: t.to("meta"),
-               "sparse": lambda t: t.to_sparse()}[kind](sd[bad])
+               "sparse": lambda t: t.to_sparse(),
+               "neg": lambda t: torch._neg_view(t)}[kind](sd[bad])
     match = {"meta": f"{bad} is a meta tensor.*torch.float32",
-             "sparse": f"{bad} is a torch.sparse_coo tensor.*torch.float32"}.get(
-        kind, f"{bad} must have dtype float32 \\(torch.float32\\), got torch.{kind}")
+             "sparse": f"{bad} is a torch.sparse_coo tensor.*torch.float32",
+             "neg": f"{bad} is a lazily negated"}.get(
+        kind, f"{bad} must have dtype torch.float32, got torch.{kind}")
     with pytest.raises(TypeError, match=match):
         net.load_state_dict(sd)
     for n, p in net.named_parameters():
@@ -635,8 +637,10 @@ def test_sequential_subclass_has_no_config():
 
 def test_shared_module_has_no_config():
     lin = Linear(2, 2)
+    s = Sequential(lin)          # (Sequential(lin, lin) is refused when made)
+    setattr(s, "1", lin)
     with pytest.raises(TypeError, match="twice"):
-        Sequential(lin, lin).config()
+        s.config()
 
 
 def test_dropout_backward_checks():
@@ -703,3 +707,63 @@ def test_a_users_class_keeps_its_name_when_the_loader_imports_the_tasks():
     finally:
         import fusedrnn.tasks.translate as tr
         fm._REGISTRY["Seq2Seq"] = tr.Seq2Seq
+
+
+def test_sequential_refuses_a_module_twice():
+    """A module keeps what its last forward's backward needs: Sequential(l, l) gave weight
+    gradients up to 0.97 off torch's. Refused when made (two modules may share Parameters)."""
+    lin = Linear(3, 3, dtype="float64", seed=0)
+    with pytest.raises(ValueError, match="argument 1 is .* already in argument 0"):
+        Sequential(lin, lin)
+    with pytest.raises(ValueError, match="argument 2 is .* already in argument 0"):
+        Sequential(Sequential(lin), Dropout(0.1), lin)
+    other = Linear(3, 3, dtype="float64", seed=1)
+    other.weight = lin.weight                        # tied weights: allowed
+    Sequential(lin, other)
+
+
+def test_train_and_eval_reach_each_childs_own_train():
+    """parent.train()/eval() set the mode through every child's train() (torch's semantics):
+    a single-step cell inside a model drops its recorded steps, as cell.train() does (they
+    had piled up, a copy of x and a cache each)."""
+    from fusedrnn import LSTMCell
+
+    class Decoder(Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = LSTMCell(3, 4, dtype="float64", seed=0)
+
+    m = Decoder()
+    x = np.zeros((2, 3))
+    s = m.cell.forward(x)
+    for _ in range(3):
+        s = m.cell.forward(x, s)
+    assert len(m.cell._tape) == 4
+    m.eval()
+    assert not m.training and not m.cell.training and len(m.cell._tape) == 0
+    m.train()
+    assert m.training and m.cell.training
+
+
+def test_linear_and_embedding_keep_copies_and_type_dy():
+    """A training forward keeps a copy of Linear's x and Embedding's indices: refilling the
+    caller's buffers before backward had changed the gradients (Linear 14 for 2; Embedding's
+    on other rows). dy that is not an array is a TypeError (it read 'shape [2, 3], got [2, 3]')."""
+    lin = Linear(2, 3, dtype="float64", seed=0)
+    x = np.ones((2, 2))
+    lin.forward(x)
+    x[...] = 7.0
+    lin.backward(np.ones((2, 3)))
+    np.testing.assert_array_equal(lin.weight.grad, np.full((3, 2), 2.0))
+    emb = Embedding(5, 2, dtype="float64", seed=0)
+    idx = np.array([1, 2])
+    emb.forward(idx)
+    idx[...] = [3, 4]
+    emb.backward(np.ones((2, 2)))
+    assert np.array_equal(np.nonzero(emb.weight.grad.any(axis=1))[0], [1, 2])
+    lin.forward(np.ones((2, 2)))
+    with pytest.raises(TypeError, match="dy must be a numpy array of shape \\[2, 3\\], got list"):
+        lin.backward([[1.0] * 3] * 2)
+    emb.forward(idx)
+    with pytest.raises(TypeError, match="dy must be a numpy array"):
+        emb.backward([[1.0, 1.0]] * 2)

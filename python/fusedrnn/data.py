@@ -23,9 +23,9 @@ __all__ = ["batchify", "bptt_chunks"]
 
 
 def batchify(tokens, batch_size: int) -> np.ndarray:
-    """[L, batch_size] view of ``tokens`` (1-D) as parallel streams, time-major; stream n is
-    the n-th contiguous slice of length L = len(tokens) // batch_size (the remainder is
-    dropped)."""
+    """[L, batch_size] array (a copy) of ``tokens`` (1-D) as parallel streams, time-major;
+    stream n is the n-th contiguous slice of length L = len(tokens) // batch_size (the remainder
+    is dropped)."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise ValueError(f"batchify: tokens must be 1-D, got shape {list(tokens.shape)}")

@@ -70,8 +70,9 @@ def freeze(model: Module, precision: str = "float32", *, where: str = "freeze",
             _check_lowp(m, precision, where, argument, name)
             found = True
         elif isinstance(m, _CellBase) and precision != "float32":
+            it = f"its {name}" if name else "it"
             raise ValueError(f"{where}: {argument}={precision} is not available for this model: "
-                             f"its {name} is a single-step {type(m).__name__}, which runs in "
+                             f"{it} is a single-step {type(m).__name__}, which runs in "
                              f"float32 only ({precision} covers the LSTM / GRU / RNN layers)")
     if not found and precision != "float32":
         raise ValueError(f"{where}: {argument}={precision} needs a model with LSTM / GRU / RNN "
@@ -108,9 +109,10 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
         if not isinstance(model, _RNNBase):
             for name, m in model.named_modules():
                 if isinstance(m, _CellBase):
+                    it = f"its {name}" if name else "it"
                     raise ValueError(
                         f"{where}: {argument}={precision} is not available for this model: "
-                        f"its {name} is a single-step {type(m).__name__}, which runs in "
+                        f"{it} is a single-step {type(m).__name__}, which runs in "
                         f"float32 only (bf16 covers the LSTM / GRU / RNN layers)")
         if not layers:
             raise ValueError(f"{where}: {argument}={precision} needs a model with LSTM / GRU / "
@@ -180,6 +182,12 @@ class RecurrentModel(Module):
         if vocab_size is None and embed_dim is not None:
             raise ValueError(f"{fn}: embed_dim needs vocab_size")
         output_size = V.positive_int(fn, "output_size", output_size)
+        # checked here (the parts get seed, seed + 1, seed + 2: a bad value had been named by
+        # a part, shifted, or raised a bare TypeError); options of the other cells too, since
+        # the config records them
+        seed = V.seed(fn, seed)
+        variant = V.choice(fn, "variant", variant, ("reset_after", "reset_before"))
+        nonlinearity = V.choice(fn, "nonlinearity", nonlinearity, ("tanh", "relu"))
         seed0 = 0 if seed is None else seed
         if vocab_size is not None:
             vocab_size = V.positive_int(fn, "vocab_size", vocab_size)

@@ -40,19 +40,26 @@ _dtype, _positive_int, _probability, _seed = V.dtype, V.positive_int, V.probabil
 
 
 
-def _as_numpy(name: str, value, dtype: np.dtype) -> np.ndarray:
+def _as_numpy(name: str, value, dtype: Optional[np.dtype] = None) -> np.ndarray:
     """An array from a numpy array or a torch tensor (without importing torch). A tensor is
-    checked before ``.numpy()``, whose own errors (bfloat16, meta, sparse) name neither the
-    entry nor the dtype wanted; it is never cast."""
+    checked before ``.numpy()``, whose own errors (bfloat16, meta, sparse, a lazily negated
+    view) name neither the entry nor the dtype wanted; it is never cast. ``dtype`` None: float32
+    or float64."""
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu") and hasattr(value, "numpy"):
-        want = f"torch.{np.dtype(dtype).name}"
+        wants = ["torch.float32", "torch.float64"] if dtype is None else \
+            [f"torch.{np.dtype(dtype).name}"]
+        want = " or ".join(wants)
         got = str(getattr(value, "dtype", "?"))
-        if got != want:
-            raise TypeError(f"load_state_dict: {name} must have dtype {np.dtype(dtype).name} "
-                            f"({want}), got {got}; nothing is cast (convert the state dict "
-                            f"with .to({want}) first)")
+        if got not in wants:
+            raise TypeError(f"load_state_dict: {name} must have dtype {want}, got {got}; "
+                            f"nothing is cast (convert the state dict with .to({wants[0]}) "
+                            f"first)")
+        if getattr(value, "is_neg", lambda: False)() or getattr(value, "is_conj",
+                                                               lambda: False)():
+            raise TypeError(f"load_state_dict: {name} is a lazily negated (or conjugated) "
+                            f"view; pass it through .resolve_neg() (or .clone()) first")
         if str(getattr(value, "device", "")) == "meta" or getattr(value, "is_meta", False):
             raise TypeError(f"load_state_dict: {name} is a meta tensor (a shape without "
                             f"data); a {want} tensor with its values is needed")
@@ -198,10 +205,9 @@ def register_module(cls):
     return cls
 
 
-def module_from_config(config: dict) -> "Module":
-    """Rebuilds a module (parameters freshly initialised) from ``Module.config()``."""
-    if not isinstance(config, dict) or "type" not in config:
-        raise ValueError(f"module_from_config: expected a dict with a 'type', got {config!r}")
+def _config_class(config):
+    """The registered class a config names (the package's registering modules imported when
+    needed; None if unknown)."""
     cls = _REGISTRY.get(config["type"])
     if cls is None:   # a class of a module not imported yet (the tasks' models, Keras')
         import importlib
@@ -210,6 +216,14 @@ def module_from_config(config: dict) -> "Module":
             importlib.import_module(name)
         _REGISTRY.update(before)   # a user's class of the same name as one of these stays
         cls = _REGISTRY.get(config["type"])
+    return cls
+
+
+def module_from_config(config: dict) -> "Module":
+    """Rebuilds a module (parameters freshly initialised) from ``Module.config()``."""
+    if not isinstance(config, dict) or "type" not in config:
+        raise ValueError(f"module_from_config: expected a dict with a 'type', got {config!r}")
+    cls = _config_class(config)
     if cls is None:
         raise ValueError(f"module_from_config: unknown module type {config['type']!r} "
                          f"(known: {sorted(_REGISTRY)})")
@@ -362,8 +376,12 @@ class Module:
 
     # -- modes and gradients -------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        """Sets train mode (or eval: ``mode=False``) here and, through each child's own
+        ``train()`` as torch's Module does, in every submodule (a single-step cell inside a
+        model drops its recorded steps as ``cell.train()`` does)."""
+        object.__setattr__(self, "training", bool(mode))
+        for m in self.children():
+            m.train(mode)
         return self
 
     def eval(self) -> "Module":
@@ -420,10 +438,19 @@ class Sequential(Module):
 
     def __init__(self, *modules: Module):
         super().__init__()
+        seen = {}
         for i, m in enumerate(modules):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: argument {i} must be a Module, "
                                 f"got {type(m).__name__}")
+            for sub in m.modules():
+                # a module keeps what one forward's backward needs: used twice in one pass,
+                # the second forward overwrote the first's (silently wrong weight gradients)
+                if seen.setdefault(id(sub), i) != i:
+                    raise ValueError(f"Sequential: argument {i} is (or holds) a module already in "
+                                     f"argument {seen[id(sub)]}; a module runs once per forward "
+                                     f"pass here (use two modules; they may share Parameters)")
+        for i, m in enumerate(modules):
             setattr(self, str(i), m)
 
     def __len__(self) -> int:
@@ -509,7 +536,8 @@ class Linear(Module):
         y = y.reshape(x.shape[:-1] + (self.out_features,))
         if self.bias is not None:
             y += self.bias.data
-        self._x = x if self.training else None
+        # (a copy: a caller refilling x before backward must not change the gradients)
+        self._x = x.copy() if self.training else None
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
@@ -517,10 +545,13 @@ class Linear(Module):
         if x is None:
             raise RuntimeError("Linear.backward: no training forward to differentiate "
                                "(call forward in train mode first)")
-        if not isinstance(dy, np.ndarray) or dy.shape != x.shape[:-1] + (self.out_features,):
-            raise ValueError(f"Linear.backward: dy must have shape "
-                             f"{list(x.shape[:-1]) + [self.out_features]}, "
-                             f"got {list(getattr(dy, 'shape', []))}")
+        want = list(x.shape[:-1]) + [self.out_features]
+        if not isinstance(dy, np.ndarray):
+            raise TypeError(f"Linear.backward: dy must be a numpy array of shape {want}, got "
+                            f"{type(dy).__name__}")
+        if list(dy.shape) != want:
+            raise ValueError(f"Linear.backward: dy must have shape {want}, "
+                             f"got {list(dy.shape)}")
         if dy.dtype != x.dtype:
             raise TypeError(f"Linear.backward: dy must have dtype {x.dtype}, got {dy.dtype}")
         x2 = x.reshape(-1, self.in_features)
@@ -576,7 +607,7 @@ class Embedding(Module):
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             raise ValueError(f"Embedding.forward: idx must lie in [0, {self.num_embeddings}), "
                              f"got min {idx.min()} max {idx.max()}")
-        self._idx = idx if self.training else None
+        self._idx = idx.copy() if self.training else None   # (a copy, as Linear's x)
         return self.weight.data[idx]
 
     def backward(self, dy: np.ndarray) -> None:
@@ -584,9 +615,12 @@ class Embedding(Module):
         if idx is None:
             raise RuntimeError("Embedding.backward: no training forward to differentiate")
         want = idx.shape + (self.embedding_dim,)
-        if not isinstance(dy, np.ndarray) or dy.shape != want:
+        if not isinstance(dy, np.ndarray):
+            raise TypeError(f"Embedding.backward: dy must be a numpy array of shape "
+                            f"{list(want)}, got {type(dy).__name__}")
+        if dy.shape != want:
             raise ValueError(f"Embedding.backward: dy must have shape {list(want)}, "
-                             f"got {list(getattr(dy, 'shape', []))}")
+                             f"got {list(dy.shape)}")
         if dy.dtype != self.weight.dtype:
             raise TypeError(f"Embedding.backward: dy must have dtype {self.weight.dtype}, "
                             f"got {dy.dtype}")
