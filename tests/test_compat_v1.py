@@ -816,3 +816,26 @@ def test_custom_cells_and_list_states():
     a, sa = tf.nn.dynamic_rnn(multi, x, initial_state=z)
     b, sb = tf.nn.dynamic_rnn(multi, x, initial_state=[list(z[0]), z[1]])
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_step_from_zero_state_starts_a_new_sequence():
+    """Cells start in train mode and record every call for backward; a TF1 sampling loop never
+    calls backward, so the record grew by a step's copies at every step (5 GB after 3000 steps
+    at H = 256). A step from state=None or from the arrays zero_state() returned starts a new
+    sequence and drops the calls not differentiated; zero_state() itself keeps them (it may
+    make a zero gradient while backpropagating)."""
+    cell = rc.MultiRNNCell([rc.BasicLSTMCell(4, seed=1), rc.GRUCell(3, seed=2)])
+    x = np.ones((2, 5), np.float32)
+    for _ in range(4):
+        s = cell.zero_state(2, np.float32)
+        for _ in range(6):
+            _, s = cell(x, s)
+    assert len(cell._tape) == 6
+    cell.zero_state(2, np.float32)            # kept: backward may still follow
+    assert len(cell._tape) == 6
+    cell(x, None)
+    assert len(cell._tape) == 1
+    out, s = cell(x, s)
+    d_s = cell.zero_state(2, np.float32)      # a zero gradient, as the FD test makes one
+    cell.backward(np.ones_like(out), d_s)
+    assert len(cell._tape) == 1

@@ -142,6 +142,15 @@ def _initializer(fn, arg, init):
                     f"that shape and dtype, got {init!r}")
 
 
+def _leaves(state):
+    """The arrays of a (nested) state, in order."""
+    if isinstance(state, np.ndarray):
+        return [state]
+    if isinstance(state, (tuple, list)):
+        return [a for part in state for a in _leaves(part)]
+    return [state]
+
+
 class RNNCell(Module):
     """Base of the TF1 cells: zero_state, one step by call, backward of the recorded calls.
 
@@ -189,7 +198,10 @@ class RNNCell(Module):
             raise TypeError(f"{fn}: dtype must be float32 or float64, got None")
         for w in self._wrappers(layers):
             w._vmasks.clear()
-        return self._join([c._zero(N, dt) for c, *_ in layers])
+        zero = self._join([c._zero(N, dt) for c, *_ in layers])
+        # (a step given exactly this state starts a new sequence: see forward)
+        object.__setattr__(self, "_zero_given", _leaves(zero))
+        return zero
 
     def _split(self, state, fn, what):
         """The states of the basic cells (list, stack order) from this cell's state."""
@@ -220,6 +232,17 @@ class RNNCell(Module):
         x = np.array(inputs[None], order="C")
         plan = self._plan(fn, x, state, "state")
         self._build_plan(plan, x.dtype)
+        # A step from no state, or from the arrays zero_state() just returned, starts a new
+        # sequence: the calls recorded and not differentiated are dropped, as fusedrnn's cells
+        # do for state=None (a TF1 sampling or inference loop never calls backward, and cells
+        # start in train mode: the record had grown by a step's copies at every step)
+        zero = getattr(self, "_zero_given", None)
+        if state is None or (zero is not None and len(zero) == len(_leaves(state)) and all(
+                a is b for a, b in zip(zero, _leaves(state)))):
+            object.__setattr__(self, "_zero_given", None)
+            for m in self.modules():
+                if isinstance(m, RNNCell):
+                    m._tape.clear()
         y, final = self._execute(plan, x, None, False, "step")
         return y[0], final
 
