@@ -108,6 +108,11 @@ def test_memory_is_checked():
         att.forward(q, memory=other.prepare(k, lengths))
     with pytest.raises(TypeError, match="memory must be an AttentionMemory"):
         att.forward(q, memory=tuple(mem))
+    import copy
+    import pickle
+    att.forward(q, memory=copy.deepcopy(mem))           # a copy still comes from this layer
+    with pytest.raises(ValueError, match="or unpickled"):
+        att.forward(q, memory=pickle.loads(pickle.dumps(mem)))
     att.weight.data = att.weight.data * 0.5
     with pytest.raises(ValueError, match="weights changed since memory was prepared"):
         att.forward(q, memory=mem)

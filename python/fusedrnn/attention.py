@@ -36,6 +36,29 @@ __all__ = ["Attention", "AttentionMemory", "KINDS"]
 KINDS = ("bahdanau", "dot", "general")
 
 
+class _MemorySource:
+    """What prepared a memory: the layer (a weak reference) and its weights' arrays and
+    versions then. Copies of a memory share it (their keys are equal copies); a pickled memory
+    drops it (another process cannot tell which layer made it: prepare again there)."""
+    __slots__ = ("layer", "key")
+
+    def __init__(self, layer, key):
+        self.layer, self.key = weakref.ref(layer), key
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (_no_source, ())
+
+
+def _no_source():
+    return None
+
+
 class AttentionMemory(NamedTuple):
     """The encoder side of attention, computed once per source batch by Attention.prepare."""
     keys: np.ndarray        # [S, N, Hk] encoder outputs
@@ -143,18 +166,18 @@ class Attention(Module):
         return AttentionMemory(keys, proj, bias, lengths, self._memory_source())
 
     def _memory_source(self):
-        return (weakref.ref(self), _packing_key(tuple(self.parameters())))
+        return _MemorySource(self, _packing_key(tuple(self.parameters())))
 
     def _check_memory(self, fn, memory):
         if not isinstance(memory, AttentionMemory):
             raise TypeError(f"{fn}: memory must be an AttentionMemory from this layer's "
                             f"prepare(), got {type(memory).__name__}")
         src = memory.source
-        if src is None or src[0]() is not self:
-            raise ValueError(f"{fn}: memory was prepared by another Attention layer (its keys "
-                             f"are projected with that layer's weights); use this layer's "
-                             f"prepare()")
-        if not _same_packing(src[1], _packing_key(tuple(self.parameters()))):
+        if src is None or src.layer() is not self:
+            raise ValueError(f"{fn}: memory was prepared by another Attention layer, or "
+                             f"unpickled (its keys are projected with the preparing layer's "
+                             f"weights); use this layer's prepare()")
+        if not _same_packing(src.key, _packing_key(tuple(self.parameters()))):
             raise ValueError(f"{fn}: the layer's weights changed since memory was prepared "
                              f"(an optimiser step?); prepare it again")
 
