@@ -171,3 +171,35 @@ def test_a_child_forked_after_threaded_calls_runs_on_one_thread():
         assert threads == 1 and got == want
     finally:
         fusedrnn.set_num_threads(before)
+
+
+_FORK_AFTER_TORCH = """
+import os, signal, sys
+import torch, numpy as np, fusedrnn
+fusedrnn.set_adaptive_threads(False)
+torch.set_num_threads(2)
+a = torch.randn(256, 256)
+for _ in range(3):
+    a @ a                      # torch's OpenMP team (the process's one libgomp) has started
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    x = np.ones((20, 8, 64), np.float32)
+    fusedrnn.LSTM(64, 64, seed=0).forward(x)
+    os._exit(0 if fusedrnn.get_num_threads() == 1 else 3)
+_, st = os.waitpid(pid, 0)
+sys.exit(0 if os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0 else 1)
+"""
+
+
+def test_a_child_forked_after_torch_threads_runs_on_one_thread():
+    """torch and fusedrnn share one libgomp: a parent that ran a multi-threaded torch op (and
+    no fusedrnn kernel yet) forked a child whose first fusedrnn call hung forever."""
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+    if not hasattr(__import__("os"), "fork"):
+        pytest.skip("no fork")
+    r = subprocess.run([sys.executable, "-c", _FORK_AFTER_TORCH], timeout=120,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import threading
 from typing import Optional
 
@@ -80,7 +81,11 @@ def _threads() -> int:
 
 def _after_fork_in_child() -> None:
     global _forked_child
-    if _team_started:
+    # torch shares the process's one libgomp: a parent that ran a multi-threaded torch op has a
+    # thread pool that does not survive fork() either (the child's first parallel call hung)
+    torch = sys.modules.get("torch")
+    if _team_started or (torch is not None and getattr(torch, "get_num_threads", None)
+                         and torch.get_num_threads() > 1):
         _forked_child = True
 
 

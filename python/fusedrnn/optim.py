@@ -569,8 +569,8 @@ def _clip_grad_norm(params, max_norm, norm_type, error_if_nonfinite) -> float:
             norms.append(float(np.sum(np.abs(g))))
         else:
             if norm_type == 2.0:
-                with single_threaded_blas():
-                    ss = float(np.dot(g, g))
+                with single_threaded_blas(), np.errstate(over="ignore", under="ignore"):
+                    ss = float(np.dot(g, g))   # (an overflow is recomputed scaled below)
                 fi = np.finfo(g.dtype)
                 if math.isfinite(ss) and ss >= float(fi.tiny) / float(fi.eps) ** 2:
                     norms.append(math.sqrt(ss))
