@@ -537,3 +537,29 @@ def test_bad_fusedrnn_isa_is_one_line_error(cmd, tmp_path):
             env={"FUSEDRNN_ISA": "bogus"})
     one_line_error(p, r"FUSEDRNN_ISA='bogus'.*accepted")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_training_saves_the_best_model_and_exits_with_its_status(tmp_path, sig,
+                                                                                code):
+    """SIGTERM (kill, docker stop, a batch system's limit) had ended the process with nothing
+    saved; Ctrl-C saved the best model but exited 0, so `train ... && next` went on. Both stop
+    the loop, save the best model so far, and exit 143 / 130."""
+    import signal as _signal
+    out = tmp_path / "run"
+    argv = ["train", "--task", "forecast", "--steps", "1000000", "--threads", "1", "--hidden",
+            "8", "--window", "8", "--horizon", "2", "--batch-size", "8", "--eval-every", "20",
+            "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "fusedrnn", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    seen = 0
+    for line in proc.stdout:             # validations print a line each: the loop is running
+        seen += " step " in line
+        if seen >= 2:
+            break
+    proc.send_signal(getattr(_signal, sig))
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, (proc.returncode, err)
+    assert (out / "model.safetensors").is_file()
+    metrics = strict_json((out / "metrics.json").read_text())
+    assert metrics["interrupted"] is True and 0 < metrics["steps"] < 1000000

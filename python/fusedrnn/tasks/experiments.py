@@ -178,7 +178,9 @@ def run_experiment(name: str, out: Optional[str] = None, budget: Optional[float]
         args = parser.parse_args(argv)
         p(f"  {label:<18} fusedrnn {' '.join(argv[:-1] if not threads else argv)}")
         t0 = time.perf_counter()
-        train(args, io.StringIO())
+        rc = train(args, io.StringIO())
+        if rc:   # Ctrl-C / SIGTERM: this run saved its best model; the experiment stops here
+            raise KeyboardInterrupt
         wall = time.perf_counter() - t0
         with open(os.path.join(rdir, "metrics.json")) as f:
             m = json.load(f)

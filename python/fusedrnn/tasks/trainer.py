@@ -23,7 +23,9 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -701,10 +703,10 @@ class Run:
                                    f"val {_fmt_metrics(metrics, task)}{mark}")
                 if stop:
                     break
-        except KeyboardInterrupt:
-            interrupted = True
-            progress.write(f"{label}: interrupted at step {step0 + run_steps}; finishing with "
-                           f"the best model so far")
+        except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM (_Terminated; see Run.train)
+            interrupted = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
+            progress.write(f"{label}: interrupted at step {step0 + run_steps} ({interrupted}); "
+                           f"finishing with the best model so far")
         finally:
             errstate.__exit__(None, None, None)
             progress.close()
@@ -783,12 +785,20 @@ class Run:
 
     def train(self) -> Dict[str, Any]:
         tb = self._tb_log("fusedrnn")
+        # SIGTERM (kill, docker stop, a batch system's time limit) stops the loop as Ctrl-C does:
+        # the best model so far is saved (it had been lost: the default action ends the process)
+        prev = None
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) is not None:
+            prev = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             self.result = self._loop(self.model, self._fused_step, self._fused_eval,
                                      "fusedrnn", tb=tb,
                                      lr_fn=lambda: self.opt.param_groups[0]["lr"],
                                      set_lr=lambda lr: _set_lr(self.opt, lr))
         finally:
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
             if tb is not None:
                 tb.close()
         r = self.result
@@ -951,7 +961,7 @@ class Run:
             "higher_is_better": self.task.higher_is_better, "config": _config(a),
             "history": history, "final": final, "best_step": best_step,
             "steps": r["steps"], "epochs": round(r["epoch"], 4),
-            "interrupted": r["interrupted"], "validation_cut_by_budget": r["cut"],
+            "interrupted": bool(r["interrupted"]), "validation_cut_by_budget": r["cut"],
             "wall_time_s": round(wall, 3), "data_prep_s": round(self.prep_time, 3),
             "train_time_s": round(r["train_time"], 3), "eval_time_s": round(r["eval_time"], 3),
             "throughput": {"unit": self.task.unit,
@@ -1162,6 +1172,14 @@ class Run:
                 p("  " + "  ".join(cells[i:i + 4]))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during the training loop (stops it as Ctrl-C does)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def train(args: argparse.Namespace, out=None, t_start: Optional[float] = None) -> int:
     """`fusedrnn train`: returns the exit status. User errors raise before training starts
     (UsageError, DataError, CheckpointError, ValueError)."""
@@ -1180,4 +1198,6 @@ def train(args: argparse.Namespace, out=None, t_start: Optional[float] = None) -
     run.train()
     paths = run.save()
     run.report(paths)
-    return 0
+    # an interrupted run saved its best model, and exits as the signal asks (130 Ctrl-C, 143
+    # SIGTERM), so that `fusedrnn train ... && next-step` does not go on
+    return {"SIGINT": 130, "SIGTERM": 143}.get(run.result["interrupted"], 0)
