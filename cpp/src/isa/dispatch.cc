@@ -9,6 +9,7 @@
 // unknown value throws std::invalid_argument from every call. requested_level() is the one
 // parser of FUSEDRNN_ISA, active() the one choice: the float kernels and the low-precision tier
 // (lowp::active_tier) always come from the same table.
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <stdexcept>
@@ -308,18 +309,25 @@ std::size_t gru_ln_backward_workspace_size(const Dims& d) {
 }
 
 namespace {
-void check_threads(const char* fn, int num_threads) {
-  if (num_threads < 0 || num_threads > kMaxThreads)
+void check_call(const char* fn, const Dims& d, const Options& opt) {
+  if (opt.num_threads < 0 || opt.num_threads > kMaxThreads)
     throw std::invalid_argument(std::string(fn) + ": num_threads must lie in [0, " +
                                 std::to_string(kMaxThreads) + "] (0: OpenMP's default), got " +
-                                std::to_string(num_threads));
+                                std::to_string(opt.num_threads));
+  // int8: each product's sum is exact in int32 only while 127^2 K < 2^31 (lowp.h); wider
+  // inputs or states would wrap silently
+  if (opt.precision == Precision::int8 && std::max(d.C, d.H) > lowp::kMaxS8Depth)
+    throw std::invalid_argument(std::string(fn) + ": int8 needs input_size and hidden_size <= " +
+                                std::to_string(lowp::kMaxS8Depth) + " (the int32 sums of 127^2 "
+                                "products), got C = " + std::to_string(d.C) + ", H = " +
+                                std::to_string(d.H));
 }
 }  // namespace
 
 #define FUSEDRNN_ROUTE(fn, Args)                                                           \
   template <typename Scalar>                                                               \
   void fn(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* workspace) {   \
-    check_threads(#fn, opt.num_threads);                                                   \
+    check_call(#fn, d, opt);                                                               \
     isa::kernels<Scalar>().fn(d, a, opt, workspace);                                       \
   }                                                                                        \
   template void fn<float>(const Dims&, const Args<float>&, const Options&, float*);        \

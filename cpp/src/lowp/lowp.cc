@@ -209,6 +209,9 @@ void gemm_s8(Tier t, I m, I n, I K, const std::int8_t* A, I lda, const float* a_
              const std::int8_t* Bp, const float* w_scale, const std::int32_t* colsum,
              const float* bias, float* C, I ldc, bool accumulate, int num_threads) {
   check_gemm("gemm_s8", t, m, n, K, A, lda, s8_kpad(K), Bp, C, ldc, num_threads);
+  if (K > kMaxS8Depth)
+    fail("gemm_s8: K = " + std::to_string(K) + " exceeds " + std::to_string(kMaxS8Depth) +
+         ", the widest product whose int32 sums (127^2 K) stay exact");
   if (!a_scale || !w_scale || !colsum)
     fail("gemm_s8: a_scale, w_scale and colsum must not be null");
   parallel(num_threads, [&] {

@@ -46,7 +46,8 @@
 //   Weights: each output row of W [n, K] so (per-output-row scales), once when packed;
 //   activations: per row of A, dynamically (quantize_s8), or with a fixed scale
 //   (quantize_s8_fixed: inv and scale given).
-//   acc[i, j] = sum_k qa[i, k] qw[j, k] exactly in s32 (|acc| <= 127^2 K: K < 133,000);
+//   acc[i, j] = sum_k qa[i, k] qw[j, k] exactly in s32 (|acc| <= 127^2 K: K <= kMaxS8Depth,
+//   checked by gemm_s8 and the int8 layer calls);
 //   C[i, j] = init[i, j] + float(acc) * (sa[i] * sw[j])   (each operation rounded to fp32, in that
 //   order). Bitwise equal in every tier (the integer sum is exact in any order; the VNNI tier
 //   computes it as (qa + 128) u8 x qw s8 minus 128 sum_k qw[j, k]).
@@ -88,6 +89,11 @@ void require_tier(Tier t, const char* fn);
 constexpr std::int64_t kPanel = 16;     // output columns per packed panel
 constexpr std::int64_t kBf16KStep = 32; // bf16 K padding (one AMX tile of k)
 constexpr std::int64_t kS8KStep = 64;   // s8 K padding (one AMX tile of k)
+// The widest s8 product depth whose int32 sums stay exact: 127^2 K < 2^31.
+constexpr std::int64_t kMaxS8Depth = 133144;
+static_assert(127 * 127 * kMaxS8Depth < (std::int64_t(1) << 31) &&
+                  127 * 127 * (kMaxS8Depth + 1) >= (std::int64_t(1) << 31),
+              "kMaxS8Depth");
 
 constexpr std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
 constexpr std::int64_t bf16_kpad(std::int64_t K) { return round_up(K, kBf16KStep); }
