@@ -335,3 +335,123 @@ def test_bad_input_raises_naming_the_argument():
     if missing:
         with pytest.raises(ValueError, match="not available here"):
             pw.matmul(np.ones((2, 8), np.float32), tier=missing[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# operands converted once, threads, the int8 depth bound
+
+@pytest.mark.parametrize("K", [1, 31, 32, 33, 63, 64, 65, 70, 130])
+def test_padded_operands_of_the_public_helpers_chain_into_the_products(K):
+    # to_bf16 / quantize_rows returned [m, K] slices that matmul_bf16 / matmul_s8 could not take
+    # unless K was a multiple of the padding ("a must be C-contiguous", "lda = 70 must be >= 96")
+    rng = np.random.default_rng(K)
+    w = rng.standard_normal((20, K)).astype(np.float32)
+    x = rng.standard_normal((5, K)).astype(np.float32)
+    pb, pq = lowp.PackedBF16(w), lowp.PackedInt8(w)
+    a = lowp.to_bf16(x, padded=True)
+    q, s = lowp.quantize_rows(x, padded=True)
+    assert a.shape == (5, -(-K // 32) * 32) and a.flags.c_contiguous and not a[:, K:].any()
+    assert q.shape == (5, -(-K // 64) * 64) and q.flags.c_contiguous and not q[:, K:].any()
+    np.testing.assert_array_equal(a[:, :K], lowp.to_bf16(x))
+    np.testing.assert_array_equal(q[:, :K], lowp.quantize_rows(x)[0])
+    for tier in AVAILABLE:
+        np.testing.assert_array_equal(pb.matmul_bf16(a, tier=tier), pb.matmul(x, tier=tier))
+        np.testing.assert_array_equal(pq.matmul_s8(q, s, tier=tier), pq.matmul(x, tier=tier))
+    # the unpadded results are refused with what to pass instead (never copied silently)
+    if K % 32:
+        with pytest.raises(ValueError, match=r"a must be the padded operand to_bf16\(x, "
+                                             r"padded=True\) returns.*pass padded=True"):
+            pb.matmul_bf16(np.ascontiguousarray(lowp.to_bf16(x)))
+        with pytest.raises(ValueError, match=r"a must be the padded.*pass padded=True"):
+            pb.matmul_bf16(lowp.to_bf16(x))
+    with pytest.raises(ValueError, match=r"a must be the padded.*non-C-contiguous"):
+        pb.matmul_bf16(np.asfortranarray(a))
+    if K % 64:
+        with pytest.raises(ValueError, match=r"q must be the padded operand quantize_rows\(x, "
+                                             r"padded=True\) returns"):
+            pq.matmul_s8(lowp.quantize_rows(x)[0], s)
+        bad = q.copy()
+        bad[:, K] = 1
+        with pytest.raises(ValueError, match=rf"non-zero values in columns \[{K}, "):
+            pq.matmul_s8(bad, s)
+    with pytest.raises(TypeError, match=r"a must be the padded operand.*uint16"):
+        pb.matmul_bf16(q, tier=None)
+    with pytest.raises(TypeError, match="padded must be a bool"):
+        lowp.to_bf16(x, padded=1)
+
+
+def test_default_num_threads_is_the_librarys(monkeypatch):
+    # num_threads=0 went to the kernels as OpenMP's default, ignoring set_num_threads and the
+    # adaptive cap and not recording a team start (a fork child then hung: next test)
+    import fusedrnn
+    from fusedrnn import _core, functional
+    seen = []
+    for name in ("lowp_gemm_bf16", "lowp_gemm_s8"):
+        real = getattr(_core, name)
+        monkeypatch.setattr(_core, name, lambda *a, _real=real: (seen.append(a[-1]),
+                                                                  _real(*a))[1])
+    monkeypatch.setattr(functional, "_team_started", False)
+    before, adaptive = fusedrnn.get_num_threads(), fusedrnn.get_adaptive_threads()
+    x, w = np.ones((3, 8), np.float32), np.ones((4, 8), np.float32)
+    try:
+        fusedrnn.set_adaptive_threads(False)
+        fusedrnn.set_num_threads(3)
+        lowp.PackedBF16(w).matmul(x)
+        lowp.PackedInt8(w).matmul(x)
+        assert seen == [3, 3] and functional._team_started
+        fusedrnn.set_num_threads(1)
+        lowp.PackedBF16(w).matmul(x, num_threads=2)   # an explicit count is used as given
+        assert seen[-1] == 2
+    finally:
+        fusedrnn.set_num_threads(before)
+        fusedrnn.set_adaptive_threads(adaptive)
+
+
+FORK = r"""
+import os, signal, sys
+import numpy as np
+import fusedrnn
+from fusedrnn import lowp
+fusedrnn.set_adaptive_threads(False)
+fusedrnn.set_num_threads(2)
+rng = np.random.default_rng(0)
+w = rng.standard_normal((64, 48)).astype(np.float32)
+x = rng.standard_normal((40, 48)).astype(np.float32)
+want = lowp.PackedBF16(w).matmul(x)      # the parent's default lowp call, on two threads
+pid = os.fork()
+if pid == 0:
+    signal.alarm(30)
+    ok = (lowp.PackedBF16(w).matmul(x) == want).all() and fusedrnn.get_num_threads() == 1
+    fusedrnn.lstm_forward(rng.standard_normal((5, 4, 48)).astype(np.float32),
+                          w, rng.standard_normal((64, 16)).astype(np.float32), training=False)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print("signal" if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+"""
+
+
+def test_a_child_forked_after_a_default_lowp_call_does_not_hang():
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-1] == "0", out.stdout
+
+
+def test_int8_depth_is_bounded_by_the_s32_sum():
+    # 127 * 127 * K wraps around s32 from K = 133,145 on: K = 140,000 of ones gave -126,288.5
+    assert lowp.INT8_MAX_K == 133144
+    assert 127 * 127 * lowp.INT8_MAX_K < 2**31 <= 127 * 127 * (lowp.INT8_MAX_K + 1)
+    K = lowp.INT8_MAX_K
+    w = np.ones((3, K), np.float32)
+    w[1] = -1.0
+    x = np.ones((2, K), np.float32)
+    pq = lowp.PackedInt8(w)
+    want = ref.gemm_s8_emulated(*ref.quantize_rows(x), *ref.quantize_rows(w))
+    for tier in AVAILABLE:   # full-scale rows at the bound: still exact
+        np.testing.assert_array_equal(pq.matmul(x, tier=tier), want, err_msg=tier)
+    np.testing.assert_allclose(want[:, 0], K, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"PackedInt8: K \(w's columns\) = 133145 is too large "
+                                         r"for int8.*K <= 133144"):
+        lowp.PackedInt8(np.ones((3, K + 1), np.float32))
