@@ -327,6 +327,26 @@ def test_frozen_int8_bad_input():
         fusedrnn.LSTM(3, 4).compute = "int8"
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_frozen_int8_refuses_sums_past_the_s32_bound(mode):
+    # The s8 products sum in s32: an input width of 140,000 wrapped around and flipped the
+    # output's sign silently. frozen(precision="int8") refuses it, before copying anything.
+    K = lowp.INT8_MAX_K
+    layer = getattr(fusedrnn, mode)(K + 1, 2)
+    with pytest.raises(ValueError, match=rf"{mode}.frozen\(precision='int8'\): input_size = "
+                                         rf"{K + 1} is too large for int8.*K <= {K}"):
+        layer.frozen(precision="int8")
+    assert layer.frozen(precision="bfloat16").precision == "bfloat16"   # fp32 sums: no bound
+    # at the bound the int8 layer is the emulation of its contract (no wrap-around)
+    at = getattr(fusedrnn, mode)(K, 2, seed=0)
+    x = np.ones((1, 1, K), np.float32)
+    y, _ = at.frozen(precision="int8")(x)
+    p = [getattr(at, n).data for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0",
+                                       "bias_hh_l0")]
+    want = getattr(reference_lowp, mode.lower() + "_forward_int8")(x, *p)[0]
+    np.testing.assert_allclose(y, want, rtol=0, atol=1e-5)
+
+
 def check_nonfinite(cell, opts):
     """A NaN or an infinity in the activations propagates: the row holding it (the contract:
     scale NaN, q = 0) is NaN from that step on, in the kernel as in the emulation; the other

@@ -711,6 +711,7 @@ class _RNNBase(Module):
                              f"{', '.join(_kernel_options(self._reg, self.dropout_masks, False))}"
                              f": this layer's regularised kernel runs in float32 only")
         if precision == "int8":
+            self._check_int8_sizes(f"{type(self).__name__}.frozen(precision='int8')")
             for name, p in self.named_parameters():
                 if not np.isfinite(p.data).all():
                     raise ValueError(f"frozen: precision='int8' quantises the weights, and "
@@ -725,6 +726,21 @@ class _RNNBase(Module):
         twin._precision = precision
         twin._freeze_weights()
         return twin
+
+    def _check_int8_sizes(self, fn):
+        """ValueError before any work when an int8 product of this layer would sum more terms
+        than its s32 accumulator holds exactly (lowp.INT8_MAX_K): the input product sums over
+        the layer's input width (input_size, then num_directions * state width), the recurrent
+        one (and the reset-before GRU's r∘h one) over the state width (proj_size, else
+        hidden_size); the LSTM projection stays fp32."""
+        from .lowp import check_int8_depth
+        R = self.state_size
+        check_int8_depth(fn, "input_size", self.input_size)
+        if self.num_layers > 1:
+            check_int8_depth(fn, "the input width of layers after the first (num_directions * "
+                             + ("proj_size)" if self.proj_size else "hidden_size)"),
+                             self.num_directions * R)
+        check_int8_depth(fn, "proj_size" if self.proj_size else "hidden_size", R)
 
     def _freeze_weights(self):
         for p in self.parameters():

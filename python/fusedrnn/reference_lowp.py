@@ -21,6 +21,14 @@ int8 (``quantize_rows``, ``gemm_s8_emulated``)
     is NaN (a non-finite activation propagates instead of quantising to a finite number). Weights per output row (once, when packed), activations per row (dynamic) or with a
     fixed inv. acc = qa qwᵀ exactly (s32); C = init + f32(f32(acc) * f32(sa[i] * sw[j])).
     Every tier equals this bit for bit.
+    Limits of the scheme. acc is exact only while 127 * 127 * K <= 2^31 - 1, i.e. K <= 133,144
+    (``fusedrnn.lowp.INT8_MAX_K``; past it a row of full-scale values wraps around, in every
+    tier: the callers refuse such K). A row whose amax is below 127 / FLT_MAX ~ 3.73e-37 has
+    inv = 127 / amax = inf: each non-zero element quantises to its sign (+-127) and zeros to 0
+    (f32(0 * inf) is NaN, which the kernels' conversion and this emulation's cast both turn
+    into 0 on x86; checked against the avx2 and baseline tiers), with a scale amax / 127 below
+    2.9e-39 (subnormal: its products dequantise to about 0, and to 0 where the kernels flush
+    subnormals). The kernels follow this specification; it is left as it is.
 
 Against the fp32 product of the unrounded operands, bf16 rounds each operand with relative
 error <= 2^-9 (about 4e-3 per element, ~1e-3 typical after summation); the measured errors per
