@@ -480,8 +480,11 @@ class _RNNBase(Module):
                 masks.append(None)
             inp = out
         # (set on the per-thread store directly, not through Module.__setattr__)
+        # The forward's precision goes with its context: the caches were written for it, and
+        # its backward must run its contract even if ``compute`` changes before backward.
         self._tls.ctx = {"T": T, "N": N, "lengths": lengths, "inputs": inputs, "masks": masks,
-                         "has_state": h0 is not None} if training else None
+                         "has_state": h0 is not None, "precision": self._precision} \
+            if training else None
         # Always a copy: with N = 1 or T = 1 the transposed buffer is already C-contiguous, and
         # ascontiguousarray would return the reused buffer itself (the next forward overwrote it)
         output = inp.transpose(1, 0, 2).copy() if batch_first else inp
@@ -492,17 +495,19 @@ class _RNNBase(Module):
         kind = _KINDS[self._mode]
         return kind, F._formula(kind, self.variant if kind == "gru" else self.nonlinearity)
 
-    def _route(self, dims):
+    def _route(self, dims, name=None):
         """(kind, formula, precision, the kernel's dims, sizes) of a kernel call with layer dims
         (T, N, C, H, P), remembered in _ROUTES under (mode, variant, nonlinearity, precision
-        name, dims): a pure function of them, asked at every call."""
+        name, dims): a pure function of them, asked at every call. name: the precision's name
+        (default: this layer's compute precision)."""
         kind, formula = self._kind()
-        precision = F._PRECISION_OF[self._precision]
+        name = self._precision if name is None else name
+        precision = F._PRECISION_OF[name]
         kdims = dims if kind == "lstm" else dims[:4]
         route = (kind, formula, precision, kdims, F._sizes(kind, kdims, precision))
         if len(_ROUTES) >= 4096:
             _ROUTES.clear()
-        _ROUTES[self._mode, self.variant, self.nonlinearity, self._precision, dims] = route
+        _ROUTES[self._mode, self.variant, self.nonlinearity, name, dims] = route
         return route
 
     def _kernel_forward(self, dims, sfx, x, h0, c0, lengths, reverse, training, y, h_n, c_n,
@@ -563,7 +568,7 @@ class _RNNBase(Module):
         if ctx is None:
             raise RuntimeError(f"{type(self).__name__}.backward: no training forward to "
                                f"differentiate (call forward in train mode first)")
-        T, N, lengths = ctx["T"], ctx["N"], ctx["lengths"]
+        T, N, lengths, precision = ctx["T"], ctx["N"], ctx["lengths"], ctx["precision"]
         L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
         want = (N, T, D * R) if self.batch_first else (T, N, D * R)
         if d_output is not None and (type(d_output) is not np.ndarray
@@ -613,7 +618,8 @@ class _RNNBase(Module):
                         ("cache", layer, direction), dy,
                         None if dh_n is None else np.ascontiguousarray(dh_n[idx]),
                         None if dc_n is None else np.ascontiguousarray(dc_n[idx]), dxd,
-                        None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx])
+                        None if dh0 is None else dh0[idx], None if dc0 is None else dc0[idx],
+                        precision=precision)
                     if checking and dxd is not None:
                         _first_nonfinite(f"{name}.backward: layer {layer}"
                                          + (" (reverse direction)" if direction else "")
@@ -644,15 +650,18 @@ class _RNNBase(Module):
         return d_out
 
     def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
-                         dh0, dc0, w_hh_data=None, dw_hh=None):
+                         dh0, dc0, w_hh_data=None, dw_hh=None, precision=None):
         """One layer and direction's backward kernel call; w_hh_data as in _kernel_forward,
-        dw_hh: the array its gradient accumulates into instead of the parameter's grad."""
+        dw_hh: the array its gradient accumulates into instead of the parameter's grad;
+        precision: the name of the forward's precision (its training context's), which may
+        differ from ``compute`` by now (default: ``compute``)."""
         w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = self._params(sfx)
         w_hh_data = w_hh.data if w_hh_data is None else w_hh_data
         dw_hh = w_hh.grad if dw_hh is None else dw_hh
-        route = _ROUTES.get((self._mode, self.variant, self.nonlinearity, self._precision, dims))
+        precision = self._precision if precision is None else precision
+        route = _ROUTES.get((self._mode, self.variant, self.nonlinearity, precision, dims))
         if route is None:
-            route = self._route(dims)
+            route = self._route(dims, precision)
         kind, formula, precision, dims, sizes = route
         cache = self._tls.buffers[cache_key]
         db_ih = None if b_ih is None else b_ih.grad
@@ -1019,10 +1028,10 @@ class _Regularised:
             self._buffers[("reg",) + cache_key] = st
 
     def _kernel_backward(self, dims, sfx, x, lengths, reverse, cache_key, dy, dh_n, dc_n, dx,
-                         dh0, dc0):
+                         dh0, dc0, precision=None):
         if not self._reg:
             return super()._kernel_backward(dims, sfx, x, lengths, reverse, cache_key, dy, dh_n,
-                                            dc_n, dx, dh0, dc0)
+                                            dc_n, dx, dh0, dc0, precision=precision)
         if self._plain(True):
             st = self._buffers[("reg",) + cache_key]
             w_hh = self._params(sfx)[1]
@@ -1030,7 +1039,7 @@ class _Regularised:
                 if "wmask" in st else None
             super()._kernel_backward(dims, sfx, st.get("x", x), lengths, reverse, cache_key, dy,
                                      dh_n, dc_n, dx, dh0, dc0, w_hh_data=st.get("w_hh"),
-                                     dw_hh=dw_hh)
+                                     dw_hh=dw_hh, precision=precision)
             if "wmask" in st:
                 w_hh.grad += np.multiply(dw_hh, st["wmask"], out=dw_hh)
             if "xmask" in st and dx is not None:
