@@ -358,7 +358,9 @@ def test_bad_bf16_training_requests_raise_naming_the_argument():
     with pytest.raises(ValueError, match="precision must be one of"):
         fusedrnn.lstm_forward(*args, training=True, precision="bf16x")
     layer = fusedrnn.GRU(4, 5, dtype=np.float64)
-    with pytest.raises(ValueError, match="GRU.compute: precision='bfloat16' needs float32"):
+    # names the layer's dtype (the functional check named an "x of dtype float64")
+    with pytest.raises(ValueError, match="GRU.compute: precision='bfloat16' needs a float32 "
+                                         "layer, this one is float64"):
         layer.compute = "bfloat16"
     with pytest.raises(ValueError, match="GRU.compute: precision must be one of"):
         fusedrnn.GRU(4, 5).compute = "half"

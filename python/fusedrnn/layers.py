@@ -778,6 +778,11 @@ class _RNNBase(Module):
         if precision == "int8":
             raise ValueError(f"{fn}: precision 'int8' is inference only; use "
                              f"frozen(precision='int8')")
+        if isinstance(precision, str) and precision in F.PRECISIONS \
+                and precision != "float32" and self.dtype != np.float32:
+            # (the functional check would name an input x this setter does not have)
+            raise ValueError(f"{fn}: precision={precision!r} needs a float32 layer, this one is "
+                             f"{np.dtype(self.dtype).name} (dtype={np.dtype(self.dtype).name!r})")
         F._precision(fn, precision, self.dtype)  # ValueError naming the argument
         if precision != "float32" and getattr(self, "_reg", None) and not self._plain(True):
             raise ValueError(f"{fn}: {precision!r} is not available with "
