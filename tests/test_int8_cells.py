@@ -389,3 +389,21 @@ def test_int8_nonfinite_input_raises_in_check_mode():
     assert np.isnan(y[1:, 1]).all() and np.isfinite(y[:, 0]).all()
     with fusedrnn.check_finite(), pytest.raises(FloatingPointError, match="time step 1, sequence 1"):
         frz(x)
+
+
+def test_functional_int8_refuses_products_past_the_int32_bound():
+    """127^2 K must stay below 2^31 for the int8 sums: an RNN with C = 140,000 inputs returned
+    y = -0.85 where float32 gives +0.89 (the sums wrapped). The kernels refuse it (C++, every
+    caller), naming the sizes; 133,144 is the widest that stays exact."""
+    import fusedrnn
+    H, K = 16, 140_000
+    x = np.ones((1, 1, K), np.float32)
+    w_ih = np.full((H, K), 1e-5, np.float32)
+    w_hh = np.zeros((H, H), np.float32)
+    with pytest.raises(ValueError, match="int8 needs input_size and hidden_size <= 133144"):
+        fusedrnn.rnn_forward(x, w_ih, w_hh, training=False, precision="int8")
+    K = 133_144
+    y8 = fusedrnn.rnn_forward(x[..., :K].copy(), w_ih[:, :K].copy(), w_hh, training=False,
+                              precision="int8")[0]
+    y32 = fusedrnn.rnn_forward(x[..., :K].copy(), w_ih[:, :K].copy(), w_hh, training=False)[0]
+    np.testing.assert_allclose(y8, y32, rtol=2e-2)
