@@ -563,3 +563,14 @@ def test_a_signal_during_training_saves_the_best_model_and_exits_with_its_status
     assert (out / "model.safetensors").is_file()
     metrics = strict_json((out / "metrics.json").read_text())
     assert metrics["interrupted"] is True and 0 < metrics["steps"] < 1000000
+
+
+def test_empty_resume_and_out_are_refused(tmp_path):
+    """`--resume "$CKPT"` with the variable unset had trained a fresh model (exit 0); `--out ""`
+    in a directory holding a model was refused as 'already holds a model'."""
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    p = run(T + ["--resume", ""], cwd=tmp_path)
+    one_line_error(p, r"--resume must name a checkpoint, got an empty string")
+    p = run(T + ["--out", ""], cwd=tmp_path)
+    one_line_error(p, r"--out must name a directory, got an empty string")
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors"]

@@ -440,6 +440,11 @@ class Run:
     def setup(self) -> None:
         a = self.args
         resume_meta = None
+        # an empty --resume or --out (an unset shell variable) is refused, not read as "none"
+        for flag, value in (("--resume", a.resume), ("--out", a.out)):
+            if value is not None and not str(value).strip():
+                what = "checkpoint" if flag == "--resume" else "directory"
+                raise UsageError(f"{flag} must name a {what}, got an empty string")
         if a.resume:
             a.resume = checkpoint_path(a.resume)
             resume_meta = read_checkpoint(a.resume)
