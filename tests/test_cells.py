@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fusedrnn
-from fusedrnn import _core, cells, optim
+from fusedrnn import Parameter, _core, cells, optim
 
 KINDS = [
     ("LSTM", {}), ("LSTM", {"peepholes": True}), ("LSTM", {"proj_size": 3}),
@@ -720,3 +720,137 @@ def test_rows_are_computed_alone_bit_for_bit(mode, kw, dtype):
             alone = step(slice(i, i + 1))
             for a, b in zip(whole, alone):
                 assert np.array_equal(a[i:i + 1], b), f"{mode} {kw} {dtype} N={n_rows} row {i}"
+
+
+def test_formula_set_after_construction_is_used():
+    """RNNCell.nonlinearity and GRUCell.variant set after construction: checked, used from the
+    next forward on (torch.nn.RNNCell reads nonlinearity at every forward) and kept in
+    config(); refused while recorded steps wait for backward."""
+    x = -5 * np.ones((2, C))
+    for mode, name, old, new in (("RNN", "nonlinearity", "tanh", "relu"),
+                                 ("GRU", "variant", "reset_after", "reset_before")):
+        cell = make_cell(mode, {name: old})
+        ref = make_cell(mode, {name: new})
+        cell.eval()
+        ref.eval()
+        cell(x)
+        setattr(cell, name, new)
+        assert getattr(cell, name) == new and cell.config()[name] == new
+        np.testing.assert_array_equal(cell(x), ref(x))
+        rebuilt = fusedrnn.module.module_from_config(cell.config())
+        assert getattr(rebuilt, name) == new
+        with pytest.raises(ValueError, match=name):
+            setattr(cell, name, "sigmoid")
+        cell.train()
+        cell(x)
+        with pytest.raises(RuntimeError, match="clear_tape"):
+            setattr(cell, name, old)
+        cell.clear_tape()
+        setattr(cell, name, old)
+        ref = make_cell(mode, {name: old})
+        for c in (cell, ref):   # a training step and its backward with the formula set
+            c.zero_grad()
+            c(x)
+            c.backward(np.ones((2, H)))
+        for (n, p), q in zip(cell.named_parameters(), ref.parameters()):
+            np.testing.assert_array_equal(p.grad, q.grad, err_msg=n)
+
+
+@pytest.mark.parametrize("path", ["forward", "backward"])
+def test_replaced_or_deleted_parameter_is_checked(path):
+    """A Parameter replaced by one of another shape or dtype, deleted (peepholes) or added
+    (bias=False) raises before any work, naming the cell, the parameter, its shape and dtype."""
+    x = np.ones((2, C), np.float32)
+    cases = [
+        ("GRU", {}, "weight_hh", Parameter(np.zeros((3, 3), np.float32)), ValueError,
+         r"GRUCell\.%s: weight_hh must be a Parameter of shape \[18, 6\] "
+         r"\(\[3\*hidden_size, hidden_size\]\) and dtype float32, got shape \[3, 3\]"),
+        ("GRU", {}, "weight_hh", Parameter(np.zeros((18, 6), np.float64)), TypeError,
+         r"weight_hh must be .* dtype float32, got dtype float64"),
+        ("LSTM", {"peepholes": True}, "weight_peep", None, ValueError,
+         r"LSTMCell\.%s: weight_peep is missing .* shape \[3, 6\]"),
+        ("LSTM", {"proj_size": 3}, "weight_hr", Parameter(np.zeros((3, 4), np.float32)),
+         ValueError, r"weight_hr must be a Parameter of shape \[3, 6\]"),
+        ("RNN", {}, "bias_ih", Parameter(np.zeros(7, np.float32)), ValueError,
+         r"bias_ih must be a Parameter of shape \[6\]"),
+        ("LSTM", {}, "weight_peep", Parameter(np.zeros((3, H), np.float32)), ValueError,
+         r"made with peepholes=False"),
+    ]
+    for mode, kw, name, value, exc, msg in cases:
+        cell = make_cell(mode, kw, "float32")
+        out = cell(x)
+        before = {n: p.grad.copy() for n, p in cell.named_parameters()}
+        if value is None:
+            delattr(cell, name)
+        else:
+            setattr(cell, name, value)
+        call = (lambda: cell(x, out)) if path == "forward" else (
+            lambda: cell.backward(np.ones((2, cell.state_size), np.float32)))
+        with pytest.raises(exc, match=msg.replace("%s", path) if "%s" in msg else msg):
+            call()
+        assert len(cell._tape) == 1   # nothing done
+        for n, p in cell.named_parameters():
+            if n in before and p.shape == before[n].shape:
+                np.testing.assert_array_equal(p.grad, before[n])
+    cell = make_cell("LSTM", {}, "float32", bias=False)
+    cell.bias_ih = Parameter(np.zeros(4 * H, np.float32))
+    with pytest.raises(ValueError, match="made with bias=False"):
+        cell(x)
+
+
+def test_one_cell_trained_from_two_threads_is_refused():
+    """A cell has one tape: while one thread's training steps are on it, another thread's
+    training forward raises (instead of each backward differentiating the other's steps);
+    inference from other threads goes on; once the tape is empty any thread may train."""
+    import threading
+    cell = make_cell("GRU", {})
+    x = np.ones((N, C))
+    st = cell(x)
+    st = cell(x, st)
+    errors, outs = [], []
+
+    def other():
+        try:
+            outs.append(cell(x))
+        except RuntimeError as e:
+            errors.append(str(e))
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "another thread's training steps" in errors[0]
+    assert len(cell._tape) == 2
+    d = cell.backward(np.ones((N, H)))[1]
+    cell.backward(np.ones((N, H)) + d)
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and len(outs) == 1 and len(cell._tape) == 1
+    with pytest.raises(RuntimeError, match="another thread"):
+        cell(x)
+    cell.clear_tape()
+    cell(x)
+    cell.eval()
+    t = threading.Thread(target=lambda: outs.append(cell(x)))
+    t.start()
+    t.join()
+    assert len(outs) == 2
+
+
+def test_repr_shows_non_default_arguments():
+    assert repr(cells.LSTMCell(4, 6)) == "LSTMCell(4, 6)"
+    assert repr(cells.LSTMCell(4, 6, False, proj_size=3, peepholes=True, dtype="float64")) == \
+        "LSTMCell(4, 6, bias=False, proj_size=3, peepholes=True, dtype=float64)"
+    assert repr(cells.GRUCell(4, 6, variant="reset_before")) == \
+        "GRUCell(4, 6, variant='reset_before')"
+    c = cells.RNNCell(4, 6, nonlinearity="relu")
+    assert repr(c) == "RNNCell(4, 6, nonlinearity='relu')"
+    c.nonlinearity = "tanh"
+    assert repr(c) == "RNNCell(4, 6)"
+
+
+def test_release_buffers_clears_the_tape():
+    cell = make_cell("LSTM", {})
+    cell(np.ones((N, C)))
+    cell.release_buffers()
+    with pytest.raises(RuntimeError, match="no recorded step"):
+        cell.backward(np.ones((N, H)))

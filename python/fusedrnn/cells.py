@@ -39,11 +39,18 @@ rank-N updates that read and write the whole of weight_ih's and weight_hh's grad
 flops per element. The C++ path hands them to the cell's plan instead, which applies those of
 up to 32 / N steps (at least 8) in one pass (each tile of a gradient loaded once for all of
 them), bit for bit as if added at each step. They are applied before anything can see a
-gradient: at the loop's last backward, whenever a ``Parameter.grad`` is read or replaced
-(``zero_grad``, optimisers, a copy or pickle), before another cell sharing the Parameter adds
-into it, and when the cell or its plan is freed. Only code that writes into a grad array it
-obtained *before* a backward step, between two backward steps, without reading ``.grad`` again,
-could tell the difference.
+gradient through ``.grad``: at the backward that empties the tape, whenever a
+``Parameter.grad`` is read or replaced (``zero_grad``, optimisers, a copy or pickle), before
+another cell sharing the Parameter adds into it (at any batch), at ``flush_grads()`` and
+``release_buffers()``, and when the cell or its plan is freed. A grad array obtained *before*
+(views of one flat buffer: an all-reduce, a fused optimiser) is complete after the backward
+that empties the tape, or after ``flush_grads()``: call it after a truncated backward (only the
+last k of T steps), which leaves steps on the tape.
+
+Threads. Backward steps and flushes add into the grad arrays with the GIL released, holding
+one lock shared by all cells (_GRAD_LOCK), so cells sharing Parameters may be trained in
+several threads at once. A cell has one tape: a training forward from a second thread while
+another thread's steps are on it raises RuntimeError (train a copy per thread).
 
 Packed weights. The kernels multiply with weights laid out in panels ("packed"); packing costs
 as much as a small batch's step. A cell keeps the packed weights of its last forward in its
@@ -193,6 +200,18 @@ _KIND_NUMBER = {"LSTM": 0, "GRU": 1, "RNN": 2}
 # each step. False (tests, benchmarks): the cells made while it is False add them at each step.
 _DEFER = True
 _threads = F._threads
+_get_ident = threading.get_ident
+_weakref = weakref.ref
+
+# The gradient lock. A backward step adds into its Parameters' grad arrays with the GIL released
+# (and a plan applies its deferred terms likewise), so two threads stepping cells that share a
+# Parameter would lose each other's additions. Every addition into a cell's gradients (a
+# backward step, a flush of deferred terms) holds this lock: the cells' backward steps take
+# turns across threads (their forward steps do not). One lock, reentrant: a backward reading a
+# Parameter.grad applies pending terms under it, and no two locks can wait for each other.
+# (Striped per-Parameter locks cost ~1.5 us a training step at H = 64, N = 1: 15 %.)
+_GRAD_LOCK = threading.RLock()
+_grad_acquire, _grad_release = _GRAD_LOCK.acquire, _GRAD_LOCK.release   # (half a `with`'s cost)
 
 
 class _CellBase(Module):
@@ -220,10 +239,13 @@ class _CellBase(Module):
         seed = _seed(fn, seed)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bool(bias)
         self.proj_size, self.peepholes = proj_size, bool(peepholes)
-        self.variant, self.nonlinearity, self.dtype = variant, nonlinearity, dt
+        self.__dict__["_variant"], self.__dict__["_nonlinearity"] = variant, nonlinearity
+        self.dtype = dt
         self.state_size = proj_size or hidden_size
         self._flag = (variant == "reset_after") if self._mode == "GRU" else \
             (nonlinearity == "relu")
+        self._checked = False   # the Parameters checked since one was set (_check_parameters)
+        self._tape_thread = None   # the thread whose training steps are on the tape
         G, H, R, C = _GATES[self._mode], hidden_size, self.state_size, input_size
         rng = np.random.default_rng(seed)
         k = 1.0 / math.sqrt(H)
@@ -257,8 +279,131 @@ class _CellBase(Module):
 
     @reuse_packed_weights.setter
     def reuse_packed_weights(self, value) -> None:
+        if self.__dict__.get("_plan") is not None:
+            self.flush_grads()   # (the plan dropped applies them too, but without the locks)
         self.__dict__["_reuse"] = bool(value)
         self.__dict__["_plan"] = None
+
+    # -- the formula: GRU variant, RNN nonlinearity -----------------------------------------------
+    @property
+    def variant(self) -> str:
+        """GRU: 'reset_after' (torch) or 'reset_before'; may be set between sequences."""
+        return self.__dict__["_variant"]
+
+    @variant.setter
+    def variant(self, value) -> None:
+        self._set_formula("variant", value, ("reset_after", "reset_before"), "GRU")
+
+    @property
+    def nonlinearity(self) -> str:
+        """RNN: 'tanh' or 'relu'; may be set between sequences (torch.nn.RNNCell reads it at
+        every forward)."""
+        return self.__dict__["_nonlinearity"]
+
+    @nonlinearity.setter
+    def nonlinearity(self, value) -> None:
+        self._set_formula("nonlinearity", value, ("tanh", "relu"), "RNN")
+
+    def _set_formula(self, name, value, allowed, mode) -> None:
+        """Sets the GRU variant or RNN nonlinearity after construction: checked, used from the
+        next forward on (the plan is made again with it) and kept in config(). Refused while
+        steps recorded with the old formula wait for backward (their backward needs it)."""
+        fn = type(self).__name__
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{fn}: {name} must be " + " or ".join(map(repr, allowed))
+                             + f", got {value!r}")
+        d = self.__dict__
+        if value == d[f"_{name}"]:
+            return
+        if self._mode == mode:
+            if d["_tape"]:
+                raise RuntimeError(f"{fn}: cannot change {name} while {len(d['_tape'])} "
+                                   f"recorded step(s) wait for backward (their backward needs "
+                                   f"the {name} they ran with): finish the backward or call "
+                                   f"clear_tape() first")
+            if d["_plan"] is not None:
+                self.flush_grads()
+            d["_flag"] = value in ("reset_after", "relu")
+            d["_plan"] = None   # (the plan's kernel flag is fixed)
+            d["_version"] += 1
+        d[f"_{name}"] = value
+        args = d.get("_init_args")
+        if args is not None and name in args:
+            args[name] = value   # config() rebuilds the cell as it now runs
+
+    # -- the Parameters: checked, their gradient locks --------------------------------------------
+    def __setattr__(self, name, value) -> None:
+        if name in self._ORDER and "_checked" in self.__dict__:
+            if isinstance(value, Parameter) and self.__dict__.get("_plan") is not None:
+                self.flush_grads()   # pending terms into the Parameter being replaced
+            self.__dict__["_checked"] = False   # checked again at the next step
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name) -> None:
+        if name in self._ORDER and "_checked" in self.__dict__:
+            if self.__dict__.get("_plan") is not None:
+                self.flush_grads()
+            self.__dict__["_checked"] = False
+        super().__delattr__(name)
+
+    def _expected_parameters(self):
+        """{name: (shape, how the shape reads)} of the Parameters the kernel uses."""
+        G, H, R, C = _GATES[self._mode], self.hidden_size, self.state_size, self.input_size
+        g = f"{G}*hidden_size" if G > 1 else "hidden_size"
+        r = "proj_size" if self.proj_size else "hidden_size"
+        want = {"weight_ih": ((G * H, C), f"{g}, input_size"),
+                "weight_hh": ((G * H, R), f"{g}, {r}")}
+        if self.bias:
+            want["bias_ih"] = want["bias_hh"] = ((G * H,), g)
+        if self._mode == "LSTM":
+            if self.peepholes:
+                want["weight_peep"] = ((3, H), "3, hidden_size")
+            if self.proj_size:
+                want["weight_hr"] = ((R, H), "proj_size, hidden_size")
+        return want
+
+    def _check_parameters(self, fn):
+        """Checks that the cell holds the Parameters its kernel reads, of the cell's shapes and
+        dtype (one may have been replaced or deleted since the last step), raising before any
+        work (checked again after a Parameter is set or deleted)."""
+        fn = f"{type(self).__name__}.{fn}"
+        params = self._parameters
+        made = {"weight_peep": "peepholes=False", "weight_hr": "proj_size=0",
+                "bias_ih": "bias=False", "bias_hh": "bias=False"}
+        want = self._expected_parameters()
+        dt = np.dtype(self.dtype)
+        names = self._ORDER if self._mode == "LSTM" else self._ORDER[:4]
+        for name in names:
+            p = params.get(name)
+            if name not in want:
+                if p is not None:
+                    raise ValueError(f"{fn}: the cell was made with {made[name]}, so it has no "
+                                     f"{name}, but one was set (it would be used silently): "
+                                     f"delete it, or make a cell with it")
+                continue
+            shape, how = want[name]
+            spec = f"a Parameter of shape {list(shape)} ([{how}]) and dtype {dt.name}"
+            if p is None:
+                raise ValueError(f"{fn}: {name} is missing (deleted or never set): the cell "
+                                 f"needs {spec}")
+            if p.dtype != dt:
+                raise TypeError(f"{fn}: {name} must be {spec}, got dtype {p.dtype.name}")
+            if p.shape != shape:
+                raise ValueError(f"{fn}: {name} must be {spec}, got shape {list(p.shape)}")
+        self.__dict__["_checked"] = True
+
+    def flush_grads(self) -> None:
+        """Applies the weight-gradient terms the cell deferred (batch N <= 8) to its
+        Parameters' grad arrays now. A backward that leaves steps on the tape (truncated BPTT:
+        backward through only the last k steps) leaves them pending; reading ``p.grad`` applies
+        them, but an array obtained before (a view of one flat buffer for an all-reduce or a
+        fused optimiser) is complete only after this call or a backward that empties the
+        tape."""
+        plan = self.__dict__.get("_plan")
+        if plan is None or not _core.cell_pending_steps(plan):
+            return
+        with _GRAD_LOCK:
+            _core.cell_flush(plan)
 
     def _new_plan(self):
         """The C++ per-step path's plan of this cell (made again when reuse_packed_weights is
@@ -271,13 +416,12 @@ class _CellBase(Module):
 
     def _flush_grads(self) -> None:
         """Applies the weight-gradient terms the plan deferred (Parameter.grad calls it)."""
-        plan = self.__dict__.get("_plan")
-        if plan is not None:
-            _core.cell_flush(plan)
+        self.flush_grads()
 
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_plan"] = None   # (a capsule: not copied; the copy makes its own)
+        state["_tape_thread"] = None   # (any thread may train the copy)
         return state
 
     def weights_changed(self) -> None:
@@ -309,16 +453,23 @@ class _CellBase(Module):
     def train(self, mode: bool = True):
         self._version += 1
         self._tape.clear()
+        self.__dict__["_tape_thread"] = None
         return super().train(mode)
 
     def clear_tape(self) -> None:
-        """Drops the recorded steps not yet differentiated."""
+        """Drops the recorded steps not yet differentiated (any thread may then train the
+        cell). Deferred weight-gradient terms stay pending: see flush_grads()."""
         self._tape.clear()
+        self.__dict__["_tape_thread"] = None
 
     def release_buffers(self) -> None:
-        """Frees the workspaces and caches kept between calls."""
+        """Frees the workspaces and caches kept between calls, and with them the tape: steps
+        recorded and not yet differentiated are dropped (as clear_tape()). Deferred
+        weight-gradient terms are applied first."""
+        self.flush_grads()
         self._sizes_by_n.clear()
         self._tape.clear()
+        self.__dict__["_tape_thread"] = None
         self._caches.clear()
         self._y.clear()
         self._store = _PackedStore()
@@ -342,13 +493,37 @@ class _CellBase(Module):
 
     def forward(self, x, state=None):
         d = self.__dict__   # (not through Module.__setattr__)
+        if not d["_checked"]:   # a Parameter set or deleted since the last step
+            self._check_parameters("forward")
+        training = d["training"]
+        if training:
+            # One tape a cell: a second thread's training steps would interleave with the
+            # first's and each backward would differentiate the other's steps.
+            me = _get_ident()
+            owner = d["_tape_thread"]
+            if owner != me:
+                if owner is not None:
+                    raise RuntimeError(
+                        f"{type(self).__name__}.forward: another thread's training steps are "
+                        f"on this cell's tape ({len(d['_tape'])} not yet differentiated); a "
+                        f"cell records one sequence at a time: train a copy of the cell per "
+                        f"thread (copy.deepcopy; share Parameters by assigning them), or call "
+                        f"clear_tape() once that thread is done")
+                d["_tape_thread"] = me
         d["_forwards"] += 1
         plan = d["_plan"]
         if plan is None:
             plan = self._new_plan()
-        r = _cell_forward(plan, x, state, d["_tape"] if d["training"] else None, d["_version"],
+        r = _cell_forward(plan, x, state, d["_tape"] if training else None, d["_version"],
                           _threads())
-        return self._forward_python(x, state) if r is None else r
+        if r is not None:
+            return r
+        try:
+            return self._forward_python(x, state)
+        except BaseException:
+            if training and not d["_tape"]:
+                d["_tape_thread"] = None
+            raise
 
     # cell(x, state) calls forward directly, without Module.__call__'s argument packing (a
     # tenth of a small step); a subclass's own forward is its __call__ (__init_subclass__)
@@ -452,7 +627,22 @@ class _CellBase(Module):
                                        input_grad)
         d = self.__dict__
         tape = d["_tape"]
-        if tape:
+        if not tape:
+            return self._backward_python(d_h, d_c, input_grad)   # (raises)
+        if not d["_checked"]:   # a Parameter set or deleted since the last step
+            self._check_parameters("backward")
+        params = d["_parameters"]
+        # The kernel adds into the grad arrays with the GIL released: hold the lock.
+        _grad_acquire()
+        try:
+            # another cell's deferred terms on a shared weight land first, as the steps were
+            # made (the C++ path does so itself at N <= 8, not where it adds at once)
+            me = _weakref(self)   # (CPython keeps one plain weakref an object: the marker)
+            p, q = params["weight_ih"], params["weight_hh"]
+            if p._pending is not None and p._pending is not me:
+                p.grad   # noqa: B018
+            if q._pending is not None and q._pending is not me:
+                q.grad   # noqa: B018
             if isinstance(d_h, tuple) and self._mode == "LSTM" and d_c is None:
                 if len(d_h) != 2:
                     raise TypeError(f"{type(self).__name__}.backward: d_h must be an array or a "
@@ -463,15 +653,20 @@ class _CellBase(Module):
                 plan = self._new_plan()
             r = _cell_backward(plan, tape[-1], d_h, d_c, d["_version"], d["_forwards"],
                                _threads(), input_grad)
-            if r is not None:
+            if r is None:
+                r = self._backward_python(d_h, d_c, input_grad)
+            else:
                 tape.pop()
-                if not tape:   # the loop's last backward: its deferred weight gradients now
-                    _core.cell_flush(plan)
                 # an optimiser step may follow: pack again at the next forward
                 d["_version"] += 1
                 dx, dh0, dc0 = r
-                return dx, (None if dh0 is None else (dh0, dc0) if dc0 is not None else dh0)
-        return self._backward_python(d_h, d_c, input_grad)
+                r = dx, (None if dh0 is None else (dh0, dc0) if dc0 is not None else dh0)
+            if not tape:   # the loop's last backward: its deferred weight gradients now
+                _core.cell_flush(plan)
+                d["_tape_thread"] = None
+            return r
+        finally:
+            _grad_release()
 
     def _backward_python(self, d_h, d_c, input_grad=True):
         """backward's path for what the C++ path does not take (as _forward_python)."""
@@ -529,7 +724,21 @@ class _CellBase(Module):
         return (None if dx is None else dx.reshape(N, self.input_size)), d_state
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}"
+        """torch's form (sizes, then the arguments that differ from their defaults)."""
+        parts = [str(self.input_size), str(self.hidden_size)]
+        if not self.bias:
+            parts.append("bias=False")
+        if self.proj_size:
+            parts.append(f"proj_size={self.proj_size}")
+        if self.peepholes:
+            parts.append("peepholes=True")
+        if self._mode == "GRU" and self.variant != "reset_after":
+            parts.append(f"variant={self.variant!r}")
+        if self._mode == "RNN" and self.nonlinearity != "tanh":
+            parts.append(f"nonlinearity={self.nonlinearity!r}")
+        if np.dtype(self.dtype) != np.float32:
+            parts.append(f"dtype={np.dtype(self.dtype).name}")
+        return ", ".join(parts)
 
 
 @register_module
