@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 
 from .layers import GRU, LSTM, RNN
-from .models import RecurrentModel
+from .models import RecurrentModel, _refuse_low_precision
 from .module import Embedding, Linear, Module, register_module
 
 __all__ = ["load", "save", "keras_model", "KerasModel", "KerasImportError"]
@@ -553,17 +553,7 @@ def _check_savable(fn, rnn):
     if getattr(rnn, "_reg", None):
         raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(rnn._reg)} in this form (its "
                          f"recurrent_dropout draws per-gate masks)")
-    if getattr(rnn, "_precision", "float32") != "float32":
-        # the file would hold the float32 weights, and its ops compute in float
-        prec = rnn._precision
-        how = f"a frozen(precision={prec!r}) copy" + (
-            " or compute='bfloat16'" if prec == "bfloat16" else "")
-        raise ValueError(f"{fn}: this model's recurrent layer runs the {prec} kernels "
-                         f"({how}), whose results Keras' float layers would not reproduce "
-                         f"(the file would hold the float32 weights); save the float32 "
-                         f"model: the one it was frozen from, fusedrnn.models.freeze(model, "
-                         f"'float32') or layer.frozen(precision='float32')"
-                         + (", or set compute='float32'" if prec == "bfloat16" else ""))
+    _refuse_low_precision(fn, rnn, "Keras' float layers", "save")
     if getattr(rnn, "proj_size", 0):
         raise ValueError(f"{fn}: Keras' LSTM has no projection (proj_size)")
     if getattr(rnn, "peepholes", False):

@@ -244,3 +244,21 @@ class RecurrentModel(Module):
             self.embed.backward(d)
             return None
         return d
+
+
+def _refuse_low_precision(fn: str, rnn, ops: str, verb: str) -> None:
+    """Exporters (ONNX, Keras) of a recurrent layer running the bf16 or int8 kernels (a
+    frozen(precision=...) copy, compute='bfloat16'): the file would hold the float32 weights, and
+    its float ops (``ops``) would not give this layer's results; ValueError saying how to
+    ``verb`` the float32 model instead."""
+    prec = getattr(rnn, "_precision", "float32")
+    if prec == "float32":
+        return
+    how = f"a frozen(precision={prec!r}) copy" + (
+        " or compute='bfloat16'" if prec == "bfloat16" else "")
+    raise ValueError(f"{fn}: this model's recurrent layer runs the {prec} kernels ({how}), "
+                     f"whose results {ops} would not reproduce (the file would hold the float32 "
+                     f"weights); {verb} the float32 model: the one it was frozen from, "
+                     f"fusedrnn.models.freeze(model, 'float32') or "
+                     f"layer.frozen(precision='float32')"
+                     + (", or set compute='float32'" if prec == "bfloat16" else ""))

@@ -37,7 +37,7 @@ import os
 import numpy as np
 
 from .layers import GRU, LSTM, RNN
-from .models import RecurrentModel
+from .models import RecurrentModel, _refuse_low_precision
 
 __all__ = ["export", "load", "OnnxImportError"]
 
@@ -126,17 +126,7 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     if getattr(rnn, "_reg", None):
         raise ValueError(f"{fn}: the ONNX {rnn._mode} has no {', '.join(rnn._reg)} (issue 19 "
                          f"options)")
-    if getattr(rnn, "_precision", "float32") != "float32":
-        # the file would hold the float32 weights, and its ops compute in float
-        prec = rnn._precision
-        how = f"a frozen(precision={prec!r}) copy" + (
-            " or compute='bfloat16'" if prec == "bfloat16" else "")
-        raise ValueError(f"{fn}: this model's recurrent layer runs the {prec} kernels "
-                         f"({how}), whose results the file's float LSTM/GRU/RNN ops would "
-                         f"not reproduce (it would hold the float32 weights); export the "
-                         f"float32 model: the one it was frozen from, fusedrnn.models.freeze("
-                         f"model, 'float32') or layer.frozen(precision='float32')"
-                         + (", or set compute='float32'" if prec == "bfloat16" else ""))
+    _refuse_low_precision(fn, rnn, "the file's float LSTM/GRU/RNN ops", "export")
     if getattr(rnn, "cell_clip", None):
         raise ValueError(f"{fn}: the ONNX LSTM has no cell-state clip (its 'clip' attribute "
                          f"bounds the gates' pre-activations, not c): cell_clip = "
