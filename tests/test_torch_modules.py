@@ -485,6 +485,29 @@ def test_errors():
         half(x.half())
 
 
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kw,needle", [
+    (dict(zoneout_h=0.99999999), "zoneout_h = 0.99999999 rounds to 1 in float32"),
+    (dict(layer_norm="haste", ln_eps=1e-50), "ln_eps = 1e-50 is not a normal float32"),
+    (dict(layer_norm="haste", ln_eps=1e300), "ln_eps = 1e\\+300 is not a normal float32")])
+def test_regulariser_values_the_float32_kernel_cannot_take(cls, kw, needle):
+    """As fusedrnn's float32 layers: zoneout rounding to 1 or ln_eps not a normal number in
+    float32 is refused when a float32 layer is made (it was accepted, and every forward raised
+    the kernel's message naming 1.0, 0.000000 or inf). float64 takes them; made float32 after
+    construction (.float()), the layer refuses them at forward, before running."""
+    with pytest.raises(ValueError, match=f"^{cls}: {needle}"):
+        getattr(frt, cls)(C, H, **kw)
+    m = getattr(frt, cls)(C, H, dtype=torch.float64, **kw)
+    out = m(torch.randn(T, N, C, dtype=torch.float64))[0]
+    assert out.dtype == torch.float64 and bool(torch.isfinite(out).all())
+    m.float()
+    with pytest.raises(ValueError, match=f"{cls}.forward: {needle}"):
+        m(torch.randn(T, N, C))
+    m.eval()        # (eval mode: zoneout's expectation, the same float32 kernel)
+    with pytest.raises(ValueError, match=f"{cls}.forward: {needle}"):
+        m(torch.randn(T, N, C))
+
+
 def test_import_isolation():
     """`import fusedrnn` does not import torch; inside fusedrnn.torch, `torch` is PyTorch."""
     code = ("import sys, fusedrnn; assert 'torch' not in sys.modules; "

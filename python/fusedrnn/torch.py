@@ -308,6 +308,8 @@ def _init_regularisers(module, reg, layer_norm, ln_eps, zoneout_h, zoneout_c, re
     """Issue 19's options on a fusedrnn.torch LSTM or GRU: the attributes and the layer-norm
     parameters (gains 1, biases 0; ln_beta_ih/hh with 'tfa' only, ln_*_c on the LSTM only).
     dropout_masks (checked by the caller): 'shared' or 'per_gate' (Keras 3's per-gate masks)."""
+    _check_float32_regularisers(type(module).__name__, module.weight_ih_l0.dtype, layer_norm,
+                                ln_eps, zoneout_h, zoneout_c)
     module._reg = tuple(k for k in reg if k != "ln_eps") + \
         (("dropout_masks",) if dropout_masks == "per_gate" else ())
     module.dropout_masks = dropout_masks
@@ -329,6 +331,28 @@ def _init_regularisers(module, reg, layer_norm, ln_eps, zoneout_h, zoneout_c, re
                     setattr(module, name + sfx, torch.nn.Parameter(torch.full(
                         (size,), 1.0 if name.startswith("ln_gamma") else 0.0, dtype=w.dtype,
                         device=w.device)))
+
+
+def _check_float32_regularisers(fn, dtype, layer_norm, ln_eps, zoneout_h, zoneout_c,
+                                what=""):
+    """The float32 regularised kernel takes zoneout and ln_eps as float32 (as fusedrnn.LSTM's
+    float32 layer, which refuses the same values when made): 0.99999999 rounds to 1 and 1e-50
+    to 0 there, and the kernel's own error would name the rounded value, not the one given.
+    Checked for a float32 layer when made, and at forward where the layer runs that kernel in
+    float32 (a float64 layer converted with .float() / .to(), autocast's float32 fallback).
+    float64 (and a bfloat16 layer, which refuses the options at forward) take them."""
+    if dtype != torch.float32:
+        return
+    for name, p in (("zoneout_h", zoneout_h), ("zoneout_c", zoneout_c)):
+        if not np.float32(p) < 1:
+            raise ValueError(f"{fn}: {name} = {p!r} rounds to 1 in float32{what}; it must be "
+                             f"< 1")
+    fi = np.finfo(np.float32)
+    with np.errstate(over="ignore"):     # (1e300 rounds to inf: refused below, not a warning)
+        eps32 = np.float32(ln_eps)
+    if layer_norm and not fi.tiny <= eps32 <= fi.max:
+        raise ValueError(f"{fn}: ln_eps = {ln_eps!r} is not a normal float32 number (> 0 and "
+                         f"finite after rounding){what}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -722,6 +746,10 @@ class _Base:
         T, N = x.shape[0], x.shape[1]
         dt, train = x.dtype, self.training
         lstm = self.mode == "LSTM"
+        # (a float64 layer made float32 by .float() / .to() after construction)
+        _check_float32_regularisers(f"fusedrnn.torch.{type(self).__name__}.forward", dt,
+                                    self.layer_norm, self.ln_eps, self.zoneout_h,
+                                    self.zoneout_c, " (the layer runs the float32 kernel)")
         hs, cs = [], []
         inp = x
 
