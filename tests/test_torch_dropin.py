@@ -365,6 +365,49 @@ def test_quantize_dynamic_copy_saves_as_the_float32_torch_layer():
         assert_outputs(layer(x), stock(x), tol=0)
 
 
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_quantize_dynamic_copy_names_the_dtypes_it_takes(cls):
+    """The int8 copy takes float32 parameters, input and states. Before, float64 input was told
+    about autocast; after .bfloat16() a float32 input was told to be bfloat16, which then hit
+    torch's bare 'Got unsupported ScalarType BFloat16'; after .double() the autocast message
+    again. Each now names the argument, the dtype taken and why."""
+    torch.manual_seed(0)
+    q = frt.quantize_dynamic(getattr(torch.nn, cls)(C, H))
+    x = torch.randn(T, N, C)
+    h = torch.zeros(1, N, H)
+    hx = (h, h) if cls == "LSTM" else h
+    taken = "a quantize_dynamic copy runs fusedrnn's int8 kernels, which take float32 input"
+    with torch.no_grad():
+        y = q(x, hx)[0]
+        assert y.dtype == torch.float32
+        for dt in (torch.float64, torch.bfloat16):
+            with pytest.raises(TypeError, match=rf"input must have dtype torch.float32: "
+                                                rf"{taken}.*got {dt}$"):
+                q(x.to(dt))
+            bad = h.to(dt)
+            with pytest.raises(TypeError, match=rf"hx(\[1\] \(c_0\))? must have dtype "
+                                                rf"torch.float32: {taken}.*got {dt}$"):
+                q(x, (h, bad) if cls == "LSTM" else bad)
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x.to(dt), [T] * N)
+            with pytest.raises(TypeError, match=rf"input.data must have dtype torch.float32: "
+                                                rf"{taken}"):
+                q(packed)
+        # under autocast (a Linear before it gives bfloat16): said, with what to do
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.raises(TypeError, match=r"also under torch.autocast.*x.float\(\)"):
+                q(x.bfloat16())
+            torch.testing.assert_close(q(x)[0], y, rtol=0, atol=0)   # float32: the int8 path
+        for convert, dt in ((torch.nn.Module.bfloat16, torch.bfloat16),
+                            (torch.nn.Module.double, torch.float64)):
+            moved = convert(copy.deepcopy(q))
+            for given in (x, x.to(dt)):
+                with pytest.raises(TypeError, match=rf"take float32 parameters, input and "
+                                                    rf"states; this layer's parameters are "
+                                                    rf"{dt}.*\.float\(\)"):
+                    moved(given)
+            torch.testing.assert_close(moved.float()(x, hx)[0], y, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", FUSED_ONLY)
 def test_saving_fused_only_configuration_says_so(name):
     cls, kw = FUSED_ONLY[name]

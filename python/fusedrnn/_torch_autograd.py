@@ -67,9 +67,10 @@ def _weight(module, name):
     return p
 
 
-def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
+def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES, why=None):
     """t must be a CPU strided float32/float64 tensor (of `dtype` when given; bfloat16 too where
-    ``allowed`` has it: the bf16 inference path)."""
+    ``allowed`` has it: the bf16 inference path). why: the reason `dtype` is the only one
+    taken, said instead of the generic messages (a quantize_dynamic copy: float32 only)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if _is_functorch_wrapped(t):
@@ -92,6 +93,8 @@ def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES):
         raise TypeError(f"{fn}: {name} has torch's lazy negation or conjugation bit set (e.g. "
                         f"torch._neg_view): the kernels read memory as it is stored; resolve it "
                         f"first (t.resolve_neg() / t.resolve_conj(): a copy)")
+    if why is not None and t.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must have dtype {dtype}: {why}; got {t.dtype}")
     if t.dtype not in allowed:
         if allowed == _AUTOCAST_DTYPES:
             raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "

@@ -481,8 +481,8 @@ class _Base:
                 params.append(group)
         return params, dtype
 
-    def _check_state(self, fn, name, t, shape, dtype, allowed=_DTYPES):
-        _check_tensor(fn, name, t, dtype, allowed)
+    def _check_state(self, fn, name, t, shape, dtype, allowed=_DTYPES, why=None):
+        _check_tensor(fn, name, t, dtype, allowed, why)
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{fn}: {name} must have shape {list(shape)}, got {list(t.shape)}")
 
@@ -515,11 +515,26 @@ class _Base:
             return super().forward(input, hx)
         lstm = self.mode == "LSTM"
         params, dtype = self._check_parameters(fn)
+        why = None      # (the int8 copy: why its input and states must be float32)
         if getattr(self, "_int8", None) is not None:   # quantize_dynamic's copy
             if self.training:
                 raise ValueError(f"{fn}: a quantize_dynamic copy runs int8 inference only, and "
                                  f"this one has training=True (train mode); call .eval()")
+            if dtype != torch.float32:
+                # (.double() / .bfloat16() / .to() after quantising: the int8 snapshot is still
+                # the float32 weights', but the kernels take float32 tensors only)
+                raise TypeError(
+                    f"{fn}: a quantize_dynamic copy runs fusedrnn's int8 kernels, which take "
+                    f"float32 parameters, input and states; this layer's parameters are "
+                    f"{dtype} (converted after quantising: .double(), .bfloat16(), .to()). "
+                    f"Convert it back with .float() (its int8 weights are those quantised "
+                    f"from the float32 parameters) and pass float32 input")
             lowp = "int8"
+            why = ("a quantize_dynamic copy runs fusedrnn's int8 kernels, which take float32 "
+                   "input and states (and return float32)")
+            if torch.is_autocast_enabled("cpu"):
+                why += (", also under torch.autocast, which has no int8 path: pass x.float() "
+                        "or call the int8 copy outside autocast")
         else:
             lowp = self._lowp(fn, dtype, params, input, hx)
         fp32_fallback = False
@@ -532,8 +547,8 @@ class _Base:
             # (float32 kernels, float32 results; bf16 inputs and states widened exactly)
             fp32_fallback = True
         # the dtype the input and states must have (None under autocast: float32 or bfloat16)
-        allowed = _DTYPES if lowp is None else (_PARAM_DTYPES if lowp == "module"
-                                                else _AUTOCAST_DTYPES)
+        allowed = _DTYPES if lowp in (None, "int8") else (_PARAM_DTYPES if lowp == "module"
+                                                          else _AUTOCAST_DTYPES)
         if lowp == "autocast":
             dtype = None
         L, D = self.num_layers, 2 if self.bidirectional else 1
@@ -545,7 +560,7 @@ class _Base:
         unbatched = False
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            _check_tensor(fn, "input.data", data, dtype, allowed)
+            _check_tensor(fn, "input.data", data, dtype, allowed, why)
             if data.dim() != 2 or data.shape[1] != self.input_size:
                 raise ValueError(f"{fn}: a PackedSequence's data must have shape [sum of "
                                  f"lengths, input_size={self.input_size}], got "
@@ -555,7 +570,7 @@ class _Base:
             lengths = len_t.numpy()
             N = int(batch_sizes[0])
         else:
-            _check_tensor(fn, "input", input, dtype, allowed)
+            _check_tensor(fn, "input", input, dtype, allowed, why)
             sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
                 raise ValueError(f"{fn}: input must be 2-D (unbatched [T, C]) or 3-D, got "
@@ -584,11 +599,11 @@ class _Base:
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                     raise TypeError(f"{fn}: hx must be a tuple (h_0, c_0) of {sdim}-D tensors, "
                                     f"got {type(hx).__name__}")
-                self._check_state(fn, "hx[0] (h_0)", hx[0], want_h, dtype, allowed)
-                self._check_state(fn, "hx[1] (c_0)", hx[1], want_c, dtype, allowed)
+                self._check_state(fn, "hx[0] (h_0)", hx[0], want_h, dtype, allowed, why)
+                self._check_state(fn, "hx[1] (c_0)", hx[1], want_c, dtype, allowed, why)
                 h0, c0 = hx
             else:
-                self._check_state(fn, "hx", hx, want_h, dtype, allowed)
+                self._check_state(fn, "hx", hx, want_h, dtype, allowed, why)
                 h0 = hx
             if unbatched:
                 h0 = h0.unsqueeze(1)
