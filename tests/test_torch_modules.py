@@ -508,6 +508,43 @@ def test_regulariser_values_the_float32_kernel_cannot_take(cls, kw, needle):
         m(torch.randn(T, N, C))
 
 
+@pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("xdt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("state", [None, "float32", "bfloat16", "mixed"])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_autocast_result_dtypes_are_torchs(cell, xdt, state, packed):
+    """Under torch.autocast('cpu', dtype=torch.bfloat16) the results have torch.nn's dtypes
+    (torch.nn run here, oneDNN off: a projected LSTM, the GRU and the RNN never use it): a
+    projected LSTM's c_n and the GRU's output and h_n are in the dtype of the state carried
+    (c_0 / h_0, else the input's). Before, the projected LSTM rounded c_n to bfloat16 and the
+    GRU always returned float32."""
+    cls, kw = CELLS[cell]
+    ref, ours = twins(cls, dtype=torch.float32, **kw)
+    lstm = cls == "LSTM"
+    R = kw.get("proj_size", H)
+    x = torch.randn(T, N, C).to(xdt)
+    hx = None
+    if state is not None:
+        hdt = torch.float32 if state == "mixed" else getattr(torch, state)
+        cdt = torch.bfloat16 if state == "mixed" else hdt
+        h = torch.randn(1, N, R).to(hdt)
+        hx = (h, torch.randn(1, N, H).to(cdt)) if lstm else h
+    if packed:
+        x = pack_padded_sequence(x, [5, 3, 1])
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        want = ref(x, hx)
+        got = ours(x, hx)
+    flat = lambda r: [r[0].data if packed else r[0]] + (list(r[1]) if lstm else [r[1]])  # noqa
+    assert [t.dtype for t in flat(got)] == [t.dtype for t in flat(want)]
+    for g, w in zip(flat(got), flat(want)):
+        torch.testing.assert_close(g.float(), w.float(), rtol=0, atol=0.05)
+    if lstm and flat(got)[2].dtype == torch.float32:    # the kernels' fp32 c_n, not rounded
+        c_n = flat(got)[2]
+        assert not torch.equal(c_n, c_n.bfloat16().float())
+
+
 def test_import_isolation():
     """`import fusedrnn` does not import torch; inside fusedrnn.torch, `torch` is PyTorch."""
     code = ("import sys, fusedrnn; assert 'torch' not in sys.modules; "

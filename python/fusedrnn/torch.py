@@ -51,8 +51,11 @@ ValueError (no bf16 backward: call under ``torch.no_grad()`` / ``inference_mode(
 autocast with a gradient wanted the module trains in mixed precision (issue 17): the bf16
 training kernels (``training=True, precision="bfloat16"``; the backward's large products bf16
 too), float32 parameters and gradients, as ``layer.compute = "bfloat16"`` does. Under autocast
-the results have torch.nn's dtypes there: bfloat16 for the LSTM and the RNN, float32 for the GRU
-(CPU autocast runs torch's LSTM and RNN layer in bf16 and leaves the GRU in float32). Issue 19's options: weight_drop and the shared
+the results have torch.nn's dtypes there: bfloat16 for the LSTM and the RNN (CPU autocast runs
+torch's LSTM layer and the RNN's products in bf16); the GRU's output and h_n, and a projected
+LSTM's c_n, in the dtype of the state they carry (``h_0`` / ``c_0`` as given, else the
+input's: float32 for float32 input, as torch.nn's, whose GRU and projected LSTM combine bf16
+gates with that state). Issue 19's options: weight_drop and the shared
 input_dropout (masks as torch products on x and w_hh) run on the plain kernels at every
 precision; layer norm and zoneout (and, in train mode, recurrent_dropout and per-gate masks) have
 only the float32 regularised kernel: under autocast such a layer runs in float32 and returns
@@ -644,15 +647,22 @@ class _Base:
         else:
             # autocast: the bf16 kernels, inference or (a gradient wanted) mixed-precision
             # training: float32 parameters and gradients, the input and states widened to
-            # float32 (exact, differentiable); the results in torch's dtypes under CPU
-            # autocast: bfloat16 for the LSTM and the RNN (autocast lists their oneDNN layer),
-            # float32 for the GRU (which autocast leaves in float32)
+            # float32 (exact, differentiable); the results in torch.nn's dtypes under CPU
+            # autocast, which follow how torch computes there: bfloat16 for the LSTM (autocast
+            # lists its oneDNN layer) and the RNN (tanh/relu of autocast's bf16 products). The
+            # GRU's h' = (1 - z) n + z h and the projected LSTM's c' = f c + i g (torch's
+            # native cell: bf16 gates) are in the dtype of the state they carry: h_0 / c_0 as
+            # given, else the input's (torch.nn's zeros); the projected LSTM's h and output
+            # (a bf16 product) are bfloat16
+            bf16 = torch.bfloat16
+            carried = (x if (c0 if lstm else h0) is None else (c0 if lstm else h0)).dtype
             f32 = lambda t: None if t is None else t.float()  # noqa: E731
             out, h_n, c_n = self._run(f32(x), f32(h0), f32(c0), lengths, params,
                                       precision="bfloat16")
-            if self.mode != "GRU":
-                out, h_n = out.to(torch.bfloat16), h_n.to(torch.bfloat16)
-                c_n = None if c_n is None else c_n.to(torch.bfloat16)
+            if self.mode != "GRU" or carried is bf16:
+                out, h_n = out.to(bf16), h_n.to(bf16)
+            if c_n is not None and (self.proj_size == 0 or carried is bf16):
+                c_n = c_n.to(bf16)
 
         if packed:
             out = PackedSequence(pack_padded_sequence(out, len_t).data, batch_sizes,
