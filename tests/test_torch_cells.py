@@ -333,6 +333,53 @@ def test_cells_validate_like_the_layers():
         c(x)
 
 
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_the_next_step_of_a_sequence_checks_as_the_first(name, batched, monkeypatch):
+    """The steps after a sequence's first take a short path (the state given is the last
+    output, the parameters those packed: their checks ran when they were packed, once per
+    sequence instead of at every step, which cost ~9 us a step at N = 1, H = 64). Every
+    argument is still checked there, with the checked forward's message, and after a refused
+    step the sequence goes on as torch.nn's."""
+    ref, ours = pair(name, {}, torch.float32)
+    calls = []
+    checked = type(ours)._fr_params
+    monkeypatch.setattr(type(ours), "_fr_params",
+                        lambda self, *a: calls.append(1) or checked(self, *a))
+    x = torch.randn(2, 4) if batched else torch.randn(4)
+    fn = f"fusedrnn.torch.{name}.forward: "
+    lstm = name == "LSTMCell"
+    shape = "\\[N, 4\\]" if batched else "\\[N, 4\\]"
+    bad_inputs = [(x.double(), TypeError, "input must have dtype torch.float32"),
+                  (x.bfloat16(), TypeError, "input is torch.bfloat16 but the module's"),
+                  (torch._neg_view(x), TypeError, "input has torch's lazy negation"),
+                  (x.to_sparse(), TypeError, "input must be a dense"),
+                  (x.to("meta"), ValueError, "input must be a CPU tensor"),
+                  (torch.randn(*x.shape[:-1], 5), ValueError, f"input must have shape {shape}")]
+    with torch.no_grad():
+        st, st_ref = ours(x), ref(x)
+        for _ in range(5):
+            st, st_ref = ours(x, st), ref(x, st_ref)
+        assert len(calls) == 1              # the checks of the packing step only
+        for bad, err, msg in bad_inputs:
+            with pytest.raises(err, match=fn + msg):
+                ours(bad, st)
+        h = st[0] if lstm else st
+        for view, msg in ((torch._neg_view(h), "hx h has torch's lazy negation"),
+                          (h.view(torch.int32), "hx h must have dtype torch.float32"),
+                          (h.unsqueeze(0), "hx h must have shape")):
+            with pytest.raises((TypeError, ValueError), match=fn + msg):
+                ours(x, (view, st[1]) if lstm else view)
+        for _ in range(3):                  # the sequence goes on as torch.nn's
+            st, st_ref = ours(x, st), ref(x, st_ref)
+        for a, b in zip(st if lstm else (st,), st_ref if lstm else (st_ref,)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        # a parameter replaced through p.data within the sequence (a new storage): checked
+        ours.weight_hh.data = ours.weight_hh.data.half()
+        with pytest.raises(TypeError, match=fn + "weight_hh must have dtype torch.float32"):
+            ours(x, st)
+
+
 def test_rnncell_nonlinearity_is_checked_and_read_at_forward():
     """RNNCell(nonlinearity=...) accepts 'tanh' and 'relu' only (torch.nn.RNN's rule; torch's
     cell fails at forward), and forward uses the attribute as it is then, as torch.nn's cell

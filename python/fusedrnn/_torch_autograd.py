@@ -111,10 +111,15 @@ def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES, why=None):
                         f"parameters), got {t.dtype}")
 
 
+_COMPILER = torch.compiler
+_is_tracing = torch._C._is_tracing
+
+
 def _graph_mode():
     """True while torch records a graph for another runtime: torch.export (and the ONNX dynamo
-    exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace."""
-    return (torch.compiler.is_exporting() or torch.jit.is_tracing()
+    exporter, which uses it), the TorchScript ONNX exporter, torch.jit.trace. (The flags those
+    functions read, read directly: the cells ask at every step.)"""
+    return (_COMPILER._is_exporting_flag or _is_tracing()
             or ("torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()))
 
 

@@ -21,6 +21,9 @@ state is given). While torch records a graph (``torch.jit.trace``, ``torch.expor
 ``torch.onnx.export``) a cell runs torch.nn's forward, so the graph is the stock cell's;
 ``torch.jit.script`` raises a RuntimeError saying so; ``torch.fx.symbolic_trace`` records the
 cell as one ``call_module`` node; torch.func's transforms and forward-mode AD raise TypeError.
+The parameters' checks run when the weights are packed (below), not at the steps reusing them,
+where the input is left to ``.numpy()``'s and the kernels' refusals, any of which runs the
+checks (the same message naming the argument): see ``_CellMixin._fr_next``.
 
 Packed weights: the cell keeps the weights packed by its last forward (per thread) and reuses
 them at the next step of the same sequence only: while the state ``hx`` it is given is the
@@ -59,6 +62,7 @@ class _Store(threading.local):
         self.np = None     # numpy views of the parameters packed (holding their storages)
         self.out = None    # the last forward's outputs (held, so their addresses stay theirs)
         self.outp = None   # and their data_ptr()s (h, c or None)
+        self.params = None  # the parameter tensors packed (held: their ids stay theirs)
         self.bws = None
         self.bkey = None
 
@@ -70,9 +74,25 @@ def _np(t):
     return t.detach().numpy()
 
 
-def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def _pack_key(cell, params):
+    """The key of the weights packed: the cell's weights_changed() count, its backward count,
+    and each parameter's identity, address and torch _version (the store holds the parameters
+    and views of their storages: an id or an address cannot be another tensor's meanwhile)."""
+    key = [cell._fr_version, cell._fr_counts[1]]
+    for p in params:
+        if p is None:
+            key += (None, 0, 0)
+        else:
+            key += (id(p), p.data_ptr(), p._version)
+    return tuple(key)
+
+
+def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed, hs=None):
     """One forward step through the kernel: _CellFunction.forward's body (ctx None: inference,
-    called without autograd.Function.apply, whose ~15 µs would double a small step)."""
+    called without autograd.Function.apply, whose ~15 µs would double a small step). key:
+    _pack_key's; packed: the same sequence (the state given is the last forward's output) with
+    the weights of that key, packed in the store; hs: the numpy arrays of h0, c0 when they are
+    that output itself (the store's arrays: no .numpy() call)."""
     mode, flag = cell._fr_mode, cell._fr_flag
     N, C = x.shape
     H = cell.hidden_size
@@ -85,31 +105,29 @@ def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         sizes = cell._fr_sizes[(N, dt)] = _cells._sizes(mode, dims)
     cache_size, ws_size, bws_size = sizes
     params = (w_ih, w_hh, b_ih, b_hh)
-    key = (cell._fr_version, counts[1]) + tuple(
-        (None, 0) if p is None else (p.data_ptr(), p._version) for p in params)
     store = cell._fr_store
-    # the same sequence: the state given is (a view of) the last forward's outputs, whose
-    # arrays the store holds (so their addresses are theirs)
     ws = store.ws
-    packed = store.key == key and h0 is not None and \
-        store.outp == (h0.data_ptr(), None if c0 is None else c0.data_ptr()) and \
-        ws is not None and ws.size >= ws_size
     if ws is None or ws.size < ws_size or ws.dtype != dt:
         ws = store.ws = np.empty(ws_size, dt)
         packed = False
-    store.key = key
+    # (None until the kernel has run: an argument it refuses leaves no key whose weights the
+    # workspace does not hold)
+    store.key = None
     if not packed:   # (a numpy view keeps its tensor: the addresses packed cannot be reused)
         store.np = tuple(None if p is None else _np(p) for p in params)
+        store.params = params
     counts[0] += 1
     w = store.np       # (views of the parameters' storages: the key's data_ptrs)
     h_n = np.empty((N, H), dt)
     c_n = np.empty((N, H), dt) if mode == "LSTM" else None
     y = np.empty((1, N, H), dt)
     cache = np.empty(cache_size, dt) if training else None
+    if hs is None:
+        hs = (None if h0 is None else _np(h0), None if c0 is None else _np(c0))
     _cells._kernel_forward(mode, flag, dims, packed, xs.reshape(1, N, C), w[0], w[1], w[2],
-                           w[3], None if h0 is None else _np(h0),
-                           None if c0 is None else _np(c0), None, None, y, h_n, c_n, cache,
+                           w[3], hs[0], hs[1], None, None, y, h_n, c_n, cache,
                            ws if ws.size == ws_size else ws[:ws_size])
+    store.key = key
     out_h = torch.from_numpy(h_n)
     out_c = None if c_n is None else torch.from_numpy(c_n)
     store.out = (h_n, c_n)
@@ -125,8 +143,8 @@ def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 
 class _CellFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        return _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    def forward(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed, hs):
+        return _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed, hs)
 
     @staticmethod
     @_first_order_only
@@ -164,7 +182,7 @@ class _CellFunction(torch.autograd.Function):
         store.bkey = key
         t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
         return (None, None, None if dx is None else t(dx.reshape(N, C)), t(dh0), t(dc0),
-                t(dw_ih), t(dw_hh), t(db_ih), t(db_hh))
+                t(dw_ih), t(dw_hh), t(db_ih), t(db_hh), None, None, None)
 
 
 class _CellMixin:
@@ -222,6 +240,19 @@ class _CellMixin:
         return params
 
     def forward(self, input, hx=None):
+        # the common case first, with the fewest reads: the next step of a sequence (_fr_next)
+        if type(input) is _TENSOR and not _graph_mode() and not _special() and \
+                not _autocast_on():
+            try:
+                out = self._fr_next(input, hx)
+            except Exception:
+                # an argument refused on the way (by torch's .numpy() or the kernels: device,
+                # layout, dtype, ...): the checks name it, with the checked forward's message;
+                # one that passes them all leaves that error
+                self._fr_checked(f"fusedrnn.torch.{type(self).__name__}.forward", input, hx)
+                raise
+            if out is not None:
+                return out
         traced = _fx_call(self, input, hx)
         if traced is not None:      # torch.fx.symbolic_trace: a leaf, as torch.nn's cells
             return traced
@@ -231,11 +262,106 @@ class _CellMixin:
             return super().forward(input, hx)
         fn = f"fusedrnn.torch.{type(self).__name__}.forward"
         flag = self._fr_flag
-        # (the fast tests below, at every step, cost ~3 µs; _check_tensor runs, and names the
-        # problem, only where one of them fails)
+        params, lowp, x, h0, c0, batched = self._fr_checked(fn, input, hx)
+        w_ih, w_hh, b_ih, b_hh = params
+        if x.shape[0] == 0:   # an empty batch: torch's own cell (empty outputs, autograd too)
+            return super().forward(input, hx)
+        lstm = self._fr_mode == "LSTM"
+        # forward runs with grad mode off: decide here whether a graph (and a cache) is needed
+        training = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+        if lowp is not None:
+            out = self._fr_lowp(fn, lowp, training, flag, x, h0, c0, params)
+        else:
+            key = _pack_key(self, params)
+            store = self._fr_store
+            # the same sequence: the state given is (a view of) the last forward's outputs,
+            # whose arrays the store holds (so their addresses are theirs)
+            packed = store.key == key and h0 is not None and \
+                store.outp == (h0.data_ptr(), None if c0 is None else c0.data_ptr())
+            if training:
+                out = _CellFunction.apply(self, True, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key,
+                                          packed, None)
+            else:   # nothing to differentiate: the step without autograd.Function
+                out = _step(None, self, False, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed)
+        if not batched:
+            out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
+        return out
+
+    def _fr_next(self, input, hx):
+        """The next step of a sequence, float32 or float64, plain tensors (no torch.fx Proxy,
+        no graph recorded, no torch.func transform or forward-AD level, no autocast: tested by
+        the caller): the state given is the last forward's output itself (its address, shape,
+        dtype, contiguous, no negation bit: its arrays are the store's, no .numpy() call) and
+        the parameters are the objects packed at that step, at the same address and torch
+        _version (_pack_key), so they are what _fr_checked checked when they were packed (the
+        store holds them and their storages) and the kernels keep them packed. Whatever the
+        kernel call then refuses (the input: device, layout, dtype) is checked in full by
+        _fr_checked, which raises its message naming the argument. None: not that case (the
+        checked forward runs). An argument that torch's .numpy() or the kernels refuse raises
+        here; the caller then runs the checks."""
+        store = self._fr_store
+        outp = store.outp
+        if hx is None or outp is None:
+            return None
+        if outp[1] is None:
+            h0, c0 = hx, None
+        else:
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h0, c0 = hx
+            if type(c0) is not _TENSOR or c0.data_ptr() != outp[1]:
+                return None
+        if type(h0) is not _TENSOR or h0.data_ptr() != outp[0]:
+            return None
+        ps = self._parameters
+        bias = self.bias
+        params = (ps.get("weight_ih"), ps.get("weight_hh"), ps.get("bias_ih") if bias else None,
+                  ps.get("bias_hh") if bias else None)
+        key = _pack_key(self, params)
+        if key != store.key:
+            return None
+        arrays = store.out
+        shape = arrays[0].shape         # (N, H): the state's as the store holds it
+        dim = input.dim()
+        if dim == 2:
+            if input.shape != (shape[0], self.input_size) or h0.shape != shape:
+                return None
+        elif dim != 1 or shape[0] != 1 or input.shape[0] != self.input_size or \
+                h0.shape != shape[1:]:
+            return None
+        dt = params[0].dtype
+        for t in (h0, c0):
+            if t is not None and (t.dtype is not dt or t.is_neg() or not t.is_contiguous() or
+                                  (c0 is not None and t.shape != h0.shape)):
+                return None
+        x = input if dim == 2 else input.unsqueeze(0)
+        x = x.contiguous()
+        w_ih, w_hh, b_ih, b_hh = params
+        if torch.is_grad_enabled() and (x.requires_grad or h0.requires_grad or (
+                c0 is not None and c0.requires_grad) or any(
+                p is not None and p.requires_grad for p in params)):
+            if dim == 1:
+                h0 = h0.unsqueeze(0)
+                c0 = None if c0 is None else c0.unsqueeze(0)
+            out = _CellFunction.apply(self, True, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, True,
+                                      arrays)
+        else:
+            out = _step(None, self, False, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, True, arrays)
+        if dim == 1:
+            out = tuple(o.squeeze(0) for o in out) if c0 is not None else out.squeeze(0)
+        return out
+
+    def _fr_checked(self, fn, input, hx):
+        """The checks of every argument, naming the one that fails: (params, lowp, x, h0, c0,
+        batched), x and the states [N, *] and contiguous. lowp: "module" (bfloat16
+        parameters), "autocast" (float32 parameters under bf16 autocast) or None."""
+        self._fr_flag   # noqa: B018  (RNNCell: a ValueError for an unknown nonlinearity)
+        # (the fast tests below cost ~3 µs; _check_tensor runs, and names the problem, only
+        # where one of them fails)
         special = _special()
-        w_ih, w_hh, b_ih, b_hh = params = self._fr_params(fn, special)
-        dt = w_ih.dtype
+        params = self._fr_params(fn, special)
+        dt = params[0].dtype
         lowp = None
         if dt is torch.bfloat16:
             lowp = "module"
@@ -275,20 +401,7 @@ class _CellMixin:
                 checked.append(t.contiguous())
             h0 = checked[0]
             c0 = checked[1] if lstm else None
-        if N == 0:   # an empty batch: torch's own cell (empty outputs, autograd included)
-            return super().forward(input, hx)
-        # forward runs with grad mode off: decide here whether a graph (and a cache) is needed
-        training = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
-        if lowp is not None:
-            out = self._fr_lowp(fn, lowp, training, flag, x, h0, c0, params)
-        elif training:
-            out = _CellFunction.apply(self, True, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        else:   # nothing to differentiate: the step without autograd.Function
-            out = _step(None, self, False, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        if not batched:
-            out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
-        return out
+        return params, lowp, x, h0, c0, batched
 
     def _fr_lowp(self, fn, lowp, training, flag, x, h0, c0, params):
         """The step on fusedrnn's bf16 kernels, as the layers run them (fusedrnn.torch's
@@ -337,7 +450,16 @@ _CELL_PARAMS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 _STRIDED = torch.strided
+_TENSOR = torch.Tensor
 _peek_functorch = torch._C._functorch.peek_interpreter_stack
+
+
+def _autocast_on():
+    """Whether autocast is on for the CPU (one call: the cells ask at every step)."""
+    return _is_autocast_enabled("cpu")
+
+
+_is_autocast_enabled = torch.is_autocast_enabled
 
 
 def _special():
