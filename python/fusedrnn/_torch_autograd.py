@@ -137,3 +137,15 @@ def _fx_call(module, input, hx):
     tracer = found.tracer
     args = (input,) if hx is None else (input, hx)
     return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
+def _refuse_script(module, what: str):
+    """torch.jit.script calls a module's __prepare_scriptable__ first: say clearly why it cannot
+    compile a fusedrnn.torch layer or cell (``what``)."""
+    name = type(module).__name__
+    raise RuntimeError(
+        f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls fusedrnn's "
+        f"C++ kernels through NumPy, which TorchScript cannot represent. Use "
+        f"torch.jit.trace(model, example_inputs) (it records torch.nn.{name}'s graph, the same "
+        f"as for the stock {what}), torch.export.export, or script a model built with "
+        f"torch.nn.{name} and load this {what}'s state_dict() into it")

@@ -115,7 +115,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import functional as _F
 from ._torch_autograd import (_AUTOCAST_DTYPES, _DOUBLE_BACKWARD, _DTYPES,  # noqa: F401
                               _PARAM_DTYPES, _check_tensor, _first_order_only, _fx_call,
-                              _graph_mode, _weight)
+                              _graph_mode, _refuse_script, _weight)
 
 __all__ = ["LSTM", "GRU", "RNN", "quantize_dynamic"]
 
@@ -438,13 +438,7 @@ class _Base:
 
     def __prepare_scriptable__(self):
         """torch.jit.script calls this first: say clearly why it cannot compile the layer."""
-        name = type(self).__name__
-        raise RuntimeError(
-            f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls "
-            f"fusedrnn's C++ kernels through NumPy, which TorchScript cannot represent. Use "
-            f"torch.jit.trace(model, example_inputs) (it records torch.nn.{name}'s graph, the "
-            f"same as for the stock layer), torch.export.export, or script a model built with "
-            f"torch.nn.{name} and load this layer's state_dict() into it")
+        _refuse_script(self, "layer")
 
     def _kernel_kind(self):
         if self.mode == "LSTM":

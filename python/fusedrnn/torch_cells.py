@@ -50,7 +50,7 @@ import torch
 from . import cells as _cells
 from ._torch_autograd import (_AUTOCAST_DTYPES, _DTYPES, _FORWARD_AD, _PARAM_DTYPES,
                               _check_tensor, _first_order_only, _fx_call, _graph_mode,
-                              _weight)
+                              _refuse_script, _weight)
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -210,13 +210,7 @@ class _CellMixin:
 
     def __prepare_scriptable__(self):
         """torch.jit.script calls this first: say clearly why it cannot compile the cell."""
-        name = type(self).__name__
-        raise RuntimeError(
-            f"torch.jit.script cannot compile fusedrnn.torch.{name}: its forward calls "
-            f"fusedrnn's C++ kernels through NumPy, which TorchScript cannot represent. Use "
-            f"torch.jit.trace(model, example_inputs) (it records torch.nn.{name}'s graph, the "
-            f"same as for the stock cell), torch.export.export, or script a model built with "
-            f"torch.nn.{name} and load this cell's state_dict() into it")
+        _refuse_script(self, "cell")
 
     def _fr_params(self, fn, special):
         """(w_ih, w_hh, b_ih, b_hh) as torch.nn's forward reads them (a pruned or parametrized
