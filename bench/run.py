@@ -423,13 +423,25 @@ def run_workloads(args, ap):
     if args.quick:      # smoke test: small shapes
         workloads.T, workloads.N, workloads.H = 20, 8, 32
         workloads.reg_T, workloads.reg_N, workloads.reg_H = 10, 4, 16
-    rows = workloads.run(fr, which, reps, threads=min(args.threads))
+    rows = workloads.run(fr, which, reps, threads=min(args.threads), onnx=not args.no_onnx)
     info["loadavg_at_end"] = os.getloadavg()
     print(f"# loadavg at end: {info['loadavg_at_end']}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"info": info, "workloads": rows}, fh, indent=2)
         print(f"# wrote {args.json}")
+
+
+def positive_int(s):
+    """An argparse type: an integer >= 1 (--threads 0 or -1 ended in a traceback from
+    set_num_threads once the run had started)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
+    return v
 
 
 def fmt(r):
@@ -442,7 +454,7 @@ def main():
     ap.add_argument("--cells", default="lstm,gru,rnn,bilstm2",
                     help="comma list of lstm,gru,rnn,bilstm2")
     ap.add_argument("--modes", default="infer,train", help="comma list of infer,train")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=9, help="timed repetitions (>= 7), default 9")
     ap.add_argument("--min-rep-ms", type=float, default=20.0,
                     help="repeat a short call within one repetition up to this time")

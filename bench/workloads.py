@@ -6,7 +6,7 @@ ragged     T=100, N=64, C=H=256, lengths uniform in 10..100 (seeded; ~56% of the
            the fusedrnn layer with `lengths` ("fr len") vs the same call without ("fr full"), torch
            with a PackedSequence (pack_padded_sequence(enforce_sorted=False), as users call it)
            and, in inference, ONNX Runtime running an ONNX LSTM/GRU node with sequence_lens
-           (one-layer cells only).
+           (one-layer cells only; not with run.py --no-onnx).
 subnormal  LSTM, GRU, RNN (config a), inference and training: the same call on normal inputs,
            on inputs scaled into the subnormal range (x * 1e-39), and with every weight scaled
            likewise; torch on the subnormal inputs beside it.
@@ -78,7 +78,7 @@ def _ort_rnn(cell, mod, lengths, x):
     return (lambda: sess.run(None, feed)), y[:, 0]
 
 
-def ragged(fr, reps, modes=("infer", "train")):
+def ragged(fr, reps, modes=("infer", "train"), onnx=True):
     rows = []
     lengths = ragged_lengths()
     useful = float(lengths.sum()) / (T * N)
@@ -104,14 +104,15 @@ def ragged(fr, reps, modes=("infer", "train")):
                     with torch.inference_mode():
                         p = torch.nn.utils.rnn.pack_padded_sequence(x, lt, enforce_sorted=False)
                         torch.nn.utils.rnn.pad_packed_sequence(mod(p)[0], total_length=T)
-                try:
-                    if cell == "bilstm2":
-                        raise NotImplementedError("ONNX row: one-layer cells only")
-                    fns["ort"], y_ort = _ort_rnn(cell, mod, lengths, xn)
-                    y_fr = layer.forward(xn, lengths=lengths)[0]
-                    extra["ort_max_abs_diff"] = float(np.abs(y_ort * mask - y_fr).max())
-                except Exception as e:       # noqa: BLE001
-                    extra["ort_error"] = f"{type(e).__name__}: {e}"
+                if onnx:  # run.py --no-onnx: ONNX Runtime neither imported nor timed
+                    try:
+                        if cell == "bilstm2":
+                            raise NotImplementedError("ONNX row: one-layer cells only")
+                        fns["ort"], y_ort = _ort_rnn(cell, mod, lengths, xn)
+                        y_fr = layer.forward(xn, lengths=lengths)[0]
+                        extra["ort_max_abs_diff"] = float(np.abs(y_ort * mask - y_fr).max())
+                    except Exception as e:       # noqa: BLE001
+                        extra["ort_error"] = f"{type(e).__name__}: {e}"
             else:
                 layer.train()
                 xg = x.clone().requires_grad_(True)
@@ -318,14 +319,18 @@ def contended(fr, reps, modes=("infer", "train")):
     return rows
 
 
-def run(fr, which, reps, threads=1):
-    """The selected rows; ragged and subnormal at `threads` threads (fusedrnn and torch)."""
+def run(fr, which, reps, threads=1, onnx=True):
+    """The selected rows; ragged and subnormal at `threads` threads (fusedrnn and torch); onnx
+    False (run.py --no-onnx) leaves ONNX Runtime out of the ragged rows."""
     out = []
     fr.set_num_threads(threads)
     torch.set_num_threads(threads)
     for name in which:
-        rows = {"ragged": ragged, "subnormal": subnormal, "contended": contended,
-                "regularised": regularised}[name](fr, reps)
+        if name == "ragged":
+            rows = ragged(fr, reps, onnx=onnx)
+        else:
+            rows = {"subnormal": subnormal, "contended": contended,
+                    "regularised": regularised}[name](fr, reps)
         for r in rows:
             print(format_row(r), flush=True)
         out += rows
