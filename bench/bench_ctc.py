@@ -10,8 +10,10 @@ Two comparisons, same inputs:
                (loss "sum", then backward: torch's gradient kernel included);
   "logits":    fusedrnn.losses.ctc_logits(logits) (the log-softmax fused) against
                torch's ctc_loss(log_softmax(logits)) and backward to the logits.
-Each repetition runs every contender once (order alternating); medians (and min) in seconds,
-ratio = torch median / fusedrnn median (> 1: fusedrnn faster).
+Each repetition runs every contender once (order alternating); the table prints medians in
+milliseconds (the --json rows: seconds, fusedrnn_s / torch_s and every repetition's time),
+ratio = torch median / fusedrnn median (> 1: fusedrnn faster), and in brackets the ratio of
+the minima.
 """
 from __future__ import annotations
 
@@ -80,16 +82,33 @@ def timeit(fns, reps):
     return times
 
 
+def int_at_least(lo):
+    """An argparse type: an integer >= lo (0 reps ended in statistics' StatisticsError, K = 1 in
+    numpy's "high <= low": usage errors instead)."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, not {v}")
+        return v
+    return parse
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--K", type=int, nargs="+", default=[28, 5000])
-    ap.add_argument("--N", type=int, nargs="+", default=[1, 16, 64])
-    ap.add_argument("--T", type=int, default=150)
-    ap.add_argument("--L", type=int, default=40)
+    ap.add_argument("--reps", type=int_at_least(1), default=7)
+    ap.add_argument("--threads", type=int_at_least(1), nargs="+", default=[1, 2])
+    ap.add_argument("--K", type=int_at_least(2), nargs="+", default=[28, 5000],
+                    help="alphabet sizes, the blank included (>= 2)")
+    ap.add_argument("--N", type=int_at_least(1), nargs="+", default=[1, 16, 64])
+    ap.add_argument("--T", type=int_at_least(1), default=150)
+    ap.add_argument("--L", type=int_at_least(1), default=40)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.T < 2 * args.L - 1:  # room for any L labels, repeats included: a finite loss
+        ap.error(f"--T {args.T} is too short for --L {args.L} labels (needs T >= 2 L - 1)")
     rows = []
     print(f"torch {torch.__version__}, fusedrnn {fusedrnn.__version__} "
           f"({fusedrnn.build_info()['instruction_set']}), T={args.T} L={args.L}, float32, "

@@ -173,3 +173,43 @@ def test_bench_precision_bfloat16_adds_the_mixed_precision_training_peers(tmp_pa
             else:
                 assert m[who]["rss_peak_mib"] > 0
         assert m["fusedrnn_bf16"]["tracemalloc_peak_mib"] > 0
+
+
+def test_workloads_no_onnx_leaves_onnxruntime_out(tmp_path):
+    """--workloads ragged --no-onnx: no ragged row times or even tries ONNX Runtime (run_workloads
+    dropped the flag, so ORT ran in the inference rows regardless)."""
+    rows = _bench(tmp_path, "--quick", "--workloads", "ragged", "--threads", "1",
+                  "--no-onnx")[1]["workloads"]
+    assert {(r["cell"], r["mode"]) for r in rows} == {
+        (c, m) for c in ("lstm", "gru", "bilstm2") for m in ("infer", "train")}
+    for r in rows:
+        assert "ort" not in r["median_ms"], r
+        assert not [k for k in r if k.startswith("ort")], r
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--threads", "0"], "--threads"), (["--threads", "1", "-1"], "--threads"),
+    (["--threads", "two"], "--threads")])
+def test_bench_refuses_thread_counts_below_one(args, what):
+    """--threads 0 / -1 are usage errors (exit 2, the option named) before anything runs, not a
+    traceback from set_num_threads halfway through."""
+    for extra in ([], ["--workloads", "ragged"]):
+        bad = subprocess.run([sys.executable, RUN, *args, *extra], capture_output=True,
+                             text=True, timeout=300)
+        assert bad.returncode == 2 and what in bad.stderr, bad.stderr[-2000:]
+        assert "Traceback" not in bad.stderr
+
+
+CTC = os.path.join(os.path.dirname(RUN), "bench_ctc.py")
+
+
+@pytest.mark.parametrize("args, what", [
+    (["--reps", "0"], "--reps"), (["--K", "1"], "--K"), (["--threads", "0"], "--threads"),
+    (["--N", "0"], "--N"), (["--T", "10", "--L", "40"], "--T 10 is too short")])
+def test_bench_ctc_refuses_bad_sizes(args, what):
+    """bench_ctc.py: 0 repetitions (StatisticsError), K = 1 (no label besides the blank: numpy's
+    "high <= low"), 0 threads, and T too short for L labels are argparse errors, exit 2."""
+    bad = subprocess.run([sys.executable, CTC, *args], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and what in bad.stderr, bad.stderr[-2000:]
+    assert "Traceback" not in bad.stderr
