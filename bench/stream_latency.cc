@@ -19,19 +19,25 @@
 // Median and p99 over the blocks (calls).
 //
 //   stream_latency [steps] [peer_steps] [--rt-only] [--ftz] [--rows=ROWS]   (defaults 20000 and
-//   50000 timed steps per configuration; --rt-only: the real-time table only; --ftz: the whole
+//   50000 timed steps per configuration, each an integer in [100, 10^7]; the flags may stand
+//   anywhere, before or after the numbers; --rt-only: the real-time table only; --ftz: the whole
 //   run with subnormals flushed on the thread (MXCSR FTZ and DAZ), every contender alike;
-//   --rows: only these rows of the real-time table, e.g. --rows=lstm:32:1,gru:128:128)
+//   --rows: only these rows of the real-time table, e.g. --rows=lstm:32:1,gru:128:128: cell
+//   lstm or gru, H 16, 32, 64 or 128, input 1 or H). Exit status 2 for an unknown flag, a
+//   malformed or out-of-range number or a row that is not in the table; 1 when a run fails
+//   (e.g. FUSEDRNN_ISA naming a kernel copy this machine cannot run).
 #include <fusedrnn/fusedrnn.h>
 #include <fusedrnn/model.h>
 #include <fusedrnn/stream.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -210,23 +216,40 @@ void peer_row(const char* cell, std::int64_t H, std::int64_t C, long steps) {
     const Stats s = stats(one[j]);
     std::printf(" %.0f / %.0f |", s.med, s.p99);
   }
+#ifdef FUSEDRNN_WITH_RTNEURAL
   std::printf(" %.0f | %.1g | %.1g |\n", c.med, diff, diff_fast);
+#else
+  (void)diff;  // no peer to compare with: no column for it
+  std::printf(" %.0f | %.1g |\n", c.med, diff_fast);
+#endif
   std::fflush(stdout);
 }
 
-}  // namespace
+constexpr long kMinSteps = 100, kMaxSteps = 10000000;
+const char* const kCells[] = {"lstm", "gru"};
+const std::int64_t kHs[] = {16, 32, 64, 128};
 
-int main(int argc, char** argv) {
-  const long steps = argc > 1 ? std::max(100L, std::atol(argv[1])) : 20000;
-  const long peer_steps = argc > 2 ? std::max(100L, std::atol(argv[2])) : 50000;
-  bool rt_only = false, ftz = false;
-  std::string rows;  // --rows=cell:H:C,...: empty = every row
-  for (int i = 3; i < argc; ++i) {
-    const std::string a = argv[i];
-    rt_only = rt_only || a == "--rt-only";
-    ftz = ftz || a == "--ftz";
-    if (a.rfind("--rows=", 0) == 0) rows = "," + a.substr(7) + ",";
-  }
+// A step count in full, in [kMinSteps, kMaxSteps] (atol read "--rt-only" as 0, then 100 steps;
+// a huge count ended in bad_alloc or ran for days).
+bool parse_steps(const char* s, long& out) {
+  char* end = nullptr;
+  errno = 0;
+  const long v = std::strtol(s, &end, 10);
+  if (!(*s >= '0' && *s <= '9') || *end != '\0' || errno == ERANGE || v < kMinSteps ||
+      v > kMaxSteps)
+    return false;
+  out = v;
+  return true;
+}
+
+int usage(const char* argv0) {
+  std::fprintf(stderr, "usage: %s [steps] [peer_steps] [--rt-only] [--ftz] [--rows=cell:H:C,...]"
+               "\n  steps, peer_steps: integers in [%ld, %ld]; cell lstm or gru, H 16, 32, 64 "
+               "or 128, C 1 or H\n", argv0, kMinSteps, kMaxSteps);
+  return 2;
+}
+
+int run(long steps, long peer_steps, bool rt_only, bool ftz, const std::string& rows) {
   // --ftz: the thread flushes subnormals (x86: MXCSR FTZ and DAZ) for the whole run, as audio
   // hosts commonly do around their callbacks (fusedrnn::ScopedFlushDenormals); every contender
   // runs under it alike. Stream::step then leaves the floating-point environment alone (it only
@@ -249,7 +272,6 @@ int main(int argc, char** argv) {
   for (const char* cell : {"lstm", "gru"})
     for (std::int64_t H : {32, 64, 128}) bench<double>(cell, H, steps);
   }
-
   std::printf("\nReal time, batch 1, float32, ns per step, median / p99 (%ld steps each; "
               "block: blocks of 100 steps; single: each call timed, the clock's cost included)"
               "\n\n", peer_steps);
@@ -257,19 +279,74 @@ int main(int argc, char** argv) {
   std::printf("| cell | H | input | block: process | block: step | block: process fast | "
               "block: step fast | block: RTNeural Eigen | block: RTNeural xsimd | single: step | "
               "single: step fast | single: RTNeural Eigen | single: RTNeural xsimd | clock ns | "
-              "max |diff| RTNeural | max |diff| fast |\n");
+              "max abs diff RTNeural | max abs diff fast |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
 #else
   std::printf("| cell | H | input | block: process | block: step | block: process fast | "
-              "block: step fast | single: step | single: step fast | clock ns | max |diff| | "
-              "max |diff| fast |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "block: step fast | single: step | single: step fast | clock ns | "
+              "max abs diff fast |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
 #endif
-  for (const char* cell : {"lstm", "gru"})
-    for (std::int64_t H : {16, 32, 64, 128})
+  for (const char* cell : kCells)
+    for (std::int64_t H : kHs)
       for (std::int64_t C : {std::int64_t(1), H})
         if (rows.empty() || rows.find("," + std::string(cell) + ":" + std::to_string(H) + ":" +
                                       std::to_string(C) + ",") != std::string::npos)
           peer_row(cell, H, C, peer_steps);
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Flags anywhere, the numbers in order among them (README: `stream_latency 2000 20000
+  // --rt-only`, and `stream_latency --rt-only` with the default counts).
+  long counts[2] = {20000, 50000};
+  int npos = 0;
+  bool rt_only = false, ftz = false;
+  std::string rows;  // --rows=cell:H:C,...: empty = every row
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--rt-only") {
+      rt_only = true;
+    } else if (a == "--ftz") {
+      ftz = true;
+    } else if (a.rfind("--rows=", 0) == 0) {
+      rows = "," + a.substr(7) + ",";
+      // Each entry must be a row of the table: one matching nothing printed an empty table.
+      for (std::size_t at = 1; at < rows.size();) {
+        const std::size_t next = rows.find(',', at);
+        const std::string want = rows.substr(at, next - at);
+        bool known = false;
+        for (const char* cell : kCells)
+          for (std::int64_t H : kHs)
+            for (std::int64_t C : {std::int64_t(1), H})
+              known = known || want == std::string(cell) + ":" + std::to_string(H) + ":" +
+                                           std::to_string(C);
+        if (!known) {
+          std::fprintf(stderr, "stream_latency: --rows: '%s' is not a row of the table "
+                       "(cell:H:C, cell lstm or gru, H 16, 32, 64 or 128, C 1 or H)\n",
+                       want.c_str());
+          return 2;
+        }
+        at = next + 1;
+      }
+    } else if (a.rfind("-", 0) == 0 && !(a.size() > 1 && a[1] >= '0' && a[1] <= '9')) {
+      std::fprintf(stderr, "stream_latency: unknown flag '%s'\n", a.c_str());
+      return usage(argv[0]);
+    } else if (npos == 2) {
+      std::fprintf(stderr, "stream_latency: a third number '%s'\n", a.c_str());
+      return usage(argv[0]);
+    } else if (!parse_steps(argv[i], counts[npos++])) {
+      std::fprintf(stderr, "stream_latency: %s must be an integer in [%ld, %ld], not '%s'\n",
+                   npos == 1 ? "steps" : "peer_steps", kMinSteps, kMaxSteps, argv[i]);
+      return 2;
+    }
+  }
+  try {
+    return run(counts[0], counts[1], rt_only, ftz, rows);
+  } catch (const std::exception& e) {  // FUSEDRNN_ISA naming no usable copy, bad_alloc, ...
+    std::fprintf(stderr, "stream_latency: %s\n", e.what());
+    return 1;
+  }
 }
