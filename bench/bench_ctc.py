@@ -27,6 +27,7 @@ import torch
 
 import fusedrnn
 from fusedrnn.losses import ctc, ctc_logits
+from fusedrnn.validators import parse_int
 
 
 def problem(T, N, K, L, seed=0):
@@ -82,29 +83,17 @@ def timeit(fns, reps):
     return times
 
 
-def int_at_least(lo):
-    """An argparse type: an integer >= lo (0 reps ended in statistics' StatisticsError, K = 1 in
-    numpy's "high <= low": usage errors instead)."""
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, not {v}")
-        return v
-    return parse
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--reps", type=int_at_least(1), default=7)
-    ap.add_argument("--threads", type=int_at_least(1), nargs="+", default=[1, 2])
-    ap.add_argument("--K", type=int_at_least(2), nargs="+", default=[28, 5000],
+    # sizes are integers >= their bound (0 reps ended in statistics' StatisticsError, K = 1 in
+    # numpy's "high <= low": usage errors instead)
+    ap.add_argument("--reps", type=parse_int(1), default=7)
+    ap.add_argument("--threads", type=parse_int(1), nargs="+", default=[1, 2])
+    ap.add_argument("--K", type=parse_int(2), nargs="+", default=[28, 5000],
                     help="alphabet sizes, the blank included (>= 2)")
-    ap.add_argument("--N", type=int_at_least(1), nargs="+", default=[1, 16, 64])
-    ap.add_argument("--T", type=int_at_least(1), default=150)
-    ap.add_argument("--L", type=int_at_least(1), default=40)
+    ap.add_argument("--N", type=parse_int(1), nargs="+", default=[1, 16, 64])
+    ap.add_argument("--T", type=parse_int(1), default=150)
+    ap.add_argument("--L", type=parse_int(1), default=40)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.T < 2 * args.L - 1:  # room for any L labels, repeats included: a finite loss

@@ -432,29 +432,19 @@ def run_workloads(args, ap):
         print(f"# wrote {args.json}")
 
 
-def positive_int(s):
-    """An argparse type: an integer >= 1 (--threads 0 or -1 ended in a traceback from
-    set_num_threads once the run had started)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {v}")
-    return v
-
-
 def fmt(r):
     return f"{r['median_ms']:9.2f} / {r['min_ms']:<8.2f}" if r else f"{'-':^20}"
 
 
 def main():
+    # (--threads 0 or -1: an argparse error, not a traceback from set_num_threads mid-run)
+    from fusedrnn.validators import parse_int
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", help=f"comma list of {','.join(CONFIGS)} (default: all)")
     ap.add_argument("--cells", default="lstm,gru,rnn,bilstm2",
                     help="comma list of lstm,gru,rnn,bilstm2")
     ap.add_argument("--modes", default="infer,train", help="comma list of infer,train")
-    ap.add_argument("--threads", type=positive_int, nargs="+", default=[1, 2])
+    ap.add_argument("--threads", type=parse_int(1), nargs="+", default=[1, 2])
     ap.add_argument("--reps", type=int, default=9, help="timed repetitions (>= 7), default 9")
     ap.add_argument("--min-rep-ms", type=float, default=20.0,
                     help="repeat a short call within one repetition up to this time")
