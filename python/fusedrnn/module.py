@@ -545,15 +545,7 @@ class Linear(Module):
         if x is None:
             raise RuntimeError("Linear.backward: no training forward to differentiate "
                                "(call forward in train mode first)")
-        want = list(x.shape[:-1]) + [self.out_features]
-        if not isinstance(dy, np.ndarray):
-            raise TypeError(f"Linear.backward: dy must be a numpy array of shape {want}, got "
-                            f"{type(dy).__name__}")
-        if list(dy.shape) != want:
-            raise ValueError(f"Linear.backward: dy must have shape {want}, "
-                             f"got {list(dy.shape)}")
-        if dy.dtype != x.dtype:
-            raise TypeError(f"Linear.backward: dy must have dtype {x.dtype}, got {dy.dtype}")
+        V.array("Linear.backward", "dy", dy, x.shape[:-1] + (self.out_features,), x.dtype)
         x2 = x.reshape(-1, self.in_features)
         dy2 = dy.reshape(-1, self.out_features)
         with single_threaded_blas():
@@ -614,16 +606,8 @@ class Embedding(Module):
         idx = self._idx
         if idx is None:
             raise RuntimeError("Embedding.backward: no training forward to differentiate")
-        want = idx.shape + (self.embedding_dim,)
-        if not isinstance(dy, np.ndarray):
-            raise TypeError(f"Embedding.backward: dy must be a numpy array of shape "
-                            f"{list(want)}, got {type(dy).__name__}")
-        if dy.shape != want:
-            raise ValueError(f"Embedding.backward: dy must have shape {list(want)}, "
-                             f"got {list(dy.shape)}")
-        if dy.dtype != self.weight.dtype:
-            raise TypeError(f"Embedding.backward: dy must have dtype {self.weight.dtype}, "
-                            f"got {dy.dtype}")
+        V.array("Embedding.backward", "dy", dy, idx.shape + (self.embedding_dim,),
+                self.weight.dtype)
         flat = idx.reshape(-1)
         rows = dy.reshape(-1, self.embedding_dim)
         if self.padding_idx is not None:

@@ -100,6 +100,24 @@ def seed(where: Optional[str], v, name: str = "seed") -> Optional[int]:
     return int(v)
 
 
+def array(where: Optional[str], name: str, a, shape, dtype, note: str = "") -> np.ndarray:
+    """a, a numpy array of exactly ``shape`` and ``dtype`` (a gradient given to a backward):
+    TypeError for anything else or another dtype, ValueError for another shape (checked in that
+    order: type, shape, dtype); ``note`` (e.g. "(the output's)") follows the wanted shape and
+    dtype in the messages."""
+    shape, n = list(shape), f" {note}" if note else ""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{_prefix(where)}{name} must be a numpy array of shape {shape}{n}, got "
+                        f"{type(a).__name__}")
+    if list(a.shape) != shape:
+        raise ValueError(f"{_prefix(where)}{name} must have shape {shape}{n}, got "
+                         f"{list(a.shape)}")
+    if a.dtype != dtype:
+        raise TypeError(f"{_prefix(where)}{name} must have dtype {np.dtype(dtype)}{n}, got "
+                        f"{a.dtype}")
+    return a
+
+
 def dtype(where: Optional[str], v) -> np.dtype:
     """float32 / float64 from a dtype, a numpy type or its name; anything else: TypeError."""
     try:

@@ -54,6 +54,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ... import functional as F
+from ... import validators as V
 from ...module import Module, Parameter, _as_numpy
 from . import _steps
 
@@ -325,15 +326,7 @@ class RNNCell(Module):
                                f"mode first)")
         how, ctx, N, shape, dt = self._tape[-1]
         if d_output is not None:
-            if not isinstance(d_output, np.ndarray):
-                raise TypeError(f"{fn}: d_output must be a numpy array of shape {list(shape)} "
-                                f"(the output's), got {type(d_output).__name__}")
-            if d_output.shape != shape:
-                raise ValueError(f"{fn}: d_output must have shape {list(shape)} (the output's), "
-                                 f"got {list(d_output.shape)}")
-            if d_output.dtype != dt:
-                raise TypeError(f"{fn}: d_output must have dtype {dt} (the output's), got "
-                                f"{d_output.dtype}")
+            V.array(fn, "d_output", d_output, shape, dt, "(the output's)")
         # every layer's d_state is checked before any layer's backward adds a gradient
         d_finals = self._split(d_state, fn, "d_state") if d_state is not None else \
             [None] * len(ctx)
