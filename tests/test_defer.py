@@ -272,6 +272,40 @@ def test_cell_dropped_with_terms_pending():
     _same(want, _grads(cell))
 
 
+def test_cell_dropped_in_a_thread_waits_for_the_gradient_lock():
+    """A plan freed with terms pending adds them under the gradient lock, as every other
+    addition into the grad arrays is made: while another thread holds it (a backward step of a
+    cell sharing the Parameters, adding with the GIL released), the dying plan waits."""
+    import threading
+    ref = _make(fusedrnn.LSTMCell, {}, False)
+    outs = _forward(ref, _xs(10, 2, "float32"))
+    _backward_steps(ref, outs, 6)
+    want = _grads(ref)
+    cell = _make(fusedrnn.LSTMCell, {}, True)
+    outs = _forward(cell, _xs(10, 2, "float32"))
+    _backward_steps(cell, outs, 6)
+    params = dict(cell.named_parameters())
+    assert _core.cell_pending_steps(cell._plan) == 6
+    before = {n: p._grad.copy() for n, p in params.items()}
+    box = [cell]
+    del cell, outs
+    done = threading.Event()
+
+    def drop():
+        box.pop()   # the last reference: the plan dies here
+        gc.collect()
+        done.set()
+
+    with cells._GRAD_LOCK:
+        t = threading.Thread(target=drop)
+        t.start()
+        assert not done.wait(0.3), "the dying plan did not wait for the gradient lock"
+        _same(before, {n: p._grad.copy() for n, p in params.items()})
+    t.join(10)
+    assert done.is_set()
+    _same(want, {n: p.grad for n, p in params.items()})
+
+
 def test_gemm_tn_add_terms_checks():
     """The C++ entry point checks its arguments (through a plan: bad terms cannot reach it from
     Python, so the kernel-side checks are exercised in tests/cpp/test_gradcheck.cc)."""

@@ -153,6 +153,7 @@ struct Plan {
   std::vector<py::object> xcopies;
   bool busy = false;   // a kernel call of another thread runs on these buffers
   py::object owner;    // weakref to the cell (Parameter._pending); None: no deferral
+  py::object lock;     // the cells' gradient lock (cells._GRAD_LOCK), taken by ~Plan; or None
   Defer defer;
   ~Plan();
 };
@@ -382,11 +383,32 @@ void settle(Plan& p) {
 }
 
 Plan::~Plan() {
-  // (the capsule's destructor, GIL held): pending terms still reach their gradients
+  // (the capsule's destructor, GIL held): pending terms still reach their gradients, under the
+  // gradient lock, as every other addition into them is: another thread's backward step of a
+  // cell sharing these Parameters may be adding into the same arrays with the GIL released
+  // (acquiring the lock gives up the GIL while it waits). The error indicator is saved around
+  // it: a plan may die while an exception propagates.
   if (defer.terms.empty()) return;
+  py::error_scope keep;
+  bool held = false;
+  if (lock && !lock.is_none()) {
+    try {
+      lock.attr("acquire")();
+      held = true;
+    } catch (...) {   // (interpreter shutdown): apply without it, as nothing else runs then
+      PyErr_Clear();
+    }
+  }
   try {
     if (f64) apply_deferred<double>(*this, false); else apply_deferred<float>(*this, false);
   } catch (...) {
+  }
+  if (held) {
+    try {
+      lock.attr("release")();
+    } catch (...) {
+      PyErr_Clear();
+    }
   }
 }
 
@@ -734,7 +756,7 @@ void register_cell_step(py::module_& m) {
   m.def(
       "cell_plan",
       [](int kind, bool flag, py::dtype dtype, std::int64_t C, std::int64_t H, std::int64_t P,
-         py::dict params, bool reuse, bool release_gil, py::object owner) {
+         py::dict params, bool reuse, bool release_gil, py::object owner, py::object lock) {
         if (kind < kLstm || kind > kRnn) throw py::value_error("cell_plan: kind must be 0, 1 or 2");
         if (C < 1 || H < 1 || P < 0 || (P > 0 && kind != kLstm))
           throw py::value_error("cell_plan: bad sizes");
@@ -748,6 +770,7 @@ void register_cell_step(py::module_& m) {
         p->G = kind == kLstm ? 4 : kind == kGru ? 3 : 1;
         p->params = params;
         p->owner = owner;
+        p->lock = lock;
         const char* names[kWeights] = {"weight_ih", "weight_hh", "bias_ih",
                                        "bias_hh", "weight_peep", "weight_hr"};
         for (int i = 0; i < kWeights; ++i)
@@ -765,12 +788,13 @@ void register_cell_step(py::module_& m) {
       },
       py::arg("kind"), py::arg("flag"), py::arg("dtype"), py::arg("C"), py::arg("H"),
       py::arg("P"), py::arg("params"), py::arg("reuse"), py::arg("release_gil") = true,
-      py::arg("owner") = py::none(),
+      py::arg("owner") = py::none(), py::arg("lock") = py::none(),
       "A single-step cell's plan (fusedrnn.cells): kind 0 LSTM, 1 GRU, 2 RNN; flag: GRU "
       "reset_after / RNN relu; params: the cell's _parameters dict; reuse: "
       "reuse_packed_weights; release_gil: around the kernel calls (off only to measure its "
       "cost); owner: a weakref to the cell, which the Parameters' _pending names while the "
-      "plan holds deferred weight-gradient terms for them (None: no deferral).");
+      "plan holds deferred weight-gradient terms for them (None: no deferral); lock: the gradient "
+      "lock (acquire/release) held while a dying plan applies its deferred terms.");
   m.def(
       "cell_flush",
       [](py::capsule plan) { settle(plan_of(plan.ptr())); },

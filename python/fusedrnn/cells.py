@@ -411,7 +411,8 @@ class _CellBase(Module):
         plan = self.__dict__["_plan"] = _core.cell_plan(
             _KIND_NUMBER[self._mode], self._flag, self.dtype, self.input_size, self.hidden_size,
             self.proj_size, self._parameters, self._reuse,
-            owner=weakref.ref(self) if self.__dict__.get("_defer", True) else None)
+            owner=weakref.ref(self) if self.__dict__.get("_defer", True) else None,
+            lock=_GRAD_LOCK)
         return plan
 
     def _flush_grads(self) -> None:
