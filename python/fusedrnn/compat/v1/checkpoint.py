@@ -13,10 +13,13 @@ indexes uncompressed). String tensors (DT_STRING: ``[varint length]...[4-byte ch
 lengths][bytes]...``, e.g. the ``_CHECKPOINTABLE_OBJECT_GRAPH`` entry that object-based
 checkpoints carry) come back as object arrays of ``bytes``. A directory stands for the latest
 checkpoint its ``checkpoint`` state file names (``model_checkpoint_path``), as TF's
-``load_checkpoint`` does. Sliced (partitioned) variables are refused; the CRC32C checksums are
-not verified, but every length, offset, wire type, dimension and name is checked: a malformed
-index or shard raises :class:`CheckpointFormatError` (naming the file and what is wrong), never
-a raw struct, NumPy or decoding error.
+``load_checkpoint`` does. Sliced (partitioned) variables are refused. The CRC32C checksums are
+verified as TensorFlow's reader verifies them: each index block's (masked, over the block and
+its compression byte), each tensor's (``BundleEntryProto.crc32c``, masked, over its bytes; for a
+string tensor over its lengths as uint32, their checksum and the bytes) and a string tensor's
+length checksum. Every length, offset, wire type, dimension and name is checked too: a
+malformed or corrupt index or shard raises :class:`CheckpointFormatError` (naming the file and
+what is wrong), never a raw struct, NumPy or decoding error.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from typing import Dict
 
 import numpy as np
 
+from ... import _core
+
 __all__ = ["load_checkpoint", "CheckpointFormatError"]
 
 _MAGIC = 0xdb4775248b80fb57
@@ -36,18 +41,41 @@ _DTYPES = {1: np.float32, 2: np.float64, 3: np.int32, 4: np.uint8, 5: np.int16, 
 
 
 _DT_STRING = 7
+_MASK_DELTA = 0xa282ead8
 
 
-def _strings(buf, count, where):
-    """A DT_STRING tensor's bytes: count varint lengths, a 4-byte checksum, the strings."""
+def _unmask(masked):
+    """TF's / LevelDB's crc32c::Unmask: stored checksums are rotated right by 15 bits and
+    offset, so that a checksum of data holding checksums stays well distributed."""
+    rot = (masked - _MASK_DELTA) & 0xFFFFFFFF
+    return ((rot >> 17) | (rot << 15)) & 0xFFFFFFFF
+
+
+def _check_crc(stored_masked, actual, where, what):
+    if _unmask(stored_masked) != actual:
+        raise CheckpointFormatError(f"{where}: {what} checksum does not match (stored "
+                                    f"{_unmask(stored_masked):08x}, computed {actual:08x}): "
+                                    f"the file is corrupt")
+
+
+def _strings(buf, count, where, stored_crc):
+    """A DT_STRING tensor's bytes: count varint lengths, a 4-byte checksum, the strings. TF
+    checksums the lengths as little-endian uint32 (the masked result is the 4 bytes), and the
+    entry's checksum covers those uint32s, the 4 bytes and the strings."""
     pos, lengths = 0, []
     for _ in range(count):
         n, pos = _varint(buf, pos, where)
+        if n >= 1 << 32:
+            raise CheckpointFormatError(f"{where}: a string length of {n} bytes")
         lengths.append(n)
-    pos += 4
-    if pos + sum(lengths) != len(buf):
+    if pos + 4 + sum(lengths) != len(buf):
         raise CheckpointFormatError(f"{where}: string tensor of {len(buf)} bytes does not hold "
                                     f"{count} strings of {sum(lengths)} bytes")
+    crc = _core.crc32c(np.asarray(lengths, "<u4").tobytes())
+    _check_crc(int.from_bytes(buf[pos:pos + 4], "little"), crc, where, "string length")
+    crc = _core.crc32c(bytes(buf[pos:]), crc)
+    _check_crc(stored_crc, crc, where, "tensor")
+    pos += 4
     out = np.empty(count, object)
     for i, n in enumerate(lengths):
         out[i] = bytes(buf[pos:pos + n])
@@ -150,6 +178,10 @@ def _decompress(kind, data, where):
 def _block(data, offset, size, where):
     if offset + size + 5 > len(data) - 48:   # (blocks lie before the footer)
         raise CheckpointFormatError(f"{where}: block at {offset} (+{size}) runs past the file")
+    # trailer: the compression byte, then the masked CRC32C of the block and that byte
+    stored = int.from_bytes(data[offset + size + 1:offset + size + 5], "little")
+    _check_crc(stored, _core.crc32c(memoryview(data)[offset:offset + size + 1]),
+               f"{where}: block at {offset}", "block")
     return _decompress(data[offset + size], data[offset:offset + size], where)
 
 
@@ -232,7 +264,7 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
         except UnicodeDecodeError:
             raise CheckpointFormatError(f"{where}: the name is not UTF-8") from None
         fields = _proto_fields(value, where, {1: 0, 2: 2, 3: 0, 4: 0, 5: 0, 6: 5, 7: 2})
-        dtype, dims, shard, offset, size, sliced = 0, [], 0, 0, 0, False
+        dtype, dims, shard, offset, size, sliced, crc = 0, [], 0, 0, 0, False, 0
         for field, _, v in fields:
             if field == 1:
                 dtype = v
@@ -254,6 +286,8 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
                 offset = v
             elif field == 5:
                 size = v
+            elif field == 6:
+                crc = v
             elif field == 7:
                 sliced = True
         if sliced:
@@ -281,8 +315,9 @@ def load_checkpoint(prefix) -> Dict[str, np.ndarray]:
             raise CheckpointFormatError(f"{where}: data at {offset} (+{size}) runs past shard "
                                         f"{shard}")
         if dtype == _DT_STRING:
-            out[name] = _strings(buf[offset:offset + size], count, where).reshape(dims)
+            out[name] = _strings(buf[offset:offset + size], count, where, crc).reshape(dims)
             continue
+        _check_crc(crc, _core.crc32c(memoryview(buf)[offset:offset + size]), where, "tensor")
         out[name] = np.frombuffer(buf, dt, count, offset).astype(dt.newbyteorder("="))\
             .reshape(dims) if count else np.zeros(dims, dt.newbyteorder("="))
     return out
