@@ -59,6 +59,9 @@ void need(bool ok, const std::string& what) {
 }  // namespace
 
 void register_lowp(py::module_& m) {
+  // The deepest int8 product whose s32 sums are exact (lowp.h): fusedrnn.lowp.INT8_MAX_K reads
+  // it, so that Python's early refusals and the kernels' own checks name one number.
+  m.attr("int8_max_depth") = py::int_(fusedrnn::lowp::kMaxS8Depth);
   m.def("lowp_tiers", [] {
     py::dict d;
     for (lp::Tier t : {lp::Tier::amx, lp::Tier::avx512_bf16, lp::Tier::avx512, lp::Tier::avx2,

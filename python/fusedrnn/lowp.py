@@ -47,8 +47,10 @@ TIERS = ("amx", "avx512_bf16", "avx512", "avx2", "baseline")
 # 128 * colsum, whose wrapping intermediate sums still give the true sum whenever it fits in
 # s32). The sum is exact -- and the result right -- only while 127 * 127 * K <= 2^31 - 1, i.e.
 # K <= 133,144; from K = 133,145 on a row of full-scale values wraps around (K = 140,000 of ones
-# gave -126,288.5). The kernels do not check it: PackedInt8 and the int8 layers refuse wider K.
-INT8_MAX_K = (2**31 - 1) // (127 * 127)
+# gave -126,288.5). The C++ products and int8 layer calls refuse wider K (lowp::kMaxS8Depth,
+# read here); PackedInt8, frozen(precision="int8") and the int8 layers refuse it before any work,
+# naming the argument.
+INT8_MAX_K = int(_core.int8_max_depth)
 _BF16_KSTEP, _S8_KSTEP = 32, 64   # the kernels' K padding (lowp.h: kBf16KStep, kS8KStep)
 
 
