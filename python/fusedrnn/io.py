@@ -18,7 +18,8 @@ Two layers:
   inconsistency. Round trips are bitwise (NaN payloads and -0.0 included).
 * :func:`save` / :func:`load`: a :class:`fusedrnn.module.Module`'s ``state_dict()`` under its
   own names, the model's ``config()`` (so :func:`load` can rebuild it without the code that
-  made it), an optimiser's ``state_dict()`` and JSON-serialisable user metadata.
+  made it), an optimiser's ``state_dict()``, JSON-serialisable user metadata, and which
+  recurrent layers were frozen copies at which precision (``__metadata__["frozen"]``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import secrets
 import stat
 import sys
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -72,6 +73,9 @@ class Checkpoint:
         as lists).
     config: the model's ``config()`` or None.
     fusedrnn_version: the version of fusedrnn that wrote the file.
+    frozen: {module name: precision} of the recurrent layers that were frozen copies when the
+        model was saved ("" names the model itself, a bare layer), empty if none. A model
+        rebuilt from the config comes back with those layers frozen at those precisions.
     """
 
     model: Optional[Module]
@@ -80,6 +84,7 @@ class Checkpoint:
     metadata: Dict[str, Any]
     config: Optional[dict]
     fusedrnn_version: Optional[str]
+    frozen: Dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -552,7 +557,10 @@ def save(path, model: Module, optimizer=None, **metadata) -> None:
     ``state_dict()`` (when given) and ``metadata`` (JSON-serialisable values) to ``path``.
 
     The file is a safetensors file: model tensors keep their names ("rnn.weight_ih_l0"),
-    optimiser arrays are named ``__optimizer__/state/<index>/<key>``.
+    optimiser arrays are named ``__optimizer__/state/<index>/<key>``. A model with frozen
+    recurrent layers (frozen copies, any precision) is saved as their float32 weights and
+    config plus ``__metadata__["frozen"]``, ``{"<module name>": "<precision>"}``, from which
+    :func:`load` freezes them again.
     """
     fn = "save"
     path = _check_path(fn, path)
@@ -581,11 +589,61 @@ def save(path, model: Module, optimizer=None, **metadata) -> None:
         config = None
     if config is not None:
         meta["model"] = _json(fn, "model.config()", config)
+    # A frozen copy's tensors are the float32 weights it was frozen from (the bf16 / int8
+    # kernels round or quantise them when they pack, deterministically), and its config is the
+    # trainable layer's: the freeze and its precision are stored beside them, so that load
+    # freezes the rebuilt model again and gives the same outputs. (A key of its own, not in
+    # the config: the C++ loader refuses unknown config keys and ignores other metadata.)
+    frozen = _frozen_layers(model)
+    if frozen:
+        meta["frozen"] = _json(fn, "frozen layers", frozen)
     meta["metadata"] = user_meta
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _optimizer_parts(fn, optimizer.state_dict())
         tensors.update(opt_tensors)
     save_tensors(path, tensors, meta)
+
+
+def _frozen_layers(model: Module) -> Dict[str, str]:
+    """{module name: precision} of the frozen recurrent layers (frozen() copies) in model."""
+    from .layers import _RNNBase
+    return {name: m.precision for name, m in model.named_modules()
+            if isinstance(m, _RNNBase) and m.is_frozen}
+
+
+def _refreeze(where: str, model: Module, frozen: Mapping[str, str]) -> Module:
+    """The rebuilt ``model`` with the layers named in ``frozen`` replaced by their
+    ``frozen(precision)`` copies, in eval mode (as models.freeze returns a frozen model): the
+    same kernels and packing from the same float32 weights, so the outputs of the saved copy."""
+    from .layers import _RNNBase
+    modules = dict(model.named_modules())
+    for name, precision in frozen.items():
+        layer = modules.get(name)
+        if not isinstance(layer, _RNNBase):
+            raise CheckpointError(f"{where}: __metadata__['frozen'] names {name!r}, which is "
+                                  f"not a recurrent layer (LSTM / GRU / RNN) of the model")
+        try:
+            twin = layer.frozen(precision)
+        except ValueError as e:
+            raise CheckpointError(f"{where}: cannot freeze {name or 'the model'} at precision "
+                                  f"{precision!r} again ({e})") from None
+        if not name:
+            return twin
+        parent, _, attr = name.rpartition(".")
+        setattr(modules[parent], attr, twin)
+    model.eval()
+    return model
+
+
+def _frozen_meta(where: str, text: str) -> Dict[str, str]:
+    from .models import PRECISIONS
+    frozen = _loads(where, "frozen", text, dict)
+    for name, precision in frozen.items():
+        if precision not in PRECISIONS or (name == "" and len(frozen) != 1):
+            raise CheckpointError(f"{where}: __metadata__['frozen'] must map module names to "
+                                  f"one of {', '.join(PRECISIONS)} ('' alone for a bare "
+                                  f"layer), got {name!r}: {precision!r}")
+    return frozen
 
 
 def _loads(where: str, key: str, text: str, kind: type):
@@ -692,7 +750,11 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
 
     With ``model``, its weights are replaced (``load_state_dict``, strict: names, shapes and
     dtypes must match). Without, the model is rebuilt from the stored config (None if the file
-    has none). With ``optimizer``, ``optimizer.load_state_dict`` gets the stored state.
+    has none); a model saved with frozen layers (``model.frozen(precision)``,
+    ``models.freeze``, ``layer.frozen``) comes back with the same layers frozen at the same
+    precision, in eval mode, and gives the saved copy's outputs bit for bit (``model=`` is
+    loaded as it is given: ``Checkpoint.frozen`` says what was frozen). With ``optimizer``,
+    ``optimizer.load_state_dict`` gets the stored state.
     """
     fn = "load"
     path = _check_path(fn, path)
@@ -713,6 +775,7 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
                               f"{FORMAT_VERSION!r})")
     config = _loads(where, "model", meta["model"], dict) if "model" in meta else None
     user = _loads(where, "metadata", meta["metadata"], dict) if "metadata" in meta else {}
+    frozen = _frozen_meta(where, meta["frozen"]) if "frozen" in meta else {}
 
     state_dict: "OrderedDict[str, np.ndarray]" = OrderedDict()
     opt_tensors: "OrderedDict[str, np.ndarray]" = OrderedDict()
@@ -733,7 +796,8 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
         raise CheckpointError(f"{where}: an optimizer was given but the checkpoint holds no "
                               f"optimizer state")
 
-    if model is None and config is not None:
+    rebuilt = model is None and config is not None
+    if rebuilt:
         # (the size keys of the package's own models only: a user's registered class may use
         # "hidden" for anything, a Linear's width say)
         from .module import _config_class
@@ -758,6 +822,8 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
             raise _mismatch(e)(f"{where}: the tensors do not match the model: "
                                f"{msg.splitlines()[0] if msg else type(e).__name__}") from None
         _warn_nonfinite(path, state_dict)
+        if rebuilt and frozen:
+            model = _refreeze(where, model, frozen)
     if optimizer is not None:
         try:
             optimizer.load_state_dict(opt_state)
@@ -769,4 +835,4 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
                                   ) from None
     return Checkpoint(model=model, state_dict=state_dict, optimizer_state=opt_state,
                       metadata=user, config=config,
-                      fusedrnn_version=meta.get("fusedrnn_version"))
+                      fusedrnn_version=meta.get("fusedrnn_version"), frozen=frozen)
