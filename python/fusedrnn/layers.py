@@ -122,6 +122,29 @@ _KINDS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _SUFFIXES: dict = {}
 _ROUTES: dict = {}   # see _RNNBase._route
 
+#: options a forward reads, per cell: setting one on a built layer takes effect from the next
+#: forward (_RNNBase._set_option); the issue-19 options are the LSTM's and the GRU's only
+_REG_OPTIONS = ("ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout", "input_dropout",
+                "weight_drop", "dropout_masks")
+_LIVE_OPTIONS = {"LSTM": frozenset(("batch_first", "dropout", "cell_clip") + _REG_OPTIONS),
+                 "GRU": frozenset(("batch_first", "dropout", "variant") + _REG_OPTIONS),
+                 "RNN": frozenset(("batch_first", "dropout", "nonlinearity"))}
+_OPTION_ORDER = tuple(sorted(set().union(*_LIVE_OPTIONS.values())))
+#: options fixed at construction, and why
+_SHAPES = "it sets the parameters' shapes"
+_FIXED_OPTIONS = {
+    "input_size": _SHAPES, "hidden_size": _SHAPES, "num_layers": _SHAPES,
+    "bidirectional": _SHAPES, "proj_size": _SHAPES, "num_directions": _SHAPES,
+    "state_size": _SHAPES, "gates": _SHAPES, "mode": "it is the cell",
+    "bias": "it decides whether the bias parameters exist",
+    "peepholes": "it decides whether the peephole parameters exist",
+    "layer_norm": "it adds or removes the layer-norm parameters (ln_gamma_*, ln_beta_*)",
+    "dtype": "it is the parameters' dtype",
+    "init": "it is the parameters' initialisation, done at construction",
+    "forget_bias": "it was added to bias_ih at initialisation (change bias_ih_l{k} itself)",
+}
+_OPTION_NAMES = frozenset(_OPTION_ORDER) | frozenset(_FIXED_OPTIONS) | {"layer_norm"}
+
 
 def _suffix(layer, direction):
     """The parameters' suffix of a layer and direction: "_l0", "_l1_reverse", ..."""
@@ -253,6 +276,72 @@ class _RNNBase(Module):
         self._tls = _PerThread()     # per thread: buffers, training context, d_state
         self._grad_lock = _GradLock()
         self._packed = None  # frozen(): per-thread workspaces holding the packed weights
+
+    # -- options set after construction ------------------------------------------------------
+    # torch.nn.LSTM reads ``self.dropout`` (and batch_first) at every forward, so users set
+    # them on a built module; here a forward reads its options from the layer too, but the
+    # route (plain or regularised kernel) was decided once, so a plain assignment ran the old
+    # configuration and left config() (what a checkpoint stores) behind. Assignments go through
+    # _set_option once the layer is built (_record has run); copies and unpickling set __dict__
+    # directly.
+    def __setattr__(self, name, value):
+        if name in _OPTION_NAMES and self.__dict__.get("_init_args") is not None:
+            self._set_option(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def _set_option(self, name, value):
+        """``layer.<option> = value`` after construction. The options a forward reads
+        (_LIVE_OPTIONS of the cell) take effect from the next forward: checked by the
+        constructor's own checks (a small layer of the same options with this one changed is
+        built), then stored with the others the check normalised, the regularised route
+        recomputed and config() updated. Options that shape the parameters or were used only to
+        initialise them (_FIXED_OPTIONS), and options of another cell, raise AttributeError."""
+        cls = type(self).__name__
+        fn = f"{cls}.{name}"
+        if name in _FIXED_OPTIONS:
+            raise AttributeError(f"{fn} cannot be changed after construction: "
+                                 f"{_FIXED_OPTIONS[name]}; build a new {cls}(..., {name}=...) "
+                                 f"and load_state_dict the weights that still fit")
+        if name not in _LIVE_OPTIONS[self._mode]:
+            raise AttributeError(f"{fn}: {name!r} is not an option of the {cls} layer "
+                                 f"(its options: {', '.join(sorted(_LIVE_OPTIONS[self._mode]))})")
+        if self._packed is not None and name != "batch_first":
+            raise AttributeError(f"{fn}: a frozen copy runs the options it was frozen with; set "
+                                 f"{name} on the layer it was frozen from and freeze it again")
+        args = {k: v for k, v in self.config().items() if k != "type"}
+        # the constructor's checks of these options do not depend on the sizes: a tiny probe
+        args.update(input_size=1, hidden_size=2, num_layers=1, seed=0)
+        if "bidirectional" in args:
+            args["bidirectional"] = False
+        if args.get("proj_size"):
+            args["proj_size"] = 1
+        args[name] = value
+        try:
+            probe = type(self)(**args)
+        except (TypeError, ValueError) as e:
+            msg = str(e)
+            if msg.startswith(f"{cls}: "):
+                msg = msg[len(cls) + 2:]
+            raise type(e)(f"{fn} = {value!r}: {msg}") from None
+        if self._precision != "float32" and getattr(probe, "_reg", None) \
+                and not probe._plain(True):
+            opts = ", ".join(_kernel_options(probe._reg, probe.dropout_masks))
+            raise ValueError(f"{fn} = {value!r}: with {opts} this layer would run the "
+                             f"regularised kernel, float32 only, and its compute is "
+                             f"{self._precision!r}; set compute='float32' first")
+        for k in _LIVE_OPTIONS[self._mode]:
+            object.__setattr__(self, k, getattr(probe, k))
+        if hasattr(probe, "_reg"):
+            object.__setattr__(self, "_reg", probe._reg)
+        keep = ("input_size", "hidden_size", "num_layers", "bidirectional", "proj_size", "seed")
+        self._record(**{k: self._init_args[k] if k in keep else v
+                        for k, v in probe._init_args.items()})
+
+    def _options_key(self):
+        """The options a training forward ran with, which its backward must see unchanged."""
+        return tuple(getattr(self, k, None) for k in _OPTION_ORDER) + \
+            (tuple(getattr(self, "_reg", ())),)
 
     # -- parameters --------------------------------------------------------------------------
     def _suffixes(self):
@@ -483,8 +572,8 @@ class _RNNBase(Module):
         # The forward's precision goes with its context: the caches were written for it, and
         # its backward must run its contract even if ``compute`` changes before backward.
         self._tls.ctx = {"T": T, "N": N, "lengths": lengths, "inputs": inputs, "masks": masks,
-                         "has_state": h0 is not None, "precision": self._precision} \
-            if training else None
+                         "has_state": h0 is not None, "precision": self._precision,
+                         "options": self._options_key()} if training else None
         # Always a copy: with N = 1 or T = 1 the transposed buffer is already C-contiguous, and
         # ascontiguousarray would return the reused buffer itself (the next forward overwrote it)
         output = inp.transpose(1, 0, 2).copy() if batch_first else inp
@@ -569,6 +658,12 @@ class _RNNBase(Module):
             raise RuntimeError(f"{type(self).__name__}.backward: no training forward to "
                                f"differentiate (call forward in train mode first)")
         T, N, lengths, precision = ctx["T"], ctx["N"], ctx["lengths"], ctx["precision"]
+        if ctx["options"] != self._options_key():
+            # (the forward's caches and masks were made for its options: the kernel route,
+            # batch_first's layout and the cell's formula must be the same)
+            raise RuntimeError(f"{type(self).__name__}.backward: the layer's options were "
+                               f"changed after its training forward; run the forward again "
+                               f"with the new options before backward")
         L, D, R, H = self.num_layers, self.num_directions, self.state_size, self.hidden_size
         want = (N, T, D * R) if self.batch_first else (T, N, D * R)
         if d_output is not None and (type(d_output) is not np.ndarray

@@ -224,6 +224,23 @@ class RecurrentModel(Module):
                      nonlinearity=nonlinearity, init=init, dtype=self.rnn.dtype, seed=seed,
                      **regularisers)
 
+    #: the recurrent layer's options a user may set on ``model.rnn`` after construction
+    #: (``model.rnn.dropout = 0.3``; see _RNNBase._set_option), with their defaults
+    _RNN_OPTIONS = {"dropout": 0.0, "ln_eps": 1e-5, "zoneout_h": 0.0, "zoneout_c": 0.0,
+                    "recurrent_dropout": 0.0, "input_dropout": 0.0, "weight_drop": 0.0,
+                    "dropout_masks": "shared"}
+
+    def config(self) -> dict:
+        """The constructor's arguments, with the recurrent layer's options as they are now:
+        one set on ``model.rnn`` after construction takes effect there and is saved (an option
+        at its default that was not given stays out, as the constructor records it)."""
+        cfg = super().config()
+        for k, default in self._RNN_OPTIONS.items():
+            v = getattr(self.rnn, k, default)
+            if k in cfg or v != default:
+                cfg[k] = v
+        return cfg
+
     def forward(self, x, state=None, lengths=None):
         h = self.embed.forward(x) if self.embed is not None else x
         out, state = self.rnn.forward(h, state, lengths)
