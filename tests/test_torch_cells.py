@@ -281,6 +281,45 @@ def test_autocast_bf16(name, xdt, state):
 
 
 @pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+@pytest.mark.parametrize("xdt", [torch.float32, torch.float16])
+@pytest.mark.parametrize("state", [None, torch.float32, torch.float16, "mixed"])
+def test_autocast_float16(name, xdt, state):
+    """Under torch.autocast('cpu', dtype=torch.float16) a float32 cell takes float32 or
+    float16 input and states and returns torch.nn's cells' dtypes there (RNNCell float16;
+    LSTMCell the dtype of c, GRUCell that of h, the input's when no state is given), values
+    over 20 steps and float32 parameters' gradients within the README's fp16 tolerance
+    (operands rounded to float16, float32 kernels). Before, it returned float32 and refused
+    float16 input."""
+    ref, ours = _autocast_twins(name)
+    g = torch.Generator().manual_seed(4)
+    xs = torch.randn(20, 3, 4, generator=g).to(xdt)
+    hx = None
+    if state is not None:   # mixed: h float32, c float16 (the LSTM's results follow c)
+        h = torch.randn(3, 5, generator=g).to(torch.float32 if state == "mixed" else state)
+        c = torch.randn(3, 5, generator=g).to(torch.float16 if state == "mixed" else state)
+        hx = (h, c) if name == "LSTMCell" else h
+    outs = []
+    for m in (ref, ours):
+        st = hx
+        with torch.autocast("cpu", dtype=torch.float16):
+            for x in xs:
+                st = m(x, st)
+        outs.append(st if isinstance(st, tuple) else (st,))
+        sum(t.float().pow(2).sum() for t in outs[-1]).backward()
+    want, got = outs
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-3)
+    for p, q in zip(ours.parameters(), ref.parameters()):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=1e-2 * float(q.grad.abs().max()))
+    with torch.autocast("cpu", dtype=torch.float16), \
+            pytest.raises(TypeError, match=r"input must have dtype torch.float32 or "
+                                           r"torch.float16 under torch.autocast"):
+        ours(xs[0].bfloat16())
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_bfloat16_cell_inference(name):
     """A cell converted with .bfloat16() runs bf16 inference (bfloat16 results, as torch.nn's
     bf16 cell); with a gradient wanted it says to call it under no_grad."""

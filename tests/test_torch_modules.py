@@ -545,6 +545,77 @@ def test_autocast_result_dtypes_are_torchs(cell, xdt, state, packed):
         assert not torch.equal(c_n, c_n.bfloat16().float())
 
 
+FP16_CELLS = dict(CELLS, lstm_2bi=("LSTM", {"num_layers": 2, "bidirectional": True}),
+                  gru_2bi=("GRU", {"num_layers": 2, "bidirectional": True}),
+                  rnn_2bi=("RNN", {"num_layers": 2, "bidirectional": True}))
+
+
+@pytest.mark.parametrize("cell", list(FP16_CELLS))
+@pytest.mark.parametrize("xdt", [torch.float32, torch.float16])
+@pytest.mark.parametrize("state", [None, "float32", "float16", "mixed"])
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_autocast_float16_is_torchs(cell, xdt, state):
+    """Under torch.autocast('cpu', dtype=torch.float16) the layers return torch.nn's dtypes
+    (torch.nn's native layers, oneDNN off: its fp16 LSTM primitive is refused on CPUs without
+    fp16 support, and it is not used for float16 input): the RNN float16; the LSTM's results
+    in the dtype of the c it carries, a projected LSTM's output and h_n float16; the GRU's in
+    that of h (c_0 / h_0, else the input's). Values and float32 parameters' gradients as
+    torch.nn's there within the README's fp16 tolerance (x, h_0 and weights rounded to
+    float16, float32 kernels). Before, the layers ran float32 and returned float32 (and
+    refused float16 input)."""
+    cls, kw = FP16_CELLS[cell]
+    ref, ours = twins(cls, dtype=torch.float32, **kw)
+    lstm = cls == "LSTM"
+    R, LD = kw.get("proj_size", H), kw.get("num_layers", 1) * (1 + kw.get("bidirectional", 0))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(20, N, C, generator=g).to(xdt)
+    hx = None
+    if state is not None:   # mixed: h float32, c float16
+        hdt = torch.float32 if state == "mixed" else getattr(torch, state)
+        cdt = torch.float16 if state == "mixed" else hdt
+        h = torch.randn(LD, N, R, generator=g).to(hdt)
+        hx = (h, torch.randn(LD, N, H, generator=g).to(cdt)) if lstm else h
+    flat = lambda r: [r[0]] + (list(r[1]) if lstm else [r[1]])  # noqa: E731
+    res = []
+    for m in (ref, ours):
+        with torch.backends.mkldnn.flags(enabled=False), \
+                torch.autocast("cpu", dtype=torch.float16):
+            out = flat(m(x, hx))
+        sum(t.float().pow(2).sum() for t in out).backward()
+        res.append((out, [p.grad for p in m.parameters()]))
+    (want, want_g), (got, got_g) = res
+    assert [t.dtype for t in got] == [t.dtype for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=2e-3)
+    for a, b in zip(got_g, want_g):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-2 * float(b.abs().max()))
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
+def test_autocast_float16_refusals_and_fallback():
+    """Under fp16 autocast the input and states are float32 or float16 (bfloat16: TypeError
+    naming both); outside it float16 input is refused as before; issue 19's options with only
+    the float32 regularised kernel run float32 and return float32, as under bf16 autocast."""
+    m = frt.GRU(C, H)
+    with torch.autocast("cpu", dtype=torch.float16):
+        with pytest.raises(TypeError, match=r"input must have dtype torch.float32 or "
+                                            r"torch.float16 under torch.autocast\('cpu', "
+                                            r"dtype=torch.float16\), got torch.bfloat16"):
+            m(torch.randn(T, N, C).bfloat16())
+        with pytest.raises(TypeError, match=r"hx must have dtype torch.float32 or "
+                                            r"torch.float16 under"):
+            m(torch.randn(T, N, C), torch.randn(1, N, H).bfloat16())
+    with pytest.raises(TypeError, match=r"float16 only under torch.autocast\('cpu', "
+                                        r"dtype=torch.float16\)"):
+        m(torch.randn(T, N, C).half())
+    ln = frt.LSTM(C, H, layer_norm="haste")
+    with torch.autocast("cpu", dtype=torch.float16):
+        out, (h_n, c_n) = ln(torch.randn(T, N, C).half())
+    assert out.dtype == h_n.dtype == c_n.dtype == torch.float32
+
+
 def test_import_isolation():
     """`import fusedrnn` does not import torch; inside fusedrnn.torch, `torch` is PyTorch."""
     code = ("import sys, fusedrnn; assert 'torch' not in sys.modules; "

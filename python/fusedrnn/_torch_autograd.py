@@ -16,6 +16,29 @@ _PROXY = torch.fx.Proxy     # (torch imports torch.fx)
 _DTYPES = (torch.float32, torch.float64)
 _PARAM_DTYPES = _DTYPES + (torch.bfloat16,)          # bf16 parameters: .to(torch.bfloat16)
 _AUTOCAST_DTYPES = (torch.float32, torch.bfloat16)   # inputs and states under bf16 autocast
+_AUTOCAST16_DTYPES = (torch.float32, torch.float16)  # inputs and states under fp16 autocast
+
+
+def _autocast_mode(dtype):
+    """How CPU autocast applies to a module whose parameters are ``dtype``: "autocast" (float32
+    parameters under ``torch.autocast("cpu", dtype=torch.bfloat16)``: fusedrnn's bf16 kernels),
+    "autocast16" (float32 parameters under ``dtype=torch.float16``: fusedrnn has no fp16
+    kernels, so the operands torch's autocast casts to float16 are rounded to float16 and the
+    float32 kernels run on them, see _half) or None (no autocast, or float64 / bfloat16
+    parameters, which autocast leaves as they are)."""
+    if dtype is not torch.float32 or not torch.is_autocast_enabled("cpu"):
+        return None
+    low = torch.get_autocast_dtype("cpu")
+    return "autocast" if low == torch.bfloat16 else "autocast16" if low == torch.float16 \
+        else None
+
+
+def _half(t):
+    """fp16 autocast's cast of an operand of its float16 products, as float32: ``t`` rounded to
+    float16 (to nearest even; beyond 65504: inf, as the cast gives) and widened exactly.
+    Differentiable as torch's casts are: the gradient comes back rounded to float16 and
+    widened, as autocast's float16 products give it to a float32 tensor. None stays None."""
+    return None if t is None else t.to(torch.float16).to(torch.float32)
 
 _DOUBLE_BACKWARD = (
     "fusedrnn.torch: double backward is not supported: a gradient computed with "
@@ -99,13 +122,16 @@ def _check_tensor(fn, name, t, dtype=None, allowed=_DTYPES, why=None):
         if allowed == _AUTOCAST_DTYPES:
             raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.bfloat16 "
                             f"under torch.autocast('cpu', dtype=torch.bfloat16), got {t.dtype}")
+        if allowed == _AUTOCAST16_DTYPES:
+            raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float16 "
+                            f"under torch.autocast('cpu', dtype=torch.float16), got {t.dtype}")
         if t.dtype == torch.bfloat16:
             raise TypeError(f"{fn}: {name} is torch.bfloat16 but the module's parameters are "
                             f"not: bf16 inference runs a bfloat16 module (module.bfloat16()) "
                             f"or under torch.autocast('cpu', dtype=torch.bfloat16)")
         raise TypeError(f"{fn}: {name} must have dtype torch.float32 or torch.float64, or "
-                        f"torch.bfloat16 for inference (half precision is not supported), got "
-                        f"{t.dtype}")
+                        f"torch.bfloat16 for inference (float16 only under "
+                        f"torch.autocast('cpu', dtype=torch.float16)), got {t.dtype}")
     if dtype is not None and t.dtype != dtype:
         raise TypeError(f"{fn}: {name} must have dtype {dtype} (the dtype of the module's "
                         f"parameters), got {t.dtype}")

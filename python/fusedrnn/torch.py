@@ -62,6 +62,17 @@ only the float32 regularised kernel: under autocast such a layer runs in float32
 float32 (torch's autocast does the same for an op without a bf16 path), and with bfloat16
 parameters it raises ValueError naming the option.
 
+fp16 autocast: fusedrnn has no fp16 kernels, so a float32 module called under
+``torch.autocast("cpu", dtype=torch.float16)`` (input and states float32 or float16) runs the
+float32 kernels on the operands autocast casts to float16 for its products, rounded to float16
+(x and each layer's input, h_0, the weights and biases; differentiable, so float32 parameters
+get float32 gradients rounded as autocast's), and returns the dtypes of torch.nn's native
+layers there: float16 for the RNN; the LSTM's results in the dtype of the c it carries (c_0 as
+given, else the input's), a projected LSTM's output and h_n float16; the GRU's in the dtype of
+the h it carries. The kernels keep the state in float32 between steps where torch rounds it,
+so the results agree with torch.nn's to float16 tolerance (README). The regularised options
+run float32 there as under bf16 autocast.
+
 int8 inference: ``quantize_dynamic(module)`` returns a copy whose LSTM / GRU / RNN layers
 (stock torch.nn ones converted) run fusedrnn's int8 kernels -- s8 weights with per-row scales
 quantised once, activations quantised per row, float32 in and out; see its docstring.
@@ -113,9 +124,10 @@ import torch  # the real PyTorch (absolute import), not this module
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import functional as _F
-from ._torch_autograd import (_AUTOCAST_DTYPES, _DOUBLE_BACKWARD, _DTYPES,  # noqa: F401
-                              _PARAM_DTYPES, _check_tensor, _first_order_only, _fx_call,
-                              _graph_mode, _refuse_script, _weight)
+from ._torch_autograd import (_AUTOCAST16_DTYPES, _AUTOCAST_DTYPES,  # noqa: F401
+                              _DOUBLE_BACKWARD, _DTYPES, _PARAM_DTYPES, _autocast_mode,
+                              _check_tensor, _first_order_only, _fx_call, _graph_mode, _half,
+                              _refuse_script, _weight)
 
 __all__ = ["LSTM", "GRU", "RNN", "quantize_dynamic"]
 
@@ -535,18 +547,20 @@ class _Base:
         else:
             lowp = self._lowp(fn, dtype, params, input, hx)
         fp32_fallback = False
-        if lowp in ("module", "autocast") and self._needs_regularised_kernel():
+        if lowp in ("module", "autocast", "autocast16") and self._needs_regularised_kernel():
             opts = ", ".join(self._kernel_regularisers())
             if lowp == "module":
                 raise ValueError(f"{fn}: bfloat16 parameters run fusedrnn's bf16 kernels, which "
                                  f"have no path for {opts}; keep this layer in float32")
-            # torch.autocast runs an op without a bf16 path in float32: so does this layer
-            # (float32 kernels, float32 results; bf16 inputs and states widened exactly)
+            # torch.autocast runs an op without a low-precision path in float32: so does this
+            # layer (float32 kernels, float32 results; bf16 / fp16 inputs and states widened
+            # exactly)
             fp32_fallback = True
         # the dtype the input and states must have (None under autocast: float32 or bfloat16)
-        allowed = _DTYPES if lowp in (None, "int8") else (_PARAM_DTYPES if lowp == "module"
-                                                          else _AUTOCAST_DTYPES)
-        if lowp == "autocast":
+        allowed = _DTYPES if lowp in (None, "int8") else (
+            _PARAM_DTYPES if lowp == "module" else
+            _AUTOCAST_DTYPES if lowp == "autocast" else _AUTOCAST16_DTYPES)
+        if lowp in ("autocast", "autocast16"):
             dtype = None
         L, D = self.num_layers, 2 if self.bidirectional else 1
         R = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -638,6 +652,31 @@ class _Base:
                                       precision="bfloat16")
             out, h_n = out.to(torch.bfloat16), h_n.to(torch.bfloat16)
             c_n = None if c_n is None else c_n.to(torch.bfloat16)
+        elif lowp == "autocast16":
+            # fp16 autocast: fusedrnn has no fp16 kernels, so the float32 kernels run on the
+            # operands torch's autocast casts to float16 for its products, rounded to float16
+            # (_half, differentiable: float32 parameters get float32 gradients, rounded as
+            # autocast's): x and every layer's input, the weights and biases (in _run), h_0
+            # (a product operand). Unlike torch, the kernels keep the state in float32 between
+            # steps (tolerance in the README). The results have the dtypes of torch.nn's native
+            # layers under fp16 autocast: the RNN's are float16 (tanh/relu of float16
+            # products); the LSTM's c' = f c + i g and the GRU's h' = (1 - z) n + z h combine
+            # float16 gates with the carried state, so they are in its dtype (c_0 / h_0 as
+            # given, else the input's: float32 for float32 input), the LSTM's h and output
+            # (o tanh(c)) with them, and a projected LSTM's h and output (a float16 product)
+            # are float16. (torch.nn's oneDNN LSTM, which it uses for float32 input, is refused
+            # by oneDNN on a CPU without fp16 LSTM support, this one included; see the README.)
+            f16 = torch.float16
+            carried = (x if (c0 if lstm else h0) is None else (c0 if lstm else h0)).dtype
+            gru32 = self.mode == "GRU" and carried is not f16
+            f32 = lambda t: None if t is None else t.float()  # noqa: E731
+            # (the GRU's float32 h_0 is also the carried state: kept, not rounded)
+            out, h_n, c_n = self._run(f32(x), f32(h0) if gru32 else _half(h0), f32(c0),
+                                      lengths, params, precision="float16")
+            if self.mode.startswith("RNN") or self.proj_size > 0 or carried is f16:
+                out, h_n = out.to(f16), h_n.to(f16)
+            if c_n is not None and carried is f16:
+                c_n = c_n.to(f16)
         else:
             # autocast: the bf16 kernels, inference or (a gradient wanted) mixed-precision
             # training: float32 parameters and gradients, the input and states widened to
@@ -682,7 +721,9 @@ class _Base:
         """How this call uses the bf16 kernels: "module" (bfloat16 parameters, from
         ``.to(torch.bfloat16)``: inference), "autocast" (float32 parameters under
         ``torch.autocast("cpu", dtype=torch.bfloat16)``: bf16 inference, or with a gradient
-        wanted mixed-precision training, issue 17), or None (the float32/float64 kernels).
+        wanted mixed-precision training, issue 17), "autocast16" (float32 parameters under
+        ``dtype=torch.float16``: the float32 kernels on operands rounded to float16), or None
+        (the float32/float64 kernels).
         bfloat16 parameters with a gradient wanted: ValueError (inference only)."""
         if dtype == torch.bfloat16:
             if torch.is_grad_enabled() and _wants_grad(params, input, hx):
@@ -692,13 +733,13 @@ class _Base:
                     f"torch.inference_mode() (or set requires_grad=False on its parameters "
                     f"and inputs); train in float32")
             return "module"
-        if (dtype == torch.float32 and torch.is_autocast_enabled("cpu")
-                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-            return "autocast"
-        return None
+        return _autocast_mode(dtype)
 
     def _run(self, x, h0, c0, lengths, params, precision="float32"):
-        """Time-major contiguous x [T, N, C] -> (output [T, N, D*R], h_n, c_n or None)."""
+        """Time-major contiguous x [T, N, C] -> (output [T, N, D*R], h_n, c_n or None).
+        precision "float16" (fp16 autocast): the float32 kernels, each layer's input and the
+        weights (after weight drop) rounded to float16 as autocast casts its products'
+        operands."""
         kind, flag = self._kernel_kind()
         L, D = self.num_layers, 2 if self.bidirectional else 1
         grad = torch.is_grad_enabled() and (
@@ -725,13 +766,18 @@ class _Base:
                     xin = (inp * _keep(inp.shape[1:], drop_x, inp.dtype)).contiguous()
                 if drop_w:
                     w_hh = (w_hh * _keep(tuple(w_hh.shape), drop_w, w_hh.dtype)).contiguous()
+                kprec = precision
+                if precision == "float16":
+                    xin, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep = (
+                        _half(t) for t in (xin, w_ih, w_hh, b_ih, b_hh, w_hr, w_peep))
+                    kprec = "float32"
                 if grad:
-                    res = _LayerFunction.apply(kind, flag, direction == 1, lengths, precision,
+                    res = _LayerFunction.apply(kind, flag, direction == 1, lengths, kprec,
                                                xin, h0_i, c0_i, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                w_peep)
                 else:
                     r = _kernel_forward(kind, flag, direction == 1, lengths, xin, h0_i, c0_i,
-                                        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, False, precision)
+                                        w_ih, w_hh, b_ih, b_hh, w_hr, w_peep, False, kprec)
                     res = tuple(torch.from_numpy(a) for a in r[:-1])
                 ys.append(res[0])
                 hs.append(res[1])

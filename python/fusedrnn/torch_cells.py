@@ -17,7 +17,10 @@ ValueError with a gradient wanted), and a float32 cell under ``torch.autocast("c
 dtype=torch.bfloat16)`` takes float32 or bfloat16 input and states and runs the bf16 kernels
 (inference, or mixed-precision training with float32 gradients), returning torch.nn's cells'
 dtypes there (RNNCell bfloat16; LSTMCell the dtype of c, GRUCell that of h, the input's when no
-state is given). While torch records a graph (``torch.jit.trace``, ``torch.export``,
+state is given). Under ``torch.autocast("cpu", dtype=torch.float16)`` a float32 cell takes
+float32 or float16 input and states and runs the float32 kernels on x, h and the weights
+rounded to float16 (fusedrnn has no fp16 kernels), returning the same dtypes with float16 in
+bfloat16's place (RNNCell float16). While torch records a graph (``torch.jit.trace``, ``torch.export``,
 ``torch.onnx.export``) a cell runs torch.nn's forward, so the graph is the stock cell's;
 ``torch.jit.script`` raises a RuntimeError saying so; ``torch.fx.symbolic_trace`` records the
 cell as one ``call_module`` node; torch.func's transforms and forward-mode AD raise TypeError.
@@ -48,8 +51,8 @@ import numpy as np
 import torch
 
 from . import cells as _cells
-from ._torch_autograd import (_AUTOCAST_DTYPES, _DTYPES, _FORWARD_AD, _PARAM_DTYPES,
-                              _check_tensor, _first_order_only, _fx_call, _graph_mode,
+from ._torch_autograd import (_AUTOCAST16_DTYPES, _AUTOCAST_DTYPES, _DTYPES, _FORWARD_AD,
+                              _PARAM_DTYPES, _autocast_mode, _check_tensor, _half, _first_order_only, _fx_call, _graph_mode,
                               _refuse_script, _weight)
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
@@ -349,7 +352,8 @@ class _CellMixin:
     def _fr_checked(self, fn, input, hx):
         """The checks of every argument, naming the one that fails: (params, lowp, x, h0, c0,
         batched), x and the states [N, *] and contiguous. lowp: "module" (bfloat16
-        parameters), "autocast" (float32 parameters under bf16 autocast) or None."""
+        parameters), "autocast" (float32 parameters under bf16 autocast), "autocast16" (under
+        fp16 autocast) or None."""
         self._fr_flag   # noqa: B018  (RNNCell: a ValueError for an unknown nonlinearity)
         # (the fast tests below cost ~3 µs; _check_tensor runs, and names the problem, only
         # where one of them fails)
@@ -359,13 +363,13 @@ class _CellMixin:
         lowp = None
         if dt is torch.bfloat16:
             lowp = "module"
-        elif dt is torch.float32 and torch.is_autocast_enabled("cpu") and \
-                torch.get_autocast_dtype("cpu") == torch.bfloat16:
-            lowp = "autocast"
+        else:
+            lowp = _autocast_mode(dt)
         if lowp is None:
             want, allowed = dt, _DTYPES
         else:
-            want, allowed = (dt, _PARAM_DTYPES) if lowp == "module" else (None, _AUTOCAST_DTYPES)
+            want, allowed = (dt, _PARAM_DTYPES) if lowp == "module" else (
+                None, _AUTOCAST_DTYPES if lowp == "autocast" else _AUTOCAST16_DTYPES)
         if not isinstance(input, torch.Tensor) or input.dtype is not dt or \
                 not input.is_cpu or input.layout is not _STRIDED or input.is_neg() or special:
             _check_tensor(fn, "input", input, want, allowed)
@@ -405,7 +409,12 @@ class _CellMixin:
         mixed-precision training; x, the weights and the recurrent operand rounded to bf16,
         fp32 accumulation and gates). Under autocast the results have torch.nn's cells' dtypes
         there: the RNNCell's bfloat16; the LSTMCell's the dtype of c (of the input when no
-        state is given), the GRUCell's that of h (likewise)."""
+        state is given), the GRUCell's that of h (likewise). "autocast16" (float32 parameters
+        under ``dtype=torch.float16``): fusedrnn has no fp16 kernels, so the float32 kernels run
+        on x, the weights, the biases and h rounded to float16 (the operands autocast casts for
+        its products; the GRUCell's float32 h, also the state it carries, is kept), with the
+        dtypes torch.nn's cells return there: the RNNCell's float16, the LSTMCell's the dtype
+        of c, the GRUCell's that of h (the input's when no state is given)."""
         from .torch import _LayerFunction, _kernel_forward
         mode = self._fr_mode
         kind = mode.lower()
@@ -419,24 +428,31 @@ class _CellMixin:
         # (bf16 -> float32 is exact: the kernels round x, the weights and the recurrent operand
         # to bf16 themselves)
         f32 = lambda t: None if t is None else t.float()  # noqa: E731
+        # torch.nn's cells under autocast: the products in low precision, the gate arithmetic
+        # in the dtype of the state it combines them with (the LSTM's c, the GRU's h; zeros of
+        # the input's dtype when none is given); the RNNCell has none
+        carried = c0 if mode == "LSTM" else h0
+        lowdt = torch.float16 if lowp == "autocast16" else torch.bfloat16
+        low = lowp == "module" or mode == "RNN" or \
+            (x if carried is None else carried).dtype is lowdt
+        prec, ws = "bfloat16", params
         xs, h, c = f32(x).unsqueeze(0), f32(h0), f32(c0)
+        if lowp == "autocast16":
+            # float16 operands of the products, float32 kernels (_half: differentiable)
+            prec, ws = "float32", tuple(_half(p) for p in params)
+            xs = _half(xs)
+            h = h if mode == "GRU" and not low else _half(h0)
         if training:
-            res = _LayerFunction.apply(kind, kflag, False, None, "bfloat16", xs, h, c,
-                                       *params, None, None)
+            res = _LayerFunction.apply(kind, kflag, False, None, prec, xs, h, c, *ws, None,
+                                       None)
         else:
-            ws = tuple(None if p is None else p.detach().float() for p in params)
+            ws = tuple(None if p is None else p.detach().float() for p in ws)
             r = _kernel_forward(kind, kflag, False, None, xs, h, c, *ws, None, None, False,
-                                "bfloat16")
+                                prec)
             res = tuple(torch.from_numpy(a) for a in r[:-1])
         out = res[1:]   # (h_n[, c_n]): T = 1, y is h_n
-        # torch.nn's cells under autocast: the products in bf16, the gate arithmetic in the
-        # dtype of the state it combines them with (the LSTM's c, the GRU's h; zeros of the
-        # input's dtype when none is given); the RNNCell has none
-        carried = c0 if mode == "LSTM" else h0
-        low = lowp == "module" or mode == "RNN" or \
-            (x if carried is None else carried).dtype is torch.bfloat16
         if low:
-            out = tuple(t.to(torch.bfloat16) for t in out)
+            out = tuple(t.to(lowdt) for t in out)
         return out if mode == "LSTM" else out[0]
 
 
