@@ -311,6 +311,90 @@ def test_named_parameters_match_torch():
     assert [n for n, _ in net.named_children()] == ["emb", "body", "head"]
 
 
+def _tied_pair():
+    """Net and TorchNet with the head's weight tied to the embedding (a language model's)."""
+    net = Net()
+    net.head = Linear(4, 10, bias=False, dtype=np.float32, seed=3)
+    net.head.weight = net.emb.weight
+    tn = TorchNet()
+    tn.head = torch.nn.Linear(4, 10, bias=False)
+    tn.head.weight = tn.emb.weight
+    return net, tn
+
+
+def test_tied_state_dict_loads_strictly_both_ways():
+    """state_dict lists a tied Parameter under each name, as torch's does: ours loads strictly
+    into the torch model with the same tie and torch's into ours (before, ours dropped
+    head.weight: torch's strict load said it was missing, and ours refused torch's as
+    unexpected). load_state_dict takes both names, copies once, keeps the tie; entries that
+    differ are refused naming both; strict needs every name."""
+    net, tn = _tied_pair()
+    got = tn.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    assert list(got.missing_keys) == [] and list(got.unexpected_keys) == []
+    assert tn.head.weight is tn.emb.weight
+    np.testing.assert_array_equal(tn.emb.weight.detach().numpy(), net.emb.weight.data)
+    with torch.no_grad():
+        for p in tn.parameters():
+            p.mul_(2)
+    res = net.load_state_dict(tn.state_dict())
+    assert net.head.weight is net.emb.weight
+    np.testing.assert_array_equal(net.head.weight.data, tn.emb.weight.detach().numpy())
+    assert res == tn.load_state_dict(tn.state_dict()) == ([], [])
+    sd = {k: v.numpy().copy() for k, v in tn.state_dict().items()}
+    sd["head.weight"][0, 0] += 1
+    before = net.emb.weight.data.copy()
+    with pytest.raises(ValueError, match="emb.weight and head.weight are one \\(tied\\) "
+                                         "parameter, but the state dict gives them different "
+                                         "values; nothing was copied"):
+        net.load_state_dict(sd)
+    np.testing.assert_array_equal(net.emb.weight.data, before)
+    del sd["head.weight"]
+    with pytest.raises(KeyError, match=r"missing \['head.weight'\], unexpected \[\]"):
+        net.load_state_dict(sd)
+    res = net.load_state_dict(sd, strict=False)
+    assert res.missing_keys == ["head.weight"] and res.unexpected_keys == []
+    np.testing.assert_array_equal(net.head.weight.data, sd["emb.weight"])
+
+
+def test_tied_model_saves_and_loads_tied(tmp_path):
+    """fusedrnn.io.save / load of a tied model: both names written (the same values), loaded
+    back strictly into a tied model, which stays tied; the optimiser and num_parameters still
+    count the Parameter once."""
+    import fusedrnn.io as fio
+    from fusedrnn.optim import Adam
+    net, tn = _tied_pair()
+    assert net.num_parameters() == sum(p.numel() for p in tn.parameters())
+    assert len(list(net.parameters())) == len(list(tn.parameters()))
+    opt = Adam(net.parameters(), lr=0.1)
+    fio.save(tmp_path / "m.safetensors", net, opt)
+    other, _ = _tied_pair()
+    other.emb.weight.data[...] = 0
+    ck = fio.load(tmp_path / "m.safetensors", other, Adam(other.parameters(), lr=0.1))
+    assert list(ck.state_dict) == list(tn.state_dict())
+    assert other.head.weight is other.emb.weight
+    np.testing.assert_array_equal(other.emb.weight.data, net.emb.weight.data)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_load_state_dict_returns_torchs_named_tuple(strict):
+    """load_state_dict returns (missing_keys, unexpected_keys) as torch's _IncompatibleKeys,
+    in both strict modes (it returned None): the same lists as torch's."""
+    net, tn = Net(), TorchNet()
+    sd = {k: v.copy() for k, v in net.state_dict().items()}
+    res = net.load_state_dict(sd, strict=strict)
+    want = tn.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=strict)
+    assert res._fields == want._fields == ("missing_keys", "unexpected_keys")
+    assert res == want == ([], []) and repr(res) == repr(want)
+    if not strict:
+        del sd["scale"]
+        sd["extra.weight"] = np.zeros(3, np.float32)
+        res = net.load_state_dict(sd, strict=False)
+        want = tn.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+        assert res.missing_keys == want.missing_keys == ["scale"]
+        assert res.unexpected_keys == want.unexpected_keys == ["extra.weight"]
+        assert isinstance(res.missing_keys, list) and isinstance(res.unexpected_keys, list)
+
+
 def test_nested_sequential_names():
     s = Sequential(Linear(2, 3, seed=0), Sequential(Linear(3, 3, seed=1), Linear(3, 1, seed=2)))
     assert [n for n, _ in s.named_parameters()] == [
@@ -329,7 +413,8 @@ def test_tied_parameters_listed_once_and_accumulate():
     tn.head = torch.nn.Linear(4, 10, bias=False)
     tn.head.weight = tn.emb.weight
     assert names == [n for n, _ in tn.named_parameters()]   # torch also lists it once
-    assert list(net.state_dict()) == names
+    assert list(net.state_dict()) == list(tn.state_dict())  # ... but its state_dict both names
+    assert net.state_dict()["head.weight"] is net.state_dict()["emb.weight"]
     # both uses add into the one gradient
     idx = np.array([1, 2, 1])
     e = net.emb(idx)

@@ -11,7 +11,9 @@ update ``data`` in place, so every array a module hands to the kernels stays val
 
 Names follow torch: ``named_parameters()`` yields ``"rnn.weight_ih_l0"``, ``"head.bias"``,
 ``"0.weight"`` (children of a Sequential are numbered). ``state_dict()`` is one flat ordered dict
-of those names to arrays; ``grad_dict()`` the same for gradients.
+of names to arrays; as torch's, it lists a tied Parameter (one reachable under two names) under
+every name, where ``named_parameters()`` lists it once. ``grad_dict()`` maps the names of
+``named_parameters()`` to the gradients.
 
 Every built-in module records the arguments it was built with (``config()``), so a checkpoint
 can rebuild the model without the code that made it (:func:`module_from_config`).
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -230,6 +232,21 @@ def module_from_config(config: dict) -> "Module":
     return cls._from_config(config)
 
 
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What ``Module.load_state_dict`` returns, as torch's (its class, repr included): the
+    lists of the module's names the state dict lacked (``missing_keys``) and of the state
+    dict's names the module has not (``unexpected_keys``); both empty after a strict load."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
 class Module:
     """Base class: registers Parameter and Module attributes in assignment order.
 
@@ -330,31 +347,47 @@ class Module:
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
+    def _all_named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
+        """(name, Parameter) under every name it is reachable by: a tied Parameter once per
+        name (torch's state_dict order), where named_parameters() lists it once."""
+        for mname, m in self.named_modules():
+            for pname, p in m._parameters.items():
+                yield (f"{mname}.{pname}" if mname else pname), p
+
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Name -> parameter array (the arrays themselves, as torch returns its tensors)."""
-        return OrderedDict((n, p.data) for n, p in self.named_parameters())
+        """Name -> parameter array (the arrays themselves, as torch returns its tensors). A
+        tied Parameter is listed under each of its names, as torch's state_dict lists it (so a
+        strict load into the torch model with the same tie, and of its state dict here,
+        works); the entries are the same array. Count parameters with ``parameters()``."""
+        return OrderedDict((n, p.data) for n, p in self._all_named_parameters())
 
     def grad_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Name -> gradient array, same names as ``state_dict()``."""
+        """Name -> gradient array, the names of ``named_parameters()`` (a tied Parameter's
+        one gradient under its first name)."""
         return OrderedDict((n, p.grad) for n, p in self.named_parameters())
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> None:
+    def load_state_dict(self, state_dict, strict: bool = True) -> _IncompatibleKeys:
         """Copies arrays (or torch tensors) into the parameters, in place.
 
         Names, shapes and dtypes are checked for every entry before anything is copied; a
-        mismatch raises naming the entry. ``strict=False`` skips missing and unexpected names.
-        Nothing is cast: a float64 array for a float32 parameter raises (cast it yourself).
+        mismatch raises naming the entry. The names are ``state_dict()``'s: a tied Parameter's
+        every name (``strict=True`` requires them all, as torch's does); the entries given for
+        one Parameter must be equal, else ValueError naming them. ``strict=False`` skips
+        missing and unexpected names. Nothing is cast: a float64 array for a float32 parameter
+        raises (cast it yourself). Returns torch's named tuple ``(missing_keys,
+        unexpected_keys)`` (both empty after a strict load).
         """
         if not hasattr(state_dict, "items"):
             raise TypeError(f"load_state_dict: expected a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict(self._all_named_parameters())
         given = OrderedDict((str(k), v) for k, v in state_dict.items())
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
         staged = []
+        first = {}      # id(Parameter) -> (its first name given, the array checked for it)
         for name, p in own.items():
             if name not in given:
                 continue
@@ -369,10 +402,21 @@ class Module:
                 raise ValueError(f"load_state_dict: {name} is read-only (a frozen copy's "
                                  f"weights, packed once): load into the unfrozen model and "
                                  f"freeze it again; nothing was copied")
+            seen = first.get(id(p))
+            if seen is not None:
+                # a tied Parameter given again under another name: one value to copy, so the
+                # entries must agree (torch copies both, and the last one silently wins)
+                if not np.array_equal(seen[1], a, equal_nan=True):
+                    raise ValueError(f"load_state_dict: {seen[0]} and {name} are one (tied) "
+                                     f"parameter, but the state dict gives them different "
+                                     f"values; nothing was copied")
+                continue
+            first[id(p)] = (name, a)
             staged.append((p, a))
         for p, a in staged:
             np.copyto(p.data, a)
             p.changed()
+        return _IncompatibleKeys(missing, unexpected)
 
     # -- modes and gradients -------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Module":
