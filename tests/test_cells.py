@@ -854,3 +854,18 @@ def test_release_buffers_clears_the_tape():
     cell.release_buffers()
     with pytest.raises(RuntimeError, match="no recorded step"):
         cell.backward(np.ones((N, H)))
+
+
+def test_cell_load_state_dict_returns_the_keys():
+    """A cell's load_state_dict returns (missing_keys, unexpected_keys) as Module's and torch's
+    do (it returned None), and still invalidates the packed weights."""
+    cell = fusedrnn.LSTMCell(3, 4, seed=0)
+    other = fusedrnn.LSTMCell(3, 4, seed=1)
+    x = np.ones((2, 3), np.float32)
+    h_other = other(x)[0]
+    res = cell.load_state_dict(other.state_dict())
+    assert res == ([], []) and res._fields == ("missing_keys", "unexpected_keys")
+    np.testing.assert_array_equal(cell(x)[0], h_other)
+    sd = dict(other.state_dict())
+    del sd["bias_hh"]
+    assert cell.load_state_dict(sd, strict=False).missing_keys == ["bias_hh"]

@@ -375,6 +375,30 @@ def test_tied_model_saves_and_loads_tied(tmp_path):
     np.testing.assert_array_equal(other.emb.weight.data, net.emb.weight.data)
 
 
+def test_tied_checkpoint_of_one_name_still_loads(tmp_path, monkeypatch):
+    """A file written before state_dict listed a tied Parameter under each name holds only its
+    first name: fusedrnn.io.load (strict) still loads it into the tied model, filling the other
+    name from it; an untied parameter's missing name is still refused."""
+    import collections
+    import fusedrnn.io as fio
+    from fusedrnn import module as fmodule
+    net, _ = _tied_pair()
+    # the old state_dict: named_parameters' names (a tied Parameter once)
+    monkeypatch.setattr(fmodule.Module, "state_dict", lambda self: collections.OrderedDict(
+        (n, p.data) for n, p in self.named_parameters()))
+    fio.save(tmp_path / "old.safetensors", net)
+    monkeypatch.undo()
+    other, _ = _tied_pair()
+    other.emb.weight.data[...] = 0
+    ck = fio.load(tmp_path / "old.safetensors", other)
+    assert "head.weight" not in ck.state_dict and other.head.weight is other.emb.weight
+    np.testing.assert_array_equal(other.head.weight.data, net.emb.weight.data)
+    untied = Net()
+    untied.head = Linear(4, 10, bias=False, dtype=np.float32, seed=3)
+    with pytest.raises(Exception, match="missing.*head.weight"):
+        fio.load(tmp_path / "old.safetensors", untied)
+
+
 @pytest.mark.parametrize("strict", [True, False])
 def test_load_state_dict_returns_torchs_named_tuple(strict):
     """load_state_dict returns (missing_keys, unexpected_keys) as torch's _IncompatibleKeys,

@@ -447,9 +447,10 @@ class _CellBase(Module):
             s = self._sizes_by_n[N] = (dims,) + tuple(_sizes(self._mode, dims))
         return s
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> None:
-        super().load_state_dict(state_dict, strict)
+    def load_state_dict(self, state_dict, strict: bool = True):
+        result = super().load_state_dict(state_dict, strict)
         self._version += 1
+        return result
 
     def train(self, mode: bool = True):
         self._version += 1

@@ -745,6 +745,26 @@ def check_config_size(where: str, config: Mapping[str, Any], held: int) -> None:
                               f"{held:,}: the config does not match the tensors")
 
 
+
+def _tied_aliases(model, state_dict):
+    """The state dict with a tied Parameter's missing names filled in from a name it has:
+    files written before state_dict() listed a tied Parameter under each of its names hold only
+    its first name, which a strict load of the same tied model must still accept (the values
+    are one array). Names of untied parameters stay missing (and are refused)."""
+    names = {}
+    for name, p in model._all_named_parameters() if hasattr(model, "_all_named_parameters") \
+            else ():
+        names.setdefault(id(p), []).append(name)
+    out = None
+    for group in names.values():
+        have = [n for n in group if n in state_dict]
+        if len(group) > 1 and have and len(have) < len(group):
+            if out is None:
+                out = dict(state_dict)
+            for n in group:
+                out.setdefault(n, state_dict[have[0]])
+    return state_dict if out is None else out
+
 def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
     """Reads a checkpoint written by :func:`save`.
 
@@ -816,7 +836,7 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
         before = {k: np.array(v) for k, v in model.state_dict().items()}
     if model is not None:
         try:
-            model.load_state_dict(state_dict, strict=True)
+            model.load_state_dict(_tied_aliases(model, state_dict), strict=True)
         except (KeyError, ValueError, TypeError) as e:
             msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             raise _mismatch(e)(f"{where}: the tensors do not match the model: "
