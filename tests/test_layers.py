@@ -608,7 +608,7 @@ def test_frozen_survives_pickle_and_copy():
 # issue 23, item 19: PyTorch's rule proj_size < hidden_size, the kernel's check.
 @pytest.mark.parametrize("proj_size", [3, 10])
 def test_lstm_rejects_proj_size_not_below_hidden_size(proj_size):
-    with pytest.raises(ValueError, match=rf"^LSTM: lstm_sizes: proj_size P = {proj_size} must be "
+    with pytest.raises(ValueError, match=rf"^LSTM: proj_size P = {proj_size} must be "
                                          r"< hidden_size H = 3 \(PyTorch's rule"):
         fusedrnn.LSTM(4, 3, proj_size=proj_size)
     fusedrnn.LSTM(4, 3, proj_size=2)   # P < H is fine
@@ -617,5 +617,6 @@ def test_lstm_rejects_proj_size_not_below_hidden_size(proj_size):
 def test_lstm_forward_rejects_projection_not_narrower():
     x = np.zeros((2, 1, 4))
     w_hr = np.zeros((3, 3))
-    with pytest.raises(ValueError, match=r"^lstm_sizes: proj_size P = 3 must be < hidden_size"):
+    with pytest.raises(ValueError, match=r"^lstm_forward: w_hr must have shape \[P, H\] with "
+                                         r"P < H .*got \[3, 3\]"):
         fusedrnn.lstm_forward(x, np.zeros((12, 4)), np.zeros((12, 3)), w_hr=w_hr)

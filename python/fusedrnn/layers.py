@@ -256,8 +256,9 @@ class _RNNBase(Module):
             # The kernel is the one authority on projection sizes (torch's rule: P < H).
             try:
                 F._sizes("lstm", (1, 1, input_size, hidden_size, proj_size))
-            except ValueError as e:
-                raise ValueError(f"{fn}: {e}") from None
+            except ValueError as e:   # (without the binding's internal function name)
+                msg = str(e).removeprefix("lstm_sizes: ")
+                raise ValueError(f"{fn}: {msg}") from None
 
         self.mode = self._mode
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
