@@ -4,7 +4,7 @@ bad input."""
 import numpy as np
 import pytest
 
-from fusedrnn import optim
+from fusedrnn import Parameter, optim
 from fusedrnn.compat import v1 as tf
 
 rc = tf.nn.rnn_cell
@@ -145,6 +145,7 @@ CELLS = {
 def _randomise(cell, rng):
     for p in cell.parameters():
         p.data[...] = rng.standard_normal(p.data.shape) * 0.5
+        p.changed()   # (a write in place: the cell reuses its converted weights without it)
 
 
 @pytest.mark.parametrize("name", list(CELLS))
@@ -219,6 +220,7 @@ def test_gradients_by_finite_differences(name):
     tf.nn.dynamic_rnn(cell, x, sequence_length=lengths, dtype=np.float64)
     for p in cell.parameters():
         p.data[...] = rng.standard_normal(p.data.shape) * 0.5
+        p.changed()
     init = cell.zero_state(N, np.float64)
     init = (type(init[0])(*(rng.standard_normal(a.shape) for a in init[0]))
             if isinstance(init[0], tuple) else rng.standard_normal(init[0].shape),
@@ -237,20 +239,25 @@ def test_gradients_by_finite_differences(name):
     d0 = cell.d_initial_state
     eps = 1e-6
 
-    def fd(arr, idx):
+    def fd(arr, idx, param=None):
+        # (param: the Parameter whose array `arr` is, told of each write in place)
+        changed = param.changed if param is not None else lambda: None
         old = arr[idx]
         arr[idx] = old + eps
+        changed()
         lp = loss()
         arr[idx] = old - eps
+        changed()
         lm = loss()
         arr[idx] = old
+        changed()
         return (lp - lm) / (2 * eps)
 
     for pname, p in cell.variables().items():
         g = p.grad.copy()
         for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape),
                     tuple(s // 2 for s in p.data.shape)]:
-            assert abs(fd(p.data, idx) - g[idx]) < 1e-7, pname
+            assert abs(fd(p.data, idx, p) - g[idx]) < 1e-7, pname
     for idx in [(0, 0, 0), (1, 1, 2), (1, 3, 1), (0, 3, 2)]:
         assert abs(fd(x, idx) - dx[idx]) < 1e-7
     assert dx[1, 3, 1] == 0  # past the length
@@ -468,20 +475,25 @@ def test_state_dropout_gradients_by_finite_differences():
     d0 = multi.d_initial_state
     eps = 1e-6
 
-    def fd(arr, idx):
+    def fd(arr, idx, param=None):
+        # (param: the Parameter whose array `arr` is, told of each write in place)
+        changed = param.changed if param is not None else lambda: None
         old = arr[idx]
         arr[idx] = old + eps
+        changed()
         lp = loss()
         arr[idx] = old - eps
+        changed()
         lm = loss()
         arr[idx] = old
+        changed()
         return (lp - lm) / (2 * eps)
 
     for pname, p in multi.variables().items():
         g = p.grad.copy()
         for idx in [(0,) * p.data.ndim, tuple(s - 1 for s in p.data.shape),
                     tuple(s // 2 for s in p.data.shape)]:
-            assert abs(fd(p.data, idx) - g[idx]) < 1e-7, pname
+            assert abs(fd(p.data, idx, p) - g[idx]) < 1e-7, pname
     for idx in [(0, 0, 0), (1, 1, 2), (0, 3, 1)]:
         assert abs(fd(x, idx) - dx[idx]) < 1e-7
     assert abs(fd(init[0].h, (1, 2)) - d0[0].h[1, 2]) < 1e-7
@@ -542,6 +554,7 @@ def _constant_rnn(wrapper, inner, C, dt=np.float64):
     inner.build(C, dt)
     inner.kernel.data[...] = 0
     inner.bias.data[...] = 1.0
+    inner.kernel.changed(), inner.bias.changed()
     return wrapper
 
 
@@ -839,3 +852,208 @@ def test_a_step_from_zero_state_starts_a_new_sequence():
     d_s = cell.zero_state(2, np.float32)      # a zero gradient, as the FD test makes one
     cell.backward(np.ones_like(out), d_s)
     assert len(cell._tape) == 1
+
+
+# -- session 19: the variables' conversion to the kernels' layout is kept, never stale -------
+
+# cells covering every conversion: kernel and bias of each kind (forget_bias folded in), the
+# peepholes, the projection, GRU's two kernels and biases, and the step path (_steps)
+_KEPT = {
+    "basic_rnn": lambda: rc.BasicRNNCell(5, seed=1),
+    "basic_lstm": lambda: rc.BasicLSTMCell(5, forget_bias=0.7, seed=1),
+    "lstm_peep_proj": lambda: rc.LSTMCell(5, use_peepholes=True, num_proj=3, cell_clip=0.6,
+                                          seed=1),
+    "gru": lambda: rc.GRUCell(5, seed=1),
+    "lstm_proj_clip_steps": lambda: rc.LSTMCell(5, use_peepholes=True, num_proj=3,
+                                                proj_clip=0.25, seed=1),
+    "gru_elu_steps": lambda: rc.GRUCell(5, activation="elu", seed=1),
+}
+
+
+def _attr_of(cell, p):
+    return next(k for k, q in cell._parameters.items() if q is p)
+
+
+def _route(route, cell, name, rng, tmp_path):
+    """Changes the variable `name` of the (basic) cell by `route`, as a user would."""
+    p = cell.variables()[name]
+    new = rng.standard_normal(p.data.shape) * 0.5
+    if route == "assign_parameter":        # cell.kernel = Parameter(...)
+        setattr(cell, _attr_of(cell, p), Parameter(new.copy()))
+    elif route == "assign_array":          # cell.kernel = array (copied into the Parameter)
+        setattr(cell, _attr_of(cell, p), new)
+    elif route == "assign_data":           # p.data = array
+        p.data = new.copy()
+    elif route == "augmented":             # p.data -= ... (the same array, assigned)
+        p.data -= new
+    elif route == "in_place_changed":      # a write into the array, announced
+        p.data[...] = new
+        p.changed()
+    elif route == "load_variables":
+        arrays = {k: q.data.copy() for k, q in cell.variables().items()}
+        arrays[name] = new
+        cell.load_variables(arrays)
+    elif route == "checkpoint":            # a TF1 checkpoint, through load_checkpoint
+        from test_compat_checkpoint import write_checkpoint
+        arrays = {k: q.data.copy() for k, q in cell.variables().items()}
+        arrays[name] = new
+        write_checkpoint(tmp_path / "model.ckpt", arrays)
+        cell.load_variables(tf.load_checkpoint(tmp_path / "model.ckpt"))
+    elif route == "load_state_dict":
+        sd = cell.state_dict()
+        sd[_attr_of(cell, p)] = new
+        cell.load_state_dict(sd)
+    elif route == "io_load":               # fusedrnn.io.save / load of the Module
+        import fusedrnn.io
+        before = p.data.copy()
+        p.data[...] = new
+        fusedrnn.io.save(tmp_path / "cell.frnn", cell)
+        p.data[...] = before                # (unannounced, undone: the file holds `new`)
+        fusedrnn.io.load(tmp_path / "cell.frnn", cell)
+    elif route in ("sgd", "adam"):         # an optimiser step on the cell's gradients
+        cell.zero_grad()
+        p.grad[...] = new
+        opt = optim.SGD([p], lr=0.5) if route == "sgd" else optim.Adam([p], lr=0.1)
+        opt.step()
+    else:
+        raise AssertionError(route)
+
+
+_ROUTES = ["assign_parameter", "assign_array", "assign_data", "augmented", "in_place_changed",
+           "load_variables", "checkpoint", "load_state_dict", "io_load", "sgd", "adam"]
+
+
+def _fresh_copy(make, cell, C):
+    """A new cell of `make` holding copies of `cell`'s variables now."""
+    fresh = make()
+    fresh.load_variables({k: p.data.copy() for k, p in cell.variables().items()})
+    return fresh
+
+
+@pytest.mark.parametrize("route", _ROUTES)
+@pytest.mark.parametrize("name", list(_KEPT))
+def test_a_change_of_the_variables_is_seen_by_every_route(name, route, tmp_path):
+    """A loop of steps (and dynamic_rnn) reuses the variables converted to the kernels' layout
+    (a step loop converted a 1.5 MB kernel at every step at H = 256); whichever way a user
+    changes a variable between two steps, the next step computes with the new values: each
+    step and each dynamic_rnn equals a fresh cell's holding the same variables."""
+    rng = np.random.default_rng(7)
+    N, T, C = 3, 4, 2
+    xs = rng.standard_normal((N, T, C))
+    make = _KEPT[name]
+    cell = make()
+    cell.build(C, np.float64)
+    for vname in list(cell.variables()):
+        cell.train()
+        s = cell.zero_state(N, np.float64)
+        for t in range(2):                  # (converted at the first step, kept at the second)
+            _, s = cell(xs[:, t], s)
+        tf.nn.dynamic_rnn(cell, xs, dtype=np.float64)
+        _route(route, cell, vname, rng, tmp_path)
+        fresh = _fresh_copy(make, cell, C)
+        y, s2 = cell(xs[:, 2], s)
+        y_ref, s2_ref = fresh(xs[:, 2], s)
+        np.testing.assert_array_equal(y, y_ref, err_msg=f"{route} of {vname}")
+        for a, b in zip(_leaves_of(s2), _leaves_of(s2_ref)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{route} of {vname}")
+        # and dynamic_rnn after a change, with the steps' conversion kept before it
+        _route(route, cell, vname, rng, tmp_path)
+        fresh = _fresh_copy(make, cell, C)
+        out, _ = tf.nn.dynamic_rnn(cell, xs, dtype=np.float64)
+        ref, _ = tf.nn.dynamic_rnn(fresh, xs, dtype=np.float64)
+        np.testing.assert_array_equal(out, ref, err_msg=f"{route} of {vname} (dynamic_rnn)")
+
+
+def _leaves_of(state):
+    return [state] if isinstance(state, np.ndarray) else [a for s in state for a in _leaves_of(s)]
+
+
+@pytest.mark.parametrize("route", ["load_variables", "in_place_changed", "sgd"])
+def test_stacks_and_bidirectional_see_a_change(route, tmp_path):
+    """MultiRNNCell (each layer keeps its own conversion), DropoutWrapper and
+    bidirectional_dynamic_rnn: a change of any layer's variable is seen by the next call."""
+    rng = np.random.default_rng(3)
+    N, T, C = 2, 5, 3
+    x = rng.standard_normal((N, T, C))
+    lengths = np.array([5, 3])
+
+    def make():
+        return rc.MultiRNNCell([rc.LSTMCell(4, use_peepholes=True, seed=0),
+                                rc.DropoutWrapper(rc.GRUCell(3, seed=1)),
+                                rc.BasicRNNCell(2, activation="softsign", seed=2)])
+    fw, bw = make(), make()
+    for layer in range(3):
+        tf.nn.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths, dtype=np.float64)
+        s = fw.zero_state(N, np.float64)
+        _, s = fw(x[:, 0], s)
+        for cell in (fw, bw):
+            basic = cell._basic_cells()[layer]
+            for vname in basic.variables():
+                _route(route, basic, vname, rng, tmp_path)
+        ref_fw, ref_bw = _fresh_copy(make, fw, C), _fresh_copy(make, bw, C)
+        (a, b), (sa, sb) = tf.nn.bidirectional_dynamic_rnn(fw, bw, x, sequence_length=lengths,
+                                                           dtype=np.float64)
+        (ra, rb), (rsa, rsb) = tf.nn.bidirectional_dynamic_rnn(
+            ref_fw, ref_bw, x, sequence_length=lengths, dtype=np.float64)
+        np.testing.assert_array_equal(a, ra)
+        np.testing.assert_array_equal(b, rb)
+        for u, v in zip(_leaves_of((sa, sb)), _leaves_of((rsa, rsb))):
+            np.testing.assert_array_equal(u, v)
+        y, _ = fw(x[:, 1], s)
+        ry, _ = ref_fw(x[:, 1], s)
+        np.testing.assert_array_equal(y, ry)
+
+
+@pytest.mark.parametrize("name", list(_KEPT))
+def test_the_conversion_is_made_once_and_backward_keeps_the_forwards_weights(name,
+                                                                            monkeypatch):
+    """Steps, dynamic_rnn and bidirectional_dynamic_rnn hand the kernels (or the step path) the
+    same converted arrays until a variable changes; a change makes new arrays, so a call
+    recorded before it differentiates the weights it ran with."""
+    from fusedrnn.compat.v1 import _steps
+    seen = []
+    for fname in ("lstm_forward", "gru_forward", "rnn_forward"):
+        real = getattr(rc.F, fname)
+
+        def spy(x, w_ih, *a, _real=real, **k):
+            seen.append(w_ih)
+            return _real(x, w_ih, *a, **k)
+        monkeypatch.setattr(rc.F, fname, spy)
+    real_step = _steps.StepCell.__init__
+
+    def spy_step(self, kind, act, w_ih, *a, **k):
+        seen.append(w_ih)
+        real_step(self, kind, act, w_ih, *a, **k)
+    monkeypatch.setattr(_steps.StepCell, "__init__", spy_step)
+
+    rng = np.random.default_rng(5)
+    N, T, C = 2, 3, 4
+    x = rng.standard_normal((N, T, C))
+    cell, other = _KEPT[name](), _KEPT[name]()
+    s = cell.zero_state(N, np.float64)
+    for t in range(T):
+        _, s = cell(x[:, t], s)
+    tf.nn.dynamic_rnn(cell, x, dtype=np.float64)
+    tf.nn.bidirectional_dynamic_rnn(cell, other, x, dtype=np.float64)
+    # T steps, dynamic_rnn, bidirectional's forward direction: one array; `other`: its own
+    assert len(seen) == T + 3 and all(w is seen[0] for w in seen[:T + 2]), name
+    assert seen[-1] is not seen[0]
+    assert not seen[0].flags.writeable     # (never refreshed in place)
+
+    # a recorded step, a change, a step with the new weights: the first step's backward uses
+    # the weights it ran with
+    ref = _KEPT[name]()
+    ref.load_variables({k: p.data.copy() for k, p in cell.variables().items()})
+    s = cell.zero_state(N, np.float64)
+    y, s1 = cell(x[:, 0], s)
+    ref(x[:, 0], s)
+    for p in cell.parameters():
+        p.data[...] = rng.standard_normal(p.data.shape)
+        p.changed()
+    y2, _ = cell(x[:, 1], s1)
+    cell.backward(np.ones_like(y2))
+    cell.zero_grad(), ref.zero_grad()
+    d = rng.standard_normal(y.shape)
+    np.testing.assert_array_equal(cell.backward(d), ref.backward(d))
+    for p, q in zip(cell.parameters(), ref.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)

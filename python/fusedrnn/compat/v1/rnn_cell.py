@@ -13,9 +13,13 @@ Parameters are kept in TF1's layout and under TF1's names (``variables()``):
   ``candidate/kernel`` [C + H, H], ``candidate/bias`` [H]; the reset gate multiplies h before
   the candidate product, new h = u h + (1 - u) c (fusedrnn's GRU ``reset_before``).
 
-Each forward converts them to the kernels' layout (gate order, transposes, forget_bias folded in
-the input bias); each backward converts the kernels' gradients back and *adds* them into the TF1
-parameters' ``grad``. Variables are created on the first call, when the input depth is known
+They are converted to the kernels' layout (gate order, transposes, forget_bias folded in the
+input bias) once, and the converted copy is reused by every step and dynamic_rnn call until a
+variable changes through the library (``cell.kernel = ...``, ``p.data = ...``, an optimiser
+step, ``load_variables``, ``load_state_dict``) or ``p.changed()`` announces a write into
+``p.data[...]`` (as for fusedrnn's cells: such a write is invisible without it); each backward
+converts the kernels' gradients back and *adds* them into the TF1 parameters' ``grad``.
+Variables are created on the first call, when the input depth is known
 (``build(input_depth, dtype)``, ``load_variables`` or ``load_state_dict`` create them earlier);
 kernels use TF1's default glorot-uniform initialiser, biases zeros (GRU gates: ones), unless
 LSTMCell's ``initializer`` / GRUCell's ``kernel_initializer``, ``bias_initializer`` give a
@@ -55,7 +59,7 @@ import numpy as np
 
 from ... import functional as F
 from ... import validators as V
-from ...module import Module, Parameter, _as_numpy
+from ...module import Module, Parameter, _as_numpy, _packing_key, _same_packing
 from . import _steps
 
 __all__ = ["RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
@@ -461,6 +465,8 @@ class _Basic(RNNCell):
         self._seed = seed
         self._built = None  # the dtype once the variables exist
         self._input_depth = None
+        # (key, arrays): the variables in the kernels' layout and what they were made from
+        object.__setattr__(self, "_converted", None)
         name = _name(fn, name)
         if name is not None:   # TF1: the layer's name is its variable scope
             self._scope_name = name
@@ -506,6 +512,7 @@ class _Basic(RNNCell):
         for name in list(self._parameters):
             delattr(self, name)
         self._input_depth = self._built = None
+        object.__setattr__(self, "_converted", None)
 
     def _initial(self, arg, init, shape, dt, default):
         """A variable's initial value: `default()`, or the user's initializer `init(shape,
@@ -600,6 +607,33 @@ class _Basic(RNNCell):
     def _concat_state(self):
         return False
 
+    def _convert(self):
+        """The variables in the kernels' layout, new arrays: (w_ih [G*H, C], w_hh [G*H, R], the
+        one bias [G*H], w_peep [3, H] or None, w_hr [P, H] or None)."""
+        raise NotImplementedError
+
+    def _layout(self):
+        """_convert()'s arrays, made once and reused by every step and every dynamic_rnn call
+        until a variable changes (a manual step loop converted the kernel at every step: 1.5 MB
+        copied a step at H = 256). A change is seen as fusedrnn's cells see one (_packing_key):
+        each variable's array and its version, which assigning ``p.data`` (``p.data -= ...``),
+        ``cell.<variable> = array``, the optimisers' steps, ``load_variables``,
+        ``load_state_dict`` and ``p.changed()`` (after a write into ``p.data[...]``) bump; and
+        which Parameter each variable is (``cell.<variable> = Parameter(...)``). The arrays are
+        never written into (read-only): a change makes new ones, so the calls recorded before it
+        keep differentiating the weights they ran with."""
+        key = _packing_key(self._parameters.values(), tuple(self._parameters.items()),
+                           getattr(self, "_forget_bias", None))
+        got = self._converted
+        if got is not None and _same_packing(got[0], key):
+            return got[1]
+        arrays = self._convert()
+        for a in arrays:
+            if a is not None:
+                a.setflags(write=False)
+        object.__setattr__(self, "_converted", (key, arrays))
+        return arrays
+
     def _run(self, x, lengths, h0, c0, reverse, training, masks=(None, None)):
         if self._fused() and masks[0] is None and masks[1] is None:
             return self._run_fused(x, lengths, h0, c0, reverse, training)
@@ -618,12 +652,13 @@ class BasicRNNCell(_Basic):
     def _fused(self):
         return self._activation in ("tanh", "relu")
 
-    def _rnn_weights(self):
+    def _convert(self):
         C, K = self._input_depth, self.kernel.data
-        return np.ascontiguousarray(K[:C].T), np.ascontiguousarray(K[C:].T), self.bias.data
+        return (np.array(K[:C].T, order="C"), np.array(K[C:].T, order="C"),
+                self.bias.data.copy(), None, None)
 
     def _step_cell(self):
-        return _steps.StepCell("rnn", self._activation, *self._rnn_weights())
+        return _steps.StepCell("rnn", self._activation, *self._layout()[:3])
 
     def _create(self, rng, C, dt):
         H = self._num_units
@@ -635,7 +670,7 @@ class BasicRNNCell(_Basic):
         return OrderedDict([(p + "kernel", self.kernel), (p + "bias", self.bias)])
 
     def _run_fused(self, x, lengths, h0, c0, reverse, training):
-        w_ih, w_hh, b = self._rnn_weights()
+        w_ih, w_hh, b = self._layout()[:3]
         out = F.rnn_forward(x, w_ih, w_hh, b, None, h0, nonlinearity=self._activation,
                             lengths=lengths, reverse=reverse, training=training)
         return out.y, out.h_n, None, out.cache
@@ -680,8 +715,7 @@ class BasicLSTMCell(_Basic):
         return not self._state_is_tuple
 
     def _step_cell(self):
-        w_ih, w_hh, b = self._kernel_weights()
-        w_peep, w_hr = self._extras()
+        w_ih, w_hh, b, w_peep, w_hr = self._layout()
         return _steps.StepCell("lstm", self._activation, w_ih, w_hh, b, w_peep, w_hr,
                                self._cell_clip, self._proj_clip)
 
@@ -737,19 +771,19 @@ class BasicLSTMCell(_Basic):
             return LSTMStateTuple(np.zeros((N, H), dt), np.zeros((N, R), dt))
         return np.zeros((N, H + R), dt)
 
-    def _kernel_weights(self):
+    def _convert(self):
         C, H = self._input_depth, self._num_units
         K = _blocks(self.kernel.data, H, _IFGO, 1)
         b = _blocks(self.bias.data, H, _IFGO, 0)
         b[H:2 * H] += self._forget_bias
-        return np.ascontiguousarray(K[:C].T), np.ascontiguousarray(K[C:].T), b
+        return (np.array(K[:C].T, order="C"), np.array(K[C:].T, order="C"), b,
+                *self._extras())
 
     def _extras(self):
         return None, None
 
     def _run_fused(self, x, lengths, h0, c0, reverse, training):
-        w_ih, w_hh, b = self._kernel_weights()
-        w_peep, w_hr = self._extras()
+        w_ih, w_hh, b, w_peep, w_hr = self._layout()
         out = F.lstm_forward(x, w_ih, w_hh, b, None, h0, c0, w_peep=w_peep, w_hr=w_hr,
                              lengths=lengths, reverse=reverse, training=training,
                              cell_clip=self._cell_clip)
@@ -826,7 +860,7 @@ class LSTMCell(BasicLSTMCell):
     def _extras(self):
         w_peep = np.stack([self.w_i_diag.data, self.w_f_diag.data, self.w_o_diag.data]) \
             if self._peep else None
-        w_hr = np.ascontiguousarray(self.projection_kernel.data.T) if self._num_proj else None
+        w_hr = np.array(self.projection_kernel.data.T, order="C") if self._num_proj else None
         return w_peep, w_hr
 
     def _add_grads(self, g):
@@ -858,16 +892,16 @@ class GRUCell(_Basic):
     def _kernel_width(self):
         return 2 * self._num_units
 
-    def _gru_weights(self):
+    def _convert(self):
         C = self._input_depth
         G, K = self.gates_kernel.data, self.candidate_kernel.data
         w_ih = np.ascontiguousarray(np.concatenate([G[:C], K[:C]], axis=1).T)
         w_hh = np.ascontiguousarray(np.concatenate([G[C:], K[C:]], axis=1).T)
         b = np.concatenate([self.gates_bias.data, self.candidate_bias.data])
-        return w_ih, w_hh, b
+        return w_ih, w_hh, b, None, None
 
     def _step_cell(self):
-        return _steps.StepCell("gru", self._activation, *self._gru_weights())
+        return _steps.StepCell("gru", self._activation, *self._layout()[:3])
 
     def _create(self, rng, C, dt):
         H = self._num_units
@@ -889,7 +923,7 @@ class GRUCell(_Basic):
                             (p + "candidate/bias", self.candidate_bias)])
 
     def _run_fused(self, x, lengths, h0, c0, reverse, training):
-        w_ih, w_hh, b = self._gru_weights()
+        w_ih, w_hh, b = self._layout()[:3]
         out = F.gru_forward(x, w_ih, w_hh, b, None, h0, variant="reset_before", lengths=lengths,
                             reverse=reverse, training=training)
         return out.y, out.h_n, None, out.cache
