@@ -623,14 +623,14 @@ class _Basic(RNNCell):
 
     def _layout(self):
         """_convert()'s arrays, made once and reused by every step and every dynamic_rnn call
-        until a variable changes (a manual step loop converted the kernel at every step: 1.5 MB
-        copied a step at H = 256). A change is seen as fusedrnn's cells see one (_packing_key):
-        each variable's array and its version, which assigning ``p.data`` (``p.data -= ...``),
-        ``cell.<variable> = array``, the optimisers' steps, ``load_variables``,
-        ``load_state_dict`` and ``p.changed()`` (after a write into ``p.data[...]``) bump; and
-        which Parameter each variable is (``cell.<variable> = Parameter(...)``). The arrays are
-        never written into (read-only): a change makes new ones, so the calls recorded before it
-        keep differentiating the weights they ran with."""
+        until a variable changes (a manual step loop converted the 2 MB kernel at each step:
+        94% of its time at H = C = 256, N = 1). A change is seen as fusedrnn's cells see one
+        (_packing_key): each variable's array and its version, which assigning ``p.data``
+        (``p.data -= ...``), ``cell.<variable> = array``, the optimisers' steps,
+        ``load_variables``, ``load_state_dict`` and ``p.changed()`` (after a write into
+        ``p.data[...]``) bump; and which Parameter each variable is (``cell.<variable> =
+        Parameter(...)``). The arrays are never written into (read-only): a change makes new
+        ones, so the calls recorded before it keep differentiating the weights they ran with."""
         key = _packing_key(self._parameters.values(), tuple(self._parameters.items()),
                            getattr(self, "_forget_bias", None))
         got = self._converted
