@@ -26,14 +26,18 @@ def keep(rng, shape, p, dt):
 
 
 def make(cell, layer_norm, T, N, C, H, dt, seed=0, rmask=True, xmask=True, zoneout=False,
-         lengths=None, reverse=False):
+         lengths=None, reverse=False, proj=0):
+    """proj: the LSTM's projection P (w_hr [P, H]; h, its masks and cotangents P wide)."""
     G = CELLS[cell][0]
+    R = proj or H
     rng = np.random.default_rng(seed)
     r = lambda *s: rng.standard_normal(s).astype(dt) * 0.5  # noqa: E731
-    args = [r(T, N, C), r(G * H, C), r(G * H, H), r(G * H), r(G * H), r(N, H)]
+    args = [r(T, N, C), r(G * H, C), r(G * H, R), r(G * H), r(G * H), r(N, R)]
     if cell == "lstm":
         args.append(r(N, H))
     kw = dict(layer_norm=layer_norm, lengths=lengths, reverse=reverse, gate_masks=True)
+    if proj:
+        kw["w_hr"] = r(proj, H)
     if layer_norm != "none":
         kw.update(ln_gamma_ih=1 + r(G * H), ln_gamma_hh=1 + r(G * H), ln_eps=1e-3)
         if cell == "lstm":
@@ -41,12 +45,12 @@ def make(cell, layer_norm, T, N, C, H, dt, seed=0, rmask=True, xmask=True, zoneo
         if layer_norm == "tfa":
             kw.update(ln_beta_ih=r(G * H), ln_beta_hh=r(G * H))
     if rmask:
-        kw["recurrent_mask"] = keep(rng, (G, N, H), 0.3, dt)
+        kw["recurrent_mask"] = keep(rng, (G, N, R), 0.3, dt)
     if xmask:
         kw["input_mask"] = keep(rng, (G, N, C), 0.4, dt)
     if zoneout:
-        kw["zoneout_h_mask"] = (rng.random((T, N, H)) < 0.3).astype(dt)
-    cot = [r(T, N, H), r(N, H)] + ([r(N, H)] if cell == "lstm" else [])
+        kw["zoneout_h_mask"] = (rng.random((T, N, R)) < 0.3).astype(dt)
+    cot = [r(T, N, R), r(N, R)] + ([r(N, H)] if cell == "lstm" else [])
     return args, kw, cot
 
 
@@ -75,7 +79,7 @@ def test_reference_finite_differences(cell, layer_norm, lengths, reverse, masks)
     g = CELLS[cell][2](cache, *cot)
     eps = 1e-6
     targets = [(n, args, i) for i, n in enumerate(ARGS[:len(args)])]
-    targets += [(n, kw, n) for n in LN if n in kw]
+    targets += [(n, kw, n) for n in LN + ["w_hr"] if n in kw]
     for name, holder, key in targets:
         a = holder[key]
         num = np.zeros_like(a)
@@ -117,6 +121,45 @@ def test_kernel_matches_reference(cell, layer_norm, shape, dt, masks):
     args, kw, cot = make(cell, layer_norm, T, N, C, H, dt, seed=sum(shape), rmask=masks[0],
                          xmask=masks[1], zoneout=True)
     compare(cell, args, kw, cot, dt)
+
+
+@pytest.mark.parametrize("layer_norm", ["none", "haste", "tfa"])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), ([3, 1], True)])
+def test_projected_reference_finite_differences(layer_norm, lengths, reverse):
+    """The LSTM's projection with per-gate masks: the recurrent masks [G, N, P] act on the
+    projected h; w_hr's gradient too."""
+    T, N, C, H, P = 3, 2, 3, 3, 2
+    args, kw, cot = make("lstm", layer_norm, T, N, C, H, np.float64, lengths=lengths,
+                         reverse=reverse, zoneout=True, proj=P)
+    _, cache = run_ref("lstm", args, kw)
+    g = CELLS["lstm"][2](cache, *cot)
+    eps = 1e-6
+    for name in ["w_hh", "h0", "w_hr"]:
+        holder, key = (args, ARGS.index(name)) if name in ARGS else (kw, name)
+        a = holder[key]
+        num = np.zeros_like(a)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            a[idx] = old + eps
+            lp = loss("lstm", args, kw, cot)
+            a[idx] = old - eps
+            lm = loss("lstm", args, kw, cot)
+            a[idx] = old
+            num[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(g["d" + name], num, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("layer_norm", ["none", "haste", "tfa"])
+@pytest.mark.parametrize("shape", [(5, 3, 7, 5, 3), (4, 7, 3, 17, 11), (6, 8, 33, 9, 1)],
+                         ids=str)
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("masks", [(True, True), (True, False)])
+def test_projected_kernel_matches_reference(layer_norm, shape, dt, masks):
+    T, N, C, H, P = shape
+    args, kw, cot = make("lstm", layer_norm, T, N, C, H, dt, seed=sum(shape), rmask=masks[0],
+                         xmask=masks[1], zoneout=True, proj=P,
+                         lengths=[T, 0, max(T - 2, 1)] + [T] * (N - 3))
+    compare("lstm", args, kw, cot, dt)
 
 
 @pytest.mark.parametrize("cell,layer_norm", [("lstm", "haste"), ("gru", "none")])

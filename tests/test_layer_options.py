@@ -98,7 +98,6 @@ def test_option_of_another_cell(cls, name):
     ({}, "dropout_masks", "per_gate", ValueError, "needs recurrent_dropout or input_dropout"),
     ({"recurrent_dropout": 0.2, "dropout_masks": "per_gate"}, "recurrent_dropout", 0.0,
      ValueError, "needs recurrent_dropout or input_dropout"),
-    ({"proj_size": 3}, "zoneout_h", 0.1, ValueError, "proj_size cannot be combined"),
     ({"peepholes": True}, "recurrent_dropout", 0.1, ValueError, "peepholes cannot be combined"),
     ({"recurrent_dropout": 0.1}, "cell_clip", 1.0, ValueError, "cell_clip cannot be combined"),
 ])

@@ -20,7 +20,16 @@ COMBOS = [
     dict(layer_norm="none", rmask=True),
     dict(layer_norm="haste", pz=True),
     dict(layer_norm="none", pz=True, rmask=True),
+    # with a projection (w_hr [P, H]): zoneout and the recurrent mask on the projected h
+    dict(layer_norm="haste", zoneout=True, rmask=True, betas=True, proj=True),
+    dict(layer_norm="tfa", pz=True, proj=True),
+    dict(layer_norm="none", zoneout=True, rmask=True, proj=True, bias=False),
 ]
+
+
+def proj_size(combo, H):
+    """P of a projected combo (0: none; a 1-unit layer cannot project)."""
+    return (2 * H) // 3 if combo.get("proj") and H > 1 else 0
 
 
 def combo_id(c):
@@ -30,23 +39,27 @@ def combo_id(c):
 def make(T, N, C, H, combo, dt, seed=0, lengths=None, reverse=False):
     rng = np.random.default_rng(seed)
     r = lambda *s: rng.standard_normal(s).astype(dt) * 0.5  # noqa: E731
-    args = [r(T, N, C), r(4 * H, C), r(4 * H, H)]
+    P = proj_size(combo, H)
+    R = P or H
+    args = [r(T, N, C), r(4 * H, C), r(4 * H, R)]
     bias = combo.get("bias", True)
-    args += [r(4 * H) if bias else None, r(4 * H) if bias else None, r(N, H), r(N, H)]
+    args += [r(4 * H) if bias else None, r(4 * H) if bias else None, r(N, R), r(N, H)]
     kw = dict(layer_norm=combo["layer_norm"], lengths=lengths, reverse=reverse)
+    if P:
+        kw["w_hr"] = r(P, H)
     if combo["layer_norm"] != "none":
         kw.update(ln_gamma_ih=(1 + r(4 * H)), ln_gamma_hh=(1 + r(4 * H)), ln_gamma_c=(1 + r(H)),
                   ln_beta_c=r(H), ln_eps=1e-3)
         if combo.get("betas"):
             kw.update(ln_beta_ih=r(4 * H), ln_beta_hh=r(4 * H))
     if combo.get("zoneout"):
-        kw["zoneout_h_mask"] = (rng.random((T, N, H)) < 0.3).astype(dt)
+        kw["zoneout_h_mask"] = (rng.random((T, N, R)) < 0.3).astype(dt)
         kw["zoneout_c_mask"] = (rng.random((T, N, H)) < 0.4).astype(dt)
     if combo.get("pz"):
         kw.update(zoneout_h=0.25, zoneout_c=0.1)
     if combo.get("rmask"):
-        kw["recurrent_mask"] = ((rng.random((N, H)) >= 0.3) / 0.7).astype(dt)
-    cot = (r(T, N, H), r(N, H), r(N, H))
+        kw["recurrent_mask"] = ((rng.random((N, R)) >= 0.3) / 0.7).astype(dt)
+    cot = (r(T, N, R), r(N, R), r(N, H))
     return args, kw, cot
 
 
@@ -59,7 +72,7 @@ ARG_NAMES = ["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"]
 GRAD_OF = {"x": "dx", "w_ih": "dw_ih", "w_hh": "dw_hh", "b_ih": "db_ih", "b_hh": "db_hh",
            "h0": "dh0", "c0": "dc0", "ln_gamma_ih": "dln_gamma_ih", "ln_beta_ih": "dln_beta_ih",
            "ln_gamma_hh": "dln_gamma_hh", "ln_beta_hh": "dln_beta_hh",
-           "ln_gamma_c": "dln_gamma_c", "ln_beta_c": "dln_beta_c"}
+           "ln_gamma_c": "dln_gamma_c", "ln_beta_c": "dln_beta_c", "w_hr": "dw_hr"}
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
@@ -133,7 +146,7 @@ def test_kernel_matches_reference(combo, shape, dt):
         np.testing.assert_array_equal(ic, kc)
 
 
-@pytest.mark.parametrize("combo", [COMBOS[4], COMBOS[5]], ids=combo_id)
+@pytest.mark.parametrize("combo", [COMBOS[4], COMBOS[5], COMBOS[9]], ids=combo_id)
 def test_kernel_threads_bitwise(combo):
     args, kw, cot = make(6, 9, 40, 70, combo, np.float32, seed=3, lengths=[6, 5, 0, 3, 6, 6, 1,
                                                                           2, 6])

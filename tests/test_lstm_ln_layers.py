@@ -25,11 +25,17 @@ def _perturb(layer, rng):
             p.data += (0.2 * rng.standard_normal(p.data.shape)).astype(p.data.dtype)
 
 
-@pytest.mark.parametrize("opts", OPTS, ids=lambda o: ",".join(o))
-def test_layer_matches_reference_with_its_masks(opts):
+@pytest.mark.parametrize("proj", [0, 4])
+@pytest.mark.parametrize("opts", OPTS + [dict(recurrent_dropout=0.3, input_dropout=0.2,
+                                              dropout_masks="per_gate", zoneout_h=0.2)],
+                         ids=lambda o: ",".join(o))
+def test_layer_matches_reference_with_its_masks(opts, proj):
+    """proj: with a projection (proj_size = 4 < H = 6) the options compose: zoneout and the
+    recurrent masks act on the projected h, weight_hr's gradient too."""
     T, N, C, H = 5, 3, 4, 6
+    R = proj or H
     rng = np.random.default_rng(0)
-    layer = LSTM(C, H, bidirectional=True, dtype="float64", seed=5, **opts)
+    layer = LSTM(C, H, bidirectional=True, dtype="float64", seed=5, proj_size=proj, **opts)
     _perturb(layer, rng)
     x = rng.standard_normal((T, N, C))
     lengths = np.array([5, 2, 4])
@@ -45,7 +51,9 @@ def test_layer_matches_reference_with_its_masks(opts):
                                            "ln_beta_hh", "ln_gamma_c", "ln_beta_c")
               if k + sfx in P}
         kw.update({k: st[k] for k in ("zoneout_seed", "zoneout_h", "zoneout_c",
-                                      "recurrent_mask") if k in st})
+                                      "recurrent_mask", "gate_masks", "input_mask") if k in st})
+        if proj:
+            kw["w_hr"] = P["weight_hr" + sfx].data
         xm = x * st["xmask"] if "xmask" in st else x
         w_hh = P["weight_hh" + sfx].data
         wd = w_hh * st["wmask"] if "wmask" in st else w_hh
@@ -53,11 +61,14 @@ def test_layer_matches_reference_with_its_masks(opts):
             xm, P["weight_ih" + sfx].data, wd, P["bias_ih" + sfx].data, P["bias_hh" + sfx].data,
             layer_norm=mode, ln_eps=opts.get("ln_eps", 1e-5), lengths=lengths,
             reverse=bool(direction), **kw)
-        np.testing.assert_allclose(out[:, :, direction * H:(direction + 1) * H], y,
+        np.testing.assert_allclose(out[:, :, direction * R:(direction + 1) * R], y,
                                    rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(h_n[direction], h, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(c_n[direction], c, rtol=1e-10, atol=1e-12)
-        g = ref.lstm_ln_backward(cache, d_out[:, :, direction * H:(direction + 1) * H])
+        g = ref.lstm_ln_backward(cache, d_out[:, :, direction * R:(direction + 1) * R])
+        if proj:
+            np.testing.assert_allclose(P["weight_hr" + sfx].grad, g["dw_hr"], rtol=1e-9,
+                                       atol=1e-11)
         gw = g["dw_hh"] * st["wmask"] if "wmask" in st else g["dw_hh"]
         np.testing.assert_allclose(P["weight_hh" + sfx].grad, gw, rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(P["weight_ih" + sfx].grad, g["dw_ih"], rtol=1e-9,
@@ -108,9 +119,10 @@ def test_training_draws_new_masks_and_seed_reproduces():
     assert not np.array_equal(a.forward(x)[0], ya)
 
 
-def test_checkpoint_round_trip(tmp_path):
+@pytest.mark.parametrize("proj", [0, 3])
+def test_checkpoint_round_trip(tmp_path, proj):
     layer = LSTM(3, 5, num_layers=2, bidirectional=True, seed=0, layer_norm="tfa",
-                 ln_eps=1e-3, zoneout_h=0.1, weight_drop=0.2)
+                 ln_eps=1e-3, zoneout_h=0.1, weight_drop=0.2, proj_size=proj)
     _perturb(layer, np.random.default_rng(0))
     fusedrnn.save(tmp_path / "m.safetensors", layer)
     back = fusedrnn.load(tmp_path / "m.safetensors").model
@@ -129,7 +141,6 @@ def test_checkpoint_round_trip(tmp_path):
                                                           "input_dropout"),
     (dict(weight_drop="0.1"), "weight_drop"), (dict(layer_norm="batch"), "layer_norm"),
     (dict(layer_norm="haste", ln_eps=0), "ln_eps"),
-    (dict(layer_norm="haste", proj_size=2), "proj_size"),
     (dict(zoneout_h=0.1, peepholes=True), "peepholes"),
     (dict(recurrent_dropout=0.1, cell_clip=3.0), "cell_clip"),
 ])

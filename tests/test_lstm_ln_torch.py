@@ -173,24 +173,29 @@ def test_torch_module_train_and_eval(opts):
         pickle.dumps(m)
 
 
-def test_torch_module_gradients_match_reference_with_fixed_masks():
+@pytest.mark.parametrize("proj", [0, 3])
+def test_torch_module_gradients_match_reference_with_fixed_masks(proj):
     """Train mode with zoneout and recurrent dropout: the masks come from torch's RNG; redraw
-    them with the same seed and compare every gradient with the reference."""
+    them with the same seed and compare every gradient with the reference. proj: with a
+    projection (proj_size 3 < H = 4), the h masks are [.., P]."""
     T, N, C, H = 4, 3, 5, 4
+    R = proj or H
     opts = dict(layer_norm="haste", zoneout_h=0.3, zoneout_c=0.2, recurrent_dropout=0.25)
     torch.manual_seed(3)
-    m = frt.LSTM(C, H, dtype=torch.float64, **opts)
+    m = frt.LSTM(C, H, dtype=torch.float64, proj_size=proj, **opts)
     x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(11)
     y, (h, c) = m(x)
     dy = torch.randn_like(y)
     (y * dy).sum().backward()
     torch.manual_seed(11)  # the same draws, in the layer's order
-    zh = (torch.rand((T, N, H), dtype=torch.float64) < 0.3).double().numpy()
+    zh = (torch.rand((T, N, R), dtype=torch.float64) < 0.3).double().numpy()
     zc = (torch.rand((T, N, H), dtype=torch.float64) < 0.2).double().numpy()
-    rm = ((1 - (torch.rand((N, H), dtype=torch.float64) < 0.25).double()) / 0.75).numpy()
+    rm = ((1 - (torch.rand((N, R), dtype=torch.float64) < 0.25).double()) / 0.75).numpy()
     P = {k: v.detach().numpy() for k, v in m.named_parameters()}
     kw = {k: P[k + "_l0"] for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c", "ln_beta_c")}
+    if proj:
+        kw["w_hr"] = P["weight_hr_l0"]
     yr, _, _, cache = ref.lstm_ln_forward(x.detach().numpy(), P["weight_ih_l0"],
                                           P["weight_hh_l0"], P["bias_ih_l0"], P["bias_hh_l0"],
                                           layer_norm="haste", zoneout_h_mask=zh,
@@ -199,7 +204,8 @@ def test_torch_module_gradients_match_reference_with_fixed_masks():
     g = ref.lstm_ln_backward(cache, dy.numpy())
     np.testing.assert_allclose(x.grad.numpy(), g["dx"], rtol=1e-9, atol=1e-11)
     for name, key in (("weight_hh_l0", "dw_hh"), ("ln_gamma_c_l0", "dln_gamma_c"),
-                      ("ln_gamma_ih_l0", "dln_gamma_ih"), ("bias_ih_l0", "db_ih")):
+                      ("ln_gamma_ih_l0", "dln_gamma_ih"), ("bias_ih_l0", "db_ih")) + \
+            ((("weight_hr_l0", "dw_hr"),) if proj else ()):
         np.testing.assert_allclose(dict(m.named_parameters())[name].grad.numpy(), g[key],
                                    rtol=1e-9, atol=1e-11, err_msg=name)
 
@@ -209,5 +215,59 @@ def test_torch_module_bad_values():
                      (dict(weight_drop=-1), "weight_drop")):
         with pytest.raises(ValueError, match=name):
             frt.LSTM(3, 4, **kw)
-    with pytest.raises(ValueError, match="proj_size"):
-        frt.LSTM(3, 4, proj_size=2, layer_norm="haste")
+    with pytest.raises(ValueError, match="peepholes"):
+        frt.LSTM(3, 4, peepholes=True, layer_norm="haste")
+    frt.LSTM(3, 4, proj_size=2, layer_norm="haste")   # (the projection composes)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_projection_with_zoneout_and_recurrent_mask_matches_a_torch_loop(training):
+    """An independent torch transcription of the projected LSTM with zoneout on the projected
+    h (and on c) and a recurrent dropout mask on h: the kernel's outputs and every gradient,
+    float64. Without options it is torch.nn.LSTM(proj_size=P)."""
+    T, N, C, H, P = 6, 3, 4, 7, 3
+    torch.manual_seed(5)
+    lstm = torch.nn.LSTM(C, H, proj_size=P, dtype=torch.float64)
+    w_ih, w_hh, b_ih, b_hh, w_hr = (lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0,
+                                    lstm.bias_hh_l0, lstm.weight_hr_l0)
+    x = torch.randn(T, N, C, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(N, P, dtype=torch.float64, requires_grad=True)
+    c0 = torch.randn(N, H, dtype=torch.float64, requires_grad=True)
+    if training:
+        zh = (torch.rand(T, N, P) < 0.3).double()
+        zc = (torch.rand(T, N, H) < 0.4).double()
+        rm = (torch.rand(N, P) >= 0.25).double() / 0.75
+        kw = dict(zoneout_h_mask=zh.numpy(), zoneout_c_mask=zc.numpy(),
+                  recurrent_mask=rm.numpy())
+    else:
+        zh, zc, rm = (torch.full((T, N, P), 0.3, dtype=torch.float64),
+                      torch.full((T, N, H), 0.4, dtype=torch.float64), None)
+        kw = dict(zoneout_h=0.3, zoneout_c=0.4)
+    h, c, ys = h0, c0, []
+    for t in range(T):
+        hin = h if rm is None else h * rm
+        i, f, g, o = (x[t] @ w_ih.T + hin @ w_hh.T + b_ih + b_hh).chunk(4, 1)
+        ct = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        ht = torch.sigmoid(o) * torch.tanh(ct)
+        h = zh[t] * h + (1 - zh[t]) * (ht @ w_hr.T)
+        c = zc[t] * c + (1 - zc[t]) * ct
+        ys.append(h)
+    y = torch.stack(ys)
+    dy, dh, dc = (torch.randn_like(v) for v in (y, h, c))
+    (y * dy).sum().add((h * dh).sum()).add((c * dc).sum()).backward()
+    n = lambda t: t.detach().numpy().copy()  # noqa: E731
+    ky, kh, kc, cache = K.lstm_ln_forward(n(x), n(w_ih), n(w_hh), n(b_ih), n(b_hh), n(h0),
+                                          n(c0), w_hr=n(w_hr), **kw)
+    for a, b in ((ky, y), (kh, h), (kc, c)):
+        np.testing.assert_allclose(a, n(b), **TOL)
+    gk = K.lstm_ln_backward(cache, n(dy), n(dh), n(dc))
+    for key, t in (("dx", x), ("dh0", h0), ("dc0", c0), ("dw_ih", w_ih), ("dw_hh", w_hh),
+                   ("db_ih", b_ih), ("dw_hr", w_hr)):
+        np.testing.assert_allclose(gk[key], n(t.grad), **TOL, err_msg=key)
+    # no options: torch.nn.LSTM(proj_size=P) itself
+    with torch.no_grad():
+        want, (wh, wc) = lstm(x, (h0[None], c0[None]))
+    ky, kh, kc, _ = K.lstm_ln_forward(n(x), n(w_ih), n(w_hh), n(b_ih), n(b_hh), n(h0), n(c0),
+                                      w_hr=n(w_hr), training=False)
+    np.testing.assert_allclose(ky, want.numpy(), **TOL)
+    np.testing.assert_allclose(kc, wc[0].numpy(), **TOL)

@@ -54,6 +54,38 @@ def test_lstm_seeded_equals_the_reference_masks(dt, threads, lengths, reverse):
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_projected_lstm_seeded_equals_the_reference_masks(dt, threads):
+    """With a projection (w_hr [P, H]) the h mask is drawn over [T, N, P] (the projected h),
+    the c mask over [T, N, H]: the same as passing reference_reg.zoneout_masks' arrays."""
+    T, N, C, H, P = 6, 5, 4, 19, 7
+    rng = np.random.default_rng(1)
+    r = lambda *s: (0.5 * rng.standard_normal(s)).astype(dt)  # noqa: E731
+    args = [r(T, N, C), r(4 * H, C), r(4 * H, P), r(4 * H), r(4 * H), r(N, P), r(N, H)]
+    cot = (r(T, N, P), r(N, P), r(N, H))
+    kw = dict(w_hr=r(P, H), lengths=[6, 0, 3, 5, 1], reverse=True)
+    seed = 987654321
+    masks = dict(zoneout_h_mask=ref.zoneout_masks(seed, (T, N, P), 0.3, dt, "h"),
+                 zoneout_c_mask=ref.zoneout_masks(seed, (T, N, H), 0.15, dt, "c"))
+    old = F._num_threads
+    try:
+        F.set_num_threads(threads)
+        a = K.lstm_ln_forward(*args, **kw, zoneout_h=0.3, zoneout_c=0.15, zoneout_seed=seed)
+        b = K.lstm_ln_forward(*args, **kw, **masks)
+        ga, gb = K.lstm_ln_backward(a[-1], *cot), K.lstm_ln_backward(b[-1], *cot)
+    finally:
+        F._num_threads = old
+    for x, y in zip(a[:3], b[:3]):
+        np.testing.assert_array_equal(x, y)
+    for k, v in gb.items():
+        if v is not None:
+            np.testing.assert_array_equal(ga[k], v, err_msg=k)
+    ry, *_ = ref.lstm_ln_forward(*args, **kw, zoneout_h=0.3, zoneout_c=0.15, zoneout_seed=seed)
+    tol = 1e-10 if dt == np.float64 else 2e-5
+    np.testing.assert_allclose(a[0], ry, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
 def test_gru_seeded_equals_the_reference_masks(dt):
     args, cot = _gru(dt)
     T, N, H = 6, 5, 19

@@ -1,6 +1,7 @@
 // Bindings of the regularised / normalised LSTM and GRU kernels (fusedrnn/lstm_ln.h): numpy arrays
 // (preallocated by fusedrnn.regularised) into the argument structs, keywords read by name
-// (Keywords, common.h), the GIL released around the call. dims is (T, N, C, H); layer_norm is
+// (Keywords, common.h), the GIL released around the call. dims is (T, N, C, H), or the LSTM's
+// (T, N, C, H, P) with a projection (w_hr [P, H]; h-shaped arrays [.., P]); layer_norm is
 // "none", "haste" or "tfa".
 #include "common.h"
 #include <array>
@@ -20,13 +21,13 @@ fusedrnn::LayerNorm layer_norm_of(Keywords& kw) {
   throw py::value_error("layer_norm must be 'none', 'haste' or 'tfa', got '" + s + "'");
 }
 
-// The dropout masks: recurrent_mask [N, H], or with gate_masks one per gate block, [G, N, H],
+// The dropout masks: recurrent_mask [N, R], or with gate_masks one per gate block, [G, N, R],
 // and input_mask [G, N, C] (gate_masks only).
 template <typename S, class A>
 void read_masks(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n) {
   a.gate_masks = kw.value<bool>("gate_masks", false);
   const std::size_t G = n.GH / std::size_t(d.H);
-  a.recurrent_mask = kw.opt_in<S>("recurrent_mask", a.gate_masks ? G * n.NH : n.NH);
+  a.recurrent_mask = kw.opt_in<S>("recurrent_mask", a.gate_masks ? G * n.NR : n.NR);
   a.input_mask = kw.opt_in<S>("input_mask", G * std::size_t(d.N) * std::size_t(d.C));
 }
 
@@ -57,10 +58,11 @@ void read_forward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.h_n = kw.out<S>("h_n", n.NR);
   a.cache = kw.opt_out<S>("cache", cache_n);
   if constexpr (kLstm) {
+    a.w_hr = kw.opt_in<S>("w_hr", n.PH);
     a.c0 = kw.opt_in<S>("c0", n.NH);
     a.ln_gamma_c = kw.opt_in<S>("ln_gamma_c", d.H);
     a.ln_beta_c = kw.opt_in<S>("ln_beta_c", d.H);
-    a.zoneout_c_mask = kw.opt_in<S>("zoneout_c_mask", n.TNR);
+    a.zoneout_c_mask = kw.opt_in<S>("zoneout_c_mask", std::size_t(d.T) * n.NH);
     a.zoneout_c = kw.value<S>("zoneout_c", 0);
     a.c_n = kw.out<S>("c_n", n.NH);
   }
@@ -96,13 +98,15 @@ void read_backward(Keywords& kw, A& a, const fusedrnn::Dims& d, const Counts& n,
   a.dln_gamma_hh = kw.opt_out<S>("dln_gamma_hh", n.GH);
   a.dln_beta_hh = kw.opt_out<S>("dln_beta_hh", n.GH);
   if constexpr (kLstm) {
+    a.w_hr = kw.opt_in<S>("w_hr", n.PH);
     a.ln_gamma_c = kw.opt_in<S>("ln_gamma_c", d.H);
-    a.zoneout_c_mask = kw.opt_in<S>("zoneout_c_mask", n.TNR);
+    a.zoneout_c_mask = kw.opt_in<S>("zoneout_c_mask", std::size_t(d.T) * n.NH);
     a.zoneout_c = kw.value<S>("zoneout_c", 0);
     a.dc_n = kw.opt_in<S>("dc_n", n.NH);
     a.dc0 = kw.opt_out<S>("dc0", n.NH);
     a.dln_gamma_c = kw.opt_out<S>("dln_gamma_c", d.H);
     a.dln_beta_c = kw.opt_out<S>("dln_beta_c", d.H);
+    a.dw_hr = kw.opt_out<S>("dw_hr", n.PH);
   }
 }
 
@@ -171,16 +175,16 @@ void register_lstm_ln(py::module_& m) {
         fusedrnn::lstm_ln_backward(d, a, o, ws);
       },
       "Regularised / normalised LSTM forward into preallocated arrays. Keywords: x, w_ih, w_hh, "
-      "b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln_gamma_ih, ln_beta_ih, ln_gamma_hh, "
+      "w_hr (dims with P > 0), b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln_gamma_ih, ln_beta_ih, ln_gamma_hh, "
       "ln_beta_hh, ln_gamma_c, ln_beta_c, zoneout_h_mask, zoneout_c_mask, zoneout_h, "
       "zoneout_c, zoneout_draw, zoneout_seed, recurrent_mask, gate_masks, input_mask, lengths, y, h_n, c_n, cache, workspace, and the options "
       "reverse, num_threads.",
       "Regularised / normalised LSTM backward into preallocated arrays (parameter gradients "
-      "accumulate). Keywords: x, w_ih, w_hh, layer_norm, ln_gamma_ih, ln_gamma_hh, ln_gamma_c, "
-      "zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_draw, zoneout_seed, "
+      "accumulate). Keywords: x, w_ih, w_hh, w_hr, layer_norm, ln_gamma_ih, ln_gamma_hh, "
+      "ln_gamma_c, zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_draw, zoneout_seed, "
       "recurrent_mask, gate_masks, input_mask, lengths, cache, "
       "dy, dh_n, dc_n, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, "
-      "dln_gamma_hh, dln_beta_hh, dln_gamma_c, dln_beta_c, workspace, and the options reverse, "
+      "dln_gamma_hh, dln_beta_hh, dln_gamma_c, dln_beta_c, dw_hr, workspace, and the options reverse, "
       "num_threads.");
   register_cell<fusedrnn::GruLnForwardArgs, fusedrnn::GruLnBackwardArgs>(
       m, "gru_ln", 3,

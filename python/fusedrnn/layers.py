@@ -1083,11 +1083,13 @@ class _Regularised:
             raise ValueError(f"{type(self).__name__}.frozen(precision={self._precision!r}) "
                              f"does not support layer_norm or zoneout")
         T, N, C, H = dims[:4]
+        P = dims[4] if len(dims) > 4 else 0   # the LSTM's projection: h is P wide
+        R = P or H
         dt, rng = self.dtype, self._drop_rng
-        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
+        w_ih, w_hh, b_ih, b_hh, w_hr, _ = self._params(sfx)
         data = lambda p: None if p is None else p.data  # noqa: E731
-        st = {"dims": (T, N, C, H)}
-        kw = {}
+        st = {"dims": (T, N, C, H, P) if P else (T, N, C, H)}
+        kw = {"w_hr": w_hr.data} if P else {}
         if training:
             if self.zoneout_h or self.zoneout_c:
                 # the kernel draws the masks from this seed (reference_reg.zoneout_masks)
@@ -1099,7 +1101,7 @@ class _Regularised:
             if per_gate:
                 kw["gate_masks"] = True
             if self.recurrent_dropout:
-                kw["recurrent_mask"] = _keep_mask(rng, (G, N, H) if per_gate else (N, H),
+                kw["recurrent_mask"] = _keep_mask(rng, (G, N, R) if per_gate else (N, R),
                                                   self.recurrent_dropout, dt)
             if self.input_dropout and per_gate:
                 kw["input_mask"] = _keep_mask(rng, (G, N, C), self.input_dropout, dt)
@@ -1107,7 +1109,7 @@ class _Regularised:
                 st["xmask"] = _keep_mask(rng, (N, C), self.input_dropout, dt)
                 x = x * st["xmask"]
             if self.weight_drop:
-                st["wmask"] = _keep_mask(rng, (G * H, H), self.weight_drop, dt)
+                st["wmask"] = _keep_mask(rng, (G * H, R), self.weight_drop, dt)
         else:
             kw.update(zoneout_h=self.zoneout_h)
             if lstm:
@@ -1149,12 +1151,14 @@ class _Regularised:
         lstm = self._mode == "LSTM"
         cell = "lstm_ln" if lstm else "gru_ln"
         st = self._buffers[("reg",) + cache_key]
-        w_ih, w_hh, b_ih, b_hh, _, _ = self._params(sfx)
+        w_ih, w_hh, b_ih, b_hh, w_hr, _ = self._params(sfx)
         grad = lambda p: None if p is None else p.grad  # noqa: E731
         lnp = self._ln_params(sfx)
         dw_hh = np.zeros_like(w_hh.grad) if "wmask" in st else w_hh.grad
         masks = {k: st[k] for k in ("zoneout_draw", "zoneout_seed", "zoneout_h", "zoneout_c",
                                     "recurrent_mask", "gate_masks", "input_mask") if k in st}
+        if "w_hr" in st:   # the projection
+            masks.update(w_hr=st["w_hr"], dw_hr=w_hr.grad)
         gains = {k: None if lnp[k] is None else lnp[k].data
                  for k in ("ln_gamma_ih", "ln_gamma_hh", "ln_gamma_c") if k in lnp}
         state = dict(dh_n=dh_n, dh0=dh0)
@@ -1208,8 +1212,9 @@ class LSTM(_Regularised, _RNNBase):
         dmasks = _dropout_masks("LSTM", dropout_masks, recurrent_dropout,
                                             input_dropout)
         if kern := _kernel_options(reg, dropout_masks):
-            for name, off in (("proj_size", not proj_size), ("peepholes", not peepholes),
-                              ("cell_clip", cell_clip is None)):
+            # (proj_size composes with them: the regularised kernel projects, zoneout and the
+            # recurrent masks acting on the projected h)
+            for name, off in (("peepholes", not peepholes), ("cell_clip", cell_clip is None)):
                 if not off:
                     raise ValueError(f"LSTM: {name} cannot be combined with layer_norm, zoneout, "
                                      f"recurrent_dropout or per-gate masks (not supported by "

@@ -2,7 +2,7 @@
 ``cpp/include/fusedrnn/lstm_ln.h`` (layer norm, zoneout, recurrent dropout mask).
 
 Same conventions as :mod:`fusedrnn.reference` (shapes, lengths, reverse, the loss of the
-backward). No projection, no peepholes. Per step, with LN(v; γ, β) = γ∘(v − mean v) /
+backward). No peepholes; the LSTM may project (w_hr [P, H], PyTorch's proj_size). Per step, with LN(v; γ, β) = γ∘(v − mean v) /
 sqrt(var v + eps) + β over the units of v (per row; biased variance; absent β = 0):
 
     a   = LN(x_t W_ihᵀ; γ_ih, β_ih) + LN((h∘r) W_hhᵀ; γ_hh, β_hh) + b_ih + b_hh
@@ -11,6 +11,10 @@ sqrt(var v + eps) + β over the units of v (per row; biased variance; absent β 
     n   = LN(c̃; γ_c, β_c)  (c̃ without layer norm);   h̃ = o∘tanh(n)
     c'  = c̃ ("haste", "none": the un-normalised cell is carried) or n ("tfa")
     c_t = z_c∘c + (1 − z_c)∘c';   h_t = z_h∘h + (1 − z_h)∘h̃          (zoneout)
+
+With a projection w_hr [P, H] the carried h is P wide: h_t = z_h∘h + (1 − z_h)∘(h̃ W_hrᵀ)
+(zoneout and the recurrent mask act on the projected h, the state that recurs: z_h, r, h0,
+y, h_n are [.., P], w_hh [4H, P]; the zoneout draw of h is over [T, N, P]).
 
 r [N, H]: recurrent dropout mask (already scaled by 1/(1 − p)), None = ones. gate_masks=True
 (Keras 3's ``recurrent_dropout``: a mask per gate block): r is [G, N, H] and input_mask m
@@ -54,13 +58,14 @@ def zoneout_masks(seed, shape, p, dtype, which="h"):
     return ((z >> np.uint64(40)) < thr).astype(dtype).reshape(shape)
 
 
-def _seeded(seed, T, N, H, dt, zh, zc, p_h, p_c):
-    """zoneout_seed (training, no mask arrays): the masks drawn from it; the probabilities 0."""
+def _seeded(seed, T, N, H, dt, zh, zc, p_h, p_c, R=None):
+    """zoneout_seed (training, no mask arrays): the masks drawn from it; the probabilities 0.
+    R: the width of h (the projection's P), H by default."""
     if seed is None:
         return zh, zc, p_h, p_c
     if zh is not None or zc is not None:
         raise ValueError("zoneout_seed draws the masks: give no zoneout_h_mask / zoneout_c_mask")
-    zh = zoneout_masks(seed, (T, N, H), p_h, dt, "h") if p_h else None
+    zh = zoneout_masks(seed, (T, N, R or H), p_h, dt, "h") if p_h else None
     zc = zoneout_masks(seed, (T, N, H), p_c, dt, "c") if p_c else None
     return zh, zc, 0.0, 0.0
 
@@ -124,10 +129,11 @@ def _masks(recurrent_mask, input_mask, gate_masks, G, N, C, H, dt):
     return rm, _arr(input_mask, dt, (G, N, C), "input_mask")
 
 
-def _products(s, x_t, h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm=None):
+def _products(s, x_t, h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm=None, G=None):
     """Step s's two products (through the masks), layer-normalised with ln (their normalised
-    values and 1/std saved for the backward)."""
-    G = w_hh.shape[0] // w_hh.shape[1]
+    values and 1/std saved for the backward). G: the gate blocks (default: w_hh square per
+    block, as without a projection)."""
+    G = G or w_hh.shape[0] // w_hh.shape[1]
     hin = h if rm is None or rm.ndim == 3 else h * rm
     gx, gh = _block_product(x_t, xm, w_ih, G), _block_product(h, rm, w_hh, G)
     if ln:
@@ -142,22 +148,30 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
                     zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
-                    training=True, gate_masks=False, input_mask=None):
-    """Returns (y [T, N, H], h_n [N, H], c_n [N, H], cache or None). zoneout_seed: the masks
-    of :func:`zoneout_masks` with probabilities zoneout_h, zoneout_c (training)."""
+                    training=True, gate_masks=False, input_mask=None, w_hr=None):
+    """Returns (y [T, N, R], h_n [N, R], c_n [N, H], cache or None), R = P with a projection
+    w_hr [P, H] (P < H), else H. zoneout_seed: the masks of :func:`zoneout_masks` with
+    probabilities zoneout_h, zoneout_c (training)."""
     if layer_norm not in LAYER_NORMS:
         raise ValueError(f"layer_norm must be one of {LAYER_NORMS}, got {layer_norm!r}")
     x = np.array(x, copy=True)
     T, N, C = x.shape
     dt = x.dtype
     H = np.shape(w_hh)[0] // 4
+    if w_hr is not None:
+        R = np.shape(w_hr)[0]
+        w_hr = _arr(w_hr, dt, (R, H), "w_hr", False)
+        if not 0 < R < H:
+            raise ValueError(f"w_hr must be [P, H] with 0 < P < H, got {list(w_hr.shape)}")
+    else:
+        R = H
     w_ih = _arr(w_ih, dt, (4 * H, C), "w_ih", False)
-    w_hh = _arr(w_hh, dt, (4 * H, H), "w_hh", False)
+    w_hh = _arr(w_hh, dt, (4 * H, R), "w_hh", False)
     b = np.zeros(4 * H, dt)
     for v, name in ((b_ih, "b_ih"), (b_hh, "b_hh")):
         if v is not None:
             b = b + _arr(v, dt, (4 * H,), name)
-    h = np.zeros((N, H), dt) if h0 is None else _arr(h0, dt, (N, H), "h0")
+    h = np.zeros((N, R), dt) if h0 is None else _arr(h0, dt, (N, R), "h0")
     c = np.zeros((N, H), dt) if c0 is None else _arr(c0, dt, (N, H), "c0")
     ln = layer_norm != "none"
     P = {k: _arr(v, dt, (sz,), k) for k, v, sz in (
@@ -168,21 +182,23 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
         raise ValueError("layer norm needs ln_gamma_ih, ln_gamma_hh and ln_gamma_c")
     if not ln and any(v is not None for v in P.values()):
         raise ValueError("ln_* parameters given but layer_norm is 'none'")
-    zh = _arr(zoneout_h_mask, dt, (T, N, H), "zoneout_h_mask")
+    zh = _arr(zoneout_h_mask, dt, (T, N, R), "zoneout_h_mask")
     zc = _arr(zoneout_c_mask, dt, (T, N, H), "zoneout_c_mask")
     for p, name in ((zoneout_h, "zoneout_h"), (zoneout_c, "zoneout_c")):
         if not 0 <= p < 1:
             raise ValueError(f"{name} must lie in [0, 1), got {p!r}")
     zh, zc, zoneout_h, zoneout_c = _seeded(zoneout_seed, T, N, H, dt, zh, zc, zoneout_h,
-                                           zoneout_c)
-    rm, xm = _masks(recurrent_mask, input_mask, gate_masks, 4, N, C, H, dt)
+                                           zoneout_c, R)
+    rm, xm = _masks(recurrent_mask, input_mask, gate_masks, 4, N, C, R, dt)
     lengths = _lengths(lengths, T, N)
     tidx, active = _schedule(T, lengths, bool(reverse))
     rows = np.arange(N)
     tfa = layer_norm == "tfa"
-    y = np.zeros((T, N, H), dt)
-    keys = ("h_prev", "c_prev", "hin", "i", "f", "g", "o", "n", "chat", "zh", "zc")
+    y = np.zeros((T, N, R), dt)
+    keys = ("c_prev", "i", "f", "g", "o", "n", "chat", "zc", "ht")
     saved = {k: np.zeros((T, N, H), dt) for k in keys}
+    for k in ("h_prev", "hin", "zh"):
+        saved[k] = np.zeros((T, N, R), dt)
     for k in ("xhat", "hhat"):
         saved[k] = np.zeros((T, N, 4 * H), dt)
     for k in ("ix", "ih", "ic"):
@@ -190,7 +206,7 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
     for s in range(T):
         t = tidx[s]
         act = active[s][:, None]
-        hin, ax, ah = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm)
+        hin, ax, ah = _products(s, x[t, rows], h, rm, w_ih, w_hh, ln, P, ln_eps, saved, xm, 4)
         a = ax + ah + b
         i, f, o = (_sigmoid(a[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
         g = np.tanh(a[:, 2 * H:3 * H])
@@ -202,12 +218,12 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
             n = ct
         ht = o * np.tanh(n)
         cc = n if tfa else ct
-        z_h = zh[t, rows] if zh is not None else np.full((N, H), zoneout_h, dt)
+        z_h = zh[t, rows] if zh is not None else np.full((N, R), zoneout_h, dt)
         z_c = zc[t, rows] if zc is not None else np.full((N, H), zoneout_c, dt)
         c_new = z_c * c + (1 - z_c) * cc
-        h_new = z_h * h + (1 - z_h) * ht
+        h_new = z_h * h + (1 - z_h) * (ht if w_hr is None else ht @ w_hr.T)
         for k, v in (("h_prev", h), ("c_prev", c), ("hin", hin), ("i", i), ("f", f),
-                     ("g", g), ("o", o), ("n", n), ("zh", z_h), ("zc", z_c)):
+                     ("g", g), ("o", o), ("n", n), ("zh", z_h), ("zc", z_c), ("ht", ht)):
             saved[k][s] = v
         h = np.where(act, h_new, h)
         c = np.where(act, c_new, c)
@@ -215,7 +231,8 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
         y[t[ar], rows[ar]] = h[ar]
     cache = None
     if training:
-        cache = dict(kind="lstm_ln", x=x, w_ih=w_ih, w_hh=w_hh, T=T, N=N, C=C, H=H, dtype=dt,
+        cache = dict(kind="lstm_ln", x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, R=R, T=T, N=N, C=C,
+                     H=H, dtype=dt,
                      layer_norm=layer_norm, rm=rm, xm=xm, tidx=tidx, active=active,
                      has=dict(b_ih=b_ih is not None, b_hh=b_hh is not None, h0=h0 is not None,
                               c0=c0 is not None, beta_ih=P["ln_beta_ih"] is not None,
@@ -228,15 +245,17 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
 def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
     """Gradients of Σ y·dy + Σ h_n·dh_n + Σ c_n·dc_n. Returns a dict: dx, dh0, dc0, dw_ih,
     dw_hh, db_ih, db_hh, dln_gamma_ih, dln_beta_ih, dln_gamma_hh, dln_beta_hh, dln_gamma_c,
-    dln_beta_c (None for inputs that were not given)."""
+    dln_beta_c, dw_hr (None for inputs that were not given)."""
     if not isinstance(cache, dict) or cache.get("kind") != "lstm_ln":
         raise ValueError("lstm_ln_backward needs a cache from reference_reg.lstm_ln_forward")
     T, N, C, H, dt = (cache[k] for k in ("T", "N", "C", "H", "dtype"))
     ln = cache["layer_norm"] != "none"
     tfa = cache["layer_norm"] == "tfa"
-    dy = np.zeros((T, N, H), dt) if dy is None else np.asarray(dy, dt)
-    dh = np.zeros((N, H), dt) if dh_n is None else np.array(dh_n, dt)
+    R, w_hr = cache["R"], cache["w_hr"]
+    dy = np.zeros((T, N, R), dt) if dy is None else np.asarray(dy, dt)
+    dh = np.zeros((N, R), dt) if dh_n is None else np.array(dh_n, dt)
     dc = np.zeros((N, H), dt) if dc_n is None else np.array(dc_n, dt)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     x, w_ih, w_hh, rm = cache["x"], cache["w_ih"], cache["w_hh"], cache["rm"]
     rows = np.arange(N)
     dx = np.zeros((T, N, C), dt)
@@ -252,6 +271,9 @@ def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
         c_prev, z_h, z_c = cache["c_prev"][s], cache["zh"][s], cache["zc"][s]
         dh_t = dh + np.where(act, dy[t, rows], 0)
         dht = (1 - z_h) * dh_t
+        if w_hr is not None:   # h_t's new part is h̃ W_hrᵀ
+            dw_hr += np.where(act, dht, 0).T @ cache["ht"][s]
+            dht = dht @ w_hr
         dcand = (1 - z_c) * dc
         tn = np.tanh(n)
         da_o = dht * tn * o * (1 - o)
@@ -298,7 +320,7 @@ def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None):
         dln_gamma_hh=dgam_hh if ln else None,
         dln_beta_hh=db.copy() if ln and has["beta_hh"] else None,
         dln_gamma_c=dgam_c if ln else None,
-        dln_beta_c=dbet_c if ln and has["beta_c"] else None)
+        dln_beta_c=dbet_c if ln and has["beta_c"] else None, dw_hr=dw_hr)
 
 
 # -- the GRU ----------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ _CELLS = {  # name: (gates, has a cell state, layer-norm modes)
 
 def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zoneout_h_mask,
              zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed, recurrent_mask, lengths,
-             reverse, training, gate_masks=False, input_mask=None):
+             reverse, training, gate_masks=False, input_mask=None, w_hr=None):
     fn = cell + "_forward"
     G, lstm, modes = _CELLS[cell]
     if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) or x.ndim != 3:
@@ -81,11 +81,27 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
     dt = x.dtype
     if layer_norm not in modes:
         raise ValueError(f"{fn}: layer_norm must be one of {modes}, got {layer_norm!r}")
-    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] % G \
+    P = 0
+    if w_hr is not None:   # the LSTM's projection w_hr [P, H] gives P and H
+        if not isinstance(w_hr, np.ndarray) or w_hr.ndim != 2 or min(w_hr.shape) < 1:
+            raise ValueError(f"{fn}: w_hr must be a numpy array [P, H], got "
+                             f"{getattr(w_hr, 'shape', type(w_hr).__name__)}")
+        P, H = w_hr.shape
+        if P >= H:
+            raise ValueError(f"{fn}: w_hr must have shape [P, H] with P < H (the projection "
+                             f"narrows h, PyTorch's rule: proj_size < hidden_size), got "
+                             f"{list(w_hr.shape)}")
+        if not isinstance(w_hh, np.ndarray) or w_hh.shape != (G * H, P):
+            raise ValueError(f"{fn}: w_hh must be a numpy array [{G}H, P] = [{G * H}, {P}] "
+                             f"(H = {H}, P = {P} from w_hr [P, H]), got "
+                             f"{list(getattr(w_hh, 'shape', ())) or type(w_hh).__name__}")
+    elif not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] % G \
             or w_hh.shape[0] // G != w_hh.shape[1] or w_hh.shape[1] < 1:
         raise ValueError(f"{fn}: w_hh must be a numpy array [{G}H, H], got "
                          f"{getattr(w_hh, 'shape', type(w_hh).__name__)}")
-    H = w_hh.shape[1]
+    else:
+        H = w_hh.shape[1]
+    R = P or H   # the width of h (the projection's P)
     GH = G * H
     if not isinstance(gate_masks, (bool, np.bool_)):
         raise ValueError(f"{fn}: gate_masks must be True or False, got {gate_masks!r}")
@@ -94,12 +110,12 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
                          f"mask shared by the blocks is the caller's scaling of x)")
     a = dict(
         w_ih=_arr(fn, "w_ih", w_ih, (GH, C), dt, False),
-        w_hh=_arr(fn, "w_hh", w_hh, (GH, H), dt, False),
+        w_hh=_arr(fn, "w_hh", w_hh, (GH, R), dt, False),
         b_ih=_arr(fn, "b_ih", b_ih, (GH,), dt), b_hh=_arr(fn, "b_hh", b_hh, (GH,), dt),
-        h0=_arr(fn, "h0", h0, (N, H), dt),
-        zoneout_h_mask=_arr(fn, "zoneout_h_mask", zoneout_h_mask, (T, N, H), dt),
+        h0=_arr(fn, "h0", h0, (N, R), dt),
+        zoneout_h_mask=_arr(fn, "zoneout_h_mask", zoneout_h_mask, (T, N, R), dt),
         recurrent_mask=_arr(fn, "recurrent_mask", recurrent_mask,
-                            (G, N, H) if gate_masks else (N, H), dt),
+                            (G, N, R) if gate_masks else (N, R), dt),
         input_mask=_arr(fn, "input_mask", input_mask, (G, N, C), dt),
         **{k: _arr(fn, k, v, (H if k.endswith("_c") else GH,), dt) for k, v in ln.items()})
     zoneout_h = check_probability(fn, "zoneout_h", zoneout_h)
@@ -113,6 +129,8 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
             raise ValueError(f"{fn}: zoneout_seed draws training masks; evaluation uses the "
                              f"probabilities (training=False without zoneout_seed)")
         extra.update(zoneout_draw=True, zoneout_seed=int(zoneout_seed))
+    if P:
+        a["w_hr"] = _arr(fn, "w_hr", w_hr, (P, H), dt, False)
     if lstm:
         a.update(c0=_arr(fn, "c0", c0, (N, H), dt),
                  zoneout_c_mask=_arr(fn, "zoneout_c_mask", zoneout_c_mask, (T, N, H), dt))
@@ -121,10 +139,10 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
             or not 0 < ln_eps < np.inf:
         raise ValueError(f"{fn}: ln_eps must be a finite number > 0, got {ln_eps!r}")
     lengths = _check_lengths(fn, lengths, N, T)  # a checked int64 copy (the cache keeps it)
-    dims = (T, N, C, H)
+    dims = (T, N, C, H, P) if P else (T, N, C, H)
     cache_n, ws_n, _ = getattr(_core, cell + "_sizes")(dims)
-    y = np.empty((T, N, H), dt)
-    out = dict(h_n=np.empty((N, H), dt))
+    y = np.empty((T, N, R), dt)
+    out = dict(h_n=np.empty((N, R), dt))
     if lstm:
         out["c_n"] = np.empty((N, H), dt)
     buf = np.empty(cache_n, dt) if training else None
@@ -146,15 +164,15 @@ def _backward(cell, cache, dy, dh_n, dc_n, input_grad=True):
     if not isinstance(cache, _Cache) or cache.cell != cell:
         raise ValueError(f"{fn}: cache must come from regularised.{cell}_forward("
                          f"training=True)")
-    a, (T, N, C, H) = cache.args, cache.dims
-    GH = G * H
+    a, (T, N, C, H), P = cache.args, cache.dims[:4], (cache.dims[4:] or (0,))[0]
+    GH, R = G * H, P or H
     dt = a["x"].dtype
-    cot = dict(dy=_arr(fn, "dy", dy, (T, N, H), dt), dh_n=_arr(fn, "dh_n", dh_n, (N, H), dt))
+    cot = dict(dy=_arr(fn, "dy", dy, (T, N, R), dt), dh_n=_arr(fn, "dh_n", dh_n, (N, R), dt))
     ln = a["layer_norm"] != "none"
     z = lambda shape: np.zeros(shape, dt)  # noqa: E731
     g = dict(dx=np.empty((T, N, C), dt) if input_grad else None,
-             dh0=np.empty((N, H), dt) if a["h0"] is not None else None,
-             dw_ih=z((GH, C)), dw_hh=z((GH, H)),
+             dh0=np.empty((N, R), dt) if a["h0"] is not None else None,
+             dw_ih=z((GH, C)), dw_hh=z((GH, R)),
              db_ih=z(GH) if a["b_ih"] is not None else None,
              db_hh=z(GH) if a["b_hh"] is not None else None,
              dln_gamma_ih=z(GH) if ln else None,
@@ -170,6 +188,11 @@ def _backward(cell, cache, dy, dh_n, dc_n, input_grad=True):
                  dln_gamma_c=z(H) if ln else None,
                  dln_beta_c=z(H) if a["ln_beta_c"] is not None else None)
         keep += ["ln_gamma_c", "zoneout_c_mask", "zoneout_c"]
+        if P:
+            keep.append("w_hr")
+            g["dw_hr"] = z((P, H))
+    if lstm and not P:
+        g["dw_hr"] = None   # (the reference's key: no projection)
     ws_n = getattr(_core, cell + "_sizes")(cache.dims)[2]
     getattr(_core, fn)(cache.dims, **{k: a[k] for k in keep}, cache=cache.buf, **cot,
                        workspace=_workspace(ws_n, dt), reverse=cache.reverse,
@@ -182,15 +205,16 @@ def lstm_ln_forward(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
                     ln_gamma_hh=None, ln_beta_hh=None, ln_gamma_c=None, ln_beta_c=None,
                     zoneout_h_mask=None, zoneout_c_mask=None, zoneout_h=0.0, zoneout_c=0.0,
                     zoneout_seed=None, recurrent_mask=None, lengths=None, reverse=False,
-                    training=True, gate_masks=False, input_mask=None):
+                    training=True, gate_masks=False, input_mask=None, w_hr=None):
     """The fused kernel of :func:`fusedrnn.reference_reg.lstm_ln_forward`.
     Returns (y, h_n, c_n, cache or None). zoneout_seed (training): the kernel draws the zoneout
-    masks itself (reference_reg.zoneout_masks), in forward and backward, storing none."""
+    masks itself (reference_reg.zoneout_masks), in forward and backward, storing none. w_hr
+    [P, H]: the projection (h, y, h0, the zoneout and recurrent masks of h are then P wide)."""
     ln = dict(ln_gamma_ih=ln_gamma_ih, ln_beta_ih=ln_beta_ih, ln_gamma_hh=ln_gamma_hh,
               ln_beta_hh=ln_beta_hh, ln_gamma_c=ln_gamma_c, ln_beta_c=ln_beta_c)
     return _forward("lstm_ln", x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln,
                     zoneout_h_mask, zoneout_c_mask, zoneout_h, zoneout_c, zoneout_seed,
-                    recurrent_mask, lengths, reverse, training, gate_masks, input_mask)
+                    recurrent_mask, lengths, reverse, training, gate_masks, input_mask, w_hr)
 
 
 def lstm_ln_backward(cache, dy=None, dh_n=None, dc_n=None, *, input_grad=True):

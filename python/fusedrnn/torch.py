@@ -271,28 +271,30 @@ def _ln_names(mode):
     return _LN_NAMES if mode == "LSTM" else _LN_NAMES[:4]
 
 
-def _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln, training):
+def _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *ln, training):
     """fusedrnn.regularised's LSTM kernel (c0 given or meta["cell"] == "lstm"), else the GRU's:
-    (y, h_n[, c_n], cache)."""
+    (y, h_n[, c_n], cache). w_hr: the LSTM's projection, or None."""
     from . import regularised
     meta = dict(meta)
     lstm = meta.pop("cell") == "lstm"
     kw = {k: _np(v) for k, v in zip(_ln_names("LSTM" if lstm else "GRU"), ln)}
     if lstm:
         return regularised.lstm_ln_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
-                                           _np(h0), _np(c0), **kw, **meta, training=training)
+                                           _np(h0), _np(c0), **kw, **meta, training=training,
+                                           w_hr=_np(w_hr))
     return regularised.gru_ln_forward(_np(x), _np(w_ih), _np(w_hh), _np(b_ih), _np(b_hh),
                                       _np(h0), **kw, **meta, training=training)
 
 
 class _RegularisedFunction(torch.autograd.Function):
     """One layer, one direction of an LSTM or GRU with issue 19's options
-    (fusedrnn.regularised): (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, the ln_* parameters) ->
-    (y, h_n, c_n) for the LSTM, (y, h_n) for the GRU (meta["cell"]; c0 None)."""
+    (fusedrnn.regularised): (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, the ln_* parameters)
+    -> (y, h_n, c_n) for the LSTM, (y, h_n) for the GRU (meta["cell"]; c0 None; w_hr: the
+    LSTM's projection or None)."""
 
     @staticmethod
-    def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln):
-        *outs, cache = _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, *ln,
+    def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *ln):
+        *outs, cache = _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *ln,
                                     training=True)
         # the kernel cache: a saved tensor, freed by torch after backward
         ctx.save_for_backward(torch.from_numpy(cache.buf), x, w_ih, w_hh)
@@ -312,7 +314,8 @@ class _RegularisedFunction(torch.autograd.Function):
         r = (regularised.lstm_ln_backward if lstm else regularised.gru_ln_backward)(
             ctx.kernel_cache, *g, input_grad=need[1])
         r.setdefault("dc0", None)
-        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh") + \
+        r.setdefault("dw_hr", None)
+        names = ("dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr") + \
             tuple("d" + k for k in _ln_names("LSTM" if lstm else "GRU"))
         return (None,) + tuple(torch.from_numpy(r[k]) if r[k] is not None and need[1 + i]
                                else None for i, k in enumerate(names))
@@ -826,13 +829,14 @@ class _Base:
             for direction in range(D):
                 idx = layer * D + direction
                 sfx = f"_l{layer}" + ("_reverse" if direction else "")
-                w_ih, w_hh, b_ih, b_hh, _, _ = params[idx]
+                w_ih, w_hh, b_ih, b_hh, w_hr, _ = params[idx]
+                R = w_hh.shape[1]   # h's width: the projection's P, or H
                 ln = tuple(_weight(self, k + sfx) for k in _ln_names(self.mode))
                 masks = {}
                 xin, w = inp, w_hh
                 if train:
                     if self.zoneout_h:
-                        masks["zoneout_h_mask"] = bern((T, N, H), self.zoneout_h).numpy()
+                        masks["zoneout_h_mask"] = bern((T, N, R), self.zoneout_h).numpy()
                     if self.zoneout_c:
                         masks["zoneout_c_mask"] = bern((T, N, H), self.zoneout_c).numpy()
                     per_gate = self.dropout_masks == "per_gate"
@@ -840,7 +844,7 @@ class _Base:
                     if per_gate:
                         masks["gate_masks"] = True
                     if self.recurrent_dropout:
-                        shape = (G, N, H) if per_gate else (N, H)
+                        shape = (G, N, R) if per_gate else (N, R)
                         masks["recurrent_mask"] = _keep(shape, self.recurrent_dropout,
                                                         dt).numpy()
                     if self.input_dropout and per_gate:
@@ -862,10 +866,10 @@ class _Base:
                 c0_i = None if c0 is None else c0[idx]
                 if grad:
                     res = _RegularisedFunction.apply(meta, xin.contiguous(), h0_i, c0_i,
-                                                     w_ih, w.contiguous(), b_ih, b_hh, *ln)
+                                                     w_ih, w.contiguous(), b_ih, b_hh, w_hr, *ln)
                 else:
                     *res, _ = _reg_forward(meta, xin.contiguous(), h0_i, c0_i, w_ih,
-                                           w.contiguous(), b_ih, b_hh, *ln, training=False)
+                                           w.contiguous(), b_ih, b_hh, w_hr, *ln, training=False)
                     res = tuple(torch.from_numpy(a) for a in res)
                 ys.append(res[0])
                 hs.append(res[1])
@@ -945,10 +949,10 @@ class LSTM(_Base, torch.nn.LSTM):
         reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
         _dropout_masks("LSTM", dropout_masks, recurrent_dropout, input_dropout)
-        if _kernel_options(reg, dropout_masks) and (peepholes or kwargs.get("proj_size", 0) or
-                                                    (len(args) > 7 and args[7])):
+        if _kernel_options(reg, dropout_masks) and peepholes:
+            # (proj_size composes: the regularised kernel projects)
             raise ValueError("LSTM: layer_norm, zoneout, recurrent_dropout and per-gate masks "
-                             "cannot be combined with peepholes or proj_size")
+                             "cannot be combined with peepholes")
         self._check_construction(kwargs)
         _check_bool("LSTM", "peepholes", peepholes)
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \

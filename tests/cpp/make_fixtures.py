@@ -89,6 +89,9 @@ def grid():
            ("lstm", {"recurrent_dropout": 0.2, "weight_drop": 0.3}),
            ("gru", {"layer_norm": "haste", "zoneout_h": 0.15}),
            ("gru", {"recurrent_dropout": 0.2, "input_dropout": 0.1}),
+           # the regularised kernel projects too
+           ("lstm", {"layer_norm": "haste", "zoneout_h": 0.1, "zoneout_c": 0.2,
+                     "proj_size": 3}),
            # the dropouts alone run the plain kernels, so they combine with these
            ("lstm", {"weight_drop": 0.3, "proj_size": 3, "peepholes": True}),
            ("gru", {"input_dropout": 0.2, "weight_drop": 0.3, "variant": "reset_before"})]

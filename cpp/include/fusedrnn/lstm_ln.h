@@ -1,5 +1,5 @@
-// Regularised / normalised LSTM and GRU layer kernels (one layer, one direction, no projection, no
-// peepholes): layer normalisation in two placements, zoneout on h and c, and a per-sequence
+// Regularised / normalised LSTM and GRU layer kernels (one layer, one direction; the LSTM may
+// project, Dims::P > 0, but has no peepholes): layer normalisation in two placements, zoneout on h and c, and a per-sequence
 // (variational) dropout mask on the recurrent input h_{t-1}. Every option is off by default;
 // with all off the formula is the plain LSTM of lstm.h (gate order i, f, g, o).
 //
@@ -27,6 +27,11 @@
 // u < p, u = (the i-th output of SplitMix64 seeded with key) >> 40, times 2⁻²⁴, i = (t N + n) H + j,
 // key = zoneout_seed ^ 0x5A6F6E656F75745F ("Zoneout_") for z_h and that ^ 1 for z_c; that is
 // fusedrnn.reference_reg.zoneout_masks, and equals passing its arrays as the masks.
+// Projection (LSTM, Dims::P = P > 0, P < H, w_hr [P, H], PyTorch's proj_size): the state that
+// recurs is P wide, h_t = z_h∘h_{t−1} + (1 − z_h)∘(h̃ W_hrᵀ): zoneout of h, the recurrent mask
+// and the zoneout draw of h act on the projected h (z_h, r: [.., P]; the draw's i = (t N + n) P +
+// j), and h0, y, h_n, dh_n, dy, dh0 are [.., P], w_hh [4H, P]; the cell, its zoneout and layer
+// norm stay H wide. Below, "[N, H]" of h-shaped arrays reads [N, R], R = P or H.
 #pragma once
 
 #include <cstddef>
@@ -42,10 +47,11 @@ template <typename Scalar>
 struct LstmLnForwardArgs {
   const Scalar* x = nullptr;              // [T, N, C]
   const Scalar* w_ih = nullptr;           // [4H, C]
-  const Scalar* w_hh = nullptr;           // [4H, H]
+  const Scalar* w_hh = nullptr;           // [4H, R]
+  const Scalar* w_hr = nullptr;           // [P, H] with Dims::P > 0; null without
   const Scalar* b_ih = nullptr;           // [4H]; null = no bias
   const Scalar* b_hh = nullptr;           // [4H]; null = no bias
-  const Scalar* h0 = nullptr;             // [N, H]; null = zeros
+  const Scalar* h0 = nullptr;             // [N, R]; null = zeros
   const Scalar* c0 = nullptr;             // [N, H]; null = zeros
   LayerNorm layer_norm = LayerNorm::none;
   Scalar ln_eps = Scalar(1e-5);           // > 0
@@ -55,18 +61,18 @@ struct LstmLnForwardArgs {
   const Scalar* ln_beta_hh = nullptr;     // [4H]; null = 0
   const Scalar* ln_gamma_c = nullptr;     // [H]; required with layer norm
   const Scalar* ln_beta_c = nullptr;      // [H]; null = 0
-  const Scalar* zoneout_h_mask = nullptr; // [T, N, H] of 0/1 (any values in [0, 1] are taken)
+  const Scalar* zoneout_h_mask = nullptr; // [T, N, R] of 0/1 (any values in [0, 1] are taken)
   const Scalar* zoneout_c_mask = nullptr; // [T, N, H]
   Scalar zoneout_h = 0;                   // in [0, 1): used where zoneout_h_mask is null
   Scalar zoneout_c = 0;                   // must be 0 when the mask is given
   bool zoneout_draw = false;              // training: draw the masks from zoneout_seed
   std::uint64_t zoneout_seed = 0;
-  const Scalar* recurrent_mask = nullptr; // [N, H] ([G, N, H] with gate_masks); null = none
+  const Scalar* recurrent_mask = nullptr; // [N, R] ([G, N, R] with gate_masks); null = none
   bool gate_masks = false;                // per-gate masks (Keras 3), see above
   const Scalar* input_mask = nullptr;     // [G, N, C] with gate_masks; null = none
   const std::int64_t* lengths = nullptr;  // [N]; null = all T
-  Scalar* y = nullptr;                    // out [T, N, H]
-  Scalar* h_n = nullptr;                  // out [N, H]
+  Scalar* y = nullptr;                    // out [T, N, R]
+  Scalar* h_n = nullptr;                  // out [N, R]
   Scalar* c_n = nullptr;                  // out [N, H]
   Scalar* cache = nullptr;                // out [lstm_ln_cache_size]; null = inference
 };
@@ -78,6 +84,7 @@ struct LstmLnBackwardArgs {
   const Scalar* x = nullptr;
   const Scalar* w_ih = nullptr;
   const Scalar* w_hh = nullptr;
+  const Scalar* w_hr = nullptr;           // [P, H] with Dims::P > 0
   LayerNorm layer_norm = LayerNorm::none;
   const Scalar* ln_gamma_ih = nullptr;
   const Scalar* ln_gamma_hh = nullptr;
@@ -93,14 +100,15 @@ struct LstmLnBackwardArgs {
   const Scalar* input_mask = nullptr;
   const std::int64_t* lengths = nullptr;
   const Scalar* cache = nullptr;          // written by that forward
-  const Scalar* dy = nullptr;             // [T, N, H]; null = zero
-  const Scalar* dh_n = nullptr;           // [N, H]; null = zero
+  const Scalar* dy = nullptr;             // [T, N, R]; null = zero
+  const Scalar* dh_n = nullptr;           // [N, R]; null = zero
   const Scalar* dc_n = nullptr;           // [N, H]; null = zero
   Scalar* dx = nullptr;                   // out [T, N, C] (overwritten); null = not computed
-  Scalar* dh0 = nullptr;                  // out [N, H] (overwritten)
+  Scalar* dh0 = nullptr;                  // out [N, R] (overwritten)
   Scalar* dc0 = nullptr;                  // out [N, H] (overwritten)
   Scalar* dw_ih = nullptr;                // [4H, C] (+=)
-  Scalar* dw_hh = nullptr;                // [4H, H] (+=)
+  Scalar* dw_hh = nullptr;                // [4H, R] (+=)
+  Scalar* dw_hr = nullptr;                // [P, H] (+=); projection only
   Scalar* db_ih = nullptr;                // [4H] (+=)
   Scalar* db_hh = nullptr;                // [4H] (+=)
   Scalar* dln_gamma_ih = nullptr;         // [4H] (+=); the ln_* gradients need layer norm

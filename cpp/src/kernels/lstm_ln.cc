@@ -27,55 +27,64 @@ template <typename S> struct CellOf<GruLnForwardArgs<S>> { static constexpr bool
 template <typename S> struct CellOf<GruLnBackwardArgs<S>> { static constexpr bool lstm = false; };
 constexpr Index gates_of(bool lstm) { return lstm ? 4 : 3; }
 
-// Cache, step order: hs, cs [T+1, N, H] (the state before each step); hm [T, N, H] (h∘r, the
-// recurrent product's input, with a recurrent mask); gates [T, N, 4H] (LSTM: i, f, g, o; GRU:
-// r, z, ñ, q); xhat, hhat [T, N, GH] (the normalised products); chat, nn [T, N, H] (normalised
-// c̃, n); inv [T, N, 3] (1/std of the input product, the recurrent product and c̃). Rows of
-// finished sequences hold zeros in xhat, hhat, chat (the parameter gradients multiply them by
-// zero). The GRU has no cs, chat, nn.
+// Cache, step order: hs [T+1, N, R], cs [T+1, N, H] (the state before each step; R = P with a
+// projection, else H); hm [T, N, R] (h∘r, the recurrent product's input, with a recurrent
+// mask); gates [T, N, 4H] (LSTM: i, f, g, o; GRU: r, z, ñ, q); xhat, hhat [T, N, GH] (the
+// normalised products); chat, nn [T, N, H] (normalised c̃, n); inv [T, N, 3] (1/std of the
+// input product, the recurrent product and c̃); ht [T, N, H] (projection only: h̃, the
+// projection's input). Rows of finished sequences hold zeros in xhat, hhat, chat, ht (the
+// parameter gradients multiply them by zero). The GRU has no cs, chat, nn, ht.
 template <typename T>
 struct Cache {
-  T *hs, *cs, *hm, *gates, *xhat, *hhat, *chat, *nn, *inv;
+  T *hs, *cs, *hm, *gates, *xhat, *hhat, *chat, *nn, *inv, *ht;
 };
 template <bool Lstm, typename T>
 Cache<T> cache_layout(const Dims& d, detail::Carver<T>& c) {
-  const Index N = d.N, H = d.H, TN = d.T * N, GH = gates_of(Lstm) * H, CH = Lstm ? H : 0;
+  const Index N = d.N, H = d.H, R = detail::rec_width(d), TN = d.T * N,
+              GH = gates_of(Lstm) * H, CH = Lstm ? H : 0;
   Cache<T> k{};
-  k.hs = c.take((d.T + 1) * N * H);
+  k.hs = c.take((d.T + 1) * N * R);
   k.cs = c.take((d.T + 1) * N * CH);
-  k.hm = c.take(TN * H);
+  k.hm = c.take(TN * R);
   k.gates = c.take(TN * 4 * H);
   k.xhat = c.take(TN * GH);
   k.hhat = c.take(TN * GH);
   k.chat = c.take(TN * CH);
   k.nn = c.take(TN * CH);
   k.inv = c.take(TN * 3);
+  k.ht = c.take(d.P > 0 ? TN * H : 0);
   return k;
 }
 
 // Forward workspace: packed w_ih, w_hh (whole, or per gate block with gate_masks: G panels
-// of [H, H] / [C, H]); a chunk of gx and xs (skeleton.h); gh [N, GH]; h and c double buffers
-// [2, N, H]; inference scratch: gates [N, 4H]; masked h [G, N, H] (gate_masks: one per block;
-// otherwise [N, H] in inference); one step's drawn zoneout masks of h and c [2, N, H].
+// of [R, H] / [C, H]); a chunk of gx and xs (skeleton.h); gh [N, GH]; h [2, N, R] and c
+// [2, N, H] double buffers; inference scratch: gates [N, 4H]; masked h [G, N, R] (gate_masks:
+// one per block; otherwise [N, R] in inference); one step's drawn zoneout masks of h and c
+// [2, N, H]; projection only: packed w_hr, h̃ [N, H] (inference) and h̃ W_hrᵀ [N, R].
 template <typename T>
 struct ForwardSpace {
-  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *cbuf, *gbuf, *hmbuf, *zbuf;
+  T *wih_p, *whh_p, *gx, *xs, *gh, *hbuf, *cbuf, *gbuf, *hmbuf, *zbuf, *whr_p, *htb, *pj;
 };
 template <bool Lstm, typename T>
 ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
   using namespace detail;
-  const Index N = d.N, H = d.H, GH = gates_of(Lstm) * H, TC = proj_chunk_steps(d);
+  const Index N = d.N, H = d.H, R = rec_width(d), GH = gates_of(Lstm) * H,
+              TC = proj_chunk_steps(d);
+  const bool proj = d.P > 0;
   ForwardSpace<T> w{};
   w.wih_p = c.take_aligned(std::max(packed_bound(d.C, GH), gates_of(Lstm) * packed_bound(d.C, H)));
-  w.whh_p = c.take_aligned(std::max(packed_bound(H, GH), gates_of(Lstm) * packed_bound(H, H)));
+  w.whh_p = c.take_aligned(std::max(packed_bound(R, GH), gates_of(Lstm) * packed_bound(R, H)));
   w.gx = c.take(TC * N * GH);
   w.xs = c.take(TC * N * d.C);
   w.gh = c.take(N * GH);
-  w.hbuf = c.take(2 * N * H);
+  w.hbuf = c.take(2 * N * R);
   w.cbuf = c.take(2 * N * (Lstm ? H : 0));
   w.gbuf = c.take(N * 4 * H);
-  w.hmbuf = c.take(gates_of(Lstm) * N * H);
+  w.hmbuf = c.take(gates_of(Lstm) * N * R);
   w.zbuf = c.take(2 * N * H);
+  w.whr_p = proj ? c.take_aligned(packed_bound(H, R)) : c.take(0);
+  w.htb = c.take(proj ? N * H : 0);
+  w.pj = c.take(proj ? N * R : 0);
   return w;
 }
 
@@ -88,36 +97,53 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 // for the input masks' epilogue a block of rows of masked x and of a product, xm, xp
 // [kMaskRows, C] each.
 constexpr Index kMaskRows = 256;
+// Projection only: dpj [T, N, R] (step order, the gradient of h̃ W_hrᵀ), dht [N, H] (of h̃),
+// dzs [N, H] (scratch), packed w_hr. The h-shaped buffers (dhz, dhg, dgp) are R wide.
 template <typename T>
 struct BackwardSpace {
-  T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *zbuf, *whh_q, *wih_q, *dgp, *xm, *xp;
+  T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *zbuf, *whh_q, *wih_q, *dgp, *xm, *xp, *dpj,
+      *dht, *dzs, *whr_q;
 };
 template <bool Lstm, typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   using namespace detail;
-  const Index N = d.N, H = d.H, GH = gates_of(Lstm) * H, TN = d.T * N;
+  const Index N = d.N, H = d.H, R = rec_width(d), GH = gates_of(Lstm) * H, TN = d.T * N;
+  const bool proj = d.P > 0;
   BackwardSpace<T> w{};
   w.da = c.take(TN * GH);
   w.dgh = c.take(TN * GH);
   w.dgx = c.take(TN * GH);
   w.dnl = c.take(TN * (Lstm ? H : 0));
   w.dah = c.take(Lstm ? 0 : TN * GH);
-  w.dhz = c.take(2 * N * H);
+  w.dhz = c.take(2 * N * R);
   w.dcb = c.take(2 * N * (Lstm ? H : 0));
-  w.dhg = c.take(N * H);
+  w.dhg = c.take(N * R);
   w.zbuf = c.take(2 * N * H);
   const Index G = gates_of(Lstm), MR = std::min(TN, kMaskRows);
-  w.whh_q = c.take_aligned(std::max(packed_bound(GH, H), G * packed_bound(H, H)));
+  w.whh_q = c.take_aligned(std::max(packed_bound(GH, R), G * packed_bound(H, R)));
   w.wih_q = c.take_aligned(std::max(packed_bound(GH, d.C), G * packed_bound(H, d.C)));
-  w.dgp = c.take(G * N * H);
+  w.dgp = c.take(G * N * R);
   w.xm = c.take(MR * d.C);
   w.xp = c.take(MR * d.C);
+  w.dpj = c.take(proj ? TN * R : 0);
+  w.dht = c.take(proj ? N * H : 0);
+  w.dzs = c.take(proj ? N * H : 0);
+  w.whr_q = proj ? c.take_aligned(packed_bound(R, H)) : c.take(0);
   return w;
+}
+
+// Dims::P: the LSTM's projection (0 < P < H), none for the GRU.
+void check_ln_dims(const char* fn, const Dims& d, bool lstm) {
+  detail::check_dims(fn, d, lstm);
+  if (d.P > 0 && d.P >= d.H)
+    detail::fail(std::string(fn) + ": proj_size P = " + std::to_string(d.P) +
+                 " must be < hidden_size H = " + std::to_string(d.H) +
+                 " (PyTorch's rule: the projection narrows h)");
 }
 
 template <bool Lstm>
 isa::Sizes sizes(const Dims& d) {
-  detail::check_dims(Lstm ? "lstm_ln_sizes" : "gru_ln_sizes", d);
+  check_ln_dims(Lstm ? "lstm_ln_sizes" : "gru_ln_sizes", d, Lstm);
   return {detail::measure(d, &cache_layout<Lstm, float>),
           detail::measure(d, &forward_layout<Lstm, float>),
           detail::measure(d, &backward_layout<Lstm, float>)};
@@ -246,11 +272,16 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
   using namespace detail;
   constexpr bool lstm = CellOf<Args<Scalar>>::lstm;
   const char* fn = lstm ? "lstm_ln_forward" : "gru_ln_forward";
-  check_dims(fn, d);
+  check_ln_dims(fn, d, lstm);
   check_options(fn, opt);
   check_forward_ptrs(fn, a, workspace);
   const bool ln = a.layer_norm != LayerNorm::none;
+  const bool proj = d.P > 0;
+  const Scalar* w_hr = nullptr;
   if constexpr (lstm) {
+    w_hr = a.w_hr;
+    if (proj) check_ptr(fn, w_hr, "w_hr");
+    else if (w_hr) fail(std::string(fn) + ": w_hr given but Dims::P is 0 (no projection)");
     check_ptr(fn, a.c_n, "c_n");
     check_layer_norm(fn, a.layer_norm, a.ln_gamma_ih, a.ln_gamma_hh, a.ln_gamma_c,
                      a.ln_beta_ih || a.ln_beta_hh || a.ln_beta_c);
@@ -268,12 +299,13 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
   check_gate_masks(fn, a.gate_masks, a.input_mask);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index G = gates_of(lstm), N = d.N, H = d.H, GH = G * H, NH = N * H;
+  const Index R = rec_width(d), NR = N * R;  // h's width: the projection's P, or H
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool training = a.cache != nullptr;
   // gate_masks: the recurrent product per gate block (a recurrent mask per block), and the
   // input projection per block (an input mask per block); the packed blocks PH, PC apart.
   const bool gmh = a.gate_masks && a.recurrent_mask, gmx = a.gate_masks && a.input_mask;
-  const Index PH = packed_bound(H, H), PC = packed_bound(d.C, H);
+  const Index PH = packed_bound(R, H), PC = packed_bound(d.C, H);
   const Index TC = proj_chunk_steps(d);
   Carver<Scalar> wc(workspace);
   const ForwardSpace<Scalar> w = forward_layout<lstm>(d, wc);
@@ -281,28 +313,32 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
   const Cache<Scalar> k = cache_layout<lstm>(d, cc);
   Scalar* hs = training ? k.hs : w.hbuf;
   Scalar* cs = training ? k.cs : w.cbuf;
-  auto slot = [&](Scalar* base, Index s) { return base + (training ? s : s % 2) * NH; };
+  auto slot = [&](Scalar* base, Index s, Index n) { return base + (training ? s : s % 2) * n; };
   const Scalar eps = a.ln_eps;
+  const std::uint64_t key_h = zoneout_key(a.zoneout_seed, 0);
 
   parallel_region(thread_count(opt, d, G), [&] {
     if (gmx) {
       for (Index g = 0; g < G; ++g) par_pack(a.w_ih + g * H * d.C, d.C, H, d.C, true, w.wih_p + g * PC);
-      if (a.lengths) par_fill(a.y, d.T * NH, Scalar(0));
+      if (a.lengths) par_fill(a.y, d.T * NR, Scalar(0));
     } else {
       forward_prologue(d, opt, G, a.w_ih, a.lengths, w.wih_p, a.y);
     }
     if (gmh) {
-      for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * H, H, H, H, true, w.whh_p + g * PH);
+      for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * R, R, H, R, true, w.whh_p + g * PH);
     } else {
-      par_pack(a.w_hh, H, GH, H, true, w.whh_p);
+      par_pack(a.w_hh, R, GH, R, true, w.whh_p);
     }
-    par_copy_or_zero(hs, a.h0, NH);
+    if (proj) par_pack(w_hr, H, R, H, true, w.whr_p);
+    par_copy_or_zero(hs, a.h0, NR);
     if constexpr (lstm) par_copy_or_zero(cs, a.c0, NH);
     for (Index s = 0; s < S; ++s) {
-      const Scalar* h_prev = slot(hs, s);
-      Scalar* h_next = slot(hs, s + 1);
-      const Scalar* c_prev = lstm ? slot(cs, s) : nullptr;
-      Scalar* c_next = lstm ? slot(cs, s + 1) : nullptr;
+      const Scalar* h_prev = slot(hs, s, NR);
+      Scalar* h_next = slot(hs, s + 1, NR);
+      const Scalar* c_prev = lstm ? slot(cs, s, NH) : nullptr;
+      Scalar* c_next = lstm ? slot(cs, s + 1, NH) : nullptr;
+      // h̃ of this step (projection: the product's input, cached in training)
+      Scalar* ht = proj ? (training ? k.ht + s * NH : w.htb) : nullptr;
       if (s % TC == 0) {
         if (gmx)
           project_steps_gated(d, G, sm, s, std::min(S, s + TC), a.x, a.input_mask, w.wih_p, PC,
@@ -314,28 +350,29 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
       if (gmh) {  // one masked h per gate block, one product per block (the cache keeps h only)
         for_rows(N, [&](Index n) {
           for (Index g = 0; g < G; ++g) {
-            const Scalar* rm = a.recurrent_mask + (g * N + n) * H;
-            Scalar* hm = w.hmbuf + (g * N + n) * H;
-            for (Index j = 0; j < H; ++j) hm[j] = h_prev[n * H + j] * rm[j];
+            const Scalar* rm = a.recurrent_mask + (g * N + n) * R;
+            Scalar* hm = w.hmbuf + (g * N + n) * R;
+            for (Index j = 0; j < R; ++j) hm[j] = h_prev[n * R + j] * rm[j];
           }
         });
         for (Index g = 0; g < G; ++g)
-          par_gemm_packed(N, H, H, w.hmbuf + g * NH, H, w.whh_p + g * PH, w.gh + g * H, GH, false);
+          par_gemm_packed(N, H, R, w.hmbuf + g * NR, R, w.whh_p + g * PH, w.gh + g * H, GH, false);
       } else if (a.recurrent_mask) {
-        Scalar* hm = training ? k.hm + s * NH : w.hmbuf;
+        Scalar* hm = training ? k.hm + s * NR : w.hmbuf;
         for_rows(N, [&](Index n) {
-          for (Index j = 0; j < H; ++j)
-            hm[n * H + j] = h_prev[n * H + j] * a.recurrent_mask[n * H + j];
+          for (Index j = 0; j < R; ++j)
+            hm[n * R + j] = h_prev[n * R + j] * a.recurrent_mask[n * R + j];
         });
         hin = hm;
       }
-      if (!gmh) par_gemm_packed(N, GH, H, hin, H, w.whh_p, w.gh, GH, false);
+      if (!gmh) par_gemm_packed(N, GH, R, hin, R, w.whh_p, w.gh, GH, false);
       for_rows(N, [&](Index n) {
-        const Index off = n * H, t = sm.time(s, n);
+        const Index off = n * H, offr = n * R, t = sm.time(s, n);
         const Index rs = s * N + n;  // the cache's row of this step
         if (t < 0) {  // finished sequence: carry its state through
-          carry(h_prev + off, h_next + off, H);
+          carry(h_prev + offr, h_next + offr, R);
           if constexpr (lstm) carry(c_prev + off, c_next + off, H);
+          if (ht) std::fill(ht + off, ht + off + H, Scalar(0));  // (read by the projection)
           if (training) {
             std::fill(k.xhat + rs * GH, k.xhat + (rs + 1) * GH, Scalar(0));
             std::fill(k.hhat + rs * GH, k.hhat + (rs + 1) * GH, Scalar(0));
@@ -352,9 +389,10 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
         r.b_hh = a.b_hh;
         r.g_ih = a.ln_gamma_ih, r.be_ih = a.ln_beta_ih;
         r.g_hh = a.ln_gamma_hh, r.be_hh = a.ln_beta_hh;
-        r.h_prev = h_prev + off;
-        zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw,
-                    zoneout_key(a.zoneout_seed, 0), t, n, N, H, w.zbuf, r.zh, r.pzh);
+        r.h_prev = h_prev + offr;
+        if (!proj)  // (with a projection, zoneout of h acts on the projected h, below)
+          zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw, key_h, t, n, N, R, w.zbuf,
+                      r.zh, r.pzh);
         r.gates = training ? k.gates + rs * 4 * H : w.gbuf + n * 4 * H;
         if (ln) {
           ln_stats(r.gx, GH, eps, r.mx, r.ix);
@@ -364,8 +402,8 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
           r.xhat = ln ? k.xhat + rs * GH : nullptr;
           r.hhat = ln ? k.hhat + rs * GH : nullptr;
         }
-        r.h_next = h_next + off;
-        r.y = a.y + (t * N + n) * H;
+        r.h_next = proj ? ht + off : h_next + offr;  // projection: h̃, projected below
+        r.y = proj ? nullptr : a.y + (t * N + n) * R;
         if constexpr (lstm) {
           r.carry_normalised = a.layer_norm == LayerNorm::tfa;
           r.g_c = a.ln_gamma_c, r.be_c = a.ln_beta_c;
@@ -389,13 +427,36 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
           k.inv[rs * 3 + 2] = r.ic;
         }
       });
+      if (proj) {
+        // h_t = z_h∘h_{t−1} + (1 − z_h)∘(h̃ W_hrᵀ) on the rows that ran (the others carried)
+        par_gemm_packed(N, R, H, ht, H, w.whr_p, w.pj, R, false);
+        for_rows(N, [&](Index n) {
+          const Index t = sm.time(s, n), offr = n * R;
+          if (t < 0) return;
+          const Scalar* zh;
+          Scalar pzh;
+          zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw, key_h, t, n, N, R, w.zbuf,
+                      zh, pzh);
+          const Scalar *p = w.pj + offr, *hp = h_prev + offr;
+          Scalar *hn = h_next + offr, *y = a.y + (t * N + n) * R;
+          for (Index j = 0; j < R; ++j) {
+            Scalar v = p[j];
+            if (zh || pzh > 0) {
+              const Scalar z = zh ? zh[j] : pzh;
+              v = z * hp[j] + (Scalar(1) - z) * v;
+            }
+            hn[j] = v;
+            y[j] = v;
+          }
+        });
+      }
     }
 #ifdef _OPENMP
 #pragma omp single
 #endif
     {
-      std::copy(slot(hs, S), slot(hs, S) + NH, a.h_n);
-      if constexpr (lstm) std::copy(slot(cs, S), slot(cs, S) + NH, a.c_n);
+      std::copy(slot(hs, S, NR), slot(hs, S, NR) + NR, a.h_n);
+      if constexpr (lstm) std::copy(slot(cs, S, NH), slot(cs, S, NH) + NH, a.c_n);
     }
   });
 }
@@ -445,11 +506,18 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
   using namespace detail;
   constexpr bool lstm = CellOf<Args<Scalar>>::lstm;
   const char* fn = lstm ? "lstm_ln_backward" : "gru_ln_backward";
-  check_dims(fn, d);
+  check_ln_dims(fn, d, lstm);
   check_options(fn, opt);
   check_backward_ptrs(fn, a, workspace);
   const bool grads = a.dln_gamma_ih || a.dln_beta_ih || a.dln_gamma_hh || a.dln_beta_hh;
+  const bool proj = d.P > 0;
+  const Scalar* w_hr = nullptr;
+  Scalar* dw_hr = nullptr;
   if constexpr (lstm) {
+    w_hr = a.w_hr, dw_hr = a.dw_hr;
+    if (proj) check_ptr(fn, w_hr, "w_hr");
+    else if (w_hr || dw_hr)
+      fail(std::string(fn) + ": w_hr or dw_hr given but Dims::P is 0 (no projection)");
     check_layer_norm(fn, a.layer_norm, a.ln_gamma_ih, a.ln_gamma_hh, a.ln_gamma_c,
                      grads || a.dln_gamma_c || a.dln_beta_c);
     check_prob(fn, "zoneout_c", double(a.zoneout_c), a.zoneout_c_mask != nullptr);
@@ -463,9 +531,11 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
   check_gate_masks(fn, a.gate_masks, a.input_mask);
   const Index S = check_lengths(fn, d, a.lengths);
   const Index G = gates_of(lstm), N = d.N, H = d.H, C = d.C, GH = G * H, NH = N * H;
+  const Index R = rec_width(d), NR = N * R;  // h's width: the projection's P, or H
   const StepMap sm{a.lengths, d.T, opt.reverse};
   const bool gmh = a.gate_masks && a.recurrent_mask, gmx = a.gate_masks && a.input_mask;
-  const Index PH = packed_bound(H, H), PC = packed_bound(H, C);
+  const Index PH = packed_bound(H, R), PC = packed_bound(H, C);
+  const std::uint64_t key_h = zoneout_key(a.zoneout_seed, 0);
   // the shared recurrent mask, applied to dhg in the pointwise passes (gate_masks: in dhg)
   const Scalar* rmask = gmh ? nullptr : a.recurrent_mask;
   Carver<const Scalar> cc(a.cache);
@@ -495,21 +565,56 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
     // dgx: every row is written below unless lengths leave some inactive (then they stay 0)
     if (a.lengths || opt.reverse) par_fill(w.dgx, d.T * N * GH, Scalar(0));
     if (gmh) {
-      for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * H, H, H, H, false, w.whh_q + g * PH);
+      for (Index g = 0; g < G; ++g) par_pack(a.w_hh + g * H * R, H, R, R, false, w.whh_q + g * PH);
     } else {
-      par_pack(a.w_hh, GH, H, H, false, w.whh_q);
+      par_pack(a.w_hh, GH, R, R, false, w.whh_q);
     }
+    if (proj) par_pack(w_hr, R, H, H, false, w.whr_q);
     // dhz, dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
-    par_copy_or_zero(w.dhz + (S % 2) * NH, a.dh_n, NH);
+    par_copy_or_zero(w.dhz + (S % 2) * NR, a.dh_n, NR);
     if constexpr (lstm) par_copy_or_zero(w.dcb + (S % 2) * NH, a.dc_n, NH);
-    par_fill(w.dhg, NH, Scalar(0));
+    par_fill(w.dhg, NR, Scalar(0));
     for (Index s = S - 1; s >= 0; --s) {
-      const Scalar* dhz_cur = w.dhz + ((s + 1) % 2) * NH;
-      Scalar* dhz_nxt = w.dhz + (s % 2) * NH;
+      const Scalar* dhz_cur = w.dhz + ((s + 1) % 2) * NR;
+      Scalar* dhz_nxt = w.dhz + (s % 2) * NR;
       const Scalar* dc_cur = w.dcb + ((s + 1) % 2) * NH;
       Scalar* dc_nxt = w.dcb + (s % 2) * NH;
+      if (proj) {
+        // dh = dhz + r∘dhg + dy (P wide); zoneout: z∘dh to h_{t−1}, dpj = (1 − z)∘dh to the
+        // projection; then dh̃ = dpj W_hr for the cell's passes below (rows that ran)
+        Scalar* dpj = w.dpj + s * NR;
+        for_rows(N, [&](Index n) {
+          const Index t = sm.time(s, n), offr = n * R;
+          Scalar* o = dpj + offr;
+          if (t < 0) {
+            std::fill(o, o + R, Scalar(0));
+            return;
+          }
+          const Scalar* zh;
+          Scalar pzh;
+          zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw, key_h, t, n, N, R, w.zbuf,
+                      zh, pzh);
+          const Scalar *dz = dhz_cur + offr, *dg = w.dhg + offr;
+          const Scalar* rm = rmask ? rmask + offr : nullptr;
+          const Scalar* dy = a.dy ? a.dy + (t * N + n) * R : nullptr;
+          Scalar* zo = dhz_nxt + offr;
+          for (Index j = 0; j < R; ++j) {
+            Scalar dh = dz[j] + (rm ? rm[j] * dg[j] : dg[j]);
+            if (dy) dh += dy[j];
+            if (zh || pzh > 0) {
+              const Scalar z = zh ? zh[j] : pzh;
+              zo[j] = z * dh;
+              o[j] = (Scalar(1) - z) * dh;
+            } else {
+              zo[j] = Scalar(0);
+              o[j] = dh;
+            }
+          }
+        });
+        par_gemm_packed(N, H, R, dpj, R, w.whr_q, w.dht, H, false);
+      }
       for_rows(N, [&](Index n) {
-        const Index off = n * H, t = sm.time(s, n), rs = s * N + n;
+        const Index off = n * H, offr = n * R, t = sm.time(s, n), rs = s * N + n;
         Scalar* da = w.da + rs * GH;
         if (t < 0) {  // inactive: no gradient enters the step; the carry passes through
           std::fill(da, da + GH, Scalar(0));
@@ -517,21 +622,26 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
           if (!lstm && ln) std::fill(dah + rs * GH, dah + (rs + 1) * GH, Scalar(0));
           if (lstm && ln) std::fill(w.dnl + rs * H, w.dnl + (rs + 1) * H, Scalar(0));
           // dhg is zero on this row: the row was inactive at every later step as well.
-          carry(dhz_cur + off, dhz_nxt + off, H);
+          carry(dhz_cur + offr, dhz_nxt + offr, R);
           if constexpr (lstm) carry(dc_cur + off, dc_nxt + off, H);
           return;
         }
         LnRowBack<Scalar> r;
         r.H = H;
         r.ln = ln;
-        r.dhz = dhz_cur + off;
-        r.dhg = w.dhg + off;
-        r.rmask = rmask ? rmask + off : nullptr;
-        r.dy = a.dy ? a.dy + (t * N + n) * H : nullptr;
+        if (proj) {  // dh̃ from the projection above: no more of h's terms here
+          r.dhz = w.dht + off;
+          r.dhz_out = w.dzs + off;
+        } else {
+          r.dhz = dhz_cur + offr;
+          r.dhg = w.dhg + offr;
+          r.rmask = rmask ? rmask + offr : nullptr;
+          r.dy = a.dy ? a.dy + (t * N + n) * R : nullptr;
+          zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw, key_h, t, n, N, R, w.zbuf,
+                      r.zh, r.pzh);
+          r.dhz_out = dhz_nxt + offr;
+        }
         r.gates = k.gates + rs * 4 * H;
-        zoneout_row(a.zoneout_h_mask, a.zoneout_h, a.zoneout_draw,
-                    zoneout_key(a.zoneout_seed, 0), t, n, N, H, w.zbuf, r.zh, r.pzh);
-        r.dhz_out = dhz_nxt + off;
         Scalar* dgx_row = w.dgx + (t * N + n) * GH;
         if constexpr (lstm) {
           r.carry_normalised = a.layer_norm == LayerNorm::tfa;
@@ -550,7 +660,7 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
           ln_lstm_backward_pass1(r, m1, m2);
           if (ln) ln_lstm_backward_pass2(r, m1, m2);
         } else {
-          ln_gru_backward_row(r, k.hs + s * NH + off, da, dah + rs * GH);
+          ln_gru_backward_row(r, k.hs + s * NR + offr, da, dah + rs * GH);
         }
         if (ln) {
           ln_backward_row(GH, da, a.ln_gamma_ih, k.xhat + rs * GH, k.inv[rs * 3], dgx_row);
@@ -562,34 +672,36 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
       });
       if (gmh) {  // dhg = Σ_k r_k∘(dgh_k W_hh,k): one product per gate block
         for (Index g = 0; g < G; ++g)
-          par_gemm_packed(N, H, H, dgh + s * N * GH + g * H, GH, w.whh_q + g * PH, w.dgp + g * NH,
-                          H, false);
+          par_gemm_packed(N, R, H, dgh + s * N * GH + g * H, GH, w.whh_q + g * PH, w.dgp + g * NR,
+                          R, false);
         for_rows(N, [&](Index n) {
-          Scalar* o = w.dhg + n * H;
-          for (Index j = 0; j < H; ++j) o[j] = Scalar(0);
+          Scalar* o = w.dhg + n * R;
+          for (Index j = 0; j < R; ++j) o[j] = Scalar(0);
           for (Index g = 0; g < G; ++g) {
-            const Scalar *rm = a.recurrent_mask + (g * N + n) * H, *p = w.dgp + (g * N + n) * H;
-            for (Index j = 0; j < H; ++j) o[j] += rm[j] * p[j];
+            const Scalar *rm = a.recurrent_mask + (g * N + n) * R, *p = w.dgp + (g * N + n) * R;
+            for (Index j = 0; j < R; ++j) o[j] += rm[j] * p[j];
           }
         });
       } else {
-        par_gemm_packed(N, H, GH, dgh + s * N * GH, GH, w.whh_q, w.dhg, H, false);
+        par_gemm_packed(N, R, GH, dgh + s * N * GH, GH, w.whh_q, w.dhg, R, false);
       }
     }
     // dh0 = dhz + r∘dhg (the first step's recurrent product saw h0∘r), dc0 = dc.
     for_rows(N, [&](Index n) {
-      const Scalar* dz = w.dhz + n * H;
-      const Scalar* dg = w.dhg + n * H;
-      const Scalar* rm = rmask ? rmask + n * H : nullptr;
+      const Scalar* dz = w.dhz + n * R;
+      const Scalar* dg = w.dhg + n * R;
+      const Scalar* rm = rmask ? rmask + n * R : nullptr;
       if (a.dh0)
-        for (Index j = 0; j < H; ++j) a.dh0[n * H + j] = dz[j] + (rm ? rm[j] * dg[j] : dg[j]);
+        for (Index j = 0; j < R; ++j) a.dh0[n * R + j] = dz[j] + (rm ? rm[j] * dg[j] : dg[j]);
       if constexpr (lstm)
         if (a.dc0) carry(w.dcb + n * H, a.dc0 + n * H, H);
     });
+    // dw_hr += Σ_steps dpjᵀ h̃ (rows that did not run: zeros in both)
+    if (proj && dw_hr) par_gemm_tn_add(R, H, S * N, w.dpj, R, k.ht, H, dw_hr, H);
     // hs: the product's input h (or h∘r) of every step, step order.
     const Scalar* hin = rmask ? k.hm : k.hs;
     if (!gmx) {
-      backward_epilogue(d, S, G, H, a.x, a.w_ih, w.dgx, dgh, hin, w.wih_q, a.dx,
+      backward_epilogue(d, S, G, R, a.x, a.w_ih, w.dgx, dgh, hin, w.wih_q, a.dx,
                         dirty_padding ? static_cast<Scalar*>(nullptr) : a.dw_ih,
                         gmh ? static_cast<Scalar*>(nullptr) : a.dw_hh,
                         static_cast<Scalar*>(nullptr), static_cast<Scalar*>(nullptr));
@@ -632,7 +744,7 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
           if (a.dw_ih) par_gemm_tn_add(H, C, rb, dgk, GH, w.xm, C, a.dw_ih + g * H * C, C);
         }
       }
-      if (!gmh && a.dw_hh) par_gemm_tn_add(GH, H, S * N, dgh, GH, hin, H, a.dw_hh, H);
+      if (!gmh && a.dw_hh) par_gemm_tn_add(GH, R, S * N, dgh, GH, hin, R, a.dw_hh, R);
     }
     const Index SN = S * N;
     // The sums over the rows of one side (da: input, dah: recurrent) into one or two outputs.
@@ -673,10 +785,10 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
       Scalar* hm = dgh == w.da ? w.dgh : w.da;
       for (Index g = 0; g < G; ++g) {
         for_rows(SN, [&](Index row) {
-          const Scalar *h = k.hs + row * H, *rm = a.recurrent_mask + (g * N + row % N) * H;
-          for (Index j = 0; j < H; ++j) hm[row * H + j] = h[j] * rm[j];
+          const Scalar *h = k.hs + row * R, *rm = a.recurrent_mask + (g * N + row % N) * R;
+          for (Index j = 0; j < R; ++j) hm[row * R + j] = h[j] * rm[j];
         });
-        par_gemm_tn_add(H, H, SN, dgh + g * H, GH, hm, H, a.dw_hh + g * H * H, H);
+        par_gemm_tn_add(H, R, SN, dgh + g * H, GH, hm, R, a.dw_hh + g * H * R, R);
       }
     }
   });

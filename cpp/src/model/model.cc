@@ -227,14 +227,14 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
       r.fail("dropout_masks must be 'shared' or 'per_gate', got " + quoted(dm));
     if (set && c.cell == CellType::rnn)
       r.fail(std::string(set) + " needs cell 'lstm' or 'gru' (the regularised kernels)");
-    // layer norm and zoneout change the inference (the regularised kernel, without projection,
-    // peepholes or the reset-before GRU); the dropouts alone are the plain model here
+    // layer norm and zoneout change the inference (the regularised kernel, which projects but
+    // has no peepholes or reset-before GRU); the dropouts alone are the plain model here
     const char* kset = c.layer_norm != LayerNorm::none ? "layer_norm"
                        : c.zoneout_h > 0              ? "zoneout_h"
                        : c.zoneout_c > 0              ? "zoneout_c"
                                                       : nullptr;
-    if (kset && c.cell == CellType::lstm && (c.proj_size || c.peepholes))
-      r.fail(std::string(kset) + " cannot be combined with proj_size or peepholes");
+    if (kset && c.cell == CellType::lstm && c.peepholes)
+      r.fail(std::string(kset) + " cannot be combined with peepholes");
     if (c.cell == CellType::gru && c.layer_norm == LayerNorm::tfa)
       r.fail("layer_norm 'tfa' needs cell 'lstm' (the GRU has haste's placement only)");
     if (c.cell == CellType::gru && c.zoneout_c > 0)

@@ -40,6 +40,7 @@ void set_regularised(Args& a, const ModelConfig& c, const LayerWeights& w) {
   if constexpr (std::is_same_v<Args, LstmLnForwardArgs<Scalar>>) {
     a.ln_gamma_c = p(w.ln_gamma_c), a.ln_beta_c = p(w.ln_beta_c);
     a.zoneout_c = Scalar(c.zoneout_c);
+    a.w_hr = c.proj_size > 0 ? p(w.w_hr) : nullptr;  // (Dims::P = proj_size in the call)
   }
 }
 

@@ -156,7 +156,7 @@ void Stream<Scalar>::Impl::lowp_step(const Scalar* in) {
         LstmLnForwardArgs<Scalar> a = common(LstmLnForwardArgs<Scalar>{});
         detail::set_regularised<Scalar>(a, cfg, w);
         a.c0 = cprev.data(), a.c_n = c_l;
-        lstm_ln_forward(Dims{1, N, w.C, H}, a, opt, ws);
+        lstm_ln_forward(Dims{1, N, w.C, H, cfg.proj_size}, a, opt, ws);
       } else {
         GruLnForwardArgs<Scalar> a = common(GruLnForwardArgs<Scalar>{});
         detail::set_regularised<Scalar>(a, cfg, w);
