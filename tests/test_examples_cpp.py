@@ -73,6 +73,15 @@ def files(tmp_path_factory):
     sine = RecurrentModel("gru", input_size=1, hidden_size=8, output_size=1, seed=0)
     fusedrnn.save(str(d / "sine.safetensors"), sine)
     p["sine"] = d / "sine.safetensors"
+    bi = RecurrentModel("lstm", input_size=1, hidden_size=8, output_size=1, seed=0,
+                        bidirectional=True)
+    fusedrnn.save(str(d / "bi.safetensors"), bi)
+    p["bi"] = d / "bi.safetensors"
+    # layer norm + zoneout with a projection: the regularised kernel projects (C++ too)
+    lnp = RecurrentModel("lstm", input_size=1, hidden_size=8, output_size=1, seed=0,
+                         proj_size=3, layer_norm="haste", zoneout_h=0.1)
+    fusedrnn.save(str(d / "lnp.safetensors"), lnp)
+    p["lnp"] = d / "lnp.safetensors"
     return p
 
 
@@ -120,6 +129,13 @@ def test_stream_and_generate_run(files):
     assert r1.returncode == 0 and r1.stdout == "abc\n"
     r2 = _run("generate", files["charlm"], "abz", 5)
     assert r2.returncode == 2 and "'z' is not in the vocabulary" in r2.stderr and not r2.stdout
+
+
+def test_stream_refuses_a_bidirectional_model_and_runs_a_projected_layer_norm_one(files):
+    r = _run("stream", files["bi"], 10)
+    assert r.returncode == 2 and "bidirectional" in r.stderr, (r.returncode, r.stderr)
+    r = _run("stream", files["lnp"], 50)
+    assert r.returncode == 0 and "over 50 steps" in r.stdout, r.stderr
 
 
 @pytest.mark.parametrize("steps", ["abc", "-5", "0", "1e3", "99999999999999", " 5", "5x"])

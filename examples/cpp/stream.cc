@@ -97,9 +97,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "stream: %s takes token ids; this example feeds a signal\n", argv[1]);
       return 2;
     }
+    if (model.config().num_directions() == 2) {
+      std::fprintf(stderr, "stream: %s is bidirectional: a stream runs forward in time only\n",
+                   argv[1]);
+      return 2;
+    }
     if (model.dtype() == fusedrnn::DType::f64) return run<double>(model, steps);
     return run<float>(model, steps);
-  } catch (const std::exception& e) {  // CheckpointError, ConfigError (bidirectional), ...
+  } catch (const std::exception& e) {  // CheckpointError, ConfigError, ...
     std::fprintf(stderr, "stream: %s\n", e.what());
     return 1;
   }

@@ -68,7 +68,9 @@ template <typename Scalar>
 class FUSEDRNN_API Stream {
  public:
   // ConfigError for a bidirectional model (a step needs the future); std::invalid_argument if
-  // Scalar is not the model's dtype or batch < 1. The state starts at zero.
+  // Scalar is not the model's dtype or batch < 1, or for an int8 Model whose weight_ih or
+  // weight_hh holds a non-finite value (quantisation refuses it; Model::forward throws the
+  // same). The state starts at zero.
   explicit Stream(const Model& model, std::int64_t batch = 1);
   // The same with options (StreamOptions::fast).
   Stream(const Model& model, std::int64_t batch, const StreamOptions& options);
@@ -78,10 +80,11 @@ class FUSEDRNN_API Stream {
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
 
-  // Advances every sequence one step: x_t [N, rnn_input_size] -> y_t [N, output_size].
+  // Advances every sequence one step: x_t [N, rnn_input_size] -> y_t [N, output_size]. A null
+  // x_t or y_t does nothing (the state is unchanged; step cannot throw).
   void step(const Scalar* x_t, Scalar* y_t) noexcept;
   // Token models: looks up tokens_t [N] and steps. Returns false, changing nothing, if the
-  // model has no embedding or an id is outside [0, vocab_size).
+  // model has no embedding, tokens_t or y_t is null, or an id is outside [0, vocab_size).
   bool step_tokens(const std::int64_t* tokens_t, Scalar* y_t) noexcept;
   // Advances `steps` steps in one call (audio-style blocks): x [steps, N, rnn_input_size] ->
   // y [steps, N, output_size], bitwise the results of `steps` calls of step() (no allocation,
