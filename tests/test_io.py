@@ -573,6 +573,14 @@ def test_save_refuses_metadata_the_cpp_loader_cannot_read(tmp_path):
     fio._check_metadata_size("save", {"v": [0] * ((1 << 23) - 2)})
     with pytest.raises(ValueError, match="more than 8388608 JSON values"):
         fio._check_metadata_size("save", {"v": [0] * ((1 << 23) - 1)})
+    # a lone surrogate (os.fsdecode of an undecodable file-name byte) is not Unicode: the C++
+    # JSON parser refuses it, so save does, naming it; nothing is written
+    import os
+    bad = os.fsdecode(b"data_\xff.txt")
+    for meta in (dict(source=bad), dict(files=[bad]), dict(info={bad: 1})):
+        with pytest.raises(ValueError, match="not encodable as UTF-8"):
+            save(tmp_path / "s.st", m, **meta)
+        assert not (tmp_path / "s.st").exists()
 
 
 def test_load_validation(tmp_path):

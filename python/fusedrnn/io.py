@@ -532,7 +532,10 @@ _MAX_METADATA_VALUES = 1 << 23
 
 def _check_metadata_size(fn, metadata) -> None:
     """Counts metadata's JSON values (containers included, keys not) and its nesting (the
-    object itself is depth 1) as the C++ parser does; ValueError beyond its limits."""
+    object itself is depth 1) as the C++ parser does; ValueError beyond its limits. Strings
+    (keys too) must be valid Unicode: json.dumps writes a lone surrogate (how Python spells an
+    undecodable byte of a file name, os.fsdecode) as a \\u escape, which the C++ parser, as
+    JSON's RFC 8259 asks, refuses."""
     values, stack = 0, [(metadata, 1)]
     while stack:
         v, depth = stack.pop()
@@ -540,7 +543,13 @@ def _check_metadata_size(fn, metadata) -> None:
         if values > _MAX_METADATA_VALUES:
             raise ValueError(f"{fn}: the metadata holds more than {_MAX_METADATA_VALUES} JSON "
                              f"values, more than the C++ loader (fusedrnn::Model::load) reads")
+        if isinstance(v, str):
+            _check_utf8(fn, "metadata string", v)
+            continue
         if isinstance(v, dict):
+            for k in v:
+                if isinstance(k, str):
+                    _check_utf8(fn, "metadata key", k)
             children = v.values()
         elif isinstance(v, (list, tuple)):
             children = v
