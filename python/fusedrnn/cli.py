@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--layer-norm: epsilon (default 1e-5; TF Addons uses 1e-3)")
     g.add_argument("--zoneout", type=probability, metavar="P",
                    help="--cell lstm or gru: zoneout probability of h and (LSTM) c "
-                        "(Krueger et al.)")
+                        "(Krueger et al.); not with --zoneout-h / --zoneout-c")
     g.add_argument("--zoneout-h", type=probability, metavar="P",
                    help="--cell lstm or gru: zoneout probability of h")
     g.add_argument("--zoneout-c", type=probability, metavar="P",

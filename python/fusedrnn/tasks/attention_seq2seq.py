@@ -22,7 +22,7 @@ words: an encoder-decoder without attention has to carry the whole number in its
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -70,13 +70,13 @@ class AttnSeq2Seq(Seq2Seq):
     def __init__(self, src_vocab: int, tgt_vocab: int, embed: int = 32, hidden: int = 256,
                  layers: int = 1, cell: str = "lstm", bidirectional: bool = False,
                  dropout: float = 0.0, attention: str = "bahdanau", dtype="float32",
-                 seed: Optional[int] = None):
+                 seed: Optional[int] = None, options: Optional[Dict[str, Any]] = None):
         if attention not in ATTENTION:
             raise ValueError(f"AttnSeq2Seq: attention must be one of {sorted(ATTENTION)}, "
                              f"got {attention!r}")
         super().__init__(src_vocab, tgt_vocab, embed=embed, hidden=hidden, layers=layers,
                          cell=cell, bidirectional=bidirectional, dropout=dropout, dtype=dtype,
-                         seed=seed)
+                         seed=seed, options=options)
         args = dict(self._init_args)
         args["attention"] = attention
         self._record(**args)

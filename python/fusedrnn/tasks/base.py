@@ -73,9 +73,13 @@ class Task:
     #: None (the default) = not declared: the CLI accepts all of them.
     flags: Optional[Tuple[str, ...]] = None
     #: whether the cell-option flags (--nonlinearity, --init, --peepholes, --proj-size,
-    #: --variant, --forget-bias) reach this task's recurrent layers; when False they are
-    #: refused. The options given are in ``self.cell_opts`` (layer keyword arguments).
-    cell_options_ok: bool = True
+    #: --variant, --forget-bias, and issue 19's --layer-norm ... --dropout-masks) reach this
+    #: task's recurrent layers: True (all of them), False (none), or a tuple of the option
+    #: names (tasks.common.CELL_OPTIONS keys) that do; the others are refused. The options
+    #: given are in ``self.cell_opts`` (layer keyword arguments).
+    cell_options_ok: Any = True
+    #: why the cell options outside ``cell_options_ok`` do not reach the model (for the error)
+    cell_options_reason: str = ""
     #: the beam width of the task's sequence decoding when --beam is not given (evaluate,
     #: predict); None: the task decodes no sequences and refuses --beam
     default_beam: Optional[int] = None
@@ -103,14 +107,16 @@ class Task:
         batch_size, dropout, seed); tasks with more flags extend it."""
         from .common import CELL_OPTIONS, cell_options, model_flags
         model_flags(self, lower_cell=True)
-        if self.cell_options_ok:
-            self.cell_opts = cell_options(self)
-        else:
-            self.cell_opts = {}
-            for k in tuple(CELL_OPTIONS) + ("zoneout",):
-                if getattr(self.args, k, None) not in (None, False):
-                    from ..validators import flag_name
-                    raise ValueError(f"{flag_name(k)} does not apply to task {self.name}")
+        ok = self.cell_options_ok
+        allowed = tuple(CELL_OPTIONS) if ok is True else tuple(ok or ())
+        if "zoneout_h" in allowed:
+            allowed += ("zoneout",)   # --zoneout sets zoneout_h (and the LSTM's zoneout_c)
+        for k in tuple(CELL_OPTIONS) + ("zoneout",):
+            if k not in allowed and getattr(self.args, k, None) not in (None, False):
+                from ..validators import flag_name
+                why = f" ({self.cell_options_reason})" if self.cell_options_reason else ""
+                raise ValueError(f"{flag_name(k)} does not apply to task {self.name}{why}")
+        self.cell_opts = cell_options(self) if allowed else {}
 
     def flag(self, name: str) -> Any:
         """args.<name>, or this task's default when it has no value."""

@@ -76,6 +76,8 @@ CELL_OPTIONS = {"nonlinearity": ("rnn",), "init": ("lstm", "gru", "rnn"),
 # issue 19's LSTM and GRU options: probabilities in [0, 1)
 REG_PROBABILITIES = ("zoneout_h", "zoneout_c", "recurrent_dropout", "input_dropout",
                      "weight_drop")
+# issue 19's options (the regularisers) as task flags: every task's recurrent layers take them
+REG_OPTIONS = ("layer_norm", "ln_eps") + REG_PROBABILITIES + ("dropout_masks",)
 INITS = ("pytorch", "keras", "irnn")
 
 
@@ -90,9 +92,19 @@ def cell_options(task) -> Dict[str, Any]:
     cell = a.cell
     opts: Dict[str, Any] = {}
     z = getattr(a, "zoneout", None)
-    if z is not None:  # --zoneout P: both h and c (the LSTM; the GRU's h), unless --zoneout-h /
-        for k in ("zoneout_h", "zoneout_c"):  # --zoneout-c say otherwise
-            if getattr(a, k, None) is None and (k == "zoneout_h" or cell in CELL_OPTIONS[k]):
+    if z is not None:  # --zoneout P: both h and c (the LSTM; the GRU's h)
+        # The trainer lists the user's flags in a.given (a checkpoint's zoneout_h / zoneout_c
+        # fill the others on --resume, and --zoneout replaces them, as any user flag wins);
+        # without it (a Namespace from Python code) every value there is the user's.
+        given = getattr(a, "given", None)
+        mine = [k for k in ("zoneout_h", "zoneout_c")
+                if (k in given if given is not None else getattr(a, k, None) is not None)]
+        if mine:   # two values for one probability: neither silently wins
+            raise ValueError(f"--zoneout sets --zoneout-h and (LSTM) --zoneout-c; give either "
+                             f"--zoneout or {' and '.join(V.flag_name(k) for k in mine)}, "
+                             f"not both")
+        for k in ("zoneout_h", "zoneout_c"):
+            if k == "zoneout_h" or cell in CELL_OPTIONS[k]:
                 setattr(a, k, z)
         a.zoneout = None
     for k, cells in CELL_OPTIONS.items():

@@ -34,6 +34,7 @@ from ..ctc import ctc_beam_search, ctc_greedy_decode, ctc_logits
 from ..models import cell_class
 from ..module import Dropout, Linear, Module, register_module
 from .base import DataError, Task
+from .common import REG_OPTIONS, make_rnn
 
 __all__ = ["Recognise", "CtcRecognizer", "make_utterances", "edit_distance"]
 
@@ -44,21 +45,27 @@ F_DEFAULT, PHONES, SYMBOLS = 16, 3, [str(d) for d in range(10)]
 @register_module
 class CtcRecognizer(Module):
     """Frames [T, N, F] -> (bidirectional) LSTM / GRU / RNN -> dropout -> Linear to K classes
-    (blank 0): forward(x, lengths) -> logits [T, N, K]; backward(d_logits)."""
+    (blank 0): forward(x, lengths) -> logits [T, N, K]; backward(d_logits).
+
+    ``options``: issue 19's regularisers (layer_norm, ln_eps, zoneout_h, zoneout_c,
+    recurrent_dropout, input_dropout, weight_drop, dropout_masks; see fusedrnn.LSTM) of the
+    recurrent stack, recorded in the config."""
 
     def __init__(self, features: int, classes: int, hidden: int = 128, layers: int = 1,
                  cell: str = "lstm", bidirectional: bool = True, dropout: float = 0.0,
-                 dtype="float32", seed: Optional[int] = None):
+                 dtype="float32", seed: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None):
         super().__init__()
-        rnn_class = cell_class("CtcRecognizer", cell)
+        options = dict(options or {})
+        cell_class("CtcRecognizer", cell)   # (checked before anything is recorded)
         self._record(features=features, classes=classes, hidden=hidden, layers=layers, cell=cell,
                      bidirectional=bool(bidirectional), dropout=dropout, dtype=np.dtype(dtype),
-                     seed=seed)
+                     seed=seed, **({"options": options} if options else {}))
         s = [None] * 3 if seed is None else \
             [int(v) for v in np.random.SeedSequence(seed).generate_state(3)]
-        self.rnn = rnn_class(features, hidden, num_layers=layers,
-                                bidirectional=bool(bidirectional),
-                                dropout=dropout if layers > 1 else 0.0, dtype=dtype, seed=s[0])
+        self.rnn = make_rnn(cell, features, hidden, layers, dropout, s[0],
+                            bidirectional=bool(bidirectional), dtype=dtype,
+                            where="CtcRecognizer", options=options)
         self.drop = Dropout(dropout, seed=s[1])
         self.head = Linear((2 if bidirectional else 1) * hidden, classes, dtype=dtype, seed=s[2])
 
@@ -197,7 +204,11 @@ class Recognise(Task):
     unit = "seq"
     bidirectional_ok = True
     flags = ("data",)
-    cell_options_ok = False   # the cell-option flags are not wired into its model (yet)
+    # issue 19's regularisers reach the recurrent stack; the head reads D * hidden features,
+    # so proj_size (and the other cell options) are not wired into its model
+    cell_options_ok = REG_OPTIONS
+    cell_options_reason = "its model takes the plain cell's options; issue 19's " \
+        "--layer-norm ... --dropout-masks do apply"
     defaults: Dict[str, Any] = {"cell": "lstm", "hidden": 128, "layers": 1,
                                 "bidirectional": True, "dropout": 0.0, "batch_size": 32,
                                 "lr": 3e-3, "time_budget": 120, "seed": 0}
@@ -303,7 +314,7 @@ class Recognise(Task):
                              bidirectional=bool(self.flag("bidirectional")),
                              dropout=float(self.flag("dropout")),
                              dtype=dtype or getattr(self.args, "dtype", None) or "float32",
-                             seed=int(self.flag("seed") or 0))
+                             seed=int(self.flag("seed") or 0), options=self.cell_opts)
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         x, lengths, targets, tl = batch
@@ -379,6 +390,7 @@ class Recognise(Task):
 
     def restore(self, metadata: Dict[str, Any]) -> None:
         self._restore_flags(metadata)
+        self.resolve_flags()   # the checkpoint's cell options (self.cell_opts) build its model
         self.features = int(metadata["features"])
         self.classes = int(metadata["classes"])
         self.symbols = list(metadata["symbols"])

@@ -462,6 +462,12 @@ class Run:
                 if v is not None and k in saved and saved[k] != v:
                     raise UsageError(f"{flag_name(k)} {v} differs from the checkpoint's "
                                      f"{saved[k]}; a resumed model keeps its shape")
+            z = getattr(a, "zoneout", None)   # --zoneout P is --zoneout-h P (LSTM: --zoneout-c P)
+            for k in ("zoneout_h",) + (("zoneout_c",) if saved.get("cell") == "lstm" else ()):
+                if z is not None and saved.get(k) != z:
+                    raise UsageError(f"--zoneout {z} differs from the checkpoint's "
+                                     f"{flag_name(k)} {saved.get(k)}; a resumed model keeps its "
+                                     f"options")
             run = resume_meta.get("run", {})
             if a.optimizer is not None and run.get("optimizer") not in (None, a.optimizer):
                 raise UsageError(f"--optimizer {a.optimizer} differs from the checkpoint's "

@@ -31,7 +31,8 @@ import numpy as np
 from .. import losses
 from ..module import Dropout, Embedding, Linear, Module, register_module
 from .base import DataError, Task
-from .common import make_rnn, model_kwargs, sub_seeds, torch_parts, torch_sequence_loss
+from .common import REG_OPTIONS, make_rnn, model_kwargs, sub_seeds, torch_parts, \
+    torch_sequence_loss
 from .guards import check_memory, read_limited, split_lines, strip_bom
 
 __all__ = ["Translate", "Seq2Seq", "format_date", "FORMATS", "iso_baseline"]
@@ -58,23 +59,34 @@ class Seq2Seq(Module):
     forcing: tgt_in starts with <s>); backward(d_logits) runs through the decoder into the
     encoder via the decoder's ``d_state``. For decoding: ``encode(src, src_len)`` -> state,
     ``step(tokens [N], state)`` -> (logits [N, V], state).
+
+    ``options``: issue 19's regularisers (layer_norm, ln_eps, zoneout_h, zoneout_c,
+    recurrent_dropout, input_dropout, weight_drop, dropout_masks; see fusedrnn.LSTM), given to
+    the encoder and the decoder alike (as Keras users set recurrent_dropout on both LSTMs),
+    recorded in the config. Their state hand-over is unchanged: the layer-norm LSTM's carried
+    cell (haste: un-normalised; tfa: normalised) starts the decoder as any c does.
     """
 
     def __init__(self, src_vocab: int, tgt_vocab: int, embed: int = 32, hidden: int = 256,
                  layers: int = 1, cell: str = "lstm", bidirectional: bool = False,
-                 dropout: float = 0.0, dtype="float32", seed: Optional[int] = None):
+                 dropout: float = 0.0, dtype="float32", seed: Optional[int] = None,
+                 options: Optional[Dict[str, Any]] = None):
         super().__init__()
+        options = dict(options or {})
         s = sub_seeds(seed, 6)
         D = 2 if bidirectional else 1
         self._record(src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed=embed, hidden=hidden,
                      layers=layers, cell=cell, bidirectional=bool(bidirectional),
-                     dropout=dropout, dtype=np.dtype(dtype), seed=seed)
+                     dropout=dropout, dtype=np.dtype(dtype), seed=seed,
+                     **({"options": options} if options else {}))
         self.num_directions, self.layers = D, layers
         self.src_embed = Embedding(src_vocab, embed, padding_idx=0, dtype=dtype, seed=s[0])
         self.encoder = make_rnn(cell, embed, hidden, layers, dropout, s[1],
-                                bidirectional=bidirectional, dtype=dtype, where="Seq2Seq")
+                                bidirectional=bidirectional, dtype=dtype, where="Seq2Seq",
+                                options=options)
         self.tgt_embed = Embedding(tgt_vocab, embed, padding_idx=0, dtype=dtype, seed=s[2])
-        self.decoder = make_rnn(cell, embed, D * hidden, layers, dropout, s[3], dtype=dtype)
+        self.decoder = make_rnn(cell, embed, D * hidden, layers, dropout, s[3], dtype=dtype,
+                                options=options)
         self.drop = Dropout(dropout, seed=s[4])
         self.head = Linear(D * hidden, tgt_vocab, dtype=dtype, seed=s[5])
 
@@ -312,7 +324,12 @@ class Translate(Task):
                                 "bidirectional": False, "dropout": 0.0, "batch_size": 32,
                                 "lr": 5e-3, "time_budget": 120, "seed": 0}
     n_valid = 1000
-    cell_options_ok = False   # encoder/decoder state hand-over: plain cells only
+    # issue 19's regularisers reach the encoder and the decoder; the options that change the
+    # state's shape or formula (proj_size, peepholes, ...) would have to match across the
+    # encoder/decoder state hand-over, which is not built
+    cell_options_ok = REG_OPTIONS
+    cell_options_reason = "the encoder/decoder state hand-over takes plain LSTM / GRU / RNN " \
+        "states; issue 19's --layer-norm ... --dropout-masks do apply"
     default_beam = 4
 
     def __init__(self, args):
@@ -457,8 +474,8 @@ class Translate(Task):
                 raise ValueError(f"translate: --attention must be none or one of "
                                  f"{sorted(ATTENTION)}, got {attention!r}")
             return AttnSeq2Seq(len(self.src_vocab), len(self.tgt_vocab), attention=attention,
-                               **kw)
-        return Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), **kw)
+                               options=self.cell_opts, **kw)
+        return Seq2Seq(len(self.src_vocab), len(self.tgt_vocab), options=self.cell_opts, **kw)
 
     def train_step(self, model: Module, batch) -> Tuple[float, int]:
         src, src_len, tin, tout, tgt_len = batch
