@@ -331,6 +331,26 @@ class _CellBase(Module):
         if args is not None and name in args:
             args[name] = value   # config() rebuilds the cell as it now runs
 
+    # -- precision ---------------------------------------------------------------------------------
+    @property
+    def compute(self) -> str:
+        """Always "float32": a single-step cell runs its own dtype's kernels (float32 or
+        float64); it has no bfloat16 path (issue 17's bf16 training covers the LSTM / GRU /
+        RNN layers, which run whole sequences)."""
+        return "float32"
+
+    @compute.setter
+    def compute(self, precision) -> None:
+        # A plain attribute here was silently accepted and changed nothing (set_compute refuses
+        # cells): refused, so that no one trains believing the cell runs bf16.
+        if isinstance(precision, str) and precision == "float32":
+            return   # what it runs
+        fn = type(self).__name__
+        raise AttributeError(f"{fn}.compute = {precision!r}: a single-step cell has no bfloat16 "
+                             f"(or other low-precision) path, it runs in its dtype only; for bf16 "
+                             f"training use the sequence layer, fusedrnn.{fn[:-4]}(..., "
+                             f"compute='bfloat16')")
+
     # -- the Parameters: checked, their gradient locks --------------------------------------------
     def __setattr__(self, name, value) -> None:
         if name in self._ORDER and "_checked" in self.__dict__:

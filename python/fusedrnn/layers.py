@@ -864,8 +864,11 @@ class _RNNBase(Module):
         (default) or "bfloat16" (float32 layers; mixed-precision training, issue 17): the large
         products round their operands to bf16 and accumulate in fp32 (the contract:
         :func:`fusedrnn.reference.lstm_train_bf16`); parameters, their gradients, gates and
-        states stay float32. Set it with ``layer.compute = "bfloat16"``; not part of the
-        layer's config (a checkpoint stays float32)."""
+        states stay float32. Set it with ``layer.compute = "bfloat16"`` or the constructor's
+        ``compute="bfloat16"`` (the same checks and messages; the same layer, bit for bit);
+        not part of the layer's config: a checkpoint stays float32 and loads as a float32
+        layer (``fusedrnn train --precision bf16`` records the precision in the run's
+        metadata and sets it again on ``--resume``)."""
         return self._precision
 
     @compute.setter
@@ -1206,7 +1209,7 @@ class LSTM(_Regularised, _RNNBase):
                  forget_bias=0.0, init="pytorch", dtype="float32", seed=None, cell_clip=None,
                  layer_norm=None, ln_eps=1e-5, zoneout_h=0.0, zoneout_c=0.0,
                  recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
-                 dropout_masks="shared"):
+                 dropout_masks="shared", compute="float32"):
         reg = _regularisers("LSTM", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
         dmasks = _dropout_masks("LSTM", dropout_masks, recurrent_dropout,
@@ -1239,6 +1242,7 @@ class LSTM(_Regularised, _RNNBase):
                      **({} if cell_clip is None else {"cell_clip": self.cell_clip}),
                      **{k: getattr(self, k) for k in reg},
                      **({"dropout_masks": "per_gate"} if dropout_masks == "per_gate" else {}))
+        self.compute = compute   # (the property's checks and messages; not in the config)
 
 
 @register_module
@@ -1261,7 +1265,7 @@ class GRU(_Regularised, _RNNBase):
                  dropout=0.0, bidirectional=False, *, variant="reset_after", init="pytorch",
                  dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
                  zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
-                 dropout_masks="shared"):
+                 dropout_masks="shared", compute="float32"):
         reg = _regularisers("GRU", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                             input_dropout, weight_drop)
         dmasks = _dropout_masks("GRU", dropout_masks, recurrent_dropout,
@@ -1281,6 +1285,7 @@ class GRU(_Regularised, _RNNBase):
                      variant=self.variant, init=init, dtype=self.dtype, seed=seed,
                      **{k: getattr(self, k) for k in reg},
                      **({"dropout_masks": "per_gate"} if dropout_masks == "per_gate" else {}))
+        self.compute = compute   # (the property's checks and messages; not in the config)
 
 
 @register_module
@@ -1295,7 +1300,7 @@ class RNN(_RNNBase):
                  batch_first=False, dropout=0.0, bidirectional=False, *, init="pytorch",
                  dtype="float32", seed=None, layer_norm=None, ln_eps=1e-5, zoneout_h=0.0,
                  zoneout_c=0.0, recurrent_dropout=0.0, input_dropout=0.0, weight_drop=0.0,
-                 dropout_masks="shared"):
+                 dropout_masks="shared", compute="float32"):
         _refuse_regularisers("RNN", layer_norm, ln_eps, zoneout_h, zoneout_c, recurrent_dropout,
                              input_dropout, weight_drop, dropout_masks)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
@@ -1305,3 +1310,4 @@ class RNN(_RNNBase):
                      num_layers=self.num_layers, nonlinearity=self.nonlinearity, bias=self.bias,
                      batch_first=self.batch_first, dropout=self.dropout,
                      bidirectional=self.bidirectional, init=init, dtype=self.dtype, seed=seed)
+        self.compute = compute   # (the property's checks and messages; not in the config)

@@ -163,11 +163,17 @@ class RecurrentModel(Module):
                  peepholes: bool = False, forget_bias: float = 0.0,
                  variant: str = "reset_after", nonlinearity: str = "tanh",
                  init: str = "pytorch", dtype="float32", seed: Optional[int] = None,
-                 **regularisers):
+                 compute: str = "float32", **regularisers):
         """``regularisers``: the LSTM's and the GRU's layer_norm, ln_eps, zoneout_h, zoneout_c,
         recurrent_dropout, input_dropout, weight_drop (issue 19; see fusedrnn.LSTM, fusedrnn.GRU),
         passed to the recurrent layer, which refuses those its cell lacks (ValueError); recorded
-        in the config when given."""
+        in the config when given.
+
+        ``compute``: the recurrent layer's training precision, "float32" or "bfloat16" (issue
+        17; ``self.rnn.compute``, with its checks and messages; the same model as setting it
+        after construction). Like the layer's, it is not part of the config: a checkpoint
+        stays float32 and loads as float32 (set_compute again, as ``fusedrnn train --resume``
+        does from the run's recorded --precision)."""
         super().__init__()
         fn = "RecurrentModel"
         known = ("layer_norm", "ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout",
@@ -210,7 +216,7 @@ class RecurrentModel(Module):
             kw.update(nonlinearity=nonlinearity)
         if cell != "lstm" and (proj_size or peepholes or forget_bias):
             raise ValueError(f"{fn}: proj_size, peepholes and forget_bias need cell='lstm'")
-        self.rnn = rnn_cls(rnn_in, hidden_size, **kw, **regularisers)
+        self.rnn = rnn_cls(rnn_in, hidden_size, **kw, **regularisers, compute=compute)
         out_in = self.rnn.num_directions * self.rnn.state_size
         self.head = Linear(out_in, output_size, dtype=dtype,
                            seed=None if seed is None else seed0 + 2)
