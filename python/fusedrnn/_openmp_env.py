@@ -141,6 +141,28 @@ def _runnable_others():
     return max(0, running - own)
 
 
+ADAPTIVE_ON, ADAPTIVE_OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def adaptive_threads_from_env() -> bool:
+    """FUSEDRNN_ADAPTIVE_THREADS: 1 / true / on / yes and 0 / false / off / no (any case,
+    surrounding blanks ignored); unset or empty: the default, on. Any other value was silently
+    "on"; it is a ValueError naming the variable and the accepted values, raised where the
+    variable is first read (the first kernel call, get_adaptive_threads(), the command line's
+    start), as a bad FUSEDRNN_ISA is, and again at each use until fixed or overridden by
+    set_adaptive_threads."""
+    raw = os.environ.get("FUSEDRNN_ADAPTIVE_THREADS", "")
+    v = raw.strip().lower()
+    if v in ADAPTIVE_ON or not v:
+        return True
+    if v in ADAPTIVE_OFF:
+        return False
+    raise ValueError(f"FUSEDRNN_ADAPTIVE_THREADS={raw!r} is neither on nor off; accepted (any "
+                     f"case): {', '.join(ADAPTIVE_ON)} (adapt the thread count to other "
+                     f"processes' load), {', '.join(ADAPTIVE_OFF)} (keep it fixed); unset or "
+                     f"empty: on")
+
+
 class Contention:
     """The CPUs other processes leave free, sampled at most every WINDOW seconds."""
 
@@ -152,15 +174,25 @@ class Contention:
         self._runnable = runnable or _runnable_others
         self._last = None               # (wall, system busy, own) at the last sample
         self.free = None                # CPUs left free at the last sample (float), or None
-        # FUSEDRNN_ADAPTIVE_THREADS=0 (or false, off, no; any case) turns the adaptation off
-        self.enabled = os.environ.get("FUSEDRNN_ADAPTIVE_THREADS", "1").strip().lower() not in (
-            "0", "false", "off", "no")
+        self._enabled = None            # None: FUSEDRNN_ADAPTIVE_THREADS not read yet
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the thread count adapts (set_adaptive_threads); until set, read from
+        FUSEDRNN_ADAPTIVE_THREADS on first use (adaptive_threads_from_env)."""
+        if self._enabled is None:
+            self._enabled = adaptive_threads_from_env()
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = value
 
     def cap(self, n: int) -> int:
         """The threads a call asking for n runs on: n, or fewer while other processes keep the
         CPUs busy."""
-        if n <= 1 or not self.enabled:
-            return n
+        if not self.enabled or n <= 1:   # (enabled first: a bad variable is reported by the
+            return n                     # first kernel call, whatever its thread count)
         now = self._clock()
         last = self._last
         if last is None or now - last[0] >= WINDOW:

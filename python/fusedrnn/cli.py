@@ -673,8 +673,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:  # chooses the kernels' instruction-set copy: a bad FUSEDRNN_ISA is one line, exit 2
-        from . import build_info
+        from . import build_info, get_adaptive_threads
         build_info()
+        get_adaptive_threads()   # a bad FUSEDRNN_ADAPTIVE_THREADS too
     except ValueError as e:
         print(f"fusedrnn: error: {e}", file=sys.stderr)
         return 2

@@ -95,7 +95,9 @@ if hasattr(os, "register_at_fork"):
 
 def set_adaptive_threads(enabled: bool) -> None:
     """Whether kernel calls run on fewer threads than get_num_threads() while other processes
-    keep the CPUs busy (default: on; FUSEDRNN_ADAPTIVE_THREADS=0 turns it off at import).
+    keep the CPUs busy (default: on; FUSEDRNN_ADAPTIVE_THREADS=0 / false / off / no turns it
+    off, 1 / true / on / yes on, any case; it is read at the first kernel call or
+    get_adaptive_threads(), and any other value is a ValueError naming it).
     Results never depend on it, only speed does (fusedrnn/_openmp_env.py)."""
     if not isinstance(enabled, bool):
         raise TypeError(f"set_adaptive_threads: enabled must be a bool, got {enabled!r}")
@@ -103,7 +105,8 @@ def set_adaptive_threads(enabled: bool) -> None:
 
 
 def get_adaptive_threads() -> bool:
-    """Whether the thread count adapts to other processes' load (set_adaptive_threads)."""
+    """Whether the thread count adapts to other processes' load (set_adaptive_threads; until
+    called, FUSEDRNN_ADAPTIVE_THREADS: ValueError for a value that is neither on nor off)."""
     return _openmp_env.contention.enabled
 
 
