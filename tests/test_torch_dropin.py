@@ -717,6 +717,104 @@ def test_double_backward_raises(cls):
     torch.testing.assert_close(g1, g2.detach(), rtol=0, atol=0)
 
 
+
+# every fusedrnn.torch module kind, covering every autograd.Function behind them: the layers'
+# _LayerFunction (2 layers, both directions; projection and peepholes: w_hr, w_peep), the
+# regularised layers' _RegularisedFunction (float32 only), the cells' _CellFunction, and the
+# fp16-autocast cell's _LayerFunction on float16-rounded operands
+DOUBLE_KINDS = {
+    "LSTM": (lambda: frt.LSTM(C, H, num_layers=2, bidirectional=True), torch.float64),
+    "LSTM_proj_peepholes": (lambda: frt.LSTM(C, H, proj_size=3, peepholes=True), torch.float64),
+    "GRU": (lambda: frt.GRU(C, H, num_layers=2), torch.float64),
+    "GRU_reset_before": (lambda: frt.GRU(C, H, variant="reset_before"), torch.float64),
+    "RNN": (lambda: frt.RNN(C, H), torch.float64),
+    "LSTM_layer_norm": (lambda: frt.LSTM(C, H, layer_norm="tfa"), torch.float32),
+    "GRU_layer_norm_zoneout": (lambda: frt.GRU(C, H, layer_norm="haste", zoneout_h=0.2),
+                               torch.float32),
+    "LSTMCell": (lambda: frt.LSTMCell(C, H), torch.float64),
+    "GRUCell": (lambda: frt.GRUCell(C, H), torch.float64),
+    "RNNCell": (lambda: frt.RNNCell(C, H), torch.float64),
+    "GRUCell_autocast16": (lambda: frt.GRUCell(C, H), torch.float32),
+}
+
+
+def _double_backward_case(kind):
+    """(f, x, h0, module): f(x, h0) is a scalar of the module's output (sum of squares, so its
+    second derivative is not zero), x and h0 leaves requiring grad; h0 an LSTM's (h, c)."""
+    factory, dtype = DOUBLE_KINDS[kind]
+    torch.manual_seed(0)
+    mod = factory().to(dtype)
+    cell = "Cell" in kind
+    lstm = kind.startswith("LSTM")
+    layers = 1 if cell else mod.num_layers * (2 if mod.bidirectional else 1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*((N, C) if cell else (T, N, C)), generator=g, dtype=dtype,
+                    requires_grad=True)
+    hs = (N, H) if cell else (layers, N, getattr(mod, "proj_size", 0) or H)
+    h0 = torch.randn(*hs, generator=g, dtype=dtype, requires_grad=True)
+    if lstm:
+        c0 = torch.randn(*((N, H) if cell else (layers, N, H)), generator=g, dtype=dtype,
+                         requires_grad=True)
+        h0 = (h0, c0)
+
+    def f(x, h0):
+        with torch.autocast("cpu", dtype=torch.float16, enabled=kind.endswith("autocast16")):
+            out = mod(x, h0)
+        first = out[0] if isinstance(out, tuple) else out
+        return first.float().pow(2).sum()
+
+    return f, x, h0, mod
+
+
+@pytest.mark.parametrize("form", ["grad", "backward", "hessian", "jacobian"])
+@pytest.mark.parametrize("kind", list(DOUBLE_KINDS))
+def test_every_double_backward_raises(kind, form):
+    """Differentiating a first-order gradient of any fusedrnn.torch module raises, however it is
+    done: torch.autograd.grad of it with respect to x, the initial states or any parameter
+    (the gradient itself taken with respect to x, h0 or a parameter), .backward(),
+    torch.autograd.functional.hessian (vectorized too), and the jacobian of the gradient.
+    (Only .backward() raised: torch.autograd.grad(..., inputs) never ran the error node, which
+    hung on fresh leaves, and returned the first-order part only; hessian returned zeros.)"""
+    f, x, h0, mod = _double_backward_case(kind)
+    states = list(h0) if isinstance(h0, tuple) else [h0]
+    params = [p for p in mod.parameters()]
+    msg = "fusedrnn.torch: double backward is not supported"
+    if form == "grad":
+        for first_name, first in [("x", x), ("h0", states[0]), ("a parameter", params[1])]:
+            for second in [x, *states, *params]:
+                loss = f(x, h0)
+                g, = torch.autograd.grad(loss, first, create_graph=True)
+                assert g.requires_grad, first_name
+                with pytest.raises(RuntimeError, match=msg):
+                    torch.autograd.grad(loss + g.pow(2).sum(), second, allow_unused=True)
+    elif form == "backward":
+        loss = f(x, h0)
+        g, = torch.autograd.grad(loss, x, create_graph=True)
+        with pytest.raises(RuntimeError, match=msg):
+            (loss + g.pow(2).sum()).backward()
+    elif form == "hessian":
+        for vectorize in (False, True):
+            with pytest.raises(RuntimeError, match=msg):
+                torch.autograd.functional.hessian(lambda x: f(x, h0), x, vectorize=vectorize)
+    else:
+        with pytest.raises(RuntimeError, match=msg):
+            torch.autograd.functional.jacobian(
+                lambda x: torch.autograd.grad(f(x, h0), x, create_graph=True)[0], x)
+
+
+def test_every_autograd_function_is_first_order_only():
+    """Every torch.autograd.Function of fusedrnn.torch and its cells carries the strict
+    double-backward guard (_first_order_only), so a new one cannot silently lack it."""
+    import fusedrnn.torch_cells as cells
+    found = [v for m in (frt, cells) for v in vars(m).values()
+             if isinstance(v, type) and issubclass(v, torch.autograd.Function)
+             and v.__module__ == m.__name__]
+    assert {f.__name__ for f in found} >= {"_LayerFunction", "_RegularisedFunction",
+                                            "_CellFunction"}
+    for fn in found:
+        assert getattr(fn, "_fr_first_order", False), fn.__name__
+
+
 def test_eager_use_imports_neither_dynamo_nor_onnx():
     """The graph-mode checks cost nothing in eager use: importing fusedrnn.torch and running a
     layer forward and backward imports neither torch._dynamo nor torch.onnx (~1 s each)."""

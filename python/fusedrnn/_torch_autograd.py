@@ -47,22 +47,38 @@ _DOUBLE_BACKWARD = (
     "fusedrnn's kernels have no second derivative. Use the torch.nn layer or cell for that model")
 
 
-def _first_order_only(backward):
-    """torch's ``once_differentiable``, made strict: under ``create_graph=True`` the returned
-    gradients always carry a node that raises ``_DOUBLE_BACKWARD`` if they are differentiated.
+def _first_order_only(cls):
+    """Class decorator of fusedrnn's torch.autograd.Functions: torch's ``once_differentiable``,
+    made strict. Under ``create_graph=True`` the gradients ``backward`` returns carry a node that
+    raises ``_DOUBLE_BACKWARD`` when they are differentiated, and that node's inputs are the
+    forward's own tensor arguments (x, the states, the weights) and the incoming gradients as
+    well as the gradients returned.
+    The class's forward must therefore save every tensor argument that can require grad
+    (``ctx.save_for_backward``: torch frees them with the rest of the graph's saved tensors,
+    so the first-order path keeps nothing longer).
 
-    (torch's decorator attaches that node only when an incoming gradient requires grad; for
-    ``torch.autograd.grad(y.sum(), x, create_graph=True)`` none does, and the gradient came back
-    as a constant: a gradient penalty then silently added nothing for the layer's second
-    derivative.)
+    (torch's decorator attaches that node only when an incoming gradient requires grad, and on
+    fresh detached leaves: for ``torch.autograd.grad(y.sum(), x, create_graph=True)`` the gradient
+    came back as a constant, and a gradient penalty silently added nothing. Hung on fresh
+    leaves only, the node is on no path to x or to a parameter, so ``torch.autograd.grad(...,
+    inputs=x)`` -- and torch.autograd.functional.hessian / jacobian, which use it -- never ran
+    it and returned the first-order part, or zeros: only ``.backward()``, which runs every node,
+    raised. With the forward's arguments as its inputs it lies on every path a second
+    derivative takes.)
     """
+    backward = cls.backward
+
     @functools.wraps(backward)
-    def wrapper(ctx, *grads):
+    def first_order(ctx, *grads):
         with torch.no_grad():
             outputs = backward(ctx, *grads)
         if not torch.is_grad_enabled():         # create_graph=False: the usual case
             return outputs
-        err = _autograd_functions.DelayedError(_DOUBLE_BACKWARD, len(outputs))
+        # the forward's arguments (saved inputs come back connected to their graph; the
+        # kernel cache needs no grad) and the incoming gradients where they require grad (a
+        # gradient from a later layer or step, itself a function of that one's weights)
+        inputs = [t for t in ctx.saved_tensors + grads if t is not None and t.requires_grad]
+        err = _autograd_functions.DelayedError(_DOUBLE_BACKWARD, len(outputs) + len(inputs))
 
         def fake_requires_grad(t):
             if t is None:
@@ -72,9 +88,13 @@ def _first_order_only(backward):
             return t
 
         with torch.enable_grad():
-            return err(*[fake_requires_grad(t) for t in outputs])
+            # (the node's outputs for the forward's arguments are dropped: only its edges to
+            # them are wanted)
+            return err(*[fake_requires_grad(t) for t in outputs], *inputs)[:len(outputs)]
 
-    return wrapper
+    cls.backward = staticmethod(first_order)
+    cls._fr_first_order = True
+    return cls
 
 
 def _weight(module, name):

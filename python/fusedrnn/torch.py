@@ -104,7 +104,9 @@ Beyond forward/backward:
   traces into the NumPy calls, and the kernels run eagerly (without dynamo imported, nothing
   of this runs: ``import fusedrnn.torch`` does not import torch._dynamo).
 - Double backward raises RuntimeError (a strict ``once_differentiable``: also when the incoming
-  gradients do not require grad, e.g. ``torch.autograd.grad(y.sum(), x, create_graph=True)``).
+  gradients do not require grad, e.g. ``torch.autograd.grad(y.sum(), x, create_graph=True)``,
+  and however the gradient is differentiated: ``.backward()``, ``torch.autograd.grad`` with
+  respect to x, the states or a parameter, ``torch.autograd.functional.hessian``).
 
 Threads: the kernels use :func:`fusedrnn.set_num_threads` (default: OpenMP's, i.e.
 ``OMP_NUM_THREADS`` or all cores), independently of ``torch.set_num_threads``.
@@ -202,6 +204,7 @@ def _kernel_forward(kind, flag, reverse, lengths, x, h0, c0, w_ih, w_hh, b_ih, b
 
 
 
+@_first_order_only
 class _LayerFunction(torch.autograd.Function):
     """One layer, one direction: (x, h0, c0, weights) -> (y, h_n[, c_n]) through the kernels.
 
@@ -230,7 +233,8 @@ class _LayerFunction(torch.autograd.Function):
         del view
         for field in _CACHE_ARRAYS:
             setattr(cache, field, None)
-        ctx.save_for_backward(x, w_ih, w_hh, w_peep, w_hr, buffer)
+        # (then the other arguments: _first_order_only's node of a double backward needs them)
+        ctx.save_for_backward(x, w_ih, w_hh, w_peep, w_hr, buffer, h0, c0, b_ih, b_hh)
         ctx.kernel_cache = cache
         ctx.kind = kind
         ctx.set_materialize_grads(False)
@@ -239,10 +243,9 @@ class _LayerFunction(torch.autograd.Function):
         return torch.from_numpy(out.y), torch.from_numpy(out.h_n)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, *grads):
         cache = ctx.kernel_cache
-        for field, t in zip(_CACHE_ARRAYS, ctx.saved_tensors):
+        for field, t in zip(_CACHE_ARRAYS, ctx.saved_tensors[:len(_CACHE_ARRAYS)]):
             setattr(cache, field, None if t is None else t.detach().numpy())
         g = [None if d is None else _contiguous(d.detach()).numpy() for d in grads]
         need = ctx.needs_input_grad
@@ -286,6 +289,7 @@ def _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *ln, training):
                                       _np(h0), **kw, **meta, training=training)
 
 
+@_first_order_only
 class _RegularisedFunction(torch.autograd.Function):
     """One layer, one direction of an LSTM or GRU with issue 19's options
     (fusedrnn.regularised): (meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, the ln_* parameters)
@@ -296,15 +300,16 @@ class _RegularisedFunction(torch.autograd.Function):
     def forward(ctx, meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *ln):
         *outs, cache = _reg_forward(meta, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *ln,
                                     training=True)
-        # the kernel cache: a saved tensor, freed by torch after backward
-        ctx.save_for_backward(torch.from_numpy(cache.buf), x, w_ih, w_hh)
+        # the kernel cache: a saved tensor, freed by torch after backward; x and the weights:
+        # checked for in-place changes; all the tensor arguments: _first_order_only's node
+        ctx.save_for_backward(torch.from_numpy(cache.buf), x, w_ih, w_hh, h0, c0, b_ih, b_hh,
+                              *ln)
         ctx.kernel_cache = cache
         ctx.lstm = meta["cell"] == "lstm"
         ctx.set_materialize_grads(False)
         return tuple(torch.from_numpy(a) for a in outs)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, *grads):
         from . import regularised
         ctx.saved_tensors  # noqa: B018  (raises if an input was modified in place)

@@ -140,20 +140,21 @@ def _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed, h
                     b_ih is not None, b_hh is not None)
         ctx.cell = cell
         if training:
-            ctx.save_for_backward(x, w_ih, w_hh, torch.from_numpy(cache))
+            # (then the other arguments: _first_order_only's node of a double backward)
+            ctx.save_for_backward(x, w_ih, w_hh, torch.from_numpy(cache), h0, c0, b_ih, b_hh)
     return (out_h, out_c) if mode == "LSTM" else out_h
 
 
+@_first_order_only
 class _CellFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed, hs):
         return _step(ctx, cell, training, x, h0, c0, w_ih, w_hh, b_ih, b_hh, key, packed, hs)
 
     @staticmethod
-    @_first_order_only
     def backward(ctx, *grads):
         mode, flag, dims, bws_size, dt, has_h0, has_c0, has_bih, has_bhh = ctx.info
-        x, w_ih, w_hh, cache = ctx.saved_tensors
+        x, w_ih, w_hh, cache = ctx.saved_tensors[:4]
         _, N, C, H, _ = dims
         g = lambda t: None if t is None else np.ascontiguousarray(_np(t))  # noqa: E731
         dh_n = g(grads[0])
