@@ -584,6 +584,153 @@ def test_import_refuses_state_for_some_layers_only(tmp_path, cell, zero_layer):
             fusedrnn.onnx.from_model_proto(m)
 
 
+
+# -- import: initial-state shapes (checked as ONNX Runtime checks them) --------------------------
+def test_import_refuses_torch_dynamo_projection_lstm(tmp_path):
+    """torch's dynamo exporter of nn.LSTM(5, 6, proj_size=3) writes an LSTM node of
+    hidden_size 3 whose constant zero initial_c is [1, 3, 6] (the cell's size): an invalid file,
+    which ONNX Runtime refuses. It imported, the zeros taken as the default state, and ran 0.44
+    off torch; it is refused naming the node, the input and both shapes."""
+    import contextlib
+    import io
+    import warnings
+    t = _torch()
+    pytest.importorskip("onnxscript")  # torch's dynamo exporter needs it
+    t.manual_seed(0)
+    module = t.nn.LSTM(5, 6, proj_size=3).eval()
+    x = t.randn(7, 3, 5)
+    path = tmp_path / "proj.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        t.onnx.export(module, (x,), str(path), dynamo=True)
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "LSTM")
+    with pytest.raises(Exception, match=r"initial_c must have shape \{1,3,3\}"):
+        _session(path).run(None, {"input": x.numpy()})
+    with pytest.raises(fonnx.OnnxImportError,
+                       match=rf"node '{node.name}' \(LSTM\): input initial_c must have shape "
+                             rf"\[num_directions, batch, hidden_size\] = \[1, 3, 3\], got "
+                             rf"\[1, 3, 6\] \(a constant"):
+        fusedrnn.onnx.load(path)
+
+
+def _with_state(model, idx, name, array=None):
+    """`model`'s node 'l0' with input `idx` (5: initial_h, 6: initial_c) set to `name`: a new
+    initializer `array`, or (array None) an existing value."""
+    from onnx import numpy_helper
+    if array is not None:
+        model.graph.initializer.append(numpy_helper.from_array(array, name))
+    node = next(n for n in model.graph.node if n.name == "l0")
+    while len(node.input) <= idx:
+        node.input.append("")
+    node.input[idx] = name
+    return model
+
+
+def _set_dim(model, input_name, axis, value):
+    inp = next(i for i in model.graph.input if i.name == input_name)
+    inp.type.tensor_type.shape.dim[axis].dim_value = value
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5], ids=["zeros", "nonzero"])
+@pytest.mark.parametrize("which", ["initial_h", "initial_c"])
+def test_import_checks_constant_initial_state_shapes(tmp_path, which, value):
+    """A constant initial state of the wrong shape is refused before anything is built, naming
+    the node, the input and both shapes, zeros too (taken as the default state, they imported
+    silently): ONNX Runtime refuses such a file. Zeros of the right shape still import."""
+    idx = 5 if which == "initial_h" else 6
+    layer = _layer("lstm", 3, 4)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    m = _with_state(_exported(tmp_path, layer), idx, "state", np.full((1, 2, 6), value,
+                                                                      np.float32))
+    with pytest.raises(Exception, match=f"{which} must have shape"):
+        _session_proto(m).run(None, {"x": x})
+    with pytest.raises(fonnx.OnnxImportError,
+                       match=rf"node 'l0' \(LSTM\): input {which} must have shape "
+                             rf"\[num_directions, batch, hidden_size\] = \[1, batch, 4\], "
+                             rf"got \[1, 2, 6\] \(a constant"):
+        fusedrnn.onnx.from_model_proto(m)
+    # rank 2: ORT's shape check too
+    m = _with_state(_exported(tmp_path, layer), idx, "state", np.zeros((2, 4), np.float32))
+    with pytest.raises(fonnx.OnnxImportError, match=rf"{which} must .* got \[2, 4\]"):
+        fusedrnn.onnx.from_model_proto(m)
+    # the batch: the input's declared one, else the other state's
+    m = _with_state(_exported(tmp_path, layer), idx, "state", np.zeros((1, 2, 4), np.float32))
+    _set_dim(m, "x", 1, 3)
+    with pytest.raises(fonnx.OnnxImportError, match=r"= \[1, 3, 4\], got \[1, 2, 4\]"):
+        fusedrnn.onnx.from_model_proto(m)
+    m = _with_state(_with_state(_exported(tmp_path, layer), 5, "h", np.zeros((1, 3, 4),
+                                                                            np.float32)),
+                    6, "c", np.zeros((1, 2, 4), np.float32))
+    with pytest.raises(fonnx.OnnxImportError, match=r"initial_c .* = \[1, 3, 4\], got "
+                                                    r"\[1, 2, 4\]"):
+        fusedrnn.onnx.from_model_proto(m)
+    # zeros of the right shape: the default state, as ORT computes it
+    m = _with_state(_exported(tmp_path, layer), idx, "state", np.zeros((1, 2, 4), np.float32))
+    got = fusedrnn.onnx.from_model_proto(m).forward(x)[0]
+    assert _rel(got, _session_proto(m).run(None, {"x": x})[0]) <= RTOL
+
+
+def test_import_checks_state_input_shapes(tmp_path):
+    """A graph input feeding initial_h / initial_c is checked against its declared shape: the
+    hidden size, the batch (where both are fixed) and the rows of it a layer takes."""
+    layer = _layer("lstm", 3, 4, layers=2)
+    for name, axis, value, match in (
+            ("h0", 2, 5, r"node 'l0' \(LSTM\): input initial_h .* = \[1, batch, 4\], got "
+                         r"\[1, \?, 5\] \(an initial-state input"),
+            ("c0", 2, 3, r"node 'l0' \(LSTM\): input initial_c .* got \[1, \?, 3\]"),
+            ("h0", 0, 1, r"node 'l1' \(LSTM\): input initial_h .* got \[0, \?, 4\]")):
+        m = _exported(tmp_path, layer, initial_state=True)
+        _set_dim(m, name, axis, value)
+        with pytest.raises(fonnx.OnnxImportError, match=match):
+            fusedrnn.onnx.from_model_proto(m)
+    m = _exported(tmp_path, layer, initial_state=True)
+    _set_dim(m, "x", 1, 3)
+    _set_dim(m, "c0", 1, 2)
+    with pytest.raises(fonnx.OnnxImportError, match=r"initial_c .* = \[1, 3, 4\], got "
+                                                    r"\[1, 2, 4\]"):
+        fusedrnn.onnx.from_model_proto(m)
+    # declared as exported: imports
+    fusedrnn.onnx.from_model_proto(_exported(tmp_path, layer, initial_state=True))
+
+
+
+@pytest.mark.parametrize("size", [6, 4])
+def test_import_checks_computed_zero_state_shapes(tmp_path, size):
+    """Zeros computed from the input's shape (ConstantOfShape of Concat([1], Shape(x)[1],
+    [size]), as torch's TorchScript exporter writes them, then Slice; or Expand of a constant)
+    are checked too: hidden size 6 for a layer of 4 is refused, 4 imports."""
+    from onnx import helper, numpy_helper
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    layer = _layer("lstm", 3, 4)
+    for how in ("ConstantOfShape", "Expand"):
+        m = _exported(tmp_path, layer)
+        ints = lambda *v: np.array(v, np.int64)  # noqa: E731
+        for k, v in {"one": ints(1), "idx": ints(1), "hid": ints(size), "two": ints(2),
+                     "zero": ints(0), "z": np.zeros((1, 1, 1), np.float32)}.items():
+            m.graph.initializer.append(numpy_helper.from_array(v, k))
+        make = (lambda: helper.make_node("ConstantOfShape", ["shp"], ["zz"], name="fill")) \
+            if how == "ConstantOfShape" else \
+            (lambda: helper.make_node("Expand", ["z", "shp"], ["zz"], name="fill"))
+        nodes = [helper.make_node("Shape", ["x"], ["xs"], name="xs"),
+                 helper.make_node("Gather", ["xs", "idx"], ["n"], name="n"),
+                 helper.make_node("Concat", ["two", "n", "hid"], ["shp"], name="shp", axis=0),
+                 make(),
+                 helper.make_node("Slice", ["zz", "zero", "one", "zero"], ["zs"], name="zs")]
+        for k, node in enumerate(nodes):
+            m.graph.node.insert(k, node)
+        _with_state(m, 5, "zs")
+        if size == 4:
+            got = fusedrnn.onnx.from_model_proto(m).forward(x)[0]
+            assert _rel(got, _session_proto(m).run(None, {"x": x})[0]) <= RTOL
+            continue
+        with pytest.raises(Exception, match="initial_h must have shape"):
+            _session_proto(m).run(None, {"x": x})
+        with pytest.raises(fonnx.OnnxImportError,
+                           match=r"node 'l0' \(LSTM\): input initial_h .* = \[1, batch, 4\], "
+                                 r"got \[1, \?, 6\] \(a constant-filled tensor"):
+            fusedrnn.onnx.from_model_proto(m)
+
+
 def _folding_graph(nodes, inits):
     """x -> Identity -> y beside constant nodes `nodes` over initializers `inits`."""
     from onnx import TensorProto, helper, numpy_helper

@@ -560,6 +560,35 @@ class _Sym:
         return f"{self.kind}({extra})"
 
 
+def _expanded(shape, dims):
+    """The dims of Expand(a constant of `shape`, a shape of `dims`): numpy's broadcasting, a
+    label (a size known at run time) where the constant's axis is 1."""
+    n = max(len(shape), len(dims))
+    a = [1] * (n - len(shape)) + list(shape)
+    b = [1] * (n - len(dims)) + list(dims)
+    return [d if s == 1 else int(s) for s, d in zip(a, b)]
+
+
+def _sliced(dims, ins):
+    """The dims of Slice(a fill of `dims`, starts, ends[, axes, steps]) where they are known
+    (constant arguments; a labelled axis only when taken whole), else None."""
+    if dims is None or not ins or any(not isinstance(v, np.ndarray) for v in ins if v is not None):
+        return None
+    starts, ends = ins[0].tolist(), ins[1].tolist()
+    axes = ins[2].tolist() if len(ins) > 2 and ins[2] is not None else list(range(len(starts)))
+    steps = ins[3].tolist() if len(ins) > 3 and ins[3] is not None else [1] * len(starts)
+    dims = list(dims)
+    for st, en, ax, sp in zip(starts, ends, axes, steps):
+        if not -len(dims) <= ax < len(dims) or sp == 0:
+            return None
+        d = dims[ax]
+        if isinstance(d, int):
+            dims[ax] = len(range(d)[slice(st, en, sp)])
+        else:
+            dims[ax] = d if st == 0 and en >= 2 ** 31 - 1 and sp == 1 else None
+    return dims
+
+
 def _describe(v):
     if isinstance(v, np.ndarray):
         return f"a constant of shape {list(v.shape)}"
@@ -592,8 +621,10 @@ def load(path):
 
     Raises :class:`OnnxImportError` (a ValueError) naming the node and attribute for anything
     fusedrnn cannot run exactly (non-default activations, ``clip``, ``input_forget``,
-    ``layout=1``, ``direction=reverse``, an unknown op on the data path), and for unreadable or
-    corrupt files. Never runs code from the file; external-data tensors are read only from
+    ``layout=1``, ``direction=reverse``, an unknown op on the data path), for an
+    ``initial_h``/``initial_c`` whose shape (as far as the file fixes it: constants, zeros
+    included, and declared input shapes) is not [num_directions, batch, hidden_size], which
+    ONNX Runtime refuses too, and for unreadable or corrupt files. Never runs code from the file; external-data tensors are read only from
     files inside the model's own folder.
     """
     onnx = _onnx()
@@ -886,13 +917,19 @@ class _Importer:
                 "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Add", "Sub", "Mul",
                 "Div", "Identity", "Reshape", "Equal", "Where", "Range"}:
             return _Sym("shape", dims=self.shape_op(op, ins, attrs))
+        # a constant-filled tensor: its value, and its dims where the shape gives them (a
+        # recurrent node checks an initial state's shape against them); the ops that pass a
+        # fill on below forget them, except Identity and Cast
         if op == "ConstantOfShape" and isinstance(x, _Sym) and x.kind == "shape":
             value = attrs.get("value")
             value = 0.0 if value is None else float(np.asarray(value).reshape(-1)[0])
-            return _Sym("fill", value=value)
+            return _Sym("fill", value=value, dims=x.dims)
         if op == "Expand" and isinstance(x, np.ndarray):
             if x.size and np.all(x == x.reshape(-1)[0]):
-                return _Sym("fill", value=float(x.reshape(-1)[0]))
+                shape = ins[1].dims if isinstance(ins[1], _Sym) and ins[1].kind == "shape" \
+                    else None
+                return _Sym("fill", value=float(x.reshape(-1)[0]),
+                            dims=None if shape is None else _expanded(x.shape, shape))
             raise bad()
         if isinstance(x, _Sym) and x.kind == "fill" and op in (
                 "Slice", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Identity", "Expand",
@@ -901,7 +938,9 @@ class _Importer:
             if op == "Concat" and any(isinstance(v, _Sym) and v.kind == "fill" and
                                       v.value != x.value for v in ins):
                 raise bad()
-            return x
+            dims = x.dims if op in ("Identity", "Cast") else \
+                _sliced(x.dims, ins[1:]) if op == "Slice" else None
+            return _Sym("fill", value=x.value, dims=dims)
         if op == "Identity":
             return x
         if op == "Cast" and isinstance(x, _Sym) and x.kind in ("input", "lens"):
@@ -1000,8 +1039,17 @@ class _Importer:
             return _Sym("state", which=v.which, ops=v.ops, kept=[(v.ops[0], x.name, ins[1])])
         raise bad()
 
-    @staticmethod
-    def shape_dims(x, attrs):
+    def shape_dims(self, x, attrs):
+        if isinstance(x, _Sym) and x.kind == "input":
+            # a graph input's axes as labels, as a sequence's: state_shape() reads the sizes
+            # the file declares for them
+            dims = self.input_dims(x.name)
+            if dims is None:
+                return None
+            dims = [f"{x.name}:{i}" for i in range(len(dims))]
+            n = len(dims)
+            start, end = attrs.get("start", 0), attrs.get("end", n)
+            return dims[slice(start % n if start < 0 else start, end % n if end < 0 else end)]
         if not (isinstance(x, _Sym) and x.kind == "seq"):
             return None
         known = {"D": x.src[2] if isinstance(x.src[0], int) else None,
@@ -1044,6 +1092,60 @@ class _Importer:
         return None
 
     # -- recurrent nodes ------------------------------------------------------------------------
+    def input_dims(self, name):
+        """The declared dims of graph input `name` (an int, or None where symbolic or absent);
+        None without a declared shape."""
+        for i in self.proto.graph.input:
+            if i.name == name:
+                t = i.type.tensor_type
+                if not t.HasField("shape"):
+                    return None
+                return [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        return None
+
+    def batch_size(self, X):
+        """The batch size of a recurrent node's input X (a "seq") where the file fixes it: the
+        previous node's, or the declared size of the graph input's axis that is X's batch
+        axis; else None."""
+        if isinstance(X.src[0], int):
+            return self.rec[X.src[0]]["N"] if X.src[0] < len(self.rec) else None
+        return self.label_size(X.axes[1]) if str(X.axes[1]).startswith(f"{X.src[1]}:") \
+            else None
+
+    def label_size(self, d):
+        """A dim of shape arithmetic as an int: an int, or the declared size of a graph input's
+        axis labelled "name:i"; None where unknown."""
+        if isinstance(d, (int, np.integer)):
+            return int(d)
+        name, _, axis = str(d).rpartition(":")
+        dims = self.input_dims(name) if axis.isdigit() else None
+        return dims[int(axis)] if dims is not None and int(axis) < len(dims) else None
+
+    def state_shape(self, s):
+        """The shape of a recurrent node's initial-state input `s` as far as the file fixes it
+        (a list of ints, None for a size known only at run time), or None where nothing is
+        known (absent, or a value the node refuses anyway): a constant's shape, a constant fill's
+        dims, a graph input's declared shape (its rows start:end for a slice of it)."""
+        if isinstance(s, np.ndarray):
+            return list(s.shape)
+        if not isinstance(s, _Sym):
+            return None
+        if s.kind == "fill":
+            dims = getattr(s, "dims", None)
+            return None if dims is None else [self.label_size(d) for d in dims]
+        if s.kind not in ("input", "state_in"):
+            return None
+        dims = self.input_dims(s.name)
+        if dims is None or not dims:
+            return dims
+        start, end = (0, None) if s.kind == "input" else (s.start, s.end)
+        rows = dims[0]
+        if rows is not None and start >= 0 and (end is None or end >= 0):
+            rows = max(0, min(rows, rows if end is None else end) - start)
+        else:   # (negative bounds, an unknown count: the rows are checked by build())
+            rows = None
+        return [rows] + dims[1:]
+
     def recurrent(self, node, op, ins, attrs, where, quantized):
         k = len(self.rec)
         for a in attrs:
@@ -1158,6 +1260,28 @@ class _Importer:
             if not (isinstance(lens, _Sym) and lens.kind == "lens"):
                 raise self.err(f"{where}: input sequence_lens must come from a graph input, got "
                                f"{_describe(lens)}")
+        N = self.batch_size(X)
+        for i, nm in ((5, "initial_h"), (6, "initial_c")):
+            # the initial states' shapes, checked as ONNX Runtime checks them, before anything
+            # is built -- constant zeros too, which are then dropped as the default: a file
+            # whose zeros have another shape is invalid, and ORT refuses it (torch's dynamo
+            # exporter writes initial_c [1, N, hidden_size] for an LSTM with projection, whose
+            # ONNX hidden_size is proj_size; taken as the default it imported silently)
+            s = ins[i] if len(ins) > i else None
+            shape = self.state_shape(s)
+            if shape is None:
+                continue
+            want = [D, N, H]
+            if len(shape) != 3 or any(a is not None and b is not None and a != b
+                                      for a, b in zip(shape, want)):
+                show = lambda v, unknown: "[" + ", ".join(  # noqa: E731
+                    unknown if d is None else str(d) for d in v) + "]"
+                what = "a constant" if isinstance(s, np.ndarray) else _describe(s)
+                raise self.err(f"{where}: input {nm} must have shape [num_directions, batch, "
+                               f"hidden_size] = {show(want, 'batch')}, got {show(shape, '?')} "
+                               f"({what}; ONNX Runtime refuses it)")
+            if N is None:
+                N = shape[1]   # (the other state, and the next layer, must have it too)
         states = []
         for i, nm in ((5, "initial_h"), (6, "initial_c")):
             s = ins[i] if len(ins) > i else None
@@ -1173,7 +1297,7 @@ class _Importer:
             states.append(s)
         if op != "LSTM" and states[1] is not None:
             raise self.err(f"{where}: {op} has no initial_c")
-        rec = dict(node=node, where=where, op=op, D=D, H=H, C=C, W=W, R=R, B=B, P=P,
+        rec = dict(node=node, where=where, op=op, D=D, H=H, C=C, W=W, R=R, B=B, P=P, N=N,
                    X=X, lens=lens, states=states, variant="reset_after" if lbr else
                    "reset_before", nonlinearity=nonlinearity, quantized=quantized)
         self.rec.append(rec)
