@@ -729,6 +729,8 @@ DOUBLE_KINDS = {
     "GRU_reset_before": (lambda: frt.GRU(C, H, variant="reset_before"), torch.float64),
     "RNN": (lambda: frt.RNN(C, H), torch.float64),
     "LSTM_layer_norm": (lambda: frt.LSTM(C, H, layer_norm="tfa"), torch.float32),
+    "LSTM_layer_norm_proj": (lambda: frt.LSTM(C, H, layer_norm="haste", proj_size=2,
+                                              zoneout_h=0.1), torch.float32),
     "GRU_layer_norm_zoneout": (lambda: frt.GRU(C, H, layer_norm="haste", zoneout_h=0.2),
                                torch.float32),
     "LSTMCell": (lambda: frt.LSTMCell(C, H), torch.float64),

@@ -303,7 +303,7 @@ class _RegularisedFunction(torch.autograd.Function):
         # the kernel cache: a saved tensor, freed by torch after backward; x and the weights:
         # checked for in-place changes; all the tensor arguments: _first_order_only's node
         ctx.save_for_backward(torch.from_numpy(cache.buf), x, w_ih, w_hh, h0, c0, b_ih, b_hh,
-                              *ln)
+                              w_hr, *ln)
         ctx.kernel_cache = cache
         ctx.lstm = meta["cell"] == "lstm"
         ctx.set_materialize_grads(False)
