@@ -427,6 +427,38 @@ void check_errors() {
                                         "tokens[1, 0] = 11");
   }
 
+  {
+    // int8: a non-finite weight is refused when the Stream is made (its first step quantises
+    // the weights; a throw there would go through noexcept step() and abort)
+    Spec ls;
+    auto t = testutil::model_tensors<float>(ls, 5);
+    for (auto& tensor : t)
+      if (tensor.name == "rnn.weight_hh_l0") {
+        const float nan = std::numeric_limits<float>::quiet_NaN();
+        std::memcpy(tensor.bytes.data() + 7 * sizeof(float), &nan, sizeof(float));
+      }
+    const auto b = testutil::checkpoint_of(ls, t);
+    const Model q = Model::from_bytes(b.data(), b.size(), "nan", fusedrnn::Precision::int8);
+    expect_throw<std::invalid_argument>("an int8 Stream of a NaN weight_hh is refused when made",
+                                        [&] { fusedrnn::Stream<float> s(q); },
+                                        "weight_hh_l0, which has a non-finite value at flat "
+                                        "index 7");
+    const Model f = Model::from_bytes(b.data(), b.size(), "nan");   // float32: NaN out, no throw
+    fusedrnn::Stream<float> fs(f);
+    std::vector<float> xs(std::size_t(ls.input_size), 0.5f), ys(std::size_t(ls.output_size));
+    fs.step(xs.data(), ys.data());
+    report(std::isnan(ys[0]), "a float32 Stream of a NaN weight runs (NaN out)");
+    // null pointers: step does nothing, step_tokens returns false
+    fusedrnn::Stream<float> ok(model);
+    std::vector<float> x3(3 * 100), y3(3 * 100, 7.0f);
+    ok.step(nullptr, y3.data());
+    ok.step(x3.data(), nullptr);
+    bool unchanged = y3[0] == 7.0f;
+    const std::int64_t state = model.config().num_layers * model.config().state_size();
+    for (std::int64_t i = 0; i < state; ++i) unchanged = unchanged && ok.h()[i] == 0;
+    report(unchanged, "Stream::step with a null x_t or y_t does nothing");
+  }
+
   // Files.
   expect_throw<CheckpointError>("missing file", [] { Model::load("/nonexistent/x.safetensors"); },
                                 "cannot open");
