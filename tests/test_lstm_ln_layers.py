@@ -200,7 +200,7 @@ SMALL = {"classify": ["--min-length", "8", "--max-length", "12", "--hidden", "8"
 @pytest.mark.parametrize("task", list(SMALL))
 def test_cli_flags_reach_the_layer_and_round_trip(task, tmp_path):
     out = tmp_path / "run"
-    argv = ["--cell", "lstm", "--layer-norm", "haste", "--ln-eps", "0.001", "--zoneout", "0.1",
+    argv = ["--cell", "lstm", "--layer-norm", "haste", "--ln-eps", "0.001", "--zoneout-h", "0.1",
             "--zoneout-c", "0.05", "--recurrent-dropout", "0.2", "--input-dropout", "0.1",
             "--weight-drop", "0.3"]
     assert main(["train", "--task", task, *SMALL[task], *argv, "--out", str(out)]) == 0

@@ -98,11 +98,12 @@ ForwardSpace<T> forward_layout(const Dims& d, detail::Carver<T>& c) {
 // [kMaskRows, C] each.
 constexpr Index kMaskRows = 256;
 // Projection only: dpj [T, N, R] (step order, the gradient of h̃ W_hrᵀ), dht [N, H] (of h̃),
-// dzs [N, H] (scratch), packed w_hr. The h-shaped buffers (dhz, dhg, dgp) are R wide.
+// dzs [N, H] (scratch), zero [H] (zeros: the cell's passes add no recurrent term there),
+// packed w_hr. The h-shaped buffers (dhz, dhg, dgp) are R wide.
 template <typename T>
 struct BackwardSpace {
   T *da, *dgh, *dgx, *dnl, *dah, *dhz, *dcb, *dhg, *zbuf, *whh_q, *wih_q, *dgp, *xm, *xp, *dpj,
-      *dht, *dzs, *whr_q;
+      *dht, *dzs, *zero, *whr_q;
 };
 template <bool Lstm, typename T>
 BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
@@ -128,6 +129,7 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   w.dpj = c.take(proj ? TN * R : 0);
   w.dht = c.take(proj ? N * H : 0);
   w.dzs = c.take(proj ? N * H : 0);
+  w.zero = c.take(proj ? H : 0);
   w.whr_q = proj ? c.take_aligned(packed_bound(R, H)) : c.take(0);
   return w;
 }
@@ -569,7 +571,10 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
     } else {
       par_pack(a.w_hh, GH, R, R, false, w.whh_q);
     }
-    if (proj) par_pack(w_hr, R, H, H, false, w.whr_q);
+    if (proj) {
+      par_pack(w_hr, R, H, H, false, w.whr_q);
+      par_fill(w.zero, H, Scalar(0));
+    }
     // dhz, dc carried into step s live in slot (s + 1) % 2; the step writes slot s % 2.
     par_copy_or_zero(w.dhz + (S % 2) * NR, a.dh_n, NR);
     if constexpr (lstm) par_copy_or_zero(w.dcb + (S % 2) * NH, a.dc_n, NH);
@@ -631,6 +636,7 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
         r.ln = ln;
         if (proj) {  // dh̃ from the projection above: no more of h's terms here
           r.dhz = w.dht + off;
+          r.dhg = w.zero;
           r.dhz_out = w.dzs + off;
         } else {
           r.dhz = dhz_cur + offr;

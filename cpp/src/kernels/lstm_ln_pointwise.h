@@ -148,8 +148,7 @@ template <typename Scalar>
 struct LnRowBack {
   Index H = 0;
   bool ln = false, carry_normalised = false;
-  // [H]; dhg null (the LSTM's pass 1): no recurrent term, dhz is the whole dh̃ (projection)
-  const Scalar *dhz = nullptr, *dhg = nullptr, *rmask = nullptr, *dy = nullptr;
+  const Scalar *dhz = nullptr, *dhg = nullptr, *rmask = nullptr, *dy = nullptr;  // [H]
   const Scalar* dc_in = nullptr;                                                 // [H]
   const Scalar *gates = nullptr, *c_prev = nullptr, *nn = nullptr, *chat = nullptr;
   const Scalar* g_c = nullptr;
@@ -180,12 +179,9 @@ inline void ln_lstm_backward_pass1(const LnRowBack<Scalar>& r, Scalar& m1, Scala
   const bool zoh = r.zh || r.pzh > 0, zoc = r.zc || r.pzc > 0;
   P s1 = ei::pzero(one), s2 = ei::pzero(one);
   for_packets<Scalar>(H, [&](auto ld, auto st) {
-    P dh = ld(r.dhz);
-    if (r.dhg) {  // (null with a projection: dhz is then the whole dh̃)
-      P dhg = ld(r.dhg);
-      if (r.rmask) dhg = ei::pmul(ld(r.rmask), dhg);
-      dh = ei::padd(dh, dhg);
-    }
+    P dhg = ld(r.dhg);
+    if (r.rmask) dhg = ei::pmul(ld(r.rmask), dhg);
+    P dh = ei::padd(ld(r.dhz), dhg);
     if (r.dy) dh = ei::padd(dh, ld(r.dy));
     if (zoh) {
       const P z = r.zh ? ld(r.zh) : pzh;
