@@ -48,6 +48,7 @@ import contextlib
 import math
 import numbers
 import threading
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -234,6 +235,12 @@ class _RNNBase(Module):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
         dropout = _probability(fn, "dropout", dropout)
+        if dropout > 0 and num_layers == 1:
+            # torch.nn's warning, word for word: the option does nothing on one layer
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
+                          f"non-zero dropout expects num_layers greater than 1, but got "
+                          f"dropout={dropout} and num_layers={num_layers}", UserWarning,
+                          stacklevel=3)
         proj_size = _positive_int(fn, "proj_size", proj_size, minimum=0)
         if isinstance(forget_bias, (bool, np.bool_)) or not isinstance(forget_bias, numbers.Real) \
                 or not math.isfinite(forget_bias):
@@ -319,7 +326,9 @@ class _RNNBase(Module):
             args["proj_size"] = 1
         args[name] = value
         try:
-            probe = type(self)(**args)
+            with warnings.catch_warnings():   # (the probe's one layer: no dropout warning)
+                warnings.simplefilter("ignore")
+                probe = type(self)(**args)
         except (TypeError, ValueError) as e:
             msg = str(e)
             if msg.startswith(f"{cls}: "):
