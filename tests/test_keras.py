@@ -215,6 +215,22 @@ def test_load_variant_argument_checks(tmp_path):
         fk.load(tmp_path / "l.weights.h5", variant="reset_after")
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru_after", "rnn_tanh"])
+def test_unrolled_layers_load(tmp_path, kind):
+    """unroll=True (Keras unrolls its loop in the graph for a fixed T): the same arithmetic,
+    imported like the loop (it was refused)."""
+    km = keras.Sequential([keras.Input((7, 3)),
+                           keras.layers.Bidirectional(_rnn(kind, 5, unroll=True,
+                                                           return_sequences=True)),
+                           keras.layers.Bidirectional(_rnn(kind, 5, unroll=True)),
+                           keras.layers.Dense(2)])
+    _randomise(km, 3)
+    x = _inputs(False, False, np.random.default_rng(4))
+    km.save(tmp_path / "u.keras")
+    got = fk.load(tmp_path / "u.keras").forward(x)
+    assert _rel(got, _np(km(x))) <= RTOL
+
+
 @pytest.mark.parametrize("layer,match", [
     (lambda: keras.layers.LSTM(4, activation="relu", return_sequences=True), "activation"),
     (lambda: keras.layers.GRU(4, recurrent_activation="hard_sigmoid", return_sequences=True),

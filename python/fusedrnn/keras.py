@@ -340,7 +340,8 @@ def _arch_from_config(fn, config):
 
 def _check_rnn(fn, where, cls, cfg, bidir, k):
     cell = _KERAS_CELL[cls]
-    for opt in ("go_backwards", "stateful", "return_state", "unroll"):
+    # (unroll=True unrolls Keras' loop in the graph: the same arithmetic, imported as is)
+    for opt in ("go_backwards", "stateful", "return_state"):
         if cfg.get(opt):
             raise KerasImportError(f"{fn}: {where}: {opt}=True is not supported")
     act = cfg.get("activation", "tanh")
