@@ -86,6 +86,50 @@ def test_generate_is_deterministic_with_seed(trained, capsys):
     assert capsys.readouterr().out == greedy
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("temperature", ["1e-310", "5e-324", "1e-300", "1e-30"])
+def test_generate_tiny_temperature_is_greedy(trained, capsys, temperature):
+    """A positive temperature so small that logits / T overflows samples from its limit (the
+    most likely character, as --temperature 0), with no NaN and no numpy warning (it was
+    'Probabilities contain NaN')."""
+    ckpt = str(trained[0] / "model.safetensors")
+    capsys.readouterr()
+    assert main(["generate", ckpt, "--prime", "the ", "--length", "40",
+                 "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out
+    rc = main(["generate", ckpt, "--prime", "the ", "--length", "40",
+               "--temperature", temperature, "--seed", "3"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert cap.out == greedy and cap.err == ""
+
+
+def test_softmax_with_temperature_is_stable():
+    from fusedrnn.tasks.charlm import _softmax_t
+    z = np.array([1.0, 3.0, -2.0, 3.0 - 1e-12])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        for t in (1e-310, 5e-324):
+            np.testing.assert_array_equal(_softmax_t(z, t), [0, 1, 0, 0])
+        e = np.exp((z - 3.0) / 0.7)
+        np.testing.assert_allclose(_softmax_t(z, 0.7), e / e.sum(), rtol=1e-15)
+        np.testing.assert_array_equal(_softmax_t(z, 1e308), np.full(4, 0.25))
+
+
+def test_generate_length_has_a_maximum(trained, capsys):
+    from fusedrnn import cli
+    from fusedrnn.tasks.charlm import MAX_GENERATE_LENGTH
+    assert cli.MAX_GENERATE_LENGTH == MAX_GENERATE_LENGTH == 10_000_000
+    ckpt = str(trained[0] / "model.safetensors")
+    capsys.readouterr()
+    rc = main(["generate", ckpt, "--length", "100000000000"])
+    one_line_error(capsys, rc, "must be <= 10,000,000")
+    rc = main(["generate", ckpt, "--length", str(MAX_GENERATE_LENGTH + 1)])
+    one_line_error(capsys, rc, "--length")
+    task = CharLM.__new__(CharLM)   # the Python API refuses it too, before any model step
+    with pytest.raises(ValueError, match=r"--length must be an integer in \[0, 10,000,000\]"):
+        task.generate(None, "a", MAX_GENERATE_LENGTH + 1)
+
+
 def test_generate_unknown_prime_character_is_one_line(trained, capsys):
     rc = main(["generate", str(trained[0] / "model.safetensors"), "--prime", "The Zebra"])
     one_line_error(capsys, rc, "not in the model's vocabulary")

@@ -66,6 +66,22 @@ def thread_count(value: str) -> int:
 
 thread_count.__name__ = "integer"
 
+#: generate --length's maximum (tasks.charlm.MAX_GENERATE_LENGTH, repeated here so that the
+#: parser needs no task import; test_cli checks they agree)
+MAX_GENERATE_LENGTH = 10_000_000
+
+
+def generate_length(value: str) -> int:
+    """generate --length: an integer in [0, MAX_GENERATE_LENGTH] (one model step per character:
+    a mistyped 1e11 is refused instead of sampling for days)."""
+    n = nonneg_int(value)
+    if n > MAX_GENERATE_LENGTH:
+        raise argparse.ArgumentTypeError(f"must be <= {MAX_GENERATE_LENGTH:,}, got {n}")
+    return n
+
+
+generate_length.__name__ = "integer"
+
 #: --precision spellings -> fusedrnn.models.PRECISIONS names
 _PRECISION_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
                     "bf16": "bfloat16", "int8": "int8"}
@@ -243,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("checkpoint", metavar="CHECKPOINT")
     gen.add_argument("--prime", default="The ", help="text that starts the sample "
                                                      "(default 'The ')")
-    gen.add_argument("--length", type=nonneg_int, default=500,
-                     help="characters to sample (default 500)")
+    gen.add_argument("--length", type=generate_length, default=500,
+                     help=f"characters to sample, at most {MAX_GENERATE_LENGTH:,} "
+                          f"(default 500)")
     gen.add_argument("--temperature", type=nonneg_float, default=0.8,
                      help="softmax temperature, 0 = greedy (default 0.8)")
     gen.add_argument("--seed", type=nonneg_int, default=0, help="sampling seed (default 0)")

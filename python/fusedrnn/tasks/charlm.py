@@ -40,8 +40,23 @@ __all__ = ["CharLM", "load_default_corpus"]
 
 LN2 = math.log(2.0)
 TRAIN_FRACTION = 0.9
+#: `fusedrnn generate --length`'s maximum (the C++ stream example's STEPS bound): each character
+#: is one model step, so 10^7 is already hours of sampling, and a mistyped 1e11 must not start
+MAX_GENERATE_LENGTH = 10_000_000
 EVAL_CHUNK = 250          # validation steps per kernel call (state carried: any value gives
                           # the same result up to rounding)
+
+
+def _softmax_t(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / temperature) for temperature > 0, computed as
+    exp((logits - max) / temperature): the exponents are <= 0, so a tiny temperature (1e-310)
+    whose quotient overflows gives -inf, i.e. probability 0, for every logit below the maximum
+    instead of inf - inf = NaN: the distribution tends to its limit, the most likely
+    characters (greedy sampling, as temperature 0)."""
+    with np.errstate(over="ignore"):
+        z = (logits - logits.max()) / temperature
+    p = np.exp(z)
+    return p / p.sum()
 
 
 def load_default_corpus() -> str:
@@ -274,11 +289,17 @@ class CharLM(Task):
     # -- generation and scoring ----------------------------------------------------------------
     def generate(self, model, prime: str = "The ", length: int = 500,
                  temperature: float = 0.8, seed: Optional[int] = 0) -> str:
-        """``prime`` followed by ``length`` sampled characters (temperature 0: greedy)."""
+        """``prime`` followed by ``length`` sampled characters (temperature 0: greedy; a
+        positive temperature so small that the scaled logits overflow samples from its limit,
+        the most likely characters). ``length`` is at most :data:`MAX_GENERATE_LENGTH`."""
         if not prime:
             raise ValueError("--prime must not be empty")
         if not temperature >= 0 or not math.isfinite(temperature):
             raise ValueError(f"--temperature must be a finite number >= 0, got {temperature}")
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) \
+                or not 0 <= length <= MAX_GENERATE_LENGTH:
+            raise ValueError(f"--length must be an integer in [0, {MAX_GENERATE_LENGTH:,}], "
+                             f"got {length!r}")
         x = self.encode(prime, "--prime")
         training = model.training
         model.eval()
@@ -293,9 +314,7 @@ class CharLM(Task):
                 if temperature == 0:
                     k = int(np.argmax(last))
                 else:
-                    z = last / temperature
-                    p = np.exp(z - z.max())
-                    k = int(rng.choice(len(p), p=p / p.sum()))
+                    k = int(rng.choice(len(last), p=_softmax_t(last, temperature)))
                 out.append(self.chars[k])
                 logits, state = self._forward(model, np.array([[k]], dtype=np.int64), state, rnn)
                 last = logits[-1].astype(np.float64)
