@@ -299,3 +299,38 @@ def test_html_report_takes_only_this_runs_pictures_and_refuses_malformed_metrics
         (run / "metrics.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="is not a fusedrnn metrics file"):
             html_report(str(run))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("task", 5), ("task", ["charlm"]), ("steps", "<script>alert(1)</script>"), ("steps", 2.5),
+    ("steps", True), ("best_step", "3"), ("train_time_s", "<b>1</b>"), ("eval_time_s", [1]),
+    ("wall_time_s", {"s": 1}), ("versions", "<i>x</i>"), ("final", 3), ("config", "x"),
+    ("metric", None), ("history", {"step": 1})])
+def test_report_of_malformed_metrics_is_one_line(tmp_path, capsys, field, value):
+    """Every field `fusedrnn report` reads is checked first: a wrong type is one line naming the
+    field, exit status 2, and no page (a task of 5 was an AttributeError traceback; a steps
+    string reached the page as raw HTML)."""
+    m = {"task": "classify", "metric": "mse", "history": [{"step": 1, "mse": 0.5}],
+         "steps": 1, "best_step": 1, "train_time_s": 1.0, "eval_time_s": 0.5,
+         "wall_time_s": 2.0, "final": {"step": 1, "mse": 0.5}, "config": {}, "versions": {}}
+    m[field] = value
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    rc = main(["report", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("fusedrnn: error: ") and f"({field} is not" in err, err
+    assert "Traceback" not in err and not (tmp_path / "report.html").exists()
+
+
+def test_report_escapes_every_value(tmp_path):
+    """Markup anywhere in a (well-typed) metrics.json reaches the page as text."""
+    from fusedrnn.plotting import html_report
+    x = "<script>alert(1)</script>"
+    m = {"task": x, "metric": x, "history": [{"step": 1, x: x, "note": x}],
+         "final": {x: x, "baseline_" + x: x}, "best_step": 1, "steps": 1,
+         "train_time_s": float("nan"), "eval_time_s": 1, "wall_time_s": 2.5,
+         "config": {x: x}, "versions": {x: x}}
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    page = open(html_report(str(tmp_path)), encoding="utf-8").read()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "training nan s, validation 1 s, wall time 2.5 s" in page
