@@ -67,6 +67,53 @@ def test_argument_errors_are_one_line(argv, needle, capsys):
     assert_one_line_error(capsys, main(argv), needle)
 
 
+@pytest.mark.parametrize("task, why", [
+    ("classify", "--min-length and --max-length set its sequence lengths"),
+    ("forecast", "--window and --horizon set its sequence length"),
+    ("tag", "its sequences are the utterances of its data"),
+    ("translate", "its sequences are the sentences of its data"),
+    ("recognise", "its sequences are the utterances of its data")])
+def test_seq_len_is_refused_where_the_task_does_not_read_it(task, why, tmp_path, capsys):
+    """Only charlm reads --seq-len; the other tasks ignored it, recorded it and counted it in
+    the memory estimate (--task tag --seq-len 100000000 was refused as needing 1.5 TiB)."""
+    for n in ("7", "100000000"):
+        rc = main(["train", "--task", task, "--seq-len", n, "--steps", "1",
+                   "--out", str(tmp_path / "o")])
+        assert_one_line_error(capsys, rc, f"--seq-len does not apply to task {task} ({why})")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("task", ["tag", "translate", "recognise", "classify", "forecast"])
+def test_seq_len_is_neither_estimated_nor_recorded_where_unread(task):
+    """The memory estimate of a task that reads no --seq-len does not depend on it, and the
+    flags it records hold none (an older checkpoint's seq_len is dropped on reading)."""
+    import argparse
+    from fusedrnn.tasks import get_task
+    from fusedrnn.tasks.trainer import resolve
+    cls = get_task(task)
+    parts = []
+    for seq_len in (None, 100_000_000):
+        a = resolve(argparse.Namespace(task=task, steps=1, out="o"), cls,
+                    {"seq_len": 100} if seq_len is None else None)
+        assert a.seq_len is None
+        a.seq_len = seq_len              # (the Python API: a task made with a stray value)
+        parts.append(cls(a).memory_parts())
+    assert parts[0] == parts[1]
+    assert max(b for _, b in parts[0]) < 2 ** 30
+
+
+def test_charlm_reads_seq_len():
+    import argparse
+    from fusedrnn.tasks import get_task
+    from fusedrnn.tasks.trainer import resolve
+    cls = get_task("charlm")
+    a = resolve(argparse.Namespace(task="charlm", steps=1, out="o", seq_len=None), cls)
+    assert a.seq_len == 100
+    small = cls(a).memory_parts()
+    a.seq_len = 1000
+    assert cls(a).memory_parts()[1][1] == 10 * small[1][1]
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"\x10\x00\x00\x00\x00\x00\x00\x00"
                                      + b'{"a": 1}' + b" " * 8])
 @pytest.mark.parametrize("command", ["train --resume", "evaluate", "generate", "predict"])

@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data", metavar="PATH", help="your data file instead of the built-in data")
     g.add_argument("--column", metavar="NAME", help="the column to use in a CSV file")
     g.add_argument("--seq-len", type=positive_int, metavar="T",
-                   help="sequence (truncated BPTT) length")
+                   help="charlm: the truncated-BPTT chunk length (default 100); refused by "
+                        "the other tasks, whose lengths come from their data or from --window / "
+                        "--horizon (forecast) and --min-length / --max-length (classify)")
     g.add_argument("--batch-size", type=positive_int, metavar="N")
     g.add_argument("--model", metavar="NAME", help="task-specific model variant")
     g.add_argument("--problem", metavar="NAME", help="task-specific problem")

@@ -69,9 +69,15 @@ class Task:
     #: why not, when bidirectional_ok is False (for the error message)
     unidirectional_reason: str = "it predicts forward in time"
     #: the task-specific flags it reads, of "data", "column", "model", "problem", "min_length",
-    #: "max_length", "horizon", "window", "embed"; the CLI rejects the others when given.
-    #: None (the default) = not declared: the CLI accepts all of them.
+    #: "max_length", "horizon", "window", "embed", "attention", "seq_len"; the CLI rejects the
+    #: others when given. None (the default) = not declared: the CLI accepts all of them.
     flags: Optional[Tuple[str, ...]] = None
+    #: what sets the task's sequence lengths when it does not read --seq-len (named when
+    #: --seq-len is refused), e.g. "--min-length and --max-length set its sequence lengths"
+    length_flags: str = ""
+    #: the sequence length the memory estimate assumes for a task that reads no --seq-len and
+    #: whose lengths come from its data (read only after the estimate)
+    memory_length: int = 100
     #: whether the cell-option flags (--nonlinearity, --init, --peepholes, --proj-size,
     #: --variant, --forget-bias, and issue 19's --layer-norm ... --dropout-masks) reach this
     #: task's recurrent layers: True (all of them), False (none), or a tuple of the option
@@ -132,8 +138,12 @@ class Task:
 
     # -- memory (checked before anything is allocated) ----------------------------------------
     def sequence_length(self) -> int:
-        """The longest training sequence of a batch, in steps (for the memory estimate)."""
-        return int(self.flag("seq_len") or 100)
+        """The longest training sequence of a batch, in steps (for the memory estimate):
+        --seq-len for a task that reads it, else :attr:`memory_length` (a task with length
+        flags of its own overrides this method)."""
+        if self.flags is None or "seq_len" in self.flags:
+            return int(self.flag("seq_len") or 100)
+        return int(self.memory_length)
 
     def input_width(self) -> int:
         """The recurrent stack's input features (for the memory estimate)."""

@@ -104,7 +104,7 @@ class CharLM(Task):
     defaults = {"cell": "gru", "hidden": 256, "layers": 2, "dropout": 0.4, "embed": 64,
                 "seq_len": 100, "batch_size": 32, "lr": 2e-3, "optimizer": "adam",
                 "clip": 1.0, "lr_schedule": "cosine", "time_budget": 170.0}
-    flags = ("data", "embed")
+    flags = ("data", "embed", "seq_len")
     bidirectional_ok = False
 
     def __init__(self, args):

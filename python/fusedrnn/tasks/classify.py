@@ -197,6 +197,7 @@ class Classify(Task):
     bidirectional_ok = False
     unidirectional_reason = "it reads the last valid step of a left-to-right pass"
     flags = ("problem", "min_length", "max_length")
+    length_flags = "--min-length and --max-length set its sequence lengths"
     defaults: Dict[str, Any] = {
         "problem": "adding", "min_length": 100, "max_length": 200, "cell": "lstm",
         "hidden": 64, "layers": 1, "dropout": 0.0, "batch_size": 32, "lr": 2e-3, "seed": 0,

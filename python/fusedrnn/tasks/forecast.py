@@ -323,6 +323,7 @@ class Forecast(Task):
     bidirectional_ok = False
     unidirectional_reason = "a forecaster cannot read the future"
     flags = ("data", "column", "model", "window", "horizon")
+    length_flags = "--window and --horizon set its sequence length"
     defaults: Dict[str, Any] = {
         "model": "encoder", "window": 64, "horizon": 20, "cell": "lstm", "hidden": 64,
         "layers": 1, "dropout": 0.0, "batch_size": 64, "lr": 3e-3, "seed": 0,

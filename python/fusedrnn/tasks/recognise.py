@@ -204,6 +204,7 @@ class Recognise(Task):
     unit = "seq"
     bidirectional_ok = True
     flags = ("data",)
+    length_flags = "its sequences are the utterances of its data"
     # issue 19's regularisers reach the recurrent stack; the head reads D * hidden features,
     # so proj_size (and the other cell options) are not wired into its model
     cell_options_ok = REG_OPTIONS

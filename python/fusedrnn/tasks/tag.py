@@ -336,6 +336,7 @@ class Tag(Task):
     unit = "token"
     bidirectional_ok = True
     flags = ("data", "embed")
+    length_flags = "its sequences are the utterances of its data"
     defaults: Dict[str, Any] = {"cell": "lstm", "embed": 64, "hidden": 128, "layers": 1,
                                 "bidirectional": True, "dropout": 0.25, "batch_size": 32,
                                 "lr": 3e-3, "time_budget": 60, "seed": 0}

@@ -55,7 +55,7 @@ GENERIC_DEFAULTS: Dict[str, Any] = {
 DEFAULT_TIME_BUDGET = 120.0      # seconds, when neither the user nor the task sets a limit
 LIMITS = ("steps", "epochs", "time_budget")
 TASK_ONLY_FLAGS = ("data", "column", "model", "problem", "min_length", "max_length", "horizon",
-                   "window", "embed", "attention")
+                   "window", "embed", "attention", "seq_len")
 OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSprop"}
 LR_SCHEDULES = ("constant", "cosine", "linear")
 CHECKPOINT = "model.safetensors"
@@ -146,6 +146,10 @@ def resolve(args: argparse.Namespace, task_cls: type,
     for k, v in GENERIC_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, d.get(k, v))
+    if task_cls.flags is not None and "seq_len" not in task_cls.flags \
+            and "seq_len" not in given:
+        # a task that reads no --seq-len records none (an older checkpoint's 100 included)
+        args.seq_len = None
     for k in ("lr", "optimizer", "clip", "eval_every"):
         if getattr(args, k, None) is None:
             setattr(args, k, d.get(k, GENERIC_DEFAULTS.get(k)))
@@ -176,7 +180,9 @@ def check_flags(args: argparse.Namespace, task_cls: type) -> None:
     if task_cls.flags is not None:
         for k in TASK_ONLY_FLAGS:
             if k in args.given and k not in task_cls.flags:
-                raise UsageError(f"{flag_name(k)} does not apply to task {task_cls.name}")
+                why = f" ({task_cls.length_flags})" if k == "seq_len" and \
+                    task_cls.length_flags else ""
+                raise UsageError(f"{flag_name(k)} does not apply to task {task_cls.name}{why}")
     if args.lr_schedule != "constant" and args.lr_min > args.lr:
         raise UsageError(f"--lr-min {args.lr_min:g} is above --lr {args.lr:g}: a decaying "
                          f"--lr-schedule {args.lr_schedule} goes from --lr down to --lr-min")

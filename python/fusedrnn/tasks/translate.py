@@ -317,6 +317,7 @@ class Translate(Task):
     unit = "seq"
     bidirectional_ok = True
     flags = ("data", "embed", "problem", "attention")
+    length_flags = "its sequences are the sentences of its data"
     problems = ("dates", "numbers")
     n_numbers = 20000          # --problem numbers: fresh training numbers per pass
     defaults: Dict[str, Any] = {"problem": "dates", "attention": "none",
