@@ -86,6 +86,57 @@ def test_cell_options_reach_the_layer_and_round_trip(task, argv, attr, value, tm
     assert read_checkpoint(str(out))["task_metadata"]["flags"][attr] == value
 
 
+FB_TASKS = {
+    "charlm": ["--embed", "4", "--layers", "1"],
+    "tag": ["--embed", "4"],
+    "forecast": ["--window", "10", "--horizon", "3"],
+    "classify": ["--min-length", "5", "--max-length", "8"],
+}
+
+
+def _forget_and_input_bias(tmp_path, task, init, extra=()):
+    """The first LSTM layer's (forget, input) blocks of bias_ih right after initialisation
+    (one step at --lr 1e-9 moves them by about 1e-9)."""
+    out = tmp_path / f"{task}_{init}"
+    assert main(["train", "--task", task, "--cell", "lstm", "--init", init, "--hidden", "64",
+                 "--batch-size", "4", "--steps", "1", "--lr", "1e-9", "--out", str(out), "-q",
+                 *FB_TASKS[task], *extra]) == 0
+    model = fusedrnn.load(out / "model.safetensors").model
+    rnn = model.rnn
+    H = rnn.hidden_size
+    b = rnn.bias_ih_l0.data.astype(np.float64)
+    return b[H:2 * H], b[:H]
+
+
+@pytest.mark.parametrize("task", list(FB_TASKS))
+@pytest.mark.parametrize("init", ["pytorch", "keras"])
+def test_task_default_forget_bias(task, init, tmp_path):
+    """The forget-gate biases the README and --help state per task: charlm and tag none
+    (PyTorch's U(+-1/sqrt(H)), Keras' unit forget bias 1); forecast +1, which under --init
+    keras replaces Keras' 1 instead of adding to it (it gave 2); classify chrono (forget bias
+    log U(1, max_length - 1), input bias its negative) under either init."""
+    f, i = _forget_and_input_bias(tmp_path, task, init)
+    if task == "classify":
+        np.testing.assert_allclose(i, -f, atol=1e-6)
+        assert f.min() >= -1e-6 and f.max() <= np.log(8 - 1) + 1e-6 and f.std() > 0.2
+        return
+    shift = {"charlm": 0.0, "tag": 0.0, "forecast": 1.0}[task]
+    if init == "keras":
+        np.testing.assert_allclose(f, 1.0, atol=1e-6)
+    else:
+        bound = 1 / np.sqrt(64)
+        assert np.all(np.abs(f - shift) <= bound + 1e-6) and f.std() > bound / 4, f
+
+
+@pytest.mark.parametrize("init, expected", [("pytorch", 2.5), ("keras", 3.5)])
+def test_forget_bias_flag_replaces_the_task_default(init, expected, tmp_path):
+    """--forget-bias X replaces forecast's default and is added to the initialisation's bias
+    (PyTorch's uniform one, or Keras' unit forget bias)."""
+    f, _ = _forget_and_input_bias(tmp_path, "forecast", init, ["--forget-bias", "2.5"])
+    tol = 1e-6 if init == "keras" else 1 / np.sqrt(64) + 1e-6
+    assert np.all(np.abs(f - expected) <= tol), f
+
+
 def test_irnn_initialisation_is_identity():
     """--init irnn: identity recurrent weights, zero biases, ReLU (Le, Jaitly & Hinton 2015)."""
     import argparse

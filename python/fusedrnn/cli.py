@@ -194,9 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--cell gru: where the reset gate acts (reset_after = torch/cuDNN, "
                         "the default; reset_before = Cho et al. 2014, Keras reset_after=False)")
     g.add_argument("--forget-bias", type=V.parse_float(float("-inf"), what="a finite number"),
-                   metavar="X", help="--cell lstm: add X to the forget-gate bias (the tasks' "
-                                     "default is 1; classify's chrono initialisation is "
-                                     "then off)")
+                   metavar="X", help="--cell lstm: add X to the initialisation's "
+                                     "forget-gate bias (PyTorch's uniform one, or Keras' "
+                                     "1 with --init keras), replacing the task's default: "
+                                     "forecast's +1 (with --init keras: Keras' 1, not 2), "
+                                     "classify's chrono initialisation; charlm and tag have "
+                                     "none")
     g.add_argument("--layer-norm", choices=("haste", "tfa"),
                    help="--cell lstm or gru: layer normalisation of the input and recurrent "
                         "products (and the LSTM's cell); haste carries the un-normalised cell, "

@@ -79,6 +79,8 @@ REG_PROBABILITIES = ("zoneout_h", "zoneout_c", "recurrent_dropout", "input_dropo
 # issue 19's options (the regularisers) as task flags: every task's recurrent layers take them
 REG_OPTIONS = ("layer_norm", "ln_eps") + REG_PROBABILITIES + ("dropout_masks",)
 INITS = ("pytorch", "keras", "irnn")
+#: the forget-gate bias init='keras' starts an LSTM with (Keras' unit_forget_bias, layers.py)
+KERAS_UNIT_FORGET_BIAS = 1.0
 
 
 def cell_options(task) -> Dict[str, Any]:
@@ -185,14 +187,19 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: floa
              options: Optional[Dict[str, Any]] = None):
     """The recurrent stack: LSTM, GRU or RNN (tanh unless ``options`` says otherwise),
     time-major; ``dropout`` between layers (none with one layer); ``forget_bias`` (LSTM only)
-    when given. ``options``: cell options (:data:`CELL_OPTIONS`, as :func:`cell_options`
-    returns them) passed to the layer where they apply to ``cell``; they win over
-    ``forget_bias``. ``where`` names the model in the error for an unknown cell."""
+    when given: the task's default forget-gate bias, added to PyTorch's initialisation and
+    replacing Keras' unit forget bias under ``init='keras'`` (the layer adds its forget_bias
+    to whatever the initialisation put there: forecast's default of 1 had given 2 there).
+    ``options``: cell options (:data:`CELL_OPTIONS`, as :func:`cell_options` returns them)
+    passed to the layer where they apply to ``cell``; they win over ``forget_bias`` (the
+    user's --forget-bias X is added to the initialisation's bias, Keras' 1 included).
+    ``where`` names the model in the error for an unknown cell."""
     cls = cell_class(where, cell)
     kw = dict(num_layers=layers, bidirectional=bool(bidirectional),
               dropout=dropout if layers > 1 else 0.0, dtype=dtype, seed=seed)
     if forget_bias is not None and cell == "lstm":
-        kw["forget_bias"] = forget_bias
+        keras = (options or {}).get("init") == "keras"
+        kw["forget_bias"] = forget_bias - KERAS_UNIT_FORGET_BIAS if keras else forget_bias
     for k, v in (options or {}).items():
         if cell in CELL_OPTIONS[k]:
             kw[k] = v
