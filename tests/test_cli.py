@@ -273,7 +273,10 @@ def test_report_to_an_unwritable_path_is_one_line(tmp_path, capsys):
     ("step", "abc", "trainer.step = 'abc' is not a step count"),
     ("seq_len", 0, "flag seq_len = 0 is not a positive integer"),
     ("best", "abc", "trainer.best = 'abc' is not a number"),
-    ("history", [1, 2], "trainer.history is not a list of records")])
+    ("history", [1, 2], "trainer.history is not a list of records"),
+    ("time_s", -1, "trainer.time_s = -1 is not a number of seconds"),
+    ("step_losses", [1.0, "x"], "trainer.step_losses is not a list of numbers"),
+    ("data", {"path": 5}, "trainer.data is not a data description")])
 def test_checkpoint_metadata_of_the_wrong_type_is_one_line(tmp_path, capsys, field, value,
                                                            message):
     """A checkpoint whose trainer metadata has a wrong type or value (damaged, hand-edited) is
@@ -306,6 +309,86 @@ def test_resume_without_out_continues_the_run_in_place(tmp_path, monkeypatch):
     assert main(["train", "--resume", "run", "--steps", "2", "--quiet"]) == 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 4
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_continues_the_time_and_the_per_step_losses(tmp_path):
+    """After --resume, metrics.json's history times go on from the checkpoint's training time
+    (they restarted at 0: loss.png's curves against time ran backwards) and the per-step
+    losses cover every step, the earlier run's included; a checkpoint from before time_s was
+    recorded continues from its last recorded time."""
+    import fusedrnn.io as fio
+    run = tmp_path / "run"
+    base = ["--task", "classify", "--hidden", "8", "--min-length", "5", "--max-length", "8",
+            "--steps", "20", "--eval-every", "5", "-q"]
+    assert main(["train", *base, "--out", str(run)]) == 0
+    first = json.loads((run / "metrics.json").read_text())
+    meta = fio.load(run / "model.safetensors").metadata["trainer"]
+    assert meta["time_s"] == first["history"][-1]["time_s"] > 0
+    assert meta["step_losses"] == first["train_loss_per_step"] and len(meta["step_losses"]) == 20
+    assert main(["train", "--resume", str(run), *base]) == 0
+    m = json.loads((run / "metrics.json").read_text())
+    steps = [e["step"] for e in m["history"]]
+    times = [e["time_s"] for e in m["history"]]
+    assert steps == list(range(5, 45, 5))
+    assert all(b > a for a, b in zip(times, times[1:])), times
+    assert m["history"][:4] == first["history"]
+    assert m["steps"] == 40 and len(m["train_loss_per_step"]) == 40
+    assert m["train_loss_per_step"][:20] == first["train_loss_per_step"]
+    # an older checkpoint (no time_s, no step_losses): time goes on from its last record
+    tensors, raw = fio.load_tensors(str(run / "model.safetensors"))
+    user = json.loads(raw["metadata"])
+    for k in ("time_s", "step_losses"):
+        del user["trainer"][k]
+    last = user["trainer"]["history"][-1]["time_s"]
+    old = tmp_path / "old.safetensors"
+    fio.save_tensors(str(old), tensors, dict(raw, metadata=json.dumps(user)))
+    assert main(["train", "--resume", str(old), *base, "--out", str(tmp_path / "o2")]) == 0
+    m = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+    assert min(e["time_s"] for e in m["history"] if e["step"] > 40) > last
+    assert m["steps"] == 60 and len(m["train_loss_per_step"]) == 20
+
+
+def test_resume_on_other_data_fine_tunes(text_file, tmp_path, capsys):
+    """--resume CKPT --data OTHER ranked the new data's validations against the old data's
+    best: the fine-tuned model was never saved and the printed best and baseline were the old
+    data's. The change is detected (path, or the file's SHA-256), best, baseline, validation
+    history and epochs start afresh on the new data, with one printed line."""
+    rng = np.random.default_rng(1)
+    other = tmp_path / "other.txt"
+    chars = sorted(set(text_file.read_text(encoding="utf-8")))   # the model's vocabulary
+    other.write_text("".join(rng.choice(chars, 30000)), encoding="utf-8")
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "--data", str(text_file), *TINY, "--steps", "20", "--eval-every",
+                 "10", "--out", str(a)]) == 0
+    first = json.loads((a / "metrics.json").read_text())
+    capsys.readouterr()
+    assert main(["train", "--resume", str(a), "--data", str(other), "--steps", "20",
+                 "--eval-every", "10", "--out", str(b), "-q"]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "fine-tuning from step 20" in notes[0], out
+    assert str(other) in notes[0] and str(text_file) in notes[0]
+    m = json.loads((b / "metrics.json").read_text())
+    assert [e["step"] for e in m["history"]] == [30, 40]      # the new data's scores only
+    assert m["best_step"] in (30, 40) and m["final"]["step"] == m["best_step"]
+    assert m["final"]["baseline_bpc"] != first["final"]["baseline_bpc"]
+    # epochs of the new data, from 0 (not added to the old data's)
+    assert 2 * m["history"][0]["epoch"] == pytest.approx(m["history"][1]["epoch"], rel=0.05)
+    assert m["fine_tuned_from"]["step"] == 20 and m["fine_tuned_from"]["data"] == str(text_file)
+    assert len(m["train_loss_per_step"]) == 40
+    saved = fusedrnn.load(b / "model.safetensors").metadata["trainer"]
+    assert saved["step"] == m["best_step"] > 20                  # the fine-tuned model is kept
+    assert saved["data"]["path"] == str(other) and len(saved["data"]["sha256"]) == 64
+    assert f"best validation bpc {m['final']['bpc']:.4f}" in out
+    # the same data again (resumed in place): no note, the best goes on
+    assert main(["train", "--resume", str(b), "--steps", "10", "--eval-every", "10",
+                 "-q"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    # the same path with other contents is a change too
+    other.write_text("".join(rng.choice(chars, 30000)), encoding="utf-8")
+    assert main(["train", "--resume", str(b), "--steps", "10", "--eval-every", "10",
+                 "-q"]) == 0
+    assert "changed since the checkpoint: fine-tuning" in capsys.readouterr().out
 
 
 def test_translate_picture_path_is_checked_before_training(tmp_path, capsys):

@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "overwrite one; --resume of that model continues it in place)")
     g.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue from a checkpoint: model, optimiser state, step count, best "
-                        "metric (--steps etc. then count this run's steps)")
+                        "metric, training time and history (--steps etc. then count this run's "
+                        "steps); with other --data: fine-tuning, the best metric and epochs "
+                        "start afresh on the new data")
     g.add_argument("--compare-torch", action="store_true",
                    help="then train the task's PyTorch twin from the same initial weights on "
                         "the same batches for the same steps, and compare")

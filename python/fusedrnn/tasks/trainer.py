@@ -294,7 +294,45 @@ def _metadata_problem(user: Dict[str, Any]) -> Optional[str]:
     history = trainer.get("history", [])
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         return "trainer.history is not a list of records"
+    t = trainer.get("time_s")
+    if t is not None and not (_finite_real(t) and t >= 0):
+        return f"trainer.time_s = {t!r} is not a number of seconds"
+    losses = trainer.get("step_losses", [])
+    if not isinstance(losses, list) or not all(_finite_real(x) for x in losses):
+        return "trainer.step_losses is not a list of numbers"
+    data = trainer.get("data")
+    if data is not None and not (isinstance(data, dict) and all(
+            data.get(k) is None or isinstance(data.get(k), str)
+            for k in ("path", "column", "sha256"))):
+        return "trainer.data is not a data description"
     return None
+
+
+def _resumed_time(trainer: Dict[str, Any]) -> float:
+    """The training time (seconds, validation included) at a checkpoint's step: its
+    ``time_s``, or, in a checkpoint from before it was recorded, the last time its history
+    recorded (the snapshot's validation), else 0."""
+    t = trainer.get("time_s")
+    if _finite_real(t) and t >= 0:
+        return float(t)
+    times = [e.get("time_s") for e in trainer.get("history", [])]
+    times = [x for x in times if _finite_real(x) and x >= 0]
+    return float(times[-1]) if times else 0.0
+
+
+def data_identity(args: argparse.Namespace) -> Dict[str, Any]:
+    """What a run trains on: the --data path (None: the task's built-in data), --column and
+    the SHA-256 of the file's bytes (the file was read and size-checked by the task already),
+    recorded in the checkpoint so that --resume sees a change of data (Run._check_data_change)."""
+    path, digest = getattr(args, "data", None), None
+    if path is not None and os.path.isfile(path):
+        import hashlib
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+    return {"path": path, "column": getattr(args, "column", None), "sha256": digest}
 
 
 def check_command_flags(args: argparse.Namespace, task_cls: type, command: str) -> None:
@@ -550,8 +588,14 @@ class Run:
                 a.lr = self.opt.param_groups[0]["lr"]
             self.trainer_state = dict(resume_meta.get("trainer", {}))
             self.trainer_state.setdefault("step", 0)
+            self.trainer_state["time_s"] = _resumed_time(self.trainer_state)
+        self.data_id = data_identity(a)
+        self.fine_tuned_from = None
+        if resume_meta:
+            self._check_data_change(resume_meta)
         self.resume_snapshot = (self._snapshot(self.model, self.trainer_state["step"],
-                                               self.trainer_state.get("epoch", 0.0))
+                                               self.trainer_state.get("epoch", 0.0),
+                                               self.trainer_state["time_s"])
                                 if resume_meta else None)
         self.prep_time = time.perf_counter() - t0
         if a.compare_torch:
@@ -563,6 +607,40 @@ class Run:
             # resumed: the twin starts from the checkpoint's optimiser state too (checked now,
             # before any training)
             self.torch_opt_state = self._torch_optimizer_state() if resume_meta else {}
+
+    def _check_data_change(self, resume_meta: Dict[str, Any]) -> None:
+        """--resume with data other than the checkpoint's (another --data file or --column, or
+        the same file changed since): fine-tuning. The checkpoint's best score and baseline
+        were measured on the old data, so ranking the new data's validations against them
+        would keep the old model and discard the run; they start afresh, as do the validation
+        history and the epoch count (epochs of the new data); the step count, the training
+        time and the per-step training losses go on. One printed line says so."""
+        t = self.trainer_state
+        flags = resume_meta["task_metadata"].get("flags", {})
+        old = t.get("data")
+        if not isinstance(old, dict):   # a checkpoint from before the data was recorded
+            old = {"path": flags.get("data"), "column": flags.get("column"), "sha256": None}
+        new = self.data_id
+        if old.get("sha256") and new.get("sha256"):
+            same = (old["sha256"], old.get("column")) == (new["sha256"], new.get("column"))
+        else:
+            same = (old.get("path"), old.get("column")) == (new.get("path"), new.get("column"))
+        if same:
+            return
+        describe = lambda d: (d.get("path") or "the built-in data") + (  # noqa: E731
+            f" column {d['column']}" if d.get("column") else "")
+        step = int(t.get("step", 0))
+        self.fine_tuned_from = {"step": step, "data": old.get("path"),
+                                "column": old.get("column"), "best": t.get("best"),
+                                "best_step": t.get("best_step")}
+        for k, v in (("best", None), ("best_step", None), ("epoch", 0.0), ("history", [])):
+            t[k] = v
+        same_path = old.get("path") == new.get("path") and old.get("column") == new.get("column")
+        what = (f"{describe(new)} changed since the checkpoint" if same_path else
+                f"--data {describe(new)} is not the checkpoint's data ({describe(old)})")
+        print(f"note: {what}: fine-tuning from step {step}; the best validation score and "
+              f"baseline start afresh on the new data, and epochs count the new data's",
+              file=self.out, flush=True)
 
     def _check_overwrite(self) -> None:
         """A fresh run does not replace a model already in --out unless --overwrite is given
@@ -608,6 +686,9 @@ class Run:
         task.epoch = 0.0
         step0 = int(self.trainer_state.get("step", 0))
         epoch0 = float(self.trainer_state.get("epoch", 0.0))
+        # a resumed run's times go on from the checkpoint's training time (they restarted at 0,
+        # and loss.png's curves against time ran backwards)
+        time0 = float(self.trainer_state.get("time_s") or 0.0)
         best = self.trainer_state.get("best")
         best_step = self.trainer_state.get("best_step")
         history: List[Dict[str, Any]] = []
@@ -700,7 +781,7 @@ class Run:
                                            f"{task.metric!r}")
                     step = step0 + run_steps
                     entry = {"step": step, "epoch": round(epoch0 + task.epoch, 4),
-                             "time_s": round(last_eval, 3),
+                             "time_s": round(time0 + last_eval, 3),
                              "train_loss": since_loss / since_n,
                              **({"lr": float(lr_fn())} if lr_fn is not None else {}),
                              **{k: float(v) for k, v in metrics.items() if v is not None}}
@@ -708,7 +789,8 @@ class Run:
                     mark = ""
                     if self._better(metrics[task.metric], best):
                         best, best_step, mark = float(metrics[task.metric]), step, " *"
-                        best_snapshot = self._snapshot(model, step, epoch0 + task.epoch)
+                        best_snapshot = self._snapshot(model, step, epoch0 + task.epoch,
+                                                       time0 + last_eval)
                     history.append(entry)
                     if tb is not None:
                         dt = train_time - train_at_eval
@@ -716,7 +798,8 @@ class Run:
                                       else None)
                         units_at_eval, train_at_eval = units, train_time
                     progress.write(f"{label} step {step:>6} epoch {epoch0 + task.epoch:6.2f} "
-                                   f"{last_eval:6.1f}s | train loss {entry['train_loss']:.4f} | "
+                                   f"{time0 + last_eval:6.1f}s | train loss "
+                                   f"{entry['train_loss']:.4f} | "
                                    f"val {_fmt_metrics(metrics, task)}{mark}")
                 if stop:
                     break
@@ -730,7 +813,8 @@ class Run:
         if best_snapshot is None and best is None and run_steps and model is self.model:
             # no validation gave a finite metric, in this run or the resumed one (cut by the
             # time budget, or NaN): the trained model is kept all the same, unvalidated
-            best_snapshot = self._snapshot(model, step0 + run_steps, epoch0 + task.epoch)
+            best_snapshot = self._snapshot(model, step0 + run_steps, epoch0 + task.epoch,
+                                           time0 + time.perf_counter() - t_loop)
             best_snapshot["validated"] = False
         return {"cut": cut, "history": history, "step_losses": step_losses, "units": units,
                 "train_time": train_time, "eval_time": eval_time, "run_steps": run_steps,
@@ -764,11 +848,14 @@ class Run:
             advice = "try a lower --lr or --clip"
         return f"the training loss became {loss} at step {step}{who}; {advice}"
 
-    def _snapshot(self, model, step, epoch):
+    def _snapshot(self, model, step, epoch, time_s):
+        """The model and optimiser state at ``step`` (``time_s``: training seconds since the
+        first run began, validation included), for the checkpoint."""
         if model is not self.model:
             return None
         return {"state": {k: v.copy() for k, v in self.model.state_dict().items()},
-                "optimizer": self.opt.state_dict(), "step": step, "epoch": epoch}
+                "optimizer": self.opt.state_dict(), "step": step, "epoch": epoch,
+                "time_s": time_s}
 
     def _fused_step(self, batch):
         # the whole step (the task's NumPy work: heads, losses, embeddings; clipping and the
@@ -947,12 +1034,19 @@ class Run:
         os.makedirs(a.out, exist_ok=True)
         snap = self.snapshot
         history = list(self.trainer_state.get("history", [])) + r["history"]
+        # the resumed runs' per-step losses too (steps 1 to step0, where the checkpoint has
+        # them), so that loss.png's per-step curve covers every step
+        losses = [float(x) for x in self.trainer_state.get("step_losses", [])] \
+            + [round(x, 6) for x in r["step_losses"]]
         best, best_step = r["best"], r["best_step"]
         if snap is not None:
             ckpt = os.path.join(a.out, CHECKPOINT)
+            kept = len(losses) - (r["steps"] - snap["step"])   # the losses up to snap's step
             trainer = {"step": snap["step"], "epoch": snap["epoch"], "best": best,
                        "best_step": best_step, "metric": self.task.metric,
                        "validated": snap.get("validated", True),
+                       "time_s": round(snap["time_s"], 3), "data": self.data_id,
+                       "step_losses": losses[:max(kept, 0)],
                        "history": [e for e in history if e["step"] <= snap["step"]]}
             run = {"optimizer": a.optimizer, "lr": a.lr, "clip": a.clip,
                    "precision": a.precision, "lr_schedule": a.lr_schedule,
@@ -984,9 +1078,11 @@ class Run:
             "throughput": {"unit": self.task.unit,
                            "per_second": r["units"] / r["train_time"] if r["train_time"] else None,
                            "units": r["units"]},
-            "train_loss_per_step": [round(x, 6) for x in r["step_losses"]],
+            "train_loss_per_step": losses,
             "versions": _versions(),
         }
+        if self.fine_tuned_from is not None:
+            metrics["fine_tuned_from"] = self.fine_tuned_from
         if self.torch_result is not None:
             t = self.torch_result
             metrics["compare_torch"] = {
@@ -1023,7 +1119,6 @@ class Run:
             return None
         task = self.task
         losses = metrics["train_loss_per_step"]
-        start = metrics["steps"] - len(losses)
         fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
         (ax1, ax2), (ax3, ax4) = axes
         series = [("fusedrnn", losses, metrics["history"], "C0", metrics.get("best_step"))]
@@ -1033,6 +1128,9 @@ class Run:
                            c.get("best_step")))
         all_vals: List[float] = []
         for name, ls, hist, color, best_step in series:
+            # the losses end at the last step (a resumed run's cover the earlier runs' steps
+            # where the checkpoint had them; the torch twin's this run's only)
+            start = metrics["steps"] - len(ls)
             steps = np.arange(start + 1, start + len(ls) + 1)
             k = max(1, len(ls) // 100)
             if len(ls) > 2 * k:
