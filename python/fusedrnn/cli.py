@@ -720,7 +720,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     saved_stdout, saved_showwarning = sys.stdout, warnings.showwarning
     sys.stdout, warnings.showwarning = out, _one_line_warning
     try:
-        with blas:
+        with blas, warnings.catch_warnings():
+            # the layers' torch-style warning about dropout on one layer: a task's default
+            # dropout with --layers 1 is not the user's doing (charlm notes a given --dropout)
+            warnings.filterwarnings("ignore", message="dropout option adds dropout after all",
+                                    category=UserWarning)
             rc = args.func(args, t_start)
         out.flush()
     except (UsageError, DataError, CheckpointError, TrainingError, OutputError,
