@@ -13,7 +13,8 @@ from fusedrnn import _openmp_env
 
 
 def _run(code, value):
-    env = dict(os.environ)
+    # (an editable install's rebuild check stays silent: it would print on stdout / stderr)
+    env = dict(os.environ, SKBUILD_EDITABLE_VERBOSE="0")
     env.pop("FUSEDRNN_ADAPTIVE_THREADS", None)
     if value is not None:
         env["FUSEDRNN_ADAPTIVE_THREADS"] = value

@@ -216,6 +216,23 @@ def test_bad_input():
     assert cache.args["x"] is args[0] and cache.args["w_ih"] is args[1]
 
 
+def test_projection_bad_input():
+    """w_hr is checked as the plain LSTM's (type, dtype, P < H), then w_hh [4H, P], by name."""
+    x = np.zeros((2, 1, 3), np.float32)
+    w_ih, w_hh = np.zeros((16, 3), np.float32), np.zeros((16, 2), np.float32)
+    for w_hr, match in ((np.zeros((4, 4), np.float32), r"w_hr must have shape \[P, H\] with P < H"),
+                        (np.zeros((2, 4)), "w_hr must have dtype float32"),
+                        ([[0.0] * 4] * 2, "w_hr must be a numpy array")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            K.lstm_ln_forward(x, w_ih, w_hh, w_hr=w_hr)
+    with pytest.raises(ValueError, match=r"w_hh must have shape \[16, 2\]"):
+        K.lstm_ln_forward(x, w_ih, np.zeros((16, 4), np.float32),
+                          w_hr=np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match=r"h0 must have shape \[1, 2\]"):
+        K.lstm_ln_forward(x, w_ih, w_hh, h0=np.zeros((1, 4), np.float32),
+                          w_hr=np.zeros((2, 4), np.float32))
+
+
 def test_binding_keywords_are_checked_by_name():
     from fusedrnn import _core
     args, kw, _ = make(2, 2, 3, 4, dict(layer_norm="none"), np.float64)

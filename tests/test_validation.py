@@ -262,7 +262,7 @@ def w_hh_cases(fn, cell, w_hh):
 
 def w_hr_cases(fn, w_hr):
     """The projection w_hr [P, H] defines P and H: a w_hr of another (valid) shape is reported
-    on w_hh, checked next."""
+    on w_hh, checked next; one not narrower than h (P >= H: swapped, say) on w_hr itself."""
     p = rf"{fn}: w_hr must"
     for bid, dt in BAD_DTYPES.items():
         yield (bid, w_hr.astype(dt), TypeError,
@@ -277,8 +277,9 @@ def w_hr_cases(fn, w_hr):
     for bid, bad in {"zero_P": np.zeros((0, H)), "zero_H": np.zeros((P, 0))}.items():
         yield (bid, bad, ValueError,
                rf"{p} have shape \[P, H\] with P, H >= 1, got {_shape_str(bad.shape)}")
-    for bid, (p2, h2) in {"P_plus_1": (P + 1, H), "H_plus_1": (P, H + 1),
-                          "swapped": (H, P)}.items():
+    yield ("swapped", np.zeros((H, P)), ValueError,
+           rf"{p} have shape \[P, H\] with P < H .*got {_shape_str((H, P))}")
+    for bid, (p2, h2) in {"P_plus_1": (P + 1, H), "H_plus_1": (P, H + 1)}.items():
         yield (bid, np.zeros((p2, h2)), ValueError,
                rf"{fn}: w_hh must have shape {_shape_str((4 * h2, p2))} "
                rf"\(\[4\*H, P\] with H = {h2}, P = {p2} from w_hr \[P, H\]\), "

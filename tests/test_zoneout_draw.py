@@ -9,11 +9,13 @@ from fusedrnn import reference_reg as ref
 from fusedrnn import regularised as K
 
 
-def _lstm(dt, T=6, N=5, C=4, H=19, seed=0):
+def _lstm(dt, T=6, N=5, C=4, H=19, seed=0, P=0):
+    """P: a projection's width (w_hr [P, H] comes last; h is P wide)."""
     rng = np.random.default_rng(seed)
     r = lambda *s: (0.5 * rng.standard_normal(s)).astype(dt)  # noqa: E731
-    return [r(T, N, C), r(4 * H, C), r(4 * H, H), r(4 * H), r(4 * H), r(N, H), r(N, H)], \
-        (r(T, N, H), r(N, H), r(N, H))
+    R = P or H
+    args = [r(T, N, C), r(4 * H, C), r(4 * H, R), r(4 * H), r(4 * H), r(N, R), r(N, H)]
+    return args, (r(T, N, R), r(N, R), r(N, H)), (r(P, H) if P else None)
 
 
 def _gru(dt, T=6, N=5, C=4, H=19, seed=0):
@@ -26,13 +28,18 @@ def _gru(dt, T=6, N=5, C=4, H=19, seed=0):
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("lengths,reverse", [(None, False), ([6, 0, 3, 5, 1], True)])
-def test_lstm_seeded_equals_the_reference_masks(dt, threads, lengths, reverse):
-    args, cot = _lstm(dt)
+@pytest.mark.parametrize("P", [0, 7])
+def test_lstm_seeded_equals_the_reference_masks(dt, threads, lengths, reverse, P):
+    """P: with a projection the h mask is drawn over [T, N, P] (the projected h), the c mask
+    over [T, N, H]."""
+    args, cot, w_hr = _lstm(dt, P=P)
     T, N, H = 6, 5, 19
     kw = dict(layer_norm="haste", ln_gamma_ih=np.ones(4 * H, dt), ln_gamma_hh=np.ones(4 * H, dt),
               ln_gamma_c=np.ones(H, dt), lengths=lengths, reverse=reverse)
+    if P:
+        kw["w_hr"] = w_hr
     seed = 2**63 + 12345
-    masks = dict(zoneout_h_mask=ref.zoneout_masks(seed, (T, N, H), 0.3, dt, "h"),
+    masks = dict(zoneout_h_mask=ref.zoneout_masks(seed, (T, N, P or H), 0.3, dt, "h"),
                  zoneout_c_mask=ref.zoneout_masks(seed, (T, N, H), 0.15, dt, "c"))
     old = F._num_threads
     try:
@@ -48,38 +55,6 @@ def test_lstm_seeded_equals_the_reference_masks(dt, threads, lengths, reverse):
         if v is not None:
             np.testing.assert_array_equal(ga[k], v, err_msg=k)
     # the reference with the seed draws the same masks
-    ry, *_ = ref.lstm_ln_forward(*args, **kw, zoneout_h=0.3, zoneout_c=0.15, zoneout_seed=seed)
-    tol = 1e-10 if dt == np.float64 else 2e-5
-    np.testing.assert_allclose(a[0], ry, rtol=tol, atol=tol)
-
-
-@pytest.mark.parametrize("dt", [np.float32, np.float64])
-@pytest.mark.parametrize("threads", [1, 2])
-def test_projected_lstm_seeded_equals_the_reference_masks(dt, threads):
-    """With a projection (w_hr [P, H]) the h mask is drawn over [T, N, P] (the projected h),
-    the c mask over [T, N, H]: the same as passing reference_reg.zoneout_masks' arrays."""
-    T, N, C, H, P = 6, 5, 4, 19, 7
-    rng = np.random.default_rng(1)
-    r = lambda *s: (0.5 * rng.standard_normal(s)).astype(dt)  # noqa: E731
-    args = [r(T, N, C), r(4 * H, C), r(4 * H, P), r(4 * H), r(4 * H), r(N, P), r(N, H)]
-    cot = (r(T, N, P), r(N, P), r(N, H))
-    kw = dict(w_hr=r(P, H), lengths=[6, 0, 3, 5, 1], reverse=True)
-    seed = 987654321
-    masks = dict(zoneout_h_mask=ref.zoneout_masks(seed, (T, N, P), 0.3, dt, "h"),
-                 zoneout_c_mask=ref.zoneout_masks(seed, (T, N, H), 0.15, dt, "c"))
-    old = F._num_threads
-    try:
-        F.set_num_threads(threads)
-        a = K.lstm_ln_forward(*args, **kw, zoneout_h=0.3, zoneout_c=0.15, zoneout_seed=seed)
-        b = K.lstm_ln_forward(*args, **kw, **masks)
-        ga, gb = K.lstm_ln_backward(a[-1], *cot), K.lstm_ln_backward(b[-1], *cot)
-    finally:
-        F._num_threads = old
-    for x, y in zip(a[:3], b[:3]):
-        np.testing.assert_array_equal(x, y)
-    for k, v in gb.items():
-        if v is not None:
-            np.testing.assert_array_equal(ga[k], v, err_msg=k)
     ry, *_ = ref.lstm_ln_forward(*args, **kw, zoneout_h=0.3, zoneout_c=0.15, zoneout_seed=seed)
     tol = 1e-10 if dt == np.float64 else 2e-5
     np.testing.assert_allclose(a[0], ry, rtol=tol, atol=tol)

@@ -201,13 +201,13 @@ def _check_projected_weights(fn, x, w_ih, w_hh, w_hr):
         raise ValueError(f"{fn}: w_hr must have shape [P, H] (2 dimensions), "
                          f"got {list(w_hr.shape)}")
     P, H = w_hr.shape
+    if P < 1 or H < 1:
+        raise ValueError(f"{fn}: w_hr must have shape [P, H] with P, H >= 1, "
+                         f"got {list(w_hr.shape)}")
     if P >= H:
         raise ValueError(f"{fn}: w_hr must have shape [P, H] with P < H (the projection "
                          f"narrows h, PyTorch's rule: proj_size < hidden_size), got "
                          f"{list(w_hr.shape)}")
-    if P < 1 or H < 1:
-        raise ValueError(f"{fn}: w_hr must have shape [P, H] with P, H >= 1, "
-                         f"got {list(w_hr.shape)}")
     _check(fn, "w_hr", w_hr, (P, H), x.dtype, optional=False)
     _check(fn, "w_hh", w_hh, (4 * H, P), x.dtype, optional=False,
            where=_proj_where("[4*H, P]", P, H))

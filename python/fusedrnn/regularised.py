@@ -15,7 +15,8 @@ import numbers
 import numpy as np
 
 from . import _core
-from .functional import _check_flag, _check_lengths, _threads, _workspace
+from .functional import (_check_flag, _check_lengths, _check_projected_weights, _threads,
+                         _workspace)
 from .reference_reg import GRU_LAYER_NORMS, LAYER_NORMS
 
 __all__ = ["lstm_ln_forward", "lstm_ln_backward", "gru_ln_forward", "gru_ln_backward",
@@ -82,19 +83,9 @@ def _forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, layer_norm, ln_eps, ln, zo
     if layer_norm not in modes:
         raise ValueError(f"{fn}: layer_norm must be one of {modes}, got {layer_norm!r}")
     P = 0
-    if w_hr is not None:   # the LSTM's projection w_hr [P, H] gives P and H
-        if not isinstance(w_hr, np.ndarray) or w_hr.ndim != 2 or min(w_hr.shape) < 1:
-            raise ValueError(f"{fn}: w_hr must be a numpy array [P, H], got "
-                             f"{getattr(w_hr, 'shape', type(w_hr).__name__)}")
-        P, H = w_hr.shape
-        if P >= H:
-            raise ValueError(f"{fn}: w_hr must have shape [P, H] with P < H (the projection "
-                             f"narrows h, PyTorch's rule: proj_size < hidden_size), got "
-                             f"{list(w_hr.shape)}")
-        if not isinstance(w_hh, np.ndarray) or w_hh.shape != (G * H, P):
-            raise ValueError(f"{fn}: w_hh must be a numpy array [{G}H, P] = [{G * H}, {P}] "
-                             f"(H = {H}, P = {P} from w_hr [P, H]), got "
-                             f"{list(getattr(w_hh, 'shape', ())) or type(w_hh).__name__}")
+    if w_hr is not None:   # the LSTM's projection w_hr [P, H] gives P and H (the plain
+        # kernels' checks: w_hr's type, shape and P < H, then w_hh [4H, P] and w_ih [4H, C])
+        *_, H, P = _check_projected_weights(fn, x, w_ih, w_hh, w_hr)
     elif not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] % G \
             or w_hh.shape[0] // G != w_hh.shape[1] or w_hh.shape[1] < 1:
         raise ValueError(f"{fn}: w_hh must be a numpy array [{G}H, H], got "
