@@ -607,6 +607,14 @@ void check_errors() {
   expect_throw<ConfigError>("proj_size with a GRU",
                             [&] { from(config_edit("\"proj_size\":0", "\"proj_size\":2")); },
                             "need cell 'lstm'");
+  // the other cells' options are checked too (Python refuses any other value): the spec is a
+  // GRU, whose config carries the RNN's nonlinearity
+  expect_throw<ConfigError>("an unknown nonlinearity on a GRU",
+                            [&] {
+                              from(config_edit("\"nonlinearity\":\"tanh\"",
+                                               "\"nonlinearity\":\"gelu\""));
+                            },
+                            "nonlinearity must be 'tanh' or 'relu', got 'gelu'");
   // Issue 19's options: read where they apply, refused by name where not (the spec is a GRU).
   const auto add = [&](const std::string& kv) { return config_edit("\"seed\":null", "\"seed\":null," + kv); };
   expect_throw<ConfigError>("zoneout_c with a GRU", [&] { from(add("\"zoneout_c\":0.1")); },

@@ -175,26 +175,19 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
     }
   }
   if ((model && !ctc_rec) || c.cell == CellType::gru) {
+    // checked whatever the cell (Python refuses any other value), used by the GRU
     const std::string v = r.string("variant", "reset_after");
-    if (c.cell == CellType::gru) {
-      if (v == "reset_after")
-        c.variant = GruVariant::reset_after;
-      else if (v == "reset_before")
-        c.variant = GruVariant::reset_before;
-      else
-        r.fail("variant must be 'reset_after' or 'reset_before', got " + quoted(v));
-    }
+    if (v != "reset_after" && v != "reset_before")
+      r.fail("variant must be 'reset_after' or 'reset_before', got " + quoted(v));
+    if (c.cell == CellType::gru)
+      c.variant = v == "reset_after" ? GruVariant::reset_after : GruVariant::reset_before;
   }
   if ((model && !ctc_rec) || c.cell == CellType::rnn) {
-    const std::string v = r.string("nonlinearity", "tanh");
-    if (c.cell == CellType::rnn) {
-      if (v == "tanh")
-        c.nonlinearity = Nonlinearity::tanh;
-      else if (v == "relu")
-        c.nonlinearity = Nonlinearity::relu;
-      else
-        r.fail("nonlinearity must be 'tanh' or 'relu', got " + quoted(v));
-    }
+    const std::string v = r.string("nonlinearity", "tanh");  // (likewise, for the RNN)
+    if (v != "tanh" && v != "relu")
+      r.fail("nonlinearity must be 'tanh' or 'relu', got " + quoted(v));
+    if (c.cell == CellType::rnn)
+      c.nonlinearity = v == "tanh" ? Nonlinearity::tanh : Nonlinearity::relu;
   }
   if (!ctc_rec) {  // issue 19's options (CtcRecognizer: unknown keys)
     const char* set = nullptr;  // the first option that is set, for the errors below
