@@ -42,6 +42,12 @@ inline void check_dims(const char* fn, const Dims& d, bool projection = false) {
   if (projection && d.P < 0)
     fail(std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
          " must be >= 0 (0 = no projection)");
+  // the one authority on projection sizes (the LSTM's kernels, plain and regularised):
+  // PyTorch's rule, P < H (a projection narrows h)
+  if (projection && d.P >= d.H)
+    fail(std::string(fn) + ": proj_size P = " + std::to_string(d.P) +
+         " must be < hidden_size H = " + std::to_string(d.H) +
+         " (PyTorch's rule: the projection narrows h)");
   if (!projection && d.P != 0)
     fail(std::string(fn) + ": Dims::P = " + std::to_string(d.P) +
          ": projection is an LSTM option, P must be 0 here");

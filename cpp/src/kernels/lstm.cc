@@ -107,15 +107,6 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c, bool lowp 
 // ---------------------------------------------------------------------------------------------
 // Argument checks: the kernel is the one authority on their consistency.
 
-// The one authority on projection sizes: PyTorch's rule, P < H (a projection narrows h).
-void check_lstm_dims(const char* fn, const Dims& d) {
-  detail::check_dims(fn, d, true);
-  if (d.P >= d.H)
-    detail::fail(std::string(fn) + ": proj_size P = " + std::to_string(d.P) +
-                 " must be < hidden_size H = " + std::to_string(d.H) +
-                 " (PyTorch's rule: the projection narrows h)");
-}
-
 // cell_clip: 0 (none) or a positive bound.
 void check_clip(const char* fn, double clip) {
   if (!(clip >= 0 && clip < HUGE_VAL))
@@ -133,7 +124,7 @@ void check_projection(const char* fn, const Dims& d, const void* w_hr) {
 }
 
 isa::Sizes sizes(const Dims& d) {
-  check_lstm_dims("lstm_sizes", d);
+  detail::check_dims("lstm_sizes", d, true);
   return detail::cell_sizes(d, &cache_layout<float>, &forward_layout<float>,
                             &backward_layout<float>);
 }
@@ -215,7 +206,7 @@ void forward(const Dims& d, const LstmForwardArgs<Scalar>& a, const Options& opt
              Scalar* workspace) {
   using namespace detail;
   const char* fn = "lstm_forward";
-  check_lstm_dims(fn, d);
+  detail::check_dims(fn, d, true);
   check_forward_ptrs(fn, a, workspace);
   check_ptr(fn, a.c_n, "c_n");
   check_projection(fn, d, a.w_hr);
@@ -466,7 +457,7 @@ void backward(const Dims& d, const LstmBackwardArgs<Scalar>& a, const Options& o
               Scalar* workspace) {
   using namespace detail;
   const char* fn = "lstm_backward";
-  check_lstm_dims(fn, d);
+  detail::check_dims(fn, d, true);
   check_backward_ptrs(fn, a, workspace);
   check_projection(fn, d, a.w_hr);
   require(!a.dw_peep || a.w_peep, "lstm_backward: dw_peep given but w_peep is null");

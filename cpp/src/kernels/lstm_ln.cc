@@ -134,18 +134,9 @@ BackwardSpace<T> backward_layout(const Dims& d, detail::Carver<T>& c) {
   return w;
 }
 
-// Dims::P: the LSTM's projection (0 < P < H), none for the GRU.
-void check_ln_dims(const char* fn, const Dims& d, bool lstm) {
-  detail::check_dims(fn, d, lstm);
-  if (d.P > 0 && d.P >= d.H)
-    detail::fail(std::string(fn) + ": proj_size P = " + std::to_string(d.P) +
-                 " must be < hidden_size H = " + std::to_string(d.H) +
-                 " (PyTorch's rule: the projection narrows h)");
-}
-
 template <bool Lstm>
 isa::Sizes sizes(const Dims& d) {
-  check_ln_dims(Lstm ? "lstm_ln_sizes" : "gru_ln_sizes", d, Lstm);
+  detail::check_dims(Lstm ? "lstm_ln_sizes" : "gru_ln_sizes", d, Lstm);  // (P: LSTM only)
   return {detail::measure(d, &cache_layout<Lstm, float>),
           detail::measure(d, &forward_layout<Lstm, float>),
           detail::measure(d, &backward_layout<Lstm, float>)};
@@ -274,7 +265,7 @@ void forward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* w
   using namespace detail;
   constexpr bool lstm = CellOf<Args<Scalar>>::lstm;
   const char* fn = lstm ? "lstm_ln_forward" : "gru_ln_forward";
-  check_ln_dims(fn, d, lstm);
+  check_dims(fn, d, lstm);
   check_options(fn, opt);
   check_forward_ptrs(fn, a, workspace);
   const bool ln = a.layer_norm != LayerNorm::none;
@@ -508,7 +499,7 @@ void backward(const Dims& d, const Args<Scalar>& a, const Options& opt, Scalar* 
   using namespace detail;
   constexpr bool lstm = CellOf<Args<Scalar>>::lstm;
   const char* fn = lstm ? "lstm_ln_backward" : "gru_ln_backward";
-  check_ln_dims(fn, d, lstm);
+  check_dims(fn, d, lstm);
   check_options(fn, opt);
   check_backward_ptrs(fn, a, workspace);
   const bool grads = a.dln_gamma_ih || a.dln_beta_ih || a.dln_gamma_hh || a.dln_beta_hh;
