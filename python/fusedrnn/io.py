@@ -753,16 +753,13 @@ def check_config_size(where: str, config: Mapping[str, Any], held: int) -> None:
                               f"layer(s)) needs at least {need:,} weights but the file holds "
                               f"{held:,}: the config does not match the tensors")
 
-
-
 def _tied_aliases(model, state_dict):
     """The state dict with a tied Parameter's missing names filled in from a name it has:
     files written before state_dict() listed a tied Parameter under each of its names hold only
     its first name, which a strict load of the same tied model must still accept (the values
     are one array). Names of untied parameters stay missing (and are refused)."""
     names = {}
-    for name, p in model._all_named_parameters() if hasattr(model, "_all_named_parameters") \
-            else ():
+    for name, p in model._all_named_parameters():
         names.setdefault(id(p), []).append(name)
     out = None
     for group in names.values():
@@ -773,6 +770,7 @@ def _tied_aliases(model, state_dict):
             for n in group:
                 out.setdefault(n, state_dict[have[0]])
     return state_dict if out is None else out
+
 
 def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
     """Reads a checkpoint written by :func:`save`.

@@ -333,12 +333,10 @@ class Module:
     def named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
         """(name, Parameter) over this module and its children, torch's names and order."""
         seen = set()
-        for mname, m in self.named_modules(prefix):
-            for pname, p in m._parameters.items():
-                if id(p) in seen:  # a shared (tied) parameter is listed once
-                    continue
+        for name, p in self._all_named_parameters(prefix):
+            if id(p) not in seen:  # a shared (tied) parameter is listed once
                 seen.add(id(p))
-                yield (f"{mname}.{pname}" if mname else pname), p
+                yield name, p
 
     def parameters(self) -> Iterator[Parameter]:
         for _, p in self.named_parameters():
@@ -347,10 +345,10 @@ class Module:
     def num_parameters(self) -> int:
         return sum(p.size for p in self.parameters())
 
-    def _all_named_parameters(self) -> Iterator[Tuple[str, Parameter]]:
+    def _all_named_parameters(self, prefix: str = "") -> Iterator[Tuple[str, Parameter]]:
         """(name, Parameter) under every name it is reachable by: a tied Parameter once per
         name (torch's state_dict order), where named_parameters() lists it once."""
-        for mname, m in self.named_modules():
+        for mname, m in self.named_modules(prefix):
             for pname, p in m._parameters.items():
                 yield (f"{mname}.{pname}" if mname else pname), p
 
