@@ -144,7 +144,7 @@ _FIXED_OPTIONS = {
     "init": "it is the parameters' initialisation, done at construction",
     "forget_bias": "it was added to bias_ih at initialisation (change bias_ih_l{k} itself)",
 }
-_OPTION_NAMES = frozenset(_OPTION_ORDER) | frozenset(_FIXED_OPTIONS) | {"layer_norm"}
+_OPTION_NAMES = frozenset(_OPTION_ORDER) | frozenset(_FIXED_OPTIONS)
 
 
 def _suffix(layer, direction):
@@ -330,9 +330,7 @@ class _RNNBase(Module):
                 warnings.simplefilter("ignore")
                 probe = type(self)(**args)
         except (TypeError, ValueError) as e:
-            msg = str(e)
-            if msg.startswith(f"{cls}: "):
-                msg = msg[len(cls) + 2:]
+            msg = str(e).removeprefix(f"{cls}: ")
             raise type(e)(f"{fn} = {value!r}: {msg}") from None
         if self._precision != "float32" and getattr(probe, "_reg", None) \
                 and not probe._plain(True):
