@@ -624,8 +624,8 @@ def load(path):
     ``layout=1``, ``direction=reverse``, an unknown op on the data path), for an
     ``initial_h``/``initial_c`` whose shape (as far as the file fixes it: constants, zeros
     included, and declared input shapes) is not [num_directions, batch, hidden_size], which
-    ONNX Runtime refuses too, and for unreadable or corrupt files. Never runs code from the file; external-data tensors are read only from
-    files inside the model's own folder.
+    ONNX Runtime refuses too, and for unreadable or corrupt files. Never runs code from the
+    file; external-data tensors are read only from files inside the model's own folder.
     """
     onnx = _onnx()
     from google.protobuf.message import DecodeError

@@ -2,8 +2,9 @@
 ``cpp/include/fusedrnn/lstm_ln.h`` (layer norm, zoneout, recurrent dropout mask).
 
 Same conventions as :mod:`fusedrnn.reference` (shapes, lengths, reverse, the loss of the
-backward). No peepholes; the LSTM may project (w_hr [P, H], PyTorch's proj_size). Per step, with LN(v; γ, β) = γ∘(v − mean v) /
-sqrt(var v + eps) + β over the units of v (per row; biased variance; absent β = 0):
+backward). No peepholes; the LSTM may project (w_hr [P, H], PyTorch's proj_size). Per step,
+with LN(v; γ, β) = γ∘(v − mean v) / sqrt(var v + eps) + β over the units of v (per row;
+biased variance; absent β = 0):
 
     a   = LN(x_t W_ihᵀ; γ_ih, β_ih) + LN((h∘r) W_hhᵀ; γ_hh, β_hh) + b_ih + b_hh
           (layer_norm="none": x_t W_ihᵀ + (h∘r) W_hhᵀ + b_ih + b_hh)

@@ -20,8 +20,8 @@ dtypes there (RNNCell bfloat16; LSTMCell the dtype of c, GRUCell that of h, the 
 state is given). Under ``torch.autocast("cpu", dtype=torch.float16)`` a float32 cell takes
 float32 or float16 input and states and runs the float32 kernels on x, h and the weights
 rounded to float16 (fusedrnn has no fp16 kernels), returning the same dtypes with float16 in
-bfloat16's place (RNNCell float16). While torch records a graph (``torch.jit.trace``, ``torch.export``,
-``torch.onnx.export``) a cell runs torch.nn's forward, so the graph is the stock cell's;
+bfloat16's place (RNNCell float16). While torch records a graph (``torch.jit.trace``,
+``torch.export``, ``torch.onnx.export``) a cell runs torch.nn's forward, so the graph is the stock cell's;
 ``torch.jit.script`` raises a RuntimeError saying so; ``torch.fx.symbolic_trace`` records the
 cell as one ``call_module`` node; torch.func's transforms and forward-mode AD raise TypeError.
 The parameters' checks run when the weights are packed (below), not at the steps reusing them,
@@ -52,8 +52,8 @@ import torch
 
 from . import cells as _cells
 from ._torch_autograd import (_AUTOCAST16_DTYPES, _AUTOCAST_DTYPES, _DTYPES, _FORWARD_AD,
-                              _PARAM_DTYPES, _autocast_mode, _check_tensor, _half, _first_order_only, _fx_call, _graph_mode,
-                              _refuse_script, _weight)
+                              _PARAM_DTYPES, _autocast_mode, _check_tensor, _first_order_only,
+                              _fx_call, _graph_mode, _half, _refuse_script, _weight)
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
