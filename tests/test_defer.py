@@ -247,27 +247,27 @@ def test_copy_and_pickle_mid_loop():
         assert all(p._pending is None for p in dup.parameters())
 
 
+def _pending(cls, N, steps=6):
+    """(want, cell): the gradients of the last `steps` backward steps of a 10-step loop added
+    at each step, and a deferring cell of the same loop with those steps' terms pending."""
+    ref = _make(cls, {}, False)
+    _backward_steps(ref, _forward(ref, _xs(10, N, "float32")), steps)
+    cell = _make(cls, {}, True)
+    _backward_steps(cell, _forward(cell, _xs(10, N, "float32")), steps)
+    assert _core.cell_pending_steps(cell._plan) == steps
+    return _grads(ref), cell
+
+
 def test_cell_dropped_with_terms_pending():
     """The plan applies its pending terms when it is freed: Parameters kept beyond their cell
     (or a cell's plan rebuilt, reuse_packed_weights set) lose nothing."""
-    ref = _make(fusedrnn.RNNCell, {}, False)
-    want = None
-    for c in (ref,):
-        outs = _forward(c, _xs(10, 3, "float32"))
-        _backward_steps(c, outs, 6)
-        want = _grads(c)
-    cell = _make(fusedrnn.RNNCell, {}, True)
-    outs = _forward(cell, _xs(10, 3, "float32"))
-    _backward_steps(cell, outs, 6)
+    want, cell = _pending(fusedrnn.RNNCell, 3)
     params = dict(cell.named_parameters())
-    assert _core.cell_pending_steps(cell._plan) == 6
-    del cell, outs
+    del cell
     gc.collect()
     _same(want, {n: p.grad for n, p in params.items()})
 
-    cell = _make(fusedrnn.RNNCell, {}, True)
-    outs = _forward(cell, _xs(10, 3, "float32"))
-    _backward_steps(cell, outs, 6)
+    _, cell = _pending(fusedrnn.RNNCell, 3)
     cell.reuse_packed_weights = True   # (drops the plan)
     _same(want, _grads(cell))
 
@@ -277,18 +277,11 @@ def test_cell_dropped_in_a_thread_waits_for_the_gradient_lock():
     addition into the grad arrays is made: while another thread holds it (a backward step of a
     cell sharing the Parameters, adding with the GIL released), the dying plan waits."""
     import threading
-    ref = _make(fusedrnn.LSTMCell, {}, False)
-    outs = _forward(ref, _xs(10, 2, "float32"))
-    _backward_steps(ref, outs, 6)
-    want = _grads(ref)
-    cell = _make(fusedrnn.LSTMCell, {}, True)
-    outs = _forward(cell, _xs(10, 2, "float32"))
-    _backward_steps(cell, outs, 6)
+    want, cell = _pending(fusedrnn.LSTMCell, 2)
     params = dict(cell.named_parameters())
-    assert _core.cell_pending_steps(cell._plan) == 6
     before = {n: p._grad.copy() for n, p in params.items()}
     box = [cell]
-    del cell, outs
+    del cell
     done = threading.Event()
 
     def drop():
