@@ -242,6 +242,16 @@ def test_fx_symbolic_trace_keeps_the_cell_as_a_leaf():
     torch.testing.assert_close(Loop(ours)(x, h), Loop(ref)(x, h), rtol=1e-6, atol=1e-6)
 
 
+def _autocast_state(name, state, low, g):
+    """The initial state of an autocast test: None, or [3, 5] states of dtype `state`, or
+    "mixed": h float32 and c in autocast's `low` dtype (the LSTM's results follow c)."""
+    if state is None:
+        return None
+    h = torch.randn(3, 5, generator=g).to(torch.float32 if state == "mixed" else state)
+    c = torch.randn(3, 5, generator=g).to(low if state == "mixed" else state)
+    return (h, c) if name == "LSTMCell" else h
+
+
 def _autocast_twins(name, **kw):
     ref, ours = pair(name, kw, torch.float32)
     return ref, ours
@@ -258,11 +268,7 @@ def test_autocast_bf16(name, xdt, state):
     ref, ours = _autocast_twins(name)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 4, generator=g)
-    hx = None
-    if state is not None:   # mixed: h float32, c bfloat16 (the LSTM's results follow c)
-        h = torch.randn(3, 5, generator=g).to(torch.float32 if state == "mixed" else state)
-        c = torch.randn(3, 5, generator=g).to(torch.bfloat16 if state == "mixed" else state)
-        hx = (h, c) if name == "LSTMCell" else h
+    hx = _autocast_state(name, state, torch.bfloat16, g)
     outs = []
     for m in (ref, ours):
         m.zero_grad()
@@ -293,11 +299,7 @@ def test_autocast_float16(name, xdt, state):
     ref, ours = _autocast_twins(name)
     g = torch.Generator().manual_seed(4)
     xs = torch.randn(20, 3, 4, generator=g).to(xdt)
-    hx = None
-    if state is not None:   # mixed: h float32, c float16 (the LSTM's results follow c)
-        h = torch.randn(3, 5, generator=g).to(torch.float32 if state == "mixed" else state)
-        c = torch.randn(3, 5, generator=g).to(torch.float16 if state == "mixed" else state)
-        hx = (h, c) if name == "LSTMCell" else h
+    hx = _autocast_state(name, state, torch.float16, g)
     outs = []
     for m in (ref, ours):
         st = hx
