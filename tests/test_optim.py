@@ -179,6 +179,48 @@ def test_state_dict_round_trip_is_bitwise(case, dtype):
         assert np.array_equal(p.data, r.data)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", CASES[::2], ids=case_id)
+def test_torch_optimizer_state_dict_loads(case, dtype):
+    # torch.optim keeps the same state names with tensor values ("step" a 0-d float tensor):
+    # loaded into ours after 5 of torch's steps, the next 5 steps follow torch's
+    name, kw = case
+    ps, ours, ts, theirs = ours_and_torch(name, kw, dtype)
+    run_torch(ts, theirs, 5, dtype)
+    for p, t in zip(ps, ts):
+        np.copyto(p.data, t.detach().numpy())
+    ours.load_state_dict(theirs.state_dict())
+    for st in ours.state.values():
+        assert all(isinstance(v, (np.ndarray, int, float)) for v in st.values())
+        if "step" in st:
+            assert st["step"] == 5 and isinstance(st["step"], int)
+    run(ps, ours, 5, dtype, start=5)
+    for k in range(5, 10):
+        for t, g in zip(ts, grads(dtype, k)):
+            t.grad = torch.from_numpy(g)
+        theirs.step()
+    for p, t in zip(ps, ts):
+        assert rel_err(p.data, t.detach().numpy()) <= TOL[dtype]
+
+
+def test_torch_optimizer_state_dict_is_checked():
+    ps, ours, ts, theirs = ours_and_torch("Adam", dict(lr=0.01), np.float32)
+    run_torch(ts, theirs, 2, np.float32)
+    def sd_with(i, key, f):  # (torch's state_dict shares its entries' dicts with the optimiser)
+        sd = theirs.state_dict()
+        sd["state"] = {j: dict(st) for j, st in sd["state"].items()}
+        sd["state"][i][key] = f(sd["state"][i][key])
+        return sd
+
+    sd = sd_with(0, "exp_avg", lambda t: t.double())
+    with pytest.raises(TypeError, match=r"state\[0\]\['exp_avg'\] must have dtype float32"):
+        ours.load_state_dict(sd)
+    sd = sd_with(1, "exp_avg_sq", lambda t: t[:2])
+    with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg_sq'\] must have shape"):
+        ours.load_state_dict(sd)
+    assert ours.state == {}                                 # nothing changed
+
+
 @pytest.mark.parametrize("case", CASES[::3], ids=case_id)
 def test_step_allocates_no_arrays(case):
     name, kw = case

@@ -39,7 +39,7 @@ import numpy as np
 from . import _core
 from . import validators as V
 from ._blas import single_threaded_blas
-from .module import Module, Parameter
+from .module import Module, Parameter, _as_numpy
 
 __all__ = [
     "Optimizer", "SGD", "RMSprop", "Adam", "AdamW",
@@ -254,7 +254,8 @@ class Optimizer:
 
         Everything is checked before anything changes: the number of groups, of parameters
         per group, the state keys, and each array's shape (ValueError) and dtype (TypeError;
-        nothing is cast). Arrays are copied.
+        nothing is cast). Arrays are copied. torch.optim's state dicts load too (the same
+        names; tensors are copied into arrays, 0-d ones such as "step" become numbers).
         """
         fn = f"{type(self).__name__}.load_state_dict"
         if not isinstance(state_dict, dict) or "state" not in state_dict \
@@ -300,6 +301,7 @@ class Optimizer:
                 if k not in self._state_keys:
                     raise ValueError(f"{fn}: state[{idx}] has key {k!r}; "
                                      f"{type(self).__name__} keeps {sorted(self._state_keys)}")
+                v = _torch_state_value(fn, f"state[{idx}][{k!r}]", k, v, p.data.dtype)
                 if isinstance(v, np.ndarray):
                     if v.shape != p.data.shape:
                         raise ValueError(f"{fn}: state[{idx}][{k!r}] must have shape "
@@ -316,6 +318,24 @@ class Optimizer:
             new_state[p] = entry
         self.param_groups[:] = new_groups
         self.state = new_state
+
+
+def _torch_state_value(fn: str, name: str, key: str, v, dtype: np.dtype):
+    """A torch.optim state value as this module keeps it (torch's optimisers keep the same
+    names): a tensor with a parameter's shape becomes a numpy copy (its dtype checked by the
+    caller, as a numpy array's; nothing is cast), a 0-d tensor a number ("step", which torch
+    keeps as a float tensor, an int when whole). Anything else is returned as it is."""
+    if not (hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "numpy")):
+        return v
+    if getattr(v, "ndim", None) == 0:
+        x = v.detach().cpu().item()
+        if key == "step" and isinstance(x, float) and x.is_integer():
+            x = int(x)
+        return x
+    if str(getattr(v, "dtype", "")) != f"torch.{np.dtype(dtype).name}":
+        raise TypeError(f"{fn}: {name} must have dtype {np.dtype(dtype)} (torch."
+                        f"{np.dtype(dtype).name}), got {v.dtype}; nothing is cast")
+    return _as_numpy(name, v, dtype)
 
 
 # -- optimisers ----------------------------------------------------------------------------------
