@@ -232,6 +232,18 @@ def module_from_config(config: dict) -> "Module":
     return cls._from_config(config)
 
 
+class StateDictKeyError(RuntimeError, KeyError):
+    """``load_state_dict(strict=True)`` found missing or unexpected names: a RuntimeError, as
+    torch's, and a KeyError, as fusedrnn raised before (either ``except`` catches it)."""
+
+    __str__ = RuntimeError.__str__
+
+
+class StateDictShapeError(RuntimeError, ValueError):
+    """``load_state_dict`` found an entry of another shape: a RuntimeError, as torch's "size
+    mismatch", and a ValueError, as fusedrnn raised before."""
+
+
 class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
     """What ``Module.load_state_dict`` returns, as torch's (its class, repr included): the
     lists of the module's names the state dict lacked (``missing_keys``) and of the state
@@ -383,7 +395,8 @@ class Module:
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+            raise StateDictKeyError(f"load_state_dict: missing {missing}, unexpected "
+                                    f"{unexpected}")
         staged = []
         first = {}      # id(Parameter) -> (its first name given, the array checked for it)
         for name, p in own.items():
@@ -391,8 +404,8 @@ class Module:
                 continue
             a = _as_numpy(name, given[name], p.data.dtype)
             if a.shape != p.data.shape:
-                raise ValueError(f"load_state_dict: {name} must have shape "
-                                 f"{list(p.data.shape)}, got {list(a.shape)}")
+                raise StateDictShapeError(f"load_state_dict: {name} must have shape "
+                                          f"{list(p.data.shape)}, got {list(a.shape)}")
             if a.dtype != p.data.dtype:
                 raise TypeError(f"load_state_dict: {name} must have dtype {p.data.dtype}, "
                                 f"got {a.dtype}")

@@ -59,7 +59,8 @@ import numpy as np
 
 from ... import functional as F
 from ... import validators as V
-from ...module import Module, Parameter, _as_numpy, _packing_key, _same_packing
+from ...module import (Module, Parameter, StateDictKeyError, StateDictShapeError, _as_numpy,
+                      _packing_key, _same_packing)
 from . import _steps
 
 __all__ = ["RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
@@ -436,16 +437,17 @@ class RNNCell(Module):
                     key = f"{prefix}.{m._kernel_attr}" if prefix else m._kernel_attr
                     if key not in given:
                         if strict:
-                            raise KeyError(f"load_state_dict: missing {key} (the kernel of a "
-                                           f"{type(m).__name__} not built yet: its shape "
-                                           f"gives the input depth)")
+                            raise StateDictKeyError(
+                                f"load_state_dict: missing {key} (the kernel of a "
+                                f"{type(m).__name__} not built yet: its shape gives the "
+                                f"input depth)")
                         continue
                     a = _as_numpy(key, given[key])
                     G = m._kernel_width()
                     if a.ndim != 2 or a.shape[1] != G or a.shape[0] <= m._rec():
-                        raise ValueError(f"load_state_dict: {key} must have shape "
-                                         f"[input_depth + {m._rec()}, {G}], got "
-                                         f"{list(a.shape)}")
+                        raise StateDictShapeError(f"load_state_dict: {key} must have shape "
+                                                  f"[input_depth + {m._rec()}, {G}], got "
+                                                  f"{list(a.shape)}")
                     if a.dtype not in (np.float32, np.float64):
                         raise TypeError(f"load_state_dict: {key} must be float32 or float64, "
                                         f"got {a.dtype}")
