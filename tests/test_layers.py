@@ -441,14 +441,43 @@ def test_load_torch_state_dict():
             module.state_dict())
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_dropout_one_drops_everything_as_torch(kind):
+    # torch takes dropout in [0, 1]: at 1 the layers after the first see zeros in training
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = getattr(torch.nn, kind)(3, 5, num_layers=3, dropout=1.0)
+    layer = fusedrnn.from_torch(module)
+    assert layer.dropout == 1.0
+    x = np.random.default_rng(1).standard_normal((4, 2, 3)).astype(np.float32)
+    y, _ = layer(x)
+    ty, _ = module(torch.from_numpy(x))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=0, atol=1e-6)
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    layer.backward(dy)
+    ty.backward(torch.from_numpy(dy))
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(p.grad, getattr(module, name).grad.numpy(), rtol=0,
+                                   atol=1e-5, err_msg=name)
+    assert not np.any(layer.weight_ih_l0.grad)             # nothing reaches the first layer
+    layer.eval()
+    np.testing.assert_allclose(layer(x)[0], module.eval()(torch.from_numpy(x))[0].detach(),
+                               rtol=0, atol=1e-6)          # eval: no dropout
+    d = fusedrnn.Dropout(1.0)
+    assert not np.any(d(x)) and not np.any(d.backward(np.ones_like(x)))
+    with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\]"):
+        fusedrnn.Dropout(1.5)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad arguments
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="hidden_size"):
         fusedrnn.LSTM(3, 0)
-    with pytest.raises(ValueError, match="dropout"):
-        fusedrnn.GRU(3, 4, dropout=1.0)
+    for p in (1.01, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\]"):
+            fusedrnn.GRU(3, 4, dropout=p)
     with pytest.raises(TypeError, match="bidirectional"):
         fusedrnn.GRU(3, 4, bidirectional=1)
     with pytest.raises(TypeError, match="dtype"):

@@ -55,7 +55,8 @@ import numpy as np
 
 from . import _core
 from . import functional as F
-from .module import (Module, Parameter, _dtype, _packing_key, _positive_int, _probability,
+from . import validators as V
+from .module import (Module, Parameter, _dtype, _packing_key, _positive_int,
                      _same_packing, _seed, register_module)
 
 __all__ = ["LSTM", "GRU", "RNN", "set_check_finite", "check_finite"]
@@ -234,7 +235,7 @@ class _RNNBase(Module):
                         ("bidirectional", bidirectional), ("peepholes", peepholes)):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
-        dropout = _probability(fn, "dropout", dropout)
+        dropout = V.probability_closed(fn, "dropout", dropout)   # [0, 1] as torch's
         if dropout > 0 and num_layers == 1:
             # torch.nn's warning, word for word: the option does nothing on one layer
             warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
@@ -568,7 +569,10 @@ class _RNNBase(Module):
             if not last and training and self.dropout > 0:
                 mask = self._buffer(("mask", layer), out.shape)
                 keep = self._drop_rng.random(out.shape) >= self.dropout
-                np.multiply(keep, dt.type(1.0 / (1.0 - self.dropout)), out=mask)
+                # (dropout = 1, as torch's: every element dropped, the output and its
+                # gradient zero)
+                scale = 0.0 if self.dropout >= 1 else 1.0 / (1.0 - self.dropout)
+                np.multiply(keep, dt.type(scale), out=mask)
                 dropped = self._buffer(("dropped", layer), out.shape)
                 np.multiply(out, mask, out=dropped)
                 masks.append(mask)

@@ -680,7 +680,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, seed: Optional[int] = None):
         super().__init__()
-        p = _probability("Dropout", "p", p)
+        p = V.probability_closed("Dropout", "p", p)   # [0, 1] as torch's nn.Dropout
         seed = _seed("Dropout", seed)
         self._record(p=p, seed=seed)
         self.p = p
@@ -694,7 +694,8 @@ class Dropout(Module):
             self._mask = None
             return x
         keep = self._rng.random(x.shape) >= self.p
-        self._mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        scale = 0.0 if self.p >= 1 else 1.0 / (1.0 - self.p)   # p = 1: all dropped, as torch
+        self._mask = keep.astype(x.dtype) * x.dtype.type(scale)
         return x * self._mask
 
     def backward(self, dy: np.ndarray) -> np.ndarray:

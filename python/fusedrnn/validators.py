@@ -60,6 +60,14 @@ def probability(where: Optional[str], name: str, v) -> float:
     return float(v)
 
 
+def probability_closed(where: Optional[str], name: str, v) -> float:
+    """A number in [0, 1] (torch's range for nn.LSTM's dropout and nn.Dropout's p: p = 1
+    drops everything) as a Python float."""
+    if _is_bool(v) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
+        raise ValueError(f"{_prefix(where)}{name} must be a number in [0, 1], got {v!r}")
+    return float(v)
+
+
 def choice(where: Optional[str], name: str, v, choices: Iterable[Any]) -> Any:
     """One of ``choices`` (listed in the message in their order)."""
     choices = tuple(choices)
