@@ -163,7 +163,8 @@ class RecurrentModel(Module):
                  peepholes: bool = False, forget_bias: float = 0.0,
                  variant: str = "reset_after", nonlinearity: str = "tanh",
                  init: str = "pytorch", dtype="float32", seed: Optional[int] = None,
-                 compute: str = "float32", **regularisers):
+                 compute: str = "float32", cell_clip: Optional[float] = None,
+                 **regularisers):
         """``regularisers``: the LSTM's and the GRU's layer_norm, ln_eps, zoneout_h, zoneout_c,
         recurrent_dropout, input_dropout, weight_drop (issue 19; see fusedrnn.LSTM, fusedrnn.GRU),
         passed to the recurrent layer, which refuses those its cell lacks (ValueError); recorded
@@ -173,7 +174,10 @@ class RecurrentModel(Module):
         17; ``self.rnn.compute``, with its checks and messages; the same model as setting it
         after construction). Like the layer's, it is not part of the config: a checkpoint
         stays float32 and loads as float32 (set_compute again, as ``fusedrnn train --resume``
-        does from the run's recorded --precision)."""
+        does from the run's recorded --precision).
+
+        ``cell_clip``: the LSTM's (fusedrnn.LSTM's cell_clip: c clipped to ±cell_clip at every
+        step); recorded in the config when given, or when set on ``model.rnn`` later."""
         super().__init__()
         fn = "RecurrentModel"
         known = ("layer_norm", "ln_eps", "zoneout_h", "zoneout_c", "recurrent_dropout",
@@ -208,8 +212,13 @@ class RecurrentModel(Module):
             rnn_in = input_size
         kw = dict(num_layers=num_layers, bidirectional=bidirectional, dropout=dropout,
                   init=init, dtype=dtype, seed=None if seed is None else seed0 + 1)
+        if cell != "lstm" and cell_clip is not None:
+            raise ValueError(f"{fn}: cell_clip needs cell='lstm' (it clips the LSTM's cell "
+                             f"state), got cell={cell!r}")
         if cell == "lstm":
             kw.update(proj_size=proj_size, peepholes=peepholes, forget_bias=forget_bias)
+            if cell_clip is not None:
+                kw.update(cell_clip=cell_clip)
         elif cell == "gru":
             kw.update(variant=variant)
         else:
@@ -228,21 +237,26 @@ class RecurrentModel(Module):
                      output_size=output_size, proj_size=proj_size, peepholes=peepholes,
                      forget_bias=float(forget_bias), variant=variant,
                      nonlinearity=nonlinearity, init=init, dtype=self.rnn.dtype, seed=seed,
+                     **({} if cell_clip is None else {"cell_clip": self.rnn.cell_clip}),
                      **regularisers)
 
     #: the recurrent layer's options a user may set on ``model.rnn`` after construction
     #: (``model.rnn.dropout = 0.3``; see _RNNBase._set_option), with their defaults
     _RNN_OPTIONS = {"dropout": 0.0, "ln_eps": 1e-5, "zoneout_h": 0.0, "zoneout_c": 0.0,
                     "recurrent_dropout": 0.0, "input_dropout": 0.0, "weight_drop": 0.0,
-                    "dropout_masks": "shared"}
+                    "dropout_masks": "shared", "variant": "reset_after",
+                    "nonlinearity": "tanh", "cell_clip": None}
 
     def config(self) -> dict:
         """The constructor's arguments, with the recurrent layer's options as they are now:
         one set on ``model.rnn`` after construction takes effect there and is saved (an option
-        at its default that was not given stays out, as the constructor records it)."""
+        at its default that was not given stays out, as the constructor records it). The
+        options of the other cells (an LSTM model's ``variant``) stay as recorded."""
         cfg = super().config()
         for k, default in self._RNN_OPTIONS.items():
-            v = getattr(self.rnn, k, default)
+            if not hasattr(self.rnn, k):
+                continue
+            v = getattr(self.rnn, k)
             if k in cfg or v != default:
                 cfg[k] = v
         return cfg
