@@ -430,6 +430,22 @@ def test_from_torch_takes_subclasses_and_the_mode():
         fusedrnn.to_torch(fusedrnn.GRU(3, 4, variant="reset_before"))
 
 
+def test_from_torch_runs_the_activation_torch_runs():
+    # torch.nn.RNN's forward runs self.mode, fixed at construction: a nonlinearity assigned
+    # later is not what it computes (from_torch had taken the attribute: 0.86 off)
+    torch = pytest.importorskip("torch")
+    import fusedrnn.torch as frt
+    x = np.random.default_rng(1).standard_normal((5, 2, 3))
+    for mode, later in (("tanh", "relu"), ("relu", "tanh")):
+        module = torch.nn.RNN(3, 4, num_layers=2, nonlinearity=mode).double()
+        module.nonlinearity = later
+        want = module(torch.from_numpy(x))[0].detach().numpy()
+        layer = fusedrnn.from_torch(module)
+        assert layer.nonlinearity == mode
+        np.testing.assert_allclose(layer.forward(x)[0], want, rtol=0, atol=1e-12)
+        assert frt.quantize_dynamic(module.float()).mode == module.mode   # (its int8 twin)
+
+
 def test_load_torch_state_dict():
     module = torch.nn.LSTM(3, 6, num_layers=2, proj_size=2)
     layer = fusedrnn.LSTM(3, 6, num_layers=2, proj_size=2)

@@ -51,7 +51,10 @@ def from_torch(module, *, seed=None):
     if cls is LSTM:
         layer = LSTM(module.input_size, module.hidden_size, proj_size=module.proj_size, **kw)
     elif cls is RNN:
-        layer = RNN(module.input_size, module.hidden_size, nonlinearity=module.nonlinearity, **kw)
+        # torch runs module.mode, fixed at construction (a later module.nonlinearity = ... is
+        # not what its forward computes)
+        layer = RNN(module.input_size, module.hidden_size,
+                    nonlinearity="relu" if module.mode == "RNN_RELU" else "tanh", **kw)
     else:
         layer = GRU(module.input_size, module.hidden_size, **kw)
     layer.load_state_dict(module.state_dict())

@@ -1098,7 +1098,7 @@ def quantize_dynamic(module, *, inplace=False):
         if m.mode == "LSTM":
             kw["proj_size"] = m.proj_size
         if m.mode.startswith("RNN_"):
-            kw["nonlinearity"] = m.nonlinearity
+            kw["nonlinearity"] = "relu" if m.mode == "RNN_RELU" else "tanh"  # what torch runs
         twin = _FUSED["RNN" if m.mode.startswith("RNN_") else m.mode](m.input_size,
                                                                       m.hidden_size, **kw)
         twin.load_state_dict(m.state_dict())
