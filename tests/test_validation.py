@@ -976,3 +976,14 @@ def test_lengths_are_copied_for_backward_and_an_empty_list_names_the_shape():
     np.testing.assert_array_equal(got.dw_ih, want.dw_ih)
     with pytest.raises(ValueError, match=r"lengths must have shape \[4\]"):
         fusedrnn.lstm_forward(x, w_ih, w_hh, lengths=[])
+
+
+def test_ragged_lengths_list_is_named():
+    # numpy's own "inhomogeneous shape" error named neither the call nor lengths
+    x = np.zeros((4, 3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"LSTM.forward: lengths must be a flat list of 3 "
+                                         r"integers \(one per sequence\), got \[1, \[2\], 3\]"):
+        fusedrnn.LSTM(2, 5).forward(x, lengths=[1, [2], 3])
+    w = np.zeros((15, 2), np.float32), np.zeros((15, 5), np.float32)
+    with pytest.raises(ValueError, match="gru_forward: lengths must be a flat list"):
+        fusedrnn.gru_forward(x, *w, lengths=(1, (2, 3), 3))

@@ -222,7 +222,11 @@ def _check_lengths(fn, lengths, N, T):
     if isinstance(lengths, np.ndarray):
         arr = lengths
     elif isinstance(lengths, (list, tuple)):
-        arr = np.asarray(lengths) if len(lengths) else np.zeros(0, np.int64)
+        try:
+            arr = np.asarray(lengths) if len(lengths) else np.zeros(0, np.int64)
+        except ValueError:   # numpy's "inhomogeneous shape" of a ragged list
+            raise ValueError(f"{fn}: lengths must be a flat list of {N} integers (one per "
+                             f"sequence), got {list(lengths)!r}") from None
         if arr.dtype.kind in "iu" and any(isinstance(v, (bool, np.bool_)) for v in lengths):
             raise TypeError(f"{fn}: lengths must have an integer dtype, got a bool in "
                             f"{list(lengths)!r}")
