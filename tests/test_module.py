@@ -606,6 +606,14 @@ def test_train_eval_recursive():
     assert all(m.training for m in net.modules())
     net.body.train(False)
     assert net.training and not net.body[1].training and net.head.training
+    assert net.train(np.bool_(False)) is net and not net.training
+    # a mode that is not a bool raises as torch's (train("eval") had set train mode)
+    for bad in ("eval", 0, None):
+        with pytest.raises(ValueError, match=r"Net.train: mode must be a bool"):
+            net.train(bad)
+        with pytest.raises(ValueError, match="expected to be boolean"):   # (the same type)
+            torch.nn.Linear(1, 1).train(bad)
+    assert not any(m.training for m in net.modules())          # nothing changed
 
 
 def test_sequential_forward_backward_matches_torch():
@@ -716,7 +724,7 @@ BAD_ARGS = [
     (Embedding, (5, 4), {"padding_idx": 1.0}, ValueError, "padding_idx"),
     (Embedding, (5, 4), {"dtype": "int64"}, TypeError, "dtype"),
     (Embedding, (5, 4), {"seed": "0"}, ValueError, "seed"),
-    (Dropout, (1.0,), {}, ValueError, "p"),
+    (Dropout, (1.5,), {}, ValueError, "p"),
     (Dropout, (-0.1,), {}, ValueError, "p"),
     (Dropout, ("0.5",), {}, ValueError, "p"),
     (Dropout, (True,), {}, ValueError, "p"),

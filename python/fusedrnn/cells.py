@@ -89,7 +89,7 @@ import numpy as np
 from . import _core
 from . import functional as F
 from .module import (Module, Parameter, _dtype, _packing_key, _positive_int, _same_packing,
-                     _seed, register_module)
+                     _seed, _train_mode, register_module)
 
 __all__ = ["LSTMCell", "GRUCell", "RNNCell"]
 
@@ -473,6 +473,7 @@ class _CellBase(Module):
         return result
 
     def train(self, mode: bool = True):
+        mode = _train_mode(type(self).__name__, mode)   # (checked before the tape is dropped)
         self._version += 1
         self._tape.clear()
         self.__dict__["_tape_thread"] = None

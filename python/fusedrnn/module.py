@@ -73,6 +73,14 @@ def _as_numpy(name: str, value, dtype: Optional[np.dtype] = None) -> np.ndarray:
                     f"got {type(value).__name__}")
 
 
+def _train_mode(where: str, mode) -> bool:
+    """train()'s mode: a bool (numpy's too), else ValueError as torch's Module.train."""
+    if not isinstance(mode, (bool, np.bool_)):
+        raise ValueError(f"{where}.train: mode must be a bool (True: train mode, False: eval "
+                         f"mode), got {type(mode).__name__} {mode!r}")
+    return bool(mode)
+
+
 class Parameter:
     """A trainable array and its gradient (same shape and dtype; the gradient starts at zero).
 
@@ -433,8 +441,10 @@ class Module:
     def train(self, mode: bool = True) -> "Module":
         """Sets train mode (or eval: ``mode=False``) here and, through each child's own
         ``train()`` as torch's Module does, in every submodule (a single-step cell inside a
-        model drops its recorded steps as ``cell.train()`` does)."""
-        object.__setattr__(self, "training", bool(mode))
+        model drops its recorded steps as ``cell.train()`` does). ``mode`` must be a bool
+        (ValueError otherwise, as torch's: ``train("eval")`` had set train mode)."""
+        mode = _train_mode(type(self).__name__, mode)
+        object.__setattr__(self, "training", mode)
         for m in self.children():
             m.train(mode)
         return self

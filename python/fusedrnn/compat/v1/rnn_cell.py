@@ -60,7 +60,7 @@ import numpy as np
 from ... import functional as F
 from ... import validators as V
 from ...module import (Module, Parameter, StateDictKeyError, StateDictShapeError, _as_numpy,
-                      _packing_key, _same_packing)
+                      _packing_key, _same_packing, _train_mode)
 from . import _steps
 
 __all__ = ["RNNCell", "BasicRNNCell", "BasicLSTMCell", "LSTMCell", "GRUCell", "MultiRNNCell",
@@ -227,6 +227,7 @@ class RNNCell(Module):
 
     def train(self, mode: bool = True):
         # a change of mode ends the recording (eval calls record nothing, as fusedrnn's cells)
+        mode = _train_mode(type(self).__name__, mode)
         for m in self.modules():
             if isinstance(m, RNNCell):
                 m._tape.clear()
