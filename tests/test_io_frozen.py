@@ -138,6 +138,13 @@ def test_given_model_is_loaded_as_given(tmp_path):
     ck = load(tmp_path / "m.safetensors", model=other)
     assert ck.model is other and not other.rnn.is_frozen and ck.frozen == {"rnn": "int8"}
     assert other.rnn.weight_hh_l0.data.tobytes() == m.rnn.weight_hh_l0.data.tobytes()
+    # into a frozen copy: refused for its read-only weights (not "do not match"), unchanged
+    target = RecurrentModel("lstm", input_size=5, hidden_size=8, seed=3).frozen()
+    keep = target.rnn.weight_hh_l0.data.copy()
+    with pytest.raises(CheckpointError, match=r"the model cannot take the tensors: "
+                                              r"load_state_dict: \S+ is read-only"):
+        load(tmp_path / "m.safetensors", model=target)
+    assert target.rnn.weight_hh_l0.data.tobytes() == keep.tobytes()
 
 
 @pytest.mark.parametrize("record, match", [

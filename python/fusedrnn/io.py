@@ -846,7 +846,10 @@ def load(path, model: Optional[Module] = None, optimizer=None) -> Checkpoint:
             model.load_state_dict(_tied_aliases(model, state_dict), strict=True)
         except (KeyError, ValueError, TypeError) as e:
             msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-            raise _mismatch(e)(f"{where}: the tensors do not match the model: "
+            # (a frozen copy's read-only weights: the tensors may well match)
+            what = "the model cannot take the tensors" if "read-only" in msg else \
+                "the tensors do not match the model"
+            raise _mismatch(e)(f"{where}: {what}: "
                                f"{msg.splitlines()[0] if msg else type(e).__name__}") from None
         _warn_nonfinite(path, state_dict)
         if rebuilt and frozen:
