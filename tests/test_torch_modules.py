@@ -508,17 +508,19 @@ def test_regulariser_values_the_float32_kernel_cannot_take(cls, kw, needle):
         m(torch.randn(T, N, C))
 
 
-@pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("cell, packed", [(c, p) for c in ("lstm_proj", "gru", "rnn_tanh")
+                                           for p in (False, True)] + [("lstm", True)])
 @pytest.mark.parametrize("xdt", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("state", [None, "float32", "bfloat16", "mixed"])
-@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
 def test_autocast_result_dtypes_are_torchs(cell, xdt, state, packed):
     """Under torch.autocast('cpu', dtype=torch.bfloat16) the results have torch.nn's dtypes
     (torch.nn run here, oneDNN off: a projected LSTM, the GRU and the RNN never use it): a
     projected LSTM's c_n and the GRU's output and h_n are in the dtype of the state carried
     (c_0 / h_0, else the input's). Before, the projected LSTM rounded c_n to bfloat16 and the
-    GRU always returned float32."""
+    GRU always returned float32. The plain LSTM with a PackedSequence (torch.nn's native cell,
+    not the oneDNN layer autocast lists): all three in the carried state's dtype (it had
+    returned bfloat16)."""
     cls, kw = CELLS[cell]
     ref, ours = twins(cls, dtype=torch.float32, **kw)
     lstm = cls == "LSTM"

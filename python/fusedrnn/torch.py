@@ -700,9 +700,13 @@ class _Base:
             f32 = lambda t: None if t is None else t.float()  # noqa: E731
             out, h_n, c_n = self._run(f32(x), f32(h0), f32(c0), lengths, params,
                                       precision="bfloat16")
-            if self.mode != "GRU" or carried is bf16:
+            # (a PackedSequence takes torch.nn's native LSTM cell, not the oneDNN layer that
+            # autocast lists: its c' and h' = o tanh(c') are in the carried state's dtype, as
+            # the GRU's; measured with torch 2.13 for every state and input dtype)
+            native = lstm and packed and self.proj_size == 0
+            if (self.mode != "GRU" and not native) or carried is bf16:
                 out, h_n = out.to(bf16), h_n.to(bf16)
-            if c_n is not None and (self.proj_size == 0 or carried is bf16):
+            if c_n is not None and ((self.proj_size == 0 and not native) or carried is bf16):
                 c_n = c_n.to(bf16)
 
         if packed:
