@@ -24,6 +24,13 @@ def _twin(layer, mod):
      lambda: fusedrnn.GRU(5, 9, num_layers=2, variant="reset_before")),
     (lambda: frt.RNN(5, 9, nonlinearity="relu", bidirectional=True),
      lambda: fusedrnn.RNN(5, 9, nonlinearity="relu", bidirectional=True)),
+    # issue 19's dropouts are off in eval mode, where the copy runs: the plain int8 forward
+    # (they had been refused)
+    (lambda: frt.LSTM(5, 9, num_layers=2, recurrent_dropout=0.3, input_dropout=0.1,
+                      weight_drop=0.2, dropout_masks="per_gate"),
+     lambda: fusedrnn.LSTM(5, 9, num_layers=2)),
+    (lambda: frt.GRU(5, 9, bidirectional=True, recurrent_dropout=0.3),
+     lambda: fusedrnn.GRU(5, 9, bidirectional=True)),
 ])
 def test_quantized_layer_is_the_frozen_int8_layer(make, twin):
     torch.manual_seed(0)
@@ -78,6 +85,10 @@ def test_quantize_dynamic_bad_requests():
         bad.weight_hh_l0[0, 0] = float("nan")
     with pytest.raises(ValueError, match="weight_hh_l0 has a non-finite"):
         frt.quantize_dynamic(bad)
+    for kw, name in ((dict(zoneout_h=0.1, recurrent_dropout=0.2), "zoneout_h"),
+                     (dict(layer_norm="haste"), "layer_norm")):
+        with pytest.raises(ValueError, match=f"LSTM with {name} has no int8 path"):
+            frt.quantize_dynamic(frt.LSTM(3, 4, **kw))
     q = frt.quantize_dynamic(frt.RNN(3, 4))
     q.train()
     with pytest.raises(ValueError, match="training=True"):

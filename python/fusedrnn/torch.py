@@ -1059,6 +1059,8 @@ class RNN(_Base, torch.nn.RNN):
 
 
 _FUSED = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
+# issue 19's options that eval mode turns off (quantize_dynamic's copies run in eval mode)
+_EVAL_OFF = frozenset(("recurrent_dropout", "input_dropout", "weight_drop", "dropout_masks"))
 
 
 def quantize_dynamic(module, *, inplace=False):
@@ -1077,7 +1079,10 @@ def quantize_dynamic(module, *, inplace=False):
     parameters (state_dict, export: export and torch.compile graphs run torch.nn's float32
     forward); the int8 weights are a snapshot, so later changes to the parameters do not reach
     them (quantise again). The layers run inference only: forward in train mode raises
-    ValueError; outputs carry no gradient. ``torch.save`` of the copy does not write the
+    ValueError; outputs carry no gradient. Issue 19's dropouts (recurrent_dropout,
+    input_dropout, weight_drop) are off in eval mode, so a layer with them quantises to the
+    plain int8 forward; layer norm and zoneout (whose eval forward is their expectation) raise
+    ValueError. ``torch.save`` of the copy does not write the
     snapshot: the file loads (fusedrnn installed or not) as torch.nn's layers with the float32
     parameters, in eval mode, computing torch.nn's float32 forward; call this function on the
     loaded model to run int8 again.
@@ -1119,7 +1124,10 @@ def quantize_dynamic(module, *, inplace=False):
         if not isinstance(m, _Base):
             continue
         where = f"{fn}: {type(m).__name__}"
-        reg = getattr(m, "_reg", ())
+        # (the dropouts are off in eval mode, where the copy runs: its forward is the plain
+        # one, as frozen(precision="int8") of the layer; layer norm and zoneout's expectation
+        # are not)
+        reg = [k for k in getattr(m, "_reg", ()) if k not in _EVAL_OFF]
         if reg:
             raise ValueError(f"{where} with {', '.join(reg)} has no int8 path")
         params = {n: p.detach() for n, p in m.named_parameters()}
@@ -1137,7 +1145,8 @@ def quantize_dynamic(module, *, inplace=False):
             twin = _layers.GRU(m.input_size, m.hidden_size,
                                variant=getattr(m, "variant", "reset_after"), **kw)
         else:
-            twin = _layers.RNN(m.input_size, m.hidden_size, nonlinearity=m.nonlinearity, **kw)
+            twin = _layers.RNN(m.input_size, m.hidden_size,   # (torch's forward runs mode)
+                               nonlinearity="relu" if m.mode == "RNN_RELU" else "tanh", **kw)
         twin.load_state_dict({n: p.numpy() for n, p in params.items()})
         m._int8 = twin.frozen(precision="int8")
         found += 1
