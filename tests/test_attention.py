@@ -62,6 +62,30 @@ def test_masks_and_weights(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("full", [True, False])
+def test_refilling_inputs_or_scaling_weights_changes_no_gradient(kind, full):
+    # the returned weights and the caller's query / keys were the arrays backward read: a
+    # plot's `w *= 100` moved d_query by 2e4, a refilled query buffer d_keys by 1.7
+    att, q, k, lengths, rng = setup(kind, Hk=4 if kind == "dot" else 5)
+    if full:
+        lengths = np.full_like(lengths, k.shape[0])          # (no padding: keys not copied)
+    r = rng.standard_normal((q.shape[0], q.shape[1], k.shape[2]))
+    att.forward(q, k, lengths)
+    want = att.backward(r)
+    grads = [p.grad.copy() for p in att.parameters()]
+    att.zero_grad()
+    _, w = att.forward(q, k, lengths)
+    w *= 100
+    q[...] = rng.standard_normal(q.shape)
+    k[...] = rng.standard_normal(k.shape)
+    got = att.backward(r)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    for p, g in zip(att.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_step_by_step_equals_batched(kind):
     """Decoding attends one query at a time through prepare()'s memory (and its select)."""
     att, q, k, lengths, _ = setup(kind, T=4)

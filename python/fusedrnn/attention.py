@@ -153,6 +153,8 @@ class Attention(Module):
         valid = np.arange(S)[None, :] < lengths[:, None]                       # [N, S]
         if not valid.all():     # padding may hold anything (even NaN): zero it
             keys = np.where(valid.T[:, :, None], keys, keys.dtype.type(0))
+        else:                   # (a copy either way: a caller refilling its keys array before
+            keys = keys.copy()  # backward must not change the gradients, as in the layers)
         bias = np.where(valid, 0.0, -np.inf)
         bias = bias.astype(self.dtype)[:, None, :]                             # [N, 1, S]
         if self.kind == "bahdanau":
@@ -216,7 +218,9 @@ class Attention(Module):
         weights /= weights.sum(axis=2, keepdims=True)
         kn = memory.keys.transpose(1, 0, 2)                                    # [N, S, Hk]
         context = np.ascontiguousarray((weights @ kn).transpose(1, 0, 2))      # [T, N, Hk]
-        self._cache = (query, memory, weights, hidden) if self.training else None
+        # the cache keeps its own query and weights: the caller may refill its query array or
+        # scale the returned weights (a plot) before backward, as with the layers
+        self._cache = (query.copy(), memory, weights.copy(), hidden) if self.training else None
         return context, weights
 
     def backward(self, d_context: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
