@@ -219,6 +219,22 @@ def test_torch_optimizer_state_dict_is_checked():
     with pytest.raises(ValueError, match=r"state\[1\]\['exp_avg_sq'\] must have shape"):
         ours.load_state_dict(sd)
     assert ours.state == {}                                 # nothing changed
+    # torch's Adam(decoupled_weight_decay=True) is AdamW's update: refused by Adam (it had
+    # loaded and then stepped 0.15 off torch's), taken by AdamW; the implementation options
+    # (foreach, fused, capturable, differentiable) are dropped
+    ts = [torch.nn.Parameter(torch.from_numpy(x)) for x in init(np.float32)]
+    decoupled = torch.optim.Adam(ts, lr=0.01, weight_decay=0.1, decoupled_weight_decay=True)
+    run_torch(ts, decoupled, 2, np.float32)
+    with pytest.raises(ValueError, match=r"decoupled_weight_decay=True .* load it into "
+                                         r"fusedrnn.optim.AdamW"):
+        ours.load_state_dict(decoupled.state_dict())
+    assert ours.state == {}
+    w = O.AdamW(ps, lr=0.01)
+    w.load_state_dict(decoupled.state_dict())
+    assert set(w.param_groups[0]) == {"params", "lr", "betas", "eps", "weight_decay",
+                                      "amsgrad", "maximize"}
+    with pytest.raises(ValueError, match="decoupled_weight_decay=False"):
+        w.load_state_dict(theirs.state_dict())
 
 
 @pytest.mark.parametrize("case", CASES[::3], ids=case_id)

@@ -281,7 +281,16 @@ class Optimizer:
                     raise ValueError(f"{fn}: param_groups[{gi}]['params'] must hold distinct "
                                      f"integer indices, got {idx!r}")
                 index[int(idx)] = p
-            hyper = {k: v for k, v in sg.items() if k != "params"}
+            hyper = {k: v for k, v in sg.items() if k != "params" and k not in _TORCH_ONLY}
+            if "decoupled_weight_decay" in hyper:
+                # torch's Adam(decoupled_weight_decay=True) is AdamW: the class decides it here
+                want = bool(hyper.pop("decoupled_weight_decay"))
+                if want != getattr(self, "_decoupled", False):
+                    raise ValueError(
+                        f"{fn}: param_groups[{gi}] has decoupled_weight_decay={want} (torch's "
+                        f"{'AdamW' if want else 'Adam'} update), which "
+                        f"{type(self).__name__} does not run: load it into "
+                        f"fusedrnn.optim.{'AdamW' if want else 'Adam'}")
             try:
                 hyper = self._validate(hyper)
             except KeyError as e:
@@ -318,6 +327,11 @@ class Optimizer:
             new_state[p] = entry
         self.param_groups[:] = new_groups
         self.state = new_state
+
+
+# torch.optim's group options that choose an implementation, not the update (the for-each,
+# fused and CUDA-graph-capturable kernels, autograd through the step): dropped on loading
+_TORCH_ONLY = frozenset(("foreach", "fused", "capturable", "differentiable"))
 
 
 def _torch_state_value(fn: str, name: str, key: str, v, dtype: np.dtype):
