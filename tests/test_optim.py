@@ -560,6 +560,15 @@ def test_scheduler_bad_arguments_raise():
     other = O.SGD([Parameter(np.zeros(2))], lr=0.1)
     with pytest.raises(ValueError, match="another optimizer"):
         O.SequentialLR(other, [O.StepLR(other, 2), b], milestones=[3])
+    # a SequentialLR after the first milestone had no closed form to restart from: a bare
+    # NotImplementedError at that step (torch's fails the same way); first place works
+    inner = O.SequentialLR(opt, [O.LinearLR(opt), O.StepLR(opt, 2)], milestones=[2])
+    with pytest.raises(ValueError, match=r"schedulers\[1\] is a SequentialLR; one may come "
+                                         r"first only"):
+        O.SequentialLR(opt, [O.LinearLR(opt), inner], milestones=[3])
+    outer = O.SequentialLR(opt, [inner, O.StepLR(opt, 2)], milestones=[3])
+    for _ in range(5):
+        outer.step()
 
 
 @pytest.mark.parametrize("opt", ["SGD", "Adam", "RMSprop"])

@@ -41,7 +41,17 @@ Loss = Union[float, np.ndarray]
 
 
 # -- argument checks -----------------------------------------------------------------------------
+def _refuse_masked(fn: str, name: str, x) -> None:
+    """A numpy masked array's mask is not a loss mask: the losses would read every element (a
+    cross-entropy over the padding too); refused, pointing to lengths= / mask=."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{fn}: {name} is a numpy masked array, whose mask the loss would "
+                        f"ignore; pass a plain array (x.data) and give the valid positions "
+                        f"with lengths= or mask= where the loss takes them")
+
+
 def _float_array(fn: str, name: str, x, shape_hint: str) -> np.ndarray:
+    _refuse_masked(fn, name, x)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a float32 or float64 numpy array {shape_hint}, "
                         f"got {type(x).__name__}")
@@ -52,6 +62,7 @@ def _float_array(fn: str, name: str, x, shape_hint: str) -> np.ndarray:
 
 def _int_array(fn: str, name: str, x, shape: Tuple[int, ...]) -> np.ndarray:
     """An integer numpy array of exactly ``shape`` (lists of ints are accepted for lengths)."""
+    _refuse_masked(fn, name, x)
     if isinstance(x, (list, tuple)):
         if any(isinstance(v, (bool, np.bool_)) for v in x):   # (np.asarray makes True an int)
             raise TypeError(f"{fn}: {name} must hold integers, got a bool in {list(x)!r}")
@@ -91,6 +102,7 @@ def _lengths(fn: str, lengths, T: int, N: int, *, minimum: int = 0) -> np.ndarra
 
 def _mask(fn: str, mask, want: str, ok_shape) -> np.ndarray:
     """A boolean copy/view of a bool or 0/1 mask; ``ok_shape(shape)`` says if its shape fits."""
+    _refuse_masked(fn, "mask", mask)
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"{fn}: mask must be a numpy array (bool, or 0/1 numbers) of shape "
                         f"{want}, got {type(mask).__name__}")
@@ -174,6 +186,8 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     if logits.ndim == 0:
         raise ValueError(f"{fn}: logits must have at least one axis, got a 0-d array")
     axis = _axis(fn, axis, logits.ndim)
+    if logits.shape[axis] == 0:     # (an empty result, as torch's; max() has no identity)
+        return logits.copy()
     e = logits - logits.max(axis=axis, keepdims=True)
     np.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
@@ -187,6 +201,8 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     if logits.ndim == 0:
         raise ValueError(f"{fn}: logits must have at least one axis, got a 0-d array")
     axis = _axis(fn, axis, logits.ndim)
+    if logits.shape[axis] == 0:     # (an empty result, as torch's; max() has no identity)
+        return logits.copy()
     shifted = logits - logits.max(axis=axis, keepdims=True)
     lse = np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
     shifted -= lse
@@ -289,6 +305,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray, *, mask: Optional[np.
 
 # -- last valid step ---------------------------------------------------------------------------
 def _seq_shape(fn: str, name: str, x, time_axis: int) -> Tuple[int, int]:
+    _refuse_masked(fn, name, x)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy array [T, N, ...] (time_axis=0) or "
                         f"[N, T, ...] (time_axis=1), got {type(x).__name__}")
@@ -328,6 +345,7 @@ def scatter_last_step(d: np.ndarray, lengths, T: int, *, time_axis: int = 0) -> 
     time_axis=1), zero everywhere except dx[lengths[n] - 1, n] = d[n]. lengths None: all T."""
     fn = "scatter_last_step"
     time_axis = _time_axis(fn, time_axis)
+    _refuse_masked(fn, "d", d)
     if not isinstance(d, np.ndarray):
         raise TypeError(f"{fn}: d must be a numpy array [N, ...], got {type(d).__name__}")
     if d.ndim < 1:
@@ -402,6 +420,7 @@ def mse(pred: np.ndarray, target: np.ndarray, *, mask: Optional[np.ndarray] = No
     """
     fn = "mse"
     _float_array(fn, "pred", pred, "[...]")
+    _refuse_masked(fn, "target", target)
     if not isinstance(target, np.ndarray):
         raise TypeError(f"{fn}: target must be a numpy array of dtype {pred.dtype}, "
                         f"got {type(target).__name__}")

@@ -908,6 +908,13 @@ class SequentialLR(LRScheduler):
                                 f"got {type(s).__name__}")
             if s.optimizer is not optimizer:
                 raise ValueError(f"{fn}: schedulers[{i}] belongs to another optimizer")
+            if i > 0 and isinstance(s, SequentialLR):
+                # (at its milestone a scheduler restarts from its closed form at epoch 0,
+                # which a SequentialLR has not: torch's fails there, mid-training, with a
+                # bare NotImplementedError)
+                raise ValueError(f"{fn}: schedulers[{i}] is a SequentialLR; one may come first "
+                                 f"only: list its schedulers and milestones in this one "
+                                 f"instead")
         milestones = list(milestones)
         if len(milestones) != len(schedulers) - 1:
             raise ValueError(f"{fn}: milestones must have len(schedulers) - 1 = "
