@@ -427,3 +427,73 @@ def test_truncated_backward_and_flush_grads(name, cls, kw):
             res[defer, how] = flat.copy()
     np.testing.assert_array_equal(res[False, "flush_grads"], res[True, "flush_grads"])
     np.testing.assert_array_equal(res[False, "flush_grads"], res[True, "release_buffers"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_own_pending_terms_land_before_the_same_cell_adds_at_once(dtype):
+    """A truncated backward at N = 2 leaves terms pending; the cell's next loop runs at N = 16,
+    where the backward adds at each step: the pending terms are applied first (they had landed
+    after the N = 16 additions: 131 of 252 elements off by rounding)."""
+    res = {}
+    for defer in (False, True):
+        cell = _make(fusedrnn.LSTMCell, {}, defer, dtype)
+        _backward_steps(cell, _forward(cell, _xs(6, 2, dtype)), 3)
+        cell.clear_tape()
+        _backward_steps(cell, _forward(cell, _xs(3, 16, dtype, seed=1)), 3, seed=6)
+        res[defer] = _grads(cell)
+    _same(res[False], res[True])
+
+
+def test_grad_read_in_another_thread_at_a_batchs_first_step_loses_no_term():
+    """A reader's grad at the first deferred step of a batch (its Parameters marked, its step
+    count still 0 while the kernel runs without the GIL) had dropped the marker without applying
+    anything, and the batch's later steps were never applied by a read of grad (a truncated
+    backward left them pending for good). The read now waits for the step in flight."""
+    import threading
+    ref = _make(fusedrnn.GRUCell, {}, False, size=(64, 256))
+
+    def train(cell):
+        xs = _xs(20, 1, "float32", c=64)
+        _backward_steps(cell, _forward(cell, xs), 19)
+
+    train(ref)
+    for trial in range(12):
+        cell = _make(fusedrnn.GRUCell, {}, True, size=(64, 256))
+        done = threading.Event()
+
+        def reader():
+            while not done.is_set():
+                cell.weight_hh.grad   # noqa: B018
+
+        t = threading.Thread(target=reader)
+        t.start()
+        try:
+            train(cell)
+        finally:
+            done.set()
+            t.join()
+        # weight_hh's grad first: reading weight_ih's would apply the whole batch for both
+        np.testing.assert_array_equal(cell.weight_hh.grad, ref.weight_hh.grad)
+        _same(_grads(ref), _grads(cell))
+
+
+@pytest.mark.parametrize("N", [1, 16])
+@pytest.mark.parametrize("which", ["weight_ih", "bias_hh"])
+def test_read_only_grad_is_refused_before_the_step_is_consumed(N, which):
+    """A grad array made read-only in place: the backward raises naming the Parameter's grad
+    before the step leaves the tape (it had said 'dw_ih must be writeable' after popping it, so
+    a retry differentiated the wrong step)."""
+    cell = _make(fusedrnn.GRUCell, {}, True)
+    outs = _forward(cell, _xs(2, N, "float32"))
+    p = getattr(cell, which)
+    p.grad.flags.writeable = False
+    with pytest.raises(ValueError, match=f"GRUCell.backward: {which}.grad is read-only"):
+        cell.backward(np.ones((N, H), np.float32))
+    assert len(cell._tape) == 2
+    p.grad = p.grad.copy()
+    ref = _make(fusedrnn.GRUCell, {}, True)
+    _forward(ref, _xs(2, N, "float32"))
+    for c in (cell, ref):
+        c.backward(np.ones((N, H), np.float32))
+        c.backward(np.ones((N, H), np.float32))
+    _same(_grads(ref), _grads(cell))

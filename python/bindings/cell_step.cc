@@ -554,8 +554,14 @@ py::object forward(Plan& p, PyObject* x, PyObject* state, PyObject* tape, long l
 // the marker).
 template <typename S>
 bool prepare_defer(Plan& p, std::int64_t N, const py::object* g, int threads) {
-  if (p.owner.is_none() || N > kDeferMaxN) return false;
+  if (p.owner.is_none()) return false;
   Defer& q = p.defer;
+  if (N > kDeferMaxN) {
+    // this step adds at once: this cell's own pending terms first, as they were made (they had
+    // landed after it, at the loop's end: other bits than adding step by step)
+    if (q.steps > 0) apply_deferred<S>(p);
+    return false;
+  }
   // per step: at most A [N, G*H] twice (dw_ih's and dw_hh's; the GRU reset_before's two dw_hh
   // terms split one), x [N, C], the state [N, R] and the GRU's r*h [N, H]
   const std::size_t bound =

@@ -420,8 +420,12 @@ class _CellBase(Module):
         fused optimiser) is complete only after this call or a backward that empties the
         tape."""
         plan = self.__dict__.get("_plan")
-        if plan is None or not _core.cell_pending_steps(plan):
+        if plan is None:
             return
+        # Under the lock, always: a backward step in flight in another thread holds it from
+        # before it marks the Parameters (Parameter.grad has just cleared the marker, calling
+        # this) until its terms are counted; waiting for it, then applying the plan's batch
+        # (even an empty one, whose marks it drops), keeps every term reachable through grad.
         with _GRAD_LOCK:
             _core.cell_flush(plan)
 
@@ -706,6 +710,15 @@ class _CellBase(Module):
         step_x, step_cache, has_state = self._tape[-1]
         N, H, R, lstm = step_x.shape[0], self.hidden_size, self.state_size, self._mode == "LSTM"
         dt = self.dtype
+        # the arrays the kernel adds into, before the step leaves the tape (a grad made
+        # read-only in place, `p.grad.flags.writeable = False`, passes Parameter's own check)
+        for name in self._ORDER:
+            p = self._parameters.get(name)
+            if p is not None and not p.grad.flags.writeable:
+                raise ValueError(f"{type(self).__name__}.backward: {name}.grad is read-only "
+                                 f"(its writeable flag was cleared); the cell adds into it: give "
+                                 f"it a writeable array (p.grad = p.grad.copy()); the step stays "
+                                 f"on the tape")
         dh_n = d_h if d_h is None or _ready(d_h, dt, (N, R)) else \
             self._check_array(fn, "d_h", d_h, (N, R))
         dc_n = None
