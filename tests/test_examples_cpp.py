@@ -82,11 +82,27 @@ def files(tmp_path_factory):
                          proj_size=3, layer_norm="haste", zoneout_h=0.1)
     fusedrnn.save(str(d / "lnp.safetensors"), lnp)
     p["lnp"] = d / "lnp.safetensors"
+    # dropout = 1 between layers (torch's top value; training only, recorded and ignored here)
+    drop1 = RecurrentModel("gru", input_size=1, hidden_size=8, output_size=1, seed=0,
+                           num_layers=2, dropout=1.0)
+    fusedrnn.save(str(d / "drop1.safetensors"), drop1)
+    p["drop1"] = d / "drop1.safetensors"
+    # the recogniser with issue 19's options (`--layer-norm haste --recurrent-dropout 0.2`):
+    # its config keeps them in an "options" object, which the C++ loader had refused
+    ctco = CtcRecognizer(F, K, hidden=8, layers=1, cell="lstm", seed=1,
+                         options={"layer_norm": "haste", "recurrent_dropout": 0.2})
+    ctco.eval()
+    dec = ctc_greedy_decode(ctco.forward(x, lengths), lengths)
+    fusedrnn.save(str(d / "ctc_opts.safetensors"), ctco, task="recognise")
+    p["ctc_opts"] = d / "ctc_opts.safetensors"
+    feat("good_opts", labels=np.array([v for dd in dec for v in dd], np.int64),
+         label_counts=np.array([len(dd) for dd in dec], np.int64))
     return p
 
 
-def test_ctc_decode_runs_and_matches_its_reference(files):
-    r = _run("ctc_decode", files["ctc"], files["good"])
+@pytest.mark.parametrize("model, feats", [("ctc", "good"), ("ctc_opts", "good_opts")])
+def test_ctc_decode_runs_and_matches_its_reference(files, model, feats):
+    r = _run("ctc_decode", files[model], files[feats])
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("[reference: equal]") == N
 
@@ -135,6 +151,8 @@ def test_stream_refuses_a_bidirectional_model_and_runs_a_projected_layer_norm_on
     r = _run("stream", files["bi"], 10)
     assert r.returncode == 2 and "bidirectional" in r.stderr, (r.returncode, r.stderr)
     r = _run("stream", files["lnp"], 50)
+    assert r.returncode == 0 and "over 50 steps" in r.stdout, r.stderr
+    r = _run("stream", files["drop1"], 50)     # (dropout = 1 had been refused: [0, 1))
     assert r.returncode == 0 and "over 50 steps" in r.stdout, r.stderr
 
 

@@ -428,22 +428,46 @@ void check_errors() {
   }
 
   {
-    // int8: a non-finite weight is refused when the Stream is made (its first step quantises
-    // the weights; a throw there would go through noexcept step() and abort)
+    // int8: what the int8 kernels refuse at their call (a non-finite weight_ih / weight_hh, an
+    // input or hidden size over 133,144) is refused when the int8 Model is made: a Stream's
+    // step() cannot throw (it had aborted the program), and Model::forward had thrown after
+    // earlier layers wrote their final states
     Spec ls;
+    ls.num_layers = 2;
     auto t = testutil::model_tensors<float>(ls, 5);
     for (auto& tensor : t)
-      if (tensor.name == "rnn.weight_hh_l0") {
+      if (tensor.name == "rnn.weight_hh_l1") {
         const float nan = std::numeric_limits<float>::quiet_NaN();
         std::memcpy(tensor.bytes.data() + 7 * sizeof(float), &nan, sizeof(float));
       }
     const auto b = testutil::checkpoint_of(ls, t);
-    const Model q = Model::from_bytes(b.data(), b.size(), "nan", fusedrnn::Precision::int8);
-    expect_throw<std::invalid_argument>("an int8 Stream of a NaN weight_hh is refused when made",
-                                        [&] { fusedrnn::Stream<float> s(q); },
-                                        "weight_hh_l0, which has a non-finite value at flat "
+    expect_throw<std::invalid_argument>("an int8 Model of a NaN weight_hh is refused when loaded",
+                                        [&] {
+                                          Model::from_bytes(b.data(), b.size(), "nan",
+                                                            fusedrnn::Precision::int8);
+                                        },
+                                        "weight_hh_l1, which has a non-finite value at flat "
                                         "index 7");
     const Model f = Model::from_bytes(b.data(), b.size(), "nan");   // float32: NaN out, no throw
+    expect_throw<std::invalid_argument>("with_precision(int8) of a NaN weight_hh is refused",
+                                        [&] { (void)f.with_precision(fusedrnn::Precision::int8); },
+                                        "precision int8 quantises weight_hh_l1");
+    {
+      Spec wide;
+      wide.cell = "rnn", wide.bare = true, wide.input_size = 133145, wide.hidden_size = 1;
+      const auto wb = testutil::checkpoint_of(wide, testutil::model_tensors<float>(wide, 3));
+      expect_throw<std::invalid_argument>("an int8 Model wider than the s32 sums is refused",
+                                          [&] {
+                                            Model::from_bytes(wb.data(), wb.size(), "wide",
+                                                              fusedrnn::Precision::int8);
+                                          },
+                                          "input_size and hidden_size <= 133144");
+      const Model wf = Model::from_bytes(wb.data(), wb.size(), "wide");   // float32 runs
+      fusedrnn::Stream<float> ws(wf);
+      std::vector<float> wx(133145, 0.5f), wy(1);
+      ws.step(wx.data(), wy.data());
+      report(std::isfinite(wy[0]), "a float32 Stream of a 133,145-wide RNN runs");
+    }
     fusedrnn::Stream<float> fs(f);
     std::vector<float> xs(std::size_t(ls.input_size), 0.5f), ys(std::size_t(ls.output_size));
     fs.step(xs.data(), ys.data());

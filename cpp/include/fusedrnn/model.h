@@ -37,7 +37,10 @@
 // embedding and the head stay float32. Precision::int8 likewise runs the int8 inference kernels
 // (s8 weights with per-output-row scales, quantised when a forward first packs them; activations
 // quantised per row; s32 sums; fp32 gates and outputs), bitwise Python's frozen(precision=
-// "int8") on the same machine. bfloat16 or int8 with a float64 model is std::invalid_argument.
+// "int8") on the same machine. bfloat16 or int8 with a float64 model is std::invalid_argument,
+// and so is int8 (at load / with_precision, before any forward) for a model whose weight_ih or
+// weight_hh holds a non-finite value or whose input or hidden size exceeds 133,144 (the widest
+// product whose int32 sums of 127^2 terms stay exact).
 //
 // Threads: a Model is immutable after loading; share it freely. Concurrent forward calls need
 // their own Context. Errors: CheckpointError, ConfigError (see errors.h); bad call arguments

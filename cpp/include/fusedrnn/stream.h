@@ -72,9 +72,8 @@ template <typename Scalar>
 class FUSEDRNN_API Stream {
  public:
   // ConfigError for a bidirectional model (a step needs the future); std::invalid_argument if
-  // Scalar is not the model's dtype or batch < 1, or for an int8 Model whose weight_ih or
-  // weight_hh holds a non-finite value (quantisation refuses it; Model::forward throws the
-  // same). The state starts at zero.
+  // Scalar is not the model's dtype or batch < 1 (an int8 Model refused a non-finite weight_ih
+  // or weight_hh, and sizes over 133,144, when it was made). The state starts at zero.
   explicit Stream(const Model& model, std::int64_t batch = 1);
   // The same with options (StreamOptions::fast).
   Stream(const Model& model, std::int64_t batch, const StreamOptions& options);

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "kernels/fpenv.h"
+#include "lowp/lowp.h"
 #include "fusedrnn/fusedrnn.h"
 #include "fusedrnn/ctc.h"
 #include "model_impl.h"
@@ -157,8 +158,8 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
   c.num_layers = r.integer(ctc_rec ? "layers" : "num_layers", 1, 1);
   if (c.num_layers > 4096) r.fail("num_layers " + std::to_string(c.num_layers) + " is too large");
   c.bidirectional = r.boolean("bidirectional", ctc_rec);
-  c.dropout = r.number("dropout", 0.0);
-  if (!(c.dropout >= 0 && c.dropout < 1)) r.fail("dropout must be in [0, 1)");
+  c.dropout = r.number("dropout", 0.0);  // (training only: recorded, checked, not used)
+  if (!(c.dropout >= 0 && c.dropout <= 1)) r.fail("dropout must be in [0, 1]");  // torch's range
   const bool lstm_keys = (model && !ctc_rec) || (!model && c.cell == CellType::lstm);
   if (lstm_keys) {
     c.proj_size = r.integer("proj_size", 0, 0);
@@ -189,9 +190,11 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
     if (c.cell == CellType::rnn)
       c.nonlinearity = v == "tanh" ? Nonlinearity::tanh : Nonlinearity::relu;
   }
-  if (!ctc_rec) {  // issue 19's options (CtcRecognizer: unknown keys)
+  // issue 19's options: in the config itself (RecurrentModel, the layers), or in the
+  // CtcRecognizer's "options" object (`fusedrnn train --task recognise --layer-norm ...`)
+  auto regularisers = [&c](ConfigReader& o) {
     const char* set = nullptr;  // the first option that is set, for the errors below
-    const JsonValue* ln = r.get("layer_norm");
+    const JsonValue* ln = o.get("layer_norm");
     if (ln && !ln->is_null()) {
       const std::string v = ln->is_string() ? ln->as_string() : ln->dump().substr(0, 60);
       if (v == "haste")
@@ -199,27 +202,27 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
       else if (v == "tfa")
         c.layer_norm = LayerNorm::tfa;
       else
-        r.fail("layer_norm must be null, 'haste' or 'tfa', got " + quoted(v));
+        o.fail("layer_norm must be null, 'haste' or 'tfa', got " + quoted(v));
       set = "layer_norm";
     }
-    c.ln_eps = r.number("ln_eps", 1e-5);
-    if (!(c.ln_eps > 0 && c.ln_eps < HUGE_VAL)) r.fail("ln_eps must be a finite number > 0");
-    if (c.ln_eps != 1e-5 && c.layer_norm == LayerNorm::none) r.fail("ln_eps needs layer_norm");
+    c.ln_eps = o.number("ln_eps", 1e-5);
+    if (!(c.ln_eps > 0 && c.ln_eps < HUGE_VAL)) o.fail("ln_eps must be a finite number > 0");
+    if (c.ln_eps != 1e-5 && c.layer_norm == LayerNorm::none) o.fail("ln_eps needs layer_norm");
     for (auto [key, slot] : {std::pair<const char*, double*>{"zoneout_h", &c.zoneout_h},
                              {"zoneout_c", &c.zoneout_c},
                              {"recurrent_dropout", &c.recurrent_dropout},
                              {"input_dropout", &c.input_dropout},
                              {"weight_drop", &c.weight_drop}}) {
-      *slot = r.number(key, 0.0);
-      if (!(*slot >= 0 && *slot < 1)) r.fail(std::string(key) + " must be in [0, 1)");
+      *slot = o.number(key, 0.0);
+      if (!(*slot >= 0 && *slot < 1)) o.fail(std::string(key) + " must be in [0, 1)");
       if (*slot > 0 && !set) set = key;
     }
     // dropout_masks (training only: how the dropout masks are drawn), checked and not used
-    const std::string dm = r.string("dropout_masks", "shared");
+    const std::string dm = o.string("dropout_masks", "shared");
     if (dm != "shared" && dm != "per_gate")
-      r.fail("dropout_masks must be 'shared' or 'per_gate', got " + quoted(dm));
+      o.fail("dropout_masks must be 'shared' or 'per_gate', got " + quoted(dm));
     if (set && c.cell == CellType::rnn)
-      r.fail(std::string(set) + " needs cell 'lstm' or 'gru' (the regularised kernels)");
+      o.fail(std::string(set) + " needs cell 'lstm' or 'gru' (the regularised kernels)");
     // layer norm and zoneout change the inference (the regularised kernel, which projects but
     // has no peepholes or reset-before GRU); the dropouts alone are the plain model here
     const char* kset = c.layer_norm != LayerNorm::none ? "layer_norm"
@@ -227,13 +230,21 @@ ModelConfig parse_config(const JsonValue& cfg, const std::string& where) {
                        : c.zoneout_c > 0              ? "zoneout_c"
                                                       : nullptr;
     if (kset && c.cell == CellType::lstm && c.peepholes)
-      r.fail(std::string(kset) + " cannot be combined with peepholes");
+      o.fail(std::string(kset) + " cannot be combined with peepholes");
     if (c.cell == CellType::gru && c.layer_norm == LayerNorm::tfa)
-      r.fail("layer_norm 'tfa' needs cell 'lstm' (the GRU has haste's placement only)");
+      o.fail("layer_norm 'tfa' needs cell 'lstm' (the GRU has haste's placement only)");
     if (c.cell == CellType::gru && c.zoneout_c > 0)
-      r.fail("zoneout_c needs cell 'lstm' (the GRU has no cell state)");
+      o.fail("zoneout_c needs cell 'lstm' (the GRU has no cell state)");
     if (kset && c.cell == CellType::gru && c.variant != GruVariant::reset_after)
-      r.fail(std::string(kset) + " needs variant 'reset_after'");
+      o.fail(std::string(kset) + " needs variant 'reset_after'");
+  };
+  if (!ctc_rec) {
+    regularisers(r);
+  } else if (const JsonValue* opts = r.get("options"); opts && !opts->is_null()) {
+    if (!opts->is_object()) r.fail("options must be an object, got " + opts->dump().substr(0, 60));
+    ConfigReader o(*opts, where);  // (its keys as the flat config's, in "options")
+    regularisers(o);
+    o.check_unknown();
   }
   if (!ctc_rec) r.string("init", "pytorch");  // initialisation only
   {
@@ -626,6 +637,39 @@ void* Context::reserve(std::size_t bytes) {
 // ---------------------------------------------------------------------------------------------
 // Model
 
+namespace {
+// What the int8 kernels refuse at their call, refused here, once: Model::forward would have
+// thrown after earlier layers had written their final states, and a Stream's step(), which
+// cannot throw, terminated the program (the depth bound is checked at every call; the weights
+// of a Model never change).
+void check_int8_weights(const detail::ModelImpl& m) {
+  const ModelConfig& c = m.config;
+  const std::int64_t H = c.hidden_size, R = c.state_size();
+  const std::int64_t G = c.cell == CellType::lstm ? 4 : c.cell == CellType::gru ? 3 : 1;
+  const int D = c.num_directions();
+  for (std::size_t l = 0; l < m.layers.size(); ++l) {
+    const detail::LayerWeights& w = m.layers[l];
+    const std::string name = "_l" + std::to_string(l / D) + (l % D ? "_reverse" : "");
+    if (std::max(w.C, H) > lowp::kMaxS8Depth)
+      throw std::invalid_argument(
+          "fusedrnn::Model: precision int8 needs input_size and hidden_size <= " +
+          std::to_string(lowp::kMaxS8Depth) + " (the int32 sums of 127^2 products), got " +
+          std::to_string(w.C) + " and " + std::to_string(H) + " in layer " +
+          std::to_string(l / D));
+    const std::int64_t counts[2] = {G * H * w.C, G * H * R};
+    const float* tensors[2] = {static_cast<const float*>(w.w_ih),
+                               static_cast<const float*>(w.w_hh)};
+    const char* names[2] = {"weight_ih", "weight_hh"};
+    for (int k = 0; k < 2; ++k)
+      for (std::int64_t i = 0; i < counts[k]; ++i)
+        if (!std::isfinite(tensors[k][i]))
+          throw std::invalid_argument(std::string("fusedrnn::Model: precision int8 quantises ") +
+                                      names[k] + name + ", which has a non-finite value at "
+                                      "flat index " + std::to_string(i));
+  }
+}
+}  // namespace
+
 Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
     : impl_(std::move(impl)), precision_(precision) {
   if (precision != Precision::float32 && precision != Precision::bfloat16 &&
@@ -643,7 +687,10 @@ Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
                       " has no path for layer_norm or zoneout (issue 19's regularised kernels "
                       "are float32 / float64); load with "
                       "Precision::float32");
+  if (precision == Precision::int8) check_int8_weights(*impl_);
 }
+
+
 
 Model Model::from_tensor_file(const TensorFile& file, Precision precision) {
   return Model(build(file), precision);

@@ -263,26 +263,11 @@ void Stream<Scalar>::Impl::init_lowp() {
   const detail::ModelImpl& m = *model.impl();
   lowp = true;
   precision = model.precision();
-  const std::int64_t G = c.cell == CellType::lstm ? 4 : c.cell == CellType::gru ? 3 : 1;
   for (std::size_t l = 0; l < m.layers.size(); ++l) {
     const detail::LayerWeights& w = m.layers[l];
     const Dims d{1, N, w.C, H, c.cell == CellType::lstm ? c.proj_size : 0};
-    if (precision == Precision::int8) {
-      // The first step packs (quantises) the weights, which refuses non-finite values by
-      // throwing: refused here instead, as step() and process() cannot throw.
-      const std::int64_t counts[2] = {G * H * w.C, G * H * R};
-      const void* tensors[2] = {w.w_ih, w.w_hh};
-      const char* names[2] = {"weight_ih", "weight_hh"};
-      for (int k = 0; k < 2; ++k) {
-        const Scalar* v = static_cast<const Scalar*>(tensors[k]);
-        for (std::int64_t i = 0; i < counts[k]; ++i)
-          if (!std::isfinite(v[i]))
-            throw std::invalid_argument(
-                std::string("fusedrnn::Stream: precision int8 quantises ") + names[k] + "_l" +
-                std::to_string(l) + ", which has a non-finite value at flat index " +
-                std::to_string(i));
-      }
-    }
+    // (an int8 Model refused, when it was made, what the first step's quantisation and the
+    // kernels would throw at: step() and process() cannot)
     const std::size_t n =
         c.regularised_kernel() ? (c.cell == CellType::lstm ? lstm_ln_forward_workspace_size(d)
                                                            : gru_ln_forward_workspace_size(d))
