@@ -154,6 +154,19 @@ def test_save_layer_and_refusals(tmp_path):
     assert not (tmp_path / "q.weights.h5").exists()
 
 
+def test_save_failure_leaves_no_temporary(tmp_path):
+    # (as the ONNX export: a unique temporary next to the file, removed on failure)
+    layer = fusedrnn.LSTM(3, 4)
+    (tmp_path / "d.weights.h5").mkdir()
+    (tmp_path / "d.weights.h5.tmp").write_text("precious")
+    with pytest.raises(OSError, match=r"cannot write .*d\.weights\.h5: it is a directory"):
+        fk.save(layer, tmp_path / "d.weights.h5")
+    with pytest.raises(OSError, match=r"cannot write .*x\.weights\.h5"):
+        fk.save(layer, tmp_path / "missing" / "x.weights.h5")
+    assert sorted(os.listdir(tmp_path)) == ["d.weights.h5", "d.weights.h5.tmp"]
+    assert (tmp_path / "d.weights.h5.tmp").read_text() == "precious"
+
+
 @pytest.mark.parametrize("variant", ["reset_after", "reset_before"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_gru_without_bias_round_trip(tmp_path, variant, bidirectional):

@@ -1,6 +1,8 @@
 """fusedrnn.onnx: export checked by onnx.checker and ONNX Runtime, import of our own exports
 (bitwise round trip of the parameters), of torch.onnx.export outputs and of ORT's int8
 DynamicQuantizeLSTM; bad graphs and corrupt files raise OnnxImportError."""
+import os
+
 import numpy as np
 import pytest
 
@@ -193,6 +195,22 @@ def test_export_recurrent_model_tokens_and_features(tmp_path, cell):
         for g, w in zip(got, want):
             assert g.shape == w.shape
             assert _rel(g, w) <= RTOL
+
+
+def test_export_failure_leaves_no_temporary(tmp_path):
+    # export wrote a fixed OUT.tmp: a failed write left it behind and an existing file of that
+    # name was overwritten; now a unique temporary, removed on failure (io's atomic writer)
+    layer = fusedrnn.GRU(3, 4)
+    (tmp_path / "d.onnx").mkdir()
+    (tmp_path / "d.onnx.tmp").write_text("precious")
+    with pytest.raises(OSError, match=r"cannot write .*d\.onnx: it is a directory"):
+        fonnx.export(layer, tmp_path / "d.onnx")
+    with pytest.raises(OSError, match=r"cannot write .*x\.onnx: No such file or directory"):
+        fonnx.export(layer, tmp_path / "missing" / "x.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["d.onnx", "d.onnx.tmp"]
+    assert (tmp_path / "d.onnx.tmp").read_text() == "precious"
+    fonnx.export(layer, tmp_path / "ok.onnx")
+    assert sorted(os.listdir(tmp_path)) == ["d.onnx", "d.onnx.tmp", "ok.onnx"]
 
 
 def test_export_batch_first_and_no_bias(tmp_path):

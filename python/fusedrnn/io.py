@@ -185,12 +185,13 @@ def _remove_stale_tmp(directory: str, base: str) -> None:
                 pass
 
 
-def _atomic_write(path: str, write, nbytes: Optional[int] = None) -> None:
+def _atomic_write(path: str, write, nbytes: Optional[int] = None, by_path: bool = False) -> None:
     """Calls ``write(f)`` on a temporary file next to the target, fsyncs it and renames it onto
     the target. The target is ``path``, or the file a symbolic link ``path`` points to (the
     link stays a link); an existing target keeps its permission bits. On any failure the
     temporary file is removed, the target is untouched, and an OSError is raised as
-    :class:`WriteError` naming ``path`` (and ``nbytes``, the size the file needs)."""
+    :class:`WriteError` naming ``path`` (and ``nbytes``, the size the file needs).
+    ``by_path``: ``write(tmp_path)`` for writers that open the file themselves (h5py)."""
     target = os.path.realpath(path) if os.path.islink(path) else path
     if os.path.isdir(target):
         raise WriteError(errno.EISDIR, f"cannot write {path}: it is a directory", path)
@@ -221,9 +222,15 @@ def _atomic_write(path: str, write, nbytes: Optional[int] = None) -> None:
             raise FileExistsError(errno.EEXIST, "no free temporary file name")
         try:
             with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
+                if by_path:
+                    f.close()
+                    write(tmp)
+                    with open(tmp, "rb+") as g:
+                        os.fsync(g.fileno())
+                else:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())
             if mode is not None:
                 os.chmod(tmp, mode)
             os.replace(tmp, target)

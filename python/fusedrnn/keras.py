@@ -583,51 +583,55 @@ def save(model, path) -> None:
         inv[k] = j
     L, D = rnn.num_layers, rnn.num_directions
     p = {k: v.data for k, v in rnn.named_parameters()}
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        if cell == "gru":
-            f.attrs[_VARIANT_ATTR] = rnn.variant
-        layers = f.create_group("layers")
-        f.create_group("vars").attrs["name"] = "sequential"
 
-        def vars_(group, name, arrays):
-            v = group.create_group("vars")
-            v.attrs["name"] = name
-            for i, a in enumerate(arrays):
-                v.create_dataset(str(i), data=np.ascontiguousarray(a))
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            if cell == "gru":
+                f.attrs[_VARIANT_ATTR] = rnn.variant
+            layers = f.create_group("layers")
+            f.create_group("vars").attrs["name"] = "sequential"
 
-        if embed is not None:
-            vars_(layers.create_group("embedding"), "embedding", [embed.weight.data])
-        snake = _SNAKE[cell]
-        for k in range(L):
-            name = ("bidirectional" if D == 2 else snake) + (f"_{k}" if k else "")
-            g = layers.create_group(name)
-            for d in range(D):
-                sfx = f"_l{k}" + ("_reverse" if d else "")
-                arrays = [_blocks(p["weight_ih" + sfx], inv).T,
-                          _blocks(p["weight_hh" + sfx], inv).T]
-                if rnn.bias:
-                    b_ih, b_hh = _blocks(p["bias_ih" + sfx], inv), _blocks(p["bias_hh" + sfx],
-                                                                          inv)
-                    if cell == "gru" and rnn.variant == "reset_after":
-                        arrays.append(np.stack([b_ih, b_hh]))
+            def vars_(group, name, arrays):
+                v = group.create_group("vars")
+                v.attrs["name"] = name
+                for i, a in enumerate(arrays):
+                    v.create_dataset(str(i), data=np.ascontiguousarray(a))
+
+            if embed is not None:
+                vars_(layers.create_group("embedding"), "embedding", [embed.weight.data])
+            snake = _SNAKE[cell]
+            for k in range(L):
+                name = ("bidirectional" if D == 2 else snake) + (f"_{k}" if k else "")
+                g = layers.create_group(name)
+                for d in range(D):
+                    sfx = f"_l{k}" + ("_reverse" if d else "")
+                    arrays = [_blocks(p["weight_ih" + sfx], inv).T,
+                              _blocks(p["weight_hh" + sfx], inv).T]
+                    if rnn.bias:
+                        b_ih = _blocks(p["bias_ih" + sfx], inv)
+                        b_hh = _blocks(p["bias_hh" + sfx], inv)
+                        if cell == "gru" and rnn.variant == "reset_after":
+                            arrays.append(np.stack([b_ih, b_hh]))
+                        else:
+                            arrays.append(b_ih + b_hh)
+                    if D == 2:
+                        sub = g.create_group("backward_layer" if d else "forward_layer")
+                        sub.create_group("vars").attrs["name"] = ("backward_" if d else
+                                                                  "forward_") + snake
                     else:
-                        arrays.append(b_ih + b_hh)
-                if D == 2:
-                    sub = g.create_group("backward_layer" if d else "forward_layer")
-                    sub.create_group("vars").attrs["name"] = ("backward_" if d else
-                                                              "forward_") + snake
+                        sub = g
+                    vars_(sub.create_group("cell"), snake + "_cell", arrays)
+                if D == 1:
+                    g.create_group("vars").attrs["name"] = name
                 else:
-                    sub = g
-                vars_(sub.create_group("cell"), snake + "_cell", arrays)
-            if D == 1:
-                g.create_group("vars").attrs["name"] = name
-            else:
-                g.create_group("vars").attrs["name"] = name
-        if head is not None:
-            arrays = [head.weight.data.T] + ([head.bias.data] if head.bias is not None else [])
-            vars_(layers.create_group("dense"), "dense", arrays)
-    os.replace(tmp, path)
+                    g.create_group("vars").attrs["name"] = name
+            if head is not None:
+                arrays = [head.weight.data.T] + (
+                    [head.bias.data] if head.bias is not None else [])
+                vars_(layers.create_group("dense"), "dense", arrays)
+
+    from .io import _atomic_write   # (a unique temporary next to it, removed on failure)
+    _atomic_write(path, write, by_path=True)
 
 
 def keras_model(model):

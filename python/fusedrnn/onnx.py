@@ -94,11 +94,8 @@ def export(model, path, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     model_proto = to_model_proto(model, opset=opset, lengths=lengths,
                                  initial_state=initial_state)
     onnx.checker.check_model(model_proto, full_check=True)
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model_proto.SerializeToString())
-    os.replace(tmp, path)
+    from .io import write_file   # (a unique temporary next to it, removed on failure)
+    write_file(os.fspath(path), model_proto.SerializeToString())
 
 
 def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
