@@ -322,6 +322,16 @@ def test_report_of_malformed_metrics_is_one_line(tmp_path, capsys, field, value)
     assert "Traceback" not in err and not (tmp_path / "report.html").exists()
 
 
+def test_report_of_null_fields_is_a_page(tmp_path, capsys):
+    # null is allowed for every optional field; "config": null was an AttributeError traceback
+    m = {"task": "classify", "metric": "mse", "history": [{"step": 1, "mse": 0.5}],
+         "steps": None, "best_step": None, "train_time_s": None, "eval_time_s": None,
+         "wall_time_s": None, "final": None, "config": None, "versions": None}
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    assert main(["report", str(tmp_path)]) == 0, capsys.readouterr().err
+    assert (tmp_path / "report.html").exists()
+
+
 def test_report_escapes_every_value(tmp_path):
     """Markup anywhere in a (well-typed) metrics.json reaches the page as text."""
     from fusedrnn.plotting import html_report

@@ -105,7 +105,7 @@ def html_report(run_dir: str, out: Optional[str] = None) -> str:
                      for e in hist)
     head = "".join(f"<th>{esc(k)}</th>" for k in keys)
     cfg = "\n".join(f"<tr><th>{esc(str(k))}</th><td>{esc(json.dumps(v))}</td></tr>"
-                    for k, v in m.get("config", {}).items() if v is not None)
+                    for k, v in (m.get("config") or {}).items() if v is not None)
     final = m.get("final") or {}
     summary = (f"best validation {esc(metric)} <b>{fmt(final.get(metric))}</b> at step "
                f"{fmt(m.get('best_step'))} (baseline {fmt(final.get('baseline_' + metric))}); "
