@@ -50,6 +50,15 @@ def test_experiment_errors_are_one_line(tmp_path, capsys):
     assert rc == 2 and "--length does not apply" in err
     rc = main(["experiment", "nope"])
     assert rc == 2 and "invalid choice" in capsys.readouterr().err
+    # a label given twice trained one directory twice and listed it twice; '' ran every run
+    rc = main(["experiment", "adding", "--runs", "LSTM,lstm", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == "fusedrnn: error: --runs: lstm given twice", err
+    for runs in ("", " , "):
+        rc = main(["experiment", "adding", "--runs", runs, "--out", str(tmp_path)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "--runs: give at least one run label" in err, err
+    assert not any(tmp_path.iterdir())        # nothing trained
 
 
 def test_length_below_a_problems_shortest_is_refused_and_the_header_says_t(tmp_path, capsys):

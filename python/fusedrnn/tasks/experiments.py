@@ -142,6 +142,10 @@ def run_experiment(name: str, out: Optional[str] = None, budget: Optional[float]
         if bad:
             raise UsageError(f"--runs: {', '.join(bad)} not in experiment {name} (runs: "
                              f"{', '.join(lab for lab, _ in rec.runs)})")
+        seen = set()
+        twice = [r for r in runs if r.lower() in seen or seen.add(r.lower())]
+        if twice:   # (one directory a label: the second run would overwrite the first)
+            raise UsageError(f"--runs: {', '.join(twice)} given twice")
         chosen = [labels[r.lower()] for r in runs]
     base = list(rec.base)
     help_text = rec.help
@@ -312,7 +316,13 @@ def add_parser(sub, parser_class) -> None:
 
 
 def cmd_experiment(args, t_start) -> int:
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    from .trainer import UsageError
+    runs = None
+    if args.runs is not None:
+        runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+        if not runs:   # ('' had run the whole recipe)
+            raise UsageError("--runs: give at least one run label, e.g. 'IRNN,LSTM' (leave "
+                             "--runs out for every run)")
     run_experiment(args.name, out=args.out, budget=args.budget, length=args.length, runs=runs,
                    seed=args.seed, threads=args.threads, steps=args.steps)
     return 0
