@@ -129,6 +129,25 @@ def test_npy_file_is_a_data_error(tmp_path):
         small_task(data=str(path))
 
 
+def test_utterances_ctc_cannot_align_are_refused(tmp_path):
+    # fewer frames than labels (plus one per label repeated in a row): no alignment, an infinite
+    # CTC loss, which training's zero_infinity counted as 0 ("train loss 0.0000")
+    frames = np.full(12, 5)
+    frames[4] = 2
+    labels = [[1, 2]] * 12
+    labels[4] = [3, 3]
+    path = tmp_path / "short.npz"
+    np.savez(path, features=np.zeros((frames.sum(), 3), np.float32), frames=frames,
+             labels=np.concatenate(labels), label_counts=np.full(12, 2))
+    with pytest.raises(DataError, match=r"utterance 4 has 2 frames for 2 labels \(1 repeated "
+                                        r"in a row\): CTC needs at least 3 frames"):
+        small_task(data=str(path))
+    frames[4] = 3                                       # exactly enough: taken
+    np.savez(path, features=np.zeros((frames.sum(), 3), np.float32), frames=frames,
+             labels=np.concatenate(labels), label_counts=np.full(12, 2))
+    small_task(data=str(path))
+
+
 def test_negative_label_counts_are_refused(tmp_path):
     def shift(c):          # still sums to len(labels): only the sign shows the mistake
         c[1] += c[0] + 2

@@ -180,8 +180,17 @@ def read_npz(path) -> Tuple[List[Tuple[np.ndarray, List[int]]], Optional[List[st
         raise DataError(f"recognise: {path}: features[{row}, {col}] (frame {row}, utterance "
                         f"{utt}) holds {float(v)!r} ({why})")
     utts, f0, l0 = [], 0, 0
-    for nf, nl in zip(frames.tolist(), counts.tolist()):
-        utts.append((feats[f0:f0 + nf].astype(np.float32), labels[l0:l0 + nl].astype(int).tolist()))
+    for i, (nf, nl) in enumerate(zip(frames.tolist(), counts.tolist())):
+        lab = labels[l0:l0 + nl].astype(int).tolist()
+        # CTC aligns L labels to T frames only if T >= L + (labels repeated in a row, each
+        # needing a blank between): else its loss is infinite, which training's zero_infinity
+        # would count as 0 (a file of such utterances had trained to "loss 0.0000")
+        repeats = sum(a == b for a, b in zip(lab, lab[1:]))
+        if nf < nl + repeats:
+            raise DataError(f"recognise: {path}: utterance {i} has {nf} frames for {nl} labels"
+                            + (f" ({repeats} repeated in a row)" if repeats else "")
+                            + f": CTC needs at least {nl + repeats} frames to align them")
+        utts.append((feats[f0:f0 + nf].astype(np.float32), lab))
         f0, l0 = f0 + nf, l0 + nl
     symbols = [str(s) for s in arrays["symbols"].tolist()] if "symbols" in arrays else None
     return utts, symbols
