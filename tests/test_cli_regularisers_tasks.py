@@ -108,9 +108,9 @@ def test_regularisers_change_the_training(task, tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["--task", "translate", "--layer-norm", "haste", "--precision", "bf16"],
-     "--precision=bfloat16 is not available with layer_norm (encoder)"),
+     "--precision=bfloat16 is not available with layer_norm (layer 'encoder')"),
     (["--task", "recognise", "--zoneout", "0.1", "--precision", "bf16"],
-     "--precision=bfloat16 is not available with zoneout_h, zoneout_c (rnn)"),
+     "--precision=bfloat16 is not available with zoneout_h, zoneout_c (layer 'rnn')"),
     (["--task", "translate", "--cell", "gru", "--layer-norm", "tfa"], "--layer-norm"),
     (["--task", "recognise", "--cell", "rnn", "--weight-drop", "0.1"],
      "--weight-drop applies to --cell lstm or --cell gru only, not --cell rnn"),

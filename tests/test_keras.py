@@ -148,6 +148,17 @@ def test_save_layer_and_refusals(tmp_path):
         fk.save(fusedrnn.LSTM(3, 4, cell_clip=0.5), tmp_path / "p.weights.h5")
     with pytest.raises(ValueError, match=".weights.h5"):
         fk.save(layer, tmp_path / "p.h5")
+    # issue 19's dropouts are training only: the file holds the inference model's weights (they
+    # had been refused); layer norm and zoneout change inference and stay refused
+    dropped = fusedrnn.GRU(3, 4, num_layers=2, recurrent_dropout=0.3, weight_drop=0.2)
+    dropped.eval()
+    fk.save(dropped, tmp_path / "d.weights.h5")
+    kd = fk.keras_model(dropped)
+    kd.load_weights(tmp_path / "d.weights.h5")
+    yd, _ = dropped.forward(np.ascontiguousarray(x.transpose(1, 0, 2)))
+    assert _rel(yd.transpose(1, 0, 2), _np(kd(x))) <= RTOL
+    with pytest.raises(ValueError, match=r"Keras' LSTM has no layer_norm \(issue 19 options"):
+        fk.save(fusedrnn.LSTM(3, 4, layer_norm="haste"), tmp_path / "p.weights.h5")
     for precision in ("bfloat16", "int8"):  # the file would hold the float32 weights
         with pytest.raises(ValueError, match=f"runs the {precision} kernels"):
             fk.save(layer.frozen(precision), tmp_path / "q.weights.h5")

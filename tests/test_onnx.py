@@ -197,6 +197,29 @@ def test_export_recurrent_model_tokens_and_features(tmp_path, cell):
             assert _rel(g, w) <= RTOL
 
 
+@pytest.mark.parametrize("cell,kw", [
+    ("lstm", dict(recurrent_dropout=0.3, input_dropout=0.2, weight_drop=0.4)),
+    ("gru", dict(recurrent_dropout=0.3, dropout_masks="per_gate")),
+    ("lstm", dict(weight_drop=0.5, proj_size=2)),
+])
+def test_export_of_a_layer_trained_with_dropouts_is_its_inference_graph(tmp_path, cell, kw):
+    # issue 19's dropouts are training only: the file is the plain layer's inference graph,
+    # its outputs the layer's eval outputs (they had been refused: "the ONNX LSTM has no
+    # recurrent_dropout"); layer norm and zoneout, which change inference, stay refused
+    layer = getattr(fusedrnn, cell.upper())(5, 6, num_layers=2, seed=3, **kw)
+    layer.eval()
+    fusedrnn.onnx.export(layer, tmp_path / "d.onnx", lengths=True)
+    x = np.random.default_rng(1).standard_normal((7, 4, 5)).astype(np.float32)
+    got, want = _run_both(layer, tmp_path / "d.onnx", x, np.array([7, 3, 1, 5]), None)
+    for g, w in zip(got, want):
+        assert _rel(g, w) <= RTOL, _rel(g, w)
+    for reg, named in ((dict(layer_norm="haste"), "layer_norm"),
+                       (dict(zoneout_h=0.1, recurrent_dropout=0.2), "zoneout_h")):
+        with pytest.raises(ValueError, match=f"the ONNX LSTM has no {named} \\(issue 19 "
+                                             f"options that change inference\\)"):
+            fusedrnn.onnx.export(fusedrnn.LSTM(5, 6, **reg), tmp_path / "r.onnx")
+
+
 def test_export_failure_leaves_no_temporary(tmp_path):
     # export wrote a fixed OUT.tmp: a failed write left it behind and an existing file of that
     # name was overwritten; now a unique temporary, removed on failure (io's atomic writer)

@@ -552,8 +552,11 @@ def _parts(model):
 
 def _check_savable(fn, rnn):
     if getattr(rnn, "_reg", None):
-        raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(rnn._reg)} in this form (its "
-                         f"recurrent_dropout draws per-gate masks)")
+        from .layers import _kernel_options
+        # (as the ONNX export: the weights of the inference model, whose dropouts are off)
+        if opts := _kernel_options(rnn._reg, rnn.dropout_masks, training=False):
+            raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(opts)} (issue 19 "
+                             f"options that change inference)")
     _refuse_low_precision(fn, rnn, "Keras' float layers", "save")
     if getattr(rnn, "proj_size", 0):
         raise ValueError(f"{fn}: Keras' LSTM has no projection (proj_size)")

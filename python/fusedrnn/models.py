@@ -122,7 +122,7 @@ def set_compute(model: Module, precision: str, *, where: str = "set_compute",
             if getattr(m, "_reg", None) and not m._plain(True):
                 opts = ", ".join(_kernel_options(m._reg, m.dropout_masks))
                 raise ValueError(f"{where}: {argument}={precision} is not available with "
-                                 f"{opts} ({name}): that layer runs in float32 only")
+                                 f"{opts} (layer {name!r}): that layer runs in float32 only")
     for _, m in layers:
         m.compute = precision
     return model
@@ -135,7 +135,7 @@ def _check_lowp(layer, precision, where, argument, name):
     if precision != "float32" and getattr(layer, "_reg", None) \
             and (opts := _kernel_options(layer._reg, layer.dropout_masks, training=False)):
         raise ValueError(f"{where}: {argument}={precision} is not available with "
-                         f"{', '.join(opts)} ({name}): that layer runs in float32 only")
+                         f"{', '.join(opts)} (layer {name!r}): that layer runs in float32 only")
 
 
 def _replace_layers(module: Module, precision: str) -> None:
