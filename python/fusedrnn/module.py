@@ -38,7 +38,7 @@ __all__ = [
 _DTYPES = {"float32": np.float32, "float64": np.float64}
 
 # the package's argument checks under the names the layers import
-_dtype, _positive_int, _probability, _seed = V.dtype, V.positive_int, V.probability, V.seed
+_dtype, _positive_int, _seed = V.dtype, V.positive_int, V.seed
 
 
 

@@ -336,9 +336,9 @@ _TORCH_ONLY = frozenset(("foreach", "fused", "capturable", "differentiable"))
 
 def _torch_state_value(fn: str, name: str, key: str, v, dtype: np.dtype):
     """A torch.optim state value as this module keeps it (torch's optimisers keep the same
-    names): a tensor with a parameter's shape becomes a numpy copy (its dtype checked by the
-    caller, as a numpy array's; nothing is cast), a 0-d tensor a number ("step", which torch
-    keeps as a float tensor, an int when whole). Anything else is returned as it is."""
+    names): a tensor becomes a numpy array (its dtype checked here, nothing cast; its shape by
+    the caller, as a numpy array's; the caller copies it), a 0-d tensor a number ("step", which
+    torch keeps as a float tensor, an int when whole). Anything else is returned as it is."""
     if not (hasattr(v, "detach") and hasattr(v, "cpu") and hasattr(v, "numpy")):
         return v
     if getattr(v, "ndim", None) == 0:
