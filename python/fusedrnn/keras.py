@@ -551,12 +551,11 @@ def _parts(model):
 
 
 def _check_savable(fn, rnn):
-    if getattr(rnn, "_reg", None):
-        from .layers import _kernel_options
-        # (as the ONNX export: the weights of the inference model, whose dropouts are off)
-        if opts := _kernel_options(rnn._reg, rnn.dropout_masks, training=False):
-            raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(opts)} (issue 19 "
-                             f"options that change inference)")
+    from .layers import _inference_options
+    # (as the ONNX export: the weights of the inference model, whose dropouts are off)
+    if opts := _inference_options(rnn):
+        raise ValueError(f"{fn}: Keras' {rnn._mode} has no {', '.join(opts)} (issue 19 "
+                         f"options that change inference)")
     _refuse_low_precision(fn, rnn, "Keras' float layers", "save")
     if getattr(rnn, "proj_size", 0):
         raise ValueError(f"{fn}: Keras' LSTM has no projection (proj_size)")
@@ -624,10 +623,7 @@ def save(model, path) -> None:
                     else:
                         sub = g
                     vars_(sub.create_group("cell"), snake + "_cell", arrays)
-                if D == 1:
-                    g.create_group("vars").attrs["name"] = name
-                else:
-                    g.create_group("vars").attrs["name"] = name
+                g.create_group("vars").attrs["name"] = name
             if head is not None:
                 arrays = [head.weight.data.T] + (
                     [head.bias.data] if head.bias is not None else [])

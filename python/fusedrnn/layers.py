@@ -235,7 +235,7 @@ class _RNNBase(Module):
                         ("bidirectional", bidirectional), ("peepholes", peepholes)):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
-        dropout = V.probability_closed(fn, "dropout", dropout)   # [0, 1] as torch's
+        dropout = V.probability(fn, "dropout", dropout, closed=True)   # [0, 1] as torch's
         if dropout > 0 and num_layers == 1:
             # torch.nn's warning, word for word: the option does nothing on one layer
             warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so "
@@ -986,6 +986,14 @@ def _kernel_options(reg, dropout_masks, training=True):
     if training and dropout_masks == "per_gate":
         kern.append("dropout_masks='per_gate'")
     return kern
+
+
+def _inference_options(layer):
+    """Issue 19's options set on ``layer`` (a fusedrnn or fusedrnn.torch LSTM / GRU) that change
+    its inference: layer norm and zoneout (its expectation); the dropouts are off there. What
+    the inference-only surfaces (bf16 / int8 copies, ONNX and Keras files) cannot carry."""
+    reg = getattr(layer, "_reg", None)
+    return _kernel_options(reg, layer.dropout_masks, training=False) if reg else []
 
 
 def _dropout_masks(fn, dropout_masks, recurrent_dropout, input_dropout):

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .layers import GRU, LSTM, RNN, _RNNBase, _kernel_options
+from .layers import GRU, LSTM, RNN, _RNNBase, _inference_options, _kernel_options
 from . import validators as V
 from .module import Embedding, Linear, Module, register_module
 
@@ -132,8 +132,7 @@ def _check_lowp(layer, precision, where, argument, name):
     if precision != "float32" and layer.dtype != np.float32:
         raise ValueError(f"{where}: {argument}={precision} needs float32 recurrent layers; "
                          f"{name} is {np.dtype(layer.dtype).name}")
-    if precision != "float32" and getattr(layer, "_reg", None) \
-            and (opts := _kernel_options(layer._reg, layer.dropout_masks, training=False)):
+    if precision != "float32" and (opts := _inference_options(layer)):
         raise ValueError(f"{where}: {argument}={precision} is not available with "
                          f"{', '.join(opts)} (layer {name!r}): that layer runs in float32 only")
 

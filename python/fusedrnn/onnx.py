@@ -120,13 +120,11 @@ def to_model_proto(model, *, opset: int = DEFAULT_OPSET, lengths: bool = False,
     else:
         raise TypeError(f"{fn}: model must be a fusedrnn LSTM, GRU, RNN or RecurrentModel, "
                         f"got {type(model).__name__}")
-    if getattr(rnn, "_reg", None):
-        from .layers import _kernel_options
-        # the dropouts are training only (the file is an inference graph: the plain layer's);
-        # layer norm and zoneout (its expectation) change inference
-        if opts := _kernel_options(rnn._reg, rnn.dropout_masks, training=False):
-            raise ValueError(f"{fn}: the ONNX {rnn._mode} has no {', '.join(opts)} (issue 19 "
-                             f"options that change inference)")
+    from .layers import _inference_options
+    # the dropouts are training only (the file is an inference graph: the plain layer's)
+    if opts := _inference_options(rnn):
+        raise ValueError(f"{fn}: the ONNX {rnn._mode} has no {', '.join(opts)} (issue 19 "
+                         f"options that change inference)")
     _refuse_low_precision(fn, rnn, "the file's float LSTM/GRU/RNN ops", "export")
     if getattr(rnn, "cell_clip", None):
         raise ValueError(f"{fn}: the ONNX LSTM has no cell-state clip (its 'clip' attribute "

@@ -465,7 +465,7 @@ class _Base:
             return "lstm", None
         if self.mode == "GRU":
             return "gru", self.variant
-        return "rnn", "relu" if self.mode == "RNN_RELU" else "tanh"
+        return "rnn", _nonlinearity(self)
 
     def _check_construction(self, kwargs):
         fn = type(self).__name__
@@ -925,6 +925,12 @@ def _wants_grad(params, input, hx):
     return any(isinstance(t, torch.Tensor) and t.requires_grad for t in ts)
 
 
+def _nonlinearity(module):
+    """An nn.RNN's activation as torch runs it: its ``mode``, fixed at construction (a
+    ``nonlinearity`` assigned later is not what its forward computes)."""
+    return "relu" if module.mode == "RNN_RELU" else "tanh"
+
+
 def _check_bool(fn, name, v):
     if not isinstance(v, bool):
         raise TypeError(f"{fn}: {name} must be a bool, got {type(v).__name__}")
@@ -1059,8 +1065,6 @@ class RNN(_Base, torch.nn.RNN):
 
 
 _FUSED = {"LSTM": LSTM, "GRU": GRU, "RNN": RNN}
-# issue 19's options that eval mode turns off (quantize_dynamic's copies run in eval mode)
-_EVAL_OFF = frozenset(("recurrent_dropout", "input_dropout", "weight_drop", "dropout_masks"))
 
 
 def quantize_dynamic(module, *, inplace=False):
@@ -1107,7 +1111,7 @@ def quantize_dynamic(module, *, inplace=False):
         if m.mode == "LSTM":
             kw["proj_size"] = m.proj_size
         if m.mode.startswith("RNN_"):
-            kw["nonlinearity"] = "relu" if m.mode == "RNN_RELU" else "tanh"  # what torch runs
+            kw["nonlinearity"] = _nonlinearity(m)
         twin = _FUSED["RNN" if m.mode.startswith("RNN_") else m.mode](m.input_size,
                                                                       m.hidden_size, **kw)
         twin.load_state_dict(m.state_dict())
@@ -1127,8 +1131,7 @@ def quantize_dynamic(module, *, inplace=False):
         # (the dropouts are off in eval mode, where the copy runs: its forward is the plain
         # one, as frozen(precision="int8") of the layer; layer norm and zoneout's expectation
         # are not)
-        reg = [k for k in getattr(m, "_reg", ()) if k not in _EVAL_OFF]
-        if reg:
+        if reg := _layers._inference_options(m):
             raise ValueError(f"{where} with {', '.join(reg)} has no int8 path")
         params = {n: p.detach() for n, p in m.named_parameters()}
         for n, p in params.items():
@@ -1145,8 +1148,8 @@ def quantize_dynamic(module, *, inplace=False):
             twin = _layers.GRU(m.input_size, m.hidden_size,
                                variant=getattr(m, "variant", "reset_after"), **kw)
         else:
-            twin = _layers.RNN(m.input_size, m.hidden_size,   # (torch's forward runs mode)
-                               nonlinearity="relu" if m.mode == "RNN_RELU" else "tanh", **kw)
+            twin = _layers.RNN(m.input_size, m.hidden_size, nonlinearity=_nonlinearity(m),
+                               **kw)
         twin.load_state_dict({n: p.numpy() for n, p in params.items()})
         m._int8 = twin.frozen(precision="int8")
         found += 1
