@@ -221,13 +221,13 @@ def _atomic_write(path: str, write, nbytes: Optional[int] = None, by_path: bool 
         else:  # pragma: no cover
             raise FileExistsError(errno.EEXIST, "no free temporary file name")
         try:
-            with os.fdopen(fd, "wb") as f:
-                if by_path:
-                    f.close()
-                    write(tmp)
-                    with open(tmp, "rb+") as g:
-                        os.fsync(g.fileno())
-                else:
+            if by_path:   # (the name is reserved: the writer opens it itself)
+                os.close(fd)
+                write(tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+            else:
+                with os.fdopen(fd, "wb") as f:
                     write(f)
                     f.flush()
                     os.fsync(f.fileno())

@@ -179,13 +179,17 @@ def _axis(fn: str, axis, ndim: int) -> int:
     return int(axis)
 
 
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    """softmax(z)_k = exp(z_k - m) / sum_j exp(z_j - m), m = max_j z_j (stable for any |z|)."""
-    fn = "softmax"
+def _logits_axis(fn: str, logits, axis: int) -> int:
+    """softmax / log_softmax: logits a float array with at least one axis; axis normalised."""
     _float_array(fn, "logits", logits, "[..., K]")
     if logits.ndim == 0:
         raise ValueError(f"{fn}: logits must have at least one axis, got a 0-d array")
-    axis = _axis(fn, axis, logits.ndim)
+    return _axis(fn, axis, logits.ndim)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """softmax(z)_k = exp(z_k - m) / sum_j exp(z_j - m), m = max_j z_j (stable for any |z|)."""
+    axis = _logits_axis("softmax", logits, axis)
     if logits.shape[axis] == 0:     # (an empty result, as torch's; max() has no identity)
         return logits.copy()
     e = logits - logits.max(axis=axis, keepdims=True)
@@ -196,11 +200,7 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     """log_softmax(z)_k = (z_k - m) - log sum_j exp(z_j - m), m = max_j z_j (stable)."""
-    fn = "log_softmax"
-    _float_array(fn, "logits", logits, "[..., K]")
-    if logits.ndim == 0:
-        raise ValueError(f"{fn}: logits must have at least one axis, got a 0-d array")
-    axis = _axis(fn, axis, logits.ndim)
+    axis = _logits_axis("log_softmax", logits, axis)
     if logits.shape[axis] == 0:     # (an empty result, as torch's; max() has no identity)
         return logits.copy()
     shifted = logits - logits.max(axis=axis, keepdims=True)

@@ -690,7 +690,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, seed: Optional[int] = None):
         super().__init__()
-        p = V.probability_closed("Dropout", "p", p)   # [0, 1] as torch's nn.Dropout
+        p = V.probability("Dropout", "p", p, closed=True)   # [0, 1] as torch's nn.Dropout
         seed = _seed("Dropout", seed)
         self._record(p=p, seed=seed)
         self.p = p

@@ -53,18 +53,13 @@ def positive_int(where: Optional[str], name: str, v, minimum: int = 1) -> int:
     return int(v)
 
 
-def probability(where: Optional[str], name: str, v) -> float:
-    """A number in [0, 1) (a dropout rate) as a Python float."""
-    if _is_bool(v) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
-        raise ValueError(f"{_prefix(where)}{name} must be a number in [0, 1), got {v!r}")
-    return float(v)
-
-
-def probability_closed(where: Optional[str], name: str, v) -> float:
-    """A number in [0, 1] (torch's range for nn.LSTM's dropout and nn.Dropout's p: p = 1
-    drops everything) as a Python float."""
-    if _is_bool(v) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:
-        raise ValueError(f"{_prefix(where)}{name} must be a number in [0, 1], got {v!r}")
+def probability(where: Optional[str], name: str, v, closed: bool = False) -> float:
+    """A number in [0, 1) (a dropout rate) as a Python float; ``closed``: in [0, 1] (torch's
+    range for nn.LSTM's dropout and nn.Dropout's p: p = 1 drops everything)."""
+    if _is_bool(v) or not isinstance(v, numbers.Real) or not (0 <= v <= 1 if closed else
+                                                              0 <= v < 1):
+        raise ValueError(f"{_prefix(where)}{name} must be a number in "
+                         f"[0, 1{']' if closed else ')'}, got {v!r}")
     return float(v)
 
 

@@ -142,8 +142,11 @@ def run_experiment(name: str, out: Optional[str] = None, budget: Optional[float]
         if bad:
             raise UsageError(f"--runs: {', '.join(bad)} not in experiment {name} (runs: "
                              f"{', '.join(lab for lab, _ in rec.runs)})")
-        seen = set()
-        twice = [r for r in runs if r.lower() in seen or seen.add(r.lower())]
+        seen, twice = set(), []
+        for r in runs:
+            if r.lower() in seen:
+                twice.append(r)
+            seen.add(r.lower())
         if twice:   # (one directory a label: the second run would overwrite the first)
             raise UsageError(f"--runs: {', '.join(twice)} given twice")
         chosen = [labels[r.lower()] for r in runs]
