@@ -12,6 +12,7 @@ ort = pytest.importorskip("onnxruntime")
 import fusedrnn  # noqa: E402
 from fusedrnn import onnx as fonnx  # noqa: E402
 from fusedrnn.models import RecurrentModel  # noqa: E402
+from _writes import check_failed_writes_leave_nothing  # noqa: E402
 
 RTOL = 1e-5  # float32: max |ours - ORT| <= RTOL * max |ORT| (and float64 1e-12)
 
@@ -224,14 +225,7 @@ def test_export_failure_leaves_no_temporary(tmp_path):
     # export wrote a fixed OUT.tmp: a failed write left it behind and an existing file of that
     # name was overwritten; now a unique temporary, removed on failure (io's atomic writer)
     layer = fusedrnn.GRU(3, 4)
-    (tmp_path / "d.onnx").mkdir()
-    (tmp_path / "d.onnx.tmp").write_text("precious")
-    with pytest.raises(OSError, match=r"cannot write .*d\.onnx: it is a directory"):
-        fonnx.export(layer, tmp_path / "d.onnx")
-    with pytest.raises(OSError, match=r"cannot write .*x\.onnx: No such file or directory"):
-        fonnx.export(layer, tmp_path / "missing" / "x.onnx")
-    assert sorted(os.listdir(tmp_path)) == ["d.onnx", "d.onnx.tmp"]
-    assert (tmp_path / "d.onnx.tmp").read_text() == "precious"
+    check_failed_writes_leave_nothing(lambda p: fonnx.export(layer, p), tmp_path, "d.onnx")
     fonnx.export(layer, tmp_path / "ok.onnx")
     assert sorted(os.listdir(tmp_path)) == ["d.onnx", "d.onnx.tmp", "ok.onnx"]
 

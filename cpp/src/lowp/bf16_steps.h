@@ -104,15 +104,6 @@ inline void gemm_rows_bf16(lowp::Tier tier, Index m, Index n, Index K, const flo
 // ---------------------------------------------------------------------------------------------
 // int8 (Options::precision = int8).
 
-// Quantisation refuses non-finite weights, before any work (a NaN or infinity would make every
-// scale of its row meaningless).
-inline void check_finite_weights(const char* fn, const char* name, const float* w, Index n) {
-  for (Index i = 0; i < n; ++i)
-    if (!std::isfinite(w[i]))
-      fail(std::string(fn) + ": precision int8 quantises " + name + ", which has a non-finite "
-           "value at flat index " + std::to_string(i));
-}
-
 // A forward kernel's precision setup, the same for every cell (G gates; `gru`: w_hh's n rows
 // packed apart, the reset-before GRU's layout): checks the precision against the dtype and the
 // mode, places the bf16 or int8 block at the start of the workspace (advancing `workspace` past
@@ -143,8 +134,8 @@ LowpForward lowp_forward_setup(const char* fn, const Dims& d, const Options& opt
     workspace += lp.qb.floats;
     if constexpr (std::is_same_v<Scalar, float>) {
       if (!opt.weights_packed) {  // quantisation refuses non-finite weights, before any work
-        check_finite_weights(fn, "w_ih", w_ih, G * d.H * d.C);
-        check_finite_weights(fn, "w_hh", w_hh, G * d.H * rec_width(d));
+        lowp::check_finite_weights(fn, "w_ih", w_ih, G * d.H * d.C);
+        lowp::check_finite_weights(fn, "w_hh", w_hh, G * d.H * rec_width(d));
       }
     }
   }

@@ -64,8 +64,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 #include "fusedrnn/common.h"
@@ -94,6 +96,17 @@ constexpr std::int64_t kMaxS8Depth = 133144;
 static_assert(127 * 127 * kMaxS8Depth < (std::int64_t(1) << 31) &&
                   127 * 127 * (kMaxS8Depth + 1) >= (std::int64_t(1) << 31),
               "kMaxS8Depth");
+
+// int8 quantisation refuses non-finite weights, before any work (a NaN or an infinity would make
+// every scale of its row meaningless): std::invalid_argument naming `fn`, the tensor and where.
+inline void check_finite_weights(const std::string& fn, const std::string& name, const float* w,
+                                 std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(w[i]))
+      throw std::invalid_argument(fn + ": precision int8 quantises " + name +
+                                  ", which has a non-finite value at flat index " +
+                                  std::to_string(i));
+}
 
 constexpr std::int64_t round_up(std::int64_t v, std::int64_t m) { return (v + m - 1) / m * m; }
 constexpr std::int64_t bf16_kpad(std::int64_t K) { return round_up(K, kBf16KStep); }

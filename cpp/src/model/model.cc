@@ -656,16 +656,11 @@ void check_int8_weights(const detail::ModelImpl& m) {
           std::to_string(lowp::kMaxS8Depth) + " (the int32 sums of 127^2 products), got " +
           std::to_string(w.C) + " and " + std::to_string(H) + " in layer " +
           std::to_string(l / D));
-    const std::int64_t counts[2] = {G * H * w.C, G * H * R};
-    const float* tensors[2] = {static_cast<const float*>(w.w_ih),
-                               static_cast<const float*>(w.w_hh)};
-    const char* names[2] = {"weight_ih", "weight_hh"};
-    for (int k = 0; k < 2; ++k)
-      for (std::int64_t i = 0; i < counts[k]; ++i)
-        if (!std::isfinite(tensors[k][i]))
-          throw std::invalid_argument(std::string("fusedrnn::Model: precision int8 quantises ") +
-                                      names[k] + name + ", which has a non-finite value at "
-                                      "flat index " + std::to_string(i));
+    // (the kernels' own check, which a forward would meet after earlier layers had run)
+    lowp::check_finite_weights("fusedrnn::Model", "weight_ih" + name,
+                               static_cast<const float*>(w.w_ih), G * H * w.C);
+    lowp::check_finite_weights("fusedrnn::Model", "weight_hh" + name,
+                               static_cast<const float*>(w.w_hh), G * H * R);
   }
 }
 }  // namespace
@@ -689,8 +684,6 @@ Model::Model(std::shared_ptr<const ModelImpl> impl, Precision precision)
                       "Precision::float32");
   if (precision == Precision::int8) check_int8_weights(*impl_);
 }
-
-
 
 Model Model::from_tensor_file(const TensorFile& file, Precision precision) {
   return Model(build(file), precision);
